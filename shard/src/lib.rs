@@ -1,0 +1,1 @@
+//! Thread-per-core runtime: shard threads, timer wheel, mailboxes.

@@ -1,0 +1,3 @@
+//! lwm2m-gateway: LwM2M devices over CoAP/UDP translated to MQTT.
+
+pub mod model;
