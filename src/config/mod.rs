@@ -1,0 +1,176 @@
+//! The configuration file (`etc/lwm2m-gateway.toml`): EMQX's `gateway.lwm2m`
+//! keys plus the gateway's own `[mqtt]`, `[engine]`, `[api]`, `[coap]` and
+//! `[queue]` tables.
+//!
+//! Every key has a default, so a file holding only the keys a user changes is
+//! valid (an empty file gives [`Config::default`]). Unknown keys are errors.
+//! Every error names the key path it is about.
+//!
+//! Value forms:
+//! - durations: a string with a unit, `"100ms"`, `"22s"`, `"5m"`, `"2h"`,
+//!   `"1d"` (or combined, `"1h30m"`); a bare integer (`30` or `"30"`) means
+//!   seconds ([`duration`]);
+//! - sizes: `"4MB"`, `"512KB"`, `"1GB"`, or a number of bytes; KB = 1024
+//!   bytes ([`size`]);
+//! - listen addresses: `"0.0.0.0:5783"`, `"[::]:5783"`, or a bare port
+//!   `"5783"` meaning `0.0.0.0:5783` ([`bind`]);
+//! - relative paths are relative to the working directory.
+
+pub mod auth;
+pub mod bind;
+pub mod duration;
+pub mod error;
+pub mod listeners;
+pub mod mqtt;
+pub mod secret;
+pub mod size;
+pub mod tuning;
+pub mod types;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use auth::{AuthSsl, Authentication, HttpMethod};
+pub use error::ConfigError;
+pub use listeners::{DtlsListener, Listeners, UdpListener};
+pub use mqtt::{Mqtt, MqttServer, SubscribeMode};
+pub use secret::Secret;
+pub use tuning::{Api, Coap, Engine, QueueMode};
+pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};
+
+/// The shipped configuration file, every key at its default.
+pub const DEFAULT_TOML: &str = include_str!("../../etc/lwm2m-gateway.toml");
+
+/// The default configuration file path, relative to the working directory.
+pub const DEFAULT_PATH: &str = "etc/lwm2m-gateway.toml";
+
+/// The whole configuration. Field names are the file's keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of OMA object definitions (every `*.xml` file in it).
+    pub xml_dir: PathBuf,
+    /// A registration's lifetime is clamped to `[lifetime_min, lifetime_max]`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub lifetime_min: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub lifetime_max: Duration,
+    /// Queue mode: how long a device stays reachable after it spoke.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub qmode_time_window: Duration,
+    /// A peer that sent nothing valid is forgotten after this.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    pub auto_observe: AutoObserve,
+    pub enable_stats: bool,
+    pub update_msg_publish_condition: UpdateCondition,
+    /// Prefix of every topic; `${endpoint_name}` is replaced per device.
+    pub mountpoint: String,
+    pub translators: Translators,
+    pub listeners: Listeners,
+    pub blockwise: Blockwise,
+    pub authentication: Authentication,
+    pub mqtt: Mqtt,
+    pub engine: Engine,
+    pub api: Api,
+    pub coap: Coap,
+    pub queue: QueueMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            xml_dir: PathBuf::from("etc/lwm2m_xml"),
+            lifetime_min: Duration::from_secs(1),
+            lifetime_max: Duration::from_secs(86400),
+            qmode_time_window: Duration::from_secs(22),
+            idle_timeout: Duration::from_secs(30),
+            auto_observe: AutoObserve::Off,
+            enable_stats: true,
+            update_msg_publish_condition: UpdateCondition::Always,
+            mountpoint: "lwm2m/${endpoint_name}/".to_string(),
+            translators: Translators::default(),
+            listeners: Listeners::default(),
+            blockwise: Blockwise::default(),
+            authentication: Authentication::default(),
+            mqtt: Mqtt::default(),
+            engine: Engine::default(),
+            api: Api::default(),
+            coap: Coap::default(),
+            queue: QueueMode::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::from_toml_str(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (missing keys take their defaults). Does not
+    /// validate; see [`Config::validate`].
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(s);
+        serde_path_to_error::deserialize(de).map_err(|e| parse_error(s, e))
+    }
+
+    /// Checks ranges and consistency; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(self)
+    }
+
+    /// The first UDP listener (by name order). Validation guarantees one.
+    ///
+    /// # Panics
+    /// If there is no UDP listener (only possible without validation).
+    pub fn udp_listener(&self) -> &UdpListener {
+        self.listeners
+            .udp
+            .values()
+            .next()
+            .expect("configuration has no UDP listener (validate() rejects this)")
+    }
+}
+
+fn parse_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let mut path = e.path().to_string();
+    if path == "." {
+        path.clear();
+    }
+    let inner = e.into_inner();
+    let mut message = inner.message().trim().to_string();
+    // Make sure an unknown key's path ends with the key itself.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((key, _)) = rest.split_once('`') {
+            if path.is_empty() {
+                path = key.to_string();
+            } else if path.rsplit('.').next() != Some(key) {
+                path = format!("{path}.{key}");
+            }
+            message = format!("unknown key; {message}");
+        }
+    }
+    if let Some(span) = inner.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        message = format!("{message} (line {line}, column {col})");
+    }
+    ConfigError::Parse {
+        path_in_file: path,
+        message,
+    }
+}

@@ -1,0 +1,608 @@
+//! Tests of the whole configuration: the shipped file, parse errors and
+//! validation errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn parse(s: &str) -> Config {
+    Config::from_toml_str(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn parse_err(s: &str) -> ConfigError {
+    match Config::from_toml_str(s) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => e,
+    }
+}
+
+fn invalid(s: &str) -> ConfigError {
+    parse(s).validate().expect_err("validation passed")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn shipped_file_is_the_default() {
+    let shipped = parse(DEFAULT_TOML);
+    let d = Config::default();
+    assert_eq!(shipped.xml_dir, d.xml_dir);
+    assert_eq!(shipped.lifetime_min, d.lifetime_min);
+    assert_eq!(shipped.lifetime_max, d.lifetime_max);
+    assert_eq!(shipped.qmode_time_window, d.qmode_time_window);
+    assert_eq!(shipped.idle_timeout, d.idle_timeout);
+    assert_eq!(shipped.auto_observe, d.auto_observe);
+    assert_eq!(shipped.enable_stats, d.enable_stats);
+    assert_eq!(
+        shipped.update_msg_publish_condition,
+        d.update_msg_publish_condition
+    );
+    assert_eq!(shipped.mountpoint, d.mountpoint);
+    assert_eq!(shipped.translators, d.translators);
+    assert_eq!(shipped.listeners, d.listeners);
+    assert_eq!(shipped.blockwise, d.blockwise);
+    assert_eq!(shipped.authentication, d.authentication);
+    assert_eq!(shipped.mqtt, d.mqtt);
+    assert_eq!(shipped.engine, d.engine);
+    assert_eq!(shipped.api, d.api);
+    assert_eq!(shipped.coap, d.coap);
+    assert_eq!(shipped.queue, d.queue);
+    assert_eq!(shipped, d);
+    d.validate().unwrap();
+}
+
+#[test]
+fn empty_file_is_the_default() {
+    assert_eq!(parse(""), Config::default());
+    assert_eq!(parse("# nothing\n"), Config::default());
+}
+
+#[test]
+fn default_values() {
+    let c = Config::default();
+    assert_eq!(c.xml_dir, PathBuf::from("etc/lwm2m_xml"));
+    assert_eq!(c.lifetime_max, Duration::from_secs(86400));
+    assert_eq!(c.qmode_time_window, Duration::from_secs(22));
+    assert_eq!(c.translators.command.topic, "dn/#");
+    assert_eq!(c.translators.register.topic, "up/resp");
+    assert_eq!(c.translators.update.topic, "up/update");
+    assert_eq!(c.udp_listener().bind, addr("0.0.0.0:5783"));
+    assert_eq!(c.udp_listener().max_connections, 1_024_000);
+    assert!(c.listeners.dtls.is_empty());
+    assert_eq!(c.blockwise.max_body_size, 4 * 1024 * 1024);
+    assert!(!c.authentication.enable);
+    assert_eq!(c.mqtt.server, MqttServer::Embedded);
+    assert_eq!(c.mqtt.embedded_bind, addr("127.0.0.1:1883"));
+    assert_eq!(c.mqtt.max_inflight, 256);
+    assert_eq!(c.mqtt.buffer_messages, 200_000);
+    assert_eq!(c.engine.socket_rcvbuf, 8 << 20);
+    assert_eq!(c.engine.max_datagram, 4096);
+    assert_eq!(c.api.bind, addr("127.0.0.1:18083"));
+    assert_eq!(c.coap.exchange_lifetime, Duration::from_secs(247));
+    assert_eq!(c.queue.default_ttl, Duration::ZERO);
+}
+
+#[test]
+fn the_commented_tables_of_the_shipped_file_parse_and_validate() {
+    // Uncomment the DTLS and authentication tables of the shipped file.
+    let mut text = String::new();
+    let mut in_table = false;
+    for line in DEFAULT_TOML.lines() {
+        if line.starts_with("# [listeners.dtls.default]") || line.starts_with("# [authentication]")
+        {
+            in_table = true;
+        } else if !line.starts_with("# ") {
+            in_table = false;
+        }
+        if in_table {
+            text.push_str(&line[2..]);
+        } else {
+            text.push_str(line);
+        }
+        text.push('\n');
+    }
+    let c = parse(&text);
+    c.validate().unwrap();
+    let d = &c.listeners.dtls["default"];
+    assert_eq!(d.bind, addr("0.0.0.0:5784"));
+    assert_eq!(d.psk_file, Some(PathBuf::from("etc/psk.txt")));
+    assert_eq!(d.keyfile, Some(PathBuf::from("etc/certs/server.key")));
+    let a = &c.authentication;
+    assert!(a.enable);
+    assert_eq!(a.method, HttpMethod::Post);
+    assert_eq!(a.url, "http://127.0.0.1:8080/auth");
+    assert_eq!(a.body["clientid"], "${clientid}");
+    assert_eq!(a.enable_pipelining, 100);
+    let mut expected = Authentication {
+        enable: true,
+        url: a.url.clone(),
+        ..Authentication::default()
+    };
+    assert_eq!(a, &expected);
+    expected.enable = false;
+    assert_ne!(a, &expected);
+}
+
+#[test]
+fn partial_file() {
+    let c = parse(
+        r#"
+        lifetime_max = "2h"
+        [listeners.udp.default]
+        max_conn_rate = 50
+        [translators]
+        command = { qos = 1 }
+        update = { topic = "up/upd" }
+        [mqtt]
+        server = "mqtt://broker:1884"
+        "#,
+    );
+    c.validate().unwrap();
+    assert_eq!(c.lifetime_max, Duration::from_secs(7200));
+    assert_eq!(c.udp_listener().max_conn_rate, 50);
+    assert_eq!(c.udp_listener().bind, addr("0.0.0.0:5783"));
+    assert_eq!(c.translators.command.topic, "dn/#");
+    assert_eq!(c.translators.command.qos, 1);
+    assert_eq!(c.translators.update.topic, "up/upd");
+    assert_eq!(c.translators.update.qos, 0);
+    assert_eq!(
+        c.mqtt.server,
+        MqttServer::Tcp {
+            host: "broker".into(),
+            port: 1884
+        }
+    );
+    assert_eq!(
+        c.mqtt.subscribe.resolve(&c.mqtt.server),
+        SubscribeMode::PerEndpoint
+    );
+    assert_eq!(c.engine, Engine::default());
+}
+
+#[test]
+fn durations_and_sizes_in_the_file() {
+    let c = parse(
+        r#"
+        lifetime_min = "100ms"
+        lifetime_max = "1d"
+        qmode_time_window = 45
+        idle_timeout = "5m"
+        [blockwise]
+        max_body_size = "512KB"
+        exchange_lifetime = "2h"
+        [engine]
+        socket_rcvbuf = "1GB"
+        socket_sndbuf = 1024
+        [queue]
+        default_ttl = "30"
+        "#,
+    );
+    assert_eq!(c.lifetime_min, Duration::from_millis(100));
+    assert_eq!(c.lifetime_max, Duration::from_secs(86400));
+    assert_eq!(c.qmode_time_window, Duration::from_secs(45));
+    assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.blockwise.max_body_size, 512 * 1024);
+    assert_eq!(c.blockwise.exchange_lifetime, Duration::from_secs(7200));
+    assert_eq!(c.engine.socket_rcvbuf, 1 << 30);
+    assert_eq!(c.engine.socket_sndbuf, 1024);
+    assert_eq!(c.queue.default_ttl, Duration::from_secs(30));
+}
+
+#[test]
+fn bad_duration_and_size_name_their_key() {
+    let e = parse_err("idle_timeout = \"30x\"");
+    assert_eq!(e.key(), Some("idle_timeout"), "{e}");
+    assert!(
+        e.to_string().starts_with("idle_timeout: invalid duration"),
+        "{e}"
+    );
+    let e = parse_err("[coap]\nack_timeout = -2");
+    assert_eq!(e.key(), Some("coap.ack_timeout"), "{e}");
+    let e = parse_err("[engine]\nsocket_rcvbuf = \"8XB\"");
+    assert_eq!(e.key(), Some("engine.socket_rcvbuf"), "{e}");
+    assert!(e.to_string().contains("line 2"), "{e}");
+    let e = parse_err("[blockwise]\nmax_body_size = true");
+    assert_eq!(e.key(), Some("blockwise.max_body_size"), "{e}");
+}
+
+#[test]
+fn wrong_types_name_their_key() {
+    let e = parse_err("[listeners.udp.default]\nmax_conn_rate = \"fast\"");
+    assert_eq!(e.key(), Some("listeners.udp.default.max_conn_rate"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("listeners.udp.default.max_conn_rate: "),
+        "{e}"
+    );
+    let e = parse_err("enable_stats = \"yes\"");
+    assert_eq!(e.key(), Some("enable_stats"), "{e}");
+    assert!(e.to_string().contains("invalid type"), "{e}");
+    let e = parse_err("[translators]\nnotify = { topic = \"n\", qos = 300 }");
+    assert_eq!(e.key(), Some("translators.notify.qos"), "{e}");
+    let e = parse_err("update_msg_publish_condition = \"sometimes\"");
+    assert_eq!(e.key(), Some("update_msg_publish_condition"), "{e}");
+    let e = parse_err("[mqtt]\nsubscribe = \"all\"");
+    assert_eq!(e.key(), Some("mqtt.subscribe"), "{e}");
+    let e = parse_err("[authentication]\nmethod = \"put\"");
+    assert_eq!(e.key(), Some("authentication.method"), "{e}");
+    let e = parse_err("[api]\nbind = \"localhost:80\"");
+    assert_eq!(e.key(), Some("api.bind"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = parse_err("xml_dir = \"a\"\nlifetime_min = \n");
+    assert!(matches!(&e, ConfigError::Parse { path_in_file, .. } if path_in_file.is_empty()));
+    assert!(e.to_string().contains("line 2"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let e = parse_err("lifetime = \"1s\"");
+    assert_eq!(e.key(), Some("lifetime"), "{e}");
+    assert!(e.to_string().contains("unknown"), "{e}");
+    let e = parse_err("[listeners.udp.default]\nport = 5783");
+    assert_eq!(e.key(), Some("listeners.udp.default.port"), "{e}");
+    let e = parse_err("[translators]\ncmd = { topic = \"x\" }");
+    assert_eq!(e.key(), Some("translators.cmd"), "{e}");
+    let e = parse_err("[translators]\ncommand = { topic = \"x\", retain = true }");
+    assert_eq!(e.key(), Some("translators.command.retain"), "{e}");
+    let e = parse_err("[authentication]\nssl = { enable = true, cacertfile = \"x\" }");
+    assert_eq!(e.key(), Some("authentication.ssl.cacertfile"), "{e}");
+    let e = parse_err("[listeners.tcp.default]\nbind = 1");
+    assert_eq!(e.key(), Some("listeners.tcp"), "{e}");
+    let e = parse_err("[mqtt]\nhost = \"x\"");
+    assert_eq!(e.key(), Some("mqtt.host"), "{e}");
+    let e = parse_err("[engine]\nthreads = 4");
+    assert_eq!(e.key(), Some("engine.threads"), "{e}");
+}
+
+#[test]
+fn bare_port_bind() {
+    let c = parse(
+        r#"
+        [listeners.udp.a]
+        bind = "5683"
+        [listeners.udp.b]
+        bind = 5690
+        [listeners.udp.v6]
+        bind = "[::]:5700"
+        [api]
+        bind = "8080"
+        "#,
+    );
+    c.validate().unwrap();
+    assert_eq!(c.listeners.udp.len(), 3);
+    assert!(!c.listeners.udp.contains_key("default"));
+    assert_eq!(c.listeners.udp["a"].bind, addr("0.0.0.0:5683"));
+    assert_eq!(c.listeners.udp["b"].bind, addr("0.0.0.0:5690"));
+    assert_eq!(c.listeners.udp["v6"].bind, addr("[::]:5700"));
+    assert_eq!(c.udp_listener().bind, addr("0.0.0.0:5683"));
+    assert_eq!(c.api.bind, addr("0.0.0.0:8080"));
+    let e = parse_err("[listeners.udp.default]\nbind = 70000");
+    assert_eq!(e.key(), Some("listeners.udp.default.bind"), "{e}");
+}
+
+#[test]
+fn infinity_limits() {
+    let c = parse(
+        "[listeners.udp.default]\nmax_connections = \"infinity\"\nmax_conn_rate = \"infinity\"",
+    );
+    assert_eq!(c.udp_listener().max_connections, u64::MAX);
+    assert_eq!(c.udp_listener().max_conn_rate, u64::MAX);
+}
+
+#[test]
+fn auto_observe_forms() {
+    assert_eq!(parse("auto_observe = false").auto_observe, AutoObserve::Off);
+    assert_eq!(parse("auto_observe = true").auto_observe, AutoObserve::All);
+    let c = parse(r#"auto_observe = ["/3/0", "/3303/0/5700", "/1"]"#);
+    assert_eq!(
+        c.auto_observe,
+        AutoObserve::Paths(vec!["/3/0".into(), "/3303/0/5700".into(), "/1".into()])
+    );
+    c.validate().unwrap();
+    let e = invalid(r#"auto_observe = ["/3/0", "3/0"]"#);
+    assert_eq!(e.key(), Some("auto_observe[1]"), "{e}");
+    let e = invalid(r#"auto_observe = ["/3/x"]"#);
+    assert_eq!(e.key(), Some("auto_observe[0]"), "{e}");
+    let e = parse_err(r#"auto_observe = "yes""#);
+    assert_eq!(e.key(), Some("auto_observe"), "{e}");
+    let e = parse_err(r#"auto_observe = ["/3/0", 5]"#);
+    assert!(e.key().unwrap().starts_with("auto_observe"), "{e}");
+}
+
+#[test]
+fn mqtt_server_in_the_file() {
+    let c = parse("[mqtt]\nserver = \"mqtts://broker.example.com\"");
+    assert_eq!(
+        c.mqtt.server,
+        MqttServer::Tls {
+            host: "broker.example.com".into(),
+            port: 8883
+        }
+    );
+    assert_eq!(
+        c.mqtt.subscribe.resolve(&c.mqtt.server),
+        SubscribeMode::PerEndpoint
+    );
+    for bad in ["tcp://b:1883", "mqtt://", "b:1883", "mqtt://b:0"] {
+        let e = parse_err(&format!("[mqtt]\nserver = \"{bad}\""));
+        assert_eq!(e.key(), Some("mqtt.server"), "{e}");
+    }
+}
+
+#[test]
+fn validation_errors_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("lifetime_min = \"2d\"", "lifetime_min", "lifetime_max"),
+        ("idle_timeout = \"0s\"", "idle_timeout", "0s"),
+        ("mountpoint = \"lwm2m/+/\"", "mountpoint", "wildcard"),
+        (
+            "[translators]\nnotify = { qos = 3 }",
+            "translators.notify.qos",
+            "got 3",
+        ),
+        (
+            "[translators]\nresponse = { topic = \"\" }",
+            "translators.response.topic",
+            "empty",
+        ),
+        (
+            "[translators]\nupdate = { topic = \"up/#\" }",
+            "translators.update.topic",
+            "wildcard",
+        ),
+        (
+            "[translators]\ncommand = { topic = \"dn/a#\" }",
+            "translators.command.topic",
+            "whole",
+        ),
+        (
+            "[translators]\ncommand = { topic = \"dn/#/x\" }",
+            "translators.command.topic",
+            "last",
+        ),
+        ("[listeners]\nudp = {}", "listeners.udp", "at least one"),
+        (
+            "[listeners.udp.default]\nmax_connections = 0",
+            "listeners.udp.default.max_connections",
+            "at least 1",
+        ),
+        (
+            "[listeners.udp.default]\nmax_conn_rate = 0",
+            "listeners.udp.default.max_conn_rate",
+            "at least 1",
+        ),
+        (
+            "[listeners.udp.a]\nbind = 5783\n[listeners.udp.b]\nbind = \"0.0.0.0:5783\"",
+            "listeners.udp.b.bind",
+            "already used by listeners.udp.a.bind",
+        ),
+        (
+            "[listeners.dtls.d]\nbind = 5785",
+            "listeners.dtls.d",
+            "psk_file",
+        ),
+        (
+            "[listeners.dtls.d]\ncertfile = \"c.pem\"",
+            "listeners.dtls.d.keyfile",
+            "certfile",
+        ),
+        (
+            "[listeners.dtls.d]\nkeyfile = \"k.pem\"\npsk_file = \"p\"",
+            "listeners.dtls.d.certfile",
+            "keyfile",
+        ),
+        (
+            "[listeners.dtls.d]\nbind = 5783\npsk_file = \"p\"",
+            "listeners.dtls.d.bind",
+            "already used",
+        ),
+        (
+            "[blockwise]\nmax_block_size = 100",
+            "blockwise.max_block_size",
+            "must be one of 16, 32, 64, 128, 256, 512, 1024, got 100",
+        ),
+        (
+            "[blockwise]\nmax_body_size = 10",
+            "blockwise.max_body_size",
+            "at least",
+        ),
+        (
+            "[blockwise]\nexchange_lifetime = 0",
+            "blockwise.exchange_lifetime",
+            "0s",
+        ),
+        (
+            "[authentication]\nurl = \"ftp://x\"",
+            "authentication.url",
+            "http://",
+        ),
+        (
+            "[authentication]\nenable = true",
+            "authentication.url",
+            "http://",
+        ),
+        (
+            "[authentication]\nurl = \"http://a\"\nbackend = \"ldap\"",
+            "authentication.backend",
+            "http",
+        ),
+        (
+            "[authentication]\nurl = \"http://a\"\nmechanism = \"jwt\"",
+            "authentication.mechanism",
+            "password_based",
+        ),
+        (
+            "[authentication]\nurl = \"http://a\"\nssl = { verify = \"yes\" }",
+            "authentication.ssl.verify",
+            "verify_peer",
+        ),
+        (
+            "[authentication]\nurl = \"http://a\"\npool_size = 0",
+            "authentication.pool_size",
+            "at least 1",
+        ),
+        ("[mqtt]\nclient_id = \"\"", "mqtt.client_id", "empty"),
+        (
+            "[mqtt]\nkeepalive = \"500ms\"",
+            "mqtt.keepalive",
+            "whole seconds",
+        ),
+        ("[mqtt]\nkeepalive = \"1d\"", "mqtt.keepalive", "65535"),
+        (
+            "[mqtt]\nconnections = 0",
+            "mqtt.connections",
+            "between 1 and 64, got 0",
+        ),
+        ("[mqtt]\nconnections = 65", "mqtt.connections", "got 65"),
+        ("[mqtt]\nmax_inflight = 0", "mqtt.max_inflight", "got 0"),
+        (
+            "[engine]\nrecv_batch = 0",
+            "engine.recv_batch",
+            "between 1 and 1024",
+        ),
+        (
+            "[engine]\nrecv_batch = 2000",
+            "engine.recv_batch",
+            "got 2000",
+        ),
+        (
+            "[engine]\nsocket_rcvbuf = 0",
+            "engine.socket_rcvbuf",
+            "got 0",
+        ),
+        (
+            "[engine]\nsocket_sndbuf = \"4GB\"",
+            "engine.socket_sndbuf",
+            "between",
+        ),
+        (
+            "[engine]\nmailbox_capacity = 0",
+            "engine.mailbox_capacity",
+            "at least 1",
+        ),
+        (
+            "[engine]\nmax_datagram = 100",
+            "engine.max_datagram",
+            "between 512 and 65535",
+        ),
+        (
+            "[engine]\nmax_datagram = 70000",
+            "engine.max_datagram",
+            "got 70000",
+        ),
+        ("[api]\napi_key = \"\"", "api.api_key", "empty"),
+        ("[coap]\nack_timeout = \"0s\"", "coap.ack_timeout", "0s"),
+        (
+            "[coap]\nack_random_factor = 0.5",
+            "coap.ack_random_factor",
+            "1.0",
+        ),
+        (
+            "[coap]\nack_random_factor = nan",
+            "coap.ack_random_factor",
+            "1.0",
+        ),
+        ("[coap]\nnstart = 0", "coap.nstart", "at least 1"),
+        (
+            "[coap]\nmax_retransmit = 21",
+            "coap.max_retransmit",
+            "got 21",
+        ),
+        (
+            "[coap]\nexchange_lifetime = 0",
+            "coap.exchange_lifetime",
+            "0s",
+        ),
+        ("[queue]\nmax_queued = 0", "queue.max_queued", "at least 1"),
+    ];
+    for (text, key, needle) in cases {
+        let e = invalid(text);
+        assert_eq!(e.key(), Some(*key), "{text}: {e}");
+        let shown = e.to_string();
+        assert!(shown.starts_with(&format!("{key}: ")), "{text}: {shown}");
+        assert!(shown.contains(needle), "{text}: {shown} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn valid_variations() {
+    for text in [
+        "lifetime_min = \"1d\"\nlifetime_max = \"1d\"",
+        "[mqtt]\nkeepalive = \"0s\"",
+        "[listeners.udp.a]\nbind = 0\n[listeners.udp.b]\nbind = 0",
+        "[listeners.dtls.d]\ncertfile = \"c\"\nkeyfile = \"k\"",
+        "[listeners.dtls.d]\npsk_file = \"p\"",
+        "[authentication]\nenable = false\nurl = \"\"",
+        "[authentication]\nurl = \"https://auth.example.com/x\"\nmethod = \"get\"",
+        "[translators]\ncommand = { topic = \"dn/+/cmd\" }",
+        "[blockwise]\nmax_block_size = 16\nmax_body_size = 16",
+        "update_msg_publish_condition = \"contains_object_list\"",
+        "[mqtt]\nsubscribe = \"per_endpoint\"",
+    ] {
+        let c = parse(text);
+        c.validate().unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    let c = parse("[authentication]\nurl = \"http://a\"\nmethod = \"get\"");
+    assert!(c.authentication.enable);
+    assert_eq!(c.authentication.method, HttpMethod::Get);
+    assert_eq!(
+        parse("update_msg_publish_condition = \"contains_object_list\"")
+            .update_msg_publish_condition,
+        UpdateCondition::ContainsObjectList
+    );
+}
+
+#[test]
+fn secrets_do_not_show_in_debug() {
+    let c = parse(
+        r#"
+        [mqtt]
+        password = "mqtt-pw-1234"
+        [api]
+        api_secret = "api-secret-5678"
+        [authentication]
+        url = "http://a"
+        headers = { authorization = "Bearer tok-9999", "x-api-key" = "key-0000", accept = "application/json" }
+        body = { clientid = "${clientid}", password = "${password}", token = "body-tok-4444" }
+        "#,
+    );
+    assert_eq!(c.mqtt.password.expose(), "mqtt-pw-1234");
+    assert_eq!(c.api.api_secret.expose(), "api-secret-5678");
+    let shown = format!("{c:?}");
+    for secret in [
+        "mqtt-pw-1234",
+        "api-secret-5678",
+        "tok-9999",
+        "key-0000",
+        "body-tok-4444",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown in {shown}");
+    }
+    assert!(shown.contains("application/json"));
+    assert!(shown.contains("${password}"));
+    assert!(shown.contains("***"));
+    let pretty = format!("{c:#?}");
+    assert!(!pretty.contains("mqtt-pw-1234"));
+}
+
+#[test]
+fn load_reads_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, "[engine]\nshards = 3\n").unwrap();
+    assert_eq!(Config::load(&path).unwrap().engine.shards, 3);
+    std::fs::write(&path, "[engine]\nrecv_batch = 0\n").unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!(e.key(), Some("engine.recv_batch"));
+    let missing = dir.path().join("missing.toml");
+    let e = Config::load(&missing).unwrap_err();
+    assert!(matches!(e, ConfigError::Io { .. }));
+    assert!(e.to_string().contains("missing.toml"), "{e}");
+}

@@ -1,0 +1,114 @@
+//! The gateway's own tables: `[engine]`, `[api]`, `[coap]` and `[queue]`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+/// `[engine]`: bare-metal tuning; each key is also a command-line flag.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Engine {
+    /// Worker shards; 0 = one per core.
+    pub shards: usize,
+    /// Pin each shard to a core.
+    pub pin_cores: bool,
+    /// Datagrams per recvmmsg call (1..=1024).
+    pub recv_batch: usize,
+    /// SO_RCVBUF of each UDP socket, bytes.
+    #[serde(deserialize_with = "super::size::deserialize")]
+    pub socket_rcvbuf: u64,
+    /// SO_SNDBUF of each UDP socket, bytes.
+    #[serde(deserialize_with = "super::size::deserialize")]
+    pub socket_sndbuf: u64,
+    /// Messages a shard's mailbox holds.
+    pub mailbox_capacity: usize,
+    /// Largest datagram received or sent, bytes (512..=65535).
+    pub max_datagram: usize,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            shards: 0,
+            pin_cores: false,
+            recv_batch: 32,
+            socket_rcvbuf: 8 << 20,
+            socket_sndbuf: 8 << 20,
+            mailbox_capacity: 65536,
+            max_datagram: 4096,
+        }
+    }
+}
+
+/// `[api]`: the management HTTP API, `/metrics` and `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    #[serde(deserialize_with = "super::bind::deserialize")]
+    pub bind: SocketAddr,
+    /// HTTP basic-auth user of the management endpoints.
+    pub api_key: String,
+    /// HTTP basic-auth password; empty = management endpoints answer 401.
+    pub api_secret: Secret,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 18083)),
+            api_key: "admin".to_string(),
+            api_secret: Secret::default(),
+        }
+    }
+}
+
+/// `[coap]`: CoAP transmission parameters (RFC 7252 section 4.8).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Coap {
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub ack_timeout: Duration,
+    /// At least 1.0.
+    pub ack_random_factor: f64,
+    pub max_retransmit: u32,
+    /// Outstanding confirmable requests per device (at least 1).
+    pub nstart: usize,
+    /// How long a message id is remembered for deduplication.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub exchange_lifetime: Duration,
+}
+
+impl Default for Coap {
+    fn default() -> Self {
+        Coap {
+            ack_timeout: Duration::from_secs(2),
+            ack_random_factor: 1.5,
+            max_retransmit: 4,
+            nstart: 1,
+            exchange_lifetime: Duration::from_secs(247),
+        }
+    }
+}
+
+/// `[queue]`: commands held for devices in queue mode while they sleep.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueMode {
+    /// Commands held per sleeping device.
+    pub max_queued: usize,
+    /// How long a held command stays valid; 0 = no expiry.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub default_ttl: Duration,
+}
+
+impl Default for QueueMode {
+    fn default() -> Self {
+        QueueMode {
+            max_queued: 100,
+            default_ttl: Duration::ZERO,
+        }
+    }
+}

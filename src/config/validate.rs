@@ -1,0 +1,285 @@
+//! Range and consistency checks of a parsed [`Config`]; each error names
+//! the key it is about.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::types::{check_lwm2m_path, BLOCK_SIZES};
+use super::{AutoObserve, Config, ConfigError};
+
+type R = Result<(), ConfigError>;
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> R {
+    Err(ConfigError::invalid(key, message))
+}
+
+fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> R {
+    if v < lo || v > hi {
+        return err(key, format!("must be between {lo} and {hi}, got {v}"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, d: Duration) -> R {
+    if d.is_zero() {
+        return err(key, "must be greater than 0s");
+    }
+    Ok(())
+}
+
+pub(super) fn validate(c: &Config) -> R {
+    // LwM2M
+    positive("lifetime_max", c.lifetime_max)?;
+    if c.lifetime_min > c.lifetime_max {
+        return err(
+            "lifetime_min",
+            format!(
+                "must not exceed lifetime_max ({:?} > {:?})",
+                c.lifetime_min, c.lifetime_max
+            ),
+        );
+    }
+    positive("idle_timeout", c.idle_timeout)?;
+    if let AutoObserve::Paths(paths) = &c.auto_observe {
+        for (i, p) in paths.iter().enumerate() {
+            check_lwm2m_path(p)
+                .map_err(|m| ConfigError::invalid(format!("auto_observe[{i}]"), m))?;
+        }
+    }
+    if c.mountpoint.contains(['+', '#']) {
+        return err("mountpoint", "must not contain MQTT wildcards (+ or #)");
+    }
+    for (name, t) in c.translators.iter() {
+        let key = format!("translators.{name}");
+        if t.qos > 2 {
+            return err(
+                format!("{key}.qos"),
+                format!("must be 0, 1 or 2, got {}", t.qos),
+            );
+        }
+        check_topic(&format!("{key}.topic"), &t.topic, name == "command")?;
+    }
+
+    // Listeners
+    if c.listeners.udp.is_empty() {
+        return err(
+            "listeners.udp",
+            "at least one UDP listener is needed, e.g. [listeners.udp.default] bind = \"0.0.0.0:5783\"",
+        );
+    }
+    let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut claim = |key: String, addr: SocketAddr| -> R {
+        if addr.port() != 0 {
+            if let Some(other) = seen.get(&addr) {
+                return err(key, format!("{addr} is already used by {other}"));
+            }
+            seen.insert(addr, key);
+        }
+        Ok(())
+    };
+    for (name, l) in &c.listeners.udp {
+        let key = format!("listeners.udp.{name}");
+        check_name(&key, name)?;
+        claim(format!("{key}.bind"), l.bind)?;
+        if l.max_connections == 0 {
+            return err(format!("{key}.max_connections"), "must be at least 1");
+        }
+        if l.max_conn_rate == 0 {
+            return err(format!("{key}.max_conn_rate"), "must be at least 1");
+        }
+    }
+    for (name, l) in &c.listeners.dtls {
+        let key = format!("listeners.dtls.{name}");
+        check_name(&key, name)?;
+        claim(format!("{key}.bind"), l.bind)?;
+        match (&l.certfile, &l.keyfile) {
+            (Some(_), None) => {
+                return err(format!("{key}.keyfile"), "required when certfile is set")
+            }
+            (None, Some(_)) => {
+                return err(format!("{key}.certfile"), "required when keyfile is set")
+            }
+            _ => {}
+        }
+        if l.psk_file.is_none() && l.certfile.is_none() {
+            return err(
+                key,
+                "needs psk_file (lines \"identity:hexkey\") or certfile + keyfile",
+            );
+        }
+        if l.max_connections == 0 {
+            return err(format!("{key}.max_connections"), "must be at least 1");
+        }
+        if l.max_conn_rate == 0 {
+            return err(format!("{key}.max_conn_rate"), "must be at least 1");
+        }
+    }
+
+    // Block-wise
+    let b = &c.blockwise;
+    if !BLOCK_SIZES.contains(&b.max_block_size) {
+        return err(
+            "blockwise.max_block_size",
+            format!(
+                "must be one of 16, 32, 64, 128, 256, 512, 1024, got {}",
+                b.max_block_size
+            ),
+        );
+    }
+    if b.max_body_size < u64::from(b.max_block_size) {
+        return err(
+            "blockwise.max_body_size",
+            format!(
+                "must be at least max_block_size ({} bytes), got {}",
+                b.max_block_size, b.max_body_size
+            ),
+        );
+    }
+    positive("blockwise.exchange_lifetime", b.exchange_lifetime)?;
+
+    // Authentication
+    let a = &c.authentication;
+    if a.backend != "http" {
+        return err(
+            "authentication.backend",
+            format!("only \"http\" is supported, got \"{}\"", a.backend),
+        );
+    }
+    if a.mechanism != "password_based" {
+        return err(
+            "authentication.mechanism",
+            format!(
+                "only \"password_based\" is supported, got \"{}\"",
+                a.mechanism
+            ),
+        );
+    }
+    if a.ssl.verify != "verify_none" && a.ssl.verify != "verify_peer" {
+        return err(
+            "authentication.ssl.verify",
+            format!(
+                "must be \"verify_none\" or \"verify_peer\", got \"{}\"",
+                a.ssl.verify
+            ),
+        );
+    }
+    if a.enable {
+        check_url("authentication.url", &a.url)?;
+        if a.pool_size == 0 {
+            return err("authentication.pool_size", "must be at least 1");
+        }
+        positive("authentication.connect_timeout", a.connect_timeout)?;
+        positive("authentication.request_timeout", a.request_timeout)?;
+    }
+
+    // MQTT
+    let m = &c.mqtt;
+    if m.client_id.is_empty() {
+        return err("mqtt.client_id", "must not be empty");
+    }
+    let ka = m.keepalive;
+    if !ka.is_zero() && (ka.subsec_nanos() != 0 || ka.as_secs() == 0 || ka.as_secs() > 65535) {
+        return err(
+            "mqtt.keepalive",
+            format!("must be 0s (off) or whole seconds from 1s to 65535s, got {ka:?}"),
+        );
+    }
+    range("mqtt.connections", m.connections, 1, 64)?;
+    range("mqtt.max_inflight", m.max_inflight, 1, u16::MAX)?;
+
+    // Engine
+    let e = &c.engine;
+    range("engine.shards", e.shards, 0, 1024)?;
+    range("engine.recv_batch", e.recv_batch, 1, 1024)?;
+    range("engine.socket_rcvbuf", e.socket_rcvbuf, 1, i32::MAX as u64)?;
+    range("engine.socket_sndbuf", e.socket_sndbuf, 1, i32::MAX as u64)?;
+    if e.mailbox_capacity == 0 {
+        return err("engine.mailbox_capacity", "must be at least 1");
+    }
+    range("engine.max_datagram", e.max_datagram, 512, 65535)?;
+
+    // API
+    if c.api.api_key.is_empty() {
+        return err("api.api_key", "must not be empty");
+    }
+
+    // CoAP
+    let k = &c.coap;
+    positive("coap.ack_timeout", k.ack_timeout)?;
+    if !(k.ack_random_factor.is_finite() && k.ack_random_factor >= 1.0) {
+        return err(
+            "coap.ack_random_factor",
+            format!("must be at least 1.0, got {}", k.ack_random_factor),
+        );
+    }
+    range("coap.max_retransmit", k.max_retransmit, 0, 20)?;
+    if k.nstart == 0 {
+        return err("coap.nstart", "must be at least 1");
+    }
+    positive("coap.exchange_lifetime", k.exchange_lifetime)?;
+
+    // Queue mode
+    if c.queue.max_queued == 0 {
+        return err("queue.max_queued", "must be at least 1");
+    }
+    Ok(())
+}
+
+fn check_name(key: &str, name: &str) -> R {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return err(
+            key,
+            "listener names may hold only letters, digits, '_' and '-'",
+        );
+    }
+    Ok(())
+}
+
+/// A topic relative to the mountpoint: non-empty; wildcards only where
+/// allowed and only as whole levels (`#` last).
+fn check_topic(key: &str, topic: &str, wildcards: bool) -> R {
+    if topic.is_empty() {
+        return err(key, "must not be empty");
+    }
+    if !wildcards && topic.contains(['+', '#']) {
+        return err(
+            key,
+            format!("must not contain MQTT wildcards (+ or #), got \"{topic}\""),
+        );
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let ok = match *level {
+            "+" => true,
+            "#" => i == levels.len() - 1,
+            l => !l.contains(['+', '#']),
+        };
+        if !ok {
+            return err(
+                key,
+                format!("\"{topic}\": '+' must be a whole level and '#' a whole last level"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_url(key: &str, url: &str) -> R {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
+        _ => err(
+            key,
+            format!(
+                "must be an http:// or https:// URL when authentication is enabled, got \"{url}\""
+            ),
+        ),
+    }
+}
