@@ -4,6 +4,27 @@
 //!
 //! This crate is Linux-only and is the only place in the project where
 //! `unsafe` is allowed; every `unsafe` block carries a `// SAFETY:` comment.
+//!
+//! ```
+//! use netio::{bind_udp, RecvBatch, SendBatch, SocketOptions};
+//!
+//! let opts = SocketOptions { reuse_port: false, ..SocketOptions::default() };
+//! let rx = bind_udp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+//! let tx = bind_udp("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+//!
+//! let mut out = SendBatch::new(64);
+//! out.push(rx.local_addr().unwrap(), b"hello");
+//! out.push_with(rx.local_addr().unwrap(), |buf| buf.extend_from_slice(b"world"));
+//! assert_eq!(out.flush(&tx).unwrap(), 2);
+//!
+//! let mut batch = RecvBatch::new(64, 1500);
+//! let n = batch.recv(&rx).unwrap(); // loopback delivers at once
+//! assert_eq!(n, 2);
+//! let (peer, payload, truncated) = batch.get(0);
+//! assert_eq!((peer, payload, truncated), (tx.local_addr().unwrap(), &b"hello"[..], false));
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod affinity;
 mod msgvec;

@@ -270,3 +270,90 @@ impl SendBatch {
         self.core.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    fn pending(core: &SendCore) -> Vec<Vec<u8>> {
+        core.entries[core.head..]
+            .iter()
+            .map(|e| core.arena[e.off..e.off + e.len].to_vec())
+            .collect()
+    }
+
+    fn err(code: i32) -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(code))
+    }
+
+    fn queue(n: u8, max_batch: usize) -> SendCore {
+        let mut core = SendCore::new(max_batch, false);
+        for i in 0..n {
+            core.push_with(to(), Ipv4Addr::UNSPECIFIED, |b| {
+                b.extend_from_slice(&[i; 3])
+            });
+        }
+        core
+    }
+
+    #[test]
+    fn chunks_of_max_batch() {
+        let mut core = queue(7, 3);
+        let mut calls = Vec::new();
+        let sent = core
+            .drive(|h| {
+                calls.push(h.len());
+                Ok(h.len())
+            })
+            .unwrap();
+        assert_eq!(sent, 7);
+        assert_eq!(calls, [3, 3, 1]);
+        assert_eq!(core.len(), 0);
+        assert!(core.arena.is_empty());
+    }
+
+    #[test]
+    fn would_block_keeps_the_rest_and_compacts() {
+        let mut core = queue(5, 8);
+        let mut script = vec![Ok(2), err(libc::EAGAIN)].into_iter();
+        assert_eq!(core.drive(|_| script.next().unwrap()).unwrap(), 2);
+        assert_eq!(core.len(), 3);
+        assert_eq!(core.head, 0);
+        assert_eq!(pending(&core), [vec![2; 3], vec![3; 3], vec![4; 3]]);
+        assert_eq!(core.arena.len(), 9);
+        core.push_with(to(), Ipv4Addr::UNSPECIFIED, |b| b.push(7));
+        assert_eq!(pending(&core).last().unwrap(), &vec![7]);
+        assert_eq!(core.drive(|h| Ok(h.len())).unwrap(), 4);
+        assert_eq!(core.len(), 0);
+        assert_eq!(core.failed(), 0);
+    }
+
+    #[test]
+    fn refused_datagram_is_dropped_and_counted() {
+        let mut core = queue(4, 8);
+        let mut script = vec![Ok(1), err(libc::EMSGSIZE), err(libc::EINTR), Ok(2)].into_iter();
+        assert_eq!(core.drive(|_| script.next().unwrap()).unwrap(), 3);
+        assert_eq!(core.failed(), 1);
+        assert_eq!(core.len(), 0);
+    }
+
+    #[test]
+    fn socket_error_is_returned_and_queue_kept() {
+        let mut core = queue(3, 8);
+        let mut script = vec![Ok(1), err(libc::EBADF)].into_iter();
+        let e = core.drive(|_| script.next().unwrap()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(pending(&core), [vec![1; 3], vec![2; 3]]);
+    }
+
+    #[test]
+    #[should_panic(expected = "only append")]
+    fn push_with_must_not_shrink() {
+        let mut core = queue(1, 8);
+        core.push_with(to(), Ipv4Addr::UNSPECIFIED, |b| b.clear());
+    }
+}
