@@ -231,3 +231,252 @@ fn read(path: &Path) -> Result<Config, ConfigError> {
     })?;
     Config::from_toml_str(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["lwm2m-gateway"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Self {
+            Dir(tempfile::tempdir().unwrap())
+        }
+        fn file(&self, name: &str, text: &str) -> String {
+            let p = self.0.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_str().unwrap().to_string()
+        }
+        fn missing(&self) -> PathBuf {
+            self.0.path().join("absent.toml")
+        }
+    }
+
+    fn load(args: &[&str], dir: &Dir) -> Result<Config, ConfigError> {
+        cli(args).load_config_with_default(&dir.missing())
+    }
+
+    #[test]
+    fn no_file_means_built_in_defaults() {
+        let dir = Dir::new();
+        assert_eq!(load(&[], &dir).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn default_path_is_read_when_present() {
+        let dir = Dir::new();
+        let p = dir.file("default.toml", "[engine]\nshards = 5\n");
+        let c = cli(&[]).load_config_with_default(Path::new(&p)).unwrap();
+        assert_eq!(c.engine.shards, 5);
+    }
+
+    #[test]
+    fn shipped_default_path_loads() {
+        // Tests run in the package root, where etc/lwm2m-gateway.toml lives.
+        assert_eq!(cli(&[]).load_config().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let dir = Dir::new();
+        let missing = dir.missing();
+        let e = load(&["--config", missing.to_str().unwrap()], &dir).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("absent.toml"), "{e}");
+    }
+
+    #[test]
+    fn file_errors_pass_through() {
+        let dir = Dir::new();
+        let p = dir.file("bad.toml", "[engine]\nthreads = 2\n");
+        let e = load(&["-c", &p], &dir).unwrap_err();
+        assert_eq!(e.key(), Some("engine.threads"), "{e}");
+        let p = dir.file("bad2.toml", "[blockwise]\nmax_block_size = 100\n");
+        let e = load(&["-c", &p], &dir).unwrap_err();
+        assert_eq!(e.key(), Some("blockwise.max_block_size"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = Dir::new();
+        let p = dir.file(
+            "gw.toml",
+            "xml_dir = \"/opt/xml\"\n[engine]\nshards = 2\nrecv_batch = 16\n\
+             [listeners.udp.b]\nbind = 7000\n[listeners.udp.a]\nbind = 6000\n",
+        );
+        let c = load(
+            &[
+                "--config",
+                &p,
+                "--shards",
+                "4",
+                "--pin-cores",
+                "--recv-batch",
+                "64",
+                "--udp-bind",
+                "[::]:5683",
+                "--mqtt",
+                "mqtts://broker.example.com:8884",
+                "--embedded-bind",
+                "1884",
+                "--mqtt-connections",
+                "8",
+                "--subscribe",
+                "wildcard",
+                "--api-bind",
+                "0.0.0.0:9000",
+                "--xml-dir",
+                "/srv/xml",
+                "--socket-rcvbuf",
+                "16MB",
+                "--socket-sndbuf",
+                "512KB",
+            ],
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(c.engine.shards, 4);
+        assert!(c.engine.pin_cores);
+        assert_eq!(c.engine.recv_batch, 64);
+        assert_eq!(c.listeners.udp["a"].bind, addr("[::]:5683"));
+        assert_eq!(c.listeners.udp["b"].bind, addr("0.0.0.0:7000"));
+        assert_eq!(c.udp_listener().bind, addr("[::]:5683"));
+        assert_eq!(
+            c.mqtt.server,
+            MqttServer::Tls {
+                host: "broker.example.com".into(),
+                port: 8884
+            }
+        );
+        assert_eq!(c.mqtt.embedded_bind, addr("0.0.0.0:1884"));
+        assert_eq!(c.mqtt.connections, 8);
+        assert_eq!(c.mqtt.subscribe, SubscribeMode::Wildcard);
+        assert_eq!(c.api.bind, addr("0.0.0.0:9000"));
+        assert_eq!(c.xml_dir, PathBuf::from("/srv/xml"));
+        assert_eq!(c.engine.socket_rcvbuf, 16 << 20);
+        assert_eq!(c.engine.socket_sndbuf, 512 << 10);
+    }
+
+    #[test]
+    fn flags_apply_to_defaults_too() {
+        let dir = Dir::new();
+        let c = load(&["--udp-bind", "5690", "--mqtt", "embedded"], &dir).unwrap();
+        assert_eq!(c.listeners.udp["default"].bind, addr("0.0.0.0:5690"));
+        assert_eq!(c.mqtt.server, MqttServer::Embedded);
+    }
+
+    #[test]
+    fn a_flag_can_repair_the_file() {
+        let dir = Dir::new();
+        let p = dir.file("gw.toml", "[engine]\nrecv_batch = 0\n");
+        assert_eq!(
+            load(&["-c", &p], &dir).unwrap_err().key(),
+            Some("engine.recv_batch")
+        );
+        let c = load(&["-c", &p, "--recv-batch", "8"], &dir).unwrap();
+        assert_eq!(c.engine.recv_batch, 8);
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let dir = Dir::new();
+        let cases: &[(&[&str], &str, &str)] = &[
+            (&["--recv-batch", "0"], "--recv-batch", "engine.recv_batch"),
+            (&["--shards", "5000"], "--shards", "engine.shards"),
+            (
+                &["--mqtt-connections", "0"],
+                "--mqtt-connections",
+                "mqtt.connections",
+            ),
+            (
+                &["--socket-rcvbuf", "0"],
+                "--socket-rcvbuf",
+                "engine.socket_rcvbuf",
+            ),
+            (
+                &["--socket-rcvbuf", "16XB"],
+                "--socket-rcvbuf",
+                "invalid size",
+            ),
+            (
+                &["--socket-sndbuf", "lots"],
+                "--socket-sndbuf",
+                "invalid size",
+            ),
+            (&["--udp-bind", "host:1"], "--udp-bind", "invalid address"),
+            (&["--api-bind", "99999"], "--api-bind", "invalid port"),
+            (
+                &["--embedded-bind", "x"],
+                "--embedded-bind",
+                "invalid address",
+            ),
+            (&["--mqtt", "tcp://b"], "--mqtt", "invalid MQTT server"),
+            (&["--subscribe", "all"], "--subscribe", "per_endpoint"),
+            (&["--dtls-bind", "5784"], "--dtls-bind", "no DTLS listener"),
+            (
+                &["--api-bind", "1883"],
+                "--api-bind",
+                "already used by mqtt.embedded_bind",
+            ),
+        ];
+        for (args, flag, needle) in cases {
+            let e = load(args, &dir).unwrap_err();
+            assert_eq!(e.key(), Some(*flag), "{args:?}: {e}");
+            let shown = e.to_string();
+            assert!(shown.starts_with(&format!("{flag}: ")), "{args:?}: {shown}");
+            assert!(shown.contains(needle), "{args:?}: {shown} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn dtls_bind_moves_the_first_dtls_listener() {
+        let dir = Dir::new();
+        let p = dir.file(
+            "gw.toml",
+            "[listeners.dtls.default]\npsk_file = \"etc/psk.txt\"\n",
+        );
+        let c = load(&["-c", &p, "--dtls-bind", "[::]:5685"], &dir).unwrap();
+        assert_eq!(c.listeners.dtls["default"].bind, addr("[::]:5685"));
+        let e = load(&["-c", &p, "--dtls-bind", "5783"], &dir).unwrap_err();
+        assert_eq!(e.key(), Some("--dtls-bind"), "{e}");
+        assert!(e.to_string().contains("already used"), "{e}");
+    }
+
+    #[test]
+    fn clap_rejects_malformed_numbers() {
+        assert!(Cli::try_parse_from(["lwm2m-gateway", "--shards", "many"]).is_err());
+        assert!(Cli::try_parse_from(["lwm2m-gateway", "--recv-batch", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["lwm2m-gateway", "--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn print_default_config_and_log_level() {
+        let c = cli(&["--print-default-config"]);
+        assert!(c.print_default_config);
+        assert!(Cli::default_config_text().contains("[listeners.udp.default]"));
+        assert_eq!(cli(&["--log-level", "debug"]).log_filter(), "debug");
+        let from_env = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "info".to_string());
+        assert_eq!(cli(&[]).log_filter(), from_env);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -5,3 +5,5 @@ pub mod coap;
 pub mod config;
 pub mod cli;
 pub mod objects;
+pub mod json;
+pub mod lwm2m;

@@ -72,13 +72,14 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".to_string();
     }
-    if ms % 1000 != 0 {
+    let (s, sub) = (ms / 1000, ms % 1000);
+    if sub > 0 {
         return format!("{ms}ms");
     }
-    let s = ms / 1000;
     for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if s % n == 0 {
-            return format!("{}{unit}", s / n);
+        let (q, r) = (s / n, s % n);
+        if r == 0 {
+            return format!("{q}{unit}");
         }
     }
     format!("{s}s")

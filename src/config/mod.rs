@@ -151,7 +151,7 @@ fn parse_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Co
         path.clear();
     }
     let inner = e.into_inner();
-    let mut message = inner.message().trim().to_string();
+    let mut message = inner.message().trim().replace('\n', "; ");
     // Make sure an unknown key's path ends with the key itself.
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some((key, _)) = rest.split_once('`') {
@@ -160,8 +160,11 @@ fn parse_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Co
             } else if path.rsplit('.').next() != Some(key) {
                 path = format!("{path}.{key}");
             }
-            message = format!("unknown key; {message}");
+            message = format!("unknown key{}", &rest[key.len() + 1..]);
         }
+    }
+    if path.is_empty() {
+        message = format!("invalid TOML: {message}");
     }
     if let Some(span) = inner.span() {
         let before = &text[..span.start.min(text.len())];

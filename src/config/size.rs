@@ -41,7 +41,8 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
 /// largest unit that represents it exactly (`"8MB"`, `"512KB"`, `"1000"`).
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("GB", 30), ("MB", 20), ("KB", 10)] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        let low_bits = bytes & ((1u64 << shift) - 1);
+        if bytes != 0 && low_bits == 0 {
             return format!("{}{unit}", bytes >> shift);
         }
     }

@@ -399,6 +399,16 @@ fn validation_errors_name_their_key() {
             "keyfile",
         ),
         (
+            "[listeners.udp.a]\nbind = \"0.0.0.0:5783\"\n[listeners.udp.b]\nbind = \"127.0.0.1:5783\"",
+            "listeners.udp.b.bind",
+            "overlaps 0.0.0.0:5783",
+        ),
+        (
+            "[api]\nbind = \"127.0.0.1:1883\"",
+            "api.bind",
+            "already used by mqtt.embedded_bind",
+        ),
+        (
             "[listeners.dtls.d]\nbind = 5783\npsk_file = \"p\"",
             "listeners.dtls.d.bind",
             "already used",
@@ -545,6 +555,9 @@ fn valid_variations() {
         "[blockwise]\nmax_block_size = 16\nmax_body_size = 16",
         "update_msg_publish_condition = \"contains_object_list\"",
         "[mqtt]\nsubscribe = \"per_endpoint\"",
+        "[mqtt]\nserver = \"mqtt://b\"\n[api]\nbind = \"127.0.0.1:1883\"",
+        "[listeners.udp.a]\nbind = \"0.0.0.0:5783\"\n[listeners.udp.b]\nbind = \"[::]:5783\"",
+        "[listeners.udp.a]\nbind = \"127.0.0.1:5783\"\n[listeners.udp.b]\nbind = \"127.0.0.2:5783\"",
     ] {
         let c = parse(text);
         c.validate().unwrap_or_else(|e| panic!("{text}: {e}"));

@@ -1,7 +1,6 @@
 //! Range and consistency checks of a parsed [`Config`]; each error names
 //! the key it is about.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -68,20 +67,11 @@ pub(super) fn validate(c: &Config) -> R {
             "at least one UDP listener is needed, e.g. [listeners.udp.default] bind = \"0.0.0.0:5783\"",
         );
     }
-    let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
-    let mut claim = |key: String, addr: SocketAddr| -> R {
-        if addr.port() != 0 {
-            if let Some(other) = seen.get(&addr) {
-                return err(key, format!("{addr} is already used by {other}"));
-            }
-            seen.insert(addr, key);
-        }
-        Ok(())
-    };
+    let mut udp = Claims::default();
     for (name, l) in &c.listeners.udp {
         let key = format!("listeners.udp.{name}");
         check_name(&key, name)?;
-        claim(format!("{key}.bind"), l.bind)?;
+        udp.claim(format!("{key}.bind"), l.bind)?;
         if l.max_connections == 0 {
             return err(format!("{key}.max_connections"), "must be at least 1");
         }
@@ -92,7 +82,7 @@ pub(super) fn validate(c: &Config) -> R {
     for (name, l) in &c.listeners.dtls {
         let key = format!("listeners.dtls.{name}");
         check_name(&key, name)?;
-        claim(format!("{key}.bind"), l.bind)?;
+        udp.claim(format!("{key}.bind"), l.bind)?;
         match (&l.certfile, &l.keyfile) {
             (Some(_), None) => {
                 return err(format!("{key}.keyfile"), "required when certfile is set")
@@ -199,6 +189,13 @@ pub(super) fn validate(c: &Config) -> R {
     }
     range("engine.max_datagram", e.max_datagram, 512, 65535)?;
 
+    // TCP listeners
+    let mut tcp = Claims::default();
+    if m.server.is_embedded() {
+        tcp.claim("mqtt.embedded_bind".to_string(), m.embedded_bind)?;
+    }
+    tcp.claim("api.bind".to_string(), c.api.bind)?;
+
     // API
     if c.api.api_key.is_empty() {
         return err("api.api_key", "must not be empty");
@@ -224,6 +221,35 @@ pub(super) fn validate(c: &Config) -> R {
         return err("queue.max_queued", "must be at least 1");
     }
     Ok(())
+}
+
+/// Listen addresses of one transport, to refuse two listeners on the same
+/// port (an unspecified address overlaps every address of its family).
+/// Port 0 (any free port) never conflicts.
+#[derive(Default)]
+struct Claims(Vec<(SocketAddr, String)>);
+
+impl Claims {
+    fn claim(&mut self, key: String, addr: SocketAddr) -> R {
+        if addr.port() == 0 {
+            return Ok(());
+        }
+        let overlaps = |other: &SocketAddr| {
+            other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        };
+        if let Some((other, other_key)) = self.0.iter().find(|(a, _)| overlaps(a)) {
+            return err(
+                key,
+                format!("{addr} overlaps {other}, already used by {other_key}"),
+            );
+        }
+        self.0.push((addr, key));
+        Ok(())
+    }
 }
 
 fn check_name(key: &str, name: &str) -> R {
