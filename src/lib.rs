@@ -7,3 +7,4 @@ pub mod cli;
 pub mod objects;
 pub mod json;
 pub mod lwm2m;
+pub mod formats;

@@ -1,0 +1,134 @@
+//! SenML JSON (110, RFC 8428) with the LwM2M 1.1 conventions: the path of a record is the
+//! concatenation of the base name (`bn`, which persists over the following records) and the name
+//! (`n`); values are `v` (number), `vs` (string), `vb` (boolean), `vd` (base64url data) and `vlo`
+//! (object link `"O:I"`). Times (`bt`, `t`) are ignored; a base value (`bv`) is added to `v`.
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use super::value::{
+    coerce, decode_base64, from_u64, parse_objlnk, resource_kind, ContentItem, Value,
+};
+use super::{clip, DecodeError};
+use crate::model::{LwPath, ObjectModel};
+
+/// Resolves `base` + `name` into a path. A `/` is inserted when neither side supplies one; an empty
+/// result means the request path.
+pub(crate) fn join_name(base: &str, name: &str, req: &LwPath) -> Result<LwPath, DecodeError> {
+    if base.is_empty() && name.is_empty() {
+        return Ok(*req);
+    }
+    let bad = || DecodeError::BadPath(clip(&format!("{base}{name}")));
+    let mut buf = super::value::StackStr::new();
+    use std::fmt::Write as _;
+    let sep =
+        if !base.is_empty() && !name.is_empty() && !base.ends_with('/') && !name.starts_with('/') {
+            "/"
+        } else {
+            ""
+        };
+    // Paths are at most "/65535/65535/65535/65535/" long: anything longer is invalid anyway.
+    write!(buf, "{base}{sep}{name}").map_err(|_| bad())?;
+    LwPath::parse(buf.as_str()).map_err(|_| bad())
+}
+
+/// Parses JSON from a mutable copy of the payload (simd-json parses in place).
+pub(crate) fn to_value(scratch: &mut [u8]) -> Result<BorrowedValue<'_>, DecodeError> {
+    simd_json::to_borrowed_value(scratch).map_err(|e| DecodeError::Json(clip(&e.to_string())))
+}
+
+/// A JSON number as a value (`Integer` when integral and in range, else `Unsigned`/`Float`).
+pub(crate) fn number(v: &BorrowedValue<'_>) -> Option<Value> {
+    if let Some(i) = v.as_i64() {
+        Some(Value::Integer(i))
+    } else if let Some(u) = v.as_u64() {
+        Some(from_u64(u))
+    } else {
+        v.as_f64().map(Value::Float)
+    }
+}
+
+const FMT: &str = "SenML JSON";
+
+fn structure(reason: &'static str) -> DecodeError {
+    DecodeError::Structure {
+        format: FMT,
+        reason,
+    }
+}
+
+pub(crate) fn decode(
+    payload: &[u8],
+    req: &LwPath,
+    model: &dyn ObjectModel,
+    out: &mut Vec<ContentItem>,
+) -> Result<(), DecodeError> {
+    let mut scratch = payload.to_vec();
+    let root = to_value(&mut scratch)?;
+    let records = root
+        .as_array()
+        .ok_or_else(|| structure("the payload is not an array of records"))?;
+    let mut bn: &str = "";
+    let mut bv: Option<f64> = None;
+    for rec in records.iter() {
+        let rec = rec
+            .as_object()
+            .ok_or_else(|| structure("a record is not an object"))?;
+        let field = |k: &str| rec.get(k);
+        if let Some(b) = field("bn") {
+            bn = b.as_str().ok_or_else(|| structure("bn is not a string"))?;
+        }
+        if let Some(b) = field("bv") {
+            bv = Some(
+                b.cast_f64()
+                    .ok_or_else(|| structure("bv is not a number"))?,
+            );
+        }
+        let n = match field("n") {
+            Some(n) => n.as_str().ok_or_else(|| structure("n is not a string"))?,
+            None => "",
+        };
+        let raw = if let Some(v) = field("v") {
+            let num = number(v).ok_or_else(|| structure("v is not a number"))?;
+            match (bv, num) {
+                (Some(b), Value::Integer(i)) => Value::Float(b + i as f64),
+                (Some(b), Value::Unsigned(u)) => Value::Float(b + u as f64),
+                (Some(b), Value::Float(f)) => Value::Float(b + f),
+                (_, num) => num,
+            }
+        } else if let Some(v) = field("vs") {
+            Value::String(
+                v.as_str()
+                    .ok_or_else(|| structure("vs is not a string"))?
+                    .to_string(),
+            )
+        } else if let Some(v) = field("vb") {
+            Value::Boolean(
+                v.as_bool()
+                    .ok_or_else(|| structure("vb is not a boolean"))?,
+            )
+        } else if let Some(v) = field("vd") {
+            let s = v.as_str().ok_or_else(|| structure("vd is not a string"))?;
+            let path = join_name(bn, n, req)?;
+            Value::Opaque(decode_base64(s).ok_or_else(|| DecodeError::BadValue {
+                path: path.to_string(),
+                reason: "vd is not base64",
+            })?)
+        } else if let Some(v) = field("vlo") {
+            let s = v.as_str().ok_or_else(|| structure("vlo is not a string"))?;
+            let path = join_name(bn, n, req)?;
+            let (o, i) = parse_objlnk(s).ok_or_else(|| DecodeError::BadValue {
+                path: path.to_string(),
+                reason: "vlo is not an object link \"O:I\"",
+            })?;
+            Value::Objlnk(o, i)
+        } else {
+            // A record without a value (only base fields, or a null in a composite read).
+            continue;
+        };
+        let path = join_name(bn, n, req)?;
+        let value = coerce(resource_kind(model, &path), raw);
+        out.push(ContentItem { path, value });
+    }
+    Ok(())
+}
