@@ -8,3 +8,4 @@ pub mod objects;
 pub mod json;
 pub mod lwm2m;
 pub mod formats;
+pub mod mqtt;

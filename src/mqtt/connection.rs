@@ -1,0 +1,705 @@
+//! One broker connection: its state machine, buffers, in-flight window and filter set.
+//!
+//! Protocol flow (MQTT 3.1.1, clean session):
+//! ```text
+//! Waiting --(backoff elapsed)--> Connecting --(TCP up)--> send CONNECT --> AwaitConnack
+//! AwaitConnack --(CONNACK 0)--> Up: SUBSCRIBE every held filter (batched),
+//!                                   re-send unacked PUBLISH (DUP) / PUBREL, then pending ones
+//! AwaitConnack --(CONNACK refused)--> Waiting
+//! Up: PUBLISH qos0 ............................ written, forgotten
+//!     PUBLISH qos1 -> PUBACK .................. acked
+//!     PUBLISH qos2 -> PUBREC -> PUBREL -> PUBCOMP acked
+//!     PINGREQ every keepalive; nothing received for 1.5 x keepalive -> dead
+//!     broker PUBLISH qos1 -> PUBACK; qos2 -> PUBREC, PUBREL -> PUBCOMP (delivered once)
+//! any error, timeout, EOF or malformed packet --> Waiting (backoff 100 ms doubling to 5 s, jitter)
+//! ```
+//! Writes go to a per-connection buffer flushed when the socket is writable: many packets per
+//! syscall, no round trip waited per message.
+
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use rumqttc::mqttbytes::v4::{
+    Connect, Packet, PubAck, PubComp, PubRec, PubRel, Publish, Subscribe, SubscribeFilter,
+    SubscribeReasonCode, Unsubscribe,
+};
+use rumqttc::mqttbytes::{self, QoS};
+use rustls::ClientConfig;
+use tracing::{debug, info, warn};
+
+use super::buffer::{OutMsg, PendingQueue};
+use super::stats::MqttStats;
+use super::subscriptions::Subscriptions;
+use super::transport::{ReadStatus, Transport};
+use super::{Inbound, MqttOptions, ServerAddr};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pending publishes move to the write buffer while it holds less than this.
+const WBUF_HIGH: usize = 256 * 1024;
+/// Bytes read per connection per loop turn before others get their turn.
+const READ_BUDGET: usize = 1024 * 1024;
+/// Fixed header (1) + longest remaining length (4).
+const MAX_FIXED_HEADER: usize = 5;
+
+/// What the connection needs from its thread for one call.
+pub(crate) struct Ctx<'a> {
+    pub opts: &'a MqttOptions,
+    pub stats: &'a MqttStats,
+    pub inbound: &'a mut dyn Inbound,
+    pub registry: &'a Registry,
+    pub tls: Option<&'a Arc<ClientConfig>>,
+    pub now: Instant,
+    pub scratch: &'a mut [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting { until: Instant },
+    Connecting { deadline: Instant },
+    AwaitConnack { deadline: Instant },
+    Up,
+    Closed,
+}
+
+struct Inflight {
+    publish: Publish,
+    /// PUBREC received, PUBREL sent (QoS 2).
+    released: bool,
+}
+
+/// Packet identifiers in use (publishes in flight, SUBSCRIBE/UNSUBSCRIBE awaiting their ack).
+struct PacketIds {
+    used: Vec<bool>,
+    next: u16,
+    count: usize,
+}
+
+impl PacketIds {
+    fn new() -> Self {
+        PacketIds {
+            used: vec![false; 65536],
+            next: 0,
+            count: 0,
+        }
+    }
+
+    fn alloc(&mut self) -> Option<u16> {
+        if self.count >= 65535 {
+            return None;
+        }
+        loop {
+            self.next = self.next.wrapping_add(1).max(1);
+            let slot = &mut self.used[self.next as usize];
+            if !*slot {
+                *slot = true;
+                self.count += 1;
+                return Some(self.next);
+            }
+        }
+    }
+
+    fn free(&mut self, id: u16) {
+        let slot = &mut self.used[id as usize];
+        if *slot {
+            *slot = false;
+            self.count -= 1;
+        }
+    }
+}
+
+/// Why a connection went down.
+#[derive(Debug)]
+enum Failure {
+    Io(io::Error),
+    Protocol(String),
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Io(e) => write!(f, "I/O error: {e}"),
+            Failure::Protocol(s) => write!(f, "protocol error: {s}"),
+            Failure::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+pub(crate) struct Connection {
+    index: usize,
+    token: Token,
+    client_id: String,
+    state: State,
+    transport: Option<Transport>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    pub pending: PendingQueue,
+    inflight: VecDeque<Inflight>,
+    pub subs: Subscriptions,
+    /// SUBSCRIBE/UNSUBSCRIBE packet ids awaiting their ack.
+    sub_ids: HashSet<u16>,
+    /// Incoming QoS 2 packet ids delivered, awaiting PUBREL.
+    inbound_qos2: HashSet<u16>,
+    ids: PacketIds,
+    max_inflight: usize,
+    backoff: Duration,
+    attempts: u64,
+    /// Failures since the connection was last up (logs the first at warn, the rest at debug).
+    failures: u64,
+    last_rx: Instant,
+    last_ping: Instant,
+    /// The read budget ran out: read again without waiting for an event.
+    pub read_more: bool,
+    rng: u64,
+}
+
+impl Connection {
+    pub fn new(index: usize, opts: &MqttOptions, now: Instant, seed: u64) -> Self {
+        Connection {
+            index,
+            token: Token(index),
+            client_id: format!("{}-{}", opts.client_id, index),
+            state: State::Waiting { until: now },
+            transport: None,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            pending: PendingQueue::default(),
+            inflight: VecDeque::new(),
+            subs: Subscriptions::default(),
+            sub_ids: HashSet::new(),
+            inbound_qos2: HashSet::new(),
+            ids: PacketIds::new(),
+            max_inflight: (opts.max_inflight as usize).clamp(1, 65000),
+            backoff: BACKOFF_MIN,
+            attempts: 0,
+            failures: 0,
+            last_rx: now,
+            last_ping: now,
+            read_more: false,
+            rng: seed | 1,
+        }
+    }
+
+    /// Publishes held: pending and in flight.
+    pub fn held(&self) -> usize {
+        self.pending.len() + self.inflight.len()
+    }
+
+    /// Nothing left to send or to wait for.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+            && self.inflight.is_empty()
+            && self.wbuf.is_empty()
+            && !self.transport.as_ref().is_some_and(|t| t.has_unsent())
+    }
+
+    pub fn next_deadline(&self, keepalive: Duration) -> Option<Instant> {
+        match self.state {
+            State::Waiting { until } => Some(until),
+            State::Connecting { deadline } | State::AwaitConnack { deadline } => Some(deadline),
+            State::Up if !keepalive.is_zero() => {
+                Some((self.last_ping + keepalive).min(self.last_rx + keepalive * 3 / 2))
+            }
+            State::Up | State::Closed => None,
+        }
+    }
+
+    /// Timers: reconnect, connect timeout, keepalive.
+    pub fn poll_timers(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        let keepalive = ctx.opts.keepalive;
+        match self.state {
+            State::Waiting { until } if now >= until => self.start_connect(ctx),
+            State::Connecting { deadline } | State::AwaitConnack { deadline }
+                if now >= deadline =>
+            {
+                self.fail(ctx, Failure::Other("connect timed out".into()))
+            }
+            State::Up if !keepalive.is_zero() => {
+                if now >= self.last_rx + keepalive * 3 / 2 {
+                    self.fail(ctx, Failure::Other("keepalive timeout".into()));
+                } else if now >= self.last_ping + keepalive {
+                    self.last_ping = now;
+                    self.write_packet(&Packet::PingReq);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A readiness event for this connection's socket.
+    pub fn on_event(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) {
+        if let State::Connecting { .. } = self.state {
+            match self.check_connected() {
+                Ok(true) => self.send_connect(ctx),
+                Ok(false) => return,
+                Err(e) => return self.fail(ctx, Failure::Io(e)),
+            }
+        }
+        if readable {
+            self.read(ctx);
+        }
+        if writable {
+            self.flush(ctx);
+        }
+    }
+
+    /// Reads what the socket has and handles every complete packet.
+    pub fn read(&mut self, ctx: &mut Ctx) {
+        self.read_more = false;
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
+        if matches!(self.state, State::Connecting { .. } | State::Closed) {
+            return;
+        }
+        let status = match t.read_into(&mut self.rbuf, ctx.scratch, READ_BUDGET) {
+            Ok(s) => s,
+            Err(e) => return self.fail(ctx, Failure::Io(e)),
+        };
+        loop {
+            match Packet::read(&mut self.rbuf, ctx.opts.max_packet_size) {
+                Ok(packet) => {
+                    self.last_rx = ctx.now;
+                    if let Err(f) = self.handle(ctx, packet) {
+                        return self.fail(ctx, f);
+                    }
+                    if self.transport.is_none() {
+                        return; // refused CONNACK
+                    }
+                }
+                Err(mqttbytes::Error::InsufficientBytes(_)) => break,
+                Err(e) => return self.fail(ctx, Failure::Protocol(e.to_string())),
+            }
+        }
+        match status {
+            ReadStatus::Eof => self.fail(ctx, Failure::Other("closed by the broker".into())),
+            ReadStatus::More => self.read_more = true,
+            ReadStatus::Drained => {}
+        }
+        // TLS may have handshake or alert records to send; acks were written too.
+        self.flush(ctx);
+    }
+
+    /// Moves filter changes and pending publishes into the write buffer and flushes it.
+    pub fn pump(&mut self, ctx: &mut Ctx) {
+        if self.state != State::Up {
+            return;
+        }
+        if self.subs.has_changes() {
+            let changes = self.subs.take_changes();
+            self.write_subscribes(ctx, changes.subscribe);
+            self.write_unsubscribes(ctx, changes.unsubscribe);
+        }
+        while self.wbuf.len() < WBUF_HIGH {
+            let Some(front) = self.pending.front() else {
+                break;
+            };
+            let qos = front.qos;
+            let pkid = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                if self.inflight.len() >= self.max_inflight {
+                    break;
+                }
+                match self.ids.alloc() {
+                    Some(id) => id,
+                    None => break,
+                }
+            };
+            let Some(OutMsg { topic, payload, .. }) = self.pending.pop_front() else {
+                break;
+            };
+            let mut publish = Publish::from_bytes(topic, qos, payload);
+            publish.pkid = pkid;
+            MqttStats::inc(&ctx.stats.published[qos as usize]);
+            if qos == QoS::AtMostOnce {
+                self.write_packet(&Packet::Publish(publish));
+            } else {
+                let packet = Packet::Publish(publish);
+                self.write_packet(&packet);
+                let Packet::Publish(publish) = packet else {
+                    unreachable!()
+                };
+                self.inflight.push_back(Inflight {
+                    publish,
+                    released: false,
+                });
+            }
+        }
+        self.flush(ctx);
+    }
+
+    /// Writes the buffered bytes until the socket would block.
+    pub fn flush(&mut self, ctx: &mut Ctx) {
+        if matches!(self.state, State::Connecting { .. } | State::Waiting { .. }) {
+            return;
+        }
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
+        if self.wbuf.is_empty() && !t.has_unsent() {
+            return;
+        }
+        if let Err(e) = t.write_from(&mut self.wbuf) {
+            self.fail(ctx, Failure::Io(e));
+        }
+    }
+
+    /// Sends DISCONNECT (if up), closes the socket and stops reconnecting.
+    pub fn close(&mut self, ctx: &mut Ctx) {
+        if self.state == State::Up {
+            self.write_packet(&Packet::Disconnect);
+            if let Some(t) = self.transport.as_mut() {
+                let _ = t.write_from(&mut self.wbuf);
+                t.close();
+                let _ = t.write_from(&mut self.wbuf);
+                // Read what is left so closing does not reset the connection.
+                let _ = t.read_into(&mut self.rbuf, ctx.scratch, READ_BUDGET);
+            }
+            MqttStats::dec(&ctx.stats.connected);
+            info!(conn = self.index, client_id = %self.client_id, "MQTT disconnected");
+        }
+        self.drop_transport(ctx);
+        self.state = State::Closed;
+    }
+
+    fn start_connect(&mut self, ctx: &mut Ctx) {
+        if self.attempts > 0 {
+            MqttStats::inc(&ctx.stats.reconnects);
+        }
+        self.attempts += 1;
+        let (host, port) = match &ctx.opts.server {
+            ServerAddr::Tcp { host, port } | ServerAddr::Tls { host, port, .. } => {
+                (host.as_str(), *port)
+            }
+        };
+        let addr = match resolve(host, port) {
+            Ok(a) => a,
+            Err(e) => return self.fail(ctx, Failure::Io(e)),
+        };
+        let mut sock = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => return self.fail(ctx, Failure::Io(e)),
+        };
+        if let Err(e) = ctx.registry.register(
+            &mut sock,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.fail(ctx, Failure::Io(e));
+        }
+        let _ = sock.set_nodelay(true);
+        let transport = match ctx.tls {
+            Some(config) => match Transport::tls(sock, config.clone(), host) {
+                Ok(t) => t,
+                Err(e) => return self.fail(ctx, Failure::Io(e)),
+            },
+            None => Transport::Tcp(sock),
+        };
+        debug!(conn = self.index, %addr, "MQTT connecting");
+        self.transport = Some(transport);
+        self.state = State::Connecting {
+            deadline: ctx.now + CONNECT_TIMEOUT,
+        };
+    }
+
+    fn check_connected(&mut self) -> io::Result<bool> {
+        let Some(t) = self.transport.as_mut() else {
+            return Ok(false);
+        };
+        let sock = t.socket();
+        if let Some(e) = sock.take_error()? {
+            return Err(e);
+        }
+        match sock.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send_connect(&mut self, ctx: &mut Ctx) {
+        let mut connect = Connect::new(self.client_id.clone());
+        connect.keep_alive = ctx.opts.keepalive.as_secs().min(u16::MAX as u64) as u16;
+        connect.clean_session = true;
+        if !ctx.opts.username.is_empty() {
+            connect.set_login(ctx.opts.username.clone(), ctx.opts.password.clone());
+        }
+        self.write_packet(&Packet::Connect(connect));
+        self.state = State::AwaitConnack {
+            deadline: ctx.now + CONNECT_TIMEOUT,
+        };
+        self.flush(ctx);
+    }
+
+    fn on_connack_accepted(&mut self, ctx: &mut Ctx) {
+        self.state = State::Up;
+        self.backoff = BACKOFF_MIN;
+        self.failures = 0;
+        self.last_ping = ctx.now;
+        MqttStats::inc(&ctx.stats.connected);
+        info!(
+            conn = self.index,
+            client_id = %self.client_id,
+            filters = self.subs.len(),
+            unacked = self.inflight.len(),
+            "MQTT connected"
+        );
+        let filters = self.subs.resubscribe_all();
+        self.write_subscribes(ctx, filters);
+        for i in 0..self.inflight.len() {
+            let entry = &mut self.inflight[i];
+            let packet = if entry.released {
+                Packet::PubRel(PubRel::new(entry.publish.pkid))
+            } else {
+                entry.publish.dup = true;
+                Packet::Publish(entry.publish.clone())
+            };
+            self.write_packet(&packet);
+        }
+    }
+
+    /// Handles one packet from the broker; Err drops the connection.
+    fn handle(&mut self, ctx: &mut Ctx, packet: Packet) -> Result<(), Failure> {
+        let awaiting_connack = matches!(self.state, State::AwaitConnack { .. });
+        match packet {
+            Packet::ConnAck(ack) if awaiting_connack => {
+                if ack.code == mqttbytes::v4::ConnectReturnCode::Success {
+                    self.on_connack_accepted(ctx);
+                } else {
+                    self.fail(
+                        ctx,
+                        Failure::Other(format!("CONNACK refused: {:?}", ack.code)),
+                    );
+                }
+                return Ok(());
+            }
+            _ if awaiting_connack => {
+                return Err(Failure::Protocol("packet before CONNACK".into()));
+            }
+            Packet::Publish(p) => self.on_inbound_publish(ctx, p),
+            Packet::PubAck(ack) => self.complete(ctx, ack.pkid),
+            Packet::PubRec(rec) => {
+                if let Some(e) = self
+                    .inflight
+                    .iter_mut()
+                    .find(|e| e.publish.pkid == rec.pkid)
+                {
+                    e.released = true;
+                }
+                self.write_packet(&Packet::PubRel(PubRel::new(rec.pkid)));
+            }
+            Packet::PubComp(comp) => self.complete(ctx, comp.pkid),
+            Packet::PubRel(rel) => {
+                self.inbound_qos2.remove(&rel.pkid);
+                self.write_packet(&Packet::PubComp(PubComp::new(rel.pkid)));
+            }
+            Packet::SubAck(ack) => {
+                if self.sub_ids.remove(&ack.pkid) {
+                    self.ids.free(ack.pkid);
+                }
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| **c == SubscribeReasonCode::Failure)
+                    .count();
+                if refused > 0 {
+                    warn!(
+                        conn = self.index,
+                        refused, "MQTT broker refused subscriptions"
+                    );
+                    MqttStats::add(&ctx.stats.send_errors, refused as u64);
+                }
+            }
+            Packet::UnsubAck(ack) => {
+                if self.sub_ids.remove(&ack.pkid) {
+                    self.ids.free(ack.pkid);
+                }
+            }
+            Packet::PingResp => {}
+            other => {
+                return Err(Failure::Protocol(format!(
+                    "unexpected packet from broker: {other:?}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_inbound_publish(&mut self, ctx: &mut Ctx, p: Publish) {
+        let deliver = match p.qos {
+            QoS::AtMostOnce => true,
+            QoS::AtLeastOnce => {
+                self.write_packet(&Packet::PubAck(PubAck::new(p.pkid)));
+                true
+            }
+            QoS::ExactlyOnce => {
+                self.write_packet(&Packet::PubRec(PubRec::new(p.pkid)));
+                self.inbound_qos2.insert(p.pkid)
+            }
+        };
+        if deliver {
+            MqttStats::inc(&ctx.stats.inbound);
+            ctx.inbound.on_publish(&p.topic, &p.payload);
+        }
+    }
+
+    /// PUBACK or PUBCOMP: the publish with `pkid` is done.
+    fn complete(&mut self, ctx: &mut Ctx, pkid: u16) {
+        match self.inflight.iter().position(|e| e.publish.pkid == pkid) {
+            Some(i) => {
+                self.inflight.remove(i);
+                self.ids.free(pkid);
+                MqttStats::inc(&ctx.stats.acked);
+            }
+            None => debug!(conn = self.index, pkid, "ack for unknown packet id"),
+        }
+    }
+
+    fn write_subscribes(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) {
+        let max = ctx.opts.max_packet_size;
+        let mut batch: Vec<SubscribeFilter> = Vec::new();
+        let mut len = 2; // packet id
+        for (filter, qos) in filters {
+            let flen = 2 + filter.len() + 1;
+            if MAX_FIXED_HEADER + 2 + flen > max {
+                warn!(conn = self.index, %filter, "MQTT filter too long for max_packet_size");
+                MqttStats::inc(&ctx.stats.send_errors);
+                continue;
+            }
+            if !batch.is_empty() && MAX_FIXED_HEADER + len + flen > max {
+                self.emit_subscribe(ctx, std::mem::take(&mut batch));
+                len = 2;
+            }
+            batch.push(SubscribeFilter::new(filter, to_qos(qos)));
+            len += flen;
+        }
+        if !batch.is_empty() {
+            self.emit_subscribe(ctx, batch);
+        }
+    }
+
+    fn emit_subscribe(&mut self, ctx: &mut Ctx, filters: Vec<SubscribeFilter>) {
+        let Some(pkid) = self.ids.alloc() else {
+            warn!(
+                conn = self.index,
+                "MQTT packet ids exhausted, SUBSCRIBE lost"
+            );
+            MqttStats::add(&ctx.stats.send_errors, filters.len() as u64);
+            return;
+        };
+        self.sub_ids.insert(pkid);
+        MqttStats::add(&ctx.stats.subscribes, filters.len() as u64);
+        self.write_packet(&Packet::Subscribe(Subscribe { pkid, filters }));
+    }
+
+    fn write_unsubscribes(&mut self, ctx: &mut Ctx, filters: Vec<String>) {
+        let max = ctx.opts.max_packet_size;
+        let mut batch: Vec<String> = Vec::new();
+        let mut len = 2;
+        for filter in filters {
+            let flen = 2 + filter.len();
+            if MAX_FIXED_HEADER + 2 + flen > max {
+                MqttStats::inc(&ctx.stats.send_errors);
+                continue;
+            }
+            if !batch.is_empty() && MAX_FIXED_HEADER + len + flen > max {
+                self.emit_unsubscribe(ctx, std::mem::take(&mut batch));
+                len = 2;
+            }
+            batch.push(filter);
+            len += flen;
+        }
+        if !batch.is_empty() {
+            self.emit_unsubscribe(ctx, batch);
+        }
+    }
+
+    fn emit_unsubscribe(&mut self, ctx: &mut Ctx, topics: Vec<String>) {
+        let Some(pkid) = self.ids.alloc() else {
+            MqttStats::add(&ctx.stats.send_errors, topics.len() as u64);
+            return;
+        };
+        self.sub_ids.insert(pkid);
+        MqttStats::add(&ctx.stats.unsubscribes, topics.len() as u64);
+        self.write_packet(&Packet::Unsubscribe(Unsubscribe { pkid, topics }));
+    }
+
+    fn write_packet(&mut self, packet: &Packet) {
+        // Sizes are checked when messages enter the thread; encoding cannot fail here.
+        if let Err(e) = packet.write(&mut self.wbuf, usize::MAX) {
+            warn!(conn = self.index, error = %e, "MQTT encoding failed");
+        }
+    }
+
+    fn drop_transport(&mut self, ctx: &mut Ctx) {
+        if let Some(mut t) = self.transport.take() {
+            let _ = ctx.registry.deregister(t.socket());
+        }
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.read_more = false;
+    }
+
+    /// The connection is lost: schedule a reconnect after the backoff.
+    fn fail(&mut self, ctx: &mut Ctx, why: Failure) {
+        if matches!(why, Failure::Protocol(_)) {
+            MqttStats::inc(&ctx.stats.protocol_errors);
+        }
+        if self.state == State::Up {
+            MqttStats::dec(&ctx.stats.connected);
+            warn!(conn = self.index, client_id = %self.client_id, error = %why, "MQTT connection lost");
+        } else if self.failures == 0 {
+            warn!(conn = self.index, client_id = %self.client_id, error = %why, "MQTT connect failed");
+        } else {
+            debug!(conn = self.index, error = %why, "MQTT connect failed");
+        }
+        self.failures += 1;
+        self.drop_transport(ctx);
+        // A new session: the broker forgets our subscriptions and its QoS 2 state.
+        for id in self.sub_ids.drain() {
+            self.ids.free(id);
+        }
+        self.inbound_qos2.clear();
+        let delay = self.jitter(self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.state = State::Waiting {
+            until: ctx.now + delay,
+        };
+    }
+
+    /// A delay in [d/2, d) from a xorshift PRNG.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = d.as_micros() as u64 / 2;
+        Duration::from_micros(half + self.rng % half.max(1))
+    }
+}
+
+fn to_qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host}:{port} resolves to no address"),
+        )
+    })
+}

@@ -1,0 +1,239 @@
+//! MQTT side of the gateway: one dedicated I/O thread multiplexes a few pipelined MQTT 3.1.1
+//! broker connections for every shard.
+//!
+//! Shards call [`MqttHandle::send`] (non-blocking, bounded queue) with [`Outbound`] messages.
+//! A message goes to connection `lane % connections`, so the messages of one lane keep their
+//! order and a subscription filter lives on exactly one connection. Commands published by
+//! applications come back through [`Inbound::on_publish`] on the MQTT thread.
+//!
+//! # Delivery
+//! - Publishes go out at their own QoS (0, 1 or 2), pipelined: many packets per syscall, at most
+//!   `max_inflight` QoS>=1 publishes awaiting their ack per connection (the rest wait in order).
+//! - Every connection uses a clean session and reconnects with exponential backoff (100 ms
+//!   doubling to 5 s, with jitter) after a connect failure, a socket error, a refused CONNACK,
+//!   a malformed packet or 1.5 x keepalive without any packet from the broker. After a reconnect
+//!   it re-subscribes every filter it holds (batched into few SUBSCRIBE packets), re-sends every
+//!   unacknowledged QoS>=1 PUBLISH with DUP set (PUBREL for those already PUBREC'd), then the
+//!   pending ones. A QoS>=1 publish is never lost while it is held (duplicates are possible).
+//! - Subscribe/Unsubscribe requests are batched too: the changes of one loop turn for one
+//!   connection go out in as few packets as `max_packet_size` allows; a filter subscribed and
+//!   unsubscribed before it went out costs nothing. Subscription changes of a turn are written
+//!   before that turn's publishes.
+//!
+//! # Buffer and overflow policy
+//! At most `buffer_messages` publishes are held in total (pending plus in flight, over all
+//! connections) while the broker is slow or away. When a new publish arrives with the buffer
+//! full, one message is dropped, in this order of preference:
+//! 1. the oldest pending QoS 0 publish (of any connection);
+//! 2. if there is none and the new publish is QoS 0: the new publish;
+//! 3. otherwise the oldest pending publish of any QoS;
+//! 4. if everything held is already in flight: the new publish.
+//!
+//! Publishes in flight are never dropped. Every drop adds one to
+//! [`MqttStats::dropped_overflow`]. The channel into the thread is bounded by `buffer_messages`
+//! too: when it is full, `send` returns the message (the caller counts the drop).
+//! Publishes that can never be sent (QoS above 2, empty or wildcard topic, larger than
+//! `max_packet_size`) are dropped and counted in [`MqttStats::send_errors`].
+//!
+//! # Shutdown
+//! [`MqttHandle::shutdown`] publishes everything queued, waits up to its timeout for the QoS>=1
+//! acks, sends DISCONNECT and ends the thread.
+
+mod buffer;
+mod connection;
+mod embedded;
+mod io_thread;
+mod stats;
+mod subscriptions;
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use mio::{Poll, Waker};
+use parking_lot::{Condvar, Mutex};
+
+pub use embedded::start_embedded_broker;
+pub use stats::MqttStats;
+
+use io_thread::{IoThread, Shared, WAKER_TOKEN};
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// `mqtt://host:port`
+    Tcp { host: String, port: u16 },
+    /// `mqtts://host:port`; `ca_file` (PEM) replaces the webpki roots when given.
+    Tls {
+        host: String,
+        port: u16,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// Settings of the MQTT I/O thread.
+#[derive(Clone)]
+pub struct MqttOptions {
+    pub server: ServerAddr,
+    /// Connection `i` uses `"{client_id}-{i}"`.
+    pub client_id: String,
+    /// Empty: no credentials sent.
+    pub username: String,
+    pub password: String,
+    /// PINGREQ interval; zero disables keepalive.
+    pub keepalive: Duration,
+    /// Broker connections multiplexed by the one thread (at least 1).
+    pub connections: usize,
+    /// QoS>=1 publishes awaiting an ack, per connection.
+    pub max_inflight: u16,
+    /// Publishes held (pending + in flight) while the broker is slow or away; also the capacity
+    /// of the channel into the thread.
+    pub buffer_messages: usize,
+    /// Largest packet sent or accepted, e.g. 1 MiB.
+    pub max_packet_size: usize,
+}
+
+impl std::fmt::Debug for MqttOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttOptions")
+            .field("server", &self.server)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .field("keepalive", &self.keepalive)
+            .field("connections", &self.connections)
+            .field("max_inflight", &self.max_inflight)
+            .field("buffer_messages", &self.buffer_messages)
+            .field("max_packet_size", &self.max_packet_size)
+            .finish()
+    }
+}
+
+/// A message from a shard to the MQTT thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    Publish {
+        lane: u32,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+    },
+    Subscribe {
+        lane: u32,
+        filter: String,
+        qos: u8,
+    },
+    Unsubscribe {
+        lane: u32,
+        filter: String,
+    },
+}
+
+/// Called on the MQTT thread for every PUBLISH the broker delivers (commands from applications).
+/// Must not block.
+pub trait Inbound: Send + 'static {
+    fn on_publish(&mut self, topic: &str, payload: &[u8]);
+}
+
+/// Cheap to clone; every clone talks to the same thread.
+#[derive(Clone)]
+pub struct MqttHandle {
+    tx: Sender<Outbound>,
+    shared: Arc<Shared>,
+    stats: Arc<MqttStats>,
+}
+
+impl MqttHandle {
+    /// Non-blocking. The queue to the thread is bounded (capacity = buffer_messages); Err gives
+    /// the message back when full or when the thread has stopped (the caller counts a drop).
+    pub fn send(&self, msg: Outbound) -> Result<(), Outbound> {
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.shared.notify();
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<MqttStats> {
+        &self.stats
+    }
+
+    /// Stop: publish everything queued, wait up to `flush_timeout` for QoS>=1 acks, send
+    /// DISCONNECT, end the thread. Blocks until the thread has finished (or `flush_timeout`
+    /// plus a grace second has passed); join the thread's `JoinHandle` afterwards.
+    pub fn shutdown(&self, flush_timeout: Duration) {
+        let ms = flush_timeout.as_millis().min(u64::MAX as u128) as u64;
+        if !self.shared.shutdown.load(Ordering::SeqCst) {
+            self.shared.flush_timeout_ms.store(ms, Ordering::SeqCst);
+            self.shared.shutdown.store(true, Ordering::SeqCst);
+        }
+        self.shared.wake_now();
+        let deadline = std::time::Instant::now() + flush_timeout + Duration::from_secs(1);
+        let mut done = self.shared.done.lock();
+        while !*done {
+            if self
+                .shared
+                .done_cv
+                .wait_until(&mut done, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// Starts the MQTT I/O thread. Fails on invalid options or an unreadable CA file; connecting to
+/// the broker happens on the thread (and is retried for ever).
+pub fn spawn(
+    opts: MqttOptions,
+    inbound: Box<dyn Inbound>,
+) -> std::io::Result<(MqttHandle, std::thread::JoinHandle<()>)> {
+    use std::io::{Error, ErrorKind};
+    if opts.connections == 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "connections must be >= 1",
+        ));
+    }
+    if opts.max_packet_size < 64 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "max_packet_size too small",
+        ));
+    }
+    let tls = match &opts.server {
+        ServerAddr::Tls { ca_file, .. } => Some(transport::tls_config(ca_file.as_deref())?),
+        ServerAddr::Tcp { .. } => None,
+    };
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
+    let (tx, rx) = crossbeam_channel::bounded(opts.buffer_messages.max(1));
+    let shared = Arc::new(Shared {
+        waker,
+        sleeping: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+        flush_timeout_ms: AtomicU64::new(0),
+        done: Mutex::new(false),
+        done_cv: Condvar::new(),
+    });
+    let stats = Arc::new(MqttStats::default());
+    let thread = IoThread {
+        opts,
+        inbound,
+        poll,
+        rx,
+        shared: shared.clone(),
+        stats: stats.clone(),
+        tls,
+    };
+    let join = std::thread::Builder::new()
+        .name("mqtt-io".into())
+        .spawn(move || thread.run())?;
+    Ok((MqttHandle { tx, shared, stats }, join))
+}

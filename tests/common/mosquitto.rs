@@ -1,0 +1,169 @@
+//! Runs Debian's `mosquitto` for a test: a free 127.0.0.1 port, a generated configuration in a
+//! temporary directory, optional persistence and TLS. Drop kills it.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = "/usr/sbin/mosquitto";
+
+/// TLS listener files (PEM).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Plain TCP, no persistence.
+    pub fn start() -> Self {
+        Self::start_with(false, None)
+    }
+
+    /// With persistence in the temporary directory: sessions and queued QoS>=1 messages survive
+    /// a SIGTERM restart.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true, None)
+    }
+
+    /// A TLS listener with the given certificate and key.
+    pub fn start_tls(tls: TlsFiles) -> Self {
+        Self::start_with(false, Some(tls))
+    }
+
+    pub fn start_with(persistence: bool, tls: Option<TlsFiles>) -> Self {
+        if !Path::new(BINARY).exists() {
+            panic!("{BINARY} not found: install it with `apt-get install mosquitto`");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut conf = String::new();
+        writeln!(conf, "listener {port} 127.0.0.1").unwrap();
+        writeln!(conf, "allow_anonymous true").unwrap();
+        writeln!(conf, "max_queued_messages 0").unwrap();
+        writeln!(conf, "max_inflight_messages 100").unwrap();
+        writeln!(
+            conf,
+            "log_dest file {}",
+            dir.path().join("mosquitto.log").display()
+        )
+        .unwrap();
+        writeln!(conf, "log_type error").unwrap();
+        writeln!(conf, "log_type warning").unwrap();
+        writeln!(conf, "log_type notice").unwrap();
+        if persistence {
+            writeln!(conf, "persistence true").unwrap();
+            writeln!(conf, "persistence_location {}/", dir.path().display()).unwrap();
+            writeln!(conf, "autosave_interval 1").unwrap();
+        }
+        if let Some(tls) = tls {
+            writeln!(conf, "certfile {}", tls.cert.display()).unwrap();
+            writeln!(conf, "keyfile {}", tls.key.display()).unwrap();
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stops it with SIGTERM (persistence is saved) and waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills it at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts it if it is not running.
+    pub fn spawn(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let conf = self.dir.path().join("mosquitto.conf");
+        let child = Command::new(BINARY)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BINARY} (apt-get install mosquitto): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mosquitto exited ({status}); log:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "mosquitto did not listen on {}; log:\n{}",
+                    self.addr(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
