@@ -22,7 +22,10 @@ pub enum PathError {
 
 impl LwPath {
     /// The root path `/` (no levels).
-    pub const ROOT: LwPath = LwPath { ids: [0; 4], len: 0 };
+    pub const ROOT: LwPath = LwPath {
+        ids: [0; 4],
+        len: 0,
+    };
 
     /// Builds a path from its levels (at most four; extra levels are an error).
     pub fn from_ids(ids: &[u16]) -> Result<Self, PathError> {
@@ -53,7 +56,8 @@ impl LwPath {
                 return Err(PathError::TooDeep);
             }
             let v: u16 = if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-                seg.parse().map_err(|_| PathError::BadSegment(seg.to_string()))?
+                seg.parse()
+                    .map_err(|_| PathError::BadSegment(seg.to_string()))?
             } else {
                 return Err(PathError::BadSegment(seg.to_string()));
             };
@@ -131,10 +135,22 @@ mod tests {
     fn rejects_bad_paths() {
         assert_eq!(LwPath::parse(""), Err(PathError::Empty));
         assert_eq!(LwPath::parse("/1/2/3/4/5"), Err(PathError::TooDeep));
-        assert!(matches!(LwPath::parse("/a/0"), Err(PathError::BadSegment(_))));
-        assert!(matches!(LwPath::parse("/70000"), Err(PathError::BadSegment(_))));
-        assert!(matches!(LwPath::parse("//3"), Err(PathError::BadSegment(_))));
-        assert!(matches!(LwPath::parse("/-1"), Err(PathError::BadSegment(_))));
+        assert!(matches!(
+            LwPath::parse("/a/0"),
+            Err(PathError::BadSegment(_))
+        ));
+        assert!(matches!(
+            LwPath::parse("/70000"),
+            Err(PathError::BadSegment(_))
+        ));
+        assert!(matches!(
+            LwPath::parse("//3"),
+            Err(PathError::BadSegment(_))
+        ));
+        assert!(matches!(
+            LwPath::parse("/-1"),
+            Err(PathError::BadSegment(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,741 @@
+//! The protocol core of one shard.
+//!
+//! Flow (LwM2M Registration Interface over CoAP, RFC 7252):
+//! ```text
+//! device                         core                                MQTT / other shards
+//!   POST /rd?ep=..&lt=..  ──────▶ validate, replace any registration
+//!                                 of the same name (Evict on its shard),
+//!                                 insert, arm lifetime timer ───────▶ publish register, subscribe
+//!   ◀────── 2.01 Location-Path rd/<loc>
+//!   POST /rd/<loc>        ──────▶ found here? update, re-arm ───────▶ publish update (condition)
+//!                                 held by another shard? Takeover ──▶ owner replies Adopt, then
+//!                                                                      the datagram is handled here
+//!   ◀────── 2.04
+//!   DELETE /rd/<loc>      ──────▶ remove ───────────────────────────▶ unsubscribe
+//!   ◀────── 2.02
+//!   (lifetime timer fires) ─────▶ remove (expiry) ──────────────────▶ unsubscribe
+//! ```
+//! A retransmitted request (same peer and message ID within EXCHANGE_LIFETIME) is
+//! answered with the reply rebuilt from the endpoint's [`LastReply`] and causes no
+//! MQTT message. Every input is hostile: parse errors are counted, answered with a
+//! Reset where a header was readable, and never panic.
+
+use super::directory::{DirEntry, Directory};
+use super::endpoint::{merge_params, Endpoint, LastReply};
+use super::output::{MqttOut, Outputs, ShardMsg, Timer};
+use super::publish::{lane_of, registration_json};
+use super::registration::{
+    check_endpoint_name, parse_object_list, parse_params, BadRequest, ObjectList, Params,
+};
+use super::settings::CoreSettings;
+use super::stats::CoreStats;
+use super::table::EndpointTable;
+use super::template::Vars;
+use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Replies to requests whose endpoint is gone (de-registrations), kept so that a
+/// retransmitted DELETE gets the same 2.02. Bounded.
+const RECENT_REPLIES: usize = 1024;
+
+/// Why an endpoint leaves the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Deregistered,
+    Expired,
+    /// Replaced by a new registration of the same name; keep the subscription when
+    /// the new registration uses the same mountpoint.
+    Replaced {
+        keep_subscription: bool,
+    },
+}
+
+pub struct ShardCore {
+    shard: u16,
+    settings: Arc<CoreSettings>,
+    dir: Arc<Directory>,
+    table: EndpointTable,
+    recent: VecDeque<(SocketAddr, LastReply)>,
+    /// Locations whose takeover from another shard is in flight.
+    pending_takeovers: hashbrown::HashSet<u64>,
+    location_seq: u64,
+    next_mid: u16,
+    pub stats: CoreStats,
+    pub out: Outputs,
+}
+
+/// The decoded Uri-Path of a request, as far as the gateway routes on it.
+enum Route<'a> {
+    Register,
+    Registration(&'a [u8]),
+    Other,
+}
+
+impl ShardCore {
+    pub fn new(shard: u16, settings: Arc<CoreSettings>, dir: Arc<Directory>, seed: u64) -> Self {
+        Self {
+            shard,
+            settings,
+            dir,
+            table: EndpointTable::new(),
+            recent: VecDeque::new(),
+            pending_takeovers: Default::default(),
+            location_seq: seed,
+            next_mid: (seed as u16) ^ 0x5a5a,
+            stats: CoreStats::default(),
+            out: Outputs::default(),
+        }
+    }
+
+    pub fn shard(&self) -> u16 {
+        self.shard
+    }
+
+    pub fn endpoints(&self) -> &EndpointTable {
+        &self.table
+    }
+
+    pub fn settings(&self) -> &CoreSettings {
+        &self.settings
+    }
+
+    /// One datagram from `peer`.
+    pub fn handle_datagram(&mut self, now: u64, peer: SocketAddr, data: &[u8]) {
+        self.stats.datagrams_in += 1;
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed += 1;
+                if e.header_ok() {
+                    if let Some((MsgType::Con | MsgType::Non, mid)) = Message::peek_header(data) {
+                        self.send_reset(peer, mid);
+                    }
+                }
+                return;
+            }
+        };
+        match msg.mtype {
+            MsgType::Con | MsgType::Non if msg.is_request() => {
+                self.handle_request(now, peer, &msg, data)
+            }
+            MsgType::Con if msg.is_empty() => {
+                // CoAP ping.
+                self.stats.pings += 1;
+                self.send_reset(peer, msg.mid);
+            }
+            MsgType::Con if msg.is_response() => {
+                // A separate response we are not waiting for: reject it.
+                self.stats.unmatched += 1;
+                self.send_reset(peer, msg.mid);
+            }
+            _ => {
+                // ACKs, Resets and NON responses that match nothing; odd codes.
+                self.stats.unmatched += 1;
+            }
+        }
+    }
+
+    /// A timer armed earlier came due.
+    pub fn handle_timer(&mut self, now: u64, t: Timer) {
+        match t {
+            Timer::Expire { slot, gen } => {
+                if self.table.generation(slot) != gen {
+                    return;
+                }
+                let Some(ep) = self.table.get(slot) else {
+                    return;
+                };
+                if ep.expires_ms > now {
+                    // Re-armed without a generation bump (adoption); not due yet.
+                    let at = ep.expires_ms;
+                    self.out.timers.push((at, Timer::Expire { slot, gen }));
+                    return;
+                }
+                self.stats.expiries += 1;
+                self.remove_endpoint(slot, Removal::Expired);
+            }
+        }
+    }
+
+    /// A message from another shard or the MQTT thread.
+    pub fn handle_message(&mut self, now: u64, m: ShardMsg) {
+        match m {
+            ShardMsg::Command { .. } => {
+                // Device management is not wired yet; commands are counted.
+                self.stats.unmatched += 1;
+            }
+            ShardMsg::Evict {
+                name,
+                location,
+                new_mountpoint,
+            } => {
+                if let Some(slot) = self.table.find_location(location) {
+                    let same = self.table.get(slot).map(|e| e.name == name) == Some(true);
+                    if same {
+                        let keep = self.table.get(slot).map(|e| e.mountpoint == new_mountpoint)
+                            == Some(true);
+                        self.stats.replaced += 1;
+                        self.remove_endpoint(
+                            slot,
+                            Removal::Replaced {
+                                keep_subscription: keep,
+                            },
+                        );
+                    }
+                }
+            }
+            ShardMsg::Takeover {
+                location,
+                from,
+                peer,
+                datagram,
+            } => match self.table.find_location(location) {
+                Some(slot) => {
+                    let ep = self.table.remove(slot).expect("found slot");
+                    self.stats.takeovers_out += 1;
+                    self.out.to_shards.push((
+                        from,
+                        ShardMsg::Adopt {
+                            endpoint: Box::new(ep),
+                            peer,
+                            datagram,
+                        },
+                    ));
+                }
+                None => self.out.to_shards.push((
+                    from,
+                    ShardMsg::TakeoverMiss {
+                        location,
+                        peer,
+                        datagram,
+                    },
+                )),
+            },
+            ShardMsg::Adopt {
+                endpoint,
+                peer,
+                datagram,
+            } => {
+                let location = endpoint.location;
+                self.pending_takeovers.remove(&location);
+                if self.table.find_name(&endpoint.name).is_some()
+                    || self.table.find_location(location).is_some()
+                {
+                    // Re-registered here meanwhile: the adopted registration is stale.
+                    self.dir.release(&endpoint.name, location);
+                } else {
+                    self.stats.takeovers_in += 1;
+                    let expires = endpoint.expires_ms;
+                    let name = endpoint.name.clone();
+                    let slot = self.table.insert(*endpoint);
+                    let gen = self.table.generation(slot);
+                    self.out.timers.push((expires, Timer::Expire { slot, gen }));
+                    self.dir.moved(&name, location, self.shard);
+                }
+                self.handle_datagram(now, peer, &datagram);
+            }
+            ShardMsg::TakeoverMiss {
+                location,
+                peer,
+                datagram,
+            } => {
+                self.pending_takeovers.remove(&location);
+                self.handle_datagram(now, peer, &datagram);
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>, data: &[u8]) {
+        if self.answer_duplicate(now, peer, msg) {
+            return;
+        }
+        if let Some(n) = unknown_critical_option(msg) {
+            self.stats.bad_options += 1;
+            let text = format!("unsupported critical option {n}");
+            self.reply_error(peer, msg, codes::BAD_OPTION, &text, data.len());
+            return;
+        }
+        if let Some(b) = msg
+            .option(opt::BLOCK1)
+            .and_then(crate::coap::BlockOpt::decode)
+        {
+            if b.more || b.num > 0 {
+                // Block-wise request bodies are not reassembled yet.
+                self.stats.bad_requests += 1;
+                self.reply_error(peer, msg, codes::REQUEST_ENTITY_TOO_LARGE, "", data.len());
+                return;
+            }
+        }
+        let route = route_of(msg);
+        match (msg.code, route) {
+            (codes::POST, Route::Register) => self.register(now, peer, msg, data.len()),
+            (codes::POST, Route::Registration(loc)) => {
+                self.on_registration(now, peer, msg, data, loc, true)
+            }
+            (codes::DELETE, Route::Registration(loc)) => {
+                self.on_registration(now, peer, msg, data, loc, false)
+            }
+            (_, Route::Register | Route::Registration(_)) => {
+                self.stats.not_found += 1;
+                self.reply_error(peer, msg, codes::METHOD_NOT_ALLOWED, "", data.len());
+            }
+            (_, Route::Other) => {
+                self.stats.not_found += 1;
+                self.reply_error(peer, msg, codes::NOT_FOUND, "", data.len());
+            }
+        }
+    }
+
+    /// Answers a retransmitted request from the reply cache. True if it was one.
+    fn answer_duplicate(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>) -> bool {
+        let lifetime = self.settings.exchange_lifetime_ms;
+        let fresh = |r: &LastReply| {
+            r.valid
+                && r.mid == msg.mid
+                && r.con == (msg.mtype == MsgType::Con)
+                && now.saturating_sub(r.at_ms) < lifetime
+        };
+        let cached = match self.table.find_peer(&peer) {
+            Some(slot) => {
+                let ep = self.table.get(slot).expect("indexed");
+                fresh(&ep.last_reply).then(|| (ep.last_reply, Some(ep.location)))
+            }
+            None => None,
+        };
+        let cached = cached.or_else(|| {
+            self.recent
+                .iter()
+                .find(|(p, r)| *p == peer && fresh(r))
+                .map(|(_, r)| (*r, None))
+        });
+        let Some((r, location)) = cached else {
+            return false;
+        };
+        self.stats.duplicates += 1;
+        self.write_reply(peer, &r, location);
+        true
+    }
+
+    fn register(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>, req_len: usize) {
+        let parsed = parse_params(msg).and_then(|p| {
+            check_endpoint_name(p.ep)?;
+            let objects = if msg.payload.is_empty() {
+                None
+            } else {
+                Some(parse_object_list(msg.payload)?)
+            };
+            Ok((p, objects))
+        });
+        let (params, objects) = match parsed {
+            Ok(v) => v,
+            Err(BadRequest(text)) => {
+                self.stats.bad_requests += 1;
+                self.reply_error(peer, msg, codes::BAD_REQUEST, &text, req_len);
+                return;
+            }
+        };
+        let name = params.ep.expect("checked");
+        let mountpoint = self.render_mountpoint(name, &params, peer);
+
+        // The same name registered again replaces the old registration, wherever it is.
+        if let Some(slot) = self.table.find_name(name) {
+            let keep = self.table.get(slot).map(|e| *e.mountpoint == *mountpoint) == Some(true);
+            self.stats.replaced += 1;
+            self.remove_endpoint(
+                slot,
+                Removal::Replaced {
+                    keep_subscription: keep,
+                },
+            );
+        } else if let Some(old) = self.dir.by_name(name) {
+            if old.shard != self.shard {
+                self.out.to_shards.push((
+                    old.shard,
+                    ShardMsg::Evict {
+                        name: name.into(),
+                        location: old.location,
+                        new_mountpoint: mountpoint.clone().into_boxed_str(),
+                    },
+                ));
+            }
+        }
+
+        let location = self.new_location();
+        let lifetime_s = self.settings.clamp_lifetime(params.lt);
+        let (alternate_path, object_list) = match objects {
+            Some(ObjectList {
+                alternate_path,
+                paths,
+            }) => (Some(alternate_path.into()), Some(paths.into())),
+            None => (None, None),
+        };
+        let mut others = Vec::with_capacity(params.others.len() + 2);
+        if let Some(v) = params.lwm2m {
+            others.push(("lwm2m", v));
+        }
+        if let Some(b) = params.binding {
+            others.push(("b", b));
+        }
+        others.extend_from_slice(&params.others);
+        let ep = Endpoint {
+            name: name.into(),
+            location,
+            peer,
+            lifetime_s,
+            expires_ms: now + lifetime_s as u64 * 1000,
+            lane: lane_of(name),
+            mountpoint: mountpoint.into_boxed_str(),
+            params: merge_params(std::iter::empty(), &others),
+            alternate_path,
+            object_list,
+            queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
+            last_reply: LastReply::default(),
+            registered_ms: now,
+            last_seen_ms: now,
+        };
+        let slot = self.table.insert(ep);
+        self.arm_expiry(slot);
+        let ep = self.table.get(slot).expect("inserted");
+        self.dir.claim(
+            &ep.name,
+            DirEntry {
+                shard: self.shard,
+                location,
+            },
+        );
+        if !self.settings.mountpoint.keyed_by_name() {
+            self.dir.set_route(&ep.mountpoint, &ep.name);
+        }
+        self.stats.registrations += 1;
+        self.subscribe(slot);
+        self.publish_registration(slot, "register");
+        self.reply_to_endpoint(now, slot, msg, codes::CREATED);
+    }
+
+    /// Update (`is_update`) or De-register of the registration at `loc`.
+    fn on_registration(
+        &mut self,
+        now: u64,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        data: &[u8],
+        loc: &[u8],
+        is_update: bool,
+    ) {
+        let Some(location) = Endpoint::parse_location(loc) else {
+            self.stats.not_found += 1;
+            self.reply_error(peer, msg, codes::NOT_FOUND, "", data.len());
+            return;
+        };
+        let slot = match self.table.find_location(location) {
+            Some(s) => s,
+            None => {
+                self.takeover_or_not_found(peer, msg, data, location);
+                return;
+            }
+        };
+        if is_update {
+            self.update(now, peer, slot, msg, data.len());
+        } else {
+            let reply = LastReply {
+                at_ms: now,
+                ..self.reply_header(msg, codes::DELETED)
+            };
+            self.stats.deregistrations += 1;
+            self.remove_endpoint(slot, Removal::Deregistered);
+            if self.recent.len() == RECENT_REPLIES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((peer, reply));
+            self.write_reply(peer, &reply, None);
+        }
+    }
+
+    fn takeover_or_not_found(
+        &mut self,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        data: &[u8],
+        location: u64,
+    ) {
+        match self.dir.by_location(location) {
+            Some(owner) if owner != self.shard => {
+                // NAT rebinding onto this shard: ask the owner for the endpoint once;
+                // retransmissions meanwhile are dropped (the device will retry).
+                if self.pending_takeovers.insert(location) {
+                    self.out.to_shards.push((
+                        owner,
+                        ShardMsg::Takeover {
+                            location,
+                            from: self.shard,
+                            peer,
+                            datagram: data.to_vec(),
+                        },
+                    ));
+                }
+            }
+            _ => {
+                self.stats.not_found += 1;
+                self.reply_error(peer, msg, codes::NOT_FOUND, "", data.len());
+            }
+        }
+    }
+
+    fn update(&mut self, now: u64, peer: SocketAddr, slot: u32, msg: &Message<'_>, req_len: usize) {
+        let parsed = parse_params(msg).and_then(|p| {
+            let objects = if msg.payload.is_empty() {
+                None
+            } else {
+                Some(parse_object_list(msg.payload)?)
+            };
+            Ok((p, objects))
+        });
+        let (params, objects) = match parsed {
+            Ok(v) => v,
+            Err(BadRequest(text)) => {
+                self.stats.bad_requests += 1;
+                self.reply_error(peer, msg, codes::BAD_REQUEST, &text, req_len);
+                return;
+            }
+        };
+        if self.table.get(slot).map(|e| e.peer) != Some(peer) {
+            self.stats.rebinds += 1;
+            self.table.set_peer(slot, peer);
+        }
+        let lifetime_s = params.lt.map(|lt| self.settings.clamp_lifetime(Some(lt)));
+        let has_objects = objects.is_some();
+        {
+            let ep = self.table.get_mut(slot).expect("found");
+            if let Some(lt) = lifetime_s {
+                ep.lifetime_s = lt;
+            }
+            ep.expires_ms = now + ep.lifetime_s as u64 * 1000;
+            ep.last_seen_ms = now;
+            let mut new: Vec<(&str, &str)> = Vec::with_capacity(params.others.len() + 1);
+            if let Some(b) = params.binding {
+                new.push(("b", b));
+                ep.queue_mode = b.contains('Q') || params.queue;
+            }
+            new.extend_from_slice(&params.others);
+            if !new.is_empty() {
+                let merged = merge_params(ep.params(), &new);
+                ep.params = merged;
+            }
+            if let Some(list) = objects {
+                ep.object_list = Some(list.paths.into());
+            }
+        }
+        self.arm_expiry(slot);
+        self.stats.updates += 1;
+        if has_objects || !self.settings.update_needs_object_list {
+            self.publish_registration(slot, "update");
+        }
+        self.reply_to_endpoint(now, slot, msg, codes::CHANGED);
+    }
+
+    fn remove_endpoint(&mut self, slot: u32, why: Removal) {
+        let Some(ep) = self.table.remove(slot) else {
+            return;
+        };
+        // The name stays mapped if it already points at a newer registration.
+        self.dir.release(&ep.name, ep.location);
+        let keep_sub = why
+            == Removal::Replaced {
+                keep_subscription: true,
+            };
+        if keep_sub {
+            // Same mountpoint: the new registration owns the route and subscription.
+            return;
+        }
+        if !self.settings.mountpoint.keyed_by_name() {
+            self.dir.clear_route(&ep.mountpoint, &ep.name);
+        }
+        if self.settings.per_endpoint_subscriptions {
+            self.out.mqtt.push(MqttOut::Unsubscribe {
+                lane: ep.lane,
+                filter: self.settings.command_filter(&ep.mountpoint),
+            });
+        }
+    }
+
+    fn subscribe(&mut self, slot: u32) {
+        if !self.settings.per_endpoint_subscriptions {
+            return;
+        }
+        let ep = self.table.get(slot).expect("slot");
+        self.out.mqtt.push(MqttOut::Subscribe {
+            lane: ep.lane,
+            filter: self.settings.command_filter(&ep.mountpoint),
+            qos: self.settings.command.qos,
+        });
+    }
+
+    fn publish_registration(&mut self, slot: u32, kind: &str) {
+        let ep = self.table.get(slot).expect("slot");
+        let t = if kind == "register" {
+            &self.settings.register
+        } else {
+            &self.settings.update
+        };
+        let mut topic = String::with_capacity(ep.mountpoint.len() + t.topic.len());
+        topic.push_str(&ep.mountpoint);
+        topic.push_str(&t.topic);
+        let mut payload = Vec::with_capacity(128);
+        registration_json(kind, ep, &mut payload);
+        self.stats.published += 1;
+        self.out.mqtt.push(MqttOut::Publish {
+            lane: ep.lane,
+            topic,
+            payload,
+            qos: t.qos,
+        });
+    }
+
+    fn arm_expiry(&mut self, slot: u32) {
+        let gen = self.table.bump_generation(slot);
+        let at = self.table.get(slot).expect("slot").expires_ms;
+        self.out.timers.push((at, Timer::Expire { slot, gen }));
+    }
+
+    fn render_mountpoint(&self, name: &str, p: &Params<'_>, peer: SocketAddr) -> String {
+        let find = |k: &str| p.others.iter().find(|(pk, _)| *pk == k).map(|(_, v)| *v);
+        let host = peer.ip().to_string();
+        let vars = Vars {
+            endpoint_name: name,
+            clientid: find("device_id").unwrap_or(name),
+            username: find("imei").unwrap_or(name),
+            peerhost: &host,
+        };
+        let mut s = String::new();
+        self.settings.mountpoint.render(&vars, &mut s);
+        s
+    }
+
+    fn new_location(&mut self) -> u64 {
+        // splitmix64 over (shard, sequence): a bijection, so locations never collide
+        // across shards, and they are not guessable by counting.
+        loop {
+            self.location_seq = self.location_seq.wrapping_add(1);
+            let mut z = (self.shard as u64) << 48 ^ self.location_seq;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            z ^= z >> 31;
+            if z != 0 && self.dir.by_location(z).is_none() {
+                return z;
+            }
+        }
+    }
+
+    fn reply_header(&mut self, msg: &Message<'_>, code: u8) -> LastReply {
+        let con = msg.mtype == MsgType::Con;
+        let mut token = [0u8; 8];
+        token[..msg.token.len()].copy_from_slice(msg.token);
+        LastReply {
+            valid: true,
+            con,
+            mid: msg.mid,
+            reply_mid: if con { msg.mid } else { self.fresh_mid() },
+            code,
+            tkl: msg.token.len() as u8,
+            token,
+            at_ms: 0,
+        }
+    }
+
+    /// Replies to a request tied to an endpoint and caches the reply for duplicates.
+    fn reply_to_endpoint(&mut self, now: u64, slot: u32, msg: &Message<'_>, code: u8) {
+        let r = LastReply {
+            at_ms: now,
+            ..self.reply_header(msg, code)
+        };
+        let ep = self.table.get_mut(slot).expect("slot");
+        ep.last_reply = r;
+        let (peer, location) = (ep.peer, ep.location);
+        self.write_reply(peer, &r, Some(location));
+    }
+
+    fn write_reply(&mut self, peer: SocketAddr, r: &LastReply, location: Option<u64>) {
+        let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
+        self.stats.datagrams_out += 1;
+        self.out.datagram(peer, |buf| {
+            let mut w = MessageWriter::new(buf, mtype, r.code, r.reply_mid, r.token());
+            if r.code == codes::CREATED {
+                if let Some(loc) = location {
+                    w.option(opt::LOCATION_PATH, b"rd");
+                    w.option(opt::LOCATION_PATH, Endpoint::location_str(loc).as_bytes());
+                }
+            }
+            w.finish();
+        });
+    }
+
+    /// An error reply with a diagnostic payload, never larger than the request (so
+    /// a spoofed source cannot use us as an amplifier).
+    fn reply_error(
+        &mut self,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        code: u8,
+        text: &str,
+        req_len: usize,
+    ) {
+        let r = self.reply_header(msg, code);
+        let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
+        self.stats.datagrams_out += 1;
+        self.out.datagram(peer, |buf| {
+            let start = buf.len();
+            MessageWriter::new(buf, mtype, code, r.reply_mid, r.token()).finish();
+            let room = req_len.saturating_sub(buf.len() - start + 1);
+            let mut n = text.len().min(room);
+            while !text.is_char_boundary(n) {
+                n -= 1;
+            }
+            if n > 0 {
+                buf.push(0xff);
+                buf.extend_from_slice(&text.as_bytes()[..n]);
+            }
+        });
+    }
+
+    fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
+        self.stats.resets_sent += 1;
+        self.stats.datagrams_out += 1;
+        self.out.datagram(peer, |buf| {
+            MessageWriter::new(buf, MsgType::Rst, codes::EMPTY, mid, &[]).finish()
+        });
+    }
+
+    fn fresh_mid(&mut self) -> u16 {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        self.next_mid
+    }
+}
+
+fn route_of<'a>(msg: &Message<'a>) -> Route<'a> {
+    let mut segs = msg.option_values(opt::URI_PATH);
+    match (segs.next(), segs.next(), segs.next()) {
+        (Some(b"rd"), None, None) => Route::Register,
+        (Some(b"rd"), Some(loc), None) => Route::Registration(loc),
+        _ => Route::Other,
+    }
+}
+
+/// The first critical option a registration request carries that the gateway does
+/// not understand (RFC 7252 §5.4.1 requires rejecting it with 4.02).
+fn unknown_critical_option(msg: &Message<'_>) -> Option<u16> {
+    msg.options().map(|(n, _)| n).find(|&n| {
+        opt::is_critical(n)
+            && !matches!(
+                n,
+                opt::IF_MATCH
+                    | opt::URI_HOST
+                    | opt::URI_PORT
+                    | opt::URI_PATH
+                    | opt::URI_QUERY
+                    | opt::BLOCK1
+                    | opt::BLOCK2
+            )
+    })
+}

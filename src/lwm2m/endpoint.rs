@@ -1,0 +1,126 @@
+//! One registered endpoint, as a shard holds it. Kept compact: a million of these
+//! must fit in well under a gigabyte.
+
+use std::net::SocketAddr;
+
+/// The reply to the last request an endpoint sent, enough to rebuild it byte for
+/// byte when the request is retransmitted (deduplication without storing datagrams).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LastReply {
+    pub valid: bool,
+    pub con: bool,
+    pub mid: u16,
+    /// Message ID of our reply (differs from `mid` only for NON requests).
+    pub reply_mid: u16,
+    pub code: u8,
+    pub tkl: u8,
+    pub token: [u8; 8],
+    pub at_ms: u64,
+}
+
+impl LastReply {
+    pub fn token(&self) -> &[u8] {
+        &self.token[..self.tkl as usize]
+    }
+}
+
+/// A registration.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: Box<str>,
+    pub location: u64,
+    pub peer: SocketAddr,
+    pub lifetime_s: u32,
+    /// When the registration expires unless updated (shard clock, ms).
+    pub expires_ms: u64,
+    /// MQTT connection lane: a hash of the name, so one endpoint's messages keep their order.
+    pub lane: u32,
+    /// The mountpoint rendered for this endpoint at registration.
+    pub mountpoint: Box<str>,
+    /// Query parameters other than `ep` and `lt`, secrets removed: `k=v` joined by NUL.
+    pub params: Box<str>,
+    /// Set when the Register carried a payload.
+    pub alternate_path: Option<Box<str>>,
+    /// Object list paths joined by `,` (set when a Register or Update carried one).
+    pub object_list: Option<Box<str>>,
+    pub queue_mode: bool,
+    pub last_reply: LastReply,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+impl Endpoint {
+    /// Query parameters as `(key, value)` pairs.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+    }
+
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The location path segment (`rd/<location>`), lowercase hex.
+    pub fn location_str(location: u64) -> String {
+        format!("{location:x}")
+    }
+
+    /// Parses a location segment back.
+    pub fn parse_location(s: &[u8]) -> Option<u64> {
+        if s.is_empty() || s.len() > 16 {
+            return None;
+        }
+        let s = std::str::from_utf8(s).ok()?;
+        u64::from_str_radix(s, 16).ok()
+    }
+}
+
+/// Joins parameters as stored in [`Endpoint::params`], overriding `base` with `new`.
+pub fn merge_params<'a>(
+    base: impl Iterator<Item = (&'a str, &'a str)>,
+    new: &[(&str, &str)],
+) -> Box<str> {
+    let mut out = String::new();
+    let mut push = |k: &str, v: &str| {
+        if !out.is_empty() {
+            out.push('\0');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    };
+    for (k, v) in base {
+        if !new.iter().any(|(nk, _)| *nk == k) {
+            push(k, v);
+        }
+    }
+    for (k, v) in new {
+        push(k, v);
+    }
+    out.into_boxed_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_merge_and_locations() {
+        let base = merge_params(std::iter::empty(), &[("lwm2m", "1.0"), ("b", "U")]);
+        assert_eq!(&*base, "lwm2m=1.0\0b=U");
+        let merged = merge_params(
+            base.split('\0').map(|kv| kv.split_once('=').unwrap()),
+            &[("b", "UQ"), ("sms", "123")],
+        );
+        assert_eq!(&*merged, "lwm2m=1.0\0b=UQ\0sms=123");
+        let loc = 0xdead_beef_u64;
+        assert_eq!(
+            Endpoint::parse_location(Endpoint::location_str(loc).as_bytes()),
+            Some(loc)
+        );
+        assert_eq!(Endpoint::parse_location(b"zz"), None);
+        assert_eq!(Endpoint::parse_location(b"11112222333344445"), None);
+    }
+}

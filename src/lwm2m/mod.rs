@@ -1,0 +1,24 @@
+//! The sans-IO LwM2M core: everything a shard does with datagrams, commands and
+//! timers, as state machines that take `now` and produce outputs. No sockets, no
+//! clock, no threads here.
+
+pub mod directory;
+pub mod endpoint;
+pub mod output;
+pub mod publish;
+pub mod registration;
+pub mod settings;
+pub mod stats;
+pub mod table;
+pub mod template;
+
+mod core;
+
+pub use self::core::ShardCore;
+pub use directory::Directory;
+pub use output::{MqttOut, Outputs, ShardMsg, Timer};
+pub use settings::CoreSettings;
+pub use stats::CoreStats;
+
+#[cfg(test)]
+mod tests;

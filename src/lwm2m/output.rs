@@ -1,0 +1,99 @@
+//! What the core asks its driver to do: datagrams to send, MQTT messages, timers,
+//! and messages for other shards. The driver drains these after every input.
+
+use super::endpoint::Endpoint;
+use std::net::SocketAddr;
+
+/// An MQTT action for the MQTT I/O thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttOut {
+    Publish {
+        lane: u32,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+    },
+    Subscribe {
+        lane: u32,
+        filter: String,
+        qos: u8,
+    },
+    Unsubscribe {
+        lane: u32,
+        filter: String,
+    },
+}
+
+/// A timer the core arms; it comes back through `handle_timer` when due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Registration lifetime of the endpoint in `slot`, valid while the slot's
+    /// generation equals `gen`.
+    Expire { slot: u32, gen: u32 },
+}
+
+/// Work for a shard that arrives through its mailbox.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A command an MQTT application published (from the MQTT thread).
+    Command { topic: String, payload: Vec<u8> },
+    /// The endpoint registered again on another shard: drop this registration.
+    /// The subscription stays when the new registration uses the same mountpoint.
+    Evict {
+        name: Box<str>,
+        location: u64,
+        new_mountpoint: Box<str>,
+    },
+    /// A datagram for a registration this shard holds arrived at shard `from`
+    /// (NAT rebinding): hand the endpoint over.
+    Takeover {
+        location: u64,
+        from: u16,
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+    },
+    /// The endpoint handed over, with the datagram that asked for it.
+    Adopt {
+        endpoint: Box<Endpoint>,
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+    },
+    /// The owner no longer had the endpoint.
+    TakeoverMiss {
+        location: u64,
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+    },
+}
+
+/// Output buffers, owned by the core and drained by the driver.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    datagrams: Vec<(SocketAddr, u32, u32)>,
+    buf: Vec<u8>,
+    pub mqtt: Vec<MqttOut>,
+    pub timers: Vec<(u64, Timer)>,
+    pub to_shards: Vec<(u16, ShardMsg)>,
+}
+
+impl Outputs {
+    /// Queues a datagram written by `f` into the shared buffer.
+    pub fn datagram(&mut self, to: SocketAddr, f: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        f(&mut self.buf);
+        self.datagrams
+            .push((to, start as u32, self.buf.len() as u32));
+    }
+
+    /// Hands every queued datagram to `f` and clears them.
+    pub fn drain_datagrams(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
+        for (to, s, e) in self.datagrams.drain(..) {
+            f(to, &self.buf[s as usize..e as usize]);
+        }
+        self.buf.clear();
+    }
+
+    pub fn pending_datagrams(&self) -> usize {
+        self.datagrams.len()
+    }
+}

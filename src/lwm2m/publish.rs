@@ -1,0 +1,45 @@
+//! MQTT payloads for registrations: `{"msgType":"register"|"update","data":{...}}`
+//! exactly as the MQTT contract gives them.
+
+use super::endpoint::Endpoint;
+use crate::json;
+
+/// Writes the register/update message for `ep` into `out`.
+pub fn registration_json(msg_type: &str, ep: &Endpoint, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"msgType\":");
+    json::string(out, msg_type);
+    out.extend_from_slice(b",\"data\":{\"ep\":");
+    json::string(out, &ep.name);
+    out.extend_from_slice(b",\"lt\":");
+    json::uint(out, ep.lifetime_s as u64);
+    for (k, v) in ep.params() {
+        out.push(b',');
+        json::key(out, k);
+        json::string(out, v);
+    }
+    if let Some(alt) = &ep.alternate_path {
+        out.extend_from_slice(b",\"alternatePath\":");
+        json::string(out, alt);
+    }
+    if let Some(list) = &ep.object_list {
+        out.extend_from_slice(b",\"objectList\":[");
+        for (i, p) in list.split(',').filter(|s| !s.is_empty()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::string(out, p);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// A stable 32-bit hash of an endpoint name (FNV-1a): the MQTT lane, equal on every shard.
+pub fn lane_of(name: &str) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}

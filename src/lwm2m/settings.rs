@@ -1,0 +1,82 @@
+//! What the protocol core needs from the configuration, resolved once.
+
+use super::template::Template;
+use crate::config::{Config, SubscribeMode, UpdateCondition};
+
+/// A translator: topic suffix (after the mountpoint) and QoS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translator {
+    pub topic: String,
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    pub lifetime_min_s: u32,
+    pub lifetime_max_s: u32,
+    pub mountpoint: Template,
+    pub command: Translator,
+    pub response: Translator,
+    pub notify: Translator,
+    pub register: Translator,
+    pub update: Translator,
+    /// Publish updates only when they carry an object list.
+    pub update_needs_object_list: bool,
+    /// Subscribe each endpoint's command topic (else one wildcard filter elsewhere).
+    pub per_endpoint_subscriptions: bool,
+    pub exchange_lifetime_ms: u64,
+}
+
+/// The lifetime a Register without `lt` gets, before clamping.
+pub const DEFAULT_LIFETIME_S: u32 = 86_400;
+
+impl CoreSettings {
+    pub fn from_config(c: &Config) -> Self {
+        let t = |x: &crate::config::Translator| Translator {
+            topic: x.topic.clone(),
+            qos: x.qos,
+        };
+        Self {
+            lifetime_min_s: secs(c.lifetime_min),
+            lifetime_max_s: secs(c.lifetime_max),
+            mountpoint: Template::parse(&c.mountpoint),
+            command: t(&c.translators.command),
+            response: t(&c.translators.response),
+            notify: t(&c.translators.notify),
+            register: t(&c.translators.register),
+            update: t(&c.translators.update),
+            update_needs_object_list: c.update_msg_publish_condition
+                == UpdateCondition::ContainsObjectList,
+            per_endpoint_subscriptions: c.mqtt.subscribe.resolve(&c.mqtt.server)
+                == SubscribeMode::PerEndpoint,
+            exchange_lifetime_ms: c.coap.exchange_lifetime.as_millis() as u64,
+        }
+    }
+
+    /// Clamps a requested lifetime to `[lifetime_min, lifetime_max]`.
+    pub fn clamp_lifetime(&self, lt: Option<u32>) -> u32 {
+        lt.unwrap_or(DEFAULT_LIFETIME_S).clamp(
+            self.lifetime_min_s,
+            self.lifetime_max_s.max(self.lifetime_min_s),
+        )
+    }
+
+    /// The MQTT filter for one endpoint's commands.
+    pub fn command_filter(&self, mountpoint: &str) -> String {
+        let mut s = String::with_capacity(mountpoint.len() + self.command.topic.len());
+        s.push_str(mountpoint);
+        s.push_str(&self.command.topic);
+        s
+    }
+
+    /// The single filter covering every endpoint's commands (wildcard mode).
+    pub fn wildcard_command_filter(&self) -> String {
+        let mut s = self.mountpoint.wildcard();
+        s.push_str(&self.command.topic);
+        s
+    }
+}
+
+fn secs(d: std::time::Duration) -> u32 {
+    d.as_secs().min(u32::MAX as u64) as u32
+}

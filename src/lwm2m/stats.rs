@@ -1,0 +1,33 @@
+//! Per-shard counters of the protocol core (plain integers: one shard owns them).
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CoreStats {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Not a well-formed CoAP message.
+    pub malformed: u64,
+    /// Resets we sent (format errors, pings).
+    pub resets_sent: u64,
+    pub pings: u64,
+    /// Retransmitted requests answered from the reply cache.
+    pub duplicates: u64,
+    pub registrations: u64,
+    /// Registrations that replaced an earlier one of the same endpoint name.
+    pub replaced: u64,
+    pub updates: u64,
+    /// Updates that moved an endpoint to a new address.
+    pub rebinds: u64,
+    pub deregistrations: u64,
+    pub expiries: u64,
+    /// Requests answered 4.00 (bad parameters or payload).
+    pub bad_requests: u64,
+    /// Requests for an unknown location or path (4.04/4.05).
+    pub not_found: u64,
+    /// Requests with an unknown critical option (4.02).
+    pub bad_options: u64,
+    /// Responses, ACKs and Resets that matched nothing.
+    pub unmatched: u64,
+    pub takeovers_out: u64,
+    pub takeovers_in: u64,
+    pub published: u64,
+}

@@ -1,0 +1,259 @@
+//! A deterministic driver for one or more `ShardCore`s.
+
+use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
+use crate::lwm2m::settings::Translator;
+use crate::lwm2m::template::Template;
+use crate::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, Timer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub fn settings() -> CoreSettings {
+    let t = |topic: &str| Translator {
+        topic: topic.into(),
+        qos: 0,
+    };
+    CoreSettings {
+        lifetime_min_s: 1,
+        lifetime_max_s: 86_400,
+        mountpoint: Template::parse("lwm2m/${endpoint_name}/"),
+        command: t("dn/#"),
+        response: t("up/resp"),
+        notify: t("up/notify"),
+        register: t("up/resp"),
+        update: t("up/update"),
+        update_needs_object_list: false,
+        per_endpoint_subscriptions: true,
+        exchange_lifetime_ms: 247_000,
+    }
+}
+
+pub fn addr(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, last], port))
+}
+
+/// A reply as the device sees it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    pub fn msg(&self) -> Message<'_> {
+        Message::parse(&self.bytes).expect("the core sends well-formed CoAP")
+    }
+    pub fn code(&self) -> u8 {
+        self.msg().code
+    }
+    pub fn location(&self) -> String {
+        let m = self.msg();
+        let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
+        assert_eq!(segs[0], b"rd");
+        String::from_utf8(segs[1].to_vec()).unwrap()
+    }
+}
+
+pub struct Harness {
+    pub cores: Vec<ShardCore>,
+    pub dir: Arc<Directory>,
+    pub now: u64,
+    timers: Vec<(u64, usize, Timer)>,
+    pub replies: Vec<Reply>,
+    pub mqtt: Vec<MqttOut>,
+}
+
+impl Harness {
+    pub fn new(shards: usize, s: CoreSettings) -> Self {
+        let s = Arc::new(s);
+        let dir = Arc::new(Directory::new());
+        let cores = (0..shards)
+            .map(|i| ShardCore::new(i as u16, s.clone(), dir.clone(), 1000 * i as u64 + 7))
+            .collect();
+        Self {
+            cores,
+            dir,
+            now: 0,
+            timers: Vec::new(),
+            replies: Vec::new(),
+            mqtt: Vec::new(),
+        }
+    }
+
+    /// Delivers a datagram to `shard` and runs everything it causes.
+    pub fn datagram(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) {
+        self.cores[shard].handle_datagram(self.now, from, bytes);
+        self.pump();
+    }
+
+    /// Delivers and returns the replies it produced.
+    pub fn exchange(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.datagram(shard, from, bytes);
+        self.replies.split_off(n)
+    }
+
+    /// Like `exchange`, expecting exactly one reply.
+    pub fn one(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Reply {
+        let mut r = self.exchange(shard, from, bytes);
+        assert_eq!(r.len(), 1, "expected one reply, got {r:?}");
+        r.pop().unwrap()
+    }
+
+    pub fn advance(&mut self, ms: u64) {
+        let target = self.now + ms;
+        loop {
+            self.timers.sort_by_key(|t| t.0);
+            match self.timers.first() {
+                Some(&(at, shard, t)) if at <= target => {
+                    self.timers.remove(0);
+                    self.now = self.now.max(at);
+                    self.cores[shard].handle_timer(self.now, t);
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        self.now = target;
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut msgs = Vec::new();
+            for (i, c) in self.cores.iter_mut().enumerate() {
+                let replies = &mut self.replies;
+                c.out.drain_datagrams(|to, b| {
+                    replies.push(Reply {
+                        to,
+                        bytes: b.to_vec(),
+                    })
+                });
+                self.mqtt.append(&mut c.out.mqtt);
+                for (at, t) in c.out.timers.drain(..) {
+                    self.timers.push((at, i, t));
+                }
+                msgs.append(&mut c.out.to_shards);
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for (to, m) in msgs {
+                self.cores[to as usize].handle_message(self.now, m);
+            }
+        }
+    }
+
+    /// Publishes so far on topics ending with `suffix`, as (topic, JSON).
+    pub fn published(&self, suffix: &str) -> Vec<(String, serde_json_lite::Value)> {
+        self.mqtt
+            .iter()
+            .filter_map(|m| match m {
+                MqttOut::Publish { topic, payload, .. } if topic.ends_with(suffix) => {
+                    Some((topic.clone(), serde_json_lite::parse(payload)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn subscriptions(&self) -> (Vec<String>, Vec<String>) {
+        let mut subs = Vec::new();
+        let mut unsubs = Vec::new();
+        for m in &self.mqtt {
+            match m {
+                MqttOut::Subscribe { filter, .. } => subs.push(filter.clone()),
+                MqttOut::Unsubscribe { filter, .. } => unsubs.push(filter.clone()),
+                _ => {}
+            }
+        }
+        (subs, unsubs)
+    }
+
+    pub fn endpoints(&self) -> usize {
+        self.cores.iter().map(|c| c.endpoints().len()).sum()
+    }
+}
+
+/// JSON parsing for assertions, through simd-json's owned values.
+pub mod serde_json_lite {
+    pub use simd_json::OwnedValue as Value;
+
+    pub fn parse(bytes: &[u8]) -> Value {
+        let mut b = bytes.to_vec();
+        simd_json::to_owned_value(&mut b).expect("published payload is JSON")
+    }
+}
+
+/// Builds a request as a device would send it.
+pub struct Req {
+    pub mtype: MsgType,
+    pub code: u8,
+    pub mid: u16,
+    pub token: Vec<u8>,
+    pub path: Vec<String>,
+    pub query: Vec<String>,
+    pub payload: Vec<u8>,
+    pub extra: Vec<(u16, Vec<u8>)>,
+}
+
+impl Req {
+    pub fn new(code: u8, path: &str, mid: u16) -> Self {
+        Self {
+            mtype: MsgType::Con,
+            code,
+            mid,
+            token: mid.to_be_bytes().to_vec(),
+            path: path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            query: Vec::new(),
+            payload: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+    pub fn register(ep: &str, mid: u16) -> Self {
+        Self::new(codes::POST, "/rd", mid)
+            .q(&format!("ep={ep}"))
+            .q("lt=300")
+            .q("lwm2m=1.0")
+            .q("b=U")
+            .body(b"</1/0>,</3/0>")
+    }
+    pub fn update(loc: &str, mid: u16) -> Self {
+        Self::new(codes::POST, &format!("/rd/{loc}"), mid)
+    }
+    pub fn q(mut self, q: &str) -> Self {
+        self.query.push(q.into());
+        self
+    }
+    pub fn body(mut self, b: &[u8]) -> Self {
+        self.payload = b.to_vec();
+        self
+    }
+    pub fn non(mut self) -> Self {
+        self.mtype = MsgType::Non;
+        self
+    }
+    pub fn opt(mut self, n: u16, v: &[u8]) -> Self {
+        self.extra.push((n, v.to_vec()));
+        self
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut opts: Vec<(u16, Vec<u8>)> = self.extra.clone();
+        for p in &self.path {
+            opts.push((opt::URI_PATH, p.as_bytes().to_vec()));
+        }
+        for q in &self.query {
+            opts.push((opt::URI_QUERY, q.as_bytes().to_vec()));
+        }
+        opts.sort_by_key(|o| o.0);
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, self.mtype, self.code, self.mid, &self.token);
+        for (n, v) in &opts {
+            w.option(*n, v);
+        }
+        w.payload(&self.payload);
+        buf
+    }
+}

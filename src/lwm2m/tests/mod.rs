@@ -1,0 +1,5 @@
+//! Sans-IO tests of the core on a virtual clock: several shards, a shared directory,
+//! cross-shard messages delivered synchronously, timers fired by advancing time.
+
+mod harness;
+mod registration;
