@@ -92,6 +92,42 @@ fn shipped_definitions_load_with_known_facts() {
     assert!(reg.resource(3, 7).unwrap().multiple);
 }
 
+#[test]
+fn shipped_files_carry_the_license_and_match_the_generator() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(shipped_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "xml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains("Redistribution and use in source and binary forms"),
+                "{} has no license header",
+                path.display()
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 60, "{n} shipped files");
+
+    // generate.py --check: the shipped files are exactly what the generator
+    // makes from the registry. Skipped where there is no Python.
+    let script = shipped_dir().join("generate.py");
+    match std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--check")
+        .arg("--registry")
+        .arg(oma_dir())
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "generate.py --check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("skipping generate.py --check: {e}"),
+    }
+}
+
 /// The shipped files are reductions of the OMA files: every fact kept must be
 /// the same as in the full registry.
 #[test]
@@ -444,23 +480,32 @@ fn readers_on_many_threads_during_reloads() {
     let (shared, _) = SharedRegistry::from_dir(dir.path());
     let shared = Arc::new(shared);
     let done = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::Barrier::new(5));
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let shared = Arc::clone(&shared);
             let done = Arc::clone(&done);
+            let started = Arc::clone(&started);
             std::thread::spawn(move || {
+                started.wait();
                 let mut batches = 0u64;
-                while !done.load(Ordering::Relaxed) {
+                loop {
+                    let finished = done.load(Ordering::Acquire);
                     let reg = shared.load();
                     // Within one snapshot the view is consistent.
                     assert_eq!(reg.resource(3, 0).unwrap().kind, ResourceType::String);
                     assert_eq!(reg.len(), reg.ids().count());
                     batches += 1;
+                    if finished {
+                        // Set after the last reload: that one is visible.
+                        assert_eq!(reg.len(), 21);
+                        break batches;
+                    }
                 }
-                batches
             })
         })
         .collect();
+    started.wait();
     for i in 0..20u16 {
         write(
             dir.path(),
@@ -469,7 +514,7 @@ fn readers_on_many_threads_during_reloads() {
         );
         assert_eq!(shared.reload(dir.path()).unwrap(), 2 + i as usize);
     }
-    done.store(true, Ordering::Relaxed);
+    done.store(true, Ordering::Release);
     for r in readers {
         assert!(r.join().unwrap() > 0);
     }

@@ -48,8 +48,9 @@ impl ObjectRegistry {
         Self::default()
     }
 
-    /// Loads every `*.xml` file (extension case-insensitive, symlinks
-    /// followed, not recursive) of `dir`.
+    /// Loads every `*.xml` file of `dir` (extension case-insensitive, symlinks
+    /// followed, not recursive; hidden files, whose name starts with `.`, are
+    /// skipped).
     ///
     /// A file that cannot be read or parsed is reported in the returned errors
     /// and skipped; the other files still load. If `dir` itself cannot be

@@ -182,8 +182,11 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// files of `dir` or any of their sizes or modification times changes, polled
 /// every `poll_every`, and when the process receives SIGHUP. The state of the
 /// directory is recorded before this function returns, so any change made
-/// after it returns is picked up. The caller is expected to have done the
-/// initial load.
+/// after it returns is picked up. A rewrite that keeps both the size and the
+/// modification time (same file-system timestamp tick) goes unnoticed until
+/// the next change or SIGHUP. A file caught half written fails to load and
+/// is skipped; it is loaded at the next poll, when its size or time has
+/// changed again. The caller is expected to have done the initial load.
 ///
 /// The thread ends soon (within about 50 ms) after `stop` is set; join the
 /// returned handle to wait for it. The SIGHUP handler is registered before
