@@ -1,1 +1,55 @@
-fn main() {}
+//! The `lwm2m-gateway` binary: configuration, logging, start, and shutdown on
+//! SIGINT/SIGTERM.
+
+use clap::Parser;
+use lwm2m_gateway::cli::Cli;
+use lwm2m_gateway::engine::Gateway;
+use std::process::ExitCode;
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", Cli::default_config_text());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(cli.log_filter()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match cli.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lwm2m-gateway: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lwm2m-gateway: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw = match Gateway::start(&cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("lwm2m-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(udp = %gw.udp_addr(), "lwm2m-gateway ready");
+    let mut signals = signals;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    gw.stop();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

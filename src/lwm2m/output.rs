@@ -4,25 +4,9 @@
 use super::endpoint::Endpoint;
 use std::net::SocketAddr;
 
-/// An MQTT action for the MQTT I/O thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MqttOut {
-    Publish {
-        lane: u32,
-        topic: String,
-        payload: Vec<u8>,
-        qos: u8,
-    },
-    Subscribe {
-        lane: u32,
-        filter: String,
-        qos: u8,
-    },
-    Unsubscribe {
-        lane: u32,
-        filter: String,
-    },
-}
+/// An MQTT action for the MQTT I/O thread (the thread's own message type, so
+/// nothing is converted on the way).
+pub use crate::mqtt::Outbound as MqttOut;
 
 /// A timer the core arms; it comes back through `handle_timer` when due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

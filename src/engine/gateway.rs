@@ -1,0 +1,339 @@
+//! Starting and stopping the gateway: the embedded broker (if configured), the MQTT
+//! I/O thread, one UDP socket and thread per shard, and the orderly shutdown that
+//! stops receiving, lets the shards hand their last messages over, and flushes MQTT.
+
+use super::router::{CommandRouter, RouterCounters};
+use super::udp_shard::{ShardCounters, UdpShard, UDP};
+use crate::config::{Config, MqttServer, SubscribeMode};
+use crate::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, ShardMsg, Timer};
+use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
+use mio::{Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const WAKER: Token = Token(0);
+/// How long shutdown waits for the broker to acknowledge what is still in flight.
+const MQTT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The embedded broker could not start.
+    #[error("embedded MQTT broker on {bind}: {source}")]
+    Broker {
+        bind: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A UDP listener socket could not be bound.
+    #[error("UDP listener on {bind}: {source}")]
+    Bind {
+        bind: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A thread or poller could not be created.
+    #[error("starting {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What each shard thread takes at start.
+struct ShardParts {
+    poll: Poll,
+    socket: std::net::UdpSocket,
+    mailbox: MailboxReceiver<ShardMsg>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    shard_threads: Vec<JoinHandle<()>>,
+    mqtt: MqttHandle,
+    mqtt_thread: Option<JoinHandle<()>>,
+    udp_addr: SocketAddr,
+    pub dir: Arc<Directory>,
+    pub shard_counters: Vec<Arc<ShardCounters>>,
+    pub router_counters: Arc<RouterCounters>,
+}
+
+impl Gateway {
+    /// Starts everything the configuration asks for.
+    pub fn start(cfg: &Config) -> Result<Self, GatewayError> {
+        let server = broker_address(cfg)?;
+        let settings = Arc::new(CoreSettings::from_config(cfg));
+        let dir = Arc::new(Directory::new());
+        let shards = shard::resolve_count(cfg.engine.shards);
+        let listener = cfg.udp_listener();
+
+        // Sockets first: a bad bind fails the start before any thread runs.
+        let sockets = bind_sockets(listener.bind, shards, cfg)?;
+        let udp_addr = sockets[0].local_addr().map_err(|e| GatewayError::Bind {
+            bind: listener.bind,
+            source: e,
+        })?;
+
+        let mut parts = Vec::with_capacity(shards);
+        let mut senders = Vec::with_capacity(shards);
+        let mut wakers = Vec::with_capacity(shards);
+        for socket in sockets {
+            let poll = Poll::new().map_err(|e| start_err("poller", e))?;
+            let waker =
+                Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| start_err("waker", e))?);
+            let (tx, rx) = shard::mailbox(cfg.engine.mailbox_capacity, waker.clone());
+            senders.push(tx);
+            wakers.push(waker);
+            parts.push(Some(ShardParts {
+                poll,
+                socket,
+                mailbox: rx,
+            }));
+        }
+        let senders: Arc<Vec<MailboxSender<ShardMsg>>> = Arc::new(senders);
+
+        let router_counters = Arc::new(RouterCounters::default());
+        let router = CommandRouter {
+            mountpoint: settings.mountpoint.clone(),
+            command_topic: settings.command.topic.clone(),
+            dir: dir.clone(),
+            shards: senders.clone(),
+            counters: router_counters.clone(),
+        };
+        let (mqtt, mqtt_thread) = mqtt::spawn(mqtt_options(cfg, server), Box::new(router))
+            .map_err(|e| start_err("MQTT thread", e))?;
+        if !settings.per_endpoint_subscriptions {
+            let filter = settings.wildcard_command_filter();
+            tracing::info!(%filter, "subscribing command wildcard");
+            let _ = mqtt.send(MqttOut::Subscribe {
+                lane: 0,
+                filter,
+                qos: settings.command.qos,
+            });
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let clock = Clock::new();
+        let seed = seed();
+        let parts = Arc::new(Mutex::new(parts));
+        let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();
+        let spec = ShardSpawn {
+            count: shards,
+            pin_cores: cfg.engine.pin_cores,
+            name_prefix: "shard".into(),
+        };
+        let ctx = Arc::new(ShardContext {
+            settings,
+            dir: dir.clone(),
+            mqtt: mqtt.clone(),
+            peers: senders,
+            stop: stop.clone(),
+            counters: shard_counters.clone(),
+            clock,
+            seed,
+            recv_batch: cfg.engine.recv_batch,
+            max_datagram: cfg.engine.max_datagram,
+        });
+        let shard_threads = shard::spawn_shards(&spec, move |i| {
+            let p = parts.lock()[i].take().expect("each shard starts once");
+            if let Err(e) = run_shard(i, p, &ctx) {
+                tracing::error!(shard = i, error = %e, "shard stopped with an error");
+            }
+        })
+        .map_err(|e| start_err("shard threads", e))?;
+        tracing::info!(%udp_addr, shards, "UDP listener up");
+        Ok(Self {
+            stop,
+            wakers,
+            shard_threads,
+            mqtt,
+            mqtt_thread: Some(mqtt_thread),
+            udp_addr,
+            dir,
+            shard_counters,
+            router_counters,
+        })
+    }
+
+    /// The bound address of the UDP listener (useful when the port was 0).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    pub fn mqtt_stats(&self) -> &Arc<mqtt::MqttStats> {
+        self.mqtt.stats()
+    }
+
+    /// Stops receiving, lets every shard flush, then flushes MQTT and disconnects.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.shard_threads.drain(..) {
+            let _ = t.join();
+        }
+        self.mqtt.shutdown(MQTT_FLUSH_TIMEOUT);
+        if let Some(t) = self.mqtt_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct ShardContext {
+    settings: Arc<CoreSettings>,
+    dir: Arc<Directory>,
+    mqtt: MqttHandle,
+    peers: Arc<Vec<MailboxSender<ShardMsg>>>,
+    stop: Arc<AtomicBool>,
+    counters: Vec<Arc<ShardCounters>>,
+    clock: Clock,
+    seed: u64,
+    recv_batch: usize,
+    max_datagram: usize,
+}
+
+fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()> {
+    let ShardParts {
+        mut poll,
+        socket,
+        mailbox,
+    } = p;
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    poll.registry()
+        .register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
+    let core = ShardCore::new(
+        i as u16,
+        ctx.settings.clone(),
+        ctx.dir.clone(),
+        ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    let mut app = UdpShard::new(
+        core,
+        socket,
+        ctx.recv_batch,
+        ctx.max_datagram,
+        ctx.mqtt.clone(),
+        ctx.peers.clone(),
+        ctx.stop.clone(),
+        ctx.counters[i].clone(),
+    );
+    let mut timers: TimerWheel<Timer> = TimerWheel::new(ctx.clock.now_ms());
+    let cfg = LoopConfig {
+        mailbox_budget: 1024,
+        max_sleep_ms: 1000,
+    };
+    shard::run(
+        &mut app,
+        &mut poll,
+        &mailbox,
+        WAKER,
+        &ctx.clock,
+        &mut timers,
+        &cfg,
+    )
+}
+
+fn bind_sockets(
+    bind: SocketAddr,
+    shards: usize,
+    cfg: &Config,
+) -> Result<Vec<std::net::UdpSocket>, GatewayError> {
+    let opts = netio::SocketOptions {
+        reuse_port: true,
+        rcvbuf: cfg.engine.socket_rcvbuf as usize,
+        sndbuf: cfg.engine.socket_sndbuf as usize,
+    };
+    let mut addr = bind;
+    let mut out = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let s = netio::bind_udp(addr, &opts).map_err(|e| GatewayError::Bind { bind, source: e })?;
+        // With port 0 the first socket picks the port; the others share it.
+        if addr.port() == 0 {
+            addr = s
+                .local_addr()
+                .map_err(|e| GatewayError::Bind { bind, source: e })?;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn broker_address(cfg: &Config) -> Result<ServerAddr, GatewayError> {
+    Ok(match &cfg.mqtt.server {
+        MqttServer::Embedded => {
+            let bind = cfg.mqtt.embedded_bind;
+            mqtt::start_embedded_broker(bind)
+                .map_err(|e| GatewayError::Broker { bind, source: e })?;
+            tracing::info!(%bind, "embedded MQTT broker up");
+            let host = match bind.ip() {
+                ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                ip => ip,
+            };
+            ServerAddr::Tcp {
+                host: host.to_string(),
+                port: bind.port(),
+            }
+        }
+        MqttServer::Tcp { host, port } => ServerAddr::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        MqttServer::Tls { host, port } => ServerAddr::Tls {
+            host: host.clone(),
+            port: *port,
+            ca_file: cfg.mqtt.ca_file.clone(),
+        },
+    })
+}
+
+fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
+    let m = &cfg.mqtt;
+    MqttOptions {
+        server,
+        client_id: m.client_id.replace("${node}", &node_name()),
+        username: m.username.clone(),
+        password: m.password.expose().to_string(),
+        keepalive: m.keepalive,
+        connections: m.connections,
+        max_inflight: m.max_inflight,
+        buffer_messages: m.buffer_messages,
+        max_packet_size: 1 << 20,
+    }
+}
+
+/// `${node}` in the MQTT client id: host name and process id, so that several
+/// gateway processes on one host never take each other's broker sessions.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (std::process::id() as u64) << 32
+}
+
+fn start_err(what: &'static str, source: std::io::Error) -> GatewayError {
+    GatewayError::Start { what, source }
+}
+
+impl SubscribeMode {
+    /// For logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SubscribeMode::Auto => "auto",
+            SubscribeMode::PerEndpoint => "per_endpoint",
+            SubscribeMode::Wildcard => "wildcard",
+        }
+    }
+}

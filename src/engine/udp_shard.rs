@@ -1,0 +1,169 @@
+//! One shard thread's application: its UDP socket (SO_REUSEPORT), recvmmsg and
+//! sendmmsg batches, the protocol core, and the plumbing of the core's outputs to
+//! the MQTT thread, the timer wheel and the other shards' mailboxes.
+
+use crate::lwm2m::{ShardCore, ShardMsg, Timer};
+use crate::mqtt::MqttHandle;
+use mio::net::UdpSocket;
+use netio::{RecvBatch, SendBatch};
+use shard::{MailboxSender, ShardApp, TimerWheel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The mio token of a shard's UDP socket.
+pub const UDP: mio::Token = mio::Token(1);
+/// recvmmsg calls per readable event before other work gets a turn.
+const READS_PER_TURN: usize = 8;
+
+/// Counters a shard shares with the rest of the process (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub endpoints: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub oversized: AtomicU64,
+    pub mqtt_dropped: AtomicU64,
+    pub mailbox_dropped: AtomicU64,
+    pub send_failed: AtomicU64,
+}
+
+pub struct UdpShard {
+    pub core: ShardCore,
+    pub socket: UdpSocket,
+    recv: RecvBatch,
+    send: SendBatch,
+    mqtt: MqttHandle,
+    peers: Arc<Vec<MailboxSender<ShardMsg>>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<ShardCounters>,
+}
+
+impl UdpShard {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        core: ShardCore,
+        socket: UdpSocket,
+        recv_batch: usize,
+        max_datagram: usize,
+        mqtt: MqttHandle,
+        peers: Arc<Vec<MailboxSender<ShardMsg>>>,
+        stop: Arc<AtomicBool>,
+        counters: Arc<ShardCounters>,
+    ) -> Self {
+        Self {
+            core,
+            socket,
+            recv: RecvBatch::new(recv_batch, max_datagram),
+            send: SendBatch::new(recv_batch),
+            mqtt,
+            peers,
+            stop,
+            counters,
+        }
+    }
+
+    /// Moves everything the core produced to where it goes.
+    fn route_outputs(&mut self, timers: &mut TimerWheel<Timer>) {
+        let send = &mut self.send;
+        self.core.out.drain_datagrams(|to, b| send.push(to, b));
+        for m in self.core.out.mqtt.drain(..) {
+            if self.mqtt.send(m).is_err() {
+                self.counters.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (at, t) in self.core.out.timers.drain(..) {
+            timers.insert(at, t);
+        }
+        for (to, m) in self.core.out.to_shards.drain(..) {
+            let ok = self
+                .peers
+                .get(to as usize)
+                .map(|p| p.try_send(m).is_ok())
+                .unwrap_or(false);
+            if !ok {
+                self.counters
+                    .mailbox_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn read(&mut self, now: u64, timers: &mut TimerWheel<Timer>) -> bool {
+        for _ in 0..READS_PER_TURN {
+            let n = match self.recv.recv(&self.socket) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    tracing::warn!(shard = self.core.shard(), error = %e, "recvmmsg failed");
+                    return false;
+                }
+            };
+            for i in 0..n {
+                let (peer, data, truncated) = self.recv.get(i);
+                if truncated {
+                    self.counters.oversized.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.core.handle_datagram(now, peer, data);
+            }
+            self.route_outputs(timers);
+        }
+        true
+    }
+
+    fn publish_counters(&self) {
+        let c = &self.counters;
+        c.endpoints
+            .store(self.core.endpoints().len() as u64, Ordering::Relaxed);
+        c.datagrams_in
+            .store(self.core.stats.datagrams_in, Ordering::Relaxed);
+        c.send_failed.store(self.send.failed(), Ordering::Relaxed);
+    }
+}
+
+impl ShardApp for UdpShard {
+    type Msg = ShardMsg;
+    type Timer = Timer;
+
+    fn on_io(
+        &mut self,
+        token: mio::Token,
+        readable: bool,
+        writable: bool,
+        now_ms: u64,
+        timers: &mut TimerWheel<Timer>,
+    ) -> bool {
+        if token != UDP {
+            return false;
+        }
+        if writable && !self.send.is_empty() {
+            let _ = self.send.flush(&self.socket);
+        }
+        readable && self.read(now_ms, timers)
+    }
+
+    fn on_message(&mut self, msg: ShardMsg, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+        self.core.handle_message(now_ms, msg);
+        self.route_outputs(timers);
+    }
+
+    fn on_timer(&mut self, t: Timer, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+        self.core.handle_timer(now_ms, t);
+        self.route_outputs(timers);
+    }
+
+    fn flush(&mut self, _now_ms: u64, _timers: &mut TimerWheel<Timer>) -> bool {
+        if !self.send.is_empty() {
+            if let Err(e) = self.send.flush(&self.socket) {
+                tracing::warn!(shard = self.core.shard(), error = %e, "sendmmsg failed");
+                self.send.clear();
+            }
+        }
+        self.publish_counters();
+        // Unsent datagrams wait for the socket's writable event.
+        false
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
