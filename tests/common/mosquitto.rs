@@ -48,6 +48,9 @@ impl Mosquitto {
         let mut conf = String::new();
         writeln!(conf, "listener {port} 127.0.0.1").unwrap();
         writeln!(conf, "allow_anonymous true").unwrap();
+        // Started as root, mosquitto switches to this user: keep the one running the tests, who
+        // can read the key and write the temporary directory.
+        writeln!(conf, "user {}", current_user()).unwrap();
         writeln!(conf, "max_queued_messages 0").unwrap();
         writeln!(conf, "max_inflight_messages 100").unwrap();
         writeln!(
@@ -158,6 +161,11 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
