@@ -33,7 +33,43 @@ pub(crate) fn join_name(base: &str, name: &str, req: &LwPath) -> Result<LwPath, 
 }
 
 /// Parses JSON from a mutable copy of the payload (simd-json parses in place).
+/// Maximum JSON nesting accepted (SenML needs 2, OMA JSON 3).
+const MAX_JSON_DEPTH: usize = 16;
+
+/// Refuses JSON nested deeper than `MAX_JSON_DEPTH` before the parser (and the recursive drop of
+/// its value tree) sees it. Brackets inside strings do not count.
+fn check_depth(bytes: &[u8]) -> Result<(), DecodeError> {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    for &c in bytes {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(DecodeError::TooDeep(MAX_JSON_DEPTH));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn to_value(scratch: &mut [u8]) -> Result<BorrowedValue<'_>, DecodeError> {
+    check_depth(scratch)?;
     simd_json::to_borrowed_value(scratch).map_err(|e| DecodeError::Json(clip(&e.to_string())))
 }
 

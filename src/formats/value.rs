@@ -207,7 +207,8 @@ pub(crate) fn parse_f64(s: &str) -> Option<f64> {
 
 pub(crate) fn f64_to_i64(f: f64) -> Option<i64> {
     // 2^63 is exactly representable; i64::MAX is not.
-    if f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0 {
+    if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+    {
         Some(f as i64)
     } else {
         None
@@ -215,7 +216,7 @@ pub(crate) fn f64_to_i64(f: f64) -> Option<i64> {
 }
 
 pub(crate) fn f64_to_u64(f: f64) -> Option<u64> {
-    if f.fract() == 0.0 && f >= 0.0 && f < 18_446_744_073_709_551_616.0 {
+    if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
         Some(f as u64)
     } else {
         None

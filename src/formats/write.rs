@@ -78,7 +78,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .strip_prefix("0x")
         .or_else(|| t.strip_prefix("0X"))
         .unwrap_or(t);
-    if t.len() % 2 != 0 {
+    if t.len() & 1 != 0 {
         return None;
     }
     let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
@@ -204,9 +204,16 @@ fn int_of(v: &BorrowedValue<'_>) -> Option<i64> {
     }
 }
 
-/// The JSON text of a value for error messages, shortened.
+/// The JSON text of a value for error messages (strings quoted), shortened.
 fn shown(v: &BorrowedValue<'_>) -> String {
-    super::clip(&v.to_string())
+    match v.as_str() {
+        Some(t) => {
+            let mut out = Vec::new();
+            write_json_string(&super::clip(t), &mut out);
+            String::from_utf8(out).unwrap_or_default()
+        }
+        None => super::clip(&v.to_string()),
+    }
 }
 
 // ---- encoding ----
@@ -289,7 +296,7 @@ fn encode_text(v: &Value, out: &mut Vec<u8>) {
 /// Items sorted by path (stable), so that elements of one instance/resource are adjacent.
 fn sorted(items: &[WriteItem]) -> Vec<&WriteItem> {
     let mut v: Vec<&WriteItem> = items.iter().collect();
-    v.sort_by(|a, b| a.path.cmp(&b.path));
+    v.sort_by_key(|i| i.path);
     v
 }
 
