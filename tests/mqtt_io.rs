@@ -48,13 +48,13 @@ fn tcp(addr: SocketAddr) -> ServerAddr {
     }
 }
 
-fn start(
-    opts: MqttOptions,
-) -> (
+type Started = (
     MqttHandle,
     std::thread::JoinHandle<()>,
     Receiver<(String, Vec<u8>)>,
-) {
+);
+
+fn start(opts: MqttOptions) -> Started {
     let (tx, rx) = crossbeam_channel::unbounded();
     let (h, j) = spawn(opts, Box::new(Collect(tx))).expect("spawn MQTT thread");
     (h, j, rx)

@@ -703,3 +703,44 @@ fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile bytes from a broker: the codec returns errors, never panics.
+    #[test]
+    fn codec_survives_random_input() {
+        let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..200_000 {
+            let len = (next() % 24) as usize;
+            let mut buf = BytesMut::new();
+            // Valid packet types with random flags and bodies, plus plain noise.
+            let first = (next() % 16) as u8;
+            buf.extend_from_slice(&[(first << 4) | (next() % 16) as u8, len as u8]);
+            for _ in 0..len {
+                buf.extend_from_slice(&[next() as u8]);
+            }
+            while let Ok(_p) = Packet::read(&mut buf, 1024) {}
+        }
+    }
+
+    #[test]
+    fn packet_ids_skip_used_and_zero() {
+        let mut ids = PacketIds::new();
+        let a = ids.alloc().unwrap();
+        assert_eq!(a, 1);
+        ids.next = u16::MAX - 1;
+        assert_eq!(ids.alloc(), Some(u16::MAX));
+        assert_eq!(ids.alloc(), Some(2)); // 0 skipped, 1 in use
+        ids.free(1);
+        ids.free(1);
+        assert_eq!(ids.count, 2);
+    }
+}

@@ -10,11 +10,13 @@ use tracing::{error, info};
 
 /// How long `start_embedded_broker` waits for the port to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest packet the embedded broker accepts (a SUBSCRIBE of many filters included).
+const MAX_PACKET: usize = 64 * 1024 * 1024;
 
 /// rumqttd in-process on `bind` (MQTT 3.1.1), on its own threads; returns once the port accepts
 /// TCP connections (bounded wait, else Err). Port 0 is refused (the chosen port would be unknown).
 ///
-/// Settings: `router.max_connections` 10,000 (rumqttd's default is 0), packets up to 256 MiB
+/// Settings: `router.max_connections` 10,000 (rumqttd's default is 0), packets up to 64 MiB
 /// accepted (a small limit turns a large SUBSCRIBE into a silent disconnect loop), no per-filter
 /// segment configuration (each filter's log keeps at most 2 segments of 1 MiB).
 pub fn start_embedded_broker(bind: SocketAddr) -> io::Result<()> {
@@ -57,7 +59,7 @@ pub fn start_embedded_broker(bind: SocketAddr) -> io::Result<()> {
 fn broker_config(bind: SocketAddr) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
-        max_payload_size: 256 * 1024 * 1024,
+        max_payload_size: MAX_PACKET,
         max_inflight_count: 1024,
         auth: None,
         external_auth: None,

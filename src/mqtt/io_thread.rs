@@ -71,7 +71,10 @@ pub(crate) struct IoThread {
 impl IoThread {
     pub fn run(mut self) {
         let start = Instant::now();
-        let seed = start.elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32;
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = clock ^ ((std::process::id() as u64) << 32);
         let mut conns: Vec<Connection> = (0..self.opts.connections)
             .map(|i| {
                 let s = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);

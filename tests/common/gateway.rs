@@ -1,0 +1,130 @@
+//! Runs the real `lwm2m-gateway` binary with a generated configuration.
+
+use super::mosquitto::free_port;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct GatewayProc {
+    child: Option<Child>,
+    /// The UDP listener devices talk to.
+    pub udp: SocketAddr,
+    /// The broker the gateway publishes to (embedded or external).
+    pub mqtt: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+/// Where the gateway's broker is.
+pub enum Broker {
+    /// The embedded broker on a free port.
+    Embedded,
+    /// An external broker (e.g. Mosquitto).
+    External(SocketAddr),
+}
+
+impl GatewayProc {
+    /// Starts the gateway; `extra` is TOML appended to the generated file (it may
+    /// add keys to `[mqtt]` and `[engine]` through dotted keys, or add new tables).
+    pub fn start(broker: Broker, extra: &str) -> Self {
+        Self::start_with(broker, extra, "")
+    }
+
+    /// Like `start`, with `mqtt_extra` lines added to the `[mqtt]` table.
+    pub fn start_with(broker: Broker, extra: &str, mqtt_extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (server, mqtt) = match broker {
+            Broker::Embedded => {
+                let port = free_port();
+                (
+                    format!("server = \"embedded\"\nembedded_bind = \"127.0.0.1:{port}\""),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                )
+            }
+            Broker::External(a) => (format!("server = \"mqtt://{a}\""), a),
+        };
+        let api = free_port();
+        let xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
+        let toml = format!(
+            "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n\n\
+             [mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\n"
+        );
+        let cfg = dir.path().join("gateway.toml");
+        std::fs::write(&cfg, toml).expect("write config");
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_lwm2m-gateway"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lwm2m-gateway");
+        let mut gw = Self {
+            child: Some(child),
+            udp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt,
+            dir,
+            log_path,
+        };
+        gw.udp = gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gateway exited with {status} before ready:\n{}", self.log());
+            }
+            let f = std::fs::File::open(&self.log_path).expect("log");
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("lwm2m-gateway ready udp=") {
+                    let addr = line[i + "lwm2m-gateway ready udp=".len()..].trim();
+                    return addr.parse().expect("udp address in ready line");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway not ready in 30 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gateway did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
