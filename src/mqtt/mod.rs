@@ -165,7 +165,8 @@ impl MqttHandle {
 
     /// Stop: publish everything queued, wait up to `flush_timeout` for QoS>=1 acks, send
     /// DISCONNECT, end the thread. Blocks until the thread has finished (or `flush_timeout`
-    /// plus a grace second has passed); join the thread's `JoinHandle` afterwards.
+    /// plus a grace second has passed); join the thread's `JoinHandle` afterwards. Never call it
+    /// from `Inbound::on_publish` (it runs on the thread being stopped).
     pub fn shutdown(&self, flush_timeout: Duration) {
         let ms = flush_timeout.as_millis().min(u64::MAX as u128) as u64;
         if !self.shared.shutdown.load(Ordering::SeqCst) {
