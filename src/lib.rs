@@ -10,3 +10,4 @@ pub mod lwm2m;
 pub mod model;
 pub mod mqtt;
 pub mod objects;
+pub mod sim;

@@ -177,6 +177,14 @@ impl Gateway {
         for t in self.shard_threads.drain(..) {
             let _ = t.join();
         }
+        for (i, c) in self.shard_counters.iter().enumerate() {
+            tracing::info!(
+                shard = i,
+                endpoints = c.endpoints.load(Ordering::Relaxed),
+                datagrams_in = c.datagrams_in.load(Ordering::Relaxed),
+                "shard stopped"
+            );
+        }
         self.mqtt.shutdown(MQTT_FLUSH_TIMEOUT);
         if let Some(t) = self.mqtt_thread.take() {
             let _ = t.join();

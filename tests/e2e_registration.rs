@@ -1,0 +1,317 @@
+//! End to end: the real binary, devices on real UDP sockets, MQTT read by a real
+//! client, against the embedded broker and against Mosquitto.
+
+mod common;
+
+use common::gateway::{Broker, GatewayProc};
+use common::mosquitto::Mosquitto;
+use common::mqtt_client::MqttClient;
+use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::sim::{Fleet, FleetConfig};
+use simd_json::prelude::*;
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn json(b: &[u8]) -> simd_json::OwnedValue {
+    simd_json::to_owned_value(&mut b.to_vec()).expect("JSON payload")
+}
+
+fn fleet(gw: &GatewayProc, prefix: &str, n: usize) -> Fleet {
+    let cfg = FleetConfig {
+        devices: n,
+        name_prefix: prefix.into(),
+        ..Default::default()
+    };
+    Fleet::new(cfg, gw.udp).expect("fleet socket")
+}
+
+/// Receives until `n` messages arrived or nothing came for `idle`.
+fn collect(c: &mut MqttClient, n: usize, idle: Duration) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv_publish(idle) {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    out
+}
+
+fn exchange(sock: &UdpSocket, gw: std::net::SocketAddr, req: &[u8]) -> Vec<u8> {
+    sock.send_to(req, gw).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = sock.recv_from(&mut buf).expect("reply from gateway");
+    buf[..n].to_vec()
+}
+
+fn request(code: u8, mid: u16, path: &[&str], query: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Con, code, mid, &[7, 7]);
+    for p in path {
+        w.option(opt::URI_PATH, p.as_bytes());
+    }
+    for q in query {
+        w.option(opt::URI_QUERY, q.as_bytes());
+    }
+    w.payload(payload);
+    buf
+}
+
+#[test]
+fn register_update_deregister_with_embedded_broker() {
+    let mut gw = GatewayProc::start(Broker::Embedded, "");
+    let mut mq = MqttClient::connect(gw.mqtt, "e2e-sub", true).unwrap();
+    mq.subscribe("lwm2m/#", 0).unwrap();
+
+    let mut f = fleet(&gw, "e2e-a", 1);
+    assert_eq!(f.register_all(None, WAIT).unwrap().ok, 1);
+    let (topic, payload) = mq.recv_publish(WAIT).expect("register message");
+    assert_eq!(topic, "lwm2m/e2e-a0/up/resp");
+    let v = json(&payload);
+    assert_eq!(v["msgType"], "register");
+    assert_eq!(v["data"]["ep"], "e2e-a0");
+    assert_eq!(v["data"]["lt"], 300);
+    assert_eq!(v["data"]["lwm2m"], "1.0");
+    assert_eq!(v["data"]["b"], "U");
+    assert_eq!(v["data"]["alternatePath"], "/");
+    assert_eq!(v["data"]["objectList"].as_array().map(|a| a.len()), Some(8));
+
+    assert_eq!(f.update_all(WAIT).unwrap().ok, 1);
+    let (topic, payload) = mq.recv_publish(WAIT).expect("update message");
+    assert_eq!(topic, "lwm2m/e2e-a0/up/update");
+    assert_eq!(json(&payload)["msgType"], "update");
+
+    assert_eq!(f.deregister_all(WAIT).unwrap().ok, 1);
+
+    // Bad requests get 4.00 with a diagnostic and publish nothing.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let reply = exchange(
+        &sock,
+        gw.udp,
+        &request(
+            codes::POST,
+            1,
+            &["rd"],
+            &["lt=60", "lwm2m=1.0", "b=U"],
+            b"</1/0>,</3/0>",
+        ),
+    );
+    let m = Message::parse(&reply).unwrap();
+    assert_eq!(m.code, codes::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(m.payload).contains("endpoint name"));
+    let reply = exchange(
+        &sock,
+        gw.udp,
+        &request(codes::POST, 2, &["rd"], &["ep=x", "lwm2m=3.0"], b"</1/0>"),
+    );
+    assert_eq!(Message::parse(&reply).unwrap().code, codes::BAD_REQUEST);
+    let reply = exchange(
+        &sock,
+        gw.udp,
+        &request(codes::POST, 3, &["rd", "ffff"], &[], b""),
+    );
+    assert_eq!(Message::parse(&reply).unwrap().code, codes::NOT_FOUND);
+    // Garbage does not stop the gateway.
+    for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff\xff", b"\x40\x02\x00"] {
+        sock.send_to(junk, gw.udp).unwrap();
+    }
+    assert!(
+        mq.recv_publish(Duration::from_millis(300)).is_none(),
+        "nothing published for bad requests"
+    );
+    let mut g = fleet(&gw, "e2e-b", 1);
+    assert_eq!(g.register_all(None, WAIT).unwrap().ok, 1);
+    assert!(mq.recv_publish(WAIT).is_some());
+
+    let status = gw.stop();
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+}
+
+#[test]
+fn duplicate_register_publishes_once() {
+    let gw = GatewayProc::start(Broker::Embedded, "");
+    let mut mq = MqttClient::connect(gw.mqtt, "e2e-dup", true).unwrap();
+    mq.subscribe("lwm2m/#", 0).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let req = request(codes::POST, 42, &["rd"], &["ep=dup1", "lt=60"], b"</3/0>");
+    let a = exchange(&sock, gw.udp, &req);
+    let b = exchange(&sock, gw.udp, &req);
+    assert_eq!(a, b, "the retransmission gets the cached reply");
+    assert!(mq.recv_publish(WAIT).is_some());
+    assert!(
+        mq.recv_publish(Duration::from_millis(500)).is_none(),
+        "one MQTT message only"
+    );
+}
+
+#[test]
+fn mosquitto_per_endpoint_subscriptions_and_expiry() {
+    let broker = Mosquitto::start();
+    let gw = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "lifetime_min = \"1s\"",
+        "subscribe = \"per_endpoint\"",
+    );
+    let mut mq = MqttClient::connect(broker.addr(), "e2e-mosq", true).unwrap();
+    mq.subscribe("lwm2m/#", 0).unwrap();
+    let mut f = Fleet::new(
+        FleetConfig {
+            devices: 3,
+            name_prefix: "mq".into(),
+            lifetime_s: 2,
+            ..Default::default()
+        },
+        gw.udp,
+    )
+    .unwrap();
+    assert_eq!(f.register_all(None, WAIT).unwrap().ok, 3);
+    let msgs = collect(&mut mq, 3, WAIT);
+    let mut topics: Vec<_> = msgs.iter().map(|m| m.0.clone()).collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "lwm2m/mq0/up/resp",
+            "lwm2m/mq1/up/resp",
+            "lwm2m/mq2/up/resp"
+        ]
+    );
+    // The registrations expire after 2 s: an update then gets 4.04.
+    std::thread::sleep(Duration::from_millis(3500));
+    let out = f.update_all(WAIT).unwrap();
+    assert_eq!(out.failed, 3, "expired registrations are gone: {out:?}");
+    assert!(f
+        .devices
+        .iter()
+        .all(|d| d.last_code == Some(codes::NOT_FOUND)));
+    drop(gw);
+}
+
+#[test]
+fn broker_restart_loses_no_qos1_register() {
+    let mut broker = Mosquitto::start_persistent();
+    let gw = GatewayProc::start(
+        Broker::External(broker.addr()),
+        "[translators]\nregister = { topic = \"up/resp\", qos = 1 }\n",
+    );
+    let mut mq = MqttClient::connect(broker.addr(), "e2e-restart-sub", false).unwrap();
+    mq.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    const N: usize = 2000;
+    let udp = gw.udp;
+    let devices = std::thread::spawn(move || {
+        let mut f = Fleet::new(
+            FleetConfig {
+                devices: N,
+                name_prefix: "rs".into(),
+                ..Default::default()
+            },
+            udp,
+        )
+        .unwrap();
+        f.register_all(Some(500), Duration::from_secs(60)).unwrap()
+    });
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut take = |mq: &mut MqttClient, idle: Duration| {
+        while let Some((_, p)) = mq.recv_publish(idle) {
+            let ep = json(&p)["data"]["ep"].to_string();
+            *seen.entry(ep).or_default() += 1;
+        }
+    };
+    take(&mut mq, Duration::from_millis(1500));
+    broker.stop();
+    drop(mq);
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    let mut mq = MqttClient::connect(broker.addr(), "e2e-restart-sub", false).unwrap();
+    mq.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    let out = devices.join().unwrap();
+    assert_eq!(out.ok, N, "every device registered: {out:?}");
+    take(&mut mq, Duration::from_secs(5));
+    let missing: Vec<_> = (0..N)
+        .map(|i| format!("rs{i}"))
+        .filter(|n| !seen.contains_key(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} register messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[test]
+fn two_gateways_share_one_broker() {
+    let broker = Mosquitto::start();
+    let a = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "",
+        "subscribe = \"per_endpoint\"",
+    );
+    let b = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "",
+        "subscribe = \"per_endpoint\"",
+    );
+    let mut mq = MqttClient::connect(broker.addr(), "e2e-two", true).unwrap();
+    mq.subscribe("lwm2m/#", 0).unwrap();
+    let mut fa = fleet(&a, "ga", 50);
+    let mut fb = Fleet::new(
+        FleetConfig {
+            devices: 50,
+            name_prefix: "gb".into(),
+            first_index: 1000,
+            ..Default::default()
+        },
+        b.udp,
+    )
+    .unwrap();
+    assert_eq!(fa.register_all(None, WAIT).unwrap().ok, 50);
+    assert_eq!(fb.register_all(None, WAIT).unwrap().ok, 50);
+    let msgs = collect(&mut mq, 100, WAIT);
+    assert_eq!(msgs.len(), 100);
+    assert_eq!(
+        msgs.iter().filter(|m| m.0.starts_with("lwm2m/ga")).count(),
+        50
+    );
+    assert_eq!(
+        msgs.iter().filter(|m| m.0.starts_with("lwm2m/gb")).count(),
+        50
+    );
+}
+
+#[test]
+fn ten_thousand_devices_through_several_shards() {
+    let broker = Mosquitto::start();
+    let mut gw = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "[engine]\nshards = 4\n",
+        "subscribe = \"per_endpoint\"",
+    );
+    let mut mq = MqttClient::connect(broker.addr(), "e2e-10k", true).unwrap();
+    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    const N: usize = 10_000;
+    let mut f = fleet(&gw, "k", N);
+    let out = f.register_all(None, Duration::from_secs(120)).unwrap();
+    assert_eq!(out.ok, N, "{out:?}");
+    let msgs = collect(&mut mq, N, Duration::from_secs(10));
+    let mut per_ep: HashMap<String, usize> = HashMap::new();
+    for (t, _) in &msgs {
+        *per_ep.entry(t.clone()).or_default() += 1;
+    }
+    assert_eq!(per_ep.len(), N, "every device appears");
+    assert!(per_ep.values().all(|&c| c == 1), "and exactly once");
+    let status = gw.stop();
+    assert!(status.success());
+    // Several shards held endpoints.
+    let log = gw.log();
+    let busy = log
+        .lines()
+        .filter(|l| l.contains("shard stopped") && !l.contains("endpoints=0 "))
+        .count();
+    assert!(busy >= 2, "endpoints spread over shards:\n{log}");
+}
