@@ -60,6 +60,18 @@ fn request(code: u8, mid: u16, path: &[&str], query: &[&str], payload: &[u8]) ->
     buf
 }
 
+/// The gateway's command filters in the broker, once there are `n` of them (or after 10 s).
+fn wait_subscriptions(b: &Mosquitto, n: usize) -> std::collections::HashSet<String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = b.subscriptions("lwm2m-gateway");
+        if s.len() >= n || std::time::Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn register_update_deregister_with_embedded_broker() {
     let mut gw = GatewayProc::start(Broker::Embedded, "");
@@ -305,6 +317,9 @@ fn ten_thousand_devices_through_several_shards() {
     }
     assert_eq!(per_ep.len(), N, "every device appears");
     assert!(per_ep.values().all(|&c| c == 1), "and exactly once");
+    let subs = wait_subscriptions(&broker, N);
+    assert_eq!(subs.len(), N, "each has its command subscription");
+    assert!((0..N).all(|i| subs.contains(&format!("lwm2m/k{i}/dn/#"))));
     let status = gw.stop();
     assert!(status.success());
     // Several shards held endpoints.

@@ -96,6 +96,10 @@ impl GatewayProc {
         panic!("gateway not ready in 30 s:\n{}", self.log());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -62,6 +62,10 @@ impl Mosquitto {
         writeln!(conf, "log_type error").unwrap();
         writeln!(conf, "log_type warning").unwrap();
         writeln!(conf, "log_type notice").unwrap();
+        // Lines "<time>: <client id> <qos> <filter>" and "<time>: <client id> <filter>":
+        // tests read which filters the gateway holds from them.
+        writeln!(conf, "log_type subscribe").unwrap();
+        writeln!(conf, "log_type unsubscribe").unwrap();
         if persistence {
             writeln!(conf, "persistence true").unwrap();
             writeln!(conf, "persistence_location {}/", dir.path().display()).unwrap();
@@ -90,6 +94,32 @@ impl Mosquitto {
     }
 
     /// Stops it with SIGTERM (persistence is saved) and waits for the exit.
+    /// Filters currently subscribed by clients whose id starts with `client_prefix`,
+    /// as read from the subscribe/unsubscribe log lines (in order).
+    pub fn subscriptions(&self, client_prefix: &str) -> std::collections::HashSet<String> {
+        let mut set = std::collections::HashSet::new();
+        for line in self.log().lines() {
+            let mut it = line.split_whitespace();
+            let (Some(_), Some(client)) = (it.next(), it.next()) else {
+                continue;
+            };
+            if !client.starts_with(client_prefix) {
+                continue;
+            }
+            let rest: Vec<&str> = it.collect();
+            match rest.as_slice() {
+                [q, filter] if q.len() == 1 && q.as_bytes()[0].is_ascii_digit() => {
+                    set.insert(filter.to_string());
+                }
+                [filter] => {
+                    set.remove(*filter);
+                }
+                _ => {}
+            }
+        }
+        set
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
