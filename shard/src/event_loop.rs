@@ -145,7 +145,11 @@ fn poll_once<M, T>(
     let busy = !state.pending.is_empty() || state.flush_more;
     let armed = !busy && mailbox.prepare_sleep();
     let timeout = if armed {
-        Some(sleep_time(clock.now_ms(), timers.next_deadline(), cfg.max_sleep_ms))
+        Some(sleep_time(
+            clock.now_ms(),
+            timers.next_deadline(),
+            cfg.max_sleep_ms,
+        ))
     } else {
         Some(Duration::ZERO)
     };

@@ -12,7 +12,12 @@
 //! slot cascades: every entry is placed again relative to the new current time, which puts it
 //! on a lower level. Each entry therefore moves at most five times before it fires, so
 //! insertion is O(1) and firing is amortised O(1). Slot vectors keep their allocation when
-//! they are emptied, so a steady state of inserts and firings allocates nothing.
+//! they are emptied, so a steady state of inserts and firings allocates nothing; the price is
+//! that each of the 384 slots keeps the capacity of the largest batch it ever held.
+//!
+//! [`TimerWheel::next_deadline`] is exact for the next 64 ms and a lower bound beyond: the time
+//! the earliest occupied slot is reached. A caller that sleeps until it wakes at most six times
+//! on the way to a deadline (once per level it cascades through), never late.
 //!
 //! A deadline beyond the horizon is parked in the farthest top-level slot that is still not
 //! later than the deadline; when that slot is reached the entry is placed again, as many
@@ -174,7 +179,11 @@ impl<T> TimerWheel<T> {
             let current = self.elapsed >> shift;
             // Distance, in slots of this level, from the current digit to the next occupied one.
             // Every entry was placed less than 64 slots ahead, so the rotation is unambiguous.
-            let ahead = u64::from(occupied.rotate_right((current & DIGIT_MASK) as u32).trailing_zeros());
+            let ahead = u64::from(
+                occupied
+                    .rotate_right((current & DIGIT_MASK) as u32)
+                    .trailing_zeros(),
+            );
             let reach = (current + ahead) << shift;
             let earlier = match best {
                 Some((_, _, r)) => reach < r,
