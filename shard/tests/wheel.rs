@@ -111,8 +111,13 @@ fn fires_exactly_at_every_level_boundary() {
             assert!(wheel.is_empty());
 
             // Sleep from one next_deadline to the next, like the event loop.
+            // One wake-up per level cascaded through, when within 63 top-level slots.
             let wakeups = fire_by_next_deadline(start, deadline);
-            assert!(wakeups <= 7, "{wakeups} wake-ups for {start} -> {deadline}");
+            let bound = if deadline - start < 63 << 30 { 6 } else { 10 };
+            assert!(
+                wakeups <= bound,
+                "{wakeups} wake-ups for {start} -> {deadline}"
+            );
         }
     }
 }
