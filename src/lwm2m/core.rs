@@ -300,7 +300,7 @@ impl ShardCore {
         let cached = match self.table.find_peer(&peer) {
             Some(slot) => {
                 let ep = self.table.get(slot).expect("indexed");
-                fresh(&ep.last_reply).then(|| (ep.last_reply, Some(ep.location)))
+                fresh(&ep.last_reply).then_some((ep.last_reply, Some(ep.location)))
             }
             None => None,
         };
