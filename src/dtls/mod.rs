@@ -1,0 +1,155 @@
+//! CoAP over DTLS 1.2: a sans-IO server for many peers, built on dimpl.
+//!
+//! A shard owns one UDP socket for the DTLS port and one [`DtlsServer`]. It
+//! drives the server with the time and each datagram, then drains what the
+//! server has to say:
+//!
+//! ```text
+//! recv (peer, bytes)  ──► handle_datagram(now, peer, bytes)
+//! timer fires         ──► handle_timeout(now)
+//! CoAP reply to peer  ──► send(now, peer, plaintext)
+//! after each of these: while let Some((peer, d)) = poll_transmit()  → send d to peer
+//!                      while let Some(ev) = poll_event()            → Connected / Data / Closed
+//!                      next_timeout()                               → arm the shard timer
+//! ```
+//!
+//! `poll_transmit` hands out owned `Vec<u8>` datagrams (one allocation per
+//! ciphertext datagram; the shard copies them into its send batch).
+//!
+//! # Protection (what dimpl leaves to us)
+//! - A ClientHello from an address with no state creates a dimpl instance
+//!   that answers with a HelloVerifyRequest (cookie). Such half-open
+//!   instances are capped per shard (`max_half_open`) and per source IP
+//!   (`max_half_open_per_addr`); beyond the caps ClientHellos are dropped
+//!   and counted. An instance whose cookie never comes back is dropped after
+//!   [`DtlsServer::set_cookie_timeout`] (default 10 s); a verified handshake
+//!   after `handshake_timeout`.
+//! - Until the cookie exchange succeeds, the server never sends an address
+//!   more bytes than it received from it (HelloVerifyRequest retransmissions
+//!   beyond that are suppressed and counted).
+//! - Non-ClientHello datagrams from an address with no state are dropped
+//!   without allocating.
+//! - Established sessions are capped (`max_sessions`) and closed after
+//!   `idle_timeout` without a datagram from the peer.
+//! - A ClientHello (epoch 0) from an address with a live session starts a
+//!   new handshake beside it; the old session is replaced only when the new
+//!   handshake completes ([`CloseReason::Replaced`]), so a spoofed
+//!   ClientHello cannot end a live session.
+//! - Any error from dimpl ends that instance only. No network input can make
+//!   the server panic.
+//!
+//! dimpl has neither connection IDs nor session resumption: a device whose
+//! NAT mapping changes must handshake again from its new address.
+
+mod cert;
+mod psk;
+mod server;
+mod session;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use cert::{common_name, CertConfig, CertError};
+pub use psk::{wildcard_match, PskError, PskStore, PskTable};
+pub use server::DtlsServer;
+pub use stats::DtlsStats;
+
+/// How a [`DtlsServer`] authenticates devices and protects itself.
+#[derive(Debug, Clone)]
+pub struct DtlsSettings {
+    /// Pre-shared keys (TLS_PSK_WITH_AES_128_CCM_8).
+    pub psk: Option<Arc<PskStore>>,
+    /// Server certificate and optional client CA (ECDHE-ECDSA).
+    pub cert: Option<Arc<CertConfig>>,
+    /// Handshakes in progress per server (shard).
+    pub max_half_open: usize,
+    /// Handshakes in progress per source IP.
+    pub max_half_open_per_addr: usize,
+    /// Established sessions per server (shard).
+    pub max_sessions: usize,
+    /// A handshake not finished this long after its first ClientHello is dropped.
+    pub handshake_timeout: Duration,
+    /// An established session that received nothing this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for DtlsSettings {
+    /// No credentials (set `psk` and/or `cert`), 1024 half-open handshakes,
+    /// 4 per IP, 1,000,000 sessions, 30 s handshake timeout, 1 h idle timeout.
+    fn default() -> Self {
+        DtlsSettings {
+            psk: None,
+            cert: None,
+            max_half_open: 1024,
+            max_half_open_per_addr: 4,
+            max_sessions: 1_000_000,
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Who the peer proved to be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerIdentity {
+    /// The PSK identity it used.
+    Psk(String),
+    /// The subject CN of its certificate, verified against the CA.
+    Cert { cn: String },
+    /// Certificate mode without a client CA: the device presented nothing.
+    Anonymous,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Nothing received for `idle_timeout`.
+    Idle,
+    /// A fatal DTLS error (undecryptable handshake, protocol violation, ...).
+    Error,
+    /// A new session from the same address completed its handshake.
+    Replaced,
+    /// The peer sent an alert (close_notify).
+    Alert,
+    /// The gateway closed it ([`DtlsServer::close`]).
+    Local,
+}
+
+/// What the gateway hears from the DTLS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DtlsEvent {
+    /// A handshake completed; `peer` now has a session.
+    Connected {
+        peer: SocketAddr,
+        identity: PeerIdentity,
+    },
+    /// A decrypted datagram (a CoAP message) from the device.
+    Data {
+        peer: SocketAddr,
+        plaintext: Vec<u8>,
+    },
+    /// The session of `peer` ended (it was announced by `Connected`).
+    Closed {
+        peer: SocketAddr,
+        reason: CloseReason,
+    },
+}
+
+/// Errors of the DTLS server API.
+#[derive(Debug, thiserror::Error)]
+pub enum DtlsError {
+    /// Neither `psk` nor `cert` is configured.
+    #[error("a DTLS listener needs a psk_file or a certfile/keyfile")]
+    NoCredentials,
+    /// dimpl refused the configuration.
+    #[error("DTLS configuration: {0}")]
+    Config(String),
+    /// `send` to a peer without an established session.
+    #[error("no DTLS session with {0}")]
+    NoSession(SocketAddr),
+    /// The session failed while sending and was closed.
+    #[error("DTLS session with {peer} failed: {reason}")]
+    SessionFailed { peer: SocketAddr, reason: String },
+}

@@ -1,0 +1,60 @@
+//! Counters of one [`DtlsServer`](super::DtlsServer) (one shard).
+//!
+//! Plain integers: the server is driven by one thread. A shard copies them
+//! into its metrics when it reports.
+
+/// What one DTLS server has seen since it was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DtlsStats {
+    /// Datagrams handed to `handle_datagram`.
+    pub datagrams_in: u64,
+    /// Ciphertext datagrams queued for sending.
+    pub datagrams_out: u64,
+    /// Datagrams dropped before reaching a DTLS instance: not a DTLS record,
+    /// or not a ClientHello from an address with no state.
+    pub junk_dropped: u64,
+    /// New handshake instances created (first ClientHello from an address).
+    pub handshakes_started: u64,
+    /// Handshakes whose cookie exchange succeeded (the address is real).
+    pub handshakes_verified: u64,
+    /// Handshakes that ended with an established session.
+    pub handshakes_completed: u64,
+    /// Handshakes that ended with a fatal DTLS error (wrong key, unknown
+    /// identity, rejected certificate, protocol error).
+    pub handshakes_failed: u64,
+    /// Handshakes dropped because they did not finish in time (including
+    /// ClientHellos whose cookie never came back).
+    pub handshake_timeouts: u64,
+    /// ClientHellos dropped because the shard's half-open table was full.
+    pub half_open_drops: u64,
+    /// ClientHellos dropped because their source IP had too many half-open
+    /// handshakes.
+    pub half_open_per_addr_drops: u64,
+    /// ClientHellos or completed handshakes dropped because the session
+    /// table was full.
+    pub session_table_full: u64,
+    /// Datagrams not sent to an unverified address because they would have
+    /// exceeded the bytes received from it (anti-amplification).
+    pub amplification_drops: u64,
+    /// Client certificates that failed verification.
+    pub cert_rejected: u64,
+    /// Fatal errors of an established session.
+    pub session_errors: u64,
+    /// Fatal cryptographic errors (mostly failed decryption of a Finished:
+    /// wrong key or unknown identity).
+    pub decrypt_errors: u64,
+    /// Established sessions closed for lack of traffic.
+    pub idle_evictions: u64,
+    /// Established sessions replaced by a new handshake from the same address.
+    pub replaced: u64,
+    /// Established sessions closed by the peer (close_notify).
+    pub peer_closed: u64,
+    /// Application data records decrypted and delivered.
+    pub app_data_in: u64,
+    /// Application data messages encrypted for sending.
+    pub app_data_out: u64,
+    /// Established sessions now.
+    pub sessions: u64,
+    /// Handshakes in progress now (half-open).
+    pub half_open: u64,
+}
