@@ -11,4 +11,7 @@ pub mod model;
 pub mod mqtt;
 pub mod objects;
 pub mod sim;
+pub mod auth;
+pub mod api;
+pub mod metrics;
 pub mod dtls;

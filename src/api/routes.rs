@@ -1,0 +1,559 @@
+//! Routing, credentials and the handlers of the management API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use simd_json::prelude::*;
+
+use super::http::{percent_decode, Request, Response};
+use super::{Admin, ClientInfo};
+use crate::json;
+
+/// Default and largest `limit` of the clients list.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+pub(crate) struct Ctx {
+    admin: Arc<dyn Admin>,
+    api_key: String,
+    api_secret: String,
+    node: String,
+    /// Generated `reqID`s of the commands the API sends.
+    req_seq: AtomicU64,
+}
+
+impl Ctx {
+    pub fn new(admin: Arc<dyn Admin>, api_key: String, api_secret: String) -> Ctx {
+        let node = admin.node();
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ctx {
+            admin,
+            api_key,
+            api_secret,
+            node,
+            // Distinct across restarts, below 2^53 (exact as a JSON number).
+            req_seq: AtomicU64::new((secs & 0xFFFF_FFFF) << 20),
+        }
+    }
+}
+
+pub(crate) fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("lwm2m-gateway@{host}")
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    Response::error(405, "METHOD_NOT_ALLOWED", &format!("allowed: {allow}"))
+        .with_header("Allow", allow.to_string())
+}
+
+fn not_found(what: &str) -> Response {
+    Response::error(404, "NOT_FOUND", what)
+}
+
+fn bad_request(msg: &str) -> Response {
+    Response::error(400, "BAD_REQUEST", msg)
+}
+
+pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
+    let segs: Vec<String> = req
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode(s, false))
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let get = matches!(req.method.as_str(), "GET" | "HEAD");
+    // Open endpoints.
+    match segs.as_slice() {
+        ["health"] => {
+            if !get {
+                return method_not_allowed("GET, HEAD");
+            }
+            return if ctx.admin.healthy() {
+                Response::json(200, br#"{"status":"ok"}"#.to_vec())
+            } else {
+                Response::json(503, br#"{"status":"unavailable"}"#.to_vec())
+            };
+        }
+        ["metrics"] | ["api", "v5", "prometheus", "stats"] => {
+            if !get {
+                return method_not_allowed("GET, HEAD");
+            }
+            let mut out = String::with_capacity(16 * 1024);
+            ctx.admin.metrics(&mut out);
+            let mut r = Response::json(200, out.into_bytes());
+            r.content_type = crate::metrics::CONTENT_TYPE;
+            return r;
+        }
+        _ => {}
+    }
+    if let Err(r) = check_credentials(ctx, req) {
+        return r;
+    }
+    match segs.as_slice() {
+        ["api", "v5", "gateways", "lwm2m", rest @ ..] => gateway(ctx, req, rest),
+        ["api", "v5", "gateways", name, ..] => {
+            not_found(&format!("gateway {name:?} not found (only lwm2m)"))
+        }
+        _ => not_found("no such endpoint"),
+    }
+}
+
+/// Basic auth against `api_key`/`api_secret`, compared in constant time.
+fn check_credentials(ctx: &Ctx, req: &Request) -> Result<(), Response> {
+    let unauthorized = |msg: &str| {
+        Response::error(401, "BAD_API_KEY_OR_SECRET", msg).with_header(
+            "WWW-Authenticate",
+            "Basic realm=\"lwm2m-gateway\"".to_string(),
+        )
+    };
+    if ctx.api_secret.is_empty() {
+        return Err(unauthorized(
+            "the management API is disabled: api.api_secret must be set in the configuration",
+        ));
+    }
+    let Some(h) = req.header("authorization") else {
+        return Err(unauthorized(
+            "credentials required (HTTP basic auth with api_key:api_secret)",
+        ));
+    };
+    let decoded = h
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, b64)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        });
+    let ok = decoded.is_some_and(|d| match d.iter().position(|&b| b == b':') {
+        Some(i) => {
+            // Both compared even when the first differs.
+            let k = ct_eq(&d[..i], ctx.api_key.as_bytes());
+            let s = ct_eq(&d[i + 1..], ctx.api_secret.as_bytes());
+            k & s
+        }
+        None => false,
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(unauthorized("Check api_key/api_secret"))
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for (i, &x) in a.iter().enumerate() {
+        diff |= u64::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
+    let m = req.method.as_str();
+    match rest {
+        [] => match m {
+            "GET" | "HEAD" => Response::json(200, ctx.admin.gateway_config().into_bytes()),
+            "PUT" => update(req, |b| ctx.admin.update_gateway_config(b)),
+            _ => method_not_allowed("GET, PUT"),
+        },
+        ["authentication"] => match m {
+            "GET" | "HEAD" => Response::json(200, ctx.admin.authentication().into_bytes()),
+            "PUT" | "POST" => update(req, |b| ctx.admin.update_authentication(b)),
+            _ => method_not_allowed("GET, PUT, POST"),
+        },
+        ["clients"] => match m {
+            "GET" | "HEAD" => list_clients(ctx, req),
+            _ => method_not_allowed("GET"),
+        },
+        ["clients", id] => match m {
+            "GET" | "HEAD" => match ctx.admin.client(id) {
+                Some(c) => {
+                    let mut out = Vec::with_capacity(512);
+                    client_json(&mut out, &c, &ctx.node);
+                    Response::json(200, out)
+                }
+                None => not_found("Client not found"),
+            },
+            "DELETE" => {
+                if ctx.admin.kick(id) {
+                    Response::no_content()
+                } else {
+                    not_found("Client not found")
+                }
+            }
+            _ => method_not_allowed("GET, DELETE"),
+        },
+        ["clients", id, op @ ("read" | "write" | "observe")] => {
+            if m != "POST" {
+                return method_not_allowed("POST");
+            }
+            command(ctx, req, id, op)
+        }
+        ["clients", id, "lookup"] => {
+            if !matches!(m, "GET" | "HEAD") {
+                return method_not_allowed("GET");
+            }
+            command(ctx, req, id, "lookup")
+        }
+        _ => not_found("no such endpoint"),
+    }
+}
+
+/// A PUT of configuration: the body must be a JSON object.
+fn update(req: &Request, apply: impl FnOnce(&[u8]) -> Result<String, String>) -> Response {
+    let mut copy = req.body.clone();
+    match simd_json::to_borrowed_value(&mut copy) {
+        Ok(v) if v.is_object() => {}
+        Ok(_) => return bad_request("the request body must be a JSON object"),
+        Err(e) => return bad_request(&format!("the request body is not valid JSON: {e}")),
+    }
+    match apply(&req.body) {
+        Ok(s) if s.is_empty() => Response::no_content(),
+        Ok(s) => Response::json(200, s.into_bytes()),
+        Err(e) => bad_request(&e),
+    }
+}
+
+/// Filters of the clients list.
+#[derive(Default)]
+struct Filter<'a> {
+    clientid: Option<&'a str>,
+    endpoint_name: Option<&'a str>,
+    like_endpoint_name: Option<&'a str>,
+    like_clientid: Option<&'a str>,
+    username: Option<&'a str>,
+    like_username: Option<&'a str>,
+    ip_address: Option<&'a str>,
+    gte_lifetime: Option<u32>,
+    lte_lifetime: Option<u32>,
+}
+
+impl Filter<'_> {
+    fn matches(&self, c: &ClientInfo) -> bool {
+        let eq = |f: Option<&str>, v: &str| f.map_or(true, |f| f == v);
+        let like = |f: Option<&str>, v: &str| f.map_or(true, |f| v.contains(f));
+        eq(self.clientid, &c.clientid)
+            && eq(self.endpoint_name, &c.endpoint_name)
+            && like(self.like_endpoint_name, &c.endpoint_name)
+            && like(self.like_clientid, &c.clientid)
+            && eq(self.username, &c.username)
+            && like(self.like_username, &c.username)
+            && eq(self.ip_address, &c.peerhost)
+            && self.gte_lifetime.map_or(true, |l| c.lifetime >= l)
+            && self.lte_lifetime.map_or(true, |l| c.lifetime <= l)
+    }
+}
+
+fn number<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, Response> {
+    match req.param(name) {
+        None => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| {
+            bad_request(&format!(
+                "{name}: expected a non-negative integer, got {v:?}"
+            ))
+        }),
+    }
+}
+
+fn list_clients(ctx: &Ctx, req: &Request) -> Response {
+    let parsed = (|| {
+        let page: usize = number(req, "page")?.unwrap_or(1);
+        let limit: usize = number(req, "limit")?.unwrap_or(DEFAULT_LIMIT);
+        if page == 0 {
+            return Err(bad_request("page: must be at least 1"));
+        }
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(bad_request(&format!(
+                "limit: must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        let filter = Filter {
+            clientid: req.param("clientid"),
+            endpoint_name: req.param("endpoint_name"),
+            like_endpoint_name: req.param("like_endpoint_name"),
+            like_clientid: req.param("like_clientid"),
+            username: req.param("username"),
+            like_username: req.param("like_username"),
+            ip_address: req.param("ip_address"),
+            gte_lifetime: number(req, "gte_lifetime")?,
+            lte_lifetime: number(req, "lte_lifetime")?,
+        };
+        Ok((page, limit, filter))
+    })();
+    let (page, limit, filter) = match parsed {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut all: Vec<ClientInfo> = ctx
+        .admin
+        .clients()
+        .into_iter()
+        .filter(|c| filter.matches(c))
+        .collect();
+    all.sort_by(|a, b| a.clientid.cmp(&b.clientid));
+    let count = all.len();
+    let start = (page - 1).saturating_mul(limit);
+    let mut out = Vec::with_capacity(64 + limit.min(count) * 400);
+    out.extend_from_slice(b"{\"data\":[");
+    for (i, c) in all.iter().skip(start).take(limit).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        client_json(&mut out, c, &ctx.node);
+    }
+    out.extend_from_slice(b"],\"meta\":{");
+    json::key(&mut out, "page");
+    json::uint(&mut out, page as u64);
+    out.push(b',');
+    json::key(&mut out, "limit");
+    json::uint(&mut out, limit as u64);
+    out.push(b',');
+    json::key(&mut out, "count");
+    json::uint(&mut out, count as u64);
+    out.push(b',');
+    json::key(&mut out, "hasnext");
+    out.extend_from_slice(if start.saturating_add(limit) < count {
+        b"true"
+    } else {
+        b"false"
+    });
+    out.extend_from_slice(b"}}");
+    Response::json(200, out)
+}
+
+/// One client in EMQX's field names (plus the LwM2M ones).
+fn client_json(out: &mut Vec<u8>, c: &ClientInfo, node: &str) {
+    let s = |out: &mut Vec<u8>, k: &str, v: &str| {
+        json::key(out, k);
+        json::string(out, v);
+        out.push(b',');
+    };
+    let n = |out: &mut Vec<u8>, k: &str, v: u64| {
+        json::key(out, k);
+        json::uint(out, v);
+        out.push(b',');
+    };
+    let b = |out: &mut Vec<u8>, k: &str, v: bool| {
+        json::key(out, k);
+        out.extend_from_slice(if v { b"true" } else { b"false" });
+        out.push(b',');
+    };
+    out.push(b'{');
+    s(out, "node", node);
+    s(out, "clientid", &c.clientid);
+    s(out, "username", &c.username);
+    s(out, "endpoint_name", &c.endpoint_name);
+    s(out, "proto_name", "LwM2M");
+    s(out, "proto_ver", &c.lwm2m_version);
+    s(out, "ip_address", &c.peerhost);
+    n(out, "port", u64::from(c.port));
+    b(out, "is_bridge", false);
+    b(out, "connected", true);
+    s(out, "connected_at", &rfc3339_ms(c.registered_at_ms));
+    s(out, "created_at", &rfc3339_ms(c.registered_at_ms));
+    s(out, "last_seen_at", &rfc3339_ms(c.last_seen_ms));
+    n(out, "lifetime", u64::from(c.lifetime));
+    n(out, "keepalive", u64::from(c.lifetime));
+    s(out, "binding", &c.binding);
+    b(out, "queue_mode", c.queue_mode);
+    n(out, "shard", u64::from(c.shard));
+    if let Some(st) = &c.stats {
+        n(out, "recv_msg", st.recv_msg);
+        n(out, "send_msg", st.send_msg);
+        n(out, "notifications", st.notifications);
+        n(out, "commands", st.commands);
+    }
+    json::key(out, "object_list");
+    out.push(b'[');
+    for (i, o) in c.object_list.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::string(out, o);
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// `2024-05-06T07:08:09.010+00:00` (EMQX's form) from Unix milliseconds.
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let sod = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        ms % 1000
+    )
+}
+
+/// read / write / observe / lookup: the command JSON an MQTT application
+/// would publish, handed to [`Admin::command`].
+fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
+    let Some(path) = req.param("path").filter(|p| !p.trim().is_empty()) else {
+        return bad_request("path: required, e.g. path=/3/0/1");
+    };
+    let (msg_type, extra): (&str, Option<(&str, &str)>) = match op {
+        "read" => ("read", None),
+        "write" => {
+            let (Some(ty), Some(value)) = (req.param("type"), req.param("value")) else {
+                return bad_request("write needs path, type and value");
+            };
+            if !matches!(
+                ty,
+                "Integer" | "Float" | "Time" | "String" | "Boolean" | "Opaque" | "Objlnk"
+            ) {
+                return bad_request(&format!(
+                    "type: {ty:?} is not one of Integer, Float, Time, String, Boolean, Opaque, Objlnk"
+                ));
+            }
+            ("write", Some((ty, value)))
+        }
+        "observe" => match req.param("enable").unwrap_or("true") {
+            "true" => ("observe", None),
+            "false" => ("cancel-observe", None),
+            other => return bad_request(&format!("enable: expected true or false, got {other:?}")),
+        },
+        _ => match req.param("action").unwrap_or("discover") {
+            "discover" => ("discover", None),
+            "read" => ("read", None),
+            other => {
+                return bad_request(&format!("action: expected discover or read, got {other:?}"))
+            }
+        },
+    };
+    if ctx.admin.client(id).is_none() {
+        return not_found("Client not found");
+    }
+    let req_id = ctx.req_seq.fetch_add(1, Ordering::Relaxed);
+    let mut cmd = Vec::with_capacity(128);
+    cmd.push(b'{');
+    json::key(&mut cmd, "reqID");
+    json::uint(&mut cmd, req_id);
+    cmd.push(b',');
+    json::key(&mut cmd, "msgType");
+    json::string(&mut cmd, msg_type);
+    cmd.push(b',');
+    json::key(&mut cmd, "data");
+    cmd.push(b'{');
+    json::key(&mut cmd, "path");
+    json::string(&mut cmd, path);
+    if let Some((ty, value)) = extra {
+        cmd.push(b',');
+        json::key(&mut cmd, "type");
+        json::string(&mut cmd, ty);
+        cmd.push(b',');
+        json::key(&mut cmd, "value");
+        write_value(&mut cmd, ty, value);
+    }
+    cmd.extend_from_slice(b"}}");
+    if let Err(e) = ctx.admin.command(id, cmd) {
+        return bad_request(&e);
+    }
+    if op != "lookup" {
+        return Response::no_content().with_header("X-Request-Id", req_id.to_string());
+    }
+    let mut out = Vec::with_capacity(128);
+    out.push(b'{');
+    json::key(&mut out, "clientid");
+    json::string(&mut out, id);
+    out.push(b',');
+    json::key(&mut out, "path");
+    json::string(&mut out, path);
+    out.push(b',');
+    json::key(&mut out, "action");
+    json::string(&mut out, msg_type);
+    out.push(b',');
+    json::key(&mut out, "reqID");
+    json::uint(&mut out, req_id);
+    out.push(b'}');
+    Response::json(200, out).with_header("X-Request-Id", req_id.to_string())
+}
+
+/// A write value typed as the command contract expects: numbers as JSON
+/// numbers, booleans as JSON booleans, everything else as a string.
+fn write_value(out: &mut Vec<u8>, ty: &str, value: &str) {
+    let v = value.trim();
+    let numeric = match ty {
+        "Integer" | "Time" => v.parse::<i64>().is_ok(),
+        "Float" => v.parse::<f64>().is_ok_and(f64::is_finite) && !v.contains(['i', 'I', 'n', 'N']),
+        _ => false,
+    };
+    if numeric {
+        // Re-rendered so that e.g. "+5" or "1." become valid JSON.
+        if ty == "Float" {
+            let f: f64 = v.parse().unwrap_or(0.0);
+            out.extend_from_slice(format!("{f:?}").as_bytes());
+        } else {
+            out.extend_from_slice(v.parse::<i64>().unwrap_or(0).to_string().as_bytes());
+        }
+    } else if ty == "Boolean" && matches!(v, "true" | "false") {
+        out.extend_from_slice(v.as_bytes());
+    } else {
+        json::string(out, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000+00:00");
+        assert_eq!(
+            rfc3339_ms(1_709_251_199_999),
+            "2024-02-29T23:59:59.999+00:00"
+        );
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000+00:00");
+    }
+
+    #[test]
+    fn values() {
+        let w = |ty, v| {
+            let mut o = Vec::new();
+            write_value(&mut o, ty, v);
+            String::from_utf8(o).unwrap()
+        };
+        assert_eq!(w("Integer", "+5"), "5");
+        assert_eq!(w("Integer", "5x"), "\"5x\"");
+        assert_eq!(w("Time", "1700000000"), "1700000000");
+        assert_eq!(w("Float", "1.5"), "1.5");
+        assert_eq!(w("Float", "2"), "2.0");
+        assert_eq!(w("Float", "NaN"), "\"NaN\"");
+        assert_eq!(w("Boolean", "true"), "true");
+        assert_eq!(w("Boolean", "1"), "\"1\"");
+        assert_eq!(w("String", "42"), "\"42\"");
+        assert_eq!(w("Objlnk", "3:0"), "\"3:0\"");
+    }
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret1"));
+        assert!(!ct_eq(b"", b"x"));
+        assert!(ct_eq(b"", b""));
+    }
+}
