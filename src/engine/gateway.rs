@@ -7,6 +7,7 @@ use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::config::{Config, MqttServer, SubscribeMode};
 use crate::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, ShardMsg, Timer};
 use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
+use crate::objects::{self, SharedRegistry};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
@@ -56,6 +57,7 @@ pub struct Gateway {
     shard_threads: Vec<JoinHandle<()>>,
     mqtt: MqttHandle,
     mqtt_thread: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
     udp_addr: SocketAddr,
     pub dir: Arc<Directory>,
     pub shard_counters: Vec<Arc<ShardCounters>>,
@@ -68,6 +70,15 @@ impl Gateway {
         let server = broker_address(cfg)?;
         let settings = Arc::new(CoreSettings::from_config(cfg));
         let dir = Arc::new(Directory::new());
+        let registry = load_registry(&cfg.xml_dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = objects::spawn_watcher(
+            registry.clone(),
+            cfg.xml_dir.clone(),
+            Duration::from_secs(2),
+            stop.clone(),
+        )
+        .map_err(|e| start_err("object definition watcher", e))?;
         let shards = shard::resolve_count(cfg.engine.shards);
         let listener = cfg.udp_listener();
 
@@ -116,7 +127,6 @@ impl Gateway {
             });
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
         let clock = Clock::new();
         let seed = seed();
         let parts = Arc::new(Mutex::new(parts));
@@ -128,6 +138,7 @@ impl Gateway {
         };
         let ctx = Arc::new(ShardContext {
             settings,
+            registry,
             dir: dir.clone(),
             mqtt: mqtt.clone(),
             peers: senders,
@@ -152,6 +163,7 @@ impl Gateway {
             shard_threads,
             mqtt,
             mqtt_thread: Some(mqtt_thread),
+            watcher: Some(watcher),
             udp_addr,
             dir,
             shard_counters,
@@ -189,11 +201,15 @@ impl Gateway {
         if let Some(t) = self.mqtt_thread.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.watcher.take() {
+            let _ = t.join();
+        }
     }
 }
 
 struct ShardContext {
     settings: Arc<CoreSettings>,
+    registry: Arc<SharedRegistry>,
     dir: Arc<Directory>,
     mqtt: MqttHandle,
     peers: Arc<Vec<MailboxSender<ShardMsg>>>,
@@ -214,12 +230,13 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
     let mut socket = mio::net::UdpSocket::from_std(socket);
     poll.registry()
         .register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
-    let core = ShardCore::new(
+    let mut core = ShardCore::new(
         i as u16,
         ctx.settings.clone(),
         ctx.dir.clone(),
         ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
+    core.set_registry(ctx.registry.clone());
     let mut app = UdpShard::new(
         core,
         socket,
@@ -244,6 +261,17 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         &mut timers,
         &cfg,
     )
+}
+
+/// Loads the object definitions; a bad file is logged and skipped, a missing
+/// directory leaves values untyped (and is retried by the watcher).
+fn load_registry(dir: &std::path::Path) -> Arc<SharedRegistry> {
+    let (reg, errors) = SharedRegistry::from_dir(dir);
+    for e in &errors {
+        tracing::warn!(error = %e, "object definition skipped");
+    }
+    tracing::info!(dir = %dir.display(), objects = reg.load().len(), "object definitions loaded");
+    Arc::new(reg)
 }
 
 fn bind_sockets(

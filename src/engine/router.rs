@@ -56,6 +56,7 @@ impl Inbound for CommandRouter {
                 let msg = ShardMsg::Command {
                     topic: topic.to_string(),
                     payload: payload.to_vec(),
+                    hops: 0,
                 };
                 match self.shards.get(shard as usize).map(|s| s.try_send(msg)) {
                     Some(Ok(())) => {

@@ -32,6 +32,7 @@ use super::stats::CoreStats;
 use super::table::EndpointTable;
 use super::template::Vars;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
+use crate::objects::{ObjectRegistry, SharedRegistry};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,15 +54,19 @@ enum Removal {
 }
 
 pub struct ShardCore {
-    shard: u16,
-    settings: Arc<CoreSettings>,
-    dir: Arc<Directory>,
-    table: EndpointTable,
+    pub(super) shard: u16,
+    pub(super) settings: Arc<CoreSettings>,
+    pub(super) dir: Arc<Directory>,
+    pub(super) table: EndpointTable,
+    /// Object definitions that type values (reloadable).
+    pub(super) registry: Arc<SharedRegistry>,
     recent: VecDeque<(SocketAddr, LastReply)>,
     /// Locations whose takeover from another shard is in flight.
     pending_takeovers: hashbrown::HashSet<u64>,
     location_seq: u64,
     next_mid: u16,
+    pub(super) token_seq: u32,
+    pub(super) rng: u64,
     pub stats: CoreStats,
     pub out: Outputs,
 }
@@ -82,11 +87,19 @@ impl ShardCore {
             table: EndpointTable::new(),
             recent: VecDeque::new(),
             pending_takeovers: Default::default(),
+            registry: Arc::new(SharedRegistry::new(ObjectRegistry::empty())),
             location_seq: seed,
             next_mid: (seed as u16) ^ 0x5a5a,
+            token_seq: (seed >> 16) as u32,
+            rng: seed | 1,
             stats: CoreStats::default(),
             out: Outputs::default(),
         }
+    }
+
+    /// Uses these object definitions to type values.
+    pub fn set_registry(&mut self, registry: Arc<SharedRegistry>) {
+        self.registry = registry;
     }
 
     pub fn shard(&self) -> u16 {
@@ -125,13 +138,10 @@ impl ShardCore {
                 self.stats.pings += 1;
                 self.send_reset(peer, msg.mid);
             }
-            MsgType::Con if msg.is_response() => {
-                // A separate response we are not waiting for: reject it.
-                self.stats.unmatched += 1;
-                self.send_reset(peer, msg.mid);
-            }
+            MsgType::Con | MsgType::Non if msg.is_response() => self.on_response(now, peer, &msg),
+            MsgType::Ack | MsgType::Rst => self.on_ack_or_reset(now, peer, &msg),
             _ => {
-                // ACKs, Resets and NON responses that match nothing; odd codes.
+                // NON pings, requests and responses with odd codes.
                 self.stats.unmatched += 1;
             }
         }
@@ -140,6 +150,8 @@ impl ShardCore {
     /// A timer armed earlier came due.
     pub fn handle_timer(&mut self, now: u64, t: Timer) {
         match t {
+            Timer::Retransmit { slot, token } => self.on_retransmit(now, slot, token),
+            Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
             Timer::Expire { slot, gen } => {
                 if self.table.generation(slot) != gen {
                     return;
@@ -162,10 +174,11 @@ impl ShardCore {
     /// A message from another shard or the MQTT thread.
     pub fn handle_message(&mut self, now: u64, m: ShardMsg) {
         match m {
-            ShardMsg::Command { .. } => {
-                // Device management is not wired yet; commands are counted.
-                self.stats.unmatched += 1;
-            }
+            ShardMsg::Command {
+                topic,
+                payload,
+                hops,
+            } => self.handle_command(now, &topic, payload, hops),
             ShardMsg::Evict {
                 name,
                 location,
@@ -233,6 +246,7 @@ impl ShardCore {
                     let gen = self.table.generation(slot);
                     self.out.timers.push((expires, Timer::Expire { slot, gen }));
                     self.dir.moved(&name, location, self.shard);
+                    self.rearm_session(now, slot);
                 }
                 self.handle_datagram(now, peer, &datagram);
             }
@@ -364,12 +378,17 @@ impl ShardCore {
 
         let location = self.new_location();
         let lifetime_s = self.settings.clamp_lifetime(params.lt);
-        let (alternate_path, object_list) = match objects {
+        let (alternate_path, object_list, content_format) = match objects {
             Some(ObjectList {
                 alternate_path,
                 paths,
-            }) => (Some(alternate_path.into()), Some(paths.into())),
-            None => (None, None),
+                content_format,
+            }) => (
+                Some(alternate_path.into()),
+                Some(paths.into()),
+                content_format,
+            ),
+            None => (None, None, None),
         };
         let mut others = Vec::with_capacity(params.others.len() + 2);
         if let Some(v) = params.lwm2m {
@@ -391,9 +410,11 @@ impl ShardCore {
             alternate_path,
             object_list,
             queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
+            content_format,
             last_reply: LastReply::default(),
             registered_ms: now,
             last_seen_ms: now,
+            session: None,
         };
         let slot = self.table.insert(ep);
         self.arm_expiry(slot);
@@ -412,6 +433,7 @@ impl ShardCore {
         self.subscribe(slot);
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
+        self.auto_observe(now, slot);
     }
 
     /// Update (`is_update`) or De-register of the registration at `loc`.
@@ -533,12 +555,20 @@ impl ShardCore {
             self.publish_registration(slot, "update");
         }
         self.reply_to_endpoint(now, slot, msg, codes::CHANGED);
+        // The device is awake: send what waited for it.
+        self.touch(now, slot);
     }
 
     fn remove_endpoint(&mut self, slot: u32, why: Removal) {
-        let Some(ep) = self.table.remove(slot) else {
+        let Some(mut ep) = self.table.remove(slot) else {
             return;
         };
+        let reason = match why {
+            Removal::Deregistered => "endpoint de-registered",
+            Removal::Expired => "endpoint registration expired",
+            Removal::Replaced { .. } => "endpoint registered again",
+        };
+        self.finish_session(&mut ep, reason);
         // The name stays mapped if it already points at a newer registration.
         self.dir.release(&ep.name, ep.location);
         let keep_sub = why
@@ -699,7 +729,7 @@ impl ShardCore {
         });
     }
 
-    fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
+    pub(super) fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
         self.stats.resets_sent += 1;
         self.stats.datagrams_out += 1;
         self.out.datagram(peer, |buf| {
@@ -707,7 +737,7 @@ impl ShardCore {
         });
     }
 
-    fn fresh_mid(&mut self) -> u16 {
+    pub(super) fn fresh_mid(&mut self) -> u16 {
         self.next_mid = self.next_mid.wrapping_add(1);
         self.next_mid
     }

@@ -1,6 +1,7 @@
 //! One registered endpoint, as a shard holds it. Kept compact: a million of these
 //! must fit in well under a gigabyte.
 
+use super::session::Session;
 use std::net::SocketAddr;
 
 /// The reply to the last request an endpoint sent, enough to rebuild it byte for
@@ -25,7 +26,7 @@ impl LastReply {
 }
 
 /// A registration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Endpoint {
     pub name: Box<str>,
     pub location: u64,
@@ -44,9 +45,13 @@ pub struct Endpoint {
     /// Object list paths joined by `,` (set when a Register or Update carried one).
     pub object_list: Option<Box<str>>,
     pub queue_mode: bool,
+    /// Preferred content format announced at registration (`ct` of the root link).
+    pub content_format: Option<u16>,
     pub last_reply: LastReply,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// Commands, exchanges and observations; None while there are none.
+    pub session: Option<Box<Session>>,
 }
 
 impl Endpoint {

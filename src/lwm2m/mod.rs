@@ -2,11 +2,15 @@
 //! timers, as state machines that take `now` and produce outputs. No sockets, no
 //! clock, no threads here.
 
+pub mod command;
 pub mod directory;
+mod dm;
+pub mod dm_json;
 pub mod endpoint;
 pub mod output;
 pub mod publish;
 pub mod registration;
+pub mod session;
 pub mod settings;
 pub mod stats;
 pub mod table;

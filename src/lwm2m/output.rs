@@ -14,13 +14,22 @@ pub enum Timer {
     /// Registration lifetime of the endpoint in `slot`, valid while the slot's
     /// generation equals `gen`.
     Expire { slot: u32, gen: u32 },
+    /// Retransmission or separate-response wait of the exchange with `token`.
+    Retransmit { slot: u32, token: u32 },
+    /// Time to live of a queued command.
+    QueueTtl { slot: u32, token: u32 },
 }
 
 /// Work for a shard that arrives through its mailbox.
 #[derive(Debug)]
 pub enum ShardMsg {
     /// A command an MQTT application published (from the MQTT thread).
-    Command { topic: String, payload: Vec<u8> },
+    Command {
+        topic: String,
+        payload: Vec<u8>,
+        /// Times it was forwarded between shards (bounded).
+        hops: u8,
+    },
     /// The endpoint registered again on another shard: drop this registration.
     /// The subscription stays when the new registration uses the same mountpoint.
     Evict {

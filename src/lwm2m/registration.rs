@@ -148,6 +148,9 @@ pub struct ObjectList {
     pub alternate_path: String,
     /// Link targets with the alternate path stripped, joined by `,`.
     pub paths: String,
+    /// The `ct` attribute of the `rt="oma.lwm2m"` link: the device's preferred
+    /// content format (LwM2M 1.1+).
+    pub content_format: Option<u16>,
 }
 
 impl ObjectList {
@@ -161,6 +164,7 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
     let text =
         std::str::from_utf8(payload).map_err(|_| BadRequest::new("object list is not UTF-8"))?;
     let mut links: Vec<(&str, bool)> = Vec::new();
+    let mut content_format = None;
     for entry in split_outside_quotes(text, ',') {
         let entry = entry.trim();
         if entry.is_empty() {
@@ -178,10 +182,25 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
         if target.is_empty() || target.chars().any(|c| c.is_control() || c == '"') {
             return Err(BadRequest::new(format!("bad link target {target:?}")));
         }
-        let is_root = split_outside_quotes(&rest[end + 1..], ';').any(|attr| {
+        let mut is_root = false;
+        let mut ct = None;
+        for attr in split_outside_quotes(&rest[end + 1..], ';') {
             let (k, v) = attr.trim().split_once('=').unwrap_or((attr.trim(), ""));
-            k == "rt" && v.trim_matches('"') == "oma.lwm2m"
-        });
+            match k {
+                "rt" if v.trim_matches('"') == "oma.lwm2m" => is_root = true,
+                "ct" => {
+                    ct = v
+                        .trim_matches('"')
+                        .split(' ')
+                        .next()
+                        .and_then(|c| c.parse().ok())
+                }
+                _ => {}
+            }
+        }
+        if is_root {
+            content_format = ct;
+        }
         links.push((target, is_root));
     }
     let alternate = links
@@ -196,6 +215,7 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
             alternate.to_string()
         },
         paths: String::new(),
+        content_format,
     };
     for (target, root) in links {
         if root {

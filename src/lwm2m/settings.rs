@@ -1,7 +1,8 @@
 //! What the protocol core needs from the configuration, resolved once.
 
 use super::template::Template;
-use crate::config::{Config, SubscribeMode, UpdateCondition};
+use crate::config::{AutoObserve, Config, SubscribeMode, UpdateCondition};
+use crate::model::LwPath;
 
 /// A translator: topic suffix (after the mountpoint) and QoS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +26,35 @@ pub struct CoreSettings {
     /// Subscribe each endpoint's command topic (else one wildcard filter elsewhere).
     pub per_endpoint_subscriptions: bool,
     pub exchange_lifetime_ms: u64,
+    /// CoAP client side (RFC 7252 §4.8).
+    pub ack_timeout_ms: u64,
+    pub ack_random_factor: f64,
+    pub max_retransmit: u32,
+    /// Confirmable requests outstanding per device.
+    pub nstart: usize,
+    /// Queue mode: a device is reachable this long after it last spoke.
+    pub qmode_window_ms: u64,
+    /// Commands held per sleeping device.
+    pub max_queued: usize,
+    /// A held command older than this is answered with an expiry error (0: never).
+    pub queue_ttl_ms: u64,
+    pub auto_observe: AutoObserveSet,
 }
+
+/// What `auto_observe` observes after a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoObserveSet {
+    Off,
+    /// Every registered object instance except the management objects.
+    All,
+    /// Exactly these paths, when the device registered them.
+    Paths(Vec<LwPath>),
+}
+
+/// Objects `auto_observe = true` leaves alone (security, server, access control,
+/// connectivity monitoring, firmware, location, connectivity statistics, software
+/// management, bootstrap).
+pub const MANAGEMENT_OBJECTS: &[u16] = &[0, 1, 2, 4, 5, 6, 7, 9, 15];
 
 /// The lifetime a Register without `lt` gets, before clamping.
 pub const DEFAULT_LIFETIME_S: u32 = 86_400;
@@ -50,6 +79,20 @@ impl CoreSettings {
             per_endpoint_subscriptions: c.mqtt.subscribe.resolve(&c.mqtt.server)
                 == SubscribeMode::PerEndpoint,
             exchange_lifetime_ms: c.coap.exchange_lifetime.as_millis() as u64,
+            ack_timeout_ms: c.coap.ack_timeout.as_millis() as u64,
+            ack_random_factor: c.coap.ack_random_factor,
+            max_retransmit: c.coap.max_retransmit,
+            nstart: c.coap.nstart.max(1),
+            qmode_window_ms: c.qmode_time_window.as_millis() as u64,
+            max_queued: c.queue.max_queued,
+            queue_ttl_ms: c.queue.default_ttl.as_millis() as u64,
+            auto_observe: match &c.auto_observe {
+                AutoObserve::Off => AutoObserveSet::Off,
+                AutoObserve::All => AutoObserveSet::All,
+                AutoObserve::Paths(p) => {
+                    AutoObserveSet::Paths(p.iter().filter_map(|s| LwPath::parse(s).ok()).collect())
+                }
+            },
         }
     }
 

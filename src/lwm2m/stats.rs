@@ -30,4 +30,22 @@ pub struct CoreStats {
     pub takeovers_out: u64,
     pub takeovers_in: u64,
     pub published: u64,
+    /// Commands accepted for a device (including auto-observe).
+    pub commands: u64,
+    /// Commands answered 4.00 (malformed, unknown endpoint) or not ours.
+    pub commands_rejected: u64,
+    /// Queued commands whose time to live ran out.
+    pub commands_expired: u64,
+    /// Commands ended because their endpoint left.
+    pub commands_dropped: u64,
+    pub queue_overflows: u64,
+    pub requests_sent: u64,
+    pub retransmissions: u64,
+    /// Exchanges that got no answer (coap_timeout).
+    pub timeouts: u64,
+    pub resets_received: u64,
+    pub responses: u64,
+    pub notifications: u64,
+    /// Notifications older than one already delivered (RFC 7641 §3.4).
+    pub stale_notifications: u64,
 }

@@ -201,9 +201,11 @@ mod tests {
             alternate_path: None,
             object_list: None,
             queue_mode: false,
+            content_format: None,
             last_reply: LastReply::default(),
             registered_ms: 0,
             last_seen_ms: 0,
+            session: None,
         }
     }
 

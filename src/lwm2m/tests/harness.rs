@@ -24,6 +24,14 @@ pub fn settings() -> CoreSettings {
         update_needs_object_list: false,
         per_endpoint_subscriptions: true,
         exchange_lifetime_ms: 247_000,
+        ack_timeout_ms: 2_000,
+        ack_random_factor: 1.5,
+        max_retransmit: 4,
+        nstart: 1,
+        qmode_window_ms: 22_000,
+        max_queued: 100,
+        queue_ttl_ms: 0,
+        auto_observe: crate::lwm2m::settings::AutoObserveSet::Off,
     }
 }
 
@@ -66,8 +74,16 @@ impl Harness {
     pub fn new(shards: usize, s: CoreSettings) -> Self {
         let s = Arc::new(s);
         let dir = Arc::new(Directory::new());
+        let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
+        let (reg, errors) = crate::objects::SharedRegistry::from_dir(std::path::Path::new(dir_xml));
+        assert!(errors.is_empty(), "{errors:?}");
+        let reg = Arc::new(reg);
         let cores = (0..shards)
-            .map(|i| ShardCore::new(i as u16, s.clone(), dir.clone(), 1000 * i as u64 + 7))
+            .map(|i| {
+                let mut c = ShardCore::new(i as u16, s.clone(), dir.clone(), 1000 * i as u64 + 7);
+                c.set_registry(reg.clone());
+                c
+            })
             .collect();
         Self {
             cores,
@@ -97,6 +113,39 @@ impl Harness {
         let mut r = self.exchange(shard, from, bytes);
         assert_eq!(r.len(), 1, "expected one reply, got {r:?}");
         r.pop().unwrap()
+    }
+
+    /// An MQTT application publishes a command on `topic`.
+    pub fn command(&mut self, shard: usize, topic: &str, json: &str) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.cores[shard].handle_command(self.now, topic, json.as_bytes().to_vec(), 0);
+        self.pump();
+        self.replies.split_off(n)
+    }
+
+    /// Number of MQTT messages so far (to take only the new ones later).
+    pub fn mark(&self) -> usize {
+        self.mqtt.len()
+    }
+
+    /// Publishes after `mark`, as (topic, JSON).
+    pub fn published_since(&self, mark: usize) -> Vec<(String, serde_json_lite::Value)> {
+        self.mqtt[mark..]
+            .iter()
+            .filter_map(|m| match m {
+                MqttOut::Publish { topic, payload, .. } => {
+                    Some((topic.clone(), serde_json_lite::parse(payload)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Advances time and returns the datagrams sent meanwhile.
+    pub fn advance_collect(&mut self, ms: u64) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.advance(ms);
+        self.replies.split_off(n)
     }
 
     pub fn advance(&mut self, ms: u64) {

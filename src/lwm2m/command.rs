@@ -1,0 +1,526 @@
+//! MQTT commands (`{"reqID":..,"msgType":..,"data":{..}}`) parsed into what the
+//! gateway sends to a device. Liberal in what it accepts (paths with or without a
+//! leading `/`, trailing `/` on base paths, numbers as strings and strings as
+//! numbers, `null` attributes), strict in what it sends. Every error says what is
+//! wrong, and carries the parts of the command needed to answer it on MQTT.
+
+use crate::coap::codes;
+use crate::formats::{self, fmt_id, parse_write_value, WriteItem};
+use crate::model::{LwPath, ObjectModel};
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+/// The LwM2M operation a command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Discover,
+    Write,
+    WriteAttr,
+    Execute,
+    Create,
+    Delete,
+    Observe,
+    CancelObserve,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "read" => Self::Read,
+            "discover" => Self::Discover,
+            "write" => Self::Write,
+            "write-attr" => Self::WriteAttr,
+            "execute" => Self::Execute,
+            "create" => Self::Create,
+            "delete" => Self::Delete,
+            "observe" => Self::Observe,
+            "cancel-observe" => Self::CancelObserve,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Discover => "discover",
+            Self::Write => "write",
+            Self::WriteAttr => "write-attr",
+            Self::Execute => "execute",
+            Self::Create => "create",
+            Self::Delete => "delete",
+            Self::Observe => "observe",
+            Self::CancelObserve => "cancel-observe",
+        }
+    }
+}
+
+/// The parts of a command that every message about it repeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Echo {
+    /// Every top-level member except `msgType` and `data`, as JSON (`"reqID":1,...`),
+    /// without braces; empty when there are none.
+    pub members: Box<str>,
+    /// The command's `msgType` as sent (None when absent or not a string).
+    pub msg_type: Option<Box<str>>,
+    /// The command's `data` as JSON (`{}` when absent).
+    pub data: Box<str>,
+    /// `path` (else `basePath`) without its `?query`, with a leading `/`.
+    pub req_path: Option<Box<str>>,
+}
+
+/// A command ready to be sent.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub op: Op,
+    pub echo: Echo,
+    /// Target path (the base path for batch writes and creates).
+    pub path: LwPath,
+    /// Uri-Query options (from a `?k=v` suffix or write-attr attributes).
+    pub query: Vec<String>,
+    pub code: u8,
+    /// Content-Format and body.
+    pub payload: Option<(u16, Vec<u8>)>,
+    /// `mheaders.ttl == 0`: send at once even to a sleeping queue-mode device.
+    pub bypass_queue: bool,
+}
+
+/// A command that cannot be sent; answered with 4.00 and `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub echo: Echo,
+    pub error: String,
+}
+
+/// How writes are encoded for this device.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoding {
+    pub format: u16,
+}
+
+/// Parses a command payload (the buffer is used for in-place JSON parsing).
+pub fn parse(
+    buf: &mut [u8],
+    model: &dyn ObjectModel,
+    enc: Encoding,
+) -> Result<Command, CommandError> {
+    let v = simd_json::to_borrowed_value(buf).map_err(|e| CommandError {
+        echo: Echo {
+            data: "{}".into(),
+            ..Echo::default()
+        },
+        error: format!("command is not valid JSON: {e}"),
+    })?;
+    let Some(obj) = v.as_object() else {
+        return Err(CommandError {
+            echo: Echo {
+                data: "{}".into(),
+                ..Echo::default()
+            },
+            error: "command is not a JSON object".into(),
+        });
+    };
+    let mut members = String::new();
+    for (k, val) in obj.iter() {
+        if k == "msgType" || k == "data" {
+            continue;
+        }
+        if !members.is_empty() {
+            members.push(',');
+        }
+        let mut kb = Vec::new();
+        crate::json::string(&mut kb, k);
+        members.push_str(std::str::from_utf8(&kb).unwrap_or("\"\""));
+        members.push(':');
+        members.push_str(&val.encode());
+    }
+    let data = obj.get("data");
+    let mut echo = Echo {
+        members: members.into(),
+        msg_type: obj.get("msgType").and_then(|m| m.as_str()).map(Into::into),
+        data: data
+            .map(|d| d.encode())
+            .unwrap_or_else(|| "{}".into())
+            .into(),
+        req_path: None,
+    };
+    let fail = |echo: &Echo, error: String| CommandError {
+        echo: echo.clone(),
+        error,
+    };
+    let op = match obj.get("msgType") {
+        None => return Err(fail(&echo, "missing msgType".into())),
+        Some(m) => match m.as_str() {
+            Some(s) => Op::parse(s).ok_or_else(|| fail(&echo, format!("unknown msgType {s:?}")))?,
+            None => return Err(fail(&echo, "msgType is not a string".into())),
+        },
+    };
+    let data = match data {
+        Some(d) if d.is_object() => d,
+        Some(_) => return Err(fail(&echo, "data is not an object".into())),
+        None => return Err(fail(&echo, "missing data".into())),
+    };
+    let raw_path = str_field(data, "path").or_else(|| str_field(data, "basePath"));
+    if let Some(p) = raw_path {
+        let no_query = p.split('?').next().unwrap_or("");
+        let mut rp = String::with_capacity(no_query.len() + 1);
+        if !no_query.starts_with('/') {
+            rp.push('/');
+        }
+        rp.push_str(no_query);
+        echo.req_path = Some(rp.into());
+    }
+    let hex = obj.get("encoding").and_then(|e| e.as_str()) == Some("hex");
+    let bypass_queue = obj
+        .get("mheaders")
+        .and_then(|m| m.get("ttl"))
+        .map(|t| number(t) == Some(0.0))
+        .unwrap_or(false);
+    build(op, data, hex, model, enc)
+        .map(|(path, query, code, payload)| Command {
+            op,
+            echo: echo.clone(),
+            path,
+            query,
+            code,
+            payload,
+            bypass_queue,
+        })
+        .map_err(|e| fail(&echo, e))
+}
+
+type Built = (LwPath, Vec<String>, u8, Option<(u16, Vec<u8>)>);
+
+fn build(
+    op: Op,
+    data: &BorrowedValue<'_>,
+    hex: bool,
+    model: &dyn ObjectModel,
+    enc: Encoding,
+) -> Result<Built, String> {
+    match op {
+        Op::Read | Op::Discover | Op::Observe | Op::CancelObserve | Op::Delete => {
+            let (path, query) = path_field(data, "path")?;
+            if op == Op::Delete && path.is_empty() {
+                return Err("delete needs an object or object instance path".into());
+            }
+            let code = if op == Op::Delete {
+                codes::DELETE
+            } else {
+                codes::GET
+            };
+            Ok((path, query, code, None))
+        }
+        Op::Execute => {
+            let (path, query) = path_field(data, "path")?;
+            if path.len() != 3 {
+                return Err(format!("execute needs a resource path, got {path}"));
+            }
+            let payload = match data.get("args") {
+                None => None,
+                Some(a) if a.is_null() => None,
+                Some(a) => {
+                    let s = scalar_string(a).ok_or("args is not a string")?;
+                    (!s.is_empty()).then(|| (fmt_id::TEXT, s.into_bytes()))
+                }
+            };
+            Ok((path, query, codes::POST, payload))
+        }
+        Op::WriteAttr => {
+            let (path, mut query) = path_field(data, "path")?;
+            for (k, v) in data.as_object().into_iter().flat_map(|o| o.iter()) {
+                if k == "path" || v.is_null() {
+                    continue;
+                }
+                if !ATTRIBUTES.contains(&k.as_ref()) {
+                    return Err(format!("unknown attribute {k:?}"));
+                }
+                let s = scalar_string(v)
+                    .ok_or_else(|| format!("attribute {k} is not a number or string"))?;
+                if k != "edge" && k != "con" && s.parse::<f64>().is_err() {
+                    return Err(format!("attribute {k}={s:?} is not a number"));
+                }
+                query.push(format!("{k}={s}"));
+            }
+            if query.is_empty() {
+                return Err("write-attr sets no attribute".into());
+            }
+            Ok((path, query, codes::PUT, None))
+        }
+        Op::Write => write(data, hex, model, enc),
+        Op::Create => create(data, hex, model, enc),
+    }
+}
+
+/// Notification attributes Write-Attributes may set (LwM2M 1.0–1.2).
+const ATTRIBUTES: &[&str] = &[
+    "pmin", "pmax", "gt", "lt", "st", "epmin", "epmax", "edge", "con", "hqmax",
+];
+
+fn write(
+    data: &BorrowedValue<'_>,
+    hex: bool,
+    model: &dyn ObjectModel,
+    enc: Encoding,
+) -> Result<Built, String> {
+    if data.get("basePath").is_some() {
+        let (base, query) = path_field(data, "basePath")?;
+        let items = content_items(data, &base, hex, model)?;
+        let code = match base.len() {
+            3 => codes::PUT,
+            2 => codes::POST,
+            _ => {
+                return Err(format!(
+                    "write basePath must be an object instance or a resource, got {base}"
+                ))
+            }
+        };
+        let body = formats::encode(enc.format, &base, &items).map_err(|e| e.to_string())?;
+        return Ok((base, query, code, Some((enc.format, body))));
+    }
+    let (path, query) = path_field(data, "path")?;
+    if path.len() < 3 {
+        return Err(format!(
+            "write needs a resource path (or basePath and content), got {path}"
+        ));
+    }
+    let value = data.get("value").ok_or("missing value")?;
+    let v = parse_write_value(str_field(data, "type"), value, hex, &path, model)?;
+    let items = [WriteItem { path, value: v }];
+    let body = formats::encode(enc.format, &path, &items).map_err(|e| e.to_string())?;
+    Ok((path, query, codes::PUT, Some((enc.format, body))))
+}
+
+fn create(
+    data: &BorrowedValue<'_>,
+    hex: bool,
+    model: &dyn ObjectModel,
+    enc: Encoding,
+) -> Result<Built, String> {
+    let (base, query) = path_field(data, "basePath")?;
+    if base.len() != 1 {
+        return Err(format!("create basePath must be an object, got {base}"));
+    }
+    let items = content_items(data, &base, hex, model)?;
+    // Resources without an instance id: the device picks the instance. They are
+    // encoded as the resources of a placeholder instance (no instance wrapper).
+    let bare = items.iter().all(|i| i.path.len() == 2);
+    let (enc_base, items) = if bare {
+        let inst = base.child(0).expect("depth 1");
+        let moved = items
+            .into_iter()
+            .map(|i| WriteItem {
+                path: inst.child(i.path.instance().unwrap_or(0)).expect("depth 2"),
+                value: i.value,
+            })
+            .collect::<Vec<_>>();
+        (inst, moved)
+    } else {
+        (base, items)
+    };
+    let body = formats::encode(enc.format, &enc_base, &items).map_err(|e| e.to_string())?;
+    Ok((base, query, codes::POST, Some((enc.format, body))))
+}
+
+/// `content` items with paths joined to `base`.
+fn content_items(
+    data: &BorrowedValue<'_>,
+    base: &LwPath,
+    hex: bool,
+    model: &dyn ObjectModel,
+) -> Result<Vec<WriteItem>, String> {
+    let content = data
+        .get("content")
+        .and_then(|c| c.as_array())
+        .ok_or("missing content array")?;
+    if content.is_empty() {
+        return Err("content is empty".into());
+    }
+    let mut items = Vec::with_capacity(content.len());
+    for (i, c) in content.iter().enumerate() {
+        let rel = str_field(c, "path").ok_or_else(|| format!("content[{i}] has no path"))?;
+        let mut path = *base;
+        for seg in rel.split('/').filter(|s| !s.is_empty()) {
+            let id: u16 = seg
+                .parse()
+                .map_err(|_| format!("content[{i}].path {rel:?} is not numeric"))?;
+            path = path
+                .child(id)
+                .ok_or_else(|| format!("content[{i}].path {rel:?} is too deep"))?;
+        }
+        if path == *base {
+            return Err(format!("content[{i}].path is empty"));
+        }
+        let value = c
+            .get("value")
+            .ok_or_else(|| format!("content[{i}] has no value"))?;
+        let v = parse_write_value(str_field(c, "type"), value, hex, &path, model)
+            .map_err(|e| format!("content[{i}]: {e}"))?;
+        items.push(WriteItem { path, value: v });
+    }
+    Ok(items)
+}
+
+/// Reads a path field: `"/3/0/1"`, `"3/0/1"`, `"/1/0/"`, with an optional `?k=v&k2`
+/// suffix that becomes Uri-Query options.
+fn path_field(data: &BorrowedValue<'_>, key: &str) -> Result<(LwPath, Vec<String>), String> {
+    let raw = match data.get(key) {
+        None => return Err(format!("missing {key}")),
+        Some(v) => v.as_str().ok_or_else(|| format!("{key} is not a string"))?,
+    };
+    let (p, q) = raw.split_once('?').unwrap_or((raw, ""));
+    let path = LwPath::parse(p).map_err(|e| format!("bad {key} {raw:?}: {e}"))?;
+    let query = q
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    Ok((path, query))
+}
+
+fn str_field<'v>(data: &'v BorrowedValue<'_>, key: &str) -> Option<&'v str> {
+    data.get(key).and_then(|v| v.as_str())
+}
+
+/// A string or number as text (numbers in their shortest form).
+fn scalar_string(v: &BorrowedValue<'_>) -> Option<String> {
+    if let Some(s) = v.as_str() {
+        return Some(s.to_string());
+    }
+    if let Some(i) = v.as_i64() {
+        return Some(i.to_string());
+    }
+    if let Some(u) = v.as_u64() {
+        return Some(u.to_string());
+    }
+    v.as_f64().map(|f| f.to_string())
+}
+
+fn number(v: &BorrowedValue<'_>) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_i64().map(|i| i as f64))
+        .or_else(|| v.as_u64().map(|u| u as f64))
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(json: &str) -> Result<Command, CommandError> {
+        let mut b = json.as_bytes().to_vec();
+        parse(
+            &mut b,
+            &(),
+            Encoding {
+                format: fmt_id::TLV,
+            },
+        )
+    }
+
+    #[test]
+    fn echo_keeps_every_other_member() {
+        let c = p(r#"{"reqID":"7","cacheID":3,"msgType":"read","data":{"path":"3/0/1?x=1"},"mheaders":{"ttl":0}}"#).unwrap();
+        assert_eq!(c.op, Op::Read);
+        assert_eq!(
+            &*c.echo.members,
+            r#""reqID":"7","cacheID":3,"mheaders":{"ttl":0}"#
+        );
+        assert_eq!(c.echo.req_path.as_deref(), Some("/3/0/1"));
+        assert_eq!(c.path.to_string(), "/3/0/1");
+        assert_eq!(c.query, vec!["x=1"]);
+        assert!(c.bypass_queue);
+        assert_eq!(c.code, codes::GET);
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let cases = [
+            ("not json", "not valid JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"reqID":1,"data":{}}"#, "missing msgType"),
+            (
+                r#"{"reqID":1,"msgType":"jump","data":{}}"#,
+                "unknown msgType",
+            ),
+            (r#"{"reqID":1,"msgType":"read"}"#, "missing data"),
+            (r#"{"reqID":1,"msgType":"read","data":{}}"#, "missing path"),
+            (
+                r#"{"reqID":1,"msgType":"read","data":{"path":5}}"#,
+                "path is not a string",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"read","data":{"path":"/a/b"}}"#,
+                "bad path",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"execute","data":{"path":"/3/0"}}"#,
+                "resource path",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"write","data":{"path":"/3/0/13","type":"Integer","value":"x"}}"#,
+                "not an Integer",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"write","data":{"path":"/3/0/13","type":"Integer"}}"#,
+                "missing value",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"write","data":{"basePath":"/3","content":[{"path":"0/1","type":"String","value":"a"}]}}"#,
+                "object instance or a resource",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"write-attr","data":{"path":"/3/0/9","pmin":"abc"}}"#,
+                "not a number",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"write-attr","data":{"path":"/3/0/9","zz":"1"}}"#,
+                "unknown attribute",
+            ),
+            (
+                r#"{"reqID":1,"msgType":"create","data":{"basePath":"/3/0","content":[]}}"#,
+                "must be an object",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = p(json).unwrap_err();
+            assert!(e.error.contains(want), "{json}: {:?}", e.error);
+        }
+        let e = p(r#"{"reqID":9,"msgType":"read","data":{"path":"/x"}}"#).unwrap_err();
+        assert_eq!(&*e.echo.members, r#""reqID":9"#);
+        assert_eq!(e.echo.msg_type.as_deref(), Some("read"));
+        assert_eq!(e.echo.req_path.as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn write_attr_liberal() {
+        let c = p(r#"{"reqID":1,"msgType":"write-attr","data":{"path":"/3/0/9","pmin":"10","pmax":60,"gt":null,"lt":null,"st":"5.0"}}"#).unwrap();
+        assert_eq!(c.code, codes::PUT);
+        assert_eq!(c.query, vec!["pmin=10", "pmax=60", "st=5.0"]);
+    }
+
+    #[test]
+    fn writes_and_creates() {
+        let c = p(r#"{"reqID":1,"msgType":"write","data":{"path":"/3/0/13","type":"Time","value":1700000000}}"#).unwrap();
+        assert_eq!(c.code, codes::PUT);
+        let (cf, body) = c.payload.unwrap();
+        assert_eq!(cf, fmt_id::TLV);
+        assert_eq!(body, vec![0xc4, 13, 0x65, 0x53, 0xf1, 0x00]);
+        let c = p(r#"{"reqID":1,"msgType":"write","data":{"basePath":"/31024/11/","content":[{"path":"1","type":"String","value":"a"},{"path":"2","type":"Integer","value":"5"}]}}"#).unwrap();
+        assert_eq!(c.code, codes::POST);
+        assert_eq!(c.path.to_string(), "/31024/11");
+        let c = p(r#"{"reqID":1,"msgType":"create","data":{"basePath":"/31024","content":[{"path":"11/1","type":"String","value":"x"}]}}"#).unwrap();
+        assert_eq!(c.code, codes::POST);
+        assert_eq!(c.path.to_string(), "/31024");
+        let (_, body) = c.payload.unwrap();
+        assert_eq!(body[0] & 0xc0, 0x00, "wrapped in an object instance");
+        let c = p(r#"{"reqID":1,"msgType":"create","data":{"basePath":"/31024","content":[{"path":"1","type":"String","value":"x"}]}}"#).unwrap();
+        let (_, body) = c.payload.unwrap();
+        assert_eq!(body[0] & 0xc0, 0xc0, "bare resources");
+        let c =
+            p(r#"{"reqID":1,"msgType":"execute","data":{"path":"/3/0/4","args":"5"}}"#).unwrap();
+        assert_eq!(c.payload, Some((fmt_id::TEXT, b"5".to_vec())));
+        let c = p(r#"{"reqID":1,"msgType":"delete","data":{"path":"/31024/11"}}"#).unwrap();
+        assert_eq!(c.code, codes::DELETE);
+    }
+}

@@ -1,0 +1,131 @@
+//! Device-management state of one endpoint: commands waiting to be sent, requests
+//! in flight (CoAP client side, RFC 7252 §4), and observations (RFC 7641). Only
+//! endpoints that have seen a command carry one; idle registrations cost nothing.
+
+use super::command::Command;
+use crate::model::LwPath;
+use std::collections::VecDeque;
+
+/// A command waiting for its turn (NSTART) or for a sleeping device to wake.
+#[derive(Debug)]
+pub struct Queued {
+    pub cmd: Command,
+    /// Token the request will carry; also identifies the queue TTL timer.
+    pub token: u32,
+    pub queued_ms: u64,
+    /// An auto-observe request (not asked for by an application).
+    pub auto: bool,
+}
+
+/// A confirmable request sent to the device and not yet finished.
+#[derive(Debug)]
+pub struct Exchange {
+    pub token: u32,
+    pub mid: u16,
+    /// The request, kept for retransmission.
+    pub datagram: Vec<u8>,
+    pub retransmits: u32,
+    pub timeout_ms: u64,
+    /// An empty ACK came: the response will be a separate one.
+    pub acked: bool,
+    pub cmd: Command,
+    pub auto: bool,
+}
+
+/// An observation the device accepted.
+#[derive(Debug)]
+pub struct Observation {
+    pub token: u32,
+    pub path: LwPath,
+    /// The observe command, echoed in every notification.
+    pub cmd: Command,
+    pub last_seq: Option<u32>,
+    pub last_ms: u64,
+}
+
+/// How many device message IDs are remembered to acknowledge duplicates.
+const RECENT_MIDS: usize = 16;
+
+#[derive(Debug, Default)]
+pub struct Session {
+    pub queue: VecDeque<Queued>,
+    pub inflight: Vec<Exchange>,
+    pub observations: Vec<Observation>,
+    recent_mids: VecDeque<(u16, u64)>,
+}
+
+impl Session {
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty() && self.observations.is_empty()
+    }
+
+    pub fn exchange_by_token(&self, token: u32) -> Option<usize> {
+        self.inflight.iter().position(|e| e.token == token)
+    }
+
+    pub fn exchange_by_mid(&self, mid: u16) -> Option<usize> {
+        self.inflight.iter().position(|e| e.mid == mid)
+    }
+
+    pub fn observation_by_token(&self, token: u32) -> Option<usize> {
+        self.observations.iter().position(|o| o.token == token)
+    }
+
+    pub fn observation_by_path(&self, path: &LwPath) -> Option<usize> {
+        self.observations.iter().position(|o| o.path == *path)
+    }
+
+    /// Records a confirmable message ID from the device; true if it was seen within
+    /// `lifetime_ms` (a retransmission).
+    pub fn seen_mid(&mut self, mid: u16, now: u64, lifetime_ms: u64) -> bool {
+        if self
+            .recent_mids
+            .iter()
+            .any(|&(m, at)| m == mid && now.saturating_sub(at) < lifetime_ms)
+        {
+            return true;
+        }
+        if self.recent_mids.len() == RECENT_MIDS {
+            self.recent_mids.pop_front();
+        }
+        self.recent_mids.push_back((mid, now));
+        false
+    }
+}
+
+/// RFC 7641 §3.4: is a notification with sequence `v2` at `t2` newer than the last
+/// one delivered (`v1` at `t1`)?
+pub fn is_fresh(last: Option<u32>, last_ms: u64, v2: u32, now: u64) -> bool {
+    let Some(v1) = last else { return true };
+    const HALF: u32 = 1 << 23;
+    (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || now > last_ms + 128_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_per_rfc7641() {
+        assert!(is_fresh(None, 0, 5, 0));
+        assert!(is_fresh(Some(5), 0, 6, 1));
+        assert!(!is_fresh(Some(6), 0, 5, 1));
+        assert!(!is_fresh(Some(6), 0, 6, 1));
+        // Wrap-around of the 24-bit space.
+        assert!(is_fresh(Some((1 << 24) - 1), 0, 1, 1));
+        // An old sequence number after 128 s is taken as new.
+        assert!(is_fresh(Some(6), 0, 5, 129_000));
+    }
+
+    #[test]
+    fn mid_dedup_is_bounded() {
+        let mut s = Session::default();
+        assert!(!s.seen_mid(1, 0, 247_000));
+        assert!(s.seen_mid(1, 10, 247_000));
+        assert!(!s.seen_mid(1, 300_000, 247_000));
+        for m in 2..100 {
+            s.seen_mid(m, 300_000, 247_000);
+        }
+        assert!(s.recent_mids.len() <= RECENT_MIDS);
+    }
+}

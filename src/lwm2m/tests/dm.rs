@@ -1,0 +1,781 @@
+//! Device management and information reporting on a virtual clock: every command
+//! type, piggybacked and separate responses, resets, timeouts, NSTART, observe and
+//! notifications, queue mode, alternate paths, malformed commands.
+
+use super::harness::*;
+use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
+use crate::formats::fmt_id;
+use crate::lwm2m::settings::AutoObserveSet;
+use simd_json::prelude::*;
+
+const DEV: u16 = 5000;
+const TOPIC: &str = "lwm2m/dev1/dn/cmd";
+
+fn registered(h: &mut Harness, query: &[&str], payload: &[u8]) -> String {
+    let mut r = Req::new(codes::POST, "/rd", 1).q("ep=dev1").q("lt=300");
+    for q in query {
+        r = r.q(q);
+    }
+    let r = h.one(0, addr(1, DEV), &r.body(payload).bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    r.location()
+}
+
+fn setup() -> Harness {
+    let mut h = Harness::new(1, settings());
+    registered(&mut h, &["lwm2m=1.0", "b=U"], b"</1/0>,</3/0>,</31024/11>");
+    h
+}
+
+/// The device's answer to `req` (piggybacked ACK).
+fn answer(req: &Reply, code: u8, cf: Option<u16>, payload: &[u8], observe: Option<u32>) -> Vec<u8> {
+    let m = req.msg();
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, m.mid, m.token);
+    if let Some(o) = observe {
+        w.option_uint(opt::OBSERVE, o);
+    }
+    if let Some(cf) = cf {
+        w.option_uint(opt::CONTENT_FORMAT, cf as u32);
+    }
+    w.payload(payload);
+    buf
+}
+
+/// A response or notification the device sends on its own (CON or NON).
+fn unsolicited(
+    t: MsgType,
+    mid: u16,
+    token: &[u8],
+    code: u8,
+    cf: Option<u16>,
+    observe: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, t, code, mid, token);
+    if let Some(o) = observe {
+        w.option_uint(opt::OBSERVE, o);
+    }
+    if let Some(cf) = cf {
+        w.option_uint(opt::CONTENT_FORMAT, cf as u32);
+    }
+    w.payload(payload);
+    buf
+}
+
+fn path_of(m: &Message<'_>) -> String {
+    m.option_values(opt::URI_PATH)
+        .map(|s| format!("/{}", String::from_utf8_lossy(s)))
+        .collect()
+}
+
+fn one_request(rs: Vec<Reply>) -> Reply {
+    assert_eq!(
+        rs.len(),
+        1,
+        "expected one request to the device, got {rs:?}"
+    );
+    let r = rs.into_iter().next().unwrap();
+    assert_eq!(r.to, addr(1, DEV));
+    r
+}
+
+#[test]
+fn read_with_piggybacked_response() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/1"},"cacheID":"c"}"#,
+    ));
+    let m = req.msg();
+    assert_eq!((m.mtype, m.code), (MsgType::Con, codes::GET));
+    assert_eq!(path_of(&m), "/3/0/1");
+    assert_eq!(m.token.len(), 4);
+    assert_eq!(m.option_uint(opt::ACCEPT), Some(fmt_id::TEXT as u32));
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(
+            &req,
+            codes::CONTENT,
+            Some(0),
+            b"Lightweight M2M Client",
+            None,
+        ),
+    );
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, "lwm2m/dev1/up/resp");
+    let v = &p[0].1;
+    assert_eq!(v["reqID"], 1);
+    assert_eq!(v["cacheID"], "c");
+    assert_eq!(v["msgType"], "read");
+    assert_eq!(v["data"]["reqPath"], "/3/0/1");
+    assert_eq!(v["data"]["code"], "2.05");
+    assert_eq!(v["data"]["codeMsg"], "content");
+    assert_eq!(
+        v["data"]["content"],
+        simd_json::json!([{"path": "/3/0/1", "value": "Lightweight M2M Client"}])
+    );
+}
+
+#[test]
+fn read_instance_decodes_tlv_with_types() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":2,"msgType":"read","data":{"path":"3/0"}}"#,
+    ));
+    assert_eq!(req.msg().option_uint(opt::ACCEPT), Some(fmt_id::TLV as u32));
+    // Resource 9 (battery level, Integer) = 100, resource 1 (String).
+    let tlv = [0xc1, 9, 100, 0xc3, 1, b'a', b'b', b'c'];
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CONTENT, Some(fmt_id::TLV), &tlv, None),
+    );
+    let v = &h.published_since(mark)[0].1;
+    assert_eq!(v["data"]["reqPath"], "/3/0");
+    assert_eq!(
+        v["data"]["content"],
+        simd_json::json!([{"path": "/3/0/9", "value": 100}, {"path": "/3/0/1", "value": "abc"}])
+    );
+}
+
+#[test]
+fn separate_response_ack_event_and_duplicate_suppression() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":3,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+    ));
+    let m = req.msg();
+    // Empty ACK: the response will come separately.
+    let mut ack = Vec::new();
+    MessageWriter::new(&mut ack, MsgType::Ack, codes::EMPTY, m.mid, &[]).finish();
+    assert!(h.exchange(0, addr(1, DEV), &ack).is_empty());
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["msgType"], "ack");
+    assert_eq!(p[0].1["reqID"], 3);
+    assert_eq!(p[0].1["data"]["path"], "/3/0/0");
+    // The separate CON response with a new message ID is acknowledged and delivered once.
+    let sep = unsolicited(
+        MsgType::Con,
+        999,
+        m.token,
+        codes::CONTENT,
+        Some(0),
+        None,
+        b"ACME",
+    );
+    let acks = h.exchange(0, addr(1, DEV), &sep);
+    assert_eq!(acks.len(), 1);
+    let a = acks[0].msg();
+    assert_eq!((a.mtype, a.mid, a.code), (MsgType::Ack, 999, codes::EMPTY));
+    let again = h.exchange(0, addr(1, DEV), &sep);
+    assert_eq!(again.len(), 1, "a duplicate is acknowledged again");
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 2, "and delivered once");
+    assert_eq!(p[1].1["msgType"], "read");
+    assert_eq!(p[1].1["data"]["content"][0]["value"], "ACME");
+}
+
+#[test]
+fn reset_and_timeout_then_next_command_goes_out() {
+    let mut h = setup();
+    let mark = h.mark();
+    let r1 = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+    ));
+    // NSTART = 1: the second waits.
+    assert!(h
+        .command(
+            0,
+            TOPIC,
+            r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0/1"}}"#
+        )
+        .is_empty());
+    let mut rst = Vec::new();
+    MessageWriter::new(&mut rst, MsgType::Rst, codes::EMPTY, r1.msg().mid, &[]).finish();
+    let next = one_request(h.exchange(0, addr(1, DEV), &rst));
+    assert_eq!(path_of(&next.msg()), "/3/0/1");
+    let p = h.published_since(mark);
+    assert_eq!(p[0].1["msgType"], "coap_reset");
+    assert_eq!(p[0].1["reqID"], 1);
+    // No answer at all: 4 retransmissions with doubling timeouts, then coap_timeout.
+    let mut sent = vec![next.clone()];
+    for _ in 0..200 {
+        sent.extend(h.advance_collect(500));
+    }
+    assert_eq!(sent.len(), 5, "1 transmission + MAX_RETRANSMIT 4");
+    assert!(
+        sent.iter().all(|r| r.bytes == next.bytes),
+        "retransmissions are identical"
+    );
+    let p = h.published_since(mark);
+    assert_eq!(p.last().unwrap().1["msgType"], "coap_timeout");
+    assert_eq!(p.last().unwrap().1["reqID"], 2);
+    assert_eq!(h.cores[0].stats.retransmissions, 4);
+}
+
+#[test]
+fn retransmission_schedule_follows_rfc7252() {
+    let mut h = setup();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+    ));
+    let _ = req;
+    let mut times = vec![];
+    for step in 1..=100_000u64 {
+        if !h.advance_collect(1).is_empty() {
+            times.push(step);
+        }
+        if times.len() == 4 {
+            break;
+        }
+    }
+    // First timeout in [2 s, 3 s), then doubling.
+    assert!((2000..3000).contains(&times[0]), "{times:?}");
+    let t0 = times[0];
+    assert_eq!(times[1] - times[0], 2 * t0);
+    assert_eq!(times[2] - times[1], 4 * t0);
+    assert_eq!(times[3] - times[2], 8 * t0);
+}
+
+#[test]
+fn every_command_type_builds_the_right_request() {
+    let mut h = setup();
+    let cases: Vec<(&str, u8, &str, Option<u16>, Vec<&str>)> = vec![
+        (
+            r#"{"reqID":1,"msgType":"discover","data":{"path":"/3/0"}}"#,
+            codes::GET,
+            "/3/0",
+            Some(fmt_id::LINK),
+            vec![],
+        ),
+        (
+            r#"{"reqID":2,"msgType":"write","data":{"path":"/3/0/13","type":"Time","value":1700000000}}"#,
+            codes::PUT,
+            "/3/0/13",
+            None,
+            vec![],
+        ),
+        (
+            r#"{"reqID":3,"msgType":"write","data":{"basePath":"/31024/11/","content":[{"path":"1","type":"String","value":"a"}]}}"#,
+            codes::POST,
+            "/31024/11",
+            None,
+            vec![],
+        ),
+        (
+            r#"{"reqID":4,"msgType":"write-attr","data":{"path":"/3/0/9","pmin":"10","pmax":60,"gt":null,"lt":null,"st":null}}"#,
+            codes::PUT,
+            "/3/0/9",
+            None,
+            vec!["pmin=10", "pmax=60"],
+        ),
+        (
+            r#"{"reqID":5,"msgType":"execute","data":{"path":"3/0/4","args":"0"}}"#,
+            codes::POST,
+            "/3/0/4",
+            None,
+            vec![],
+        ),
+        (
+            r#"{"reqID":6,"msgType":"create","data":{"basePath":"/31024","content":[{"path":"12/1","type":"String","value":"x"}]}}"#,
+            codes::POST,
+            "/31024",
+            None,
+            vec![],
+        ),
+        (
+            r#"{"reqID":7,"msgType":"delete","data":{"path":"/31024/12"}}"#,
+            codes::DELETE,
+            "/31024/12",
+            None,
+            vec![],
+        ),
+        (
+            r#"{"reqID":8,"msgType":"read","data":{"path":"/3/0/1?foo=bar"}}"#,
+            codes::GET,
+            "/3/0/1",
+            Some(fmt_id::TEXT),
+            vec!["foo=bar"],
+        ),
+    ];
+    for (json, code, path, accept, query) in cases {
+        let mark = h.mark();
+        let req = one_request(h.command(0, TOPIC, json));
+        let m = req.msg();
+        assert_eq!(m.code, code, "{json}");
+        assert_eq!(path_of(&m), path, "{json}");
+        assert_eq!(
+            m.option_uint(opt::ACCEPT).map(|a| a as u16),
+            accept,
+            "{json}"
+        );
+        let q: Vec<_> = m
+            .option_values(opt::URI_QUERY)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(q, query, "{json}");
+        if code == codes::PUT && path == "/3/0/13" {
+            assert_eq!(m.option_uint(opt::CONTENT_FORMAT), Some(fmt_id::TLV as u32));
+            assert_eq!(m.payload, &[0xc4, 13, 0x65, 0x53, 0xf1, 0x00]);
+        }
+        if path == "/3/0/4" {
+            assert_eq!(m.payload, b"0");
+        }
+        let reply_code = match code {
+            codes::DELETE => codes::DELETED,
+            codes::POST if path == "/31024" => codes::CREATED,
+            codes::GET => codes::CONTENT,
+            _ => codes::CHANGED,
+        };
+        let payload: &[u8] = if accept == Some(fmt_id::LINK) {
+            b"</3/0>;pmin=10,</3/0/1>,</3/0/2>"
+        } else {
+            b""
+        };
+        h.datagram(
+            0,
+            addr(1, DEV),
+            &answer(&req, reply_code, accept, payload, None),
+        );
+        let p = h.published_since(mark);
+        assert_eq!(p.len(), 1, "{json}");
+        let v = &p[0].1;
+        let t = json
+            .split("\"msgType\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(v["msgType"], t);
+        assert!(
+            v["data"]["reqPath"].as_str().unwrap().starts_with(path),
+            "reqPath as the command gave it"
+        );
+        if t == "discover" {
+            assert_eq!(
+                v["data"]["content"],
+                simd_json::json!(["</3/0>;pmin=10", "</3/0/1>", "</3/0/2>"])
+            );
+        }
+        if matches!(t, "write" | "execute" | "delete" | "write-attr" | "create") {
+            assert!(v["data"].get("content").is_none(), "{json}");
+        }
+    }
+}
+
+#[test]
+fn observe_notify_stale_and_cancel() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":10,"msgType":"observe","data":{"path":"/3/0/13"}}"#,
+    ));
+    let m = req.msg();
+    assert_eq!(m.option_uint(opt::OBSERVE), Some(0));
+    let token = m.token.to_vec();
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CONTENT, Some(0), b"1700000000", Some(5)),
+    );
+    let p = h.published_since(mark);
+    assert_eq!(p[0].0, "lwm2m/dev1/up/resp");
+    assert_eq!(p[0].1["msgType"], "observe");
+    assert_eq!(p[0].1["data"]["content"][0]["value"], 1700000000);
+    // A CON notification: acknowledged, published with seqNum on the notify topic.
+    let n = unsolicited(
+        MsgType::Con,
+        100,
+        &token,
+        codes::CONTENT,
+        Some(0),
+        Some(6),
+        b"1700000001",
+    );
+    let acks = h.exchange(0, addr(1, DEV), &n);
+    assert_eq!(acks[0].msg().mtype, MsgType::Ack);
+    // A NON notification.
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &unsolicited(
+            MsgType::Non,
+            101,
+            &token,
+            codes::CONTENT,
+            Some(0),
+            Some(8),
+            b"1700000003",
+        ),
+    );
+    // An older one arriving late is not delivered (RFC 7641 §3.4).
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &unsolicited(
+            MsgType::Non,
+            102,
+            &token,
+            codes::CONTENT,
+            Some(0),
+            Some(7),
+            b"1700000002",
+        ),
+    );
+    let p = h.published_since(mark);
+    let notes: Vec<_> = p.iter().filter(|m| m.1["msgType"] == "notify").collect();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0].0, "lwm2m/dev1/up/notify");
+    assert_eq!(notes[0].1["seqNum"], 6);
+    assert_eq!(notes[0].1["reqID"], 10);
+    assert_eq!(notes[0].1["data"]["content"][0]["value"], 1700000001);
+    assert_eq!(notes[1].1["seqNum"], 8);
+    assert_eq!(h.cores[0].stats.stale_notifications, 1);
+    // Cancel: the GET carries Observe=1 and the observation's token.
+    let c = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":11,"msgType":"cancel-observe","data":{"path":"/3/0/13"}}"#,
+    ));
+    assert_eq!(c.msg().option_uint(opt::OBSERVE), Some(1));
+    assert_eq!(c.msg().token, &token[..]);
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&c, codes::CONTENT, Some(0), b"1700000004", None),
+    );
+    // Later notifications on that token are rejected with RST and not published.
+    let before = h.mark();
+    let r = h.exchange(
+        0,
+        addr(1, DEV),
+        &unsolicited(
+            MsgType::Con,
+            103,
+            &token,
+            codes::CONTENT,
+            Some(0),
+            Some(9),
+            b"1",
+        ),
+    );
+    assert_eq!(r[0].msg().mtype, MsgType::Rst);
+    assert!(h.published_since(before).is_empty());
+}
+
+#[test]
+fn observations_end_with_the_registration() {
+    let mut h = setup();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"observe","data":{"path":"/3/0/13"}}"#,
+    ));
+    let token = req.msg().token.to_vec();
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CONTENT, Some(0), b"1", Some(1)),
+    );
+    // Re-registration drops the old observation.
+    let r = h.one(0, addr(1, DEV), &Req::register("dev1", 77).bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    let r = h.exchange(
+        0,
+        addr(1, DEV),
+        &unsolicited(
+            MsgType::Con,
+            5,
+            &token,
+            codes::CONTENT,
+            Some(0),
+            Some(2),
+            b"2",
+        ),
+    );
+    assert_eq!(r[0].msg().mtype, MsgType::Rst);
+}
+
+#[test]
+fn malformed_and_unknown_endpoint_commands_get_400() {
+    let mut h = setup();
+    let mark = h.mark();
+    assert!(h.command(0, TOPIC, "{not json").is_empty());
+    assert!(h
+        .command(
+            0,
+            TOPIC,
+            r#"{"reqID":5,"msgType":"read","data":{"path":"/x/y"}}"#
+        )
+        .is_empty());
+    assert!(h
+        .command(
+            0,
+            "lwm2m/ghost/dn/cmd",
+            r#"{"reqID":6,"msgType":"read","data":{"path":"/3/0/1"}}"#
+        )
+        .is_empty());
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 3);
+    for (t, v) in &p {
+        assert!(t.ends_with("/up/resp"));
+        assert_eq!(v["data"]["code"], "4.00");
+        assert_eq!(v["data"]["codeMsg"], "bad_request");
+        assert!(v["data"]["error"].as_str().unwrap().len() > 5);
+    }
+    assert_eq!(p[1].1["reqID"], 5);
+    assert_eq!(p[2].0, "lwm2m/ghost/up/resp");
+    assert_eq!(p[2].1["reqID"], 6);
+    assert!(p[2].1["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown endpoint"));
+}
+
+#[test]
+fn alternate_path_prefixes_downlinks() {
+    let mut h = Harness::new(1, settings());
+    registered(
+        &mut h,
+        &["lwm2m=1.1"],
+        b"</lwm2m>;rt=\"oma.lwm2m\";ct=110,</lwm2m/3/0>",
+    );
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0"}}"#,
+    ));
+    assert_eq!(path_of(&req.msg()), "/lwm2m/3/0");
+    assert_eq!(
+        req.msg().option_uint(opt::ACCEPT),
+        Some(fmt_id::SENML_JSON as u32),
+        "the device's ct"
+    );
+    let w = one_request({
+        let mark = h.mark();
+        let senml = br#"[{"bn":"/3/0/","n":"0","vs":"ACME"}]"#;
+        h.datagram(
+            0,
+            addr(1, DEV),
+            &answer(&req, codes::CONTENT, Some(fmt_id::SENML_JSON), senml, None),
+        );
+        let v = &h.published_since(mark)[0].1;
+        assert_eq!(
+            v["data"]["content"],
+            simd_json::json!([{"path": "/3/0/0", "value": "ACME"}])
+        );
+        h.command(0, TOPIC, r#"{"reqID":2,"msgType":"write","data":{"path":"/3/0/14","type":"String","value":"+01"}}"#)
+    });
+    assert_eq!(
+        w.msg().option_uint(opt::CONTENT_FORMAT),
+        Some(fmt_id::SENML_JSON as u32)
+    );
+}
+
+#[test]
+fn queue_mode_holds_commands_until_the_device_speaks() {
+    let mut h = Harness::new(1, settings());
+    let loc = registered(&mut h, &["lwm2m=1.0", "b=UQ"], b"</3/0>");
+    // Awake right after registering.
+    let r = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+    ));
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&r, codes::CONTENT, Some(0), b"x", None),
+    );
+    // Asleep after the window: held.
+    h.advance(23_000);
+    assert!(h
+        .command(
+            0,
+            TOPIC,
+            r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0/1"}}"#
+        )
+        .is_empty());
+    assert!(h
+        .command(
+            0,
+            TOPIC,
+            r#"{"reqID":3,"msgType":"read","data":{"path":"/3/0/2"}}"#
+        )
+        .is_empty());
+    // mheaders.ttl = 0 goes at once.
+    let now = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":4,"msgType":"read","data":{"path":"/3/0/3"},"mheaders":{"ttl":0}}"#,
+    ));
+    assert_eq!(path_of(&now.msg()), "/3/0/3");
+    // Its answer shows the device awake: the held commands follow, in order.
+    let next = one_request(h.exchange(
+        0,
+        addr(1, DEV),
+        &answer(&now, codes::CONTENT, Some(0), b"x", None),
+    ));
+    assert_eq!(path_of(&next.msg()), "/3/0/1");
+    let next = one_request(h.exchange(
+        0,
+        addr(1, DEV),
+        &answer(&next, codes::CONTENT, Some(0), b"x", None),
+    ));
+    assert_eq!(path_of(&next.msg()), "/3/0/2");
+    assert!(h
+        .exchange(
+            0,
+            addr(1, DEV),
+            &answer(&next, codes::CONTENT, Some(0), b"x", None)
+        )
+        .is_empty());
+    // Asleep again; an Update wakes it: 2.04, then the held command.
+    h.advance(23_000);
+    assert!(h
+        .command(
+            0,
+            TOPIC,
+            r#"{"reqID":5,"msgType":"read","data":{"path":"/3/0/9"}}"#
+        )
+        .is_empty());
+    let out = h.exchange(0, addr(1, DEV), &Req::update(&loc, 50).bytes());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].code(), codes::CHANGED);
+    assert_eq!(path_of(&out[1].msg()), "/3/0/9");
+}
+
+#[test]
+fn queue_overflow_and_expiry_are_answered() {
+    let mut s = settings();
+    s.max_queued = 2;
+    s.queue_ttl_ms = 60_000;
+    let mut h = Harness::new(1, s);
+    registered(&mut h, &["lwm2m=1.1", "Q"], b"</3/0>");
+    h.advance(30_000);
+    let mark = h.mark();
+    for i in 1..=3 {
+        h.command(
+            0,
+            TOPIC,
+            &format!(r#"{{"reqID":{i},"msgType":"read","data":{{"path":"/3/0/0"}}}}"#),
+        );
+    }
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["reqID"], 3);
+    assert!(p[0].1["data"]["error"].as_str().unwrap().contains("full"));
+    h.advance(61_000);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 3);
+    assert!(p[1..]
+        .iter()
+        .all(|m| m.1["data"]["error"].as_str().unwrap().contains("expired")));
+}
+
+#[test]
+fn deregistration_ends_pending_commands() {
+    let mut h = Harness::new(1, settings());
+    let loc = registered(&mut h, &["lwm2m=1.0"], b"</3/0>");
+    one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+    ));
+    h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+    );
+    let mark = h.mark();
+    h.one(
+        0,
+        addr(1, DEV),
+        &Req::new(codes::DELETE, &format!("/rd/{loc}"), 9).bytes(),
+    );
+    let p = h.published_since(mark);
+    let ids: Vec<_> = p
+        .iter()
+        .filter(|m| m.0.ends_with("up/resp"))
+        .map(|m| m.1["reqID"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "both commands get a final message: {p:?}");
+}
+
+#[test]
+fn auto_observe_observes_registered_instances_except_management() {
+    let mut s = settings();
+    s.auto_observe = AutoObserveSet::All;
+    let mut h = Harness::new(1, s);
+    let mut r = Req::register("dev1", 1).body(b"</1/0>,</3/0>,</5/0>,</3303/0>,</3303/1>");
+    r.payload = b"</1/0>,</3/0>,</5/0>,</3303/0>,</3303/1>".to_vec();
+    let out = h.exchange(0, addr(1, DEV), &r.bytes());
+    assert_eq!(out[0].code(), codes::CREATED);
+    // NSTART 1: the first observe goes out with the 2.01, the others follow.
+    let mut observed = vec![];
+    let mut pending: Vec<Reply> = out[1..].to_vec();
+    while let Some(req) = pending.pop() {
+        let m = req.msg();
+        assert_eq!(m.option_uint(opt::OBSERVE), Some(0));
+        observed.push(path_of(&m));
+        pending.extend(h.exchange(
+            0,
+            addr(1, DEV),
+            &answer(&req, codes::CONTENT, Some(fmt_id::TLV), &[], Some(1)),
+        ));
+    }
+    assert_eq!(observed, ["/3/0", "/3303/0", "/3303/1"]);
+    let mut s = settings();
+    s.auto_observe = AutoObserveSet::Paths(vec![
+        crate::model::LwPath::parse("/3303/0/5700").unwrap(),
+        crate::model::LwPath::parse("/9/0").unwrap(),
+    ]);
+    let mut h = Harness::new(1, s);
+    let out = h.exchange(0, addr(1, DEV), &r.bytes());
+    assert_eq!(out.len(), 2);
+    assert_eq!(path_of(&out[1].msg()), "/3303/0/5700");
+}
+
+#[test]
+fn commands_follow_an_endpoint_to_another_shard() {
+    let mut h = Harness::new(2, settings());
+    let r = h.one(0, addr(1, DEV), &Req::register("dev1", 1).bytes());
+    let loc = r.location();
+    // NAT rebinding moves dev1 to shard 1; a command delivered to shard 0 is forwarded.
+    h.one(1, addr(2, 7), &Req::update(&loc, 2).bytes());
+    let req = one_request_to(
+        h.command(
+            0,
+            TOPIC,
+            r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+        ),
+        addr(2, 7),
+    );
+    assert_eq!(path_of(&req.msg()), "/3/0/0");
+}
+
+fn one_request_to(rs: Vec<Reply>, to: std::net::SocketAddr) -> Reply {
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    assert_eq!(rs[0].to, to);
+    rs.into_iter().next().unwrap()
+}

@@ -1,0 +1,356 @@
+//! End to end device management: the real binary, a simulated device on a real UDP
+//! socket answering like an LwM2M client, and an MQTT application publishing
+//! commands and reading responses and notifications.
+
+mod common;
+
+use common::gateway::{Broker, GatewayProc};
+use common::mqtt_client::MqttClient;
+use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use simd_json::prelude::*;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A device speaking CoAP from its own socket.
+struct Device {
+    sock: UdpSocket,
+    gw: SocketAddr,
+    location: String,
+    mid: u16,
+}
+
+struct Request {
+    mtype: MsgType,
+    code: u8,
+    mid: u16,
+    token: Vec<u8>,
+    path: String,
+    observe: Option<u32>,
+    accept: Option<u32>,
+    format: Option<u32>,
+    query: Vec<String>,
+    payload: Vec<u8>,
+}
+
+impl Device {
+    fn register(gw: SocketAddr, ep: &str, objects: &str) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let mut d = Device {
+            sock,
+            gw,
+            location: String::new(),
+            mid: 100,
+        };
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, 1, &[1]);
+        w.option(opt::URI_PATH, b"rd")
+            .option_uint(opt::CONTENT_FORMAT, 40)
+            .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
+            .option(opt::URI_QUERY, b"lt=300")
+            .option(opt::URI_QUERY, b"lwm2m=1.0")
+            .option(opt::URI_QUERY, b"b=U");
+        w.payload(objects.as_bytes());
+        d.sock.send_to(&buf, gw).unwrap();
+        let reply = d.recv();
+        let m = Message::parse(&reply).unwrap();
+        assert_eq!(m.code, codes::CREATED);
+        let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
+        d.location = String::from_utf8_lossy(segs[1]).into_owned();
+        d
+    }
+
+    fn recv(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = self
+            .sock
+            .recv_from(&mut buf)
+            .expect("datagram from the gateway");
+        buf.truncate(n);
+        buf
+    }
+
+    fn request(&self) -> Request {
+        let b = self.recv();
+        let m = Message::parse(&b).unwrap();
+        assert!(m.is_request(), "expected a request");
+        Request {
+            mtype: m.mtype,
+            code: m.code,
+            mid: m.mid,
+            token: m.token.to_vec(),
+            path: m
+                .option_values(opt::URI_PATH)
+                .map(|s| format!("/{}", String::from_utf8_lossy(s)))
+                .collect(),
+            observe: m.option_uint(opt::OBSERVE),
+            accept: m.option_uint(opt::ACCEPT),
+            format: m.option_uint(opt::CONTENT_FORMAT),
+            query: m
+                .option_values(opt::URI_QUERY)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            payload: m.payload.to_vec(),
+        }
+    }
+
+    fn reply(&self, r: &Request, code: u8, cf: Option<u16>, observe: Option<u32>, payload: &[u8]) {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, r.mid, &r.token);
+        if let Some(o) = observe {
+            w.option_uint(opt::OBSERVE, o);
+        }
+        if let Some(cf) = cf {
+            w.option_uint(opt::CONTENT_FORMAT, cf as u32);
+        }
+        w.payload(payload);
+        self.sock.send_to(&buf, self.gw).unwrap();
+    }
+
+    fn send(
+        &mut self,
+        t: MsgType,
+        code: u8,
+        token: &[u8],
+        observe: Option<u32>,
+        payload: &[u8],
+    ) -> u16 {
+        self.mid += 1;
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, t, code, self.mid, token);
+        if let Some(o) = observe {
+            w.option_uint(opt::OBSERVE, o);
+        }
+        w.option_uint(opt::CONTENT_FORMAT, 0);
+        w.payload(payload);
+        self.sock.send_to(&buf, self.gw).unwrap();
+        self.mid
+    }
+}
+
+struct App {
+    mq: MqttClient,
+    req: u32,
+}
+
+impl App {
+    fn new(gw: &GatewayProc) -> Self {
+        let mut mq = MqttClient::connect(gw.mqtt, "e2e-app", true).unwrap();
+        mq.subscribe("lwm2m/+/up/#", 0).unwrap();
+        App { mq, req: 0 }
+    }
+
+    fn send(&mut self, ep: &str, msg_type: &str, data: &str) -> u32 {
+        self.req += 1;
+        let json = format!(
+            r#"{{"reqID":{},"msgType":"{msg_type}","data":{data}}}"#,
+            self.req
+        );
+        self.mq
+            .publish(&format!("lwm2m/{ep}/dn/cmd"), json.as_bytes(), 0)
+            .unwrap();
+        self.req
+    }
+
+    fn next(&mut self) -> (String, simd_json::OwnedValue) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (t, p) = self.mq.recv_publish(WAIT).expect("an MQTT message");
+            let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
+            if v["msgType"] != "register" || Instant::now() > deadline {
+                return (t, v);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_command_through_the_running_gateway() {
+    let gw = GatewayProc::start(Broker::Embedded, "");
+    let mut app = App::new(&gw);
+    let mut dev = Device::register(gw.udp, "cmd1", "</1/0>,</3/0>,</31024/11>");
+
+    // read
+    let id = app.send("cmd1", "read", r#"{"path":"/3/0/1"}"#);
+    let r = dev.request();
+    assert_eq!(
+        (r.mtype, r.code, r.path.as_str()),
+        (MsgType::Con, codes::GET, "/3/0/1")
+    );
+    dev.reply(&r, codes::CONTENT, Some(0), None, b"Lightweight M2M Client");
+    let (t, v) = app.next();
+    assert_eq!(t, "lwm2m/cmd1/up/resp");
+    assert_eq!(v["reqID"], id);
+    assert_eq!(v["msgType"], "read");
+    assert_eq!(v["data"]["code"], "2.05");
+    assert_eq!(v["data"]["content"][0]["path"], "/3/0/1");
+    assert_eq!(v["data"]["content"][0]["value"], "Lightweight M2M Client");
+
+    // discover
+    app.send("cmd1", "discover", r#"{"path":"/3/0"}"#);
+    let r = dev.request();
+    assert_eq!(r.accept, Some(40));
+    dev.reply(
+        &r,
+        codes::CONTENT,
+        Some(40),
+        None,
+        b"</3/0>;pmin=10,</3/0/1>",
+    );
+    let (_, v) = app.next();
+    assert_eq!(
+        v["data"]["content"],
+        simd_json::json!(["</3/0>;pmin=10", "</3/0/1>"])
+    );
+
+    // write (TLV, conformant)
+    app.send(
+        "cmd1",
+        "write",
+        r#"{"path":"/3/0/13","type":"Time","value":1700000000}"#,
+    );
+    let r = dev.request();
+    assert_eq!((r.code, r.format), (codes::PUT, Some(11542)));
+    assert_eq!(r.payload, [0xc4, 13, 0x65, 0x53, 0xf1, 0x00]);
+    dev.reply(&r, codes::CHANGED, None, None, b"");
+    let (_, v) = app.next();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("write"), Some("2.04"))
+    );
+
+    // batch write: POST to the instance
+    app.send("cmd1", "write", r#"{"basePath":"/31024/11/","content":[{"path":"1","type":"String","value":"a"},{"path":"2","type":"Integer","value":7}]}"#);
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::POST, "/31024/11"));
+    dev.reply(&r, codes::CHANGED, None, None, b"");
+    assert_eq!(app.next().1["data"]["codeMsg"], "changed");
+
+    // write-attr
+    app.send(
+        "cmd1",
+        "write-attr",
+        r#"{"path":"/3/0/9","pmin":"10","pmax":60,"gt":null,"lt":null,"st":null}"#,
+    );
+    let r = dev.request();
+    assert_eq!(r.query, ["pmin=10", "pmax=60"]);
+    dev.reply(&r, codes::CHANGED, None, None, b"");
+    assert_eq!(app.next().1["msgType"], "write-attr");
+
+    // execute
+    app.send("cmd1", "execute", r#"{"path":"/3/0/4","args":"0"}"#);
+    let r = dev.request();
+    assert_eq!((r.code, r.payload.as_slice()), (codes::POST, &b"0"[..]));
+    dev.reply(&r, codes::CHANGED, None, None, b"");
+    assert_eq!(app.next().1["msgType"], "execute");
+
+    // create and delete
+    app.send(
+        "cmd1",
+        "create",
+        r#"{"basePath":"/31024","content":[{"path":"12/1","type":"String","value":"x"}]}"#,
+    );
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::POST, "/31024"));
+    dev.reply(&r, codes::CREATED, None, None, b"");
+    assert_eq!(app.next().1["data"]["code"], "2.01");
+    app.send("cmd1", "delete", r#"{"path":"/31024/12"}"#);
+    let r = dev.request();
+    assert_eq!(r.code, codes::DELETE);
+    dev.reply(&r, codes::DELETED, None, None, b"");
+    assert_eq!(app.next().1["data"]["codeMsg"], "deleted");
+
+    // observe, notifications (CON and NON), cancel
+    let obs = app.send("cmd1", "observe", r#"{"path":"/3/0/13"}"#);
+    let r = dev.request();
+    assert_eq!(r.observe, Some(0));
+    dev.reply(&r, codes::CONTENT, Some(0), Some(1), b"1700000000");
+    let (_, v) = app.next();
+    assert_eq!(v["msgType"], "observe");
+    dev.send(
+        MsgType::Con,
+        codes::CONTENT,
+        &r.token,
+        Some(2),
+        b"1700000001",
+    );
+    let ack = Message::parse(&dev.recv()).unwrap().mtype;
+    assert_eq!(ack, MsgType::Ack, "CON notifications are acknowledged");
+    dev.send(
+        MsgType::Non,
+        codes::CONTENT,
+        &r.token,
+        Some(3),
+        b"1700000002",
+    );
+    for seq in [2, 3] {
+        let (t, v) = app.next();
+        assert_eq!(t, "lwm2m/cmd1/up/notify");
+        assert_eq!(v["msgType"], "notify");
+        assert_eq!(v["reqID"], obs);
+        assert_eq!(v["seqNum"], seq);
+        assert_eq!(v["data"]["content"][0]["value"], 1_699_999_998 + seq as i64);
+    }
+    app.send("cmd1", "cancel-observe", r#"{"path":"/3/0/13"}"#);
+    let c = dev.request();
+    assert_eq!((c.observe, c.token.clone()), (Some(1), r.token.clone()));
+    dev.reply(&c, codes::CONTENT, Some(0), None, b"1700000003");
+    assert_eq!(app.next().1["msgType"], "cancel-observe");
+
+    // A malformed command is answered, never dropped.
+    app.mq
+        .publish(
+            "lwm2m/cmd1/dn/cmd",
+            b"{\"reqID\":99,\"msgType\":\"read\"}",
+            0,
+        )
+        .unwrap();
+    let (t, v) = app.next();
+    assert_eq!(t, "lwm2m/cmd1/up/resp");
+    assert_eq!(
+        (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+        (Some(99), Some("4.00"))
+    );
+    assert!(v["data"]["error"].as_str().unwrap().contains("data"));
+    // So is one for an endpoint that is not registered.
+    app.mq
+        .publish(
+            "lwm2m/nobody/dn/cmd",
+            b"{\"reqID\":100,\"msgType\":\"read\",\"data\":{\"path\":\"/3/0/1\"}}",
+            0,
+        )
+        .unwrap();
+    let (t, v) = app.next();
+    assert_eq!(t, "lwm2m/nobody/up/resp");
+    assert_eq!(v["data"]["codeMsg"], "bad_request");
+}
+
+#[test]
+fn timeouts_and_resets_reach_mqtt() {
+    let gw = GatewayProc::start(
+        Broker::Embedded,
+        "[coap]\nack_timeout = \"100ms\"\nmax_retransmit = 2\n",
+    );
+    let mut app = App::new(&gw);
+    let dev = Device::register(gw.udp, "cmd2", "</3/0>");
+    let id = app.send("cmd2", "read", r#"{"path":"/3/0/0"}"#);
+    let first = dev.request();
+    // Stay silent: two retransmissions of the same message, then coap_timeout.
+    for _ in 0..2 {
+        assert_eq!(dev.request().mid, first.mid);
+    }
+    let (_, v) = app.next();
+    assert_eq!(
+        (v["msgType"].as_str(), v["reqID"].as_u64()),
+        (Some("coap_timeout"), Some(id as u64))
+    );
+    // The next command goes out, and a Reset is reported.
+    app.send("cmd2", "read", r#"{"path":"/3/0/1"}"#);
+    let r = dev.request();
+    let mut rst = Vec::new();
+    MessageWriter::new(&mut rst, MsgType::Rst, codes::EMPTY, r.mid, &[]).finish();
+    dev.sock.send_to(&rst, dev.gw).unwrap();
+    assert_eq!(app.next().1["msgType"], "coap_reset");
+}
