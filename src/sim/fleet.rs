@@ -48,6 +48,15 @@ pub fn device_addr(i: u32) -> Ipv4Addr {
     )
 }
 
+/// The device index whose address is `a` (the inverse of [`device_addr`]).
+pub fn device_index(a: Ipv4Addr) -> Option<u32> {
+    let [o0, o1, o2, o3] = a.octets();
+    if o0 != 127 || o1 < 10 || o2 == 0 || o2 == 255 || o3 == 0 || o3 == 255 {
+        return None;
+    }
+    Some((o1 as u32 - 10) * 64_516 + (o2 as u32 - 1) * 254 + (o3 as u32 - 1))
+}
+
 /// One outstanding confirmable request of a device.
 struct Pending {
     mid: u16,
@@ -144,6 +153,17 @@ impl Fleet {
     /// Sets how devices answer requests from the gateway.
     pub fn set_handler(&mut self, h: Handler) {
         self.handler = Some(h);
+    }
+
+    /// Makes the devices answer like a real client (see [`super::client`]): reads,
+    /// discover, writes, executes, deletes and observes (the observation itself is
+    /// not remembered: these devices never notify).
+    pub fn answer_like_client(&mut self) {
+        let first = self.cfg.first_index;
+        self.set_handler(Box::new(move |req| {
+            let a = super::client::answer(&req.msg, first + req.device as u32, 0);
+            Some((a.code, a.format, a.payload))
+        }));
     }
 
     /// The port every device uses.
@@ -415,6 +435,8 @@ mod tests {
             assert_ne!(a.octets()[3], 0);
             assert_ne!(a.octets()[3], 255);
             assert!(seen.insert(a));
+            assert_eq!(device_index(a), Some(i));
         }
+        assert_eq!(device_index(Ipv4Addr::new(127, 0, 0, 1)), None);
     }
 }

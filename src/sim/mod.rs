@@ -4,6 +4,9 @@
 //! Linux), sent and received with IP_PKTINFO. The gateway sees as many peers as
 //! there are devices, spread over its shards by the SO_REUSEPORT hash.
 
+pub mod client;
 mod fleet;
 
-pub use fleet::{device_addr, Device, Fleet, FleetConfig, Handler, Outcome, ServerRequest};
+pub use fleet::{
+    device_addr, device_index, Device, Fleet, FleetConfig, Handler, Outcome, ServerRequest,
+};

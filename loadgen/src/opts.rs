@@ -1,0 +1,107 @@
+//! The options of a load run (also the CLI flags of `lwm2m-loadgen run`).
+
+use clap::Args;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Args)]
+pub struct RunOpts {
+    /// The gateway's CoAP/UDP address (or the echo server's with --echo).
+    #[arg(long, default_value = "127.0.0.1:5783")]
+    pub gateway: SocketAddr,
+    /// The MQTT broker the gateway publishes to: enables the MQTT-side checks,
+    /// notification latency and the command driver.
+    #[arg(long)]
+    pub mqtt: Option<SocketAddr>,
+    /// Devices to register (the registration storm); also the fleet of the other scenarios.
+    #[arg(long, default_value_t = 0)]
+    pub register: usize,
+    /// Target registration rate per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of steady state after the registrations.
+    #[arg(long, default_value_t = 0.0)]
+    pub steady: f64,
+    /// Updates every `lifetime × fraction` seconds per device during steady state (0: none).
+    #[arg(long, default_value_t = 0.5)]
+    pub update_fraction: f64,
+    /// Notifications per second, all devices together, for the observations the gateway set up.
+    #[arg(long, default_value_t = 0.0)]
+    pub notify_rate: f64,
+    /// Confirmable notifications (default: non-confirmable).
+    #[arg(long)]
+    pub notify_con: bool,
+    /// Read commands per second published on MQTT during steady state.
+    #[arg(long, default_value_t = 0.0)]
+    pub commands: f64,
+    /// The path the read commands ask for.
+    #[arg(long, default_value = "/3/0/0")]
+    pub command_path: String,
+    /// Seconds a command may take before it counts as timed out.
+    #[arg(long, default_value_t = 10.0)]
+    pub command_timeout: f64,
+    /// Address index of the first device (so several loadgens use distinct addresses).
+    #[arg(long, default_value_t = 0)]
+    pub devices_offset: u32,
+    /// Endpoint names are this prefix followed by the device's address index.
+    #[arg(long, default_value = "lg")]
+    pub prefix: String,
+    /// Registration lifetime, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub lifetime: u32,
+    /// LwM2M version the devices register with.
+    #[arg(long, default_value = "1.1")]
+    pub lwm2m: String,
+    /// Device threads, each with its own socket and its share of the devices.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seconds the registration phase may take at most.
+    #[arg(long, default_value_t = 120.0)]
+    pub register_timeout: f64,
+    /// Seconds to wait for the gateway's observe requests after registering,
+    /// before steady state starts (ends earlier once they stop coming).
+    #[arg(long, default_value_t = 5.0)]
+    pub observe_wait: f64,
+    /// Seconds to wait for late answers after steady state.
+    #[arg(long, default_value_t = 3.0)]
+    pub drain: f64,
+    /// De-register every device at the end.
+    #[arg(long)]
+    pub deregister: bool,
+    /// Echo mode: send CoAP-sized datagrams to an echo server and count the echoes.
+    #[arg(long)]
+    pub echo: bool,
+    /// Echo mode: devices.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Echo mode: seconds to send.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Echo mode with --rate 0: datagrams in flight per thread.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Echo mode: datagram size, bytes.
+    #[arg(long, default_value_t = 48)]
+    pub size: usize,
+    /// Fail unless every device registered and every command was answered
+    /// (and every update and echo came back).
+    #[arg(long)]
+    pub expect_all: bool,
+    /// Print the report as JSON (on stdout).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for RunOpts {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            o: RunOpts,
+        }
+        P::parse_from(["x"]).o
+    }
+}

@@ -1,0 +1,278 @@
+//! The result of a run: achieved rates, loss, timeouts and latency percentiles,
+//! printed as a table or serialized as JSON, plus the checks that decide the exit code.
+
+use crate::stats::Percentiles;
+use serde::Serialize;
+use std::fmt::Write;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// "lwm2m" or "echo".
+    pub mode: String,
+    pub devices: usize,
+    pub threads: usize,
+    pub registration: Option<Registration>,
+    pub steady: Option<Steady>,
+    pub commands: Option<Commands>,
+    pub echo: Option<Echo>,
+    pub deregistered: Option<u64>,
+    /// Datagrams the kernel refused to send.
+    pub send_failed: u64,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Registration {
+    pub devices: usize,
+    pub target_rate: f64,
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub retransmissions: u64,
+    pub seconds: f64,
+    /// Successful registrations per second over the phase.
+    pub rate_per_s: f64,
+    pub latency: Percentiles,
+    /// Register messages seen on MQTT (None without --mqtt).
+    pub mqtt_register_msgs: Option<u64>,
+    pub mqtt_registered_endpoints: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Steady {
+    pub seconds: f64,
+    pub updates_sent: u64,
+    pub updates_ok: u64,
+    pub updates_failed: u64,
+    pub updates_timed_out: u64,
+    pub update_rate_per_s: f64,
+    pub update_latency: Percentiles,
+    /// Observe requests the devices accepted (from auto-observe or commands).
+    pub observations: u64,
+    /// Requests from the gateway the devices answered (all phases).
+    pub server_requests: u64,
+    pub notify_con: bool,
+    pub notify_target_rate: f64,
+    pub notify_sent: u64,
+    pub notify_rate_per_s: f64,
+    pub notify_acked: u64,
+    pub notify_timed_out: u64,
+    pub notify_reset: u64,
+    pub notify_ack_latency: Percentiles,
+    /// Notifications seen on MQTT, their rate over the steady phase, the ones
+    /// missing, and the device → MQTT latency (None without --mqtt).
+    pub mqtt_notify_received: Option<u64>,
+    pub mqtt_notify_rate_per_s: Option<f64>,
+    pub notify_lost: Option<u64>,
+    pub notify_latency: Option<Percentiles>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Commands {
+    pub target_rate: f64,
+    pub path: String,
+    pub sent: u64,
+    pub answered: u64,
+    /// Answered with something other than 2.05.
+    pub errors: u64,
+    pub timed_out: u64,
+    pub duplicates: u64,
+    pub rate_per_s: f64,
+    pub rtt: Percentiles,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Echo {
+    pub target_rate: f64,
+    pub size: usize,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub seconds: f64,
+    pub rate_per_s: f64,
+    pub rtt: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn lat(p: &Percentiles) -> String {
+    if p.count == 0 {
+        return "-".into();
+    }
+    format!(
+        "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+        us(p.p50_us),
+        us(p.p90_us),
+        us(p.p99_us),
+        us(p.p999_us),
+        us(p.max_us),
+        p.count
+    )
+}
+
+fn us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.1}ms", v as f64 / 1000.0)
+    } else {
+        format!("{v}µs")
+    }
+}
+
+impl Report {
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(s, "  {k:<28} {v}");
+        };
+        row(
+            "mode",
+            format!(
+                "{} ({} devices, {} threads)",
+                self.mode, self.devices, self.threads
+            ),
+        );
+        if let Some(r) = &self.registration {
+            row(
+                "registration",
+                format!(
+                    "{}/{} ok, {} failed, {} timed out, {} retransmissions",
+                    r.ok, r.devices, r.failed, r.timed_out, r.retransmissions
+                ),
+            );
+            row(
+                "  rate",
+                format!(
+                    "{:.0}/s achieved over {:.2}s (target {})",
+                    r.rate_per_s,
+                    r.seconds,
+                    if r.target_rate > 0.0 {
+                        format!("{:.0}/s", r.target_rate)
+                    } else {
+                        "max".into()
+                    }
+                ),
+            );
+            row("  latency", lat(&r.latency));
+            if let Some(m) = r.mqtt_registered_endpoints {
+                row(
+                    "  on MQTT",
+                    format!(
+                        "{} register messages, {m} endpoints",
+                        r.mqtt_register_msgs.unwrap_or(0)
+                    ),
+                );
+            }
+        }
+        if let Some(st) = &self.steady {
+            row("steady", format!("{:.2}s", st.seconds));
+            row(
+                "  updates",
+                format!(
+                    "{}/{} ok, {} failed, {} timed out, {:.0}/s",
+                    st.updates_ok,
+                    st.updates_sent,
+                    st.updates_failed,
+                    st.updates_timed_out,
+                    st.update_rate_per_s
+                ),
+            );
+            row("  update latency", lat(&st.update_latency));
+            row(
+                "  observations",
+                format!(
+                    "{} (server requests {})",
+                    st.observations, st.server_requests
+                ),
+            );
+            row(
+                "  notifications",
+                format!(
+                    "{} {} sent, {:.0}/s (target {:.0}/s)",
+                    st.notify_sent,
+                    if st.notify_con { "CON" } else { "NON" },
+                    st.notify_rate_per_s,
+                    st.notify_target_rate
+                ),
+            );
+            if st.notify_con {
+                row(
+                    "  notify acks",
+                    format!(
+                        "{} acked, {} timed out, {} reset; {}",
+                        st.notify_acked,
+                        st.notify_timed_out,
+                        st.notify_reset,
+                        lat(&st.notify_ack_latency)
+                    ),
+                );
+            }
+            if let Some(r) = st.mqtt_notify_received {
+                row(
+                    "  notify on MQTT",
+                    format!(
+                        "{r} received ({:.0}/s), {} lost",
+                        st.mqtt_notify_rate_per_s.unwrap_or(0.0),
+                        st.notify_lost.unwrap_or(0)
+                    ),
+                );
+                row(
+                    "  notify latency",
+                    st.notify_latency.as_ref().map(lat).unwrap_or_default(),
+                );
+            }
+        }
+        if let Some(c) = &self.commands {
+            row(
+                "commands",
+                format!(
+                    "{}/{} answered, {} errors, {} timed out, {} duplicates, {:.0}/s (target {:.0}/s)",
+                    c.answered, c.sent, c.errors, c.timed_out, c.duplicates, c.rate_per_s, c.target_rate
+                ),
+            );
+            row("  round trip", lat(&c.rtt));
+        }
+        if let Some(e) = &self.echo {
+            row(
+                "echo",
+                format!(
+                    "{}/{} echoed, {} lost, {:.0}/s over {:.2}s ({} bytes)",
+                    e.received, e.sent, e.lost, e.rate_per_s, e.seconds, e.size
+                ),
+            );
+            row("  round trip", lat(&e.rtt));
+        }
+        if let Some(d) = self.deregistered {
+            row("deregistered", d.to_string());
+        }
+        if self.send_failed > 0 {
+            row("send failed", self.send_failed.to_string());
+        }
+        for c in &self.checks {
+            row(
+                &format!("check {}", c.name),
+                format!("{} {}", if c.ok { "ok" } else { "FAILED" }, c.detail),
+            );
+        }
+        row(
+            "result",
+            if self.passed {
+                "passed".into()
+            } else {
+                "FAILED".into()
+            },
+        );
+        s
+    }
+}

@@ -1,0 +1,450 @@
+//! The conductor of a run: starts the MQTT driver and the device threads, moves
+//! them through the phases (register → wait for observations → steady state →
+//! drain → de-register), prints the progress line, and builds the report.
+
+use crate::report::{self, Check, Report};
+use crate::stats::{get, Clock, Counters, Hist};
+use crate::worker::{self, Worker, WorkerHists};
+use crate::{driver, echo, RunOpts, Shared};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Runs one load run and returns its report (`report.passed` says whether its checks held).
+pub fn run(opts: RunOpts) -> io::Result<Report> {
+    let threads = opts.threads.max(1);
+    let track = opts.mqtt.is_some() && opts.notify_rate > 0.0;
+    let sh = Arc::new(Shared {
+        opts,
+        clock: Clock::new(),
+        c: Counters::default(),
+        phase: AtomicU8::new(worker::PHASE_REGISTER),
+        steady_start_us: AtomicU64::new(0),
+        pending: AtomicU64::new(0),
+        pending_done: AtomicU64::new(0),
+        dereg_queued: AtomicU64::new(0),
+        notify_sent: track.then(Default::default),
+    });
+    if sh.opts.echo {
+        return run_echo(sh, threads);
+    }
+    Conductor::new(sh, threads).run()
+}
+
+/// Splits `n` devices over `threads`: (first global index, count) each.
+fn split(offset: u32, n: usize, threads: usize) -> Vec<(u32, usize)> {
+    let mut out = Vec::new();
+    let mut base = offset;
+    for t in 0..threads {
+        let count = n / threads + usize::from(t < n % threads);
+        out.push((base, count));
+        base += count as u32;
+    }
+    out
+}
+
+struct Progress {
+    sh: Arc<Shared>,
+    next_us: u64,
+    last: [u64; 5],
+}
+
+impl Progress {
+    fn tick(&mut self, phase: &str) {
+        let now = self.sh.clock.us();
+        if self.sh.opts.quiet || now < self.next_us {
+            return;
+        }
+        self.next_us = now + 1_000_000;
+        let c = &self.sh.c;
+        let cur = [
+            get(&c.reg_ok),
+            get(&c.updates_ok),
+            get(&c.notify_sent),
+            get(&c.mqtt_notify_msgs),
+            get(&c.cmd_answered),
+        ];
+        let d: Vec<u64> = cur.iter().zip(self.last).map(|(a, b)| a - b).collect();
+        self.last = cur;
+        eprintln!(
+            "[{:>5.1}s {phase:<9}] reg {}/{} (+{}/s, {} rtx) upd {} (+{}/s) notif {} (+{}/s) mqtt-notif {} (+{}/s) cmd {}/{} (+{}/s) srv-req {}",
+            now as f64 / 1e6,
+            cur[0],
+            self.sh.opts.register,
+            d[0],
+            get(&c.retransmissions),
+            cur[1],
+            d[1],
+            cur[2],
+            d[2],
+            cur[3],
+            d[3],
+            cur[4],
+            get(&c.cmd_sent),
+            d[4],
+            get(&c.server_requests),
+        );
+    }
+}
+
+struct Conductor {
+    sh: Arc<Shared>,
+    threads: usize,
+    progress: Progress,
+}
+
+impl Conductor {
+    fn new(sh: Arc<Shared>, threads: usize) -> Self {
+        let progress = Progress {
+            sh: sh.clone(),
+            next_us: 1_000_000,
+            last: [0; 5],
+        };
+        Self {
+            sh,
+            threads,
+            progress,
+        }
+    }
+
+    fn set_phase(&self, p: u8) {
+        self.sh.phase.store(p, Ordering::Release);
+    }
+
+    /// Sleeps in small steps until `done` or `secs` pass; returns the seconds waited.
+    fn wait(&mut self, phase: &str, secs: f64, mut done: impl FnMut(&Shared) -> bool) -> f64 {
+        let start = self.sh.clock.us();
+        let end = start + (secs * 1e6) as u64;
+        loop {
+            self.progress.tick(phase);
+            let now = self.sh.clock.us();
+            if done(&self.sh) || now >= end {
+                return (now - start) as f64 / 1e6;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn run(mut self) -> io::Result<Report> {
+        let sh = self.sh.clone();
+        let o = &sh.opts;
+        let n = o.register;
+        let mqtt = match o.mqtt {
+            Some(_) => Some(driver::connect(&sh)?),
+            None => None,
+        };
+        let driver: Option<JoinHandle<io::Result<driver::DriverResult>>> = mqtt.map(|c| {
+            let sh = sh.clone();
+            std::thread::spawn(move || driver::run(sh, c))
+        });
+        let mut workers: Vec<JoinHandle<io::Result<WorkerHists>>> = Vec::new();
+        for (base, count) in split(o.devices_offset, n, self.threads) {
+            let w = Worker::new(sh.clone(), base, count, self.threads)?;
+            workers.push(std::thread::spawn(move || w.run()));
+        }
+        let outstanding = |s: &Shared| get(&s.pending).saturating_sub(get(&s.pending_done));
+
+        // Registration storm.
+        let reg_done = |s: &Shared| {
+            get(&s.c.reg_ok) + get(&s.c.reg_failed) + get(&s.c.reg_timed_out) >= n as u64
+        };
+        let reg_secs = self.wait("register", o.register_timeout, reg_done);
+        if o.mqtt.is_some() {
+            let ok = get(&sh.c.reg_ok);
+            self.wait("register", 5.0, |s| get(&s.c.mqtt_register_msgs) >= ok);
+        }
+
+        // The gateway's observe requests (auto-observe) come after the registrations.
+        let steady = o.steady > 0.0;
+        if steady && (o.notify_rate > 0.0 || o.commands > 0.0) {
+            self.set_phase(worker::PHASE_OBSERVE_WAIT);
+            let mut last = (u64::MAX, 0u64);
+            self.wait("observe", o.observe_wait, |s| {
+                let now = s.clock.us();
+                let seen = get(&s.c.server_requests);
+                if seen != last.0 {
+                    last = (seen, now);
+                }
+                seen > 0 && now - last.1 > 500_000
+            });
+        }
+
+        let mut steady_secs = 0.0;
+        if steady {
+            sh.steady_start_us.store(sh.clock.us(), Ordering::Release);
+            self.set_phase(worker::PHASE_STEADY);
+            steady_secs = self.wait("steady", o.steady, |_| false);
+        }
+
+        // Drain: late answers, commands in flight, notifications still on their way.
+        self.set_phase(worker::PHASE_DRAIN);
+        let mut last = (u64::MAX, 0u64);
+        self.wait("drain", o.drain, |s| {
+            let now = s.clock.us();
+            let mq = get(&s.c.mqtt_notify_msgs) + get(&s.c.cmd_answered);
+            if mq != last.0 {
+                last = (mq, now);
+            }
+            let cmds = get(&s.c.cmd_sent) <= get(&s.c.cmd_answered) + get(&s.c.cmd_timed_out);
+            let notes = s.opts.mqtt.is_none()
+                || s.opts.notify_rate <= 0.0
+                || get(&s.c.mqtt_notify_msgs) >= get(&s.c.notify_sent)
+                || now - last.1 > 1_000_000;
+            outstanding(s) == 0 && cmds && notes
+        });
+
+        let mut deregistered = None;
+        if o.deregister {
+            self.set_phase(worker::PHASE_DEREGISTER);
+            let threads = self.threads as u64;
+            self.wait("deregister", 30.0, |s| {
+                get(&s.dereg_queued) >= threads && outstanding(s) == 0
+            });
+            deregistered = Some(get(&sh.c.dereg_ok));
+        }
+        self.set_phase(worker::PHASE_DONE);
+
+        let mut hists = WorkerHists::default();
+        for w in workers {
+            let h = w
+                .join()
+                .map_err(|_| io::Error::other("device thread panicked"))??;
+            hists.register.merge(&h.register);
+            hists.update.merge(&h.update);
+            hists.notify_ack.merge(&h.notify_ack);
+        }
+        let drv = match driver {
+            Some(d) => Some(
+                d.join()
+                    .map_err(|_| io::Error::other("MQTT thread panicked"))??,
+            ),
+            None => None,
+        };
+        Ok(build_report(
+            &sh,
+            self.threads,
+            reg_secs,
+            steady_secs,
+            &hists,
+            drv.as_ref(),
+            deregistered,
+        ))
+    }
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn build_report(
+    sh: &Shared,
+    threads: usize,
+    reg_secs: f64,
+    steady_secs: f64,
+    h: &WorkerHists,
+    drv: Option<&driver::DriverResult>,
+    deregistered: Option<u64>,
+) -> Report {
+    let o = &sh.opts;
+    let c = &sh.c;
+    let n = o.register;
+    let mut r = Report {
+        mode: "lwm2m".into(),
+        devices: n,
+        threads,
+        deregistered,
+        send_failed: get(&c.send_failed),
+        ..Default::default()
+    };
+    let mut checks = Vec::new();
+    let mut check = |name: &str, ok: bool, detail: String| {
+        checks.push(Check {
+            name: name.into(),
+            ok,
+            detail,
+        })
+    };
+    if n > 0 {
+        let ok = get(&c.reg_ok);
+        r.registration = Some(report::Registration {
+            devices: n,
+            target_rate: o.rate,
+            sent: get(&c.reg_sent),
+            ok,
+            failed: get(&c.reg_failed),
+            timed_out: get(&c.reg_timed_out),
+            retransmissions: get(&c.retransmissions),
+            seconds: reg_secs,
+            rate_per_s: rate(ok, reg_secs),
+            latency: h.register.summary(),
+            mqtt_register_msgs: drv.map(|_| get(&c.mqtt_register_msgs)),
+            mqtt_registered_endpoints: drv.map(|d| d.registered_endpoints),
+        });
+        if o.expect_all {
+            check(
+                "registered",
+                ok == n as u64,
+                format!("{ok}/{n} devices registered"),
+            );
+            if let Some(d) = drv {
+                check(
+                    "register published",
+                    d.registered_endpoints == n as u64,
+                    format!("{}/{n} endpoints seen on MQTT", d.registered_endpoints),
+                );
+            }
+        } else {
+            check("registered", ok > 0, format!("{ok}/{n} devices registered"));
+        }
+    }
+    if o.steady > 0.0 {
+        let sent = get(&c.notify_sent);
+        let mq = get(&c.mqtt_notify_msgs);
+        let upd_sent = get(&c.updates_sent);
+        let upd_ok = get(&c.updates_ok);
+        r.steady = Some(report::Steady {
+            seconds: steady_secs,
+            updates_sent: upd_sent,
+            updates_ok: upd_ok,
+            updates_failed: get(&c.updates_failed),
+            updates_timed_out: get(&c.updates_timed_out),
+            update_rate_per_s: rate(upd_ok, steady_secs),
+            update_latency: h.update.summary(),
+            observations: get(&c.observations),
+            server_requests: get(&c.server_requests),
+            notify_con: o.notify_con,
+            notify_target_rate: o.notify_rate,
+            notify_sent: sent,
+            notify_rate_per_s: rate(sent, steady_secs),
+            notify_acked: get(&c.notify_acked),
+            notify_timed_out: get(&c.notify_timed_out),
+            notify_reset: get(&c.notify_reset),
+            notify_ack_latency: h.notify_ack.summary(),
+            mqtt_notify_received: drv.map(|_| mq),
+            mqtt_notify_rate_per_s: drv.map(|_| rate(mq, steady_secs)),
+            notify_lost: drv.map(|_| sent.saturating_sub(mq)),
+            notify_latency: drv.map(|d| d.notify_latency.summary()),
+        });
+        if o.expect_all && upd_sent > 0 {
+            check(
+                "updates",
+                upd_ok == upd_sent,
+                format!("{upd_ok}/{upd_sent} updates answered 2.04"),
+            );
+        }
+        if o.notify_rate > 0.0 {
+            check(
+                "notifications",
+                sent > 0,
+                format!("{sent} sent ({} observations)", get(&c.observations)),
+            );
+        }
+    }
+    if o.commands > 0.0 && o.steady > 0.0 {
+        let sent = get(&c.cmd_sent);
+        let answered = get(&c.cmd_answered);
+        let errors = get(&c.cmd_errors);
+        r.commands = Some(report::Commands {
+            target_rate: o.commands,
+            path: o.command_path.clone(),
+            sent,
+            answered,
+            errors,
+            timed_out: get(&c.cmd_timed_out),
+            duplicates: drv.map(|d| d.duplicate_responses).unwrap_or(0),
+            rate_per_s: rate(answered, steady_secs),
+            rtt: drv.map(|d| d.command_rtt.summary()).unwrap_or_default(),
+        });
+        if o.expect_all {
+            check(
+                "commands answered",
+                sent > 0 && answered == sent && errors == 0,
+                format!("{answered}/{sent} answered, {errors} not 2.05"),
+            );
+        } else {
+            check(
+                "commands answered",
+                answered > 0,
+                format!("{answered}/{sent} answered"),
+            );
+        }
+    }
+    r.passed = checks.iter().all(|c| c.ok);
+    r.checks = checks;
+    r
+}
+
+fn run_echo(sh: Arc<Shared>, threads: usize) -> io::Result<Report> {
+    let o = &sh.opts;
+    let mut handles = Vec::new();
+    for (base, count) in split(o.devices_offset, o.devices, threads) {
+        let sh = sh.clone();
+        handles.push(std::thread::spawn(move || {
+            echo::run_worker(sh, base, count, threads)
+        }));
+    }
+    let mut progress = Progress {
+        sh: sh.clone(),
+        next_us: 1_000_000,
+        last: [0; 5],
+    };
+    let start = sh.clock.us();
+    while !handles.iter().all(|h| h.is_finished()) {
+        if !o.quiet && sh.clock.us() >= progress.next_us {
+            progress.next_us += 1_000_000;
+            eprintln!(
+                "[{:>5.1}s echo] sent {} received {}",
+                sh.clock.us() as f64 / 1e6,
+                get(&sh.c.echo_sent),
+                get(&sh.c.echo_received)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = &mut progress;
+    let mut hist = Hist::new();
+    for h in handles {
+        hist.merge(
+            &h.join()
+                .map_err(|_| io::Error::other("echo thread panicked"))??,
+        );
+    }
+    let secs = o.duration.min((sh.clock.us() - start) as f64 / 1e6);
+    let sent = get(&sh.c.echo_sent);
+    let received = get(&sh.c.echo_received);
+    let mut r = Report {
+        mode: "echo".into(),
+        devices: o.devices,
+        threads,
+        send_failed: get(&sh.c.send_failed),
+        echo: Some(report::Echo {
+            target_rate: o.rate,
+            size: o.size.max(16),
+            sent,
+            received,
+            lost: sent.saturating_sub(received),
+            seconds: secs,
+            rate_per_s: rate(received, secs),
+            rtt: hist.summary(),
+        }),
+        ..Default::default()
+    };
+    let ok = if o.expect_all {
+        received == sent
+    } else {
+        received > 0
+    };
+    r.checks.push(Check {
+        name: "echoed".into(),
+        ok,
+        detail: format!("{received}/{sent} datagrams came back"),
+    });
+    r.passed = ok;
+    Ok(r)
+}

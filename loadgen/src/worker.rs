@@ -1,0 +1,586 @@
+//! One device thread: a share of the simulated devices behind one IP_PKTINFO
+//! socket. It registers its devices at the paced rate, retransmits confirmable
+//! requests with RFC 7252 timing (ACK_TIMEOUT 2 s × random factor 1.5, doubling,
+//! MAX_RETRANSMIT 4), sends Updates and notifications in steady state, and answers
+//! every request of the gateway like a real client (`lwm2m_gateway::sim::client`),
+//! remembering observations so it can notify on them.
+//!
+//! The thread follows the run's phase (set by the conductor in `run.rs`); it
+//! never blocks except in `poll`.
+
+use crate::stats::{add, get, Hist};
+use crate::Shared;
+use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::sim::{client, device_addr, device_index};
+use mio::{Events, Interest, Poll, Token};
+use netio::{RecvBatchPktinfo, SendBatchPktinfo};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const PHASE_REGISTER: u8 = 0;
+pub const PHASE_OBSERVE_WAIT: u8 = 1;
+pub const PHASE_STEADY: u8 = 2;
+pub const PHASE_DRAIN: u8 = 3;
+pub const PHASE_DEREGISTER: u8 = 4;
+pub const PHASE_DONE: u8 = 5;
+
+const ACK_TIMEOUT_US: u64 = 2_000_000;
+const MAX_RETRANSMIT: u8 = 4;
+const OBJECTS: &str = "</1/0>,</2/0>,</3/0>,</4/0>,</5/0>,</6/0>,</7/0>,</3303/0>";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Register,
+    Update,
+    Deregister,
+    Notify,
+}
+
+struct Pending {
+    kind: Kind,
+    mid: u16,
+    first_us: u64,
+    tries: u8,
+    timeout_us: u64,
+    bytes: Box<[u8]>,
+}
+
+struct Obs {
+    token: [u8; 8],
+    tkl: u8,
+    path: [u16; 4],
+    plen: u8,
+}
+
+impl Obs {
+    fn path(&self) -> &[u16] {
+        &self.path[..self.plen as usize]
+    }
+    fn token(&self) -> &[u8] {
+        &self.token[..self.tkl as usize]
+    }
+}
+
+#[derive(Default)]
+struct Dev {
+    location: Option<Box<str>>,
+    pending: Option<Box<Pending>>,
+    obs: Vec<Obs>,
+    seq: u32,
+    in_observed: bool,
+}
+
+/// Histograms a worker fills; merged by the conductor at the end.
+#[derive(Default)]
+pub struct WorkerHists {
+    pub register: Hist,
+    pub update: Hist,
+    pub notify_ack: Hist,
+}
+
+pub struct Worker {
+    sock: mio::net::UdpSocket,
+    poll: Poll,
+    recv: RecvBatchPktinfo,
+    st: State,
+}
+
+struct State {
+    send: SendBatchPktinfo,
+    gateway: SocketAddrV4,
+    /// Global index of local device 0.
+    base: u32,
+    devs: Vec<Dev>,
+    heap: BinaryHeap<Reverse<(u64, u32, u16)>>,
+    mid: u16,
+    rng: u64,
+    sh: Arc<Shared>,
+    hists: WorkerHists,
+    /// Local indices of devices with at least one observation.
+    observed: Vec<u32>,
+    obs_cursor: usize,
+    reg_next: usize,
+    reg_rate: f64,
+    reg_start_us: Option<u64>,
+    upd_cursor: usize,
+    upd_round: u64,
+    notify_done: u64,
+    notify_rate: f64,
+    notify_con: bool,
+    dereg_queued: bool,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    /// Devices `base .. base + count` (global address indices).
+    pub fn new(sh: Arc<Shared>, base: u32, count: usize, threads: usize) -> io::Result<Self> {
+        let SocketAddr::V4(gateway) = sh.opts.gateway else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the gateway address must be IPv4",
+            ));
+        };
+        let opts = netio::SocketOptions {
+            reuse_port: false,
+            rcvbuf: 32 << 20,
+            sndbuf: 32 << 20,
+        };
+        let std_sock = netio::bind_udp(SocketAddr::from(([0, 0, 0, 0], 0)), &opts)?;
+        netio::enable_pktinfo(&std_sock)?;
+        let mut sock = mio::net::UdpSocket::from_std(std_sock);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut sock, Token(0), Interest::READABLE)?;
+        let threads = threads.max(1) as f64;
+        let st = State {
+            send: SendBatchPktinfo::new(512),
+            gateway,
+            base,
+            devs: (0..count).map(|_| Dev::default()).collect(),
+            heap: BinaryHeap::new(),
+            mid: (base as u16).wrapping_mul(7919),
+            rng: 0x9e37_79b9_7f4a_7c15 ^ base as u64,
+            hists: WorkerHists::default(),
+            observed: Vec::new(),
+            obs_cursor: 0,
+            reg_next: 0,
+            reg_rate: sh.opts.rate / threads,
+            reg_start_us: None,
+            upd_cursor: 0,
+            upd_round: 0,
+            notify_done: 0,
+            notify_rate: sh.opts.notify_rate / threads,
+            notify_con: sh.opts.notify_con,
+            dereg_queued: false,
+            buf: Vec::with_capacity(256),
+            sh,
+        };
+        Ok(Self {
+            sock,
+            poll,
+            recv: RecvBatchPktinfo::new(512, 4096),
+            st,
+        })
+    }
+
+    /// Runs until the phase is DONE; returns the histograms.
+    pub fn run(mut self) -> io::Result<WorkerHists> {
+        let mut events = Events::with_capacity(16);
+        let mut busy = false;
+        loop {
+            let phase = self.st.sh.phase.load(Ordering::Acquire);
+            if phase == PHASE_DONE {
+                break;
+            }
+            let now = self.st.sh.clock.us();
+            self.st.tick(phase, now);
+            self.st.flush(&self.sock);
+            let wait = if busy || !self.st.send.is_empty() {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(1)
+            };
+            self.poll.poll(&mut events, Some(wait))?;
+            busy = self.receive()?;
+            self.st.flush(&self.sock);
+        }
+        Ok(self.st.hists)
+    }
+
+    /// Drains the socket (bounded); true when it may hold more.
+    fn receive(&mut self) -> io::Result<bool> {
+        for _ in 0..32 {
+            let n = match self.recv.recv(&self.sock) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let now = self.st.sh.clock.us();
+            for k in 0..n {
+                let (_, dst, data, truncated) = self.recv.get(k);
+                if !truncated {
+                    self.st.on_datagram(now, dst, data);
+                }
+            }
+            self.st.flush(&self.sock);
+        }
+        Ok(true)
+    }
+}
+
+impl State {
+    fn next_mid(&mut self) -> u16 {
+        self.mid = self.mid.wrapping_add(1);
+        self.mid
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn addr(&self, li: usize) -> Ipv4Addr {
+        device_addr(self.base + li as u32)
+    }
+
+    fn flush(&mut self, sock: &mio::net::UdpSocket) {
+        let before = self.send.failed();
+        let _ = self.send.flush(sock);
+        let failed = self.send.failed() - before;
+        if failed > 0 {
+            add(&self.sh.c.send_failed, failed);
+        }
+    }
+
+    fn tick(&mut self, phase: u8, now: u64) {
+        match phase {
+            PHASE_REGISTER => self.register_some(now),
+            PHASE_STEADY => {
+                let start = self.sh.steady_start_us.load(Ordering::Acquire);
+                self.updates(now, start);
+                self.notifications(now, start);
+            }
+            PHASE_DEREGISTER if !self.dereg_queued => {
+                self.dereg_queued = true;
+                for li in 0..self.devs.len() {
+                    if self.devs[li].location.is_some() && self.devs[li].pending.is_none() {
+                        self.start_registration_request(li, Kind::Deregister, now);
+                    }
+                }
+                add(&self.sh.dereg_queued, 1);
+            }
+            _ => {}
+        }
+        self.retransmit(now);
+    }
+
+    fn register_some(&mut self, now: u64) {
+        let start = *self.reg_start_us.get_or_insert(now);
+        let n = self.devs.len();
+        let allowed = if self.reg_rate > 0.0 {
+            (((now - start) as f64 / 1e6 * self.reg_rate) as usize + 1).min(n)
+        } else {
+            n
+        };
+        let mut burst = 0;
+        while self.reg_next < allowed && burst < 512 {
+            let li = self.reg_next;
+            self.reg_next += 1;
+            burst += 1;
+            self.buf.clear();
+            let mid = self.next_mid();
+            let o = &self.sh.opts;
+            let name = format!("{}{}", o.prefix, self.base + li as u32);
+            let mut w = MessageWriter::new(
+                &mut self.buf,
+                MsgType::Con,
+                codes::POST,
+                mid,
+                &mid.to_be_bytes(),
+            );
+            w.option(opt::URI_PATH, b"rd")
+                .option_uint(opt::CONTENT_FORMAT, 40)
+                .option(opt::URI_QUERY, format!("ep={name}").as_bytes())
+                .option(opt::URI_QUERY, format!("lt={}", o.lifetime).as_bytes())
+                .option(opt::URI_QUERY, format!("lwm2m={}", o.lwm2m).as_bytes())
+                .option(opt::URI_QUERY, b"b=U");
+            w.payload(OBJECTS.as_bytes());
+            let bytes = self.buf.clone().into_boxed_slice();
+            self.start(li, Kind::Register, mid, bytes, now);
+            add(&self.sh.c.reg_sent, 1);
+        }
+    }
+
+    /// Updates: every registered device once per `lifetime × fraction`, spread evenly.
+    fn updates(&mut self, now: u64, start: u64) {
+        let f = self.sh.opts.update_fraction;
+        let n = self.devs.len();
+        if f <= 0.0 || n == 0 {
+            return;
+        }
+        let interval = (self.sh.opts.lifetime as f64 * f * 1e6) as u64;
+        let mut burst = 0;
+        loop {
+            let due =
+                start + self.upd_round * interval + interval * self.upd_cursor as u64 / n as u64;
+            if due > now || burst >= 512 {
+                return;
+            }
+            let li = self.upd_cursor;
+            self.upd_cursor += 1;
+            if self.upd_cursor == n {
+                self.upd_cursor = 0;
+                self.upd_round += 1;
+            }
+            burst += 1;
+            if self.devs[li].location.is_some() && self.devs[li].pending.is_none() {
+                self.start_registration_request(li, Kind::Update, now);
+                add(&self.sh.c.updates_sent, 1);
+            }
+        }
+    }
+
+    fn start_registration_request(&mut self, li: usize, kind: Kind, now: u64) {
+        let Some(loc) = self.devs[li].location.clone() else {
+            return;
+        };
+        let mid = self.next_mid();
+        let code = if kind == Kind::Deregister {
+            codes::DELETE
+        } else {
+            codes::POST
+        };
+        self.buf.clear();
+        let mut w = MessageWriter::new(&mut self.buf, MsgType::Con, code, mid, &mid.to_be_bytes());
+        w.option(opt::URI_PATH, b"rd")
+            .option(opt::URI_PATH, loc.as_bytes());
+        w.finish();
+        let bytes = self.buf.clone().into_boxed_slice();
+        self.start(li, kind, mid, bytes, now);
+    }
+
+    /// Notifications at the thread's share of the rate, round-robin over the observed devices.
+    fn notifications(&mut self, now: u64, start: u64) {
+        if self.notify_rate <= 0.0 || self.observed.is_empty() {
+            return;
+        }
+        let target = ((now - start) as f64 / 1e6 * self.notify_rate) as u64;
+        let mut burst = 0;
+        while self.notify_done < target && burst < 1024 {
+            let mut tried = 0;
+            let li = loop {
+                if tried == self.observed.len() {
+                    // Every observed device has a notification in flight.
+                    self.notify_done = target;
+                    return;
+                }
+                tried += 1;
+                self.obs_cursor = (self.obs_cursor + 1) % self.observed.len();
+                let li = self.observed[self.obs_cursor] as usize;
+                let d = &self.devs[li];
+                if !d.obs.is_empty() && !(self.notify_con && d.pending.is_some()) {
+                    break li;
+                }
+            };
+            self.notify_done += 1;
+            burst += 1;
+            self.notify(li, now);
+        }
+    }
+
+    fn notify(&mut self, li: usize, now: u64) {
+        let mid = self.next_mid();
+        let global = self.base + li as u32;
+        let d = &mut self.devs[li];
+        d.seq = (d.seq + 1) & 0xff_ffff;
+        let seq = d.seq;
+        let o = &d.obs[seq as usize % d.obs.len()];
+        let mtype = if self.notify_con {
+            MsgType::Con
+        } else {
+            MsgType::Non
+        };
+        self.buf.clear();
+        client::write_notification(
+            mtype,
+            mid,
+            o.token(),
+            seq,
+            o.path(),
+            global,
+            seq,
+            &mut self.buf,
+        );
+        if let Some(t) = &self.sh.notify_sent {
+            t.insert(global, seq, now);
+        }
+        add(&self.sh.c.notify_sent, 1);
+        if self.notify_con {
+            let bytes = self.buf.clone().into_boxed_slice();
+            self.start(li, Kind::Notify, mid, bytes, now);
+        } else {
+            let from = self.addr(li);
+            self.send.push(from, self.gateway, &self.buf);
+        }
+    }
+
+    /// Sends a confirmable request and arms its retransmission timer.
+    fn start(&mut self, li: usize, kind: Kind, mid: u16, bytes: Box<[u8]>, now: u64) {
+        let from = self.addr(li);
+        self.send.push(from, self.gateway, &bytes);
+        let timeout = ACK_TIMEOUT_US + self.rand() % (ACK_TIMEOUT_US / 2);
+        self.heap.push(Reverse((now + timeout, li as u32, mid)));
+        if self.devs[li].pending.is_none() {
+            add(&self.sh.pending, 1);
+        }
+        self.devs[li].pending = Some(Box::new(Pending {
+            kind,
+            mid,
+            first_us: now,
+            tries: 0,
+            timeout_us: timeout,
+            bytes,
+        }));
+    }
+
+    fn retransmit(&mut self, now: u64) {
+        while let Some(&Reverse((due, li, mid))) = self.heap.peek() {
+            if due > now {
+                return;
+            }
+            self.heap.pop();
+            let li = li as usize;
+            let from = self.addr(li);
+            let Some(p) = self.devs[li].pending.as_mut() else {
+                continue;
+            };
+            if p.mid != mid {
+                continue;
+            }
+            if p.tries >= MAX_RETRANSMIT {
+                let kind = p.kind;
+                self.devs[li].pending = None;
+                add(&self.sh.pending_done, 1);
+                let c = &self.sh.c;
+                match kind {
+                    Kind::Register => add(&c.reg_timed_out, 1),
+                    Kind::Update => add(&c.updates_timed_out, 1),
+                    Kind::Notify => add(&c.notify_timed_out, 1),
+                    Kind::Deregister => {}
+                }
+                continue;
+            }
+            p.tries += 1;
+            p.timeout_us *= 2;
+            self.send.push(from, self.gateway, &p.bytes);
+            self.heap
+                .push(Reverse((now + p.timeout_us, li as u32, mid)));
+            add(&self.sh.c.retransmissions, 1);
+        }
+    }
+
+    fn on_datagram(&mut self, now: u64, dst: Ipv4Addr, data: &[u8]) {
+        let Some(g) = device_index(dst) else { return };
+        let Some(li) = g.checked_sub(self.base).map(|l| l as usize) else {
+            return;
+        };
+        if li >= self.devs.len() {
+            return;
+        }
+        let Ok(msg) = Message::parse(data) else {
+            return;
+        };
+        if msg.is_request() {
+            self.on_request(li, g, now, &msg);
+        } else if matches!(msg.mtype, MsgType::Ack | MsgType::Rst) {
+            self.on_answer(li, now, &msg);
+        } else if msg.mtype == MsgType::Con {
+            // A separate response or ping: acknowledge it.
+            self.buf.clear();
+            MessageWriter::new(&mut self.buf, MsgType::Ack, codes::EMPTY, msg.mid, &[]).finish();
+            let from = self.addr(li);
+            self.send.push(from, self.gateway, &self.buf);
+        }
+    }
+
+    fn on_answer(&mut self, li: usize, now: u64, msg: &Message<'_>) {
+        let d = &mut self.devs[li];
+        match &d.pending {
+            Some(p) if p.mid == msg.mid => {}
+            _ => return,
+        }
+        let p = d.pending.take().expect("checked");
+        add(&self.sh.pending_done, 1);
+        let lat = now.saturating_sub(p.first_us);
+        let reset = msg.mtype == MsgType::Rst;
+        let c = &self.sh.c;
+        match p.kind {
+            Kind::Register => {
+                if !reset && msg.code == codes::CREATED {
+                    let segs: Vec<_> = msg.option_values(opt::LOCATION_PATH).collect();
+                    if segs.len() == 2 && segs[0] == b"rd" {
+                        d.location = std::str::from_utf8(segs[1]).ok().map(Into::into);
+                    }
+                    add(&c.reg_ok, 1);
+                    self.hists.register.record(lat);
+                } else {
+                    add(&c.reg_failed, 1);
+                }
+            }
+            Kind::Update => {
+                if !reset && msg.code == codes::CHANGED {
+                    add(&c.updates_ok, 1);
+                    self.hists.update.record(lat);
+                } else {
+                    add(&c.updates_failed, 1);
+                    if msg.code == codes::NOT_FOUND {
+                        d.location = None;
+                    }
+                }
+            }
+            Kind::Deregister => {
+                if !reset && msg.code == codes::DELETED {
+                    add(&c.dereg_ok, 1);
+                }
+                d.location = None;
+            }
+            Kind::Notify => {
+                if reset {
+                    // The gateway no longer wants this observation (RFC 7641 §3.6).
+                    let token = Message::parse(&p.bytes).map(|m| m.token.to_vec());
+                    if let Ok(t) = token {
+                        d.obs.retain(|o| o.token() != t.as_slice());
+                    }
+                    add(&c.notify_reset, 1);
+                } else {
+                    add(&c.notify_acked, 1);
+                    self.hists.notify_ack.record(lat);
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, li: usize, g: u32, _now: u64, msg: &Message<'_>) {
+        add(&self.sh.c.server_requests, 1);
+        let d = &mut self.devs[li];
+        let a = client::answer(msg, g, d.seq);
+        if let Some(path) = &a.start_observe {
+            let mut o = Obs {
+                token: [0; 8],
+                tkl: msg.token.len() as u8,
+                path: [0; 4],
+                plen: path.len() as u8,
+            };
+            o.token[..msg.token.len()].copy_from_slice(msg.token);
+            o.path[..path.len()].copy_from_slice(path);
+            d.obs.retain(|x| x.path() != path.as_slice());
+            d.obs.push(o);
+            add(&self.sh.c.observations, 1);
+            if !d.in_observed {
+                d.in_observed = true;
+                self.observed.push(li as u32);
+            }
+        }
+        if let Some(path) = &a.cancel_observe {
+            d.obs.retain(|x| x.path() != path.as_slice());
+        }
+        let mid = self.next_mid();
+        let from = self.addr(li);
+        self.send.push_with(from, self.gateway, |buf| {
+            client::write_response(msg, &a, mid, buf)
+        });
+    }
+}
+
+/// Everything registered so far by the whole run (for the progress line).
+pub fn registered(sh: &Shared) -> u64 {
+    get(&sh.c.reg_ok)
+}
