@@ -291,7 +291,7 @@ fn every_command_through_the_running_gateway() {
         assert_eq!(v["msgType"], "notify");
         assert_eq!(v["reqID"], obs);
         assert_eq!(v["seqNum"], seq);
-        assert_eq!(v["data"]["content"][0]["value"], 1_699_999_998 + seq as i64);
+        assert_eq!(v["data"]["content"][0]["value"], 1_699_999_999 + seq as i64);
     }
     app.send("cmd1", "cancel-observe", r#"{"path":"/3/0/13"}"#);
     let c = dev.request();
