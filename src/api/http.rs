@@ -176,15 +176,21 @@ impl Conn {
 
     /// Reads more bytes. `started`: when the current request's first byte
     /// came (`None` while idle).
+    /// `waiting`: whether other connections wait for a worker; a
+    /// connection that has not started a request then gives its worker up.
     fn fill(
         &mut self,
         started: Option<Instant>,
         idle_since: Instant,
         stop: &AtomicBool,
+        waiting: &dyn Fn() -> bool,
     ) -> Result<(), ReadError> {
         let mut chunk = [0u8; 4096];
         loop {
             if stop.load(Ordering::Relaxed) {
+                return Err(ReadError::Closed);
+            }
+            if started.is_none() && idle_since.elapsed() >= SLICE && waiting() {
                 return Err(ReadError::Closed);
             }
             let left = match started {
@@ -229,8 +235,12 @@ impl Conn {
         }
     }
 
-    /// Reads one request (head and body).
-    pub fn read_request(&mut self, stop: &AtomicBool) -> Result<Request, ReadError> {
+    /// Reads one request (head and body). See [`Conn::fill`] for `waiting`.
+    pub fn read_request(
+        &mut self,
+        stop: &AtomicBool,
+        waiting: &dyn Fn() -> bool,
+    ) -> Result<Request, ReadError> {
         let idle_since = Instant::now();
         let mut started = (!self.buf.is_empty()).then(Instant::now);
         let (mut req, head_len, content_length) = loop {
@@ -245,6 +255,13 @@ impl Conn {
             }
             if !self.buf.is_empty() {
                 match parse_head(&self.buf)? {
+                    Some(parsed) if parsed.1 > MAX_HEAD => {
+                        return Err(ReadError::Reject(
+                            431,
+                            "BAD_REQUEST",
+                            "request head too large".into(),
+                        ))
+                    }
                     Some(parsed) => break parsed,
                     None if self.buf.len() > MAX_HEAD => {
                         return Err(ReadError::Reject(
@@ -256,7 +273,7 @@ impl Conn {
                     None => {}
                 }
             }
-            self.fill(started, idle_since, stop)?;
+            self.fill(started, idle_since, stop, waiting)?;
             started.get_or_insert_with(Instant::now);
         };
         if content_length > MAX_BODY {
@@ -275,7 +292,7 @@ impl Conn {
         }
         let started = started.unwrap_or_else(Instant::now);
         while self.buf.len() < content_length {
-            self.fill(Some(started), idle_since, stop)?;
+            self.fill(Some(started), idle_since, stop, waiting)?;
         }
         let rest = self.buf.split_off(content_length);
         req.body = std::mem::replace(&mut self.buf, rest);

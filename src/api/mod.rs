@@ -5,8 +5,10 @@
 //! Management endpoints need HTTP basic auth with `api.api_key` and
 //! `api.api_secret`; `/metrics` and `/health` need nothing. The server is a
 //! few std threads (an acceptor and [`WORKERS`] connection workers behind a
-//! bounded queue); requests are bounded in size and time, and the gateway is
-//! reached through the [`Admin`] trait.
+//! bounded queue); requests are bounded in size and time (a request must
+//! arrive within 10 s of its first byte; a connection that has not started a
+//! request gives its worker up as soon as another connection waits), and the
+//! gateway is reached through the [`Admin`] trait.
 //!
 //! | method | path | |
 //! |---|---|---|
@@ -208,14 +210,14 @@ fn worker(rx: &Receiver<TcpStream>, ctx: &routes::Ctx, stop: &AtomicBool) {
         if stop.load(Ordering::Relaxed) {
             continue;
         }
-        serve(stream, ctx, stop);
+        serve(stream, ctx, stop, &|| !rx.is_empty());
     }
 }
 
-fn serve(stream: TcpStream, ctx: &routes::Ctx, stop: &AtomicBool) {
+fn serve(stream: TcpStream, ctx: &routes::Ctx, stop: &AtomicBool, waiting: &dyn Fn() -> bool) {
     let mut conn = http::Conn::new(stream);
     for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(stop) {
+        let req = match conn.read_request(stop, waiting) {
             Ok(r) => r,
             Err(http::ReadError::Closed) => return,
             Err(http::ReadError::Reject(status, code, msg)) => {
