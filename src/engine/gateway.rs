@@ -230,8 +230,9 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
     let mut socket = mio::net::UdpSocket::from_std(socket);
     poll.registry()
         .register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
-    let mut core = ShardCore::new(
+    let mut core = ShardCore::with_shards(
         i as u16,
+        ctx.counters.len(),
         ctx.settings.clone(),
         ctx.dir.clone(),
         ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),

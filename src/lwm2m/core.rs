@@ -20,6 +20,7 @@
 //! MQTT message. Every input is hostile: parse errors are counted, answered with a
 //! Reset where a header was readable, and never panic.
 
+use super::admission::TokenBucket;
 use super::directory::{DirEntry, Directory};
 use super::endpoint::{merge_params, Endpoint, LastReply};
 use super::output::{MqttOut, Outputs, ShardMsg, Timer};
@@ -65,6 +66,8 @@ pub struct ShardCore {
     pending_takeovers: hashbrown::HashSet<u64>,
     location_seq: u64,
     next_mid: u16,
+    /// `max_conn_rate` share of this shard.
+    admission: TokenBucket,
     pub(super) token_seq: u32,
     pub(super) rng: u64,
     pub stats: CoreStats,
@@ -79,8 +82,21 @@ enum Route<'a> {
 }
 
 impl ShardCore {
+    /// `shards` is how many cores share the listener's registration rate.
     pub fn new(shard: u16, settings: Arc<CoreSettings>, dir: Arc<Directory>, seed: u64) -> Self {
+        Self::with_shards(shard, 1, settings, dir, seed)
+    }
+
+    pub fn with_shards(
+        shard: u16,
+        shards: usize,
+        settings: Arc<CoreSettings>,
+        dir: Arc<Directory>,
+        seed: u64,
+    ) -> Self {
+        let rate = settings.max_conn_rate as f64 / shards.max(1) as f64;
         Self {
+            admission: TokenBucket::new(rate),
             shard,
             settings,
             dir,
@@ -351,6 +367,10 @@ impl ShardCore {
             }
         };
         let name = params.ep.expect("checked");
+        if let Err(max_age) = self.admit(now, name) {
+            self.reply_unavailable(peer, msg, max_age);
+            return;
+        }
         let mountpoint = self.render_mountpoint(name, &params, peer);
 
         // The same name registered again replaces the old registration, wherever it is.
@@ -434,6 +454,39 @@ impl ShardCore {
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
         self.auto_observe(now, slot);
+    }
+
+    /// Admission before allocation: the rate bucket for every Register, the
+    /// capacity cap for names not registered yet. Err carries the Max-Age.
+    fn admit(&mut self, now: u64, name: &str) -> Result<(), u32> {
+        if self.admission.take(now).is_err() {
+            self.stats.rate_limited += 1;
+            return Err(1);
+        }
+        let known = self.table.find_name(name).is_some() || self.dir.by_name(name).is_some();
+        if !known && self.dir.len() as u64 >= self.settings.max_connections {
+            self.stats.over_capacity += 1;
+            return Err(60);
+        }
+        Ok(())
+    }
+
+    /// 5.03 Service Unavailable with Max-Age (RFC 7252 §5.9.3.4).
+    fn reply_unavailable(&mut self, peer: SocketAddr, msg: &Message<'_>, max_age: u32) {
+        let r = self.reply_header(msg, codes::SERVICE_UNAVAILABLE);
+        let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
+        self.stats.datagrams_out += 1;
+        self.out.datagram(peer, |buf| {
+            let mut w = MessageWriter::new(
+                buf,
+                mtype,
+                codes::SERVICE_UNAVAILABLE,
+                r.reply_mid,
+                r.token(),
+            );
+            w.option_uint(opt::MAX_AGE, max_age);
+            w.finish();
+        });
     }
 
     /// Update (`is_update`) or De-register of the registration at `loc`.

@@ -2,6 +2,7 @@
 //! timers, as state machines that take `now` and produce outputs. No sockets, no
 //! clock, no threads here.
 
+pub mod admission;
 pub mod command;
 pub mod directory;
 mod dm;

@@ -39,6 +39,10 @@ pub struct CoreSettings {
     /// A held command older than this is answered with an expiry error (0: never).
     pub queue_ttl_ms: u64,
     pub auto_observe: AutoObserveSet,
+    /// Registered endpoints the listener admits (all shards together).
+    pub max_connections: u64,
+    /// New registrations per second the listener admits (split over the shards).
+    pub max_conn_rate: u64,
 }
 
 /// What `auto_observe` observes after a registration.
@@ -86,6 +90,8 @@ impl CoreSettings {
             qmode_window_ms: c.qmode_time_window.as_millis() as u64,
             max_queued: c.queue.max_queued,
             queue_ttl_ms: c.queue.default_ttl.as_millis() as u64,
+            max_connections: c.udp_listener().max_connections,
+            max_conn_rate: c.udp_listener().max_conn_rate,
             auto_observe: match &c.auto_observe {
                 AutoObserve::Off => AutoObserveSet::Off,
                 AutoObserve::All => AutoObserveSet::All,

@@ -30,6 +30,10 @@ pub struct CoreStats {
     pub takeovers_out: u64,
     pub takeovers_in: u64,
     pub published: u64,
+    /// Registers refused by `max_conn_rate` (5.03).
+    pub rate_limited: u64,
+    /// Registers refused by `max_connections` (5.03).
+    pub over_capacity: u64,
     /// Commands accepted for a device (including auto-observe).
     pub commands: u64,
     /// Commands answered 4.00 (malformed, unknown endpoint) or not ours.

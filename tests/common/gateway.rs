@@ -34,6 +34,12 @@ impl GatewayProc {
 
     /// Like `start`, with `mqtt_extra` lines added to the `[mqtt]` table.
     pub fn start_with(broker: Broker, extra: &str, mqtt_extra: &str) -> Self {
+        Self::start_full(broker, extra, mqtt_extra, "max_conn_rate = 1000000")
+    }
+
+    /// Like `start_with`, with `udp_extra` lines in `[listeners.udp.default]`
+    /// (tests raise `max_conn_rate` unless they test it).
+    pub fn start_full(broker: Broker, extra: &str, mqtt_extra: &str, udp_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (server, mqtt) = match broker {
             Broker::Embedded => {
@@ -48,7 +54,7 @@ impl GatewayProc {
         let api = free_port();
         let xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
         let toml = format!(
-            "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n\n\
+            "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n{udp_extra}\n\n\
              [mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\n"
         );
         let cfg = dir.path().join("gateway.toml");

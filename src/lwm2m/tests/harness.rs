@@ -32,6 +32,8 @@ pub fn settings() -> CoreSettings {
         max_queued: 100,
         queue_ttl_ms: 0,
         auto_observe: crate::lwm2m::settings::AutoObserveSet::Off,
+        max_connections: u64::MAX,
+        max_conn_rate: 0,
     }
 }
 

@@ -500,3 +500,54 @@ fn thousands_of_devices_across_shards() {
     assert_eq!(h.endpoints(), 0);
     assert!(h.dir.is_empty());
 }
+
+#[test]
+fn admission_rate_and_capacity_answer_503_with_max_age() {
+    let mut s = settings();
+    s.max_conn_rate = 10;
+    s.max_connections = 15;
+    let mut h = Harness::new(1, s);
+    let mut codes_seen = Vec::new();
+    for i in 0..12u16 {
+        let r = h.one(
+            0,
+            addr(1, 100 + i),
+            &Req::register(&format!("r{i}"), i).bytes(),
+        );
+        codes_seen.push(r.code());
+        if r.code() == codes::SERVICE_UNAVAILABLE {
+            assert_eq!(r.msg().option_uint(opt::MAX_AGE), Some(1));
+        }
+    }
+    assert_eq!(
+        codes_seen.iter().filter(|&&c| c == codes::CREATED).count(),
+        10
+    );
+    assert_eq!(h.cores[0].stats.rate_limited, 2);
+    assert_eq!(h.endpoints(), 10);
+    // A second later the bucket has refilled; the capacity cap (15) now binds.
+    h.advance(1000);
+    let mut created = 0;
+    for i in 20..30u16 {
+        let r = h.one(
+            0,
+            addr(1, 100 + i),
+            &Req::register(&format!("r{i}"), i).bytes(),
+        );
+        if r.code() == codes::CREATED {
+            created += 1;
+        } else {
+            assert_eq!(r.code(), codes::SERVICE_UNAVAILABLE);
+            assert_eq!(r.msg().option_uint(opt::MAX_AGE), Some(60));
+        }
+    }
+    assert_eq!(created, 5);
+    assert_eq!(h.endpoints(), 15);
+    assert_eq!(h.cores[0].stats.over_capacity, 5);
+    // Re-registering a known name is not a new connection.
+    h.advance(1000);
+    let r = h.one(0, addr(1, 100), &Req::register("r0", 999).bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    // Nothing was published for refused registrations.
+    assert_eq!(h.published("up/resp").len(), 16);
+}
