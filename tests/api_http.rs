@@ -96,8 +96,11 @@ impl Admin for Fake {
 fn client(i: usize) -> ClientInfo {
     ClientInfo {
         clientid: format!("client-{i:02}"),
-        endpoint_name: format!("urn:dev:{}:{i:02}", if i % 2 == 0 { "even" } else { "odd" }),
-        username: if i % 3 == 0 {
+        endpoint_name: format!(
+            "urn:dev:{}:{i:02}",
+            if i.is_multiple_of(2) { "even" } else { "odd" }
+        ),
+        username: if i.is_multiple_of(3) {
             "alice".into()
         } else {
             "bob".into()
@@ -110,7 +113,7 @@ fn client(i: usize) -> ClientInfo {
         object_list: vec!["/1/0".into(), "/3/0".into()],
         registered_at_ms: 1_700_000_000_000 + i as u64,
         last_seen_ms: 1_700_000_100_000,
-        queue_mode: i % 5 == 0,
+        queue_mode: i.is_multiple_of(5),
         shard: (i % 2) as u16,
         stats: (i == 1).then_some(ClientStats {
             recv_msg: 7,

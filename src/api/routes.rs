@@ -240,8 +240,8 @@ struct Filter<'a> {
 
 impl Filter<'_> {
     fn matches(&self, c: &ClientInfo) -> bool {
-        let eq = |f: Option<&str>, v: &str| f.map_or(true, |f| f == v);
-        let like = |f: Option<&str>, v: &str| f.map_or(true, |f| v.contains(f));
+        let eq = |f: Option<&str>, v: &str| f.is_none_or(|f| f == v);
+        let like = |f: Option<&str>, v: &str| f.is_none_or(|f| v.contains(f));
         eq(self.clientid, &c.clientid)
             && eq(self.endpoint_name, &c.endpoint_name)
             && like(self.like_endpoint_name, &c.endpoint_name)
@@ -249,8 +249,8 @@ impl Filter<'_> {
             && eq(self.username, &c.username)
             && like(self.like_username, &c.username)
             && eq(self.ip_address, &c.peerhost)
-            && self.gte_lifetime.map_or(true, |l| c.lifetime >= l)
-            && self.lte_lifetime.map_or(true, |l| c.lifetime <= l)
+            && self.gte_lifetime.is_none_or(|l| c.lifetime >= l)
+            && self.lte_lifetime.is_none_or(|l| c.lifetime <= l)
     }
 }
 

@@ -152,7 +152,7 @@ fn prepare(cfg: &Authentication, generation: u64) -> Prepared {
             tls,
             headers,
             own_host,
-            json_body: content_type.as_deref().map_or(true, |c| c.contains("json")),
+            json_body: content_type.as_deref().is_none_or(|c| c.contains("json")),
             has_content_type: content_type.is_some(),
         })
     })();
