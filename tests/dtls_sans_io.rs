@@ -1,0 +1,839 @@
+//! The DTLS server driven without sockets: dimpl clients and the server
+//! exchange datagrams through in-memory queues on a virtual clock.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dimpl::crypto::Dtls12CipherSuite;
+use dimpl::{Config, Dtls, DtlsCertificate, Output, PskResolver};
+use lwm2m_gateway::dtls::{
+    CertConfig, CloseReason, DtlsEvent, DtlsServer, DtlsSettings, PeerIdentity, PskStore, PskTable,
+};
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+struct FixedKey(Vec<u8>);
+impl PskResolver for FixedKey {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.clone())
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn psk_store() -> Arc<PskStore> {
+    let text = format!("dev-1:{KEY}\ndev-2:{KEY}\n");
+    let table = PskTable::parse(&text, Path::new("psk.txt")).unwrap();
+    Arc::new(PskStore::with_table("psk.txt", table))
+}
+
+fn settings() -> DtlsSettings {
+    DtlsSettings {
+        psk: Some(psk_store()),
+        cert: None,
+        max_half_open: 1024,
+        max_half_open_per_addr: 4,
+        max_sessions: 10_000,
+        handshake_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(300),
+    }
+}
+
+fn addr(i: u32) -> SocketAddr {
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+    SocketAddr::from((ip, 40_000))
+}
+
+/// A device: a dimpl client instance at an address.
+struct Client {
+    dtls: Dtls,
+    addr: SocketAddr,
+    timeout: Option<Instant>,
+    connected: bool,
+    failed: bool,
+    received: Vec<Vec<u8>>,
+    out: VecDeque<Vec<u8>>,
+}
+
+impl Client {
+    fn psk(identity: &str, key: &str, addr: SocketAddr, now: Instant) -> Self {
+        let config = Config::builder()
+            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(hex(key))))
+            .build()
+            .unwrap();
+        Self::start(Dtls::new_12_psk(Arc::new(config), now), addr, now)
+    }
+
+    fn cert(cert: DtlsCertificate, addr: SocketAddr, now: Instant) -> Self {
+        let config = Config::builder()
+            .dtls12_cipher_suites(&[Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256])
+            .build()
+            .unwrap();
+        Self::start(Dtls::new_12(Arc::new(config), cert, now), addr, now)
+    }
+
+    fn start(mut dtls: Dtls, addr: SocketAddr, now: Instant) -> Self {
+        dtls.set_active(true);
+        dtls.handle_timeout(now).unwrap();
+        let mut c = Client {
+            dtls,
+            addr,
+            timeout: None,
+            connected: false,
+            failed: false,
+            received: Vec::new(),
+            out: VecDeque::new(),
+        };
+        c.poll();
+        c
+    }
+
+    fn poll(&mut self) {
+        if self.failed {
+            self.timeout = None;
+            return;
+        }
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match self.dtls.poll_output(&mut buf) {
+                Output::Packet(p) => self.out.push_back(p.to_vec()),
+                Output::Timeout(t) => {
+                    self.timeout = Some(t);
+                    return;
+                }
+                Output::Connected => self.connected = true,
+                Output::ApplicationData(d) => self.received.push(d.to_vec()),
+                Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+                _ => {}
+            }
+        }
+    }
+
+    fn receive(&mut self, now: Instant, p: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if self.dtls.handle_timeout(now).is_err() || self.dtls.handle_packet(p).is_err() {
+            self.failed = true;
+            self.timeout = None;
+        }
+        self.poll();
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if self.failed {
+            return;
+        }
+        if self.timeout.is_some_and(|t| t <= now) {
+            if self.dtls.handle_timeout(now).is_err() {
+                self.failed = true;
+                self.timeout = None;
+            }
+            self.poll();
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        self.dtls.send_application_data(data).unwrap();
+        self.poll();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dir {
+    ToServer,
+    ToClient,
+}
+
+/// The server, a virtual clock and everything the server said.
+struct World {
+    server: DtlsServer,
+    now: Instant,
+    events: Vec<DtlsEvent>,
+    sent: [usize; 2],
+    /// Datagrams the server sent to addresses that have no client here.
+    stray: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl World {
+    fn new(settings: DtlsSettings) -> Self {
+        World {
+            server: DtlsServer::new(settings).unwrap(),
+            now: Instant::now(),
+            events: Vec::new(),
+            sent: [0, 0],
+            stray: Vec::new(),
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(e) = self.server.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Moves datagrams both ways (dropping those `drop` selects by direction
+    /// and index) and advances the clock to the next timer when idle, until
+    /// `done` or `limit` of virtual time.
+    fn run(
+        &mut self,
+        client: &mut Client,
+        limit: Duration,
+        drop: &mut dyn FnMut(Dir, usize) -> bool,
+        done: &mut dyn FnMut(&World, &Client) -> bool,
+    ) -> bool {
+        let end = self.now + limit;
+        loop {
+            self.drain_events();
+            if done(self, client) {
+                return true;
+            }
+            let mut moved = false;
+            while let Some(p) = client.out.pop_front() {
+                moved = true;
+                let i = self.sent[0];
+                self.sent[0] += 1;
+                if !drop(Dir::ToServer, i) {
+                    self.server.handle_datagram(self.now, client.addr, &p);
+                }
+            }
+            while let Some((to, p)) = self.server.poll_transmit() {
+                moved = true;
+                if to != client.addr {
+                    self.stray.push((to, p));
+                    continue;
+                }
+                let i = self.sent[1];
+                self.sent[1] += 1;
+                if !drop(Dir::ToClient, i) {
+                    client.receive(self.now, &p);
+                }
+            }
+            if moved {
+                continue;
+            }
+            let next = [client.timeout, self.server.next_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next else { return false };
+            if next > end {
+                return false;
+            }
+            self.now = self.now.max(next);
+            client.tick(self.now);
+            self.server.handle_timeout(self.now);
+        }
+    }
+
+    fn connect(&mut self, client: &mut Client) -> bool {
+        self.run(
+            client,
+            Duration::from_secs(60),
+            &mut |_, _| false,
+            &mut |w, c| c.connected && w.server.has_session(c.addr),
+        )
+    }
+
+    /// Runs until nothing is in flight (timers not advanced beyond `limit`).
+    fn settle(&mut self, client: &mut Client, limit: Duration) {
+        self.run(client, limit, &mut |_, _| false, &mut |_, _| false);
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.server.handle_timeout(self.now);
+        self.drain_events();
+    }
+
+    fn connected_events(&self, peer: SocketAddr) -> Vec<&PeerIdentity> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                DtlsEvent::Connected { peer: p, identity } if *p == peer => Some(identity),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn data_events(&self, peer: SocketAddr) -> Vec<&[u8]> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                DtlsEvent::Data { peer: p, plaintext } if *p == peer => Some(&plaintext[..]),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Handshake, then a CoAP-sized message each way.
+fn exchange(w: &mut World, c: &mut Client) {
+    c.send(b"from device");
+    let n = c.received.len();
+    w.run(c, Duration::from_secs(1), &mut |_, _| false, &mut |w, c| {
+        w.data_events(c.addr).contains(&&b"from device"[..])
+    });
+    assert!(w.data_events(c.addr).contains(&&b"from device"[..]));
+    w.server.send(w.now, c.addr, b"from gateway").unwrap();
+    w.run(c, Duration::from_secs(1), &mut |_, _| false, &mut |_, c| {
+        c.received.len() > n
+    });
+    assert_eq!(
+        c.received.last().map(|v| &v[..]),
+        Some(&b"from gateway"[..])
+    );
+}
+
+#[test]
+fn psk_handshake_and_data_both_ways() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut c));
+    assert_eq!(
+        w.connected_events(c.addr),
+        vec![&PeerIdentity::Psk("dev-1".into())]
+    );
+    exchange(&mut w, &mut c);
+    let s = w.server.stats();
+    assert_eq!(s.handshakes_started, 1);
+    assert_eq!(s.handshakes_completed, 1);
+    assert_eq!(s.handshakes_verified, 1);
+    assert_eq!((s.sessions, s.half_open), (1, 0));
+    assert!(w
+        .server
+        .settings()
+        .psk
+        .as_ref()
+        .unwrap()
+        .may_register("dev-1", "dev-1"));
+}
+
+#[test]
+fn lost_handshake_datagrams_are_retransmitted() {
+    // Count the datagrams of a clean handshake each way.
+    let mut w = World::new(settings());
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut c));
+    w.settle(&mut c, Duration::from_millis(1));
+    let [to_server, to_client] = w.sent;
+    assert!(to_server >= 3 && to_client >= 3, "{:?}", w.sent);
+    for dir in [Dir::ToServer, Dir::ToClient] {
+        let n = if dir == Dir::ToServer {
+            to_server
+        } else {
+            to_client
+        };
+        for k in 0..n {
+            let mut w = World::new(settings());
+            let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+            let ok = w.run(
+                &mut c,
+                Duration::from_secs(60),
+                &mut |d, i| d == dir && i == k,
+                &mut |w, c| c.connected && w.server.has_session(c.addr),
+            );
+            assert!(ok, "dropping datagram {k} {dir:?}: no session");
+            exchange(&mut w, &mut c);
+        }
+    }
+}
+
+#[test]
+fn wrong_key_fails_without_connected() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk("dev-1", "ffffffffffffffffffffffffffffffff", addr(1), w.now);
+    assert!(!w.connect(&mut c));
+    assert!(w.connected_events(c.addr).is_empty());
+    assert!(!w.server.has_session(c.addr));
+    let s = w.server.stats();
+    assert!(s.handshakes_failed >= 1, "{s:?}");
+    assert!(s.decrypt_errors >= 1, "{s:?}");
+    assert_eq!(s.half_open, 0);
+}
+
+#[test]
+fn unknown_identity_fails() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk("nobody", KEY, addr(1), w.now);
+    assert!(!w.connect(&mut c));
+    assert!(w.connected_events(c.addr).is_empty());
+    assert!(w.server.stats().handshakes_failed >= 1);
+    assert_eq!(w.server.half_open_count(), 0);
+}
+
+/// The first datagram of a fresh client: a ClientHello without cookie.
+fn client_hello(now: Instant) -> Vec<u8> {
+    let mut c = Client::psk("dev-1", KEY, addr(0), now);
+    c.out.pop_front().unwrap()
+}
+
+#[test]
+fn half_open_flood_is_bounded_and_devices_still_connect() {
+    let mut w = World::new(settings());
+    let ch = client_hello(w.now);
+    let n = 10_000u32;
+    for i in 0..n {
+        w.server.handle_datagram(w.now, addr(1000 + i), &ch);
+        assert!(w.server.half_open_count() <= 1024);
+    }
+    let s = w.server.stats().clone();
+    assert_eq!(s.handshakes_started, 1024);
+    assert_eq!(s.half_open_drops, u64::from(n) - 1024);
+    // Anti-amplification: never more bytes out than in per address.
+    let mut out = 0;
+    while let Some((_, p)) = w.server.poll_transmit() {
+        assert!(p.len() <= ch.len(), "{} > {}", p.len(), ch.len());
+        out += 1;
+    }
+    assert_eq!(out, 1024);
+    // HelloVerifyRequest retransmissions would exceed the budget.
+    w.advance(Duration::from_secs(5));
+    let mut bytes = 0;
+    while let Some((_, p)) = w.server.poll_transmit() {
+        bytes += p.len();
+    }
+    assert_eq!(
+        bytes, 0,
+        "retransmitted HelloVerifyRequests to unverified addresses"
+    );
+    // A real device cannot start while the table is full ...
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(!w.run(
+        &mut c,
+        Duration::from_millis(500),
+        &mut |_, _| false,
+        &mut |_, c| c.connected
+    ));
+    // ... and can once the unverified entries time out.
+    w.advance(Duration::from_secs(10));
+    assert_eq!(w.server.half_open_count(), 0);
+    assert!(w.server.stats().handshake_timeouts >= 1024);
+    let mut c = Client::psk("dev-1", KEY, addr(2), w.now);
+    assert!(w.connect(&mut c));
+    exchange(&mut w, &mut c);
+
+    // Per source IP: many ports of one address.
+    let before = w.server.stats().half_open_per_addr_drops;
+    for port in 0..10u16 {
+        let peer = SocketAddr::from(([192, 0, 2, 1], 1000 + port));
+        w.server.handle_datagram(w.now, peer, &ch);
+    }
+    assert_eq!(w.server.half_open_count(), 4);
+    assert_eq!(w.server.stats().half_open_per_addr_drops - before, 6);
+}
+
+#[test]
+fn flood_through_a_smaller_table_keeps_memory_bounded() {
+    let mut st = settings();
+    st.max_half_open = 64;
+    st.max_sessions = 2;
+    let mut w = World::new(st);
+    w.server.set_cookie_timeout(Duration::from_millis(200));
+    let ch = client_hello(w.now);
+    for round in 0..50u32 {
+        for i in 0..200u32 {
+            w.server.handle_datagram(w.now, addr(round * 200 + i), &ch);
+        }
+        assert!(w.server.half_open_count() <= 64);
+        w.advance(Duration::from_millis(250));
+        while w.server.poll_transmit().is_some() {}
+    }
+    assert_eq!(w.server.half_open_count(), 0);
+    // The session table cap.
+    for i in 0..2 {
+        let mut c = Client::psk("dev-1", KEY, addr(100_000 + i), w.now);
+        assert!(w.connect(&mut c));
+    }
+    let mut c = Client::psk("dev-1", KEY, addr(100_010), w.now);
+    assert!(!w.connect(&mut c));
+    assert_eq!(w.server.session_count(), 2);
+    assert!(w.server.stats().session_table_full >= 1);
+}
+
+#[test]
+fn idle_sessions_expire() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut c));
+    let deadline = w.server.next_timeout().unwrap();
+    assert!(deadline > w.now);
+    // Traffic keeps it alive.
+    w.advance(Duration::from_secs(200));
+    exchange(&mut w, &mut c);
+    w.advance(Duration::from_secs(200));
+    assert!(w.server.has_session(c.addr));
+    w.advance(Duration::from_secs(101));
+    assert!(!w.server.has_session(c.addr));
+    assert!(w.events.contains(&DtlsEvent::Closed {
+        peer: c.addr,
+        reason: CloseReason::Idle
+    }));
+    assert_eq!(w.server.stats().idle_evictions, 1);
+    assert!(w.server.send(w.now, c.addr, b"x").is_err());
+}
+
+#[test]
+fn rehandshake_runs_beside_the_live_session_and_replaces_it() {
+    let mut w = World::new(settings());
+    let mut old = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut old));
+    // The device reboots: a new client at the same address.
+    let mut new = Client::psk("dev-1", KEY, addr(1), w.now);
+    // Run the new handshake until the cookie exchange succeeded.
+    w.run(
+        &mut new,
+        Duration::from_secs(5),
+        &mut |_, _| false,
+        &mut |w, _| w.server.stats().handshakes_verified == 2,
+    );
+    assert_eq!(w.server.half_open_count(), 1);
+    assert!(w.server.has_session(old.addr));
+    // The old session still carries data meanwhile.
+    old.send(b"old session");
+    while let Some(p) = old.out.pop_front() {
+        w.server.handle_datagram(w.now, old.addr, &p);
+    }
+    w.drain_events();
+    assert!(w.data_events(old.addr).contains(&&b"old session"[..]));
+    assert!(w.connect(&mut new));
+    let replaced = w
+        .events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                DtlsEvent::Closed {
+                    reason: CloseReason::Replaced,
+                    ..
+                }
+            )
+        })
+        .expect("replaced");
+    let connected = w
+        .events
+        .iter()
+        .rposition(|e| matches!(e, DtlsEvent::Connected { .. }))
+        .unwrap();
+    assert!(replaced < connected);
+    assert_eq!(w.server.session_count(), 1);
+    assert_eq!(w.server.stats().replaced, 1);
+    exchange(&mut w, &mut new);
+}
+
+#[test]
+fn spoofed_client_hello_does_not_kill_a_live_session() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut c));
+    let ch = client_hello(w.now);
+    for _ in 0..3 {
+        w.server.handle_datagram(w.now, c.addr, &ch);
+    }
+    // Its HelloVerifyRequest goes to the real device, which ignores it; the
+    // spoofer never answers.
+    while w.server.poll_transmit().is_some() {}
+    assert_eq!(w.server.half_open_count(), 1);
+    exchange(&mut w, &mut c);
+    w.advance(Duration::from_secs(31));
+    assert_eq!(w.server.half_open_count(), 0);
+    assert!(w.server.has_session(c.addr));
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, DtlsEvent::Closed { .. })));
+    exchange(&mut w, &mut c);
+}
+
+#[test]
+fn junk_never_panics() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut c));
+    let ch = client_hello(w.now);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..20_000u32 {
+        let mut d = if i % 2 == 0 {
+            ch.clone()
+        } else {
+            let len = (rnd() % 200) as usize;
+            (0..len).map(|_| rnd() as u8).collect()
+        };
+        if !d.is_empty() {
+            for _ in 0..(rnd() % 4) {
+                let at = (rnd() as usize) % d.len();
+                d[at] = rnd() as u8;
+            }
+            if i % 7 == 0 {
+                d.truncate((rnd() as usize) % d.len());
+            }
+        }
+        let peer = if i % 3 == 0 { c.addr } else { addr(i % 50) };
+        w.server.handle_datagram(w.now, peer, &d);
+        if i % 1000 == 0 {
+            w.advance(Duration::from_secs(3));
+        }
+    }
+    while w.server.poll_transmit().is_some() {}
+    assert!(w.server.half_open_count() <= 1024);
+}
+
+// ---- certificate mode ----
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate and a client certificate with CN `cn`, all
+/// ECDSA P-256, generated with the openssl CLI in `dir`.
+pub fn make_pki(dir: &Path, cn: &str) {
+    std::fs::write(
+        dir.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )
+    .unwrap();
+    for k in ["ca", "server", "client", "rogue"] {
+        openssl(
+            dir,
+            &[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "prime256v1",
+                "-noout",
+                "-out",
+                &format!("{k}.key"),
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=Test CA",
+            "-days",
+            "30",
+            "-out",
+            "ca.pem",
+            "-extensions",
+            "v3_ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "rogue.key",
+            "-subj",
+            "/CN=Rogue CA",
+            "-days",
+            "30",
+            "-out",
+            "rogue.pem",
+        ],
+    );
+    for (k, subj, ca) in [
+        ("server", "/CN=gateway", "ca"),
+        ("client", &format!("/CN={cn}")[..], "ca"),
+        ("stranger", &format!("/CN={cn}")[..], "rogue"),
+    ] {
+        let key = if k == "stranger" {
+            "client.key"
+        } else {
+            &format!("{k}.key")[..]
+        };
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                key,
+                "-subj",
+                subj,
+                "-out",
+                &format!("{k}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{k}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                &format!("{k}.pem"),
+            ],
+        );
+    }
+    for k in ["client"] {
+        openssl(
+            dir,
+            &[
+                "pkcs8",
+                "-topk8",
+                "-nocrypt",
+                "-in",
+                &format!("{k}.key"),
+                "-outform",
+                "DER",
+                "-out",
+                &format!("{k}.key.der"),
+            ],
+        );
+    }
+    for k in ["client", "stranger"] {
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-in",
+                &format!("{k}.pem"),
+                "-outform",
+                "DER",
+                "-out",
+                &format!("{k}.der"),
+            ],
+        );
+    }
+}
+
+fn cert_settings(dir: &Path, with_ca: bool) -> DtlsSettings {
+    let ca = dir.join("ca.pem");
+    let cert = CertConfig::load(
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+        with_ca.then_some(ca.as_path()),
+    )
+    .unwrap();
+    DtlsSettings {
+        psk: None,
+        cert: Some(Arc::new(cert)),
+        ..settings()
+    }
+}
+
+fn client_cert(dir: &Path, which: &str) -> DtlsCertificate {
+    DtlsCertificate {
+        certificate: std::fs::read(dir.join(format!("{which}.der"))).unwrap(),
+        private_key: std::fs::read(dir.join("client.key.der")).unwrap(),
+    }
+}
+
+#[test]
+fn certificate_mode_verifies_the_client_against_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), "urn:dev:cert-1");
+    let mut w = World::new(cert_settings(dir.path(), true));
+    let mut c = Client::cert(client_cert(dir.path(), "client"), addr(1), w.now);
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(
+        w.connected_events(c.addr),
+        vec![&PeerIdentity::Cert {
+            cn: "urn:dev:cert-1".into()
+        }]
+    );
+    exchange(&mut w, &mut c);
+
+    // Same CN, issued by another CA: rejected.
+    let mut c = Client::cert(client_cert(dir.path(), "stranger"), addr(2), w.now);
+    assert!(!w.connect(&mut c));
+    assert!(w.connected_events(c.addr).is_empty());
+    assert!(w.server.stats().cert_rejected >= 1);
+    assert_eq!(w.server.half_open_count(), 0);
+
+    // The CA itself is not a client certificate.
+    let ca = CertConfig::load(
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
+        Some(&dir.path().join("ca.pem")),
+    )
+    .unwrap();
+    let ca_der = std::fs::read(dir.path().join("client.der")).unwrap();
+    assert_eq!(ca.verify_client(&ca_der).unwrap(), "urn:dev:cert-1");
+    assert!(ca.verify_client(b"junk").is_err());
+}
+
+#[test]
+fn certificate_mode_without_ca_is_anonymous() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), "dev");
+    let mut w = World::new(cert_settings(dir.path(), false));
+    let mut c = Client::cert(client_cert(dir.path(), "client"), addr(1), w.now);
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(w.connected_events(c.addr), vec![&PeerIdentity::Anonymous]);
+    exchange(&mut w, &mut c);
+}
+
+#[test]
+fn psk_and_certificates_on_one_server() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), "cert-dev");
+    let mut st = cert_settings(dir.path(), true);
+    st.psk = Some(psk_store());
+    let mut w = World::new(st);
+    let mut c = Client::psk("dev-2", KEY, addr(1), w.now);
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(
+        w.connected_events(c.addr),
+        vec![&PeerIdentity::Psk("dev-2".into())]
+    );
+    exchange(&mut w, &mut c);
+    let mut c = Client::cert(client_cert(dir.path(), "client"), addr(2), w.now);
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(
+        w.connected_events(c.addr),
+        vec![&PeerIdentity::Cert {
+            cn: "cert-dev".into()
+        }]
+    );
+    exchange(&mut w, &mut c);
+}
