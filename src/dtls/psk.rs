@@ -169,7 +169,7 @@ fn parse_line(line: &str) -> Result<(String, Entry), String> {
 
 /// Decodes an even-length, non-empty hex string.
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || s.len() & 1 == 1 {
         return None;
     }
     let digit = |c: u8| -> Option<u8> {

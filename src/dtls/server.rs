@@ -522,7 +522,11 @@ impl DtlsServer {
         }
         // Always in the future, so that handle_timeout makes progress.
         let deadline = deadline.max(now + Duration::from_millis(1));
-        if s.scheduled.map_or(true, |t| deadline < t) {
+        let earlier = match s.scheduled {
+            Some(t) => deadline < t,
+            None => true,
+        };
+        if earlier {
             s.scheduled = Some(deadline);
             self.timers.push(Reverse((deadline, s.id, peer)));
         }
