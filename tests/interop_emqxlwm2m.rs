@@ -21,11 +21,6 @@ fn emqxlwm2m_drives_a_device_through_the_running_gateway() {
     let gw = GatewayProc::start(Broker::Embedded, "");
     // No "up" in the name: emqxlwm2m tells uplink from downlink by `"up" in topic`.
     let ep = "pyapp-dev1";
-    let mut node = support::node_client(gw.udp, ep);
-    node.expect("REGISTERED <location>", WAIT, |l| {
-        l.starts_with("REGISTERED ")
-    });
-
     let mut cmd = Command::new(&python);
     cmd.current_dir(support::interop_dir("python"))
         .arg("emqxlwm2m_check.py")
@@ -34,6 +29,15 @@ fn emqxlwm2m_drives_a_device_through_the_running_gateway() {
         .args(["--ep", ep])
         .args(["--timeout", "10"]);
     let mut py = Proc::spawn("emqxlwm2m_check.py", cmd);
+
+    // The device registers once emqxlwm2m listens, so that it sees the register message.
+    py.expect("SUBSCRIBED (or DONE)", WAIT, |l| {
+        l == "SUBSCRIBED" || l.starts_with("DONE")
+    });
+    let mut node = support::node_client(gw.udp, ep);
+    node.expect("REGISTERED <location>", WAIT, |l| {
+        l.starts_with("REGISTERED ")
+    });
 
     // Once emqxlwm2m has its observation, change the value twice on the device.
     let fail = |py: &Proc, node: &Proc| format!("{}\n{}", py.transcript(), node.transcript());
@@ -60,6 +64,7 @@ fn emqxlwm2m_drives_a_device_through_the_running_gateway() {
     );
     assert!(!out.contains("FAIL"), "{}", fail(&py, &node));
     for step in [
+        "register",
         "read-code",
         "read",
         "read-float",

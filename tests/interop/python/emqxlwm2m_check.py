@@ -7,9 +7,11 @@ endpoint's read/write/discover/observe), which publishes commands to
 lwm2m/{ep}/dn and matches the gateway's replies by reqID. The device is expected
 to be the lwm2m-node-lib client of tests/interop/node (objects /3/0 and /3303/0).
 
-Prints one line per step: "OK <step> <detail>" or "FAIL <step> <detail>". After the
-observe response it prints "OBSERVING" and waits for notifications: the test then
-changes /3303/0/5700 on the device to 25.5 and 26.5. Exits 0 when every step passed.
+Prints one line per step: "OK <step> <detail>" or "FAIL <step> <detail>". Once
+subscribed it prints "SUBSCRIBED" and waits for the device's registration: the test
+then starts the device. After the observe response it prints "OBSERVING" and waits
+for notifications: the test then changes /3303/0/5700 on the device to 25.5 and
+26.5. Exits 0 when every step passed.
 """
 
 import argparse
@@ -48,9 +50,23 @@ def main():
             report(False, "connect", f"no MQTT connection to {args.host}:{args.port}")
             return 1
         ep = engine.endpoint(args.ep)
+        regs = ep.registrations()
         # The subscription to lwm2m/{ep}/# is sent asynchronously; give the
-        # broker a moment before the first command.
+        # broker a moment before the device registers.
         time.sleep(0.3)
+        print("SUBSCRIBED", flush=True)
+
+        # register: the gateway's register message, parsed by emqxlwm2m
+        try:
+            reg = regs.get(timeout=args.timeout)
+        except Exception as e:  # queue.Empty
+            report(False, "register", f"no registration: {type(e).__name__}")
+            return 1
+        check(
+            "register",
+            (reg.ep, reg.lt, reg.lwm2m, reg.b, reg.alternate_path, list(reg.object_list)),
+            (args.ep, 300, "1.0", "U", "/", ["/3/0", "/3303/0"]),
+        )
 
         # read
         r = ep.read("/3/0/1")
