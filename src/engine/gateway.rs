@@ -2,10 +2,13 @@
 //! I/O thread, one UDP socket and thread per shard, and the orderly shutdown that
 //! stops receiving, lets the shards hand their last messages over, and flushes MQTT.
 
+use super::admin::GatewayAdmin;
 use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
+use crate::api::ApiServer;
+use crate::auth::AuthService;
 use crate::config::{Config, MqttServer, SubscribeMode};
-use crate::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, ShardMsg, Timer};
+use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
 use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
 use crate::objects::{self, SharedRegistry};
 use mio::{Interest, Poll, Token, Waker};
@@ -58,6 +61,8 @@ pub struct Gateway {
     mqtt: MqttHandle,
     mqtt_thread: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
+    api: Option<ApiServer>,
+    auth: AuthService,
     udp_addr: SocketAddr,
     pub dir: Arc<Directory>,
     pub shard_counters: Vec<Arc<ShardCounters>>,
@@ -131,11 +136,24 @@ impl Gateway {
         let seed = seed();
         let parts = Arc::new(Mutex::new(parts));
         let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();
+        let core_stats: Vec<Arc<Mutex<CoreStats>>> = (0..shards).map(|_| Arc::default()).collect();
+        let auth = AuthService::start(&cfg.authentication);
         let spec = ShardSpawn {
             count: shards,
             pin_cores: cfg.engine.pin_cores,
             name_prefix: "shard".into(),
         };
+        let admin = Arc::new(GatewayAdmin {
+            dir: dir.clone(),
+            shards: senders.clone(),
+            auth: auth.clone(),
+            config: Mutex::new(cfg.clone()),
+            settings: Mutex::new(settings.clone()),
+            core_stats: core_stats.clone(),
+            shard_counters: shard_counters.clone(),
+            router: router_counters.clone(),
+            mqtt: mqtt.stats().clone(),
+        });
         let ctx = Arc::new(ShardContext {
             settings,
             registry,
@@ -144,6 +162,8 @@ impl Gateway {
             peers: senders,
             stop: stop.clone(),
             counters: shard_counters.clone(),
+            core_stats: core_stats.clone(),
+            auth: auth.clone(),
             clock,
             seed,
             recv_batch: cfg.engine.recv_batch,
@@ -157,6 +177,17 @@ impl Gateway {
         })
         .map_err(|e| start_err("shard threads", e))?;
         tracing::info!(%udp_addr, shards, "UDP listener up");
+        let api = ApiServer::start(
+            cfg.api.bind,
+            cfg.api.api_key.clone(),
+            cfg.api.api_secret.expose().to_string(),
+            admin,
+        )
+        .map_err(|e| GatewayError::Bind {
+            bind: cfg.api.bind,
+            source: e,
+        })?;
+        tracing::info!(bind = %api.local_addr(), "management API up");
         Ok(Self {
             stop,
             wakers,
@@ -164,6 +195,8 @@ impl Gateway {
             mqtt,
             mqtt_thread: Some(mqtt_thread),
             watcher: Some(watcher),
+            api: Some(api),
+            auth,
             udp_addr,
             dir,
             shard_counters,
@@ -182,6 +215,9 @@ impl Gateway {
 
     /// Stops receiving, lets every shard flush, then flushes MQTT and disconnects.
     pub fn stop(mut self) {
+        if let Some(api) = self.api.take() {
+            api.stop();
+        }
         self.stop.store(true, Ordering::SeqCst);
         for w in &self.wakers {
             let _ = w.wake();
@@ -204,10 +240,13 @@ impl Gateway {
         if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
+        self.auth.shutdown();
     }
 }
 
 struct ShardContext {
+    core_stats: Vec<Arc<Mutex<CoreStats>>>,
+    auth: AuthService,
     settings: Arc<CoreSettings>,
     registry: Arc<SharedRegistry>,
     dir: Arc<Directory>,
@@ -247,6 +286,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.peers.clone(),
         ctx.stop.clone(),
         ctx.counters[i].clone(),
+        ctx.core_stats[i].clone(),
+        ctx.auth.clone(),
     );
     let mut timers: TimerWheel<Timer> = TimerWheel::new(ctx.clock.now_ms());
     let cfg = LoopConfig {

@@ -2,7 +2,9 @@
 //! MQTT router that hands commands to the shard holding an endpoint, and the
 //! start/stop sequence of the whole gateway.
 
+mod admin;
 mod gateway;
+mod metrics;
 mod router;
 mod udp_shard;
 

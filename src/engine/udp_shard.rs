@@ -2,7 +2,8 @@
 //! sendmmsg batches, the protocol core, and the plumbing of the core's outputs to
 //! the MQTT thread, the timer wheel and the other shards' mailboxes.
 
-use crate::lwm2m::{ShardCore, ShardMsg, Timer};
+use crate::auth::AuthService;
+use crate::lwm2m::{CoreStats, ShardCore, ShardMsg, Timer};
 use crate::mqtt::MqttHandle;
 use mio::net::UdpSocket;
 use netio::{RecvBatch, SendBatch};
@@ -35,6 +36,9 @@ pub struct UdpShard {
     peers: Arc<Vec<MailboxSender<ShardMsg>>>,
     stop: Arc<AtomicBool>,
     counters: Arc<ShardCounters>,
+    /// The core's counters, copied out for metrics at the end of each loop turn.
+    snapshot: Arc<parking_lot::Mutex<CoreStats>>,
+    auth: AuthService,
 }
 
 impl UdpShard {
@@ -48,6 +52,8 @@ impl UdpShard {
         peers: Arc<Vec<MailboxSender<ShardMsg>>>,
         stop: Arc<AtomicBool>,
         counters: Arc<ShardCounters>,
+        snapshot: Arc<parking_lot::Mutex<CoreStats>>,
+        auth: AuthService,
     ) -> Self {
         Self {
             core,
@@ -58,6 +64,8 @@ impl UdpShard {
             peers,
             stop,
             counters,
+            snapshot,
+            auth,
         }
     }
 
@@ -72,6 +80,24 @@ impl UdpShard {
         }
         for (at, t) in self.core.out.timers.drain(..) {
             timers.insert(at, t);
+        }
+        let auth_requests: Vec<_> = self.core.out.auth.drain(..).collect();
+        for (ticket, req) in auth_requests {
+            // The answer comes back through this shard's mailbox, from an auth thread.
+            let me = self.peers[self.core.shard() as usize].clone();
+            let done = Box::new(move |o: crate::auth::AuthOutcome| {
+                let _ = me.send_timeout(
+                    ShardMsg::AuthResult {
+                        ticket,
+                        allowed: o.allowed(),
+                    },
+                    std::time::Duration::from_secs(1),
+                );
+            });
+            if self.auth.submit(req, done).is_err() {
+                // The auth queue is full: deny now.
+                self.core.auth_result(0, ticket, false);
+            }
         }
         for (to, m) in self.core.out.to_shards.drain(..) {
             let ok = self
@@ -110,7 +136,10 @@ impl UdpShard {
         true
     }
 
-    fn publish_counters(&self) {
+    fn publish_counters(&mut self, now: u64) {
+        // Once per loop turn (a batch of datagrams): an uncontended lock and a copy.
+        let _ = now;
+        *self.snapshot.lock() = self.core.stats;
         let c = &self.counters;
         c.endpoints
             .store(self.core.endpoints().len() as u64, Ordering::Relaxed);
@@ -151,14 +180,17 @@ impl ShardApp for UdpShard {
         self.route_outputs(timers);
     }
 
-    fn flush(&mut self, _now_ms: u64, _timers: &mut TimerWheel<Timer>) -> bool {
+    fn flush(&mut self, now_ms: u64, timers: &mut TimerWheel<Timer>) -> bool {
+        if !self.core.out.auth.is_empty() || self.core.out.pending_datagrams() > 0 {
+            self.route_outputs(timers);
+        }
         if !self.send.is_empty() {
             if let Err(e) = self.send.flush(&self.socket) {
                 tracing::warn!(shard = self.core.shard(), error = %e, "sendmmsg failed");
                 self.send.clear();
             }
         }
-        self.publish_counters();
+        self.publish_counters(now_ms);
         // Unsent datagrams wait for the socket's writable event.
         false
     }

@@ -32,6 +32,7 @@ use super::settings::CoreSettings;
 use super::stats::CoreStats;
 use super::table::EndpointTable;
 use super::template::Vars;
+use crate::auth::AuthRequest;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::objects::{ObjectRegistry, SharedRegistry};
 use std::collections::VecDeque;
@@ -42,11 +43,23 @@ use std::sync::Arc;
 /// retransmitted DELETE gets the same 2.02. Bounded.
 const RECENT_REPLIES: usize = 1024;
 
+/// Registers held for the authentication server, at most (then 5.03).
+const MAX_PENDING_AUTH: usize = 4096;
+
+/// A Register waiting for the authentication server.
+struct PendingAuth {
+    peer: SocketAddr,
+    mid: u16,
+    datagram: Vec<u8>,
+}
+
 /// Why an endpoint leaves the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Removal {
     Deregistered,
     Expired,
+    /// Removed through the management API.
+    Kicked,
     /// Replaced by a new registration of the same name; keep the subscription when
     /// the new registration uses the same mountpoint.
     Replaced {
@@ -68,10 +81,17 @@ pub struct ShardCore {
     next_mid: u16,
     /// `max_conn_rate` share of this shard.
     admission: TokenBucket,
+    /// Shards sharing the listener.
+    shards: usize,
+    /// Registers waiting for the authentication server, by ticket.
+    pending_auth: hashbrown::HashMap<u64, PendingAuth>,
+    auth_seq: u64,
     pub(super) token_seq: u32,
     pub(super) rng: u64,
     pub stats: CoreStats,
     pub out: Outputs,
+    /// Block-wise request bodies devices are sending (RFC 7959).
+    pub(super) blocks: super::blockwise::ServerBlocks,
 }
 
 /// The decoded Uri-Path of a request, as far as the gateway routes on it.
@@ -97,6 +117,9 @@ impl ShardCore {
         let rate = settings.max_conn_rate as f64 / shards.max(1) as f64;
         Self {
             admission: TokenBucket::new(rate),
+            shards,
+            pending_auth: Default::default(),
+            auth_seq: 0,
             shard,
             settings,
             dir,
@@ -110,6 +133,7 @@ impl ShardCore {
             rng: seed | 1,
             stats: CoreStats::default(),
             out: Outputs::default(),
+            blocks: Default::default(),
         }
     }
 
@@ -168,6 +192,13 @@ impl ShardCore {
         match t {
             Timer::Retransmit { slot, token } => self.on_retransmit(now, slot, token),
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
+            Timer::BlockExpire { id } => self.on_block_expire(now, id),
+            Timer::AuthTimeout { ticket } => {
+                if self.pending_auth.contains_key(&ticket) {
+                    self.stats.auth_timeouts += 1;
+                    self.auth_result(now, ticket, false);
+                }
+            }
             Timer::Expire { slot, gen } => {
                 if self.table.generation(slot) != gen {
                     return;
@@ -195,6 +226,29 @@ impl ShardCore {
                 payload,
                 hops,
             } => self.handle_command(now, &topic, payload, hops),
+            ShardMsg::AuthResult { ticket, allowed } => self.auth_result(now, ticket, allowed),
+            ShardMsg::CommandFor { name, payload } => match self.table.find_name(&name) {
+                Some(slot) => self.command_for(now, slot, payload),
+                None => self.stats.commands_rejected += 1,
+            },
+            ShardMsg::Clients { name, reply } => {
+                let _ = reply.send(self.client_infos(name.as_deref()));
+            }
+            ShardMsg::Kick { name, reply } => {
+                let found = self.table.find_name(&name);
+                if let Some(slot) = found {
+                    self.stats.kicked += 1;
+                    self.remove_endpoint(slot, Removal::Kicked);
+                }
+                let _ = reply.send(found.is_some());
+            }
+            ShardMsg::Settings(s) => {
+                if s.max_conn_rate != self.settings.max_conn_rate {
+                    let rate = s.max_conn_rate as f64 / self.shards.max(1) as f64;
+                    self.admission = TokenBucket::new(rate);
+                }
+                self.settings = s;
+            }
             ShardMsg::Evict {
                 name,
                 location,
@@ -287,20 +341,24 @@ impl ShardCore {
             self.reply_error(peer, msg, codes::BAD_OPTION, &text, data.len());
             return;
         }
-        if let Some(b) = msg
-            .option(opt::BLOCK1)
-            .and_then(crate::coap::BlockOpt::decode)
-        {
-            if b.more || b.num > 0 {
-                // Block-wise request bodies are not reassembled yet.
-                self.stats.bad_requests += 1;
-                self.reply_error(peer, msg, codes::REQUEST_ENTITY_TOO_LARGE, "", data.len());
-                return;
+        // Block1 bodies are reassembled first; the last block is the whole request.
+        let whole: Vec<u8>;
+        let parsed: Message<'_>;
+        let (msg, data) = match self.block1_request(now, peer, msg) {
+            super::blockwise::Block1In::Whole => (msg, data),
+            super::blockwise::Block1In::Answered => return,
+            super::blockwise::Block1In::Complete(b) => {
+                whole = b;
+                let Ok(m) = Message::parse(&whole) else {
+                    return;
+                };
+                parsed = m;
+                (&parsed, &whole[..])
             }
-        }
+        };
         let route = route_of(msg);
         match (msg.code, route) {
-            (codes::POST, Route::Register) => self.register(now, peer, msg, data.len()),
+            (codes::POST, Route::Register) => self.register(now, peer, msg, data, false),
             (codes::POST, Route::Registration(loc)) => {
                 self.on_registration(now, peer, msg, data, loc, true)
             }
@@ -348,7 +406,16 @@ impl ShardCore {
         true
     }
 
-    fn register(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>, req_len: usize) {
+    /// A Register; `authorized` when the authentication server already allowed it.
+    fn register(
+        &mut self,
+        now: u64,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        data: &[u8],
+        authorized: bool,
+    ) {
+        let req_len = data.len();
         let parsed = parse_params(msg).and_then(|p| {
             check_endpoint_name(p.ep)?;
             let objects = if msg.payload.is_empty() {
@@ -367,9 +434,15 @@ impl ShardCore {
             }
         };
         let name = params.ep.expect("checked");
-        if let Err(max_age) = self.admit(now, name) {
-            self.reply_unavailable(peer, msg, max_age);
-            return;
+        if !authorized {
+            if let Err(max_age) = self.admit(now, name) {
+                self.reply_unavailable(peer, msg, max_age);
+                return;
+            }
+            if self.settings.auth_enabled() {
+                self.ask_auth(now, peer, msg, data, name, &params);
+                return;
+            }
         }
         let mountpoint = self.render_mountpoint(name, &params, peer);
 
@@ -434,6 +507,7 @@ impl ShardCore {
             last_reply: LastReply::default(),
             registered_ms: now,
             last_seen_ms: now,
+            counters: Default::default(),
             session: None,
         };
         let slot = self.table.insert(ep);
@@ -454,6 +528,90 @@ impl ShardCore {
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
         self.auto_observe(now, slot);
+    }
+
+    /// Holds a Register while the authentication server is asked (off this thread).
+    fn ask_auth(
+        &mut self,
+        now: u64,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        data: &[u8],
+        name: &str,
+        params: &Params<'_>,
+    ) {
+        if self
+            .pending_auth
+            .values()
+            .any(|p| p.peer == peer && p.mid == msg.mid)
+        {
+            // A retransmission while the first is being checked.
+            self.stats.duplicates += 1;
+            return;
+        }
+        if self.pending_auth.len() >= MAX_PENDING_AUTH {
+            self.stats.auth_overflow += 1;
+            self.reply_unavailable(peer, msg, 1);
+            return;
+        }
+        let find = |k: &str| {
+            params
+                .others
+                .iter()
+                .find(|(pk, _)| *pk == k)
+                .map(|(_, v)| *v)
+        };
+        let password = msg
+            .option_values(opt::URI_QUERY)
+            .filter_map(|q| std::str::from_utf8(q).ok())
+            .find_map(|q| q.strip_prefix("password="))
+            .unwrap_or("");
+        let req = AuthRequest {
+            endpoint_name: name.to_string(),
+            clientid: find("device_id").unwrap_or(name).to_string(),
+            username: find("imei").unwrap_or(name).to_string(),
+            password: password.to_string(),
+            peerhost: peer.ip().to_string(),
+        };
+        self.auth_seq += 1;
+        let ticket = self.auth_seq;
+        self.pending_auth.insert(
+            ticket,
+            PendingAuth {
+                peer,
+                mid: msg.mid,
+                datagram: data.to_vec(),
+            },
+        );
+        self.stats.auth_requests += 1;
+        self.out.auth.push((ticket, req));
+        self.out.timers.push((
+            now + self.settings.auth_timeout_ms,
+            Timer::AuthTimeout { ticket },
+        ));
+    }
+
+    /// The authentication server's answer (or its absence, `allowed = false`).
+    pub fn auth_result(&mut self, now: u64, ticket: u64, allowed: bool) {
+        let Some(p) = self.pending_auth.remove(&ticket) else {
+            return;
+        };
+        let Ok(msg) = Message::parse(&p.datagram) else {
+            return;
+        };
+        if allowed {
+            self.register(now, p.peer, &msg, &p.datagram, true);
+        } else {
+            self.stats.auth_denied += 1;
+            let len = p.datagram.len();
+            self.reply_error(
+                p.peer,
+                &msg,
+                codes::UNAUTHORIZED,
+                "authentication failed",
+                len,
+            );
+        }
     }
 
     /// Admission before allocation: the rate bucket for every Register, the
@@ -619,6 +777,7 @@ impl ShardCore {
         let reason = match why {
             Removal::Deregistered => "endpoint de-registered",
             Removal::Expired => "endpoint registration expired",
+            Removal::Kicked => "endpoint removed by the management API",
             Removal::Replaced { .. } => "endpoint registered again",
         };
         self.finish_session(&mut ep, reason);

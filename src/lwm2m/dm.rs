@@ -114,6 +114,7 @@ impl ShardCore {
         let Some(ep) = self.table.get_mut(slot) else {
             return;
         };
+        ep.counters.commands = ep.counters.commands.wrapping_add(1);
         let session = ep.session.get_or_insert_with(Default::default);
         let q = Queued {
             cmd,
@@ -201,6 +202,9 @@ impl ShardCore {
 
     /// Builds and sends the CoAP request of a command.
     fn dispatch(&mut self, now: u64, slot: u32, q: Queued) {
+        if self.block1_oversize(slot, &q.cmd) {
+            return;
+        }
         let mid = self.fresh_mid();
         let timeout = self.initial_timeout();
         let registry = self.registry.load();
@@ -218,7 +222,11 @@ impl ShardCore {
         }
         let mut datagram = Vec::with_capacity(64 + q.cmd.payload.as_ref().map_or(0, |p| p.1.len()));
         write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
+        // A body larger than a block goes out as Block1 blocks (block 0 now).
+        let block = super::blockwise::first_block1(&self.settings, &mut datagram, token);
+        self.stats.blocks_sent += block.is_some() as u64;
         let peer = ep.peer;
+        ep.counters.sent = ep.counters.sent.wrapping_add(1);
         let session = ep.session.get_or_insert_with(Default::default);
         session.inflight.push(Exchange {
             token,
@@ -229,6 +237,7 @@ impl ShardCore {
             acked: false,
             cmd: q.cmd,
             auto: q.auto,
+            block,
         });
         let ex = session.inflight.last().expect("pushed");
         self.stats.datagrams_out += 1;
@@ -241,7 +250,7 @@ impl ShardCore {
     }
 
     /// ACK_TIMEOUT scaled by a random factor in [1, ACK_RANDOM_FACTOR).
-    fn initial_timeout(&mut self) -> u64 {
+    pub(super) fn initial_timeout(&mut self) -> u64 {
         let r = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
         let f = 1.0 + r * (self.settings.ack_random_factor - 1.0).max(0.0);
         (self.settings.ack_timeout_ms as f64 * f) as u64
@@ -371,12 +380,26 @@ impl ShardCore {
 
     /// The final response of an exchange.
     fn complete(&mut self, now: u64, slot: u32, ex: Exchange, msg: &Message<'_>) {
+        // A step of a block-wise transfer, or its reassembled final response.
+        let Some((ex, whole)) = self.block_response(now, slot, ex, msg) else {
+            return;
+        };
+        let parsed;
+        let msg = match whole.as_deref().map(Message::parse) {
+            Some(Ok(m)) => {
+                parsed = m;
+                &parsed
+            }
+            _ => msg,
+        };
         self.stats.responses += 1;
         let content = self.render_content(slot, &ex.cmd, msg);
         let op = ex.cmd.op;
         let mut body = Vec::with_capacity(128);
         let location = location_of(msg);
-        let extra: Vec<(&str, &str)> = location.iter().map(|l| ("location", l.as_str())).collect();
+        let mut extra: Vec<(&str, &str)> = location.iter().map(|l| ("location", l.as_str())).collect();
+        let notes = super::blockwise::response_notes(&self.settings, msg);
+        extra.extend(notes.iter().map(|(k, v)| (*k, v.as_str())));
         dm_json::result(
             &mut body,
             &ex.cmd.echo,
@@ -431,7 +454,14 @@ impl ShardCore {
         } else {
             session.observations[i].cmd.clone()
         };
+        if self.block_notification(now, slot, &cmd, seq, msg) {
+            // Published once the remaining blocks are fetched.
+            return;
+        }
         self.stats.notifications += 1;
+        if let Some(ep) = self.table.get_mut(slot) {
+            ep.counters.notifications = ep.counters.notifications.wrapping_add(1);
+        }
         let content = self.render_content(slot, &cmd, msg);
         let mut body = Vec::with_capacity(128);
         dm_json::result(
@@ -441,13 +471,16 @@ impl ShardCore {
             Some(seq.unwrap_or(0)),
             msg.code,
             content.as_deref(),
-            &[],
+            &super::blockwise::response_notes(&self.settings, msg)
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
         );
         self.publish_to(slot, Topic::Notify, body);
     }
 
     /// The `content` array of a response, or None when it has none.
-    fn render_content(&self, _slot: u32, cmd: &Command, msg: &Message<'_>) -> Option<Vec<u8>> {
+    pub(super) fn render_content(&self, _slot: u32, cmd: &Command, msg: &Message<'_>) -> Option<Vec<u8>> {
         if codes::class(msg.code) != 2 {
             return None;
         }
@@ -495,6 +528,7 @@ impl ShardCore {
     pub(super) fn touch(&mut self, now: u64, slot: u32) {
         if let Some(ep) = self.table.get_mut(slot) {
             ep.last_seen_ms = now;
+            ep.counters.recv = ep.counters.recv.wrapping_add(1);
             if ep.session.as_ref().is_some_and(|s| !s.queue.is_empty()) {
                 self.pump_queue(now, slot);
             }
@@ -616,7 +650,7 @@ impl ShardCore {
         self.out.timers.extend(timers);
     }
 
-    fn session_mut(&mut self, slot: u32) -> &mut Session {
+    pub(super) fn session_mut(&mut self, slot: u32) -> &mut Session {
         self.table
             .get_mut(slot)
             .expect("live slot")
@@ -624,7 +658,7 @@ impl ShardCore {
             .get_or_insert_with(Default::default)
     }
 
-    fn publish_error(&mut self, slot: u32, echo: &Echo, code: u8, error: &str) {
+    pub(super) fn publish_error(&mut self, slot: u32, echo: &Echo, code: u8, error: &str) {
         let mut body = Vec::with_capacity(96);
         dm_json::error(&mut body, echo, code, error);
         self.publish_to(slot, Topic::Response, body);
@@ -636,7 +670,7 @@ impl ShardCore {
         self.publish_to(slot, Topic::Response, body);
     }
 
-    fn publish_to(&mut self, slot: u32, t: Topic, body: Vec<u8>) {
+    pub(super) fn publish_to(&mut self, slot: u32, t: Topic, body: Vec<u8>) {
         let Some(ep) = self.table.get(slot) else {
             return;
         };
@@ -668,7 +702,7 @@ impl ShardCore {
         });
     }
 
-    fn fresh_token(&mut self) -> u32 {
+    pub(super) fn fresh_token(&mut self) -> u32 {
         self.token_seq = self.token_seq.wrapping_add(1);
         // Multiplying by an odd constant is a bijection: tokens never repeat within 2^32.
         self.token_seq.wrapping_mul(0x9e37_79b1)
@@ -684,7 +718,7 @@ impl ShardCore {
     }
 }
 
-enum Topic {
+pub(super) enum Topic {
     Response,
     Notify,
 }
@@ -736,7 +770,7 @@ fn accept_for(ep: &Endpoint, path: &LwPath, model: &dyn ObjectModel) -> Option<u
     Some(write_format(ep))
 }
 
-fn write_request(
+pub(super) fn write_request(
     buf: &mut Vec<u8>,
     ep: &Endpoint,
     cmd: &Command,

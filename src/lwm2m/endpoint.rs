@@ -25,6 +25,15 @@ impl LastReply {
     }
 }
 
+/// Messages to and from one endpoint.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndpointCounters {
+    pub recv: u32,
+    pub sent: u32,
+    pub notifications: u32,
+    pub commands: u32,
+}
+
 /// A registration.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -50,6 +59,8 @@ pub struct Endpoint {
     pub last_reply: LastReply,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// Per-endpoint counters (`enable_stats`).
+    pub counters: EndpointCounters,
     /// Commands, exchanges and observations; None while there are none.
     pub session: Option<Box<Session>>,
 }

@@ -3,9 +3,11 @@
 //! clock, no threads here.
 
 pub mod admission;
+pub mod blockwise;
 pub mod command;
 pub mod directory;
 mod dm;
+mod info;
 pub mod dm_json;
 pub mod endpoint;
 pub mod output;

@@ -18,11 +18,31 @@ pub enum Timer {
     Retransmit { slot: u32, token: u32 },
     /// Time to live of a queued command.
     QueueTtl { slot: u32, token: u32 },
+    /// Lifetime of a partial block-wise request body a device is sending.
+    BlockExpire { id: u32 },
+    /// A Register waited too long for the authentication server.
+    AuthTimeout { ticket: u64 },
 }
 
 /// Work for a shard that arrives through its mailbox.
 #[derive(Debug)]
 pub enum ShardMsg {
+    /// The authentication server's answer to the Register held under `ticket`.
+    AuthResult { ticket: u64, allowed: bool },
+    /// A command from the management API for a named endpoint.
+    CommandFor { name: String, payload: Vec<u8> },
+    /// The management API asks for this shard's registrations (one, or all).
+    Clients {
+        name: Option<String>,
+        reply: crossbeam_channel::Sender<Vec<crate::api::ClientInfo>>,
+    },
+    /// The management API removes a registration.
+    Kick {
+        name: String,
+        reply: crossbeam_channel::Sender<bool>,
+    },
+    /// New settings applied at run time.
+    Settings(std::sync::Arc<super::CoreSettings>),
     /// A command an MQTT application published (from the MQTT thread).
     Command {
         topic: String,
@@ -67,6 +87,8 @@ pub struct Outputs {
     pub mqtt: Vec<MqttOut>,
     pub timers: Vec<(u64, Timer)>,
     pub to_shards: Vec<(u16, ShardMsg)>,
+    /// Registers to check with the authentication server: (ticket, request).
+    pub auth: Vec<(u64, crate::auth::AuthRequest)>,
 }
 
 impl Outputs {

@@ -43,6 +43,22 @@ pub struct CoreSettings {
     pub max_connections: u64,
     /// New registrations per second the listener admits (split over the shards).
     pub max_conn_rate: u64,
+    /// Block-wise transfer (RFC 7959): on, block size exponent (size = 16 << szx),
+    /// largest reassembled body, lifetime of a partial body without progress, and
+    /// bytes partial transfers may hold per device and per shard.
+    pub block_enable: bool,
+    pub block_szx: u8,
+    pub max_body_size: u64,
+    pub block_lifetime_ms: u64,
+    pub block_device_cap: u64,
+    pub block_shard_cap: u64,
+    /// Whether Registers are checked with the authentication server; shared so the
+    /// management API can switch it at run time.
+    pub auth: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How long a Register waits for the authentication server at most.
+    pub auth_timeout_ms: u64,
+    /// Per-endpoint counters for the management API.
+    pub enable_stats: bool,
 }
 
 /// What `auto_observe` observes after a registration.
@@ -90,8 +106,20 @@ impl CoreSettings {
             qmode_window_ms: c.qmode_time_window.as_millis() as u64,
             max_queued: c.queue.max_queued,
             queue_ttl_ms: c.queue.default_ttl.as_millis() as u64,
+            auth: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(c.authentication.enable)),
+            auth_timeout_ms: (c.authentication.connect_timeout + c.authentication.request_timeout)
+                .as_millis() as u64
+                + 1000,
+            enable_stats: c.enable_stats,
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
+            block_enable: c.blockwise.enable,
+            block_szx: super::blockwise::szx_of(c.blockwise.max_block_size as usize),
+            max_body_size: c.blockwise.max_body_size,
+            block_lifetime_ms: c.blockwise.exchange_lifetime.as_millis() as u64,
+            // One body per device; a shard holds at most sixteen at once.
+            block_device_cap: c.blockwise.max_body_size,
+            block_shard_cap: c.blockwise.max_body_size.saturating_mul(16),
             auto_observe: match &c.auto_observe {
                 AutoObserve::Off => AutoObserveSet::Off,
                 AutoObserve::All => AutoObserveSet::All,
@@ -100,6 +128,10 @@ impl CoreSettings {
                 }
             },
         }
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Clamps a requested lifetime to `[lifetime_min, lifetime_max]`.

@@ -30,6 +30,15 @@ pub struct CoreStats {
     pub takeovers_out: u64,
     pub takeovers_in: u64,
     pub published: u64,
+    /// Registers sent to the authentication server.
+    pub auth_requests: u64,
+    /// Registers the authentication server denied (or did not answer in time).
+    pub auth_denied: u64,
+    pub auth_timeouts: u64,
+    /// Registers refused because too many waited for the authentication server.
+    pub auth_overflow: u64,
+    /// Registrations removed through the management API.
+    pub kicked: u64,
     /// Registers refused by `max_conn_rate` (5.03).
     pub rate_limited: u64,
     /// Registers refused by `max_connections` (5.03).
@@ -52,4 +61,16 @@ pub struct CoreStats {
     pub notifications: u64,
     /// Notifications older than one already delivered (RFC 7641 §3.4).
     pub stale_notifications: u64,
+    /// Block-wise (RFC 7959): blocks sent (Block1 requests, Block2 follow-ups).
+    pub blocks_sent: u64,
+    /// Blocks received (Block2 responses, Block1 requests of devices).
+    pub blocks_received: u64,
+    /// Block-wise transfers completed, both directions.
+    pub block_transfers: u64,
+    /// Transfers aborted: over `max_body_size` or a memory cap, out of order.
+    pub block_aborts: u64,
+    /// Partial request bodies dropped after `exchange_lifetime` without progress.
+    pub block_expired: u64,
+    /// Bytes held by partial transfers at the last block-wise event (gauge).
+    pub block_bytes_held: u64,
 }

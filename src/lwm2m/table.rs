@@ -205,6 +205,7 @@ mod tests {
             last_reply: LastReply::default(),
             registered_ms: 0,
             last_seen_ms: 0,
+            counters: Default::default(),
             session: None,
         }
     }

@@ -7,12 +7,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The management API secret of test gateways.
+pub const API_SECRET: &str = "test-secret";
+
 pub struct GatewayProc {
     child: Option<Child>,
     /// The UDP listener devices talk to.
     pub udp: SocketAddr,
     /// The broker the gateway publishes to (embedded or external).
     pub mqtt: SocketAddr,
+    /// The management API (key `admin`, secret [`API_SECRET`]).
+    pub api: SocketAddr,
     pub dir: tempfile::TempDir,
     log_path: PathBuf,
 }
@@ -55,7 +60,7 @@ impl GatewayProc {
         let xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
         let toml = format!(
             "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n{udp_extra}\n\n\
-             [mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\n"
+             [mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\napi_secret = \"{API_SECRET}\"\n"
         );
         let cfg = dir.path().join("gateway.toml");
         std::fs::write(&cfg, toml).expect("write config");
@@ -73,6 +78,7 @@ impl GatewayProc {
             child: Some(child),
             udp: SocketAddr::from(([127, 0, 0, 1], 0)),
             mqtt,
+            api: SocketAddr::from(([127, 0, 0, 1], api)),
             dir,
             log_path,
         };

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod http;
 pub mod mosquitto;
 pub mod mqtt_client;

@@ -34,6 +34,15 @@ pub fn settings() -> CoreSettings {
         auto_observe: crate::lwm2m::settings::AutoObserveSet::Off,
         max_connections: u64::MAX,
         max_conn_rate: 0,
+        block_enable: true,
+        block_szx: 6,
+        max_body_size: 4 << 20,
+        block_lifetime_ms: 247_000,
+        block_device_cap: 4 << 20,
+        block_shard_cap: 64 << 20,
+        auth: Default::default(),
+        auth_timeout_ms: 11_000,
+        enable_stats: true,
     }
 }
 
@@ -70,6 +79,8 @@ pub struct Harness {
     timers: Vec<(u64, usize, Timer)>,
     pub replies: Vec<Reply>,
     pub mqtt: Vec<MqttOut>,
+    /// Authentication requests: (shard, ticket, request).
+    pub auth: Vec<(usize, u64, crate::auth::AuthRequest)>,
 }
 
 impl Harness {
@@ -94,6 +105,7 @@ impl Harness {
             timers: Vec::new(),
             replies: Vec::new(),
             mqtt: Vec::new(),
+            auth: Vec::new(),
         }
     }
 
@@ -150,6 +162,14 @@ impl Harness {
         self.replies.split_off(n)
     }
 
+    /// The authentication server answers ticket `t` of `shard`.
+    pub fn auth_answer(&mut self, shard: usize, t: u64, allowed: bool) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.cores[shard].auth_result(self.now, t, allowed);
+        self.pump();
+        self.replies.split_off(n)
+    }
+
     pub fn advance(&mut self, ms: u64) {
         let target = self.now + ms;
         loop {
@@ -183,6 +203,9 @@ impl Harness {
                     self.timers.push((at, i, t));
                 }
                 msgs.append(&mut c.out.to_shards);
+                for (ticket, req) in c.out.auth.drain(..) {
+                    self.auth.push((i, ticket, req));
+                }
             }
             if msgs.is_empty() {
                 return;

@@ -437,8 +437,10 @@ fn error_replies_never_exceed_request_size() {
 }
 
 #[test]
-fn block1_body_is_refused_until_reassembly_exists() {
-    let mut h = Harness::new(1, settings());
+fn block1_body_is_refused_when_blockwise_is_off() {
+    let mut s = settings();
+    s.block_enable = false;
+    let mut h = Harness::new(1, s);
     let req = Req::register("a", 1).opt(opt::BLOCK1, &[0x0e]);
     assert_eq!(
         h.one(0, addr(1, 1), &req.bytes()).code(),
@@ -550,4 +552,56 @@ fn admission_rate_and_capacity_answer_503_with_max_age() {
     assert_eq!(r.code(), codes::CREATED);
     // Nothing was published for refused registrations.
     assert_eq!(h.published("up/resp").len(), 16);
+}
+
+#[test]
+fn authentication_holds_registers_until_the_server_answers() {
+    let s = settings();
+    s.auth.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut h = Harness::new(1, s);
+    let req = Req::register("dev1", 1)
+        .q("imei=867")
+        .q("password=pw1")
+        .bytes();
+    assert!(
+        h.exchange(0, addr(1, 1), &req).is_empty(),
+        "held while asking"
+    );
+    assert!(
+        h.exchange(0, addr(1, 1), &req).is_empty(),
+        "a retransmission meanwhile is dropped"
+    );
+    assert_eq!(h.auth.len(), 1);
+    let (_, t, a) = h.auth[0].clone();
+    assert_eq!(
+        (
+            a.endpoint_name.as_str(),
+            a.username.as_str(),
+            a.password.as_str()
+        ),
+        ("dev1", "867", "pw1")
+    );
+    assert_eq!(
+        (a.clientid.as_str(), a.peerhost.as_str()),
+        ("dev1", "127.0.0.1")
+    );
+    let r = h.auth_answer(0, t, true);
+    assert_eq!(r[0].code(), codes::CREATED);
+    assert_eq!(h.published("up/resp").len(), 1);
+    // After that, the retransmission is answered from the cache without asking again.
+    assert_eq!(h.one(0, addr(1, 1), &req).code(), codes::CREATED);
+    assert_eq!(h.auth.len(), 1);
+    // Denied: 4.01, nothing published.
+    h.exchange(0, addr(1, 2), &Req::register("dev2", 1).bytes());
+    let t2 = h.auth[1].1;
+    let r = h.auth_answer(0, t2, false);
+    assert_eq!(r[0].code(), codes::UNAUTHORIZED);
+    // No answer in time: denied by the timer.
+    h.exchange(0, addr(1, 3), &Req::register("dev3", 1).bytes());
+    let r = h.advance_collect(12_000);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].code(), codes::UNAUTHORIZED);
+    assert_eq!(h.cores[0].stats.auth_timeouts, 1);
+    assert_eq!(h.published("up/resp").len(), 1);
+    assert_eq!(h.endpoints(), 1);
 }

@@ -1,0 +1,397 @@
+//! The management API's view of the running gateway: registrations gathered from
+//! the shards through their mailboxes (the API thread waits, never a shard),
+//! kicks and commands routed by the directory, configuration changes applied at run
+//! time by sending new settings to every shard, and the Prometheus metrics.
+
+use super::udp_shard::ShardCounters;
+use crate::api::{Admin, ClientInfo};
+use crate::auth::AuthService;
+use crate::config::duration::{format_duration, parse_duration};
+use crate::config::{AutoObserve, Config, UpdateCondition};
+use crate::lwm2m::{CoreSettings, CoreStats, Directory, ShardMsg};
+use crate::metrics::Writer;
+use crate::mqtt::MqttStats;
+use parking_lot::Mutex;
+use shard::MailboxSender;
+use simd_json::prelude::*;
+use simd_json::OwnedValue;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the API waits for a shard to answer.
+const SHARD_ANSWER: Duration = Duration::from_secs(5);
+
+pub struct GatewayAdmin {
+    pub dir: Arc<Directory>,
+    pub shards: Arc<Vec<MailboxSender<ShardMsg>>>,
+    pub auth: AuthService,
+    pub config: Mutex<Config>,
+    pub settings: Mutex<Arc<CoreSettings>>,
+    pub core_stats: Vec<Arc<Mutex<CoreStats>>>,
+    pub shard_counters: Vec<Arc<ShardCounters>>,
+    pub router: Arc<super::router::RouterCounters>,
+    pub mqtt: Arc<MqttStats>,
+}
+
+impl GatewayAdmin {
+    fn ask<T: Send + 'static>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(crossbeam_channel::Sender<T>) -> ShardMsg,
+    ) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.shards
+            .get(shard)?
+            .send_timeout(make(tx), SHARD_ANSWER)
+            .ok()?;
+        rx.recv_timeout(SHARD_ANSWER).ok()
+    }
+
+    /// The endpoint a clientid names (the endpoint name, as EMQX uses it).
+    fn shard_of(&self, clientid: &str) -> Option<usize> {
+        self.dir.by_name(clientid).map(|e| e.shard as usize)
+    }
+
+    fn broadcast_settings(&self, cfg: &Config) {
+        let old = self.settings.lock().clone();
+        let mut s = CoreSettings::from_config(cfg);
+        s.auth = old.auth.clone();
+        let s = Arc::new(s);
+        *self.settings.lock() = s.clone();
+        for tx in self.shards.iter() {
+            let _ = tx.send_timeout(ShardMsg::Settings(s.clone()), SHARD_ANSWER);
+        }
+    }
+}
+
+impl Admin for GatewayAdmin {
+    fn clients(&self) -> Vec<ClientInfo> {
+        let mut all = Vec::new();
+        for i in 0..self.shards.len() {
+            if let Some(mut v) = self.ask(i, |reply| ShardMsg::Clients { name: None, reply }) {
+                all.append(&mut v);
+            }
+        }
+        all
+    }
+
+    fn client(&self, clientid: &str) -> Option<ClientInfo> {
+        let shard = self.shard_of(clientid)?;
+        let name = Some(clientid.to_string());
+        self.ask(shard, |reply| ShardMsg::Clients { name, reply })?
+            .pop()
+    }
+
+    fn kick(&self, clientid: &str) -> bool {
+        let Some(shard) = self.shard_of(clientid) else {
+            return false;
+        };
+        let name = clientid.to_string();
+        self.ask(shard, |reply| ShardMsg::Kick { name, reply })
+            .unwrap_or(false)
+    }
+
+    fn command(&self, clientid: &str, command_json: Vec<u8>) -> Result<(), String> {
+        let shard = self
+            .shard_of(clientid)
+            .ok_or_else(|| format!("client {clientid:?} is not registered"))?;
+        self.shards[shard]
+            .send_timeout(
+                ShardMsg::CommandFor {
+                    name: clientid.to_string(),
+                    payload: command_json,
+                },
+                SHARD_ANSWER,
+            )
+            .map_err(|_| "the gateway is overloaded".to_string())
+    }
+
+    fn gateway_config(&self) -> String {
+        config_json(&self.config.lock()).encode()
+    }
+
+    fn update_gateway_config(&self, json: &[u8]) -> Result<String, String> {
+        let v = simd_json::to_owned_value(&mut json.to_vec()).map_err(|e| e.to_string())?;
+        let mut cfg = self.config.lock().clone();
+        apply_runtime_keys(&mut cfg, &v)?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        self.broadcast_settings(&cfg);
+        let out = config_json(&cfg).encode();
+        *self.config.lock() = cfg;
+        Ok(out)
+    }
+
+    fn authentication(&self) -> String {
+        auth_json(&self.auth.config()).encode()
+    }
+
+    fn update_authentication(&self, json: &[u8]) -> Result<String, String> {
+        let mut bytes = json.to_vec();
+        let a: crate::config::Authentication =
+            simd_json::serde::from_slice(&mut bytes).map_err(|e| e.to_string())?;
+        AuthService::validate(&a)?;
+        self.auth.reconfigure(&a);
+        self.settings.lock().auth.store(a.enable, Ordering::SeqCst);
+        self.config.lock().authentication = a;
+        Ok(self.authentication())
+    }
+
+    fn metrics(&self, out: &mut String) {
+        let mut w = Writer::new(out);
+        super::metrics::write(self, &mut w);
+        self.auth.write_metrics(&mut w);
+    }
+
+    fn healthy(&self) -> bool {
+        MqttStats::get(&self.mqtt.connected) > 0
+    }
+}
+
+/// Applies the keys of an EMQX-style gateway document that can change while
+/// running. Keys that cannot change must equal the current value.
+fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
+    let obj = v
+        .as_object()
+        .ok_or("the configuration must be a JSON object")?;
+    let dur = |k: &str, x: &OwnedValue| -> Result<Duration, String> {
+        let s = x
+            .as_str()
+            .ok_or_else(|| format!("{k}: expected a duration string like \"30s\""))?;
+        parse_duration(s).map_err(|e| format!("{k}: {e}"))
+    };
+    for (k, x) in obj.iter() {
+        match k.as_str() {
+            "name" | "enable" | "listeners" => {}
+            "lifetime_min" => cfg.lifetime_min = dur(k, x)?,
+            "lifetime_max" => cfg.lifetime_max = dur(k, x)?,
+            "qmode_time_window" => cfg.qmode_time_window = dur(k, x)?,
+            "idle_timeout" => cfg.idle_timeout = dur(k, x)?,
+            "enable_stats" => {
+                cfg.enable_stats = x.as_bool().ok_or("enable_stats: expected true or false")?
+            }
+            "auto_observe" => {
+                cfg.auto_observe = match (x.as_bool(), x.as_array()) {
+                    (Some(true), _) => AutoObserve::All,
+                    (Some(false), _) => AutoObserve::Off,
+                    (_, Some(a)) => AutoObserve::Paths(
+                        a.iter()
+                            .map(|p| {
+                                p.as_str()
+                                    .map(String::from)
+                                    .ok_or("auto_observe: paths are strings")
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err("auto_observe: expected a boolean or a list of paths".into()),
+                }
+            }
+            "update_msg_publish_condition" => {
+                cfg.update_msg_publish_condition =
+                    match x.as_str() {
+                        Some("always") => UpdateCondition::Always,
+                        Some("contains_object_list") => UpdateCondition::ContainsObjectList,
+                        _ => return Err(
+                            "update_msg_publish_condition: \"always\" or \"contains_object_list\""
+                                .into(),
+                        ),
+                    }
+            }
+            "mountpoint" | "xml_dir" => {
+                let cur = if k == "mountpoint" {
+                    cfg.mountpoint.clone()
+                } else {
+                    cfg.xml_dir.display().to_string()
+                };
+                let new = x.as_str().unwrap_or("");
+                if new.trim_end_matches('/') != cur.trim_end_matches('/') {
+                    return Err(format!(
+                        "{k} cannot change at run time (restart the gateway)"
+                    ));
+                }
+            }
+            "translators" => {
+                let t = x.as_object().ok_or("translators: expected an object")?;
+                for (name, tv) in t.iter() {
+                    let tr = match name.as_str() {
+                        "command" => &mut cfg.translators.command,
+                        "response" => &mut cfg.translators.response,
+                        "notify" => &mut cfg.translators.notify,
+                        "register" => &mut cfg.translators.register,
+                        "update" => &mut cfg.translators.update,
+                        _ => return Err(format!("translators.{name}: unknown translator")),
+                    };
+                    if let Some(q) = tv.get("qos").and_then(|q| q.as_u64()) {
+                        tr.qos = q.min(255) as u8;
+                    }
+                    if let Some(topic) = tv.get("topic").and_then(|t| t.as_str()) {
+                        if name == "command" && topic != tr.topic {
+                            return Err(
+                                "translators.command.topic cannot change at run time".into()
+                            );
+                        }
+                        tr.topic = topic.to_string();
+                    }
+                }
+            }
+            "blockwise" => {
+                let b = x.as_object().ok_or("blockwise: expected an object")?;
+                for (bk, bv) in b.iter() {
+                    match bk.as_str() {
+                        "enable" => {
+                            cfg.blockwise.enable =
+                                bv.as_bool().ok_or("blockwise.enable: boolean")?
+                        }
+                        "max_block_size" => {
+                            cfg.blockwise.max_block_size =
+                                bv.as_u64()
+                                    .ok_or("blockwise.max_block_size: number")?
+                                    .min(65535) as u16
+                        }
+                        "max_body_size" => {
+                            let s = bv
+                                .as_str()
+                                .map(String::from)
+                                .or_else(|| bv.as_u64().map(|n| n.to_string()));
+                            cfg.blockwise.max_body_size = crate::config::size::parse_size(
+                                &s.ok_or("blockwise.max_body_size: size")?,
+                            )
+                            .map_err(|e| format!("blockwise.max_body_size: {e}"))?
+                        }
+                        "exchange_lifetime" => cfg.blockwise.exchange_lifetime = dur(bk, bv)?,
+                        _ => return Err(format!("blockwise.{bk}: unknown key")),
+                    }
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{other}: unknown key or not changeable at run time"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn s(v: &str) -> OwnedValue {
+    OwnedValue::from(v.to_string())
+}
+
+fn config_json(c: &Config) -> OwnedValue {
+    let mut o = simd_json::owned::Object::new();
+    o.insert("name".into(), s("lwm2m"));
+    o.insert("enable".into(), OwnedValue::from(true));
+    o.insert("xml_dir".into(), s(&c.xml_dir.display().to_string()));
+    o.insert("lifetime_min".into(), s(&format_duration(c.lifetime_min)));
+    o.insert("lifetime_max".into(), s(&format_duration(c.lifetime_max)));
+    o.insert(
+        "qmode_time_window".into(),
+        s(&format_duration(c.qmode_time_window)),
+    );
+    o.insert("idle_timeout".into(), s(&format_duration(c.idle_timeout)));
+    o.insert(
+        "auto_observe".into(),
+        match &c.auto_observe {
+            AutoObserve::Off => OwnedValue::from(false),
+            AutoObserve::All => OwnedValue::from(true),
+            AutoObserve::Paths(p) => OwnedValue::Array(Box::new(p.iter().map(|x| s(x)).collect())),
+        },
+    );
+    o.insert("enable_stats".into(), OwnedValue::from(c.enable_stats));
+    o.insert(
+        "update_msg_publish_condition".into(),
+        s(match c.update_msg_publish_condition {
+            UpdateCondition::Always => "always",
+            UpdateCondition::ContainsObjectList => "contains_object_list",
+        }),
+    );
+    o.insert("mountpoint".into(), s(&c.mountpoint));
+    let mut t = simd_json::owned::Object::new();
+    for (name, tr) in c.translators.iter() {
+        let mut x = simd_json::owned::Object::new();
+        x.insert("topic".into(), s(&tr.topic));
+        x.insert("qos".into(), OwnedValue::from(tr.qos as u64));
+        t.insert(name.into(), OwnedValue::Object(Box::new(x)));
+    }
+    o.insert("translators".into(), OwnedValue::Object(Box::new(t)));
+    let mut listeners = Vec::new();
+    for (name, l) in &c.listeners.udp {
+        let mut x = simd_json::owned::Object::new();
+        x.insert("type".into(), s("udp"));
+        x.insert("name".into(), s(name));
+        x.insert("bind".into(), s(&l.bind.to_string()));
+        x.insert(
+            "max_connections".into(),
+            OwnedValue::from(l.max_connections),
+        );
+        x.insert("max_conn_rate".into(), OwnedValue::from(l.max_conn_rate));
+        listeners.push(OwnedValue::Object(Box::new(x)));
+    }
+    for (name, l) in &c.listeners.dtls {
+        let mut x = simd_json::owned::Object::new();
+        x.insert("type".into(), s("dtls"));
+        x.insert("name".into(), s(name));
+        x.insert("bind".into(), s(&l.bind.to_string()));
+        listeners.push(OwnedValue::Object(Box::new(x)));
+    }
+    o.insert("listeners".into(), OwnedValue::Array(Box::new(listeners)));
+    let mut b = simd_json::owned::Object::new();
+    b.insert("enable".into(), OwnedValue::from(c.blockwise.enable));
+    b.insert(
+        "max_block_size".into(),
+        OwnedValue::from(c.blockwise.max_block_size as u64),
+    );
+    b.insert(
+        "max_body_size".into(),
+        OwnedValue::from(c.blockwise.max_body_size),
+    );
+    b.insert(
+        "exchange_lifetime".into(),
+        s(&format_duration(c.blockwise.exchange_lifetime)),
+    );
+    o.insert("blockwise".into(), OwnedValue::Object(Box::new(b)));
+    OwnedValue::Object(Box::new(o))
+}
+
+fn auth_json(a: &crate::config::Authentication) -> OwnedValue {
+    let mut o = simd_json::owned::Object::new();
+    o.insert("enable".into(), OwnedValue::from(a.enable));
+    o.insert("backend".into(), s(&a.backend));
+    o.insert("mechanism".into(), s(&a.mechanism));
+    o.insert(
+        "method".into(),
+        s(match a.method {
+            crate::config::HttpMethod::Get => "get",
+            crate::config::HttpMethod::Post => "post",
+        }),
+    );
+    o.insert("url".into(), s(&a.url));
+    let map = |m: &std::collections::BTreeMap<String, String>| {
+        let mut x = simd_json::owned::Object::new();
+        for (k, v) in m {
+            let shown = if crate::config::auth::looks_secret(k, v) {
+                "******"
+            } else {
+                v
+            };
+            x.insert(k.clone(), s(shown));
+        }
+        OwnedValue::Object(Box::new(x))
+    };
+    o.insert("headers".into(), map(&a.headers));
+    o.insert("body".into(), map(&a.body));
+    o.insert("pool_size".into(), OwnedValue::from(a.pool_size as u64));
+    o.insert(
+        "connect_timeout".into(),
+        s(&format_duration(a.connect_timeout)),
+    );
+    o.insert(
+        "request_timeout".into(),
+        s(&format_duration(a.request_timeout)),
+    );
+    o.insert(
+        "enable_pipelining".into(),
+        OwnedValue::from(a.enable_pipelining as u64),
+    );
+    OwnedValue::Object(Box::new(o))
+}

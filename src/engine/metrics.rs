@@ -1,0 +1,235 @@
+//! The gateway's Prometheus metrics: per-shard protocol counters, socket and
+//! mailbox drops, command routing, MQTT. Read from snapshots and atomics; nothing
+//! here touches a shard.
+
+use super::admin::GatewayAdmin;
+use crate::metrics::Writer;
+use crate::mqtt::MqttStats;
+use std::sync::atomic::Ordering;
+
+pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
+    let snaps: Vec<_> = a.core_stats.iter().map(|s| *s.lock()).collect();
+    let labels: Vec<String> = (0..snaps.len()).map(|i| i.to_string()).collect();
+    macro_rules! per_shard {
+        ($kind:ident, $name:expr, $help:expr, $field:ident) => {
+            for (i, s) in snaps.iter().enumerate() {
+                w.$kind($name, $help, &[("shard", &labels[i])], s.$field);
+            }
+        };
+    }
+    for (i, c) in a.shard_counters.iter().enumerate() {
+        let l = [("shard", labels[i].as_str())];
+        w.gauge(
+            "lwm2m_endpoints",
+            "Registered endpoints.",
+            &l,
+            c.endpoints.load(Ordering::Relaxed),
+        );
+    }
+    per_shard!(
+        counter,
+        "lwm2m_datagrams_in_total",
+        "Datagrams received.",
+        datagrams_in
+    );
+    per_shard!(
+        counter,
+        "lwm2m_datagrams_out_total",
+        "Datagrams sent.",
+        datagrams_out
+    );
+    let drop_help = "Datagrams dropped, by reason.";
+    for (i, s) in snaps.iter().enumerate() {
+        let c = &a.shard_counters[i];
+        for (reason, v) in [
+            ("malformed", s.malformed),
+            ("unmatched", s.unmatched),
+            ("oversized", c.oversized.load(Ordering::Relaxed)),
+            ("send_failed", c.send_failed.load(Ordering::Relaxed)),
+        ] {
+            w.counter(
+                "lwm2m_datagrams_dropped_total",
+                drop_help,
+                &[("shard", &labels[i]), ("reason", reason)],
+                v,
+            );
+        }
+    }
+    per_shard!(
+        counter,
+        "lwm2m_duplicates_total",
+        "Retransmitted requests answered from the cache.",
+        duplicates
+    );
+    per_shard!(
+        counter,
+        "lwm2m_registrations_total",
+        "Registrations.",
+        registrations
+    );
+    per_shard!(
+        counter,
+        "lwm2m_updates_total",
+        "Registration updates.",
+        updates
+    );
+    per_shard!(
+        counter,
+        "lwm2m_deregistrations_total",
+        "De-registrations.",
+        deregistrations
+    );
+    per_shard!(
+        counter,
+        "lwm2m_expiries_total",
+        "Registrations that expired.",
+        expiries
+    );
+    per_shard!(
+        counter,
+        "lwm2m_rebinds_total",
+        "Updates that moved an endpoint to a new address.",
+        rebinds
+    );
+    per_shard!(
+        counter,
+        "lwm2m_bad_requests_total",
+        "Requests answered 4.00.",
+        bad_requests
+    );
+    per_shard!(
+        counter,
+        "lwm2m_admission_rate_limited_total",
+        "Registers refused by max_conn_rate.",
+        rate_limited
+    );
+    per_shard!(
+        counter,
+        "lwm2m_admission_over_capacity_total",
+        "Registers refused by max_connections.",
+        over_capacity
+    );
+    per_shard!(
+        counter,
+        "lwm2m_auth_denied_total",
+        "Registers denied by authentication.",
+        auth_denied
+    );
+    let cmd_help = "Commands by outcome.";
+    for (i, s) in snaps.iter().enumerate() {
+        for (outcome, v) in [
+            ("accepted", s.commands),
+            ("rejected", s.commands_rejected),
+            ("expired", s.commands_expired),
+            ("dropped", s.commands_dropped),
+            ("queue_full", s.queue_overflows),
+            ("response", s.responses),
+            ("timeout", s.timeouts),
+            ("reset", s.resets_received),
+        ] {
+            w.counter(
+                "lwm2m_commands_total",
+                cmd_help,
+                &[("shard", &labels[i]), ("outcome", outcome)],
+                v,
+            );
+        }
+    }
+    per_shard!(
+        counter,
+        "lwm2m_retransmissions_total",
+        "CoAP retransmissions of our requests.",
+        retransmissions
+    );
+    per_shard!(
+        counter,
+        "lwm2m_notifications_total",
+        "Notifications delivered to MQTT.",
+        notifications
+    );
+    per_shard!(
+        counter,
+        "lwm2m_notifications_stale_total",
+        "Notifications older than one delivered.",
+        stale_notifications
+    );
+    for (i, c) in a.shard_counters.iter().enumerate() {
+        let l = [("shard", labels[i].as_str())];
+        w.counter(
+            "lwm2m_mqtt_handoff_dropped_total",
+            "Messages the MQTT thread's queue refused.",
+            &l,
+            c.mqtt_dropped.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "lwm2m_mailbox_dropped_total",
+            "Cross-shard messages refused by a full mailbox.",
+            &l,
+            c.mailbox_dropped.load(Ordering::Relaxed),
+        );
+    }
+    let r = &a.router;
+    w.counter(
+        "lwm2m_commands_routed_total",
+        "Commands routed to a shard.",
+        &[],
+        r.routed.load(Ordering::Relaxed),
+    );
+    w.counter(
+        "lwm2m_commands_unknown_endpoint_total",
+        "Commands for unregistered endpoints.",
+        &[],
+        r.unknown_endpoint.load(Ordering::Relaxed),
+    );
+    w.counter(
+        "lwm2m_commands_foreign_topic_total",
+        "Publishes on no command topic.",
+        &[],
+        r.foreign_topic.load(Ordering::Relaxed),
+    );
+    let m = &a.mqtt;
+    for (q, c) in m.published.iter().enumerate() {
+        w.counter(
+            "lwm2m_mqtt_published_total",
+            "MQTT publishes, by QoS.",
+            &[("qos", &q.to_string())],
+            MqttStats::get(c),
+        );
+    }
+    w.counter(
+        "lwm2m_mqtt_acked_total",
+        "QoS>=1 publishes acknowledged.",
+        &[],
+        MqttStats::get(&m.acked),
+    );
+    w.counter(
+        "lwm2m_mqtt_reconnects_total",
+        "Broker reconnection attempts.",
+        &[],
+        MqttStats::get(&m.reconnects),
+    );
+    w.gauge(
+        "lwm2m_mqtt_connections_up",
+        "Broker connections up.",
+        &[],
+        MqttStats::get(&m.connected),
+    );
+    w.gauge(
+        "lwm2m_mqtt_buffered",
+        "Publishes held (pending and in flight).",
+        &[],
+        MqttStats::get(&m.pending),
+    );
+    w.counter(
+        "lwm2m_mqtt_dropped_total",
+        "Publishes dropped by the buffer's overflow policy.",
+        &[],
+        MqttStats::get(&m.dropped_overflow),
+    );
+    w.counter(
+        "lwm2m_mqtt_inbound_total",
+        "Publishes received from the broker.",
+        &[],
+        MqttStats::get(&m.inbound),
+    );
+}

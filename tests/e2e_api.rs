@@ -1,0 +1,340 @@
+//! HTTP authentication against a real HTTP server the test runs, and the
+//! management API and metrics of the running gateway over real HTTP.
+
+mod common;
+
+use common::gateway::{Broker, GatewayProc, API_SECRET};
+use common::http::request;
+use common::mqtt_client::MqttClient;
+use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use simd_json::prelude::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+const ADMIN: Option<(&str, &str)> = Some(("admin", API_SECRET));
+
+fn register(sock: &UdpSocket, gw: SocketAddr, ep: &str, lt: u32, mid: u16) -> Message<'static> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &[9]);
+    w.option(opt::URI_PATH, b"rd")
+        .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
+        .option(opt::URI_QUERY, format!("lt={lt}").as_bytes())
+        .option(opt::URI_QUERY, b"lwm2m=1.0")
+        .option(opt::URI_QUERY, b"imei=490154203237518");
+    w.payload(b"</3/0>");
+    sock.send_to(&buf, gw).unwrap();
+    let mut b = vec![0u8; 1500];
+    let (n, _) = sock.recv_from(&mut b).expect("an answer to Register");
+    b.truncate(n);
+    let leaked: &'static [u8] = Box::leak(b.into_boxed_slice());
+    Message::parse(leaked).unwrap()
+}
+
+fn udp() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+/// An HTTP authentication server: allows endpoint names starting with "good",
+/// answers "slow" after 3 s, records every request body.
+fn auth_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut len = 0;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    log.lock().unwrap().push(body.clone());
+                    if body.contains("slow") {
+                        std::thread::sleep(Duration::from_secs(3));
+                    }
+                    let verdict = if body.contains("\"ep\":\"good") {
+                        "allow"
+                    } else {
+                        "deny"
+                    };
+                    let out = format!("{{\"result\":\"{verdict}\"}}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{out}",
+                        out.len()
+                    );
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn http_authentication_allows_denies_times_out_and_fails_closed() {
+    let (auth, seen) = auth_server();
+    let extra = format!(
+        "[authentication]\nenable = true\nmethod = \"post\"\nurl = \"http://{auth}/auth\"\n\
+         request_timeout = \"1s\"\nbody = {{ clientid = \"${{clientid}}\", ep = \"${{endpoint_name}}\", \
+         user = \"${{username}}\", peer = \"${{peerhost}}\" }}\n"
+    );
+    let gw = GatewayProc::start(Broker::Embedded, &extra);
+    let mut mq = MqttClient::connect(gw.mqtt, "auth-sub", true).unwrap();
+    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let s = udp();
+    assert_eq!(register(&s, gw.udp, "good1", 60, 1).code, codes::CREATED);
+    let (t, _) = mq.recv_publish(WAIT).expect("allowed register published");
+    assert_eq!(t, "lwm2m/good1/up/resp");
+    assert_eq!(
+        register(&s, gw.udp, "bad1", 60, 2).code,
+        codes::UNAUTHORIZED
+    );
+    assert_eq!(
+        register(&s, gw.udp, "slow1", 60, 3).code,
+        codes::UNAUTHORIZED,
+        "slower than request_timeout denies"
+    );
+    assert!(
+        mq.recv_publish(Duration::from_millis(500)).is_none(),
+        "nothing published for denied devices"
+    );
+    // Placeholders were substituted, checked on the server side.
+    let bodies = seen.lock().unwrap().clone();
+    let good = bodies
+        .iter()
+        .find(|b| b.contains("good1"))
+        .expect("asked for good1");
+    let v = simd_json::to_owned_value(&mut good.clone().into_bytes()).unwrap();
+    assert_eq!(v["clientid"], "good1");
+    assert_eq!(v["ep"], "good1");
+    assert_eq!(v["user"], "490154203237518");
+    assert_eq!(v["peer"], "127.0.0.1");
+
+    // Disabled at run time through the API: everyone gets in.
+    let (st, _) = request(gw.api, "PUT", "/api/v5/gateways/lwm2m/authentication", ADMIN,
+        format!(r#"{{"enable":false,"backend":"http","mechanism":"password_based","method":"post","url":"http://{auth}/auth"}}"#).as_bytes());
+    assert_eq!(st, 200);
+    assert_eq!(register(&s, gw.udp, "bad2", 60, 4).code, codes::CREATED);
+    // Re-enabled towards a server that is down: denied.
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (st, body) = request(gw.api, "PUT", "/api/v5/gateways/lwm2m/authentication", ADMIN,
+        format!(r#"{{"enable":true,"method":"post","url":"http://{down}/auth","connect_timeout":"1s","request_timeout":"1s"}}"#).as_bytes());
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        register(&s, gw.udp, "good2", 60, 5).code,
+        codes::UNAUTHORIZED
+    );
+}
+
+#[test]
+fn management_api_clients_commands_kick_config_and_metrics() {
+    let gw = GatewayProc::start(Broker::Embedded, "");
+    let mut mq = MqttClient::connect(gw.mqtt, "api-sub", true).unwrap();
+    mq.subscribe("lwm2m/#", 0).unwrap();
+    let dev = udp();
+    let other = udp();
+    assert_eq!(register(&dev, gw.udp, "api1", 300, 1).code, codes::CREATED);
+    assert_eq!(
+        register(&other, gw.udp, "api2", 600, 1).code,
+        codes::CREATED
+    );
+
+    // Credentials are required.
+    assert_eq!(
+        request(gw.api, "GET", "/api/v5/gateways/lwm2m/clients", None, b"").0,
+        401
+    );
+    assert_eq!(
+        request(
+            gw.api,
+            "GET",
+            "/api/v5/gateways/lwm2m/clients",
+            Some(("admin", "wrong")),
+            b""
+        )
+        .0,
+        401
+    );
+    // Health and metrics need none.
+    assert_eq!(request(gw.api, "GET", "/health", None, b"").0, 200);
+
+    let (st, body) = request(
+        gw.api,
+        "GET",
+        "/api/v5/gateways/lwm2m/clients?like_endpoint_name=api&limit=10",
+        ADMIN,
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    assert_eq!(v["meta"]["count"], 2);
+    let (st, body) = request(
+        gw.api,
+        "GET",
+        "/api/v5/gateways/lwm2m/clients?gte_lifetime=500",
+        ADMIN,
+        b"",
+    );
+    assert_eq!(st, 200);
+    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    assert_eq!(v["meta"]["count"], 1);
+    assert_eq!(v["data"][0]["endpoint_name"], "api2");
+    let (st, body) = request(
+        gw.api,
+        "GET",
+        "/api/v5/gateways/lwm2m/clients/api1",
+        ADMIN,
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    assert_eq!(v["lifetime"], 300);
+    assert_eq!(v["username"], "490154203237518");
+
+    // A read through the API reaches the device; its answer is published on MQTT.
+    let (st, _) = request(
+        gw.api,
+        "POST",
+        "/api/v5/gateways/lwm2m/clients/api1/read?path=/3/0/1",
+        ADMIN,
+        b"",
+    );
+    assert_eq!(st, 204);
+    let mut b = [0u8; 1500];
+    let (n, _) = dev.recv_from(&mut b).expect("the read reaches the device");
+    let m = Message::parse(&b[..n]).unwrap();
+    assert_eq!(m.code, codes::GET);
+    let mut ack = Vec::new();
+    let mut w = MessageWriter::new(&mut ack, MsgType::Ack, codes::CONTENT, m.mid, m.token);
+    w.option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(b"via api");
+    dev.send_to(&ack, gw.udp).unwrap();
+    let mut found = false;
+    while let Some((t, p)) = mq.recv_publish(WAIT) {
+        if t == "lwm2m/api1/up/resp" && String::from_utf8_lossy(&p).contains("via api") {
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "the response to the API's read is on MQTT");
+
+    // A configuration change takes effect without a restart.
+    let (st, body) = request(
+        gw.api,
+        "PUT",
+        "/api/v5/gateways/lwm2m",
+        ADMIN,
+        br#"{"name":"lwm2m","lifetime_max":"120s"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    let (_, cfg) = request(gw.api, "GET", "/api/v5/gateways/lwm2m", ADMIN, b"");
+    assert!(
+        cfg.contains("\"lifetime_max\":\"120s\"") || cfg.contains("\"lifetime_max\":\"2m\""),
+        "{cfg}"
+    );
+    let third = udp();
+    assert_eq!(
+        register(&third, gw.udp, "api3", 99999, 1).code,
+        codes::CREATED
+    );
+    let mut lt = None;
+    while let Some((t, p)) = mq.recv_publish(WAIT) {
+        if t == "lwm2m/api3/up/resp" {
+            lt = simd_json::to_owned_value(&mut p.clone()).unwrap()["data"]["lt"].as_u64();
+            break;
+        }
+    }
+    assert_eq!(lt, Some(120), "the new lifetime_max clamps");
+    // A change that needs a restart is refused with the key named.
+    let (st, body) = request(
+        gw.api,
+        "PUT",
+        "/api/v5/gateways/lwm2m",
+        ADMIN,
+        br#"{"mountpoint":"other/"}"#,
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("mountpoint"));
+
+    // Kick: the registration is gone (an Update gets 4.04).
+    assert_eq!(
+        request(
+            gw.api,
+            "DELETE",
+            "/api/v5/gateways/lwm2m/clients/api2",
+            ADMIN,
+            b""
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        request(
+            gw.api,
+            "DELETE",
+            "/api/v5/gateways/lwm2m/clients/api2",
+            ADMIN,
+            b""
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        request(
+            gw.api,
+            "GET",
+            "/api/v5/gateways/lwm2m/clients/api2",
+            ADMIN,
+            b""
+        )
+        .0,
+        404
+    );
+
+    // Metrics agree with the traffic.
+    let (st, text) = request(gw.api, "GET", "/metrics", None, b"");
+    assert_eq!(st, 200);
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Snapshots are refreshed every 100 ms; the test waited longer than that above.
+    assert_eq!(sum("lwm2m_registrations_total"), 3.0, "{text}");
+    assert_eq!(sum("lwm2m_endpoints"), 2.0);
+    assert!(text.contains("lwm2m_mqtt_connections_up"));
+    assert!(text.contains("outcome=\"response\""));
+}
