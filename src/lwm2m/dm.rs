@@ -397,7 +397,8 @@ impl ShardCore {
         let op = ex.cmd.op;
         let mut body = Vec::with_capacity(128);
         let location = location_of(msg);
-        let mut extra: Vec<(&str, &str)> = location.iter().map(|l| ("location", l.as_str())).collect();
+        let mut extra: Vec<(&str, &str)> =
+            location.iter().map(|l| ("location", l.as_str())).collect();
         let notes = super::blockwise::response_notes(&self.settings, msg);
         extra.extend(notes.iter().map(|(k, v)| (*k, v.as_str())));
         dm_json::result(
@@ -480,7 +481,12 @@ impl ShardCore {
     }
 
     /// The `content` array of a response, or None when it has none.
-    pub(super) fn render_content(&self, _slot: u32, cmd: &Command, msg: &Message<'_>) -> Option<Vec<u8>> {
+    pub(super) fn render_content(
+        &self,
+        _slot: u32,
+        cmd: &Command,
+        msg: &Message<'_>,
+    ) -> Option<Vec<u8>> {
         if codes::class(msg.code) != 2 {
             return None;
         }

@@ -30,6 +30,8 @@ pub struct Exchange {
     pub acked: bool,
     pub cmd: Command,
     pub auto: bool,
+    /// A block-wise transfer (RFC 7959) this exchange is a step of.
+    pub block: Option<Box<super::blockwise::Transfer>>,
 }
 
 /// An observation the device accepted.

@@ -1,0 +1,867 @@
+//! Block-wise transfer (RFC 7959) on a virtual clock: Block1 writes with loss,
+//! duplication and size renegotiation, 4.13, Block2 reads and notifications,
+//! server-side Block1 Register/Update, limits, lifetimes, and the disabled mode.
+
+use super::harness::*;
+use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use crate::formats::fmt_id;
+use crate::lwm2m::CoreSettings;
+use base64::Engine as _;
+use simd_json::prelude::*;
+
+const DEV: u16 = 5000;
+const TOPIC: &str = "lwm2m/dev1/dn/cmd";
+
+fn dev() -> std::net::SocketAddr {
+    addr(1, DEV)
+}
+
+fn setup_with(s: CoreSettings) -> Harness {
+    let mut h = Harness::new(1, s);
+    let r = Req::new(codes::POST, "/rd", 1)
+        .q("ep=dev1")
+        .q("lt=300")
+        .q("lwm2m=1.0")
+        .q("b=U")
+        .body(b"</1/0>,</3/0>,</5/0>");
+    assert_eq!(h.one(0, dev(), &r.bytes()).code(), codes::CREATED);
+    h
+}
+
+/// Settings with `szx` as the block size exponent (16 << szx bytes).
+fn with_szx(szx: u8) -> CoreSettings {
+    let mut s = settings();
+    s.block_szx = szx;
+    s
+}
+
+fn block(m: &Message<'_>, n: u16) -> Option<BlockOpt> {
+    m.option(n).and_then(BlockOpt::decode)
+}
+
+/// The device's piggybacked answer with uint options.
+fn ack(req: &Reply, code: u8, opts: &[(u16, u32)], payload: &[u8]) -> Vec<u8> {
+    let m = req.msg();
+    let mut o = opts.to_vec();
+    o.sort_by_key(|x| x.0);
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, m.mid, m.token);
+    for (n, v) in o {
+        w.option_uint(n, v);
+    }
+    w.payload(payload);
+    buf
+}
+
+fn one_req(rs: Vec<Reply>) -> Reply {
+    assert_eq!(rs.len(), 1, "expected one datagram, got {rs:?}");
+    rs.into_iter().next().unwrap()
+}
+
+fn write_cmd(id: u32, bytes: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    format!(
+        r#"{{"reqID":{id},"msgType":"write","data":{{"path":"/5/0/0","type":"Opaque","value":"{b64}"}}}}"#
+    )
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// The body a write carries when sent whole (block-wise off).
+fn whole_body(cmd: &str) -> Vec<u8> {
+    let mut s = settings();
+    s.block_enable = false;
+    let mut h = setup_with(s);
+    let r = one_req(h.command(0, TOPIC, cmd));
+    r.msg().payload.to_vec()
+}
+
+/// Answers Block1 blocks 2.31 until the last, which gets `last`. Returns the
+/// reassembled body (after `body`, what came before) and the block requests seen.
+fn receive_block1(
+    h: &mut Harness,
+    mut req: Reply,
+    last: u8,
+    mut body: Vec<u8>,
+) -> (Vec<u8>, Vec<Reply>) {
+    let mut seen = Vec::new();
+    loop {
+        let m = req.msg();
+        let b = block(&m, opt::BLOCK1).expect("a Block1 request");
+        assert_eq!(b.num as usize * b.size(), body.len(), "blocks in order");
+        assert!(m.option(opt::OBSERVE).is_none());
+        body.extend_from_slice(m.payload);
+        seen.push(req.clone());
+        if !b.more {
+            let out = h.exchange(
+                0,
+                dev(),
+                &ack(&req, last, &[(opt::BLOCK1, b.encode())], b""),
+            );
+            assert!(out.is_empty(), "nothing after the last block: {out:?}");
+            return (body, seen);
+        }
+        assert_eq!(
+            m.payload.len(),
+            b.size(),
+            "a block before the last is whole"
+        );
+        let next = h.exchange(
+            0,
+            dev(),
+            &ack(&req, codes::CONTINUE, &[(opt::BLOCK1, b.encode())], b""),
+        );
+        req = one_req(next);
+    }
+}
+
+#[test]
+fn block1_write_every_block_continue_then_changed() {
+    let mut h = setup_with(with_szx(2));
+    let data = pattern(1000);
+    let cmd = write_cmd(1, &data);
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let first = one_req(h.command(0, TOPIC, &cmd));
+    let m = first.msg();
+    assert_eq!((m.mtype, m.code), (MsgType::Con, codes::PUT));
+    assert_eq!(m.option_uint(opt::SIZE1), Some(expect.len() as u32));
+    assert_eq!(
+        block(&m, opt::BLOCK1),
+        Some(BlockOpt {
+            num: 0,
+            more: true,
+            szx: 2
+        })
+    );
+    let (body, seen) = receive_block1(&mut h, first, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+    assert_eq!(seen.len(), expect.len().div_ceil(64));
+    // Every block: fresh message ID and token, the same path and format.
+    let mut mids: Vec<u16> = seen.iter().map(|r| r.msg().mid).collect();
+    mids.dedup();
+    assert_eq!(mids.len(), seen.len());
+    for r in &seen {
+        let m = r.msg();
+        let path: Vec<_> = m.option_values(opt::URI_PATH).collect();
+        assert_eq!(path, [b"5", b"0", b"0"]);
+        assert_eq!(m.option_uint(opt::CONTENT_FORMAT), Some(fmt_id::TLV as u32));
+    }
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1, "one MQTT response: {p:?}");
+    assert_eq!(p[0].0, "lwm2m/dev1/up/resp");
+    assert_eq!(p[0].1["reqID"], 1);
+    assert_eq!(p[0].1["msgType"], "write");
+    assert_eq!(p[0].1["data"]["code"], "2.04");
+    let st = h.cores[0].stats;
+    assert_eq!(st.block_transfers, 1);
+    assert_eq!(st.blocks_sent, seen.len() as u64);
+    // The next command goes out normally.
+    let r = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+    ));
+    assert_eq!(r.msg().code, codes::GET);
+}
+
+#[test]
+fn block1_lost_block_and_lost_continue_recover_without_restart() {
+    let mut h = setup_with(with_szx(2));
+    let data = pattern(600);
+    let cmd = write_cmd(1, &data);
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let mut req = one_req(h.command(0, TOPIC, &cmd));
+    let mut body = Vec::new();
+    let mut n = 0;
+    loop {
+        let m = req.msg();
+        let b = block(&m, opt::BLOCK1).unwrap();
+        assert_eq!(b.num, n, "the transfer never restarts");
+        if n == 3 {
+            // Block 3 is lost: retransmitted with the same message ID.
+            let again = one_req(h.advance_collect(3_100));
+            assert_eq!(again.bytes, req.bytes);
+        }
+        body.extend_from_slice(m.payload);
+        let answer = if b.more {
+            codes::CONTINUE
+        } else {
+            codes::CHANGED
+        };
+        let a = ack(&req, answer, &[(opt::BLOCK1, b.encode())], b"");
+        if n == 5 {
+            // The device's 2.31 to block 5 is lost: block 5 comes again and is
+            // answered again.
+            let again = one_req(h.advance_collect(3_100));
+            assert_eq!(again.bytes, req.bytes);
+        }
+        let out = h.exchange(0, dev(), &a);
+        if !b.more {
+            assert!(out.is_empty());
+            break;
+        }
+        req = one_req(out);
+        n += 1;
+    }
+    assert_eq!(body, expect);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["data"]["code"], "2.04");
+    assert_eq!(h.cores[0].stats.retransmissions, 2);
+    // No stale retransmission timer of an earlier block fires later.
+    assert!(h.advance_collect(300_000).is_empty());
+    assert_eq!(h.published_since(mark).len(), 1);
+}
+
+#[test]
+fn block1_duplicated_continue_is_ignored() {
+    let mut h = setup_with(with_szx(2));
+    let cmd = write_cmd(1, &pattern(300));
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
+    let cont0 = ack(&b0, codes::CONTINUE, &[(opt::BLOCK1, 0x0a)], b"");
+    let b1 = one_req(h.exchange(0, dev(), &cont0));
+    // The same 2.31 again (duplicated by the network): matches nothing.
+    assert!(h.exchange(0, dev(), &cont0).is_empty());
+    assert_eq!(block(&b1.msg(), opt::BLOCK1).unwrap().num, 1);
+    let (body, _) = receive_block1(&mut h, b1, codes::CHANGED, b0.msg().payload.to_vec());
+    assert_eq!(body, expect);
+    assert_eq!(h.published_since(mark).len(), 1);
+    assert!(h.cores[0].stats.unmatched >= 1);
+}
+
+#[test]
+fn block1_renegotiates_smaller_blocks_mid_transfer() {
+    let mut h = setup_with(settings());
+    let cmd = write_cmd(1, &pattern(5000));
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
+    let m = b0.msg();
+    assert_eq!(block(&m, opt::BLOCK1).unwrap().size(), 1024);
+    let mut body = m.payload.to_vec();
+    // Block 0 acknowledged, asking for 256-byte blocks: the next is 4/1/256.
+    let c = ack(&b0, codes::CONTINUE, &[(opt::BLOCK1, 0x0c)], b"");
+    let b = one_req(h.exchange(0, dev(), &c));
+    let bo = block(&b.msg(), opt::BLOCK1).unwrap();
+    assert_eq!((bo.num, bo.size()), (4, 256));
+    body.extend_from_slice(b.msg().payload);
+    // 4.13 with an even smaller size: the refused block again, at 64 bytes.
+    let c = ack(&b, codes::CONTINUE, &[(opt::BLOCK1, bo.encode())], b"");
+    let b = one_req(h.exchange(0, dev(), &c));
+    let bo = block(&b.msg(), opt::BLOCK1).unwrap();
+    assert_eq!((bo.num, bo.size()), (5, 256));
+    let refuse = ack(
+        &b,
+        codes::REQUEST_ENTITY_TOO_LARGE,
+        &[(opt::BLOCK1, 0x02)],
+        b"",
+    );
+    let b = one_req(h.exchange(0, dev(), &refuse));
+    let bo = block(&b.msg(), opt::BLOCK1).unwrap();
+    assert_eq!((bo.num, bo.size()), (20, 64));
+    let (body, _) = receive_block1(&mut h, b, codes::CHANGED, body);
+    assert_eq!(body, expect);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["data"]["code"], "2.04");
+}
+
+#[test]
+fn whole_request_refused_413_with_block_size_goes_blockwise() {
+    let mut h = setup_with(settings());
+    let cmd = write_cmd(1, &pattern(500));
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let r = one_req(h.command(0, TOPIC, &cmd));
+    assert!(
+        block(&r.msg(), opt::BLOCK1).is_none(),
+        "fits one block: sent whole"
+    );
+    let refuse = ack(
+        &r,
+        codes::REQUEST_ENTITY_TOO_LARGE,
+        &[(opt::BLOCK1, 0x03)],
+        b"",
+    );
+    let b0 = one_req(h.exchange(0, dev(), &refuse));
+    assert_eq!(block(&b0.msg(), opt::BLOCK1).unwrap().size(), 128);
+    let (body, _) = receive_block1(&mut h, b0, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+    assert_eq!(h.published_since(mark).len(), 1);
+}
+
+#[test]
+fn block1_413_with_size1_ends_the_write() {
+    let mut h = setup_with(with_szx(4));
+    let mark = h.mark();
+    let b0 = one_req(h.command(0, TOPIC, &write_cmd(7, &pattern(4000))));
+    let refuse = ack(
+        &b0,
+        codes::REQUEST_ENTITY_TOO_LARGE,
+        &[(opt::SIZE1, 2048)],
+        b"",
+    );
+    assert!(h.exchange(0, dev(), &refuse).is_empty(), "no further block");
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["reqID"], 7);
+    assert_eq!(p[0].1["data"]["code"], "4.13");
+    assert_eq!(p[0].1["data"]["size1"], "2048");
+    assert!(h.advance_collect(300_000).is_empty());
+}
+
+/// Serves `body` in Block2 blocks of 1024 bytes to `first` and its follow-ups.
+fn serve_block2(
+    h: &mut Harness,
+    first: Reply,
+    body: &[u8],
+    cf: u16,
+    observe: Option<u32>,
+) -> usize {
+    let m = first.msg();
+    let path: Vec<Vec<u8>> = m.option_values(opt::URI_PATH).map(|s| s.to_vec()).collect();
+    let accept = m.option_uint(opt::ACCEPT);
+    let mut req = first;
+    let mut requests = 1;
+    let mut num = 0u32;
+    loop {
+        let start = num as usize * 1024;
+        let end = (start + 1024).min(body.len());
+        let more = end < body.len();
+        let b = BlockOpt { num, more, szx: 6 };
+        let mut opts = vec![(opt::CONTENT_FORMAT, cf as u32), (opt::BLOCK2, b.encode())];
+        if let (0, Some(o)) = (num, observe) {
+            opts.push((opt::OBSERVE, o));
+        }
+        let out = h.exchange(
+            0,
+            dev(),
+            &ack(&req, codes::CONTENT, &opts, &body[start..end]),
+        );
+        if !more {
+            assert!(out.is_empty(), "{out:?}");
+            return requests;
+        }
+        req = one_req(out);
+        requests += 1;
+        num += 1;
+        let m = req.msg();
+        assert_eq!((m.mtype, m.code), (MsgType::Con, codes::GET));
+        let p: Vec<Vec<u8>> = m.option_values(opt::URI_PATH).map(|s| s.to_vec()).collect();
+        assert_eq!(p, path, "follow-ups repeat the request's options");
+        assert_eq!(m.option_uint(opt::ACCEPT), accept);
+        assert!(
+            m.option(opt::OBSERVE).is_none(),
+            "follow-ups do not observe"
+        );
+        let rb = block(&m, opt::BLOCK2).unwrap();
+        assert_eq!((rb.num, rb.more, rb.size()), (num, false, 1024));
+    }
+}
+
+#[test]
+fn block2_read_of_64k_reassembled_and_decoded_once() {
+    let mut h = setup_with(settings());
+    let data = pattern(64 * 1024);
+    let mark = h.mark();
+    let first = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":9,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    assert_eq!(
+        first.msg().option_uint(opt::ACCEPT),
+        Some(fmt_id::OPAQUE as u32)
+    );
+    let n = serve_block2(&mut h, first, &data, fmt_id::OPAQUE, None);
+    assert_eq!(n, 64);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1, "one MQTT message");
+    assert_eq!(p[0].1["reqID"], 9);
+    assert_eq!(p[0].1["data"]["code"], "2.05");
+    let v = p[0].1["data"]["content"][0]["value"].as_str().unwrap();
+    let got = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+    assert_eq!(got, data);
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    assert_eq!(h.cores[0].stats.blocks_received, 64);
+}
+
+#[test]
+fn block2_lost_follow_up_and_duplicated_block_recover() {
+    let mut h = setup_with(settings());
+    let data = pattern(3000);
+    let mark = h.mark();
+    let first = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    let blk = |num: u32, more: bool| BlockOpt { num, more, szx: 6 }.encode();
+    let cf = (opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32);
+    let a0 = ack(
+        &first,
+        codes::CONTENT,
+        &[cf, (opt::BLOCK2, blk(0, true))],
+        &data[..1024],
+    );
+    let g1 = one_req(h.exchange(0, dev(), &a0));
+    // The block 0 response duplicated: nothing happens.
+    assert!(h.exchange(0, dev(), &a0).is_empty());
+    // The follow-up GET is lost: retransmitted unchanged.
+    let again = one_req(h.advance_collect(3_100));
+    assert_eq!(again.bytes, g1.bytes);
+    let a1 = ack(
+        &g1,
+        codes::CONTENT,
+        &[cf, (opt::BLOCK2, blk(1, true))],
+        &data[1024..2048],
+    );
+    let g2 = one_req(h.exchange(0, dev(), &a1));
+    assert_eq!(block(&g2.msg(), opt::BLOCK2).unwrap().num, 2);
+    assert!(
+        h.exchange(0, dev(), &a1).is_empty(),
+        "a duplicated block is ignored"
+    );
+    let a2 = ack(
+        &g2,
+        codes::CONTENT,
+        &[cf, (opt::BLOCK2, blk(2, false))],
+        &data[2048..],
+    );
+    assert!(h.exchange(0, dev(), &a2).is_empty());
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    let v = p[0].1["data"]["content"][0]["value"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(v).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn block2_notification_completed_and_published_once() {
+    let mut h = setup_with(settings());
+    let mark = h.mark();
+    let req = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":4,"msgType":"observe","data":{"path":"/5/0/0"}}"#,
+    ));
+    let token = req.msg().token.to_vec();
+    // The first response is itself block-wise: observed once complete.
+    let first = pattern(2000);
+    let n = serve_block2(&mut h, req, &first, fmt_id::OPAQUE, Some(1));
+    assert_eq!(n, 2);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["msgType"], "observe");
+    let v = p[0].1["data"]["content"][0]["value"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(v).unwrap(),
+        first
+    );
+    // A CON notification with Block2 on the observation's token.
+    let data = pattern(5000);
+    let mut n = Vec::new();
+    let mut w = MessageWriter::new(&mut n, MsgType::Con, codes::CONTENT, 700, &token);
+    w.option_uint(opt::OBSERVE, 2)
+        .option_uint(opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32)
+        .option_uint(
+            opt::BLOCK2,
+            BlockOpt {
+                num: 0,
+                more: true,
+                szx: 6,
+            }
+            .encode(),
+        );
+    w.payload(&data[..1024]);
+    let out = h.exchange(0, dev(), &n);
+    assert_eq!(out.len(), 2, "ACK and the first follow-up: {out:?}");
+    assert_eq!((out[0].msg().mtype, out[0].msg().mid), (MsgType::Ack, 700));
+    let g = out[1].clone();
+    let gm = g.msg();
+    assert_eq!(gm.code, codes::GET);
+    assert!(gm.option(opt::OBSERVE).is_none());
+    assert_ne!(gm.token, &token[..]);
+    assert_eq!(block(&gm, opt::BLOCK2).unwrap().num, 1);
+    // The rest, served from block 1.
+    let mut req = g;
+    for num in 1..5u32 {
+        let start = num as usize * 1024;
+        let end = (start + 1024).min(data.len());
+        let b = BlockOpt {
+            num,
+            more: end < data.len(),
+            szx: 6,
+        };
+        let out = h.exchange(
+            0,
+            dev(),
+            &ack(
+                &req,
+                codes::CONTENT,
+                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+                &data[start..end],
+            ),
+        );
+        if b.more {
+            req = one_req(out);
+        } else {
+            assert!(out.is_empty());
+        }
+    }
+    let notes = h.published("up/notify");
+    assert_eq!(notes.len(), 1, "published once");
+    assert_eq!(notes[0].1["seqNum"], 2);
+    assert_eq!(notes[0].1["reqID"], 4);
+    let v = notes[0].1["data"]["content"][0]["value"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(v).unwrap(),
+        data
+    );
+    // The observation continues on its token.
+    let mut n2 = Vec::new();
+    let mut w = MessageWriter::new(&mut n2, MsgType::Non, codes::CONTENT, 701, &token);
+    w.option_uint(opt::OBSERVE, 3)
+        .option_uint(opt::CONTENT_FORMAT, 42);
+    w.payload(b"xy");
+    h.datagram(0, dev(), &n2);
+    assert_eq!(h.published("up/notify").len(), 2);
+}
+
+/// A Register whose object list needs several blocks of `16 << szx` bytes.
+fn long_list(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| format!("</{}/{}>", 3300 + i % 50, i / 50))
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
+fn register_blocks(list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
+    let size = 16usize << szx;
+    let chunks: Vec<&[u8]> = list.chunks(size).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let b = BlockOpt {
+                num: i as u32,
+                more: i + 1 < chunks.len(),
+                szx,
+            };
+            let mut r = Req::new(codes::POST, "/rd", first_mid + i as u16)
+                .q("ep=big")
+                .q("lt=300")
+                .q("lwm2m=1.1")
+                .opt(opt::BLOCK1, &b.encode().to_be_bytes()[1..])
+                .body(c);
+            r.token = vec![0xbb, i as u8];
+            r.bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn server_block1_register_with_long_object_list() {
+    let mut h = Harness::new(1, settings());
+    let list = long_list(200);
+    assert!(list.len() > 1500);
+    let blocks = register_blocks(&list, 2, 100);
+    let mark = h.mark();
+    for (i, b) in blocks.iter().enumerate() {
+        let r = h.one(0, dev(), b);
+        let m = r.msg();
+        assert_eq!(m.mtype, MsgType::Ack);
+        assert_eq!(m.mid, 100 + i as u16);
+        if i + 1 < blocks.len() {
+            assert_eq!(m.code, codes::CONTINUE, "block {i}");
+            let b1 = block(&m, opt::BLOCK1).unwrap();
+            assert_eq!((b1.num, b1.more, b1.size()), (i as u32, true, 64));
+            assert!(
+                h.published_since(mark).is_empty(),
+                "nothing before the last block"
+            );
+            if i == 3 {
+                // A retransmitted block is acknowledged again and not appended twice.
+                let again = h.one(0, dev(), b);
+                assert_eq!(again.code(), codes::CONTINUE);
+            }
+        } else {
+            assert_eq!(m.code, codes::CREATED);
+        }
+    }
+    let p = h.published_since(mark);
+    let regs: Vec<_> = p
+        .iter()
+        .filter(|(_, v)| v["msgType"] == "register")
+        .collect();
+    assert_eq!(regs.len(), 1);
+    let objs = regs[0].1["data"]["objectList"].as_array().unwrap();
+    assert_eq!(objs.len(), 200);
+    assert_eq!(objs[0], "/3300/0");
+    assert_eq!(objs[199], "/3349/3");
+    assert_eq!(h.cores[0].blockwise_partials(), 0);
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    // The last block retransmitted: the 2.01 again, no second registration.
+    let again = h.one(0, dev(), blocks.last().unwrap());
+    assert_eq!(again.code(), codes::CREATED);
+    assert_eq!(h.published("up/resp").len(), 1);
+}
+
+#[test]
+fn server_block1_update_with_long_object_list() {
+    let mut h = Harness::new(1, settings());
+    let r = h.one(0, dev(), &Req::register("dev1", 1).bytes());
+    let loc = r.location();
+    let list = long_list(120);
+    let size = 128;
+    let chunks: Vec<&[u8]> = list.chunks(size).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        let b = BlockOpt {
+            num: i as u32,
+            more: i + 1 < chunks.len(),
+            szx: 3,
+        };
+        let req = Req::update(&loc, 50 + i as u16)
+            .opt(opt::BLOCK1, &b.encode().to_be_bytes()[2..])
+            .body(c);
+        let expect = if b.more {
+            codes::CONTINUE
+        } else {
+            codes::CHANGED
+        };
+        assert_eq!(h.one(0, dev(), &req.bytes()).code(), expect);
+    }
+    let ups = h.published("up/update");
+    assert_eq!(ups.len(), 1);
+    assert_eq!(
+        ups[0].1["data"]["objectList"].as_array().unwrap().len(),
+        120
+    );
+}
+
+#[test]
+fn server_block1_limits_and_out_of_order() {
+    let mut s = settings();
+    s.max_body_size = 256;
+    let mut h = Harness::new(1, s);
+    // Size1 announces too much: 4.13 with Size1 = max_body_size.
+    let b = register_blocks(&long_list(100), 2, 10);
+    let m = Req::new(codes::POST, "/rd", 9)
+        .q("ep=x")
+        .opt(opt::BLOCK1, &[0x0a])
+        .opt(opt::SIZE1, &[0x10, 0x00])
+        .body(&[b'a'; 64]);
+    let r = h.one(0, dev(), &m.bytes());
+    assert_eq!(r.code(), codes::REQUEST_ENTITY_TOO_LARGE);
+    assert_eq!(r.msg().option_uint(opt::SIZE1), Some(256));
+    // A body growing beyond it: 4.13 at the block that crosses the limit.
+    let codes_seen: Vec<u8> = b
+        .iter()
+        .take(5)
+        .map(|d| h.one(0, dev(), d).code())
+        .collect();
+    assert_eq!(
+        codes_seen,
+        [
+            codes::CONTINUE,
+            codes::CONTINUE,
+            codes::CONTINUE,
+            codes::CONTINUE,
+            codes::REQUEST_ENTITY_TOO_LARGE
+        ]
+    );
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    // A block that does not follow: 4.08.
+    let b = register_blocks(&long_list(30), 2, 40);
+    assert_eq!(h.one(0, dev(), &b[0]).code(), codes::CONTINUE);
+    assert_eq!(
+        h.one(0, dev(), &b[2]).code(),
+        codes::REQUEST_ENTITY_INCOMPLETE
+    );
+    assert_eq!(h.endpoints(), 0);
+    assert_eq!(h.published("up/resp").len(), 0);
+}
+
+#[test]
+fn abandoned_partial_body_dropped_after_exchange_lifetime() {
+    let mut h = Harness::new(1, settings());
+    let b = register_blocks(&long_list(30), 2, 10);
+    assert_eq!(h.one(0, dev(), &b[0]).code(), codes::CONTINUE);
+    h.advance(100_000);
+    assert_eq!(h.one(0, dev(), &b[1]).code(), codes::CONTINUE);
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 128);
+    // The lifetime counts from the last block.
+    h.advance(200_000);
+    assert_eq!(h.cores[0].blockwise_partials(), 1);
+    h.advance(50_000);
+    assert_eq!(h.cores[0].blockwise_partials(), 0);
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    assert_eq!(h.cores[0].stats.block_expired, 1);
+    assert_eq!(
+        h.one(0, dev(), &b[2]).code(),
+        codes::REQUEST_ENTITY_INCOMPLETE
+    );
+}
+
+#[test]
+fn oversize_bodies_are_errors_on_mqtt() {
+    let mut s = settings();
+    s.max_body_size = 4096;
+    let mut h = setup_with(s);
+    let mark = h.mark();
+    // A command body beyond max_body_size: nothing is sent, 4.13 on MQTT.
+    assert!(h
+        .command(0, TOPIC, &write_cmd(1, &pattern(5000)))
+        .is_empty());
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["reqID"], 1);
+    assert_eq!(p[0].1["data"]["code"], "4.13");
+    // A device sending more than max_body_size: aborted, error on MQTT.
+    let mark = h.mark();
+    let mut req = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":2,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    let mut sent = 0;
+    for num in 0..10u32 {
+        let b = BlockOpt {
+            num,
+            more: true,
+            szx: 6,
+        };
+        let out = h.exchange(
+            0,
+            dev(),
+            &ack(
+                &req,
+                codes::CONTENT,
+                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+                &[0u8; 1024],
+            ),
+        );
+        sent += 1;
+        if out.is_empty() {
+            break;
+        }
+        req = one_req(out);
+    }
+    assert_eq!(sent, 5, "the fifth block crosses 4096 bytes");
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["reqID"], 2);
+    assert_eq!(p[0].1["data"]["code"], "4.13");
+    assert!(p[0].1["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_body_size"));
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    assert_eq!(h.cores[0].stats.block_aborts, 2);
+}
+
+#[test]
+fn memory_cap_per_device_aborts_a_fetch() {
+    let mut s = settings();
+    s.block_device_cap = 2048;
+    let mut h = setup_with(s);
+    let mark = h.mark();
+    let mut req = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":3,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    for num in 0..3u32 {
+        let b = BlockOpt {
+            num,
+            more: true,
+            szx: 6,
+        };
+        let out = h.exchange(
+            0,
+            dev(),
+            &ack(
+                &req,
+                codes::CONTENT,
+                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+                &[1u8; 1024],
+            ),
+        );
+        if num < 2 {
+            assert_eq!(h.cores[0].blockwise_held_bytes(), 1024 * (num as u64 + 1));
+            req = one_req(out);
+        } else {
+            assert!(out.is_empty());
+        }
+    }
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].1["data"]["error"].as_str().unwrap().contains("cap"));
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+}
+
+#[test]
+fn disabled_mode_sends_whole_refuses_block1_and_flags_first_block() {
+    let mut s = settings();
+    s.block_enable = false;
+    let mut h = setup_with(s);
+    let mark = h.mark();
+    // A large write goes out whole.
+    let r = one_req(h.command(0, TOPIC, &write_cmd(1, &pattern(3000))));
+    let m = r.msg();
+    assert!(block(&m, opt::BLOCK1).is_none());
+    assert!(m.payload.len() > 3000);
+    h.datagram(0, dev(), &ack(&r, codes::CHANGED, &[], b""));
+    // A Block2 response: published as the first block only, flagged.
+    let r = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":2,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    let b = BlockOpt {
+        num: 0,
+        more: true,
+        szx: 6,
+    };
+    let out = h.exchange(
+        0,
+        dev(),
+        &ack(
+            &r,
+            codes::CONTENT,
+            &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+            &[5u8; 1024],
+        ),
+    );
+    assert!(out.is_empty(), "no follow-up");
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[1].1["data"]["code"], "2.05");
+    assert!(p[1].1["data"]["truncated"]
+        .as_str()
+        .unwrap()
+        .contains("block-wise transfer is off"));
+    let v = p[1].1["data"]["content"][0]["value"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .unwrap()
+            .len(),
+        1024
+    );
+    // A device's Block1 Register: 4.13.
+    let b = register_blocks(&long_list(30), 2, 10);
+    assert_eq!(
+        h.one(0, addr(2, 1), &b[0]).code(),
+        codes::REQUEST_ENTITY_TOO_LARGE
+    );
+}
