@@ -3,11 +3,13 @@
 //! stops receiving, lets the shards hand their last messages over, and flushes MQTT.
 
 use super::admin::GatewayAdmin;
+use super::dtls_side::{DtlsSide, DTLS};
 use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
 use crate::config::{Config, MqttServer, SubscribeMode};
+use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
 use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
 use crate::objects::{self, SharedRegistry};
@@ -50,6 +52,7 @@ pub enum GatewayError {
 struct ShardParts {
     poll: Poll,
     socket: std::net::UdpSocket,
+    dtls_socket: Option<std::net::UdpSocket>,
     mailbox: MailboxReceiver<ShardMsg>,
 }
 
@@ -73,10 +76,13 @@ impl Gateway {
     /// Starts everything the configuration asks for.
     pub fn start(cfg: &Config) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
-        let settings = Arc::new(CoreSettings::from_config(cfg));
+        let mut settings = CoreSettings::from_config(cfg);
         let dir = Arc::new(Directory::new());
         let registry = load_registry(&cfg.xml_dir);
         let stop = Arc::new(AtomicBool::new(false));
+        let dtls = dtls_setup(cfg, &stop)?;
+        settings.dtls_psk = dtls.as_ref().and_then(|d| d.1.psk.clone());
+        let settings = Arc::new(settings);
         let watcher = objects::spawn_watcher(
             registry.clone(),
             cfg.xml_dir.clone(),
@@ -97,7 +103,17 @@ impl Gateway {
         let mut parts = Vec::with_capacity(shards);
         let mut senders = Vec::with_capacity(shards);
         let mut wakers = Vec::with_capacity(shards);
-        for socket in sockets {
+        let mut dtls_sockets: Vec<Option<std::net::UdpSocket>> = match &dtls {
+            Some((bind, _)) => bind_sockets(*bind, shards, cfg)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..shards).map(|_| None).collect(),
+        };
+        if let (Some((bind, _)), Some(Some(s))) = (&dtls, dtls_sockets.first()) {
+            tracing::info!(bind = %s.local_addr().unwrap_or(*bind), "DTLS listener up");
+        }
+        for (i, socket) in sockets.into_iter().enumerate() {
             let poll = Poll::new().map_err(|e| start_err("poller", e))?;
             let waker =
                 Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| start_err("waker", e))?);
@@ -107,6 +123,7 @@ impl Gateway {
             parts.push(Some(ShardParts {
                 poll,
                 socket,
+                dtls_socket: dtls_sockets[i].take(),
                 mailbox: rx,
             }));
         }
@@ -155,6 +172,7 @@ impl Gateway {
             mqtt: mqtt.stats().clone(),
         });
         let ctx = Arc::new(ShardContext {
+            dtls: dtls.map(|d| d.1),
             settings,
             registry,
             dir: dir.clone(),
@@ -245,6 +263,7 @@ impl Gateway {
 }
 
 struct ShardContext {
+    dtls: Option<DtlsSettings>,
     core_stats: Vec<Arc<Mutex<CoreStats>>>,
     auth: AuthService,
     settings: Arc<CoreSettings>,
@@ -264,6 +283,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
     let ShardParts {
         mut poll,
         socket,
+        dtls_socket,
         mailbox,
     } = p;
     let mut socket = mio::net::UdpSocket::from_std(socket);
@@ -289,6 +309,13 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.core_stats[i].clone(),
         ctx.auth.clone(),
     );
+    if let (Some(s), Some(ds)) = (dtls_socket, &ctx.dtls) {
+        let mut s = mio::net::UdpSocket::from_std(s);
+        poll.registry()
+            .register(&mut s, DTLS, Interest::READABLE | Interest::WRITABLE)?;
+        let server = DtlsServer::new(ds.clone()).map_err(std::io::Error::other)?;
+        app.dtls = Some(DtlsSide::new(s, server, ctx.recv_batch, ctx.clock));
+    }
     let mut timers: TimerWheel<Timer> = TimerWheel::new(ctx.clock.now_ms());
     let cfg = LoopConfig {
         mailbox_budget: 1024,
@@ -303,6 +330,46 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         &mut timers,
         &cfg,
     )
+}
+
+/// The DTLS listener's bind address and settings, with its PSK file loaded (and
+/// watched) and its certificate read; None when no DTLS listener is configured.
+fn dtls_setup(
+    cfg: &Config,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<(SocketAddr, DtlsSettings)>, GatewayError> {
+    let Some(l) = cfg.listeners.dtls.values().next() else {
+        return Ok(None);
+    };
+    let bad = |what: String| GatewayError::Start {
+        what: "DTLS listener",
+        source: std::io::Error::other(what),
+    };
+    let psk = match &l.psk_file {
+        Some(p) => {
+            let store =
+                Arc::new(PskStore::load(p).map_err(|e| bad(format!("{}: {e}", p.display())))?);
+            store
+                .spawn_watcher(Duration::from_secs(2), stop.clone())
+                .map_err(|e| start_err("PSK file watcher", e))?;
+            Some(store)
+        }
+        None => None,
+    };
+    let cert = match (&l.certfile, &l.keyfile) {
+        (Some(c), Some(k)) => Some(Arc::new(
+            CertConfig::load(c, k, l.cafile.as_deref()).map_err(|e| bad(e.to_string()))?,
+        )),
+        _ => None,
+    };
+    Ok(Some((
+        l.bind,
+        DtlsSettings {
+            psk,
+            cert,
+            ..DtlsSettings::default()
+        },
+    )))
 }
 
 /// Loads the object definitions; a bad file is logged and skipped, a missing

@@ -168,6 +168,39 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             c.mailbox_dropped.load(Ordering::Relaxed),
         );
     }
+    for (i, c) in a.shard_counters.iter().enumerate() {
+        let l = [("shard", labels[i].as_str())];
+        w.gauge(
+            "lwm2m_dtls_sessions",
+            "Established DTLS sessions.",
+            &l,
+            c.dtls_sessions.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "lwm2m_dtls_handshakes_completed_total",
+            "DTLS handshakes completed.",
+            &l,
+            c.dtls_handshakes_completed.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "lwm2m_dtls_handshakes_failed_total",
+            "DTLS handshakes that failed or timed out.",
+            &l,
+            c.dtls_handshakes_failed.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "lwm2m_dtls_half_open_dropped_total",
+            "ClientHellos dropped by the half-open caps.",
+            &l,
+            c.dtls_half_open_drops.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "lwm2m_dtls_decrypt_errors_total",
+            "DTLS records that failed to decrypt.",
+            &l,
+            c.dtls_decrypt_errors.load(Ordering::Relaxed),
+        );
+    }
     let r = &a.router;
     w.counter(
         "lwm2m_commands_routed_total",

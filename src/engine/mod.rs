@@ -3,6 +3,7 @@
 //! start/stop sequence of the whole gateway.
 
 mod admin;
+mod dtls_side;
 mod gateway;
 mod metrics;
 mod router;

@@ -2,6 +2,7 @@
 //! sendmmsg batches, the protocol core, and the plumbing of the core's outputs to
 //! the MQTT thread, the timer wheel and the other shards' mailboxes.
 
+use super::dtls_side::{DtlsSide, DTLS};
 use crate::auth::AuthService;
 use crate::lwm2m::{CoreStats, ShardCore, ShardMsg, Timer};
 use crate::mqtt::MqttHandle;
@@ -25,6 +26,12 @@ pub struct ShardCounters {
     pub mqtt_dropped: AtomicU64,
     pub mailbox_dropped: AtomicU64,
     pub send_failed: AtomicU64,
+    pub dtls_sessions: AtomicU64,
+    pub dtls_handshakes_completed: AtomicU64,
+    pub dtls_handshakes_failed: AtomicU64,
+    /// ClientHellos dropped by the half-open caps (per shard and per address).
+    pub dtls_half_open_drops: AtomicU64,
+    pub dtls_decrypt_errors: AtomicU64,
 }
 
 pub struct UdpShard {
@@ -39,6 +46,10 @@ pub struct UdpShard {
     /// The core's counters, copied out for metrics at the end of each loop turn.
     snapshot: Arc<parking_lot::Mutex<CoreStats>>,
     auth: AuthService,
+    /// The DTLS listener, when configured.
+    pub dtls: Option<DtlsSide>,
+    /// The time of the input being handled (for DTLS encryption of replies).
+    now_ms: u64,
 }
 
 impl UdpShard {
@@ -66,13 +77,23 @@ impl UdpShard {
             counters,
             snapshot,
             auth,
+            dtls: None,
+            now_ms: 0,
         }
     }
 
     /// Moves everything the core produced to where it goes.
     fn route_outputs(&mut self, timers: &mut TimerWheel<Timer>) {
         let send = &mut self.send;
-        self.core.out.drain_datagrams(|to, b| send.push(to, b));
+        let now = self.now_ms;
+        match self.dtls.as_mut() {
+            Some(d) => self.core.out.drain_datagrams(|to, b| {
+                if !d.send_app(now, to, b) {
+                    send.push(to, b)
+                }
+            }),
+            None => self.core.out.drain_datagrams(|to, b| send.push(to, b)),
+        }
         for m in self.core.out.mqtt.drain(..) {
             if self.mqtt.send(m).is_err() {
                 self.counters.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
@@ -140,6 +161,24 @@ impl UdpShard {
         // Once per loop turn (a batch of datagrams): an uncontended lock and a copy.
         let _ = now;
         *self.snapshot.lock() = self.core.stats;
+        if let Some(d) = &self.dtls {
+            let s = d.stats();
+            let c = &self.counters;
+            c.dtls_sessions
+                .store(d.sessions() as u64, Ordering::Relaxed);
+            c.dtls_handshakes_completed
+                .store(s.handshakes_completed, Ordering::Relaxed);
+            c.dtls_handshakes_failed.store(
+                s.handshakes_failed + s.handshake_timeouts,
+                Ordering::Relaxed,
+            );
+            c.dtls_half_open_drops.store(
+                s.half_open_drops + s.half_open_per_addr_drops,
+                Ordering::Relaxed,
+            );
+            c.dtls_decrypt_errors
+                .store(s.decrypt_errors, Ordering::Relaxed);
+        }
         let c = &self.counters;
         c.endpoints
             .store(self.core.endpoints().len() as u64, Ordering::Relaxed);
@@ -161,6 +200,18 @@ impl ShardApp for UdpShard {
         now_ms: u64,
         timers: &mut TimerWheel<Timer>,
     ) -> bool {
+        self.now_ms = now_ms;
+        if token == DTLS {
+            let Some(d) = self.dtls.as_mut() else {
+                return false;
+            };
+            if writable {
+                d.flush();
+            }
+            let more = readable && d.read(now_ms, &mut self.core, timers);
+            self.route_outputs(timers);
+            return more;
+        }
         if token != UDP {
             return false;
         }
@@ -171,11 +222,18 @@ impl ShardApp for UdpShard {
     }
 
     fn on_message(&mut self, msg: ShardMsg, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+        self.now_ms = now_ms;
         self.core.handle_message(now_ms, msg);
         self.route_outputs(timers);
     }
 
     fn on_timer(&mut self, t: Timer, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+        self.now_ms = now_ms;
+        if t == Timer::Transport {
+            if let Some(d) = self.dtls.as_mut() {
+                d.on_timer(now_ms, &mut self.core, timers);
+            }
+        }
         self.core.handle_timer(now_ms, t);
         self.route_outputs(timers);
     }
@@ -189,6 +247,9 @@ impl ShardApp for UdpShard {
                 tracing::warn!(shard = self.core.shard(), error = %e, "sendmmsg failed");
                 self.send.clear();
             }
+        }
+        if let Some(d) = self.dtls.as_mut() {
+            d.flush();
         }
         self.publish_counters(now_ms);
         // Unsent datagrams wait for the socket's writable event.

@@ -34,6 +34,7 @@ use super::table::EndpointTable;
 use super::template::Vars;
 use crate::auth::AuthRequest;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
+use crate::dtls::PeerIdentity;
 use crate::objects::{ObjectRegistry, SharedRegistry};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct ShardCore {
     /// Registers waiting for the authentication server, by ticket.
     pending_auth: hashbrown::HashMap<u64, PendingAuth>,
     auth_seq: u64,
+    /// The DTLS identity of the datagram being handled (None: plain UDP).
+    input_identity: Option<Arc<PeerIdentity>>,
     pub(super) token_seq: u32,
     pub(super) rng: u64,
     pub stats: CoreStats,
@@ -119,6 +122,7 @@ impl ShardCore {
             admission: TokenBucket::new(rate),
             shards,
             pending_auth: Default::default(),
+            input_identity: None,
             auth_seq: 0,
             shard,
             settings,
@@ -187,11 +191,52 @@ impl ShardCore {
         }
     }
 
+    /// A datagram that arrived over a DTLS session with `identity`.
+    pub fn handle_secure_datagram(
+        &mut self,
+        now: u64,
+        peer: SocketAddr,
+        identity: &Arc<PeerIdentity>,
+        data: &[u8],
+    ) {
+        self.input_identity = Some(identity.clone());
+        self.handle_datagram(now, peer, data);
+        self.input_identity = None;
+    }
+
+    /// May the current input's DTLS identity act for endpoint `name`? Plain UDP
+    /// may act only for registrations made over plain UDP.
+    fn identity_may_act(&self, name: &str, secure_registration: bool) -> Result<(), String> {
+        match self.input_identity.as_deref() {
+            None if secure_registration => {
+                Err("this registration was made over DTLS; plain CoAP may not change it".into())
+            }
+            None => Ok(()),
+            Some(PeerIdentity::Psk(id)) => match &self.settings.dtls_psk {
+                Some(store) if !store.may_register(id, name) => Err(format!(
+                    "PSK identity {id:?} may not register endpoint {name:?}"
+                )),
+                _ => Ok(()),
+            },
+            Some(PeerIdentity::Cert { cn }) => {
+                if self.settings.dtls_require_cn && cn != name {
+                    Err(format!(
+                        "certificate CN {cn:?} is not the endpoint name {name:?}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Some(PeerIdentity::Anonymous) => Ok(()),
+        }
+    }
+
     /// A timer armed earlier came due.
     pub fn handle_timer(&mut self, now: u64, t: Timer) {
         match t {
             Timer::Retransmit { slot, token } => self.on_retransmit(now, slot, token),
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
+            Timer::Transport => {}
             Timer::BlockExpire { id } => self.on_block_expire(now, id),
             Timer::AuthTimeout { ticket } => {
                 if self.pending_auth.contains_key(&ticket) {
@@ -434,6 +479,11 @@ impl ShardCore {
             }
         };
         let name = params.ep.expect("checked");
+        if let Err(e) = self.identity_may_act(name, false) {
+            self.stats.forbidden += 1;
+            self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
+            return;
+        }
         if !authorized {
             if let Err(max_age) = self.admit(now, name) {
                 self.reply_unavailable(peer, msg, max_age);
@@ -503,6 +553,7 @@ impl ShardCore {
             alternate_path,
             object_list,
             queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
+            secure: self.input_identity.is_some(),
             content_format,
             last_reply: LastReply::default(),
             registered_ms: now,
@@ -669,6 +720,15 @@ impl ShardCore {
                 return;
             }
         };
+        let (name, secure) = {
+            let ep = self.table.get(slot).expect("found");
+            (ep.name.clone(), ep.secure)
+        };
+        if let Err(e) = self.identity_may_act(&name, secure) {
+            self.stats.forbidden += 1;
+            self.reply_error(peer, msg, codes::FORBIDDEN, &e, data.len());
+            return;
+        }
         if is_update {
             self.update(now, peer, slot, msg, data.len());
         } else {

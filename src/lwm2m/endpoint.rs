@@ -54,6 +54,8 @@ pub struct Endpoint {
     /// Object list paths joined by `,` (set when a Register or Update carried one).
     pub object_list: Option<Box<str>>,
     pub queue_mode: bool,
+    /// Registered over DTLS: plain CoAP may not update or remove it.
+    pub secure: bool,
     /// Preferred content format announced at registration (`ct` of the root link).
     pub content_format: Option<u16>,
     pub last_reply: LastReply,

@@ -22,6 +22,8 @@ pub enum Timer {
     BlockExpire { id: u32 },
     /// A Register waited too long for the authentication server.
     AuthTimeout { ticket: u64 },
+    /// For the driver's transport (DTLS handshake timers); never armed by the core.
+    Transport,
 }
 
 /// Work for a shard that arrives through its mailbox.

@@ -59,6 +59,10 @@ pub struct CoreSettings {
     pub auth_timeout_ms: u64,
     /// Per-endpoint counters for the management API.
     pub enable_stats: bool,
+    /// Which endpoint names each PSK identity may register (DTLS).
+    pub dtls_psk: Option<std::sync::Arc<crate::dtls::PskStore>>,
+    /// A verified client certificate's CN must equal the endpoint name.
+    pub dtls_require_cn: bool,
 }
 
 /// What `auto_observe` observes after a registration.
@@ -111,6 +115,8 @@ impl CoreSettings {
                 .as_millis() as u64
                 + 1000,
             enable_stats: c.enable_stats,
+            dtls_psk: None,
+            dtls_require_cn: c.listeners.dtls.values().any(|l| l.cafile.is_some()),
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
             block_enable: c.blockwise.enable,

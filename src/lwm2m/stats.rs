@@ -37,6 +37,8 @@ pub struct CoreStats {
     pub auth_timeouts: u64,
     /// Registers refused because too many waited for the authentication server.
     pub auth_overflow: u64,
+    /// Requests refused 4.03 (DTLS identity not allowed for the endpoint).
+    pub forbidden: u64,
     /// Registrations removed through the management API.
     pub kicked: u64,
     /// Registers refused by `max_conn_rate` (5.03).

@@ -201,6 +201,7 @@ mod tests {
             alternate_path: None,
             object_list: None,
             queue_mode: false,
+            secure: false,
             content_format: None,
             last_reply: LastReply::default(),
             registered_ms: 0,

@@ -43,6 +43,8 @@ pub fn settings() -> CoreSettings {
         auth: Default::default(),
         auth_timeout_ms: 11_000,
         enable_stats: true,
+        dtls_psk: None,
+        dtls_require_cn: false,
     }
 }
 

@@ -1,0 +1,138 @@
+//! A shard's DTLS listener: its own SO_REUSEPORT socket, the sans-IO DTLS server
+//! (one per shard), and the glue that feeds decrypted CoAP to the core (tagged with
+//! the peer's identity) and encrypts the core's replies for peers with a session.
+
+use crate::dtls::{DtlsEvent, DtlsServer, PeerIdentity};
+use crate::lwm2m::{ShardCore, Timer};
+use hashbrown::HashMap;
+use mio::net::UdpSocket;
+use netio::{RecvBatch, SendBatch};
+use shard::{Clock, TimerWheel};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The mio token of a shard's DTLS socket.
+pub const DTLS: mio::Token = mio::Token(2);
+const READS_PER_TURN: usize = 4;
+
+pub struct DtlsSide {
+    pub socket: UdpSocket,
+    server: DtlsServer,
+    recv: RecvBatch,
+    send: SendBatch,
+    identities: HashMap<SocketAddr, Arc<PeerIdentity>>,
+    clock: Clock,
+    /// Deadline of the wheel entry armed for the server's timers (u64::MAX: none).
+    armed_at: u64,
+}
+
+impl DtlsSide {
+    pub fn new(socket: UdpSocket, server: DtlsServer, batch: usize, clock: Clock) -> Self {
+        Self {
+            socket,
+            server,
+            recv: RecvBatch::new(batch, 2048),
+            send: SendBatch::new(batch),
+            identities: HashMap::new(),
+            clock,
+            armed_at: u64::MAX,
+        }
+    }
+
+    /// Reads what the socket holds (bounded); true if more is left.
+    pub fn read(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<Timer>) -> bool {
+        let at = self.clock.instant_at(now);
+        for _ in 0..READS_PER_TURN {
+            let n = match self.recv.recv(&self.socket) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.pump(now, core, timers);
+                    return false;
+                }
+            };
+            for i in 0..n {
+                let (peer, data, truncated) = self.recv.get(i);
+                if !truncated {
+                    self.server.handle_datagram(at, peer, data);
+                }
+            }
+            self.pump(now, core, timers);
+        }
+        true
+    }
+
+    /// True if `to` has a session: the datagram was encrypted and queued.
+    pub fn send_app(&mut self, now: u64, to: SocketAddr, plaintext: &[u8]) -> bool {
+        if !self.server.has_session(to) {
+            return false;
+        }
+        let _ = self.server.send(self.clock.instant_at(now), to, plaintext);
+        while let Some((peer, bytes)) = self.server.poll_transmit() {
+            self.send.push(peer, &bytes);
+        }
+        true
+    }
+
+    /// The server's timers came due.
+    pub fn on_timer(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<Timer>) {
+        self.armed_at = u64::MAX;
+        self.server.handle_timeout(self.clock.instant_at(now));
+        self.pump(now, core, timers);
+    }
+
+    /// Drains the server: ciphertext to send, plaintext to the core, timers to the wheel.
+    fn pump(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<Timer>) {
+        loop {
+            while let Some((peer, bytes)) = self.server.poll_transmit() {
+                self.send.push(peer, &bytes);
+            }
+            let Some(ev) = self.server.poll_event() else {
+                break;
+            };
+            match ev {
+                DtlsEvent::Connected { peer, identity } => {
+                    tracing::debug!(%peer, ?identity, "DTLS session up");
+                    self.identities.insert(peer, Arc::new(identity));
+                }
+                DtlsEvent::Data { peer, plaintext } => {
+                    let id = self
+                        .identities
+                        .get(&peer)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(PeerIdentity::Anonymous));
+                    core.handle_secure_datagram(now, peer, &id, &plaintext);
+                }
+                DtlsEvent::Closed { peer, reason } => {
+                    tracing::debug!(%peer, ?reason, "DTLS session closed");
+                    self.identities.remove(&peer);
+                }
+            }
+        }
+        if let Some(next) = self.server.next_timeout() {
+            let ms = next
+                .saturating_duration_since(self.clock.start())
+                .as_millis() as u64;
+            if ms < self.armed_at {
+                self.armed_at = ms;
+                timers.insert(ms, Timer::Transport);
+            }
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if !self.send.is_empty() {
+            if let Err(e) = self.send.flush(&self.socket) {
+                tracing::warn!(error = %e, "DTLS sendmmsg failed");
+                self.send.clear();
+            }
+        }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.identities.len()
+    }
+
+    pub fn stats(&self) -> &crate::dtls::DtlsStats {
+        self.server.stats()
+    }
+}
