@@ -1,0 +1,945 @@
+//! Property checks run by the fuzz targets and replayed by `tests/fuzz_regressions.rs`.
+//!
+//! Every function takes the raw fuzz input, must never panic on its own, and panics
+//! (assert) only when the code under test breaks an invariant: a round trip that does
+//! not round-trip, a reply that is not CoAP, state that leaks.
+
+#![allow(dead_code)]
+
+use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::formats::{self, fmt_id, ContentItem, Value, WriteItem};
+use lwm2m_gateway::lwm2m::directory::DirEntry;
+use lwm2m_gateway::lwm2m::registration;
+use lwm2m_gateway::lwm2m::settings::Translator;
+use lwm2m_gateway::lwm2m::template::Template;
+use lwm2m_gateway::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, ShardMsg, Timer};
+use lwm2m_gateway::model::{LwPath, ObjectDef, Operations, ResourceDef, ResourceType};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+// ------------------------------------------------------------------ CoAP
+
+/// Parse, iterate every option, re-encode with `MessageWriter` and parse again:
+/// the encoding of a parsed message is unique, so it must give back the same bytes.
+pub fn coap_message(data: &[u8]) {
+    let m = match Message::parse(data) {
+        Ok(m) => m,
+        Err(e) => {
+            if e.header_ok() {
+                assert!(
+                    Message::peek_header(data).is_some(),
+                    "header_ok but peek_header fails"
+                );
+            }
+            return;
+        }
+    };
+    let opts: Vec<(u16, &[u8])> = m.options().collect();
+    let mut last = 0u16;
+    for &(n, v) in &opts {
+        assert!(n >= last, "option numbers decrease");
+        last = n;
+        let _ = m.option_uint(n);
+        if let Some(b) = BlockOpt::decode(v) {
+            assert!(b.szx < 7);
+            let raw = b.encode();
+            let bytes = raw.to_be_bytes();
+            let skip = (raw.leading_zeros() / 8) as usize;
+            assert_eq!(BlockOpt::decode(&bytes[skip..]), Some(b), "block option");
+            assert!((16..=1024).contains(&b.size()));
+        }
+    }
+    for &(n, _) in &opts {
+        assert!(m.option(n).is_some());
+    }
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, m.mtype, m.code, m.mid, m.token);
+    for &(n, v) in &opts {
+        w.option(n, v);
+    }
+    w.payload(m.payload);
+    let again = Message::parse(&buf).expect("re-encoded message parses");
+    assert_eq!(again.mtype, m.mtype);
+    assert_eq!(again.code, m.code);
+    assert_eq!(again.mid, m.mid);
+    assert_eq!(again.token, m.token);
+    assert_eq!(again.payload, m.payload);
+    assert_eq!(again.options().collect::<Vec<_>>(), opts);
+    assert_eq!(
+        buf, data,
+        "CoAP encoding is unique: re-encoding gives the input"
+    );
+}
+
+// ------------------------------------------------------------------ link-format
+
+pub fn link_format(data: &[u8]) {
+    if let Ok(list) = registration::parse_object_list(data) {
+        let paths: Vec<&str> = list.iter().collect();
+        for p in &paths {
+            assert!(!p.is_empty() && !p.contains(','), "path {p:?}");
+        }
+        assert!(!list.alternate_path.is_empty());
+        // Serialising the stripped paths as plain links parses to the same paths.
+        let text: Vec<String> = paths.iter().map(|p| format!("<{p}>")).collect();
+        let again = registration::parse_object_list(text.join(",").as_bytes())
+            .expect("re-serialised object list parses");
+        assert_eq!(again.iter().collect::<Vec<_>>(), paths);
+    }
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let pieces = formats::split_links(s);
+    for p in &pieces {
+        assert!(!p.is_empty() && p.trim() == *p, "piece {p:?}");
+    }
+    if let Ok(links) = formats::parse_links(s) {
+        assert_eq!(links.len(), pieces.len());
+        for l in &links {
+            for (k, _) in &l.attrs {
+                assert!(!k.is_empty());
+                assert!(l.attr(k).is_some());
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ content formats
+
+fn res(id: u16, kind: ResourceType, multiple: bool) -> (u16, ResourceDef) {
+    (
+        id,
+        ResourceDef {
+            id,
+            name: format!("r{id}"),
+            kind,
+            operations: Operations::from_xml("RW"),
+            multiple,
+        },
+    )
+}
+
+/// Device (3) and Temperature (3303), by hand.
+pub fn model() -> BTreeMap<u16, ObjectDef> {
+    use ResourceType::*;
+    let device = [
+        res(0, String, false),
+        res(1, String, false),
+        res(2, String, false),
+        res(3, String, false),
+        res(4, None, false),
+        res(5, None, false),
+        res(6, Integer, true),
+        res(7, Integer, true),
+        res(8, Integer, true),
+        res(9, Integer, false),
+        res(10, Integer, false),
+        res(11, Integer, true),
+        res(12, None, false),
+        res(13, Time, false),
+        res(14, String, false),
+        res(15, String, false),
+        res(16, String, false),
+        res(17, String, false),
+        res(18, String, false),
+        res(19, String, false),
+        res(20, Integer, false),
+        res(21, Integer, false),
+        res(22, Objlnk, true),
+    ];
+    let temp = [
+        res(5601, Float, false),
+        res(5602, Float, false),
+        res(5603, Float, false),
+        res(5604, Float, false),
+        res(5605, None, false),
+        res(5700, Float, false),
+        res(5701, String, false),
+        res(5750, String, false),
+        res(5518, Time, false),
+        res(6050, Boolean, false),
+        res(6051, UnsignedInteger, false),
+        res(6052, Opaque, false),
+        res(6053, Corelnk, false),
+    ];
+    let mut m = BTreeMap::new();
+    for (id, name, r) in [
+        (3u16, "Device", &device[..]),
+        (3303, "Temperature", &temp[..]),
+    ] {
+        m.insert(
+            id,
+            ObjectDef {
+                id,
+                name: name.into(),
+                multiple: id != 3,
+                resources: r.iter().cloned().collect(),
+            },
+        );
+    }
+    m
+}
+
+const PATHS: &[&[u16]] = &[
+    &[],
+    &[3],
+    &[3, 0],
+    &[3, 0, 0],
+    &[3, 0, 6],
+    &[3, 0, 6, 1],
+    &[3, 0, 13],
+    &[3, 0, 22],
+    &[3303],
+    &[3303, 0],
+    &[3303, 0, 5700],
+    &[3303, 1, 5701],
+    &[3303, 0, 6052],
+    &[5, 0],
+    &[5, 0, 1],
+];
+
+/// The request path a decode input is for: chosen by its first byte.
+pub fn pick_path(b: u8) -> LwPath {
+    LwPath::from_ids(PATHS[b as usize % PATHS.len()]).expect("static path")
+}
+
+fn sorted(items: &[ContentItem]) -> Vec<ContentItem> {
+    let mut v = items.to_vec();
+    v.sort_by_key(|i| i.path);
+    v
+}
+
+/// Decodes `data[1..]` in `format` at the path picked by `data[0]`; renders the items
+/// as the MQTT JSON (must be valid JSON); and where the format has an encoder and it
+/// accepts the items, decoding the encoding gives the same items.
+pub fn decode_format(format: u16, data: &[u8]) {
+    let Some((&first, payload)) = data.split_first() else {
+        return;
+    };
+    let path = pick_path(first);
+    let m = model();
+    let Ok(items) = formats::decode(Some(format), payload, &path, &m) else {
+        return;
+    };
+    let mut json = Vec::new();
+    formats::write_content_json(&items, &mut json);
+    let mut copy = json.clone();
+    if let Err(e) = simd_json::to_owned_value(&mut copy) {
+        panic!(
+            "content JSON is not JSON ({e}): {}",
+            String::from_utf8_lossy(&json)
+        );
+    }
+    if format == fmt_id::LINK || format == fmt_id::OPAQUE {
+        return;
+    }
+    // A CBOR Time goes out untagged (the tag is optional in LwM2M) and comes back
+    // typed by the model, so it round-trips only through a Time resource.
+    if matches!(
+        format,
+        fmt_id::CBOR | fmt_id::LWM2M_CBOR | fmt_id::SENML_CBOR
+    ) && items.iter().any(|i| matches!(i.value, Value::Time(_)))
+    {
+        return;
+    }
+    // text/plain carries untyped bytes as base64, which decodes as the text it is.
+    if format == fmt_id::TEXT && items.iter().any(|i| matches!(i.value, Value::Untyped(_))) {
+        return;
+    }
+    let w: Vec<WriteItem> = items
+        .iter()
+        .map(|i| WriteItem {
+            path: i.path,
+            value: i.value.clone(),
+        })
+        .collect();
+    let Ok(bytes) = formats::encode(format, &path, &w) else {
+        return;
+    };
+    let again = formats::decode(Some(format), &bytes, &path, &m).unwrap_or_else(|e| {
+        panic!("format {format}: decoding our own encoding of {items:?} fails: {e}")
+    });
+    assert!(
+        same_items(&sorted(&again), &sorted(&items)),
+        "format {format} path {path}: round trip changed the items\n  decoded {items:?}\n  encoded {bytes:?}\n  again   {again:?}"
+    );
+}
+
+/// Item lists equal, with floats compared by bits (NaN never reaches an encoder).
+fn same_items(a: &[ContentItem], b: &[ContentItem]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.path == y.path
+                && match (&x.value, &y.value) {
+                    (Value::Float(p), Value::Float(q)) => same_float(*p, *q),
+                    // The CBOR encoders write Time as a plain integer (the tag is
+                    // optional in LwM2M); an untyped resource then reads it back as one.
+                    (Value::Time(p), Value::Integer(q)) | (Value::Integer(p), Value::Time(q)) => {
+                        p == q
+                    }
+                    (p, q) => p == q,
+                }
+        })
+}
+
+/// Floats equal, or the same single-precision value: CBOR decoding widens an f32 to
+/// its shortest decimal (`0.1f32` becomes `0.1`), and the encoder writes an f32
+/// whenever that is exact, so an exact f32 comes back as its shortest decimal.
+fn same_float(p: f64, q: f64) -> bool {
+    p == q
+        || (p.is_nan() && q.is_nan())
+        || (p as f32 == q as f32 && (p as f32 as f64 == p || q as f32 as f64 == q))
+}
+
+// ------------------------------------------------------------------ command JSON
+
+const ENCODINGS: &[u16] = &[
+    fmt_id::TLV,
+    fmt_id::SENML_JSON,
+    fmt_id::SENML_CBOR,
+    fmt_id::LWM2M_CBOR,
+    fmt_id::OMA_JSON,
+    fmt_id::TEXT,
+];
+
+fn is_json(s: &str) -> bool {
+    let mut b = s.as_bytes().to_vec();
+    simd_json::to_owned_value(&mut b).is_ok()
+}
+
+/// `data[0]` picks the device's write encoding; the rest is the command.
+pub fn command_json(data: &[u8]) {
+    use lwm2m_gateway::lwm2m::command::{parse, Encoding, Op};
+    let Some((&first, cmd)) = data.split_first() else {
+        return;
+    };
+    let format = ENCODINGS[first as usize % ENCODINGS.len()];
+    let m = model();
+    let mut buf = cmd.to_vec();
+    let echo = match parse(&mut buf, &m, Encoding { format }) {
+        Ok(c) => {
+            if let Some((f, body)) = &c.payload {
+                if c.op == Op::Write {
+                    // What we send must be decodable by the same codecs.
+                    if let Err(e) = formats::decode(Some(*f), body, &c.path, &m) {
+                        panic!("write payload we encoded does not decode: {e}: {body:?}");
+                    }
+                }
+            }
+            for q in &c.query {
+                assert!(!q.is_empty());
+            }
+            c.echo
+        }
+        Err(e) => {
+            assert!(!e.error.is_empty());
+            e.echo
+        }
+    };
+    assert!(
+        is_json(&echo.data),
+        "echo data is not JSON: {:?}",
+        echo.data
+    );
+    let members = format!("{{{}}}", echo.members);
+    assert!(is_json(&members), "echo members are not JSON: {members:?}");
+}
+
+// ------------------------------------------------------------------ config, objects
+
+pub fn config_toml(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(c) = lwm2m_gateway::config::Config::from_toml_str(s) else {
+        return;
+    };
+    if c.validate().is_ok() {
+        let _ = c.udp_listener();
+        let _ = CoreSettings::from_config(&c);
+    }
+}
+
+pub fn objects_xml(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(objs) = lwm2m_gateway::objects::parse_str(s) else {
+        return;
+    };
+    for o in &objs {
+        for (id, r) in &o.def.resources {
+            assert_eq!(*id, r.id);
+        }
+    }
+    let reg = lwm2m_gateway::objects::ObjectRegistry::from_parsed(objs);
+    for id in reg.ids().collect::<Vec<_>>() {
+        assert!(reg.get(id).is_some());
+    }
+}
+
+// ------------------------------------------------------------------ stateful core
+
+/// Reads fuzz bytes as op codes and arguments; zeros once exhausted.
+pub struct Bytes<'a> {
+    d: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(d: &'a [u8]) -> Self {
+        Self { d, i: 0 }
+    }
+    pub fn done(&self) -> bool {
+        self.i >= self.d.len()
+    }
+    pub fn u8(&mut self) -> u8 {
+        let b = self.d.get(self.i).copied().unwrap_or(0);
+        self.i += 1;
+        b
+    }
+    pub fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let s = self.i.min(self.d.len());
+        let e = (s + n).min(self.d.len());
+        self.i = s + n;
+        &self.d[s..e]
+    }
+}
+
+/// The defaults of the configuration, with per-endpoint subscriptions and a short
+/// minimum lifetime.
+pub fn core_settings() -> CoreSettings {
+    let c = lwm2m_gateway::config::Config::default();
+    let mut s = CoreSettings::from_config(&c);
+    let t = |topic: &str| Translator {
+        topic: topic.into(),
+        qos: 1,
+    };
+    s.lifetime_min_s = 1;
+    s.lifetime_max_s = 86_400;
+    s.mountpoint = Template::parse("lwm2m/${endpoint_name}/");
+    s.command = t("dn/#");
+    s.register = t("up/resp");
+    s.update = t("up/update");
+    s.update_needs_object_list = false;
+    s.per_endpoint_subscriptions = true;
+    s.exchange_lifetime_ms = 247_000;
+    s
+}
+
+const NAMES: &[&str] = &["dev-a", "dev-b", "dev-c", "urn:imei:1", "x", "dev-f"];
+const PEERS: u8 = 8;
+
+fn peer(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1 + i / 2], 5683 + (i % 2) as u16))
+}
+
+/// Builds a request from parts.
+#[allow(clippy::too_many_arguments)]
+pub fn request(
+    con: bool,
+    code: u8,
+    mid: u16,
+    token: &[u8],
+    path: &[&[u8]],
+    query: &[&[u8]],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let t = if con { MsgType::Con } else { MsgType::Non };
+    let mut w = MessageWriter::new(&mut buf, t, code, mid, token);
+    for p in path {
+        w.option(opt::URI_PATH, p);
+    }
+    for q in query {
+        w.option(opt::URI_QUERY, q);
+    }
+    w.payload(payload);
+    buf
+}
+
+/// Several shards sharing a directory, driven op by op from fuzz bytes.
+pub struct World {
+    pub cores: Vec<ShardCore>,
+    pub dir: Arc<Directory>,
+    pub now: u64,
+    pub timers: Vec<(u64, usize, Timer)>,
+    /// Cross-shard messages not delivered yet (delivered in any order).
+    pub mailbox: Vec<(u16, ShardMsg)>,
+    /// Names that got a register message on MQTT.
+    pub names: HashSet<String>,
+    pub locations: Vec<String>,
+    pub subscribed: HashSet<String>,
+    pub publishes: u64,
+    pub last: Option<(u8, Vec<u8>)>,
+}
+
+/// What one delivery produced.
+struct Effects {
+    replies: Vec<(SocketAddr, Vec<u8>)>,
+    publishes: usize,
+}
+
+impl World {
+    pub fn new(shards: usize) -> Self {
+        let s = Arc::new(core_settings());
+        let dir = Arc::new(Directory::new());
+        let cores = (0..shards)
+            .map(|i| ShardCore::new(i as u16, s.clone(), dir.clone(), 77 + 1000 * i as u64))
+            .collect();
+        Self {
+            cores,
+            dir,
+            now: 1_000,
+            timers: Vec::new(),
+            mailbox: Vec::new(),
+            names: HashSet::new(),
+            locations: Vec::new(),
+            subscribed: HashSet::new(),
+            publishes: 0,
+            last: None,
+        }
+    }
+
+    fn shard_of(&self, p: u8) -> usize {
+        p as usize % self.cores.len()
+    }
+
+    /// Collects the outputs of every core.
+    fn collect(&mut self) -> Effects {
+        let mut fx = Effects {
+            replies: Vec::new(),
+            publishes: 0,
+        };
+        for (i, c) in self.cores.iter_mut().enumerate() {
+            c.out
+                .drain_datagrams(|to, b| fx.replies.push((to, b.to_vec())));
+            for m in c.out.mqtt.drain(..) {
+                match m {
+                    MqttOut::Publish { topic, .. } => {
+                        fx.publishes += 1;
+                        // lwm2m/<name>/up/resp is a register message.
+                        if let Some(n) = topic
+                            .strip_prefix("lwm2m/")
+                            .and_then(|t| t.strip_suffix("/up/resp"))
+                        {
+                            self.names.insert(n.to_string());
+                        }
+                    }
+                    MqttOut::Subscribe { filter, .. } => {
+                        self.subscribed.insert(filter);
+                    }
+                    MqttOut::Unsubscribe { filter, .. } => {
+                        self.subscribed.remove(&filter);
+                    }
+                }
+            }
+            for (at, t) in c.out.timers.drain(..) {
+                self.timers.push((at, i, t));
+            }
+            self.mailbox.append(&mut c.out.to_shards);
+        }
+        self.publishes += fx.publishes as u64;
+        for (_, r) in &fx.replies {
+            if let Ok(m) = Message::parse(r) {
+                if m.code == codes::CREATED {
+                    let segs: Vec<&[u8]> = m.option_values(opt::LOCATION_PATH).collect();
+                    assert_eq!(segs.len(), 2, "2.01 carries rd/<location>");
+                    assert_eq!(segs[0], b"rd");
+                    let loc = String::from_utf8(segs[1].to_vec()).expect("location is text");
+                    if !self.locations.contains(&loc) {
+                        self.locations.push(loc);
+                    }
+                }
+            }
+        }
+        fx
+    }
+
+    /// Delivers a datagram from peer `p` and checks the reply.
+    pub fn datagram(&mut self, p: u8, bytes: &[u8]) {
+        let shard = self.shard_of(p);
+        let from = peer(p);
+        let dups = self.cores[shard].stats.duplicates;
+        self.cores[shard].handle_datagram(self.now, from, bytes);
+        let dup = self.cores[shard].stats.duplicates != dups;
+        let fx = self.collect();
+        check_replies(&fx, from, bytes, dup);
+        if dup {
+            assert_eq!(
+                fx.publishes, 0,
+                "a duplicate answered from the cache published"
+            );
+        }
+        self.last = Some((p, bytes.to_vec()));
+    }
+
+    /// Delivers cross-shard message `i` of the mailbox.
+    pub fn deliver(&mut self, i: usize) {
+        if self.mailbox.is_empty() {
+            return;
+        }
+        let (to, m) = self.mailbox.remove(i % self.mailbox.len());
+        let carried = match &m {
+            ShardMsg::Adopt { peer, datagram, .. }
+            | ShardMsg::TakeoverMiss { peer, datagram, .. } => Some((*peer, datagram.clone())),
+            _ => None,
+        };
+        let dups = self.cores[to as usize].stats.duplicates;
+        self.cores[to as usize].handle_message(self.now, m);
+        let dup = self.cores[to as usize].stats.duplicates != dups;
+        let fx = self.collect();
+        match carried {
+            Some((from, d)) => {
+                check_replies(&fx, from, &d, dup);
+                if dup {
+                    assert_eq!(
+                        fx.publishes, 0,
+                        "a duplicate answered from the cache published"
+                    );
+                }
+            }
+            None => assert!(fx.replies.is_empty(), "a shard message caused a datagram"),
+        }
+    }
+
+    pub fn deliver_all(&mut self) {
+        let mut n = 0;
+        while !self.mailbox.is_empty() {
+            self.deliver(0);
+            n += 1;
+            assert!(n < 10_000, "shard messages never settle");
+        }
+    }
+
+    /// Fires timer `i` now, due or not.
+    pub fn fire(&mut self, i: usize) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let (_, shard, t) = self.timers.remove(i % self.timers.len());
+        self.cores[shard].handle_timer(self.now, t);
+        let fx = self.collect();
+        assert!(fx.replies.is_empty() && fx.publishes == 0);
+    }
+
+    /// Moves the clock forward, firing due timers in order.
+    pub fn advance(&mut self, ms: u64) {
+        let target = self.now + ms;
+        loop {
+            let next = self
+                .timers
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.0 <= target)
+                .min_by_key(|(_, t)| t.0)
+                .map(|(i, t)| (i, t.0));
+            let Some((i, at)) = next else { break };
+            self.now = self.now.max(at);
+            self.fire(i);
+        }
+        self.now = target;
+    }
+
+    /// Invariants that hold at every step.
+    pub fn check_always(&self) {
+        let total: usize = self.cores.iter().map(|c| c.endpoints().len()).sum();
+        assert!(
+            total <= self.names.len() * self.cores.len(),
+            "more endpoints ({total}) than names ({})",
+            self.names.len()
+        );
+        // Every endpoint has a live expiry timer, else it would never expire.
+        for (s, c) in self.cores.iter().enumerate() {
+            let t = c.endpoints();
+            for (slot, ep) in t.slots() {
+                let gen = t.generation(slot);
+                let armed = self
+                    .timers
+                    .iter()
+                    .any(|&(_, ts, tm)| ts == s && tm == Timer::Expire { slot, gen });
+                assert!(armed, "endpoint {} on shard {s} has no live timer", ep.name);
+            }
+        }
+    }
+
+    /// Invariants that hold when no shard message is in flight.
+    pub fn check_quiescent(&self) {
+        assert!(self.mailbox.is_empty());
+        let tolerate = tolerate_known();
+        let mut seen = HashSet::new();
+        let mut filters = HashSet::new();
+        let mut total = 0;
+        for (s, c) in self.cores.iter().enumerate() {
+            for (_, ep) in c.endpoints().slots() {
+                total += 1;
+                assert!(
+                    self.names.contains(&*ep.name),
+                    "{} never registered",
+                    ep.name
+                );
+                filters.insert(format!("{}dn/#", ep.mountpoint));
+                let entry = Some(DirEntry {
+                    shard: s as u16,
+                    location: ep.location,
+                });
+                if tolerate && self.dir.by_name(&ep.name) != entry {
+                    // The known cross-shard duplicate: a stale copy the directory
+                    // no longer names (see tests/fuzz_regressions.rs).
+                    continue;
+                }
+                assert!(
+                    seen.insert(ep.name.to_string()),
+                    "{} registered twice",
+                    ep.name
+                );
+                assert_eq!(
+                    self.dir.by_name(&ep.name),
+                    entry,
+                    "directory entry of {}",
+                    ep.name
+                );
+                assert_eq!(self.dir.by_location(ep.location), Some(s as u16));
+            }
+        }
+        if tolerate {
+            assert!(self.dir.len() <= total, "directory names leak");
+        } else {
+            assert_eq!(self.dir.len(), total, "directory names leak");
+        }
+        for loc in &self.locations {
+            let Some(l) = lwm2m_gateway::lwm2m::endpoint::Endpoint::parse_location(loc.as_bytes())
+            else {
+                continue;
+            };
+            if let Some(s) = self.dir.by_location(l) {
+                assert!(
+                    self.cores[s as usize]
+                        .endpoints()
+                        .find_location(l)
+                        .is_some(),
+                    "directory location {loc} points at shard {s} which lacks it"
+                );
+            }
+        }
+        if !tolerate {
+            // (The stale duplicate's expiry unsubscribes the live registration.)
+            assert_eq!(
+                self.subscribed, filters,
+                "subscriptions disagree with the tables"
+            );
+        }
+    }
+}
+
+/// `FUZZ_TOLERATE_KNOWN=1` lets `core_endpoint` run past the known cross-shard
+/// duplicate registration (reported, awaiting a fix in the core) to find others.
+fn tolerate_known() -> bool {
+    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("FUZZ_TOLERATE_KNOWN").is_some())
+}
+
+fn check_replies(fx: &Effects, from: SocketAddr, req: &[u8], dup: bool) {
+    assert!(
+        fx.replies.len() <= 1,
+        "{} replies to one datagram",
+        fx.replies.len()
+    );
+    assert!(
+        fx.publishes <= 1,
+        "{} publishes for one datagram",
+        fx.publishes
+    );
+    let req_msg = Message::parse(req).ok();
+    for (to, r) in &fx.replies {
+        assert_eq!(*to, from, "reply to another address");
+        let m = Message::parse(r).unwrap_or_else(|e| panic!("reply is not CoAP ({e}): {r:?}"));
+        let error = m.mtype == MsgType::Rst || matches!(codes::class(m.code), 4 | 5);
+        if error {
+            assert!(
+                r.len() <= req.len(),
+                "error reply of {} bytes to a request of {}",
+                r.len(),
+                req.len()
+            );
+        }
+        match m.mtype {
+            MsgType::Ack | MsgType::Rst => {
+                let mid = u16::from_be_bytes([req[2], req[3]]);
+                assert_eq!(m.mid, mid, "ACK/RST message ID");
+            }
+            MsgType::Non => {}
+            MsgType::Con => panic!("the core sent a CON reply"),
+        }
+        if let (Some(q), false) = (req_msg, dup || m.mtype == MsgType::Rst) {
+            assert_eq!(m.token, q.token, "reply token");
+        }
+    }
+}
+
+/// Arbitrary operation sequences against 1-4 shards sharing a directory.
+pub fn core_endpoint(data: &[u8]) {
+    let mut r = Bytes::new(data);
+    let shards = 1 + (r.u8() % 4) as usize;
+    let settle = r.u8() & 1 == 1;
+    let mut w = World::new(shards);
+    let mut ops = 0;
+    while !r.done() && ops < 256 {
+        ops += 1;
+        let op = r.u8() % 10;
+        let p = r.u8() % PEERS;
+        match op {
+            0 | 1 => {
+                let k = r.u8();
+                let name: String = if k >= 240 {
+                    let n = (r.u8() % 12) as usize;
+                    String::from_utf8_lossy(r.take(n)).into_owned()
+                } else {
+                    NAMES[k as usize % NAMES.len()].to_string()
+                };
+                let lt = r.u8();
+                let flags = r.u8();
+                let mid = r.u16();
+                let tkl = (r.u8() % 9) as usize;
+                let token = r.take(tkl).to_vec();
+                let payload: Vec<u8> = match flags >> 4 & 3 {
+                    0 => Vec::new(),
+                    1 => b"</1/0>,</3/0>".to_vec(),
+                    2 => b"</lwm2m>;rt=\"oma.lwm2m\",</lwm2m/1/0>,</lwm2m/3303/0>".to_vec(),
+                    _ => {
+                        let n = r.u8() as usize;
+                        r.take(n).to_vec()
+                    }
+                };
+                let ep = format!("ep={name}");
+                let lts = format!("lt={}", lt as u32 * 7);
+                let mut q: Vec<&[u8]> = vec![ep.as_bytes()];
+                if lt != 0 {
+                    q.push(lts.as_bytes());
+                }
+                if flags & 4 != 0 {
+                    q.push(b"lwm2m=1.1");
+                }
+                if flags & 8 != 0 {
+                    q.push(b"b=UQ");
+                }
+                let bytes = request(
+                    flags & 1 == 0,
+                    codes::POST,
+                    mid,
+                    &token,
+                    &[b"rd"],
+                    &q,
+                    &payload,
+                );
+                w.datagram(p, &bytes);
+            }
+            2 | 3 => {
+                let k = r.u8();
+                let loc = if w.locations.is_empty() || k == 255 {
+                    format!("{:x}", r.u16())
+                } else {
+                    w.locations[k as usize % w.locations.len()].clone()
+                };
+                let flags = r.u8();
+                let mid = r.u16();
+                let code = if flags & 1 == 0 {
+                    codes::POST
+                } else {
+                    codes::DELETE
+                };
+                let lts = format!("lt={}", r.u8() as u32 * 11);
+                let q: Vec<&[u8]> = if flags & 2 != 0 {
+                    vec![lts.as_bytes()]
+                } else {
+                    vec![]
+                };
+                let payload: &[u8] = if flags & 4 != 0 {
+                    b"</3/0>,</5/0>"
+                } else {
+                    b""
+                };
+                let bytes = request(
+                    flags & 8 == 0,
+                    code,
+                    mid,
+                    &mid.to_be_bytes(),
+                    &[b"rd", loc.as_bytes()],
+                    &q,
+                    payload,
+                );
+                w.datagram(p, &bytes);
+            }
+            4 => {
+                let n = r.u8() as usize;
+                let raw = r.take(n).to_vec();
+                w.datagram(p, &raw);
+            }
+            5 => {
+                // A duplicate of the last datagram, or a mutated / truncated copy.
+                if let Some((lp, mut bytes)) = w.last.clone() {
+                    let how = r.u8();
+                    let at = r.u8() as usize;
+                    let v = r.u8();
+                    if !bytes.is_empty() {
+                        match how % 3 {
+                            0 => {}
+                            1 => {
+                                let i = at % bytes.len();
+                                bytes[i] ^= v;
+                            }
+                            _ => bytes.truncate(at % bytes.len()),
+                        }
+                    }
+                    let target = if how & 0x80 != 0 { p } else { lp };
+                    w.datagram(target, &bytes);
+                }
+            }
+            6 => {
+                let ms = match r.u8() {
+                    255 => 2 * 86_400_000,
+                    k => k as u64 * 1_500,
+                };
+                w.advance(ms);
+            }
+            7 => {
+                let i = r.u16() as usize;
+                w.fire(i);
+            }
+            8 => {
+                let i = r.u8() as usize;
+                w.deliver(i);
+            }
+            _ => w.deliver_all(),
+        }
+        if settle {
+            w.deliver_all();
+        }
+        w.check_always();
+        if w.mailbox.is_empty() {
+            w.check_quiescent();
+        }
+    }
+    w.deliver_all();
+    w.check_always();
+    w.check_quiescent();
+    // Everything expires in the end and leaves nothing behind.
+    w.advance(3 * 86_400_000);
+    w.deliver_all();
+    for c in &w.cores {
+        assert_eq!(c.endpoints().len(), 0, "endpoints outlive their lifetime");
+    }
+    assert_eq!(w.dir.len(), 0, "directory keeps expired names");
+    if !tolerate_known() {
+        assert!(
+            w.subscribed.is_empty(),
+            "subscriptions outlive the endpoints"
+        );
+    }
+    let live = w.timers.len();
+    assert_eq!(live, 0, "timers left after everything expired");
+}
