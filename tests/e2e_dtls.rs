@@ -108,3 +108,12 @@ fn psk_registration_over_dtls_reaches_mqtt() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("2.01"));
     assert!(mq.recv_publish(Duration::from_millis(500)).is_none());
 }
+
+#[test]
+fn shipped_psk_example_parses() {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/psk.txt.example");
+    let store = lwm2m_gateway::dtls::PskStore::load(p).expect("the example PSK file is valid");
+    assert!(store.may_register("device-0001", "device-0001"));
+    assert!(!store.may_register("device-0001", "device-0002"));
+    assert!(store.may_register("fleet-a", "fleet-a-17"));
+}
