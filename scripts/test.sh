@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need on Debian (Mosquitto, the
-# MQTT broker the end-to-end tests start themselves; Node.js, npm and Python's venv for
-# the interop tests) when it is missing.
+# MQTT broker the end-to-end tests start themselves; libcoap3-bin, a CoAP/DTLS peer;
+# Node.js, npm and Python's venv for the interop tests) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# DTLS and block-wise interop: libcoap's clients (OpenSSL and GnuTLS builds);
+# openssl makes the test certificates.
+command -v coap-client-openssl >/dev/null || need+=(libcoap3-bin)
+command -v openssl >/dev/null || need+=(openssl)
 # The interop tests run registry peers: node + npm, and a Python venv.
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
