@@ -150,6 +150,8 @@ pub struct ServerBlocks {
     partial: hashbrown::HashMap<(SocketAddr, Box<[u8]>), Partial>,
     ids: hashbrown::HashMap<u32, (SocketAddr, Box<[u8]>)>,
     next_id: u32,
+    /// The last body completed: peer, message ID and Block1 of its final block.
+    last_final: Option<(SocketAddr, u16, BlockOpt)>,
     /// Bytes held by every partial transfer of the shard, both directions.
     pub held: HeldBytes,
 }
@@ -168,6 +170,15 @@ impl ServerBlocks {
         let p = self.partial.remove(key)?;
         self.ids.remove(&p.id);
         Some(p)
+    }
+
+    /// The Block1 option a reply to (`peer`, `mid`) carries: the final block of
+    /// the body completed last, when that is the request answered.
+    pub(super) fn final_block1(&self, peer: SocketAddr, mid: u16) -> Option<BlockOpt> {
+        match self.last_final {
+            Some((p, m, b)) if p == peer && m == mid => Some(b),
+            _ => None,
+        }
     }
 
     /// Partial bodies held now.
@@ -886,6 +897,7 @@ impl ShardCore {
         );
         self.stats.block_transfers += 1;
         self.block_gauge();
+        self.blocks.last_final = Some((peer, msg.mid, b));
         Block1In::Complete(whole)
     }
 

@@ -960,6 +960,8 @@ impl ShardCore {
 
     fn write_reply(&mut self, peer: SocketAddr, r: &LastReply, location: Option<u64>) {
         let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
+        // The answer to the last block of a block-wise body names it (RFC 7959 §2.3).
+        let block1 = self.blocks.final_block1(peer, r.mid);
         self.stats.datagrams_out += 1;
         self.out.datagram(peer, |buf| {
             let mut w = MessageWriter::new(buf, mtype, r.code, r.reply_mid, r.token());
@@ -968,6 +970,9 @@ impl ShardCore {
                     w.option(opt::LOCATION_PATH, b"rd");
                     w.option(opt::LOCATION_PATH, Endpoint::location_str(loc).as_bytes());
                 }
+            }
+            if let Some(b) = block1 {
+                w.option_uint(opt::BLOCK1, b.encode());
             }
             w.finish();
         });

@@ -596,6 +596,8 @@ fn server_block1_register_with_long_object_list() {
             }
         } else {
             assert_eq!(m.code, codes::CREATED);
+            let b1 = block(&m, opt::BLOCK1).unwrap();
+            assert_eq!((b1.num, b1.more), (i as u32, false), "names the last block");
         }
     }
     let p = h.published_since(mark);
@@ -613,6 +615,7 @@ fn server_block1_register_with_long_object_list() {
     // The last block retransmitted: the 2.01 again, no second registration.
     let again = h.one(0, dev(), blocks.last().unwrap());
     assert_eq!(again.code(), codes::CREATED);
+    assert!(block(&again.msg(), opt::BLOCK1).is_some_and(|b| !b.more));
     assert_eq!(h.published("up/resp").len(), 1);
 }
 
