@@ -141,13 +141,9 @@ fn firmware_write(size: usize) {
     assert!(mq.recv_publish(Duration::from_millis(300)).is_none());
 }
 
-/// The full-size case. The command carrying a 1 MiB image is about 1.4 MB of
-/// JSON (base64), beyond the 1 MiB `max_packet_size` the gateway's MQTT client
-/// is built with (src/engine/gateway.rs, `mqtt_options`): the packet is refused
-/// there before the core sees it. Run with `--ignored` once that limit follows
-/// `blockwise.max_body_size`.
+/// The full-size case: a 1 MiB image, about 1.4 MB of JSON (base64) on MQTT, sent
+/// to the device as Block1 blocks.
 #[test]
-#[ignore = "the gateway's MQTT client refuses packets over 1 MiB (engine/gateway.rs max_packet_size)"]
 fn firmware_write_of_1_mib_in_block1_blocks() {
     firmware_write(1 << 20);
 }

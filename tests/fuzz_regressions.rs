@@ -139,7 +139,6 @@ fn core_endpoint_files() {
 /// Fix belongs in src/lwm2m/core.rs `register()`: when the name is found locally,
 /// still evict a directory entry that points at another shard.
 #[test]
-#[ignore = "duplicate registration across shards: src/lwm2m/core.rs register() replaces locally without evicting the other shard's copy"]
 fn core_same_name_on_two_shards() {
     checks::core_endpoint(&b64("CgAAAAAAAAAAAABkAAAAD///////AHY="));
 }
@@ -153,7 +152,6 @@ fn core_same_name_on_two_shards() {
 /// Fix belongs in src/lwm2m/core.rs `answer_duplicate()` / `endpoint::LastReply`:
 /// remember the replies of every message ID for EXCHANGE_LIFETIME (RFC 7252 §4.5).
 #[test]
-#[ignore = "stale duplicate re-executed: src/lwm2m/core.rs answer_duplicate() caches one reply per endpoint"]
 fn core_reordered_duplicate_of_an_earlier_update() {
     use lwm2m_gateway::coap::codes::POST;
     let mut w = checks::World::new(1);

@@ -447,7 +447,9 @@ fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
         connections: m.connections,
         max_inflight: m.max_inflight,
         buffer_messages: m.buffer_messages,
-        max_packet_size: 1 << 20,
+        // Commands carry whole payloads (a firmware image as base64) before
+        // block-wise transfer splits them for the device.
+        max_packet_size: 16 << 20,
     }
 }
 

@@ -433,7 +433,12 @@ impl ShardCore {
         let cached = match self.table.find_peer(&peer) {
             Some(slot) => {
                 let ep = self.table.get(slot).expect("indexed");
-                fresh(&ep.last_reply).then_some((ep.last_reply, Some(ep.location)))
+                // The last two replies: a delayed duplicate of the previous request
+                // may arrive after the next one was answered.
+                [ep.last_reply, ep.prev_reply]
+                    .into_iter()
+                    .find(|r| fresh(r))
+                    .map(|r| (r, Some(ep.location)))
             }
             None => None,
         };
@@ -496,17 +501,10 @@ impl ShardCore {
         }
         let mountpoint = self.render_mountpoint(name, &params, peer);
 
-        // The same name registered again replaces the old registration, wherever it is.
-        if let Some(slot) = self.table.find_name(name) {
-            let keep = self.table.get(slot).map(|e| *e.mountpoint == *mountpoint) == Some(true);
-            self.stats.replaced += 1;
-            self.remove_endpoint(
-                slot,
-                Removal::Replaced {
-                    keep_subscription: keep,
-                },
-            );
-        } else if let Some(old) = self.dir.by_name(name) {
+        // The same name registered again replaces the old registration, wherever it
+        // is: on another shard (the directory says so), here, or both (when an Evict
+        // is still on its way).
+        if let Some(old) = self.dir.by_name(name) {
             if old.shard != self.shard {
                 self.out.to_shards.push((
                     old.shard,
@@ -517,6 +515,16 @@ impl ShardCore {
                     },
                 ));
             }
+        }
+        if let Some(slot) = self.table.find_name(name) {
+            let keep = self.table.get(slot).map(|e| *e.mountpoint == *mountpoint) == Some(true);
+            self.stats.replaced += 1;
+            self.remove_endpoint(
+                slot,
+                Removal::Replaced {
+                    keep_subscription: keep,
+                },
+            );
         }
 
         let location = self.new_location();
@@ -556,6 +564,7 @@ impl ShardCore {
             secure: self.input_identity.is_some(),
             content_format,
             last_reply: LastReply::default(),
+            prev_reply: LastReply::default(),
             registered_ms: now,
             last_seen_ms: now,
             counters: Default::default(),
@@ -953,6 +962,7 @@ impl ShardCore {
             ..self.reply_header(msg, code)
         };
         let ep = self.table.get_mut(slot).expect("slot");
+        ep.prev_reply = ep.last_reply;
         ep.last_reply = r;
         let (peer, location) = (ep.peer, ep.location);
         self.write_reply(peer, &r, Some(location));

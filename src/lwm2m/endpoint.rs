@@ -59,6 +59,8 @@ pub struct Endpoint {
     /// Preferred content format announced at registration (`ct` of the root link).
     pub content_format: Option<u16>,
     pub last_reply: LastReply,
+    /// The reply before it (a late duplicate of the previous request).
+    pub prev_reply: LastReply,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
     /// Per-endpoint counters (`enable_stats`).

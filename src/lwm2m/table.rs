@@ -204,6 +204,7 @@ mod tests {
             secure: false,
             content_format: None,
             last_reply: LastReply::default(),
+            prev_reply: LastReply::default(),
             registered_ms: 0,
             last_seen_ms: 0,
             counters: Default::default(),
