@@ -41,12 +41,12 @@ pub fn connect(sh: &Shared) -> io::Result<Client> {
 pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
     let mut res = DriverResult::default();
     let prefix = sh.opts.prefix.clone();
-    let mut known: Vec<String> = Vec::new();
-    let mut known_set: HashSet<String> = HashSet::new();
+    let mut known: HashSet<String> = HashSet::new();
     let mut pending: HashMap<u64, u64> = HashMap::new();
     let mut answered: HashSet<u64> = HashSet::new();
     let mut next_req: u64 = 1;
     let mut cursor = 0usize;
+    let mut targets: Vec<u32> = Vec::new();
     let mut cmd_start: Option<u64> = None;
     let mut cmd_done: u64 = 0;
     let timeout_us = (sh.opts.command_timeout * 1e6) as u64;
@@ -55,12 +55,17 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
     loop {
         let phase = sh.phase.load(Ordering::Acquire);
         let now = sh.clock.us();
-        if phase == PHASE_STEADY && sh.opts.commands > 0.0 && !known.is_empty() {
+        if phase == PHASE_STEADY && sh.opts.commands > 0.0 && targets.is_empty() {
+            // Command the devices that registered over CoAP (their register messages
+            // may still be queued on the MQTT side).
+            targets = sh.registered.lock().map(|r| r.clone()).unwrap_or_default();
+        }
+        if phase == PHASE_STEADY && sh.opts.commands > 0.0 && !targets.is_empty() {
             let start = *cmd_start.get_or_insert(now);
             let target = ((now - start) as f64 / 1e6 * sh.opts.commands) as u64;
             while cmd_done < target {
                 cmd_done += 1;
-                let ep = &known[cursor % known.len()];
+                let ep = format!("{prefix}{}", targets[cursor % targets.len()]);
                 cursor += 1;
                 let id = next_req;
                 next_req += 1;
@@ -87,8 +92,8 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
             match json_str(body, "msgType") {
                 Some("register") => {
                     add(&sh.c.mqtt_register_msgs, 1);
-                    if ep.starts_with(&prefix) && known_set.insert(ep.to_string()) {
-                        known.push(ep.to_string());
+                    if ep.starts_with(&prefix) && !known.contains(ep) {
+                        known.insert(ep.to_string());
                     }
                 }
                 Some("notify") => {

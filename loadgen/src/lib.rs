@@ -11,6 +11,7 @@ pub mod driver;
 pub mod echo;
 pub mod mqtt;
 pub mod opts;
+pub mod procstat;
 pub mod publish;
 pub mod report;
 mod run;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub pending_done: AtomicU64,
     /// Device threads that queued their De-registers.
     pub dereg_queued: AtomicU64,
+    /// Global indices of the devices that registered (2.01), for the command driver.
+    pub registered: std::sync::Mutex<Vec<u32>>,
     /// Send times of notifications, when the MQTT side measures their latency.
     pub notify_sent: Option<NotifyTracker>,
 }

@@ -86,6 +86,10 @@ pub struct RunOpts {
     /// (and every update and echo came back).
     #[arg(long)]
     pub expect_all: bool,
+    /// Measure this process's CPU time and RSS around the phases (the gateway's or
+    /// the echo server's pid).
+    #[arg(long)]
+    pub watch_pid: Option<u32>,
     /// Print the report as JSON (on stdout).
     #[arg(long)]
     pub json: bool,

@@ -23,6 +23,9 @@ pub struct PublishOpts {
     /// Payload size, bytes (the gateway's notification JSON is about 150).
     #[arg(long, default_value_t = 150)]
     pub size: usize,
+    /// Publisher connections, each sending its share (the gateway uses `mqtt.connections`, 2 by default).
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
     #[arg(long, default_value = "lwm2m-loadgen/bench/up/notify")]
     pub topic: String,
     /// Print the report as JSON.
@@ -33,6 +36,7 @@ pub struct PublishOpts {
 #[derive(Debug, Default, Serialize)]
 pub struct PublishReport {
     pub qos: u8,
+    pub connections: usize,
     pub size: usize,
     pub count: u64,
     pub publish_seconds: f64,
@@ -50,9 +54,10 @@ pub struct PublishReport {
 impl PublishReport {
     pub fn table(&self) -> String {
         format!(
-            "  broker baseline (QoS {}, {} bytes)\n  published {} in {:.2}s ({:.0}/s)\n  received {} ({} lost) in {:.2}s: {:.0}/s end to end\n",
+            "  broker baseline (QoS {}, {} bytes, {} publisher connections)\n  published {} in {:.2}s ({:.0}/s)\n  received {} ({} lost) in {:.2}s: {:.0}/s end to end\n",
             self.qos,
             self.size,
+            self.connections,
             self.count,
             self.publish_seconds,
             self.publish_rate_per_s,
@@ -94,35 +99,55 @@ pub fn run(o: &PublishOpts) -> io::Result<PublishReport> {
         }
         Ok((got, last))
     });
-    let mut publ = Client::connect(o.mqtt, &format!("loadgen-pub-{id}"))?;
-    let payload = vec![b'x'; o.size];
-    let start = Instant::now();
-    let mut inbox = Vec::new();
-    for i in 0..o.count {
-        publ.publish(&o.topic, &payload, o.qos)?;
-        if publ.queued_bytes() > 64 * 1024 {
-            publ.flush()?;
-        }
-        if o.qos > 0 && i % 256 == 255 {
-            publ.poll(Duration::ZERO, &mut inbox)?;
-        }
+    let conns = o.connections.max(1);
+    let mut publishers = Vec::new();
+    for k in 0..conns {
+        publishers.push(Client::connect(o.mqtt, &format!("loadgen-pub-{id}-{k}"))?);
     }
-    publ.flush()?;
-    if o.qos > 0 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while publ.pubacks < o.count && Instant::now() < deadline {
-            publ.poll(Duration::from_millis(5), &mut inbox)?;
-        }
+    let start = Instant::now();
+    let handles: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut publ)| {
+            let n = o.count / conns as u64 + u64::from((k as u64) < o.count % conns as u64);
+            let (topic, qos, size) = (o.topic.clone(), o.qos, o.size);
+            std::thread::spawn(move || -> io::Result<()> {
+                let payload = vec![b'x'; size];
+                let mut inbox = Vec::new();
+                for i in 0..n {
+                    publ.publish(&topic, &payload, qos)?;
+                    if publ.queued_bytes() > 64 * 1024 {
+                        publ.flush()?;
+                    }
+                    if qos > 0 && i % 256 == 255 {
+                        publ.poll(Duration::ZERO, &mut inbox)?;
+                    }
+                }
+                publ.flush()?;
+                if qos > 0 {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while publ.pubacks < n && Instant::now() < deadline {
+                        publ.poll(Duration::from_millis(5), &mut inbox)?;
+                    }
+                }
+                publ.disconnect();
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| io::Error::other("publisher panicked"))??;
     }
     let publish_seconds = start.elapsed().as_secs_f64();
     let _ = tx.send(Instant::now());
     let (received, last) = receiver
         .join()
         .map_err(|_| io::Error::other("subscriber panicked"))??;
-    publ.disconnect();
     let e2e = last.map(|l| (l - start).as_secs_f64()).unwrap_or(0.0);
     Ok(PublishReport {
         qos: o.qos,
+        connections: conns,
         size: o.size,
         count: o.count,
         publish_seconds,

@@ -16,6 +16,8 @@ pub struct Report {
     pub commands: Option<Commands>,
     pub echo: Option<Echo>,
     pub deregistered: Option<u64>,
+    /// CPU and memory of the watched process (--watch-pid).
+    pub watch: Option<crate::procstat::Watch>,
     /// Datagrams the kernel refused to send.
     pub send_failed: u64,
     pub checks: Vec<Check>,
@@ -252,6 +254,21 @@ impl Report {
                 ),
             );
             row("  round trip", lat(&e.rtt));
+        }
+        if let Some(w) = &self.watch {
+            let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+            row(
+                "watched pid",
+                format!(
+                    "{}: CPU µs per registration {}, RSS bytes per endpoint {}, CPU µs per notification {}, per command {}, per echo {}",
+                    w.pid,
+                    f(w.cpu_us_per_registration),
+                    f(w.rss_bytes_per_endpoint),
+                    f(w.cpu_us_per_notification),
+                    f(w.cpu_us_per_command),
+                    f(w.cpu_us_per_echo)
+                ),
+            );
         }
         if let Some(d) = self.deregistered {
             row("deregistered", d.to_string());

@@ -2,6 +2,7 @@
 //! them through the phases (register → wait for observations → steady state →
 //! drain → de-register), prints the progress line, and builds the report.
 
+use crate::procstat::{self, Watch};
 use crate::report::{self, Check, Report};
 use crate::stats::{get, Clock, Counters, Hist};
 use crate::worker::{self, Worker, WorkerHists};
@@ -25,6 +26,7 @@ pub fn run(opts: RunOpts) -> io::Result<Report> {
         pending: AtomicU64::new(0),
         pending_done: AtomicU64::new(0),
         dereg_queued: AtomicU64::new(0),
+        registered: Default::default(),
         notify_sent: track.then(Default::default),
     });
     if sh.opts.echo {
@@ -145,12 +147,21 @@ impl Conductor {
             workers.push(std::thread::spawn(move || w.run()));
         }
         let outstanding = |s: &Shared| get(&s.pending).saturating_sub(get(&s.pending_done));
+        let sample = || o.watch_pid.and_then(procstat::sample);
+        let mut watch = o.watch_pid.map(|pid| Watch {
+            pid,
+            start: procstat::sample(pid).unwrap_or_default(),
+            ..Default::default()
+        });
 
         // Registration storm.
         let reg_done = |s: &Shared| {
             get(&s.c.reg_ok) + get(&s.c.reg_failed) + get(&s.c.reg_timed_out) >= n as u64
         };
         let reg_secs = self.wait("register", o.register_timeout, reg_done);
+        if let Some(w) = &mut watch {
+            w.after_register = sample();
+        }
         if o.mqtt.is_some() {
             let ok = get(&sh.c.reg_ok);
             self.wait("register", 5.0, |s| get(&s.c.mqtt_register_msgs) >= ok);
@@ -173,9 +184,15 @@ impl Conductor {
 
         let mut steady_secs = 0.0;
         if steady {
+            if let Some(w) = &mut watch {
+                w.steady_start = sample();
+            }
             sh.steady_start_us.store(sh.clock.us(), Ordering::Release);
             self.set_phase(worker::PHASE_STEADY);
             steady_secs = self.wait("steady", o.steady, |_| false);
+            if let Some(w) = &mut watch {
+                w.steady_end = sample();
+            }
         }
 
         // Drain: late answers, commands in flight, notifications still on their way.
@@ -205,6 +222,9 @@ impl Conductor {
             deregistered = Some(get(&sh.c.dereg_ok));
         }
         self.set_phase(worker::PHASE_DONE);
+        if let Some(w) = &mut watch {
+            w.end = sample();
+        }
 
         let mut hists = WorkerHists::default();
         for w in workers {
@@ -222,7 +242,7 @@ impl Conductor {
             ),
             None => None,
         };
-        Ok(build_report(
+        let mut r = build_report(
             &sh,
             self.threads,
             reg_secs,
@@ -230,8 +250,42 @@ impl Conductor {
             &hists,
             drv.as_ref(),
             deregistered,
-        ))
+        );
+        r.watch = watch.map(|w| finish_watch(w, &sh));
+        Ok(r)
     }
+}
+
+fn per(cpu: u64, n: u64) -> Option<f64> {
+    (n > 0).then(|| cpu as f64 / n as f64)
+}
+
+fn finish_watch(mut w: Watch, sh: &Shared) -> Watch {
+    let c = &sh.c;
+    if let Some(a) = w.after_register {
+        let ok = get(&c.reg_ok);
+        w.cpu_us_per_registration = per(a.cpu_us - w.start.cpu_us, ok);
+        if ok > 0 {
+            w.rss_bytes_per_endpoint =
+                Some((a.rss_kb as f64 - w.start.rss_kb as f64) * 1024.0 / ok as f64);
+        }
+    }
+    if let (Some(a), Some(b)) = (w.steady_start, w.steady_end) {
+        let cpu = b.cpu_us - a.cpu_us;
+        w.steady_cpu_us = Some(cpu);
+        let notes = if sh.opts.mqtt.is_some() {
+            get(&c.mqtt_notify_msgs)
+        } else {
+            get(&c.notify_sent)
+        };
+        if sh.opts.notify_rate > 0.0 {
+            w.cpu_us_per_notification = per(cpu, notes);
+        }
+        if sh.opts.commands > 0.0 {
+            w.cpu_us_per_command = per(cpu, get(&c.cmd_answered));
+        }
+    }
+    w
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -382,6 +436,7 @@ fn build_report(
 
 fn run_echo(sh: Arc<Shared>, threads: usize) -> io::Result<Report> {
     let o = &sh.opts;
+    let watch_start = o.watch_pid.and_then(procstat::sample);
     let mut handles = Vec::new();
     for (base, count) in split(o.devices_offset, o.devices, threads) {
         let sh = sh.clone();
@@ -415,6 +470,7 @@ fn run_echo(sh: Arc<Shared>, threads: usize) -> io::Result<Report> {
                 .map_err(|_| io::Error::other("echo thread panicked"))??,
         );
     }
+    let watch_end = o.watch_pid.and_then(procstat::sample);
     let secs = o.duration.min((sh.clock.us() - start) as f64 / 1e6);
     let sent = get(&sh.c.echo_sent);
     let received = get(&sh.c.echo_received);
@@ -435,6 +491,15 @@ fn run_echo(sh: Arc<Shared>, threads: usize) -> io::Result<Report> {
         }),
         ..Default::default()
     };
+    if let (Some(pid), Some(a), Some(b)) = (o.watch_pid, watch_start, watch_end) {
+        r.watch = Some(Watch {
+            pid,
+            start: a,
+            end: Some(b),
+            cpu_us_per_echo: per(b.cpu_us - a.cpu_us, received),
+            ..Default::default()
+        });
+    }
     let ok = if o.expect_all {
         received == sent
     } else {

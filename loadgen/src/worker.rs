@@ -8,7 +8,7 @@
 //! The thread follows the run's phase (set by the conductor in `run.rs`); it
 //! never blocks except in `poll`.
 
-use crate::stats::{add, get, Hist};
+use crate::stats::{add, Hist};
 use crate::Shared;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use lwm2m_gateway::sim::{client, device_addr, device_index};
@@ -511,6 +511,9 @@ impl State {
                     }
                     add(&c.reg_ok, 1);
                     self.hists.register.record(lat);
+                    if let Ok(mut r) = self.sh.registered.lock() {
+                        r.push(self.base + li as u32);
+                    }
                 } else {
                     add(&c.reg_failed, 1);
                 }
@@ -578,9 +581,4 @@ impl State {
             client::write_response(msg, &a, mid, buf)
         });
     }
-}
-
-/// Everything registered so far by the whole run (for the progress line).
-pub fn registered(sh: &Shared) -> u64 {
-    get(&sh.c.reg_ok)
 }

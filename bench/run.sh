@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark: builds release, starts Mosquitto and the gateway
+# (generated configs in a temp dir), runs the loadgen scenarios and the baselines
+# in one run, and writes bench/results/YYYY-MM-DD-HHMM.{md,json} with the machine.
+#
+#   bench/run.sh                      # the full run (about 5 minutes on 2 cores)
+#   REG_DEVICES=100000 bench/run.sh   # a smaller registration storm
+#
+# Scenarios (each a loadgen run; numbers in the result files):
+#   broker      plain MQTT publishers (2 connections, as the gateway) -> Mosquitto ->
+#               plain subscriber, QoS 0
+#   storm-2/1   registration storm of REG_DEVICES at REG_RATE, 2 shards then 1 shard
+#               (gateway CPU per registration, RSS growth per endpoint)
+#   cmd-peak    read commands at CMD_PEAK_RATE: the answered rate is the peak
+#   cmd-half    read commands at half that peak: round-trip percentiles
+#   notify-2/1  NOTIFY_DEVICES devices auto-observed on /3303/0/5700, NON notifications
+#               offered at NOTIFY_RATE for STEADY s -> MQTT QoS 0: the delivered rate is
+#               the peak (gateway CPU per notification), 2 shards then 1 shard
+#   notify-half the same at half the 2-shard peak: latency and loss below saturation
+#   echo        recvmmsg/sendmmsg echo server driven at the rate notify-2 achieved, and
+#               at full speed (the UDP limit of this machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REG_DEVICES=${REG_DEVICES:-1000000}
+REG_RATE=${REG_RATE:-60000}
+NOTIFY_DEVICES=${NOTIFY_DEVICES:-10000}
+NOTIFY_RATE=${NOTIFY_RATE:-100000}
+STEADY=${STEADY:-10}
+CMD_DEVICES=${CMD_DEVICES:-2000}
+CMD_PEAK_RATE=${CMD_PEAK_RATE:-30000}
+BROKER_COUNT=${BROKER_COUNT:-1000000}
+LG_THREADS=${LG_THREADS:-1}
+
+command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
+    echo "bench/run.sh needs mosquitto" >&2
+    exit 1
+}
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
+GW=$ROOT/target/release/lwm2m-gateway
+LG=$ROOT/target/release/lwm2m-loadgen
+
+TMP=$(mktemp -d /tmp/lwm2m-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_line() { # file pattern
+    for _ in $(seq 1 600); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "timed out waiting for '$2' in $1" >&2
+    cat "$1" >&2
+    return 1
+}
+
+MQ_PORT=$(free_port)
+cat > "$TMP/mosquitto.conf" <<CONF
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+set_tcp_nodelay true
+max_queued_messages 1000000
+log_dest stderr
+CONF
+"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
+MQ_PID=$!
+PIDS+=("$MQ_PID")
+sleep 0.5
+MQ=127.0.0.1:$MQ_PORT
+
+GW_PID=
+GW_UDP=
+start_gateway() { # name shards auto_observe
+    local name=$1 shards=$2 auto=$3 udp api
+    udp=$(free_port)
+    api=$(free_port)
+    cat > "$TMP/$name.toml" <<CONF
+xml_dir = "$ROOT/etc/lwm2m_xml"
+auto_observe = $auto
+
+[listeners.udp.default]
+bind = "127.0.0.1:$udp"
+max_conn_rate = 100000000
+
+[mqtt]
+server = "mqtt://$MQ"
+subscribe = "wildcard"
+
+[engine]
+shards = $shards
+socket_rcvbuf = "32MB"
+socket_sndbuf = "32MB"
+
+[api]
+bind = "127.0.0.1:$api"
+CONF
+    RUST_LOG=info,rumqttd=warn "$GW" --config "$TMP/$name.toml" 2>"$TMP/$name.log" >/dev/null &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    wait_line "$TMP/$name.log" "lwm2m-gateway ready udp="
+    GW_UDP=127.0.0.1:$udp
+    echo "== gateway $name: pid $GW_PID, $shards shard(s), auto_observe = $auto" >&2
+}
+
+stop_gateway() {
+    kill -TERM "$GW_PID" 2>/dev/null || true
+    wait "$GW_PID" 2>/dev/null || true
+}
+
+loadgen() { # name args...
+    local name=$1
+    shift
+    echo "== $name: lwm2m-loadgen $*" >&2
+    "$LG" "$@" --json >"$TMP/$name.json" || echo "   ($name: checks failed or error, exit $?)" >&2
+    [ -s "$TMP/$name.json" ] || echo '{"error":"no report"}' >"$TMP/$name.json"
+}
+
+jget() { python3 -c "import json,sys; d=json.load(open('$TMP/$1.json')); print($2)"; }
+
+START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# 1. The broker's own rate.
+loadgen broker mqtt-publish --mqtt "$MQ" --qos 0 --count "$BROKER_COUNT" --size 150
+
+# 2. Registration storms, 2 shards then 1 shard.
+for shards in 2 1; do
+    start_gateway "gw-storm-$shards" "$shards" false
+    loadgen "storm-$shards" run --gateway "$GW_UDP" --mqtt "$MQ" --register "$REG_DEVICES" \
+        --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
+        --watch-pid "$GW_PID" --quiet
+    stop_gateway
+done
+
+# 3. Commands on a fresh 2-shard gateway: the peak, then half of it.
+start_gateway gw-cmd-2 2 '["/3303/0/5700"]'
+loadgen cmd-peak run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
+    --devices-offset 100000 --rate 50000 --steady 5 --update-fraction 0 \
+    --commands "$CMD_PEAK_RATE" --watch-pid "$GW_PID" --quiet
+PEAK=$(jget cmd-peak "(d.get('commands') or {}).get('rate_per_s', 0)")
+HALF=$(python3 -c "print(max(1, int(float('$PEAK') / 2)))")
+loadgen cmd-half run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
+    --devices-offset 200000 --rate 50000 --steady "$STEADY" --update-fraction 0 \
+    --commands "$HALF" --watch-pid "$GW_PID" --expect-all --quiet
+stop_gateway
+
+# 4. Notifications (NON -> MQTT QoS 0) offered above capacity: the peak rate, with
+#    2 and 1 shards; then half of the 2-shard peak for latency and loss below saturation.
+for shards in 2 1; do
+    start_gateway "gw-notify-$shards" "$shards" '["/3303/0/5700"]'
+    loadgen "notify-$shards" run --gateway "$GW_UDP" --mqtt "$MQ" --register "$NOTIFY_DEVICES" \
+        --rate 50000 --steady "$STEADY" --update-fraction 0 --notify-rate "$NOTIFY_RATE" \
+        --threads "$LG_THREADS" --watch-pid "$GW_PID" --quiet
+    stop_gateway
+done
+NOTIFY_HALF=$(jget notify-2 "int(((d.get('steady') or {}).get('mqtt_notify_rate_per_s') or 2 * $NOTIFY_RATE) / 2)")
+start_gateway gw-notify-half 2 '["/3303/0/5700"]'
+loadgen notify-half run --gateway "$GW_UDP" --mqtt "$MQ" --register "$NOTIFY_DEVICES" \
+    --rate 50000 --steady "$STEADY" --update-fraction 0 --notify-rate "$NOTIFY_HALF" \
+    --threads "$LG_THREADS" --watch-pid "$GW_PID" --quiet
+stop_gateway
+
+# 5. The UDP baseline: the same loadgen against a recvmmsg/sendmmsg echo server.
+ECHO_PORT=$(free_port)
+"$LG" echo-server --bind "127.0.0.1:$ECHO_PORT" --threads 2 2>"$TMP/echo.log" &
+ECHO_PID=$!
+PIDS+=("$ECHO_PID")
+wait_line "$TMP/echo.log" "echo-server ready"
+ECHO_RATE=$(jget notify-2 "int(d.get('steady',{}).get('mqtt_notify_rate_per_s') or $NOTIFY_RATE)")
+loadgen echo-rate run --echo --gateway "127.0.0.1:$ECHO_PORT" --devices "$NOTIFY_DEVICES" \
+    --rate "$ECHO_RATE" --duration "$STEADY" --threads "$LG_THREADS" --watch-pid "$ECHO_PID" --quiet
+loadgen echo-max run --echo --gateway "127.0.0.1:$ECHO_PORT" --devices "$NOTIFY_DEVICES" \
+    --rate 0 --window 512 --duration 5 --threads "$LG_THREADS" --watch-pid "$ECHO_PID" --quiet
+kill "$ECHO_PID" 2>/dev/null || true
+
+END=$(date +%s)
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# 6. The result files.
+mkdir -p bench/results
+STAMP=$(date -u +%Y-%m-%d-%H%M)
+python3 bench/summarize.py "$TMP" "bench/results/$STAMP" "$((END - START))" \
+    "REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
+    "$LOAD_START" "$LOAD_END"
+echo "wrote bench/results/$STAMP.md and .json" >&2

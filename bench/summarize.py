@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Turns the loadgen reports of one bench/run.sh run into results/<stamp>.json and .md.
+
+usage: summarize.py REPORT_DIR OUT_PREFIX SECONDS PARAMS LOADAVG_START LOADAVG_END
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+src, out, seconds, params = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+load_start, load_end = (sys.argv[5], sys.argv[6]) if len(sys.argv) > 6 else ("?", "?")
+
+
+def load(name):
+    try:
+        with open(os.path.join(src, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"error": "no report"}
+
+
+def get(d, *path):
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def mem_kb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    return 0
+
+
+def git_rev():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "notify-2", "notify-1", "notify-half",
+         "echo-rate", "echo-max"]
+raw = {n: load(n) for n in names}
+
+machine = {
+    "cores": os.cpu_count(),
+    "model": cpu_model(),
+    "kernel": platform.release(),
+    "mem_total_kb": mem_kb(),
+    "loadavg_start": load_start,
+    "loadavg_end": load_end,
+}
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+broker_rate = get(raw["broker"], "end_to_end_rate_per_s")
+e2e_rate = get(raw["notify-2"], "steady", "mqtt_notify_rate_per_s")
+gw_cpu_note = get(raw["notify-2"], "watch", "cpu_us_per_notification")
+echo_cpu = get(raw["echo-rate"], "watch", "cpu_us_per_echo")
+echo_max_cpu = get(raw["echo-max"], "watch", "cpu_us_per_echo")
+storm = raw["storm-2"]
+reg_ok = get(storm, "registration", "ok")
+reg_rate = get(storm, "registration", "rate_per_s")
+rss_per_ep = get(storm, "watch", "rss_bytes_per_endpoint")
+half_p99 = get(raw["cmd-half"], "commands", "rtt", "p99_us")
+
+ratios = {
+    "gateway_cpu_us_per_notification": gw_cpu_note,
+    "echo_cpu_us_per_request": echo_cpu,
+    "cpu_per_notification_over_echo": ratio(gw_cpu_note, echo_cpu),
+    "echo_max_cpu_us_per_request": echo_max_cpu,
+    "cpu_per_notification_over_echo_max": ratio(gw_cpu_note, echo_max_cpu),
+    "end_to_end_notify_rate": e2e_rate,
+    "broker_rate": broker_rate,
+    "end_to_end_over_broker": ratio(e2e_rate, broker_rate),
+}
+
+
+def target(name, want, measured, met):
+    return {"target": name, "want": want, "measured": measured, "met": bool(met)}
+
+
+devices = get(storm, "registration", "devices")
+targets = [
+    target("1,000,000 registered endpoints", "1000000 registered", f"{reg_ok} of {devices} registered",
+           reg_ok is not None and reg_ok >= 1_000_000),
+    target("memory per endpoint (RSS growth)", "<= 1024 bytes",
+           None if rss_per_ep is None else f"{rss_per_ep:.0f} bytes",
+           rss_per_ep is not None and rss_per_ep <= 1024),
+    target("registration storm", ">= 50000/s sustained",
+           None if reg_rate is None else f"{reg_rate:.0f}/s", reg_rate is not None and reg_rate >= 50_000),
+    target("gateway CPU per notification / echo CPU per request", "<= 2.0",
+           None if ratios["cpu_per_notification_over_echo"] is None else f"{ratios['cpu_per_notification_over_echo']:.2f}",
+           ratios["cpu_per_notification_over_echo"] is not None and ratios["cpu_per_notification_over_echo"] <= 2.0),
+    target("end-to-end notification rate / broker's own rate", ">= 0.80",
+           None if ratios["end_to_end_over_broker"] is None else f"{ratios['end_to_end_over_broker']:.2f}",
+           ratios["end_to_end_over_broker"] is not None and ratios["end_to_end_over_broker"] >= 0.8),
+    target("command round trip p99 at half of peak", "< 2000 µs",
+           None if half_p99 is None else f"{half_p99} µs", half_p99 is not None and half_p99 < 2000),
+]
+
+result = {
+    "date_utc": os.path.basename(out),
+    "git": git_rev(),
+    "machine": machine,
+    "seconds": seconds,
+    "params": params,
+    "ratios": ratios,
+    "targets": targets,
+    "reports": raw,
+}
+with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+
+
+def fmt(v, digits=0, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}{unit}"
+    return f"{v:,}{unit}"
+
+
+def lat(p):
+    if not p or not p.get("count"):
+        return "-"
+    return f"{p['p50_us']} / {p['p90_us']} / {p['p99_us']} / {p['p999_us']} / {p['max_us']}"
+
+
+L = []
+L.append(f"# Benchmark {os.path.basename(out)} (UTC)\n")
+L.append(f"Machine: {machine['cores']} cores, {machine['model']}, kernel {machine['kernel']}, "
+         f"{machine['mem_total_kb'] // 1024} MiB RAM. Commit `{result['git']}`. "
+         f"Gateway, Mosquitto and the loadgen all share this machine (load average {load_start} at the "
+         f"start, {load_end} at the end: other work on the machine counts in it). Run time {seconds} s.\n")
+L.append(f"Parameters: `{params}`. Produced by `bench/run.sh`; raw loadgen reports in the .json file.\n")
+L.append("## Targets\n")
+L.append("| target | wanted | measured | met |")
+L.append("|---|---|---|---|")
+for t in targets:
+    L.append(f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {'yes' if t['met'] else '**no**'} |")
+L.append("")
+L.append("## Ratios (baselines measured in the same run)\n")
+L.append("| quantity | value |")
+L.append("|---|---|")
+L.append(f"| gateway CPU µs per notification delivered (2 shards) | {fmt(gw_cpu_note, 2)} |")
+L.append(f"| echo server CPU µs per datagram echoed, at the same rate | {fmt(echo_cpu, 2)} |")
+L.append(f"| ratio | {fmt(ratios['cpu_per_notification_over_echo'], 2)} |")
+L.append(f"| echo server CPU µs per datagram at full speed (bigger batches) | {fmt(echo_max_cpu, 2)} |")
+L.append(f"| ratio to that | {fmt(ratios['cpu_per_notification_over_echo_max'], 2)} |")
+L.append(f"| end-to-end notifications/s on MQTT (2 shards) | {fmt(e2e_rate)} |")
+L.append(f"| broker's own publish→subscriber rate/s (QoS 0, 150 B) | {fmt(broker_rate)} |")
+L.append(f"| ratio | {fmt(ratios['end_to_end_over_broker'], 2)} |")
+L.append("")
+L.append("## 1 shard and 2 shards side by side\n")
+L.append("| | 2 shards | 1 shard |")
+L.append("|---|---|---|")
+rows = [
+    ("registrations ok / devices", lambda s, n: f"{fmt(get(raw['storm-' + s], 'registration', 'ok'))} / {fmt(get(raw['storm-' + s], 'registration', 'devices'))}"),
+    ("registrations/s (target rate " + str(get(raw['storm-2'], 'registration', 'target_rate')) + ")", lambda s, n: fmt(get(raw['storm-' + s], 'registration', 'rate_per_s'))),
+    ("registration timeouts / retransmissions", lambda s, n: f"{fmt(get(raw['storm-' + s], 'registration', 'timed_out'))} / {fmt(get(raw['storm-' + s], 'registration', 'retransmissions'))}"),
+    ("registration latency µs p50/p90/p99/p99.9/max", lambda s, n: lat(get(raw['storm-' + s], 'registration', 'latency'))),
+    ("gateway CPU µs per registration", lambda s, n: fmt(get(raw['storm-' + s], 'watch', 'cpu_us_per_registration'), 2)),
+    ("gateway RSS growth per endpoint, bytes", lambda s, n: fmt(get(raw['storm-' + s], 'watch', 'rss_bytes_per_endpoint'))),
+    ("notifications sent/s (target " + str(get(raw['notify-2'], 'steady', 'notify_target_rate')) + ")", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'notify_rate_per_s'))),
+    ("notifications on MQTT/s", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'mqtt_notify_rate_per_s'))),
+    ("notifications lost", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'notify_lost'))),
+    ("notification latency µs p50/p90/p99/p99.9/max", lambda s, n: lat(get(raw['notify-' + s], 'steady', 'notify_latency'))),
+    ("gateway CPU µs per notification", lambda s, n: fmt(get(raw['notify-' + s], 'watch', 'cpu_us_per_notification'), 2)),
+]
+for label, f in rows:
+    L.append(f"| {label} | {f('2', 2)} | {f('1', 1)} |")
+L.append("")
+h = get(raw["notify-half"], "steady") or {}
+L.append(f"Below saturation (2 shards, offered {fmt(h.get('notify_target_rate'))}/s = half the peak): "
+         f"{fmt(h.get('notify_sent'))} sent, {fmt(h.get('mqtt_notify_received'))} on MQTT "
+         f"({fmt(h.get('notify_lost'))} lost), {fmt(h.get('mqtt_notify_rate_per_s'))}/s, latency device→MQTT µs "
+         f"p50/p90/p99/p99.9/max {lat(h.get('notify_latency'))}, gateway CPU µs per notification "
+         f"{fmt(get(raw['notify-half'], 'watch', 'cpu_us_per_notification'), 2)}.\n")
+L.append("## Commands (2 shards, fresh gateway)\n")
+L.append("| run | target/s | sent | answered | timed out | answered/s | round trip µs p50/p90/p99/p99.9/max |")
+L.append("|---|---|---|---|---|---|---|")
+for n in ["cmd-peak", "cmd-half"]:
+    c = get(raw[n], "commands") or {}
+    L.append(f"| {n} | {fmt(c.get('target_rate'))} | {fmt(c.get('sent'))} | {fmt(c.get('answered'))} | "
+             f"{fmt(c.get('timed_out'))} | {fmt(c.get('rate_per_s'))} | {lat(c.get('rtt'))} |")
+L.append("")
+L.append("## Baselines\n")
+b = raw["broker"]
+L.append(f"- Broker (Mosquitto, QoS 0, {b.get('size')} B, {b.get('connections')} publisher connections): published {fmt(b.get('count'))} at "
+         f"{fmt(b.get('publish_rate_per_s'))}/s, subscriber received {fmt(b.get('received'))} "
+         f"({fmt(b.get('lost'))} lost) at {fmt(b.get('end_to_end_rate_per_s'))}/s end to end.")
+for n, label in [("echo-rate", "Echo server at the gateway's notification rate"), ("echo-max", "Echo server at full speed")]:
+    e = get(raw[n], "echo") or {}
+    L.append(f"- {label}: {fmt(e.get('received'))}/{fmt(e.get('sent'))} echoed, {fmt(e.get('rate_per_s'))}/s, "
+             f"round trip µs {lat(e.get('rtt'))}, echo server CPU µs per datagram "
+             f"{fmt(get(raw[n], 'watch', 'cpu_us_per_echo'), 2)}.")
+L.append("")
+with open(out + ".md", "w") as f:
+    f.write("\n".join(L))
+print("\n".join(L))
