@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Soak: the release gateway (embedded broker) under churn for MINUTES (default 30):
+# cycles of registrations, updates, notifications and commands, half the devices
+# de-registering and half left to expire, while the gateway's RSS is sampled every
+# 10 s. Writes bench/results/soak-<date>.csv (time, rss_kib, endpoints) and a summary
+# with each cycle's loadgen JSON (latency percentiles); fails if a cycle's checks
+# fail or if RSS in the last third grew more than 10% over the first third.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-30}
+cargo build --release --bin lwm2m-gateway --bin lwm2m-loadgen >/dev/null
+dir=$(mktemp -d)
+trap 'kill $gw 2>/dev/null || true; rm -rf "$dir"' EXIT
+mqtt=$((20000 + RANDOM % 10000)); udp=$((mqtt + 1)); api=$((mqtt + 2))
+cat > "$dir/gw.toml" <<TOML
+lifetime_min = "1s"
+auto_observe = true
+[listeners.udp.default]
+bind = "127.0.0.1:$udp"
+max_conn_rate = 1000000
+[mqtt]
+embedded_bind = "127.0.0.1:$mqtt"
+[api]
+bind = "127.0.0.1:$api"
+TOML
+RUST_LOG=warn target/release/lwm2m-gateway --config "$dir/gw.toml" 2> "$dir/gw.log" &
+gw=$!
+sleep 2
+stamp=$(date -u +%Y-%m-%d-%H%M)
+out=bench/results/soak-$stamp
+mkdir -p bench/results
+echo "seconds,rss_kib,endpoints" > "$out.csv"
+start=$(date +%s)
+(
+    while kill -0 $gw 2>/dev/null; do
+        rss=$(awk '/VmRSS/ {print $2}' /proc/$gw/status)
+        eps=$(curl -s "http://127.0.0.1:$api/metrics" | awk '/^lwm2m_endpoints/ {s += $2} END {print s + 0}')
+        echo "$(( $(date +%s) - start )),$rss,$eps" >> "$out.csv"
+        sleep 10
+    done
+) &
+sampler=$!
+cycle=0
+: > "$out.jsonl"
+while [ $(( $(date +%s) - start )) -lt $(( minutes * 60 )) ]; do
+    cycle=$((cycle + 1))
+    # Even cycles de-register at the end; odd ones leave their devices to expire (lt 20 s).
+    dereg=""; [ $((cycle % 2)) -eq 0 ] && dereg="--deregister"
+    target/release/lwm2m-loadgen --gateway "127.0.0.1:$udp" --mqtt "127.0.0.1:$mqtt" \
+        --register 2000 --rate 2000 --lifetime 20 --steady 40 --notify-rate 500 \
+        --commands 50 --devices-offset $(( (cycle % 4) * 5000 )) --prefix "soak$((cycle % 4))-" \
+        $dereg --json --expect-all >> "$out.jsonl"
+done
+kill $sampler 2>/dev/null || true
+python3 - "$out.csv" "$out.jsonl" > "$out.md" <<'PY'
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+rss = [int(r["rss_kib"]) for r in rows if r["rss_kib"]]
+n = len(rss) // 3 or 1
+first, last = sum(rss[:n]) / n, sum(rss[-n:]) / n
+cycles = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+print(f"# Soak {len(rows) * 10} s, {len(cycles)} cycles")
+print(f"RSS first third {first:.0f} KiB, last third {last:.0f} KiB, growth {100 * (last - first) / first:+.1f}%")
+for i, c in enumerate(cycles):
+    print(f"- cycle {i + 1}: {json.dumps(c)[:400]}")
+sys.exit(1 if last > first * 1.10 else 0)
+PY
+cat "$out.md"
