@@ -664,6 +664,7 @@ impl ShardCore {
         ex.retransmits = 0;
         ex.timeout_ms = timeout;
         ex.acked = false;
+        ex.acked_ms = 0;
         let Some(ep) = self.table.get_mut(slot) else {
             return;
         };
@@ -731,6 +732,7 @@ impl ShardCore {
             retransmits: 0,
             timeout_ms: 0,
             acked: false,
+            acked_ms: 0,
             cmd: cmd.clone(),
             auto: true,
             block: Some(Box::new(Transfer {

@@ -235,6 +235,7 @@ impl ShardCore {
             retransmits: 0,
             timeout_ms: timeout,
             acked: false,
+            acked_ms: 0,
             cmd: q.cmd,
             auto: q.auto,
             block,
@@ -271,6 +272,15 @@ impl ShardCore {
             return;
         };
         let ex = &mut session.inflight[i];
+        if ex.acked && now < ex.acked_ms + lifetime {
+            // A retransmission timer armed before the empty ACK: the separate
+            // response has until the ACK's time plus EXCHANGE_LIFETIME.
+            let at = ex.acked_ms + lifetime;
+            self.out
+                .timers
+                .push((at, Timer::Retransmit { slot, token }));
+            return;
+        }
         if !ex.acked && ex.retransmits < max {
             ex.retransmits += 1;
             ex.timeout_ms *= 2;
@@ -320,6 +330,7 @@ impl ShardCore {
         if msg.is_empty() {
             if !ex.acked {
                 ex.acked = true;
+                ex.acked_ms = now;
                 let token = ex.token;
                 let echo = ex.cmd.echo.clone();
                 self.out

@@ -28,6 +28,8 @@ pub struct Exchange {
     pub timeout_ms: u64,
     /// An empty ACK came: the response will be a separate one.
     pub acked: bool,
+    /// When the empty ACK came; the separate response may take EXCHANGE_LIFETIME.
+    pub acked_ms: u64,
     pub cmd: Command,
     pub auto: bool,
     /// A block-wise transfer (RFC 7959) this exchange is a step of.

@@ -868,3 +868,64 @@ fn disabled_mode_sends_whole_refuses_block1_and_flags_first_block() {
         codes::REQUEST_ENTITY_TOO_LARGE
     );
 }
+
+#[test]
+fn block_answered_by_a_late_separate_response_continues() {
+    let mut h = setup_with(with_szx(2));
+    let cmd = write_cmd(1, &pattern(300));
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
+    let m = b0.msg();
+    // Empty ACK: the 2.31 comes separately, 10 s later (after the retransmission
+    // timer armed before the ACK would have fired).
+    let mut e = Vec::new();
+    MessageWriter::new(&mut e, MsgType::Ack, codes::EMPTY, m.mid, &[]).finish();
+    assert!(h.exchange(0, dev(), &e).is_empty());
+    assert!(
+        h.advance_collect(10_000).is_empty(),
+        "no retransmission after the ACK"
+    );
+    let mut sep = Vec::new();
+    let mut w = MessageWriter::new(&mut sep, MsgType::Con, codes::CONTINUE, 900, m.token);
+    w.option_uint(opt::BLOCK1, block(&m, opt::BLOCK1).unwrap().encode());
+    w.finish();
+    let out = h.exchange(0, dev(), &sep);
+    assert_eq!(
+        out.len(),
+        2,
+        "ACK of the separate response and block 1: {out:?}"
+    );
+    assert_eq!((out[0].msg().mtype, out[0].msg().mid), (MsgType::Ack, 900));
+    let (body, _) = receive_block1(&mut h, out[1].clone(), codes::CHANGED, m.payload.to_vec());
+    assert_eq!(body, expect);
+    let p = h.published_since(mark);
+    let kinds: Vec<_> = p.iter().map(|(_, v)| v["msgType"].to_string()).collect();
+    assert_eq!(kinds, ["ack", "write"], "{p:?}");
+    assert_eq!(p[1].1["data"]["code"], "2.04");
+}
+
+#[test]
+fn separate_response_is_awaited_for_exchange_lifetime_after_an_empty_ack() {
+    let mut h = setup_with(settings());
+    let mark = h.mark();
+    let r = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+    ));
+    let m = r.msg();
+    let mut e = Vec::new();
+    MessageWriter::new(&mut e, MsgType::Ack, codes::EMPTY, m.mid, &[]).finish();
+    h.datagram(0, dev(), &e);
+    h.advance(200_000);
+    assert_eq!(
+        h.published_since(mark).len(),
+        1,
+        "only the ack event so far"
+    );
+    h.advance(47_000);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[1].1["msgType"], "coap_timeout");
+}
