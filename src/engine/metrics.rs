@@ -153,6 +153,42 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Notifications older than one delivered.",
         stale_notifications
     );
+    per_shard!(
+        counter,
+        "lwm2m_blocks_sent_total",
+        "Block-wise blocks sent.",
+        blocks_sent
+    );
+    per_shard!(
+        counter,
+        "lwm2m_blocks_received_total",
+        "Block-wise blocks received.",
+        blocks_received
+    );
+    per_shard!(
+        counter,
+        "lwm2m_block_transfers_total",
+        "Block-wise transfers completed.",
+        block_transfers
+    );
+    per_shard!(
+        counter,
+        "lwm2m_block_aborts_total",
+        "Block-wise transfers aborted.",
+        block_aborts
+    );
+    per_shard!(
+        counter,
+        "lwm2m_block_expired_total",
+        "Partial block-wise transfers dropped after exchange_lifetime.",
+        block_expired
+    );
+    per_shard!(
+        gauge,
+        "lwm2m_block_bytes_held",
+        "Bytes held by partial block-wise transfers.",
+        block_bytes_held
+    );
     for (i, c) in a.shard_counters.iter().enumerate() {
         let l = [("shard", labels[i].as_str())];
         w.counter(

@@ -35,7 +35,7 @@ impl ShardCore {
             last_seen_ms: ep.last_seen_ms,
             queue_mode: ep.queue_mode,
             shard: self.shard,
-            stats: self.settings.enable_stats.then(|| ClientStats {
+            stats: self.settings.enable_stats.then_some(ClientStats {
                 recv_msg: ep.counters.recv as u64,
                 send_msg: ep.counters.sent as u64,
                 notifications: ep.counters.notifications as u64,
