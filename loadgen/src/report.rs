@@ -81,6 +81,8 @@ pub struct Commands {
     pub errors: u64,
     pub timed_out: u64,
     pub duplicates: u64,
+    /// Answered before steady state ended; `rate_per_s` is this over the steady seconds.
+    pub answered_in_steady: u64,
     pub rate_per_s: f64,
     pub rtt: Percentiles,
 }

@@ -93,6 +93,8 @@ impl Progress {
 
 struct Conductor {
     sh: Arc<Shared>,
+    /// Commands answered by the end of steady state (the throughput; later ones were queued).
+    answered_in_steady: u64,
     threads: usize,
     progress: Progress,
 }
@@ -106,6 +108,7 @@ impl Conductor {
         };
         Self {
             sh,
+            answered_in_steady: 0,
             threads,
             progress,
         }
@@ -190,6 +193,7 @@ impl Conductor {
             sh.steady_start_us.store(sh.clock.us(), Ordering::Release);
             self.set_phase(worker::PHASE_STEADY);
             steady_secs = self.wait("steady", o.steady, |_| false);
+            self.answered_in_steady = get(&sh.c.cmd_answered);
             if let Some(w) = &mut watch {
                 w.steady_end = sample();
             }
@@ -242,6 +246,7 @@ impl Conductor {
             ),
             None => None,
         };
+        let answered_in_steady = self.answered_in_steady;
         let mut r = build_report(
             &sh,
             self.threads,
@@ -251,6 +256,10 @@ impl Conductor {
             drv.as_ref(),
             deregistered,
         );
+        if let Some(c) = &mut r.commands {
+            c.answered_in_steady = answered_in_steady;
+            c.rate_per_s = rate(answered_in_steady, steady_secs);
+        }
         r.watch = watch.map(|w| finish_watch(w, &sh));
         Ok(r)
     }
@@ -412,6 +421,7 @@ fn build_report(
             errors,
             timed_out: get(&c.cmd_timed_out),
             duplicates: drv.map(|d| d.duplicate_responses).unwrap_or(0),
+            answered_in_steady: answered,
             rate_per_s: rate(answered, steady_secs),
             rtt: drv.map(|d| d.command_rtt.summary()).unwrap_or_default(),
         });
