@@ -55,14 +55,10 @@ impl Client {
         c.queue(&Packet::Connect(connect))?;
         c.flush()?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match c.read_packet(deadline)? {
-                Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success => return Ok(c),
-                Some(other) => {
-                    return Err(io::Error::other(format!("no accepting CONNACK: {other:?}")))
-                }
-                None => return Err(io::Error::other("no CONNACK in 10 s")),
-            }
+        match c.read_packet(deadline)? {
+            Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success => Ok(c),
+            Some(other) => Err(io::Error::other(format!("no accepting CONNACK: {other:?}"))),
+            None => Err(io::Error::other("no CONNACK in 10 s")),
         }
     }
 

@@ -366,7 +366,8 @@ impl State {
                 self.obs_cursor = (self.obs_cursor + 1) % self.observed.len();
                 let li = self.observed[self.obs_cursor] as usize;
                 let d = &self.devs[li];
-                if !d.obs.is_empty() && !(self.notify_con && d.pending.is_some()) {
+                let busy = self.notify_con && d.pending.is_some();
+                if !d.obs.is_empty() && !busy {
                     break li;
                 }
             };
