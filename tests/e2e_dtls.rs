@@ -117,3 +117,183 @@ fn shipped_psk_example_parses() {
     assert!(!store.may_register("device-0001", "device-0002"));
     assert!(store.may_register("fleet-a", "fleet-a-17"));
 }
+
+/// A device speaking DTLS from a real UDP socket with dimpl's client.
+struct DtlsDevice {
+    dtls: dimpl::Dtls,
+    sock: std::net::UdpSocket,
+    gw: SocketAddr,
+    plain: std::collections::VecDeque<Vec<u8>>,
+    connected: bool,
+}
+
+struct Key(Vec<u8>);
+impl dimpl::PskResolver for Key {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.clone())
+    }
+}
+
+impl DtlsDevice {
+    fn connect(gw: SocketAddr, identity: &str, key: &str) -> Self {
+        let config = dimpl::Config::builder()
+            .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
+            .with_psk_client(
+                identity.as_bytes().to_vec(),
+                Arc::new(Key(key.as_bytes().to_vec())),
+            )
+            .build()
+            .unwrap();
+        let now = std::time::Instant::now();
+        let mut dtls = dimpl::Dtls::new_12_psk(Arc::new(config), now);
+        dtls.set_active(true);
+        dtls.handle_timeout(now).unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut d = DtlsDevice {
+            dtls,
+            sock,
+            gw,
+            plain: Default::default(),
+            connected: false,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !d.connected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "DTLS handshake with the gateway"
+            );
+            d.pump();
+        }
+        d
+    }
+
+    /// Sends what dimpl has, receives for up to 50 ms, handles timers.
+    fn pump(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match self.dtls.poll_output(&mut buf) {
+                dimpl::Output::Packet(p) => {
+                    self.sock.send_to(p, self.gw).unwrap();
+                }
+                dimpl::Output::Connected => self.connected = true,
+                dimpl::Output::ApplicationData(d) => self.plain.push_back(d.to_vec()),
+                dimpl::Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        let mut rb = [0u8; 4096];
+        if let Ok((n, _)) = self.sock.recv_from(&mut rb) {
+            let _ = self.dtls.handle_packet(&rb[..n]);
+        }
+        let _ = self.dtls.handle_timeout(std::time::Instant::now());
+    }
+
+    fn send(&mut self, coap: &[u8]) {
+        self.dtls.send_application_data(coap).unwrap();
+        self.pump();
+    }
+
+    fn recv(&mut self) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(p) = self.plain.pop_front() {
+                return p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a CoAP message over DTLS"
+            );
+            self.pump();
+        }
+    }
+}
+
+use std::sync::Arc;
+
+#[test]
+fn commands_and_notifications_over_dtls() {
+    use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk.txt");
+    std::fs::write(&psk, format!("dtls-dev:{}\n", hex(KEY))).unwrap();
+    let extra = format!(
+        "[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+        psk.display()
+    );
+    let gw = GatewayProc::start(Broker::Embedded, &extra);
+    let mut mq = MqttClient::connect(gw.mqtt, "dtls-cmd", true).unwrap();
+    mq.subscribe("lwm2m/dtls-dev/up/#", 0).unwrap();
+    let mut dev = DtlsDevice::connect(dtls_addr(&gw), "dtls-dev", KEY);
+    let mut reg = Vec::new();
+    let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, 1, &[1]);
+    w.option(opt::URI_PATH, b"rd")
+        .option(opt::URI_QUERY, b"ep=dtls-dev")
+        .option(opt::URI_QUERY, b"lt=60");
+    w.payload(b"</3/0>");
+    dev.send(&reg);
+    let created = dev.recv();
+    let cm = Message::parse(&created).unwrap();
+    assert_eq!(cm.code, codes::CREATED);
+    let location = cm
+        .option_values(opt::LOCATION_PATH)
+        .nth(1)
+        .unwrap()
+        .to_vec();
+    assert!(
+        mq.recv_publish(Duration::from_secs(10)).is_some(),
+        "register message"
+    );
+    // An observe command goes to the device over DTLS; its answer and a notification come back.
+    mq.publish(
+        "lwm2m/dtls-dev/dn/cmd",
+        br#"{"reqID":7,"msgType":"observe","data":{"path":"/3/0/9"}}"#,
+        0,
+    )
+    .unwrap();
+    let req = dev.recv();
+    let m = Message::parse(&req).unwrap();
+    assert_eq!((m.code, m.option_uint(opt::OBSERVE)), (codes::GET, Some(0)));
+    let token = m.token.to_vec();
+    let mut ack = Vec::new();
+    let mut w = MessageWriter::new(&mut ack, MsgType::Ack, codes::CONTENT, m.mid, &token);
+    w.option_uint(opt::OBSERVE, 1)
+        .option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(b"80");
+    dev.send(&ack);
+    let (t, p) = mq
+        .recv_publish(Duration::from_secs(10))
+        .expect("observe response");
+    assert_eq!(t, "lwm2m/dtls-dev/up/resp");
+    assert!(
+        String::from_utf8_lossy(&p).contains("\"value\":80"),
+        "{}",
+        String::from_utf8_lossy(&p)
+    );
+    let mut note = Vec::new();
+    let mut w = MessageWriter::new(&mut note, MsgType::Non, codes::CONTENT, 77, &token);
+    w.option_uint(opt::OBSERVE, 2)
+        .option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(b"79");
+    dev.send(&note);
+    let (t, p) = mq
+        .recv_publish(Duration::from_secs(10))
+        .expect("notification");
+    assert_eq!(t, "lwm2m/dtls-dev/up/notify");
+    assert!(String::from_utf8_lossy(&p).contains("\"seqNum\":2"));
+    // Plain CoAP may not touch the DTLS registration, even knowing its location.
+    let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut up = Vec::new();
+    let mut w = MessageWriter::new(&mut up, MsgType::Con, codes::DELETE, 9, &[9]);
+    w.option(opt::URI_PATH, b"rd")
+        .option(opt::URI_PATH, &location);
+    w.finish();
+    plain.send_to(&up, gw.udp).unwrap();
+    let mut b = [0u8; 512];
+    let (n, _) = plain.recv_from(&mut b).unwrap();
+    assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::FORBIDDEN);
+}
