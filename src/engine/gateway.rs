@@ -8,7 +8,7 @@ use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
-use crate::config::{Config, MqttServer, SubscribeMode};
+use crate::config::{Config, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
 use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
@@ -472,15 +472,4 @@ fn seed() -> u64 {
 
 fn start_err(what: &'static str, source: std::io::Error) -> GatewayError {
     GatewayError::Start { what, source }
-}
-
-impl SubscribeMode {
-    /// For logs.
-    pub fn label(&self) -> &'static str {
-        match self {
-            SubscribeMode::Auto => "auto",
-            SubscribeMode::PerEndpoint => "per_endpoint",
-            SubscribeMode::Wildcard => "wildcard",
-        }
-    }
 }
