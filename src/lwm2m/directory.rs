@@ -4,7 +4,11 @@
 //! Lock-free concurrent maps (papaya); only registrations, expiries and takeovers
 //! write to it, never an ordinary datagram.
 
-use papaya::HashMap;
+use hashbrown::DefaultHashBuilder;
+
+/// papaya maps with hashbrown's fast (foldhash) hasher instead of SipHash: keys
+/// are endpoint names and locations, and this map is on the registration path.
+type HashMap<K, V> = papaya::HashMap<K, V, DefaultHashBuilder>;
 
 /// Where an endpoint lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,11 +17,20 @@ pub struct DirEntry {
     pub location: u64,
 }
 
-#[derive(Default)]
 pub struct Directory {
     names: HashMap<Box<str>, DirEntry>,
     locations: HashMap<u64, u16>,
     routes: HashMap<Box<str>, Box<str>>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            names: HashMap::with_hasher(DefaultHashBuilder::default()),
+            locations: HashMap::with_hasher(DefaultHashBuilder::default()),
+            routes: HashMap::with_hasher(DefaultHashBuilder::default()),
+        }
+    }
 }
 
 impl Directory {
