@@ -337,4 +337,9 @@ fn management_api_clients_commands_kick_config_and_metrics() {
     assert_eq!(sum("lwm2m_endpoints"), 2.0);
     assert!(text.contains("lwm2m_mqtt_connections_up"));
     assert!(text.contains("outcome=\"response\""));
+    assert_eq!(
+        sum("lwm2m_command_round_trip_seconds_count"),
+        1.0,
+        "the API's read is one command round trip"
+    );
 }

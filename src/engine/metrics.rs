@@ -135,6 +135,27 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             );
         }
     }
+    for (i, s) in snaps.iter().enumerate() {
+        let h = &s.command_rtt;
+        let mut cumulative = 0;
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.buckets.len());
+        for (b, n) in crate::lwm2m::stats::RTT_BOUNDS_MS
+            .iter()
+            .zip(h.buckets.iter())
+        {
+            cumulative += n;
+            buckets.push((*b as f64 / 1000.0, cumulative));
+        }
+        buckets.push((f64::INFINITY, h.count));
+        w.histogram(
+            "lwm2m_command_round_trip_seconds",
+            "MQTT command taken to the device's final response.",
+            &[("shard", &labels[i])],
+            &buckets,
+            h.sum_ms as f64 / 1000.0,
+            h.count,
+        );
+    }
     per_shard!(
         counter,
         "lwm2m_retransmissions_total",

@@ -83,6 +83,8 @@ pub struct Command {
     pub payload: Option<(u16, Vec<u8>)>,
     /// `mheaders.ttl == 0`: send at once even to a sleeping queue-mode device.
     pub bypass_queue: bool,
+    /// When the gateway took the command (core clock, ms): the round trip's start.
+    pub received_ms: u64,
 }
 
 /// A command that cannot be sent; answered with 4.00 and `error`.
@@ -185,6 +187,7 @@ pub fn parse(
             code,
             payload,
             bypass_queue,
+            received_ms: 0,
         })
         .map_err(|e| fail(&echo, e))
 }

@@ -104,7 +104,8 @@ impl ShardCore {
     }
 
     /// Queues or sends a parsed command.
-    fn submit(&mut self, now: u64, slot: u32, cmd: Command, auto: bool) {
+    fn submit(&mut self, now: u64, slot: u32, mut cmd: Command, auto: bool) {
+        cmd.received_ms = now;
         self.stats.commands += 1;
         let token = self.fresh_token();
         let awake = self.is_awake(slot, now);
@@ -422,6 +423,9 @@ impl ShardCore {
             &extra,
         );
         self.publish_to(slot, Topic::Response, body);
+        self.stats
+            .command_rtt
+            .observe(now.saturating_sub(ex.cmd.received_ms));
         let session = self.session_mut(slot);
         match op {
             Op::Observe => {
@@ -605,6 +609,7 @@ impl ShardCore {
                 code: codes::GET,
                 payload: None,
                 bypass_queue: false,
+                received_ms: now,
             };
             self.submit(now, slot, cmd, true);
         }

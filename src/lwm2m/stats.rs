@@ -1,7 +1,34 @@
 //! Per-shard counters of the protocol core (plain integers: one shard owns them).
 
+/// Upper bounds (ms) of the command round-trip histogram buckets; one more bucket
+/// counts everything above the last.
+pub const RTT_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
+/// Command round trips (MQTT command taken → final response from the device), ms.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RttHistogram {
+    /// Non-cumulative counts per bucket of [`RTT_BOUNDS_MS`], then the overflow.
+    pub buckets: [u64; 13],
+    pub sum_ms: u64,
+    pub count: u64,
+}
+
+impl RttHistogram {
+    pub fn observe(&mut self, ms: u64) {
+        let i = RTT_BOUNDS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(RTT_BOUNDS_MS.len());
+        self.buckets[i] += 1;
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CoreStats {
+    /// Round trips of commands answered by their device.
+    pub command_rtt: RttHistogram,
     pub datagrams_in: u64,
     pub datagrams_out: u64,
     /// Not a well-formed CoAP message.
