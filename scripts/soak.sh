@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
-cargo build --release --bin lwm2m-gateway --bin lwm2m-loadgen >/dev/null
+cargo build --release -p lwm2m-gateway -p lwm2m-loadgen >/dev/null
 dir=$(mktemp -d)
 trap 'kill $gw 2>/dev/null || true; rm -rf "$dir"' EXIT
 mqtt=$((20000 + RANDOM % 10000)); udp=$((mqtt + 1)); api=$((mqtt + 2))
