@@ -736,8 +736,9 @@ impl World {
     }
 }
 
-/// `FUZZ_TOLERATE_KNOWN=1` lets `core_endpoint` run past the known cross-shard
-/// duplicate registration (reported, awaiting a fix in the core) to find others.
+/// `FUZZ_TOLERATE_KNOWN=1` lets `core_endpoint` run past known, reported cross-shard
+/// bugs (a stale duplicate registration; a stale copy's removal unsubscribing the live
+/// registration, see tests/fuzz_regressions.rs) to look for others.
 fn tolerate_known() -> bool {
     static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *T.get_or_init(|| std::env::var_os("FUZZ_TOLERATE_KNOWN").is_some())
