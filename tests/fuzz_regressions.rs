@@ -204,7 +204,6 @@ fn core_reordered_duplicate_of_an_earlier_update() {
 /// Fix belongs in src/lwm2m/core.rs `remove_endpoint()`: do not unsubscribe (or clear
 /// the route) when the directory names a newer registration with the same mountpoint.
 #[test]
-#[ignore = "stale copy's removal unsubscribes the live registration: src/lwm2m/core.rs remove_endpoint()"]
 fn core_subscription_lost() {
     checks::core_endpoint(&b64("AgAAAAAFEAABAAABJAAFEAAAAggACwkA"));
 }

@@ -856,8 +856,10 @@ impl ShardCore {
             == Removal::Replaced {
                 keep_subscription: true,
             };
-        if keep_sub {
-            // Same mountpoint: the new registration owns the route and subscription.
+        // A newer registration of the same name (here or on another shard, whose
+        // Evict may still be on its way) owns the route and the subscription.
+        let newer_elsewhere = self.dir.by_name(&ep.name).is_some();
+        if keep_sub || newer_elsewhere {
             return;
         }
         if !self.settings.mountpoint.keyed_by_name() {
