@@ -1,12 +1,25 @@
 //! CI smoke run of the bundled load generator against the built gateway: a few
 //! hundred devices for a few seconds, checking correctness only (every device
 //! registered and published, every command answered once, every notification
-//! delivered, every device de-registered), never speed.
+//! delivered, every device de-registered), never speed. Also queue-mode devices
+//! (every command held until the device's Update, then answered) and DTLS devices
+//! (every handshake completed, then the same scenarios over the sessions).
 
 mod common;
 
 use common::gateway::{Broker, GatewayProc};
-use lwm2m_loadgen::RunOpts;
+use lwm2m_loadgen::{Report, RunOpts};
+use std::net::SocketAddr;
+
+/// The report, then the end of the gateway's log.
+fn context(r: &Report, gw: &GatewayProc) -> String {
+    let log = gw.log();
+    format!(
+        "{}\ngateway log:\n{}",
+        r.table(),
+        &log[log.len().saturating_sub(4000)..]
+    )
+}
 
 #[test]
 fn loadgen_smoke_against_the_gateway() {
@@ -64,5 +77,149 @@ fn loadgen_smoke_against_the_gateway() {
     );
 
     assert_eq!(r.deregistered, Some(300), "{}", ctx());
+    assert!(gw.stop().success());
+}
+
+#[test]
+fn loadgen_smoke_queue_mode_q_parameter() {
+    queue_mode_run("1.1", "smokeq", 7_000);
+}
+
+#[test]
+fn loadgen_smoke_queue_mode_uq_binding() {
+    queue_mode_run("1.0", "smokeu", 8_000);
+}
+
+/// Queue-mode devices registering with LwM2M `version` (1.0: `b=UQ`, 1.1: `Q`).
+fn queue_mode_run(version: &str, prefix: &str, devices_offset: u32) {
+    // Devices awake 1 s after they speak, Updates every 3 s: most commands wait.
+    let mut gw = GatewayProc::start(Broker::Embedded, "qmode_time_window = 1");
+    let opts = RunOpts {
+        lwm2m: version.into(),
+        gateway: gw.udp,
+        mqtt: Some(gw.mqtt),
+        register: 40,
+        rate: 400.0,
+        steady: 4.0,
+        update_fraction: 0.01, // an Update from every device every 3 s
+        commands: 20.0,
+        queue_mode: true,
+        qmode_window: 1.0,
+        observe_wait: 0.5,
+        expect_all: true,
+        deregister: true,
+        quiet: true,
+        prefix: prefix.into(),
+        devices_offset,
+        ..RunOpts::default()
+    };
+    let r = lwm2m_loadgen::run(opts).expect("load run");
+    eprintln!("{}", r.table());
+    let ctx = || context(&r, &gw);
+    assert!(r.passed, "{}", ctx());
+    let reg = r.registration.as_ref().expect("registration report");
+    assert_eq!(reg.ok, 40, "{}", ctx());
+    assert_eq!(reg.mqtt_registered_endpoints, Some(40), "{}", ctx());
+
+    let cmd = r.commands.as_ref().expect("command report");
+    assert!(cmd.sent > 0, "{}", ctx());
+    assert_eq!(cmd.answered, cmd.sent, "{}", ctx());
+    assert_eq!(
+        (cmd.errors, cmd.timed_out, cmd.duplicates),
+        (0, 0, 0),
+        "{}",
+        ctx()
+    );
+    let q = r.queue.as_ref().expect("queue report");
+    assert_eq!(q.commands_delivered, Some(cmd.sent), "{}", ctx());
+    assert_eq!(q.commands_delivered_asleep, Some(0), "{}", ctx());
+    assert_eq!(q.requests_while_asleep, 0, "{}", ctx());
+    assert!(
+        q.commands_held.unwrap_or(0) > 0,
+        "some commands waited for an Update\n{}",
+        ctx()
+    );
+    let lat = q.queue_latency.expect("queueing latency");
+    assert_eq!(lat.count, cmd.sent, "{}", ctx());
+    assert!(lat.max_us > 500_000, "a held command waited\n{}", ctx());
+    let st = r.steady.as_ref().expect("steady report");
+    assert_eq!(st.notify_sent, 0, "silent between Updates\n{}", ctx());
+    assert_eq!(r.deregistered, Some(40), "{}", ctx());
+    assert!(gw.stop().success());
+}
+
+fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("DTLS listener up"))
+        .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
+    let i = line.find("bind=").expect("bind in the line") + 5;
+    line[i..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn loadgen_smoke_dtls() {
+    let mut opts = RunOpts {
+        register: 30,
+        rate: 300.0,
+        steady: 3.0,
+        update_fraction: 0.01,
+        notify_rate: 60.0,
+        commands: 30.0,
+        dtls: true,
+        psk_key: "000102030405060708090a0b0c0d0e0f".into(),
+        expect_all: true,
+        deregister: true,
+        quiet: true,
+        prefix: "smoked".into(),
+        devices_offset: 9_000,
+        ..RunOpts::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk.txt");
+    lwm2m_loadgen::dtls::write_psk_file(&opts, &psk).expect("PSK file");
+    let extra = format!(
+        "auto_observe = true\n[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+        psk.display()
+    );
+    let mut gw = GatewayProc::start(Broker::Embedded, &extra);
+    opts.gateway = dtls_addr(&gw);
+    opts.mqtt = Some(gw.mqtt);
+    let r = lwm2m_loadgen::run(opts).expect("load run");
+    eprintln!("{}", r.table());
+    let ctx = || context(&r, &gw);
+    assert!(r.passed, "{}", ctx());
+
+    let d = r.dtls.as_ref().expect("DTLS report");
+    assert_eq!(
+        (d.handshakes_started, d.handshakes_ok, d.handshakes_failed),
+        (30, 30, 0),
+        "{}",
+        ctx()
+    );
+    assert_eq!(d.session_errors, 0, "{}", ctx());
+    assert_eq!(d.handshake_latency.count, 30, "{}", ctx());
+    let reg = r.registration.as_ref().expect("registration report");
+    assert_eq!(reg.ok, 30, "{}", ctx());
+    assert_eq!(reg.mqtt_registered_endpoints, Some(30), "{}", ctx());
+
+    let st = r.steady.as_ref().expect("steady report");
+    assert!(st.updates_sent > 0, "{}", ctx());
+    assert_eq!(st.updates_ok, st.updates_sent, "{}", ctx());
+    assert!(st.observations >= 30, "auto-observe over DTLS\n{}", ctx());
+    assert!(st.notify_sent > 0, "{}", ctx());
+    assert_eq!(st.mqtt_notify_received, Some(st.notify_sent), "{}", ctx());
+
+    let cmd = r.commands.as_ref().expect("command report");
+    assert!(cmd.sent > 0, "{}", ctx());
+    assert_eq!(cmd.answered, cmd.sent, "{}", ctx());
+    assert_eq!((cmd.errors, cmd.timed_out), (0, 0), "{}", ctx());
+    assert_eq!(r.deregistered, Some(30), "{}", ctx());
     assert!(gw.stop().success());
 }

@@ -65,8 +65,12 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
             let target = ((now - start) as f64 / 1e6 * sh.opts.commands) as u64;
             while cmd_done < target {
                 cmd_done += 1;
-                let ep = format!("{prefix}{}", targets[cursor % targets.len()]);
+                let dev = targets[cursor % targets.len()];
+                let ep = format!("{prefix}{dev}");
                 cursor += 1;
+                if let Some(q) = &sh.cmd_queued {
+                    q.push(dev, sh.clock.us());
+                }
                 let id = next_req;
                 next_req += 1;
                 let payload = format!(

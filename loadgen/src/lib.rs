@@ -8,6 +8,7 @@
 //! library.
 
 pub mod driver;
+pub mod dtls;
 pub mod echo;
 pub mod mqtt;
 pub mod opts;
@@ -24,7 +25,7 @@ pub use run::run;
 
 use stats::{Clock, Counters};
 use std::sync::atomic::{AtomicU64, AtomicU8};
-use tracker::NotifyTracker;
+pub use tracker::{CmdTracker, NotifyTracker};
 
 /// State shared by every thread of a run.
 pub struct Shared {
@@ -42,10 +43,13 @@ pub struct Shared {
     pub registered: std::sync::Mutex<Vec<u32>>,
     /// Send times of notifications, when the MQTT side measures their latency.
     pub notify_sent: Option<NotifyTracker>,
+    /// Queue mode with commands: publish times of the commands not yet delivered,
+    /// per device in order, so the device can measure how long each one waited.
+    pub cmd_queued: Option<CmdTracker>,
 }
 
 mod tracker {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, VecDeque};
     use std::sync::Mutex;
 
     const SHARDS: usize = 16;
@@ -77,6 +81,38 @@ mod tracker {
         pub fn take(&self, dev: u32, seq: u32) -> Option<u64> {
             let mut m = self.shards[dev as usize % SHARDS].lock().expect("lock");
             m.remove(&Self::key(dev, seq))
+        }
+    }
+
+    /// Publish times of commands by device, oldest first (the gateway delivers a
+    /// device's commands in order, one at a time).
+    pub struct CmdTracker {
+        shards: Vec<Mutex<HashMap<u32, VecDeque<u64>>>>,
+    }
+
+    impl Default for CmdTracker {
+        fn default() -> Self {
+            Self {
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            }
+        }
+    }
+
+    impl CmdTracker {
+        pub fn push(&self, dev: u32, us: u64) {
+            let mut m = self.shards[dev as usize % SHARDS].lock().expect("lock");
+            m.entry(dev).or_default().push_back(us);
+        }
+
+        /// The publish time of the device's oldest undelivered command.
+        pub fn pop(&self, dev: u32) -> Option<u64> {
+            let mut m = self.shards[dev as usize % SHARDS].lock().expect("lock");
+            let q = m.get_mut(&dev)?;
+            let t = q.pop_front();
+            if q.is_empty() {
+                m.remove(&dev);
+            }
+            t
         }
     }
 }

@@ -5,6 +5,9 @@
 //! lwm2m-loadgen run --register 1000 --steady 10 --notify-rate 5000 --commands 500 --mqtt 127.0.0.1:1883
 //! lwm2m-loadgen echo-server --bind 127.0.0.1:6000
 //! lwm2m-loadgen run --echo --gateway 127.0.0.1:6000 --devices 1000 --rate 0 --duration 5
+//! lwm2m-loadgen run --register 1000 --queue-mode --steady 20 --update-fraction 0.02 --commands 50 --mqtt 127.0.0.1:1883
+//! lwm2m-loadgen run --register 1000 --dtls --psk-key 0011… --psk-file-out psk.txt   # writes the gateway's PSK file
+//! lwm2m-loadgen run --register 1000 --dtls --psk-key 0011… --gateway 127.0.0.1:5784 --mqtt 127.0.0.1:1883
 //! lwm2m-loadgen mqtt-publish --mqtt 127.0.0.1:1883 --qos 0 --count 200000
 //! ```
 //! Flags given without a subcommand mean `run`.
@@ -32,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Simulated devices (and the MQTT driver) against a gateway, or --echo against an echo server.
-    Run(RunOpts),
+    Run(Box<RunOpts>),
     /// The UDP baseline: a recvmmsg/sendmmsg echo server, one SO_REUSEPORT socket per thread.
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:6000")]
@@ -80,12 +83,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Cmd::Run(o)) => run(o),
+        Some(Cmd::Run(o)) => run(*o),
         None => run(cli.run),
     }
 }
 
 fn run(o: RunOpts) -> ExitCode {
+    if let Some(path) = &o.psk_file_out {
+        return match lwm2m_loadgen::dtls::write_psk_file(&o, path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lwm2m-loadgen: {}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        };
+    }
     let json = o.json;
     match lwm2m_loadgen::run(o) {
         Ok(r) => {

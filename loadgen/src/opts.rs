@@ -82,6 +82,31 @@ pub struct RunOpts {
     /// Echo mode: datagram size, bytes.
     #[arg(long, default_value_t = 48)]
     pub size: usize,
+    /// Queue mode: devices register with `b=UQ` (LwM2M 1.0) or the `Q` parameter
+    /// (1.1) and stay silent between their Updates (no notifications); commands
+    /// wait in the gateway until the next Update. Updates go on while draining, so
+    /// every queued command can still be delivered.
+    #[arg(long)]
+    pub queue_mode: bool,
+    /// Queue mode: seconds a device counts as awake after it sent something (the
+    /// gateway's `qmode_time_window`); requests arriving later count as "while asleep".
+    #[arg(long, default_value_t = 22.0)]
+    pub qmode_window: f64,
+    /// DTLS devices: each device handshakes (PSK, identity = its endpoint name,
+    /// key `--psk-key`) with the gateway's DTLS listener (`--gateway`) before it
+    /// registers, and speaks CoAP over its session.
+    #[arg(long)]
+    pub dtls: bool,
+    /// The pre-shared key of every device, hex.
+    #[arg(long, default_value = "6c6f616467656e2d70736b2d6b657921")]
+    pub psk_key: String,
+    /// Writes the gateway's PSK file for the fleet (`name:hexkey` lines for the
+    /// devices of `--register`, `--devices-offset`, `--prefix`) and exits.
+    #[arg(long)]
+    pub psk_file_out: Option<std::path::PathBuf>,
+    /// DTLS: seconds a handshake may take before it counts as failed.
+    #[arg(long, default_value_t = 20.0)]
+    pub handshake_timeout: f64,
     /// Fail unless every device registered and every command was answered
     /// (and every update and echo came back).
     #[arg(long)]

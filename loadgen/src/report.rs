@@ -15,6 +15,10 @@ pub struct Report {
     pub steady: Option<Steady>,
     pub commands: Option<Commands>,
     pub echo: Option<Echo>,
+    /// DTLS devices (--dtls).
+    pub dtls: Option<Dtls>,
+    /// Queue-mode devices (--queue-mode).
+    pub queue: Option<Queue>,
     pub deregistered: Option<u64>,
     /// CPU and memory of the watched process (--watch-pid).
     pub watch: Option<crate::procstat::Watch>,
@@ -97,6 +101,36 @@ pub struct Echo {
     pub seconds: f64,
     pub rate_per_s: f64,
     pub rtt: Percentiles,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Dtls {
+    pub handshakes_started: u64,
+    pub handshakes_ok: u64,
+    /// Refused, failed or not completed within --handshake-timeout.
+    pub handshakes_failed: u64,
+    /// Sessions that broke after their handshake.
+    pub session_errors: u64,
+    /// Records the sessions rejected (bad MAC, replays, out of state).
+    pub bad_records: u64,
+    pub handshake_latency: Percentiles,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Queue {
+    /// The awake window the devices assume (the gateway's qmode_time_window).
+    pub window_s: f64,
+    /// How the devices asked for queue mode: 1.0 `b=UQ`, 1.1 the `Q` parameter.
+    pub lwm2m: String,
+    /// Requests of the gateway that reached a device outside its awake window.
+    pub requests_while_asleep: u64,
+    /// With commands: those that reached their device, those published while the
+    /// device slept (held by the gateway until its Update), those that reached
+    /// it while asleep (must be 0), and MQTT publish → device latency.
+    pub commands_delivered: Option<u64>,
+    pub commands_held: Option<u64>,
+    pub commands_delivered_asleep: Option<u64>,
+    pub queue_latency: Option<Percentiles>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +280,46 @@ impl Report {
                 ),
             );
             row("  round trip", lat(&c.rtt));
+        }
+        if let Some(d) = &self.dtls {
+            row(
+                "dtls handshakes",
+                format!(
+                    "{}/{} completed, {} failed, {} session errors, {} bad records",
+                    d.handshakes_ok,
+                    d.handshakes_started,
+                    d.handshakes_failed,
+                    d.session_errors,
+                    d.bad_records
+                ),
+            );
+            row("  handshake latency", lat(&d.handshake_latency));
+        }
+        if let Some(q) = &self.queue {
+            row(
+                "queue mode",
+                format!(
+                    "LwM2M {} ({}), awake window {:.1}s, {} requests while asleep",
+                    q.lwm2m,
+                    if q.lwm2m == "1.0" { "b=UQ" } else { "Q" },
+                    q.window_s,
+                    q.requests_while_asleep
+                ),
+            );
+            if let Some(n) = q.commands_delivered {
+                row(
+                    "  queued commands",
+                    format!(
+                        "{n} delivered, {} held until an Update, {} delivered while asleep",
+                        q.commands_held.unwrap_or(0),
+                        q.commands_delivered_asleep.unwrap_or(0)
+                    ),
+                );
+                row(
+                    "  queueing latency",
+                    q.queue_latency.as_ref().map(lat).unwrap_or_default(),
+                );
+            }
         }
         if let Some(e) = &self.echo {
             row(

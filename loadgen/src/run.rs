@@ -17,6 +17,10 @@ use std::time::Duration;
 pub fn run(opts: RunOpts) -> io::Result<Report> {
     let threads = opts.threads.max(1);
     let track = opts.mqtt.is_some() && opts.notify_rate > 0.0;
+    let queued = opts.queue_mode && opts.mqtt.is_some() && opts.commands > 0.0;
+    if opts.dtls {
+        crate::dtls::key(&opts)?;
+    }
     let sh = Arc::new(Shared {
         opts,
         clock: Clock::new(),
@@ -28,6 +32,7 @@ pub fn run(opts: RunOpts) -> io::Result<Report> {
         dereg_queued: AtomicU64::new(0),
         registered: Default::default(),
         notify_sent: track.then(Default::default),
+        cmd_queued: queued.then(Default::default),
     });
     if sh.opts.echo {
         return run_echo(sh, threads);
@@ -202,7 +207,12 @@ impl Conductor {
         // Drain: late answers, commands in flight, notifications still on their way.
         self.set_phase(worker::PHASE_DRAIN);
         let mut last = (u64::MAX, 0u64);
-        self.wait("drain", o.drain, |s| {
+        let mut drain = o.drain;
+        if o.queue_mode && o.commands > 0.0 && o.update_fraction > 0.0 {
+            // Commands still held in the gateway go out at the devices' next Update.
+            drain = drain.max(o.lifetime as f64 * o.update_fraction * 1.5 + 2.0);
+        }
+        self.wait("drain", drain, |s| {
             let now = s.clock.us();
             let mq = get(&s.c.mqtt_notify_msgs) + get(&s.c.cmd_answered);
             if mq != last.0 {
@@ -238,6 +248,8 @@ impl Conductor {
             hists.register.merge(&h.register);
             hists.update.merge(&h.update);
             hists.notify_ack.merge(&h.notify_ack);
+            hists.handshake.merge(&h.handshake);
+            hists.queue_wait.merge(&h.queue_wait);
         }
         let drv = match driver {
             Some(d) => Some(
@@ -436,6 +448,52 @@ fn build_report(
                 "commands answered",
                 answered > 0,
                 format!("{answered}/{sent} answered"),
+            );
+        }
+    }
+    if o.dtls {
+        let (ok, failed) = (get(&c.hs_ok), get(&c.hs_failed));
+        r.dtls = Some(report::Dtls {
+            handshakes_started: get(&c.hs_started),
+            handshakes_ok: ok,
+            handshakes_failed: failed,
+            session_errors: get(&c.dtls_session_errors),
+            bad_records: get(&c.dtls_bad_records),
+            handshake_latency: h.handshake.summary(),
+        });
+        let all = if o.expect_all { n as u64 } else { ok.max(1) };
+        check(
+            "handshakes",
+            ok >= all && (failed == 0 || !o.expect_all),
+            format!("{ok}/{n} DTLS handshakes completed, {failed} failed"),
+        );
+    }
+    if o.queue_mode {
+        let delivered = get(&c.cmd_delivered);
+        let asleep = get(&c.cmd_delivered_asleep);
+        r.queue = Some(report::Queue {
+            window_s: o.qmode_window,
+            lwm2m: o.lwm2m.clone(),
+            requests_while_asleep: get(&c.requests_while_asleep),
+            commands_delivered: sh.cmd_queued.as_ref().map(|_| delivered),
+            commands_held: sh.cmd_queued.as_ref().map(|_| get(&c.cmd_held)),
+            commands_delivered_asleep: sh.cmd_queued.as_ref().map(|_| asleep),
+            queue_latency: sh.cmd_queued.as_ref().map(|_| h.queue_wait.summary()),
+        });
+        if sh.cmd_queued.is_some() && o.steady > 0.0 {
+            let sent = get(&c.cmd_sent);
+            let ok = if o.expect_all {
+                delivered == sent && asleep == 0
+            } else {
+                asleep == 0
+            };
+            check(
+                "commands after wake-up",
+                ok,
+                format!(
+                    "{delivered}/{sent} commands reached their device, {asleep} while it slept ({} held until an Update)",
+                    get(&c.cmd_held)
+                ),
             );
         }
     }

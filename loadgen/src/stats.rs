@@ -105,6 +105,21 @@ pub struct Counters {
     pub cmd_errors: AtomicU64,
     pub cmd_timed_out: AtomicU64,
     pub send_failed: AtomicU64,
+    /// DTLS handshakes started, completed, failed (error or timeout); sessions
+    /// that failed after the handshake; records the session rejected.
+    pub hs_started: AtomicU64,
+    pub hs_ok: AtomicU64,
+    pub hs_failed: AtomicU64,
+    pub dtls_session_errors: AtomicU64,
+    pub dtls_bad_records: AtomicU64,
+    /// Queue mode: commands the devices received (matched to a publish), those
+    /// that arrived while the device was asleep (must be 0: the gateway holds
+    /// them), those published while the device slept (held by the gateway), and
+    /// every request of the gateway that arrived while asleep.
+    pub cmd_delivered: AtomicU64,
+    pub cmd_delivered_asleep: AtomicU64,
+    pub cmd_held: AtomicU64,
+    pub requests_while_asleep: AtomicU64,
 }
 
 /// Shorthand for relaxed counter updates.

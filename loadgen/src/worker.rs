@@ -5,6 +5,13 @@
 //! every request of the gateway like a real client (`lwm2m_gateway::sim::client`),
 //! remembering observations so it can notify on them.
 //!
+//! Queue-mode devices (`--queue-mode`) send nothing between their Updates; each
+//! one knows when it last spoke, so it can tell whether a request of the gateway
+//! reached it awake, and it measures how long each MQTT command waited for it.
+//! DTLS devices (`--dtls`) each run a dimpl PSK client: the handshake comes
+//! first, then every CoAP message goes through the session (records in and out
+//! on the same IP_PKTINFO socket, demultiplexed by the device's address).
+//!
 //! The thread follows the run's phase (set by the conductor in `run.rs`); it
 //! never blocks except in `poll`.
 
@@ -15,12 +22,12 @@ use lwm2m_gateway::sim::{client, device_addr, device_index};
 use mio::{Events, Interest, Poll, Token};
 use netio::{RecvBatchPktinfo, SendBatchPktinfo};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const PHASE_REGISTER: u8 = 0;
 pub const PHASE_OBSERVE_WAIT: u8 = 1;
@@ -31,6 +38,10 @@ pub const PHASE_DONE: u8 = 5;
 
 const ACK_TIMEOUT_US: u64 = 2_000_000;
 const MAX_RETRANSMIT: u8 = 4;
+/// Queue mode: a request arriving this long after the device's awake window
+/// ended counts as "while asleep" (the gateway's window starts when it receives
+/// the device's message, a little after the device sent it).
+const AWAKE_SLACK_US: u64 = 1_000_000;
 const OBJECTS: &str = "</1/0>,</2/0>,</3/0>,</4/0>,</5/0>,</6/0>,</7/0>,</3303/0>";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,6 +84,26 @@ struct Dev {
     obs: Vec<Obs>,
     seq: u32,
     in_observed: bool,
+    /// When the device last sent anything, and when it last woke (sent after
+    /// its awake window had ended); queue mode.
+    last_sent_us: Option<u64>,
+    woke_us: u64,
+    dtls: Option<Box<DtlsConn>>,
+}
+
+/// A device's DTLS session.
+struct DtlsConn {
+    conn: dimpl::Dtls,
+    started_us: u64,
+    /// The timer dimpl asked for (u64::MAX: none armed).
+    due_us: u64,
+    connected: bool,
+    failed: bool,
+}
+
+enum DtlsEvent {
+    Connected,
+    Data(Vec<u8>),
 }
 
 /// Histograms a worker fills; merged by the conductor at the end.
@@ -81,6 +112,10 @@ pub struct WorkerHists {
     pub register: Hist,
     pub update: Hist,
     pub notify_ack: Hist,
+    /// DTLS handshake durations.
+    pub handshake: Hist,
+    /// Queue mode: MQTT publish → the command reaching the device.
+    pub queue_wait: Hist,
 }
 
 pub struct Worker {
@@ -114,6 +149,17 @@ struct State {
     notify_con: bool,
     dereg_queued: bool,
     buf: Vec<u8>,
+    queue_mode: bool,
+    qwindow_us: u64,
+    /// DTLS: the key, dimpl's timers (lazy: stale entries are skipped), the
+    /// handshake deadlines (in start order), events to handle after a drain,
+    /// and the output buffer of `poll_output`.
+    psk_key: Option<Vec<u8>>,
+    dtls_timers: BinaryHeap<Reverse<(u64, u32)>>,
+    hs_deadlines: VecDeque<(u64, u32)>,
+    hs_timeout_us: u64,
+    events: VecDeque<(u32, DtlsEvent)>,
+    dbuf: Vec<u8>,
 }
 
 impl Worker {
@@ -137,6 +183,11 @@ impl Worker {
         poll.registry()
             .register(&mut sock, Token(0), Interest::READABLE)?;
         let threads = threads.max(1) as f64;
+        let psk_key = if sh.opts.dtls {
+            Some(crate::dtls::key(&sh.opts)?)
+        } else {
+            None
+        };
         let st = State {
             send: SendBatchPktinfo::new(512),
             gateway,
@@ -158,6 +209,14 @@ impl Worker {
             notify_con: sh.opts.notify_con,
             dereg_queued: false,
             buf: Vec::with_capacity(256),
+            queue_mode: sh.opts.queue_mode,
+            qwindow_us: (sh.opts.qmode_window.max(0.0) * 1e6) as u64,
+            psk_key,
+            dtls_timers: BinaryHeap::new(),
+            hs_deadlines: VecDeque::new(),
+            hs_timeout_us: (sh.opts.handshake_timeout.max(0.1) * 1e6) as u64,
+            events: VecDeque::new(),
+            dbuf: vec![0; 16 << 10],
             sh,
         };
         Ok(Self {
@@ -246,7 +305,14 @@ impl State {
             PHASE_STEADY => {
                 let start = self.sh.steady_start_us.load(Ordering::Acquire);
                 self.updates(now, start);
-                self.notifications(now, start);
+                if !self.queue_mode {
+                    self.notifications(now, start);
+                }
+            }
+            // Queued commands reach the devices only at their next Update.
+            PHASE_DRAIN if self.queue_mode => {
+                let start = self.sh.steady_start_us.load(Ordering::Acquire);
+                self.updates(now, start);
             }
             PHASE_DEREGISTER if !self.dereg_queued => {
                 self.dereg_queued = true;
@@ -260,6 +326,9 @@ impl State {
             _ => {}
         }
         self.retransmit(now);
+        if self.psk_key.is_some() {
+            self.dtls_timers(now);
+        }
     }
 
     fn register_some(&mut self, now: u64) {
@@ -275,28 +344,214 @@ impl State {
             let li = self.reg_next;
             self.reg_next += 1;
             burst += 1;
-            self.buf.clear();
-            let mid = self.next_mid();
-            let o = &self.sh.opts;
-            let name = format!("{}{}", o.prefix, self.base + li as u32);
-            let mut w = MessageWriter::new(
-                &mut self.buf,
-                MsgType::Con,
-                codes::POST,
-                mid,
-                &mid.to_be_bytes(),
-            );
-            w.option(opt::URI_PATH, b"rd")
-                .option_uint(opt::CONTENT_FORMAT, 40)
-                .option(opt::URI_QUERY, format!("ep={name}").as_bytes())
-                .option(opt::URI_QUERY, format!("lt={}", o.lifetime).as_bytes())
-                .option(opt::URI_QUERY, format!("lwm2m={}", o.lwm2m).as_bytes())
-                .option(opt::URI_QUERY, b"b=U");
-            w.payload(OBJECTS.as_bytes());
-            let bytes = self.buf.clone().into_boxed_slice();
-            self.start(li, Kind::Register, mid, bytes, now);
-            add(&self.sh.c.reg_sent, 1);
+            if self.psk_key.is_some() {
+                // The Register follows the handshake.
+                self.start_handshake(li, now);
+            } else {
+                self.send_register(li, now);
+            }
         }
+    }
+
+    fn send_register(&mut self, li: usize, now: u64) {
+        self.buf.clear();
+        let mid = self.next_mid();
+        let o = &self.sh.opts;
+        let name = crate::dtls::endpoint(o, self.base + li as u32);
+        let mut w = MessageWriter::new(
+            &mut self.buf,
+            MsgType::Con,
+            codes::POST,
+            mid,
+            &mid.to_be_bytes(),
+        );
+        // Queue mode: the binding's Q in LwM2M 1.0, the Q parameter from 1.1 on.
+        let v10 = o.lwm2m == "1.0";
+        let binding: &[u8] = if o.queue_mode && v10 { b"b=UQ" } else { b"b=U" };
+        w.option(opt::URI_PATH, b"rd")
+            .option_uint(opt::CONTENT_FORMAT, 40)
+            .option(opt::URI_QUERY, format!("ep={name}").as_bytes())
+            .option(opt::URI_QUERY, format!("lt={}", o.lifetime).as_bytes())
+            .option(opt::URI_QUERY, format!("lwm2m={}", o.lwm2m).as_bytes())
+            .option(opt::URI_QUERY, binding);
+        if o.queue_mode && !v10 {
+            w.option(opt::URI_QUERY, b"Q");
+        }
+        w.payload(OBJECTS.as_bytes());
+        let bytes = self.buf.clone().into_boxed_slice();
+        self.start(li, Kind::Register, mid, bytes, now);
+        add(&self.sh.c.reg_sent, 1);
+    }
+
+    fn instant(&self, us: u64) -> Instant {
+        self.sh.clock.0 + Duration::from_micros(us)
+    }
+
+    /// Starts the device's DTLS handshake (identity = its endpoint name).
+    fn start_handshake(&mut self, li: usize, now: u64) {
+        add(&self.sh.c.hs_started, 1);
+        let name = crate::dtls::endpoint(&self.sh.opts, self.base + li as u32);
+        let key = self.psk_key.as_deref().unwrap_or_default();
+        let config = match crate::dtls::client_config(name.as_bytes(), key) {
+            Ok(c) => c,
+            Err(_) => {
+                add(&self.sh.c.hs_failed, 1);
+                add(&self.sh.c.reg_failed, 1);
+                return;
+            }
+        };
+        let at = self.instant(now);
+        let mut conn = dimpl::Dtls::new_12_psk(config, at);
+        conn.set_active(true);
+        let ok = conn.handle_timeout(at).is_ok();
+        self.devs[li].dtls = Some(Box::new(DtlsConn {
+            conn,
+            started_us: now,
+            due_us: u64::MAX,
+            connected: false,
+            failed: false,
+        }));
+        if !ok {
+            self.fail_dtls(li);
+            return;
+        }
+        self.hs_deadlines
+            .push_back((now + self.hs_timeout_us, li as u32));
+        self.drain_dtls(li);
+        self.process_events(now);
+    }
+
+    /// The session is unusable: a failed handshake fails the registration too.
+    fn fail_dtls(&mut self, li: usize) {
+        let Some(d) = self.devs[li].dtls.as_mut() else {
+            return;
+        };
+        if d.failed {
+            return;
+        }
+        d.failed = true;
+        if d.connected {
+            add(&self.sh.c.dtls_session_errors, 1);
+        } else {
+            add(&self.sh.c.hs_failed, 1);
+            add(&self.sh.c.reg_failed, 1);
+        }
+    }
+
+    /// Sends what dimpl has for the device and queues its events.
+    fn drain_dtls(&mut self, li: usize) {
+        let from = self.addr(li);
+        let base = self.sh.clock.0;
+        let Some(d) = self.devs[li].dtls.as_mut() else {
+            return;
+        };
+        loop {
+            match d.conn.poll_output(&mut self.dbuf) {
+                dimpl::Output::Packet(p) => self.send.push(from, self.gateway, p),
+                dimpl::Output::Connected => {
+                    d.connected = true;
+                    self.events.push_back((li as u32, DtlsEvent::Connected));
+                }
+                dimpl::Output::ApplicationData(a) => {
+                    self.events
+                        .push_back((li as u32, DtlsEvent::Data(a.to_vec())));
+                }
+                dimpl::Output::Timeout(t) => {
+                    let due = t.saturating_duration_since(base).as_micros() as u64;
+                    if due != d.due_us {
+                        d.due_us = due;
+                        self.dtls_timers.push(Reverse((due, li as u32)));
+                    }
+                    return;
+                }
+                dimpl::Output::BufferTooSmall { needed } => {
+                    let n = needed.max(self.dbuf.len() * 2);
+                    self.dbuf.resize(n, 0);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Connected sessions register; decrypted CoAP messages are handled.
+    fn process_events(&mut self, now: u64) {
+        while let Some((li, ev)) = self.events.pop_front() {
+            let li = li as usize;
+            match ev {
+                DtlsEvent::Connected => {
+                    let started = self.devs[li].dtls.as_ref().map_or(now, |d| d.started_us);
+                    add(&self.sh.c.hs_ok, 1);
+                    self.hists.handshake.record(now.saturating_sub(started));
+                    self.send_register(li, now);
+                }
+                DtlsEvent::Data(data) => self.on_coap(li, now, &data),
+            }
+        }
+    }
+
+    /// dimpl's timers (handshake retransmissions) and the handshake deadlines.
+    fn dtls_timers(&mut self, now: u64) {
+        while let Some(&Reverse((due, li))) = self.dtls_timers.peek() {
+            if due > now {
+                break;
+            }
+            self.dtls_timers.pop();
+            let li = li as usize;
+            let at = self.instant(now);
+            let Some(d) = self.devs[li].dtls.as_mut() else {
+                continue;
+            };
+            if d.due_us != due || d.failed {
+                continue;
+            }
+            d.due_us = u64::MAX;
+            if d.conn.handle_timeout(at).is_err() {
+                self.fail_dtls(li);
+                continue;
+            }
+            self.drain_dtls(li);
+        }
+        while let Some(&(deadline, li)) = self.hs_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.hs_deadlines.pop_front();
+            let li = li as usize;
+            if self.devs[li].dtls.as_ref().is_some_and(|d| !d.connected) {
+                self.fail_dtls(li);
+            }
+        }
+        self.process_events(now);
+    }
+
+    /// Sends a CoAP message from the device: in clear, or through its session.
+    fn emit(&mut self, li: usize, now: u64, coap: &[u8]) {
+        let d = &mut self.devs[li];
+        if d.last_sent_us.is_none_or(|t| now > t + self.qwindow_us) {
+            d.woke_us = now;
+        }
+        d.last_sent_us = Some(now);
+        match d.dtls.as_mut() {
+            None => {
+                let from = self.addr(li);
+                self.send.push(from, self.gateway, coap);
+            }
+            Some(c) if c.failed || !c.connected => {}
+            Some(c) => {
+                if c.conn.send_application_data(coap).is_err() {
+                    self.fail_dtls(li);
+                    return;
+                }
+                self.drain_dtls(li);
+            }
+        }
+    }
+
+    /// [`emit`](Self::emit) of `self.buf`.
+    fn emit_buf(&mut self, li: usize, now: u64) {
+        let b = std::mem::take(&mut self.buf);
+        self.emit(li, now, &b);
+        self.buf = b;
     }
 
     /// Updates: every registered device once per `lifetime × fraction`, spread evenly.
@@ -408,15 +663,13 @@ impl State {
             let bytes = self.buf.clone().into_boxed_slice();
             self.start(li, Kind::Notify, mid, bytes, now);
         } else {
-            let from = self.addr(li);
-            self.send.push(from, self.gateway, &self.buf);
+            self.emit_buf(li, now);
         }
     }
 
     /// Sends a confirmable request and arms its retransmission timer.
     fn start(&mut self, li: usize, kind: Kind, mid: u16, bytes: Box<[u8]>, now: u64) {
-        let from = self.addr(li);
-        self.send.push(from, self.gateway, &bytes);
+        self.emit(li, now, &bytes);
         let timeout = ACK_TIMEOUT_US + self.rand() % (ACK_TIMEOUT_US / 2);
         self.heap.push(Reverse((now + timeout, li as u32, mid)));
         if self.devs[li].pending.is_none() {
@@ -439,7 +692,6 @@ impl State {
             }
             self.heap.pop();
             let li = li as usize;
-            let from = self.addr(li);
             let Some(p) = self.devs[li].pending.as_mut() else {
                 continue;
             };
@@ -461,9 +713,10 @@ impl State {
             }
             p.tries += 1;
             p.timeout_us *= 2;
-            self.send.push(from, self.gateway, &p.bytes);
-            self.heap
-                .push(Reverse((now + p.timeout_us, li as u32, mid)));
+            let due = now + p.timeout_us;
+            let bytes = p.bytes.clone();
+            self.emit(li, now, &bytes);
+            self.heap.push(Reverse((due, li as u32, mid)));
             add(&self.sh.c.retransmissions, 1);
         }
     }
@@ -476,6 +729,31 @@ impl State {
         if li >= self.devs.len() {
             return;
         }
+        if self.psk_key.is_some() {
+            let at = self.instant(now);
+            let Some(d) = self.devs[li].dtls.as_mut() else {
+                return;
+            };
+            if d.failed {
+                return;
+            }
+            if d.conn.handle_timeout(at).is_err() {
+                self.fail_dtls(li);
+                return;
+            }
+            if d.conn.handle_packet(data).is_err() {
+                add(&self.sh.c.dtls_bad_records, 1);
+            }
+            self.drain_dtls(li);
+            self.process_events(now);
+        } else {
+            self.on_coap(li, now, data);
+        }
+    }
+
+    /// A CoAP message for the device (received in clear or decrypted).
+    fn on_coap(&mut self, li: usize, now: u64, data: &[u8]) {
+        let g = self.base + li as u32;
         let Ok(msg) = Message::parse(data) else {
             return;
         };
@@ -487,8 +765,7 @@ impl State {
             // A separate response or ping: acknowledge it.
             self.buf.clear();
             MessageWriter::new(&mut self.buf, MsgType::Ack, codes::EMPTY, msg.mid, &[]).finish();
-            let from = self.addr(li);
-            self.send.push(from, self.gateway, &self.buf);
+            self.emit_buf(li, now);
         }
     }
 
@@ -552,8 +829,11 @@ impl State {
         }
     }
 
-    fn on_request(&mut self, li: usize, g: u32, _now: u64, msg: &Message<'_>) {
+    fn on_request(&mut self, li: usize, g: u32, now: u64, msg: &Message<'_>) {
         add(&self.sh.c.server_requests, 1);
+        if self.queue_mode {
+            self.queue_mode_request(li, g, now, msg);
+        }
         let d = &mut self.devs[li];
         let a = client::answer(msg, g, d.seq);
         if let Some(path) = &a.start_observe {
@@ -577,9 +857,42 @@ impl State {
             d.obs.retain(|x| x.path() != path.as_slice());
         }
         let mid = self.next_mid();
-        let from = self.addr(li);
-        self.send.push_with(from, self.gateway, |buf| {
-            client::write_response(msg, &a, mid, buf)
-        });
+        let mut b = std::mem::take(&mut self.buf);
+        b.clear();
+        client::write_response(msg, &a, mid, &mut b);
+        self.emit(li, now, &b);
+        self.buf = b;
+    }
+
+    /// Queue mode: was the device awake, and if this is one of the driver's
+    /// commands (a GET without Observe), how long did it wait?
+    fn queue_mode_request(&mut self, li: usize, g: u32, now: u64, msg: &Message<'_>) {
+        let d = &self.devs[li];
+        let awake = d
+            .last_sent_us
+            .is_some_and(|t| now <= t + self.qwindow_us + AWAKE_SLACK_US);
+        let c = &self.sh.c;
+        if !awake {
+            add(&c.requests_while_asleep, 1);
+        }
+        let command = msg.code == codes::GET && msg.option_uint(opt::OBSERVE).is_none();
+        let Some(t) = self
+            .sh
+            .cmd_queued
+            .as_ref()
+            .filter(|_| command)
+            .and_then(|q| q.pop(g))
+        else {
+            return;
+        };
+        add(&c.cmd_delivered, 1);
+        if !awake {
+            add(&c.cmd_delivered_asleep, 1);
+        }
+        if t < d.woke_us {
+            // Published before the device woke: the gateway held it.
+            add(&c.cmd_held, 1);
+        }
+        self.hists.queue_wait.record(now.saturating_sub(t));
     }
 }
