@@ -148,8 +148,5 @@ mod tests {
             s(o),
             r#"{"data":{"code":"4.00","codeMsg":"bad_request","error":"bad \"x\""}}"#
         );
-        for v in [b"[]".to_vec()] {
-            let _ = v;
-        }
     }
 }

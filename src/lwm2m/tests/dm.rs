@@ -257,7 +257,9 @@ fn retransmission_schedule_follows_rfc7252() {
 #[test]
 fn every_command_type_builds_the_right_request() {
     let mut h = setup();
-    let cases: Vec<(&str, u8, &str, Option<u16>, Vec<&str>)> = vec![
+    /// (command, CoAP method, path, Accept, Uri-Query)
+    type Case<'a> = (&'a str, u8, &'a str, Option<u16>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             r#"{"reqID":1,"msgType":"discover","data":{"path":"/3/0"}}"#,
             codes::GET,
