@@ -251,7 +251,6 @@ fn core_commands_every_outcome() {
 /// Fix belongs in src/lwm2m/core.rs `handle_message` (`ShardMsg::Adopt`, line 350):
 /// treat the adopted endpoint as stale when the directory names another location.
 #[test]
-#[ignore = "core bug: src/lwm2m/core.rs:350 adopts a registration the directory no longer names"]
 fn core_adopt_after_reregistration_elsewhere() {
     checks::core_endpoint(&b64("AgAAAgAABRAAATIgAQACD9nZ2QDZ2fgACQA="));
 }
@@ -268,7 +267,6 @@ fn core_adopt_after_reregistration_elsewhere() {
 /// cached replies of the endpoint whose location the request names, or remember
 /// the previous peer's replies after a takeover.
 #[test]
-#[ignore = "core bug: src/lwm2m/core.rs:433 a stale duplicate from an old NAT binding is executed again"]
 fn core_duplicate_from_an_old_nat_binding() {
     use lwm2m_gateway::coap::codes::POST;
     let mut w = checks::World::new(2);
@@ -329,7 +327,6 @@ fn core_duplicate_from_an_old_nat_binding() {
 /// 350-354): finish the stale endpoint's session ("endpoint registered again")
 /// before dropping it.
 #[test]
-#[ignore = "core bug: src/lwm2m/core.rs:350-354 drops an adopted session without final messages"]
 fn core_command_lost_with_a_stale_adopted_registration() {
     use lwm2m_gateway::coap::codes::POST;
     let mut w = checks::World::new(2);

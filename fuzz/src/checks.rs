@@ -853,7 +853,8 @@ impl World {
         let (to, m) = self.mailbox.remove(i % self.mailbox.len());
         let carried = match &m {
             ShardMsg::Adopt { peer, datagram, .. }
-            | ShardMsg::TakeoverMiss { peer, datagram, .. } => Some((*peer, datagram.clone())),
+            | ShardMsg::TakeoverMiss { peer, datagram, .. }
+            | ShardMsg::CachedReply { peer, datagram, .. } => Some((*peer, datagram.clone())),
             _ => None,
         };
         // The commands an adopted registration carries, in case it is dropped.

@@ -272,6 +272,16 @@ impl ShardCore {
                 hops,
             } => self.handle_command(now, &topic, payload, hops),
             ShardMsg::AuthResult { ticket, allowed } => self.auth_result(now, ticket, allowed),
+            ShardMsg::CachedReply {
+                peer,
+                reply,
+                location,
+                ..
+            } => {
+                self.pending_takeovers.remove(&location);
+                self.stats.duplicates += 1;
+                self.write_reply(peer, &reply, Some(location));
+            }
             ShardMsg::CommandFor { name, payload } => match self.table.find_name(&name) {
                 Some(slot) => self.command_for(now, slot, payload),
                 None => self.stats.commands_rejected += 1,
@@ -320,6 +330,28 @@ impl ShardCore {
                 peer,
                 datagram,
             } => match self.table.find_location(location) {
+                // A late copy of a request already answered (from the address the
+                // device left): answer it from the cache, keep the endpoint here.
+                Some(_)
+                    if Message::parse(&datagram)
+                        .ok()
+                        .and_then(|m| self.cached_reply(now, peer, &m))
+                        .is_some() =>
+                {
+                    let m = Message::parse(&datagram).expect("parsed above");
+                    let (reply, _) = self.cached_reply(now, peer, &m).expect("found above");
+                    // The shard the datagram came to answers it (it holds the DTLS
+                    // session, if any).
+                    self.out.to_shards.push((
+                        from,
+                        ShardMsg::CachedReply {
+                            peer,
+                            reply,
+                            location,
+                            datagram,
+                        },
+                    ));
+                }
                 Some(slot) => {
                     let ep = self.table.remove(slot).expect("found slot");
                     self.stats.takeovers_out += 1;
@@ -348,11 +380,20 @@ impl ShardCore {
             } => {
                 let location = endpoint.location;
                 self.pending_takeovers.remove(&location);
-                if self.table.find_name(&endpoint.name).is_some()
+                let newer_elsewhere = self
+                    .dir
+                    .by_name(&endpoint.name)
+                    .is_some_and(|e| e.location != location);
+                if newer_elsewhere
+                    || self.table.find_name(&endpoint.name).is_some()
                     || self.table.find_location(location).is_some()
                 {
-                    // Re-registered here meanwhile: the adopted registration is stale.
-                    self.dir.release(&endpoint.name, location);
+                    // Registered again (here or on another shard) meanwhile: the
+                    // adopted registration is stale. Its commands get their final
+                    // message; the name stays with the newer registration.
+                    let mut stale = *endpoint;
+                    self.finish_session(&mut stale, "endpoint registered again");
+                    self.dir.release(&stale.name, location);
                 } else {
                     self.stats.takeovers_in += 1;
                     let expires = endpoint.expires_ms;
@@ -423,6 +464,21 @@ impl ShardCore {
 
     /// Answers a retransmitted request from the reply cache. True if it was one.
     fn answer_duplicate(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>) -> bool {
+        let Some((r, location)) = self.cached_reply(now, peer, msg) else {
+            return false;
+        };
+        self.stats.duplicates += 1;
+        self.write_reply(peer, &r, location);
+        true
+    }
+
+    /// The cached reply to `msg` if it is a retransmission: (reply, location).
+    fn cached_reply(
+        &self,
+        now: u64,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+    ) -> Option<(LastReply, Option<u64>)> {
         let lifetime = self.settings.exchange_lifetime_ms;
         let fresh = |r: &LastReply| {
             r.valid
@@ -442,18 +498,26 @@ impl ShardCore {
             }
             None => None,
         };
+        // From another address (a NAT binding the device has left): the same
+        // message ID and token for the registration the request names.
+        let cached = cached.or_else(|| {
+            let Route::Registration(loc) = route_of(msg) else {
+                return None;
+            };
+            let slot = self.table.find_location(Endpoint::parse_location(loc)?)?;
+            let ep = self.table.get(slot)?;
+            [ep.last_reply, ep.prev_reply]
+                .into_iter()
+                .find(|r| fresh(r) && r.token() == msg.token)
+                .map(|r| (r, Some(ep.location)))
+        });
         let cached = cached.or_else(|| {
             self.recent
                 .iter()
                 .find(|(p, r)| *p == peer && fresh(r))
                 .map(|(_, r)| (*r, None))
         });
-        let Some((r, location)) = cached else {
-            return false;
-        };
-        self.stats.duplicates += 1;
-        self.write_reply(peer, &r, location);
-        true
+        cached
     }
 
     /// A Register; `authorized` when the authentication server already allowed it.

@@ -73,6 +73,15 @@ pub enum ShardMsg {
         peer: SocketAddr,
         datagram: Vec<u8>,
     },
+    /// The datagram that asked for a takeover was a retransmission the owner had
+    /// answered already: the receiving shard sends the cached reply.
+    CachedReply {
+        peer: SocketAddr,
+        reply: super::endpoint::LastReply,
+        location: u64,
+        /// The retransmitted request (handed back, not copied).
+        datagram: Vec<u8>,
+    },
     /// The owner no longer had the endpoint.
     TakeoverMiss {
         location: u64,
