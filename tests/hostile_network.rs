@@ -820,20 +820,10 @@ fn run(devices: usize, shards: usize, seed: u64) {
     assert_eq!(names.len(), devices, "registrations lost or invented");
     assert_eq!(sim.dir.len(), devices, "directory size");
     // No request caused more than one MQTT message, even when a duplicate of an
-    // older request arrived after a newer one (counted).
-    // Known exception (core bug, reported): a delayed duplicate from an address the
-    // device has left is executed once more (counted).
+    // older request arrived after a newer one, or from an address the device has
+    // left (both counted).
     for (&(dev, mid), &n) in &sim.publishes {
-        let limit = if sim.rebound.contains(&(dev, mid)) {
-            2
-        } else {
-            1
-        };
-        assert!(
-            n <= limit,
-            "{} mid {mid}: {n} publishes",
-            sim.devices[dev].name
-        );
+        assert!(n <= 1, "{} mid {mid}: {n} publishes", sim.devices[dev].name);
     }
     let rebound = sim.rebound.len();
     let reordered = sim.stale_dups.len();
