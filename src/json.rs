@@ -1,36 +1,11 @@
 //! A minimal compact JSON writer appending to a caller-owned buffer: what the
 //! gateway publishes is built here without intermediate values.
 
-/// Appends `s` as a JSON string literal, escaping per RFC 8259.
+/// Appends `s` as a JSON string literal, escaping per RFC 8259 (one implementation,
+/// shared with the content-format renderer).
 pub fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xf) as usize]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    crate::formats::write_json_string(s, out);
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `"key":` (the key is escaped).
 pub fn key(out: &mut Vec<u8>, k: &str) {
