@@ -27,7 +27,7 @@ pub struct Cli {
     pub print_default_config: bool,
 
     /// Log filter (e.g. "info", "debug", "lwm2m_gateway=trace") [default:
-    /// $RUST_LOG, else info]
+    /// $RUST_LOG, else info (the embedded broker at warn)]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
@@ -140,7 +140,8 @@ impl Cli {
         }
         match std::env::var("RUST_LOG") {
             Ok(v) if !v.trim().is_empty() => v,
-            _ => "info".to_string(),
+            // The embedded broker logs every connection at info: keep it to warnings.
+            _ => "info,rumqttd=warn".to_string(),
         }
     }
 
@@ -470,7 +471,7 @@ mod tests {
         let from_env = std::env::var("RUST_LOG")
             .ok()
             .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| "info".to_string());
+            .unwrap_or_else(|| "info,rumqttd=warn".to_string());
         assert_eq!(cli(&[]).log_filter(), from_env);
     }
 
