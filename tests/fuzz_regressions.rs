@@ -405,3 +405,11 @@ fn client_hello_input() -> Vec<u8> {
     input.extend_from_slice(&[0, 0, 3, 0x17, 0xfe, 0xfd, 9]);
     input
 }
+
+/// Found by `core_endpoint` after the takeover-race fixes (see docs/reliability.md).
+#[test]
+fn core_directory_entry_after_takeover_race() {
+    checks::core_endpoint(&b64(
+        "SgAAN2MKXV1dXV1dXV1dXThlNTAAXV1dXV1dXV1dXV0dXV1dXU9dXV39/F1dyjBdADhdll0=",
+    ));
+}

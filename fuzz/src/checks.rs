@@ -832,6 +832,25 @@ impl World {
         let shard = self.shard_of(p);
         let from = peer(p);
         let dups = self.cores[shard].stats.duplicates;
+        if trace() {
+            match Message::parse(bytes) {
+                Ok(m) => {
+                    let path: Vec<String> = m
+                        .option_values(opt::URI_PATH)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    let q: Vec<String> = m
+                        .option_values(opt::URI_QUERY)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    eprintln!(
+                        "  datagram from {from} to shard {shard}: {:?} code {} mid {} {path:?} {q:?}",
+                        m.mtype, m.code, m.mid
+                    );
+                }
+                Err(e) => eprintln!("  datagram from {from} to shard {shard}: {e}"),
+            }
+        }
         self.cores[shard].handle_datagram(self.now, from, bytes);
         let dup = self.cores[shard].stats.duplicates != dups;
         let fx = self.collect();
@@ -851,6 +870,9 @@ impl World {
             return;
         }
         let (to, m) = self.mailbox.remove(i % self.mailbox.len());
+        if trace() {
+            eprintln!("  deliver to shard {to}: {m:?}");
+        }
         let carried = match &m {
             ShardMsg::Adopt { peer, datagram, .. }
             | ShardMsg::TakeoverMiss { peer, datagram, .. }
@@ -1290,6 +1312,9 @@ pub fn run_core(data: &[u8]) -> World {
         w.ops = ops;
         let op = r.u8() % n_ops;
         let p = r.u8() % PEERS;
+        if trace() {
+            eprintln!("op {op} peer {p} at {} ms", w.now);
+        }
         match op {
             0 | 1 => {
                 let k = r.u8();
@@ -1568,4 +1593,10 @@ pub fn dtls_records(data: &[u8]) {
             );
         }
     }
+}
+
+/// `FUZZ_TRACE=1`: print every op of the stateful target (for reducing a crash).
+fn trace() -> bool {
+    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
 }

@@ -380,11 +380,13 @@ impl ShardCore {
             } => {
                 let location = endpoint.location;
                 self.pending_takeovers.remove(&location);
-                let newer_elsewhere = self
-                    .dir
-                    .by_name(&endpoint.name)
-                    .is_some_and(|e| e.location != location);
-                if newer_elsewhere
+                // In transit, a registration keeps its directory entry (the owner does
+                // not release it): any other entry, or none, means it was replaced or
+                // removed meanwhile (an Evict that found it gone, a newer one's
+                // de-registration).
+                let superseded =
+                    self.dir.by_name(&endpoint.name).map(|e| e.location) != Some(location);
+                if superseded
                     || self.table.find_name(&endpoint.name).is_some()
                     || self.table.find_location(location).is_some()
                 {
