@@ -413,3 +413,9 @@ fn core_directory_entry_after_takeover_race() {
         "SgAAN2MKXV1dXV1dXV1dXThlNTAAXV1dXV1dXV1dXV0dXV1dXU9dXV39/F1dyjBdADhdll0=",
     ));
 }
+
+/// Found by `core_endpoint` after the fourth takeover fix (see docs/reliability.md).
+#[test]
+fn core_subscription_after_stale_adopt() {
+    checks::core_endpoint(&b64("AgAAAgIAAAkBAAABHwAAAAAAAAAkMAUQAgAFAADU1NTUAAICAAAAAgAAAgIAAAkBAAABHwAAAAAAAAAkAAUQAgAFAADU1NTKAAICAAAACQAAANTU1NTU1NQCAAUAANTU1NTU1NTU//+mpqb//////////6WlpaXopaWlpaWlpaWlpaVERERERERERERERKWlpaWlpaWlpaampqb/ADs="));
+}

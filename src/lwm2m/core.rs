@@ -386,17 +386,33 @@ impl ShardCore {
                 // de-registration).
                 let superseded =
                     self.dir.by_name(&endpoint.name).map(|e| e.location) != Some(location);
-                if superseded
-                    || self.table.find_name(&endpoint.name).is_some()
-                    || self.table.find_location(location).is_some()
-                {
+                if superseded || self.table.find_location(location).is_some() {
                     // Registered again (here or on another shard) meanwhile: the
                     // adopted registration is stale. Its commands get their final
-                    // message; the name stays with the newer registration.
+                    // message; the name (if anyone holds it) stays with the newer
+                    // registration, which also owns the subscription.
                     let mut stale = *endpoint;
                     self.finish_session(&mut stale, "endpoint registered again");
-                    self.dir.release(&stale.name, location);
+                    if superseded {
+                        self.dir.forget_location(location);
+                    }
                 } else {
+                    // The adopted registration is the current one; a local copy of
+                    // the same name is an older one whose Evict is still on its way.
+                    if let Some(old) = self.table.find_name(&endpoint.name) {
+                        let keep = self
+                            .table
+                            .get(old)
+                            .map(|e| e.mountpoint == endpoint.mountpoint)
+                            == Some(true);
+                        self.stats.replaced += 1;
+                        self.remove_endpoint(
+                            old,
+                            Removal::Replaced {
+                                keep_subscription: keep,
+                            },
+                        );
+                    }
                     self.stats.takeovers_in += 1;
                     let expires = endpoint.expires_ms;
                     let name = endpoint.name.clone();

@@ -66,6 +66,11 @@ impl Directory {
             .remove_if(name, |_, e| e.location == location);
     }
 
+    /// Forgets a location only (its name belongs to another registration).
+    pub fn forget_location(&self, location: u64) {
+        self.locations.pin().remove(&location);
+    }
+
     pub fn by_name(&self, name: &str) -> Option<DirEntry> {
         self.names.pin().get(name).copied()
     }
