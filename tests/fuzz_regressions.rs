@@ -419,3 +419,10 @@ fn core_directory_entry_after_takeover_race() {
 fn core_subscription_after_stale_adopt() {
     checks::core_endpoint(&b64("AgAAAgIAAAkBAAABHwAAAAAAAAAkMAUQAgAFAADU1NTUAAICAAAAAgAAAgIAAAkBAAABHwAAAAAAAAAkAAUQAgAFAADU1NTKAAICAAAACQAAANTU1NTU1NQCAAUAANTU1NTU1NTU//+mpqb//////////6WlpaXopaWlpaWlpaWlpaVERERERERERERERKWlpaWlpaWlpaampqb/ADs="));
 }
+
+/// Found by `core_endpoint`: an endpoint that left a shard and came back to the same
+/// slot met its old retransmission timers (now tied to the slot's incarnation).
+#[test]
+fn core_stale_timers_after_return_to_the_same_slot() {
+    checks::core_endpoint(&b64(""));
+}

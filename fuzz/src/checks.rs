@@ -1002,12 +1002,15 @@ impl World {
                 assert!(session.observations.len() <= CMD_PATHS.len());
                 // Every request in flight has a timer (else it never ends), and
                 // not many.
+                let inc = c.endpoints().incarnation(slot);
                 for ex in &session.inflight {
                     let token = ex.token;
                     let n = self
                         .timers
                         .iter()
-                        .filter(|&&(_, ts, tm)| ts == s && tm == Timer::Retransmit { slot, token })
+                        .filter(|&&(_, ts, tm)| {
+                            ts == s && tm == Timer::Retransmit { slot, token, inc }
+                        })
                         .count();
                     assert!(
                         (1..=3).contains(&n),

@@ -648,6 +648,7 @@ impl ShardCore {
 
     /// Sends the next step of `ex`'s transfer as a new confirmable request.
     fn send_step(&mut self, now: u64, slot: u32, mut ex: Exchange) {
+        let inc = self.table.incarnation(slot);
         let mid = self.fresh_mid();
         let token = self.fresh_token();
         let timeout = self.initial_timeout();
@@ -678,7 +679,7 @@ impl ShardCore {
         self.out.datagram(peer, |b| b.extend_from_slice(bytes));
         self.out
             .timers
-            .push((now + timeout, Timer::Retransmit { slot, token }));
+            .push((now + timeout, Timer::Retransmit { slot, token, inc }));
     }
 
     /// Ends a transfer the gateway cannot finish: an error on MQTT for a command

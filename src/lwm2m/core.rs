@@ -234,7 +234,11 @@ impl ShardCore {
     /// A timer armed earlier came due.
     pub fn handle_timer(&mut self, now: u64, t: Timer) {
         match t {
-            Timer::Retransmit { slot, token } => self.on_retransmit(now, slot, token),
+            Timer::Retransmit { slot, token, inc } => {
+                if self.table.incarnation(slot) == inc {
+                    self.on_retransmit(now, slot, token)
+                }
+            }
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
             Timer::Transport => {}
             Timer::BlockExpire { id } => self.on_block_expire(now, id),

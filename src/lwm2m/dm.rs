@@ -203,6 +203,7 @@ impl ShardCore {
 
     /// Builds and sends the CoAP request of a command.
     fn dispatch(&mut self, now: u64, slot: u32, q: Queued) {
+        let inc = self.table.incarnation(slot);
         if self.block1_oversize(slot, &q.cmd) {
             return;
         }
@@ -248,7 +249,7 @@ impl ShardCore {
         self.out.datagram(peer, |b| b.extend_from_slice(bytes));
         self.out
             .timers
-            .push((now + timeout, Timer::Retransmit { slot, token }));
+            .push((now + timeout, Timer::Retransmit { slot, token, inc }));
     }
 
     /// ACK_TIMEOUT scaled by a random factor in [1, ACK_RANDOM_FACTOR).
@@ -260,6 +261,7 @@ impl ShardCore {
 
     /// A retransmission (or separate-response) timer of an exchange came due.
     pub(super) fn on_retransmit(&mut self, now: u64, slot: u32, token: u32) {
+        let inc = self.table.incarnation(slot);
         let max = self.settings.max_retransmit;
         let lifetime = self.settings.exchange_lifetime_ms;
         let Some(ep) = self.table.get_mut(slot) else {
@@ -279,7 +281,7 @@ impl ShardCore {
             let at = ex.acked_ms + lifetime;
             self.out
                 .timers
-                .push((at, Timer::Retransmit { slot, token }));
+                .push((at, Timer::Retransmit { slot, token, inc }));
             return;
         }
         if !ex.acked && ex.retransmits < max {
@@ -292,7 +294,7 @@ impl ShardCore {
             self.out.datagram(peer, |b| b.extend_from_slice(bytes));
             self.out
                 .timers
-                .push((at, Timer::Retransmit { slot, token }));
+                .push((at, Timer::Retransmit { slot, token, inc }));
             return;
         }
         let _ = lifetime;
@@ -319,6 +321,7 @@ impl ShardCore {
             return;
         };
         self.touch(now, slot);
+        let inc = self.table.incarnation(slot);
         let session = self.session_mut(slot);
         let ex = &mut session.inflight[i];
         if msg.mtype == MsgType::Rst {
@@ -336,7 +339,7 @@ impl ShardCore {
                 let echo = ex.cmd.echo.clone();
                 self.out
                     .timers
-                    .push((now + lifetime, Timer::Retransmit { slot, token }));
+                    .push((now + lifetime, Timer::Retransmit { slot, token, inc }));
                 self.publish_event(slot, &echo, "ack");
             }
             return;
@@ -638,6 +641,7 @@ impl ShardCore {
 
     /// After an endpoint moved here from another shard: re-arm its exchange timers.
     pub(super) fn rearm_session(&mut self, now: u64, slot: u32) {
+        let inc = self.table.incarnation(slot);
         let Some(session) = self.table.get(slot).and_then(|e| e.session.as_ref()) else {
             return;
         };
@@ -650,6 +654,7 @@ impl ShardCore {
                     Timer::Retransmit {
                         slot,
                         token: e.token,
+                        inc,
                     },
                 )
             })

@@ -14,8 +14,9 @@ pub enum Timer {
     /// Registration lifetime of the endpoint in `slot`, valid while the slot's
     /// generation equals `gen`.
     Expire { slot: u32, gen: u32 },
-    /// Retransmission or separate-response wait of the exchange with `token`.
-    Retransmit { slot: u32, token: u32 },
+    /// Retransmission or separate-response wait of the exchange with `token`, for
+    /// the endpoint of incarnation `inc` in `slot`.
+    Retransmit { slot: u32, token: u32, inc: u32 },
     /// Time to live of a queued command.
     QueueTtl { slot: u32, token: u32 },
     /// Lifetime of a partial block-wise request body a device is sending.

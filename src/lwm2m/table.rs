@@ -13,6 +13,9 @@ pub struct EndpointTable {
     /// Generation per slot, bumped on every re-arm and removal: a timer carrying an
     /// older generation is stale.
     gens: Vec<u32>,
+    /// Incarnation per slot, bumped only when an endpoint is inserted: exchange
+    /// timers of an earlier occupant of the slot carry an older one.
+    incarnations: Vec<u32>,
     free: Vec<u32>,
     by_location: HashTable<u32>,
     by_peer: HashTable<u32>,
@@ -56,6 +59,11 @@ impl EndpointTable {
         self.gens.get(slot as usize).copied().unwrap_or(0)
     }
 
+    /// The incarnation of the endpoint in `slot` (see the field).
+    pub fn incarnation(&self, slot: u32) -> u32 {
+        self.incarnations.get(slot as usize).copied().unwrap_or(0)
+    }
+
     /// Invalidates timers armed for `slot` and returns the new generation.
     pub fn bump_generation(&mut self, slot: u32) -> u32 {
         let g = &mut self.gens[slot as usize];
@@ -71,12 +79,15 @@ impl EndpointTable {
             None => {
                 self.slots.push(None);
                 self.gens.push(0);
+                self.incarnations.push(0);
                 (self.slots.len() - 1) as u32
             }
         };
         let (hl, hp, hn) = (self.h(&ep.location), self.h(&ep.peer), self.h(&*ep.name));
         self.slots[slot as usize] = Some(ep);
         self.bump_generation(slot);
+        let inc = &mut self.incarnations[slot as usize];
+        *inc = inc.wrapping_add(1);
         let slots = &self.slots;
         let hasher = &self.hasher;
         let rehash_loc = |s: &u32| hasher.hash_one(slots[*s as usize].as_ref().unwrap().location);
