@@ -58,7 +58,14 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 rss = [int(r["rss_kib"]) for r in rows if r["rss_kib"]]
 n = len(rss) // 3 or 1
 first, last = sum(rss[:n]) / n, sum(rss[-n:]) / n
-cycles = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+text, cycles, dec, i = open(sys.argv[2]).read(), [], json.JSONDecoder(), 0
+while True:  # the loadgen's reports are pretty-printed, one after another
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        break
+    c, i = dec.raw_decode(text, i)
+    cycles.append(c)
 print(f"# Soak {len(rows) * 10} s, {len(cycles)} cycles")
 print(f"RSS first third {first:.0f} KiB, last third {last:.0f} KiB, growth {100 * (last - first) / first:+.1f}%")
 for i, c in enumerate(cycles):

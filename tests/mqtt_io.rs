@@ -203,6 +203,36 @@ fn embedded_publish_and_inbound() {
     basics(embedded_broker(), 1);
 }
 
+/// The embedded broker's connections send without Nagle's delay (inherited from its listener):
+/// the broker-side socket of a client's connection, found in this process, has TCP_NODELAY.
+#[test]
+fn embedded_broker_connections_have_nodelay() {
+    let addr = embedded_broker();
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let nodelay = loop {
+        let mut found = None;
+        netio::for_each_own_socket(|sock| {
+            let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+            let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+            if local == Some(addr) && peer == Some(client_addr) {
+                found = sock.tcp_nodelay().ok();
+            }
+        })
+        .unwrap();
+        if let Some(nodelay) = found {
+            break nodelay;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never accepted the connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(nodelay, "the broker's side of the connection has Nagle on");
+}
+
 #[test]
 fn embedded_ten_thousand_filters_and_unsubscribe() {
     let addr = embedded_broker();

@@ -1,6 +1,7 @@
 //! UDP sockets for the gateway and the load generator: `SO_REUSEPORT` binding,
 //! `recvmmsg`/`sendmmsg` batching with preallocated buffers, `IP_PKTINFO`
-//! source/destination addressing, and CPU pinning.
+//! source/destination addressing, CPU pinning, and TCP_NODELAY for a listener that
+//! another library of the process opened (the embedded MQTT broker's).
 //!
 //! This crate is Linux-only and is the only place in the project where
 //! `unsafe` is allowed; every `unsafe` block carries a `// SAFETY:` comment.
@@ -33,12 +34,14 @@ mod recv;
 mod send;
 mod sockaddr;
 mod socket;
+mod tcp_listener;
 
 pub use affinity::{available_cores, pin_current_thread};
 pub use pktinfo::{enable_pktinfo, RecvBatchPktinfo, SendBatchPktinfo};
 pub use recv::RecvBatch;
 pub use send::SendBatch;
 pub use socket::{bind_udp, SocketOptions};
+pub use tcp_listener::{for_each_own_socket, set_nodelay_on_own_listener};
 
 /// Largest batch the kernel accepts in one `recvmmsg`/`sendmmsg` call
 /// (`UIO_MAXIOV`); larger batches are clamped to it.

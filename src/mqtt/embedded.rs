@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// How long `start_embedded_broker` waits for the port to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,7 @@ pub fn start_embedded_broker(bind: SocketAddr) -> io::Result<()> {
     loop {
         if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
             info!(%bind, "embedded MQTT broker listening");
+            disable_nagle(bind);
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -53,6 +54,17 @@ pub fn start_embedded_broker(bind: SocketAddr) -> io::Result<()> {
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// rumqttd writes to its clients with Nagle's algorithm on, which holds a small PUBLISH back
+/// until the client's (delayed) ACK of the previous one: 10–40 ms per message forwarded at
+/// moderate rates. Its connections inherit TCP_NODELAY from the listener, so set it there.
+fn disable_nagle(bind: SocketAddr) {
+    match netio::set_nodelay_on_own_listener(bind) {
+        Ok(0) => warn!(%bind, "embedded MQTT broker's listener not found: Nagle stays on"),
+        Ok(_) => {}
+        Err(e) => warn!(%bind, error = %e, "TCP_NODELAY on the embedded broker's listener"),
     }
 }
 
