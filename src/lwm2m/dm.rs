@@ -363,13 +363,23 @@ impl ShardCore {
             return;
         };
         let token = token_of(msg);
-        let (exchange, observation) = match self.table.get(slot).and_then(|e| e.session.as_ref()) {
-            Some(s) => (
-                token.and_then(|t| s.exchange_by_token(t)),
-                token.and_then(|t| s.observation_by_token(t)),
-            ),
-            None => (None, None),
-        };
+        let (exchange, observation, acked_before) =
+            match self.table.get(slot).and_then(|e| e.session.as_ref()) {
+                Some(s) => (
+                    token.and_then(|t| s.exchange_by_token(t)),
+                    token.and_then(|t| s.observation_by_token(t)),
+                    msg.mtype == MsgType::Con && s.was_seen(msg.mid, now, lifetime),
+                ),
+                None => (None, None, false),
+            };
+        if acked_before && exchange.is_none() {
+            // A retransmission of a CON response or notification we acknowledged (its
+            // exchange or observation may be over by now): RFC 7252 §4.5, acknowledge again.
+            self.touch(now, slot);
+            self.send_empty(peer, MsgType::Ack, msg.mid);
+            self.stats.duplicates += 1;
+            return;
+        }
         if exchange.is_none() && observation.is_none() {
             // RFC 7641 §3.6: reject a notification nobody is interested in.
             self.stats.unmatched += 1;

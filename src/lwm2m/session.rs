@@ -82,11 +82,7 @@ impl Session {
     /// Records a confirmable message ID from the device; true if it was seen within
     /// `lifetime_ms` (a retransmission).
     pub fn seen_mid(&mut self, mid: u16, now: u64, lifetime_ms: u64) -> bool {
-        if self
-            .recent_mids
-            .iter()
-            .any(|&(m, at)| m == mid && now.saturating_sub(at) < lifetime_ms)
-        {
+        if self.was_seen(mid, now, lifetime_ms) {
             return true;
         }
         if self.recent_mids.len() == RECENT_MIDS {
@@ -94,6 +90,15 @@ impl Session {
         }
         self.recent_mids.push_back((mid, now));
         false
+    }
+}
+
+impl Session {
+    /// Whether a CON with `mid` was acknowledged within `lifetime_ms` (without recording it).
+    pub fn was_seen(&self, mid: u16, now: u64, lifetime_ms: u64) -> bool {
+        self.recent_mids
+            .iter()
+            .any(|&(m, at)| m == mid && now.saturating_sub(at) < lifetime_ms)
     }
 }
 

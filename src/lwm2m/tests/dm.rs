@@ -182,6 +182,12 @@ fn separate_response_ack_event_and_duplicate_suppression() {
     assert_eq!((a.mtype, a.mid, a.code), (MsgType::Ack, 999, codes::EMPTY));
     let again = h.exchange(0, addr(1, DEV), &sep);
     assert_eq!(again.len(), 1, "a duplicate is acknowledged again");
+    let a = again[0].msg();
+    assert_eq!(
+        (a.mtype, a.mid, a.code),
+        (MsgType::Ack, 999, codes::EMPTY),
+        "with an ACK (RFC 7252 §4.5), not a Reset, although the exchange is over"
+    );
     let p = h.published_since(mark);
     assert_eq!(p.len(), 2, "and delivered once");
     assert_eq!(p[1].1["msgType"], "read");
