@@ -178,9 +178,12 @@ impl ShardCore {
                 self.handle_request(now, peer, &msg, data)
             }
             MsgType::Con if msg.is_empty() => {
-                // CoAP ping.
+                // CoAP ping. From a registered device it also says the device is awake.
                 self.stats.pings += 1;
                 self.send_reset(peer, msg.mid);
+                if let Some(slot) = self.table.find_peer(&peer) {
+                    self.touch(now, slot);
+                }
             }
             MsgType::Con | MsgType::Non if msg.is_response() => self.on_response(now, peer, &msg),
             MsgType::Ack | MsgType::Rst => self.on_ack_or_reset(now, peer, &msg),
@@ -904,7 +907,17 @@ impl ShardCore {
             let mut new: Vec<(&str, &str)> = Vec::with_capacity(params.others.len() + 1);
             if let Some(b) = params.binding {
                 new.push(("b", b));
-                ep.queue_mode = b.contains('Q') || params.queue;
+                // LwM2M 1.0 says queue mode in the binding (`UQ`), so an Update's binding
+                // changes it; from 1.1 on it is the Register's `Q` parameter, which an Update
+                // does not repeat: a binding without `Q` leaves it as it was.
+                let v1_0 = matches!(ep.param("lwm2m"), None | Some("1") | Some("1.0"))
+                    || ep.param("lwm2m").is_some_and(|v| v.starts_with("1.0."));
+                if b.contains('Q') || v1_0 {
+                    ep.queue_mode = b.contains('Q') || params.queue;
+                }
+            }
+            if params.queue {
+                ep.queue_mode = true;
             }
             new.extend_from_slice(&params.others);
             if !new.is_empty() {

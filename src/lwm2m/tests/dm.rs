@@ -600,6 +600,52 @@ fn alternate_path_prefixes_downlinks() {
     );
 }
 
+/// A 1.1 device in queue mode (`Q`) stays in it when an Update says `b=U` (1.1 moved queue
+/// mode out of the binding); a CoAP ping from it wakes it like any message.
+#[test]
+fn queue_mode_survives_a_1_1_binding_update_and_a_ping_wakes_the_device() {
+    let mut h = Harness::new(1, settings());
+    let loc = registered(&mut h, &["lwm2m=1.1", "b=U", "Q"], b"</3/0>");
+    let out = h.exchange(0, addr(1, DEV), &Req::update(&loc, 50).q("b=U").bytes());
+    assert_eq!(out[0].code(), codes::CHANGED);
+    h.advance(23_000);
+    assert!(
+        h.command(
+            0,
+            TOPIC,
+            r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/1"}}"#
+        )
+        .is_empty(),
+        "still in queue mode: held while asleep"
+    );
+    let mut ping = Vec::new();
+    MessageWriter::new(&mut ping, MsgType::Con, codes::EMPTY, 77, &[]).finish();
+    let out = h.exchange(0, addr(1, DEV), &ping);
+    assert_eq!(out.len(), 2, "the Reset to the ping, then the held command");
+    assert_eq!(out[0].msg().mtype, MsgType::Rst);
+    assert_eq!(path_of(&out[1].msg()), "/3/0/1");
+
+    // A 1.0 device leaves queue mode with `b=U`.
+    let r = Req::new(codes::POST, "/rd", 2)
+        .q("ep=dev-10")
+        .q("lwm2m=1.0")
+        .q("b=UQ")
+        .body(b"</3/0>");
+    let loc = h.one(0, addr(1, DEV + 1), &r.bytes()).location();
+    h.exchange(0, addr(1, DEV + 1), &Req::update(&loc, 51).q("b=U").bytes());
+    h.advance(23_000);
+    assert_eq!(
+        h.command(
+            0,
+            "lwm2m/dev-10/dn/dm",
+            r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0/1"}}"#
+        )
+        .len(),
+        1,
+        "sent at once"
+    );
+}
+
 #[test]
 fn queue_mode_holds_commands_until_the_device_speaks() {
     let mut h = Harness::new(1, settings());
