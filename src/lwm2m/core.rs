@@ -925,6 +925,9 @@ impl ShardCore {
                 ep.params = merged;
             }
             if let Some(list) = objects {
+                if list.content_format.is_some() {
+                    ep.content_format = list.content_format;
+                }
                 ep.object_list = Some(list.paths.into());
             }
         }

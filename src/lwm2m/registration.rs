@@ -188,13 +188,7 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
             let (k, v) = attr.trim().split_once('=').unwrap_or((attr.trim(), ""));
             match k {
                 "rt" if v.trim_matches('"') == "oma.lwm2m" => is_root = true,
-                "ct" => {
-                    ct = v
-                        .trim_matches('"')
-                        .split(' ')
-                        .next()
-                        .and_then(|c| c.parse().ok())
-                }
+                "ct" => ct = preferred_format(v.trim_matches('"')),
                 _ => {}
             }
         }
@@ -293,6 +287,23 @@ mod tests {
     }
 
     #[test]
+    fn root_link_ct_lists_pick_a_multi_resource_format() {
+        let ct = |body: &[u8]| parse_object_list(body).unwrap().content_format;
+        // CBOR (60) cannot carry several resources: the first format that can is taken.
+        assert_eq!(
+            ct(b"</>;rt=\"oma.lwm2m\";ct=\"60 110 11542\",</3/0>"),
+            Some(110)
+        );
+        assert_eq!(
+            ct(b"</>;rt=\"oma.lwm2m\";ct=\"11542 112\",</3/0>"),
+            Some(11542)
+        );
+        assert_eq!(ct(b"</>;rt=\"oma.lwm2m\";ct=60,</3/0>"), Some(60));
+        assert_eq!(ct(b"</>;rt=\"oma.lwm2m\";ct=\"0 42\",</3/0>"), Some(0));
+        assert_eq!(ct(b"</>;rt=\"oma.lwm2m\",</3/0>"), None);
+    }
+
+    #[test]
     fn object_list_quoted_commas_and_errors() {
         let l = parse_object_list(b"</1/0>;title=\"a,b\",</3/0>").unwrap();
         assert_eq!(l.iter().collect::<Vec<_>>(), ["/1/0", "/3/0"]);
@@ -335,4 +346,23 @@ mod tests {
             "urn:imei:123"
         );
     }
+}
+
+/// The format to write in, from a root link's `ct` (one or more space-separated formats, the
+/// device's preferred first): the first one that carries several resources and that the gateway
+/// encodes (TLV, SenML JSON/CBOR, LwM2M CBOR, OMA JSON), else the first listed.
+fn preferred_format(ct: &str) -> Option<u16> {
+    use crate::formats::fmt_id;
+    let listed = ct.split(' ').filter_map(|c| c.parse::<u16>().ok());
+    let multi = |f: &u16| {
+        matches!(
+            *f,
+            fmt_id::TLV
+                | fmt_id::SENML_JSON
+                | fmt_id::SENML_CBOR
+                | fmt_id::LWM2M_CBOR
+                | fmt_id::OMA_JSON
+        )
+    };
+    listed.clone().find(multi).or_else(|| listed.clone().next())
 }

@@ -560,6 +560,37 @@ fn malformed_and_unknown_endpoint_commands_get_400() {
         .contains("unknown endpoint"));
 }
 
+/// The format a device announces in an Update's object list replaces the Register's.
+#[test]
+fn update_with_a_new_ct_changes_the_write_format() {
+    let mut h = Harness::new(1, settings());
+    let loc = registered(
+        &mut h,
+        &["lwm2m=1.1"],
+        b"</>;rt=\"oma.lwm2m\";ct=\"60 110\",</3/0>",
+    );
+    let write =
+        r#"{"reqID":1,"msgType":"write","data":{"path":"/3/0/14","type":"String","value":"+01"}}"#;
+    let w = one_request(h.command(0, TOPIC, write));
+    assert_eq!(
+        w.msg().option_uint(opt::CONTENT_FORMAT),
+        Some(fmt_id::SENML_JSON as u32),
+        "CBOR (60) carries one value only: SenML JSON, the next one listed"
+    );
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&w, codes::CHANGED, None, b"", None),
+    );
+    let up = Req::update(&loc, 60).body(b"</>;rt=\"oma.lwm2m\";ct=112,</3/0>");
+    assert_eq!(h.one(0, addr(1, DEV), &up.bytes()).code(), codes::CHANGED);
+    let w = one_request(h.command(0, TOPIC, write));
+    assert_eq!(
+        w.msg().option_uint(opt::CONTENT_FORMAT),
+        Some(fmt_id::SENML_CBOR as u32)
+    );
+}
+
 #[test]
 fn alternate_path_prefixes_downlinks() {
     let mut h = Harness::new(1, settings());
