@@ -1,6 +1,6 @@
 //! The management API over real HTTP on loopback, against a fake gateway:
 //! every route, credentials, paging and filters, the command JSON built for
-//! read/write/observe/lookup, and hostile input.
+//! read/write/observe, lookup's answers, and hostile input.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use lwm2m_gateway::api::{Admin, ApiServer, ClientInfo, ClientStats};
+use lwm2m_gateway::api::{Admin, ApiServer, ClientInfo, ClientStats, LookupAnswer};
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 
@@ -54,13 +54,25 @@ impl Admin for Fake {
             .push((clientid.to_string(), s));
         Ok(())
     }
+    fn lookup(&self, clientid: &str, path: &str, action: &str) -> LookupAnswer {
+        if self.client(clientid).is_none() {
+            return LookupAnswer::NoClient;
+        }
+        match (path, action) {
+            ("/3/0/0", "read") => LookupAnswer::Found {
+                code: 0x45,
+                content: Some(br#"[{"path":"/3/0/0","value":"ACME"}]"#.to_vec()),
+            },
+            _ => LookupAnswer::NotReceived,
+        }
+    }
     fn gateway_config(&self) -> String {
         self.config.lock().unwrap().clone()
     }
     fn update_gateway_config(&self, json: &[u8]) -> Result<String, String> {
         let s = String::from_utf8(json.to_vec()).unwrap();
-        if s.contains("listeners") {
-            return Err("listeners: cannot change at run time".into());
+        if s.contains("mountpoint") {
+            return Err("mountpoint cannot change at run time".into());
         }
         *self.config.lock().unwrap() = s.clone();
         Ok(s)
@@ -369,26 +381,41 @@ fn gateway_configuration() {
         Some(1024)
     );
 
-    let r = call(a, "PUT", GW, Some(r#"{"listeners":[]}"#));
+    let r = call(a, "PUT", GW, Some(r#"{"mountpoint":"x/"}"#));
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"].as_str(), Some("BAD_REQUEST"));
-    assert!(r.json()["message"].as_str().unwrap().contains("listeners"));
+    assert!(r.json()["message"].as_str().unwrap().contains("mountpoint"));
 
-    for bad in ["{", "not json", "[1,2]", "42", ""] {
+    // A hand-written body with a missing line-break comma and trailing commas (as in the
+    // documented curl example) reaches the gateway repaired.
+    let r = call(
+        a,
+        "PUT",
+        GW,
+        Some("{\n  \"name\": \"lwm2m\"\n  \"lifetime_min\": \"2s\",\n}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        *fake.config.lock().unwrap(),
+        "{\n  \"name\": \"lwm2m\"\n  ,\"lifetime_min\": \"2s\"\n}"
+    );
+
+    let repaired = fake.config.lock().unwrap().clone();
+    for bad in ["{", "not json", "[1,2]", "42", "", "[1,\n2,]", "{\"a\" 1}"] {
         let r = call(a, "PUT", GW, Some(bad));
         assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
         assert_eq!(r.json()["code"].as_str(), Some("BAD_REQUEST"));
     }
     assert_eq!(
         *fake.config.lock().unwrap(),
-        body,
+        repaired,
         "bad bodies change nothing"
     );
     let r = call(a, "DELETE", GW, None);
     assert_eq!(r.status, 405);
     assert!(r.header("allow").is_some());
     // The seed's curl: a gateway config PUT larger than 1 KiB with Expect: 100-continue.
-    let big = format!(r#"{{"name":"lwm2m","mountpoint":"{}"}}"#, "x".repeat(2000));
+    let big = format!(r#"{{"name":"lwm2m","xml_dir":"{}"}}"#, "x".repeat(2000));
     let mut s = connect(a);
     let head = format!(
         "PUT {GW} HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
@@ -703,6 +730,8 @@ fn device_commands() {
         Some("cancel-observe")
     );
 
+    // Lookup answers from what the gateway remembers and sends no command.
+    let before = fake.commands.lock().unwrap().len();
     let r = call(
         a,
         "GET",
@@ -710,20 +739,35 @@ fn device_commands() {
         None,
     );
     assert_eq!(r.status, 200);
-    let (_, c) = last_command(&fake);
-    assert_eq!(
-        (c["msgType"].as_str(), c["data"]["path"].as_str()),
-        (Some("discover"), Some("/3/0"))
-    );
-    assert_eq!(r.json()["reqID"].as_u64(), c["reqID"].as_u64());
-    assert_eq!(r.json()["action"].as_str(), Some("discover"));
-    call(
+    let v = r.json();
+    assert_eq!(v["action"].as_str(), Some("discover"));
+    assert_eq!(v["path"].as_str(), Some("/3/0"));
+    assert_eq!(v["code"].as_str(), Some("6.01"));
+    assert_eq!(v["codeMsg"].as_str(), Some("reply_not_received"));
+    let r = call(
         a,
         "GET",
-        &format!("{base}/lookup?path=/3/0/0&action=read"),
+        &format!("{base}/lookup?path=3/0/0&action=read"),
         None,
     );
-    assert_eq!(last_command(&fake).1["msgType"].as_str(), Some("read"));
+    let v = r.json();
+    assert_eq!(
+        (v["code"].as_str(), v["codeMsg"].as_str()),
+        (Some("2.05"), Some("content"))
+    );
+    assert_eq!(v["content"][0]["value"].as_str(), Some("ACME"));
+    assert_eq!(v["clientid"].as_str(), Some("client-01"));
+    assert_eq!(fake.commands.lock().unwrap().len(), before);
+    assert_eq!(
+        call(
+            a,
+            "GET",
+            &format!("{GW}/clients/ghost/lookup?path=/3/0"),
+            None
+        )
+        .status,
+        404
+    );
 
     let sent = fake.commands.lock().unwrap().len();
     for (method, q) in [

@@ -23,6 +23,7 @@
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
 
 mod http;
+mod relaxed_json;
 mod routes;
 
 use std::io;
@@ -72,6 +73,17 @@ pub struct ClientStats {
     pub commands: u64,
 }
 
+/// The last result of a read or discover of a path (the clients API's `lookup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// No such registration.
+    NoClient,
+    /// The device has not answered such a command yet.
+    NotReceived,
+    /// The CoAP response code and the `content` JSON (for a discover: EMQX's resource objects).
+    Found { code: u8, content: Option<Vec<u8>> },
+}
+
 /// What the API needs from the running gateway. Methods are called on the
 /// API's worker threads and should not block for long.
 pub trait Admin: Send + Sync + 'static {
@@ -82,6 +94,8 @@ pub trait Admin: Send + Sync + 'static {
     /// Send a command JSON (as an MQTT application would publish it) to the
     /// endpoint; the response is published on MQTT as usual.
     fn command(&self, clientid: &str, command_json: Vec<u8>) -> Result<(), String>;
+    /// The last answer to a `read` or `discover` (`action`) of `path`; commands nothing.
+    fn lookup(&self, clientid: &str, path: &str, action: &str) -> LookupAnswer;
     /// JSON of the current configuration (EMQX shape).
     fn gateway_config(&self) -> String;
     /// Applies what can change at run time; `Err` says which key cannot.

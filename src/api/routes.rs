@@ -8,7 +8,7 @@ use base64::Engine as _;
 use simd_json::prelude::*;
 
 use super::http::{percent_decode, Request, Response};
-use super::{Admin, ClientInfo};
+use super::{Admin, ClientInfo, LookupAnswer};
 use crate::json;
 
 /// Default and largest `limit` of the clients list.
@@ -203,21 +203,31 @@ fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
             if !matches!(m, "GET" | "HEAD") {
                 return method_not_allowed("GET");
             }
-            command(ctx, req, id, "lookup")
+            lookup(ctx, req, id)
         }
         _ => not_found("no such endpoint"),
     }
 }
 
-/// A PUT of configuration: the body must be a JSON object.
+/// A PUT of configuration: the body must be a JSON object. A body that is JSON but for a
+/// missing line-break comma or a trailing comma (as in the documented curl examples) is
+/// repaired first.
 fn update(req: &Request, apply: impl FnOnce(&[u8]) -> Result<String, String>) -> Response {
     let mut copy = req.body.clone();
-    match simd_json::to_borrowed_value(&mut copy) {
-        Ok(v) if v.is_object() => {}
-        Ok(_) => return bad_request("the request body must be a JSON object"),
-        Err(e) => return bad_request(&format!("the request body is not valid JSON: {e}")),
+    let mut body = std::borrow::Cow::Borrowed(&req.body[..]);
+    if let Err(e) = simd_json::to_borrowed_value(&mut copy) {
+        let repaired = super::relaxed_json::repair(&req.body)
+            .filter(|r| simd_json::to_borrowed_value(&mut r.clone()).is_ok());
+        match repaired {
+            Some(r) => body = std::borrow::Cow::Owned(r),
+            None => return bad_request(&format!("the request body is not valid JSON: {e}")),
+        }
     }
-    match apply(&req.body) {
+    let mut copy = body.to_vec();
+    if !simd_json::to_borrowed_value(&mut copy).is_ok_and(|v| v.is_object()) {
+        return bad_request("the request body must be a JSON object");
+    }
+    match apply(&body) {
         Ok(s) if s.is_empty() => Response::no_content(),
         Ok(s) => Response::json(200, s.into_bytes()),
         Err(e) => bad_request(&e),
@@ -408,7 +418,65 @@ pub(crate) fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
-/// read / write / observe / lookup: the command JSON an MQTT application
+/// EMQX's lookup: the last result of a `read` or `discover` (`action`) of `path` that the
+/// device answered, `6.01 reply_not_received` when there is none. Sends nothing to the device.
+fn lookup(ctx: &Ctx, req: &Request, id: &str) -> Response {
+    let Some(path) = req.param("path").filter(|p| !p.trim().is_empty()) else {
+        return bad_request("path: required, e.g. path=/3/0/1");
+    };
+    let action = req.param("action").unwrap_or("discover");
+    if !matches!(action, "discover" | "read") {
+        return bad_request(&format!(
+            "action: expected discover or read, got {action:?}"
+        ));
+    }
+    let norm = format!(
+        "/{}",
+        path.split('?').next().unwrap_or("").trim_start_matches('/')
+    );
+    let (code, content) = match ctx.admin.lookup(id, &norm, action) {
+        LookupAnswer::NoClient => return not_found("Client not found"),
+        LookupAnswer::NotReceived => (None, None),
+        LookupAnswer::Found { code, content } => (Some(code), content),
+    };
+    let mut out = Vec::with_capacity(128 + content.as_ref().map_or(0, Vec::len));
+    out.push(b'{');
+    json::key(&mut out, "clientid");
+    json::string(&mut out, id);
+    out.push(b',');
+    json::key(&mut out, "path");
+    json::string(&mut out, path);
+    out.push(b',');
+    json::key(&mut out, "action");
+    json::string(&mut out, action);
+    out.push(b',');
+    json::key(&mut out, "code");
+    match code {
+        Some(c) => {
+            let mut dotted = Vec::new();
+            crate::coap::codes::write_dotted(c, &mut dotted);
+            json::string(&mut out, &String::from_utf8_lossy(&dotted));
+            out.push(b',');
+            json::key(&mut out, "codeMsg");
+            json::string(&mut out, crate::coap::codes::code_name(c));
+        }
+        None => {
+            json::string(&mut out, "6.01");
+            out.push(b',');
+            json::key(&mut out, "codeMsg");
+            json::string(&mut out, "reply_not_received");
+        }
+    }
+    if let Some(c) = content {
+        out.push(b',');
+        json::key(&mut out, "content");
+        out.extend_from_slice(&c);
+    }
+    out.push(b'}');
+    Response::json(200, out)
+}
+
+/// read / write / observe: the command JSON an MQTT application
 /// would publish, handed to [`Admin::command`].
 fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
     let Some(path) = req.param("path").filter(|p| !p.trim().is_empty()) else {

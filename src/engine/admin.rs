@@ -4,10 +4,11 @@
 //! time by sending new settings to every shard, and the Prometheus metrics.
 
 use super::udp_shard::ShardCounters;
-use crate::api::{Admin, ClientInfo};
+use crate::api::{Admin, ClientInfo, LookupAnswer};
 use crate::auth::AuthService;
 use crate::config::duration::{format_duration, parse_duration};
 use crate::config::{AutoObserve, Config, UpdateCondition};
+use crate::lwm2m::command::Op;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, ShardMsg};
 use crate::metrics::Writer;
 use crate::mqtt::MqttStats;
@@ -32,6 +33,9 @@ pub struct GatewayAdmin {
     pub shard_counters: Vec<Arc<ShardCounters>>,
     pub router: Arc<super::router::RouterCounters>,
     pub mqtt: Arc<MqttStats>,
+    /// Unix time (ms) of the shards' clock zero: registration and last-seen times are on the
+    /// shards' monotonic clock, the API shows wall-clock times.
+    pub epoch_ms: u64,
 }
 
 impl GatewayAdmin {
@@ -51,6 +55,11 @@ impl GatewayAdmin {
     /// The endpoint a clientid names (the endpoint name, as EMQX uses it).
     fn shard_of(&self, clientid: &str) -> Option<usize> {
         self.dir.by_name(clientid).map(|e| e.shard as usize)
+    }
+
+    fn to_wall_clock(&self, c: &mut ClientInfo) {
+        c.registered_at_ms += self.epoch_ms;
+        c.last_seen_ms += self.epoch_ms;
     }
 
     fn broadcast_settings(&self, cfg: &Config) {
@@ -73,14 +82,37 @@ impl Admin for GatewayAdmin {
                 all.append(&mut v);
             }
         }
+        all.iter_mut().for_each(|c| self.to_wall_clock(c));
         all
     }
 
     fn client(&self, clientid: &str) -> Option<ClientInfo> {
         let shard = self.shard_of(clientid)?;
         let name = Some(clientid.to_string());
-        self.ask(shard, |reply| ShardMsg::Clients { name, reply })?
-            .pop()
+        let mut c = self
+            .ask(shard, |reply| ShardMsg::Clients { name, reply })?
+            .pop()?;
+        self.to_wall_clock(&mut c);
+        Some(c)
+    }
+
+    fn lookup(&self, clientid: &str, path: &str, action: &str) -> LookupAnswer {
+        let op = match action {
+            "read" => Op::Read,
+            "discover" => Op::Discover,
+            _ => return LookupAnswer::NotReceived,
+        };
+        let Some(shard) = self.shard_of(clientid) else {
+            return LookupAnswer::NoClient;
+        };
+        let (name, path) = (clientid.to_string(), path.to_string());
+        self.ask(shard, |reply| ShardMsg::Lookup {
+            name,
+            path,
+            op,
+            reply,
+        })
+        .unwrap_or(LookupAnswer::NoClient)
     }
 
     fn kick(&self, clientid: &str) -> bool {
@@ -133,7 +165,13 @@ impl Admin for GatewayAdmin {
         AuthService::validate(&a)?;
         self.auth.reconfigure(&a);
         self.settings.lock().auth.store(a.enable, Ordering::SeqCst);
-        self.config.lock().authentication = a;
+        let cfg = {
+            let mut cfg = self.config.lock();
+            cfg.authentication = a;
+            cfg.clone()
+        };
+        // The shards time a held Register out after the new connect + request timeouts.
+        self.broadcast_settings(&cfg);
         Ok(self.authentication())
     }
 
@@ -162,7 +200,8 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
     };
     for (k, x) in obj.iter() {
         match k.as_str() {
-            "name" | "enable" | "listeners" => {}
+            "name" | "enable" => {}
+            "listeners" => apply_listeners(cfg, x)?,
             "lifetime_min" => cfg.lifetime_min = dur(k, x)?,
             "lifetime_max" => cfg.lifetime_max = dur(k, x)?,
             "qmode_time_window" => cfg.qmode_time_window = dur(k, x)?,
@@ -198,13 +237,17 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
                     }
             }
             "mountpoint" | "xml_dir" => {
-                let cur = if k == "mountpoint" {
-                    cfg.mountpoint.clone()
-                } else {
-                    cfg.xml_dir.display().to_string()
-                };
                 let new = x.as_str().unwrap_or("");
-                if new.trim_end_matches('/') != cur.trim_end_matches('/') {
+                let same = if k == "mountpoint" {
+                    new.trim_end_matches('/') == cfg.mountpoint.trim_end_matches('/')
+                } else {
+                    // The same directory, however it is spelled ("etc/lwm2m_xml/" or absolute).
+                    let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+                    let new_path = std::path::Path::new(new);
+                    new_path == cfg.xml_dir
+                        || canon(new_path).is_some_and(|n| Some(n) == canon(&cfg.xml_dir))
+                };
+                if !same {
                     return Err(format!(
                         "{k} cannot change at run time (restart the gateway)"
                     ));
@@ -273,6 +316,84 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
     Ok(())
 }
 
+/// EMQX's `listeners` array: `max_conn_rate` and `max_connections` change at run time; the
+/// listener is named by `type` and `name`, and `bind` must stay what it is.
+fn apply_listeners(cfg: &mut Config, x: &OwnedValue) -> Result<(), String> {
+    let list = x.as_array().ok_or("listeners: expected an array")?;
+    for (i, l) in list.iter().enumerate() {
+        let at = |k: &str| format!("listeners[{i}].{k}");
+        let obj = l
+            .as_object()
+            .ok_or_else(|| format!("listeners[{i}]: expected an object"))?;
+        let ty = obj.get("type").and_then(|t| t.as_str()).unwrap_or("udp");
+        let name = obj
+            .get("name")
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
+        let (bind, max_connections, max_conn_rate) = match ty {
+            "udp" => cfg
+                .listeners
+                .udp
+                .get_mut(name)
+                .map(|l| (l.bind, &mut l.max_connections, &mut l.max_conn_rate)),
+            "dtls" => cfg
+                .listeners
+                .dtls
+                .get_mut(name)
+                .map(|l| (l.bind, &mut l.max_connections, &mut l.max_conn_rate)),
+            other => return Err(format!("{}: unknown listener type {other:?}", at("type"))),
+        }
+        .ok_or_else(|| {
+            format!("listeners[{i}]: no {ty} listener named {name:?} (listeners cannot be added at run time)")
+        })?;
+        for (k, v) in obj.iter() {
+            match k.as_str() {
+                "type" | "name" => {}
+                "enable" if v.as_bool() == Some(true) => {}
+                "bind" => {
+                    let text = v
+                        .as_str()
+                        .map(String::from)
+                        .or_else(|| v.as_u64().map(|n| n.to_string()))
+                        .ok_or_else(|| format!("{}: expected \"host:port\" or a port", at(k)))?;
+                    let new = crate::config::bind::parse_bind(&text)
+                        .map_err(|e| format!("{}: {e}", at(k)))?;
+                    if new != bind {
+                        return Err(format!(
+                            "{} cannot change at run time (restart the gateway)",
+                            at(k)
+                        ));
+                    }
+                }
+                "max_connections" | "max_conn_rate" => {
+                    let n = match (v.as_u64(), v.as_str()) {
+                        (Some(n), _) => n,
+                        (None, Some("infinity")) => u64::MAX,
+                        _ => {
+                            return Err(format!(
+                                "{}: expected a non-negative integer or \"infinity\"",
+                                at(k)
+                            ))
+                        }
+                    };
+                    if k == "max_connections" {
+                        *max_connections = n;
+                    } else {
+                        *max_conn_rate = n;
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: unknown key or not changeable at run time",
+                        at(k)
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn s(v: &str) -> OwnedValue {
     OwnedValue::from(v.to_string())
 }
@@ -332,6 +453,11 @@ fn config_json(c: &Config) -> OwnedValue {
         x.insert("type".into(), s("dtls"));
         x.insert("name".into(), s(name));
         x.insert("bind".into(), s(&l.bind.to_string()));
+        x.insert(
+            "max_connections".into(),
+            OwnedValue::from(l.max_connections),
+        );
+        x.insert("max_conn_rate".into(), OwnedValue::from(l.max_conn_rate));
         listeners.push(OwnedValue::Object(Box::new(x)));
     }
     o.insert("listeners".into(), OwnedValue::Array(Box::new(listeners)));

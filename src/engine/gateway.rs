@@ -150,6 +150,10 @@ impl Gateway {
         }
 
         let clock = Clock::new();
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(clock.now_ms());
         let seed = seed();
         let parts = Arc::new(Mutex::new(parts));
         let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();
@@ -170,6 +174,7 @@ impl Gateway {
             shard_counters: shard_counters.clone(),
             router: router_counters.clone(),
             mqtt: mqtt.stats().clone(),
+            epoch_ms,
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),

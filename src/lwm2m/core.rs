@@ -296,6 +296,14 @@ impl ShardCore {
             ShardMsg::Clients { name, reply } => {
                 let _ = reply.send(self.client_infos(name.as_deref()));
             }
+            ShardMsg::Lookup {
+                name,
+                path,
+                op,
+                reply,
+            } => {
+                let _ = reply.send(self.lookup(&name, &path, op));
+            }
             ShardMsg::Kick { name, reply } => {
                 let found = self.table.find_name(&name);
                 if let Some(slot) = found {

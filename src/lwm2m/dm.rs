@@ -18,7 +18,9 @@ use super::dm_json;
 use super::endpoint::Endpoint;
 use super::output::{MqttOut, ShardMsg, Timer};
 use super::publish::lane_of;
-use super::session::{is_fresh, Exchange, Observation, Queued, Session};
+use super::session::{
+    is_fresh, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
+};
 use super::settings::{AutoObserveSet, MANAGEMENT_OBJECTS};
 use super::ShardCore;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
@@ -440,6 +442,17 @@ impl ShardCore {
             .command_rtt
             .observe(now.saturating_sub(ex.cmd.received_ms));
         let session = self.session_mut(slot);
+        if let (Op::Read | Op::Discover, Some(path)) = (op, ex.cmd.echo.req_path.as_deref()) {
+            session.remember(LastResult {
+                op,
+                path: path.into(),
+                code: msg.code,
+                content: content
+                    .as_deref()
+                    .filter(|c| c.len() <= RESULT_CONTENT_MAX)
+                    .map(Into::into),
+            });
+        }
         match op {
             Op::Observe => {
                 if let Some(i) = session.observation_by_path(&ex.cmd.path) {

@@ -1,7 +1,10 @@
 //! What the management API sees of a shard's registrations.
 
+use super::command::Op;
 use super::ShardCore;
-use crate::api::{ClientInfo, ClientStats};
+use crate::api::{ClientInfo, ClientStats, LookupAnswer};
+use crate::json;
+use crate::model::{LwPath, ObjectModel};
 
 impl ShardCore {
     /// Registrations of this shard: all, or the one named.
@@ -42,5 +45,82 @@ impl ShardCore {
                 commands: ep.counters.commands as u64,
             }),
         }
+    }
+}
+
+impl ShardCore {
+    /// The last read or discover result for `path` (with a leading `/`, no query). A discover's
+    /// links become EMQX's resource objects: `{"path","name","operations","dataType"}` for the
+    /// resources the object definitions know, `{"path"}` for the rest.
+    pub fn lookup(&self, name: &str, path: &str, op: Op) -> LookupAnswer {
+        let Some(ep) = self.table.find_name(name).and_then(|s| self.table.get(s)) else {
+            return LookupAnswer::NoClient;
+        };
+        let Some(r) = ep.session.as_ref().and_then(|s| s.result(op, path)) else {
+            return LookupAnswer::NotReceived;
+        };
+        let content = match (op, r.content.as_deref()) {
+            (Op::Discover, Some(c)) => Some(self.discover_resources(c)),
+            (_, c) => c.map(<[u8]>::to_vec),
+        };
+        LookupAnswer::Found {
+            code: r.code,
+            content,
+        }
+    }
+
+    fn discover_resources(&self, links_json: &[u8]) -> Vec<u8> {
+        let mut copy = links_json.to_vec();
+        let links: Vec<String> = simd_json::from_slice(&mut copy).unwrap_or_default();
+        let registry = self.registry.load();
+        let mut out = Vec::with_capacity(links_json.len() * 2);
+        out.push(b'[');
+        let mut first = true;
+        for link in &links {
+            let target = link
+                .strip_prefix('<')
+                .and_then(|l| l.split_once('>'))
+                .map_or(link.as_str(), |(t, _)| t);
+            let Ok(p) = LwPath::parse(target) else {
+                continue;
+            };
+            if p.len() < 3 {
+                continue; // the object or instance itself
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'{');
+            json::key(&mut out, "path");
+            json::string(&mut out, target);
+            let def = p
+                .object()
+                .zip(p.resource())
+                .and_then(|(o, r)| registry.resource(o, r));
+            if let Some(d) = def {
+                let ops = &d.operations;
+                let mut o = String::new();
+                for (on, c) in [(ops.read, 'R'), (ops.write, 'W'), (ops.execute, 'E')] {
+                    if on {
+                        o.push(c);
+                    }
+                }
+                out.push(b',');
+                json::key(&mut out, "name");
+                json::string(&mut out, &d.name);
+                out.push(b',');
+                json::key(&mut out, "operations");
+                json::string(&mut out, &o);
+                if o != "E" {
+                    out.push(b',');
+                    json::key(&mut out, "dataType");
+                    json::string(&mut out, d.kind.name());
+                }
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+        out
     }
 }

@@ -39,6 +39,13 @@ pub enum ShardMsg {
         name: Option<String>,
         reply: crossbeam_channel::Sender<Vec<crate::api::ClientInfo>>,
     },
+    /// The management API asks for the last result of a read or discover.
+    Lookup {
+        name: String,
+        path: String,
+        op: super::command::Op,
+        reply: crossbeam_channel::Sender<crate::api::LookupAnswer>,
+    },
     /// The management API removes a registration.
     Kick {
         name: String,

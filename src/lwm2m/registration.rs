@@ -254,6 +254,25 @@ fn split_outside_quotes(s: &str, sep: char) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The format to write in, from a root link's `ct` (one or more space-separated formats, the
+/// device's preferred first): the first one that carries several resources and that the gateway
+/// encodes (TLV, SenML JSON/CBOR, LwM2M CBOR, OMA JSON), else the first listed.
+fn preferred_format(ct: &str) -> Option<u16> {
+    use crate::formats::fmt_id;
+    let listed = ct.split(' ').filter_map(|c| c.parse::<u16>().ok());
+    let multi = |f: &u16| {
+        matches!(
+            *f,
+            fmt_id::TLV
+                | fmt_id::SENML_JSON
+                | fmt_id::SENML_CBOR
+                | fmt_id::LWM2M_CBOR
+                | fmt_id::OMA_JSON
+        )
+    };
+    listed.clone().find(multi).or_else(|| listed.clone().next())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,23 +365,4 @@ mod tests {
             "urn:imei:123"
         );
     }
-}
-
-/// The format to write in, from a root link's `ct` (one or more space-separated formats, the
-/// device's preferred first): the first one that carries several resources and that the gateway
-/// encodes (TLV, SenML JSON/CBOR, LwM2M CBOR, OMA JSON), else the first listed.
-fn preferred_format(ct: &str) -> Option<u16> {
-    use crate::formats::fmt_id;
-    let listed = ct.split(' ').filter_map(|c| c.parse::<u16>().ok());
-    let multi = |f: &u16| {
-        matches!(
-            *f,
-            fmt_id::TLV
-                | fmt_id::SENML_JSON
-                | fmt_id::SENML_CBOR
-                | fmt_id::LWM2M_CBOR
-                | fmt_id::OMA_JSON
-        )
-    };
-    listed.clone().find(multi).or_else(|| listed.clone().next())
 }

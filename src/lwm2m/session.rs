@@ -49,6 +49,20 @@ pub struct Observation {
 
 /// How many device message IDs are remembered to acknowledge duplicates.
 const RECENT_MIDS: usize = 16;
+/// Read and discover results remembered per endpoint for the API's `lookup`.
+const RESULTS: usize = 8;
+/// Content larger than this is not remembered (the result is, without its content).
+pub const RESULT_CONTENT_MAX: usize = 16 * 1024;
+
+/// The last answer to a read or discover of one path (EMQX's `lookup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastResult {
+    pub op: super::command::Op,
+    pub path: Box<str>,
+    pub code: u8,
+    /// The `content` JSON as published.
+    pub content: Option<Box<[u8]>>,
+}
 
 #[derive(Debug, Default)]
 pub struct Session {
@@ -56,6 +70,8 @@ pub struct Session {
     pub inflight: Vec<Exchange>,
     pub observations: Vec<Observation>,
     recent_mids: VecDeque<(u16, u64)>,
+    /// Newest last, one per (op, path).
+    pub results: VecDeque<LastResult>,
 }
 
 impl Session {
@@ -94,6 +110,19 @@ impl Session {
 }
 
 impl Session {
+    /// Remembers `r`, replacing the result of the same op and path; the oldest goes when full.
+    pub fn remember(&mut self, r: LastResult) {
+        self.results.retain(|x| !(x.op == r.op && x.path == r.path));
+        if self.results.len() == RESULTS {
+            self.results.pop_front();
+        }
+        self.results.push_back(r);
+    }
+
+    pub fn result(&self, op: super::command::Op, path: &str) -> Option<&LastResult> {
+        self.results.iter().find(|x| x.op == op && &*x.path == path)
+    }
+
     /// Whether a CON with `mid` was acknowledged within `lifetime_ms` (without recording it).
     pub fn was_seen(&self, mid: u16, now: u64, lifetime_ms: u64) -> bool {
         self.recent_mids
