@@ -115,6 +115,76 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Registers denied by authentication.",
         auth_denied
     );
+    for (i, s) in snaps.iter().enumerate() {
+        for op in crate::lwm2m::command::Op::ALL {
+            w.counter(
+                "lwm2m_commands_by_type_total",
+                "Commands accepted for a device, by msgType.",
+                &[("shard", &labels[i]), ("msg_type", op.name())],
+                s.commands_by_op[op.index()],
+            );
+        }
+    }
+    for (i, tx) in a.shards.iter().enumerate() {
+        w.gauge(
+            "lwm2m_mailbox_depth",
+            "Messages waiting in the shard's mailbox.",
+            &[("shard", &labels[i])],
+            tx.len() as u64,
+        );
+    }
+    let req_help = "Requests refused or answered without touching a registration, by reason.";
+    for (i, s) in snaps.iter().enumerate() {
+        for (reason, v) in [
+            ("not_found", s.not_found),
+            ("bad_option", s.bad_options),
+            ("forbidden", s.forbidden),
+            ("ping", s.pings),
+        ] {
+            w.counter(
+                "lwm2m_requests_refused_total",
+                req_help,
+                &[("shard", &labels[i]), ("reason", reason)],
+                v,
+            );
+        }
+    }
+    per_shard!(
+        counter,
+        "lwm2m_resets_sent_total",
+        "Resets sent (malformed messages, pings).",
+        resets_sent
+    );
+    per_shard!(
+        counter,
+        "lwm2m_registrations_replaced_total",
+        "Registrations that replaced an earlier one of the same endpoint name.",
+        replaced
+    );
+    per_shard!(
+        counter,
+        "lwm2m_kicked_total",
+        "Registrations removed through the management API.",
+        kicked
+    );
+    per_shard!(
+        counter,
+        "lwm2m_takeovers_out_total",
+        "Registrations handed to another shard (NAT rebinding).",
+        takeovers_out
+    );
+    per_shard!(
+        counter,
+        "lwm2m_takeovers_in_total",
+        "Registrations taken over from another shard (NAT rebinding).",
+        takeovers_in
+    );
+    per_shard!(
+        counter,
+        "lwm2m_auth_held_full_total",
+        "Registers refused because the shard held too many awaiting authentication.",
+        auth_overflow
+    );
     let cmd_help = "Commands by outcome.";
     for (i, s) in snaps.iter().enumerate() {
         for (outcome, v) in [

@@ -40,6 +40,24 @@ impl Op {
         })
     }
 
+    /// Every operation, in the order of [`Op::index`].
+    pub const ALL: [Op; 9] = [
+        Self::Read,
+        Self::Discover,
+        Self::Write,
+        Self::WriteAttr,
+        Self::Execute,
+        Self::Create,
+        Self::Delete,
+        Self::Observe,
+        Self::CancelObserve,
+    ];
+
+    /// Position in [`Op::ALL`] (for per-operation counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Read => "read",

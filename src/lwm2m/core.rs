@@ -22,7 +22,7 @@
 
 use super::admission::TokenBucket;
 use super::directory::{DirEntry, Directory};
-use super::endpoint::{merge_params, Endpoint, LastReply};
+use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::output::{MqttOut, Outputs, ShardMsg, Timer};
 use super::publish::{lane_of, registration_json};
 use super::registration::{
@@ -664,7 +664,11 @@ impl ShardCore {
             prev_reply: LastReply::default(),
             registered_ms: now,
             last_seen_ms: now,
-            counters: Default::default(),
+            // The Register itself.
+            counters: EndpointCounters {
+                recv: 1,
+                ..Default::default()
+            },
             session: None,
         };
         let slot = self.table.insert(ep);
@@ -1076,6 +1080,7 @@ impl ShardCore {
         let ep = self.table.get_mut(slot).expect("slot");
         ep.prev_reply = ep.last_reply;
         ep.last_reply = r;
+        ep.counters.sent = ep.counters.sent.wrapping_add(1);
         let (peer, location) = (ep.peer, ep.location);
         self.write_reply(peer, &r, Some(location));
     }

@@ -109,6 +109,7 @@ impl ShardCore {
     fn submit(&mut self, now: u64, slot: u32, mut cmd: Command, auto: bool) {
         cmd.received_ms = now;
         self.stats.commands += 1;
+        self.stats.commands_by_op[cmd.op.index()] += 1;
         let token = self.fresh_token();
         let awake = self.is_awake(slot, now);
         let nstart = self.settings.nstart;

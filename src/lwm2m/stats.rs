@@ -74,6 +74,8 @@ pub struct CoreStats {
     pub over_capacity: u64,
     /// Commands accepted for a device (including auto-observe).
     pub commands: u64,
+    /// The same by operation, indexed by `Op::index`.
+    pub commands_by_op: [u64; 9],
     /// Commands answered 4.00 (malformed, unknown endpoint) or not ours.
     pub commands_rejected: u64,
     /// Queued commands whose time to live ran out.

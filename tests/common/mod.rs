@@ -5,3 +5,4 @@ pub mod gateway;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt_client;
+pub mod prometheus;
