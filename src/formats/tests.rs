@@ -56,8 +56,18 @@ fn model() -> BTreeMap<u16, ObjectDef> {
         res(9, Integer, true),
         res(300, String, false),
     ];
+    let access_control = [
+        res(0, Integer, false),
+        res(1, Integer, false),
+        res(2, Integer, true),
+        res(3, Integer, false),
+    ];
     let mut m = BTreeMap::new();
-    for (id, name, r) in [(3u16, "Device", &device[..]), (9999, "All", &all[..])] {
+    for (id, name, r) in [
+        (2u16, "Access Control", &access_control[..]),
+        (3, "Device", &device[..]),
+        (9999, "All", &all[..]),
+    ] {
         m.insert(
             id,
             ObjectDef {
@@ -137,7 +147,45 @@ fn spec_device_items() -> Vec<ContentItem> {
     ]
 }
 
+/// OMA-TS-LightweightM2M-V1_0 §6.4.3.2: Read of the Access Control object, /2, with two
+/// instances (the second with a resource instance whose id needs 16 bits).
+const SPEC_ACCESS_CONTROL_TLV: &[u8] = &[
+    0x08, 0x00, 0x0E, 0xC1, 0x00, 0x01, 0xC1, 0x01, 0x00, 0x83, 0x02, 0x41, 0x7F, 0x07, 0xC1, 0x03,
+    0x7F, //
+    0x08, 0x02, 0x12, 0xC1, 0x00, 0x03, 0xC1, 0x01, 0x00, 0x87, 0x02, 0x41, 0x7F, 0x07, 0x61, 0x01,
+    0x36, 0x01, 0xC1, 0x03, 0x7F,
+];
+
+fn spec_access_control_items() -> Vec<ContentItem> {
+    use Value::Integer;
+    vec![
+        item("/2/0/0", Integer(1)),
+        item("/2/0/1", Integer(0)),
+        item("/2/0/2/127", Integer(7)),
+        item("/2/0/3", Integer(127)),
+        item("/2/2/0", Integer(3)),
+        item("/2/2/1", Integer(0)),
+        item("/2/2/2/127", Integer(7)),
+        item("/2/2/2/310", Integer(1)),
+        item("/2/2/3", Integer(127)),
+    ]
+}
+
 // ---------------------------------------------------------------- TLV
+
+#[test]
+fn tlv_spec_multiple_object_instances_both_ways() {
+    let got = decode(
+        Some(fmt_id::TLV),
+        SPEC_ACCESS_CONTROL_TLV,
+        &p("/2"),
+        &model(),
+    )
+    .unwrap();
+    assert_eq!(got, spec_access_control_items());
+    let bytes = encode(fmt_id::TLV, &p("/2"), &witems(&spec_access_control_items())).unwrap();
+    assert_eq!(bytes, SPEC_ACCESS_CONTROL_TLV);
+}
 
 #[test]
 fn tlv_spec_device_read_decodes() {

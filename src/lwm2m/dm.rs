@@ -511,7 +511,8 @@ impl ShardCore {
             &mut body,
             &cmd.echo,
             "notify",
-            Some(seq.unwrap_or(0)),
+            // The last notification of an observation may carry no Observe option: no seqNum.
+            seq,
             msg.code,
             content.as_deref(),
             &super::blockwise::response_notes(&self.settings, msg)

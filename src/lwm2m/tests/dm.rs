@@ -147,6 +147,48 @@ fn read_instance_decodes_tlv_with_types() {
     );
 }
 
+/// Data for an object nobody defined, and a payload that is not what its content format says,
+/// are delivered untyped (base64, flagged) with their path, and answered like any response.
+#[test]
+fn undefined_objects_and_undecodable_payloads_are_delivered_untyped() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/31024/11/1"}}"#,
+    ));
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CONTENT, Some(0), b"raw", None),
+    );
+    let v = &h.published_since(mark)[0].1;
+    assert_eq!(v["data"]["code"], "2.05");
+    assert_eq!(
+        v["data"]["content"],
+        simd_json::json!([{"path": "/31024/11/1", "value": "cmF3", "type": "untyped"}])
+    );
+    // TLV that ends in the middle of an element.
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0"}}"#,
+    ));
+    let bad = [0xC8, 0x00, 0x14, b'O', b'p'];
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CONTENT, Some(fmt_id::TLV), &bad, None),
+    );
+    let v = &h.published_since(mark)[1].1;
+    assert_eq!(v["reqID"], 2);
+    assert_eq!(v["data"]["code"], "2.05");
+    assert_eq!(v["data"]["content"][0]["path"], "/3/0");
+    assert_eq!(v["data"]["content"][0]["type"], "untyped");
+    assert_eq!(v["data"]["content"][0]["value"], "yAAUT3A=");
+}
+
 #[test]
 fn separate_response_ack_event_and_duplicate_suppression() {
     let mut h = setup();
