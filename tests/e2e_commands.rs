@@ -354,3 +354,68 @@ fn timeouts_and_resets_reach_mqtt() {
     dev.sock.send_to(&rst, dev.gw).unwrap();
     assert_eq!(app.next().1["msgType"], "coap_reset");
 }
+
+/// Object definitions change while the gateway runs: a resource of an object nobody defined
+/// comes out untyped; after its definition is written into `xml_dir` (the watcher reloads
+/// the directory), the same answer comes out typed. Then SIGHUP reloads a changed type.
+#[test]
+fn object_definitions_reload_while_running() {
+    let xml = tempfile::tempdir().unwrap();
+    let gw = GatewayProc::start_in(
+        Broker::Embedded,
+        xml.path().to_str().unwrap(),
+        "",
+        "",
+        "max_conn_rate = 1000000",
+    );
+    let mut app = App::new(&gw);
+    let d = Device::register(gw.udp, "xml1", "</42420/0>");
+    let definition = |ty: &str| {
+        format!(
+            "<?xml version=\"1.0\"?><LWM2M><Object ObjectType=\"MODefinition\"><Name>Test</Name>\
+             <ObjectID>42420</ObjectID><MultipleInstances>Multiple</MultipleInstances><Resources>\
+             <Item ID=\"1\"><Name>Level</Name><Operations>R</Operations>\
+             <MultipleInstances>Single</MultipleInstances><Type>{ty}</Type></Item>\
+             </Resources></Object></LWM2M>"
+        )
+    };
+    // Reads /42420/0/1 (the device answers "42" as text) until the content matches `want`.
+    let mut read_until = |want: &dyn Fn(&simd_json::OwnedValue) -> bool| -> simd_json::OwnedValue {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            app.send("xml1", "read", r#"{"path":"/42420/0/1"}"#);
+            let r = d.request();
+            d.reply(&r, codes::CONTENT, Some(0), None, b"42");
+            let (_, v) = app.next();
+            let c = v["data"]["content"][0].clone();
+            if want(&c) || Instant::now() > deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let c = read_until(&|_| true);
+    assert_eq!(c["type"], "untyped", "{c}");
+    assert_eq!(c["value"], "NDI=");
+
+    std::fs::write(xml.path().join("42420.xml"), definition("Integer")).unwrap();
+    let c = read_until(&|c| c["value"].as_i64() == Some(42));
+    assert_eq!(
+        c["value"].as_i64(),
+        Some(42),
+        "typed after the file appeared: {c}"
+    );
+    assert!(c.get("type").is_none());
+
+    // SIGHUP: the same file now says String.
+    std::fs::write(xml.path().join("42420.xml"), definition("String")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status();
+    let c = read_until(&|c| c["value"].as_str() == Some("42"));
+    assert_eq!(
+        c["value"].as_str(),
+        Some("42"),
+        "a String after SIGHUP: {c}"
+    );
+}

@@ -45,6 +45,18 @@ impl GatewayProc {
     /// Like `start_with`, with `udp_extra` lines in `[listeners.udp.default]`
     /// (tests raise `max_conn_rate` unless they test it).
     pub fn start_full(broker: Broker, extra: &str, mqtt_extra: &str, udp_extra: &str) -> Self {
+        let xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
+        Self::start_in(broker, xml, extra, mqtt_extra, udp_extra)
+    }
+
+    /// Like `start_full`, with the object definitions from `xml`.
+    pub fn start_in(
+        broker: Broker,
+        xml: &str,
+        extra: &str,
+        mqtt_extra: &str,
+        udp_extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (server, mqtt) = match broker {
             Broker::Embedded => {
@@ -57,7 +69,6 @@ impl GatewayProc {
             Broker::External(a) => (format!("server = \"mqtt://{a}\""), a),
         };
         let api = free_port();
-        let xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
         let toml = format!(
             "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n{udp_extra}\n\n\
              [mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\napi_secret = \"{API_SECRET}\"\n"
