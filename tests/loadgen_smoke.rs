@@ -33,6 +33,8 @@ fn loadgen_smoke_against_the_gateway() {
         update_fraction: 0.01, // an Update from every device every 3 s
         notify_rate: 300.0,
         commands: 100.0,
+        command_mix: lwm2m_loadgen::driver::parse_mix("read=2,write=1,execute=1,observe=1")
+            .unwrap(),
         expect_all: true,
         deregister: true,
         quiet: true,

@@ -1,7 +1,8 @@
 //! The MQTT side of a run: one client that subscribes to the gateway's uplink
 //! topics (registrations, command responses, notifications) and, during steady
-//! state, publishes read commands at the requested rate to registered devices,
-//! matching each response by its `reqID` to measure the round trip.
+//! state, publishes commands (a weighted mix of read, write, execute and observe) at
+//! the requested rate to registered devices, matching each response by its `reqID`
+//! to measure the round trip.
 
 use crate::mqtt::{json_str, json_uint, topic_endpoint, Client};
 use crate::stats::{add, Hist};
@@ -12,6 +13,102 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A kind of command the driver sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Write,
+    Execute,
+    Observe,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Execute => "execute",
+            Kind::Observe => "observe",
+        }
+    }
+
+    /// The response code of a device that did what it was asked.
+    fn success(self) -> &'static str {
+        match self {
+            Kind::Read | Kind::Observe => "2.05",
+            Kind::Write | Kind::Execute => "2.04",
+        }
+    }
+
+    fn data(self, read_path: &str) -> String {
+        match self {
+            Kind::Read => format!("{{\"path\":\"{read_path}\"}}"),
+            Kind::Write => r#"{"path":"/3/0/14","type":"String","value":"+01"}"#.into(),
+            Kind::Execute => r#"{"path":"/3/0/4"}"#.into(),
+            Kind::Observe => r#"{"path":"/3/0/9"}"#.into(),
+        }
+    }
+}
+
+/// `--command-mix`: each kind with its weight; the driver cycles through a schedule in
+/// which each kind appears as often as its weight says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandMix {
+    pub weights: Vec<(Kind, u32)>,
+}
+
+impl CommandMix {
+    fn schedule(&self) -> Vec<Kind> {
+        let mut out = Vec::new();
+        let max = self.weights.iter().map(|w| w.1).max().unwrap_or(0);
+        // Interleaved: round r takes every kind whose weight exceeds r.
+        for r in 0..max {
+            out.extend(self.weights.iter().filter(|w| w.1 > r).map(|w| w.0));
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for CommandMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .weights
+            .iter()
+            .map(|(k, w)| format!("{}={w}", k.name()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+pub fn parse_mix(s: &str) -> Result<CommandMix, String> {
+    let mut weights = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, w) = part.split_once('=').unwrap_or((part, "1"));
+        let kind = match k.trim() {
+            "read" => Kind::Read,
+            "write" => Kind::Write,
+            "execute" => Kind::Execute,
+            "observe" => Kind::Observe,
+            other => {
+                return Err(format!(
+                    "unknown command kind {other:?} (read, write, execute, observe)"
+                ))
+            }
+        };
+        let w: u32 = w
+            .trim()
+            .parse()
+            .map_err(|_| format!("weight of {k:?}: expected a whole number"))?;
+        if w > 0 {
+            weights.push((kind, w.min(1000)));
+        }
+    }
+    if weights.is_empty() {
+        return Err("the mix needs at least one kind with a weight above 0".into());
+    }
+    Ok(CommandMix { weights })
+}
 
 /// What the MQTT side measured.
 #[derive(Default)]
@@ -42,7 +139,12 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
     let mut res = DriverResult::default();
     let prefix = sh.opts.prefix.clone();
     let mut known: HashSet<String> = HashSet::new();
-    let mut pending: HashMap<u64, u64> = HashMap::new();
+    let mut pending: HashMap<u64, (u64, Kind)> = HashMap::new();
+    let schedule = sh.opts.command_mix.schedule();
+    let data: Vec<String> = schedule
+        .iter()
+        .map(|k| k.data(&sh.opts.command_path))
+        .collect();
     let mut answered: HashSet<u64> = HashSet::new();
     let mut next_req: u64 = 1;
     let mut cursor = 0usize;
@@ -73,12 +175,15 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
                 }
                 let id = next_req;
                 next_req += 1;
+                let slot = (id as usize - 1) % schedule.len();
+                let kind = schedule[slot];
                 let payload = format!(
-                    "{{\"reqID\":{id},\"msgType\":\"read\",\"data\":{{\"path\":\"{}\"}}}}",
-                    sh.opts.command_path
+                    "{{\"reqID\":{id},\"msgType\":\"{}\",\"data\":{}}}",
+                    kind.name(),
+                    data[slot]
                 );
                 c.publish(&format!("lwm2m/{ep}/dn/cmd"), payload.as_bytes(), 0)?;
-                pending.insert(id, sh.clock.us());
+                pending.insert(id, (sh.clock.us(), kind));
                 add(&sh.c.cmd_sent, 1);
             }
             c.flush()?;
@@ -110,14 +215,14 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
                         }
                     }
                 }
-                Some("read") => {
+                Some(t @ ("read" | "write" | "execute" | "observe")) => {
                     let Some(id) = json_uint(body, "reqID") else {
                         continue;
                     };
-                    if let Some(sent) = pending.remove(&id) {
+                    if let Some((sent, kind)) = pending.remove(&id) {
                         res.command_rtt.record(now.saturating_sub(sent));
                         add(&sh.c.cmd_answered, 1);
-                        if json_str(body, "code") != Some("2.05") {
+                        if t != kind.name() || json_str(body, "code") != Some(kind.success()) {
                             add(&sh.c.cmd_errors, 1);
                         }
                         answered.insert(id);
@@ -131,7 +236,7 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
         if now - last_sweep > 500_000 {
             last_sweep = now;
             let before = pending.len();
-            pending.retain(|_, sent| now.saturating_sub(*sent) < timeout_us);
+            pending.retain(|_, (sent, _)| now.saturating_sub(*sent) < timeout_us);
             add(&sh.c.cmd_timed_out, (before - pending.len()) as u64);
         }
     }
@@ -139,4 +244,21 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
     res.registered_endpoints = known.len() as u64;
     c.disconnect();
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_interleaves() {
+        let m = parse_mix("read=3, write=1,observe").unwrap();
+        assert_eq!(m.to_string(), "read=3,write=1,observe=1");
+        use Kind::*;
+        assert_eq!(m.schedule(), [Read, Write, Observe, Read, Read]);
+        assert_eq!(parse_mix("read").unwrap().schedule(), [Read]);
+        assert!(parse_mix("delete=1").is_err());
+        assert!(parse_mix("read=0").is_err());
+        assert!(parse_mix("read=x").is_err());
+    }
 }

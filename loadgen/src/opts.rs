@@ -36,6 +36,11 @@ pub struct RunOpts {
     /// The path the read commands ask for.
     #[arg(long, default_value = "/3/0/0")]
     pub command_path: String,
+    /// The kinds of commands and their weights, e.g. `read=8,write=1,execute=1,observe=1`:
+    /// reads ask for `--command-path`, writes set /3/0/14 (String), executes /3/0/4, observes
+    /// /3/0/9. Every response is matched by its reqID and must carry its kind's success code.
+    #[arg(long, default_value = "read", value_parser = crate::driver::parse_mix)]
+    pub command_mix: crate::driver::CommandMix,
     /// Seconds a command may take before it counts as timed out.
     #[arg(long, default_value_t = 10.0)]
     pub command_timeout: f64,

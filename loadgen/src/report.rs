@@ -78,10 +78,13 @@ pub struct Steady {
 #[derive(Debug, Default, Serialize)]
 pub struct Commands {
     pub target_rate: f64,
+    /// The path of the read commands.
     pub path: String,
+    /// The kinds of commands and their weights (`--command-mix`).
+    pub mix: String,
     pub sent: u64,
     pub answered: u64,
-    /// Answered with something other than 2.05.
+    /// Answered with something other than the kind's success code (2.05 or 2.04).
     pub errors: u64,
     pub timed_out: u64,
     pub duplicates: u64,
@@ -275,8 +278,8 @@ impl Report {
             row(
                 "commands",
                 format!(
-                    "{}/{} answered, {} errors, {} timed out, {} duplicates, {:.0}/s (target {:.0}/s)",
-                    c.answered, c.sent, c.errors, c.timed_out, c.duplicates, c.rate_per_s, c.target_rate
+                    "{}/{} answered, {} errors, {} timed out, {} duplicates, {:.0}/s (target {:.0}/s, {})",
+                    c.answered, c.sent, c.errors, c.timed_out, c.duplicates, c.rate_per_s, c.target_rate, c.mix
                 ),
             );
             row("  round trip", lat(&c.rtt));

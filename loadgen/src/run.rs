@@ -419,6 +419,13 @@ fn build_report(
                 sent > 0,
                 format!("{sent} sent ({} observations)", get(&c.observations)),
             );
+            if o.expect_all && drv.is_some() {
+                check(
+                    "notifications delivered",
+                    mq >= sent,
+                    format!("{mq}/{sent} notifications reached MQTT"),
+                );
+            }
         }
     }
     if o.commands > 0.0 && o.steady > 0.0 {
@@ -428,6 +435,7 @@ fn build_report(
         r.commands = Some(report::Commands {
             target_rate: o.commands,
             path: o.command_path.clone(),
+            mix: o.command_mix.to_string(),
             sent,
             answered,
             errors,
@@ -438,10 +446,13 @@ fn build_report(
             rtt: drv.map(|d| d.command_rtt.summary()).unwrap_or_default(),
         });
         if o.expect_all {
+            let dups = drv.map(|d| d.duplicate_responses).unwrap_or(0);
             check(
                 "commands answered",
-                sent > 0 && answered == sent && errors == 0,
-                format!("{answered}/{sent} answered, {errors} not 2.05"),
+                sent > 0 && answered == sent && errors == 0 && dups == 0,
+                format!(
+                    "{answered}/{sent} answered, {errors} not their kind's success code, {dups} answered twice"
+                ),
             );
         } else {
             check(
