@@ -342,6 +342,12 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         r.unknown_endpoint.load(Ordering::Relaxed),
     );
     w.counter(
+        "lwm2m_commands_shed_total",
+        "Commands dropped because their shard's mailbox was full (overload; no response).",
+        &[],
+        r.mailbox_full.load(Ordering::Relaxed),
+    );
+    w.counter(
         "lwm2m_commands_foreign_topic_total",
         "Publishes on no command topic.",
         &[],
