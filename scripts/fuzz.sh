@@ -7,8 +7,7 @@
 # Works on stable Rust: the targets are built without a sanitizer (`-s none`), which
 # needs no nightly flags. FUZZ_SANITIZER=address uses AddressSanitizer through
 # RUSTC_BOOTSTRAP=1 (slower; for unsafe code in dependencies).
-# FUZZ_TARGETS="a b" runs only those targets. FUZZ_TOLERATE_KNOWN=1 lets core_endpoint
-# run past a known, reported bug (see tests/fuzz_regressions.rs) to look for others.
+# FUZZ_TARGETS="a b" runs only those targets.
 set -uo pipefail
 
 secs=${1:-60}

@@ -201,8 +201,8 @@ fn core_reordered_duplicate_of_an_earlier_update() {
 /// Evict for shard 0); before the Evict lands, the old address de-registers L0 on
 /// shard 0. Shard 0 removes its copy and unsubscribes `lwm2m/dev-a/dn/#`, the filter
 /// the live registration on shard 1 needs: commands to dev-a are no longer received.
-/// Fix belongs in src/lwm2m/core.rs `remove_endpoint()`: do not unsubscribe (or clear
-/// the route) when the directory names a newer registration with the same mountpoint.
+/// Fixed: `remove_endpoint()` leaves the route and the subscription alone when the
+/// directory names a newer registration with the same mountpoint.
 #[test]
 fn core_subscription_lost() {
     checks::core_endpoint(&b64("AgAAAAAFEAABAAABJAAFEAAAAggACwkA"));
@@ -248,8 +248,8 @@ fn core_commands_every_outcome() {
 /// only looks for the name in its own table, not at the directory, which names the
 /// newer registration on shard 0. dev-a stays registered on shards 0 and 1 (the stale
 /// copy is never routed to and lives out its lifetime).
-/// Fix belongs in src/lwm2m/core.rs `handle_message` (`ShardMsg::Adopt`, line 350):
-/// treat the adopted endpoint as stale when the directory names another location.
+/// Fixed: `handle_message` (`ShardMsg::Adopt`) treats the adopted endpoint as stale
+/// when the directory names another location.
 #[test]
 fn core_adopt_after_reregistration_elsewhere() {
     checks::core_endpoint(&b64("AgAAAgAABRAAATIgAQACD9nZ2QDZ2fgACQA="));
@@ -322,10 +322,9 @@ fn core_duplicate_from_an_old_nat_binding() {
 /// the Adopt lands, dev-a registers again from the new address on shard 1. Shard 1
 /// then finds the name in its table and drops the adopted registration as stale,
 /// session and all: the read never gets a final message (no response, no timeout,
-/// no error), and nothing holds it any more.
-/// Fix belongs in src/lwm2m/core.rs `handle_message` (`ShardMsg::Adopt`, lines
-/// 350-354): finish the stale endpoint's session ("endpoint registered again")
-/// before dropping it.
+/// no error), and nothing holds it any more. Fixed: `handle_message`
+/// (`ShardMsg::Adopt`) finishes the stale endpoint's session ("endpoint registered
+/// again") before dropping it.
 #[test]
 fn core_command_lost_with_a_stale_adopted_registration() {
     use lwm2m_gateway::coap::codes::POST;

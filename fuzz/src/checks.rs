@@ -510,9 +510,6 @@ pub struct Cmd {
     /// Not valid JSON: its final may carry no reqID.
     pub broken: bool,
     pub finals: u32,
-    /// Dropped with a stale adopted registration (a known core bug, tolerated with
-    /// `FUZZ_TOLERATE_KNOWN=1`; see tests/fuzz_regressions.rs).
-    pub dropped: bool,
 }
 
 /// A request the core sent to a device.
@@ -784,7 +781,6 @@ impl World {
                 msg_type: msg_type.map(str::to_string),
                 broken,
                 finals: 0,
-                dropped: false,
             },
         );
         let topic = format!("lwm2m/{name}/dn/cmd");
@@ -816,9 +812,8 @@ impl World {
             "{why}: final messages without reqID vs commands that are not JSON"
         );
         for (id, c) in &self.cmds {
-            let known = tolerate_known() && c.dropped;
             assert!(
-                c.finals == 1 || (c.finals == 0 && (c.broken || known)),
+                c.finals == 1 || (c.finals == 0 && c.broken),
                 "{why}: reqID {id} ({:?} for {}) got {} final messages",
                 c.msg_type,
                 c.name,
@@ -879,35 +874,8 @@ impl World {
             | ShardMsg::CachedReply { peer, datagram, .. } => Some((*peer, datagram.clone())),
             _ => None,
         };
-        // The commands an adopted registration carries, in case it is dropped.
-        let adopted = match &m {
-            ShardMsg::Adopt { endpoint, .. } => endpoint.session.as_ref().map(|s| {
-                let ids: Vec<u64> = s
-                    .queue
-                    .iter()
-                    .map(|q| &q.cmd.echo)
-                    .chain(s.inflight.iter().map(|e| &e.cmd.echo))
-                    .filter_map(|e| req_id(&parse_json(format!("{{{}}}", e.members).as_bytes())))
-                    .collect();
-                (endpoint.location, ids)
-            }),
-            _ => None,
-        };
         let dups = self.cores[to as usize].stats.duplicates;
         self.cores[to as usize].handle_message(self.now, m);
-        if let Some((location, ids)) = adopted {
-            if self.cores[to as usize]
-                .endpoints()
-                .find_location(location)
-                .is_none()
-            {
-                for id in ids {
-                    if let Some(c) = self.cmds.get_mut(&id) {
-                        c.dropped = true;
-                    }
-                }
-            }
-        }
         let dup = self.cores[to as usize].stats.duplicates != dups;
         let fx = self.collect();
         match carried {
@@ -1031,7 +999,6 @@ impl World {
     /// Invariants that hold when no shard message is in flight.
     pub fn check_quiescent(&self) {
         assert!(self.mailbox.is_empty());
-        let tolerate = tolerate_known();
         let mut seen = HashSet::new();
         let mut filters = HashSet::new();
         let mut total = 0;
@@ -1048,11 +1015,6 @@ impl World {
                     shard: s as u16,
                     location: ep.location,
                 });
-                if tolerate && self.dir.by_name(&ep.name) != entry {
-                    // The known cross-shard duplicate: a stale copy the directory
-                    // no longer names (see tests/fuzz_regressions.rs).
-                    continue;
-                }
                 assert!(
                     seen.insert(ep.name.to_string()),
                     "{} registered twice",
@@ -1067,11 +1029,7 @@ impl World {
                 assert_eq!(self.dir.by_location(ep.location), Some(s as u16));
             }
         }
-        if tolerate {
-            assert!(self.dir.len() <= total, "directory names leak");
-        } else {
-            assert_eq!(self.dir.len(), total, "directory names leak");
-        }
+        assert_eq!(self.dir.len(), total, "directory names leak");
         for loc in &self.locations {
             let Some(l) = lwm2m_gateway::lwm2m::endpoint::Endpoint::parse_location(loc.as_bytes())
             else {
@@ -1128,29 +1086,17 @@ impl World {
         for id in self.open_commands() {
             let c = &self.cmds[&id];
             assert!(
-                waiting.contains_key(&id) || c.broken || (tolerate && c.dropped),
+                waiting.contains_key(&id) || c.broken,
                 "reqID {id} ({:?} for {}) was lost: no final message, in no session",
                 c.msg_type,
                 c.name
             );
         }
-        if !tolerate {
-            // (The stale duplicate's expiry unsubscribes the live registration.)
-            assert_eq!(
-                self.subscribed, filters,
-                "subscriptions disagree with the tables"
-            );
-        }
+        assert_eq!(
+            self.subscribed, filters,
+            "subscriptions disagree with the tables"
+        );
     }
-}
-
-/// `FUZZ_TOLERATE_KNOWN=1` lets `core_endpoint` run past known, reported cross-shard
-/// bugs (a stale duplicate registration; a stale copy's removal unsubscribing the live
-/// registration; the commands of a stale adopted registration dropped without a final
-/// message, see tests/fuzz_regressions.rs) to look for others.
-fn tolerate_known() -> bool {
-    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *T.get_or_init(|| std::env::var_os("FUZZ_TOLERATE_KNOWN").is_some())
 }
 
 fn check_replies(fx: &Effects, from: SocketAddr, req: &[u8], dup: bool) {
@@ -1523,12 +1469,10 @@ pub fn run_core(data: &[u8]) -> World {
         assert_eq!(c.endpoints().len(), 0, "endpoints outlive their lifetime");
     }
     assert_eq!(w.dir.len(), 0, "directory keeps expired names");
-    if !tolerate_known() {
-        assert!(
-            w.subscribed.is_empty(),
-            "subscriptions outlive the endpoints"
-        );
-    }
+    assert!(
+        w.subscribed.is_empty(),
+        "subscriptions outlive the endpoints"
+    );
     let live = w.timers.len();
     assert_eq!(live, 0, "timers left after everything expired");
     w
