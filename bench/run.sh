@@ -13,6 +13,9 @@
 #               (gateway CPU per registration, RSS growth per endpoint)
 #   cmd-peak    read commands at CMD_PEAK_RATE: the answered rate is the peak
 #   cmd-half    read commands at half that peak: round-trip percentiles
+#   cmd-mix     read/write/execute/observe at the same rate, every answer checked
+#   queue       queue-mode devices: commands held while they sleep, sent on wake-up
+#   dtls        DTLS-PSK devices: handshake, registration and updates over DTLS
 #   notify-2/1  NOTIFY_DEVICES devices auto-observed on /3303/0/5700, NON notifications
 #               offered at NOTIFY_RATE for STEADY s -> MQTT QoS 0: the delivered rate is
 #               the peak (gateway CPU per notification), 2 shards then 1 shard
@@ -32,6 +35,11 @@ CMD_DEVICES=${CMD_DEVICES:-2000}
 CMD_PEAK_RATE=${CMD_PEAK_RATE:-30000}
 BROKER_COUNT=${BROKER_COUNT:-1000000}
 LG_THREADS=${LG_THREADS:-1}
+CMD_MIX=${CMD_MIX:-read=6,write=2,execute=1,observe=1}
+QUEUE_DEVICES=${QUEUE_DEVICES:-2000}
+QUEUE_COMMANDS=${QUEUE_COMMANDS:-500}
+DTLS_DEVICES=${DTLS_DEVICES:-10000}
+DTLS_RATE=${DTLS_RATE:-2000}
 
 command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
     echo "bench/run.sh needs mosquitto" >&2
@@ -83,13 +91,14 @@ MQ=127.0.0.1:$MQ_PORT
 
 GW_PID=
 GW_UDP=
-start_gateway() { # name shards auto_observe
-    local name=$1 shards=$2 auto=$3 udp api
+start_gateway() { # name shards auto_observe [top-level TOML] [more tables]
+    local name=$1 shards=$2 auto=$3 top=${4:-} tables=${5:-} udp api
     udp=$(free_port)
     api=$(free_port)
     cat > "$TMP/$name.toml" <<CONF
 xml_dir = "$ROOT/etc/lwm2m_xml"
 auto_observe = $auto
+$top
 
 [listeners.udp.default]
 bind = "127.0.0.1:$udp"
@@ -106,6 +115,8 @@ socket_sndbuf = "32MB"
 
 [api]
 bind = "127.0.0.1:$api"
+
+$tables
 CONF
     RUST_LOG=info,rumqttd=warn "$GW" --config "$TMP/$name.toml" 2>"$TMP/$name.log" >/dev/null &
     GW_PID=$!
@@ -155,6 +166,33 @@ HALF=$(python3 -c "print(max(1, int(float('$PEAK') / 2)))")
 loadgen cmd-half run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
     --devices-offset 200000 --rate 50000 --steady "$STEADY" --update-fraction 0 \
     --commands "$HALF" --watch-pid "$GW_PID" --expect-all --quiet
+#    Every kind of command at the same rate: each answer matched by reqID to its
+#    kind's success code.
+loadgen cmd-mix run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
+    --devices-offset 300000 --rate 50000 --steady "$STEADY" --update-fraction 0 \
+    --commands "$HALF" --command-mix "$CMD_MIX" --watch-pid "$GW_PID" --expect-all --quiet
+stop_gateway
+
+# 3b. Queue-mode devices (b=UQ, silent between Updates): commands wait in the
+#     gateway and go out when the device's Update wakes it.
+start_gateway gw-queue 2 false 'qmode_time_window = "2s"'
+loadgen queue run --gateway "$GW_UDP" --mqtt "$MQ" --register "$QUEUE_DEVICES" \
+    --devices-offset 400000 --rate 20000 --steady "$STEADY" --lifetime 20 --update-fraction 0.25 \
+    --queue-mode --qmode-window 2 --lwm2m 1.0 --commands "$QUEUE_COMMANDS" --command-timeout 20 \
+    --drain 8 --watch-pid "$GW_PID" --expect-all --quiet
+stop_gateway
+
+# 3c. DTLS devices: PSK handshakes (TLS_PSK_WITH_AES_128_CCM_8, cookie exchange)
+#     followed by the registration over the session, 2 shards.
+"$LG" run --register "$DTLS_DEVICES" --devices-offset 500000 --psk-file-out "$TMP/psk.txt" >/dev/null
+DTLS_PORT=$(free_port)
+start_gateway gw-dtls 2 false "" "[listeners.dtls.default]
+bind = \"127.0.0.1:$DTLS_PORT\"
+psk_file = \"$TMP/psk.txt\"
+max_conn_rate = 100000000"
+loadgen dtls run --dtls --gateway "127.0.0.1:$DTLS_PORT" --mqtt "$MQ" --register "$DTLS_DEVICES" \
+    --devices-offset 500000 --rate "$DTLS_RATE" --steady "$STEADY" --update-fraction 0.5 \
+    --lifetime 10 --register-timeout 150 --watch-pid "$GW_PID" --expect-all --quiet
 stop_gateway
 
 # 4. Notifications (NON -> MQTT QoS 0) offered above capacity: the peak rate, with
@@ -193,6 +231,6 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p bench/results
 STAMP=$(date -u +%Y-%m-%d-%H%M)
 python3 bench/summarize.py "$TMP" "bench/results/$STAMP" "$((END - START))" \
-    "REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
+    "REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
     "$LOAD_START" "$LOAD_END"
 echo "wrote bench/results/$STAMP.md and .json" >&2

@@ -52,8 +52,8 @@ def git_rev():
         return "unknown"
 
 
-names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "notify-2", "notify-1", "notify-half",
-         "echo-rate", "echo-max"]
+names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "cmd-mix", "queue", "dtls", "notify-2",
+         "notify-1", "notify-half", "echo-rate", "echo-max"]
 raw = {n: load(n) for n in names}
 
 machine = {
@@ -197,10 +197,44 @@ L.append(f"Below saturation (2 shards, offered {fmt(h.get('notify_target_rate'))
 L.append("## Commands (2 shards, fresh gateway)\n")
 L.append("| run | target/s | sent | answered | timed out | answered/s | round trip µs p50/p90/p99/p99.9/max |")
 L.append("|---|---|---|---|---|---|---|")
-for n in ["cmd-peak", "cmd-half"]:
+for n in ["cmd-peak", "cmd-half", "cmd-mix"]:
     c = get(raw[n], "commands") or {}
     L.append(f"| {n} | {fmt(c.get('target_rate'))} | {fmt(c.get('sent'))} | {fmt(c.get('answered'))} | "
              f"{fmt(c.get('timed_out'))} | {fmt(c.get('rate_per_s'))} | {lat(c.get('rtt'))} |")
+L.append("")
+mix = get(raw["cmd-mix"], "commands") or {}
+L.append(f"cmd-mix: `{mix.get('mix', '-')}`, {fmt(mix.get('errors'))} answered with another code than "
+         f"its kind's success code, {fmt(mix.get('duplicates'))} answered twice; checks "
+         f"{'passed' if raw['cmd-mix'].get('passed') else '**failed**'}.\n")
+
+
+def checks(r):
+    if r.get("passed"):
+        return "passed"
+    failed = [c.get("name") for c in r.get("checks", []) if not c.get("ok")]
+    return "**failed**" + (f" ({', '.join(failed)})" if failed else "")
+
+
+L.append("## Queue mode and DTLS (2 shards)\n")
+q, qr = raw["queue"], get(raw["queue"], "queue") or {}
+qc = get(q, "commands") or {}
+L.append(f"- Queue mode ({fmt(get(q, 'devices'))} devices, LwM2M {qr.get('lwm2m', '-')} `b=UQ`, "
+         f"awake window {fmt(qr.get('window_s'), 0)} s): {fmt(qc.get('sent'))} commands, "
+         f"{fmt(qr.get('commands_delivered'))} delivered ({fmt(qr.get('commands_held'))} held while the device "
+         f"slept, {fmt(qr.get('commands_delivered_asleep'))} reached a sleeping device), "
+         f"{fmt(qc.get('answered'))} answered, {fmt(qc.get('timed_out'))} timed out; MQTT → device µs "
+         f"p50/p90/p99/p99.9/max {lat(qr.get('queue_latency'))}; checks {checks(q)}.")
+d, dr = raw["dtls"], get(raw["dtls"], "dtls") or {}
+dreg = get(d, "registration") or {}
+L.append(f"- DTLS-PSK ({fmt(get(d, 'devices'))} devices): {fmt(dr.get('handshakes_ok'))} of "
+         f"{fmt(dr.get('handshakes_started'))} handshakes ({fmt(dr.get('handshakes_failed'))} failed), "
+         f"handshake µs p50/p90/p99/p99.9/max {lat(dr.get('handshake_latency'))}; "
+         f"{fmt(dreg.get('ok'))} registered at {fmt(dreg.get('rate_per_s'))}/s (target "
+         f"{fmt(dreg.get('target_rate'))}), gateway CPU µs per handshake + registration "
+         f"{fmt(get(d, 'watch', 'cpu_us_per_registration'), 2)}, RSS growth per DTLS endpoint "
+         f"{fmt(get(d, 'watch', 'rss_bytes_per_endpoint'))} bytes; updates over DTLS "
+         f"{fmt(get(d, 'steady', 'updates_ok'))} of {fmt(get(d, 'steady', 'updates_sent'))}; "
+         f"checks {checks(d)}.")
 L.append("")
 L.append("## Baselines\n")
 b = raw["broker"]
