@@ -56,9 +56,36 @@ impl dimpl::PskResolver for Key {
     }
 }
 
+/// The default crypto provider cut down to what a PSK client uses: the
+/// TLS_PSK_WITH_AES_128_CCM_8 suite and no key-exchange groups. Each device needs
+/// its own `Config` (the identity is part of it), and `Config::build` runs the
+/// provider's self-tests; with every ECDH group in the provider those cost
+/// milliseconds of key exchanges per device, which made the load generator, not
+/// the gateway, the limit of a DTLS storm.
+fn psk_provider() -> dimpl::crypto::CryptoProvider {
+    use dimpl::crypto::{CryptoProvider, Dtls12CipherSuite};
+    static PROVIDER: std::sync::OnceLock<CryptoProvider> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut p = dimpl::crypto::rust_crypto::default_provider();
+            let psk: Vec<_> = p
+                .cipher_suites
+                .iter()
+                .copied()
+                .filter(|cs| cs.suite() == Dtls12CipherSuite::PSK_AES128_CCM_8)
+                .collect();
+            p.cipher_suites = Box::leak(psk.into_boxed_slice());
+            p.kx_groups = &[];
+            p
+        })
+        .clone()
+}
+
 /// A client configuration for one identity.
 pub fn client_config(identity: &[u8], key: &[u8]) -> io::Result<Arc<dimpl::Config>> {
     dimpl::Config::builder()
+        .with_crypto_provider(psk_provider())
+        .dtls13_cipher_suites(&[])
         .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
         .with_psk_client(identity.to_vec(), Arc::new(Key(key.to_vec())))
         .build()
