@@ -82,6 +82,8 @@ impl Gateway {
         let stop = Arc::new(AtomicBool::new(false));
         let dtls = dtls_setup(cfg, &stop)?;
         settings.dtls_psk = dtls.as_ref().and_then(|d| d.1.psk.clone());
+        settings.location_key =
+            os_random_key().map_err(|e| start_err("registration location key", e))?;
         let settings = Arc::new(settings);
         let watcher = objects::spawn_watcher(
             registry.clone(),
@@ -473,6 +475,17 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (std::process::id() as u64) << 32
+}
+
+/// 128 bits from the OS's random source: the key that makes registration locations
+/// unguessable (see `lwm2m::location`).
+fn os_random_key() -> std::io::Result<[u64; 2]> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    let (lo, hi) = b.split_at(8);
+    let word = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+    Ok([word(lo), word(hi)])
 }
 
 fn start_err(what: &'static str, source: std::io::Error) -> GatewayError {
