@@ -144,6 +144,14 @@ impl Gateway {
         if !settings.per_endpoint_subscriptions {
             let filter = settings.wildcard_command_filter();
             tracing::info!(%filter, "subscribing command wildcard");
+            if wildcard_covers_uplinks(&settings, &filter) {
+                tracing::warn!(
+                    %filter,
+                    "the command wildcard also matches the gateway's own uplink topics, which \
+                     the broker will send back (counted as foreign topics); end the mountpoint \
+                     with '/' to avoid it"
+                );
+            }
             let _ = mqtt.send(MqttOut::Subscribe {
                 lane: 0,
                 filter,
@@ -475,6 +483,26 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (std::process::id() as u64) << 32
+}
+
+/// Whether the wildcard command filter also matches an uplink topic (a mountpoint whose
+/// last level holds a placeholder and no '/': `lwm2m/+/#` matches `lwm2m/<ep>up/resp`).
+fn wildcard_covers_uplinks(s: &CoreSettings, filter: &str) -> bool {
+    use crate::lwm2m::template::{filter_matches, Vars};
+    let v = "x";
+    let mut mountpoint = String::new();
+    s.mountpoint.render(
+        &Vars {
+            endpoint_name: v,
+            clientid: v,
+            username: v,
+            peerhost: v,
+        },
+        &mut mountpoint,
+    );
+    [&s.register, &s.update, &s.response, &s.notify]
+        .iter()
+        .any(|t| filter_matches(filter, &format!("{mountpoint}{}", t.topic)))
 }
 
 /// 128 bits from the OS's random source: the key that makes registration locations
