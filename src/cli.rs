@@ -315,7 +315,7 @@ mod tests {
         let p = dir.file(
             "gw.toml",
             "xml_dir = \"/opt/xml\"\n[engine]\nshards = 2\nrecv_batch = 16\n\
-             [listeners.udp.b]\nbind = 7000\n[listeners.udp.a]\nbind = 6000\n",
+             [listeners.udp.a]\nbind = 6000\n",
         );
         let c = load(
             &[
@@ -352,7 +352,6 @@ mod tests {
         assert!(c.engine.pin_cores);
         assert_eq!(c.engine.recv_batch, 64);
         assert_eq!(c.listeners.udp["a"].bind, addr("[::]:5683"));
-        assert_eq!(c.listeners.udp["b"].bind, addr("0.0.0.0:7000"));
         assert_eq!(c.udp_listener().bind, addr("[::]:5683"));
         assert_eq!(
             c.mqtt.server,

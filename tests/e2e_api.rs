@@ -6,17 +6,30 @@ mod common;
 use common::gateway::{Broker, GatewayProc, API_SECRET};
 use common::http::request;
 use common::mqtt_client::MqttClient;
+use common::prometheus::Exposition;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use simd_json::prelude::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 const ADMIN: Option<(&str, &str)> = Some(("admin", API_SECRET));
 
 fn register(sock: &UdpSocket, gw: SocketAddr, ep: &str, lt: u32, mid: u16) -> Message<'static> {
+    register_q(sock, gw, ep, lt, mid, &[])
+}
+
+/// A Register with `extra` query parameters after the usual ones.
+fn register_q(
+    sock: &UdpSocket,
+    gw: SocketAddr,
+    ep: &str,
+    lt: u32,
+    mid: u16,
+    extra: &[&str],
+) -> Message<'static> {
     let mut buf = Vec::new();
     let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &[9]);
     w.option(opt::URI_PATH, b"rd")
@@ -24,6 +37,9 @@ fn register(sock: &UdpSocket, gw: SocketAddr, ep: &str, lt: u32, mid: u16) -> Me
         .option(opt::URI_QUERY, format!("lt={lt}").as_bytes())
         .option(opt::URI_QUERY, b"lwm2m=1.0")
         .option(opt::URI_QUERY, b"imei=490154203237518");
+    for q in extra {
+        w.option(opt::URI_QUERY, q.as_bytes());
+    }
     w.payload(b"</3/0>");
     sock.send_to(&buf, gw).unwrap();
     let mut b = vec![0u8; 1500];
@@ -31,6 +47,21 @@ fn register(sock: &UdpSocket, gw: SocketAddr, ep: &str, lt: u32, mid: u16) -> Me
     b.truncate(n);
     let leaked: &'static [u8] = Box::leak(b.into_boxed_slice());
     Message::parse(leaked).unwrap()
+}
+
+/// `/metrics`, parsed strictly, once `ready` holds (shards copy their counters out at
+/// the end of each loop turn) or after a generous deadline.
+fn metrics_when(api: SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (st, text) = request(api, "GET", "/metrics", None, b"");
+        assert_eq!(st, 200);
+        let e = Exposition::parse(&text);
+        if ready(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn udp() -> UdpSocket {
@@ -105,13 +136,16 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
     let extra = format!(
         "[authentication]\nenable = true\nmethod = \"post\"\nurl = \"http://{auth}/auth\"\n\
          request_timeout = \"1s\"\nbody = {{ clientid = \"${{clientid}}\", ep = \"${{endpoint_name}}\", \
-         user = \"${{username}}\", peer = \"${{peerhost}}\" }}\n"
+         user = \"${{username}}\", peer = \"${{peerhost}}\", pass = \"${{password}}\" }}\n"
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
     let mut mq = MqttClient::connect(gw.mqtt, "auth-sub", true).unwrap();
     mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
     let s = udp();
-    assert_eq!(register(&s, gw.udp, "good1", 60, 1).code, codes::CREATED);
+    assert_eq!(
+        register_q(&s, gw.udp, "good1", 60, 1, &["password=s3cr3t"]).code,
+        codes::CREATED
+    );
     let (t, _) = mq.recv_publish(WAIT).expect("allowed register published");
     assert_eq!(t, "lwm2m/good1/up/resp");
     assert_eq!(
@@ -138,6 +172,43 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
     assert_eq!(v["ep"], "good1");
     assert_eq!(v["user"], "490154203237518");
     assert_eq!(v["peer"], "127.0.0.1");
+    assert_eq!(
+        v["pass"], "s3cr3t",
+        "${{password}} is the Register's password parameter"
+    );
+    let bad = bodies.iter().find(|b| b.contains("bad1")).expect("asked");
+    let v = simd_json::to_owned_value(&mut bad.clone().into_bytes()).unwrap();
+    assert_eq!(v["pass"], "", "no password parameter: empty");
+
+    // A change the configuration file would refuse is refused, naming the key.
+    for (body, key) in [
+        (
+            format!(r#"{{"enable":true,"backend":"ldap","url":"http://{auth}/auth"}}"#),
+            "authentication.backend",
+        ),
+        (
+            format!(r#"{{"enable":true,"pool_size":0,"url":"http://{auth}/auth"}}"#),
+            "authentication.pool_size",
+        ),
+        (
+            format!(
+                r#"{{"enable":true,"url":"http://{auth}/auth","ssl":{{"verify":"verify_maybe"}}}}"#
+            ),
+            "authentication.ssl.verify",
+        ),
+    ] {
+        let (st, text) = request(
+            gw.api,
+            "PUT",
+            "/api/v5/gateways/lwm2m/authentication",
+            ADMIN,
+            body.as_bytes(),
+        );
+        assert_eq!(st, 400, "{body}: {text}");
+        assert!(text.contains(key), "{key}: {text}");
+    }
+    // ... and changes nothing: the allowed device still gets in.
+    assert_eq!(register(&s, gw.udp, "good3", 60, 6).code, codes::CREATED);
 
     // Disabled at run time through the API: everyone gets in.
     let (st, _) = request(gw.api, "PUT", "/api/v5/gateways/lwm2m/authentication", ADMIN,
@@ -155,6 +226,26 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
     assert_eq!(
         register(&s, gw.udp, "good2", 60, 5).code,
         codes::UNAUTHORIZED
+    );
+
+    // The outcomes on /metrics: the pool's (allow, deny, timeout/error) and the shards'
+    // (Registers held and denied).
+    let outcome = |e: &Exposition, o: &str| e.sum("lwm2m_auth_requests_total", &[("outcome", o)]);
+    let m = metrics_when(gw.api, |e| e.sum("lwm2m_auth_held_total", &[]) >= 5.0);
+    assert_eq!(outcome(&m, "allow"), 2.0, "good1, good3");
+    assert_eq!(outcome(&m, "deny"), 1.0, "bad1");
+    assert_eq!(
+        outcome(&m, "timeout") + outcome(&m, "error"),
+        2.0,
+        "slow1 (past request_timeout), good2 (server down)"
+    );
+    assert_eq!(m.sum("lwm2m_auth_held_total", &[]), 5.0);
+    assert_eq!(m.sum("lwm2m_auth_denied_total", &[]), 3.0);
+    assert!(m.has("lwm2m_auth_held_timeouts_total"));
+    assert_eq!(
+        m.sum("lwm2m_registrations_total", &[]),
+        3.0,
+        "good1, good3, bad2"
     );
 }
 
@@ -288,6 +379,63 @@ fn management_api_clients_commands_kick_config_and_metrics() {
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("mountpoint"));
 
+    // A device with a device_id is listed with it as clientid; the listed clientid and
+    // the endpoint name both find it (inspect, command, kick).
+    let fourth = udp();
+    assert_eq!(
+        register_q(&fourth, gw.udp, "api4", 300, 1, &["device_id=cid-api4"]).code,
+        codes::CREATED
+    );
+    let (st, body) = request(
+        gw.api,
+        "GET",
+        "/api/v5/gateways/lwm2m/clients?endpoint_name=api4",
+        ADMIN,
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    assert_eq!(v["data"][0]["clientid"], "cid-api4");
+    for id in ["cid-api4", "api4"] {
+        let (st, body) = request(
+            gw.api,
+            "GET",
+            &format!("/api/v5/gateways/lwm2m/clients/{id}"),
+            ADMIN,
+            b"",
+        );
+        assert_eq!(st, 200, "{id}: {body}");
+        let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+        assert_eq!(v["endpoint_name"], "api4");
+        assert_eq!(v["clientid"], "cid-api4");
+    }
+    let (st, body) = request(
+        gw.api,
+        "POST",
+        "/api/v5/gateways/lwm2m/clients/cid-api4/read?path=/3/0/1",
+        ADMIN,
+        b"",
+    );
+    assert_eq!(st, 204, "{body}");
+    let mut b = [0u8; 1500];
+    let (n, _) = fourth
+        .recv_from(&mut b)
+        .expect("the read by clientid reaches the device");
+    assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::GET);
+    let kick = |id: &str| {
+        request(
+            gw.api,
+            "DELETE",
+            &format!("/api/v5/gateways/lwm2m/clients/{id}"),
+            ADMIN,
+            b"",
+        )
+        .0
+    };
+    assert_eq!(kick("cid-api4"), 204);
+    assert_eq!(kick("cid-api4"), 404);
+    assert_eq!(kick("api4"), 404);
+
     // Kick: the registration is gone (an Update gets 4.04).
     assert_eq!(
         request(
@@ -323,9 +471,10 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         404
     );
 
-    // Metrics agree with the traffic.
+    // Metrics agree with the traffic (and are valid exposition text).
     let (st, text) = request(gw.api, "GET", "/metrics", None, b"");
     assert_eq!(st, 200);
+    Exposition::parse(&text);
     let sum = |name: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -333,7 +482,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
             .sum()
     };
     // Snapshots are refreshed every 100 ms; the test waited longer than that above.
-    assert_eq!(sum("lwm2m_registrations_total"), 3.0, "{text}");
+    assert_eq!(sum("lwm2m_registrations_total"), 4.0, "{text}");
     assert_eq!(sum("lwm2m_endpoints"), 2.0);
     assert!(text.contains("lwm2m_mqtt_connections_up"));
     assert!(text.contains("outcome=\"response\""));

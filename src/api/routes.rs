@@ -476,8 +476,9 @@ fn lookup(ctx: &Ctx, req: &Request, id: &str) -> Response {
     Response::json(200, out)
 }
 
-/// read / write / observe: the command JSON an MQTT application
-/// would publish, handed to [`Admin::command`].
+/// read / write / observe (`op`, as the route matched it): the command JSON an MQTT
+/// application would publish, handed to [`Admin::command`]. (`lookup` is [`lookup`]: it
+/// answers from what the device last sent and sends nothing.)
 fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
     let Some(path) = req.param("path").filter(|p| !p.trim().is_empty()) else {
         return bad_request("path: required, e.g. path=/3/0/1");
@@ -498,17 +499,11 @@ fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
             }
             ("write", Some((ty, value)))
         }
-        "observe" => match req.param("enable").unwrap_or("true") {
+        // "observe": the route passes nothing else.
+        _ => match req.param("enable").unwrap_or("true") {
             "true" => ("observe", None),
             "false" => ("cancel-observe", None),
             other => return bad_request(&format!("enable: expected true or false, got {other:?}")),
-        },
-        _ => match req.param("action").unwrap_or("discover") {
-            "discover" => ("discover", None),
-            "read" => ("read", None),
-            other => {
-                return bad_request(&format!("action: expected discover or read, got {other:?}"))
-            }
         },
     };
     if ctx.admin.client(id).is_none() {
@@ -539,24 +534,7 @@ fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
     if let Err(e) = ctx.admin.command(id, cmd) {
         return bad_request(&e);
     }
-    if op != "lookup" {
-        return Response::no_content().with_header("X-Request-Id", req_id.to_string());
-    }
-    let mut out = Vec::with_capacity(128);
-    out.push(b'{');
-    json::key(&mut out, "clientid");
-    json::string(&mut out, id);
-    out.push(b',');
-    json::key(&mut out, "path");
-    json::string(&mut out, path);
-    out.push(b',');
-    json::key(&mut out, "action");
-    json::string(&mut out, msg_type);
-    out.push(b',');
-    json::key(&mut out, "reqID");
-    json::uint(&mut out, req_id);
-    out.push(b'}');
-    Response::json(200, out).with_header("X-Request-Id", req_id.to_string())
+    Response::no_content().with_header("X-Request-Id", req_id.to_string())
 }
 
 /// A write value typed as the command contract expects: numbers as JSON

@@ -275,7 +275,9 @@ fn bare_port_bind() {
         bind = "8080"
         "#,
     );
-    c.validate().unwrap();
+    // Parsed, but only one UDP listener is served: the second table is refused.
+    let e = c.validate().expect_err("three UDP listeners");
+    assert_eq!(e.key(), Some("listeners.udp.b"), "{e}");
     assert_eq!(c.listeners.udp.len(), 3);
     assert!(!c.listeners.udp.contains_key("default"));
     assert_eq!(c.listeners.udp["a"].bind, addr("0.0.0.0:5683"));
@@ -458,6 +460,28 @@ fn validation_errors_name_their_key() {
             "authentication.pool_size",
             "at least 1",
         ),
+        (
+            "[listeners.udp.a]\nbind = 5783\n[listeners.udp.b]\nbind = 5790",
+            "listeners.udp.b",
+            "only one [listeners.udp.*] table is served (listeners.udp.a)",
+        ),
+        (
+            "[listeners.dtls.a]\nbind = 5784\npsk_file = \"p\"\n\
+             [listeners.dtls.b]\nbind = 5785\npsk_file = \"p\"",
+            "listeners.dtls.b",
+            "only one [listeners.dtls.*] table is served",
+        ),
+        (
+            "mountpoint = \"lwm2m/${endpoint_name}\"\n[translators]\ncommand = { topic = \"#\" }",
+            "mountpoint",
+            "end the mountpoint with '/'",
+        ),
+        (
+            "mountpoint = \"a/${clientid}${username}/\"",
+            "mountpoint",
+            "literal text between them",
+        ),
+        ("mountpoint = \"a\\u0000/\"", "mountpoint", "NUL"),
         ("[mqtt]\nclient_id = \"\"", "mqtt.client_id", "empty"),
         (
             "[mqtt]\nkeepalive = \"500ms\"",
@@ -546,7 +570,7 @@ fn valid_variations() {
     for text in [
         "lifetime_min = \"1d\"\nlifetime_max = \"1d\"",
         "[mqtt]\nkeepalive = \"0s\"",
-        "[listeners.udp.a]\nbind = 0\n[listeners.udp.b]\nbind = 0",
+        "[listeners.udp.a]\nbind = 0\n[listeners.dtls.b]\nbind = 0\npsk_file = \"p\"",
         "[listeners.dtls.d]\ncertfile = \"c\"\nkeyfile = \"k\"",
         "[listeners.dtls.d]\npsk_file = \"p\"",
         "[authentication]\nenable = false\nurl = \"\"",
@@ -556,8 +580,8 @@ fn valid_variations() {
         "update_msg_publish_condition = \"contains_object_list\"",
         "[mqtt]\nsubscribe = \"per_endpoint\"",
         "[mqtt]\nserver = \"mqtt://b\"\n[api]\nbind = \"127.0.0.1:1883\"",
-        "[listeners.udp.a]\nbind = \"0.0.0.0:5783\"\n[listeners.udp.b]\nbind = \"[::]:5783\"",
-        "[listeners.udp.a]\nbind = \"127.0.0.1:5783\"\n[listeners.udp.b]\nbind = \"127.0.0.2:5783\"",
+        "[listeners.udp.a]\nbind = \"0.0.0.0:5783\"\n[listeners.dtls.b]\nbind = \"[::]:5783\"\npsk_file = \"p\"",
+        "[listeners.udp.a]\nbind = \"127.0.0.1:5783\"\n[listeners.dtls.b]\nbind = \"127.0.0.2:5783\"\npsk_file = \"p\"",
     ] {
         let c = parse(text);
         c.validate().unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -618,4 +642,15 @@ fn load_reads_and_validates() {
     let e = Config::load(&missing).unwrap_err();
     assert!(matches!(e, ConfigError::Io { .. }));
     assert!(e.to_string().contains("missing.toml"), "{e}");
+}
+
+#[test]
+fn mountpoint_without_a_trailing_slash_is_valid_with_a_literal_command_topic() {
+    // Topics are plain concatenations: `lwm2m/<ep>dn/#` is a valid filter.
+    parse("mountpoint = \"lwm2m/${endpoint_name}\"")
+        .validate()
+        .unwrap();
+    parse("mountpoint = \"gw/${username}-${clientid}/\"")
+        .validate()
+        .unwrap();
 }

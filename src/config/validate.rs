@@ -49,6 +49,9 @@ pub(super) fn validate(c: &Config) -> R {
     if c.mountpoint.contains(['+', '#']) {
         return err("mountpoint", "must not contain MQTT wildcards (+ or #)");
     }
+    if c.mountpoint.chars().any(char::is_control) {
+        return err("mountpoint", "must not contain NUL or control characters");
+    }
     for (name, t) in c.translators.iter() {
         let key = format!("translators.{name}");
         if t.qos > 2 {
@@ -59,6 +62,7 @@ pub(super) fn validate(c: &Config) -> R {
         }
         check_topic(&format!("{key}.topic"), &t.topic, name == "command")?;
     }
+    check_mountpoint(c)?;
 
     // Listeners
     if c.listeners.udp.is_empty() {
@@ -103,6 +107,21 @@ pub(super) fn validate(c: &Config) -> R {
         }
         if l.max_conn_rate == 0 {
             return err(format!("{key}.max_conn_rate"), "must be at least 1");
+        }
+    }
+
+    // One listener of each kind is served: refuse the others rather than ignore them.
+    let udp_names: Vec<&String> = c.listeners.udp.keys().collect();
+    let dtls_names: Vec<&String> = c.listeners.dtls.keys().collect();
+    for (kind, names) in [("udp", udp_names), ("dtls", dtls_names)] {
+        if let [first, extra, ..] = names[..] {
+            return err(
+                format!("listeners.{kind}.{extra}"),
+                format!(
+                    "only one [listeners.{kind}.*] table is served (listeners.{kind}.{first}); \
+                     remove this one"
+                ),
+            );
         }
     }
 
@@ -264,6 +283,46 @@ fn check_name(key: &str, name: &str) -> R {
         );
     }
     Ok(())
+}
+
+/// The mountpoint as commands are matched against it: followed by the command topic
+/// it must form a valid MQTT filter (`lwm2m/${endpoint_name}` + `#` does not), and
+/// no two placeholders may touch (a topic could not be split back into them).
+fn check_mountpoint(c: &Config) -> R {
+    use crate::lwm2m::template::{Template, Vars};
+    let t = Template::parse(&c.mountpoint);
+    if t.has_adjacent_placeholders() {
+        return err(
+            "mountpoint",
+            format!(
+                "\"{}\": two placeholders need literal text between them",
+                c.mountpoint
+            ),
+        );
+    }
+    let mut probe = String::new();
+    let v = "x";
+    t.render(
+        &Vars {
+            endpoint_name: v,
+            clientid: v,
+            username: v,
+            peerhost: v,
+        },
+        &mut probe,
+    );
+    let command = &c.translators.command.topic;
+    probe.push_str(command);
+    check_topic("mountpoint", &probe, true).map_err(|_| {
+        ConfigError::invalid(
+            "mountpoint",
+            format!(
+                "\"{}\" followed by translators.command.topic \"{command}\" is not a valid MQTT \
+                 filter: end the mountpoint with '/' so that the wildcard is a whole level",
+                c.mountpoint
+            ),
+        )
+    })
 }
 
 /// A topic relative to the mountpoint: non-empty; wildcards only where

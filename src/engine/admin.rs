@@ -52,9 +52,21 @@ impl GatewayAdmin {
         rx.recv_timeout(SHARD_ANSWER).ok()
     }
 
-    /// The endpoint a clientid names (the endpoint name, as EMQX uses it).
-    fn shard_of(&self, clientid: &str) -> Option<usize> {
-        self.dir.by_name(clientid).map(|e| e.shard as usize)
+    /// The shard and endpoint name of the client `clientid` names: as the clients list
+    /// shows it (the `device_id` parameter, else the endpoint name), or by its endpoint
+    /// name (as EMQX uses it).
+    fn resolve(&self, clientid: &str) -> Option<(usize, String)> {
+        if let Some(e) = self.dir.by_name(clientid) {
+            return Some((e.shard as usize, clientid.to_string()));
+        }
+        (0..self.shards.len()).find_map(|i| {
+            let clientid = clientid.to_string();
+            let name = self
+                .ask(i, |reply| ShardMsg::FindClientId { clientid, reply })
+                .flatten()?;
+            let shard = self.dir.by_name(&name)?.shard as usize;
+            Some((shard, name))
+        })
     }
 
     fn to_wall_clock(&self, c: &mut ClientInfo) {
@@ -65,7 +77,10 @@ impl GatewayAdmin {
     fn broadcast_settings(&self, cfg: &Config) {
         let old = self.settings.lock().clone();
         let mut s = CoreSettings::from_config(cfg);
+        // What the engine set up at start and the configuration does not hold.
         s.auth = old.auth.clone();
+        s.dtls_psk = old.dtls_psk.clone();
+        s.location_key = old.location_key;
         let s = Arc::new(s);
         *self.settings.lock() = s.clone();
         for tx in self.shards.iter() {
@@ -87,8 +102,8 @@ impl Admin for GatewayAdmin {
     }
 
     fn client(&self, clientid: &str) -> Option<ClientInfo> {
-        let shard = self.shard_of(clientid)?;
-        let name = Some(clientid.to_string());
+        let (shard, name) = self.resolve(clientid)?;
+        let name = Some(name);
         let mut c = self
             .ask(shard, |reply| ShardMsg::Clients { name, reply })?
             .pop()?;
@@ -102,10 +117,10 @@ impl Admin for GatewayAdmin {
             "discover" => Op::Discover,
             _ => return LookupAnswer::NotReceived,
         };
-        let Some(shard) = self.shard_of(clientid) else {
+        let Some((shard, name)) = self.resolve(clientid) else {
             return LookupAnswer::NoClient;
         };
-        let (name, path) = (clientid.to_string(), path.to_string());
+        let path = path.to_string();
         self.ask(shard, |reply| ShardMsg::Lookup {
             name,
             path,
@@ -116,22 +131,21 @@ impl Admin for GatewayAdmin {
     }
 
     fn kick(&self, clientid: &str) -> bool {
-        let Some(shard) = self.shard_of(clientid) else {
+        let Some((shard, name)) = self.resolve(clientid) else {
             return false;
         };
-        let name = clientid.to_string();
         self.ask(shard, |reply| ShardMsg::Kick { name, reply })
             .unwrap_or(false)
     }
 
     fn command(&self, clientid: &str, command_json: Vec<u8>) -> Result<(), String> {
-        let shard = self
-            .shard_of(clientid)
+        let (shard, name) = self
+            .resolve(clientid)
             .ok_or_else(|| format!("client {clientid:?} is not registered"))?;
         self.shards[shard]
             .send_timeout(
                 ShardMsg::CommandFor {
-                    name: clientid.to_string(),
+                    name,
                     payload: command_json,
                 },
                 SHARD_ANSWER,
@@ -162,14 +176,14 @@ impl Admin for GatewayAdmin {
         let mut bytes = json.to_vec();
         let a: crate::config::Authentication =
             simd_json::serde::from_slice(&mut bytes).map_err(|e| e.to_string())?;
+        // Checked as the configuration file is, each error naming its key.
+        let mut cfg = self.config.lock().clone();
+        cfg.authentication = a.clone();
+        cfg.validate().map_err(|e| e.to_string())?;
         AuthService::validate(&a)?;
         self.auth.reconfigure(&a);
         self.settings.lock().auth.store(a.enable, Ordering::SeqCst);
-        let cfg = {
-            let mut cfg = self.config.lock();
-            cfg.authentication = a;
-            cfg.clone()
-        };
+        *self.config.lock() = cfg.clone();
         // The shards time a held Register out after the new connect + request timeouts.
         self.broadcast_settings(&cfg);
         Ok(self.authentication())

@@ -82,6 +82,8 @@ impl Gateway {
         let stop = Arc::new(AtomicBool::new(false));
         let dtls = dtls_setup(cfg, &stop)?;
         settings.dtls_psk = dtls.as_ref().and_then(|d| d.1.psk.clone());
+        settings.location_key =
+            os_random_key().map_err(|e| start_err("registration location key", e))?;
         let settings = Arc::new(settings);
         let watcher = objects::spawn_watcher(
             registry.clone(),
@@ -142,6 +144,14 @@ impl Gateway {
         if !settings.per_endpoint_subscriptions {
             let filter = settings.wildcard_command_filter();
             tracing::info!(%filter, "subscribing command wildcard");
+            if wildcard_covers_uplinks(&settings, &filter) {
+                tracing::warn!(
+                    %filter,
+                    "the command wildcard also matches the gateway's own uplink topics, which \
+                     the broker will send back (counted as foreign topics); end the mountpoint \
+                     with '/' to avoid it"
+                );
+            }
             let _ = mqtt.send(MqttOut::Subscribe {
                 lane: 0,
                 filter,
@@ -473,6 +483,37 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (std::process::id() as u64) << 32
+}
+
+/// Whether the wildcard command filter also matches an uplink topic (a mountpoint whose
+/// last level holds a placeholder and no '/': `lwm2m/+/#` matches `lwm2m/<ep>up/resp`).
+fn wildcard_covers_uplinks(s: &CoreSettings, filter: &str) -> bool {
+    use crate::lwm2m::template::{filter_matches, Vars};
+    let v = "x";
+    let mut mountpoint = String::new();
+    s.mountpoint.render(
+        &Vars {
+            endpoint_name: v,
+            clientid: v,
+            username: v,
+            peerhost: v,
+        },
+        &mut mountpoint,
+    );
+    [&s.register, &s.update, &s.response, &s.notify]
+        .iter()
+        .any(|t| filter_matches(filter, &format!("{mountpoint}{}", t.topic)))
+}
+
+/// 128 bits from the OS's random source: the key that makes registration locations
+/// unguessable (see `lwm2m::location`).
+fn os_random_key() -> std::io::Result<[u64; 2]> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    let (lo, hi) = b.split_at(8);
+    let word = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+    Ok([word(lo), word(hi)])
 }
 
 fn start_err(what: &'static str, source: std::io::Error) -> GatewayError {

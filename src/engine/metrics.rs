@@ -1,6 +1,8 @@
 //! The gateway's Prometheus metrics: per-shard protocol counters, socket and
 //! mailbox drops, command routing, MQTT. Read from snapshots and atomics; nothing
-//! here touches a shard.
+//! here touches a shard. The text format wants each family's lines together (one
+//! HELP and TYPE, then every sample): each family is written by one loop over the
+//! shards, never interleaved with another.
 
 use super::admin::GatewayAdmin;
 use crate::metrics::Writer;
@@ -18,11 +20,10 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         };
     }
     for (i, c) in a.shard_counters.iter().enumerate() {
-        let l = [("shard", labels[i].as_str())];
         w.gauge(
             "lwm2m_endpoints",
             "Registered endpoints.",
-            &l,
+            &[("shard", &labels[i])],
             c.endpoints.load(Ordering::Relaxed),
         );
     }
@@ -111,9 +112,27 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     );
     per_shard!(
         counter,
+        "lwm2m_bad_topics_total",
+        "Registers refused 4.00 because a value they carry would make an invalid MQTT topic or filter (also in lwm2m_bad_requests_total).",
+        bad_topics
+    );
+    per_shard!(
+        counter,
+        "lwm2m_auth_held_total",
+        "Registers held while the authentication server was asked.",
+        auth_requests
+    );
+    per_shard!(
+        counter,
         "lwm2m_auth_denied_total",
         "Registers denied by authentication.",
         auth_denied
+    );
+    per_shard!(
+        counter,
+        "lwm2m_auth_held_timeouts_total",
+        "Held Registers the authentication server did not answer in time (denied, also in lwm2m_auth_denied_total).",
+        auth_timeouts
     );
     for (i, s) in snaps.iter().enumerate() {
         for op in crate::lwm2m::command::Op::ALL {
@@ -178,6 +197,12 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "lwm2m_takeovers_in_total",
         "Registrations taken over from another shard (NAT rebinding).",
         takeovers_in
+    );
+    per_shard!(
+        counter,
+        "lwm2m_takeover_timeouts_total",
+        "Takeovers from another shard unanswered in time (asked again by the next request).",
+        takeover_timeouts
     );
     per_shard!(
         counter,
@@ -280,54 +305,73 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Bytes held by partial block-wise transfers.",
         block_bytes_held
     );
-    for (i, c) in a.shard_counters.iter().enumerate() {
-        let l = [("shard", labels[i].as_str())];
-        w.counter(
-            "lwm2m_mqtt_handoff_dropped_total",
-            "Messages the MQTT thread's queue refused.",
-            &l,
-            c.mqtt_dropped.load(Ordering::Relaxed),
-        );
-        w.counter(
-            "lwm2m_mailbox_dropped_total",
-            "Cross-shard messages refused by a full mailbox.",
-            &l,
-            c.mailbox_dropped.load(Ordering::Relaxed),
-        );
+    // Families from the shards' atomics, one loop per family.
+    macro_rules! per_shard_atomic {
+        ($kind:ident, $name:expr, $help:expr, $field:ident) => {
+            for (i, c) in a.shard_counters.iter().enumerate() {
+                w.$kind(
+                    $name,
+                    $help,
+                    &[("shard", &labels[i])],
+                    c.$field.load(Ordering::Relaxed),
+                );
+            }
+        };
     }
-    for (i, c) in a.shard_counters.iter().enumerate() {
-        let l = [("shard", labels[i].as_str())];
-        w.gauge(
-            "lwm2m_dtls_sessions",
-            "Established DTLS sessions.",
-            &l,
-            c.dtls_sessions.load(Ordering::Relaxed),
-        );
-        w.counter(
-            "lwm2m_dtls_handshakes_completed_total",
-            "DTLS handshakes completed.",
-            &l,
-            c.dtls_handshakes_completed.load(Ordering::Relaxed),
-        );
-        w.counter(
-            "lwm2m_dtls_handshakes_failed_total",
-            "DTLS handshakes that failed or timed out.",
-            &l,
-            c.dtls_handshakes_failed.load(Ordering::Relaxed),
-        );
-        w.counter(
-            "lwm2m_dtls_half_open_dropped_total",
-            "ClientHellos dropped by the half-open caps.",
-            &l,
-            c.dtls_half_open_drops.load(Ordering::Relaxed),
-        );
-        w.counter(
-            "lwm2m_dtls_decrypt_errors_total",
-            "DTLS records that failed to decrypt.",
-            &l,
-            c.dtls_decrypt_errors.load(Ordering::Relaxed),
-        );
-    }
+    per_shard_atomic!(
+        counter,
+        "lwm2m_mqtt_handoff_dropped_total",
+        "Messages the MQTT thread's queue refused.",
+        mqtt_dropped
+    );
+    per_shard_atomic!(
+        counter,
+        "lwm2m_mailbox_dropped_total",
+        "Cross-shard messages dropped (destination gone, or a recoverable one over the backlog cap).",
+        mailbox_dropped
+    );
+    per_shard_atomic!(
+        counter,
+        "lwm2m_mailbox_deferred_total",
+        "Cross-shard messages that waited for room in a full mailbox.",
+        mailbox_deferred
+    );
+    per_shard_atomic!(
+        gauge,
+        "lwm2m_mailbox_backlog",
+        "Cross-shard messages waiting for room in a full mailbox.",
+        mailbox_backlog
+    );
+    per_shard_atomic!(
+        gauge,
+        "lwm2m_dtls_sessions",
+        "Established DTLS sessions.",
+        dtls_sessions
+    );
+    per_shard_atomic!(
+        counter,
+        "lwm2m_dtls_handshakes_completed_total",
+        "DTLS handshakes completed.",
+        dtls_handshakes_completed
+    );
+    per_shard_atomic!(
+        counter,
+        "lwm2m_dtls_handshakes_failed_total",
+        "DTLS handshakes that failed or timed out.",
+        dtls_handshakes_failed
+    );
+    per_shard_atomic!(
+        counter,
+        "lwm2m_dtls_half_open_dropped_total",
+        "ClientHellos dropped by the half-open caps.",
+        dtls_half_open_drops
+    );
+    per_shard_atomic!(
+        counter,
+        "lwm2m_dtls_decrypt_errors_total",
+        "DTLS records that failed to decrypt.",
+        dtls_decrypt_errors
+    );
     let r = &a.router;
     w.counter(
         "lwm2m_commands_routed_total",

@@ -3,6 +3,7 @@
 //! start/stop sequence of the whole gateway.
 
 mod admin;
+mod backlog;
 mod dtls_side;
 mod gateway;
 mod metrics;

@@ -2,6 +2,7 @@
 //! sendmmsg batches, the protocol core, and the plumbing of the core's outputs to
 //! the MQTT thread, the timer wheel and the other shards' mailboxes.
 
+use super::backlog::{Backlog, Sent};
 use super::dtls_side::{DtlsSide, DTLS};
 use crate::auth::AuthService;
 use crate::lwm2m::{CoreStats, ShardCore, ShardMsg, Timer};
@@ -25,6 +26,10 @@ pub struct ShardCounters {
     pub oversized: AtomicU64,
     pub mqtt_dropped: AtomicU64,
     pub mailbox_dropped: AtomicU64,
+    /// Cross-shard messages that waited for room in a full mailbox (then delivered).
+    pub mailbox_deferred: AtomicU64,
+    /// Cross-shard messages waiting for room now.
+    pub mailbox_backlog: AtomicU64,
     pub send_failed: AtomicU64,
     pub dtls_sessions: AtomicU64,
     pub dtls_handshakes_completed: AtomicU64,
@@ -50,6 +55,10 @@ pub struct UdpShard {
     pub dtls: Option<DtlsSide>,
     /// The time of the input being handled (for DTLS encryption of replies).
     now_ms: u64,
+    /// Cross-shard messages a full mailbox refused, retried every turn.
+    backlog: Backlog,
+    /// A `Timer::MailboxRetry` is in the wheel.
+    retry_armed: bool,
 }
 
 impl UdpShard {
@@ -72,13 +81,15 @@ impl UdpShard {
             recv: RecvBatch::new(recv_batch, max_datagram),
             send: SendBatch::new(recv_batch),
             mqtt,
-            peers,
+            peers: peers.clone(),
             stop,
             counters,
             snapshot,
             auth,
             dtls: None,
             now_ms: 0,
+            backlog: Backlog::new(peers.len()),
+            retry_armed: false,
         }
     }
 
@@ -120,17 +131,43 @@ impl UdpShard {
                 self.core.auth_result(0, ticket, false);
             }
         }
+        self.send_to_shards(timers);
+    }
+
+    /// Hands the core's cross-shard messages to the other shards' mailboxes; what a
+    /// full mailbox refuses waits in the backlog (never lost: it may carry an
+    /// endpoint) and is retried at the end of every turn and by a 1 ms timer.
+    fn send_to_shards(&mut self, timers: &mut TimerWheel<Timer>) {
         for (to, m) in self.core.out.to_shards.drain(..) {
-            let ok = self
-                .peers
-                .get(to as usize)
-                .map(|p| p.try_send(m).is_ok())
-                .unwrap_or(false);
-            if !ok {
-                self.counters
-                    .mailbox_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            let counter = match self.backlog.send(&self.peers, to, m) {
+                Sent::Delivered => continue,
+                Sent::Deferred => &self.counters.mailbox_deferred,
+                Sent::Dropped => &self.counters.mailbox_dropped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.arm_retry(timers);
+    }
+
+    /// Retries the backlog (end of a loop turn).
+    fn retry_backlog(&mut self, timers: &mut TimerWheel<Timer>) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let dropped = self.backlog.retry(&self.peers);
+        self.counters
+            .mailbox_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        self.arm_retry(timers);
+    }
+
+    fn arm_retry(&mut self, timers: &mut TimerWheel<Timer>) {
+        self.counters
+            .mailbox_backlog
+            .store(self.backlog.len() as u64, Ordering::Relaxed);
+        if !self.backlog.is_empty() && !self.retry_armed {
+            self.retry_armed = true;
+            timers.insert(self.now_ms + 1, Timer::MailboxRetry);
         }
     }
 
@@ -229,6 +266,11 @@ impl ShardApp for UdpShard {
 
     fn on_timer(&mut self, t: Timer, now_ms: u64, timers: &mut TimerWheel<Timer>) {
         self.now_ms = now_ms;
+        if t == Timer::MailboxRetry {
+            // The turn's flush retries.
+            self.retry_armed = false;
+            return;
+        }
         if t == Timer::Transport {
             if let Some(d) = self.dtls.as_mut() {
                 d.on_timer(now_ms, &mut self.core, timers);
@@ -242,6 +284,8 @@ impl ShardApp for UdpShard {
         if !self.core.out.auth.is_empty() || self.core.out.pending_datagrams() > 0 {
             self.route_outputs(timers);
         }
+        self.now_ms = now_ms;
+        self.retry_backlog(timers);
         if !self.send.is_empty() {
             if let Err(e) = self.send.flush(&self.socket) {
                 tracing::warn!(shard = self.core.shard(), error = %e, "sendmmsg failed");

@@ -23,6 +23,7 @@
 use super::admission::TokenBucket;
 use super::directory::{DirEntry, Directory};
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
+use super::location::LocationCipher;
 use super::output::{MqttOut, Outputs, ShardMsg, Timer};
 use super::publish::{lane_of, registration_json};
 use super::registration::{
@@ -31,7 +32,7 @@ use super::registration::{
 use super::settings::CoreSettings;
 use super::stats::CoreStats;
 use super::table::EndpointTable;
-use super::template::Vars;
+use super::template::{check_level_value, Placeholder, Vars};
 use crate::auth::AuthRequest;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::dtls::PeerIdentity;
@@ -46,6 +47,14 @@ const RECENT_REPLIES: usize = 1024;
 
 /// Registers held for the authentication server, at most (then 5.03).
 const MAX_PENDING_AUTH: usize = 4096;
+
+/// How long a takeover from another shard may stay unanswered before a request for
+/// the registration asks again (the mailboxes normally answer within milliseconds;
+/// devices retransmit after 2 s or more).
+const TAKEOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// The longest MQTT topic or filter (its length is a 16-bit field).
+const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 
 /// A Register waiting for the authentication server.
 struct PendingAuth {
@@ -76,9 +85,12 @@ pub struct ShardCore {
     /// Object definitions that type values (reloadable).
     pub(super) registry: Arc<SharedRegistry>,
     recent: VecDeque<(SocketAddr, LastReply)>,
-    /// Locations whose takeover from another shard is in flight.
-    pending_takeovers: hashbrown::HashSet<u64>,
+    /// Locations whose takeover from another shard is in flight, with the time
+    /// after which a new request asks again.
+    pending_takeovers: hashbrown::HashMap<u64, u64>,
+    /// Registrations numbered so far; a location is this number under `locations`.
     location_seq: u64,
+    locations: LocationCipher,
     next_mid: u16,
     /// `max_conn_rate` share of this shard.
     admission: TokenBucket,
@@ -118,6 +130,7 @@ impl ShardCore {
         seed: u64,
     ) -> Self {
         let rate = settings.max_conn_rate as f64 / shards.max(1) as f64;
+        let locations = LocationCipher::new(settings.location_key);
         Self {
             admission: TokenBucket::new(rate),
             shards,
@@ -131,7 +144,8 @@ impl ShardCore {
             recent: VecDeque::new(),
             pending_takeovers: Default::default(),
             registry: Arc::new(SharedRegistry::new(ObjectRegistry::empty())),
-            location_seq: seed,
+            location_seq: 0,
+            locations,
             next_mid: (seed as u16) ^ 0x5a5a,
             token_seq: (seed >> 16) as u32,
             rng: seed | 1,
@@ -243,8 +257,18 @@ impl ShardCore {
                 }
             }
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
-            Timer::Transport => {}
+            Timer::Transport | Timer::MailboxRetry => {}
             Timer::BlockExpire { id } => self.on_block_expire(now, id),
+            Timer::TakeoverTimeout { location } => {
+                if self
+                    .pending_takeovers
+                    .get(&location)
+                    .is_some_and(|&until| now >= until)
+                {
+                    self.pending_takeovers.remove(&location);
+                    self.stats.takeover_timeouts += 1;
+                }
+            }
             Timer::AuthTimeout { ticket } => {
                 if self.pending_auth.contains_key(&ticket) {
                     self.stats.auth_timeouts += 1;
@@ -295,6 +319,14 @@ impl ShardCore {
             },
             ShardMsg::Clients { name, reply } => {
                 let _ = reply.send(self.client_infos(name.as_deref()));
+            }
+            ShardMsg::FindClientId { clientid, reply } => {
+                let found = self
+                    .table
+                    .slots()
+                    .find(|(_, ep)| ep.param("device_id") == Some(clientid.as_str()))
+                    .map(|(_, ep)| ep.name.to_string());
+                let _ = reply.send(found);
             }
             ShardMsg::Lookup {
                 name,
@@ -410,6 +442,9 @@ impl ShardCore {
                     self.finish_session(&mut stale, "endpoint registered again");
                     if superseded {
                         self.dir.forget_location(location);
+                        // Its command subscription, unless the newer registration
+                        // uses the same mountpoint.
+                        self.release_subscription(&stale);
                     }
                 } else {
                     // The adopted registration is the current one; a local copy of
@@ -591,12 +626,28 @@ impl ShardCore {
                 self.reply_unavailable(peer, msg, max_age);
                 return;
             }
-            if self.settings.auth_enabled() {
-                self.ask_auth(now, peer, msg, data, name, &params);
+        }
+        let mountpoint = match self.render_mountpoint(name, &params, peer) {
+            Ok(m) => m,
+            Err(text) => {
+                self.stats.bad_requests += 1;
+                self.stats.bad_topics += 1;
+                self.reply_error(peer, msg, codes::BAD_REQUEST, &text, req_len);
+                return;
+            }
+        };
+        if !authorized && self.settings.auth_enabled() {
+            self.ask_auth(now, peer, msg, data, name, &params);
+            return;
+        }
+        if authorized {
+            // Held while the authentication server was asked: registrations made
+            // meanwhile count against max_connections too.
+            if let Err(max_age) = self.admit_capacity(name) {
+                self.reply_unavailable(peer, msg, max_age);
                 return;
             }
         }
-        let mountpoint = self.render_mountpoint(name, &params, peer);
 
         // The same name registered again replaces the old registration, wherever it
         // is: on another shard (the directory says so), here, or both (when an Evict
@@ -682,7 +733,7 @@ impl ShardCore {
             },
         );
         if !self.settings.mountpoint.keyed_by_name() {
-            self.dir.set_route(&ep.mountpoint, &ep.name);
+            self.dir.set_route(&ep.mountpoint, &ep.name, location);
         }
         self.stats.registrations += 1;
         self.subscribe(slot);
@@ -778,10 +829,15 @@ impl ShardCore {
     /// Admission before allocation: the rate bucket for every Register, the
     /// capacity cap for names not registered yet. Err carries the Max-Age.
     fn admit(&mut self, now: u64, name: &str) -> Result<(), u32> {
-        if self.admission.take(now).is_err() {
+        if let Err(wait_s) = self.admission.take(now) {
             self.stats.rate_limited += 1;
-            return Err(1);
+            return Err(wait_s);
         }
+        self.admit_capacity(name)
+    }
+
+    /// The `max_connections` cap for a name not registered yet. Err carries the Max-Age.
+    fn admit_capacity(&mut self, name: &str) -> Result<(), u32> {
         let known = self.table.find_name(name).is_some() || self.dir.by_name(name).is_some();
         if !known && self.dir.len() as u64 >= self.settings.max_connections {
             self.stats.over_capacity += 1;
@@ -826,7 +882,7 @@ impl ShardCore {
         let slot = match self.table.find_location(location) {
             Some(s) => s,
             None => {
-                self.takeover_or_not_found(peer, msg, data, location);
+                self.takeover_or_not_found(now, peer, msg, data, location);
                 return;
             }
         };
@@ -858,6 +914,7 @@ impl ShardCore {
 
     fn takeover_or_not_found(
         &mut self,
+        now: u64,
         peer: SocketAddr,
         msg: &Message<'_>,
         data: &[u8],
@@ -866,8 +923,15 @@ impl ShardCore {
         match self.dir.by_location(location) {
             Some(owner) if owner != self.shard => {
                 // NAT rebinding onto this shard: ask the owner for the endpoint once;
-                // retransmissions meanwhile are dropped (the device will retry).
-                if self.pending_takeovers.insert(location) {
+                // retransmissions meanwhile are dropped (the device will retry). An
+                // answer that does not come in time is asked for again.
+                let asked = self.pending_takeovers.get(&location);
+                if asked.is_none_or(|&until| now >= until) {
+                    let until = now + TAKEOVER_TIMEOUT_MS;
+                    self.pending_takeovers.insert(location, until);
+                    self.out
+                        .timers
+                        .push((until, Timer::TakeoverTimeout { location }));
                     self.out.to_shards.push((
                         owner,
                         ShardMsg::Takeover {
@@ -940,6 +1004,8 @@ impl ShardCore {
                 if list.content_format.is_some() {
                     ep.content_format = list.content_format;
                 }
+                // The object list's `rt="oma.lwm2m"` link sets alternatePath ("/" without one).
+                ep.alternate_path = Some(list.alternate_path.into());
                 ep.object_list = Some(list.paths.into());
             }
         }
@@ -966,20 +1032,33 @@ impl ShardCore {
         self.finish_session(&mut ep, reason);
         // The name stays mapped if it already points at a newer registration.
         self.dir.release(&ep.name, ep.location);
+        // Replaced by a registration with the same mountpoint: that one owns the
+        // route and the subscription now.
         let keep_sub = why
             == Removal::Replaced {
                 keep_subscription: true,
             };
-        // A newer registration of the same name (here or on another shard, whose
-        // Evict may still be on its way) owns the route and the subscription.
-        let newer_elsewhere = self.dir.by_name(&ep.name).is_some();
-        if keep_sub || newer_elsewhere {
-            return;
+        if !keep_sub {
+            self.release_subscription(&ep);
         }
-        if !self.settings.mountpoint.keyed_by_name() {
-            self.dir.clear_route(&ep.mountpoint, &ep.name);
-        }
-        if self.settings.per_endpoint_subscriptions {
+    }
+
+    /// Gives up the command route and subscription of a registration that left, unless
+    /// a newer registration of the same name (here or on another shard, whose Evict
+    /// may still be on its way) uses the same mountpoint. Call after its name and
+    /// location were released from the directory.
+    fn release_subscription(&mut self, ep: &Endpoint) {
+        let owned = if self.settings.mountpoint.keyed_by_name() {
+            // The mountpoint follows from the name: any newer registration has it.
+            self.dir.by_name(&ep.name).is_none()
+        } else {
+            // The route names the registration that rendered the mountpoint last;
+            // a newer one with another mountpoint (`${peerhost}` after a move, a new
+            // device_id) leaves this one's to be released here.
+            self.dir
+                .release_route(&ep.mountpoint, &ep.name, ep.location)
+        };
+        if owned && self.settings.per_endpoint_subscriptions {
             self.out.mqtt.push(MqttOut::Unsubscribe {
                 lane: ep.lane,
                 filter: self.settings.command_filter(&ep.mountpoint),
@@ -1026,7 +1105,16 @@ impl ShardCore {
         self.out.timers.push((at, Timer::Expire { slot, gen }));
     }
 
-    fn render_mountpoint(&self, name: &str, p: &Params<'_>, peer: SocketAddr) -> String {
+    /// The registration's mountpoint. Err (a diagnostic for the 4.00) when a value
+    /// the device sent would make an invalid MQTT topic or filter, or one that a
+    /// command topic could not be matched back to: a subscription the broker refuses
+    /// would cost the gateway its connection, after every reconnect.
+    fn render_mountpoint(
+        &self,
+        name: &str,
+        p: &Params<'_>,
+        peer: SocketAddr,
+    ) -> Result<String, String> {
         let find = |k: &str| p.others.iter().find(|(pk, _)| *pk == k).map(|(_, v)| *v);
         let host = peer.ip().to_string();
         let vars = Vars {
@@ -1035,20 +1123,36 @@ impl ShardCore {
             username: find("imei").unwrap_or(name),
             peerhost: &host,
         };
+        let t = &self.settings.mountpoint;
+        for (placeholder, key, value) in [
+            (Placeholder::ClientId, "device_id", vars.clientid),
+            (Placeholder::Username, "imei", vars.username),
+        ] {
+            if t.uses(placeholder) {
+                check_level_value(value).map_err(|why| {
+                    format!("{key} {why}: it is a level of this device's MQTT topics")
+                })?;
+            }
+        }
         let mut s = String::new();
-        self.settings.mountpoint.render(&vars, &mut s);
-        s
+        t.render(&vars, &mut s);
+        if s.len() + self.settings.longest_topic() > MAX_TOPIC_LEN {
+            return Err(format!(
+                "this device's MQTT topics would be longer than {MAX_TOPIC_LEN} bytes"
+            ));
+        }
+        Ok(s)
     }
 
     fn new_location(&mut self) -> u64 {
-        // splitmix64 over (shard, sequence): a bijection, so locations never collide
-        // across shards, and they are not guessable by counting.
+        // The number (shard, sequence) under the secret keyed permutation: distinct
+        // numbers give distinct locations, so shards never collide, and without the
+        // key a location cannot be derived from another (see `location.rs`). The
+        // directory check only matters after 2^48 registrations of one shard.
         loop {
-            self.location_seq = self.location_seq.wrapping_add(1);
-            let mut z = (self.shard as u64) << 48 ^ self.location_seq;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-            z ^= z >> 31;
+            self.location_seq = self.location_seq.wrapping_add(1) & ((1 << 48) - 1);
+            let n = (self.shard as u64) << 48 | self.location_seq;
+            let z = self.locations.encrypt(n);
             if z != 0 && self.dir.by_location(z).is_none() {
                 return z;
             }

@@ -1,6 +1,7 @@
 //! The global directory shared by every shard and the MQTT thread: which shard holds
 //! an endpoint (by name and by registration location), and for mountpoints that are
-//! not keyed by the endpoint name alone, which endpoint a rendered mountpoint names.
+//! not keyed by the endpoint name alone, which registration a rendered mountpoint
+//! names (the one that owns its command subscription).
 //! Lock-free concurrent maps (papaya); only registrations, expiries and takeovers
 //! write to it, never an ordinary datagram.
 
@@ -20,7 +21,8 @@ pub struct DirEntry {
 pub struct Directory {
     names: HashMap<Box<str>, DirEntry>,
     locations: HashMap<u64, u16>,
-    routes: HashMap<Box<str>, Box<str>>,
+    /// Rendered mountpoint → (endpoint name, location) of the registration that owns it.
+    routes: HashMap<Box<str>, (Box<str>, u64)>,
 }
 
 impl Default for Directory {
@@ -79,19 +81,31 @@ impl Directory {
         self.locations.pin().get(&location).copied()
     }
 
-    /// Records which endpoint a rendered mountpoint belongs to.
-    pub fn set_route(&self, mountpoint: &str, name: &str) {
-        self.routes.pin().insert(mountpoint.into(), name.into());
+    /// Records that the registration `(name, location)` owns a rendered mountpoint (and
+    /// its command subscription), taking it over from any earlier one.
+    pub fn set_route(&self, mountpoint: &str, name: &str, location: u64) {
+        self.routes
+            .pin()
+            .insert(mountpoint.into(), (name.into(), location));
     }
 
-    /// Forgets a route if it still names `name`.
-    pub fn clear_route(&self, mountpoint: &str, name: &str) {
-        let _ = self.routes.pin().remove_if(mountpoint, |_, n| &**n == name);
+    /// Forgets a route if registration `(name, location)` still owns it; true if it did
+    /// (then nobody else needs the mountpoint's command subscription).
+    pub fn release_route(&self, mountpoint: &str, name: &str, location: u64) -> bool {
+        matches!(
+            self.routes
+                .pin()
+                .remove_if(mountpoint, |_, (n, l)| &**n == name && *l == location),
+            Ok(Some(_))
+        )
     }
 
     /// The endpoint name of a rendered mountpoint.
     pub fn route(&self, mountpoint: &str) -> Option<String> {
-        self.routes.pin().get(mountpoint).map(|n| n.to_string())
+        self.routes
+            .pin()
+            .get(mountpoint)
+            .map(|(n, _)| n.to_string())
     }
 
     pub fn len(&self) -> usize {
@@ -162,11 +176,19 @@ mod tests {
     #[test]
     fn routes() {
         let d = Directory::new();
-        d.set_route("gw/imei1/", "a");
+        d.set_route("gw/imei1/", "a", 1);
         assert_eq!(d.route("gw/imei1/").as_deref(), Some("a"));
-        d.clear_route("gw/imei1/", "b");
+        assert!(!d.release_route("gw/imei1/", "b", 1));
+        assert!(
+            !d.release_route("gw/imei1/", "a", 2),
+            "another registration of a"
+        );
         assert!(d.route("gw/imei1/").is_some());
-        d.clear_route("gw/imei1/", "a");
+        // A newer registration of the same name takes the mountpoint over.
+        d.set_route("gw/imei1/", "a", 2);
+        assert!(!d.release_route("gw/imei1/", "a", 1));
+        assert!(d.release_route("gw/imei1/", "a", 2));
         assert!(d.route("gw/imei1/").is_none());
+        assert!(!d.release_route("gw/imei1/", "a", 2));
     }
 }

@@ -10,6 +10,7 @@ mod dm;
 pub mod dm_json;
 pub mod endpoint;
 mod info;
+pub mod location;
 pub mod output;
 pub mod publish;
 pub mod registration;

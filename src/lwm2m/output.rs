@@ -23,8 +23,14 @@ pub enum Timer {
     BlockExpire { id: u32 },
     /// A Register waited too long for the authentication server.
     AuthTimeout { ticket: u64 },
+    /// A takeover of the registration at `location` from another shard got no answer
+    /// in time: the next request for it asks again.
+    TakeoverTimeout { location: u64 },
     /// For the driver's transport (DTLS handshake timers); never armed by the core.
     Transport,
+    /// For the driver: retry cross-shard messages a full mailbox refused; never armed
+    /// by the core.
+    MailboxRetry,
 }
 
 /// Work for a shard that arrives through its mailbox.
@@ -38,6 +44,12 @@ pub enum ShardMsg {
     Clients {
         name: Option<String>,
         reply: crossbeam_channel::Sender<Vec<crate::api::ClientInfo>>,
+    },
+    /// The management API asks for the endpoint name of the registration whose
+    /// clientid (its `device_id` parameter) is `clientid`.
+    FindClientId {
+        clientid: String,
+        reply: crossbeam_channel::Sender<Option<String>>,
     },
     /// The management API asks for the last result of a read or discover.
     Lookup {

@@ -63,6 +63,10 @@ pub struct CoreSettings {
     pub dtls_psk: Option<std::sync::Arc<crate::dtls::PskStore>>,
     /// A verified client certificate's CN must equal the endpoint name.
     pub dtls_require_cn: bool,
+    /// The secret key of the registration location permutation (see
+    /// `location::LocationCipher`). The engine draws it from the OS at start; tests pass a
+    /// fixed one, so the core stays deterministic.
+    pub location_key: [u64; 2],
 }
 
 /// What `auto_observe` observes after a registration.
@@ -92,7 +96,7 @@ impl CoreSettings {
         Self {
             lifetime_min_s: secs(c.lifetime_min),
             lifetime_max_s: secs(c.lifetime_max),
-            mountpoint: Template::parse(&c.mountpoint),
+            mountpoint: Template::parse(&c.mountpoint).with_suffix(&c.translators.command.topic),
             command: t(&c.translators.command),
             response: t(&c.translators.response),
             notify: t(&c.translators.notify),
@@ -117,6 +121,8 @@ impl CoreSettings {
             enable_stats: c.enable_stats,
             dtls_psk: None,
             dtls_require_cn: c.listeners.dtls.values().any(|l| l.cafile.is_some()),
+            // Set by the engine from the OS's randomness.
+            location_key: [0; 2],
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
             block_enable: c.blockwise.enable,
@@ -158,9 +164,22 @@ impl CoreSettings {
 
     /// The single filter covering every endpoint's commands (wildcard mode).
     pub fn wildcard_command_filter(&self) -> String {
-        let mut s = self.mountpoint.wildcard();
-        s.push_str(&self.command.topic);
-        s
+        self.mountpoint.wildcard_filter(&self.command.topic)
+    }
+
+    /// The longest translator topic (what follows a mountpoint in any topic or filter).
+    pub fn longest_topic(&self) -> usize {
+        [
+            &self.command,
+            &self.response,
+            &self.notify,
+            &self.register,
+            &self.update,
+        ]
+        .iter()
+        .map(|t| t.topic.len())
+        .max()
+        .unwrap_or(0)
     }
 }
 

@@ -48,6 +48,11 @@ pub struct CoreStats {
     pub expiries: u64,
     /// Requests answered 4.00 (bad parameters or payload).
     pub bad_requests: u64,
+    /// Registers refused (4.00, also counted in `bad_requests`) because a value they
+    /// carry would make an invalid MQTT topic or filter.
+    pub bad_topics: u64,
+    /// Takeovers from another shard that got no answer in time (asked again later).
+    pub takeover_timeouts: u64,
     /// Requests for an unknown location or path (4.04/4.05).
     pub not_found: u64,
     /// Requests with an unknown critical option (4.02).

@@ -19,12 +19,14 @@ pub struct Exposition {
 
 impl Exposition {
     /// Parses `text`; panics naming the line when it is not valid exposition format: every
-    /// sample belongs to a family with `# HELP` and `# TYPE` lines before it, label values are
-    /// quoted, values are numbers, and no series appears twice.
+    /// sample belongs to a family with `# HELP` and `# TYPE` lines before it, a family has one
+    /// HELP and one TYPE and all its lines together (no other family's lines in between),
+    /// label values are quoted, values are numbers, and no series appears twice.
     pub fn parse(text: &str) -> Self {
         let mut e = Exposition::default();
         let mut helped = std::collections::HashSet::new();
         let mut seen = std::collections::HashSet::new();
+        let mut families = Families::default();
         for (n, line) in text.lines().enumerate() {
             let at = || format!("line {}: {line:?}", n + 1);
             if line.is_empty() {
@@ -32,7 +34,8 @@ impl Exposition {
             }
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let name = rest.split(' ').next().unwrap();
-                helped.insert(name.to_string());
+                families.enter(name, &at());
+                assert!(helped.insert(name.to_string()), "second HELP, {}", at());
                 continue;
             }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -46,7 +49,12 @@ impl Exposition {
                     "{}",
                     at()
                 );
-                e.types.insert(name.to_string(), ty.to_string());
+                families.enter(name, &at());
+                assert!(
+                    e.types.insert(name.to_string(), ty.to_string()).is_none(),
+                    "second TYPE, {}",
+                    at()
+                );
                 continue;
             }
             assert!(!line.starts_with('#'), "unknown comment, {}", at());
@@ -78,6 +86,7 @@ impl Exposition {
                 "no HELP/TYPE before the sample, {}",
                 at()
             );
+            families.enter(&family, &at());
             assert!(seen.insert(series.to_string()), "series twice, {}", at());
             e.samples.push(Sample {
                 name,
@@ -106,6 +115,29 @@ impl Exposition {
     }
 }
 
+/// Which family the lines so far belong to, and which families are finished: a line of a
+/// finished family means its lines are not contiguous.
+#[derive(Default)]
+struct Families {
+    current: Option<String>,
+    done: std::collections::HashSet<String>,
+}
+
+impl Families {
+    fn enter(&mut self, family: &str, at: &str) {
+        if self.current.as_deref() == Some(family) {
+            return;
+        }
+        assert!(
+            !self.done.contains(family),
+            "family {family} continues after other families' lines (not contiguous), {at}"
+        );
+        if let Some(prev) = self.current.replace(family.to_string()) {
+            self.done.insert(prev);
+        }
+    }
+}
+
 fn parse_labels(body: &str, at: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut rest = body;
@@ -131,4 +163,36 @@ fn parse_labels(body: &str, at: &str) -> BTreeMap<String, String> {
         rest = r[end + 1..].strip_prefix(',').unwrap_or(&r[end + 1..]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exposition;
+
+    const GOOD: &str = "# HELP a_total A.\n# TYPE a_total counter\na_total{shard=\"0\"} 1\n\
+                        a_total{shard=\"1\"} 2\n# HELP b B.\n# TYPE b gauge\nb 3\n";
+
+    #[test]
+    fn accepts_contiguous_families() {
+        let e = Exposition::parse(GOOD);
+        assert_eq!(e.sum("a_total", &[]), 3.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "not contiguous")]
+    fn rejects_interleaved_families() {
+        Exposition::parse(&format!("{GOOD}a_total{{shard=\"2\"}} 4\n"));
+    }
+
+    #[test]
+    #[should_panic(expected = "second HELP")]
+    fn rejects_a_second_help() {
+        Exposition::parse("# HELP b B.\n# HELP b B.\n# TYPE b gauge\nb 1\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "second TYPE")]
+    fn rejects_a_second_type() {
+        Exposition::parse("# HELP b B.\n# TYPE b gauge\n# TYPE b gauge\nb 1\n");
+    }
 }

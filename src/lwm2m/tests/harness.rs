@@ -45,6 +45,7 @@ pub fn settings() -> CoreSettings {
         enable_stats: true,
         dtls_psk: None,
         dtls_require_cn: false,
+        location_key: [0x0123_4567_89ab_cdef, 0x0fed_cba9_8765_4321],
     }
 }
 
@@ -115,6 +116,14 @@ impl Harness {
     pub fn datagram(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) {
         self.cores[shard].handle_datagram(self.now, from, bytes);
         self.pump();
+    }
+
+    /// Delivers a message to `shard` (as from its mailbox) and runs everything it causes.
+    pub fn message(&mut self, shard: usize, m: crate::lwm2m::ShardMsg) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.cores[shard].handle_message(self.now, m);
+        self.pump();
+        self.replies.split_off(n)
     }
 
     /// Delivers and returns the replies it produced.

@@ -518,7 +518,11 @@ fn admission_rate_and_capacity_answer_503_with_max_age() {
         );
         codes_seen.push(r.code());
         if r.code() == codes::SERVICE_UNAVAILABLE {
-            assert_eq!(r.msg().option_uint(opt::MAX_AGE), Some(1));
+            assert_eq!(
+                r.msg().option_uint(opt::MAX_AGE),
+                Some(1),
+                "10 per second: 0.1 s, rounded up"
+            );
         }
     }
     assert_eq!(
@@ -604,4 +608,313 @@ fn authentication_holds_registers_until_the_server_answers() {
     assert_eq!(h.cores[0].stats.auth_timeouts, 1);
     assert_eq!(h.published("up/resp").len(), 1);
     assert_eq!(h.endpoints(), 1);
+}
+
+/// Registers `ep` on `shard` from `from`, with extra query parameters.
+fn register_with(h: &mut Harness, shard: usize, ep: &str, from: SocketAddr, q: &[&str]) -> Reply {
+    let mut req = Req::register(ep, 1);
+    for x in q {
+        req = req.q(x);
+    }
+    h.one(shard, from, &req.bytes())
+}
+
+use std::net::SocketAddr;
+
+fn peerhost_settings() -> crate::lwm2m::CoreSettings {
+    let mut s = settings();
+    s.mountpoint = crate::lwm2m::template::Template::parse("gw/${peerhost}/").with_suffix("dn/#");
+    s
+}
+
+#[test]
+fn reregistration_on_another_shard_with_another_mountpoint_unsubscribes_the_old_one() {
+    let mut h = Harness::new(2, peerhost_settings());
+    assert_eq!(
+        register_with(&mut h, 0, "dev1", addr(1, 1), &[]).code(),
+        codes::CREATED
+    );
+    assert_eq!(h.subscriptions().0, ["gw/127.0.0.1/dn/#"]);
+    // The device moved to another address (another ${peerhost}) that lands on shard 1:
+    // the old registration is evicted from shard 0 and its filter and route go with it.
+    assert_eq!(
+        register_with(&mut h, 1, "dev1", addr(2, 2), &[]).code(),
+        codes::CREATED
+    );
+    assert_eq!(h.endpoints(), 1);
+    let (subs, unsubs) = h.subscriptions();
+    assert_eq!(subs, ["gw/127.0.0.1/dn/#", "gw/127.0.0.2/dn/#"]);
+    assert_eq!(unsubs, ["gw/127.0.0.1/dn/#"]);
+    assert_eq!(h.dir.route("gw/127.0.0.1/"), None);
+    assert_eq!(h.dir.route("gw/127.0.0.2/").as_deref(), Some("dev1"));
+    // Again, now with the same mountpoint (same address, another port) back on shard 0:
+    // the subscription stays with the new registration.
+    assert_eq!(
+        register_with(&mut h, 0, "dev1", addr(2, 9), &[]).code(),
+        codes::CREATED
+    );
+    assert_eq!(h.subscriptions().1, ["gw/127.0.0.1/dn/#"], "nothing more");
+    assert_eq!(h.dir.route("gw/127.0.0.2/").as_deref(), Some("dev1"));
+    // De-registration of the last one releases its filter.
+    let loc = h.dir.by_name("dev1").unwrap().location;
+    let r = h.one(
+        0,
+        addr(2, 9),
+        &Req::new(
+            codes::DELETE,
+            &format!("/rd/{}", Endpoint::location_str(loc)),
+            5,
+        )
+        .bytes(),
+    );
+    assert_eq!(r.code(), codes::DELETED);
+    assert_eq!(
+        h.subscriptions().1,
+        ["gw/127.0.0.1/dn/#", "gw/127.0.0.2/dn/#"]
+    );
+    assert_eq!(h.dir.route("gw/127.0.0.2/"), None);
+}
+
+#[test]
+fn an_old_registration_leaving_while_its_eviction_is_on_its_way_releases_its_own_filter() {
+    let mut h = Harness::new(2, peerhost_settings());
+    let old = register_with(&mut h, 0, "dev1", addr(1, 1), &[]).location();
+    // The new registration on shard 1; its Evict for shard 0 is held back.
+    let r = {
+        h.cores[1].handle_datagram(h.now, addr(2, 2), &Req::register("dev1", 1).bytes());
+        let evict = std::mem::take(&mut h.cores[1].out.to_shards);
+        // Meanwhile the old registration de-registers on shard 0.
+        let replies = h.exchange(
+            0,
+            addr(1, 1),
+            &Req::new(codes::DELETE, &format!("/rd/{old}"), 2).bytes(),
+        );
+        let del = replies.iter().find(|r| r.to == addr(1, 1)).unwrap();
+        assert_eq!(del.code(), codes::DELETED);
+        let mut replies = Vec::new();
+        for (to, m) in evict {
+            replies.extend(h.message(to as usize, m));
+        }
+        replies
+    };
+    assert!(r.is_empty(), "the eviction found nothing: {r:?}");
+    let (subs, unsubs) = h.subscriptions();
+    assert_eq!(subs, ["gw/127.0.0.1/dn/#", "gw/127.0.0.2/dn/#"]);
+    assert_eq!(unsubs, ["gw/127.0.0.1/dn/#"], "the old filter, not the new");
+    assert_eq!(h.endpoints(), 1);
+    assert_eq!(h.dir.route("gw/127.0.0.2/").as_deref(), Some("dev1"));
+}
+
+#[test]
+fn values_that_would_make_invalid_topics_are_refused() {
+    let mut s = settings();
+    s.mountpoint =
+        crate::lwm2m::template::Template::parse("gw/${clientid}/${username}/").with_suffix("dn/#");
+    let mut h = Harness::new(1, s);
+    for (q, diag) in [
+        ("device_id=a+b", "device_id contains '/', '+' or '#'"),
+        ("device_id=#", "device_id contains"),
+        ("device_id=a/b", "device_id contains"),
+        ("device_id=", "device_id is empty"),
+        ("imei=12#", "imei contains"),
+        ("imei=1\u{7f}", "imei contains NUL or a control character"),
+    ] {
+        let r = register_with(&mut h, 0, "dev1", addr(1, 1), &[q]);
+        assert_eq!(r.code(), codes::BAD_REQUEST, "{q}");
+        let text = String::from_utf8_lossy(r.msg().payload).into_owned();
+        assert!(text.starts_with(diag), "{q}: {text}");
+    }
+    assert_eq!(h.cores[0].stats.bad_topics, 6);
+    assert_eq!(h.cores[0].stats.bad_requests, 6);
+    // Topics longer than MQTT allows.
+    let long = format!("device_id={}", "x".repeat(65_530));
+    let r = register_with(&mut h, 0, "dev1", addr(1, 1), &[&long]);
+    assert_eq!(r.code(), codes::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(r.msg().payload).contains("65535"));
+    assert_eq!(h.cores[0].stats.bad_topics, 7);
+    assert_eq!(h.endpoints(), 0);
+    assert!(h.mqtt.is_empty(), "nothing published or subscribed");
+    // Fine values register.
+    let r = register_with(&mut h, 0, "dev1", addr(1, 1), &["device_id=c-1", "imei=86"]);
+    assert_eq!(r.code(), codes::CREATED);
+    assert_eq!(h.subscriptions().0, ["gw/c-1/86/dn/#"]);
+    // A value no placeholder uses goes into the payload only, not into topics.
+    let mut h = Harness::new(1, settings());
+    let r = register_with(&mut h, 0, "dev2", addr(1, 1), &["device_id=a+b/#"]);
+    assert_eq!(r.code(), codes::CREATED);
+    assert_eq!(h.published("up/resp")[0].1["data"]["device_id"], "a+b/#");
+}
+
+#[test]
+fn a_mountpoint_ending_in_a_placeholder_routes_commands() {
+    let mut s = settings();
+    s.mountpoint =
+        crate::lwm2m::template::Template::parse("lwm2m/${endpoint_name}").with_suffix("dn/#");
+    let mut h = Harness::new(2, s);
+    assert_eq!(h.cores[0].settings().wildcard_command_filter(), "lwm2m/+/#");
+    let r = register_with(&mut h, 1, "adn1", addr(1, 1), &[]);
+    assert_eq!(r.code(), codes::CREATED);
+    assert_eq!(h.published("up/resp")[0].0, "lwm2m/adn1up/resp");
+    assert_eq!(h.subscriptions().0, ["lwm2m/adn1dn/#"]);
+    // The command reaches the device.
+    let out = h.command(
+        1,
+        "lwm2m/adn1dn/cmd",
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].to, addr(1, 1));
+    assert_eq!(out[0].code(), codes::GET);
+    // Through the other shard too (it waits behind the first: NSTART 1).
+    h.command(
+        0,
+        "lwm2m/adn1dn/dm",
+        r#"{"reqID":2,"msgType":"read","data":{"path":"/3/0/2"}}"#,
+    );
+    assert_eq!(h.cores[1].stats.commands, 2);
+    assert_eq!(h.cores[0].stats.commands_rejected, 0);
+}
+
+#[test]
+fn a_lost_takeover_is_asked_for_again_after_its_timeout() {
+    let mut h = Harness::new(2, settings());
+    let loc = register(&mut h, 0, "dev1", 1, 1);
+    // The device moved; its Update lands on shard 1, whose Takeover gets lost.
+    let update = Req::update(&loc, 2).bytes();
+    h.cores[1].handle_datagram(h.now, addr(9, 9), &update);
+    let lost = std::mem::take(&mut h.cores[1].out.to_shards);
+    assert!(matches!(lost[..], [(0, ShardMsg::Takeover { .. })]));
+    // Retransmissions meanwhile wait for the answer that will not come.
+    h.advance(1_000);
+    assert!(h.exchange(1, addr(9, 9), &update).is_empty());
+    assert!(h.cores[1].out.to_shards.is_empty());
+    // After the timeout the next retransmission asks again, and gets its answer.
+    h.advance(1_500);
+    assert_eq!(h.cores[1].stats.takeover_timeouts, 1);
+    let r = h.one(1, addr(9, 9), &update);
+    assert_eq!(r.code(), codes::CHANGED);
+    assert_eq!(h.cores[1].endpoints().len(), 1);
+    assert_eq!(h.dir.by_name("dev1").unwrap().shard, 1);
+    // An answered takeover's timer changes nothing.
+    h.advance(3_000);
+    assert_eq!(h.cores[1].stats.takeover_timeouts, 1);
+}
+
+use crate::lwm2m::ShardMsg;
+
+#[test]
+fn locations_are_a_keyed_permutation_of_the_registration_count() {
+    let cipher = crate::lwm2m::location::LocationCipher::new(settings().location_key);
+    let mut h = Harness::new(2, settings());
+    let mut locs = Vec::new();
+    for i in 0..4u16 {
+        let shard = (i % 2) as usize;
+        let loc = register(&mut h, shard, &format!("d{i}"), 10 + i, 1);
+        locs.push(Endpoint::parse_location(loc.as_bytes()).unwrap());
+    }
+    let numbers: Vec<u64> = locs.iter().map(|&l| cipher.decrypt(l)).collect();
+    assert_eq!(numbers, [1, 1 << 48 | 1, 2, 1 << 48 | 2]);
+    // Neighbouring registrations are not neighbouring locations.
+    assert!(locs[0].abs_diff(locs[2]) > 1 << 32);
+    // Another key (another gateway start), other locations for the same numbers.
+    let mut s = settings();
+    s.location_key = [5, 6];
+    let mut other = Harness::new(1, s);
+    let loc = register(&mut other, 0, "d0", 10, 1);
+    assert_ne!(Endpoint::parse_location(loc.as_bytes()).unwrap(), locs[0]);
+}
+
+#[test]
+fn registers_held_for_authentication_are_admitted_against_max_connections_at_release() {
+    let mut s = settings();
+    s.max_connections = 2;
+    s.auth.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut h = Harness::new(1, s);
+    for i in 0..4u8 {
+        let held = h.exchange(
+            0,
+            addr(1, 10 + i as u16),
+            &Req::register(&format!("h{i}"), 1).bytes(),
+        );
+        assert!(held.is_empty(), "held while asking");
+    }
+    let tickets: Vec<u64> = h.auth.iter().map(|a| a.1).collect();
+    assert_eq!(tickets.len(), 4, "all four were below the cap when held");
+    let mut answers = Vec::new();
+    for t in tickets {
+        let r = h.auth_answer(0, t, true);
+        assert_eq!(r.len(), 1);
+        answers.push((r[0].code(), r[0].msg().option_uint(opt::MAX_AGE)));
+    }
+    assert_eq!(
+        answers,
+        [
+            (codes::CREATED, None),
+            (codes::CREATED, None),
+            (codes::SERVICE_UNAVAILABLE, Some(60)),
+            (codes::SERVICE_UNAVAILABLE, Some(60)),
+        ]
+    );
+    assert_eq!(h.endpoints(), 2);
+    assert_eq!(h.cores[0].stats.over_capacity, 2);
+    assert_eq!(h.published("up/resp").len(), 2);
+}
+
+#[test]
+fn rate_limit_max_age_is_the_token_buckets_wait() {
+    // One registration per second over four shards: a quarter token per second each.
+    let mut s = settings();
+    s.max_conn_rate = 1;
+    let s = std::sync::Arc::new(s);
+    let dir = std::sync::Arc::new(crate::lwm2m::Directory::new());
+    let mut core = crate::lwm2m::ShardCore::with_shards(0, 4, s, dir, 7);
+    let send = |core: &mut crate::lwm2m::ShardCore, now: u64, ep: &str| {
+        core.handle_datagram(now, addr(1, 1), &Req::register(ep, now as u16).bytes());
+        let mut out = Vec::new();
+        core.out.drain_datagrams(|_, b| out.push(b.to_vec()));
+        core.out.mqtt.clear();
+        core.out.timers.clear();
+        let m = Message::parse(&out[0]).unwrap();
+        (m.code, m.option_uint(opt::MAX_AGE))
+    };
+    assert_eq!(send(&mut core, 0, "a"), (codes::CREATED, None));
+    assert_eq!(
+        send(&mut core, 1, "b"),
+        (codes::SERVICE_UNAVAILABLE, Some(4)),
+        "the next token is 4 s away"
+    );
+    assert_eq!(
+        send(&mut core, 2_500, "b"),
+        (codes::SERVICE_UNAVAILABLE, Some(2)),
+        "1.5 s away, rounded up"
+    );
+    assert_eq!(send(&mut core, 4_000, "b"), (codes::CREATED, None));
+}
+
+#[test]
+fn an_update_with_an_object_list_refreshes_the_alternate_path() {
+    let mut h = Harness::new(1, settings());
+    let loc = register(&mut h, 0, "dev1", 1, 1);
+    assert_eq!(h.published("up/resp")[0].1["data"]["alternatePath"], "/");
+    let r = h.one(
+        0,
+        addr(1, 1),
+        &Req::update(&loc, 2)
+            .body(b"</lwm2m>;rt=\"oma.lwm2m\",</lwm2m/1/0>,</lwm2m/3/0>")
+            .bytes(),
+    );
+    assert_eq!(r.code(), codes::CHANGED);
+    let d = &h.published("up/update")[0].1["data"];
+    assert_eq!(d["alternatePath"], "/lwm2m");
+    assert_eq!(d["objectList"], simd_json::json!(["/1/0", "/3/0"]));
+    // Without a payload it stays; a list without the root link resets it to "/".
+    h.one(0, addr(1, 1), &Req::update(&loc, 3).bytes());
+    assert_eq!(
+        h.published("up/update")[1].1["data"]["alternatePath"],
+        "/lwm2m"
+    );
+    h.one(0, addr(1, 1), &Req::update(&loc, 4).body(b"</3/0>").bytes());
+    let d = &h.published("up/update")[2].1["data"];
+    assert_eq!(d["alternatePath"], "/");
+    assert_eq!(d["objectList"], simd_json::json!(["/3/0"]));
 }

@@ -1,0 +1,290 @@
+//! Registration edge cases through the running gateway: NAT-rebinding takeovers across
+//! shards whose mailboxes hold one message, a `${peerhost}` mountpoint whose command
+//! subscription follows the device to its new address, device values that would make
+//! invalid MQTT filters (refused, the broker connection survives), and a mountpoint
+//! whose last level is a placeholder without a trailing '/'.
+
+mod common;
+
+use common::gateway::{Broker, GatewayProc};
+use common::http::request;
+use common::mosquitto::Mosquitto;
+use common::mqtt_client::MqttClient;
+use common::prometheus::Exposition;
+use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A device socket bound to `ip` (any 127.x address works on Linux loopback).
+fn socket(ip: [u8; 4]) -> UdpSocket {
+    let s = UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+fn request_bytes(code: u8, mid: u16, path: &[&str], query: &[&str], body: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Con, code, mid, &mid.to_be_bytes());
+    for p in path {
+        w.option(opt::URI_PATH, p.as_bytes());
+    }
+    for q in query {
+        w.option(opt::URI_QUERY, q.as_bytes());
+    }
+    w.payload(body);
+    buf
+}
+
+/// Sends a CON request and waits for its piggybacked answer, retransmitting the same
+/// message (as a device does) while none comes: (code, location, payload).
+fn exchange(sock: &UdpSocket, gw: SocketAddr, req: &[u8]) -> (u8, Option<String>, String) {
+    let mid = Message::parse(req).unwrap().mid;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut b = [0u8; 1500];
+    while Instant::now() < deadline {
+        sock.send_to(req, gw).unwrap();
+        while let Ok((n, _)) = sock.recv_from(&mut b) {
+            let m = Message::parse(&b[..n]).unwrap();
+            if m.mtype == MsgType::Ack && m.mid == mid {
+                let loc: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
+                let location =
+                    (loc.len() == 2).then(|| String::from_utf8_lossy(loc[1]).into_owned());
+                let text = String::from_utf8_lossy(m.payload).into_owned();
+                return (m.code, location, text);
+            }
+        }
+    }
+    panic!("no answer to the request with message ID {mid} in 30 s");
+}
+
+fn register(
+    sock: &UdpSocket,
+    gw: SocketAddr,
+    ep: &str,
+    extra: &[&str],
+) -> (u8, Option<String>, String) {
+    let ep = format!("ep={ep}");
+    let mut q = vec![ep.as_str(), "lt=600", "lwm2m=1.0", "b=U"];
+    q.extend_from_slice(extra);
+    exchange(
+        sock,
+        gw,
+        &request_bytes(codes::POST, 1, &["rd"], &q, b"</3/0>"),
+    )
+}
+
+fn metrics_when(api: SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (st, text) = request(api, "GET", "/metrics", None, b"");
+        assert_eq!(st, 200);
+        let e = Exposition::parse(&text);
+        if ready(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn subscriptions_become(b: &Mosquitto, want: &HashSet<String>) -> HashSet<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = b.subscriptions("lwm2m-gateway");
+        if s == *want || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The next CoAP request the gateway sends to `sock`.
+fn next_request(sock: &UdpSocket) -> Message<'static> {
+    let deadline = Instant::now() + WAIT;
+    let mut b = vec![0u8; 1500];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut b) {
+            b.truncate(n);
+            let leaked: &'static [u8] = Box::leak(b.into_boxed_slice());
+            return Message::parse(leaked).unwrap();
+        }
+    }
+    panic!("no request from the gateway");
+}
+
+#[test]
+fn takeovers_through_mailboxes_of_one_message_lose_no_endpoint() {
+    const N: usize = 300;
+    let gw = GatewayProc::start(
+        Broker::Embedded,
+        "[engine]\nshards = 2\nmailbox_capacity = 1\n",
+    );
+    // The sockets stay open: a port used again by a later device would make its
+    // Register look like a retransmission of the earlier one's.
+    let first: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
+    let mut locations = Vec::with_capacity(N);
+    for (i, s) in first.iter().enumerate() {
+        let (code, loc, _) = register(s, gw.udp, &format!("tk{i}"), &[]);
+        assert_eq!(code, codes::CREATED);
+        locations.push(loc.expect("a location"));
+    }
+    assert_eq!(
+        locations.iter().collect::<HashSet<_>>().len(),
+        N,
+        "one location per device"
+    );
+    // Every device comes back from a new address at once: about half land on the
+    // other shard, which asks the owner for the endpoint, in bursts far beyond one
+    // mailbox slot.
+    let moved: Vec<UdpSocket> = (0..N)
+        .map(|i| socket([127, 0, 1, (i % 250) as u8 + 1]))
+        .collect();
+    let updates: Vec<Vec<u8>> = locations
+        .iter()
+        .map(|l| request_bytes(codes::POST, 2, &["rd", l], &["lt=600"], b""))
+        .collect();
+    for (s, u) in moved.iter().zip(&updates) {
+        s.send_to(u, gw.udp).unwrap();
+    }
+    for (i, (s, u)) in moved.iter().zip(&updates).enumerate() {
+        assert_eq!(exchange(s, gw.udp, u).0, codes::CHANGED, "device {i}");
+    }
+    // Every endpoint is where the directory says: a second Update from the new address
+    // is answered by the shard now holding it.
+    for (i, (s, l)) in moved.iter().zip(&locations).enumerate() {
+        let again = request_bytes(codes::POST, 3, &["rd", l], &[], b"");
+        assert_eq!(exchange(s, gw.udp, &again).0, codes::CHANGED, "device {i}");
+    }
+    let m = metrics_when(gw.api, |e| {
+        e.sum("lwm2m_updates_total", &[]) >= (2 * N) as f64
+    });
+    assert_eq!(m.sum("lwm2m_endpoints", &[]), N as f64);
+    assert_eq!(m.sum("lwm2m_updates_total", &[]), (2 * N) as f64);
+    assert!(
+        m.sum("lwm2m_takeovers_in_total", &[]) > 0.0,
+        "some moved shards"
+    );
+    assert_eq!(
+        m.sum("lwm2m_takeovers_in_total", &[]),
+        m.sum("lwm2m_takeovers_out_total", &[])
+    );
+    assert!(
+        m.sum("lwm2m_mailbox_deferred_total", &[]) > 0.0,
+        "full mailboxes made messages wait"
+    );
+    assert_eq!(m.sum("lwm2m_mailbox_dropped_total", &[]), 0.0);
+}
+
+#[test]
+fn a_peerhost_mountpoint_moves_the_command_subscription_with_the_device() {
+    const N: usize = 24;
+    let broker = Mosquitto::start();
+    let gw = GatewayProc::start(
+        Broker::External(broker.addr()),
+        "mountpoint = \"gw/${peerhost}/${endpoint_name}/\"\n[engine]\nshards = 2\n",
+    );
+    let filter = |ip: &str, i: usize| format!("gw/{ip}/mv{i}/dn/#");
+    let devices: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
+    for (i, s) in devices.iter().enumerate() {
+        assert_eq!(
+            register(s, gw.udp, &format!("mv{i}"), &[]).0,
+            codes::CREATED
+        );
+    }
+    let first: HashSet<String> = (0..N).map(|i| filter("127.0.0.1", i)).collect();
+    assert_eq!(subscriptions_become(&broker, &first), first);
+    // The devices reboot behind another address and register again; whichever shard
+    // they land on, the old filter goes and the new one stays.
+    let moved: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 2])).collect();
+    for (i, s) in moved.iter().enumerate() {
+        assert_eq!(
+            register(s, gw.udp, &format!("mv{i}"), &[]).0,
+            codes::CREATED
+        );
+    }
+    let second: HashSet<String> = (0..N).map(|i| filter("127.0.0.2", i)).collect();
+    assert_eq!(subscriptions_become(&broker, &second), second);
+    // Commands on the new topic reach the device.
+    let mut app = MqttClient::connect(broker.addr(), "edges-app", true).unwrap();
+    app.publish(
+        "gw/127.0.0.2/mv3/dn/cmd",
+        br#"{"reqID":7,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+        0,
+    )
+    .unwrap();
+    assert_eq!(next_request(&moved[3]).code, codes::GET);
+}
+
+#[test]
+fn device_values_that_would_make_invalid_filters_are_refused() {
+    let broker = Mosquitto::start();
+    let gw = GatewayProc::start(
+        Broker::External(broker.addr()),
+        "mountpoint = \"gw/${clientid}/\"\n",
+    );
+    let s = socket([127, 0, 0, 1]);
+    for bad in [
+        "device_id=a+b",
+        "device_id=#",
+        "device_id=a/b",
+        "device_id=",
+    ] {
+        let (code, _, text) = register(&s, gw.udp, "bad1", &[bad]);
+        assert_eq!(code, codes::BAD_REQUEST, "{bad}");
+        assert!(text.starts_with("device_id"), "{bad}: {text}");
+    }
+    let ok = socket([127, 0, 0, 1]);
+    assert_eq!(
+        register(&ok, gw.udp, "good1", &["device_id=c1"]).0,
+        codes::CREATED
+    );
+    let want: HashSet<String> = ["gw/c1/dn/#".to_string()].into();
+    assert_eq!(subscriptions_become(&broker, &want), want);
+    // The gateway's broker connection is intact: a command arrives.
+    let mut app = MqttClient::connect(broker.addr(), "edges-bad", true).unwrap();
+    app.publish(
+        "gw/c1/dn/cmd",
+        br#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+        0,
+    )
+    .unwrap();
+    assert_eq!(next_request(&ok).code, codes::GET);
+    let m = metrics_when(gw.api, |e| e.sum("lwm2m_bad_topics_total", &[]) >= 4.0);
+    assert_eq!(m.sum("lwm2m_bad_topics_total", &[]), 4.0);
+    assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
+    assert_eq!(
+        m.sum("lwm2m_mqtt_reconnects_total", &[]),
+        0.0,
+        "the broker never dropped the gateway: {}",
+        broker.log()
+    );
+}
+
+#[test]
+fn a_mountpoint_ending_in_a_placeholder_without_a_slash() {
+    // With the embedded broker the command subscription is one wildcard filter.
+    let gw = GatewayProc::start(
+        Broker::Embedded,
+        "mountpoint = \"lwm2m/${endpoint_name}\"\n",
+    );
+    let mut app = MqttClient::connect(gw.mqtt, "edges-noslash", true).unwrap();
+    app.subscribe("lwm2m/#", 0).unwrap();
+    let dev = socket([127, 0, 0, 1]);
+    assert_eq!(register(&dev, gw.udp, "adn1", &[]).0, codes::CREATED);
+    let (topic, _) = app.recv_publish(WAIT).expect("the register message");
+    assert_eq!(topic, "lwm2m/adn1up/resp", "plain concatenation");
+    app.publish(
+        "lwm2m/adn1dn/cmd",
+        br#"{"reqID":3,"msgType":"read","data":{"path":"/3/0/1"}}"#,
+        0,
+    )
+    .unwrap();
+    let req = next_request(&dev);
+    assert_eq!(req.code, codes::GET);
+    let m = metrics_when(gw.api, |e| e.sum("lwm2m_commands_routed_total", &[]) >= 1.0);
+    assert_eq!(m.sum("lwm2m_commands_routed_total", &[]), 1.0);
+    assert_eq!(m.sum("lwm2m_commands_unknown_endpoint_total", &[]), 0.0);
+}
