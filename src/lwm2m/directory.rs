@@ -9,17 +9,28 @@ use hashbrown::DefaultHashBuilder;
 /// papaya maps with hashbrown's fast (foldhash) hasher instead of SipHash: keys
 /// are endpoint names and locations, and this map is on the registration path.
 type HashMap<K, V> = papaya::HashMap<K, V, DefaultHashBuilder>;
+use papaya::{Compute, Operation};
 
 /// Where an endpoint lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirEntry {
     pub shard: u16,
     pub location: u64,
+    /// Registered over DTLS: plain CoAP may neither replace nor update it.
+    pub secure: bool,
+}
+
+/// Why [`Directory::claim`] refused a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// The name is held by a registration made over DTLS and the claim is not.
+    Secure(DirEntry),
 }
 
 pub struct Directory {
     names: HashMap<Box<str>, DirEntry>,
-    locations: HashMap<u64, u16>,
+    /// Location → (shard, secure).
+    locations: HashMap<u64, (u16, bool)>,
     routes: HashMap<Box<str>, Box<str>>,
 }
 
@@ -38,18 +49,35 @@ impl Directory {
         Self::default()
     }
 
-    /// Records that `name` now lives at `entry`; returns the previous entry.
-    pub fn claim(&self, name: &str, entry: DirEntry) -> Option<DirEntry> {
-        self.locations.pin().insert(entry.location, entry.shard);
-        self.names.pin().insert(name.into(), entry).copied()
+    /// Records that `name` now lives at `entry`; returns the previous entry. One
+    /// atomic step per name: a plain (`secure: false`) claim of a name held by a
+    /// secure registration is refused and changes nothing, so two shards registering
+    /// the same name at once cannot let plain CoAP displace a DTLS registration.
+    pub fn claim(&self, name: &str, entry: DirEntry) -> Result<Option<DirEntry>, ClaimError> {
+        let names = self.names.pin();
+        let result = names.compute(name.into(), |old| match old {
+            Some((_, e)) if e.secure && !entry.secure => Operation::Abort(*e),
+            _ => Operation::Insert(entry),
+        });
+        let previous = match result {
+            Compute::Aborted(e) => return Err(ClaimError::Secure(e)),
+            Compute::Updated { old, .. } => Some(*old.1),
+            _ => None,
+        };
+        self.locations
+            .pin()
+            .insert(entry.location, (entry.shard, entry.secure));
+        Ok(previous)
     }
 
     /// Moves a location (and the name, if it still points at that location) to `shard`.
     pub fn moved(&self, name: &str, location: u64, shard: u16) {
-        self.locations.pin().insert(location, shard);
+        let locations = self.locations.pin();
+        let secure = locations.get(&location).is_some_and(|e| e.1);
+        locations.insert(location, (shard, secure));
         self.names.pin().update(name.into(), |e| {
             if e.location == location {
-                DirEntry { shard, location }
+                DirEntry { shard, ..*e }
             } else {
                 *e
             }
@@ -76,7 +104,12 @@ impl Directory {
     }
 
     pub fn by_location(&self, location: u64) -> Option<u16> {
-        self.locations.pin().get(&location).copied()
+        self.locations.pin().get(&location).map(|e| e.0)
+    }
+
+    /// True when the registration at `location` was made over DTLS.
+    pub fn location_is_secure(&self, location: u64) -> bool {
+        self.locations.pin().get(&location).is_some_and(|e| e.1)
     }
 
     /// Records which endpoint a rendered mountpoint belongs to.
@@ -107,56 +140,79 @@ impl Directory {
 mod tests {
     use super::*;
 
+    fn e(shard: u16, location: u64, secure: bool) -> DirEntry {
+        DirEntry {
+            shard,
+            location,
+            secure,
+        }
+    }
+
     #[test]
     fn claim_release_and_races() {
         let d = Directory::new();
-        assert_eq!(
-            d.claim(
-                "a",
-                DirEntry {
-                    shard: 0,
-                    location: 1
-                }
-            ),
-            None
-        );
+        assert_eq!(d.claim("a", e(0, 1, false)), Ok(None));
         // Re-registration of "a" on shard 1 with a new location.
-        let old = d.claim(
-            "a",
-            DirEntry {
-                shard: 1,
-                location: 2,
-            },
-        );
-        assert_eq!(
-            old,
-            Some(DirEntry {
-                shard: 0,
-                location: 1
-            })
-        );
+        assert_eq!(d.claim("a", e(1, 2, false)), Ok(Some(e(0, 1, false))));
         // Shard 0 releases the old registration: the new one stays.
         d.release("a", 1);
-        assert_eq!(
-            d.by_name("a"),
-            Some(DirEntry {
-                shard: 1,
-                location: 2
-            })
-        );
+        assert_eq!(d.by_name("a"), Some(e(1, 2, false)));
         assert_eq!(d.by_location(1), None);
         assert_eq!(d.by_location(2), Some(1));
         d.moved("a", 2, 0);
-        assert_eq!(
-            d.by_name("a"),
-            Some(DirEntry {
-                shard: 0,
-                location: 2
-            })
-        );
+        assert_eq!(d.by_name("a"), Some(e(0, 2, false)));
         d.release("a", 2);
         assert_eq!(d.by_name("a"), None);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_plain_claim_never_displaces_a_secure_one() {
+        let d = Directory::new();
+        assert_eq!(d.claim("s", e(0, 1, false)), Ok(None));
+        // DTLS may replace plain, and DTLS.
+        assert_eq!(d.claim("s", e(1, 2, true)), Ok(Some(e(0, 1, false))));
+        assert_eq!(d.claim("s", e(0, 3, true)), Ok(Some(e(1, 2, true))));
+        // Plain may not: nothing changes, not even the location map.
+        assert_eq!(
+            d.claim("s", e(1, 4, false)),
+            Err(ClaimError::Secure(e(0, 3, true)))
+        );
+        assert_eq!(d.by_name("s"), Some(e(0, 3, true)));
+        assert_eq!(d.by_location(4), None);
+        assert!(d.location_is_secure(3));
+        // Moving keeps the mark.
+        d.moved("s", 3, 1);
+        assert_eq!(d.by_name("s"), Some(e(1, 3, true)));
+        assert!(d.location_is_secure(3));
+        d.release("s", 3);
+        assert_eq!(d.claim("s", e(1, 5, false)), Ok(None));
+    }
+
+    #[test]
+    fn concurrent_secure_and_plain_claims_end_secure() {
+        // Two shards register the same names at once, one over DTLS, one in plain
+        // CoAP: whatever the interleaving, every name ends with the DTLS one.
+        let d = std::sync::Arc::new(Directory::new());
+        let names: Vec<String> = (0..20_000).map(|i| format!("n{i}")).collect();
+        let names = std::sync::Arc::new(names);
+        let run = |secure: bool, shard: u16| {
+            let (d, names) = (d.clone(), names.clone());
+            std::thread::spawn(move || {
+                for (i, n) in names.iter().enumerate() {
+                    let loc = ((shard as u64) << 32) | i as u64 | 1;
+                    let _ = d.claim(n, e(shard, loc, secure));
+                }
+            })
+        };
+        let a = run(true, 0);
+        let b = run(false, 1);
+        a.join().unwrap();
+        b.join().unwrap();
+        for n in names.iter() {
+            let entry = d.by_name(n).unwrap();
+            assert!(entry.secure && entry.shard == 0, "{n}: {entry:?}");
+        }
     }
 
     #[test]
