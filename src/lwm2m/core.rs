@@ -276,7 +276,7 @@ impl ShardCore {
     /// True when the current registration of `name` (here or on another shard) was
     /// made over DTLS.
     fn name_is_secure(&self, name: &str) -> bool {
-        self.dir.by_name(name).is_some_and(|e| e.secure)
+        self.dir.name_is_secure(name)
             || self
                 .table
                 .find_name(name)
@@ -743,9 +743,8 @@ impl ShardCore {
         let entry = DirEntry {
             shard: self.shard,
             location,
-            secure,
         };
-        match self.dir.claim(name, entry) {
+        match self.dir.claim(name, entry, secure) {
             Err(ClaimError::Secure(_)) => {
                 self.stats.forbidden += 1;
                 let e = format!(

@@ -16,8 +16,6 @@ use papaya::{Compute, Operation};
 pub struct DirEntry {
     pub shard: u16,
     pub location: u64,
-    /// Registered over DTLS: plain CoAP may neither replace nor update it.
-    pub secure: bool,
 }
 
 /// Why [`Directory::claim`] refused a name.
@@ -27,8 +25,16 @@ pub enum ClaimError {
     Secure(DirEntry),
 }
 
+/// A name's entry and whether its registration was made over DTLS (then plain
+/// CoAP may neither replace nor update it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    entry: DirEntry,
+    secure: bool,
+}
+
 pub struct Directory {
-    names: HashMap<Box<str>, DirEntry>,
+    names: HashMap<Box<str>, Held>,
     /// Location → (shard, secure).
     locations: HashMap<u64, (u16, bool)>,
     routes: HashMap<Box<str>, Box<str>>,
@@ -49,24 +55,30 @@ impl Directory {
         Self::default()
     }
 
-    /// Records that `name` now lives at `entry`; returns the previous entry. One
-    /// atomic step per name: a plain (`secure: false`) claim of a name held by a
-    /// secure registration is refused and changes nothing, so two shards registering
-    /// the same name at once cannot let plain CoAP displace a DTLS registration.
-    pub fn claim(&self, name: &str, entry: DirEntry) -> Result<Option<DirEntry>, ClaimError> {
+    /// Records that `name` now lives at `entry` (`secure`: registered over DTLS);
+    /// returns the previous entry. One atomic step per name: a plain claim of a
+    /// name held by a DTLS registration is refused and changes nothing, so two
+    /// shards registering the same name at once cannot let plain CoAP displace a
+    /// DTLS registration.
+    pub fn claim(
+        &self,
+        name: &str,
+        entry: DirEntry,
+        secure: bool,
+    ) -> Result<Option<DirEntry>, ClaimError> {
         let names = self.names.pin();
         let result = names.compute(name.into(), |old| match old {
-            Some((_, e)) if e.secure && !entry.secure => Operation::Abort(*e),
-            _ => Operation::Insert(entry),
+            Some((_, h)) if h.secure && !secure => Operation::Abort(h.entry),
+            _ => Operation::Insert(Held { entry, secure }),
         });
         let previous = match result {
             Compute::Aborted(e) => return Err(ClaimError::Secure(e)),
-            Compute::Updated { old, .. } => Some(*old.1),
+            Compute::Updated { old, .. } => Some(old.1.entry),
             _ => None,
         };
         self.locations
             .pin()
-            .insert(entry.location, (entry.shard, entry.secure));
+            .insert(entry.location, (entry.shard, secure));
         Ok(previous)
     }
 
@@ -75,11 +87,14 @@ impl Directory {
         let locations = self.locations.pin();
         let secure = locations.get(&location).is_some_and(|e| e.1);
         locations.insert(location, (shard, secure));
-        self.names.pin().update(name.into(), |e| {
-            if e.location == location {
-                DirEntry { shard, ..*e }
+        self.names.pin().update(name.into(), |h| {
+            if h.entry.location == location {
+                Held {
+                    entry: DirEntry { shard, location },
+                    secure: h.secure,
+                }
             } else {
-                *e
+                *h
             }
         });
     }
@@ -91,7 +106,7 @@ impl Directory {
         let _ = self
             .names
             .pin()
-            .remove_if(name, |_, e| e.location == location);
+            .remove_if(name, |_, h| h.entry.location == location);
     }
 
     /// Forgets a location only (its name belongs to another registration).
@@ -100,7 +115,12 @@ impl Directory {
     }
 
     pub fn by_name(&self, name: &str) -> Option<DirEntry> {
-        self.names.pin().get(name).copied()
+        self.names.pin().get(name).map(|h| h.entry)
+    }
+
+    /// True when the current registration of `name` was made over DTLS.
+    pub fn name_is_secure(&self, name: &str) -> bool {
+        self.names.pin().get(name).is_some_and(|h| h.secure)
     }
 
     pub fn by_location(&self, location: u64) -> Option<u16> {
@@ -140,27 +160,23 @@ impl Directory {
 mod tests {
     use super::*;
 
-    fn e(shard: u16, location: u64, secure: bool) -> DirEntry {
-        DirEntry {
-            shard,
-            location,
-            secure,
-        }
+    fn e(shard: u16, location: u64) -> DirEntry {
+        DirEntry { shard, location }
     }
 
     #[test]
     fn claim_release_and_races() {
         let d = Directory::new();
-        assert_eq!(d.claim("a", e(0, 1, false)), Ok(None));
+        assert_eq!(d.claim("a", e(0, 1), false), Ok(None));
         // Re-registration of "a" on shard 1 with a new location.
-        assert_eq!(d.claim("a", e(1, 2, false)), Ok(Some(e(0, 1, false))));
+        assert_eq!(d.claim("a", e(1, 2), false), Ok(Some(e(0, 1))));
         // Shard 0 releases the old registration: the new one stays.
         d.release("a", 1);
-        assert_eq!(d.by_name("a"), Some(e(1, 2, false)));
+        assert_eq!(d.by_name("a"), Some(e(1, 2)));
         assert_eq!(d.by_location(1), None);
         assert_eq!(d.by_location(2), Some(1));
         d.moved("a", 2, 0);
-        assert_eq!(d.by_name("a"), Some(e(0, 2, false)));
+        assert_eq!(d.by_name("a"), Some(e(0, 2)));
         d.release("a", 2);
         assert_eq!(d.by_name("a"), None);
         assert!(d.is_empty());
@@ -169,24 +185,26 @@ mod tests {
     #[test]
     fn a_plain_claim_never_displaces_a_secure_one() {
         let d = Directory::new();
-        assert_eq!(d.claim("s", e(0, 1, false)), Ok(None));
+        assert_eq!(d.claim("s", e(0, 1), false), Ok(None));
         // DTLS may replace plain, and DTLS.
-        assert_eq!(d.claim("s", e(1, 2, true)), Ok(Some(e(0, 1, false))));
-        assert_eq!(d.claim("s", e(0, 3, true)), Ok(Some(e(1, 2, true))));
+        assert_eq!(d.claim("s", e(1, 2), true), Ok(Some(e(0, 1))));
+        assert_eq!(d.claim("s", e(0, 3), true), Ok(Some(e(1, 2))));
         // Plain may not: nothing changes, not even the location map.
         assert_eq!(
-            d.claim("s", e(1, 4, false)),
-            Err(ClaimError::Secure(e(0, 3, true)))
+            d.claim("s", e(1, 4), false),
+            Err(ClaimError::Secure(e(0, 3)))
         );
-        assert_eq!(d.by_name("s"), Some(e(0, 3, true)));
+        assert_eq!(d.by_name("s"), Some(e(0, 3)));
+        assert!(d.name_is_secure("s"));
         assert_eq!(d.by_location(4), None);
         assert!(d.location_is_secure(3));
         // Moving keeps the mark.
         d.moved("s", 3, 1);
-        assert_eq!(d.by_name("s"), Some(e(1, 3, true)));
-        assert!(d.location_is_secure(3));
+        assert_eq!(d.by_name("s"), Some(e(1, 3)));
+        assert!(d.name_is_secure("s") && d.location_is_secure(3));
         d.release("s", 3);
-        assert_eq!(d.claim("s", e(1, 5, false)), Ok(None));
+        assert!(!d.name_is_secure("s"));
+        assert_eq!(d.claim("s", e(1, 5), false), Ok(None));
     }
 
     #[test]
@@ -201,7 +219,7 @@ mod tests {
             std::thread::spawn(move || {
                 for (i, n) in names.iter().enumerate() {
                     let loc = ((shard as u64) << 32) | i as u64 | 1;
-                    let _ = d.claim(n, e(shard, loc, secure));
+                    let _ = d.claim(n, e(shard, loc), secure);
                 }
             })
         };
@@ -210,8 +228,8 @@ mod tests {
         a.join().unwrap();
         b.join().unwrap();
         for n in names.iter() {
-            let entry = d.by_name(n).unwrap();
-            assert!(entry.secure && entry.shard == 0, "{n}: {entry:?}");
+            assert!(d.name_is_secure(n), "{n}");
+            assert_eq!(d.by_name(n).unwrap().shard, 0, "{n}");
         }
     }
 

@@ -59,7 +59,7 @@ fn plain_register_cannot_replace_a_dtls_registration_on_the_same_shard() {
     assert_eq!(h.published("up/resp").len(), published);
     let dir = h.dir.by_name("dev1").unwrap();
     assert_eq!(Endpoint::location_str(dir.location), loc);
-    assert!(dir.secure);
+    assert!(h.dir.name_is_secure("dev1"));
     // The DTLS registration still works from its session.
     let r = h.secure(0, addr(1, 1), &psk("dev1"), &Req::update(&loc, 2).bytes());
     assert_eq!(r[0].code(), codes::CHANGED);
@@ -70,7 +70,7 @@ fn plain_register_cannot_replace_a_dtls_registration_on_the_same_shard() {
     // A plain registration may be replaced by a DTLS one, never the other way.
     h.one(0, addr(2, 1), &Req::register("dev2", 1).bytes());
     secure_register(&mut h, 0, addr(2, 2), &psk("dev2"), "dev2");
-    assert!(h.dir.by_name("dev2").unwrap().secure);
+    assert!(h.dir.name_is_secure("dev2"));
     let r = h.one(0, addr(2, 1), &Req::register("dev2", 2).bytes());
     assert_eq!(r.code(), codes::FORBIDDEN);
 }
@@ -89,7 +89,7 @@ fn plain_register_cannot_replace_a_dtls_registration_on_another_shard() {
     assert_eq!(h.cores[0].stats.replaced, 0);
     assert!(h.published_since(published).is_empty());
     let e = h.dir.by_name("dev1").unwrap();
-    assert_eq!((e.shard, e.secure), (0, true));
+    assert_eq!((e.shard, h.dir.name_is_secure("dev1")), (0, true));
     // A plain Update of its location from another shard does not move it either.
     let r = h.one(1, addr(9, 9), &Req::update(&loc, 8).bytes());
     assert_eq!(r.code(), codes::FORBIDDEN);
@@ -124,7 +124,7 @@ fn a_dtls_registration_moves_across_shards_with_its_identity() {
     assert_eq!(h.cores[1].endpoints().len(), 1);
     assert_eq!(h.published("up/update").len(), updates + 1);
     let e = h.dir.by_name("dev1").unwrap();
-    assert_eq!((e.shard, e.secure), (1, true));
+    assert_eq!((e.shard, h.dir.name_is_secure("dev1")), (1, true));
     // Commands follow it, encrypted.
     let req = h.command(1, TOPIC, READ);
     assert_eq!(req.len(), 1);
@@ -332,7 +332,7 @@ fn a_register_held_for_authentication_keeps_its_dtls_identity() {
     let r = h.auth_answer(0, t, true);
     assert_eq!(r[0].code(), codes::CREATED);
     assert!(r[0].secure);
-    assert!(h.dir.by_name("dev1").unwrap().secure);
+    assert!(h.dir.name_is_secure("dev1"));
     // So plain CoAP may not replace it (asked before authentication is).
     let r = h.exchange(0, addr(9, 9), &Req::register("dev1", 2).bytes());
     assert_eq!(r[0].code(), codes::FORBIDDEN);
