@@ -41,6 +41,7 @@ fn settings() -> DtlsSettings {
         psk: Some(psk_store()),
         cert: None,
         max_half_open: 1024,
+        max_verified_half_open: 512,
         max_half_open_per_addr: 4,
         max_sessions: 10_000,
         handshake_timeout: Duration::from_secs(30),
@@ -387,16 +388,19 @@ fn half_open_flood_is_bounded_and_devices_still_connect() {
         w.server.handle_datagram(w.now, addr(1000 + i), &ch);
         assert!(w.server.half_open_count() <= 1024);
     }
+    // Every ClientHello got an instance; the oldest unverified ones made room.
     let s = w.server.stats().clone();
-    assert_eq!(s.handshakes_started, 1024);
-    assert_eq!(s.half_open_drops, u64::from(n) - 1024);
+    assert_eq!(s.handshakes_started, u64::from(n));
+    assert_eq!(s.half_open_evicted, u64::from(n) - 1024);
+    assert_eq!(s.half_open_drops, 0);
+    assert_eq!(w.server.half_open_count(), 1024);
     // Anti-amplification: never more bytes out than in per address.
     let mut out = 0;
     while let Some((_, p)) = w.server.poll_transmit() {
         assert!(p.len() <= ch.len(), "{} > {}", p.len(), ch.len());
         out += 1;
     }
-    assert_eq!(out, 1024);
+    assert_eq!(out, n);
     // HelloVerifyRequest retransmissions would exceed the budget.
     w.advance(Duration::from_secs(5));
     let mut bytes = 0;
@@ -407,30 +411,271 @@ fn half_open_flood_is_bounded_and_devices_still_connect() {
         bytes, 0,
         "retransmitted HelloVerifyRequests to unverified addresses"
     );
-    // A real device cannot start while the table is full ...
+    assert!(w.server.stats().amplification_drops >= 1024);
+    // A real device connects while the table is full ...
     let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
-    assert!(!w.run(
-        &mut c,
-        Duration::from_millis(500),
-        &mut |_, _| false,
-        &mut |_, c| c.connected
-    ));
-    // ... and can once the unverified entries time out.
-    w.advance(Duration::from_secs(10));
-    assert_eq!(w.server.half_open_count(), 0);
-    assert!(w.server.stats().handshake_timeouts >= 1024);
-    let mut c = Client::psk("dev-1", KEY, addr(2), w.now);
     assert!(w.connect(&mut c));
     exchange(&mut w, &mut c);
+    assert!(w.server.half_open_count() <= 1024);
+    // ... and the unverified entries time out.
+    w.advance(Duration::from_secs(10));
+    assert_eq!(w.server.half_open_count(), 0);
+    assert!(w.server.stats().handshake_timeouts >= 1023);
 
-    // Per source IP: many ports of one address.
-    let before = w.server.stats().half_open_per_addr_drops;
+    // Per source IP: many ports of one address recycle that address's entries.
+    let before = w.server.stats().clone();
     for port in 0..10u16 {
         let peer = SocketAddr::from(([192, 0, 2, 1], 1000 + port));
         w.server.handle_datagram(w.now, peer, &ch);
     }
     assert_eq!(w.server.half_open_count(), 4);
-    assert_eq!(w.server.stats().half_open_per_addr_drops - before, 6);
+    let after = w.server.stats();
+    assert_eq!(
+        after.half_open_per_addr_evicted - before.half_open_per_addr_evicted,
+        6
+    );
+    assert_eq!(
+        after.half_open_per_addr_drops,
+        before.half_open_per_addr_drops
+    );
+}
+
+/// Datagrams in flight with a one-way delay.
+struct Link {
+    one_way: Duration,
+    in_flight: Vec<(Instant, Dir, SocketAddr, Vec<u8>)>,
+}
+
+impl Link {
+    fn send(&mut self, now: Instant, dir: Dir, peer: SocketAddr, p: Vec<u8>) {
+        self.in_flight.push((now + self.one_way, dir, peer, p));
+    }
+
+    fn due(&mut self, now: Instant) -> Vec<(Dir, SocketAddr, Vec<u8>)> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|d| d.0 <= now);
+        self.in_flight = later;
+        due.into_iter().map(|(_, d, a, p)| (d, a, p)).collect()
+    }
+}
+
+/// Runs `clients` through a link with `rtt` while `per_ms` spoofed ClientHellos
+/// (each from a new address that never answers) arrive every millisecond, for
+/// `duration` of virtual time or until `done`. Returns the number of spoofed
+/// ClientHellos sent.
+fn flood_run(
+    w: &mut World,
+    clients: &mut [&mut Client],
+    rtt: Duration,
+    per_ms: u32,
+    duration: Duration,
+    done: &mut dyn FnMut(&World, &[&mut Client]) -> bool,
+) -> u32 {
+    let ch = client_hello(w.now);
+    let mut link = Link {
+        one_way: rtt / 2,
+        in_flight: Vec::new(),
+    };
+    let end = w.now + duration;
+    let mut spoofed = 0u32;
+    while w.now < end {
+        for _ in 0..per_ms {
+            spoofed += 1;
+            w.server
+                .handle_datagram(w.now, addr(0x0100_0000 + spoofed), &ch);
+        }
+        for (dir, peer, p) in link.due(w.now) {
+            match dir {
+                Dir::ToServer => w.server.handle_datagram(w.now, peer, &p),
+                Dir::ToClient => {
+                    if let Some(c) = clients.iter_mut().find(|c| c.addr == peer) {
+                        c.receive(w.now, &p);
+                    }
+                }
+            }
+        }
+        for c in clients.iter_mut() {
+            c.tick(w.now);
+            while let Some(p) = c.out.pop_front() {
+                link.send(w.now, Dir::ToServer, c.addr, p);
+            }
+        }
+        w.server.handle_timeout(w.now);
+        while let Some((to, p)) = w.server.poll_transmit() {
+            if clients.iter().any(|c| c.addr == to) {
+                link.send(w.now, Dir::ToClient, to, p);
+            }
+        }
+        w.drain_events();
+        assert!(w.server.half_open_count() <= w.server.settings().max_half_open);
+        if done(w, clients) {
+            break;
+        }
+        w.now += Duration::from_millis(1);
+    }
+    spoofed
+}
+
+#[test]
+fn a_device_completes_its_handshake_during_a_sustained_spoofed_flood() {
+    // 256 half-open entries per shard, 2,000 spoofed ClientHellos/s: an entry
+    // waiting for its cookie survives about 256 / 2,000 s = 128 ms, longer than
+    // the device's 100 ms round trip.
+    let mut st = settings();
+    st.max_half_open = 256;
+    st.max_verified_half_open = 128;
+    let mut w = World::new(st);
+    // A device connected before the flood.
+    let mut old = Client::psk("dev-2", KEY, addr(2), w.now);
+    assert!(w.connect(&mut old));
+    let mut dev = Client::psk("dev-1", KEY, addr(1), w.now);
+    let rtt = Duration::from_millis(100);
+    let spoofed = flood_run(
+        &mut w,
+        &mut [&mut dev, &mut old],
+        rtt,
+        2,
+        Duration::from_secs(10),
+        &mut |w, c| c[0].connected && w.server.has_session(c[0].addr),
+    );
+    assert!(dev.connected, "{:?}", w.server.stats());
+    assert!(w.server.has_session(dev.addr));
+    assert!(
+        spoofed > 500,
+        "the flood ran during the handshake ({spoofed})"
+    );
+    let s = w.server.stats();
+    assert!(s.half_open_evicted > 0, "{s:?}");
+    assert_eq!(s.half_open_drops, 0);
+    // Both sessions carry data while the flood goes on.
+    dev.send(b"new device");
+    old.send(b"old device");
+    w.server.send(w.now, dev.addr, b"to new").unwrap();
+    w.server.send(w.now, old.addr, b"to old").unwrap();
+    let (nd, no) = (dev.received.len(), old.received.len());
+    flood_run(
+        &mut w,
+        &mut [&mut dev, &mut old],
+        rtt,
+        2,
+        Duration::from_secs(2),
+        &mut |_, c| c[0].received.len() > nd && c[1].received.len() > no,
+    );
+    assert_eq!(dev.received.last().unwrap(), b"to new");
+    assert_eq!(old.received.last().unwrap(), b"to old");
+    assert!(w.data_events(dev.addr).contains(&&b"new device"[..]));
+    assert!(w.data_events(old.addr).contains(&&b"old device"[..]));
+    assert!(w.server.has_session(old.addr));
+}
+
+#[test]
+fn the_flood_rate_a_device_survives_is_bounded_by_its_round_trip() {
+    // The residual limit: at 10,000 spoofed ClientHellos/s a 256-entry table
+    // recycles an entry in about 26 ms, shorter than a 100 ms round trip, so the
+    // device's cookie comes back to an instance that no longer exists (a new
+    // instance cannot check a cookie another one issued).
+    let mut st = settings();
+    st.max_half_open = 256;
+    st.max_verified_half_open = 128;
+    let mut w = World::new(st);
+    let mut dev = Client::psk("dev-1", KEY, addr(1), w.now);
+    let rtt = Duration::from_millis(100);
+    flood_run(
+        &mut w,
+        &mut [&mut dev],
+        rtt,
+        10,
+        Duration::from_secs(3),
+        &mut |_, c| c[0].connected,
+    );
+    assert!(!dev.connected);
+    assert_eq!(w.server.stats().handshakes_verified, 0);
+    assert!(w.server.stats().half_open_evicted > 0);
+    // dimpl's client, holding a cookie, ignores the new HelloVerifyRequests and
+    // retransmits until its own flight retries run out; the device then starts
+    // over, and with the flood gone that attempt connects.
+    flood_run(
+        &mut w,
+        &mut [&mut dev],
+        rtt,
+        0,
+        Duration::from_secs(60),
+        &mut |_, c| c[0].connected || c[0].failed,
+    );
+    assert!(!dev.connected);
+    let mut again = Client::psk("dev-1", KEY, addr(1), w.now);
+    flood_run(
+        &mut w,
+        &mut [&mut again],
+        rtt,
+        0,
+        Duration::from_secs(10),
+        &mut |w, c| c[0].connected && w.server.has_session(c[0].addr),
+    );
+    assert!(again.connected, "{:?}", w.server.stats());
+}
+
+#[test]
+fn handshakes_past_the_cookie_have_their_own_cap() {
+    let mut st = settings();
+    st.max_half_open = 8;
+    st.max_verified_half_open = 2;
+    let mut w = World::new(st);
+    // Three devices pass the cookie exchange and then stall.
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let mut c = Client::psk("dev-1", KEY, addr(10 + i), w.now);
+        w.run(
+            &mut c,
+            Duration::from_secs(1),
+            &mut |d, k| d == Dir::ToServer && k >= 2,
+            &mut |_, _| false,
+        );
+        w.sent = [0, 0];
+        stalled.push(c);
+    }
+    let s = w.server.stats();
+    assert_eq!(s.handshakes_verified, 3);
+    assert_eq!(s.verified_full, 1);
+    assert_eq!(w.server.verified_half_open_count(), 2);
+    // A flood of ClientHellos never evicts them.
+    let ch = client_hello(w.now);
+    for i in 0..1000 {
+        w.server.handle_datagram(w.now, addr(5000 + i), &ch);
+    }
+    assert_eq!(w.server.verified_half_open_count(), 2);
+    assert_eq!(w.server.half_open_count(), 8);
+    assert!(w.server.stats().half_open_evicted >= 990);
+}
+
+#[test]
+fn a_verified_handshake_that_stalls_is_dropped_after_the_handshake_timeout() {
+    let mut w = World::new(settings());
+    let start = w.now;
+    let mut c = Client::psk("dev-1", KEY, addr(1), w.now);
+    // ClientHello, HelloVerifyRequest, ClientHello with cookie, the server's
+    // flight: then the device goes silent.
+    w.run(
+        &mut c,
+        Duration::from_secs(1),
+        &mut |d, k| d == Dir::ToServer && k >= 2,
+        &mut |w, _| w.server.stats().handshakes_verified == 1,
+    );
+    assert_eq!(w.server.stats().handshakes_verified, 1);
+    assert_eq!(w.server.verified_half_open_count(), 1);
+    // Still there (the server retransmits its flight) until the timeout ...
+    w.advance(Duration::from_secs(29) - (w.now - start));
+    assert_eq!(w.server.half_open_count(), 1, "{:?}", w.server.stats());
+    // ... and gone after it, counted.
+    w.advance(Duration::from_millis(1_100));
+    assert_eq!(w.server.half_open_count(), 0);
+    assert_eq!(w.server.verified_half_open_count(), 0);
+    let s = w.server.stats();
+    assert_eq!(s.handshake_timeouts + s.handshakes_failed, 1, "{s:?}");
+    assert!(w.connected_events(c.addr).is_empty());
+    while w.server.poll_transmit().is_some() {}
+    assert!(w.server.next_timeout().is_none());
 }
 
 #[test]

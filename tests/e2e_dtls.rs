@@ -1,14 +1,25 @@
-//! Registration over DTLS (PSK) through the running gateway with a DTLS peer this
-//! project did not write (libcoap's coap-client), and the identity ↔ endpoint-name
-//! policy.
+//! DTLS through the running gateway: registration with a DTLS peer this project
+//! did not write (libcoap's coap-client, PSK and certificates), the identity ↔
+//! endpoint-name policy, every command, queue mode and block-wise over DTLS with
+//! the load generator's dimpl client, NAT rebinding across shards, lost sessions,
+//! `psk_file` reloads, and the DTLS metrics.
 
 mod common;
 
+use base64::Engine;
 use common::gateway::{Broker, GatewayProc};
+use common::http::request;
 use common::mqtt_client::MqttClient;
-use std::net::SocketAddr;
+use common::prometheus::Exposition;
+use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use simd_json::prelude::*;
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
 
 /// ASCII key, as `coap-client -k` takes it.
 const KEY: &str = "secretkey1234567";
@@ -118,60 +129,92 @@ fn shipped_psk_example_parses() {
     assert!(store.may_register("fleet-a", "fleet-a-17"));
 }
 
-/// A device speaking DTLS from a real UDP socket with dimpl's client.
-struct DtlsDevice {
-    dtls: dimpl::Dtls,
-    sock: std::net::UdpSocket,
-    gw: SocketAddr,
-    plain: std::collections::VecDeque<Vec<u8>>,
-    connected: bool,
+// ---- a DTLS device on a real socket: the load generator's dimpl PSK client ----
+
+/// A CoAP request as the device received it.
+#[derive(Debug)]
+struct Request {
+    mtype: MsgType,
+    code: u8,
+    mid: u16,
+    token: Vec<u8>,
+    path: String,
+    observe: Option<u32>,
+    accept: Option<u32>,
+    format: Option<u32>,
+    query: Vec<String>,
+    block1: Option<BlockOpt>,
+    block2: Option<BlockOpt>,
+    payload: Vec<u8>,
 }
 
-struct Key(Vec<u8>);
-impl dimpl::PskResolver for Key {
-    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
-        Some(self.0.clone())
-    }
+/// A device speaking DTLS (PSK, TLS_PSK_WITH_AES_128_CCM_8) from a real UDP
+/// socket, with the dimpl client configuration of `lwm2m-loadgen --dtls`.
+struct DtlsDevice {
+    dtls: dimpl::Dtls,
+    sock: UdpSocket,
+    gw: SocketAddr,
+    /// Decrypted CoAP messages not yet taken.
+    plain: VecDeque<Vec<u8>>,
+    /// Every datagram that arrived at the socket, as it arrived.
+    raw: Vec<Vec<u8>>,
+    connected: bool,
+    mid: u16,
 }
 
 impl DtlsDevice {
     fn connect(gw: SocketAddr, identity: &str, key: &str) -> Self {
-        let config = dimpl::Config::builder()
-            .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
-            .with_psk_client(
-                identity.as_bytes().to_vec(),
-                Arc::new(Key(key.as_bytes().to_vec())),
-            )
-            .build()
-            .unwrap();
-        let now = std::time::Instant::now();
-        let mut dtls = dimpl::Dtls::new_12_psk(Arc::new(config), now);
+        Self::connect_on(UdpSocket::bind("127.0.0.1:0").unwrap(), gw, identity, key)
+    }
+
+    /// A new handshake from `sock` (a device that starts over from the same port).
+    fn connect_on(sock: UdpSocket, gw: SocketAddr, identity: &str, key: &str) -> Self {
+        let d = Self::start_on(sock, gw, identity, key);
+        d.finish_handshake()
+    }
+
+    fn start_on(sock: UdpSocket, gw: SocketAddr, identity: &str, key: &str) -> Self {
+        let config =
+            lwm2m_loadgen::dtls::client_config(identity.as_bytes(), key.as_bytes()).unwrap();
+        let now = Instant::now();
+        let mut dtls = dimpl::Dtls::new_12_psk(config, now);
         dtls.set_active(true);
         dtls.handle_timeout(now).unwrap();
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
-        let mut d = DtlsDevice {
+        DtlsDevice {
             dtls,
             sock,
             gw,
-            plain: Default::default(),
+            plain: VecDeque::new(),
+            raw: Vec::new(),
             connected: false,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !d.connected {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "DTLS handshake with the gateway"
-            );
-            d.pump();
+            mid: 1000,
         }
-        d
     }
 
-    /// Sends what dimpl has, receives for up to 50 ms, handles timers.
+    fn finish_handshake(mut self) -> Self {
+        let deadline = Instant::now() + WAIT;
+        while !self.connected {
+            assert!(Instant::now() < deadline, "DTLS handshake with the gateway");
+            self.pump();
+        }
+        self
+    }
+
+    /// Tries a handshake for up to `limit`; true if it completed.
+    fn try_handshake(gw: SocketAddr, identity: &str, key: &str, limit: Duration) -> bool {
+        let mut d = Self::start_on(UdpSocket::bind("127.0.0.1:0").unwrap(), gw, identity, key);
+        let deadline = Instant::now() + limit;
+        while !d.connected && Instant::now() < deadline {
+            d.pump();
+        }
+        d.connected
+    }
+
+    /// Sends what dimpl has, receives for up to 20 ms, runs dimpl's timers.
     fn pump(&mut self) {
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; 8192];
         loop {
             match self.dtls.poll_output(&mut buf) {
                 dimpl::Output::Packet(p) => {
@@ -179,15 +222,17 @@ impl DtlsDevice {
                 }
                 dimpl::Output::Connected => self.connected = true,
                 dimpl::Output::ApplicationData(d) => self.plain.push_back(d.to_vec()),
+                dimpl::Output::BufferTooSmall { needed } => buf.resize(needed, 0),
                 dimpl::Output::Timeout(_) => break,
                 _ => {}
             }
         }
-        let mut rb = [0u8; 4096];
+        let mut rb = vec![0u8; 65536];
         if let Ok((n, _)) = self.sock.recv_from(&mut rb) {
+            self.raw.push(rb[..n].to_vec());
             let _ = self.dtls.handle_packet(&rb[..n]);
         }
-        let _ = self.dtls.handle_timeout(std::time::Instant::now());
+        let _ = self.dtls.handle_timeout(Instant::now());
     }
 
     fn send(&mut self, coap: &[u8]) {
@@ -195,105 +240,961 @@ impl DtlsDevice {
         self.pump();
     }
 
+    /// The next decrypted CoAP message (10 s at most).
     fn recv(&mut self) -> Vec<u8> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        self.try_recv(WAIT).expect("a CoAP message over DTLS")
+    }
+
+    fn try_recv(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(p) = self.plain.pop_front() {
-                return p;
+                return Some(p);
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a CoAP message over DTLS"
-            );
+            if Instant::now() > deadline {
+                return None;
+            }
             self.pump();
         }
     }
+
+    /// Sends close_notify.
+    fn close(&mut self) {
+        self.dtls.close().unwrap();
+        self.pump();
+    }
+
+    fn into_socket(self) -> UdpSocket {
+        self.sock
+    }
+
+    /// Message IDs are never reused across devices of a test: a new session from
+    /// the same port reusing one would be a retransmission to the gateway.
+    fn next_mid(&mut self) -> u16 {
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1000);
+        self.mid = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.mid
+    }
+
+    /// Registers with `query` and `payload`; returns the location.
+    fn register(&mut self, query: &[&str], payload: &[u8]) -> String {
+        let mid = self.next_mid();
+        let mut reg = Vec::new();
+        let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, mid, &[1, 2]);
+        w.option(opt::URI_PATH, b"rd");
+        w.option_uint(opt::CONTENT_FORMAT, 40);
+        for q in query {
+            w.option(opt::URI_QUERY, q.as_bytes());
+        }
+        w.payload(payload);
+        self.send(&reg);
+        let created = self.recv();
+        let m = Message::parse(&created).unwrap();
+        assert_eq!(m.code, codes::CREATED, "{m:?}");
+        let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
+        String::from_utf8(segs[1].to_vec()).unwrap()
+    }
+
+    /// An Update of `location`; returns the reply's code.
+    fn update(&mut self, location: &str) -> u8 {
+        let mid = self.next_mid();
+        let mut up = Vec::new();
+        let token = mid.to_be_bytes();
+        let mut w = MessageWriter::new(&mut up, MsgType::Con, codes::POST, mid, &token);
+        w.option(opt::URI_PATH, b"rd")
+            .option(opt::URI_PATH, location.as_bytes());
+        w.finish();
+        self.send(&up);
+        let reply = self.recv();
+        let m = Message::parse(&reply).unwrap();
+        assert_eq!(m.mid, mid, "the answer to the Update: {m:?}");
+        m.code
+    }
+
+    /// The next request from the gateway.
+    fn request(&mut self) -> Request {
+        let b = self.recv();
+        let m = Message::parse(&b).unwrap();
+        assert!(m.is_request(), "expected a request: {m:?}");
+        Request {
+            mtype: m.mtype,
+            code: m.code,
+            mid: m.mid,
+            token: m.token.to_vec(),
+            path: m
+                .option_values(opt::URI_PATH)
+                .map(|s| format!("/{}", String::from_utf8_lossy(s)))
+                .collect(),
+            observe: m.option_uint(opt::OBSERVE),
+            accept: m.option_uint(opt::ACCEPT),
+            format: m.option_uint(opt::CONTENT_FORMAT),
+            query: m
+                .option_values(opt::URI_QUERY)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            block1: m.option(opt::BLOCK1).and_then(BlockOpt::decode),
+            block2: m.option(opt::BLOCK2).and_then(BlockOpt::decode),
+            payload: m.payload.to_vec(),
+        }
+    }
+
+    /// A piggybacked answer with `opts` (in option-number order).
+    fn reply(&mut self, r: &Request, code: u8, opts: &[(u16, u32)], payload: &[u8]) {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, r.mid, &r.token);
+        for (n, v) in opts {
+            w.option_uint(*n, *v);
+        }
+        w.payload(payload);
+        self.send(&buf);
+    }
+
+    /// A notification of its own (CON or NON) on `token`.
+    fn notify(&mut self, t: MsgType, token: &[u8], seq: u32, payload: &[u8]) {
+        let mid = self.next_mid();
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, t, codes::CONTENT, mid, token);
+        w.option_uint(opt::OBSERVE, seq)
+            .option_uint(opt::CONTENT_FORMAT, 0);
+        w.payload(payload);
+        self.send(&buf);
+    }
 }
 
-use std::sync::Arc;
+/// A gateway with a DTLS listener whose `psk_file` holds `psk` (and `extra`
+/// TOML).
+struct PskGateway {
+    gw: GatewayProc,
+    file: std::path::PathBuf,
+    dtls: SocketAddr,
+    _dir: tempfile::TempDir,
+}
 
-#[test]
-fn commands_and_notifications_over_dtls() {
-    use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+fn start_psk(psk: &str, extra: &str) -> PskGateway {
     let dir = tempfile::tempdir().unwrap();
-    let psk = dir.path().join("psk.txt");
-    std::fs::write(&psk, format!("dtls-dev:{}\n", hex(KEY))).unwrap();
-    let extra = format!(
-        "[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
-        psk.display()
+    let file = dir.path().join("psk.txt");
+    std::fs::write(&file, psk).unwrap();
+    let toml = format!(
+        "{extra}\n[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+        file.display()
     );
-    let gw = GatewayProc::start(Broker::Embedded, &extra);
-    let mut mq = MqttClient::connect(gw.mqtt, "dtls-cmd", true).unwrap();
-    mq.subscribe("lwm2m/dtls-dev/up/#", 0).unwrap();
-    let mut dev = DtlsDevice::connect(dtls_addr(&gw), "dtls-dev", KEY);
-    let mut reg = Vec::new();
-    let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, 1, &[1]);
-    w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_QUERY, b"ep=dtls-dev")
-        .option(opt::URI_QUERY, b"lt=60");
-    w.payload(b"</3/0>");
-    dev.send(&reg);
-    let created = dev.recv();
-    let cm = Message::parse(&created).unwrap();
-    assert_eq!(cm.code, codes::CREATED);
-    let location = cm
-        .option_values(opt::LOCATION_PATH)
-        .nth(1)
-        .unwrap()
-        .to_vec();
-    assert!(
-        mq.recv_publish(Duration::from_secs(10)).is_some(),
-        "register message"
+    let gw = GatewayProc::start(Broker::Embedded, &toml);
+    let dtls = dtls_addr(&gw);
+    PskGateway {
+        gw,
+        file,
+        dtls,
+        _dir: dir,
+    }
+}
+
+/// The application side: commands out, responses and notifications in.
+struct App {
+    mq: MqttClient,
+    req: u32,
+}
+
+impl App {
+    fn new(gw: &GatewayProc, filter: &str) -> Self {
+        let mut mq = MqttClient::connect(gw.mqtt, "dtls-app", true).unwrap();
+        mq.subscribe(filter, 0).unwrap();
+        App { mq, req: 0 }
+    }
+
+    fn send(&mut self, ep: &str, msg_type: &str, data: &str) -> u32 {
+        self.req += 1;
+        let json = format!(
+            r#"{{"reqID":{},"msgType":"{msg_type}","data":{data}}}"#,
+            self.req
+        );
+        self.mq
+            .publish(&format!("lwm2m/{ep}/dn/cmd"), json.as_bytes(), 0)
+            .unwrap();
+        self.req
+    }
+
+    /// The next message (topic, JSON).
+    fn next(&mut self) -> (String, simd_json::OwnedValue) {
+        let (t, mut p) = self
+            .mq
+            .recv_publish(WAIT)
+            .expect("an MQTT message from the gateway");
+        let v = simd_json::to_owned_value(&mut p)
+            .unwrap_or_else(|_| panic!("JSON on {t}: {}", String::from_utf8_lossy(&p)));
+        (t, v)
+    }
+
+    /// The next message that is not a register/update message.
+    fn response(&mut self) -> (String, simd_json::OwnedValue) {
+        loop {
+            let (t, v) = self.next();
+            if !matches!(v["msgType"].as_str(), Some("register" | "update")) {
+                return (t, v);
+            }
+        }
+    }
+
+    /// Nothing arrives for `d`.
+    fn quiet(&mut self, d: Duration) -> bool {
+        self.mq.recv_publish(d).is_none()
+    }
+}
+
+/// The gateway's `/metrics`, parsed.
+fn metrics(gw: &GatewayProc) -> Exposition {
+    let (status, text) = request(gw.api, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    Exposition::parse(&text)
+}
+
+/// Polls `/metrics` until `cond` holds (30 s at most); returns the last reading.
+fn wait_metrics(gw: &GatewayProc, what: &str, cond: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(gw);
+        if cond(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "metrics never showed {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 + i / 997) as u8).collect()
+}
+
+/// Every command type, observe and notifications, a Block2 read and a Block1
+/// write, through the running gateway to a device that speaks only DTLS.
+#[test]
+fn everything_over_dtls() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk(&format!("dtls-dev:{}\n", hex(KEY)), "");
+    let mut app = App::new(&gw, "lwm2m/dtls-dev/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "dtls-dev", KEY);
+    let location = dev.register(
+        &["ep=dtls-dev", "lt=300", "lwm2m=1.0", "b=U"],
+        b"</1/0>,</3/0>,</5/0>,</31024/11>",
     );
-    // An observe command goes to the device over DTLS; its answer and a notification come back.
-    mq.publish(
-        "lwm2m/dtls-dev/dn/cmd",
-        br#"{"reqID":7,"msgType":"observe","data":{"path":"/3/0/9"}}"#,
-        0,
-    )
-    .unwrap();
-    let req = dev.recv();
-    let m = Message::parse(&req).unwrap();
-    assert_eq!((m.code, m.option_uint(opt::OBSERVE)), (codes::GET, Some(0)));
-    let token = m.token.to_vec();
-    let mut ack = Vec::new();
-    let mut w = MessageWriter::new(&mut ack, MsgType::Ack, codes::CONTENT, m.mid, &token);
-    w.option_uint(opt::OBSERVE, 1)
-        .option_uint(opt::CONTENT_FORMAT, 0);
-    w.payload(b"80");
-    dev.send(&ack);
-    let (t, p) = mq
-        .recv_publish(Duration::from_secs(10))
-        .expect("observe response");
+    let (t, v) = app.next();
+    assert_eq!(
+        (t.as_str(), v["msgType"].as_str()),
+        ("lwm2m/dtls-dev/up/resp", Some("register"))
+    );
+
+    // read
+    let id = app.send("dtls-dev", "read", r#"{"path":"/3/0/1"}"#);
+    let r = dev.request();
+    assert_eq!(
+        (r.mtype, r.code, r.path.as_str()),
+        (MsgType::Con, codes::GET, "/3/0/1")
+    );
+    dev.reply(
+        &r,
+        codes::CONTENT,
+        &[(opt::CONTENT_FORMAT, 0)],
+        b"Lightweight M2M Client",
+    );
+    let (t, v) = app.response();
     assert_eq!(t, "lwm2m/dtls-dev/up/resp");
-    assert!(
-        String::from_utf8_lossy(&p).contains("\"value\":80"),
-        "{}",
-        String::from_utf8_lossy(&p)
+    assert_eq!(v["reqID"], id);
+    assert_eq!(v["msgType"], "read");
+    assert_eq!(v["data"]["code"], "2.05");
+    assert_eq!(v["data"]["content"][0]["value"], "Lightweight M2M Client");
+
+    // discover
+    app.send("dtls-dev", "discover", r#"{"path":"/3/0"}"#);
+    let r = dev.request();
+    assert_eq!(r.accept, Some(40));
+    dev.reply(
+        &r,
+        codes::CONTENT,
+        &[(opt::CONTENT_FORMAT, 40)],
+        b"</3/0>;pmin=10,</3/0/1>",
     );
-    let mut note = Vec::new();
-    let mut w = MessageWriter::new(&mut note, MsgType::Non, codes::CONTENT, 77, &token);
-    w.option_uint(opt::OBSERVE, 2)
-        .option_uint(opt::CONTENT_FORMAT, 0);
-    w.payload(b"79");
-    dev.send(&note);
-    let (t, p) = mq
-        .recv_publish(Duration::from_secs(10))
-        .expect("notification");
-    assert_eq!(t, "lwm2m/dtls-dev/up/notify");
-    assert!(String::from_utf8_lossy(&p).contains("\"seqNum\":2"));
-    // Plain CoAP may not touch the DTLS registration, even knowing its location.
-    let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    plain
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    let (_, v) = app.response();
+    assert_eq!(v["msgType"], "discover");
+    assert_eq!(
+        v["data"]["content"],
+        simd_json::json!(["</3/0>;pmin=10", "</3/0/1>"])
+    );
+
+    // write (TLV)
+    app.send(
+        "dtls-dev",
+        "write",
+        r#"{"path":"/3/0/13","type":"Time","value":1700000000}"#,
+    );
+    let r = dev.request();
+    assert_eq!((r.code, r.format), (codes::PUT, Some(11542)));
+    assert_eq!(r.payload, [0xc4, 13, 0x65, 0x53, 0xf1, 0x00]);
+    dev.reply(&r, codes::CHANGED, &[], b"");
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("write"), Some("2.04"))
+    );
+
+    // write-attr
+    app.send(
+        "dtls-dev",
+        "write-attr",
+        r#"{"path":"/3/0/9","pmin":"10","pmax":60,"gt":null,"lt":null,"st":null}"#,
+    );
+    let r = dev.request();
+    assert_eq!(r.query, ["pmin=10", "pmax=60"]);
+    dev.reply(&r, codes::CHANGED, &[], b"");
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("write-attr"), Some("2.04"))
+    );
+
+    // execute
+    app.send("dtls-dev", "execute", r#"{"path":"/3/0/4","args":"0"}"#);
+    let r = dev.request();
+    assert_eq!(
+        (r.code, r.path.as_str(), r.payload.as_slice()),
+        (codes::POST, "/3/0/4", &b"0"[..])
+    );
+    dev.reply(&r, codes::CHANGED, &[], b"");
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("execute"), Some("2.04"))
+    );
+
+    // create and delete
+    app.send(
+        "dtls-dev",
+        "create",
+        r#"{"basePath":"/31024","content":[{"path":"12/1","type":"String","value":"x"}]}"#,
+    );
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::POST, "/31024"));
+    dev.reply(&r, codes::CREATED, &[], b"");
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("create"), Some("2.01"))
+    );
+    app.send("dtls-dev", "delete", r#"{"path":"/31024/12"}"#);
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::DELETE, "/31024/12"));
+    dev.reply(&r, codes::DELETED, &[], b"");
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("delete"), Some("2.02"))
+    );
+
+    // observe, notifications (CON, acknowledged over DTLS, and NON), cancel
+    let obs = app.send("dtls-dev", "observe", r#"{"path":"/3/0/13"}"#);
+    let r = dev.request();
+    assert_eq!(r.observe, Some(0));
+    dev.reply(
+        &r,
+        codes::CONTENT,
+        &[(opt::OBSERVE, 1), (opt::CONTENT_FORMAT, 0)],
+        b"1700000000",
+    );
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["msgType"].as_str(), v["data"]["code"].as_str()),
+        (Some("observe"), Some("2.05"))
+    );
+    dev.notify(MsgType::Con, &r.token, 2, b"1700000001");
+    let ack = Message::parse(&dev.recv()).unwrap().mtype;
+    assert_eq!(ack, MsgType::Ack, "a CON notification is acknowledged");
+    dev.notify(MsgType::Non, &r.token, 3, b"1700000002");
+    for seq in [2, 3] {
+        let (t, v) = app.response();
+        assert_eq!(t, "lwm2m/dtls-dev/up/notify");
+        assert_eq!(
+            (v["msgType"].as_str(), v["seqNum"].as_u64()),
+            (Some("notify"), Some(seq))
+        );
+        assert_eq!(v["reqID"], obs);
+        assert_eq!(v["data"]["content"][0]["value"], 1_699_999_999 + seq as i64);
+    }
+    app.send("dtls-dev", "cancel-observe", r#"{"path":"/3/0/13"}"#);
+    let c = dev.request();
+    assert_eq!((c.observe, c.token.clone()), (Some(1), r.token.clone()));
+    dev.reply(
+        &c,
+        codes::CONTENT,
+        &[(opt::CONTENT_FORMAT, 0)],
+        b"1700000003",
+    );
+    let (_, v) = app.response();
+    assert_eq!(v["msgType"], "cancel-observe");
+
+    // Block2: a 4 KiB read, served in 1024-byte blocks.
+    let data = pattern(4096);
+    let id = app.send("dtls-dev", "read", r#"{"path":"/5/0/0"}"#);
+    let mut served = 0;
+    let mut gets = 0;
+    loop {
+        let r = dev.request();
+        assert_eq!((r.code, r.path.as_str()), (codes::GET, "/5/0/0"));
+        let (num, szx) = r.block2.map_or((0, 6), |b| (b.num, b.szx));
+        let size = 16usize << szx;
+        let start = num as usize * size;
+        assert_eq!(start, served);
+        let end = (start + size).min(data.len());
+        let b = BlockOpt {
+            num,
+            more: end < data.len(),
+            szx,
+        };
+        dev.reply(
+            &r,
+            codes::CONTENT,
+            &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+            &data[start..end],
+        );
+        served = end;
+        gets += 1;
+        if !b.more {
+            break;
+        }
+    }
+    assert_eq!(gets, 4);
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+        (Some(id as u64), Some("2.05"))
+    );
+    let got = base64::engine::general_purpose::STANDARD
+        .decode(v["data"]["content"][0]["value"].as_str().unwrap())
         .unwrap();
-    let mut up = Vec::new();
-    let mut w = MessageWriter::new(&mut up, MsgType::Con, codes::DELETE, 9, &[9]);
+    assert_eq!(got, data);
+
+    // Block1: a 3,000-byte write, sent in 1024-byte blocks.
+    let image = pattern(3000);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
+    let id = app.send(
+        "dtls-dev",
+        "write",
+        &format!(r#"{{"path":"/5/0/0","type":"Opaque","value":"{b64}"}}"#),
+    );
+    let mut body = Vec::new();
+    loop {
+        let r = dev.request();
+        assert_eq!((r.code, r.path.as_str()), (codes::PUT, "/5/0/0"));
+        let b = r.block1.expect("Block1");
+        assert_eq!((b.num as usize * b.size(), b.size()), (body.len(), 1024));
+        body.extend_from_slice(&r.payload);
+        let code = if b.more {
+            codes::CONTINUE
+        } else {
+            codes::CHANGED
+        };
+        dev.reply(&r, code, &[(opt::BLOCK1, b.encode())], b"");
+        if !b.more {
+            break;
+        }
+    }
+    assert_eq!(&body[body.len() - image.len()..], &image[..]);
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+        (Some(id as u64), Some("2.04"))
+    );
+
+    // The Update still works, and plain CoAP may not touch the registration.
+    assert_eq!(dev.update(&location), codes::CHANGED);
+    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+    plain.set_read_timeout(Some(WAIT)).unwrap();
+    let mut del = Vec::new();
+    let mut w = MessageWriter::new(&mut del, MsgType::Con, codes::DELETE, 9, &[9]);
     w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_PATH, &location);
+        .option(opt::URI_PATH, location.as_bytes());
     w.finish();
-    plain.send_to(&up, gw.udp).unwrap();
+    plain.send_to(&del, gw.udp).unwrap();
     let mut b = [0u8; 512];
     let (n, _) = plain.recv_from(&mut b).unwrap();
     assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::FORBIDDEN);
+    // Everything the device received came encrypted.
+    assert!(
+        dev.raw.iter().all(|d| (20..=25).contains(&d[0])),
+        "a plain datagram reached the device"
+    );
+}
+
+/// A queue-mode device over DTLS gets the command that waited for it after its
+/// Update.
+#[test]
+fn queue_mode_over_dtls() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk(
+        &format!("sleepy:{}\n", hex(KEY)),
+        "qmode_time_window = \"1s\"",
+    );
+    let mut app = App::new(&gw, "lwm2m/sleepy/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "sleepy", KEY);
+    let location = dev.register(&["ep=sleepy", "lt=300", "lwm2m=1.0", "b=UQ"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    // Asleep once the window has passed: the command waits.
+    std::thread::sleep(Duration::from_millis(1500));
+    let id = app.send("sleepy", "read", r#"{"path":"/3/0/0"}"#);
+    assert!(
+        dev.try_recv(Duration::from_millis(1500)).is_none(),
+        "sent to a sleeping device"
+    );
+    assert!(app.quiet(Duration::from_millis(100)));
+    // It wakes up: 2.04, then the queued read.
+    assert_eq!(dev.update(&location), codes::CHANGED);
+    let (_, v) = app.next();
+    assert_eq!(v["msgType"], "update");
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::GET, "/3/0/0"));
+    dev.reply(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"ACME");
+    let (t, v) = app.response();
+    assert_eq!(t, "lwm2m/sleepy/up/resp");
+    assert_eq!(
+        (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+        (Some(id as u64), Some("2.05"))
+    );
+    assert_eq!(v["data"]["content"][0]["value"], "ACME");
+}
+
+/// NAT rebinding over DTLS: the device handshakes again from a new source port
+/// (landing on any of four shards) and its Update finds the registration.
+#[test]
+fn nat_rebinding_over_dtls_keeps_the_registration() {
+    let PskGateway { gw, dtls, .. } =
+        start_psk(&format!("roamer:{}\n", hex(KEY)), "[engine]\nshards = 4\n");
+    let mut app = App::new(&gw, "lwm2m/roamer/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "roamer", KEY);
+    let location = dev.register(&["ep=roamer", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    for round in 0..8 {
+        // A new NAT binding: new socket, new port, new handshake.
+        let mut moved = DtlsDevice::connect(dtls, "roamer", KEY);
+        assert_eq!(moved.update(&location), codes::CHANGED, "round {round}");
+        let (t, v) = app.next();
+        assert_eq!(
+            (t.as_str(), v["msgType"].as_str()),
+            ("lwm2m/roamer/up/update", Some("update"))
+        );
+        // Commands follow it to its new session.
+        let id = app.send("roamer", "read", r#"{"path":"/3/0/0"}"#);
+        let r = moved.request();
+        moved.reply(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"ACME");
+        let (_, v) = app.response();
+        assert_eq!(
+            (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+            (Some(id as u64), Some("2.05"))
+        );
+        dev = moved;
+    }
+    drop(dev);
+    let m = metrics(&gw);
+    eprintln!(
+        "takeovers between shards: {}",
+        m.sum("lwm2m_takeovers_in_total", &[])
+    );
+    assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
+    assert_eq!(m.sum("lwm2m_rebinds_total", &[]), 8.0);
+}
+
+/// The device's session ends (close_notify): a command waits (nothing reaches
+/// the device, encrypted or not) until a new session sends the Update.
+#[test]
+fn a_command_for_a_lost_session_waits_and_never_goes_out_in_plain_text() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk(&format!("quiet:{}\n", hex(KEY)), "");
+    let mut app = App::new(&gw, "lwm2m/quiet/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "quiet", KEY);
+    let location = dev.register(&["ep=quiet", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    dev.close();
+    wait_metrics(&gw, "the lost session", |m| {
+        m.sum("lwm2m_dtls_registrations_session_lost_total", &[]) >= 1.0
+            && m.sum(
+                "lwm2m_dtls_sessions_closed_total",
+                &[("reason", "peer_closed")],
+            ) >= 1.0
+    });
+    let id = app.send("quiet", "read", r#"{"path":"/3/0/0"}"#);
+    let sock = dev.into_socket();
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut b = [0u8; 2048];
+    if let Ok((n, _)) = sock.recv_from(&mut b) {
+        panic!(
+            "the gateway sent {n} bytes to a device without a session: {:?}",
+            &b[..n.min(32)]
+        );
+    }
+    assert!(app.quiet(Duration::from_millis(100)));
+    // A new handshake from the same port; the Update brings the command.
+    let mut dev = DtlsDevice::connect_on(sock, dtls, "quiet", KEY);
+    assert_eq!(dev.update(&location), codes::CHANGED);
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::GET, "/3/0/0"));
+    dev.reply(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"ACME");
+    let (_, v) = app.response();
+    assert_eq!(
+        (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+        (Some(id as u64), Some("2.05"))
+    );
+    assert!(dev.raw.iter().all(|d| (20..=25).contains(&d[0])));
+    // A device that reboots and handshakes again over a live session replaces it.
+    let sock = dev.into_socket();
+    let mut dev = DtlsDevice::connect_on(sock, dtls, "quiet", KEY);
+    assert_eq!(dev.update(&location), codes::CHANGED);
+    let m = wait_metrics(&gw, "the replaced session", |m| {
+        m.sum(
+            "lwm2m_dtls_sessions_closed_total",
+            &[("reason", "replaced")],
+        ) >= 1.0
+    });
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 3.0);
+    assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
+    // Nothing was ever sent for a peer without a session.
+    assert_eq!(m.sum("lwm2m_dtls_no_session_total", &[]), 0.0);
+}
+
+/// Plain CoAP cannot take a name registered over DTLS.
+#[test]
+fn plain_coap_cannot_take_over_a_dtls_name() {
+    let PskGateway { gw, dtls, .. } =
+        start_psk(&format!("owner:{}\n", hex(KEY)), "[engine]\nshards = 4\n");
+    let mut app = App::new(&gw, "lwm2m/owner/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "owner", KEY);
+    let location = dev.register(&["ep=owner", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    // From several source ports (several shards): always 4.03, nothing on MQTT.
+    for i in 0..6u16 {
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        plain.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reg = Vec::new();
+        let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, 50 + i, &[7]);
+        w.option(opt::URI_PATH, b"rd")
+            .option(opt::URI_QUERY, b"ep=owner")
+            .option(opt::URI_QUERY, b"lt=300");
+        w.payload(b"</3/0>");
+        plain.send_to(&reg, gw.udp).unwrap();
+        let mut b = [0u8; 512];
+        let (n, _) = plain.recv_from(&mut b).unwrap();
+        assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::FORBIDDEN);
+    }
+    assert!(app.quiet(Duration::from_millis(500)));
+    let m = metrics(&gw);
+    assert!(m.sum("lwm2m_requests_refused_total", &[("reason", "forbidden")]) >= 6.0);
+    assert_eq!(m.sum("lwm2m_registrations_replaced_total", &[]), 0.0);
+    // The DTLS registration is untouched.
+    assert_eq!(dev.update(&location), codes::CHANGED);
+    assert_eq!(app.next().1["msgType"], "update");
+}
+
+/// Datagrams up to `engine.max_datagram` pass over DTLS (a long Register payload
+/// without block-wise); longer ones, junk and unanswered ClientHellos are counted.
+#[test]
+fn dtls_datagram_sizes_and_hostile_input_are_counted() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk(&format!("big:{}\n", hex(KEY)), "");
+    let mut app = App::new(&gw, "lwm2m/big/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "big", KEY);
+    // A 3,000-byte object list in one datagram (beyond the old 2048-byte slots).
+    let links: Vec<String> = (0..300).map(|i| format!("</3{:04}/0>", i)).collect();
+    let payload = links.join(",");
+    assert!(payload.len() > 2600);
+    dev.register(
+        &["ep=big", "lt=300", "lwm2m=1.1", "b=U"],
+        payload.as_bytes(),
+    );
+    let (_, v) = app.next();
+    assert_eq!(v["msgType"], "register");
+    // Longer than a receive slot: dropped and counted.
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut huge = vec![0u8; 9000];
+    huge[0] = 23;
+    huge[1] = 0xfe;
+    huge[2] = 0xfd;
+    raw.send_to(&huge, dtls).unwrap();
+    raw.send_to(b"not DTLS at all", dtls).unwrap();
+    // A ClientHello from an address that never answers: a half-open entry whose
+    // HelloVerifyRequest is not retransmitted (it would exceed what the address
+    // sent), dropped after the cookie timeout.
+    let mut spoof = DtlsDevice::start_on(UdpSocket::bind("127.0.0.1:0").unwrap(), dtls, "x", KEY);
+    let mut buf = vec![0u8; 4096];
+    let hello = loop {
+        match spoof.dtls.poll_output(&mut buf) {
+            dimpl::Output::Packet(p) => break p.to_vec(),
+            dimpl::Output::Timeout(_) => panic!("no ClientHello"),
+            _ => {}
+        }
+    };
+    raw.send_to(&hello, dtls).unwrap();
+    wait_metrics(&gw, "oversized, junk and the half-open entry", |m| {
+        m.sum(
+            "lwm2m_dtls_datagrams_dropped_total",
+            &[("reason", "oversized")],
+        ) >= 1.0
+            && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
+            && m.sum("lwm2m_dtls_half_open", &[("stage", "cookie")]) >= 1.0
+    });
+    let m = wait_metrics(&gw, "the suppressed retransmission and the timeout", |m| {
+        m.sum("lwm2m_dtls_amplification_drops_total", &[]) >= 1.0
+            && m.sum("lwm2m_dtls_handshake_timeouts_total", &[]) >= 1.0
+    });
+    assert_eq!(m.sum("lwm2m_dtls_half_open", &[]), 0.0);
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_started_total", &[]), 2.0);
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 1.0);
+    assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
+    for family in [
+        "lwm2m_dtls_sessions_closed_total",
+        "lwm2m_dtls_session_table_full_total",
+        "lwm2m_dtls_cert_rejected_total",
+        "lwm2m_dtls_half_open_evicted_total",
+        "lwm2m_dtls_half_open_dropped_total",
+    ] {
+        assert!(m.has(family), "{family} exported");
+    }
+}
+
+/// Keys added to or removed from `psk_file` apply to new handshakes without a
+/// restart.
+#[test]
+fn psk_file_changes_apply_without_a_restart() {
+    let PskGateway {
+        gw,
+        file,
+        dtls,
+        _dir,
+    } = start_psk(&format!("dev-a:{}\n", hex(KEY)), "");
+    let mut mq = MqttClient::connect(gw.mqtt, "psk-reload", true).unwrap();
+    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    assert!(!DtlsDevice::try_handshake(
+        dtls,
+        "dev-b",
+        KEY,
+        Duration::from_secs(2)
+    ));
+    // Add dev-b while the gateway runs; it may register once the file is reloaded.
+    std::fs::write(&file, format!("dev-a:{k}\ndev-b:{k}\n", k = hex(KEY))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "dev-b never accepted:\n{}",
+            gw.log()
+        );
+        if DtlsDevice::try_handshake(dtls, "dev-b", KEY, Duration::from_secs(2)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = register("coap-client-openssl", "dev-b", KEY, dtls, "dev-b");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (t, _) = mq.recv_publish(WAIT).expect("dev-b's register on MQTT");
+    assert_eq!(t, "lwm2m/dev-b/up/resp");
+    // Remove dev-a: once reloaded, its new handshakes fail.
+    let established = DtlsDevice::connect(dtls, "dev-a", KEY);
+    std::fs::write(&file, format!("dev-b:{}\n", hex(KEY))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while DtlsDevice::try_handshake(dtls, "dev-a", KEY, Duration::from_secs(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "dev-a still accepted:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!DtlsDevice::try_handshake(
+        dtls,
+        "dev-a",
+        KEY,
+        Duration::from_secs(3)
+    ));
+    let out = register("coap-client-openssl", "dev-a", KEY, dtls, "dev-a");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("2.01"));
+    assert!(mq.recv_publish(Duration::from_millis(500)).is_none());
+    let m = metrics(&gw);
+    assert!(m.sum("lwm2m_dtls_handshakes_failed_total", &[]) >= 3.0);
+    // A session established before the removal keeps running, but the removed
+    // identity may no longer act for any name (revocation reaches a registration
+    // at its next request): 4.03 over that session.
+    let mut established = established;
+    let mid = established.next_mid();
+    let mut reg = Vec::new();
+    let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, mid, &[5]);
+    w.option(opt::URI_PATH, b"rd")
+        .option(opt::URI_QUERY, b"ep=dev-a");
+    w.finish();
+    established.send(&reg);
+    let reply = established.recv();
+    assert_eq!(Message::parse(&reply).unwrap().code, codes::FORBIDDEN);
+}
+
+// ---- certificate mode ----
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI is required");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, the gateway's certificate, a device certificate with CN `cn` from the
+/// CA and one with the same CN from another CA (ECDSA P-256).
+fn make_pki(dir: &Path, cn: &str) {
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )
+    .unwrap();
+    for k in ["ca", "rogue", "server", "client", "stranger"] {
+        openssl(
+            dir,
+            &[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "prime256v1",
+                "-noout",
+                "-out",
+                &format!("{k}.key"),
+            ],
+        );
+    }
+    for (k, subj) in [("ca", "/CN=Test CA"), ("rogue", "/CN=Rogue CA")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &format!("{k}.key"),
+                "-subj",
+                subj,
+                "-days",
+                "30",
+                "-out",
+                &format!("{k}.pem"),
+            ],
+        );
+    }
+    let device = format!("/CN={cn}");
+    for (k, subj, ca) in [
+        ("server", "/CN=localhost", "ca"),
+        ("client", &device[..], "ca"),
+        ("stranger", &device[..], "rogue"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{k}.key"),
+                "-subj",
+                subj,
+                "-out",
+                &format!("{k}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{k}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                &format!("{k}.pem"),
+            ],
+        );
+    }
+}
+
+/// coap-client-openssl registering `ep` with the certificate `which`.
+fn cert_register(dir: &Path, which: &str, gw: SocketAddr, ep: &str) -> Output {
+    let url = format!(
+        "coaps://127.0.0.1:{}/rd?ep={ep}&lt=60&lwm2m=1.1&b=U",
+        gw.port()
+    );
+    Command::new("coap-client-openssl")
+        .args(["-m", "post", "-B", "5", "-t", "40", "-e", "</3/0>"])
+        .arg("-c")
+        .arg(dir.join(format!("{which}.pem")))
+        .arg("-j")
+        .arg(dir.join(format!("{which}.key")))
+        .arg(url)
+        .output()
+        .expect("coap-client-openssl is required (apt-get install -y libcoap3-bin)")
+}
+
+#[test]
+fn certificate_mode_requires_the_cn_to_be_the_endpoint_name() {
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    make_pki(d, "cert-dev");
+    let extra = format!(
+        "[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\ncafile = \"{}\"\n",
+        d.join("server.pem").display(),
+        d.join("server.key").display(),
+        d.join("ca.pem").display()
+    );
+    let gw = GatewayProc::start(Broker::Embedded, &extra);
+    let dtls = dtls_addr(&gw);
+    let mut mq = MqttClient::connect(gw.mqtt, "cert-app", true).unwrap();
+    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+
+    // CN == endpoint name: 2.01 and the register message.
+    let out = cert_register(d, "client", dtls, "cert-dev");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (t, p) = mq
+        .recv_publish(WAIT)
+        .expect("register over DTLS with a certificate");
+    assert_eq!(t, "lwm2m/cert-dev/up/resp");
+    assert!(String::from_utf8_lossy(&p).contains("\"msgType\":\"register\""));
+
+    // CN != endpoint name: 4.03, nothing on MQTT.
+    let out = cert_register(d, "client", dtls, "someone-else");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("4.03") || text.contains("not the endpoint name"),
+        "{text}"
+    );
+    assert!(mq.recv_publish(Duration::from_millis(500)).is_none());
+
+    // A certificate with the right CN from a CA the gateway does not trust: no
+    // session at all.
+    let out = cert_register(d, "stranger", dtls, "cert-dev");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("2.01"), "{text}");
+    assert!(mq.recv_publish(Duration::from_millis(500)).is_none());
+    let m = wait_metrics(&gw, "the rejected certificate", |m| {
+        m.sum("lwm2m_dtls_cert_rejected_total", &[]) >= 1.0
+    });
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 2.0);
+    assert!(m.sum("lwm2m_requests_refused_total", &[("reason", "forbidden")]) >= 1.0);
+    assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
 }

@@ -18,10 +18,19 @@
 //!
 //! # Protection (what dimpl leaves to us)
 //! - A ClientHello from an address with no state creates a dimpl instance
-//!   that answers with a HelloVerifyRequest (cookie). Such half-open
-//!   instances are capped per shard (`max_half_open`) and per source IP
-//!   (`max_half_open_per_addr`); beyond the caps ClientHellos are dropped
-//!   and counted. An instance whose cookie never comes back is dropped after
+//!   that answers with a HelloVerifyRequest (cookie). Half-open instances are
+//!   capped per shard (`max_half_open`) and per source IP
+//!   (`max_half_open_per_addr`). At a cap, the oldest instance still waiting
+//!   for its cookie is evicted for the newcomer (counted): a spoofed-source
+//!   flood only recycles unverified entries. Instances whose cookie came back
+//!   (the peer answered from its address) have their own cap
+//!   (`max_verified_half_open`) and are never evicted; only when no entry is
+//!   evictable is a ClientHello dropped. dimpl's cookie is an HMAC under a
+//!   per-instance secret, so an evicted peer's cookie cannot be checked by a
+//!   new instance: under a flood of R ClientHellos/s a device completes its
+//!   cookie exchange if its round trip is shorter than the time the flood
+//!   takes to push its entry out (about `max_half_open` / R). An instance
+//!   whose cookie never comes back is dropped after
 //!   [`DtlsServer::set_cookie_timeout`] (default 10 s); a verified handshake
 //!   after `handshake_timeout`.
 //! - Until the cookie exchange succeeds, the server never sends an address
@@ -63,9 +72,14 @@ pub struct DtlsSettings {
     pub psk: Option<Arc<PskStore>>,
     /// Server certificate and optional client CA (ECDHE-ECDSA).
     pub cert: Option<Arc<CertConfig>>,
-    /// Handshakes in progress per server (shard).
+    /// Handshakes in progress per server (shard). When full, the oldest one
+    /// still waiting for its cookie is evicted for a newcomer.
     pub max_half_open: usize,
-    /// Handshakes in progress per source IP.
+    /// Of those, handshakes past the cookie exchange (their peer proved its
+    /// address; never evicted). At most `max_half_open`.
+    pub max_verified_half_open: usize,
+    /// Handshakes in progress per source IP (the oldest of that IP still
+    /// waiting for its cookie makes room for a newcomer).
     pub max_half_open_per_addr: usize,
     /// Established sessions per server (shard).
     pub max_sessions: usize,
@@ -76,13 +90,15 @@ pub struct DtlsSettings {
 }
 
 impl Default for DtlsSettings {
-    /// No credentials (set `psk` and/or `cert`), 1024 half-open handshakes,
-    /// 4 per IP, 1,000,000 sessions, 30 s handshake timeout, 1 h idle timeout.
+    /// No credentials (set `psk` and/or `cert`), 1024 half-open handshakes (at
+    /// most 512 past the cookie exchange), 4 per IP, 1,000,000 sessions, 30 s
+    /// handshake timeout, 1 h idle timeout.
     fn default() -> Self {
         DtlsSettings {
             psk: None,
             cert: None,
             max_half_open: 1024,
+            max_verified_half_open: 512,
             max_half_open_per_addr: 4,
             max_sessions: 1_000_000,
             handshake_timeout: Duration::from_secs(30),

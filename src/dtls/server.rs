@@ -43,7 +43,15 @@ pub struct DtlsServer {
     resolver: Option<Arc<RecordingResolver>>,
     handshakes: HashMap<SocketAddr, Session>,
     sessions: HashMap<SocketAddr, Session>,
-    half_open_per_ip: HashMap<IpAddr, usize>,
+    /// Half-open handshakes per source IP, oldest first: (address, session id,
+    /// past the cookie exchange). At most `max_half_open_per_addr` each.
+    half_open_per_ip: HashMap<IpAddr, Vec<(SocketAddr, u64, bool)>>,
+    /// Handshakes still waiting for their cookie, oldest first (lazily pruned:
+    /// entries of handshakes since verified or gone are skipped).
+    unverified_fifo: VecDeque<(SocketAddr, u64)>,
+    /// Half-open handshakes before / past the cookie exchange.
+    unverified: usize,
+    verified: usize,
     timers: BinaryHeap<Reverse<(Instant, u64, SocketAddr)>>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<DtlsEvent>,
@@ -109,6 +117,9 @@ impl DtlsServer {
             handshakes: HashMap::new(),
             sessions: HashMap::new(),
             half_open_per_ip: HashMap::new(),
+            unverified_fifo: VecDeque::new(),
+            unverified: 0,
+            verified: 0,
             timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -282,7 +293,7 @@ impl DtlsServer {
             if hard <= now {
                 if in_hs {
                     self.stats.handshake_timeouts += 1;
-                    self.release_half_open(peer);
+                    self.release_half_open(peer, &s);
                 } else {
                     self.stats.idle_evictions += 1;
                     self.say_goodbye(now, peer, &mut s);
@@ -306,20 +317,35 @@ impl DtlsServer {
         self.update_gauges();
     }
 
-    /// Whether a new handshake may start for `peer`; creates it if so.
+    /// Whether a new handshake may start for `peer`; creates it if so. When a
+    /// cap is reached, the oldest handshake still waiting for its cookie (of the
+    /// shard, or of the same IP) makes room: a spoofed-source flood only recycles
+    /// such entries and never displaces a handshake whose peer proved its address.
     fn admit(&mut self, now: Instant, peer: SocketAddr) -> bool {
-        if self.handshakes.len() >= self.settings.max_half_open {
-            self.stats.half_open_drops += 1;
-            return false;
-        }
-        let per_ip = self.half_open_per_ip.get(&peer.ip()).copied().unwrap_or(0);
-        if per_ip >= self.settings.max_half_open_per_addr {
-            self.stats.half_open_per_addr_drops += 1;
-            return false;
-        }
         if self.sessions.len() >= self.settings.max_sessions && !self.sessions.contains_key(&peer) {
             self.stats.session_table_full += 1;
             return false;
+        }
+        let ip = peer.ip();
+        let per_ip = self.half_open_per_ip.get(&ip).map_or(0, Vec::len);
+        if per_ip >= self.settings.max_half_open_per_addr.max(1) {
+            let oldest = self.half_open_per_ip[&ip]
+                .iter()
+                .find(|e| !e.2)
+                .map(|e| (e.0, e.1));
+            let Some((addr, id)) = oldest else {
+                self.stats.half_open_per_addr_drops += 1;
+                return false;
+            };
+            self.evict(addr, id);
+            self.stats.half_open_per_addr_evicted += 1;
+        }
+        if self.handshakes.len() >= self.settings.max_half_open.max(1) {
+            if !self.evict_oldest_unverified() {
+                self.stats.half_open_drops += 1;
+                return false;
+            }
+            self.stats.half_open_evicted += 1;
         }
         let mut dtls = match (&self.settings.psk, &self.settings.cert) {
             (Some(_), None) => Dtls::new_12_psk(Arc::clone(&self.config), now),
@@ -337,10 +363,72 @@ impl DtlsServer {
             return false;
         }
         self.next_id += 1;
-        let s = Session::new(self.next_id, dtls, now);
+        let id = self.next_id;
+        let s = Session::new(id, dtls, now);
         self.handshakes.insert(peer, s);
-        *self.half_open_per_ip.entry(peer.ip()).or_insert(0) += 1;
+        self.half_open_per_ip
+            .entry(ip)
+            .or_default()
+            .push((peer, id, false));
+        self.unverified += 1;
+        self.unverified_fifo.push_back((peer, id));
+        if self.unverified_fifo.len() > 2 * self.unverified + 64 {
+            let handshakes = &self.handshakes;
+            self.unverified_fifo.retain(|(a, id)| {
+                handshakes
+                    .get(a)
+                    .is_some_and(|s| s.id == *id && !s.counted_verified)
+            });
+        }
         self.stats.handshakes_started += 1;
+        true
+    }
+
+    /// Drops the handshake `id` at `addr` to make room (it never announced itself).
+    fn evict(&mut self, addr: SocketAddr, id: u64) {
+        if self.handshakes.get(&addr).is_some_and(|s| s.id == id) {
+            let s = self.handshakes.remove(&addr).expect("present");
+            self.release_half_open(addr, &s);
+        }
+    }
+
+    /// Evicts the oldest handshake still waiting for its cookie; false if none.
+    fn evict_oldest_unverified(&mut self) -> bool {
+        while let Some((addr, id)) = self.unverified_fifo.pop_front() {
+            let live = self
+                .handshakes
+                .get(&addr)
+                .is_some_and(|s| s.id == id && !s.counted_verified);
+            if live {
+                self.evict(addr, id);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A handshake's cookie came back: it moves to the verified count, within
+    /// `max_verified_half_open`. False when that cap is reached (then it was
+    /// released and must be dropped).
+    fn count_verified(&mut self, peer: SocketAddr, s: &mut Session) -> bool {
+        let cap = self
+            .settings
+            .max_verified_half_open
+            .min(self.settings.max_half_open)
+            .max(1);
+        if self.verified >= cap {
+            self.stats.verified_full += 1;
+            self.release_half_open(peer, s);
+            return false;
+        }
+        s.counted_verified = true;
+        self.unverified -= 1;
+        self.verified += 1;
+        if let Some(v) = self.half_open_per_ip.get_mut(&peer.ip()) {
+            if let Some(e) = v.iter_mut().find(|e| e.1 == s.id) {
+                e.2 = true;
+            }
+        }
         true
     }
 
@@ -394,12 +482,12 @@ impl DtlsServer {
             match out {
                 SessionOutput::Connected if hs => {
                     let Some(identity) = s.identity(self.settings.cert.as_deref()) else {
-                        self.release_half_open(peer);
+                        self.release_half_open(peer, &s);
                         self.stats.handshakes_failed += 1;
                         alive = false;
                         break;
                     };
-                    self.release_half_open(peer);
+                    self.release_half_open(peer, &s);
                     if self.sessions.remove(&peer).is_some() {
                         self.stats.replaced += 1;
                         self.events.push_back(DtlsEvent::Closed {
@@ -431,7 +519,7 @@ impl DtlsServer {
                 }
                 SessionOutput::CloseNotify => {
                     if hs {
-                        self.release_half_open(peer);
+                        self.release_half_open(peer, &s);
                         self.stats.handshakes_failed += 1;
                     } else {
                         self.stats.peer_closed += 1;
@@ -453,6 +541,9 @@ impl DtlsServer {
             self.fail(peer, s, hs, f);
             return;
         }
+        if hs && s.verified && !s.counted_verified && !self.count_verified(peer, &mut s) {
+            return;
+        }
         self.put_back(now, peer, s, hs);
     }
 
@@ -464,7 +555,7 @@ impl DtlsServer {
         tracing::debug!(%peer, handshake = hs, error = ?why, "DTLS instance dropped");
         if hs {
             self.stats.handshakes_failed += 1;
-            self.release_half_open(peer);
+            self.release_half_open(peer, &s);
         } else {
             self.stats.session_errors += 1;
             if s.connected {
@@ -492,13 +583,19 @@ impl DtlsServer {
         let _ = s.drive(peer, &mut sink);
     }
 
-    fn release_half_open(&mut self, peer: SocketAddr) {
+    /// Forgets the half-open accounting of handshake `s` (leaving the table).
+    fn release_half_open(&mut self, peer: SocketAddr, s: &Session) {
         let ip = peer.ip();
-        if let Some(n) = self.half_open_per_ip.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(v) = self.half_open_per_ip.get_mut(&ip) {
+            v.retain(|e| e.1 != s.id);
+            if v.is_empty() {
                 self.half_open_per_ip.remove(&ip);
             }
+        }
+        if s.counted_verified {
+            self.verified -= 1;
+        } else {
+            self.unverified -= 1;
         }
     }
 
@@ -555,5 +652,11 @@ impl DtlsServer {
     fn update_gauges(&mut self) {
         self.stats.sessions = self.sessions.len() as u64;
         self.stats.half_open = self.handshakes.len() as u64;
+        self.stats.half_open_verified = self.verified as u64;
+    }
+
+    /// Handshakes in progress past the cookie exchange.
+    pub fn verified_half_open_count(&self) -> usize {
+        self.verified
     }
 }

@@ -25,11 +25,20 @@ pub struct DtlsStats {
     /// Handshakes dropped because they did not finish in time (including
     /// ClientHellos whose cookie never came back).
     pub handshake_timeouts: u64,
-    /// ClientHellos dropped because the shard's half-open table was full.
+    /// ClientHellos dropped because the shard's half-open table was full and
+    /// none of its handshakes was still waiting for its cookie (none evictable).
     pub half_open_drops: u64,
     /// ClientHellos dropped because their source IP had too many half-open
-    /// handshakes.
+    /// handshakes, all past the cookie exchange.
     pub half_open_per_addr_drops: u64,
+    /// Handshakes still waiting for their cookie evicted, oldest first, to make
+    /// room for a newer ClientHello (the shard's half-open table was full).
+    pub half_open_evicted: u64,
+    /// Like `half_open_evicted`, for the per-address cap.
+    pub half_open_per_addr_evicted: u64,
+    /// Handshakes dropped when their cookie came back because
+    /// `max_verified_half_open` handshakes past the cookie exchange were in progress.
+    pub verified_full: u64,
     /// ClientHellos or completed handshakes dropped because the session
     /// table was full.
     pub session_table_full: u64,
@@ -57,4 +66,6 @@ pub struct DtlsStats {
     pub sessions: u64,
     /// Handshakes in progress now (half-open).
     pub half_open: u64,
+    /// Of those, past the cookie exchange.
+    pub half_open_verified: u64,
 }

@@ -1,8 +1,9 @@
 //! A shard's DTLS listener: its own SO_REUSEPORT socket, the sans-IO DTLS server
 //! (one per shard), and the glue that feeds decrypted CoAP to the core (tagged with
-//! the peer's identity) and encrypts the core's replies for peers with a session.
+//! the peer's identity), encrypts the core's datagrams that must be encrypted, and
+//! tells the core when a peer's session ends.
 
-use crate::dtls::{DtlsEvent, DtlsServer, PeerIdentity};
+use crate::dtls::{DtlsEvent, DtlsServer, DtlsStats, PeerIdentity};
 use crate::lwm2m::{ShardCore, Timer};
 use hashbrown::HashMap;
 use mio::net::UdpSocket;
@@ -14,6 +15,19 @@ use std::sync::Arc;
 /// The mio token of a shard's DTLS socket.
 pub const DTLS: mio::Token = mio::Token(2);
 const READS_PER_TURN: usize = 4;
+/// Bytes a DTLS record adds to the CoAP message it carries (13-byte header,
+/// 8-byte explicit nonce, 16-byte tag for the suites offered), with room to spare.
+pub const DTLS_OVERHEAD: usize = 64;
+/// Receive slots are never smaller than this: handshake flights (client
+/// certificates) fill a datagram up to the path MTU.
+const MIN_SLOT: usize = 2048;
+
+/// The receive slot for CoAP messages of up to `max_datagram` bytes over DTLS
+/// (`engine.max_datagram`, default 4096: a 1024-byte block with its header fits
+/// with room to spare).
+pub fn recv_slot(max_datagram: usize) -> usize {
+    max_datagram.max(MIN_SLOT) + DTLS_OVERHEAD
+}
 
 pub struct DtlsSide {
     pub socket: UdpSocket,
@@ -24,18 +38,28 @@ pub struct DtlsSide {
     clock: Clock,
     /// Deadline of the wheel entry armed for the server's timers (u64::MAX: none).
     armed_at: u64,
+    /// Datagrams longer than a receive slot (dropped).
+    oversized: u64,
 }
 
 impl DtlsSide {
-    pub fn new(socket: UdpSocket, server: DtlsServer, batch: usize, clock: Clock) -> Self {
+    /// `max_datagram`: the longest CoAP message accepted (`engine.max_datagram`).
+    pub fn new(
+        socket: UdpSocket,
+        server: DtlsServer,
+        batch: usize,
+        max_datagram: usize,
+        clock: Clock,
+    ) -> Self {
         Self {
             socket,
             server,
-            recv: RecvBatch::new(batch, 2048),
+            recv: RecvBatch::new(batch, recv_slot(max_datagram)),
             send: SendBatch::new(batch),
             identities: HashMap::new(),
             clock,
             armed_at: u64::MAX,
+            oversized: 0,
         }
     }
 
@@ -52,25 +76,32 @@ impl DtlsSide {
             };
             for i in 0..n {
                 let (peer, data, truncated) = self.recv.get(i);
-                if !truncated {
-                    self.server.handle_datagram(at, peer, data);
+                if truncated {
+                    self.oversized += 1;
+                    tracing::debug!(%peer, "DTLS datagram longer than a receive slot dropped");
+                    continue;
                 }
+                self.server.handle_datagram(at, peer, data);
             }
             self.pump(now, core, timers);
         }
         true
     }
 
-    /// True if `to` has a session: the datagram was encrypted and queued.
+    /// Encrypts and queues `plaintext` for the session of `to`. False when `to`
+    /// has no session (or it failed): nothing was sent.
     pub fn send_app(&mut self, now: u64, to: SocketAddr, plaintext: &[u8]) -> bool {
         if !self.server.has_session(to) {
             return false;
         }
-        let _ = self.server.send(self.clock.instant_at(now), to, plaintext);
+        let sent = self
+            .server
+            .send(self.clock.instant_at(now), to, plaintext)
+            .is_ok();
         while let Some((peer, bytes)) = self.server.poll_transmit() {
             self.send.push(peer, &bytes);
         }
-        true
+        sent
     }
 
     /// The server's timers came due.
@@ -95,16 +126,15 @@ impl DtlsSide {
                     self.identities.insert(peer, Arc::new(identity));
                 }
                 DtlsEvent::Data { peer, plaintext } => {
-                    let id = self
-                        .identities
-                        .get(&peer)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(PeerIdentity::Anonymous));
-                    core.handle_secure_datagram(now, peer, &id, &plaintext);
+                    // Data comes only from a session announced by Connected.
+                    if let Some(id) = self.identities.get(&peer).cloned() {
+                        core.handle_secure_datagram(now, peer, &id, &plaintext);
+                    }
                 }
                 DtlsEvent::Closed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");
                     self.identities.remove(&peer);
+                    core.secure_session_closed(now, peer);
                 }
             }
         }
@@ -128,11 +158,12 @@ impl DtlsSide {
         }
     }
 
-    pub fn sessions(&self) -> usize {
-        self.identities.len()
+    pub fn stats(&self) -> &DtlsStats {
+        self.server.stats()
     }
 
-    pub fn stats(&self) -> &crate::dtls::DtlsStats {
-        self.server.stats()
+    /// Datagrams dropped for being longer than a receive slot.
+    pub fn oversized(&self) -> u64 {
+        self.oversized
     }
 }

@@ -329,7 +329,13 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         poll.registry()
             .register(&mut s, DTLS, Interest::READABLE | Interest::WRITABLE)?;
         let server = DtlsServer::new(ds.clone()).map_err(std::io::Error::other)?;
-        app.dtls = Some(DtlsSide::new(s, server, ctx.recv_batch, ctx.clock));
+        app.dtls = Some(DtlsSide::new(
+            s,
+            server,
+            ctx.recv_batch,
+            ctx.max_datagram,
+            ctx.clock,
+        ));
     }
     let mut timers: TimerWheel<Timer> = TimerWheel::new(ctx.clock.now_ms());
     let cfg = LoopConfig {

@@ -342,36 +342,7 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Cross-shard messages waiting for room in a full mailbox.",
         mailbox_backlog
     );
-    per_shard_atomic!(
-        gauge,
-        "lwm2m_dtls_sessions",
-        "Established DTLS sessions.",
-        dtls_sessions
-    );
-    per_shard_atomic!(
-        counter,
-        "lwm2m_dtls_handshakes_completed_total",
-        "DTLS handshakes completed.",
-        dtls_handshakes_completed
-    );
-    per_shard_atomic!(
-        counter,
-        "lwm2m_dtls_handshakes_failed_total",
-        "DTLS handshakes that failed or timed out.",
-        dtls_handshakes_failed
-    );
-    per_shard_atomic!(
-        counter,
-        "lwm2m_dtls_half_open_dropped_total",
-        "ClientHellos dropped by the half-open caps.",
-        dtls_half_open_drops
-    );
-    per_shard_atomic!(
-        counter,
-        "lwm2m_dtls_decrypt_errors_total",
-        "DTLS records that failed to decrypt.",
-        dtls_decrypt_errors
-    );
+    write_dtls(a, &snaps, &labels, w);
     let r = &a.router;
     w.counter(
         "lwm2m_commands_routed_total",
@@ -441,5 +412,178 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Publishes received from the broker.",
         &[],
         MqttStats::get(&m.inbound),
+    );
+}
+
+/// The DTLS listener's families (zero when no DTLS listener is configured).
+fn write_dtls(
+    a: &GatewayAdmin,
+    snaps: &[crate::lwm2m::CoreStats],
+    labels: &[String],
+    w: &mut Writer<'_>,
+) {
+    let stats: Vec<crate::dtls::DtlsStats> = a
+        .shard_counters
+        .iter()
+        .map(|c| c.dtls.lock().clone())
+        .collect();
+    macro_rules! each {
+        ($kind:ident, $name:expr, $help:expr, |$s:ident, $c:ident, $core:ident| [$(($label:expr, $v:expr)),+ $(,)?]) => {
+            for (i, $s) in stats.iter().enumerate() {
+                let $c = &a.shard_counters[i];
+                let $core = &snaps[i];
+                let _ = (&$s, $c, $core);
+                $(
+                    let mut l: Vec<(&str, &str)> = vec![("shard", &labels[i])];
+                    let extra: Option<(&str, &str)> = $label;
+                    l.extend(extra);
+                    w.$kind($name, $help, &l, $v);
+                )+
+            }
+        };
+    }
+    each!(
+        gauge,
+        "lwm2m_dtls_sessions",
+        "Established DTLS sessions.",
+        |s, c, k| [(None, s.sessions)]
+    );
+    each!(
+        gauge,
+        "lwm2m_dtls_half_open",
+        "DTLS handshakes in progress, by stage (waiting for the cookie, or past it).",
+        |s, c, k| [
+            (
+                Some(("stage", "cookie")),
+                s.half_open - s.half_open_verified.min(s.half_open)
+            ),
+            (Some(("stage", "verified")), s.half_open_verified),
+        ]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_handshakes_started_total",
+        "DTLS handshakes started (first ClientHello from an address).",
+        |s, c, k| [(None, s.handshakes_started)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_handshakes_verified_total",
+        "DTLS handshakes whose cookie came back (the address is real).",
+        |s, c, k| [(None, s.handshakes_verified)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_handshakes_completed_total",
+        "DTLS handshakes completed.",
+        |s, c, k| [(None, s.handshakes_completed)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_handshakes_failed_total",
+        "DTLS handshakes that failed or timed out.",
+        |s, c, k| [(None, s.handshakes_failed + s.handshake_timeouts)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_handshake_timeouts_total",
+        "DTLS handshakes dropped for not finishing in time (cookie or handshake timeout).",
+        |s, c, k| [(None, s.handshake_timeouts)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_half_open_dropped_total",
+        "ClientHellos or handshakes dropped by a half-open cap with nothing evictable, by cap.",
+        |s, c, k| [
+            (Some(("cap", "shard")), s.half_open_drops),
+            (Some(("cap", "address")), s.half_open_per_addr_drops),
+            (Some(("cap", "verified")), s.verified_full),
+        ]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_half_open_evicted_total",
+        "Handshakes still waiting for their cookie evicted for a newer ClientHello, by cap.",
+        |s, c, k| [
+            (Some(("cap", "shard")), s.half_open_evicted),
+            (Some(("cap", "address")), s.half_open_per_addr_evicted),
+        ]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_session_table_full_total",
+        "ClientHellos or completed handshakes refused because the session table was full.",
+        |s, c, k| [(None, s.session_table_full)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_sessions_closed_total",
+        "DTLS sessions ended, by reason.",
+        |s, c, k| [
+            (Some(("reason", "idle")), s.idle_evictions),
+            (Some(("reason", "replaced")), s.replaced),
+            (Some(("reason", "peer_closed")), s.peer_closed),
+            (Some(("reason", "error")), s.session_errors),
+        ]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_cert_rejected_total",
+        "Client certificates that failed verification.",
+        |s, c, k| [(None, s.cert_rejected)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_decrypt_errors_total",
+        "DTLS records that failed to decrypt.",
+        |s, c, k| [(None, s.decrypt_errors)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_amplification_drops_total",
+        "Datagrams not sent to an unverified address (more bytes than it sent).",
+        |s, c, k| [(None, s.amplification_drops)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_datagrams_in_total",
+        "Datagrams received on the DTLS port.",
+        |s, c, k| [(None, s.datagrams_in)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_datagrams_out_total",
+        "Datagrams sent on the DTLS port.",
+        |s, c, k| [(None, s.datagrams_out)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_datagrams_dropped_total",
+        "DTLS datagrams dropped, by reason.",
+        |s, c, k| [
+            (
+                Some(("reason", "oversized")),
+                c.dtls_oversized.load(Ordering::Relaxed)
+            ),
+            (Some(("reason", "junk")), s.junk_dropped),
+        ]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_no_session_total",
+        "Datagrams for a DTLS peer not sent because it had no session (never sent in plain text).",
+        |s, c, k| [(None, c.dtls_no_session.load(Ordering::Relaxed))]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_plain_refused_total",
+        "Plain CoAP datagrams from the address of a DTLS registration (dropped).",
+        |s, c, k| [(None, k.plain_from_secure_peer)]
+    );
+    each!(
+        counter,
+        "lwm2m_dtls_registrations_session_lost_total",
+        "DTLS registrations whose session ended (their commands wait for a new session).",
+        |s, c, k| [(None, k.dtls_sessions_lost)]
     );
 }

@@ -31,12 +31,13 @@ pub struct ShardCounters {
     /// Cross-shard messages waiting for room now.
     pub mailbox_backlog: AtomicU64,
     pub send_failed: AtomicU64,
-    pub dtls_sessions: AtomicU64,
-    pub dtls_handshakes_completed: AtomicU64,
-    pub dtls_handshakes_failed: AtomicU64,
-    /// ClientHellos dropped by the half-open caps (per shard and per address).
-    pub dtls_half_open_drops: AtomicU64,
-    pub dtls_decrypt_errors: AtomicU64,
+    /// The DTLS server's counters, copied at the end of each loop turn.
+    pub dtls: parking_lot::Mutex<crate::dtls::DtlsStats>,
+    /// DTLS datagrams longer than a receive slot (dropped).
+    pub dtls_oversized: AtomicU64,
+    /// Datagrams for a DTLS registration or a DTLS peer that were not sent because
+    /// the peer had no DTLS session (never sent in plain text).
+    pub dtls_no_session: AtomicU64,
 }
 
 pub struct UdpShard {
@@ -59,6 +60,8 @@ pub struct UdpShard {
     backlog: Backlog,
     /// A `Timer::MailboxRetry` is in the wheel.
     retry_armed: bool,
+    /// Peers whose datagrams could not be encrypted (no session), this turn.
+    lost: Vec<std::net::SocketAddr>,
 }
 
 impl UdpShard {
@@ -90,6 +93,7 @@ impl UdpShard {
             now_ms: 0,
             backlog: Backlog::new(peers.len()),
             retry_armed: false,
+            lost: Vec::new(),
         }
     }
 
@@ -98,11 +102,23 @@ impl UdpShard {
         let send = &mut self.send;
         let now = self.now_ms;
         match self.dtls.as_mut() {
-            Some(d) => self.core.out.drain_datagrams(|to, b| {
-                if !d.send_app(now, to, b) {
-                    send.push(to, b)
+            Some(d) => {
+                // What must be encrypted goes over DTLS or not at all.
+                let lost = &mut self.lost;
+                self.core.drain_datagrams(|to, secure, b| {
+                    if !secure {
+                        send.push(to, b)
+                    } else if !d.send_app(now, to, b) {
+                        lost.push(to)
+                    }
+                });
+                for peer in std::mem::take(&mut self.lost) {
+                    self.counters
+                        .dtls_no_session
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.core.secure_session_closed(now, peer);
                 }
-            }),
+            }
             None => self.core.out.drain_datagrams(|to, b| send.push(to, b)),
         }
         for m in self.core.out.mqtt.drain(..) {
@@ -199,22 +215,10 @@ impl UdpShard {
         let _ = now;
         *self.snapshot.lock() = self.core.stats;
         if let Some(d) = &self.dtls {
-            let s = d.stats();
-            let c = &self.counters;
-            c.dtls_sessions
-                .store(d.sessions() as u64, Ordering::Relaxed);
-            c.dtls_handshakes_completed
-                .store(s.handshakes_completed, Ordering::Relaxed);
-            c.dtls_handshakes_failed.store(
-                s.handshakes_failed + s.handshake_timeouts,
-                Ordering::Relaxed,
-            );
-            c.dtls_half_open_drops.store(
-                s.half_open_drops + s.half_open_per_addr_drops,
-                Ordering::Relaxed,
-            );
-            c.dtls_decrypt_errors
-                .store(s.decrypt_errors, Ordering::Relaxed);
+            self.counters.dtls.lock().clone_from(d.stats());
+            self.counters
+                .dtls_oversized
+                .store(d.oversized(), Ordering::Relaxed);
         }
         let c = &self.counters;
         c.endpoints

@@ -21,7 +21,7 @@
 //! Reset where a header was readable, and never panic.
 
 use super::admission::TokenBucket;
-use super::directory::{DirEntry, Directory};
+use super::directory::{ClaimError, DirEntry, Directory};
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::location::LocationCipher;
 use super::output::{MqttOut, Outputs, ShardMsg, Timer};
@@ -61,6 +61,8 @@ struct PendingAuth {
     peer: SocketAddr,
     mid: u16,
     datagram: Vec<u8>,
+    /// The DTLS identity it arrived with (None: plain CoAP).
+    identity: Option<Arc<PeerIdentity>>,
 }
 
 /// Why an endpoint leaves the table.
@@ -84,7 +86,8 @@ pub struct ShardCore {
     pub(super) table: EndpointTable,
     /// Object definitions that type values (reloadable).
     pub(super) registry: Arc<SharedRegistry>,
-    recent: VecDeque<(SocketAddr, LastReply)>,
+    /// (peer, reply, the request came over DTLS).
+    recent: VecDeque<(SocketAddr, LastReply, bool)>,
     /// Locations whose takeover from another shard is in flight, with the time
     /// after which a new request asks again.
     pending_takeovers: hashbrown::HashMap<u64, u64>,
@@ -101,6 +104,9 @@ pub struct ShardCore {
     auth_seq: u64,
     /// The DTLS identity of the datagram being handled (None: plain UDP).
     input_identity: Option<Arc<PeerIdentity>>,
+    /// A registration made over DTLS has lived on this shard (from then on plain
+    /// datagrams are checked against the addresses of such registrations).
+    has_secure: bool,
     pub(super) token_seq: u32,
     pub(super) rng: u64,
     pub stats: CoreStats,
@@ -136,6 +142,7 @@ impl ShardCore {
             shards,
             pending_auth: Default::default(),
             input_identity: None,
+            has_secure: false,
             auth_seq: 0,
             shard,
             settings,
@@ -175,6 +182,12 @@ impl ShardCore {
     /// One datagram from `peer`.
     pub fn handle_datagram(&mut self, now: u64, peer: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
+        if self.input_identity.is_none() && self.has_secure && self.secure_peer(&peer) {
+            // Plain CoAP from the address of a DTLS registration: never matched to
+            // it (no ACK, response, ping or block may act for it), never answered.
+            self.stats.plain_from_secure_peer += 1;
+            return;
+        }
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
@@ -216,9 +229,88 @@ impl ShardCore {
         identity: &Arc<PeerIdentity>,
         data: &[u8],
     ) {
-        self.input_identity = Some(identity.clone());
-        self.handle_datagram(now, peer, data);
-        self.input_identity = None;
+        self.with_identity(Some(identity.clone()), |c| {
+            c.handle_datagram(now, peer, data)
+        });
+    }
+
+    /// Runs `f` as the handling of an input with `identity` (None: plain CoAP):
+    /// identity checks use it and the datagrams written meanwhile are marked for
+    /// encryption.
+    fn with_identity<R>(
+        &mut self,
+        identity: Option<Arc<PeerIdentity>>,
+        f: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        let secure = identity.is_some();
+        let prev = std::mem::replace(&mut self.input_identity, identity);
+        let prev_secure = std::mem::replace(&mut self.out.secure_input, secure);
+        let r = f(self);
+        self.input_identity = prev;
+        self.out.secure_input = prev_secure;
+        r
+    }
+
+    /// The DTLS session of `peer` ended (idle, error, alert, or replaced by a new
+    /// handshake that may belong to another identity). A registration made over
+    /// DTLS at that address gets nothing until a session of an identity allowed to
+    /// act for it speaks for it again: its commands wait in its queue (TTL and
+    /// `max_queued` apply), `mheaders.ttl = 0` commands are refused.
+    pub fn secure_session_closed(&mut self, _now: u64, peer: SocketAddr) {
+        let Some(slot) = self.table.find_peer(&peer) else {
+            return;
+        };
+        if let Some(ep) = self.table.get_mut(slot) {
+            if ep.secure && !ep.session_lost {
+                ep.session_lost = true;
+                self.stats.dtls_sessions_lost += 1;
+            }
+        }
+    }
+
+    /// Hands every queued datagram to `f` with whether it must go encrypted: it
+    /// answers an input that came over DTLS, or it is for the address of a
+    /// registration made over DTLS. The driver never sends such a datagram in
+    /// plain text (without a session it drops it and calls
+    /// [`secure_session_closed`](Self::secure_session_closed)).
+    pub fn drain_datagrams(&mut self, mut f: impl FnMut(SocketAddr, bool, &[u8])) {
+        let table = &self.table;
+        let check = self.has_secure;
+        self.out.drain_tagged(|to, secure, b| {
+            let secure = secure
+                || (check
+                    && table
+                        .find_peer(&to)
+                        .and_then(|s| table.get(s))
+                        .is_some_and(|e| e.secure));
+            f(to, secure, b)
+        });
+    }
+
+    /// True when the current registration of `name` (here or on another shard) was
+    /// made over DTLS.
+    fn name_is_secure(&self, name: &str) -> bool {
+        self.dir.name_is_secure(name)
+            || self
+                .table
+                .find_name(name)
+                .and_then(|s| self.table.get(s))
+                .is_some_and(|e| e.secure)
+    }
+
+    /// True when `peer` is the address of a registration made over DTLS.
+    fn secure_peer(&self, peer: &SocketAddr) -> bool {
+        self.table
+            .find_peer(peer)
+            .and_then(|s| self.table.get(s))
+            .is_some_and(|e| e.secure)
+    }
+
+    /// True when the current input may speak for `ep` as far as its transport
+    /// goes: plain CoAP for plain registrations, a DTLS identity allowed to act for
+    /// the name for DTLS ones.
+    pub(super) fn input_speaks_for(&self, ep: &super::endpoint::Endpoint) -> bool {
+        !ep.secure || self.identity_may_act(&ep.name, true).is_ok()
     }
 
     /// May the current input's DTLS identity act for endpoint `name`? Plain UDP
@@ -307,11 +399,14 @@ impl ShardCore {
                 peer,
                 reply,
                 location,
+                secure,
                 ..
             } => {
                 self.pending_takeovers.remove(&location);
                 self.stats.duplicates += 1;
+                let prev = std::mem::replace(&mut self.out.secure_input, secure);
                 self.write_reply(peer, &reply, Some(location));
+                self.out.secure_input = prev;
             }
             ShardMsg::CommandFor { name, payload } => match self.table.find_name(&name) {
                 Some(slot) => self.command_for(now, slot, payload),
@@ -376,54 +471,63 @@ impl ShardCore {
                 from,
                 peer,
                 datagram,
-            } => match self.table.find_location(location) {
+                identity,
+            } => {
                 // A late copy of a request already answered (from the address the
                 // device left): answer it from the cache, keep the endpoint here.
-                Some(_)
-                    if Message::parse(&datagram)
-                        .ok()
-                        .and_then(|m| self.cached_reply(now, peer, &m))
-                        .is_some() =>
-                {
-                    let m = Message::parse(&datagram).expect("parsed above");
-                    let (reply, _) = self.cached_reply(now, peer, &m).expect("found above");
-                    // The shard the datagram came to answers it (it holds the DTLS
-                    // session, if any).
-                    self.out.to_shards.push((
+                let cached = match self.table.find_location(location) {
+                    Some(_) => self.with_identity(identity.clone(), |c| {
+                        Message::parse(&datagram)
+                            .ok()
+                            .and_then(|m| c.cached_reply(now, peer, &m))
+                    }),
+                    None => None,
+                };
+                match self.table.find_location(location) {
+                    Some(_) if cached.is_some() => {
+                        let (reply, _) = cached.expect("checked");
+                        // The shard the datagram came to answers it (it holds the
+                        // DTLS session, if any).
+                        self.out.to_shards.push((
+                            from,
+                            ShardMsg::CachedReply {
+                                peer,
+                                reply,
+                                location,
+                                datagram,
+                                secure: identity.is_some(),
+                            },
+                        ));
+                    }
+                    Some(slot) => {
+                        let ep = self.table.remove(slot).expect("found slot");
+                        self.stats.takeovers_out += 1;
+                        self.out.to_shards.push((
+                            from,
+                            ShardMsg::Adopt {
+                                endpoint: Box::new(ep),
+                                peer,
+                                datagram,
+                                identity,
+                            },
+                        ));
+                    }
+                    None => self.out.to_shards.push((
                         from,
-                        ShardMsg::CachedReply {
-                            peer,
-                            reply,
+                        ShardMsg::TakeoverMiss {
                             location,
-                            datagram,
-                        },
-                    ));
-                }
-                Some(slot) => {
-                    let ep = self.table.remove(slot).expect("found slot");
-                    self.stats.takeovers_out += 1;
-                    self.out.to_shards.push((
-                        from,
-                        ShardMsg::Adopt {
-                            endpoint: Box::new(ep),
                             peer,
                             datagram,
+                            identity,
                         },
-                    ));
+                    )),
                 }
-                None => self.out.to_shards.push((
-                    from,
-                    ShardMsg::TakeoverMiss {
-                        location,
-                        peer,
-                        datagram,
-                    },
-                )),
-            },
+            }
             ShardMsg::Adopt {
                 endpoint,
                 peer,
                 datagram,
+                identity,
             } => {
                 let location = endpoint.location;
                 self.pending_takeovers.remove(&location);
@@ -466,21 +570,25 @@ impl ShardCore {
                     self.stats.takeovers_in += 1;
                     let expires = endpoint.expires_ms;
                     let name = endpoint.name.clone();
+                    self.has_secure |= endpoint.secure;
                     let slot = self.table.insert(*endpoint);
                     let gen = self.table.generation(slot);
                     self.out.timers.push((expires, Timer::Expire { slot, gen }));
                     self.dir.moved(&name, location, self.shard);
                     self.rearm_session(now, slot);
                 }
-                self.handle_datagram(now, peer, &datagram);
+                // With the identity it arrived with: an Update over the new DTLS
+                // session of a moved registration is that registration's own.
+                self.with_identity(identity, |c| c.handle_datagram(now, peer, &datagram));
             }
             ShardMsg::TakeoverMiss {
                 location,
                 peer,
                 datagram,
+                identity,
             } => {
                 self.pending_takeovers.remove(&location);
-                self.handle_datagram(now, peer, &datagram);
+                self.with_identity(identity, |c| c.handle_datagram(now, peer, &datagram));
             }
         }
     }
@@ -554,8 +662,10 @@ impl ShardCore {
                 && r.con == (msg.mtype == MsgType::Con)
                 && now.saturating_sub(r.at_ms) < lifetime
         };
+        // Plain CoAP is never answered from a DTLS registration's cache.
+        let plain = self.input_identity.is_none();
         let cached = match self.table.find_peer(&peer) {
-            Some(slot) => {
+            Some(slot) if !(plain && self.table.get(slot).is_some_and(|e| e.secure)) => {
                 let ep = self.table.get(slot).expect("indexed");
                 // The last two replies: a delayed duplicate of the previous request
                 // may arrive after the next one was answered.
@@ -564,7 +674,7 @@ impl ShardCore {
                     .find(|r| fresh(r))
                     .map(|r| (r, Some(ep.location)))
             }
-            None => None,
+            _ => None,
         };
         // From another address (a NAT binding the device has left): the same
         // message ID and token for the registration the request names.
@@ -574,6 +684,9 @@ impl ShardCore {
             };
             let slot = self.table.find_location(Endpoint::parse_location(loc)?)?;
             let ep = self.table.get(slot)?;
+            if plain && ep.secure {
+                return None;
+            }
             [ep.last_reply, ep.prev_reply]
                 .into_iter()
                 .find(|r| fresh(r) && r.token() == msg.token)
@@ -582,8 +695,8 @@ impl ShardCore {
         let cached = cached.or_else(|| {
             self.recent
                 .iter()
-                .find(|(p, r)| *p == peer && fresh(r))
-                .map(|(_, r)| (*r, None))
+                .find(|(p, r, secure)| *p == peer && *secure != plain && fresh(r))
+                .map(|(_, r, _)| (*r, None))
         });
         cached
     }
@@ -616,7 +729,17 @@ impl ShardCore {
             }
         };
         let name = params.ep.expect("checked");
-        if let Err(e) = self.identity_may_act(name, false) {
+        let secure = self.input_identity.is_some();
+        let allowed = self.identity_may_act(name, false).and_then(|()| {
+            if !secure && self.name_is_secure(name) {
+                Err(format!(
+                    "endpoint {name:?} is registered over DTLS; plain CoAP may not replace it"
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = allowed {
             self.stats.forbidden += 1;
             self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
             return;
@@ -650,20 +773,8 @@ impl ShardCore {
         }
 
         // The same name registered again replaces the old registration, wherever it
-        // is: on another shard (the directory says so), here, or both (when an Evict
-        // is still on its way).
-        if let Some(old) = self.dir.by_name(name) {
-            if old.shard != self.shard {
-                self.out.to_shards.push((
-                    old.shard,
-                    ShardMsg::Evict {
-                        name: name.into(),
-                        location: old.location,
-                        new_mountpoint: mountpoint.clone().into_boxed_str(),
-                    },
-                ));
-            }
-        }
+        // is: here, on another shard (the directory's answer to the claim below), or
+        // both (when an Evict is still on its way).
         if let Some(slot) = self.table.find_name(name) {
             let keep = self.table.get(slot).map(|e| *e.mountpoint == *mountpoint) == Some(true);
             self.stats.replaced += 1;
@@ -676,6 +787,35 @@ impl ShardCore {
         }
 
         let location = self.new_location();
+        // The claim is the one atomic step that decides: a plain Register racing a
+        // DTLS one of the same name on another shard is refused here, before it
+        // has any effect beyond the local copy it replaced (which the DTLS one
+        // replaces too).
+        let entry = DirEntry {
+            shard: self.shard,
+            location,
+        };
+        match self.dir.claim(name, entry, secure) {
+            Err(ClaimError::Secure(_)) => {
+                self.stats.forbidden += 1;
+                let e = format!(
+                    "endpoint {name:?} is registered over DTLS; plain CoAP may not replace it"
+                );
+                self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
+                return;
+            }
+            Ok(Some(old)) if old.shard != self.shard => {
+                self.out.to_shards.push((
+                    old.shard,
+                    ShardMsg::Evict {
+                        name: name.into(),
+                        location: old.location,
+                        new_mountpoint: mountpoint.clone().into_boxed_str(),
+                    },
+                ));
+            }
+            Ok(_) => {}
+        }
         let lifetime_s = self.settings.clamp_lifetime(params.lt);
         let (alternate_path, object_list, content_format) = match objects {
             Some(ObjectList {
@@ -709,7 +849,8 @@ impl ShardCore {
             alternate_path,
             object_list,
             queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
-            secure: self.input_identity.is_some(),
+            secure,
+            session_lost: false,
             content_format,
             last_reply: LastReply::default(),
             prev_reply: LastReply::default(),
@@ -722,16 +863,10 @@ impl ShardCore {
             },
             session: None,
         };
+        self.has_secure |= secure;
         let slot = self.table.insert(ep);
         self.arm_expiry(slot);
         let ep = self.table.get(slot).expect("inserted");
-        self.dir.claim(
-            &ep.name,
-            DirEntry {
-                shard: self.shard,
-                location,
-            },
-        );
         if !self.settings.mountpoint.keyed_by_name() {
             self.dir.set_route(&ep.mountpoint, &ep.name, location);
         }
@@ -793,6 +928,7 @@ impl ShardCore {
                 peer,
                 mid: msg.mid,
                 datagram: data.to_vec(),
+                identity: self.input_identity.clone(),
             },
         );
         self.stats.auth_requests += 1;
@@ -811,19 +947,22 @@ impl ShardCore {
         let Ok(msg) = Message::parse(&p.datagram) else {
             return;
         };
-        if allowed {
-            self.register(now, p.peer, &msg, &p.datagram, true);
-        } else {
-            self.stats.auth_denied += 1;
-            let len = p.datagram.len();
-            self.reply_error(
-                p.peer,
-                &msg,
-                codes::UNAUTHORIZED,
-                "authentication failed",
-                len,
-            );
-        }
+        // The Register is handled as it arrived: over DTLS with its identity, or not.
+        self.with_identity(p.identity.clone(), |c| {
+            if allowed {
+                c.register(now, p.peer, &msg, &p.datagram, true);
+            } else {
+                c.stats.auth_denied += 1;
+                let len = p.datagram.len();
+                c.reply_error(
+                    p.peer,
+                    &msg,
+                    codes::UNAUTHORIZED,
+                    "authentication failed",
+                    len,
+                );
+            }
+        });
     }
 
     /// Admission before allocation: the rate bucket for every Register, the
@@ -907,7 +1046,8 @@ impl ShardCore {
             if self.recent.len() == RECENT_REPLIES {
                 self.recent.pop_front();
             }
-            self.recent.push_back((peer, reply));
+            let secure = self.input_identity.is_some();
+            self.recent.push_back((peer, reply, secure));
             self.write_reply(peer, &reply, None);
         }
     }
@@ -921,10 +1061,21 @@ impl ShardCore {
         location: u64,
     ) {
         match self.dir.by_location(location) {
+            Some(owner)
+                if owner != self.shard
+                    && self.input_identity.is_none()
+                    && self.dir.location_is_secure(location) =>
+            {
+                // Plain CoAP may not move (nor touch) a DTLS registration.
+                self.stats.forbidden += 1;
+                let e = "this registration was made over DTLS; plain CoAP may not change it";
+                self.reply_error(peer, msg, codes::FORBIDDEN, e, data.len());
+            }
             Some(owner) if owner != self.shard => {
                 // NAT rebinding onto this shard: ask the owner for the endpoint once;
                 // retransmissions meanwhile are dropped (the device will retry). An
-                // answer that does not come in time is asked for again.
+                // answer that does not come in time is asked for again. The identity
+                // goes along: the new shard acts with it.
                 let asked = self.pending_takeovers.get(&location);
                 if asked.is_none_or(|&until| now >= until) {
                     let until = now + TAKEOVER_TIMEOUT_MS;
@@ -939,6 +1090,7 @@ impl ShardCore {
                             from: self.shard,
                             peer,
                             datagram: data.to_vec(),
+                            identity: self.input_identity.clone(),
                         },
                     ));
                 }

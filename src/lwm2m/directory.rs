@@ -10,6 +10,7 @@ use hashbrown::DefaultHashBuilder;
 /// papaya maps with hashbrown's fast (foldhash) hasher instead of SipHash: keys
 /// are endpoint names and locations, and this map is on the registration path.
 type HashMap<K, V> = papaya::HashMap<K, V, DefaultHashBuilder>;
+use papaya::{Compute, Operation};
 
 /// Where an endpoint lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +19,25 @@ pub struct DirEntry {
     pub location: u64,
 }
 
+/// Why [`Directory::claim`] refused a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// The name is held by a registration made over DTLS and the claim is not.
+    Secure(DirEntry),
+}
+
+/// A name's entry and whether its registration was made over DTLS (then plain
+/// CoAP may neither replace nor update it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    entry: DirEntry,
+    secure: bool,
+}
+
 pub struct Directory {
-    names: HashMap<Box<str>, DirEntry>,
-    locations: HashMap<u64, u16>,
+    names: HashMap<Box<str>, Held>,
+    /// Location → (shard, secure).
+    locations: HashMap<u64, (u16, bool)>,
     /// Rendered mountpoint → (endpoint name, location) of the registration that owns it.
     routes: HashMap<Box<str>, (Box<str>, u64)>,
 }
@@ -40,20 +57,46 @@ impl Directory {
         Self::default()
     }
 
-    /// Records that `name` now lives at `entry`; returns the previous entry.
-    pub fn claim(&self, name: &str, entry: DirEntry) -> Option<DirEntry> {
-        self.locations.pin().insert(entry.location, entry.shard);
-        self.names.pin().insert(name.into(), entry).copied()
+    /// Records that `name` now lives at `entry` (`secure`: registered over DTLS);
+    /// returns the previous entry. One atomic step per name: a plain claim of a
+    /// name held by a DTLS registration is refused and changes nothing, so two
+    /// shards registering the same name at once cannot let plain CoAP displace a
+    /// DTLS registration.
+    pub fn claim(
+        &self,
+        name: &str,
+        entry: DirEntry,
+        secure: bool,
+    ) -> Result<Option<DirEntry>, ClaimError> {
+        let names = self.names.pin();
+        let result = names.compute(name.into(), |old| match old {
+            Some((_, h)) if h.secure && !secure => Operation::Abort(h.entry),
+            _ => Operation::Insert(Held { entry, secure }),
+        });
+        let previous = match result {
+            Compute::Aborted(e) => return Err(ClaimError::Secure(e)),
+            Compute::Updated { old, .. } => Some(old.1.entry),
+            _ => None,
+        };
+        self.locations
+            .pin()
+            .insert(entry.location, (entry.shard, secure));
+        Ok(previous)
     }
 
     /// Moves a location (and the name, if it still points at that location) to `shard`.
     pub fn moved(&self, name: &str, location: u64, shard: u16) {
-        self.locations.pin().insert(location, shard);
-        self.names.pin().update(name.into(), |e| {
-            if e.location == location {
-                DirEntry { shard, location }
+        let locations = self.locations.pin();
+        let secure = locations.get(&location).is_some_and(|e| e.1);
+        locations.insert(location, (shard, secure));
+        self.names.pin().update(name.into(), |h| {
+            if h.entry.location == location {
+                Held {
+                    entry: DirEntry { shard, location },
+                    secure: h.secure,
+                }
             } else {
-                *e
+                *h
             }
         });
     }
@@ -65,7 +108,7 @@ impl Directory {
         let _ = self
             .names
             .pin()
-            .remove_if(name, |_, e| e.location == location);
+            .remove_if(name, |_, h| h.entry.location == location);
     }
 
     /// Forgets a location only (its name belongs to another registration).
@@ -74,11 +117,21 @@ impl Directory {
     }
 
     pub fn by_name(&self, name: &str) -> Option<DirEntry> {
-        self.names.pin().get(name).copied()
+        self.names.pin().get(name).map(|h| h.entry)
+    }
+
+    /// True when the current registration of `name` was made over DTLS.
+    pub fn name_is_secure(&self, name: &str) -> bool {
+        self.names.pin().get(name).is_some_and(|h| h.secure)
     }
 
     pub fn by_location(&self, location: u64) -> Option<u16> {
-        self.locations.pin().get(&location).copied()
+        self.locations.pin().get(&location).map(|e| e.0)
+    }
+
+    /// True when the registration at `location` was made over DTLS.
+    pub fn location_is_secure(&self, location: u64) -> bool {
+        self.locations.pin().get(&location).is_some_and(|e| e.1)
     }
 
     /// Records that the registration `(name, location)` owns a rendered mountpoint (and
@@ -121,56 +174,77 @@ impl Directory {
 mod tests {
     use super::*;
 
+    fn e(shard: u16, location: u64) -> DirEntry {
+        DirEntry { shard, location }
+    }
+
     #[test]
     fn claim_release_and_races() {
         let d = Directory::new();
-        assert_eq!(
-            d.claim(
-                "a",
-                DirEntry {
-                    shard: 0,
-                    location: 1
-                }
-            ),
-            None
-        );
+        assert_eq!(d.claim("a", e(0, 1), false), Ok(None));
         // Re-registration of "a" on shard 1 with a new location.
-        let old = d.claim(
-            "a",
-            DirEntry {
-                shard: 1,
-                location: 2,
-            },
-        );
-        assert_eq!(
-            old,
-            Some(DirEntry {
-                shard: 0,
-                location: 1
-            })
-        );
+        assert_eq!(d.claim("a", e(1, 2), false), Ok(Some(e(0, 1))));
         // Shard 0 releases the old registration: the new one stays.
         d.release("a", 1);
-        assert_eq!(
-            d.by_name("a"),
-            Some(DirEntry {
-                shard: 1,
-                location: 2
-            })
-        );
+        assert_eq!(d.by_name("a"), Some(e(1, 2)));
         assert_eq!(d.by_location(1), None);
         assert_eq!(d.by_location(2), Some(1));
         d.moved("a", 2, 0);
-        assert_eq!(
-            d.by_name("a"),
-            Some(DirEntry {
-                shard: 0,
-                location: 2
-            })
-        );
+        assert_eq!(d.by_name("a"), Some(e(0, 2)));
         d.release("a", 2);
         assert_eq!(d.by_name("a"), None);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_plain_claim_never_displaces_a_secure_one() {
+        let d = Directory::new();
+        assert_eq!(d.claim("s", e(0, 1), false), Ok(None));
+        // DTLS may replace plain, and DTLS.
+        assert_eq!(d.claim("s", e(1, 2), true), Ok(Some(e(0, 1))));
+        assert_eq!(d.claim("s", e(0, 3), true), Ok(Some(e(1, 2))));
+        // Plain may not: nothing changes, not even the location map.
+        assert_eq!(
+            d.claim("s", e(1, 4), false),
+            Err(ClaimError::Secure(e(0, 3)))
+        );
+        assert_eq!(d.by_name("s"), Some(e(0, 3)));
+        assert!(d.name_is_secure("s"));
+        assert_eq!(d.by_location(4), None);
+        assert!(d.location_is_secure(3));
+        // Moving keeps the mark.
+        d.moved("s", 3, 1);
+        assert_eq!(d.by_name("s"), Some(e(1, 3)));
+        assert!(d.name_is_secure("s") && d.location_is_secure(3));
+        d.release("s", 3);
+        assert!(!d.name_is_secure("s"));
+        assert_eq!(d.claim("s", e(1, 5), false), Ok(None));
+    }
+
+    #[test]
+    fn concurrent_secure_and_plain_claims_end_secure() {
+        // Two shards register the same names at once, one over DTLS, one in plain
+        // CoAP: whatever the interleaving, every name ends with the DTLS one.
+        let d = std::sync::Arc::new(Directory::new());
+        let names: Vec<String> = (0..20_000).map(|i| format!("n{i}")).collect();
+        let names = std::sync::Arc::new(names);
+        let run = |secure: bool, shard: u16| {
+            let (d, names) = (d.clone(), names.clone());
+            std::thread::spawn(move || {
+                for (i, n) in names.iter().enumerate() {
+                    let loc = ((shard as u64) << 32) | i as u64 | 1;
+                    let _ = d.claim(n, e(shard, loc), secure);
+                }
+            })
+        };
+        let a = run(true, 0);
+        let b = run(false, 1);
+        a.join().unwrap();
+        b.join().unwrap();
+        for n in names.iter() {
+            assert!(d.name_is_secure(n), "{n}");
+            assert_eq!(d.by_name(n).unwrap().shard, 0, "{n}");
+        }
     }
 
     #[test]

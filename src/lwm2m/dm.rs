@@ -119,6 +119,15 @@ impl ShardCore {
             return;
         };
         ep.counters.commands = ep.counters.commands.wrapping_add(1);
+        if ep.session_lost && cmd.bypass_queue {
+            // Nothing goes to a DTLS registration in plain text, and there is no
+            // session to encrypt with: a command that may not wait fails now.
+            self.stats.commands_rejected += 1;
+            let msg =
+                "the device's DTLS session ended; a command with mheaders.ttl = 0 is not queued";
+            self.publish_error(slot, &cmd.echo, codes::SERVICE_UNAVAILABLE, msg);
+            return;
+        }
         let session = ep.session.get_or_insert_with(Default::default);
         let q = Queued {
             cmd,
@@ -165,7 +174,7 @@ impl ShardCore {
                 return;
             }
             let bypass = session.queue.front().is_some_and(|q| q.cmd.bypass_queue);
-            if !awake && !bypass {
+            if !awake && (!bypass || ep.session_lost) {
                 return;
             }
             let Some(q) = session.queue.pop_front() else {
@@ -575,7 +584,16 @@ impl ShardCore {
 
     /// The device spoke: it is reachable now (queue mode), send what waits.
     pub(super) fn touch(&mut self, now: u64, slot: u32) {
+        // A DTLS registration whose session ended is reachable again once a
+        // session of an identity allowed to act for it speaks for it.
+        let revive = self
+            .table
+            .get(slot)
+            .is_some_and(|ep| ep.session_lost && self.input_speaks_for(ep));
         if let Some(ep) = self.table.get_mut(slot) {
+            if revive {
+                ep.session_lost = false;
+            }
             ep.last_seen_ms = now;
             ep.counters.recv = ep.counters.recv.wrapping_add(1);
             if ep.session.as_ref().is_some_and(|s| !s.queue.is_empty()) {
@@ -586,7 +604,10 @@ impl ShardCore {
 
     fn is_awake(&self, slot: u32, now: u64) -> bool {
         match self.table.get(slot) {
-            Some(ep) => !ep.queue_mode || now < ep.last_seen_ms + self.settings.qmode_window_ms,
+            Some(ep) => {
+                !ep.session_lost
+                    && (!ep.queue_mode || now < ep.last_seen_ms + self.settings.qmode_window_ms)
+            }
             None => false,
         }
     }

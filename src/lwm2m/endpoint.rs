@@ -56,6 +56,10 @@ pub struct Endpoint {
     pub queue_mode: bool,
     /// Registered over DTLS: plain CoAP may not update or remove it.
     pub secure: bool,
+    /// Registered over DTLS and its DTLS session ended: nothing is sent to it
+    /// (commands wait in its queue) until a session of an identity allowed to
+    /// act for it speaks for it again.
+    pub session_lost: bool,
     /// Preferred content format announced at registration (`ct` of the root link).
     pub content_format: Option<u16>,
     pub last_reply: LastReply,

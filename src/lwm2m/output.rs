@@ -2,7 +2,9 @@
 //! and messages for other shards. The driver drains these after every input.
 
 use super::endpoint::Endpoint;
+use crate::dtls::PeerIdentity;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// An MQTT action for the MQTT I/O thread (the thread's own message type, so
 /// nothing is converted on the way).
@@ -86,12 +88,15 @@ pub enum ShardMsg {
         from: u16,
         peer: SocketAddr,
         datagram: Vec<u8>,
+        /// The DTLS identity the datagram arrived with (None: plain CoAP).
+        identity: Option<Arc<PeerIdentity>>,
     },
     /// The endpoint handed over, with the datagram that asked for it.
     Adopt {
         endpoint: Box<Endpoint>,
         peer: SocketAddr,
         datagram: Vec<u8>,
+        identity: Option<Arc<PeerIdentity>>,
     },
     /// The datagram that asked for a takeover was a retransmission the owner had
     /// answered already: the receiving shard sends the cached reply.
@@ -101,20 +106,27 @@ pub enum ShardMsg {
         location: u64,
         /// The retransmitted request (handed back, not copied).
         datagram: Vec<u8>,
+        /// It arrived over DTLS: the reply goes back encrypted.
+        secure: bool,
     },
     /// The owner no longer had the endpoint.
     TakeoverMiss {
         location: u64,
         peer: SocketAddr,
         datagram: Vec<u8>,
+        identity: Option<Arc<PeerIdentity>>,
     },
 }
 
 /// Output buffers, owned by the core and drained by the driver.
 #[derive(Debug, Default)]
 pub struct Outputs {
-    datagrams: Vec<(SocketAddr, u32, u32)>,
+    /// (to, start, end, written while handling a DTLS input).
+    datagrams: Vec<(SocketAddr, u32, u32, bool)>,
     buf: Vec<u8>,
+    /// Set while the core handles an input that arrived over DTLS: what it
+    /// writes meanwhile (replies) must go back encrypted.
+    pub(super) secure_input: bool,
     pub mqtt: Vec<MqttOut>,
     pub timers: Vec<(u64, Timer)>,
     pub to_shards: Vec<(u16, ShardMsg)>,
@@ -128,13 +140,20 @@ impl Outputs {
         let start = self.buf.len();
         f(&mut self.buf);
         self.datagrams
-            .push((to, start as u32, self.buf.len() as u32));
+            .push((to, start as u32, self.buf.len() as u32, self.secure_input));
     }
 
-    /// Hands every queued datagram to `f` and clears them.
+    /// Hands every queued datagram to `f` and clears them. For a shard without
+    /// DTLS; with DTLS use [`ShardCore::drain_datagrams`](super::ShardCore::drain_datagrams),
+    /// which says which datagrams must be encrypted.
     pub fn drain_datagrams(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
-        for (to, s, e) in self.datagrams.drain(..) {
-            f(to, &self.buf[s as usize..e as usize]);
+        self.drain_tagged(|to, _, b| f(to, b));
+    }
+
+    /// Like `drain_datagrams`, with whether each was written for a DTLS input.
+    pub(super) fn drain_tagged(&mut self, mut f: impl FnMut(SocketAddr, bool, &[u8])) {
+        for (to, s, e, secure) in self.datagrams.drain(..) {
+            f(to, secure, &self.buf[s as usize..e as usize]);
         }
         self.buf.clear();
     }

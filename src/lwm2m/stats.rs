@@ -109,4 +109,10 @@ pub struct CoreStats {
     pub block_expired: u64,
     /// Bytes held by partial transfers at the last block-wise event (gauge).
     pub block_bytes_held: u64,
+    /// Plain CoAP datagrams from the address of a registration made over DTLS
+    /// (dropped: plain CoAP may not act for it).
+    pub plain_from_secure_peer: u64,
+    /// Registrations made over DTLS whose session ended (commands queue until a
+    /// new session speaks for them).
+    pub dtls_sessions_lost: u64,
 }

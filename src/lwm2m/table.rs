@@ -213,6 +213,7 @@ mod tests {
             object_list: None,
             queue_mode: false,
             secure: false,
+            session_lost: false,
             content_format: None,
             last_reply: LastReply::default(),
             prev_reply: LastReply::default(),

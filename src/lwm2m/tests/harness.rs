@@ -58,6 +58,8 @@ pub fn addr(last: u8, port: u16) -> SocketAddr {
 pub struct Reply {
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
+    /// The driver must send it encrypted (DTLS) or not at all.
+    pub secure: bool,
 }
 
 impl Reply {
@@ -122,6 +124,30 @@ impl Harness {
     pub fn message(&mut self, shard: usize, m: crate::lwm2m::ShardMsg) -> Vec<Reply> {
         let n = self.replies.len();
         self.cores[shard].handle_message(self.now, m);
+        self.pump();
+        self.replies.split_off(n)
+    }
+
+    /// Delivers a datagram that arrived over a DTLS session with `identity` and
+    /// returns the replies it produced.
+    pub fn secure(
+        &mut self,
+        shard: usize,
+        from: SocketAddr,
+        identity: &crate::dtls::PeerIdentity,
+        bytes: &[u8],
+    ) -> Vec<Reply> {
+        let n = self.replies.len();
+        let id = Arc::new(identity.clone());
+        self.cores[shard].handle_secure_datagram(self.now, from, &id, bytes);
+        self.pump();
+        self.replies.split_off(n)
+    }
+
+    /// The DTLS session of `peer` on `shard` ended.
+    pub fn session_closed(&mut self, shard: usize, peer: SocketAddr) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.cores[shard].secure_session_closed(self.now, peer);
         self.pump();
         self.replies.split_off(n)
     }
@@ -203,10 +229,11 @@ impl Harness {
             let mut msgs = Vec::new();
             for (i, c) in self.cores.iter_mut().enumerate() {
                 let replies = &mut self.replies;
-                c.out.drain_datagrams(|to, b| {
+                c.drain_datagrams(|to, secure, b| {
                     replies.push(Reply {
                         to,
                         bytes: b.to_vec(),
+                        secure,
                     })
                 });
                 self.mqtt.append(&mut c.out.mqtt);

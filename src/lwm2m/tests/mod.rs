@@ -3,5 +3,6 @@
 
 mod blockwise;
 mod dm;
+mod dtls;
 mod harness;
 mod registration;
