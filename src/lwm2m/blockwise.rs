@@ -675,20 +675,16 @@ impl ShardCore {
             .as_ref()
             .and_then(|t| t.fetch.as_ref())
             .is_some_and(|f| f.restarting);
-        if first || restarting {
-            if msg
-                .option_uint(opt::SIZE2)
-                .is_some_and(|n| n as u64 > max_body)
-            {
-                self.block_limit(BlockLimit::MaxBodySize);
-                self.block_abort(
-                    now,
-                    slot,
-                    ex,
-                    "announced body (Size2) exceeds blockwise.max_body_size",
-                );
-                return None;
-            }
+        let announced = msg.option_uint(opt::SIZE2).map_or(0, u64::from);
+        if (first || restarting) && announced > max_body {
+            self.block_limit(BlockLimit::MaxBodySize);
+            self.block_abort(
+                now,
+                slot,
+                ex,
+                "announced body (Size2) exceeds blockwise.max_body_size",
+            );
+            return None;
         }
         if first {
             let szx = b.szx.min(self.settings.block_szx);
