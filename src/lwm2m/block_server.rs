@@ -312,6 +312,16 @@ impl ShardCore {
         (at_ms < f.at_ms + self.settings.exchange_lifetime_ms).then_some(f.block)
     }
 
+    /// The completed body whose final block had message ID `mid` from `peer`,
+    /// within the exchange lifetime of the request being answered.
+    fn final_of(&mut self, peer: SocketAddr, mid: u16) -> Option<&mut Final> {
+        let (now, lifetime) = (self.blocks.now, self.settings.exchange_lifetime_ms);
+        self.blocks
+            .finals
+            .get_mut(&(peer, mid))
+            .filter(|f| now < f.at_ms + lifetime)
+    }
+
     /// Server side: the Block1 option of a device's request (RFC 7959 §2.3).
     /// `wire_len` is the datagram's length.
     pub(super) fn block1_request(
@@ -356,7 +366,7 @@ impl ShardCore {
             }
         }
         let Some(have) = self.blocks.partial.get(&key).map(|p| p.body.len()) else {
-            if let Some(f) = self.blocks.finals.get(&(peer, msg.mid)).copied() {
+            if let Some(f) = self.final_of(peer, msg.mid).copied() {
                 // The final block again, its reply not cached: an error reply is
                 // repeated; one still being decided (authentication) is awaited.
                 self.stats.duplicates += 1;
@@ -686,8 +696,8 @@ impl ShardCore {
     /// Bytes the reply to a request may have at most when its sender has not
     /// proven its address: the request's own length, and for a body completed
     /// from blocks, the final block's.
-    pub(super) fn reply_bound(&self, peer: SocketAddr, mid: u16, req_len: usize) -> usize {
-        match self.blocks.finals.get(&(peer, mid)) {
+    pub(super) fn reply_bound(&mut self, peer: SocketAddr, mid: u16, req_len: usize) -> usize {
+        match self.final_of(peer, mid) {
             Some(f) => req_len.min(f.wire_len),
             None => req_len,
         }
@@ -707,7 +717,7 @@ impl ShardCore {
         room: usize,
         proven: bool,
     ) -> Diagnostic {
-        if let Some(f) = self.blocks.finals.get_mut(&(peer, msg.mid)) {
+        if let Some(f) = self.final_of(peer, msg.mid) {
             f.error = Some(code);
         }
         if !self.settings.block_enable {

@@ -11,8 +11,8 @@
 //!   CON PUT Block1 last/0   ──▶ ◀── 2.04         one MQTT response, the final code
 //!   ◀── 4.13 Block1 szx'                         the refused block again, smaller
 //!   ◀── 4.13 Size1=n (no Block1)                 restart from block 0 with the largest
-//!                                                block size <= n smaller than the one
-//!                                                sent; none possible: the write ends 4.13
+//!                                                block size <= n and smaller than the
+//!                                                one sent; none: the write ends 4.13
 //! Block2 uplink (a response or notification with Block2 M=1):
 //!   ◀── 2.05 Block2 0/1/szx ──▶ GET, the first request's options without Observe,
 //!                               Block2 1/0/szx ... until M=0
@@ -412,8 +412,8 @@ pub(super) fn first_block1(
 
 /// The smaller block size a 4.13 asks for, and whether the transfer starts over:
 /// the Block1 option's size (the refused block again, smaller), else the largest
-/// valid size ≤ Size1 (from block 0). Only sizes below `sent` (the block, or the
-/// whole body, that was refused) count; None: no smaller size is possible.
+/// valid size that is ≤ Size1 and smaller than `sent` (the block, or the whole
+/// body, that was refused), from block 0. None: no smaller size is possible.
 fn lowered_szx(
     rb1: Option<BlockOpt>,
     size1: Option<u32>,
@@ -426,9 +426,8 @@ fn lowered_szx(
             return Some((z, false));
         }
     }
-    let n = size1.filter(|&n| n >= 16)? as usize;
-    let z = szx_of(n).min(max_szx);
-    (size_of(z) < sent).then_some((z, true))
+    let n = (size1? as usize).min(sent.saturating_sub(1));
+    (n >= 16).then(|| (szx_of(n).min(max_szx), true))
 }
 
 /// Members added to a response's MQTT message: the device's Size1 with a 4.13,

@@ -334,9 +334,30 @@ fn block1_413_with_size1_restarts_with_a_smaller_block_size() {
 }
 
 #[test]
+fn block1_413_with_a_larger_size1_still_lowers_the_block_size() {
+    // Size1 above the block sent: the next smaller size (128 after 256).
+    let mut h = setup_with(with_szx(4));
+    let cmd = write_cmd(7, &pattern(1000));
+    let expect = whole_body(&cmd);
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
+    let refuse = ack(
+        &b0,
+        codes::REQUEST_ENTITY_TOO_LARGE,
+        &[(opt::SIZE1, 2048)],
+        b"",
+    );
+    let r = one_req(h.exchange(0, dev(), &refuse));
+    let b = block(&r.msg(), opt::BLOCK1).unwrap();
+    assert_eq!((b.num, b.size()), (0, 128));
+    let (body, _) = receive_block1(&mut h, r, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+}
+
+#[test]
 fn block1_413_with_size1_ends_the_write_when_no_smaller_size_is_possible() {
-    for size1 in [2048u32, 256, 15] {
-        let mut h = setup_with(with_szx(4));
+    // 16-byte blocks are the smallest; a Size1 below 16 allows none.
+    for (szx, size1) in [(0u8, 2048u32), (0, 16), (4, 15)] {
+        let mut h = setup_with(with_szx(szx));
         let mark = h.mark();
         let b0 = one_req(h.command(0, TOPIC, &write_cmd(7, &pattern(4000))));
         let refuse = ack(
