@@ -11,6 +11,13 @@
 //!   (`-d`): the gateway's Block1 write of /5/0/0 creates one, coap-client
 //!   replaces it with 64 KiB, and the gateway's read fetches that in coap-server's
 //!   Block2 blocks.
+//! - Block2 of the gateway's own responses: coap-client registers from a fixed
+//!   port, then sends an Update the gateway refuses with a diagnostic longer
+//!   than a block (`max_block_size = 16`); libcoap decodes block 0 (Block2 0/M/16,
+//!   Size2) and the later blocks it asks for with a Block2 option, and the blocks
+//!   make up the whole text. libcoap 4.3.1 follows Block2 by itself only for 2.xx
+//!   responses (and the gateway's only responses with a payload are errors), so
+//!   each later block is one coap-client run carrying Block2 (`-O 23,...`).
 
 mod common;
 
@@ -232,4 +239,85 @@ fn coap_server_device_block1_write_and_block2_read() {
         .unwrap();
     assert_eq!(got.len(), data.len());
     assert_eq!(got, data);
+}
+
+/// A free UDP port on the loopback.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// libcoap's log line of the response it received (at `-v 7`), and its text.
+fn received(out: &Output) -> (String, String) {
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("v:1 t:ACK"))
+        .unwrap_or_else(|| panic!("no response in coap-client's log:\n{log}"))
+        .to_string();
+    (line, log)
+}
+
+/// The payload of a logged PDU (`... :: '<payload>'`).
+fn logged_payload(line: &str) -> &str {
+    let start = line.find(":: '").expect("a payload") + 4;
+    let end = line.rfind('\'').unwrap();
+    &line[start..end]
+}
+
+#[test]
+fn coap_client_receives_a_multi_block_error_reply() {
+    require(CLIENT);
+    let gw = GatewayProc::start(Broker::Embedded, "[blockwise]\nmax_block_size = 16\n");
+    let port = free_udp_port().to_string();
+    let base = format!("coap://127.0.0.1:{}", gw.udp.port());
+    let run = |extra: &[&str], uri: &str| {
+        let mut args = vec!["-p", &port, "-m", "post", "-v", "7", "-B", "10"];
+        args.extend_from_slice(extra);
+        args.push(uri);
+        coap_client(&args)
+    };
+    // Registered from this port, the address has proven itself.
+    let out = run(&[], &format!("{base}/rd?ep=libcoap-b2&lt=300&b=U"));
+    let (line, log) = received(&out);
+    assert!(line.contains("c:2.01"), "{log}");
+    let loc = line
+        .split("Location-Path:")
+        .nth(2)
+        .and_then(|s| s.split([',', ' ']).next())
+        .unwrap_or_else(|| panic!("no location in {line}"))
+        .to_string();
+    let uri = format!("{base}/rd/{loc}?lt=not-a-lifetime");
+    let expect = "lifetime lt=\"not-a-lifetime\" is not a non-negative integer";
+    let (line, log) = received(&run(&[], &uri));
+    assert!(line.contains("c:4.00"), "{log}");
+    assert!(
+        line.contains("Block2:0/M/16") && line.contains(&format!("Size2:{}", expect.len())),
+        "libcoap decodes block 0 and its size: {line}"
+    );
+    let mut text = logged_payload(&line).to_string();
+    for num in 1u32.. {
+        let v = num << 4;
+        let opt = if v < 256 {
+            format!("23,0x{v:02x}")
+        } else {
+            format!("23,0x{v:04x}")
+        };
+        let (line, log) = received(&run(&["-O", &opt], &uri));
+        assert!(line.contains("c:4.00"), "{log}");
+        text.push_str(logged_payload(&line));
+        if line.contains(&format!("Block2:{num}/_/16")) {
+            break;
+        }
+        assert!(line.contains(&format!("Block2:{num}/M/16")), "{line}");
+        assert!(num < 10, "too many blocks: {text}");
+    }
+    assert_eq!(text, expect);
 }

@@ -1,29 +1,37 @@
 //! Block-wise transfer (RFC 7959) end to end: the real binary, a device on a real
 //! UDP socket answering block by block, and an MQTT application that only ever
-//! sees whole payloads.
+//! sees whole payloads; the gateway's own responses in Block2 blocks with a small
+//! `max_block_size`; a memory cap hit read back from `/metrics`.
 
 mod common;
 
 use base64::Engine as _;
 use common::gateway::{Broker, GatewayProc};
+use common::http::request;
 use common::mqtt_client::MqttClient;
+use common::prometheus::Exposition;
 use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
 use simd_json::prelude::*;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Device {
     sock: UdpSocket,
     gw: SocketAddr,
+    location: String,
 }
 
 impl Device {
     fn register(gw: SocketAddr, ep: &str) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
-        let d = Device { sock, gw };
+        let mut d = Device {
+            sock,
+            gw,
+            location: String::new(),
+        };
         let mut buf = Vec::new();
         let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, 1, &[1]);
         w.option(opt::URI_PATH, b"rd")
@@ -35,8 +43,17 @@ impl Device {
         w.payload(b"</1/0>,</3/0>,</5/0>");
         d.sock.send_to(&buf, gw).unwrap();
         let reply = d.recv();
-        assert_eq!(Message::parse(&reply).unwrap().code, codes::CREATED);
+        let m = Message::parse(&reply).unwrap();
+        assert_eq!(m.code, codes::CREATED);
+        let loc: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
+        d.location = String::from_utf8(loc[1].to_vec()).unwrap();
         d
+    }
+
+    /// Sends a request and returns the reply.
+    fn ask(&self, req: &[u8]) -> Vec<u8> {
+        self.sock.send_to(req, self.gw).unwrap();
+        self.recv()
     }
 
     fn recv(&self) -> Vec<u8> {
@@ -210,4 +227,145 @@ fn read_of_64_kib_in_block2_blocks() {
         .unwrap();
     assert_eq!(got, data);
     assert!(mq.recv_publish(Duration::from_millis(300)).is_none());
+}
+
+/// An Update of `loc` with an invalid `lt`, asking for block `b2` when given.
+fn bad_update(loc: &str, mid: u16, b2: Option<BlockOpt>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &mid.to_be_bytes());
+    w.option(opt::URI_PATH, b"rd")
+        .option(opt::URI_PATH, loc.as_bytes())
+        .option(opt::URI_QUERY, b"lt=not-a-lifetime");
+    if let Some(b) = b2 {
+        w.option_uint(opt::BLOCK2, b.encode());
+    }
+    w.finish();
+    buf
+}
+
+#[test]
+fn own_error_reply_in_block2_blocks_of_16_bytes() {
+    let gw = GatewayProc::start(Broker::Embedded, "[blockwise]\nmax_block_size = 16\n");
+    let dev = Device::register(gw.udp, "b2dev");
+    let expect = "lifetime lt=\"not-a-lifetime\" is not a non-negative integer";
+    let first = dev.ask(&bad_update(&dev.location, 10, None));
+    let m = Message::parse(&first).unwrap();
+    assert_eq!(
+        (m.mtype, m.code, m.mid),
+        (MsgType::Ack, codes::BAD_REQUEST, 10)
+    );
+    let b = BlockOpt::decode(m.option(opt::BLOCK2).expect("Block2")).unwrap();
+    assert_eq!((b.num, b.more, b.size()), (0, true, 16));
+    assert_eq!(m.option_uint(opt::SIZE2), Some(expect.len() as u32));
+    let mut text = m.payload.to_vec();
+    let mut num = 1;
+    loop {
+        let reply = dev.ask(&bad_update(
+            &dev.location,
+            10 + num as u16,
+            Some(BlockOpt {
+                num,
+                more: false,
+                szx: 0,
+            }),
+        ));
+        let m = Message::parse(&reply).unwrap();
+        assert_eq!(m.code, codes::BAD_REQUEST);
+        assert_eq!(m.token, (10 + num as u16).to_be_bytes());
+        let b = BlockOpt::decode(m.option(opt::BLOCK2).expect("Block2")).unwrap();
+        assert_eq!(b.num, num);
+        text.extend_from_slice(m.payload);
+        if !b.more {
+            break;
+        }
+        num += 1;
+    }
+    assert_eq!(String::from_utf8(text).unwrap(), expect);
+    // An address without a registration gets the diagnostic clipped to one
+    // block and to its request's size, with no Block2.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.set_read_timeout(Some(WAIT)).unwrap();
+    let req = bad_update(&dev.location, 99, None);
+    stranger.send_to(&req, gw.udp).unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (n, _) = stranger.recv_from(&mut buf).expect("a reply");
+    let m = Message::parse(&buf[..n]).unwrap();
+    assert!(
+        m.code == codes::BAD_REQUEST || m.code == codes::FORBIDDEN,
+        "{m:?}"
+    );
+    assert!(m.option(opt::BLOCK2).is_none());
+    assert!(m.payload.len() <= 16 && n <= req.len());
+}
+
+/// Block `num` of a Register body for `ep` (64-byte blocks, more always set).
+fn register_block(ep: &str, num: u32, mid: u16) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &mid.to_be_bytes());
+    w.option(opt::URI_PATH, b"rd")
+        .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
+        .option(opt::BLOCK1, &[(num << 4 | 8 | 2) as u8]);
+    w.payload(&[b','; 64]);
+    buf
+}
+
+fn metrics_until(gw: &GatewayProc, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (st, text) = request(gw.api, "GET", "/metrics", None, b"");
+        assert_eq!(st, 200);
+        let e = Exposition::parse(&text);
+        // Shards copy their counters out at the end of each loop turn.
+        if ready(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_device_cap_hit_is_counted_under_its_reason_in_metrics() {
+    // max_body_size 256: one device may hold 256 + 2048 bytes of partial bodies
+    // (with their request keys); bodies of 256 bytes each from one address fill
+    // that after a few.
+    let gw = GatewayProc::start(
+        Broker::Embedded,
+        "[blockwise]\nmax_block_size = 64\nmax_body_size = 256\n",
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut mid = 1u16;
+    let mut refused = None;
+    'bodies: for body in 0..20 {
+        for num in 0..4 {
+            mid += 1;
+            sock.send_to(&register_block(&format!("cap{body}"), num, mid), gw.udp)
+                .unwrap();
+            let mut buf = vec![0u8; 1500];
+            let (n, _) = sock.recv_from(&mut buf).expect("a reply");
+            let m = Message::parse(&buf[..n]).unwrap();
+            if m.code != codes::CONTINUE {
+                refused = Some((body, m.code));
+                break 'bodies;
+            }
+        }
+    }
+    let (body, code) = refused.expect("the device cap refuses a block");
+    assert_eq!(code, codes::REQUEST_ENTITY_TOO_LARGE);
+    assert!(body >= 2, "several bodies fit first");
+    let hits =
+        |e: &Exposition, reason: &str| e.sum("lwm2m_block_limit_hits_total", &[("reason", reason)]);
+    let e = metrics_until(&gw, |e| hits(e, "device_cap") >= 1.0);
+    assert_eq!(hits(&e, "device_cap"), 1.0);
+    for reason in ["max_body_size", "shard_cap", "partials", "rate"] {
+        assert_eq!(hits(&e, reason), 0.0, "{reason}");
+    }
+    assert_eq!(e.types["lwm2m_block_limit_hits_total"], "counter");
+    assert!(e.sum("lwm2m_block_aborts_total", &[]) >= 1.0);
+    assert_eq!(e.sum("lwm2m_block_partials", &[]), body as f64);
+    let held = e.sum("lwm2m_block_bytes_held", &[]);
+    assert!(
+        held > 256.0 * body as f64 && held <= 256.0 + 2048.0,
+        "{held}"
+    );
 }

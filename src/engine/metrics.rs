@@ -302,9 +302,25 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     per_shard!(
         gauge,
         "lwm2m_block_bytes_held",
-        "Bytes held by partial block-wise transfers.",
+        "Bytes held by block-wise state (bodies, request keys, stored responses).",
         block_bytes_held
     );
+    per_shard!(
+        gauge,
+        "lwm2m_block_partials",
+        "Partial request bodies devices are sending.",
+        block_partials
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        for l in crate::lwm2m::blockwise::BlockLimit::ALL {
+            w.counter(
+                "lwm2m_block_limit_hits_total",
+                "Block-wise bodies refused, aborted or evicted, by the limit that did it.",
+                &[("shard", &labels[i]), ("reason", l.name())],
+                s.block_limits[l.index()],
+            );
+        }
+    }
     // Families from the shards' atomics, one loop per family.
     macro_rules! per_shard_atomic {
         ($kind:ident, $name:expr, $help:expr, $field:ident) => {

@@ -40,6 +40,14 @@ impl TokenBucket {
             Err(wait.ceil().max(1.0) as u32)
         }
     }
+
+    /// Returns a token taken for something that passes it on (the first block
+    /// of a Register body hands its token to the Register itself).
+    pub fn give_back(&mut self) {
+        if self.rate > 0.0 && self.rate.is_finite() {
+            self.tokens = (self.tokens + 1.0).min(self.burst);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +64,8 @@ mod tests {
         assert!(b.take(100).is_ok(), "one token per 100 ms");
         assert!(b.take(100).is_err());
         assert!(TokenBucket::new(0.0).take(0).is_ok(), "0 = unlimited");
+        b.give_back();
+        assert!(b.take(100).is_ok(), "a token given back is taken again");
+        assert!(b.take(100).is_err());
     }
 }

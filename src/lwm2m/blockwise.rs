@@ -1,5 +1,7 @@
 //! Block-wise transfer (RFC 7959), transparent to MQTT: applications publish and
-//! receive whole payloads; blocks exist only on the CoAP side.
+//! receive whole payloads; blocks exist only on the CoAP side. This file is the
+//! gateway as CoAP client (its requests to devices) and the accounting both sides
+//! share; `block_server.rs` is the gateway as CoAP server.
 //!
 //! ```text
 //! Block1 downlink (write/create/execute body larger than a block):
@@ -8,13 +10,14 @@
 //!   CON PUT Block1 k/1/szx' ...                 szx' < szx: smaller blocks from here on
 //!   CON PUT Block1 last/0   ──▶ ◀── 2.04         one MQTT response, the final code
 //!   ◀── 4.13 Block1 szx'                         the refused block again, smaller
+//!   ◀── 4.13 Size1=n (no Block1)                 restart from block 0 with the largest
+//!                                                block size <= n and smaller than the
+//!                                                one sent; none: the write ends 4.13
 //! Block2 uplink (a response or notification with Block2 M=1):
 //!   ◀── 2.05 Block2 0/1/szx ──▶ GET, the first request's options without Observe,
 //!                               Block2 1/0/szx ... until M=0
 //!   reassembled, decoded, one MQTT message (a notification: one notify message)
-//! Server side (Register/Update bodies a device sends in Block1 blocks):
-//!   POST /rd Block1 k/1 ──▶ ◀── 2.31 Block1 k/1   partial body per (peer, method, URI)
-//!   POST /rd Block1 n/0 ──▶ handled as the whole request (2.01, 2.04, ...)
+//!   an ETag differing from block 0's restarts the fetch (twice at most, then an error)
 //! ```
 //! Each block of the gateway's requests travels with a fresh token (RFC 7959 §2.4
 //! allows it): retransmission timers are keyed by token, so a timer armed for an
@@ -23,12 +26,11 @@
 //! observation keeps it).
 //!
 //! Limits: bodies beyond `max_body_size` are refused (4.13 with Size1) or aborted
-//! with an error on MQTT; reassembly buffers count against a per-device and a
-//! per-shard byte cap ([`HeldBytes`]); a device's partial body without progress
-//! for `exchange_lifetime` is dropped by a timer. The gateway's own responses
-//! (2.01 with Location-Path, empty 2.04/2.02, errors whose diagnostic never
-//! exceeds the request) are far below the smallest block, so Block2 is never
-//! needed on the server side.
+//! with an error on MQTT. Everything block-wise state holds (a write's whole body,
+//! a response being reassembled, a device's partial request body and its request
+//! key, a stored Block2 response of ours) counts in the shard's [`HeldBytes`] and
+//! against a per-device and a per-shard cap; each refusal is counted under its
+//! [`BlockLimit`].
 
 use super::command::{Command, Op};
 use super::dm::{write_request, Topic};
@@ -42,6 +44,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Times a Block2 fetch starts over because the representation changed (ETag).
+const MAX_ETAG_RESTARTS: u8 = 2;
+
 /// The size exponent of a block size (16 → 0 … 1024 → 6), rounding down.
 pub fn szx_of(size: usize) -> u8 {
     let mut szx = 0u8;
@@ -51,19 +56,96 @@ pub fn szx_of(size: usize) -> u8 {
     szx
 }
 
-fn size_of(szx: u8) -> usize {
+pub(super) fn size_of(szx: u8) -> usize {
     16 << szx
 }
 
-/// Bytes held by a shard's partial transfers. Every reassembly buffer gives its
-/// bytes back when it is dropped, whichever path drops it (completion, abort,
-/// timeout, the endpoint leaving).
+/// A limit of block-wise transfer that refused or ended something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockLimit {
+    /// A body beyond `blockwise.max_body_size`.
+    MaxBodySize,
+    /// The bytes one device may hold in block-wise state.
+    DeviceCap,
+    /// The bytes one shard may hold in block-wise state.
+    ShardCap,
+    /// The number of partial request bodies a shard holds (refused or evicted).
+    Partials,
+    /// `max_conn_rate`, taken by the first block of a Register.
+    Rate,
+}
+
+impl BlockLimit {
+    pub const ALL: [BlockLimit; 5] = [
+        BlockLimit::MaxBodySize,
+        BlockLimit::DeviceCap,
+        BlockLimit::ShardCap,
+        BlockLimit::Partials,
+        BlockLimit::Rate,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockLimit::MaxBodySize => "max_body_size",
+            BlockLimit::DeviceCap => "device_cap",
+            BlockLimit::ShardCap => "shard_cap",
+            BlockLimit::Partials => "partials",
+            BlockLimit::Rate => "rate",
+        }
+    }
+
+    /// Index into `CoreStats::block_limits`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Bytes held by a shard's block-wise state. Every holder gives its bytes back
+/// when it is dropped, whichever path drops it (completion, abort, timeout, the
+/// endpoint leaving).
 #[derive(Debug, Clone, Default)]
 pub struct HeldBytes(Arc<AtomicU64>);
 
 impl HeldBytes {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.0.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A fixed number of bytes counted in a shard's [`HeldBytes`] while this lives
+/// (memory held elsewhere: a request key, a write's body).
+#[derive(Debug)]
+pub struct Charge {
+    n: usize,
+    held: HeldBytes,
+}
+
+impl Charge {
+    pub(super) fn new(held: &HeldBytes, n: usize) -> Self {
+        held.add(n);
+        Self {
+            n,
+            held: held.clone(),
+        }
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.n
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.held.sub(self.n);
     }
 }
 
@@ -75,34 +157,36 @@ pub struct Body {
 }
 
 impl Body {
-    fn new(held: &HeldBytes) -> Self {
+    pub(super) fn new(held: &HeldBytes) -> Self {
         Self {
             buf: Vec::new(),
             held: held.clone(),
         }
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.buf.len()
     }
 
-    fn extend(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-        self.held.0.fetch_add(b.len() as u64, Ordering::Relaxed);
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf
     }
 
-    fn take(mut self) -> Vec<u8> {
+    pub(super) fn extend(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+        self.held.add(b.len());
+    }
+
+    pub(super) fn take(mut self) -> Vec<u8> {
         let v = std::mem::take(&mut self.buf);
-        self.held.0.fetch_sub(v.len() as u64, Ordering::Relaxed);
+        self.held.sub(v.len());
         v
     }
 }
 
 impl Drop for Body {
     fn drop(&mut self) {
-        self.held
-            .0
-            .fetch_sub(self.buf.len() as u64, Ordering::Relaxed);
+        self.held.sub(self.buf.len());
     }
 }
 
@@ -114,16 +198,39 @@ pub struct Transfer {
     /// The whole request: Block1 blocks are cut from its payload, Block2
     /// follow-ups repeat its options.
     request: Vec<u8>,
+    /// The request's payload, counted while the transfer holds it.
+    charge: Charge,
     send: Option<Send1>,
     fetch: Option<Fetch2>,
-    /// Completes the notification with this sequence number (not a command).
-    notify_seq: Option<u32>,
+    /// Completes a notification (not a command).
+    notify: Option<Notify>,
+}
+
+/// The notification a Block2 fetch completes.
+#[derive(Debug, Clone, Copy)]
+struct Notify {
+    /// Its Observe value; None for the last notification of an observation,
+    /// which carries no Observe option (published without seqNum).
+    seq: Option<u32>,
 }
 
 impl Transfer {
-    /// Bytes of a response body reassembled so far.
+    fn new(held: &HeldBytes, orig_token: u32, request: Vec<u8>) -> Self {
+        let body = Message::parse(&request).map_or(0, |m| m.payload.len());
+        Self {
+            orig_token,
+            request,
+            charge: Charge::new(held, body),
+            send: None,
+            fetch: None,
+            notify: None,
+        }
+    }
+
+    /// Bytes this transfer holds: the request body and a response body
+    /// reassembled so far.
     pub fn held(&self) -> usize {
-        self.fetch.as_ref().map_or(0, |f| f.body.len())
+        self.charge.bytes() + self.fetch.as_ref().map_or(0, |f| f.body.len())
     }
 }
 
@@ -139,66 +246,31 @@ struct Send1 {
 #[derive(Debug)]
 struct Fetch2 {
     body: Body,
-    /// The first block's options except Block2/Size2 (Observe, Content-Format...).
+    /// The first block's options except Block2/Size2 (Observe, Content-Format,
+    /// ETag...).
     head: Vec<(u16, Vec<u8>)>,
     szx: u8,
+    /// Times the fetch started over because the ETag changed.
+    restarts: u8,
+    /// Started over: the next block is block 0 of a new representation.
+    restarting: bool,
 }
 
-/// Partial request bodies devices are sending (the gateway as CoAP server).
-#[derive(Debug, Default)]
-pub struct ServerBlocks {
-    partial: hashbrown::HashMap<(SocketAddr, Box<[u8]>), Partial>,
-    ids: hashbrown::HashMap<u32, (SocketAddr, Box<[u8]>)>,
-    next_id: u32,
-    /// The last body completed: peer, message ID and Block1 of its final block.
-    last_final: Option<(SocketAddr, u16, BlockOpt)>,
-    /// Bytes held by every partial transfer of the shard, both directions.
-    pub held: HeldBytes,
-}
-
-#[derive(Debug)]
-struct Partial {
-    id: u32,
-    /// Message ID of block 0 (its retransmission does not restart the body).
-    first_mid: u16,
-    body: Body,
-    last_ms: u64,
-}
-
-impl ServerBlocks {
-    fn remove(&mut self, key: &(SocketAddr, Box<[u8]>)) -> Option<Partial> {
-        let p = self.partial.remove(key)?;
-        self.ids.remove(&p.id);
-        Some(p)
-    }
-
-    /// The Block1 option a reply to (`peer`, `mid`) carries: the final block of
-    /// the body completed last, when that is the request answered.
-    pub(super) fn final_block1(&self, peer: SocketAddr, mid: u16) -> Option<BlockOpt> {
-        match self.last_final {
-            Some((p, m, b)) if p == peer && m == mid => Some(b),
-            _ => None,
-        }
-    }
-
-    /// Partial bodies held now.
-    pub fn len(&self) -> usize {
-        self.partial.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.partial.is_empty()
+impl Fetch2 {
+    fn etag(&self) -> Option<&[u8]> {
+        self.head
+            .iter()
+            .find(|(n, _)| *n == opt::ETAG)
+            .map(|(_, v)| &v[..])
     }
 }
 
-/// What the server side made of a request's Block1 option.
-pub(super) enum Block1In {
-    /// No block-wise body: handle the request as it is.
-    Whole,
-    /// A block was answered (2.31 or an error); nothing more to do.
-    Answered,
-    /// The last block arrived: this datagram is the whole request.
-    Complete(Vec<u8>),
+/// The options of `msg` a reassembled response keeps (all but Block2/Size2).
+fn head_of(msg: &Message<'_>) -> Vec<(u16, Vec<u8>)> {
+    msg.options()
+        .filter(|(n, _)| *n != opt::BLOCK2 && *n != opt::SIZE2)
+        .map(|(n, v)| (n, v.to_vec()))
+        .collect()
 }
 
 /// `uint` option value, minimally encoded.
@@ -209,7 +281,7 @@ fn uint_bytes(v: u32) -> Vec<u8> {
 
 /// A message built from `template`'s options without `drop`, plus `add`.
 #[allow(clippy::too_many_arguments)]
-fn rebuild(
+pub(super) fn rebuild(
     template: &Message<'_>,
     mtype: MsgType,
     code: u8,
@@ -234,6 +306,23 @@ fn rebuild(
     }
     w.payload(payload);
     buf
+}
+
+/// A key identifying one block-wise request body or response of a peer (RFC 7959
+/// §2.3/§2.4: the method and request URI).
+pub(super) fn request_key(msg: &Message<'_>) -> Box<[u8]> {
+    let mut k = vec![msg.code];
+    for (n, v) in msg.options() {
+        if matches!(
+            n,
+            opt::URI_HOST | opt::URI_PORT | opt::URI_PATH | opt::URI_QUERY
+        ) {
+            k.push(n as u8);
+            k.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            k.extend_from_slice(v);
+        }
+    }
+    k.into_boxed_slice()
 }
 
 fn block1_datagram(t: &Transfer, s: &Send1, mid: u16, token: u32) -> Vec<u8> {
@@ -294,9 +383,11 @@ fn block2_datagram(t: &Transfer, f: &Fetch2, mid: u16, token: u32) -> Vec<u8> {
 }
 
 /// Called with a request just written: when its body needs blocks, the transfer
-/// keeps the whole request and `datagram` becomes block 0.
+/// keeps the whole request (its body counted in `held`) and `datagram` becomes
+/// block 0. [`ShardCore::block1_oversize`] checked the caps before.
 pub(super) fn first_block1(
     s: &CoreSettings,
+    held: &HeldBytes,
     datagram: &mut Vec<u8>,
     token: u32,
 ) -> Option<Box<Transfer>> {
@@ -310,18 +401,33 @@ pub(super) fn first_block1(
     if len <= size_of(s.block_szx) {
         return None;
     }
-    let t = Transfer {
-        orig_token: token,
-        request: std::mem::take(datagram),
-        send: Some(Send1 {
-            offset: 0,
-            szx: s.block_szx,
-        }),
-        fetch: None,
-        notify_seq: None,
-    };
+    let mut t = Transfer::new(held, token, std::mem::take(datagram));
+    t.send = Some(Send1 {
+        offset: 0,
+        szx: s.block_szx,
+    });
     *datagram = block1_datagram(&t, t.send.as_ref().expect("set"), mid, token);
     Some(Box::new(t))
+}
+
+/// The smaller block size a 4.13 asks for, and whether the transfer starts over:
+/// the Block1 option's size (the refused block again, smaller), else the largest
+/// valid size that is ≤ Size1 and smaller than `sent` (the block, or the whole
+/// body, that was refused), from block 0. None: no smaller size is possible.
+fn lowered_szx(
+    rb1: Option<BlockOpt>,
+    size1: Option<u32>,
+    max_szx: u8,
+    sent: usize,
+) -> Option<(u8, bool)> {
+    if let Some(b) = rb1 {
+        let z = b.szx.min(max_szx);
+        if size_of(z) < sent {
+            return Some((z, false));
+        }
+    }
+    let n = (size1? as usize).min(sent.saturating_sub(1));
+    (n >= 16).then(|| (szx_of(n).min(max_szx), true))
 }
 
 /// Members added to a response's MQTT message: the device's Size1 with a 4.13,
@@ -350,51 +456,91 @@ pub(super) fn response_notes(s: &CoreSettings, msg: &Message<'_>) -> Vec<(&'stat
     v
 }
 
-/// A key identifying one block-wise request body of a peer (RFC 7959 §2.3: the
-/// method and request URI).
-fn request_key(msg: &Message<'_>) -> Box<[u8]> {
-    let mut k = vec![msg.code];
-    for (n, v) in msg.options() {
-        if matches!(
-            n,
-            opt::URI_HOST | opt::URI_PORT | opt::URI_PATH | opt::URI_QUERY
-        ) {
-            k.push(n as u8);
-            k.extend_from_slice(&(v.len() as u16).to_be_bytes());
-            k.extend_from_slice(v);
-        }
-    }
-    k.into_boxed_slice()
-}
-
 impl ShardCore {
-    /// Bytes partial block-wise transfers of this shard hold now.
+    /// Bytes block-wise state of this shard holds now.
     pub fn blockwise_held_bytes(&self) -> u64 {
         self.blocks.held.get()
     }
 
-    /// Partial request bodies devices are sending to this shard.
-    pub fn blockwise_partials(&self) -> usize {
-        self.blocks.len()
-    }
-
-    fn block_gauge(&mut self) {
+    pub(super) fn block_gauge(&mut self) {
         self.stats.block_bytes_held = self.blocks.held.get();
+        self.stats.block_partials = self.blocks.len() as u64;
     }
 
-    /// A command whose body exceeds `max_body_size` is refused before anything
-    /// is sent (4.13 on MQTT). True if it was.
+    /// Counts a limit hit under its reason.
+    pub(super) fn block_limit(&mut self, l: BlockLimit) {
+        self.stats.block_limits[l.index()] += 1;
+    }
+
+    /// Bytes the device at `peer` (registered in `slot`) holds in block-wise
+    /// state: its exchanges' transfers, and what the server side holds for its
+    /// address (partial bodies with their keys, a stored response).
+    pub(super) fn device_held(&self, slot: Option<u32>, peer: SocketAddr) -> u64 {
+        let client: usize = slot
+            .and_then(|s| self.table.get(s))
+            .and_then(|e| e.session.as_ref())
+            .map_or(0, |s| {
+                s.inflight
+                    .iter()
+                    .filter_map(|x| x.block.as_ref())
+                    .map(|t| t.held())
+                    .sum()
+            });
+        client as u64 + self.blocks.peer_held(peer)
+    }
+
+    /// The cap `add` more bytes would exceed for the device in `slot` at `peer`
+    /// (`own`: bytes of the transfer in question, outside the tables now).
+    pub(super) fn cap_exceeded(
+        &self,
+        slot: Option<u32>,
+        peer: SocketAddr,
+        own: u64,
+        add: u64,
+    ) -> Option<BlockLimit> {
+        if self.device_held(slot, peer) + own + add > self.settings.block_device_cap {
+            return Some(BlockLimit::DeviceCap);
+        }
+        if self.blocks.held.get() + add > self.settings.block_shard_cap {
+            return Some(BlockLimit::ShardCap);
+        }
+        None
+    }
+
+    /// A command whose body exceeds `max_body_size`, or would take a block-wise
+    /// write over a memory cap, is refused before anything is sent (4.13 on
+    /// MQTT). True if it was.
     pub(super) fn block1_oversize(&mut self, slot: u32, cmd: &Command) -> bool {
         if !self.settings.block_enable {
             return false;
         }
         let len = cmd.payload.as_ref().map_or(0, |p| p.1.len()) as u64;
         let max = self.settings.max_body_size;
-        if len <= max {
+        let text = if len > max {
+            self.block_limit(BlockLimit::MaxBodySize);
+            format!("payload of {len} bytes exceeds blockwise.max_body_size ({max} bytes)")
+        } else if len > size_of(self.settings.block_szx) as u64 {
+            let Some(peer) = self.table.get(slot).map(|e| e.peer) else {
+                return false;
+            };
+            match self.cap_exceeded(Some(slot), peer, 0, len) {
+                None => return false,
+                Some(l) => {
+                    self.block_limit(l);
+                    let whose = if l == BlockLimit::DeviceCap {
+                        "this device"
+                    } else {
+                        "this shard"
+                    };
+                    format!(
+                        "a block-wise write of {len} bytes would exceed the block-wise memory cap of {whose}"
+                    )
+                }
+            }
+        } else {
             return false;
-        }
+        };
         self.stats.block_aborts += 1;
-        let text = format!("payload of {len} bytes exceeds blockwise.max_body_size ({max} bytes)");
         self.publish_error(slot, &cmd.echo, codes::REQUEST_ENTITY_TOO_LARGE, &text);
         true
     }
@@ -414,7 +560,9 @@ impl ShardCore {
         }
         let rb1 = msg.option(opt::BLOCK1).and_then(BlockOpt::decode);
         let sending = ex.block.as_ref().is_some_and(|t| t.send.is_some());
-        if sending || (msg.code == codes::REQUEST_ENTITY_TOO_LARGE && rb1.is_some()) {
+        let too_large = msg.code == codes::REQUEST_ENTITY_TOO_LARGE
+            && (rb1.is_some() || msg.option(opt::SIZE1).is_some());
+        if sending || too_large {
             ex = self.block1_step(now, slot, ex, msg, rb1)?;
         }
         let fetching = ex.block.as_ref().is_some_and(|t| t.fetch.is_some());
@@ -429,7 +577,7 @@ impl ShardCore {
             // drops its partial body and reports the error).
             ex.token = t.orig_token;
             self.stats.block_transfers += 1;
-            if t.notify_seq.is_some() {
+            if t.notify.is_some() {
                 self.stats.block_aborts += 1;
                 drop(t);
                 self.block_gauge();
@@ -453,22 +601,25 @@ impl ShardCore {
         rb1: Option<BlockOpt>,
     ) -> Option<Exchange> {
         let max_szx = self.settings.block_szx;
+        let size1 = msg.option_uint(opt::SIZE1);
         let Some(t) = ex.block.as_mut() else {
-            let Some(b) = rb1 else { return Some(ex) };
+            // A whole request refused 4.13: block-wise with a smaller size.
             let len = Message::parse(&ex.datagram).map_or(0, |m| m.payload.len());
-            if len <= b.size() {
+            let Some((szx, _)) = lowered_szx(rb1, size1, max_szx, len) else {
+                return Some(ex);
+            };
+            let Some(peer) = self.table.get(slot).map(|e| e.peer) else {
+                return Some(ex);
+            };
+            if let Some(l) = self.cap_exceeded(Some(slot), peer, 0, len as u64) {
+                // The device's 4.13 is the answer.
+                self.block_limit(l);
                 return Some(ex);
             }
-            ex.block = Some(Box::new(Transfer {
-                orig_token: ex.token,
-                request: ex.datagram.clone(),
-                send: Some(Send1 {
-                    offset: 0,
-                    szx: b.szx.min(max_szx),
-                }),
-                fetch: None,
-                notify_seq: None,
-            }));
+            let mut t = Transfer::new(&self.blocks.held, ex.token, ex.datagram.clone());
+            t.send = Some(Send1 { offset: 0, szx });
+            ex.block = Some(Box::new(t));
+            self.block_gauge();
             self.send_step(now, slot, ex);
             return None;
         };
@@ -490,10 +641,17 @@ impl ShardCore {
                 // whole number of smaller blocks.
                 s.offset = end;
             }
-            codes::REQUEST_ENTITY_TOO_LARGE => match rb1 {
-                Some(b) if b.szx < s.szx => s.szx = b.szx,
-                _ => return Some(ex),
-            },
+            codes::REQUEST_ENTITY_TOO_LARGE => {
+                match lowered_szx(rb1, size1, max_szx, size_of(s.szx)) {
+                    Some((z, restart)) => {
+                        s.szx = z;
+                        if restart {
+                            s.offset = 0;
+                        }
+                    }
+                    None => return Some(ex),
+                }
+            }
             _ => return Some(ex),
         }
         self.send_step(now, slot, ex);
@@ -511,48 +669,76 @@ impl ShardCore {
     ) -> Option<(Exchange, Option<Vec<u8>>)> {
         let max_body = self.settings.max_body_size;
         let first = ex.block.as_ref().is_none_or(|t| t.fetch.is_none());
+        let restarting = ex
+            .block
+            .as_ref()
+            .and_then(|t| t.fetch.as_ref())
+            .is_some_and(|f| f.restarting);
+        let announced = msg.option_uint(opt::SIZE2).map_or(0, u64::from);
+        if (first || restarting) && announced > max_body {
+            self.block_limit(BlockLimit::MaxBodySize);
+            self.block_abort(
+                now,
+                slot,
+                ex,
+                "announced body (Size2) exceeds blockwise.max_body_size",
+            );
+            return None;
+        }
         if first {
-            if msg
-                .option_uint(opt::SIZE2)
-                .is_some_and(|n| n as u64 > max_body)
-            {
-                self.block_abort(
-                    now,
-                    slot,
-                    ex,
-                    "announced body (Size2) exceeds blockwise.max_body_size",
-                );
-                return None;
-            }
-            let head = msg
-                .options()
-                .filter(|(n, _)| *n != opt::BLOCK2 && *n != opt::SIZE2)
-                .map(|(n, v)| (n, v.to_vec()))
-                .collect();
             let szx = b.szx.min(self.settings.block_szx);
             let held = self.blocks.held.clone();
             let t = ex.block.get_or_insert_with(|| {
-                Box::new(Transfer {
-                    orig_token: ex.token,
-                    request: ex.datagram.clone(),
-                    send: None,
-                    fetch: None,
-                    notify_seq: None,
-                })
+                Box::new(Transfer::new(&held, ex.token, ex.datagram.clone()))
             });
             t.fetch = Some(Fetch2 {
                 body: Body::new(&held),
-                head,
+                head: head_of(msg),
                 szx,
+                restarts: 0,
+                restarting: false,
             });
-        }
-        let (have, offset) = {
+        } else if restarting {
             let f = ex
                 .block
-                .as_ref()
-                .and_then(|t| t.fetch.as_ref())
+                .as_mut()
+                .and_then(|t| t.fetch.as_mut())
                 .expect("fetch");
-            (f.body.len(), b.num as usize * b.size())
+            f.head = head_of(msg);
+            f.restarting = false;
+        } else {
+            // RFC 7959 §2.4: every block of one representation carries its ETag.
+            let f = ex
+                .block
+                .as_mut()
+                .and_then(|t| t.fetch.as_mut())
+                .expect("fetch");
+            let changed = matches!((f.etag(), msg.option(opt::ETAG)), (Some(a), Some(b)) if a != b);
+            if changed {
+                if f.restarts >= MAX_ETAG_RESTARTS {
+                    self.block_abort_with(
+                        now,
+                        slot,
+                        ex,
+                        codes::REQUEST_ENTITY_INCOMPLETE,
+                        "the resource changed during the block-wise transfer (ETag changed) \
+                         every time it was fetched",
+                    );
+                    return None;
+                }
+                // The representation changed: fetch it again from block 0.
+                f.restarts += 1;
+                f.restarting = true;
+                f.body = Body::new(&self.blocks.held);
+                self.block_gauge();
+                self.send_step(now, slot, ex);
+                return None;
+            }
+        }
+        let (have, offset, own) = {
+            let t = ex.block.as_ref().expect("transfer");
+            let f = t.fetch.as_ref().expect("fetch");
+            (f.body.len(), b.num as usize * b.size(), t.held() as u64)
         };
         let add = msg.payload.len();
         if offset != have {
@@ -560,6 +746,7 @@ impl ShardCore {
             return None;
         }
         if (have + add) as u64 > max_body {
+            self.block_limit(BlockLimit::MaxBodySize);
             self.block_abort(
                 now,
                 slot,
@@ -568,28 +755,15 @@ impl ShardCore {
             );
             return None;
         }
-        let device: usize = self
-            .table
-            .get(slot)
-            .and_then(|e| e.session.as_ref())
-            .map_or(0, |s| {
-                s.inflight
-                    .iter()
-                    .filter_map(|x| x.block.as_ref())
-                    .map(|t| t.held())
-                    .sum()
-            });
-        if (device + have + add) as u64 > self.settings.block_device_cap {
-            self.block_abort(
-                now,
-                slot,
-                ex,
-                "block-wise memory cap of this device reached",
-            );
-            return None;
-        }
-        if self.blocks.held.get() + add as u64 > self.settings.block_shard_cap {
-            self.block_abort(now, slot, ex, "block-wise memory cap of this shard reached");
+        let peer = self.table.get(slot).map(|e| e.peer);
+        if let Some(l) = peer.and_then(|p| self.cap_exceeded(Some(slot), p, own, add as u64)) {
+            self.block_limit(l);
+            let why = if l == BlockLimit::DeviceCap {
+                "block-wise memory cap of this device reached"
+            } else {
+                "block-wise memory cap of this shard reached"
+            };
+            self.block_abort(now, slot, ex, why);
             return None;
         }
         if b.more && add != b.size() {
@@ -616,7 +790,7 @@ impl ShardCore {
         let Transfer {
             orig_token,
             fetch,
-            notify_seq,
+            notify,
             ..
         } = *t;
         let f = fetch.expect("fetch");
@@ -638,8 +812,8 @@ impl ShardCore {
         ex.token = orig_token;
         self.stats.block_transfers += 1;
         self.block_gauge();
-        if let Some(seq) = notify_seq {
-            self.publish_whole_notification(slot, &ex.cmd, seq, &whole);
+        if let Some(n) = notify {
+            self.publish_whole_notification(slot, &ex.cmd, n.seq, &whole);
             self.pump_queue(now, slot);
             return None;
         }
@@ -682,16 +856,20 @@ impl ShardCore {
             .push((now + timeout, Timer::Retransmit { slot, token, inc }));
     }
 
-    /// Ends a transfer the gateway cannot finish: an error on MQTT for a command
-    /// (a notification's remaining blocks are simply not fetched).
+    /// Ends a transfer the gateway cannot finish: a 4.13 error on MQTT for a
+    /// command (a notification's remaining blocks are simply not fetched).
     fn block_abort(&mut self, now: u64, slot: u32, ex: Exchange, why: &str) {
+        self.block_abort_with(now, slot, ex, codes::REQUEST_ENTITY_TOO_LARGE, why);
+    }
+
+    fn block_abort_with(&mut self, now: u64, slot: u32, ex: Exchange, code: u8, why: &str) {
         self.stats.block_aborts += 1;
-        let notify = ex.block.as_ref().is_some_and(|t| t.notify_seq.is_some());
+        let notify = ex.block.as_ref().is_some_and(|t| t.notify.is_some());
         let Exchange { cmd, block, .. } = ex;
         drop(block);
         self.block_gauge();
         if !notify {
-            self.publish_error(slot, &cmd.echo, codes::REQUEST_ENTITY_TOO_LARGE, why);
+            self.publish_error(slot, &cmd.echo, code, why);
         }
         self.pump_queue(now, slot);
     }
@@ -726,6 +904,8 @@ impl ShardCore {
         let mut request = Vec::with_capacity(64);
         write_request(&mut request, ep, &read, 0, 0, &*registry);
         let token = self.fresh_token();
+        let mut t = Transfer::new(&self.blocks.held, token, request);
+        t.notify = Some(Notify { seq });
         let ex = Exchange {
             token,
             mid: 0,
@@ -736,235 +916,39 @@ impl ShardCore {
             acked_ms: 0,
             cmd: cmd.clone(),
             auto: true,
-            block: Some(Box::new(Transfer {
-                orig_token: token,
-                request,
-                send: None,
-                fetch: None,
-                notify_seq: Some(seq.unwrap_or(0)),
-            })),
+            block: Some(Box::new(t)),
         };
         let _ = self.block2_step(now, slot, ex, msg, b);
         true
     }
 
-    fn publish_whole_notification(&mut self, slot: u32, cmd: &Command, seq: u32, whole: &[u8]) {
+    fn publish_whole_notification(
+        &mut self,
+        slot: u32,
+        cmd: &Command,
+        seq: Option<u32>,
+        whole: &[u8],
+    ) {
         let Ok(m) = Message::parse(whole) else {
             return;
         };
         self.stats.notifications += 1;
+        if let Some(ep) = self.table.get_mut(slot) {
+            ep.counters.notifications = ep.counters.notifications.wrapping_add(1);
+        }
         let content = self.render_content(slot, cmd, &m);
         let mut body = Vec::with_capacity(128 + content.as_ref().map_or(0, |c| c.len()));
         dm_json::result(
             &mut body,
             &cmd.echo,
             "notify",
-            Some(seq),
+            // The last notification of an observation may carry no Observe
+            // option: no seqNum, as for a notification in one block.
+            seq,
             m.code,
             content.as_deref(),
             &[],
         );
         self.publish_to(slot, Topic::Notify, body);
-    }
-
-    /// Server side: the Block1 option of a device's request (RFC 7959 §2.3).
-    pub(super) fn block1_request(
-        &mut self,
-        now: u64,
-        peer: SocketAddr,
-        msg: &Message<'_>,
-    ) -> Block1In {
-        let Some(raw) = msg.option(opt::BLOCK1) else {
-            return Block1In::Whole;
-        };
-        let Some(b) = BlockOpt::decode(raw) else {
-            self.stats.bad_requests += 1;
-            self.block_reply(peer, msg, codes::BAD_REQUEST, None, None);
-            return Block1In::Answered;
-        };
-        if b.num == 0 && !b.more {
-            return Block1In::Whole;
-        }
-        let max_body = self.settings.max_body_size;
-        if !self.settings.block_enable {
-            self.stats.bad_requests += 1;
-            self.block_reply(peer, msg, codes::REQUEST_ENTITY_TOO_LARGE, None, None);
-            return Block1In::Answered;
-        }
-        let key = (peer, request_key(msg));
-        let announced = msg.option_uint(opt::SIZE1).map_or(0, u64::from);
-        if announced > max_body {
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
-            return Block1In::Answered;
-        }
-        let size = b.size();
-        let offset = b.num as usize * size;
-        let add = msg.payload.len();
-        if b.num == 0
-            && self
-                .blocks
-                .partial
-                .get(&key)
-                .is_none_or(|p| p.first_mid != msg.mid)
-        {
-            // A new body (a restarted one replaces the old).
-            self.blocks.remove(&key);
-            self.blocks.next_id = self.blocks.next_id.wrapping_add(1);
-            let id = self.blocks.next_id;
-            let held = self.blocks.held.clone();
-            self.blocks.partial.insert(
-                key.clone(),
-                Partial {
-                    id,
-                    first_mid: msg.mid,
-                    body: Body::new(&held),
-                    last_ms: now,
-                },
-            );
-            self.blocks.ids.insert(id, key.clone());
-            let at = now + self.settings.block_lifetime_ms;
-            self.out.timers.push((at, Timer::BlockExpire { id }));
-        }
-        let Some(have) = self.blocks.partial.get(&key).map(|p| p.body.len()) else {
-            self.stats.bad_requests += 1;
-            self.block_reply(peer, msg, codes::REQUEST_ENTITY_INCOMPLETE, None, None);
-            return Block1In::Answered;
-        };
-        let reply_szx = b.szx.min(self.settings.block_szx);
-        if b.more && offset + add <= have {
-            // A retransmitted block: acknowledge it again.
-            self.stats.duplicates += 1;
-            let ack = BlockOpt {
-                num: b.num,
-                more: true,
-                szx: reply_szx,
-            };
-            self.block_reply(peer, msg, codes::CONTINUE, Some(ack), None);
-            return Block1In::Answered;
-        }
-        if offset != have {
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_INCOMPLETE);
-            return Block1In::Answered;
-        }
-        if (have + add) as u64 > max_body {
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
-            return Block1In::Answered;
-        }
-        let device: usize = self
-            .blocks
-            .partial
-            .iter()
-            .filter(|(k, _)| k.0 == peer)
-            .map(|(_, p)| p.body.len())
-            .sum();
-        if (device + add) as u64 > self.settings.block_device_cap {
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
-            return Block1In::Answered;
-        }
-        if self.blocks.held.get() + add as u64 > self.settings.block_shard_cap {
-            self.refuse_body(peer, msg, &key, codes::SERVICE_UNAVAILABLE);
-            return Block1In::Answered;
-        }
-        if b.more && add != size {
-            self.refuse_body(peer, msg, &key, codes::BAD_REQUEST);
-            return Block1In::Answered;
-        }
-        self.stats.blocks_received += 1;
-        if let Some(p) = self.blocks.partial.get_mut(&key) {
-            p.body.extend(msg.payload);
-            p.last_ms = now;
-        }
-        self.block_gauge();
-        if b.more {
-            let ack = BlockOpt {
-                num: b.num,
-                more: true,
-                szx: reply_szx,
-            };
-            self.block_reply(peer, msg, codes::CONTINUE, Some(ack), None);
-            return Block1In::Answered;
-        }
-        let Some(p) = self.blocks.remove(&key) else {
-            return Block1In::Answered;
-        };
-        let body = p.body.take();
-        let whole = rebuild(
-            msg,
-            msg.mtype,
-            msg.code,
-            msg.mid,
-            msg.token,
-            &[opt::BLOCK1, opt::SIZE1],
-            &[],
-            &body,
-        );
-        self.stats.block_transfers += 1;
-        self.block_gauge();
-        self.blocks.last_final = Some((peer, msg.mid, b));
-        Block1In::Complete(whole)
-    }
-
-    /// Drops a partial body and answers `code` (4.13 with Size1 = `max_body_size`).
-    fn refuse_body(
-        &mut self,
-        peer: SocketAddr,
-        msg: &Message<'_>,
-        key: &(SocketAddr, Box<[u8]>),
-        code: u8,
-    ) {
-        self.blocks.remove(key);
-        self.stats.block_aborts += 1;
-        self.stats.bad_requests += 1;
-        self.block_gauge();
-        let size1 = (code == codes::REQUEST_ENTITY_TOO_LARGE)
-            .then(|| self.settings.max_body_size.min(u32::MAX as u64) as u32);
-        self.block_reply(peer, msg, code, None, size1);
-    }
-
-    fn block_reply(
-        &mut self,
-        peer: SocketAddr,
-        msg: &Message<'_>,
-        code: u8,
-        block1: Option<BlockOpt>,
-        size1: Option<u32>,
-    ) {
-        let con = msg.mtype == MsgType::Con;
-        let (mtype, mid) = if con {
-            (MsgType::Ack, msg.mid)
-        } else {
-            (MsgType::Non, self.fresh_mid())
-        };
-        self.stats.datagrams_out += 1;
-        self.out.datagram(peer, |buf| {
-            let mut w = MessageWriter::new(buf, mtype, code, mid, msg.token);
-            if let Some(b) = block1 {
-                w.option_uint(opt::BLOCK1, b.encode());
-            }
-            if let Some(s) = size1 {
-                w.option_uint(opt::SIZE1, s);
-            }
-            w.finish();
-        });
-    }
-
-    /// A partial request body's lifetime timer: dropped after `exchange_lifetime`
-    /// without a new block.
-    pub(super) fn on_block_expire(&mut self, now: u64, id: u32) {
-        let Some(key) = self.blocks.ids.get(&id).cloned() else {
-            return;
-        };
-        let Some(last) = self.blocks.partial.get(&key).map(|p| p.last_ms) else {
-            self.blocks.ids.remove(&id);
-            return;
-        };
-        let due = last + self.settings.block_lifetime_ms;
-        if now < due {
-            self.out.timers.push((due, Timer::BlockExpire { id }));
-            return;
-        }
-        self.blocks.remove(&key);
-        self.stats.block_expired += 1;
-        self.block_gauge();
     }
 }

@@ -96,7 +96,7 @@ pub struct ShardCore {
     locations: LocationCipher,
     next_mid: u16,
     /// `max_conn_rate` share of this shard.
-    admission: TokenBucket,
+    pub(super) admission: TokenBucket,
     /// Shards sharing the listener.
     shards: usize,
     /// Registers waiting for the authentication server, by ticket.
@@ -111,8 +111,9 @@ pub struct ShardCore {
     pub(super) rng: u64,
     pub stats: CoreStats,
     pub out: Outputs,
-    /// Block-wise request bodies devices are sending (RFC 7959).
-    pub(super) blocks: super::blockwise::ServerBlocks,
+    /// Block-wise state of the server side: request bodies devices are sending,
+    /// our responses sent in blocks (RFC 7959).
+    pub(super) blocks: super::block_server::ServerBlocks,
 }
 
 /// The decoded Uri-Path of a request, as far as the gateway routes on it.
@@ -603,13 +604,18 @@ impl ShardCore {
             self.reply_error(peer, msg, codes::BAD_OPTION, &text, data.len());
             return;
         }
+        self.blocks.now = now;
+        // A later block of a response of ours is served from its stored copy.
+        if self.block2_request(now, peer, msg, data.len()) {
+            return;
+        }
         // Block1 bodies are reassembled first; the last block is the whole request.
         let whole: Vec<u8>;
         let parsed: Message<'_>;
-        let (msg, data) = match self.block1_request(now, peer, msg) {
-            super::blockwise::Block1In::Whole => (msg, data),
-            super::blockwise::Block1In::Answered => return,
-            super::blockwise::Block1In::Complete(b) => {
+        let (msg, data) = match self.block1_request(now, peer, msg, data.len()) {
+            super::block_server::Block1In::Whole => (msg, data),
+            super::block_server::Block1In::Answered => return,
+            super::block_server::Block1In::Complete(b) => {
                 whole = b;
                 let Ok(m) = Message::parse(&whole) else {
                     return;
@@ -947,6 +953,7 @@ impl ShardCore {
         let Ok(msg) = Message::parse(&p.datagram) else {
             return;
         };
+        self.blocks.now = now;
         // The Register is handled as it arrived: over DTLS with its identity, or not.
         self.with_identity(p.identity.clone(), |c| {
             if allowed {
@@ -1344,7 +1351,7 @@ impl ShardCore {
     fn write_reply(&mut self, peer: SocketAddr, r: &LastReply, location: Option<u64>) {
         let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
         // The answer to the last block of a block-wise body names it (RFC 7959 §2.3).
-        let block1 = self.blocks.final_block1(peer, r.mid);
+        let block1 = self.final_block1(peer, r.mid, r.at_ms);
         self.stats.datagrams_out += 1;
         self.out.datagram(peer, |buf| {
             let mut w = MessageWriter::new(buf, mtype, r.code, r.reply_mid, r.token());
@@ -1361,8 +1368,11 @@ impl ShardCore {
         });
     }
 
-    /// An error reply with a diagnostic payload, never larger than the request (so
-    /// a spoofed source cannot use us as an amplifier).
+    /// An error reply with a diagnostic payload. To an address that has not
+    /// proven itself (no registration from it, no DTLS session) it is never larger
+    /// than the request (so a spoofed source cannot use us as an amplifier) nor
+    /// than a block; a proven device gets a text longer than a block in Block2
+    /// blocks (RFC 7959 §2.4, `block_server.rs`).
     fn reply_error(
         &mut self,
         peer: SocketAddr,
@@ -1371,20 +1381,23 @@ impl ShardCore {
         text: &str,
         req_len: usize,
     ) {
+        use super::block_server::Diagnostic;
         let r = self.reply_header(msg, code);
         let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
+        let bound = self.reply_bound(peer, msg.mid, req_len);
+        let room = bound.saturating_sub(4 + r.tkl as usize + 1);
+        let proven = self.table.find_peer(&peer).is_some() || self.input_identity.is_some();
+        let d = self.diagnostic(peer, msg, code, text, room, proven);
         self.stats.datagrams_out += 1;
         self.out.datagram(peer, |buf| {
-            let start = buf.len();
-            MessageWriter::new(buf, mtype, code, r.reply_mid, r.token()).finish();
-            let room = req_len.saturating_sub(buf.len() - start + 1);
-            let mut n = text.len().min(room);
-            while !text.is_char_boundary(n) {
-                n -= 1;
-            }
-            if n > 0 {
-                buf.push(0xff);
-                buf.extend_from_slice(&text.as_bytes()[..n]);
+            let mut w = MessageWriter::new(buf, mtype, code, r.reply_mid, r.token());
+            match d {
+                Diagnostic::Plain(n) => w.payload(&text.as_bytes()[..n]),
+                Diagnostic::Block { block, size2 } => {
+                    w.option_uint(opt::BLOCK2, block.encode())
+                        .option_uint(opt::SIZE2, size2);
+                    w.payload(&text.as_bytes()[..block.size()]);
+                }
             }
         });
     }

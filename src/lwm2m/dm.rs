@@ -237,7 +237,8 @@ impl ShardCore {
         let mut datagram = Vec::with_capacity(64 + q.cmd.payload.as_ref().map_or(0, |p| p.1.len()));
         write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
         // A body larger than a block goes out as Block1 blocks (block 0 now).
-        let block = super::blockwise::first_block1(&self.settings, &mut datagram, token);
+        let block =
+            super::blockwise::first_block1(&self.settings, &self.blocks.held, &mut datagram, token);
         self.stats.blocks_sent += block.is_some() as u64;
         let peer = ep.peer;
         ep.counters.sent = ep.counters.sent.wrapping_add(1);

@@ -3,6 +3,7 @@
 //! clock, no threads here.
 
 pub mod admission;
+pub mod block_server;
 pub mod blockwise;
 pub mod command;
 pub mod directory;

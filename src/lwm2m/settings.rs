@@ -129,8 +129,9 @@ impl CoreSettings {
             block_szx: super::blockwise::szx_of(c.blockwise.max_block_size as usize),
             max_body_size: c.blockwise.max_body_size,
             block_lifetime_ms: c.blockwise.exchange_lifetime.as_millis() as u64,
-            // One body per device; a shard holds at most sixteen at once.
-            block_device_cap: c.blockwise.max_body_size,
+            // One body per device with its request key (Uri-Query up to a
+            // datagram); a shard holds at most sixteen at once.
+            block_device_cap: c.blockwise.max_body_size.saturating_add(2048),
             block_shard_cap: c.blockwise.max_body_size.saturating_mul(16),
             auto_observe: match &c.auto_observe {
                 AutoObserve::Off => AutoObserveSet::Off,

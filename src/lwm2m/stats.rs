@@ -107,7 +107,7 @@ pub struct CoreStats {
     pub block_aborts: u64,
     /// Partial request bodies dropped after `exchange_lifetime` without progress.
     pub block_expired: u64,
-    /// Bytes held by partial transfers at the last block-wise event (gauge).
+    /// Bytes held by block-wise state at the last block-wise event (gauge).
     pub block_bytes_held: u64,
     /// Plain CoAP datagrams from the address of a registration made over DTLS
     /// (dropped: plain CoAP may not act for it).
@@ -115,4 +115,9 @@ pub struct CoreStats {
     /// Registrations made over DTLS whose session ended (commands queue until a
     /// new session speaks for them).
     pub dtls_sessions_lost: u64,
+    /// Partial request bodies held at the last block-wise event (gauge).
+    pub block_partials: u64,
+    /// Block-wise limits hit, by `blockwise::BlockLimit::index` (max_body_size,
+    /// device_cap, shard_cap, partials, rate).
+    pub block_limits: [u64; 5],
 }

@@ -5,6 +5,7 @@
 use super::harness::*;
 use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
 use crate::formats::fmt_id;
+use crate::lwm2m::blockwise::BlockLimit;
 use crate::lwm2m::CoreSettings;
 use base64::Engine as _;
 use simd_json::prelude::*;
@@ -297,23 +298,148 @@ fn whole_request_refused_413_with_block_size_goes_blockwise() {
 }
 
 #[test]
-fn block1_413_with_size1_ends_the_write() {
+fn block1_413_with_size1_restarts_with_a_smaller_block_size() {
+    // 256-byte blocks; the device says with Size1 that it takes 100 bytes at a
+    // time: the write starts over from block 0 in 64-byte blocks (the largest
+    // size <= 100), and completes.
     let mut h = setup_with(with_szx(4));
+    let cmd = write_cmd(7, &pattern(1000));
+    let expect = whole_body(&cmd);
     let mark = h.mark();
-    let b0 = one_req(h.command(0, TOPIC, &write_cmd(7, &pattern(4000))));
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
+    assert_eq!(block(&b0.msg(), opt::BLOCK1).unwrap().size(), 256);
+    let c = ack(&b0, codes::CONTINUE, &[(opt::BLOCK1, 0x0c)], b"");
+    let b1 = one_req(h.exchange(0, dev(), &c));
+    assert_eq!(block(&b1.msg(), opt::BLOCK1).unwrap().num, 1);
+    let refuse = ack(
+        &b1,
+        codes::REQUEST_ENTITY_TOO_LARGE,
+        &[(opt::SIZE1, 100)],
+        b"",
+    );
+    let r = one_req(h.exchange(0, dev(), &refuse));
+    let m = r.msg();
+    let b = block(&m, opt::BLOCK1).unwrap();
+    assert_eq!(
+        (b.num, b.more, b.size()),
+        (0, true, 64),
+        "block 0 again, smaller"
+    );
+    assert_eq!(m.option_uint(opt::SIZE1), Some(expect.len() as u32));
+    let (body, _) = receive_block1(&mut h, r, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["data"]["code"], "2.04");
+}
+
+#[test]
+fn block1_413_with_a_larger_size1_still_lowers_the_block_size() {
+    // Size1 above the block sent: the next smaller size (128 after 256).
+    let mut h = setup_with(with_szx(4));
+    let cmd = write_cmd(7, &pattern(1000));
+    let expect = whole_body(&cmd);
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
     let refuse = ack(
         &b0,
         codes::REQUEST_ENTITY_TOO_LARGE,
         &[(opt::SIZE1, 2048)],
         b"",
     );
-    assert!(h.exchange(0, dev(), &refuse).is_empty(), "no further block");
-    let p = h.published_since(mark);
-    assert_eq!(p.len(), 1);
-    assert_eq!(p[0].1["reqID"], 7);
-    assert_eq!(p[0].1["data"]["code"], "4.13");
-    assert_eq!(p[0].1["data"]["size1"], "2048");
-    assert!(h.advance_collect(300_000).is_empty());
+    let r = one_req(h.exchange(0, dev(), &refuse));
+    let b = block(&r.msg(), opt::BLOCK1).unwrap();
+    assert_eq!((b.num, b.size()), (0, 128));
+    let (body, _) = receive_block1(&mut h, r, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+}
+
+#[test]
+fn block1_413_with_size1_ends_the_write_when_no_smaller_size_is_possible() {
+    // 16-byte blocks are the smallest; a Size1 below 16 allows none.
+    for (szx, size1) in [(0u8, 2048u32), (0, 16), (4, 15)] {
+        let mut h = setup_with(with_szx(szx));
+        let mark = h.mark();
+        let b0 = one_req(h.command(0, TOPIC, &write_cmd(7, &pattern(4000))));
+        let refuse = ack(
+            &b0,
+            codes::REQUEST_ENTITY_TOO_LARGE,
+            &[(opt::SIZE1, size1)],
+            b"",
+        );
+        assert!(h.exchange(0, dev(), &refuse).is_empty(), "no further block");
+        let p = h.published_since(mark);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].1["reqID"], 7);
+        assert_eq!(p[0].1["data"]["code"], "4.13");
+        assert_eq!(p[0].1["data"]["size1"], size1.to_string());
+        assert!(h.advance_collect(300_000).is_empty());
+        assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    }
+}
+
+#[test]
+fn whole_request_refused_413_with_size1_goes_blockwise() {
+    let mut h = setup_with(settings());
+    let cmd = write_cmd(1, &pattern(500));
+    let expect = whole_body(&cmd);
+    let mark = h.mark();
+    let r = one_req(h.command(0, TOPIC, &cmd));
+    assert!(block(&r.msg(), opt::BLOCK1).is_none());
+    let refuse = ack(
+        &r,
+        codes::REQUEST_ENTITY_TOO_LARGE,
+        &[(opt::SIZE1, 200)],
+        b"",
+    );
+    let b0 = one_req(h.exchange(0, dev(), &refuse));
+    assert_eq!(block(&b0.msg(), opt::BLOCK1).unwrap().size(), 128);
+    let (body, _) = receive_block1(&mut h, b0, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+    assert_eq!(h.published_since(mark).len(), 1);
+}
+
+#[test]
+fn a_write_body_is_counted_and_refused_beyond_the_caps() {
+    let mut h = setup_with(with_szx(2));
+    let cmd = write_cmd(1, &pattern(3000));
+    let expect = whole_body(&cmd);
+    let b0 = one_req(h.command(0, TOPIC, &cmd));
+    // The whole body is held while the transfer lasts.
+    assert_eq!(h.cores[0].blockwise_held_bytes(), expect.len() as u64);
+    let (body, _) = receive_block1(&mut h, b0, codes::CHANGED, Vec::new());
+    assert_eq!(body, expect);
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    // Beyond the device's cap (below max_body_size): refused before sending.
+    for (device, shard, reason, whose) in [
+        (2000, 64 << 20, BlockLimit::DeviceCap, "this device"),
+        (4 << 20, 2000, BlockLimit::ShardCap, "this shard"),
+    ] {
+        let mut s = with_szx(2);
+        s.block_device_cap = device;
+        s.block_shard_cap = shard;
+        let mut h = setup_with(s);
+        let mark = h.mark();
+        assert!(h
+            .command(0, TOPIC, &write_cmd(2, &pattern(3000)))
+            .is_empty());
+        let p = h.published_since(mark);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].1["reqID"], 2);
+        assert_eq!(p[0].1["data"]["code"], "4.13");
+        let e = p[0].1["data"]["error"].as_str().unwrap();
+        assert!(e.contains(whose), "{e}");
+        let st = h.cores[0].stats;
+        assert_eq!(st.block_limits[reason.index()], 1);
+        assert_eq!(st.block_aborts, 1);
+        assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+        // A small write still goes out.
+        assert_eq!(
+            one_req(h.command(0, TOPIC, &write_cmd(3, b"ok")))
+                .msg()
+                .code,
+            codes::PUT
+        );
+    }
 }
 
 /// Serves `body` in Block2 blocks of 1024 bytes to `first` and its follow-ups.
@@ -701,7 +827,9 @@ fn abandoned_partial_body_dropped_after_exchange_lifetime() {
     assert_eq!(h.one(0, dev(), &b[0]).code(), codes::CONTINUE);
     h.advance(100_000);
     assert_eq!(h.one(0, dev(), &b[1]).code(), codes::CONTINUE);
-    assert_eq!(h.cores[0].blockwise_held_bytes(), 128);
+    // Two blocks and the request key (method, Uri-Path, Uri-Query).
+    let key = 1 + (3 + 2) + (3 + 6) + (3 + 6) + (3 + 9);
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 128 + key);
     // The lifetime counts from the last block.
     h.advance(200_000);
     assert_eq!(h.cores[0].blockwise_partials(), 1);
@@ -773,43 +901,58 @@ fn oversize_bodies_are_errors_on_mqtt() {
 }
 
 #[test]
-fn memory_cap_per_device_aborts_a_fetch() {
-    let mut s = settings();
-    s.block_device_cap = 2048;
-    let mut h = setup_with(s);
-    let mark = h.mark();
-    let mut req = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":3,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
-    for num in 0..3u32 {
-        let b = BlockOpt {
-            num,
-            more: true,
-            szx: 6,
-        };
-        let out = h.exchange(
+fn memory_caps_per_device_and_per_shard_abort_a_fetch() {
+    for (device, shard, reason, whose) in [
+        (2048, 64 << 20, BlockLimit::DeviceCap, "device"),
+        (4 << 20, 2048, BlockLimit::ShardCap, "shard"),
+    ] {
+        let mut s = settings();
+        s.block_device_cap = device;
+        s.block_shard_cap = shard;
+        let mut h = setup_with(s);
+        let mark = h.mark();
+        let mut req = one_req(h.command(
             0,
-            dev(),
-            &ack(
-                &req,
-                codes::CONTENT,
-                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
-                &[1u8; 1024],
-            ),
-        );
-        if num < 2 {
-            assert_eq!(h.cores[0].blockwise_held_bytes(), 1024 * (num as u64 + 1));
-            req = one_req(out);
-        } else {
-            assert!(out.is_empty());
+            TOPIC,
+            r#"{"reqID":3,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+        ));
+        for num in 0..3u32 {
+            let b = BlockOpt {
+                num,
+                more: true,
+                szx: 6,
+            };
+            let out = h.exchange(
+                0,
+                dev(),
+                &ack(
+                    &req,
+                    codes::CONTENT,
+                    &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+                    &[1u8; 1024],
+                ),
+            );
+            if num < 2 {
+                assert_eq!(h.cores[0].blockwise_held_bytes(), 1024 * (num as u64 + 1));
+                req = one_req(out);
+            } else {
+                assert!(out.is_empty());
+            }
         }
+        let p = h.published_since(mark);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].1["data"]["code"], "4.13");
+        let e = p[0].1["data"]["error"].as_str().unwrap();
+        assert!(e.contains("cap") && e.contains(whose), "{e}");
+        assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+        let st = h.cores[0].stats;
+        assert_eq!(
+            st.block_limits[reason.index()],
+            1,
+            "counted under its reason"
+        );
+        assert_eq!(st.block_aborts, 1);
     }
-    let p = h.published_since(mark);
-    assert_eq!(p.len(), 1);
-    assert!(p[0].1["data"]["error"].as_str().unwrap().contains("cap"));
-    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
 }
 
 #[test]
@@ -928,4 +1071,166 @@ fn separate_response_is_awaited_for_exchange_lifetime_after_an_empty_ack() {
     let p = h.published_since(mark);
     assert_eq!(p.len(), 2);
     assert_eq!(p[1].1["msgType"], "coap_timeout");
+}
+
+/// A CON notification on `token` with `observe` (None: no Observe option) and
+/// Block2 0/1/1024 over `data`.
+fn block_notification(token: &[u8], mid: u16, observe: Option<u32>, data: &[u8]) -> Vec<u8> {
+    let mut n = Vec::new();
+    let mut w = MessageWriter::new(&mut n, MsgType::Con, codes::CONTENT, mid, token);
+    if let Some(o) = observe {
+        w.option_uint(opt::OBSERVE, o);
+    }
+    w.option_uint(opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32)
+        .option_uint(
+            opt::BLOCK2,
+            BlockOpt {
+                num: 0,
+                more: true,
+                szx: 6,
+            }
+            .encode(),
+        );
+    w.payload(&data[..1024]);
+    n
+}
+
+/// Serves blocks 1.. of `data` to the follow-up `req` (1024-byte blocks).
+fn serve_from_block1(h: &mut Harness, mut req: Reply, data: &[u8]) {
+    let blocks = data.len().div_ceil(1024) as u32;
+    for num in 1..blocks {
+        let start = num as usize * 1024;
+        let end = (start + 1024).min(data.len());
+        let b = BlockOpt {
+            num,
+            more: end < data.len(),
+            szx: 6,
+        };
+        let out = h.exchange(
+            0,
+            dev(),
+            &ack(
+                &req,
+                codes::CONTENT,
+                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
+                &data[start..end],
+            ),
+        );
+        if b.more {
+            req = one_req(out);
+        } else {
+            assert!(out.is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_final_block2_notification_without_observe_has_no_seqnum() {
+    let mut h = setup_with(settings());
+    let req = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":4,"msgType":"observe","data":{"path":"/5/0/0"}}"#,
+    ));
+    let token = req.msg().token.to_vec();
+    h.datagram(
+        0,
+        dev(),
+        &ack(
+            &req,
+            codes::CONTENT,
+            &[(opt::OBSERVE, 1), (opt::CONTENT_FORMAT, 42)],
+            b"x",
+        ),
+    );
+    // The observation's last notification: no Observe option, in blocks.
+    let data = pattern(3000);
+    let out = h.exchange(0, dev(), &block_notification(&token, 700, None, &data));
+    assert_eq!(out.len(), 2, "ACK and the first follow-up: {out:?}");
+    serve_from_block1(&mut h, out[1].clone(), &data);
+    let notes = h.published("up/notify");
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].1.get("seqNum").is_none(),
+        "no made-up seqNum: {:?}",
+        notes[0].1
+    );
+    let v = notes[0].1["data"]["content"][0]["value"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(v).unwrap(),
+        data
+    );
+    // The observation ended: a further notification on its token is refused.
+    let mut n = Vec::new();
+    let mut w = MessageWriter::new(&mut n, MsgType::Con, codes::CONTENT, 701, &token);
+    w.option_uint(opt::OBSERVE, 9);
+    w.payload(b"late");
+    let out = h.exchange(0, dev(), &n);
+    assert_eq!(out[0].msg().mtype, MsgType::Rst);
+}
+
+#[test]
+fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
+    let mut h = setup_with(settings());
+    let mark = h.mark();
+    let first = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":5,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    let old = pattern(2500);
+    let new: Vec<u8> = pattern(2100).iter().map(|b| b ^ 0x55).collect();
+    let blk = |num: u32, more: bool| BlockOpt { num, more, szx: 6 }.encode();
+    let reply = |req: &Reply, etag: &[u8], num: u32, data: &[u8]| {
+        let start = num as usize * 1024;
+        let end = (start + 1024).min(data.len());
+        let m = req.msg();
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, codes::CONTENT, m.mid, m.token);
+        w.option(opt::ETAG, etag)
+            .option_uint(opt::CONTENT_FORMAT, 42)
+            .option_uint(opt::BLOCK2, blk(num, end < data.len()));
+        w.payload(&data[start..end]);
+        buf
+    };
+    let g1 = one_req(h.exchange(0, dev(), &reply(&first, b"A", 0, &old)));
+    // Block 1 comes from a new representation: the fetch starts over at block 0.
+    let g0 = one_req(h.exchange(0, dev(), &reply(&g1, b"B", 1, &new)));
+    let m = g0.msg();
+    assert_eq!(m.code, codes::GET);
+    assert_eq!(block(&m, opt::BLOCK2).unwrap().num, 0);
+    assert!(h.published_since(mark).is_empty());
+    let g1 = one_req(h.exchange(0, dev(), &reply(&g0, b"B", 0, &new)));
+    let g2 = one_req(h.exchange(0, dev(), &reply(&g1, b"B", 1, &new)));
+    assert!(h.exchange(0, dev(), &reply(&g2, b"B", 2, &new)).is_empty());
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    let v = p[0].1["data"]["content"][0]["value"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(v).unwrap(),
+        new,
+        "the new representation, whole"
+    );
+    // A representation that keeps changing: an error after two restarts.
+    let mark = h.mark();
+    let mut req = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":6,"msgType":"read","data":{"path":"/5/0/0"}}"#,
+    ));
+    for round in 0..3u8 {
+        let g1 = one_req(h.exchange(0, dev(), &reply(&req, &[round], 0, &old)));
+        let out = h.exchange(0, dev(), &reply(&g1, &[round + 100], 1, &old));
+        if round < 2 {
+            req = one_req(out);
+        } else {
+            assert!(out.is_empty());
+        }
+    }
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1["reqID"], 6);
+    assert_eq!(p[0].1["data"]["code"], "4.08");
+    assert!(p[0].1["data"]["error"].as_str().unwrap().contains("ETag"));
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
 }

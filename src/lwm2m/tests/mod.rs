@@ -1,6 +1,7 @@
 //! Sans-IO tests of the core on a virtual clock: several shards, a shared directory,
 //! cross-shard messages delivered synchronously, timers fired by advancing time.
 
+mod block_server;
 mod blockwise;
 mod dm;
 mod dtls;
