@@ -63,6 +63,7 @@ impl Inbound for CommandRouter {
                     topic: topic.to_string(),
                     payload: payload.to_vec(),
                     hops: 0,
+                    arrival: Default::default(),
                 };
                 match self.shards.get(shard as usize).map(|s| s.try_send(msg)) {
                     Some(Ok(())) => {
