@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# An MQTT 5 application that sets a message expiry on its commands.
+[ -x /usr/bin/mosquitto_pub ] || need+=(mosquitto-clients)
 # DTLS and block-wise interop: libcoap's clients (OpenSSL and GnuTLS builds);
 # openssl makes the test certificates.
 command -v coap-client-openssl >/dev/null || need+=(libcoap3-bin)

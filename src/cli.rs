@@ -7,7 +7,7 @@ use clap::Parser;
 
 use crate::config::bind::parse_bind;
 use crate::config::size::parse_size;
-use crate::config::{Config, ConfigError, MqttServer, SubscribeMode, UdpListener};
+use crate::config::{Config, ConfigError, MqttProtocol, MqttServer, SubscribeMode, UdpListener};
 use crate::config::{DEFAULT_PATH, DEFAULT_TOML};
 
 /// A high-throughput LwM2M-to-MQTT gateway.
@@ -61,6 +61,10 @@ pub struct Cli {
     /// Where the embedded broker listens (mqtt.embedded_bind)
     #[arg(long, value_name = "ADDR")]
     pub embedded_bind: Option<String>,
+
+    /// MQTT version spoken to the broker: 5 or 3.1.1 (mqtt.protocol)
+    #[arg(long, value_name = "VERSION")]
+    pub mqtt_protocol: Option<String>,
 
     /// MQTT connections, 1..=64 (mqtt.connections)
     #[arg(long, value_name = "N")]
@@ -194,6 +198,12 @@ impl Cli {
         if let Some(s) = &self.embedded_bind {
             c.mqtt.embedded_bind = parse_bind(s).map_err(|m| flag_err("--embedded-bind", m))?;
             o.set("--embedded-bind", "mqtt.embedded_bind");
+        }
+        if let Some(s) = &self.mqtt_protocol {
+            c.mqtt.protocol = s
+                .parse::<MqttProtocol>()
+                .map_err(|m| flag_err("--mqtt-protocol", m))?;
+            o.set("--mqtt-protocol", "mqtt.protocol");
         }
         if let Some(n) = self.mqtt_connections {
             c.mqtt.connections = n;
@@ -334,6 +344,8 @@ mod tests {
                 "1884",
                 "--mqtt-connections",
                 "8",
+                "--mqtt-protocol",
+                "3.1.1",
                 "--subscribe",
                 "wildcard",
                 "--api-bind",
@@ -362,6 +374,7 @@ mod tests {
         );
         assert_eq!(c.mqtt.embedded_bind, addr("0.0.0.0:1884"));
         assert_eq!(c.mqtt.connections, 8);
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V311);
         assert_eq!(c.mqtt.subscribe, SubscribeMode::Wildcard);
         assert_eq!(c.api.bind, addr("0.0.0.0:9000"));
         assert_eq!(c.xml_dir, PathBuf::from("/srv/xml"));
@@ -424,6 +437,12 @@ mod tests {
             ),
             (&["--mqtt", "tcp://b"], "--mqtt", "invalid MQTT server"),
             (&["--subscribe", "all"], "--subscribe", "per_endpoint"),
+            (&["--mqtt-protocol", "4"], "--mqtt-protocol", "\"3.1.1\""),
+            (
+                &["--api-bind", "1884"],
+                "--api-bind",
+                "already used by mqtt.embedded_bind_v5",
+            ),
             (&["--dtls-bind", "5784"], "--dtls-bind", "no DTLS listener"),
             (
                 &["--api-bind", "1883"],

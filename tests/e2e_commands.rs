@@ -5,6 +5,7 @@
 mod common;
 
 use common::gateway::{Broker, GatewayProc};
+use common::mosquitto::mosquitto_pub_v5;
 use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use simd_json::prelude::*;
@@ -36,6 +37,11 @@ struct Request {
 
 impl Device {
     fn register(gw: SocketAddr, ep: &str, objects: &str) -> Self {
+        Self::register_with(gw, ep, objects, "U")
+    }
+
+    /// Registers with binding `b` ("UQ": queue mode).
+    fn register_with(gw: SocketAddr, ep: &str, objects: &str, b: &str) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
         let mut d = Device {
@@ -51,7 +57,7 @@ impl Device {
             .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
             .option(opt::URI_QUERY, b"lt=300")
             .option(opt::URI_QUERY, b"lwm2m=1.0")
-            .option(opt::URI_QUERY, b"b=U");
+            .option(opt::URI_QUERY, format!("b={b}").as_bytes());
         w.payload(objects.as_bytes());
         d.sock.send_to(&buf, gw).unwrap();
         let reply = d.recv();
@@ -60,6 +66,18 @@ impl Device {
         let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
         d.location = String::from_utf8_lossy(segs[1]).into_owned();
         d
+    }
+
+    /// A registration update (an empty POST to the location); returns its message id.
+    fn update(&mut self) -> u16 {
+        self.mid += 1;
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, self.mid, &[9]);
+        w.option(opt::URI_PATH, b"rd")
+            .option(opt::URI_PATH, self.location.as_bytes());
+        w.finish();
+        self.sock.send_to(&buf, self.gw).unwrap();
+        self.mid
     }
 
     fn recv(&self) -> Vec<u8> {
@@ -227,6 +245,36 @@ fn every_command_through_the_running_gateway() {
     assert_eq!((r.code, r.path.as_str()), (codes::POST, "/31024/11"));
     dev.reply(&r, codes::CHANGED, None, None, b"");
     assert_eq!(app.next().1["data"]["codeMsg"], "changed");
+
+    // batch write: PUT to a resource, its instances as one multiple-resource TLV
+    app.send("cmd1", "write", r#"{"basePath":"/3/0/6","content":[{"path":"0","type":"Integer","value":1},{"path":"1","type":"Integer","value":5}]}"#);
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::PUT, "/3/0/6"));
+    assert_eq!(r.format, Some(11542));
+    assert_eq!(r.payload, [0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05]);
+    dev.reply(&r, codes::CHANGED, None, None, b"");
+    let (_, v) = app.next();
+    assert_eq!(
+        (v["data"]["reqPath"].as_str(), v["data"]["code"].as_str()),
+        (Some("/3/0/6"), Some("2.04"))
+    );
+
+    // values given as hex of their raw bytes
+    app.mq
+        .publish(
+            "lwm2m/cmd1/dn/cmd",
+            br#"{"reqID":50,"msgType":"write","encoding":"hex","data":{"path":"/3/0/14","type":"String","value":"2b30323a3030"}}"#,
+            0,
+        )
+        .unwrap();
+    let r = dev.request();
+    assert_eq!(r.payload, b"\xC6\x0E+02:00");
+    dev.reply(&r, codes::CHANGED, None, None, b"");
+    let (_, v) = app.next();
+    assert_eq!(
+        (v["reqID"].as_u64(), v["encoding"].as_str()),
+        (Some(50), Some("hex"))
+    );
 
     // write-attr
     app.send(
@@ -417,5 +465,160 @@ fn object_definitions_reload_while_running() {
         c["value"].as_str(),
         Some("42"),
         "a String after SIGHUP: {c}"
+    );
+}
+
+/// A queue-mode device sleeps; an MQTT 5 application (Debian's mosquitto_pub) publishes
+/// commands with a message-expiry interval on the embedded broker's MQTT 5 listener. The one
+/// whose expiry runs out first is answered with an expiry error on the response topic (seen
+/// here by a 3.1.1 application); when the device speaks again only the other one is sent.
+#[test]
+fn a_queued_command_past_its_mqtt_message_expiry_gets_an_expiry_error() {
+    let gw = GatewayProc::start(Broker::Embedded, "qmode_time_window = \"1s\"\n");
+    let v5 = gw.mqtt_v5.expect("the embedded broker's MQTT 5 listener");
+    let mut app = App::new(&gw);
+    let mut dev = Device::register_with(gw.udp, "exp1", "</3/0>", "UQ");
+    // Awake right after registering: a command goes at once (and shows the route works).
+    app.send("exp1", "read", r#"{"path":"/3/0/0"}"#);
+    let r = dev.request();
+    dev.reply(&r, codes::CONTENT, Some(0), None, b"ACME");
+    assert_eq!(app.next().1["data"]["code"], "2.05");
+    // Past the 1 s window the device sleeps.
+    std::thread::sleep(Duration::from_millis(2500));
+    let cmd = |id: u32, path: &str| {
+        format!(r#"{{"reqID":{id},"msgType":"read","data":{{"path":"{path}"}}}}"#)
+    };
+    mosquitto_pub_v5(v5, "lwm2m/exp1/dn/cmd", &cmd(71, "/3/0/1"), 1, Some(2));
+    mosquitto_pub_v5(v5, "lwm2m/exp1/dn/cmd", &cmd(72, "/3/0/2"), 1, Some(600));
+    let (t, v) = app.next();
+    assert_eq!(t, "lwm2m/exp1/up/resp");
+    assert_eq!(v["reqID"].as_u64(), Some(71), "{v}");
+    assert_eq!(v["msgType"], "read");
+    assert_eq!(v["data"]["code"], "5.03");
+    let e = v["data"]["error"].as_str().unwrap();
+    assert!(
+        e.contains("while the device was sleeping") && e.contains("MQTT message-expiry interval"),
+        "{e}"
+    );
+    // The device speaks: 2.04 to its update, then the command still valid, and only it.
+    let mid = dev.update();
+    let b = dev.recv();
+    let m = Message::parse(&b).unwrap();
+    assert_eq!((m.mid, m.code), (mid, codes::CHANGED));
+    let r = dev.request();
+    assert_eq!(r.path, "/3/0/2");
+    dev.reply(&r, codes::CONTENT, Some(0), None, b"x");
+    let v = loop {
+        let (t, v) = app.next();
+        if t.ends_with("/up/resp") {
+            break v;
+        }
+        assert_eq!(v["msgType"], "update", "{v}");
+    };
+    assert_eq!(
+        (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+        (Some(72), Some("2.05"))
+    );
+}
+
+/// Every command ends in exactly one final message, also when the gateway is overloaded: with
+/// a shard mailbox of one message, a burst of commands is partly refused by the MQTT thread
+/// (5.03, "overloaded") and partly by the device's full command queue (5.03), and the rest is
+/// answered by the device.
+#[test]
+fn a_burst_into_a_full_mailbox_gets_one_answer_per_command() {
+    let gw = GatewayProc::start(
+        Broker::Embedded,
+        // A short ACK_TIMEOUT: a datagram lost in the burst is retransmitted soon.
+        "[engine]\nshards = 1\nmailbox_capacity = 1\n[queue]\nmax_queued = 20\n\
+         [coap]\nack_timeout = \"200ms\"\n",
+    );
+    let mut app = App::new(&gw);
+    let dev = Device::register(gw.udp, "burst1", "</3/0>");
+    let sock = dev.sock.try_clone().unwrap();
+    let gw_udp = dev.gw;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let answering = std::thread::spawn(move || {
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(m) = Message::parse(&buf[..n]) else {
+                continue;
+            };
+            if !m.is_request() {
+                continue;
+            }
+            let mut out = Vec::new();
+            let mut w = MessageWriter::new(&mut out, MsgType::Ack, codes::CONTENT, m.mid, m.token);
+            w.option_uint(opt::CONTENT_FORMAT, 0);
+            w.payload(b"x");
+            let _ = sock.send_to(&out, gw_udp);
+        }
+    });
+    let n = 2000u32;
+    let mut body = String::new();
+    for i in 1..=n {
+        body.clear();
+        body.push_str(&format!(
+            r#"{{"reqID":{i},"msgType":"read","data":{{"path":"/3/0/0"}}}}"#
+        ));
+        app.mq
+            .publish("lwm2m/burst1/dn/cmd", body.as_bytes(), 0)
+            .unwrap();
+    }
+    let mut finals = vec![0u32; n as usize + 1];
+    let (mut overloaded, mut answered) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while finals[1..].contains(&0) {
+        assert!(
+            Instant::now() < deadline,
+            "{} commands got no final message",
+            finals[1..].iter().filter(|c| **c == 0).count()
+        );
+        let Some((t, p)) = app.mq.recv_publish(Duration::from_secs(1)) else {
+            continue;
+        };
+        if !t.ends_with("/up/resp") {
+            continue;
+        }
+        let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
+        if v["msgType"] != "read" {
+            continue; // "register"; no "ack" events here
+        }
+        let id = v["reqID"].as_u64().unwrap() as usize;
+        finals[id] += 1;
+        match v["data"]["code"].as_str() {
+            Some("2.05") => answered += 1,
+            Some("5.03") => {
+                let e = v["data"]["error"].as_str().unwrap_or("");
+                overloaded += e.contains("overloaded") as u32;
+            }
+            other => panic!("unexpected answer {other:?}: {v}"),
+        }
+    }
+    // Nothing more arrives for any of them.
+    while let Some((t, p)) = app.mq.recv_publish(Duration::from_millis(500)) {
+        if t.ends_with("/up/resp") {
+            let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
+            if let Some(id) = v["reqID"].as_u64() {
+                finals[id as usize] += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    answering.join().unwrap();
+    assert!(
+        finals[1..].iter().all(|c| *c == 1),
+        "a command answered twice"
+    );
+    assert!(answered > 0, "the device answered some");
+    assert!(
+        overloaded > 0,
+        "the MQTT thread refused some (mailbox full)"
     );
 }

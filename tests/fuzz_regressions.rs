@@ -211,8 +211,9 @@ fn core_subscription_lost() {
 /// Commands through the stateful check: a read answered piggybacked, an observe
 /// answered with Observe and then notified, an execute acknowledged empty and
 /// answered separately (CON, then a duplicate of it), a read reset, a delete met by
-/// silence (coap_timeout) with a read queued behind it (expires after the queue TTL
-/// of 60 s), a command for an unknown endpoint, one that
+/// silence (coap_timeout) with a read queued behind it (the device is not in queue
+/// mode, so the queue TTL does not apply: the read goes out when the delete timed out,
+/// and is met by silence too), a command for an unknown endpoint, one that
 /// is not JSON and one with an unknown msgType; then 300 s and two days. Every
 /// command gets exactly one final message (checked inside).
 #[test]
@@ -236,8 +237,9 @@ fn core_commands_every_outcome() {
     assert_eq!(w.anon_finals, 1);
     assert_eq!(w.acks, 1, "the empty ACK's event");
     assert_eq!(w.notifies, 1);
-    // read, observe, execute, read, delete and its 4 retransmissions.
-    assert_eq!(w.requests, 9);
+    // read, observe, execute, read, delete and the read behind it, with 4
+    // retransmissions each.
+    assert_eq!(w.requests, 14);
 }
 
 /// Found by `core_endpoint` (run C, without commands): three shards; dev-a registers

@@ -39,7 +39,7 @@ use serde::Deserialize;
 pub use auth::{AuthSsl, Authentication, HttpMethod};
 pub use error::ConfigError;
 pub use listeners::{DtlsListener, Listeners, UdpListener};
-pub use mqtt::{Mqtt, MqttServer, SubscribeMode};
+pub use mqtt::{Mqtt, MqttProtocol, MqttServer, SubscribeMode};
 pub use secret::Secret;
 pub use tuning::{Api, Coap, Engine, QueueMode};
 pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};

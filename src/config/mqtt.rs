@@ -18,9 +18,16 @@ use super::secret::Secret;
 pub struct Mqtt {
     /// `"embedded"`, `"mqtt://host[:port]"` or `"mqtts://host[:port]"`.
     pub server: MqttServer,
-    /// Where the embedded broker listens (used with `server = "embedded"`).
+    /// Where the embedded broker listens for MQTT 3.1.1 (used with `server = "embedded"`).
     #[serde(deserialize_with = "super::bind::deserialize")]
     pub embedded_bind: SocketAddr,
+    /// Where the embedded broker listens for MQTT 5 (rumqttd serves each version on its own
+    /// port) when `protocol` is 5; applications that set a message-expiry interval connect
+    /// here.
+    #[serde(deserialize_with = "super::bind::deserialize")]
+    pub embedded_bind_v5: SocketAddr,
+    /// The MQTT version the gateway speaks to its broker.
+    pub protocol: MqttProtocol,
     /// `${node}` is replaced by the host name; each connection appends `-<n>`.
     pub client_id: String,
     pub username: String,
@@ -45,6 +52,8 @@ impl Default for Mqtt {
         Mqtt {
             server: MqttServer::Embedded,
             embedded_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            embedded_bind_v5: SocketAddr::from((Ipv4Addr::LOCALHOST, 1884)),
+            protocol: MqttProtocol::V5,
             client_id: "lwm2m-gateway-${node}".to_string(),
             username: String::new(),
             password: Secret::default(),
@@ -163,6 +172,70 @@ impl<'de> Deserialize<'de> for MqttServer {
     }
 }
 
+/// `mqtt.protocol`: `"5"` (the default) or `"3.1.1"`.
+///
+/// MQTT 5 by default: only over MQTT 5 does a command's message-expiry interval reach the
+/// gateway (a queued command past it is answered with an expiry error instead of being sent),
+/// and the broker's limits (Receive Maximum, Maximum Packet Size) and reasons for refusing a
+/// publish or a subscription are known. Every broker in common use speaks it (Mosquitto 1.6+,
+/// EMQX, HiveMQ, VerneMQ, rumqttd); `"3.1.1"` is for older brokers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1.
+    V311,
+    /// MQTT 5.0.
+    #[default]
+    V5,
+}
+
+impl FromStr for MqttProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "5" | "5.0" => Ok(MqttProtocol::V5),
+            "3.1.1" => Ok(MqttProtocol::V311),
+            other => Err(format!(
+                "invalid MQTT protocol \"{other}\": expected \"5\" or \"3.1.1\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for MqttProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttProtocol::V311 => "3.1.1",
+            MqttProtocol::V5 => "5",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = MqttProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"5\" or \"3.1.1\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MqttProtocol, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<MqttProtocol, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<MqttProtocol, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<MqttProtocol, E> {
+                self.visit_str(&n.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `mqtt.subscribe`: how command topics are subscribed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -256,6 +329,20 @@ mod tests {
         ] {
             assert!(bad.parse::<MqttServer>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn protocol_forms() {
+        assert_eq!("5".parse(), Ok(MqttProtocol::V5));
+        assert_eq!("5.0".parse(), Ok(MqttProtocol::V5));
+        assert_eq!(" 3.1.1 ".parse(), Ok(MqttProtocol::V311));
+        for bad in ["", "3", "3.1", "4", "v5", "mqttv5"] {
+            let e = bad.parse::<MqttProtocol>().unwrap_err();
+            assert!(e.contains("expected \"5\" or \"3.1.1\""), "{bad:?}: {e}");
+        }
+        assert_eq!(MqttProtocol::default(), MqttProtocol::V5);
+        assert_eq!(MqttProtocol::V311.to_string(), "3.1.1");
+        assert_eq!(MqttProtocol::V5.to_string(), "5");
     }
 
     #[test]

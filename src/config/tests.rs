@@ -77,6 +77,8 @@ fn default_values() {
     assert!(!c.authentication.enable);
     assert_eq!(c.mqtt.server, MqttServer::Embedded);
     assert_eq!(c.mqtt.embedded_bind, addr("127.0.0.1:1883"));
+    assert_eq!(c.mqtt.embedded_bind_v5, addr("127.0.0.1:1884"));
+    assert_eq!(c.mqtt.protocol, crate::config::MqttProtocol::V5);
     assert_eq!(c.mqtt.max_inflight, 256);
     assert_eq!(c.mqtt.buffer_messages, 200_000);
     assert_eq!(c.engine.socket_rcvbuf, 8 << 20);
@@ -336,6 +338,44 @@ fn mqtt_server_in_the_file() {
         let e = parse_err(&format!("[mqtt]\nserver = \"{bad}\""));
         assert_eq!(e.key(), Some("mqtt.server"), "{e}");
     }
+}
+
+#[test]
+fn mqtt_protocol_in_the_file() {
+    use crate::config::MqttProtocol;
+    assert_eq!(
+        parse("[mqtt]\nprotocol = \"3.1.1\"").mqtt.protocol,
+        MqttProtocol::V311
+    );
+    assert_eq!(
+        parse("[mqtt]\nprotocol = \"5\"").mqtt.protocol,
+        MqttProtocol::V5
+    );
+    assert_eq!(
+        parse("[mqtt]\nprotocol = 5").mqtt.protocol,
+        MqttProtocol::V5
+    );
+    for bad in ["\"4\"", "\"v5\"", "3", "true"] {
+        let e = parse_err(&format!("[mqtt]\nprotocol = {bad}"));
+        assert_eq!(e.key(), Some("mqtt.protocol"), "{e}");
+    }
+    let c = parse("[mqtt]\nembedded_bind_v5 = \"0.0.0.0:8884\"");
+    assert_eq!(c.mqtt.embedded_bind_v5, addr("0.0.0.0:8884"));
+    // The two listeners of the embedded broker may not overlap; with an external broker
+    // neither is opened.
+    let e = invalid("[mqtt]\nembedded_bind_v5 = \"127.0.0.1:1883\"");
+    assert_eq!(e.key(), Some("mqtt.embedded_bind_v5"), "{e}");
+    assert!(
+        e.to_string().contains("already used by mqtt.embedded_bind"),
+        "{e}"
+    );
+    parse("[mqtt]\nserver = \"mqtt://b\"\nembedded_bind_v5 = \"127.0.0.1:1883\"")
+        .validate()
+        .unwrap();
+    // Speaking 3.1.1, the gateway opens no MQTT 5 listener.
+    parse("[mqtt]\nprotocol = \"3.1.1\"\nembedded_bind_v5 = \"127.0.0.1:1883\"")
+        .validate()
+        .unwrap();
 }
 
 #[test]

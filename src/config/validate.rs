@@ -212,6 +212,9 @@ pub(super) fn validate(c: &Config) -> R {
     let mut tcp = Claims::default();
     if m.server.is_embedded() {
         tcp.claim("mqtt.embedded_bind".to_string(), m.embedded_bind)?;
+        if m.protocol == super::MqttProtocol::V5 {
+            tcp.claim("mqtt.embedded_bind_v5".to_string(), m.embedded_bind_v5)?;
+        }
     }
     tcp.claim("api.bind".to_string(), c.api.bind)?;
 

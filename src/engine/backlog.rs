@@ -180,6 +180,7 @@ mod tests {
             topic: "lwm2m/a/dn".into(),
             payload: Vec::new(),
             hops: 1,
+            arrival: Default::default(),
         };
         assert_eq!(b.send(&peers, 0, command), Sent::Dropped);
         assert_eq!(b.send(&peers, 0, evict(0)), Sent::Deferred);

@@ -8,7 +8,7 @@ use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
-use crate::config::{Config, MqttServer};
+use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
 use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
@@ -135,6 +135,7 @@ impl Gateway {
         let router = CommandRouter {
             mountpoint: settings.mountpoint.clone(),
             command_topic: settings.command.topic.clone(),
+            response: settings.response.clone(),
             dir: dir.clone(),
             shards: senders.clone(),
             counters: router_counters.clone(),
@@ -432,17 +433,24 @@ fn bind_sockets(
 fn broker_address(cfg: &Config) -> Result<ServerAddr, GatewayError> {
     Ok(match &cfg.mqtt.server {
         MqttServer::Embedded => {
+            // The MQTT 5 listener only when the gateway speaks MQTT 5: rumqttd breaks the
+            // 3.1.1 listener when it forwards an MQTT 5 publish with properties (a command's
+            // message expiry) to a 3.1.1 subscriber, which the gateway would then be.
             let bind = cfg.mqtt.embedded_bind;
-            mqtt::start_embedded_broker(bind)
+            let bind_v5 =
+                (cfg.mqtt.protocol == MqttProtocol::V5).then_some(cfg.mqtt.embedded_bind_v5);
+            mqtt::start_embedded_broker(bind, bind_v5)
                 .map_err(|e| GatewayError::Broker { bind, source: e })?;
-            tracing::info!(%bind, "embedded MQTT broker up");
-            let host = match bind.ip() {
+            tracing::info!(%bind, bind_v5 = ?bind_v5, "embedded MQTT broker up");
+            // The gateway connects to the listener of the version it speaks.
+            let own = bind_v5.unwrap_or(bind);
+            let host = match own.ip() {
                 ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
                 ip => ip,
             };
             ServerAddr::Tcp {
                 host: host.to_string(),
-                port: bind.port(),
+                port: own.port(),
             }
         }
         MqttServer::Tcp { host, port } => ServerAddr::Tcp {
@@ -471,6 +479,10 @@ fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
         // Commands carry whole payloads (a firmware image as base64) before
         // block-wise transfer splits them for the device.
         max_packet_size: 16 << 20,
+        protocol: match m.protocol {
+            MqttProtocol::V5 => mqtt::Protocol::V5,
+            MqttProtocol::V311 => mqtt::Protocol::V311,
+        },
     }
 }
 

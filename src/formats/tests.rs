@@ -62,10 +62,23 @@ fn model() -> BTreeMap<u16, ObjectDef> {
         res(2, Integer, true),
         res(3, Integer, false),
     ];
+    // The specification's hypothetical objects with object links (§6.4.3.3).
+    let links_65 = [
+        res(0, Objlnk, true),
+        res(1, String, false),
+        res(2, Integer, false),
+    ];
+    let links_66 = [
+        res(0, String, false),
+        res(1, String, false),
+        res(2, Objlnk, false),
+    ];
     let mut m = BTreeMap::new();
     for (id, name, r) in [
         (2u16, "Access Control", &access_control[..]),
         (3, "Device", &device[..]),
+        (65, "Object links 65", &links_65[..]),
+        (66, "Object links 66", &links_66[..]),
         (9999, "All", &all[..]),
     ] {
         m.insert(
@@ -171,7 +184,62 @@ fn spec_access_control_items() -> Vec<ContentItem> {
     ]
 }
 
+/// OMA-TS-LightweightM2M-V1_0 §6.4.3.3, example 1: Read of /65/0, whose resource 0 is a
+/// multiple resource of object links (to 66:0 and 66:1).
+const SPEC_OBJLNK_65_TLV: &[u8] = &[
+    0x88, 0x00, 0x0C, 0x44, 0x00, 0x00, 0x42, 0x00, 0x00, 0x44, 0x01, 0x00, 0x42, 0x00,
+    0x01, //
+    0xC8, 0x01, 0x0D, b'8', b'6', b'1', b'3', b'8', b'0', b'0', b'7', b'5', b'5', b'5', b'0', b'0',
+    0xC4, 0x02, 0x12, 0x34, 0x56, 0x78,
+];
+
+/// §6.4.3.3, example 2: Read of /66, two instances each with an object link (the second one
+/// the null link 65535:65535).
+const SPEC_OBJLNK_66_TLV: &[u8] = &[
+    0x08, 0x00, 0x26, //
+    0xC8, 0x00, 0x0B, b'm', b'y', b'S', b'e', b'r', b'v', b'i', b'c', b'e', b' ', b'1', //
+    0xC8, 0x01, 0x0F, b'I', b'n', b't', b'e', b'r', b'n', b'e', b't', b'.', b'1', b'5', b'.', b'2',
+    b'3', b'4', //
+    0xC4, 0x02, 0x00, 0x43, 0x00, 0x00, //
+    0x08, 0x01, 0x26, //
+    0xC8, 0x00, 0x0B, b'm', b'y', b'S', b'e', b'r', b'v', b'i', b'c', b'e', b' ', b'2', //
+    0xC8, 0x01, 0x0F, b'I', b'n', b't', b'e', b'r', b'n', b'e', b't', b'.', b'1', b'5', b'.', b'2',
+    b'3', b'5', //
+    0xC4, 0x02, 0xFF, 0xFF, 0xFF, 0xFF,
+];
+
 // ---------------------------------------------------------------- TLV
+
+#[test]
+fn tlv_spec_object_links_both_ways() {
+    let want_65 = vec![
+        item("/65/0/0/0", Value::Objlnk(66, 0)),
+        item("/65/0/0/1", Value::Objlnk(66, 1)),
+        item("/65/0/1", s("8613800755500")),
+        item("/65/0/2", Value::Integer(305_419_896)),
+    ];
+    let got = decode(Some(fmt_id::TLV), SPEC_OBJLNK_65_TLV, &p("/65/0"), &model()).unwrap();
+    assert_eq!(got, want_65);
+    let bytes = encode(fmt_id::TLV, &p("/65/0"), &witems(&want_65)).unwrap();
+    assert_eq!(bytes, SPEC_OBJLNK_65_TLV);
+
+    let want_66 = vec![
+        item("/66/0/0", s("myService 1")),
+        item("/66/0/1", s("Internet.15.234")),
+        item("/66/0/2", Value::Objlnk(67, 0)),
+        item("/66/1/0", s("myService 2")),
+        item("/66/1/1", s("Internet.15.235")),
+        item("/66/1/2", Value::Objlnk(65535, 65535)),
+    ];
+    let got = decode(Some(fmt_id::TLV), SPEC_OBJLNK_66_TLV, &p("/66"), &model()).unwrap();
+    assert_eq!(got, want_66);
+    let bytes = encode(fmt_id::TLV, &p("/66"), &witems(&want_66)).unwrap();
+    assert_eq!(bytes, SPEC_OBJLNK_66_TLV);
+    // As MQTT content: object links as "O:I".
+    let mut out = Vec::new();
+    write_content_json(&got[2..3], &mut out);
+    assert_eq!(out, br#"[{"path":"/66/0/2","value":"67:0"}]"#);
+}
 
 #[test]
 fn tlv_spec_multiple_object_instances_both_ways() {

@@ -105,6 +105,16 @@ pub struct Command {
     pub received_ms: u64,
 }
 
+/// How long an application's command stays worth sending, as far as the gateway knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// When a shard first took the command (core clock, ms); None until one has.
+    /// Forwarding to another shard keeps it, so the command's deadline stays absolute.
+    pub at_ms: Option<u64>,
+    /// The MQTT 5 message-expiry interval the broker delivered the command with (seconds).
+    pub expiry_s: Option<u32>,
+}
+
 /// A command that cannot be sent; answered with 4.00 and `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandError {

@@ -394,7 +394,8 @@ impl ShardCore {
                 topic,
                 payload,
                 hops,
-            } => self.handle_command(now, &topic, payload, hops),
+                arrival,
+            } => self.handle_command_at(now, &topic, payload, hops, arrival),
             ShardMsg::AuthResult { ticket, allowed } => self.auth_result(now, ticket, allowed),
             ShardMsg::CachedReply {
                 peer,

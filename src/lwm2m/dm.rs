@@ -13,13 +13,13 @@
 //! A sleeping queue-mode device gets its commands when it next speaks; every
 //! command ends in exactly one final message on MQTT.
 
-use super::command::{self, Command, Echo, Encoding, Op};
+use super::command::{self, Arrival, Command, Echo, Encoding, Op};
 use super::dm_json;
 use super::endpoint::Endpoint;
 use super::output::{MqttOut, ShardMsg, Timer};
 use super::publish::lane_of;
 use super::session::{
-    is_fresh, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
+    is_fresh, Deadline, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
 };
 use super::settings::{AutoObserveSet, MANAGEMENT_OBJECTS};
 use super::ShardCore;
@@ -32,8 +32,25 @@ use std::net::SocketAddr;
 const MAX_HOPS: u8 = 2;
 
 impl ShardCore {
-    /// A command an MQTT application published on `topic`.
+    /// A command an MQTT application published on `topic` (no MQTT message expiry).
     pub fn handle_command(&mut self, now: u64, topic: &str, payload: Vec<u8>, hops: u8) {
+        self.handle_command_at(now, topic, payload, hops, Arrival::default());
+    }
+
+    /// A command an MQTT application published on `topic`. `arrival` carries its MQTT 5
+    /// message expiry and, when another shard forwarded it, when the gateway first took it.
+    pub fn handle_command_at(
+        &mut self,
+        now: u64,
+        topic: &str,
+        payload: Vec<u8>,
+        hops: u8,
+        arrival: Arrival,
+    ) {
+        let arrival = Arrival {
+            at_ms: Some(arrival.at_ms.unwrap_or(now)),
+            ..arrival
+        };
         let Some((mountpoint, _rest, captured)) = self.settings.mountpoint.match_prefix(topic)
         else {
             self.stats.commands_rejected += 1;
@@ -54,6 +71,7 @@ impl ShardCore {
                             topic: topic.to_string(),
                             payload,
                             hops: hops + 1,
+                            arrival,
                         },
                     ));
                     return;
@@ -83,11 +101,15 @@ impl ShardCore {
             self.publish(lane_of(who), topic, body, self.settings.response.qos);
             return;
         };
-        self.command_for(now, slot, payload);
+        self.command_at(now, slot, payload, arrival);
     }
 
-    /// A command for the endpoint in `slot` (parsed here).
+    /// A command for the endpoint in `slot` (parsed here), from the management API.
     pub fn command_for(&mut self, now: u64, slot: u32, payload: Vec<u8>) {
+        self.command_at(now, slot, payload, Arrival::default());
+    }
+
+    fn command_at(&mut self, now: u64, slot: u32, payload: Vec<u8>, arrival: Arrival) {
         let registry = self.registry.load();
         let Some(ep) = self.table.get(slot) else {
             return;
@@ -97,7 +119,7 @@ impl ShardCore {
         };
         let mut buf = payload;
         match command::parse(&mut buf, &*registry, enc) {
-            Ok(cmd) => self.submit(now, slot, cmd, false),
+            Ok(cmd) => self.submit(now, slot, cmd, false, arrival),
             Err(e) => {
                 self.stats.commands_rejected += 1;
                 self.publish_error(slot, &e.echo, codes::BAD_REQUEST, &e.error);
@@ -105,8 +127,9 @@ impl ShardCore {
         }
     }
 
-    /// Queues or sends a parsed command.
-    fn submit(&mut self, now: u64, slot: u32, mut cmd: Command, auto: bool) {
+    /// Sends a parsed command, or queues it (NSTART, queue mode) until its deadline: the
+    /// earlier of its MQTT message expiry and, for a queue-mode device, `queue.default_ttl`.
+    fn submit(&mut self, now: u64, slot: u32, mut cmd: Command, auto: bool, arrival: Arrival) {
         cmd.received_ms = now;
         self.stats.commands += 1;
         self.stats.commands_by_op[cmd.op.index()] += 1;
@@ -128,16 +151,24 @@ impl ShardCore {
             self.publish_error(slot, &cmd.echo, codes::SERVICE_UNAVAILABLE, msg);
             return;
         }
+        // The default time to live is for commands held for a sleeping device, or
+        // for a DTLS registration whose session ended.
+        let ttl = if ep.queue_mode || ep.session_lost { ttl } else { 0 };
+        let deadline = Deadline::earliest(arrival.at_ms.unwrap_or(now), arrival.expiry_s, ttl);
         let session = ep.session.get_or_insert_with(Default::default);
         let q = Queued {
             cmd,
             token,
-            queued_ms: now,
+            deadline,
             auto,
         };
         let can_send = session.inflight.len() < nstart;
         if can_send && (q.cmd.bypass_queue || (awake && session.queue.is_empty())) {
             self.dispatch(now, slot, q);
+            return;
+        }
+        if deadline.is_some_and(|d| now >= d.at_ms) {
+            self.expire_queued(now, slot, q);
             return;
         }
         if session.queue.len() >= max_queued {
@@ -148,21 +179,27 @@ impl ShardCore {
             return;
         }
         if q.cmd.bypass_queue {
-            session.queue.push_front(q);
+            // Ahead of the commands waiting for the device to wake, behind earlier ones
+            // that bypass the queue too (they keep their order).
+            let at = session
+                .queue
+                .iter()
+                .take_while(|w| w.cmd.bypass_queue)
+                .count();
+            session.queue.insert(at, q);
         } else {
             session.queue.push_back(q);
         }
-        if ttl > 0 {
+        if let Some(d) = deadline {
             self.out
                 .timers
-                .push((now + ttl, Timer::QueueTtl { slot, token }));
+                .push((d.at_ms, Timer::QueueTtl { slot, token }));
         }
     }
 
     /// Sends queued commands while the device is reachable and NSTART allows.
     pub(super) fn pump_queue(&mut self, now: u64, slot: u32) {
         let awake = self.is_awake(slot, now);
-        let ttl = self.settings.queue_ttl_ms;
         loop {
             let Some(ep) = self.table.get_mut(slot) else {
                 return;
@@ -180,25 +217,29 @@ impl ShardCore {
             let Some(q) = session.queue.pop_front() else {
                 return;
             };
-            if ttl > 0 && now.saturating_sub(q.queued_ms) >= ttl {
-                self.expire_queued(slot, q);
+            if q.deadline.is_some_and(|d| now >= d.at_ms) {
+                self.expire_queued(now, slot, q);
                 continue;
             }
             self.dispatch(now, slot, q);
         }
     }
 
-    fn expire_queued(&mut self, slot: u32, q: Queued) {
+    /// A waiting command's deadline came: answered with an error saying which limit ran
+    /// out and what the command was waiting for.
+    fn expire_queued(&mut self, now: u64, slot: u32, q: Queued) {
         self.stats.commands_expired += 1;
-        self.publish_error(
-            slot,
-            &q.cmd.echo,
-            codes::SERVICE_UNAVAILABLE,
-            "command expired while the device was sleeping",
-        );
+        let waiting = if self.is_awake(slot, now) {
+            "while earlier commands to the device were in progress"
+        } else {
+            "while the device was sleeping"
+        };
+        let why = q.deadline.map(|d| d.describe()).unwrap_or_default();
+        let msg = format!("command expired {waiting}: {why} before it could be sent");
+        self.publish_error(slot, &q.cmd.echo, codes::SERVICE_UNAVAILABLE, &msg);
     }
 
-    /// A queued command's time to live ran out.
+    /// A queued command's deadline timer came due.
     pub(super) fn on_queue_ttl(&mut self, slot: u32, token: u32) {
         let Some(ep) = self.table.get_mut(slot) else {
             return;
@@ -210,7 +251,9 @@ impl ShardCore {
             return;
         };
         let q = session.queue.remove(i).expect("position");
-        self.expire_queued(slot, q);
+        // The timer fires at the deadline: the device's state then picks the message.
+        let at = q.deadline.map_or(0, |d| d.at_ms);
+        self.expire_queued(at, slot, q);
     }
 
     /// Builds and sends the CoAP request of a command.
@@ -378,11 +421,21 @@ impl ShardCore {
         let token = token_of(msg);
         let (exchange, observation, acked_before) =
             match self.table.get(slot).and_then(|e| e.session.as_ref()) {
-                Some(s) => (
-                    token.and_then(|t| s.exchange_by_token(t)),
-                    token.and_then(|t| s.observation_by_token(t)),
-                    msg.mtype == MsgType::Con && s.was_seen(msg.mid, now, lifetime),
-                ),
+                Some(s) => {
+                    let observation = token.and_then(|t| s.observation_by_token(t));
+                    // A cancel-observe carries its observation's token. RFC 7641 §3.6: its
+                    // response has no Observe option, so a message with one is a
+                    // notification of the observation still running.
+                    let notifies = observation.is_some() && msg.option(opt::OBSERVE).is_some();
+                    let exchange = token
+                        .and_then(|t| s.exchange_by_token(t))
+                        .filter(|&i| !(notifies && s.inflight[i].cmd.op == Op::CancelObserve));
+                    (
+                        exchange,
+                        observation,
+                        msg.mtype == MsgType::Con && s.was_seen(msg.mid, now, lifetime),
+                    )
+                }
                 None => (None, None, false),
             };
         if acked_before && exchange.is_none() {
@@ -661,7 +714,7 @@ impl ShardCore {
                 bypass_queue: false,
                 received_ms: now,
             };
-            self.submit(now, slot, cmd, true);
+            self.submit(now, slot, cmd, true, Arrival::default());
         }
     }
 
@@ -705,21 +758,16 @@ impl ShardCore {
                     },
                 )
             })
-            .chain(
-                session
-                    .queue
-                    .iter()
-                    .filter(|_| self.settings.queue_ttl_ms > 0)
-                    .map(|q| {
-                        (
-                            q.queued_ms + self.settings.queue_ttl_ms,
-                            Timer::QueueTtl {
-                                slot,
-                                token: q.token,
-                            },
-                        )
-                    }),
-            )
+            .chain(session.queue.iter().filter_map(|q| {
+                let d = q.deadline?;
+                Some((
+                    d.at_ms,
+                    Timer::QueueTtl {
+                        slot,
+                        token: q.token,
+                    },
+                ))
+            }))
             .collect();
         self.out.timers.extend(timers);
     }

@@ -19,7 +19,7 @@ pub enum Timer {
     /// Retransmission or separate-response wait of the exchange with `token`, for
     /// the endpoint of incarnation `inc` in `slot`.
     Retransmit { slot: u32, token: u32, inc: u32 },
-    /// Time to live of a queued command.
+    /// Deadline of a queued command (its MQTT message expiry or `queue.default_ttl`).
     QueueTtl { slot: u32, token: u32 },
     /// Lifetime of a partial block-wise request body a device is sending.
     BlockExpire { id: u32 },
@@ -73,6 +73,8 @@ pub enum ShardMsg {
         payload: Vec<u8>,
         /// Times it was forwarded between shards (bounded).
         hops: u8,
+        /// Its MQTT 5 message-expiry interval and when a shard first took it.
+        arrival: super::command::Arrival,
     },
     /// The endpoint registered again on another shard: drop this registration.
     /// The subscription stays when the new registration uses the same mountpoint.

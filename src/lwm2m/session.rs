@@ -10,11 +10,59 @@ use std::collections::VecDeque;
 #[derive(Debug)]
 pub struct Queued {
     pub cmd: Command,
-    /// Token the request will carry; also identifies the queue TTL timer.
+    /// Token the request will carry; also identifies the deadline timer.
     pub token: u32,
-    pub queued_ms: u64,
+    /// When it stops being worth sending; None: never.
+    pub deadline: Option<Deadline>,
     /// An auto-observe request (not asked for by an application).
     pub auto: bool,
+}
+
+/// When a waiting command expires, and which limit set that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Core clock, ms.
+    pub at_ms: u64,
+    pub limit: Limit,
+}
+
+/// The limit behind a [`Deadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The MQTT 5 message-expiry interval the command arrived with, seconds.
+    MqttExpiry(u32),
+    /// `queue.default_ttl` of a queue-mode device, ms.
+    QueueTtl(u64),
+}
+
+impl Deadline {
+    /// The earlier of the two limits, counted from `arrived_ms`: the command's MQTT
+    /// message expiry (`expiry_s`) and, for a queue-mode device, `queue.default_ttl`
+    /// (`ttl_ms`, 0 = none).
+    pub fn earliest(arrived_ms: u64, expiry_s: Option<u32>, ttl_ms: u64) -> Option<Deadline> {
+        let mqtt = expiry_s.map(|s| Deadline {
+            at_ms: arrived_ms.saturating_add(s as u64 * 1000),
+            limit: Limit::MqttExpiry(s),
+        });
+        let ttl = (ttl_ms > 0).then(|| Deadline {
+            at_ms: arrived_ms.saturating_add(ttl_ms),
+            limit: Limit::QueueTtl(ttl_ms),
+        });
+        match (mqtt, ttl) {
+            (Some(m), Some(t)) => Some(if t.at_ms < m.at_ms { t } else { m }),
+            (m, t) => m.or(t),
+        }
+    }
+
+    /// What ran out, for the error message.
+    pub fn describe(&self) -> String {
+        match self.limit {
+            Limit::MqttExpiry(s) => format!("its MQTT message-expiry interval ({s} s) ran out"),
+            Limit::QueueTtl(ms) => {
+                format!("queue.default_ttl ({} s) ran out", ms as f64 / 1000.0)
+            }
+        }
+    }
 }
 
 /// A confirmable request sent to the device and not yet finished.
@@ -153,6 +201,21 @@ mod tests {
         assert!(is_fresh(Some((1 << 24) - 1), 0, 1, 1));
         // An old sequence number after 128 s is taken as new.
         assert!(is_fresh(Some(6), 0, 5, 129_000));
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_limit() {
+        assert_eq!(Deadline::earliest(1_000, None, 0), None);
+        let d = Deadline::earliest(1_000, Some(30), 60_000).unwrap();
+        assert_eq!((d.at_ms, d.limit), (31_000, Limit::MqttExpiry(30)));
+        let d = Deadline::earliest(1_000, Some(90), 60_000).unwrap();
+        assert_eq!((d.at_ms, d.limit), (61_000, Limit::QueueTtl(60_000)));
+        let d = Deadline::earliest(1_000, None, 60_000).unwrap();
+        assert_eq!(d.limit, Limit::QueueTtl(60_000));
+        assert!(d.describe().contains("queue.default_ttl (60 s)"));
+        let d = Deadline::earliest(1_000, Some(0), 0).unwrap();
+        assert_eq!(d.at_ms, 1_000);
+        assert!(d.describe().contains("MQTT message-expiry interval (0 s)"));
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! One broker connection: its state machine, buffers, in-flight window and filter set.
 //!
-//! Protocol flow (MQTT 3.1.1, clean session):
+//! Protocol flow (MQTT 3.1.1 clean session, or MQTT 5 clean start with session expiry 0; the
+//! version-specific bytes are in `codec.rs`):
 //! ```text
 //! Waiting --(backoff elapsed)--> Connecting --(TCP up)--> send CONNECT --> AwaitConnack
-//! AwaitConnack --(CONNACK 0)--> Up: SUBSCRIBE every held filter (batched),
+//! AwaitConnack --(CONNACK success)--> Up: SUBSCRIBE every held filter (batched),
 //!                                   re-send unacked PUBLISH (DUP) / PUBREL, then pending ones
-//! AwaitConnack --(CONNACK refused)--> Waiting
+//! AwaitConnack --(CONNACK refused, or MQTT 5 reason >= 0x80)--> Waiting
 //! Up: PUBLISH qos0 ............................ written, forgotten
-//!     PUBLISH qos1 -> PUBACK .................. acked
-//!     PUBLISH qos2 -> PUBREC -> PUBREL -> PUBCOMP acked
+//!     PUBLISH qos1 -> PUBACK .................. acked (MQTT 5 reason >= 0x80: refused, counted)
+//!     PUBLISH qos2 -> PUBREC -> PUBREL -> PUBCOMP acked (PUBREC >= 0x80 ends it, counted)
 //!     PINGREQ every keepalive; nothing received for 1.5 x keepalive -> dead
 //!     broker PUBLISH qos1 -> PUBACK; qos2 -> PUBREC, PUBREL -> PUBCOMP (delivered once)
+//!     broker DISCONNECT (MQTT 5) -> Waiting
 //! any error, timeout, EOF or malformed packet --> Waiting (backoff 100 ms doubling to 5 s, jitter)
 //! ```
+//! MQTT 5 limits from the CONNACK are respected: at most Receive Maximum QoS>=1 publishes in
+//! flight (and at most `max_inflight`), no packet above the broker's Maximum Packet Size (a
+//! publish larger than it is dropped and counted), QoS capped at its Maximum QoS, and its
+//! Server Keep Alive replaces ours.
+//!
 //! Writes go to a per-connection buffer flushed when the socket is writable: many packets per
 //! syscall, no round trip waited per message.
 
@@ -22,22 +29,19 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use rumqttc::mqttbytes::v4::{
-    Connect, Packet, PubAck, PubComp, PubRec, PubRel, Publish, Subscribe, SubscribeFilter,
-    SubscribeReasonCode, Unsubscribe,
-};
-use rumqttc::mqttbytes::{self, QoS};
+use rumqttc::mqttbytes::QoS;
 use rustls::ClientConfig;
 use tracing::{debug, info, warn};
 
 use super::buffer::{OutMsg, PendingQueue};
+use super::codec::{publish_size, DecodeError, In, Limits, Out, Protocol};
 use super::stats::MqttStats;
 use super::subscriptions::Subscriptions;
 use super::transport::{ReadStatus, Transport};
-use super::{Inbound, MqttOptions, ServerAddr};
+use super::{Delivery, Inbound, MqttOptions, Outbound, ServerAddr};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -54,6 +58,8 @@ pub(crate) struct Ctx<'a> {
     pub opts: &'a MqttOptions,
     pub stats: &'a MqttStats,
     pub inbound: &'a mut dyn Inbound,
+    /// Publishes `inbound` asks to send in answer (queued by the thread after the read).
+    pub replies: &'a mut Vec<Outbound>,
     pub registry: &'a Registry,
     pub tls: Option<&'a Arc<ClientConfig>>,
     pub now: Instant,
@@ -69,8 +75,12 @@ enum State {
     Closed,
 }
 
+/// A QoS>=1 publish awaiting its ack, kept as what encodes it in either protocol version.
 struct Inflight {
-    publish: Publish,
+    topic: String,
+    payload: Bytes,
+    qos: QoS,
+    pkid: u16,
     /// PUBREC received, PUBREL sent (QoS 2).
     released: bool,
 }
@@ -143,13 +153,19 @@ pub(crate) struct Connection {
     wbuf: BytesMut,
     pub pending: PendingQueue,
     inflight: VecDeque<Inflight>,
+    /// In-flight entries (at the back) not yet re-sent on this connection after a reconnect.
+    unsent: usize,
     pub subs: Subscriptions,
     /// SUBSCRIBE/UNSUBSCRIBE packet ids awaiting their ack.
     sub_ids: HashSet<u16>,
     /// Incoming QoS 2 packet ids delivered, awaiting PUBREL.
     inbound_qos2: HashSet<u16>,
     ids: PacketIds,
+    protocol: Protocol,
     max_inflight: usize,
+    /// The broker's limits from its CONNACK (MQTT 5).
+    limits: Limits,
+    keepalive: Duration,
     backoff: Duration,
     attempts: u64,
     /// Failures since the connection was last up (logs the first at warn, the rest at debug).
@@ -173,11 +189,15 @@ impl Connection {
             wbuf: BytesMut::with_capacity(64 * 1024),
             pending: PendingQueue::default(),
             inflight: VecDeque::new(),
+            unsent: 0,
             subs: Subscriptions::default(),
             sub_ids: HashSet::new(),
             inbound_qos2: HashSet::new(),
             ids: PacketIds::new(),
+            protocol: opts.protocol,
             max_inflight: (opts.max_inflight as usize).clamp(1, 65000),
+            limits: Limits::default(),
+            keepalive: opts.keepalive,
             backoff: BACKOFF_MIN,
             attempts: 0,
             failures: 0,
@@ -201,7 +221,8 @@ impl Connection {
             && !self.transport.as_ref().is_some_and(|t| t.has_unsent())
     }
 
-    pub fn next_deadline(&self, keepalive: Duration) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let keepalive = self.keepalive;
         match self.state {
             State::Waiting { until } => Some(until),
             State::Connecting { deadline } | State::AwaitConnack { deadline } => Some(deadline),
@@ -215,7 +236,7 @@ impl Connection {
     /// Timers: reconnect, connect timeout, keepalive.
     pub fn poll_timers(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
-        let keepalive = ctx.opts.keepalive;
+        let keepalive = self.keepalive;
         match self.state {
             State::Waiting { until } if now >= until => self.start_connect(ctx),
             State::Connecting { deadline } | State::AwaitConnack { deadline }
@@ -228,7 +249,7 @@ impl Connection {
                     self.fail(ctx, Failure::Other("keepalive timeout".into()));
                 } else if now >= self.last_ping + keepalive {
                     self.last_ping = now;
-                    self.write_packet(&Packet::PingReq);
+                    self.write_packet(&Out::PingReq);
                 }
             }
             _ => {}
@@ -266,18 +287,21 @@ impl Connection {
             Err(e) => return self.fail(ctx, Failure::Io(e)),
         };
         loop {
-            match Packet::read(&mut self.rbuf, ctx.opts.max_packet_size) {
+            match self
+                .protocol
+                .decode(&mut self.rbuf, ctx.opts.max_packet_size)
+            {
                 Ok(packet) => {
                     self.last_rx = ctx.now;
                     if let Err(f) = self.handle(ctx, packet) {
                         return self.fail(ctx, f);
                     }
                     if self.transport.is_none() {
-                        return; // refused CONNACK
+                        return; // refused CONNACK, or the broker disconnected
                     }
                 }
-                Err(mqttbytes::Error::InsufficientBytes(_)) => break,
-                Err(e) => return self.fail(ctx, Failure::Protocol(e.to_string())),
+                Err(DecodeError::Incomplete) => break,
+                Err(DecodeError::Malformed(e)) => return self.fail(ctx, Failure::Protocol(e)),
             }
         }
         match status {
@@ -299,15 +323,27 @@ impl Connection {
             self.write_subscribes(ctx, changes.subscribe);
             self.write_unsubscribes(ctx, changes.unsubscribe);
         }
-        while self.wbuf.len() < WBUF_HIGH {
+        self.resend_inflight(ctx);
+        let max_out = self.max_out_packet(ctx);
+        while self.wbuf.len() < WBUF_HIGH && self.unsent == 0 {
             let Some(front) = self.pending.front() else {
                 break;
             };
-            let qos = front.qos;
+            let qos = self.cap_qos(front.qos);
+            if publish_size(self.protocol, front.topic.len(), front.payload.len(), qos) > max_out {
+                let dropped = self.pending.pop_front();
+                warn!(
+                    conn = self.index,
+                    topic = dropped.as_ref().map(|m| m.topic.as_str()),
+                    "MQTT publish larger than the broker's maximum packet size: dropped"
+                );
+                MqttStats::inc(&ctx.stats.send_errors);
+                continue;
+            }
             let pkid = if qos == QoS::AtMostOnce {
                 0
             } else {
-                if self.inflight.len() >= self.max_inflight {
+                if self.inflight.len() >= self.window() {
                     break;
                 }
                 match self.ids.alloc() {
@@ -318,24 +354,87 @@ impl Connection {
             let Some(OutMsg { topic, payload, .. }) = self.pending.pop_front() else {
                 break;
             };
-            let mut publish = Publish::from_bytes(topic, qos, payload);
-            publish.pkid = pkid;
             MqttStats::inc(&ctx.stats.published[qos as usize]);
-            if qos == QoS::AtMostOnce {
-                self.write_packet(&Packet::Publish(publish));
-            } else {
-                let packet = Packet::Publish(publish);
-                self.write_packet(&packet);
-                let Packet::Publish(publish) = packet else {
-                    unreachable!()
-                };
+            self.write_packet(&Out::Publish {
+                topic: &topic,
+                payload: &payload,
+                qos,
+                pkid,
+                dup: false,
+            });
+            if qos != QoS::AtMostOnce {
                 self.inflight.push_back(Inflight {
-                    publish,
+                    topic,
+                    payload,
+                    qos,
+                    pkid,
                     released: false,
                 });
             }
         }
         self.flush(ctx);
+    }
+
+    /// QoS>=1 publishes in flight at once: `max_inflight`, and the broker's Receive Maximum.
+    fn window(&self) -> usize {
+        let receive_max = self.limits.receive_max.map_or(usize::MAX, usize::from);
+        self.max_inflight.min(receive_max).max(1)
+    }
+
+    /// The largest packet we may send: ours, and the broker's Maximum Packet Size.
+    fn max_out_packet(&self, ctx: &Ctx) -> usize {
+        let broker = self
+            .limits
+            .max_packet_size
+            .map_or(usize::MAX, |m| m as usize);
+        ctx.opts.max_packet_size.min(broker)
+    }
+
+    /// MQTT 5 §3.2.2.3.4: never above the broker's Maximum QoS.
+    fn cap_qos(&self, qos: QoS) -> QoS {
+        match self.limits.max_qos {
+            Some(0) => QoS::AtMostOnce,
+            Some(1) if qos == QoS::ExactlyOnce => QoS::AtLeastOnce,
+            _ => qos,
+        }
+    }
+
+    /// After a reconnect: re-sends unacknowledged publishes (DUP) and PUBRELs, in order, as
+    /// far as the window allows (the broker's Receive Maximum may be smaller than before).
+    fn resend_inflight(&mut self, ctx: &mut Ctx) {
+        let max_out = self.max_out_packet(ctx);
+        while self.unsent > 0 && self.wbuf.len() < WBUF_HIGH {
+            let i = self.inflight.len() - self.unsent;
+            if i >= self.window() {
+                return;
+            }
+            let e = &self.inflight[i];
+            let size = publish_size(self.protocol, e.topic.len(), e.payload.len(), e.qos);
+            if !e.released && size > max_out {
+                let e = self.inflight.remove(i).expect("index");
+                self.unsent -= 1;
+                self.ids.free(e.pkid);
+                warn!(conn = self.index, topic = %e.topic, "MQTT publish larger than the broker's maximum packet size: dropped");
+                MqttStats::inc(&ctx.stats.send_errors);
+                continue;
+            }
+            self.unsent -= 1;
+            let e = &self.inflight[i];
+            let packet = if e.released {
+                Out::PubRel(e.pkid)
+            } else {
+                Out::Publish {
+                    topic: &e.topic,
+                    payload: &e.payload,
+                    qos: e.qos,
+                    pkid: e.pkid,
+                    dup: true,
+                }
+            };
+            if let Err(err) = self.protocol.encode(&packet, &mut self.wbuf) {
+                warn!(conn = self.index, error = %err, "MQTT encoding failed");
+            }
+        }
     }
 
     /// Writes the buffered bytes until the socket would block.
@@ -357,7 +456,7 @@ impl Connection {
     /// Sends DISCONNECT (if up), closes the socket and stops reconnecting.
     pub fn close(&mut self, ctx: &mut Ctx) {
         if self.state == State::Up {
-            self.write_packet(&Packet::Disconnect);
+            self.write_packet(&Out::Disconnect);
             if let Some(t) = self.transport.as_mut() {
                 let _ = t.write_from(&mut self.wbuf);
                 t.close();
@@ -428,21 +527,30 @@ impl Connection {
     }
 
     fn send_connect(&mut self, ctx: &mut Ctx) {
-        let mut connect = Connect::new(self.client_id.clone());
-        connect.keep_alive = ctx.opts.keepalive.as_secs().min(u16::MAX as u64) as u16;
-        connect.clean_session = true;
-        if !ctx.opts.username.is_empty() {
-            connect.set_login(ctx.opts.username.clone(), ctx.opts.password.clone());
-        }
-        self.write_packet(&Packet::Connect(connect));
+        let opts = ctx.opts;
+        let login =
+            (!opts.username.is_empty()).then_some((opts.username.as_str(), opts.password.as_str()));
+        let client_id = std::mem::take(&mut self.client_id);
+        self.write_packet(&Out::Connect {
+            client_id: &client_id,
+            keep_alive: opts.keepalive.as_secs().min(u16::MAX as u64) as u16,
+            login,
+            max_packet_size: u32::try_from(opts.max_packet_size).unwrap_or(u32::MAX),
+        });
+        self.client_id = client_id;
         self.state = State::AwaitConnack {
             deadline: ctx.now + CONNECT_TIMEOUT,
         };
         self.flush(ctx);
     }
 
-    fn on_connack_accepted(&mut self, ctx: &mut Ctx) {
+    fn on_connack_accepted(&mut self, ctx: &mut Ctx, limits: Limits) {
         self.state = State::Up;
+        self.limits = limits;
+        self.keepalive = match limits.server_keep_alive {
+            Some(s) => Duration::from_secs(s.into()),
+            None => ctx.opts.keepalive,
+        };
         self.backoff = BACKOFF_MIN;
         self.failures = 0;
         self.last_ping = ctx.now;
@@ -450,137 +558,173 @@ impl Connection {
         info!(
             conn = self.index,
             client_id = %self.client_id,
+            protocol = %self.protocol,
             filters = self.subs.len(),
             unacked = self.inflight.len(),
+            receive_max = self.limits.receive_max,
+            max_packet_size = self.limits.max_packet_size,
             "MQTT connected"
         );
         let filters = self.subs.resubscribe_all();
         self.write_subscribes(ctx, filters);
-        for i in 0..self.inflight.len() {
-            let entry = &mut self.inflight[i];
-            let packet = if entry.released {
-                Packet::PubRel(PubRel::new(entry.publish.pkid))
-            } else {
-                entry.publish.dup = true;
-                Packet::Publish(entry.publish.clone())
-            };
-            self.write_packet(&packet);
-        }
+        self.unsent = self.inflight.len();
+        self.resend_inflight(ctx);
     }
 
     /// Handles one packet from the broker; Err drops the connection.
-    fn handle(&mut self, ctx: &mut Ctx, packet: Packet) -> Result<(), Failure> {
+    fn handle(&mut self, ctx: &mut Ctx, packet: In) -> Result<(), Failure> {
         let awaiting_connack = matches!(self.state, State::AwaitConnack { .. });
         match packet {
-            Packet::ConnAck(ack) if awaiting_connack => {
-                if ack.code == mqttbytes::v4::ConnectReturnCode::Success {
-                    self.on_connack_accepted(ctx);
-                } else {
-                    self.fail(
-                        ctx,
-                        Failure::Other(format!("CONNACK refused: {:?}", ack.code)),
-                    );
+            In::ConnAck(result) if awaiting_connack => {
+                match result {
+                    Ok(limits) => self.on_connack_accepted(ctx, limits),
+                    Err(why) => self.fail(ctx, Failure::Other(format!("CONNACK refused: {why}"))),
                 }
+                return Ok(());
+            }
+            In::Disconnect(why) => {
+                self.fail(
+                    ctx,
+                    Failure::Other(format!("disconnected by the broker: {why}")),
+                );
                 return Ok(());
             }
             _ if awaiting_connack => {
                 return Err(Failure::Protocol("packet before CONNACK".into()));
             }
-            Packet::Publish(p) => self.on_inbound_publish(ctx, p),
-            Packet::PubAck(ack) => self.complete(ctx, ack.pkid),
-            Packet::PubRec(rec) => {
-                if let Some(e) = self
-                    .inflight
-                    .iter_mut()
-                    .find(|e| e.publish.pkid == rec.pkid)
-                {
+            In::Publish {
+                topic,
+                payload,
+                qos,
+                pkid,
+                expiry_s,
+            } => {
+                let delivery = Delivery {
+                    topic: &topic,
+                    payload: &payload,
+                    expiry_s,
+                };
+                self.on_inbound_publish(ctx, &delivery, qos, pkid);
+            }
+            In::PubAck(pkid, result) => {
+                let ok = self.refused(ctx, pkid, result);
+                self.complete(ctx, pkid, ok);
+            }
+            In::PubRec(pkid, Ok(())) => {
+                if let Some(e) = self.inflight.iter_mut().find(|e| e.pkid == pkid) {
                     e.released = true;
                 }
-                self.write_packet(&Packet::PubRel(PubRel::new(rec.pkid)));
+                self.write_packet(&Out::PubRel(pkid));
             }
-            Packet::PubComp(comp) => self.complete(ctx, comp.pkid),
-            Packet::PubRel(rel) => {
-                self.inbound_qos2.remove(&rel.pkid);
-                self.write_packet(&Packet::PubComp(PubComp::new(rel.pkid)));
+            In::PubRec(pkid, result) => {
+                // MQTT 5 §4.3.3: a failed PUBREC ends the exchange; no PUBREL.
+                let ok = self.refused(ctx, pkid, result);
+                self.complete(ctx, pkid, ok);
             }
-            Packet::SubAck(ack) => {
-                if self.sub_ids.remove(&ack.pkid) {
-                    self.ids.free(ack.pkid);
+            In::PubComp(pkid) => self.complete(ctx, pkid, true),
+            In::PubRel(pkid) => {
+                self.inbound_qos2.remove(&pkid);
+                self.write_packet(&Out::PubComp(pkid));
+            }
+            In::SubAck(pkid, refused) => {
+                if self.sub_ids.remove(&pkid) {
+                    self.ids.free(pkid);
                 }
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .filter(|c| **c == SubscribeReasonCode::Failure)
-                    .count();
-                if refused > 0 {
+                if !refused.is_empty() {
                     warn!(
                         conn = self.index,
-                        refused, "MQTT broker refused subscriptions"
+                        refused = refused.len(),
+                        reasons = ?refused,
+                        "MQTT broker refused subscriptions"
                     );
-                    MqttStats::add(&ctx.stats.send_errors, refused as u64);
+                    MqttStats::add(&ctx.stats.send_errors, refused.len() as u64);
                 }
             }
-            Packet::UnsubAck(ack) => {
-                if self.sub_ids.remove(&ack.pkid) {
-                    self.ids.free(ack.pkid);
+            In::UnsubAck(pkid) => {
+                if self.sub_ids.remove(&pkid) {
+                    self.ids.free(pkid);
                 }
             }
-            Packet::PingResp => {}
-            other => {
+            In::PingResp => {}
+            In::ConnAck(_) | In::Unexpected(_) => {
                 return Err(Failure::Protocol(format!(
-                    "unexpected packet from broker: {other:?}"
+                    "unexpected packet from broker: {packet:?}"
                 )))
             }
         }
         Ok(())
     }
 
-    fn on_inbound_publish(&mut self, ctx: &mut Ctx, p: Publish) {
-        let deliver = match p.qos {
+    /// An MQTT 5 PUBACK or PUBREC with a failure reason: the broker refused the publish
+    /// (logged and counted). True when it did not.
+    fn refused(&mut self, ctx: &mut Ctx, pkid: u16, result: Result<(), String>) -> bool {
+        if let Err(why) = &result {
+            let topic = self
+                .inflight
+                .iter()
+                .find(|e| e.pkid == pkid)
+                .map(|e| e.topic.as_str());
+            warn!(conn = self.index, pkid, topic, reason = %why, "MQTT broker refused a publish");
+            MqttStats::inc(&ctx.stats.send_errors);
+        }
+        result.is_ok()
+    }
+
+    fn on_inbound_publish(&mut self, ctx: &mut Ctx, d: &Delivery<'_>, qos: QoS, pkid: u16) {
+        let deliver = match qos {
             QoS::AtMostOnce => true,
             QoS::AtLeastOnce => {
-                self.write_packet(&Packet::PubAck(PubAck::new(p.pkid)));
+                self.write_packet(&Out::PubAck(pkid));
                 true
             }
             QoS::ExactlyOnce => {
-                self.write_packet(&Packet::PubRec(PubRec::new(p.pkid)));
-                self.inbound_qos2.insert(p.pkid)
+                self.write_packet(&Out::PubRec(pkid));
+                self.inbound_qos2.insert(pkid)
             }
         };
         if deliver {
             MqttStats::inc(&ctx.stats.inbound);
-            ctx.inbound.on_publish(&p.topic, &p.payload);
+            ctx.inbound.on_publish(d, ctx.replies);
         }
     }
 
-    /// PUBACK or PUBCOMP: the publish with `pkid` is done.
-    fn complete(&mut self, ctx: &mut Ctx, pkid: u16) {
-        match self.inflight.iter().position(|e| e.publish.pkid == pkid) {
+    /// PUBACK or PUBCOMP (or a refusal): the publish with `pkid` is done; `acked` counts it.
+    fn complete(&mut self, ctx: &mut Ctx, pkid: u16, acked: bool) {
+        match self.inflight.iter().position(|e| e.pkid == pkid) {
             Some(i) => {
+                if i >= self.inflight.len() - self.unsent {
+                    // Acknowledged before we re-sent it: a broker that kept state.
+                    self.unsent -= 1;
+                }
                 self.inflight.remove(i);
                 self.ids.free(pkid);
-                MqttStats::inc(&ctx.stats.acked);
+                if acked {
+                    MqttStats::inc(&ctx.stats.acked);
+                }
             }
             None => debug!(conn = self.index, pkid, "ack for unknown packet id"),
         }
     }
 
     fn write_subscribes(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) {
-        let max = ctx.opts.max_packet_size;
-        let mut batch: Vec<SubscribeFilter> = Vec::new();
-        let mut len = 2; // packet id
+        let max = self.max_out_packet(ctx);
+        let mut batch: Vec<(String, u8)> = Vec::new();
+        // Packet id, and the (empty) property block of MQTT 5.
+        let head = 2 + (self.protocol == Protocol::V5) as usize;
+        let mut len = head;
         for (filter, qos) in filters {
             let flen = 2 + filter.len() + 1;
-            if MAX_FIXED_HEADER + 2 + flen > max {
+            if MAX_FIXED_HEADER + head + flen > max {
                 warn!(conn = self.index, %filter, "MQTT filter too long for max_packet_size");
                 MqttStats::inc(&ctx.stats.send_errors);
                 continue;
             }
             if !batch.is_empty() && MAX_FIXED_HEADER + len + flen > max {
                 self.emit_subscribe(ctx, std::mem::take(&mut batch));
-                len = 2;
+                len = head;
             }
-            batch.push(SubscribeFilter::new(filter, to_qos(qos)));
+            let qos = self.cap_qos(to_qos(qos)) as u8;
+            batch.push((filter, qos));
             len += flen;
         }
         if !batch.is_empty() {
@@ -588,7 +732,7 @@ impl Connection {
         }
     }
 
-    fn emit_subscribe(&mut self, ctx: &mut Ctx, filters: Vec<SubscribeFilter>) {
+    fn emit_subscribe(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) {
         let Some(pkid) = self.ids.alloc() else {
             warn!(
                 conn = self.index,
@@ -599,22 +743,26 @@ impl Connection {
         };
         self.sub_ids.insert(pkid);
         MqttStats::add(&ctx.stats.subscribes, filters.len() as u64);
-        self.write_packet(&Packet::Subscribe(Subscribe { pkid, filters }));
+        self.write_packet(&Out::Subscribe {
+            pkid,
+            filters: &filters,
+        });
     }
 
     fn write_unsubscribes(&mut self, ctx: &mut Ctx, filters: Vec<String>) {
-        let max = ctx.opts.max_packet_size;
+        let max = self.max_out_packet(ctx);
         let mut batch: Vec<String> = Vec::new();
-        let mut len = 2;
+        let head = 2 + (self.protocol == Protocol::V5) as usize;
+        let mut len = head;
         for filter in filters {
             let flen = 2 + filter.len();
-            if MAX_FIXED_HEADER + 2 + flen > max {
+            if MAX_FIXED_HEADER + head + flen > max {
                 MqttStats::inc(&ctx.stats.send_errors);
                 continue;
             }
             if !batch.is_empty() && MAX_FIXED_HEADER + len + flen > max {
                 self.emit_unsubscribe(ctx, std::mem::take(&mut batch));
-                len = 2;
+                len = head;
             }
             batch.push(filter);
             len += flen;
@@ -631,12 +779,15 @@ impl Connection {
         };
         self.sub_ids.insert(pkid);
         MqttStats::add(&ctx.stats.unsubscribes, topics.len() as u64);
-        self.write_packet(&Packet::Unsubscribe(Unsubscribe { pkid, topics }));
+        self.write_packet(&Out::Unsubscribe {
+            pkid,
+            filters: &topics,
+        });
     }
 
-    fn write_packet(&mut self, packet: &Packet) {
+    fn write_packet(&mut self, packet: &Out<'_>) {
         // Sizes are checked when messages enter the thread; encoding cannot fail here.
-        if let Err(e) = packet.write(&mut self.wbuf, usize::MAX) {
+        if let Err(e) = self.protocol.encode(packet, &mut self.wbuf) {
             warn!(conn = self.index, error = %e, "MQTT encoding failed");
         }
     }
@@ -670,6 +821,7 @@ impl Connection {
             self.ids.free(id);
         }
         self.inbound_qos2.clear();
+        self.limits = Limits::default();
         let delay = self.jitter(self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.state = State::Waiting {
@@ -727,7 +879,9 @@ mod tests {
             for _ in 0..len {
                 buf.extend_from_slice(&[next() as u8]);
             }
-            while let Ok(_p) = Packet::read(&mut buf, 1024) {}
+            let mut buf5 = buf.clone();
+            while let Ok(_p) = Protocol::V311.decode(&mut buf, 1024) {}
+            while let Ok(_p) = Protocol::V5.decode(&mut buf5, 1024) {}
         }
     }
 

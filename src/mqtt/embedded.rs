@@ -1,4 +1,14 @@
-//! The embedded broker: rumqttd in-process, MQTT 3.1.1 only.
+//! The embedded broker: rumqttd in-process. rumqttd serves each MQTT version on its own
+//! listener: 3.1.1 on `mqtt.embedded_bind`, 5 on `mqtt.embedded_bind_v5`; both share one
+//! router, so a publish on either reaches subscribers on both. MQTT 5 properties such as the
+//! message-expiry interval reach MQTT 5 subscribers.
+//!
+//! A defect of rumqttd 0.20: forwarding an MQTT 5 publish that carries properties to a 3.1.1
+//! subscriber panics that connection's task, and when the client reconnects with the same
+//! client id the 3.1.1 listener's lock is poisoned and it accepts no connection any more. So the
+//! gateway opens the MQTT 5 listener only when it speaks MQTT 5 itself (then its command
+//! subscriptions are MQTT 5 ones), and 3.1.1 clients must stay off topics that MQTT 5 clients
+//! publish to with properties.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,23 +23,27 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest packet the embedded broker accepts (a SUBSCRIBE of many filters included).
 const MAX_PACKET: usize = 64 * 1024 * 1024;
 
-/// rumqttd in-process on `bind` (MQTT 3.1.1), on its own threads; returns once the port accepts
-/// TCP connections (bounded wait, else Err). Port 0 is refused (the chosen port would be unknown).
+/// rumqttd in-process with an MQTT 3.1.1 listener on `bind` and, when given, an MQTT 5 listener
+/// on `bind_v5`, on its own threads; returns once the ports accept TCP connections (bounded
+/// wait, else Err). Port 0 is refused (the chosen port would be unknown).
 ///
 /// Settings: `router.max_connections` 10,000 (rumqttd's default is 0), packets up to 64 MiB
 /// accepted (a small limit turns a large SUBSCRIBE into a silent disconnect loop), no per-filter
 /// segment configuration (each filter's log keeps at most 2 segments of 1 MiB).
-pub fn start_embedded_broker(bind: SocketAddr) -> io::Result<()> {
-    if bind.port() == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the embedded broker needs a fixed port",
-        ));
+pub fn start_embedded_broker(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> io::Result<()> {
+    let binds: Vec<SocketAddr> = std::iter::once(bind).chain(bind_v5).collect();
+    for b in &binds {
+        if b.port() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the embedded broker needs a fixed port",
+            ));
+        }
+        // Fail early (and clearly) when a port is taken.
+        drop(TcpListener::bind(b).map_err(|e| io::Error::new(e.kind(), format!("{b}: {e}")))?);
     }
-    // Fail early (and clearly) when the port is taken.
-    drop(TcpListener::bind(bind)?);
 
-    let config = broker_config(bind);
+    let config = broker_config(bind, bind_v5);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -39,22 +53,25 @@ pub fn start_embedded_broker(bind: SocketAddr) -> io::Result<()> {
             }
         })?;
 
-    let target = connect_addr(bind);
     let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-            info!(%bind, "embedded MQTT broker listening");
-            disable_nagle(bind);
-            return Ok(());
+    for b in binds {
+        let target = connect_addr(b);
+        loop {
+            if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+                info!(bind = %b, "embedded MQTT broker listening");
+                disable_nagle(b);
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("embedded MQTT broker did not listen on {b}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("embedded MQTT broker did not listen on {bind}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
 }
 
 /// rumqttd writes to its clients with Nagle's algorithm on, which holds a small PUBLISH back
@@ -68,7 +85,7 @@ fn disable_nagle(bind: SocketAddr) {
     }
 }
 
-fn broker_config(bind: SocketAddr) -> Config {
+fn broker_config(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: MAX_PACKET,
@@ -77,12 +94,12 @@ fn broker_config(bind: SocketAddr) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "v4-1".into(),
-        listen: bind,
+    let server = |name: &str, listen| ServerSettings {
+        name: name.into(),
+        listen,
         tls: None,
         next_connection_delay_ms: 0,
-        connections,
+        connections: connections.clone(),
     };
     let router = RouterConfig {
         max_connections: 10_000,
@@ -96,7 +113,8 @@ fn broker_config(bind: SocketAddr) -> Config {
     Config {
         id: 0,
         router,
-        v4: Some(HashMap::from([("1".to_string(), server)])),
+        v4: Some(HashMap::from([("1".to_string(), server("v4-1", bind))])),
+        v5: bind_v5.map(|b| HashMap::from([("1".to_string(), server("v5-1", b))])),
         ..Default::default()
     }
 }

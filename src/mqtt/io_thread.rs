@@ -20,6 +20,7 @@ use rustls::ClientConfig;
 use tracing::{debug, info, warn};
 
 use super::buffer::{make_room, OutMsg, Overflow};
+use super::codec::publish_size;
 use super::connection::{Connection, Ctx};
 use super::stats::MqttStats;
 use super::{Inbound, MqttOptions, Outbound};
@@ -27,8 +28,6 @@ use super::{Inbound, MqttOptions, Outbound};
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Messages taken from the channel per loop turn.
 const DRAIN_BATCH: usize = 8192;
-/// Remaining length of a PUBLISH: topic length prefix and packet id.
-const PUBLISH_OVERHEAD: usize = 2 + 2 + 5;
 
 /// State shared between the handles and the thread.
 pub(crate) struct Shared {
@@ -87,6 +86,8 @@ impl IoThread {
         let mut shutdown_deadline: Option<Instant> = None;
         let cap = self.opts.buffer_messages.max(1);
         let mut read_done = vec![false; conns.len()];
+        // Publishes `Inbound::on_publish` answered with, queued after each read.
+        let mut replies: Vec<Outbound> = Vec::new();
 
         loop {
             let now = Instant::now();
@@ -107,6 +108,7 @@ impl IoThread {
                 opts: &self.opts,
                 stats: &self.stats,
                 inbound: &mut *self.inbound,
+                replies: &mut replies,
                 registry: self.poll.registry(),
                 tls: self.tls.as_ref(),
                 now,
@@ -135,7 +137,7 @@ impl IoThread {
 
             let mut timeout = conns
                 .iter()
-                .filter_map(|c| c.next_deadline(self.opts.keepalive))
+                .filter_map(|c| c.next_deadline())
                 .chain(shutdown_deadline)
                 .min()
                 .map(|d| d.saturating_duration_since(now));
@@ -164,6 +166,7 @@ impl IoThread {
                 opts: &self.opts,
                 stats: &self.stats,
                 inbound: &mut *self.inbound,
+                replies: &mut replies,
                 registry: self.poll.registry(),
                 tls: self.tls.as_ref(),
                 now: Instant::now(),
@@ -187,6 +190,9 @@ impl IoThread {
                     c.read(&mut ctx);
                 }
             }
+            for msg in replies.drain(..) {
+                self.accept(&mut conns, msg, cap, &mut seq);
+            }
         }
         info!("MQTT I/O thread stopped");
         *self.shared.done.lock() = true;
@@ -195,58 +201,63 @@ impl IoThread {
 
     /// Moves up to `max` messages from the channel into the connections; returns how many.
     fn drain(&mut self, conns: &mut [Connection], max: usize, cap: usize, seq: &mut u64) -> usize {
-        let n = conns.len();
         let mut count = 0;
         while count < max {
             let Ok(msg) = self.rx.try_recv() else {
                 break;
             };
             count += 1;
-            match msg {
-                Outbound::Publish {
-                    lane,
-                    topic,
-                    payload,
-                    qos,
-                } => {
-                    if let Err(why) = self.check_publish(&topic, payload.len(), qos) {
-                        debug!(%topic, why, "MQTT publish rejected");
-                        MqttStats::inc(&self.stats.send_errors);
-                        continue;
-                    }
-                    let qos = to_qos(qos);
-                    let held: usize = conns.iter().map(|c| c.held()).sum();
-                    if held >= cap {
-                        MqttStats::inc(&self.stats.dropped_overflow);
-                        let r = make_room(
-                            conns.iter_mut().map(|c| &mut c.pending),
-                            qos == QoS::AtMostOnce,
-                        );
-                        if r == Overflow::DropIncoming {
-                            continue;
-                        }
-                    }
-                    *seq += 1;
-                    conns[lane as usize % n].pending.push(OutMsg {
-                        seq: *seq,
-                        topic,
-                        payload: Bytes::from(payload),
-                        qos,
-                    });
-                }
-                Outbound::Subscribe { lane, filter, qos } => {
-                    if filter.is_empty() || filter.len() > u16::MAX as usize || qos > 2 {
-                        MqttStats::inc(&self.stats.send_errors);
-                        continue;
-                    }
-                    conns[lane as usize % n].subs.subscribe(filter, qos);
-                }
-                Outbound::Unsubscribe { lane, filter } => {
-                    conns[lane as usize % n].subs.unsubscribe(filter);
-                }
-            }
+            self.accept(conns, msg, cap, seq);
         }
         count
+    }
+
+    /// Queues one message on its connection (overflow policy applied to publishes).
+    fn accept(&self, conns: &mut [Connection], msg: Outbound, cap: usize, seq: &mut u64) {
+        let n = conns.len();
+        match msg {
+            Outbound::Publish {
+                lane,
+                topic,
+                payload,
+                qos,
+            } => {
+                if let Err(why) = self.check_publish(&topic, payload.len(), qos) {
+                    debug!(%topic, why, "MQTT publish rejected");
+                    MqttStats::inc(&self.stats.send_errors);
+                    return;
+                }
+                let qos = to_qos(qos);
+                let held: usize = conns.iter().map(|c| c.held()).sum();
+                if held >= cap {
+                    MqttStats::inc(&self.stats.dropped_overflow);
+                    let r = make_room(
+                        conns.iter_mut().map(|c| &mut c.pending),
+                        qos == QoS::AtMostOnce,
+                    );
+                    if r == Overflow::DropIncoming {
+                        return;
+                    }
+                }
+                *seq += 1;
+                conns[lane as usize % n].pending.push(OutMsg {
+                    seq: *seq,
+                    topic,
+                    payload: Bytes::from(payload),
+                    qos,
+                });
+            }
+            Outbound::Subscribe { lane, filter, qos } => {
+                if filter.is_empty() || filter.len() > u16::MAX as usize || qos > 2 {
+                    MqttStats::inc(&self.stats.send_errors);
+                    return;
+                }
+                conns[lane as usize % n].subs.subscribe(filter, qos);
+            }
+            Outbound::Unsubscribe { lane, filter } => {
+                conns[lane as usize % n].subs.unsubscribe(filter);
+            }
+        }
     }
 
     fn check_publish(&self, topic: &str, payload_len: usize, qos: u8) -> Result<(), &'static str> {
@@ -259,7 +270,8 @@ impl IoThread {
         if topic.contains(['+', '#', '\0']) {
             return Err("wildcard or NUL in topic");
         }
-        if topic.len() + payload_len + PUBLISH_OVERHEAD > self.opts.max_packet_size {
+        let size = publish_size(self.opts.protocol, topic.len(), payload_len, to_qos(qos));
+        if size > self.opts.max_packet_size {
             return Err("larger than max_packet_size");
         }
         Ok(())

@@ -1,10 +1,11 @@
-//! MQTT side of the gateway: one dedicated I/O thread multiplexes a few pipelined MQTT 3.1.1
-//! broker connections for every shard.
+//! MQTT side of the gateway: one dedicated I/O thread multiplexes a few pipelined broker
+//! connections (MQTT 5 or 3.1.1, see [`Protocol`]) for every shard.
 //!
 //! Shards call [`MqttHandle::send`] (non-blocking, bounded queue) with [`Outbound`] messages.
 //! A message goes to connection `lane % connections`, so the messages of one lane keep their
 //! order and a subscription filter lives on exactly one connection. Commands published by
-//! applications come back through [`Inbound::on_publish`] on the MQTT thread.
+//! applications come back through [`Inbound::on_publish`] on the MQTT thread, with their MQTT 5
+//! message-expiry interval; what it answers at once is queued like any other publish.
 //!
 //! # Delivery
 //! - Publishes go out at their own QoS (0, 1 or 2), pipelined: many packets per syscall, at most
@@ -33,13 +34,15 @@
 //! [`MqttStats::dropped_overflow`]. The channel into the thread is bounded by `buffer_messages`
 //! too: when it is full, `send` returns the message (the caller counts the drop).
 //! Publishes that can never be sent (QoS above 2, empty or wildcard topic, larger than
-//! `max_packet_size`) are dropped and counted in [`MqttStats::send_errors`].
+//! `max_packet_size` or than the broker's MQTT 5 Maximum Packet Size) are dropped and counted in
+//! [`MqttStats::send_errors`], as are publishes an MQTT 5 broker refuses (reason code >= 0x80).
 //!
 //! # Shutdown
 //! [`MqttHandle::shutdown`] publishes everything queued, waits up to its timeout for the QoS>=1
 //! acks, sends DISCONNECT and ends the thread.
 
 mod buffer;
+mod codec;
 mod connection;
 mod embedded;
 mod io_thread;
@@ -56,6 +59,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use mio::{Poll, Waker};
 use parking_lot::{Condvar, Mutex};
 
+pub use codec::Protocol;
 pub use embedded::start_embedded_broker;
 pub use stats::MqttStats;
 
@@ -94,6 +98,8 @@ pub struct MqttOptions {
     pub buffer_messages: usize,
     /// Largest packet sent or accepted, e.g. 1 MiB.
     pub max_packet_size: usize,
+    /// The MQTT version spoken to the broker.
+    pub protocol: Protocol,
 }
 
 impl std::fmt::Debug for MqttOptions {
@@ -108,6 +114,7 @@ impl std::fmt::Debug for MqttOptions {
             .field("max_inflight", &self.max_inflight)
             .field("buffer_messages", &self.buffer_messages)
             .field("max_packet_size", &self.max_packet_size)
+            .field("protocol", &self.protocol)
             .finish()
     }
 }
@@ -132,10 +139,22 @@ pub enum Outbound {
     },
 }
 
+/// A PUBLISH the broker delivered to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    /// The MQTT 5 message-expiry interval it came with (seconds; a broker forwards what is
+    /// left of the publisher's). None with MQTT 3.1.1 or when the publisher set none.
+    pub expiry_s: Option<u32>,
+}
+
 /// Called on the MQTT thread for every PUBLISH the broker delivers (commands from applications).
 /// Must not block.
 pub trait Inbound: Send + 'static {
-    fn on_publish(&mut self, topic: &str, payload: &[u8]);
+    /// `replies`: publishes to send in answer; the thread queues them like messages from
+    /// shards (same size checks and overflow policy).
+    fn on_publish(&mut self, msg: &Delivery<'_>, replies: &mut Vec<Outbound>);
 }
 
 /// Cheap to clone; every clone talks to the same thread.

@@ -24,8 +24,9 @@ pub struct MqttStats {
     pub subscribes: AtomicU64,
     /// Filters sent to the broker in UNSUBSCRIBE packets.
     pub unsubscribes: AtomicU64,
-    /// Messages that could not be sent at all (too large, invalid topic or filter, QoS > 2) and
-    /// filters the broker refused in a SUBACK.
+    /// Messages that could not be sent at all (too large, invalid topic or filter, QoS > 2),
+    /// filters the broker refused in a SUBACK, and publishes an MQTT 5 broker refused (PUBACK or
+    /// PUBREC reason code >= 0x80).
     pub send_errors: AtomicU64,
     /// Connections dropped because the broker sent malformed or unexpected packets.
     pub protocol_errors: AtomicU64,

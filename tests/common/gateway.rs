@@ -14,8 +14,11 @@ pub struct GatewayProc {
     child: Option<Child>,
     /// The UDP listener devices talk to.
     pub udp: SocketAddr,
-    /// The broker the gateway publishes to (embedded or external).
+    /// The broker the gateway publishes to (embedded or external); with the embedded one, its
+    /// MQTT 3.1.1 listener.
     pub mqtt: SocketAddr,
+    /// The embedded broker's MQTT 5 listener (None with an external broker).
+    pub mqtt_v5: Option<SocketAddr>,
     /// The management API (key `admin`, secret [`API_SECRET`]).
     pub api: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -58,15 +61,19 @@ impl GatewayProc {
         udp_extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (server, mqtt) = match broker {
+        let (server, mqtt, mqtt_v5) = match broker {
             Broker::Embedded => {
-                let port = free_port();
+                let (port, port5) = (free_port(), free_port());
                 (
-                    format!("server = \"embedded\"\nembedded_bind = \"127.0.0.1:{port}\""),
+                    format!(
+                        "server = \"embedded\"\nembedded_bind = \"127.0.0.1:{port}\"\n\
+                         embedded_bind_v5 = \"127.0.0.1:{port5}\""
+                    ),
                     SocketAddr::from(([127, 0, 0, 1], port)),
+                    Some(SocketAddr::from(([127, 0, 0, 1], port5))),
                 )
             }
-            Broker::External(a) => (format!("server = \"mqtt://{a}\""), a),
+            Broker::External(a) => (format!("server = \"mqtt://{a}\""), a, None),
         };
         let api = free_port();
         let toml = format!(
@@ -89,6 +96,7 @@ impl GatewayProc {
             child: Some(child),
             udp: SocketAddr::from(([127, 0, 0, 1], 0)),
             mqtt,
+            mqtt_v5,
             api: SocketAddr::from(([127, 0, 0, 1], api)),
             dir,
             log_path,

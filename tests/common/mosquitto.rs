@@ -205,3 +205,34 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
 }
+
+const PUB_BINARY: &str = "/usr/bin/mosquitto_pub";
+
+/// Publishes one message with Debian's `mosquitto_pub` (package mosquitto-clients) as an
+/// MQTT 5 client, with a message-expiry interval when given. Panics when it fails.
+pub fn mosquitto_pub_v5(
+    broker: SocketAddr,
+    topic: &str,
+    payload: &str,
+    qos: u8,
+    expiry_s: Option<u32>,
+) {
+    if !Path::new(PUB_BINARY).exists() {
+        panic!("{PUB_BINARY} not found: install it with `apt-get install mosquitto-clients`");
+    }
+    let mut cmd = Command::new(PUB_BINARY);
+    cmd.args(["-V", "mqttv5", "-h"])
+        .arg(broker.ip().to_string())
+        .arg("-p")
+        .arg(broker.port().to_string())
+        .args(["-q", &qos.to_string(), "-t", topic, "-m", payload]);
+    if let Some(s) = expiry_s {
+        cmd.args(["-D", "publish", "message-expiry-interval", &s.to_string()]);
+    }
+    let out = cmd.output().expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -906,3 +906,443 @@ fn one_request_to(rs: Vec<Reply>, to: std::net::SocketAddr) -> Reply {
     assert_eq!(rs[0].to, to);
     rs.into_iter().next().unwrap()
 }
+
+fn read(id: u32, path: &str) -> String {
+    format!(r#"{{"reqID":{id},"msgType":"read","data":{{"path":"{path}"}}}}"#)
+}
+
+/// The `error` of the one response published since `mark`, checked to answer `req_id`.
+fn one_error(h: &Harness, mark: usize, req_id: i32) -> String {
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "lwm2m/dev1/up/resp");
+    assert_eq!(p[0].1["reqID"], req_id, "{p:?}");
+    assert_eq!(p[0].1["msgType"], "read");
+    assert_eq!(p[0].1["data"]["code"], "5.03");
+    p[0].1["data"]["error"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_queued_command_expires_at_its_mqtt_message_expiry_or_the_default_ttl() {
+    let mut s = settings();
+    s.queue_ttl_ms = 60_000;
+    let mut h = Harness::new(1, s);
+    let loc = registered(&mut h, &["lwm2m=1.0", "b=UQ"], b"</3/0>");
+    h.advance(23_000); // asleep
+    let mark = h.mark();
+    // MQTT expiry shorter than the default TTL (10 s, 20 s), and longer (120 s).
+    assert!(h
+        .command_expiring(0, TOPIC, &read(1, "/3/0/0"), Some(10))
+        .is_empty());
+    assert!(h
+        .command_expiring(0, TOPIC, &read(2, "/3/0/1"), Some(120))
+        .is_empty());
+    assert!(h
+        .command_expiring(0, TOPIC, &read(3, "/3/0/2"), Some(20))
+        .is_empty());
+    h.advance(9_999);
+    assert!(h.published_since(mark).is_empty());
+    h.advance(1);
+    let e = one_error(&h, mark, 1);
+    assert!(
+        e.contains("expired while the device was sleeping")
+            && e.contains("MQTT message-expiry interval (10 s) ran out"),
+        "{e}"
+    );
+    let mark = h.mark();
+    h.advance(10_000);
+    let e = one_error(&h, mark, 3);
+    assert!(e.contains("(20 s)"), "{e}");
+    // The device wakes at 30 s: only the command still valid goes out.
+    h.advance(10_000);
+    let mark = h.mark();
+    let out = h.exchange(0, addr(1, DEV), &Req::update(&loc, 50).bytes());
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].code(), codes::CHANGED);
+    assert_eq!(path_of(&out[1].msg()), "/3/0/1");
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&out[1], codes::CONTENT, Some(0), b"x", None),
+    );
+    let p: Vec<_> = h
+        .published_since(mark)
+        .into_iter()
+        .filter(|m| m.0.ends_with("up/resp"))
+        .collect();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].1["reqID"], 2);
+    assert_eq!(p[0].1["data"]["code"], "2.05");
+    // Asleep again: a command whose MQTT expiry is longer than the default TTL expires at
+    // the TTL, and the message names it.
+    h.advance(23_000);
+    let mark = h.mark();
+    assert!(h
+        .command_expiring(0, TOPIC, &read(4, "/3/0/3"), Some(120))
+        .is_empty());
+    h.advance(59_999);
+    assert!(h.published_since(mark).is_empty());
+    h.advance(1);
+    let e = one_error(&h, mark, 4);
+    assert!(e.contains("queue.default_ttl (60 s) ran out"), "{e}");
+    assert_eq!(h.cores[0].stats.commands_expired, 3);
+}
+
+#[test]
+fn the_mqtt_expiry_alone_limits_the_wait_without_a_default_ttl() {
+    let mut h = Harness::new(1, settings()); // queue.default_ttl 0: no expiry of its own
+    registered(&mut h, &["lwm2m=1.1", "Q"], b"</3/0>");
+    h.advance(23_000);
+    let mark = h.mark();
+    assert!(h
+        .command_expiring(0, TOPIC, &read(1, "/3/0/0"), Some(200))
+        .is_empty());
+    assert!(h.command(0, TOPIC, &read(2, "/3/0/1")).is_empty());
+    h.advance(199_999);
+    assert!(h.published_since(mark).is_empty());
+    h.advance(1);
+    let e = one_error(&h, mark, 1);
+    assert!(e.contains("(200 s)"), "{e}");
+    // The one without an expiry waits for ever; a ping wakes the device and it goes out.
+    let mut ping = Vec::new();
+    MessageWriter::new(&mut ping, MsgType::Con, codes::EMPTY, 77, &[]).finish();
+    let out = h.exchange(0, addr(1, DEV), &ping);
+    assert_eq!(out.len(), 2);
+    assert_eq!(path_of(&out[1].msg()), "/3/0/1");
+}
+
+#[test]
+fn a_forwarded_command_keeps_its_absolute_deadline() {
+    let mut h = Harness::new(2, settings());
+    let r = Req::new(codes::POST, "/rd", 1)
+        .q("ep=dev1")
+        .q("lt=300")
+        .q("lwm2m=1.0")
+        .q("b=UQ")
+        .body(b"</3/0>");
+    assert_eq!(h.one(1, addr(1, DEV), &r.bytes()).code(), codes::CREATED);
+    h.advance(23_000);
+    let mark = h.mark();
+    let arrived = h.now;
+    let arrival = crate::lwm2m::command::Arrival {
+        at_ms: None,
+        expiry_s: Some(30),
+    };
+    // Shard 0 takes the command but dev1 lives on shard 1: forwarded with its arrival time.
+    h.cores[0].handle_command_at(h.now, TOPIC, read(1, "/3/0/0").into_bytes(), 0, arrival);
+    let mut fwd = std::mem::take(&mut h.cores[0].out.to_shards);
+    assert_eq!(fwd.len(), 1);
+    let (to, msg) = fwd.pop().unwrap();
+    assert_eq!(to, 1);
+    match &msg {
+        crate::lwm2m::ShardMsg::Command { arrival, hops, .. } => {
+            assert_eq!(*hops, 1);
+            assert_eq!(arrival.at_ms, Some(arrived));
+            assert_eq!(arrival.expiry_s, Some(30));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The forward takes 20 s to be handled: 10 s are left, not 30.
+    h.advance(20_000);
+    assert!(h.message(1, msg).is_empty());
+    h.advance(9_999);
+    assert!(h.published_since(mark).is_empty());
+    h.advance(1);
+    let e = one_error(&h, mark, 1);
+    assert!(e.contains("(30 s)"), "{e}");
+}
+
+#[test]
+fn commands_bypassing_the_queue_keep_their_order() {
+    let mut h = setup();
+    let first = one_request(h.command(0, TOPIC, &read(1, "/3/0/0")));
+    // Behind NSTART: an ordinary command, then two with mheaders.ttl = 0.
+    assert!(h.command(0, TOPIC, &read(2, "/3/0/1")).is_empty());
+    for (id, path) in [(3, "/3/0/2"), (4, "/3/0/3")] {
+        let json = format!(
+            r#"{{"reqID":{id},"msgType":"read","data":{{"path":"{path}"}},"mheaders":{{"ttl":0}}}}"#
+        );
+        assert!(h.command(0, TOPIC, &json).is_empty());
+    }
+    let mut order = Vec::new();
+    let mut req = first;
+    for _ in 0..3 {
+        req = one_request(h.exchange(
+            0,
+            addr(1, DEV),
+            &answer(&req, codes::CONTENT, Some(0), b"x", None),
+        ));
+        order.push(path_of(&req.msg()));
+    }
+    assert_eq!(
+        order,
+        ["/3/0/2", "/3/0/3", "/3/0/1"],
+        "the ttl=0 ones first, in the order they came"
+    );
+}
+
+#[test]
+fn waiting_for_nstart_is_not_sleeping() {
+    let mut s = settings();
+    s.queue_ttl_ms = 10_000;
+    let mut h = Harness::new(1, s);
+    registered(&mut h, &["lwm2m=1.0", "b=U"], b"</3/0>");
+    let mark = h.mark();
+    let first = one_request(h.command(0, TOPIC, &read(1, "/3/0/0")));
+    assert!(h.command(0, TOPIC, &read(2, "/3/0/1")).is_empty());
+    // The device never answers: 93 s of retransmissions, much longer than the default TTL,
+    // which is for commands held for a sleeping (queue-mode) device.
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        sent.extend(h.advance_collect(500));
+    }
+    let second: Vec<_> = sent.iter().filter(|r| r.bytes != first.bytes).collect();
+    assert!(!second.is_empty(), "the second command went out");
+    assert_eq!(path_of(&second[0].msg()), "/3/0/1");
+    let p = h.published_since(mark);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].1["msgType"], "coap_timeout");
+    assert_eq!(h.cores[0].stats.commands_expired, 0);
+    // An MQTT expiry does limit the wait for NSTART, and the error says what it waited for.
+    let mark = h.mark();
+    assert!(h
+        .command_expiring(0, TOPIC, &read(3, "/3/0/2"), Some(5))
+        .is_empty());
+    h.advance(5_000);
+    let p: Vec<_> = h
+        .published_since(mark)
+        .into_iter()
+        .filter(|m| m.1["reqID"] == 3)
+        .collect();
+    assert_eq!(p.len(), 1, "{p:?}");
+    let e = p[0].1["data"]["error"].as_str().unwrap();
+    assert!(
+        e.contains("while earlier commands to the device were in progress")
+            && e.contains("MQTT message-expiry interval (5 s)"),
+        "{e}"
+    );
+    assert!(!e.contains("sleeping"), "{e}");
+}
+
+#[test]
+fn a_notification_during_cancel_observe_is_a_notification() {
+    let mut h = setup();
+    let obs = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":10,"msgType":"observe","data":{"path":"/3/0/13"}}"#,
+    ));
+    let token = obs.msg().token.to_vec();
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&obs, codes::CONTENT, Some(0), b"1700000000", Some(5)),
+    );
+    let cancel = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":11,"msgType":"cancel-observe","data":{"path":"/3/0/13"}}"#,
+    ));
+    assert_eq!(cancel.msg().token, &token[..]);
+    let mark = h.mark();
+    // The device acknowledges the cancel (the response will be separate)...
+    let mut ack = Vec::new();
+    MessageWriter::new(&mut ack, MsgType::Ack, codes::EMPTY, cancel.msg().mid, &[]).finish();
+    h.datagram(0, addr(1, DEV), &ack);
+    // ... a notification on the same token crosses it (it carries Observe) ...
+    let n = unsolicited(
+        MsgType::Con,
+        300,
+        &token,
+        codes::CONTENT,
+        Some(0),
+        Some(6),
+        b"1700000006",
+    );
+    let acks = h.exchange(0, addr(1, DEV), &n);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].msg().mtype, MsgType::Ack);
+    // ... then the cancel's response (RFC 7641 §3.6: no Observe option).
+    let resp = unsolicited(
+        MsgType::Con,
+        301,
+        &token,
+        codes::CONTENT,
+        Some(0),
+        None,
+        b"1700000007",
+    );
+    h.datagram(0, addr(1, DEV), &resp);
+    let p = h.published_since(mark);
+    let kinds: Vec<_> = p.iter().map(|m| m.1["msgType"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ack", "notify", "cancel-observe"], "{p:?}");
+    assert_eq!(p[1].0, "lwm2m/dev1/up/notify");
+    assert_eq!(p[1].1["seqNum"], 6);
+    assert_eq!(p[1].1["data"]["content"][0]["value"], 1700000006);
+    assert_eq!(p[2].0, "lwm2m/dev1/up/resp");
+    assert_eq!(p[2].1["reqID"], 11);
+    assert_eq!(p[2].1["data"]["content"][0]["value"], 1700000007);
+    // The observation is over: a later notification is refused.
+    let late = unsolicited(
+        MsgType::Con,
+        302,
+        &token,
+        codes::CONTENT,
+        Some(0),
+        Some(7),
+        b"1",
+    );
+    assert_eq!(
+        h.exchange(0, addr(1, DEV), &late)[0].msg().mtype,
+        MsgType::Rst
+    );
+}
+
+#[test]
+fn nstart_two_pipelines_two_commands_and_the_third_waits() {
+    let mut s = settings();
+    s.nstart = 2;
+    let mut h = Harness::new(1, s);
+    registered(&mut h, &["lwm2m=1.0", "b=U"], b"</3/0>");
+    let mark = h.mark();
+    let a = one_request(h.command(0, TOPIC, &read(1, "/3/0/0")));
+    let b = one_request(h.command(0, TOPIC, &read(2, "/3/0/1")));
+    assert_ne!(a.msg().token, b.msg().token);
+    assert!(
+        h.command(0, TOPIC, &read(3, "/3/0/2")).is_empty(),
+        "NSTART 2"
+    );
+    // Answers out of order: the first one back frees a place for the third.
+    let c = one_request(h.exchange(
+        0,
+        addr(1, DEV),
+        &answer(&b, codes::CONTENT, Some(0), b"b", None),
+    ));
+    assert_eq!(path_of(&c.msg()), "/3/0/2");
+    for r in [&a, &c] {
+        assert!(h
+            .exchange(
+                0,
+                addr(1, DEV),
+                &answer(r, codes::CONTENT, Some(0), b"x", None)
+            )
+            .is_empty());
+    }
+    let ids: Vec<_> = h
+        .published_since(mark)
+        .iter()
+        .map(|m| m.1["reqID"].to_string())
+        .collect();
+    assert_eq!(ids, ["2", "1", "3"]);
+}
+
+#[test]
+fn a_notification_wakes_a_queue_mode_device() {
+    let mut h = Harness::new(1, settings());
+    registered(&mut h, &["lwm2m=1.0", "b=UQ"], b"</3/0>");
+    let obs = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":1,"msgType":"observe","data":{"path":"/3/0/13"}}"#,
+    ));
+    let token = obs.msg().token.to_vec();
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&obs, codes::CONTENT, Some(0), b"1700000000", Some(1)),
+    );
+    h.advance(23_000);
+    assert!(h.command(0, TOPIC, &read(2, "/3/0/1")).is_empty(), "asleep");
+    for (t, mid, seq) in [(MsgType::Non, 400, 2), (MsgType::Con, 401, 3)] {
+        let out = h.exchange(
+            0,
+            addr(1, DEV),
+            &unsolicited(t, mid, &token, codes::CONTENT, Some(0), Some(seq), b"1"),
+        );
+        if t == MsgType::Non {
+            // The held command follows the notification at once.
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!(path_of(&out[0].msg()), "/3/0/1");
+            h.datagram(
+                0,
+                addr(1, DEV),
+                &answer(&out[0], codes::CONTENT, Some(0), b"x", None),
+            );
+            h.advance(23_000);
+            assert!(h.command(0, TOPIC, &read(3, "/3/0/2")).is_empty());
+        } else {
+            // Acknowledged, and the held command follows.
+            assert_eq!(out.len(), 2, "{out:?}");
+            let ack = out.iter().find(|r| r.msg().mtype == MsgType::Ack).unwrap();
+            assert_eq!(ack.msg().mid, 401);
+            let req = out.iter().find(|r| r.msg().mtype == MsgType::Con).unwrap();
+            assert_eq!(path_of(&req.msg()), "/3/0/2");
+        }
+    }
+}
+
+#[test]
+fn batch_write_to_a_resource_is_a_put_of_its_instances() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":5,"msgType":"write","data":{"basePath":"/3/0/6","content":[{"path":"0","type":"Integer","value":1},{"path":"1","value":"5"}]}}"#,
+    ));
+    let m = req.msg();
+    assert_eq!(m.code, codes::PUT);
+    assert_eq!(path_of(&m), "/3/0/6");
+    assert_eq!(m.option_uint(opt::CONTENT_FORMAT), Some(fmt_id::TLV as u32));
+    // A multiple-resource TLV of two instances, as in the specification's Device example.
+    assert_eq!(m.payload, &[0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05]);
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CHANGED, None, b"", None),
+    );
+    let p = h.published_since(mark);
+    assert_eq!(p[0].1["msgType"], "write");
+    assert_eq!(p[0].1["data"]["code"], "2.04");
+    assert_eq!(p[0].1["data"]["reqPath"], "/3/0/6");
+}
+
+#[test]
+fn hex_encoded_write_values() {
+    let mut h = setup();
+    let mark = h.mark();
+    let req = one_request(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":6,"msgType":"write","encoding":"hex","data":{"basePath":"/3/0/","content":[{"path":"14","type":"String","value":"2b30323a3030"},{"path":"13","value":"5182428F"}]}}"#,
+    ));
+    let m = req.msg();
+    assert_eq!((m.code, path_of(&m)), (codes::POST, "/3/0".to_string()));
+    // The raw bytes of each value, typed (Time from the model), as the spec's Device TLV.
+    let mut want = vec![0xC4, 0x0D, 0x51, 0x82, 0x42, 0x8F, 0xC6, 0x0E];
+    want.extend_from_slice(b"+02:00");
+    assert_eq!(m.payload, &want[..]);
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&req, codes::CHANGED, None, b"", None),
+    );
+    let p = h.published_since(mark);
+    assert_eq!(p[0].1["encoding"], "hex", "echoed");
+    assert_eq!(p[0].1["data"]["code"], "2.04");
+    // Not hex: answered 4.00, saying so.
+    let mark = h.mark();
+    assert!(h
+        .command(
+            0,
+            TOPIC,
+            r#"{"reqID":7,"msgType":"write","encoding":"hex","data":{"path":"/3/0/14","type":"String","value":"zz"}}"#,
+        )
+        .is_empty());
+    let p = h.published_since(mark);
+    assert_eq!(p[0].1["data"]["code"], "4.00");
+    assert!(p[0].1["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a hex string"));
+}

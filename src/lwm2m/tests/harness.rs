@@ -168,8 +168,23 @@ impl Harness {
 
     /// An MQTT application publishes a command on `topic`.
     pub fn command(&mut self, shard: usize, topic: &str, json: &str) -> Vec<Reply> {
+        self.command_expiring(shard, topic, json, None)
+    }
+
+    /// Like `command`, delivered with an MQTT 5 message-expiry interval (seconds).
+    pub fn command_expiring(
+        &mut self,
+        shard: usize,
+        topic: &str,
+        json: &str,
+        expiry_s: Option<u32>,
+    ) -> Vec<Reply> {
         let n = self.replies.len();
-        self.cores[shard].handle_command(self.now, topic, json.as_bytes().to_vec(), 0);
+        let arrival = crate::lwm2m::command::Arrival {
+            at_ms: None,
+            expiry_s,
+        };
+        self.cores[shard].handle_command_at(self.now, topic, json.as_bytes().to_vec(), 0, arrival);
         self.pump();
         self.replies.split_off(n)
     }
