@@ -161,28 +161,115 @@ fn duplicate_register_publishes_once() {
     );
 }
 
+/// The gateway's command filters in the broker once they are exactly `want` (or the last
+/// reading after 10 s).
+fn subscriptions_become(b: &Mosquitto, want: &[String]) -> std::collections::HashSet<String> {
+    let want: std::collections::HashSet<String> = want.iter().cloned().collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = b.subscriptions("lwm2m-gateway");
+        if s == want || std::time::Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_cmd(req_id: &str) -> Vec<u8> {
+    format!(r#"{{"reqID":"{req_id}","msgType":"read","data":{{"path":"/3/0/0"}}}}"#).into_bytes()
+}
+
+/// Lets `fleets` answer the gateway's requests until a read response with each of
+/// `want` reqIDs is on MQTT; returns every read response seen, by reqID.
+fn drive_reads(
+    fleets: &mut [&mut Fleet],
+    mq: &mut MqttClient,
+    want: &[&str],
+) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !want.iter().all(|w| seen.contains_key(*w)) && std::time::Instant::now() < deadline {
+        for f in fleets.iter_mut() {
+            f.receive(Duration::from_millis(10)).unwrap();
+        }
+        while let Some((t, p)) = mq.recv_publish(Duration::from_millis(1)) {
+            let v = json(&p);
+            if t.ends_with("/up/resp") && v["msgType"].as_str() == Some("read") {
+                assert_eq!(v["data"]["code"].as_str(), Some("2.05"), "{t}: {v}");
+                *seen
+                    .entry(v["reqID"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Sends an Update with `lt` from every registered device of `f` and waits for the 2.04s.
+fn set_lifetime(f: &mut Fleet, lt: u32) {
+    for i in 0..f.devices.len() {
+        let Some(loc) = f.devices[i].location.clone() else {
+            continue;
+        };
+        let mid = 0xf000 + i as u16;
+        let mut buf = Vec::new();
+        let mut w =
+            MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &mid.to_be_bytes());
+        w.option(opt::URI_PATH, b"rd")
+            .option(opt::URI_PATH, loc.as_bytes())
+            .option(opt::URI_QUERY, format!("lt={lt}").as_bytes());
+        w.finish();
+        f.start(i, buf);
+    }
+    f.flush().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while f.outstanding() > 0 && std::time::Instant::now() < deadline {
+        f.receive(Duration::from_millis(10)).unwrap();
+    }
+    assert!(
+        f.devices
+            .iter()
+            .all(|d| d.last_code == Some(codes::CHANGED)),
+        "every Update with lt={lt} answered 2.04"
+    );
+}
+
 #[test]
 fn mosquitto_per_endpoint_subscriptions_and_expiry() {
     let broker = Mosquitto::start();
+    // One broker connection: the broker hands it publishes in the order it got them, so
+    // once a later command is handled every earlier one has been seen (or never came).
     let gw = GatewayProc::start_with(
         Broker::External(broker.addr()),
         "lifetime_min = \"1s\"",
-        "subscribe = \"per_endpoint\"",
+        "subscribe = \"per_endpoint\"\nconnections = 1",
     );
     let mut mq = MqttClient::connect(broker.addr(), "e2e-mosq", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
-    let mut f = Fleet::new(
-        FleetConfig {
-            devices: 3,
-            name_prefix: "mq".into(),
-            lifetime_s: 2,
-            ..Default::default()
-        },
-        gw.udp,
-    )
-    .unwrap();
-    assert_eq!(f.register_all(None, WAIT).unwrap().ok, 3);
-    let msgs = collect(&mut mq, 3, WAIT);
+    mq.subscribe("lwm2m/+/up/#", 0).unwrap();
+    let fleet_of = |prefix: &str, n: usize, first: u32, lt: u32| {
+        let mut f = Fleet::new(
+            FleetConfig {
+                devices: n,
+                name_prefix: prefix.into(),
+                first_index: first,
+                lifetime_s: lt,
+                ..Default::default()
+            },
+            gw.udp,
+        )
+        .unwrap();
+        f.answer_like_client();
+        f
+    };
+    // mq0..mq2 will expire (their Updates shorten the lifetime to 2 s once they were
+    // seen working), mqd100 de-registers, mql200 stays.
+    let mut expiring = fleet_of("mq", 3, 0, 300);
+    let mut leaving = fleet_of("mqd", 1, 100, 300);
+    let mut staying = fleet_of("mql", 1, 200, 300);
+    assert_eq!(expiring.register_all(None, WAIT).unwrap().ok, 3);
+    assert_eq!(leaving.register_all(None, WAIT).unwrap().ok, 1);
+    assert_eq!(staying.register_all(None, WAIT).unwrap().ok, 1);
+    let msgs = collect(&mut mq, 5, WAIT);
     let mut topics: Vec<_> = msgs.iter().map(|m| m.0.clone()).collect();
     topics.sort();
     assert_eq!(
@@ -190,18 +277,102 @@ fn mosquitto_per_endpoint_subscriptions_and_expiry() {
         [
             "lwm2m/mq0/up/resp",
             "lwm2m/mq1/up/resp",
-            "lwm2m/mq2/up/resp"
+            "lwm2m/mq2/up/resp",
+            "lwm2m/mqd100/up/resp",
+            "lwm2m/mql200/up/resp"
         ]
     );
-    // The registrations expire after 2 s: an update then gets 4.04.
-    std::thread::sleep(Duration::from_millis(3500));
-    let out = f.update_all(WAIT).unwrap();
+    let filter = |ep: &str| format!("lwm2m/{ep}/dn/#");
+    let all: Vec<String> = ["mq0", "mq1", "mq2", "mqd100", "mql200"]
+        .iter()
+        .map(|e| filter(e))
+        .collect();
+    let subs = subscriptions_become(&broker, &all);
+    assert_eq!(subs.len(), 5, "one filter per endpoint: {subs:?}");
+    // And they work: every endpoint's command reaches its device.
+    for ep in ["mq0", "mq1", "mq2", "mqd100", "mql200"] {
+        mq.publish(&format!("lwm2m/{ep}/dn/dm"), &read_cmd(ep), 1)
+            .unwrap();
+    }
+    let answered = drive_reads(
+        &mut [&mut expiring, &mut leaving, &mut staying],
+        &mut mq,
+        &["mq0", "mq1", "mq2", "mqd100", "mql200"],
+    );
+    assert_eq!(answered.len(), 5, "{answered:?}");
+    let asked = (
+        expiring.requests_seen,
+        leaving.requests_seen,
+        staying.requests_seen,
+    );
+    assert_eq!(asked, (3, 1, 1));
+
+    // De-registration unsubscribes.
+    assert_eq!(leaving.deregister_all(WAIT).unwrap().ok, 1);
+    let subs = subscriptions_become(
+        &broker,
+        &all[..3]
+            .iter()
+            .chain(&all[4..])
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert!(!subs.contains(&filter("mqd100")), "{subs:?}");
+    assert_eq!(subs.len(), 4, "{subs:?}");
+
+    // Expiry unsubscribes: 2 s after these Updates only the staying device's filter is left.
+    set_lifetime(&mut expiring, 2);
+    let subs = subscriptions_become(&broker, &all[4..]);
+    assert_eq!(subs, all[4..].iter().cloned().collect(), "after expiry");
+    // The expired registrations are gone: an update gets 4.04.
+    let out = expiring.update_all(WAIT).unwrap();
     assert_eq!(out.failed, 3, "expired registrations are gone: {out:?}");
-    assert!(f
+    assert!(expiring
         .devices
         .iter()
         .all(|d| d.last_code == Some(codes::NOT_FOUND)));
-    drop(gw);
+
+    // Functionally: commands for the expired and the de-registered endpoints no longer
+    // reach the gateway at all (not even to be refused as unknown), while one for the
+    // staying endpoint, published after them, does.
+    let before = gw.metrics();
+    for ep in ["mq0", "mq1", "mq2", "mqd100"] {
+        mq.publish(
+            &format!("lwm2m/{ep}/dn/dm"),
+            &read_cmd(&format!("late-{ep}")),
+            1,
+        )
+        .unwrap();
+    }
+    mq.publish("lwm2m/mql200/dn/dm", &read_cmd("marker"), 1)
+        .unwrap();
+    let answered = drive_reads(
+        &mut [&mut expiring, &mut leaving, &mut staying],
+        &mut mq,
+        &["marker"],
+    );
+    assert_eq!(
+        answered.keys().collect::<Vec<_>>(),
+        ["marker"],
+        "{answered:?}"
+    );
+    let after = gw.metrics();
+    let delta = |name: &str| after.sum(name, &[]) - before.sum(name, &[]);
+    assert_eq!(
+        delta("lwm2m_mqtt_inbound_total"),
+        1.0,
+        "only the staying endpoint's command was delivered to the gateway"
+    );
+    assert_eq!(delta("lwm2m_commands_unknown_endpoint_total"), 0.0);
+    assert_eq!(
+        (
+            expiring.requests_seen,
+            leaving.requests_seen,
+            staying.requests_seen
+        ),
+        (3, 1, 2),
+        "no request reached a device that left"
+    );
 }
 
 #[test]
@@ -351,13 +522,22 @@ fn ten_thousand_devices_through_several_shards() {
     let mut f = fleet(&gw, "k", N);
     let out = f.register_all(None, Duration::from_secs(120)).unwrap();
     assert_eq!(out.ok, N, "{out:?}");
-    let msgs = collect(&mut mq, N, Duration::from_secs(10));
+    let mut msgs = collect(&mut mq, N, Duration::from_secs(10));
+    // A late duplicate would come after the N-th message: keep listening until the
+    // broker has been quiet for a while.
+    msgs.extend(collect(&mut mq, usize::MAX, Duration::from_secs(3)));
     let mut per_ep: HashMap<String, usize> = HashMap::new();
     for (t, _) in &msgs {
         *per_ep.entry(t.clone()).or_default() += 1;
     }
     assert_eq!(per_ep.len(), N, "every device appears");
-    assert!(per_ep.values().all(|&c| c == 1), "and exactly once");
+    let twice: Vec<_> = per_ep.iter().filter(|(_, &c)| c != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "and exactly once ({} messages in all): {:?}",
+        msgs.len(),
+        &twice[..twice.len().min(5)]
+    );
     let subs = wait_subscriptions(&broker, N);
     assert_eq!(subs.len(), N, "each has its command subscription");
     assert!((0..N).all(|i| subs.contains(&format!("lwm2m/k{i}/dn/#"))));

@@ -1,6 +1,7 @@
 //! Runs the real `lwm2m-gateway` binary with a generated configuration.
 
 use super::mosquitto::free_port;
+use super::prometheus::Exposition;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,10 +138,27 @@ impl GatewayProc {
 
     /// SIGTERM and wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (a `kill -s` name: "TERM", "INT") and waits for the exit status.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit()
+    }
+
+    /// Sends `signal` (a `kill -s` name) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {signal} the gateway");
+    }
+
+    /// Waits (up to 20 s) for the gateway to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = child.try_wait().expect("wait") {
@@ -148,9 +166,41 @@ impl GatewayProc {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("gateway did not stop on SIGTERM:\n{}", self.log());
+                panic!("gateway did not exit in 20 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gateway's resident set size (VmRSS of /proc/PID/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status of the gateway");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS line")
+    }
+
+    /// `/metrics`, parsed (strictly).
+    pub fn metrics(&self) -> Exposition {
+        let (status, text) = super::http::request(self.api, "GET", "/metrics", None, b"");
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        Exposition::parse(&text)
+    }
+
+    /// `/metrics` once `ready` holds for it (shards copy their counters out at the end of
+    /// each loop turn), or the last reading after 20 s.
+    pub fn metrics_when(&self, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let e = self.metrics();
+            if ready(&e) || Instant::now() > deadline {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

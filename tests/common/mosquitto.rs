@@ -141,6 +141,25 @@ impl Mosquitto {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open but nothing is read or acknowledged.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("mosquitto running");
+        let ok = Command::new("kill")
+            .args(["-s", name, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {name} mosquitto");
+    }
+
     /// Kills it at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,300 @@
+//! The broker dies under load (SIGKILL, or SIGTERM) while devices keep registering
+//! and updating: the shards keep answering them, the MQTT thread holds every QoS 1
+//! message (visible in `/metrics`), reconnects once Mosquitto is back and re-sends,
+//! and every register and update message reaches a subscriber, counted by endpoint.
+
+mod common;
+
+use common::gateway::{Broker, GatewayProc};
+use common::mosquitto::Mosquitto;
+use common::mqtt_client::MqttClient;
+use lwm2m_gateway::sim::{Fleet, FleetConfig, Outcome};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Devices per batch: each batch registers, then updates, from its own socket.
+const BATCH: usize = 100;
+/// Batches run entirely while the broker is away, and after it is back.
+const OUTAGE_BATCHES: usize = 4;
+const AFTER_BATCHES: usize = 2;
+
+/// Where the broker is in its fault.
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const BACK: u8 = 2;
+
+/// Messages seen by the subscriber: (kind, endpoint) → copies.
+type Seen = Arc<Mutex<HashMap<(String, String), usize>>>;
+
+struct BatchResult {
+    /// The broker's phase when the batch started and when it ended.
+    phases: (u8, u8),
+    register: Outcome,
+    update: Outcome,
+}
+
+/// How the broker goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL in the middle of the traffic.
+    Kill,
+    /// SIGTERM in the middle of the traffic (Mosquitto saves its database and exits).
+    Term,
+    /// SIGSTOP until a batch went by, then SIGKILL: the gateway's in-flight window is
+    /// full of publishes the broker never read, which only the gateway's re-send can save.
+    HangThenKill,
+}
+
+#[test]
+fn broker_sigkill_under_load_loses_no_qos1_message() {
+    broker_fault_under_load(Fault::Kill);
+}
+
+#[test]
+fn broker_sigterm_under_load_loses_no_qos1_message() {
+    broker_fault_under_load(Fault::Term);
+}
+
+#[test]
+fn hung_broker_killed_under_load_loses_no_qos1_message() {
+    broker_fault_under_load(Fault::HangThenKill);
+}
+
+fn broker_fault_under_load(fault: Fault) {
+    let mut broker = Mosquitto::start_persistent();
+    // The subscriber's session and subscription are in the broker's database before any
+    // fault (a SIGTERM restart saves it), so messages re-sent by the gateway while the
+    // subscriber is still reconnecting are queued for it rather than dropped.
+    {
+        let mut sub = MqttClient::connect(broker.addr(), "faults-sub", false).unwrap();
+        sub.subscribe("lwm2m/+/up/+", 1).unwrap();
+        sub.disconnect();
+    }
+    broker.restart();
+    let gw = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "[engine]\nshards = 2\n\n[translators]\n\
+         register = { topic = \"up/resp\", qos = 1 }\n\
+         update = { topic = \"up/update\", qos = 1 }\n",
+        "",
+    );
+    let seen: Seen = Arc::default();
+    let stop_sub = Arc::new(AtomicBool::new(false));
+    let subscriber = spawn_subscriber(broker.addr(), seen.clone(), stop_sub.clone());
+
+    let phase = Arc::new(AtomicU8::new(UP));
+    let results: Arc<Mutex<Vec<BatchResult>>> = Arc::default();
+    let stop_devices = Arc::new(AtomicBool::new(false));
+    let devices = spawn_devices(gw.udp, phase.clone(), results.clone(), stop_devices.clone());
+    let done_in = |p: u8| {
+        results
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.phases == (p, p))
+            .count()
+    };
+    let wait_until = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // Traffic flows end to end; then the broker dies in the middle of it.
+    wait_until("messages before the fault", &|| {
+        seen.lock().unwrap().len() >= 2 * BATCH
+    });
+    match fault {
+        Fault::Kill => broker.kill(),
+        Fault::Term => broker.stop(),
+        Fault::HangThenKill => {
+            broker.pause();
+            let paused_at = results.lock().unwrap().len();
+            wait_until("a batch while the broker hangs", &|| {
+                results.lock().unwrap().len() >= paused_at + 2
+            });
+            let m = gw.metrics();
+            let in_flight = m.sum("lwm2m_mqtt_published_total", &[("qos", "1")])
+                - m.sum("lwm2m_mqtt_acked_total", &[]);
+            assert!(
+                in_flight >= 1.0,
+                "publishes written to the hung broker and never acknowledged"
+            );
+            broker.kill();
+        }
+    }
+    phase.store(DOWN, Ordering::SeqCst);
+    let down = gw.metrics_when(|m| m.sum("lwm2m_mqtt_connections_up", &[]) == 0.0);
+    assert_eq!(down.sum("lwm2m_mqtt_connections_up", &[]), 0.0);
+    wait_until("batches served during the outage", &|| {
+        done_in(DOWN) >= OUTAGE_BATCHES
+    });
+    // Everything produced during the outage is held by the gateway.
+    let produced_down = done_in(DOWN) * 2 * BATCH;
+    let held = gw.metrics_when(|m| m.sum("lwm2m_mqtt_buffered", &[]) >= produced_down as f64);
+    assert!(
+        held.sum("lwm2m_mqtt_buffered", &[]) >= produced_down as f64,
+        "buffered {} < {produced_down} produced while the broker was away",
+        held.sum("lwm2m_mqtt_buffered", &[])
+    );
+    assert_eq!(held.sum("lwm2m_mqtt_connections_up", &[]), 0.0);
+
+    broker.spawn();
+    phase.store(BACK, Ordering::SeqCst);
+    wait_until("batches after the broker came back", &|| {
+        done_in(BACK) >= AFTER_BATCHES
+    });
+    stop_devices.store(true, Ordering::SeqCst);
+    devices.join().unwrap();
+
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    for (b, r) in results.iter().enumerate() {
+        assert_eq!(
+            (r.register.ok, r.update.ok),
+            (BATCH, BATCH),
+            "batch {b} (phases {:?}): every Register got 2.01 and every Update 2.04: {:?} {:?}",
+            r.phases,
+            r.register,
+            r.update
+        );
+    }
+    let expected: Vec<(String, String)> = (0..results.len() * BATCH)
+        .flat_map(|i| {
+            let ep = format!("bf{i}");
+            [("resp".to_string(), ep.clone()), ("update".to_string(), ep)]
+        })
+        .collect();
+    let missing = |seen: &Seen| -> Vec<(String, String)> {
+        let s = seen.lock().unwrap();
+        expected
+            .iter()
+            .filter(|k| !s.contains_key(*k))
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !missing(&seen).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Late re-sends, if any, come within a quiet period.
+    let mut total = seen.lock().unwrap().values().sum::<usize>();
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = seen.lock().unwrap().values().sum::<usize>();
+        if now == total {
+            break;
+        }
+        total = now;
+    }
+    stop_sub.store(true, Ordering::SeqCst);
+    subscriber.join().unwrap();
+
+    let lost = missing(&seen);
+    let seen = seen.lock().unwrap();
+    let duplicates: usize = seen.values().map(|&n| n - 1).sum();
+    let foreign = seen.keys().filter(|k| !expected.contains(k)).count();
+    eprintln!(
+        "broker {fault:?}: {} batches ({} during the outage), {} QoS1 messages expected, {} received, \
+         {duplicates} duplicates",
+        results.len(),
+        results.iter().filter(|r| r.phases == (DOWN, DOWN)).count(),
+        expected.len(),
+        seen.values().sum::<usize>(),
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} QoS1 messages lost, e.g. {:?}",
+        lost.len(),
+        expected.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(foreign, 0, "only the devices' messages");
+
+    let m = gw.metrics_when(|m| {
+        m.sum("lwm2m_mqtt_buffered", &[]) == 0.0 && m.sum("lwm2m_mqtt_connections_up", &[]) == 2.0
+    });
+    assert!(m.sum("lwm2m_mqtt_reconnects_total", &[]) >= 1.0);
+    assert_eq!(m.sum("lwm2m_mqtt_buffered", &[]), 0.0, "all acknowledged");
+    assert_eq!(m.sum("lwm2m_mqtt_connections_up", &[]), 2.0);
+    assert_eq!(
+        m.sum("lwm2m_mqtt_dropped_total", &[]),
+        0.0,
+        "nothing dropped"
+    );
+    assert!(
+        m.sum("lwm2m_mqtt_acked_total", &[]) >= expected.len() as f64,
+        "every QoS1 message acknowledged"
+    );
+}
+
+/// Batches of devices registering then updating, back to back, until told to stop.
+fn spawn_devices(
+    gw: SocketAddr,
+    phase: Arc<AtomicU8>,
+    results: Arc<Mutex<Vec<BatchResult>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut b = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let start = phase.load(Ordering::SeqCst);
+            let mut f = Fleet::new(
+                FleetConfig {
+                    devices: BATCH,
+                    name_prefix: "bf".into(),
+                    first_index: (b * BATCH) as u32,
+                    ..Default::default()
+                },
+                gw,
+            )
+            .unwrap();
+            let register = f.register_all(None, Duration::from_secs(60)).unwrap();
+            let update = f.update_all(Duration::from_secs(60)).unwrap();
+            let end = phase.load(Ordering::SeqCst);
+            results.lock().unwrap().push(BatchResult {
+                phases: (start, end),
+                register,
+                update,
+            });
+            b += 1;
+        }
+    })
+}
+
+/// Reads `lwm2m/+/up/+` at QoS 1 with a persistent session, reconnecting whenever
+/// the broker goes away, and counts every message by (kind, endpoint).
+fn spawn_subscriber(
+    broker: SocketAddr,
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok(mut c) = MqttClient::connect(broker, "faults-sub", false) else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            if c.subscribe("lwm2m/+/up/+", 1).is_err() {
+                continue;
+            }
+            while !stop.load(Ordering::SeqCst) {
+                match c.try_recv_publish(Duration::from_millis(100)) {
+                    Ok(Some((topic, _))) => {
+                        let mut parts = topic.split('/');
+                        let (_, ep, _, kind) =
+                            (parts.next(), parts.next(), parts.next(), parts.next());
+                        let key = (kind.unwrap_or("").to_string(), ep.unwrap_or("").to_string());
+                        *seen.lock().unwrap().entry(key).or_default() += 1;
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    })
+}
