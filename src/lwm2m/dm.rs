@@ -153,7 +153,11 @@ impl ShardCore {
         }
         // The default time to live is for commands held for a sleeping device, or
         // for a DTLS registration whose session ended.
-        let ttl = if ep.queue_mode || ep.session_lost { ttl } else { 0 };
+        let ttl = if ep.queue_mode || ep.session_lost {
+            ttl
+        } else {
+            0
+        };
         let deadline = Deadline::earliest(arrival.at_ms.unwrap_or(now), arrival.expiry_s, ttl);
         let session = ep.session.get_or_insert_with(Default::default);
         let q = Queued {
