@@ -3,12 +3,11 @@
 //! router, so a publish on either reaches subscribers on both. MQTT 5 properties such as the
 //! message-expiry interval reach MQTT 5 subscribers.
 //!
-//! A defect of rumqttd 0.20: forwarding an MQTT 5 publish that carries properties to a 3.1.1
-//! subscriber panics that connection's task, and when the client reconnects with the same
-//! client id the 3.1.1 listener's lock is poisoned and it accepts no connection any more. So the
-//! gateway opens the MQTT 5 listener only when it speaks MQTT 5 itself (then its command
-//! subscriptions are MQTT 5 ones), and 3.1.1 clients must stay off topics that MQTT 5 clients
-//! publish to with properties.
+//! rumqttd 0.20.0 panicked forwarding an MQTT 5 publish that carries properties to a 3.1.1
+//! subscriber (and then refused every 3.1.1 connection, its listener's lock poisoned); the
+//! project builds it with that fixed (vendor/README.md), so 3.1.1 clients get such publishes
+//! without the properties. The MQTT 5 listener opens when the gateway speaks MQTT 5 itself
+//! (then its command subscriptions are MQTT 5 ones).
 
 use std::collections::HashMap;
 use std::io;
