@@ -985,8 +985,12 @@ impl ShardCore {
 
     /// The `max_connections` cap for a name not registered yet. Err carries the Max-Age.
     fn admit_capacity(&mut self, name: &str) -> Result<(), u32> {
-        let known = self.table.find_name(name).is_some() || self.dir.by_name(name).is_some();
-        if !known && self.dir.len() as u64 >= self.settings.max_connections {
+        // A name registered already replaces itself; the lookups are needed only
+        // at the cap.
+        if self.dir.len() as u64 >= self.settings.max_connections
+            && self.table.find_name(name).is_none()
+            && self.dir.by_name(name).is_none()
+        {
             self.stats.over_capacity += 1;
             return Err(60);
         }

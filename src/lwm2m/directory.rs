@@ -6,6 +6,7 @@
 //! write to it, never an ordinary datagram.
 
 use hashbrown::DefaultHashBuilder;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// papaya maps with hashbrown's fast (foldhash) hasher instead of SipHash: keys
 /// are endpoint names and locations, and this map is on the registration path.
@@ -40,6 +41,9 @@ pub struct Directory {
     locations: HashMap<u64, (u16, bool)>,
     /// Rendered mountpoint → (endpoint name, location) of the registration that owns it.
     routes: HashMap<Box<str>, (Box<str>, u64)>,
+    /// Set before the first DTLS registration is claimed: until then no name is
+    /// secure, and the per-Register check for one costs no lookup.
+    secure_seen: AtomicBool,
 }
 
 impl Default for Directory {
@@ -48,6 +52,7 @@ impl Default for Directory {
             names: HashMap::with_hasher(DefaultHashBuilder::default()),
             locations: HashMap::with_hasher(DefaultHashBuilder::default()),
             routes: HashMap::with_hasher(DefaultHashBuilder::default()),
+            secure_seen: AtomicBool::new(false),
         }
     }
 }
@@ -68,6 +73,9 @@ impl Directory {
         entry: DirEntry,
         secure: bool,
     ) -> Result<Option<DirEntry>, ClaimError> {
+        if secure {
+            self.secure_seen.store(true, Ordering::Release);
+        }
         let names = self.names.pin();
         let result = names.compute(name.into(), |old| match old {
             Some((_, h)) if h.secure && !secure => Operation::Abort(h.entry),
@@ -122,7 +130,8 @@ impl Directory {
 
     /// True when the current registration of `name` was made over DTLS.
     pub fn name_is_secure(&self, name: &str) -> bool {
-        self.names.pin().get(name).is_some_and(|h| h.secure)
+        self.secure_seen.load(Ordering::Acquire)
+            && self.names.pin().get(name).is_some_and(|h| h.secure)
     }
 
     pub fn by_location(&self, location: u64) -> Option<u16> {
