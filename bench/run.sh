@@ -4,6 +4,7 @@
 # in one run, and writes bench/results/YYYY-MM-DD-HHMM.{md,json} with the machine.
 #
 #   bench/run.sh                      # the full run (about 5 minutes on 2 cores)
+#   SCENARIOS="cmd echo" bench/run.sh # only some groups of scenarios
 #   REG_DEVICES=100000 bench/run.sh   # a smaller registration storm
 #
 # Scenarios (each a loadgen run; numbers in the result files):
@@ -131,23 +132,38 @@ stop_gateway() {
     wait "$GW_PID" 2>/dev/null || true
 }
 
+# The machine's CPU time as /proc/stat counts it: "steal total" in ticks. Steal is
+# time the hypervisor gave this VM's virtual CPUs to someone else.
+cpu_ticks() { awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print $9, t}' /proc/stat; }
+
 loadgen() { # name args...
-    local name=$1
+    local name=$1 before after
     shift
     echo "== $name: lwm2m-loadgen $*" >&2
+    before=$(cpu_ticks)
     "$LG" "$@" --json >"$TMP/$name.json" || echo "   ($name: checks failed or error, exit $?)" >&2
+    after=$(cpu_ticks)
     [ -s "$TMP/$name.json" ] || echo '{"error":"no report"}' >"$TMP/$name.json"
+    echo "$before $after" | awk '{d=$4-$2; printf "{\"steal_pct\": %.1f}\n", (d > 0 ? 100 * ($3 - $1) / d : 0)}' \
+        >"$TMP/$name.steal.json"
 }
 
 jget() { python3 -c "import json,sys; d=json.load(open('$TMP/$1.json')); print($2)"; }
+
+# SCENARIOS="cmd dtls" runs only those groups (broker storm cmd queue dtls notify
+# echo); the result file then reports the others as missing.
+want() { [[ " ${SCENARIOS:-all} " == *" all "* || " ${SCENARIOS:-} " == *" $1 "* ]]; }
 
 START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # 1. The broker's own rate.
+if want broker; then
 loadgen broker mqtt-publish --mqtt "$MQ" --qos 0 --count "$BROKER_COUNT" --size 150
+fi
 
 # 2. Registration storms, 2 shards then 1 shard.
+if want storm; then
 for shards in 2 1; do
     start_gateway "gw-storm-$shards" "$shards" false
     loadgen "storm-$shards" run --gateway "$GW_UDP" --mqtt "$MQ" --register "$REG_DEVICES" \
@@ -155,8 +171,10 @@ for shards in 2 1; do
         --watch-pid "$GW_PID" --quiet
     stop_gateway
 done
+fi
 
 # 3. Commands on a fresh 2-shard gateway: the peak, then half of it.
+if want cmd; then
 start_gateway gw-cmd-2 2 '["/3303/0/5700"]'
 loadgen cmd-peak run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
     --devices-offset 100000 --rate 50000 --steady 5 --update-fraction 0 \
@@ -172,18 +190,22 @@ loadgen cmd-mix run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
     --devices-offset 300000 --rate 50000 --steady "$STEADY" --update-fraction 0 \
     --commands "$HALF" --command-mix "$CMD_MIX" --watch-pid "$GW_PID" --expect-all --quiet
 stop_gateway
+fi
 
 # 3b. Queue-mode devices (b=UQ, silent between Updates): commands wait in the
 #     gateway and go out when the device's Update wakes it.
+if want queue; then
 start_gateway gw-queue 2 false 'qmode_time_window = "2s"'
 loadgen queue run --gateway "$GW_UDP" --mqtt "$MQ" --register "$QUEUE_DEVICES" \
     --devices-offset 400000 --rate 20000 --steady "$STEADY" --lifetime 20 --update-fraction 0.25 \
     --queue-mode --qmode-window 2 --lwm2m 1.0 --commands "$QUEUE_COMMANDS" --command-timeout 20 \
     --drain 8 --watch-pid "$GW_PID" --expect-all --quiet
 stop_gateway
+fi
 
 # 3c. DTLS devices: PSK handshakes (TLS_PSK_WITH_AES_128_CCM_8, cookie exchange)
 #     followed by the registration over the session, 2 shards.
+if want dtls; then
 "$LG" run --register "$DTLS_DEVICES" --devices-offset 500000 --psk-file-out "$TMP/psk.txt" >/dev/null
 DTLS_PORT=$(free_port)
 start_gateway gw-dtls 2 false "" "[listeners.dtls.default]
@@ -194,9 +216,11 @@ loadgen dtls run --dtls --gateway "127.0.0.1:$DTLS_PORT" --mqtt "$MQ" --register
     --devices-offset 500000 --rate "$DTLS_RATE" --steady "$STEADY" --update-fraction 0.5 \
     --lifetime 10 --register-timeout 150 --watch-pid "$GW_PID" --expect-all --quiet
 stop_gateway
+fi
 
 # 4. Notifications (NON -> MQTT QoS 0) offered above capacity: the peak rate, with
 #    2 and 1 shards; then half of the 2-shard peak for latency and loss below saturation.
+if want notify; then
 for shards in 2 1; do
     start_gateway "gw-notify-$shards" "$shards" '["/3303/0/5700"]'
     loadgen "notify-$shards" run --gateway "$GW_UDP" --mqtt "$MQ" --register "$NOTIFY_DEVICES" \
@@ -210,8 +234,10 @@ loadgen notify-half run --gateway "$GW_UDP" --mqtt "$MQ" --register "$NOTIFY_DEV
     --rate 50000 --steady "$STEADY" --update-fraction 0 --notify-rate "$NOTIFY_HALF" \
     --threads "$LG_THREADS" --watch-pid "$GW_PID" --quiet
 stop_gateway
+fi
 
 # 5. The UDP baseline: the same loadgen against a recvmmsg/sendmmsg echo server.
+if want echo; then
 ECHO_PORT=$(free_port)
 "$LG" echo-server --bind "127.0.0.1:$ECHO_PORT" --threads 2 2>"$TMP/echo.log" &
 ECHO_PID=$!
@@ -223,6 +249,7 @@ loadgen echo-rate run --echo --gateway "127.0.0.1:$ECHO_PORT" --devices "$NOTIFY
 loadgen echo-max run --echo --gateway "127.0.0.1:$ECHO_PORT" --devices "$NOTIFY_DEVICES" \
     --rate 0 --window 512 --duration 5 --threads "$LG_THREADS" --watch-pid "$ECHO_PID" --quiet
 kill "$ECHO_PID" 2>/dev/null || true
+fi
 
 END=$(date +%s)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)

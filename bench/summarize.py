@@ -55,6 +55,7 @@ def git_rev():
 names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "cmd-mix", "queue", "dtls", "notify-2",
          "notify-1", "notify-half", "echo-rate", "echo-max"]
 raw = {n: load(n) for n in names}
+steal = {n: load(n + ".steal").get("steal_pct") for n in names}
 
 machine = {
     "cores": os.cpu_count(),
@@ -125,6 +126,7 @@ result = {
     "ratios": ratios,
     "targets": targets,
     "reports": raw,
+    "steal_pct": steal,
 }
 with open(out + ".json", "w") as f:
     json.dump(result, f, indent=2)
@@ -151,6 +153,9 @@ L.append(f"Machine: {machine['cores']} cores, {machine['model']}, kernel {machin
          f"Gateway, Mosquitto and the loadgen all share this machine (load average {load_start} at the "
          f"start, {load_end} at the end: other work on the machine counts in it). Run time {seconds} s.\n")
 L.append(f"Parameters: `{params}`. Produced by `bench/run.sh`; raw loadgen reports in the .json file.\n")
+L.append("Host steal time (the share of this VM's CPU time the hypervisor gave to others, from "
+         "/proc/stat, per scenario): " + ", ".join(f"{n} {steal[n]:.0f}%" for n in names
+                                                   if steal.get(n) is not None) + ".\n")
 L.append("## Targets\n")
 L.append("| target | wanted | measured | met |")
 L.append("|---|---|---|---|")
