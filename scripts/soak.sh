@@ -20,6 +20,7 @@ bind = "127.0.0.1:$udp"
 max_conn_rate = 1000000
 [mqtt]
 embedded_bind = "127.0.0.1:$mqtt"
+embedded_bind_v5 = "127.0.0.1:$((mqtt + 3))"
 [api]
 bind = "127.0.0.1:$api"
 TOML
@@ -48,7 +49,7 @@ while [ $(( $(date +%s) - start )) -lt $(( minutes * 60 )) ]; do
     dereg=""; [ $((cycle % 2)) -eq 0 ] && dereg="--deregister"
     target/release/lwm2m-loadgen --gateway "127.0.0.1:$udp" --mqtt "127.0.0.1:$mqtt" \
         --register 2000 --rate 2000 --lifetime 20 --steady 40 --notify-rate 500 \
-        --commands 50 --devices-offset $(( (cycle % 4) * 5000 )) --prefix "soak$((cycle % 4))-" \
+        --commands 50 --command-mix read=6,write=2,execute=1,observe=1 --devices-offset $(( (cycle % 4) * 5000 )) --prefix "soak$((cycle % 4))-" \
         $dereg --json --expect-all >> "$out.jsonl"
 done
 kill $sampler 2>/dev/null || true
