@@ -382,6 +382,57 @@ fn mqtt_protocol_in_the_file() {
 fn validation_errors_name_their_key() {
     let cases: &[(&str, &str, &str)] = &[
         ("lifetime_min = \"2d\"", "lifetime_min", "lifetime_max"),
+        ("lifetime_min = \"0s\"", "lifetime_min", "at least 1s"),
+        ("lifetime_min = \"500ms\"", "lifetime_min", "got 500ms"),
+        ("lifetime_max = \"0s\"", "lifetime_max", "0s"),
+        (
+            "qmode_time_window = \"0s\"",
+            "qmode_time_window",
+            "never be sent a command",
+        ),
+        (
+            "qmode_time_window = \"50d\"",
+            "qmode_time_window",
+            "at most 4294967295ms",
+        ),
+        (
+            "qmode_time_window = \"18446744073709551s\"",
+            "qmode_time_window",
+            "at most",
+        ),
+        ("idle_timeout = \"100d\"", "idle_timeout", "at most"),
+        (
+            "[blockwise]\nexchange_lifetime = \"60d\"",
+            "blockwise.exchange_lifetime",
+            "at most",
+        ),
+        (
+            "[authentication]\nurl = \"http://a\"\nrequest_timeout = \"1000d\"",
+            "authentication.request_timeout",
+            "at most",
+        ),
+        ("[coap]\nack_timeout = \"60d\"", "coap.ack_timeout", "at most"),
+        (
+            "[coap]\nexchange_lifetime = \"60d\"",
+            "coap.exchange_lifetime",
+            "at most",
+        ),
+        ("[queue]\ndefault_ttl = \"60d\"", "queue.default_ttl", "at most"),
+        (
+            "[mqtt]\nbuffer_messages = 0",
+            "mqtt.buffer_messages",
+            "between 1 and 16777216, got 0",
+        ),
+        (
+            "[mqtt]\nbuffer_messages = 100000000",
+            "mqtt.buffer_messages",
+            "got 100000000",
+        ),
+        (
+            "[engine]\nmailbox_capacity = 100000000",
+            "engine.mailbox_capacity",
+            "between 1 and 16777216",
+        ),
         ("idle_timeout = \"0s\"", "idle_timeout", "0s"),
         ("mountpoint = \"lwm2m/+/\"", "mountpoint", "wildcard"),
         (
@@ -559,7 +610,7 @@ fn validation_errors_name_their_key() {
         (
             "[engine]\nmailbox_capacity = 0",
             "engine.mailbox_capacity",
-            "at least 1",
+            "got 0",
         ),
         (
             "[engine]\nmax_datagram = 100",
@@ -609,6 +660,12 @@ fn validation_errors_name_their_key() {
 fn valid_variations() {
     for text in [
         "lifetime_min = \"1d\"\nlifetime_max = \"1d\"",
+        "lifetime_min = \"1s\"\nlifetime_max = \"1s\"",
+        "lifetime_max = \"100000d\"",
+        "qmode_time_window = \"500ms\"",
+        "qmode_time_window = \"4294967295ms\"",
+        "[queue]\ndefault_ttl = \"0s\"\n[engine]\nmailbox_capacity = 16777216",
+        "[mqtt]\nbuffer_messages = 1",
         "[mqtt]\nkeepalive = \"0s\"",
         "[listeners.udp.a]\nbind = 0\n[listeners.dtls.b]\nbind = 0\npsk_file = \"p\"",
         "[listeners.dtls.d]\ncertfile = \"c\"\nkeyfile = \"k\"",
