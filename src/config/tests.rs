@@ -113,6 +113,9 @@ fn the_commented_tables_of_the_shipped_file_parse_and_validate() {
     assert_eq!(d.bind, addr("0.0.0.0:5784"));
     assert_eq!(d.psk_file, Some(PathBuf::from("etc/psk.txt")));
     assert_eq!(d.keyfile, Some(PathBuf::from("etc/certs/server.key")));
+    assert_eq!(d.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(d.idle_timeout, DtlsListener::default().idle_timeout);
+    assert_eq!(d.max_sessions, DtlsListener::default().max_sessions);
     let a = &c.authentication;
     assert!(a.enable);
     assert_eq!(a.method, HttpMethod::Post);
@@ -646,6 +649,21 @@ fn validation_errors_name_their_key() {
             "0s",
         ),
         ("[queue]\nmax_queued = 0", "queue.max_queued", "at least 1"),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nidle_timeout = \"0s\"",
+            "listeners.dtls.d.idle_timeout",
+            "0s",
+        ),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nidle_timeout = \"100d\"",
+            "listeners.dtls.d.idle_timeout",
+            "at most",
+        ),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nmax_sessions = 0",
+            "listeners.dtls.d.max_sessions",
+            "at least 1",
+        ),
     ];
     for (text, key, needle) in cases {
         let e = invalid(text);
@@ -670,6 +688,7 @@ fn valid_variations() {
         "[listeners.udp.a]\nbind = 0\n[listeners.dtls.b]\nbind = 0\npsk_file = \"p\"",
         "[listeners.dtls.d]\ncertfile = \"c\"\nkeyfile = \"k\"",
         "[listeners.dtls.d]\npsk_file = \"p\"",
+        "[listeners.dtls.d]\npsk_file = \"p\"\nidle_timeout = \"500ms\"\nmax_sessions = \"infinity\"",
         "[authentication]\nenable = false\nurl = \"\"",
         "[authentication]\nurl = \"https://auth.example.com/x\"\nmethod = \"get\"",
         "[translators]\ncommand = { topic = \"dn/+/cmd\" }",

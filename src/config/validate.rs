@@ -150,6 +150,10 @@ pub(super) fn validate(c: &Config) -> R {
         if l.max_conn_rate == 0 {
             return err(format!("{key}.max_conn_rate"), "must be at least 1");
         }
+        positive(&format!("{key}.idle_timeout"), l.idle_timeout)?;
+        if l.max_sessions == 0 {
+            return err(format!("{key}.max_sessions"), "must be at least 1");
+        }
     }
 
     // One listener of each kind is served: refuse the others rather than ignore them.
