@@ -22,6 +22,7 @@ use super::session::{
     is_fresh, Deadline, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
 };
 use super::settings::{AutoObserveSet, MANAGEMENT_OBJECTS};
+use super::stats::Outcome;
 use super::ShardCore;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::formats::{self, fmt_id};
@@ -97,6 +98,7 @@ impl ShardCore {
                 &format!("unknown endpoint {who:?}: not registered"),
             );
             self.stats.commands_rejected += 1;
+            self.stats.ended(msg_type_op(&echo), Outcome::Rejected);
             let topic = format!("{mountpoint}{}", self.settings.response.topic);
             self.publish(lane_of(who), topic, body, self.settings.response.qos);
             return;
@@ -122,6 +124,7 @@ impl ShardCore {
             Ok(cmd) => self.submit(now, slot, cmd, false, arrival),
             Err(e) => {
                 self.stats.commands_rejected += 1;
+                self.stats.ended(msg_type_op(&e.echo), Outcome::Rejected);
                 self.publish_error(slot, &e.echo, codes::BAD_REQUEST, &e.error);
             }
         }
@@ -146,6 +149,7 @@ impl ShardCore {
             // Nothing goes to a DTLS registration in plain text, and there is no
             // session to encrypt with: a command that may not wait fails now.
             self.stats.commands_rejected += 1;
+            self.stats.ended(Some(cmd.op), Outcome::Rejected);
             let msg =
                 "the device's DTLS session ended; a command with mheaders.ttl = 0 is not queued";
             self.publish_error(slot, &cmd.echo, codes::SERVICE_UNAVAILABLE, msg);
@@ -177,6 +181,7 @@ impl ShardCore {
         }
         if session.queue.len() >= max_queued {
             self.stats.queue_overflows += 1;
+            self.stats.ended(Some(q.cmd.op), Outcome::QueueFull);
             let echo = q.cmd.echo;
             let msg = format!("command queue of this device is full ({max_queued} commands)");
             self.publish_error(slot, &echo, codes::SERVICE_UNAVAILABLE, &msg);
@@ -194,6 +199,7 @@ impl ShardCore {
         } else {
             session.queue.push_back(q);
         }
+        self.stats.commands_waiting += 1;
         if let Some(d) = deadline {
             self.out
                 .timers
@@ -221,6 +227,7 @@ impl ShardCore {
             let Some(q) = session.queue.pop_front() else {
                 return;
             };
+            self.stats.commands_waiting -= 1;
             if q.deadline.is_some_and(|d| now >= d.at_ms) {
                 self.expire_queued(now, slot, q);
                 continue;
@@ -233,6 +240,7 @@ impl ShardCore {
     /// out and what the command was waiting for.
     fn expire_queued(&mut self, now: u64, slot: u32, q: Queued) {
         self.stats.commands_expired += 1;
+        self.stats.ended(Some(q.cmd.op), Outcome::Expired);
         let waiting = if self.is_awake(slot, now) {
             "while earlier commands to the device were in progress"
         } else {
@@ -255,6 +263,7 @@ impl ShardCore {
             return;
         };
         let q = session.queue.remove(i).expect("position");
+        self.stats.commands_waiting -= 1;
         // The timer fires at the deadline: the device's state then picks the message.
         let at = q.deadline.map_or(0, |d| d.at_ms);
         self.expire_queued(at, slot, q);
@@ -360,6 +369,7 @@ impl ShardCore {
         let _ = lifetime;
         let ex = session.inflight.swap_remove(i);
         self.stats.timeouts += 1;
+        self.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
         self.publish_event(slot, &ex.cmd.echo, "coap_timeout");
         self.pump_queue(now, slot);
     }
@@ -387,6 +397,7 @@ impl ShardCore {
         if msg.mtype == MsgType::Rst {
             let ex = session.inflight.swap_remove(i);
             self.stats.resets_received += 1;
+            self.stats.ended(Some(ex.cmd.op), Outcome::Reset);
             self.publish_event(slot, &ex.cmd.echo, "coap_reset");
             self.pump_queue(now, slot);
             return;
@@ -490,6 +501,7 @@ impl ShardCore {
         self.stats.responses += 1;
         let content = self.render_content(slot, &ex.cmd, msg);
         let op = ex.cmd.op;
+        self.stats.ended(Some(op), Outcome::Response);
         let mut body = Vec::with_capacity(128);
         let location = location_of(msg);
         let mut extra: Vec<(&str, &str)> =
@@ -731,14 +743,17 @@ impl ShardCore {
             queue, inflight, ..
         } = *session;
         let topic = format!("{}{}", ep.mountpoint, self.settings.response.topic);
-        for echo in queue
+        self.stats.commands_waiting -= queue.len() as u64;
+        for cmd in queue
             .into_iter()
-            .map(|q| q.cmd.echo)
-            .chain(inflight.into_iter().map(|e| e.cmd.echo))
+            .map(|q| q.cmd)
+            .chain(inflight.into_iter().map(|e| e.cmd))
         {
+            let echo = cmd.echo;
             let mut body = Vec::new();
             dm_json::error(&mut body, &echo, codes::NOT_FOUND, why);
             self.stats.commands_dropped += 1;
+            self.stats.ended(Some(cmd.op), Outcome::Dropped);
             self.publish(ep.lane, topic.clone(), body, self.settings.response.qos);
         }
     }
@@ -847,6 +862,16 @@ impl ShardCore {
 pub(super) enum Topic {
     Response,
     Notify,
+}
+
+/// The operation a command's `msgType` names (None: missing or unknown).
+fn msg_type_op(echo: &Echo) -> Option<Op> {
+    echo.msg_type.as_deref().and_then(Op::from_name)
+}
+
+/// Commands waiting in an endpoint's queue.
+pub(super) fn queued_len(ep: &Endpoint) -> u64 {
+    ep.session.as_ref().map_or(0, |s| s.queue.len() as u64)
 }
 
 fn token_of(msg: &Message<'_>) -> Option<u32> {
