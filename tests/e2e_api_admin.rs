@@ -494,8 +494,8 @@ fn management_api_against_the_running_gateway() {
     }
     assert_eq!(
         cells.len(),
-        9 * 8 + 1,
-        "9 msgTypes x 8 outcomes, and unknown x rejected"
+        9 * 9 + 2,
+        "9 msgTypes x 9 outcomes, and unknown x (rejected, shed)"
     );
     let nonzero: Vec<(&str, &str, f64)> = cells
         .iter()
@@ -520,6 +520,7 @@ fn management_api_against_the_running_gateway() {
             .map(String::as_str),
         Some("counter")
     );
+    assert_eq!(m.sum("lwm2m_commands_shed_total", &[]), 0.0);
     assert_eq!(m.sum("lwm2m_commands_waiting", &[]), 0.0);
     assert_eq!(
         m.types.get("lwm2m_commands_waiting").map(String::as_str),

@@ -241,6 +241,10 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             }
         }
     }
+    // What the router answered itself (a full mailbox).
+    for (row, shed) in ended.iter_mut().zip(&a.router.shed_by_type) {
+        row[Outcome::Shed as usize] += shed.load(Ordering::Relaxed);
+    }
     let ended_help = "Commands ended (their one final MQTT message), by msgType and outcome; \
                       msg_type \"unknown\" for commands refused before a known msgType was read.";
     for op in Op::ALL {
@@ -253,15 +257,14 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             );
         }
     }
-    w.counter(
-        "lwm2m_command_outcomes_total",
-        ended_help,
-        &[
-            ("msg_type", "unknown"),
-            ("outcome", Outcome::Rejected.name()),
-        ],
-        ended[UNKNOWN_MSG_TYPE][Outcome::Rejected as usize],
-    );
+    for outcome in [Outcome::Rejected, Outcome::Shed] {
+        w.counter(
+            "lwm2m_command_outcomes_total",
+            ended_help,
+            &[("msg_type", "unknown"), ("outcome", outcome.name())],
+            ended[UNKNOWN_MSG_TYPE][outcome as usize],
+        );
+    }
     per_shard!(
         gauge,
         "lwm2m_commands_waiting",
@@ -412,9 +415,10 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     );
     w.counter(
         "lwm2m_commands_shed_total",
-        "Commands dropped because their shard's mailbox was full (overload; no response).",
+        "Commands answered 5.03 at once because the shard holding their endpoint could not take \
+         them (a full mailbox, or too many cross-shard messages waiting).",
         &[],
-        r.mailbox_full.load(Ordering::Relaxed),
+        r.mailbox_full.load(Ordering::Relaxed) + snaps.iter().map(|s| s.commands_shed).sum::<u64>(),
     );
     w.counter(
         "lwm2m_commands_foreign_topic_total",

@@ -78,32 +78,65 @@ impl ShardCore {
                     return;
                 }
             }
-            let mut buf = payload;
-            let echo = match command::parse(
-                &mut buf,
-                &(),
-                Encoding {
-                    format: fmt_id::TLV,
-                },
-            ) {
-                Ok(c) => c.echo,
-                Err(e) => e.echo,
-            };
             let who = name.as_deref().unwrap_or(mountpoint);
-            let mut body = Vec::new();
-            dm_json::error(
-                &mut body,
-                &echo,
-                codes::BAD_REQUEST,
-                &format!("unknown endpoint {who:?}: not registered"),
-            );
+            let error = format!("unknown endpoint {who:?}: not registered");
             self.stats.commands_rejected += 1;
+            let echo = self.answer_unrouted(mountpoint, who, payload, codes::BAD_REQUEST, &error);
             self.stats.ended(msg_type_op(&echo), Outcome::Rejected);
-            let topic = format!("{mountpoint}{}", self.settings.response.topic);
-            self.publish(lane_of(who), topic, body, self.settings.response.qos);
             return;
         };
         self.command_at(now, slot, payload, arrival);
+    }
+
+    /// A command this shard was forwarding to the shard holding its endpoint, which could
+    /// not be handed over (too many cross-shard messages waiting, or that shard is gone):
+    /// answered at once with a 5.03 error, like one the router cannot deliver.
+    pub fn command_not_taken(&mut self, topic: &str, payload: Vec<u8>) {
+        let Some((mountpoint, _rest, captured)) = self.settings.mountpoint.match_prefix(topic)
+        else {
+            return;
+        };
+        let name = if self.settings.mountpoint.keyed_by_name() {
+            captured.map(str::to_string)
+        } else {
+            self.dir.route(mountpoint)
+        };
+        let who = name.as_deref().unwrap_or(mountpoint);
+        self.stats.commands_shed += 1;
+        let echo = self.answer_unrouted(
+            mountpoint,
+            who,
+            payload,
+            codes::SERVICE_UNAVAILABLE,
+            "gateway overloaded: the command was not processed (too many messages waiting \
+             between the gateway's shards); retry later",
+        );
+        self.stats.ended(msg_type_op(&echo), Outcome::Shed);
+    }
+
+    /// Answers a command that reaches no endpoint here with `code` and `error`, on the
+    /// response topic of its `mountpoint` (lane of `who`, as the router picks it); returns
+    /// the command's echo.
+    fn answer_unrouted(
+        &mut self,
+        mountpoint: &str,
+        who: &str,
+        mut payload: Vec<u8>,
+        code: u8,
+        error: &str,
+    ) -> Echo {
+        let enc = Encoding {
+            format: fmt_id::TLV,
+        };
+        let echo = match command::parse(&mut payload, &(), enc) {
+            Ok(c) => c.echo,
+            Err(e) => e.echo,
+        };
+        let mut body = Vec::with_capacity(160);
+        dm_json::error(&mut body, &echo, code, error);
+        let topic = format!("{mountpoint}{}", self.settings.response.topic);
+        self.publish(lane_of(who), topic, body, self.settings.response.qos);
+        echo
     }
 
     /// A command for the endpoint in `slot` (parsed here), from the management API.

@@ -52,11 +52,14 @@ pub enum Outcome {
     Rejected,
     /// A block-wise transfer of it could not be finished (too large, out of order).
     BlockAborted,
+    /// The gateway was overloaded: the shard holding its endpoint could not take it
+    /// (a full mailbox, or too many cross-shard messages waiting); answered 5.03.
+    Shed,
 }
 
 impl Outcome {
     /// Every outcome, in the order of their `as usize` values.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Self::Response,
         Self::Timeout,
         Self::Reset,
@@ -65,6 +68,7 @@ impl Outcome {
         Self::QueueFull,
         Self::Rejected,
         Self::BlockAborted,
+        Self::Shed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Outcome {
             Self::QueueFull => "queue_full",
             Self::Rejected => "rejected",
             Self::BlockAborted => "block_aborted",
+            Self::Shed => "shed",
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct CoreStats {
     pub commands_expired: u64,
     /// Commands ended because their endpoint left.
     pub commands_dropped: u64,
+    /// Commands forwarded to another shard that could not be handed over (answered 5.03).
+    pub commands_shed: u64,
     /// Commands ended (their final MQTT message published), by msgType (`Op::index`, then
     /// [`UNKNOWN_MSG_TYPE`]) and [`Outcome`].
     pub outcomes: [[u64; Outcome::ALL.len()]; 10],
