@@ -404,8 +404,54 @@ fn management_api_against_the_running_gateway() {
     assert_eq!(d3.update(b""), codes::NOT_FOUND);
     assert_eq!(api(&gw, "GET", &format!("{GW}/clients/adm3"), b"").0, 404);
 
+    // Two commands for adm2 (NSTART 1): the execute waits in the device's queue until the
+    // read ends.
+    mq.publish(
+        "lwm2m/adm2/dn/dm",
+        br#"{"reqID":20,"msgType":"read","data":{"path":"/3/0/0"}}"#,
+        0,
+    )
+    .unwrap();
+    let (code, path, _, mid, token) = d2.next_request();
+    assert_eq!((code, path.as_str()), (codes::GET, "/3/0/0"));
+    mq.publish(
+        "lwm2m/adm2/dn/dm",
+        br#"{"reqID":21,"msgType":"execute","data":{"path":"/3/0/4"}}"#,
+        0,
+    )
+    .unwrap();
+    let m = metrics_once(&gw, |m| m.sum("lwm2m_commands_waiting", &[]) >= 1.0);
+    assert_eq!(m.sum("lwm2m_commands_waiting", &[]), 1.0);
+    d2.answer(mid, &token, codes::CONTENT, Some(0), None, b"ACME");
+    wait_msg(&mut mq, "lwm2m/adm2/up/resp", "read");
+    let (code, path, _, mid, token) = d2.next_request();
+    assert_eq!((code, path.as_str()), (codes::POST, "/3/0/4"));
+    d2.answer(mid, &token, codes::CHANGED, None, None, b"");
+    wait_msg(&mut mq, "lwm2m/adm2/up/resp", "execute");
+    // Two commands refused: a read without a path, an unknown msgType.
+    mq.publish(
+        "lwm2m/adm1/dn/dm",
+        br#"{"reqID":22,"msgType":"read","data":{}}"#,
+        0,
+    )
+    .unwrap();
+    let r = wait_msg(&mut mq, "lwm2m/adm1/up/resp", "read");
+    assert_eq!(r["data"]["code"].as_str(), Some("4.00"), "{r}");
+    mq.publish(
+        "lwm2m/adm1/dn/dm",
+        br#"{"reqID":23,"msgType":"reboot","data":{}}"#,
+        0,
+    )
+    .unwrap();
+    let r = wait_msg(&mut mq, "lwm2m/adm1/up/resp", "reboot");
+    assert_eq!(r["data"]["code"].as_str(), Some("4.00"), "{r}");
+
     // The metrics agree with what happened.
-    let m = metrics_once(&gw, |m| m.sum("lwm2m_kicked_total", &[]) >= 1.0);
+    let m = metrics_once(&gw, |m| {
+        m.sum("lwm2m_kicked_total", &[]) >= 1.0
+            && m.sum("lwm2m_command_outcomes_total", &[]) >= 8.0
+            && m.sum("lwm2m_commands_waiting", &[]) == 0.0
+    });
     assert_eq!(m.sum("lwm2m_registrations_total", &[]), 3.0);
     assert_eq!(m.sum("lwm2m_endpoints", &[]), 2.0);
     assert_eq!(
@@ -419,11 +465,12 @@ fn management_api_against_the_running_gateway() {
         1.0
     );
     for (t, n) in [
-        ("read", 1.0),
+        ("read", 2.0),
         ("discover", 1.0),
         ("write", 1.0),
         ("observe", 1.0),
-        ("execute", 0.0),
+        ("execute", 1.0),
+        ("create", 0.0),
     ] {
         assert_eq!(
             m.sum("lwm2m_commands_by_type_total", &[("msg_type", t)]),
@@ -433,14 +480,58 @@ fn management_api_against_the_running_gateway() {
     }
     assert_eq!(
         m.sum("lwm2m_commands_total", &[("outcome", "response")]),
-        4.0
+        6.0
+    );
+    // Final outcomes by msgType x outcome: every cell, then the totals.
+    let mut cells = std::collections::BTreeMap::new();
+    for s in m
+        .samples
+        .iter()
+        .filter(|s| s.name == "lwm2m_command_outcomes_total")
+    {
+        let key = (s.labels["msg_type"].clone(), s.labels["outcome"].clone());
+        assert!(cells.insert(key, s.value).is_none());
+    }
+    assert_eq!(
+        cells.len(),
+        9 * 9 + 2,
+        "9 msgTypes x 9 outcomes, and unknown x (rejected, shed)"
+    );
+    let nonzero: Vec<(&str, &str, f64)> = cells
+        .iter()
+        .filter(|(_, v)| **v != 0.0)
+        .map(|((t, o), v)| (t.as_str(), o.as_str(), *v))
+        .collect();
+    assert_eq!(
+        nonzero,
+        [
+            ("discover", "response", 1.0),
+            ("execute", "response", 1.0),
+            ("observe", "response", 1.0),
+            ("read", "rejected", 1.0),
+            ("read", "response", 2.0),
+            ("unknown", "rejected", 1.0),
+            ("write", "response", 1.0),
+        ]
+    );
+    assert_eq!(
+        m.types
+            .get("lwm2m_command_outcomes_total")
+            .map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(m.sum("lwm2m_commands_shed_total", &[]), 0.0);
+    assert_eq!(m.sum("lwm2m_commands_waiting", &[]), 0.0);
+    assert_eq!(
+        m.types.get("lwm2m_commands_waiting").map(String::as_str),
+        Some("gauge")
     );
     assert_eq!(m.sum("lwm2m_notifications_total", &[]), 1.0);
-    assert_eq!(m.sum("lwm2m_command_round_trip_seconds_count", &[]), 4.0);
-    // Datagrams in: 3 Registers, 4 answers, 1 notification, 3 Updates.
-    assert_eq!(m.sum("lwm2m_datagrams_in_total", &[]), 11.0);
-    // Out: 3 + 3 replies to device requests, 4 requests to adm1.
-    assert_eq!(m.sum("lwm2m_datagrams_out_total", &[]), 10.0);
+    assert_eq!(m.sum("lwm2m_command_round_trip_seconds_count", &[]), 6.0);
+    // Datagrams in: 3 Registers, 4 + 2 answers, 1 notification, 3 Updates.
+    assert_eq!(m.sum("lwm2m_datagrams_in_total", &[]), 13.0);
+    // Out: 3 + 3 replies to device requests, 4 requests to adm1, 2 to adm2.
+    assert_eq!(m.sum("lwm2m_datagrams_out_total", &[]), 12.0);
     // Register messages (3), responses (4), the notification, one update.
     assert!(m.sum("lwm2m_mqtt_published_total", &[]) >= 9.0);
     assert_eq!(m.sum("lwm2m_mailbox_depth", &[]), 0.0);

@@ -371,11 +371,16 @@ struct PskGateway {
 }
 
 fn start_psk(psk: &str, extra: &str) -> PskGateway {
+    start_psk_listener(psk, extra, "")
+}
+
+/// Like [`start_psk`], with `listener` TOML in the DTLS listener's table.
+fn start_psk_listener(psk: &str, extra: &str, listener: &str) -> PskGateway {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("psk.txt");
     std::fs::write(&file, psk).unwrap();
     let toml = format!(
-        "{extra}\n[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+        "{extra}\n[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n{listener}\n",
         file.display()
     );
     let gw = GatewayProc::start(Broker::Embedded, &toml);
@@ -852,6 +857,92 @@ fn a_command_for_a_lost_session_waits_and_never_goes_out_in_plain_text() {
     assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
     // Nothing was ever sent for a peer without a session.
     assert_eq!(m.sum("lwm2m_dtls_no_session_total", &[]), 0.0);
+}
+
+/// The listener's `idle_timeout`: a silent session is closed by the gateway (counted as an
+/// idle close), the registration outlives it, and the device's next handshake and Update
+/// work.
+#[test]
+fn an_idle_session_is_closed_and_the_device_handshakes_again() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk_listener(
+        &format!("idler:{}\n", hex(KEY)),
+        "",
+        "idle_timeout = \"2s\"",
+    );
+    let mut app = App::new(&gw, "lwm2m/idler/up/#");
+    let mut dev = DtlsDevice::connect(dtls, "idler", KEY);
+    let location = dev.register(&["ep=idler", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    // Silent: the gateway closes the session.
+    let m = wait_metrics(&gw, "the idle session closed", |m| {
+        m.sum("lwm2m_dtls_sessions_closed_total", &[("reason", "idle")]) >= 1.0
+            && m.sum("lwm2m_dtls_sessions", &[]) == 0.0
+    });
+    assert_eq!(
+        m.sum("lwm2m_dtls_sessions_closed_total", &[("reason", "idle")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum("lwm2m_dtls_registrations_session_lost_total", &[]),
+        1.0
+    );
+    assert_eq!(m.sum("lwm2m_endpoints", &[]), 1.0, "the registration stays");
+    // The device speaks again: a new handshake from the same port, and its Update.
+    let mut dev = DtlsDevice::connect_on(dev.into_socket(), dtls, "idler", KEY);
+    assert_eq!(dev.update(&location), codes::CHANGED);
+    let (t, v) = app.next();
+    assert_eq!(
+        (t.as_str(), v["msgType"].as_str()),
+        ("lwm2m/idler/up/update", Some("update"))
+    );
+    let m = metrics(&gw);
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 2.0);
+    assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
+}
+
+/// The listener's `max_sessions` (one shard, one session): a second device's handshake is
+/// refused (counted) while the first holds the only place, and gets through once the
+/// first session ends.
+#[test]
+fn a_full_session_table_refuses_handshakes_until_a_session_ends() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk_listener(
+        &format!("first:{k}\nsecond:{k}\n", k = hex(KEY)),
+        "[engine]\nshards = 1",
+        "max_sessions = 1",
+    );
+    let mut app = App::new(&gw, "lwm2m/+/up/#");
+    let mut first = DtlsDevice::connect(dtls, "first", KEY);
+    first.register(&["ep=first", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    // The second device's ClientHellos are refused while the table is full.
+    let mut second =
+        DtlsDevice::start_on(UdpSocket::bind("127.0.0.1:0").unwrap(), dtls, "second", KEY);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        second.pump();
+        let m = metrics(&gw);
+        if m.sum("lwm2m_dtls_session_table_full_total", &[]) >= 1.0 {
+            assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal counted");
+    }
+    assert!(!second.connected, "a second session past max_sessions = 1");
+    // The first session ends: the second device's new handshake and Register get through.
+    first.close();
+    wait_metrics(&gw, "the first session closed", |m| {
+        m.sum("lwm2m_dtls_sessions", &[]) == 0.0
+    });
+    let mut second = DtlsDevice::connect_on(second.into_socket(), dtls, "second", KEY);
+    second.register(&["ep=second", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    let (t, v) = app.next();
+    assert_eq!(
+        (t.as_str(), v["msgType"].as_str()),
+        ("lwm2m/second/up/resp", Some("register"))
+    );
+    let m = metrics(&gw);
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 2.0);
+    assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
 }
 
 /// Plain CoAP cannot take a name registered over DTLS.

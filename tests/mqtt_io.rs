@@ -1035,3 +1035,113 @@ fn v5_broker_refusals_and_disconnect() {
     h.shutdown(Duration::from_millis(500));
     join.join().unwrap();
 }
+
+/// With a 1 s keepalive and no traffic, the connection to Mosquitto stays up across several
+/// keepalive periods: Mosquitto (which drops a client silent for 1.5 x its keepalive) logs a
+/// PINGREQ from the gateway each period, and the gateway never reconnects.
+#[test]
+fn mosquitto_keepalive_pings_keep_an_idle_connection_up() {
+    let broker = Mosquitto::start_logging(&["debug"]);
+    let mut opts = options(tcp(broker.addr()), 1, 100);
+    opts.keepalive = Duration::from_secs(1);
+    let client_id = format!("{}-0", opts.client_id);
+    let (h, join, _rx) = start(opts);
+    wait_until("connected", || stat(&h, |s| &s.connected) == 1);
+    let pings = |log: &str| {
+        log.lines()
+            .filter(|l| l.ends_with(&format!("Received PINGREQ from {client_id}")))
+            .count()
+    };
+    let mut log = String::new();
+    wait_until("four PINGREQs in Mosquitto's log", || {
+        log = broker.log();
+        pings(&log) >= 4
+    });
+    assert!(
+        log.lines()
+            .any(|l| l.ends_with(&format!("Sending PINGRESP to {client_id}"))),
+        "{log}"
+    );
+    assert!(
+        !log.contains("exceeded timeout"),
+        "Mosquitto dropped the gateway for silence:\n{log}"
+    );
+    assert_eq!(
+        stat(&h, |s| &s.reconnects),
+        0,
+        "the idle connection was never lost"
+    );
+    assert_eq!(stat(&h, |s| &s.connected), 1);
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("New client connected") && l.contains(&client_id))
+            .count(),
+        1,
+        "one connection from the gateway:\n{log}"
+    );
+    // And it still carries traffic.
+    let mut client = MqttClient::connect(broker.addr(), "ka-app", true).expect("client");
+    client.subscribe("ka/#", 1).expect("subscribe");
+    publish(&h, 0, "ka/after", b"idle", 1);
+    expect_payloads(&mut client, &HashSet::from([b"idle".to_vec()]));
+    h.shutdown(Duration::from_secs(5));
+    join.join().unwrap();
+}
+
+/// A broker that accepts the connection but never answers PINGREQ: the gateway pings, declares
+/// the connection dead (nothing received for 1.5 x keepalive), reconnects (counted), and the
+/// next connection, whose pings are answered, stays up.
+#[test]
+fn unanswered_pings_end_the_connection_and_it_reconnects() {
+    #[derive(Debug, PartialEq)]
+    enum Ev {
+        Connect,
+        Ping,
+    }
+    let (tx, rx) = crossbeam_channel::unbounded::<(usize, Ev)>();
+    let addr = fake_v5_broker(move |i| {
+        let tx = tx.clone();
+        move |p, s: &mut std::net::TcpStream| match p {
+            m5::Packet::Connect(..) => {
+                let _ = tx.send((i, Ev::Connect));
+                write_packet(s, connack(m5::ConnectReturnCode::Success, None, None))
+            }
+            m5::Packet::PingReq(_) => {
+                let _ = tx.send((i, Ev::Ping));
+                // The first connection's pings go unanswered.
+                if i > 0 {
+                    write_packet(s, m5::Packet::PingResp(m5::PingResp));
+                }
+            }
+            _ => {}
+        }
+    });
+    let mut opts = options_in(Protocol::V5, tcp(addr), 1, 100);
+    opts.keepalive = Duration::from_secs(1);
+    let (h, join, _rx) = start(opts);
+    let next = || {
+        rx.recv_timeout(WAIT)
+            .expect("the broker hears from the gateway")
+    };
+    assert_eq!(next(), (0, Ev::Connect));
+    assert_eq!(next(), (0, Ev::Ping), "the idle connection is pinged");
+    // Unanswered, the first connection is given up and a second one made.
+    let mut after = next();
+    while after == (0, Ev::Ping) {
+        after = next();
+    }
+    assert_eq!(after, (1, Ev::Connect));
+    wait_until("the reconnect is counted and up", || {
+        stat(&h, |s| &s.reconnects) >= 1 && stat(&h, |s| &s.connected) == 1
+    });
+    let reconnects = stat(&h, |s| &s.reconnects);
+    // The second connection's pings are answered: it stays up across several periods.
+    for _ in 0..3 {
+        assert_eq!(next(), (1, Ev::Ping));
+    }
+    assert_eq!(stat(&h, |s| &s.reconnects), reconnects);
+    assert_eq!(stat(&h, |s| &s.connected), 1);
+    assert_eq!(stat(&h, |s| &s.protocol_errors), 0);
+    h.shutdown(Duration::from_millis(500));
+    join.join().unwrap();
+}

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -67,6 +68,14 @@ pub struct DtlsListener {
     pub max_connections: u64,
     #[serde(deserialize_with = "super::bind::deserialize_limit")]
     pub max_conn_rate: u64,
+    /// An established session that received nothing this long is closed (the device
+    /// handshakes again when it next speaks).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Established sessions the listener holds (`"infinity"` = no limit), split evenly over
+    /// the shards; a shard whose share is full refuses new handshakes (counted).
+    #[serde(deserialize_with = "super::bind::deserialize_limit")]
+    pub max_sessions: u64,
 }
 
 impl Default for DtlsListener {
@@ -79,6 +88,8 @@ impl Default for DtlsListener {
             cafile: None,
             max_connections: 1_024_000,
             max_conn_rate: 1000,
+            idle_timeout: Duration::from_secs(3600),
+            max_sessions: 1_024_000,
         }
     }
 }

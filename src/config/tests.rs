@@ -113,6 +113,9 @@ fn the_commented_tables_of_the_shipped_file_parse_and_validate() {
     assert_eq!(d.bind, addr("0.0.0.0:5784"));
     assert_eq!(d.psk_file, Some(PathBuf::from("etc/psk.txt")));
     assert_eq!(d.keyfile, Some(PathBuf::from("etc/certs/server.key")));
+    assert_eq!(d.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(d.idle_timeout, DtlsListener::default().idle_timeout);
+    assert_eq!(d.max_sessions, DtlsListener::default().max_sessions);
     let a = &c.authentication;
     assert!(a.enable);
     assert_eq!(a.method, HttpMethod::Post);
@@ -382,6 +385,57 @@ fn mqtt_protocol_in_the_file() {
 fn validation_errors_name_their_key() {
     let cases: &[(&str, &str, &str)] = &[
         ("lifetime_min = \"2d\"", "lifetime_min", "lifetime_max"),
+        ("lifetime_min = \"0s\"", "lifetime_min", "at least 1s"),
+        ("lifetime_min = \"500ms\"", "lifetime_min", "got 500ms"),
+        ("lifetime_max = \"0s\"", "lifetime_max", "0s"),
+        (
+            "qmode_time_window = \"0s\"",
+            "qmode_time_window",
+            "never be sent a command",
+        ),
+        (
+            "qmode_time_window = \"50d\"",
+            "qmode_time_window",
+            "at most 4294967295ms",
+        ),
+        (
+            "qmode_time_window = \"18446744073709551s\"",
+            "qmode_time_window",
+            "at most",
+        ),
+        ("idle_timeout = \"100d\"", "idle_timeout", "at most"),
+        (
+            "[blockwise]\nexchange_lifetime = \"60d\"",
+            "blockwise.exchange_lifetime",
+            "at most",
+        ),
+        (
+            "[authentication]\nurl = \"http://a\"\nrequest_timeout = \"1000d\"",
+            "authentication.request_timeout",
+            "at most",
+        ),
+        ("[coap]\nack_timeout = \"60d\"", "coap.ack_timeout", "at most"),
+        (
+            "[coap]\nexchange_lifetime = \"60d\"",
+            "coap.exchange_lifetime",
+            "at most",
+        ),
+        ("[queue]\ndefault_ttl = \"60d\"", "queue.default_ttl", "at most"),
+        (
+            "[mqtt]\nbuffer_messages = 0",
+            "mqtt.buffer_messages",
+            "between 1 and 16777216, got 0",
+        ),
+        (
+            "[mqtt]\nbuffer_messages = 100000000",
+            "mqtt.buffer_messages",
+            "got 100000000",
+        ),
+        (
+            "[engine]\nmailbox_capacity = 100000000",
+            "engine.mailbox_capacity",
+            "between 1 and 16777216",
+        ),
         ("idle_timeout = \"0s\"", "idle_timeout", "0s"),
         ("mountpoint = \"lwm2m/+/\"", "mountpoint", "wildcard"),
         (
@@ -559,7 +613,7 @@ fn validation_errors_name_their_key() {
         (
             "[engine]\nmailbox_capacity = 0",
             "engine.mailbox_capacity",
-            "at least 1",
+            "got 0",
         ),
         (
             "[engine]\nmax_datagram = 100",
@@ -595,6 +649,21 @@ fn validation_errors_name_their_key() {
             "0s",
         ),
         ("[queue]\nmax_queued = 0", "queue.max_queued", "at least 1"),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nidle_timeout = \"0s\"",
+            "listeners.dtls.d.idle_timeout",
+            "0s",
+        ),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nidle_timeout = \"100d\"",
+            "listeners.dtls.d.idle_timeout",
+            "at most",
+        ),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nmax_sessions = 0",
+            "listeners.dtls.d.max_sessions",
+            "at least 1",
+        ),
     ];
     for (text, key, needle) in cases {
         let e = invalid(text);
@@ -609,10 +678,17 @@ fn validation_errors_name_their_key() {
 fn valid_variations() {
     for text in [
         "lifetime_min = \"1d\"\nlifetime_max = \"1d\"",
+        "lifetime_min = \"1s\"\nlifetime_max = \"1s\"",
+        "lifetime_max = \"100000d\"",
+        "qmode_time_window = \"500ms\"",
+        "qmode_time_window = \"4294967295ms\"",
+        "[queue]\ndefault_ttl = \"0s\"\n[engine]\nmailbox_capacity = 16777216",
+        "[mqtt]\nbuffer_messages = 1",
         "[mqtt]\nkeepalive = \"0s\"",
         "[listeners.udp.a]\nbind = 0\n[listeners.dtls.b]\nbind = 0\npsk_file = \"p\"",
         "[listeners.dtls.d]\ncertfile = \"c\"\nkeyfile = \"k\"",
         "[listeners.dtls.d]\npsk_file = \"p\"",
+        "[listeners.dtls.d]\npsk_file = \"p\"\nidle_timeout = \"500ms\"\nmax_sessions = \"infinity\"",
         "[authentication]\nenable = false\nurl = \"\"",
         "[authentication]\nurl = \"https://auth.example.com/x\"\nmethod = \"get\"",
         "[translators]\ncommand = { topic = \"dn/+/cmd\" }",

@@ -24,12 +24,47 @@ fn positive(key: &str, d: Duration) -> R {
     if d.is_zero() {
         return err(key, "must be greater than 0s");
     }
+    at_most_timer(key, d)
+}
+
+/// The longest timer a duration key may set: 2^32 - 1 ms (about 49.7 days), the bound EMQX
+/// puts on its timeout keys too. Timers are milliseconds added to the shard clock; anything
+/// longer is a typo (a unit left out), not a setting.
+const MAX_TIMER: Duration = Duration::from_millis(u32::MAX as u64);
+
+fn at_most_timer(key: &str, d: Duration) -> R {
+    if d > MAX_TIMER {
+        return err(
+            key,
+            format!(
+                "must be at most {}ms (about 49.7 days), got {}",
+                MAX_TIMER.as_millis(),
+                super::duration::format_duration(d)
+            ),
+        );
+    }
     Ok(())
 }
 
+/// Channels allocated up front at their full capacity: beyond this a typo would make the
+/// gateway abort on allocation at start.
+const MAX_PREALLOCATED: usize = 1 << 24;
+
 pub(super) fn validate(c: &Config) -> R {
     // LwM2M
-    positive("lifetime_max", c.lifetime_max)?;
+    if c.lifetime_max.is_zero() {
+        return err("lifetime_max", "must be greater than 0s");
+    }
+    if c.lifetime_min < Duration::from_secs(1) {
+        return err(
+            "lifetime_min",
+            format!(
+                "must be at least 1s (lifetimes are whole seconds; a lifetime of 0 would end a \
+                 registration as soon as it is made), got {}",
+                super::duration::format_duration(c.lifetime_min)
+            ),
+        );
+    }
     if c.lifetime_min > c.lifetime_max {
         return err(
             "lifetime_min",
@@ -39,6 +74,13 @@ pub(super) fn validate(c: &Config) -> R {
             ),
         );
     }
+    if c.qmode_time_window.is_zero() {
+        return err(
+            "qmode_time_window",
+            "must be greater than 0s: a device in queue mode would never be sent a command",
+        );
+    }
+    at_most_timer("qmode_time_window", c.qmode_time_window)?;
     positive("idle_timeout", c.idle_timeout)?;
     if let AutoObserve::Paths(paths) = &c.auto_observe {
         for (i, p) in paths.iter().enumerate() {
@@ -107,6 +149,10 @@ pub(super) fn validate(c: &Config) -> R {
         }
         if l.max_conn_rate == 0 {
             return err(format!("{key}.max_conn_rate"), "must be at least 1");
+        }
+        positive(&format!("{key}.idle_timeout"), l.idle_timeout)?;
+        if l.max_sessions == 0 {
+            return err(format!("{key}.max_sessions"), "must be at least 1");
         }
     }
 
@@ -196,6 +242,12 @@ pub(super) fn validate(c: &Config) -> R {
     }
     range("mqtt.connections", m.connections, 1, 64)?;
     range("mqtt.max_inflight", m.max_inflight, 1, u16::MAX)?;
+    range(
+        "mqtt.buffer_messages",
+        m.buffer_messages,
+        1,
+        MAX_PREALLOCATED,
+    )?;
 
     // Engine
     let e = &c.engine;
@@ -203,9 +255,12 @@ pub(super) fn validate(c: &Config) -> R {
     range("engine.recv_batch", e.recv_batch, 1, 1024)?;
     range("engine.socket_rcvbuf", e.socket_rcvbuf, 1, i32::MAX as u64)?;
     range("engine.socket_sndbuf", e.socket_sndbuf, 1, i32::MAX as u64)?;
-    if e.mailbox_capacity == 0 {
-        return err("engine.mailbox_capacity", "must be at least 1");
-    }
+    range(
+        "engine.mailbox_capacity",
+        e.mailbox_capacity,
+        1,
+        MAX_PREALLOCATED,
+    )?;
     range("engine.max_datagram", e.max_datagram, 512, 65535)?;
 
     // TCP listeners
@@ -242,6 +297,7 @@ pub(super) fn validate(c: &Config) -> R {
     if c.queue.max_queued == 0 {
         return err("queue.max_queued", "must be at least 1");
     }
+    at_most_timer("queue.default_ttl", c.queue.default_ttl)?;
     Ok(())
 }
 

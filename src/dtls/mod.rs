@@ -39,7 +39,8 @@
 //! - Non-ClientHello datagrams from an address with no state are dropped
 //!   without allocating.
 //! - Established sessions are capped (`max_sessions`) and closed after
-//!   `idle_timeout` without a datagram from the peer.
+//!   `idle_timeout` without a datagram from the peer (the DTLS listener's keys
+//!   of the same names; `max_sessions` is split over the shards).
 //! - A ClientHello (epoch 0) from an address with a live session starts a
 //!   new handshake beside it; the old session is replaced only when the new
 //!   handshake completes ([`CloseReason::Replaced`]), so a spoofed

@@ -8,11 +8,14 @@
 //! the same shard, and is retried every loop turn (the shard arms a 1 ms timer while
 //! anything waits). What waits is bounded by what the shard holds anyway (endpoints
 //! being handed over, registrations replaced); beyond [`SOFT_CAP`] only messages
-//! that can be recovered from are dropped: forwarded commands and the takeover
-//! requests and answers, which the requesting shard asks for again after its takeover
-//! timeout. A destination whose thread is gone drops everything sent to it.
+//! that can be recovered from are not kept: the takeover requests and answers, which
+//! the requesting shard asks for again after its takeover timeout, are dropped, and
+//! forwarded commands are handed back ([`Backlog::answer_returned`]) for the sending
+//! shard to answer with a 5.03 error: every command gets its one final message. A
+//! destination whose thread is gone drops everything sent to it, commands excepted
+//! (handed back the same way).
 
-use crate::lwm2m::ShardMsg;
+use crate::lwm2m::{ShardCore, ShardMsg};
 use shard::{MailboxSender, TrySendError};
 use std::collections::VecDeque;
 
@@ -29,6 +32,9 @@ pub enum Sent {
     /// Dropped: the destination is gone, or the backlog is over its cap and the
     /// message can be recovered from.
     Dropped,
+    /// A forwarded command not kept (over the cap, or the destination is gone): held
+    /// for [`Backlog::answer_returned`].
+    Returned,
 }
 
 /// Per-destination queues of refused messages, in the order they were sent.
@@ -36,6 +42,8 @@ pub enum Sent {
 pub struct Backlog {
     queues: Vec<VecDeque<ShardMsg>>,
     waiting: usize,
+    /// Commands not kept, to be answered by the sending shard's core.
+    returned: Vec<ShardMsg>,
 }
 
 impl Backlog {
@@ -43,6 +51,7 @@ impl Backlog {
         Self {
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
             waiting: 0,
+            returned: Vec::new(),
         }
     }
 
@@ -59,19 +68,19 @@ impl Backlog {
     pub fn send(&mut self, peers: &[MailboxSender<ShardMsg>], to: u16, m: ShardMsg) -> Sent {
         let (Some(peer), Some(queue)) = (peers.get(to as usize), self.queues.get_mut(to as usize))
         else {
-            return Sent::Dropped;
+            return self.not_kept(m);
         };
         let m = if queue.is_empty() {
             match peer.try_send(m) {
                 Ok(()) => return Sent::Delivered,
-                Err(TrySendError::Disconnected(_)) => return Sent::Dropped,
+                Err(TrySendError::Disconnected(m)) => return self.not_kept(m),
                 Err(TrySendError::Full(m)) => m,
             }
         } else {
             m
         };
         if self.waiting >= SOFT_CAP && recoverable(&m) {
-            return Sent::Dropped;
+            return self.not_kept(m);
         }
         queue.push_back(m);
         self.waiting += 1;
@@ -79,7 +88,8 @@ impl Backlog {
     }
 
     /// Hands waiting messages over while the mailboxes take them, each destination's
-    /// in order. Returns how many were dropped (destination gone).
+    /// in order. Returns how many were dropped (destination gone; commands are handed
+    /// back instead).
     pub fn retry(&mut self, peers: &[MailboxSender<ShardMsg>]) -> usize {
         let mut dropped = 0;
         for (queue, peer) in self.queues.iter_mut().zip(peers) {
@@ -90,20 +100,44 @@ impl Backlog {
                         queue.push_front(m);
                         break;
                     }
-                    Err(TrySendError::Disconnected(_)) => {
+                    Err(TrySendError::Disconnected(m)) => {
                         self.waiting -= 1;
-                        dropped += 1;
+                        if matches!(m, ShardMsg::Command { .. }) {
+                            self.returned.push(m);
+                        } else {
+                            dropped += 1;
+                        }
                     }
                 }
             }
         }
         dropped
     }
+
+    /// Answers every command handed back, through `core` (5.03 on its response topic,
+    /// counted): the core's MQTT output then holds the answers.
+    pub fn answer_returned(&mut self, core: &mut ShardCore) {
+        for m in self.returned.drain(..) {
+            if let ShardMsg::Command { topic, payload, .. } = m {
+                core.command_not_taken(&topic, payload);
+            }
+        }
+    }
+
+    /// A message not kept: a command is held to be answered, anything else dropped.
+    fn not_kept(&mut self, m: ShardMsg) -> Sent {
+        if matches!(m, ShardMsg::Command { .. }) {
+            self.returned.push(m);
+            Sent::Returned
+        } else {
+            Sent::Dropped
+        }
+    }
 }
 
-/// Whether losing `m` is recovered from: a forwarded command is answered by nobody
-/// (counted), a lost takeover request or answer is asked for again after the takeover
-/// timeout. Endpoints handed over and evictions are never dropped.
+/// Whether not keeping `m` is recovered from: a forwarded command is answered by the
+/// sending shard, a lost takeover request or answer is asked for again after the
+/// takeover timeout. Endpoints handed over and evictions are always kept.
 fn recoverable(m: &ShardMsg) -> bool {
     matches!(
         m,
@@ -166,23 +200,103 @@ mod tests {
         assert_eq!(b.send(&peers, 9, evict(7)), Sent::Dropped);
     }
 
+    fn command(req_id: u32) -> ShardMsg {
+        ShardMsg::Command {
+            topic: "lwm2m/dev1/dn/cmd".into(),
+            payload: format!(r#"{{"reqID":{req_id},"msgType":"read","data":{{"path":"/3/0/1"}}}}"#)
+                .into_bytes(),
+            hops: 1,
+            arrival: Default::default(),
+        }
+    }
+
+    fn core() -> ShardCore {
+        let settings = crate::lwm2m::CoreSettings::from_config(&crate::config::Config::default());
+        let dir = Arc::new(crate::lwm2m::Directory::new());
+        ShardCore::new(0, Arc::new(settings), dir, 7)
+    }
+
+    /// The answers `core` published: (topic, payload).
+    fn published(core: &mut ShardCore) -> Vec<(String, String)> {
+        core.out
+            .mqtt
+            .drain(..)
+            .filter_map(|m| match m {
+                crate::lwm2m::MqttOut::Publish { topic, payload, .. } => {
+                    Some((topic, String::from_utf8(payload).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn over_the_cap_only_recoverable_messages_are_dropped() {
+    fn over_the_cap_a_command_is_answered_and_only_recoverable_messages_are_dropped() {
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
         let (tx, _rx) = shard::mailbox::<ShardMsg>(1, waker);
         let peers = vec![tx];
         let mut b = Backlog::new(1);
         for n in 0..=SOFT_CAP as u64 {
-            assert_ne!(b.send(&peers, 0, evict(n)), Sent::Dropped);
+            assert!(matches!(
+                b.send(&peers, 0, evict(n)),
+                Sent::Delivered | Sent::Deferred
+            ));
         }
-        let command = ShardMsg::Command {
-            topic: "lwm2m/a/dn".into(),
-            payload: Vec::new(),
-            hops: 1,
-            arrival: Default::default(),
+        let takeover_miss = ShardMsg::TakeoverMiss {
+            location: 1,
+            peer: "127.0.0.1:5683".parse().unwrap(),
+            datagram: Vec::new(),
+            identity: None,
         };
-        assert_eq!(b.send(&peers, 0, command), Sent::Dropped);
+        assert_eq!(b.send(&peers, 0, takeover_miss), Sent::Dropped);
+        assert_eq!(b.send(&peers, 0, command(7)), Sent::Returned);
         assert_eq!(b.send(&peers, 0, evict(0)), Sent::Deferred);
+        // The command's one final message: 5.03 on its response topic, echoing it.
+        let mut core = core();
+        b.answer_returned(&mut core);
+        let p = published(&mut core);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "lwm2m/dev1/up/resp");
+        for part in [
+            r#""reqID":7"#,
+            r#""msgType":"read""#,
+            r#""code":"5.03""#,
+            "overloaded",
+        ] {
+            assert!(p[0].1.contains(part), "{part} in {}", p[0].1);
+        }
+        assert_eq!(core.stats.commands_shed, 1);
+        let read = crate::lwm2m::command::Op::Read.index();
+        let shed = crate::lwm2m::stats::Outcome::Shed as usize;
+        assert_eq!(core.stats.outcomes[read][shed], 1);
+        // Answered once: nothing is left to answer.
+        b.answer_returned(&mut core);
+        assert!(published(&mut core).is_empty());
+    }
+
+    #[test]
+    fn commands_for_a_shard_that_is_gone_are_answered() {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let (tx, rx) = shard::mailbox::<ShardMsg>(1, waker);
+        let peers = vec![tx];
+        let mut b = Backlog::new(1);
+        // Waiting behind a full mailbox when the shard goes away.
+        assert_eq!(b.send(&peers, 0, evict(1)), Sent::Delivered);
+        assert_eq!(b.send(&peers, 0, command(1)), Sent::Deferred);
+        assert_eq!(b.send(&peers, 0, evict(2)), Sent::Deferred);
+        drop(rx);
+        assert_eq!(b.retry(&peers), 1, "the eviction is dropped");
+        assert!(b.is_empty());
+        // Sent after it went away.
+        assert_eq!(b.send(&peers, 0, command(2)), Sent::Returned);
+        assert_eq!(b.send(&peers, 0, evict(3)), Sent::Dropped);
+        let mut core = core();
+        b.answer_returned(&mut core);
+        let p = published(&mut core);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].1.contains(r#""reqID":1"#) && p[1].1.contains(r#""reqID":2"#));
+        assert!(p.iter().all(|(_, body)| body.contains(r#""code":"5.03""#)));
     }
 }

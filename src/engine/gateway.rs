@@ -80,7 +80,8 @@ impl Gateway {
         let dir = Arc::new(Directory::new());
         let registry = load_registry(&cfg.xml_dir);
         let stop = Arc::new(AtomicBool::new(false));
-        let dtls = dtls_setup(cfg, &stop)?;
+        let shards = shard::resolve_count(cfg.engine.shards);
+        let dtls = dtls_setup(cfg, &stop, shards)?;
         settings.dtls_psk = dtls.as_ref().and_then(|d| d.1.psk.clone());
         settings.location_key =
             os_random_key().map_err(|e| start_err("registration location key", e))?;
@@ -92,7 +93,6 @@ impl Gateway {
             stop.clone(),
         )
         .map_err(|e| start_err("object definition watcher", e))?;
-        let shards = shard::resolve_count(cfg.engine.shards);
         let listener = cfg.udp_listener();
 
         // Sockets first: a bad bind fails the start before any thread runs.
@@ -355,10 +355,12 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
 }
 
 /// The DTLS listener's bind address and settings, with its PSK file loaded (and
-/// watched) and its certificate read; None when no DTLS listener is configured.
+/// watched) and its certificate read; None when no DTLS listener is configured. Its
+/// `max_sessions` is split evenly over the `shards` (each shard has its own session table).
 fn dtls_setup(
     cfg: &Config,
     stop: &Arc<AtomicBool>,
+    shards: usize,
 ) -> Result<Option<(SocketAddr, DtlsSettings)>, GatewayError> {
     let Some(l) = cfg.listeners.dtls.values().next() else {
         return Ok(None);
@@ -389,6 +391,9 @@ fn dtls_setup(
         DtlsSettings {
             psk,
             cert,
+            idle_timeout: l.idle_timeout,
+            max_sessions: usize::try_from(l.max_sessions.div_ceil(shards.max(1) as u64))
+                .unwrap_or(usize::MAX),
             ..DtlsSettings::default()
         },
     )))

@@ -5,6 +5,8 @@
 //! shards, never interleaved with another.
 
 use super::admin::GatewayAdmin;
+use crate::lwm2m::command::Op;
+use crate::lwm2m::stats::{Outcome, UNKNOWN_MSG_TYPE};
 use crate::metrics::Writer;
 use crate::mqtt::MqttStats;
 use std::sync::atomic::Ordering;
@@ -230,6 +232,45 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             );
         }
     }
+    // Summed over the shards: 9 msgTypes x 8 outcomes per shard would swamp the page.
+    let mut ended = [[0u64; Outcome::ALL.len()]; 10];
+    for s in &snaps {
+        for (row, shard_row) in ended.iter_mut().zip(s.outcomes.iter()) {
+            for (n, v) in row.iter_mut().zip(shard_row) {
+                *n += v;
+            }
+        }
+    }
+    // What the router answered itself (a full mailbox).
+    for (row, shed) in ended.iter_mut().zip(&a.router.shed_by_type) {
+        row[Outcome::Shed as usize] += shed.load(Ordering::Relaxed);
+    }
+    let ended_help = "Commands ended (their one final MQTT message), by msgType and outcome; \
+                      msg_type \"unknown\" for commands refused before a known msgType was read.";
+    for op in Op::ALL {
+        for outcome in Outcome::ALL {
+            w.counter(
+                "lwm2m_command_outcomes_total",
+                ended_help,
+                &[("msg_type", op.name()), ("outcome", outcome.name())],
+                ended[op.index()][outcome as usize],
+            );
+        }
+    }
+    for outcome in [Outcome::Rejected, Outcome::Shed] {
+        w.counter(
+            "lwm2m_command_outcomes_total",
+            ended_help,
+            &[("msg_type", "unknown"), ("outcome", outcome.name())],
+            ended[UNKNOWN_MSG_TYPE][outcome as usize],
+        );
+    }
+    per_shard!(
+        gauge,
+        "lwm2m_commands_waiting",
+        "Commands waiting in device queues (queue-mode devices asleep, behind NSTART, DTLS session lost).",
+        commands_waiting
+    );
     for (i, s) in snaps.iter().enumerate() {
         let h = &s.command_rtt;
         let mut cumulative = 0;
@@ -374,9 +415,10 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     );
     w.counter(
         "lwm2m_commands_shed_total",
-        "Commands dropped because their shard's mailbox was full (overload; no response).",
+        "Commands answered 5.03 at once because the shard holding their endpoint could not take \
+         them (a full mailbox, or too many cross-shard messages waiting).",
         &[],
-        r.mailbox_full.load(Ordering::Relaxed),
+        r.mailbox_full.load(Ordering::Relaxed) + snaps.iter().map(|s| s.commands_shed).sum::<u64>(),
     );
     w.counter(
         "lwm2m_commands_foreign_topic_total",

@@ -5,9 +5,10 @@
 
 use crate::coap::codes;
 use crate::formats::fmt_id;
-use crate::lwm2m::command::{self, Arrival, Encoding};
+use crate::lwm2m::command::{self, Arrival, Encoding, Op};
 use crate::lwm2m::publish::lane_of;
 use crate::lwm2m::settings::Translator;
+use crate::lwm2m::stats::UNKNOWN_MSG_TYPE;
 use crate::lwm2m::template::{filter_matches, Template};
 use crate::lwm2m::{dm_json, Directory, ShardMsg};
 use crate::mqtt::{Delivery, Inbound, Outbound};
@@ -24,6 +25,8 @@ pub struct RouterCounters {
     pub unknown_endpoint: AtomicU64,
     /// Commands the shard's mailbox had no room for (answered with an error).
     pub mailbox_full: AtomicU64,
+    /// The same by msgType (`Op::index`, then `UNKNOWN_MSG_TYPE`).
+    pub shed_by_type: [AtomicU64; 10],
 }
 
 pub struct CommandRouter {
@@ -87,6 +90,12 @@ impl CommandRouter {
             Ok(c) => c.echo,
             Err(e) => e.echo,
         };
+        let row = echo
+            .msg_type
+            .as_deref()
+            .and_then(Op::from_name)
+            .map_or(UNKNOWN_MSG_TYPE, Op::index);
+        self.counters.shed_by_type[row].fetch_add(1, Ordering::Relaxed);
         let mut body = Vec::with_capacity(160);
         dm_json::error(
             &mut body,
@@ -217,6 +226,10 @@ mod tests {
         assert!(text.contains(r#""code":"5.03""#), "{text}");
         assert!(text.contains("overloaded"), "{text}");
         assert_eq!(r.counters.mailbox_full.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            r.counters.shed_by_type[Op::Read.index()].load(Ordering::Relaxed),
+            1
+        );
         assert_eq!(r.counters.routed.load(Ordering::Relaxed), 2);
         // Not a command topic: nothing routed, nothing answered.
         assert!(deliver(&mut r, "other/dev1/dn/cmd", cmd, None).is_empty());

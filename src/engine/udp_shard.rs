@@ -121,11 +121,7 @@ impl UdpShard {
             }
             None => self.core.out.drain_datagrams(|to, b| send.push(to, b)),
         }
-        for m in self.core.out.mqtt.drain(..) {
-            if self.mqtt.send(m).is_err() {
-                self.counters.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.send_mqtt();
         for (at, t) in self.core.out.timers.drain(..) {
             timers.insert(at, t);
         }
@@ -150,19 +146,36 @@ impl UdpShard {
         self.send_to_shards(timers);
     }
 
+    /// The core's MQTT output to the MQTT thread.
+    fn send_mqtt(&mut self) {
+        for m in self.core.out.mqtt.drain(..) {
+            if self.mqtt.send(m).is_err() {
+                self.counters.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Hands the core's cross-shard messages to the other shards' mailboxes; what a
     /// full mailbox refuses waits in the backlog (never lost: it may carry an
-    /// endpoint) and is retried at the end of every turn and by a 1 ms timer.
+    /// endpoint) and is retried at the end of every turn and by a 1 ms timer. A
+    /// forwarded command the backlog does not keep is answered here (5.03).
     fn send_to_shards(&mut self, timers: &mut TimerWheel<Timer>) {
         for (to, m) in self.core.out.to_shards.drain(..) {
             let counter = match self.backlog.send(&self.peers, to, m) {
-                Sent::Delivered => continue,
+                Sent::Delivered | Sent::Returned => continue,
                 Sent::Deferred => &self.counters.mailbox_deferred,
                 Sent::Dropped => &self.counters.mailbox_dropped,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        self.answer_returned();
         self.arm_retry(timers);
+    }
+
+    /// Forwarded commands the backlog handed back get their 5.03 on MQTT now.
+    fn answer_returned(&mut self) {
+        self.backlog.answer_returned(&mut self.core);
+        self.send_mqtt();
     }
 
     /// Retries the backlog (end of a loop turn).
@@ -174,6 +187,7 @@ impl UdpShard {
         self.counters
             .mailbox_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
+        self.answer_returned();
         self.arm_retry(timers);
     }
 

@@ -541,6 +541,8 @@ impl ShardCore {
             return false;
         };
         self.stats.block_aborts += 1;
+        self.stats
+            .ended(Some(cmd.op), super::stats::Outcome::BlockAborted);
         self.publish_error(slot, &cmd.echo, codes::REQUEST_ENTITY_TOO_LARGE, &text);
         true
     }
@@ -869,6 +871,8 @@ impl ShardCore {
         drop(block);
         self.block_gauge();
         if !notify {
+            self.stats
+                .ended(Some(cmd.op), super::stats::Outcome::BlockAborted);
             self.publish_error(slot, &cmd.echo, code, why);
         }
         self.pump_queue(now, slot);

@@ -54,6 +54,11 @@ impl Op {
     ];
 
     /// Position in [`Op::ALL`] (for per-operation counters).
+    /// The operation a `msgType` names, if any.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
+
     pub fn index(self) -> usize {
         self as usize
     }

@@ -504,6 +504,7 @@ impl ShardCore {
                     Some(slot) => {
                         let ep = self.table.remove(slot).expect("found slot");
                         self.stats.takeovers_out += 1;
+                        self.stats.commands_waiting -= super::dm::queued_len(&ep);
                         self.out.to_shards.push((
                             from,
                             ShardMsg::Adopt {
@@ -533,6 +534,8 @@ impl ShardCore {
             } => {
                 let location = endpoint.location;
                 self.pending_takeovers.remove(&location);
+                // Its queued commands are this shard's now (whether it is kept or finished).
+                self.stats.commands_waiting += super::dm::queued_len(&endpoint);
                 // In transit, a registration keeps its directory entry (the owner does
                 // not release it): any other entry, or none, means it was replaced or
                 // removed meanwhile (an Evict that found it gone, a newer one's

@@ -22,6 +22,7 @@ use super::session::{
     is_fresh, Deadline, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
 };
 use super::settings::{AutoObserveSet, MANAGEMENT_OBJECTS};
+use super::stats::Outcome;
 use super::ShardCore;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::formats::{self, fmt_id};
@@ -77,31 +78,65 @@ impl ShardCore {
                     return;
                 }
             }
-            let mut buf = payload;
-            let echo = match command::parse(
-                &mut buf,
-                &(),
-                Encoding {
-                    format: fmt_id::TLV,
-                },
-            ) {
-                Ok(c) => c.echo,
-                Err(e) => e.echo,
-            };
             let who = name.as_deref().unwrap_or(mountpoint);
-            let mut body = Vec::new();
-            dm_json::error(
-                &mut body,
-                &echo,
-                codes::BAD_REQUEST,
-                &format!("unknown endpoint {who:?}: not registered"),
-            );
+            let error = format!("unknown endpoint {who:?}: not registered");
             self.stats.commands_rejected += 1;
-            let topic = format!("{mountpoint}{}", self.settings.response.topic);
-            self.publish(lane_of(who), topic, body, self.settings.response.qos);
+            let echo = self.answer_unrouted(mountpoint, who, payload, codes::BAD_REQUEST, &error);
+            self.stats.ended(msg_type_op(&echo), Outcome::Rejected);
             return;
         };
         self.command_at(now, slot, payload, arrival);
+    }
+
+    /// A command this shard was forwarding to the shard holding its endpoint, which could
+    /// not be handed over (too many cross-shard messages waiting, or that shard is gone):
+    /// answered at once with a 5.03 error, like one the router cannot deliver.
+    pub fn command_not_taken(&mut self, topic: &str, payload: Vec<u8>) {
+        let Some((mountpoint, _rest, captured)) = self.settings.mountpoint.match_prefix(topic)
+        else {
+            return;
+        };
+        let name = if self.settings.mountpoint.keyed_by_name() {
+            captured.map(str::to_string)
+        } else {
+            self.dir.route(mountpoint)
+        };
+        let who = name.as_deref().unwrap_or(mountpoint);
+        self.stats.commands_shed += 1;
+        let echo = self.answer_unrouted(
+            mountpoint,
+            who,
+            payload,
+            codes::SERVICE_UNAVAILABLE,
+            "gateway overloaded: the command was not processed (too many messages waiting \
+             between the gateway's shards); retry later",
+        );
+        self.stats.ended(msg_type_op(&echo), Outcome::Shed);
+    }
+
+    /// Answers a command that reaches no endpoint here with `code` and `error`, on the
+    /// response topic of its `mountpoint` (lane of `who`, as the router picks it); returns
+    /// the command's echo.
+    fn answer_unrouted(
+        &mut self,
+        mountpoint: &str,
+        who: &str,
+        mut payload: Vec<u8>,
+        code: u8,
+        error: &str,
+    ) -> Echo {
+        let enc = Encoding {
+            format: fmt_id::TLV,
+        };
+        let echo = match command::parse(&mut payload, &(), enc) {
+            Ok(c) => c.echo,
+            Err(e) => e.echo,
+        };
+        let mut body = Vec::with_capacity(160);
+        dm_json::error(&mut body, &echo, code, error);
+        let topic = format!("{mountpoint}{}", self.settings.response.topic);
+        self.publish(lane_of(who), topic, body, self.settings.response.qos);
+        echo
     }
 
     /// A command for the endpoint in `slot` (parsed here), from the management API.
@@ -122,6 +157,7 @@ impl ShardCore {
             Ok(cmd) => self.submit(now, slot, cmd, false, arrival),
             Err(e) => {
                 self.stats.commands_rejected += 1;
+                self.stats.ended(msg_type_op(&e.echo), Outcome::Rejected);
                 self.publish_error(slot, &e.echo, codes::BAD_REQUEST, &e.error);
             }
         }
@@ -146,6 +182,7 @@ impl ShardCore {
             // Nothing goes to a DTLS registration in plain text, and there is no
             // session to encrypt with: a command that may not wait fails now.
             self.stats.commands_rejected += 1;
+            self.stats.ended(Some(cmd.op), Outcome::Rejected);
             let msg =
                 "the device's DTLS session ended; a command with mheaders.ttl = 0 is not queued";
             self.publish_error(slot, &cmd.echo, codes::SERVICE_UNAVAILABLE, msg);
@@ -177,6 +214,7 @@ impl ShardCore {
         }
         if session.queue.len() >= max_queued {
             self.stats.queue_overflows += 1;
+            self.stats.ended(Some(q.cmd.op), Outcome::QueueFull);
             let echo = q.cmd.echo;
             let msg = format!("command queue of this device is full ({max_queued} commands)");
             self.publish_error(slot, &echo, codes::SERVICE_UNAVAILABLE, &msg);
@@ -194,6 +232,7 @@ impl ShardCore {
         } else {
             session.queue.push_back(q);
         }
+        self.stats.commands_waiting += 1;
         if let Some(d) = deadline {
             self.out
                 .timers
@@ -221,6 +260,7 @@ impl ShardCore {
             let Some(q) = session.queue.pop_front() else {
                 return;
             };
+            self.stats.commands_waiting -= 1;
             if q.deadline.is_some_and(|d| now >= d.at_ms) {
                 self.expire_queued(now, slot, q);
                 continue;
@@ -233,6 +273,7 @@ impl ShardCore {
     /// out and what the command was waiting for.
     fn expire_queued(&mut self, now: u64, slot: u32, q: Queued) {
         self.stats.commands_expired += 1;
+        self.stats.ended(Some(q.cmd.op), Outcome::Expired);
         let waiting = if self.is_awake(slot, now) {
             "while earlier commands to the device were in progress"
         } else {
@@ -255,6 +296,7 @@ impl ShardCore {
             return;
         };
         let q = session.queue.remove(i).expect("position");
+        self.stats.commands_waiting -= 1;
         // The timer fires at the deadline: the device's state then picks the message.
         let at = q.deadline.map_or(0, |d| d.at_ms);
         self.expire_queued(at, slot, q);
@@ -360,6 +402,7 @@ impl ShardCore {
         let _ = lifetime;
         let ex = session.inflight.swap_remove(i);
         self.stats.timeouts += 1;
+        self.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
         self.publish_event(slot, &ex.cmd.echo, "coap_timeout");
         self.pump_queue(now, slot);
     }
@@ -387,6 +430,7 @@ impl ShardCore {
         if msg.mtype == MsgType::Rst {
             let ex = session.inflight.swap_remove(i);
             self.stats.resets_received += 1;
+            self.stats.ended(Some(ex.cmd.op), Outcome::Reset);
             self.publish_event(slot, &ex.cmd.echo, "coap_reset");
             self.pump_queue(now, slot);
             return;
@@ -490,6 +534,7 @@ impl ShardCore {
         self.stats.responses += 1;
         let content = self.render_content(slot, &ex.cmd, msg);
         let op = ex.cmd.op;
+        self.stats.ended(Some(op), Outcome::Response);
         let mut body = Vec::with_capacity(128);
         let location = location_of(msg);
         let mut extra: Vec<(&str, &str)> =
@@ -731,14 +776,17 @@ impl ShardCore {
             queue, inflight, ..
         } = *session;
         let topic = format!("{}{}", ep.mountpoint, self.settings.response.topic);
-        for echo in queue
+        self.stats.commands_waiting -= queue.len() as u64;
+        for cmd in queue
             .into_iter()
-            .map(|q| q.cmd.echo)
-            .chain(inflight.into_iter().map(|e| e.cmd.echo))
+            .map(|q| q.cmd)
+            .chain(inflight.into_iter().map(|e| e.cmd))
         {
+            let echo = cmd.echo;
             let mut body = Vec::new();
             dm_json::error(&mut body, &echo, codes::NOT_FOUND, why);
             self.stats.commands_dropped += 1;
+            self.stats.ended(Some(cmd.op), Outcome::Dropped);
             self.publish(ep.lane, topic.clone(), body, self.settings.response.qos);
         }
     }
@@ -847,6 +895,16 @@ impl ShardCore {
 pub(super) enum Topic {
     Response,
     Notify,
+}
+
+/// The operation a command's `msgType` names (None: missing or unknown).
+fn msg_type_op(echo: &Echo) -> Option<Op> {
+    echo.msg_type.as_deref().and_then(Op::from_name)
+}
+
+/// Commands waiting in an endpoint's queue.
+pub(super) fn queued_len(ep: &Endpoint) -> u64 {
+    ep.session.as_ref().map_or(0, |s| s.queue.len() as u64)
 }
 
 fn token_of(msg: &Message<'_>) -> Option<u32> {

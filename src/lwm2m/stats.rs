@@ -13,6 +13,14 @@ pub struct RttHistogram {
     pub count: u64,
 }
 
+impl CoreStats {
+    /// Counts a command's final message.
+    pub fn ended(&mut self, op: Option<super::command::Op>, outcome: Outcome) {
+        let row = op.map_or(UNKNOWN_MSG_TYPE, super::command::Op::index);
+        self.outcomes[row][outcome as usize] += 1;
+    }
+}
+
 impl RttHistogram {
     pub fn observe(&mut self, ms: u64) {
         let i = RTT_BOUNDS_MS
@@ -24,6 +32,63 @@ impl RttHistogram {
         self.count += 1;
     }
 }
+
+/// How a command ended: the kind of its one final MQTT message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The device's final response (any code).
+    Response,
+    /// No answer after the last retransmission (`coap_timeout`).
+    Timeout,
+    /// The device answered with a Reset (`coap_reset`).
+    Reset,
+    /// Its deadline passed while it waited in the device's queue.
+    Expired,
+    /// Its endpoint left (de-registered, expired, kicked, replaced).
+    Dropped,
+    /// The device's command queue was full.
+    QueueFull,
+    /// Refused before it reached the device (malformed, unknown endpoint, no session).
+    Rejected,
+    /// A block-wise transfer of it could not be finished (too large, out of order).
+    BlockAborted,
+    /// The gateway was overloaded: the shard holding its endpoint could not take it
+    /// (a full mailbox, or too many cross-shard messages waiting); answered 5.03.
+    Shed,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of their `as usize` values.
+    pub const ALL: [Outcome; 9] = [
+        Self::Response,
+        Self::Timeout,
+        Self::Reset,
+        Self::Expired,
+        Self::Dropped,
+        Self::QueueFull,
+        Self::Rejected,
+        Self::BlockAborted,
+        Self::Shed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Response => "response",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Expired => "expired",
+            Self::Dropped => "dropped",
+            Self::QueueFull => "queue_full",
+            Self::Rejected => "rejected",
+            Self::BlockAborted => "block_aborted",
+            Self::Shed => "shed",
+        }
+    }
+}
+
+/// Rows of [`CoreStats::outcomes`]: one per `Op::index`, then this one for commands
+/// whose msgType is missing or unknown.
+pub const UNKNOWN_MSG_TYPE: usize = 9;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CoreStats {
@@ -87,6 +152,15 @@ pub struct CoreStats {
     pub commands_expired: u64,
     /// Commands ended because their endpoint left.
     pub commands_dropped: u64,
+    /// Commands forwarded to another shard that could not be handed over (answered 5.03).
+    pub commands_shed: u64,
+    /// Commands ended (their final MQTT message published), by msgType (`Op::index`, then
+    /// [`UNKNOWN_MSG_TYPE`]) and [`Outcome`].
+    pub outcomes: [[u64; Outcome::ALL.len()]; 10],
+    /// Commands waiting in device queues (sleeping queue-mode devices, NSTART, lost DTLS
+    /// sessions) of the endpoints this shard holds (gauge, kept as commands enter and
+    /// leave the queues).
+    pub commands_waiting: u64,
     pub queue_overflows: u64,
     pub requests_sent: u64,
     pub retransmissions: u64,

@@ -39,7 +39,16 @@ impl Mosquitto {
         Self::start_with(false, Some(tls))
     }
 
+    /// Plain TCP, no persistence, with these extra `log_type`s (e.g. `debug`: every packet).
+    pub fn start_logging(log_types: &[&str]) -> Self {
+        Self::start_full(false, None, log_types)
+    }
+
     pub fn start_with(persistence: bool, tls: Option<TlsFiles>) -> Self {
+        Self::start_full(persistence, tls, &[])
+    }
+
+    fn start_full(persistence: bool, tls: Option<TlsFiles>, log_types: &[&str]) -> Self {
         if !Path::new(BINARY).exists() {
             panic!("{BINARY} not found: install it with `apt-get install mosquitto`");
         }
@@ -66,6 +75,9 @@ impl Mosquitto {
         // tests read which filters the gateway holds from them.
         writeln!(conf, "log_type subscribe").unwrap();
         writeln!(conf, "log_type unsubscribe").unwrap();
+        for t in log_types {
+            writeln!(conf, "log_type {t}").unwrap();
+        }
         if persistence {
             writeln!(conf, "persistence true").unwrap();
             writeln!(conf, "persistence_location {}/", dir.path().display()).unwrap();

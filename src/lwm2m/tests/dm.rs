@@ -6,6 +6,7 @@ use super::harness::*;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::formats::fmt_id;
 use crate::lwm2m::settings::AutoObserveSet;
+use crate::lwm2m::stats::{Outcome, UNKNOWN_MSG_TYPE};
 use simd_json::prelude::*;
 
 const DEV: u16 = 5000;
@@ -1345,4 +1346,104 @@ fn hex_encoded_write_values() {
         .as_str()
         .unwrap()
         .contains("not a hex string"));
+}
+
+/// Commands waiting in all queues, over every shard of `h`.
+fn waiting(h: &Harness) -> u64 {
+    h.cores.iter().map(|c| c.stats.commands_waiting).sum()
+}
+
+/// Final outcomes counted for `op` (None: unknown msgType), over every shard of `h`.
+fn ended(h: &Harness, op: Option<crate::lwm2m::command::Op>, o: Outcome) -> u64 {
+    let row = op.map_or(UNKNOWN_MSG_TYPE, |op| op.index());
+    h.cores
+        .iter()
+        .map(|c| c.stats.outcomes[row][o as usize])
+        .sum()
+}
+
+/// Every command's final message is counted once, and the number of commands waiting in
+/// device queues follows them in and out: queued while asleep, past the queue size,
+/// expired, behind NSTART, dropped by a de-registration, refused, carried to another shard.
+#[test]
+fn waiting_commands_and_final_outcomes_are_counted() {
+    use crate::lwm2m::command::Op;
+    let read = |id: u32, path: &str| {
+        format!(r#"{{"reqID":{id},"msgType":"read","data":{{"path":"{path}"}}}}"#)
+    };
+    let mut s = settings();
+    s.max_queued = 2;
+    s.queue_ttl_ms = 60_000;
+    let mut h = Harness::new(2, s);
+    let mark = h.mark();
+    // Asleep: two held, the third refused; then both expire.
+    registered(&mut h, &["lwm2m=1.1", "Q"], b"</3/0>");
+    h.advance(30_000);
+    for i in 1..=3 {
+        assert!(h.command(0, TOPIC, &read(i, "/3/0/0")).is_empty());
+    }
+    assert_eq!(waiting(&h), 2);
+    assert_eq!(ended(&h, Some(Op::Read), Outcome::QueueFull), 1);
+    h.advance(61_000);
+    assert_eq!(waiting(&h), 0);
+    assert_eq!(ended(&h, Some(Op::Read), Outcome::Expired), 2);
+    // Awake (registered again, not in queue mode): a read in flight, an execute behind
+    // it (NSTART 1); the device moves to shard 1 and the waiting execute with it.
+    let r = h.one(0, addr(1, DEV), &Req::register("dev1", 20).bytes());
+    let loc = r.location();
+    one_request(h.command(0, TOPIC, &read(4, "/3/0/1")));
+    let exec = r#"{"reqID":5,"msgType":"execute","data":{"path":"/3/0/4"}}"#;
+    assert!(h.command(0, TOPIC, exec).is_empty());
+    assert_eq!(h.cores[0].stats.commands_waiting, 1);
+    h.one(1, addr(2, 7), &Req::update(&loc, 21).bytes());
+    assert_eq!(h.cores[0].stats.commands_waiting, 0);
+    assert_eq!(h.cores[1].stats.commands_waiting, 1);
+    // De-registered: both end (the read in flight, the execute waiting).
+    h.one(
+        1,
+        addr(2, 7),
+        &Req::new(codes::DELETE, &format!("/rd/{loc}"), 22).bytes(),
+    );
+    assert_eq!(waiting(&h), 0);
+    assert_eq!(ended(&h, Some(Op::Read), Outcome::Dropped), 1);
+    assert_eq!(ended(&h, Some(Op::Execute), Outcome::Dropped), 1);
+    // Refused: a read without a path, an unknown msgType, a command for nobody.
+    registered(&mut h, &["lwm2m=1.1"], b"</3/0>");
+    h.command(0, TOPIC, r#"{"reqID":6,"msgType":"read","data":{}}"#);
+    h.command(0, TOPIC, r#"{"reqID":7,"msgType":"reboot","data":{}}"#);
+    h.command(0, "lwm2m/nobody/dn/cmd", &read(8, "/3/0/0"));
+    assert_eq!(ended(&h, Some(Op::Read), Outcome::Rejected), 2);
+    assert_eq!(ended(&h, None, Outcome::Rejected), 1);
+    // A response, a reset and a timeout.
+    let r = one_request(h.command(0, TOPIC, &read(9, "/3/0/0")));
+    h.datagram(
+        0,
+        addr(1, DEV),
+        &answer(&r, codes::CONTENT, Some(0), b"x", None),
+    );
+    let r = one_request(h.command(0, TOPIC, exec));
+    let mut rst = Vec::new();
+    MessageWriter::new(&mut rst, MsgType::Rst, codes::EMPTY, r.msg().mid, &[]).finish();
+    h.datagram(0, addr(1, DEV), &rst);
+    one_request(h.command(0, TOPIC, &read(10, "/3/0/0")));
+    h.advance(200_000);
+    assert_eq!(ended(&h, Some(Op::Read), Outcome::Response), 1);
+    assert_eq!(ended(&h, Some(Op::Execute), Outcome::Reset), 1);
+    assert_eq!(ended(&h, Some(Op::Read), Outcome::Timeout), 1);
+    // Exactly one final message each: as many as the outcomes counted.
+    let finals = h
+        .published_since(mark)
+        .iter()
+        .filter(|(t, v)| {
+            t.ends_with("up/resp") && !matches!(v["msgType"].as_str(), Some("register" | "update"))
+        })
+        .count() as u64;
+    let counted: u64 = h
+        .cores
+        .iter()
+        .flat_map(|c| c.stats.outcomes.iter().flatten())
+        .sum();
+    assert_eq!(counted, 11);
+    assert_eq!(finals, counted);
+    assert_eq!(waiting(&h), 0);
 }
