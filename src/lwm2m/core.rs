@@ -504,7 +504,7 @@ impl ShardCore {
                     Some(slot) => {
                         let ep = self.table.remove(slot).expect("found slot");
                         self.stats.takeovers_out += 1;
-                        self.stats.commands_waiting -= super::dm::queued_len(&ep);
+                        self.stats.unqueued(super::dm::queued_len(&ep));
                         self.out.to_shards.push((
                             from,
                             ShardMsg::Adopt {

@@ -260,7 +260,7 @@ impl ShardCore {
             let Some(q) = session.queue.pop_front() else {
                 return;
             };
-            self.stats.commands_waiting -= 1;
+            self.stats.unqueued(1);
             if q.deadline.is_some_and(|d| now >= d.at_ms) {
                 self.expire_queued(now, slot, q);
                 continue;
@@ -296,7 +296,7 @@ impl ShardCore {
             return;
         };
         let q = session.queue.remove(i).expect("position");
-        self.stats.commands_waiting -= 1;
+        self.stats.unqueued(1);
         // The timer fires at the deadline: the device's state then picks the message.
         let at = q.deadline.map_or(0, |d| d.at_ms);
         self.expire_queued(at, slot, q);
@@ -776,7 +776,7 @@ impl ShardCore {
             queue, inflight, ..
         } = *session;
         let topic = format!("{}{}", ep.mountpoint, self.settings.response.topic);
-        self.stats.commands_waiting -= queue.len() as u64;
+        self.stats.unqueued(queue.len() as u64);
         for cmd in queue
             .into_iter()
             .map(|q| q.cmd)

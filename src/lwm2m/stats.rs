@@ -19,6 +19,13 @@ impl CoreStats {
         let row = op.map_or(UNKNOWN_MSG_TYPE, super::command::Op::index);
         self.outcomes[row][outcome as usize] += 1;
     }
+
+    /// `n` commands left device queues. A gauge must never take a shard down: a
+    /// miscount is a bug the debug builds (the tests) catch, and saturates in release.
+    pub fn unqueued(&mut self, n: u64) {
+        debug_assert!(self.commands_waiting >= n, "commands_waiting miscounted");
+        self.commands_waiting = self.commands_waiting.saturating_sub(n);
+    }
 }
 
 impl RttHistogram {
