@@ -4,7 +4,7 @@
 # de-registering and half left to expire, while the gateway's RSS is sampled every
 # 10 s. Writes bench/results/soak-<date>.csv (time, rss_kib, endpoints) and a summary
 # with each cycle's loadgen JSON (latency percentiles); fails if a cycle's checks
-# fail or if RSS in the last third grew more than 10% over the first third.
+# fail or if RSS kept growing after the warm-up (scripts/soak_summary.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -53,24 +53,7 @@ while [ $(( $(date +%s) - start )) -lt $(( minutes * 60 )) ]; do
         $dereg --json --expect-all >> "$out.jsonl"
 done
 kill $sampler 2>/dev/null || true
-python3 - "$out.csv" "$out.jsonl" > "$out.md" <<'PY'
-import csv, json, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-rss = [int(r["rss_kib"]) for r in rows if r["rss_kib"]]
-n = len(rss) // 3 or 1
-first, last = sum(rss[:n]) / n, sum(rss[-n:]) / n
-text, cycles, dec, i = open(sys.argv[2]).read(), [], json.JSONDecoder(), 0
-while True:  # the loadgen's reports are pretty-printed, one after another
-    while i < len(text) and text[i].isspace():
-        i += 1
-    if i >= len(text):
-        break
-    c, i = dec.raw_decode(text, i)
-    cycles.append(c)
-print(f"# Soak {len(rows) * 10} s, {len(cycles)} cycles")
-print(f"RSS first third {first:.0f} KiB, last third {last:.0f} KiB, growth {100 * (last - first) / first:+.1f}%")
-for i, c in enumerate(cycles):
-    print(f"- cycle {i + 1}: {json.dumps(c)[:400]}")
-sys.exit(1 if last > first * 1.10 else 0)
-PY
+status=0
+python3 scripts/soak_summary.py "$out.csv" "$out.jsonl" > "$out.md" || status=$?
 cat "$out.md"
+exit $status
