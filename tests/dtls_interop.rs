@@ -6,6 +6,8 @@
 //! Requires `apt-get install -y libcoap3-bin` (and the openssl CLI); the
 //! tests fail when the tools are missing.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::pki::make_pki;
 use lwm2m_gateway::coap::{codes, Message, MessageWriter, MsgType};
 use lwm2m_gateway::dtls::{
     CertConfig, DtlsEvent, DtlsServer, DtlsSettings, PeerIdentity, PskStore, PskTable,
@@ -168,94 +171,6 @@ fn libcoap_wrong_key_is_refused() {
     }
     std::thread::sleep(Duration::from_millis(50));
     assert!(connected(&r.events()).is_empty());
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// CA, server and client certificates (ECDSA P-256) in `dir`.
-fn make_pki(dir: &Path, cn: &str) {
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
-    )
-    .unwrap();
-    for k in ["ca", "server", "client"] {
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-genkey",
-                "-name",
-                "prime256v1",
-                "-noout",
-                "-out",
-                &format!("{k}.key"),
-            ],
-        );
-    }
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=Test CA",
-            "-days",
-            "30",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    let client_subj = format!("/CN={cn}");
-    for (k, subj) in [("server", "/CN=localhost"), ("client", &client_subj[..])] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &format!("{k}.key"),
-                "-subj",
-                subj,
-                "-out",
-                &format!("{k}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{k}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-extfile",
-                "leaf.ext",
-                "-out",
-                &format!("{k}.pem"),
-            ],
-        );
-    }
 }
 
 #[test]

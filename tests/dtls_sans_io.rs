@@ -1,13 +1,15 @@
 //! The DTLS server driven without sockets: dimpl clients and the server
 //! exchange datagrams through in-memory queues on a virtual clock.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pki::make_pki;
 use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls, DtlsCertificate, Output, PskResolver};
 use lwm2m_gateway::dtls::{
@@ -841,154 +843,6 @@ fn junk_never_panics() {
 
 // ---- certificate mode ----
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate and a client certificate with CN `cn`, all
-/// ECDSA P-256, generated with the openssl CLI in `dir`.
-fn make_pki(dir: &Path, cn: &str) {
-    std::fs::write(
-        dir.join("ca.ext"),
-        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
-    )
-    .unwrap();
-    for k in ["ca", "server", "client", "rogue"] {
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-genkey",
-                "-name",
-                "prime256v1",
-                "-noout",
-                "-out",
-                &format!("{k}.key"),
-            ],
-        );
-    }
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=Test CA",
-            "-days",
-            "30",
-            "-out",
-            "ca.pem",
-            "-extensions",
-            "v3_ca",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "rogue.key",
-            "-subj",
-            "/CN=Rogue CA",
-            "-days",
-            "30",
-            "-out",
-            "rogue.pem",
-        ],
-    );
-    for (k, subj, ca) in [
-        ("server", "/CN=gateway", "ca"),
-        ("client", &format!("/CN={cn}")[..], "ca"),
-        ("stranger", &format!("/CN={cn}")[..], "rogue"),
-    ] {
-        let key = if k == "stranger" {
-            "client.key"
-        } else {
-            &format!("{k}.key")[..]
-        };
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                key,
-                "-subj",
-                subj,
-                "-out",
-                &format!("{k}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{k}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-extfile",
-                "leaf.ext",
-                "-out",
-                &format!("{k}.pem"),
-            ],
-        );
-    }
-    openssl(
-        dir,
-        &[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-in",
-            "client.key",
-            "-outform",
-            "DER",
-            "-out",
-            "client.key.der",
-        ],
-    );
-    for k in ["client", "stranger"] {
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-in",
-                &format!("{k}.pem"),
-                "-outform",
-                "DER",
-                "-out",
-                &format!("{k}.der"),
-            ],
-        );
-    }
-}
-
 fn cert_settings(dir: &Path, with_ca: bool) -> DtlsSettings {
     let ca = dir.join("ca.pem");
     let cert = CertConfig::load(
@@ -1007,7 +861,7 @@ fn cert_settings(dir: &Path, with_ca: bool) -> DtlsSettings {
 fn client_cert(dir: &Path, which: &str) -> DtlsCertificate {
     DtlsCertificate {
         certificate: std::fs::read(dir.join(format!("{which}.der"))).unwrap(),
-        private_key: std::fs::read(dir.join("client.key.der")).unwrap(),
+        private_key: std::fs::read(dir.join(format!("{which}.key.der"))).unwrap(),
     }
 }
 

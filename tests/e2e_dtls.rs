@@ -10,6 +10,7 @@ use base64::Engine;
 use common::gateway::{Broker, GatewayProc};
 use common::http::request;
 use common::mqtt_client::MqttClient;
+use common::pki::make_pki;
 use common::prometheus::Exposition;
 use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
 use simd_json::prelude::*;
@@ -1122,101 +1123,6 @@ fn psk_file_changes_apply_without_a_restart() {
 }
 
 // ---- certificate mode ----
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl CLI is required");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, the gateway's certificate, a device certificate with CN `cn` from the
-/// CA and one with the same CN from another CA (ECDSA P-256).
-fn make_pki(dir: &Path, cn: &str) {
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
-    )
-    .unwrap();
-    for k in ["ca", "rogue", "server", "client", "stranger"] {
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-genkey",
-                "-name",
-                "prime256v1",
-                "-noout",
-                "-out",
-                &format!("{k}.key"),
-            ],
-        );
-    }
-    for (k, subj) in [("ca", "/CN=Test CA"), ("rogue", "/CN=Rogue CA")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                &format!("{k}.key"),
-                "-subj",
-                subj,
-                "-days",
-                "30",
-                "-out",
-                &format!("{k}.pem"),
-            ],
-        );
-    }
-    let device = format!("/CN={cn}");
-    for (k, subj, ca) in [
-        ("server", "/CN=localhost", "ca"),
-        ("client", &device[..], "ca"),
-        ("stranger", &device[..], "rogue"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &format!("{k}.key"),
-                "-subj",
-                subj,
-                "-out",
-                &format!("{k}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{k}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-extfile",
-                "leaf.ext",
-                "-out",
-                &format!("{k}.pem"),
-            ],
-        );
-    }
-}
 
 /// coap-client-openssl registering `ep` with the certificate `which`.
 fn cert_register(dir: &Path, which: &str, gw: SocketAddr, ep: &str) -> Output {

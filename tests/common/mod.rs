@@ -5,4 +5,5 @@ pub mod gateway;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt_client;
+pub mod pki;
 pub mod prometheus;
