@@ -231,7 +231,14 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
     // The outcomes on /metrics: the pool's (allow, deny, timeout/error) and the shards'
     // (Registers held and denied).
     let outcome = |e: &Exposition, o: &str| e.sum("lwm2m_auth_requests_total", &[("outcome", o)]);
-    let m = metrics_when(gw.api, |e| e.sum("lwm2m_auth_held_total", &[]) >= 5.0);
+    // Shards copy their counters at the end of a loop turn, which may come after the
+    // reply reached the test: wait until every count is in.
+    let m = metrics_when(gw.api, |e| {
+        e.sum("lwm2m_auth_held_total", &[]) >= 5.0
+            && e.sum("lwm2m_auth_denied_total", &[]) >= 3.0
+            && e.sum("lwm2m_registrations_total", &[]) >= 3.0
+            && e.sum("lwm2m_auth_requests_total", &[]) >= 5.0
+    });
     assert_eq!(outcome(&m, "allow"), 2.0, "good1, good3");
     assert_eq!(outcome(&m, "deny"), 1.0, "bad1");
     assert_eq!(
