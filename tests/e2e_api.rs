@@ -2,6 +2,7 @@
 //! management API and metrics of the running gateway over real HTTP.
 
 mod common;
+use common::gateway::metrics_when;
 
 use common::gateway::{Broker, GatewayProc, API_SECRET};
 use common::http::request;
@@ -12,7 +13,7 @@ use simd_json::prelude::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 const ADMIN: Option<(&str, &str)> = Some(("admin", API_SECRET));
@@ -47,21 +48,6 @@ fn register_q(
     b.truncate(n);
     let leaked: &'static [u8] = Box::leak(b.into_boxed_slice());
     Message::parse(leaked).unwrap()
-}
-
-/// `/metrics`, parsed strictly, once `ready` holds (shards copy their counters out at
-/// the end of each loop turn) or after a generous deadline.
-fn metrics_when(api: SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (st, text) = request(api, "GET", "/metrics", None, b"");
-        assert_eq!(st, 200);
-        let e = Exposition::parse(&text);
-        if ready(&e) || Instant::now() > deadline {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn udp() -> UdpSocket {

@@ -26,19 +26,6 @@ fn read_cmd(req_id: &str) -> Vec<u8> {
     format!(r#"{{"reqID":"{req_id}","msgType":"read","data":{{"path":"/3/0/0"}}}}"#).into_bytes()
 }
 
-/// The gateway's filters in the broker once they are exactly `want` (or the last
-/// reading after 10 s).
-fn subscriptions_become(b: &Mosquitto, want: &HashSet<String>) -> HashSet<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = b.subscriptions("lwm2m-gateway");
-        if s == *want || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A device on its own loopback address.
 struct Device {
     sock: UdpSocket,
@@ -191,7 +178,11 @@ fn placeholder_mountpoint(mode: &str) {
         "wildcard" => ["mp/+/+/+/dn/#".to_string()].into(),
         _ => devices.iter().map(|(_, m, _)| format!("{m}dn/#")).collect(),
     };
-    assert_eq!(subscriptions_become(&broker, &want), want, "{mode}");
+    assert_eq!(
+        broker.subscriptions_become("lwm2m-gateway", &want),
+        want,
+        "{mode}"
+    );
 
     for (ep, mount, d) in &mut devices {
         d.update();
@@ -299,7 +290,7 @@ fn wildcard_mode_with_mosquitto() {
     mq.subscribe("lwm2m/+/up/#", 0).unwrap();
     let one: HashSet<String> = ["lwm2m/+/dn/#".to_string()].into();
     assert_eq!(
-        subscriptions_become(&broker, &one),
+        broker.subscriptions_become("lwm2m-gateway", &one),
         one,
         "before any device"
     );
@@ -322,7 +313,7 @@ fn wildcard_mode_with_mosquitto() {
     }
     // Still the one filter: no per-endpoint subscription was made.
     assert_eq!(
-        subscriptions_become(&broker, &one),
+        broker.subscriptions_become("lwm2m-gateway", &one),
         one,
         "after {N} registrations"
     );
@@ -379,7 +370,7 @@ fn wildcard_mode_with_mosquitto() {
         1.0
     );
     assert_eq!(
-        subscriptions_become(&broker, &one),
+        broker.subscriptions_become("lwm2m-gateway", &one),
         one,
         "after de-registration"
     );

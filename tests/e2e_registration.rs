@@ -161,20 +161,6 @@ fn duplicate_register_publishes_once() {
     );
 }
 
-/// The gateway's command filters in the broker once they are exactly `want` (or the last
-/// reading after 10 s).
-fn subscriptions_become(b: &Mosquitto, want: &[String]) -> std::collections::HashSet<String> {
-    let want: std::collections::HashSet<String> = want.iter().cloned().collect();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let s = b.subscriptions("lwm2m-gateway");
-        if s == want || std::time::Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn read_cmd(req_id: &str) -> Vec<u8> {
     format!(r#"{{"reqID":"{req_id}","msgType":"read","data":{{"path":"/3/0/0"}}}}"#).into_bytes()
 }
@@ -287,7 +273,7 @@ fn mosquitto_per_endpoint_subscriptions_and_expiry() {
         .iter()
         .map(|e| filter(e))
         .collect();
-    let subs = subscriptions_become(&broker, &all);
+    let subs = broker.subscriptions_become("lwm2m-gateway", &all.iter().cloned().collect());
     assert_eq!(subs.len(), 5, "one filter per endpoint: {subs:?}");
     // And they work: every endpoint's command reaches its device.
     for ep in ["mq0", "mq1", "mq2", "mqd100", "mql200"] {
@@ -309,20 +295,16 @@ fn mosquitto_per_endpoint_subscriptions_and_expiry() {
 
     // De-registration unsubscribes.
     assert_eq!(leaving.deregister_all(WAIT).unwrap().ok, 1);
-    let subs = subscriptions_become(
-        &broker,
-        &all[..3]
-            .iter()
-            .chain(&all[4..])
-            .cloned()
-            .collect::<Vec<_>>(),
+    let subs = broker.subscriptions_become(
+        "lwm2m-gateway",
+        &all[..3].iter().chain(&all[4..]).cloned().collect(),
     );
     assert!(!subs.contains(&filter("mqd100")), "{subs:?}");
     assert_eq!(subs.len(), 4, "{subs:?}");
 
     // Expiry unsubscribes: 2 s after these Updates only the staying device's filter is left.
     set_lifetime(&mut expiring, 2);
-    let subs = subscriptions_become(&broker, &all[4..]);
+    let subs = broker.subscriptions_become("lwm2m-gateway", &all[4..].iter().cloned().collect());
     assert_eq!(subs, all[4..].iter().cloned().collect(), "after expiry");
     // The expired registrations are gone: an update gets 4.04.
     let out = expiring.update_all(WAIT).unwrap();

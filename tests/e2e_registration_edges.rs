@@ -5,12 +5,11 @@
 //! whose last level is a placeholder without a trailing '/'.
 
 mod common;
+use common::gateway::metrics_when;
 
 use common::gateway::{Broker, GatewayProc};
-use common::http::request;
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use common::prometheus::Exposition;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -75,30 +74,6 @@ fn register(
         gw,
         &request_bytes(codes::POST, 1, &["rd"], &q, b"</3/0>"),
     )
-}
-
-fn metrics_when(api: SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (st, text) = request(api, "GET", "/metrics", None, b"");
-        assert_eq!(st, 200);
-        let e = Exposition::parse(&text);
-        if ready(&e) || Instant::now() > deadline {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn subscriptions_become(b: &Mosquitto, want: &HashSet<String>) -> HashSet<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = b.subscriptions("lwm2m-gateway");
-        if s == *want || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The next CoAP request the gateway sends to `sock`.
@@ -195,7 +170,7 @@ fn a_peerhost_mountpoint_moves_the_command_subscription_with_the_device() {
         );
     }
     let first: HashSet<String> = (0..N).map(|i| filter("127.0.0.1", i)).collect();
-    assert_eq!(subscriptions_become(&broker, &first), first);
+    assert_eq!(broker.subscriptions_become("lwm2m-gateway", &first), first);
     // The devices reboot behind another address and register again; whichever shard
     // they land on, the old filter goes and the new one stays.
     let moved: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 2])).collect();
@@ -206,7 +181,10 @@ fn a_peerhost_mountpoint_moves_the_command_subscription_with_the_device() {
         );
     }
     let second: HashSet<String> = (0..N).map(|i| filter("127.0.0.2", i)).collect();
-    assert_eq!(subscriptions_become(&broker, &second), second);
+    assert_eq!(
+        broker.subscriptions_become("lwm2m-gateway", &second),
+        second
+    );
     // Commands on the new topic reach the device.
     let mut app = MqttClient::connect(broker.addr(), "edges-app", true).unwrap();
     app.publish(
@@ -242,7 +220,7 @@ fn device_values_that_would_make_invalid_filters_are_refused() {
         codes::CREATED
     );
     let want: HashSet<String> = ["gw/c1/dn/#".to_string()].into();
-    assert_eq!(subscriptions_become(&broker, &want), want);
+    assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
     // The gateway's broker connection is intact: a command arrives.
     let mut app = MqttClient::connect(broker.addr(), "edges-bad", true).unwrap();
     app.publish(

@@ -191,17 +191,9 @@ impl GatewayProc {
         Exposition::parse(&text)
     }
 
-    /// `/metrics` once `ready` holds for it (shards copy their counters out at the end of
-    /// each loop turn), or the last reading after 20 s.
+    /// `/metrics` once `ready` holds for it, see [`metrics_when`].
     pub fn metrics_when(&self, ready: impl Fn(&Exposition) -> bool) -> Exposition {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let e = self.metrics();
-            if ready(&e) || Instant::now() > deadline {
-                return e;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        metrics_when(self.api, ready)
     }
 }
 
@@ -211,5 +203,21 @@ impl Drop for GatewayProc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The API's `/metrics` once `ready` holds for it (shards copy their counters out at the
+/// end of each loop turn, which may come after a reply reached the test), or the last
+/// reading after 20 s.
+pub fn metrics_when(api: std::net::SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = super::http::request(api, "GET", "/metrics", None, b"");
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        let e = Exposition::parse(&text);
+        if ready(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -105,6 +105,23 @@ impl Mosquitto {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
+    /// The filters of clients named `client_prefix...` once they are exactly `want`
+    /// (or the last reading after 10 s).
+    pub fn subscriptions_become(
+        &self,
+        client_prefix: &str,
+        want: &std::collections::HashSet<String>,
+    ) -> std::collections::HashSet<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.subscriptions(client_prefix);
+            if s == *want || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops it with SIGTERM (persistence is saved) and waits for the exit.
     /// Filters currently subscribed by clients whose id starts with `client_prefix`,
     /// as read from the subscribe/unsubscribe log lines (in order).
