@@ -178,10 +178,10 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub fn new(index: usize, opts: &MqttOptions, now: Instant, seed: u64) -> Self {
+    pub fn new(index: usize, token: Token, opts: &MqttOptions, now: Instant, seed: u64) -> Self {
         Connection {
             index,
-            token: Token(index),
+            token,
             client_id: format!("{}-{}", opts.client_id, index),
             state: State::Waiting { until: now },
             transport: None,

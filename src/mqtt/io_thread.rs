@@ -1,9 +1,10 @@
-//! The MQTT I/O thread: one mio `Poll` over every broker connection plus a `Waker` for the
-//! outbound channel.
+//! The stand-alone MQTT I/O thread: an [`MqttClient`] on its own mio `Poll`, fed through a
+//! channel with a `Waker` (the gateway's shards drive their own clients instead; this thread
+//! serves other users of the module, e.g. the tests of the client against real brokers).
 //!
-//! Loop turn: drain at most `DRAIN_BATCH` messages from the channel into the connections' queues
-//! (overflow policy applied), run the timers, move queued work into the write buffers and flush,
-//! then sleep in `poll` until a socket event, a timer or a wake-up. The thread arms
+//! Loop turn: drain at most `DRAIN_BATCH` messages from the channel into the client (overflow
+//! policy applied), run its turn (timers, queued work into the write buffers and out), then
+//! sleep in `poll` until a socket event, a timer or a wake-up. The thread arms
 //! `Shared::sleeping` before it sleeps; senders wake it only when that flag is set, so a burst of
 //! sends costs one wake-up.
 
@@ -11,17 +12,13 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use mio::{Events, Poll, Token, Waker};
 use parking_lot::{Condvar, Mutex};
-use rumqttc::mqttbytes::QoS;
 use rustls::ClientConfig;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::buffer::{make_room, OutMsg, Overflow};
-use super::codec::publish_size;
-use super::connection::{Connection, Ctx};
+use super::client::MqttClient;
 use super::stats::MqttStats;
 use super::{Inbound, MqttOptions, Outbound};
 
@@ -74,20 +71,20 @@ impl IoThread {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = clock ^ ((std::process::id() as u64) << 32);
-        let mut conns: Vec<Connection> = (0..self.opts.connections)
-            .map(|i| {
-                let s = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                Connection::new(i, &self.opts, start, s)
-            })
-            .collect();
+        let mut client = MqttClient::new(
+            self.opts.clone(),
+            0,
+            self.opts.connections,
+            0,
+            self.opts.buffer_messages,
+            self.stats.clone(),
+            self.tls.clone(),
+            seed,
+            start,
+        );
         let mut events = Events::with_capacity(256);
-        let mut scratch = vec![0u8; 64 * 1024];
-        let mut seq: u64 = 0;
         let mut shutdown_deadline: Option<Instant> = None;
-        let cap = self.opts.buffer_messages.max(1);
-        let mut read_done = vec![false; conns.len()];
-        // Publishes `Inbound::on_publish` answered with, queued after each read.
-        let mut replies: Vec<Outbound> = Vec::new();
+        let mut read = Vec::new();
 
         loop {
             let now = Instant::now();
@@ -102,46 +99,38 @@ impl IoThread {
             } else {
                 DRAIN_BATCH
             };
-            let drained = self.drain(&mut conns, batch, cap, &mut seq);
-
-            let mut ctx = Ctx {
-                opts: &self.opts,
-                stats: &self.stats,
-                inbound: &mut *self.inbound,
-                replies: &mut replies,
-                registry: self.poll.registry(),
-                tls: self.tls.as_ref(),
-                now,
-                scratch: &mut scratch,
-            };
-            for c in conns.iter_mut() {
-                c.poll_timers(&mut ctx);
-                c.pump(&mut ctx);
+            let mut drained = 0;
+            while drained < batch {
+                let Ok(msg) = self.rx.try_recv() else {
+                    break;
+                };
+                drained += 1;
+                client.accept(msg);
             }
-            let held: usize = conns.iter().map(|c| c.held()).sum();
-            MqttStats::set(&self.stats.pending, held as u64);
+            let registry = self.poll.registry();
+            client.turn(registry, &mut *self.inbound, now);
 
             if let Some(deadline) = shutdown_deadline {
-                let idle = conns.iter().all(|c| c.is_idle());
+                let idle = client.is_idle();
                 if idle || now >= deadline {
                     if !idle {
-                        warn!(held, "MQTT shutdown timed out with messages held");
+                        warn!(
+                            held = client.held(),
+                            "MQTT shutdown timed out with messages held"
+                        );
                     }
-                    for c in conns.iter_mut() {
-                        c.close(&mut ctx);
-                    }
-                    MqttStats::set(&self.stats.pending, held as u64);
+                    client.close(registry, &mut *self.inbound, now);
                     break;
                 }
             }
 
-            let mut timeout = conns
-                .iter()
-                .filter_map(|c| c.next_deadline())
+            let mut timeout = client
+                .next_deadline()
+                .into_iter()
                 .chain(shutdown_deadline)
                 .min()
                 .map(|d| d.saturating_duration_since(now));
-            if drained == batch || conns.iter().any(|c| c.read_more) {
+            if drained == batch || client.read_more() {
                 timeout = Some(Duration::ZERO);
             }
             if timeout != Some(Duration::ZERO) {
@@ -162,126 +151,34 @@ impl IoThread {
             }
             self.shared.sleeping.store(false, Ordering::SeqCst);
 
-            let mut ctx = Ctx {
-                opts: &self.opts,
-                stats: &self.stats,
-                inbound: &mut *self.inbound,
-                replies: &mut replies,
-                registry: self.poll.registry(),
-                tls: self.tls.as_ref(),
-                now: Instant::now(),
-                scratch: &mut scratch,
-            };
-            read_done.iter_mut().for_each(|r| *r = false);
+            let registry = self.poll.registry();
+            let now = Instant::now();
+            read.clear();
             for ev in events.iter() {
                 if ev.token() == WAKER_TOKEN {
                     continue;
                 }
-                let Some(c) = conns.get_mut(ev.token().0) else {
-                    continue;
-                };
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                c.on_event(&mut ctx, readable, writable);
-                read_done[ev.token().0] |= readable;
-            }
-            for (i, c) in conns.iter_mut().enumerate() {
-                if c.read_more && !read_done[i] {
-                    c.read(&mut ctx);
+                client.on_event(
+                    registry,
+                    &mut *self.inbound,
+                    ev.token(),
+                    readable,
+                    writable,
+                    now,
+                );
+                if readable {
+                    read.push(ev.token());
                 }
             }
-            for msg in replies.drain(..) {
-                self.accept(&mut conns, msg, cap, &mut seq);
+            // Connections whose read budget ran out last turn and had no event now.
+            if client.read_more() {
+                client.read_pending(registry, &mut *self.inbound, now, &read);
             }
         }
         info!("MQTT I/O thread stopped");
         *self.shared.done.lock() = true;
         self.shared.done_cv.notify_all();
-    }
-
-    /// Moves up to `max` messages from the channel into the connections; returns how many.
-    fn drain(&mut self, conns: &mut [Connection], max: usize, cap: usize, seq: &mut u64) -> usize {
-        let mut count = 0;
-        while count < max {
-            let Ok(msg) = self.rx.try_recv() else {
-                break;
-            };
-            count += 1;
-            self.accept(conns, msg, cap, seq);
-        }
-        count
-    }
-
-    /// Queues one message on its connection (overflow policy applied to publishes).
-    fn accept(&self, conns: &mut [Connection], msg: Outbound, cap: usize, seq: &mut u64) {
-        let n = conns.len();
-        match msg {
-            Outbound::Publish {
-                lane,
-                topic,
-                payload,
-                qos,
-            } => {
-                if let Err(why) = self.check_publish(&topic, payload.len(), qos) {
-                    debug!(%topic, why, "MQTT publish rejected");
-                    MqttStats::inc(&self.stats.send_errors);
-                    return;
-                }
-                let qos = to_qos(qos);
-                let held: usize = conns.iter().map(|c| c.held()).sum();
-                if held >= cap {
-                    MqttStats::inc(&self.stats.dropped_overflow);
-                    let r = make_room(
-                        conns.iter_mut().map(|c| &mut c.pending),
-                        qos == QoS::AtMostOnce,
-                    );
-                    if r == Overflow::DropIncoming {
-                        return;
-                    }
-                }
-                *seq += 1;
-                conns[lane as usize % n].pending.push(OutMsg {
-                    seq: *seq,
-                    topic,
-                    payload: Bytes::from(payload),
-                    qos,
-                });
-            }
-            Outbound::Subscribe { lane, filter, qos } => {
-                if filter.is_empty() || filter.len() > u16::MAX as usize || qos > 2 {
-                    MqttStats::inc(&self.stats.send_errors);
-                    return;
-                }
-                conns[lane as usize % n].subs.subscribe(filter, qos);
-            }
-            Outbound::Unsubscribe { lane, filter } => {
-                conns[lane as usize % n].subs.unsubscribe(filter);
-            }
-        }
-    }
-
-    fn check_publish(&self, topic: &str, payload_len: usize, qos: u8) -> Result<(), &'static str> {
-        if qos > 2 {
-            return Err("QoS above 2");
-        }
-        if topic.is_empty() || topic.len() > u16::MAX as usize {
-            return Err("topic empty or too long");
-        }
-        if topic.contains(['+', '#', '\0']) {
-            return Err("wildcard or NUL in topic");
-        }
-        let size = publish_size(self.opts.protocol, topic.len(), payload_len, to_qos(qos));
-        if size > self.opts.max_packet_size {
-            return Err("larger than max_packet_size");
-        }
-        Ok(())
-    }
-}
-
-fn to_qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
     }
 }

@@ -42,6 +42,7 @@
 //! acks, sends DISCONNECT and ends the thread.
 
 mod buffer;
+mod client;
 mod codec;
 mod connection;
 mod embedded;
@@ -59,6 +60,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use mio::{Poll, Waker};
 use parking_lot::{Condvar, Mutex};
 
+pub use client::{tls_for, MqttClient};
 pub use codec::Protocol;
 pub use embedded::start_embedded_broker;
 pub use stats::MqttStats;
@@ -227,10 +229,7 @@ pub fn spawn(
             "max_packet_size too small",
         ));
     }
-    let tls = match &opts.server {
-        ServerAddr::Tls { ca_file, .. } => Some(transport::tls_config(ca_file.as_deref())?),
-        ServerAddr::Tcp { .. } => None,
-    };
+    let tls = tls_for(&opts)?;
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
     let (tx, rx) = crossbeam_channel::bounded(opts.buffer_messages.max(1));

@@ -1,8 +1,8 @@
-//! Counters of the MQTT I/O thread, readable from any thread (relaxed atomics).
+//! Counters of the MQTT client (every connection of every shard), readable from any thread (relaxed atomics).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters and gauges of the MQTT I/O thread. Every field is a relaxed atomic: read them with
+/// Counters and gauges of the MQTT client, summed over its connections. Every field is a relaxed atomic: read them with
 /// `load(Ordering::Relaxed)` (or [`MqttStats::get`]).
 #[derive(Debug, Default)]
 pub struct MqttStats {
@@ -14,7 +14,7 @@ pub struct MqttStats {
     pub reconnects: AtomicU64,
     /// Gauge: connections that are up (CONNACK accepted).
     pub connected: AtomicU64,
-    /// Gauge: publishes held by the thread (pending and in flight).
+    /// Gauge: publishes held (pending and in flight).
     pub pending: AtomicU64,
     /// Publishes dropped by the overflow policy (see the module documentation).
     pub dropped_overflow: AtomicU64,
@@ -50,7 +50,7 @@ impl MqttStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn set(counter: &AtomicU64, v: u64) {
-        counter.store(v, Ordering::Relaxed);
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,326 @@
+//! A set of broker connections driven by whoever owns a mio `Poll`: a shard thread (the
+//! gateway: each shard publishes on its own connections) or the stand-alone I/O thread
+//! (`io_thread.rs`).
+//!
+//! The owner registers nothing itself: connections register their sockets with the
+//! `Registry` they are given, under tokens `token_base..token_base + count`. The owner
+//! hands every event of those tokens to [`MqttClient::on_event`], calls
+//! [`MqttClient::turn`] once per loop turn (timers, then queued work into the write
+//! buffers and out), and wakes up by [`MqttClient::next_deadline`] at the latest.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mio::{Registry, Token};
+use rumqttc::mqttbytes::QoS;
+use rustls::ClientConfig;
+use tracing::debug;
+
+use super::buffer::{make_room, OutMsg, Overflow};
+use super::codec::publish_size;
+use super::connection::{Connection, Ctx};
+use super::stats::MqttStats;
+use super::{Inbound, MqttOptions, Outbound, ServerAddr};
+
+pub struct MqttClient {
+    opts: MqttOptions,
+    conns: Vec<Connection>,
+    token_base: usize,
+    stats: Arc<MqttStats>,
+    tls: Option<Arc<ClientConfig>>,
+    /// Publishes held (pending + in flight) at most, over this client's connections.
+    cap: usize,
+    seq: u64,
+    scratch: Vec<u8>,
+    /// Publishes `Inbound::on_publish` answered with, queued after each read.
+    replies: Vec<Outbound>,
+    /// What this client last added to the shared `pending` gauge.
+    held_reported: u64,
+}
+
+/// The TLS settings for `opts.server` (None for plain TCP); reads the CA file once.
+pub fn tls_for(opts: &MqttOptions) -> std::io::Result<Option<Arc<ClientConfig>>> {
+    match &opts.server {
+        ServerAddr::Tls { ca_file, .. } => {
+            Ok(Some(super::transport::tls_config(ca_file.as_deref())?))
+        }
+        ServerAddr::Tcp { .. } => Ok(None),
+    }
+}
+
+impl MqttClient {
+    /// `count` connections named `{client_id}-{first_index + i}`, polled under tokens
+    /// `token_base + i`, holding at most `cap` publishes together. They connect on the first
+    /// [`turn`](Self::turn).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        opts: MqttOptions,
+        first_index: usize,
+        count: usize,
+        token_base: usize,
+        cap: usize,
+        stats: Arc<MqttStats>,
+        tls: Option<Arc<ClientConfig>>,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let conns = (0..count.max(1))
+            .map(|i| {
+                let s = seed ^ ((first_index + i) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                Connection::new(first_index + i, Token(token_base + i), &opts, now, s)
+            })
+            .collect();
+        MqttClient {
+            opts,
+            conns,
+            token_base,
+            stats,
+            tls,
+            cap: cap.max(1),
+            seq: 0,
+            scratch: vec![0u8; 64 * 1024],
+            replies: Vec::new(),
+            held_reported: 0,
+        }
+    }
+
+    /// Whether `token` is one of this client's connections.
+    pub fn owns(&self, token: Token) -> bool {
+        (self.token_base..self.token_base + self.conns.len()).contains(&token.0)
+    }
+
+    /// Queues one message (size checks and the overflow policy applied to publishes) on
+    /// connection `lane % count`: the messages of one lane keep their order, and a filter's
+    /// unsubscribe must come with the lane of its subscribe.
+    pub fn accept(&mut self, msg: Outbound) {
+        let n = self.conns.len();
+        match msg {
+            Outbound::Publish {
+                lane,
+                topic,
+                payload,
+                qos,
+            } => {
+                if let Err(why) = self.check_publish(&topic, payload.len(), qos) {
+                    debug!(%topic, why, "MQTT publish rejected");
+                    MqttStats::inc(&self.stats.send_errors);
+                    return;
+                }
+                let qos = to_qos(qos);
+                if self.held() >= self.cap {
+                    MqttStats::inc(&self.stats.dropped_overflow);
+                    let r = make_room(
+                        self.conns.iter_mut().map(|c| &mut c.pending),
+                        qos == QoS::AtMostOnce,
+                    );
+                    if r == Overflow::DropIncoming {
+                        return;
+                    }
+                }
+                self.seq += 1;
+                self.conns[lane as usize % n].pending.push(OutMsg {
+                    seq: self.seq,
+                    topic,
+                    payload: Bytes::from(payload),
+                    qos,
+                });
+            }
+            Outbound::Subscribe { lane, filter, qos } => {
+                if filter.is_empty() || filter.len() > u16::MAX as usize || qos > 2 {
+                    MqttStats::inc(&self.stats.send_errors);
+                    return;
+                }
+                self.conns[lane as usize % n].subs.subscribe(filter, qos);
+            }
+            Outbound::Unsubscribe { lane, filter } => {
+                self.conns[lane as usize % n].subs.unsubscribe(filter);
+            }
+        }
+    }
+
+    /// A readiness event for one of this client's tokens. True when a connection's read
+    /// budget ran out: call [`read_pending`](Self::read_pending) without waiting for an event.
+    pub fn on_event(
+        &mut self,
+        registry: &Registry,
+        inbound: &mut dyn Inbound,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(i) = token.0.checked_sub(self.token_base) else {
+            return false;
+        };
+        let Self {
+            opts,
+            conns,
+            stats,
+            tls,
+            scratch,
+            replies,
+            ..
+        } = self;
+        let Some(c) = conns.get_mut(i) else {
+            return false;
+        };
+        let mut ctx = Ctx {
+            opts,
+            stats,
+            inbound,
+            replies,
+            registry,
+            tls: tls.as_ref(),
+            now,
+            scratch,
+        };
+        c.on_event(&mut ctx, readable, writable);
+        let more = c.read_more;
+        self.accept_replies();
+        more
+    }
+
+    /// Reads again every connection whose read budget ran out, but those in `skip` (read
+    /// this turn already). True if one still has more.
+    pub fn read_pending(
+        &mut self,
+        registry: &Registry,
+        inbound: &mut dyn Inbound,
+        now: Instant,
+        skip: &[Token],
+    ) -> bool {
+        let mut more = false;
+        for i in 0..self.conns.len() {
+            let token = Token(self.token_base + i);
+            if self.conns[i].read_more && !skip.contains(&token) {
+                more |= self.on_event(registry, inbound, token, true, false, now);
+            }
+        }
+        more
+    }
+
+    /// One loop turn: reconnects, connect and keepalive timers, then filter changes and
+    /// queued publishes into the write buffers and out.
+    pub fn turn(&mut self, registry: &Registry, inbound: &mut dyn Inbound, now: Instant) {
+        {
+            let Self {
+                opts,
+                conns,
+                stats,
+                tls,
+                scratch,
+                replies,
+                ..
+            } = self;
+            let mut ctx = Ctx {
+                opts,
+                stats,
+                inbound,
+                replies,
+                registry,
+                tls: tls.as_ref(),
+                now,
+                scratch,
+            };
+            for c in conns.iter_mut() {
+                c.poll_timers(&mut ctx);
+                c.pump(&mut ctx);
+            }
+        }
+        self.accept_replies();
+        self.report_held();
+    }
+
+    /// Sends DISCONNECT on every connection that is up and closes them all.
+    pub fn close(&mut self, registry: &Registry, inbound: &mut dyn Inbound, now: Instant) {
+        let Self {
+            opts,
+            conns,
+            stats,
+            tls,
+            scratch,
+            replies,
+            ..
+        } = self;
+        let mut ctx = Ctx {
+            opts,
+            stats,
+            inbound,
+            replies,
+            registry,
+            tls: tls.as_ref(),
+            now,
+            scratch,
+        };
+        for c in conns.iter_mut() {
+            c.close(&mut ctx);
+        }
+        self.report_held();
+    }
+
+    /// The earliest reconnect, connect timeout or keepalive of the connections.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns.iter().filter_map(|c| c.next_deadline()).min()
+    }
+
+    /// A connection has data left to read (its budget ran out).
+    pub fn read_more(&self) -> bool {
+        self.conns.iter().any(|c| c.read_more)
+    }
+
+    /// Nothing left to send or to wait for on any connection.
+    pub fn is_idle(&self) -> bool {
+        self.conns.iter().all(|c| c.is_idle())
+    }
+
+    /// Publishes held: pending and in flight.
+    pub fn held(&self) -> usize {
+        self.conns.iter().map(|c| c.held()).sum()
+    }
+
+    fn accept_replies(&mut self) {
+        if self.replies.is_empty() {
+            return;
+        }
+        for msg in std::mem::take(&mut self.replies) {
+            self.accept(msg);
+        }
+    }
+
+    /// Keeps the shared `pending` gauge equal to the sum over every client.
+    fn report_held(&mut self) {
+        let held = self.held() as u64;
+        if held > self.held_reported {
+            MqttStats::add(&self.stats.pending, held - self.held_reported);
+        } else if held < self.held_reported {
+            MqttStats::sub(&self.stats.pending, self.held_reported - held);
+        }
+        self.held_reported = held;
+    }
+
+    fn check_publish(&self, topic: &str, payload_len: usize, qos: u8) -> Result<(), &'static str> {
+        if qos > 2 {
+            return Err("QoS above 2");
+        }
+        if topic.is_empty() || topic.len() > u16::MAX as usize {
+            return Err("topic empty or too long");
+        }
+        if topic.contains(['+', '#', '\0']) {
+            return Err("wildcard or NUL in topic");
+        }
+        let size = publish_size(self.opts.protocol, topic.len(), payload_len, to_qos(qos));
+        if size > self.opts.max_packet_size {
+            return Err("larger than max_packet_size");
+        }
+        Ok(())
+    }
+}
+
+fn to_qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
