@@ -1,8 +1,10 @@
 //! Registration edge cases through the running gateway: NAT-rebinding takeovers across
 //! shards whose mailboxes hold one message, a `${peerhost}` mountpoint whose command
 //! subscription follows the device to its new address, device values that would make
-//! invalid MQTT filters (refused, the broker connection survives), and a mountpoint
-//! whose last level is a placeholder without a trailing '/'.
+//! invalid MQTT filters (refused, the broker connection survives), a mountpoint
+//! whose last level is a placeholder without a trailing '/', and where commands
+//! arrive: on the broker connection of the shard serving the device, with one
+//! subscription per filter however often a device registers again elsewhere.
 
 mod common;
 use common::gateway::metrics_when;
@@ -11,6 +13,7 @@ use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use simd_json::prelude::*;
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -88,6 +91,181 @@ fn next_request(sock: &UdpSocket) -> Message<'static> {
         }
     }
     panic!("no request from the gateway");
+}
+
+/// Answers the next request (a read) with 2.05 and `body`; returns its path.
+fn answer_read(sock: &UdpSocket, gw: SocketAddr, body: &[u8]) -> String {
+    let m = next_request(sock);
+    assert_eq!(m.code, codes::GET);
+    let path: Vec<String> = m
+        .option_values(opt::URI_PATH)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    let mut out = Vec::new();
+    let mut w = MessageWriter::new(&mut out, MsgType::Ack, codes::CONTENT, m.mid, m.token);
+    w.option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(body);
+    sock.send_to(&out, gw).unwrap();
+    format!("/{}", path.join("/"))
+}
+
+/// The final response of every command in `ids` (reqID -> its code), failing on any
+/// answered twice; waits until each has one.
+fn finals(app: &mut MqttClient, ids: &[u64]) -> std::collections::HashMap<u64, String> {
+    let mut got = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids.iter().any(|i| !got.contains_key(i)) {
+        assert!(Instant::now() < deadline, "unanswered: {ids:?} got {got:?}");
+        let Some((topic, payload)) = app.recv_publish(Duration::from_millis(500)) else {
+            continue;
+        };
+        if !topic.ends_with("/up/resp") {
+            continue;
+        }
+        let v = simd_json::to_owned_value(&mut payload.clone()).unwrap();
+        let (Some(id), Some(code)) = (v["reqID"].as_u64(), v["data"]["code"].as_str()) else {
+            continue;
+        };
+        assert!(
+            got.insert(id, code.to_string()).is_none(),
+            "answered twice: {v}"
+        );
+    }
+    // Nothing more for any of them.
+    while let Some((topic, payload)) = app.recv_publish(Duration::from_millis(300)) {
+        let Ok(v) = simd_json::to_owned_value(&mut payload.clone()) else {
+            continue;
+        };
+        assert!(
+            !(topic.ends_with("/up/resp") && v["reqID"].as_u64().is_some_and(|i| ids.contains(&i))),
+            "answered twice: {v}"
+        );
+    }
+    got
+}
+
+/// Sends a read of /3/0/0 to each device `names[i]` as reqID i, answers it from
+/// `socks[i]`, and checks every command got exactly one 2.05.
+fn read_each(app: &mut MqttClient, gw: SocketAddr, names: &[String], socks: &[UdpSocket]) {
+    for (i, n) in names.iter().enumerate() {
+        let cmd = format!(r#"{{"reqID":{i},"msgType":"read","data":{{"path":"/3/0/0"}}}}"#);
+        app.publish(&format!("lwm2m/{n}/dn/cmd"), cmd.as_bytes(), 1)
+            .unwrap();
+    }
+    for s in socks {
+        assert_eq!(answer_read(s, gw, b"x"), "/3/0/0");
+    }
+    let ids: Vec<u64> = (0..names.len() as u64).collect();
+    let got = finals(app, &ids);
+    assert!(got.values().all(|c| c == "2.05"), "{got:?}");
+}
+
+/// With per-endpoint subscriptions each registration subscribes on its own shard's
+/// broker connection, so every command arrives where its device lives: no hand-off
+/// between shards (`lwm2m_commands_local_total` = routed).
+#[test]
+fn commands_arrive_on_the_connection_of_the_devices_shard() {
+    const N: usize = 16;
+    let broker = Mosquitto::start();
+    let gw = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "[engine]\nshards = 2\n",
+        "connections = 4",
+    );
+    let names: Vec<String> = (0..N).map(|i| format!("home{i}")).collect();
+    let socks: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
+    for (n, s) in names.iter().zip(&socks) {
+        assert_eq!(register(s, gw.udp, n, &[]).0, codes::CREATED);
+    }
+    let want: HashSet<String> = names.iter().map(|n| format!("lwm2m/{n}/dn/#")).collect();
+    assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
+    // 4 connections over 2 shards: the devices' filters are spread over them, and
+    // no filter is held twice.
+    let holders = broker.holders("lwm2m-gateway");
+    assert!(holders.values().all(|n| *n == 1), "{holders:?}");
+    let mut app = MqttClient::connect(broker.addr(), "home-app", true).unwrap();
+    app.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    read_each(&mut app, gw.udp, &names, &socks);
+    let m = gw.metrics_when(|m| m.sum("lwm2m_commands_routed_total", &[]) >= N as f64);
+    assert_eq!(m.sum("lwm2m_commands_routed_total", &[]), N as f64);
+    assert_eq!(m.sum("lwm2m_commands_local_total", &[]), N as f64);
+}
+
+/// A device registering again from another address may land on the other shard; its
+/// filter keeps its one subscription (at the shard that made it), commands reach the
+/// new registration exactly once, and de-registering gives the filter up.
+#[test]
+fn registering_again_on_another_shard_keeps_one_subscription() {
+    const N: usize = 12;
+    let broker = Mosquitto::start();
+    let gw = GatewayProc::start(Broker::External(broker.addr()), "[engine]\nshards = 2\n");
+    let names: Vec<String> = (0..N).map(|i| format!("again{i}")).collect();
+    let first: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
+    for (n, s) in names.iter().zip(&first) {
+        assert_eq!(register(s, gw.udp, n, &[]).0, codes::CREATED);
+    }
+    let want: HashSet<String> = names.iter().map(|n| format!("lwm2m/{n}/dn/#")).collect();
+    assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
+    // Each registers again from a new address (a new 4-tuple: either shard).
+    let second: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 3])).collect();
+    let mut locations = Vec::new();
+    for (n, s) in names.iter().zip(&second) {
+        let (code, location, _) = register(s, gw.udp, n, &[]);
+        assert_eq!(code, codes::CREATED);
+        locations.push(location.expect("a location"));
+    }
+    // Give any stray subscription time to reach the broker, then count holders.
+    std::thread::sleep(Duration::from_millis(500));
+    let holders = broker.holders("lwm2m-gateway");
+    assert_eq!(holders.keys().cloned().collect::<HashSet<_>>(), want);
+    assert!(holders.values().all(|n| *n == 1), "{holders:?}");
+    let mut app = MqttClient::connect(broker.addr(), "again-app", true).unwrap();
+    app.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    read_each(&mut app, gw.udp, &names, &second);
+    // Nothing went to the old addresses.
+    let mut b = [0u8; 64];
+    for s in &first {
+        assert!(
+            s.recv_from(&mut b).is_err(),
+            "a request reached the old address"
+        );
+    }
+    // De-registering every one gives every filter up.
+    for (i, (s, loc)) in second.iter().zip(&locations).enumerate() {
+        let req = request_bytes(codes::DELETE, 50 + i as u16, &["rd", loc], &[], b"");
+        assert_eq!(exchange(s, gw.udp, &req).0, codes::DELETED);
+    }
+    assert_eq!(
+        broker.subscriptions_become("lwm2m-gateway", &HashSet::new()),
+        HashSet::new()
+    );
+}
+
+/// Wildcard mode: the one filter lives on shard 0's connection, which hands the
+/// commands of the other shard's devices over; every one is answered once.
+#[test]
+fn wildcard_commands_reach_devices_on_every_shard() {
+    const N: usize = 16;
+    let broker = Mosquitto::start();
+    let gw = GatewayProc::start_with(
+        Broker::External(broker.addr()),
+        "[engine]\nshards = 2\n",
+        "subscribe = \"wildcard\"",
+    );
+    let names: Vec<String> = (0..N).map(|i| format!("wild{i}")).collect();
+    let socks: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
+    for (n, s) in names.iter().zip(&socks) {
+        assert_eq!(register(s, gw.udp, n, &[]).0, codes::CREATED);
+    }
+    let want: HashSet<String> = ["lwm2m/+/dn/#".to_string()].into();
+    assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
+    let mut app = MqttClient::connect(broker.addr(), "wild-app", true).unwrap();
+    app.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    read_each(&mut app, gw.udp, &names, &socks);
+    let m = gw.metrics_when(|m| m.sum("lwm2m_commands_routed_total", &[]) >= N as f64);
+    assert_eq!(m.sum("lwm2m_commands_routed_total", &[]), N as f64);
+    // 16 devices all on shard 0 has a chance of 2^-16.
+    assert!(m.sum("lwm2m_commands_local_total", &[]) < N as f64);
 }
 
 #[test]

@@ -35,7 +35,8 @@ pub struct Mqtt {
     /// 0 disables keepalive; otherwise whole seconds, 1s..=65535s.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub keepalive: Duration,
-    /// Connections the MQTT I/O thread multiplexes (1..=64).
+    /// Broker connections, spread over the shards (each shard publishes and
+    /// receives its commands on its own; at least one each) (1..=64).
     pub connections: usize,
     pub subscribe: SubscribeMode,
     /// QoS>=1 publishes awaiting their ack, per connection (1..=65535).

@@ -1,9 +1,10 @@
-//! Starting and stopping the gateway: the embedded broker (if configured), the MQTT
-//! I/O thread, one UDP socket and thread per shard, and the orderly shutdown that
-//! stops receiving, lets the shards hand their last messages over, and flushes MQTT.
+//! Starting and stopping the gateway: the embedded broker (if configured), one UDP
+//! socket, thread and set of broker connections per shard, and the orderly shutdown
+//! that stops receiving and lets every shard publish what it holds and disconnect.
 
 use super::admin::GatewayAdmin;
 use super::dtls_side::{DtlsSide, DTLS};
+use super::mqtt_side::{MqttSide, MQTT_TOKEN_BASE};
 use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
@@ -11,7 +12,7 @@ use crate::auth::AuthService;
 use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
-use crate::mqtt::{self, MqttHandle, MqttOptions, ServerAddr};
+use crate::mqtt::{self, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
@@ -23,8 +24,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const WAKER: Token = Token(0);
-/// How long shutdown waits for the broker to acknowledge what is still in flight.
-const MQTT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -61,8 +60,7 @@ pub struct Gateway {
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     shard_threads: Vec<JoinHandle<()>>,
-    mqtt: MqttHandle,
-    mqtt_thread: Option<JoinHandle<()>>,
+    mqtt_stats: Arc<MqttStats>,
     watcher: Option<JoinHandle<()>>,
     api: Option<ApiServer>,
     auth: AuthService,
@@ -132,17 +130,19 @@ impl Gateway {
         let senders: Arc<Vec<MailboxSender<ShardMsg>>> = Arc::new(senders);
 
         let router_counters = Arc::new(RouterCounters::default());
-        let router = CommandRouter {
+        let router = Arc::new(CommandRouter {
             mountpoint: settings.mountpoint.clone(),
             command_topic: settings.command.topic.clone(),
-            response: settings.response.clone(),
             dir: dir.clone(),
-            shards: senders.clone(),
+            shards,
             counters: router_counters.clone(),
-        };
-        let (mqtt, mqtt_thread) = mqtt::spawn(mqtt_options(cfg, server), Box::new(router))
-            .map_err(|e| start_err("MQTT thread", e))?;
-        if !settings.per_endpoint_subscriptions {
+        });
+        let mqtt_opts = mqtt_options(cfg, server);
+        let mqtt_tls = mqtt::tls_for(&mqtt_opts).map_err(|e| start_err("MQTT TLS settings", e))?;
+        let mqtt_stats = Arc::new(MqttStats::default());
+        // The wildcard filter (when commands are not subscribed per endpoint) lives
+        // on shard 0's connections; shard 0 hands each command to its endpoint's shard.
+        let wildcard = (!settings.per_endpoint_subscriptions).then(|| {
             let filter = settings.wildcard_command_filter();
             tracing::info!(%filter, "subscribing command wildcard");
             if wildcard_covers_uplinks(&settings, &filter) {
@@ -153,12 +153,12 @@ impl Gateway {
                      with '/' to avoid it"
                 );
             }
-            let _ = mqtt.send(MqttOut::Subscribe {
+            MqttOut::Subscribe {
                 lane: 0,
                 filter,
                 qos: settings.command.qos,
-            });
-        }
+            }
+        });
 
         let clock = Clock::new();
         let epoch_ms = std::time::SystemTime::now()
@@ -184,7 +184,7 @@ impl Gateway {
             core_stats: core_stats.clone(),
             shard_counters: shard_counters.clone(),
             router: router_counters.clone(),
-            mqtt: mqtt.stats().clone(),
+            mqtt: mqtt_stats.clone(),
             epoch_ms,
         });
         let ctx = Arc::new(ShardContext {
@@ -192,7 +192,11 @@ impl Gateway {
             settings,
             registry,
             dir: dir.clone(),
-            mqtt: mqtt.clone(),
+            mqtt: mqtt_opts,
+            mqtt_tls,
+            mqtt_stats: mqtt_stats.clone(),
+            wildcard: Mutex::new(wildcard),
+            router,
             peers: senders,
             stop: stop.clone(),
             counters: shard_counters.clone(),
@@ -226,8 +230,7 @@ impl Gateway {
             stop,
             wakers,
             shard_threads,
-            mqtt,
-            mqtt_thread: Some(mqtt_thread),
+            mqtt_stats,
             watcher: Some(watcher),
             api: Some(api),
             auth,
@@ -243,11 +246,12 @@ impl Gateway {
         self.udp_addr
     }
 
-    pub fn mqtt_stats(&self) -> &Arc<mqtt::MqttStats> {
-        self.mqtt.stats()
+    pub fn mqtt_stats(&self) -> &Arc<MqttStats> {
+        &self.mqtt_stats
     }
 
-    /// Stops receiving, lets every shard flush, then flushes MQTT and disconnects.
+    /// Stops receiving; every shard publishes what it holds (waiting up to 5 s for the
+    /// broker's acknowledgements) and disconnects.
     pub fn stop(mut self) {
         if let Some(api) = self.api.take() {
             api.stop();
@@ -267,10 +271,6 @@ impl Gateway {
                 "shard stopped"
             );
         }
-        self.mqtt.shutdown(MQTT_FLUSH_TIMEOUT);
-        if let Some(t) = self.mqtt_thread.take() {
-            let _ = t.join();
-        }
         if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
@@ -285,7 +285,12 @@ struct ShardContext {
     settings: Arc<CoreSettings>,
     registry: Arc<SharedRegistry>,
     dir: Arc<Directory>,
-    mqtt: MqttHandle,
+    mqtt: MqttOptions,
+    mqtt_tls: Option<Arc<rustls::ClientConfig>>,
+    mqtt_stats: Arc<MqttStats>,
+    /// The command wildcard subscription, taken by shard 0.
+    wildcard: Mutex<Option<MqttOut>>,
+    router: Arc<CommandRouter>,
     peers: Arc<Vec<MailboxSender<ShardMsg>>>,
     stop: Arc<AtomicBool>,
     counters: Vec<Arc<ShardCounters>>,
@@ -313,12 +318,14 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
     core.set_registry(ctx.registry.clone());
+    let mqtt = shard_mqtt(i, ctx, poll.registry().try_clone()?);
     let mut app = UdpShard::new(
         core,
         socket,
         ctx.recv_batch,
         ctx.max_datagram,
-        ctx.mqtt.clone(),
+        mqtt,
+        ctx.router.clone(),
         ctx.peers.clone(),
         ctx.stop.clone(),
         ctx.counters[i].clone(),
@@ -352,6 +359,32 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         &mut timers,
         &cfg,
     )
+}
+
+/// Shard `i`'s broker connections: `mqtt.connections` spread over the shards (at
+/// least one each), named `{client_id}-{n}` with n unique in the process, holding
+/// their share of `mqtt.buffer_messages`.
+fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide {
+    let shards = ctx.counters.len().max(1);
+    let per_shard = ctx.mqtt.connections.div_ceil(shards).max(1);
+    let cap = ctx.mqtt.buffer_messages.div_ceil(shards).max(1);
+    let mut client = MqttClient::new(
+        ctx.mqtt.clone(),
+        i * per_shard,
+        per_shard,
+        MQTT_TOKEN_BASE,
+        cap,
+        ctx.mqtt_stats.clone(),
+        ctx.mqtt_tls.clone(),
+        ctx.seed ^ (i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93),
+        std::time::Instant::now(),
+    );
+    if i == 0 {
+        if let Some(sub) = ctx.wildcard.lock().take() {
+            client.accept(sub);
+        }
+    }
+    MqttSide::new(client, registry)
 }
 
 /// The DTLS listener's bind address and settings, with its PSK file loaded (and

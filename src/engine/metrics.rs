@@ -241,10 +241,6 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             }
         }
     }
-    // What the router answered itself (a full mailbox).
-    for (row, shed) in ended.iter_mut().zip(&a.router.shed_by_type) {
-        row[Outcome::Shed as usize] += shed.load(Ordering::Relaxed);
-    }
     let ended_help = "Commands ended (their one final MQTT message), by msgType and outcome; \
                       msg_type \"unknown\" for commands refused before a known msgType was read.";
     for op in Op::ALL {
@@ -377,12 +373,6 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     }
     per_shard_atomic!(
         counter,
-        "lwm2m_mqtt_handoff_dropped_total",
-        "Messages the MQTT thread's queue refused.",
-        mqtt_dropped
-    );
-    per_shard_atomic!(
-        counter,
         "lwm2m_mailbox_dropped_total",
         "Cross-shard messages dropped (destination gone, or a recoverable one over the backlog cap).",
         mailbox_dropped
@@ -408,6 +398,13 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         r.routed.load(Ordering::Relaxed),
     );
     w.counter(
+        "lwm2m_commands_local_total",
+        "Commands that arrived on the broker connection of the shard holding their endpoint \
+         (handled there, no hand-off between threads).",
+        &[],
+        r.local.load(Ordering::Relaxed),
+    );
+    w.counter(
         "lwm2m_commands_unknown_endpoint_total",
         "Commands for unregistered endpoints.",
         &[],
@@ -418,7 +415,7 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Commands answered 5.03 at once because the shard holding their endpoint could not take \
          them (a full mailbox, or too many cross-shard messages waiting).",
         &[],
-        r.mailbox_full.load(Ordering::Relaxed) + snaps.iter().map(|s| s.commands_shed).sum::<u64>(),
+        snaps.iter().map(|s| s.commands_shed).sum::<u64>(),
     );
     w.counter(
         "lwm2m_commands_foreign_topic_total",

@@ -1,12 +1,13 @@
-//! The I/O side: shard threads that drive the sans-IO core with real sockets, the
-//! MQTT router that hands commands to the shard holding an endpoint, and the
-//! start/stop sequence of the whole gateway.
+//! The I/O side: shard threads that drive the sans-IO core with real sockets and
+//! their own broker connections, the router that hands a command to the shard
+//! holding its endpoint, and the start/stop sequence of the whole gateway.
 
 mod admin;
 mod backlog;
 mod dtls_side;
 mod gateway;
 mod metrics;
+mod mqtt_side;
 mod router;
 mod udp_shard;
 

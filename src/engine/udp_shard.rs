@@ -1,12 +1,15 @@
 //! One shard thread's application: its UDP socket (SO_REUSEPORT), recvmmsg and
-//! sendmmsg batches, the protocol core, and the plumbing of the core's outputs to
-//! the MQTT thread, the timer wheel and the other shards' mailboxes.
+//! sendmmsg batches, the protocol core, its own broker connections (`mqtt_side.rs`),
+//! and the plumbing of the core's outputs to the broker, the timer wheel and the
+//! other shards' mailboxes.
 
 use super::backlog::{Backlog, Sent};
 use super::dtls_side::{DtlsSide, DTLS};
+use super::mqtt_side::MqttSide;
+use super::router::CommandRouter;
 use crate::auth::AuthService;
+use crate::lwm2m::command::Arrival;
 use crate::lwm2m::{CoreStats, ShardCore, ShardMsg, Timer};
-use crate::mqtt::MqttHandle;
 use mio::net::UdpSocket;
 use netio::{RecvBatch, SendBatch};
 use shard::{MailboxSender, ShardApp, TimerWheel};
@@ -17,6 +20,8 @@ use std::sync::Arc;
 pub const UDP: mio::Token = mio::Token(1);
 /// recvmmsg calls per readable event before other work gets a turn.
 const READS_PER_TURN: usize = 8;
+/// How long shutdown waits for the broker to acknowledge what is still held.
+const MQTT_FLUSH_MS: u64 = 5000;
 
 /// Counters a shard shares with the rest of the process (read by metrics and tests).
 #[derive(Debug, Default)]
@@ -24,7 +29,6 @@ pub struct ShardCounters {
     pub endpoints: AtomicU64,
     pub datagrams_in: AtomicU64,
     pub oversized: AtomicU64,
-    pub mqtt_dropped: AtomicU64,
     pub mailbox_dropped: AtomicU64,
     /// Cross-shard messages that waited for room in a full mailbox (then delivered).
     pub mailbox_deferred: AtomicU64,
@@ -45,7 +49,8 @@ pub struct UdpShard {
     pub socket: UdpSocket,
     recv: RecvBatch,
     send: SendBatch,
-    mqtt: MqttHandle,
+    mqtt: MqttSide,
+    router: Arc<CommandRouter>,
     peers: Arc<Vec<MailboxSender<ShardMsg>>>,
     stop: Arc<AtomicBool>,
     counters: Arc<ShardCounters>,
@@ -71,7 +76,8 @@ impl UdpShard {
         socket: UdpSocket,
         recv_batch: usize,
         max_datagram: usize,
-        mqtt: MqttHandle,
+        mqtt: MqttSide,
+        router: Arc<CommandRouter>,
         peers: Arc<Vec<MailboxSender<ShardMsg>>>,
         stop: Arc<AtomicBool>,
         counters: Arc<ShardCounters>,
@@ -84,6 +90,7 @@ impl UdpShard {
             recv: RecvBatch::new(recv_batch, max_datagram),
             send: SendBatch::new(recv_batch),
             mqtt,
+            router,
             peers: peers.clone(),
             stop,
             counters,
@@ -146,12 +153,43 @@ impl UdpShard {
         self.send_to_shards(timers);
     }
 
-    /// The core's MQTT output to the MQTT thread.
+    /// The core's MQTT output to this shard's broker connections (written at the
+    /// end of the turn).
     fn send_mqtt(&mut self) {
         for m in self.core.out.mqtt.drain(..) {
-            if self.mqtt.send(m).is_err() {
-                self.counters.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
+            self.mqtt.accept(m);
+        }
+    }
+
+    /// Commands the broker delivered on this shard's connections: handled here when
+    /// the endpoint lives here, else handed to its shard.
+    fn take_commands(&mut self, now: u64, timers: &mut TimerWheel<Timer>) {
+        let me = self.core.shard();
+        let mut any = false;
+        for d in self.mqtt.take_commands() {
+            let Some(shard) = self.router.route(&d.topic) else {
+                tracing::debug!(topic = %d.topic, "not a command topic of this gateway");
+                continue;
+            };
+            any = true;
+            let cmd = ShardMsg::Command {
+                topic: d.topic,
+                payload: d.payload,
+                hops: 0,
+                arrival: Arrival {
+                    at_ms: None,
+                    expiry_s: d.expiry_s,
+                },
+            };
+            if shard == me {
+                self.router.counters.local.fetch_add(1, Ordering::Relaxed);
+                self.core.handle_message(now, cmd);
+            } else {
+                self.core.out.to_shards.push((shard, cmd));
             }
+        }
+        if any {
+            self.route_outputs(timers);
         }
     }
 
@@ -256,6 +294,15 @@ impl ShardApp for UdpShard {
         timers: &mut TimerWheel<Timer>,
     ) -> bool {
         self.now_ms = now_ms;
+        if self.mqtt.owns(token) {
+            let more = self.mqtt.on_event(token, readable, writable);
+            self.take_commands(now_ms, timers);
+            return more;
+        }
+        if self.mqtt.stopping() {
+            // Shutting down: no more device traffic, only the broker flush.
+            return false;
+        }
         if token == DTLS {
             let Some(d) = self.dtls.as_mut() else {
                 return false;
@@ -289,6 +336,11 @@ impl ShardApp for UdpShard {
             self.retry_armed = false;
             return;
         }
+        if t == Timer::Mqtt {
+            // The turn's flush runs the connections' timers.
+            self.mqtt.on_timer();
+            return;
+        }
         if t == Timer::Transport {
             if let Some(d) = self.dtls.as_mut() {
                 d.on_timer(now_ms, &mut self.core, timers);
@@ -313,12 +365,17 @@ impl ShardApp for UdpShard {
         if let Some(d) = self.dtls.as_mut() {
             d.flush();
         }
+        if self.stop.load(Ordering::Relaxed) {
+            self.mqtt.begin_stop(now_ms, MQTT_FLUSH_MS);
+        }
+        self.mqtt.turn(now_ms, timers);
         self.publish_counters(now_ms);
-        // Unsent datagrams wait for the socket's writable event.
+        // Unsent datagrams wait for the socket's writable event; a broker connection
+        // with more to read is called again by the loop (its `on_io` said so).
         false
     }
 
     fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.mqtt.closed()
     }
 }

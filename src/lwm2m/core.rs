@@ -350,7 +350,7 @@ impl ShardCore {
                 }
             }
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
-            Timer::Transport | Timer::MailboxRetry => {}
+            Timer::Transport | Timer::MailboxRetry | Timer::Mqtt => {}
             Timer::BlockExpire { id } => self.on_block_expire(now, id),
             Timer::TakeoverTimeout { location } => {
                 if self
@@ -448,6 +448,11 @@ impl ShardCore {
                 }
                 self.settings = s;
             }
+            ShardMsg::Subscription {
+                change,
+                name,
+                location,
+            } => self.subscription_arrived(change, &name, location),
             ShardMsg::Evict {
                 name,
                 location,
@@ -1226,23 +1231,84 @@ impl ShardCore {
                 .release_route(&ep.mountpoint, &ep.name, ep.location)
         };
         if owned && self.settings.per_endpoint_subscriptions {
-            self.out.mqtt.push(MqttOut::Unsubscribe {
-                lane: ep.lane,
-                filter: self.settings.command_filter(&ep.mountpoint),
-            });
+            let filter = self.settings.command_filter(&ep.mountpoint);
+            // Forgotten first: whoever subscribes the filter from now on makes a new home.
+            let home = self.dir.take_sub_home(&filter).unwrap_or(self.shard);
+            self.subscription_change(
+                home,
+                MqttOut::Unsubscribe {
+                    lane: home as u32,
+                    filter,
+                },
+                &ep.name,
+                ep.location,
+            );
         }
     }
 
+    /// Subscribes the registration's command filter on the broker connections of the
+    /// filter's home shard: this one, unless another registration of it holds it elsewhere.
     fn subscribe(&mut self, slot: u32) {
         if !self.settings.per_endpoint_subscriptions {
             return;
         }
         let ep = self.table.get(slot).expect("slot");
-        self.out.mqtt.push(MqttOut::Subscribe {
-            lane: ep.lane,
-            filter: self.settings.command_filter(&ep.mountpoint),
+        let filter = self.settings.command_filter(&ep.mountpoint);
+        let home = self.dir.sub_home(&filter, self.shard);
+        let change = MqttOut::Subscribe {
+            lane: home as u32,
+            filter,
             qos: self.settings.command.qos,
-        });
+        };
+        let (name, location) = (ep.name.clone(), ep.location);
+        self.subscription_change(home, change, &name, location);
+    }
+
+    /// A subscription change of registration `(name, location)` goes out on the home
+    /// shard's connections (`lane` names it).
+    fn subscription_change(&mut self, home: u16, change: MqttOut, name: &str, location: u64) {
+        if home == self.shard {
+            self.out.mqtt.push(change);
+        } else {
+            self.out.to_shards.push((
+                home,
+                ShardMsg::Subscription {
+                    change,
+                    name: name.into(),
+                    location,
+                },
+            ));
+        }
+    }
+
+    /// A subscription change another shard sent to this one, the filter's home when it
+    /// was sent. A subscribe is done only while the registration that asked for it is
+    /// the current one of its name (else it left, giving the filter up, or a newer one
+    /// subscribed for itself) and the filter's home is still here; an unsubscribe whose
+    /// filter a newer registration brought back here is not done.
+    fn subscription_arrived(&mut self, change: MqttOut, name: &str, location: u64) {
+        let me = self.shard;
+        match change {
+            MqttOut::Subscribe { filter, qos, .. } => {
+                let current = self.dir.by_name(name).map(|e| e.location) == Some(location);
+                if current && self.dir.sub_home(&filter, me) == me {
+                    self.out.mqtt.push(MqttOut::Subscribe {
+                        lane: me as u32,
+                        filter,
+                        qos,
+                    });
+                }
+            }
+            MqttOut::Unsubscribe { filter, .. } => {
+                if self.dir.sub_home_of(&filter) != Some(me) {
+                    self.out.mqtt.push(MqttOut::Unsubscribe {
+                        lane: me as u32,
+                        filter,
+                    });
+                }
+            }
+            MqttOut::Publish { .. } => self.out.mqtt.push(change),
+        }
     }
 
     fn publish_registration(&mut self, slot: u32, kind: &str) {

@@ -1,7 +1,8 @@
 //! The global directory shared by every shard and the MQTT thread: which shard holds
 //! an endpoint (by name and by registration location), and for mountpoints that are
 //! not keyed by the endpoint name alone, which registration a rendered mountpoint
-//! names (the one that owns its command subscription).
+//! names (the one that owns its command subscription), and which shard's broker
+//! connections hold each command subscription (its "home").
 //! Lock-free concurrent maps (papaya); only registrations, expiries and takeovers
 //! write to it, never an ordinary datagram.
 
@@ -41,6 +42,15 @@ pub struct Directory {
     locations: HashMap<u64, (u16, bool)>,
     /// Rendered mountpoint → (endpoint name, location) of the registration that owns it.
     routes: HashMap<Box<str>, (Box<str>, u64)>,
+    /// Command filter (keyed hash of its text) → the shard whose broker connections
+    /// hold its subscription. The first registration to subscribe a filter makes its
+    /// own shard the home, so its commands arrive where it lives; a registration of
+    /// the same filter elsewhere later reuses that home rather than subscribing twice
+    /// (which would deliver every command twice).
+    sub_homes: HashMap<u64, u16>,
+    /// The key of `sub_homes` (random per process: device names cannot be chosen to
+    /// collide with another device's filter).
+    sub_key: std::collections::hash_map::RandomState,
     /// Set before the first DTLS registration is claimed: until then no name is
     /// secure, and the per-Register check for one costs no lookup.
     secure_seen: AtomicBool,
@@ -52,6 +62,8 @@ impl Default for Directory {
             names: HashMap::with_hasher(DefaultHashBuilder::default()),
             locations: HashMap::with_hasher(DefaultHashBuilder::default()),
             routes: HashMap::with_hasher(DefaultHashBuilder::default()),
+            sub_homes: HashMap::with_hasher(DefaultHashBuilder::default()),
+            sub_key: std::collections::hash_map::RandomState::new(),
             secure_seen: AtomicBool::new(false),
         }
     }
@@ -170,6 +182,29 @@ impl Directory {
             .map(|(n, _)| n.to_string())
     }
 
+    fn sub_hash(&self, filter: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.sub_key.hash_one(filter)
+    }
+
+    /// The home of `filter`'s subscription, made `shard` if it has none.
+    pub fn sub_home(&self, filter: &str, shard: u16) -> u16 {
+        *self
+            .sub_homes
+            .pin()
+            .get_or_insert(self.sub_hash(filter), shard)
+    }
+
+    /// The home of `filter`'s subscription, if it has one.
+    pub fn sub_home_of(&self, filter: &str) -> Option<u16> {
+        self.sub_homes.pin().get(&self.sub_hash(filter)).copied()
+    }
+
+    /// Forgets `filter`'s home (its subscription is being given up); returns it.
+    pub fn take_sub_home(&self, filter: &str) -> Option<u16> {
+        self.sub_homes.pin().remove(&self.sub_hash(filter)).copied()
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -185,6 +220,19 @@ mod tests {
 
     fn e(shard: u16, location: u64) -> DirEntry {
         DirEntry { shard, location }
+    }
+
+    #[test]
+    fn subscription_homes() {
+        let d = Directory::new();
+        assert_eq!(d.sub_home_of("gw/a/dn/#"), None);
+        assert_eq!(d.sub_home("gw/a/dn/#", 1), 1);
+        // A later registration of the same filter on shard 0 keeps shard 1's.
+        assert_eq!(d.sub_home("gw/a/dn/#", 0), 1);
+        assert_eq!(d.sub_home("gw/b/dn/#", 0), 0);
+        assert_eq!(d.take_sub_home("gw/a/dn/#"), Some(1));
+        assert_eq!(d.take_sub_home("gw/a/dn/#"), None);
+        assert_eq!(d.sub_home_of("gw/b/dn/#"), Some(0));
     }
 
     #[test]

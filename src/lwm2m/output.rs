@@ -33,6 +33,9 @@ pub enum Timer {
     /// For the driver: retry cross-shard messages a full mailbox refused; never armed
     /// by the core.
     MailboxRetry,
+    /// The driver's MQTT connections need their timers run (reconnect, keepalive),
+    /// or a shutdown flush reached its deadline; not for the core.
+    Mqtt,
 }
 
 /// Work for a shard that arrives through its mailbox.
@@ -75,6 +78,14 @@ pub enum ShardMsg {
         hops: u8,
         /// Its MQTT 5 message-expiry interval and when a shard first took it.
         arrival: super::command::Arrival,
+    },
+    /// A command subscription change for this shard's broker connections, from the
+    /// shard whose registration `(name, location)` asked for it (this shard was the
+    /// filter's home when it was sent).
+    Subscription {
+        change: MqttOut,
+        name: Box<str>,
+        location: u64,
     },
     /// The endpoint registered again on another shard: drop this registration.
     /// The subscription stays when the new registration uses the same mountpoint.

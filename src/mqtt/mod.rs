@@ -1,11 +1,13 @@
-//! MQTT side of the gateway: one dedicated I/O thread multiplexes a few pipelined broker
-//! connections (MQTT 5 or 3.1.1, see [`Protocol`]) for every shard.
+//! The MQTT client of the gateway: [`MqttClient`], a few pipelined broker connections (MQTT 5
+//! or 3.1.1, see [`Protocol`]) driven by whoever owns a mio loop. Each shard owns one and
+//! publishes on it directly; [`spawn`] runs one on a thread of its own behind a channel
+//! ([`MqttHandle`]), for other users and the client's tests.
 //!
-//! Shards call [`MqttHandle::send`] (non-blocking, bounded queue) with [`Outbound`] messages.
-//! A message goes to connection `lane % connections`, so the messages of one lane keep their
-//! order and a subscription filter lives on exactly one connection. Commands published by
-//! applications come back through [`Inbound::on_publish`] on the MQTT thread, with their MQTT 5
-//! message-expiry interval; what it answers at once is queued like any other publish.
+//! [`MqttClient::accept`] takes [`Outbound`] messages. A message goes to connection
+//! `lane % connections`, so the messages of one lane keep their order and a subscription
+//! filter lives on exactly one connection. PUBLISH packets the broker delivers (commands from
+//! applications) go to [`Inbound::on_publish`] with their MQTT 5 message-expiry interval; what
+//! it answers at once is queued like any other publish.
 //!
 //! # Delivery
 //! - Publishes go out at their own QoS (0, 1 or 2), pipelined: many packets per syscall, at most
@@ -22,8 +24,9 @@
 //!   before that turn's publishes.
 //!
 //! # Buffer and overflow policy
-//! At most `buffer_messages` publishes are held in total (pending plus in flight, over all
-//! connections) while the broker is slow or away. When a new publish arrives with the buffer
+//! At most `cap` publishes are held by a client (pending plus in flight, over its
+//! connections; `buffer_messages` for the thread) while the broker is slow or away. When a
+//! new publish arrives with the buffer
 //! full, one message is dropped, in this order of preference:
 //! 1. the oldest pending QoS 0 publish (of any connection);
 //! 2. if there is none and the new publish is QoS 0: the new publish;
@@ -32,7 +35,7 @@
 //!
 //! Publishes in flight are never dropped. Every drop adds one to
 //! [`MqttStats::dropped_overflow`]. The channel into the thread is bounded by `buffer_messages`
-//! too: when it is full, `send` returns the message (the caller counts the drop).
+//! too: when it is full, [`MqttHandle::send`] returns the message (the caller counts the drop).
 //! Publishes that can never be sent (QoS above 2, empty or wildcard topic, larger than
 //! `max_packet_size` or than the broker's MQTT 5 Maximum Packet Size) are dropped and counted in
 //! [`MqttStats::send_errors`], as are publishes an MQTT 5 broker refuses (reason code >= 0x80).
@@ -80,7 +83,7 @@ pub enum ServerAddr {
     },
 }
 
-/// Settings of the MQTT I/O thread.
+/// Settings of an MQTT client.
 #[derive(Clone)]
 pub struct MqttOptions {
     pub server: ServerAddr,
@@ -91,7 +94,8 @@ pub struct MqttOptions {
     pub password: String,
     /// PINGREQ interval; zero disables keepalive.
     pub keepalive: Duration,
-    /// Broker connections multiplexed by the one thread (at least 1).
+    /// Broker connections of the thread started by [`spawn`] (at least 1); the gateway
+    /// spreads them over its shards.
     pub connections: usize,
     /// QoS>=1 publishes awaiting an ack, per connection.
     pub max_inflight: u16,
@@ -121,7 +125,7 @@ impl std::fmt::Debug for MqttOptions {
     }
 }
 
-/// A message from a shard to the MQTT thread.
+/// A message for the broker (from a shard, or through an [`MqttHandle`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     Publish {
@@ -151,10 +155,11 @@ pub struct Delivery<'a> {
     pub expiry_s: Option<u32>,
 }
 
-/// Called on the MQTT thread for every PUBLISH the broker delivers (commands from applications).
+/// Called by the client's owner for every PUBLISH the broker delivers (commands from
+/// applications).
 /// Must not block.
 pub trait Inbound: Send + 'static {
-    /// `replies`: publishes to send in answer; the thread queues them like messages from
+    /// `replies`: publishes to send in answer; the client queues them like messages from
     /// shards (same size checks and overflow policy).
     fn on_publish(&mut self, msg: &Delivery<'_>, replies: &mut Vec<Outbound>);
 }

@@ -122,11 +122,16 @@ impl Mosquitto {
         }
     }
 
-    /// Stops it with SIGTERM (persistence is saved) and waits for the exit.
     /// Filters currently subscribed by clients whose id starts with `client_prefix`,
     /// as read from the subscribe/unsubscribe log lines (in order).
     pub fn subscriptions(&self, client_prefix: &str) -> std::collections::HashSet<String> {
-        let mut set = std::collections::HashSet::new();
+        self.holders(client_prefix).into_keys().collect()
+    }
+
+    /// For each filter currently subscribed by clients whose id starts with
+    /// `client_prefix`: how many of them hold it.
+    pub fn holders(&self, client_prefix: &str) -> std::collections::HashMap<String, usize> {
+        let mut held = std::collections::HashSet::new();
         for line in self.log().lines() {
             let mut it = line.split_whitespace();
             let (Some(_), Some(client)) = (it.next(), it.next()) else {
@@ -138,17 +143,22 @@ impl Mosquitto {
             let rest: Vec<&str> = it.collect();
             match rest.as_slice() {
                 [q, filter] if q.len() == 1 && q.as_bytes()[0].is_ascii_digit() => {
-                    set.insert(filter.to_string());
+                    held.insert((client.to_string(), filter.to_string()));
                 }
                 [filter] => {
-                    set.remove(*filter);
+                    held.remove(&(client.to_string(), filter.to_string()));
                 }
                 _ => {}
             }
         }
-        set
+        let mut count = std::collections::HashMap::new();
+        for (_, filter) in held {
+            *count.entry(filter).or_insert(0) += 1;
+        }
+        count
     }
 
+    /// Stops it with SIGTERM (persistence is saved) and waits for the exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")

@@ -1,0 +1,170 @@
+//! A shard's own broker connections: the shard publishes what its core produces
+//! (registrations, responses, notifications) and receives the commands of the
+//! subscriptions it is home to on the same connections, in its own event loop. A
+//! command for a device of this shard therefore crosses no thread: broker → shard →
+//! device → shard → broker.
+//!
+//! Timers (reconnect, keepalive, the shutdown deadline) are one `Timer::Mqtt` entry in
+//! the shard's wheel, re-armed when the connections' next deadline comes sooner.
+
+use crate::lwm2m::{MqttOut, Timer};
+use crate::mqtt::{Delivery, Inbound, MqttClient, Outbound};
+use shard::TimerWheel;
+use std::time::Instant;
+
+/// The mio tokens of a shard's broker connections start here.
+pub const MQTT_TOKEN_BASE: usize = 16;
+
+/// A command the broker delivered, copied out of the connection's read buffer.
+pub struct Delivered {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub expiry_s: Option<u32>,
+}
+
+/// Collects what the connections deliver while they are being read.
+#[derive(Default)]
+struct Inbox(Vec<Delivered>);
+
+impl Inbound for Inbox {
+    fn on_publish(&mut self, msg: &Delivery<'_>, _replies: &mut Vec<Outbound>) {
+        self.0.push(Delivered {
+            topic: msg.topic.to_string(),
+            payload: msg.payload.to_vec(),
+            expiry_s: msg.expiry_s,
+        });
+    }
+}
+
+pub struct MqttSide {
+    client: MqttClient,
+    registry: mio::Registry,
+    inbox: Inbox,
+    /// The `Timer::Mqtt` in the wheel (u64::MAX: none).
+    armed_at: u64,
+    /// Shutting down: publish what is held until this time (ms), then disconnect.
+    stop_at: Option<u64>,
+    closed: bool,
+}
+
+impl MqttSide {
+    pub fn new(client: MqttClient, registry: mio::Registry) -> Self {
+        MqttSide {
+            client,
+            registry,
+            inbox: Inbox::default(),
+            armed_at: u64::MAX,
+            stop_at: None,
+            closed: false,
+        }
+    }
+
+    pub fn owns(&self, token: mio::Token) -> bool {
+        self.client.owns(token)
+    }
+
+    /// A readiness event of one of the connections; true when it has more to read.
+    /// Commands it delivered wait in [`take_commands`](Self::take_commands).
+    pub fn on_event(&mut self, token: mio::Token, readable: bool, writable: bool) -> bool {
+        let now = Instant::now();
+        self.client.on_event(
+            &self.registry,
+            &mut self.inbox,
+            token,
+            readable,
+            writable,
+            now,
+        )
+    }
+
+    /// The commands delivered since the last call.
+    pub fn take_commands(&mut self) -> std::vec::Drain<'_, Delivered> {
+        self.inbox.0.drain(..)
+    }
+
+    /// Queues one of the core's MQTT messages. A subscription change (the core sends
+    /// only those this shard is home to) goes to the connection its filter hashes to,
+    /// so that the unsubscribe finds it.
+    pub fn accept(&mut self, msg: MqttOut) {
+        let msg = match msg {
+            Outbound::Subscribe { filter, qos, .. } => Outbound::Subscribe {
+                lane: filter_lane(&filter),
+                filter,
+                qos,
+            },
+            Outbound::Unsubscribe { filter, .. } => Outbound::Unsubscribe {
+                lane: filter_lane(&filter),
+                filter,
+            },
+            publish => publish,
+        };
+        self.client.accept(msg);
+    }
+
+    /// End of a loop turn: connection timers, then everything queued out (one write per
+    /// connection). While stopping, disconnects once nothing is held or the deadline passed.
+    pub fn turn(&mut self, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+        if self.closed {
+            return;
+        }
+        let now = Instant::now();
+        self.client.turn(&self.registry, &mut self.inbox, now);
+        if let Some(stop_at) = self.stop_at {
+            let idle = self.client.is_idle();
+            if idle || now_ms >= stop_at {
+                if !idle {
+                    tracing::warn!(
+                        held = self.client.held(),
+                        "MQTT shutdown timed out with messages held"
+                    );
+                }
+                self.client.close(&self.registry, &mut self.inbox, now);
+                self.closed = true;
+                return;
+            }
+        }
+        let next = self
+            .client
+            .next_deadline()
+            .map(|d| now_ms + d.saturating_duration_since(now).as_millis() as u64)
+            .into_iter()
+            .chain(self.stop_at)
+            .min();
+        if let Some(at) = next {
+            let at = at.max(now_ms + 1);
+            if at < self.armed_at {
+                self.armed_at = at;
+                timers.insert(at, Timer::Mqtt);
+            }
+        }
+    }
+
+    /// The `Timer::Mqtt` fired (the turn's end runs the connections' timers).
+    pub fn on_timer(&mut self) {
+        self.armed_at = u64::MAX;
+    }
+
+    /// Shutdown: from now on publish what is held, for at most `grace_ms`.
+    pub fn begin_stop(&mut self, now_ms: u64, grace_ms: u64) {
+        if self.stop_at.is_none() {
+            self.stop_at = Some(now_ms + grace_ms);
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop_at.is_some()
+    }
+
+    /// Disconnected after a shutdown.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// FNV-1a of a filter: the connection (of the shard's) that holds it.
+fn filter_lane(filter: &str) -> u32 {
+    let h = filter.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    h
+}
