@@ -427,3 +427,10 @@ fn core_subscription_after_stale_adopt() {
 fn core_stale_timers_after_return_to_the_same_slot() {
     checks::core_endpoint(&b64("+////wAAODUspqKioqKioqKioqKioqKioqJnZ2dnZ2dnZ2dnJmdnNzAsKiwsLCwsLCwsLCwsLCwseiwCAAACAP9mZ2dnZ2dnZ///////////////////////////////////////////////////////////////////////CQEJ//X//w1nZ+kNZ2eZmJiYaGfwBQEBZ2cNZGdnZ2c4NSwqLCwsAQEBAQEBAQEBAQEBAQEsLCwsLCwsLCwsLCwCAAACAP9mZ2dnZwBlZ2xnZ6KioqIAAAAPoqKioqKioqKioqKioqKiFgAAAAAAAACioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqIOAKKioqKioqKioqKioqKioqKioqKmoqKioqKioqKioqKioqKiomdnZ2dnZ2dnZ2cmZ2c3MCwqLCwsLCwsLCwsLCwsLCwsAgAAAgD/ZmdnZ2dnZ2f/////////////////////////////////////////////oqKioqKioqKioqKioqKioqKiol5dXV+ioqKioqKioqKioqKioqKioqKmoqKioqKioqKioqKioqKiomdnZ2dnZ2dnZ2cmZ2c3MCwqLCwsLCwsLCwsLCwsLCx6LAIAAAIA/2ZnZ2dnZ2dn//////////////////////////////////////////////////////////////////////8JAQn/9f//DWdnDQ1nZ5mYmJiYmBAAAQFnZw1kZ2dnZzg1LCosLCwsLCwsLCwsLCwsAQAADQACAP9mZ2dnZwBlZ2xnZ6KioqIAAAAPoqKioqKioqKioqKioqKiFgAAAAAAAACioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqIOAKKioqKioqKioqKioqKioqKioqKmoqKioqKioqKioqKioqKiomdnZ2dnZ2dnZ2cmZ2c3MCwqLCwsLCwsLCwsLCwsLCwsAgAAAgD/ZmdnZ2dnZ2f//////////////////////////wkBCf/1//8NZ2cNDWdnmZhnZ2dnZ2dn"));
 }
+
+/// Found by `core_endpoint` once subscriptions got a home shard: a subscribe sent to
+/// the home of a filter lost to a release racing it.
+#[test]
+fn core_subscription_home_race() {
+    checks::core_endpoint(&b64("AWYBAQBBAQHc3Nzc3Nzc3Nzc3NzcAQAAICoQAAABAQAB/xwC3Nxw5HRo3Jzc/xwC3Nxw5HRo3Nzc3Nzc3AsG3Ny/v7+/v7+/v7+/3Nzc3Nw="));
+}

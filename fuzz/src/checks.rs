@@ -481,7 +481,8 @@ pub struct World {
     /// Names that got a register message on MQTT.
     pub names: HashSet<String>,
     pub locations: Vec<String>,
-    pub subscribed: HashSet<String>,
+    /// (shard, filter): the command filters each shard's broker connections hold.
+    pub subscribed: HashSet<(usize, String)>,
     /// Register and update messages published.
     pub publishes: u64,
     pub last: Option<(u8, Vec<u8>)>,
@@ -598,24 +599,26 @@ impl World {
         for (i, c) in self.cores.iter_mut().enumerate() {
             c.out
                 .drain_datagrams(|to, b| datagrams.push((to, b.to_vec())));
-            mqtt.append(&mut c.out.mqtt);
+            mqtt.extend(c.out.mqtt.drain(..).map(|m| (i, m)));
             for (at, t) in c.out.timers.drain(..) {
                 self.timers.push((at, i, t));
             }
             self.mailbox.append(&mut c.out.to_shards);
         }
-        for m in mqtt {
+        for (shard, m) in mqtt {
             match m {
                 MqttOut::Publish { topic, payload, .. } => {
                     if self.mqtt_message(&topic, &payload) {
                         fx.publishes += 1;
                     }
                 }
-                MqttOut::Subscribe { filter, .. } => {
-                    self.subscribed.insert(filter);
+                MqttOut::Subscribe { filter, lane, .. } => {
+                    assert_eq!(lane as usize, shard, "a subscribe names another shard");
+                    self.subscribed.insert((shard, filter));
                 }
-                MqttOut::Unsubscribe { filter, .. } => {
-                    self.subscribed.remove(&filter);
+                MqttOut::Unsubscribe { filter, lane } => {
+                    assert_eq!(lane as usize, shard, "an unsubscribe names another shard");
+                    self.subscribed.remove(&(shard, filter));
                 }
             }
         }
@@ -1101,10 +1104,21 @@ impl World {
                 c.name
             );
         }
-        assert_eq!(
-            self.subscribed, filters,
-            "subscriptions disagree with the tables"
-        );
+        // Every current filter is held by exactly one shard, its home; nothing else is.
+        let held: HashSet<String> = self.subscribed.iter().map(|(_, f)| f.clone()).collect();
+        assert_eq!(held, filters, "subscriptions disagree with the tables");
+        for (shard, f) in &self.subscribed {
+            assert_eq!(
+                self.dir.sub_home_of(f),
+                Some(*shard as u16),
+                "{f} held by shard {shard}, not its home (held by {:?})",
+                self.subscribed
+                    .iter()
+                    .filter(|(_, g)| g == f)
+                    .map(|(s, _)| s)
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 }
 
@@ -1489,6 +1503,11 @@ pub fn run_core(data: &[u8]) -> World {
     assert!(
         w.subscribed.is_empty(),
         "subscriptions outlive the endpoints"
+    );
+    assert_eq!(
+        w.dir.sub_homes(),
+        0,
+        "subscription homes outlive the endpoints"
     );
     let live = w.timers.len();
     assert_eq!(live, 0, "timers left after everything expired");

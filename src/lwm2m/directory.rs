@@ -205,6 +205,11 @@ impl Directory {
         self.sub_homes.pin().remove(&self.sub_hash(filter)).copied()
     }
 
+    /// Filters with a home (as many as command subscriptions held, over the shards).
+    pub fn sub_homes(&self) -> usize {
+        self.sub_homes.len()
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }

@@ -44,6 +44,10 @@ impl Mosquitto {
         Self::start_full(false, None, log_types)
     }
 
+    pub fn start_persistent_logging(log_types: &[&str]) -> Self {
+        Self::start_full(true, None, log_types)
+    }
+
     pub fn start_with(persistence: bool, tls: Option<TlsFiles>) -> Self {
         Self::start_full(persistence, tls, &[])
     }
