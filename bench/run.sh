@@ -15,6 +15,9 @@
 #   cmd-peak    read commands at CMD_PEAK_RATE: the answered rate is the peak
 #   cmd-half    read commands at half that peak: round-trip percentiles
 #   cmd-mix     read/write/execute/observe at the same rate, every answer checked
+#   cmd-floor   the MQTT path of a command alone at that rate: commands through the
+#               broker to a trivial relay client and back (no gateway, no device); the
+#               command round trip compares against it
 #   queue       queue-mode devices: commands held while they sleep, sent on wake-up
 #   dtls        DTLS-PSK devices: handshake, registration and updates over DTLS
 #   notify-2/1  NOTIFY_DEVICES devices auto-observed on /3303/0/5700, NON notifications
@@ -30,13 +33,19 @@ ROOT=$PWD
 REG_DEVICES=${REG_DEVICES:-1000000}
 REG_RATE=${REG_RATE:-60000}
 NOTIFY_DEVICES=${NOTIFY_DEVICES:-10000}
-NOTIFY_RATE=${NOTIFY_RATE:-100000}
+NOTIFY_RATE=${NOTIFY_RATE:-150000}
 STEADY=${STEADY:-10}
 CMD_DEVICES=${CMD_DEVICES:-2000}
-CMD_PEAK_RATE=${CMD_PEAK_RATE:-30000}
+CMD_PEAK_RATE=${CMD_PEAK_RATE:-60000}
 BROKER_COUNT=${BROKER_COUNT:-1000000}
 LG_THREADS=${LG_THREADS:-1}
 CMD_MIX=${CMD_MIX:-read=6,write=2,execute=1,observe=1}
+# Command subscriptions in the command scenarios: per_endpoint (the default with an
+# external broker: each command arrives on the shard of its device) or wildcard (one
+# filter on shard 0, which hands the other shard's commands over). The other
+# scenarios subscribe the wildcard (a million per-endpoint filters would load
+# Mosquitto, not the gateway).
+CMD_SUBSCRIBE=${CMD_SUBSCRIBE:-per_endpoint}
 QUEUE_DEVICES=${QUEUE_DEVICES:-2000}
 QUEUE_COMMANDS=${QUEUE_COMMANDS:-500}
 DTLS_DEVICES=${DTLS_DEVICES:-10000}
@@ -107,7 +116,7 @@ max_conn_rate = 100000000
 
 [mqtt]
 server = "mqtt://$MQ"
-subscribe = "wildcard"
+subscribe = "${SUBSCRIBE:-wildcard}"
 
 [engine]
 shards = $shards
@@ -175,7 +184,7 @@ fi
 
 # 3. Commands on a fresh 2-shard gateway: the peak, then half of it.
 if want cmd; then
-start_gateway gw-cmd-2 2 '["/3303/0/5700"]'
+SUBSCRIBE=$CMD_SUBSCRIBE start_gateway gw-cmd-2 2 '["/3303/0/5700"]'
 loadgen cmd-peak run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
     --devices-offset 100000 --rate 50000 --steady 5 --update-fraction 0 \
     --commands "$CMD_PEAK_RATE" --watch-pid "$GW_PID" --quiet
@@ -190,6 +199,8 @@ loadgen cmd-mix run --gateway "$GW_UDP" --mqtt "$MQ" --register "$CMD_DEVICES" \
     --devices-offset 300000 --rate 50000 --steady "$STEADY" --update-fraction 0 \
     --commands "$HALF" --command-mix "$CMD_MIX" --watch-pid "$GW_PID" --expect-all --quiet
 stop_gateway
+#    The floor: the same rate through the broker and a relay that answers at once.
+loadgen cmd-floor mqtt-relay --mqtt "$MQ" --rate "$HALF" --seconds "$STEADY"
 fi
 
 # 3b. Queue-mode devices (b=UQ, silent between Updates): commands wait in the
@@ -258,6 +269,6 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p bench/results
 STAMP=$(date -u +%Y-%m-%d-%H%M)
 python3 bench/summarize.py "$TMP" "bench/results/$STAMP" "$((END - START))" \
-    "REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
+    "REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
     "$LOAD_START" "$LOAD_END"
 echo "wrote bench/results/$STAMP.md and .json" >&2

@@ -52,7 +52,7 @@ def git_rev():
         return "unknown"
 
 
-names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "cmd-mix", "queue", "dtls", "notify-2",
+names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "cmd-mix", "cmd-floor", "queue", "dtls", "notify-2",
          "notify-1", "notify-half", "echo-rate", "echo-max"]
 raw = {n: load(n) for n in names}
 steal = {n: load(n + ".steal").get("steal_pct") for n in names}
@@ -81,6 +81,7 @@ reg_ok = get(storm, "registration", "ok")
 reg_rate = get(storm, "registration", "rate_per_s")
 rss_per_ep = get(storm, "watch", "rss_bytes_per_endpoint")
 half_p99 = get(raw["cmd-half"], "commands", "rtt", "p99_us")
+floor_p99 = get(raw["cmd-floor"], "rtt", "p99_us")
 
 ratios = {
     "gateway_cpu_us_per_notification": gw_cpu_note,
@@ -91,6 +92,9 @@ ratios = {
     "end_to_end_notify_rate": e2e_rate,
     "broker_rate": broker_rate,
     "end_to_end_over_broker": ratio(e2e_rate, broker_rate),
+    "command_p99_us": half_p99,
+    "mqtt_relay_floor_p99_us": floor_p99,
+    "command_p99_over_floor": ratio(half_p99, floor_p99),
 }
 
 
@@ -206,7 +210,14 @@ for n in ["cmd-peak", "cmd-half", "cmd-mix"]:
     c = get(raw[n], "commands") or {}
     L.append(f"| {n} | {fmt(c.get('target_rate'))} | {fmt(c.get('sent'))} | {fmt(c.get('answered'))} | "
              f"{fmt(c.get('timed_out'))} | {fmt(c.get('rate_per_s'))} | {lat(c.get('rtt'))} |")
+fl = raw["cmd-floor"]
+L.append(f"| cmd-floor (MQTT relay, no gateway) | {fmt(fl.get('target_rate'))} | {fmt(fl.get('sent'))} | "
+         f"{fmt(fl.get('answered'))} | - | {fmt(fl.get('rate_per_s'))} | {lat(fl.get('rtt'))} |")
 L.append("")
+cr = ratios["command_p99_over_floor"]
+L.append(f"Command round trip p99 at half of peak ÷ the MQTT path's own p99 at that rate (cmd-floor: "
+         f"the broker twice and a relay client, no gateway and no device): "
+         f"{'-' if cr is None else f'{cr:.2f}'}.\n")
 mix = get(raw["cmd-mix"], "commands") or {}
 L.append(f"cmd-mix: `{mix.get('mix', '-')}`, {fmt(mix.get('errors'))} answered with another code than "
          f"its kind's success code, {fmt(mix.get('duplicates'))} answered twice; checks "

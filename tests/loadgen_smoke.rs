@@ -3,7 +3,8 @@
 //! registered and published, every command answered once, every notification
 //! delivered, every device de-registered), never speed. Also queue-mode devices
 //! (every command held until the device's Update, then answered) and DTLS devices
-//! (every handshake completed, then the same scenarios over the sessions).
+//! (every handshake completed, then the same scenarios over the sessions), and the
+//! command floor baseline through Mosquitto (every command relayed back).
 
 mod common;
 
@@ -224,4 +225,23 @@ fn loadgen_smoke_dtls() {
     assert_eq!((cmd.errors, cmd.timed_out), (0, 0), "{}", ctx());
     assert_eq!(r.deregistered, Some(30), "{}", ctx());
     assert!(gw.stop().success());
+}
+
+/// The command floor baseline (`mqtt-relay`) against Mosquitto: every command relayed
+/// back and timed.
+#[test]
+fn loadgen_smoke_mqtt_relay() {
+    let broker = common::mosquitto::Mosquitto::start();
+    let o = lwm2m_loadgen::relay::RelayOpts {
+        mqtt: broker.addr(),
+        rate: 500.0,
+        seconds: 1.0,
+        size: 150,
+        json: false,
+    };
+    let r = lwm2m_loadgen::relay::run(&o).expect("relay run");
+    assert_eq!(r.sent, 500, "{}", r.table());
+    assert_eq!(r.answered, 500, "{}", r.table());
+    assert!(r.passed);
+    assert_eq!(r.rtt.count, 500);
 }

@@ -14,6 +14,7 @@ pub mod mqtt;
 pub mod opts;
 pub mod procstat;
 pub mod publish;
+pub mod relay;
 pub mod report;
 mod run;
 pub mod stats;

@@ -9,11 +9,13 @@
 //! lwm2m-loadgen run --register 1000 --dtls --psk-key 0011… --psk-file-out psk.txt   # writes the gateway's PSK file
 //! lwm2m-loadgen run --register 1000 --dtls --psk-key 0011… --gateway 127.0.0.1:5784 --mqtt 127.0.0.1:1883
 //! lwm2m-loadgen mqtt-publish --mqtt 127.0.0.1:1883 --qos 0 --count 200000
+//! lwm2m-loadgen mqtt-relay --mqtt 127.0.0.1:1883 --rate 15000 --seconds 10
 //! ```
 //! Flags given without a subcommand mean `run`.
 
 use clap::{Parser, Subcommand};
 use lwm2m_loadgen::publish::PublishOpts;
+use lwm2m_loadgen::relay::RelayOpts;
 use lwm2m_loadgen::RunOpts;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -49,6 +51,9 @@ enum Cmd {
     },
     /// The broker baseline: a plain publisher and subscriber.
     MqttPublish(PublishOpts),
+    /// The command round trip's floor: commands through the broker to a trivial relay
+    /// and back, paced at a rate.
+    MqttRelay(RelayOpts),
 }
 
 fn main() -> ExitCode {
@@ -65,26 +70,44 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Cmd::MqttPublish(o)) => match lwm2m_loadgen::publish::run(&o) {
-            Ok(r) => {
-                if o.json {
-                    println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
-                } else {
-                    print!("{}", r.table());
-                }
-                if r.passed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("mqtt-publish: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Some(Cmd::MqttPublish(o)) => baseline(
+            "mqtt-publish",
+            lwm2m_loadgen::publish::run(&o).map(|r| (r.passed, r.table(), to_json(&r))),
+            o.json,
+        ),
+        Some(Cmd::MqttRelay(o)) => baseline(
+            "mqtt-relay",
+            lwm2m_loadgen::relay::run(&o).map(|r| (r.passed, r.table(), to_json(&r))),
+            o.json,
+        ),
         Some(Cmd::Run(o)) => run(*o),
         None => run(cli.run),
+    }
+}
+
+fn to_json<T: serde::Serialize>(r: &T) -> String {
+    serde_json::to_string_pretty(r).expect("serializes")
+}
+
+/// Prints a baseline's report (table or JSON); fails when its checks did.
+fn baseline(name: &str, r: std::io::Result<(bool, String, String)>, json: bool) -> ExitCode {
+    match r {
+        Ok((passed, table, js)) => {
+            if json {
+                println!("{js}");
+            } else {
+                print!("{table}");
+            }
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
