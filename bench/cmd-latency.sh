@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The command round trip at a few rates, each against its own floor: for every RATE,
+# a fresh Mosquitto and 2-shard gateway (per-endpoint subscriptions), 2,000 devices and
+# 10 s of read commands at RATE (round-trip percentiles, and the CPU share of the
+# gateway, Mosquitto and the loadgen over 5 s of it), then `lwm2m-loadgen mqtt-relay`
+# at RATE on the same broker (the MQTT path alone). Prints one line per run.
+#
+#   bench/cmd-latency.sh 2000 5000 15000 | tee bench/results/$(date -u +%F-%H%M)-cmd-latency.txt
+#   SKIP_BUILD=1 bench/cmd-latency.sh 7500
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+[ $# -gt 0 ] || set -- 2000 5000 15000
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins >&2
+GW=$ROOT/target/release/lwm2m-gateway
+LG=$ROOT/target/release/lwm2m-loadgen
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt-get install -y mosquitto >/dev/null
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+port() { python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.$1); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
+echo "# $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
+for RATE in "$@"; do
+    T=$(mktemp -d)
+    MQP=$(port SOCK_STREAM)
+    UDP=$(port SOCK_DGRAM)
+    API=$(port SOCK_STREAM)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_queued_messages 1000000\n' \
+        "$MQP" >"$T/m.conf"
+    "$MOSQUITTO" -c "$T/m.conf" 2>/dev/null &
+    MP=$!
+    cat >"$T/g.toml" <<CONF
+xml_dir = "$ROOT/etc/lwm2m_xml"
+[listeners.udp.default]
+bind = "127.0.0.1:$UDP"
+max_conn_rate = 100000000
+[mqtt]
+server = "mqtt://127.0.0.1:$MQP"
+subscribe = "per_endpoint"
+[engine]
+shards = 2
+[api]
+bind = "127.0.0.1:$API"
+CONF
+    sleep 0.3
+    "$GW" --config "$T/g.toml" 2>"$T/g.log" >/dev/null &
+    GP=$!
+    for _ in $(seq 1 100); do grep -q "lwm2m-gateway ready" "$T/g.log" && break; sleep 0.05; done
+    "$LG" run --gateway "127.0.0.1:$UDP" --mqtt "127.0.0.1:$MQP" --register 2000 --rate 50000 \
+        --steady 10 --update-fraction 0 --commands "$RATE" --watch-pid "$GP" --json >"$T/lg.json" 2>/dev/null &
+    LP=$!
+    sleep 4
+    a1=$(cpu_ticks "$GP"); b1=$(cpu_ticks "$MP"); c1=$(cpu_ticks "$LP")
+    sleep 5
+    a2=$(cpu_ticks "$GP"); b2=$(cpu_ticks "$MP"); c2=$(cpu_ticks "$LP")
+    wait "$LP" || true
+    kill "$GP" 2>/dev/null; wait "$GP" 2>/dev/null || true
+    "$LG" mqtt-relay --mqtt "127.0.0.1:$MQP" --rate "$RATE" --seconds 10 --json >"$T/floor.json" || true
+    kill "$MP" 2>/dev/null; wait "$MP" 2>/dev/null || true
+    python3 - "$T" "$RATE" "$a1" "$a2" "$b1" "$b2" "$c1" "$c2" <<'PY'
+import json, sys
+t, rate = sys.argv[1], sys.argv[2]
+a1, a2, b1, b2, c1, c2 = map(int, sys.argv[3:])
+def pct(p):
+    return " / ".join(str(p.get(k, "-")) for k in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"])
+d = json.load(open(f"{t}/lg.json"))
+c = d.get("commands", {})
+f = json.load(open(f"{t}/floor.json"))
+cpu = d.get("watch", {}).get("cpu_us_per_command")
+print(f"rate {rate}/s: commands answered {c.get('answered')} of {c.get('sent')} at {c.get('rate_per_s', 0):.0f}/s, "
+      f"round trip µs p50/p90/p99/p99.9/max {pct(c.get('rtt', {}))}; floor (mqtt-relay) {f.get('answered')} of "
+      f"{f.get('sent')}, µs {pct(f.get('rtt', {}))}; CPU % of a core (ticks over 5 s): gateway {(a2 - a1) / 5:.0f}, "
+      f"mosquitto {(b2 - b1) / 5:.0f}, loadgen {(c2 - c1) / 5:.0f}; gateway CPU-µs per command "
+      f"{'-' if cpu is None else f'{cpu:.1f}'}")
+PY
+    rm -rf "$T"
+done
