@@ -5,6 +5,8 @@
 # 10 s. Writes bench/results/soak-<date>.csv (time, rss_kib, endpoints) and a summary
 # with each cycle's loadgen JSON (latency percentiles); fails if a cycle's checks
 # fail or if RSS kept growing after the warm-up (scripts/soak_summary.py).
+# SOAK_SUBSCRIBE=per_endpoint: one command subscription per device (each with its
+# home shard) instead of the embedded broker's default wildcard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -19,6 +21,7 @@ auto_observe = true
 bind = "127.0.0.1:$udp"
 max_conn_rate = 1000000
 [mqtt]
+subscribe = "${SOAK_SUBSCRIBE:-auto}"
 embedded_bind = "127.0.0.1:$mqtt"
 embedded_bind_v5 = "127.0.0.1:$((mqtt + 3))"
 [api]

@@ -163,8 +163,7 @@ impl MqttSide {
 
 /// FNV-1a of a filter: the connection (of the shard's) that holds it.
 fn filter_lane(filter: &str) -> u32 {
-    let h = filter.bytes().fold(0x811c_9dc5u32, |h, b| {
+    filter.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
-    h
+    })
 }
