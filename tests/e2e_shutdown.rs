@@ -75,7 +75,7 @@ fn flush_on(signal: &str) {
         out.ok, N,
         "devices are served while the broker is frozen: {out:?}"
     );
-    // Nothing can have been acknowledged: all N are held by the MQTT thread.
+    // Nothing can have been acknowledged: all N are held by the shards' connections.
     let held = gw.metrics_when(|m| m.sum("lwm2m_mqtt_buffered", &[]) >= N as f64);
     assert_eq!(held.sum("lwm2m_mqtt_buffered", &[]), N as f64);
     assert_eq!(held.sum("lwm2m_mqtt_acked_total", &[]), 0.0);

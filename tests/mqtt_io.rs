@@ -1,4 +1,4 @@
-//! The MQTT I/O thread against real brokers (the embedded rumqttd and Debian's mosquitto), in
+//! The MQTT client (on its stand-alone I/O thread) against real brokers (the embedded rumqttd and Debian's mosquitto), in
 //! MQTT 3.1.1 and MQTT 5, and against a scripted MQTT 5 broker for the limits and refusals a real
 //! one will not produce on demand.
 
@@ -784,7 +784,7 @@ fn embedded_v5_message_expiry_reaches_the_gateway() {
     }
 }
 
-/// What `Inbound::on_publish` answers with is published (queued on the MQTT thread).
+/// What `Inbound::on_publish` answers with is published (queued by the client).
 #[test]
 fn inbound_replies_are_published() {
     let (v4, v5) = embedded_broker_v5();

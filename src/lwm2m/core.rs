@@ -387,7 +387,8 @@ impl ShardCore {
         }
     }
 
-    /// A message from another shard or the MQTT thread.
+    /// A message from another shard, the management API or the authentication pool, or a
+    /// command this shard's broker connection received.
     pub fn handle_message(&mut self, now: u64, m: ShardMsg) {
         match m {
             ShardMsg::Command {

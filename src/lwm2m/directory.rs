@@ -1,4 +1,4 @@
-//! The global directory shared by every shard and the MQTT thread: which shard holds
+//! The global directory shared by every shard: which shard holds
 //! an endpoint (by name and by registration location), and for mountpoints that are
 //! not keyed by the endpoint name alone, which registration a rendered mountpoint
 //! names (the one that owns its command subscription), and which shard's broker

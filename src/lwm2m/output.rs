@@ -6,8 +6,9 @@ use crate::dtls::PeerIdentity;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// An MQTT action for the MQTT I/O thread (the thread's own message type, so
-/// nothing is converted on the way).
+/// An MQTT action for the shard's broker connections (the MQTT client's own message
+/// type, so nothing is converted on the way). For a subscription change, `lane` names
+/// the home shard of the filter.
 pub use crate::mqtt::Outbound as MqttOut;
 
 /// A timer the core arms; it comes back through `handle_timer` when due.
@@ -70,7 +71,8 @@ pub enum ShardMsg {
     },
     /// New settings applied at run time.
     Settings(std::sync::Arc<super::CoreSettings>),
-    /// A command an MQTT application published (from the MQTT thread).
+    /// A command an MQTT application published (from the shard whose broker connection
+    /// received it, or from a shard forwarding it).
     Command {
         topic: String,
         payload: Vec<u8>,
