@@ -27,7 +27,7 @@ embedded_bind_v5 = "127.0.0.1:$((mqtt + 3))"
 [api]
 bind = "127.0.0.1:$api"
 TOML
-RUST_LOG=warn target/release/lwm2m-gateway --config "$dir/gw.toml" 2> "$dir/gw.log" &
+RUST_LOG=${RUST_LOG:-warn} target/release/lwm2m-gateway --config "$dir/gw.toml" 2> "$dir/gw.log" &
 gw=$!
 sleep 2
 stamp=$(date -u +%Y-%m-%d-%H%M)
@@ -53,10 +53,15 @@ while [ $(( $(date +%s) - start )) -lt $(( minutes * 60 )) ]; do
     target/release/lwm2m-loadgen --gateway "127.0.0.1:$udp" --mqtt "127.0.0.1:$mqtt" \
         --register 2000 --rate 2000 --lifetime 20 --steady 40 --notify-rate 500 \
         --commands 50 --command-mix read=6,write=2,execute=1,observe=1 --devices-offset $(( (cycle % 4) * 5000 )) --prefix "soak$((cycle % 4))-" \
-        $dereg --json --expect-all >> "$out.jsonl"
+        $dereg --json --expect-all >> "$out.jsonl" || {
+        # The summary reports the failed cycle; keep what explains it.
+        curl -s "http://127.0.0.1:$api/metrics" > "$out.cycle$cycle.metrics" || true
+    }
 done
 kill $sampler 2>/dev/null || true
 status=0
 python3 scripts/soak_summary.py "$out.csv" "$out.jsonl" > "$out.md" || status=$?
 cat "$out.md"
+# A failed run keeps the gateway's log next to its results.
+[ $status -eq 0 ] || cp "$dir/gw.log" "$out.gateway.log"
 exit $status

@@ -283,35 +283,52 @@ fn endpoint_table(c: &mut Criterion) {
 
 fn core_register(c: &mut Criterion) {
     const N: u32 = 100_000;
-    let settings = settings();
+    let wildcard = settings();
+    // Per-endpoint command subscriptions (the default with an external broker): each
+    // Register also finds its filter a home in the directory.
+    let per_endpoint = {
+        let mut s = (*wildcard).clone();
+        s.per_endpoint_subscriptions = true;
+        Arc::new(s)
+    };
     let datagrams: Vec<(SocketAddr, Vec<u8>)> =
         (0..N).map(|i| (peer(i), register_bytes(i))).collect();
     let mut g = c.benchmark_group("core");
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);
-    g.bench_function("register_new_device", |b| {
-        b.iter_custom(|iters| {
-            let mut core = ShardCore::new(0, settings.clone(), Arc::new(Directory::new()), 7);
-            let start = std::time::Instant::now();
-            for i in 0..iters {
-                let k = (i % N as u64) as usize;
-                if k == 0 && i > 0 {
-                    core = ShardCore::new(0, settings.clone(), Arc::new(Directory::new()), 7);
+    for (name, settings) in [
+        ("register_new_device", wildcard),
+        (
+            "register_new_device_per_endpoint_subscription",
+            per_endpoint,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let new_core =
+                    || ShardCore::new(0, settings.clone(), Arc::new(Directory::new()), 7);
+                let mut core = new_core();
+                let start = std::time::Instant::now();
+                for i in 0..iters {
+                    let k = (i % N as u64) as usize;
+                    if k == 0 && i > 0 {
+                        core = new_core();
+                    }
+                    let (p, d) = &datagrams[k];
+                    core.handle_datagram(i, *p, d);
+                    if i % 64 == 63 {
+                        drain(&mut core);
+                    }
                 }
-                let (p, d) = &datagrams[k];
-                core.handle_datagram(i, *p, d);
-                if i % 64 == 63 {
-                    drain(&mut core);
+                let took = start.elapsed();
+                if iters > 0 {
+                    let expected = ((iters - 1) % N as u64 + 1) as usize;
+                    assert_eq!(core.endpoints().len(), expected, "every Register accepted");
                 }
-            }
-            let took = start.elapsed();
-            if iters > 0 {
-                let expected = ((iters - 1) % N as u64 + 1) as usize;
-                assert_eq!(core.endpoints().len(), expected, "every Register accepted");
-            }
-            took
-        })
-    });
+                took
+            })
+        });
+    }
     g.finish();
 }
 

@@ -27,8 +27,12 @@ const MAX_PACKET: usize = 64 * 1024 * 1024;
 /// wait, else Err). Port 0 is refused (the chosen port would be unknown).
 ///
 /// Settings: `router.max_connections` 10,000 (rumqttd's default is 0), packets up to 64 MiB
-/// accepted (a small limit turns a large SUBSCRIBE into a silent disconnect loop), no per-filter
-/// segment configuration (each filter's log keeps at most 2 segments of 1 MiB).
+/// accepted (a small limit turns a large SUBSCRIBE into a silent disconnect loop), and each
+/// filter's log keeps up to 16 segments of 1 MiB. rumqttd serves a subscriber from the log of
+/// its filter; one that falls further behind than the log holds silently skips ahead ("Read
+/// cursor start jumped"), losing what it skipped. With 2 segments, the soak's register
+/// messages (2,000 at once while 2,000 per-endpoint subscriptions come and go) were lost for
+/// the application; 16 hold a 16 MiB lag per filter that has traffic.
 pub fn start_embedded_broker(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> io::Result<()> {
     let binds: Vec<SocketAddr> = std::iter::once(bind).chain(bind_v5).collect();
     for b in &binds {
@@ -104,7 +108,7 @@ fn broker_config(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> Config {
         max_connections: 10_000,
         max_outgoing_packet_count: 1024,
         max_segment_size: 1024 * 1024,
-        max_segment_count: 2,
+        max_segment_count: 16,
         custom_segment: None,
         initialized_filters: None,
         ..Default::default()
