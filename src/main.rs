@@ -5,6 +5,10 @@ use clap::Parser;
 use lwm2m_gateway::cli::Cli;
 use lwm2m_gateway::engine::Gateway;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the start waits for the broker before saying "ready" without it.
+const BROKER_WAIT: Duration = Duration::from_secs(5);
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
@@ -45,6 +49,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !gw.wait_for_broker(BROKER_WAIT) {
+        tracing::warn!(
+            waited = ?BROKER_WAIT,
+            "the MQTT broker is not reachable yet: devices are served, their messages held, \
+             and commands reach the gateway once it connects"
+        );
+    }
     tracing::info!(udp = %gw.udp_addr(), "lwm2m-gateway ready");
     let mut signals = signals;
     if let Some(sig) = signals.forever().next() {

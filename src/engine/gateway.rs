@@ -61,6 +61,10 @@ pub struct Gateway {
     wakers: Vec<Arc<Waker>>,
     shard_threads: Vec<JoinHandle<()>>,
     mqtt_stats: Arc<MqttStats>,
+    /// Broker connections over all shards.
+    mqtt_connections: usize,
+    /// Commands come through the one wildcard subscription (on shard 0).
+    wildcard: bool,
     watcher: Option<JoinHandle<()>>,
     api: Option<ApiServer>,
     auth: AuthService,
@@ -138,6 +142,8 @@ impl Gateway {
             counters: router_counters.clone(),
         });
         let mqtt_opts = mqtt_options(cfg, server);
+        let mqtt_connections = shards * mqtt_opts.connections.div_ceil(shards).max(1);
+        let per_endpoint = settings.per_endpoint_subscriptions;
         let mqtt_tls = mqtt::tls_for(&mqtt_opts).map_err(|e| start_err("MQTT TLS settings", e))?;
         let mqtt_stats = Arc::new(MqttStats::default());
         // The wildcard filter (when commands are not subscribed per endpoint) lives
@@ -231,6 +237,8 @@ impl Gateway {
             wakers,
             shard_threads,
             mqtt_stats,
+            mqtt_connections,
+            wildcard: !per_endpoint,
             watcher: Some(watcher),
             api: Some(api),
             auth,
@@ -248,6 +256,25 @@ impl Gateway {
 
     pub fn mqtt_stats(&self) -> &Arc<MqttStats> {
         &self.mqtt_stats
+    }
+
+    /// Waits up to `timeout` for every shard's broker connections to be up and, in
+    /// wildcard mode, for the broker to acknowledge the command subscription: from then
+    /// on a command an application publishes reaches the gateway. False on timeout (the
+    /// connections keep trying; commands published meanwhile find no subscription).
+    pub fn wait_for_broker(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let up = MqttStats::get(&self.mqtt_stats.connected) >= self.mqtt_connections as u64;
+            let subscribed = !self.wildcard || MqttStats::get(&self.mqtt_stats.subacks) >= 1;
+            if up && subscribed {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Stops receiving; every shard publishes what it holds (waiting up to 5 s for the

@@ -630,6 +630,7 @@ impl Connection {
                 if self.sub_ids.remove(&pkid) {
                     self.ids.free(pkid);
                 }
+                MqttStats::inc(&ctx.stats.subacks);
                 if !refused.is_empty() {
                     warn!(
                         conn = self.index,

@@ -22,6 +22,8 @@ pub struct MqttStats {
     pub inbound: AtomicU64,
     /// Filters sent to the broker in SUBSCRIBE packets (re-subscriptions after a reconnect included).
     pub subscribes: AtomicU64,
+    /// SUBACK packets received (each answers one SUBSCRIBE, granted or refused).
+    pub subacks: AtomicU64,
     /// Filters sent to the broker in UNSUBSCRIBE packets.
     pub unsubscribes: AtomicU64,
     /// Messages that could not be sent at all (too large, invalid topic or filter, QoS > 2),
