@@ -83,8 +83,25 @@ impl GatewayAdmin {
         s.location_key = old.location_key;
         let s = Arc::new(s);
         *self.settings.lock() = s.clone();
-        for tx in self.shards.iter() {
-            let _ = tx.send_timeout(ShardMsg::Settings(s.clone()), SHARD_ANSWER);
+        // Sent to all, then waited for: the answer to the PUT means the shards apply
+        // the new settings to whatever comes next.
+        let (applied, done) = crossbeam_channel::bounded(self.shards.len());
+        let sent = self
+            .shards
+            .iter()
+            .filter(|tx| {
+                let msg = ShardMsg::Settings {
+                    settings: s.clone(),
+                    applied: applied.clone(),
+                };
+                tx.send_timeout(msg, SHARD_ANSWER).is_ok()
+            })
+            .count();
+        for _ in 0..sent {
+            if done.recv_timeout(SHARD_ANSWER).is_err() {
+                tracing::warn!("a shard did not confirm the new settings in time");
+                break;
+            }
         }
     }
 }

@@ -442,12 +442,16 @@ impl ShardCore {
                 }
                 let _ = reply.send(found.is_some());
             }
-            ShardMsg::Settings(s) => {
+            ShardMsg::Settings {
+                settings: s,
+                applied,
+            } => {
                 if s.max_conn_rate != self.settings.max_conn_rate {
                     let rate = s.max_conn_rate as f64 / self.shards.max(1) as f64;
                     self.admission = TokenBucket::new(rate);
                 }
                 self.settings = s;
+                let _ = applied.send(());
             }
             ShardMsg::Subscription {
                 change,

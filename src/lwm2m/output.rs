@@ -69,8 +69,12 @@ pub enum ShardMsg {
         name: String,
         reply: crossbeam_channel::Sender<bool>,
     },
-    /// New settings applied at run time.
-    Settings(std::sync::Arc<super::CoreSettings>),
+    /// New settings applied at run time; the shard answers once they apply (so the
+    /// management API's answer means every shard has them).
+    Settings {
+        settings: std::sync::Arc<super::CoreSettings>,
+        applied: crossbeam_channel::Sender<()>,
+    },
     /// A command an MQTT application published (from the shard whose broker connection
     /// received it, or from a shard forwarding it).
     Command {
