@@ -142,7 +142,7 @@ impl Gateway {
             counters: router_counters.clone(),
         });
         let mqtt_opts = mqtt_options(cfg, server);
-        let mqtt_connections = shards * mqtt_opts.connections.div_ceil(shards).max(1);
+        let mqtt_connections = shards * connections_per_shard(mqtt_opts.connections, shards);
         let per_endpoint = settings.per_endpoint_subscriptions;
         let mqtt_tls = mqtt::tls_for(&mqtt_opts).map_err(|e| start_err("MQTT TLS settings", e))?;
         let mqtt_stats = Arc::new(MqttStats::default());
@@ -393,7 +393,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
 /// their share of `mqtt.buffer_messages`.
 fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide {
     let shards = ctx.counters.len().max(1);
-    let per_shard = ctx.mqtt.connections.div_ceil(shards).max(1);
+    let per_shard = connections_per_shard(ctx.mqtt.connections, shards);
     let cap = ctx.mqtt.buffer_messages.div_ceil(shards).max(1);
     let mut client = MqttClient::new(
         ctx.mqtt.clone(),
@@ -412,6 +412,11 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide
         }
     }
     MqttSide::new(client, registry)
+}
+
+/// `mqtt.connections` spread over the shards, at least one each.
+fn connections_per_shard(connections: usize, shards: usize) -> usize {
+    connections.div_ceil(shards.max(1)).max(1)
 }
 
 /// The DTLS listener's bind address and settings, with its PSK file loaded (and
