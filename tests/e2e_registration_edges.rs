@@ -93,6 +93,23 @@ fn next_request(sock: &UdpSocket) -> Message<'static> {
     panic!("no request from the gateway");
 }
 
+/// `names`, each registered from its own socket on `ip`; the sockets in the same order.
+fn register_each(gw: SocketAddr, names: &[String], ip: [u8; 4]) -> Vec<UdpSocket> {
+    names
+        .iter()
+        .map(|n| {
+            let s = socket(ip);
+            assert_eq!(register(&s, gw, n, &[]).0, codes::CREATED);
+            s
+        })
+        .collect()
+}
+
+/// The per-endpoint command filters of `names`.
+fn filters(names: &[String]) -> HashSet<String> {
+    names.iter().map(|n| format!("lwm2m/{n}/dn/#")).collect()
+}
+
 /// Answers the next request (a read) with 2.05 and `body`; returns its path.
 fn answer_read(sock: &UdpSocket, gw: SocketAddr, body: &[u8]) -> String {
     let m = next_request(sock);
@@ -173,11 +190,8 @@ fn commands_arrive_on_the_connection_of_the_devices_shard() {
         "connections = 4",
     );
     let names: Vec<String> = (0..N).map(|i| format!("home{i}")).collect();
-    let socks: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
-    for (n, s) in names.iter().zip(&socks) {
-        assert_eq!(register(s, gw.udp, n, &[]).0, codes::CREATED);
-    }
-    let want: HashSet<String> = names.iter().map(|n| format!("lwm2m/{n}/dn/#")).collect();
+    let socks = register_each(gw.udp, &names, [127, 0, 0, 1]);
+    let want = filters(&names);
     assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
     // 4 connections over 2 shards: the devices' filters are spread over them, and
     // no filter is held twice.
@@ -200,11 +214,8 @@ fn registering_again_on_another_shard_keeps_one_subscription() {
     let broker = Mosquitto::start();
     let gw = GatewayProc::start(Broker::External(broker.addr()), "[engine]\nshards = 2\n");
     let names: Vec<String> = (0..N).map(|i| format!("again{i}")).collect();
-    let first: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
-    for (n, s) in names.iter().zip(&first) {
-        assert_eq!(register(s, gw.udp, n, &[]).0, codes::CREATED);
-    }
-    let want: HashSet<String> = names.iter().map(|n| format!("lwm2m/{n}/dn/#")).collect();
+    let first = register_each(gw.udp, &names, [127, 0, 0, 1]);
+    let want = filters(&names);
     assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
     // Each registers again from a new address (a new 4-tuple: either shard).
     let second: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 3])).collect();
@@ -258,10 +269,7 @@ fn wildcard_commands_reach_devices_on_every_shard() {
         "subscribe = \"wildcard\"",
     );
     let names: Vec<String> = (0..N).map(|i| format!("wild{i}")).collect();
-    let socks: Vec<UdpSocket> = (0..N).map(|_| socket([127, 0, 0, 1])).collect();
-    for (n, s) in names.iter().zip(&socks) {
-        assert_eq!(register(s, gw.udp, n, &[]).0, codes::CREATED);
-    }
+    let socks = register_each(gw.udp, &names, [127, 0, 0, 1]);
     let want: HashSet<String> = ["lwm2m/+/dn/#".to_string()].into();
     assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
     let mut app = MqttClient::connect(broker.addr(), "wild-app", true).unwrap();

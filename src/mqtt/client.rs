@@ -153,30 +153,11 @@ impl MqttClient {
         let Some(i) = token.0.checked_sub(self.token_base) else {
             return false;
         };
-        let Self {
-            opts,
-            conns,
-            stats,
-            tls,
-            scratch,
-            replies,
-            ..
-        } = self;
-        let Some(c) = conns.get_mut(i) else {
-            return false;
-        };
-        let mut ctx = Ctx {
-            opts,
-            stats,
-            inbound,
-            replies,
-            registry,
-            tls: tls.as_ref(),
-            now,
-            scratch,
-        };
-        c.on_event(&mut ctx, readable, writable);
-        let more = c.read_more;
+        let mut more = false;
+        self.each(registry, inbound, now, Some(i), |c, ctx| {
+            c.on_event(ctx, readable, writable);
+            more = c.read_more;
+        });
         self.accept_replies();
         more
     }
@@ -203,59 +184,17 @@ impl MqttClient {
     /// One loop turn: reconnects, connect and keepalive timers, then filter changes and
     /// queued publishes into the write buffers and out.
     pub fn turn(&mut self, registry: &Registry, inbound: &mut dyn Inbound, now: Instant) {
-        {
-            let Self {
-                opts,
-                conns,
-                stats,
-                tls,
-                scratch,
-                replies,
-                ..
-            } = self;
-            let mut ctx = Ctx {
-                opts,
-                stats,
-                inbound,
-                replies,
-                registry,
-                tls: tls.as_ref(),
-                now,
-                scratch,
-            };
-            for c in conns.iter_mut() {
-                c.poll_timers(&mut ctx);
-                c.pump(&mut ctx);
-            }
-        }
+        self.each(registry, inbound, now, None, |c, ctx| {
+            c.poll_timers(ctx);
+            c.pump(ctx);
+        });
         self.accept_replies();
         self.report_held();
     }
 
     /// Sends DISCONNECT on every connection that is up and closes them all.
     pub fn close(&mut self, registry: &Registry, inbound: &mut dyn Inbound, now: Instant) {
-        let Self {
-            opts,
-            conns,
-            stats,
-            tls,
-            scratch,
-            replies,
-            ..
-        } = self;
-        let mut ctx = Ctx {
-            opts,
-            stats,
-            inbound,
-            replies,
-            registry,
-            tls: tls.as_ref(),
-            now,
-            scratch,
-        };
-        for c in conns.iter_mut() {
-            c.close(&mut ctx);
-        }
+        self.each(registry, inbound, now, None, |c, ctx| c.close(ctx));
         self.report_held();
     }
 
@@ -277,6 +216,45 @@ impl MqttClient {
     /// Publishes held: pending and in flight.
     pub fn held(&self) -> usize {
         self.conns.iter().map(|c| c.held()).sum()
+    }
+
+    /// Runs `f` on connection `only` (or on every one) with the context a connection
+    /// needs for one call.
+    fn each(
+        &mut self,
+        registry: &Registry,
+        inbound: &mut dyn Inbound,
+        now: Instant,
+        only: Option<usize>,
+        mut f: impl FnMut(&mut Connection, &mut Ctx),
+    ) {
+        let Self {
+            opts,
+            conns,
+            stats,
+            tls,
+            scratch,
+            replies,
+            ..
+        } = self;
+        let mut ctx = Ctx {
+            opts,
+            stats,
+            inbound,
+            replies,
+            registry,
+            tls: tls.as_ref(),
+            now,
+            scratch,
+        };
+        match only {
+            Some(i) => {
+                if let Some(c) = conns.get_mut(i) {
+                    f(c, &mut ctx);
+                }
+            }
+            None => conns.iter_mut().for_each(|c| f(c, &mut ctx)),
+        }
     }
 
     fn accept_replies(&mut self) {
