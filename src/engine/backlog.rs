@@ -162,13 +162,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_mailbox_defers_in_order_and_nothing_is_lost() {
+    /// One shard's mailbox of one message (the poll keeps its waker alive).
+    fn one_message_mailbox() -> (
+        Poll,
+        Vec<MailboxSender<ShardMsg>>,
+        shard::MailboxReceiver<ShardMsg>,
+    ) {
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        // A mailbox of one message.
         let (tx, rx) = shard::mailbox::<ShardMsg>(1, waker);
-        let peers = vec![tx];
+        (poll, vec![tx], rx)
+    }
+
+    #[test]
+    fn a_full_mailbox_defers_in_order_and_nothing_is_lost() {
+        let (_poll, peers, rx) = one_message_mailbox();
         let mut b = Backlog::new(1);
         assert_eq!(b.send(&peers, 0, evict(1)), Sent::Delivered);
         assert_eq!(b.send(&peers, 0, evict(2)), Sent::Deferred);
@@ -232,10 +240,7 @@ mod tests {
 
     #[test]
     fn over_the_cap_a_command_is_answered_and_only_recoverable_messages_are_dropped() {
-        let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        let (tx, _rx) = shard::mailbox::<ShardMsg>(1, waker);
-        let peers = vec![tx];
+        let (_poll, peers, _rx) = one_message_mailbox();
         let mut b = Backlog::new(1);
         for n in 0..=SOFT_CAP as u64 {
             assert!(matches!(
@@ -277,10 +282,7 @@ mod tests {
 
     #[test]
     fn commands_for_a_shard_that_is_gone_are_answered() {
-        let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        let (tx, rx) = shard::mailbox::<ShardMsg>(1, waker);
-        let peers = vec![tx];
+        let (_poll, peers, rx) = one_message_mailbox();
         let mut b = Backlog::new(1);
         // Waiting behind a full mailbox when the shard goes away.
         assert_eq!(b.send(&peers, 0, evict(1)), Sent::Delivered);
