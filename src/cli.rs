@@ -58,9 +58,13 @@ pub struct Cli {
     #[arg(long, value_name = "URL_OR_embedded")]
     pub mqtt: Option<String>,
 
-    /// Where the embedded broker listens (mqtt.embedded_bind)
+    /// Where the embedded broker listens for MQTT 3.1.1 (mqtt.embedded_bind)
     #[arg(long, value_name = "ADDR")]
     pub embedded_bind: Option<String>,
+
+    /// Where the embedded broker listens for MQTT 5 (mqtt.embedded_bind_v5)
+    #[arg(long, value_name = "ADDR")]
+    pub embedded_bind_v5: Option<String>,
 
     /// MQTT version spoken to the broker: 5 or 3.1.1 (mqtt.protocol)
     #[arg(long, value_name = "VERSION")]
@@ -124,12 +128,25 @@ impl Cli {
         self.load_config_with_default(Path::new(DEFAULT_PATH))
     }
 
+    /// The file [`Cli::load_config`] reads: `--config`, else `etc/lwm2m-gateway.toml` if it
+    /// exists; None means the built-in defaults.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config_file_with_default(Path::new(DEFAULT_PATH))
+    }
+
+    fn config_file_with_default(&self, default_path: &Path) -> Option<PathBuf> {
+        match &self.config {
+            Some(path) => Some(path.clone()),
+            None if default_path.exists() => Some(default_path.to_path_buf()),
+            None => None,
+        }
+    }
+
     /// As [`Cli::load_config`], with `default_path` read when `--config` is
     /// not given (and the built-in defaults if it does not exist).
     pub fn load_config_with_default(&self, default_path: &Path) -> Result<Config, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => read(path)?,
-            None if default_path.exists() => read(default_path)?,
+        let mut config = match self.config_file_with_default(default_path) {
+            Some(path) => Config::read(&path)?,
             None => Config::default(),
         };
         let overrides = self.apply(&mut config)?;
@@ -137,15 +154,22 @@ impl Cli {
         Ok(config)
     }
 
-    /// The log filter: `--log-level`, else `$RUST_LOG`, else `info`.
-    pub fn log_filter(&self) -> String {
+    /// The log filter: `--log-level`, else `$RUST_LOG`, else `info` (the embedded broker at
+    /// warn). A filter that does not parse is an error naming where it came from, and so is
+    /// a bare word in `--log-level` that is not a level (a filter of one unknown target would
+    /// silence every log line, "ready" included).
+    pub fn log_filter(&self) -> Result<String, ConfigError> {
         if let Some(level) = &self.log_level {
-            return level.clone();
+            check_log_filter(level, true).map_err(|m| flag_err("--log-level", m))?;
+            return Ok(level.clone());
         }
         match std::env::var("RUST_LOG") {
-            Ok(v) if !v.trim().is_empty() => v,
+            Ok(v) if !v.trim().is_empty() => {
+                check_log_filter(&v, false).map_err(|m| ConfigError::invalid("RUST_LOG", m))?;
+                Ok(v)
+            }
             // The embedded broker logs every connection at info: keep it to warnings.
-            _ => "info,rumqttd=warn".to_string(),
+            _ => Ok("info,rumqttd=warn".to_string()),
         }
     }
 
@@ -199,6 +223,11 @@ impl Cli {
             c.mqtt.embedded_bind = parse_bind(s).map_err(|m| flag_err("--embedded-bind", m))?;
             o.set("--embedded-bind", "mqtt.embedded_bind");
         }
+        if let Some(s) = &self.embedded_bind_v5 {
+            c.mqtt.embedded_bind_v5 =
+                parse_bind(s).map_err(|m| flag_err("--embedded-bind-v5", m))?;
+            o.set("--embedded-bind-v5", "mqtt.embedded_bind_v5");
+        }
         if let Some(s) = &self.mqtt_protocol {
             c.mqtt.protocol = s
                 .parse::<MqttProtocol>()
@@ -235,12 +264,24 @@ impl Cli {
     }
 }
 
-fn read(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Config::from_toml_str(&text)
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Whether `filter` parses as a tracing filter (comma-separated `level`, `target`,
+/// `target=level` directives); with `levels_only`, a bare word must be a level.
+fn check_log_filter(filter: &str, levels_only: bool) -> Result<(), String> {
+    let explain = "expected a level (off, error, warn, info, debug, trace) or directives such \
+                   as \"info,lwm2m_gateway=debug\"";
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| format!("invalid log filter {filter:?}: {e}; {explain}"))?;
+    if levels_only {
+        for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+                return Err(format!("unknown log level {d:?}; {explain}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -342,6 +383,8 @@ mod tests {
                 "mqtts://broker.example.com:8884",
                 "--embedded-bind",
                 "1884",
+                "--embedded-bind-v5",
+                "127.0.0.1:1885",
                 "--mqtt-connections",
                 "8",
                 "--mqtt-protocol",
@@ -373,6 +416,7 @@ mod tests {
             }
         );
         assert_eq!(c.mqtt.embedded_bind, addr("0.0.0.0:1884"));
+        assert_eq!(c.mqtt.embedded_bind_v5, addr("127.0.0.1:1885"));
         assert_eq!(c.mqtt.connections, 8);
         assert_eq!(c.mqtt.protocol, MqttProtocol::V311);
         assert_eq!(c.mqtt.subscribe, SubscribeMode::Wildcard);
@@ -435,6 +479,11 @@ mod tests {
                 "--embedded-bind",
                 "invalid address",
             ),
+            (
+                &["--embedded-bind-v5", "1883"],
+                "--embedded-bind-v5",
+                "already used by mqtt.embedded_bind",
+            ),
             (&["--mqtt", "tcp://b"], "--mqtt", "invalid MQTT server"),
             (&["--subscribe", "all"], "--subscribe", "per_endpoint"),
             (&["--mqtt-protocol", "4"], "--mqtt-protocol", "\"3.1.1\""),
@@ -485,12 +534,36 @@ mod tests {
         let c = cli(&["--print-default-config"]);
         assert!(c.print_default_config);
         assert!(Cli::default_config_text().contains("[listeners.udp.default]"));
-        assert_eq!(cli(&["--log-level", "debug"]).log_filter(), "debug");
+        assert_eq!(
+            cli(&["--log-level", "debug"]).log_filter().unwrap(),
+            "debug"
+        );
         let from_env = std::env::var("RUST_LOG")
             .ok()
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| "info,rumqttd=warn".to_string());
-        assert_eq!(cli(&[]).log_filter(), from_env);
+        assert_eq!(cli(&[]).log_filter().unwrap(), from_env);
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,lwm2m_gateway=trace",
+            "rumqttd=warn",
+        ] {
+            assert!(cli(&["--log-level", ok]).log_filter().is_ok(), "{ok}");
+        }
+        for bad in ["nonsense[", "nonsense", "info,chatty", "lwm2m_gateway=loud"] {
+            let e = cli(&["--log-level", bad]).log_filter().unwrap_err();
+            assert_eq!(e.key(), Some("--log-level"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("log level") || e.to_string().contains("log filter"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -20,8 +20,15 @@ fn main() -> ExitCode {
         print!("{}", Cli::default_config_text());
         return ExitCode::SUCCESS;
     }
+    let filter = match cli.log_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("lwm2m-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(cli.log_filter()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -32,6 +39,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match cli.config_file() {
+        Some(path) => {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            tracing::info!(file = %path.display(), "configuration loaded");
+        }
+        None => tracing::info!(
+            "no configuration file (--config not given, no etc/lwm2m-gateway.toml in the working \
+             directory): built-in defaults"
+        ),
+    }
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,

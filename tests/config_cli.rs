@@ -19,8 +19,16 @@ fn addr(s: &str) -> SocketAddr {
 fn shipped_file_loads_as_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/lwm2m-gateway.toml");
     let c = Config::load(&path).unwrap();
-    assert_eq!(c, Config::default());
-    assert_eq!(Config::from_toml_str(DEFAULT_TOML).unwrap(), c);
+    // Its relative paths are relative to its directory.
+    let etc = path.parent().unwrap();
+    let expected = Config {
+        xml_dir: etc.join("lwm2m_xml"),
+        ..Config::default()
+    };
+    assert_eq!(c, expected);
+    let mut text = Config::from_toml_str(DEFAULT_TOML).unwrap();
+    text.resolve_paths(etc);
+    assert_eq!(text, c);
 }
 
 #[test]
@@ -86,6 +94,12 @@ fn an_emqx_style_file_with_overrides() {
     assert_eq!(c.udp_listener().bind, addr("0.0.0.0:5783"));
     assert_eq!(c.udp_listener().max_conn_rate, 5000);
     assert_eq!(c.listeners.dtls["default"].bind, addr("0.0.0.0:5684"));
+    // Relative paths in a file are relative to the file's directory.
+    assert_eq!(c.xml_dir, dir.path().join("etc/lwm2m_xml/"));
+    assert_eq!(
+        c.listeners.dtls["default"].psk_file.as_deref(),
+        Some(dir.path().join("etc/psk.txt").as_path())
+    );
     assert!(c.authentication.enable);
     assert_eq!(
         c.mqtt.server,

@@ -30,6 +30,7 @@
 mod affinity;
 mod msgvec;
 mod pktinfo;
+mod port_owners;
 mod recv;
 mod send;
 mod sockaddr;
@@ -38,6 +39,7 @@ mod tcp_listener;
 
 pub use affinity::{available_cores, pin_current_thread};
 pub use pktinfo::{enable_pktinfo, RecvBatchPktinfo, SendBatchPktinfo};
+pub use port_owners::foreign_udp_sockets;
 pub use recv::RecvBatch;
 pub use send::SendBatch;
 pub use socket::{bind_udp, SocketOptions};

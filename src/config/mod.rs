@@ -14,7 +14,8 @@
 //!   bytes ([`size`]);
 //! - listen addresses: `"0.0.0.0:5783"`, `"[::]:5783"`, or a bare port
 //!   `"5783"` meaning `0.0.0.0:5783` ([`bind`]);
-//! - relative paths are relative to the working directory.
+//! - relative paths in a file are relative to the file's directory (those given by
+//!   command-line flags, to the working directory).
 
 pub mod auth;
 pub mod bind;
@@ -111,13 +112,45 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses the file at `path`, its relative paths made relative to the
+    /// file's directory. Does not validate.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = Config::from_toml_str(&text)?;
-        config.validate()?;
+        let mut config = Config::from_toml_str(&text)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
         Ok(config)
+    }
+
+    /// Makes every relative path of the configuration relative to `dir`.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.xml_dir);
+        let listeners = self.listeners.dtls.values_mut();
+        let files = listeners.flat_map(|l| {
+            [
+                &mut l.psk_file,
+                &mut l.certfile,
+                &mut l.keyfile,
+                &mut l.cafile,
+            ]
+        });
+        for p in files.chain([&mut self.mqtt.ca_file]).flatten() {
+            fix(p);
+        }
     }
 
     /// Parses TOML text (missing keys take their defaults). Does not

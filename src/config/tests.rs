@@ -28,7 +28,9 @@ fn addr(s: &str) -> SocketAddr {
 
 #[test]
 fn shipped_file_is_the_default() {
-    let shipped = parse(DEFAULT_TOML);
+    let mut shipped = parse(DEFAULT_TOML);
+    // The shipped file lives in etc/ and its paths are relative to it.
+    shipped.resolve_paths(std::path::Path::new("etc"));
     let d = Config::default();
     assert_eq!(shipped.xml_dir, d.xml_dir);
     assert_eq!(shipped.lifetime_min, d.lifetime_min);
@@ -107,8 +109,10 @@ fn the_commented_tables_of_the_shipped_file_parse_and_validate() {
         }
         text.push('\n');
     }
-    let c = parse(&text);
+    let mut c = parse(&text);
     c.validate().unwrap();
+    // As read from etc/lwm2m-gateway.toml: relative to etc/.
+    c.resolve_paths(std::path::Path::new("etc"));
     let d = &c.listeners.dtls["default"];
     assert_eq!(d.bind, addr("0.0.0.0:5784"));
     assert_eq!(d.psk_file, Some(PathBuf::from("etc/psk.txt")));

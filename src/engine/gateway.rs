@@ -27,15 +27,13 @@ const WAKER: Token = Token(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The embedded broker could not start.
-    #[error("embedded MQTT broker on {bind}: {source}")]
-    Broker {
-        bind: SocketAddr,
-        source: std::io::Error,
-    },
-    /// A UDP listener socket could not be bound.
-    #[error("UDP listener on {bind}: {source}")]
+    /// The embedded broker could not start (its error names the address and its key).
+    #[error("embedded MQTT broker: {source}")]
+    Broker { source: std::io::Error },
+    /// A listener socket could not be bound (`what` names the listener).
+    #[error("{what} on {bind}: {source}")]
     Bind {
+        what: &'static str,
         bind: SocketAddr,
         source: std::io::Error,
     },
@@ -98,8 +96,9 @@ impl Gateway {
         let listener = cfg.udp_listener();
 
         // Sockets first: a bad bind fails the start before any thread runs.
-        let sockets = bind_sockets(listener.bind, shards, cfg)?;
+        let sockets = bind_sockets("UDP listener", listener.bind, shards, cfg)?;
         let udp_addr = sockets[0].local_addr().map_err(|e| GatewayError::Bind {
+            what: "UDP listener",
             bind: listener.bind,
             source: e,
         })?;
@@ -108,7 +107,7 @@ impl Gateway {
         let mut senders = Vec::with_capacity(shards);
         let mut wakers = Vec::with_capacity(shards);
         let mut dtls_sockets: Vec<Option<std::net::UdpSocket>> = match &dtls {
-            Some((bind, _)) => bind_sockets(*bind, shards, cfg)?
+            Some((bind, _)) => bind_sockets("DTLS listener", *bind, shards, cfg)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -228,6 +227,7 @@ impl Gateway {
             admin,
         )
         .map_err(|e| GatewayError::Bind {
+            what: "management API listener (api.bind)",
             bind: cfg.api.bind,
             source: e,
         })?;
@@ -464,18 +464,40 @@ fn dtls_setup(
     )))
 }
 
-/// Loads the object definitions; a bad file is logged and skipped, a missing
-/// directory leaves values untyped (and is retried by the watcher).
+/// Loads the object definitions of `dir`; a bad file is logged and skipped. When `dir`
+/// does not exist, the built-in definitions (the shipped `etc/lwm2m_xml`) are used until it
+/// appears (the watcher loads it then).
 fn load_registry(dir: &std::path::Path) -> Arc<SharedRegistry> {
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if !dir.is_dir() {
+        let reg = objects::builtin_registry();
+        let objects = reg.len();
+        let what = "xml_dir does not exist: using the built-in object definitions until it appears";
+        if dir == Config::default().xml_dir {
+            // Nothing configured it: the built-in copy is the expected default.
+            tracing::info!(xml_dir = %shown.display(), objects, "{what}");
+        } else {
+            tracing::warn!(xml_dir = %shown.display(), objects, "{what}");
+        }
+        return Arc::new(SharedRegistry::new(reg));
+    }
     let (reg, errors) = SharedRegistry::from_dir(dir);
     for e in &errors {
         tracing::warn!(error = %e, "object definition skipped");
     }
-    tracing::info!(dir = %dir.display(), objects = reg.load().len(), "object definitions loaded");
+    let objects = reg.load().len();
+    if objects == 0 {
+        tracing::warn!(xml_dir = %shown.display(), "no object definitions loaded: values are delivered untyped");
+    } else {
+        tracing::info!(xml_dir = %shown.display(), objects, "object definitions loaded");
+    }
     Arc::new(reg)
 }
 
+/// The shards' sockets on `bind` (SO_REUSEPORT: one per shard), refused when a socket of
+/// another process shares the port (it would take part of the devices' traffic).
 fn bind_sockets(
+    what: &'static str,
     bind: SocketAddr,
     shards: usize,
     cfg: &Config,
@@ -485,19 +507,32 @@ fn bind_sockets(
         rcvbuf: cfg.engine.socket_rcvbuf as usize,
         sndbuf: cfg.engine.socket_sndbuf as usize,
     };
+    let fail = |source| GatewayError::Bind { what, bind, source };
     let mut addr = bind;
     let mut out = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let s = netio::bind_udp(addr, &opts).map_err(|e| GatewayError::Bind { bind, source: e })?;
+        let s = netio::bind_udp(addr, &opts).map_err(fail)?;
         // With port 0 the first socket picks the port; the others share it.
         if addr.port() == 0 {
-            addr = s
-                .local_addr()
-                .map_err(|e| GatewayError::Bind { bind, source: e })?;
+            addr = s.local_addr().map_err(fail)?;
         }
         out.push(s);
     }
-    Ok(out)
+    match netio::foreign_udp_sockets(addr) {
+        Ok(0) => Ok(out),
+        Ok(n) => Err(fail(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "port {} is already served by another process ({n} socket(s) not ours \
+                 bound to it; SO_REUSEPORT would give it part of the devices' traffic)",
+                addr.port()
+            ),
+        ))),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot check whether another process shares the port");
+            Ok(out)
+        }
+    }
 }
 
 fn broker_address(cfg: &Config) -> Result<ServerAddr, GatewayError> {
@@ -510,7 +545,7 @@ fn broker_address(cfg: &Config) -> Result<ServerAddr, GatewayError> {
             let bind_v5 =
                 (cfg.mqtt.protocol == MqttProtocol::V5).then_some(cfg.mqtt.embedded_bind_v5);
             mqtt::start_embedded_broker(bind, bind_v5)
-                .map_err(|e| GatewayError::Broker { bind, source: e })?;
+                .map_err(|source| GatewayError::Broker { source })?;
             tracing::info!(%bind, bind_v5 = ?bind_v5, "embedded MQTT broker up");
             // The gateway connects to the listener of the version it speaks.
             let own = bind_v5.unwrap_or(bind);

@@ -11,20 +11,19 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tracing::{error, info, warn};
 
-/// How long `start_embedded_broker` waits for the port to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest packet the embedded broker accepts (a SUBSCRIBE of many filters included).
 const MAX_PACKET: usize = 64 * 1024 * 1024;
 
 /// rumqttd in-process with an MQTT 3.1.1 listener on `bind` and, when given, an MQTT 5 listener
-/// on `bind_v5`, on its own threads; returns once the ports accept TCP connections (bounded
-/// wait, else Err). Port 0 is refused (the chosen port would be unknown).
+/// on `bind_v5`, on its own threads. The listeners are bound here, before the broker runs: an
+/// address another process holds is an error naming it, and once this returns the ports are
+/// this process's own (their backlog takes connections while rumqttd's threads start). Port 0
+/// is refused (the chosen port would be unknown).
 ///
 /// Settings: `router.max_connections` 10,000 (rumqttd's default is 0), packets up to 64 MiB
 /// accepted (a small limit turns a large SUBSCRIBE into a silent disconnect loop), and each
@@ -42,37 +41,27 @@ pub fn start_embedded_broker(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> i
                 "the embedded broker needs a fixed port",
             ));
         }
-        // Fail early (and clearly) when a port is taken.
-        drop(TcpListener::bind(b).map_err(|e| io::Error::new(e.kind(), format!("{b}: {e}")))?);
     }
-
-    let config = broker_config(bind, bind_v5);
+    let mut broker = Broker::new(broker_config(bind, bind_v5));
+    // rumqttd's error starts with the address it could not bind.
+    broker.bind_listeners().map_err(|e| {
+        let text = e.to_string();
+        let key = match bind_v5 {
+            Some(v5) if text.starts_with(&v5.to_string()) => "mqtt.embedded_bind_v5",
+            _ => "mqtt.embedded_bind",
+        };
+        io::Error::new(e.kind(), format!("cannot listen on {text} ({key})"))
+    })?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            let mut broker = Broker::new(config);
             if let Err(e) = broker.start() {
                 error!(error = %e, "embedded MQTT broker stopped");
             }
         })?;
-
-    let deadline = Instant::now() + START_TIMEOUT;
     for b in binds {
-        let target = connect_addr(b);
-        loop {
-            if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-                info!(bind = %b, "embedded MQTT broker listening");
-                disable_nagle(b);
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("embedded MQTT broker did not listen on {b}"),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        info!(bind = %b, "embedded MQTT broker listening");
+        disable_nagle(b);
     }
     Ok(())
 }
@@ -119,18 +108,5 @@ fn broker_config(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> Config {
         v4: Some(HashMap::from([("1".to_string(), server("v4-1", bind))])),
         v5: bind_v5.map(|b| HashMap::from([("1".to_string(), server("v5-1", b))])),
         ..Default::default()
-    }
-}
-
-/// The address a local client connects to for `bind` (unspecified → loopback).
-fn connect_addr(bind: SocketAddr) -> SocketAddr {
-    match bind.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bind.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), bind.port())
-        }
-        _ => bind,
     }
 }

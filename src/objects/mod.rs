@@ -6,12 +6,15 @@
 //!   implements [`ObjectModel`](crate::model::ObjectModel).
 //! - [`SharedRegistry`] holds the current registry behind an `Arc`; readers take
 //!   a snapshot with [`SharedRegistry::load`], reloads swap it atomically.
+//! - [`builtin_registry`] holds the shipped definitions, compiled in.
 //! - [`spawn_watcher`] reloads when the directory changes or on SIGHUP.
 
+pub mod builtin;
 pub mod registry;
 pub mod reload;
 pub mod xml;
 
+pub use builtin::builtin_registry;
 pub use registry::{LoadError, LoadedObject, ObjectRegistry};
 pub use reload::{spawn_watcher, ReloadError, Reloaded, SharedRegistry};
 pub use xml::{parse_file, parse_str, ObjectVersion, ParsedObject, XmlError, MAX_FILE_BYTES};

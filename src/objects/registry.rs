@@ -95,9 +95,14 @@ impl ObjectRegistry {
     /// precedence as [`load_dir`](Self::load_dir) (higher version wins, then
     /// the later one).
     pub fn from_parsed(objects: impl IntoIterator<Item = ParsedObject>) -> Self {
+        Self::from_sources(objects.into_iter().map(|o| (PathBuf::new(), o)))
+    }
+
+    /// As [`from_parsed`](Self::from_parsed), each object with the source it came from.
+    pub fn from_sources(objects: impl IntoIterator<Item = (PathBuf, ParsedObject)>) -> Self {
         let mut builder = Builder::default();
-        for o in objects {
-            builder.add(o, Path::new(""));
+        for (source, o) in objects {
+            builder.add(o, &source);
         }
         builder.finish()
     }

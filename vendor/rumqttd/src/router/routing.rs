@@ -413,7 +413,8 @@ impl Router {
         let client_id = match &self.obufs.get(id) {
             Some(v) => v.client_id.clone(),
             None => {
-                error!("no-connection id {} is already gone", id);
+                // The second of the two disconnections above: expected, not an error.
+                debug!("no-connection id {} is already gone", id);
                 return;
             }
         };

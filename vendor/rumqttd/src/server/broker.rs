@@ -14,7 +14,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -67,6 +67,8 @@ pub enum Error {
 pub struct Broker {
     config: Arc<Config>,
     router_tx: Sender<(ConnectionId, Event)>,
+    /// Listeners bound by `bind_listeners`, by listen address; `start` serves them.
+    bound: HashMap<SocketAddr, std::net::TcpListener>,
 }
 
 impl Broker {
@@ -87,11 +89,19 @@ impl Broker {
                 // Start router first and then cluster in the background
                 let router_tx = router.spawn();
                 // cluster.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    bound: HashMap::new(),
+                }
             }
             None => {
                 let router_tx = router.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    bound: HashMap::new(),
+                }
             }
         }
     }
@@ -155,6 +165,23 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// Binds the TCP listeners of the v4 and v5 servers now, so that a taken address is an
+    /// error the caller sees (naming the address) rather than a server thread's log line.
+    /// `start` then serves these listeners instead of binding its own.
+    pub fn bind_listeners(&mut self) -> io::Result<()> {
+        let servers = self.config.v4.iter().chain(self.config.v5.iter());
+        for config in servers.flat_map(|s| s.values()) {
+            if self.bound.contains_key(&config.listen) {
+                continue;
+            }
+            let listener = std::net::TcpListener::bind(config.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.listen)))?;
+            self.bound.insert(config.listen, listener);
+        }
+        Ok(())
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
@@ -205,7 +232,9 @@ impl Broker {
         if let Some(v4_config) = &self.config.v4 {
             for (_, config) in v4_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
+                let listener = self.bound.remove(&config.listen);
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
+                server.listener = listener;
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -223,7 +252,9 @@ impl Broker {
         if let Some(v5_config) = &self.config.v5 {
             for (_, config) in v5_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
+                let listener = self.bound.remove(&config.listen);
                 let mut server = Server::new(config, self.router_tx.clone(), V5);
+                server.listener = listener;
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -349,6 +380,8 @@ pub struct Server<P> {
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
     awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    /// A listener bound beforehand (`Broker::bind_listeners`); else `start` binds one.
+    listener: Option<std::net::TcpListener>,
 }
 
 impl<P: Protocol + Clone + Send + 'static> Server<P> {
@@ -362,6 +395,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             router_tx,
             protocol,
             awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+            listener: None,
         }
     }
 
@@ -380,7 +414,10 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
-        let listener = TcpListener::bind(&self.config.listen).await?;
+        let listener = match self.listener.take() {
+            Some(l) => TcpListener::from_std(l)?,
+            None => TcpListener::bind(&self.config.listen).await?,
+        };
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
@@ -577,8 +614,10 @@ async fn remote<P: Protocol>(
         Ok(_) => error!("connection-stop"),
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
+        // The router ends a link when the client sent DISCONNECT (or a newer connection
+        // took its client id over): normal operation, logged by the router itself.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
+            debug!(error=?e, "router-drop");
             send_disconnect = false;
         }
         // Connection was closed by peer
