@@ -119,6 +119,18 @@ fn psk_registration_over_dtls_reaches_mqtt() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("2.01"));
     assert!(mq.recv_publish(Duration::from_millis(500)).is_none());
+    // ... and the operator reads why, at the default level, with the peer and identity.
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("INFO") && l.contains("DTLS handshake failed"))
+        .unwrap_or_else(|| panic!("no info line about the failed handshake:\n{log}"));
+    assert!(
+        line.contains("identity=dev-a")
+            && line.contains("peer=127.0.0.1:")
+            && line.contains("pre-shared key"),
+        "{line}"
+    );
 }
 
 #[test]

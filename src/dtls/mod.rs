@@ -52,6 +52,7 @@
 //! NAT mapping changes must handshake again from its new address.
 
 mod cert;
+mod failure_log;
 mod psk;
 mod server;
 mod session;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
+use super::failure_log::FailureLog;
 use super::session::{classify, Fatal, Kind, RecordingResolver, Session, SessionOutput, Sink};
 use super::{CloseReason, DtlsError, DtlsEvent, DtlsSettings, DtlsStats};
 
@@ -60,6 +61,7 @@ pub struct DtlsServer {
     outputs: Vec<SessionOutput>,
     next_id: u64,
     cookie_timeout: Duration,
+    failures: FailureLog,
 }
 
 impl std::fmt::Debug for DtlsServer {
@@ -128,6 +130,7 @@ impl DtlsServer {
             outputs: Vec::new(),
             next_id: 0,
             cookie_timeout: DEFAULT_COOKIE_TIMEOUT,
+            failures: FailureLog::default(),
         })
     }
 
@@ -306,7 +309,7 @@ impl DtlsServer {
             }
             if s.dimpl_timeout.is_some_and(|d| d <= now) {
                 if let Err(e) = s.dtls.handle_timeout(now) {
-                    self.fail(peer, s, in_hs, Fatal::Dtls(e));
+                    self.fail(now, peer, s, in_hs, Fatal::Dtls(e));
                     continue;
                 }
                 self.after_drive(now, peer, s, in_hs);
@@ -455,7 +458,7 @@ impl DtlsServer {
         }
         match result {
             Ok(()) => self.after_drive(now, peer, s, hs),
-            Err(e) => self.fail(peer, s, hs, Fatal::Dtls(e)),
+            Err(e) => self.fail(now, peer, s, hs, Fatal::Dtls(e)),
         }
     }
 
@@ -538,7 +541,7 @@ impl DtlsServer {
             return;
         }
         if let Err(f) = result {
-            self.fail(peer, s, hs, f);
+            self.fail(now, peer, s, hs, f);
             return;
         }
         if hs && s.verified && !s.counted_verified && !self.count_verified(peer, &mut s) {
@@ -548,11 +551,17 @@ impl DtlsServer {
     }
 
     /// Drops a session after a fatal error.
-    fn fail(&mut self, peer: SocketAddr, s: Session, hs: bool, why: Fatal) {
+    fn fail(&mut self, now: Instant, peer: SocketAddr, s: Session, hs: bool, why: Fatal) {
         if let Fatal::Dtls(dimpl::Error::CryptoError(_)) = &why {
             self.stats.decrypt_errors += 1;
         }
-        tracing::debug!(%peer, handshake = hs, error = ?why, "DTLS instance dropped");
+        if hs {
+            let (identity, cn) = (s.psk_identity.as_deref(), s.cert_cn.as_deref());
+            self.failures
+                .handshake_failed(now, peer, identity, cn, &why);
+        } else {
+            tracing::debug!(%peer, error = ?why, "DTLS session dropped");
+        }
         if hs {
             self.stats.handshakes_failed += 1;
             self.release_half_open(peer, &s);
