@@ -96,7 +96,7 @@ fn row<'a>(table: &'a str, name: &str) -> Option<&'a str> {
 /// A burst of 300 Registers at a gateway that admits 20 per second.
 fn refused_run(gw: &RunningGateway, prefix: &str, extra: &[&str]) -> (ExitStatus, String) {
     let udp = gw.udp().to_string();
-    let mqtt = format!("mqtt://{}", gw.mqtt);
+    let mqtt = gw.mqtt.to_string();
     let mut args = vec![
         "--gateway",
         &udp,
