@@ -2,7 +2,7 @@
 
 Reads one pack a line on stdin, `json <SenML JSON text>` or `cbor <hex>`, and prints
 each resolved record as `<name> <value as JSON>` (name = base name + name, RFC 8428
-section 4.5.1), then `END` after each pack. Used by tests/senml_interop.rs.
+section 4.5.1), then `END` after each pack. Used by tests/interop_senml.rs.
 """
 
 import json
