@@ -54,6 +54,8 @@ def git_rev():
 
 names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "cmd-mix", "cmd-floor", "queue", "dtls", "notify-2",
          "notify-1", "notify-half", "echo-rate", "echo-max"]
+# A scenario that SCENARIOS left out has no report file: it is "not run", not failed.
+ran = {n: os.path.exists(os.path.join(src, n + ".json")) for n in names}
 raw = {n: load(n) for n in names}
 steal = {n: load(n + ".steal").get("steal_pct") for n in names}
 
@@ -98,27 +100,34 @@ ratios = {
 }
 
 
-def target(name, want, measured, met):
+def target(name, want, measured, met, needs):
+    """A target measured by the scenarios `needs`; `met` is None when one of them did not run."""
+    if not all(ran[n] for n in needs):
+        return {"target": name, "want": want, "measured": None, "met": None}
     return {"target": name, "want": want, "measured": measured, "met": bool(met)}
 
 
 devices = get(storm, "registration", "devices")
 targets = [
     target("1,000,000 registered endpoints", "1000000 registered", f"{reg_ok} of {devices} registered",
-           reg_ok is not None and reg_ok >= 1_000_000),
+           reg_ok is not None and reg_ok >= 1_000_000, ["storm-2"]),
     target("memory per endpoint (RSS growth)", "<= 1024 bytes",
            None if rss_per_ep is None else f"{rss_per_ep:.0f} bytes",
-           rss_per_ep is not None and rss_per_ep <= 1024),
+           rss_per_ep is not None and rss_per_ep <= 1024, ["storm-2"]),
     target("registration storm", ">= 50000/s sustained",
-           None if reg_rate is None else f"{reg_rate:.0f}/s", reg_rate is not None and reg_rate >= 50_000),
+           None if reg_rate is None else f"{reg_rate:.0f}/s", reg_rate is not None and reg_rate >= 50_000,
+           ["storm-2"]),
     target("gateway CPU per notification / echo CPU per request", "<= 2.0",
            None if ratios["cpu_per_notification_over_echo"] is None else f"{ratios['cpu_per_notification_over_echo']:.2f}",
-           ratios["cpu_per_notification_over_echo"] is not None and ratios["cpu_per_notification_over_echo"] <= 2.0),
+           ratios["cpu_per_notification_over_echo"] is not None and ratios["cpu_per_notification_over_echo"] <= 2.0,
+           ["notify-2", "echo-rate"]),
     target("end-to-end notification rate / broker's own rate", ">= 0.80",
            None if ratios["end_to_end_over_broker"] is None else f"{ratios['end_to_end_over_broker']:.2f}",
-           ratios["end_to_end_over_broker"] is not None and ratios["end_to_end_over_broker"] >= 0.8),
+           ratios["end_to_end_over_broker"] is not None and ratios["end_to_end_over_broker"] >= 0.8,
+           ["notify-2", "broker"]),
     target("command round trip p99 at half of peak", "< 2000 µs",
-           None if half_p99 is None else f"{half_p99} µs", half_p99 is not None and half_p99 < 2000),
+           None if half_p99 is None else f"{half_p99} µs", half_p99 is not None and half_p99 < 2000,
+           ["cmd-half"]),
 ]
 
 result = {
@@ -129,6 +138,7 @@ result = {
     "params": params,
     "ratios": ratios,
     "targets": targets,
+    "not_run": [n for n in names if not ran[n]],
     "reports": raw,
     "steal_pct": steal,
 }
@@ -144,6 +154,9 @@ def fmt(v, digits=0, unit=""):
     return f"{v:,}{unit}"
 
 
+NOT_RUN = "not run"
+
+
 def lat(p):
     if not p or not p.get("count"):
         return "-"
@@ -157,6 +170,8 @@ L.append(f"Machine: {machine['cores']} cores, {machine['model']}, kernel {machin
          f"Gateway, Mosquitto and the loadgen all share this machine (load average {load_start} at the "
          f"start, {load_end} at the end: other work on the machine counts in it). Run time {seconds} s.\n")
 L.append(f"Parameters: `{params}`. Produced by `bench/run.sh`; raw loadgen reports in the .json file.\n")
+if result["not_run"]:
+    L.append(f"Not run (SCENARIOS left them out): {', '.join(result['not_run'])}.\n")
 L.append("Host steal time (the share of this VM's CPU time the hypervisor gave to others, from "
          "/proc/stat, per scenario): " + ", ".join(f"{n} {steal[n]:.0f}%" for n in names
                                                    if steal.get(n) is not None) + ".\n")
@@ -164,7 +179,8 @@ L.append("## Targets\n")
 L.append("| target | wanted | measured | met |")
 L.append("|---|---|---|---|")
 for t in targets:
-    L.append(f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {'yes' if t['met'] else '**no**'} |")
+    met = NOT_RUN if t["met"] is None else "yes" if t["met"] else "**no**"
+    L.append(f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {met} |")
 L.append("")
 L.append("## Ratios (baselines measured in the same run)\n")
 L.append("| quantity | value |")
@@ -182,86 +198,112 @@ L.append("## 1 shard and 2 shards side by side\n")
 L.append("| | 2 shards | 1 shard |")
 L.append("|---|---|---|")
 rows = [
-    ("registrations ok / devices", lambda s, n: f"{fmt(get(raw['storm-' + s], 'registration', 'ok'))} / {fmt(get(raw['storm-' + s], 'registration', 'devices'))}"),
-    ("registrations/s (target rate " + str(get(raw['storm-2'], 'registration', 'target_rate')) + ")", lambda s, n: fmt(get(raw['storm-' + s], 'registration', 'rate_per_s'))),
-    ("registration timeouts / retransmissions", lambda s, n: f"{fmt(get(raw['storm-' + s], 'registration', 'timed_out'))} / {fmt(get(raw['storm-' + s], 'registration', 'retransmissions'))}"),
-    ("registration latency µs p50/p90/p99/p99.9/max", lambda s, n: lat(get(raw['storm-' + s], 'registration', 'latency'))),
-    ("gateway CPU µs per registration", lambda s, n: fmt(get(raw['storm-' + s], 'watch', 'cpu_us_per_registration'), 2)),
-    ("gateway RSS growth per endpoint, bytes", lambda s, n: fmt(get(raw['storm-' + s], 'watch', 'rss_bytes_per_endpoint'))),
-    ("notifications sent/s (target " + str(get(raw['notify-2'], 'steady', 'notify_target_rate')) + ")", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'notify_rate_per_s'))),
-    ("notifications on MQTT/s", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'mqtt_notify_rate_per_s'))),
-    ("notifications lost", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'notify_lost'))),
-    ("notification latency µs p50/p90/p99/p99.9/max", lambda s, n: lat(get(raw['notify-' + s], 'steady', 'notify_latency'))),
-    ("gateway CPU µs per notification", lambda s, n: fmt(get(raw['notify-' + s], 'watch', 'cpu_us_per_notification'), 2)),
+    ("storm", "registrations ok / devices", lambda s, n: f"{fmt(get(raw['storm-' + s], 'registration', 'ok'))} / {fmt(get(raw['storm-' + s], 'registration', 'devices'))}"),
+    ("storm", "registrations/s (target rate " + str(get(raw['storm-2'], 'registration', 'target_rate')) + ")", lambda s, n: fmt(get(raw['storm-' + s], 'registration', 'rate_per_s'))),
+    ("storm", "registration timeouts / retransmissions", lambda s, n: f"{fmt(get(raw['storm-' + s], 'registration', 'timed_out'))} / {fmt(get(raw['storm-' + s], 'registration', 'retransmissions'))}"),
+    ("storm", "registration latency µs p50/p90/p99/p99.9/max", lambda s, n: lat(get(raw['storm-' + s], 'registration', 'latency'))),
+    ("storm", "gateway CPU µs per registration", lambda s, n: fmt(get(raw['storm-' + s], 'watch', 'cpu_us_per_registration'), 2)),
+    ("storm", "gateway RSS growth per endpoint, bytes", lambda s, n: fmt(get(raw['storm-' + s], 'watch', 'rss_bytes_per_endpoint'))),
+    ("notify", "notifications sent/s (target " + str(get(raw['notify-2'], 'steady', 'notify_target_rate')) + ")", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'notify_rate_per_s'))),
+    ("notify", "notifications on MQTT/s", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'mqtt_notify_rate_per_s'))),
+    ("notify", "notifications lost", lambda s, n: fmt(get(raw['notify-' + s], 'steady', 'notify_lost'))),
+    ("notify", "notification latency µs p50/p90/p99/p99.9/max", lambda s, n: lat(get(raw['notify-' + s], 'steady', 'notify_latency'))),
+    ("notify", "gateway CPU µs per notification", lambda s, n: fmt(get(raw['notify-' + s], 'watch', 'cpu_us_per_notification'), 2)),
 ]
-for label, f in rows:
-    L.append(f"| {label} | {f('2', 2)} | {f('1', 1)} |")
+for group, label, f in rows:
+    cells = [f(s, int(s)) if ran[f"{group}-{s}"] else NOT_RUN for s in ("2", "1")]
+    L.append(f"| {label} | {cells[0]} | {cells[1]} |")
 L.append("")
 h = get(raw["notify-half"], "steady") or {}
-L.append(f"Below saturation (2 shards, offered {fmt(h.get('notify_target_rate'))}/s = half the peak): "
-         f"{fmt(h.get('notify_sent'))} sent, {fmt(h.get('mqtt_notify_received'))} on MQTT "
-         f"({fmt(h.get('notify_lost'))} lost), {fmt(h.get('mqtt_notify_rate_per_s'))}/s, latency device→MQTT µs "
-         f"p50/p90/p99/p99.9/max {lat(h.get('notify_latency'))}, gateway CPU µs per notification "
-         f"{fmt(get(raw['notify-half'], 'watch', 'cpu_us_per_notification'), 2)}.\n")
+if not ran["notify-half"]:
+    L.append(f"Below saturation (notify-half): {NOT_RUN}.\n")
+else:
+    L.append(f"Below saturation (2 shards, offered {fmt(h.get('notify_target_rate'))}/s = half the peak): "
+             f"{fmt(h.get('notify_sent'))} sent, {fmt(h.get('mqtt_notify_received'))} on MQTT "
+             f"({fmt(h.get('notify_lost'))} lost), {fmt(h.get('mqtt_notify_rate_per_s'))}/s, latency device→MQTT µs "
+             f"p50/p90/p99/p99.9/max {lat(h.get('notify_latency'))}, gateway CPU µs per notification "
+             f"{fmt(get(raw['notify-half'], 'watch', 'cpu_us_per_notification'), 2)}.\n")
 L.append("## Commands (2 shards, fresh gateway)\n")
 L.append("| run | target/s | sent | answered | timed out | answered/s | round trip µs p50/p90/p99/p99.9/max |")
 L.append("|---|---|---|---|---|---|---|")
 for n in ["cmd-peak", "cmd-half", "cmd-mix"]:
+    if not ran[n]:
+        L.append(f"| {n} | {NOT_RUN} | | | | | |")
+        continue
     c = get(raw[n], "commands") or {}
     L.append(f"| {n} | {fmt(c.get('target_rate'))} | {fmt(c.get('sent'))} | {fmt(c.get('answered'))} | "
              f"{fmt(c.get('timed_out'))} | {fmt(c.get('rate_per_s'))} | {lat(c.get('rtt'))} |")
 fl = raw["cmd-floor"]
-L.append(f"| cmd-floor (MQTT relay, no gateway) | {fmt(fl.get('target_rate'))} | {fmt(fl.get('sent'))} | "
-         f"{fmt(fl.get('answered'))} | - | {fmt(fl.get('rate_per_s'))} | {lat(fl.get('rtt'))} |")
+if not ran["cmd-floor"]:
+    L.append(f"| cmd-floor (MQTT relay, no gateway) | {NOT_RUN} | | | | | |")
+else:
+    L.append(f"| cmd-floor (MQTT relay, no gateway) | {fmt(fl.get('target_rate'))} | {fmt(fl.get('sent'))} | "
+             f"{fmt(fl.get('answered'))} | - | {fmt(fl.get('rate_per_s'))} | {lat(fl.get('rtt'))} |")
 L.append("")
 cr = ratios["command_p99_over_floor"]
 L.append(f"Command round trip p99 at half of peak ÷ the MQTT path's own p99 at that rate (cmd-floor: "
          f"the broker twice and a relay client, no gateway and no device): "
          f"{'-' if cr is None else f'{cr:.2f}'}.\n")
-mix = get(raw["cmd-mix"], "commands") or {}
-L.append(f"cmd-mix: `{mix.get('mix', '-')}`, {fmt(mix.get('errors'))} answered with another code than "
-         f"its kind's success code, {fmt(mix.get('duplicates'))} answered twice; checks "
-         f"{'passed' if raw['cmd-mix'].get('passed') else '**failed**'}.\n")
-
-
-def checks(r):
+def checks(n):
+    r = raw[n]
+    if not ran[n]:
+        return NOT_RUN
     if r.get("passed"):
         return "passed"
     failed = [c.get("name") for c in r.get("checks", []) if not c.get("ok")]
-    return "**failed**" + (f" ({', '.join(failed)})" if failed else "")
+    verdict = "failures allowed" if r.get("failures_allowed") else "**failed**"
+    return verdict + (f" ({', '.join(failed)})" if failed else "")
+
+
+mix = get(raw["cmd-mix"], "commands") or {}
+if not ran["cmd-mix"]:
+    L.append(f"cmd-mix: {NOT_RUN}.\n")
+else:
+    L.append(f"cmd-mix: `{mix.get('mix', '-')}`, {fmt(mix.get('errors'))} answered with another code than "
+             f"its kind's success code, {fmt(mix.get('duplicates'))} answered twice; checks "
+             f"{checks('cmd-mix')}.\n")
+
+
+def scenario(n, label, text):
+    """A list item for scenario `n`: `text()` when it ran, else that it did not."""
+    L.append(f"- {label}" + (text() if ran[n] else f": {NOT_RUN}."))
 
 
 L.append("## Queue mode and DTLS (2 shards)\n")
 q, qr = raw["queue"], get(raw["queue"], "queue") or {}
 qc = get(q, "commands") or {}
-L.append(f"- Queue mode ({fmt(get(q, 'devices'))} devices, LwM2M {qr.get('lwm2m', '-')} `b=UQ`, "
-         f"awake window {fmt(qr.get('window_s'), 0)} s): {fmt(qc.get('sent'))} commands, "
-         f"{fmt(qr.get('commands_delivered'))} delivered ({fmt(qr.get('commands_held'))} held while the device "
-         f"slept, {fmt(qr.get('commands_delivered_asleep'))} reached a sleeping device), "
-         f"{fmt(qc.get('answered'))} answered, {fmt(qc.get('timed_out'))} timed out; MQTT → device µs "
-         f"p50/p90/p99/p99.9/max {lat(qr.get('queue_latency'))}; checks {checks(q)}.")
+scenario("queue", "Queue mode", lambda: (
+    f" ({fmt(get(q, 'devices'))} devices, LwM2M {qr.get('lwm2m', '-')} `b=UQ`, "
+    f"awake window {fmt(qr.get('window_s'), 0)} s): {fmt(qc.get('sent'))} commands, "
+    f"{fmt(qr.get('commands_delivered'))} delivered ({fmt(qr.get('commands_held'))} held while the device "
+    f"slept, {fmt(qr.get('commands_delivered_asleep'))} reached a sleeping device), "
+    f"{fmt(qc.get('answered'))} answered, {fmt(qc.get('timed_out'))} timed out; MQTT → device µs "
+    f"p50/p90/p99/p99.9/max {lat(qr.get('queue_latency'))}; checks {checks('queue')}."))
 d, dr = raw["dtls"], get(raw["dtls"], "dtls") or {}
 dreg = get(d, "registration") or {}
-L.append(f"- DTLS-PSK ({fmt(get(d, 'devices'))} devices): {fmt(dr.get('handshakes_ok'))} of "
-         f"{fmt(dr.get('handshakes_started'))} handshakes ({fmt(dr.get('handshakes_failed'))} failed), "
-         f"handshake µs p50/p90/p99/p99.9/max {lat(dr.get('handshake_latency'))}; "
-         f"{fmt(dreg.get('ok'))} registered at {fmt(dreg.get('rate_per_s'))}/s (target "
-         f"{fmt(dreg.get('target_rate'))}), gateway CPU µs per handshake + registration "
-         f"{fmt(get(d, 'watch', 'cpu_us_per_registration'), 2)}, RSS growth per DTLS endpoint "
-         f"{fmt(get(d, 'watch', 'rss_bytes_per_endpoint'))} bytes; updates over DTLS "
-         f"{fmt(get(d, 'steady', 'updates_ok'))} of {fmt(get(d, 'steady', 'updates_sent'))}; "
-         f"checks {checks(d)}.")
+scenario("dtls", "DTLS-PSK", lambda: (
+    f" ({fmt(get(d, 'devices'))} devices): {fmt(dr.get('handshakes_ok'))} of "
+    f"{fmt(dr.get('handshakes_started'))} handshakes ({fmt(dr.get('handshakes_failed'))} failed), "
+    f"handshake µs p50/p90/p99/p99.9/max {lat(dr.get('handshake_latency'))}; "
+    f"{fmt(dreg.get('ok'))} registered at {fmt(dreg.get('rate_per_s'))}/s (target "
+    f"{fmt(dreg.get('target_rate'))}), gateway CPU µs per handshake + registration "
+    f"{fmt(get(d, 'watch', 'cpu_us_per_registration'), 2)}, RSS growth per DTLS endpoint "
+    f"{fmt(get(d, 'watch', 'rss_bytes_per_endpoint'))} bytes; updates over DTLS "
+    f"{fmt(get(d, 'steady', 'updates_ok'))} of {fmt(get(d, 'steady', 'updates_sent'))}; "
+    f"checks {checks('dtls')}."))
 L.append("")
 L.append("## Baselines\n")
 b = raw["broker"]
-L.append(f"- Broker (Mosquitto, QoS 0, {b.get('size')} B, {b.get('connections')} publisher connections): published {fmt(b.get('count'))} at "
-         f"{fmt(b.get('publish_rate_per_s'))}/s, subscriber received {fmt(b.get('received'))} "
-         f"({fmt(b.get('lost'))} lost) at {fmt(b.get('end_to_end_rate_per_s'))}/s end to end.")
+scenario("broker", "Broker", lambda: (
+    f" (Mosquitto, QoS 0, {b.get('size')} B, {b.get('connections')} publisher connections): published "
+    f"{fmt(b.get('count'))} at {fmt(b.get('publish_rate_per_s'))}/s, subscriber received {fmt(b.get('received'))} "
+    f"({fmt(b.get('lost'))} lost) at {fmt(b.get('end_to_end_rate_per_s'))}/s end to end."))
 for n, label in [("echo-rate", "Echo server at the gateway's notification rate"), ("echo-max", "Echo server at full speed")]:
     e = get(raw[n], "echo") or {}
-    L.append(f"- {label}: {fmt(e.get('received'))}/{fmt(e.get('sent'))} echoed, {fmt(e.get('rate_per_s'))}/s, "
-             f"round trip µs {lat(e.get('rtt'))}, echo server CPU µs per datagram "
-             f"{fmt(get(raw[n], 'watch', 'cpu_us_per_echo'), 2)}.")
+    scenario(n, label, lambda: (
+        f": {fmt(e.get('received'))}/{fmt(e.get('sent'))} echoed, {fmt(e.get('rate_per_s'))}/s, "
+        f"round trip µs {lat(e.get('rtt'))}, echo server CPU µs per datagram "
+        f"{fmt(get(raw[n], 'watch', 'cpu_us_per_echo'), 2)}."))
 L.append("")
 with open(out + ".md", "w") as f:
     f.write("\n".join(L))

@@ -26,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # Peers from the package registries for the interop tests (tests/interop_*.rs):
-# npm's lwm2m-node-lib, PyPI's emqxlwm2m. Installed once; each stamp records the
+# npm's lwm2m-node-lib, PyPI's emqxlwm2m and senml. Installed once; each stamp records the
 # lock/requirements file it was installed from, so a change reinstalls.
 interop=tests/interop
 if ! cmp -s "$interop/node/package-lock.json" "$interop/node/node_modules/.interop-lock" 2>/dev/null; then

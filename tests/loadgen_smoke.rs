@@ -36,7 +36,6 @@ fn loadgen_smoke_against_the_gateway() {
         commands: 100.0,
         command_mix: lwm2m_loadgen::driver::parse_mix("read=2,write=1,execute=1,observe=1")
             .unwrap(),
-        expect_all: true,
         deregister: true,
         quiet: true,
         prefix: "smoke".into(),
@@ -109,7 +108,6 @@ fn queue_mode_run(version: &str, prefix: &str, devices_offset: u32) {
         queue_mode: true,
         qmode_window: 1.0,
         observe_wait: 0.5,
-        expect_all: true,
         deregister: true,
         quiet: true,
         prefix: prefix.into(),
@@ -177,7 +175,6 @@ fn loadgen_smoke_dtls() {
         commands: 30.0,
         dtls: true,
         psk_key: "000102030405060708090a0b0c0d0e0f".into(),
-        expect_all: true,
         deregister: true,
         quiet: true,
         prefix: "smoked".into(),

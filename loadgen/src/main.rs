@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! lwm2m-loadgen run --register 100000 --rate 50000 --gateway 127.0.0.1:5783 --mqtt 127.0.0.1:1883
+//! lwm2m-loadgen run --register 3000 --rate 1000 --mqtt mqtt://127.0.0.1:1883 --allow-failures
 //! lwm2m-loadgen run --register 1000 --steady 10 --notify-rate 5000 --commands 500 --mqtt 127.0.0.1:1883
 //! lwm2m-loadgen echo-server --bind 127.0.0.1:6000
 //! lwm2m-loadgen run --echo --gateway 127.0.0.1:6000 --devices 1000 --rate 0 --duration 5
@@ -11,7 +12,8 @@
 //! lwm2m-loadgen mqtt-publish --mqtt 127.0.0.1:1883 --qos 0 --count 200000
 //! lwm2m-loadgen mqtt-relay --mqtt 127.0.0.1:1883 --rate 15000 --seconds 10
 //! ```
-//! Flags given without a subcommand mean `run`.
+//! Flags given without a subcommand mean `run`. A run exits 1 when anything failed
+//! (a registration, update, command, notification or echo), unless `--allow-failures`.
 
 use clap::{Parser, Subcommand};
 use lwm2m_loadgen::publish::PublishOpts;
@@ -129,7 +131,7 @@ fn run(o: RunOpts) -> ExitCode {
             } else {
                 print!("{}", r.table());
             }
-            if r.passed {
+            if r.success() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

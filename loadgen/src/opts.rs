@@ -8,9 +8,10 @@ pub struct RunOpts {
     /// The gateway's CoAP/UDP address (or the echo server's with --echo).
     #[arg(long, default_value = "127.0.0.1:5783")]
     pub gateway: SocketAddr,
-    /// The MQTT broker the gateway publishes to: enables the MQTT-side checks,
-    /// notification latency and the command driver.
-    #[arg(long)]
+    /// The MQTT broker the gateway publishes to, `host:port` or `mqtt://host:port` (as
+    /// the gateway's `mqtt.server`): enables the MQTT-side checks, notification
+    /// latency and the command driver.
+    #[arg(long, value_parser = parse_mqtt)]
     pub mqtt: Option<SocketAddr>,
     /// Devices to register (the registration storm); also the fleet of the other scenarios.
     #[arg(long, default_value_t = 0)]
@@ -112,9 +113,14 @@ pub struct RunOpts {
     /// DTLS: seconds a handshake may take before it counts as failed.
     #[arg(long, default_value_t = 20.0)]
     pub handshake_timeout: f64,
-    /// Fail unless every device registered and every command was answered
-    /// (and every update and echo came back).
-    #[arg(long)]
+    /// Accept failed requests: the run fails only when nothing got through (no
+    /// device registered, no command answered, no echo came back). Without it, any
+    /// registration, update, command, notification or echo that failed fails the run.
+    #[arg(long, overrides_with = "expect_all")]
+    pub allow_failures: bool,
+    /// The default, accepted for older command lines: cancels an earlier
+    /// `--allow-failures`.
+    #[arg(long, hide = true, overrides_with = "allow_failures")]
     pub expect_all: bool,
     /// Measure this process's CPU time and RSS around the phases (the gateway's or
     /// the echo server's pid).
@@ -128,6 +134,26 @@ pub struct RunOpts {
     pub quiet: bool,
 }
 
+/// An MQTT broker address: `host:port`, or the URL form `mqtt://host:port` of the
+/// gateway's `mqtt.server` (no TLS: `mqtts://` is refused).
+pub fn parse_mqtt(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let hostport = match s.split_once("://") {
+        None => s,
+        Some(("mqtt" | "tcp", rest)) => rest.trim_end_matches('/'),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{scheme}:// is not supported: give host:port or mqtt://host:port"
+            ))
+        }
+    };
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{hostport}: {e} (want host:port or mqtt://host:port)"))?
+        .next()
+        .ok_or_else(|| format!("{hostport}: no address"))
+}
+
 impl Default for RunOpts {
     fn default() -> Self {
         use clap::Parser;
@@ -137,5 +163,44 @@ impl Default for RunOpts {
             o: RunOpts,
         }
         P::parse_from(["x"]).o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_takes_host_port_and_the_gateways_url_form() {
+        let want: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        for s in [
+            "127.0.0.1:1883",
+            "mqtt://127.0.0.1:1883",
+            "mqtt://127.0.0.1:1883/",
+            "tcp://127.0.0.1:1883",
+        ] {
+            assert_eq!(parse_mqtt(s), Ok(want), "{s}");
+        }
+        let e = parse_mqtt("mqtts://127.0.0.1:8883").unwrap_err();
+        assert!(e.contains("mqtts:// is not supported"), "{e}");
+        let e = parse_mqtt("mqtt://127.0.0.1").unwrap_err();
+        assert!(e.contains("mqtt://host:port"), "{e}");
+    }
+
+    #[test]
+    fn allow_failures_is_opt_in_and_expect_all_cancels_it() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            o: RunOpts,
+        }
+        let parse = |args: &[&str]| P::parse_from(["x"].iter().chain(args)).o;
+        assert!(!RunOpts::default().allow_failures);
+        assert!(parse(&["--allow-failures"]).allow_failures);
+        assert!(!parse(&["--allow-failures", "--expect-all"]).allow_failures);
+        assert!(parse(&["--expect-all", "--allow-failures"]).allow_failures);
+        let o = parse(&["--mqtt", "mqtt://127.0.0.1:1883"]);
+        assert_eq!(o.mqtt, Some("127.0.0.1:1883".parse().unwrap()));
     }
 }

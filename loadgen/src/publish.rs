@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Args)]
 pub struct PublishOpts {
-    /// The broker.
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    /// The broker, `host:port` or `mqtt://host:port`.
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = crate::opts::parse_mqtt)]
     pub mqtt: SocketAddr,
     #[arg(long, default_value_t = 0)]
     pub qos: u8,

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct RelayOpts {
-    /// The broker.
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    /// The broker, `host:port` or `mqtt://host:port`.
+    #[arg(long, default_value = "127.0.0.1:1883", value_parser = crate::opts::parse_mqtt)]
     pub mqtt: SocketAddr,
     /// Commands per second.
     #[arg(long, default_value_t = 10_000.0)]

@@ -794,6 +794,9 @@ impl State {
                     }
                 } else {
                     add(&c.reg_failed, 1);
+                    if !reset && msg.code == codes::SERVICE_UNAVAILABLE {
+                        add(&c.reg_unavailable, 1);
+                    }
                 }
             }
             Kind::Update => {

@@ -938,6 +938,7 @@ fn round_trip_every_format_and_type() {
             fmt_id::CBOR,
             fmt_id::TLV,
             fmt_id::SENML_JSON,
+            fmt_id::SENML_CBOR,
             fmt_id::LWM2M_CBOR,
         ] {
             let bytes = encode(fmt, &it.path, &witems(std::slice::from_ref(it))).unwrap();
@@ -986,6 +987,57 @@ fn encoded_forms_look_right() {
         [
             0xA1, 0x82, 0x03, 0x00, 0xA3, 0x01, 0x61, b'x', 0x07, 0xA1, 0x00, 0x05, 0x16, 0xA1,
             0x00, 0x63, b'3', b':', b'1'
+        ]
+    );
+    // bn + n (RFC 8428 concatenation) is each written path: a value at the request path names it
+    // whole in bn (the LwM2M 1.1 single-resource form), values below it share "<path>/".
+    let senml = |base: &str, items: &[ContentItem]| {
+        let out = encode(fmt_id::SENML_JSON, &p(base), &witems(items)).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(
+        senml("/3/0/14", &[item("/3/0/14", s("+02"))]),
+        r#"[{"bn":"/3/0/14","vs":"+02"}]"#
+    );
+    assert_eq!(
+        senml("/3/0/7/1", &[item("/3/0/7/1", Value::Integer(3800))]),
+        r#"[{"bn":"/3/0/7/1","v":3800}]"#
+    );
+    let instances = [
+        item("/3/0/7/0", Value::Integer(5000)),
+        item("/3/0/7/1", Value::Integer(3800)),
+    ];
+    assert_eq!(
+        senml("/3/0/7", &instances),
+        r#"[{"bn":"/3/0/7/","n":"0","v":5000},{"n":"1","v":3800}]"#
+    );
+    // The request path and a path below it in one pack: bn changes where the names need it.
+    let mixed = [
+        item("/3/0/7", Value::Integer(1)),
+        item("/3/0/7/0", Value::Integer(2)),
+        item("/3/0/7", Value::Integer(3)),
+    ];
+    assert_eq!(
+        senml("/3/0/7", &mixed),
+        r#"[{"bn":"/3/0/7","v":1},{"bn":"/3/0/7/","n":"0","v":2},{"bn":"/3/0/7","v":3}]"#
+    );
+    let m = model();
+    for fmt in [fmt_id::SENML_JSON, fmt_id::SENML_CBOR] {
+        let bytes = encode(fmt, &p("/3/0/7"), &witems(&mixed)).unwrap();
+        assert_eq!(decode(Some(fmt), &bytes, &p("/3/0/7"), &m).unwrap(), mixed);
+    }
+    // [{-2: "/3/0/14", 3: "+02"}]
+    let cbor = encode(
+        fmt_id::SENML_CBOR,
+        &p("/3/0/14"),
+        &witems(&[item("/3/0/14", s("+02"))]),
+    )
+    .unwrap();
+    assert_eq!(
+        cbor,
+        [
+            0x81, 0xA2, 0x21, 0x67, b'/', b'3', b'/', b'0', b'/', b'1', b'4', 0x03, 0x63, b'+',
+            b'0', b'2'
         ]
     );
     let text = encode(

@@ -395,24 +395,53 @@ fn rel_name(base: &LwPath, path: &LwPath, out: &mut Vec<u8>) {
     }
 }
 
+/// The SenML base name and name of `path` in a write to `base`, such that `bn` + `n` (RFC 8428
+/// concatenation) is exactly the path. A value at the request path itself carries it whole in `bn`
+/// (`"/3/0/14"`, no `n`); values below it share `bn` = `"/3/0/"` with `n` = `"1"`, `"7/0"`.
+fn senml_names(base: &LwPath, path: &LwPath) -> (String, Option<String>) {
+    if path == base {
+        return (base.to_string(), None);
+    }
+    let bn = if base.is_empty() {
+        "/".to_string()
+    } else {
+        format!("{base}/")
+    };
+    let n = path.ids()[base.len()..].iter().map(u16::to_string);
+    (bn, Some(n.collect::<Vec<_>>().join("/")))
+}
+
+/// Each record's `bn` (only where it differs from the base name in force, so always on the first
+/// record), `n` (where the record is below its base name) and value.
+fn senml_records<'a>(
+    base: &'a LwPath,
+    items: &'a [WriteItem],
+) -> impl Iterator<Item = (Option<String>, Option<String>, &'a Value)> + 'a {
+    let mut in_force: Option<String> = None;
+    items.iter().map(move |it| {
+        let (bn, n) = senml_names(base, &it.path);
+        let new_bn = (in_force.as_ref() != Some(&bn)).then(|| bn.clone());
+        in_force = Some(bn);
+        (new_bn, n, &it.value)
+    })
+}
+
 fn encode_senml_json(base: &LwPath, items: &[WriteItem], out: &mut Vec<u8>) {
     out.push(b'[');
-    for (k, it) in items.iter().enumerate() {
+    for (k, (bn, n, value)) in senml_records(base, items).enumerate() {
         if k > 0 {
             out.push(b',');
         }
         out.push(b'{');
-        if k == 0 {
-            out.extend_from_slice(b"\"bn\":\"");
-            base_name(base, out);
-            out.extend_from_slice(b"\",");
+        for (label, text) in [("bn", bn), ("n", n)] {
+            if let Some(t) = text {
+                write_json_string(label, out);
+                out.push(b':');
+                write_json_string(&t, out);
+                out.push(b',');
+            }
         }
-        if it.path != *base {
-            out.extend_from_slice(b"\"n\":\"");
-            rel_name(base, &it.path, out);
-            out.extend_from_slice(b"\",");
-        }
-        json_value(&it.value, true, out);
+        json_value(value, true, out);
         out.push(b'}');
     }
     out.push(b']');
@@ -501,23 +530,18 @@ fn cbor_value(v: &Value, out: &mut Vec<u8>) {
 
 fn encode_senml_cbor(base: &LwPath, items: &[WriteItem], out: &mut Vec<u8>) {
     cbor::write_array(out, items.len());
-    let mut name = Vec::new();
-    for (k, it) in items.iter().enumerate() {
-        let fields = 1 + usize::from(k == 0) + usize::from(it.path != *base);
-        cbor::write_map(out, fields);
-        if k == 0 {
-            name.clear();
-            base_name(base, &mut name);
-            cbor::write_int(out, senml_cbor::BN);
-            cbor::write_text(out, std::str::from_utf8(&name).unwrap_or("/"));
+    for (bn, n, value) in senml_records(base, items) {
+        cbor::write_map(
+            out,
+            1 + usize::from(bn.is_some()) + usize::from(n.is_some()),
+        );
+        for (label, text) in [(senml_cbor::BN, bn), (senml_cbor::N, n)] {
+            if let Some(t) = text {
+                cbor::write_int(out, label);
+                cbor::write_text(out, &t);
+            }
         }
-        if it.path != *base {
-            name.clear();
-            rel_name(base, &it.path, &mut name);
-            cbor::write_int(out, senml_cbor::N);
-            cbor::write_text(out, std::str::from_utf8(&name).unwrap_or(""));
-        }
-        match &it.value {
+        match value {
             Value::Integer(_) | Value::Time(_) | Value::Unsigned(_) | Value::Float(_) => {
                 cbor::write_int(out, senml_cbor::V)
             }
@@ -526,7 +550,7 @@ fn encode_senml_cbor(base: &LwPath, items: &[WriteItem], out: &mut Vec<u8>) {
             Value::Opaque(_) | Value::Untyped(_) => cbor::write_int(out, senml_cbor::VD),
             Value::Objlnk(..) => cbor::write_text(out, senml_cbor::VLO),
         }
-        cbor_value(&it.value, out);
+        cbor_value(value, out);
     }
 }
 

@@ -43,6 +43,11 @@ pub fn node_client(gw_udp: std::net::SocketAddr, ep: &str) -> Proc {
 
 /// The Python of `tests/interop/python/.venv`, after checking it has emqxlwm2m.
 pub fn venv_python() -> PathBuf {
+    venv_python_with("emqxlwm2m.engines.emqx")
+}
+
+/// The Python of `tests/interop/python/.venv`, after checking that `module` imports there.
+pub fn venv_python_with(module: &str) -> PathBuf {
     let dir = interop_dir("python");
     let py = dir.join(".venv/bin/python");
     assert!(
@@ -51,12 +56,12 @@ pub fn venv_python() -> PathBuf {
         py.display()
     );
     let ok = Command::new(&py)
-        .args(["-c", "import emqxlwm2m.engines.emqx"])
+        .args(["-c", &format!("import {module}")])
         .status()
         .expect("run the venv's python");
     assert!(
         ok.success(),
-        "emqxlwm2m does not import in {}: run scripts/test.sh",
+        "{module} does not import in {}: run scripts/test.sh",
         py.display()
     );
     py
