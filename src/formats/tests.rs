@@ -1026,6 +1026,17 @@ fn encoded_forms_look_right() {
         let bytes = encode(fmt, &p("/3/0/7"), &witems(&mixed)).unwrap();
         assert_eq!(decode(Some(fmt), &bytes, &p("/3/0/7"), &m).unwrap(), mixed);
     }
+    // OMA LwM2M JSON names the same way: bn + n is the written path.
+    let one = witems(&[item("/3/0/14", s("+02"))]);
+    let oma = encode(fmt_id::OMA_JSON, &p("/3/0/14"), &one).unwrap();
+    assert_eq!(
+        String::from_utf8(oma.clone()).unwrap(),
+        r#"{"bn":"/3/0/14","e":[{"n":"","sv":"+02"}]}"#
+    );
+    assert_eq!(
+        decode(Some(fmt_id::OMA_JSON), &oma, &p("/3/0/14"), &m).unwrap(),
+        [item("/3/0/14", s("+02"))]
+    );
     // [{-2: "/3/0/14", 3: "+02"}]
     let cbor = encode(
         fmt_id::SENML_CBOR,

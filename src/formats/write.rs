@@ -447,9 +447,15 @@ fn encode_senml_json(base: &LwPath, items: &[WriteItem], out: &mut Vec<u8>) {
     out.push(b']');
 }
 
+/// OMA LwM2M JSON: `bn` + `n` is each written path, as in SenML: a write of the resource
+/// itself carries it whole in `bn` (`"/3/0/14"`, `"n":""`).
 fn encode_oma_json(base: &LwPath, items: &[WriteItem], out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"bn\":\"");
-    base_name(base, out);
+    if items.iter().all(|it| it.path == *base) && !base.is_empty() {
+        write_path(base, out);
+    } else {
+        base_name(base, out);
+    }
     out.extend_from_slice(b"\",\"e\":[");
     for (k, it) in items.iter().enumerate() {
         if k > 0 {
