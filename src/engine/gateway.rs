@@ -24,6 +24,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const WAKER: Token = Token(0);
+/// How bind errors name each listener.
+const UDP_LISTENER: &str = "UDP listener";
+const DTLS_LISTENER: &str = "DTLS listener";
+const API_LISTENER: &str = "management API listener (api.bind)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -33,9 +37,10 @@ pub enum GatewayError {
         bind: SocketAddr,
         source: std::io::Error,
     },
-    /// A UDP listener socket could not be bound.
-    #[error("UDP listener on {bind}: {source}")]
+    /// A listener socket (UDP, DTLS or the management API's) could not be bound.
+    #[error("{what} on {bind}: {source}")]
     Bind {
+        what: &'static str,
         bind: SocketAddr,
         source: std::io::Error,
     },
@@ -98,17 +103,24 @@ impl Gateway {
         let listener = cfg.udp_listener();
 
         // Sockets first: a bad bind fails the start before any thread runs.
-        let sockets = bind_sockets(listener.bind, shards, cfg)?;
+        let sockets = bind_sockets(UDP_LISTENER, listener.bind, shards, cfg)?;
         let udp_addr = sockets[0].local_addr().map_err(|e| GatewayError::Bind {
+            what: UDP_LISTENER,
             bind: listener.bind,
             source: e,
         })?;
+        let api_err = |source| GatewayError::Bind {
+            what: API_LISTENER,
+            bind: cfg.api.bind,
+            source,
+        };
+        let api_listener = std::net::TcpListener::bind(cfg.api.bind).map_err(api_err)?;
 
         let mut parts = Vec::with_capacity(shards);
         let mut senders = Vec::with_capacity(shards);
         let mut wakers = Vec::with_capacity(shards);
         let mut dtls_sockets: Vec<Option<std::net::UdpSocket>> = match &dtls {
-            Some((bind, _)) => bind_sockets(*bind, shards, cfg)?
+            Some((bind, _)) => bind_sockets(DTLS_LISTENER, *bind, shards, cfg)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -221,16 +233,13 @@ impl Gateway {
         })
         .map_err(|e| start_err("shard threads", e))?;
         tracing::info!(%udp_addr, shards, "UDP listener up");
-        let api = ApiServer::start(
-            cfg.api.bind,
+        let api = ApiServer::start_on(
+            api_listener,
             cfg.api.api_key.clone(),
             cfg.api.api_secret.expose().to_string(),
             admin,
         )
-        .map_err(|e| GatewayError::Bind {
-            bind: cfg.api.bind,
-            source: e,
-        })?;
+        .map_err(|e| start_err("management API", e))?;
         tracing::info!(bind = %api.local_addr(), "management API up");
         Ok(Self {
             stop,
@@ -476,6 +485,7 @@ fn load_registry(dir: &std::path::Path) -> Arc<SharedRegistry> {
 }
 
 fn bind_sockets(
+    what: &'static str,
     bind: SocketAddr,
     shards: usize,
     cfg: &Config,
@@ -488,12 +498,11 @@ fn bind_sockets(
     let mut addr = bind;
     let mut out = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let s = netio::bind_udp(addr, &opts).map_err(|e| GatewayError::Bind { bind, source: e })?;
+        let err = |source| GatewayError::Bind { what, bind, source };
+        let s = netio::bind_udp(addr, &opts).map_err(err)?;
         // With port 0 the first socket picks the port; the others share it.
         if addr.port() == 0 {
-            addr = s
-                .local_addr()
-                .map_err(|e| GatewayError::Bind { bind, source: e })?;
+            addr = s.local_addr().map_err(err)?;
         }
         out.push(s);
     }
