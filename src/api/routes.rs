@@ -132,7 +132,8 @@ fn check_credentials(ctx: &Ctx, req: &Request) -> Result<(), Response> {
     };
     if ctx.api_secret.is_empty() {
         return Err(unauthorized(
-            "the management API is disabled: api.api_secret must be set in the configuration",
+            "the management API is disabled: api.api_secret must be set (in the configuration, \
+             with --api-secret or with the LWM2M_API_SECRET environment variable)",
         ));
     }
     let Some(h) = req.header("authorization") else {
