@@ -7,7 +7,9 @@ use clap::Parser;
 
 use crate::config::bind::parse_bind;
 use crate::config::size::parse_size;
-use crate::config::{Config, ConfigError, MqttProtocol, MqttServer, SubscribeMode, UdpListener};
+use crate::config::{
+    Config, ConfigError, MqttProtocol, MqttServer, Secret, SubscribeMode, UdpListener,
+};
 use crate::config::{DEFAULT_PATH, DEFAULT_TOML};
 
 /// A high-throughput LwM2M-to-MQTT gateway.
@@ -81,6 +83,17 @@ pub struct Cli {
     /// Management API address (api.bind)
     #[arg(long, value_name = "ADDR")]
     pub api_bind: Option<String>,
+
+    /// Management API secret, the password of HTTP basic auth with
+    /// api.api_key (api.api_secret); prefer the environment variable, which
+    /// other users cannot read from the process list
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "LWM2M_API_SECRET",
+        hide_env_values = true
+    )]
+    pub api_secret: Option<Secret>,
 
     /// Directory of OMA object definitions (xml_dir)
     #[arg(long, value_name = "DIR")]
@@ -248,6 +261,11 @@ impl Cli {
             c.api.bind = parse_bind(s).map_err(|m| flag_err("--api-bind", m))?;
             o.set("--api-bind", "api.bind");
         }
+        // Empty counts as not given: an empty variable must not wipe the file's secret.
+        if let Some(s) = self.api_secret.as_ref().filter(|s| !s.is_empty()) {
+            c.api.api_secret = s.clone();
+            o.set("--api-secret", "api.api_secret");
+        }
         if let Some(dir) = &self.xml_dir {
             c.xml_dir = dir.clone();
             o.set("--xml-dir", "xml_dir");
@@ -399,6 +417,8 @@ mod tests {
                 "16MB",
                 "--socket-sndbuf",
                 "512KB",
+                "--api-secret",
+                "flag-secret",
             ],
             &dir,
         )
@@ -424,6 +444,18 @@ mod tests {
         assert_eq!(c.xml_dir, PathBuf::from("/srv/xml"));
         assert_eq!(c.engine.socket_rcvbuf, 16 << 20);
         assert_eq!(c.engine.socket_sndbuf, 512 << 10);
+        assert_eq!(c.api.api_secret.expose(), "flag-secret");
+    }
+
+    #[test]
+    fn an_empty_api_secret_leaves_the_file_alone() {
+        let dir = Dir::new();
+        let p = dir.file("gw.toml", "[api]\napi_secret = \"from-file\"\n");
+        let c = load(&["-c", &p, "--api-secret", ""], &dir).unwrap();
+        assert_eq!(c.api.api_secret.expose(), "from-file");
+        let c = load(&["-c", &p, "--api-secret", "from-flag"], &dir).unwrap();
+        assert_eq!(c.api.api_secret.expose(), "from-flag");
+        assert!(!format!("{:?}", cli(&["--api-secret", "from-flag"])).contains("from-flag"));
     }
 
     #[test]

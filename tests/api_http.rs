@@ -2,14 +2,18 @@
 //! every route, credentials, paging and filters, the command JSON built for
 //! read/write/observe, lookup's answers, and hostile input.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use lwm2m_gateway::api::{Admin, ApiServer, ClientInfo, ClientStats, LookupAnswer};
+use lwm2m_gateway::api::{
+    Admin, ApiServer, ClientInfo, ClientStats, LookupAnswer, MAX_CONNECTIONS, REQUEST_TIMEOUT,
+    WORKERS,
+};
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 
@@ -23,10 +27,29 @@ struct Fake {
     config: Mutex<String>,
     auth: Mutex<String>,
     unhealthy: AtomicBool,
+    /// While true, `clients()` waits (a gateway slow to answer); `held` counts
+    /// the callers waiting.
+    hold: (Mutex<bool>, Condvar),
+    held: AtomicUsize,
+}
+
+impl Fake {
+    fn set_hold(&self, on: bool) {
+        *self.hold.0.lock().unwrap() = on;
+        self.hold.1.notify_all();
+    }
 }
 
 impl Admin for Fake {
     fn clients(&self) -> Vec<ClientInfo> {
+        let mut on = self.hold.0.lock().unwrap();
+        if *on {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            while *on {
+                on = self.hold.1.wait(on).unwrap();
+            }
+        }
+        drop(on);
         self.clients.lock().unwrap().clone()
     }
     fn client(&self, clientid: &str) -> Option<ClientInfo> {
@@ -289,9 +312,16 @@ fn health_and_metrics_need_no_credentials() {
         "{}",
         r.body
     );
+    // The same exposition, but for the count of connections accepted.
+    let without_accepted = |b: &str| {
+        b.lines()
+            .filter(|l| !l.starts_with("lwm2m_api_connections_total "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert_eq!(
-        call_as(a, "GET", "/api/v5/prometheus/stats", None, None).body,
-        r.body
+        without_accepted(&call_as(a, "GET", "/api/v5/prometheus/stats", None, None).body),
+        without_accepted(&r.body)
     );
     assert_eq!(call_as(a, "POST", "/metrics", None, Some("{}")).status, 405);
     // Wrong credentials do not matter on open endpoints.
@@ -955,4 +985,132 @@ fn stop_releases_the_port() {
     server.stop();
     drop(idle);
     assert!(TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_err());
+}
+
+/// A sample's value in `/metrics`; `sample` is its name and labels as written.
+fn metric(a: SocketAddr, sample: &str) -> u64 {
+    let r = call_as(a, "GET", "/metrics", None, None);
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{sample} not in /metrics:\n{}", r.body))
+}
+
+/// Reads until the server closes the connection (panics if it does not) and
+/// returns the status of what it said before (0: nothing).
+fn status_then_eof(mut s: TcpStream) -> u16 {
+    // A bound so that a connection left open fails the test instead of hanging it.
+    s.set_read_timeout(Some(REQUEST_TIMEOUT * 3)).unwrap();
+    let mut got = Vec::new();
+    if let Err(e) = s.read_to_end(&mut got) {
+        panic!(
+            "the server did not close the connection ({e}); it sent {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn slow_clients_cannot_shut_the_api() {
+    let (server, _) = setup(SECRET);
+    let a = server.local_addr();
+    // More connections than the server keeps open, each sending part of a
+    // request line and then nothing (slow loris).
+    let flood = MAX_CONNECTIONS + 44;
+    let slow: Vec<TcpStream> = (0..flood)
+        .map(|_| {
+            let mut s = connect(a);
+            s.write_all(b"GET /hea").unwrap();
+            s
+        })
+        .collect();
+    // With all of them open, /health and an authenticated call are answered.
+    let r = call_as(a, "GET", "/health", None, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(a, "GET", &format!("{GW}/clients?limit=1"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["meta"]["count"].as_u64(), Some(25));
+    // The server closes every slow connection: 503 for those a newer
+    // connection replaced at the limit, 408 for those whose request timed out.
+    let mut by_status = BTreeMap::new();
+    for s in slow {
+        *by_status.entry(status_then_eof(s)).or_insert(0u64) += 1;
+    }
+    let replaced = by_status.get(&503).copied().unwrap_or(0);
+    let timed_out = by_status.get(&408).copied().unwrap_or(0);
+    assert_eq!(replaced + timed_out, flood as u64, "{by_status:?}");
+    assert!(replaced >= 44 && timed_out > 0, "{by_status:?}");
+    let closed = |reason: &str| {
+        metric(
+            a,
+            &format!("lwm2m_api_connections_closed_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(closed("evicted"), replaced);
+    assert_eq!(closed("request_timeout"), timed_out);
+    assert_eq!(closed("busy"), 0);
+    server.stop();
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let (server, _) = setup(SECRET);
+    let a = server.local_addr();
+    let silent = connect(a);
+    let mut kept = connect(a);
+    kept.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+    let r = read_response(&mut kept, &mut Vec::new());
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    for s in [silent, kept] {
+        assert_eq!(status_then_eof(s), 0, "closed without a word");
+    }
+    assert_eq!(
+        metric(
+            a,
+            "lwm2m_api_connections_closed_total{reason=\"idle_timeout\"}"
+        ),
+        2
+    );
+    server.stop();
+}
+
+#[test]
+fn health_answers_while_every_worker_is_busy() {
+    let (server, fake) = setup(SECRET);
+    let a = server.local_addr();
+    /// Lets the held workers go even when the test fails (the server's drop joins them).
+    struct Release(Arc<Fake>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.set_hold(false);
+        }
+    }
+    let release = Release(fake.clone());
+    fake.set_hold(true);
+    let held: Vec<_> = (0..WORKERS)
+        .map(|_| std::thread::spawn(move || call(a, "GET", &format!("{GW}/clients"), None).status))
+        .collect();
+    for _ in 0..3000 {
+        if fake.held.load(Ordering::SeqCst) == WORKERS {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        fake.held.load(Ordering::SeqCst),
+        WORKERS,
+        "every worker held"
+    );
+    let r = call_as(a, "GET", "/health", None, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(release);
+    for t in held {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    server.stop();
 }

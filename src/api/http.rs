@@ -1,21 +1,13 @@
-//! The HTTP/1.1 side of the management API: reading requests under size and
-//! time limits, writing responses. Small on purpose: the API is low-rate.
+//! The HTTP/1.1 side of the management API, without I/O: taking whole
+//! requests out of a connection's buffered bytes under size limits, and
+//! encoding responses. Small on purpose: the API is low-rate.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::io::Write;
 
 /// Largest request head (request line and headers).
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
-/// How long a kept-alive connection may sit idle between requests.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a whole request may take to arrive once it started.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Granularity of the stop-flag checks while reading.
-const SLICE: Duration = Duration::from_millis(250);
 
 /// A parsed request.
 #[derive(Debug, Default)]
@@ -144,176 +136,68 @@ pub(crate) fn encode(resp: &Response, keep_alive: bool, head_only: bool) -> Vec<
     out
 }
 
-/// Why no request could be read.
+/// A request that cannot be served: answer with this status, error code and
+/// message, then close.
 #[derive(Debug)]
-pub(crate) enum ReadError {
-    /// The peer closed, went idle or the server is stopping: close quietly.
-    Closed,
-    /// Answer with this status and message, then close.
-    Reject(u16, &'static str, String),
+pub(crate) struct Reject(pub u16, pub &'static str, pub String);
+
+/// What the buffered bytes of a connection hold.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// A whole request (taken out of the buffer).
+    Request(Request),
+    /// Not yet a whole request. `expects_continue`: the head is complete, its
+    /// body is not, and the client asked for `100 Continue`.
+    Partial { expects_continue: bool },
 }
 
-/// One client connection with its read buffer.
-pub(crate) struct Conn {
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-        Conn {
-            stream,
-            buf: Vec::with_capacity(1024),
+/// Takes the next whole request out of `buf` (sans I/O: the caller reads the
+/// bytes). Blank lines before a request are dropped (RFC 9112 §2.2).
+pub(crate) fn take_request(buf: &mut Vec<u8>) -> Result<Parsed, Reject> {
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    buf.drain(..skip);
+    let too_large = || Reject(431, "BAD_REQUEST", "request head too large".into());
+    let (mut req, head_len, content_length) = match parse_head(buf)? {
+        Some(parsed) if parsed.1 > MAX_HEAD => return Err(too_large()),
+        Some(parsed) => parsed,
+        None if buf.len() > MAX_HEAD => return Err(too_large()),
+        None => {
+            return Ok(Parsed::Partial {
+                expects_continue: false,
+            })
         }
+    };
+    if content_length > MAX_BODY {
+        return Err(Reject(
+            413,
+            "BAD_REQUEST",
+            format!("request body over {MAX_BODY} bytes"),
+        ));
     }
-
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-
-    /// Reads more bytes. `started`: when the current request's first byte
-    /// came (`None` while idle).
-    /// `waiting`: whether other connections wait for a worker; a
-    /// connection that has not started a request then gives its worker up.
-    fn fill(
-        &mut self,
-        started: Option<Instant>,
-        idle_since: Instant,
-        stop: &AtomicBool,
-        waiting: &dyn Fn() -> bool,
-    ) -> Result<(), ReadError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return Err(ReadError::Closed);
-            }
-            if started.is_none() && idle_since.elapsed() >= SLICE && waiting() {
-                return Err(ReadError::Closed);
-            }
-            let left = match started {
-                Some(t) => REQUEST_TIMEOUT.saturating_sub(t.elapsed()),
-                None => IDLE_TIMEOUT.saturating_sub(idle_since.elapsed()),
-            };
-            if left.is_zero() {
-                return Err(match started {
-                    Some(_) => ReadError::Reject(
-                        408,
-                        "REQUEST_TIMEOUT",
-                        "request not received in time".into(),
-                    ),
-                    None => ReadError::Closed,
-                });
-            }
-            let _ = self.stream.set_read_timeout(Some(left.min(SLICE)));
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(match started {
-                        Some(_) => {
-                            ReadError::Reject(400, "BAD_REQUEST", "incomplete request".into())
-                        }
-                        None => ReadError::Closed,
-                    })
-                }
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(());
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(ReadError::Closed),
-            }
-        }
-    }
-
-    /// Reads one request (head and body). See [`Conn::fill`] for `waiting`.
-    pub fn read_request(
-        &mut self,
-        stop: &AtomicBool,
-        waiting: &dyn Fn() -> bool,
-    ) -> Result<Request, ReadError> {
-        let idle_since = Instant::now();
-        let mut started = (!self.buf.is_empty()).then(Instant::now);
-        let (mut req, head_len, content_length) = loop {
-            if started.is_none() {
-                // Tolerate blank lines between requests (RFC 9112 §2.2).
-                let skip = self
-                    .buf
-                    .iter()
-                    .take_while(|&&b| b == b'\r' || b == b'\n')
-                    .count();
-                self.buf.drain(..skip);
-            }
-            if !self.buf.is_empty() {
-                match parse_head(&self.buf)? {
-                    Some(parsed) if parsed.1 > MAX_HEAD => {
-                        return Err(ReadError::Reject(
-                            431,
-                            "BAD_REQUEST",
-                            "request head too large".into(),
-                        ))
-                    }
-                    Some(parsed) => break parsed,
-                    None if self.buf.len() > MAX_HEAD => {
-                        return Err(ReadError::Reject(
-                            431,
-                            "BAD_REQUEST",
-                            "request head too large".into(),
-                        ))
-                    }
-                    None => {}
-                }
-            }
-            self.fill(started, idle_since, stop, waiting)?;
-            started.get_or_insert_with(Instant::now);
-        };
-        if content_length > MAX_BODY {
-            return Err(ReadError::Reject(
-                413,
-                "BAD_REQUEST",
-                format!("request body over {MAX_BODY} bytes"),
-            ));
-        }
-        self.buf.drain(..head_len);
-        let expects = req
+    if buf.len() < head_len + content_length {
+        let expects_continue = req
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        if expects && content_length > self.buf.len() {
-            let _ = self.write(b"HTTP/1.1 100 Continue\r\n\r\n");
-        }
-        let started = started.unwrap_or_else(Instant::now);
-        while self.buf.len() < content_length {
-            self.fill(Some(started), idle_since, stop, waiting)?;
-        }
-        let rest = self.buf.split_off(content_length);
-        req.body = std::mem::replace(&mut self.buf, rest);
-        Ok(req)
+        return Ok(Parsed::Partial { expects_continue });
     }
+    req.body = buf[head_len..head_len + content_length].to_vec();
+    buf.drain(..head_len + content_length);
+    Ok(Parsed::Request(req))
 }
 
 /// Parses a complete head: `Ok(None)` if more bytes are needed.
-fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, ReadError> {
-    let bad = |m: &str| ReadError::Reject(400, "BAD_REQUEST", m.to_string());
+fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Reject> {
+    let bad = |m: &str| Reject(400, "BAD_REQUEST", m.to_string());
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut r = httparse::Request::new(&mut headers);
     let head_len = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(ReadError::Reject(
-                431,
-                "BAD_REQUEST",
-                "too many headers".into(),
-            ))
+            return Err(Reject(431, "BAD_REQUEST", "too many headers".into()))
         }
         Err(e) => return Err(bad(&format!("malformed request: {e}"))),
     };
@@ -342,7 +226,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, ReadError> 
                 content_length = Some(n);
             }
             "transfer-encoding" => {
-                return Err(ReadError::Reject(
+                return Err(Reject(
                     411,
                     "BAD_REQUEST",
                     "Transfer-Encoding is not supported; send Content-Length".into(),
@@ -416,6 +300,36 @@ mod tests {
     }
 
     #[test]
+    fn whole_requests_only() {
+        let mut buf =
+            b"\r\nPOST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nab".to_vec();
+        assert!(matches!(
+            take_request(&mut buf),
+            Ok(Parsed::Partial {
+                expects_continue: true
+            })
+        ));
+        buf.extend_from_slice(b"cGET /b HTTP/1.1\r\n");
+        let Ok(Parsed::Request(r)) = take_request(&mut buf) else {
+            panic!("a whole request");
+        };
+        assert_eq!((r.path.as_str(), r.body.as_slice()), ("/a", &b"abc"[..]));
+        assert_eq!(buf, b"GET /b HTTP/1.1\r\n");
+        assert!(matches!(
+            take_request(&mut buf),
+            Ok(Parsed::Partial {
+                expects_continue: false
+            })
+        ));
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(take_request(&mut buf), Ok(Parsed::Request(_))));
+        assert!(buf.is_empty());
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_HEAD + 1, b'a');
+        assert!(matches!(take_request(&mut big), Err(Reject(431, ..))));
+    }
+
+    #[test]
     fn heads() {
         let (r, n, cl) =
             parse_head(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
@@ -435,15 +349,15 @@ mod tests {
         assert!(!r.keep_alive);
         assert!(matches!(
             parse_head(b"\x00\x01 garbage\r\n\r\n"),
-            Err(ReadError::Reject(400, ..))
+            Err(Reject(400, ..))
         ));
         assert!(matches!(
             parse_head(b"GET http://x/ HTTP/1.1\r\n\r\n"),
-            Err(ReadError::Reject(400, ..))
+            Err(Reject(400, ..))
         ));
         assert!(matches!(
             parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Err(ReadError::Reject(411, ..))
+            Err(Reject(411, ..))
         ));
     }
 }

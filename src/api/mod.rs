@@ -3,12 +3,16 @@
 //! (Prometheus) and `/health`.
 //!
 //! Management endpoints need HTTP basic auth with `api.api_key` and
-//! `api.api_secret`; `/metrics` and `/health` need nothing. The server is a
-//! few std threads (an acceptor and [`WORKERS`] connection workers behind a
-//! bounded queue); requests are bounded in size and time (a request must
-//! arrive within 10 s of its first byte; a connection that has not started a
-//! request gives its worker up as soon as another connection waits), and the
-//! gateway is reached through the [`Admin`] trait.
+//! `api.api_secret`; `/metrics` and `/health` need nothing. One event-loop
+//! thread reads and writes every connection without blocking and [`WORKERS`]
+//! threads answer whole requests (`/health` is answered by the event loop
+//! itself), reaching the gateway through the [`Admin`] trait. Limits, so that
+//! whoever reaches the port cannot shut it: requests are bounded in size; a
+//! connection idle for 5 s is closed, a request not complete 10 s after its
+//! first byte is answered 408 and closed, a response unread for 10 s is
+//! abandoned; at most [`MAX_CONNECTIONS`] are open, and a new one then
+//! replaces the one that has waited longest. Each is counted in `/metrics`
+//! (`lwm2m_api_connections_closed_total`).
 //!
 //! | method | path | |
 //! |---|---|---|
@@ -22,26 +26,29 @@
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
 
+mod conn;
+mod event_loop;
 mod http;
 mod relaxed_json;
 mod routes;
+mod stats;
+mod workers;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use crossbeam_channel::{Receiver, TrySendError};
+use mio::{Interest, Poll, Waker};
 
-/// Connection worker threads.
+pub use conn::{IDLE_TIMEOUT, REQUEST_TIMEOUT, WRITE_TIMEOUT};
+pub use event_loop::MAX_CONNECTIONS;
+
+/// Worker threads answering requests.
 pub const WORKERS: usize = 4;
-/// Accepted connections waiting for a worker; beyond it new ones get 503.
+/// Whole requests waiting for a worker; beyond it requests get 503.
 pub const PENDING: usize = 64;
-/// Requests served on one kept-alive connection before it is closed.
-const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 
 /// A registered device as the API shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,8 +125,8 @@ pub trait Admin: Send + Sync + 'static {
 pub struct ApiServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-    workers: Vec<JoinHandle<()>>,
+    waker: Arc<Waker>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl ApiServer {
@@ -131,54 +138,52 @@ impl ApiServer {
         api_secret: String,
         admin: Arc<dyn Admin>,
     ) -> io::Result<ApiServer> {
-        let listener = TcpListener::bind(bind)?;
+        let listener = std::net::TcpListener::bind(bind)?;
+        Self::start_on(listener, api_key, api_secret, admin)
+    }
+
+    /// As [`ApiServer::start`], on a listener bound beforehand.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        api_key: String,
+        api_secret: String,
+        admin: Arc<dyn Admin>,
+    ) -> io::Result<ApiServer> {
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, event_loop::LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), event_loop::WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = Arc::new(routes::Ctx::new(admin, api_key, api_secret));
-        let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(PENDING);
-        let mut workers = Vec::with_capacity(WORKERS);
+        let stats = Arc::new(stats::ApiStats::default());
+        let ctx = Arc::new(routes::Ctx::new(admin, api_key, api_secret, stats.clone()));
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(PENDING);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let mut threads = Vec::with_capacity(WORKERS + 1);
         for i in 0..WORKERS {
-            let (rx, ctx, stop) = (rx.clone(), ctx.clone(), stop.clone());
-            workers.push(
+            let (jobs, done, waker) = (jobs_rx.clone(), done_tx.clone(), waker.clone());
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            threads.push(
                 std::thread::Builder::new()
                     .name(format!("api-{i}"))
-                    .spawn(move || worker(&rx, &ctx, &stop))?,
+                    .spawn(move || workers::run(&jobs, &done, &waker, &ctx, &stop))?,
             );
         }
-        let stop2 = stop.clone();
-        let acceptor = std::thread::Builder::new()
-            .name("api-accept".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let conn = match conn {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "API accept failed");
-                            // e.g. out of file descriptors: do not spin.
-                            std::thread::sleep(Duration::from_millis(10));
-                            continue;
-                        }
-                    };
-                    if let Err(TrySendError::Full(mut c)) = tx.try_send(conn) {
-                        let resp = http::Response::error(
-                            503,
-                            "SERVICE_UNAVAILABLE",
-                            "too many connections",
-                        );
-                        let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
-                        let _ = io::Write::write_all(&mut c, &http::encode(&resp, false, false));
-                    }
-                }
-            })?;
+        let el =
+            event_loop::EventLoop::new(poll, listener, jobs_tx, done_rx, ctx, stats, stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("api-loop".into())
+                .spawn(move || el.run())?,
+        );
         tracing::info!(%addr, "management API listening");
         Ok(ApiServer {
             addr,
             stop,
-            acceptor: Some(acceptor),
-            workers,
+            waker,
+            threads,
         })
     }
 
@@ -186,28 +191,24 @@ impl ApiServer {
         self.addr
     }
 
-    /// Stops accepting, lets the workers finish the request at hand, joins.
+    /// Stops accepting and closes every connection; workers finish the
+    /// request at hand. Returns once the port is released.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        let Some(acceptor) = self.acceptor.take() else {
+        if self.threads.is_empty() {
             return;
-        };
+        }
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::new(ip, self.addr.port()),
-            Duration::from_secs(1),
-        );
-        let _ = acceptor.join();
-        for w in self.workers.drain(..) {
+        let _ = self.waker.wake();
+        // The event loop is last: joining it first drops the job queue, which
+        // ends the workers.
+        if let Some(el) = self.threads.pop() {
+            let _ = el.join();
+        }
+        for w in self.threads.drain(..) {
             let _ = w.join();
         }
     }
@@ -216,45 +217,5 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn worker(rx: &Receiver<TcpStream>, ctx: &routes::Ctx, stop: &AtomicBool) {
-    while let Ok(stream) = rx.recv() {
-        if stop.load(Ordering::Relaxed) {
-            continue;
-        }
-        serve(stream, ctx, stop, &|| !rx.is_empty());
-    }
-}
-
-fn serve(stream: TcpStream, ctx: &routes::Ctx, stop: &AtomicBool, waiting: &dyn Fn() -> bool) {
-    let mut conn = http::Conn::new(stream);
-    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(stop, waiting) {
-            Ok(r) => r,
-            Err(http::ReadError::Closed) => return,
-            Err(http::ReadError::Reject(status, code, msg)) => {
-                let _ = conn.write(&http::encode(
-                    &http::Response::error(status, code, &msg),
-                    false,
-                    false,
-                ));
-                return;
-            }
-        };
-        let resp =
-            catch_unwind(AssertUnwindSafe(|| routes::handle(ctx, &req))).unwrap_or_else(|_| {
-                tracing::error!(method = %req.method, path = %req.path, "API handler panicked");
-                http::Response::error(500, "INTERNAL_ERROR", "internal error")
-            });
-        let keep = req.keep_alive && !stop.load(Ordering::Relaxed);
-        if conn
-            .write(&http::encode(&resp, keep, req.method == "HEAD"))
-            .is_err()
-            || !keep
-        {
-            return;
-        }
     }
 }

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use simd_json::prelude::*;
 
 use super::http::{percent_decode, Request, Response};
+use super::stats::ApiStats;
 use super::{Admin, ClientInfo, LookupAnswer};
 use crate::json;
 
@@ -20,12 +21,18 @@ pub(crate) struct Ctx {
     api_key: String,
     api_secret: String,
     node: String,
+    stats: Arc<ApiStats>,
     /// Generated `reqID`s of the commands the API sends.
     req_seq: AtomicU64,
 }
 
 impl Ctx {
-    pub fn new(admin: Arc<dyn Admin>, api_key: String, api_secret: String) -> Ctx {
+    pub fn new(
+        admin: Arc<dyn Admin>,
+        api_key: String,
+        api_secret: String,
+        stats: Arc<ApiStats>,
+    ) -> Ctx {
         let node = admin.node();
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -35,6 +42,7 @@ impl Ctx {
             api_key,
             api_secret,
             node,
+            stats,
             // Distinct across restarts, below 2^53 (exact as a JSON number).
             req_seq: AtomicU64::new((secs & 0xFFFF_FFFF) << 20),
         }
@@ -61,6 +69,11 @@ fn not_found(what: &str) -> Response {
 
 fn bad_request(msg: &str) -> Response {
     Response::error(400, "BAD_REQUEST", msg)
+}
+
+/// Whether `req` asks for `/health` (answered without waiting for a worker).
+pub(crate) fn is_health(req: &Request) -> bool {
+    req.path.split('/').filter(|s| !s.is_empty()).eq(["health"])
 }
 
 pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
@@ -90,6 +103,7 @@ pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
             }
             let mut out = String::with_capacity(16 * 1024);
             ctx.admin.metrics(&mut out);
+            ctx.stats.write(&mut out);
             let mut r = Response::json(200, out.into_bytes());
             r.content_type = crate::metrics::CONTENT_TYPE;
             return r;
@@ -118,7 +132,8 @@ fn check_credentials(ctx: &Ctx, req: &Request) -> Result<(), Response> {
     };
     if ctx.api_secret.is_empty() {
         return Err(unauthorized(
-            "the management API is disabled: api.api_secret must be set in the configuration",
+            "the management API is disabled: api.api_secret must be set (in the configuration, \
+             with --api-secret or with the LWM2M_API_SECRET environment variable)",
         ));
     }
     let Some(h) = req.header("authorization") else {

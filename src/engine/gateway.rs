@@ -24,6 +24,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const WAKER: Token = Token(0);
+/// How bind errors name each listener.
+const UDP_LISTENER: &str = "UDP listener";
+const DTLS_LISTENER: &str = "DTLS listener";
+const API_LISTENER: &str = "management API listener (api.bind)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -96,18 +100,24 @@ impl Gateway {
         let listener = cfg.udp_listener();
 
         // Sockets first: a bad bind fails the start before any thread runs.
-        let sockets = bind_sockets("UDP listener", listener.bind, shards, cfg)?;
+        let sockets = bind_sockets(UDP_LISTENER, listener.bind, shards, cfg)?;
         let udp_addr = sockets[0].local_addr().map_err(|e| GatewayError::Bind {
-            what: "UDP listener",
+            what: UDP_LISTENER,
             bind: listener.bind,
             source: e,
         })?;
+        let api_err = |source| GatewayError::Bind {
+            what: API_LISTENER,
+            bind: cfg.api.bind,
+            source,
+        };
+        let api_listener = std::net::TcpListener::bind(cfg.api.bind).map_err(api_err)?;
 
         let mut parts = Vec::with_capacity(shards);
         let mut senders = Vec::with_capacity(shards);
         let mut wakers = Vec::with_capacity(shards);
         let mut dtls_sockets: Vec<Option<std::net::UdpSocket>> = match &dtls {
-            Some((bind, _)) => bind_sockets("DTLS listener", *bind, shards, cfg)?
+            Some((bind, _)) => bind_sockets(DTLS_LISTENER, *bind, shards, cfg)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -220,17 +230,13 @@ impl Gateway {
         })
         .map_err(|e| start_err("shard threads", e))?;
         tracing::info!(%udp_addr, shards, "UDP listener up");
-        let api = ApiServer::start(
-            cfg.api.bind,
+        let api = ApiServer::start_on(
+            api_listener,
             cfg.api.api_key.clone(),
             cfg.api.api_secret.expose().to_string(),
             admin,
         )
-        .map_err(|e| GatewayError::Bind {
-            what: "management API listener (api.bind)",
-            bind: cfg.api.bind,
-            source: e,
-        })?;
+        .map_err(|e| start_err("management API", e))?;
         tracing::info!(bind = %api.local_addr(), "management API up");
         Ok(Self {
             stop,

@@ -61,6 +61,43 @@ impl GatewayProc {
         mqtt_extra: &str,
         udp_extra: &str,
     ) -> Self {
+        let head = format!(
+            "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n{udp_extra}\n"
+        );
+        let mut gw = Self::spawn(broker, &head, mqtt_extra, Some(API_SECRET), &[], &[]);
+        gw.udp = gw.wait_ready();
+        gw
+    }
+
+    /// Like `spawn_cli`, once ready.
+    pub fn start_cli(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut gw = Self::spawn_cli(args, env);
+        gw.udp = gw.wait_ready();
+        gw
+    }
+
+    /// Runs the gateway (embedded broker, shipped object definitions) with no
+    /// management API secret in its file, `args` on its command line and `env` in its
+    /// environment; does not wait for it.
+    pub fn spawn_cli(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
+        let head = format!(
+            "xml_dir = \"{xml}\"\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n\
+             max_conn_rate = 1000000\n"
+        );
+        Self::spawn(Broker::Embedded, &head, "", None, args, env)
+    }
+
+    /// Writes the configuration (`head`, then `[mqtt]` and `[api]`) and starts the
+    /// binary; the environment holds no `LWM2M_API_SECRET` unless `env` sets it.
+    fn spawn(
+        broker: Broker,
+        head: &str,
+        mqtt_extra: &str,
+        api_secret: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (server, mqtt, mqtt_v5) = match broker {
             Broker::Embedded => {
@@ -77,9 +114,9 @@ impl GatewayProc {
             Broker::External(a) => (format!("server = \"mqtt://{a}\""), a, None),
         };
         let api = free_port();
+        let secret = api_secret.map_or(String::new(), |s| format!("api_secret = \"{s}\"\n"));
         let toml = format!(
-            "xml_dir = \"{xml}\"\n{extra}\n\n[listeners.udp.default]\nbind = \"127.0.0.1:0\"\n{udp_extra}\n\n\
-             [mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\napi_secret = \"{API_SECRET}\"\n"
+            "{head}\n[mqtt]\n{server}\n{mqtt_extra}\n\n[api]\nbind = \"127.0.0.1:{api}\"\n{secret}"
         );
         let cfg = dir.path().join("gateway.toml");
         std::fs::write(&cfg, toml).expect("write config");
@@ -88,12 +125,15 @@ impl GatewayProc {
         let child = Command::new(env!("CARGO_BIN_EXE_lwm2m-gateway"))
             .arg("--config")
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info,rumqttd=warn")
+            .env_remove("LWM2M_API_SECRET")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start lwm2m-gateway");
-        let mut gw = Self {
+        Self {
             child: Some(child),
             udp: SocketAddr::from(([127, 0, 0, 1], 0)),
             mqtt,
@@ -101,9 +141,7 @@ impl GatewayProc {
             api: SocketAddr::from(([127, 0, 0, 1], api)),
             dir,
             log_path,
-        };
-        gw.udp = gw.wait_ready();
-        gw
+        }
     }
 
     fn wait_ready(&mut self) -> SocketAddr {
