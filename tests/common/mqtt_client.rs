@@ -170,12 +170,19 @@ impl MqttClient {
     fn handle_unsolicited(&mut self, p: Packet) -> io::Result<()> {
         match p {
             Packet::Publish(p) => {
-                match p.qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck::new(p.pkid)))?,
-                    QoS::ExactlyOnce => self.send(&Packet::PubRec(PubRec::new(p.pkid)))?,
-                }
+                // A publish that arrived is received even when its acknowledgement can no
+                // longer be written (the broker died): what the broker sent before it died
+                // is still read from the socket, and the read that finds the connection
+                // gone ends it.
                 self.received.push_back((p.topic, p.payload.to_vec()));
+                let ack = match p.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(p.pkid))),
+                    QoS::ExactlyOnce => Some(Packet::PubRec(PubRec::new(p.pkid))),
+                };
+                if let Some(ack) = ack {
+                    let _ = self.send(&ack);
+                }
             }
             Packet::PubRel(r) => self.send(&Packet::PubComp(PubComp::new(r.pkid)))?,
             _ => {}
@@ -194,7 +201,8 @@ impl MqttClient {
             }
             if self.last_ping.elapsed() > Duration::from_secs(KEEPALIVE_SECS as u64 / 2) {
                 self.last_ping = Instant::now();
-                self.send(&Packet::PingReq)?;
+                // A failed write shows in the read that follows.
+                let _ = self.send(&Packet::PingReq);
             }
             let now = Instant::now();
             let wait = match deadline {
