@@ -75,6 +75,37 @@ fn hung_broker_killed_under_load_loses_no_qos1_message() {
     broker_fault_under_load(Fault::HangThenKill);
 }
 
+/// What the test's subscriber counts when Mosquitto is SIGKILLed: every publish that had
+/// reached its socket, although the kernel reset the connection (the killed broker left the
+/// subscriber's PINGREQ unread) and no acknowledgement can be written any more.
+#[test]
+fn the_subscriber_counts_what_reached_it_before_the_broker_died() {
+    const N: usize = 50;
+    let mut broker = Mosquitto::start_logging(&["debug"]);
+    let mut sub = MqttClient::connect(broker.addr(), "slow-sub", true).unwrap();
+    sub.subscribe("t/#", 1).unwrap();
+    let mut publisher = MqttClient::connect(broker.addr(), "pub", true).unwrap();
+    for i in 0..N {
+        publisher.publish(&format!("t/{i}"), b"x", 1).unwrap();
+    }
+    // Every publish is in flight to the subscriber (max_inflight_messages 100) once the
+    // broker logged it; the subscriber has read none of them yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.log().matches("Sending PUBLISH to slow-sub").count() < N {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    broker.pause();
+    sub.ping().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    broker.kill();
+    let mut got = 0;
+    while let Ok(Some(_)) = sub.try_recv_publish(Duration::from_secs(2)) {
+        got += 1;
+    }
+    assert_eq!(got, N, "publishes that reached the subscriber's socket");
+}
+
 fn broker_fault_under_load(fault: Fault) {
     let mut broker = Mosquitto::start_persistent_logging(&["debug"]);
     // The subscriber's session and subscription are in the broker's database before any

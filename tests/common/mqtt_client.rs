@@ -133,6 +133,11 @@ impl MqttClient {
         }
     }
 
+    /// Sends a PINGREQ without waiting for its answer.
+    pub fn ping(&mut self) -> io::Result<()> {
+        self.send(&Packet::PingReq)
+    }
+
     pub fn disconnect(mut self) {
         let _ = self.send(&Packet::Disconnect);
     }
