@@ -20,7 +20,9 @@ use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use lwm2m_gateway::lwm2m::directory::DirEntry;
 use lwm2m_gateway::lwm2m::settings::Translator;
 use lwm2m_gateway::lwm2m::template::Template;
-use lwm2m_gateway::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, ShardMsg, Timer};
+use lwm2m_gateway::lwm2m::{
+    CoreSettings, Directory, Input, MqttOut, Output, RoutedCommand, ShardCore, ShardMsg, Timer,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,7 +56,7 @@ impl Rng {
 }
 
 fn settings() -> CoreSettings {
-    let mut s = CoreSettings::from_config(&lwm2m_gateway::config::Config::default());
+    let mut s = CoreSettings::from(&lwm2m_gateway::config::Config::default());
     let t = |topic: &str| Translator {
         topic: topic.into(),
         qos: 1,
@@ -533,7 +535,16 @@ impl Sim {
             _ => self.rng.below(self.cores.len() as u64) as usize,
         };
         let topic = format!("lwm2m/{name}/dn/cmd");
-        self.cores[shard].handle_command(self.now, &topic, body.into_bytes(), 0);
+        let core = &mut self.cores[shard];
+        let cmd = RoutedCommand::from_topic(
+            core.settings(),
+            &self.dir,
+            &topic,
+            body.into_bytes(),
+            Default::default(),
+        )
+        .expect("a command topic");
+        core.handle(self.now, Input::Shard(ShardMsg::Command(cmd)));
         self.pump(None);
     }
 
@@ -595,10 +606,13 @@ impl Sim {
         let mut msgs = Vec::new();
         let mut mqtt = Vec::new();
         for (i, c) in self.cores.iter_mut().enumerate() {
-            c.out.drain_datagrams(|to, b| out.push((to, b.to_vec())));
-            mqtt.append(&mut c.out.mqtt);
-            timers.extend(c.out.timers.drain(..).map(|(at, t)| (at, i, t)));
-            msgs.append(&mut c.out.to_shards);
+            c.drain(|o| match o {
+                Output::Datagram { to, bytes, .. } => out.push((to, bytes.to_vec())),
+                Output::Mqtt(m) => mqtt.push(m),
+                Output::Timer { at, timer } => timers.push((at, i, timer)),
+                Output::Shard { to, msg } => msgs.push((to, msg)),
+                Output::Auth { .. } => unreachable!("authentication is off"),
+            });
         }
         for m in mqtt {
             if let MqttOut::Publish { topic, payload, .. } = m {
@@ -669,7 +683,7 @@ impl Sim {
             Ev::ToGateway { from, bytes } => {
                 let shard = shard_of(&from, self.cores.len());
                 let cause = self.cause_of(from, &bytes);
-                let dups = self.cores[shard].stats.duplicates;
+                let dups = self.cores[shard].stats().duplicates;
                 let request = Message::parse(&bytes)
                     .is_ok_and(|m| codes::class(m.code) == 0 && m.code != codes::EMPTY);
                 if let (Some((dev, mid)), true) = (cause, request) {
@@ -682,8 +696,13 @@ impl Sim {
                 }
                 let count = |s: &Self| cause.and_then(|c| s.publishes.get(&c).copied());
                 let before = count(self);
-                self.cores[shard].handle_datagram(t, from, &bytes);
-                let dup = self.cores[shard].stats.duplicates != dups;
+                let data = Input::Datagram {
+                    peer: from,
+                    data: &bytes,
+                    identity: None,
+                };
+                self.cores[shard].handle(t, data);
+                let dup = self.cores[shard].stats().duplicates != dups;
                 self.pump(cause);
                 self.note_rebound(cause, Some(from), before, count(self));
                 if dup {
@@ -707,7 +726,7 @@ impl Sim {
             }
             Ev::GatewayTimer { shard, t: timer } => {
                 self.gw_timers -= 1;
-                self.cores[shard].handle_timer(t, timer);
+                self.cores[shard].handle(t, Input::Timer(timer));
                 self.pump(None);
             }
             Ev::Shard { to, msg } => {
@@ -720,7 +739,7 @@ impl Sim {
                 };
                 let count = |s: &Self| cause.and_then(|c| s.publishes.get(&c).copied());
                 let before = count(self);
-                self.cores[to as usize].handle_message(t, msg);
+                self.cores[to as usize].handle(t, Input::Shard(msg));
                 self.pump(cause);
                 self.note_rebound(cause, from, before, count(self));
             }
@@ -844,7 +863,7 @@ fn run(devices: usize, shards: usize, seed: u64) {
         assert_eq!(c.finals, 1, "reqID {id}: a late final message");
     }
 
-    let stats: u64 = sim.cores.iter().map(|c| c.stats.duplicates).sum();
+    let stats: u64 = sim.cores.iter().map(|c| c.stats().duplicates).sum();
     eprintln!(
         "{devices} devices, {shards} shards, seed {seed}: {} datagrams, {} lost, {} duplicated, {stats} answered from the cache, max {} timers, {reordered} devices saw a stale duplicate after a newer request, {rebound} requests executed again from an old NAT binding; {issued} commands, {} requests reached devices, {} ack events, {} notifications, final messages {:?}",
         sim.datagrams, sim.lost, sim.duplicated, sim.max_timers, sim.requests_in, sim.acks, sim.notifies, sim.outcomes

@@ -8,7 +8,7 @@ use lwm2m_gateway::config::Config;
 use lwm2m_gateway::formats::{self, fmt_id, Value, WriteItem};
 use lwm2m_gateway::lwm2m::command::{self, Encoding};
 use lwm2m_gateway::lwm2m::publish::registration_json;
-use lwm2m_gateway::lwm2m::{CoreSettings, Directory, ShardCore};
+use lwm2m_gateway::lwm2m::{CoreSettings, Directory, Input, Output, ShardCore};
 use lwm2m_gateway::model::LwPath;
 use lwm2m_gateway::objects::ObjectRegistry;
 use lwm2m_gateway::sim::client;
@@ -55,18 +55,19 @@ fn small_model() -> ObjectRegistry {
 /// (`max_conn_rate`, `max_connections`) lifted: the benchmarks measure the work of a
 /// registration, not its refusal.
 fn settings() -> Arc<CoreSettings> {
-    let mut s = CoreSettings::from_config(&Config::default());
+    let mut s = CoreSettings::from(&Config::default());
     s.max_conn_rate = 1 << 40;
     s.max_connections = 1 << 40;
     Arc::new(s)
 }
 
-/// A core holding `n` devices registered through `handle_datagram` (the endpoint
+/// A core holding `n` devices registered through `handle` (the endpoint
 /// struct is built only by the core, so the benchmarks take theirs from it).
 fn core_with(n: u32) -> ShardCore {
     let mut core = ShardCore::new(0, settings(), Arc::new(Directory::new()), 7);
     for i in 0..n {
-        core.handle_datagram(0, peer(i), &register_bytes(i));
+        let data = register_bytes(i);
+        core.handle(0, datagram(peer(i), &data));
         if i % 64 == 63 {
             drain(&mut core);
         }
@@ -80,13 +81,21 @@ fn core_with(n: u32) -> ShardCore {
     core
 }
 
+/// A plain UDP datagram as the core takes it.
+fn datagram(peer: std::net::SocketAddr, data: &[u8]) -> Input<'_> {
+    Input::Datagram {
+        peer,
+        data,
+        identity: None,
+    }
+}
+
 fn drain(core: &mut ShardCore) {
-    core.out.drain_datagrams(|_, b| {
-        black_box(b.len());
+    core.drain(|o| {
+        if let Output::Datagram { bytes, .. } = o {
+            black_box(bytes.len());
+        }
     });
-    core.out.mqtt.clear();
-    core.out.timers.clear();
-    core.out.to_shards.clear();
 }
 
 fn coap(c: &mut Criterion) {
@@ -315,7 +324,7 @@ fn core_register(c: &mut Criterion) {
                         core = new_core();
                     }
                     let (p, d) = &datagrams[k];
-                    core.handle_datagram(i, *p, d);
+                    core.handle(i, datagram(*p, d));
                     if i % 64 == 63 {
                         drain(&mut core);
                     }

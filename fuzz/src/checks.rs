@@ -12,7 +12,9 @@ use lwm2m_gateway::lwm2m::directory::DirEntry;
 use lwm2m_gateway::lwm2m::registration;
 use lwm2m_gateway::lwm2m::settings::Translator;
 use lwm2m_gateway::lwm2m::template::Template;
-use lwm2m_gateway::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, ShardMsg, Timer};
+use lwm2m_gateway::lwm2m::{
+    CoreSettings, Directory, Input, MqttOut, Output, RoutedCommand, ShardCore, ShardMsg, Timer,
+};
 use lwm2m_gateway::model::{LwPath, ObjectDef, Operations, ResourceDef, ResourceType};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -357,7 +359,7 @@ pub fn config_toml(data: &[u8]) {
     };
     if c.validate().is_ok() {
         let _ = c.udp_listener();
-        let _ = CoreSettings::from_config(&c);
+        let _ = CoreSettings::from(&c);
     }
 }
 
@@ -414,7 +416,7 @@ impl<'a> Bytes<'a> {
 /// minimum lifetime.
 pub fn core_settings() -> CoreSettings {
     let c = lwm2m_gateway::config::Config::default();
-    let mut s = CoreSettings::from_config(&c);
+    let mut s = CoreSettings::from(&c);
     let t = |topic: &str| Translator {
         topic: topic.into(),
         qos: 1,
@@ -597,13 +599,14 @@ impl World {
         let mut datagrams = Vec::new();
         let mut mqtt = Vec::new();
         for (i, c) in self.cores.iter_mut().enumerate() {
-            c.out
-                .drain_datagrams(|to, b| datagrams.push((to, b.to_vec())));
-            mqtt.extend(c.out.mqtt.drain(..).map(|m| (i, m)));
-            for (at, t) in c.out.timers.drain(..) {
-                self.timers.push((at, i, t));
-            }
-            self.mailbox.append(&mut c.out.to_shards);
+            let (timers, mailbox) = (&mut self.timers, &mut self.mailbox);
+            c.drain(|o| match o {
+                Output::Datagram { to, bytes, .. } => datagrams.push((to, bytes.to_vec())),
+                Output::Mqtt(m) => mqtt.push((i, m)),
+                Output::Timer { at, timer } => timers.push((at, i, timer)),
+                Output::Shard { to, msg } => mailbox.push((to, msg)),
+                Output::Auth { .. } => unreachable!("authentication is off"),
+            });
         }
         for (shard, m) in mqtt {
             match m {
@@ -788,7 +791,17 @@ impl World {
         );
         let topic = format!("lwm2m/{name}/dn/cmd");
         let shard = shard % self.cores.len();
-        self.cores[shard].handle_command(self.now, &topic, body.into_bytes(), 0);
+        let core = &mut self.cores[shard];
+        match RoutedCommand::from_topic(
+            core.settings(),
+            &self.dir,
+            &topic,
+            body.into_bytes(),
+            Default::default(),
+        ) {
+            Some(c) => core.handle(self.now, Input::Shard(ShardMsg::Command(c))),
+            None => unreachable!("a command topic"),
+        }
         let fx = self.collect();
         assert!(fx.replies.is_empty(), "a command caused a reply datagram");
         assert_eq!(fx.publishes, 0, "a command caused a register message");
@@ -829,7 +842,7 @@ impl World {
     pub fn datagram(&mut self, p: u8, bytes: &[u8]) {
         let shard = self.shard_of(p);
         let from = peer(p);
-        let dups = self.cores[shard].stats.duplicates;
+        let dups = self.cores[shard].stats().duplicates;
         if trace() {
             match Message::parse(bytes) {
                 Ok(m) => {
@@ -850,8 +863,13 @@ impl World {
             }
         }
         let before = self.cores[shard].endpoints().find_peer(&from).is_some();
-        self.cores[shard].handle_datagram(self.now, from, bytes);
-        let dup = self.cores[shard].stats.duplicates != dups;
+        let data = Input::Datagram {
+            peer: from,
+            data: bytes,
+            identity: None,
+        };
+        self.cores[shard].handle(self.now, data);
+        let dup = self.cores[shard].stats().duplicates != dups;
         let proven = before || self.cores[shard].endpoints().find_peer(&from).is_some();
         let fx = self.collect();
         check_replies(&fx, from, bytes, dup, proven);
@@ -879,16 +897,16 @@ impl World {
             | ShardMsg::CachedReply { peer, datagram, .. } => Some((*peer, datagram.clone())),
             _ => None,
         };
-        let dups = self.cores[to as usize].stats.duplicates;
+        let dups = self.cores[to as usize].stats().duplicates;
         let registered = |c: &ShardCore| {
             carried
                 .as_ref()
                 .is_some_and(|(p, _)| c.endpoints().find_peer(p).is_some())
         };
         let before = registered(&self.cores[to as usize]);
-        self.cores[to as usize].handle_message(self.now, m);
+        self.cores[to as usize].handle(self.now, Input::Shard(m));
         let proven = before || registered(&self.cores[to as usize]);
-        let dup = self.cores[to as usize].stats.duplicates != dups;
+        let dup = self.cores[to as usize].stats().duplicates != dups;
         let fx = self.collect();
         match carried {
             Some((from, d)) => {
@@ -919,7 +937,7 @@ impl World {
             return;
         }
         let (_, shard, t) = self.timers.remove(i % self.timers.len());
-        self.cores[shard].handle_timer(self.now, t);
+        self.cores[shard].handle(self.now, Input::Timer(t));
         let fx = self.collect();
         assert!(
             fx.replies.is_empty() && fx.publishes == 0,

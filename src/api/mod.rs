@@ -50,46 +50,8 @@ pub const WORKERS: usize = 4;
 /// Whole requests waiting for a worker; beyond it requests get 503.
 pub const PENDING: usize = 64;
 
-/// A registered device as the API shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientInfo {
-    pub clientid: String,
-    pub endpoint_name: String,
-    pub username: String,
-    pub peerhost: String,
-    pub port: u16,
-    pub lifetime: u32,
-    pub lwm2m_version: String,
-    pub binding: String,
-    pub object_list: Vec<String>,
-    /// Unix time in milliseconds.
-    pub registered_at_ms: u64,
-    pub last_seen_ms: u64,
-    pub queue_mode: bool,
-    pub shard: u16,
-    /// Present with `enable_stats`.
-    pub stats: Option<ClientStats>,
-}
-
-/// Per-endpoint counters (with `enable_stats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    pub recv_msg: u64,
-    pub send_msg: u64,
-    pub notifications: u64,
-    pub commands: u64,
-}
-
-/// The last result of a read or discover of a path (the clients API's `lookup`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LookupAnswer {
-    /// No such registration.
-    NoClient,
-    /// The device has not answered such a command yet.
-    NotReceived,
-    /// The CoAP response code and the `content` JSON (for a discover: EMQX's resource objects).
-    Found { code: u8, content: Option<Vec<u8>> },
-}
+/// What the API shows of registrations: the protocol core's answers.
+pub use crate::lwm2m::info::{ClientInfo, ClientStats, LookupAnswer};
 
 /// What the API needs from the running gateway. Methods are called on the
 /// API's worker threads and should not block for long.

@@ -36,28 +36,9 @@ pub const QUEUE_CAPACITY: usize = 4096;
 /// How often an idle worker checks whether the pool shrank.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 
-/// What the authentication server is told about a registering device.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct AuthRequest {
-    pub endpoint_name: String,
-    pub clientid: String,
-    pub username: String,
-    pub password: String,
-    /// The device's IP address, without port.
-    pub peerhost: String,
-}
-
-impl fmt::Debug for AuthRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthRequest")
-            .field("endpoint_name", &self.endpoint_name)
-            .field("clientid", &self.clientid)
-            .field("username", &self.username)
-            .field("password", &"***")
-            .field("peerhost", &self.peerhost)
-            .finish()
-    }
-}
+/// What the authentication server is told about a registering device: the protocol
+/// core's request.
+pub use crate::lwm2m::AuthRequest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {

@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod bind;
+mod core_settings;
 pub mod duration;
 pub mod error;
 pub mod listeners;

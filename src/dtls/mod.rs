@@ -109,16 +109,8 @@ impl Default for DtlsSettings {
     }
 }
 
-/// Who the peer proved to be.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PeerIdentity {
-    /// The PSK identity it used.
-    Psk(String),
-    /// The subject CN of its certificate, verified against the CA.
-    Cert { cn: String },
-    /// Certificate mode without a client CA: the device presented nothing.
-    Anonymous,
-}
+/// Who the peer proved to be: the protocol core's type, which the DTLS server produces.
+pub use crate::lwm2m::PeerIdentity;
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,4 +162,12 @@ pub enum DtlsError {
     /// The session failed while sending and was closed.
     #[error("DTLS session with {peer} failed: {reason}")]
     SessionFailed { peer: SocketAddr, reason: String },
+}
+
+/// The core asks the PSK file (as it is now, reloads included) which names an identity
+/// may register.
+impl crate::lwm2m::PskPolicy for PskStore {
+    fn may_register(&self, identity: &str, endpoint: &str) -> bool {
+        PskStore::may_register(self, identity, endpoint)
+    }
 }

@@ -3,13 +3,14 @@
 //! kicks and commands routed by the directory, configuration changes applied at run
 //! time by sending new settings to every shard, and the Prometheus metrics.
 
+use super::mail::ShardMail;
 use super::udp_shard::ShardCounters;
 use crate::api::{Admin, ClientInfo, LookupAnswer};
 use crate::auth::AuthService;
 use crate::config::duration::{format_duration, parse_duration};
 use crate::config::{AutoObserve, Config, UpdateCondition};
 use crate::lwm2m::command::Op;
-use crate::lwm2m::{CoreSettings, CoreStats, Directory, ShardMsg};
+use crate::lwm2m::{CoreSettings, CoreStats, Directory};
 use crate::metrics::Writer;
 use crate::mqtt::MqttStats;
 use parking_lot::Mutex;
@@ -25,7 +26,7 @@ const SHARD_ANSWER: Duration = Duration::from_secs(5);
 
 pub struct GatewayAdmin {
     pub dir: Arc<Directory>,
-    pub shards: Arc<Vec<MailboxSender<ShardMsg>>>,
+    pub shards: Arc<Vec<MailboxSender<ShardMail>>>,
     pub auth: AuthService,
     pub config: Mutex<Config>,
     pub settings: Mutex<Arc<CoreSettings>>,
@@ -42,7 +43,7 @@ impl GatewayAdmin {
     fn ask<T: Send + 'static>(
         &self,
         shard: usize,
-        make: impl FnOnce(crossbeam_channel::Sender<T>) -> ShardMsg,
+        make: impl FnOnce(crossbeam_channel::Sender<T>) -> ShardMail,
     ) -> Option<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.shards
@@ -62,7 +63,7 @@ impl GatewayAdmin {
         (0..self.shards.len()).find_map(|i| {
             let clientid = clientid.to_string();
             let name = self
-                .ask(i, |reply| ShardMsg::FindClientId { clientid, reply })
+                .ask(i, |reply| ShardMail::FindClientId { clientid, reply })
                 .flatten()?;
             let shard = self.dir.by_name(&name)?.shard as usize;
             Some((shard, name))
@@ -76,7 +77,7 @@ impl GatewayAdmin {
 
     fn broadcast_settings(&self, cfg: &Config) {
         let old = self.settings.lock().clone();
-        let mut s = CoreSettings::from_config(cfg);
+        let mut s = CoreSettings::from(cfg);
         // What the engine set up at start and the configuration does not hold.
         s.auth = old.auth.clone();
         s.dtls_psk = old.dtls_psk.clone();
@@ -90,7 +91,7 @@ impl GatewayAdmin {
             .shards
             .iter()
             .filter(|tx| {
-                let msg = ShardMsg::Settings {
+                let msg = ShardMail::Settings {
                     settings: s.clone(),
                     applied: applied.clone(),
                 };
@@ -110,7 +111,7 @@ impl Admin for GatewayAdmin {
     fn clients(&self) -> Vec<ClientInfo> {
         let mut all = Vec::new();
         for i in 0..self.shards.len() {
-            if let Some(mut v) = self.ask(i, |reply| ShardMsg::Clients { name: None, reply }) {
+            if let Some(mut v) = self.ask(i, |reply| ShardMail::Clients { name: None, reply }) {
                 all.append(&mut v);
             }
         }
@@ -122,7 +123,7 @@ impl Admin for GatewayAdmin {
         let (shard, name) = self.resolve(clientid)?;
         let name = Some(name);
         let mut c = self
-            .ask(shard, |reply| ShardMsg::Clients { name, reply })?
+            .ask(shard, |reply| ShardMail::Clients { name, reply })?
             .pop()?;
         self.to_wall_clock(&mut c);
         Some(c)
@@ -138,7 +139,7 @@ impl Admin for GatewayAdmin {
             return LookupAnswer::NoClient;
         };
         let path = path.to_string();
-        self.ask(shard, |reply| ShardMsg::Lookup {
+        self.ask(shard, |reply| ShardMail::Lookup {
             name,
             path,
             op,
@@ -151,7 +152,7 @@ impl Admin for GatewayAdmin {
         let Some((shard, name)) = self.resolve(clientid) else {
             return false;
         };
-        self.ask(shard, |reply| ShardMsg::Kick { name, reply })
+        self.ask(shard, |reply| ShardMail::Kick { name, reply })
             .unwrap_or(false)
     }
 
@@ -161,7 +162,7 @@ impl Admin for GatewayAdmin {
             .ok_or_else(|| format!("client {clientid:?} is not registered"))?;
         self.shards[shard]
             .send_timeout(
-                ShardMsg::CommandFor {
+                ShardMail::ApiCommand {
                     name,
                     payload: command_json,
                 },

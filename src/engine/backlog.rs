@@ -10,12 +10,13 @@
 //! being handed over, registrations replaced); beyond [`SOFT_CAP`] only messages
 //! that can be recovered from are not kept: the takeover requests and answers, which
 //! the requesting shard asks for again after its takeover timeout, are dropped, and
-//! forwarded commands are handed back ([`Backlog::answer_returned`]) for the sending
-//! shard to answer with a 5.03 error: every command gets its one final message. A
+//! forwarded commands are handed back ([`Backlog::take_returned`]) for the sending
+//! shard's core to answer with a 5.03 error: every command gets its one final message. A
 //! destination whose thread is gone drops everything sent to it, commands excepted
 //! (handed back the same way).
 
-use crate::lwm2m::{ShardCore, ShardMsg};
+use super::mail::ShardMail;
+use crate::lwm2m::ShardMsg;
 use shard::{MailboxSender, TrySendError};
 use std::collections::VecDeque;
 
@@ -33,7 +34,7 @@ pub enum Sent {
     /// message can be recovered from.
     Dropped,
     /// A forwarded command not kept (over the cap, or the destination is gone): held
-    /// for [`Backlog::answer_returned`].
+    /// for [`Backlog::take_returned`].
     Returned,
 }
 
@@ -65,16 +66,16 @@ impl Backlog {
     }
 
     /// Sends `m` to shard `to`, or queues it behind what already waits for `to`.
-    pub fn send(&mut self, peers: &[MailboxSender<ShardMsg>], to: u16, m: ShardMsg) -> Sent {
+    pub fn send(&mut self, peers: &[MailboxSender<ShardMail>], to: u16, m: ShardMsg) -> Sent {
         let (Some(peer), Some(queue)) = (peers.get(to as usize), self.queues.get_mut(to as usize))
         else {
             return self.not_kept(m);
         };
         let m = if queue.is_empty() {
-            match peer.try_send(m) {
+            match peer.try_send(ShardMail::Core(m)) {
                 Ok(()) => return Sent::Delivered,
-                Err(TrySendError::Disconnected(m)) => return self.not_kept(m),
-                Err(TrySendError::Full(m)) => m,
+                Err(TrySendError::Disconnected(m)) => return self.not_kept(core_msg(m)),
+                Err(TrySendError::Full(m)) => core_msg(m),
             }
         } else {
             m
@@ -90,17 +91,18 @@ impl Backlog {
     /// Hands waiting messages over while the mailboxes take them, each destination's
     /// in order. Returns how many were dropped (destination gone; commands are handed
     /// back instead).
-    pub fn retry(&mut self, peers: &[MailboxSender<ShardMsg>]) -> usize {
+    pub fn retry(&mut self, peers: &[MailboxSender<ShardMail>]) -> usize {
         let mut dropped = 0;
         for (queue, peer) in self.queues.iter_mut().zip(peers) {
             while let Some(m) = queue.pop_front() {
-                match peer.try_send(m) {
+                match peer.try_send(ShardMail::Core(m)) {
                     Ok(()) => self.waiting -= 1,
                     Err(TrySendError::Full(m)) => {
-                        queue.push_front(m);
+                        queue.push_front(core_msg(m));
                         break;
                     }
                     Err(TrySendError::Disconnected(m)) => {
+                        let m = core_msg(m);
                         self.waiting -= 1;
                         if matches!(m, ShardMsg::Command { .. }) {
                             self.returned.push(m);
@@ -114,14 +116,10 @@ impl Backlog {
         dropped
     }
 
-    /// Answers every command handed back, through `core` (5.03 on its response topic,
-    /// counted): the core's MQTT output then holds the answers.
-    pub fn answer_returned(&mut self, core: &mut ShardCore) {
-        for m in self.returned.drain(..) {
-            if let ShardMsg::Command { topic, payload, .. } = m {
-                core.command_not_taken(&topic, payload);
-            }
-        }
+    /// The commands handed back since the last call, for the sending shard's core to
+    /// answer (`Input::Undelivered`: 5.03 on their response topic, counted).
+    pub fn take_returned(&mut self) -> Vec<ShardMsg> {
+        std::mem::take(&mut self.returned)
     }
 
     /// A message not kept: a command is held to be answered, anything else dropped.
@@ -132,6 +130,14 @@ impl Backlog {
         } else {
             Sent::Dropped
         }
+    }
+}
+
+/// The core message a mailbox handed back (only core messages go through the backlog).
+fn core_msg(m: ShardMail) -> ShardMsg {
+    match m {
+        ShardMail::Core(m) => m,
+        other => unreachable!("only core messages are sent through the backlog: {other:?}"),
     }
 }
 
@@ -151,6 +157,7 @@ fn recoverable(m: &ShardMsg) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lwm2m::{Input, Output, ShardCore};
     use mio::{Poll, Token, Waker};
     use std::sync::Arc;
 
@@ -165,12 +172,12 @@ mod tests {
     /// One shard's mailbox of one message (the poll keeps its waker alive).
     fn one_message_mailbox() -> (
         Poll,
-        Vec<MailboxSender<ShardMsg>>,
-        shard::MailboxReceiver<ShardMsg>,
+        Vec<MailboxSender<ShardMail>>,
+        shard::MailboxReceiver<ShardMail>,
     ) {
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        let (tx, rx) = shard::mailbox::<ShardMsg>(1, waker);
+        let (tx, rx) = shard::mailbox::<ShardMail>(1, waker);
         (poll, vec![tx], rx)
     }
 
@@ -184,7 +191,7 @@ mod tests {
         assert_eq!(b.len(), 2);
         let mut got = Vec::new();
         while !b.is_empty() || !rx.is_empty() {
-            if let Some(ShardMsg::Evict { location, .. }) = rx.try_recv() {
+            if let Some(ShardMail::Core(ShardMsg::Evict { location, .. })) = rx.try_recv() {
                 got.push(location);
             }
             b.retry(&peers);
@@ -202,40 +209,47 @@ mod tests {
         b.retry(&peers);
         assert!(matches!(
             rx.try_recv(),
-            Some(ShardMsg::Evict { location: 5, .. })
+            Some(ShardMail::Core(ShardMsg::Evict { location: 5, .. }))
         ));
         // A destination that does not exist drops.
         assert_eq!(b.send(&peers, 9, evict(7)), Sent::Dropped);
     }
 
     fn command(req_id: u32) -> ShardMsg {
-        ShardMsg::Command {
-            topic: "lwm2m/dev1/dn/cmd".into(),
+        ShardMsg::Command(crate::lwm2m::RoutedCommand {
+            to: crate::lwm2m::Resolved {
+                endpoint: "dev1".into(),
+                mountpoint: "lwm2m/dev1/".into(),
+            },
             payload: format!(r#"{{"reqID":{req_id},"msgType":"read","data":{{"path":"/3/0/1"}}}}"#)
                 .into_bytes(),
             hops: 1,
             arrival: Default::default(),
-        }
+        })
     }
 
     fn core() -> ShardCore {
-        let settings = crate::lwm2m::CoreSettings::from_config(&crate::config::Config::default());
+        let settings = crate::lwm2m::CoreSettings::from(&crate::config::Config::default());
         let dir = Arc::new(crate::lwm2m::Directory::new());
         ShardCore::new(0, Arc::new(settings), dir, 7)
     }
 
+    /// Hands the commands `b` returned to `core`, as the shard does.
+    fn answer_returned(b: &mut Backlog, core: &mut ShardCore) {
+        for m in b.take_returned() {
+            core.handle(0, Input::Undelivered(m));
+        }
+    }
+
     /// The answers `core` published: (topic, payload).
     fn published(core: &mut ShardCore) -> Vec<(String, String)> {
-        core.out
-            .mqtt
-            .drain(..)
-            .filter_map(|m| match m {
-                crate::lwm2m::MqttOut::Publish { topic, payload, .. } => {
-                    Some((topic, String::from_utf8(payload).unwrap()))
-                }
-                _ => None,
-            })
-            .collect()
+        let mut out = Vec::new();
+        core.drain(|o| {
+            if let Output::Mqtt(crate::lwm2m::MqttOut::Publish { topic, payload, .. }) = o {
+                out.push((topic, String::from_utf8(payload).unwrap()));
+            }
+        });
+        out
     }
 
     #[test]
@@ -259,7 +273,7 @@ mod tests {
         assert_eq!(b.send(&peers, 0, evict(0)), Sent::Deferred);
         // The command's one final message: 5.03 on its response topic, echoing it.
         let mut core = core();
-        b.answer_returned(&mut core);
+        answer_returned(&mut b, &mut core);
         let p = published(&mut core);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "lwm2m/dev1/up/resp");
@@ -271,12 +285,12 @@ mod tests {
         ] {
             assert!(p[0].1.contains(part), "{part} in {}", p[0].1);
         }
-        assert_eq!(core.stats.commands_shed, 1);
+        assert_eq!(core.stats().commands_shed, 1);
         let read = crate::lwm2m::command::Op::Read.index();
         let shed = crate::lwm2m::stats::Outcome::Shed as usize;
-        assert_eq!(core.stats.outcomes[read][shed], 1);
+        assert_eq!(core.stats().outcomes[read][shed], 1);
         // Answered once: nothing is left to answer.
-        b.answer_returned(&mut core);
+        answer_returned(&mut b, &mut core);
         assert!(published(&mut core).is_empty());
     }
 
@@ -295,7 +309,7 @@ mod tests {
         assert_eq!(b.send(&peers, 0, command(2)), Sent::Returned);
         assert_eq!(b.send(&peers, 0, evict(3)), Sent::Dropped);
         let mut core = core();
-        b.answer_returned(&mut core);
+        answer_returned(&mut b, &mut core);
         let p = published(&mut core);
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].1.contains(r#""reqID":1"#) && p[1].1.contains(r#""reqID":2"#));

@@ -3,8 +3,9 @@
 //! the peer's identity), encrypts the core's datagrams that must be encrypted, and
 //! tells the core when a peer's session ends.
 
+use super::mail::ShardTimer;
 use crate::dtls::{DtlsEvent, DtlsServer, DtlsStats, PeerIdentity};
-use crate::lwm2m::{ShardCore, Timer};
+use crate::lwm2m::{Input, ShardCore};
 use hashbrown::HashMap;
 use mio::net::UdpSocket;
 use netio::{RecvBatch, SendBatch};
@@ -64,7 +65,12 @@ impl DtlsSide {
     }
 
     /// Reads what the socket holds (bounded); true if more is left.
-    pub fn read(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<Timer>) -> bool {
+    pub fn read(
+        &mut self,
+        now: u64,
+        core: &mut ShardCore,
+        timers: &mut TimerWheel<ShardTimer>,
+    ) -> bool {
         let at = self.clock.instant_at(now);
         for _ in 0..READS_PER_TURN {
             let n = match self.recv.recv(&self.socket) {
@@ -105,14 +111,19 @@ impl DtlsSide {
     }
 
     /// The server's timers came due.
-    pub fn on_timer(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<Timer>) {
+    pub fn on_timer(
+        &mut self,
+        now: u64,
+        core: &mut ShardCore,
+        timers: &mut TimerWheel<ShardTimer>,
+    ) {
         self.armed_at = u64::MAX;
         self.server.handle_timeout(self.clock.instant_at(now));
         self.pump(now, core, timers);
     }
 
     /// Drains the server: ciphertext to send, plaintext to the core, timers to the wheel.
-    fn pump(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<Timer>) {
+    fn pump(&mut self, now: u64, core: &mut ShardCore, timers: &mut TimerWheel<ShardTimer>) {
         loop {
             while let Some((peer, bytes)) = self.server.poll_transmit() {
                 self.send.push(peer, &bytes);
@@ -127,14 +138,22 @@ impl DtlsSide {
                 }
                 DtlsEvent::Data { peer, plaintext } => {
                     // Data comes only from a session announced by Connected.
-                    if let Some(id) = self.identities.get(&peer).cloned() {
-                        core.handle_secure_datagram(now, peer, &id, &plaintext);
+                    if let Some(id) = self.identities.get(&peer) {
+                        let (data, identity) = (plaintext.as_slice(), Some(id));
+                        core.handle(
+                            now,
+                            Input::Datagram {
+                                peer,
+                                data,
+                                identity,
+                            },
+                        );
                     }
                 }
                 DtlsEvent::Closed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");
                     self.identities.remove(&peer);
-                    core.secure_session_closed(now, peer);
+                    core.handle(now, Input::SessionClosed { peer });
                 }
             }
         }
@@ -144,7 +163,7 @@ impl DtlsSide {
                 .as_millis() as u64;
             if ms < self.armed_at {
                 self.armed_at = ms;
-                timers.insert(ms, Timer::Transport);
+                timers.insert(ms, ShardTimer::Transport);
             }
         }
     }

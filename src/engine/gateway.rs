@@ -4,6 +4,7 @@
 
 use super::admin::GatewayAdmin;
 use super::dtls_side::{DtlsSide, DTLS};
+use super::mail::{ShardMail, ShardTimer};
 use super::mqtt_side::{MqttSide, MQTT_TOKEN_BASE};
 use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
@@ -11,7 +12,7 @@ use crate::api::ApiServer;
 use crate::auth::AuthService;
 use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
-use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
+use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
 use mio::{Interest, Poll, Token, Waker};
@@ -54,7 +55,7 @@ struct ShardParts {
     poll: Poll,
     socket: std::net::UdpSocket,
     dtls_socket: Option<std::net::UdpSocket>,
-    mailbox: MailboxReceiver<ShardMsg>,
+    mailbox: MailboxReceiver<ShardMail>,
 }
 
 /// A running gateway.
@@ -80,13 +81,16 @@ impl Gateway {
     /// Starts everything the configuration asks for.
     pub fn start(cfg: &Config) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
-        let mut settings = CoreSettings::from_config(cfg);
+        let mut settings = CoreSettings::from(cfg);
         let dir = Arc::new(Directory::new());
         let registry = load_registry(&cfg.xml_dir);
         let stop = Arc::new(AtomicBool::new(false));
         let shards = shard::resolve_count(cfg.engine.shards);
         let dtls = dtls_setup(cfg, &stop, shards)?;
-        settings.dtls_psk = dtls.as_ref().and_then(|d| d.1.psk.clone());
+        settings.dtls_psk = dtls
+            .as_ref()
+            .and_then(|d| d.1.psk.clone())
+            .map(|p| p as Arc<dyn crate::lwm2m::PskPolicy>);
         settings.location_key =
             os_random_key().map_err(|e| start_err("registration location key", e))?;
         let settings = Arc::new(settings);
@@ -140,7 +144,7 @@ impl Gateway {
                 mailbox: rx,
             }));
         }
-        let senders: Arc<Vec<MailboxSender<ShardMsg>>> = Arc::new(senders);
+        let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
 
         let router_counters = Arc::new(RouterCounters::default());
         let router = Arc::new(CommandRouter {
@@ -324,7 +328,7 @@ struct ShardContext {
     /// The command wildcard subscription, taken by shard 0.
     wildcard: Mutex<Option<MqttOut>>,
     router: Arc<CommandRouter>,
-    peers: Arc<Vec<MailboxSender<ShardMsg>>>,
+    peers: Arc<Vec<MailboxSender<ShardMail>>>,
     stop: Arc<AtomicBool>,
     counters: Vec<Arc<ShardCounters>>,
     clock: Clock,
@@ -343,14 +347,13 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
     let mut socket = mio::net::UdpSocket::from_std(socket);
     poll.registry()
         .register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
-    let mut core = ShardCore::with_shards(
+    let core = ShardCore::with_shards(
         i as u16,
         ctx.counters.len(),
         ctx.settings.clone(),
         ctx.dir.clone(),
         ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
-    core.set_registry(ctx.registry.clone());
     let mqtt = shard_mqtt(i, ctx, poll.registry().try_clone()?);
     let mut app = UdpShard::new(
         core,
@@ -364,6 +367,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.counters[i].clone(),
         ctx.core_stats[i].clone(),
         ctx.auth.clone(),
+        ctx.registry.clone(),
     );
     if let (Some(s), Some(ds)) = (dtls_socket, &ctx.dtls) {
         let mut s = mio::net::UdpSocket::from_std(s);
@@ -378,7 +382,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
             ctx.clock,
         ));
     }
-    let mut timers: TimerWheel<Timer> = TimerWheel::new(ctx.clock.now_ms());
+    let mut timers: TimerWheel<ShardTimer> = TimerWheel::new(ctx.clock.now_ms());
     let cfg = LoopConfig {
         mailbox_budget: 1024,
         max_sleep_ms: 1000,

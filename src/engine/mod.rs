@@ -6,6 +6,7 @@ mod admin;
 mod backlog;
 mod dtls_side;
 mod gateway;
+mod mail;
 mod metrics;
 mod mqtt_side;
 mod router;

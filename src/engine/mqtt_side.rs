@@ -4,10 +4,11 @@
 //! command for a device of this shard therefore crosses no thread: broker → shard →
 //! device → shard → broker.
 //!
-//! Timers (reconnect, keepalive, the shutdown deadline) are one `Timer::Mqtt` entry in
+//! Timers (reconnect, keepalive, the shutdown deadline) are one `ShardTimer::Mqtt` entry in
 //! the shard's wheel, re-armed when the connections' next deadline comes sooner.
 
-use crate::lwm2m::{MqttOut, Timer};
+use super::mail::ShardTimer;
+use crate::lwm2m::MqttOut;
 use crate::mqtt::{Delivery, Inbound, MqttClient, Outbound};
 use shard::TimerWheel;
 use std::time::Instant;
@@ -40,7 +41,7 @@ pub struct MqttSide {
     client: MqttClient,
     registry: mio::Registry,
     inbox: Inbox,
-    /// The `Timer::Mqtt` in the wheel (u64::MAX: none).
+    /// The `ShardTimer::Mqtt` in the wheel (u64::MAX: none).
     armed_at: u64,
     /// Shutting down: publish what is held until this time (ms), then disconnect.
     stop_at: Option<u64>,
@@ -103,7 +104,7 @@ impl MqttSide {
 
     /// End of a loop turn: connection timers, then everything queued out (one write per
     /// connection). While stopping, disconnects once nothing is held or the deadline passed.
-    pub fn turn(&mut self, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+    pub fn turn(&mut self, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
         if self.closed {
             return;
         }
@@ -134,12 +135,12 @@ impl MqttSide {
             let at = at.max(now_ms + 1);
             if at < self.armed_at {
                 self.armed_at = at;
-                timers.insert(at, Timer::Mqtt);
+                timers.insert(at, ShardTimer::Mqtt);
             }
         }
     }
 
-    /// The `Timer::Mqtt` fired (the turn's end runs the connections' timers).
+    /// The `ShardTimer::Mqtt` fired (the turn's end runs the connections' timers).
     pub fn on_timer(&mut self) {
         self.armed_at = u64::MAX;
     }

@@ -5,8 +5,9 @@
 //! connection), else handed to the endpoint's shard like any cross-shard message
 //! (never dropped; answered 5.03 only when the cross-shard backlog is full).
 
-use crate::lwm2m::publish::lane_of;
-use crate::lwm2m::template::{filter_matches, Template};
+use crate::lwm2m::publish::name_hash;
+use crate::lwm2m::routing::{resolve, Resolved};
+use crate::lwm2m::template::Template;
 use crate::lwm2m::Directory;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,40 +33,25 @@ pub struct CommandRouter {
 }
 
 impl CommandRouter {
-    /// The shard that holds the endpoint a command topic names; counted. A command for
-    /// an endpoint that is not registered goes to a shard too, which answers it 4.00.
-    /// None: not a command topic of this gateway (counted).
-    pub fn route(&self, topic: &str) -> Option<u16> {
-        let Some((mountpoint, rest, name)) = self.mountpoint.match_prefix(topic) else {
-            return self.foreign();
+    /// What a command topic names and the shard that holds it; counted. A command for an
+    /// endpoint that is not registered goes to a shard too (the one its name hashes to),
+    /// which answers it 4.00. None: not a command topic of this gateway (counted).
+    pub fn route(&self, topic: &str) -> Option<(u16, Resolved)> {
+        let Some(to) = resolve(&self.mountpoint, &self.command_topic, &self.dir, topic) else {
+            self.counters.foreign_topic.fetch_add(1, Ordering::Relaxed);
+            return None;
         };
-        if !filter_matches(&self.command_topic, rest) {
-            return self.foreign();
-        }
-        let lookup = |name: &str| self.dir.by_name(name).map(|e| e.shard);
-        let shard = match name.filter(|_| self.mountpoint.keyed_by_name()) {
-            Some(n) => lookup(n).ok_or_else(|| n.to_string()),
+        let shard = match self.dir.by_name(&to.endpoint) {
+            Some(e) => e.shard,
             None => {
-                let name = self
-                    .dir
-                    .route(mountpoint)
-                    .unwrap_or_else(|| mountpoint.to_string());
-                lookup(&name).ok_or(name)
+                self.counters
+                    .unknown_endpoint
+                    .fetch_add(1, Ordering::Relaxed);
+                (name_hash(&to.endpoint) as usize % self.shards.max(1)) as u16
             }
         };
-        let shard = shard.unwrap_or_else(|name| {
-            self.counters
-                .unknown_endpoint
-                .fetch_add(1, Ordering::Relaxed);
-            (lane_of(&name) as usize % self.shards.max(1)) as u16
-        });
         self.counters.routed.fetch_add(1, Ordering::Relaxed);
-        Some(shard)
-    }
-
-    fn foreign(&self) -> Option<u16> {
-        self.counters.foreign_topic.fetch_add(1, Ordering::Relaxed);
-        None
+        Some((shard, to))
     }
 }
 
@@ -89,10 +75,10 @@ mod tests {
         let r = router("lwm2m/${endpoint_name}/");
         let at = |shard, location| DirEntry { shard, location };
         r.dir.claim("dev1", at(1, 7), false).unwrap();
-        assert_eq!(r.route("lwm2m/dev1/dn/cmd"), Some(1));
+        assert_eq!(r.route("lwm2m/dev1/dn/cmd").map(|r| r.0), Some(1));
         // Unregistered: the shard its name hashes to answers it.
-        let expect = (lane_of("dev2") % 2) as u16;
-        assert_eq!(r.route("lwm2m/dev2/dn/cmd"), Some(expect));
+        let expect = (name_hash("dev2") % 2) as u16;
+        assert_eq!(r.route("lwm2m/dev2/dn/cmd").map(|r| r.0), Some(expect));
         assert_eq!(r.counters.unknown_endpoint.load(Ordering::Relaxed), 1);
         assert_eq!(r.counters.routed.load(Ordering::Relaxed), 2);
         // Not a command topic.
@@ -115,7 +101,7 @@ mod tests {
             )
             .unwrap();
         r.dir.set_route("gw/imei9/", "dev1", 3);
-        assert_eq!(r.route("gw/imei9/dn/cmd"), Some(1));
+        assert_eq!(r.route("gw/imei9/dn/cmd").map(|r| r.0), Some(1));
         assert_eq!(r.counters.unknown_endpoint.load(Ordering::Relaxed), 0);
     }
 }

@@ -5,11 +5,13 @@
 
 use super::backlog::{Backlog, Sent};
 use super::dtls_side::{DtlsSide, DTLS};
+use super::mail::{ShardMail, ShardTimer};
 use super::mqtt_side::MqttSide;
 use super::router::CommandRouter;
 use crate::auth::AuthService;
 use crate::lwm2m::command::Arrival;
-use crate::lwm2m::{CoreStats, ShardCore, ShardMsg, Timer};
+use crate::lwm2m::{CoreStats, Input, Output, RoutedCommand, ShardCore, ShardMsg};
+use crate::objects::SharedRegistry;
 use mio::net::UdpSocket;
 use netio::{RecvBatch, SendBatch};
 use shard::{MailboxSender, ShardApp, TimerWheel};
@@ -51,7 +53,7 @@ pub struct UdpShard {
     send: SendBatch,
     mqtt: MqttSide,
     router: Arc<CommandRouter>,
-    peers: Arc<Vec<MailboxSender<ShardMsg>>>,
+    peers: Arc<Vec<MailboxSender<ShardMail>>>,
     stop: Arc<AtomicBool>,
     counters: Arc<ShardCounters>,
     /// The core's counters, copied out for metrics at the end of each loop turn.
@@ -63,10 +65,12 @@ pub struct UdpShard {
     now_ms: u64,
     /// Cross-shard messages a full mailbox refused, retried every turn.
     backlog: Backlog,
-    /// A `Timer::MailboxRetry` is in the wheel.
+    /// A `ShardTimer::MailboxRetry` is in the wheel.
     retry_armed: bool,
-    /// Peers whose datagrams could not be encrypted (no session), this turn.
-    lost: Vec<std::net::SocketAddr>,
+    /// The object definitions (reloaded by a watcher thread) and the generation the
+    /// core has a snapshot of.
+    registry: Arc<SharedRegistry>,
+    registry_generation: Option<u64>,
 }
 
 impl UdpShard {
@@ -78,11 +82,12 @@ impl UdpShard {
         max_datagram: usize,
         mqtt: MqttSide,
         router: Arc<CommandRouter>,
-        peers: Arc<Vec<MailboxSender<ShardMsg>>>,
+        peers: Arc<Vec<MailboxSender<ShardMail>>>,
         stop: Arc<AtomicBool>,
         counters: Arc<ShardCounters>,
         snapshot: Arc<parking_lot::Mutex<CoreStats>>,
         auth: AuthService,
+        registry: Arc<SharedRegistry>,
     ) -> Self {
         Self {
             core,
@@ -100,92 +105,124 @@ impl UdpShard {
             now_ms: 0,
             backlog: Backlog::new(peers.len()),
             retry_armed: false,
-            lost: Vec::new(),
+            registry,
+            registry_generation: None,
         }
     }
 
-    /// Moves everything the core produced to where it goes.
-    fn route_outputs(&mut self, timers: &mut TimerWheel<Timer>) {
-        let send = &mut self.send;
+    /// Hands the core the current object definitions when a reload replaced them (an
+    /// atomic load per input; the core never reads the shared registry itself).
+    fn refresh_registry(&mut self) {
+        let generation = self.registry.generation();
+        if self.registry_generation != Some(generation) {
+            self.registry_generation = Some(generation);
+            self.core.set_registry(self.registry.load());
+        }
+    }
+
+    /// Moves everything the core produced to where it goes, until it has nothing left:
+    /// what could not be done goes back to the core as an input (a secure datagram
+    /// without a DTLS session, an authentication request the pool refused, a command no
+    /// mailbox takes), which may produce more.
+    fn route_outputs(&mut self, timers: &mut TimerWheel<ShardTimer>) {
         let now = self.now_ms;
-        match self.dtls.as_mut() {
-            Some(d) => {
+        loop {
+            let mut lost = Vec::new();
+            let mut refused = Vec::new();
+            let me = self.core.shard();
+            let (send, dtls, mqtt) = (&mut self.send, &mut self.dtls, &mut self.mqtt);
+            let (backlog, peers, counters, auth) =
+                (&mut self.backlog, &self.peers, &self.counters, &self.auth);
+            self.core.drain(|o| match o {
+                Output::Datagram {
+                    to,
+                    secure: false,
+                    bytes,
+                } => send.push(to, bytes),
                 // What must be encrypted goes over DTLS or not at all.
-                let lost = &mut self.lost;
-                self.core.drain_datagrams(|to, secure, b| {
-                    if !secure {
-                        send.push(to, b)
-                    } else if !d.send_app(now, to, b) {
-                        lost.push(to)
+                Output::Datagram { to, bytes, .. } => {
+                    if !dtls.as_mut().is_some_and(|d| d.send_app(now, to, bytes)) {
+                        lost.push(to);
                     }
-                });
-                for peer in std::mem::take(&mut self.lost) {
-                    self.counters
-                        .dtls_no_session
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.core.secure_session_closed(now, peer);
                 }
-            }
-            None => self.core.out.drain_datagrams(|to, b| send.push(to, b)),
-        }
-        self.send_mqtt();
-        for (at, t) in self.core.out.timers.drain(..) {
-            timers.insert(at, t);
-        }
-        let auth_requests: Vec<_> = self.core.out.auth.drain(..).collect();
-        for (ticket, req) in auth_requests {
-            // The answer comes back through this shard's mailbox, from an auth thread.
-            let me = self.peers[self.core.shard() as usize].clone();
-            let done = Box::new(move |o: crate::auth::AuthOutcome| {
-                let _ = me.send_timeout(
-                    ShardMsg::AuthResult {
-                        ticket,
-                        allowed: o.allowed(),
-                    },
-                    std::time::Duration::from_secs(1),
-                );
+                Output::Mqtt(m) => mqtt.accept(m),
+                Output::Timer { at, timer } => timers.insert(at, ShardTimer::Core(timer)),
+                Output::Auth { ticket, request } => {
+                    // The answer comes back through this shard's mailbox, from an auth thread.
+                    let home = peers[me as usize].clone();
+                    let done = Box::new(move |o: crate::auth::AuthOutcome| {
+                        let answer = ShardMail::AuthResult {
+                            ticket,
+                            allowed: o.allowed(),
+                        };
+                        let _ = home.send_timeout(answer, std::time::Duration::from_secs(1));
+                    });
+                    if auth.submit(request, done).is_err() {
+                        refused.push(ticket);
+                    }
+                }
+                Output::Shard { to, msg } => {
+                    let counter = match backlog.send(peers, to, msg) {
+                        Sent::Delivered | Sent::Returned => return,
+                        Sent::Deferred => &counters.mailbox_deferred,
+                        Sent::Dropped => &counters.mailbox_dropped,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
             });
-            if self.auth.submit(req, done).is_err() {
+            let returned = self.backlog.take_returned();
+            if lost.is_empty() && refused.is_empty() && returned.is_empty() {
+                break;
+            }
+            for peer in lost {
+                self.counters
+                    .dtls_no_session
+                    .fetch_add(1, Ordering::Relaxed);
+                self.core.handle(now, Input::SessionClosed { peer });
+            }
+            for ticket in refused {
                 // The auth queue is full: deny now.
-                self.core.auth_result(0, ticket, false);
+                let allowed = false;
+                self.core.handle(now, Input::AuthResult { ticket, allowed });
+            }
+            for m in returned {
+                self.core.handle(now, Input::Undelivered(m));
             }
         }
-        self.send_to_shards(timers);
+        self.arm_retry(timers);
     }
 
-    /// The core's MQTT output to this shard's broker connections (written at the
-    /// end of the turn).
-    fn send_mqtt(&mut self) {
-        for m in self.core.out.mqtt.drain(..) {
-            self.mqtt.accept(m);
-        }
-    }
-
-    /// Commands the broker delivered on this shard's connections: handled here when
-    /// the endpoint lives here, else handed to its shard.
-    fn take_commands(&mut self, now: u64, timers: &mut TimerWheel<Timer>) {
+    /// Commands the broker delivered on this shard's connections, resolved once: handled
+    /// here when the endpoint lives here, else handed to its shard.
+    fn take_commands(&mut self, now: u64, timers: &mut TimerWheel<ShardTimer>) {
         let me = self.core.shard();
         let mut any = false;
         for d in self.mqtt.take_commands() {
-            let Some(shard) = self.router.route(&d.topic) else {
+            let Some((shard, to)) = self.router.route(&d.topic) else {
                 tracing::debug!(topic = %d.topic, "not a command topic of this gateway");
                 continue;
             };
             any = true;
-            let cmd = ShardMsg::Command {
-                topic: d.topic,
+            let cmd = ShardMsg::Command(RoutedCommand {
+                to,
                 payload: d.payload,
                 hops: 0,
                 arrival: Arrival {
                     at_ms: None,
                     expiry_s: d.expiry_s,
                 },
-            };
+            });
             if shard == me {
                 self.router.counters.local.fetch_add(1, Ordering::Relaxed);
-                self.core.handle_message(now, cmd);
+                self.core.handle(now, Input::Shard(cmd));
             } else {
-                self.core.out.to_shards.push((shard, cmd));
+                let counter = match self.backlog.send(&self.peers, shard, cmd) {
+                    Sent::Delivered => continue,
+                    Sent::Returned => continue, // answered by route_outputs
+                    Sent::Deferred => &self.counters.mailbox_deferred,
+                    Sent::Dropped => &self.counters.mailbox_dropped,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
         if any {
@@ -193,31 +230,8 @@ impl UdpShard {
         }
     }
 
-    /// Hands the core's cross-shard messages to the other shards' mailboxes; what a
-    /// full mailbox refuses waits in the backlog (never lost: it may carry an
-    /// endpoint) and is retried at the end of every turn and by a 1 ms timer. A
-    /// forwarded command the backlog does not keep is answered here (5.03).
-    fn send_to_shards(&mut self, timers: &mut TimerWheel<Timer>) {
-        for (to, m) in self.core.out.to_shards.drain(..) {
-            let counter = match self.backlog.send(&self.peers, to, m) {
-                Sent::Delivered | Sent::Returned => continue,
-                Sent::Deferred => &self.counters.mailbox_deferred,
-                Sent::Dropped => &self.counters.mailbox_dropped,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        self.answer_returned();
-        self.arm_retry(timers);
-    }
-
-    /// Forwarded commands the backlog handed back get their 5.03 on MQTT now.
-    fn answer_returned(&mut self) {
-        self.backlog.answer_returned(&mut self.core);
-        self.send_mqtt();
-    }
-
-    /// Retries the backlog (end of a loop turn).
-    fn retry_backlog(&mut self, timers: &mut TimerWheel<Timer>) {
+    /// Retries the backlog (end of a loop turn); commands it gives up on are answered.
+    fn retry_backlog(&mut self, timers: &mut TimerWheel<ShardTimer>) {
         if self.backlog.is_empty() {
             return;
         }
@@ -225,21 +239,20 @@ impl UdpShard {
         self.counters
             .mailbox_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
-        self.answer_returned();
-        self.arm_retry(timers);
+        self.route_outputs(timers);
     }
 
-    fn arm_retry(&mut self, timers: &mut TimerWheel<Timer>) {
+    fn arm_retry(&mut self, timers: &mut TimerWheel<ShardTimer>) {
         self.counters
             .mailbox_backlog
             .store(self.backlog.len() as u64, Ordering::Relaxed);
         if !self.backlog.is_empty() && !self.retry_armed {
             self.retry_armed = true;
-            timers.insert(self.now_ms + 1, Timer::MailboxRetry);
+            timers.insert(self.now_ms + 1, ShardTimer::MailboxRetry);
         }
     }
 
-    fn read(&mut self, now: u64, timers: &mut TimerWheel<Timer>) -> bool {
+    fn read(&mut self, now: u64, timers: &mut TimerWheel<ShardTimer>) -> bool {
         for _ in 0..READS_PER_TURN {
             let n = match self.recv.recv(&self.socket) {
                 Ok(n) => n,
@@ -255,7 +268,15 @@ impl UdpShard {
                     self.counters.oversized.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                self.core.handle_datagram(now, peer, data);
+                let identity = None;
+                self.core.handle(
+                    now,
+                    Input::Datagram {
+                        peer,
+                        data,
+                        identity,
+                    },
+                );
             }
             self.route_outputs(timers);
         }
@@ -265,7 +286,7 @@ impl UdpShard {
     fn publish_counters(&mut self, now: u64) {
         // Once per loop turn (a batch of datagrams): an uncontended lock and a copy.
         let _ = now;
-        *self.snapshot.lock() = self.core.stats;
+        *self.snapshot.lock() = *self.core.stats();
         if let Some(d) = &self.dtls {
             self.counters.dtls.lock().clone_from(d.stats());
             self.counters
@@ -276,14 +297,14 @@ impl UdpShard {
         c.endpoints
             .store(self.core.endpoints().len() as u64, Ordering::Relaxed);
         c.datagrams_in
-            .store(self.core.stats.datagrams_in, Ordering::Relaxed);
+            .store(self.core.stats().datagrams_in, Ordering::Relaxed);
         c.send_failed.store(self.send.failed(), Ordering::Relaxed);
     }
 }
 
 impl ShardApp for UdpShard {
-    type Msg = ShardMsg;
-    type Timer = Timer;
+    type Msg = ShardMail;
+    type Timer = ShardTimer;
 
     fn on_io(
         &mut self,
@@ -291,9 +312,10 @@ impl ShardApp for UdpShard {
         readable: bool,
         writable: bool,
         now_ms: u64,
-        timers: &mut TimerWheel<Timer>,
+        timers: &mut TimerWheel<ShardTimer>,
     ) -> bool {
         self.now_ms = now_ms;
+        self.refresh_registry();
         if self.mqtt.owns(token) {
             let more = self.mqtt.on_event(token, readable, writable);
             self.take_commands(now_ms, timers);
@@ -323,35 +345,70 @@ impl ShardApp for UdpShard {
         readable && self.read(now_ms, timers)
     }
 
-    fn on_message(&mut self, msg: ShardMsg, now_ms: u64, timers: &mut TimerWheel<Timer>) {
+    fn on_message(&mut self, mail: ShardMail, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
         self.now_ms = now_ms;
-        self.core.handle_message(now_ms, msg);
-        self.route_outputs(timers);
-    }
-
-    fn on_timer(&mut self, t: Timer, now_ms: u64, timers: &mut TimerWheel<Timer>) {
-        self.now_ms = now_ms;
-        if t == Timer::MailboxRetry {
-            // The turn's flush retries.
-            self.retry_armed = false;
-            return;
-        }
-        if t == Timer::Mqtt {
-            // The turn's flush runs the connections' timers.
-            self.mqtt.on_timer();
-            return;
-        }
-        if t == Timer::Transport {
-            if let Some(d) = self.dtls.as_mut() {
-                d.on_timer(now_ms, &mut self.core, timers);
+        self.refresh_registry();
+        let core = &mut self.core;
+        match mail {
+            ShardMail::Core(m) => core.handle(now_ms, Input::Shard(m)),
+            ShardMail::AuthResult { ticket, allowed } => {
+                core.handle(now_ms, Input::AuthResult { ticket, allowed })
+            }
+            ShardMail::ApiCommand { name, payload } => core.handle(
+                now_ms,
+                Input::ApiCommand {
+                    name: &name,
+                    payload,
+                },
+            ),
+            ShardMail::Clients { name, reply } => {
+                let _ = reply.send(core.client_infos(name.as_deref()));
+            }
+            ShardMail::FindClientId { clientid, reply } => {
+                let _ = reply.send(core.find_client_id(&clientid));
+            }
+            ShardMail::Lookup {
+                name,
+                path,
+                op,
+                reply,
+            } => {
+                let _ = reply.send(core.lookup(&name, &path, op));
+            }
+            ShardMail::Kick { name, reply } => {
+                let _ = reply.send(core.kick(now_ms, &name));
+            }
+            ShardMail::Settings { settings, applied } => {
+                core.handle(now_ms, Input::Settings(settings));
+                let _ = applied.send(());
             }
         }
-        self.core.handle_timer(now_ms, t);
         self.route_outputs(timers);
     }
 
-    fn flush(&mut self, now_ms: u64, timers: &mut TimerWheel<Timer>) -> bool {
-        if !self.core.out.auth.is_empty() || self.core.out.pending_datagrams() > 0 {
+    fn on_timer(&mut self, t: ShardTimer, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
+        self.now_ms = now_ms;
+        self.refresh_registry();
+        match t {
+            // The turn's flush retries.
+            ShardTimer::MailboxRetry => self.retry_armed = false,
+            // The turn's flush runs the connections' timers.
+            ShardTimer::Mqtt => self.mqtt.on_timer(),
+            ShardTimer::Transport => {
+                if let Some(d) = self.dtls.as_mut() {
+                    d.on_timer(now_ms, &mut self.core, timers);
+                }
+                self.route_outputs(timers);
+            }
+            ShardTimer::Core(t) => {
+                self.core.handle(now_ms, Input::Timer(t));
+                self.route_outputs(timers);
+            }
+        }
+    }
+
+    fn flush(&mut self, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) -> bool {
+        if self.core.has_output() {
             self.route_outputs(timers);
         }
         self.now_ms = now_ms;

@@ -897,7 +897,7 @@ impl ShardCore {
         if b.num != 0 || !b.more || codes::class(msg.code) != 2 {
             return false;
         }
-        let registry = self.registry.load();
+        let registry = self.registry.clone();
         let Some(ep) = self.table.get(slot) else {
             return false;
         };

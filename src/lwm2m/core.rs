@@ -23,9 +23,10 @@
 use super::admission::TokenBucket;
 use super::directory::{ClaimError, DirEntry, Directory};
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
+use super::identity::PeerIdentity;
 use super::location::LocationCipher;
-use super::output::{MqttOut, Outputs, ShardMsg, Timer};
-use super::publish::{lane_of, registration_json};
+use super::output::{AuthRequest, MqttOut, Outputs, ShardMsg, Timer};
+use super::publish::{name_hash, registration_json};
 use super::registration::{
     check_endpoint_name, parse_object_list, parse_params, BadRequest, ObjectList, Params,
 };
@@ -33,10 +34,8 @@ use super::settings::CoreSettings;
 use super::stats::CoreStats;
 use super::table::EndpointTable;
 use super::template::{check_level_value, Placeholder, Vars};
-use crate::auth::AuthRequest;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
-use crate::dtls::PeerIdentity;
-use crate::objects::{ObjectRegistry, SharedRegistry};
+use crate::objects::ObjectRegistry;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,8 +83,9 @@ pub struct ShardCore {
     pub(super) settings: Arc<CoreSettings>,
     pub(super) dir: Arc<Directory>,
     pub(super) table: EndpointTable,
-    /// Object definitions that type values (reloadable).
-    pub(super) registry: Arc<SharedRegistry>,
+    /// Object definitions that type values (the driver hands over a new snapshot
+    /// after a reload).
+    pub(super) registry: Arc<ObjectRegistry>,
     /// (peer, reply, the request came over DTLS).
     recent: VecDeque<(SocketAddr, LastReply, bool)>,
     /// Locations whose takeover from another shard is in flight, with the time
@@ -109,8 +109,8 @@ pub struct ShardCore {
     has_secure: bool,
     pub(super) token_seq: u32,
     pub(super) rng: u64,
-    pub stats: CoreStats,
-    pub out: Outputs,
+    pub(super) stats: CoreStats,
+    pub(super) out: Outputs,
     /// Block-wise state of the server side: request bodies devices are sending,
     /// our responses sent in blocks (RFC 7959).
     pub(super) blocks: super::block_server::ServerBlocks,
@@ -151,7 +151,7 @@ impl ShardCore {
             table: EndpointTable::new(),
             recent: VecDeque::new(),
             pending_takeovers: Default::default(),
-            registry: Arc::new(SharedRegistry::new(ObjectRegistry::empty())),
+            registry: Arc::new(ObjectRegistry::empty()),
             location_seq: 0,
             locations,
             next_mid: (seed as u16) ^ 0x5a5a,
@@ -163,8 +163,8 @@ impl ShardCore {
         }
     }
 
-    /// Uses these object definitions to type values.
-    pub fn set_registry(&mut self, registry: Arc<SharedRegistry>) {
+    /// Uses these object definitions to type values from now on.
+    pub fn set_registry(&mut self, registry: Arc<ObjectRegistry>) {
         self.registry = registry;
     }
 
@@ -180,8 +180,13 @@ impl ShardCore {
         &self.settings
     }
 
+    /// The core's counters (the engine copies them out for `/metrics`).
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
     /// One datagram from `peer`.
-    pub fn handle_datagram(&mut self, now: u64, peer: SocketAddr, data: &[u8]) {
+    pub(super) fn handle_datagram(&mut self, now: u64, peer: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
         if self.input_identity.is_none() && self.has_secure && self.secure_peer(&peer) {
             // Plain CoAP from the address of a DTLS registration: never matched to
@@ -223,7 +228,7 @@ impl ShardCore {
     }
 
     /// A datagram that arrived over a DTLS session with `identity`.
-    pub fn handle_secure_datagram(
+    pub(super) fn handle_secure_datagram(
         &mut self,
         now: u64,
         peer: SocketAddr,
@@ -257,7 +262,7 @@ impl ShardCore {
     /// DTLS at that address gets nothing until a session of an identity allowed to
     /// act for it speaks for it again: its commands wait in its queue (TTL and
     /// `max_queued` apply), `mheaders.ttl = 0` commands are refused.
-    pub fn secure_session_closed(&mut self, _now: u64, peer: SocketAddr) {
+    pub(super) fn secure_session_closed(&mut self, _now: u64, peer: SocketAddr) {
         let Some(slot) = self.table.find_peer(&peer) else {
             return;
         };
@@ -274,7 +279,7 @@ impl ShardCore {
     /// registration made over DTLS. The driver never sends such a datagram in
     /// plain text (without a session it drops it and calls
     /// [`secure_session_closed`](Self::secure_session_closed)).
-    pub fn drain_datagrams(&mut self, mut f: impl FnMut(SocketAddr, bool, &[u8])) {
+    pub(super) fn drain_datagrams(&mut self, mut f: impl FnMut(SocketAddr, bool, &[u8])) {
         let table = &self.table;
         let check = self.has_secure;
         self.out.drain_tagged(|to, secure, b| {
@@ -342,7 +347,7 @@ impl ShardCore {
     }
 
     /// A timer armed earlier came due.
-    pub fn handle_timer(&mut self, now: u64, t: Timer) {
+    pub(super) fn handle_timer(&mut self, now: u64, t: Timer) {
         match t {
             Timer::Retransmit { slot, token, inc } => {
                 if self.table.incarnation(slot) == inc {
@@ -350,7 +355,6 @@ impl ShardCore {
                 }
             }
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
-            Timer::Transport | Timer::MailboxRetry | Timer::Mqtt => {}
             Timer::BlockExpire { id } => self.on_block_expire(now, id),
             Timer::TakeoverTimeout { location } => {
                 if self
@@ -387,17 +391,10 @@ impl ShardCore {
         }
     }
 
-    /// A message from another shard, the management API or the authentication pool, or a
-    /// command this shard's broker connection received.
-    pub fn handle_message(&mut self, now: u64, m: ShardMsg) {
+    /// A message from another shard's core, or a command the router resolved for this one.
+    pub(super) fn handle_message(&mut self, now: u64, m: ShardMsg) {
         match m {
-            ShardMsg::Command {
-                topic,
-                payload,
-                hops,
-                arrival,
-            } => self.handle_command_at(now, &topic, payload, hops, arrival),
-            ShardMsg::AuthResult { ticket, allowed } => self.auth_result(now, ticket, allowed),
+            ShardMsg::Command(c) => self.handle_routed(now, c),
             ShardMsg::CachedReply {
                 peer,
                 reply,
@@ -410,48 +407,6 @@ impl ShardCore {
                 let prev = std::mem::replace(&mut self.out.secure_input, secure);
                 self.write_reply(peer, &reply, Some(location));
                 self.out.secure_input = prev;
-            }
-            ShardMsg::CommandFor { name, payload } => match self.table.find_name(&name) {
-                Some(slot) => self.command_for(now, slot, payload),
-                None => self.stats.commands_rejected += 1,
-            },
-            ShardMsg::Clients { name, reply } => {
-                let _ = reply.send(self.client_infos(name.as_deref()));
-            }
-            ShardMsg::FindClientId { clientid, reply } => {
-                let found = self
-                    .table
-                    .slots()
-                    .find(|(_, ep)| ep.param("device_id") == Some(clientid.as_str()))
-                    .map(|(_, ep)| ep.name.to_string());
-                let _ = reply.send(found);
-            }
-            ShardMsg::Lookup {
-                name,
-                path,
-                op,
-                reply,
-            } => {
-                let _ = reply.send(self.lookup(&name, &path, op));
-            }
-            ShardMsg::Kick { name, reply } => {
-                let found = self.table.find_name(&name);
-                if let Some(slot) = found {
-                    self.stats.kicked += 1;
-                    self.remove_endpoint(slot, Removal::Kicked);
-                }
-                let _ = reply.send(found.is_some());
-            }
-            ShardMsg::Settings {
-                settings: s,
-                applied,
-            } => {
-                if s.max_conn_rate != self.settings.max_conn_rate {
-                    let rate = s.max_conn_rate as f64 / self.shards.max(1) as f64;
-                    self.admission = TokenBucket::new(rate);
-                }
-                self.settings = s;
-                let _ = applied.send(());
             }
             ShardMsg::Subscription {
                 change,
@@ -606,6 +561,35 @@ impl ShardCore {
                 self.with_identity(identity, |c| c.handle_datagram(now, peer, &datagram));
             }
         }
+    }
+
+    /// New settings (the management API changed the configuration at run time).
+    pub(super) fn apply_settings(&mut self, s: Arc<CoreSettings>) {
+        if s.max_conn_rate != self.settings.max_conn_rate {
+            let rate = s.max_conn_rate as f64 / self.shards.max(1) as f64;
+            self.admission = TokenBucket::new(rate);
+        }
+        self.settings = s;
+    }
+
+    /// Removes the registration of `name` (the management API's kick), ending its
+    /// commands and giving up its subscription; false when this shard has none.
+    pub fn kick(&mut self, _now: u64, name: &str) -> bool {
+        let found = self.table.find_name(name);
+        if let Some(slot) = found {
+            self.stats.kicked += 1;
+            self.remove_endpoint(slot, Removal::Kicked);
+        }
+        found.is_some()
+    }
+
+    /// The endpoint name of this shard's registration whose clientid (its `device_id`
+    /// parameter) is `clientid`.
+    pub fn find_client_id(&self, clientid: &str) -> Option<String> {
+        self.table
+            .slots()
+            .find(|(_, ep)| ep.param("device_id") == Some(clientid))
+            .map(|(_, ep)| ep.name.to_string())
     }
 
     fn handle_request(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>, data: &[u8]) {
@@ -863,7 +847,7 @@ impl ShardCore {
             peer,
             lifetime_s,
             expires_ms: now + lifetime_s as u64 * 1000,
-            lane: lane_of(name),
+            lane: name_hash(name),
             mountpoint: mountpoint.into_boxed_str(),
             params: merge_params(std::iter::empty(), &others),
             alternate_path,
@@ -960,7 +944,7 @@ impl ShardCore {
     }
 
     /// The authentication server's answer (or its absence, `allowed = false`).
-    pub fn auth_result(&mut self, now: u64, ticket: u64, allowed: bool) {
+    pub(super) fn auth_result(&mut self, now: u64, ticket: u64, allowed: bool) {
         let Some(p) = self.pending_auth.remove(&ticket) else {
             return;
         };

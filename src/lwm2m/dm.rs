@@ -17,7 +17,8 @@ use super::command::{self, Arrival, Command, Echo, Encoding, Op};
 use super::dm_json;
 use super::endpoint::Endpoint;
 use super::output::{MqttOut, ShardMsg, Timer};
-use super::publish::lane_of;
+use super::publish::name_hash;
+use super::routing::{Resolved, RoutedCommand};
 use super::session::{
     is_fresh, Deadline, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
 };
@@ -33,80 +34,56 @@ use std::net::SocketAddr;
 const MAX_HOPS: u8 = 2;
 
 impl ShardCore {
-    /// A command an MQTT application published on `topic` (no MQTT message expiry).
-    pub fn handle_command(&mut self, now: u64, topic: &str, payload: Vec<u8>, hops: u8) {
-        self.handle_command_at(now, topic, payload, hops, Arrival::default());
-    }
-
-    /// A command an MQTT application published on `topic`. `arrival` carries its MQTT 5
-    /// message expiry and, when another shard forwarded it, when the gateway first took it.
-    pub fn handle_command_at(
-        &mut self,
-        now: u64,
-        topic: &str,
-        payload: Vec<u8>,
-        hops: u8,
-        arrival: Arrival,
-    ) {
+    /// A command an MQTT application published, its endpoint resolved by the router.
+    /// `arrival` carries its MQTT 5 message expiry and, when another shard forwarded it,
+    /// when the gateway first took it.
+    pub(super) fn handle_routed(&mut self, now: u64, c: RoutedCommand) {
+        let RoutedCommand {
+            to,
+            payload,
+            hops,
+            arrival,
+        } = c;
         let arrival = Arrival {
             at_ms: Some(arrival.at_ms.unwrap_or(now)),
             ..arrival
         };
-        let Some((mountpoint, _rest, captured)) = self.settings.mountpoint.match_prefix(topic)
-        else {
-            self.stats.commands_rejected += 1;
-            return;
-        };
-        let name = if self.settings.mountpoint.keyed_by_name() {
-            captured.map(str::to_string)
-        } else {
-            self.dir.route(mountpoint)
-        };
-        let slot = name.as_deref().and_then(|n| self.table.find_name(n));
-        let Some(slot) = slot else {
-            if let Some(e) = name.as_deref().and_then(|n| self.dir.by_name(n)) {
+        let Some(slot) = self.table.find_name(&to.endpoint) else {
+            if let Some(e) = self.dir.by_name(&to.endpoint) {
                 if e.shard != self.shard && hops < MAX_HOPS {
-                    self.out.to_shards.push((
-                        e.shard,
-                        ShardMsg::Command {
-                            topic: topic.to_string(),
-                            payload,
-                            hops: hops + 1,
-                            arrival,
-                        },
-                    ));
+                    let forward = RoutedCommand {
+                        to,
+                        payload,
+                        hops: hops + 1,
+                        arrival,
+                    };
+                    self.out
+                        .to_shards
+                        .push((e.shard, ShardMsg::Command(forward)));
                     return;
                 }
             }
-            let who = name.as_deref().unwrap_or(mountpoint);
-            let error = format!("unknown endpoint {who:?}: not registered");
+            let error = format!("unknown endpoint {:?}: not registered", to.endpoint);
             self.stats.commands_rejected += 1;
-            let echo = self.answer_unrouted(mountpoint, who, payload, codes::BAD_REQUEST, &error);
+            let echo = self.answer_unrouted(&to, payload, codes::BAD_REQUEST, &error);
             self.stats.ended(msg_type_op(&echo), Outcome::Rejected);
             return;
         };
         self.command_at(now, slot, payload, arrival);
     }
 
-    /// A command this shard was forwarding to the shard holding its endpoint, which could
-    /// not be handed over (too many cross-shard messages waiting, or that shard is gone):
-    /// answered at once with a 5.03 error, like one the router cannot deliver.
-    pub fn command_not_taken(&mut self, topic: &str, payload: Vec<u8>) {
-        let Some((mountpoint, _rest, captured)) = self.settings.mountpoint.match_prefix(topic)
-        else {
+    /// A message this shard sent that no mailbox would take: a command it was forwarding
+    /// to the shard holding its endpoint (too many cross-shard messages waiting, or that
+    /// shard is gone) is answered at once with a 5.03 error, like one the router cannot
+    /// deliver; anything else is dropped (its sender recovers: a takeover is asked again).
+    pub(super) fn undelivered(&mut self, m: ShardMsg) {
+        let ShardMsg::Command(c) = m else {
             return;
         };
-        let name = if self.settings.mountpoint.keyed_by_name() {
-            captured.map(str::to_string)
-        } else {
-            self.dir.route(mountpoint)
-        };
-        let who = name.as_deref().unwrap_or(mountpoint);
         self.stats.commands_shed += 1;
         let echo = self.answer_unrouted(
-            mountpoint,
-            who,
-            payload,
+            &c.to,
+            c.payload,
             codes::SERVICE_UNAVAILABLE,
             "gateway overloaded: the command was not processed (too many messages waiting \
              between the gateway's shards); retry later",
@@ -115,12 +92,11 @@ impl ShardCore {
     }
 
     /// Answers a command that reaches no endpoint here with `code` and `error`, on the
-    /// response topic of its `mountpoint` (lane of `who`, as the router picks it); returns
-    /// the command's echo.
+    /// response topic of its mountpoint (lane of its endpoint name, as the router picks
+    /// it); returns the command's echo.
     fn answer_unrouted(
         &mut self,
-        mountpoint: &str,
-        who: &str,
+        to: &Resolved,
         mut payload: Vec<u8>,
         code: u8,
         error: &str,
@@ -134,18 +110,23 @@ impl ShardCore {
         };
         let mut body = Vec::with_capacity(160);
         dm_json::error(&mut body, &echo, code, error);
-        let topic = format!("{mountpoint}{}", self.settings.response.topic);
-        self.publish(lane_of(who), topic, body, self.settings.response.qos);
+        let topic = format!("{}{}", to.mountpoint, self.settings.response.topic);
+        self.publish(
+            name_hash(&to.endpoint),
+            topic,
+            body,
+            self.settings.response.qos,
+        );
         echo
     }
 
     /// A command for the endpoint in `slot` (parsed here), from the management API.
-    pub fn command_for(&mut self, now: u64, slot: u32, payload: Vec<u8>) {
+    pub(super) fn command_for(&mut self, now: u64, slot: u32, payload: Vec<u8>) {
         self.command_at(now, slot, payload, Arrival::default());
     }
 
     fn command_at(&mut self, now: u64, slot: u32, payload: Vec<u8>, arrival: Arrival) {
-        let registry = self.registry.load();
+        let registry = self.registry.clone();
         let Some(ep) = self.table.get(slot) else {
             return;
         };
@@ -310,7 +291,7 @@ impl ShardCore {
         }
         let mid = self.fresh_mid();
         let timeout = self.initial_timeout();
-        let registry = self.registry.load();
+        let registry = self.registry.clone();
         let Some(ep) = self.table.get_mut(slot) else {
             return;
         };
@@ -669,7 +650,7 @@ impl ShardCore {
         if msg.payload.is_empty() {
             return Some(b"[]".to_vec());
         }
-        let registry = self.registry.load();
+        let registry = self.registry.clone();
         match formats::decode(cf, msg.payload, &cmd.path, &*registry) {
             Ok(items) => formats::write_content_json(&items, &mut out),
             Err(e) => {

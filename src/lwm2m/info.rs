@@ -1,10 +1,50 @@
-//! What the management API sees of a shard's registrations.
+//! What the management API sees of a shard's registrations, answered by return value.
 
 use super::command::Op;
 use super::ShardCore;
-use crate::api::{ClientInfo, ClientStats, LookupAnswer};
 use crate::json;
 use crate::model::{LwPath, ObjectModel};
+
+/// A registered device as the management API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub clientid: String,
+    pub endpoint_name: String,
+    pub username: String,
+    pub peerhost: String,
+    pub port: u16,
+    pub lifetime: u32,
+    pub lwm2m_version: String,
+    pub binding: String,
+    pub object_list: Vec<String>,
+    /// Unix time in milliseconds.
+    pub registered_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub queue_mode: bool,
+    pub shard: u16,
+    /// Present with `enable_stats`.
+    pub stats: Option<ClientStats>,
+}
+
+/// Per-endpoint counters (with `enable_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub recv_msg: u64,
+    pub send_msg: u64,
+    pub notifications: u64,
+    pub commands: u64,
+}
+
+/// The last result of a read or discover of a path (the clients API's `lookup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// No such registration.
+    NoClient,
+    /// The device has not answered such a command yet.
+    NotReceived,
+    /// The CoAP response code and the `content` JSON (for a discover: EMQX's resource objects).
+    Found { code: u8, content: Option<Vec<u8>> },
+}
 
 impl ShardCore {
     /// Registrations of this shard: all, or the one named.
@@ -72,7 +112,7 @@ impl ShardCore {
     fn discover_resources(&self, links_json: &[u8]) -> Vec<u8> {
         let mut copy = links_json.to_vec();
         let links: Vec<String> = simd_json::from_slice(&mut copy).unwrap_or_default();
-        let registry = self.registry.load();
+        let registry = self.registry.clone();
         let mut out = Vec::with_capacity(links_json.len() * 2);
         out.push(b'[');
         let mut first = true;

@@ -10,11 +10,14 @@ pub mod directory;
 mod dm;
 pub mod dm_json;
 pub mod endpoint;
-mod info;
+pub mod identity;
+pub mod info;
+pub mod io;
 pub mod location;
 pub mod output;
 pub mod publish;
 pub mod registration;
+pub mod routing;
 pub mod session;
 pub mod settings;
 pub mod stats;
@@ -25,7 +28,10 @@ mod core;
 
 pub use self::core::ShardCore;
 pub use directory::Directory;
-pub use output::{MqttOut, Outputs, ShardMsg, Timer};
+pub use identity::{PeerIdentity, PskPolicy};
+pub use io::{Input, Output};
+pub use output::{AuthRequest, MqttOut, Outputs, ShardMsg, Timer};
+pub use routing::{Resolved, RoutedCommand};
 pub use settings::CoreSettings;
 pub use stats::CoreStats;
 

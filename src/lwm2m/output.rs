@@ -1,15 +1,37 @@
 //! What the core asks its driver to do: datagrams to send, MQTT messages, timers,
-//! and messages for other shards. The driver drains these after every input.
+//! authentication requests and messages for other shards, held until the driver drains
+//! them (`io.rs`).
 
 use super::endpoint::Endpoint;
-use crate::dtls::PeerIdentity;
+use super::identity::PeerIdentity;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// An MQTT action for the shard's broker connections (the MQTT client's own message
-/// type, so nothing is converted on the way). For a subscription change, `lane` names
-/// the home shard of the filter.
-pub use crate::mqtt::Outbound as MqttOut;
+/// What the core asks of the shard's broker connections (the MQTT client takes it as
+/// it is). `lane` chooses the connection: messages with equal lanes go out on one
+/// connection, in order. A publish's lane is its endpoint's [`name_hash`], so one
+/// endpoint's messages keep their order; a subscription change's is the filter's home
+/// shard, so a filter's unsubscribe takes the connection of its subscribe.
+///
+/// [`name_hash`]: super::publish::name_hash
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttOut {
+    Publish {
+        lane: u32,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+    },
+    Subscribe {
+        lane: u32,
+        filter: String,
+        qos: u8,
+    },
+    Unsubscribe {
+        lane: u32,
+        filter: String,
+    },
+}
 
 /// A timer the core arms; it comes back through `handle_timer` when due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,62 +51,15 @@ pub enum Timer {
     /// A takeover of the registration at `location` from another shard got no answer
     /// in time: the next request for it asks again.
     TakeoverTimeout { location: u64 },
-    /// For the driver's transport (DTLS handshake timers); never armed by the core.
-    Transport,
-    /// For the driver: retry cross-shard messages a full mailbox refused; never armed
-    /// by the core.
-    MailboxRetry,
-    /// The driver's MQTT connections need their timers run (reconnect, keepalive),
-    /// or a shutdown flush reached its deadline; not for the core.
-    Mqtt,
 }
 
-/// Work for a shard that arrives through its mailbox.
+/// What one shard's core tells another's (through the engine's mailboxes), and commands
+/// the router resolved for a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// The authentication server's answer to the Register held under `ticket`.
-    AuthResult { ticket: u64, allowed: bool },
-    /// A command from the management API for a named endpoint.
-    CommandFor { name: String, payload: Vec<u8> },
-    /// The management API asks for this shard's registrations (one, or all).
-    Clients {
-        name: Option<String>,
-        reply: crossbeam_channel::Sender<Vec<crate::api::ClientInfo>>,
-    },
-    /// The management API asks for the endpoint name of the registration whose
-    /// clientid (its `device_id` parameter) is `clientid`.
-    FindClientId {
-        clientid: String,
-        reply: crossbeam_channel::Sender<Option<String>>,
-    },
-    /// The management API asks for the last result of a read or discover.
-    Lookup {
-        name: String,
-        path: String,
-        op: super::command::Op,
-        reply: crossbeam_channel::Sender<crate::api::LookupAnswer>,
-    },
-    /// The management API removes a registration.
-    Kick {
-        name: String,
-        reply: crossbeam_channel::Sender<bool>,
-    },
-    /// New settings applied at run time; the shard answers once they apply (so the
-    /// management API's answer means every shard has them).
-    Settings {
-        settings: std::sync::Arc<super::CoreSettings>,
-        applied: crossbeam_channel::Sender<()>,
-    },
     /// A command an MQTT application published (from the shard whose broker connection
-    /// received it, or from a shard forwarding it).
-    Command {
-        topic: String,
-        payload: Vec<u8>,
-        /// Times it was forwarded between shards (bounded).
-        hops: u8,
-        /// Its MQTT 5 message-expiry interval and when a shard first took it.
-        arrival: super::command::Arrival,
-    },
+    /// received it, or from a shard forwarding it to the endpoint's).
+    Command(super::routing::RoutedCommand),
     /// A command subscription change for this shard's broker connections, from the
     /// shard whose registration `(name, location)` asked for it (this shard was the
     /// filter's home when it was sent).
@@ -137,6 +112,29 @@ pub enum ShardMsg {
     },
 }
 
+/// What the authentication server is told about a registering device.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AuthRequest {
+    pub endpoint_name: String,
+    pub clientid: String,
+    pub username: String,
+    pub password: String,
+    /// The device's IP address, without port.
+    pub peerhost: String,
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("endpoint_name", &self.endpoint_name)
+            .field("clientid", &self.clientid)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("peerhost", &self.peerhost)
+            .finish()
+    }
+}
+
 /// Output buffers, owned by the core and drained by the driver.
 #[derive(Debug, Default)]
 pub struct Outputs {
@@ -150,7 +148,7 @@ pub struct Outputs {
     pub timers: Vec<(u64, Timer)>,
     pub to_shards: Vec<(u16, ShardMsg)>,
     /// Registers to check with the authentication server: (ticket, request).
-    pub auth: Vec<(u64, crate::auth::AuthRequest)>,
+    pub auth: Vec<(u64, AuthRequest)>,
 }
 
 impl Outputs {

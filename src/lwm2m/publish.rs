@@ -34,8 +34,10 @@ pub fn registration_json(msg_type: &str, ep: &Endpoint, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}}");
 }
 
-/// A stable 32-bit hash of an endpoint name (FNV-1a): the MQTT lane, equal on every shard.
-pub fn lane_of(name: &str) -> u32 {
+/// A stable 32-bit hash of an endpoint name (FNV-1a), equal on every shard and in every
+/// process: the lane of its MQTT messages, and the shard that answers a command for an
+/// unregistered name.
+pub fn name_hash(name: &str) -> u32 {
     let mut h: u32 = 0x811c9dc5;
     for b in name.bytes() {
         h ^= b as u32;

@@ -1,7 +1,6 @@
 //! What the protocol core needs from the configuration, resolved once.
 
 use super::template::Template;
-use crate::config::{AutoObserve, Config, SubscribeMode, UpdateCondition};
 use crate::model::LwPath;
 
 /// A translator: topic suffix (after the mountpoint) and QoS.
@@ -60,7 +59,7 @@ pub struct CoreSettings {
     /// Per-endpoint counters for the management API.
     pub enable_stats: bool,
     /// Which endpoint names each PSK identity may register (DTLS).
-    pub dtls_psk: Option<std::sync::Arc<crate::dtls::PskStore>>,
+    pub dtls_psk: Option<std::sync::Arc<dyn super::identity::PskPolicy>>,
     /// A verified client certificate's CN must equal the endpoint name.
     pub dtls_require_cn: bool,
     /// The secret key of the registration location permutation (see
@@ -88,61 +87,6 @@ pub const MANAGEMENT_OBJECTS: &[u16] = &[0, 1, 2, 4, 5, 6, 7, 9, 15];
 pub const DEFAULT_LIFETIME_S: u32 = 86_400;
 
 impl CoreSettings {
-    pub fn from_config(c: &Config) -> Self {
-        let t = |x: &crate::config::Translator| Translator {
-            topic: x.topic.clone(),
-            qos: x.qos,
-        };
-        Self {
-            lifetime_min_s: secs(c.lifetime_min),
-            lifetime_max_s: secs(c.lifetime_max),
-            mountpoint: Template::parse(&c.mountpoint).with_suffix(&c.translators.command.topic),
-            command: t(&c.translators.command),
-            response: t(&c.translators.response),
-            notify: t(&c.translators.notify),
-            register: t(&c.translators.register),
-            update: t(&c.translators.update),
-            update_needs_object_list: c.update_msg_publish_condition
-                == UpdateCondition::ContainsObjectList,
-            per_endpoint_subscriptions: c.mqtt.subscribe.resolve(&c.mqtt.server)
-                == SubscribeMode::PerEndpoint,
-            exchange_lifetime_ms: c.coap.exchange_lifetime.as_millis() as u64,
-            ack_timeout_ms: c.coap.ack_timeout.as_millis() as u64,
-            ack_random_factor: c.coap.ack_random_factor,
-            max_retransmit: c.coap.max_retransmit,
-            nstart: c.coap.nstart.max(1),
-            qmode_window_ms: c.qmode_time_window.as_millis() as u64,
-            max_queued: c.queue.max_queued,
-            queue_ttl_ms: c.queue.default_ttl.as_millis() as u64,
-            auth: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(c.authentication.enable)),
-            auth_timeout_ms: (c.authentication.connect_timeout + c.authentication.request_timeout)
-                .as_millis() as u64
-                + 1000,
-            enable_stats: c.enable_stats,
-            dtls_psk: None,
-            dtls_require_cn: c.listeners.dtls.values().any(|l| l.cafile.is_some()),
-            // Set by the engine from the OS's randomness.
-            location_key: [0; 2],
-            max_connections: c.udp_listener().max_connections,
-            max_conn_rate: c.udp_listener().max_conn_rate,
-            block_enable: c.blockwise.enable,
-            block_szx: super::blockwise::szx_of(c.blockwise.max_block_size as usize),
-            max_body_size: c.blockwise.max_body_size,
-            block_lifetime_ms: c.blockwise.exchange_lifetime.as_millis() as u64,
-            // One body per device with its request key (Uri-Query up to a
-            // datagram); a shard holds at most sixteen at once.
-            block_device_cap: c.blockwise.max_body_size.saturating_add(2048),
-            block_shard_cap: c.blockwise.max_body_size.saturating_mul(16),
-            auto_observe: match &c.auto_observe {
-                AutoObserve::Off => AutoObserveSet::Off,
-                AutoObserve::All => AutoObserveSet::All,
-                AutoObserve::Paths(p) => {
-                    AutoObserveSet::Paths(p.iter().filter_map(|s| LwPath::parse(s).ok()).collect())
-                }
-            },
-        }
-    }
-
     pub fn auth_enabled(&self) -> bool {
         self.auth.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -182,8 +126,4 @@ impl CoreSettings {
         .max()
         .unwrap_or(0)
     }
-}
-
-fn secs(d: std::time::Duration) -> u32 {
-    d.as_secs().min(u32::MAX as u64) as u32
 }

@@ -125,25 +125,8 @@ impl std::fmt::Debug for MqttOptions {
     }
 }
 
-/// A message for the broker (from a shard, or through an [`MqttHandle`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
-    Publish {
-        lane: u32,
-        topic: String,
-        payload: Vec<u8>,
-        qos: u8,
-    },
-    Subscribe {
-        lane: u32,
-        filter: String,
-        qos: u8,
-    },
-    Unsubscribe {
-        lane: u32,
-        filter: String,
-    },
-}
+/// A message for the broker: the protocol core's type (see [`crate::lwm2m::MqttOut`]).
+pub use crate::lwm2m::MqttOut as Outbound;
 
 /// A PUBLISH the broker delivered to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::formats::fmt_id;
 use crate::lwm2m::settings::AutoObserveSet;
 use crate::lwm2m::stats::{Outcome, UNKNOWN_MSG_TYPE};
+use crate::lwm2m::{Input, Output, RoutedCommand, ShardMsg};
 use simd_json::prelude::*;
 
 const DEV: u16 = 5000;
@@ -1030,13 +1031,21 @@ fn a_forwarded_command_keeps_its_absolute_deadline() {
         expiry_s: Some(30),
     };
     // Shard 0 takes the command but dev1 lives on shard 1: forwarded with its arrival time.
-    h.cores[0].handle_command_at(h.now, TOPIC, read(1, "/3/0/0").into_bytes(), 0, arrival);
-    let mut fwd = std::mem::take(&mut h.cores[0].out.to_shards);
+    let core = &mut h.cores[0];
+    let payload = read(1, "/3/0/0").into_bytes();
+    let cmd = RoutedCommand::from_topic(core.settings(), &h.dir, TOPIC, payload, arrival).unwrap();
+    core.handle(h.now, Input::Shard(ShardMsg::Command(cmd)));
+    let mut fwd = Vec::new();
+    core.drain(|o| {
+        if let Output::Shard { to, msg } = o {
+            fwd.push((to, msg));
+        }
+    });
     assert_eq!(fwd.len(), 1);
     let (to, msg) = fwd.pop().unwrap();
     assert_eq!(to, 1);
     match &msg {
-        crate::lwm2m::ShardMsg::Command { arrival, hops, .. } => {
+        ShardMsg::Command(RoutedCommand { arrival, hops, .. }) => {
             assert_eq!(*hops, 1);
             assert_eq!(arrival.at_ms, Some(arrived));
             assert_eq!(arrival.expiry_s, Some(30));

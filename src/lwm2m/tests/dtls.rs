@@ -5,9 +5,10 @@
 
 use super::harness::*;
 use crate::coap::{codes, opt, MessageWriter, MsgType};
-use crate::dtls::{PeerIdentity, PskStore, PskTable};
+use crate::dtls::{PskStore, PskTable};
 use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::CoreSettings;
+use crate::lwm2m::PeerIdentity;
 use std::sync::Arc;
 
 fn psk(id: &str) -> PeerIdentity {

@@ -3,7 +3,10 @@
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::lwm2m::settings::Translator;
 use crate::lwm2m::template::Template;
-use crate::lwm2m::{CoreSettings, Directory, MqttOut, ShardCore, Timer};
+use crate::lwm2m::{
+    AuthRequest, CoreSettings, Directory, Input, MqttOut, Output, RoutedCommand, ShardCore,
+    ShardMsg, Timer,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -85,7 +88,7 @@ pub struct Harness {
     pub replies: Vec<Reply>,
     pub mqtt: Vec<MqttOut>,
     /// Authentication requests: (shard, ticket, request).
-    pub auth: Vec<(usize, u64, crate::auth::AuthRequest)>,
+    pub auth: Vec<(usize, u64, AuthRequest)>,
 }
 
 impl Harness {
@@ -93,7 +96,7 @@ impl Harness {
         let s = Arc::new(s);
         let dir = Arc::new(Directory::new());
         let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
-        let (reg, errors) = crate::objects::SharedRegistry::from_dir(std::path::Path::new(dir_xml));
+        let (reg, errors) = crate::objects::ObjectRegistry::load_dir(std::path::Path::new(dir_xml));
         assert!(errors.is_empty(), "{errors:?}");
         let reg = Arc::new(reg);
         let cores = (0..shards)
@@ -116,14 +119,19 @@ impl Harness {
 
     /// Delivers a datagram to `shard` and runs everything it causes.
     pub fn datagram(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) {
-        self.cores[shard].handle_datagram(self.now, from, bytes);
+        let data = Input::Datagram {
+            peer: from,
+            data: bytes,
+            identity: None,
+        };
+        self.cores[shard].handle(self.now, data);
         self.pump();
     }
 
     /// Delivers a message to `shard` (as from its mailbox) and runs everything it causes.
-    pub fn message(&mut self, shard: usize, m: crate::lwm2m::ShardMsg) -> Vec<Reply> {
+    pub fn message(&mut self, shard: usize, m: ShardMsg) -> Vec<Reply> {
         let n = self.replies.len();
-        self.cores[shard].handle_message(self.now, m);
+        self.cores[shard].handle(self.now, Input::Shard(m));
         self.pump();
         self.replies.split_off(n)
     }
@@ -134,12 +142,17 @@ impl Harness {
         &mut self,
         shard: usize,
         from: SocketAddr,
-        identity: &crate::dtls::PeerIdentity,
+        identity: &crate::lwm2m::PeerIdentity,
         bytes: &[u8],
     ) -> Vec<Reply> {
         let n = self.replies.len();
         let id = Arc::new(identity.clone());
-        self.cores[shard].handle_secure_datagram(self.now, from, &id, bytes);
+        let data = Input::Datagram {
+            peer: from,
+            data: bytes,
+            identity: Some(&id),
+        };
+        self.cores[shard].handle(self.now, data);
         self.pump();
         self.replies.split_off(n)
     }
@@ -147,7 +160,7 @@ impl Harness {
     /// The DTLS session of `peer` on `shard` ended.
     pub fn session_closed(&mut self, shard: usize, peer: SocketAddr) -> Vec<Reply> {
         let n = self.replies.len();
-        self.cores[shard].secure_session_closed(self.now, peer);
+        self.cores[shard].handle(self.now, Input::SessionClosed { peer });
         self.pump();
         self.replies.split_off(n)
     }
@@ -184,7 +197,14 @@ impl Harness {
             at_ms: None,
             expiry_s,
         };
-        self.cores[shard].handle_command_at(self.now, topic, json.as_bytes().to_vec(), 0, arrival);
+        // What the engine's router does: resolve the topic once, hand the core the result.
+        let core = &mut self.cores[shard];
+        let payload = json.as_bytes().to_vec();
+        if let Some(c) =
+            RoutedCommand::from_topic(core.settings(), &self.dir, topic, payload, arrival)
+        {
+            core.handle(self.now, Input::Shard(ShardMsg::Command(c)));
+        }
         self.pump();
         self.replies.split_off(n)
     }
@@ -217,7 +237,8 @@ impl Harness {
     /// The authentication server answers ticket `t` of `shard`.
     pub fn auth_answer(&mut self, shard: usize, t: u64, allowed: bool) -> Vec<Reply> {
         let n = self.replies.len();
-        self.cores[shard].auth_result(self.now, t, allowed);
+        let answer = Input::AuthResult { ticket: t, allowed };
+        self.cores[shard].handle(self.now, answer);
         self.pump();
         self.replies.split_off(n)
     }
@@ -230,7 +251,7 @@ impl Harness {
                 Some(&(at, shard, t)) if at <= target => {
                     self.timers.remove(0);
                     self.now = self.now.max(at);
-                    self.cores[shard].handle_timer(self.now, t);
+                    self.cores[shard].handle(self.now, Input::Timer(t));
                     self.pump();
                 }
                 _ => break,
@@ -243,28 +264,25 @@ impl Harness {
         loop {
             let mut msgs = Vec::new();
             for (i, c) in self.cores.iter_mut().enumerate() {
-                let replies = &mut self.replies;
-                c.drain_datagrams(|to, secure, b| {
-                    replies.push(Reply {
+                let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
+                let (timers, auth) = (&mut self.timers, &mut self.auth);
+                c.drain(|o| match o {
+                    Output::Datagram { to, secure, bytes } => replies.push(Reply {
                         to,
-                        bytes: b.to_vec(),
+                        bytes: bytes.to_vec(),
                         secure,
-                    })
+                    }),
+                    Output::Mqtt(m) => mqtt.push(m),
+                    Output::Timer { at, timer } => timers.push((at, i, timer)),
+                    Output::Auth { ticket, request } => auth.push((i, ticket, request)),
+                    Output::Shard { to, msg } => msgs.push((to, msg)),
                 });
-                self.mqtt.append(&mut c.out.mqtt);
-                for (at, t) in c.out.timers.drain(..) {
-                    self.timers.push((at, i, t));
-                }
-                msgs.append(&mut c.out.to_shards);
-                for (ticket, req) in c.out.auth.drain(..) {
-                    self.auth.push((i, ticket, req));
-                }
             }
             if msgs.is_empty() {
                 return;
             }
             for (to, m) in msgs {
-                self.cores[to as usize].handle_message(self.now, m);
+                self.cores[to as usize].handle(self.now, Input::Shard(m));
             }
         }
     }

@@ -1,0 +1,136 @@
+//! The core's contract with its driver: every input goes through [`ShardCore::handle`], every
+//! output comes out of [`ShardCore::drain`], and the management API's questions are answered
+//! by return value ([`ShardCore::client_infos`], [`ShardCore::find_client_id`],
+//! [`ShardCore::lookup`], and [`ShardCore::kick`], the one input with an answer).
+//!
+//! A driver's loop turn, for each input it has (a datagram, a due timer, a mailbox message,
+//! a command its broker connection delivered):
+//!
+//! 1. `core.handle(now, input)`, `now` being the shard's clock in milliseconds (the core
+//!    never reads a clock);
+//! 2. `core.drain(|output| ...)`: datagrams to send (those marked `secure` only over DTLS,
+//!    never in plain text), MQTT actions for the shard's broker connections, timers to arm,
+//!    authentication requests, then messages for other shards, in that order;
+//! 3. what the driver could not do becomes an input again: a secure datagram without a
+//!    session is [`Input::SessionClosed`], a command another shard's mailbox could not
+//!    take is [`Input::Undelivered`], an authentication request the pool refused is a
+//!    denying [`Input::AuthResult`]; then it drains again, until nothing is left.
+//!
+//! The driver never writes into the core otherwise; the core never blocks, and owns no
+//! socket, thread, channel or lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::identity::PeerIdentity;
+use super::output::{AuthRequest, MqttOut, ShardMsg, Timer};
+use super::settings::CoreSettings;
+use super::ShardCore;
+use crate::objects::ObjectRegistry;
+
+/// What a driver hands the core.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A datagram from `peer`: over plain UDP (`identity` None) or decrypted from the DTLS
+    /// session of that identity.
+    Datagram {
+        peer: SocketAddr,
+        data: &'a [u8],
+        identity: Option<&'a Arc<PeerIdentity>>,
+    },
+    /// The DTLS session of `peer` ended (idle, alert, error, replaced), or a datagram
+    /// for it could not be encrypted: the registration made over DTLS at that address
+    /// gets nothing until a session of an identity allowed to act for it speaks again.
+    SessionClosed { peer: SocketAddr },
+    /// A timer the core armed came due.
+    Timer(Timer),
+    /// A message from another shard's core, or a command the router resolved for this
+    /// shard ([`ShardMsg::Command`]).
+    Shard(ShardMsg),
+    /// A command for the endpoint `name`, from the management API.
+    ApiCommand { name: &'a str, payload: Vec<u8> },
+    /// The authentication server's answer about the Register held under `ticket`.
+    AuthResult { ticket: u64, allowed: bool },
+    /// A message this shard sent that no mailbox will take: a forwarded command is
+    /// answered 5.03 (anything else is dropped).
+    Undelivered(ShardMsg),
+    /// New settings (the management API changed the configuration).
+    Settings(Arc<CoreSettings>),
+    /// New object definitions (the definitions were reloaded).
+    Registry(Arc<ObjectRegistry>),
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// Send `bytes` to `to`; when `secure`, only over its DTLS session (it answers a
+    /// DTLS input, or goes to a registration made over DTLS).
+    Datagram {
+        to: SocketAddr,
+        secure: bool,
+        bytes: &'a [u8],
+    },
+    /// For the shard's broker connections.
+    Mqtt(MqttOut),
+    /// Hand back `timer` as [`Input::Timer`] at `at` (ms on the shard's clock).
+    Timer { at: u64, timer: Timer },
+    /// Ask the authentication server; its answer comes back as [`Input::AuthResult`].
+    Auth { ticket: u64, request: AuthRequest },
+    /// For shard `to`'s core ([`Input::Shard`] there).
+    Shard { to: u16, msg: ShardMsg },
+}
+
+impl ShardCore {
+    /// Takes one input (see the module documentation).
+    pub fn handle(&mut self, now: u64, input: Input<'_>) {
+        match input {
+            Input::Datagram {
+                peer,
+                data,
+                identity: None,
+            } => self.handle_datagram(now, peer, data),
+            Input::Datagram {
+                peer,
+                data,
+                identity: Some(id),
+            } => self.handle_secure_datagram(now, peer, id, data),
+            Input::SessionClosed { peer } => self.secure_session_closed(now, peer),
+            Input::Timer(t) => self.handle_timer(now, t),
+            Input::Shard(m) => self.handle_message(now, m),
+            Input::ApiCommand { name, payload } => match self.table.find_name(name) {
+                Some(slot) => self.command_for(now, slot, payload),
+                None => self.stats.commands_rejected += 1,
+            },
+            Input::AuthResult { ticket, allowed } => self.auth_result(now, ticket, allowed),
+            Input::Undelivered(m) => self.undelivered(m),
+            Input::Settings(s) => self.apply_settings(s),
+            Input::Registry(r) => self.registry = r,
+        }
+    }
+
+    /// Hands every output to `f`, in the documented order, and forgets them.
+    pub fn drain(&mut self, mut f: impl FnMut(Output<'_>)) {
+        self.drain_datagrams(|to, secure, bytes| f(Output::Datagram { to, secure, bytes }));
+        for m in self.out.mqtt.drain(..) {
+            f(Output::Mqtt(m));
+        }
+        for (at, timer) in self.out.timers.drain(..) {
+            f(Output::Timer { at, timer });
+        }
+        for (ticket, request) in self.out.auth.drain(..) {
+            f(Output::Auth { ticket, request });
+        }
+        for (to, msg) in self.out.to_shards.drain(..) {
+            f(Output::Shard { to, msg });
+        }
+    }
+
+    /// Whether [`drain`](Self::drain) has anything to hand out.
+    pub fn has_output(&self) -> bool {
+        self.out.pending_datagrams() > 0
+            || !self.out.mqtt.is_empty()
+            || !self.out.timers.is_empty()
+            || !self.out.auth.is_empty()
+            || !self.out.to_shards.is_empty()
+    }
+}
