@@ -351,7 +351,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
     core.set_registry(ctx.registry.clone());
-    let mqtt = shard_mqtt(i, ctx, poll.registry().try_clone()?);
+    let start_ms = ctx.clock.now_ms();
+    let mqtt = shard_mqtt(i, ctx, poll.registry().try_clone()?, start_ms);
     let mut app = UdpShard::new(
         core,
         socket,
@@ -378,7 +379,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
             ctx.clock,
         ));
     }
-    let mut timers: TimerWheel<Timer> = TimerWheel::new(ctx.clock.now_ms());
+    let mut timers: TimerWheel<Timer> = TimerWheel::new(start_ms);
     let cfg = LoopConfig {
         mailbox_budget: 1024,
         max_sleep_ms: 1000,
@@ -396,8 +397,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
 
 /// Shard `i`'s broker connections: `mqtt.connections` spread over the shards (at
 /// least one each), named `{client_id}-{n}` with n unique in the process, holding
-/// their share of `mqtt.buffer_messages`.
-fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide {
+/// their share of `mqtt.buffer_messages`, on the shard's clock (`now_ms`: the start).
+fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64) -> MqttSide {
     let shards = ctx.counters.len().max(1);
     let per_shard = connections_per_shard(ctx.mqtt.connections, shards);
     let cap = ctx.mqtt.buffer_messages.div_ceil(shards).max(1);
@@ -410,14 +411,14 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide
         ctx.mqtt_stats.clone(),
         ctx.mqtt_tls.clone(),
         ctx.seed ^ (i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93),
-        std::time::Instant::now(),
+        ctx.clock.instant_at(now_ms),
     );
     if i == 0 {
         if let Some(sub) = ctx.wildcard.lock().take() {
             client.accept(sub);
         }
     }
-    MqttSide::new(client, registry)
+    MqttSide::new(client, registry, ctx.clock)
 }
 
 /// `mqtt.connections` spread over the shards, at least one each.

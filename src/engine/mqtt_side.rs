@@ -5,12 +5,13 @@
 //! device → shard → broker.
 //!
 //! Timers (reconnect, keepalive, the shutdown deadline) are one `Timer::Mqtt` entry in
-//! the shard's wheel, re-armed when the connections' next deadline comes sooner.
+//! the shard's wheel, re-armed when the connections' next deadline comes sooner. The
+//! connections run on the shard's clock: the `now` of the loop turn, as the `Instant`
+//! of that millisecond (what the core and DTLS see too).
 
 use crate::lwm2m::{MqttOut, Timer};
 use crate::mqtt::{Delivery, Inbound, MqttClient, Outbound};
-use shard::TimerWheel;
-use std::time::Instant;
+use shard::{Clock, TimerWheel};
 
 /// The mio tokens of a shard's broker connections start here.
 pub const MQTT_TOKEN_BASE: usize = 16;
@@ -39,6 +40,7 @@ impl Inbound for Inbox {
 pub struct MqttSide {
     client: MqttClient,
     registry: mio::Registry,
+    clock: Clock,
     inbox: Inbox,
     /// The `Timer::Mqtt` in the wheel (u64::MAX: none).
     armed_at: u64,
@@ -48,10 +50,12 @@ pub struct MqttSide {
 }
 
 impl MqttSide {
-    pub fn new(client: MqttClient, registry: mio::Registry) -> Self {
+    /// `client` made with a `now` of `clock`.
+    pub fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
         MqttSide {
             client,
             registry,
+            clock,
             inbox: Inbox::default(),
             armed_at: u64::MAX,
             stop_at: None,
@@ -65,8 +69,14 @@ impl MqttSide {
 
     /// A readiness event of one of the connections; true when it has more to read.
     /// Commands it delivered wait in [`take_commands`](Self::take_commands).
-    pub fn on_event(&mut self, token: mio::Token, readable: bool, writable: bool) -> bool {
-        let now = Instant::now();
+    pub fn on_event(
+        &mut self,
+        token: mio::Token,
+        readable: bool,
+        writable: bool,
+        now_ms: u64,
+    ) -> bool {
+        let now = self.clock.instant_at(now_ms);
         self.client.on_event(
             &self.registry,
             &mut self.inbox,
@@ -107,7 +117,7 @@ impl MqttSide {
         if self.closed {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.instant_at(now_ms);
         self.client.turn(&self.registry, &mut self.inbox, now);
         if let Some(stop_at) = self.stop_at {
             let idle = self.client.is_idle();
@@ -126,7 +136,7 @@ impl MqttSide {
         let next = self
             .client
             .next_deadline()
-            .map(|d| now_ms + d.saturating_duration_since(now).as_millis() as u64)
+            .map(|d| self.clock.ms_at(d))
             .into_iter()
             .chain(self.stop_at)
             .min();

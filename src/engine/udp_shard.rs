@@ -295,7 +295,7 @@ impl ShardApp for UdpShard {
     ) -> bool {
         self.now_ms = now_ms;
         if self.mqtt.owns(token) {
-            let more = self.mqtt.on_event(token, readable, writable);
+            let more = self.mqtt.on_event(token, readable, writable, now_ms);
             self.take_commands(now_ms, timers);
             return more;
         }
