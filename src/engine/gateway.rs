@@ -12,7 +12,7 @@ use crate::auth::AuthService;
 use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore, ShardMsg, Timer};
-use crate::mqtt::{self, MqttClient, MqttOptions, MqttStats, ServerAddr};
+use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
@@ -151,6 +151,7 @@ impl Gateway {
             counters: router_counters.clone(),
         });
         let mqtt_opts = mqtt_options(cfg, server);
+        let broker = broker_addrs(cfg, &mqtt_opts.server)?;
         let mqtt_connections = shards * connections_per_shard(mqtt_opts.connections, shards);
         let per_endpoint = settings.per_endpoint_subscriptions;
         let mqtt_tls = mqtt::tls_for(&mqtt_opts).map_err(|e| start_err("MQTT TLS settings", e))?;
@@ -208,6 +209,7 @@ impl Gateway {
             registry,
             dir: dir.clone(),
             mqtt: mqtt_opts,
+            broker,
             mqtt_tls,
             mqtt_stats: mqtt_stats.clone(),
             wildcard: Mutex::new(wildcard),
@@ -319,6 +321,8 @@ struct ShardContext {
     registry: Arc<SharedRegistry>,
     dir: Arc<Directory>,
     mqtt: MqttOptions,
+    /// The broker's addresses, kept up to date off the shards.
+    broker: Arc<BrokerAddrs>,
     mqtt_tls: Option<Arc<rustls::ClientConfig>>,
     mqtt_stats: Arc<MqttStats>,
     /// The command wildcard subscription, taken by shard 0.
@@ -410,6 +414,7 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64
         cap,
         ctx.mqtt_stats.clone(),
         ctx.mqtt_tls.clone(),
+        ctx.broker.clone(),
         ctx.seed ^ (i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93),
         ctx.clock.instant_at(now_ms),
     );
@@ -575,6 +580,26 @@ fn broker_address(cfg: &Config) -> Result<ServerAddr, GatewayError> {
             ca_file: cfg.mqtt.ca_file.clone(),
         },
     })
+}
+
+/// The broker's addresses: its name looked up now, before any shard runs, then again by
+/// the resolver thread (never on a shard). A name that gives no address now does not
+/// stop the start, as a broker that is down does not: devices are served and their
+/// messages held while the name is looked up again.
+fn broker_addrs(cfg: &Config, server: &ServerAddr) -> Result<Arc<BrokerAddrs>, GatewayError> {
+    let addrs = BrokerAddrs::new(server);
+    if let Err(e) = addrs.resolve_now() {
+        tracing::warn!(
+            server = %cfg.mqtt.server,
+            error = %e,
+            "mqtt.server: the broker's name does not resolve; starting without the broker \
+             (devices are served, their messages held) and looking the name up again"
+        );
+    }
+    addrs
+        .spawn_resolver()
+        .map_err(|e| start_err("MQTT broker name resolver", e))?;
+    Ok(addrs)
 }
 
 fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
