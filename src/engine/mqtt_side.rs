@@ -177,3 +177,58 @@ fn filter_lane(filter: &str) -> u32 {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::{BrokerAddrs, MqttOptions, MqttStats, Protocol, ServerAddr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The connections' deadlines come from the loop turn's `now`, never from a clock of
+    /// their own: a turn an hour after the shard clock's start (the real time is about
+    /// its start) arms the connect timeout (10 s) an hour and 10 s after it.
+    #[test]
+    fn the_connections_run_on_the_turns_now() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+        };
+        let opts = MqttOptions {
+            server: server.clone(),
+            client_id: "clock-test".into(),
+            username: String::new(),
+            password: String::new(),
+            keepalive: Duration::from_secs(30),
+            connections: 1,
+            max_inflight: 16,
+            buffer_messages: 16,
+            max_packet_size: 1 << 20,
+            protocol: Protocol::V311,
+        };
+        let clock = Clock::new();
+        let t = 3_600_000;
+        let poll = mio::Poll::new().unwrap();
+        let client = MqttClient::new(
+            opts,
+            0,
+            1,
+            MQTT_TOKEN_BASE,
+            16,
+            Arc::new(MqttStats::default()),
+            None,
+            BrokerAddrs::new(&server),
+            1,
+            clock.instant_at(t),
+        );
+        let mut side = MqttSide::new(client, poll.registry().try_clone().unwrap(), clock);
+        let mut timers = TimerWheel::new(t);
+        side.turn(t, &mut timers);
+        let mut fired = Vec::new();
+        timers.advance(t + 9_999, &mut fired);
+        assert!(fired.is_empty(), "nothing due before the connect timeout");
+        timers.advance(t + 10_000, &mut fired);
+        assert_eq!(fired, [Timer::Mqtt]);
+    }
+}

@@ -70,7 +70,7 @@ use parking_lot::{Condvar, Mutex};
 pub use client::{tls_for, MqttClient};
 pub use codec::Protocol;
 pub use embedded::start_embedded_broker;
-pub use resolve::{BrokerAddrs, REFRESH_EVERY, REFRESH_MIN_GAP};
+pub use resolve::BrokerAddrs;
 pub use stats::MqttStats;
 
 use io_thread::{IoThread, Shared, WAKER_TOKEN};

@@ -1,8 +1,8 @@
 //! The broker's socket addresses, looked up away from the threads that connect.
 //!
 //! An IP address is used as it is. A name is looked up once at start (on the starting
-//! thread), then again by a thread of its own: every [`REFRESH_EVERY`], and soon after a
-//! connection fails (at most once per [`REFRESH_MIN_GAP`]). Connections read the last
+//! thread), then again by a thread of its own: every `REFRESH_EVERY`, and soon after a
+//! connection fails (at most once per `REFRESH_MIN_GAP`). Connections read the last
 //! answer without waiting: a reader that finds the list being replaced keeps its
 //! previous copy. A lookup that fails keeps the addresses last found.
 
@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 use super::ServerAddr;
 
 /// A name is looked up again this often.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(60);
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// Lookups asked for by failing connections are at least this far apart.
-pub const REFRESH_MIN_GAP: Duration = Duration::from_secs(1);
+const REFRESH_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// Looks a name up (blocking); the system's resolver unless a test says otherwise.
 type Lookup = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
@@ -82,7 +82,7 @@ impl BrokerAddrs {
     /// An IP address needs no lookup.
     pub fn resolve_now(&self) -> io::Result<Arc<[SocketAddr]>> {
         if !self.literal {
-            let found = self.look_up()?;
+            let found = look_up(&self.lookup, &self.host, self.port)?;
             self.publish(found);
         }
         Ok(self.current.read().clone())
@@ -109,17 +109,6 @@ impl BrokerAddrs {
                 t.unpark();
             }
         }
-    }
-
-    fn look_up(&self) -> io::Result<Vec<SocketAddr>> {
-        let found = (self.lookup)(&self.host, self.port)?;
-        if found.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} resolves to no address", self.name()),
-            ));
-        }
-        Ok(found)
     }
 
     /// Replaces the addresses when they changed.
@@ -189,6 +178,18 @@ fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok((host, port).to_socket_addrs()?.collect())
 }
 
+/// At least one address for `host`, or why not.
+fn look_up(lookup: &Lookup, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let found = lookup(host, port)?;
+    if found.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        ));
+    }
+    Ok(found)
+}
+
 /// The resolver thread: looks the name up every `REFRESH_EVERY`, or `REFRESH_MIN_GAP`
 /// after the last lookup when a connection asked; ends when the addresses are dropped.
 fn resolver(weak: Weak<BrokerAddrs>) {
@@ -200,12 +201,12 @@ fn resolver(weak: Weak<BrokerAddrs>) {
             return;
         };
         let asked = shared.refresh.load(Ordering::Acquire);
-        let due = last
-            + if asked {
-                REFRESH_MIN_GAP
-            } else {
-                REFRESH_EVERY
-            };
+        let gap = if asked {
+            REFRESH_MIN_GAP
+        } else {
+            REFRESH_EVERY
+        };
+        let due = last + gap;
         let now = Instant::now();
         if now < due {
             drop(shared);
@@ -216,20 +217,17 @@ fn resolver(weak: Weak<BrokerAddrs>) {
         let (host, port, lookup) = (shared.host.clone(), shared.port, shared.lookup.clone());
         // Not kept across the lookup, which may take long: the gateway may stop meanwhile.
         drop(shared);
-        let found = lookup(&host, port);
+        let found = look_up(&lookup, &host, port);
         last = Instant::now();
         let Some(shared) = weak.upgrade() else {
             return;
         };
         match found {
-            Ok(found) if !found.is_empty() => {
+            Ok(found) => {
                 failing = false;
                 shared.publish(found);
             }
-            result => {
-                let error = result
-                    .err()
-                    .map_or("no address".to_string(), |e| e.to_string());
+            Err(error) => {
                 let held = shared.current.read().len();
                 if failing {
                     debug!(server = %shared.name(), %error, "MQTT broker name lookup failed");
