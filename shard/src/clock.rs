@@ -36,6 +36,18 @@ impl Clock {
     pub fn instant_at(&self, ms: u64) -> Instant {
         self.start + Duration::from_millis(ms)
     }
+
+    /// The first millisecond timestamp of this clock at or after `at` (0 for instants
+    /// before the start).
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.start);
+        let ms = duration_ms(d);
+        if Duration::from_millis(ms) < d {
+            ms.saturating_add(1)
+        } else {
+            ms
+        }
+    }
 }
 
 impl Default for Clock {
@@ -65,5 +77,14 @@ mod tests {
             last = t;
         }
         assert_eq!(a.instant_at(5), a.start() + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn ms_at_rounds_up_and_inverts_instant_at() {
+        let c = Clock::new();
+        assert_eq!(c.ms_at(c.instant_at(7)), 7);
+        assert_eq!(c.ms_at(c.instant_at(7) + Duration::from_micros(1)), 8);
+        assert_eq!(c.ms_at(c.instant_at(7) - Duration::from_micros(1)), 7);
+        assert_eq!(c.ms_at(c.start()), 0);
     }
 }

@@ -13,7 +13,7 @@ use crate::auth::AuthService;
 use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
-use crate::mqtt::{self, MqttClient, MqttOptions, MqttStats, ServerAddr};
+use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
@@ -155,6 +155,7 @@ impl Gateway {
             counters: router_counters.clone(),
         });
         let mqtt_opts = mqtt_options(cfg, server);
+        let broker = broker_addrs(cfg, &mqtt_opts.server)?;
         let mqtt_connections = shards * connections_per_shard(mqtt_opts.connections, shards);
         let per_endpoint = settings.per_endpoint_subscriptions;
         let mqtt_tls = mqtt::tls_for(&mqtt_opts).map_err(|e| start_err("MQTT TLS settings", e))?;
@@ -212,6 +213,7 @@ impl Gateway {
             registry,
             dir: dir.clone(),
             mqtt: mqtt_opts,
+            broker,
             mqtt_tls,
             mqtt_stats: mqtt_stats.clone(),
             wildcard: Mutex::new(wildcard),
@@ -323,6 +325,8 @@ struct ShardContext {
     registry: Arc<SharedRegistry>,
     dir: Arc<Directory>,
     mqtt: MqttOptions,
+    /// The broker's addresses, kept up to date off the shards.
+    broker: Arc<BrokerAddrs>,
     mqtt_tls: Option<Arc<rustls::ClientConfig>>,
     mqtt_stats: Arc<MqttStats>,
     /// The command wildcard subscription, taken by shard 0.
@@ -354,7 +358,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.dir.clone(),
         ctx.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
-    let mqtt = shard_mqtt(i, ctx, poll.registry().try_clone()?);
+    let start_ms = ctx.clock.now_ms();
+    let mqtt = shard_mqtt(i, ctx, poll.registry().try_clone()?, start_ms);
     let mut app = UdpShard::new(
         core,
         socket,
@@ -382,7 +387,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
             ctx.clock,
         ));
     }
-    let mut timers: TimerWheel<ShardTimer> = TimerWheel::new(ctx.clock.now_ms());
+    let mut timers: TimerWheel<ShardTimer> = TimerWheel::new(start_ms);
     let cfg = LoopConfig {
         mailbox_budget: 1024,
         max_sleep_ms: 1000,
@@ -400,8 +405,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
 
 /// Shard `i`'s broker connections: `mqtt.connections` spread over the shards (at
 /// least one each), named `{client_id}-{n}` with n unique in the process, holding
-/// their share of `mqtt.buffer_messages`.
-fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide {
+/// their share of `mqtt.buffer_messages`, on the shard's clock (`now_ms`: the start).
+fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64) -> MqttSide {
     let shards = ctx.counters.len().max(1);
     let per_shard = connections_per_shard(ctx.mqtt.connections, shards);
     let cap = ctx.mqtt.buffer_messages.div_ceil(shards).max(1);
@@ -413,15 +418,16 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry) -> MqttSide
         cap,
         ctx.mqtt_stats.clone(),
         ctx.mqtt_tls.clone(),
+        ctx.broker.clone(),
         ctx.seed ^ (i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93),
-        std::time::Instant::now(),
+        ctx.clock.instant_at(now_ms),
     );
     if i == 0 {
         if let Some(sub) = ctx.wildcard.lock().take() {
             client.accept(sub);
         }
     }
-    MqttSide::new(client, registry)
+    MqttSide::new(client, registry, ctx.clock)
 }
 
 /// `mqtt.connections` spread over the shards, at least one each.
@@ -578,6 +584,26 @@ fn broker_address(cfg: &Config) -> Result<ServerAddr, GatewayError> {
             ca_file: cfg.mqtt.ca_file.clone(),
         },
     })
+}
+
+/// The broker's addresses: its name looked up now, before any shard runs, then again by
+/// the resolver thread (never on a shard). A name that gives no address now does not
+/// stop the start, as a broker that is down does not: devices are served and their
+/// messages held while the name is looked up again.
+fn broker_addrs(cfg: &Config, server: &ServerAddr) -> Result<Arc<BrokerAddrs>, GatewayError> {
+    let addrs = BrokerAddrs::new(server);
+    if let Err(e) = addrs.resolve_now() {
+        tracing::warn!(
+            server = %cfg.mqtt.server,
+            error = %e,
+            "mqtt.server: the broker's name does not resolve; starting without the broker \
+             (devices are served, their messages held) and looking the name up again"
+        );
+    }
+    addrs
+        .spawn_resolver()
+        .map_err(|e| start_err("MQTT broker name resolver", e))?;
+    Ok(addrs)
 }
 
 fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {

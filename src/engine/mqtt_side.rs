@@ -5,13 +5,14 @@
 //! device → shard → broker.
 //!
 //! Timers (reconnect, keepalive, the shutdown deadline) are one `ShardTimer::Mqtt` entry in
-//! the shard's wheel, re-armed when the connections' next deadline comes sooner.
+//! the shard's wheel, re-armed when the connections' next deadline comes sooner. The
+//! connections run on the shard's clock: the `now` of the loop turn, as the `Instant`
+//! of that millisecond (what the core and DTLS see too).
 
 use super::mail::ShardTimer;
 use crate::lwm2m::MqttOut;
 use crate::mqtt::{Delivery, Inbound, MqttClient, Outbound};
-use shard::TimerWheel;
-use std::time::Instant;
+use shard::{Clock, TimerWheel};
 
 /// The mio tokens of a shard's broker connections start here.
 pub const MQTT_TOKEN_BASE: usize = 16;
@@ -40,6 +41,7 @@ impl Inbound for Inbox {
 pub struct MqttSide {
     client: MqttClient,
     registry: mio::Registry,
+    clock: Clock,
     inbox: Inbox,
     /// The `ShardTimer::Mqtt` in the wheel (u64::MAX: none).
     armed_at: u64,
@@ -49,10 +51,12 @@ pub struct MqttSide {
 }
 
 impl MqttSide {
-    pub fn new(client: MqttClient, registry: mio::Registry) -> Self {
+    /// `client` made with a `now` of `clock`.
+    pub fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
         MqttSide {
             client,
             registry,
+            clock,
             inbox: Inbox::default(),
             armed_at: u64::MAX,
             stop_at: None,
@@ -66,8 +70,14 @@ impl MqttSide {
 
     /// A readiness event of one of the connections; true when it has more to read.
     /// Commands it delivered wait in [`take_commands`](Self::take_commands).
-    pub fn on_event(&mut self, token: mio::Token, readable: bool, writable: bool) -> bool {
-        let now = Instant::now();
+    pub fn on_event(
+        &mut self,
+        token: mio::Token,
+        readable: bool,
+        writable: bool,
+        now_ms: u64,
+    ) -> bool {
+        let now = self.clock.instant_at(now_ms);
         self.client.on_event(
             &self.registry,
             &mut self.inbox,
@@ -108,7 +118,7 @@ impl MqttSide {
         if self.closed {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.instant_at(now_ms);
         self.client.turn(&self.registry, &mut self.inbox, now);
         if let Some(stop_at) = self.stop_at {
             let idle = self.client.is_idle();
@@ -127,7 +137,7 @@ impl MqttSide {
         let next = self
             .client
             .next_deadline()
-            .map(|d| now_ms + d.saturating_duration_since(now).as_millis() as u64)
+            .map(|d| self.clock.ms_at(d))
             .into_iter()
             .chain(self.stop_at)
             .min();
@@ -167,4 +177,59 @@ fn filter_lane(filter: &str) -> u32 {
     filter.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::{BrokerAddrs, MqttOptions, MqttStats, Protocol, ServerAddr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The connections' deadlines come from the loop turn's `now`, never from a clock of
+    /// their own: a turn an hour after the shard clock's start (the real time is about
+    /// its start) arms the connect timeout (10 s) an hour and 10 s after it.
+    #[test]
+    fn the_connections_run_on_the_turns_now() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+        };
+        let opts = MqttOptions {
+            server: server.clone(),
+            client_id: "clock-test".into(),
+            username: String::new(),
+            password: String::new(),
+            keepalive: Duration::from_secs(30),
+            connections: 1,
+            max_inflight: 16,
+            buffer_messages: 16,
+            max_packet_size: 1 << 20,
+            protocol: Protocol::V311,
+        };
+        let clock = Clock::new();
+        let t = 3_600_000;
+        let poll = mio::Poll::new().unwrap();
+        let client = MqttClient::new(
+            opts,
+            0,
+            1,
+            MQTT_TOKEN_BASE,
+            16,
+            Arc::new(MqttStats::default()),
+            None,
+            BrokerAddrs::new(&server),
+            1,
+            clock.instant_at(t),
+        );
+        let mut side = MqttSide::new(client, poll.registry().try_clone().unwrap(), clock);
+        let mut timers = TimerWheel::new(t);
+        side.turn(t, &mut timers);
+        let mut fired = Vec::new();
+        timers.advance(t + 9_999, &mut fired);
+        assert!(fired.is_empty(), "nothing due before the connect timeout");
+        timers.advance(t + 10_000, &mut fired);
+        assert_eq!(fired, [ShardTimer::Mqtt]);
+    }
 }

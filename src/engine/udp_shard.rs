@@ -317,7 +317,7 @@ impl ShardApp for UdpShard {
         self.now_ms = now_ms;
         self.refresh_registry();
         if self.mqtt.owns(token) {
-            let more = self.mqtt.on_event(token, readable, writable);
+            let more = self.mqtt.on_event(token, readable, writable, now_ms);
             self.take_commands(now_ms, timers);
             return more;
         }

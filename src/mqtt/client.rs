@@ -20,6 +20,7 @@ use tracing::debug;
 use super::buffer::{make_room, OutMsg, Overflow};
 use super::codec::publish_size;
 use super::connection::{Connection, Ctx};
+use super::resolve::{AddrCache, BrokerAddrs};
 use super::stats::MqttStats;
 use super::{Inbound, MqttOptions, Outbound, ServerAddr};
 
@@ -29,6 +30,8 @@ pub struct MqttClient {
     token_base: usize,
     stats: Arc<MqttStats>,
     tls: Option<Arc<ClientConfig>>,
+    /// Where the broker is: connections take its addresses from here.
+    addrs: AddrCache,
     /// Publishes held (pending + in flight) at most, over this client's connections.
     cap: usize,
     seq: u64,
@@ -51,7 +54,8 @@ pub fn tls_for(opts: &MqttOptions) -> std::io::Result<Option<Arc<ClientConfig>>>
 
 impl MqttClient {
     /// `count` connections named `{client_id}-{first_index + i}`, polled under tokens
-    /// `token_base + i`, holding at most `cap` publishes together. They connect on the first
+    /// `token_base + i`, holding at most `cap` publishes together, connecting to the
+    /// addresses `addrs` holds for `opts.server`. They connect on the first
     /// [`turn`](Self::turn).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -62,6 +66,7 @@ impl MqttClient {
         cap: usize,
         stats: Arc<MqttStats>,
         tls: Option<Arc<ClientConfig>>,
+        addrs: Arc<BrokerAddrs>,
         seed: u64,
         now: Instant,
     ) -> Self {
@@ -77,6 +82,7 @@ impl MqttClient {
             token_base,
             stats,
             tls,
+            addrs: AddrCache::new(addrs),
             cap: cap.max(1),
             seq: 0,
             scratch: vec![0u8; 64 * 1024],
@@ -233,6 +239,7 @@ impl MqttClient {
             conns,
             stats,
             tls,
+            addrs,
             scratch,
             replies,
             ..
@@ -244,6 +251,7 @@ impl MqttClient {
             replies,
             registry,
             tls: tls.as_ref(),
+            addrs,
             now,
             scratch,
         };
@@ -300,5 +308,117 @@ fn to_qos(q: u8) -> QoS {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
         _ => QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::{Delivery, Protocol};
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    struct Nothing;
+    impl Inbound for Nothing {
+        fn on_publish(&mut self, _: &Delivery<'_>, _: &mut Vec<Outbound>) {}
+    }
+
+    fn options(server: ServerAddr) -> MqttOptions {
+        MqttOptions {
+            server,
+            client_id: "resolve-test".into(),
+            username: String::new(),
+            password: String::new(),
+            keepalive: Duration::from_secs(30),
+            connections: 1,
+            max_inflight: 16,
+            buffer_messages: 16,
+            max_packet_size: 1 << 20,
+            protocol: Protocol::V311,
+        }
+    }
+
+    /// The broker's name does not resolve and the connection is given no address at
+    /// first: it fails without looking the name up, its failure gets the resolver to look
+    /// up again (on its own thread), and the next attempt connects to the address found
+    /// and sends CONNECT.
+    #[test]
+    fn connections_take_the_addresses_they_are_given_and_never_look_names_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let at = listener.local_addr().unwrap();
+        let server = ServerAddr::Tcp {
+            host: "no-such-host.invalid".into(),
+            port: at.port(),
+        };
+        let caller = std::thread::current().id();
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let on_caller = Arc::new(AtomicUsize::new(0));
+        let (l, c) = (lookups.clone(), on_caller.clone());
+        let lookup = move |_: &str, _: u16| -> std::io::Result<Vec<SocketAddr>> {
+            l.fetch_add(1, Ordering::SeqCst);
+            if std::thread::current().id() == caller {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(vec![at])
+        };
+        let addrs = BrokerAddrs::with_lookup(&server, Arc::new(lookup));
+        addrs.spawn_resolver().unwrap();
+
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(16);
+        let stats = Arc::new(MqttStats::default());
+        let start = Instant::now();
+        let mut client = MqttClient::new(
+            options(server),
+            0,
+            1,
+            0,
+            16,
+            stats.clone(),
+            None,
+            addrs,
+            1,
+            start,
+        );
+        let mut inbox = Nothing;
+        client.turn(poll.registry(), &mut inbox, start);
+        assert_eq!(MqttStats::get(&stats.connected), 0, "no address yet");
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut broker = None;
+        let mut first = [0u8; 1];
+        loop {
+            assert!(Instant::now() < deadline, "no CONNECT reached the address");
+            poll.poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            let now = Instant::now();
+            for ev in events.iter() {
+                client.on_event(poll.registry(), &mut inbox, ev.token(), true, true, now);
+            }
+            client.turn(poll.registry(), &mut inbox, now);
+            if broker.is_none() {
+                broker = listener.accept().ok().map(|(s, _)| s);
+            }
+            if let Some(s) = broker.as_mut() {
+                s.set_nonblocking(true).unwrap();
+                if s.read(&mut first).is_ok_and(|n| n == 1) {
+                    break;
+                }
+            }
+        }
+        assert_eq!(first[0], 0x10, "CONNECT");
+        assert!(
+            lookups.load(Ordering::SeqCst) >= 1,
+            "the resolver looked up"
+        );
+        assert_eq!(
+            on_caller.load(Ordering::SeqCst),
+            0,
+            "no lookup on the thread driving the connections"
+        );
+        assert!(MqttStats::get(&stats.reconnects) >= 1);
     }
 }

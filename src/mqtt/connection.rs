@@ -25,7 +25,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::buffer::{OutMsg, PendingQueue};
 use super::codec::{publish_size, DecodeError, In, Limits, Out, Protocol};
+use super::resolve::AddrCache;
 use super::stats::MqttStats;
 use super::subscriptions::Subscriptions;
 use super::transport::{ReadStatus, Transport};
@@ -62,6 +62,8 @@ pub(crate) struct Ctx<'a> {
     pub replies: &'a mut Vec<Outbound>,
     pub registry: &'a Registry,
     pub tls: Option<&'a Arc<ClientConfig>>,
+    /// The broker's addresses: connections never look its name up themselves.
+    pub addrs: &'a mut AddrCache,
     pub now: Instant,
     pub scratch: &'a mut [u8],
 }
@@ -475,15 +477,12 @@ impl Connection {
         if self.attempts > 0 {
             MqttStats::inc(&ctx.stats.reconnects);
         }
+        let attempt = self.attempts;
         self.attempts += 1;
-        let (host, port) = match &ctx.opts.server {
-            ServerAddr::Tcp { host, port } | ServerAddr::Tls { host, port, .. } => {
-                (host.as_str(), *port)
-            }
-        };
-        let addr = match resolve(host, port) {
-            Ok(a) => a,
-            Err(e) => return self.fail(ctx, Failure::Io(e)),
+        let Some(addr) = ctx.addrs.pick(attempt) else {
+            let name = ctx.addrs.shared().name();
+            let why = format!("{name}: no address (the name has not resolved)");
+            return self.fail(ctx, Failure::Other(why));
         };
         let mut sock = match TcpStream::connect(addr) {
             Ok(s) => s,
@@ -498,7 +497,7 @@ impl Connection {
         }
         let _ = sock.set_nodelay(true);
         let transport = match ctx.tls {
-            Some(config) => match Transport::tls(sock, config.clone(), host) {
+            Some(config) => match Transport::tls(sock, config.clone(), server_name(ctx.opts)) {
                 Ok(t) => t,
                 Err(e) => return self.fail(ctx, Failure::Io(e)),
             },
@@ -816,6 +815,7 @@ impl Connection {
             debug!(conn = self.index, error = %why, "MQTT connect failed");
         }
         self.failures += 1;
+        ctx.addrs.shared().connect_failed();
         self.drop_transport(ctx);
         // A new session: the broker forgets our subscriptions and its QoS 2 state.
         for id in self.sub_ids.drain() {
@@ -848,13 +848,11 @@ fn to_qos(q: u8) -> QoS {
     }
 }
 
-fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
-    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{host}:{port} resolves to no address"),
-        )
-    })
+/// The broker's host name, as TLS verifies its certificate against it.
+fn server_name(opts: &MqttOptions) -> &str {
+    match &opts.server {
+        ServerAddr::Tcp { host, .. } | ServerAddr::Tls { host, .. } => host,
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use rustls::ClientConfig;
 use tracing::{info, warn};
 
 use super::client::MqttClient;
+use super::resolve::BrokerAddrs;
 use super::stats::MqttStats;
 use super::{Inbound, MqttOptions, Outbound};
 
@@ -71,6 +72,10 @@ impl IoThread {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = clock ^ ((std::process::id() as u64) << 32);
+        let addrs = BrokerAddrs::new(&self.opts.server);
+        // A name that gives nothing now is looked up again by the resolver.
+        let _ = addrs.resolve_now();
+        let _ = addrs.spawn_resolver();
         let mut client = MqttClient::new(
             self.opts.clone(),
             0,
@@ -79,6 +84,7 @@ impl IoThread {
             self.opts.buffer_messages,
             self.stats.clone(),
             self.tls.clone(),
+            addrs,
             seed,
             start,
         );

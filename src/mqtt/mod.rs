@@ -18,6 +18,9 @@
 //!   it re-subscribes every filter it holds (batched into few SUBSCRIBE packets), re-sends every
 //!   unacknowledged QoS>=1 PUBLISH with DUP set (PUBREL for those already PUBREC'd), then the
 //!   pending ones. A QoS>=1 publish is never lost while it is held (duplicates are possible).
+//! - Connections never look the broker's name up: they take its addresses from a
+//!   [`BrokerAddrs`] (looked up at start and again on a thread of its own; attempts go
+//!   round the addresses). TLS still verifies the certificate against the name.
 //! - Subscribe/Unsubscribe requests are batched too: the changes of one loop turn for one
 //!   connection go out in as few packets as `max_packet_size` allows; a filter subscribed and
 //!   unsubscribed before it went out costs nothing. Subscription changes of a turn are written
@@ -50,6 +53,7 @@ mod codec;
 mod connection;
 mod embedded;
 mod io_thread;
+mod resolve;
 mod stats;
 mod subscriptions;
 mod transport;
@@ -66,6 +70,7 @@ use parking_lot::{Condvar, Mutex};
 pub use client::{tls_for, MqttClient};
 pub use codec::Protocol;
 pub use embedded::start_embedded_broker;
+pub use resolve::BrokerAddrs;
 pub use stats::MqttStats;
 
 use io_thread::{IoThread, Shared, WAKER_TOKEN};

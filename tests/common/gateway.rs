@@ -32,6 +32,9 @@ pub enum Broker {
     Embedded,
     /// An external broker (e.g. Mosquitto).
     External(SocketAddr),
+    /// An external broker the gateway is given as `url` (`mqtt://name:port`); tests
+    /// reach it at the address.
+    Named(String, SocketAddr),
 }
 
 impl GatewayProc {
@@ -112,6 +115,7 @@ impl GatewayProc {
                 )
             }
             Broker::External(a) => (format!("server = \"mqtt://{a}\""), a, None),
+            Broker::Named(url, a) => (format!("server = \"{url}\""), a, None),
         };
         let api = free_port();
         let secret = api_secret.map_or(String::new(), |s| format!("api_secret = \"{s}\"\n"));
