@@ -23,10 +23,16 @@
 //! from it, no DTLS session) gets at most as many bytes as the datagram it sent,
 //! and never more than one block: its diagnostic is clipped, nothing is stored.
 
-use super::blockwise::{rebuild, request_key, size_of, BlockLimit, Body, Charge, HeldBytes};
+use super::admission::TokenBucket;
+use super::blockwise::{
+    count_limit, rebuild, request_key, size_of, BlockLimit, Body, Charge, HeldBytes,
+};
+use super::cx::Cx;
+use super::directory::Directory;
 use super::endpoint::Endpoint;
 use super::output::Timer;
-use super::ShardCore;
+use super::settings::CoreSettings;
+use super::stats::CoreStats;
 use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -42,9 +48,12 @@ const RETRY_AFTER_S: u32 = 5;
 
 type Key = (SocketAddr, Box<[u8]>);
 
-/// Block-wise state of the gateway as server.
+/// The gateway as block-wise server: the partial request bodies devices are sending,
+/// and our responses sent in blocks. Owns its state; what it needs of the rest of the
+/// shard comes in as parameters (the input's [`Cx`], the bytes a device's commands hold,
+/// the registration rate bucket, the directory).
 #[derive(Debug, Default)]
-pub struct ServerBlocks {
+pub struct BlockServer {
     partial: hashbrown::HashMap<Key, Partial>,
     ids: hashbrown::HashMap<u32, Key>,
     /// Partial bodies by age (ids; some may be gone), for eviction.
@@ -58,10 +67,9 @@ pub struct ServerBlocks {
     finals: hashbrown::HashMap<(SocketAddr, u16), Final>,
     final_order: VecDeque<(SocketAddr, u16, u64)>,
     next_id: u32,
-    /// The time of the request being answered.
-    pub(super) now: u64,
-    /// Bytes held by every block-wise state of the shard, both directions.
-    pub held: HeldBytes,
+    /// Bytes held by every block-wise state of the shard, both directions (shared
+    /// with the block-wise client side).
+    held: HeldBytes,
 }
 
 #[derive(Debug)]
@@ -104,7 +112,14 @@ struct Final {
     error: Option<u8>,
 }
 
-impl ServerBlocks {
+impl BlockServer {
+    pub(super) fn new(held: HeldBytes) -> Self {
+        Self {
+            held,
+            ..Self::default()
+        }
+    }
+
     fn next_id(&mut self) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
         self.next_id
@@ -278,12 +293,12 @@ fn clip(text: &str, n: usize) -> usize {
 /// Where a block-wise request body may go: Ok(true) for a Register, Ok(false)
 /// for an Update of a registration the directory knows, else the code that
 /// refuses it at its first block.
-fn body_route(s: &ShardCore, msg: &Message<'_>) -> Result<bool, u8> {
+fn body_route(dir: &Directory, msg: &Message<'_>) -> Result<bool, u8> {
     let mut segs = msg.option_values(opt::URI_PATH);
     match (segs.next(), segs.next(), segs.next()) {
         (Some(b"rd"), None, None) if msg.code == codes::POST => Ok(true),
         (Some(b"rd"), Some(loc), None) if msg.code == codes::POST => {
-            match Endpoint::parse_location(loc).and_then(|l| s.dir.by_location(l)) {
+            match Endpoint::parse_location(loc).and_then(|l| dir.by_location(l)) {
                 Some(_) => Ok(false),
                 None => Err(codes::NOT_FOUND),
             }
@@ -293,90 +308,130 @@ fn body_route(s: &ShardCore, msg: &Message<'_>) -> Result<bool, u8> {
     }
 }
 
-impl ShardCore {
-    /// Partial request bodies devices are sending to this shard.
-    pub fn blockwise_partials(&self) -> usize {
-        self.blocks.len()
+impl BlockServer {
+    /// The shard's block-wise gauges: bytes held (both directions), partial bodies.
+    pub(super) fn gauge(&self, stats: &mut CoreStats) {
+        stats.block_bytes_held = self.held.get();
+        stats.block_partials = self.len() as u64;
     }
 
-    /// Responses of ours stored for Block2 follow-ups.
-    pub fn blockwise_stored_replies(&self) -> usize {
-        self.blocks.replies()
+    /// The cap `add` more bytes would exceed for the device at `peer`, whose commands'
+    /// transfers hold `client_held` bytes.
+    fn cap_exceeded(
+        &self,
+        s: &CoreSettings,
+        client_held: u64,
+        peer: SocketAddr,
+        add: u64,
+    ) -> Option<BlockLimit> {
+        if client_held + self.peer_held(peer) + add > s.block_device_cap {
+            return Some(BlockLimit::DeviceCap);
+        }
+        if self.held.get() + add > s.block_shard_cap {
+            return Some(BlockLimit::ShardCap);
+        }
+        None
     }
 
     /// The Block1 option a reply to (`peer`, `mid`) carries: the final block of a
     /// body completed from blocks, when that is the request answered (`at_ms`:
     /// when the reply was made).
-    pub(super) fn final_block1(&self, peer: SocketAddr, mid: u16, at_ms: u64) -> Option<BlockOpt> {
-        let f = self.blocks.finals.get(&(peer, mid))?;
-        (at_ms < f.at_ms + self.settings.exchange_lifetime_ms).then_some(f.block)
+    pub(super) fn final_block1(
+        &self,
+        s: &CoreSettings,
+        peer: SocketAddr,
+        mid: u16,
+        at_ms: u64,
+    ) -> Option<BlockOpt> {
+        let f = self.finals.get(&(peer, mid))?;
+        (at_ms < f.at_ms + s.exchange_lifetime_ms).then_some(f.block)
     }
 
     /// The completed body whose final block had message ID `mid` from `peer`,
-    /// within the exchange lifetime of the request being answered.
-    fn final_of(&mut self, peer: SocketAddr, mid: u16) -> Option<&mut Final> {
-        let (now, lifetime) = (self.blocks.now, self.settings.exchange_lifetime_ms);
-        self.blocks
-            .finals
+    /// within the exchange lifetime of the request being answered at `now`.
+    fn final_of(
+        &mut self,
+        now: u64,
+        lifetime: u64,
+        peer: SocketAddr,
+        mid: u16,
+    ) -> Option<&mut Final> {
+        self.finals
             .get_mut(&(peer, mid))
             .filter(|f| now < f.at_ms + lifetime)
     }
 
-    /// Server side: the Block1 option of a device's request (RFC 7959 §2.3).
-    /// `wire_len` is the datagram's length.
+    /// The Block1 option of a device's request (RFC 7959 §2.3). `wire_len` is the
+    /// datagram's length; `client_held` the bytes the device's commands' transfers hold;
+    /// a new Register body takes a token of `admission`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn block1_request(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        admission: &mut TokenBucket,
+        dir: &Directory,
+        client_held: u64,
         peer: SocketAddr,
         msg: &Message<'_>,
         wire_len: usize,
     ) -> Block1In {
+        let now = cx.now;
         let Some(raw) = msg.option(opt::BLOCK1) else {
             return Block1In::Whole;
         };
         let Some(b) = BlockOpt::decode(raw) else {
-            self.stats.bad_requests += 1;
-            self.block_reply(peer, msg, codes::BAD_REQUEST, None, None, None);
+            cx.stats.bad_requests += 1;
+            Self::block_reply(cx, peer, msg, codes::BAD_REQUEST, None, None, None);
             return Block1In::Answered;
         };
         if b.num == 0 && !b.more {
             return Block1In::Whole;
         }
-        let max_body = self.settings.max_body_size;
-        if !self.settings.block_enable {
-            self.stats.bad_requests += 1;
-            self.block_reply(peer, msg, codes::REQUEST_ENTITY_TOO_LARGE, None, None, None);
+        let max_body = cx.settings.max_body_size;
+        if !cx.settings.block_enable {
+            cx.stats.bad_requests += 1;
+            Self::block_reply(
+                cx,
+                peer,
+                msg,
+                codes::REQUEST_ENTITY_TOO_LARGE,
+                None,
+                None,
+                None,
+            );
             return Block1In::Answered;
         }
         let key = (peer, request_key(msg));
         let announced = msg.option_uint(opt::SIZE1).map_or(0, u64::from);
         if announced > max_body {
-            self.block_limit(BlockLimit::MaxBodySize);
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
+            count_limit(cx.stats, BlockLimit::MaxBodySize);
+            self.refuse_body(cx, peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
             return Block1In::Answered;
         }
         let size = b.size();
         let offset = b.num as usize * size;
         let add = msg.payload.len();
-        let existing = self.blocks.partial.get(&key).map(|p| p.first_mid);
+        let existing = self.partial.get(&key).map(|p| p.first_mid);
         if b.num == 0 && existing != Some(msg.mid) {
             // A new body (a restarted one replaces the old).
-            if !self.new_body(now, peer, msg, &key) {
+            if !self.new_body(cx, admission, dir, peer, msg, &key) {
                 return Block1In::Answered;
             }
         }
-        let Some(have) = self.blocks.partial.get(&key).map(|p| p.body.len()) else {
-            if let Some(f) = self.final_of(peer, msg.mid).copied() {
+        let Some(have) = self.partial.get(&key).map(|p| p.body.len()) else {
+            let lifetime = cx.settings.exchange_lifetime_ms;
+            if let Some(f) = self.final_of(now, lifetime, peer, msg.mid).copied() {
                 // The final block again, its reply not cached: an error reply is
                 // repeated; one still being decided (authentication) is awaited.
-                self.stats.duplicates += 1;
+                cx.stats.duplicates += 1;
                 if let Some(code) = f.error {
-                    self.repeat_final_error(peer, msg, code);
+                    self.repeat_final_error(cx, peer, msg, code);
                 }
                 return Block1In::Answered;
             }
-            self.stats.bad_requests += 1;
-            self.block_reply(
+            cx.stats.bad_requests += 1;
+            Self::block_reply(
+                cx,
                 peer,
                 msg,
                 codes::REQUEST_ENTITY_INCOMPLETE,
@@ -386,63 +441,62 @@ impl ShardCore {
             );
             return Block1In::Answered;
         };
-        let reply_szx = b.szx.min(self.settings.block_szx);
+        let reply_szx = b.szx.min(cx.settings.block_szx);
         if b.more && offset + add <= have {
             // A retransmitted block: acknowledge it again.
-            self.stats.duplicates += 1;
+            cx.stats.duplicates += 1;
             let ack = BlockOpt {
                 num: b.num,
                 more: true,
                 szx: reply_szx,
             };
-            self.block_reply(peer, msg, codes::CONTINUE, Some(ack), None, None);
+            Self::block_reply(cx, peer, msg, codes::CONTINUE, Some(ack), None, None);
             return Block1In::Answered;
         }
         if offset != have {
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_INCOMPLETE);
+            self.refuse_body(cx, peer, msg, &key, codes::REQUEST_ENTITY_INCOMPLETE);
             return Block1In::Answered;
         }
         if (have + add) as u64 > max_body {
-            self.block_limit(BlockLimit::MaxBodySize);
-            self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
+            count_limit(cx.stats, BlockLimit::MaxBodySize);
+            self.refuse_body(cx, peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
             return Block1In::Answered;
         }
-        let slot = self.table.find_peer(&peer);
-        match self.cap_exceeded(slot, peer, 0, add as u64) {
+        match self.cap_exceeded(cx.settings, client_held, peer, add as u64) {
             Some(BlockLimit::DeviceCap) => {
-                self.block_limit(BlockLimit::DeviceCap);
-                self.refuse_body(peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
+                count_limit(cx.stats, BlockLimit::DeviceCap);
+                self.refuse_body(cx, peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
                 return Block1In::Answered;
             }
             Some(l) => {
-                self.block_limit(l);
-                self.refuse_body(peer, msg, &key, codes::SERVICE_UNAVAILABLE);
+                count_limit(cx.stats, l);
+                self.refuse_body(cx, peer, msg, &key, codes::SERVICE_UNAVAILABLE);
                 return Block1In::Answered;
             }
             None => {}
         }
         if b.more && add != size {
-            self.refuse_body(peer, msg, &key, codes::BAD_REQUEST);
+            self.refuse_body(cx, peer, msg, &key, codes::BAD_REQUEST);
             return Block1In::Answered;
         }
-        self.stats.blocks_received += 1;
-        self.blocks.append(&key, msg.payload, now);
-        self.block_gauge();
+        cx.stats.blocks_received += 1;
+        self.append(&key, msg.payload, now);
+        self.gauge(cx.stats);
         if b.more {
             let ack = BlockOpt {
                 num: b.num,
                 more: true,
                 szx: reply_szx,
             };
-            self.block_reply(peer, msg, codes::CONTINUE, Some(ack), None, None);
+            Self::block_reply(cx, peer, msg, codes::CONTINUE, Some(ack), None, None);
             return Block1In::Answered;
         }
-        let Some(p) = self.blocks.remove(&key) else {
+        let Some(p) = self.remove(&key) else {
             return Block1In::Answered;
         };
         if p.took_token {
             // The Register itself takes the token again.
-            self.admission.give_back();
+            admission.give_back();
         }
         let body = p.body.take();
         let whole = rebuild(
@@ -455,37 +509,47 @@ impl ShardCore {
             &[],
             &body,
         );
-        self.stats.block_transfers += 1;
-        self.block_gauge();
-        let lifetime = self.settings.exchange_lifetime_ms;
+        cx.stats.block_transfers += 1;
+        self.gauge(cx.stats);
+        let lifetime = cx.settings.exchange_lifetime_ms;
         let f = Final {
             block: b,
             wire_len,
             at_ms: now,
             error: None,
         };
-        self.blocks.record_final(peer, msg.mid, f, lifetime);
+        self.record_final(peer, msg.mid, f, lifetime);
         Block1In::Complete(whole)
     }
 
     /// Admits the first block of a new body: its route, `max_conn_rate` for a
     /// Register, the bound on partial bodies. False if it was refused (answered).
-    fn new_body(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>, key: &Key) -> bool {
-        self.blocks.remove(key);
-        let register = match body_route(self, msg) {
+    fn new_body(
+        &mut self,
+        cx: &mut Cx<'_>,
+        admission: &mut TokenBucket,
+        dir: &Directory,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        key: &Key,
+    ) -> bool {
+        let now = cx.now;
+        self.remove(key);
+        let register = match body_route(dir, msg) {
             Ok(r) => r,
             Err(code) => {
-                self.stats.not_found += 1;
-                self.block_reply(peer, msg, code, None, None, None);
-                self.block_gauge();
+                cx.stats.not_found += 1;
+                Self::block_reply(cx, peer, msg, code, None, None, None);
+                self.gauge(cx.stats);
                 return false;
             }
         };
         if register {
-            if let Err(max_age) = self.admission.take(now) {
-                self.stats.rate_limited += 1;
-                self.block_limit(BlockLimit::Rate);
-                self.block_reply(
+            if let Err(max_age) = admission.take(now) {
+                cx.stats.rate_limited += 1;
+                count_limit(cx.stats, BlockLimit::Rate);
+                Self::block_reply(
+                    cx,
                     peer,
                     msg,
                     codes::SERVICE_UNAVAILABLE,
@@ -493,19 +557,20 @@ impl ShardCore {
                     None,
                     Some(max_age),
                 );
-                self.block_gauge();
+                self.gauge(cx.stats);
                 return false;
             }
         }
-        if self.blocks.len() >= MAX_PARTIALS {
-            self.block_limit(BlockLimit::Partials);
-            self.stats.block_aborts += 1;
-            if !self.blocks.evict_one() {
+        if self.len() >= MAX_PARTIALS {
+            count_limit(cx.stats, BlockLimit::Partials);
+            cx.stats.block_aborts += 1;
+            if !self.evict_one() {
                 if register {
-                    self.admission.give_back();
+                    admission.give_back();
                 }
-                self.stats.bad_requests += 1;
-                self.block_reply(
+                cx.stats.bad_requests += 1;
+                Self::block_reply(
+                    cx,
                     peer,
                     msg,
                     codes::SERVICE_UNAVAILABLE,
@@ -513,33 +578,38 @@ impl ShardCore {
                     None,
                     Some(RETRY_AFTER_S),
                 );
-                self.block_gauge();
+                self.gauge(cx.stats);
                 return false;
             }
         }
-        let id = self
-            .blocks
-            .insert_partial(key.clone(), msg.mid, now, register);
-        let at = now + self.settings.block_lifetime_ms;
-        self.out.timers.push((at, Timer::BlockExpire { id }));
+        let id = self.insert_partial(key.clone(), msg.mid, now, register);
+        let at = now + cx.settings.block_lifetime_ms;
+        cx.out.timers.push((at, Timer::BlockExpire { id }));
         true
     }
 
     /// Drops a partial body and answers `code` (4.13 with Size1 = `max_body_size`).
-    fn refuse_body(&mut self, peer: SocketAddr, msg: &Message<'_>, key: &Key, code: u8) {
-        self.blocks.remove(key);
-        self.stats.block_aborts += 1;
-        self.stats.bad_requests += 1;
-        self.block_gauge();
+    fn refuse_body(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        key: &Key,
+        code: u8,
+    ) {
+        self.remove(key);
+        cx.stats.block_aborts += 1;
+        cx.stats.bad_requests += 1;
+        self.gauge(cx.stats);
         let size1 = (code == codes::REQUEST_ENTITY_TOO_LARGE)
-            .then(|| self.settings.max_body_size.min(u32::MAX as u64) as u32);
+            .then(|| cx.settings.max_body_size.min(u32::MAX as u64) as u32);
         let max_age = (code == codes::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_S);
-        self.block_reply(peer, msg, code, None, size1, max_age);
+        Self::block_reply(cx, peer, msg, code, None, size1, max_age);
     }
 
     /// An empty reply with the options block-wise answers carry.
     fn block_reply(
-        &mut self,
+        cx: &mut Cx<'_>,
         peer: SocketAddr,
         msg: &Message<'_>,
         code: u8,
@@ -551,10 +621,10 @@ impl ShardCore {
         let (mtype, mid) = if con {
             (MsgType::Ack, msg.mid)
         } else {
-            (MsgType::Non, self.fresh_mid())
+            (MsgType::Non, cx.ids.mid())
         };
-        self.stats.datagrams_out += 1;
-        self.out.datagram(peer, |buf| {
+        cx.stats.datagrams_out += 1;
+        cx.out.datagram(peer, |buf| {
             let mut w = MessageWriter::new(buf, mtype, code, mid, msg.token);
             if let Some(a) = max_age {
                 w.option_uint(opt::MAX_AGE, a);
@@ -571,16 +641,22 @@ impl ShardCore {
 
     /// The final block of a completed body retransmitted after an error reply:
     /// block 0 of the stored response again, or the code alone.
-    fn repeat_final_error(&mut self, peer: SocketAddr, msg: &Message<'_>, code: u8) {
+    fn repeat_final_error(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+        code: u8,
+    ) {
         let key = request_key(msg);
         let stored = self
-            .blocks
             .replies
             .get(&peer)
             .is_some_and(|s| s.key == key && s.code == code);
         if stored {
-            let szx = self.blocks.replies.get(&peer).map_or(0, |s| s.szx);
+            let szx = self.replies.get(&peer).map_or(0, |s| s.szx);
             self.serve_block(
+                cx,
                 peer,
                 msg,
                 BlockOpt {
@@ -590,7 +666,7 @@ impl ShardCore {
                 },
             );
         } else {
-            self.block_reply(peer, msg, code, None, None, None);
+            Self::block_reply(cx, peer, msg, code, None, None, None);
         }
     }
 
@@ -599,20 +675,20 @@ impl ShardCore {
     /// True if the request was one (and is answered).
     pub(super) fn block2_request(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
         peer: SocketAddr,
         msg: &Message<'_>,
         wire_len: usize,
     ) -> bool {
-        if !self.settings.block_enable {
+        if !cx.settings.block_enable {
             return false;
         }
         let Some(raw) = msg.option(opt::BLOCK2) else {
             return false;
         };
         let Some(b) = BlockOpt::decode(raw) else {
-            self.stats.bad_options += 1;
-            self.block_reply(peer, msg, codes::BAD_OPTION, None, None, None);
+            cx.stats.bad_options += 1;
+            Self::block_reply(cx, peer, msg, codes::BAD_OPTION, None, None, None);
             return true;
         };
         if b.num == 0 {
@@ -620,20 +696,20 @@ impl ShardCore {
             return false;
         }
         let key = request_key(msg);
-        let found = self.blocks.replies.get_mut(&peer).filter(|s| s.key == key);
+        let found = self.replies.get_mut(&peer).filter(|s| s.key == key);
         let Some(s) = found else {
-            self.stats.bad_requests += 1;
-            self.no_stored_response(peer, msg, b, wire_len);
+            cx.stats.bad_requests += 1;
+            no_stored_response(cx, peer, msg, b, wire_len);
             return true;
         };
-        s.last_ms = now;
-        self.serve_block(peer, msg, b);
+        s.last_ms = cx.now;
+        self.serve_block(cx, peer, msg, b);
         true
     }
 
     /// Block `b` (as the client numbered it) of the stored response to `peer`.
-    fn serve_block(&mut self, peer: SocketAddr, msg: &Message<'_>, b: BlockOpt) {
-        let Some(s) = self.blocks.replies.get(&peer) else {
+    fn serve_block(&mut self, cx: &mut Cx<'_>, peer: SocketAddr, msg: &Message<'_>, b: BlockOpt) {
+        let Some(s) = self.replies.get(&peer) else {
             return;
         };
         let szx = b.szx.min(s.szx);
@@ -641,8 +717,8 @@ impl ShardCore {
         let offset = b.num as usize * b.size();
         let total = s.payload.len();
         if offset >= total {
-            self.stats.bad_options += 1;
-            self.block_reply(peer, msg, codes::BAD_OPTION, None, None, None);
+            cx.stats.bad_options += 1;
+            Self::block_reply(cx, peer, msg, codes::BAD_OPTION, None, None, None);
             return;
         }
         let end = (offset + size).min(total);
@@ -653,13 +729,12 @@ impl ShardCore {
         };
         let code = s.code;
         let con = msg.mtype == MsgType::Con;
-        let mid = if con { msg.mid } else { self.fresh_mid() };
+        let mid = if con { msg.mid } else { cx.ids.mid() };
         let mtype = if con { MsgType::Ack } else { MsgType::Non };
-        let s = self.blocks.replies.get(&peer).expect("found above");
         let payload = &s.payload.bytes()[offset..end];
-        self.stats.datagrams_out += 1;
-        self.stats.blocks_sent += 1;
-        self.out.datagram(peer, |buf| {
+        cx.stats.datagrams_out += 1;
+        cx.stats.blocks_sent += 1;
+        cx.out.datagram(peer, |buf| {
             let mut w = MessageWriter::new(buf, mtype, code, mid, msg.token);
             w.option_uint(opt::BLOCK2, block.encode());
             if block.num == 0 {
@@ -669,35 +744,18 @@ impl ShardCore {
         });
     }
 
-    /// A later block asked for with no stored response (expired, replaced, or
-    /// never made): 4.00, the request is not executed. Its diagnostic is never
-    /// longer than a block nor than the request.
-    fn no_stored_response(
-        &mut self,
-        peer: SocketAddr,
-        msg: &Message<'_>,
-        b: BlockOpt,
-        wire_len: usize,
-    ) {
-        const TEXT: &str = "no stored response to continue: repeat the request";
-        let con = msg.mtype == MsgType::Con;
-        let mid = if con { msg.mid } else { self.fresh_mid() };
-        let mtype = if con { MsgType::Ack } else { MsgType::Non };
-        let size = b.size().min(size_of(self.settings.block_szx));
-        let room = wire_len.saturating_sub(4 + msg.token.len() + 1);
-        let n = clip(TEXT, size.min(room));
-        self.stats.datagrams_out += 1;
-        self.out.datagram(peer, |buf| {
-            let w = MessageWriter::new(buf, mtype, codes::BAD_REQUEST, mid, msg.token);
-            w.payload(&TEXT.as_bytes()[..n]);
-        });
-    }
-
     /// Bytes the reply to a request may have at most when its sender has not
     /// proven its address: the request's own length, and for a body completed
     /// from blocks, the final block's.
-    pub(super) fn reply_bound(&mut self, peer: SocketAddr, mid: u16, req_len: usize) -> usize {
-        match self.final_of(peer, mid) {
+    pub(super) fn reply_bound(
+        &mut self,
+        s: &CoreSettings,
+        now: u64,
+        peer: SocketAddr,
+        mid: u16,
+        req_len: usize,
+    ) -> usize {
+        match self.final_of(now, s.exchange_lifetime_ms, peer, mid) {
             Some(f) => req_len.min(f.wire_len),
             None => req_len,
         }
@@ -708,8 +766,12 @@ impl ShardCore {
     /// proven (a registration or a DTLS session). A text longer than a block
     /// (`max_block_size`, or the request's Block2 size) goes to a proven peer as
     /// Block2 block 0 of a stored response; others get it clipped.
+    /// `client_held`: the bytes the peer's commands' transfers hold.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn diagnostic(
         &mut self,
+        cx: &mut Cx<'_>,
+        client_held: u64,
         peer: SocketAddr,
         msg: &Message<'_>,
         code: u8,
@@ -717,16 +779,16 @@ impl ShardCore {
         room: usize,
         proven: bool,
     ) -> Diagnostic {
-        if let Some(f) = self.final_of(peer, msg.mid) {
+        let lifetime = cx.settings.exchange_lifetime_ms;
+        if let Some(f) = self.final_of(cx.now, lifetime, peer, msg.mid) {
             f.error = Some(code);
         }
-        if !self.settings.block_enable {
+        let s = cx.settings;
+        if !s.block_enable {
             return Diagnostic::Plain(clip(text, room));
         }
         let early = msg.option(opt::BLOCK2).and_then(BlockOpt::decode);
-        let szx = early.map_or(self.settings.block_szx, |b| {
-            b.szx.min(self.settings.block_szx)
-        });
+        let szx = early.map_or(s.block_szx, |b| b.szx.min(s.block_szx));
         let size = size_of(szx);
         if !proven {
             return Diagnostic::Plain(clip(text, room.min(size)));
@@ -735,23 +797,20 @@ impl ShardCore {
             return Diagnostic::Plain(text.len());
         }
         // A newer response to this peer replaces its stored one.
-        self.blocks.remove_reply(peer);
+        self.remove_reply(peer);
         let key = request_key(msg);
         let need = (key.len() + text.len()) as u64;
-        let slot = self.table.find_peer(&peer);
-        if let Some(l) = self.cap_exceeded(slot, peer, 0, need) {
-            self.block_limit(l);
-            self.block_gauge();
+        if let Some(l) = self.cap_exceeded(s, client_held, peer, need) {
+            count_limit(cx.stats, l);
+            self.gauge(cx.stats);
             return Diagnostic::Plain(clip(text, size));
         }
-        let now = self.blocks.now;
-        let id = self
-            .blocks
-            .store_reply(peer, key, code, szx, text.as_bytes(), now);
-        let at = now + self.settings.block_lifetime_ms;
-        self.out.timers.push((at, Timer::BlockExpire { id }));
-        self.stats.blocks_sent += 1;
-        self.block_gauge();
+        let now = cx.now;
+        let id = self.store_reply(peer, key, code, szx, text.as_bytes(), now);
+        let at = now + s.block_lifetime_ms;
+        cx.out.timers.push((at, Timer::BlockExpire { id }));
+        cx.stats.blocks_sent += 1;
+        self.gauge(cx.stats);
         Diagnostic::Block {
             block: BlockOpt {
                 num: 0,
@@ -764,35 +823,59 @@ impl ShardCore {
 
     /// A partial body's or stored response's lifetime timer: dropped after
     /// `exchange_lifetime` without a new block.
-    pub(super) fn on_block_expire(&mut self, now: u64, id: u32) {
-        let lifetime = self.settings.block_lifetime_ms;
-        if let Some(key) = self.blocks.ids.get(&id).cloned() {
-            let Some(last) = self.blocks.partial.get(&key).map(|p| p.last_ms) else {
-                self.blocks.ids.remove(&id);
+    pub(super) fn on_expire(&mut self, cx: &mut Cx<'_>, id: u32) {
+        let (now, lifetime) = (cx.now, cx.settings.block_lifetime_ms);
+        if let Some(key) = self.ids.get(&id).cloned() {
+            let Some(last) = self.partial.get(&key).map(|p| p.last_ms) else {
+                self.ids.remove(&id);
                 return;
             };
             if now < last + lifetime {
-                self.out
+                cx.out
                     .timers
                     .push((last + lifetime, Timer::BlockExpire { id }));
                 return;
             }
-            self.blocks.remove(&key);
-            self.stats.block_expired += 1;
-            self.block_gauge();
+            self.remove(&key);
+            cx.stats.block_expired += 1;
+            self.gauge(cx.stats);
             return;
         }
-        let Some(&peer) = self.blocks.reply_ids.get(&id) else {
+        let Some(&peer) = self.reply_ids.get(&id) else {
             return;
         };
-        let last = self.blocks.replies.get(&peer).map_or(0, |s| s.last_ms);
+        let last = self.replies.get(&peer).map_or(0, |s| s.last_ms);
         if now < last + lifetime {
-            self.out
+            cx.out
                 .timers
                 .push((last + lifetime, Timer::BlockExpire { id }));
             return;
         }
-        self.blocks.remove_reply(peer);
-        self.block_gauge();
+        self.remove_reply(peer);
+        self.gauge(cx.stats);
     }
+}
+
+/// A later block asked for with no stored response (expired, replaced, or
+/// never made): 4.00, the request is not executed. Its diagnostic is never
+/// longer than a block nor than the request.
+fn no_stored_response(
+    cx: &mut Cx<'_>,
+    peer: SocketAddr,
+    msg: &Message<'_>,
+    b: BlockOpt,
+    wire_len: usize,
+) {
+    const TEXT: &str = "no stored response to continue: repeat the request";
+    let con = msg.mtype == MsgType::Con;
+    let mid = if con { msg.mid } else { cx.ids.mid() };
+    let mtype = if con { MsgType::Ack } else { MsgType::Non };
+    let size = b.size().min(size_of(cx.settings.block_szx));
+    let room = wire_len.saturating_sub(4 + msg.token.len() + 1);
+    let n = clip(TEXT, size.min(room));
+    cx.stats.datagrams_out += 1;
+    cx.out.datagram(peer, |buf| {
+        let w = MessageWriter::new(buf, mtype, codes::BAD_REQUEST, mid, msg.token);
+        w.payload(&TEXT.as_bytes()[..n]);
+    });
 }

@@ -38,6 +38,8 @@ use super::dm_json;
 use super::output::Timer;
 use super::session::Exchange;
 use super::settings::CoreSettings;
+use super::stats::CoreStats;
+use super::table::EndpointTable;
 use super::ShardCore;
 use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
 use std::net::SocketAddr;
@@ -456,37 +458,56 @@ pub(super) fn response_notes(s: &CoreSettings, msg: &Message<'_>) -> Vec<(&'stat
     v
 }
 
+/// Counts a limit hit under its reason.
+pub(super) fn count_limit(stats: &mut CoreStats, l: BlockLimit) {
+    stats.block_limits[l.index()] += 1;
+}
+
+/// Bytes the transfers of the commands of the endpoint in `slot` hold.
+pub(super) fn client_held(table: &EndpointTable, slot: Option<u32>) -> u64 {
+    let held: usize = slot
+        .and_then(|s| table.get(s))
+        .and_then(|e| e.session.as_ref())
+        .map_or(0, |s| {
+            s.inflight
+                .iter()
+                .filter_map(|x| x.block.as_ref())
+                .map(|t| t.held())
+                .sum()
+        });
+    held as u64
+}
+
 impl ShardCore {
     /// Bytes block-wise state of this shard holds now.
     pub fn blockwise_held_bytes(&self) -> u64 {
-        self.blocks.held.get()
+        self.block_held.get()
+    }
+
+    /// Partial request bodies devices are sending to this shard.
+    pub fn blockwise_partials(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Responses of ours stored for Block2 follow-ups.
+    pub fn blockwise_stored_replies(&self) -> usize {
+        self.blocks.replies()
     }
 
     pub(super) fn block_gauge(&mut self) {
-        self.stats.block_bytes_held = self.blocks.held.get();
-        self.stats.block_partials = self.blocks.len() as u64;
+        self.blocks.gauge(&mut self.stats);
     }
 
     /// Counts a limit hit under its reason.
     pub(super) fn block_limit(&mut self, l: BlockLimit) {
-        self.stats.block_limits[l.index()] += 1;
+        count_limit(&mut self.stats, l);
     }
 
     /// Bytes the device at `peer` (registered in `slot`) holds in block-wise
     /// state: its exchanges' transfers, and what the server side holds for its
     /// address (partial bodies with their keys, a stored response).
     pub(super) fn device_held(&self, slot: Option<u32>, peer: SocketAddr) -> u64 {
-        let client: usize = slot
-            .and_then(|s| self.table.get(s))
-            .and_then(|e| e.session.as_ref())
-            .map_or(0, |s| {
-                s.inflight
-                    .iter()
-                    .filter_map(|x| x.block.as_ref())
-                    .map(|t| t.held())
-                    .sum()
-            });
-        client as u64 + self.blocks.peer_held(peer)
+        client_held(&self.table, slot) + self.blocks.peer_held(peer)
     }
 
     /// The cap `add` more bytes would exceed for the device in `slot` at `peer`
@@ -501,7 +522,7 @@ impl ShardCore {
         if self.device_held(slot, peer) + own + add > self.settings.block_device_cap {
             return Some(BlockLimit::DeviceCap);
         }
-        if self.blocks.held.get() + add > self.settings.block_shard_cap {
+        if self.block_held.get() + add > self.settings.block_shard_cap {
             return Some(BlockLimit::ShardCap);
         }
         None
@@ -618,7 +639,7 @@ impl ShardCore {
                 self.block_limit(l);
                 return Some(ex);
             }
-            let mut t = Transfer::new(&self.blocks.held, ex.token, ex.datagram.clone());
+            let mut t = Transfer::new(&self.block_held, ex.token, ex.datagram.clone());
             t.send = Some(Send1 { offset: 0, szx });
             ex.block = Some(Box::new(t));
             self.block_gauge();
@@ -689,7 +710,7 @@ impl ShardCore {
         }
         if first {
             let szx = b.szx.min(self.settings.block_szx);
-            let held = self.blocks.held.clone();
+            let held = self.block_held.clone();
             let t = ex.block.get_or_insert_with(|| {
                 Box::new(Transfer::new(&held, ex.token, ex.datagram.clone()))
             });
@@ -731,7 +752,7 @@ impl ShardCore {
                 // The representation changed: fetch it again from block 0.
                 f.restarts += 1;
                 f.restarting = true;
-                f.body = Body::new(&self.blocks.held);
+                f.body = Body::new(&self.block_held);
                 self.block_gauge();
                 self.send_step(now, slot, ex);
                 return None;
@@ -908,7 +929,7 @@ impl ShardCore {
         let mut request = Vec::with_capacity(64);
         write_request(&mut request, ep, &read, 0, 0, &*registry);
         let token = self.fresh_token();
-        let mut t = Transfer::new(&self.blocks.held, token, request);
+        let mut t = Transfer::new(&self.block_held, token, request);
         t.notify = Some(Notify { seq });
         let ex = Exchange {
             token,

@@ -21,6 +21,9 @@
 //! Reset where a header was readable, and never panic.
 
 use super::admission::TokenBucket;
+use super::block_server::BlockServer;
+use super::blockwise::{client_held, HeldBytes};
+use super::cx::Ids;
 use super::directory::{ClaimError, DirEntry, Directory};
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::identity::PeerIdentity;
@@ -94,7 +97,6 @@ pub struct ShardCore {
     /// Registrations numbered so far; a location is this number under `locations`.
     location_seq: u64,
     locations: LocationCipher,
-    next_mid: u16,
     /// `max_conn_rate` share of this shard.
     pub(super) admission: TokenBucket,
     /// Shards sharing the listener.
@@ -107,13 +109,32 @@ pub struct ShardCore {
     /// A registration made over DTLS has lived on this shard (from then on plain
     /// datagrams are checked against the addresses of such registrations).
     has_secure: bool,
-    pub(super) token_seq: u32,
-    pub(super) rng: u64,
+    /// Message IDs, tokens and random numbers.
+    pub(super) ids: Ids,
     pub(super) stats: CoreStats,
     pub(super) out: Outputs,
-    /// Block-wise state of the server side: request bodies devices are sending,
-    /// our responses sent in blocks (RFC 7959).
-    pub(super) blocks: super::block_server::ServerBlocks,
+    /// Block-wise server: request bodies devices are sending, our responses sent in
+    /// blocks (RFC 7959).
+    pub(super) blocks: BlockServer,
+    /// Bytes held by block-wise state, both directions (the server's and the
+    /// transfers of commands).
+    pub(super) block_held: HeldBytes,
+    /// The time of the input being handled.
+    pub(super) now: u64,
+}
+
+/// The loan of one input to a machine (`cx.rs`): borrows only the fields it names,
+/// so the machine's own field can be borrowed beside it.
+macro_rules! cx {
+    ($core:expr) => {
+        &mut super::cx::Cx {
+            now: $core.now,
+            settings: &$core.settings,
+            out: &mut $core.out,
+            stats: &mut $core.stats,
+            ids: &mut $core.ids,
+        }
+    };
 }
 
 /// The decoded Uri-Path of a request, as far as the gateway routes on it.
@@ -138,6 +159,7 @@ impl ShardCore {
     ) -> Self {
         let rate = settings.max_conn_rate as f64 / shards.max(1) as f64;
         let locations = LocationCipher::new(settings.location_key);
+        let block_held = HeldBytes::default();
         Self {
             admission: TokenBucket::new(rate),
             shards,
@@ -154,12 +176,12 @@ impl ShardCore {
             registry: Arc::new(ObjectRegistry::empty()),
             location_seq: 0,
             locations,
-            next_mid: (seed as u16) ^ 0x5a5a,
-            token_seq: (seed >> 16) as u32,
-            rng: seed | 1,
+            ids: Ids::new(seed),
             stats: CoreStats::default(),
             out: Outputs::default(),
-            blocks: Default::default(),
+            blocks: BlockServer::new(block_held.clone()),
+            block_held,
+            now: 0,
         }
     }
 
@@ -355,7 +377,7 @@ impl ShardCore {
                 }
             }
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
-            Timer::BlockExpire { id } => self.on_block_expire(now, id),
+            Timer::BlockExpire { id } => self.blocks.on_expire(cx!(self), id),
             Timer::TakeoverTimeout { location } => {
                 if self
                     .pending_takeovers
@@ -574,7 +596,8 @@ impl ShardCore {
 
     /// Removes the registration of `name` (the management API's kick), ending its
     /// commands and giving up its subscription; false when this shard has none.
-    pub fn kick(&mut self, _now: u64, name: &str) -> bool {
+    pub fn kick(&mut self, now: u64, name: &str) -> bool {
+        self.now = now;
         let found = self.table.find_name(name);
         if let Some(slot) = found {
             self.stats.kicked += 1;
@@ -602,15 +625,25 @@ impl ShardCore {
             self.reply_error(peer, msg, codes::BAD_OPTION, &text, data.len());
             return;
         }
-        self.blocks.now = now;
         // A later block of a response of ours is served from its stored copy.
-        if self.block2_request(now, peer, msg, data.len()) {
+        if self.blocks.block2_request(cx!(self), peer, msg, data.len()) {
             return;
         }
         // Block1 bodies are reassembled first; the last block is the whole request.
         let whole: Vec<u8>;
         let parsed: Message<'_>;
-        let (msg, data) = match self.block1_request(now, peer, msg, data.len()) {
+        let client_held = client_held(&self.table, self.table.find_peer(&peer));
+        let admission = &mut self.admission;
+        let arrived = self.blocks.block1_request(
+            cx!(self),
+            admission,
+            &self.dir,
+            client_held,
+            peer,
+            msg,
+            data.len(),
+        );
+        let (msg, data) = match arrived {
             super::block_server::Block1In::Whole => (msg, data),
             super::block_server::Block1In::Answered => return,
             super::block_server::Block1In::Complete(b) => {
@@ -951,7 +984,6 @@ impl ShardCore {
         let Ok(msg) = Message::parse(&p.datagram) else {
             return;
         };
-        self.blocks.now = now;
         // The Register is handled as it arrived: over DTLS with its identity, or not.
         self.with_identity(p.identity.clone(), |c| {
             if allowed {
@@ -1414,7 +1446,9 @@ impl ShardCore {
     fn write_reply(&mut self, peer: SocketAddr, r: &LastReply, location: Option<u64>) {
         let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
         // The answer to the last block of a block-wise body names it (RFC 7959 §2.3).
-        let block1 = self.final_block1(peer, r.mid, r.at_ms);
+        let block1 = self
+            .blocks
+            .final_block1(&self.settings, peer, r.mid, r.at_ms);
         self.stats.datagrams_out += 1;
         self.out.datagram(peer, |buf| {
             let mut w = MessageWriter::new(buf, mtype, r.code, r.reply_mid, r.token());
@@ -1447,10 +1481,14 @@ impl ShardCore {
         use super::block_server::Diagnostic;
         let r = self.reply_header(msg, code);
         let mtype = if r.con { MsgType::Ack } else { MsgType::Non };
-        let bound = self.reply_bound(peer, msg.mid, req_len);
+        let bound = (self.blocks).reply_bound(&self.settings, self.now, peer, msg.mid, req_len);
         let room = bound.saturating_sub(4 + r.tkl as usize + 1);
-        let proven = self.table.find_peer(&peer).is_some() || self.input_identity.is_some();
-        let d = self.diagnostic(peer, msg, code, text, room, proven);
+        let slot = self.table.find_peer(&peer);
+        let proven = slot.is_some() || self.input_identity.is_some();
+        let client_held = client_held(&self.table, slot);
+        let d = self
+            .blocks
+            .diagnostic(cx!(self), client_held, peer, msg, code, text, room, proven);
         self.stats.datagrams_out += 1;
         self.out.datagram(peer, |buf| {
             let mut w = MessageWriter::new(buf, mtype, code, r.reply_mid, r.token());
@@ -1474,8 +1512,7 @@ impl ShardCore {
     }
 
     pub(super) fn fresh_mid(&mut self) -> u16 {
-        self.next_mid = self.next_mid.wrapping_add(1);
-        self.next_mid
+        self.ids.mid()
     }
 }
 

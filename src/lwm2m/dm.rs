@@ -308,7 +308,7 @@ impl ShardCore {
         write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
         // A body larger than a block goes out as Block1 blocks (block 0 now).
         let block =
-            super::blockwise::first_block1(&self.settings, &self.blocks.held, &mut datagram, token);
+            super::blockwise::first_block1(&self.settings, &self.block_held, &mut datagram, token);
         self.stats.blocks_sent += block.is_some() as u64;
         let peer = ep.peer;
         ep.counters.sent = ep.counters.sent.wrapping_add(1);
@@ -858,18 +858,11 @@ impl ShardCore {
     }
 
     pub(super) fn fresh_token(&mut self) -> u32 {
-        self.token_seq = self.token_seq.wrapping_add(1);
-        // Multiplying by an odd constant is a bijection: tokens never repeat within 2^32.
-        self.token_seq.wrapping_mul(0x9e37_79b1)
+        self.ids.token()
     }
 
     fn next_random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        self.ids.random()
     }
 }
 

@@ -83,6 +83,7 @@ pub enum Output<'a> {
 impl ShardCore {
     /// Takes one input (see the module documentation).
     pub fn handle(&mut self, now: u64, input: Input<'_>) {
+        self.now = now;
         match input {
             Input::Datagram {
                 peer,

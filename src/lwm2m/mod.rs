@@ -6,6 +6,7 @@ pub mod admission;
 pub mod block_server;
 pub mod blockwise;
 pub mod command;
+mod cx;
 pub mod directory;
 mod dm;
 pub mod dm_json;
