@@ -23,8 +23,9 @@
 use super::admission::TokenBucket;
 use super::block_server::BlockServer;
 use super::blockwise::{client_held, HeldBytes};
+use super::cluster::{Adoption, Cluster, Elsewhere};
 use super::cx::Ids;
-use super::directory::{ClaimError, DirEntry, Directory};
+use super::directory::{ClaimError, Directory};
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::identity::PeerIdentity;
 use super::location::LocationCipher;
@@ -49,11 +50,6 @@ const RECENT_REPLIES: usize = 1024;
 
 /// Registers held for the authentication server, at most (then 5.03).
 const MAX_PENDING_AUTH: usize = 4096;
-
-/// How long a takeover from another shard may stay unanswered before a request for
-/// the registration asks again (the mailboxes normally answer within milliseconds;
-/// devices retransmit after 2 s or more).
-const TAKEOVER_TIMEOUT_MS: u64 = 2_000;
 
 /// The longest MQTT topic or filter (its length is a 16-bit field).
 const MAX_TOPIC_LEN: usize = u16::MAX as usize;
@@ -84,16 +80,14 @@ enum Removal {
 pub struct ShardCore {
     pub(super) shard: u16,
     pub(super) settings: Arc<CoreSettings>,
-    pub(super) dir: Arc<Directory>,
+    /// The shard among the shards: the directory, takeovers, subscriptions.
+    pub(super) cluster: Cluster,
     pub(super) table: EndpointTable,
     /// Object definitions that type values (the driver hands over a new snapshot
     /// after a reload).
     pub(super) registry: Arc<ObjectRegistry>,
     /// (peer, reply, the request came over DTLS).
     recent: VecDeque<(SocketAddr, LastReply, bool)>,
-    /// Locations whose takeover from another shard is in flight, with the time
-    /// after which a new request asks again.
-    pending_takeovers: hashbrown::HashMap<u64, u64>,
     /// Registrations numbered so far; a location is this number under `locations`.
     location_seq: u64,
     locations: LocationCipher,
@@ -169,10 +163,9 @@ impl ShardCore {
             auth_seq: 0,
             shard,
             settings,
-            dir,
+            cluster: Cluster::new(shard, dir),
             table: EndpointTable::new(),
             recent: VecDeque::new(),
-            pending_takeovers: Default::default(),
             registry: Arc::new(ObjectRegistry::empty()),
             location_seq: 0,
             locations,
@@ -318,7 +311,7 @@ impl ShardCore {
     /// True when the current registration of `name` (here or on another shard) was
     /// made over DTLS.
     fn name_is_secure(&self, name: &str) -> bool {
-        self.dir.name_is_secure(name)
+        self.cluster.name_is_secure(name)
             || self
                 .table
                 .find_name(name)
@@ -379,12 +372,7 @@ impl ShardCore {
             Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
             Timer::BlockExpire { id } => self.blocks.on_expire(cx!(self), id),
             Timer::TakeoverTimeout { location } => {
-                if self
-                    .pending_takeovers
-                    .get(&location)
-                    .is_some_and(|&until| now >= until)
-                {
-                    self.pending_takeovers.remove(&location);
+                if self.cluster.takeover_timed_out(now, location) {
                     self.stats.takeover_timeouts += 1;
                 }
             }
@@ -424,7 +412,7 @@ impl ShardCore {
                 secure,
                 ..
             } => {
-                self.pending_takeovers.remove(&location);
+                self.cluster.takeover_answered(location);
                 self.stats.duplicates += 1;
                 let prev = std::mem::replace(&mut self.out.secure_input, secure);
                 self.write_reply(peer, &reply, Some(location));
@@ -434,7 +422,9 @@ impl ShardCore {
                 change,
                 name,
                 location,
-            } => self.subscription_arrived(change, &name, location),
+            } => self
+                .cluster
+                .subscription_arrived(cx!(self), change, &name, location),
             ShardMsg::Evict {
                 name,
                 location,
@@ -520,54 +510,47 @@ impl ShardCore {
                 identity,
             } => {
                 let location = endpoint.location;
-                self.pending_takeovers.remove(&location);
+                self.cluster.takeover_answered(location);
                 // Its queued commands are this shard's now (whether it is kept or finished).
                 self.stats.commands_waiting += super::dm::queued_len(&endpoint);
-                // In transit, a registration keeps its directory entry (the owner does
-                // not release it): any other entry, or none, means it was replaced or
-                // removed meanwhile (an Evict that found it gone, a newer one's
-                // de-registration).
-                let superseded =
-                    self.dir.by_name(&endpoint.name).map(|e| e.location) != Some(location);
-                if superseded || self.table.find_location(location).is_some() {
-                    // Registered again (here or on another shard) meanwhile: the
-                    // adopted registration is stale. Its commands get their final
-                    // message; the name (if anyone holds it) stays with the newer
-                    // registration, which also owns the subscription.
-                    let mut stale = *endpoint;
-                    self.finish_session(&mut stale, "endpoint registered again");
-                    if superseded {
-                        self.dir.forget_location(location);
-                        // Its command subscription, unless the newer registration
-                        // uses the same mountpoint.
-                        self.release_subscription(&stale);
+                let held_here = self.table.find_location(location).is_some();
+                match self.cluster.adopt(&endpoint, held_here) {
+                    Adoption::Stale { superseded } => {
+                        // Registered again (here or on another shard) meanwhile: the
+                        // adopted registration is stale. Its commands get their final
+                        // message; the name (if anyone holds it) stays with the newer
+                        // registration, which also owns the subscription.
+                        let mut stale = *endpoint;
+                        self.finish_session(&mut stale, "endpoint registered again");
+                        if superseded {
+                            self.cluster.forget_superseded(cx!(self), &stale);
+                        }
                     }
-                } else {
-                    // The adopted registration is the current one; a local copy of
-                    // the same name is an older one whose Evict is still on its way.
-                    if let Some(old) = self.table.find_name(&endpoint.name) {
-                        let keep = self
-                            .table
-                            .get(old)
-                            .map(|e| e.mountpoint == endpoint.mountpoint)
-                            == Some(true);
-                        self.stats.replaced += 1;
-                        self.remove_endpoint(
-                            old,
-                            Removal::Replaced {
-                                keep_subscription: keep,
-                            },
-                        );
+                    Adoption::Current => {
+                        // A local copy of the same name is an older one whose Evict is
+                        // still on its way.
+                        if let Some(old) = self.table.find_name(&endpoint.name) {
+                            let keep = self
+                                .table
+                                .get(old)
+                                .map(|e| e.mountpoint == endpoint.mountpoint)
+                                == Some(true);
+                            self.stats.replaced += 1;
+                            self.remove_endpoint(
+                                old,
+                                Removal::Replaced {
+                                    keep_subscription: keep,
+                                },
+                            );
+                        }
+                        self.stats.takeovers_in += 1;
+                        let expires = endpoint.expires_ms;
+                        self.has_secure |= endpoint.secure;
+                        let slot = self.table.insert(*endpoint);
+                        let gen = self.table.generation(slot);
+                        self.out.timers.push((expires, Timer::Expire { slot, gen }));
+                        self.rearm_session(now, slot);
                     }
-                    self.stats.takeovers_in += 1;
-                    let expires = endpoint.expires_ms;
-                    let name = endpoint.name.clone();
-                    self.has_secure |= endpoint.secure;
-                    let slot = self.table.insert(*endpoint);
-                    let gen = self.table.generation(slot);
-                    self.out.timers.push((expires, Timer::Expire { slot, gen }));
-                    self.dir.moved(&name, location, self.shard);
-                    self.rearm_session(now, slot);
                 }
                 // With the identity it arrived with: an Update over the new DTLS
                 // session of a moved registration is that registration's own.
@@ -579,7 +562,7 @@ impl ShardCore {
                 datagram,
                 identity,
             } => {
-                self.pending_takeovers.remove(&location);
+                self.cluster.takeover_answered(location);
                 self.with_identity(identity, |c| c.handle_datagram(now, peer, &datagram));
             }
         }
@@ -637,7 +620,7 @@ impl ShardCore {
         let arrived = self.blocks.block1_request(
             cx!(self),
             admission,
-            &self.dir,
+            self.cluster.dir(),
             client_held,
             peer,
             msg,
@@ -828,30 +811,15 @@ impl ShardCore {
         // DTLS one of the same name on another shard is refused here, before it
         // has any effect beyond the local copy it replaced (which the DTLS one
         // replaces too).
-        let entry = DirEntry {
-            shard: self.shard,
-            location,
-        };
-        match self.dir.claim(name, entry, secure) {
-            Err(ClaimError::Secure(_)) => {
-                self.stats.forbidden += 1;
-                let e = format!(
-                    "endpoint {name:?} is registered over DTLS; plain CoAP may not replace it"
-                );
-                self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
-                return;
-            }
-            Ok(Some(old)) if old.shard != self.shard => {
-                self.out.to_shards.push((
-                    old.shard,
-                    ShardMsg::Evict {
-                        name: name.into(),
-                        location: old.location,
-                        new_mountpoint: mountpoint.clone().into_boxed_str(),
-                    },
-                ));
-            }
-            Ok(_) => {}
+        if let Err(ClaimError::Secure(_)) =
+            self.cluster
+                .claim(cx!(self), name, location, secure, &mountpoint)
+        {
+            self.stats.forbidden += 1;
+            let e =
+                format!("endpoint {name:?} is registered over DTLS; plain CoAP may not replace it");
+            self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
+            return;
         }
         let lifetime_s = self.settings.clamp_lifetime(params.lt);
         let (alternate_path, object_list, content_format) = match objects {
@@ -904,11 +872,8 @@ impl ShardCore {
         let slot = self.table.insert(ep);
         self.arm_expiry(slot);
         let ep = self.table.get(slot).expect("inserted");
-        if !self.settings.mountpoint.keyed_by_name() {
-            self.dir.set_route(&ep.mountpoint, &ep.name, location);
-        }
+        self.cluster.registered(cx!(self), ep);
         self.stats.registrations += 1;
-        self.subscribe(slot);
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
         self.auto_observe(now, slot);
@@ -1016,9 +981,9 @@ impl ShardCore {
     fn admit_capacity(&mut self, name: &str) -> Result<(), u32> {
         // A name registered already replaces itself; the lookups are needed only
         // at the cap.
-        if self.dir.len() as u64 >= self.settings.max_connections
+        if self.cluster.registrations() as u64 >= self.settings.max_connections
             && self.table.find_name(name).is_none()
-            && self.dir.by_name(name).is_none()
+            && !self.cluster.is_registered(name)
         {
             self.stats.over_capacity += 1;
             return Err(60);
@@ -1062,7 +1027,7 @@ impl ShardCore {
         let slot = match self.table.find_location(location) {
             Some(s) => s,
             None => {
-                self.takeover_or_not_found(now, peer, msg, data, location);
+                self.takeover_or_not_found(peer, msg, data, location);
                 return;
             }
         };
@@ -1093,50 +1058,27 @@ impl ShardCore {
         }
     }
 
+    /// A request for a registration this shard does not hold: its owner is asked for
+    /// it (NAT rebinding), or it is refused.
     fn takeover_or_not_found(
         &mut self,
-        now: u64,
         peer: SocketAddr,
         msg: &Message<'_>,
         data: &[u8],
         location: u64,
     ) {
-        match self.dir.by_location(location) {
-            Some(owner)
-                if owner != self.shard
-                    && self.input_identity.is_none()
-                    && self.dir.location_is_secure(location) =>
-            {
-                // Plain CoAP may not move (nor touch) a DTLS registration.
+        let identity = self.input_identity.clone();
+        let asked = self
+            .cluster
+            .request_for(cx!(self), location, peer, data, identity.as_ref());
+        match asked {
+            Elsewhere::Asked => {}
+            Elsewhere::Forbidden => {
                 self.stats.forbidden += 1;
                 let e = "this registration was made over DTLS; plain CoAP may not change it";
                 self.reply_error(peer, msg, codes::FORBIDDEN, e, data.len());
             }
-            Some(owner) if owner != self.shard => {
-                // NAT rebinding onto this shard: ask the owner for the endpoint once;
-                // retransmissions meanwhile are dropped (the device will retry). An
-                // answer that does not come in time is asked for again. The identity
-                // goes along: the new shard acts with it.
-                let asked = self.pending_takeovers.get(&location);
-                if asked.is_none_or(|&until| now >= until) {
-                    let until = now + TAKEOVER_TIMEOUT_MS;
-                    self.pending_takeovers.insert(location, until);
-                    self.out
-                        .timers
-                        .push((until, Timer::TakeoverTimeout { location }));
-                    self.out.to_shards.push((
-                        owner,
-                        ShardMsg::Takeover {
-                            location,
-                            from: self.shard,
-                            peer,
-                            datagram: data.to_vec(),
-                            identity: self.input_identity.clone(),
-                        },
-                    ));
-                }
-            }
-            _ => {
+            Elsewhere::NotFound => {
                 self.stats.not_found += 1;
                 self.reply_error(peer, msg, codes::NOT_FOUND, "", data.len());
             }
@@ -1223,113 +1165,13 @@ impl ShardCore {
             Removal::Replaced { .. } => "endpoint registered again",
         };
         self.finish_session(&mut ep, reason);
-        // The name stays mapped if it already points at a newer registration.
-        self.dir.release(&ep.name, ep.location);
         // Replaced by a registration with the same mountpoint: that one owns the
         // route and the subscription now.
         let keep_sub = why
             == Removal::Replaced {
                 keep_subscription: true,
             };
-        if !keep_sub {
-            self.release_subscription(&ep);
-        }
-    }
-
-    /// Gives up the command route and subscription of a registration that left, unless
-    /// a newer registration of the same name (here or on another shard, whose Evict
-    /// may still be on its way) uses the same mountpoint. Call after its name and
-    /// location were released from the directory.
-    fn release_subscription(&mut self, ep: &Endpoint) {
-        let owned = if self.settings.mountpoint.keyed_by_name() {
-            // The mountpoint follows from the name: any newer registration has it.
-            self.dir.by_name(&ep.name).is_none()
-        } else {
-            // The route names the registration that rendered the mountpoint last;
-            // a newer one with another mountpoint (`${peerhost}` after a move, a new
-            // device_id) leaves this one's to be released here.
-            self.dir
-                .release_route(&ep.mountpoint, &ep.name, ep.location)
-        };
-        if owned && self.settings.per_endpoint_subscriptions {
-            let filter = self.settings.command_filter(&ep.mountpoint);
-            // Forgotten first: whoever subscribes the filter from now on makes a new home.
-            let home = self.dir.take_sub_home(&filter).unwrap_or(self.shard);
-            self.subscription_change(
-                home,
-                MqttOut::Unsubscribe {
-                    lane: home as u32,
-                    filter,
-                },
-                &ep.name,
-                ep.location,
-            );
-        }
-    }
-
-    /// Subscribes the registration's command filter on the broker connections of the
-    /// filter's home shard: this one, unless another registration of it holds it elsewhere.
-    fn subscribe(&mut self, slot: u32) {
-        if !self.settings.per_endpoint_subscriptions {
-            return;
-        }
-        let ep = self.table.get(slot).expect("slot");
-        let filter = self.settings.command_filter(&ep.mountpoint);
-        let home = self.dir.sub_home(&filter, self.shard);
-        let change = MqttOut::Subscribe {
-            lane: home as u32,
-            filter,
-            qos: self.settings.command.qos,
-        };
-        let (name, location) = (ep.name.clone(), ep.location);
-        self.subscription_change(home, change, &name, location);
-    }
-
-    /// A subscription change of registration `(name, location)` goes out on the home
-    /// shard's connections (`lane` names it).
-    fn subscription_change(&mut self, home: u16, change: MqttOut, name: &str, location: u64) {
-        if home == self.shard {
-            self.out.mqtt.push(change);
-        } else {
-            self.out.to_shards.push((
-                home,
-                ShardMsg::Subscription {
-                    change,
-                    name: name.into(),
-                    location,
-                },
-            ));
-        }
-    }
-
-    /// A subscription change another shard sent to this one, the filter's home when it
-    /// was sent. A subscribe is done only while the registration that asked for it is
-    /// the current one of its name (else it left, giving the filter up, or a newer one
-    /// subscribed for itself) and the filter's home is still here; an unsubscribe whose
-    /// filter a newer registration brought back here is not done.
-    fn subscription_arrived(&mut self, change: MqttOut, name: &str, location: u64) {
-        let me = self.shard;
-        match change {
-            MqttOut::Subscribe { filter, qos, .. } => {
-                let current = self.dir.by_name(name).map(|e| e.location) == Some(location);
-                if current && self.dir.sub_home(&filter, me) == me {
-                    self.out.mqtt.push(MqttOut::Subscribe {
-                        lane: me as u32,
-                        filter,
-                        qos,
-                    });
-                }
-            }
-            MqttOut::Unsubscribe { filter, .. } => {
-                if self.dir.sub_home_of(&filter) != Some(me) {
-                    self.out.mqtt.push(MqttOut::Unsubscribe {
-                        lane: me as u32,
-                        filter,
-                    });
-                }
-            }
-            MqttOut::Publish { .. } => self.out.mqtt.push(change),
-        }
+        self.cluster.released(cx!(self), &ep, keep_sub);
     }
 
     fn publish_registration(&mut self, slot: u32, kind: &str) {
@@ -1407,7 +1249,7 @@ impl ShardCore {
             self.location_seq = self.location_seq.wrapping_add(1) & ((1 << 48) - 1);
             let n = (self.shard as u64) << 48 | self.location_seq;
             let z = self.locations.encrypt(n);
-            if z != 0 && self.dir.by_location(z).is_none() {
+            if z != 0 && self.cluster.location_free(z) {
                 return z;
             }
         }

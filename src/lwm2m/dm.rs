@@ -49,17 +49,15 @@ impl ShardCore {
             ..arrival
         };
         let Some(slot) = self.table.find_name(&to.endpoint) else {
-            if let Some(e) = self.dir.by_name(&to.endpoint) {
-                if e.shard != self.shard && hops < MAX_HOPS {
+            if let Some(shard) = self.cluster.holder_elsewhere(&to.endpoint) {
+                if hops < MAX_HOPS {
                     let forward = RoutedCommand {
                         to,
                         payload,
                         hops: hops + 1,
                         arrival,
                     };
-                    self.out
-                        .to_shards
-                        .push((e.shard, ShardMsg::Command(forward)));
+                    self.out.to_shards.push((shard, ShardMsg::Command(forward)));
                     return;
                 }
             }

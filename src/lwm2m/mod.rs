@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod block_server;
 pub mod blockwise;
+mod cluster;
 pub mod command;
 mod cx;
 pub mod directory;

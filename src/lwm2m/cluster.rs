@@ -1,0 +1,324 @@
+//! The shard among the shards: the directory every shard shares (which shard holds a
+//! name and a location, which registration rendered a command route, which shard is the
+//! home of a command filter), registrations moving between shards (NAT rebinding: a
+//! request for a location held elsewhere asks its owner with `Takeover`, the owner hands
+//! the endpoint over with `Adopt`, or answers from its reply cache, or says it has none),
+//! registrations replaced on another shard (`Evict`), and command subscriptions, done on
+//! the broker connections of their filter's home shard.
+//!
+//! Owns the takeovers this shard has asked for; reads and writes the directory; knows
+//! nothing of the endpoint table, which the core passes where a decision needs it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::cx::Cx;
+use super::directory::{ClaimError, DirEntry, Directory};
+use super::endpoint::Endpoint;
+use super::identity::PeerIdentity;
+use super::output::{MqttOut, ShardMsg, Timer};
+
+/// How long a takeover from another shard may stay unanswered before a request for
+/// the registration asks again (the mailboxes normally answer within milliseconds;
+/// devices retransmit after 2 s or more).
+const TAKEOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// What became of a request for a registration this shard does not hold.
+pub(super) enum Elsewhere {
+    /// Another shard holds it, made over DTLS, and the request is plain CoAP.
+    Forbidden,
+    /// Its owner was asked for it (or already is): the request waits.
+    Asked,
+    /// No shard holds it.
+    NotFound,
+}
+
+/// Where an adopted registration stands.
+pub(super) enum Adoption {
+    /// The current registration of its name: insert it.
+    Current,
+    /// Registered again (here or elsewhere) meanwhile: end it. `superseded`: another
+    /// registration holds its name now (see [`Cluster::forget_superseded`]).
+    Stale { superseded: bool },
+}
+
+pub(super) struct Cluster {
+    shard: u16,
+    dir: Arc<Directory>,
+    /// Locations whose takeover from another shard is in flight, with the time after
+    /// which a new request asks again.
+    pending_takeovers: hashbrown::HashMap<u64, u64>,
+}
+
+impl Cluster {
+    pub fn new(shard: u16, dir: Arc<Directory>) -> Self {
+        Cluster {
+            shard,
+            dir,
+            pending_takeovers: Default::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Directory {
+        &self.dir
+    }
+
+    /// True when the current registration of `name`, on any shard, was made over DTLS.
+    pub fn name_is_secure(&self, name: &str) -> bool {
+        self.dir.name_is_secure(name)
+    }
+
+    /// Registers `name` at `location` on this shard: the one atomic step that decides
+    /// between two shards racing (a plain Register is refused when the current
+    /// registration of the name was made over DTLS). A registration of the name on
+    /// another shard is told to leave (`Evict`), keeping its subscription when it has
+    /// the same `mountpoint`.
+    pub fn claim(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &str,
+        location: u64,
+        secure: bool,
+        mountpoint: &str,
+    ) -> Result<(), ClaimError> {
+        let entry = DirEntry {
+            shard: self.shard,
+            location,
+        };
+        match self.dir.claim(name, entry, secure)? {
+            Some(old) if old.shard != self.shard => {
+                let evict = ShardMsg::Evict {
+                    name: name.into(),
+                    location: old.location,
+                    new_mountpoint: mountpoint.into(),
+                };
+                cx.out.to_shards.push((old.shard, evict));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A new registration is in place: its command route (for a mountpoint not keyed by
+    /// the name) and, with per-endpoint subscriptions, its command filter.
+    pub fn registered(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+        if !cx.settings.mountpoint.keyed_by_name() {
+            self.dir.set_route(&ep.mountpoint, &ep.name, ep.location);
+        }
+        self.subscribe(cx, ep);
+    }
+
+    /// A registration left: its name and location are released (unless they already
+    /// name a newer one), and its subscription unless `keep_subscription` (a newer
+    /// registration with the same mountpoint owns it now).
+    pub fn released(&mut self, cx: &mut Cx<'_>, ep: &Endpoint, keep_subscription: bool) {
+        self.dir.release(&ep.name, ep.location);
+        if !keep_subscription {
+            self.release_subscription(cx, ep);
+        }
+    }
+
+    /// Whether a location is free for a new registration.
+    pub fn location_free(&self, location: u64) -> bool {
+        self.dir.by_location(location).is_none()
+    }
+
+    /// Registered endpoints on every shard.
+    pub fn registrations(&self) -> usize {
+        self.dir.len()
+    }
+
+    /// Whether `name` is registered on some shard.
+    pub fn is_registered(&self, name: &str) -> bool {
+        self.dir.by_name(name).is_some()
+    }
+
+    /// The shard holding `name`'s registration, when another one does.
+    pub fn holder_elsewhere(&self, name: &str) -> Option<u16> {
+        self.dir
+            .by_name(name)
+            .map(|e| e.shard)
+            .filter(|&s| s != self.shard)
+    }
+
+    /// A request (`datagram` from `peer`, with `identity`) for the registration at
+    /// `location`, which this shard does not hold. Its owner is asked for it once;
+    /// retransmissions meanwhile are dropped (the device retries), and an owner that
+    /// does not answer in time is asked again by the next one.
+    pub fn request_for(
+        &mut self,
+        cx: &mut Cx<'_>,
+        location: u64,
+        peer: SocketAddr,
+        datagram: &[u8],
+        identity: Option<&Arc<PeerIdentity>>,
+    ) -> Elsewhere {
+        let owner = match self.dir.by_location(location) {
+            Some(owner) if owner != self.shard => owner,
+            _ => return Elsewhere::NotFound,
+        };
+        if identity.is_none() && self.dir.location_is_secure(location) {
+            // Plain CoAP may not move (nor touch) a DTLS registration.
+            return Elsewhere::Forbidden;
+        }
+        let now = cx.now;
+        let asked = self.pending_takeovers.get(&location);
+        if asked.is_none_or(|&until| now >= until) {
+            let until = now + TAKEOVER_TIMEOUT_MS;
+            self.pending_takeovers.insert(location, until);
+            cx.out
+                .timers
+                .push((until, Timer::TakeoverTimeout { location }));
+            let takeover = ShardMsg::Takeover {
+                location,
+                from: self.shard,
+                peer,
+                datagram: datagram.to_vec(),
+                identity: identity.cloned(),
+            };
+            cx.out.to_shards.push((owner, takeover));
+        }
+        Elsewhere::Asked
+    }
+
+    /// The takeover of `location` was answered (adopted, answered from a cache, or
+    /// missed).
+    pub fn takeover_answered(&mut self, location: u64) {
+        self.pending_takeovers.remove(&location);
+    }
+
+    /// The takeover timer of `location`: a takeover still unanswered is forgotten, so
+    /// the next request asks again. True if one was.
+    pub fn takeover_timed_out(&mut self, now: u64, location: u64) -> bool {
+        let due = self
+            .pending_takeovers
+            .get(&location)
+            .is_some_and(|&until| now >= until);
+        if due {
+            self.pending_takeovers.remove(&location);
+        }
+        due
+    }
+
+    /// An endpoint another shard handed over. In transit a registration keeps its
+    /// directory entry (the owner does not release it): any other entry, or none,
+    /// means it was replaced or removed meanwhile; `held_here`: this shard holds its
+    /// location already. A current one is recorded as this shard's.
+    pub fn adopt(&mut self, ep: &Endpoint, held_here: bool) -> Adoption {
+        let superseded = self.dir.by_name(&ep.name).map(|e| e.location) != Some(ep.location);
+        if superseded || held_here {
+            return Adoption::Stale { superseded };
+        }
+        self.dir.moved(&ep.name, ep.location, self.shard);
+        Adoption::Current
+    }
+
+    /// A superseded adopted registration (see [`adopt`](Self::adopt)): its location is
+    /// forgotten and its command subscription released, unless the newer registration
+    /// uses the same mountpoint.
+    pub fn forget_superseded(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+        self.dir.forget_location(ep.location);
+        self.release_subscription(cx, ep);
+    }
+
+    /// Gives up the command route and subscription of a registration that left, unless
+    /// a newer registration of the same name (here or on another shard, whose Evict
+    /// may still be on its way) uses the same mountpoint. Call after its name and
+    /// location were released from the directory.
+    fn release_subscription(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+        let owned = if cx.settings.mountpoint.keyed_by_name() {
+            // The mountpoint follows from the name: any newer registration has it.
+            self.dir.by_name(&ep.name).is_none()
+        } else {
+            // The route names the registration that rendered the mountpoint last;
+            // a newer one with another mountpoint (`${peerhost}` after a move, a new
+            // device_id) leaves this one's to be released here.
+            self.dir
+                .release_route(&ep.mountpoint, &ep.name, ep.location)
+        };
+        if owned && cx.settings.per_endpoint_subscriptions {
+            let filter = cx.settings.command_filter(&ep.mountpoint);
+            // Forgotten first: whoever subscribes the filter from now on makes a new home.
+            let home = self.dir.take_sub_home(&filter).unwrap_or(self.shard);
+            let change = MqttOut::Unsubscribe {
+                lane: home as u32,
+                filter,
+            };
+            self.subscription_change(cx, home, change, &ep.name, ep.location);
+        }
+    }
+
+    /// Subscribes the registration's command filter on the broker connections of the
+    /// filter's home shard: this one, unless another registration of it holds it elsewhere.
+    fn subscribe(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+        if !cx.settings.per_endpoint_subscriptions {
+            return;
+        }
+        let filter = cx.settings.command_filter(&ep.mountpoint);
+        let home = self.dir.sub_home(&filter, self.shard);
+        let change = MqttOut::Subscribe {
+            lane: home as u32,
+            filter,
+            qos: cx.settings.command.qos,
+        };
+        self.subscription_change(cx, home, change, &ep.name, ep.location);
+    }
+
+    /// A subscription change of registration `(name, location)` goes out on the home
+    /// shard's connections (`lane` names it).
+    fn subscription_change(
+        &mut self,
+        cx: &mut Cx<'_>,
+        home: u16,
+        change: MqttOut,
+        name: &str,
+        location: u64,
+    ) {
+        if home == self.shard {
+            cx.out.mqtt.push(change);
+        } else {
+            let msg = ShardMsg::Subscription {
+                change,
+                name: name.into(),
+                location,
+            };
+            cx.out.to_shards.push((home, msg));
+        }
+    }
+
+    /// A subscription change another shard sent to this one, the filter's home when it
+    /// was sent. A subscribe is done only while the registration that asked for it is
+    /// the current one of its name (else it left, giving the filter up, or a newer one
+    /// subscribed for itself) and the filter's home is still here; an unsubscribe whose
+    /// filter a newer registration brought back here is not done.
+    pub fn subscription_arrived(
+        &mut self,
+        cx: &mut Cx<'_>,
+        change: MqttOut,
+        name: &str,
+        location: u64,
+    ) {
+        let me = self.shard;
+        match change {
+            MqttOut::Subscribe { filter, qos, .. } => {
+                let current = self.dir.by_name(name).map(|e| e.location) == Some(location);
+                if current && self.dir.sub_home(&filter, me) == me {
+                    cx.out.mqtt.push(MqttOut::Subscribe {
+                        lane: me as u32,
+                        filter,
+                        qos,
+                    });
+                }
+            }
+            MqttOut::Unsubscribe { filter, .. } => {
+                if self.dir.sub_home_of(&filter) != Some(me) {
+                    cx.out.mqtt.push(MqttOut::Unsubscribe {
+                        lane: me as u32,
+                        filter,
+                    });
+                }
+            }
+            MqttOut::Publish { .. } => cx.out.mqtt.push(change),
+        }
+    }
+}
