@@ -20,7 +20,6 @@
 //! MQTT message. Every input is hostile: parse errors are counted, answered with a
 //! Reset where a header was readable, and never panic.
 
-use super::admission::TokenBucket;
 use super::block_server::BlockServer;
 use super::blockwise::{client_held, HeldBytes};
 use super::cluster::{Adoption, Cluster, Elsewhere};
@@ -28,40 +27,23 @@ use super::cx::Ids;
 use super::directory::{ClaimError, Directory};
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::identity::PeerIdentity;
-use super::location::LocationCipher;
 use super::output::{AuthRequest, MqttOut, Outputs, ShardMsg, Timer};
 use super::publish::{name_hash, registration_json};
 use super::registration::{
     check_endpoint_name, parse_object_list, parse_params, BadRequest, ObjectList, Params,
 };
+use super::registrations::{HeldRegister, NotHeld, Registrations};
 use super::settings::CoreSettings;
 use super::stats::CoreStats;
 use super::table::EndpointTable;
 use super::template::{check_level_value, Placeholder, Vars};
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::objects::ObjectRegistry;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Replies to requests whose endpoint is gone (de-registrations), kept so that a
-/// retransmitted DELETE gets the same 2.02. Bounded.
-const RECENT_REPLIES: usize = 1024;
-
-/// Registers held for the authentication server, at most (then 5.03).
-const MAX_PENDING_AUTH: usize = 4096;
-
 /// The longest MQTT topic or filter (its length is a 16-bit field).
 const MAX_TOPIC_LEN: usize = u16::MAX as usize;
-
-/// A Register waiting for the authentication server.
-struct PendingAuth {
-    peer: SocketAddr,
-    mid: u16,
-    datagram: Vec<u8>,
-    /// The DTLS identity it arrived with (None: plain CoAP).
-    identity: Option<Arc<PeerIdentity>>,
-}
 
 /// Why an endpoint leaves the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,22 +64,12 @@ pub struct ShardCore {
     pub(super) settings: Arc<CoreSettings>,
     /// The shard among the shards: the directory, takeovers, subscriptions.
     pub(super) cluster: Cluster,
+    /// The registration interface's admission, locations, held Registers and replies.
+    regs: Registrations,
     pub(super) table: EndpointTable,
     /// Object definitions that type values (the driver hands over a new snapshot
     /// after a reload).
     pub(super) registry: Arc<ObjectRegistry>,
-    /// (peer, reply, the request came over DTLS).
-    recent: VecDeque<(SocketAddr, LastReply, bool)>,
-    /// Registrations numbered so far; a location is this number under `locations`.
-    location_seq: u64,
-    locations: LocationCipher,
-    /// `max_conn_rate` share of this shard.
-    pub(super) admission: TokenBucket,
-    /// Shards sharing the listener.
-    shards: usize,
-    /// Registers waiting for the authentication server, by ticket.
-    pending_auth: hashbrown::HashMap<u64, PendingAuth>,
-    auth_seq: u64,
     /// The DTLS identity of the datagram being handled (None: plain UDP).
     input_identity: Option<Arc<PeerIdentity>>,
     /// A registration made over DTLS has lived on this shard (from then on plain
@@ -151,24 +123,16 @@ impl ShardCore {
         dir: Arc<Directory>,
         seed: u64,
     ) -> Self {
-        let rate = settings.max_conn_rate as f64 / shards.max(1) as f64;
-        let locations = LocationCipher::new(settings.location_key);
         let block_held = HeldBytes::default();
         Self {
-            admission: TokenBucket::new(rate),
-            shards,
-            pending_auth: Default::default(),
+            regs: Registrations::new(&settings, shards),
             input_identity: None,
             has_secure: false,
-            auth_seq: 0,
             shard,
             settings,
             cluster: Cluster::new(shard, dir),
             table: EndpointTable::new(),
-            recent: VecDeque::new(),
             registry: Arc::new(ObjectRegistry::empty()),
-            location_seq: 0,
-            locations,
             ids: Ids::new(seed),
             stats: CoreStats::default(),
             out: Outputs::default(),
@@ -377,7 +341,7 @@ impl ShardCore {
                 }
             }
             Timer::AuthTimeout { ticket } => {
-                if self.pending_auth.contains_key(&ticket) {
+                if self.regs.holds(ticket) {
                     self.stats.auth_timeouts += 1;
                     self.auth_result(now, ticket, false);
                 }
@@ -570,10 +534,7 @@ impl ShardCore {
 
     /// New settings (the management API changed the configuration at run time).
     pub(super) fn apply_settings(&mut self, s: Arc<CoreSettings>) {
-        if s.max_conn_rate != self.settings.max_conn_rate {
-            let rate = s.max_conn_rate as f64 / self.shards.max(1) as f64;
-            self.admission = TokenBucket::new(rate);
-        }
+        self.regs.settings_changed(&self.settings, &s);
         self.settings = s;
     }
 
@@ -616,7 +577,7 @@ impl ShardCore {
         let whole: Vec<u8>;
         let parsed: Message<'_>;
         let client_held = client_held(&self.table, self.table.find_peer(&peer));
-        let admission = &mut self.admission;
+        let admission = self.regs.admission();
         let arrived = self.blocks.block1_request(
             cx!(self),
             admission,
@@ -712,13 +673,7 @@ impl ShardCore {
                 .find(|r| fresh(r) && r.token() == msg.token)
                 .map(|r| (r, Some(ep.location)))
         });
-        let cached = cached.or_else(|| {
-            self.recent
-                .iter()
-                .find(|(p, r, secure)| *p == peer && *secure != plain && fresh(r))
-                .map(|(_, r, _)| (*r, None))
-        });
-        cached
+        cached.or_else(|| Some((self.regs.recent_reply(peer, !plain, fresh)?, None)))
     }
 
     /// A Register; `authorized` when the authentication server already allowed it.
@@ -780,7 +735,7 @@ impl ShardCore {
             }
         };
         if !authorized && self.settings.auth_enabled() {
-            self.ask_auth(now, peer, msg, data, name, &params);
+            self.ask_auth(peer, msg, data, name, &params);
             return;
         }
         if authorized {
@@ -806,7 +761,7 @@ impl ShardCore {
             );
         }
 
-        let location = self.new_location();
+        let location = self.regs.new_location(self.shard, &self.cluster);
         // The claim is the one atomic step that decides: a plain Register racing a
         // DTLS one of the same name on another shard is refused here, before it
         // has any effect beyond the local copy it replaced (which the DTLS one
@@ -882,27 +837,12 @@ impl ShardCore {
     /// Holds a Register while the authentication server is asked (off this thread).
     fn ask_auth(
         &mut self,
-        now: u64,
         peer: SocketAddr,
         msg: &Message<'_>,
         data: &[u8],
         name: &str,
         params: &Params<'_>,
     ) {
-        if self
-            .pending_auth
-            .values()
-            .any(|p| p.peer == peer && p.mid == msg.mid)
-        {
-            // A retransmission while the first is being checked.
-            self.stats.duplicates += 1;
-            return;
-        }
-        if self.pending_auth.len() >= MAX_PENDING_AUTH {
-            self.stats.auth_overflow += 1;
-            self.reply_unavailable(peer, msg, 1);
-            return;
-        }
         let find = |k: &str| {
             params
                 .others
@@ -915,35 +855,33 @@ impl ShardCore {
             .filter_map(|q| std::str::from_utf8(q).ok())
             .find_map(|q| q.strip_prefix("password="))
             .unwrap_or("");
-        let req = AuthRequest {
+        let request = AuthRequest {
             endpoint_name: name.to_string(),
             clientid: find("device_id").unwrap_or(name).to_string(),
             username: find("imei").unwrap_or(name).to_string(),
             password: password.to_string(),
             peerhost: peer.ip().to_string(),
         };
-        self.auth_seq += 1;
-        let ticket = self.auth_seq;
-        self.pending_auth.insert(
-            ticket,
-            PendingAuth {
-                peer,
-                mid: msg.mid,
-                datagram: data.to_vec(),
-                identity: self.input_identity.clone(),
-            },
-        );
-        self.stats.auth_requests += 1;
-        self.out.auth.push((ticket, req));
-        self.out.timers.push((
-            now + self.settings.auth_timeout_ms,
-            Timer::AuthTimeout { ticket },
-        ));
+        let held = HeldRegister {
+            peer,
+            mid: msg.mid,
+            datagram: data.to_vec(),
+            identity: self.input_identity.clone(),
+        };
+        match self.regs.hold(cx!(self), held, request) {
+            Ok(()) => self.stats.auth_requests += 1,
+            // A retransmission while the first is being checked.
+            Err(NotHeld::Duplicate) => self.stats.duplicates += 1,
+            Err(NotHeld::Full) => {
+                self.stats.auth_overflow += 1;
+                self.reply_unavailable(peer, msg, 1);
+            }
+        }
     }
 
     /// The authentication server's answer (or its absence, `allowed = false`).
     pub(super) fn auth_result(&mut self, now: u64, ticket: u64, allowed: bool) {
-        let Some(p) = self.pending_auth.remove(&ticket) else {
+        let Some(p) = self.regs.release(ticket) else {
             return;
         };
         let Ok(msg) = Message::parse(&p.datagram) else {
@@ -970,7 +908,7 @@ impl ShardCore {
     /// Admission before allocation: the rate bucket for every Register, the
     /// capacity cap for names not registered yet. Err carries the Max-Age.
     fn admit(&mut self, now: u64, name: &str) -> Result<(), u32> {
-        if let Err(wait_s) = self.admission.take(now) {
+        if let Err(wait_s) = self.regs.take_token(now) {
             self.stats.rate_limited += 1;
             return Err(wait_s);
         }
@@ -1049,11 +987,8 @@ impl ShardCore {
             };
             self.stats.deregistrations += 1;
             self.remove_endpoint(slot, Removal::Deregistered);
-            if self.recent.len() == RECENT_REPLIES {
-                self.recent.pop_front();
-            }
             let secure = self.input_identity.is_some();
-            self.recent.push_back((peer, reply, secure));
+            self.regs.remember(peer, reply, secure);
             self.write_reply(peer, &reply, None);
         }
     }
@@ -1238,21 +1173,6 @@ impl ShardCore {
             ));
         }
         Ok(s)
-    }
-
-    fn new_location(&mut self) -> u64 {
-        // The number (shard, sequence) under the secret keyed permutation: distinct
-        // numbers give distinct locations, so shards never collide, and without the
-        // key a location cannot be derived from another (see `location.rs`). The
-        // directory check only matters after 2^48 registrations of one shard.
-        loop {
-            self.location_seq = self.location_seq.wrapping_add(1) & ((1 << 48) - 1);
-            let n = (self.shard as u64) << 48 | self.location_seq;
-            let z = self.locations.encrypt(n);
-            if z != 0 && self.cluster.location_free(z) {
-                return z;
-            }
-        }
     }
 
     fn reply_header(&mut self, msg: &Message<'_>, code: u8) -> LastReply {

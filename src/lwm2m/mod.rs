@@ -19,6 +19,7 @@ pub mod location;
 pub mod output;
 pub mod publish;
 pub mod registration;
+mod registrations;
 pub mod routing;
 pub mod session;
 pub mod settings;
