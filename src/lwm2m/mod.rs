@@ -18,13 +18,17 @@ pub mod io;
 pub mod location;
 pub mod output;
 pub mod publish;
+mod register;
 pub mod registration;
 mod registrations;
+mod replies;
 pub mod routing;
+mod security;
 pub mod session;
 pub mod settings;
 pub mod stats;
 pub mod table;
+mod takeover;
 pub mod template;
 
 mod core;
