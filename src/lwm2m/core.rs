@@ -20,8 +20,9 @@
 //! MQTT message. Every input is hostile: parse errors are counted, answered with a
 //! Reset where a header was readable, and never panic.
 
+use super::block_client::client_held;
 use super::block_server::BlockServer;
-use super::blockwise::{client_held, HeldBytes};
+use super::blockwise::HeldBytes;
 use super::cluster::Cluster;
 use super::cx::Ids;
 use super::directory::Directory;

@@ -305,8 +305,12 @@ impl ShardCore {
         let mut datagram = Vec::with_capacity(64 + q.cmd.payload.as_ref().map_or(0, |p| p.1.len()));
         write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
         // A body larger than a block goes out as Block1 blocks (block 0 now).
-        let block =
-            super::blockwise::first_block1(&self.settings, &self.block_held, &mut datagram, token);
+        let block = super::block_client::first_block1(
+            &self.settings,
+            &self.block_held,
+            &mut datagram,
+            token,
+        );
         self.stats.blocks_sent += block.is_some() as u64;
         let peer = ep.peer;
         ep.counters.sent = ep.counters.sent.wrapping_add(1);
@@ -518,7 +522,7 @@ impl ShardCore {
         let location = location_of(msg);
         let mut extra: Vec<(&str, &str)> =
             location.iter().map(|l| ("location", l.as_str())).collect();
-        let notes = super::blockwise::response_notes(&self.settings, msg);
+        let notes = super::block_client::response_notes(&self.settings, msg);
         extra.extend(notes.iter().map(|(k, v)| (*k, v.as_str())));
         dm_json::result(
             &mut body,
@@ -606,7 +610,7 @@ impl ShardCore {
             seq,
             msg.code,
             content.as_deref(),
-            &super::blockwise::response_notes(&self.settings, msg)
+            &super::block_client::response_notes(&self.settings, msg)
                 .iter()
                 .map(|(k, v)| (*k, v.as_str()))
                 .collect::<Vec<_>>(),

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::blockwise::client_held;
+use super::block_client::client_held;
 use super::core::{cx, route_of, Route};
 use super::endpoint::{Endpoint, LastReply};
 use super::ShardCore;
