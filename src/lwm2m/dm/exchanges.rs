@@ -1,0 +1,311 @@
+//! One request of the gateway to a device: a fresh token, retransmission of a CON
+//! (RFC 7252 §4.2), the device's ACK, RST or response (piggybacked or separate, matched
+//! by token), and the one final MQTT message of the command.
+
+use super::*;
+
+impl ShardCore {
+    /// Builds and sends the CoAP request of a command.
+    pub(in crate::lwm2m) fn dispatch(&mut self, now: u64, slot: u32, q: Queued) {
+        let inc = self.table.incarnation(slot);
+        if self.block1_oversize(slot, &q.cmd) {
+            return;
+        }
+        let mid = self.fresh_mid();
+        let timeout = self.initial_timeout();
+        let registry = self.registry.clone();
+        let Some(ep) = self.table.get_mut(slot) else {
+            return;
+        };
+        let mut token = q.token;
+        if q.cmd.op == Op::CancelObserve {
+            // RFC 7641 §3.6: the deregistering GET carries the observation's token.
+            if let Some(s) = ep.session.as_ref() {
+                if let Some(i) = s.observation_by_path(&q.cmd.path) {
+                    token = s.observations[i].token;
+                }
+            }
+        }
+        let mut datagram = Vec::with_capacity(64 + q.cmd.payload.as_ref().map_or(0, |p| p.1.len()));
+        write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
+        // A body larger than a block goes out as Block1 blocks (block 0 now).
+        let block = crate::lwm2m::block_client::first_block1(
+            &self.settings,
+            &self.block_held,
+            &mut datagram,
+            token,
+        );
+        self.stats.blocks_sent += block.is_some() as u64;
+        let peer = ep.peer;
+        ep.counters.sent = ep.counters.sent.wrapping_add(1);
+        let session = ep.session.get_or_insert_with(Default::default);
+        session.inflight.push(Exchange {
+            token,
+            mid,
+            datagram,
+            retransmits: 0,
+            timeout_ms: timeout,
+            acked: false,
+            acked_ms: 0,
+            cmd: q.cmd,
+            auto: q.auto,
+            block,
+        });
+        let ex = session.inflight.last().expect("pushed");
+        self.stats.datagrams_out += 1;
+        self.stats.requests_sent += 1;
+        let bytes = &ex.datagram;
+        self.out.datagram(peer, |b| b.extend_from_slice(bytes));
+        self.out
+            .timers
+            .push((now + timeout, Timer::Retransmit { slot, token, inc }));
+    }
+
+    /// ACK_TIMEOUT scaled by a random factor in [1, ACK_RANDOM_FACTOR).
+    pub(in crate::lwm2m) fn initial_timeout(&mut self) -> u64 {
+        let r = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+        let f = 1.0 + r * (self.settings.ack_random_factor - 1.0).max(0.0);
+        (self.settings.ack_timeout_ms as f64 * f) as u64
+    }
+
+    /// A retransmission (or separate-response) timer of an exchange came due.
+    pub(in crate::lwm2m) fn on_retransmit(&mut self, now: u64, slot: u32, token: u32) {
+        let inc = self.table.incarnation(slot);
+        let max = self.settings.max_retransmit;
+        let lifetime = self.settings.exchange_lifetime_ms;
+        let Some(ep) = self.table.get_mut(slot) else {
+            return;
+        };
+        let peer = ep.peer;
+        let Some(session) = ep.session.as_mut() else {
+            return;
+        };
+        let Some(i) = session.exchange_by_token(token) else {
+            return;
+        };
+        let ex = &mut session.inflight[i];
+        if ex.acked && now < ex.acked_ms + lifetime {
+            // A retransmission timer armed before the empty ACK: the separate
+            // response has until the ACK's time plus EXCHANGE_LIFETIME.
+            let at = ex.acked_ms + lifetime;
+            self.out
+                .timers
+                .push((at, Timer::Retransmit { slot, token, inc }));
+            return;
+        }
+        if !ex.acked && ex.retransmits < max {
+            ex.retransmits += 1;
+            ex.timeout_ms *= 2;
+            let at = now + ex.timeout_ms;
+            let bytes = &ex.datagram;
+            self.stats.retransmissions += 1;
+            self.stats.datagrams_out += 1;
+            self.out.datagram(peer, |b| b.extend_from_slice(bytes));
+            self.out
+                .timers
+                .push((at, Timer::Retransmit { slot, token, inc }));
+            return;
+        }
+        let _ = lifetime;
+        let ex = session.inflight.swap_remove(i);
+        self.stats.timeouts += 1;
+        self.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
+        self.publish_event(slot, &ex.cmd.echo, "coap_timeout");
+        self.pump_queue(now, slot);
+    }
+
+    /// An ACK or RST from `peer`: matches an exchange by message ID.
+    pub(in crate::lwm2m) fn on_ack_or_reset(
+        &mut self,
+        now: u64,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+    ) {
+        let lifetime = self.settings.exchange_lifetime_ms;
+        let Some(slot) = self.table.find_peer(&peer) else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        let found = self
+            .table
+            .get(slot)
+            .and_then(|e| e.session.as_ref())
+            .and_then(|s| s.exchange_by_mid(msg.mid));
+        let Some(i) = found else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        self.touch(now, slot);
+        let inc = self.table.incarnation(slot);
+        let session = self.session_mut(slot);
+        let ex = &mut session.inflight[i];
+        if msg.mtype == MsgType::Rst {
+            let ex = session.inflight.swap_remove(i);
+            self.stats.resets_received += 1;
+            self.stats.ended(Some(ex.cmd.op), Outcome::Reset);
+            self.publish_event(slot, &ex.cmd.echo, "coap_reset");
+            self.pump_queue(now, slot);
+            return;
+        }
+        if msg.is_empty() {
+            if !ex.acked {
+                ex.acked = true;
+                ex.acked_ms = now;
+                let token = ex.token;
+                let echo = ex.cmd.echo.clone();
+                self.out
+                    .timers
+                    .push((now + lifetime, Timer::Retransmit { slot, token, inc }));
+                self.publish_event(slot, &echo, "ack");
+            }
+            return;
+        }
+        if token_of(msg) != Some(ex.token) {
+            self.stats.unmatched += 1;
+            return;
+        }
+        let ex = session.inflight.swap_remove(i);
+        self.complete(now, slot, ex, msg);
+    }
+
+    /// A CON or NON response from `peer`: a separate response or a notification.
+    pub(in crate::lwm2m) fn on_response(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>) {
+        let lifetime = self.settings.exchange_lifetime_ms;
+        let Some(slot) = self.table.find_peer(&peer) else {
+            self.stats.unmatched += 1;
+            if msg.mtype == MsgType::Con {
+                self.send_empty(peer, MsgType::Rst, msg.mid);
+            }
+            return;
+        };
+        let token = token_of(msg);
+        let (exchange, observation, acked_before) =
+            match self.table.get(slot).and_then(|e| e.session.as_ref()) {
+                Some(s) => {
+                    let observation = token.and_then(|t| s.observation_by_token(t));
+                    // A cancel-observe carries its observation's token. RFC 7641 §3.6: its
+                    // response has no Observe option, so a message with one is a
+                    // notification of the observation still running.
+                    let notifies = observation.is_some() && msg.option(opt::OBSERVE).is_some();
+                    let exchange = token
+                        .and_then(|t| s.exchange_by_token(t))
+                        .filter(|&i| !(notifies && s.inflight[i].cmd.op == Op::CancelObserve));
+                    (
+                        exchange,
+                        observation,
+                        msg.mtype == MsgType::Con && s.was_seen(msg.mid, now, lifetime),
+                    )
+                }
+                None => (None, None, false),
+            };
+        if acked_before && exchange.is_none() {
+            // A retransmission of a CON response or notification we acknowledged (its
+            // exchange or observation may be over by now): RFC 7252 §4.5, acknowledge again.
+            self.touch(now, slot);
+            self.send_empty(peer, MsgType::Ack, msg.mid);
+            self.stats.duplicates += 1;
+            return;
+        }
+        if exchange.is_none() && observation.is_none() {
+            // RFC 7641 §3.6: reject a notification nobody is interested in.
+            self.stats.unmatched += 1;
+            self.send_empty(peer, MsgType::Rst, msg.mid);
+            return;
+        }
+        self.touch(now, slot);
+        if msg.mtype == MsgType::Con {
+            let dup = self.session_mut(slot).seen_mid(msg.mid, now, lifetime);
+            self.send_empty(peer, MsgType::Ack, msg.mid);
+            if dup {
+                self.stats.duplicates += 1;
+                return;
+            }
+        }
+        if let Some(i) = exchange {
+            let ex = self.session_mut(slot).inflight.swap_remove(i);
+            self.complete(now, slot, ex, msg);
+        } else if let Some(i) = observation {
+            self.notification(now, slot, i, msg);
+        }
+    }
+
+    /// The final response of an exchange.
+    pub(in crate::lwm2m) fn complete(
+        &mut self,
+        now: u64,
+        slot: u32,
+        ex: Exchange,
+        msg: &Message<'_>,
+    ) {
+        // A step of a block-wise transfer, or its reassembled final response.
+        let Some((ex, whole)) = self.block_response(now, slot, ex, msg) else {
+            return;
+        };
+        let parsed;
+        let msg = match whole.as_deref().map(Message::parse) {
+            Some(Ok(m)) => {
+                parsed = m;
+                &parsed
+            }
+            _ => msg,
+        };
+        self.stats.responses += 1;
+        let content = self.render_content(slot, &ex.cmd, msg);
+        let op = ex.cmd.op;
+        self.stats.ended(Some(op), Outcome::Response);
+        let mut body = Vec::with_capacity(128);
+        let location = location_of(msg);
+        let mut extra: Vec<(&str, &str)> =
+            location.iter().map(|l| ("location", l.as_str())).collect();
+        let notes = crate::lwm2m::block_client::response_notes(&self.settings, msg);
+        extra.extend(notes.iter().map(|(k, v)| (*k, v.as_str())));
+        dm_json::result(
+            &mut body,
+            &ex.cmd.echo,
+            op.name(),
+            None,
+            msg.code,
+            content.as_deref(),
+            &extra,
+        );
+        self.publish_to(slot, Topic::Response, body);
+        self.stats
+            .command_rtt
+            .observe(now.saturating_sub(ex.cmd.received_ms));
+        let session = self.session_mut(slot);
+        if let (Op::Read | Op::Discover, Some(path)) = (op, ex.cmd.echo.req_path.as_deref()) {
+            session.remember(LastResult {
+                op,
+                path: path.into(),
+                code: msg.code,
+                content: content
+                    .as_deref()
+                    .filter(|c| c.len() <= RESULT_CONTENT_MAX)
+                    .map(Into::into),
+            });
+        }
+        match op {
+            Op::Observe => {
+                if let Some(i) = session.observation_by_path(&ex.cmd.path) {
+                    session.observations.swap_remove(i);
+                }
+                if codes::class(msg.code) == 2 && msg.option(opt::OBSERVE).is_some() {
+                    session.observations.push(Observation {
+                        token: ex.token,
+                        path: ex.cmd.path,
+                        last_seq: msg.option_uint(opt::OBSERVE),
+                        last_ms: now,
+                        cmd: ex.cmd,
+                    });
+                }
+            }
+            Op::CancelObserve => {
+                if let Some(i) = session.observation_by_path(&ex.cmd.path) {
+                    session.observations.swap_remove(i);
+                }
+            }
+            _ => {}
+        }
+        self.pump_queue(now, slot);
+    }
+}

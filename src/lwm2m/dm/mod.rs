@@ -1,0 +1,210 @@
+//! Device Management and Information Reporting: the CoAP client side of the core.
+//!
+//! Flow for one command (RFC 7252 §4 reliability, RFC 7641 observe):
+//! ```text
+//! MQTT command ──▶ parse ──▶ queue (NSTART, queue mode) ──▶ CON request, fresh token
+//!                   │ bad: 4.00 + error                      │ retransmit: ACK_TIMEOUT·rand(1..factor)·2^n
+//!                   ▼                                         ▼
+//!              response topic  ◀── piggybacked ACK / separate response (matched by token)
+//!                              ◀── empty ACK: "ack" event, then the separate response
+//!                              ◀── RST: "coap_reset";  no answer: "coap_timeout"
+//! notify topic ◀── notifications on an observation's token (fresh per RFC 7641 §3.4)
+//! ```
+//! A sleeping queue-mode device gets its commands when it next speaks; every
+//! command ends in exactly one final message on MQTT.
+
+use super::command::{self, Arrival, Command, Echo, Encoding, Op};
+use super::dm_json;
+use super::endpoint::Endpoint;
+use super::output::{MqttOut, ShardMsg, Timer};
+use super::publish::name_hash;
+use super::routing::{Resolved, RoutedCommand};
+use super::session::{
+    is_fresh, Deadline, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
+};
+use super::settings::{AutoObserveSet, MANAGEMENT_OBJECTS};
+use super::stats::Outcome;
+use super::ShardCore;
+
+mod commands;
+mod exchanges;
+mod notify;
+mod queue;
+use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
+use crate::formats::{self, fmt_id};
+use crate::model::{LwPath, ObjectModel, ResourceType};
+use std::net::SocketAddr;
+
+/// Forwarding hops a command may take between shards (an endpoint moving twice).
+pub(super) const MAX_HOPS: u8 = 2;
+
+impl ShardCore {
+    pub(super) fn session_mut(&mut self, slot: u32) -> &mut Session {
+        self.table
+            .get_mut(slot)
+            .expect("live slot")
+            .session
+            .get_or_insert_with(Default::default)
+    }
+
+    pub(super) fn publish_error(&mut self, slot: u32, echo: &Echo, code: u8, error: &str) {
+        let mut body = Vec::with_capacity(96);
+        dm_json::error(&mut body, echo, code, error);
+        self.publish_to(slot, Topic::Response, body);
+    }
+
+    pub(super) fn publish_event(&mut self, slot: u32, echo: &Echo, kind: &str) {
+        let mut body = Vec::with_capacity(96);
+        dm_json::event(&mut body, echo, kind);
+        self.publish_to(slot, Topic::Response, body);
+    }
+
+    pub(super) fn publish_to(&mut self, slot: u32, t: Topic, body: Vec<u8>) {
+        let Some(ep) = self.table.get(slot) else {
+            return;
+        };
+        let tr = match t {
+            Topic::Response => &self.settings.response,
+            Topic::Notify => &self.settings.notify,
+        };
+        let mut topic = String::with_capacity(ep.mountpoint.len() + tr.topic.len());
+        topic.push_str(&ep.mountpoint);
+        topic.push_str(&tr.topic);
+        let (lane, qos) = (ep.lane, tr.qos);
+        self.publish(lane, topic, body, qos);
+    }
+
+    pub(super) fn publish(&mut self, lane: u32, topic: String, payload: Vec<u8>, qos: u8) {
+        self.stats.published += 1;
+        self.out.mqtt.push(MqttOut::Publish {
+            lane,
+            topic,
+            payload,
+            qos,
+        });
+    }
+
+    pub(super) fn send_empty(&mut self, peer: SocketAddr, t: MsgType, mid: u16) {
+        self.stats.datagrams_out += 1;
+        self.out.datagram(peer, |b| {
+            MessageWriter::new(b, t, codes::EMPTY, mid, &[]).finish()
+        });
+    }
+
+    pub(super) fn fresh_token(&mut self) -> u32 {
+        self.ids.token()
+    }
+
+    pub(super) fn next_random(&mut self) -> u64 {
+        self.ids.random()
+    }
+}
+
+pub(super) enum Topic {
+    Response,
+    Notify,
+}
+
+/// The operation a command's `msgType` names (None: missing or unknown).
+pub(super) fn msg_type_op(echo: &Echo) -> Option<Op> {
+    echo.msg_type.as_deref().and_then(Op::from_name)
+}
+
+/// Commands waiting in an endpoint's queue.
+pub(super) fn queued_len(ep: &Endpoint) -> u64 {
+    ep.session.as_ref().map_or(0, |s| s.queue.len() as u64)
+}
+
+pub(super) fn token_of(msg: &Message<'_>) -> Option<u32> {
+    <[u8; 4]>::try_from(msg.token).ok().map(u32::from_be_bytes)
+}
+
+/// `/a/b` from a 2.01's Location-Path options.
+pub(super) fn location_of(msg: &Message<'_>) -> Option<String> {
+    let mut s = String::new();
+    for seg in msg.option_values(opt::LOCATION_PATH) {
+        s.push('/');
+        s.push_str(&String::from_utf8_lossy(seg));
+    }
+    (!s.is_empty()).then_some(s)
+}
+
+/// The format writes are encoded in for this device: the one it announced at
+/// registration when the gateway encodes it, else TLV (which every LwM2M 1.0
+/// device supports, and 1.1/1.2 devices in practice).
+pub(super) fn write_format(ep: &Endpoint) -> u16 {
+    match ep.content_format {
+        Some(
+            f @ (fmt_id::TLV
+            | fmt_id::SENML_JSON
+            | fmt_id::SENML_CBOR
+            | fmt_id::LWM2M_CBOR
+            | fmt_id::OMA_JSON),
+        ) => f,
+        _ => fmt_id::TLV,
+    }
+}
+
+/// The Accept option of a read/observe: text/plain or opaque for a single-instance
+/// resource whose type is known, else the device's multi-value format.
+pub(super) fn accept_for(ep: &Endpoint, path: &LwPath, model: &dyn ObjectModel) -> Option<u16> {
+    if path.len() >= 3 {
+        let def = model.resource(path.object()?, path.resource()?)?;
+        if def.multiple && path.len() == 3 {
+            return Some(write_format(ep));
+        }
+        return Some(match def.kind {
+            ResourceType::Opaque => fmt_id::OPAQUE,
+            ResourceType::None => return None,
+            _ => fmt_id::TEXT,
+        });
+    }
+    Some(write_format(ep))
+}
+
+pub(super) fn write_request(
+    buf: &mut Vec<u8>,
+    ep: &Endpoint,
+    cmd: &Command,
+    mid: u16,
+    token: u32,
+    model: &dyn ObjectModel,
+) {
+    let mut w = MessageWriter::new(buf, MsgType::Con, cmd.code, mid, &token.to_be_bytes());
+    match cmd.op {
+        Op::Observe => {
+            w.option_uint(opt::OBSERVE, 0);
+        }
+        Op::CancelObserve => {
+            w.option_uint(opt::OBSERVE, 1);
+        }
+        _ => {}
+    }
+    if let Some(alt) = ep.alternate_path.as_deref() {
+        for seg in alt.split('/').filter(|s| !s.is_empty()) {
+            w.option(opt::URI_PATH, seg.as_bytes());
+        }
+    }
+    let mut num = itoa::Buffer::new();
+    for id in cmd.path.ids() {
+        w.option(opt::URI_PATH, num.format(*id).as_bytes());
+    }
+    if let Some((cf, _)) = &cmd.payload {
+        w.option_uint(opt::CONTENT_FORMAT, *cf as u32);
+    }
+    for q in &cmd.query {
+        w.option(opt::URI_QUERY, q.as_bytes());
+    }
+    let accept = match cmd.op {
+        Op::Discover => Some(fmt_id::LINK),
+        Op::Read | Op::Observe | Op::CancelObserve => accept_for(ep, &cmd.path, model),
+        _ => None,
+    };
+    if let Some(a) = accept {
+        w.option_uint(opt::ACCEPT, a as u32);
+    }
+    match &cmd.payload {
+        Some((_, body)) => w.payload(body),
+        None => w.finish(),
+    }
+}

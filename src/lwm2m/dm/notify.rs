@@ -1,0 +1,107 @@
+//! Notifications of an observation (RFC 7641): acknowledged when CON, delivered only
+//! when fresher than the last, and every response's content rendered as typed JSON
+//! from the object definitions.
+
+use super::*;
+
+impl ShardCore {
+    pub(in crate::lwm2m) fn notification(
+        &mut self,
+        now: u64,
+        slot: u32,
+        i: usize,
+        msg: &Message<'_>,
+    ) {
+        let seq = msg.option_uint(opt::OBSERVE);
+        let session = self.session_mut(slot);
+        let obs = &mut session.observations[i];
+        if let Some(s) = seq {
+            if !is_fresh(obs.last_seq, obs.last_ms, s, now) {
+                self.stats.stale_notifications += 1;
+                return;
+            }
+            obs.last_seq = Some(s);
+            obs.last_ms = now;
+        }
+        let ended = seq.is_none() || codes::class(msg.code) != 2;
+        let cmd = if ended {
+            session.observations.swap_remove(i).cmd
+        } else {
+            session.observations[i].cmd.clone()
+        };
+        if self.block_notification(now, slot, &cmd, seq, msg) {
+            // Published once the remaining blocks are fetched.
+            return;
+        }
+        self.stats.notifications += 1;
+        if let Some(ep) = self.table.get_mut(slot) {
+            ep.counters.notifications = ep.counters.notifications.wrapping_add(1);
+        }
+        let content = self.render_content(slot, &cmd, msg);
+        let mut body = Vec::with_capacity(128);
+        dm_json::result(
+            &mut body,
+            &cmd.echo,
+            "notify",
+            // The last notification of an observation may carry no Observe option: no seqNum.
+            seq,
+            msg.code,
+            content.as_deref(),
+            &crate::lwm2m::block_client::response_notes(&self.settings, msg)
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        self.publish_to(slot, Topic::Notify, body);
+    }
+
+    /// The `content` array of a response, or None when it has none.
+    pub(in crate::lwm2m) fn render_content(
+        &self,
+        _slot: u32,
+        cmd: &Command,
+        msg: &Message<'_>,
+    ) -> Option<Vec<u8>> {
+        if codes::class(msg.code) != 2 {
+            return None;
+        }
+        let reads = matches!(
+            cmd.op,
+            Op::Read | Op::Observe | Op::CancelObserve | Op::Discover
+        );
+        if !reads {
+            return None;
+        }
+        let mut out = Vec::with_capacity(64 + msg.payload.len() * 2);
+        let cf = msg.option_uint(opt::CONTENT_FORMAT).map(|c| c as u16);
+        if cmd.op == Op::Discover || cf == Some(fmt_id::LINK) {
+            let text = String::from_utf8_lossy(msg.payload);
+            out.push(b'[');
+            for (i, l) in formats::split_links(&text).iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                formats::write_json_string(l, &mut out);
+            }
+            out.push(b']');
+            return Some(out);
+        }
+        if msg.payload.is_empty() {
+            return Some(b"[]".to_vec());
+        }
+        let registry = self.registry.clone();
+        match formats::decode(cf, msg.payload, &cmd.path, &*registry) {
+            Ok(items) => formats::write_content_json(&items, &mut out),
+            Err(e) => {
+                // Deliver what the device sent, untyped, with the reason.
+                let raw = [formats::ContentItem {
+                    path: cmd.path,
+                    value: formats::Value::Untyped(msg.payload.to_vec()),
+                }];
+                formats::write_content_json(&raw, &mut out);
+                tracing::debug!(error = %e, "undecodable payload delivered raw");
+            }
+        }
+        Some(out)
+    }
+}
