@@ -20,12 +20,13 @@
 //! MQTT message. Every input is hostile: parse errors are counted, answered with a
 //! Reset where a header was readable, and never panic.
 
-use super::block_client::client_held;
 use super::block_server::BlockServer;
 use super::blockwise::HeldBytes;
 use super::cluster::Cluster;
 use super::cx::Ids;
 use super::directory::Directory;
+use super::dm::client_held;
+use super::dm::DeviceManagement;
 use super::identity::PeerIdentity;
 use super::output::{Outputs, ShardMsg, Timer};
 use super::registrations::Registrations;
@@ -63,9 +64,9 @@ pub struct ShardCore {
     /// The registration interface's admission, locations, held Registers and replies.
     pub(super) regs: Registrations,
     pub(super) table: EndpointTable,
-    /// Object definitions that type values (the driver hands over a new snapshot
-    /// after a reload).
-    pub(super) registry: Arc<ObjectRegistry>,
+    /// Device management: commands, exchanges, queues, observations, block-wise
+    /// transfers of the gateway's requests.
+    pub(super) dm: DeviceManagement,
     /// The input's transport and identity.
     pub(super) security: InputSecurity,
     /// Message IDs, tokens and random numbers.
@@ -75,12 +76,22 @@ pub struct ShardCore {
     /// Block-wise server: request bodies devices are sending, our responses sent in
     /// blocks (RFC 7959).
     pub(super) blocks: BlockServer,
-    /// Bytes held by block-wise state, both directions (the server's and the
-    /// transfers of commands).
-    pub(super) block_held: HeldBytes,
     /// The time of the input being handled.
     pub(super) now: u64,
 }
+
+/// The environment device management works in (`dm::Env`), lent for one input.
+macro_rules! dm_env {
+    ($core:expr) => {
+        &mut super::dm::Env {
+            table: &mut $core.table,
+            cluster: &$core.cluster,
+            blocks: &$core.blocks,
+            security: &$core.security,
+        }
+    };
+}
+pub(super) use dm_env;
 
 /// The loan of one input to a machine (`cx.rs`): borrows only the fields it names,
 /// so the machine's own field can be borrowed beside it.
@@ -125,19 +136,18 @@ impl ShardCore {
             settings,
             cluster: Cluster::new(shard, dir),
             table: EndpointTable::new(),
-            registry: Arc::new(ObjectRegistry::empty()),
+            dm: DeviceManagement::new(block_held.clone()),
             ids: Ids::new(seed),
             stats: CoreStats::default(),
             out: Outputs::default(),
-            blocks: BlockServer::new(block_held.clone()),
-            block_held,
+            blocks: BlockServer::new(block_held),
             now: 0,
         }
     }
 
     /// Uses these object definitions to type values from now on.
     pub fn set_registry(&mut self, registry: Arc<ObjectRegistry>) {
-        self.registry = registry;
+        self.dm.set_registry(registry);
     }
 
     pub fn shard(&self) -> u16 {
@@ -150,6 +160,21 @@ impl ShardCore {
 
     pub fn settings(&self) -> &CoreSettings {
         &self.settings
+    }
+
+    /// Bytes block-wise state of this shard holds now.
+    pub fn blockwise_held_bytes(&self) -> u64 {
+        self.dm.held_bytes()
+    }
+
+    /// Partial request bodies devices are sending to this shard.
+    pub fn blockwise_partials(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Responses of ours stored for Block2 follow-ups.
+    pub fn blockwise_stored_replies(&self) -> usize {
+        self.blocks.replies()
     }
 
     /// The core's counters (the engine copies them out for `/metrics`).
@@ -187,11 +212,16 @@ impl ShardCore {
                 self.stats.pings += 1;
                 self.send_reset(peer, msg.mid);
                 if let Some(slot) = self.table.find_peer(&peer) {
-                    self.touch(now, slot);
+                    self.dm.touch(cx!(self), dm_env!(self), slot);
                 }
             }
-            MsgType::Con | MsgType::Non if msg.is_response() => self.on_response(now, peer, &msg),
-            MsgType::Ack | MsgType::Rst => self.on_ack_or_reset(now, peer, &msg),
+            MsgType::Con | MsgType::Non if msg.is_response() => {
+                self.dm.on_response(cx!(self), dm_env!(self), peer, &msg)
+            }
+            MsgType::Ack | MsgType::Rst => {
+                self.dm
+                    .on_ack_or_reset(cx!(self), dm_env!(self), peer, &msg)
+            }
             _ => {
                 // NON pings, requests and responses with odd codes.
                 self.stats.unmatched += 1;
@@ -236,10 +266,12 @@ impl ShardCore {
         match t {
             Timer::Retransmit { slot, token, inc } => {
                 if self.table.incarnation(slot) == inc {
-                    self.on_retransmit(now, slot, token)
+                    self.dm.on_retransmit(cx!(self), dm_env!(self), slot, token)
                 }
             }
-            Timer::QueueTtl { slot, token } => self.on_queue_ttl(slot, token),
+            Timer::QueueTtl { slot, token } => {
+                self.dm.on_queue_ttl(cx!(self), dm_env!(self), slot, token)
+            }
             Timer::BlockExpire { id } => self.blocks.on_expire(cx!(self), id),
             Timer::TakeoverTimeout { location } => {
                 if self.cluster.takeover_timed_out(now, location) {
@@ -274,7 +306,7 @@ impl ShardCore {
     /// A message from another shard's core, or a command the router resolved for this one.
     pub(super) fn handle_message(&mut self, now: u64, m: ShardMsg) {
         match m {
-            ShardMsg::Command(c) => self.handle_routed(now, c),
+            ShardMsg::Command(c) => self.dm.handle_routed(cx!(self), dm_env!(self), c),
             ShardMsg::Subscription {
                 change,
                 name,

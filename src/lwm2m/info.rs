@@ -112,7 +112,7 @@ impl ShardCore {
     fn discover_resources(&self, links_json: &[u8]) -> Vec<u8> {
         let mut copy = links_json.to_vec();
         let links: Vec<String> = simd_json::from_slice(&mut copy).unwrap_or_default();
-        let registry = self.registry.clone();
+        let registry = self.dm.registry();
         let mut out = Vec::with_capacity(links_json.len() * 2);
         out.push(b'[');
         let mut first = true;

@@ -22,6 +22,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::core::{cx, dm_env};
 use super::identity::PeerIdentity;
 use super::output::{AuthRequest, MqttOut, ShardMsg, Timer};
 use super::settings::CoreSettings;
@@ -99,13 +100,13 @@ impl ShardCore {
             Input::Timer(t) => self.handle_timer(now, t),
             Input::Shard(m) => self.handle_message(now, m),
             Input::ApiCommand { name, payload } => match self.table.find_name(name) {
-                Some(slot) => self.command_for(now, slot, payload),
+                Some(slot) => self.dm.command_for(cx!(self), dm_env!(self), slot, payload),
                 None => self.stats.commands_rejected += 1,
             },
             Input::AuthResult { ticket, allowed } => self.auth_result(now, ticket, allowed),
-            Input::Undelivered(m) => self.undelivered(m),
+            Input::Undelivered(m) => self.dm.undelivered(cx!(self), m),
             Input::Settings(s) => self.apply_settings(s),
-            Input::Registry(r) => self.registry = r,
+            Input::Registry(r) => self.dm.set_registry(r),
         }
     }
 

@@ -3,7 +3,6 @@
 //! clock, no threads here.
 
 pub mod admission;
-mod block_client;
 pub mod block_server;
 pub mod blockwise;
 mod cluster;

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use super::cluster::Elsewhere;
-use super::core::{cx, Removal, MAX_TOPIC_LEN};
+use super::core::{cx, dm_env, Removal, MAX_TOPIC_LEN};
 use super::directory::ClaimError;
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::output::{AuthRequest, MqttOut, Timer};
@@ -175,7 +175,7 @@ impl ShardCore {
         self.stats.registrations += 1;
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
-        self.auto_observe(now, slot);
+        self.dm.auto_observe(cx!(self), dm_env!(self), slot);
     }
 
     /// Holds a Register while the authentication server is asked (off this thread).
@@ -419,7 +419,7 @@ impl ShardCore {
         }
         self.reply_to_endpoint(now, slot, msg, codes::CHANGED);
         // The device is awake: send what waited for it.
-        self.touch(now, slot);
+        self.dm.touch(cx!(self), dm_env!(self), slot);
     }
 
     pub(super) fn remove_endpoint(&mut self, slot: u32, why: Removal) {
@@ -432,7 +432,7 @@ impl ShardCore {
             Removal::Kicked => "endpoint removed by the management API",
             Removal::Replaced { .. } => "endpoint registered again",
         };
-        self.finish_session(&mut ep, reason);
+        self.dm.finish_session(cx!(self), &mut ep, reason);
         // Replaced by a registration with the same mountpoint: that one owns the
         // route and the subscription now.
         let keep_sub = why

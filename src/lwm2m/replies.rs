@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use super::block_client::client_held;
 use super::core::{cx, route_of, Route};
+use super::dm::client_held;
 use super::endpoint::{Endpoint, LastReply};
 use super::ShardCore;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};

@@ -135,13 +135,6 @@ impl ShardCore {
             .is_some_and(|e| e.secure)
     }
 
-    /// True when the current input may speak for `ep` as far as its transport
-    /// goes: plain CoAP for plain registrations, a DTLS identity allowed to act for
-    /// the name for DTLS ones.
-    pub(super) fn input_speaks_for(&self, ep: &super::endpoint::Endpoint) -> bool {
-        !ep.secure || self.identity_may_act(&ep.name, true).is_ok()
-    }
-
     /// May the current input's DTLS identity act for endpoint `name`?
     pub(super) fn identity_may_act(
         &self,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::cluster::Adoption;
-use super::core::{cx, Removal};
+use super::core::{cx, dm_env, Removal};
 use super::endpoint::Endpoint;
 use super::identity::PeerIdentity;
 use super::output::{ShardMsg, Timer};
@@ -126,7 +126,8 @@ impl ShardCore {
                 // message; the name (if anyone holds it) stays with the newer
                 // registration, which also owns the subscription.
                 let mut stale = *endpoint;
-                self.finish_session(&mut stale, "endpoint registered again");
+                self.dm
+                    .finish_session(cx!(self), &mut stale, "endpoint registered again");
                 if superseded {
                     self.cluster.forget_superseded(cx!(self), &stale);
                 }
@@ -154,7 +155,7 @@ impl ShardCore {
                 let slot = self.table.insert(*endpoint);
                 let gen = self.table.generation(slot);
                 self.out.timers.push((expires, Timer::Expire { slot, gen }));
-                self.rearm_session(now, slot);
+                self.dm.rearm_session(cx!(self), dm_env!(self), slot);
             }
         }
         // With the identity it arrived with: an Update over the new DTLS

@@ -6,11 +6,17 @@
 
 use super::*;
 
-impl ShardCore {
+impl DeviceManagement {
     /// A command an MQTT application published, its endpoint resolved by the router.
     /// `arrival` carries its MQTT 5 message expiry and, when another shard forwarded it,
     /// when the gateway first took it.
-    pub(in crate::lwm2m) fn handle_routed(&mut self, now: u64, c: RoutedCommand) {
+    pub(in crate::lwm2m) fn handle_routed(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        c: RoutedCommand,
+    ) {
+        let now = cx.now;
         let RoutedCommand {
             to,
             payload,
@@ -21,8 +27,8 @@ impl ShardCore {
             at_ms: Some(arrival.at_ms.unwrap_or(now)),
             ..arrival
         };
-        let Some(slot) = self.table.find_name(&to.endpoint) else {
-            if let Some(shard) = self.cluster.holder_elsewhere(&to.endpoint) {
+        let Some(slot) = env.table.find_name(&to.endpoint) else {
+            if let Some(shard) = env.cluster.holder_elsewhere(&to.endpoint) {
                 if hops < MAX_HOPS {
                     let forward = RoutedCommand {
                         to,
@@ -30,36 +36,37 @@ impl ShardCore {
                         hops: hops + 1,
                         arrival,
                     };
-                    self.out.to_shards.push((shard, ShardMsg::Command(forward)));
+                    cx.out.to_shards.push((shard, ShardMsg::Command(forward)));
                     return;
                 }
             }
             let error = format!("unknown endpoint {:?}: not registered", to.endpoint);
-            self.stats.commands_rejected += 1;
-            let echo = self.answer_unrouted(&to, payload, codes::BAD_REQUEST, &error);
-            self.stats.ended(msg_type_op(&echo), Outcome::Rejected);
+            cx.stats.commands_rejected += 1;
+            let echo = self.answer_unrouted(cx, &to, payload, codes::BAD_REQUEST, &error);
+            cx.stats.ended(msg_type_op(&echo), Outcome::Rejected);
             return;
         };
-        self.command_at(now, slot, payload, arrival);
+        self.command_at(cx, env, slot, payload, arrival);
     }
 
     /// A message this shard sent that no mailbox would take: a command it was forwarding
     /// to the shard holding its endpoint (too many cross-shard messages waiting, or that
     /// shard is gone) is answered at once with a 5.03 error, like one the router cannot
     /// deliver; anything else is dropped (its sender recovers: a takeover is asked again).
-    pub(in crate::lwm2m) fn undelivered(&mut self, m: ShardMsg) {
+    pub(in crate::lwm2m) fn undelivered(&mut self, cx: &mut Cx<'_>, m: ShardMsg) {
         let ShardMsg::Command(c) = m else {
             return;
         };
-        self.stats.commands_shed += 1;
+        cx.stats.commands_shed += 1;
         let echo = self.answer_unrouted(
+            cx,
             &c.to,
             c.payload,
             codes::SERVICE_UNAVAILABLE,
             "gateway overloaded: the command was not processed (too many messages waiting \
              between the gateway's shards); retry later",
         );
-        self.stats.ended(msg_type_op(&echo), Outcome::Shed);
+        cx.stats.ended(msg_type_op(&echo), Outcome::Shed);
     }
 
     /// Answers a command that reaches no endpoint here with `code` and `error`, on the
@@ -67,6 +74,7 @@ impl ShardCore {
     /// it); returns the command's echo.
     pub(in crate::lwm2m) fn answer_unrouted(
         &mut self,
+        cx: &mut Cx<'_>,
         to: &Resolved,
         mut payload: Vec<u8>,
         code: u8,
@@ -81,30 +89,38 @@ impl ShardCore {
         };
         let mut body = Vec::with_capacity(160);
         dm_json::error(&mut body, &echo, code, error);
-        let topic = format!("{}{}", to.mountpoint, self.settings.response.topic);
+        let topic = format!("{}{}", to.mountpoint, cx.settings.response.topic);
         self.publish(
+            cx,
             name_hash(&to.endpoint),
             topic,
             body,
-            self.settings.response.qos,
+            cx.settings.response.qos,
         );
         echo
     }
 
     /// A command for the endpoint in `slot` (parsed here), from the management API.
-    pub(in crate::lwm2m) fn command_for(&mut self, now: u64, slot: u32, payload: Vec<u8>) {
-        self.command_at(now, slot, payload, Arrival::default());
+    pub(in crate::lwm2m) fn command_for(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        payload: Vec<u8>,
+    ) {
+        self.command_at(cx, env, slot, payload, Arrival::default());
     }
 
     pub(in crate::lwm2m) fn command_at(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         payload: Vec<u8>,
         arrival: Arrival,
     ) {
         let registry = self.registry.clone();
-        let Some(ep) = self.table.get(slot) else {
+        let Some(ep) = env.table.get(slot) else {
             return;
         };
         let enc = Encoding {
@@ -112,11 +128,11 @@ impl ShardCore {
         };
         let mut buf = payload;
         match command::parse(&mut buf, &*registry, enc) {
-            Ok(cmd) => self.submit(now, slot, cmd, false, arrival),
+            Ok(cmd) => self.submit(cx, env, slot, cmd, false, arrival),
             Err(e) => {
-                self.stats.commands_rejected += 1;
-                self.stats.ended(msg_type_op(&e.echo), Outcome::Rejected);
-                self.publish_error(slot, &e.echo, codes::BAD_REQUEST, &e.error);
+                cx.stats.commands_rejected += 1;
+                cx.stats.ended(msg_type_op(&e.echo), Outcome::Rejected);
+                self.publish_error(cx, env, slot, &e.echo, codes::BAD_REQUEST, &e.error);
             }
         }
     }
@@ -125,32 +141,34 @@ impl ShardCore {
     /// earlier of its MQTT message expiry and, for a queue-mode device, `queue.default_ttl`.
     pub(in crate::lwm2m) fn submit(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         mut cmd: Command,
         auto: bool,
         arrival: Arrival,
     ) {
+        let now = cx.now;
         cmd.received_ms = now;
-        self.stats.commands += 1;
-        self.stats.commands_by_op[cmd.op.index()] += 1;
-        let token = self.fresh_token();
-        let awake = self.is_awake(slot, now);
-        let nstart = self.settings.nstart;
-        let max_queued = self.settings.max_queued;
-        let ttl = self.settings.queue_ttl_ms;
-        let Some(ep) = self.table.get_mut(slot) else {
+        cx.stats.commands += 1;
+        cx.stats.commands_by_op[cmd.op.index()] += 1;
+        let token = cx.ids.token();
+        let awake = self.is_awake(cx, env, slot, now);
+        let nstart = cx.settings.nstart;
+        let max_queued = cx.settings.max_queued;
+        let ttl = cx.settings.queue_ttl_ms;
+        let Some(ep) = env.table.get_mut(slot) else {
             return;
         };
         ep.counters.commands = ep.counters.commands.wrapping_add(1);
         if ep.session_lost && cmd.bypass_queue {
             // Nothing goes to a DTLS registration in plain text, and there is no
             // session to encrypt with: a command that may not wait fails now.
-            self.stats.commands_rejected += 1;
-            self.stats.ended(Some(cmd.op), Outcome::Rejected);
+            cx.stats.commands_rejected += 1;
+            cx.stats.ended(Some(cmd.op), Outcome::Rejected);
             let msg =
                 "the device's DTLS session ended; a command with mheaders.ttl = 0 is not queued";
-            self.publish_error(slot, &cmd.echo, codes::SERVICE_UNAVAILABLE, msg);
+            self.publish_error(cx, env, slot, &cmd.echo, codes::SERVICE_UNAVAILABLE, msg);
             return;
         }
         // The default time to live is for commands held for a sleeping device, or
@@ -170,19 +188,19 @@ impl ShardCore {
         };
         let can_send = session.inflight.len() < nstart;
         if can_send && (q.cmd.bypass_queue || (awake && session.queue.is_empty())) {
-            self.dispatch(now, slot, q);
+            self.dispatch(cx, env, slot, q);
             return;
         }
         if deadline.is_some_and(|d| now >= d.at_ms) {
-            self.expire_queued(now, slot, q);
+            self.expire_queued(cx, env, now, slot, q);
             return;
         }
         if session.queue.len() >= max_queued {
-            self.stats.queue_overflows += 1;
-            self.stats.ended(Some(q.cmd.op), Outcome::QueueFull);
+            cx.stats.queue_overflows += 1;
+            cx.stats.ended(Some(q.cmd.op), Outcome::QueueFull);
             let echo = q.cmd.echo;
             let msg = format!("command queue of this device is full ({max_queued} commands)");
-            self.publish_error(slot, &echo, codes::SERVICE_UNAVAILABLE, &msg);
+            self.publish_error(cx, env, slot, &echo, codes::SERVICE_UNAVAILABLE, &msg);
             return;
         }
         if q.cmd.bypass_queue {
@@ -197,18 +215,19 @@ impl ShardCore {
         } else {
             session.queue.push_back(q);
         }
-        self.stats.commands_waiting += 1;
+        cx.stats.commands_waiting += 1;
         if let Some(d) = deadline {
-            self.out
+            cx.out
                 .timers
                 .push((d.at_ms, Timer::QueueTtl { slot, token }));
         }
     }
 
     /// Observations `auto_observe` asks for after a registration.
-    pub(in crate::lwm2m) fn auto_observe(&mut self, now: u64, slot: u32) {
+    pub(in crate::lwm2m) fn auto_observe(&mut self, cx: &mut Cx<'_>, env: &mut Env<'_>, slot: u32) {
+        let now = cx.now;
         let paths: Vec<LwPath> = {
-            let Some(ep) = self.table.get(slot) else {
+            let Some(ep) = env.table.get(slot) else {
                 return;
             };
             let registered: Vec<LwPath> = ep
@@ -218,7 +237,7 @@ impl ShardCore {
                 .split(',')
                 .filter_map(|p| LwPath::parse(p).ok())
                 .collect();
-            match &self.settings.auto_observe {
+            match &cx.settings.auto_observe {
                 AutoObserveSet::Off => return,
                 AutoObserveSet::All => registered
                     .into_iter()
@@ -253,7 +272,7 @@ impl ShardCore {
                 bypass_queue: false,
                 received_ms: now,
             };
-            self.submit(now, slot, cmd, true, Arrival::default());
+            self.submit(cx, env, slot, cmd, true, Arrival::default());
         }
     }
 }

@@ -4,17 +4,24 @@
 
 use super::*;
 
-impl ShardCore {
+impl DeviceManagement {
     /// Builds and sends the CoAP request of a command.
-    pub(in crate::lwm2m) fn dispatch(&mut self, now: u64, slot: u32, q: Queued) {
-        let inc = self.table.incarnation(slot);
-        if self.block1_oversize(slot, &q.cmd) {
+    pub(in crate::lwm2m) fn dispatch(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        q: Queued,
+    ) {
+        let now = cx.now;
+        let inc = env.table.incarnation(slot);
+        if self.block1_oversize(cx, env, slot, &q.cmd) {
             return;
         }
-        let mid = self.fresh_mid();
-        let timeout = self.initial_timeout();
+        let mid = cx.ids.mid();
+        let timeout = self.initial_timeout(cx);
         let registry = self.registry.clone();
-        let Some(ep) = self.table.get_mut(slot) else {
+        let Some(ep) = env.table.get_mut(slot) else {
             return;
         };
         let mut token = q.token;
@@ -29,13 +36,9 @@ impl ShardCore {
         let mut datagram = Vec::with_capacity(64 + q.cmd.payload.as_ref().map_or(0, |p| p.1.len()));
         write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
         // A body larger than a block goes out as Block1 blocks (block 0 now).
-        let block = crate::lwm2m::block_client::first_block1(
-            &self.settings,
-            &self.block_held,
-            &mut datagram,
-            token,
-        );
-        self.stats.blocks_sent += block.is_some() as u64;
+        let block =
+            super::block_client::first_block1(cx.settings, &self.held, &mut datagram, token);
+        cx.stats.blocks_sent += block.is_some() as u64;
         let peer = ep.peer;
         ep.counters.sent = ep.counters.sent.wrapping_add(1);
         let session = ep.session.get_or_insert_with(Default::default);
@@ -52,28 +55,35 @@ impl ShardCore {
             block,
         });
         let ex = session.inflight.last().expect("pushed");
-        self.stats.datagrams_out += 1;
-        self.stats.requests_sent += 1;
+        cx.stats.datagrams_out += 1;
+        cx.stats.requests_sent += 1;
         let bytes = &ex.datagram;
-        self.out.datagram(peer, |b| b.extend_from_slice(bytes));
-        self.out
+        cx.out.datagram(peer, |b| b.extend_from_slice(bytes));
+        cx.out
             .timers
             .push((now + timeout, Timer::Retransmit { slot, token, inc }));
     }
 
     /// ACK_TIMEOUT scaled by a random factor in [1, ACK_RANDOM_FACTOR).
-    pub(in crate::lwm2m) fn initial_timeout(&mut self) -> u64 {
-        let r = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
-        let f = 1.0 + r * (self.settings.ack_random_factor - 1.0).max(0.0);
-        (self.settings.ack_timeout_ms as f64 * f) as u64
+    pub(in crate::lwm2m) fn initial_timeout(&mut self, cx: &mut Cx<'_>) -> u64 {
+        let r = (cx.ids.random() >> 11) as f64 / (1u64 << 53) as f64;
+        let f = 1.0 + r * (cx.settings.ack_random_factor - 1.0).max(0.0);
+        (cx.settings.ack_timeout_ms as f64 * f) as u64
     }
 
     /// A retransmission (or separate-response) timer of an exchange came due.
-    pub(in crate::lwm2m) fn on_retransmit(&mut self, now: u64, slot: u32, token: u32) {
-        let inc = self.table.incarnation(slot);
-        let max = self.settings.max_retransmit;
-        let lifetime = self.settings.exchange_lifetime_ms;
-        let Some(ep) = self.table.get_mut(slot) else {
+    pub(in crate::lwm2m) fn on_retransmit(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        token: u32,
+    ) {
+        let now = cx.now;
+        let inc = env.table.incarnation(slot);
+        let max = cx.settings.max_retransmit;
+        let lifetime = cx.settings.exchange_lifetime_ms;
+        let Some(ep) = env.table.get_mut(slot) else {
             return;
         };
         let peer = ep.peer;
@@ -88,7 +98,7 @@ impl ShardCore {
             // A retransmission timer armed before the empty ACK: the separate
             // response has until the ACK's time plus EXCHANGE_LIFETIME.
             let at = ex.acked_ms + lifetime;
-            self.out
+            cx.out
                 .timers
                 .push((at, Timer::Retransmit { slot, token, inc }));
             return;
@@ -98,53 +108,55 @@ impl ShardCore {
             ex.timeout_ms *= 2;
             let at = now + ex.timeout_ms;
             let bytes = &ex.datagram;
-            self.stats.retransmissions += 1;
-            self.stats.datagrams_out += 1;
-            self.out.datagram(peer, |b| b.extend_from_slice(bytes));
-            self.out
+            cx.stats.retransmissions += 1;
+            cx.stats.datagrams_out += 1;
+            cx.out.datagram(peer, |b| b.extend_from_slice(bytes));
+            cx.out
                 .timers
                 .push((at, Timer::Retransmit { slot, token, inc }));
             return;
         }
         let _ = lifetime;
         let ex = session.inflight.swap_remove(i);
-        self.stats.timeouts += 1;
-        self.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
-        self.publish_event(slot, &ex.cmd.echo, "coap_timeout");
-        self.pump_queue(now, slot);
+        cx.stats.timeouts += 1;
+        cx.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
+        self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_timeout");
+        self.pump_queue(cx, env, slot);
     }
 
     /// An ACK or RST from `peer`: matches an exchange by message ID.
     pub(in crate::lwm2m) fn on_ack_or_reset(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         peer: SocketAddr,
         msg: &Message<'_>,
     ) {
-        let lifetime = self.settings.exchange_lifetime_ms;
-        let Some(slot) = self.table.find_peer(&peer) else {
-            self.stats.unmatched += 1;
+        let now = cx.now;
+        let lifetime = cx.settings.exchange_lifetime_ms;
+        let Some(slot) = env.table.find_peer(&peer) else {
+            cx.stats.unmatched += 1;
             return;
         };
-        let found = self
+        let found = env
             .table
             .get(slot)
             .and_then(|e| e.session.as_ref())
             .and_then(|s| s.exchange_by_mid(msg.mid));
         let Some(i) = found else {
-            self.stats.unmatched += 1;
+            cx.stats.unmatched += 1;
             return;
         };
-        self.touch(now, slot);
-        let inc = self.table.incarnation(slot);
-        let session = self.session_mut(slot);
+        self.touch(cx, env, slot);
+        let inc = env.table.incarnation(slot);
+        let session = Self::session_mut(env.table, slot);
         let ex = &mut session.inflight[i];
         if msg.mtype == MsgType::Rst {
             let ex = session.inflight.swap_remove(i);
-            self.stats.resets_received += 1;
-            self.stats.ended(Some(ex.cmd.op), Outcome::Reset);
-            self.publish_event(slot, &ex.cmd.echo, "coap_reset");
-            self.pump_queue(now, slot);
+            cx.stats.resets_received += 1;
+            cx.stats.ended(Some(ex.cmd.op), Outcome::Reset);
+            self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_reset");
+            self.pump_queue(cx, env, slot);
             return;
         }
         if msg.is_empty() {
@@ -153,34 +165,41 @@ impl ShardCore {
                 ex.acked_ms = now;
                 let token = ex.token;
                 let echo = ex.cmd.echo.clone();
-                self.out
+                cx.out
                     .timers
                     .push((now + lifetime, Timer::Retransmit { slot, token, inc }));
-                self.publish_event(slot, &echo, "ack");
+                self.publish_event(cx, env, slot, &echo, "ack");
             }
             return;
         }
         if token_of(msg) != Some(ex.token) {
-            self.stats.unmatched += 1;
+            cx.stats.unmatched += 1;
             return;
         }
         let ex = session.inflight.swap_remove(i);
-        self.complete(now, slot, ex, msg);
+        self.complete(cx, env, slot, ex, msg);
     }
 
     /// A CON or NON response from `peer`: a separate response or a notification.
-    pub(in crate::lwm2m) fn on_response(&mut self, now: u64, peer: SocketAddr, msg: &Message<'_>) {
-        let lifetime = self.settings.exchange_lifetime_ms;
-        let Some(slot) = self.table.find_peer(&peer) else {
-            self.stats.unmatched += 1;
+    pub(in crate::lwm2m) fn on_response(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        peer: SocketAddr,
+        msg: &Message<'_>,
+    ) {
+        let now = cx.now;
+        let lifetime = cx.settings.exchange_lifetime_ms;
+        let Some(slot) = env.table.find_peer(&peer) else {
+            cx.stats.unmatched += 1;
             if msg.mtype == MsgType::Con {
-                self.send_empty(peer, MsgType::Rst, msg.mid);
+                self.send_empty(cx, peer, MsgType::Rst, msg.mid);
             }
             return;
         };
         let token = token_of(msg);
         let (exchange, observation, acked_before) =
-            match self.table.get(slot).and_then(|e| e.session.as_ref()) {
+            match env.table.get(slot).and_then(|e| e.session.as_ref()) {
                 Some(s) => {
                     let observation = token.and_then(|t| s.observation_by_token(t));
                     // A cancel-observe carries its observation's token. RFC 7641 §3.6: its
@@ -201,44 +220,46 @@ impl ShardCore {
         if acked_before && exchange.is_none() {
             // A retransmission of a CON response or notification we acknowledged (its
             // exchange or observation may be over by now): RFC 7252 §4.5, acknowledge again.
-            self.touch(now, slot);
-            self.send_empty(peer, MsgType::Ack, msg.mid);
-            self.stats.duplicates += 1;
+            self.touch(cx, env, slot);
+            self.send_empty(cx, peer, MsgType::Ack, msg.mid);
+            cx.stats.duplicates += 1;
             return;
         }
         if exchange.is_none() && observation.is_none() {
             // RFC 7641 §3.6: reject a notification nobody is interested in.
-            self.stats.unmatched += 1;
-            self.send_empty(peer, MsgType::Rst, msg.mid);
+            cx.stats.unmatched += 1;
+            self.send_empty(cx, peer, MsgType::Rst, msg.mid);
             return;
         }
-        self.touch(now, slot);
+        self.touch(cx, env, slot);
         if msg.mtype == MsgType::Con {
-            let dup = self.session_mut(slot).seen_mid(msg.mid, now, lifetime);
-            self.send_empty(peer, MsgType::Ack, msg.mid);
+            let dup = Self::session_mut(env.table, slot).seen_mid(msg.mid, now, lifetime);
+            self.send_empty(cx, peer, MsgType::Ack, msg.mid);
             if dup {
-                self.stats.duplicates += 1;
+                cx.stats.duplicates += 1;
                 return;
             }
         }
         if let Some(i) = exchange {
-            let ex = self.session_mut(slot).inflight.swap_remove(i);
-            self.complete(now, slot, ex, msg);
+            let ex = Self::session_mut(env.table, slot).inflight.swap_remove(i);
+            self.complete(cx, env, slot, ex, msg);
         } else if let Some(i) = observation {
-            self.notification(now, slot, i, msg);
+            self.notification(cx, env, slot, i, msg);
         }
     }
 
     /// The final response of an exchange.
     pub(in crate::lwm2m) fn complete(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         ex: Exchange,
         msg: &Message<'_>,
     ) {
+        let now = cx.now;
         // A step of a block-wise transfer, or its reassembled final response.
-        let Some((ex, whole)) = self.block_response(now, slot, ex, msg) else {
+        let Some((ex, whole)) = self.block_response(cx, env, slot, ex, msg) else {
             return;
         };
         let parsed;
@@ -249,15 +270,15 @@ impl ShardCore {
             }
             _ => msg,
         };
-        self.stats.responses += 1;
+        cx.stats.responses += 1;
         let content = self.render_content(slot, &ex.cmd, msg);
         let op = ex.cmd.op;
-        self.stats.ended(Some(op), Outcome::Response);
+        cx.stats.ended(Some(op), Outcome::Response);
         let mut body = Vec::with_capacity(128);
         let location = location_of(msg);
         let mut extra: Vec<(&str, &str)> =
             location.iter().map(|l| ("location", l.as_str())).collect();
-        let notes = crate::lwm2m::block_client::response_notes(&self.settings, msg);
+        let notes = super::block_client::response_notes(cx.settings, msg);
         extra.extend(notes.iter().map(|(k, v)| (*k, v.as_str())));
         dm_json::result(
             &mut body,
@@ -268,11 +289,11 @@ impl ShardCore {
             content.as_deref(),
             &extra,
         );
-        self.publish_to(slot, Topic::Response, body);
-        self.stats
+        self.publish_to(cx, env, slot, Topic::Response, body);
+        cx.stats
             .command_rtt
             .observe(now.saturating_sub(ex.cmd.received_ms));
-        let session = self.session_mut(slot);
+        let session = Self::session_mut(env.table, slot);
         if let (Op::Read | Op::Discover, Some(path)) = (op, ex.cmd.echo.req_path.as_deref()) {
             session.remember(LastResult {
                 op,
@@ -306,6 +327,6 @@ impl ShardCore {
             }
             _ => {}
         }
-        self.pump_queue(now, slot);
+        self.pump_queue(cx, env, slot);
     }
 }

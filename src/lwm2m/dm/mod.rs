@@ -13,19 +13,29 @@
 //! A sleeping queue-mode device gets its commands when it next speaks; every
 //! command ends in exactly one final message on MQTT.
 
+use super::block_server::BlockServer;
+use super::blockwise::HeldBytes;
+use super::cluster::Cluster;
 use super::command::{self, Arrival, Command, Echo, Encoding, Op};
+use super::cx::Cx;
 use super::dm_json;
 use super::endpoint::Endpoint;
 use super::output::{MqttOut, ShardMsg, Timer};
 use super::publish::name_hash;
 use super::routing::{Resolved, RoutedCommand};
+use super::security::InputSecurity;
 use super::session::{
     is_fresh, Deadline, Exchange, LastResult, Observation, Queued, Session, RESULT_CONTENT_MAX,
 };
+use super::settings::CoreSettings;
 use super::settings::{AutoObserveSet, MANAGEMENT_OBJECTS};
 use super::stats::Outcome;
-use super::ShardCore;
+use super::table::EndpointTable;
+use crate::objects::ObjectRegistry;
+use std::sync::Arc;
 
+mod block_client;
+pub(super) use block_client::{client_held, Transfer};
 mod commands;
 mod exchanges;
 mod notify;
@@ -38,45 +48,126 @@ use std::net::SocketAddr;
 /// Forwarding hops a command may take between shards (an endpoint moving twice).
 pub(super) const MAX_HOPS: u8 = 2;
 
-impl ShardCore {
-    pub(super) fn session_mut(&mut self, slot: u32) -> &mut Session {
-        self.table
+/// Device management: the gateway as CoAP client of its devices. Its state is the
+/// object definitions that type values and the block-wise bytes its transfers hold; the
+/// sessions (exchanges, queue, observations) live on their endpoints, which the core lends
+/// with the rest of the machine's environment ([`Env`]) for each input.
+pub(super) struct DeviceManagement {
+    /// Object definitions that type values (a new snapshot after a reload).
+    registry: Arc<ObjectRegistry>,
+    /// Bytes held by block-wise state (one count with the block-wise server).
+    held: HeldBytes,
+}
+
+/// What device management works on besides its own state, lent for one input: the
+/// endpoints, and what the other machines say (which shard holds a name, what the
+/// block-wise server holds for an address, what the input's identity may do).
+pub(super) struct Env<'a> {
+    pub table: &'a mut EndpointTable,
+    pub cluster: &'a Cluster,
+    pub blocks: &'a BlockServer,
+    pub security: &'a InputSecurity,
+}
+
+impl Env<'_> {
+    /// True when the current input may speak for `ep` as far as its transport goes:
+    /// plain CoAP for plain registrations, a DTLS identity allowed to act for the name
+    /// for DTLS ones.
+    pub fn speaks_for(&self, s: &CoreSettings, ep: &Endpoint) -> bool {
+        !ep.secure || self.security.may_act(s, &ep.name, true).is_ok()
+    }
+}
+
+impl DeviceManagement {
+    pub fn new(held: HeldBytes) -> Self {
+        DeviceManagement {
+            registry: Arc::new(ObjectRegistry::empty()),
+            held,
+        }
+    }
+
+    /// Uses these object definitions to type values from now on.
+    pub fn set_registry(&mut self, registry: Arc<ObjectRegistry>) {
+        self.registry = registry;
+    }
+
+    /// The object definitions in use.
+    pub fn registry(&self) -> &ObjectRegistry {
+        &self.registry
+    }
+
+    /// Bytes block-wise state of the shard holds now (both directions).
+    pub fn held_bytes(&self) -> u64 {
+        self.held.get()
+    }
+
+    pub(super) fn session_mut(table: &mut EndpointTable, slot: u32) -> &mut Session {
+        table
             .get_mut(slot)
             .expect("live slot")
             .session
             .get_or_insert_with(Default::default)
     }
 
-    pub(super) fn publish_error(&mut self, slot: u32, echo: &Echo, code: u8, error: &str) {
+    pub(super) fn publish_error(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        echo: &Echo,
+        code: u8,
+        error: &str,
+    ) {
         let mut body = Vec::with_capacity(96);
         dm_json::error(&mut body, echo, code, error);
-        self.publish_to(slot, Topic::Response, body);
+        self.publish_to(cx, env, slot, Topic::Response, body);
     }
 
-    pub(super) fn publish_event(&mut self, slot: u32, echo: &Echo, kind: &str) {
+    pub(super) fn publish_event(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        echo: &Echo,
+        kind: &str,
+    ) {
         let mut body = Vec::with_capacity(96);
         dm_json::event(&mut body, echo, kind);
-        self.publish_to(slot, Topic::Response, body);
+        self.publish_to(cx, env, slot, Topic::Response, body);
     }
 
-    pub(super) fn publish_to(&mut self, slot: u32, t: Topic, body: Vec<u8>) {
-        let Some(ep) = self.table.get(slot) else {
+    pub(super) fn publish_to(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        t: Topic,
+        body: Vec<u8>,
+    ) {
+        let Some(ep) = env.table.get(slot) else {
             return;
         };
         let tr = match t {
-            Topic::Response => &self.settings.response,
-            Topic::Notify => &self.settings.notify,
+            Topic::Response => &cx.settings.response,
+            Topic::Notify => &cx.settings.notify,
         };
         let mut topic = String::with_capacity(ep.mountpoint.len() + tr.topic.len());
         topic.push_str(&ep.mountpoint);
         topic.push_str(&tr.topic);
         let (lane, qos) = (ep.lane, tr.qos);
-        self.publish(lane, topic, body, qos);
+        self.publish(cx, lane, topic, body, qos);
     }
 
-    pub(super) fn publish(&mut self, lane: u32, topic: String, payload: Vec<u8>, qos: u8) {
-        self.stats.published += 1;
-        self.out.mqtt.push(MqttOut::Publish {
+    pub(super) fn publish(
+        &mut self,
+        cx: &mut Cx<'_>,
+        lane: u32,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+    ) {
+        cx.stats.published += 1;
+        cx.out.mqtt.push(MqttOut::Publish {
             lane,
             topic,
             payload,
@@ -84,19 +175,11 @@ impl ShardCore {
         });
     }
 
-    pub(super) fn send_empty(&mut self, peer: SocketAddr, t: MsgType, mid: u16) {
-        self.stats.datagrams_out += 1;
-        self.out.datagram(peer, |b| {
+    pub(super) fn send_empty(&mut self, cx: &mut Cx<'_>, peer: SocketAddr, t: MsgType, mid: u16) {
+        cx.stats.datagrams_out += 1;
+        cx.out.datagram(peer, |b| {
             MessageWriter::new(b, t, codes::EMPTY, mid, &[]).finish()
         });
-    }
-
-    pub(super) fn fresh_token(&mut self) -> u32 {
-        self.ids.token()
-    }
-
-    pub(super) fn next_random(&mut self) -> u64 {
-        self.ids.random()
     }
 }
 

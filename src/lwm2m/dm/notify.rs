@@ -4,20 +4,22 @@
 
 use super::*;
 
-impl ShardCore {
+impl DeviceManagement {
     pub(in crate::lwm2m) fn notification(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         i: usize,
         msg: &Message<'_>,
     ) {
+        let now = cx.now;
         let seq = msg.option_uint(opt::OBSERVE);
-        let session = self.session_mut(slot);
+        let session = Self::session_mut(env.table, slot);
         let obs = &mut session.observations[i];
         if let Some(s) = seq {
             if !is_fresh(obs.last_seq, obs.last_ms, s, now) {
-                self.stats.stale_notifications += 1;
+                cx.stats.stale_notifications += 1;
                 return;
             }
             obs.last_seq = Some(s);
@@ -29,12 +31,12 @@ impl ShardCore {
         } else {
             session.observations[i].cmd.clone()
         };
-        if self.block_notification(now, slot, &cmd, seq, msg) {
+        if self.block_notification(cx, env, slot, &cmd, seq, msg) {
             // Published once the remaining blocks are fetched.
             return;
         }
-        self.stats.notifications += 1;
-        if let Some(ep) = self.table.get_mut(slot) {
+        cx.stats.notifications += 1;
+        if let Some(ep) = env.table.get_mut(slot) {
             ep.counters.notifications = ep.counters.notifications.wrapping_add(1);
         }
         let content = self.render_content(slot, &cmd, msg);
@@ -47,12 +49,12 @@ impl ShardCore {
             seq,
             msg.code,
             content.as_deref(),
-            &crate::lwm2m::block_client::response_notes(&self.settings, msg)
+            &super::block_client::response_notes(cx.settings, msg)
                 .iter()
                 .map(|(k, v)| (*k, v.as_str()))
                 .collect::<Vec<_>>(),
         );
-        self.publish_to(slot, Topic::Notify, body);
+        self.publish_to(cx, env, slot, Topic::Notify, body);
     }
 
     /// The `content` array of a response, or None when it has none.

@@ -5,18 +5,19 @@
 
 use super::*;
 
-impl ShardCore {
+impl DeviceManagement {
     /// Sends queued commands while the device is reachable and NSTART allows.
-    pub(in crate::lwm2m) fn pump_queue(&mut self, now: u64, slot: u32) {
-        let awake = self.is_awake(slot, now);
+    pub(in crate::lwm2m) fn pump_queue(&mut self, cx: &mut Cx<'_>, env: &mut Env<'_>, slot: u32) {
+        let now = cx.now;
+        let awake = self.is_awake(cx, env, slot, now);
         loop {
-            let Some(ep) = self.table.get_mut(slot) else {
+            let Some(ep) = env.table.get_mut(slot) else {
                 return;
             };
             let Some(session) = ep.session.as_mut() else {
                 return;
             };
-            if session.inflight.len() >= self.settings.nstart {
+            if session.inflight.len() >= cx.settings.nstart {
                 return;
             }
             let bypass = session.queue.front().is_some_and(|q| q.cmd.bypass_queue);
@@ -26,33 +27,46 @@ impl ShardCore {
             let Some(q) = session.queue.pop_front() else {
                 return;
             };
-            self.stats.unqueued(1);
+            cx.stats.unqueued(1);
             if q.deadline.is_some_and(|d| now >= d.at_ms) {
-                self.expire_queued(now, slot, q);
+                self.expire_queued(cx, env, now, slot, q);
                 continue;
             }
-            self.dispatch(now, slot, q);
+            self.dispatch(cx, env, slot, q);
         }
     }
 
     /// A waiting command's deadline came: answered with an error saying which limit ran
     /// out and what the command was waiting for.
-    pub(in crate::lwm2m) fn expire_queued(&mut self, now: u64, slot: u32, q: Queued) {
-        self.stats.commands_expired += 1;
-        self.stats.ended(Some(q.cmd.op), Outcome::Expired);
-        let waiting = if self.is_awake(slot, now) {
+    pub(in crate::lwm2m) fn expire_queued(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        now: u64,
+        slot: u32,
+        q: Queued,
+    ) {
+        cx.stats.commands_expired += 1;
+        cx.stats.ended(Some(q.cmd.op), Outcome::Expired);
+        let waiting = if self.is_awake(cx, env, slot, now) {
             "while earlier commands to the device were in progress"
         } else {
             "while the device was sleeping"
         };
         let why = q.deadline.map(|d| d.describe()).unwrap_or_default();
         let msg = format!("command expired {waiting}: {why} before it could be sent");
-        self.publish_error(slot, &q.cmd.echo, codes::SERVICE_UNAVAILABLE, &msg);
+        self.publish_error(cx, env, slot, &q.cmd.echo, codes::SERVICE_UNAVAILABLE, &msg);
     }
 
     /// A queued command's deadline timer came due.
-    pub(in crate::lwm2m) fn on_queue_ttl(&mut self, slot: u32, token: u32) {
-        let Some(ep) = self.table.get_mut(slot) else {
+    pub(in crate::lwm2m) fn on_queue_ttl(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        token: u32,
+    ) {
+        let Some(ep) = env.table.get_mut(slot) else {
             return;
         };
         let Some(session) = ep.session.as_mut() else {
@@ -62,52 +76,65 @@ impl ShardCore {
             return;
         };
         let q = session.queue.remove(i).expect("position");
-        self.stats.unqueued(1);
+        cx.stats.unqueued(1);
         // The timer fires at the deadline: the device's state then picks the message.
         let at = q.deadline.map_or(0, |d| d.at_ms);
-        self.expire_queued(at, slot, q);
+        self.expire_queued(cx, env, at, slot, q);
     }
 
     /// The device spoke: it is reachable now (queue mode), send what waits.
-    pub(in crate::lwm2m) fn touch(&mut self, now: u64, slot: u32) {
+    pub(in crate::lwm2m) fn touch(&mut self, cx: &mut Cx<'_>, env: &mut Env<'_>, slot: u32) {
+        let now = cx.now;
         // A DTLS registration whose session ended is reachable again once a
         // session of an identity allowed to act for it speaks for it.
-        let revive = self
+        let revive = env
             .table
             .get(slot)
-            .is_some_and(|ep| ep.session_lost && self.input_speaks_for(ep));
-        if let Some(ep) = self.table.get_mut(slot) {
+            .is_some_and(|ep| ep.session_lost && env.speaks_for(cx.settings, ep));
+        if let Some(ep) = env.table.get_mut(slot) {
             if revive {
                 ep.session_lost = false;
             }
             ep.last_seen_ms = now;
             ep.counters.recv = ep.counters.recv.wrapping_add(1);
             if ep.session.as_ref().is_some_and(|s| !s.queue.is_empty()) {
-                self.pump_queue(now, slot);
+                self.pump_queue(cx, env, slot);
             }
         }
     }
 
-    pub(in crate::lwm2m) fn is_awake(&self, slot: u32, now: u64) -> bool {
-        match self.table.get(slot) {
+    /// Whether the device in `slot` is reachable at `now`.
+    pub(in crate::lwm2m) fn is_awake(
+        &self,
+        cx: &Cx<'_>,
+        env: &Env<'_>,
+        slot: u32,
+        now: u64,
+    ) -> bool {
+        match env.table.get(slot) {
             Some(ep) => {
                 !ep.session_lost
-                    && (!ep.queue_mode || now < ep.last_seen_ms + self.settings.qmode_window_ms)
+                    && (!ep.queue_mode || now < ep.last_seen_ms + cx.settings.qmode_window_ms)
             }
             None => false,
         }
     }
 
     /// Every command of a leaving endpoint gets its final message.
-    pub(in crate::lwm2m) fn finish_session(&mut self, ep: &mut Endpoint, why: &str) {
+    pub(in crate::lwm2m) fn finish_session(
+        &mut self,
+        cx: &mut Cx<'_>,
+        ep: &mut Endpoint,
+        why: &str,
+    ) {
         let Some(session) = ep.session.take() else {
             return;
         };
         let Session {
             queue, inflight, ..
         } = *session;
-        let topic = format!("{}{}", ep.mountpoint, self.settings.response.topic);
-        self.stats.unqueued(queue.len() as u64);
+        let topic = format!("{}{}", ep.mountpoint, cx.settings.response.topic);
+        cx.stats.unqueued(queue.len() as u64);
         for cmd in queue
             .into_iter()
             .map(|q| q.cmd)
@@ -116,16 +143,22 @@ impl ShardCore {
             let echo = cmd.echo;
             let mut body = Vec::new();
             dm_json::error(&mut body, &echo, codes::NOT_FOUND, why);
-            self.stats.commands_dropped += 1;
-            self.stats.ended(Some(cmd.op), Outcome::Dropped);
-            self.publish(ep.lane, topic.clone(), body, self.settings.response.qos);
+            cx.stats.commands_dropped += 1;
+            cx.stats.ended(Some(cmd.op), Outcome::Dropped);
+            self.publish(cx, ep.lane, topic.clone(), body, cx.settings.response.qos);
         }
     }
 
     /// After an endpoint moved here from another shard: re-arm its exchange timers.
-    pub(in crate::lwm2m) fn rearm_session(&mut self, now: u64, slot: u32) {
-        let inc = self.table.incarnation(slot);
-        let Some(session) = self.table.get(slot).and_then(|e| e.session.as_ref()) else {
+    pub(in crate::lwm2m) fn rearm_session(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+    ) {
+        let now = cx.now;
+        let inc = env.table.incarnation(slot);
+        let Some(session) = env.table.get(slot).and_then(|e| e.session.as_ref()) else {
             return;
         };
         let timers: Vec<(u64, Timer)> = session
@@ -152,6 +185,6 @@ impl ShardCore {
                 ))
             }))
             .collect();
-        self.out.timers.extend(timers);
+        cx.out.timers.extend(timers);
     }
 }

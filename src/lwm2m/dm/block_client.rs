@@ -25,18 +25,19 @@
 //! block matches nothing. The final answer is reported under the first token (an
 //! observation keeps it).
 
-use super::blockwise::{
+use super::{write_request, Topic};
+use super::{DeviceManagement, Env};
+use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use crate::lwm2m::blockwise::{
     count_limit, rebuild, size_of, szx_of, BlockLimit, Body, Charge, HeldBytes,
 };
-use super::command::{Command, Op};
-use super::dm::{write_request, Topic};
-use super::dm_json;
-use super::output::Timer;
-use super::session::Exchange;
-use super::settings::CoreSettings;
-use super::table::EndpointTable;
-use super::ShardCore;
-use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use crate::lwm2m::command::{Command, Op};
+use crate::lwm2m::cx::Cx;
+use crate::lwm2m::dm_json;
+use crate::lwm2m::output::Timer;
+use crate::lwm2m::session::Exchange;
+use crate::lwm2m::settings::CoreSettings;
+use crate::lwm2m::table::EndpointTable;
 use std::net::SocketAddr;
 
 /// Times a Block2 fetch starts over because the representation changed (ETag).
@@ -185,7 +186,7 @@ fn block2_datagram(t: &Transfer, f: &Fetch2, mid: u16, token: u32) -> Vec<u8> {
 /// Called with a request just written: when its body needs blocks, the transfer
 /// keeps the whole request (its body counted in `held`) and `datagram` becomes
 /// block 0. [`ShardCore::block1_oversize`] checked the caps before.
-pub(super) fn first_block1(
+pub(in crate::lwm2m) fn first_block1(
     s: &CoreSettings,
     held: &HeldBytes,
     datagram: &mut Vec<u8>,
@@ -232,7 +233,10 @@ fn lowered_szx(
 
 /// Members added to a response's MQTT message: the device's Size1 with a 4.13,
 /// and a flag when block-wise transfer is off and only a first block came.
-pub(super) fn response_notes(s: &CoreSettings, msg: &Message<'_>) -> Vec<(&'static str, String)> {
+pub(in crate::lwm2m) fn response_notes(
+    s: &CoreSettings,
+    msg: &Message<'_>,
+) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     if msg.code == codes::REQUEST_ENTITY_TOO_LARGE {
         if let Some(n) = msg.option_uint(opt::SIZE1) {
@@ -257,7 +261,7 @@ pub(super) fn response_notes(s: &CoreSettings, msg: &Message<'_>) -> Vec<(&'stat
 }
 
 /// Bytes the transfers of the commands of the endpoint in `slot` hold.
-pub(super) fn client_held(table: &EndpointTable, slot: Option<u32>) -> u64 {
+pub(in crate::lwm2m) fn client_held(table: &EndpointTable, slot: Option<u32>) -> u64 {
     let held: usize = slot
         .and_then(|s| table.get(s))
         .and_then(|e| e.session.as_ref())
@@ -271,51 +275,34 @@ pub(super) fn client_held(table: &EndpointTable, slot: Option<u32>) -> u64 {
     held as u64
 }
 
-impl ShardCore {
-    /// Bytes block-wise state of this shard holds now.
-    pub fn blockwise_held_bytes(&self) -> u64 {
-        self.block_held.get()
-    }
-
-    /// Partial request bodies devices are sending to this shard.
-    pub fn blockwise_partials(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// Responses of ours stored for Block2 follow-ups.
-    pub fn blockwise_stored_replies(&self) -> usize {
-        self.blocks.replies()
-    }
-
-    pub(super) fn block_gauge(&mut self) {
-        self.blocks.gauge(&mut self.stats);
-    }
-
-    /// Counts a limit hit under its reason.
-    pub(super) fn block_limit(&mut self, l: BlockLimit) {
-        count_limit(&mut self.stats, l);
-    }
-
+impl DeviceManagement {
     /// Bytes the device at `peer` (registered in `slot`) holds in block-wise
     /// state: its exchanges' transfers, and what the server side holds for its
     /// address (partial bodies with their keys, a stored response).
-    pub(super) fn device_held(&self, slot: Option<u32>, peer: SocketAddr) -> u64 {
-        client_held(&self.table, slot) + self.blocks.peer_held(peer)
+    pub(in crate::lwm2m) fn device_held(
+        &self,
+        env: &Env<'_>,
+        slot: Option<u32>,
+        peer: SocketAddr,
+    ) -> u64 {
+        client_held(env.table, slot) + env.blocks.peer_held(peer)
     }
 
     /// The cap `add` more bytes would exceed for the device in `slot` at `peer`
     /// (`own`: bytes of the transfer in question, outside the tables now).
-    pub(super) fn cap_exceeded(
+    pub(in crate::lwm2m) fn cap_exceeded(
         &self,
+        cx: &Cx<'_>,
+        env: &Env<'_>,
         slot: Option<u32>,
         peer: SocketAddr,
         own: u64,
         add: u64,
     ) -> Option<BlockLimit> {
-        if self.device_held(slot, peer) + own + add > self.settings.block_device_cap {
+        if self.device_held(env, slot, peer) + own + add > cx.settings.block_device_cap {
             return Some(BlockLimit::DeviceCap);
         }
-        if self.block_held.get() + add > self.settings.block_shard_cap {
+        if self.held.get() + add > cx.settings.block_shard_cap {
             return Some(BlockLimit::ShardCap);
         }
         None
@@ -324,23 +311,29 @@ impl ShardCore {
     /// A command whose body exceeds `max_body_size`, or would take a block-wise
     /// write over a memory cap, is refused before anything is sent (4.13 on
     /// MQTT). True if it was.
-    pub(super) fn block1_oversize(&mut self, slot: u32, cmd: &Command) -> bool {
-        if !self.settings.block_enable {
+    pub(in crate::lwm2m) fn block1_oversize(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        cmd: &Command,
+    ) -> bool {
+        if !cx.settings.block_enable {
             return false;
         }
         let len = cmd.payload.as_ref().map_or(0, |p| p.1.len()) as u64;
-        let max = self.settings.max_body_size;
+        let max = cx.settings.max_body_size;
         let text = if len > max {
-            self.block_limit(BlockLimit::MaxBodySize);
+            count_limit(cx.stats, BlockLimit::MaxBodySize);
             format!("payload of {len} bytes exceeds blockwise.max_body_size ({max} bytes)")
-        } else if len > size_of(self.settings.block_szx) as u64 {
-            let Some(peer) = self.table.get(slot).map(|e| e.peer) else {
+        } else if len > size_of(cx.settings.block_szx) as u64 {
+            let Some(peer) = env.table.get(slot).map(|e| e.peer) else {
                 return false;
             };
-            match self.cap_exceeded(Some(slot), peer, 0, len) {
+            match self.cap_exceeded(cx, env, Some(slot), peer, 0, len) {
                 None => return false,
                 Some(l) => {
-                    self.block_limit(l);
+                    count_limit(cx.stats, l);
                     let whose = if l == BlockLimit::DeviceCap {
                         "this device"
                     } else {
@@ -354,24 +347,32 @@ impl ShardCore {
         } else {
             return false;
         };
-        self.stats.block_aborts += 1;
-        self.stats
-            .ended(Some(cmd.op), super::stats::Outcome::BlockAborted);
-        self.publish_error(slot, &cmd.echo, codes::REQUEST_ENTITY_TOO_LARGE, &text);
+        cx.stats.block_aborts += 1;
+        cx.stats
+            .ended(Some(cmd.op), crate::lwm2m::stats::Outcome::BlockAborted);
+        self.publish_error(
+            cx,
+            env,
+            slot,
+            &cmd.echo,
+            codes::REQUEST_ENTITY_TOO_LARGE,
+            &text,
+        );
         true
     }
 
     /// A response to an exchange, before it is completed: a step of a transfer
     /// sends the next block and returns None; otherwise the exchange (under its
     /// first token) and, after Block2 reassembly, the whole response to report.
-    pub(super) fn block_response(
+    pub(in crate::lwm2m) fn block_response(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         mut ex: Exchange,
         msg: &Message<'_>,
     ) -> Option<(Exchange, Option<Vec<u8>>)> {
-        if !self.settings.block_enable {
+        if !cx.settings.block_enable {
             return Some((ex, None));
         }
         let rb1 = msg.option(opt::BLOCK1).and_then(BlockOpt::decode);
@@ -379,29 +380,29 @@ impl ShardCore {
         let too_large = msg.code == codes::REQUEST_ENTITY_TOO_LARGE
             && (rb1.is_some() || msg.option(opt::SIZE1).is_some());
         if sending || too_large {
-            ex = self.block1_step(now, slot, ex, msg, rb1)?;
+            ex = self.block1_step(cx, env, slot, ex, msg, rb1)?;
         }
         let fetching = ex.block.as_ref().is_some_and(|t| t.fetch.is_some());
         if let Some(b) = msg.option(opt::BLOCK2).and_then(BlockOpt::decode) {
             let ok = codes::class(msg.code) == 2 && ex.cmd.code == codes::GET;
             if ok && (fetching || (b.num == 0 && b.more)) {
-                return self.block2_step(now, slot, ex, msg, b);
+                return self.block2_step(cx, env, slot, ex, msg, b);
             }
         }
         if let Some(t) = ex.block.take() {
             // The final answer of a transfer (a fetch ended by an error response
             // drops its partial body and reports the error).
             ex.token = t.orig_token;
-            self.stats.block_transfers += 1;
+            cx.stats.block_transfers += 1;
             if t.notify.is_some() {
-                self.stats.block_aborts += 1;
+                cx.stats.block_aborts += 1;
                 drop(t);
-                self.block_gauge();
-                self.pump_queue(now, slot);
+                env.blocks.gauge(cx.stats);
+                self.pump_queue(cx, env, slot);
                 return None;
             }
             drop(t);
-            self.block_gauge();
+            env.blocks.gauge(cx.stats);
         }
         Some((ex, None))
     }
@@ -410,13 +411,14 @@ impl ShardCore {
     /// request 4.13 asking for smaller blocks).
     fn block1_step(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         mut ex: Exchange,
         msg: &Message<'_>,
         rb1: Option<BlockOpt>,
     ) -> Option<Exchange> {
-        let max_szx = self.settings.block_szx;
+        let max_szx = cx.settings.block_szx;
         let size1 = msg.option_uint(opt::SIZE1);
         let Some(t) = ex.block.as_mut() else {
             // A whole request refused 4.13: block-wise with a smaller size.
@@ -424,19 +426,19 @@ impl ShardCore {
             let Some((szx, _)) = lowered_szx(rb1, size1, max_szx, len) else {
                 return Some(ex);
             };
-            let Some(peer) = self.table.get(slot).map(|e| e.peer) else {
+            let Some(peer) = env.table.get(slot).map(|e| e.peer) else {
                 return Some(ex);
             };
-            if let Some(l) = self.cap_exceeded(Some(slot), peer, 0, len as u64) {
+            if let Some(l) = self.cap_exceeded(cx, env, Some(slot), peer, 0, len as u64) {
                 // The device's 4.13 is the answer.
-                self.block_limit(l);
+                count_limit(cx.stats, l);
                 return Some(ex);
             }
-            let mut t = Transfer::new(&self.block_held, ex.token, ex.datagram.clone());
+            let mut t = Transfer::new(&self.held, ex.token, ex.datagram.clone());
             t.send = Some(Send1 { offset: 0, szx });
             ex.block = Some(Box::new(t));
-            self.block_gauge();
-            self.send_step(now, slot, ex);
+            env.blocks.gauge(cx.stats);
+            self.send_step(cx, env, slot, ex);
             return None;
         };
         let total = Message::parse(&t.request).map_or(0, |m| m.payload.len());
@@ -470,22 +472,23 @@ impl ShardCore {
             }
             _ => return Some(ex),
         }
-        self.send_step(now, slot, ex);
+        self.send_step(cx, env, slot, ex);
         None
     }
 
     /// Block2: one block of a response body.
     fn block2_step(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         ex: Exchange,
         msg: &Message<'_>,
         b: BlockOpt,
     ) -> Option<(Exchange, Option<Vec<u8>>)> {
-        let ex = self.block2_representation(now, slot, ex, msg, b)?;
-        let ex = self.block2_append(now, slot, ex, msg, b)?;
-        self.block2_whole(now, slot, ex, msg)
+        let ex = self.block2_representation(cx, env, slot, ex, msg, b)?;
+        let ex = self.block2_append(cx, env, slot, ex, msg, b)?;
+        self.block2_whole(cx, env, slot, ex, msg)
     }
 
     /// The representation a Block2 block belongs to: the first block starts the
@@ -493,13 +496,14 @@ impl ShardCore {
     /// after too many changes, or the announced size is too large).
     fn block2_representation(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         mut ex: Exchange,
         msg: &Message<'_>,
         b: BlockOpt,
     ) -> Option<Exchange> {
-        let max_body = self.settings.max_body_size;
+        let max_body = cx.settings.max_body_size;
         let first = ex.block.as_ref().is_none_or(|t| t.fetch.is_none());
         let restarting = ex
             .block
@@ -508,9 +512,10 @@ impl ShardCore {
             .is_some_and(|f| f.restarting);
         let announced = msg.option_uint(opt::SIZE2).map_or(0, u64::from);
         if (first || restarting) && announced > max_body {
-            self.block_limit(BlockLimit::MaxBodySize);
+            count_limit(cx.stats, BlockLimit::MaxBodySize);
             self.block_abort(
-                now,
+                cx,
+                env,
                 slot,
                 ex,
                 "announced body (Size2) exceeds blockwise.max_body_size",
@@ -518,8 +523,8 @@ impl ShardCore {
             return None;
         }
         if first {
-            let szx = b.szx.min(self.settings.block_szx);
-            let held = self.block_held.clone();
+            let szx = b.szx.min(cx.settings.block_szx);
+            let held = self.held.clone();
             let t = ex.block.get_or_insert_with(|| {
                 Box::new(Transfer::new(&held, ex.token, ex.datagram.clone()))
             });
@@ -549,7 +554,8 @@ impl ShardCore {
             if changed {
                 if f.restarts >= MAX_ETAG_RESTARTS {
                     self.block_abort_with(
-                        now,
+                        cx,
+                        env,
                         slot,
                         ex,
                         codes::REQUEST_ENTITY_INCOMPLETE,
@@ -561,9 +567,9 @@ impl ShardCore {
                 // The representation changed: fetch it again from block 0.
                 f.restarts += 1;
                 f.restarting = true;
-                f.body = Body::new(&self.block_held);
-                self.block_gauge();
-                self.send_step(now, slot, ex);
+                f.body = Body::new(&self.held);
+                env.blocks.gauge(cx.stats);
+                self.send_step(cx, env, slot, ex);
                 return None;
             }
         }
@@ -574,13 +580,14 @@ impl ShardCore {
     /// aborted, or the next block was asked for).
     fn block2_append(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         mut ex: Exchange,
         msg: &Message<'_>,
         b: BlockOpt,
     ) -> Option<Exchange> {
-        let max_body = self.settings.max_body_size;
+        let max_body = cx.settings.max_body_size;
         let (have, offset, own) = {
             let t = ex.block.as_ref().expect("transfer");
             let f = t.fetch.as_ref().expect("fetch");
@@ -588,48 +595,52 @@ impl ShardCore {
         };
         let add = msg.payload.len();
         if offset != have {
-            self.block_abort(now, slot, ex, "block-wise response out of order");
+            self.block_abort(cx, env, slot, ex, "block-wise response out of order");
             return None;
         }
         if (have + add) as u64 > max_body {
-            self.block_limit(BlockLimit::MaxBodySize);
+            count_limit(cx.stats, BlockLimit::MaxBodySize);
             self.block_abort(
-                now,
+                cx,
+                env,
                 slot,
                 ex,
                 "response body exceeds blockwise.max_body_size",
             );
             return None;
         }
-        let peer = self.table.get(slot).map(|e| e.peer);
-        if let Some(l) = peer.and_then(|p| self.cap_exceeded(Some(slot), p, own, add as u64)) {
-            self.block_limit(l);
+        let peer = env.table.get(slot).map(|e| e.peer);
+        if let Some(l) =
+            peer.and_then(|p| self.cap_exceeded(cx, env, Some(slot), p, own, add as u64))
+        {
+            count_limit(cx.stats, l);
             let why = if l == BlockLimit::DeviceCap {
                 "block-wise memory cap of this device reached"
             } else {
                 "block-wise memory cap of this shard reached"
             };
-            self.block_abort(now, slot, ex, why);
+            self.block_abort(cx, env, slot, ex, why);
             return None;
         }
         if b.more && add != b.size() {
             self.block_abort(
-                now,
+                cx,
+                env,
                 slot,
                 ex,
                 "a block before the last is not a whole block",
             );
             return None;
         }
-        self.stats.blocks_received += 1;
+        cx.stats.blocks_received += 1;
         let t = ex.block.as_mut().expect("transfer");
         let f = t.fetch.as_mut().expect("fetch");
         f.body.extend(msg.payload);
         // The device may answer with smaller blocks than asked for.
         f.szx = f.szx.min(b.szx);
-        self.block_gauge();
+        env.blocks.gauge(cx.stats);
         if b.more {
-            self.send_step(now, slot, ex);
+            self.send_step(cx, env, slot, ex);
             return None;
         }
         Some(ex)
@@ -639,7 +650,8 @@ impl ShardCore {
     /// (a notification's is published here; None then).
     fn block2_whole(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         mut ex: Exchange,
         msg: &Message<'_>,
@@ -668,22 +680,23 @@ impl ShardCore {
         w.payload(&body);
         drop(body);
         ex.token = orig_token;
-        self.stats.block_transfers += 1;
-        self.block_gauge();
+        cx.stats.block_transfers += 1;
+        env.blocks.gauge(cx.stats);
         if let Some(n) = notify {
-            self.publish_whole_notification(slot, &ex.cmd, n.seq, &whole);
-            self.pump_queue(now, slot);
+            self.publish_whole_notification(cx, env, slot, &ex.cmd, n.seq, &whole);
+            self.pump_queue(cx, env, slot);
             return None;
         }
         Some((ex, Some(whole)))
     }
 
     /// Sends the next step of `ex`'s transfer as a new confirmable request.
-    fn send_step(&mut self, now: u64, slot: u32, mut ex: Exchange) {
-        let inc = self.table.incarnation(slot);
-        let mid = self.fresh_mid();
-        let token = self.fresh_token();
-        let timeout = self.initial_timeout();
+    fn send_step(&mut self, cx: &mut Cx<'_>, env: &mut Env<'_>, slot: u32, mut ex: Exchange) {
+        let now = cx.now;
+        let inc = env.table.incarnation(slot);
+        let mid = cx.ids.mid();
+        let token = cx.ids.token();
+        let timeout = self.initial_timeout(cx);
         let Some(t) = ex.block.as_ref() else {
             return;
         };
@@ -698,53 +711,69 @@ impl ShardCore {
         ex.timeout_ms = timeout;
         ex.acked = false;
         ex.acked_ms = 0;
-        let Some(ep) = self.table.get_mut(slot) else {
+        let Some(ep) = env.table.get_mut(slot) else {
             return;
         };
         let peer = ep.peer;
         let session = ep.session.get_or_insert_with(Default::default);
         session.inflight.push(ex);
         let bytes = &session.inflight.last().expect("pushed").datagram;
-        self.stats.datagrams_out += 1;
-        self.stats.requests_sent += 1;
-        self.stats.blocks_sent += 1;
-        self.out.datagram(peer, |b| b.extend_from_slice(bytes));
-        self.out
+        cx.stats.datagrams_out += 1;
+        cx.stats.requests_sent += 1;
+        cx.stats.blocks_sent += 1;
+        cx.out.datagram(peer, |b| b.extend_from_slice(bytes));
+        cx.out
             .timers
             .push((now + timeout, Timer::Retransmit { slot, token, inc }));
     }
 
     /// Ends a transfer the gateway cannot finish: a 4.13 error on MQTT for a
     /// command (a notification's remaining blocks are simply not fetched).
-    fn block_abort(&mut self, now: u64, slot: u32, ex: Exchange, why: &str) {
-        self.block_abort_with(now, slot, ex, codes::REQUEST_ENTITY_TOO_LARGE, why);
+    fn block_abort(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        ex: Exchange,
+        why: &str,
+    ) {
+        self.block_abort_with(cx, env, slot, ex, codes::REQUEST_ENTITY_TOO_LARGE, why);
     }
 
-    fn block_abort_with(&mut self, now: u64, slot: u32, ex: Exchange, code: u8, why: &str) {
-        self.stats.block_aborts += 1;
+    fn block_abort_with(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        ex: Exchange,
+        code: u8,
+        why: &str,
+    ) {
+        cx.stats.block_aborts += 1;
         let notify = ex.block.as_ref().is_some_and(|t| t.notify.is_some());
         let Exchange { cmd, block, .. } = ex;
         drop(block);
-        self.block_gauge();
+        env.blocks.gauge(cx.stats);
         if !notify {
-            self.stats
-                .ended(Some(cmd.op), super::stats::Outcome::BlockAborted);
-            self.publish_error(slot, &cmd.echo, code, why);
+            cx.stats
+                .ended(Some(cmd.op), crate::lwm2m::stats::Outcome::BlockAborted);
+            self.publish_error(cx, env, slot, &cmd.echo, code, why);
         }
-        self.pump_queue(now, slot);
+        self.pump_queue(cx, env, slot);
     }
 
     /// A notification carrying Block2 (more to come): fetches the rest with GETs
     /// (no Observe) and publishes it once complete. True if it did.
-    pub(super) fn block_notification(
+    pub(in crate::lwm2m) fn block_notification(
         &mut self,
-        now: u64,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         cmd: &Command,
         seq: Option<u32>,
         msg: &Message<'_>,
     ) -> bool {
-        if !self.settings.block_enable {
+        if !cx.settings.block_enable {
             return false;
         }
         let Some(b) = msg.option(opt::BLOCK2).and_then(BlockOpt::decode) else {
@@ -754,7 +783,7 @@ impl ShardCore {
             return false;
         }
         let registry = self.registry.clone();
-        let Some(ep) = self.table.get(slot) else {
+        let Some(ep) = env.table.get(slot) else {
             return false;
         };
         let mut read = cmd.clone();
@@ -763,8 +792,8 @@ impl ShardCore {
         read.payload = None;
         let mut request = Vec::with_capacity(64);
         write_request(&mut request, ep, &read, 0, 0, &*registry);
-        let token = self.fresh_token();
-        let mut t = Transfer::new(&self.block_held, token, request);
+        let token = cx.ids.token();
+        let mut t = Transfer::new(&self.held, token, request);
         t.notify = Some(Notify { seq });
         let ex = Exchange {
             token,
@@ -778,12 +807,14 @@ impl ShardCore {
             auto: true,
             block: Some(Box::new(t)),
         };
-        let _ = self.block2_step(now, slot, ex, msg, b);
+        let _ = self.block2_step(cx, env, slot, ex, msg, b);
         true
     }
 
     fn publish_whole_notification(
         &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
         slot: u32,
         cmd: &Command,
         seq: Option<u32>,
@@ -792,8 +823,8 @@ impl ShardCore {
         let Ok(m) = Message::parse(whole) else {
             return;
         };
-        self.stats.notifications += 1;
-        if let Some(ep) = self.table.get_mut(slot) {
+        cx.stats.notifications += 1;
+        if let Some(ep) = env.table.get_mut(slot) {
             ep.counters.notifications = ep.counters.notifications.wrapping_add(1);
         }
         let content = self.render_content(slot, cmd, &m);
@@ -809,6 +840,6 @@ impl ShardCore {
             content.as_deref(),
             &[],
         );
-        self.publish_to(slot, Topic::Notify, body);
+        self.publish_to(cx, env, slot, Topic::Notify, body);
     }
 }
