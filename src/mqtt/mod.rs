@@ -41,7 +41,10 @@ mod buffer;
 mod client;
 mod codec;
 mod connection;
+#[cfg(feature = "embedded-broker")]
 mod embedded;
+#[cfg(not(feature = "embedded-broker"))]
+mod no_embedded_broker;
 mod stats;
 mod subscriptions;
 mod transport;
@@ -51,7 +54,10 @@ use std::time::Duration;
 
 pub use client::{tls_for, MqttClient};
 pub use codec::Protocol;
+#[cfg(feature = "embedded-broker")]
 pub use embedded::start_embedded_broker;
+#[cfg(not(feature = "embedded-broker"))]
+pub use no_embedded_broker::{start_embedded_broker, NO_EMBEDDED_BROKER};
 pub use stats::MqttStats;
 
 /// Where the broker is.
