@@ -131,7 +131,8 @@ pub fn spawn(
     let sig_id = match signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)) {
         Ok(id) => Some(id),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot handle SIGHUP; reloading {} on change only", watch.what);
+            let what = watch.what;
+            tracing::warn!(error = %e, "cannot handle SIGHUP; reloading {what} on change only");
             None
         }
     };
