@@ -15,3 +15,4 @@ pub mod model;
 pub mod mqtt;
 pub mod objects;
 pub mod sim;
+pub mod watch;

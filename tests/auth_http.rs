@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use lwm2m_gateway::auth::{AuthOutcome, AuthRequest, AuthService};
 use lwm2m_gateway::config::{AuthSsl, Authentication, HttpMethod};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use simd_json::prelude::*;
 
 /// A request as the test server received it.
@@ -620,12 +622,11 @@ fn self_signed(dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
         .status()
         .expect("openssl must be installed");
     assert!(status.success());
-    let certs = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice())
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut std::fs::read(&key).unwrap().as_slice())
-        .unwrap()
-        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(
         rustls::ServerConfig::builder_with_provider(provider)

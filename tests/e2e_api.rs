@@ -485,3 +485,44 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         "the API's read is one command round trip"
     );
 }
+
+/// The golden copy of the `/metrics` page of a two-shard gateway, values left out.
+const METRICS_GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
+
+/// The whole `/metrics` page of a two-shard gateway, values left out, is
+/// tests/golden/metrics.txt: every family, in its order, with its HELP and TYPE lines and
+/// the labels of every series. A family added, removed, renamed, moved or re-described
+/// shows here; after such a change on purpose, run this test with UPDATE_GOLDEN=1 to
+/// rewrite the file, and review its diff.
+#[test]
+fn metrics_page_lists_every_family_in_order() {
+    let gw = GatewayProc::start(Broker::Embedded, "engine.shards = 2");
+    let (st, text) = request(gw.api, "GET", "/metrics", None, b"");
+    assert_eq!(st, 200);
+    Exposition::parse(&text);
+    let page: String = text
+        .lines()
+        .map(|l| match l.starts_with('#') {
+            true => l,
+            false => l.rsplit_once(' ').map_or(l, |(series, _value)| series),
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(METRICS_GOLDEN, &page).unwrap();
+    }
+    let want = std::fs::read_to_string(METRICS_GOLDEN).unwrap();
+    let (got_lines, want_lines): (Vec<&str>, Vec<&str>) =
+        (page.lines().collect(), want.lines().collect());
+    if let Some(i) =
+        (0..got_lines.len().max(want_lines.len())).find(|&i| got_lines.get(i) != want_lines.get(i))
+    {
+        panic!(
+            "/metrics differs from {METRICS_GOLDEN} from line {}:\n  got:  {:?}\n  want: {:?}\n\
+             (run with UPDATE_GOLDEN=1 after a change on purpose)",
+            i + 1,
+            got_lines.get(i),
+            want_lines.get(i)
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! The MQTT client (on its stand-alone I/O thread) against real brokers (the embedded rumqttd and Debian's mosquitto), in
+//! The MQTT client (on a thread of its own, `common::mqtt_thread`) against real brokers (the embedded rumqttd and Debian's mosquitto), in
 //! MQTT 3.1.1 and MQTT 5, and against a scripted MQTT 5 broker for the limits and refusals a real
 //! one will not produce on demand.
 
@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use lwm2m_gateway::mqtt::{
-    spawn, start_embedded_broker, Delivery, Inbound, MqttHandle, MqttOptions, MqttStats, Outbound,
-    Protocol, ServerAddr,
+    start_embedded_broker, Delivery, Inbound, MqttOptions, MqttStats, Outbound, Protocol,
+    ServerAddr,
 };
 
 use common::mosquitto::{free_port, mosquitto_pub_v5, Mosquitto, TlsFiles};
 use common::mqtt_client::MqttClient;
+use common::mqtt_thread::{spawn, MqttHandle};
 
 const WAIT: Duration = Duration::from_secs(30);
 

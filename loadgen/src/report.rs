@@ -212,100 +212,10 @@ impl Report {
             ),
         );
         if let Some(r) = &self.registration {
-            row(
-                "registration",
-                format!(
-                    "{}/{} ok, {} failed, {} timed out, {} retransmissions",
-                    r.ok, r.devices, r.failed, r.timed_out, r.retransmissions
-                ),
-            );
-            row(
-                "  rate",
-                format!(
-                    "{:.0}/s achieved over {:.2}s (target {})",
-                    r.rate_per_s,
-                    r.seconds,
-                    if r.target_rate > 0.0 {
-                        format!("{:.0}/s", r.target_rate)
-                    } else {
-                        "max".into()
-                    }
-                ),
-            );
-            if r.service_unavailable > 0 {
-                row(
-                    "  5.03 answers",
-                    format!("{} ({UNAVAILABLE_CAUSE})", r.service_unavailable),
-                );
-            }
-            row("  latency", lat(&r.latency));
-            if let Some(m) = r.mqtt_registered_endpoints {
-                row(
-                    "  on MQTT",
-                    format!(
-                        "{} register messages, {m} endpoints",
-                        r.mqtt_register_msgs.unwrap_or(0)
-                    ),
-                );
-            }
+            r.rows(&mut row);
         }
         if let Some(st) = &self.steady {
-            row("steady", format!("{:.2}s", st.seconds));
-            row(
-                "  updates",
-                format!(
-                    "{}/{} ok, {} failed, {} timed out, {:.0}/s",
-                    st.updates_ok,
-                    st.updates_sent,
-                    st.updates_failed,
-                    st.updates_timed_out,
-                    st.update_rate_per_s
-                ),
-            );
-            row("  update latency", lat(&st.update_latency));
-            row(
-                "  observations",
-                format!(
-                    "{} (server requests {})",
-                    st.observations, st.server_requests
-                ),
-            );
-            row(
-                "  notifications",
-                format!(
-                    "{} {} sent, {:.0}/s (target {:.0}/s)",
-                    st.notify_sent,
-                    if st.notify_con { "CON" } else { "NON" },
-                    st.notify_rate_per_s,
-                    st.notify_target_rate
-                ),
-            );
-            if st.notify_con {
-                row(
-                    "  notify acks",
-                    format!(
-                        "{} acked, {} timed out, {} reset; {}",
-                        st.notify_acked,
-                        st.notify_timed_out,
-                        st.notify_reset,
-                        lat(&st.notify_ack_latency)
-                    ),
-                );
-            }
-            if let Some(r) = st.mqtt_notify_received {
-                row(
-                    "  notify on MQTT",
-                    format!(
-                        "{r} received ({:.0}/s), {} lost",
-                        st.mqtt_notify_rate_per_s.unwrap_or(0.0),
-                        st.notify_lost.unwrap_or(0)
-                    ),
-                );
-                row(
-                    "  notify latency",
-                    st.notify_latency.as_ref().map(lat).unwrap_or_default(),
-                );
-            }
+            st.rows(&mut row);
         }
         if let Some(c) = &self.commands {
             row(
@@ -332,30 +242,7 @@ impl Report {
             row("  handshake latency", lat(&d.handshake_latency));
         }
         if let Some(q) = &self.queue {
-            row(
-                "queue mode",
-                format!(
-                    "LwM2M {} ({}), awake window {:.1}s, {} requests while asleep",
-                    q.lwm2m,
-                    if q.lwm2m == "1.0" { "b=UQ" } else { "Q" },
-                    q.window_s,
-                    q.requests_while_asleep
-                ),
-            );
-            if let Some(n) = q.commands_delivered {
-                row(
-                    "  queued commands",
-                    format!(
-                        "{n} delivered, {} held until an Update, {} delivered while asleep",
-                        q.commands_held.unwrap_or(0),
-                        q.commands_delivered_asleep.unwrap_or(0)
-                    ),
-                );
-                row(
-                    "  queueing latency",
-                    q.queue_latency.as_ref().map(lat).unwrap_or_default(),
-                );
-            }
+            q.rows(&mut row);
         }
         if let Some(e) = &self.echo {
             row(
@@ -408,5 +295,142 @@ impl Report {
         };
         row("result", result.into());
         s
+    }
+}
+
+/// A table row: key, value.
+type Rows<'a> = dyn FnMut(&str, String) + 'a;
+
+impl Registration {
+    /// Its rows of [`Report::table`].
+    fn rows(&self, row: &mut Rows<'_>) {
+        row(
+            "registration",
+            format!(
+                "{}/{} ok, {} failed, {} timed out, {} retransmissions",
+                self.ok, self.devices, self.failed, self.timed_out, self.retransmissions
+            ),
+        );
+        row(
+            "  rate",
+            format!(
+                "{:.0}/s achieved over {:.2}s (target {})",
+                self.rate_per_s,
+                self.seconds,
+                if self.target_rate > 0.0 {
+                    format!("{:.0}/s", self.target_rate)
+                } else {
+                    "max".into()
+                }
+            ),
+        );
+        if self.service_unavailable > 0 {
+            row(
+                "  5.03 answers",
+                format!("{} ({UNAVAILABLE_CAUSE})", self.service_unavailable),
+            );
+        }
+        row("  latency", lat(&self.latency));
+        if let Some(m) = self.mqtt_registered_endpoints {
+            row(
+                "  on MQTT",
+                format!(
+                    "{} register messages, {m} endpoints",
+                    self.mqtt_register_msgs.unwrap_or(0)
+                ),
+            );
+        }
+    }
+}
+
+impl Steady {
+    /// Its rows of [`Report::table`].
+    fn rows(&self, row: &mut Rows<'_>) {
+        row("steady", format!("{:.2}s", self.seconds));
+        row(
+            "  updates",
+            format!(
+                "{}/{} ok, {} failed, {} timed out, {:.0}/s",
+                self.updates_ok,
+                self.updates_sent,
+                self.updates_failed,
+                self.updates_timed_out,
+                self.update_rate_per_s
+            ),
+        );
+        row("  update latency", lat(&self.update_latency));
+        row(
+            "  observations",
+            format!(
+                "{} (server requests {})",
+                self.observations, self.server_requests
+            ),
+        );
+        row(
+            "  notifications",
+            format!(
+                "{} {} sent, {:.0}/s (target {:.0}/s)",
+                self.notify_sent,
+                if self.notify_con { "CON" } else { "NON" },
+                self.notify_rate_per_s,
+                self.notify_target_rate
+            ),
+        );
+        if self.notify_con {
+            row(
+                "  notify acks",
+                format!(
+                    "{} acked, {} timed out, {} reset; {}",
+                    self.notify_acked,
+                    self.notify_timed_out,
+                    self.notify_reset,
+                    lat(&self.notify_ack_latency)
+                ),
+            );
+        }
+        if let Some(r) = self.mqtt_notify_received {
+            row(
+                "  notify on MQTT",
+                format!(
+                    "{r} received ({:.0}/s), {} lost",
+                    self.mqtt_notify_rate_per_s.unwrap_or(0.0),
+                    self.notify_lost.unwrap_or(0)
+                ),
+            );
+            row(
+                "  notify latency",
+                self.notify_latency.as_ref().map(lat).unwrap_or_default(),
+            );
+        }
+    }
+}
+
+impl Queue {
+    /// Its rows of [`Report::table`].
+    fn rows(&self, row: &mut Rows<'_>) {
+        row(
+            "queue mode",
+            format!(
+                "LwM2M {} ({}), awake window {:.1}s, {} requests while asleep",
+                self.lwm2m,
+                if self.lwm2m == "1.0" { "b=UQ" } else { "Q" },
+                self.window_s,
+                self.requests_while_asleep
+            ),
+        );
+        if let Some(n) = self.commands_delivered {
+            row(
+                "  queued commands",
+                format!(
+                    "{n} delivered, {} held until an Update, {} delivered while asleep",
+                    self.commands_held.unwrap_or(0),
+                    self.commands_delivered_asleep.unwrap_or(0)
+                ),
+            );
+            row(
+                "  queueing latency",
+                self.queue_latency.as_ref().map(lat).unwrap_or_default(),
+            );
+        }
     }
 }

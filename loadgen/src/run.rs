@@ -342,168 +342,240 @@ fn build_report(
     let mut check = |name: &str, all: bool, enough: bool, detail: String| {
         checks.push(new_check(o, name, all, enough, detail))
     };
+    let inputs = Inputs {
+        sh,
+        reg_secs,
+        steady_secs,
+        h,
+        drv,
+    };
     if n > 0 {
-        let ok = get(&c.reg_ok);
-        let unavailable = get(&c.reg_unavailable);
-        r.registration = Some(report::Registration {
-            devices: n,
-            target_rate: o.rate,
-            sent: get(&c.reg_sent),
-            ok,
-            failed: get(&c.reg_failed),
-            service_unavailable: unavailable,
-            timed_out: get(&c.reg_timed_out),
-            retransmissions: get(&c.retransmissions),
-            seconds: reg_secs,
-            rate_per_s: rate(ok, reg_secs),
-            latency: h.register.summary(),
-            mqtt_register_msgs: drv.map(|_| get(&c.mqtt_register_msgs)),
-            mqtt_registered_endpoints: drv.map(|d| d.registered_endpoints),
-        });
-        let mut detail = format!("{ok}/{n} devices registered");
-        if unavailable > 0 {
-            detail += &format!(
-                ", {unavailable} answered 5.03 Service Unavailable \
-                 (the gateway's admission: max_conn_rate, max_connections)"
-            );
-        }
-        check("registered", ok == n as u64, ok > 0, detail);
-        if let Some(d) = drv {
-            check(
-                "register published",
-                d.registered_endpoints == ok,
-                true,
-                format!(
-                    "{}/{ok} registered endpoints seen on MQTT",
-                    d.registered_endpoints
-                ),
-            );
-        }
+        r.registration = Some(registration_section(&inputs, &mut check));
     }
     if o.steady > 0.0 {
-        let sent = get(&c.notify_sent);
-        let mq = get(&c.mqtt_notify_msgs);
-        let upd_sent = get(&c.updates_sent);
-        let upd_ok = get(&c.updates_ok);
-        r.steady = Some(report::Steady {
-            seconds: steady_secs,
-            updates_sent: upd_sent,
-            updates_ok: upd_ok,
-            updates_failed: get(&c.updates_failed),
-            updates_timed_out: get(&c.updates_timed_out),
-            update_rate_per_s: rate(upd_ok, steady_secs),
-            update_latency: h.update.summary(),
-            observations: get(&c.observations),
-            server_requests: get(&c.server_requests),
-            notify_con: o.notify_con,
-            notify_target_rate: o.notify_rate,
-            notify_sent: sent,
-            notify_rate_per_s: rate(sent, steady_secs),
-            notify_acked: get(&c.notify_acked),
-            notify_timed_out: get(&c.notify_timed_out),
-            notify_reset: get(&c.notify_reset),
-            notify_ack_latency: h.notify_ack.summary(),
-            mqtt_notify_received: drv.map(|_| mq),
-            mqtt_notify_rate_per_s: drv.map(|_| rate(mq, steady_secs)),
-            notify_lost: drv.map(|_| sent.saturating_sub(mq)),
-            notify_latency: drv.map(|d| d.notify_latency.summary()),
-        });
-        if upd_sent > 0 {
-            check(
-                "updates",
-                upd_ok == upd_sent,
-                true,
-                format!("{upd_ok}/{upd_sent} updates answered 2.04"),
-            );
-        }
-        if o.notify_rate > 0.0 {
-            check(
-                "notifications",
-                sent > 0,
-                sent > 0,
-                format!("{sent} sent ({} observations)", get(&c.observations)),
-            );
-            if drv.is_some() {
-                check(
-                    "notifications delivered",
-                    mq >= sent,
-                    true,
-                    format!("{mq}/{sent} notifications reached MQTT"),
-                );
-            }
-        }
+        r.steady = Some(steady_section(&inputs, &mut check));
     }
     if o.commands > 0.0 && o.steady > 0.0 {
-        let sent = get(&c.cmd_sent);
-        let answered = get(&c.cmd_answered);
-        let errors = get(&c.cmd_errors);
-        r.commands = Some(report::Commands {
-            target_rate: o.commands,
-            path: o.command_path.clone(),
-            mix: o.command_mix.to_string(),
-            sent,
-            answered,
-            errors,
-            timed_out: get(&c.cmd_timed_out),
-            duplicates: drv.map(|d| d.duplicate_responses).unwrap_or(0),
-            answered_in_steady: answered,
-            rate_per_s: rate(answered, steady_secs),
-            rtt: drv.map(|d| d.command_rtt.summary()).unwrap_or_default(),
-        });
-        let dups = drv.map(|d| d.duplicate_responses).unwrap_or(0);
-        check(
-            "commands answered",
-            sent > 0 && answered == sent && errors == 0 && dups == 0,
-            answered > 0,
-            format!(
-                "{answered}/{sent} answered, {errors} not their kind's success code, {dups} answered twice"
-            ),
-        );
+        r.commands = Some(commands_section(&inputs, &mut check));
     }
     if o.dtls {
-        let (ok, failed) = (get(&c.hs_ok), get(&c.hs_failed));
-        r.dtls = Some(report::Dtls {
-            handshakes_started: get(&c.hs_started),
-            handshakes_ok: ok,
-            handshakes_failed: failed,
-            session_errors: get(&c.dtls_session_errors),
-            bad_records: get(&c.dtls_bad_records),
-            handshake_latency: h.handshake.summary(),
-        });
-        check(
-            "handshakes",
-            ok >= n as u64 && failed == 0,
-            ok > 0,
-            format!("{ok}/{n} DTLS handshakes completed, {failed} failed"),
-        );
+        r.dtls = Some(dtls_section(&inputs, &mut check));
     }
     if o.queue_mode {
-        let delivered = get(&c.cmd_delivered);
-        let asleep = get(&c.cmd_delivered_asleep);
-        r.queue = Some(report::Queue {
-            window_s: o.qmode_window,
-            lwm2m: o.lwm2m.clone(),
-            requests_while_asleep: get(&c.requests_while_asleep),
-            commands_delivered: sh.cmd_queued.as_ref().map(|_| delivered),
-            commands_held: sh.cmd_queued.as_ref().map(|_| get(&c.cmd_held)),
-            commands_delivered_asleep: sh.cmd_queued.as_ref().map(|_| asleep),
-            queue_latency: sh.cmd_queued.as_ref().map(|_| h.queue_wait.summary()),
-        });
-        if sh.cmd_queued.is_some() && o.steady > 0.0 {
-            let sent = get(&c.cmd_sent);
-            check(
-                "commands after wake-up",
-                delivered == sent && asleep == 0,
-                asleep == 0,
-                format!(
-                    "{delivered}/{sent} commands reached their device, {asleep} while it slept ({} held until an Update)",
-                    get(&c.cmd_held)
-                ),
-            );
-        }
+        r.queue = Some(queue_section(&inputs, &mut check));
     }
     r.conclude(checks);
     r
+}
+
+/// What the report's sections are built from.
+struct Inputs<'a> {
+    sh: &'a Shared,
+    reg_secs: f64,
+    steady_secs: f64,
+    h: &'a WorkerHists,
+    drv: Option<&'a driver::DriverResult>,
+}
+
+/// Adds a check: name, `all`, `enough`, detail (see [`new_check`]).
+type CheckFn<'a> = dyn FnMut(&str, bool, bool, String) + 'a;
+
+/// The registration phase: the section, and the checks that every device registered
+/// (and, with an MQTT driver, that its register message was published).
+fn registration_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Registration {
+    let o = &i.sh.opts;
+    let c = &i.sh.c;
+    let n = i.sh.opts.register;
+    let h = i.h;
+    let drv = i.drv;
+    let reg_secs = i.reg_secs;
+    let ok = get(&c.reg_ok);
+    let unavailable = get(&c.reg_unavailable);
+    let section = report::Registration {
+        devices: n,
+        target_rate: o.rate,
+        sent: get(&c.reg_sent),
+        ok,
+        failed: get(&c.reg_failed),
+        service_unavailable: unavailable,
+        timed_out: get(&c.reg_timed_out),
+        retransmissions: get(&c.retransmissions),
+        seconds: reg_secs,
+        rate_per_s: rate(ok, reg_secs),
+        latency: h.register.summary(),
+        mqtt_register_msgs: drv.map(|_| get(&c.mqtt_register_msgs)),
+        mqtt_registered_endpoints: drv.map(|d| d.registered_endpoints),
+    };
+    let mut detail = format!("{ok}/{n} devices registered");
+    if unavailable > 0 {
+        detail += &format!(
+            ", {unavailable} answered 5.03 Service Unavailable \
+             (the gateway's admission: max_conn_rate, max_connections)"
+        );
+    }
+    check("registered", ok == n as u64, ok > 0, detail);
+    if let Some(d) = drv {
+        check(
+            "register published",
+            d.registered_endpoints == ok,
+            true,
+            format!(
+                "{}/{ok} registered endpoints seen on MQTT",
+                d.registered_endpoints
+            ),
+        );
+    }
+    section
+}
+
+/// The steady state: updates and notifications, and their checks.
+fn steady_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Steady {
+    let o = &i.sh.opts;
+    let c = &i.sh.c;
+    let h = i.h;
+    let drv = i.drv;
+    let steady_secs = i.steady_secs;
+    let sent = get(&c.notify_sent);
+    let mq = get(&c.mqtt_notify_msgs);
+    let upd_sent = get(&c.updates_sent);
+    let upd_ok = get(&c.updates_ok);
+    let section = report::Steady {
+        seconds: steady_secs,
+        updates_sent: upd_sent,
+        updates_ok: upd_ok,
+        updates_failed: get(&c.updates_failed),
+        updates_timed_out: get(&c.updates_timed_out),
+        update_rate_per_s: rate(upd_ok, steady_secs),
+        update_latency: h.update.summary(),
+        observations: get(&c.observations),
+        server_requests: get(&c.server_requests),
+        notify_con: o.notify_con,
+        notify_target_rate: o.notify_rate,
+        notify_sent: sent,
+        notify_rate_per_s: rate(sent, steady_secs),
+        notify_acked: get(&c.notify_acked),
+        notify_timed_out: get(&c.notify_timed_out),
+        notify_reset: get(&c.notify_reset),
+        notify_ack_latency: h.notify_ack.summary(),
+        mqtt_notify_received: drv.map(|_| mq),
+        mqtt_notify_rate_per_s: drv.map(|_| rate(mq, steady_secs)),
+        notify_lost: drv.map(|_| sent.saturating_sub(mq)),
+        notify_latency: drv.map(|d| d.notify_latency.summary()),
+    };
+    if upd_sent > 0 {
+        check(
+            "updates",
+            upd_ok == upd_sent,
+            true,
+            format!("{upd_ok}/{upd_sent} updates answered 2.04"),
+        );
+    }
+    if o.notify_rate > 0.0 {
+        check(
+            "notifications",
+            sent > 0,
+            sent > 0,
+            format!("{sent} sent ({} observations)", get(&c.observations)),
+        );
+        if drv.is_some() {
+            check(
+                "notifications delivered",
+                mq >= sent,
+                true,
+                format!("{mq}/{sent} notifications reached MQTT"),
+            );
+        }
+    }
+    section
+}
+
+/// The commands sent during the steady state, and their check.
+fn commands_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Commands {
+    let o = &i.sh.opts;
+    let c = &i.sh.c;
+    let drv = i.drv;
+    let steady_secs = i.steady_secs;
+    let sent = get(&c.cmd_sent);
+    let answered = get(&c.cmd_answered);
+    let errors = get(&c.cmd_errors);
+    let section = report::Commands {
+        target_rate: o.commands,
+        path: o.command_path.clone(),
+        mix: o.command_mix.to_string(),
+        sent,
+        answered,
+        errors,
+        timed_out: get(&c.cmd_timed_out),
+        duplicates: drv.map(|d| d.duplicate_responses).unwrap_or(0),
+        answered_in_steady: answered,
+        rate_per_s: rate(answered, steady_secs),
+        rtt: drv.map(|d| d.command_rtt.summary()).unwrap_or_default(),
+    };
+    let dups = drv.map(|d| d.duplicate_responses).unwrap_or(0);
+    check(
+        "commands answered",
+        sent > 0 && answered == sent && errors == 0 && dups == 0,
+        answered > 0,
+        format!(
+            "{answered}/{sent} answered, {errors} not their kind's success code, {dups} answered twice"
+        ),
+    );
+    section
+}
+
+/// The DTLS handshakes, and their check.
+fn dtls_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Dtls {
+    let c = &i.sh.c;
+    let n = i.sh.opts.register;
+    let h = i.h;
+    let (ok, failed) = (get(&c.hs_ok), get(&c.hs_failed));
+    let section = report::Dtls {
+        handshakes_started: get(&c.hs_started),
+        handshakes_ok: ok,
+        handshakes_failed: failed,
+        session_errors: get(&c.dtls_session_errors),
+        bad_records: get(&c.dtls_bad_records),
+        handshake_latency: h.handshake.summary(),
+    };
+    check(
+        "handshakes",
+        ok >= n as u64 && failed == 0,
+        ok > 0,
+        format!("{ok}/{n} DTLS handshakes completed, {failed} failed"),
+    );
+    section
+}
+
+/// Queue mode: requests while asleep and commands held until a wake-up, and their check.
+fn queue_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Queue {
+    let sh = i.sh;
+    let o = &i.sh.opts;
+    let c = &i.sh.c;
+    let h = i.h;
+    let delivered = get(&c.cmd_delivered);
+    let asleep = get(&c.cmd_delivered_asleep);
+    let section = report::Queue {
+        window_s: o.qmode_window,
+        lwm2m: o.lwm2m.clone(),
+        requests_while_asleep: get(&c.requests_while_asleep),
+        commands_delivered: sh.cmd_queued.as_ref().map(|_| delivered),
+        commands_held: sh.cmd_queued.as_ref().map(|_| get(&c.cmd_held)),
+        commands_delivered_asleep: sh.cmd_queued.as_ref().map(|_| asleep),
+        queue_latency: sh.cmd_queued.as_ref().map(|_| h.queue_wait.summary()),
+    };
+    if sh.cmd_queued.is_some() && o.steady > 0.0 {
+        let sent = get(&c.cmd_sent);
+        check(
+            "commands after wake-up",
+            delivered == sent && asleep == 0,
+            asleep == 0,
+            format!(
+                "{delivered}/{sent} commands reached their device, {asleep} while it slept ({} held until an Update)",
+                get(&c.cmd_held)
+            ),
+        );
+    }
+    section
 }
 
 /// A check of the run: `all` when everything it covers succeeded; with `--allow-failures`

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::types::{check_lwm2m_path, BLOCK_SIZES};
-use super::{AutoObserve, Config, ConfigError};
+use super::{
+    Api, Authentication, AutoObserve, Blockwise, Coap, Config, ConfigError, Engine, Listeners,
+    Mqtt, QueueMode,
+};
 
 type R = Result<(), ConfigError>;
 
@@ -51,7 +54,21 @@ fn at_most_timer(key: &str, d: Duration) -> R {
 const MAX_PREALLOCATED: usize = 1 << 24;
 
 pub(super) fn validate(c: &Config) -> R {
-    // LwM2M
+    check_lwm2m(c)?;
+    check_listeners(&c.listeners)?;
+    check_blockwise(&c.blockwise)?;
+    check_authentication(&c.authentication)?;
+    check_mqtt(&c.mqtt)?;
+    check_engine(&c.engine)?;
+    check_tcp_listeners(c)?;
+    check_api(&c.api)?;
+    check_coap(&c.coap)?;
+    check_queue(&c.queue)
+}
+
+/// The LwM2M keys: lifetimes, queue mode window, auto-observe paths, mountpoint and
+/// translator topics.
+fn check_lwm2m(c: &Config) -> R {
     if c.lifetime_max.is_zero() {
         return err("lifetime_max", "must be greater than 0s");
     }
@@ -105,16 +122,20 @@ pub(super) fn validate(c: &Config) -> R {
         check_topic(&format!("{key}.topic"), &t.topic, name == "command")?;
     }
     check_mountpoint(c)?;
+    Ok(())
+}
 
-    // Listeners
-    if c.listeners.udp.is_empty() {
+/// The UDP and DTLS listeners: names, addresses that do not overlap, admission limits,
+/// DTLS credentials, and one listener of each kind.
+fn check_listeners(listeners: &Listeners) -> R {
+    if listeners.udp.is_empty() {
         return err(
             "listeners.udp",
             "at least one UDP listener is needed, e.g. [listeners.udp.default] bind = \"0.0.0.0:5783\"",
         );
     }
     let mut udp = Claims::default();
-    for (name, l) in &c.listeners.udp {
+    for (name, l) in &listeners.udp {
         let key = format!("listeners.udp.{name}");
         check_name(&key, name)?;
         udp.claim(format!("{key}.bind"), l.bind)?;
@@ -125,7 +146,7 @@ pub(super) fn validate(c: &Config) -> R {
             return err(format!("{key}.max_conn_rate"), "must be at least 1");
         }
     }
-    for (name, l) in &c.listeners.dtls {
+    for (name, l) in &listeners.dtls {
         let key = format!("listeners.dtls.{name}");
         check_name(&key, name)?;
         udp.claim(format!("{key}.bind"), l.bind)?;
@@ -157,8 +178,8 @@ pub(super) fn validate(c: &Config) -> R {
     }
 
     // One listener of each kind is served: refuse the others rather than ignore them.
-    let udp_names: Vec<&String> = c.listeners.udp.keys().collect();
-    let dtls_names: Vec<&String> = c.listeners.dtls.keys().collect();
+    let udp_names: Vec<&String> = listeners.udp.keys().collect();
+    let dtls_names: Vec<&String> = listeners.dtls.keys().collect();
     for (kind, names) in [("udp", udp_names), ("dtls", dtls_names)] {
         if let [first, extra, ..] = names[..] {
             return err(
@@ -170,9 +191,11 @@ pub(super) fn validate(c: &Config) -> R {
             );
         }
     }
+    Ok(())
+}
 
-    // Block-wise
-    let b = &c.blockwise;
+/// `[blockwise]`.
+fn check_blockwise(b: &Blockwise) -> R {
     if !BLOCK_SIZES.contains(&b.max_block_size) {
         return err(
             "blockwise.max_block_size",
@@ -192,9 +215,11 @@ pub(super) fn validate(c: &Config) -> R {
         );
     }
     positive("blockwise.exchange_lifetime", b.exchange_lifetime)?;
+    Ok(())
+}
 
-    // Authentication
-    let a = &c.authentication;
+/// `[authentication]`.
+fn check_authentication(a: &Authentication) -> R {
     if a.backend != "http" {
         return err(
             "authentication.backend",
@@ -227,9 +252,11 @@ pub(super) fn validate(c: &Config) -> R {
         positive("authentication.connect_timeout", a.connect_timeout)?;
         positive("authentication.request_timeout", a.request_timeout)?;
     }
+    Ok(())
+}
 
-    // MQTT
-    let m = &c.mqtt;
+/// `[mqtt]` (its listen addresses are checked with the API's, [`check_tcp_listeners`]).
+fn check_mqtt(m: &Mqtt) -> R {
     if m.client_id.is_empty() {
         return err("mqtt.client_id", "must not be empty");
     }
@@ -248,9 +275,11 @@ pub(super) fn validate(c: &Config) -> R {
         1,
         MAX_PREALLOCATED,
     )?;
+    Ok(())
+}
 
-    // Engine
-    let e = &c.engine;
+/// `[engine]`.
+fn check_engine(e: &Engine) -> R {
     range("engine.shards", e.shards, 0, 1024)?;
     range("engine.recv_batch", e.recv_batch, 1, 1024)?;
     range("engine.socket_rcvbuf", e.socket_rcvbuf, 1, i32::MAX as u64)?;
@@ -262,24 +291,32 @@ pub(super) fn validate(c: &Config) -> R {
         MAX_PREALLOCATED,
     )?;
     range("engine.max_datagram", e.max_datagram, 512, 65535)?;
+    Ok(())
+}
 
-    // TCP listeners
+/// The TCP listen addresses (the embedded broker's, the API's) do not overlap.
+fn check_tcp_listeners(c: &Config) -> R {
     let mut tcp = Claims::default();
-    if m.server.is_embedded() {
-        tcp.claim("mqtt.embedded_bind".to_string(), m.embedded_bind)?;
-        if m.protocol == super::MqttProtocol::V5 {
-            tcp.claim("mqtt.embedded_bind_v5".to_string(), m.embedded_bind_v5)?;
+    if c.mqtt.server.is_embedded() {
+        tcp.claim("mqtt.embedded_bind".to_string(), c.mqtt.embedded_bind)?;
+        if c.mqtt.protocol == super::MqttProtocol::V5 {
+            tcp.claim("mqtt.embedded_bind_v5".to_string(), c.mqtt.embedded_bind_v5)?;
         }
     }
     tcp.claim("api.bind".to_string(), c.api.bind)?;
+    Ok(())
+}
 
-    // API
-    if c.api.api_key.is_empty() {
+/// `[api]`.
+fn check_api(a: &Api) -> R {
+    if a.api_key.is_empty() {
         return err("api.api_key", "must not be empty");
     }
+    Ok(())
+}
 
-    // CoAP
-    let k = &c.coap;
+/// `[coap]`.
+fn check_coap(k: &Coap) -> R {
     positive("coap.ack_timeout", k.ack_timeout)?;
     if !(k.ack_random_factor.is_finite() && k.ack_random_factor >= 1.0) {
         return err(
@@ -292,12 +329,15 @@ pub(super) fn validate(c: &Config) -> R {
         return err("coap.nstart", "must be at least 1");
     }
     positive("coap.exchange_lifetime", k.exchange_lifetime)?;
+    Ok(())
+}
 
-    // Queue mode
-    if c.queue.max_queued == 0 {
+/// `[queue]`.
+fn check_queue(q: &QueueMode) -> R {
+    if q.max_queued == 0 {
         return err("queue.max_queued", "must be at least 1");
     }
-    at_most_timer("queue.default_ttl", c.queue.default_ttl)?;
+    at_most_timer("queue.default_ttl", q.default_ttl)?;
     Ok(())
 }
 

@@ -21,7 +21,8 @@ use std::fmt;
 use std::path::Path;
 
 use dimpl::DtlsCertificate;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use x509_cert::der::Decode;
 
 /// Why a certificate configuration could not be loaded, or a client
@@ -97,17 +98,16 @@ impl CertConfig {
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, CertError> {
         let certificate = first_cert(cert_pem)?;
-        let key = rustls_pemfile::private_key(&mut &key_pem[..])
-            .map_err(|e| CertError::BadPem(e.to_string()))?
-            .ok_or(CertError::MissingPem("private key"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| pem_error("private key", e))?;
         x509_cert::Certificate::from_der(&certificate)
             .map_err(|e| CertError::BadCertificate(e.to_string()))?;
         let ca = match ca_pem {
             None => Vec::new(),
             Some(pem) => {
-                let all = rustls_pemfile::certs(&mut &pem[..])
+                let all = CertificateDer::pem_slice_iter(pem)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| CertError::BadPem(e.to_string()))?;
+                    .map_err(|e| pem_error("CA certificate", e))?;
                 if all.is_empty() {
                     return Err(CertError::MissingPem("CA certificate"));
                 }
@@ -180,9 +180,136 @@ pub fn common_name(der: &[u8]) -> Result<Option<String>, CertError> {
 }
 
 fn first_cert(pem: &[u8]) -> Result<Vec<u8>, CertError> {
-    match rustls_pemfile::certs(&mut &pem[..]).next() {
+    match CertificateDer::pem_slice_iter(pem).next() {
         Some(Ok(c)) => Ok(c.as_ref().to_vec()),
-        Some(Err(e)) => Err(CertError::BadPem(e.to_string())),
+        Some(Err(e)) => Err(pem_error("certificate", e)),
         None => Err(CertError::MissingPem("certificate")),
+    }
+}
+
+/// A PEM parsing error as a [`CertError`] that says what was being read and what is
+/// wrong in words (the markers as text, not bytes).
+fn pem_error(what: &'static str, e: pem::Error) -> CertError {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    match e {
+        pem::Error::NoItemsFound => CertError::MissingPem(what),
+        pem::Error::MissingSectionEnd { end_marker } => CertError::BadPem(format!(
+            "{what}: no \"-----END {}-----\" line",
+            text(&end_marker)
+        )),
+        pem::Error::IllegalSectionStart { line } => {
+            CertError::BadPem(format!("{what}: bad BEGIN line \"{}\"", text(&line)))
+        }
+        pem::Error::Base64Decode(e) => CertError::BadPem(format!("{what}: bad base64 ({e})")),
+        e => CertError::BadPem(format!("{what}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    // A throwaway P-256 key made for this test only (`openssl ecparam -genkey`), the
+    // same key as PKCS#8 (`openssl pkcs8 -topk8 -nocrypt`), and a self-signed
+    // certificate of it.
+    const SEC1_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIA1dQGtODB9lKlFfx3PUr8cweh4m0C9IEL1Rncje6E2NoAoGCCqGSM49
+AwEHoUQDQgAEKB+FN6k8s1gVkap1v79vQkbkbpRP4OwS/lrNvZlU/Hl8VntKLEsW
+ZcF8unPgmUilqd5gNJFBCsnsuug+w0ToSQ==
+-----END EC PRIVATE KEY-----
+";
+    const PKCS8_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgDV1Aa04MH2UqUV/H
+c9SvxzB6HibQL0gQvVGdyN7oTY2hRANCAAQoH4U3qTyzWBWRqnW/v29CRuRulE/g
+7BL+Ws29mVT8eXxWe0osSxZlwXy6c+CZSKWp3mA0kUEKyey66D7DROhJ
+-----END PRIVATE KEY-----
+";
+    const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBfzCCASWgAwIBAgIUWVeEwI9rfjDVmVl1bJZwYANEdQYwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJdW5pdC10ZXN0MCAXDTI2MTIwNjExNDExOVoYDzIxMjYxMTEy
+MTE0MTE5WjAUMRIwEAYDVQQDDAl1bml0LXRlc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAQoH4U3qTyzWBWRqnW/v29CRuRulE/g7BL+Ws29mVT8eXxWe0osSxZl
+wXy6c+CZSKWp3mA0kUEKyey66D7DROhJo1MwUTAdBgNVHQ4EFgQUbySAaqeri/xg
+1dRz0P36i7ZCju0wHwYDVR0jBBgwFoAUbySAaqeri/xg1dRz0P36i7ZCju0wDwYD
+VR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA/fdrPVm2Bybclvh+9jTV
+pzOXZlejF593RLAN/YWIDdECIAszsLNEiBmT0ZvHj46b+WV+iVgKHOgU6plHk+8K
+e1Zu
+-----END CERTIFICATE-----
+";
+
+    /// The DER inside a one-section PEM text.
+    fn der_of(pem: &str) -> Vec<u8> {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
+    /// Loads `CERT` with `key` as the key file.
+    fn load_with_key(key: &str) -> Result<CertConfig, CertError> {
+        let dir = tempfile::tempdir().unwrap();
+        let (certfile, keyfile) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&certfile, CERT).unwrap();
+        std::fs::write(&keyfile, key).unwrap();
+        CertConfig::load(&certfile, &keyfile, None)
+    }
+
+    #[test]
+    fn key_file_in_pkcs8_and_sec1_forms() {
+        for key in [PKCS8_KEY, SEC1_KEY] {
+            let c = load_with_key(key).unwrap();
+            assert_eq!(c.dtls_certificate().private_key, der_of(key));
+            assert_eq!(c.dtls_certificate().certificate, der_of(CERT));
+            assert!(!c.requires_client_cert());
+        }
+        // Other sections around the key are skipped.
+        let c = load_with_key(&format!("{CERT}{SEC1_KEY}")).unwrap();
+        assert_eq!(c.dtls_certificate().private_key, der_of(SEC1_KEY));
+    }
+
+    #[test]
+    fn garbage_key_files_are_clear_errors() {
+        let missing = "no private key found in the PEM input";
+        for garbage in ["", "not a key at all\n", CERT] {
+            let e = load_with_key(garbage).unwrap_err();
+            assert!(matches!(e, CertError::MissingPem("private key")), "{e:?}");
+            assert_eq!(e.to_string(), missing);
+        }
+        let no_end = &PKCS8_KEY[..PKCS8_KEY.find("-----END").unwrap()];
+        let e = load_with_key(no_end).unwrap_err();
+        assert!(matches!(e, CertError::BadPem(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "malformed PEM (private key: no \"-----END PRIVATE KEY-----\" line)"
+        );
+        let bad_b64 = "-----BEGIN EC PRIVATE KEY-----\n!!!!\n-----END EC PRIVATE KEY-----\n";
+        let e = load_with_key(bad_b64).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("malformed PEM (private key: bad base64"),
+            "{e}"
+        );
+        let bad_begin = "-----BEGIN PRIVATE KEY----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let e = load_with_key(bad_begin).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed PEM (private key: bad BEGIN line \"-----BEGIN PRIVATE KEY----\")"
+        );
+    }
+
+    #[test]
+    fn garbage_certificates_are_clear_errors() {
+        let e = CertConfig::from_pem(b"junk", PKCS8_KEY.as_bytes(), None).unwrap_err();
+        assert_eq!(e.to_string(), "no certificate found in the PEM input");
+        let e =
+            CertConfig::from_pem(CERT.as_bytes(), PKCS8_KEY.as_bytes(), Some(b"junk")).unwrap_err();
+        assert_eq!(e.to_string(), "no CA certificate found in the PEM input");
+        let cut = &CERT[..CERT.find("-----END").unwrap()];
+        let e = CertConfig::from_pem(cut.as_bytes(), PKCS8_KEY.as_bytes(), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed PEM (certificate: no \"-----END CERTIFICATE-----\" line)"
+        );
     }
 }

@@ -47,7 +47,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
+
+use crate::watch::{self, Watch, Watched};
 
 /// Longest PSK identity accepted in the file (RFC 4279 recommends 128).
 pub const MAX_IDENTITY_LEN: usize = 128;
@@ -311,76 +313,25 @@ impl PskStore {
 
     /// Starts a thread that reloads the file when its size or modification
     /// time changes (polled every `poll_every`) and when the process gets
-    /// SIGHUP. It ends within about 50 ms after `stop` is set. If the SIGHUP
-    /// handler cannot be registered the watcher only polls.
+    /// SIGHUP (see [`crate::watch`]). It ends within about 50 ms after `stop`
+    /// is set. If the SIGHUP handler cannot be registered the watcher only polls.
     pub fn spawn_watcher(
         self: &Arc<Self>,
         poll_every: Duration,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<JoinHandle<()>> {
-        let hup = Arc::new(AtomicBool::new(false));
-        let sig_id = match signal_hook::flag::register(
-            signal_hook::consts::SIGHUP,
-            Arc::clone(&hup),
-        ) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot handle SIGHUP; the PSK file reloads on change only");
-                None
-            }
-        };
         let store = Arc::clone(self);
-        let initial = file_stamp(&self.path);
-        let spawned = std::thread::Builder::new()
-            .name("psk-watch".into())
-            .spawn(move || {
-                store.watch(poll_every, &stop, &hup, initial);
-                if let Some(id) = sig_id {
-                    signal_hook::low_level::unregister(id);
-                }
-            });
-        if spawned.is_err() {
-            if let Some(id) = sig_id {
-                signal_hook::low_level::unregister(id);
-            }
-        }
-        spawned
+        let watch = Watch {
+            watched: Watched::File(self.path.clone()),
+            poll_every,
+            thread_name: "psk-watch",
+            what: "the PSK file",
+        };
+        // Errors are logged by reload; the old keys stay in use.
+        watch::spawn(watch, stop, move |_| {
+            let _ = store.reload();
+        })
     }
-
-    fn watch(&self, poll_every: Duration, stop: &AtomicBool, hup: &AtomicBool, mut last: Stamp) {
-        const MAX_SLEEP: Duration = Duration::from_millis(50);
-        let poll_every = poll_every.max(Duration::from_millis(1));
-        let mut next_poll = Instant::now() + poll_every;
-        while !stop.load(Ordering::Acquire) {
-            let now = Instant::now();
-            if hup.swap(false, Ordering::AcqRel) {
-                tracing::info!(path = %self.path.display(), "SIGHUP: reloading the PSK file");
-                last = file_stamp(&self.path);
-                let _ = self.reload();
-                next_poll = now + poll_every;
-                continue;
-            }
-            if now >= next_poll {
-                let current = file_stamp(&self.path);
-                if current != last {
-                    last = current;
-                    // Errors are logged by reload; the old keys stay in use.
-                    let _ = self.reload();
-                }
-                next_poll = Instant::now() + poll_every;
-            }
-            let wait = next_poll.saturating_duration_since(Instant::now());
-            std::thread::sleep(wait.min(MAX_SLEEP));
-        }
-    }
-}
-
-type Stamp = Option<(u64, Option<SystemTime>)>;
-
-fn file_stamp(path: &Path) -> Stamp {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.len(), m.modified().ok()))
 }
 
 fn read_table(path: &Path) -> Result<PskTable, PskError> {
@@ -394,6 +345,7 @@ fn read_table(path: &Path) -> Result<PskTable, PskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn parse(text: &str) -> Result<PskTable, PskError> {
         PskTable::parse(text, Path::new("psk.txt"))

@@ -117,33 +117,11 @@ impl Gateway {
         };
         let api_listener = std::net::TcpListener::bind(cfg.api.bind).map_err(api_err)?;
 
-        let mut parts = Vec::with_capacity(shards);
-        let mut senders = Vec::with_capacity(shards);
-        let mut wakers = Vec::with_capacity(shards);
-        let mut dtls_sockets: Vec<Option<std::net::UdpSocket>> = match &dtls {
-            Some((bind, _)) => bind_sockets(DTLS_LISTENER, *bind, shards, cfg)?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => (0..shards).map(|_| None).collect(),
-        };
-        if let (Some((bind, _)), Some(Some(s))) = (&dtls, dtls_sockets.first()) {
-            tracing::info!(bind = %s.local_addr().unwrap_or(*bind), "DTLS listener up");
-        }
-        for (i, socket) in sockets.into_iter().enumerate() {
-            let poll = Poll::new().map_err(|e| start_err("poller", e))?;
-            let waker =
-                Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| start_err("waker", e))?);
-            let (tx, rx) = shard::mailbox(cfg.engine.mailbox_capacity, waker.clone());
-            senders.push(tx);
-            wakers.push(waker);
-            parts.push(Some(ShardParts {
-                poll,
-                socket,
-                dtls_socket: dtls_sockets[i].take(),
-                mailbox: rx,
-            }));
-        }
+        let ShardSetup {
+            parts,
+            senders,
+            wakers,
+        } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
 
         let router_counters = Arc::new(RouterCounters::default());
@@ -162,29 +140,10 @@ impl Gateway {
         let mqtt_stats = Arc::new(MqttStats::default());
         // The wildcard filter (when commands are not subscribed per endpoint) lives
         // on shard 0's connections; shard 0 hands each command to its endpoint's shard.
-        let wildcard = (!settings.per_endpoint_subscriptions).then(|| {
-            let filter = settings.wildcard_command_filter();
-            tracing::info!(%filter, "subscribing command wildcard");
-            if wildcard_covers_uplinks(&settings, &filter) {
-                tracing::warn!(
-                    %filter,
-                    "the command wildcard also matches the gateway's own uplink topics, which \
-                     the broker will send back (counted as foreign topics); end the mountpoint \
-                     with '/' to avoid it"
-                );
-            }
-            MqttOut::Subscribe {
-                lane: 0,
-                filter,
-                qos: settings.command.qos,
-            }
-        });
+        let wildcard = (!settings.per_endpoint_subscriptions).then(|| command_wildcard(&settings));
 
         let clock = Clock::new();
-        let epoch_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            .saturating_sub(clock.now_ms());
+        let epoch_ms = clock_epoch_ms(&clock);
         let seed = seed();
         let parts = Arc::new(Mutex::new(parts));
         let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();
@@ -433,6 +392,87 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64
 /// `mqtt.connections` spread over the shards, at least one each.
 fn connections_per_shard(connections: usize, shards: usize) -> usize {
     connections.div_ceil(shards.max(1)).max(1)
+}
+
+/// The shards' start-up pieces: what each thread takes, and the senders and wakers of
+/// their mailboxes.
+struct ShardSetup {
+    parts: Vec<Option<ShardParts>>,
+    senders: Vec<MailboxSender<ShardMail>>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+/// What each shard thread takes at start (its poller, its UDP socket and, with a DTLS
+/// listener on `dtls_bind`, its DTLS socket, bound here, and its mailbox), with the senders
+/// of the mailboxes and their wakers.
+fn shard_parts(
+    cfg: &Config,
+    sockets: Vec<std::net::UdpSocket>,
+    dtls_bind: Option<SocketAddr>,
+    shards: usize,
+) -> Result<ShardSetup, GatewayError> {
+    let mut parts = Vec::with_capacity(shards);
+    let mut senders = Vec::with_capacity(shards);
+    let mut wakers = Vec::with_capacity(shards);
+    let mut dtls_sockets: Vec<Option<std::net::UdpSocket>> = match dtls_bind {
+        Some(bind) => bind_sockets(DTLS_LISTENER, bind, shards, cfg)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..shards).map(|_| None).collect(),
+    };
+    if let (Some(bind), Some(Some(s))) = (dtls_bind, dtls_sockets.first()) {
+        tracing::info!(bind = %s.local_addr().unwrap_or(bind), "DTLS listener up");
+    }
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let poll = Poll::new().map_err(|e| start_err("poller", e))?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| start_err("waker", e))?);
+        let (tx, rx) = shard::mailbox(cfg.engine.mailbox_capacity, waker.clone());
+        senders.push(tx);
+        wakers.push(waker);
+        parts.push(Some(ShardParts {
+            poll,
+            socket,
+            dtls_socket: dtls_sockets[i].take(),
+            mailbox: rx,
+        }));
+    }
+    Ok(ShardSetup {
+        parts,
+        senders,
+        wakers,
+    })
+}
+
+/// The subscription to the command wildcard filter (when commands are not subscribed per
+/// endpoint), for shard 0's connections; warns when the filter also matches the gateway's
+/// own uplink topics.
+fn command_wildcard(settings: &CoreSettings) -> MqttOut {
+    let filter = settings.wildcard_command_filter();
+    tracing::info!(%filter, "subscribing command wildcard");
+    if wildcard_covers_uplinks(settings, &filter) {
+        tracing::warn!(
+            %filter,
+            "the command wildcard also matches the gateway's own uplink topics, which \
+             the broker will send back (counted as foreign topics); end the mountpoint \
+             with '/' to avoid it"
+        );
+    }
+    MqttOut::Subscribe {
+        lane: 0,
+        filter,
+        qos: settings.command.qos,
+    }
+}
+
+/// Unix time (ms) of `clock`'s zero: what turns the shards' monotonic times into
+/// wall-clock times for the API.
+fn clock_epoch_ms(clock: &Clock) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .saturating_sub(clock.now_ms())
 }
 
 /// The DTLS listener's bind address and settings, with its PSK file loaded (and

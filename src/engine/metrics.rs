@@ -2,48 +2,125 @@
 //! mailbox drops, command routing, MQTT. Read from snapshots and atomics; nothing
 //! here touches a shard. The text format wants each family's lines together (one
 //! HELP and TYPE, then every sample): each family is written by one loop over the
-//! shards, never interleaved with another.
+//! shards, never interleaved with another. The families come in a fixed order, one
+//! function per group.
 
 use super::admin::GatewayAdmin;
+use super::udp_shard::ShardCounters;
+use crate::dtls::DtlsStats;
 use crate::lwm2m::command::Op;
 use crate::lwm2m::stats::{Outcome, UNKNOWN_MSG_TYPE};
+use crate::lwm2m::CoreStats;
 use crate::metrics::Writer;
 use crate::mqtt::MqttStats;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use Kind::{Counter, Gauge};
 
 pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     let snaps: Vec<_> = a.core_stats.iter().map(|s| *s.lock()).collect();
     let labels: Vec<String> = (0..snaps.len()).map(|i| i.to_string()).collect();
-    macro_rules! per_shard {
-        ($kind:ident, $name:expr, $help:expr, $field:ident) => {
-            for (i, s) in snaps.iter().enumerate() {
-                w.$kind($name, $help, &[("shard", &labels[i])], s.$field);
-            }
-        };
+    let sh = Shards {
+        a,
+        snaps: &snaps,
+        labels: &labels,
+    };
+    write_traffic(&sh, w);
+    write_registrations(&sh, w);
+    write_commands_by_type(&sh, w);
+    write_mailbox_depth(&sh, w);
+    write_refusals(&sh, w);
+    write_registration_moves(&sh, w);
+    sh.core(
+        w,
+        Counter,
+        "lwm2m_auth_held_full_total",
+        "Registers refused because the shard held too many awaiting authentication.",
+        |c| c.auth_overflow,
+    );
+    write_commands(&sh, w);
+    write_coap_client(&sh, w);
+    write_blockwise(&sh, w);
+    write_mailbox_backlog(&sh, w);
+    write_dtls(&sh, w);
+    write_routing(&sh, w);
+    write_mqtt(&a.mqtt, w);
+}
+
+/// A sample's type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// What the per-shard families are written from: one snapshot of each shard's core
+/// counters, the shards' atomics (through the admin) and their `shard` labels.
+struct Shards<'a> {
+    a: &'a GatewayAdmin,
+    snaps: &'a [CoreStats],
+    labels: &'a [String],
+}
+
+impl Shards<'_> {
+    /// One family with one sample per shard, read from its core counters.
+    fn core(
+        &self,
+        w: &mut Writer<'_>,
+        kind: Kind,
+        name: &str,
+        help: &str,
+        value: impl Fn(&CoreStats) -> u64,
+    ) {
+        for (i, s) in self.snaps.iter().enumerate() {
+            sample(w, kind, name, help, &[("shard", &self.labels[i])], value(s));
+        }
     }
-    for (i, c) in a.shard_counters.iter().enumerate() {
-        w.gauge(
-            "lwm2m_endpoints",
-            "Registered endpoints.",
-            &[("shard", &labels[i])],
-            c.endpoints.load(Ordering::Relaxed),
-        );
+
+    /// One family with one sample per shard, read from one of its atomics.
+    fn atomic(
+        &self,
+        w: &mut Writer<'_>,
+        kind: Kind,
+        name: &str,
+        help: &str,
+        value: impl Fn(&ShardCounters) -> &AtomicU64,
+    ) {
+        for (i, c) in self.a.shard_counters.iter().enumerate() {
+            let v = value(c).load(Ordering::Relaxed);
+            sample(w, kind, name, help, &[("shard", &self.labels[i])], v);
+        }
     }
-    per_shard!(
-        counter,
+}
+
+fn sample(w: &mut Writer<'_>, kind: Kind, name: &str, help: &str, labels: &[(&str, &str)], v: u64) {
+    match kind {
+        Counter => w.counter(name, help, labels, v),
+        Gauge => w.gauge(name, help, labels, v),
+    }
+}
+
+/// Registered endpoints, datagrams in, out and dropped, duplicates.
+fn write_traffic(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.atomic(w, Gauge, "lwm2m_endpoints", "Registered endpoints.", |c| {
+        &c.endpoints
+    });
+    sh.core(
+        w,
+        Counter,
         "lwm2m_datagrams_in_total",
         "Datagrams received.",
-        datagrams_in
+        |c| c.datagrams_in,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_datagrams_out_total",
         "Datagrams sent.",
-        datagrams_out
+        |c| c.datagrams_out,
     );
     let drop_help = "Datagrams dropped, by reason.";
-    for (i, s) in snaps.iter().enumerate() {
-        let c = &a.shard_counters[i];
+    for (i, s) in sh.snaps.iter().enumerate() {
+        let c = &sh.a.shard_counters[i];
         for (reason, v) in [
             ("malformed", s.malformed),
             ("unmatched", s.unmatched),
@@ -53,109 +130,141 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             w.counter(
                 "lwm2m_datagrams_dropped_total",
                 drop_help,
-                &[("shard", &labels[i]), ("reason", reason)],
+                &[("shard", &sh.labels[i]), ("reason", reason)],
                 v,
             );
         }
     }
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_duplicates_total",
         "Retransmitted requests answered from the cache.",
-        duplicates
+        |c| c.duplicates,
     );
-    per_shard!(
-        counter,
+}
+
+/// Registrations and updates, and the Registers refused or held (admission,
+/// topics, authentication).
+fn write_registrations(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.core(
+        w,
+        Counter,
         "lwm2m_registrations_total",
         "Registrations.",
-        registrations
+        |c| c.registrations,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_updates_total",
         "Registration updates.",
-        updates
+        |c| c.updates,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_deregistrations_total",
         "De-registrations.",
-        deregistrations
+        |c| c.deregistrations,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_expiries_total",
         "Registrations that expired.",
-        expiries
+        |c| c.expiries,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_rebinds_total",
         "Updates that moved an endpoint to a new address.",
-        rebinds
+        |c| c.rebinds,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_bad_requests_total",
         "Requests answered 4.00.",
-        bad_requests
+        |c| c.bad_requests,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_admission_rate_limited_total",
         "Registers refused by max_conn_rate.",
-        rate_limited
+        |c| c.rate_limited,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_admission_over_capacity_total",
         "Registers refused by max_connections.",
-        over_capacity
+        |c| c.over_capacity,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_bad_topics_total",
-        "Registers refused 4.00 because a value they carry would make an invalid MQTT topic or filter (also in lwm2m_bad_requests_total).",
-        bad_topics
+        "Registers refused 4.00 because a value they carry would make an invalid MQTT \
+         topic or filter (also in lwm2m_bad_requests_total).",
+        |c| c.bad_topics,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_auth_held_total",
         "Registers held while the authentication server was asked.",
-        auth_requests
+        |c| c.auth_requests,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_auth_denied_total",
         "Registers denied by authentication.",
-        auth_denied
+        |c| c.auth_denied,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_auth_held_timeouts_total",
-        "Held Registers the authentication server did not answer in time (denied, also in lwm2m_auth_denied_total).",
-        auth_timeouts
+        "Held Registers the authentication server did not answer in time (denied, \
+         also in lwm2m_auth_denied_total).",
+        |c| c.auth_timeouts,
     );
-    for (i, s) in snaps.iter().enumerate() {
+}
+
+/// Commands accepted, by msgType.
+fn write_commands_by_type(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    for (i, s) in sh.snaps.iter().enumerate() {
         for op in crate::lwm2m::command::Op::ALL {
             w.counter(
                 "lwm2m_commands_by_type_total",
                 "Commands accepted for a device, by msgType.",
-                &[("shard", &labels[i]), ("msg_type", op.name())],
+                &[("shard", &sh.labels[i]), ("msg_type", op.name())],
                 s.commands_by_op[op.index()],
             );
         }
     }
-    for (i, tx) in a.shards.iter().enumerate() {
+}
+
+/// Messages waiting in each shard's mailbox.
+fn write_mailbox_depth(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    for (i, tx) in sh.a.shards.iter().enumerate() {
         w.gauge(
             "lwm2m_mailbox_depth",
             "Messages waiting in the shard's mailbox.",
-            &[("shard", &labels[i])],
+            &[("shard", &sh.labels[i])],
             tx.len() as u64,
         );
     }
+}
+
+/// Requests refused or answered without a registration, and the resets sent.
+fn write_refusals(sh: &Shards<'_>, w: &mut Writer<'_>) {
     let req_help = "Requests refused or answered without touching a registration, by reason.";
-    for (i, s) in snaps.iter().enumerate() {
+    for (i, s) in sh.snaps.iter().enumerate() {
         for (reason, v) in [
             ("not_found", s.not_found),
             ("bad_option", s.bad_options),
@@ -165,55 +274,64 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             w.counter(
                 "lwm2m_requests_refused_total",
                 req_help,
-                &[("shard", &labels[i]), ("reason", reason)],
+                &[("shard", &sh.labels[i]), ("reason", reason)],
                 v,
             );
         }
     }
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_resets_sent_total",
         "Resets sent (malformed messages, pings).",
-        resets_sent
+        |c| c.resets_sent,
     );
-    per_shard!(
-        counter,
+}
+
+/// Registrations replaced, kicked, or moved between shards.
+fn write_registration_moves(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.core(
+        w,
+        Counter,
         "lwm2m_registrations_replaced_total",
         "Registrations that replaced an earlier one of the same endpoint name.",
-        replaced
+        |c| c.replaced,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_kicked_total",
         "Registrations removed through the management API.",
-        kicked
+        |c| c.kicked,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_takeovers_out_total",
         "Registrations handed to another shard (NAT rebinding).",
-        takeovers_out
+        |c| c.takeovers_out,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_takeovers_in_total",
         "Registrations taken over from another shard (NAT rebinding).",
-        takeovers_in
+        |c| c.takeovers_in,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_takeover_timeouts_total",
         "Takeovers from another shard unanswered in time (asked again by the next request).",
-        takeover_timeouts
+        |c| c.takeover_timeouts,
     );
-    per_shard!(
-        counter,
-        "lwm2m_auth_held_full_total",
-        "Registers refused because the shard held too many awaiting authentication.",
-        auth_overflow
-    );
+}
+
+/// Commands by outcome (per shard, then by msgType summed over the shards), those
+/// waiting, and their round trips.
+fn write_commands(sh: &Shards<'_>, w: &mut Writer<'_>) {
     let cmd_help = "Commands by outcome.";
-    for (i, s) in snaps.iter().enumerate() {
+    for (i, s) in sh.snaps.iter().enumerate() {
         for (outcome, v) in [
             ("accepted", s.commands),
             ("rejected", s.commands_rejected),
@@ -227,14 +345,14 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             w.counter(
                 "lwm2m_commands_total",
                 cmd_help,
-                &[("shard", &labels[i]), ("outcome", outcome)],
+                &[("shard", &sh.labels[i]), ("outcome", outcome)],
                 v,
             );
         }
     }
     // Summed over the shards: 9 msgTypes x 8 outcomes per shard would swamp the page.
     let mut ended = [[0u64; Outcome::ALL.len()]; 10];
-    for s in &snaps {
+    for s in sh.snaps {
         for (row, shard_row) in ended.iter_mut().zip(s.outcomes.iter()) {
             for (n, v) in row.iter_mut().zip(shard_row) {
                 *n += v;
@@ -261,13 +379,15 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
             ended[UNKNOWN_MSG_TYPE][outcome as usize],
         );
     }
-    per_shard!(
-        gauge,
+    sh.core(
+        w,
+        Gauge,
         "lwm2m_commands_waiting",
-        "Commands waiting in device queues (queue-mode devices asleep, behind NSTART, DTLS session lost).",
-        commands_waiting
+        "Commands waiting in device queues (queue-mode devices asleep, behind NSTART, \
+         DTLS session lost).",
+        |c| c.commands_waiting,
     );
-    for (i, s) in snaps.iter().enumerate() {
+    for (i, s) in sh.snaps.iter().enumerate() {
         let h = &s.command_rtt;
         let mut cumulative = 0;
         let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.buckets.len());
@@ -282,115 +402,131 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         w.histogram(
             "lwm2m_command_round_trip_seconds",
             "MQTT command taken to the device's final response.",
-            &[("shard", &labels[i])],
+            &[("shard", &sh.labels[i])],
             &buckets,
             h.sum_ms as f64 / 1000.0,
             h.count,
         );
     }
-    per_shard!(
-        counter,
+}
+
+/// Our requests to devices: retransmissions, notifications.
+fn write_coap_client(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.core(
+        w,
+        Counter,
         "lwm2m_retransmissions_total",
         "CoAP retransmissions of our requests.",
-        retransmissions
+        |c| c.retransmissions,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_notifications_total",
         "Notifications delivered to MQTT.",
-        notifications
+        |c| c.notifications,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_notifications_stale_total",
         "Notifications older than one delivered.",
-        stale_notifications
+        |c| c.stale_notifications,
     );
-    per_shard!(
-        counter,
+}
+
+/// Block-wise transfers (RFC 7959).
+fn write_blockwise(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.core(
+        w,
+        Counter,
         "lwm2m_blocks_sent_total",
         "Block-wise blocks sent.",
-        blocks_sent
+        |c| c.blocks_sent,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_blocks_received_total",
         "Block-wise blocks received.",
-        blocks_received
+        |c| c.blocks_received,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_block_transfers_total",
         "Block-wise transfers completed.",
-        block_transfers
+        |c| c.block_transfers,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_block_aborts_total",
         "Block-wise transfers aborted.",
-        block_aborts
+        |c| c.block_aborts,
     );
-    per_shard!(
-        counter,
+    sh.core(
+        w,
+        Counter,
         "lwm2m_block_expired_total",
         "Partial block-wise transfers dropped after exchange_lifetime.",
-        block_expired
+        |c| c.block_expired,
     );
-    per_shard!(
-        gauge,
+    sh.core(
+        w,
+        Gauge,
         "lwm2m_block_bytes_held",
         "Bytes held by block-wise state (bodies, request keys, stored responses).",
-        block_bytes_held
+        |c| c.block_bytes_held,
     );
-    per_shard!(
-        gauge,
+    sh.core(
+        w,
+        Gauge,
         "lwm2m_block_partials",
         "Partial request bodies devices are sending.",
-        block_partials
+        |c| c.block_partials,
     );
-    for (i, s) in snaps.iter().enumerate() {
+    for (i, s) in sh.snaps.iter().enumerate() {
         for l in crate::lwm2m::blockwise::BlockLimit::ALL {
             w.counter(
                 "lwm2m_block_limit_hits_total",
                 "Block-wise bodies refused, aborted or evicted, by the limit that did it.",
-                &[("shard", &labels[i]), ("reason", l.name())],
+                &[("shard", &sh.labels[i]), ("reason", l.name())],
                 s.block_limits[l.index()],
             );
         }
     }
-    // Families from the shards' atomics, one loop per family.
-    macro_rules! per_shard_atomic {
-        ($kind:ident, $name:expr, $help:expr, $field:ident) => {
-            for (i, c) in a.shard_counters.iter().enumerate() {
-                w.$kind(
-                    $name,
-                    $help,
-                    &[("shard", &labels[i])],
-                    c.$field.load(Ordering::Relaxed),
-                );
-            }
-        };
-    }
-    per_shard_atomic!(
-        counter,
+}
+
+/// Cross-shard messages dropped, deferred and waiting for a full mailbox.
+fn write_mailbox_backlog(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.atomic(
+        w,
+        Counter,
         "lwm2m_mailbox_dropped_total",
-        "Cross-shard messages dropped (destination gone, or a recoverable one over the backlog cap).",
-        mailbox_dropped
+        "Cross-shard messages dropped (destination gone, or a recoverable one over \
+         the backlog cap).",
+        |c| &c.mailbox_dropped,
     );
-    per_shard_atomic!(
-        counter,
+    sh.atomic(
+        w,
+        Counter,
         "lwm2m_mailbox_deferred_total",
         "Cross-shard messages that waited for room in a full mailbox.",
-        mailbox_deferred
+        |c| &c.mailbox_deferred,
     );
-    per_shard_atomic!(
-        gauge,
+    sh.atomic(
+        w,
+        Gauge,
         "lwm2m_mailbox_backlog",
         "Cross-shard messages waiting for room in a full mailbox.",
-        mailbox_backlog
+        |c| &c.mailbox_backlog,
     );
-    write_dtls(a, &snaps, &labels, w);
-    let r = &a.router;
+}
+
+/// Command routing: to a shard, locally, or nowhere.
+fn write_routing(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    let r = &sh.a.router;
     w.counter(
         "lwm2m_commands_routed_total",
         "Commands routed to a shard.",
@@ -415,7 +551,7 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         "Commands answered 5.03 at once because the shard holding their endpoint could not take \
          them (a full mailbox, or too many cross-shard messages waiting).",
         &[],
-        snaps.iter().map(|s| s.commands_shed).sum::<u64>(),
+        sh.snaps.iter().map(|s| s.commands_shed).sum::<u64>(),
     );
     w.counter(
         "lwm2m_commands_foreign_topic_total",
@@ -423,7 +559,10 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         &[],
         r.foreign_topic.load(Ordering::Relaxed),
     );
-    let m = &a.mqtt;
+}
+
+/// The broker connections.
+fn write_mqtt(m: &MqttStats, w: &mut Writer<'_>) {
     for (q, c) in m.published.iter().enumerate() {
         w.counter(
             "lwm2m_mqtt_published_total",
@@ -470,175 +609,238 @@ pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     );
 }
 
-/// The DTLS listener's families (zero when no DTLS listener is configured).
-fn write_dtls(
-    a: &GatewayAdmin,
-    snaps: &[crate::lwm2m::CoreStats],
-    labels: &[String],
-    w: &mut Writer<'_>,
-) {
-    let stats: Vec<crate::dtls::DtlsStats> = a
-        .shard_counters
-        .iter()
-        .map(|c| c.dtls.lock().clone())
-        .collect();
-    macro_rules! each {
-        ($kind:ident, $name:expr, $help:expr, |$s:ident, $c:ident, $core:ident| [$(($label:expr, $v:expr)),+ $(,)?]) => {
-            for (i, $s) in stats.iter().enumerate() {
-                let $c = &a.shard_counters[i];
-                let $core = &snaps[i];
-                let _ = (&$s, $c, $core);
-                $(
-                    let mut l: Vec<(&str, &str)> = vec![("shard", &labels[i])];
-                    let extra: Option<(&str, &str)> = $label;
-                    l.extend(extra);
-                    w.$kind($name, $help, &l, $v);
-                )+
+/// The DTLS listener's families (zero when no DTLS listener is configured), from one
+/// copy of each shard's DTLS counters.
+fn write_dtls(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    let d = Dtls {
+        shards: sh,
+        stats: sh
+            .a
+            .shard_counters
+            .iter()
+            .map(|c| c.dtls.lock().clone())
+            .collect(),
+    };
+    write_dtls_handshakes(&d, w);
+    write_dtls_sessions(&d, w);
+    write_dtls_datagrams(&d, w);
+}
+
+/// What the DTLS families are written from.
+struct Dtls<'a> {
+    shards: &'a Shards<'a>,
+    stats: Vec<DtlsStats>,
+}
+
+/// A sample's extra label after `shard`, if any.
+type Extra = Option<(&'static str, &'static str)>;
+
+impl Dtls<'_> {
+    /// One family: for each shard, one sample per (extra label, value) that `values`
+    /// reads from the shard's DTLS counters, atomics and core counters.
+    fn family<const N: usize>(
+        &self,
+        w: &mut Writer<'_>,
+        kind: Kind,
+        name: &str,
+        help: &str,
+        values: impl Fn(&DtlsStats, &ShardCounters, &CoreStats) -> [(Extra, u64); N],
+    ) {
+        let sh = self.shards;
+        for (i, stats) in self.stats.iter().enumerate() {
+            for (extra, v) in values(stats, &sh.a.shard_counters[i], &sh.snaps[i]) {
+                let mut l: Vec<(&str, &str)> = vec![("shard", &sh.labels[i])];
+                l.extend(extra);
+                sample(w, kind, name, help, &l, v);
             }
-        };
+        }
     }
-    each!(
-        gauge,
+}
+
+/// Sessions and handshakes: established, in progress, started, verified, completed,
+/// failed, and those dropped or refused by the caps.
+fn write_dtls_handshakes(d: &Dtls<'_>, w: &mut Writer<'_>) {
+    d.family(
+        w,
+        Gauge,
         "lwm2m_dtls_sessions",
         "Established DTLS sessions.",
-        |s, c, k| [(None, s.sessions)]
+        |s, _, _| [(None, s.sessions)],
     );
-    each!(
-        gauge,
+    d.family(
+        w,
+        Gauge,
         "lwm2m_dtls_half_open",
         "DTLS handshakes in progress, by stage (waiting for the cookie, or past it).",
-        |s, c, k| [
-            (
-                Some(("stage", "cookie")),
-                s.half_open - s.half_open_verified.min(s.half_open)
-            ),
-            (Some(("stage", "verified")), s.half_open_verified),
-        ]
+        |s, _, _| {
+            [
+                (
+                    Some(("stage", "cookie")),
+                    s.half_open - s.half_open_verified.min(s.half_open),
+                ),
+                (Some(("stage", "verified")), s.half_open_verified),
+            ]
+        },
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_handshakes_started_total",
         "DTLS handshakes started (first ClientHello from an address).",
-        |s, c, k| [(None, s.handshakes_started)]
+        |s, _, _| [(None, s.handshakes_started)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_handshakes_verified_total",
         "DTLS handshakes whose cookie came back (the address is real).",
-        |s, c, k| [(None, s.handshakes_verified)]
+        |s, _, _| [(None, s.handshakes_verified)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_handshakes_completed_total",
         "DTLS handshakes completed.",
-        |s, c, k| [(None, s.handshakes_completed)]
+        |s, _, _| [(None, s.handshakes_completed)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_handshakes_failed_total",
         "DTLS handshakes that failed or timed out.",
-        |s, c, k| [(None, s.handshakes_failed + s.handshake_timeouts)]
+        |s, _, _| [(None, s.handshakes_failed + s.handshake_timeouts)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_handshake_timeouts_total",
         "DTLS handshakes dropped for not finishing in time (cookie or handshake timeout).",
-        |s, c, k| [(None, s.handshake_timeouts)]
+        |s, _, _| [(None, s.handshake_timeouts)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_half_open_dropped_total",
         "ClientHellos or handshakes dropped by a half-open cap with nothing evictable, by cap.",
-        |s, c, k| [
-            (Some(("cap", "shard")), s.half_open_drops),
-            (Some(("cap", "address")), s.half_open_per_addr_drops),
-            (Some(("cap", "verified")), s.verified_full),
-        ]
+        |s, _, _| {
+            [
+                (Some(("cap", "shard")), s.half_open_drops),
+                (Some(("cap", "address")), s.half_open_per_addr_drops),
+                (Some(("cap", "verified")), s.verified_full),
+            ]
+        },
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_half_open_evicted_total",
         "Handshakes still waiting for their cookie evicted for a newer ClientHello, by cap.",
-        |s, c, k| [
-            (Some(("cap", "shard")), s.half_open_evicted),
-            (Some(("cap", "address")), s.half_open_per_addr_evicted),
-        ]
+        |s, _, _| {
+            [
+                (Some(("cap", "shard")), s.half_open_evicted),
+                (Some(("cap", "address")), s.half_open_per_addr_evicted),
+            ]
+        },
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_session_table_full_total",
         "ClientHellos or completed handshakes refused because the session table was full.",
-        |s, c, k| [(None, s.session_table_full)]
+        |s, _, _| [(None, s.session_table_full)],
     );
-    each!(
-        counter,
+}
+
+/// Sessions ended, certificates rejected, records that failed to decrypt, datagrams
+/// held back from unverified addresses.
+fn write_dtls_sessions(d: &Dtls<'_>, w: &mut Writer<'_>) {
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_sessions_closed_total",
         "DTLS sessions ended, by reason.",
-        |s, c, k| [
-            (Some(("reason", "idle")), s.idle_evictions),
-            (Some(("reason", "replaced")), s.replaced),
-            (Some(("reason", "peer_closed")), s.peer_closed),
-            (Some(("reason", "error")), s.session_errors),
-        ]
+        |s, _, _| {
+            [
+                (Some(("reason", "idle")), s.idle_evictions),
+                (Some(("reason", "replaced")), s.replaced),
+                (Some(("reason", "peer_closed")), s.peer_closed),
+                (Some(("reason", "error")), s.session_errors),
+            ]
+        },
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_cert_rejected_total",
         "Client certificates that failed verification.",
-        |s, c, k| [(None, s.cert_rejected)]
+        |s, _, _| [(None, s.cert_rejected)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_decrypt_errors_total",
         "DTLS records that failed to decrypt.",
-        |s, c, k| [(None, s.decrypt_errors)]
+        |s, _, _| [(None, s.decrypt_errors)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_amplification_drops_total",
         "Datagrams not sent to an unverified address (more bytes than it sent).",
-        |s, c, k| [(None, s.amplification_drops)]
+        |s, _, _| [(None, s.amplification_drops)],
     );
-    each!(
-        counter,
+}
+
+/// Datagrams on the DTLS port, and what plain CoAP or a lost session did to DTLS peers.
+fn write_dtls_datagrams(d: &Dtls<'_>, w: &mut Writer<'_>) {
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_datagrams_in_total",
         "Datagrams received on the DTLS port.",
-        |s, c, k| [(None, s.datagrams_in)]
+        |s, _, _| [(None, s.datagrams_in)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_datagrams_out_total",
         "Datagrams sent on the DTLS port.",
-        |s, c, k| [(None, s.datagrams_out)]
+        |s, _, _| [(None, s.datagrams_out)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_datagrams_dropped_total",
         "DTLS datagrams dropped, by reason.",
-        |s, c, k| [
-            (
-                Some(("reason", "oversized")),
-                c.dtls_oversized.load(Ordering::Relaxed)
-            ),
-            (Some(("reason", "junk")), s.junk_dropped),
-        ]
+        |s, c, _| {
+            [
+                (
+                    Some(("reason", "oversized")),
+                    c.dtls_oversized.load(Ordering::Relaxed),
+                ),
+                (Some(("reason", "junk")), s.junk_dropped),
+            ]
+        },
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_no_session_total",
         "Datagrams for a DTLS peer not sent because it had no session (never sent in plain text).",
-        |s, c, k| [(None, c.dtls_no_session.load(Ordering::Relaxed))]
+        |_, c, _| [(None, c.dtls_no_session.load(Ordering::Relaxed))],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_plain_refused_total",
         "Plain CoAP datagrams from the address of a DTLS registration (dropped).",
-        |s, c, k| [(None, k.plain_from_secure_peer)]
+        |_, _, k| [(None, k.plain_from_secure_peer)],
     );
-    each!(
-        counter,
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_registrations_session_lost_total",
         "DTLS registrations whose session ended (their commands wait for a new session).",
-        |s, c, k| [(None, k.dtls_sessions_lost)]
+        |_, _, k| [(None, k.dtls_sessions_lost)],
     );
 }

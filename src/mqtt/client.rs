@@ -1,6 +1,6 @@
 //! A set of broker connections driven by whoever owns a mio `Poll`: a shard thread (the
-//! gateway: each shard publishes on its own connections) or the stand-alone I/O thread
-//! (`io_thread.rs`).
+//! gateway: each shard publishes on its own connections) or a thread of the client's tests
+//! (`tests/common/mqtt_thread.rs`).
 //!
 //! The owner registers nothing itself: connections register their sockets with the
 //! `Registry` they are given, under tokens `token_base..token_base + count`. The owner

@@ -1,7 +1,6 @@
 //! The MQTT client of the gateway: [`MqttClient`], a few pipelined broker connections (MQTT 5
 //! or 3.1.1, see [`Protocol`]) driven by whoever owns a mio loop. Each shard owns one and
-//! publishes on it directly; [`spawn`] runs one on a thread of its own behind a channel
-//! ([`MqttHandle`]), for other users and the client's tests.
+//! publishes on it directly (the client's tests drive one on a thread of their own).
 //!
 //! [`MqttClient::accept`] takes [`Outbound`] messages. A message goes to connection
 //! `lane % connections`, so the messages of one lane keep their order and a subscription
@@ -28,8 +27,7 @@
 //!
 //! # Buffer and overflow policy
 //! At most `cap` publishes are held by a client (pending plus in flight, over its
-//! connections; `buffer_messages` for the thread) while the broker is slow or away. When a
-//! new publish arrives with the buffer
+//! connections) while the broker is slow or away. When a new publish arrives with the buffer
 //! full, one message is dropped, in this order of preference:
 //! 1. the oldest pending QoS 0 publish (of any connection);
 //! 2. if there is none and the new publish is QoS 0: the new publish;
@@ -37,43 +35,35 @@
 //! 4. if everything held is already in flight: the new publish.
 //!
 //! Publishes in flight are never dropped. Every drop adds one to
-//! [`MqttStats::dropped_overflow`]. The channel into the thread is bounded by `buffer_messages`
-//! too: when it is full, [`MqttHandle::send`] returns the message (the caller counts the drop).
-//! Publishes that can never be sent (QoS above 2, empty or wildcard topic, larger than
-//! `max_packet_size` or than the broker's MQTT 5 Maximum Packet Size) are dropped and counted in
-//! [`MqttStats::send_errors`], as are publishes an MQTT 5 broker refuses (reason code >= 0x80).
-//!
-//! # Shutdown
-//! [`MqttHandle::shutdown`] publishes everything queued, waits up to its timeout for the QoS>=1
-//! acks, sends DISCONNECT and ends the thread.
+//! [`MqttStats::dropped_overflow`]. Publishes that can never be sent (QoS above 2, empty or
+//! wildcard topic, larger than `max_packet_size` or than the broker's MQTT 5 Maximum Packet
+//! Size) are dropped and counted in [`MqttStats::send_errors`], as are publishes an MQTT 5
+//! broker refuses (reason code >= 0x80).
 
 mod buffer;
 mod client;
 mod codec;
 mod connection;
+#[cfg(feature = "embedded-broker")]
 mod embedded;
-mod io_thread;
+#[cfg(not(feature = "embedded-broker"))]
+mod no_embedded_broker;
 mod resolve;
 mod stats;
 mod subscriptions;
 mod transport;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use crossbeam_channel::{Sender, TrySendError};
-use mio::{Poll, Waker};
-use parking_lot::{Condvar, Mutex};
 
 pub use client::{tls_for, MqttClient};
 pub use codec::Protocol;
+#[cfg(feature = "embedded-broker")]
 pub use embedded::start_embedded_broker;
+#[cfg(not(feature = "embedded-broker"))]
+pub use no_embedded_broker::{start_embedded_broker, NO_EMBEDDED_BROKER};
 pub use resolve::BrokerAddrs;
 pub use stats::MqttStats;
-
-use io_thread::{IoThread, Shared, WAKER_TOKEN};
 
 /// Where the broker is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,13 +89,11 @@ pub struct MqttOptions {
     pub password: String,
     /// PINGREQ interval; zero disables keepalive.
     pub keepalive: Duration,
-    /// Broker connections of the thread started by [`spawn`] (at least 1); the gateway
-    /// spreads them over its shards.
+    /// Broker connections (at least 1); the gateway spreads them over its shards.
     pub connections: usize,
     /// QoS>=1 publishes awaiting an ack, per connection.
     pub max_inflight: u16,
-    /// Publishes held (pending + in flight) while the broker is slow or away; also the capacity
-    /// of the channel into the thread.
+    /// Publishes held (pending + in flight) while the broker is slow or away.
     pub buffer_messages: usize,
     /// Largest packet sent or accepted, e.g. 1 MiB.
     pub max_packet_size: usize,
@@ -150,102 +138,4 @@ pub trait Inbound: Send + 'static {
     /// `replies`: publishes to send in answer; the client queues them like messages from
     /// shards (same size checks and overflow policy).
     fn on_publish(&mut self, msg: &Delivery<'_>, replies: &mut Vec<Outbound>);
-}
-
-/// Cheap to clone; every clone talks to the same thread.
-#[derive(Clone)]
-pub struct MqttHandle {
-    tx: Sender<Outbound>,
-    shared: Arc<Shared>,
-    stats: Arc<MqttStats>,
-}
-
-impl MqttHandle {
-    /// Non-blocking. The queue to the thread is bounded (capacity = buffer_messages); Err gives
-    /// the message back when full or when the thread has stopped (the caller counts a drop).
-    pub fn send(&self, msg: Outbound) -> Result<(), Outbound> {
-        match self.tx.try_send(msg) {
-            Ok(()) => {
-                self.shared.notify();
-                Ok(())
-            }
-            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
-        }
-    }
-
-    pub fn stats(&self) -> &Arc<MqttStats> {
-        &self.stats
-    }
-
-    /// Stop: publish everything queued, wait up to `flush_timeout` for QoS>=1 acks, send
-    /// DISCONNECT, end the thread. Blocks until the thread has finished (or `flush_timeout`
-    /// plus a grace second has passed); join the thread's `JoinHandle` afterwards. Never call it
-    /// from `Inbound::on_publish` (it runs on the thread being stopped).
-    pub fn shutdown(&self, flush_timeout: Duration) {
-        let ms = flush_timeout.as_millis().min(u64::MAX as u128) as u64;
-        if !self.shared.shutdown.load(Ordering::SeqCst) {
-            self.shared.flush_timeout_ms.store(ms, Ordering::SeqCst);
-            self.shared.shutdown.store(true, Ordering::SeqCst);
-        }
-        self.shared.wake_now();
-        let deadline = std::time::Instant::now() + flush_timeout + Duration::from_secs(1);
-        let mut done = self.shared.done.lock();
-        while !*done {
-            if self
-                .shared
-                .done_cv
-                .wait_until(&mut done, deadline)
-                .timed_out()
-            {
-                break;
-            }
-        }
-    }
-}
-
-/// Starts the MQTT I/O thread. Fails on invalid options or an unreadable CA file; connecting to
-/// the broker happens on the thread (and is retried for ever).
-pub fn spawn(
-    opts: MqttOptions,
-    inbound: Box<dyn Inbound>,
-) -> std::io::Result<(MqttHandle, std::thread::JoinHandle<()>)> {
-    use std::io::{Error, ErrorKind};
-    if opts.connections == 0 {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "connections must be >= 1",
-        ));
-    }
-    if opts.max_packet_size < 64 {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "max_packet_size too small",
-        ));
-    }
-    let tls = tls_for(&opts)?;
-    let poll = Poll::new()?;
-    let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
-    let (tx, rx) = crossbeam_channel::bounded(opts.buffer_messages.max(1));
-    let shared = Arc::new(Shared {
-        waker,
-        sleeping: AtomicBool::new(false),
-        shutdown: AtomicBool::new(false),
-        flush_timeout_ms: AtomicU64::new(0),
-        done: Mutex::new(false),
-        done_cv: Condvar::new(),
-    });
-    let stats = Arc::new(MqttStats::default());
-    let thread = IoThread {
-        opts,
-        inbound,
-        poll,
-        rx,
-        shared: shared.clone(),
-        stats: stats.clone(),
-        tls,
-    };
-    let join = std::thread::Builder::new()
-        .name("mqtt-io".into())
-        .spawn(move || thread.run())?;
-    Ok((MqttHandle { tx, shared, stats }, join))
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 /// Plaintext handed to rustls per call (it encrypts into its own buffer).
@@ -193,8 +194,14 @@ pub(crate) fn tls_config(ca_file: Option<&Path>) -> io::Result<Arc<ClientConfig>
                 io::Error::new(e.kind(), format!("reading CA file {}: {e}", path.display()))
             })?;
             let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                roots.add(cert?).map_err(io::Error::other)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("malformed PEM in {}: {e}", path.display()),
+                    )
+                })?;
+                roots.add(cert).map_err(io::Error::other)?;
                 added += 1;
             }
             if added == 0 {

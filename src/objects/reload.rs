@@ -6,16 +6,16 @@
 //! write-locked assignment; readers holding the old snapshot keep using it
 //! until they drop it.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
 use super::registry::{is_xml_name, LoadError, ObjectRegistry};
+use crate::watch::{self, Watch, Watched};
 
 /// The current [`ObjectRegistry`], shared by all threads.
 #[derive(Debug)]
@@ -149,34 +149,7 @@ impl SharedRegistry {
     }
 }
 
-/// What the watcher compares between polls: the `*.xml` files' names, sizes
-/// and modification times, or the kind of error listing the directory.
-type Snapshot = Result<Vec<(OsString, u64, Option<SystemTime>)>, std::io::ErrorKind>;
-
-fn snapshot(dir: &Path) -> Snapshot {
-    let mut files = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| e.kind())?;
-    for entry in entries {
-        let entry = entry.map_err(|e| e.kind())?;
-        let name = entry.file_name();
-        if !is_xml_name(&name) {
-            continue;
-        }
-        // Follows symlinks, like the loader.
-        if let Ok(m) = std::fs::metadata(entry.path()) {
-            if m.is_file() {
-                files.push((name, m.len(), m.modified().ok()));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Longest the watcher sleeps before looking at its stop and SIGHUP flags.
-const MAX_SLEEP: Duration = Duration::from_millis(50);
-
-/// Starts a thread that keeps `shared` in sync with `dir`.
+/// Starts a thread that keeps `shared` in sync with `dir` (see [`crate::watch`]).
 ///
 /// It reloads (see [`SharedRegistry::reload`]) when the set of `*.xml`
 /// files of `dir` or any of their sizes or modification times changes, polled
@@ -199,70 +172,30 @@ pub fn spawn_watcher(
     poll_every: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let hup = Arc::new(AtomicBool::new(false));
-    let sig_id = match signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot handle SIGHUP; object definitions reload on change only");
-            None
-        }
+    let watch = Watch {
+        watched: Watched::Dir {
+            path: dir.clone(),
+            keep: is_xml_name,
+        },
+        poll_every,
+        thread_name: "objects-watch",
+        what: "object definitions",
     };
-    let initial = snapshot(&dir);
-    let spawned = std::thread::Builder::new()
-        .name("objects-watch".into())
-        .spawn(move || {
-            watch(&shared, &dir, poll_every, &stop, &hup, initial);
-            if let Some(id) = sig_id {
-                signal_hook::low_level::unregister(id);
-            }
-        });
-    if spawned.is_err() {
-        if let Some(id) = sig_id {
-            signal_hook::low_level::unregister(id);
-        }
-    }
-    spawned
-}
-
-fn watch(
-    shared: &SharedRegistry,
-    dir: &Path,
-    poll_every: Duration,
-    stop: &AtomicBool,
-    hup: &AtomicBool,
-    mut last: Snapshot,
-) {
-    let poll_every = poll_every.max(Duration::from_millis(1));
-    tracing::info!(dir = %dir.display(), ?poll_every, "watching object definitions");
-    let mut next_poll = Instant::now() + poll_every;
-    while !stop.load(Ordering::Acquire) {
-        let now = Instant::now();
-        if hup.swap(false, Ordering::AcqRel) {
-            tracing::info!(dir = %dir.display(), "SIGHUP: reloading object definitions");
-            last = snapshot(dir);
-            let _ = shared.reload(dir);
-            next_poll = now + poll_every;
-            continue;
-        }
-        if now >= next_poll {
-            let current = snapshot(dir);
-            if current != last {
-                tracing::info!(dir = %dir.display(), "object definitions changed: reloading");
-                last = current;
-                // Errors are logged by reload; the old registry stays in use.
-                let _ = shared.reload(dir);
-            }
-            next_poll = Instant::now() + poll_every;
-        }
-        let wait = next_poll.saturating_duration_since(Instant::now());
-        std::thread::sleep(wait.min(MAX_SLEEP));
-    }
-    tracing::info!(dir = %dir.display(), "stopped watching object definitions");
+    // Errors are logged by reload; the old registry stays in use.
+    watch::spawn(watch, stop, move |_| {
+        let _ = shared.reload(&dir);
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the watcher compares between polls: the `*.xml` files' names, sizes
+    /// and modification times, or the kind of error listing the directory.
+    fn snapshot(dir: &Path) -> watch::DirSnapshot {
+        watch::dir_snapshot(dir, is_xml_name)
+    }
 
     #[test]
     fn load_is_a_snapshot() {

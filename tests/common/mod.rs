@@ -5,5 +5,6 @@ pub mod gateway;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt_client;
+pub mod mqtt_thread;
 pub mod pki;
 pub mod prometheus;

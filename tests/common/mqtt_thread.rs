@@ -1,46 +1,48 @@
-//! The stand-alone MQTT I/O thread: an [`MqttClient`] on its own mio `Poll`, fed through a
-//! channel with a `Waker` (the gateway's shards drive their own clients instead; this thread
-//! serves other users of the module, e.g. the tests of the client against real brokers).
+//! The MQTT client of the library ([`MqttClient`]) on a thread of its own, fed through a
+//! channel: how the tests of the client drive it against real brokers (the gateway's shards
+//! drive their own clients in their event loops instead).
 //!
 //! Loop turn: drain at most `DRAIN_BATCH` messages from the channel into the client (overflow
 //! policy applied), run its turn (timers, queued work into the write buffers and out), then
 //! sleep in `poll` until a socket event, a timer or a wake-up. The thread arms
 //! `Shared::sleeping` before it sleeps; senders wake it only when that flag is set, so a burst of
 //! sends costs one wake-up.
+//!
+//! The channel into the thread is bounded by `buffer_messages`: when it is full,
+//! [`MqttHandle::send`] returns the message. [`MqttHandle::shutdown`] publishes everything
+//! queued, waits up to its timeout for the QoS>=1 acks, sends DISCONNECT and ends the thread.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use lwm2m_gateway::mqtt::{
+    tls_for, BrokerAddrs, Inbound, MqttClient, MqttOptions, MqttStats, Outbound,
+};
 use mio::{Events, Poll, Token, Waker};
 use parking_lot::{Condvar, Mutex};
 use rustls::ClientConfig;
 use tracing::{info, warn};
 
-use super::client::MqttClient;
-use super::resolve::BrokerAddrs;
-use super::stats::MqttStats;
-use super::{Inbound, MqttOptions, Outbound};
-
-pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
+const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Messages taken from the channel per loop turn.
 const DRAIN_BATCH: usize = 8192;
 
 /// State shared between the handles and the thread.
-pub(crate) struct Shared {
-    pub waker: Waker,
+struct Shared {
+    waker: Waker,
     /// Armed by the thread before it sleeps; a sender that clears it wakes the thread.
-    pub sleeping: AtomicBool,
-    pub shutdown: AtomicBool,
-    pub flush_timeout_ms: AtomicU64,
-    pub done: Mutex<bool>,
-    pub done_cv: Condvar,
+    sleeping: AtomicBool,
+    shutdown: AtomicBool,
+    flush_timeout_ms: AtomicU64,
+    done: Mutex<bool>,
+    done_cv: Condvar,
 }
 
 impl Shared {
     /// Called by a sender after a successful send.
-    pub fn notify(&self) {
+    fn notify(&self) {
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             if let Err(e) = self.waker.wake() {
@@ -49,24 +51,24 @@ impl Shared {
         }
     }
 
-    pub fn wake_now(&self) {
+    fn wake_now(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
         let _ = self.waker.wake();
     }
 }
 
-pub(crate) struct IoThread {
-    pub opts: MqttOptions,
-    pub inbound: Box<dyn Inbound>,
-    pub poll: Poll,
-    pub rx: Receiver<Outbound>,
-    pub shared: Arc<Shared>,
-    pub stats: Arc<MqttStats>,
-    pub tls: Option<Arc<ClientConfig>>,
+struct IoThread {
+    opts: MqttOptions,
+    inbound: Box<dyn Inbound>,
+    poll: Poll,
+    rx: Receiver<Outbound>,
+    shared: Arc<Shared>,
+    stats: Arc<MqttStats>,
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl IoThread {
-    pub fn run(mut self) {
+    fn run(mut self) {
         let start = Instant::now();
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -187,4 +189,102 @@ impl IoThread {
         *self.shared.done.lock() = true;
         self.shared.done_cv.notify_all();
     }
+}
+
+/// Cheap to clone; every clone talks to the same thread.
+#[derive(Clone)]
+pub struct MqttHandle {
+    tx: Sender<Outbound>,
+    shared: Arc<Shared>,
+    stats: Arc<MqttStats>,
+}
+
+impl MqttHandle {
+    /// Non-blocking. The queue to the thread is bounded (capacity = buffer_messages); Err gives
+    /// the message back when full or when the thread has stopped (the caller counts a drop).
+    pub fn send(&self, msg: Outbound) -> Result<(), Outbound> {
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.shared.notify();
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<MqttStats> {
+        &self.stats
+    }
+
+    /// Stop: publish everything queued, wait up to `flush_timeout` for QoS>=1 acks, send
+    /// DISCONNECT, end the thread. Blocks until the thread has finished (or `flush_timeout`
+    /// plus a grace second has passed); join the thread's `JoinHandle` afterwards. Never call it
+    /// from `Inbound::on_publish` (it runs on the thread being stopped).
+    pub fn shutdown(&self, flush_timeout: Duration) {
+        let ms = flush_timeout.as_millis().min(u64::MAX as u128) as u64;
+        if !self.shared.shutdown.load(Ordering::SeqCst) {
+            self.shared.flush_timeout_ms.store(ms, Ordering::SeqCst);
+            self.shared.shutdown.store(true, Ordering::SeqCst);
+        }
+        self.shared.wake_now();
+        let deadline = std::time::Instant::now() + flush_timeout + Duration::from_secs(1);
+        let mut done = self.shared.done.lock();
+        while !*done {
+            if self
+                .shared
+                .done_cv
+                .wait_until(&mut done, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// Starts the MQTT I/O thread. Fails on invalid options or an unreadable CA file; connecting to
+/// the broker happens on the thread (and is retried for ever).
+pub fn spawn(
+    opts: MqttOptions,
+    inbound: Box<dyn Inbound>,
+) -> std::io::Result<(MqttHandle, std::thread::JoinHandle<()>)> {
+    use std::io::{Error, ErrorKind};
+    if opts.connections == 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "connections must be >= 1",
+        ));
+    }
+    if opts.max_packet_size < 64 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "max_packet_size too small",
+        ));
+    }
+    let tls = tls_for(&opts)?;
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
+    let (tx, rx) = crossbeam_channel::bounded(opts.buffer_messages.max(1));
+    let shared = Arc::new(Shared {
+        waker,
+        sleeping: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+        flush_timeout_ms: AtomicU64::new(0),
+        done: Mutex::new(false),
+        done_cv: Condvar::new(),
+    });
+    let stats = Arc::new(MqttStats::default());
+    let thread = IoThread {
+        opts,
+        inbound,
+        poll,
+        rx,
+        shared: shared.clone(),
+        stats: stats.clone(),
+        tls,
+    };
+    let join = std::thread::Builder::new()
+        .name("mqtt-io".into())
+        .spawn(move || thread.run())?;
+    Ok((MqttHandle { tx, shared, stats }, join))
 }
