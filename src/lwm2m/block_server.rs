@@ -491,6 +491,21 @@ impl BlockServer {
             Self::block_reply(cx, peer, msg, codes::CONTINUE, Some(ack), None, None);
             return Block1In::Answered;
         }
+        self.complete(cx, admission, key, msg, b, wire_len)
+    }
+
+    /// The last block of the body of `key` arrived: the whole request, remembered by
+    /// its final block (for the Block1 option of its reply, and the size bound of an
+    /// error reply to it).
+    fn complete(
+        &mut self,
+        cx: &mut Cx<'_>,
+        admission: &mut TokenBucket,
+        key: Key,
+        msg: &Message<'_>,
+        b: BlockOpt,
+        wire_len: usize,
+    ) -> Block1In {
         let Some(p) = self.remove(&key) else {
             return Block1In::Answered;
         };
@@ -515,10 +530,10 @@ impl BlockServer {
         let f = Final {
             block: b,
             wire_len,
-            at_ms: now,
+            at_ms: cx.now,
             error: None,
         };
-        self.record_final(peer, msg.mid, f, lifetime);
+        self.record_final(key.0, msg.mid, f, lifetime);
         Block1In::Complete(whole)
     }
 

@@ -121,52 +121,9 @@ impl ShardCore {
             return;
         }
         let lifetime_s = self.settings.clamp_lifetime(params.lt);
-        let (alternate_path, object_list, content_format) = match objects {
-            Some(ObjectList {
-                alternate_path,
-                paths,
-                content_format,
-            }) => (
-                Some(alternate_path.into()),
-                Some(paths.into()),
-                content_format,
-            ),
-            None => (None, None, None),
-        };
-        let mut others = Vec::with_capacity(params.others.len() + 2);
-        if let Some(v) = params.lwm2m {
-            others.push(("lwm2m", v));
-        }
-        if let Some(b) = params.binding {
-            others.push(("b", b));
-        }
-        others.extend_from_slice(&params.others);
-        let ep = Endpoint {
-            name: name.into(),
-            location,
-            peer,
-            lifetime_s,
-            expires_ms: now + lifetime_s as u64 * 1000,
-            lane: name_hash(name),
-            mountpoint: mountpoint.into_boxed_str(),
-            params: merge_params(std::iter::empty(), &others),
-            alternate_path,
-            object_list,
-            queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
-            secure,
-            session_lost: false,
-            content_format,
-            last_reply: LastReply::default(),
-            prev_reply: LastReply::default(),
-            registered_ms: now,
-            last_seen_ms: now,
-            // The Register itself.
-            counters: EndpointCounters {
-                recv: 1,
-                ..Default::default()
-            },
-            session: None,
-        };
+        let ep = new_endpoint(
+            now, peer, location, lifetime_s, &params, objects, mountpoint, secure,
+        );
         self.security.registration_here(secure);
         let slot = self.table.insert(ep);
         self.arm_expiry(slot);
@@ -506,5 +463,67 @@ impl ShardCore {
             ));
         }
         Ok(s)
+    }
+}
+
+/// The endpoint a Register admitted at `location` makes: its parameters as the registration
+/// message shows them (`lwm2m` and `b` first), its object list and alternate path.
+#[allow(clippy::too_many_arguments)]
+fn new_endpoint(
+    now: u64,
+    peer: SocketAddr,
+    location: u64,
+    lifetime_s: u32,
+    params: &Params<'_>,
+    objects: Option<ObjectList>,
+    mountpoint: String,
+    secure: bool,
+) -> Endpoint {
+    let name = params.ep.expect("checked");
+    let (alternate_path, object_list, content_format) = match objects {
+        Some(ObjectList {
+            alternate_path,
+            paths,
+            content_format,
+        }) => (
+            Some(alternate_path.into()),
+            Some(paths.into()),
+            content_format,
+        ),
+        None => (None, None, None),
+    };
+    let mut others = Vec::with_capacity(params.others.len() + 2);
+    if let Some(v) = params.lwm2m {
+        others.push(("lwm2m", v));
+    }
+    if let Some(b) = params.binding {
+        others.push(("b", b));
+    }
+    others.extend_from_slice(&params.others);
+    Endpoint {
+        name: name.into(),
+        location,
+        peer,
+        lifetime_s,
+        expires_ms: now + lifetime_s as u64 * 1000,
+        lane: name_hash(name),
+        mountpoint: mountpoint.into_boxed_str(),
+        params: merge_params(std::iter::empty(), &others),
+        alternate_path,
+        object_list,
+        queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
+        secure,
+        session_lost: false,
+        content_format,
+        last_reply: LastReply::default(),
+        prev_reply: LastReply::default(),
+        registered_ms: now,
+        last_seen_ms: now,
+        // The Register itself.
+        counters: EndpointCounters {
+            recv: 1,
+            ..Default::default()
+        },
+        session: None,
     }
 }
