@@ -41,6 +41,12 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
+/// The gateway's request to the device for a read of /5/0/0 with reqID `id`.
+fn read_5_0_0(h: &mut Harness, id: u32) -> Reply {
+    let cmd = format!(r#"{{"reqID":{id},"msgType":"read","data":{{"path":"/5/0/0"}}}}"#);
+    one_req(h.command(0, TOPIC, &cmd))
+}
+
 /// The body a write carries when sent whole (block-wise off).
 fn whole_body(cmd: &str) -> Vec<u8> {
     let mut s = settings();
@@ -400,11 +406,7 @@ fn block2_read_of_64k_reassembled_and_decoded_once() {
     let mut h = setup_with(settings());
     let data = pattern(64 * 1024);
     let mark = h.mark();
-    let first = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":9,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let first = read_5_0_0(&mut h, 9);
     assert_eq!(
         first.msg().option_uint(opt::ACCEPT),
         Some(fmt_id::OPAQUE as u32)
@@ -428,11 +430,7 @@ fn block2_lost_follow_up_and_duplicated_block_recover() {
     let mut h = setup_with(settings());
     let data = pattern(3000);
     let mark = h.mark();
-    let first = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":1,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let first = read_5_0_0(&mut h, 1);
     let cf = fmt_id::OPAQUE;
     let a0 = block2_ack(&first, blk(0, true, 6), cf, &data[..1024]);
     let g1 = one_req(h.exchange(0, dev(), &a0));
@@ -671,11 +669,7 @@ fn oversize_bodies_are_errors_on_mqtt() {
     assert_eq!(p[0].1["data"]["code"], "4.13");
     // A device sending more than max_body_size: aborted, error on MQTT.
     let mark = h.mark();
-    let req = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":2,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let req = read_5_0_0(&mut h, 2);
     let sent = h.serve_block2(0, req, &[0u8; 10 * 1024], 0, 42, None).len();
     assert_eq!(sent, 5, "the fifth block crosses 4096 bytes");
     let p = h.published_since(mark);
@@ -701,11 +695,7 @@ fn memory_caps_per_device_and_per_shard_abort_a_fetch() {
         s.block_shard_cap = shard;
         let mut h = setup_with(s);
         let mark = h.mark();
-        let mut req = one_req(h.command(
-            0,
-            TOPIC,
-            r#"{"reqID":3,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-        ));
+        let mut req = read_5_0_0(&mut h, 3);
         for num in 0..3u32 {
             let out = h.exchange(
                 0,
@@ -748,11 +738,7 @@ fn disabled_mode_sends_whole_refuses_block1_and_flags_first_block() {
     assert!(m.payload.len() > 3000);
     h.datagram(0, dev(), &ack(&r, codes::CHANGED, &[], b""));
     // A Block2 response: published as the first block only, flagged.
-    let r = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":2,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let r = read_5_0_0(&mut h, 2);
     let out = h.exchange(0, dev(), &block2_ack(&r, blk(0, true, 6), 42, &[5u8; 1024]));
     assert!(out.is_empty(), "no follow-up");
     let p = h.published_since(mark);
@@ -905,11 +891,7 @@ fn a_final_block2_notification_without_observe_has_no_seqnum() {
 fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
     let mut h = setup_with(settings());
     let mark = h.mark();
-    let first = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":5,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let first = read_5_0_0(&mut h, 5);
     let old = pattern(2500);
     let new: Vec<u8> = pattern(2100).iter().map(|b| b ^ 0x55).collect();
     let reply = |req: &Reply, etag: &[u8], num: u32, data: &[u8]| {
@@ -944,11 +926,7 @@ fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
     );
     // A representation that keeps changing: an error after two restarts.
     let mark = h.mark();
-    let mut req = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":6,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let mut req = read_5_0_0(&mut h, 6);
     for round in 0..3u8 {
         let g1 = one_req(h.exchange(0, dev(), &reply(&req, &[round], 0, &old)));
         let out = h.exchange(0, dev(), &reply(&g1, &[round + 100], 1, &old));
