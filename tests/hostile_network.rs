@@ -55,21 +55,20 @@ impl Rng {
     }
 }
 
+/// The default configuration's settings with QoS 1 Register and Update messages,
+/// per-endpoint subscriptions and a mountpoint without the command suffix.
 fn settings() -> CoreSettings {
-    let mut s = CoreSettings::from(&lwm2m_gateway::config::Config::default());
-    let t = |topic: &str| Translator {
+    let qos1 = |topic: &str| Translator {
         topic: topic.into(),
         qos: 1,
     };
-    s.lifetime_min_s = 1;
-    s.lifetime_max_s = 86_400;
-    s.mountpoint = Template::parse("lwm2m/${endpoint_name}/");
-    s.register = t("up/resp");
-    s.update = t("up/update");
-    s.update_needs_object_list = false;
-    s.per_endpoint_subscriptions = true;
-    s.exchange_lifetime_ms = 247_000;
-    s
+    CoreSettings {
+        mountpoint: Template::parse("lwm2m/${endpoint_name}/"),
+        register: qos1("up/resp"),
+        update: qos1("up/update"),
+        per_endpoint_subscriptions: true,
+        ..CoreSettings::defaults()
+    }
 }
 
 enum Ev {

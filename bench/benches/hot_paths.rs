@@ -4,7 +4,6 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
-use lwm2m_gateway::config::Config;
 use lwm2m_gateway::formats::{self, fmt_id, Value, WriteItem};
 use lwm2m_gateway::lwm2m::command::{self, Encoding};
 use lwm2m_gateway::lwm2m::publish::registration_json;
@@ -55,10 +54,11 @@ fn small_model() -> ObjectRegistry {
 /// (`max_conn_rate`, `max_connections`) lifted: the benchmarks measure the work of a
 /// registration, not its refusal.
 fn settings() -> Arc<CoreSettings> {
-    let mut s = CoreSettings::from(&Config::default());
-    s.max_conn_rate = 1 << 40;
-    s.max_connections = 1 << 40;
-    Arc::new(s)
+    Arc::new(CoreSettings {
+        max_conn_rate: 1 << 40,
+        max_connections: 1 << 40,
+        ..CoreSettings::defaults()
+    })
 }
 
 /// A core holding `n` devices registered through `handle` (the endpoint

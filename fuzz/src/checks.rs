@@ -412,28 +412,24 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// The defaults of the configuration, with per-endpoint subscriptions and a short
-/// minimum lifetime.
+/// The default configuration's settings with QoS 1 commands, Register and Update
+/// messages, per-endpoint subscriptions and a mountpoint without the command suffix.
 pub fn core_settings() -> CoreSettings {
-    let c = lwm2m_gateway::config::Config::default();
-    let mut s = CoreSettings::from(&c);
-    let t = |topic: &str| Translator {
+    let qos1 = |topic: &str| Translator {
         topic: topic.into(),
         qos: 1,
     };
-    s.lifetime_min_s = 1;
-    s.lifetime_max_s = 86_400;
-    s.mountpoint = Template::parse("lwm2m/${endpoint_name}/");
-    s.command = t("dn/#");
-    s.register = t("up/resp");
-    s.update = t("up/update");
-    s.update_needs_object_list = false;
-    s.per_endpoint_subscriptions = true;
-    s.exchange_lifetime_ms = 247_000;
-    // Small queues and a queue TTL: overflow and expiry get exercised too.
-    s.max_queued = 4;
-    s.queue_ttl_ms = 60_000;
-    s
+    CoreSettings {
+        mountpoint: Template::parse("lwm2m/${endpoint_name}/"),
+        command: qos1("dn/#"),
+        register: qos1("up/resp"),
+        update: qos1("up/update"),
+        per_endpoint_subscriptions: true,
+        // Small queues and a queue TTL: overflow and expiry get exercised too.
+        max_queued: 4,
+        queue_ttl_ms: 60_000,
+        ..CoreSettings::defaults()
+    }
 }
 
 /// Retransmission span of an unacknowledged request (ACK_TIMEOUT 2 s · 1.5 ·

@@ -774,3 +774,83 @@ fn mountpoint_without_a_trailing_slash_is_valid_with_a_literal_command_topic() {
         .validate()
         .unwrap();
 }
+
+/// `CoreSettings::defaults()`, which tests, fuzzing and benchmarks start from, is what
+/// the default configuration gives, field by field (the destructuring names every
+/// field, so a new one must be compared here too).
+#[test]
+fn core_settings_defaults_are_the_default_configuration() {
+    use crate::lwm2m::CoreSettings;
+    let from = CoreSettings::from(&Config::default());
+    let CoreSettings {
+        lifetime_min_s,
+        lifetime_max_s,
+        mountpoint,
+        command,
+        response,
+        notify,
+        register,
+        update,
+        update_needs_object_list,
+        per_endpoint_subscriptions,
+        exchange_lifetime_ms,
+        ack_timeout_ms,
+        ack_random_factor,
+        max_retransmit,
+        nstart,
+        qmode_window_ms,
+        max_queued,
+        queue_ttl_ms,
+        auto_observe,
+        max_connections,
+        max_conn_rate,
+        block_enable,
+        block_szx,
+        max_body_size,
+        block_lifetime_ms,
+        block_device_cap,
+        block_shard_cap,
+        auth,
+        auth_timeout_ms,
+        enable_stats,
+        dtls_psk,
+        dtls_require_cn,
+        location_key,
+    } = CoreSettings::defaults();
+    assert_eq!(lifetime_min_s, from.lifetime_min_s);
+    assert_eq!(lifetime_max_s, from.lifetime_max_s);
+    assert_eq!(mountpoint, from.mountpoint);
+    assert_eq!(command, from.command);
+    assert_eq!(response, from.response);
+    assert_eq!(notify, from.notify);
+    assert_eq!(register, from.register);
+    assert_eq!(update, from.update);
+    assert_eq!(update_needs_object_list, from.update_needs_object_list);
+    assert_eq!(per_endpoint_subscriptions, from.per_endpoint_subscriptions);
+    assert_eq!(exchange_lifetime_ms, from.exchange_lifetime_ms);
+    assert_eq!(ack_timeout_ms, from.ack_timeout_ms);
+    assert_eq!(ack_random_factor, from.ack_random_factor);
+    assert_eq!(max_retransmit, from.max_retransmit);
+    assert_eq!(nstart, from.nstart);
+    assert_eq!(qmode_window_ms, from.qmode_window_ms);
+    assert_eq!(max_queued, from.max_queued);
+    assert_eq!(queue_ttl_ms, from.queue_ttl_ms);
+    assert_eq!(auto_observe, from.auto_observe);
+    assert_eq!(max_connections, from.max_connections);
+    assert_eq!(max_conn_rate, from.max_conn_rate);
+    assert_eq!(block_enable, from.block_enable);
+    assert_eq!(block_szx, from.block_szx);
+    assert_eq!(max_body_size, from.max_body_size);
+    assert_eq!(block_lifetime_ms, from.block_lifetime_ms);
+    assert_eq!(block_device_cap, from.block_device_cap);
+    assert_eq!(block_shard_cap, from.block_shard_cap);
+    assert_eq!(
+        auth.load(std::sync::atomic::Ordering::Relaxed),
+        from.auth_enabled()
+    );
+    assert_eq!(auth_timeout_ms, from.auth_timeout_ms);
+    assert_eq!(enable_stats, from.enable_stats);
+    assert!(dtls_psk.is_none() && from.dtls_psk.is_none());
+    assert_eq!(dtls_require_cn, from.dtls_require_cn);
+    assert_eq!(location_key, from.location_key);
+}

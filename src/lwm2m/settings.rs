@@ -87,6 +87,52 @@ pub const MANAGEMENT_OBJECTS: &[u16] = &[0, 1, 2, 4, 5, 6, 7, 9, 15];
 pub const DEFAULT_LIFETIME_S: u32 = 86_400;
 
 impl CoreSettings {
+    /// The settings of the default configuration (what `From<&Config>` gives for
+    /// `Config::default()`), for tests, fuzzing and benchmarks to override field by
+    /// field. The location key is zero, as before the engine draws one.
+    pub fn defaults() -> Self {
+        let t = |topic: &str| Translator {
+            topic: topic.into(),
+            qos: 0,
+        };
+        let max_body_size = 4 << 20;
+        Self {
+            lifetime_min_s: 1,
+            lifetime_max_s: 86_400,
+            mountpoint: Template::parse("lwm2m/${endpoint_name}/").with_suffix("dn/#"),
+            command: t("dn/#"),
+            response: t("up/resp"),
+            notify: t("up/notify"),
+            register: t("up/resp"),
+            update: t("up/update"),
+            update_needs_object_list: false,
+            per_endpoint_subscriptions: false,
+            exchange_lifetime_ms: 247_000,
+            ack_timeout_ms: 2_000,
+            ack_random_factor: 1.5,
+            max_retransmit: 4,
+            nstart: 1,
+            qmode_window_ms: 22_000,
+            max_queued: 100,
+            queue_ttl_ms: 0,
+            auto_observe: AutoObserveSet::Off,
+            max_connections: 1_024_000,
+            max_conn_rate: 1000,
+            block_enable: true,
+            block_szx: 6,
+            max_body_size,
+            block_lifetime_ms: 247_000,
+            block_device_cap: max_body_size + 2048,
+            block_shard_cap: max_body_size * 16,
+            auth: Default::default(),
+            auth_timeout_ms: 11_000,
+            enable_stats: true,
+            dtls_psk: None,
+            dtls_require_cn: false,
+            location_key: [0; 2],
+        }
+    }
+
     pub fn auth_enabled(&self) -> bool {
         self.auth.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -4,31 +4,15 @@
 //! Block1 bodies under a flood of spoofed first blocks, the caps per device and
 //! per shard, and the final Block1 option of Registers held for authentication.
 
+use super::blocks::*;
 use super::harness::*;
 use crate::coap::{codes, opt, BlockOpt, Message, MsgType};
 use crate::lwm2m::block_server::MAX_PARTIALS;
 use crate::lwm2m::blockwise::BlockLimit;
-use crate::lwm2m::CoreSettings;
 use std::net::SocketAddr;
 
-fn enc(b: BlockOpt) -> Vec<u8> {
-    let v = b.encode();
-    let bytes = v.to_be_bytes();
-    bytes[(v.leading_zeros() / 8) as usize..].to_vec()
-}
-
-fn blk(num: u32, more: bool, szx: u8) -> BlockOpt {
-    BlockOpt { num, more, szx }
-}
-
 fn block2(m: &Message<'_>) -> Option<BlockOpt> {
-    m.option(opt::BLOCK2).and_then(BlockOpt::decode)
-}
-
-fn with_szx(szx: u8) -> CoreSettings {
-    let mut s = settings();
-    s.block_szx = szx;
-    s
+    block(m, opt::BLOCK2)
 }
 
 /// The diagnostic an Update with `lt=<v>` gets.
@@ -67,28 +51,16 @@ fn fetch_rest(
     let b0 = block2(&m).expect("Block2 on the first reply");
     assert_eq!((b0.num, b0.more), (0, true));
     let total = m.option_uint(opt::SIZE2).expect("Size2 with block 0") as usize;
-    let mut body = m.payload.to_vec();
-    let mut num = (body.len() / (16 << szx)) as u32;
     let mut mid = 500;
-    loop {
+    let (body, replies) = h.fetch_block2(0, peer, first, szx, |b| {
         mid += 1;
-        let r = h.one(
-            0,
-            peer,
-            &bad_update(loc, mid, lt, Some(blk(num, false, szx))),
-        );
+        bad_update(loc, mid, lt, Some(b))
+    });
+    for (mid, r) in (501..).zip(&replies) {
         let m = r.msg();
         assert_eq!(m.code, codes::BAD_REQUEST);
         assert_eq!((m.mtype, m.mid), (MsgType::Ack, mid));
         assert_eq!(m.token, &[0xe0, mid as u8], "the follow-up's token");
-        let b = block2(&m).expect("Block2 on every block");
-        assert_eq!(b.num as usize * b.size(), body.len(), "blocks in order");
-        body.extend_from_slice(m.payload);
-        if !b.more {
-            break;
-        }
-        assert_eq!(m.payload.len(), b.size());
-        num = (body.len() / (16 << szx)) as u32;
     }
     assert_eq!(body.len(), total);
     String::from_utf8(body).unwrap()
@@ -256,47 +228,10 @@ fn unproven_addresses_get_a_clipped_diagnostic_and_nothing_is_stored() {
         l
     };
     let blocks = register_blocks(&list, 2, 30);
-    let mut last = None;
-    for b in &blocks {
-        last = Some(h.one(0, addr(7, 8), b));
-    }
-    let r = last.unwrap();
+    let r = h.send_blocks(0, addr(7, 8), &blocks).pop().unwrap();
     assert_eq!(r.code(), codes::BAD_REQUEST);
     assert!(r.bytes.len() <= blocks.last().unwrap().len());
     assert!(block2(&r.msg()).is_none());
-}
-
-/// A Register whose object list is cut into Block1 blocks of `16 << szx`.
-fn register_blocks(list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
-    register_blocks_as("big", list, szx, first_mid)
-}
-
-fn register_blocks_as(ep: &str, list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
-    let size = 16usize << szx;
-    let chunks: Vec<&[u8]> = list.chunks(size).collect();
-    chunks
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let b = blk(i as u32, i + 1 < chunks.len(), szx);
-            let mut r = Req::new(codes::POST, "/rd", first_mid + i as u16)
-                .q(&format!("ep={ep}"))
-                .q("lt=300")
-                .q("lwm2m=1.1")
-                .opt(opt::BLOCK1, &enc(b))
-                .body(c);
-            r.token = vec![0xbb, i as u8];
-            r.bytes()
-        })
-        .collect()
-}
-
-fn long_list(n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| format!("</{}/{}>", 3300 + i % 50, i / 50))
-        .collect::<Vec<_>>()
-        .join(",")
-        .into_bytes()
 }
 
 #[test]
@@ -307,18 +242,10 @@ fn block1_update_with_an_error_answered_in_block2_and_repeated_for_a_retransmiss
     // An Update whose object list (sent in 16-byte blocks) has a bad entry.
     let mut list = b"</1/0>,</3/0>,".to_vec();
     list.extend_from_slice(b"not-a-link-at-all-and-quite-long");
-    let chunks: Vec<&[u8]> = list.chunks(16).collect();
-    let mut last = None;
-    let mut last_req = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        let b = blk(i as u32, i + 1 < chunks.len(), 0);
-        last_req = Req::update(&loc, 40 + i as u16)
-            .opt(opt::BLOCK1, &enc(b))
-            .body(c)
-            .bytes();
-        last = Some(h.one(0, dev, &last_req));
-    }
-    let r = last.unwrap();
+    let blocks = in_block1(&list, 0, |i, b| {
+        Req::update(&loc, 40 + i as u16).opt(opt::BLOCK1, &enc(b))
+    });
+    let r = h.send_blocks(0, dev, &blocks).pop().unwrap();
     let m = r.msg();
     assert_eq!(m.code, codes::BAD_REQUEST);
     let b = block2(&m).expect("a registered device gets the whole diagnostic in blocks");
@@ -326,19 +253,13 @@ fn block1_update_with_an_error_answered_in_block2_and_repeated_for_a_retransmiss
     let total = m.option_uint(opt::SIZE2).unwrap() as usize;
     assert!(total > 32);
     // The final block retransmitted (our answer lost): block 0 again.
-    let again = h.one(0, dev, &last_req);
+    let again = h.one(0, dev, blocks.last().unwrap());
     assert_eq!(again.bytes, r.bytes);
     // The rest follows with POSTs carrying Block2 (RFC 7959 §3.3).
-    let mut body = m.payload.to_vec();
-    for num in 1.. {
-        let f = Req::update(&loc, 80 + num as u16).opt(opt::BLOCK2, &enc(blk(num, false, 0)));
-        let r = h.one(0, dev, &f.bytes());
-        let m = r.msg();
-        body.extend_from_slice(m.payload);
-        if !block2(&m).unwrap().more {
-            break;
-        }
-    }
+    let (body, _) = h.fetch_block2(0, dev, &r, 0, |b| {
+        let f = Req::update(&loc, 80 + b.num as u16).opt(opt::BLOCK2, &enc(b));
+        f.bytes()
+    });
     assert_eq!(body.len(), total);
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("not-a-link-at-all-and-quite-long"), "{text}");
@@ -449,11 +370,8 @@ fn a_flood_of_first_blocks_is_bounded_and_a_real_device_still_registers() {
         h.one(0, spoofer(i), &spoofed_block0(i));
     }
     assert_eq!(h.cores[0].blockwise_partials(), MAX_PARTIALS);
-    let mut last = None;
-    for b in &blocks[2..] {
-        last = Some(h.one(0, dev, b));
-    }
-    assert_eq!(last.unwrap().code(), codes::CREATED);
+    let last = h.send_blocks(0, dev, &blocks[2..]).pop().unwrap();
+    assert_eq!(last.code(), codes::CREATED);
     assert_eq!(h.endpoints(), 1);
     // Everything left is dropped after exchange_lifetime.
     h.advance(300_000);
@@ -478,11 +396,8 @@ fn first_blocks_are_admitted_by_route_and_max_conn_rate() {
     // A block-wise Register costs one token in all (block 0 hands its token to
     // the Register): with a bucket of two, it and one more Register pass.
     let blocks = register_blocks(&long_list(20), 2, 10);
-    let mut last = None;
-    for b in &blocks {
-        last = Some(h.one(0, addr(1, 1), b));
-    }
-    assert_eq!(last.unwrap().code(), codes::CREATED);
+    let last = h.send_blocks(0, addr(1, 1), &blocks).pop().unwrap();
+    assert_eq!(last.code(), codes::CREATED);
     assert_eq!(
         h.one(0, addr(1, 2), &Req::register("b", 1).bytes()).code(),
         codes::CREATED
@@ -507,18 +422,12 @@ fn server_side_caps_per_device_and_per_shard() {
     let a = register_blocks_as("one", &long_list(40), 2, 10);
     let b = register_blocks_as("two", &long_list(40), 2, 100);
     let dev = addr(1, 5000);
-    for x in &a[..3] {
-        assert_eq!(h.one(0, dev, x).code(), codes::CONTINUE);
+    for r in h.send_blocks(0, dev, &a[..3]) {
+        assert_eq!(r.code(), codes::CONTINUE);
     }
-    let mut refused = None;
-    for (i, x) in b.iter().enumerate() {
-        let r = h.one(0, dev, x);
-        if r.code() != codes::CONTINUE {
-            refused = Some((i, r));
-            break;
-        }
-    }
-    let (i, r) = refused.expect("the device cap refuses a block");
+    let (i, r) = h
+        .send_until_refused(0, dev, &b)
+        .expect("the device cap refuses a block");
     assert!(i > 0);
     assert_eq!(r.code(), codes::REQUEST_ENTITY_TOO_LARGE);
     assert!(h.cores[0].blockwise_held_bytes() <= 600);
@@ -527,28 +436,20 @@ fn server_side_caps_per_device_and_per_shard() {
         1
     );
     // The first body is intact and completes.
-    let mut last = None;
-    for x in &a[3..] {
-        last = Some(h.one(0, dev, x));
-    }
-    assert_eq!(last.unwrap().code(), codes::CREATED);
+    let last = h.send_blocks(0, dev, &a[3..]).pop().unwrap();
+    assert_eq!(last.code(), codes::CREATED);
 
     // Per shard: bodies of several devices together beyond the cap.
     let mut s = settings();
     s.block_shard_cap = 1000;
     let mut h = Harness::new(1, s);
-    let mut refused = None;
-    'devices: for d in 0..10u8 {
-        let blocks = register_blocks_as(&format!("d{d}"), &long_list(40), 2, 10);
-        for x in &blocks[..4] {
-            let r = h.one(0, addr(20 + d, 1), x);
-            if r.code() != codes::CONTINUE {
-                refused = Some(r);
-                break 'devices;
-            }
-        }
-    }
-    let r = refused.expect("the shard cap refuses a block");
+    let r = (0..10u8)
+        .find_map(|d| {
+            let blocks = register_blocks_as(&format!("d{d}"), &long_list(40), 2, 10);
+            h.send_until_refused(0, addr(20 + d, 1), &blocks[..4])
+        })
+        .map(|(_, r)| r)
+        .expect("the shard cap refuses a block");
     assert_eq!(r.code(), codes::SERVICE_UNAVAILABLE);
     assert!(r.msg().option_uint(opt::MAX_AGE).is_some());
     assert!(h.cores[0].blockwise_held_bytes() <= 1000);

@@ -2,8 +2,9 @@
 //! duplication and size renegotiation, 4.13, Block2 reads and notifications,
 //! server-side Block1 Register/Update, limits, lifetimes, and the disabled mode.
 
+use super::blocks::*;
 use super::harness::*;
-use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use crate::coap::{codes, opt, BlockOpt, MessageWriter, MsgType};
 use crate::formats::fmt_id;
 use crate::lwm2m::blockwise::BlockLimit;
 use crate::lwm2m::CoreSettings;
@@ -29,36 +30,6 @@ fn setup_with(s: CoreSettings) -> Harness {
     h
 }
 
-/// Settings with `szx` as the block size exponent (16 << szx bytes).
-fn with_szx(szx: u8) -> CoreSettings {
-    let mut s = settings();
-    s.block_szx = szx;
-    s
-}
-
-fn block(m: &Message<'_>, n: u16) -> Option<BlockOpt> {
-    m.option(n).and_then(BlockOpt::decode)
-}
-
-/// The device's piggybacked answer with uint options.
-fn ack(req: &Reply, code: u8, opts: &[(u16, u32)], payload: &[u8]) -> Vec<u8> {
-    let m = req.msg();
-    let mut o = opts.to_vec();
-    o.sort_by_key(|x| x.0);
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, m.mid, m.token);
-    for (n, v) in o {
-        w.option_uint(n, v);
-    }
-    w.payload(payload);
-    buf
-}
-
-fn one_req(rs: Vec<Reply>) -> Reply {
-    assert_eq!(rs.len(), 1, "expected one datagram, got {rs:?}");
-    rs.into_iter().next().unwrap()
-}
-
 fn write_cmd(id: u32, bytes: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
     format!(
@@ -70,6 +41,12 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
+/// The gateway's request to the device for a read of /5/0/0 with reqID `id`.
+fn read_5_0_0(h: &mut Harness, id: u32) -> Reply {
+    let cmd = format!(r#"{{"reqID":{id},"msgType":"read","data":{{"path":"/5/0/0"}}}}"#);
+    one_req(h.command(0, TOPIC, &cmd))
+}
+
 /// The body a write carries when sent whole (block-wise off).
 fn whole_body(cmd: &str) -> Vec<u8> {
     let mut s = settings();
@@ -77,45 +54,6 @@ fn whole_body(cmd: &str) -> Vec<u8> {
     let mut h = setup_with(s);
     let r = one_req(h.command(0, TOPIC, cmd));
     r.msg().payload.to_vec()
-}
-
-/// Answers Block1 blocks 2.31 until the last, which gets `last`. Returns the
-/// reassembled body (after `body`, what came before) and the block requests seen.
-fn receive_block1(
-    h: &mut Harness,
-    mut req: Reply,
-    last: u8,
-    mut body: Vec<u8>,
-) -> (Vec<u8>, Vec<Reply>) {
-    let mut seen = Vec::new();
-    loop {
-        let m = req.msg();
-        let b = block(&m, opt::BLOCK1).expect("a Block1 request");
-        assert_eq!(b.num as usize * b.size(), body.len(), "blocks in order");
-        assert!(m.option(opt::OBSERVE).is_none());
-        body.extend_from_slice(m.payload);
-        seen.push(req.clone());
-        if !b.more {
-            let out = h.exchange(
-                0,
-                dev(),
-                &ack(&req, last, &[(opt::BLOCK1, b.encode())], b""),
-            );
-            assert!(out.is_empty(), "nothing after the last block: {out:?}");
-            return (body, seen);
-        }
-        assert_eq!(
-            m.payload.len(),
-            b.size(),
-            "a block before the last is whole"
-        );
-        let next = h.exchange(
-            0,
-            dev(),
-            &ack(&req, codes::CONTINUE, &[(opt::BLOCK1, b.encode())], b""),
-        );
-        req = one_req(next);
-    }
 }
 
 #[test]
@@ -137,7 +75,7 @@ fn block1_write_every_block_continue_then_changed() {
             szx: 2
         })
     );
-    let (body, seen) = receive_block1(&mut h, first, codes::CHANGED, Vec::new());
+    let (body, seen) = h.receive_block1(0, first, codes::CHANGED, Vec::new());
     assert_eq!(body, expect);
     assert_eq!(seen.len(), expect.len().div_ceil(64));
     // Every block: fresh message ID and token, the same path and format.
@@ -230,7 +168,7 @@ fn block1_duplicated_continue_is_ignored() {
     // The same 2.31 again (duplicated by the network): matches nothing.
     assert!(h.exchange(0, dev(), &cont0).is_empty());
     assert_eq!(block(&b1.msg(), opt::BLOCK1).unwrap().num, 1);
-    let (body, _) = receive_block1(&mut h, b1, codes::CHANGED, b0.msg().payload.to_vec());
+    let (body, _) = h.receive_block1(0, b1, codes::CHANGED, b0.msg().payload.to_vec());
     assert_eq!(body, expect);
     assert_eq!(h.published_since(mark).len(), 1);
     assert!(h.cores[0].stats.unmatched >= 1);
@@ -266,7 +204,7 @@ fn block1_renegotiates_smaller_blocks_mid_transfer() {
     let b = one_req(h.exchange(0, dev(), &refuse));
     let bo = block(&b.msg(), opt::BLOCK1).unwrap();
     assert_eq!((bo.num, bo.size()), (20, 64));
-    let (body, _) = receive_block1(&mut h, b, codes::CHANGED, body);
+    let (body, _) = h.receive_block1(0, b, codes::CHANGED, body);
     assert_eq!(body, expect);
     let p = h.published_since(mark);
     assert_eq!(p.len(), 1);
@@ -292,7 +230,7 @@ fn whole_request_refused_413_with_block_size_goes_blockwise() {
     );
     let b0 = one_req(h.exchange(0, dev(), &refuse));
     assert_eq!(block(&b0.msg(), opt::BLOCK1).unwrap().size(), 128);
-    let (body, _) = receive_block1(&mut h, b0, codes::CHANGED, Vec::new());
+    let (body, _) = h.receive_block1(0, b0, codes::CHANGED, Vec::new());
     assert_eq!(body, expect);
     assert_eq!(h.published_since(mark).len(), 1);
 }
@@ -326,7 +264,7 @@ fn block1_413_with_size1_restarts_with_a_smaller_block_size() {
         "block 0 again, smaller"
     );
     assert_eq!(m.option_uint(opt::SIZE1), Some(expect.len() as u32));
-    let (body, _) = receive_block1(&mut h, r, codes::CHANGED, Vec::new());
+    let (body, _) = h.receive_block1(0, r, codes::CHANGED, Vec::new());
     assert_eq!(body, expect);
     let p = h.published_since(mark);
     assert_eq!(p.len(), 1);
@@ -349,7 +287,7 @@ fn block1_413_with_a_larger_size1_still_lowers_the_block_size() {
     let r = one_req(h.exchange(0, dev(), &refuse));
     let b = block(&r.msg(), opt::BLOCK1).unwrap();
     assert_eq!((b.num, b.size()), (0, 128));
-    let (body, _) = receive_block1(&mut h, r, codes::CHANGED, Vec::new());
+    let (body, _) = h.receive_block1(0, r, codes::CHANGED, Vec::new());
     assert_eq!(body, expect);
 }
 
@@ -393,7 +331,7 @@ fn whole_request_refused_413_with_size1_goes_blockwise() {
     );
     let b0 = one_req(h.exchange(0, dev(), &refuse));
     assert_eq!(block(&b0.msg(), opt::BLOCK1).unwrap().size(), 128);
-    let (body, _) = receive_block1(&mut h, b0, codes::CHANGED, Vec::new());
+    let (body, _) = h.receive_block1(0, b0, codes::CHANGED, Vec::new());
     assert_eq!(body, expect);
     assert_eq!(h.published_since(mark).len(), 1);
 }
@@ -406,7 +344,7 @@ fn a_write_body_is_counted_and_refused_beyond_the_caps() {
     let b0 = one_req(h.command(0, TOPIC, &cmd));
     // The whole body is held while the transfer lasts.
     assert_eq!(h.cores[0].blockwise_held_bytes(), expect.len() as u64);
-    let (body, _) = receive_block1(&mut h, b0, codes::CHANGED, Vec::new());
+    let (body, _) = h.receive_block1(0, b0, codes::CHANGED, Vec::new());
     assert_eq!(body, expect);
     assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
     // Beyond the device's cap (below max_body_size): refused before sending.
@@ -442,44 +380,16 @@ fn a_write_body_is_counted_and_refused_beyond_the_caps() {
     }
 }
 
-/// Serves `body` in Block2 blocks of 1024 bytes to `first` and its follow-ups.
-fn serve_block2(
-    h: &mut Harness,
-    first: Reply,
-    body: &[u8],
-    cf: u16,
-    observe: Option<u32>,
-) -> usize {
-    let m = first.msg();
-    let path: Vec<Vec<u8>> = m.option_values(opt::URI_PATH).map(|s| s.to_vec()).collect();
+/// The follow-ups among the Block2 requests `asked` (the first one's after it):
+/// GETs repeating its path and Accept, not observing, asking for the next block.
+fn check_follow_ups(asked: &[Reply]) {
+    let m = asked[0].msg();
+    let path: Vec<&[u8]> = m.option_values(opt::URI_PATH).collect();
     let accept = m.option_uint(opt::ACCEPT);
-    let mut req = first;
-    let mut requests = 1;
-    let mut num = 0u32;
-    loop {
-        let start = num as usize * 1024;
-        let end = (start + 1024).min(body.len());
-        let more = end < body.len();
-        let b = BlockOpt { num, more, szx: 6 };
-        let mut opts = vec![(opt::CONTENT_FORMAT, cf as u32), (opt::BLOCK2, b.encode())];
-        if let (0, Some(o)) = (num, observe) {
-            opts.push((opt::OBSERVE, o));
-        }
-        let out = h.exchange(
-            0,
-            dev(),
-            &ack(&req, codes::CONTENT, &opts, &body[start..end]),
-        );
-        if !more {
-            assert!(out.is_empty(), "{out:?}");
-            return requests;
-        }
-        req = one_req(out);
-        requests += 1;
-        num += 1;
+    for (num, req) in asked.iter().enumerate().skip(1) {
         let m = req.msg();
         assert_eq!((m.mtype, m.code), (MsgType::Con, codes::GET));
-        let p: Vec<Vec<u8>> = m.option_values(opt::URI_PATH).map(|s| s.to_vec()).collect();
+        let p: Vec<&[u8]> = m.option_values(opt::URI_PATH).collect();
         assert_eq!(p, path, "follow-ups repeat the request's options");
         assert_eq!(m.option_uint(opt::ACCEPT), accept);
         assert!(
@@ -487,7 +397,7 @@ fn serve_block2(
             "follow-ups do not observe"
         );
         let rb = block(&m, opt::BLOCK2).unwrap();
-        assert_eq!((rb.num, rb.more, rb.size()), (num, false, 1024));
+        assert_eq!((rb.num as usize, rb.more, rb.size()), (num, false, 1024));
     }
 }
 
@@ -496,17 +406,14 @@ fn block2_read_of_64k_reassembled_and_decoded_once() {
     let mut h = setup_with(settings());
     let data = pattern(64 * 1024);
     let mark = h.mark();
-    let first = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":9,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let first = read_5_0_0(&mut h, 9);
     assert_eq!(
         first.msg().option_uint(opt::ACCEPT),
         Some(fmt_id::OPAQUE as u32)
     );
-    let n = serve_block2(&mut h, first, &data, fmt_id::OPAQUE, None);
-    assert_eq!(n, 64);
+    let asked = h.serve_block2(0, first, &data, 0, fmt_id::OPAQUE, None);
+    assert_eq!(asked.len(), 64);
+    check_follow_ups(&asked);
     let p = h.published_since(mark);
     assert_eq!(p.len(), 1, "one MQTT message");
     assert_eq!(p[0].1["reqID"], 9);
@@ -523,43 +430,23 @@ fn block2_lost_follow_up_and_duplicated_block_recover() {
     let mut h = setup_with(settings());
     let data = pattern(3000);
     let mark = h.mark();
-    let first = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":1,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
-    let blk = |num: u32, more: bool| BlockOpt { num, more, szx: 6 }.encode();
-    let cf = (opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32);
-    let a0 = ack(
-        &first,
-        codes::CONTENT,
-        &[cf, (opt::BLOCK2, blk(0, true))],
-        &data[..1024],
-    );
+    let first = read_5_0_0(&mut h, 1);
+    let cf = fmt_id::OPAQUE;
+    let a0 = block2_ack(&first, blk(0, true, 6), cf, &data[..1024]);
     let g1 = one_req(h.exchange(0, dev(), &a0));
     // The block 0 response duplicated: nothing happens.
     assert!(h.exchange(0, dev(), &a0).is_empty());
     // The follow-up GET is lost: retransmitted unchanged.
     let again = one_req(h.advance_collect(3_100));
     assert_eq!(again.bytes, g1.bytes);
-    let a1 = ack(
-        &g1,
-        codes::CONTENT,
-        &[cf, (opt::BLOCK2, blk(1, true))],
-        &data[1024..2048],
-    );
+    let a1 = block2_ack(&g1, blk(1, true, 6), cf, &data[1024..2048]);
     let g2 = one_req(h.exchange(0, dev(), &a1));
     assert_eq!(block(&g2.msg(), opt::BLOCK2).unwrap().num, 2);
     assert!(
         h.exchange(0, dev(), &a1).is_empty(),
         "a duplicated block is ignored"
     );
-    let a2 = ack(
-        &g2,
-        codes::CONTENT,
-        &[cf, (opt::BLOCK2, blk(2, false))],
-        &data[2048..],
-    );
+    let a2 = block2_ack(&g2, blk(2, false, 6), cf, &data[2048..]);
     assert!(h.exchange(0, dev(), &a2).is_empty());
     let p = h.published_since(mark);
     assert_eq!(p.len(), 1);
@@ -582,8 +469,9 @@ fn block2_notification_completed_and_published_once() {
     let token = req.msg().token.to_vec();
     // The first response is itself block-wise: observed once complete.
     let first = pattern(2000);
-    let n = serve_block2(&mut h, req, &first, fmt_id::OPAQUE, Some(1));
-    assert_eq!(n, 2);
+    let asked = h.serve_block2(0, req, &first, 0, fmt_id::OPAQUE, Some(1));
+    assert_eq!(asked.len(), 2);
+    check_follow_ups(&asked);
     let p = h.published_since(mark);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].1["msgType"], "observe");
@@ -594,21 +482,7 @@ fn block2_notification_completed_and_published_once() {
     );
     // A CON notification with Block2 on the observation's token.
     let data = pattern(5000);
-    let mut n = Vec::new();
-    let mut w = MessageWriter::new(&mut n, MsgType::Con, codes::CONTENT, 700, &token);
-    w.option_uint(opt::OBSERVE, 2)
-        .option_uint(opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32)
-        .option_uint(
-            opt::BLOCK2,
-            BlockOpt {
-                num: 0,
-                more: true,
-                szx: 6,
-            }
-            .encode(),
-        );
-    w.payload(&data[..1024]);
-    let out = h.exchange(0, dev(), &n);
+    let out = h.exchange(0, dev(), &block_notification(&token, 700, Some(2), &data));
     assert_eq!(out.len(), 2, "ACK and the first follow-up: {out:?}");
     assert_eq!((out[0].msg().mtype, out[0].msg().mid), (MsgType::Ack, 700));
     let g = out[1].clone();
@@ -618,31 +492,7 @@ fn block2_notification_completed_and_published_once() {
     assert_ne!(gm.token, &token[..]);
     assert_eq!(block(&gm, opt::BLOCK2).unwrap().num, 1);
     // The rest, served from block 1.
-    let mut req = g;
-    for num in 1..5u32 {
-        let start = num as usize * 1024;
-        let end = (start + 1024).min(data.len());
-        let b = BlockOpt {
-            num,
-            more: end < data.len(),
-            szx: 6,
-        };
-        let out = h.exchange(
-            0,
-            dev(),
-            &ack(
-                &req,
-                codes::CONTENT,
-                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
-                &data[start..end],
-            ),
-        );
-        if b.more {
-            req = one_req(out);
-        } else {
-            assert!(out.is_empty());
-        }
-    }
+    assert_eq!(h.serve_block2(0, g, &data, 1, 42, None).len(), 4);
     let notes = h.published("up/notify");
     assert_eq!(notes.len(), 1, "published once");
     assert_eq!(notes[0].1["seqNum"], 2);
@@ -660,39 +510,6 @@ fn block2_notification_completed_and_published_once() {
     w.payload(b"xy");
     h.datagram(0, dev(), &n2);
     assert_eq!(h.published("up/notify").len(), 2);
-}
-
-/// A Register whose object list needs several blocks of `16 << szx` bytes.
-fn long_list(n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| format!("</{}/{}>", 3300 + i % 50, i / 50))
-        .collect::<Vec<_>>()
-        .join(",")
-        .into_bytes()
-}
-
-fn register_blocks(list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
-    let size = 16usize << szx;
-    let chunks: Vec<&[u8]> = list.chunks(size).collect();
-    chunks
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let b = BlockOpt {
-                num: i as u32,
-                more: i + 1 < chunks.len(),
-                szx,
-            };
-            let mut r = Req::new(codes::POST, "/rd", first_mid + i as u16)
-                .q("ep=big")
-                .q("lt=300")
-                .q("lwm2m=1.1")
-                .opt(opt::BLOCK1, &b.encode().to_be_bytes()[1..])
-                .body(c);
-            r.token = vec![0xbb, i as u8];
-            r.bytes()
-        })
-        .collect()
 }
 
 #[test]
@@ -750,25 +567,18 @@ fn server_block1_update_with_long_object_list() {
     let mut h = Harness::new(1, settings());
     let r = h.one(0, dev(), &Req::register("dev1", 1).bytes());
     let loc = r.location();
-    let list = long_list(120);
-    let size = 128;
-    let chunks: Vec<&[u8]> = list.chunks(size).collect();
-    for (i, c) in chunks.iter().enumerate() {
-        let b = BlockOpt {
-            num: i as u32,
-            more: i + 1 < chunks.len(),
-            szx: 3,
-        };
-        let req = Req::update(&loc, 50 + i as u16)
-            .opt(opt::BLOCK1, &b.encode().to_be_bytes()[2..])
-            .body(c);
-        let expect = if b.more {
-            codes::CONTINUE
-        } else {
-            codes::CHANGED
-        };
-        assert_eq!(h.one(0, dev(), &req.bytes()).code(), expect);
-    }
+    // 128-byte blocks, their Block1 values two bytes long (a leading zero).
+    let blocks = in_block1(&long_list(120), 3, |i, b| {
+        Req::update(&loc, 50 + i as u16).opt(opt::BLOCK1, &b.encode().to_be_bytes()[2..])
+    });
+    let got: Vec<u8> = h
+        .send_blocks(0, dev(), &blocks)
+        .iter()
+        .map(Reply::code)
+        .collect();
+    let mut expect = vec![codes::CONTINUE; blocks.len() - 1];
+    expect.push(codes::CHANGED);
+    assert_eq!(got, expect);
     let ups = h.published("up/update");
     assert_eq!(ups.len(), 1);
     assert_eq!(
@@ -793,10 +603,10 @@ fn server_block1_limits_and_out_of_order() {
     assert_eq!(r.code(), codes::REQUEST_ENTITY_TOO_LARGE);
     assert_eq!(r.msg().option_uint(opt::SIZE1), Some(256));
     // A body growing beyond it: 4.13 at the block that crosses the limit.
-    let codes_seen: Vec<u8> = b
+    let codes_seen: Vec<u8> = h
+        .send_blocks(0, dev(), &b[..5])
         .iter()
-        .take(5)
-        .map(|d| h.one(0, dev(), d).code())
+        .map(Reply::code)
         .collect();
     assert_eq!(
         codes_seen,
@@ -859,34 +669,8 @@ fn oversize_bodies_are_errors_on_mqtt() {
     assert_eq!(p[0].1["data"]["code"], "4.13");
     // A device sending more than max_body_size: aborted, error on MQTT.
     let mark = h.mark();
-    let mut req = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":2,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
-    let mut sent = 0;
-    for num in 0..10u32 {
-        let b = BlockOpt {
-            num,
-            more: true,
-            szx: 6,
-        };
-        let out = h.exchange(
-            0,
-            dev(),
-            &ack(
-                &req,
-                codes::CONTENT,
-                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
-                &[0u8; 1024],
-            ),
-        );
-        sent += 1;
-        if out.is_empty() {
-            break;
-        }
-        req = one_req(out);
-    }
+    let req = read_5_0_0(&mut h, 2);
+    let sent = h.serve_block2(0, req, &[0u8; 10 * 1024], 0, 42, None).len();
     assert_eq!(sent, 5, "the fifth block crosses 4096 bytes");
     let p = h.published_since(mark);
     assert_eq!(p.len(), 1);
@@ -911,26 +695,12 @@ fn memory_caps_per_device_and_per_shard_abort_a_fetch() {
         s.block_shard_cap = shard;
         let mut h = setup_with(s);
         let mark = h.mark();
-        let mut req = one_req(h.command(
-            0,
-            TOPIC,
-            r#"{"reqID":3,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-        ));
+        let mut req = read_5_0_0(&mut h, 3);
         for num in 0..3u32 {
-            let b = BlockOpt {
-                num,
-                more: true,
-                szx: 6,
-            };
             let out = h.exchange(
                 0,
                 dev(),
-                &ack(
-                    &req,
-                    codes::CONTENT,
-                    &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
-                    &[1u8; 1024],
-                ),
+                &block2_ack(&req, blk(num, true, 6), 42, &[1u8; 1024]),
             );
             if num < 2 {
                 assert_eq!(h.cores[0].blockwise_held_bytes(), 1024 * (num as u64 + 1));
@@ -968,26 +738,8 @@ fn disabled_mode_sends_whole_refuses_block1_and_flags_first_block() {
     assert!(m.payload.len() > 3000);
     h.datagram(0, dev(), &ack(&r, codes::CHANGED, &[], b""));
     // A Block2 response: published as the first block only, flagged.
-    let r = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":2,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
-    let b = BlockOpt {
-        num: 0,
-        more: true,
-        szx: 6,
-    };
-    let out = h.exchange(
-        0,
-        dev(),
-        &ack(
-            &r,
-            codes::CONTENT,
-            &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
-            &[5u8; 1024],
-        ),
-    );
+    let r = read_5_0_0(&mut h, 2);
+    let out = h.exchange(0, dev(), &block2_ack(&r, blk(0, true, 6), 42, &[5u8; 1024]));
     assert!(out.is_empty(), "no follow-up");
     let p = h.published_since(mark);
     assert_eq!(p.len(), 2);
@@ -1040,7 +792,7 @@ fn block_answered_by_a_late_separate_response_continues() {
         "ACK of the separate response and block 1: {out:?}"
     );
     assert_eq!((out[0].msg().mtype, out[0].msg().mid), (MsgType::Ack, 900));
-    let (body, _) = receive_block1(&mut h, out[1].clone(), codes::CHANGED, m.payload.to_vec());
+    let (body, _) = h.receive_block1(0, out[1].clone(), codes::CHANGED, m.payload.to_vec());
     assert_eq!(body, expect);
     let p = h.published_since(mark);
     let kinds: Vec<_> = p.iter().map(|(_, v)| v["msgType"].to_string()).collect();
@@ -1082,46 +834,9 @@ fn block_notification(token: &[u8], mid: u16, observe: Option<u32>, data: &[u8])
         w.option_uint(opt::OBSERVE, o);
     }
     w.option_uint(opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32)
-        .option_uint(
-            opt::BLOCK2,
-            BlockOpt {
-                num: 0,
-                more: true,
-                szx: 6,
-            }
-            .encode(),
-        );
+        .option_uint(opt::BLOCK2, blk(0, true, 6).encode());
     w.payload(&data[..1024]);
     n
-}
-
-/// Serves blocks 1.. of `data` to the follow-up `req` (1024-byte blocks).
-fn serve_from_block1(h: &mut Harness, mut req: Reply, data: &[u8]) {
-    let blocks = data.len().div_ceil(1024) as u32;
-    for num in 1..blocks {
-        let start = num as usize * 1024;
-        let end = (start + 1024).min(data.len());
-        let b = BlockOpt {
-            num,
-            more: end < data.len(),
-            szx: 6,
-        };
-        let out = h.exchange(
-            0,
-            dev(),
-            &ack(
-                &req,
-                codes::CONTENT,
-                &[(opt::CONTENT_FORMAT, 42), (opt::BLOCK2, b.encode())],
-                &data[start..end],
-            ),
-        );
-        if b.more {
-            req = one_req(out);
-        } else {
-            assert!(out.is_empty());
-        }
-    }
 }
 
 #[test]
@@ -1147,7 +862,10 @@ fn a_final_block2_notification_without_observe_has_no_seqnum() {
     let data = pattern(3000);
     let out = h.exchange(0, dev(), &block_notification(&token, 700, None, &data));
     assert_eq!(out.len(), 2, "ACK and the first follow-up: {out:?}");
-    serve_from_block1(&mut h, out[1].clone(), &data);
+    assert_eq!(
+        h.serve_block2(0, out[1].clone(), &data, 1, 42, None).len(),
+        2
+    );
     let notes = h.published("up/notify");
     assert_eq!(notes.len(), 1);
     assert!(
@@ -1173,14 +891,9 @@ fn a_final_block2_notification_without_observe_has_no_seqnum() {
 fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
     let mut h = setup_with(settings());
     let mark = h.mark();
-    let first = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":5,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let first = read_5_0_0(&mut h, 5);
     let old = pattern(2500);
     let new: Vec<u8> = pattern(2100).iter().map(|b| b ^ 0x55).collect();
-    let blk = |num: u32, more: bool| BlockOpt { num, more, szx: 6 }.encode();
     let reply = |req: &Reply, etag: &[u8], num: u32, data: &[u8]| {
         let start = num as usize * 1024;
         let end = (start + 1024).min(data.len());
@@ -1189,7 +902,7 @@ fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
         let mut w = MessageWriter::new(&mut buf, MsgType::Ack, codes::CONTENT, m.mid, m.token);
         w.option(opt::ETAG, etag)
             .option_uint(opt::CONTENT_FORMAT, 42)
-            .option_uint(opt::BLOCK2, blk(num, end < data.len()));
+            .option_uint(opt::BLOCK2, blk(num, end < data.len(), 6).encode());
         w.payload(&data[start..end]);
         buf
     };
@@ -1213,11 +926,7 @@ fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
     );
     // A representation that keeps changing: an error after two restarts.
     let mark = h.mark();
-    let mut req = one_req(h.command(
-        0,
-        TOPIC,
-        r#"{"reqID":6,"msgType":"read","data":{"path":"/5/0/0"}}"#,
-    ));
+    let mut req = read_5_0_0(&mut h, 6);
     for round in 0..3u8 {
         let g1 = one_req(h.exchange(0, dev(), &reply(&req, &[round], 0, &old)));
         let out = h.exchange(0, dev(), &reply(&g1, &[round + 100], 1, &old));

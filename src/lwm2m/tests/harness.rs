@@ -1,7 +1,6 @@
 //! A deterministic driver for one or more `ShardCore`s.
 
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
-use crate::lwm2m::settings::Translator;
 use crate::lwm2m::template::Template;
 use crate::lwm2m::{
     AuthRequest, CoreSettings, Directory, Input, MqttOut, Output, RoutedCommand, ShardCore,
@@ -10,45 +9,18 @@ use crate::lwm2m::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The default configuration's settings, with what these tests rely on: a mountpoint
+/// without the command suffix, per-endpoint subscriptions, no admission limits, a
+/// device cap of max_body_size, and a fixed location key.
 pub fn settings() -> CoreSettings {
-    let t = |topic: &str| Translator {
-        topic: topic.into(),
-        qos: 0,
-    };
     CoreSettings {
-        lifetime_min_s: 1,
-        lifetime_max_s: 86_400,
         mountpoint: Template::parse("lwm2m/${endpoint_name}/"),
-        command: t("dn/#"),
-        response: t("up/resp"),
-        notify: t("up/notify"),
-        register: t("up/resp"),
-        update: t("up/update"),
-        update_needs_object_list: false,
         per_endpoint_subscriptions: true,
-        exchange_lifetime_ms: 247_000,
-        ack_timeout_ms: 2_000,
-        ack_random_factor: 1.5,
-        max_retransmit: 4,
-        nstart: 1,
-        qmode_window_ms: 22_000,
-        max_queued: 100,
-        queue_ttl_ms: 0,
-        auto_observe: crate::lwm2m::settings::AutoObserveSet::Off,
         max_connections: u64::MAX,
         max_conn_rate: 0,
-        block_enable: true,
-        block_szx: 6,
-        max_body_size: 4 << 20,
-        block_lifetime_ms: 247_000,
         block_device_cap: 4 << 20,
-        block_shard_cap: 64 << 20,
-        auth: Default::default(),
-        auth_timeout_ms: 11_000,
-        enable_stats: true,
-        dtls_psk: None,
-        dtls_require_cn: false,
         location_key: [0x0123_4567_89ab_cdef, 0x0fed_cba9_8765_4321],
+        ..CoreSettings::defaults()
     }
 }
 

@@ -2,6 +2,7 @@
 //! cross-shard messages delivered synchronously, timers fired by advancing time.
 
 mod block_server;
+mod blocks;
 mod blockwise;
 mod dm;
 mod dtls;
