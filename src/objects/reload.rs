@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::registry::{is_xml_name, LoadError, ObjectRegistry};
+use lwm2m_proto::objects::{is_xml_name, LoadError, ObjectRegistry};
 use crate::watch::{self, Watch, Watched};
 
 /// The current [`ObjectRegistry`], shared by all threads.

@@ -7,7 +7,8 @@ use std::path::Path;
 
 fn main() {
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
-    let dir = Path::new(&root).join("etc/lwm2m_xml");
+    // The shipped definitions live in the repository's etc/, beside this crate.
+    let dir = Path::new(&root).join("../etc/lwm2m_xml");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("etc/lwm2m_xml")

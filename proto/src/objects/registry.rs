@@ -186,7 +186,7 @@ impl Builder {
 }
 
 /// The `*.xml` files of `dir` (not recursive), sorted by file name.
-pub(crate) fn xml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn xml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut names: Vec<OsString> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -204,7 +204,7 @@ pub(crate) fn xml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
-pub(crate) fn is_xml_name(name: &std::ffi::OsStr) -> bool {
+pub fn is_xml_name(name: &std::ffi::OsStr) -> bool {
     let name = name.as_encoded_bytes();
     // Hidden files (editor swap files, `.foo.xml.tmp`-style partial writes
     // that end in .xml) are skipped.

@@ -67,7 +67,7 @@ impl Harness {
     pub fn new(shards: usize, s: CoreSettings) -> Self {
         let s = Arc::new(s);
         let dir = Arc::new(Directory::new());
-        let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/lwm2m_xml");
+        let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/lwm2m_xml");
         let (reg, errors) = crate::objects::ObjectRegistry::load_dir(std::path::Path::new(dir_xml));
         assert!(errors.is_empty(), "{errors:?}");
         let reg = Arc::new(reg);

@@ -29,7 +29,7 @@ mod tests {
         for (name, xml) in FILES {
             assert!(parse_str(xml).is_ok(), "{name}");
         }
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/lwm2m_xml");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/lwm2m_xml");
         let (from_dir, errors) = ObjectRegistry::load_dir(&dir);
         assert!(errors.is_empty(), "{errors:?}");
         let built_in = builtin_registry();
