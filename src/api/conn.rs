@@ -28,7 +28,7 @@ const MAX_REQUESTS: usize = 1000;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(super) enum Phase {
     /// Waiting for the first byte of a request.
     Idle,
     /// Part of a request has come.
@@ -41,7 +41,7 @@ pub enum Phase {
 
 /// What to do with a connection after driving it.
 #[derive(Debug)]
-pub enum Step {
+pub(super) enum Step {
     /// Wait for readiness, a deadline or the worker.
     Wait,
     /// Hand this request to a worker; `keep_alive`: whether the connection may
@@ -53,7 +53,7 @@ pub enum Step {
 
 /// Which limit a connection ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
+pub(super) enum Expired {
     /// No request began within [`IDLE_TIMEOUT`]: close.
     Idle,
     /// A request did not complete within [`REQUEST_TIMEOUT`]: a 408 is queued.
@@ -62,7 +62,7 @@ pub enum Expired {
     Write,
 }
 
-pub struct Conn {
+pub(super) struct Conn {
     pub stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -76,7 +76,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, now: Instant) -> Conn {
+    pub(super) fn new(stream: TcpStream, now: Instant) -> Conn {
         let _ = stream.set_nodelay(true);
         Conn {
             stream,
@@ -91,17 +91,17 @@ impl Conn {
         }
     }
 
-    pub fn phase(&self) -> Phase {
+    pub(super) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// When the current phase began.
-    pub fn since(&self) -> Instant {
+    pub(super) fn since(&self) -> Instant {
         self.since
     }
 
     /// When the current phase runs out (none while a worker has the request).
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Idle => Some(self.since + IDLE_TIMEOUT),
             Phase::Reading => Some(self.since + REQUEST_TIMEOUT),
@@ -112,7 +112,7 @@ impl Conn {
 
     /// Queues an encoded response; the next request is read after it when
     /// `keep_alive`, else the connection closes once it is sent.
-    pub fn respond(&mut self, bytes: &[u8], keep_alive: bool, now: Instant) {
+    pub(super) fn respond(&mut self, bytes: &[u8], keep_alive: bool, now: Instant) {
         self.output.extend_from_slice(bytes);
         self.phase = Phase::Writing;
         self.since = now;
@@ -121,7 +121,7 @@ impl Conn {
 
     /// The deadline passed: which limit, with a 408 queued for a late request
     /// (drive the connection to send it). Close the connection otherwise.
-    pub fn expire(&mut self, now: Instant) -> Expired {
+    pub(super) fn expire(&mut self, now: Instant) -> Expired {
         match self.phase {
             Phase::Reading => {
                 self.reject(
@@ -141,7 +141,7 @@ impl Conn {
 
     /// Tells a connection about to be closed to make room that the server is
     /// full, if nothing else is being written to it (best effort, no wait).
-    pub fn evict(&mut self) {
+    pub(super) fn evict(&mut self) {
         // Take what the client sent, so that closing sends FIN rather than RST
         // (which could discard the answer before the client reads it).
         while let Ok(true) = self.read() {
@@ -154,7 +154,7 @@ impl Conn {
     }
 
     /// Writes, reads and parses as far as possible without blocking.
-    pub fn drive(&mut self, now: Instant) -> Step {
+    pub(super) fn drive(&mut self, now: Instant) -> Step {
         loop {
             match self.flush(now) {
                 Ok(true) => {}

@@ -46,7 +46,7 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(
+    pub(super) fn new(
         poll: Poll,
         listener: TcpListener,
         jobs: Sender<Job>,
@@ -71,7 +71,7 @@ impl EventLoop {
 
     /// Runs until the stop flag is set (and the waker woken); every
     /// connection is closed on return.
-    pub fn run(mut self) {
+    pub(super) fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
             let timeout = self.sleep(Instant::now());

@@ -24,7 +24,7 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -32,7 +32,7 @@ impl Request {
     }
 
     /// The first value of a query parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(super) fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(k, _)| k == name)
@@ -52,7 +52,7 @@ pub(crate) struct Response {
 pub(crate) const JSON: &str = "application/json";
 
 impl Response {
-    pub fn json(status: u16, body: Vec<u8>) -> Response {
+    pub(super) fn json(status: u16, body: Vec<u8>) -> Response {
         Response {
             status,
             content_type: JSON,
@@ -61,7 +61,7 @@ impl Response {
         }
     }
 
-    pub fn no_content() -> Response {
+    pub(super) fn no_content() -> Response {
         Response {
             status: 204,
             content_type: "",
@@ -71,7 +71,7 @@ impl Response {
     }
 
     /// EMQX's error shape: `{"code":"...","message":"..."}`.
-    pub fn error(status: u16, code: &str, message: &str) -> Response {
+    pub(super) fn error(status: u16, code: &str, message: &str) -> Response {
         let mut b = Vec::with_capacity(64 + message.len());
         b.push(b'{');
         crate::json::key(&mut b, "code");
@@ -83,7 +83,7 @@ impl Response {
         Response::json(status, b)
     }
 
-    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+    pub(super) fn with_header(mut self, name: &'static str, value: String) -> Response {
         self.headers.push((name, value));
         self
     }

@@ -5,7 +5,7 @@
 
 /// `input` with missing line-break commas inserted and trailing commas removed; `None` when
 /// nothing needed repair (the caller then reports the parser's error on the original).
-pub fn repair(input: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn repair(input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len() + 8);
     let mut changed = false;
     // Where in `out` a value ended, with no comma, colon or bracket after it yet.

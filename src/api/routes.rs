@@ -27,7 +27,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(
+    pub(super) fn new(
         admin: Arc<dyn Admin>,
         api_key: String,
         api_secret: String,

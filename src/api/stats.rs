@@ -23,11 +23,11 @@ pub(crate) struct ApiStats {
 }
 
 impl ApiStats {
-    pub fn add(counter: &AtomicU64) {
+    pub(super) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn write(&self, out: &mut String) {
+    pub(super) fn write(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut w = Writer::new(out);
         w.counter(

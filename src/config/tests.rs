@@ -30,7 +30,7 @@ fn addr(s: &str) -> SocketAddr {
 fn shipped_file_is_the_default() {
     let mut shipped = parse(DEFAULT_TOML);
     // The shipped file lives in etc/ and its paths are relative to it.
-    shipped.resolve_paths(std::path::Path::new("etc"));
+    shipped.resolve_paths(Path::new("etc"));
     let d = Config::default();
     assert_eq!(shipped.xml_dir, d.xml_dir);
     assert_eq!(shipped.lifetime_min, d.lifetime_min);
@@ -80,7 +80,7 @@ fn default_values() {
     assert_eq!(c.mqtt.server, MqttServer::Embedded);
     assert_eq!(c.mqtt.embedded_bind, addr("127.0.0.1:1883"));
     assert_eq!(c.mqtt.embedded_bind_v5, addr("127.0.0.1:1884"));
-    assert_eq!(c.mqtt.protocol, crate::config::MqttProtocol::V5);
+    assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
     assert_eq!(c.mqtt.max_inflight, 256);
     assert_eq!(c.mqtt.buffer_messages, 200_000);
     assert_eq!(c.engine.socket_rcvbuf, 8 << 20);
@@ -112,7 +112,7 @@ fn the_commented_tables_of_the_shipped_file_parse_and_validate() {
     let mut c = parse(&text);
     c.validate().unwrap();
     // As read from etc/lwm2m-gateway.toml: relative to etc/.
-    c.resolve_paths(std::path::Path::new("etc"));
+    c.resolve_paths(Path::new("etc"));
     let d = &c.listeners.dtls["default"];
     assert_eq!(d.bind, addr("0.0.0.0:5784"));
     assert_eq!(d.psk_file, Some(PathBuf::from("etc/psk.txt")));

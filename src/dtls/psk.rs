@@ -52,9 +52,9 @@ use std::time::Duration;
 use crate::watch::{self, Watch, Watched};
 
 /// Longest PSK identity accepted in the file (RFC 4279 recommends 128).
-pub const MAX_IDENTITY_LEN: usize = 128;
+pub(super) const MAX_IDENTITY_LEN: usize = 128;
 /// Longest key accepted in the file, in bytes.
-pub const MAX_KEY_LEN: usize = 64;
+pub(super) const MAX_KEY_LEN: usize = 64;
 
 /// Why a PSK file could not be loaded.
 #[derive(Debug, thiserror::Error)]

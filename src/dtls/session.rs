@@ -35,7 +35,7 @@ pub(crate) struct RecordingResolver {
 }
 
 impl RecordingResolver {
-    pub fn new(store: Arc<PskStore>) -> Self {
+    pub(super) fn new(store: Arc<PskStore>) -> Self {
         RecordingResolver {
             store,
             last: Mutex::new(None),
@@ -43,7 +43,7 @@ impl RecordingResolver {
     }
 
     /// The identity asked for since the last call, if any.
-    pub fn take(&self) -> Option<Vec<u8>> {
+    pub(super) fn take(&self) -> Option<Vec<u8>> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -110,7 +110,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, dtls: Dtls, now: Instant) -> Self {
+    pub(super) fn new(id: u64, dtls: Dtls, now: Instant) -> Self {
         Session {
             id,
             dtls,
@@ -129,7 +129,7 @@ impl Session {
     }
 
     /// The identity to announce once connected.
-    pub fn identity(&self, cert: Option<&CertConfig>) -> Option<PeerIdentity> {
+    pub(super) fn identity(&self, cert: Option<&CertConfig>) -> Option<PeerIdentity> {
         if let Some(id) = &self.psk_identity {
             return std::str::from_utf8(id)
                 .ok()
@@ -145,7 +145,7 @@ impl Session {
     }
 
     /// Polls dimpl until it reports its next timeout.
-    pub fn drive(&mut self, peer: SocketAddr, sink: &mut Sink<'_>) -> Result<(), Fatal> {
+    pub(super) fn drive(&mut self, peer: SocketAddr, sink: &mut Sink<'_>) -> Result<(), Fatal> {
         loop {
             match self.dtls.poll_output(sink.buf) {
                 Output::Packet(p) => {

@@ -24,7 +24,7 @@ use std::time::Duration;
 /// How long the API waits for a shard to answer.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
 
-pub struct GatewayAdmin {
+pub(super) struct GatewayAdmin {
     pub dir: Arc<Directory>,
     pub shards: Arc<Vec<MailboxSender<ShardMail>>>,
     pub auth: AuthService,

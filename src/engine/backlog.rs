@@ -21,11 +21,11 @@ use shard::{MailboxSender, TrySendError};
 use std::collections::VecDeque;
 
 /// Messages waiting (all destinations) beyond which recoverable ones are dropped.
-pub const SOFT_CAP: usize = 65_536;
+pub(super) const SOFT_CAP: usize = 65_536;
 
 /// What became of a message handed to [`Backlog::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(super) enum Sent {
     /// In the destination's mailbox.
     Delivered,
     /// Waiting here for room.
@@ -40,7 +40,7 @@ pub enum Sent {
 
 /// Per-destination queues of refused messages, in the order they were sent.
 #[derive(Default)]
-pub struct Backlog {
+pub(super) struct Backlog {
     queues: Vec<VecDeque<ShardMsg>>,
     waiting: usize,
     /// Commands not kept, to be answered by the sending shard's core.
@@ -48,7 +48,7 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    pub fn new(shards: usize) -> Self {
+    pub(super) fn new(shards: usize) -> Self {
         Self {
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
             waiting: 0,
@@ -57,16 +57,21 @@ impl Backlog {
     }
 
     /// Messages waiting for room.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.waiting
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.waiting == 0
     }
 
     /// Sends `m` to shard `to`, or queues it behind what already waits for `to`.
-    pub fn send(&mut self, peers: &[MailboxSender<ShardMail>], to: u16, m: ShardMsg) -> Sent {
+    pub(super) fn send(
+        &mut self,
+        peers: &[MailboxSender<ShardMail>],
+        to: u16,
+        m: ShardMsg,
+    ) -> Sent {
         let (Some(peer), Some(queue)) = (peers.get(to as usize), self.queues.get_mut(to as usize))
         else {
             return self.not_kept(m);
@@ -91,7 +96,7 @@ impl Backlog {
     /// Hands waiting messages over while the mailboxes take them, each destination's
     /// in order. Returns how many were dropped (destination gone; commands are handed
     /// back instead).
-    pub fn retry(&mut self, peers: &[MailboxSender<ShardMail>]) -> usize {
+    pub(super) fn retry(&mut self, peers: &[MailboxSender<ShardMail>]) -> usize {
         let mut dropped = 0;
         for (queue, peer) in self.queues.iter_mut().zip(peers) {
             while let Some(m) = queue.pop_front() {
@@ -118,7 +123,7 @@ impl Backlog {
 
     /// The commands handed back since the last call, for the sending shard's core to
     /// answer (`Input::Undelivered`: 5.03 on their response topic, counted).
-    pub fn take_returned(&mut self) -> Vec<ShardMsg> {
+    pub(super) fn take_returned(&mut self) -> Vec<ShardMsg> {
         std::mem::take(&mut self.returned)
     }
 

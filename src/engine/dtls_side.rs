@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The mio token of a shard's DTLS socket.
-pub const DTLS: mio::Token = mio::Token(2);
+pub(super) const DTLS: mio::Token = mio::Token(2);
 const READS_PER_TURN: usize = 4;
 /// Bytes a DTLS record adds to the CoAP message it carries (13-byte header,
 /// 8-byte explicit nonce, 16-byte tag for the suites offered), with room to spare.
-pub const DTLS_OVERHEAD: usize = 64;
+pub(super) const DTLS_OVERHEAD: usize = 64;
 /// Receive slots are never smaller than this: handshake flights (client
 /// certificates) fill a datagram up to the path MTU.
 const MIN_SLOT: usize = 2048;
@@ -26,11 +26,11 @@ const MIN_SLOT: usize = 2048;
 /// The receive slot for CoAP messages of up to `max_datagram` bytes over DTLS
 /// (`engine.max_datagram`, default 4096: a 1024-byte block with its header fits
 /// with room to spare).
-pub fn recv_slot(max_datagram: usize) -> usize {
+pub(super) fn recv_slot(max_datagram: usize) -> usize {
     max_datagram.max(MIN_SLOT) + DTLS_OVERHEAD
 }
 
-pub struct DtlsSide {
+pub(super) struct DtlsSide {
     pub socket: UdpSocket,
     server: DtlsServer,
     recv: RecvBatch,
@@ -45,7 +45,7 @@ pub struct DtlsSide {
 
 impl DtlsSide {
     /// `max_datagram`: the longest CoAP message accepted (`engine.max_datagram`).
-    pub fn new(
+    pub(super) fn new(
         socket: UdpSocket,
         server: DtlsServer,
         batch: usize,
@@ -65,7 +65,7 @@ impl DtlsSide {
     }
 
     /// Reads what the socket holds (bounded); true if more is left.
-    pub fn read(
+    pub(super) fn read(
         &mut self,
         now: u64,
         core: &mut ShardCore,
@@ -96,7 +96,7 @@ impl DtlsSide {
 
     /// Encrypts and queues `plaintext` for the session of `to`. False when `to`
     /// has no session (or it failed): nothing was sent.
-    pub fn send_app(&mut self, now: u64, to: SocketAddr, plaintext: &[u8]) -> bool {
+    pub(super) fn send_app(&mut self, now: u64, to: SocketAddr, plaintext: &[u8]) -> bool {
         if !self.server.has_session(to) {
             return false;
         }
@@ -111,7 +111,7 @@ impl DtlsSide {
     }
 
     /// The server's timers came due.
-    pub fn on_timer(
+    pub(super) fn on_timer(
         &mut self,
         now: u64,
         core: &mut ShardCore,
@@ -168,7 +168,7 @@ impl DtlsSide {
         }
     }
 
-    pub fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         if !self.send.is_empty() {
             if let Err(e) = self.send.flush(&self.socket) {
                 tracing::warn!(error = %e, "DTLS sendmmsg failed");
@@ -177,12 +177,12 @@ impl DtlsSide {
         }
     }
 
-    pub fn stats(&self) -> &DtlsStats {
+    pub(super) fn stats(&self) -> &DtlsStats {
         self.server.stats()
     }
 
     /// Datagrams dropped for being longer than a receive slot.
-    pub fn oversized(&self) -> u64 {
+    pub(super) fn oversized(&self) -> u64 {
         self.oversized
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// A message in a shard's mailbox.
 #[derive(Debug)]
-pub enum ShardMail {
+pub(super) enum ShardMail {
     /// For the core: from another shard's core, or a command routed here.
     Core(ShardMsg),
     /// The authentication server's answer to the Register held under `ticket`.
@@ -48,7 +48,7 @@ pub enum ShardMail {
 
 /// An entry of a shard's timer wheel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardTimer {
+pub(super) enum ShardTimer {
     /// The core's.
     Core(Timer),
     /// The DTLS server's handshake and idle timers.

@@ -16,7 +16,7 @@ use crate::mqtt::MqttStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 use Kind::{Counter, Gauge};
 
-pub fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
+pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     let snaps: Vec<_> = a.core_stats.iter().map(|s| *s.lock()).collect();
     let labels: Vec<String> = (0..snaps.len()).map(|i| i.to_string()).collect();
     let sh = Shards {
@@ -238,7 +238,7 @@ fn write_registrations(sh: &Shards<'_>, w: &mut Writer<'_>) {
 /// Commands accepted, by msgType.
 fn write_commands_by_type(sh: &Shards<'_>, w: &mut Writer<'_>) {
     for (i, s) in sh.snaps.iter().enumerate() {
-        for op in crate::lwm2m::command::Op::ALL {
+        for op in Op::ALL {
             w.counter(
                 "lwm2m_commands_by_type_total",
                 "Commands accepted for a device, by msgType.",

@@ -15,10 +15,10 @@ use crate::mqtt::{Delivery, Inbound, MqttClient, Outbound};
 use shard::{Clock, TimerWheel};
 
 /// The mio tokens of a shard's broker connections start here.
-pub const MQTT_TOKEN_BASE: usize = 16;
+pub(super) const MQTT_TOKEN_BASE: usize = 16;
 
 /// A command the broker delivered, copied out of the connection's read buffer.
-pub struct Delivered {
+pub(super) struct Delivered {
     pub topic: String,
     pub payload: Vec<u8>,
     pub expiry_s: Option<u32>,
@@ -38,7 +38,7 @@ impl Inbound for Inbox {
     }
 }
 
-pub struct MqttSide {
+pub(super) struct MqttSide {
     client: MqttClient,
     registry: mio::Registry,
     clock: Clock,
@@ -52,7 +52,7 @@ pub struct MqttSide {
 
 impl MqttSide {
     /// `client` made with a `now` of `clock`.
-    pub fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
+    pub(super) fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
         MqttSide {
             client,
             registry,
@@ -64,13 +64,13 @@ impl MqttSide {
         }
     }
 
-    pub fn owns(&self, token: mio::Token) -> bool {
+    pub(super) fn owns(&self, token: mio::Token) -> bool {
         self.client.owns(token)
     }
 
     /// A readiness event of one of the connections; true when it has more to read.
     /// Commands it delivered wait in [`take_commands`](Self::take_commands).
-    pub fn on_event(
+    pub(super) fn on_event(
         &mut self,
         token: mio::Token,
         readable: bool,
@@ -89,14 +89,14 @@ impl MqttSide {
     }
 
     /// The commands delivered since the last call.
-    pub fn take_commands(&mut self) -> std::vec::Drain<'_, Delivered> {
+    pub(super) fn take_commands(&mut self) -> std::vec::Drain<'_, Delivered> {
         self.inbox.0.drain(..)
     }
 
     /// Queues one of the core's MQTT messages. A subscription change (the core sends
     /// only those this shard is home to) goes to the connection its filter hashes to,
     /// so that the unsubscribe finds it.
-    pub fn accept(&mut self, msg: MqttOut) {
+    pub(super) fn accept(&mut self, msg: MqttOut) {
         let msg = match msg {
             Outbound::Subscribe { filter, qos, .. } => Outbound::Subscribe {
                 lane: filter_lane(&filter),
@@ -114,7 +114,7 @@ impl MqttSide {
 
     /// End of a loop turn: connection timers, then everything queued out (one write per
     /// connection). While stopping, disconnects once nothing is held or the deadline passed.
-    pub fn turn(&mut self, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
+    pub(super) fn turn(&mut self, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
         if self.closed {
             return;
         }
@@ -151,23 +151,23 @@ impl MqttSide {
     }
 
     /// The `ShardTimer::Mqtt` fired (the turn's end runs the connections' timers).
-    pub fn on_timer(&mut self) {
+    pub(super) fn on_timer(&mut self) {
         self.armed_at = u64::MAX;
     }
 
     /// Shutdown: from now on publish what is held, for at most `grace_ms`.
-    pub fn begin_stop(&mut self, now_ms: u64, grace_ms: u64) {
+    pub(super) fn begin_stop(&mut self, now_ms: u64, grace_ms: u64) {
         if self.stop_at.is_none() {
             self.stop_at = Some(now_ms + grace_ms);
         }
     }
 
-    pub fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.stop_at.is_some()
     }
 
     /// Disconnected after a shutdown.
-    pub fn closed(&self) -> bool {
+    pub(super) fn closed(&self) -> bool {
         self.closed
     }
 }

@@ -24,7 +24,7 @@ pub struct RouterCounters {
     pub unknown_endpoint: AtomicU64,
 }
 
-pub struct CommandRouter {
+pub(super) struct CommandRouter {
     pub mountpoint: Template,
     pub command_topic: String,
     pub dir: Arc<Directory>,
@@ -36,7 +36,7 @@ impl CommandRouter {
     /// What a command topic names and the shard that holds it; counted. A command for an
     /// endpoint that is not registered goes to a shard too (the one its name hashes to),
     /// which answers it 4.00. None: not a command topic of this gateway (counted).
-    pub fn route(&self, topic: &str) -> Option<(u16, Resolved)> {
+    pub(super) fn route(&self, topic: &str) -> Option<(u16, Resolved)> {
         let Some(to) = resolve(&self.mountpoint, &self.command_topic, &self.dir, topic) else {
             self.counters.foreign_topic.fetch_add(1, Ordering::Relaxed);
             return None;

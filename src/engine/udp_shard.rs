@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The mio token of a shard's UDP socket.
-pub const UDP: mio::Token = mio::Token(1);
+pub(super) const UDP: mio::Token = mio::Token(1);
 /// recvmmsg calls per readable event before other work gets a turn.
 const READS_PER_TURN: usize = 8;
 /// How long shutdown waits for the broker to acknowledge what is still held.
@@ -46,7 +46,7 @@ pub struct ShardCounters {
     pub dtls_no_session: AtomicU64,
 }
 
-pub struct UdpShard {
+pub(super) struct UdpShard {
     pub core: ShardCore,
     pub socket: UdpSocket,
     recv: RecvBatch,
@@ -75,7 +75,7 @@ pub struct UdpShard {
 
 impl UdpShard {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         core: ShardCore,
         socket: UdpSocket,
         recv_batch: usize,

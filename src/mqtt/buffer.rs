@@ -31,15 +31,15 @@ pub(crate) struct PendingQueue {
 }
 
 impl PendingQueue {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.live
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.live == 0
     }
 
-    pub fn push(&mut self, msg: OutMsg) {
+    pub(super) fn push(&mut self, msg: OutMsg) {
         let pos = self.head + self.slots.len() as u64;
         if msg.qos == QoS::AtMostOnce {
             self.qos0.push_back(pos);
@@ -49,11 +49,11 @@ impl PendingQueue {
     }
 
     /// The oldest live entry.
-    pub fn front(&self) -> Option<&OutMsg> {
+    pub(super) fn front(&self) -> Option<&OutMsg> {
         self.slots.front().and_then(|s| s.as_ref())
     }
 
-    pub fn pop_front(&mut self) -> Option<OutMsg> {
+    pub(super) fn pop_front(&mut self) -> Option<OutMsg> {
         let msg = self.slots.pop_front()??;
         if self.qos0.front() == Some(&self.head) {
             self.qos0.pop_front();
@@ -65,7 +65,7 @@ impl PendingQueue {
     }
 
     /// Global sequence number of the oldest live QoS 0 entry.
-    pub fn oldest_qos0_seq(&self) -> Option<u64> {
+    pub(super) fn oldest_qos0_seq(&self) -> Option<u64> {
         let pos = *self.qos0.front()?;
         self.slots[(pos - self.head) as usize]
             .as_ref()
@@ -73,7 +73,7 @@ impl PendingQueue {
     }
 
     /// Drops the oldest live QoS 0 entry; false if there is none.
-    pub fn drop_oldest_qos0(&mut self) -> bool {
+    pub(super) fn drop_oldest_qos0(&mut self) -> bool {
         let Some(pos) = self.qos0.pop_front() else {
             return false;
         };

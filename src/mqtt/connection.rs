@@ -180,7 +180,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub fn new(index: usize, token: Token, opts: &MqttOptions, now: Instant, seed: u64) -> Self {
+    pub(super) fn new(
+        index: usize,
+        token: Token,
+        opts: &MqttOptions,
+        now: Instant,
+        seed: u64,
+    ) -> Self {
         Connection {
             index,
             token,
@@ -211,19 +217,19 @@ impl Connection {
     }
 
     /// Publishes held: pending and in flight.
-    pub fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.pending.len() + self.inflight.len()
     }
 
     /// Nothing left to send or to wait for.
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.pending.is_empty()
             && self.inflight.is_empty()
             && self.wbuf.is_empty()
             && !self.transport.as_ref().is_some_and(|t| t.has_unsent())
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         let keepalive = self.keepalive;
         match self.state {
             State::Waiting { until } => Some(until),
@@ -236,7 +242,7 @@ impl Connection {
     }
 
     /// Timers: reconnect, connect timeout, keepalive.
-    pub fn poll_timers(&mut self, ctx: &mut Ctx) {
+    pub(super) fn poll_timers(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
         let keepalive = self.keepalive;
         match self.state {
@@ -259,7 +265,7 @@ impl Connection {
     }
 
     /// A readiness event for this connection's socket.
-    pub fn on_event(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) {
+    pub(super) fn on_event(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) {
         if let State::Connecting { .. } = self.state {
             match self.check_connected() {
                 Ok(true) => self.send_connect(ctx),
@@ -276,7 +282,7 @@ impl Connection {
     }
 
     /// Reads what the socket has and handles every complete packet.
-    pub fn read(&mut self, ctx: &mut Ctx) {
+    pub(super) fn read(&mut self, ctx: &mut Ctx) {
         self.read_more = false;
         let Some(t) = self.transport.as_mut() else {
             return;
@@ -316,7 +322,7 @@ impl Connection {
     }
 
     /// Moves filter changes and pending publishes into the write buffer and flushes it.
-    pub fn pump(&mut self, ctx: &mut Ctx) {
+    pub(super) fn pump(&mut self, ctx: &mut Ctx) {
         if self.state != State::Up {
             return;
         }
@@ -440,7 +446,7 @@ impl Connection {
     }
 
     /// Writes the buffered bytes until the socket would block.
-    pub fn flush(&mut self, ctx: &mut Ctx) {
+    pub(super) fn flush(&mut self, ctx: &mut Ctx) {
         if matches!(self.state, State::Connecting { .. } | State::Waiting { .. }) {
             return;
         }
@@ -456,7 +462,7 @@ impl Connection {
     }
 
     /// Sends DISCONNECT (if up), closes the socket and stops reconnecting.
-    pub fn close(&mut self, ctx: &mut Ctx) {
+    pub(super) fn close(&mut self, ctx: &mut Ctx) {
         if self.state == State::Up {
             self.write_packet(&Out::Disconnect);
             if let Some(t) = self.transport.as_mut() {

@@ -143,7 +143,7 @@ pub(crate) struct AddrCache {
 }
 
 impl AddrCache {
-    pub fn new(shared: Arc<BrokerAddrs>) -> Self {
+    pub(super) fn new(shared: Arc<BrokerAddrs>) -> Self {
         let addrs = shared
             .current
             .try_read()
@@ -157,7 +157,7 @@ impl AddrCache {
 
     /// The address for connection attempt `n` (attempts go round the addresses), or
     /// None while the name has given none.
-    pub fn pick(&mut self, n: u64) -> Option<SocketAddr> {
+    pub(super) fn pick(&mut self, n: u64) -> Option<SocketAddr> {
         let generation = self.shared.generation.load(Ordering::Acquire);
         if generation != self.seen {
             if let Some(a) = self.shared.current.try_read() {
@@ -169,7 +169,7 @@ impl AddrCache {
         (len > 0).then(|| self.addrs[(n % len) as usize])
     }
 
-    pub fn shared(&self) -> &BrokerAddrs {
+    pub(super) fn shared(&self) -> &BrokerAddrs {
         &self.shared
     }
 }

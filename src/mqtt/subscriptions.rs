@@ -25,7 +25,7 @@ pub(crate) struct Changes {
 }
 
 impl Subscriptions {
-    pub fn subscribe(&mut self, filter: String, qos: u8) {
+    pub(super) fn subscribe(&mut self, filter: String, qos: u8) {
         if self.active.get(&filter) == Some(&qos) {
             self.changes.remove(&filter);
         } else {
@@ -33,7 +33,7 @@ impl Subscriptions {
         }
     }
 
-    pub fn unsubscribe(&mut self, filter: String) {
+    pub(super) fn unsubscribe(&mut self, filter: String) {
         if self.active.contains_key(&filter) {
             self.changes.insert(filter, None);
         } else {
@@ -42,17 +42,17 @@ impl Subscriptions {
         }
     }
 
-    pub fn has_changes(&self) -> bool {
+    pub(super) fn has_changes(&self) -> bool {
         !self.changes.is_empty()
     }
 
     /// Number of filters active (or about to be).
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.active.len()
     }
 
     /// Applies the unsent changes and returns them.
-    pub fn take_changes(&mut self) -> Changes {
+    pub(super) fn take_changes(&mut self) -> Changes {
         let mut out = Changes::default();
         for (filter, change) in self.changes.drain() {
             match change {
@@ -70,7 +70,7 @@ impl Subscriptions {
     }
 
     /// Applies the unsent changes and returns every active filter (for a fresh session).
-    pub fn resubscribe_all(&mut self) -> Vec<(String, u8)> {
+    pub(super) fn resubscribe_all(&mut self) -> Vec<(String, u8)> {
         self.take_changes();
         self.active.iter().map(|(f, q)| (f.clone(), *q)).collect()
     }

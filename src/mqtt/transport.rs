@@ -36,14 +36,14 @@ pub(crate) struct TlsStream {
 }
 
 impl Transport {
-    pub fn tls(sock: TcpStream, config: Arc<ClientConfig>, host: &str) -> io::Result<Self> {
+    pub(super) fn tls(sock: TcpStream, config: Arc<ClientConfig>, host: &str) -> io::Result<Self> {
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
         Ok(Transport::Tls(Box::new(TlsStream { sock, conn })))
     }
 
-    pub fn socket(&mut self) -> &mut TcpStream {
+    pub(super) fn socket(&mut self) -> &mut TcpStream {
         match self {
             Transport::Tcp(s) => s,
             Transport::Tls(t) => &mut t.sock,
@@ -51,7 +51,7 @@ impl Transport {
     }
 
     /// Appends what the socket has to `buf`, at most about `budget` bytes.
-    pub fn read_into(
+    pub(super) fn read_into(
         &mut self,
         buf: &mut BytesMut,
         scratch: &mut [u8],
@@ -64,7 +64,7 @@ impl Transport {
     }
 
     /// Writes from the front of `buf` until it is empty or the socket would block.
-    pub fn write_from(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+    pub(super) fn write_from(&mut self, buf: &mut BytesMut) -> io::Result<()> {
         match self {
             Transport::Tcp(s) => write_plain(s, buf),
             Transport::Tls(t) => t.write_from(buf),
@@ -72,7 +72,7 @@ impl Transport {
     }
 
     /// True while bytes wait inside the transport itself (TLS records not yet on the socket).
-    pub fn has_unsent(&self) -> bool {
+    pub(super) fn has_unsent(&self) -> bool {
         match self {
             Transport::Tcp(_) => false,
             Transport::Tls(t) => t.conn.wants_write(),
@@ -80,7 +80,7 @@ impl Transport {
     }
 
     /// Starts an orderly TLS close (close_notify); a no-op for TCP.
-    pub fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         if let Transport::Tls(t) = self {
             t.conn.send_close_notify();
         }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use lwm2m_proto::objects::{is_xml_name, LoadError, ObjectRegistry};
 use crate::watch::{self, Watch, Watched};
+use lwm2m_proto::objects::{is_xml_name, LoadError, ObjectRegistry};
 
 /// The current [`ObjectRegistry`], shared by all threads.
 #[derive(Debug)]

@@ -112,7 +112,7 @@ impl<'a> Iterator for OptionIter<'a> {
 }
 
 /// Decodes a uint option value (up to 4 bytes).
-pub fn decode_uint(v: &[u8]) -> Option<u32> {
+pub(super) fn decode_uint(v: &[u8]) -> Option<u32> {
     if v.len() > 4 {
         return None;
     }
@@ -120,7 +120,7 @@ pub fn decode_uint(v: &[u8]) -> Option<u32> {
 }
 
 /// Encodes a uint option value minimally into `buf`, returning the used bytes.
-pub fn encode_uint(v: u32, buf: &mut [u8; 4]) -> &[u8] {
+pub(super) fn encode_uint(v: u32, buf: &mut [u8; 4]) -> &[u8] {
     *buf = v.to_be_bytes();
     let skip = (v.leading_zeros() / 8) as usize;
     &buf[skip..]

@@ -51,7 +51,7 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(shard: u16, dir: Arc<Directory>) -> Self {
+    pub(super) fn new(shard: u16, dir: Arc<Directory>) -> Self {
         Cluster {
             shard,
             dir,
@@ -59,12 +59,12 @@ impl Cluster {
         }
     }
 
-    pub fn dir(&self) -> &Directory {
+    pub(super) fn dir(&self) -> &Directory {
         &self.dir
     }
 
     /// True when the current registration of `name`, on any shard, was made over DTLS.
-    pub fn name_is_secure(&self, name: &str) -> bool {
+    pub(super) fn name_is_secure(&self, name: &str) -> bool {
         self.dir.name_is_secure(name)
     }
 
@@ -73,7 +73,7 @@ impl Cluster {
     /// registration of the name was made over DTLS). A registration of the name on
     /// another shard is told to leave (`Evict`), keeping its subscription when it has
     /// the same `mountpoint`.
-    pub fn claim(
+    pub(super) fn claim(
         &mut self,
         cx: &mut Cx<'_>,
         name: &str,
@@ -101,7 +101,7 @@ impl Cluster {
 
     /// A new registration is in place: its command route (for a mountpoint not keyed by
     /// the name) and, with per-endpoint subscriptions, its command filter.
-    pub fn registered(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+    pub(super) fn registered(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         if !cx.settings.mountpoint.keyed_by_name() {
             self.dir.set_route(&ep.mountpoint, &ep.name, ep.location);
         }
@@ -111,7 +111,7 @@ impl Cluster {
     /// A registration left: its name and location are released (unless they already
     /// name a newer one), and its subscription unless `keep_subscription` (a newer
     /// registration with the same mountpoint owns it now).
-    pub fn released(&mut self, cx: &mut Cx<'_>, ep: &Endpoint, keep_subscription: bool) {
+    pub(super) fn released(&mut self, cx: &mut Cx<'_>, ep: &Endpoint, keep_subscription: bool) {
         self.dir.release(&ep.name, ep.location);
         if !keep_subscription {
             self.release_subscription(cx, ep);
@@ -119,22 +119,22 @@ impl Cluster {
     }
 
     /// Whether a location is free for a new registration.
-    pub fn location_free(&self, location: u64) -> bool {
+    pub(super) fn location_free(&self, location: u64) -> bool {
         self.dir.by_location(location).is_none()
     }
 
     /// Registered endpoints on every shard.
-    pub fn registrations(&self) -> usize {
+    pub(super) fn registrations(&self) -> usize {
         self.dir.len()
     }
 
     /// Whether `name` is registered on some shard.
-    pub fn is_registered(&self, name: &str) -> bool {
+    pub(super) fn is_registered(&self, name: &str) -> bool {
         self.dir.by_name(name).is_some()
     }
 
     /// The shard holding `name`'s registration, when another one does.
-    pub fn holder_elsewhere(&self, name: &str) -> Option<u16> {
+    pub(super) fn holder_elsewhere(&self, name: &str) -> Option<u16> {
         self.dir
             .by_name(name)
             .map(|e| e.shard)
@@ -145,7 +145,7 @@ impl Cluster {
     /// `location`, which this shard does not hold. Its owner is asked for it once;
     /// retransmissions meanwhile are dropped (the device retries), and an owner that
     /// does not answer in time is asked again by the next one.
-    pub fn request_for(
+    pub(super) fn request_for(
         &mut self,
         cx: &mut Cx<'_>,
         location: u64,
@@ -183,13 +183,13 @@ impl Cluster {
 
     /// The takeover of `location` was answered (adopted, answered from a cache, or
     /// missed).
-    pub fn takeover_answered(&mut self, location: u64) {
+    pub(super) fn takeover_answered(&mut self, location: u64) {
         self.pending_takeovers.remove(&location);
     }
 
     /// The takeover timer of `location`: a takeover still unanswered is forgotten, so
     /// the next request asks again. True if one was.
-    pub fn takeover_timed_out(&mut self, now: u64, location: u64) -> bool {
+    pub(super) fn takeover_timed_out(&mut self, now: u64, location: u64) -> bool {
         let due = self
             .pending_takeovers
             .get(&location)
@@ -204,7 +204,7 @@ impl Cluster {
     /// directory entry (the owner does not release it): any other entry, or none,
     /// means it was replaced or removed meanwhile; `held_here`: this shard holds its
     /// location already. A current one is recorded as this shard's.
-    pub fn adopt(&mut self, ep: &Endpoint, held_here: bool) -> Adoption {
+    pub(super) fn adopt(&mut self, ep: &Endpoint, held_here: bool) -> Adoption {
         let superseded = self.dir.by_name(&ep.name).map(|e| e.location) != Some(ep.location);
         if superseded || held_here {
             return Adoption::Stale { superseded };
@@ -216,7 +216,7 @@ impl Cluster {
     /// A superseded adopted registration (see [`adopt`](Self::adopt)): its location is
     /// forgotten and its command subscription released, unless the newer registration
     /// uses the same mountpoint.
-    pub fn forget_superseded(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+    pub(super) fn forget_superseded(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         self.dir.forget_location(ep.location);
         self.release_subscription(cx, ep);
     }
@@ -291,7 +291,7 @@ impl Cluster {
     /// the current one of its name (else it left, giving the filter up, or a newer one
     /// subscribed for itself) and the filter's home is still here; an unsubscribe whose
     /// filter a newer registration brought back here is not done.
-    pub fn subscription_arrived(
+    pub(super) fn subscription_arrived(
         &mut self,
         cx: &mut Cx<'_>,
         change: MqttOut,

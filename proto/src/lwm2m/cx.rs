@@ -26,7 +26,7 @@ pub(super) struct Ids {
 }
 
 impl Ids {
-    pub fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Ids {
             next_mid: (seed as u16) ^ 0x5a5a,
             token_seq: (seed >> 16) as u32,
@@ -35,14 +35,14 @@ impl Ids {
     }
 
     /// A message ID for a message of ours.
-    pub fn mid(&mut self) -> u16 {
+    pub(super) fn mid(&mut self) -> u16 {
         self.next_mid = self.next_mid.wrapping_add(1);
         self.next_mid
     }
 
     /// A token for a request of ours: unique among the shard's last 2^32, and not
     /// guessable from the previous one by a device that saw it.
-    pub fn token(&mut self) -> u32 {
+    pub(super) fn token(&mut self) -> u32 {
         self.token_seq = self.token_seq.wrapping_add(1);
         // An odd multiplier is a bijection on u32: distinct sequence numbers give
         // distinct tokens.
@@ -50,7 +50,7 @@ impl Ids {
     }
 
     /// The next pseudo-random number (xorshift).
-    pub fn random(&mut self) -> u64 {
+    pub(super) fn random(&mut self) -> u64 {
         let mut x = self.rng;
         x ^= x << 13;
         x ^= x >> 7;

@@ -56,7 +56,7 @@ pub(super) struct Registrations {
 }
 
 impl Registrations {
-    pub fn new(settings: &CoreSettings, shards: usize) -> Self {
+    pub(super) fn new(settings: &CoreSettings, shards: usize) -> Self {
         Registrations {
             admission: TokenBucket::new(share(settings, shards)),
             shards,
@@ -69,19 +69,19 @@ impl Registrations {
     }
 
     /// The rate bucket (a block-wise Register body takes its token at its first block).
-    pub fn admission(&mut self) -> &mut TokenBucket {
+    pub(super) fn admission(&mut self) -> &mut TokenBucket {
         &mut self.admission
     }
 
     /// A new rate: the bucket starts afresh.
-    pub fn settings_changed(&mut self, old: &CoreSettings, new: &CoreSettings) {
+    pub(super) fn settings_changed(&mut self, old: &CoreSettings, new: &CoreSettings) {
         if new.max_conn_rate != old.max_conn_rate {
             self.admission = TokenBucket::new(share(new, self.shards));
         }
     }
 
     /// A token for a Register at `now`; Err carries the Max-Age of the 5.03.
-    pub fn take_token(&mut self, now: u64) -> Result<(), u32> {
+    pub(super) fn take_token(&mut self, now: u64) -> Result<(), u32> {
         self.admission.take(now)
     }
 
@@ -90,7 +90,7 @@ impl Registrations {
     /// locations, so shards never collide, and without the key a location cannot be
     /// derived from another (see `location.rs`). The directory check only matters
     /// after 2^48 registrations of one shard.
-    pub fn new_location(&mut self, shard: u16, cluster: &Cluster) -> u64 {
+    pub(super) fn new_location(&mut self, shard: u16, cluster: &Cluster) -> u64 {
         loop {
             self.location_seq = self.location_seq.wrapping_add(1) & ((1 << 48) - 1);
             let n = (shard as u64) << 48 | self.location_seq;
@@ -103,7 +103,7 @@ impl Registrations {
 
     /// Holds a Register while the authentication server is asked (`request`), with a
     /// timer for the server's silence.
-    pub fn hold(
+    pub(super) fn hold(
         &mut self,
         cx: &mut Cx<'_>,
         register: HeldRegister,
@@ -126,17 +126,17 @@ impl Registrations {
     }
 
     /// The Register held under `ticket`, released for the server's answer.
-    pub fn release(&mut self, ticket: u64) -> Option<HeldRegister> {
+    pub(super) fn release(&mut self, ticket: u64) -> Option<HeldRegister> {
         self.held.remove(&ticket)
     }
 
     /// Whether `ticket` still waits for its answer.
-    pub fn holds(&self, ticket: u64) -> bool {
+    pub(super) fn holds(&self, ticket: u64) -> bool {
         self.held.contains_key(&ticket)
     }
 
     /// Keeps the reply to a de-registration for its retransmissions.
-    pub fn remember(&mut self, peer: SocketAddr, reply: LastReply, secure: bool) {
+    pub(super) fn remember(&mut self, peer: SocketAddr, reply: LastReply, secure: bool) {
         if self.recent.len() == RECENT_REPLIES {
             self.recent.pop_front();
         }
@@ -145,7 +145,7 @@ impl Registrations {
 
     /// The reply kept for a retransmission from `peer` that `fresh` recognises
     /// (`secure`: the retransmission came over DTLS).
-    pub fn recent_reply(
+    pub(super) fn recent_reply(
         &self,
         peer: SocketAddr,
         secure: bool,

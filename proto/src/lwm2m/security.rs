@@ -23,22 +23,22 @@ pub(super) struct InputSecurity {
 
 impl InputSecurity {
     /// The DTLS identity of the input being handled.
-    pub fn identity(&self) -> Option<&Arc<PeerIdentity>> {
+    pub(super) fn identity(&self) -> Option<&Arc<PeerIdentity>> {
         self.identity.as_ref()
     }
 
     /// The input came over DTLS.
-    pub fn secure(&self) -> bool {
+    pub(super) fn secure(&self) -> bool {
         self.identity.is_some()
     }
 
     /// Whether a registration made over DTLS lives (or lived) on this shard.
-    pub fn any_secure(&self) -> bool {
+    pub(super) fn any_secure(&self) -> bool {
         self.any_secure
     }
 
     /// A registration arrived here (`secure`: made over DTLS).
-    pub fn registration_here(&mut self, secure: bool) {
+    pub(super) fn registration_here(&mut self, secure: bool) {
         self.any_secure |= secure;
     }
 
@@ -50,7 +50,7 @@ impl InputSecurity {
     /// DTLS: `secure_registration`)? Plain UDP may act only for registrations made over
     /// plain UDP; a PSK identity only for the names its patterns allow; a certificate
     /// only for its CN when client certificates are verified.
-    pub fn may_act(
+    pub(super) fn may_act(
         &self,
         settings: &CoreSettings,
         name: &str,

@@ -36,8 +36,7 @@ impl DeviceManagement {
         let mut datagram = Vec::with_capacity(64 + q.cmd.payload.as_ref().map_or(0, |p| p.1.len()));
         write_request(&mut datagram, ep, &q.cmd, mid, token, &*registry);
         // A body larger than a block goes out as Block1 blocks (block 0 now).
-        let block =
-            super::block_client::first_block1(cx.settings, &self.held, &mut datagram, token);
+        let block = block_client::first_block1(cx.settings, &self.held, &mut datagram, token);
         cx.stats.blocks_sent += block.is_some() as u64;
         let peer = ep.peer;
         ep.counters.sent = ep.counters.sent.wrapping_add(1);
@@ -278,7 +277,7 @@ impl DeviceManagement {
         let location = location_of(msg);
         let mut extra: Vec<(&str, &str)> =
             location.iter().map(|l| ("location", l.as_str())).collect();
-        let notes = super::block_client::response_notes(cx.settings, msg);
+        let notes = block_client::response_notes(cx.settings, msg);
         extra.extend(notes.iter().map(|(k, v)| (*k, v.as_str())));
         dm_json::result(
             &mut body,

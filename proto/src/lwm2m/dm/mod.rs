@@ -73,13 +73,13 @@ impl Env<'_> {
     /// True when the current input may speak for `ep` as far as its transport goes:
     /// plain CoAP for plain registrations, a DTLS identity allowed to act for the name
     /// for DTLS ones.
-    pub fn speaks_for(&self, s: &CoreSettings, ep: &Endpoint) -> bool {
+    pub(super) fn speaks_for(&self, s: &CoreSettings, ep: &Endpoint) -> bool {
         !ep.secure || self.security.may_act(s, &ep.name, true).is_ok()
     }
 }
 
 impl DeviceManagement {
-    pub fn new(held: HeldBytes) -> Self {
+    pub(super) fn new(held: HeldBytes) -> Self {
         DeviceManagement {
             registry: Arc::new(ObjectRegistry::empty()),
             held,
@@ -87,17 +87,17 @@ impl DeviceManagement {
     }
 
     /// Uses these object definitions to type values from now on.
-    pub fn set_registry(&mut self, registry: Arc<ObjectRegistry>) {
+    pub(super) fn set_registry(&mut self, registry: Arc<ObjectRegistry>) {
         self.registry = registry;
     }
 
     /// The object definitions in use.
-    pub fn registry(&self) -> &ObjectRegistry {
+    pub(super) fn registry(&self) -> &ObjectRegistry {
         &self.registry
     }
 
     /// Bytes block-wise state of the shard holds now (both directions).
-    pub fn held_bytes(&self) -> u64 {
+    pub(super) fn held_bytes(&self) -> u64 {
         self.held.get()
     }
 

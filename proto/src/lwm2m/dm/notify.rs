@@ -49,7 +49,7 @@ impl DeviceManagement {
             seq,
             msg.code,
             content.as_deref(),
-            &super::block_client::response_notes(cx.settings, msg)
+            &block_client::response_notes(cx.settings, msg)
                 .iter()
                 .map(|(k, v)| (*k, v.as_str()))
                 .collect::<Vec<_>>(),

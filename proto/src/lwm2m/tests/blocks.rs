@@ -8,23 +8,23 @@ use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
 use crate::lwm2m::CoreSettings;
 use std::net::SocketAddr;
 
-pub fn blk(num: u32, more: bool, szx: u8) -> BlockOpt {
+pub(super) fn blk(num: u32, more: bool, szx: u8) -> BlockOpt {
     BlockOpt { num, more, szx }
 }
 
 /// A Block option's value, minimally encoded.
-pub fn enc(b: BlockOpt) -> Vec<u8> {
+pub(super) fn enc(b: BlockOpt) -> Vec<u8> {
     let v = b.encode();
     v.to_be_bytes()[(v.leading_zeros() / 8) as usize..].to_vec()
 }
 
 /// Option `n` (Block1 or Block2) of `m`.
-pub fn block(m: &Message<'_>, n: u16) -> Option<BlockOpt> {
+pub(super) fn block(m: &Message<'_>, n: u16) -> Option<BlockOpt> {
     m.option(n).and_then(BlockOpt::decode)
 }
 
 /// Settings with `szx` as the block size exponent (16 << szx bytes).
-pub fn with_szx(szx: u8) -> CoreSettings {
+pub(super) fn with_szx(szx: u8) -> CoreSettings {
     CoreSettings {
         block_szx: szx,
         ..settings()
@@ -32,7 +32,7 @@ pub fn with_szx(szx: u8) -> CoreSettings {
 }
 
 /// An object list of `n` links, long enough to need several blocks.
-pub fn long_list(n: usize) -> Vec<u8> {
+pub(super) fn long_list(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| format!("</{}/{}>", 3300 + i % 50, i / 50))
         .collect::<Vec<_>>()
@@ -42,7 +42,7 @@ pub fn long_list(n: usize) -> Vec<u8> {
 
 /// `body` cut into blocks of `16 << szx` bytes, each the payload of the request
 /// `req(index, its Block option)` builds (which adds the option as it likes).
-pub fn in_block1(
+pub(super) fn in_block1(
     body: &[u8],
     szx: u8,
     mut req: impl FnMut(usize, BlockOpt) -> Req,
@@ -59,13 +59,13 @@ pub fn in_block1(
 }
 
 /// A Register of "big" whose object list goes in Block1 blocks of `16 << szx`.
-pub fn register_blocks(list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
+pub(super) fn register_blocks(list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
     register_blocks_as("big", list, szx, first_mid)
 }
 
 /// A Register of `ep` whose object list goes in Block1 blocks of `16 << szx`, with
 /// message IDs from `first_mid` on.
-pub fn register_blocks_as(ep: &str, list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
+pub(super) fn register_blocks_as(ep: &str, list: &[u8], szx: u8, first_mid: u16) -> Vec<Vec<u8>> {
     in_block1(list, szx, |i, b| {
         let mut r = Req::new(codes::POST, "/rd", first_mid + i as u16)
             .q(&format!("ep={ep}"))
@@ -78,7 +78,7 @@ pub fn register_blocks_as(ep: &str, list: &[u8], szx: u8, first_mid: u16) -> Vec
 }
 
 /// The device's piggybacked answer to `req` with uint options (in any order).
-pub fn ack(req: &Reply, code: u8, opts: &[(u16, u32)], payload: &[u8]) -> Vec<u8> {
+pub(super) fn ack(req: &Reply, code: u8, opts: &[(u16, u32)], payload: &[u8]) -> Vec<u8> {
     let m = req.msg();
     let mut o = opts.to_vec();
     o.sort_by_key(|x| x.0);
@@ -92,20 +92,20 @@ pub fn ack(req: &Reply, code: u8, opts: &[(u16, u32)], payload: &[u8]) -> Vec<u8
 }
 
 /// The device's 2.05 to `req` carrying block `b` with Content-Format `cf`.
-pub fn block2_ack(req: &Reply, b: BlockOpt, cf: u16, payload: &[u8]) -> Vec<u8> {
+pub(super) fn block2_ack(req: &Reply, b: BlockOpt, cf: u16, payload: &[u8]) -> Vec<u8> {
     let opts = [(opt::CONTENT_FORMAT, cf as u32), (opt::BLOCK2, b.encode())];
     ack(req, codes::CONTENT, &opts, payload)
 }
 
 /// The one datagram in `rs`.
-pub fn one_req(rs: Vec<Reply>) -> Reply {
+pub(super) fn one_req(rs: Vec<Reply>) -> Reply {
     assert_eq!(rs.len(), 1, "expected one datagram, got {rs:?}");
     rs.into_iter().next().unwrap()
 }
 
 impl Harness {
     /// Sends `blocks` from `peer`, one reply each; returns the replies.
-    pub fn send_blocks(
+    pub(super) fn send_blocks(
         &mut self,
         shard: usize,
         peer: SocketAddr,
@@ -116,7 +116,7 @@ impl Harness {
 
     /// Sends `blocks` from `peer` while each is answered 2.31 Continue; returns the
     /// first other answer and its block's index (None: every block continued).
-    pub fn send_until_refused(
+    pub(super) fn send_until_refused(
         &mut self,
         shard: usize,
         peer: SocketAddr,
@@ -132,7 +132,7 @@ impl Harness {
     /// follow it: 2.31 to each but the last, `last` to the last. Checks the blocks
     /// come in order, whole but the last, without Observe. Returns the body (after
     /// `body`, what came before) and the block requests seen.
-    pub fn receive_block1(
+    pub(super) fn receive_block1(
         &mut self,
         shard: usize,
         mut req: Reply,
@@ -167,7 +167,7 @@ impl Harness {
     /// and the requests that follow, with 1024-byte Block2 blocks (Content-Format
     /// `cf`; `observe` with block 0), until the last block, which must end the
     /// transfer, or until the gateway asks no more. Returns the requests answered.
-    pub fn serve_block2(
+    pub(super) fn serve_block2(
         &mut self,
         shard: usize,
         mut req: Reply,
@@ -207,7 +207,7 @@ impl Harness {
     /// `request(its Block2 option)` builds, until a block without More. Checks the
     /// blocks come in order, whole but the last. Returns the whole body and the
     /// replies after `first`.
-    pub fn fetch_block2(
+    pub(super) fn fetch_block2(
         &mut self,
         shard: usize,
         peer: SocketAddr,

@@ -33,8 +33,7 @@ fn glob(pattern: &str, name: &str) -> bool {
         None => pattern == name,
         Some((head, tail)) => {
             name.starts_with(head)
-                && (0..=name.len() - head.len())
-                    .any(|k| glob(tail, &name[head.len() + k..]))
+                && (0..=name.len() - head.len()).any(|k| glob(tail, &name[head.len() + k..]))
         }
     }
 }
@@ -47,7 +46,10 @@ fn with_psk_policy(mut s: CoreSettings, lines: &str) -> CoreSettings {
             let id = f.next()?.to_string();
             let _key = f.next()?;
             let patterns = f.next().map_or(Vec::new(), |p| {
-                p.split(',').filter(|x| !x.is_empty()).map(String::from).collect()
+                p.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect()
             });
             Some((id, patterns))
         })

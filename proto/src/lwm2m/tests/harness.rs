@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// The default configuration's settings, with what these tests rely on: a mountpoint
 /// without the command suffix, per-endpoint subscriptions, no admission limits, a
 /// device cap of max_body_size, and a fixed location key.
-pub fn settings() -> CoreSettings {
+pub(super) fn settings() -> CoreSettings {
     CoreSettings {
         mountpoint: Template::parse("lwm2m/${endpoint_name}/"),
         per_endpoint_subscriptions: true,
@@ -24,13 +24,13 @@ pub fn settings() -> CoreSettings {
     }
 }
 
-pub fn addr(last: u8, port: u16) -> SocketAddr {
+pub(super) fn addr(last: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, last], port))
 }
 
 /// A reply as the device sees it.
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub(super) struct Reply {
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
     /// The driver must send it encrypted (DTLS) or not at all.
@@ -38,13 +38,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn msg(&self) -> Message<'_> {
+    pub(super) fn msg(&self) -> Message<'_> {
         Message::parse(&self.bytes).expect("the core sends well-formed CoAP")
     }
-    pub fn code(&self) -> u8 {
+    pub(super) fn code(&self) -> u8 {
         self.msg().code
     }
-    pub fn location(&self) -> String {
+    pub(super) fn location(&self) -> String {
         let m = self.msg();
         let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
         assert_eq!(segs[0], b"rd");
@@ -52,7 +52,7 @@ impl Reply {
     }
 }
 
-pub struct Harness {
+pub(super) struct Harness {
     pub cores: Vec<ShardCore>,
     pub dir: Arc<Directory>,
     pub now: u64,
@@ -64,7 +64,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn new(shards: usize, s: CoreSettings) -> Self {
+    pub(super) fn new(shards: usize, s: CoreSettings) -> Self {
         let s = Arc::new(s);
         let dir = Arc::new(Directory::new());
         let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/lwm2m_xml");
@@ -90,7 +90,7 @@ impl Harness {
     }
 
     /// Delivers a datagram to `shard` and runs everything it causes.
-    pub fn datagram(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) {
+    pub(super) fn datagram(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) {
         let data = Input::Datagram {
             peer: from,
             data: bytes,
@@ -101,7 +101,7 @@ impl Harness {
     }
 
     /// Delivers a message to `shard` (as from its mailbox) and runs everything it causes.
-    pub fn message(&mut self, shard: usize, m: ShardMsg) -> Vec<Reply> {
+    pub(super) fn message(&mut self, shard: usize, m: ShardMsg) -> Vec<Reply> {
         let n = self.replies.len();
         self.cores[shard].handle(self.now, Input::Shard(m));
         self.pump();
@@ -110,7 +110,7 @@ impl Harness {
 
     /// Delivers a datagram that arrived over a DTLS session with `identity` and
     /// returns the replies it produced.
-    pub fn secure(
+    pub(super) fn secure(
         &mut self,
         shard: usize,
         from: SocketAddr,
@@ -130,7 +130,7 @@ impl Harness {
     }
 
     /// The DTLS session of `peer` on `shard` ended.
-    pub fn session_closed(&mut self, shard: usize, peer: SocketAddr) -> Vec<Reply> {
+    pub(super) fn session_closed(&mut self, shard: usize, peer: SocketAddr) -> Vec<Reply> {
         let n = self.replies.len();
         self.cores[shard].handle(self.now, Input::SessionClosed { peer });
         self.pump();
@@ -138,26 +138,26 @@ impl Harness {
     }
 
     /// Delivers and returns the replies it produced.
-    pub fn exchange(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Vec<Reply> {
+    pub(super) fn exchange(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Vec<Reply> {
         let n = self.replies.len();
         self.datagram(shard, from, bytes);
         self.replies.split_off(n)
     }
 
     /// Like `exchange`, expecting exactly one reply.
-    pub fn one(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Reply {
+    pub(super) fn one(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Reply {
         let mut r = self.exchange(shard, from, bytes);
         assert_eq!(r.len(), 1, "expected one reply, got {r:?}");
         r.pop().unwrap()
     }
 
     /// An MQTT application publishes a command on `topic`.
-    pub fn command(&mut self, shard: usize, topic: &str, json: &str) -> Vec<Reply> {
+    pub(super) fn command(&mut self, shard: usize, topic: &str, json: &str) -> Vec<Reply> {
         self.command_expiring(shard, topic, json, None)
     }
 
     /// Like `command`, delivered with an MQTT 5 message-expiry interval (seconds).
-    pub fn command_expiring(
+    pub(super) fn command_expiring(
         &mut self,
         shard: usize,
         topic: &str,
@@ -182,12 +182,12 @@ impl Harness {
     }
 
     /// Number of MQTT messages so far (to take only the new ones later).
-    pub fn mark(&self) -> usize {
+    pub(super) fn mark(&self) -> usize {
         self.mqtt.len()
     }
 
     /// Publishes after `mark`, as (topic, JSON).
-    pub fn published_since(&self, mark: usize) -> Vec<(String, serde_json_lite::Value)> {
+    pub(super) fn published_since(&self, mark: usize) -> Vec<(String, serde_json_lite::Value)> {
         self.mqtt[mark..]
             .iter()
             .filter_map(|m| match m {
@@ -200,14 +200,14 @@ impl Harness {
     }
 
     /// Advances time and returns the datagrams sent meanwhile.
-    pub fn advance_collect(&mut self, ms: u64) -> Vec<Reply> {
+    pub(super) fn advance_collect(&mut self, ms: u64) -> Vec<Reply> {
         let n = self.replies.len();
         self.advance(ms);
         self.replies.split_off(n)
     }
 
     /// The authentication server answers ticket `t` of `shard`.
-    pub fn auth_answer(&mut self, shard: usize, t: u64, allowed: bool) -> Vec<Reply> {
+    pub(super) fn auth_answer(&mut self, shard: usize, t: u64, allowed: bool) -> Vec<Reply> {
         let n = self.replies.len();
         let answer = Input::AuthResult { ticket: t, allowed };
         self.cores[shard].handle(self.now, answer);
@@ -215,7 +215,7 @@ impl Harness {
         self.replies.split_off(n)
     }
 
-    pub fn advance(&mut self, ms: u64) {
+    pub(super) fn advance(&mut self, ms: u64) {
         let target = self.now + ms;
         loop {
             self.timers.sort_by_key(|t| t.0);
@@ -260,7 +260,7 @@ impl Harness {
     }
 
     /// Publishes so far on topics ending with `suffix`, as (topic, JSON).
-    pub fn published(&self, suffix: &str) -> Vec<(String, serde_json_lite::Value)> {
+    pub(super) fn published(&self, suffix: &str) -> Vec<(String, serde_json_lite::Value)> {
         self.mqtt
             .iter()
             .filter_map(|m| match m {
@@ -272,7 +272,7 @@ impl Harness {
             .collect()
     }
 
-    pub fn subscriptions(&self) -> (Vec<String>, Vec<String>) {
+    pub(super) fn subscriptions(&self) -> (Vec<String>, Vec<String>) {
         let mut subs = Vec::new();
         let mut unsubs = Vec::new();
         for m in &self.mqtt {
@@ -285,23 +285,23 @@ impl Harness {
         (subs, unsubs)
     }
 
-    pub fn endpoints(&self) -> usize {
+    pub(super) fn endpoints(&self) -> usize {
         self.cores.iter().map(|c| c.endpoints().len()).sum()
     }
 }
 
 /// JSON parsing for assertions, through simd-json's owned values.
-pub mod serde_json_lite {
-    pub use simd_json::OwnedValue as Value;
+pub(super) mod serde_json_lite {
+    pub(crate) use simd_json::OwnedValue as Value;
 
-    pub fn parse(bytes: &[u8]) -> Value {
+    pub(crate) fn parse(bytes: &[u8]) -> Value {
         let mut b = bytes.to_vec();
         simd_json::to_owned_value(&mut b).expect("published payload is JSON")
     }
 }
 
 /// Builds a request as a device would send it.
-pub struct Req {
+pub(super) struct Req {
     pub mtype: MsgType,
     pub code: u8,
     pub mid: u16,
@@ -313,7 +313,7 @@ pub struct Req {
 }
 
 impl Req {
-    pub fn new(code: u8, path: &str, mid: u16) -> Self {
+    pub(super) fn new(code: u8, path: &str, mid: u16) -> Self {
         Self {
             mtype: MsgType::Con,
             code,
@@ -329,7 +329,7 @@ impl Req {
             extra: Vec::new(),
         }
     }
-    pub fn register(ep: &str, mid: u16) -> Self {
+    pub(super) fn register(ep: &str, mid: u16) -> Self {
         Self::new(codes::POST, "/rd", mid)
             .q(&format!("ep={ep}"))
             .q("lt=300")
@@ -337,26 +337,26 @@ impl Req {
             .q("b=U")
             .body(b"</1/0>,</3/0>")
     }
-    pub fn update(loc: &str, mid: u16) -> Self {
+    pub(super) fn update(loc: &str, mid: u16) -> Self {
         Self::new(codes::POST, &format!("/rd/{loc}"), mid)
     }
-    pub fn q(mut self, q: &str) -> Self {
+    pub(super) fn q(mut self, q: &str) -> Self {
         self.query.push(q.into());
         self
     }
-    pub fn body(mut self, b: &[u8]) -> Self {
+    pub(super) fn body(mut self, b: &[u8]) -> Self {
         self.payload = b.to_vec();
         self
     }
-    pub fn non(mut self) -> Self {
+    pub(super) fn non(mut self) -> Self {
         self.mtype = MsgType::Non;
         self
     }
-    pub fn opt(mut self, n: u16, v: &[u8]) -> Self {
+    pub(super) fn opt(mut self, n: u16, v: &[u8]) -> Self {
         self.extra.push((n, v.to_vec()));
         self
     }
-    pub fn bytes(&self) -> Vec<u8> {
+    pub(super) fn bytes(&self) -> Vec<u8> {
         let mut opts: Vec<(u16, Vec<u8>)> = self.extra.clone();
         for p in &self.path {
             opts.push((opt::URI_PATH, p.as_bytes().to_vec()));
