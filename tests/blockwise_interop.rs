@@ -53,24 +53,15 @@ fn coap_client(args: &[&str]) -> Output {
 }
 
 fn app(gw: &GatewayProc, id: &str) -> MqttClient {
-    let mut mq = MqttClient::connect(gw.mqtt, id, true).unwrap();
-    mq.subscribe("lwm2m/+/up/#", 0).unwrap();
-    mq
+    MqttClient::subscriber(gw.mqtt, id, "lwm2m/+/up/#", 0)
 }
 
 /// The next MQTT message whose msgType is `kind`.
 fn next_of(mq: &mut MqttClient, kind: &str) -> simd_json::OwnedValue {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let Some((_, p)) = mq.recv_publish(WAIT) else {
-            break;
-        };
-        let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
-        if v["msgType"] == kind {
-            return v;
-        }
-    }
-    panic!("no {kind} message on MQTT");
+    let (_, v) = mq
+        .next_json(WAIT, |_, v| v["msgType"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} message on MQTT"));
+    v
 }
 
 fn object_list(n: usize) -> String {

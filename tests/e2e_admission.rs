@@ -3,20 +3,19 @@
 
 mod common;
 
+use common::coap::{self, exchange, socket, Req};
 use common::gateway::{Broker, GatewayProc};
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::coap::{codes, opt, Message};
 use std::net::UdpSocket;
 use std::time::Duration;
 
 fn register(i: usize, mid: u16) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &[1, 2]);
-    w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_QUERY, format!("ep=adm{i}").as_bytes())
-        .option(opt::URI_QUERY, b"lt=600");
-    w.payload(b"</3/0>");
-    buf
+    Req::con(codes::POST, mid, &[1, 2])
+        .path(&["rd"])
+        .query(&[&format!("ep=adm{i}"), "lt=600"])
+        .body(b"</3/0>")
+        .bytes()
 }
 
 /// Sends a Register from each socket at once; returns the reply code per device.
@@ -27,9 +26,8 @@ fn burst(socks: &[UdpSocket], gw: std::net::SocketAddr, mid: u16) -> Vec<(u8, Op
     socks
         .iter()
         .map(|s| {
-            let mut b = [0u8; 512];
-            let (n, _) = s.recv_from(&mut b).expect("every Register is answered");
-            let m = Message::parse(&b[..n]).unwrap();
+            let b = coap::recv(s);
+            let m = Message::parse(&b).unwrap();
             (m.code, m.option_uint(opt::MAX_AGE))
         })
         .collect()
@@ -37,21 +35,17 @@ fn burst(socks: &[UdpSocket], gw: std::net::SocketAddr, mid: u16) -> Vec<(u8, Op
 
 fn sockets(n: usize) -> Vec<UdpSocket> {
     (0..n)
-        .map(|_| {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s
-        })
+        .map(|_| socket([127, 0, 0, 1], Duration::from_secs(10)))
         .collect()
 }
 
 /// Topics of the register messages that arrive until the broker is quiet.
 fn published(mq: &mut MqttClient) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
-    while let Some((t, _)) = mq.recv_publish(Duration::from_millis(700)) {
-        out.insert(t);
-    }
-    out
+    let quiet = Duration::from_millis(700);
+    mq.collect(usize::MAX, quiet)
+        .into_iter()
+        .map(|m| m.0)
+        .collect()
 }
 
 #[test]
@@ -62,8 +56,7 @@ fn registration_rate_limit_holds() {
         "",
         "max_conn_rate = 100",
     );
-    let mut mq = MqttClient::connect(gw.mqtt, "adm-rate", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "adm-rate", "lwm2m/+/up/resp", 0);
     let socks = sockets(400);
     let first = burst(&socks, gw.udp, 1);
     let created = first.iter().filter(|r| r.0 == codes::CREATED).count();
@@ -101,8 +94,7 @@ fn max_connections_holds() {
         "",
         "max_conn_rate = 1000000\nmax_connections = 150",
     );
-    let mut mq = MqttClient::connect(gw.mqtt, "adm-cap", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "adm-cap", "lwm2m/+/up/resp", 0);
     let socks = sockets(300);
     let first = burst(&socks, gw.udp, 1);
     let created = first.iter().filter(|r| r.0 == codes::CREATED).count();
@@ -116,8 +108,6 @@ fn max_connections_holds() {
     assert_eq!(published(&mut mq).len(), created);
     // A registered device re-registering is still welcome.
     let ok = first.iter().position(|r| r.0 == codes::CREATED).unwrap();
-    socks[ok].send_to(&register(ok, 9), gw.udp).unwrap();
-    let mut b = [0u8; 512];
-    let (n, _) = socks[ok].recv_from(&mut b).unwrap();
-    assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::CREATED);
+    let reply = exchange(&socks[ok], gw.udp, &register(ok, 9));
+    assert_eq!(Message::parse(&reply).unwrap().code, codes::CREATED);
 }

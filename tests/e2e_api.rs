@@ -4,11 +4,13 @@
 mod common;
 use common::gateway::metrics_when;
 
+use common::coap::{self, exchange, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc, API_SECRET};
 use common::http::request;
+use common::json;
 use common::mqtt_client::MqttClient;
 use common::prometheus::Exposition;
-use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::coap::{codes, opt, Message};
 use simd_json::prelude::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -31,29 +33,18 @@ fn register_q(
     mid: u16,
     extra: &[&str],
 ) -> Message<'static> {
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &[9]);
-    w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
-        .option(opt::URI_QUERY, format!("lt={lt}").as_bytes())
-        .option(opt::URI_QUERY, b"lwm2m=1.0")
-        .option(opt::URI_QUERY, b"imei=490154203237518");
-    for q in extra {
-        w.option(opt::URI_QUERY, q.as_bytes());
-    }
-    w.payload(b"</3/0>");
-    sock.send_to(&buf, gw).unwrap();
-    let mut b = vec![0u8; 1500];
-    let (n, _) = sock.recv_from(&mut b).expect("an answer to Register");
-    b.truncate(n);
-    let leaked: &'static [u8] = Box::leak(b.into_boxed_slice());
+    let register = Req::con(codes::POST, mid, &[9])
+        .path(&["rd"])
+        .query(&[&format!("ep={ep}"), &format!("lt={lt}"), "lwm2m=1.0"])
+        .query(&["imei=490154203237518"])
+        .query(extra)
+        .body(b"</3/0>");
+    let leaked: &'static [u8] = Box::leak(exchange(sock, gw, &register.bytes()).into_boxed_slice());
     Message::parse(leaked).unwrap()
 }
 
 fn udp() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s
+    socket([127, 0, 0, 1], Duration::from_secs(15))
 }
 
 /// An HTTP authentication server: allows endpoint names starting with "good",
@@ -125,8 +116,7 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
          user = \"${{username}}\", peer = \"${{peerhost}}\", pass = \"${{password}}\" }}\n"
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
-    let mut mq = MqttClient::connect(gw.mqtt, "auth-sub", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "auth-sub", "lwm2m/+/up/resp", 0);
     let s = udp();
     assert_eq!(
         register_q(&s, gw.udp, "good1", 60, 1, &["password=s3cr3t"]).code,
@@ -153,7 +143,7 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
         .iter()
         .find(|b| b.contains("good1"))
         .expect("asked for good1");
-    let v = simd_json::to_owned_value(&mut good.clone().into_bytes()).unwrap();
+    let v = json(good);
     assert_eq!(v["clientid"], "good1");
     assert_eq!(v["ep"], "good1");
     assert_eq!(v["user"], "490154203237518");
@@ -163,7 +153,7 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
         "${{password}} is the Register's password parameter"
     );
     let bad = bodies.iter().find(|b| b.contains("bad1")).expect("asked");
-    let v = simd_json::to_owned_value(&mut bad.clone().into_bytes()).unwrap();
+    let v = json(bad);
     assert_eq!(v["pass"], "", "no password parameter: empty");
 
     // A change the configuration file would refuse is refused, naming the key.
@@ -245,8 +235,7 @@ fn http_authentication_allows_denies_times_out_and_fails_closed() {
 #[test]
 fn management_api_clients_commands_kick_config_and_metrics() {
     let gw = GatewayProc::start(Broker::Embedded, "");
-    let mut mq = MqttClient::connect(gw.mqtt, "api-sub", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "api-sub", "lwm2m/#", 0);
     let dev = udp();
     let other = udp();
     assert_eq!(register(&dev, gw.udp, "api1", 300, 1).code, codes::CREATED);
@@ -282,7 +271,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         b"",
     );
     assert_eq!(st, 200, "{body}");
-    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    let v = json(body);
     assert_eq!(v["meta"]["count"], 2);
     let (st, body) = request(
         gw.api,
@@ -292,7 +281,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         b"",
     );
     assert_eq!(st, 200);
-    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    let v = json(body);
     assert_eq!(v["meta"]["count"], 1);
     assert_eq!(v["data"][0]["endpoint_name"], "api2");
     let (st, body) = request(
@@ -303,7 +292,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         b"",
     );
     assert_eq!(st, 200, "{body}");
-    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    let v = json(body);
     assert_eq!(v["lifetime"], 300);
     assert_eq!(v["username"], "490154203237518");
 
@@ -316,14 +305,9 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         b"",
     );
     assert_eq!(st, 204);
-    let mut b = [0u8; 1500];
-    let (n, _) = dev.recv_from(&mut b).expect("the read reaches the device");
-    let m = Message::parse(&b[..n]).unwrap();
-    assert_eq!(m.code, codes::GET);
-    let mut ack = Vec::new();
-    let mut w = MessageWriter::new(&mut ack, MsgType::Ack, codes::CONTENT, m.mid, m.token);
-    w.option_uint(opt::CONTENT_FORMAT, 0);
-    w.payload(b"via api");
+    let read = Request::parse(&coap::recv(&dev));
+    assert_eq!(read.code, codes::GET);
+    let ack = read.ack(codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"via api");
     dev.send_to(&ack, gw.udp).unwrap();
     let mut found = false;
     while let Some((t, p)) = mq.recv_publish(WAIT) {
@@ -356,7 +340,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
     let mut lt = None;
     while let Some((t, p)) = mq.recv_publish(WAIT) {
         if t == "lwm2m/api3/up/resp" {
-            lt = simd_json::to_owned_value(&mut p.clone()).unwrap()["data"]["lt"].as_u64();
+            lt = json(&p)["data"]["lt"].as_u64();
             break;
         }
     }
@@ -387,7 +371,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
         b"",
     );
     assert_eq!(st, 200, "{body}");
-    let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+    let v = json(body);
     assert_eq!(v["data"][0]["clientid"], "cid-api4");
     for id in ["cid-api4", "api4"] {
         let (st, body) = request(
@@ -398,7 +382,7 @@ fn management_api_clients_commands_kick_config_and_metrics() {
             b"",
         );
         assert_eq!(st, 200, "{id}: {body}");
-        let v = simd_json::to_owned_value(&mut body.into_bytes()).unwrap();
+        let v = json(body);
         assert_eq!(v["endpoint_name"], "api4");
         assert_eq!(v["clientid"], "cid-api4");
     }

@@ -6,11 +6,12 @@
 
 mod common;
 
+use common::coap::{self, location, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc, API_SECRET};
 use common::http::request;
+use common::json;
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use common::prometheus::Exposition;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
@@ -31,10 +32,8 @@ struct Device {
 
 impl Device {
     fn register(gw: SocketAddr, ep: &str) -> Device {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
         let mut d = Device {
-            sock,
+            sock: socket([127, 0, 0, 1], WAIT),
             gw,
             location: String::new(),
             mid: 100,
@@ -60,28 +59,16 @@ impl Device {
         body: &[u8],
     ) -> (u8, Option<String>) {
         self.mid += 1;
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Con, code, self.mid, &[7]);
-        for p in path {
-            w.option(opt::URI_PATH, p.as_bytes());
-        }
+        let mut req = Req::con(code, self.mid, &[7]).path(path).query(query);
         if !body.is_empty() {
-            w.option_uint(opt::CONTENT_FORMAT, 40);
+            req = req.uint(opt::CONTENT_FORMAT, 40).body(body);
         }
-        for q in query {
-            w.option(opt::URI_QUERY, q.as_bytes());
-        }
-        w.payload(body);
-        self.sock.send_to(&buf, self.gw).unwrap();
-        let mut b = [0u8; 1500];
+        self.sock.send_to(&req.bytes(), self.gw).unwrap();
         loop {
-            let (n, _) = self.sock.recv_from(&mut b).expect("an answer");
-            let m = Message::parse(&b[..n]).unwrap();
+            let b = coap::recv(&self.sock);
+            let m = Message::parse(&b).unwrap();
             if m.mtype == MsgType::Ack && m.mid == self.mid {
-                let loc: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
-                let location =
-                    (loc.len() == 2).then(|| String::from_utf8_lossy(loc[1]).into_owned());
-                return (m.code, location);
+                return (m.code, location(&m));
             }
         }
     }
@@ -93,23 +80,8 @@ impl Device {
 
     /// The next request from the gateway: (code, path, observe option, mid, token).
     fn next_request(&self) -> (u8, String, Option<u32>, u16, Vec<u8>) {
-        let mut b = [0u8; 1500];
-        let (n, _) = self
-            .sock
-            .recv_from(&mut b)
-            .expect("a request from the gateway");
-        let m = Message::parse(&b[..n]).unwrap();
-        let path: Vec<String> = m
-            .option_values(opt::URI_PATH)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        (
-            m.code,
-            format!("/{}", path.join("/")),
-            m.option_uint(opt::OBSERVE),
-            m.mid,
-            m.token.to_vec(),
-        )
+        let r = Request::parse(&coap::recv(&self.sock));
+        (r.code, r.path, r.observe, r.mid, r.token)
     }
 
     fn answer(
@@ -121,16 +93,11 @@ impl Device {
         observe: Option<u32>,
         body: &[u8],
     ) {
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, mid, token);
-        if let Some(o) = observe {
-            w.option_uint(opt::OBSERVE, o);
-        }
-        if let Some(cf) = cf {
-            w.option_uint(opt::CONTENT_FORMAT, cf as u32);
-        }
-        w.payload(body);
-        self.sock.send_to(&buf, self.gw).unwrap();
+        let observe = observe.map(|o| (opt::OBSERVE, o));
+        let cf = cf.map(|cf| (opt::CONTENT_FORMAT, cf as u32));
+        let opts: Vec<_> = observe.into_iter().chain(cf).collect();
+        let answer = coap::ack(mid, token, code, &opts, body);
+        self.sock.send_to(&answer, self.gw).unwrap();
     }
 
     fn notify(&self, token: &[u8], seq: u32, body: &[u8]) {
@@ -149,27 +116,17 @@ impl Device {
     }
 }
 
-fn json(body: &str) -> OwnedValue {
-    simd_json::to_owned_value(&mut body.as_bytes().to_vec())
-        .unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 fn api(gw: &GatewayProc, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     request(gw.api, method, path, ADMIN, body)
 }
 
 /// The next MQTT message on `topic` whose payload has `msgType` = `msg_type`.
 fn wait_msg(mq: &mut MqttClient, topic: &str, msg_type: &str) -> OwnedValue {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Some((t, p)) = mq.recv_publish(Duration::from_millis(200)) {
-            let v = json(&String::from_utf8_lossy(&p));
-            if t == topic && v["msgType"].as_str() == Some(msg_type) {
-                return v;
-            }
-        }
-    }
-    panic!("no {msg_type} message on {topic}");
+    let want = |t: &str, v: &OwnedValue| t == topic && v["msgType"].as_str() == Some(msg_type);
+    let (_, v) = mq
+        .next_json(WAIT, want)
+        .unwrap_or_else(|| panic!("no {msg_type} message on {topic}"));
+    v
 }
 
 /// Messages on `topic` within `wait`.
@@ -182,20 +139,6 @@ fn count_on(mq: &mut MqttClient, topic: &str, wait: Duration) -> usize {
     n
 }
 
-fn metrics_once(gw: &GatewayProc, ready: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (st, text) = request(gw.api, "GET", "/metrics", None, b"");
-        assert_eq!(st, 200);
-        let e = Exposition::parse(&text);
-        // Shards copy their counters out at the end of each loop turn.
-        if ready(&e) || Instant::now() > deadline {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn management_api_against_the_running_gateway() {
     let broker = Mosquitto::start();
@@ -204,8 +147,7 @@ fn management_api_against_the_running_gateway() {
         "enable_stats = true",
         "subscribe = \"per_endpoint\"",
     );
-    let mut mq = MqttClient::connect(broker.addr(), "api-admin", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "api-admin", "lwm2m/#", 0);
     let d1 = Device::register(gw.udp, "adm1");
     let mut d2 = Device::register(gw.udp, "adm2");
     let mut d3 = Device::register(gw.udp, "adm3");
@@ -409,7 +351,7 @@ fn management_api_against_the_running_gateway() {
         0,
     )
     .unwrap();
-    let m = metrics_once(&gw, |m| m.sum("lwm2m_commands_waiting", &[]) >= 1.0);
+    let m = gw.metrics_when(|m| m.sum("lwm2m_commands_waiting", &[]) >= 1.0);
     assert_eq!(m.sum("lwm2m_commands_waiting", &[]), 1.0);
     d2.answer(mid, &token, codes::CONTENT, Some(0), None, b"ACME");
     wait_msg(&mut mq, "lwm2m/adm2/up/resp", "read");
@@ -436,7 +378,7 @@ fn management_api_against_the_running_gateway() {
     assert_eq!(r["data"]["code"].as_str(), Some("4.00"), "{r}");
 
     // The metrics agree with what happened.
-    let m = metrics_once(&gw, |m| {
+    let m = gw.metrics_when(|m| {
         m.sum("lwm2m_kicked_total", &[]) >= 1.0
             && m.sum("lwm2m_command_outcomes_total", &[]) >= 8.0
             && m.sum("lwm2m_commands_waiting", &[]) == 0.0

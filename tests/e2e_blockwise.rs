@@ -6,14 +6,14 @@
 mod common;
 
 use base64::Engine as _;
+use common::coap::{self, exchange, location, socket, Req};
 use common::gateway::{Broker, GatewayProc};
-use common::http::request;
 use common::mqtt_client::MqttClient;
 use common::prometheus::Exposition;
-use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MsgType};
 use simd_json::prelude::*;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -25,45 +25,29 @@ struct Device {
 
 impl Device {
     fn register(gw: SocketAddr, ep: &str) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        let mut d = Device {
-            sock,
-            gw,
-            location: String::new(),
-        };
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, 1, &[1]);
-        w.option(opt::URI_PATH, b"rd")
-            .option_uint(opt::CONTENT_FORMAT, 40)
-            .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
-            .option(opt::URI_QUERY, b"lt=300")
-            .option(opt::URI_QUERY, b"lwm2m=1.0")
-            .option(opt::URI_QUERY, b"b=U");
-        w.payload(b"</1/0>,</3/0>,</5/0>");
-        d.sock.send_to(&buf, gw).unwrap();
-        let reply = d.recv();
+        let sock = socket([127, 0, 0, 1], WAIT);
+        let register = Req::con(codes::POST, 1, &[1])
+            .path(&["rd"])
+            .uint(opt::CONTENT_FORMAT, 40)
+            .query(&[&format!("ep={ep}"), "lt=300", "lwm2m=1.0", "b=U"])
+            .body(b"</1/0>,</3/0>,</5/0>");
+        let reply = exchange(&sock, gw, &register.bytes());
         let m = Message::parse(&reply).unwrap();
         assert_eq!(m.code, codes::CREATED);
-        let loc: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
-        d.location = String::from_utf8(loc[1].to_vec()).unwrap();
-        d
+        Device {
+            location: location(&m).expect("a location"),
+            sock,
+            gw,
+        }
     }
 
     /// Sends a request and returns the reply.
     fn ask(&self, req: &[u8]) -> Vec<u8> {
-        self.sock.send_to(req, self.gw).unwrap();
-        self.recv()
+        exchange(&self.sock, self.gw, req)
     }
 
     fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 65536];
-        let (n, _) = self
-            .sock
-            .recv_from(&mut buf)
-            .expect("datagram from the gateway");
-        buf.truncate(n);
-        buf
+        coap::recv(&self.sock)
     }
 
     fn try_recv(&self) -> Option<Vec<u8>> {
@@ -75,30 +59,21 @@ impl Device {
 
     fn answer(&self, req: &[u8], code: u8, opts: &[(u16, u32)], payload: &[u8]) {
         let m = Message::parse(req).unwrap();
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, m.mid, m.token);
-        for (n, v) in opts {
-            w.option_uint(*n, *v);
-        }
-        w.payload(payload);
-        self.sock.send_to(&buf, self.gw).unwrap();
+        let answer = coap::ack(m.mid, m.token, code, opts, payload);
+        self.sock.send_to(&answer, self.gw).unwrap();
     }
 }
 
 fn app(gw: &GatewayProc) -> MqttClient {
-    let mut mq = MqttClient::connect(gw.mqtt, "e2e-blockwise", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
-    mq
+    MqttClient::subscriber(gw.mqtt, "e2e-blockwise", "lwm2m/+/up/resp", 0)
 }
 
+/// The next message that is not a register message.
 fn next_response(mq: &mut MqttClient) -> simd_json::OwnedValue {
-    loop {
-        let (_, p) = mq.recv_publish(WAIT).expect("an MQTT message");
-        let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
-        if v["msgType"] != "register" {
-            return v;
-        }
-    }
+    let (_, v) = mq
+        .next_json(WAIT, |_, v| v["msgType"] != "register")
+        .expect("an MQTT message");
+    v
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -231,16 +206,13 @@ fn read_of_64_kib_in_block2_blocks() {
 
 /// An Update of `loc` with an invalid `lt`, asking for block `b2` when given.
 fn bad_update(loc: &str, mid: u16, b2: Option<BlockOpt>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &mid.to_be_bytes());
-    w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_PATH, loc.as_bytes())
-        .option(opt::URI_QUERY, b"lt=not-a-lifetime");
+    let mut r = Req::con(codes::POST, mid, &mid.to_be_bytes())
+        .path(&["rd", loc])
+        .query(&["lt=not-a-lifetime"]);
     if let Some(b) = b2 {
-        w.option_uint(opt::BLOCK2, b.encode());
+        r = r.uint(opt::BLOCK2, b.encode());
     }
-    w.finish();
-    buf
+    r.bytes()
 }
 
 #[test]
@@ -283,13 +255,11 @@ fn own_error_reply_in_block2_blocks_of_16_bytes() {
     assert_eq!(String::from_utf8(text).unwrap(), expect);
     // An address without a registration gets the diagnostic clipped to one
     // block and to its request's size, with no Block2.
-    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
-    stranger.set_read_timeout(Some(WAIT)).unwrap();
+    let stranger = socket([127, 0, 0, 1], WAIT);
     let req = bad_update(&dev.location, 99, None);
-    stranger.send_to(&req, gw.udp).unwrap();
-    let mut buf = vec![0u8; 1500];
-    let (n, _) = stranger.recv_from(&mut buf).expect("a reply");
-    let m = Message::parse(&buf[..n]).unwrap();
+    let reply = exchange(&stranger, gw.udp, &req);
+    let n = reply.len();
+    let m = Message::parse(&reply).unwrap();
     assert!(
         m.code == codes::BAD_REQUEST || m.code == codes::FORBIDDEN,
         "{m:?}"
@@ -300,27 +270,12 @@ fn own_error_reply_in_block2_blocks_of_16_bytes() {
 
 /// Block `num` of a Register body for `ep` (64-byte blocks, more always set).
 fn register_block(ep: &str, num: u32, mid: u16) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &mid.to_be_bytes());
-    w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
-        .option(opt::BLOCK1, &[(num << 4 | 8 | 2) as u8]);
-    w.payload(&[b','; 64]);
-    buf
-}
-
-fn metrics_until(gw: &GatewayProc, ready: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (st, text) = request(gw.api, "GET", "/metrics", None, b"");
-        assert_eq!(st, 200);
-        let e = Exposition::parse(&text);
-        // Shards copy their counters out at the end of each loop turn.
-        if ready(&e) || Instant::now() > deadline {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Req::con(codes::POST, mid, &mid.to_be_bytes())
+        .path(&["rd"])
+        .query(&[&format!("ep={ep}")])
+        .opt(opt::BLOCK1, &[(num << 4 | 8 | 2) as u8])
+        .body(&[b','; 64])
+        .bytes()
 }
 
 #[test]
@@ -332,18 +287,15 @@ fn a_device_cap_hit_is_counted_under_its_reason_in_metrics() {
         Broker::Embedded,
         "[blockwise]\nmax_block_size = 64\nmax_body_size = 256\n",
     );
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let sock = socket([127, 0, 0, 1], WAIT);
     let mut mid = 1u16;
     let mut refused = None;
     'bodies: for body in 0..20 {
         for num in 0..4 {
             mid += 1;
-            sock.send_to(&register_block(&format!("cap{body}"), num, mid), gw.udp)
-                .unwrap();
-            let mut buf = vec![0u8; 1500];
-            let (n, _) = sock.recv_from(&mut buf).expect("a reply");
-            let m = Message::parse(&buf[..n]).unwrap();
+            let block = register_block(&format!("cap{body}"), num, mid);
+            let reply = exchange(&sock, gw.udp, &block);
+            let m = Message::parse(&reply).unwrap();
             if m.code != codes::CONTINUE {
                 refused = Some((body, m.code));
                 break 'bodies;
@@ -355,7 +307,7 @@ fn a_device_cap_hit_is_counted_under_its_reason_in_metrics() {
     assert!(body >= 2, "several bodies fit first");
     let hits =
         |e: &Exposition, reason: &str| e.sum("lwm2m_block_limit_hits_total", &[("reason", reason)]);
-    let e = metrics_until(&gw, |e| hits(e, "device_cap") >= 1.0);
+    let e = gw.metrics_when(|e| hits(e, "device_cap") >= 1.0);
     assert_eq!(hits(&e, "device_cap"), 1.0);
     for reason in ["max_body_size", "shard_cap", "partials", "rate"] {
         assert_eq!(hits(&e, reason), 0.0, "{reason}");

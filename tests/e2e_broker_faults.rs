@@ -17,10 +17,11 @@
 
 mod common;
 
+use common::fleet::fleet_from;
 use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::sim::{Fleet, FleetConfig, Outcome};
+use lwm2m_gateway::sim::Outcome;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -82,8 +83,7 @@ fn hung_broker_killed_under_load_loses_no_qos1_message() {
 fn the_subscriber_counts_what_reached_it_before_the_broker_died() {
     const N: usize = 50;
     let mut broker = Mosquitto::start_logging(&["debug"]);
-    let mut sub = MqttClient::connect(broker.addr(), "slow-sub", true).unwrap();
-    sub.subscribe("t/#", 1).unwrap();
+    let mut sub = MqttClient::subscriber(broker.addr(), "slow-sub", "t/#", 1);
     let mut publisher = MqttClient::connect(broker.addr(), "pub", true).unwrap();
     for i in 0..N {
         publisher.publish(&format!("t/{i}"), b"x", 1).unwrap();
@@ -353,16 +353,7 @@ fn spawn_devices(
         let mut b = 0;
         while !stop.load(Ordering::SeqCst) {
             let start = phase.load(Ordering::SeqCst);
-            let mut f = Fleet::new(
-                FleetConfig {
-                    devices: BATCH,
-                    name_prefix: "bf".into(),
-                    first_index: (b * BATCH) as u32,
-                    ..Default::default()
-                },
-                gw,
-            )
-            .unwrap();
+            let mut f = fleet_from(gw, "bf", BATCH, (b * BATCH) as u32);
             let register = f.register_all(None, Duration::from_secs(60)).unwrap();
             let update = f.update_all(Duration::from_secs(60)).unwrap();
             let end = phase.load(Ordering::SeqCst);

@@ -5,23 +5,15 @@
 
 mod common;
 
+use common::fleet::fleet;
 use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::sim::{Fleet, FleetConfig};
+use lwm2m_gateway::sim::Fleet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn fleet(gw: &GatewayProc, prefix: &str, n: usize) -> Fleet {
-    let cfg = FleetConfig {
-        devices: n,
-        name_prefix: prefix.into(),
-        ..Default::default()
-    };
-    Fleet::new(cfg, gw.udp).expect("fleet socket")
-}
 
 /// Updates the device until its update message reaches `mq` (the gateway may still be
 /// reconnecting when the first ones go out), or 30 s pass.
@@ -53,9 +45,8 @@ fn a_broker_given_by_name_is_reached_and_reached_again_after_it_restarts() {
         "the name was looked up at start:\n{log}"
     );
 
-    let mut mq = MqttClient::connect(broker.addr(), "names-sub", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
-    let mut f = fleet(&gw, "bn", 1);
+    let mut mq = MqttClient::subscriber(broker.addr(), "names-sub", "lwm2m/#", 0);
+    let mut f = fleet(gw.udp, "bn", 1);
     assert_eq!(f.register_all(None, WAIT).unwrap().ok, 1);
     let (topic, _) = mq.recv_publish(WAIT).expect("register message");
     assert_eq!(topic, "lwm2m/bn0/up/resp");
@@ -64,8 +55,7 @@ fn a_broker_given_by_name_is_reached_and_reached_again_after_it_restarts() {
     // name is looked up again off the shards, and they connect again.
     drop(mq);
     broker.restart();
-    let mut mq = MqttClient::connect(broker.addr(), "names-sub", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "names-sub", "lwm2m/#", 0);
     assert!(
         update_reaches(&mut f, &mut mq, "lwm2m/bn0/up/update"),
         "no update message after the broker restarted:\n{}",
@@ -95,7 +85,7 @@ fn a_broker_name_that_does_not_resolve_is_reported_and_devices_are_still_served(
     );
 
     // Devices are served meanwhile.
-    let mut f = fleet(&gw, "nr", 3);
+    let mut f = fleet(gw.udp, "nr", 3);
     assert_eq!(f.register_all(None, WAIT).unwrap().ok, 3);
     assert_eq!(f.update_all(WAIT).unwrap().ok, 3);
 

@@ -6,25 +6,19 @@
 
 mod common;
 
+use common::coap::{self, exchange, location, socket, Req};
+use common::fleet::{drive_reads, fleet, read_cmd};
 use common::gateway::{Broker, GatewayProc};
+use common::json;
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
-use lwm2m_gateway::sim::{Fleet, FleetConfig};
+use lwm2m_gateway::coap::{codes, opt, Message};
 use simd_json::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn json(b: &[u8]) -> simd_json::OwnedValue {
-    simd_json::to_owned_value(&mut b.to_vec()).expect("JSON payload")
-}
-
-fn read_cmd(req_id: &str) -> Vec<u8> {
-    format!(r#"{{"reqID":"{req_id}","msgType":"read","data":{{"path":"/3/0/0"}}}}"#).into_bytes()
-}
 
 /// A device on its own loopback address.
 struct Device {
@@ -36,70 +30,45 @@ struct Device {
 
 impl Device {
     fn register(gw: SocketAddr, ip: [u8; 4], query: &[&str]) -> Self {
-        let sock = UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        let mut d = Device {
-            sock,
-            gw,
-            location: String::new(),
-            mid: 1,
-        };
-        let reply = d.call(codes::POST, &["rd"], query, b"</1/0>,</3/0>");
+        let sock = socket(ip, WAIT);
+        let register = Req::con(codes::POST, 2, &[9])
+            .path(&["rd"])
+            .query(query)
+            .body(b"</1/0>,</3/0>");
+        let reply = exchange(&sock, gw, &register.bytes());
         let m = Message::parse(&reply).unwrap();
         assert_eq!(m.code, codes::CREATED, "{query:?}");
-        let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
-        d.location = String::from_utf8_lossy(segs[1]).into_owned();
-        d
-    }
-
-    /// A CON request; returns the piggybacked answer.
-    fn call(&mut self, code: u8, path: &[&str], query: &[&str], payload: &[u8]) -> Vec<u8> {
-        self.mid += 1;
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Con, code, self.mid, &[9]);
-        for p in path {
-            w.option(opt::URI_PATH, p.as_bytes());
+        Device {
+            location: location(&m).expect("a location"),
+            sock,
+            gw,
+            mid: 2,
         }
-        for q in query {
-            w.option(opt::URI_QUERY, q.as_bytes());
-        }
-        if payload.is_empty() {
-            w.finish();
-        } else {
-            w.payload(payload);
-        }
-        self.sock.send_to(&buf, self.gw).unwrap();
-        self.recv()
     }
 
     fn update(&mut self) {
-        let loc = self.location.clone();
-        let reply = self.call(codes::POST, &["rd", &loc], &[], b"");
+        self.mid += 1;
+        let update = Req::con(codes::POST, self.mid, &[9]).path(&["rd", &self.location]);
+        let reply = exchange(&self.sock, self.gw, &update.bytes());
         assert_eq!(Message::parse(&reply).unwrap().code, codes::CHANGED);
-    }
-
-    fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 4096];
-        let (n, _) = self
-            .sock
-            .recv_from(&mut buf)
-            .expect("datagram from the gateway");
-        buf.truncate(n);
-        buf
     }
 
     /// Answers the next request from the gateway, which must be a read of /3/0/0.
     fn answer_read(&self) {
-        let b = self.recv();
+        let b = coap::recv(&self.sock);
         let m = Message::parse(&b).unwrap();
         assert_eq!(m.code, codes::GET, "a read");
         let path: Vec<_> = m.option_values(opt::URI_PATH).collect();
         assert_eq!(path, [&b"3"[..], b"0", b"0"]);
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, codes::CONTENT, m.mid, m.token);
-        w.option_uint(opt::CONTENT_FORMAT, 0);
-        w.payload(b"Open Mobile Alliance");
-        self.sock.send_to(&buf, self.gw).unwrap();
+        let opts = [(opt::CONTENT_FORMAT, 0)];
+        let answer = coap::ack(
+            m.mid,
+            m.token,
+            codes::CONTENT,
+            &opts,
+            b"Open Mobile Alliance",
+        );
+        self.sock.send_to(&answer, self.gw).unwrap();
     }
 
     /// Nothing from the gateway for a short while.
@@ -161,8 +130,7 @@ fn placeholder_mountpoint(mode: &str) {
         "mountpoint = \"mp/${clientid}/${username}/${peerhost}/\"",
         &format!("subscribe = \"{mode}\"\nconnections = 1"),
     );
-    let mut mq = MqttClient::connect(broker.addr(), "mp-app", true).unwrap();
-    mq.subscribe("mp/+/+/+/up/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "mp-app", "mp/+/+/+/up/#", 0);
 
     let mut devices = Vec::new();
     for (ep, ip, query, mount) in cases() {
@@ -286,8 +254,7 @@ fn wildcard_mode_with_mosquitto() {
         "",
         "subscribe = \"wildcard\"",
     );
-    let mut mq = MqttClient::connect(broker.addr(), "wc-app", true).unwrap();
-    mq.subscribe("lwm2m/+/up/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "wc-app", "lwm2m/+/up/#", 0);
     let one: HashSet<String> = ["lwm2m/+/dn/#".to_string()].into();
     assert_eq!(
         broker.subscriptions_become("lwm2m-gateway", &one),
@@ -295,15 +262,7 @@ fn wildcard_mode_with_mosquitto() {
         "before any device"
     );
 
-    let mut f = Fleet::new(
-        FleetConfig {
-            devices: N,
-            name_prefix: "wc".into(),
-            ..Default::default()
-        },
-        gw.udp,
-    )
-    .unwrap();
+    let mut f = fleet(gw.udp, "wc", N);
     f.answer_like_client();
     assert_eq!(f.register_all(None, WAIT).unwrap().ok, N);
     let mut registered = 0;
@@ -337,20 +296,7 @@ fn wildcard_mode_with_mosquitto() {
         )
         .unwrap();
     }
-    let mut answers: HashMap<String, usize> = HashMap::new();
-    let deadline = Instant::now() + WAIT;
-    while answers.len() < N && Instant::now() < deadline {
-        f.receive(Duration::from_millis(20)).unwrap();
-        while let Some((t, p)) = mq.recv_publish(Duration::from_millis(1)) {
-            let v = json(&p);
-            if v["msgType"].as_str() == Some("read") {
-                assert_eq!(v["data"]["code"].as_str(), Some("2.05"), "{t}: {v}");
-                *answers
-                    .entry(v["reqID"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let answers = drive_reads(&mut [&mut f], &mut mq, WAIT, |a| a.len() >= N);
     assert_eq!(answers.len(), N, "every command reached its device");
     assert!(answers.values().all(|&n| n == 1), "{answers:?}");
     assert_eq!(f.requests_seen, N as u64);

@@ -4,7 +4,9 @@
 
 mod common;
 
+use common::coap::{self, exchange, location, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc};
+use common::json;
 use common::mosquitto::mosquitto_pub_v5;
 use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
@@ -22,19 +24,6 @@ struct Device {
     mid: u16,
 }
 
-struct Request {
-    mtype: MsgType,
-    code: u8,
-    mid: u16,
-    token: Vec<u8>,
-    path: String,
-    observe: Option<u32>,
-    accept: Option<u32>,
-    format: Option<u32>,
-    query: Vec<String>,
-    payload: Vec<u8>,
-}
-
 impl Device {
     fn register(gw: SocketAddr, ep: &str, objects: &str) -> Self {
         Self::register_with(gw, ep, objects, "U")
@@ -42,89 +31,51 @@ impl Device {
 
     /// Registers with binding `b` ("UQ": queue mode).
     fn register_with(gw: SocketAddr, ep: &str, objects: &str, b: &str) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        let mut d = Device {
-            sock,
-            gw,
-            location: String::new(),
-            mid: 100,
-        };
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, 1, &[1]);
-        w.option(opt::URI_PATH, b"rd")
-            .option_uint(opt::CONTENT_FORMAT, 40)
-            .option(opt::URI_QUERY, format!("ep={ep}").as_bytes())
-            .option(opt::URI_QUERY, b"lt=300")
-            .option(opt::URI_QUERY, b"lwm2m=1.0")
-            .option(opt::URI_QUERY, format!("b={b}").as_bytes());
-        w.payload(objects.as_bytes());
-        d.sock.send_to(&buf, gw).unwrap();
-        let reply = d.recv();
+        let sock = socket([127, 0, 0, 1], WAIT);
+        let register = Req::con(codes::POST, 1, &[1])
+            .path(&["rd"])
+            .uint(opt::CONTENT_FORMAT, 40)
+            .query(&[
+                &format!("ep={ep}"),
+                "lt=300",
+                "lwm2m=1.0",
+                &format!("b={b}"),
+            ])
+            .body(objects.as_bytes());
+        let reply = exchange(&sock, gw, &register.bytes());
         let m = Message::parse(&reply).unwrap();
         assert_eq!(m.code, codes::CREATED);
-        let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
-        d.location = String::from_utf8_lossy(segs[1]).into_owned();
-        d
+        Device {
+            location: location(&m).expect("a location"),
+            sock,
+            gw,
+            mid: 100,
+        }
     }
 
     /// A registration update (an empty POST to the location); returns its message id.
     fn update(&mut self) -> u16 {
         self.mid += 1;
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, self.mid, &[9]);
-        w.option(opt::URI_PATH, b"rd")
-            .option(opt::URI_PATH, self.location.as_bytes());
-        w.finish();
-        self.sock.send_to(&buf, self.gw).unwrap();
+        let update = Req::con(codes::POST, self.mid, &[9]).path(&["rd", &self.location]);
+        self.sock.send_to(&update.bytes(), self.gw).unwrap();
         self.mid
     }
 
     fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 65536];
-        let (n, _) = self
-            .sock
-            .recv_from(&mut buf)
-            .expect("datagram from the gateway");
-        buf.truncate(n);
-        buf
+        coap::recv(&self.sock)
     }
 
     fn request(&self) -> Request {
-        let b = self.recv();
-        let m = Message::parse(&b).unwrap();
-        assert!(m.is_request(), "expected a request");
-        Request {
-            mtype: m.mtype,
-            code: m.code,
-            mid: m.mid,
-            token: m.token.to_vec(),
-            path: m
-                .option_values(opt::URI_PATH)
-                .map(|s| format!("/{}", String::from_utf8_lossy(s)))
-                .collect(),
-            observe: m.option_uint(opt::OBSERVE),
-            accept: m.option_uint(opt::ACCEPT),
-            format: m.option_uint(opt::CONTENT_FORMAT),
-            query: m
-                .option_values(opt::URI_QUERY)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
-            payload: m.payload.to_vec(),
-        }
+        Request::parse(&self.recv())
     }
 
     fn reply(&self, r: &Request, code: u8, cf: Option<u16>, observe: Option<u32>, payload: &[u8]) {
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, r.mid, &r.token);
-        if let Some(o) = observe {
-            w.option_uint(opt::OBSERVE, o);
-        }
-        if let Some(cf) = cf {
-            w.option_uint(opt::CONTENT_FORMAT, cf as u32);
-        }
-        w.payload(payload);
-        self.sock.send_to(&buf, self.gw).unwrap();
+        let observe = observe.map(|o| (opt::OBSERVE, o));
+        let cf = cf.map(|cf| (opt::CONTENT_FORMAT, cf as u32));
+        let opts: Vec<_> = observe.into_iter().chain(cf).collect();
+        self.sock
+            .send_to(&r.ack(code, &opts, payload), self.gw)
+            .unwrap();
     }
 
     fn send(
@@ -155,8 +106,7 @@ struct App {
 
 impl App {
     fn new(gw: &GatewayProc) -> Self {
-        let mut mq = MqttClient::connect(gw.mqtt, "e2e-app", true).unwrap();
-        mq.subscribe("lwm2m/+/up/#", 0).unwrap();
+        let mq = MqttClient::subscriber(gw.mqtt, "e2e-app", "lwm2m/+/up/#", 0);
         App { mq, req: 0 }
     }
 
@@ -172,15 +122,11 @@ impl App {
         self.req
     }
 
+    /// The next message that is not a register message.
     fn next(&mut self) -> (String, simd_json::OwnedValue) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (t, p) = self.mq.recv_publish(WAIT).expect("an MQTT message");
-            let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
-            if v["msgType"] != "register" || Instant::now() > deadline {
-                return (t, v);
-            }
-        }
+        self.mq
+            .next_json(WAIT, |_, v| v["msgType"] != "register")
+            .expect("an MQTT message")
     }
 }
 
@@ -552,10 +498,13 @@ fn a_burst_of_commands_gets_one_answer_per_command() {
             if !m.is_request() {
                 continue;
             }
-            let mut out = Vec::new();
-            let mut w = MessageWriter::new(&mut out, MsgType::Ack, codes::CONTENT, m.mid, m.token);
-            w.option_uint(opt::CONTENT_FORMAT, 0);
-            w.payload(b"x");
+            let out = coap::ack(
+                m.mid,
+                m.token,
+                codes::CONTENT,
+                &[(opt::CONTENT_FORMAT, 0)],
+                b"x",
+            );
             let _ = sock.send_to(&out, gw_udp);
         }
     });
@@ -585,7 +534,7 @@ fn a_burst_of_commands_gets_one_answer_per_command() {
         if !t.ends_with("/up/resp") {
             continue;
         }
-        let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
+        let v = json(&p);
         if v["msgType"] != "read" {
             continue; // "register"; no "ack" events here
         }
@@ -601,9 +550,9 @@ fn a_burst_of_commands_gets_one_answer_per_command() {
         }
     }
     // Nothing more arrives for any of them.
-    while let Some((t, p)) = app.mq.recv_publish(Duration::from_millis(500)) {
+    for (t, p) in app.mq.collect(usize::MAX, Duration::from_millis(500)) {
         if t.ends_with("/up/resp") {
-            let v = simd_json::to_owned_value(&mut p.clone()).unwrap();
+            let v = json(&p);
             if let Some(id) = v["reqID"].as_u64() {
                 finals[id as usize] += 1;
             }

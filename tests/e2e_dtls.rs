@@ -7,8 +7,8 @@
 mod common;
 
 use base64::Engine;
+use common::coap::{exchange, location, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc};
-use common::http::request;
 use common::mqtt_client::MqttClient;
 use common::pki::make_pki;
 use common::prometheus::Exposition;
@@ -75,8 +75,7 @@ fn psk_registration_over_dtls_reaches_mqtt() {
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
     let dtls = dtls_addr(&gw);
-    let mut mq = MqttClient::connect(gw.mqtt, "dtls-sub", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "dtls-sub", "lwm2m/+/up/resp", 0);
 
     // The identity registers its own name, over both libcoap TLS back ends.
     let out = register("coap-client-openssl", "dev-a", KEY, dtls, "dev-a");
@@ -143,23 +142,6 @@ fn shipped_psk_example_parses() {
 }
 
 // ---- a DTLS device on a real socket: the load generator's dimpl PSK client ----
-
-/// A CoAP request as the device received it.
-#[derive(Debug)]
-struct Request {
-    mtype: MsgType,
-    code: u8,
-    mid: u16,
-    token: Vec<u8>,
-    path: String,
-    observe: Option<u32>,
-    accept: Option<u32>,
-    format: Option<u32>,
-    query: Vec<String>,
-    block1: Option<BlockOpt>,
-    block2: Option<BlockOpt>,
-    payload: Vec<u8>,
-}
 
 /// A device speaking DTLS (PSK, TLS_PSK_WITH_AES_128_CCM_8) from a real UDP
 /// socket, with the dimpl client configuration of `lwm2m-loadgen --dtls`.
@@ -292,32 +274,23 @@ impl DtlsDevice {
     /// Registers with `query` and `payload`; returns the location.
     fn register(&mut self, query: &[&str], payload: &[u8]) -> String {
         let mid = self.next_mid();
-        let mut reg = Vec::new();
-        let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, mid, &[1, 2]);
-        w.option(opt::URI_PATH, b"rd");
-        w.option_uint(opt::CONTENT_FORMAT, 40);
-        for q in query {
-            w.option(opt::URI_QUERY, q.as_bytes());
-        }
-        w.payload(payload);
-        self.send(&reg);
+        let register = Req::con(codes::POST, mid, &[1, 2])
+            .path(&["rd"])
+            .uint(opt::CONTENT_FORMAT, 40)
+            .query(query)
+            .body(payload);
+        self.send(&register.bytes());
         let created = self.recv();
         let m = Message::parse(&created).unwrap();
         assert_eq!(m.code, codes::CREATED, "{m:?}");
-        let segs: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
-        String::from_utf8(segs[1].to_vec()).unwrap()
+        location(&m).expect("a location")
     }
 
     /// An Update of `location`; returns the reply's code.
     fn update(&mut self, location: &str) -> u8 {
         let mid = self.next_mid();
-        let mut up = Vec::new();
-        let token = mid.to_be_bytes();
-        let mut w = MessageWriter::new(&mut up, MsgType::Con, codes::POST, mid, &token);
-        w.option(opt::URI_PATH, b"rd")
-            .option(opt::URI_PATH, location.as_bytes());
-        w.finish();
-        self.send(&up);
+        let update = Req::con(codes::POST, mid, &mid.to_be_bytes()).path(&["rd", location]);
+        self.send(&update.bytes());
         let reply = self.recv();
         let m = Message::parse(&reply).unwrap();
         assert_eq!(m.mid, mid, "the answer to the Update: {m:?}");
@@ -326,40 +299,12 @@ impl DtlsDevice {
 
     /// The next request from the gateway.
     fn request(&mut self) -> Request {
-        let b = self.recv();
-        let m = Message::parse(&b).unwrap();
-        assert!(m.is_request(), "expected a request: {m:?}");
-        Request {
-            mtype: m.mtype,
-            code: m.code,
-            mid: m.mid,
-            token: m.token.to_vec(),
-            path: m
-                .option_values(opt::URI_PATH)
-                .map(|s| format!("/{}", String::from_utf8_lossy(s)))
-                .collect(),
-            observe: m.option_uint(opt::OBSERVE),
-            accept: m.option_uint(opt::ACCEPT),
-            format: m.option_uint(opt::CONTENT_FORMAT),
-            query: m
-                .option_values(opt::URI_QUERY)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
-            block1: m.option(opt::BLOCK1).and_then(BlockOpt::decode),
-            block2: m.option(opt::BLOCK2).and_then(BlockOpt::decode),
-            payload: m.payload.to_vec(),
-        }
+        Request::parse(&self.recv())
     }
 
-    /// A piggybacked answer with `opts` (in option-number order).
+    /// A piggybacked answer with `opts`.
     fn reply(&mut self, r: &Request, code: u8, opts: &[(u16, u32)], payload: &[u8]) {
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, MsgType::Ack, code, r.mid, &r.token);
-        for (n, v) in opts {
-            w.option_uint(*n, *v);
-        }
-        w.payload(payload);
-        self.send(&buf);
+        self.send(&r.ack(code, opts, payload));
     }
 
     /// A notification of its own (CON or NON) on `token`.
@@ -414,8 +359,7 @@ struct App {
 
 impl App {
     fn new(gw: &GatewayProc, filter: &str) -> Self {
-        let mut mq = MqttClient::connect(gw.mqtt, "dtls-app", true).unwrap();
-        mq.subscribe(filter, 0).unwrap();
+        let mq = MqttClient::subscriber(gw.mqtt, "dtls-app", filter, 0);
         App { mq, req: 0 }
     }
 
@@ -433,23 +377,18 @@ impl App {
 
     /// The next message (topic, JSON).
     fn next(&mut self) -> (String, simd_json::OwnedValue) {
-        let (t, mut p) = self
-            .mq
-            .recv_publish(WAIT)
-            .expect("an MQTT message from the gateway");
-        let v = simd_json::to_owned_value(&mut p)
-            .unwrap_or_else(|_| panic!("JSON on {t}: {}", String::from_utf8_lossy(&p)));
-        (t, v)
+        self.mq
+            .next_json(WAIT, |_, _| true)
+            .expect("an MQTT message from the gateway")
     }
 
     /// The next message that is not a register/update message.
     fn response(&mut self) -> (String, simd_json::OwnedValue) {
-        loop {
-            let (t, v) = self.next();
-            if !matches!(v["msgType"].as_str(), Some("register" | "update")) {
-                return (t, v);
-            }
-        }
+        self.mq
+            .next_json(WAIT, |_, v| {
+                !matches!(v["msgType"].as_str(), Some("register" | "update"))
+            })
+            .expect("an MQTT message from the gateway")
     }
 
     /// Nothing arrives for `d`.
@@ -458,18 +397,11 @@ impl App {
     }
 }
 
-/// The gateway's `/metrics`, parsed.
-fn metrics(gw: &GatewayProc) -> Exposition {
-    let (status, text) = request(gw.api, "GET", "/metrics", None, b"");
-    assert_eq!(status, 200);
-    Exposition::parse(&text)
-}
-
 /// Polls `/metrics` until `cond` holds (30 s at most); returns the last reading.
 fn wait_metrics(gw: &GatewayProc, what: &str, cond: impl Fn(&Exposition) -> bool) -> Exposition {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = metrics(gw);
+        let m = gw.metrics();
         if cond(&m) {
             return m;
         }
@@ -721,17 +653,10 @@ fn everything_over_dtls() {
 
     // The Update still works, and plain CoAP may not touch the registration.
     assert_eq!(dev.update(&location), codes::CHANGED);
-    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
-    plain.set_read_timeout(Some(WAIT)).unwrap();
-    let mut del = Vec::new();
-    let mut w = MessageWriter::new(&mut del, MsgType::Con, codes::DELETE, 9, &[9]);
-    w.option(opt::URI_PATH, b"rd")
-        .option(opt::URI_PATH, location.as_bytes());
-    w.finish();
-    plain.send_to(&del, gw.udp).unwrap();
-    let mut b = [0u8; 512];
-    let (n, _) = plain.recv_from(&mut b).unwrap();
-    assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::FORBIDDEN);
+    let plain = socket([127, 0, 0, 1], WAIT);
+    let delete = Req::con(codes::DELETE, 9, &[9]).path(&["rd", &location]);
+    let reply = exchange(&plain, gw.udp, &delete.bytes());
+    assert_eq!(Message::parse(&reply).unwrap().code, codes::FORBIDDEN);
     // Everything the device received came encrypted.
     assert!(
         dev.raw.iter().all(|d| (20..=25).contains(&d[0])),
@@ -806,7 +731,7 @@ fn nat_rebinding_over_dtls_keeps_the_registration() {
         dev = moved;
     }
     drop(dev);
-    let m = metrics(&gw);
+    let m = gw.metrics();
     eprintln!(
         "takeovers between shards: {}",
         m.sum("lwm2m_takeovers_in_total", &[])
@@ -908,7 +833,7 @@ fn an_idle_session_is_closed_and_the_device_handshakes_again() {
         (t.as_str(), v["msgType"].as_str()),
         ("lwm2m/idler/up/update", Some("update"))
     );
-    let m = metrics(&gw);
+    let m = gw.metrics();
     assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 2.0);
     assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
 }
@@ -933,7 +858,7 @@ fn a_full_session_table_refuses_handshakes_until_a_session_ends() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         second.pump();
-        let m = metrics(&gw);
+        let m = gw.metrics();
         if m.sum("lwm2m_dtls_session_table_full_total", &[]) >= 1.0 {
             assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
             break;
@@ -953,7 +878,7 @@ fn a_full_session_table_refuses_handshakes_until_a_session_ends() {
         (t.as_str(), v["msgType"].as_str()),
         ("lwm2m/second/up/resp", Some("register"))
     );
-    let m = metrics(&gw);
+    let m = gw.metrics();
     assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 2.0);
     assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
 }
@@ -969,21 +894,16 @@ fn plain_coap_cannot_take_over_a_dtls_name() {
     assert_eq!(app.next().1["msgType"], "register");
     // From several source ports (several shards): always 4.03, nothing on MQTT.
     for i in 0..6u16 {
-        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
-        plain.set_read_timeout(Some(WAIT)).unwrap();
-        let mut reg = Vec::new();
-        let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, 50 + i, &[7]);
-        w.option(opt::URI_PATH, b"rd")
-            .option(opt::URI_QUERY, b"ep=owner")
-            .option(opt::URI_QUERY, b"lt=300");
-        w.payload(b"</3/0>");
-        plain.send_to(&reg, gw.udp).unwrap();
-        let mut b = [0u8; 512];
-        let (n, _) = plain.recv_from(&mut b).unwrap();
-        assert_eq!(Message::parse(&b[..n]).unwrap().code, codes::FORBIDDEN);
+        let plain = socket([127, 0, 0, 1], WAIT);
+        let register = Req::con(codes::POST, 50 + i, &[7])
+            .path(&["rd"])
+            .query(&["ep=owner", "lt=300"])
+            .body(b"</3/0>");
+        let reply = exchange(&plain, gw.udp, &register.bytes());
+        assert_eq!(Message::parse(&reply).unwrap().code, codes::FORBIDDEN);
     }
     assert!(app.quiet(Duration::from_millis(500)));
-    let m = metrics(&gw);
+    let m = gw.metrics();
     assert!(m.sum("lwm2m_requests_refused_total", &[("reason", "forbidden")]) >= 6.0);
     assert_eq!(m.sum("lwm2m_registrations_replaced_total", &[]), 0.0);
     // The DTLS registration is untouched.
@@ -1066,8 +986,7 @@ fn psk_file_changes_apply_without_a_restart() {
         dtls,
         _dir,
     } = start_psk(&format!("dev-a:{}\n", hex(KEY)), "");
-    let mut mq = MqttClient::connect(gw.mqtt, "psk-reload", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "psk-reload", "lwm2m/+/up/resp", 0);
     assert!(!DtlsDevice::try_handshake(
         dtls,
         "dev-b",
@@ -1117,7 +1036,7 @@ fn psk_file_changes_apply_without_a_restart() {
     let out = register("coap-client-openssl", "dev-a", KEY, dtls, "dev-a");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("2.01"));
     assert!(mq.recv_publish(Duration::from_millis(500)).is_none());
-    let m = metrics(&gw);
+    let m = gw.metrics();
     assert!(m.sum("lwm2m_dtls_handshakes_failed_total", &[]) >= 3.0);
     // A session established before the removal keeps running, but the removed
     // identity may no longer act for any name (revocation reaches a registration
@@ -1166,8 +1085,7 @@ fn certificate_mode_requires_the_cn_to_be_the_endpoint_name() {
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
     let dtls = dtls_addr(&gw);
-    let mut mq = MqttClient::connect(gw.mqtt, "cert-app", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "cert-app", "lwm2m/+/up/resp", 0);
 
     // CN == endpoint name: 2.01 and the register message.
     let out = cert_register(d, "client", dtls, "cert-dev");

@@ -9,11 +9,12 @@
 
 mod common;
 
+use common::fleet::fleet_from;
 use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
-use lwm2m_gateway::sim::{device_addr, Fleet, FleetConfig};
+use lwm2m_gateway::sim::device_addr;
 use netio::{RecvBatchPktinfo, SendBatchPktinfo};
 use std::collections::HashMap;
 use std::io;
@@ -288,24 +289,11 @@ fn spoofed_flood_of_junk_and_half_registrations() {
         ),
         "",
     );
-    let mut mq = MqttClient::connect(broker.addr(), "flood-app", true).unwrap();
-    mq.subscribe("lwm2m/+/up/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "flood-app", "lwm2m/+/up/#", 0);
 
     // Half the real devices register before the flood, to measure a working baseline.
     const REAL: usize = 500;
-    let fleet = |prefix: &str, first: u32| {
-        Fleet::new(
-            FleetConfig {
-                devices: REAL,
-                name_prefix: prefix.into(),
-                first_index: first,
-                ..Default::default()
-            },
-            gw.udp,
-        )
-        .unwrap()
-    };
-    let mut early = fleet("real-a", 0);
+    let mut early = fleet_from(gw.udp, "real-a", REAL, 0);
     assert_eq!(
         early
             .register_all(None, Duration::from_secs(60))
@@ -326,16 +314,7 @@ fn spoofed_flood_of_junk_and_half_registrations() {
     // The other half registers, and the first half updates, during the flood.
     let udp = gw.udp;
     let devices = std::thread::spawn(move || {
-        let mut late = Fleet::new(
-            FleetConfig {
-                devices: REAL,
-                name_prefix: "real-b".into(),
-                first_index: 1000,
-                ..Default::default()
-            },
-            udp,
-        )
-        .unwrap();
+        let mut late = fleet_from(udp, "real-b", REAL, 1000);
         let reg = late.register_all(None, Duration::from_secs(120)).unwrap();
         let upd = early.update_all(Duration::from_secs(120)).unwrap();
         let upd_late = late.update_all(Duration::from_secs(120)).unwrap();

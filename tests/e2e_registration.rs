@@ -3,62 +3,19 @@
 
 mod common;
 
+use common::coap::{exchange, socket, Req};
+use common::fleet::{drive_reads, fleet, fleet_from, read_cmd};
 use common::gateway::{Broker, GatewayProc};
+use common::json;
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
-use lwm2m_gateway::sim::{Fleet, FleetConfig};
+use lwm2m_gateway::coap::{codes, Message};
+use lwm2m_gateway::sim::Fleet;
 use simd_json::prelude::*;
 use std::collections::HashMap;
-use std::net::UdpSocket;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn json(b: &[u8]) -> simd_json::OwnedValue {
-    simd_json::to_owned_value(&mut b.to_vec()).expect("JSON payload")
-}
-
-fn fleet(gw: &GatewayProc, prefix: &str, n: usize) -> Fleet {
-    let cfg = FleetConfig {
-        devices: n,
-        name_prefix: prefix.into(),
-        ..Default::default()
-    };
-    Fleet::new(cfg, gw.udp).expect("fleet socket")
-}
-
-/// Receives until `n` messages arrived or nothing came for `idle`.
-fn collect(c: &mut MqttClient, n: usize, idle: Duration) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        match c.recv_publish(idle) {
-            Some(m) => out.push(m),
-            None => break,
-        }
-    }
-    out
-}
-
-fn exchange(sock: &UdpSocket, gw: std::net::SocketAddr, req: &[u8]) -> Vec<u8> {
-    sock.send_to(req, gw).unwrap();
-    let mut buf = [0u8; 2048];
-    let (n, _) = sock.recv_from(&mut buf).expect("reply from gateway");
-    buf[..n].to_vec()
-}
-
-fn request(code: u8, mid: u16, path: &[&str], query: &[&str], payload: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, code, mid, &[7, 7]);
-    for p in path {
-        w.option(opt::URI_PATH, p.as_bytes());
-    }
-    for q in query {
-        w.option(opt::URI_QUERY, q.as_bytes());
-    }
-    w.payload(payload);
-    buf
-}
 
 /// The gateway's command filters in the broker, once there are `n` of them (or after 10 s).
 fn wait_subscriptions(b: &Mosquitto, n: usize) -> std::collections::HashSet<String> {
@@ -75,10 +32,9 @@ fn wait_subscriptions(b: &Mosquitto, n: usize) -> std::collections::HashSet<Stri
 #[test]
 fn register_update_deregister_with_embedded_broker() {
     let mut gw = GatewayProc::start(Broker::Embedded, "");
-    let mut mq = MqttClient::connect(gw.mqtt, "e2e-sub", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
+    let mut mq = MqttClient::subscriber(gw.mqtt, "e2e-sub", "lwm2m/#", 0);
 
-    let mut f = fleet(&gw, "e2e-a", 1);
+    let mut f = fleet(gw.udp, "e2e-a", 1);
     assert_eq!(f.register_all(None, WAIT).unwrap().ok, 1);
     let (topic, payload) = mq.recv_publish(WAIT).expect("register message");
     assert_eq!(topic, "lwm2m/e2e-a0/up/resp");
@@ -99,18 +55,15 @@ fn register_update_deregister_with_embedded_broker() {
     assert_eq!(f.deregister_all(WAIT).unwrap().ok, 1);
 
     // Bad requests get 4.00 with a diagnostic and publish nothing.
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let sock = socket([127, 0, 0, 1], WAIT);
+    let req = |mid: u16| Req::con(codes::POST, mid, &[7, 7]).path(&["rd"]);
     let reply = exchange(
         &sock,
         gw.udp,
-        &request(
-            codes::POST,
-            1,
-            &["rd"],
-            &["lt=60", "lwm2m=1.0", "b=U"],
-            b"</1/0>,</3/0>",
-        ),
+        &req(1)
+            .query(&["lt=60", "lwm2m=1.0", "b=U"])
+            .body(b"</1/0>,</3/0>")
+            .bytes(),
     );
     let m = Message::parse(&reply).unwrap();
     assert_eq!(m.code, codes::BAD_REQUEST);
@@ -118,14 +71,10 @@ fn register_update_deregister_with_embedded_broker() {
     let reply = exchange(
         &sock,
         gw.udp,
-        &request(codes::POST, 2, &["rd"], &["ep=x", "lwm2m=3.0"], b"</1/0>"),
+        &req(2).query(&["ep=x", "lwm2m=3.0"]).body(b"</1/0>").bytes(),
     );
     assert_eq!(Message::parse(&reply).unwrap().code, codes::BAD_REQUEST);
-    let reply = exchange(
-        &sock,
-        gw.udp,
-        &request(codes::POST, 3, &["rd", "ffff"], &[], b""),
-    );
+    let reply = exchange(&sock, gw.udp, &req(3).path(&["ffff"]).bytes());
     assert_eq!(Message::parse(&reply).unwrap().code, codes::NOT_FOUND);
     // Garbage does not stop the gateway.
     for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff\xff", b"\x40\x02\x00"] {
@@ -135,7 +84,7 @@ fn register_update_deregister_with_embedded_broker() {
         mq.recv_publish(Duration::from_millis(300)).is_none(),
         "nothing published for bad requests"
     );
-    let mut g = fleet(&gw, "e2e-b", 1);
+    let mut g = fleet(gw.udp, "e2e-b", 1);
     assert_eq!(g.register_all(None, WAIT).unwrap().ok, 1);
     assert!(mq.recv_publish(WAIT).is_some());
 
@@ -146,11 +95,13 @@ fn register_update_deregister_with_embedded_broker() {
 #[test]
 fn duplicate_register_publishes_once() {
     let gw = GatewayProc::start(Broker::Embedded, "");
-    let mut mq = MqttClient::connect(gw.mqtt, "e2e-dup", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
-    let req = request(codes::POST, 42, &["rd"], &["ep=dup1", "lt=60"], b"</3/0>");
+    let mut mq = MqttClient::subscriber(gw.mqtt, "e2e-dup", "lwm2m/#", 0);
+    let sock = socket([127, 0, 0, 1], WAIT);
+    let req = Req::con(codes::POST, 42, &[7, 7])
+        .path(&["rd"])
+        .query(&["ep=dup1", "lt=60"])
+        .body(b"</3/0>")
+        .bytes();
     let a = exchange(&sock, gw.udp, &req);
     let b = exchange(&sock, gw.udp, &req);
     assert_eq!(a, b, "the retransmission gets the cached reply");
@@ -161,36 +112,6 @@ fn duplicate_register_publishes_once() {
     );
 }
 
-fn read_cmd(req_id: &str) -> Vec<u8> {
-    format!(r#"{{"reqID":"{req_id}","msgType":"read","data":{{"path":"/3/0/0"}}}}"#).into_bytes()
-}
-
-/// Lets `fleets` answer the gateway's requests until a read response with each of
-/// `want` reqIDs is on MQTT; returns every read response seen, by reqID.
-fn drive_reads(
-    fleets: &mut [&mut Fleet],
-    mq: &mut MqttClient,
-    want: &[&str],
-) -> HashMap<String, usize> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while !want.iter().all(|w| seen.contains_key(*w)) && std::time::Instant::now() < deadline {
-        for f in fleets.iter_mut() {
-            f.receive(Duration::from_millis(10)).unwrap();
-        }
-        while let Some((t, p)) = mq.recv_publish(Duration::from_millis(1)) {
-            let v = json(&p);
-            if t.ends_with("/up/resp") && v["msgType"].as_str() == Some("read") {
-                assert_eq!(v["data"]["code"].as_str(), Some("2.05"), "{t}: {v}");
-                *seen
-                    .entry(v["reqID"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-        }
-    }
-    seen
-}
-
 /// Sends an Update with `lt` from every registered device of `f` and waits for the 2.04s.
 fn set_lifetime(f: &mut Fleet, lt: u32) {
     for i in 0..f.devices.len() {
@@ -198,14 +119,10 @@ fn set_lifetime(f: &mut Fleet, lt: u32) {
             continue;
         };
         let mid = 0xf000 + i as u16;
-        let mut buf = Vec::new();
-        let mut w =
-            MessageWriter::new(&mut buf, MsgType::Con, codes::POST, mid, &mid.to_be_bytes());
-        w.option(opt::URI_PATH, b"rd")
-            .option(opt::URI_PATH, loc.as_bytes())
-            .option(opt::URI_QUERY, format!("lt={lt}").as_bytes());
-        w.finish();
-        f.start(i, buf);
+        let update = Req::con(codes::POST, mid, &mid.to_be_bytes())
+            .path(&["rd", &loc])
+            .query(&[&format!("lt={lt}")]);
+        f.start(i, update.bytes());
     }
     f.flush().unwrap();
     let deadline = std::time::Instant::now() + WAIT;
@@ -230,32 +147,21 @@ fn mosquitto_per_endpoint_subscriptions_and_expiry() {
         "lifetime_min = \"1s\"",
         "subscribe = \"per_endpoint\"\nconnections = 1",
     );
-    let mut mq = MqttClient::connect(broker.addr(), "e2e-mosq", true).unwrap();
-    mq.subscribe("lwm2m/+/up/#", 0).unwrap();
-    let fleet_of = |prefix: &str, n: usize, first: u32, lt: u32| {
-        let mut f = Fleet::new(
-            FleetConfig {
-                devices: n,
-                name_prefix: prefix.into(),
-                first_index: first,
-                lifetime_s: lt,
-                ..Default::default()
-            },
-            gw.udp,
-        )
-        .unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "e2e-mosq", "lwm2m/+/up/#", 0);
+    let fleet_of = |prefix: &str, n: usize, first: u32| {
+        let mut f = fleet_from(gw.udp, prefix, n, first);
         f.answer_like_client();
         f
     };
     // mq0..mq2 will expire (their Updates shorten the lifetime to 2 s once they were
     // seen working), mqd100 de-registers, mql200 stays.
-    let mut expiring = fleet_of("mq", 3, 0, 300);
-    let mut leaving = fleet_of("mqd", 1, 100, 300);
-    let mut staying = fleet_of("mql", 1, 200, 300);
+    let mut expiring = fleet_of("mq", 3, 0);
+    let mut leaving = fleet_of("mqd", 1, 100);
+    let mut staying = fleet_of("mql", 1, 200);
     assert_eq!(expiring.register_all(None, WAIT).unwrap().ok, 3);
     assert_eq!(leaving.register_all(None, WAIT).unwrap().ok, 1);
     assert_eq!(staying.register_all(None, WAIT).unwrap().ok, 1);
-    let msgs = collect(&mut mq, 5, WAIT);
+    let msgs = mq.collect(5, WAIT);
     let mut topics: Vec<_> = msgs.iter().map(|m| m.0.clone()).collect();
     topics.sort();
     assert_eq!(
@@ -280,10 +186,12 @@ fn mosquitto_per_endpoint_subscriptions_and_expiry() {
         mq.publish(&format!("lwm2m/{ep}/dn/dm"), &read_cmd(ep), 1)
             .unwrap();
     }
+    let want = ["mq0", "mq1", "mq2", "mqd100", "mql200"];
     let answered = drive_reads(
         &mut [&mut expiring, &mut leaving, &mut staying],
         &mut mq,
-        &["mq0", "mq1", "mq2", "mqd100", "mql200"],
+        WAIT,
+        |seen| want.iter().all(|w| seen.contains_key(*w)),
     );
     assert_eq!(answered.len(), 5, "{answered:?}");
     let asked = (
@@ -331,7 +239,8 @@ fn mosquitto_per_endpoint_subscriptions_and_expiry() {
     let answered = drive_reads(
         &mut [&mut expiring, &mut leaving, &mut staying],
         &mut mq,
-        &["marker"],
+        WAIT,
+        |seen| seen.contains_key("marker"),
     );
     assert_eq!(
         answered.keys().collect::<Vec<_>>(),
@@ -369,20 +278,12 @@ fn broker_restart_loses_no_qos1_register() {
     const N: usize = 2000;
     let udp = gw.udp;
     let devices = std::thread::spawn(move || {
-        let mut f = Fleet::new(
-            FleetConfig {
-                devices: N,
-                name_prefix: "rs".into(),
-                ..Default::default()
-            },
-            udp,
-        )
-        .unwrap();
+        let mut f = fleet(udp, "rs", N);
         f.register_all(Some(500), Duration::from_secs(60)).unwrap()
     });
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut take = |mq: &mut MqttClient, idle: Duration| {
-        while let Some((_, p)) = mq.recv_publish(idle) {
+        for (_, p) in mq.collect(usize::MAX, idle) {
             let ep = json(&p)["data"]["ep"].to_string();
             *seen.entry(ep).or_default() += 1;
         }
@@ -422,22 +323,12 @@ fn two_gateways_share_one_broker() {
         "",
         "subscribe = \"per_endpoint\"",
     );
-    let mut mq = MqttClient::connect(broker.addr(), "e2e-two", true).unwrap();
-    mq.subscribe("lwm2m/#", 0).unwrap();
-    let mut fa = fleet(&a, "ga", 50);
-    let mut fb = Fleet::new(
-        FleetConfig {
-            devices: 50,
-            name_prefix: "gb".into(),
-            first_index: 1000,
-            ..Default::default()
-        },
-        b.udp,
-    )
-    .unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "e2e-two", "lwm2m/#", 0);
+    let mut fa = fleet(a.udp, "ga", 50);
+    let mut fb = fleet_from(b.udp, "gb", 50, 1000);
     assert_eq!(fa.register_all(None, WAIT).unwrap().ok, 50);
     assert_eq!(fb.register_all(None, WAIT).unwrap().ok, 50);
-    let msgs = collect(&mut mq, 100, WAIT);
+    let msgs = mq.collect(100, WAIT);
     assert_eq!(msgs.len(), 100);
     assert_eq!(
         msgs.iter().filter(|m| m.0.starts_with("lwm2m/ga")).count(),
@@ -453,31 +344,18 @@ fn two_gateways_share_one_broker() {
     // (none answered 4.00 "not registered" by the other).
     for i in 0..50 {
         for (p, idx) in [("ga", i), ("gb", 1000 + i)] {
-            let cmd =
-                format!(r#"{{"reqID":"{p}{idx}","msgType":"read","data":{{"path":"/3/0/0"}}}}"#);
-            mq.publish(&format!("lwm2m/{p}{idx}/dn/dm"), cmd.as_bytes(), 0)
+            let cmd = read_cmd(&format!("{p}{idx}"));
+            mq.publish(&format!("lwm2m/{p}{idx}/dn/dm"), &cmd, 0)
                 .unwrap();
         }
     }
     fa.answer_like_client();
     fb.answer_like_client();
-    let mut answers: HashMap<String, usize> = HashMap::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while answers.values().sum::<usize>() < 100 && std::time::Instant::now() < deadline {
-        fa.receive(Duration::from_millis(20)).unwrap();
-        fb.receive(Duration::from_millis(20)).unwrap();
-        while let Some((t, p)) = mq.recv_publish(Duration::from_millis(1)) {
-            let v = json(&p);
-            if t.ends_with("/up/resp") && v["msgType"].as_str() == Some("read") {
-                assert_eq!(v["data"]["code"].as_str(), Some("2.05"), "{t}: {v}");
-                *answers
-                    .entry(v["reqID"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let mut answers = drive_reads(&mut [&mut fa, &mut fb], &mut mq, WAIT, |a| {
+        a.values().sum::<usize>() >= 100
+    });
     // Late duplicates, if any, arrive within the idle wait.
-    for (t, p) in collect(&mut mq, usize::MAX, Duration::from_millis(500)) {
+    for (t, p) in mq.collect(usize::MAX, Duration::from_millis(500)) {
         let v = json(&p);
         if t.ends_with("/up/resp") && v["msgType"].as_str() == Some("read") {
             *answers
@@ -498,16 +376,15 @@ fn ten_thousand_devices_through_several_shards() {
         "[engine]\nshards = 4\n",
         "subscribe = \"per_endpoint\"",
     );
-    let mut mq = MqttClient::connect(broker.addr(), "e2e-10k", true).unwrap();
-    mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+    let mut mq = MqttClient::subscriber(broker.addr(), "e2e-10k", "lwm2m/+/up/resp", 0);
     const N: usize = 10_000;
-    let mut f = fleet(&gw, "k", N);
+    let mut f = fleet(gw.udp, "k", N);
     let out = f.register_all(None, Duration::from_secs(120)).unwrap();
     assert_eq!(out.ok, N, "{out:?}");
-    let mut msgs = collect(&mut mq, N, Duration::from_secs(10));
+    let mut msgs = mq.collect(N, Duration::from_secs(10));
     // A late duplicate would come after the N-th message: keep listening until the
     // broker has been quiet for a while.
-    msgs.extend(collect(&mut mq, usize::MAX, Duration::from_secs(3)));
+    msgs.extend(mq.collect(usize::MAX, Duration::from_secs(3)));
     let mut per_ep: HashMap<String, usize> = HashMap::new();
     for (t, _) in &msgs {
         *per_ep.entry(t.clone()).or_default() += 1;

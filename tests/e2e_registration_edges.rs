@@ -9,10 +9,12 @@
 mod common;
 use common::gateway::metrics_when;
 
+use common::coap::{self, location, Req};
 use common::gateway::{Broker, GatewayProc};
+use common::json;
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::coap::{codes, opt, Message, MsgType};
 use simd_json::prelude::*;
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -22,23 +24,12 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A device socket bound to `ip` (any 127.x address works on Linux loopback).
 fn socket(ip: [u8; 4]) -> UdpSocket {
-    let s = UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    s
+    coap::socket(ip, Duration::from_millis(500))
 }
 
-fn request_bytes(code: u8, mid: u16, path: &[&str], query: &[&str], body: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, code, mid, &mid.to_be_bytes());
-    for p in path {
-        w.option(opt::URI_PATH, p.as_bytes());
-    }
-    for q in query {
-        w.option(opt::URI_QUERY, q.as_bytes());
-    }
-    w.payload(body);
-    buf
+/// A request whose token is its message ID.
+fn req(code: u8, mid: u16) -> Req {
+    Req::con(code, mid, &mid.to_be_bytes())
 }
 
 /// Sends a CON request and waits for its piggybacked answer, retransmitting the same
@@ -52,11 +43,8 @@ fn exchange(sock: &UdpSocket, gw: SocketAddr, req: &[u8]) -> (u8, Option<String>
         while let Ok((n, _)) = sock.recv_from(&mut b) {
             let m = Message::parse(&b[..n]).unwrap();
             if m.mtype == MsgType::Ack && m.mid == mid {
-                let loc: Vec<_> = m.option_values(opt::LOCATION_PATH).collect();
-                let location =
-                    (loc.len() == 2).then(|| String::from_utf8_lossy(loc[1]).into_owned());
                 let text = String::from_utf8_lossy(m.payload).into_owned();
-                return (m.code, location, text);
+                return (m.code, location(&m), text);
             }
         }
     }
@@ -72,11 +60,8 @@ fn register(
     let ep = format!("ep={ep}");
     let mut q = vec![ep.as_str(), "lt=600", "lwm2m=1.0", "b=U"];
     q.extend_from_slice(extra);
-    exchange(
-        sock,
-        gw,
-        &request_bytes(codes::POST, 1, &["rd"], &q, b"</3/0>"),
-    )
+    let register = req(codes::POST, 1).path(&["rd"]).query(&q).body(b"</3/0>");
+    exchange(sock, gw, &register.bytes())
 }
 
 /// The next CoAP request the gateway sends to `sock`.
@@ -118,11 +103,14 @@ fn answer_read(sock: &UdpSocket, gw: SocketAddr, body: &[u8]) -> String {
         .option_values(opt::URI_PATH)
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect();
-    let mut out = Vec::new();
-    let mut w = MessageWriter::new(&mut out, MsgType::Ack, codes::CONTENT, m.mid, m.token);
-    w.option_uint(opt::CONTENT_FORMAT, 0);
-    w.payload(body);
-    sock.send_to(&out, gw).unwrap();
+    let answer = coap::ack(
+        m.mid,
+        m.token,
+        codes::CONTENT,
+        &[(opt::CONTENT_FORMAT, 0)],
+        body,
+    );
+    sock.send_to(&answer, gw).unwrap();
     format!("/{}", path.join("/"))
 }
 
@@ -139,7 +127,7 @@ fn finals(app: &mut MqttClient, ids: &[u64]) -> std::collections::HashMap<u64, S
         if !topic.ends_with("/up/resp") {
             continue;
         }
-        let v = simd_json::to_owned_value(&mut payload.clone()).unwrap();
+        let v = json(&payload);
         let (Some(id), Some(code)) = (v["reqID"].as_u64(), v["data"]["code"].as_str()) else {
             continue;
         };
@@ -197,8 +185,7 @@ fn commands_arrive_on_the_connection_of_the_devices_shard() {
     // no filter is held twice.
     let holders = broker.holders("lwm2m-gateway");
     assert!(holders.values().all(|n| *n == 1), "{holders:?}");
-    let mut app = MqttClient::connect(broker.addr(), "home-app", true).unwrap();
-    app.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    let mut app = MqttClient::subscriber(broker.addr(), "home-app", "lwm2m/+/up/resp", 1);
     read_each(&mut app, gw.udp, &names, &socks);
     let m = gw.metrics_when(|m| m.sum("lwm2m_commands_routed_total", &[]) >= N as f64);
     assert_eq!(m.sum("lwm2m_commands_routed_total", &[]), N as f64);
@@ -230,8 +217,7 @@ fn registering_again_on_another_shard_keeps_one_subscription() {
     let holders = broker.holders("lwm2m-gateway");
     assert_eq!(holders.keys().cloned().collect::<HashSet<_>>(), want);
     assert!(holders.values().all(|n| *n == 1), "{holders:?}");
-    let mut app = MqttClient::connect(broker.addr(), "again-app", true).unwrap();
-    app.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    let mut app = MqttClient::subscriber(broker.addr(), "again-app", "lwm2m/+/up/resp", 1);
     read_each(&mut app, gw.udp, &names, &second);
     // Some registrations landed on the shard that is not their filter's home (all 12
     // on their first shard has a chance of 2^-12): those commands were handed over.
@@ -248,8 +234,8 @@ fn registering_again_on_another_shard_keeps_one_subscription() {
     }
     // De-registering every one gives every filter up.
     for (i, (s, loc)) in second.iter().zip(&locations).enumerate() {
-        let req = request_bytes(codes::DELETE, 50 + i as u16, &["rd", loc], &[], b"");
-        assert_eq!(exchange(s, gw.udp, &req).0, codes::DELETED);
+        let delete = req(codes::DELETE, 50 + i as u16).path(&["rd", loc]);
+        assert_eq!(exchange(s, gw.udp, &delete.bytes()).0, codes::DELETED);
     }
     assert_eq!(
         broker.subscriptions_become("lwm2m-gateway", &HashSet::new()),
@@ -272,8 +258,7 @@ fn wildcard_commands_reach_devices_on_every_shard() {
     let socks = register_each(gw.udp, &names, [127, 0, 0, 1]);
     let want: HashSet<String> = ["lwm2m/+/dn/#".to_string()].into();
     assert_eq!(broker.subscriptions_become("lwm2m-gateway", &want), want);
-    let mut app = MqttClient::connect(broker.addr(), "wild-app", true).unwrap();
-    app.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    let mut app = MqttClient::subscriber(broker.addr(), "wild-app", "lwm2m/+/up/resp", 1);
     read_each(&mut app, gw.udp, &names, &socks);
     let m = gw.metrics_when(|m| m.sum("lwm2m_commands_routed_total", &[]) >= N as f64);
     assert_eq!(m.sum("lwm2m_commands_routed_total", &[]), N as f64);
@@ -310,7 +295,12 @@ fn takeovers_through_mailboxes_of_one_message_lose_no_endpoint() {
         .collect();
     let updates: Vec<Vec<u8>> = locations
         .iter()
-        .map(|l| request_bytes(codes::POST, 2, &["rd", l], &["lt=600"], b""))
+        .map(|l| {
+            req(codes::POST, 2)
+                .path(&["rd", l])
+                .query(&["lt=600"])
+                .bytes()
+        })
         .collect();
     for (s, u) in moved.iter().zip(&updates) {
         s.send_to(u, gw.udp).unwrap();
@@ -321,7 +311,7 @@ fn takeovers_through_mailboxes_of_one_message_lose_no_endpoint() {
     // Every endpoint is where the directory says: a second Update from the new address
     // is answered by the shard now holding it.
     for (i, (s, l)) in moved.iter().zip(&locations).enumerate() {
-        let again = request_bytes(codes::POST, 3, &["rd", l], &[], b"");
+        let again = req(codes::POST, 3).path(&["rd", l]).bytes();
         assert_eq!(exchange(s, gw.udp, &again).0, codes::CHANGED, "device {i}");
     }
     let m = metrics_when(gw.api, |e| {
@@ -439,8 +429,7 @@ fn a_mountpoint_ending_in_a_placeholder_without_a_slash() {
         Broker::Embedded,
         "mountpoint = \"lwm2m/${endpoint_name}\"\n",
     );
-    let mut app = MqttClient::connect(gw.mqtt, "edges-noslash", true).unwrap();
-    app.subscribe("lwm2m/#", 0).unwrap();
+    let mut app = MqttClient::subscriber(gw.mqtt, "edges-noslash", "lwm2m/#", 0);
     let dev = socket([127, 0, 0, 1]);
     assert_eq!(register(&dev, gw.udp, "adn1", &[]).0, codes::CREATED);
     let (topic, _) = app.recv_publish(WAIT).expect("the register message");

@@ -4,10 +4,10 @@
 
 mod common;
 
+use common::fleet::fleet;
 use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::Mosquitto;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::sim::{Fleet, FleetConfig};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -16,14 +16,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[test]
 fn sigint_exits_zero() {
     let mut gw = GatewayProc::start(Broker::Embedded, "");
-    let mut f = Fleet::new(
-        FleetConfig {
-            name_prefix: "int".into(),
-            ..Default::default()
-        },
-        gw.udp,
-    )
-    .unwrap();
+    let mut f = fleet(gw.udp, "int", 1);
     assert_eq!(f.register_all(None, WAIT).unwrap().ok, 1);
     let status = gw.stop_with("INT");
     assert!(status.success(), "SIGINT exits 0: {status}");
@@ -55,21 +48,12 @@ fn flush_on(signal: &str) {
         Broker::External(broker.addr()),
         "[translators]\nregister = { topic = \"up/resp\", qos = 1 }\n",
     );
-    let mut sub = MqttClient::connect(broker.addr(), "flush-sub", true).unwrap();
-    sub.subscribe("lwm2m/+/up/resp", 1).unwrap();
+    let mut sub = MqttClient::subscriber(broker.addr(), "flush-sub", "lwm2m/+/up/resp", 1);
     let up = gw.metrics_when(|m| m.sum("lwm2m_mqtt_connections_up", &[]) >= 2.0);
     assert_eq!(up.sum("lwm2m_mqtt_connections_up", &[]), 2.0);
 
     broker.pause();
-    let mut f = Fleet::new(
-        FleetConfig {
-            devices: N,
-            name_prefix: format!("fl{}-", signal.to_lowercase()),
-            ..Default::default()
-        },
-        gw.udp,
-    )
-    .unwrap();
+    let mut f = fleet(gw.udp, &format!("fl{}-", signal.to_lowercase()), N);
     let out = f.register_all(None, Duration::from_secs(60)).unwrap();
     assert_eq!(
         out.ok, N,

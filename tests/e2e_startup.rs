@@ -5,10 +5,11 @@
 
 mod common;
 
+use common::coap::{exchange, socket, Req};
 use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::free_port;
 use common::mqtt_client::MqttClient;
-use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
+use lwm2m_gateway::coap::{codes, Message};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -105,18 +106,13 @@ fn flags(udp: u16, mqtt: u16, mqtt5: u16, api: u16) -> Vec<String> {
 }
 
 fn register(gw: SocketAddr, ep: &str) -> u8 {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = Vec::new();
-    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::POST, 0x77, &[1, 2]);
-    w.option(opt::URI_PATH, b"rd");
-    w.option(opt::URI_QUERY, format!("ep={ep}").as_bytes());
-    w.option(opt::URI_QUERY, b"lt=60");
-    w.payload(b"</3/0>");
-    sock.send_to(&buf, gw).unwrap();
-    let mut reply = [0u8; 1500];
-    let (n, _) = sock.recv_from(&mut reply).expect("reply to Register");
-    Message::parse(&reply[..n]).expect("CoAP reply").code
+    let sock = socket([127, 0, 0, 1], Duration::from_secs(5));
+    let register = Req::con(codes::POST, 0x77, &[1, 2])
+        .path(&["rd"])
+        .query(&[&format!("ep={ep}"), "lt=60"])
+        .body(b"</3/0>");
+    let reply = exchange(&sock, gw, &register.bytes());
+    Message::parse(&reply).expect("CoAP reply").code
 }
 
 #[test]
@@ -299,9 +295,7 @@ fn a_config_file_is_logged_and_its_paths_are_its_own() {
 fn a_healthy_gateway_logs_no_error() {
     let mut gw = GatewayProc::start(Broker::Embedded, "");
     for i in 0..3 {
-        let mut c = MqttClient::connect(gw.mqtt, &format!("passer-{i}"), true).unwrap();
-        c.subscribe("lwm2m/#", 0).unwrap();
-        c.disconnect();
+        MqttClient::subscriber(gw.mqtt, &format!("passer-{i}"), "lwm2m/#", 0).disconnect();
     }
     // A client that goes away without DISCONNECT.
     drop(MqttClient::connect(gw.mqtt, "vanisher", true).unwrap());

@@ -967,8 +967,7 @@ mod e2e {
     #[test]
     fn malformed_datagram_sweep_while_devices_work() {
         let gw = GatewayProc::start(Broker::Embedded, "");
-        let mut mq = MqttClient::connect(gw.mqtt, "hostile-sub", true).unwrap();
-        mq.subscribe("lwm2m/+/up/resp", 0).unwrap();
+        let mut mq = MqttClient::subscriber(gw.mqtt, "hostile-sub", "lwm2m/+/up/resp", 0);
         mq.subscribe("lwm2m/+/up/update", 0).unwrap();
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -207,8 +207,7 @@ fn basics(addr: SocketAddr, connections: usize) {
 /// The application (an MQTT 3.1.1 client on `app`) and the gateway (`protocol` on `gw`)
 /// exchange publishes both ways at QoS 0 and 1.
 fn basics_in(protocol: Protocol, app: SocketAddr, gw: SocketAddr, connections: usize) {
-    let mut client = MqttClient::connect(app, &format!("app-{}", free_port()), true).unwrap();
-    client.subscribe("up/#", 1).unwrap();
+    let mut client = MqttClient::subscriber(app, &format!("app-{}", free_port()), "up/#", 1);
     let (h, join, rx) = start(options_in(protocol, tcp(gw), connections, 10_000));
     for lane in 0..connections as u32 {
         subscribe(&h, lane, &format!("dn/{lane}/#"), 1);
@@ -371,8 +370,7 @@ fn mosquitto_v5_qos2_exactly_once_both_ways() {
 
 fn qos2_exactly_once_both_ways(protocol: Protocol) {
     let broker = Mosquitto::start();
-    let mut client = MqttClient::connect(broker.addr(), "app-q2", true).unwrap();
-    client.subscribe("q2/#", 2).unwrap();
+    let mut client = MqttClient::subscriber(broker.addr(), "app-q2", "q2/#", 2);
     let (h, join, rx) = start(options_in(protocol, tcp(broker.addr()), 2, 10_000));
     subscribe(&h, 0, "gw/q2/#", 2);
     let n = 200u32;
@@ -524,8 +522,7 @@ fn overflow_drops_qos0_first_and_stays_bounded() {
 #[test]
 fn shutdown_flushes_queued_messages() {
     let broker = Mosquitto::start();
-    let mut client = MqttClient::connect(broker.addr(), "app-sd", true).unwrap();
-    client.subscribe("sd/#", 1).unwrap();
+    let mut client = MqttClient::subscriber(broker.addr(), "app-sd", "sd/#", 1);
     let (h, join, _rx) = start(options(tcp(broker.addr()), 2, 10_000));
     wait_until("connections up", || stat(&h, |s| &s.connected) == 2);
     let mut want = HashSet::new();
@@ -775,8 +772,7 @@ fn embedded_v5_message_expiry_reaches_the_gateway() {
     let (v4, v5) = embedded_broker_v5();
     expiry_reaches_the_gateway(v5, v5, Some(v4));
     for _ in 0..2 {
-        let mut client = MqttClient::connect(v4, "app-after-expiry", true).unwrap();
-        client.subscribe("after/#", 1).unwrap();
+        let mut client = MqttClient::subscriber(v4, "app-after-expiry", "after/#", 1);
         client.publish("after/x", b"still here", 1).unwrap();
         let (t, p) = client
             .recv_publish(WAIT)
@@ -789,8 +785,7 @@ fn embedded_v5_message_expiry_reaches_the_gateway() {
 #[test]
 fn inbound_replies_are_published() {
     let (v4, v5) = embedded_broker_v5();
-    let mut client = MqttClient::connect(v4, "app-echo", true).unwrap();
-    client.subscribe("echo/#", 1).unwrap();
+    let mut client = MqttClient::subscriber(v4, "app-echo", "echo/#", 1);
     let (h, join) = spawn(options_in(Protocol::V5, tcp(v5), 1, 100), Box::new(Echo)).unwrap();
     subscribe(&h, 0, "in/#", 1);
     let deadline = Instant::now() + WAIT;

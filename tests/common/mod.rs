@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod coap;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod mosquitto;
@@ -8,3 +10,10 @@ pub mod mqtt_client;
 pub mod mqtt_thread;
 pub mod pki;
 pub mod prometheus;
+
+/// A JSON document (an MQTT payload, an HTTP body); anything else fails, showing it.
+pub fn json(doc: impl AsRef<[u8]>) -> simd_json::OwnedValue {
+    let doc = doc.as_ref();
+    simd_json::to_owned_value(&mut doc.to_vec())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(doc)))
+}

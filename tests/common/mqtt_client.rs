@@ -59,6 +59,14 @@ impl MqttClient {
         }
     }
 
+    /// Connects with a clean session and subscribes to `filter`: an application
+    /// listening to the gateway.
+    pub fn subscriber(addr: impl ToSocketAddrs, client_id: &str, filter: &str, q: u8) -> Self {
+        let mut c = Self::connect(addr, client_id, true).unwrap();
+        c.subscribe(filter, q).unwrap();
+        c
+    }
+
     /// Subscribes and waits for the SUBACK; Err if the broker refuses.
     pub fn subscribe(&mut self, filter: &str, q: u8) -> io::Result<()> {
         self.subscribe_many(&[filter], q)
@@ -117,6 +125,36 @@ impl MqttClient {
     /// Duplicates (DUP re-deliveries) are returned as they come.
     pub fn recv_publish(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
         self.try_recv_publish(timeout).ok().flatten()
+    }
+
+    /// Receives until `n` messages arrived or nothing came for `idle`.
+    pub fn collect(&mut self, n: usize, idle: Duration) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.recv_publish(idle) {
+                Some(m) => out.push(m),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The next message within `within` whose topic and JSON payload `want` takes,
+    /// skipping the others (a payload that is not JSON fails).
+    pub fn next_json(
+        &mut self,
+        within: Duration,
+        want: impl Fn(&str, &simd_json::OwnedValue) -> bool,
+    ) -> Option<(String, simd_json::OwnedValue)> {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let (t, p) = self.recv_publish(left)?;
+            let v = super::json(&p);
+            if want(&t, &v) {
+                return Some((t, v));
+            }
+        }
+        None
     }
 
     /// Like `recv_publish`, but a lost connection is an Err.
