@@ -3,6 +3,8 @@
 //! below or as files under `tests/fuzz_regressions/<target>/` (drop a crash file from
 //! `fuzz/artifacts/<target>/` there and it is replayed by the target's test).
 
+// `pub` for the fuzz targets, which call them from their own crate.
+#[allow(unreachable_pub)]
 #[path = "../fuzz/src/checks.rs"]
 mod checks;
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 /// Parse, iterate every option, re-encode with `MessageWriter` and parse again:
 /// the encoding of a parsed message is unique, so it must give back the same bytes.
-pub(crate) fn coap_message(data: &[u8]) {
+pub fn coap_message(data: &[u8]) {
     let m = match Message::parse(data) {
         Ok(m) => m,
         Err(e) => {
@@ -76,7 +76,7 @@ pub(crate) fn coap_message(data: &[u8]) {
 
 // ------------------------------------------------------------------ link-format
 
-pub(crate) fn link_format(data: &[u8]) {
+pub fn link_format(data: &[u8]) {
     if let Ok(list) = registration::parse_object_list(data) {
         let paths: Vec<&str> = list.iter().collect();
         for p in &paths {
@@ -123,7 +123,7 @@ fn res(id: u16, kind: ResourceType, multiple: bool) -> (u16, ResourceDef) {
 }
 
 /// Device (3) and Temperature (3303), by hand.
-pub(crate) fn model() -> BTreeMap<u16, ObjectDef> {
+pub fn model() -> BTreeMap<u16, ObjectDef> {
     use ResourceType::*;
     let device = [
         res(0, String, false),
@@ -202,7 +202,7 @@ const PATHS: &[&[u16]] = &[
 ];
 
 /// The request path a decode input is for: chosen by its first byte.
-pub(crate) fn pick_path(b: u8) -> LwPath {
+pub fn pick_path(b: u8) -> LwPath {
     LwPath::from_ids(PATHS[b as usize % PATHS.len()]).expect("static path")
 }
 
@@ -215,7 +215,7 @@ fn sorted(items: &[ContentItem]) -> Vec<ContentItem> {
 /// Decodes `data[1..]` in `format` at the path picked by `data[0]`; renders the items
 /// as the MQTT JSON (must be valid JSON); and where the format has an encoder and it
 /// accepts the items, decoding the encoding gives the same items.
-pub(crate) fn decode_format(format: u16, data: &[u8]) {
+pub fn decode_format(format: u16, data: &[u8]) {
     let Some((&first, payload)) = data.split_first() else {
         return;
     };
@@ -311,7 +311,7 @@ fn is_json(s: &str) -> bool {
 }
 
 /// `data[0]` picks the device's write encoding; the rest is the command.
-pub(crate) fn command_json(data: &[u8]) {
+pub fn command_json(data: &[u8]) {
     use lwm2m_gateway::lwm2m::command::{parse, Encoding, Op};
     let Some((&first, cmd)) = data.split_first() else {
         return;
@@ -350,7 +350,7 @@ pub(crate) fn command_json(data: &[u8]) {
 
 // ------------------------------------------------------------------ config, objects
 
-pub(crate) fn config_toml(data: &[u8]) {
+pub fn config_toml(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
@@ -363,7 +363,7 @@ pub(crate) fn config_toml(data: &[u8]) {
     }
 }
 
-pub(crate) fn objects_xml(data: &[u8]) {
+pub fn objects_xml(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
@@ -384,27 +384,27 @@ pub(crate) fn objects_xml(data: &[u8]) {
 // ------------------------------------------------------------------ stateful core
 
 /// Reads fuzz bytes as op codes and arguments; zeros once exhausted.
-pub(crate) struct Bytes<'a> {
+pub struct Bytes<'a> {
     d: &'a [u8],
     i: usize,
 }
 
 impl<'a> Bytes<'a> {
-    pub(crate) fn new(d: &'a [u8]) -> Self {
+    pub fn new(d: &'a [u8]) -> Self {
         Self { d, i: 0 }
     }
-    pub(crate) fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.i >= self.d.len()
     }
-    pub(crate) fn u8(&mut self) -> u8 {
+    pub fn u8(&mut self) -> u8 {
         let b = self.d.get(self.i).copied().unwrap_or(0);
         self.i += 1;
         b
     }
-    pub(crate) fn u16(&mut self) -> u16 {
+    pub fn u16(&mut self) -> u16 {
         u16::from_be_bytes([self.u8(), self.u8()])
     }
-    pub(crate) fn take(&mut self, n: usize) -> &'a [u8] {
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
         let s = self.i.min(self.d.len());
         let e = (s + n).min(self.d.len());
         self.i = s + n;
@@ -414,7 +414,7 @@ impl<'a> Bytes<'a> {
 
 /// The default configuration's settings with QoS 1 commands, Register and Update
 /// messages, per-endpoint subscriptions and a mountpoint without the command suffix.
-pub(crate) fn core_settings() -> CoreSettings {
+pub fn core_settings() -> CoreSettings {
     let qos1 = |topic: &str| Translator {
         topic: topic.into(),
         qos: 1,
@@ -435,7 +435,7 @@ pub(crate) fn core_settings() -> CoreSettings {
 /// Retransmission span of an unacknowledged request (ACK_TIMEOUT 2 s · 1.5 ·
 /// (2^(MAX_RETRANSMIT+1) - 1)) plus EXCHANGE_LIFETIME after an empty ACK, rounded up:
 /// the longest a request the core sent can stay in flight without device traffic.
-pub(crate) const EXCHANGE_SPAN_MS: u64 = 247_000 + 93_000;
+pub const EXCHANGE_SPAN_MS: u64 = 247_000 + 93_000;
 
 const NAMES: &[&str] = &["dev-a", "dev-b", "dev-c", "urn:imei:1", "x", "dev-f"];
 const PEERS: u8 = 8;
@@ -446,7 +446,7 @@ fn peer(i: u8) -> SocketAddr {
 
 /// Builds a request from parts.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn request(
+pub fn request(
     con: bool,
     code: u8,
     mid: u16,
@@ -469,7 +469,7 @@ pub(crate) fn request(
 }
 
 /// Several shards sharing a directory, driven op by op from fuzz bytes.
-pub(crate) struct World {
+pub struct World {
     pub cores: Vec<ShardCore>,
     pub dir: Arc<Directory>,
     pub now: u64,
@@ -502,7 +502,7 @@ pub(crate) struct World {
 
 /// A command published to the core, and what came back for it.
 #[derive(Debug, Clone)]
-pub(crate) struct Cmd {
+pub struct Cmd {
     /// The endpoint name in the command topic.
     pub name: String,
     pub msg_type: Option<String>,
@@ -513,7 +513,7 @@ pub(crate) struct Cmd {
 
 /// A request the core sent to a device.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Sent {
+pub struct Sent {
     pub to: u8,
     pub mid: u16,
     pub token: [u8; 4],
@@ -552,7 +552,7 @@ fn parse_json(bytes: &[u8]) -> simd_json::OwnedValue {
 }
 
 impl World {
-    pub(crate) fn new(shards: usize) -> Self {
+    pub fn new(shards: usize) -> Self {
         let s = Arc::new(core_settings());
         let dir = Arc::new(Directory::new());
         let cores = (0..shards)
@@ -763,7 +763,7 @@ impl World {
 
     /// Publishes a command for endpoint `name` on shard `shard` (any shard: the
     /// core forwards it to the endpoint's).
-    pub(crate) fn command(
+    pub fn command(
         &mut self,
         shard: usize,
         id: u64,
@@ -804,7 +804,7 @@ impl World {
     }
 
     /// Commands without their final message yet.
-    pub(crate) fn open_commands(&self) -> Vec<u64> {
+    pub fn open_commands(&self) -> Vec<u64> {
         self.cmds
             .iter()
             .filter(|(_, c)| c.finals == 0)
@@ -813,7 +813,7 @@ impl World {
     }
 
     /// Checks that every command got exactly one final message.
-    pub(crate) fn check_all_final(&self, why: &str) {
+    pub fn check_all_final(&self, why: &str) {
         let broken_unanswered = self
             .cmds
             .values()
@@ -835,7 +835,7 @@ impl World {
     }
 
     /// Delivers a datagram from peer `p` and checks the reply.
-    pub(crate) fn datagram(&mut self, p: u8, bytes: &[u8]) {
+    pub fn datagram(&mut self, p: u8, bytes: &[u8]) {
         let shard = self.shard_of(p);
         let from = peer(p);
         let dups = self.cores[shard].stats().duplicates;
@@ -879,7 +879,7 @@ impl World {
     }
 
     /// Delivers cross-shard message `i` of the mailbox.
-    pub(crate) fn deliver(&mut self, i: usize) {
+    pub fn deliver(&mut self, i: usize) {
         if self.mailbox.is_empty() {
             return;
         }
@@ -918,7 +918,7 @@ impl World {
         }
     }
 
-    pub(crate) fn deliver_all(&mut self) {
+    pub fn deliver_all(&mut self) {
         let mut n = 0;
         while !self.mailbox.is_empty() {
             self.deliver(0);
@@ -928,7 +928,7 @@ impl World {
     }
 
     /// Fires timer `i` now, due or not.
-    pub(crate) fn fire(&mut self, i: usize) {
+    pub fn fire(&mut self, i: usize) {
         if self.timers.is_empty() {
             return;
         }
@@ -942,7 +942,7 @@ impl World {
     }
 
     /// Moves the clock forward, firing due timers in order.
-    pub(crate) fn advance(&mut self, ms: u64) {
+    pub fn advance(&mut self, ms: u64) {
         let target = self.now + ms;
         loop {
             let next = self
@@ -960,7 +960,7 @@ impl World {
     }
 
     /// Invariants that hold at every step.
-    pub(crate) fn check_always(&self) {
+    pub fn check_always(&self) {
         let total: usize = self.cores.iter().map(|c| c.endpoints().len()).sum();
         assert!(
             total <= self.names.len() * self.cores.len(),
@@ -1023,7 +1023,7 @@ impl World {
     }
 
     /// Invariants that hold when no shard message is in flight.
-    pub(crate) fn check_quiescent(&self) {
+    pub fn check_quiescent(&self) {
         assert!(self.mailbox.is_empty());
         let mut seen = HashSet::new();
         let mut filters = HashSet::new();
@@ -1288,12 +1288,12 @@ fn device_answer(r: &mut Bytes<'_>, s: &Sent) -> Vec<u8> {
 /// The second byte: bit 0 delivers cross-shard messages after every op; bit 7
 /// enables the device-management ops (commands, device answers, notifications),
 /// so inputs from before they existed replay as they did.
-pub(crate) fn core_endpoint(data: &[u8]) {
+pub fn core_endpoint(data: &[u8]) {
     run_core(data);
 }
 
 /// `core_endpoint`, returning the world it leaves (for tests that count).
-pub(crate) fn run_core(data: &[u8]) -> World {
+pub fn run_core(data: &[u8]) -> World {
     let mut r = Bytes::new(data);
     let shards = 1 + (r.u8() % 4) as usize;
     let mode = r.u8();
@@ -1535,7 +1535,7 @@ pub(crate) fn run_core(data: &[u8]) -> World {
 /// the half-open and session tables stay within their caps, every transmit goes
 /// to a peer that sent something, and a peer that has not completed the cookie
 /// exchange is never sent more bytes than it sent.
-pub(crate) fn dtls_records(data: &[u8]) {
+pub fn dtls_records(data: &[u8]) {
     use lwm2m_gateway::dtls::{DtlsServer, DtlsSettings, PskStore, PskTable};
     use std::collections::HashMap;
     use std::time::{Duration, Instant};

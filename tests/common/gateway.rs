@@ -251,7 +251,7 @@ impl Drop for GatewayProc {
 /// The API's `/metrics` once `ready` holds for it (shards copy their counters out at the
 /// end of each loop turn, which may come after a reply reached the test), or the last
 /// reading after 20 s.
-pub fn metrics_when(api: std::net::SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+pub fn metrics_when(api: SocketAddr, ready: impl Fn(&Exposition) -> bool) -> Exposition {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, text) = super::http::request(api, "GET", "/metrics", None, b"");

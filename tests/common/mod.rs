@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
-#![allow(dead_code)]
+// Helpers each test uses a part of, `pub` for the test files that include them.
+#![allow(dead_code, unreachable_pub)]
 
 pub mod coap;
 pub mod fleet;

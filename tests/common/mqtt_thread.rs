@@ -227,7 +227,7 @@ impl MqttHandle {
             self.shared.shutdown.store(true, Ordering::SeqCst);
         }
         self.shared.wake_now();
-        let deadline = std::time::Instant::now() + flush_timeout + Duration::from_secs(1);
+        let deadline = Instant::now() + flush_timeout + Duration::from_secs(1);
         let mut done = self.shared.done.lock();
         while !*done {
             if self

@@ -1,6 +1,7 @@
 //! Child processes for the interop tests: the npm LwM2M client and the PyPI MQTT
 //! application, started from `tests/interop/`, their stdout read line by line.
-#![allow(dead_code)]
+// Helpers each test uses a part of, `pub` for the test files that include them.
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
