@@ -1,6 +1,8 @@
 //! The `lwm2m-gateway` binary: configuration, logging, start, and shutdown on
 //! SIGINT/SIGTERM.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use lwm2m_gateway::cli::Cli;
 use lwm2m_gateway::engine::Gateway;
