@@ -3,6 +3,8 @@
 //! - the protocol core (`proto/`, the lwm2m-proto crate) stays sans-IO: no socket,
 //!   thread, channel or lock, and it never reads a clock (as a crate of its own it
 //!   cannot import the gateway's I/O modules at all);
+//! - the core's modules import each other without a circle (a machine never needs the
+//!   dispatcher that drives it);
 //! - `unsafe` code lives only in `netio/`, and the other crates forbid it;
 //! - no function is longer than 150 lines without a reason written beside it (a
 //!   comment line starting with `// Long:` right above it).
@@ -50,6 +52,65 @@ fn the_core_owns_no_socket_thread_channel_lock_or_clock() {
         "the core must stay sans-IO:\n{}",
         found.join("\n")
     );
+}
+
+#[test]
+fn the_cores_modules_import_each_other_without_a_circle() {
+    let dir = root().join("proto/src/lwm2m");
+    let module_of = |file: &Path| -> String {
+        let rel = file.strip_prefix(&dir).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        first.trim_end_matches(".rs").to_string()
+    };
+    let files: Vec<PathBuf> = rust_files(&dir)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "mod.rs") || f.parent() != Some(&*dir))
+        .collect();
+    let modules: std::collections::BTreeSet<String> = files.iter().map(|f| module_of(f)).collect();
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for f in &files {
+        let from = module_of(f);
+        let code: Vec<String> = non_test_code(f)
+            .iter()
+            .map(|l| l.split("//").next().unwrap_or("").to_string())
+            .collect();
+        let code = code.join("\n");
+        for m in &modules {
+            let named = [format!("super::{m}::"), format!("crate::lwm2m::{m}::")]
+                .iter()
+                .any(|p| code.contains(p.as_str()) && !f.starts_with(dir.join(m)))
+                || (m == "core" && code.contains("super::ShardCore") && from != "core");
+            if named && *m != from {
+                edges.entry(from.clone()).or_default().insert(m.clone());
+            }
+        }
+    }
+    // A circle is a module reachable from itself.
+    for start in &modules {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack: Vec<(String, Vec<String>)> = vec![(start.clone(), vec![start.clone()])];
+        while let Some((m, path)) = stack.pop() {
+            for next in edges.get(&m).into_iter().flatten() {
+                if next == start {
+                    panic!(
+                        "the core's modules import in a circle: {} -> {start}",
+                        path.join(" -> ")
+                    );
+                }
+                if seen.insert(next.clone()) {
+                    let mut p = path.clone();
+                    p.push(next.clone());
+                    stack.push((next.clone(), p));
+                }
+            }
+        }
+    }
 }
 
 #[test]

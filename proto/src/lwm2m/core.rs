@@ -443,6 +443,71 @@ impl ShardCore {
             }
         }
     }
+
+    // The input's transport: which identity it came with, and what it may do.
+
+    /// Runs `f` as the handling of an input with `identity` (None: plain CoAP):
+    /// identity checks use it and the datagrams written meanwhile are marked for
+    /// encryption.
+    pub(super) fn with_identity<R>(
+        &mut self,
+        identity: Option<Arc<PeerIdentity>>,
+        f: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        let secure = identity.is_some();
+        let prev = self.security.swap(identity);
+        let prev_secure = std::mem::replace(&mut self.out.secure_input, secure);
+        let r = f(self);
+        self.security.swap(prev);
+        self.out.secure_input = prev_secure;
+        r
+    }
+
+    /// The DTLS session of `peer` ended (idle, error, alert, or replaced by a new
+    /// handshake that may belong to another identity). A registration made over
+    /// DTLS at that address gets nothing until a session of an identity allowed to
+    /// act for it speaks for it again: its commands wait in its queue (TTL and
+    /// `max_queued` apply), `mheaders.ttl = 0` commands are refused.
+    pub(super) fn secure_session_closed(&mut self, _now: u64, peer: SocketAddr) {
+        let Some(slot) = self.table.find_peer(&peer) else {
+            return;
+        };
+        if let Some(ep) = self.table.get_mut(slot) {
+            if ep.secure && !ep.session_lost {
+                ep.session_lost = true;
+                self.stats.dtls_sessions_lost += 1;
+            }
+        }
+    }
+
+    /// True when the current registration of `name` (here or on another shard) was
+    /// made over DTLS.
+    pub(super) fn name_is_secure(&self, name: &str) -> bool {
+        self.cluster.name_is_secure(name)
+            || self
+                .table
+                .find_name(name)
+                .and_then(|s| self.table.get(s))
+                .is_some_and(|e| e.secure)
+    }
+
+    /// True when `peer` is the address of a registration made over DTLS.
+    pub(super) fn secure_peer(&self, peer: &SocketAddr) -> bool {
+        self.table
+            .find_peer(peer)
+            .and_then(|s| self.table.get(s))
+            .is_some_and(|e| e.secure)
+    }
+
+    /// May the current input's DTLS identity act for endpoint `name`?
+    pub(super) fn identity_may_act(
+        &self,
+        name: &str,
+        secure_registration: bool,
+    ) -> Result<(), String> {
+        self.security
+            .may_act(&self.settings, name, secure_registration)
+    }
 }
 
 pub(super) fn route_of<'a>(msg: &Message<'a>) -> Route<'a> {

@@ -30,6 +30,7 @@ pub mod stats;
 pub mod table;
 mod takeover;
 pub mod template;
+mod transfer;
 
 mod core;
 

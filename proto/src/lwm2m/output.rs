@@ -160,14 +160,8 @@ impl Outputs {
             .push((to, start as u32, self.buf.len() as u32, self.secure_input));
     }
 
-    /// Hands every queued datagram to `f` and clears them. For a shard without
-    /// DTLS; with DTLS use [`ShardCore::drain_datagrams`](super::ShardCore::drain_datagrams),
-    /// which says which datagrams must be encrypted.
-    pub fn drain_datagrams(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
-        self.drain_tagged(|to, _, b| f(to, b));
-    }
-
-    /// Like `drain_datagrams`, with whether each was written for a DTLS input.
+    /// Hands every queued datagram to `f` with whether it was written for a DTLS input,
+    /// and clears them.
     pub(super) fn drain_tagged(&mut self, mut f: impl FnMut(SocketAddr, bool, &[u8])) {
         for (to, s, e, secure) in self.datagrams.drain(..) {
             f(to, secure, &self.buf[s as usize..e as usize]);

@@ -81,7 +81,7 @@ pub struct Exchange {
     pub cmd: Command,
     pub auto: bool,
     /// A block-wise transfer (RFC 7959) this exchange is a step of.
-    pub block: Option<Box<super::dm::Transfer>>,
+    pub block: Option<Box<super::transfer::Transfer>>,
 }
 
 /// An observation the device accepted.

@@ -28,9 +28,7 @@
 use super::{write_request, Topic};
 use super::{DeviceManagement, Env};
 use crate::coap::{codes, opt, BlockOpt, Message, MessageWriter, MsgType};
-use crate::lwm2m::blockwise::{
-    count_limit, rebuild, size_of, szx_of, BlockLimit, Body, Charge, HeldBytes,
-};
+use crate::lwm2m::blockwise::{count_limit, rebuild, size_of, szx_of, BlockLimit, Body, HeldBytes};
 use crate::lwm2m::command::{Command, Op};
 use crate::lwm2m::cx::Cx;
 use crate::lwm2m::dm_json;
@@ -38,85 +36,11 @@ use crate::lwm2m::output::Timer;
 use crate::lwm2m::session::Exchange;
 use crate::lwm2m::settings::CoreSettings;
 use crate::lwm2m::table::EndpointTable;
+use crate::lwm2m::transfer::{Fetch2, Notify, Send1, Transfer};
 use std::net::SocketAddr;
 
 /// Times a Block2 fetch starts over because the representation changed (ETag).
 const MAX_ETAG_RESTARTS: u8 = 2;
-
-/// A block-wise transfer of one exchange (the gateway as CoAP client).
-#[derive(Debug)]
-pub struct Transfer {
-    /// Token of the first request; the final answer is reported under it.
-    orig_token: u32,
-    /// The whole request: Block1 blocks are cut from its payload, Block2
-    /// follow-ups repeat its options.
-    request: Vec<u8>,
-    /// The request's payload, counted while the transfer holds it.
-    charge: Charge,
-    send: Option<Send1>,
-    fetch: Option<Fetch2>,
-    /// Completes a notification (not a command).
-    notify: Option<Notify>,
-}
-
-/// The notification a Block2 fetch completes.
-#[derive(Debug, Clone, Copy)]
-struct Notify {
-    /// Its Observe value; None for the last notification of an observation,
-    /// which carries no Observe option (published without seqNum).
-    seq: Option<u32>,
-}
-
-impl Transfer {
-    fn new(held: &HeldBytes, orig_token: u32, request: Vec<u8>) -> Self {
-        let body = Message::parse(&request).map_or(0, |m| m.payload.len());
-        Self {
-            orig_token,
-            request,
-            charge: Charge::new(held, body),
-            send: None,
-            fetch: None,
-            notify: None,
-        }
-    }
-
-    /// Bytes this transfer holds: the request body and a response body
-    /// reassembled so far.
-    pub fn held(&self) -> usize {
-        self.charge.bytes() + self.fetch.as_ref().map_or(0, |f| f.body.len())
-    }
-}
-
-/// Sending the request body in Block1 blocks.
-#[derive(Debug)]
-struct Send1 {
-    /// Start of the block in flight within the body.
-    offset: usize,
-    szx: u8,
-}
-
-/// Fetching a response body in Block2 blocks.
-#[derive(Debug)]
-struct Fetch2 {
-    body: Body,
-    /// The first block's options except Block2/Size2 (Observe, Content-Format,
-    /// ETag...).
-    head: Vec<(u16, Vec<u8>)>,
-    szx: u8,
-    /// Times the fetch started over because the ETag changed.
-    restarts: u8,
-    /// Started over: the next block is block 0 of a new representation.
-    restarting: bool,
-}
-
-impl Fetch2 {
-    fn etag(&self) -> Option<&[u8]> {
-        self.head
-            .iter()
-            .find(|(n, _)| *n == opt::ETAG)
-            .map(|(_, v)| &v[..])
-    }
-}
 
 /// The options of `msg` a reassembled response keeps (all but Block2/Size2).
 fn head_of(msg: &Message<'_>) -> Vec<(u16, Vec<u8>)> {

@@ -35,7 +35,7 @@ use crate::objects::ObjectRegistry;
 use std::sync::Arc;
 
 mod block_client;
-pub(super) use block_client::{client_held, Transfer};
+pub(super) use block_client::client_held;
 mod commands;
 mod exchanges;
 mod notify;

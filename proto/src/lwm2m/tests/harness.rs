@@ -235,20 +235,8 @@ impl Harness {
     fn pump(&mut self) {
         loop {
             let mut msgs = Vec::new();
-            for (i, c) in self.cores.iter_mut().enumerate() {
-                let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
-                let (timers, auth) = (&mut self.timers, &mut self.auth);
-                c.drain(|o| match o {
-                    Output::Datagram { to, secure, bytes } => replies.push(Reply {
-                        to,
-                        bytes: bytes.to_vec(),
-                        secure,
-                    }),
-                    Output::Mqtt(m) => mqtt.push(m),
-                    Output::Timer { at, timer } => timers.push((at, i, timer)),
-                    Output::Auth { ticket, request } => auth.push((i, ticket, request)),
-                    Output::Shard { to, msg } => msgs.push((to, msg)),
-                });
+            for i in 0..self.cores.len() {
+                msgs.extend(self.collect(i));
             }
             if msgs.is_empty() {
                 return;
@@ -257,6 +245,44 @@ impl Harness {
                 self.cores[to as usize].handle(self.now, Input::Shard(m));
             }
         }
+    }
+
+    /// Takes what core `i` produced: replies, MQTT, timers and authentication requests
+    /// into the harness; its messages for other shards are returned.
+    fn collect(&mut self, i: usize) -> Vec<(u16, ShardMsg)> {
+        let mut msgs = Vec::new();
+        let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
+        let (timers, auth) = (&mut self.timers, &mut self.auth);
+        self.cores[i].drain(|o| match o {
+            Output::Datagram { to, secure, bytes } => replies.push(Reply {
+                to,
+                bytes: bytes.to_vec(),
+                secure,
+            }),
+            Output::Mqtt(m) => mqtt.push(m),
+            Output::Timer { at, timer } => timers.push((at, i, timer)),
+            Output::Auth { ticket, request } => auth.push((i, ticket, request)),
+            Output::Shard { to, msg } => msgs.push((to, msg)),
+        });
+        msgs
+    }
+
+    /// Delivers a datagram to `shard` like [`datagram`](Self::datagram), holding back
+    /// the messages it sends other shards (a mailbox that has not delivered yet): they
+    /// are returned, for the test to deliver (`message`), delay or lose.
+    pub(super) fn datagram_holding_mail(
+        &mut self,
+        shard: usize,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Vec<(u16, ShardMsg)> {
+        let data = Input::Datagram {
+            peer: from,
+            data: bytes,
+            identity: None,
+        };
+        self.cores[shard].handle(self.now, data);
+        self.collect(shard)
     }
 
     /// Publishes so far on topics ending with `suffix`, as (topic, JSON).

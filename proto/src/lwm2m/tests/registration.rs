@@ -681,8 +681,7 @@ fn an_old_registration_leaving_while_its_eviction_is_on_its_way_releases_its_own
     let old = register_with(&mut h, 0, "dev1", addr(1, 1), &[]).location();
     // The new registration on shard 1; its Evict for shard 0 is held back.
     let r = {
-        h.cores[1].handle_datagram(h.now, addr(2, 2), &Req::register("dev1", 1).bytes());
-        let evict = std::mem::take(&mut h.cores[1].out.to_shards);
+        let evict = h.datagram_holding_mail(1, addr(2, 2), &Req::register("dev1", 1).bytes());
         // Meanwhile the old registration de-registers on shard 0.
         let replies = h.exchange(
             0,
@@ -781,13 +780,16 @@ fn a_lost_takeover_is_asked_for_again_after_its_timeout() {
     let loc = register(&mut h, 0, "dev1", 1, 1);
     // The device moved; its Update lands on shard 1, whose Takeover gets lost.
     let update = Req::update(&loc, 2).bytes();
-    h.cores[1].handle_datagram(h.now, addr(9, 9), &update);
-    let lost = std::mem::take(&mut h.cores[1].out.to_shards);
+    let lost = h.datagram_holding_mail(1, addr(9, 9), &update);
     assert!(matches!(lost[..], [(0, ShardMsg::Takeover { .. })]));
     // Retransmissions meanwhile wait for the answer that will not come.
     h.advance(1_000);
-    assert!(h.exchange(1, addr(9, 9), &update).is_empty());
-    assert!(h.cores[1].out.to_shards.is_empty());
+    let asked_again = h.datagram_holding_mail(1, addr(9, 9), &update);
+    assert!(
+        h.replies.iter().all(|r| r.to != addr(9, 9)),
+        "nothing answered"
+    );
+    assert!(asked_again.is_empty());
     // After the timeout the next retransmission asks again, and gets its answer.
     h.advance(1_500);
     assert_eq!(h.cores[1].stats.takeover_timeouts, 1);
@@ -869,11 +871,19 @@ fn rate_limit_max_age_is_the_token_buckets_wait() {
     let dir = std::sync::Arc::new(crate::lwm2m::Directory::new());
     let mut core = crate::lwm2m::ShardCore::with_shards(0, 4, s, dir, 7);
     let send = |core: &mut crate::lwm2m::ShardCore, now: u64, ep: &str| {
-        core.handle_datagram(now, addr(1, 1), &Req::register(ep, now as u16).bytes());
+        let bytes = Req::register(ep, now as u16).bytes();
+        let data = crate::lwm2m::Input::Datagram {
+            peer: addr(1, 1),
+            data: &bytes,
+            identity: None,
+        };
+        core.handle(now, data);
         let mut out = Vec::new();
-        core.out.drain_datagrams(|_, b| out.push(b.to_vec()));
-        core.out.mqtt.clear();
-        core.out.timers.clear();
+        core.drain(|o| {
+            if let crate::lwm2m::Output::Datagram { bytes, .. } = o {
+                out.push(bytes.to_vec());
+            }
+        });
         let m = Message::parse(&out[0]).unwrap();
         (m.code, m.option_uint(opt::MAX_AGE))
     };
