@@ -8,6 +8,7 @@
 #   SCENARIOS="cmd echo" bench/run.sh # only some groups of scenarios: the summary is
 #                                     # printed, not saved (SAVE=1 saves it too)
 #   REG_DEVICES=100000 bench/run.sh   # a smaller registration storm
+#   GW=path RESULT=prefix bench/run.sh # another gateway binary; the summary also to prefix
 #
 # Scenarios that measure a peak offer more than the gateway can take and pass
 # --allow-failures to the loadgen; the others fail on any failed request.
@@ -63,7 +64,9 @@ command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
-GW=$ROOT/target/release/lwm2m-gateway
+# GW=path runs another gateway binary (bench/compare.sh: before and after a change, the
+# same loadgen driving both).
+GW=${GW:-$ROOT/target/release/lwm2m-gateway}
 LG=$ROOT/target/release/lwm2m-loadgen
 
 TMP=$(mktemp -d /tmp/lwm2m-bench.XXXXXX)
@@ -279,9 +282,15 @@ if [ "$SAVE" = 1 ]; then
     mkdir -p bench/results
     OUT=bench/results/$STAMP
 fi
+# RESULT=prefix writes the summary there too (.md and .json), saved or not.
+OUT_COPY=${RESULT:-}
 python3 bench/summarize.py "$TMP" "$OUT" "$((END - START))" \
     "SCENARIOS=${SCENARIOS:-all} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
     "$LOAD_START" "$LOAD_END"
+if [ -n "$OUT_COPY" ]; then
+    cp "$OUT.md" "$OUT_COPY.md"
+    cp "$OUT.json" "$OUT_COPY.json"
+fi
 if [ "$SAVE" = 1 ]; then
     echo "wrote $OUT.md and .json" >&2
 else
