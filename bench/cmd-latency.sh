@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 [ $# -gt 0 ] || set -- 2000 5000 15000
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins >&2
-GW=$ROOT/target/release/lwm2m-gateway
+# GW=path measures another gateway binary (before and after a change).
+GW=${GW:-$ROOT/target/release/lwm2m-gateway}
 LG=$ROOT/target/release/lwm2m-loadgen
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt-get install -y mosquitto >/dev/null
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
