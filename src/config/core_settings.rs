@@ -21,6 +21,8 @@ impl From<&Config> for CoreSettings {
             notify: t(&c.translators.notify),
             register: t(&c.translators.register),
             update: t(&c.translators.update),
+            send: t(&c.translators.send),
+            deregister: t(&c.translators.deregister),
             update_needs_object_list: c.update_msg_publish_condition
                 == UpdateCondition::ContainsObjectList,
             per_endpoint_subscriptions: c.mqtt.subscribe.resolve(&c.mqtt.server)

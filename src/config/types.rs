@@ -108,6 +108,10 @@ pub struct Translators {
     pub notify: Translator,
     pub register: Translator,
     pub update: Translator,
+    /// LwM2M 1.1 Send (`POST /dp`).
+    pub send: Translator,
+    /// The end of a registration; without its own table, the register translator's.
+    pub deregister: Translator,
 }
 
 impl Default for Translators {
@@ -118,19 +122,23 @@ impl Default for Translators {
             notify: Translator::new("up/notify"),
             register: Translator::new("up/resp"),
             update: Translator::new("up/update"),
+            send: Translator::new("up/send"),
+            deregister: Translator::new("up/resp"),
         }
     }
 }
 
 impl Translators {
     /// The translators by key name, in file order.
-    pub fn iter(&self) -> [(&'static str, &Translator); 5] {
+    pub fn iter(&self) -> [(&'static str, &Translator); 7] {
         [
             ("command", &self.command),
             ("response", &self.response),
             ("notify", &self.notify),
             ("register", &self.register),
             ("update", &self.update),
+            ("send", &self.send),
+            ("deregister", &self.deregister),
         ]
     }
 }
@@ -143,6 +151,8 @@ struct RawTranslators {
     notify: RawTranslator,
     register: RawTranslator,
     update: RawTranslator,
+    send: RawTranslator,
+    deregister: RawTranslator,
 }
 
 #[derive(Deserialize, Default)]
@@ -164,12 +174,15 @@ impl RawTranslator {
 impl From<RawTranslators> for Translators {
     fn from(r: RawTranslators) -> Self {
         let d = Translators::default();
+        let register = r.register.over(d.register);
         Translators {
             command: r.command.over(d.command),
             response: r.response.over(d.response),
             notify: r.notify.over(d.notify),
-            register: r.register.over(d.register),
+            deregister: r.deregister.over(register.clone()),
+            register,
             update: r.update.over(d.update),
+            send: r.send.over(d.send),
         }
     }
 }

@@ -294,6 +294,8 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
                         "notify" => &mut cfg.translators.notify,
                         "register" => &mut cfg.translators.register,
                         "update" => &mut cfg.translators.update,
+                        "send" => &mut cfg.translators.send,
+                        "deregister" => &mut cfg.translators.deregister,
                         _ => return Err(format!("translators.{name}: unknown translator")),
                     };
                     if let Some(q) = tv.get("qos").and_then(|q| q.as_u64()) {

@@ -80,12 +80,13 @@ impl Cluster {
         location: u64,
         secure: bool,
         mountpoint: &str,
-    ) -> Result<(), ClaimError> {
+    ) -> Result<bool, ClaimError> {
         let entry = DirEntry {
             shard: self.shard,
             location,
         };
-        match self.dir.claim(name, entry, secure)? {
+        let old = self.dir.claim(name, entry, secure)?;
+        match old {
             Some(old) if old.shard != self.shard => {
                 let evict = ShardMsg::Evict {
                     name: name.into(),
@@ -96,7 +97,7 @@ impl Cluster {
             }
             _ => {}
         }
-        Ok(())
+        Ok(old.is_some())
     }
 
     /// A new registration is in place: its command route (for a mountpoint not keyed by

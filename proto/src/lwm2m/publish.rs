@@ -1,5 +1,6 @@
 //! MQTT payloads for registrations: `{"msgType":"register"|"update","data":{...}}`
-//! exactly as the MQTT contract gives them.
+//! and the end of one, `{"msgType":"deregister",...}`, exactly as the MQTT contract
+//! gives them.
 
 use super::endpoint::Endpoint;
 use crate::json;
@@ -31,6 +32,39 @@ pub fn registration_json(msg_type: &str, ep: &Endpoint, out: &mut Vec<u8>) {
         }
         out.push(b']');
     }
+    out.extend_from_slice(b"}}");
+}
+
+/// Why a registration ended, as the `deregister` message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The device's De-register.
+    Deregister,
+    /// Its lifetime passed without an Update.
+    Expired,
+    /// Removed through the management API.
+    Kicked,
+    /// A new Register of the same name.
+    Replaced,
+}
+
+impl End {
+    pub fn reason(self) -> &'static str {
+        match self {
+            End::Deregister => "deregister",
+            End::Expired => "expired",
+            End::Kicked => "kicked",
+            End::Replaced => "replaced",
+        }
+    }
+}
+
+/// Writes `{"msgType":"deregister","data":{"ep":name,"reason":reason}}` into `out`.
+pub fn end_json(name: &str, reason: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"msgType\":\"deregister\",\"data\":{\"ep\":");
+    json::string(out, name);
+    out.extend_from_slice(b",\"reason\":");
+    json::string(out, reason);
     out.extend_from_slice(b"}}");
 }
 

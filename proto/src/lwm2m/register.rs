@@ -10,7 +10,7 @@ use super::core::{cx, dm_env, Removal, MAX_TOPIC_LEN};
 use super::directory::ClaimError;
 use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
 use super::output::{AuthRequest, MqttOut, Timer};
-use super::publish::{name_hash, registration_json};
+use super::publish::{end_json, name_hash, registration_json, End};
 use super::registration::{
     check_endpoint_name, parse_object_list, parse_params, BadRequest, ObjectList, Params,
 };
@@ -94,7 +94,8 @@ impl ShardCore {
         // The same name registered again replaces the old registration, wherever it
         // is: here, on another shard (the directory's answer to the claim below), or
         // both (when an Evict is still on its way).
-        if let Some(slot) = self.table.find_name(name) {
+        let replaced_here = self.table.find_name(name);
+        if let Some(slot) = replaced_here {
             let keep = self.table.get(slot).map(|e| *e.mountpoint == *mountpoint) == Some(true);
             self.stats.replaced += 1;
             self.remove_endpoint(
@@ -110,15 +111,24 @@ impl ShardCore {
         // DTLS one of the same name on another shard is refused here, before it
         // has any effect beyond the local copy it replaced (which the DTLS one
         // replaces too).
-        if let Err(ClaimError::Secure(_)) =
-            self.cluster
-                .claim(cx!(self), name, location, secure, &mountpoint)
+        let replaced_elsewhere = match self
+            .cluster
+            .claim(cx!(self), name, location, secure, &mountpoint)
         {
-            self.stats.forbidden += 1;
-            let e =
-                format!("endpoint {name:?} is registered over DTLS; plain CoAP may not replace it");
-            self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
-            return;
+            Ok(r) => r,
+            Err(ClaimError::Secure(_)) => {
+                self.stats.forbidden += 1;
+                let e = format!(
+                    "endpoint {name:?} is registered over DTLS; plain CoAP may not replace it"
+                );
+                self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
+                return;
+            }
+        };
+        if replaced_here.is_some() || replaced_elsewhere {
+            // Published here, before the register message and on its lane, even
+            // when another shard held the old registration.
+            self.publish_end(name, &mountpoint, End::Replaced);
         }
         let lifetime_s = self.settings.clamp_lifetime(params.lt);
         let ep = new_endpoint(
@@ -390,6 +400,16 @@ impl ShardCore {
             Removal::Replaced { .. } => "endpoint registered again",
         };
         self.dm.finish_session(cx!(self), &mut ep, reason);
+        // A replacement's end was published by the Register that replaced it.
+        let end = match why {
+            Removal::Deregistered => Some(End::Deregister),
+            Removal::Expired => Some(End::Expired),
+            Removal::Kicked => Some(End::Kicked),
+            Removal::Replaced { .. } => None,
+        };
+        if let Some(end) = end {
+            self.publish_end(&ep.name, &ep.mountpoint, end);
+        }
         // Replaced by a registration with the same mountpoint: that one owns the
         // route and the subscription now.
         let keep_sub = why
@@ -414,6 +434,24 @@ impl ShardCore {
         self.stats.published += 1;
         self.out.mqtt.push(MqttOut::Publish {
             lane: ep.lane,
+            topic,
+            payload,
+            qos: t.qos,
+        });
+    }
+
+    /// `{"msgType":"deregister","data":{"ep":..,"reason":..}}` on the deregister
+    /// translator under `mountpoint`, on the name's lane.
+    pub(super) fn publish_end(&mut self, name: &str, mountpoint: &str, end: End) {
+        let t = &self.settings.deregister;
+        let mut topic = String::with_capacity(mountpoint.len() + t.topic.len());
+        topic.push_str(mountpoint);
+        topic.push_str(&t.topic);
+        let mut payload = Vec::with_capacity(64 + name.len());
+        end_json(name, end.reason(), &mut payload);
+        self.stats.published += 1;
+        self.out.mqtt.push(MqttOut::Publish {
+            lane: name_hash(name),
             topic,
             payload,
             qos: t.qos,

@@ -20,6 +20,10 @@ pub struct CoreSettings {
     pub notify: Translator,
     pub register: Translator,
     pub update: Translator,
+    /// LwM2M 1.1 Send (`POST /dp`).
+    pub send: Translator,
+    /// The end of a registration (`{"msgType":"deregister",...}`).
+    pub deregister: Translator,
     /// Publish updates only when they carry an object list.
     pub update_needs_object_list: bool,
     /// Subscribe each endpoint's command topic (else one wildcard filter elsewhere).
@@ -105,6 +109,8 @@ impl CoreSettings {
             notify: t("up/notify"),
             register: t("up/resp"),
             update: t("up/update"),
+            send: t("up/send"),
+            deregister: t("up/resp"),
             update_needs_object_list: false,
             per_endpoint_subscriptions: false,
             exchange_lifetime_ms: 247_000,
@@ -166,6 +172,8 @@ impl CoreSettings {
             &self.notify,
             &self.register,
             &self.update,
+            &self.send,
+            &self.deregister,
         ]
         .iter()
         .map(|t| t.topic.len())

@@ -215,6 +215,13 @@ impl Harness {
         self.replies.split_off(n)
     }
 
+    /// The management API removes `name` through `shard`; whether it was there.
+    pub(super) fn kick(&mut self, shard: usize, name: &str) -> bool {
+        let found = self.cores[shard].kick(self.now, name);
+        self.pump();
+        found
+    }
+
     pub(super) fn advance(&mut self, ms: u64) {
         let target = self.now + ms;
         loop {

@@ -244,7 +244,28 @@ fn reregistration_replaces_on_same_and_other_shard() {
     );
     // Same mountpoint: the subscription is never dropped by the replacement.
     assert!(h.subscriptions().1.is_empty());
-    assert_eq!(h.published("up/resp").len(), 3);
+    let kinds: Vec<String> = h
+        .published("up/resp")
+        .iter()
+        .map(|(_, v)| {
+            let t = v["msgType"].as_str().unwrap().to_string();
+            match v["data"].get("reason").and_then(|r| r.as_str()) {
+                Some(r) => format!("{t}:{r}"),
+                None => t,
+            }
+        })
+        .collect();
+    // Each replacement's end comes before the register message that replaced it.
+    assert_eq!(
+        kinds,
+        [
+            "register",
+            "deregister:replaced",
+            "register",
+            "deregister:replaced",
+            "register"
+        ]
+    );
     let ok = h.one(1, addr(1, 3), &Req::update(&loc3, 2).bytes());
     assert_eq!(ok.code(), codes::CHANGED);
 }
@@ -555,7 +576,12 @@ fn admission_rate_and_capacity_answer_503_with_max_age() {
     let r = h.one(0, addr(1, 100), &Req::register("r0", 999).bytes());
     assert_eq!(r.code(), codes::CREATED);
     // Nothing was published for refused registrations.
-    assert_eq!(h.published("up/resp").len(), 16);
+    let registers = h
+        .published("up/resp")
+        .iter()
+        .filter(|(_, v)| v["msgType"].as_str() == Some("register"))
+        .count();
+    assert_eq!(registers, 16);
 }
 
 #[test]
@@ -927,4 +953,87 @@ fn an_update_with_an_object_list_refreshes_the_alternate_path() {
     let d = &h.published("up/update")[2].1["data"];
     assert_eq!(d["alternatePath"], "/");
     assert_eq!(d["objectList"], simd_json::json!(["/3/0"]));
+}
+
+/// The `deregister` messages published so far: (topic, ep, reason).
+fn ends(h: &Harness) -> Vec<(String, String, String)> {
+    h.published("")
+        .into_iter()
+        .filter(|(_, v)| v["msgType"].as_str() == Some("deregister"))
+        .map(|(t, v)| {
+            let d = &v["data"];
+            let s = |k: &str| d[k].as_str().unwrap().to_string();
+            (t, s("ep"), s("reason"))
+        })
+        .collect()
+}
+
+fn end(topic: &str, ep: &str, reason: &str) -> (String, String, String) {
+    (topic.into(), ep.into(), reason.into())
+}
+
+#[test]
+fn the_end_of_a_registration_is_published_with_its_reason() {
+    let mut h = Harness::new(1, settings());
+    // De-register: once, a retransmitted DELETE publishes nothing more.
+    let loc = register(&mut h, 0, "dev1", 1, 1);
+    let delete = Req::new(codes::DELETE, &format!("/rd/{loc}"), 2).bytes();
+    h.one(0, addr(1, 1), &delete);
+    h.one(0, addr(1, 1), &delete);
+    assert_eq!(ends(&h), [end("lwm2m/dev1/up/resp", "dev1", "deregister")]);
+    // Lifetime.
+    register(&mut h, 0, "dev2", 2, 1);
+    h.advance(300_000);
+    assert_eq!(ends(&h)[1], end("lwm2m/dev2/up/resp", "dev2", "expired"));
+    // The management API.
+    register(&mut h, 0, "dev3", 3, 1);
+    assert!(h.kick(0, "dev3"));
+    assert_eq!(ends(&h)[2], end("lwm2m/dev3/up/resp", "dev3", "kicked"));
+    assert_eq!(ends(&h).len(), 3);
+    // An Update that fails and a registration that never was end nothing.
+    let up = h.one(0, addr(1, 1), &Req::update(&loc, 9).bytes());
+    assert_eq!(up.code(), codes::NOT_FOUND);
+    assert!(!h.kick(0, "nobody"));
+    assert_eq!(ends(&h).len(), 3);
+}
+
+#[test]
+fn the_end_message_takes_the_deregister_translator() {
+    let mut s = settings();
+    s.deregister = crate::lwm2m::settings::Translator {
+        topic: "up/gone".into(),
+        qos: 1,
+    };
+    let mut h = Harness::new(2, s);
+    register(&mut h, 0, "dev1", 1, 1);
+    // Replaced from another shard: published by the new registration's shard,
+    // before its register message, on the same lane.
+    let mark = h.mark();
+    register(&mut h, 1, "dev1", 2, 1);
+    let since = h.published_since(mark);
+    let kinds: Vec<_> = since
+        .iter()
+        .map(|(t, v)| (t.as_str(), v["msgType"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("lwm2m/dev1/up/gone", "deregister"),
+            ("lwm2m/dev1/up/resp", "register")
+        ]
+    );
+    let lanes_qos: Vec<_> = h.mqtt[mark..]
+        .iter()
+        .filter_map(|m| match m {
+            crate::lwm2m::MqttOut::Publish { lane, qos, .. } => Some((*lane, *qos)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lanes_qos[0].0, lanes_qos[1].0, "one lane keeps the order");
+    assert_eq!(lanes_qos[0].1, 1);
+    assert_eq!(ends(&h), [end("lwm2m/dev1/up/gone", "dev1", "replaced")]);
+    // The Evict the old shard received publishes nothing more.
+    h.advance(1);
+    assert_eq!(ends(&h).len(), 1);
+    assert_eq!(h.endpoints(), 1);
 }
