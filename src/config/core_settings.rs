@@ -44,6 +44,8 @@ impl From<&Config> for CoreSettings {
             dtls_require_cn: c.listeners.dtls.values().any(|l| l.cafile.is_some()),
             // Set by the engine from the OS's randomness.
             location_key: [0; 2],
+            // Set by the engine from its clock.
+            clock_epoch_ms: 0,
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
             block_enable: c.blockwise.enable,

@@ -816,6 +816,9 @@ fn core_settings_defaults_are_the_default_configuration() {
         dtls_psk,
         dtls_require_cn,
         location_key,
+        send,
+        deregister,
+        clock_epoch_ms,
     } = CoreSettings::defaults();
     assert_eq!(lifetime_min_s, from.lifetime_min_s);
     assert_eq!(lifetime_max_s, from.lifetime_max_s);
@@ -853,4 +856,7 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert!(dtls_psk.is_none() && from.dtls_psk.is_none());
     assert_eq!(dtls_require_cn, from.dtls_require_cn);
     assert_eq!(location_key, from.location_key);
+    assert_eq!(send, from.send);
+    assert_eq!(deregister, from.deregister);
+    assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
 }

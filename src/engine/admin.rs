@@ -82,6 +82,7 @@ impl GatewayAdmin {
         s.auth = old.auth.clone();
         s.dtls_psk = old.dtls_psk.clone();
         s.location_key = old.location_key;
+        s.clock_epoch_ms = old.clock_epoch_ms;
         let s = Arc::new(s);
         *self.settings.lock() = s.clone();
         // Sent to all, then waited for: the answer to the PUT means the shards apply

@@ -93,6 +93,9 @@ impl Gateway {
             .map(|p| p as Arc<dyn crate::lwm2m::PskPolicy>);
         settings.location_key =
             os_random_key().map_err(|e| start_err("registration location key", e))?;
+        let clock = Clock::new();
+        let epoch_ms = clock_epoch_ms(&clock);
+        settings.clock_epoch_ms = epoch_ms;
         let settings = Arc::new(settings);
         let watcher = objects::spawn_watcher(
             registry.clone(),
@@ -142,8 +145,6 @@ impl Gateway {
         // on shard 0's connections; shard 0 hands each command to its endpoint's shard.
         let wildcard = (!settings.per_endpoint_subscriptions).then(|| command_wildcard(&settings));
 
-        let clock = Clock::new();
-        let epoch_ms = clock_epoch_ms(&clock);
         let seed = seed();
         let parts = Arc::new(Mutex::new(parts));
         let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();

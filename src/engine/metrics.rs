@@ -40,6 +40,7 @@ pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     write_commands(&sh, w);
     write_coap_client(&sh, w);
     write_blockwise(&sh, w);
+    write_sends(&sh, w);
     write_mailbox_backlog(&sh, w);
     write_dtls(&sh, w);
     write_routing(&sh, w);
@@ -496,6 +497,43 @@ fn write_blockwise(sh: &Shards<'_>, w: &mut Writer<'_>) {
             );
         }
     }
+}
+
+/// LwM2M Sends (`POST /dp`): accepted, their values, refused by reason, deferred.
+fn write_sends(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.core(
+        w,
+        Counter,
+        "lwm2m_sends_total",
+        "LwM2M Sends (POST /dp) answered 2.04 and published.",
+        |c| c.sends,
+    );
+    sh.core(
+        w,
+        Counter,
+        "lwm2m_sent_values_total",
+        "Values carried by the Sends published.",
+        |c| c.sent_values,
+    );
+    for (i, s) in sh.snaps.iter().enumerate() {
+        for r in crate::lwm2m::send::SendRefusal::ALL {
+            w.counter(
+                "lwm2m_sends_refused_total",
+                "Sends refused: no registration (4.04), identity not allowed (4.03), \
+                 content format (4.15), body that does not decode (4.00).",
+                &[("shard", &sh.labels[i]), ("reason", r.name())],
+                s.sends_refused[r.index()],
+            );
+        }
+    }
+    sh.core(
+        w,
+        Counter,
+        "lwm2m_sends_deferred_total",
+        "Sends left unanswered while their registration was taken over from another \
+         shard (the device retransmits them).",
+        |c| c.sends_deferred,
+    );
 }
 
 /// Cross-shard messages dropped, deferred and waiting for a full mailbox.

@@ -12,8 +12,16 @@ use crate::model::LwPath;
 /// `"O:I"`; untyped items also carry `"type":"untyped"`. Appends to `out`. Non-finite floats become
 /// `null`. Strings are escaped per JSON.
 pub fn write_content_json(items: &[ContentItem], out: &mut Vec<u8>) {
+    write_items(items.iter().map(|i| (i, None)), out);
+}
+
+/// The `content` array of items, each with its time when it has one.
+pub(crate) fn write_items<'a>(
+    items: impl Iterator<Item = (&'a ContentItem, Option<f64>)>,
+    out: &mut Vec<u8>,
+) {
     out.push(b'[');
-    for (i, item) in items.iter().enumerate() {
+    for (i, (item, time)) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -24,9 +32,22 @@ pub fn write_content_json(items: &[ContentItem], out: &mut Vec<u8>) {
         if matches!(item.value, Value::Untyped(_)) {
             out.extend_from_slice(b",\"type\":\"untyped\"");
         }
+        if let Some(t) = time {
+            out.extend_from_slice(b",\"time\":");
+            write_f64_compact(t, out);
+        }
         out.push(b'}');
     }
     out.push(b']');
+}
+
+/// A float as a JSON number, integral values without a fraction (`1700000000`).
+fn write_f64_compact(v: f64, out: &mut Vec<u8>) {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
+        write_i64(v as i64, out);
+    } else {
+        write_f64(v, out);
+    }
 }
 
 /// Appends `/3/0/1` (`/` for the root).

@@ -114,6 +114,68 @@ pub(crate) fn clip(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// One value of a Send (`POST /dp`), with the absolute time its record carried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentItem {
+    pub item: ContentItem,
+    /// Seconds since the Unix epoch.
+    pub time: Option<f64>,
+}
+
+/// SenML times below 2^28 are relative to the time of arrival (RFC 8428 §4.5.3).
+const RELATIVE_TIME_LIMIT: f64 = (1u64 << 28) as f64;
+
+/// Decodes the body of a LwM2M Send (SenML JSON, SenML CBOR or LwM2M CBOR; anything else
+/// is `UnsupportedFormat`), arriving at `arrival_s` (Unix seconds). Every value must name a
+/// resource or a resource instance; records keep their order; a relative SenML time is
+/// resolved against the arrival, an absolute one is passed as it is.
+pub fn decode_send(
+    format: Option<u16>,
+    payload: &[u8],
+    model: &dyn ObjectModel,
+    arrival_s: f64,
+) -> Result<Vec<SentItem>, DecodeError> {
+    let root = LwPath::ROOT;
+    let mut items = Vec::new();
+    let mut times = Vec::new();
+    match format {
+        Some(fmt_id::SENML_JSON) => {
+            senml_json::decode_records(payload, &root, model, &mut items, Some(&mut times))?
+        }
+        Some(fmt_id::SENML_CBOR) => {
+            senml_cbor::decode_records(payload, &root, model, &mut items, Some(&mut times))?
+        }
+        Some(fmt_id::LWM2M_CBOR) => lwm2m_cbor::decode(payload, &root, model, &mut items)?,
+        Some(other) => return Err(DecodeError::UnsupportedFormat(other)),
+        None => return Err(DecodeError::UnsupportedFormat(fmt_id::TEXT)),
+    }
+    if let Some(bad) = items.iter().find(|i| i.path.len() < 3) {
+        return Err(DecodeError::BadPath(bad.path.to_string()));
+    }
+    times.resize(items.len(), None);
+    let resolve = |t: f64| {
+        if t.is_finite() && t.abs() < RELATIVE_TIME_LIMIT {
+            arrival_s + t
+        } else {
+            t
+        }
+    };
+    Ok(items
+        .into_iter()
+        .zip(times)
+        .map(|(item, time)| SentItem {
+            item,
+            time: time.map(resolve),
+        })
+        .collect())
+}
+
+/// Renders a Send's values as the MQTT `content` array: as a read response's, with
+/// `"time"` (seconds, a JSON number) on the values whose record carried one.
+pub fn write_sent_json(items: &[SentItem], out: &mut Vec<u8>) {
+    json_out::write_items(items.iter().map(|s| (&s.item, s.time)), out);
+}
+
 /// Decode a device's payload (response to `req_path`, or a notification) by its Content-Format
 /// (`None` = no option: text/plain for a single resource per LwM2M, else TLV). Values are typed
 /// from the model where the path has a definition; formats that carry no type information (TLV,

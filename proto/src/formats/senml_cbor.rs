@@ -1,5 +1,6 @@
 //! SenML CBOR (112, RFC 8428 §6) with the LwM2M 1.1 conventions. Labels: -2 bn, -5 bv, 0 n,
-//! 2 v, 3 vs, 4 vb, 8 vd (byte string), and the text label "vlo" (object link). Times are ignored.
+//! 2 v, 3 vs, 4 vb, 8 vd (byte string), and the text label "vlo" (object link); times -3 bt and
+//! 6 t are read only for a Send (`decode_records`).
 //! Text labels of the JSON form (`"bn"`, `"n"`, `"v"`, ...) are accepted as well.
 
 use super::cbor::{self, Item};
@@ -11,7 +12,9 @@ use super::DecodeError;
 use crate::model::{LwPath, ObjectModel};
 
 pub(crate) const BN: i64 = -2;
+pub(crate) const BT: i64 = -3;
 pub(crate) const BV: i64 = -5;
+pub(crate) const T: i64 = 6;
 pub(crate) const N: i64 = 0;
 pub(crate) const V: i64 = 2;
 pub(crate) const VS: i64 = 3;
@@ -30,7 +33,9 @@ fn structure(reason: &'static str) -> DecodeError {
 #[derive(PartialEq)]
 enum Label {
     Bn,
+    Bt,
     Bv,
+    T,
     N,
     V,
     Vs,
@@ -45,7 +50,9 @@ fn label(k: &Item<'_>) -> Label {
         return match i as i64 {
             _ if i != (i as i64) as i128 => Label::Other,
             BN => Label::Bn,
+            BT => Label::Bt,
             BV => Label::Bv,
+            T => Label::T,
             N => Label::N,
             V => Label::V,
             VS => Label::Vs,
@@ -56,7 +63,9 @@ fn label(k: &Item<'_>) -> Label {
     }
     match k.as_text() {
         Some("bn") => Label::Bn,
+        Some("bt") => Label::Bt,
         Some("bv") => Label::Bv,
+        Some("t") => Label::T,
         Some("n") => Label::N,
         Some("v") => Label::V,
         Some("vs") => Label::Vs,
@@ -83,17 +92,40 @@ pub(crate) fn decode(
     model: &dyn ObjectModel,
     out: &mut Vec<ContentItem>,
 ) -> Result<(), DecodeError> {
+    decode_records(payload, req, model, out, None)
+}
+
+/// A CBOR number as f64 (a time).
+fn cbor_f64(v: &Item<'_>, what: &'static str) -> Result<f64, DecodeError> {
+    match cbor_number(v) {
+        Some(Value::Integer(i)) => Ok(i as f64),
+        Some(Value::Unsigned(u)) => Ok(u as f64),
+        Some(Value::Float(f)) => Ok(f),
+        _ => Err(structure(what)),
+    }
+}
+
+/// As [`decode`], and for each item its record's time (`bt` + `t`) in `times`.
+pub(crate) fn decode_records(
+    payload: &[u8],
+    req: &LwPath,
+    model: &dyn ObjectModel,
+    out: &mut Vec<ContentItem>,
+    mut times: Option<&mut Vec<Option<f64>>>,
+) -> Result<(), DecodeError> {
     let root = cbor::parse(payload)?;
     let Item::Array(records) = root.untagged() else {
         return Err(structure("the payload is not an array of records"));
     };
     let mut bn: &str = "";
     let mut bv: Option<f64> = None;
+    let mut bt: Option<f64> = None;
     for rec in records {
         let Item::Map(fields) = rec.untagged() else {
             return Err(structure("a record is not a map"));
         };
         let mut n: &str = "";
+        let mut t: Option<f64> = None;
         let mut val: Option<(Label, &Item<'_>)> = None;
         for (k, v) in fields {
             match label(k) {
@@ -107,6 +139,8 @@ pub(crate) fn decode(
                     }
                 }
                 Label::N => n = v.as_text().ok_or_else(|| structure("n is not text"))?,
+                Label::Bt => bt = Some(cbor_f64(v, "bt is not a number")?),
+                Label::T => t = Some(cbor_f64(v, "t is not a number")?),
                 Label::Other => {}
                 l => {
                     if val.is_none() {
@@ -156,6 +190,9 @@ pub(crate) fn decode(
         };
         let value = coerce(resource_kind(model, &path), raw);
         out.push(ContentItem { path, value });
+        if let Some(times) = times.as_deref_mut() {
+            times.push(super::value::record_time(bt, t));
+        }
     }
     Ok(())
 }

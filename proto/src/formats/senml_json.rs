@@ -1,7 +1,8 @@
 //! SenML JSON (110, RFC 8428) with the LwM2M 1.1 conventions: the path of a record is the
 //! concatenation of the base name (`bn`, which persists over the following records) and the name
 //! (`n`); values are `v` (number), `vs` (string), `vb` (boolean), `vd` (base64url data) and `vlo`
-//! (object link `"O:I"`). Times (`bt`, `t`) are ignored; a base value (`bv`) is added to `v`.
+//! (object link `"O:I"`). A base value (`bv`) is added to `v`. Times (`bt`, `t`) are read only
+//! for a Send (`decode_timed`).
 
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
@@ -99,6 +100,18 @@ pub(crate) fn decode(
     model: &dyn ObjectModel,
     out: &mut Vec<ContentItem>,
 ) -> Result<(), DecodeError> {
+    decode_records(payload, req, model, out, None)
+}
+
+/// As [`decode`], and for each item its record's time (`bt` + `t`; None when the record
+/// and the records before it carry neither) in `times`.
+pub(crate) fn decode_records(
+    payload: &[u8],
+    req: &LwPath,
+    model: &dyn ObjectModel,
+    out: &mut Vec<ContentItem>,
+    mut times: Option<&mut Vec<Option<f64>>>,
+) -> Result<(), DecodeError> {
     let mut scratch = payload.to_vec();
     let root = to_value(&mut scratch)?;
     let records = root
@@ -106,6 +119,7 @@ pub(crate) fn decode(
         .ok_or_else(|| structure("the payload is not an array of records"))?;
     let mut bn: &str = "";
     let mut bv: Option<f64> = None;
+    let mut bt: Option<f64> = None;
     for rec in records.iter() {
         let rec = rec
             .as_object()
@@ -120,6 +134,16 @@ pub(crate) fn decode(
                     .ok_or_else(|| structure("bv is not a number"))?,
             );
         }
+        if let Some(b) = field("bt") {
+            bt = Some(
+                b.cast_f64()
+                    .ok_or_else(|| structure("bt is not a number"))?,
+            );
+        }
+        let t = match field("t") {
+            Some(t) => Some(t.cast_f64().ok_or_else(|| structure("t is not a number"))?),
+            None => None,
+        };
         let n = match field("n") {
             Some(n) => n.as_str().ok_or_else(|| structure("n is not a string"))?,
             None => "",
@@ -165,6 +189,9 @@ pub(crate) fn decode(
         let path = join_name(bn, n, req)?;
         let value = coerce(resource_kind(model, &path), raw);
         out.push(ContentItem { path, value });
+        if let Some(times) = times.as_deref_mut() {
+            times.push(super::value::record_time(bt, t));
+        }
     }
     Ok(())
 }

@@ -31,6 +31,15 @@ pub struct ContentItem {
     pub value: Value,
 }
 
+/// A SenML record's time: base time plus time, None when neither was given (RFC 8428
+/// §4.5.3; whether it is relative is the caller's to resolve).
+pub(crate) fn record_time(bt: Option<f64>, t: Option<f64>) -> Option<f64> {
+    match (bt, t) {
+        (None, None) => None,
+        (b, t) => Some(b.unwrap_or(0.0) + t.unwrap_or(0.0)),
+    }
+}
+
 /// The defined type of the resource `path` points into (resource or resource instance).
 pub(crate) fn resource_kind(model: &dyn ObjectModel, path: &LwPath) -> Option<ResourceType> {
     match (path.object(), path.resource()) {

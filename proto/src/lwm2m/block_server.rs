@@ -291,9 +291,10 @@ fn clip(text: &str, n: usize) -> usize {
 }
 
 /// Where a block-wise request body may go: Ok(true) for a Register, Ok(false)
-/// for an Update of a registration the directory knows, else the code that
-/// refuses it at its first block.
-fn body_route(dir: &Directory, msg: &Message<'_>) -> Result<bool, u8> {
+/// for an Update of a registration the directory knows or a Send from the address
+/// of a registration here (`registered`), else the code that refuses it at its
+/// first block.
+fn body_route(dir: &Directory, registered: bool, msg: &Message<'_>) -> Result<bool, u8> {
     let mut segs = msg.option_values(opt::URI_PATH);
     match (segs.next(), segs.next(), segs.next()) {
         (Some(b"rd"), None, None) if msg.code == codes::POST => Ok(true),
@@ -304,6 +305,8 @@ fn body_route(dir: &Directory, msg: &Message<'_>) -> Result<bool, u8> {
             }
         }
         (Some(b"rd"), _, None) => Err(codes::METHOD_NOT_ALLOWED),
+        (Some(b"dp"), None, None) if msg.code == codes::POST && registered => Ok(false),
+        (Some(b"dp"), None, None) if msg.code != codes::POST => Err(codes::METHOD_NOT_ALLOWED),
         _ => Err(codes::NOT_FOUND),
     }
 }
@@ -362,7 +365,8 @@ impl BlockServer {
     }
 
     /// The Block1 option of a device's request (RFC 7959 §2.3). `wire_len` is the
-    /// datagram's length; `client_held` the bytes the device's commands' transfers hold;
+    /// datagram's length; `client_held` the bytes the device's commands' transfers hold
+    /// (None: no registration at `peer` on this shard);
     /// a new Register body takes a token of `admission`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn block1_request(
@@ -370,7 +374,7 @@ impl BlockServer {
         cx: &mut Cx<'_>,
         admission: &mut TokenBucket,
         dir: &Directory,
-        client_held: u64,
+        client_held: Option<u64>,
         peer: SocketAddr,
         msg: &Message<'_>,
         wire_len: usize,
@@ -414,7 +418,8 @@ impl BlockServer {
         let existing = self.partial.get(&key).map(|p| p.first_mid);
         if b.num == 0 && existing != Some(msg.mid) {
             // A new body (a restarted one replaces the old).
-            if !self.new_body(cx, admission, dir, peer, msg, &key) {
+            let route = body_route(dir, client_held.is_some(), msg);
+            if !self.new_body(cx, admission, route, peer, msg, &key) {
                 return Block1In::Answered;
             }
         }
@@ -462,7 +467,7 @@ impl BlockServer {
             self.refuse_body(cx, peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
             return Block1In::Answered;
         }
-        match self.cap_exceeded(cx.settings, client_held, peer, add as u64) {
+        match self.cap_exceeded(cx.settings, client_held.unwrap_or(0), peer, add as u64) {
             Some(BlockLimit::DeviceCap) => {
                 count_limit(cx.stats, BlockLimit::DeviceCap);
                 self.refuse_body(cx, peer, msg, &key, codes::REQUEST_ENTITY_TOO_LARGE);
@@ -537,20 +542,20 @@ impl BlockServer {
         Block1In::Complete(whole)
     }
 
-    /// Admits the first block of a new body: its route, `max_conn_rate` for a
+    /// Admits the first block of a new body: its route (`body_route`), `max_conn_rate` for a
     /// Register, the bound on partial bodies. False if it was refused (answered).
     fn new_body(
         &mut self,
         cx: &mut Cx<'_>,
         admission: &mut TokenBucket,
-        dir: &Directory,
+        route: Result<bool, u8>,
         peer: SocketAddr,
         msg: &Message<'_>,
         key: &Key,
     ) -> bool {
         let now = cx.now;
         self.remove(key);
-        let register = match body_route(dir, msg) {
+        let register = match route {
             Ok(r) => r,
             Err(code) => {
                 cx.stats.not_found += 1;

@@ -46,8 +46,10 @@ pub(super) struct Cluster {
     shard: u16,
     dir: Arc<Directory>,
     /// Locations whose takeover from another shard is in flight, with the time after
-    /// which a new request asks again.
-    pending_takeovers: hashbrown::HashMap<u64, u64>,
+    /// which a new request asks again and the address it was asked for.
+    pending_takeovers: hashbrown::HashMap<u64, (u64, SocketAddr)>,
+    /// The same takeovers by the address they were asked for.
+    takeover_peers: hashbrown::HashMap<SocketAddr, u64>,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             shard,
             dir,
             pending_takeovers: Default::default(),
+            takeover_peers: Default::default(),
         }
     }
 
@@ -164,9 +167,11 @@ impl Cluster {
         }
         let now = cx.now;
         let asked = self.pending_takeovers.get(&location);
-        if asked.is_none_or(|&until| now >= until) {
+        if asked.is_none_or(|&(until, _)| now >= until) {
             let until = now + TAKEOVER_TIMEOUT_MS;
-            self.pending_takeovers.insert(location, until);
+            self.forget_takeover(location);
+            self.pending_takeovers.insert(location, (until, peer));
+            self.takeover_peers.insert(peer, location);
             cx.out
                 .timers
                 .push((until, Timer::TakeoverTimeout { location }));
@@ -185,7 +190,22 @@ impl Cluster {
     /// The takeover of `location` was answered (adopted, answered from a cache, or
     /// missed).
     pub(super) fn takeover_answered(&mut self, location: u64) {
-        self.pending_takeovers.remove(&location);
+        self.forget_takeover(location);
+    }
+
+    fn forget_takeover(&mut self, location: u64) {
+        if let Some((_, peer)) = self.pending_takeovers.remove(&location) {
+            if self.takeover_peers.get(&peer) == Some(&location) {
+                self.takeover_peers.remove(&peer);
+            }
+        }
+    }
+
+    /// Whether a takeover this shard asked for on behalf of `peer` is in flight.
+    pub(super) fn awaits_takeover(&self, peer: SocketAddr) -> bool {
+        self.takeover_peers
+            .get(&peer)
+            .is_some_and(|l| self.pending_takeovers.contains_key(l))
     }
 
     /// The takeover timer of `location`: a takeover still unanswered is forgotten, so
@@ -194,9 +214,9 @@ impl Cluster {
         let due = self
             .pending_takeovers
             .get(&location)
-            .is_some_and(|&until| now >= until);
+            .is_some_and(|&(until, _)| now >= until);
         if due {
-            self.pending_takeovers.remove(&location);
+            self.forget_takeover(location);
         }
         due
     }

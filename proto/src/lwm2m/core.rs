@@ -112,6 +112,8 @@ pub(super) use cx;
 pub(super) enum Route<'a> {
     Register,
     Registration(&'a [u8]),
+    /// LwM2M 1.1 Send (`/dp`).
+    Send,
     Other,
 }
 
@@ -401,7 +403,10 @@ impl ShardCore {
         // Block1 bodies are reassembled first; the last block is the whole request.
         let whole: Vec<u8>;
         let parsed: Message<'_>;
-        let client_held = client_held(&self.table, self.table.find_peer(&peer));
+        let client_held = self
+            .table
+            .find_peer(&peer)
+            .map(|slot| client_held(&self.table, Some(slot)));
         let admission = self.regs.admission();
         let arrived = self.blocks.block1_request(
             cx!(self),
@@ -433,7 +438,8 @@ impl ShardCore {
             (codes::DELETE, Route::Registration(loc)) => {
                 self.on_registration(now, peer, msg, data, loc, false)
             }
-            (_, Route::Register | Route::Registration(_)) => {
+            (codes::POST, Route::Send) => self.on_send(now, peer, msg, data.len()),
+            (_, Route::Register | Route::Registration(_) | Route::Send) => {
                 self.stats.not_found += 1;
                 self.reply_error(peer, msg, codes::METHOD_NOT_ALLOWED, "", data.len());
             }
@@ -515,6 +521,7 @@ pub(super) fn route_of<'a>(msg: &Message<'a>) -> Route<'a> {
     match (segs.next(), segs.next(), segs.next()) {
         (Some(b"rd"), None, None) => Route::Register,
         (Some(b"rd"), Some(loc), None) => Route::Registration(loc),
+        (Some(b"dp"), None, None) => Route::Send,
         _ => Route::Other,
     }
 }

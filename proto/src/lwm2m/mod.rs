@@ -24,6 +24,7 @@ mod registrations;
 mod replies;
 pub mod routing;
 mod security;
+pub mod send;
 pub mod session;
 pub mod settings;
 pub mod stats;

@@ -111,20 +111,21 @@ impl ShardCore {
         // DTLS one of the same name on another shard is refused here, before it
         // has any effect beyond the local copy it replaced (which the DTLS one
         // replaces too).
-        let replaced_elsewhere = match self
-            .cluster
-            .claim(cx!(self), name, location, secure, &mountpoint)
-        {
-            Ok(r) => r,
-            Err(ClaimError::Secure(_)) => {
-                self.stats.forbidden += 1;
-                let e = format!(
-                    "endpoint {name:?} is registered over DTLS; plain CoAP may not replace it"
-                );
-                self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
-                return;
-            }
-        };
+        let replaced_elsewhere =
+            match self
+                .cluster
+                .claim(cx!(self), name, location, secure, &mountpoint)
+            {
+                Ok(r) => r,
+                Err(ClaimError::Secure(_)) => {
+                    self.stats.forbidden += 1;
+                    let e = format!(
+                        "endpoint {name:?} is registered over DTLS; plain CoAP may not replace it"
+                    );
+                    self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
+                    return;
+                }
+            };
         if replaced_here.is_some() || replaced_elsewhere {
             // Published here, before the register message and on its lane, even
             // when another shard held the old registration.

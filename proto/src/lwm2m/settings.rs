@@ -70,6 +70,10 @@ pub struct CoreSettings {
     /// `location::LocationCipher`). The engine draws it from the OS at start; tests pass a
     /// fixed one, so the core stays deterministic.
     pub location_key: [u64; 2],
+    /// Unix time (ms) of the shard clock's zero: turns `now` into wall-clock time (the
+    /// arrival of a Send, for its relative SenML times). Set by the engine at start;
+    /// tests pass a fixed one.
+    pub clock_epoch_ms: u64,
 }
 
 /// What `auto_observe` observes after a registration.
@@ -136,6 +140,7 @@ impl CoreSettings {
             dtls_psk: None,
             dtls_require_cn: false,
             location_key: [0; 2],
+            clock_epoch_ms: 0,
         }
     }
 

@@ -201,4 +201,14 @@ pub struct CoreStats {
     /// Block-wise limits hit, by `blockwise::BlockLimit::index` (max_body_size,
     /// device_cap, shard_cap, partials, rate).
     pub block_limits: [u64; 5],
+    /// LwM2M Sends (`POST /dp`) answered 2.04 and published.
+    pub sends: u64,
+    /// Values those Sends carried.
+    pub sent_values: u64,
+    /// Sends refused, by `send::SendRefusal::index` (not registered, forbidden,
+    /// unsupported format, malformed).
+    pub sends_refused: [u64; 4],
+    /// Sends left unanswered while their registration was being taken over from
+    /// another shard (the device retransmits them).
+    pub sends_deferred: u64,
 }

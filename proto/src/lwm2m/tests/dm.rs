@@ -1444,7 +1444,11 @@ fn waiting_commands_and_final_outcomes_are_counted() {
         .published_since(mark)
         .iter()
         .filter(|(t, v)| {
-            t.ends_with("up/resp") && !matches!(v["msgType"].as_str(), Some("register" | "update" | "deregister"))
+            t.ends_with("up/resp")
+                && !matches!(
+                    v["msgType"].as_str(),
+                    Some("register" | "update" | "deregister")
+                )
         })
         .count() as u64;
     let counted: u64 = h

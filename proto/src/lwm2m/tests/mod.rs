@@ -8,3 +8,4 @@ mod dm;
 mod dtls;
 mod harness;
 mod registration;
+mod send;
