@@ -119,8 +119,7 @@ fn send_and_ends(gw: &GatewayProc, mq: &mut MqttClient) {
     );
     // The shards copy their counters out between turns: wait for all of them.
     let m = gw.metrics_when(|m| {
-        m.sum("lwm2m_sends_total", &[]) >= 2.0
-            && m.sum("lwm2m_sends_refused_total", &[]) >= 3.0
+        m.sum("lwm2m_sends_total", &[]) >= 2.0 && m.sum("lwm2m_sends_refused_total", &[]) >= 3.0
     });
     assert_eq!(m.sum("lwm2m_sends_total", &[]), 2.0);
     assert_eq!(m.sum("lwm2m_sent_values_total", &[]), 3.0);

@@ -53,6 +53,11 @@ fn register_update_deregister_with_embedded_broker() {
     assert_eq!(json(&payload)["msgType"], "update");
 
     assert_eq!(f.deregister_all(WAIT).unwrap().ok, 1);
+    let (topic, payload) = mq.recv_publish(WAIT).expect("the end of the registration");
+    assert_eq!(topic, "lwm2m/e2e-a0/up/resp");
+    let v = json(&payload);
+    assert_eq!(v["msgType"], "deregister");
+    assert_eq!(v["data"]["reason"], "deregister");
 
     // Bad requests get 4.00 with a diagnostic and publish nothing.
     let sock = socket([127, 0, 0, 1], WAIT);

@@ -159,6 +159,8 @@ struct Sim {
     /// Publishes per (device, message ID) of the request that caused them.
     publishes: HashMap<(usize, u16), u32>,
     register_msgs: HashMap<String, u32>,
+    /// Messages saying a registration ended, per endpoint name.
+    end_msgs: HashMap<String, u32>,
     /// Per device: the message IDs the gateway saw, and the last one.
     seen_mids: HashMap<usize, (std::collections::HashSet<u16>, u16)>,
     /// Devices a duplicate of an older request reached after a newer request.
@@ -215,6 +217,7 @@ impl Sim {
             dup: 10,
             publishes: HashMap::new(),
             register_msgs: HashMap::new(),
+            end_msgs: HashMap::new(),
             seen_mids: HashMap::new(),
             stale_dups: std::collections::HashSet::new(),
             datagrams: 0,
@@ -547,6 +550,20 @@ impl Sim {
         self.pump(None);
     }
 
+    /// The end of a registration on MQTT: for its own endpoint, with a known reason.
+    fn end_message(&mut self, name: &str, payload: &[u8]) {
+        let mut b = payload.to_vec();
+        let v = simd_json::to_owned_value(&mut b).expect("deregister message is JSON");
+        use simd_json::prelude::*;
+        assert_eq!(v["data"]["ep"].as_str(), Some(name), "{v}");
+        let reason = v["data"]["reason"].as_str().unwrap_or("");
+        assert!(
+            matches!(reason, "deregister" | "expired" | "kicked" | "replaced"),
+            "{v}"
+        );
+        *self.end_msgs.entry(name.to_string()).or_default() += 1;
+    }
+
     /// A command message on MQTT: a final one is counted for its reqID (at most one).
     fn command_message(&mut self, name: &str, payload: &[u8]) {
         use simd_json::prelude::*;
@@ -621,6 +638,11 @@ impl Sim {
                     continue;
                 }
                 if let Some(n) = rest.strip_suffix("/up/resp") {
+                    // The end of a registration shares the topic too.
+                    if payload.starts_with(b"{\"msgType\":\"deregister\"") {
+                        self.end_message(n, &payload);
+                        continue;
+                    }
                     // Register messages and command messages share the topic.
                     if !payload.starts_with(b"{\"msgType\":\"register\"") {
                         self.command_message(n, &payload);
@@ -856,6 +878,16 @@ fn run(devices: usize, shards: usize, seed: u64) {
     sim.run_until(sim.now + 8_000_000);
     assert_eq!(sim.endpoints(), 0, "endpoints outlive their lifetime");
     assert_eq!(sim.dir.len(), 0, "directory keeps expired names");
+    // Every registration announced ended exactly once (replaced or expired).
+    for d in &sim.devices {
+        let regs = sim.register_msgs.get(&d.name).copied().unwrap_or(0);
+        let ends = sim.end_msgs.get(&d.name).copied().unwrap_or(0);
+        assert_eq!(
+            ends, regs,
+            "{}: {regs} register messages, {ends} ends",
+            d.name
+        );
+    }
 
     // Commands and their final messages outlive nothing either.
     for (id, c) in &sim.cmds {

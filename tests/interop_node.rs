@@ -70,7 +70,8 @@ impl App {
     fn response(&mut self, id: u64, node: &Proc) -> OwnedValue {
         let ep = self.ep.clone();
         let (_, v) = self.wait(&format!("answering reqID {id}"), node, |t, v| {
-            t == format!("lwm2m/{ep}/up/resp") && v["reqID"].as_u64() == Some(id)
+            t == format!("lwm2m/{ep}/up/resp")
+                && v.get("reqID").and_then(|r| r.as_u64()) == Some(id)
         });
         v
     }

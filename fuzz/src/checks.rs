@@ -483,6 +483,8 @@ pub struct World {
     pub subscribed: HashSet<(usize, String)>,
     /// Register and update messages published.
     pub publishes: u64,
+    /// Messages saying a registration ended (`deregister`).
+    pub ends: u64,
     pub last: Option<(u8, Vec<u8>)>,
     /// Commands published on MQTT, by reqID.
     pub cmds: BTreeMap<u64, Cmd>,
@@ -568,6 +570,7 @@ impl World {
             locations: Vec::new(),
             subscribed: HashSet::new(),
             publishes: 0,
+            ends: 0,
             last: None,
             cmds: BTreeMap::new(),
             next_req: 1,
@@ -710,6 +713,22 @@ impl World {
             // lwm2m/<name>/up/resp is also where register messages go.
             self.names.insert(n.to_string());
             return true;
+        }
+        if msg_type.as_deref() == Some("deregister") && id.is_none() {
+            // The end of a registration (also on the register topic): its endpoint and
+            // one of the four reasons.
+            let d = v.get("data").expect("deregister message without data");
+            assert_eq!(d.get("ep").and_then(|e| e.as_str()), Some(n), "{v}");
+            let reason = d.get("reason").and_then(|r| r.as_str());
+            assert!(
+                matches!(
+                    reason,
+                    Some("deregister" | "expired" | "kicked" | "replaced")
+                ),
+                "deregister message with an unknown reason: {v}"
+            );
+            self.ends += 1;
+            return false;
         }
         if msg_type.as_deref() == Some("ack") {
             // The device acknowledged; the response comes separately. Not final.
