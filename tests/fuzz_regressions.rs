@@ -7,6 +7,9 @@
 #[allow(unreachable_pub)]
 #[path = "../fuzz/src/checks.rs"]
 mod checks;
+#[allow(unreachable_pub)]
+#[path = "../fuzz/src/send.rs"]
+mod send;
 
 use base64::Engine as _;
 use lwm2m_gateway::formats::fmt_id;
@@ -435,4 +438,32 @@ fn core_stale_timers_after_return_to_the_same_slot() {
 #[test]
 fn core_subscription_home_race() {
     checks::core_endpoint(&b64("AWYBAQBBAQHc3Nzc3Nzc3Nzc3NzcAQAAICoQAAABAQAB/xwC3Nxw5HRo3Jzc/xwC3Nxw5HRo3Nzc3Nzc3AsG3Ny/v7+/v7+/v7+/3Nzc3Nw="));
+}
+
+#[test]
+fn send_from_files() {
+    replay_files("send", send::send);
+}
+
+/// Hand-made inputs of the Send target: each content format and refusal, whole and
+/// block-wise, and the shapes a hostile device may send.
+#[test]
+fn send_edges() {
+    let cases: &[&[u8]] = &[
+        b"",
+        b"\x00",
+        b"\x00[",
+        b"\x00[{\"n\":\"/3/0\",\"v\":1}]",
+        b"\x00[{\"bn\":\"/3/0/9/\",\"v\":1},{\"n\":\"x\",\"v\":2}]",
+        b"\x00[{\"n\":\"/3/0/9\",\"v\":1,\"bt\":1e308,\"t\":1e308}]",
+        b"\x01\x81\xa1\x02",
+        b"\x02\xa1\x03\xa1\x00\xa1\x09\x80",
+        b"\x03\xc1\x09\x57",
+        b"\x05[{\"n\":\"/3/0/9\",\"v\":1}]",
+        b"\x18[{\"n\":\"/3/0/9\",\"v\":87},{\"n\":\"/3/0/0\",\"vs\":\"M\"}]",
+        b"\x10[{\"n\":\"/3/0/9\",\"v\":87},{\"n\":\"/3/0/0\",\"vs\":\"M\"",
+    ];
+    for c in cases {
+        send::send(c);
+    }
 }

@@ -4,3 +4,6 @@
 
 #[path = "checks.rs"]
 pub mod checks;
+
+#[path = "send.rs"]
+pub mod send;
