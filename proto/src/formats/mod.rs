@@ -150,7 +150,10 @@ pub fn decode_send(
         None => return Err(DecodeError::UnsupportedFormat(fmt_id::TEXT)),
     }
     if let Some(bad) = items.iter().find(|i| i.path.len() < 3) {
-        return Err(DecodeError::BadPath(bad.path.to_string()));
+        return Err(DecodeError::BadValue {
+            path: bad.path.to_string(),
+            reason: "a value names a resource or a resource instance",
+        });
     }
     times.resize(items.len(), None);
     let resolve = |t: f64| {
