@@ -48,6 +48,18 @@ impl From<&Config> for CoreSettings {
             clock_epoch_ms: 0,
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
+            dtls_max_connections: c
+                .listeners
+                .dtls
+                .values()
+                .next()
+                .map_or(1_024_000, |l| l.max_connections),
+            dtls_max_conn_rate: c
+                .listeners
+                .dtls
+                .values()
+                .next()
+                .map_or(1000, |l| l.max_conn_rate),
             block_enable: c.blockwise.enable,
             block_szx: crate::lwm2m::blockwise::szx_of(c.blockwise.max_block_size as usize),
             max_body_size: c.blockwise.max_body_size,

@@ -804,6 +804,8 @@ fn core_settings_defaults_are_the_default_configuration() {
         auto_observe,
         max_connections,
         max_conn_rate,
+        dtls_max_connections,
+        dtls_max_conn_rate,
         block_enable,
         block_szx,
         max_body_size,
@@ -841,6 +843,8 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert_eq!(auto_observe, from.auto_observe);
     assert_eq!(max_connections, from.max_connections);
     assert_eq!(max_conn_rate, from.max_conn_rate);
+    assert_eq!(dtls_max_connections, from.dtls_max_connections);
+    assert_eq!(dtls_max_conn_rate, from.dtls_max_conn_rate);
     assert_eq!(block_enable, from.block_enable);
     assert_eq!(block_szx, from.block_szx);
     assert_eq!(max_body_size, from.max_body_size);
@@ -859,4 +863,20 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert_eq!(send, from.send);
     assert_eq!(deregister, from.deregister);
     assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
+}
+
+/// The core admits registrations over each listener by that listener's own limits.
+#[test]
+fn each_listeners_limits_reach_the_core() {
+    let c = parse(
+        "[listeners.udp.default]\nmax_connections = 10\nmax_conn_rate = 20\n\
+         [listeners.dtls.default]\nbind = 5784\npsk_file = \"psk.txt\"\n\
+         max_connections = 30\nmax_conn_rate = 40",
+    );
+    let s = crate::lwm2m::CoreSettings::from(&c);
+    assert_eq!(s.limits(false), (10, 20));
+    assert_eq!(s.limits(true), (30, 40));
+    // Without a DTLS listener, the defaults (nothing registers over DTLS then).
+    let s = crate::lwm2m::CoreSettings::from(&parse(""));
+    assert_eq!(s.limits(true), (1_024_000, 1000));
 }

@@ -127,9 +127,14 @@ impl Cluster {
         self.dir.by_location(location).is_none()
     }
 
-    /// Registered endpoints on every shard.
-    pub(super) fn registrations(&self) -> usize {
-        self.dir.len()
+    /// Registered endpoints on every shard made over DTLS (`secure`) or plain CoAP.
+    pub(super) fn registrations_over(&self, secure: bool) -> usize {
+        let dtls = self.dir.secure_len();
+        if secure {
+            dtls
+        } else {
+            self.dir.len().saturating_sub(dtls)
+        }
     }
 
     /// Whether `name` is registered on some shard.

@@ -407,7 +407,7 @@ impl ShardCore {
             .table
             .find_peer(&peer)
             .map(|slot| client_held(&self.table, Some(slot)));
-        let admission = self.regs.admission();
+        let admission = self.regs.admission(self.security.secure());
         let arrived = self.blocks.block1_request(
             cx!(self),
             admission,

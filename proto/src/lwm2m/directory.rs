@@ -7,7 +7,7 @@
 //! write to it, never an ordinary datagram.
 
 use hashbrown::DefaultHashBuilder;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// papaya maps with hashbrown's fast (foldhash) hasher instead of SipHash: keys
 /// are endpoint names and locations, and this map is on the registration path.
@@ -54,6 +54,9 @@ pub struct Directory {
     /// Set before the first DTLS registration is claimed: until then no name is
     /// secure, and the per-Register check for one costs no lookup.
     secure_seen: AtomicBool,
+    /// Names held by registrations made over DTLS (for the DTLS listener's
+    /// `max_connections`).
+    secure_names: AtomicUsize,
 }
 
 impl Default for Directory {
@@ -65,6 +68,7 @@ impl Default for Directory {
             sub_homes: HashMap::with_hasher(DefaultHashBuilder::default()),
             sub_key: std::collections::hash_map::RandomState::new(),
             secure_seen: AtomicBool::new(false),
+            secure_names: AtomicUsize::new(0),
         }
     }
 }
@@ -93,11 +97,20 @@ impl Directory {
             Some((_, h)) if h.secure && !secure => Operation::Abort(h.entry),
             _ => Operation::Insert(Held { entry, secure }),
         });
-        let previous = match result {
+        let (previous, was_secure) = match result {
             Compute::Aborted(e) => return Err(ClaimError::Secure(e)),
-            Compute::Updated { old, .. } => Some(old.1.entry),
-            _ => None,
+            Compute::Updated { old, .. } => (Some(old.1.entry), old.1.secure),
+            _ => (None, false),
         };
+        match (was_secure, secure) {
+            (false, true) => {
+                self.secure_names.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.secure_names.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         self.locations
             .pin()
             .insert(entry.location, (entry.shard, secure));
@@ -125,10 +138,16 @@ impl Directory {
     /// at this location (a newer registration of the same name elsewhere stays).
     pub fn release(&self, name: &str, location: u64) {
         self.locations.pin().remove(&location);
-        let _ = self
-            .names
-            .pin()
-            .remove_if(name, |_, h| h.entry.location == location);
+        let names = self.names.pin();
+        let removed = names.remove_if(name, |_, h| h.entry.location == location);
+        if matches!(removed, Ok(Some((_, h))) if h.secure) {
+            self.secure_names.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Names held by registrations made over DTLS.
+    pub fn secure_len(&self) -> usize {
+        self.secure_names.load(Ordering::Relaxed)
     }
 
     /// Forgets a location only (its name belongs to another registration).

@@ -220,18 +220,21 @@ impl ShardCore {
     /// Admission before allocation: the rate bucket for every Register, the
     /// capacity cap for names not registered yet. Err carries the Max-Age.
     pub(super) fn admit(&mut self, now: u64, name: &str) -> Result<(), u32> {
-        if let Err(wait_s) = self.regs.take_token(now) {
+        if let Err(wait_s) = self.regs.take_token(now, self.security.secure()) {
             self.stats.rate_limited += 1;
             return Err(wait_s);
         }
         self.admit_capacity(name)
     }
 
-    /// The `max_connections` cap for a name not registered yet. Err carries the Max-Age.
+    /// The `max_connections` cap of the listener the Register came through, for a
+    /// name not registered yet. Err carries the Max-Age.
     pub(super) fn admit_capacity(&mut self, name: &str) -> Result<(), u32> {
         // A name registered already replaces itself; the lookups are needed only
         // at the cap.
-        if self.cluster.registrations() as u64 >= self.settings.max_connections
+        let secure = self.security.secure();
+        let (max_connections, _) = self.settings.limits(secure);
+        if self.cluster.registrations_over(secure) as u64 >= max_connections
             && self.table.find_name(name).is_none()
             && !self.cluster.is_registered(name)
         {

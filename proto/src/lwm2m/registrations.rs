@@ -42,8 +42,10 @@ pub(super) enum NotHeld {
 }
 
 pub(super) struct Registrations {
-    /// The shard's share of `max_conn_rate`, and how many shards share it.
+    /// The shard's share of each listener's `max_conn_rate` (UDP, DTLS), and how many
+    /// shards share it.
     admission: TokenBucket,
+    dtls_admission: TokenBucket,
     shards: usize,
     /// Registrations numbered so far; a location is this number under `locations`.
     location_seq: u64,
@@ -58,7 +60,8 @@ pub(super) struct Registrations {
 impl Registrations {
     pub(super) fn new(settings: &CoreSettings, shards: usize) -> Self {
         Registrations {
-            admission: TokenBucket::new(share(settings, shards)),
+            admission: TokenBucket::new(share(settings, false, shards)),
+            dtls_admission: TokenBucket::new(share(settings, true, shards)),
             shards,
             location_seq: 0,
             locations: LocationCipher::new(settings.location_key),
@@ -68,21 +71,30 @@ impl Registrations {
         }
     }
 
-    /// The rate bucket (a block-wise Register body takes its token at its first block).
-    pub(super) fn admission(&mut self) -> &mut TokenBucket {
-        &mut self.admission
+    /// The rate bucket of the listener a Register came through (`secure`: DTLS); a
+    /// block-wise Register body takes its token at its first block.
+    pub(super) fn admission(&mut self, secure: bool) -> &mut TokenBucket {
+        if secure {
+            &mut self.dtls_admission
+        } else {
+            &mut self.admission
+        }
     }
 
     /// A new rate: the bucket starts afresh.
     pub(super) fn settings_changed(&mut self, old: &CoreSettings, new: &CoreSettings) {
         if new.max_conn_rate != old.max_conn_rate {
-            self.admission = TokenBucket::new(share(new, self.shards));
+            self.admission = TokenBucket::new(share(new, false, self.shards));
+        }
+        if new.dtls_max_conn_rate != old.dtls_max_conn_rate {
+            self.dtls_admission = TokenBucket::new(share(new, true, self.shards));
         }
     }
 
-    /// A token for a Register at `now`; Err carries the Max-Age of the 5.03.
-    pub(super) fn take_token(&mut self, now: u64) -> Result<(), u32> {
-        self.admission.take(now)
+    /// A token for a Register at `now` through the UDP or (`secure`) the DTLS listener;
+    /// Err carries the Max-Age of the 5.03.
+    pub(super) fn take_token(&mut self, now: u64, secure: bool) -> Result<(), u32> {
+        self.admission(secure).take(now)
     }
 
     /// A location for a new registration of shard `shard`: the number (shard,
@@ -158,7 +170,7 @@ impl Registrations {
     }
 }
 
-/// This shard's share of the listener's `max_conn_rate`.
-fn share(settings: &CoreSettings, shards: usize) -> f64 {
-    settings.max_conn_rate as f64 / shards.max(1) as f64
+/// This shard's share of a listener's `max_conn_rate` (`secure`: the DTLS listener's).
+fn share(settings: &CoreSettings, secure: bool, shards: usize) -> f64 {
+    settings.limits(secure).1 as f64 / shards.max(1) as f64
 }

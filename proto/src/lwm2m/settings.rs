@@ -42,10 +42,13 @@ pub struct CoreSettings {
     /// A held command older than this is answered with an expiry error (0: never).
     pub queue_ttl_ms: u64,
     pub auto_observe: AutoObserveSet,
-    /// Registered endpoints the listener admits (all shards together).
+    /// Registered endpoints the UDP listener admits (all shards together).
     pub max_connections: u64,
-    /// New registrations per second the listener admits (split over the shards).
+    /// New registrations per second the UDP listener admits (split over the shards).
     pub max_conn_rate: u64,
+    /// The same for registrations made over the DTLS listener.
+    pub dtls_max_connections: u64,
+    pub dtls_max_conn_rate: u64,
     /// Block-wise transfer (RFC 7959): on, block size exponent (size = 16 << szx),
     /// largest reassembled body, lifetime of a partial body without progress, and
     /// bytes partial transfers may hold per device and per shard.
@@ -128,6 +131,8 @@ impl CoreSettings {
             auto_observe: AutoObserveSet::Off,
             max_connections: 1_024_000,
             max_conn_rate: 1000,
+            dtls_max_connections: 1_024_000,
+            dtls_max_conn_rate: 1000,
             block_enable: true,
             block_szx: 6,
             max_body_size,
@@ -141,6 +146,16 @@ impl CoreSettings {
             dtls_require_cn: false,
             location_key: [0; 2],
             clock_epoch_ms: 0,
+        }
+    }
+
+    /// The listener's (`max_connections`, `max_conn_rate`): DTLS's for a registration
+    /// made over DTLS (`secure`), else UDP's.
+    pub fn limits(&self, secure: bool) -> (u64, u64) {
+        if secure {
+            (self.dtls_max_connections, self.dtls_max_conn_rate)
+        } else {
+            (self.max_connections, self.max_conn_rate)
         }
     }
 

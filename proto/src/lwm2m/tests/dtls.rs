@@ -374,3 +374,79 @@ fn a_register_held_for_authentication_keeps_its_dtls_identity() {
     let r = h.exchange(0, addr(9, 9), &Req::register("dev1", 2).bytes());
     assert_eq!(r[0].code(), codes::FORBIDDEN);
 }
+
+/// Each listener admits its own registrations: DTLS ones count against the DTLS
+/// listener's `max_connections` and `max_conn_rate`, plain ones against UDP's.
+#[test]
+fn each_listener_has_its_own_limits() {
+    let s = CoreSettings {
+        max_connections: 3,
+        dtls_max_connections: 2,
+        max_conn_rate: 0,
+        dtls_max_conn_rate: 0,
+        ..settings()
+    };
+    let mut h = Harness::new(2, s);
+    for i in 0..2u8 {
+        let name = format!("s{i}");
+        secure_register(
+            &mut h,
+            i as usize,
+            addr(1, 10 + i as u16),
+            &psk(&name),
+            &name,
+        );
+    }
+    assert_eq!(h.dir.secure_len(), 2);
+    // The DTLS listener is full (across both shards); UDP is not.
+    let r = h.secure(0, addr(1, 20), &psk("s2"), &Req::register("s2", 1).bytes());
+    assert_eq!(r[0].code(), codes::SERVICE_UNAVAILABLE);
+    for i in 0..3u16 {
+        let r = h.one(
+            1,
+            addr(2, 30 + i),
+            &Req::register(&format!("p{i}"), 1).bytes(),
+        );
+        assert_eq!(r.code(), codes::CREATED, "plain {i}");
+    }
+    let r = h.one(0, addr(2, 40), &Req::register("p3", 1).bytes());
+    assert_eq!(r.code(), codes::SERVICE_UNAVAILABLE);
+    // A DTLS registration re-registering itself is no new connection.
+    let r = h.secure(1, addr(1, 11), &psk("s1"), &Req::register("s1", 2).bytes());
+    assert_eq!(r[0].code(), codes::CREATED);
+    // One leaving makes room for another over DTLS only.
+    let loc = h
+        .dir
+        .by_name("s0")
+        .map(|e| Endpoint::location_str(e.location))
+        .unwrap();
+    let del = Req::new(codes::DELETE, &format!("/rd/{loc}"), 3).bytes();
+    let r = h.secure(0, addr(1, 10), &psk("s0"), &del);
+    assert_eq!(r[0].code(), codes::DELETED);
+    assert_eq!(h.dir.secure_len(), 1);
+    let r = h.secure(0, addr(1, 20), &psk("s2"), &Req::register("s2", 4).bytes());
+    assert_eq!(r[0].code(), codes::CREATED);
+    assert_eq!(h.dir.secure_len(), 2);
+    // Expiry releases them too.
+    h.advance(86_400_000);
+    assert_eq!(h.dir.secure_len(), 0);
+    assert!(h.dir.is_empty());
+}
+
+/// A listener's `max_conn_rate` bucket is its own.
+#[test]
+fn each_listener_has_its_own_registration_rate() {
+    let s = CoreSettings {
+        max_conn_rate: 1,
+        dtls_max_conn_rate: 1,
+        ..settings()
+    };
+    let mut h = Harness::new(1, s);
+    secure_register(&mut h, 0, addr(1, 10), &psk("s0"), "s0");
+    let r = h.secure(0, addr(1, 11), &psk("s1"), &Req::register("s1", 1).bytes());
+    assert_eq!(r[0].code(), codes::SERVICE_UNAVAILABLE, "DTLS bucket empty");
+    let r = h.one(0, addr(2, 10), &Req::register("p0", 1).bytes());
+    assert_eq!(r.code(), codes::CREATED, "the UDP bucket is untouched");
+    let r = h.one(0, addr(2, 11), &Req::register("p1", 1).bytes());
+    assert_eq!(r.code(), codes::SERVICE_UNAVAILABLE);
+}
