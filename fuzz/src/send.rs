@@ -60,6 +60,15 @@ fn post_dp(mid: u16, format: Option<u16>, block1: Option<u32>, body: &[u8]) -> V
     buf
 }
 
+/// The shipped object definitions, parsed once per process.
+fn registry() -> Arc<lwm2m_gateway::objects::ObjectRegistry> {
+    static REGISTRY: std::sync::OnceLock<Arc<lwm2m_gateway::objects::ObjectRegistry>> =
+        std::sync::OnceLock::new();
+    REGISTRY
+        .get_or_init(|| Arc::new(builtin_registry()))
+        .clone()
+}
+
 fn input(data: &[u8], peer: SocketAddr) -> Input<'_> {
     Input::Datagram {
         peer,
@@ -77,7 +86,7 @@ pub fn send(data: &[u8]) {
         ..CoreSettings::defaults()
     });
     let mut core = ShardCore::new(0, settings, Arc::new(Directory::new()), 1);
-    core.set_registry(Arc::new(builtin_registry()));
+    core.set_registry(registry());
     let now = 1_000;
     let mut reg = Vec::new();
     let mut w = MessageWriter::new(&mut reg, MsgType::Con, codes::POST, 1, &[1]);
