@@ -41,6 +41,7 @@ pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     write_coap_client(&sh, w);
     write_blockwise(&sh, w);
     write_sends(&sh, w);
+    write_shedding(&sh, w);
     write_mailbox_backlog(&sh, w);
     write_dtls(&sh, w);
     write_routing(&sh, w);
@@ -494,6 +495,29 @@ fn write_blockwise(sh: &Shards<'_>, w: &mut Writer<'_>) {
                 "Block-wise bodies refused, aborted or evicted, by the limit that did it.",
                 &[("shard", &sh.labels[i]), ("reason", l.name())],
                 s.block_limits[l.index()],
+            );
+        }
+    }
+}
+
+/// Shedding while the broker connections are congested.
+fn write_shedding(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    sh.core(
+        w,
+        Gauge,
+        "lwm2m_mqtt_congested",
+        "1 while the shard's broker connections hold over half of mqtt.buffer_messages \
+         (until below a quarter): new events are shed.",
+        |c| c.congested,
+    );
+    for (i, s) in sh.snaps.iter().enumerate() {
+        for x in crate::lwm2m::shed::Shed::ALL {
+            w.counter(
+                "lwm2m_shed_total",
+                "Inputs shed while congested: Registers, Updates and Sends answered 5.03, \
+                 notifications neither acknowledged nor published.",
+                &[("shard", &sh.labels[i]), ("what", x.name())],
+                s.shed[x.index()],
             );
         }
     }

@@ -48,6 +48,8 @@ pub(super) struct MqttSide {
     /// Shutting down: publish what is held until this time (ms), then disconnect.
     stop_at: Option<u64>,
     closed: bool,
+    /// Above the high watermark until below the low one (see [`MqttSide::congestion`]).
+    congested: bool,
 }
 
 impl MqttSide {
@@ -61,6 +63,7 @@ impl MqttSide {
             armed_at: u64::MAX,
             stop_at: None,
             closed: false,
+            congested: false,
         }
     }
 
@@ -148,6 +151,34 @@ impl MqttSide {
                 timers.insert(at, ShardTimer::Mqtt);
             }
         }
+    }
+
+    /// Whether the connections became congested (`Some(true)`: they hold half their
+    /// capacity) or stopped being so (`Some(false)`: below a quarter) since the last call.
+    /// The core sheds new events while congested, so the half above the high watermark
+    /// is room for what it acknowledged before and what it does not shed: nothing
+    /// acknowledged meets the overflow policy.
+    pub(super) fn congestion(&mut self) -> Option<bool> {
+        let (held, cap) = (self.client.held(), self.client.capacity());
+        let now = if self.congested {
+            held >= cap / 4
+        } else {
+            held >= cap / 2
+        };
+        if now == self.congested {
+            return None;
+        }
+        self.congested = now;
+        if now {
+            tracing::warn!(
+                held,
+                cap,
+                "MQTT congested: shedding new registrations, updates, sends and notifications"
+            );
+        } else {
+            tracing::info!(held, cap, "MQTT congestion cleared");
+        }
+        Some(now)
     }
 
     /// The `ShardTimer::Mqtt` fired (the turn's end runs the connections' timers).

@@ -426,6 +426,9 @@ impl ShardApp for UdpShard {
             self.mqtt.begin_stop(now_ms, MQTT_FLUSH_MS);
         }
         self.mqtt.turn(now_ms, timers);
+        if let Some(on) = self.mqtt.congestion() {
+            self.core.handle(now_ms, Input::MqttCongested(on));
+        }
         self.publish_counters(now_ms);
         // Unsent datagrams wait for the socket's writable event; a broker connection
         // with more to read is called again by the loop (its `on_io` said so).

@@ -219,6 +219,12 @@ impl MqttClient {
         self.conns.iter().all(|c| c.is_idle())
     }
 
+    /// The most publishes held at once (`mqtt.buffer_messages`); beyond it the overflow
+    /// policy drops.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     /// Publishes held: pending and in flight.
     pub fn held(&self) -> usize {
         self.conns.iter().map(|c| c.held()).sum()

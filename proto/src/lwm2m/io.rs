@@ -59,6 +59,11 @@ pub enum Input<'a> {
     Settings(Arc<CoreSettings>),
     /// New object definitions (the definitions were reloaded).
     Registry(Arc<ObjectRegistry>),
+    /// The shard's broker connections hold more than their high watermark (true) or
+    /// fell below their low one (false). While congested the core sheds what it would
+    /// otherwise acknowledge and publish (see `shed.rs`), so that nothing it
+    /// acknowledged is dropped for lack of room.
+    MqttCongested(bool),
 }
 
 /// What the core asks its driver to do.
@@ -107,6 +112,10 @@ impl ShardCore {
             Input::Undelivered(m) => self.dm.undelivered(cx!(self), m),
             Input::Settings(s) => self.apply_settings(s),
             Input::Registry(r) => self.dm.set_registry(r),
+            Input::MqttCongested(on) => {
+                self.out.congested = on;
+                self.stats.congested = on as u64;
+            }
         }
     }
 

@@ -27,6 +27,7 @@ mod security;
 pub mod send;
 pub mod session;
 pub mod settings;
+pub mod shed;
 pub mod stats;
 pub mod table;
 mod takeover;

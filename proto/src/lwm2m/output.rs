@@ -144,6 +144,9 @@ pub struct Outputs {
     /// Set while the core handles an input that arrived over DTLS: what it
     /// writes meanwhile (replies) must go back encrypted.
     pub(super) secure_input: bool,
+    /// The driver's broker connections are congested (`Input::MqttCongested`): shed
+    /// new events rather than acknowledge them.
+    pub(super) congested: bool,
     pub mqtt: Vec<MqttOut>,
     pub timers: Vec<(u64, Timer)>,
     pub to_shards: Vec<(u16, ShardMsg)>,

@@ -15,6 +15,7 @@ use super::registration::{
     check_endpoint_name, parse_object_list, parse_params, BadRequest, ObjectList, Params,
 };
 use super::registrations::{HeldRegister, NotHeld};
+use super::shed::{Shed, SHED_MAX_AGE_S};
 use super::template::{check_level_value, Placeholder, Vars};
 use super::ShardCore;
 use crate::coap::{codes, opt, Message};
@@ -61,6 +62,11 @@ impl ShardCore {
         if let Err(e) = allowed {
             self.stats.forbidden += 1;
             self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
+            return;
+        }
+        if self.out.congested {
+            self.stats.shed[Shed::Register.index()] += 1;
+            self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
             return;
         }
         if !authorized {
@@ -275,7 +281,10 @@ impl ShardCore {
             self.reply_error(peer, msg, codes::FORBIDDEN, &e, data.len());
             return;
         }
-        if is_update {
+        if is_update && self.out.congested {
+            self.stats.shed[Shed::Update.index()] += 1;
+            self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
+        } else if is_update {
             self.update(now, peer, slot, msg, data.len());
         } else {
             let reply = LastReply {

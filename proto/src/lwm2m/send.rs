@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 
 use super::core::{cx, dm_env};
 use super::output::MqttOut;
+use super::shed::{Shed, SHED_MAX_AGE_S};
 use super::ShardCore;
 use crate::coap::{codes, opt, Message};
 use crate::formats::{self, DecodeError};
@@ -73,6 +74,11 @@ impl ShardCore {
         };
         if let Err(e) = self.identity_may_act(&name, secure) {
             self.refuse_send(peer, msg, SendRefusal::Forbidden, &e, len);
+            return;
+        }
+        if self.out.congested {
+            self.stats.shed[Shed::Send.index()] += 1;
+            self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
             return;
         }
         let format = msg.option_uint(opt::CONTENT_FORMAT).map(|f| f as u16);

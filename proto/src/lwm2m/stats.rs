@@ -211,4 +211,9 @@ pub struct CoreStats {
     /// Sends left unanswered while their registration was being taken over from
     /// another shard (the device retransmits them).
     pub sends_deferred: u64,
+    /// Inputs shed while the broker connections were congested, by `shed::Shed::index`
+    /// (register, update, send, notification).
+    pub shed: [u64; 4],
+    /// 1 while the broker connections are congested (gauge).
+    pub congested: u64,
 }

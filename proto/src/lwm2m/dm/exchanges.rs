@@ -230,6 +230,12 @@ impl DeviceManagement {
             self.send_empty(cx, peer, MsgType::Rst, msg.mid);
             return;
         }
+        if exchange.is_none() && cx.out.congested {
+            // A notification while the broker connections are congested: not
+            // acknowledged (a CON one comes again), not published.
+            cx.stats.shed[crate::lwm2m::shed::Shed::Notification.index()] += 1;
+            return;
+        }
         self.touch(cx, env, slot);
         if msg.mtype == MsgType::Con {
             let dup = Self::session_mut(env.table, slot).seen_mid(msg.mid, now, lifetime);

@@ -215,6 +215,12 @@ impl Harness {
         self.replies.split_off(n)
     }
 
+    /// The driver says whether `shard`'s broker connections are congested.
+    pub(super) fn congested(&mut self, shard: usize, on: bool) {
+        self.cores[shard].handle(self.now, Input::MqttCongested(on));
+        self.pump();
+    }
+
     /// The management API removes `name` through `shard`; whether it was there.
     pub(super) fn kick(&mut self, shard: usize, name: &str) -> bool {
         let found = self.cores[shard].kick(self.now, name);

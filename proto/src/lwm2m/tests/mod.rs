@@ -9,3 +9,4 @@ mod dtls;
 mod harness;
 mod registration;
 mod send;
+mod shed;
