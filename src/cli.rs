@@ -33,6 +33,10 @@ pub struct Cli {
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Log format: text, or json (one object per line) (log.format)
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+
     /// Worker shards; 0 = one per core (engine.shards)
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
@@ -193,6 +197,9 @@ impl Cli {
 
     fn apply(&self, c: &mut Config) -> Result<Overrides, ConfigError> {
         let mut o = Overrides(Vec::new());
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
         if let Some(n) = self.shards {
             c.engine.shards = n;
             o.set("--shards", "engine.shards");

@@ -5,6 +5,7 @@
 
 use clap::Parser;
 use lwm2m_gateway::cli::Cli;
+use lwm2m_gateway::config::LogFormat;
 use lwm2m_gateway::engine::Gateway;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,11 +30,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cfg = match cli.load_config() {
         Ok(c) => c,
         Err(e) => {
@@ -41,6 +37,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
     match cli.config_file() {
         Some(path) => {
             let path = std::path::absolute(&path).unwrap_or(path);

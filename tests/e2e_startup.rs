@@ -307,3 +307,34 @@ fn a_healthy_gateway_logs_no_error() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
     assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
 }
+
+/// `--log-format json` (or `log.format = "json"`): every line on standard error is one
+/// JSON object with its time, level, target and message, from the first line on.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use simd_json::prelude::*;
+    let mut gw = GatewayProc::start_cli(&["--log-format", "json"], &[]);
+    assert_eq!(register(gw.udp, "json1"), codes::CREATED);
+    assert!(gw.stop().success());
+    let log = gw.log();
+    let mut messages = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v = common::json(line.as_bytes());
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(key).is_some(), "no {key} in {line}");
+        }
+        messages.push(v["message"].as_str().unwrap().to_string());
+    }
+    assert!(
+        messages.iter().any(|m| m == "configuration loaded"),
+        "{log}"
+    );
+    assert!(messages.iter().any(|m| m == "lwm2m-gateway ready"), "{log}");
+    // The same from the configuration file.
+    let mut gw = GatewayProc::start(Broker::Embedded, "[log]\nformat = \"json\"");
+    assert!(gw.stop().success());
+    assert!(gw
+        .log()
+        .lines()
+        .all(|l| l.trim().is_empty() || l.starts_with('{')));
+}

@@ -43,7 +43,7 @@ pub use error::ConfigError;
 pub use listeners::{DtlsListener, Listeners, UdpListener};
 pub use mqtt::{Mqtt, MqttProtocol, MqttServer, SubscribeMode};
 pub use secret::Secret;
-pub use tuning::{Api, Coap, Engine, QueueMode};
+pub use tuning::{Api, Coap, Engine, Log, LogFormat, QueueMode};
 pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};
 
 /// The shipped configuration file, every key at its default.
@@ -83,6 +83,7 @@ pub struct Config {
     pub api: Api,
     pub coap: Coap,
     pub queue: QueueMode,
+    pub log: Log,
 }
 
 impl Default for Config {
@@ -106,6 +107,7 @@ impl Default for Config {
             api: Api::default(),
             coap: Coap::default(),
             queue: QueueMode::default(),
+            log: Log::default(),
         }
     }
 }

@@ -112,3 +112,20 @@ impl Default for QueueMode {
         }
     }
 }
+
+/// `[log]`: how the gateway writes its log (to standard error).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+/// `log.format` (`--log-format`): human-readable lines, or one JSON object per line
+/// for log shippers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}

@@ -164,6 +164,13 @@ impl GatewayProc {
                     let addr = line[i + "lwm2m-gateway ready udp=".len()..].trim();
                     return addr.parse().expect("udp address in ready line");
                 }
+                // `--log-format json`: one object per line.
+                if line.starts_with('{') && line.contains("\"lwm2m-gateway ready\"") {
+                    let v = super::json(line.as_bytes());
+                    use simd_json::prelude::*;
+                    let addr = v["udp"].as_str().expect("udp in the ready object");
+                    return addr.parse().expect("udp address in ready object");
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
