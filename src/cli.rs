@@ -162,13 +162,22 @@ impl Cli {
     /// As [`Cli::load_config`], with `default_path` read when `--config` is
     /// not given (and the built-in defaults if it does not exist).
     pub fn load_config_with_default(&self, default_path: &Path) -> Result<Config, ConfigError> {
-        let mut config = match self.config_file_with_default(default_path) {
-            Some(path) => Config::read(&path)?,
-            None => Config::default(),
+        self.load_config_warned(default_path).map(|(c, _)| c)
+    }
+
+    /// As [`Cli::load_config_with_default`], with the warnings to log once logging
+    /// runs (see [`Config::read_warned`]).
+    pub fn load_config_warned(
+        &self,
+        default_path: &Path,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let (mut config, warnings) = match self.config_file_with_default(default_path) {
+            Some(path) => Config::read_warned(&path)?,
+            None => (Config::default(), Vec::new()),
         };
         let overrides = self.apply(&mut config)?;
         config.validate().map_err(|e| overrides.blame(e))?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// The log filter: `--log-level`, else `$RUST_LOG`, else `info` (the embedded broker at

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match cli.load_config() {
+    let default = std::path::Path::new(lwm2m_gateway::config::DEFAULT_PATH);
+    let (cfg, warnings) = match cli.load_config_warned(default) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lwm2m-gateway: configuration error: {e}");
@@ -45,6 +46,9 @@ fn main() -> ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
         LogFormat::Json => log.json().flatten_event(true).init(),
+    }
+    for w in &warnings {
+        tracing::warn!("configuration: {w}");
     }
     match cli.config_file() {
         Some(path) => {

@@ -338,3 +338,50 @@ fn json_logs_are_one_object_per_line() {
         .lines()
         .all(|l| l.trim().is_empty() || l.starts_with('{')));
 }
+
+/// EMQX's configuration as it is: the product description's `gateway.lwm2m` block in a
+/// `.conf` file starts the gateway unchanged; the log warns about the block's unknown
+/// mountpoint placeholder and about EMQX keys the gateway does not use.
+#[test]
+fn an_emqx_conf_file_starts_the_gateway() {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/seed/lwm2m-gateway.md"
+    ))
+    .expect("../shared/seed beside the repository");
+    let start = seed.find("gateway.lwm2m {").expect("the block");
+    let end = start + seed[start..].find("\n```").expect("its end");
+    let block = &seed[start..end];
+    let dir = tempfile::tempdir().unwrap();
+    // The block's xml_dir ("etc/lwm2m_xml/") is relative to the file.
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/etc"),
+        dir.path().join("etc"),
+    )
+    .unwrap();
+    let file = dir.path().join("emqx.conf");
+    let extra = "\ngateway.lwm2m.listeners.udp.default.udp_options { active_n = 100 }\n";
+    std::fs::write(&file, format!("{block}{extra}")).unwrap();
+    let mut args = own_ports();
+    args.extend(["--config".to_string(), file.display().to_string()]);
+    let mut gw = Started::spawn(Some(dir.path()), &args);
+    assert!(matches!(gw.outcome(), Outcome::Ready), "{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains("unknown placeholder ${endpoint_namea}"),
+        "{log}"
+    );
+    assert!(
+        log.contains("gateway.lwm2m.listeners.udp.default.udp_options: an EMQX key"),
+        "{log}"
+    );
+    assert!(log.contains("objects=66"), "{log}");
+    let udp = log
+        .lines()
+        .find_map(|l| l.split("lwm2m-gateway ready udp=").nth(1))
+        .expect("ready line")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(register(udp, "emqx1"), codes::CREATED);
+}

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod bind;
 mod core_settings;
 pub mod duration;
+mod emqx_conf;
 pub mod error;
 pub mod listeners;
 pub mod mqtt;
@@ -123,15 +124,62 @@ impl Config {
     /// Reads and parses the file at `path`, its relative paths made relative to the
     /// file's directory. Does not validate.
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_warned(path).map(|(c, _)| c)
+    }
+
+    /// As [`Config::read`], with warnings to log once logging runs: a file whose name
+    /// ends in `.conf` or `.hocon` is EMQX's HOCON (`gateway.lwm2m { ... }`), and the
+    /// EMQX keys the gateway does not use are named; any file's mountpoint placeholders
+    /// the gateway does not know are named too.
+    pub fn read_warned(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config = Config::from_toml_str(&text)?;
+        let hocon = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("conf" | "hocon")
+        );
+        let (mut config, mut warnings) = if hocon {
+            let (c, unused) = Config::from_hocon_str(&text)?;
+            let unused = unused
+                .into_iter()
+                .map(|k| format!("{k}: an EMQX key this gateway does not use (ignored)"));
+            (c, unused.collect())
+        } else {
+            (Config::from_toml_str(&text)?, Vec::new())
+        };
+        warnings.extend(config.placeholder_warnings());
         if let Some(dir) = path.parent() {
             config.resolve_paths(dir);
         }
-        Ok(config)
+        Ok((config, warnings))
+    }
+
+    /// EMQX's HOCON configuration (see `emqx_conf.rs`): the configuration and the EMQX
+    /// keys it holds that the gateway does not use.
+    pub fn from_hocon_str(s: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        emqx_conf::from_hocon_str(s)
+    }
+
+    /// Placeholders of the mountpoint the gateway does not know: they stay literal, which
+    /// is seldom what was meant (`${endpoint_namea}`).
+    pub fn placeholder_warnings(&self) -> Vec<String> {
+        const KNOWN: &[&str] = &["endpoint_name", "clientid", "username", "peerhost"];
+        let mut out = Vec::new();
+        let mut rest = self.mountpoint.as_str();
+        while let Some(i) = rest.find("${") {
+            let Some(j) = rest[i..].find('}') else { break };
+            let name = &rest[i + 2..i + j];
+            if !KNOWN.contains(&name) {
+                out.push(format!(
+                    "mountpoint: unknown placeholder ${{{name}}} stays literal (known: \
+                     ${{endpoint_name}}, ${{clientid}}, ${{username}}, ${{peerhost}})"
+                ));
+            }
+            rest = &rest[i + j + 1..];
+        }
+        out
     }
 
     /// Makes every relative path of the configuration relative to `dir`.

@@ -880,3 +880,136 @@ fn each_listeners_limits_reach_the_core() {
     let s = crate::lwm2m::CoreSettings::from(&parse(""));
     assert_eq!(s.limits(true), (1_024_000, 1000));
 }
+
+/// The `gateway.lwm2m { ... }` blocks of the product description (EMQX's documentation),
+/// verbatim.
+fn seed_blocks() -> Vec<String> {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/seed/lwm2m-gateway.md"
+    ))
+    .expect("../shared/seed/lwm2m-gateway.md beside the repository");
+    let mut blocks = Vec::new();
+    let mut rest = seed.as_str();
+    while let Some(i) = rest.find("gateway.lwm2m {") {
+        let end = rest[i..].find("\n```").expect("fenced block");
+        blocks.push(rest[i..i + end].to_string());
+        rest = &rest[i + end..];
+    }
+    blocks
+}
+
+#[test]
+fn emqx_hocon_blocks_of_the_seed_read_verbatim() {
+    let blocks = seed_blocks();
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    let (c, unused) = Config::from_hocon_str(&blocks[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(unused.is_empty(), "{unused:?}");
+    c.validate().unwrap();
+    assert_eq!(c.xml_dir, PathBuf::from("etc/lwm2m_xml/"));
+    assert_eq!(c.auto_observe, AutoObserve::All);
+    assert_eq!(c.mountpoint, "lwm2m/${endpoint_namea}/");
+    assert_eq!(
+        c.update_msg_publish_condition,
+        UpdateCondition::ContainsObjectList
+    );
+    assert_eq!(c.translators.notify.topic, "up/notify");
+    assert_eq!(c.udp_listener().bind, addr("0.0.0.0:5783"));
+    assert_eq!(c.udp_listener().max_connections, 1_024_000);
+    assert_eq!(c.qmode_time_window, Duration::from_secs(22));
+    // The seed's own typo is warned about.
+    let w = c.placeholder_warnings();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("${endpoint_namea}"), "{w:?}");
+    // The blocks in one file merge (HOCON): authentication and block-wise too.
+    let (c, _) = Config::from_hocon_str(&blocks.join("\n")).unwrap();
+    c.validate().unwrap();
+    let a = &c.authentication;
+    assert!(a.enable);
+    assert_eq!(a.url, "http://127.0.0.1:8080");
+    assert_eq!(a.method, HttpMethod::Post);
+    assert_eq!(a.pool_size, 8);
+    assert_eq!(
+        a.body.get("clientid").map(String::as_str),
+        Some("${clientid}")
+    );
+    assert_eq!(c.auto_observe, AutoObserve::All);
+}
+
+#[test]
+fn emqx_forms_own_tables_and_unused_keys() {
+    let text = r#"
+        node { name = "emqx@127.0.0.1" }
+        gateway.coap { mountpoint = "coap/" }
+        gateway.lwm2m {
+          enable = true
+          auto_observe = "/3/0,/3/0/1"
+          clientinfo_override { username = "${clientid}" }
+          listeners.udp.default {
+            bind = "5783"
+            max_conn_rate = 1000
+            access_rules = ["allow all"]
+            udp_options { active_n = 100 }
+          }
+          listeners.dtls.default {
+            bind = 5784
+            dtls_options {
+              certfile = "certs/cert.pem"
+              keyfile = "certs/key.pem"
+              cacertfile = "certs/cacert.pem"
+              verify = verify_none
+            }
+          }
+        }
+        mqtt { server = "mqtt://broker.example:1883" }
+        log { format = "json" }
+    "#;
+    let (c, unused) = Config::from_hocon_str(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.auto_observe,
+        AutoObserve::Paths(vec!["/3/0".into(), "/3/0/1".into()])
+    );
+    let d = &c.listeners.dtls["default"];
+    assert_eq!(d.certfile, Some(PathBuf::from("certs/cert.pem")));
+    assert_eq!(d.cafile, Some(PathBuf::from("certs/cacert.pem")));
+    assert_eq!(d.bind, addr("0.0.0.0:5784"));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(
+        matches!(c.mqtt.server, MqttServer::Tcp { .. }),
+        "{:?}",
+        c.mqtt.server
+    );
+    let mut unused = unused;
+    unused.sort();
+    assert_eq!(
+        unused,
+        [
+            "gateway.coap",
+            "gateway.lwm2m.clientinfo_override",
+            "gateway.lwm2m.listeners.dtls.default.dtls_options.verify",
+            "gateway.lwm2m.listeners.udp.default.access_rules",
+            "gateway.lwm2m.listeners.udp.default.udp_options",
+            "node",
+        ]
+    );
+    for (on, want) in [("\"on\"", AutoObserve::All), ("\"off\"", AutoObserve::Off)] {
+        let (c, _) =
+            Config::from_hocon_str(&format!("gateway.lwm2m {{ auto_observe = {on} }}")).unwrap();
+        assert_eq!(c.auto_observe, want);
+    }
+}
+
+#[test]
+fn emqx_hocon_errors_name_the_key() {
+    // A misspelt key is still an error.
+    let e = Config::from_hocon_str("gateway.lwm2m { lifetime_mx = \"10s\" }").unwrap_err();
+    assert!(e.to_string().contains("lifetime_mx"), "{e}");
+    let e = Config::from_hocon_str("gateway.lwm2m { listeners.udp.default.bnd = 1 }").unwrap_err();
+    assert!(e.to_string().contains("bnd"), "{e}");
+    let e = Config::from_hocon_str("gateway.lwm2m { enable = false }").unwrap_err();
+    assert_eq!(e.key(), Some("gateway.lwm2m.enable"), "{e}");
+    let e = Config::from_hocon_str("gateway.lwm2m { lifetime_min = \"soon\" }").unwrap_err();
+    assert!(e.to_string().contains("lifetime_min"), "{e}");
+    let e = Config::from_hocon_str("gateway.lwm2m { ").unwrap_err();
+    assert!(!e.to_string().is_empty());
+}
