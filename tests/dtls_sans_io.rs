@@ -66,8 +66,11 @@ struct Client {
     received: Vec<Vec<u8>>,
     out: VecDeque<Vec<u8>>,
     /// Changes each datagram the client sends (a client of another stack).
-    mangle: Option<Box<dyn FnMut(&mut [u8])>>,
+    mangle: Option<Mangle>,
 }
+
+/// Changes a datagram in place.
+type Mangle = Box<dyn FnMut(&mut [u8])>;
 
 impl Client {
     fn psk(identity: &str, key: &str, addr: SocketAddr, now: Instant) -> Self {
