@@ -982,11 +982,9 @@ fn a_client_hello_of_any_254_x_record_version_registers() {
         m.sum("lwm2m_dtls_handshakes_completed_total", &[]) >= 2.0
             && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
     });
-    // Each handshake's two ClientHellos (without and with the cookie).
-    assert_eq!(
-        m.sum("lwm2m_dtls_hello_versions_normalised_total", &[]),
-        4.0
-    );
+    // Each handshake's two ClientHellos (without and with the cookie), and any
+    // retransmission of them.
+    assert!(m.sum("lwm2m_dtls_hello_versions_normalised_total", &[]) >= 4.0);
     assert_eq!(m.sum("lwm2m_dtls_handshakes_started_total", &[]), 2.0);
 }
 
