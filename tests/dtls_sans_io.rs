@@ -65,7 +65,12 @@ struct Client {
     failed: bool,
     received: Vec<Vec<u8>>,
     out: VecDeque<Vec<u8>>,
+    /// Changes each datagram the client sends (a client of another stack).
+    mangle: Option<Mangle>,
 }
+
+/// Changes a datagram in place.
+type Mangle = Box<dyn FnMut(&mut [u8])>;
 
 impl Client {
     fn psk(identity: &str, key: &str, addr: SocketAddr, now: Instant) -> Self {
@@ -96,8 +101,25 @@ impl Client {
             failed: false,
             received: Vec::new(),
             out: VecDeque::new(),
+            mangle: None,
         };
         c.poll();
+        c
+    }
+
+    /// A PSK client whose datagrams pass through `mangle` from the first on.
+    fn psk_mangled(
+        identity: &str,
+        key: &str,
+        addr: SocketAddr,
+        now: Instant,
+        mut mangle: impl FnMut(&mut [u8]) + 'static,
+    ) -> Self {
+        let mut c = Self::psk(identity, key, addr, now);
+        for d in c.out.iter_mut() {
+            mangle(d);
+        }
+        c.mangle = Some(Box::new(mangle));
         c
     }
 
@@ -109,7 +131,13 @@ impl Client {
         let mut buf = vec![0u8; 4096];
         loop {
             match self.dtls.poll_output(&mut buf) {
-                Output::Packet(p) => self.out.push_back(p.to_vec()),
+                Output::Packet(p) => {
+                    let mut d = p.to_vec();
+                    if let Some(m) = &mut self.mangle {
+                        m(&mut d);
+                    }
+                    self.out.push_back(d);
+                }
                 Output::Timeout(t) => {
                     self.timeout = Some(t);
                     return;
@@ -839,6 +867,203 @@ fn junk_never_panics() {
     }
     while w.server.poll_transmit().is_some() {}
     assert!(w.server.half_open_count() <= 1024);
+}
+
+// ---- record-layer versions ----
+
+/// Calls `f` with the header and fragment of each record of `d` that fits.
+fn records(d: &mut [u8], mut f: impl FnMut(&mut [u8], &[u8])) {
+    let mut pos = 0;
+    while pos + 13 <= d.len() {
+        let len = u16::from_be_bytes([d[pos + 11], d[pos + 12]]) as usize;
+        let end = (pos + 13 + len).min(d.len());
+        let (head, rest) = d[pos..end].split_at_mut(13);
+        f(head, rest);
+        pos = end;
+    }
+}
+
+/// What mbedTLS 2.x does: every ClientHello record (the first and the one with
+/// the cookie) carries {254, `minor`}; the records after it carry DTLS 1.2.
+fn hello_version(minor: u8) -> impl FnMut(&mut [u8]) {
+    move |d: &mut [u8]| {
+        records(d, |h, frag| {
+            if h[0] == 22 && h[3..5] == [0, 0] && frag.first() == Some(&1) {
+                h[2] = minor;
+            }
+        })
+    }
+}
+
+/// Every record of every datagram with {254, `minor`}.
+fn every_record_version(minor: u8) -> impl FnMut(&mut [u8]) {
+    move |d: &mut [u8]| records(d, |h, _| h[2] = minor)
+}
+
+#[test]
+fn client_hello_with_any_254_x_record_version_is_answered() {
+    for minor in [0x00, 0x01, 0xfe] {
+        let mut w = World::new(settings());
+        let mut c = Client::psk_mangled("dev-1", KEY, addr(1), w.now, hello_version(minor));
+        assert_eq!(c.out[0][..3], [22, 0xfe, minor]);
+        assert!(w.connect(&mut c), "{minor:#04x}: {:?}", w.server.stats());
+        assert_eq!(
+            w.connected_events(c.addr),
+            vec![&PeerIdentity::Psk("dev-1".into())]
+        );
+        exchange(&mut w, &mut c);
+        let s = w.server.stats();
+        // A HelloVerifyRequest answered the first, the full handshake the second.
+        assert_eq!(s.handshakes_started, 1, "{s:?}");
+        assert_eq!(s.handshakes_verified, 1, "{s:?}");
+        assert_eq!(s.handshakes_completed, 1, "{s:?}");
+        assert_eq!(s.hello_versions_normalised, 2, "{s:?}");
+        assert_eq!(s.junk_dropped, 0, "{s:?}");
+    }
+}
+
+#[test]
+fn a_254_x_psk_client_hello_on_a_listener_with_certificates_too() {
+    // With a certificate, each instance starts as dimpl's auto-sensing server
+    // (its DTLS 1.3 parser reads the first ClientHello).
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), "cert-dev");
+    let mut st = cert_settings(dir.path(), true);
+    st.psk = Some(psk_store());
+    let mut w = World::new(st);
+    let mut c = Client::psk_mangled("dev-2", KEY, addr(1), w.now, hello_version(0));
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(
+        w.connected_events(c.addr),
+        vec![&PeerIdentity::Psk("dev-2".into())]
+    );
+    exchange(&mut w, &mut c);
+    assert_eq!(w.server.stats().hello_versions_normalised, 2);
+}
+
+#[test]
+fn a_254_x_client_hello_survives_loss_and_a_rehandshake() {
+    // The handshake of a 0xFE00 client with each datagram lost once.
+    let mut w = World::new(settings());
+    let mut c = Client::psk_mangled("dev-1", KEY, addr(1), w.now, hello_version(0));
+    assert!(w.connect(&mut c));
+    w.settle(&mut c, Duration::from_millis(1));
+    let [to_server, to_client] = w.sent;
+    for (dir, n) in [(Dir::ToServer, to_server), (Dir::ToClient, to_client)] {
+        for k in 0..n {
+            let mut w = World::new(settings());
+            let mut c = Client::psk_mangled("dev-1", KEY, addr(1), w.now, hello_version(0));
+            let ok = w.run(
+                &mut c,
+                Duration::from_secs(60),
+                &mut |d, i| d == dir && i == k,
+                &mut |w, c| c.connected && w.server.has_session(c.addr),
+            );
+            assert!(ok, "dropping datagram {k} {dir:?}: no session");
+            exchange(&mut w, &mut c);
+        }
+    }
+    // A device that reboots handshakes again beside its session and replaces it.
+    let mut c = Client::psk_mangled("dev-1", KEY, addr(1), w.now, hello_version(0));
+    assert!(w.connect(&mut c));
+    assert_eq!(w.server.stats().replaced, 1);
+    exchange(&mut w, &mut c);
+}
+
+#[test]
+fn only_client_hellos_get_the_lenient_version() {
+    // A client whose every record says 0xFE00: its ClientHellos are answered,
+    // the flight after ServerHelloDone is not: no session, the handshake times out.
+    let mut w = World::new(settings());
+    let mut c = Client::psk_mangled("dev-1", KEY, addr(1), w.now, every_record_version(0));
+    assert!(!w.connect(&mut c));
+    w.advance(Duration::from_secs(31));
+    let s = w.server.stats().clone();
+    assert!(!w.server.has_session(c.addr));
+    assert!(w.connected_events(c.addr).is_empty());
+    assert_eq!(
+        (s.handshakes_started, s.handshakes_verified),
+        (1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.handshakes_completed, 0, "{s:?}");
+    assert!(s.handshake_timeouts + s.handshakes_failed >= 1, "{s:?}");
+    assert_eq!(s.half_open, 0, "{s:?}");
+
+    // From an address without state, an epoch-0 record that is not a
+    // ClientHello, with 0xFE00: dropped as junk, no handshake.
+    let mut w = World::new(settings());
+    let mut hello = client_hello(w.now);
+    hello[1..3].copy_from_slice(&[0xfe, 0x00]);
+    let mut not_hello = hello.clone();
+    not_hello[13] = 16; // ClientKeyExchange
+    w.server.handle_datagram(w.now, addr(2), &not_hello);
+    // A ClientHello whose version is not {254, x} (TLS 1.2, and {253, 253}): junk.
+    for v in [[0x03, 0x03], [0xfd, 0xfd], [0xff, 0x00]] {
+        let mut h = hello.clone();
+        h[1..3].copy_from_slice(&v);
+        w.server.handle_datagram(w.now, addr(3), &h);
+    }
+    let s = w.server.stats();
+    assert_eq!(s.junk_dropped, 4, "{s:?}");
+    assert_eq!(s.handshakes_started, 0, "{s:?}");
+    assert_eq!(s.hello_versions_normalised, 0, "{s:?}");
+    assert!(w.server.poll_transmit().is_none());
+
+    // A ClientHello of 0xFE00 followed in its datagram by a 0xFE00 alert: the
+    // ClientHello is answered (HelloVerifyRequest), the alert is not taken.
+    let mut both = hello.clone();
+    both.extend_from_slice(&[21, 0xfe, 0x00, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40]);
+    w.server.handle_datagram(w.now, addr(4), &both);
+    let (to, hvr) = w.server.poll_transmit().expect("a HelloVerifyRequest");
+    assert_eq!((to, hvr[0], hvr[13]), (addr(4), 22, 3));
+    assert_eq!(w.server.half_open_count(), 1);
+    assert_eq!(w.server.stats().hello_versions_normalised, 1);
+    assert_eq!(w.server.stats().handshakes_failed, 0);
+}
+
+#[test]
+fn hostile_254_x_client_hellos_never_panic() {
+    let mut w = World::new(settings());
+    let mut hello = client_hello(w.now);
+    hello[2] = 0x00;
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..20_000u32 {
+        let mut d = hello.clone();
+        match i % 4 {
+            // The length field lies.
+            0 => d[11..13].copy_from_slice(&(rnd() as u16).to_be_bytes()),
+            // Truncated anywhere.
+            1 => d.truncate((rnd() as usize) % d.len()),
+            // Trailing records, whole or not.
+            2 => {
+                let tail = hello[..(rnd() as usize) % hello.len()].to_vec();
+                d.extend(tail);
+            }
+            // Bytes of the body changed.
+            _ => {
+                for _ in 0..4 {
+                    let at = 13 + (rnd() as usize) % (d.len() - 13);
+                    d[at] = rnd() as u8;
+                }
+            }
+        }
+        w.server.handle_datagram(w.now, addr(i % 64), &d);
+        if i % 1000 == 0 {
+            w.advance(Duration::from_secs(3));
+        }
+    }
+    while w.server.poll_transmit().is_some() {}
+    assert!(w.server.half_open_count() <= 1024);
+    let s = w.server.stats();
+    assert_eq!(s.datagrams_in, 20_000);
+    assert!(s.hello_versions_normalised > 0, "{s:?}");
 }
 
 // ---- certificate mode ----

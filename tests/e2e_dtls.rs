@@ -155,6 +155,9 @@ struct DtlsDevice {
     raw: Vec<Vec<u8>>,
     connected: bool,
     mid: u16,
+    /// The record version {254, x} its ClientHellos carry, as mbedTLS 2.x
+    /// sends them (dimpl's client sends DTLS 1.2).
+    hello_minor: Option<u8>,
 }
 
 impl DtlsDevice {
@@ -185,6 +188,7 @@ impl DtlsDevice {
             raw: Vec::new(),
             connected: false,
             mid: 1000,
+            hello_minor: None,
         }
     }
 
@@ -212,9 +216,19 @@ impl DtlsDevice {
         let mut buf = vec![0u8; 8192];
         loop {
             match self.dtls.poll_output(&mut buf) {
-                dimpl::Output::Packet(p) => {
-                    self.sock.send_to(p, self.gw).unwrap();
-                }
+                dimpl::Output::Packet(p) => match self.hello_minor {
+                    // An epoch-0 handshake record carrying a ClientHello.
+                    Some(minor)
+                        if p.len() > 13 && p[0] == 22 && p[3..5] == [0, 0] && p[13] == 1 =>
+                    {
+                        let mut p = p.to_vec();
+                        p[2] = minor;
+                        self.sock.send_to(&p, self.gw).unwrap();
+                    }
+                    _ => {
+                        self.sock.send_to(p, self.gw).unwrap();
+                    }
+                },
                 dimpl::Output::Connected => self.connected = true,
                 dimpl::Output::ApplicationData(d) => self.plain.push_back(d.to_vec()),
                 dimpl::Output::BufferTooSmall { needed } => buf.resize(needed, 0),
@@ -909,6 +923,69 @@ fn plain_coap_cannot_take_over_a_dtls_name() {
     // The DTLS registration is untouched.
     assert_eq!(dev.update(&location), codes::CHANGED);
     assert_eq!(app.next().1["msgType"], "update");
+}
+
+/// A device whose ClientHellos carry the record version 0xFE00 (Anjay's demo on
+/// Debian's mbedTLS 2.28 does) handshakes, registers and answers a read; a
+/// ClientHello of another major version is junk.
+#[test]
+fn a_client_hello_of_any_254_x_record_version_registers() {
+    let PskGateway { gw, dtls, _dir, .. } = start_psk(
+        &format!(
+            "mbed-dev:{}
+",
+            hex(KEY)
+        ),
+        "",
+    );
+    let mut app = App::new(&gw, "lwm2m/mbed-dev/up/#");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut dev = DtlsDevice::start_on(sock, dtls, "mbed-dev", KEY);
+    dev.hello_minor = Some(0x00);
+    let mut dev = dev.finish_handshake();
+    dev.register(&["ep=mbed-dev", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    let (t, v) = app.next();
+    assert_eq!(
+        (t.as_str(), v["msgType"].as_str()),
+        ("lwm2m/mbed-dev/up/resp", Some("register"))
+    );
+    let id = app.send("mbed-dev", "read", r#"{"path":"/3/0/0"}"#);
+    let r = dev.request();
+    assert_eq!((r.code, r.path.as_str()), (codes::GET, "/3/0/0"));
+    dev.reply(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"mbed");
+    let (_, v) = app.response();
+    assert_eq!(v["reqID"], id);
+    assert_eq!(v["msgType"], "read");
+    assert_eq!(v["data"]["content"][0]["value"], "mbed");
+    // {254, 0x01} too; a ClientHello with TLS's major version is dropped as junk.
+    let mut other = DtlsDevice::start_on(
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        dtls,
+        "mbed-dev",
+        KEY,
+    );
+    other.hello_minor = Some(0x01);
+    let _other = other.finish_handshake();
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut tls = DtlsDevice::start_on(UdpSocket::bind("127.0.0.1:0").unwrap(), dtls, "x", KEY);
+    let mut buf = vec![0u8; 4096];
+    let mut hello = loop {
+        match tls.dtls.poll_output(&mut buf) {
+            dimpl::Output::Packet(p) => break p.to_vec(),
+            dimpl::Output::Timeout(_) => panic!("no ClientHello"),
+            _ => {}
+        }
+    };
+    hello[1..3].copy_from_slice(&[0x03, 0x03]);
+    raw.send_to(&hello, dtls).unwrap();
+    let m = wait_metrics(&gw, "two handshakes and the junk", |m| {
+        m.sum("lwm2m_dtls_handshakes_completed_total", &[]) >= 2.0
+            && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
+    });
+    // Each handshake's two ClientHellos (without and with the cookie), and any
+    // retransmission of them.
+    assert!(m.sum("lwm2m_dtls_hello_versions_normalised_total", &[]) >= 4.0);
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_started_total", &[]), 2.0);
 }
 
 /// Datagrams up to `engine.max_datagram` pass over DTLS (a long Register payload

@@ -374,6 +374,12 @@ fn dtls_records() {
     checks::dtls_records(&[0, 0, 4, 0x16, 0xfe, 0xfd, 0, 1]);
     // A real ClientHello from a PSK client, then junk from the same peer.
     checks::dtls_records(&client_hello_input());
+    // The same ClientHellos with the record version mbedTLS 2.x sends (0xFE00).
+    let mut fe00 = client_hello_input();
+    let len = u16::from_be_bytes([fe00[1], fe00[2]]) as usize;
+    fe00[5] = 0x00;
+    fe00[3 + len + 1 + 5] = 0x00;
+    checks::dtls_records(&fe00);
     replay_files("dtls_records", checks::dtls_records);
 }
 

@@ -1553,7 +1553,9 @@ pub fn run_core(data: &[u8]) -> World {
 /// sequence of `[peer][len][bytes...][time step]` records. Invariants: no panic,
 /// the half-open and session tables stay within their caps, every transmit goes
 /// to a peer that sent something, and a peer that has not completed the cookie
-/// exchange is never sent more bytes than it sent.
+/// exchange is never sent more bytes than it sent. The seeds hold ClientHellos with
+/// the record versions 0xFEFD and 0xFE00 (mbedTLS 2.x; the server takes any {254, x}
+/// on a ClientHello record and nowhere else).
 pub fn dtls_records(data: &[u8]) {
     use lwm2m_gateway::dtls::{DtlsServer, DtlsSettings, PskStore, PskTable};
     use std::collections::HashMap;

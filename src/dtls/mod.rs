@@ -45,6 +45,9 @@
 //!   new handshake beside it; the old session is replaced only when the new
 //!   handshake completes ([`CloseReason::Replaced`]), so a spoofed
 //!   ClientHello cannot end a live session.
+//! - A ClientHello record may carry any {254, x} version (RFC 5246 E.1 by way of
+//!   RFC 6347 §4; mbedTLS 2.x sends 0xFE00): it reaches dimpl, which takes only
+//!   0xFEFF and 0xFEFD, as 0xFEFF. Every other record keeps dimpl's check.
 //! - Any error from dimpl ends that instance only. No network input can make
 //!   the server panic.
 //!

@@ -8,7 +8,8 @@
 //!
 //! | first record            | goes to                                             |
 //! |-------------------------|-----------------------------------------------------|
-//! | epoch-0 ClientHello     | the handshake (created if caps allow)               |
+//! | epoch-0 ClientHello     | the handshake (created if caps allow); a record     |
+//! |                         | version {254, x} other than 1.0/1.2 becomes 1.0     |
 //! | other epoch 0           | the handshake, else the session, else dropped       |
 //! | epoch ≥ 1 (encrypted)   | the session; if it yields nothing and a *verified*  |
 //! |                         | handshake exists, the handshake (its Finished)      |
@@ -28,7 +29,9 @@ use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
 use super::failure_log::FailureLog;
-use super::session::{classify, Fatal, Kind, RecordingResolver, Session, SessionOutput, Sink};
+use super::session::{
+    classify, normalise_client_hello, Fatal, Kind, RecordingResolver, Session, SessionOutput, Sink,
+};
 use super::{CloseReason, DtlsError, DtlsEvent, DtlsSettings, DtlsStats};
 
 /// Default lifetime of a handshake whose cookie has not come back.
@@ -187,6 +190,13 @@ impl DtlsServer {
         match classify(data) {
             Kind::Junk => self.stats.junk_dropped += 1,
             Kind::ClientHello => {
+                // Any {254, x} record version, as RFC 5246 E.1 has it (see
+                // `normalise_client_hello`); every other record stays strict.
+                let normalised = normalise_client_hello(data);
+                if normalised.is_some() {
+                    self.stats.hello_versions_normalised += 1;
+                }
+                let data = normalised.as_deref().unwrap_or(data);
                 if self.handshakes.contains_key(&peer) || self.admit(now, peer) {
                     self.feed(now, peer, true, data);
                 }

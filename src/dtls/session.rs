@@ -237,6 +237,52 @@ pub(crate) fn classify(d: &[u8]) -> Kind {
     }
 }
 
+/// Length of a DTLS record header: type, version, epoch, sequence number, length.
+const RECORD_HEADER: usize = 13;
+/// Length of a DTLS handshake message header (type, length, message_seq,
+/// fragment_offset, fragment_length).
+const HANDSHAKE_HEADER: usize = 12;
+
+/// The record-layer version of every epoch-0 ClientHello record of `d` set to
+/// DTLS 1.0's {254, 255} where it is another {254, x}; `None` when no record
+/// needs it (the datagram then goes to dimpl as it came, without a copy).
+///
+/// A client that does not know yet which version it will get may put any
+/// {254, x} on its ClientHello (RFC 6347 §4: what DTLS does not call out is as in
+/// TLS 1.2, whose Appendix E.1 has servers accept any {03, XX} there; RFC 9147 §4:
+/// the field is to be ignored). mbedTLS 2.28 puts its configured minimum, 0xFE00
+/// by default in Anjay; dimpl 0.9 drops every record whose version is not
+/// 0xFEFF or 0xFEFD. The version of an epoch-0 record enters no MAC, no
+/// handshake hash and no cookie, and dimpl reads it nowhere past parsing, so
+/// the rewrite changes nothing else. Only records of type handshake, epoch 0,
+/// whose fragment starts with a ClientHello handshake header are touched (each
+/// fragment of a fragmented ClientHello carries one); any other record, of any
+/// version, is left for dimpl to judge. The walk follows the length fields as
+/// dimpl does and stops at the first record that does not fit (dimpl refuses
+/// such a datagram whole).
+pub(crate) fn normalise_client_hello(d: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut pos = 0usize;
+    while let Some(h) = d.get(pos..pos + RECORD_HEADER) {
+        let len = usize::from(u16::from_be_bytes([h[11], h[12]]));
+        let end = pos + RECORD_HEADER + len;
+        let Some(fragment) = d.get(pos + RECORD_HEADER..end) else {
+            break;
+        };
+        let client_hello = h[0] == 22
+            && h[1] == 0xfe
+            && h[3] == 0
+            && h[4] == 0
+            && fragment.len() >= HANDSHAKE_HEADER
+            && fragment[0] == 1;
+        if client_hello && h[2] != 0xff && h[2] != 0xfd {
+            out.get_or_insert_with(|| d.to_vec())[pos + 2] = 0xff;
+        }
+        pos = end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +303,121 @@ mod tests {
             classify(&[0x40, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Kind::Junk
         );
+    }
+
+    /// A record: `ct`, version {254, `minor`}, `epoch`, sequence 0, `fragment`.
+    fn record(ct: u8, minor: u8, epoch: u8, fragment: &[u8]) -> Vec<u8> {
+        let mut r = vec![ct, 0xfe, minor, 0, epoch, 0, 0, 0, 0, 0, 0];
+        r.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+        r.extend_from_slice(fragment);
+        r
+    }
+
+    /// A handshake fragment of type `msg` (12-byte header and 4 bytes of body).
+    fn hs(msg: u8) -> Vec<u8> {
+        vec![msg, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 4, 0xfe, 0xfd, 1, 2]
+    }
+
+    #[test]
+    fn client_hello_record_versions_are_normalised() {
+        for minor in [0x00, 0x01, 0xfe, 0x7f] {
+            let ch = record(22, minor, 0, &hs(1));
+            let out = normalise_client_hello(&ch).expect("rewritten");
+            assert_eq!(out[1..3], [0xfe, 0xff]);
+            assert_eq!(out[..1], ch[..1]);
+            assert_eq!(out[3..], ch[3..]);
+            assert_eq!(classify(&out), Kind::ClientHello);
+            assert_eq!(normalise_client_hello(&out), None, "idempotent");
+        }
+        // DTLS 1.0 and 1.2: as they came, no copy.
+        for minor in [0xff, 0xfd] {
+            assert_eq!(normalise_client_hello(&record(22, minor, 0, &hs(1))), None);
+        }
+    }
+
+    #[test]
+    fn other_records_keep_their_version() {
+        // Not a ClientHello, not epoch 0, not handshake, not {254, x}, no
+        // complete handshake header: left to dimpl.
+        for r in [
+            record(22, 0x00, 0, &hs(16)),
+            record(22, 0x00, 1, &hs(1)),
+            record(21, 0x00, 0, &[1, 0]),
+            record(20, 0x00, 0, &[1]),
+            record(22, 0x00, 0, &hs(1)[..11]),
+            record(22, 0x00, 0, &[]),
+        ] {
+            assert_eq!(normalise_client_hello(&r), None, "{r:?}");
+        }
+        let mut tls = record(22, 0x00, 0, &hs(1));
+        tls[1] = 0x03;
+        assert_eq!(normalise_client_hello(&tls), None);
+    }
+
+    #[test]
+    fn each_record_of_a_datagram_is_judged_alone() {
+        // ClientHello fragments are rewritten, the alert between them is not.
+        let mut d = record(22, 0x00, 0, &hs(1));
+        let alert = d.len();
+        d.extend(record(21, 0x00, 0, &[2, 40]));
+        let second = d.len();
+        d.extend(record(22, 0x01, 0, &hs(1)));
+        let out = normalise_client_hello(&d).unwrap();
+        assert_eq!(out[2], 0xff);
+        assert_eq!(out[alert + 2], 0x00);
+        assert_eq!(out[second + 2], 0xff);
+        assert_eq!(out.len(), d.len());
+    }
+
+    #[test]
+    fn lying_lengths_and_truncated_headers() {
+        let ch = record(22, 0x00, 0, &hs(1));
+        // Truncated anywhere: the incomplete record is not touched.
+        for n in 0..ch.len() {
+            assert_eq!(normalise_client_hello(&ch[..n]), None, "{n}");
+        }
+        // A length longer than the datagram.
+        let mut long = ch.clone();
+        long[11..13].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert_eq!(normalise_client_hello(&long), None);
+        // A complete ClientHello followed by a truncated header or a record
+        // whose length lies: the first is rewritten, the rest left alone.
+        let mut d = ch.clone();
+        d.extend_from_slice(&record(22, 0x00, 0, &hs(1))[..7]);
+        let out = normalise_client_hello(&d).unwrap();
+        assert_eq!((out[2], &out[ch.len()..]), (0xff, &d[ch.len()..]));
+        let mut d = ch.clone();
+        let mut lie = record(22, 0x00, 0, &hs(1));
+        lie[12] += 1;
+        d.extend(lie);
+        let out = normalise_client_hello(&d).unwrap();
+        assert_eq!((out[2], &out[ch.len()..]), (0xff, &d[ch.len()..]));
+        // Random bytes: same length, only version bytes of epoch-0 handshake
+        // records change, and never to anything but 0xff.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 64) as usize;
+            let mut d: Vec<u8> = (0..len)
+                .map(|k| (seed.rotate_left(k as u32 * 7) >> 3) as u8)
+                .collect();
+            if i % 2 == 0 && len > 14 {
+                d[..5].copy_from_slice(&[22, 0xfe, 0, 0, 0]);
+                d[11..13].copy_from_slice(&((len - 13) as u16).to_be_bytes());
+                d[13] = 1;
+            }
+            if let Some(out) = normalise_client_hello(&d) {
+                assert_eq!(out.len(), d.len());
+                for (k, (a, b)) in d.iter().zip(&out).enumerate() {
+                    if a != b {
+                        assert_eq!(*b, 0xff);
+                        assert!(k >= 2 && out[k - 1] == 0xfe && out[k - 2] == 22);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct DtlsStats {
     /// Datagrams dropped before reaching a DTLS instance: not a DTLS record,
     /// or not a ClientHello from an address with no state.
     pub junk_dropped: u64,
+    /// ClientHello datagrams whose record-layer version was a {254, x} other
+    /// than DTLS 1.0 or 1.2 (mbedTLS 2.x sends 0xFE00), passed on as DTLS 1.0.
+    pub hello_versions_normalised: u64,
     /// New handshake instances created (first ClientHello from an address).
     pub handshakes_started: u64,
     /// Handshakes whose cookie exchange succeeded (the address is real).

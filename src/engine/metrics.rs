@@ -887,6 +887,13 @@ fn write_dtls_datagrams(d: &Dtls<'_>, w: &mut Writer<'_>) {
     d.family(
         w,
         Counter,
+        "lwm2m_dtls_hello_versions_normalised_total",
+        "ClientHellos with a record version {254, x} other than DTLS 1.0 or 1.2 (mbedTLS 2.x), taken as DTLS 1.0.",
+        |s, _, _| [(None, s.hello_versions_normalised)],
+    );
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_no_session_total",
         "Datagrams for a DTLS peer not sent because it had no session (never sent in plain text).",
         |_, c, _| [(None, c.dtls_no_session.load(Ordering::Relaxed))],
