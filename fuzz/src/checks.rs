@@ -317,9 +317,11 @@ pub fn command_json(data: &[u8]) {
         return;
     };
     let format = ENCODINGS[first as usize % ENCODINGS.len()];
+    let composite = [fmt_id::SENML_JSON, fmt_id::SENML_CBOR, fmt_id::LWM2M_CBOR]
+        [(first as usize / ENCODINGS.len()) % 3];
     let m = model();
     let mut buf = cmd.to_vec();
-    let echo = match parse(&mut buf, &m, Encoding { format }) {
+    let echo = match parse(&mut buf, &m, Encoding { format, composite }) {
         Ok(c) => {
             if let Some((f, body)) = &c.payload {
                 if c.op == Op::Write {
@@ -328,6 +330,23 @@ pub fn command_json(data: &[u8]) {
                         panic!("write payload we encoded does not decode: {e}: {body:?}");
                     }
                 }
+                if c.op == Op::WriteComposite {
+                    // A Write-Composite names every value absolutely, each path once.
+                    match formats::decode_composite(Some(*f), *f, body, &m) {
+                        Ok(items) => {
+                            let mut got: Vec<LwPath> = items.iter().map(|i| i.path).collect();
+                            let mut want = c.paths.clone();
+                            got.sort();
+                            want.sort();
+                            assert_eq!(got, want, "write-composite body names other paths");
+                        }
+                        Err(e) => panic!("write-composite body does not decode: {e}: {body:?}"),
+                    }
+                }
+            }
+            if c.op.is_composite() {
+                assert!(c.path.is_empty() && c.query.is_empty() && !c.paths.is_empty());
+                assert_eq!(c.echo.req_paths.len(), c.paths.len());
             }
             for q in &c.query {
                 assert!(!q.is_empty());

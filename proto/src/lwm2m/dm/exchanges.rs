@@ -25,11 +25,19 @@ impl DeviceManagement {
             return;
         };
         let mut token = q.token;
-        if q.cmd.op == Op::CancelObserve {
-            // RFC 7641 §3.6: the deregistering GET carries the observation's token.
+        let mut q = q;
+        if q.cmd.op.cancels() {
+            // RFC 7641 §3.6: the deregistering GET (or FETCH) carries the observation's
+            // token; a composite one also its body and Accept, so that it names the same
+            // observation.
             if let Some(s) = ep.session.as_ref() {
-                if let Some(i) = s.observation_by_path(&q.cmd.path) {
-                    token = s.observations[i].token;
+                if let Some(i) = s.observation_of(&q.cmd) {
+                    let o = &s.observations[i];
+                    token = o.token;
+                    if q.cmd.op.is_composite() {
+                        q.cmd.payload.clone_from(&o.cmd.payload);
+                        q.cmd.accept = o.cmd.accept;
+                    }
                 }
             }
         }
@@ -207,7 +215,7 @@ impl DeviceManagement {
                     let notifies = observation.is_some() && msg.option(opt::OBSERVE).is_some();
                     let exchange = token
                         .and_then(|t| s.exchange_by_token(t))
-                        .filter(|&i| !(notifies && s.inflight[i].cmd.op == Op::CancelObserve));
+                        .filter(|&i| !(notifies && s.inflight[i].cmd.op.cancels()));
                     (
                         exchange,
                         observation,
@@ -304,27 +312,20 @@ impl DeviceManagement {
                     .map(Into::into),
             });
         }
-        match op {
-            Op::Observe => {
-                if let Some(i) = session.observation_by_path(&ex.cmd.path) {
-                    session.observations.swap_remove(i);
-                }
-                if codes::class(msg.code) == 2 && msg.option(opt::OBSERVE).is_some() {
-                    session.observations.push(Observation {
-                        token: ex.token,
-                        path: ex.cmd.path,
-                        last_seq: msg.option_uint(opt::OBSERVE),
-                        last_ms: now,
-                        cmd: ex.cmd,
-                    });
-                }
+        if op.observes() || op.cancels() {
+            // A new observation of the same path(s) replaces the old one; a cancel ends it.
+            if let Some(i) = session.observation_of(&ex.cmd) {
+                session.observations.swap_remove(i);
             }
-            Op::CancelObserve => {
-                if let Some(i) = session.observation_by_path(&ex.cmd.path) {
-                    session.observations.swap_remove(i);
-                }
-            }
-            _ => {}
+        }
+        if op.observes() && codes::class(msg.code) == 2 && msg.option(opt::OBSERVE).is_some() {
+            session.observations.push(Observation {
+                token: ex.token,
+                path: ex.cmd.path,
+                last_seq: msg.option_uint(opt::OBSERVE),
+                last_ms: now,
+                cmd: ex.cmd,
+            });
         }
         self.pump_queue(cx, env, slot);
     }
