@@ -84,6 +84,15 @@ pub struct Exchange {
     pub block: Option<Box<super::transfer::Transfer>>,
 }
 
+impl Exchange {
+    /// This exchange fetches the rest of a notification sent in Block2 blocks: it is no
+    /// command of its own (its command, the observe, has had its final message), so its
+    /// end, whatever it is, publishes nothing.
+    pub fn completes_notification(&self) -> bool {
+        self.block.as_ref().is_some_and(|t| t.notify.is_some())
+    }
+}
+
 /// An observation the device accepted: of one path (`observe`), or of several at once
 /// (`observe-composite`, its paths in `cmd.paths`, `path` the root).
 #[derive(Debug)]

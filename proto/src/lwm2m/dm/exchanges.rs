@@ -126,8 +126,15 @@ impl DeviceManagement {
         let _ = lifetime;
         let ex = session.inflight.swap_remove(i);
         cx.stats.timeouts += 1;
-        cx.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
-        self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_timeout");
+        if ex.completes_notification() {
+            // The rest of a notification did not come: it is not published.
+            cx.stats.block_aborts += 1;
+            drop(ex);
+            env.blocks.gauge(cx.stats);
+        } else {
+            cx.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
+            self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_timeout");
+        }
         self.pump_queue(cx, env, slot);
     }
 
@@ -161,8 +168,14 @@ impl DeviceManagement {
         if msg.mtype == MsgType::Rst {
             let ex = session.inflight.swap_remove(i);
             cx.stats.resets_received += 1;
-            cx.stats.ended(Some(ex.cmd.op), Outcome::Reset);
-            self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_reset");
+            if ex.completes_notification() {
+                cx.stats.block_aborts += 1;
+                drop(ex);
+                env.blocks.gauge(cx.stats);
+            } else {
+                cx.stats.ended(Some(ex.cmd.op), Outcome::Reset);
+                self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_reset");
+            }
             self.pump_queue(cx, env, slot);
             return;
         }
@@ -172,10 +185,13 @@ impl DeviceManagement {
                 ex.acked_ms = now;
                 let token = ex.token;
                 let echo = ex.cmd.echo.clone();
+                let event = !ex.completes_notification();
                 cx.out
                     .timers
                     .push((now + lifetime, Timer::Retransmit { slot, token, inc }));
-                self.publish_event(cx, env, slot, &echo, "ack");
+                if event {
+                    self.publish_event(cx, env, slot, &echo, "ack");
+                }
             }
             return;
         }

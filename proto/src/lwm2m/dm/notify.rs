@@ -69,7 +69,10 @@ impl DeviceManagement {
         }
         let mut out = Vec::with_capacity(64 + msg.payload.len() * 2);
         let cf = msg.option_uint(opt::CONTENT_FORMAT).map(|c| c as u16);
-        if cmd.op == Op::Discover || cf == Some(fmt_id::LINK) {
+        // Links as strings: a discover's answer, or a read answered in link-format (a
+        // composite answer is values under paths, whatever its format says).
+        let links = cf == Some(fmt_id::LINK) && !cmd.op.is_composite();
+        if cmd.op == Op::Discover || links {
             let text = String::from_utf8_lossy(msg.payload);
             out.push(b'[');
             for (i, l) in formats::split_links(&text).iter().enumerate() {

@@ -502,7 +502,7 @@ fn undecodable_composite_answers_are_delivered_raw_like_any_read() {
     let (mut h, _) = registered(Some("1.1"), b"</>;rt=\"oma.lwm2m\";ct=112,</1/0>,</3/0>");
     let bad: &[(u16, &[u8])] = &[
         // Garbage, a truncated record, a text where a number belongs, names that are no
-        // paths, a value above resource level, LwM2M CBOR with a bad key.
+        // paths, a value above resource level, LwM2M CBOR with a bad key, TLV at the root.
         (fmt_id::SENML_CBOR, b"\xff\x00garbage"),
         (fmt_id::SENML_CBOR, &VALUES_SENML_CBOR[..20]),
         (
@@ -514,6 +514,8 @@ fn undecodable_composite_answers_are_delivered_raw_like_any_read() {
         (fmt_id::SENML_JSON, br#"[{"n":"/3/0/9","v":1"#),
         (fmt_id::LWM2M_CBOR, b"\xa1\x63abc\x01"),
         (fmt_id::TLV, b"\xc1\x09\x57"),
+        // Link-format: no values under paths (a read's would be listed as links).
+        (fmt_id::LINK, b"</3/0/9>"),
     ];
     for (i, (cf, body)) in bad.iter().enumerate() {
         let mark = h.mark();
