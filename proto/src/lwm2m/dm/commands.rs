@@ -125,15 +125,16 @@ impl DeviceManagement {
             format: write_format(ep),
             composite: composite_format(ep),
         };
-        let refusal = lwm2m_1_0(ep);
+        let v1_0 = ep.is_lwm2m_1_0();
         let mut buf = payload;
         match command::parse(&mut buf, &*registry, enc) {
-            Ok(cmd) if cmd.op.is_composite() && refusal.is_some() => {
+            Ok(cmd) if cmd.op.is_composite() && v1_0 => {
                 // A composite operation to a 1.0 device: refused here, nothing is sent.
+                let version = env.table.get(slot).and_then(lwm2m_1_0);
                 let why = format!(
                     "{} is a LwM2M 1.1 operation and this device registered as LwM2M {}",
                     cmd.op.name(),
-                    refusal.unwrap_or_default()
+                    version.unwrap_or_default()
                 );
                 cx.stats.commands_rejected += 1;
                 cx.stats.ended(Some(cmd.op), Outcome::Rejected);
