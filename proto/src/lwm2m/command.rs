@@ -730,6 +730,50 @@ mod tests {
     }
 
     #[test]
+    fn every_operation_has_its_row_and_name() {
+        assert_eq!(Op::ALL.len(), Op::COUNT);
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i);
+            assert_eq!(Op::from_name(op.name()), Some(op));
+        }
+        let composite: Vec<_> = Op::ALL.into_iter().filter(|o| o.is_composite()).collect();
+        assert_eq!(composite.len(), 4);
+    }
+
+    #[test]
+    fn composite_commands_carry_their_paths() {
+        let c = p(r#"{"reqID":1,"msgType":"read-composite","data":{"paths":["3/0/9","/1/0/1"]}}"#)
+            .unwrap();
+        assert_eq!((c.code, c.path.to_string()), (codes::FETCH, "/".into()));
+        assert_eq!(c.paths.len(), 2);
+        assert_eq!(&*c.echo.req_paths, ["/3/0/9".into(), "/1/0/1".into()]);
+        assert_eq!(c.echo.req_path, None);
+        assert_eq!(c.accept, Some(fmt_id::SENML_JSON));
+        assert_eq!(
+            c.payload,
+            Some((
+                fmt_id::SENML_JSON,
+                br#"[{"n":"/3/0/9"},{"n":"/1/0/1"}]"#.to_vec()
+            ))
+        );
+        let mut b = br#"{"reqID":2,"msgType":"write-composite","data":{"content":[{"path":"/3/0/14","type":"String","value":"+02"}]}}"#.to_vec();
+        let enc = Encoding {
+            format: fmt_id::TLV,
+            composite: fmt_id::LWM2M_CBOR,
+        };
+        let c = parse(&mut b, &(), enc).unwrap();
+        assert_eq!((c.code, c.accept), (codes::IPATCH, None));
+        assert_eq!(
+            c.payload,
+            Some((
+                fmt_id::LWM2M_CBOR,
+                b"\xa1\x03\xa1\x00\xa1\x0e\x63+02".to_vec()
+            ))
+        );
+        assert_eq!(&*c.echo.req_paths, ["/3/0/14".into()]);
+    }
+
+    #[test]
     fn echo_keeps_every_other_member() {
         let c = p(r#"{"reqID":"7","cacheID":3,"msgType":"read","data":{"path":"3/0/1?x=1"},"mheaders":{"ttl":0}}"#).unwrap();
         assert_eq!(c.op, Op::Read);
