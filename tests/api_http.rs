@@ -663,6 +663,90 @@ fn inspect_and_kick() {
     );
 }
 
+/// The composite operations: `data` from the body (a JSON object, as on MQTT) or, for
+/// reads and observes, from `paths`; `enable=false` cancels a composite observation.
+#[test]
+fn composite_device_commands() {
+    let (server, fake) = setup(SECRET);
+    let a = server.local_addr();
+    let base = format!("{GW}/clients/client-01");
+
+    let r = call(
+        a,
+        "POST",
+        &format!("{base}/read-composite?paths=/3/0/9,1/0/1"),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (id, c) = last_command(&fake);
+    assert_eq!(id, "client-01");
+    assert_eq!(c["msgType"].as_str(), Some("read-composite"));
+    assert_eq!(
+        c["data"]["paths"],
+        simd_json::json!(["/3/0/9", "1/0/1"]),
+        "passed on as given: the command parser takes either"
+    );
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(c["reqID"].as_u64().unwrap().to_string().as_str())
+    );
+
+    let body = r#"{"paths": ["/3/0/9", "/3303/0/5700"]}"#;
+    let r = call(a, "POST", &format!("{base}/observe-composite"), Some(body));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, c) = last_command(&fake);
+    assert_eq!(c["msgType"].as_str(), Some("observe-composite"));
+    assert_eq!(
+        c["data"]["paths"],
+        simd_json::json!(["/3/0/9", "/3303/0/5700"])
+    );
+    let r = call(
+        a,
+        "POST",
+        &format!("{base}/observe-composite?enable=false"),
+        Some(body),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        last_command(&fake).1["msgType"].as_str(),
+        Some("cancel-observe-composite")
+    );
+
+    let body = r#"{"content":[{"path":"/3/0/14","type":"String","value":"+02"}]}"#;
+    let r = call(a, "POST", &format!("{base}/write-composite"), Some(body));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, c) = last_command(&fake);
+    assert_eq!(c["msgType"].as_str(), Some("write-composite"));
+    assert_eq!(c["data"]["content"][0]["value"].as_str(), Some("+02"));
+
+    // Refusals: nothing reaches the gateway.
+    let before = fake.commands.lock().unwrap().len();
+    for (path, body, status) in [
+        (format!("{base}/read-composite"), None, 400),
+        (format!("{base}/write-composite?paths=/3/0/14"), None, 400),
+        (format!("{base}/read-composite"), Some("[1]"), 400),
+        (format!("{base}/read-composite"), Some("{nope"), 400),
+        (
+            format!("{base}/observe-composite?paths=/3/0&enable=maybe"),
+            None,
+            400,
+        ),
+        (
+            format!("{GW}/clients/ghost/read-composite?paths=/3/0"),
+            None,
+            404,
+        ),
+    ] {
+        let r = call(a, "POST", &path, body);
+        assert_eq!(r.status, status, "{path} {body:?}: {}", r.body);
+    }
+    assert_eq!(
+        call(a, "GET", &format!("{base}/read-composite?paths=/3/0"), None).status,
+        405
+    );
+    assert_eq!(fake.commands.lock().unwrap().len(), before);
+}
+
 fn last_command(fake: &Fake) -> (String, OwnedValue) {
     let (id, json) = fake.commands.lock().unwrap().last().cloned().unwrap();
     let mut b = json.into_bytes();

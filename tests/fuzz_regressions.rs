@@ -108,6 +108,19 @@ fn command_json() {
     replay_files("command_json", checks::command_json);
 }
 
+/// Composite commands and fuzzed answers: the seeds (each device format, read and observe,
+/// answers in every format, notifications, a cancel, Block2) and the regressions under
+/// tests/fuzz_regressions/composite_response: an answer in link-format listed as links
+/// (`answer_in_link_format`), and the timed-out fetch of a Block2 notification's rest
+/// publishing a second final message for its observe (`notification_block_fetch_timed_out`).
+#[test]
+fn composite_response() {
+    for s in ["", "AA==", "gP8=", "gv8AAQ==", "gz8EAAIAAwQKBgc="] {
+        checks::composite_response(&b64(s));
+    }
+    replay_files("composite_response", checks::composite_response);
+}
+
 #[test]
 fn config_and_objects() {
     checks::config_toml(b"[mqtt]\nserver = 3\n");

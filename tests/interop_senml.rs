@@ -6,7 +6,7 @@
 #[path = "interop/support.rs"]
 mod support;
 
-use lwm2m_gateway::formats::{encode, fmt_id, Value, WriteItem};
+use lwm2m_gateway::formats::{encode, encode_composite, fmt_id, Value, WriteItem};
 use lwm2m_gateway::model::LwPath;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -102,8 +102,46 @@ fn senml_writes_resolve_to_the_written_paths_in_an_independent_reader() {
             want.push((sent, case.want.clone()));
         }
     }
+    check(&python, &input, want);
+}
 
-    let mut child = Command::new(&python)
+/// The body of a Write-Composite (every record named by its whole path, of several
+/// objects) resolves to the written paths as well.
+#[test]
+fn senml_composite_writes_resolve_to_the_written_paths_in_an_independent_reader() {
+    let python = support::venv_python_with("senml");
+    let items: Vec<WriteItem> = [
+        ("/3/0/14", Value::String("+02".into())),
+        ("/1/0/1", Value::Integer(300)),
+        ("/3303/0/5700", Value::Float(21.5)),
+        ("/3/0/7/1", Value::Integer(3800)),
+    ]
+    .into_iter()
+    .map(|(p, value)| WriteItem {
+        path: path(p),
+        value,
+    })
+    .collect();
+    let records = vec![
+        r#"/3/0/14 "+02""#,
+        "/1/0/1 300.0",
+        "/3303/0/5700 21.5",
+        "/3/0/7/1 3800.0",
+    ];
+    let mut input = String::new();
+    let mut want = Vec::new();
+    for format in [fmt_id::SENML_JSON, fmt_id::SENML_CBOR] {
+        let sent = line(format, &encode_composite(format, &items).unwrap());
+        input.push_str(&sent);
+        input.push('\n');
+        want.push((sent, records.clone()));
+    }
+    check(&python, &input, want);
+}
+
+/// Runs senml_resolve.py on `input` (one pack a line) and compares each pack's records.
+fn check(python: &std::path::Path, input: &str, want: Vec<(String, Vec<&str>)>) {
+    let mut child = Command::new(python)
         .current_dir(support::interop_dir("python"))
         .arg("senml_resolve.py")
         .stdin(Stdio::piped())

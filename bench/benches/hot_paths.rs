@@ -207,9 +207,7 @@ fn json(c: &mut Criterion) {
 
 fn command_parse(c: &mut Criterion) {
     let model = small_model();
-    let enc = Encoding {
-        format: fmt_id::TLV,
-    };
+    let enc = Encoding::writes(fmt_id::TLV);
     let cases: [(&str, &[u8]); 2] = [
         ("read", br#"{"reqID":12345,"msgType":"read","data":{"path":"/3/0/0"}}"#),
         (

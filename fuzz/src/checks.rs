@@ -317,9 +317,11 @@ pub fn command_json(data: &[u8]) {
         return;
     };
     let format = ENCODINGS[first as usize % ENCODINGS.len()];
+    let composite = [fmt_id::SENML_JSON, fmt_id::SENML_CBOR, fmt_id::LWM2M_CBOR]
+        [(first as usize / ENCODINGS.len()) % 3];
     let m = model();
     let mut buf = cmd.to_vec();
-    let echo = match parse(&mut buf, &m, Encoding { format }) {
+    let echo = match parse(&mut buf, &m, Encoding { format, composite }) {
         Ok(c) => {
             if let Some((f, body)) = &c.payload {
                 if c.op == Op::Write {
@@ -328,6 +330,23 @@ pub fn command_json(data: &[u8]) {
                         panic!("write payload we encoded does not decode: {e}: {body:?}");
                     }
                 }
+                if c.op == Op::WriteComposite {
+                    // A Write-Composite names every value absolutely, each path once.
+                    match formats::decode_composite(Some(*f), *f, body, &m) {
+                        Ok(items) => {
+                            let mut got: Vec<LwPath> = items.iter().map(|i| i.path).collect();
+                            let mut want = c.paths.clone();
+                            got.sort();
+                            want.sort();
+                            assert_eq!(got, want, "write-composite body names other paths");
+                        }
+                        Err(e) => panic!("write-composite body does not decode: {e}: {body:?}"),
+                    }
+                }
+            }
+            if c.op.is_composite() {
+                assert!(c.path.is_empty() && c.query.is_empty() && !c.paths.is_empty());
+                assert_eq!(c.echo.req_paths.len(), c.paths.len());
             }
             for q in &c.query {
                 assert!(!q.is_empty());
@@ -378,6 +397,411 @@ pub fn objects_xml(data: &[u8]) {
     let reg = lwm2m_gateway::objects::ObjectRegistry::from_parsed(objs);
     for id in reg.ids().collect::<Vec<_>>() {
         assert!(reg.get(id).is_some());
+    }
+}
+
+// ------------------------------------------------------------------ composite answers
+
+/// Paths a composite command of [`composite_response`] may name (none within another).
+const COMPOSITE_PATHS: &[&str] = &["/3/0/9", "/1/0/1", "/3/0/14", "/3303/0", "/5/0/0", "/3/0/7"];
+
+/// The device of [`composite_response`].
+const COMPOSITE_DEV: &str = "cdev";
+
+/// One core and one LwM2M 1.1 device driven through read-composite or observe-composite
+/// (and cancel-observe-composite) commands and fuzzed answers.
+struct CompositeWorld {
+    core: ShardCore,
+    dir: Arc<Directory>,
+    now: u64,
+    timers: Vec<(u64, Timer)>,
+    peer: SocketAddr,
+    paths: Vec<String>,
+    /// What every FETCH must carry: Content-Format, Accept and body (the first one's).
+    fetch: Option<(Option<u32>, Option<u32>, Vec<u8>)>,
+    /// The requests the core sent, latest last: (mid, token).
+    sent: Vec<(u16, Vec<u8>)>,
+    /// The observe command's token once the core sent it.
+    observe_token: Option<Vec<u8>>,
+    /// reqID → (msgType, finals published, ack events).
+    cmds: BTreeMap<u64, (&'static str, u32, u32)>,
+}
+
+impl CompositeWorld {
+    fn new(ct: &str, paths: Vec<String>) -> Self {
+        static REGISTRY: std::sync::OnceLock<Arc<lwm2m_gateway::objects::ObjectRegistry>> =
+            std::sync::OnceLock::new();
+        let reg = REGISTRY
+            .get_or_init(|| Arc::new(lwm2m_gateway::objects::builtin_registry()))
+            .clone();
+        let dir = Arc::new(Directory::new());
+        let mut core = ShardCore::new(0, Arc::new(core_settings()), dir.clone(), 99);
+        core.set_registry(reg);
+        let mut w = CompositeWorld {
+            core,
+            dir,
+            now: 1_000,
+            timers: Vec::new(),
+            peer: peer(1),
+            paths,
+            fetch: None,
+            sent: Vec::new(),
+            observe_token: None,
+            cmds: BTreeMap::new(),
+        };
+        let links = format!("</>;rt=\"oma.lwm2m\"{ct},</1/0>,</3/0>,</3303/0>,</5/0>");
+        let ep = format!("ep={COMPOSITE_DEV}");
+        let reg = request(
+            true,
+            codes::POST,
+            1,
+            &[1, 2],
+            &[b"rd"],
+            &[ep.as_bytes(), b"lt=300", b"lwm2m=1.1", b"b=U"],
+            links.as_bytes(),
+        );
+        let replies = w.datagram(&reg);
+        assert_eq!(replies.len(), 1);
+        let m = Message::parse(&replies[0]).expect("CoAP");
+        assert_eq!(m.code, codes::CREATED, "the Register is accepted");
+        w
+    }
+
+    /// Delivers a datagram from the device; returns the replies (requests of the core's
+    /// own are checked and recorded instead).
+    fn datagram(&mut self, d: &[u8]) -> Vec<Vec<u8>> {
+        let input = Input::Datagram {
+            peer: self.peer,
+            data: d,
+            identity: None,
+        };
+        self.core.handle(self.now, input);
+        self.collect()
+    }
+
+    fn collect(&mut self) -> Vec<Vec<u8>> {
+        let mut datagrams = Vec::new();
+        let mut publishes = Vec::new();
+        let timers = &mut self.timers;
+        self.core.drain(|o| match o {
+            Output::Datagram { to, bytes, .. } => datagrams.push((to, bytes.to_vec())),
+            Output::Mqtt(MqttOut::Publish { topic, payload, .. }) => {
+                publishes.push((topic, payload))
+            }
+            Output::Mqtt(_) => {}
+            Output::Timer { at, timer } => timers.push((at, timer)),
+            Output::Shard { .. } => panic!("one shard sends nothing to others"),
+            Output::Auth { .. } => unreachable!("authentication is off"),
+        });
+        let mut replies = Vec::new();
+        for (to, bytes) in datagrams {
+            assert_eq!(to, self.peer, "a datagram to another address");
+            let m = Message::parse(&bytes).expect("the core sends well-formed CoAP");
+            if codes::is_request(m.code) {
+                self.check_request(&m);
+                self.sent.push((m.mid, m.token.to_vec()));
+            } else {
+                assert_ne!(m.mtype, MsgType::Con, "a CON reply");
+                replies.push(bytes);
+            }
+        }
+        for (topic, payload) in publishes {
+            self.mqtt(&topic, &payload);
+        }
+        replies
+    }
+
+    /// Every request is a CON FETCH of the root carrying the first one's Content-Format,
+    /// Accept and body (Block2 follow-ups and the cancel repeat them).
+    fn check_request(&mut self, m: &Message<'_>) {
+        assert_eq!((m.mtype, m.code), (MsgType::Con, codes::FETCH), "{m:?}");
+        assert_eq!(m.token.len(), 4);
+        assert!(m.option(opt::URI_PATH).is_none(), "a FETCH of the root");
+        let cf = m.option_uint(opt::CONTENT_FORMAT);
+        let accept = m.option_uint(opt::ACCEPT);
+        let this = (cf, accept, m.payload.to_vec());
+        match &self.fetch {
+            None => {
+                assert!(matches!(cf, Some(110) | Some(112)), "paths in SenML");
+                assert!(matches!(accept, Some(110) | Some(112) | Some(11544)));
+                let f = cf.unwrap_or(0) as u16;
+                let paths = formats::decode_composite(Some(f), f, m.payload, &())
+                    .expect("the paths we send decode");
+                assert!(paths.is_empty(), "names only, no values");
+                self.fetch = Some(this);
+            }
+            Some(first) => assert_eq!(*first, this, "every FETCH says the same"),
+        }
+        if m.option_uint(opt::OBSERVE) == Some(0) {
+            self.observe_token = Some(m.token.to_vec());
+        }
+    }
+
+    fn mqtt(&mut self, topic: &str, payload: &[u8]) {
+        use simd_json::prelude::*;
+        let v = parse_json(payload);
+        if trace() {
+            eprintln!("{topic} {v}");
+        }
+        let msg_type = v.get("msgType").and_then(|m| m.as_str()).unwrap_or("");
+        if msg_type == "register" {
+            return;
+        }
+        if msg_type == "deregister" {
+            // The registration ended (its lifetime passed while the input ran).
+            let ep = v
+                .get("data")
+                .and_then(|d| d.get("ep"))
+                .and_then(|e| e.as_str());
+            assert_eq!(ep, Some(COMPOSITE_DEV), "{v}");
+            return;
+        }
+        let id = req_id(&v).unwrap_or_else(|| panic!("no reqID: {v}"));
+        let notify = topic == format!("lwm2m/{COMPOSITE_DEV}/up/notify");
+        assert!(
+            notify || topic == format!("lwm2m/{COMPOSITE_DEV}/up/resp"),
+            "publish on {topic}"
+        );
+        let (op, finals, acks) = self.cmds.get_mut(&id).expect("a reqID never sent");
+        let data = v.get("data").expect("data");
+        match msg_type {
+            "ack" => {
+                assert!(!notify && *finals == 0, "an ack after the final message");
+                *acks += 1;
+                return;
+            }
+            "coap_timeout" | "coap_reset" => assert!(!notify),
+            "notify" => {
+                assert!(notify, "a notification on the response topic");
+                assert_eq!(*op, "observe-composite");
+                assert_eq!(*finals, 1, "a notification before the observe's response");
+            }
+            t => {
+                assert!(!notify);
+                assert_eq!(t, *op, "msgType echoed");
+            }
+        }
+        if !notify {
+            *finals += 1;
+            assert_eq!(*finals, 1, "a second final message for reqID {id}");
+        }
+        if matches!(msg_type, "coap_timeout" | "coap_reset") {
+            return;
+        }
+        let want: Vec<&str> = self.paths.iter().map(String::as_str).collect();
+        let got: Vec<&str> = data
+            .get("reqPath")
+            .and_then(|p| p.as_array())
+            .expect("reqPath is a list")
+            .iter()
+            .map(|p| p.as_str().expect("paths are strings"))
+            .collect();
+        assert_eq!(got, want, "reqPath");
+        let code = data.get("code").and_then(|c| c.as_str()).expect("code");
+        match data.get("content") {
+            Some(c) => {
+                assert!(code.starts_with("2."), "content with {code}");
+                for item in c.as_array().expect("content is a list") {
+                    let path = item.get("path").and_then(|p| p.as_str()).expect("path");
+                    assert!(path.starts_with('/'), "path {path}");
+                    assert!(item.get("value").is_some(), "an item without a value");
+                }
+            }
+            None => assert!(
+                !code.starts_with("2.") || data.get("error").is_some(),
+                "a {code} answer to a read without content"
+            ),
+        }
+    }
+
+    fn command(&mut self, id: u64, op: &'static str) {
+        let paths: Vec<String> = self.paths.iter().map(|p| format!("\"{p}\"")).collect();
+        let body = format!(
+            r#"{{"reqID":{id},"msgType":"{op}","data":{{"paths":[{}]}}}}"#,
+            paths.join(",")
+        );
+        let topic = format!("lwm2m/{COMPOSITE_DEV}/dn/cmd");
+        let c = RoutedCommand::from_topic(
+            self.core.settings(),
+            &self.dir,
+            &topic,
+            body.into_bytes(),
+            Default::default(),
+        )
+        .expect("a command topic");
+        self.cmds.insert(id, (op, 0, 0));
+        self.core
+            .handle(self.now, Input::Shard(ShardMsg::Command(c)));
+        assert!(self.collect().is_empty(), "a command caused a reply");
+    }
+
+    /// Fires the timers due up to `now + ms`, in order.
+    fn advance(&mut self, ms: u64) {
+        let until = self.now + ms;
+        loop {
+            self.timers.sort_by_key(|t| t.0);
+            match self.timers.first() {
+                Some(&(at, t)) if at <= until => {
+                    self.timers.remove(0);
+                    self.now = self.now.max(at);
+                    self.core.handle(self.now, Input::Timer(t));
+                    assert!(self.collect().is_empty(), "a timer caused a reply");
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+}
+
+/// A device's answer or notification from fuzz bytes: code, Content-Format, Observe,
+/// sometimes Block2, and a payload of up to 64 KiB.
+fn composite_message(r: &mut Bytes<'_>, t: MsgType, mid: u16, token: &[u8]) -> Vec<u8> {
+    let code = [
+        codes::CONTENT,
+        codes::CONTENT,
+        codes::CONTENT,
+        codes::CHANGED,
+        codes::NOT_FOUND,
+        codes::INTERNAL_SERVER_ERROR,
+    ][r.u8() as usize % 6];
+    let how = r.u8();
+    let cf: Option<u32> = match how % 10 {
+        0 => None,
+        1 | 2 => Some(110),
+        3 | 4 => Some(112),
+        5 | 6 => Some(11544),
+        7 => Some(60),
+        8 => Some(11542),
+        _ => Some(r.u16() as u32),
+    };
+    let observe = (how & 0x10 != 0).then(|| r.u8() as u32);
+    let block2 = (how & 0xe0 == 0xe0).then(|| {
+        let b = r.u8();
+        BlockOpt {
+            num: (b & 3) as u32,
+            more: b & 4 != 0,
+            szx: (b >> 3) % 7,
+        }
+    });
+    let len = match r.u8() {
+        255 => r.u16() as usize,
+        n => n as usize,
+    };
+    let payload = r.take(len);
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, t, code, mid, token);
+    if let Some(o) = observe {
+        w.option_uint(opt::OBSERVE, o);
+    }
+    if let Some(cf) = cf {
+        w.option_uint(opt::CONTENT_FORMAT, cf);
+    }
+    if let Some(b) = block2 {
+        w.option_uint(opt::BLOCK2, b.encode());
+    }
+    w.payload(payload);
+    buf
+}
+
+/// One LwM2M 1.1 device (its root link's `ct` picked by the first byte: none, 110, 112,
+/// 11544 or "11542 112") sent a read-composite or an observe-composite of some paths, then
+/// up to 32 device messages from the fuzz bytes: piggybacked and separate answers to the
+/// core's latest request (fuzzed code, Content-Format, Observe, Block2 and payload), empty
+/// ACKs, notifications on the observation's token, a cancel-observe-composite or another
+/// read-composite, and time passing. Checks: no panic; every request of the core is a CON
+/// FETCH of the root repeating the first one's Content-Format, Accept and body (its paths
+/// in SenML, no values); no reply is CON; every MQTT message is JSON on the device's topics
+/// with `reqPath` the list of paths and, when it has `content`, a 2.xx code and items with
+/// absolute paths and values; a notification follows its observe's response; at most one
+/// final message per command and, once time has run out, exactly one.
+pub fn composite_response(data: &[u8]) {
+    let mut r = Bytes::new(data);
+    let sel = r.u8();
+    let ct = ["", ";ct=110", ";ct=112", ";ct=11544", ";ct=\"11542 112\""][sel as usize % 5];
+    let mask = r.u8();
+    let paths: Vec<String> = COMPOSITE_PATHS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0 || *i == (mask >> 6) as usize)
+        .map(|(_, p)| p.to_string())
+        .collect();
+    let mut w = CompositeWorld::new(ct, paths);
+    let observe = sel & 0x80 != 0;
+    w.command(
+        1,
+        if observe {
+            "observe-composite"
+        } else {
+            "read-composite"
+        },
+    );
+    let mut next_id = 2;
+    let mut mid = 1000u16;
+    for _ in 0..32 {
+        if r.done() {
+            break;
+        }
+        mid = mid.wrapping_add(1);
+        match r.u8() % 8 {
+            0..=2 => {
+                // A piggybacked answer to the latest request.
+                if let Some((m, t)) = w.sent.last().cloned() {
+                    let d = composite_message(&mut r, MsgType::Ack, m, &t);
+                    w.datagram(&d);
+                }
+            }
+            3 => {
+                // A separate answer (CON or NON) with the latest request's token.
+                if let Some((_, t)) = w.sent.last().cloned() {
+                    let kind = if r.u8() & 1 == 0 {
+                        MsgType::Con
+                    } else {
+                        MsgType::Non
+                    };
+                    let d = composite_message(&mut r, kind, mid, &t);
+                    w.datagram(&d);
+                }
+            }
+            4 => {
+                // A notification on the observation's token.
+                if let Some(t) = w.observe_token.clone() {
+                    let kind = if r.u8() & 1 == 0 {
+                        MsgType::Con
+                    } else {
+                        MsgType::Non
+                    };
+                    let d = composite_message(&mut r, kind, mid, &t);
+                    w.datagram(&d);
+                }
+            }
+            5 => {
+                if let Some((m, _)) = w.sent.last().cloned() {
+                    let mut d = Vec::new();
+                    MessageWriter::new(&mut d, MsgType::Ack, codes::EMPTY, m, &[]).finish();
+                    w.datagram(&d);
+                }
+            }
+            6 => {
+                let op = if observe && r.u8() & 1 == 0 {
+                    "cancel-observe-composite"
+                } else {
+                    "read-composite"
+                };
+                w.command(next_id, op);
+                next_id += 1;
+            }
+            _ => {
+                let ms = r.u8() as u64 * 500;
+                w.advance(ms);
+            }
+        }
+    }
+    // Without the device: every command ends (retransmissions run out, a separate
+    // answer is waited for EXCHANGE_LIFETIME at most), one after the other.
+    w.advance((next_id + 1) * EXCHANGE_SPAN_MS);
+    for (id, (op, finals, _)) in &w.cmds {
+        assert_eq!(*finals, 1, "{op} {id}: {finals} final messages");
     }
 }
 

@@ -214,6 +214,12 @@ fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
             }
             command(ctx, req, id, op)
         }
+        ["clients", id, op @ ("read-composite" | "write-composite" | "observe-composite")] => {
+            if m != "POST" {
+                return method_not_allowed("POST");
+            }
+            composite_command(ctx, req, id, op)
+        }
         ["clients", id, "lookup"] => {
             if !matches!(m, "GET" | "HEAD") {
                 return method_not_allowed("GET");
@@ -546,6 +552,72 @@ fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
         write_value(&mut cmd, ty, value);
     }
     cmd.extend_from_slice(b"}}");
+    if let Err(e) = ctx.admin.command(id, cmd) {
+        return bad_request(&e);
+    }
+    Response::no_content().with_header("X-Request-Id", req_id.to_string())
+}
+
+/// read-composite / write-composite / observe-composite (`op`, as the route matched it; an
+/// observe-composite with `enable=false` is a cancel-observe-composite): the command's
+/// `data` is the request's body, a JSON object as an MQTT command's `data`
+/// (`{"paths":[...]}`, `{"content":[...]}`); without a body, `paths` (comma-separated)
+/// gives the paths of a read or observe.
+fn composite_command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
+    let msg_type = match (op, req.param("enable").unwrap_or("true")) {
+        ("observe-composite", "true") => "observe-composite",
+        ("observe-composite", "false") => "cancel-observe-composite",
+        ("observe-composite", other) => {
+            return bad_request(&format!("enable: expected true or false, got {other:?}"))
+        }
+        (other, _) => other,
+    };
+    let mut data = Vec::with_capacity(64 + req.body.len());
+    if !req.body.iter().all(u8::is_ascii_whitespace) {
+        let mut copy = req.body.clone();
+        let parsed = match simd_json::to_borrowed_value(&mut copy) {
+            Ok(v) if v.is_object() => Ok(v.encode()),
+            Ok(_) => Err("the request body is not a JSON object".to_string()),
+            Err(e) => Err(format!("the request body is not valid JSON: {e}")),
+        };
+        match parsed {
+            Ok(json) => data.extend_from_slice(json.as_bytes()),
+            Err(e) => return bad_request(&e),
+        }
+    } else if op == "write-composite" {
+        return bad_request(
+            r#"write-composite needs a body: {"content":[{"path":..,"type":..,"value":..},...]}"#,
+        );
+    } else {
+        let Some(paths) = req.param("paths").filter(|p| !p.trim().is_empty()) else {
+            return bad_request(
+                r#"paths: required (paths=/3/0/9,/1/0/1), or a body {"paths":[...]}"#,
+            );
+        };
+        data.extend_from_slice(b"{\"paths\":[");
+        for (i, p) in paths.split(',').enumerate() {
+            if i > 0 {
+                data.push(b',');
+            }
+            json::string(&mut data, p.trim());
+        }
+        data.extend_from_slice(b"]}");
+    }
+    if ctx.admin.client(id).is_none() {
+        return not_found("Client not found");
+    }
+    let req_id = ctx.req_seq.fetch_add(1, Ordering::Relaxed);
+    let mut cmd = Vec::with_capacity(64 + data.len());
+    cmd.push(b'{');
+    json::key(&mut cmd, "reqID");
+    json::uint(&mut cmd, req_id);
+    cmd.push(b',');
+    json::key(&mut cmd, "msgType");
+    json::string(&mut cmd, msg_type);
+    cmd.push(b',');
+    json::key(&mut cmd, "data");
+    cmd.extend_from_slice(&data);
+    cmd.push(b'}');
     if let Err(e) = ctx.admin.command(id, cmd) {
         return bad_request(&e);
     }

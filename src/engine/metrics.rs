@@ -352,8 +352,8 @@ fn write_commands(sh: &Shards<'_>, w: &mut Writer<'_>) {
             );
         }
     }
-    // Summed over the shards: 9 msgTypes x 8 outcomes per shard would swamp the page.
-    let mut ended = [[0u64; Outcome::ALL.len()]; 10];
+    // Summed over the shards: 13 msgTypes x 9 outcomes per shard would swamp the page.
+    let mut ended = [[0u64; Outcome::ALL.len()]; UNKNOWN_MSG_TYPE + 1];
     for s in sh.snaps {
         for (row, shard_row) in ended.iter_mut().zip(s.outcomes.iter()) {
             for (n, v) in row.iter_mut().zip(shard_row) {

@@ -13,7 +13,10 @@ pub const GET: Code = code(0, 1);
 pub const POST: Code = code(0, 2);
 pub const PUT: Code = code(0, 3);
 pub const DELETE: Code = code(0, 4);
+/// RFC 8132: FETCH 0.05, PATCH 0.06, iPATCH 0.07.
 pub const FETCH: Code = code(0, 5);
+pub const PATCH: Code = code(0, 6);
+pub const IPATCH: Code = code(0, 7);
 pub const CREATED: Code = code(2, 1);
 pub const DELETED: Code = code(2, 2);
 pub const VALID: Code = code(2, 3);
@@ -94,6 +97,15 @@ pub fn code_name(c: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc8132_methods() {
+        assert_eq!([FETCH, PATCH, IPATCH], [5, 6, 7]);
+        let mut v = Vec::new();
+        write_dotted(IPATCH, &mut v);
+        assert_eq!(v, b"0.07");
+        assert!(is_request(FETCH) && is_request(IPATCH));
+    }
 
     #[test]
     fn dotted_and_names() {

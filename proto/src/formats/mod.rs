@@ -26,7 +26,9 @@ use crate::model::{LwPath, ObjectModel};
 pub use json_out::{write_content_json, write_json_string};
 pub use link::{parse_links, split_links, Link};
 pub use value::{ContentItem, Value};
-pub use write::{encode, parse_write_value, EncodeError, WriteItem};
+pub use write::{
+    encode, encode_composite, encode_paths, parse_write_value, EncodeError, WriteItem,
+};
 
 /// CoAP Content-Format numbers of the LwM2M data formats.
 pub mod fmt_id {
@@ -222,4 +224,22 @@ pub fn decode(
         other => return Err(DecodeError::UnsupportedFormat(other)),
     }
     Ok(out)
+}
+
+/// Decodes the answer to a composite read or observe (or its notification): every record
+/// carries its absolute path, so the payload is read from the root. A response without a
+/// Content-Format is taken to be in `asked`, the format the request's Accept named. Every
+/// value must lie at a resource or resource instance; a value above that (`/3/0`) is an
+/// error, as is a name that is no path.
+pub fn decode_composite(
+    format: Option<u16>,
+    asked: u16,
+    payload: &[u8],
+    model: &dyn ObjectModel,
+) -> Result<Vec<ContentItem>, DecodeError> {
+    let items = decode(Some(format.unwrap_or(asked)), payload, &LwPath::ROOT, model)?;
+    if let Some(it) = items.iter().find(|it| it.path.len() < 3) {
+        return Err(DecodeError::BadPath(it.path.to_string()));
+    }
+    Ok(items)
 }

@@ -1451,3 +1451,138 @@ fn oversized_lengths_and_deep_nesting_are_refused() {
     let e = decode(Some(fmt_id::SENML_JSON), long.as_bytes(), &p("/3/0"), &m).unwrap_err();
     assert!(e.to_string().len() < 200);
 }
+
+// ---- composite operations (LwM2M 1.1) ----
+
+#[test]
+fn composite_path_lists_in_senml_json_and_cbor() {
+    let paths = [p("/3/0/9"), p("/1/0/1"), p("/3303")];
+    let json = encode_paths(fmt_id::SENML_JSON, &paths).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&json).unwrap(),
+        r#"[{"n":"/3/0/9"},{"n":"/1/0/1"},{"n":"/3303"}]"#
+    );
+    let cbor = encode_paths(fmt_id::SENML_CBOR, &paths[..1]).unwrap();
+    // [{0: "/3/0/9"}]
+    assert_eq!(cbor, b"\x81\xa1\x00\x66/3/0/9");
+    assert_eq!(
+        encode_paths(fmt_id::LWM2M_CBOR, &paths),
+        Err(EncodeError::UnsupportedFormat(fmt_id::LWM2M_CBOR))
+    );
+    // A list of names without values decodes to nothing: no value at any path.
+    let m = model();
+    assert_eq!(
+        decode_composite(None, fmt_id::SENML_JSON, &json, &m),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn composite_writes_name_every_value_absolutely() {
+    let items = vec![
+        item("/3/0/14", s("+02")),
+        item("/1/0/1", Value::Integer(300)),
+        item("/9999/0/5", Value::Opaque(vec![0xfb, 0xff])),
+        item("/3/0/7/1", Value::Integer(3800)),
+    ];
+    let json = encode_composite(fmt_id::SENML_JSON, &witems(&items)).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&json).unwrap(),
+        r#"[{"n":"/3/0/14","vs":"+02"},{"n":"/1/0/1","v":300},{"n":"/9999/0/5","vd":"-_8"},{"n":"/3/0/7/1","v":3800}]"#,
+        "opaque as base64url without padding (RFC 8428)"
+    );
+    let m = model();
+    for f in [fmt_id::SENML_JSON, fmt_id::SENML_CBOR, fmt_id::LWM2M_CBOR] {
+        let body = encode_composite(f, &witems(&items)).unwrap();
+        let back = decode_composite(Some(f), f, &body, &m).unwrap();
+        assert_eq!(
+            sorted_items(back),
+            sorted_items(items.clone()),
+            "format {f}"
+        );
+    }
+    let cbor = encode_composite(fmt_id::LWM2M_CBOR, &witems(&items[..1])).unwrap();
+    // {3: {0: {14: "+02"}}}
+    assert_eq!(cbor, b"\xa1\x03\xa1\x00\xa1\x0e\x63+02");
+    // Values only at resources or resource instances; one value per path in LwM2M CBOR.
+    let above = [WriteItem {
+        path: p("/3/0"),
+        value: s("x"),
+    }];
+    assert!(encode_composite(fmt_id::SENML_JSON, &above).is_err());
+    let twice = witems(&[item("/3/0/14", s("a")), item("/3/0/14", s("b"))]);
+    assert!(encode_composite(fmt_id::LWM2M_CBOR, &twice).is_err());
+    assert_eq!(
+        encode_composite(fmt_id::TLV, &witems(&items)),
+        Err(EncodeError::UnsupportedFormat(fmt_id::TLV))
+    );
+}
+
+fn sorted_items(mut v: Vec<ContentItem>) -> Vec<ContentItem> {
+    v.sort_by_key(|i| i.path);
+    v
+}
+
+#[test]
+fn composite_answers_decode_from_the_root_and_refuse_what_is_no_resource() {
+    let m = model();
+    // bn/n resolution as in any SenML payload; values typed by the model.
+    let json = br#"[{"bn":"/3/0/","n":"9","v":87},{"bn":"/1/0/","n":"1","v":300},{"bn":"/3/0/","n":"14","vs":"+02"}]"#;
+    let items = decode_composite(Some(fmt_id::SENML_JSON), fmt_id::SENML_JSON, json, &m).unwrap();
+    assert_eq!(
+        items,
+        vec![
+            item("/3/0/9", Value::Integer(87)),
+            item("/1/0/1", Value::Integer(300)),
+            item("/3/0/14", s("+02")),
+        ]
+    );
+    // No Content-Format: the format asked for.
+    assert_eq!(
+        decode_composite(None, fmt_id::SENML_JSON, json, &m)
+            .unwrap()
+            .len(),
+        3
+    );
+    let bad: &[(&[u8], &str)] = &[
+        (br#"[{"n":"/3/0","v":1}]"#, "invalid path"),
+        (br#"[{"n":"/x/0/1","v":1}]"#, "invalid path"),
+        (br#"[{"n":"/3/0/9","v":"87"}]"#, "v is not a number"),
+        (br#"[{"n":"/3/0/9","v":8"#, "JSON"),
+        (b"", "JSON"),
+    ];
+    for (body, want) in bad {
+        let e = decode_composite(Some(fmt_id::SENML_JSON), fmt_id::SENML_JSON, body, &m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(body));
+    }
+    // SenML CBOR: a text where a number belongs, a truncated record.
+    let wrong = b"\x81\xa2\x00\x66/3/0/9\x02\x62\x38\x37";
+    assert!(decode_composite(Some(fmt_id::SENML_CBOR), fmt_id::SENML_CBOR, wrong, &m).is_err());
+    let whole = encode_composite(
+        fmt_id::SENML_CBOR,
+        &witems(&[item("/3/0/9", Value::Integer(87))]),
+    )
+    .unwrap();
+    for cut in 0..whole.len() {
+        assert!(
+            decode_composite(
+                Some(fmt_id::SENML_CBOR),
+                fmt_id::SENML_CBOR,
+                &whole[..cut],
+                &m
+            )
+            .is_err(),
+            "cut at {cut}"
+        );
+    }
+    // LwM2M CBOR: a value above resource level.
+    assert!(decode_composite(
+        Some(fmt_id::LWM2M_CBOR),
+        fmt_id::LWM2M_CBOR,
+        b"\xa1\x03\xa1\x00\x01",
+        &m
+    )
+    .is_err());
+}

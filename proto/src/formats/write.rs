@@ -222,22 +222,7 @@ fn shown(v: &BorrowedValue<'_>) -> String {
 /// text/plain, opaque and CBOR for a single resource). `base` is the request path; items' paths are
 /// absolute and must lie at or below it.
 pub fn encode(format: u16, base: &LwPath, items: &[WriteItem]) -> Result<Vec<u8>, EncodeError> {
-    for it in items {
-        if !it.path.starts_with(base) {
-            return Err(EncodeError::OutsideBase {
-                path: it.path,
-                base: *base,
-            });
-        }
-        if it.path.len() < 3 {
-            return Err(EncodeError::BadItemPath(it.path));
-        }
-        if let Value::Float(f) = it.value {
-            if !f.is_finite() {
-                return Err(EncodeError::Unrepresentable("a float that is not finite"));
-            }
-        }
-    }
+    check_items(base, items)?;
     let mut out = Vec::new();
     match format {
         fmt_id::TLV | fmt_id::OLD_TLV => encode_tlv(base, items, &mut out)?,
@@ -258,6 +243,98 @@ pub fn encode(format: u16, base: &LwPath, items: &[WriteItem]) -> Result<Vec<u8>
             let v = single(base, items, "CBOR")?;
             cbor_value(v, &mut out);
         }
+        f => return Err(EncodeError::UnsupportedFormat(f)),
+    }
+    Ok(out)
+}
+
+/// Every item lies at or below `base`, is a resource or resource instance, and is representable.
+fn check_items(base: &LwPath, items: &[WriteItem]) -> Result<(), EncodeError> {
+    for it in items {
+        if !it.path.starts_with(base) {
+            return Err(EncodeError::OutsideBase {
+                path: it.path,
+                base: *base,
+            });
+        }
+        if it.path.len() < 3 {
+            return Err(EncodeError::BadItemPath(it.path));
+        }
+        if let Value::Float(f) = it.value {
+            if !f.is_finite() {
+                return Err(EncodeError::Unrepresentable("a float that is not finite"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The body of a Read-Composite or Observe-Composite (FETCH, LwM2M 1.1): one
+/// SenML record per path, holding only its name, the absolute path (`[{"n":"/3/0/9"},...]`, the
+/// CBOR form `[{0:"/3/0/9"},...]`). SenML JSON (110) or SenML CBOR (112) only: a device that
+/// prefers LwM2M CBOR gets the paths in SenML CBOR and answers in LwM2M CBOR (Anjay takes LwM2M
+/// CBOR as the answer's format of a composite read, never as its request's: anjay_dynamic.c,
+/// SUPPORTED_COMPOSITE_READ_FORMATS, no input constructor for it).
+pub fn encode_paths(format: u16, paths: &[LwPath]) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(16 * paths.len() + 2);
+    match format {
+        fmt_id::SENML_JSON => {
+            out.push(b'[');
+            for (k, p) in paths.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"n\":\"");
+                write_path(p, &mut out);
+                out.extend_from_slice(b"\"}");
+            }
+            out.push(b']');
+        }
+        fmt_id::SENML_CBOR => {
+            cbor::write_array(&mut out, paths.len());
+            for p in paths {
+                cbor::write_map(&mut out, 1);
+                cbor::write_int(&mut out, senml_cbor::N);
+                cbor::write_text(&mut out, &p.to_string());
+            }
+        }
+        f => return Err(EncodeError::UnsupportedFormat(f)),
+    }
+    Ok(out)
+}
+
+/// The body of a Write-Composite (iPATCH, LwM2M 1.1): values of any objects, each under
+/// its absolute path. SenML (110, 112): one record per value with the whole path as its name and
+/// no base name (`[{"n":"/3/0/14","vs":"+02"},...]`); LwM2M CBOR (11544): nested maps from the
+/// root (`{3:{0:{14:"+02"}}}`).
+pub fn encode_composite(format: u16, items: &[WriteItem]) -> Result<Vec<u8>, EncodeError> {
+    check_items(&LwPath::ROOT, items)?;
+    let mut out = Vec::new();
+    match format {
+        fmt_id::SENML_JSON => {
+            out.push(b'[');
+            for (k, it) in items.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"n\":\"");
+                write_path(&it.path, &mut out);
+                out.extend_from_slice(b"\",");
+                json_value(&it.value, true, &mut out);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        fmt_id::SENML_CBOR => {
+            cbor::write_array(&mut out, items.len());
+            for it in items {
+                cbor::write_map(&mut out, 2);
+                cbor::write_int(&mut out, senml_cbor::N);
+                cbor::write_text(&mut out, &it.path.to_string());
+                senml_cbor_value(&it.value, &mut out);
+            }
+        }
+        fmt_id::LWM2M_CBOR => encode_lwm2m_cbor(&LwPath::ROOT, items, &mut out)?,
         f => return Err(EncodeError::UnsupportedFormat(f)),
     }
     Ok(out)
@@ -510,6 +587,17 @@ fn json_value(v: &Value, senml: bool, out: &mut Vec<u8>) {
         Value::Opaque(d) | Value::Untyped(d) => {
             if senml {
                 out.extend_from_slice(b"\"vd\":\"");
+                // RFC 8428 §5: `vd` is base64url (RFC 4648 §5) without padding, and that is
+                // what is sent (evidence in docs/mqtt.md, "Opaque values in SenML JSON"):
+                // - Eclipse Leshan decodes only that: SenMLJsonJacksonEncoderDecoder.java:61-62
+                //   (BASE64URL, padding FORBIDEN; Java's URL decoder refuses `+` and `/`);
+                // - Anjay too: anjay_senml_in.c:791-792 (AVS_BASE64_URL_SAFE_CHARS, padding
+                //   character '\0': `+`, `/` and `=` all fail avs_base64_decode_custom);
+                // - Wakaama decodes only the standard alphabet, padded or not (core/utils.c:1081,
+                //   prv_base64Value: `+` and `/`; `-` or `_` fail the record, hence its 4.06).
+                // No one string suits all three when the bytes encode to `-`/`_` (`+`/`/`): then
+                // base64url keeps Leshan and Anjay. Otherwise the unpadded base64url text is also
+                // unpadded standard base64, which Wakaama decodes, so all three read it.
                 let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d);
                 out.extend_from_slice(t.as_bytes());
             } else {
@@ -547,17 +635,22 @@ fn encode_senml_cbor(base: &LwPath, items: &[WriteItem], out: &mut Vec<u8>) {
                 cbor::write_text(out, &t);
             }
         }
-        match value {
-            Value::Integer(_) | Value::Time(_) | Value::Unsigned(_) | Value::Float(_) => {
-                cbor::write_int(out, senml_cbor::V)
-            }
-            Value::Boolean(_) => cbor::write_int(out, senml_cbor::VB),
-            Value::String(_) | Value::Corelnk(_) => cbor::write_int(out, senml_cbor::VS),
-            Value::Opaque(_) | Value::Untyped(_) => cbor::write_int(out, senml_cbor::VD),
-            Value::Objlnk(..) => cbor::write_text(out, senml_cbor::VLO),
-        }
-        cbor_value(value, out);
+        senml_cbor_value(value, out);
     }
+}
+
+/// A SenML CBOR record's value: its label, then the value.
+fn senml_cbor_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Integer(_) | Value::Time(_) | Value::Unsigned(_) | Value::Float(_) => {
+            cbor::write_int(out, senml_cbor::V)
+        }
+        Value::Boolean(_) => cbor::write_int(out, senml_cbor::VB),
+        Value::String(_) | Value::Corelnk(_) => cbor::write_int(out, senml_cbor::VS),
+        Value::Opaque(_) | Value::Untyped(_) => cbor::write_int(out, senml_cbor::VD),
+        Value::Objlnk(..) => cbor::write_text(out, senml_cbor::VLO),
+    }
+    cbor_value(value, out);
 }
 
 /// LwM2M CBOR: `{[base ids]: {nested maps relative to base}}`, or `{[path]: value}` for a single

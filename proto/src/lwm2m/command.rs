@@ -22,6 +22,11 @@ pub enum Op {
     Delete,
     Observe,
     CancelObserve,
+    /// LwM2M 1.1 composite operations: FETCH (with Observe 0 or 1) and iPATCH of the root.
+    ReadComposite,
+    ObserveComposite,
+    CancelObserveComposite,
+    WriteComposite,
 }
 
 impl Op {
@@ -36,12 +41,19 @@ impl Op {
             "delete" => Self::Delete,
             "observe" => Self::Observe,
             "cancel-observe" => Self::CancelObserve,
+            "read-composite" => Self::ReadComposite,
+            "observe-composite" => Self::ObserveComposite,
+            "cancel-observe-composite" => Self::CancelObserveComposite,
+            "write-composite" => Self::WriteComposite,
             _ => return None,
         })
     }
 
+    /// How many operations there are.
+    pub const COUNT: usize = 13;
+
     /// Every operation, in the order of [`Op::index`].
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; Op::COUNT] = [
         Self::Read,
         Self::Discover,
         Self::Write,
@@ -51,16 +63,55 @@ impl Op {
         Self::Delete,
         Self::Observe,
         Self::CancelObserve,
+        Self::ReadComposite,
+        Self::ObserveComposite,
+        Self::CancelObserveComposite,
+        Self::WriteComposite,
     ];
 
-    /// Position in [`Op::ALL`] (for per-operation counters).
     /// The operation a `msgType` names, if any.
     pub fn from_name(s: &str) -> Option<Self> {
         Self::parse(s)
     }
 
+    /// Position in [`Op::ALL`] (for per-operation counters).
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// A composite operation (LwM2M 1.1): several paths in one request to the root.
+    pub fn is_composite(self) -> bool {
+        matches!(
+            self,
+            Self::ReadComposite
+                | Self::ObserveComposite
+                | Self::CancelObserveComposite
+                | Self::WriteComposite
+        )
+    }
+
+    /// Starts an observation (`observe`, `observe-composite`).
+    pub fn observes(self) -> bool {
+        matches!(self, Self::Observe | Self::ObserveComposite)
+    }
+
+    /// Cancels an observation (`cancel-observe`, `cancel-observe-composite`).
+    pub fn cancels(self) -> bool {
+        matches!(self, Self::CancelObserve | Self::CancelObserveComposite)
+    }
+
+    /// Its answer carries values (`content` in the response).
+    pub fn reads(self) -> bool {
+        matches!(
+            self,
+            Self::Read
+                | Self::Observe
+                | Self::CancelObserve
+                | Self::Discover
+                | Self::ReadComposite
+                | Self::ObserveComposite
+                | Self::CancelObserveComposite
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -74,6 +125,10 @@ impl Op {
             Self::Delete => "delete",
             Self::Observe => "observe",
             Self::CancelObserve => "cancel-observe",
+            Self::ReadComposite => "read-composite",
+            Self::ObserveComposite => "observe-composite",
+            Self::CancelObserveComposite => "cancel-observe-composite",
+            Self::WriteComposite => "write-composite",
         }
     }
 }
@@ -90,6 +145,9 @@ pub struct Echo {
     pub data: Box<str>,
     /// `path` (else `basePath`) without its `?query`, with a leading `/`.
     pub req_path: Option<Box<str>>,
+    /// A composite command's paths (the written ones for `write-composite`), each with a
+    /// leading `/`: `reqPath` is then this list. Empty for other commands.
+    pub req_paths: Box<[Box<str>]>,
 }
 
 /// A command ready to be sent.
@@ -97,8 +155,15 @@ pub struct Echo {
 pub struct Command {
     pub op: Op,
     pub echo: Echo,
-    /// Target path (the base path for batch writes and creates).
+    /// Target path (the base path for batch writes and creates; the root for composite
+    /// operations, which name their paths in `paths`).
     pub path: LwPath,
+    /// A composite command's paths: those read or observed, or those written. Empty for
+    /// other commands.
+    pub paths: Vec<LwPath>,
+    /// The Accept option, when the command fixes it (composite operations: the format the
+    /// device announced); else it follows from the path (`dm::accept_for`).
+    pub accept: Option<u16>,
     /// Uri-Query options (from a `?k=v` suffix or write-attr attributes).
     pub query: Vec<String>,
     pub code: u8,
@@ -127,10 +192,26 @@ pub struct CommandError {
     pub error: String,
 }
 
-/// How writes are encoded for this device.
+/// How writes and composite requests are encoded for this device.
 #[derive(Debug, Clone, Copy)]
 pub struct Encoding {
+    /// The format of writes and creates.
     pub format: u16,
+    /// The format of composite operations: SenML JSON (110), SenML CBOR (112) or LwM2M CBOR
+    /// (11544). It is the Accept of a composite read or observe and the format of a
+    /// Write-Composite; the paths of a read or observe go in SenML JSON when it is SenML JSON,
+    /// else in SenML CBOR (LwM2M CBOR has no list of paths).
+    pub composite: u16,
+}
+
+impl Encoding {
+    /// Writes in `format`, composite operations in SenML JSON.
+    pub fn writes(format: u16) -> Self {
+        Encoding {
+            format,
+            composite: fmt_id::SENML_JSON,
+        }
+    }
 }
 
 /// Parses a command payload (the buffer is used for in-place JSON parsing).
@@ -178,6 +259,7 @@ pub fn parse(
             .unwrap_or_else(|| "{}".into())
             .into(),
         req_path: None,
+        req_paths: Box::default(),
     };
     let fail = |echo: &Echo, error: String| CommandError {
         echo: echo.clone(),
@@ -196,7 +278,9 @@ pub fn parse(
         None => return Err(fail(&echo, "missing data".into())),
     };
     let raw_path = str_field(data, "path").or_else(|| str_field(data, "basePath"));
-    if let Some(p) = raw_path {
+    if op.is_composite() {
+        echo.req_paths = composite_req_paths(op, data);
+    } else if let Some(p) = raw_path {
         let no_query = p.split('?').next().unwrap_or("");
         let mut rp = String::with_capacity(no_query.len() + 1);
         if !no_query.starts_with('/') {
@@ -212,20 +296,43 @@ pub fn parse(
         .map(|t| number(t) == Some(0.0))
         .unwrap_or(false);
     build(op, data, hex, model, enc)
-        .map(|(path, query, code, payload)| Command {
+        .map(|b| Command {
             op,
             echo: echo.clone(),
-            path,
-            query,
-            code,
-            payload,
+            path: b.path,
+            paths: b.paths,
+            accept: b.accept,
+            query: b.query,
+            code: b.code,
+            payload: b.payload,
             bypass_queue,
             received_ms: 0,
         })
         .map_err(|e| fail(&echo, e))
 }
 
-type Built = (LwPath, Vec<String>, u8, Option<(u16, Vec<u8>)>);
+/// The request a command becomes.
+struct Built {
+    path: LwPath,
+    query: Vec<String>,
+    code: u8,
+    payload: Option<(u16, Vec<u8>)>,
+    paths: Vec<LwPath>,
+    accept: Option<u16>,
+}
+
+impl Built {
+    fn new(path: LwPath, query: Vec<String>, code: u8, payload: Option<(u16, Vec<u8>)>) -> Self {
+        Built {
+            path,
+            query,
+            code,
+            payload,
+            paths: Vec::new(),
+            accept: None,
+        }
+    }
+}
 
 fn build(
     op: Op,
@@ -245,7 +352,36 @@ fn build(
             } else {
                 codes::GET
             };
-            Ok((path, query, code, None))
+            Ok(Built::new(path, query, code, None))
+        }
+        Op::ReadComposite | Op::ObserveComposite | Op::CancelObserveComposite => {
+            let paths = composite_paths(data)?;
+            let answer = composite_format(enc);
+            let asks_in = if answer == fmt_id::SENML_JSON {
+                fmt_id::SENML_JSON
+            } else {
+                fmt_id::SENML_CBOR
+            };
+            let body = formats::encode_paths(asks_in, &paths).map_err(|e| e.to_string())?;
+            Ok(Built {
+                paths,
+                accept: Some(answer),
+                ..Built::new(
+                    LwPath::ROOT,
+                    Vec::new(),
+                    codes::FETCH,
+                    Some((asks_in, body)),
+                )
+            })
+        }
+        Op::WriteComposite => {
+            let items = composite_items(data, hex, model)?;
+            let f = composite_format(enc);
+            let body = formats::encode_composite(f, &items).map_err(|e| e.to_string())?;
+            Ok(Built {
+                paths: items.iter().map(|i| i.path).collect(),
+                ..Built::new(LwPath::ROOT, Vec::new(), codes::IPATCH, Some((f, body)))
+            })
         }
         Op::Execute => {
             let (path, query) = path_field(data, "path")?;
@@ -260,7 +396,7 @@ fn build(
                     (!s.is_empty()).then(|| (fmt_id::TEXT, s.into_bytes()))
                 }
             };
-            Ok((path, query, codes::POST, payload))
+            Ok(Built::new(path, query, codes::POST, payload))
         }
         Op::WriteAttr => {
             let (path, mut query) = path_field(data, "path")?;
@@ -271,17 +407,24 @@ fn build(
                 if !ATTRIBUTES.contains(&k.as_ref()) {
                     return Err(format!("unknown attribute {k:?}"));
                 }
-                let s = scalar_string(v)
-                    .ok_or_else(|| format!("attribute {k} is not a number or string"))?;
-                if k != "edge" && k != "con" && s.parse::<f64>().is_err() {
-                    return Err(format!("attribute {k}={s:?} is not a number"));
-                }
+                let s = if k == "edge" || k == "con" {
+                    flag(v)
+                        .map(String::from)
+                        .ok_or_else(|| format!("attribute {k} is not 0 or 1 (or a boolean)"))?
+                } else {
+                    let s = scalar_string(v)
+                        .ok_or_else(|| format!("attribute {k} is not a number or string"))?;
+                    if s.trim().parse::<f64>().is_err() {
+                        return Err(format!("attribute {k}={s:?} is not a number"));
+                    }
+                    s.trim().to_string()
+                };
                 query.push(format!("{k}={s}"));
             }
             if query.is_empty() {
                 return Err("write-attr sets no attribute".into());
             }
-            Ok((path, query, codes::PUT, None))
+            Ok(Built::new(path, query, codes::PUT, None))
         }
         Op::Write => write(data, hex, model, enc),
         Op::Create => create(data, hex, model, enc),
@@ -292,6 +435,134 @@ fn build(
 const ATTRIBUTES: &[&str] = &[
     "pmin", "pmax", "gt", "lt", "st", "epmin", "epmax", "edge", "con", "hqmax",
 ];
+
+/// A 0/1 attribute (`edge`, `con`, LwM2M 1.2) as `"0"` or `"1"`: from 0, 1, `"0"`, `"1"`,
+/// `true`, `false`, `"true"` or `"false"`.
+fn flag(v: &BorrowedValue<'_>) -> Option<&'static str> {
+    if let Some(b) = v.as_bool() {
+        return Some(if b { "1" } else { "0" });
+    }
+    match scalar_string(v)?.trim() {
+        "1" | "true" => Some("1"),
+        "0" | "false" => Some("0"),
+        _ => None,
+    }
+}
+
+/// The format of composite operations for a device (SenML JSON unless it announced SenML
+/// CBOR or LwM2M CBOR).
+fn composite_format(enc: Encoding) -> u16 {
+    match enc.composite {
+        f @ (fmt_id::SENML_CBOR | fmt_id::LWM2M_CBOR) => f,
+        _ => fmt_id::SENML_JSON,
+    }
+}
+
+/// `reqPath` of a composite command: the strings among its `paths` (read and observe) or its
+/// `content` items' `path`s (write), each with a leading `/`.
+fn composite_req_paths(op: Op, data: &BorrowedValue<'_>) -> Box<[Box<str>]> {
+    let strings: Vec<&str> = if op == Op::WriteComposite {
+        data.get("content")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| str_field(c, "path"))
+            .collect()
+    } else {
+        data.get("paths")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .collect()
+    };
+    strings
+        .into_iter()
+        .map(|p| {
+            let p = p.trim();
+            if p.starts_with('/') {
+                p.into()
+            } else {
+                format!("/{p}").into()
+            }
+        })
+        .collect()
+}
+
+/// Paths of a composite command must name distinct parts of the data model: at least an
+/// object each, none within another (the device would answer one value twice).
+fn check_distinct(paths: &[LwPath], what: &str) -> Result<(), String> {
+    for (i, p) in paths.iter().enumerate() {
+        if p.is_empty() {
+            return Err(format!("{what}[{i}] is the root: name an object at least"));
+        }
+        if let Some((j, q)) = paths[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, q)| p.starts_with(q) || q.starts_with(p))
+        {
+            return Err(format!(
+                "{what}[{i}] {p} overlaps {what}[{j}] {q}: composite paths must be distinct"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `data.paths` of a composite read or observe: a non-empty array of distinct paths.
+fn composite_paths(data: &BorrowedValue<'_>) -> Result<Vec<LwPath>, String> {
+    let list = match data.get("paths") {
+        None => return Err("missing paths (an array of paths)".into()),
+        Some(v) => v.as_array().ok_or("paths is not an array")?,
+    };
+    if list.is_empty() {
+        return Err("paths is empty".into());
+    }
+    let mut paths = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("paths[{i}] is not a string"))?;
+        paths.push(LwPath::parse(s).map_err(|e| format!("bad paths[{i}] {s:?}: {e}"))?);
+    }
+    check_distinct(&paths, "paths")?;
+    Ok(paths)
+}
+
+/// `data.content` of a write-composite: values at absolute resource or resource-instance
+/// paths, typed as for `write`, each path once.
+fn composite_items(
+    data: &BorrowedValue<'_>,
+    hex: bool,
+    model: &dyn ObjectModel,
+) -> Result<Vec<WriteItem>, String> {
+    let content = data
+        .get("content")
+        .and_then(|c| c.as_array())
+        .ok_or("missing content array")?;
+    if content.is_empty() {
+        return Err("content is empty".into());
+    }
+    let mut items = Vec::with_capacity(content.len());
+    for (i, c) in content.iter().enumerate() {
+        let raw = str_field(c, "path").ok_or_else(|| format!("content[{i}] has no path"))?;
+        let path = LwPath::parse(raw).map_err(|e| format!("bad content[{i}].path {raw:?}: {e}"))?;
+        if path.len() < 3 {
+            return Err(format!(
+                "content[{i}].path {path} is not a resource or resource instance"
+            ));
+        }
+        let value = c
+            .get("value")
+            .ok_or_else(|| format!("content[{i}] has no value"))?;
+        let v = parse_write_value(str_field(c, "type"), value, hex, &path, model)
+            .map_err(|e| format!("content[{i}]: {e}"))?;
+        items.push(WriteItem { path, value: v });
+    }
+    let paths: Vec<LwPath> = items.iter().map(|i| i.path).collect();
+    check_distinct(&paths, "content")?;
+    Ok(items)
+}
 
 fn write(
     data: &BorrowedValue<'_>,
@@ -312,7 +583,7 @@ fn write(
             }
         };
         let body = formats::encode(enc.format, &base, &items).map_err(|e| e.to_string())?;
-        return Ok((base, query, code, Some((enc.format, body))));
+        return Ok(Built::new(base, query, code, Some((enc.format, body))));
     }
     let (path, query) = path_field(data, "path")?;
     if path.len() < 3 {
@@ -324,7 +595,12 @@ fn write(
     let v = parse_write_value(str_field(data, "type"), value, hex, &path, model)?;
     let items = [WriteItem { path, value: v }];
     let body = formats::encode(enc.format, &path, &items).map_err(|e| e.to_string())?;
-    Ok((path, query, codes::PUT, Some((enc.format, body))))
+    Ok(Built::new(
+        path,
+        query,
+        codes::PUT,
+        Some((enc.format, body)),
+    ))
 }
 
 fn create(
@@ -355,7 +631,12 @@ fn create(
         (base, items)
     };
     let body = formats::encode(enc.format, &enc_base, &items).map_err(|e| e.to_string())?;
-    Ok((base, query, codes::POST, Some((enc.format, body))))
+    Ok(Built::new(
+        base,
+        query,
+        codes::POST,
+        Some((enc.format, body)),
+    ))
 }
 
 /// `content` items with paths joined to `base`.
@@ -445,13 +726,51 @@ mod tests {
 
     fn p(json: &str) -> Result<Command, CommandError> {
         let mut b = json.as_bytes().to_vec();
-        parse(
-            &mut b,
-            &(),
-            Encoding {
-                format: fmt_id::TLV,
-            },
-        )
+        parse(&mut b, &(), Encoding::writes(fmt_id::TLV))
+    }
+
+    #[test]
+    fn every_operation_has_its_row_and_name() {
+        assert_eq!(Op::ALL.len(), Op::COUNT);
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i);
+            assert_eq!(Op::from_name(op.name()), Some(op));
+        }
+        let composite: Vec<_> = Op::ALL.into_iter().filter(|o| o.is_composite()).collect();
+        assert_eq!(composite.len(), 4);
+    }
+
+    #[test]
+    fn composite_commands_carry_their_paths() {
+        let c = p(r#"{"reqID":1,"msgType":"read-composite","data":{"paths":["3/0/9","/1/0/1"]}}"#)
+            .unwrap();
+        assert_eq!((c.code, c.path.to_string()), (codes::FETCH, "/".into()));
+        assert_eq!(c.paths.len(), 2);
+        assert_eq!(&*c.echo.req_paths, ["/3/0/9".into(), "/1/0/1".into()]);
+        assert_eq!(c.echo.req_path, None);
+        assert_eq!(c.accept, Some(fmt_id::SENML_JSON));
+        assert_eq!(
+            c.payload,
+            Some((
+                fmt_id::SENML_JSON,
+                br#"[{"n":"/3/0/9"},{"n":"/1/0/1"}]"#.to_vec()
+            ))
+        );
+        let mut b = br#"{"reqID":2,"msgType":"write-composite","data":{"content":[{"path":"/3/0/14","type":"String","value":"+02"}]}}"#.to_vec();
+        let enc = Encoding {
+            format: fmt_id::TLV,
+            composite: fmt_id::LWM2M_CBOR,
+        };
+        let c = parse(&mut b, &(), enc).unwrap();
+        assert_eq!((c.code, c.accept), (codes::IPATCH, None));
+        assert_eq!(
+            c.payload,
+            Some((
+                fmt_id::LWM2M_CBOR,
+                b"\xa1\x03\xa1\x00\xa1\x0e\x63+02".to_vec()
+            ))
+        );
+        assert_eq!(&*c.echo.req_paths, ["/3/0/14".into()]);
     }
 
     #[test]

@@ -25,10 +25,20 @@ fn sep(out: &mut Vec<u8>) {
     }
 }
 
-/// The `"reqPath":..,"code":..,"codeMsg":..` members.
+/// The `"reqPath":..,"code":..,"codeMsg":..` members (`reqPath` a list for a composite
+/// command).
 fn result_head(out: &mut Vec<u8>, echo: &Echo, code: u8) {
     out.extend_from_slice(b"\"data\":{");
-    if let Some(p) = &echo.req_path {
+    if !echo.req_paths.is_empty() {
+        out.extend_from_slice(b"\"reqPath\":[");
+        for (i, p) in echo.req_paths.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::string(out, p);
+        }
+        out.extend_from_slice(b"],");
+    } else if let Some(p) = &echo.req_path {
         out.extend_from_slice(b"\"reqPath\":");
         json::string(out, p);
         out.push(b',');
@@ -99,6 +109,7 @@ mod tests {
             msg_type: Some("read".into()),
             data: "{\"path\":\"/3/0/1\"}".into(),
             req_path: Some("/3/0/1".into()),
+            req_paths: Box::default(),
         }
     }
 
@@ -141,6 +152,26 @@ mod tests {
         assert_eq!(
             s(o),
             r#"{"reqID":1,"cacheID":"x","msgType":"coap_timeout","data":{"path":"/3/0/1"}}"#
+        );
+        let composite = Echo {
+            msg_type: Some("read-composite".into()),
+            req_path: None,
+            req_paths: vec!["/3/0/9".into(), "/1/0/1".into()].into(),
+            ..echo()
+        };
+        let mut o = Vec::new();
+        result(
+            &mut o,
+            &composite,
+            "read-composite",
+            None,
+            codes::CONTENT,
+            Some(b"[]"),
+            &[],
+        );
+        assert_eq!(
+            s(o),
+            r#"{"reqID":1,"cacheID":"x","msgType":"read-composite","data":{"reqPath":["/3/0/9","/1/0/1"],"code":"2.05","codeMsg":"content","content":[]}}"#
         );
         let mut o = Vec::new();
         error(&mut o, &Echo::default(), codes::BAD_REQUEST, "bad \"x\"");

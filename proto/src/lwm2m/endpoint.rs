@@ -62,6 +62,9 @@ pub struct Endpoint {
     pub session_lost: bool,
     /// Preferred content format announced at registration (`ct` of the root link).
     pub content_format: Option<u16>,
+    /// The first of SenML JSON, SenML CBOR and LwM2M CBOR the root link's `ct` lists: the
+    /// format of composite operations (SenML JSON when None).
+    pub composite_format: Option<u16>,
     pub last_reply: LastReply,
     /// The reply before it (a late duplicate of the previous request).
     pub prev_reply: LastReply,
@@ -84,6 +87,15 @@ impl Endpoint {
 
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The registration is LwM2M 1.0: its Register said `lwm2m=1.0`, `1` or `1.0.x`, or gave
+    /// no version (1.0 made the parameter optional; 1.1 requires it).
+    pub fn is_lwm2m_1_0(&self) -> bool {
+        match self.param("lwm2m") {
+            None | Some("1") | Some("1.0") => true,
+            Some(v) => v.starts_with("1.0."),
+        }
     }
 
     /// The location path segment (`rd/<location>`), lowercase hex.

@@ -369,8 +369,7 @@ impl ShardCore {
                 // LwM2M 1.0 says queue mode in the binding (`UQ`), so an Update's binding
                 // changes it; from 1.1 on it is the Register's `Q` parameter, which an Update
                 // does not repeat: a binding without `Q` leaves it as it was.
-                let v1_0 = matches!(ep.param("lwm2m"), None | Some("1") | Some("1.0"))
-                    || ep.param("lwm2m").is_some_and(|v| v.starts_with("1.0."));
+                let v1_0 = ep.is_lwm2m_1_0();
                 if b.contains('Q') || v1_0 {
                     ep.queue_mode = b.contains('Q') || params.queue;
                 }
@@ -386,6 +385,7 @@ impl ShardCore {
             if let Some(list) = objects {
                 if list.content_format.is_some() {
                     ep.content_format = list.content_format;
+                    ep.composite_format = list.composite_format;
                 }
                 // The object list's `rt="oma.lwm2m"` link sets alternatePath ("/" without one).
                 ep.alternate_path = Some(list.alternate_path.into());
@@ -531,17 +531,19 @@ fn new_endpoint(
     secure: bool,
 ) -> Endpoint {
     let name = params.ep.expect("checked");
-    let (alternate_path, object_list, content_format) = match objects {
+    let (alternate_path, object_list, content_format, composite_format) = match objects {
         Some(ObjectList {
             alternate_path,
             paths,
             content_format,
+            composite_format,
         }) => (
             Some(alternate_path.into()),
             Some(paths.into()),
             content_format,
+            composite_format,
         ),
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let mut others = Vec::with_capacity(params.others.len() + 2);
     if let Some(v) = params.lwm2m {
@@ -566,6 +568,7 @@ fn new_endpoint(
         secure,
         session_lost: false,
         content_format,
+        composite_format,
         last_reply: LastReply::default(),
         prev_reply: LastReply::default(),
         registered_ms: now,

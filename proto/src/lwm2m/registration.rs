@@ -151,6 +151,9 @@ pub struct ObjectList {
     /// The `ct` attribute of the `rt="oma.lwm2m"` link: the device's preferred
     /// content format (LwM2M 1.1+).
     pub content_format: Option<u16>,
+    /// The first of SenML JSON (110), SenML CBOR (112) and LwM2M CBOR (11544) that `ct` lists:
+    /// the format of composite operations.
+    pub composite_format: Option<u16>,
 }
 
 impl ObjectList {
@@ -165,6 +168,7 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
         std::str::from_utf8(payload).map_err(|_| BadRequest::new("object list is not UTF-8"))?;
     let mut links: Vec<(&str, bool)> = Vec::new();
     let mut content_format = None;
+    let mut composite_format = None;
     for entry in split_outside_quotes(text, ',') {
         let entry = entry.trim();
         if entry.is_empty() {
@@ -184,16 +188,21 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
         }
         let mut is_root = false;
         let mut ct = None;
+        let mut composite = None;
         for attr in split_outside_quotes(&rest[end + 1..], ';') {
             let (k, v) = attr.trim().split_once('=').unwrap_or((attr.trim(), ""));
             match k {
                 "rt" if v.trim_matches('"') == "oma.lwm2m" => is_root = true,
-                "ct" => ct = preferred_format(v.trim_matches('"')),
+                "ct" => {
+                    ct = preferred_format(v.trim_matches('"'));
+                    composite = composite_of(v.trim_matches('"'));
+                }
                 _ => {}
             }
         }
         if is_root {
             content_format = ct;
+            composite_format = composite;
         }
         links.push((target, is_root));
     }
@@ -210,6 +219,7 @@ pub fn parse_object_list(payload: &[u8]) -> Result<ObjectList, BadRequest> {
         },
         paths: String::new(),
         content_format,
+        composite_format,
     };
     for (target, root) in links {
         if root {
@@ -273,6 +283,19 @@ fn preferred_format(ct: &str) -> Option<u16> {
     listed.clone().find(multi).or_else(|| listed.clone().next())
 }
 
+/// The first format of a `ct` list that composite operations can use.
+fn composite_of(ct: &str) -> Option<u16> {
+    use crate::formats::fmt_id;
+    ct.split(' ')
+        .filter_map(|c| c.parse::<u16>().ok())
+        .find(|f| {
+            matches!(
+                *f,
+                fmt_id::SENML_JSON | fmt_id::SENML_CBOR | fmt_id::LWM2M_CBOR
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +343,14 @@ mod tests {
         assert_eq!(ct(b"</>;rt=\"oma.lwm2m\";ct=60,</3/0>"), Some(60));
         assert_eq!(ct(b"</>;rt=\"oma.lwm2m\";ct=\"0 42\",</3/0>"), Some(0));
         assert_eq!(ct(b"</>;rt=\"oma.lwm2m\",</3/0>"), None);
+        let composite = |body: &[u8]| parse_object_list(body).unwrap().composite_format;
+        assert_eq!(composite(b"</>;rt=\"oma.lwm2m\";ct=112,</3/0>"), Some(112));
+        assert_eq!(
+            composite(b"</>;rt=\"oma.lwm2m\";ct=\"11542 11544 110\",</3/0>"),
+            Some(11544)
+        );
+        assert_eq!(composite(b"</>;rt=\"oma.lwm2m\";ct=11542,</3/0>"), None);
+        assert_eq!(composite(b"</3/0>;ct=112"), None, "only the root link's");
     }
 
     #[test]

@@ -84,12 +84,23 @@ pub struct Exchange {
     pub block: Option<Box<super::transfer::Transfer>>,
 }
 
-/// An observation the device accepted.
+impl Exchange {
+    /// This exchange fetches the rest of a notification sent in Block2 blocks: it is no
+    /// command of its own (its command, the observe, has had its final message), so its
+    /// end, whatever it is, publishes nothing.
+    pub fn completes_notification(&self) -> bool {
+        self.block.as_ref().is_some_and(|t| t.notify.is_some())
+    }
+}
+
+/// An observation the device accepted: of one path (`observe`), or of several at once
+/// (`observe-composite`, its paths in `cmd.paths`, `path` the root).
 #[derive(Debug)]
 pub struct Observation {
     pub token: u32,
     pub path: LwPath,
-    /// The observe command, echoed in every notification.
+    /// The observe command, echoed in every notification; a composite observation's
+    /// `cancel-observe-composite` repeats its body and Accept.
     pub cmd: Command,
     pub last_seq: Option<u32>,
     pub last_ms: u64,
@@ -139,8 +150,34 @@ impl Session {
         self.observations.iter().position(|o| o.token == token)
     }
 
+    /// The single-path observation of `path`.
     pub fn observation_by_path(&self, path: &LwPath) -> Option<usize> {
-        self.observations.iter().position(|o| o.path == *path)
+        self.observations
+            .iter()
+            .position(|o| !o.cmd.op.is_composite() && o.path == *path)
+    }
+
+    /// The composite observation of `paths` (the same paths, in any order).
+    pub fn observation_by_paths(&self, paths: &[LwPath]) -> Option<usize> {
+        let mut want = paths.to_vec();
+        want.sort_unstable();
+        self.observations.iter().position(|o| {
+            o.cmd.op.is_composite() && {
+                let mut have = o.cmd.paths.clone();
+                have.sort_unstable();
+                have == want
+            }
+        })
+    }
+
+    /// The observation an observe or cancel command `cmd` is about: the composite one of its
+    /// paths, or the one of its path.
+    pub fn observation_of(&self, cmd: &Command) -> Option<usize> {
+        if cmd.op.is_composite() {
+            self.observation_by_paths(&cmd.paths)
+        } else {
+            self.observation_by_path(&cmd.path)
+        }
     }
 
     /// Records a confirmable message ID from the device; true if it was seen within

@@ -95,7 +95,7 @@ impl Outcome {
 
 /// Rows of [`CoreStats::outcomes`]: one per `Op::index`, then this one for commands
 /// whose msgType is missing or unknown.
-pub const UNKNOWN_MSG_TYPE: usize = 9;
+pub const UNKNOWN_MSG_TYPE: usize = super::command::Op::COUNT;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CoreStats {
@@ -152,7 +152,7 @@ pub struct CoreStats {
     /// Commands accepted for a device (including auto-observe).
     pub commands: u64,
     /// The same by operation, indexed by `Op::index`.
-    pub commands_by_op: [u64; 9],
+    pub commands_by_op: [u64; super::command::Op::COUNT],
     /// Commands answered 4.00 (malformed, unknown endpoint) or not ours.
     pub commands_rejected: u64,
     /// Queued commands whose time to live ran out.
@@ -163,7 +163,7 @@ pub struct CoreStats {
     pub commands_shed: u64,
     /// Commands ended (their final MQTT message published), by msgType (`Op::index`, then
     /// [`UNKNOWN_MSG_TYPE`]) and [`Outcome`].
-    pub outcomes: [[u64; Outcome::ALL.len()]; 10],
+    pub outcomes: [[u64; Outcome::ALL.len()]; UNKNOWN_MSG_TYPE + 1],
     /// Commands waiting in device queues (sleeping queue-mode devices, NSTART, lost DTLS
     /// sessions) of the endpoints this shard holds (gauge, kept as commands enter and
     /// leave the queues).

@@ -215,6 +215,7 @@ mod tests {
             secure: false,
             session_lost: false,
             content_format: None,
+            composite_format: None,
             last_reply: LastReply::default(),
             prev_reply: LastReply::default(),
             registered_ms: 0,

@@ -80,6 +80,10 @@ fn block1_datagram(t: &Transfer, s: &Send1, mid: u16, token: u32) -> Vec<u8> {
     )
 }
 
+/// The request for the next Block2 block: a GET with the first request's options but
+/// Observe; a FETCH (composite read or observe) stays a FETCH and repeats its body (RFC 7959
+/// §2.4: the further requests are the first one with a Block2 option, and a FETCH's body is
+/// part of what it asks for).
 fn block2_datagram(t: &Transfer, f: &Fetch2, mid: u16, token: u32) -> Vec<u8> {
     let Ok(req) = Message::parse(&t.request) else {
         return Vec::new();
@@ -89,10 +93,15 @@ fn block2_datagram(t: &Transfer, f: &Fetch2, mid: u16, token: u32) -> Vec<u8> {
         more: false,
         szx: f.szx,
     };
+    let (code, body): (u8, &[u8]) = if req.code == codes::FETCH {
+        (codes::FETCH, req.payload)
+    } else {
+        (codes::GET, &[])
+    };
     rebuild(
         &req,
         MsgType::Con,
-        codes::GET,
+        code,
         mid,
         &token.to_be_bytes(),
         &[
@@ -103,7 +112,7 @@ fn block2_datagram(t: &Transfer, f: &Fetch2, mid: u16, token: u32) -> Vec<u8> {
             opt::SIZE2,
         ],
         &[(opt::BLOCK2, b.encode())],
-        &[],
+        body,
     )
 }
 
@@ -308,7 +317,8 @@ impl DeviceManagement {
         }
         let fetching = ex.block.as_ref().is_some_and(|t| t.fetch.is_some());
         if let Some(b) = msg.option(opt::BLOCK2).and_then(BlockOpt::decode) {
-            let ok = codes::class(msg.code) == 2 && ex.cmd.code == codes::GET;
+            let fetches = ex.cmd.code == codes::GET || ex.cmd.code == codes::FETCH;
+            let ok = codes::class(msg.code) == 2 && fetches;
             if ok && (fetching || (b.num == 0 && b.more)) {
                 return self.block2_step(cx, env, slot, ex, msg, b);
             }
@@ -686,8 +696,9 @@ impl DeviceManagement {
         self.pump_queue(cx, env, slot);
     }
 
-    /// A notification carrying Block2 (more to come): fetches the rest with GETs
-    /// (no Observe) and publishes it once complete. True if it did.
+    /// A notification carrying Block2 (more to come): fetches the rest with GETs (FETCHes
+    /// with the observation's body for a composite one), without Observe, and publishes it
+    /// once complete. True if it did.
     pub(in crate::lwm2m) fn block_notification(
         &mut self,
         cx: &mut Cx<'_>,
@@ -711,9 +722,14 @@ impl DeviceManagement {
             return false;
         };
         let mut read = cmd.clone();
-        read.op = Op::Read;
-        read.code = codes::GET;
-        read.payload = None;
+        if cmd.op.is_composite() {
+            read.op = Op::ReadComposite;
+            read.code = codes::FETCH;
+        } else {
+            read.op = Op::Read;
+            read.code = codes::GET;
+            read.payload = None;
+        }
         let mut request = Vec::with_capacity(64);
         write_request(&mut request, ep, &read, 0, 0, &*registry);
         let token = cx.ids.token();

@@ -80,9 +80,7 @@ impl DeviceManagement {
         code: u8,
         error: &str,
     ) -> Echo {
-        let enc = Encoding {
-            format: fmt_id::TLV,
-        };
+        let enc = Encoding::writes(fmt_id::TLV);
         let echo = match command::parse(&mut payload, &(), enc) {
             Ok(c) => c.echo,
             Err(e) => e.echo,
@@ -125,9 +123,23 @@ impl DeviceManagement {
         };
         let enc = Encoding {
             format: write_format(ep),
+            composite: composite_format(ep),
         };
+        let v1_0 = ep.is_lwm2m_1_0();
         let mut buf = payload;
         match command::parse(&mut buf, &*registry, enc) {
+            Ok(cmd) if cmd.op.is_composite() && v1_0 => {
+                // A composite operation to a 1.0 device: refused here, nothing is sent.
+                let version = env.table.get(slot).and_then(lwm2m_1_0);
+                let why = format!(
+                    "{} is a LwM2M 1.1 operation and this device registered as LwM2M {}",
+                    cmd.op.name(),
+                    version.unwrap_or_default()
+                );
+                cx.stats.commands_rejected += 1;
+                cx.stats.ended(Some(cmd.op), Outcome::Rejected);
+                self.publish_error(cx, env, slot, &cmd.echo, codes::BAD_REQUEST, &why);
+            }
             Ok(cmd) => self.submit(cx, env, slot, cmd, false, arrival),
             Err(e) => {
                 cx.stats.commands_rejected += 1;
@@ -264,8 +276,11 @@ impl DeviceManagement {
                     msg_type: Some("observe".into()),
                     data: data.into(),
                     req_path: Some(path.to_string().into()),
+                    req_paths: Box::default(),
                 },
                 path,
+                paths: Vec::new(),
+                accept: None,
                 query: Vec::new(),
                 code: codes::GET,
                 payload: None,

@@ -25,11 +25,19 @@ impl DeviceManagement {
             return;
         };
         let mut token = q.token;
-        if q.cmd.op == Op::CancelObserve {
-            // RFC 7641 §3.6: the deregistering GET carries the observation's token.
+        let mut q = q;
+        if q.cmd.op.cancels() {
+            // RFC 7641 §3.6: the deregistering GET (or FETCH) carries the observation's
+            // token; a composite one also its body and Accept, so that it names the same
+            // observation.
             if let Some(s) = ep.session.as_ref() {
-                if let Some(i) = s.observation_by_path(&q.cmd.path) {
-                    token = s.observations[i].token;
+                if let Some(i) = s.observation_of(&q.cmd) {
+                    let o = &s.observations[i];
+                    token = o.token;
+                    if q.cmd.op.is_composite() {
+                        q.cmd.payload.clone_from(&o.cmd.payload);
+                        q.cmd.accept = o.cmd.accept;
+                    }
                 }
             }
         }
@@ -118,8 +126,15 @@ impl DeviceManagement {
         let _ = lifetime;
         let ex = session.inflight.swap_remove(i);
         cx.stats.timeouts += 1;
-        cx.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
-        self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_timeout");
+        if ex.completes_notification() {
+            // The rest of a notification did not come: it is not published.
+            cx.stats.block_aborts += 1;
+            drop(ex);
+            env.blocks.gauge(cx.stats);
+        } else {
+            cx.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
+            self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_timeout");
+        }
         self.pump_queue(cx, env, slot);
     }
 
@@ -153,8 +168,14 @@ impl DeviceManagement {
         if msg.mtype == MsgType::Rst {
             let ex = session.inflight.swap_remove(i);
             cx.stats.resets_received += 1;
-            cx.stats.ended(Some(ex.cmd.op), Outcome::Reset);
-            self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_reset");
+            if ex.completes_notification() {
+                cx.stats.block_aborts += 1;
+                drop(ex);
+                env.blocks.gauge(cx.stats);
+            } else {
+                cx.stats.ended(Some(ex.cmd.op), Outcome::Reset);
+                self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_reset");
+            }
             self.pump_queue(cx, env, slot);
             return;
         }
@@ -164,10 +185,13 @@ impl DeviceManagement {
                 ex.acked_ms = now;
                 let token = ex.token;
                 let echo = ex.cmd.echo.clone();
+                let event = !ex.completes_notification();
                 cx.out
                     .timers
                     .push((now + lifetime, Timer::Retransmit { slot, token, inc }));
-                self.publish_event(cx, env, slot, &echo, "ack");
+                if event {
+                    self.publish_event(cx, env, slot, &echo, "ack");
+                }
             }
             return;
         }
@@ -207,7 +231,7 @@ impl DeviceManagement {
                     let notifies = observation.is_some() && msg.option(opt::OBSERVE).is_some();
                     let exchange = token
                         .and_then(|t| s.exchange_by_token(t))
-                        .filter(|&i| !(notifies && s.inflight[i].cmd.op == Op::CancelObserve));
+                        .filter(|&i| !(notifies && s.inflight[i].cmd.op.cancels()));
                     (
                         exchange,
                         observation,
@@ -310,27 +334,20 @@ impl DeviceManagement {
                     .map(Into::into),
             });
         }
-        match op {
-            Op::Observe => {
-                if let Some(i) = session.observation_by_path(&ex.cmd.path) {
-                    session.observations.swap_remove(i);
-                }
-                if codes::class(msg.code) == 2 && msg.option(opt::OBSERVE).is_some() {
-                    session.observations.push(Observation {
-                        token: ex.token,
-                        path: ex.cmd.path,
-                        last_seq: msg.option_uint(opt::OBSERVE),
-                        last_ms: now,
-                        cmd: ex.cmd,
-                    });
-                }
+        if op.observes() || op.cancels() {
+            // A new observation of the same path(s) replaces the old one; a cancel ends it.
+            if let Some(i) = session.observation_of(&ex.cmd) {
+                session.observations.swap_remove(i);
             }
-            Op::CancelObserve => {
-                if let Some(i) = session.observation_by_path(&ex.cmd.path) {
-                    session.observations.swap_remove(i);
-                }
-            }
-            _ => {}
+        }
+        if op.observes() && codes::class(msg.code) == 2 && msg.option(opt::OBSERVE).is_some() {
+            session.observations.push(Observation {
+                token: ex.token,
+                path: ex.cmd.path,
+                last_seq: msg.option_uint(opt::OBSERVE),
+                last_ms: now,
+                cmd: ex.cmd,
+            });
         }
         self.pump_queue(cx, env, slot);
     }

@@ -228,6 +228,24 @@ pub(super) fn write_format(ep: &Endpoint) -> u16 {
     }
 }
 
+/// The format of the device's composite operations: the one of SenML JSON, SenML CBOR and
+/// LwM2M CBOR it announced first (`ct` of its root link), else SenML JSON.
+pub(super) fn composite_format(ep: &Endpoint) -> u16 {
+    ep.composite_format.unwrap_or(fmt_id::SENML_JSON)
+}
+
+/// When the registration is LwM2M 1.0 (its Register's `lwm2m` parameter; 1.0 when it gave
+/// none), what to call it in an error: `"1.0 (lwm2m=1.0.2)"`, `"1.0 (no lwm2m parameter)"`.
+pub(super) fn lwm2m_1_0(ep: &Endpoint) -> Option<String> {
+    if !ep.is_lwm2m_1_0() {
+        return None;
+    }
+    Some(match ep.param("lwm2m") {
+        Some(v) => format!("1.0 (lwm2m={v})"),
+        None => "1.0 (its Register gave no lwm2m parameter, which means 1.0)".into(),
+    })
+}
+
 /// The Accept option of a read/observe: text/plain or opaque for a single-instance
 /// resource whose type is known, else the device's multi-value format.
 pub(super) fn accept_for(ep: &Endpoint, path: &LwPath, model: &dyn ObjectModel) -> Option<u16> {
@@ -254,14 +272,10 @@ pub(super) fn write_request(
     model: &dyn ObjectModel,
 ) {
     let mut w = MessageWriter::new(buf, MsgType::Con, cmd.code, mid, &token.to_be_bytes());
-    match cmd.op {
-        Op::Observe => {
-            w.option_uint(opt::OBSERVE, 0);
-        }
-        Op::CancelObserve => {
-            w.option_uint(opt::OBSERVE, 1);
-        }
-        _ => {}
+    if cmd.op.observes() {
+        w.option_uint(opt::OBSERVE, 0);
+    } else if cmd.op.cancels() {
+        w.option_uint(opt::OBSERVE, 1);
     }
     if let Some(alt) = ep.alternate_path.as_deref() {
         for seg in alt.split('/').filter(|s| !s.is_empty()) {
@@ -279,6 +293,7 @@ pub(super) fn write_request(
         w.option(opt::URI_QUERY, q.as_bytes());
     }
     let accept = match cmd.op {
+        _ if cmd.accept.is_some() => cmd.accept,
         Op::Discover => Some(fmt_id::LINK),
         Op::Read | Op::Observe | Op::CancelObserve => accept_for(ep, &cmd.path, model),
         _ => None,

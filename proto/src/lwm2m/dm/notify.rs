@@ -64,19 +64,15 @@ impl DeviceManagement {
         cmd: &Command,
         msg: &Message<'_>,
     ) -> Option<Vec<u8>> {
-        if codes::class(msg.code) != 2 {
-            return None;
-        }
-        let reads = matches!(
-            cmd.op,
-            Op::Read | Op::Observe | Op::CancelObserve | Op::Discover
-        );
-        if !reads {
+        if codes::class(msg.code) != 2 || !cmd.op.reads() {
             return None;
         }
         let mut out = Vec::with_capacity(64 + msg.payload.len() * 2);
         let cf = msg.option_uint(opt::CONTENT_FORMAT).map(|c| c as u16);
-        if cmd.op == Op::Discover || cf == Some(fmt_id::LINK) {
+        // Links as strings: a discover's answer, or a read answered in link-format (a
+        // composite answer is values under paths, whatever its format says).
+        let links = cf == Some(fmt_id::LINK) && !cmd.op.is_composite();
+        if cmd.op == Op::Discover || links {
             let text = String::from_utf8_lossy(msg.payload);
             out.push(b'[');
             for (i, l) in formats::split_links(&text).iter().enumerate() {
@@ -92,7 +88,14 @@ impl DeviceManagement {
             return Some(b"[]".to_vec());
         }
         let registry = self.registry.clone();
-        match formats::decode(cf, msg.payload, &cmd.path, &*registry) {
+        let decoded = if cmd.op.is_composite() {
+            // Every record names its absolute path; no Content-Format: the one asked for.
+            let asked = cmd.accept.unwrap_or(fmt_id::SENML_JSON);
+            formats::decode_composite(cf, asked, msg.payload, &*registry)
+        } else {
+            formats::decode(cf, msg.payload, &cmd.path, &*registry)
+        };
+        match decoded {
             Ok(items) => formats::write_content_json(&items, &mut out),
             Err(e) => {
                 // Deliver what the device sent, untyped, with the reason.

@@ -135,11 +135,12 @@ impl DeviceManagement {
         } = *session;
         let topic = format!("{}{}", ep.mountpoint, cx.settings.response.topic);
         cx.stats.unqueued(queue.len() as u64);
-        for cmd in queue
+        // Exchanges completing a notification are no commands: nothing to answer.
+        let commands = inflight
             .into_iter()
-            .map(|q| q.cmd)
-            .chain(inflight.into_iter().map(|e| e.cmd))
-        {
+            .filter(|e| !e.completes_notification())
+            .map(|e| e.cmd);
+        for cmd in queue.into_iter().map(|q| q.cmd).chain(commands) {
             let echo = cmd.echo;
             let mut body = Vec::new();
             dm_json::error(&mut body, &echo, codes::NOT_FOUND, why);

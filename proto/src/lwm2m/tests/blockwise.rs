@@ -945,3 +945,63 @@ fn an_etag_change_mid_fetch_restarts_it_then_ends_it() {
     assert!(p[0].1["data"]["error"].as_str().unwrap().contains("ETag"));
     assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
 }
+
+/// The fetch of a notification's remaining blocks is no command: whether the device
+/// leaves it unanswered, acknowledges it empty, resets it or de-registers meanwhile,
+/// nothing more is published for the observe (whose final message came long before).
+#[test]
+fn a_block2_notification_left_unfinished_publishes_nothing() {
+    let mut h = Harness::new(1, settings());
+    let register = Req::new(codes::POST, "/rd", 1)
+        .q("ep=dev1")
+        .q("lt=3000")
+        .body(b"</5/0>");
+    let r = h.one(0, dev(), &register.bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    let loc = r.location();
+    let req = one_req(h.command(
+        0,
+        TOPIC,
+        r#"{"reqID":4,"msgType":"observe","data":{"path":"/5/0/0"}}"#,
+    ));
+    let token = req.msg().token.to_vec();
+    let opts = [
+        (opt::OBSERVE, 1),
+        (opt::CONTENT_FORMAT, fmt_id::OPAQUE as u32),
+    ];
+    h.datagram(0, dev(), &ack(&req, codes::CONTENT, &opts, b"x"));
+    let mark = h.mark();
+    let data = pattern(3000);
+    // Silence: the follow-up's retransmissions run out.
+    let out = h.exchange(0, dev(), &block_notification(&token, 700, Some(2), &data));
+    assert_eq!(out.len(), 2, "ACK and the follow-up");
+    h.advance(200_000);
+    // An empty ACK, then silence for EXCHANGE_LIFETIME.
+    let out = h.exchange(0, dev(), &block_notification(&token, 701, Some(3), &data));
+    let g = out[1].msg();
+    let mut e = Vec::new();
+    MessageWriter::new(&mut e, MsgType::Ack, codes::EMPTY, g.mid, &[]).finish();
+    h.datagram(0, dev(), &e);
+    h.advance(300_000);
+    // A Reset.
+    let out = h.exchange(0, dev(), &block_notification(&token, 702, Some(4), &data));
+    let g = out[1].msg();
+    let mut rst = Vec::new();
+    MessageWriter::new(&mut rst, MsgType::Rst, codes::EMPTY, g.mid, &[]).finish();
+    h.datagram(0, dev(), &rst);
+    // A de-registration while a follow-up waits.
+    let out = h.exchange(0, dev(), &block_notification(&token, 703, Some(5), &data));
+    assert_eq!(out.len(), 2);
+    let bye = Req::new(codes::DELETE, &format!("/rd/{loc}"), 900).bytes();
+    assert_eq!(h.one(0, dev(), &bye).code(), codes::DELETED);
+    h.advance(400_000);
+    // Nothing but the end of the registration.
+    let p = h.published_since(mark);
+    let kinds: Vec<_> = p
+        .iter()
+        .map(|(_, v)| v["msgType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["deregister"], "{p:?}");
+    assert_eq!(h.cores[0].blockwise_held_bytes(), 0);
+    assert_eq!(h.cores[0].stats.block_aborts, 3);
+}

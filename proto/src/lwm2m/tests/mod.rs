@@ -4,6 +4,7 @@
 mod block_server;
 mod blocks;
 mod blockwise;
+mod composite;
 mod dm;
 mod dtls;
 mod harness;
