@@ -423,10 +423,11 @@ fn management_api_against_the_running_gateway() {
         let key = (s.labels["msg_type"].clone(), s.labels["outcome"].clone());
         assert!(cells.insert(key, s.value).is_none());
     }
+    let ops = lwm2m_gateway::lwm2m::command::Op::COUNT;
     assert_eq!(
         cells.len(),
-        9 * 9 + 2,
-        "9 msgTypes x 9 outcomes, and unknown x (rejected, shed)"
+        ops * 9 + 2,
+        "{ops} msgTypes x 9 outcomes, and unknown x (rejected, shed)"
     );
     let nonzero: Vec<(&str, &str, f64)> = cells
         .iter()
