@@ -605,6 +605,7 @@ impl World {
                 Output::Timer { at, timer } => timers.push((at, i, timer)),
                 Output::Shard { to, msg } => mailbox.push((to, msg)),
                 Output::Auth { .. } => unreachable!("authentication is off"),
+                Output::Bootstrap(_) => unreachable!("bootstrap is off"),
             });
         }
         for (shard, m) in mqtt {

@@ -81,6 +81,10 @@ pub trait Admin: Send + Sync + 'static {
     fn node(&self) -> String {
         routes::default_node()
     }
+    /// The Bootstrap-Server's configurations and outcomes (None: not enabled).
+    fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
+        None
+    }
 }
 
 /// The running API server; stopped by [`ApiServer::stop`] or on drop.

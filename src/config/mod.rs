@@ -43,7 +43,7 @@ pub use error::ConfigError;
 pub use listeners::{DtlsListener, Listeners, UdpListener};
 pub use mqtt::{Mqtt, MqttProtocol, MqttServer, SubscribeMode};
 pub use secret::Secret;
-pub use tuning::{Api, Coap, Engine, QueueMode};
+pub use tuning::{Api, Bootstrap, Coap, Engine, QueueMode};
 pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};
 
 /// The shipped configuration file, every key at its default.
@@ -83,6 +83,8 @@ pub struct Config {
     pub api: Api,
     pub coap: Coap,
     pub queue: QueueMode,
+    /// `[bootstrap]`: the Bootstrap-Server.
+    pub bootstrap: Bootstrap,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             api: Api::default(),
             coap: Coap::default(),
             queue: QueueMode::default(),
+            bootstrap: Bootstrap::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Config {
             }
         };
         fix(&mut self.xml_dir);
+        fix(&mut self.bootstrap.config_file);
         let listeners = self.listeners.dtls.values_mut();
         let files = listeners.flat_map(|l| {
             [

@@ -22,6 +22,7 @@
 
 use super::block_server::BlockServer;
 use super::blockwise::HeldBytes;
+use super::bootstrap::Bootstraps;
 use super::cluster::Cluster;
 use super::cx::Ids;
 use super::directory::Directory;
@@ -76,6 +77,8 @@ pub struct ShardCore {
     /// Block-wise server: request bodies devices are sending, our responses sent in
     /// blocks (RFC 7959).
     pub(super) blocks: BlockServer,
+    /// The Bootstrap-Server's bootstraps in progress.
+    pub(super) boot: Bootstraps,
     /// The time of the input being handled.
     pub(super) now: u64,
 }
@@ -114,6 +117,8 @@ pub(super) enum Route<'a> {
     Registration(&'a [u8]),
     /// LwM2M 1.1 Send (`/dp`).
     Send,
+    /// Bootstrap-Request (`/bs`).
+    Bootstrap,
     Other,
 }
 
@@ -143,6 +148,7 @@ impl ShardCore {
             stats: CoreStats::default(),
             out: Outputs::default(),
             blocks: BlockServer::new(block_held),
+            boot: Bootstraps::default(),
             now: 0,
         }
     }
@@ -218,9 +224,20 @@ impl ShardCore {
                 }
             }
             MsgType::Con | MsgType::Non if msg.is_response() => {
+                let secure = self.security.secure();
+                if self.boot.talks_to(&peer) && self.boot.on_response(cx!(self), peer, secure, &msg)
+                {
+                    return;
+                }
                 self.dm.on_response(cx!(self), dm_env!(self), peer, &msg)
             }
             MsgType::Ack | MsgType::Rst => {
+                let secure = self.security.secure();
+                if self.boot.talks_to(&peer)
+                    && self.boot.on_ack_or_reset(cx!(self), peer, secure, &msg)
+                {
+                    return;
+                }
                 self.dm
                     .on_ack_or_reset(cx!(self), dm_env!(self), peer, &msg)
             }
@@ -275,6 +292,7 @@ impl ShardCore {
                 self.dm.on_queue_ttl(cx!(self), dm_env!(self), slot, token)
             }
             Timer::BlockExpire { id } => self.blocks.on_expire(cx!(self), id),
+            Timer::Bootstrap { id, seq } => self.boot.on_timer(cx!(self), id, seq),
             Timer::TakeoverTimeout { location } => {
                 if self.cluster.takeover_timed_out(now, location) {
                     self.stats.takeover_timeouts += 1;
@@ -439,7 +457,10 @@ impl ShardCore {
                 self.on_registration(now, peer, msg, data, loc, false)
             }
             (codes::POST, Route::Send) => self.on_send(now, peer, msg, data.len()),
-            (_, Route::Register | Route::Registration(_) | Route::Send) => {
+            (codes::POST, Route::Bootstrap) => {
+                self.on_bootstrap_request(now, peer, msg, data.len())
+            }
+            (_, Route::Register | Route::Registration(_) | Route::Send | Route::Bootstrap) => {
                 self.stats.not_found += 1;
                 self.reply_error(peer, msg, codes::METHOD_NOT_ALLOWED, "", data.len());
             }
@@ -522,6 +543,7 @@ pub(super) fn route_of<'a>(msg: &Message<'a>) -> Route<'a> {
         (Some(b"rd"), None, None) => Route::Register,
         (Some(b"rd"), Some(loc), None) => Route::Registration(loc),
         (Some(b"dp"), None, None) => Route::Send,
+        (Some(b"bs"), None, None) => Route::Bootstrap,
         _ => Route::Other,
     }
 }

@@ -51,6 +51,9 @@ pub enum Timer {
     /// A takeover of the registration at `location` from another shard got no answer
     /// in time: the next request for it asks again.
     TakeoverTimeout { location: u64 },
+    /// The request in flight of bootstrap `id` (`bootstrap.rs`): retransmit it or time it
+    /// out; stale unless `seq` is the run's latest.
+    Bootstrap { id: u32, seq: u32 },
 }
 
 /// What one shard's core tells another's (through the engine's mailboxes), and commands
@@ -152,6 +155,8 @@ pub struct Outputs {
     pub to_shards: Vec<(u16, ShardMsg)>,
     /// Registers to check with the authentication server: (ticket, request).
     pub auth: Vec<(u64, AuthRequest)>,
+    /// Bootstraps' progress, for the driver.
+    pub bootstrap: Vec<super::bootstrap::BootstrapEvent>,
 }
 
 impl Outputs {
@@ -161,6 +166,15 @@ impl Outputs {
         f(&mut self.buf);
         self.datagrams
             .push((to, start as u32, self.buf.len() as u32, self.secure_input));
+    }
+
+    /// Queues a datagram that must go encrypted (`secure`) or may go plain, whatever
+    /// input is being handled (a request of the gateway's own, or its retransmission).
+    pub fn datagram_tagged(&mut self, to: SocketAddr, secure: bool, f: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        f(&mut self.buf);
+        self.datagrams
+            .push((to, start as u32, self.buf.len() as u32, secure));
     }
 
     /// Hands every queued datagram to `f` with whether it was written for a DTLS input,

@@ -61,6 +61,8 @@ pub(super) struct Harness {
     pub mqtt: Vec<MqttOut>,
     /// Authentication requests: (shard, ticket, request).
     pub auth: Vec<(usize, u64, AuthRequest)>,
+    /// Bootstraps' progress, as the driver gets it.
+    pub bootstrap: Vec<crate::lwm2m::BootstrapEvent>,
 }
 
 impl Harness {
@@ -86,6 +88,7 @@ impl Harness {
             replies: Vec::new(),
             mqtt: Vec::new(),
             auth: Vec::new(),
+            bootstrap: Vec::new(),
         }
     }
 
@@ -266,6 +269,7 @@ impl Harness {
         let mut msgs = Vec::new();
         let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
         let (timers, auth) = (&mut self.timers, &mut self.auth);
+        let bootstrap = &mut self.bootstrap;
         self.cores[i].drain(|o| match o {
             Output::Datagram { to, secure, bytes } => replies.push(Reply {
                 to,
@@ -276,6 +280,7 @@ impl Harness {
             Output::Timer { at, timer } => timers.push((at, i, timer)),
             Output::Auth { ticket, request } => auth.push((i, ticket, request)),
             Output::Shard { to, msg } => msgs.push((to, msg)),
+            Output::Bootstrap(e) => bootstrap.push(e),
         });
         msgs
     }

@@ -4,6 +4,7 @@
 mod block_server;
 mod blocks;
 mod blockwise;
+mod bootstrap;
 mod dm;
 mod dtls;
 mod harness;
