@@ -221,12 +221,15 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// Keys bootstraps provisioned: identity → (key, endpoint names).
+type Provisioned = HashMap<String, (Vec<u8>, Vec<String>)>;
+
 /// The PSK table in use, shared by every shard and reloadable.
 pub struct PskStore {
     path: PathBuf,
     current: RwLock<Arc<PskTable>>,
     /// Keys bootstraps provisioned: identity → (key, endpoint names).
-    provisioned: RwLock<HashMap<String, (Vec<u8>, Vec<String>)>>,
+    provisioned: RwLock<Provisioned>,
     generation: AtomicU64,
     reloading: Mutex<()>,
 }
@@ -293,15 +296,11 @@ impl PskStore {
             || self.provisioned_read().contains_key(identity)
     }
 
-    fn provisioned_read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (Vec<u8>, Vec<String>)>> {
+    fn provisioned_read(&self) -> std::sync::RwLockReadGuard<'_, Provisioned> {
         self.provisioned.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn provisioned_write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (Vec<u8>, Vec<String>)>> {
+    fn provisioned_write(&self) -> std::sync::RwLockWriteGuard<'_, Provisioned> {
         self.provisioned.write().unwrap_or_else(|p| p.into_inner())
     }
 

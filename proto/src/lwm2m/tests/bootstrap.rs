@@ -248,7 +248,7 @@ fn typed_against_the_object_definitions() {
     let reqs = run_through(&mut h, first);
     let model = h.cores[0].dm.registry();
     let p = LwPath::parse("/0/2").unwrap();
-    let items = formats::decode(Some(fmt_id::TLV), &describe(&reqs[4]).3, &p, &*model).unwrap();
+    let items = formats::decode(Some(fmt_id::TLV), &describe(&reqs[4]).3, &p, model).unwrap();
     let v: Vec<(String, Value)> = items
         .into_iter()
         .map(|i| (i.path.to_string(), i.value))
@@ -258,7 +258,7 @@ fn typed_against_the_object_definitions() {
     assert_eq!(v[3], ("/0/2/3".into(), Value::Opaque(b"dev1-id".to_vec())));
     assert_eq!(v[6], ("/0/2/10".into(), Value::Integer(102)));
     let p = LwPath::parse("/1/2").unwrap();
-    let items = formats::decode(Some(fmt_id::TLV), &describe(&reqs[5]).3, &p, &*model).unwrap();
+    let items = formats::decode(Some(fmt_id::TLV), &describe(&reqs[5]).3, &p, model).unwrap();
     assert_eq!(items[1].value, Value::Integer(600));
     assert_eq!(items[3].value, Value::String("UQ".into()));
 }
@@ -564,7 +564,7 @@ fn a_flood_from_spoofed_addresses_is_bounded() {
     h.advance(120_000);
     assert_eq!(h.cores[0].boot.len(), 0);
     assert_eq!(h.cores[0].stats.bootstrap_timeouts, 100);
-    assert!(MAX_RUNS >= 100);
+    const { assert!(MAX_RUNS >= 100) };
 }
 
 #[test]
