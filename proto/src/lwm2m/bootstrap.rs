@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use super::bs_config::{BootstrapConfig, SecurityMode};
 use super::cx::Cx;
+pub use super::output::{BootstrapEvent, BootstrapStatus, PskCredential};
 use super::output::{MqttOut, Timer};
 use super::publish::name_hash;
 use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
@@ -35,55 +36,6 @@ use crate::model::LwPath;
 
 /// Bootstraps in progress per shard, at most (beyond: 5.03).
 pub const MAX_RUNS: usize = 4096;
-
-/// How a bootstrap went, as published (`status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootstrapStatus {
-    Started,
-    Finished,
-    Failed,
-}
-
-impl BootstrapStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Finished => "finished",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// PSK credentials a finished bootstrap gave the device for a server.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PskCredential {
-    pub uri: String,
-    pub identity: String,
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for PskCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PskCredential")
-            .field("uri", &self.uri)
-            .field("identity", &self.identity)
-            .field("key", &"***")
-            .finish()
-    }
-}
-
-/// A bootstrap's progress, for the driver (`Output::Bootstrap`): the management API keeps
-/// each device's last outcome, and a finished bootstrap's PSK credentials for this
-/// gateway go into its PSK store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootstrapEvent {
-    pub endpoint: String,
-    pub status: BootstrapStatus,
-    /// Failed: which step and what the device answered.
-    pub error: Option<String>,
-    /// Finished: the PSK accounts the device was given.
-    pub credentials: Vec<PskCredential>,
-}
 
 /// What a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,10 +22,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::bootstrap::BootstrapEvent;
 use super::core::{cx, dm_env};
 use super::identity::PeerIdentity;
-use super::output::{AuthRequest, MqttOut, ShardMsg, Timer};
+use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, Timer};
 use super::settings::CoreSettings;
 use super::ShardCore;
 use crate::objects::ObjectRegistry;

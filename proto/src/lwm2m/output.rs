@@ -138,6 +138,55 @@ impl std::fmt::Debug for AuthRequest {
     }
 }
 
+/// How a bootstrap went, as published (`status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapStatus {
+    Started,
+    Finished,
+    Failed,
+}
+
+impl BootstrapStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// PSK credentials a finished bootstrap gave the device for a server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PskCredential {
+    pub uri: String,
+    pub identity: String,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PskCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskCredential")
+            .field("uri", &self.uri)
+            .field("identity", &self.identity)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+/// A bootstrap's progress, for the driver (`Output::Bootstrap`): the management API keeps
+/// each device's last outcome, and a finished bootstrap's PSK credentials for this
+/// gateway go into its PSK store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapEvent {
+    pub endpoint: String,
+    pub status: BootstrapStatus,
+    /// Failed: which step and what the device answered.
+    pub error: Option<String>,
+    /// Finished: the PSK accounts the device was given.
+    pub credentials: Vec<PskCredential>,
+}
+
 /// Output buffers, owned by the core and drained by the driver.
 #[derive(Debug, Default)]
 pub struct Outputs {
@@ -156,7 +205,7 @@ pub struct Outputs {
     /// Registers to check with the authentication server: (ticket, request).
     pub auth: Vec<(u64, AuthRequest)>,
     /// Bootstraps' progress, for the driver.
-    pub bootstrap: Vec<super::bootstrap::BootstrapEvent>,
+    pub bootstrap: Vec<BootstrapEvent>,
 }
 
 impl Outputs {
