@@ -26,6 +26,7 @@
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
 
+mod bootstrap;
 mod conn;
 mod event_loop;
 mod http;

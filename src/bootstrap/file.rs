@@ -49,6 +49,9 @@ pub(crate) struct RawEntry {
     delete: Option<Vec<String>>,
     #[serde(default)]
     servers: Vec<RawServer>,
+    /// The API's answer carries the device's last outcome; a PUT of it is accepted.
+    #[serde(default, rename = "last")]
+    _last: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
