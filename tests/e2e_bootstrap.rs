@@ -206,3 +206,194 @@ fn a_device_is_bootstrapped_and_the_file_reloads() {
         .expect("failed: no configuration");
     assert_eq!(v["data"]["status"], "failed");
 }
+
+// ---- over DTLS: a bootstrap identity, and the PSK credentials it provisions ----
+
+/// A device speaking DTLS (PSK) from a real UDP socket, with the load generator's dimpl
+/// client configuration.
+struct DtlsDevice {
+    dtls: dimpl::Dtls,
+    sock: UdpSocket,
+    gw: SocketAddr,
+    plain: std::collections::VecDeque<Vec<u8>>,
+    connected: bool,
+}
+
+impl DtlsDevice {
+    fn try_connect(gw: SocketAddr, identity: &str, key: &str, limit: Duration) -> Option<Self> {
+        let config =
+            lwm2m_loadgen::dtls::client_config(identity.as_bytes(), key.as_bytes()).unwrap();
+        let now = std::time::Instant::now();
+        let mut dtls = dimpl::Dtls::new_12_psk(config, now);
+        dtls.set_active(true);
+        dtls.handle_timeout(now).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut d = DtlsDevice {
+            dtls,
+            sock,
+            gw,
+            plain: Default::default(),
+            connected: false,
+        };
+        let deadline = std::time::Instant::now() + limit;
+        while !d.connected && std::time::Instant::now() < deadline {
+            d.pump();
+        }
+        d.connected.then_some(d)
+    }
+
+    fn pump(&mut self) {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.dtls.poll_output(&mut buf) {
+                dimpl::Output::Packet(p) => {
+                    self.sock.send_to(p, self.gw).unwrap();
+                }
+                dimpl::Output::Connected => self.connected = true,
+                dimpl::Output::ApplicationData(d) => self.plain.push_back(d.to_vec()),
+                dimpl::Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+                dimpl::Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        let mut rb = vec![0u8; 65536];
+        if let Ok((n, _)) = self.sock.recv_from(&mut rb) {
+            let _ = self.dtls.handle_packet(&rb[..n]);
+        }
+        let _ = self.dtls.handle_timeout(std::time::Instant::now());
+    }
+
+    fn send(&mut self, coap: &[u8]) {
+        self.dtls.send_application_data(coap).unwrap();
+        self.pump();
+    }
+
+    fn recv(&mut self) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(p) = self.plain.pop_front() {
+                return p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a CoAP message over DTLS"
+            );
+            self.pump();
+        }
+    }
+
+    fn request(&mut self, code: u8, mid: u16, path: &[&str], query: &[&str]) -> u8 {
+        let req = Req::con(code, mid, &mid.to_be_bytes())
+            .path(path)
+            .query(query);
+        self.send(&req.bytes());
+        Message::parse(&self.recv()).unwrap().code
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("DTLS listener up"))
+        .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
+    let i = line.find("bind=").expect("bind in the line") + 5;
+    line[i..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+const BOOT_KEY: &str = "bootstrapkey1234";
+const DEV_KEY: &str = "provisionedkey16";
+
+#[test]
+fn over_dtls_a_bootstrap_provisions_the_devices_psk() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk.txt");
+    std::fs::write(&psk, format!("boot:{}:dev-*\n", hex(BOOT_KEY))).unwrap();
+    let file = dir.path().join("bootstrap.toml");
+    let extra = format!(
+        "[bootstrap]\nenable = true\nconfig_file = \"{}\"\n\
+         [listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+        file.display(),
+        psk.display()
+    );
+    let gw = GatewayProc::start(Broker::Embedded, &extra);
+    let dtls = dtls_addr(&gw);
+    // The configuration names the DTLS listener, whose port is known now: the file
+    // appears while the gateway runs.
+    let config = format!(
+        "[dev-7]\ndelete = [\"/0\"]\n[[dev-7.servers]]\nuri = \"coaps://127.0.0.1:{}\"\n\
+         security = \"psk\"\nidentity = \"dev-7-id\"\nkey = \"{}\"\nshort_id = 1\nlifetime = 60\n",
+        dtls.port(),
+        hex(DEV_KEY)
+    );
+    std::fs::write(&file, config).unwrap();
+    let auth = Some(("admin", API_SECRET));
+    let path = "/api/v5/gateways/lwm2m/bootstrap/dev-7";
+    let deadline = std::time::Instant::now() + WAIT;
+    while request(gw.api, "GET", path, auth, b"").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut mq = MqttClient::subscriber(gw.mqtt, "e2e-bs-dtls", "lwm2m/#", 1);
+    // Before the bootstrap the device's own identity is unknown.
+    assert!(DtlsDevice::try_connect(dtls, "dev-7-id", DEV_KEY, Duration::from_secs(2)).is_none());
+
+    let mut boot = DtlsDevice::try_connect(dtls, "boot", BOOT_KEY, WAIT).expect("handshake");
+    // The bootstrap identity may bootstrap only the names its patterns allow.
+    let code = boot.request(codes::POST, 1, &["bs"], &["ep=other"]);
+    assert_eq!(code, codes::FORBIDDEN);
+    assert_eq!(
+        boot.request(codes::POST, 2, &["bs"], &["ep=dev-7"]),
+        codes::CHANGED
+    );
+    let mut paths = Vec::new();
+    loop {
+        let r = Request::parse(&boot.recv());
+        let code = if r.code == codes::DELETE {
+            codes::DELETED
+        } else {
+            codes::CHANGED
+        };
+        boot.send(&r.ack(code, &[], b""));
+        paths.push(r.path.clone());
+        if r.path == "/bs" {
+            break;
+        }
+    }
+    assert_eq!(paths, ["/0", "/0/1", "/1/1", "/bs"]);
+    let (_, v) = mq
+        .next_json(WAIT, |_, v| {
+            v["msgType"] == "bootstrap" && v["data"]["status"] == "finished"
+        })
+        .expect("finished");
+    assert_eq!(v["data"]["ep"], "dev-7");
+
+    // The provisioned identity handshakes and registers its name, with no restart.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut dev = loop {
+        if let Some(d) = DtlsDevice::try_connect(dtls, "dev-7-id", DEV_KEY, Duration::from_secs(2))
+        {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+    };
+    let code = dev.request(codes::POST, 10, &["rd"], &["ep=dev-7", "lt=60"]);
+    assert_eq!(code, codes::CREATED);
+    let code = dev.request(codes::POST, 11, &["rd"], &["ep=dev-8", "lt=60"]);
+    assert_eq!(code, codes::FORBIDDEN, "only the bootstrapped name");
+
+    // The configuration removed: the provisioned key goes with it.
+    assert_eq!(request(gw.api, "DELETE", path, auth, b"").0, 204);
+    assert!(DtlsDevice::try_connect(dtls, "dev-7-id", DEV_KEY, Duration::from_secs(2)).is_none());
+}

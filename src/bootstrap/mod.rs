@@ -11,7 +11,7 @@ mod file;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,8 +48,9 @@ pub struct BootstrapStore {
     /// The file with the API's changes: what the core is given.
     current: RwLock<Arc<BootstrapConfigs>>,
     outcomes: Mutex<HashMap<String, Outcome>>,
-    /// The DTLS listener's PSK store and port: credentials for `coaps://…:port` go there.
-    psk: Option<(Arc<PskStore>, u16)>,
+    /// The DTLS listener's PSK store: credentials for `coaps://…:dtls_port` go there.
+    psk: Option<Arc<PskStore>>,
+    dtls_port: AtomicU16,
     generation: AtomicU64,
     reloading: Mutex<()>,
 }
@@ -94,10 +95,16 @@ impl BootstrapStore {
             file: RwLock::new(configs),
             overlay: RwLock::new(Vec::new()),
             outcomes: Mutex::new(HashMap::new()),
-            psk,
+            dtls_port: AtomicU16::new(psk.as_ref().map_or(0, |p| p.1)),
+            psk: psk.map(|p| p.0),
             generation: AtomicU64::new(0),
             reloading: Mutex::new(()),
         }
+    }
+
+    /// The DTLS listener's port once bound (the configuration may say 0).
+    pub fn set_dtls_port(&self, port: u16) {
+        self.dtls_port.store(port, Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -169,7 +176,7 @@ impl BootstrapStore {
         let c = Arc::new(c);
         *write(&self.current) = c.clone();
         self.generation.fetch_add(1, Ordering::Release);
-        if let Some((psk, _)) = &self.psk {
+        if let Some(psk) = &self.psk {
             let removed = psk.retain_provisioned(|id, key, ep| gives(&c, ep, id, key));
             if removed > 0 {
                 tracing::info!(
@@ -184,12 +191,13 @@ impl BootstrapStore {
     /// the credentials it was given for this gateway into the PSK store.
     pub fn on_event(&self, e: &BootstrapEvent, unix_ms: u64) {
         if e.status == BootstrapStatus::Finished {
-            if let Some((psk, port)) = &self.psk {
+            if let Some(psk) = &self.psk {
+                let port = self.dtls_port.load(Ordering::Relaxed);
                 // Only what the configuration in use still gives (it may have changed
                 // while the bootstrap ran).
                 let current = self.current();
                 let gives = |id: &str, key: &[u8]| gives(&current, &e.endpoint, id, key);
-                let ours = e.credentials.iter().filter(|c| targets(&c.uri, *port));
+                let ours = e.credentials.iter().filter(|c| targets(&c.uri, port));
                 for c in ours.filter(|c| gives(&c.identity, &c.key)) {
                     psk.provision(&c.identity, &c.key, &e.endpoint);
                     tracing::info!(endpoint = %e.endpoint, identity = %c.identity, "PSK credentials provisioned by bootstrap");

@@ -131,6 +131,12 @@ impl Gateway {
             wakers,
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
+        let dtls_port = parts
+            .first()
+            .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
+        if let (Some(b), Some(a)) = (&bootstrap, dtls_port) {
+            b.set_dtls_port(a.port());
+        }
 
         let router_counters = Arc::new(RouterCounters::default());
         let router = Arc::new(CommandRouter {
