@@ -377,6 +377,14 @@ delete = ["/0"]
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/bootstrap.toml.example");
+        let c = read_file(&path).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.find("sensor-9").unwrap().servers[0].short_id, 1);
+    }
+
+    #[test]
     fn a_missing_file_is_empty() {
         let c = read_file(Path::new("/nonexistent/bootstrap.toml")).unwrap();
         assert!(c.is_empty());
