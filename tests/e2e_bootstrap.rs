@@ -163,6 +163,33 @@ fn a_device_is_bootstrapped_and_the_file_reloads() {
     let v = common::json(&body);
     assert_eq!(v["servers"][1]["identity"], "bs1-id");
     assert_eq!(v["last"]["status"], "finished");
+    // PUT validates as the file does, naming the field; a good one is listed.
+    let base = "/api/v5/gateways/lwm2m/bootstrap";
+    let bad = br#"{"servers":[{"uri":"coap://127.0.0.1:5783","security":"psk","short_id":1}]}"#;
+    let (st, body) = request(gw.api, "PUT", &format!("{base}/api1"), auth, bad);
+    assert_eq!(st, 400);
+    assert!(body.contains("servers[0].uri"), "{body}");
+    let good = br#"{"delete":["/0"],"servers":[{"uri":"coap://127.0.0.1:5783","security":"nosec","short_id":7}]}"#;
+    let (st, _) = request(gw.api, "PUT", &format!("{base}/api1"), auth, good);
+    assert_eq!(st, 204);
+    let (st, body) = request(gw.api, "GET", base, auth, b"");
+    assert_eq!(st, 200);
+    let v = common::json(&body);
+    let names: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bs1", "api1"]);
+    assert_eq!(v["data"][1]["servers"][0]["short_id"], 7);
+    let dev4 = socket([127, 0, 0, 1], WAIT);
+    assert_eq!(bootstrap_request(&dev4, gw.udp, "api1", 1), codes::CHANGED);
+    assert_eq!(Request::parse(&recv(&dev4)).path, "/0");
+    let (st, _) = request(gw.api, "DELETE", &format!("{base}/api1"), auth, b"");
+    assert_eq!(st, 204);
+    let (st, _) = request(gw.api, "DELETE", &format!("{base}/api1"), auth, b"");
+    assert_eq!(st, 404);
 
     // A file with an error is refused (its line logged), the previous one kept.
     std::fs::write(&file, CONFIG.replace("\"nosec\"", "\"none\"")).unwrap();
