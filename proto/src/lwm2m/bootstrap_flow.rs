@@ -99,29 +99,28 @@ impl ShardCore {
             self.refuse_bootstrap(peer, msg, BsRefusal::Forbidden, &e, len);
             return;
         }
-        match self.boot.known(peer, name, msg.mid, secure) {
-            Known::Retransmission => {
-                self.stats.duplicates += 1;
-                let r = self.reply_header(msg, codes::CHANGED);
-                self.write_reply(peer, &r, None);
-                return;
-            }
-            Known::Restart => {
-                self.boot.drop_runs(peer, name);
-                self.stats.bootstraps_restarted += 1;
-            }
-            Known::New => {
-                if self.boot.len() >= MAX_RUNS {
-                    self.stats.bootstraps_refused[BsRefusal::Busy.index()] += 1;
-                    self.reply_unavailable(peer, msg, 5);
-                    return;
-                }
-                if let Err(max_age) = self.regs.take_token(now, secure) {
-                    self.stats.bootstraps_refused[BsRefusal::RateLimited.index()] += 1;
-                    self.reply_unavailable(peer, msg, max_age);
-                    return;
-                }
-            }
+        let known = self.boot.known(peer, name, msg.mid, secure);
+        if let Known::Retransmission = known {
+            self.stats.duplicates += 1;
+            let r = self.reply_header(msg, codes::CHANGED);
+            self.write_reply(peer, &r, None);
+            return;
+        }
+        if matches!(known, Known::New) && self.boot.len() >= MAX_RUNS {
+            self.stats.bootstraps_refused[BsRefusal::Busy.index()] += 1;
+            self.reply_unavailable(peer, msg, 5);
+            return;
+        }
+        // A restart costs a token too: a flood of requests naming a device in progress
+        // (from spoofed addresses) is held to the rate like new ones.
+        if let Err(max_age) = self.regs.take_token(now, secure) {
+            self.stats.bootstraps_refused[BsRefusal::RateLimited.index()] += 1;
+            self.reply_unavailable(peer, msg, max_age);
+            return;
+        }
+        if let Known::Restart = known {
+            self.boot.drop_runs(peer, name);
+            self.stats.bootstraps_restarted += 1;
         }
         let mountpoint = self.bootstrap_mountpoint(name, peer);
         let Some(config) = source.config_for(name) else {

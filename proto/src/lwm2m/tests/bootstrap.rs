@@ -599,3 +599,23 @@ fn a_registered_device_still_gets_its_commands_answered() {
     let reqs = run_through(&mut h, first);
     assert_eq!(reqs.len(), 7);
 }
+
+#[test]
+fn restarts_are_held_to_the_rate_too() {
+    let s = CoreSettings {
+        max_conn_rate: 10,
+        ..bs_settings(configs())
+    };
+    let mut h = Harness::new(1, s);
+    let mut unavailable = 0;
+    for i in 0..100u16 {
+        let peer = std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7000));
+        let r = h.exchange(0, peer, &bs_request("dev1", i + 1));
+        if r[0].code() == codes::SERVICE_UNAVAILABLE {
+            unavailable += 1;
+        }
+    }
+    assert_eq!(unavailable, 90);
+    assert_eq!(h.cores[0].boot.len(), 1, "one bootstrap per device");
+    assert_eq!(h.cores[0].stats.bootstraps_restarted, 9);
+}
