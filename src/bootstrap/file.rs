@@ -22,7 +22,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::lwm2m::bs_config::{default_delete, FieldError};
+use crate::formats::Value;
+use crate::lwm2m::bs_config::{default_delete, FieldError, InstanceWrite};
 use crate::lwm2m::{BootstrapConfig, BootstrapConfigs, SecurityMode, ServerAccount};
 use crate::model::LwPath;
 
@@ -49,6 +50,8 @@ pub(crate) struct RawEntry {
     delete: Option<Vec<String>>,
     #[serde(default)]
     servers: Vec<RawServer>,
+    #[serde(default)]
+    objects: Vec<RawObject>,
     /// The API's answer carries the device's last outcome; a PUT of it is accepted.
     #[serde(default, rename = "last")]
     _last: Option<serde::de::IgnoredAny>,
@@ -68,6 +71,78 @@ struct RawServer {
     lifetime: u32,
     #[serde(default = "default_binding")]
     binding: String,
+}
+
+/// Another object instance: `{ path = "/3/0", values = { "14" = "+02" } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObject {
+    path: String,
+    values: BTreeMap<String, Scalar>,
+}
+
+/// A value as written; typed by the resource's definition.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// The shipped object definitions, which type the values of `objects`.
+fn registry() -> &'static lwm2m_proto::objects::ObjectRegistry {
+    static R: std::sync::OnceLock<lwm2m_proto::objects::ObjectRegistry> =
+        std::sync::OnceLock::new();
+    R.get_or_init(lwm2m_proto::objects::builtin_registry)
+}
+
+/// `v` as the value of resource `r` of `path`'s object, typed by its definition.
+fn typed(path: &LwPath, r: u16, v: &Scalar) -> Result<Value, String> {
+    use crate::model::{ObjectModel, ResourceType as T};
+    let obj = path.object().unwrap_or(0);
+    let def = registry()
+        .resource(obj, r)
+        .ok_or_else(|| format!("the object definitions have no resource /{obj}/{r}"))?;
+    if def.multiple {
+        return Err(format!(
+            "/{obj}/{r} is a multiple-instance resource (not supported here)"
+        ));
+    }
+    let want = |what: &str| format!("/{obj}/{r} ({}) takes {what}", def.name);
+    Ok(match (def.kind, v) {
+        (T::String, Scalar::Str(s)) => Value::String(s.clone()),
+        (T::Corelnk, Scalar::Str(s)) => Value::Corelnk(s.clone()),
+        (T::Integer, Scalar::Int(i)) => Value::Integer(*i),
+        (T::Time, Scalar::Int(i)) => Value::Time(*i),
+        (T::UnsignedInteger, Scalar::Int(i)) if *i >= 0 => Value::Unsigned(*i as u64),
+        (T::Float, Scalar::Int(i)) => Value::Float(*i as f64),
+        (T::Float, Scalar::Float(f)) if f.is_finite() => Value::Float(*f),
+        (T::Boolean, Scalar::Bool(b)) => Value::Boolean(*b),
+        (T::Opaque, Scalar::Str(s)) => Value::Opaque(decode_hex(s).ok_or_else(|| want("hex"))?),
+        (T::Objlnk, Scalar::Str(s)) => {
+            let (o, i) = s
+                .split_once(':')
+                .ok_or_else(|| want("\"object:instance\""))?;
+            let n = |x: &str| x.parse::<u16>().map_err(|_| want("\"object:instance\""));
+            Value::Objlnk(n(o)?, n(i)?)
+        }
+        (k, _) => return Err(want(&format!("{} values", k.name()))),
+    })
+}
+
+fn scalar_json(v: &Value, out: &mut Vec<u8>) {
+    use crate::formats::write_json_string as s;
+    match v {
+        Value::String(t) | Value::Corelnk(t) => s(t, out),
+        Value::Integer(i) | Value::Time(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Unsigned(u) => out.extend_from_slice(u.to_string().as_bytes()),
+        Value::Float(f) => out.extend_from_slice(format!("{f:?}").as_bytes()),
+        Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Objlnk(o, i) => s(&format!("{o}:{i}"), out),
+        Value::Opaque(b) | Value::Untyped(b) => s(&hex(b), out),
+    }
 }
 
 fn default_lifetime() -> u32 {
@@ -139,7 +214,30 @@ impl RawEntry {
             account.check(&format!("servers[{i}]"))?;
             servers.push(account);
         }
-        let config = BootstrapConfig { delete, servers };
+        let mut objects = Vec::with_capacity(self.objects.len());
+        for (i, o) in self.objects.into_iter().enumerate() {
+            let path = LwPath::parse(&o.path).map_err(|e| FieldError {
+                field: format!("objects[{i}].path"),
+                reason: format!("{:?} is not a path: {e}", o.path),
+            })?;
+            let mut values = Vec::with_capacity(o.values.len());
+            for (k, v) in &o.values {
+                let err = |reason: String| FieldError {
+                    field: format!("objects[{i}].values.{k}"),
+                    reason,
+                };
+                let r: u16 = k
+                    .parse()
+                    .map_err(|_| err("a resource id (a number)".into()))?;
+                values.push((r, typed(&path, r, v).map_err(err)?));
+            }
+            objects.push(InstanceWrite { path, values });
+        }
+        let config = BootstrapConfig {
+            delete,
+            servers,
+            objects,
+        };
         config.check()?;
         Ok(config)
     }
@@ -287,7 +385,29 @@ pub fn entry_json(c: &BootstrapConfig, out: &mut Vec<u8>) {
         s(&a.binding, out);
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(b"]");
+    if !c.objects.is_empty() {
+        out.extend_from_slice(b",\"objects\":[");
+        for (i, o) in c.objects.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"path\":");
+            s(&o.path.to_string(), out);
+            out.extend_from_slice(b",\"values\":{");
+            for (j, (r, v)) in o.values.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                s(&r.to_string(), out);
+                out.push(b':');
+                scalar_json(v, out);
+            }
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -314,6 +434,9 @@ short_id = 1
 
 [default]
 delete = ["/0"]
+[[default.objects]]
+path = "/3/0"
+values = { "14" = "+02", "13" = 1700000000, "15" = "Europe/Paris" }
 "#;
 
     fn err(text: &str) -> (usize, String, String) {
@@ -344,7 +467,13 @@ delete = ["/0"]
             (s.servers[0].lifetime, s.servers[0].binding.as_str()),
             (86_400, "U")
         );
-        assert!(c.find("x").unwrap().servers.is_empty());
+        let d0 = c.find("x").unwrap();
+        assert!(d0.servers.is_empty());
+        assert_eq!(d0.objects[0].values[0], (13, Value::Time(1_700_000_000)));
+        assert_eq!(d0.objects[0].values[1], (14, Value::String("+02".into())));
+        let mut j = Vec::new();
+        entry_json(d0, &mut j);
+        assert_eq!(entry_from_json(&j).unwrap(), **d0);
         // The JSON of an entry reads back the same.
         let mut j = Vec::new();
         entry_json(d, &mut j);
@@ -374,6 +503,12 @@ delete = ["/0"]
         let bad = GOOD.replace("delete = [\"/0\"]", "delete = [\"/zero\"]");
         assert_eq!(err(&bad).1, "default.delete[0]");
         assert_eq!(err("[a\n").0, 1);
+        let bad = GOOD.replace("\"13\" = 1700000000", "\"13\" = \"soon\"");
+        let e = err(&bad);
+        assert_eq!(e.1, "default.objects[0].values.13");
+        assert!(e.2.contains("Time values"), "{e:?}");
+        let bad = GOOD.replace("\"14\" = \"+02\"", "\"99\" = 1");
+        assert!(err(&bad).2.contains("no resource /3/99"));
     }
 
     #[test]

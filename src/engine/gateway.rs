@@ -131,12 +131,7 @@ impl Gateway {
             wakers,
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
-        let dtls_port = parts
-            .first()
-            .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
-        if let (Some(b), Some(a)) = (&bootstrap, dtls_port) {
-            b.set_dtls_port(a.port());
-        }
+        tell_dtls_port(bootstrap.as_deref(), &parts);
 
         let router_counters = Arc::new(RouterCounters::default());
         let router = Arc::new(CommandRouter {
@@ -563,6 +558,17 @@ fn bootstrap_setup(
         "Bootstrap-Server enabled"
     );
     Ok(Some(store))
+}
+
+/// The Bootstrap-Server learns the DTLS listener's bound port (the configuration may
+/// say 0): credentials for `coaps://…:port` are this gateway's.
+fn tell_dtls_port(bootstrap: Option<&BootstrapStore>, parts: &[Option<ShardParts>]) {
+    let bound = parts
+        .first()
+        .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
+    if let (Some(b), Some(a)) = (bootstrap, bound) {
+        b.set_dtls_port(a.port());
+    }
 }
 
 /// Loads the object definitions of `dir`; a bad file is logged and skipped. When `dir`

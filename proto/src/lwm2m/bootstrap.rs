@@ -533,6 +533,19 @@ fn build_steps(config: &BootstrapConfig, format: u16) -> Result<Vec<Step>, Strin
             body: Some((format, body)),
         });
     }
+    for o in &config.objects {
+        let items: Vec<WriteItem> = o
+            .values
+            .iter()
+            .map(|(r, v)| item(o.path, *r, v.clone()))
+            .collect();
+        let body = formats::encode(format, &o.path, &items).map_err(|e| e.to_string())?;
+        steps.push(Step {
+            kind: StepKind::Write,
+            path: o.path,
+            body: Some((format, body)),
+        });
+    }
     steps.push(Step {
         kind: StepKind::Finish,
         path: LwPath::ROOT,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::formats::Value;
 use crate::model::LwPath;
 
 /// How the device secures its connection to an LwM2M Server (Security resource 2).
@@ -80,13 +81,23 @@ impl std::fmt::Debug for ServerAccount {
     }
 }
 
+/// Another object instance a configuration writes (after the accounts): its path
+/// (`/3/0`) and its single-instance resources' typed values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceWrite {
+    pub path: LwPath,
+    pub values: Vec<(u16, Value)>,
+}
+
 /// What a device with this configuration gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BootstrapConfig {
     /// Bootstrap-Delete targets, in order.
     pub delete: Vec<LwPath>,
     /// Server accounts, written as `/0/i` and `/1/i`, i = 1, 2, … in order.
     pub servers: Vec<ServerAccount>,
+    /// Other object instances, written in order after the accounts.
+    pub objects: Vec<InstanceWrite>,
 }
 
 /// The Bootstrap-Delete targets of a configuration that does not list its own.
@@ -232,6 +243,32 @@ impl BootstrapConfig {
                 });
             }
         }
+        for (i, o) in self.objects.iter().enumerate() {
+            let err = |reason: String| FieldError {
+                field: format!("objects[{i}].path"),
+                reason,
+            };
+            if o.path.len() != 2 {
+                return Err(err(format!(
+                    "{}: an object instance (/object/instance)",
+                    o.path
+                )));
+            }
+            if matches!(o.path.object(), Some(0 | 1)) {
+                return Err(err(format!(
+                    "{}: Security and Server instances come from `servers`",
+                    o.path
+                )));
+            }
+            let mut ids: Vec<u16> = o.values.iter().map(|v| v.0).collect();
+            ids.sort_unstable();
+            if ids.is_empty() || ids.windows(2).any(|w| w[0] == w[1]) {
+                return Err(FieldError {
+                    field: format!("objects[{i}].values"),
+                    reason: "one value per resource, at least one".into(),
+                });
+            }
+        }
         let mut ids: Vec<u16> = self.servers.iter().map(|s| s.short_id).collect();
         ids.sort_unstable();
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -252,7 +289,7 @@ impl BootstrapConfig {
 
 /// The configurations, by endpoint name: exact names, then patterns (`*` any run of
 /// characters) in order, then `default`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BootstrapConfigs {
     entries: Vec<(String, Arc<BootstrapConfig>)>,
 }
@@ -393,6 +430,7 @@ mod tests {
                 short_id: id,
                 ..psk()
             }],
+            objects: vec![],
         };
         let mut c = BootstrapConfigs::new();
         c.insert("default", cfg(1));
@@ -406,6 +444,7 @@ mod tests {
         let dup = BootstrapConfig {
             delete: vec![],
             servers: vec![psk(), psk()],
+            objects: vec![],
         };
         assert_eq!(dup.check().unwrap_err().field, "servers");
     }

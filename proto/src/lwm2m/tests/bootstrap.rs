@@ -49,6 +49,7 @@ fn configs() -> BootstrapConfigs {
         BootstrapConfig {
             delete: default_delete(),
             servers: accounts(),
+            objects: vec![],
         },
     );
     c
@@ -459,6 +460,7 @@ fn no_configuration_is_4_00_and_a_failed_message() {
         BootstrapConfig {
             delete: vec![],
             servers: accounts()[..1].to_vec(),
+            objects: vec![],
         },
     );
     let mut h = Harness::new(1, bs_settings(c));
@@ -542,6 +544,7 @@ fn a_flood_from_spoofed_addresses_is_bounded() {
                 BootstrapConfig {
                     delete: default_delete(),
                     servers: accounts(),
+                    objects: vec![],
                 },
             );
             c
@@ -575,6 +578,7 @@ fn the_cap_on_runs_holds_without_a_rate() {
         BootstrapConfig {
             delete: default_delete(),
             servers: vec![],
+            objects: vec![],
         },
     );
     let mut h = Harness::new(1, bs_settings(c));
@@ -618,4 +622,42 @@ fn restarts_are_held_to_the_rate_too() {
     assert_eq!(unavailable, 90);
     assert_eq!(h.cores[0].boot.len(), 1, "one bootstrap per device");
     assert_eq!(h.cores[0].stats.bootstraps_restarted, 9);
+}
+
+#[test]
+fn other_object_instances_are_written_after_the_accounts() {
+    let mut c = BootstrapConfigs::new();
+    c.insert(
+        "dev1",
+        BootstrapConfig {
+            delete: vec![],
+            servers: accounts()[..1].to_vec(),
+            objects: vec![crate::lwm2m::bs_config::InstanceWrite {
+                path: LwPath::parse("/3/0").unwrap(),
+                values: vec![
+                    (14, Value::String("+02".into())),
+                    (13, Value::Time(1_700_000_000)),
+                ],
+            }],
+        },
+    );
+    let mut h = Harness::new(1, bs_settings(c));
+    let first = start(&mut h);
+    let reqs = run_through(&mut h, first);
+    let paths: Vec<String> = reqs.iter().map(|r| describe(r).1).collect();
+    assert_eq!(paths, ["/0/1", "/1/1", "/3/0", "/bs"]);
+    let model = h.cores[0].dm.registry();
+    let p = LwPath::parse("/3/0").unwrap();
+    let items = formats::decode(Some(fmt_id::TLV), &describe(&reqs[2]).3, &p, model).unwrap();
+    let v: Vec<(String, Value)> = items
+        .into_iter()
+        .map(|i| (i.path.to_string(), i.value))
+        .collect();
+    assert_eq!(
+        v,
+        vec![
+            ("/3/0/13".into(), Value::Time(1_700_000_000)),
+            ("/3/0/14".into(), Value::String("+02".into())),
+        ]
+    );
 }
