@@ -364,6 +364,17 @@ impl Bootstraps {
         true
     }
 
+    /// The DTLS session of `peer` ended: its bootstrap over DTLS cannot go on (its
+    /// requests would go nowhere) and ends `failed` now rather than at its timeout.
+    pub(super) fn session_closed(&mut self, cx: &mut Cx<'_>, peer: SocketAddr) {
+        let Some(&id) = self.by_peer.get(&peer) else {
+            return;
+        };
+        if self.runs.get(&id).is_some_and(|r| r.secure) {
+            self.fail(cx, id, "DTLS session closed");
+        }
+    }
+
     /// The device answered the step in flight with `code`.
     fn answered(&mut self, cx: &mut Cx<'_>, id: u32, code: u8) {
         let run = self.runs.get_mut(&id).expect("known");

@@ -136,6 +136,9 @@ impl ServerAccount {
         if self.short_id == 0 || self.short_id == u16::MAX {
             return Err(err("short_id", "must be 1 to 65534".into()));
         }
+        if self.lifetime == 0 {
+            return Err(err("lifetime", "at least 1 second".into()));
+        }
         if self.binding.is_empty()
             || self.binding.len() > 8
             || !self.binding.bytes().all(|b| b"UTSNQ".contains(&b))
@@ -412,6 +415,7 @@ mod tests {
         assert_eq!(bad(|a| a.identity = None), "servers[0].identity");
         assert_eq!(bad(|a| a.key = None), "servers[0].key");
         assert_eq!(bad(|a| a.short_id = 0), "servers[0].short_id");
+        assert_eq!(bad(|a| a.lifetime = 0), "servers[0].lifetime");
         assert_eq!(bad(|a| a.binding = "X".into()), "servers[0].binding");
         let mut n = psk();
         n.security = SecurityMode::NoSec;

@@ -496,6 +496,9 @@ impl ShardCore {
     /// act for it speaks for it again: its commands wait in its queue (TTL and
     /// `max_queued` apply), `mheaders.ttl = 0` commands are refused.
     pub(super) fn secure_session_closed(&mut self, _now: u64, peer: SocketAddr) {
+        if self.boot.talks_to(&peer) {
+            self.boot.session_closed(cx!(self), peer);
+        }
         let Some(slot) = self.table.find_peer(&peer) else {
             return;
         };

@@ -530,6 +530,17 @@ fn over_dtls_the_identity_must_be_allowed_and_requests_go_encrypted() {
     }
     let s: Vec<String> = statuses(&h).into_iter().map(|s| s.1).collect();
     assert_eq!(s, ["failed", "started", "finished"]);
+    // The session of a device being bootstrapped ends: failed at once.
+    let r = h.secure(0, addr(1, DEV), &id, &bs_request("dev1", 30));
+    assert_eq!(r.len(), 2);
+    // A plain session end elsewhere changes nothing.
+    assert!(h.session_closed(0, addr(2, DEV)).is_empty());
+    assert_eq!(h.cores[0].boot.len(), 1);
+    assert!(h.session_closed(0, addr(1, DEV)).is_empty());
+    assert_eq!(h.cores[0].boot.len(), 0);
+    let last = statuses(&h).pop().unwrap();
+    assert_eq!(last.2.as_deref(), Some("delete /0: DTLS session closed"));
+    assert!(h.advance_collect(300_000).is_empty());
 }
 
 #[test]
