@@ -191,6 +191,16 @@ fn a_device_is_bootstrapped_and_the_file_reloads() {
     let (st, _) = request(gw.api, "DELETE", &format!("{base}/api1"), auth, b"");
     assert_eq!(st, 404);
 
+    // A configuration change through the API keeps the Bootstrap-Server serving.
+    let (st, body) = request(
+        gw.api,
+        "PUT",
+        "/api/v5/gateways/lwm2m",
+        auth,
+        br#"{"qmode_time_window":"30s"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+
     // A file with an error is refused (its line logged), the previous one kept.
     std::fs::write(&file, CONFIG.replace("\"nosec\"", "\"none\"")).unwrap();
     let deadline = std::time::Instant::now() + WAIT;

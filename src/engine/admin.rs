@@ -83,6 +83,7 @@ impl GatewayAdmin {
         // What the engine set up at start and the configuration does not hold.
         s.auth = old.auth.clone();
         s.dtls_psk = old.dtls_psk.clone();
+        s.bootstrap_configs = old.bootstrap_configs.clone();
         s.location_key = old.location_key;
         s.clock_epoch_ms = old.clock_epoch_ms;
         let s = Arc::new(s);
