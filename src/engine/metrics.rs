@@ -634,7 +634,7 @@ fn write_bootstraps(sh: &Shards<'_>, w: &mut Writer<'_>) {
             w.counter(
                 "lwm2m_bootstraps_refused_total",
                 "Bootstrap-Requests refused: bad name (4.00), identity not allowed (4.03), \
-                 no configuration (4.00/4.03), rate limited or too many in progress (5.03).",
+                 no configuration (4.00/4.03), rate limited, too many in progress or broker congested (5.03).",
                 &[("shard", &sh.labels[i]), ("reason", r.name())],
                 s.bootstraps_refused[r.index()],
             );

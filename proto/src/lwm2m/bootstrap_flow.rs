@@ -6,14 +6,16 @@
 //! settings' `BootstrapSource`), the 2.04, and the run's start.
 //!
 //! Refusals: a missing or bad name 4.00; an identity that may not bootstrap the name 4.03;
-//! no configuration 4.00 (4.03 over DTLS) and a `failed` message saying so; over the rate
-//! or with too many in progress 5.03 with Max-Age. Nothing is written to a refused device.
+//! no configuration 4.00 (4.03 over DTLS) and a `failed` message saying so; over the rate,
+//! with too many in progress, or while the broker connections are congested 5.03 with
+//! Max-Age. Nothing is written to a refused device.
 
 use std::net::SocketAddr;
 
 use super::bootstrap::{self, BootstrapStatus, Known, MAX_RUNS};
 use super::core::cx;
 use super::registration::{check_endpoint_name, BadRequest};
+use super::shed::SHED_MAX_AGE_S;
 use super::template::Vars;
 use super::ShardCore;
 use crate::coap::{codes, opt, Message};
@@ -29,7 +31,8 @@ pub enum BsRefusal {
     NoConfiguration,
     /// Over the listener's `max_conn_rate` (5.03).
     RateLimited,
-    /// Too many bootstraps in progress on the shard (5.03).
+    /// Too many bootstraps in progress on the shard, or the broker connections are
+    /// congested (5.03).
     Busy,
 }
 
@@ -104,6 +107,13 @@ impl ShardCore {
             self.stats.duplicates += 1;
             let r = self.reply_header(msg, codes::CHANGED);
             self.write_reply(peer, &r, None);
+            return;
+        }
+        if self.out.congested {
+            // The broker connections are congested: a bootstrap would publish
+            // progress nobody may get; the device comes back (as Registers do).
+            self.stats.bootstraps_refused[BsRefusal::Busy.index()] += 1;
+            self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
             return;
         }
         if matches!(known, Known::New) && self.boot.len() >= MAX_RUNS {

@@ -672,3 +672,18 @@ fn other_object_instances_are_written_after_the_accounts() {
         ]
     );
 }
+
+#[test]
+fn congested_broker_connections_defer_bootstraps() {
+    let mut h = harness();
+    h.congested(0, true);
+    let r = h.one(0, addr(1, DEV), &bs_request("dev1", 1));
+    assert_eq!(r.code(), codes::SERVICE_UNAVAILABLE);
+    assert!(statuses(&h).is_empty());
+    assert_eq!(
+        h.cores[0].stats.bootstraps_refused[BsRefusal::Busy.index()],
+        1
+    );
+    h.congested(0, false);
+    let _ = start(&mut h);
+}
