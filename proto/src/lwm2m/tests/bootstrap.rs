@@ -687,3 +687,45 @@ fn congested_broker_connections_defer_bootstraps() {
     h.congested(0, false);
     let _ = start(&mut h);
 }
+
+#[test]
+fn a_device_answering_garbage_is_timed_out_and_reported() {
+    let mut h = harness();
+    let first = start(&mut h);
+    let m = first.msg();
+    // Malformed bytes, an ACK for another message, a response with another token, a
+    // piggybacked answer for the right MID with a wrong token: none answers the step.
+    let mut wrong_mid = Vec::new();
+    MessageWriter::new(
+        &mut wrong_mid,
+        MsgType::Ack,
+        codes::DELETED,
+        m.mid ^ 1,
+        m.token,
+    )
+    .finish();
+    let mut wrong_token = Vec::new();
+    MessageWriter::new(&mut wrong_token, MsgType::Con, codes::DELETED, 9, b"zz").finish();
+    let mut wrong_piggy = Vec::new();
+    MessageWriter::new(&mut wrong_piggy, MsgType::Ack, codes::DELETED, m.mid, b"zz").finish();
+    for junk in [
+        &[0xff, 0x00, 0x12][..],
+        &[0x40][..],
+        &wrong_mid,
+        &wrong_token,
+        &wrong_piggy,
+    ] {
+        for r in h.exchange(0, addr(1, DEV), junk) {
+            let code = r.msg().code;
+            assert!(
+                r.msg().mtype == MsgType::Rst || code == codes::DELETE,
+                "only Resets to the junk: {r:?}"
+            );
+        }
+    }
+    assert_eq!(h.cores[0].boot.len(), 1);
+    h.advance(120_000);
+    assert_eq!(h.cores[0].boot.len(), 0);
+    let last = statuses(&h).pop().unwrap();
+    assert_eq!(last.2.as_deref(), Some("delete /0: timeout"));
+}
