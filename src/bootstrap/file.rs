@@ -519,6 +519,26 @@ values = { "14" = "+02", "13" = 1700000000, "15" = "Europe/Paris" }
         assert_eq!(c.find("sensor-9").unwrap().servers[0].short_id, 1);
     }
 
+    /// Hostile files: every truncation and every single-byte change of a good one
+    /// parses or is refused, never panics.
+    #[test]
+    fn mangled_files_never_panic() {
+        let text = GOOD;
+        for n in 0..text.len() {
+            let _ = parse_file(&text[..n], Path::new("t"));
+        }
+        let bytes = text.as_bytes();
+        for i in 0..bytes.len() {
+            for b in [b'"', b'[', b']', b'=', b'\n', b'*', b'.', b'0', b'x'] {
+                let mut m = bytes.to_vec();
+                m[i] = b;
+                if let Ok(t) = std::str::from_utf8(&m) {
+                    let _ = parse_file(t, Path::new("t"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_missing_file_is_empty() {
         let c = read_file(Path::new("/nonexistent/bootstrap.toml")).unwrap();
