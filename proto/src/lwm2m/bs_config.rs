@@ -121,6 +121,21 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// The values of one object instance a configuration writes, at most (bytes): each
+/// write is one request, without block-wise transfer.
+pub const MAX_INSTANCE_BYTES: usize = 768;
+
+/// Longest server URI.
+pub const MAX_URI: usize = 255;
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) | Value::Corelnk(s) => s.len(),
+        Value::Opaque(b) | Value::Untyped(b) => b.len(),
+        _ => 8,
+    }
+}
+
 /// Longest PSK identity and key a configuration may give (as the PSK file allows).
 pub const MAX_PSK_IDENTITY: usize = 128;
 pub const MAX_PSK_KEY: usize = 64;
@@ -192,6 +207,9 @@ impl ServerAccount {
 
 /// A server URI: `coap://` for nosec, `coaps://` for psk, a host, an optional port.
 fn check_uri(uri: &str, mode: SecurityMode) -> Result<(), String> {
+    if uri.len() > MAX_URI {
+        return Err(format!("longer than {MAX_URI} bytes"));
+    }
     let (scheme, rest) = uri
         .split_once("://")
         .ok_or_else(|| format!("{uri:?} is not a URI (coap://host:port or coaps://host:port)"))?;
@@ -262,6 +280,15 @@ impl BootstrapConfig {
                     "{}: Security and Server instances come from `servers`",
                     o.path
                 )));
+            }
+            let size: usize = o.values.iter().map(|(_, v)| value_size(v)).sum();
+            if size > MAX_INSTANCE_BYTES {
+                return Err(FieldError {
+                    field: format!("objects[{i}].values"),
+                    reason: format!(
+                        "{size} bytes of values; at most {MAX_INSTANCE_BYTES} (one request, no blocks)"
+                    ),
+                });
             }
             let mut ids: Vec<u16> = o.values.iter().map(|v| v.0).collect();
             ids.sort_unstable();
@@ -412,6 +439,10 @@ mod tests {
         assert_eq!(bad(|a| a.uri = "coap://x".into()), "servers[0].uri");
         assert_eq!(bad(|a| a.uri = "coaps://x:99999".into()), "servers[0].uri");
         assert_eq!(bad(|a| a.uri = "coaps://".into()), "servers[0].uri");
+        assert_eq!(
+            bad(|a| a.uri = format!("coaps://{}", "h".repeat(300))),
+            "servers[0].uri"
+        );
         assert_eq!(bad(|a| a.identity = None), "servers[0].identity");
         assert_eq!(bad(|a| a.key = None), "servers[0].key");
         assert_eq!(bad(|a| a.short_id = 0), "servers[0].short_id");
@@ -451,5 +482,14 @@ mod tests {
             objects: vec![],
         };
         assert_eq!(dup.check().unwrap_err().field, "servers");
+        let big = BootstrapConfig {
+            delete: vec![],
+            servers: vec![],
+            objects: vec![InstanceWrite {
+                path: LwPath::parse("/3/0").unwrap(),
+                values: vec![(14, Value::String("x".repeat(MAX_INSTANCE_BYTES + 1)))],
+            }],
+        };
+        assert_eq!(big.check().unwrap_err().field, "objects[0].values");
     }
 }
