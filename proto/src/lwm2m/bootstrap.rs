@@ -93,6 +93,9 @@ struct Run {
     /// Bumped at every timer armed: older timers are stale.
     seq: u32,
     credentials: Vec<PskCredential>,
+    /// The message ID of the last CON separate response acknowledged (a retransmission
+    /// of it is acknowledged again, RFC 7252 §4.5).
+    acked_con: Option<u16>,
 }
 
 /// The shard's bootstraps in progress.
@@ -221,6 +224,7 @@ impl Bootstraps {
             },
             seq: 0,
             credentials,
+            acked_con: None,
         };
         cx.stats.bootstraps_started += 1;
         publish(cx, &run.topic, name, BootstrapStatus::Started, None);
@@ -350,15 +354,26 @@ impl Bootstraps {
         let Some(&id) = self.by_peer.get(&peer) else {
             return false;
         };
-        let run = self.runs.get(&id).expect("indexed");
-        if run.secure != secure || msg.token != run.ex.token.to_be_bytes() {
+        let run = self.runs.get_mut(&id).expect("indexed");
+        if run.secure != secure {
             return false;
         }
-        if msg.mtype == MsgType::Con {
+        let con = msg.mtype == MsgType::Con;
+        let again = con && run.acked_con == Some(msg.mid);
+        if msg.token != run.ex.token.to_be_bytes() && !again {
+            return false;
+        }
+        if con {
+            run.acked_con = Some(msg.mid);
             cx.stats.datagrams_out += 1;
             cx.out.datagram_tagged(peer, secure, |b| {
                 MessageWriter::new(b, MsgType::Ack, codes::EMPTY, msg.mid, &[]).finish()
             });
+        }
+        if again {
+            // A retransmission of a response already taken: acknowledged, nothing more.
+            cx.stats.duplicates += 1;
+            return true;
         }
         self.answered(cx, id, msg.code);
         true

@@ -340,6 +340,11 @@ fn separate_responses_are_acknowledged_and_count() {
     assert_eq!(r[0].msg().mtype, MsgType::Ack);
     assert_eq!(r[0].msg().mid, 0x7777);
     assert_eq!(describe(&r[1]).1, "/1");
+    // The response again (its ACK was lost): acknowledged again, the sequence unmoved.
+    let again = h.exchange(0, addr(1, DEV), &resp);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].msg().mtype, MsgType::Ack);
+    assert_eq!(again[0].msg().mid, 0x7777);
     // A separate response that never comes: EXCHANGE_LIFETIME after the ACK, failed.
     assert!(h
         .exchange(0, addr(1, DEV), &empty(MsgType::Ack, &r[1]))
