@@ -93,6 +93,8 @@ struct Run {
     /// Bumped at every timer armed: older timers are stale.
     seq: u32,
     credentials: Vec<PskCredential>,
+    /// When it started (ms on the shards' clock).
+    started_ms: u64,
     /// The message ID of the last CON separate response acknowledged (a retransmission
     /// of it is acknowledged again, RFC 7252 §4.5).
     acked_con: Option<u16>,
@@ -153,6 +155,16 @@ impl Bootstraps {
             n += self.remove(id).is_some() as usize;
         }
         n
+    }
+
+    /// Ends, without a message, the run of `name` if `older(its start)`: a newer run of
+    /// the device started on another shard. Whether there was one.
+    pub(super) fn drop_older(&mut self, name: &str, older: impl Fn(u64) -> bool) -> bool {
+        let Some(&id) = self.by_name.get(name) else {
+            return false;
+        };
+        let started = self.runs.get(&id).map_or(0, |r| r.started_ms);
+        older(started) && self.remove(id).is_some()
     }
 
     fn remove(&mut self, id: u32) -> Option<Run> {
@@ -224,6 +236,7 @@ impl Bootstraps {
             },
             seq: 0,
             credentials,
+            started_ms: cx.now,
             acked_con: None,
         };
         cx.stats.bootstraps_started += 1;

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 
 use super::bootstrap::{self, BootstrapStatus, Known, MAX_RUNS};
 use super::core::cx;
+use super::output::ShardMsg;
 use super::registration::{check_endpoint_name, BadRequest};
 use super::shed::SHED_MAX_AGE_S;
 use super::template::Vars;
@@ -150,6 +151,15 @@ impl ShardCore {
         };
         let r = self.reply_header(msg, codes::CHANGED);
         self.write_reply(peer, &r, None);
+        // The other shards end an older run of the same device (another address).
+        for to in (0..self.shards).filter(|&s| s != self.shard) {
+            let msg = ShardMsg::BootstrapStarted {
+                name: name.into(),
+                from: self.shard,
+                at_ms: now,
+            };
+            self.out.to_shards.push((to, msg));
+        }
         let format = bootstrap::write_format(pct);
         self.boot.start(
             cx!(self),

@@ -59,6 +59,8 @@ pub(super) enum Removal {
 
 pub struct ShardCore {
     pub(super) shard: u16,
+    /// How many shards there are (bootstraps tell the others when they start).
+    pub(super) shards: u16,
     pub(super) settings: Arc<CoreSettings>,
     /// The shard among the shards: the directory, takeovers, subscriptions.
     pub(super) cluster: Cluster,
@@ -137,6 +139,7 @@ impl ShardCore {
     ) -> Self {
         let block_held = HeldBytes::default();
         Self {
+            shards: shards.clamp(1, u16::MAX as usize) as u16,
             regs: Registrations::new(&settings, shards),
             security: InputSecurity::default(),
             shard,
@@ -364,6 +367,13 @@ impl ShardCore {
                 let prev = std::mem::replace(&mut self.out.secure_input, secure);
                 self.write_reply(peer, &reply, Some(location));
                 self.out.secure_input = prev;
+            }
+            ShardMsg::BootstrapStarted { name, from, at_ms } => {
+                let newer =
+                    |started: u64| started < at_ms || (started == at_ms && from > self.shard);
+                if self.boot.drop_older(&name, newer) {
+                    self.stats.bootstraps_restarted += 1;
+                }
             }
             ShardMsg::TakeoverMiss {
                 location,

@@ -106,6 +106,14 @@ pub enum ShardMsg {
         /// It arrived over DTLS: the reply goes back encrypted.
         secure: bool,
     },
+    /// A bootstrap of `name` started on shard `from` at `at_ms` (the device asked again
+    /// from an address another shard serves): an older run of that name here ends
+    /// without a message, so a device has one bootstrap at a time across the shards.
+    BootstrapStarted {
+        name: Box<str>,
+        from: u16,
+        at_ms: u64,
+    },
     /// The owner no longer had the endpoint.
     TakeoverMiss {
         location: u64,

@@ -734,3 +734,50 @@ fn a_device_answering_garbage_is_timed_out_and_reported() {
     let last = statuses(&h).pop().unwrap();
     assert_eq!(last.2.as_deref(), Some("delete /0: timeout"));
 }
+
+#[test]
+fn a_device_has_one_bootstrap_across_the_shards() {
+    // The device starts on shard 0, then (a new port, another shard) on shard 1: the
+    // run on shard 0 ends without a message; shard 1's finishes, and nothing fails later.
+    let mut h = Harness::sharded(2, bs_settings(configs()));
+    let r = h.exchange(0, addr(1, DEV), &bs_request("dev1", 1));
+    assert_eq!(r.len(), 2);
+    h.advance(10);
+    let r = h.exchange(1, addr(1, DEV + 1), &bs_request("dev1", 1));
+    assert_eq!(r.len(), 2);
+    assert_eq!(h.cores[0].boot.len(), 0, "the older run ended");
+    assert_eq!(h.cores[1].boot.len(), 1);
+    let mut req = r[1].clone();
+    loop {
+        let code = if req.msg().code == codes::DELETE {
+            codes::DELETED
+        } else {
+            codes::CHANGED
+        };
+        let n = h.exchange(1, addr(1, DEV + 1), &ack(&req, code));
+        match n.first() {
+            Some(x) => req = x.clone(),
+            None => break,
+        }
+    }
+    h.advance(300_000);
+    let s: Vec<String> = statuses(&h).into_iter().map(|s| s.1).collect();
+    assert_eq!(s, ["started", "started", "finished"]);
+    // The other way round: shard 1 first, then shard 0.
+    let mut h = Harness::sharded(2, bs_settings(configs()));
+    let _ = h.exchange(1, addr(1, DEV + 1), &bs_request("dev1", 1));
+    h.advance(10);
+    let _ = h.exchange(0, addr(1, DEV), &bs_request("dev1", 1));
+    let runs: Vec<usize> = h.cores.iter().map(|c| c.boot.len()).collect();
+    assert_eq!(runs, [1, 0]);
+    // Both at the same millisecond, each notice delivered after both started: the
+    // higher shard's run is kept, never both dropped.
+    let mut h = Harness::sharded(2, bs_settings(configs()));
+    let held0 = h.datagram_holding_mail(0, addr(1, DEV), &bs_request("dev1", 1));
+    let held1 = h.datagram_holding_mail(1, addr(1, DEV + 1), &bs_request("dev1", 1));
+    for (to, m) in held0.into_iter().chain(held1) {
+        let _ = h.message(to as usize, m);
+    }
+    let runs: Vec<usize> = h.cores.iter().map(|c| c.boot.len()).collect();
+    assert_eq!(runs, [0, 1]);
+}

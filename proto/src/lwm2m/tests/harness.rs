@@ -67,6 +67,16 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new(shards: usize, s: CoreSettings) -> Self {
+        Self::build(shards, s, false)
+    }
+
+    /// Like `new`, each core knowing how many shards there are (as the engine makes
+    /// them: the listener's rate is split over them, bootstraps tell the others).
+    pub(super) fn sharded(shards: usize, s: CoreSettings) -> Self {
+        Self::build(shards, s, true)
+    }
+
+    fn build(shards: usize, s: CoreSettings, counted: bool) -> Self {
         let s = Arc::new(s);
         let dir = Arc::new(Directory::new());
         let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/lwm2m_xml");
@@ -75,7 +85,9 @@ impl Harness {
         let reg = Arc::new(reg);
         let cores = (0..shards)
             .map(|i| {
-                let mut c = ShardCore::new(i as u16, s.clone(), dir.clone(), 1000 * i as u64 + 7);
+                let n = if counted { shards } else { 1 };
+                let seed = 1000 * i as u64 + 7;
+                let mut c = ShardCore::with_shards(i as u16, n, s.clone(), dir.clone(), seed);
                 c.set_registry(reg.clone());
                 c
             })
