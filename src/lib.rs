@@ -6,6 +6,7 @@ pub use lwm2m_proto::{coap, formats, json, lwm2m, model};
 
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod dtls;

@@ -23,6 +23,10 @@ fn shipped_file_loads_as_the_defaults() {
     let etc = path.parent().unwrap();
     let expected = Config {
         xml_dir: etc.join("lwm2m_xml"),
+        bootstrap: lwm2m_gateway::config::Bootstrap {
+            config_file: etc.join("bootstrap.toml"),
+            ..Default::default()
+        },
         ..Config::default()
     };
     assert_eq!(c, expected);

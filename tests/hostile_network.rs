@@ -628,6 +628,7 @@ impl Sim {
                 Output::Timer { at, timer } => timers.push((at, i, timer)),
                 Output::Shard { to, msg } => msgs.push((to, msg)),
                 Output::Auth { .. } => unreachable!("authentication is off"),
+                Output::Bootstrap(_) => unreachable!("bootstrap is off"),
             });
         }
         for m in mqtt {

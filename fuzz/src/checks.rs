@@ -492,6 +492,7 @@ impl CompositeWorld {
             Output::Timer { at, timer } => timers.push((at, timer)),
             Output::Shard { .. } => panic!("one shard sends nothing to others"),
             Output::Auth { .. } => unreachable!("authentication is off"),
+            Output::Bootstrap(_) => unreachable!("bootstrap is off"),
         });
         let mut replies = Vec::new();
         for (to, bytes) in datagrams {
@@ -1029,6 +1030,7 @@ impl World {
                 Output::Timer { at, timer } => timers.push((at, i, timer)),
                 Output::Shard { to, msg } => mailbox.push((to, msg)),
                 Output::Auth { .. } => unreachable!("authentication is off"),
+                Output::Bootstrap(_) => unreachable!("bootstrap is off"),
             });
         }
         for (shard, m) in mqtt {

@@ -26,6 +26,7 @@
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
 
+mod bootstrap;
 mod conn;
 mod event_loop;
 mod http;
@@ -80,6 +81,10 @@ pub trait Admin: Send + Sync + 'static {
     /// The `node` field of the clients API (EMQX shows the Erlang node).
     fn node(&self) -> String {
         routes::default_node()
+    }
+    /// The Bootstrap-Server's configurations and outcomes (None: not enabled).
+    fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
+        None
     }
 }
 

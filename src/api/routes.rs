@@ -220,6 +220,11 @@ fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
             }
             composite_command(ctx, req, id, op)
         }
+        ["bootstrap"] => match m {
+            "GET" | "HEAD" => super::bootstrap::list(&*ctx.admin),
+            _ => method_not_allowed("GET"),
+        },
+        ["bootstrap", name] => super::bootstrap::one(&*ctx.admin, req, name),
         ["clients", id, "lookup"] => {
             if !matches!(m, "GET" | "HEAD") {
                 return method_not_allowed("GET");

@@ -23,6 +23,9 @@ impl From<&Config> for CoreSettings {
             update: t(&c.translators.update),
             send: t(&c.translators.send),
             deregister: t(&c.translators.deregister),
+            bootstrap: t(&c.translators.bootstrap),
+            // Set by the engine when `[bootstrap]` is enabled.
+            bootstrap_configs: None,
             update_needs_object_list: c.update_msg_publish_condition
                 == UpdateCondition::ContainsObjectList,
             per_endpoint_subscriptions: c.mqtt.subscribe.resolve(&c.mqtt.server)

@@ -44,7 +44,7 @@ pub use error::ConfigError;
 pub use listeners::{DtlsListener, Listeners, UdpListener};
 pub use mqtt::{Mqtt, MqttProtocol, MqttServer, SubscribeMode};
 pub use secret::Secret;
-pub use tuning::{Api, Coap, Engine, Log, LogFormat, QueueMode};
+pub use tuning::{Api, Bootstrap, Coap, Engine, Log, LogFormat, QueueMode};
 pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};
 
 /// The shipped configuration file, every key at its default.
@@ -85,6 +85,8 @@ pub struct Config {
     pub coap: Coap,
     pub queue: QueueMode,
     pub log: Log,
+    /// `[bootstrap]`: the Bootstrap-Server.
+    pub bootstrap: Bootstrap,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             coap: Coap::default(),
             queue: QueueMode::default(),
             log: Log::default(),
+            bootstrap: Bootstrap::default(),
         }
     }
 }
@@ -190,6 +193,7 @@ impl Config {
             }
         };
         fix(&mut self.xml_dir);
+        fix(&mut self.bootstrap.config_file);
         let listeners = self.listeners.dtls.values_mut();
         let files = listeners.flat_map(|l| {
             [

@@ -820,6 +820,8 @@ fn core_settings_defaults_are_the_default_configuration() {
         location_key,
         send,
         deregister,
+        bootstrap,
+        bootstrap_configs,
         clock_epoch_ms,
     } = CoreSettings::defaults();
     assert_eq!(lifetime_min_s, from.lifetime_min_s);
@@ -862,7 +864,29 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert_eq!(location_key, from.location_key);
     assert_eq!(send, from.send);
     assert_eq!(deregister, from.deregister);
+    assert_eq!(bootstrap, from.bootstrap);
+    assert!(bootstrap_configs.is_none() && from.bootstrap_configs.is_none());
     assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
+}
+
+/// `[bootstrap]` and `translators.bootstrap`: defaults and overrides.
+#[test]
+fn bootstrap_keys() {
+    let c = parse("");
+    assert!(!c.bootstrap.enable);
+    assert_eq!(c.bootstrap.config_file, Path::new("etc/bootstrap.toml"));
+    assert_eq!(c.translators.bootstrap.topic, "up/bootstrap");
+    assert_eq!(c.translators.bootstrap.qos, 0);
+    let c = parse(
+        "[bootstrap]\nenable = true\nconfig_file = \"bs.toml\"\n\
+         [translators.bootstrap]\ntopic = \"up/bs\"\nqos = 1",
+    );
+    assert!(c.bootstrap.enable);
+    c.validate().unwrap();
+    let s = crate::lwm2m::CoreSettings::from(&c);
+    assert_eq!((s.bootstrap.topic.as_str(), s.bootstrap.qos), ("up/bs", 1));
+    let e = Config::from_toml_str("[bootstrap]\nenabled = true").unwrap_err();
+    assert!(e.to_string().contains("bootstrap.enabled"), "{e}");
 }
 
 /// The core admits registrations over each listener by that listener's own limits.

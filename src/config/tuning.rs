@@ -129,3 +129,22 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// `[bootstrap]`: the gateway as an LwM2M Bootstrap-Server (`POST /bs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bootstrap {
+    pub enable: bool,
+    /// The configurations (TOML, one table per endpoint name; a missing file is an
+    /// empty configuration), reloaded on change or SIGHUP.
+    pub config_file: std::path::PathBuf,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Bootstrap {
+            enable: false,
+            config_file: std::path::PathBuf::from("etc/bootstrap.toml"),
+        }
+    }
+}

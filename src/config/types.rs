@@ -112,6 +112,8 @@ pub struct Translators {
     pub send: Translator,
     /// The end of a registration; without its own table, the register translator's.
     pub deregister: Translator,
+    /// Bootstrap progress (`started`, `finished`, `failed`).
+    pub bootstrap: Translator,
 }
 
 impl Default for Translators {
@@ -124,13 +126,14 @@ impl Default for Translators {
             update: Translator::new("up/update"),
             send: Translator::new("up/send"),
             deregister: Translator::new("up/resp"),
+            bootstrap: Translator::new("up/bootstrap"),
         }
     }
 }
 
 impl Translators {
     /// The translators by key name, in file order.
-    pub fn iter(&self) -> [(&'static str, &Translator); 7] {
+    pub fn iter(&self) -> [(&'static str, &Translator); 8] {
         [
             ("command", &self.command),
             ("response", &self.response),
@@ -139,6 +142,7 @@ impl Translators {
             ("update", &self.update),
             ("send", &self.send),
             ("deregister", &self.deregister),
+            ("bootstrap", &self.bootstrap),
         ]
     }
 }
@@ -153,6 +157,7 @@ struct RawTranslators {
     update: RawTranslator,
     send: RawTranslator,
     deregister: RawTranslator,
+    bootstrap: RawTranslator,
 }
 
 #[derive(Deserialize, Default)]
@@ -183,6 +188,7 @@ impl From<RawTranslators> for Translators {
             register,
             update: r.update.over(d.update),
             send: r.send.over(d.send),
+            bootstrap: r.bootstrap.over(d.bootstrap),
         }
     }
 }

@@ -40,6 +40,16 @@
 //! on a change of the file's size or modification time and on SIGHUP, like
 //! the object-definition watcher. Sessions already established keep running;
 //! the new keys apply to the next handshake.
+//!
+//! # Keys a bootstrap provisioned
+//!
+//! The gateway's Bootstrap-Server gives devices PSK credentials for this gateway; when
+//! a device acknowledges its Bootstrap-Finish they are added here
+//! ([`PskStore::provision`]), beside the file's, for that device's endpoint name only,
+//! so its next handshake and Register succeed without a restart. They are not written to
+//! the file and survive its reloads; the file's entry wins for an identity in both.
+//! When the bootstrap configuration no longer gives them, [`PskStore::retain_provisioned`]
+//! takes them out.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -211,10 +221,15 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// Keys bootstraps provisioned: identity → (key, endpoint names).
+type Provisioned = HashMap<String, (Vec<u8>, Vec<String>)>;
+
 /// The PSK table in use, shared by every shard and reloadable.
 pub struct PskStore {
     path: PathBuf,
     current: RwLock<Arc<PskTable>>,
+    /// Keys bootstraps provisioned: identity → (key, endpoint names).
+    provisioned: RwLock<Provisioned>,
     generation: AtomicU64,
     reloading: Mutex<()>,
 }
@@ -242,6 +257,7 @@ impl PskStore {
         PskStore {
             path: path.into(),
             current: RwLock::new(Arc::new(table)),
+            provisioned: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             reloading: Mutex::new(()),
         }
@@ -267,12 +283,70 @@ impl PskStore {
 
     /// The key of `identity`, if the identity is known.
     pub fn lookup(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        self.table().get(identity).map(|e| e.key.clone())
+        if let Some(e) = self.table().get(identity) {
+            return Some(e.key.clone());
+        }
+        let id = std::str::from_utf8(identity).ok()?;
+        self.provisioned_read().get(id).map(|(k, _)| k.clone())
     }
 
     /// True when `identity` is known.
     pub fn contains(&self, identity: &str) -> bool {
         self.table().get(identity.as_bytes()).is_some()
+            || self.provisioned_read().contains_key(identity)
+    }
+
+    fn provisioned_read(&self) -> std::sync::RwLockReadGuard<'_, Provisioned> {
+        self.provisioned.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn provisioned_write(&self) -> std::sync::RwLockWriteGuard<'_, Provisioned> {
+        self.provisioned.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a key a bootstrap gave the device `endpoint` (see the module documentation).
+    /// False when the file has the identity (its entry stays in use) or the identity
+    /// was provisioned with another key (replaced: the device was bootstrapped again).
+    pub fn provision(&self, identity: &str, key: &[u8], endpoint: &str) -> bool {
+        if self.table().get(identity.as_bytes()).is_some() {
+            tracing::warn!(
+                identity,
+                endpoint,
+                "a bootstrap gave a PSK identity the PSK file has; the file's key stays in use"
+            );
+            return false;
+        }
+        let mut p = self.provisioned_write();
+        let e = p
+            .entry(identity.to_string())
+            .or_insert_with(|| (key.to_vec(), Vec::new()));
+        let same = e.0 == key;
+        if !same {
+            *e = (key.to_vec(), Vec::new());
+        }
+        if !e.1.iter().any(|n| n == endpoint) {
+            e.1.push(endpoint.to_string());
+        }
+        same
+    }
+
+    /// Keeps the provisioned (identity, key, endpoint) that `keep` accepts; returns how
+    /// many were removed.
+    pub fn retain_provisioned(&self, keep: impl Fn(&str, &[u8], &str) -> bool) -> usize {
+        let mut p = self.provisioned_write();
+        let mut removed = 0;
+        p.retain(|id, (key, names)| {
+            let n = names.len();
+            names.retain(|ep| keep(id, key, ep));
+            removed += n - names.len();
+            !names.is_empty()
+        });
+        removed
+    }
+
+    /// Provisioned identities now in the store.
+    pub fn provisioned_len(&self) -> usize {
+        self.provisioned_read().len()
     }
 
     /// May a device authenticated as `identity` register `endpoint_name`?
@@ -280,7 +354,10 @@ impl PskStore {
     pub fn may_register(&self, identity: &str, endpoint_name: &str) -> bool {
         let table = self.table();
         let Some(entry) = table.get(identity.as_bytes()) else {
-            return false;
+            return self
+                .provisioned_read()
+                .get(identity)
+                .is_some_and(|(_, names)| names.iter().any(|n| n == endpoint_name));
         };
         endpoint_name == identity
             || entry

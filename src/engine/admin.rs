@@ -37,6 +37,8 @@ pub(super) struct GatewayAdmin {
     /// Unix time (ms) of the shards' clock zero: registration and last-seen times are on the
     /// shards' monotonic clock, the API shows wall-clock times.
     pub epoch_ms: u64,
+    /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
+    pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
 }
 
 impl GatewayAdmin {
@@ -81,6 +83,7 @@ impl GatewayAdmin {
         // What the engine set up at start and the configuration does not hold.
         s.auth = old.auth.clone();
         s.dtls_psk = old.dtls_psk.clone();
+        s.bootstrap_configs = old.bootstrap_configs.clone();
         s.location_key = old.location_key;
         s.clock_epoch_ms = old.clock_epoch_ms;
         let s = Arc::new(s);
@@ -109,6 +112,10 @@ impl GatewayAdmin {
 }
 
 impl Admin for GatewayAdmin {
+    fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
+        self.bootstrap.clone()
+    }
+
     fn clients(&self) -> Vec<ClientInfo> {
         let mut all = Vec::new();
         for i in 0..self.shards.len() {

@@ -148,7 +148,8 @@ fn core_msg(m: ShardMail) -> ShardMsg {
 
 /// Whether not keeping `m` is recovered from: a forwarded command is answered by the
 /// sending shard, a lost takeover request or answer is asked for again after the
-/// takeover timeout. Endpoints handed over and evictions are always kept.
+/// takeover timeout, a lost bootstrap notice leaves an older run to time out. Endpoints
+/// handed over and evictions are always kept.
 fn recoverable(m: &ShardMsg) -> bool {
     matches!(
         m,
@@ -156,6 +157,7 @@ fn recoverable(m: &ShardMsg) -> bool {
             | ShardMsg::Takeover { .. }
             | ShardMsg::TakeoverMiss { .. }
             | ShardMsg::CachedReply { .. }
+            | ShardMsg::BootstrapStarted { .. }
     )
 }
 

@@ -10,6 +10,7 @@ use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
+use crate::bootstrap::BootstrapStore;
 use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
@@ -91,6 +92,10 @@ impl Gateway {
             .as_ref()
             .and_then(|d| d.1.psk.clone())
             .map(|p| p as Arc<dyn crate::lwm2m::PskPolicy>);
+        let bootstrap = bootstrap_setup(cfg, dtls.as_ref(), &stop)?;
+        settings.bootstrap_configs = bootstrap
+            .clone()
+            .map(|b| b as Arc<dyn crate::lwm2m::BootstrapSource>);
         settings.location_key =
             os_random_key().map_err(|e| start_err("registration location key", e))?;
         let clock = Clock::new();
@@ -126,6 +131,7 @@ impl Gateway {
             wakers,
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
+        tell_dtls_port(bootstrap.as_deref(), &parts);
 
         let router_counters = Arc::new(RouterCounters::default());
         let router = Arc::new(CommandRouter {
@@ -166,6 +172,7 @@ impl Gateway {
             router: router_counters.clone(),
             mqtt: mqtt_stats.clone(),
             epoch_ms,
+            bootstrap: bootstrap.clone(),
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),
@@ -187,6 +194,7 @@ impl Gateway {
             seed,
             recv_batch: cfg.engine.recv_batch,
             max_datagram: cfg.engine.max_datagram,
+            bootstrap,
         });
         let shard_threads = shard::spawn_shards(&spec, move |i| {
             let p = parts.lock()[i].take().expect("each shard starts once");
@@ -279,6 +287,7 @@ impl Gateway {
 
 struct ShardContext {
     dtls: Option<DtlsSettings>,
+    bootstrap: Option<Arc<BootstrapStore>>,
     core_stats: Vec<Arc<Mutex<CoreStats>>>,
     auth: AuthService,
     settings: Arc<CoreSettings>,
@@ -334,6 +343,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.auth.clone(),
         ctx.registry.clone(),
     );
+    app.bootstrap = ctx.bootstrap.clone();
     if let (Some(s), Some(ds)) = (dtls_socket, &ctx.dtls) {
         let mut s = mio::net::UdpSocket::from_std(s);
         poll.registry()
@@ -519,6 +529,46 @@ fn dtls_setup(
             ..DtlsSettings::default()
         },
     )))
+}
+
+/// The Bootstrap-Server's configurations when `[bootstrap] enable`: the file loaded (a
+/// missing one is empty; a bad one fails the start) and watched; credentials for this
+/// gateway go to the DTLS listener's PSK store.
+fn bootstrap_setup(
+    cfg: &Config,
+    dtls: Option<&(SocketAddr, DtlsSettings)>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<Arc<BootstrapStore>>, GatewayError> {
+    if !cfg.bootstrap.enable {
+        return Ok(None);
+    }
+    let psk = dtls.and_then(|(addr, d)| Some((d.psk.clone()?, addr.port())));
+    let store =
+        BootstrapStore::load(&cfg.bootstrap.config_file, psk).map_err(|e| GatewayError::Start {
+            what: "bootstrap configuration",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let store = Arc::new(store);
+    store
+        .spawn_watcher(Duration::from_secs(2), stop.clone())
+        .map_err(|e| start_err("bootstrap configuration watcher", e))?;
+    tracing::info!(
+        path = %cfg.bootstrap.config_file.display(),
+        entries = store.current().len(),
+        "Bootstrap-Server enabled"
+    );
+    Ok(Some(store))
+}
+
+/// The Bootstrap-Server learns the DTLS listener's bound port (the configuration may
+/// say 0): credentials for `coaps://…:port` are this gateway's.
+fn tell_dtls_port(bootstrap: Option<&BootstrapStore>, parts: &[Option<ShardParts>]) {
+    let bound = parts
+        .first()
+        .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
+    if let (Some(b), Some(a)) = (bootstrap, bound) {
+        b.set_dtls_port(a.port());
+    }
 }
 
 /// Loads the object definitions of `dir`; a bad file is logged and skipped. When `dir`

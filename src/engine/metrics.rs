@@ -41,6 +41,7 @@ pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     write_coap_client(&sh, w);
     write_blockwise(&sh, w);
     write_sends(&sh, w);
+    write_bootstraps(&sh, w);
     write_shedding(&sh, w);
     write_mailbox_backlog(&sh, w);
     write_dtls(&sh, w);
@@ -558,6 +559,87 @@ fn write_sends(sh: &Shards<'_>, w: &mut Writer<'_>) {
          shard (the device retransmits them).",
         |c| c.sends_deferred,
     );
+}
+
+/// The Bootstrap-Server: bootstraps by outcome, refusals by reason, its requests.
+fn write_bootstraps(sh: &Shards<'_>, w: &mut Writer<'_>) {
+    type Field = fn(&CoreStats) -> u64;
+    let families: [(Kind, &str, &str, Field); 10] = [
+        (
+            Counter,
+            "lwm2m_bootstraps_started_total",
+            "Bootstrap-Requests answered 2.04 (the sequence started).",
+            |c| c.bootstraps_started,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstraps_finished_total",
+            "Bootstraps whose Bootstrap-Finish the device acknowledged.",
+            |c| c.bootstraps_finished,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstraps_failed_total",
+            "Bootstraps ended by a step's error code, Reset or timeout.",
+            |c| c.bootstraps_failed,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstraps_restarted_total",
+            "Bootstraps restarted by a new Bootstrap-Request of the device.",
+            |c| c.bootstraps_restarted,
+        ),
+        (
+            Gauge,
+            "lwm2m_bootstraps_active",
+            "Bootstraps in progress.",
+            |c| c.bootstraps_active,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstrap_requests_total",
+            "Bootstrap-Delete, -Write and -Finish requests sent (first transmissions).",
+            |c| c.bootstrap_requests,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstrap_retransmissions_total",
+            "Bootstrap requests retransmitted.",
+            |c| c.bootstrap_retransmissions,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstrap_step_errors_total",
+            "Bootstrap steps the device answered with an error code.",
+            |c| c.bootstrap_errors,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstrap_step_resets_total",
+            "Bootstrap steps the device answered with a Reset.",
+            |c| c.bootstrap_resets,
+        ),
+        (
+            Counter,
+            "lwm2m_bootstrap_step_timeouts_total",
+            "Bootstrap steps the device never answered.",
+            |c| c.bootstrap_timeouts,
+        ),
+    ];
+    for (kind, name, help, f) in families {
+        sh.core(w, kind, name, help, f);
+    }
+    for (i, s) in sh.snaps.iter().enumerate() {
+        for r in crate::lwm2m::BsRefusal::ALL {
+            w.counter(
+                "lwm2m_bootstraps_refused_total",
+                "Bootstrap-Requests refused: bad name (4.00), identity not allowed (4.03), \
+                 no configuration (4.00/4.03), rate limited, too many in progress or broker congested (5.03).",
+                &[("shard", &sh.labels[i]), ("reason", r.name())],
+                s.bootstraps_refused[r.index()],
+            );
+        }
+    }
 }
 
 /// Cross-shard messages dropped, deferred and waiting for a full mailbox.

@@ -71,6 +71,8 @@ pub(super) struct UdpShard {
     /// core has a snapshot of.
     registry: Arc<SharedRegistry>,
     registry_generation: Option<u64>,
+    /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
+    pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
 }
 
 impl UdpShard {
@@ -107,6 +109,7 @@ impl UdpShard {
             retry_armed: false,
             registry,
             registry_generation: None,
+            bootstrap: None,
         }
     }
 
@@ -133,6 +136,8 @@ impl UdpShard {
             let (send, dtls, mqtt) = (&mut self.send, &mut self.dtls, &mut self.mqtt);
             let (backlog, peers, counters, auth) =
                 (&mut self.backlog, &self.peers, &self.counters, &self.auth);
+            let bootstrap = &self.bootstrap;
+            let unix_ms = self.core.settings().clock_epoch_ms + now;
             self.core.drain(|o| match o {
                 Output::Datagram {
                     to,
@@ -159,6 +164,11 @@ impl UdpShard {
                     });
                     if auth.submit(request, done).is_err() {
                         refused.push(ticket);
+                    }
+                }
+                Output::Bootstrap(e) => {
+                    if let Some(b) = bootstrap {
+                        b.on_event(&e, unix_ms);
                     }
                 }
                 Output::Shard { to, msg } => {

@@ -22,6 +22,7 @@
 
 use super::block_server::BlockServer;
 use super::blockwise::HeldBytes;
+use super::bootstrap::Bootstraps;
 use super::cluster::Cluster;
 use super::cx::Ids;
 use super::directory::Directory;
@@ -58,6 +59,8 @@ pub(super) enum Removal {
 
 pub struct ShardCore {
     pub(super) shard: u16,
+    /// How many shards there are (bootstraps tell the others when they start).
+    pub(super) shards: u16,
     pub(super) settings: Arc<CoreSettings>,
     /// The shard among the shards: the directory, takeovers, subscriptions.
     pub(super) cluster: Cluster,
@@ -76,6 +79,8 @@ pub struct ShardCore {
     /// Block-wise server: request bodies devices are sending, our responses sent in
     /// blocks (RFC 7959).
     pub(super) blocks: BlockServer,
+    /// The Bootstrap-Server's bootstraps in progress.
+    pub(super) boot: Bootstraps,
     /// The time of the input being handled.
     pub(super) now: u64,
 }
@@ -114,6 +119,8 @@ pub(super) enum Route<'a> {
     Registration(&'a [u8]),
     /// LwM2M 1.1 Send (`/dp`).
     Send,
+    /// Bootstrap-Request (`/bs`).
+    Bootstrap,
     Other,
 }
 
@@ -132,6 +139,7 @@ impl ShardCore {
     ) -> Self {
         let block_held = HeldBytes::default();
         Self {
+            shards: shards.clamp(1, u16::MAX as usize) as u16,
             regs: Registrations::new(&settings, shards),
             security: InputSecurity::default(),
             shard,
@@ -143,6 +151,7 @@ impl ShardCore {
             stats: CoreStats::default(),
             out: Outputs::default(),
             blocks: BlockServer::new(block_held),
+            boot: Bootstraps::default(),
             now: 0,
         }
     }
@@ -218,9 +227,20 @@ impl ShardCore {
                 }
             }
             MsgType::Con | MsgType::Non if msg.is_response() => {
+                let secure = self.security.secure();
+                if self.boot.talks_to(&peer) && self.boot.on_response(cx!(self), peer, secure, &msg)
+                {
+                    return;
+                }
                 self.dm.on_response(cx!(self), dm_env!(self), peer, &msg)
             }
             MsgType::Ack | MsgType::Rst => {
+                let secure = self.security.secure();
+                if self.boot.talks_to(&peer)
+                    && self.boot.on_ack_or_reset(cx!(self), peer, secure, &msg)
+                {
+                    return;
+                }
                 self.dm
                     .on_ack_or_reset(cx!(self), dm_env!(self), peer, &msg)
             }
@@ -275,6 +295,7 @@ impl ShardCore {
                 self.dm.on_queue_ttl(cx!(self), dm_env!(self), slot, token)
             }
             Timer::BlockExpire { id } => self.blocks.on_expire(cx!(self), id),
+            Timer::Bootstrap { id, seq } => self.boot.on_timer(cx!(self), id, seq),
             Timer::TakeoverTimeout { location } => {
                 if self.cluster.takeover_timed_out(now, location) {
                     self.stats.takeover_timeouts += 1;
@@ -346,6 +367,13 @@ impl ShardCore {
                 let prev = std::mem::replace(&mut self.out.secure_input, secure);
                 self.write_reply(peer, &reply, Some(location));
                 self.out.secure_input = prev;
+            }
+            ShardMsg::BootstrapStarted { name, from, at_ms } => {
+                let newer =
+                    |started: u64| started < at_ms || (started == at_ms && from > self.shard);
+                if self.boot.drop_older(&name, newer) {
+                    self.stats.bootstraps_restarted += 1;
+                }
             }
             ShardMsg::TakeoverMiss {
                 location,
@@ -439,7 +467,10 @@ impl ShardCore {
                 self.on_registration(now, peer, msg, data, loc, false)
             }
             (codes::POST, Route::Send) => self.on_send(now, peer, msg, data.len()),
-            (_, Route::Register | Route::Registration(_) | Route::Send) => {
+            (codes::POST, Route::Bootstrap) => {
+                self.on_bootstrap_request(now, peer, msg, data.len())
+            }
+            (_, Route::Register | Route::Registration(_) | Route::Send | Route::Bootstrap) => {
                 self.stats.not_found += 1;
                 self.reply_error(peer, msg, codes::METHOD_NOT_ALLOWED, "", data.len());
             }
@@ -475,6 +506,9 @@ impl ShardCore {
     /// act for it speaks for it again: its commands wait in its queue (TTL and
     /// `max_queued` apply), `mheaders.ttl = 0` commands are refused.
     pub(super) fn secure_session_closed(&mut self, _now: u64, peer: SocketAddr) {
+        if self.boot.talks_to(&peer) {
+            self.boot.session_closed(cx!(self), peer);
+        }
         let Some(slot) = self.table.find_peer(&peer) else {
             return;
         };
@@ -522,6 +556,7 @@ pub(super) fn route_of<'a>(msg: &Message<'a>) -> Route<'a> {
         (Some(b"rd"), None, None) => Route::Register,
         (Some(b"rd"), Some(loc), None) => Route::Registration(loc),
         (Some(b"dp"), None, None) => Route::Send,
+        (Some(b"bs"), None, None) => Route::Bootstrap,
         _ => Route::Other,
     }
 }

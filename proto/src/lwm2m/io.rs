@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use super::core::{cx, dm_env};
 use super::identity::PeerIdentity;
-use super::output::{AuthRequest, MqttOut, ShardMsg, Timer};
+use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, Timer};
 use super::settings::CoreSettings;
 use super::ShardCore;
 use crate::objects::ObjectRegistry;
@@ -84,6 +84,9 @@ pub enum Output<'a> {
     Auth { ticket: u64, request: AuthRequest },
     /// For shard `to`'s core ([`Input::Shard`] there).
     Shard { to: u16, msg: ShardMsg },
+    /// A bootstrap started, finished (with the PSK credentials it gave the device) or
+    /// failed: the driver keeps the outcome and adds the credentials to its PSK store.
+    Bootstrap(BootstrapEvent),
 }
 
 impl ShardCore {
@@ -117,6 +120,7 @@ impl ShardCore {
                 self.stats.congested = on as u64;
             }
         }
+        self.stats.bootstraps_active = self.boot.len() as u64;
     }
 
     /// Hands every output to `f`, in the documented order, and forgets them.
@@ -134,6 +138,9 @@ impl ShardCore {
         for (to, msg) in self.out.to_shards.drain(..) {
             f(Output::Shard { to, msg });
         }
+        for e in self.out.bootstrap.drain(..) {
+            f(Output::Bootstrap(e));
+        }
     }
 
     /// Whether [`drain`](Self::drain) has anything to hand out.
@@ -143,5 +150,6 @@ impl ShardCore {
             || !self.out.timers.is_empty()
             || !self.out.auth.is_empty()
             || !self.out.to_shards.is_empty()
+            || !self.out.bootstrap.is_empty()
     }
 }

@@ -5,6 +5,9 @@
 pub mod admission;
 pub mod block_server;
 pub mod blockwise;
+pub mod bootstrap;
+pub mod bootstrap_flow;
+pub mod bs_config;
 mod cluster;
 pub mod command;
 mod cx;
@@ -37,6 +40,11 @@ mod transfer;
 mod core;
 
 pub use self::core::ShardCore;
+pub use bootstrap::{BootstrapEvent, BootstrapStatus, PskCredential};
+pub use bootstrap_flow::BsRefusal;
+pub use bs_config::{
+    BootstrapConfig, BootstrapConfigs, BootstrapSource, SecurityMode, ServerAccount,
+};
 pub use directory::Directory;
 pub use identity::{PeerIdentity, PskPolicy};
 pub use io::{Input, Output};

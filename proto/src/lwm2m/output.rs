@@ -51,6 +51,9 @@ pub enum Timer {
     /// A takeover of the registration at `location` from another shard got no answer
     /// in time: the next request for it asks again.
     TakeoverTimeout { location: u64 },
+    /// The request in flight of bootstrap `id` (`bootstrap.rs`): retransmit it or time it
+    /// out; stale unless `seq` is the run's latest.
+    Bootstrap { id: u32, seq: u32 },
 }
 
 /// What one shard's core tells another's (through the engine's mailboxes), and commands
@@ -103,6 +106,14 @@ pub enum ShardMsg {
         /// It arrived over DTLS: the reply goes back encrypted.
         secure: bool,
     },
+    /// A bootstrap of `name` started on shard `from` at `at_ms` (the device asked again
+    /// from an address another shard serves): an older run of that name here ends
+    /// without a message, so a device has one bootstrap at a time across the shards.
+    BootstrapStarted {
+        name: Box<str>,
+        from: u16,
+        at_ms: u64,
+    },
     /// The owner no longer had the endpoint.
     TakeoverMiss {
         location: u64,
@@ -135,6 +146,55 @@ impl std::fmt::Debug for AuthRequest {
     }
 }
 
+/// How a bootstrap went, as published (`status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapStatus {
+    Started,
+    Finished,
+    Failed,
+}
+
+impl BootstrapStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// PSK credentials a finished bootstrap gave the device for a server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PskCredential {
+    pub uri: String,
+    pub identity: String,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PskCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskCredential")
+            .field("uri", &self.uri)
+            .field("identity", &self.identity)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+/// A bootstrap's progress, for the driver (`Output::Bootstrap`): the management API keeps
+/// each device's last outcome, and a finished bootstrap's PSK credentials for this
+/// gateway go into its PSK store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapEvent {
+    pub endpoint: String,
+    pub status: BootstrapStatus,
+    /// Failed: which step and what the device answered.
+    pub error: Option<String>,
+    /// Finished: the PSK accounts the device was given.
+    pub credentials: Vec<PskCredential>,
+}
+
 /// Output buffers, owned by the core and drained by the driver.
 #[derive(Debug, Default)]
 pub struct Outputs {
@@ -152,6 +212,8 @@ pub struct Outputs {
     pub to_shards: Vec<(u16, ShardMsg)>,
     /// Registers to check with the authentication server: (ticket, request).
     pub auth: Vec<(u64, AuthRequest)>,
+    /// Bootstraps' progress, for the driver.
+    pub bootstrap: Vec<BootstrapEvent>,
 }
 
 impl Outputs {
@@ -161,6 +223,15 @@ impl Outputs {
         f(&mut self.buf);
         self.datagrams
             .push((to, start as u32, self.buf.len() as u32, self.secure_input));
+    }
+
+    /// Queues a datagram that must go encrypted (`secure`) or may go plain, whatever
+    /// input is being handled (a request of the gateway's own, or its retransmission).
+    pub fn datagram_tagged(&mut self, to: SocketAddr, secure: bool, f: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        f(&mut self.buf);
+        self.datagrams
+            .push((to, start as u32, self.buf.len() as u32, secure));
     }
 
     /// Hands every queued datagram to `f` with whether it was written for a DTLS input,

@@ -24,6 +24,10 @@ pub struct CoreSettings {
     pub send: Translator,
     /// The end of a registration (`{"msgType":"deregister",...}`).
     pub deregister: Translator,
+    /// Bootstrap progress (`{"msgType":"bootstrap",...}`).
+    pub bootstrap: Translator,
+    /// The Bootstrap-Server's configurations (None: `POST /bs` is not served).
+    pub bootstrap_configs: Option<std::sync::Arc<dyn super::bs_config::BootstrapSource>>,
     /// Publish updates only when they carry an object list.
     pub update_needs_object_list: bool,
     /// Subscribe each endpoint's command topic (else one wildcard filter elsewhere).
@@ -118,6 +122,8 @@ impl CoreSettings {
             update: t("up/update"),
             send: t("up/send"),
             deregister: t("up/resp"),
+            bootstrap: t("up/bootstrap"),
+            bootstrap_configs: None,
             update_needs_object_list: false,
             per_endpoint_subscriptions: false,
             exchange_lifetime_ms: 247_000,
@@ -194,6 +200,7 @@ impl CoreSettings {
             &self.update,
             &self.send,
             &self.deregister,
+            &self.bootstrap,
         ]
         .iter()
         .map(|t| t.topic.len())

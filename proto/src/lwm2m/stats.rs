@@ -216,4 +216,23 @@ pub struct CoreStats {
     pub shed: [u64; 4],
     /// 1 while the broker connections are congested (gauge).
     pub congested: u64,
+    /// Bootstraps started (Bootstrap-Request answered 2.04), finished (Bootstrap-Finish
+    /// acknowledged) and failed (a step's error code, Reset or timeout).
+    pub bootstraps_started: u64,
+    pub bootstraps_finished: u64,
+    pub bootstraps_failed: u64,
+    /// Bootstrap-Requests refused, by `bootstrap_flow::BsRefusal::index` (malformed,
+    /// forbidden, no configuration, rate limited, too many in progress).
+    pub bootstraps_refused: [u64; 5],
+    /// Bootstraps a new Bootstrap-Request of the same device restarted.
+    pub bootstraps_restarted: u64,
+    /// The gateway's bootstrap requests (Delete, Write, Finish), their retransmissions,
+    /// and the steps that failed by error code, Reset and timeout.
+    pub bootstrap_requests: u64,
+    pub bootstrap_retransmissions: u64,
+    pub bootstrap_errors: u64,
+    pub bootstrap_resets: u64,
+    pub bootstrap_timeouts: u64,
+    /// Bootstraps in progress on the shard (gauge).
+    pub bootstraps_active: u64,
 }

@@ -61,10 +61,22 @@ pub(super) struct Harness {
     pub mqtt: Vec<MqttOut>,
     /// Authentication requests: (shard, ticket, request).
     pub auth: Vec<(usize, u64, AuthRequest)>,
+    /// Bootstraps' progress, as the driver gets it.
+    pub bootstrap: Vec<crate::lwm2m::BootstrapEvent>,
 }
 
 impl Harness {
     pub(super) fn new(shards: usize, s: CoreSettings) -> Self {
+        Self::build(shards, s, false)
+    }
+
+    /// Like `new`, each core knowing how many shards there are (as the engine makes
+    /// them: the listener's rate is split over them, bootstraps tell the others).
+    pub(super) fn sharded(shards: usize, s: CoreSettings) -> Self {
+        Self::build(shards, s, true)
+    }
+
+    fn build(shards: usize, s: CoreSettings, counted: bool) -> Self {
         let s = Arc::new(s);
         let dir = Arc::new(Directory::new());
         let dir_xml = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/lwm2m_xml");
@@ -73,7 +85,9 @@ impl Harness {
         let reg = Arc::new(reg);
         let cores = (0..shards)
             .map(|i| {
-                let mut c = ShardCore::new(i as u16, s.clone(), dir.clone(), 1000 * i as u64 + 7);
+                let n = if counted { shards } else { 1 };
+                let seed = 1000 * i as u64 + 7;
+                let mut c = ShardCore::with_shards(i as u16, n, s.clone(), dir.clone(), seed);
                 c.set_registry(reg.clone());
                 c
             })
@@ -86,6 +100,7 @@ impl Harness {
             replies: Vec::new(),
             mqtt: Vec::new(),
             auth: Vec::new(),
+            bootstrap: Vec::new(),
         }
     }
 
@@ -266,6 +281,7 @@ impl Harness {
         let mut msgs = Vec::new();
         let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
         let (timers, auth) = (&mut self.timers, &mut self.auth);
+        let bootstrap = &mut self.bootstrap;
         self.cores[i].drain(|o| match o {
             Output::Datagram { to, secure, bytes } => replies.push(Reply {
                 to,
@@ -276,6 +292,7 @@ impl Harness {
             Output::Timer { at, timer } => timers.push((at, i, timer)),
             Output::Auth { ticket, request } => auth.push((i, ticket, request)),
             Output::Shard { to, msg } => msgs.push((to, msg)),
+            Output::Bootstrap(e) => bootstrap.push(e),
         });
         msgs
     }

@@ -5,6 +5,7 @@ mod block_server;
 mod blocks;
 mod blockwise;
 mod composite;
+mod bootstrap;
 mod dm;
 mod dtls;
 mod harness;
