@@ -4,8 +4,8 @@
 mod block_server;
 mod blocks;
 mod blockwise;
-mod composite;
 mod bootstrap;
+mod composite;
 mod dm;
 mod dtls;
 mod harness;
