@@ -219,6 +219,7 @@ impl Admin for GatewayAdmin {
         let mut w = Writer::new(out);
         super::metrics::write(self, &mut w);
         self.auth.write_metrics(&mut w);
+        crate::metrics::process::write(&mut w);
     }
 
     fn healthy(&self) -> bool {

@@ -14,6 +14,8 @@
 //! assert_eq!(out.matches("# TYPE lwm2m_datagrams_in_total counter").count(), 1);
 //! ```
 
+pub mod process;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
