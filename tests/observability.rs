@@ -5,7 +5,6 @@
 //! exists on a running gateway's `/metrics`.
 
 mod common;
-#[allow(dead_code)]
 #[path = "interop/support.rs"]
 mod support;
 
