@@ -4,11 +4,11 @@
 
 mod common;
 
+use common::app::App;
 use common::coap::{self, exchange, location, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc};
 use common::json;
 use common::mosquitto::mosquitto_pub_v5;
-use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use simd_json::prelude::*;
 use std::net::{SocketAddr, UdpSocket};
@@ -99,41 +99,10 @@ impl Device {
     }
 }
 
-struct App {
-    mq: MqttClient,
-    req: u32,
-}
-
-impl App {
-    fn new(gw: &GatewayProc) -> Self {
-        let mq = MqttClient::subscriber(gw.mqtt, "e2e-app", "lwm2m/+/up/#", 0);
-        App { mq, req: 0 }
-    }
-
-    fn send(&mut self, ep: &str, msg_type: &str, data: &str) -> u32 {
-        self.req += 1;
-        let json = format!(
-            r#"{{"reqID":{},"msgType":"{msg_type}","data":{data}}}"#,
-            self.req
-        );
-        self.mq
-            .publish(&format!("lwm2m/{ep}/dn/cmd"), json.as_bytes(), 0)
-            .unwrap();
-        self.req
-    }
-
-    /// The next message that is not a register message.
-    fn next(&mut self) -> (String, simd_json::OwnedValue) {
-        self.mq
-            .next_json(WAIT, |_, v| v["msgType"] != "register")
-            .expect("an MQTT message")
-    }
-}
-
 #[test]
 fn every_command_through_the_running_gateway() {
     let gw = GatewayProc::start(Broker::Embedded, "");
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-app");
     let mut dev = Device::register(gw.udp, "cmd1", "</1/0>,</3/0>,</31024/11>");
 
     // read
@@ -327,7 +296,7 @@ fn timeouts_and_resets_reach_mqtt() {
         Broker::Embedded,
         "[coap]\nack_timeout = \"100ms\"\nmax_retransmit = 2\n",
     );
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-app");
     let dev = Device::register(gw.udp, "cmd2", "</3/0>");
     let id = app.send("cmd2", "read", r#"{"path":"/3/0/0"}"#);
     let first = dev.request();
@@ -362,7 +331,7 @@ fn object_definitions_reload_while_running() {
         "",
         "max_conn_rate = 1000000",
     );
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-app");
     let d = Device::register(gw.udp, "xml1", "</42420/0>");
     let definition = |ty: &str| {
         format!(
@@ -422,7 +391,7 @@ fn object_definitions_reload_while_running() {
 fn a_queued_command_past_its_mqtt_message_expiry_gets_an_expiry_error() {
     let gw = GatewayProc::start(Broker::Embedded, "qmode_time_window = \"1s\"\n");
     let v5 = gw.mqtt_v5.expect("the embedded broker's MQTT 5 listener");
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-app");
     let mut dev = Device::register_with(gw.udp, "exp1", "</3/0>", "UQ");
     // Awake right after registering: a command goes at once (and shows the route works).
     app.send("exp1", "read", r#"{"path":"/3/0/0"}"#);
@@ -478,7 +447,7 @@ fn a_burst_of_commands_gets_one_answer_per_command() {
         "[engine]\nshards = 1\n[queue]\nmax_queued = 20\n\
          [coap]\nack_timeout = \"200ms\"\n",
     );
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-app");
     let dev = Device::register(gw.udp, "burst1", "</3/0>");
     let sock = dev.sock.try_clone().unwrap();
     let gw_udp = dev.gw;

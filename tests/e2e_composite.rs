@@ -6,10 +6,10 @@
 
 mod common;
 
+use common::app::App;
 use common::coap::{self, exchange, location, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc, API_SECRET};
 use common::http::request;
-use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use lwm2m_gateway::formats::fmt_id;
 use simd_json::prelude::*;
@@ -81,37 +81,6 @@ impl Device {
     }
 }
 
-struct App {
-    mq: MqttClient,
-    req: u32,
-}
-
-impl App {
-    fn new(gw: &GatewayProc) -> Self {
-        let mq = MqttClient::subscriber(gw.mqtt, "e2e-composite", "lwm2m/+/up/#", 0);
-        App { mq, req: 0 }
-    }
-
-    fn send(&mut self, ep: &str, msg_type: &str, data: &str) -> u32 {
-        self.req += 1;
-        let json = format!(
-            r#"{{"reqID":{},"msgType":"{msg_type}","data":{data}}}"#,
-            self.req
-        );
-        self.mq
-            .publish(&format!("lwm2m/{ep}/dn/cmd"), json.as_bytes(), 0)
-            .unwrap();
-        self.req
-    }
-
-    /// The next message that is not a register message.
-    fn next(&mut self) -> (String, simd_json::OwnedValue) {
-        self.mq
-            .next_json(WAIT, |_, v| v["msgType"] != "register")
-            .expect("an MQTT message")
-    }
-}
-
 const PATHS: &str = r#"{"paths":["/3/0/9","/1/0/1"]}"#;
 /// `[{0:"/3/0/9"},{0:"/1/0/1"}]`
 const PATHS_CBOR: &[u8] = b"\x82\xa1\x00\x66/3/0/9\xa1\x00\x66/1/0/1";
@@ -123,7 +92,7 @@ fn req_paths() -> simd_json::OwnedValue {
 #[test]
 fn composite_operations_through_the_running_gateway() {
     let gw = GatewayProc::start(Broker::Embedded, "");
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-composite");
     let mut dev = Device::register(
         gw.udp,
         "comp1",
@@ -271,7 +240,7 @@ fn composite_operations_through_the_running_gateway() {
 #[test]
 fn composite_operations_for_senml_json_and_a_1_0_device() {
     let gw = GatewayProc::start(Broker::Embedded, "");
-    let mut app = App::new(&gw);
+    let mut app = App::new(&gw, "e2e-composite");
     // No ct: SenML JSON, under the alternate path.
     let dev = Device::register(
         gw.udp,

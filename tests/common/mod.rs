@@ -2,6 +2,7 @@
 // Helpers each test uses a part of, `pub` for the test files that include them.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod app;
 pub mod coap;
 pub mod fleet;
 pub mod gateway;

@@ -126,16 +126,30 @@ impl DeviceManagement {
         let _ = lifetime;
         let ex = session.inflight.swap_remove(i);
         cx.stats.timeouts += 1;
+        self.end_unanswered(cx, env, slot, ex, Outcome::Timeout, "coap_timeout");
+        self.pump_queue(cx, env, slot);
+    }
+
+    /// An exchange that ended without an answer: its command's final message (`event`,
+    /// counted as `outcome`), except for the fetch of a notification's remaining blocks,
+    /// which is no command: the notification is not published, counted as a block abort.
+    fn end_unanswered(
+        &mut self,
+        cx: &mut Cx<'_>,
+        env: &mut Env<'_>,
+        slot: u32,
+        ex: Exchange,
+        outcome: Outcome,
+        event: &str,
+    ) {
         if ex.completes_notification() {
-            // The rest of a notification did not come: it is not published.
             cx.stats.block_aborts += 1;
             drop(ex);
             env.blocks.gauge(cx.stats);
         } else {
-            cx.stats.ended(Some(ex.cmd.op), Outcome::Timeout);
-            self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_timeout");
+            cx.stats.ended(Some(ex.cmd.op), outcome);
+            self.publish_event(cx, env, slot, &ex.cmd.echo, event);
         }
-        self.pump_queue(cx, env, slot);
     }
 
     /// An ACK or RST from `peer`: matches an exchange by message ID.
@@ -168,14 +182,7 @@ impl DeviceManagement {
         if msg.mtype == MsgType::Rst {
             let ex = session.inflight.swap_remove(i);
             cx.stats.resets_received += 1;
-            if ex.completes_notification() {
-                cx.stats.block_aborts += 1;
-                drop(ex);
-                env.blocks.gauge(cx.stats);
-            } else {
-                cx.stats.ended(Some(ex.cmd.op), Outcome::Reset);
-                self.publish_event(cx, env, slot, &ex.cmd.echo, "coap_reset");
-            }
+            self.end_unanswered(cx, env, slot, ex, Outcome::Reset, "coap_reset");
             self.pump_queue(cx, env, slot);
             return;
         }
@@ -184,12 +191,12 @@ impl DeviceManagement {
                 ex.acked = true;
                 ex.acked_ms = now;
                 let token = ex.token;
-                let echo = ex.cmd.echo.clone();
-                let event = !ex.completes_notification();
+                // The fetch of a notification's remaining blocks is no command.
+                let echo = (!ex.completes_notification()).then(|| ex.cmd.echo.clone());
                 cx.out
                     .timers
                     .push((now + lifetime, Timer::Retransmit { slot, token, inc }));
-                if event {
+                if let Some(echo) = echo {
                     self.publish_event(cx, env, slot, &echo, "ack");
                 }
             }
