@@ -58,6 +58,8 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// The client id the router knows this link's connection by.
+    pub(crate) client_id: String,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -93,6 +95,12 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        // The id the router knows the connection by (tenants prefix it, as
+        // `Connection::new` does).
+        let router_client_id = match &tenant_id {
+            Some(t) => format!("{t}.{client_id}"),
+            None => client_id.clone(),
+        };
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
@@ -122,6 +130,7 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            client_id: router_client_id,
         })
     }
 

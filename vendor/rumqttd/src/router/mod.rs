@@ -53,8 +53,11 @@ pub enum Event {
     Ready,
     /// Data for native commitlog
     DeviceData,
-    /// Disconnection request
-    Disconnect,
+    /// Disconnection request from the link of `client_id` (its network closed). The
+    /// router ignores it when the connection id already serves another client: a link
+    /// whose client sent DISCONNECT may report its closed socket after the router freed
+    /// the id and gave it to a new connection.
+    Disconnect { client_id: String },
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -244,7 +244,13 @@ impl Router {
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
-            Event::Disconnect => self.handle_disconnection(id, None),
+            Event::Disconnect { client_id } => {
+                if self.obufs.get(id).is_some_and(|o| o.client_id == client_id) {
+                    self.handle_disconnection(id, None)
+                } else {
+                    debug!("stale disconnection of {client_id} for connection id {id}");
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)

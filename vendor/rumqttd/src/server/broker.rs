@@ -606,6 +606,7 @@ async fn remote<P: Protocol>(
     };
 
     let connection_id = link.connection_id;
+    let link_client_id = link.client_id.clone();
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
 
@@ -633,7 +634,9 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        let disconnect = Event::Disconnect {
+            client_id: link_client_id,
+        };
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }
