@@ -5,7 +5,7 @@
 
 use super::mail::ShardMail;
 use super::udp_shard::ShardCounters;
-use crate::api::{Admin, ClientInfo, LookupAnswer};
+use crate::api::{Admin, ClientInfo, CommandSubscription, ListenerInfo, LookupAnswer};
 use crate::auth::AuthService;
 use crate::config::duration::{format_duration, parse_duration};
 use crate::config::{AutoObserve, Config, UpdateCondition};
@@ -39,6 +39,12 @@ pub(super) struct GatewayAdmin {
     pub epoch_ms: u64,
     /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
+    /// The file the configuration came from (None: built-in defaults).
+    pub config_path: Option<std::path::PathBuf>,
+    /// What the last `set_enabled` asked of the shards.
+    pub serving: std::sync::atomic::AtomicBool,
+    /// The listeners' bound addresses (UDP, then DTLS when configured).
+    pub bound: (std::net::SocketAddr, Option<std::net::SocketAddr>),
 }
 
 impl GatewayAdmin {
@@ -224,6 +230,100 @@ impl Admin for GatewayAdmin {
 
     fn healthy(&self) -> bool {
         MqttStats::get(&self.mqtt.connected) > 0
+    }
+
+    fn enabled(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    fn set_enabled(&self, on: bool) -> Result<(), String> {
+        self.serving.store(on, Ordering::SeqCst);
+        let mut ended = 0;
+        for i in 0..self.shards.len() {
+            ended += self
+                .ask(i, |ended| ShardMail::Serve { on, ended })
+                .ok_or_else(|| format!("shard {i} did not answer in time"))?;
+        }
+        if on {
+            tracing::info!("gateway enabled: serving devices");
+        } else {
+            tracing::info!(ended, "gateway disabled: registrations ended, datagrams dropped");
+        }
+        Ok(())
+    }
+
+    fn started_at_ms(&self) -> Option<u64> {
+        Some(self.epoch_ms)
+    }
+
+    fn listeners(&self) -> Vec<ListenerInfo> {
+        let cfg = self.config.lock();
+        let on = self.enabled();
+        let secure = self.dir.secure_len() as u64;
+        let all = self.dir.len() as u64;
+        let udp = cfg.listeners.udp.iter().enumerate().map(|(i, (name, l))| {
+            let bound = (i == 0).then_some(self.bound.0);
+            ListenerInfo {
+                kind: "udp",
+                name: name.clone(),
+                bind: bound.unwrap_or(l.bind).to_string(),
+                running: on && bound.is_some(),
+                current_connections: if i == 0 { all.saturating_sub(secure) } else { 0 },
+                max_connections: l.max_connections,
+                max_conn_rate: l.max_conn_rate,
+            }
+        });
+        let dtls = cfg.listeners.dtls.iter().enumerate().map(|(i, (name, l))| {
+            let bound = if i == 0 { self.bound.1 } else { None };
+            ListenerInfo {
+                kind: "dtls",
+                name: name.clone(),
+                bind: bound.unwrap_or(l.bind).to_string(),
+                running: on && bound.is_some(),
+                current_connections: if i == 0 { secure } else { 0 },
+                max_connections: l.max_connections,
+                max_conn_rate: l.max_conn_rate,
+            }
+        });
+        udp.chain(dtls).collect()
+    }
+
+    fn command_subscription(&self, clientid: &str) -> Option<CommandSubscription> {
+        let c = self.client(clientid)?;
+        let s = self.settings.lock().clone();
+        let mut mountpoint = String::new();
+        let vars = crate::lwm2m::template::Vars {
+            endpoint_name: &c.endpoint_name,
+            clientid: &c.clientid,
+            username: &c.username,
+            peerhost: &c.peerhost,
+        };
+        s.mountpoint.render(&vars, &mut mountpoint);
+        let topic = s.command_filter(&mountpoint);
+        let filter = if s.per_endpoint_subscriptions {
+            topic.clone()
+        } else {
+            s.wildcard_command_filter()
+        };
+        Some(CommandSubscription {
+            topic,
+            filter,
+            qos: s.command.qos,
+            per_endpoint: s.per_endpoint_subscriptions,
+        })
+    }
+
+    fn config_file(&self) -> Result<std::path::PathBuf, String> {
+        let path = crate::config::persist::target(self.config_path.as_deref())?;
+        crate::config::persist::writable(path)?;
+        Ok(path.to_path_buf())
+    }
+
+    fn persist_gateway_config(&self, json: &[u8]) -> Result<(), String> {
+        let path = crate::config::persist::target(self.config_path.as_deref())?;
+        let v = simd_json::to_owned_value(&mut json.to_vec()).map_err(|e| e.to_string())?;
+        let cfg = self.config.lock().clone();
+        crate::config::persist::write(&path, &v, &cfg)
     }
 }
 

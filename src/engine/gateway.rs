@@ -81,6 +81,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts everything the configuration asks for.
     pub fn start(cfg: &Config) -> Result<Self, GatewayError> {
+        Self::start_from(cfg, None)
+    }
+
+    /// As [`Gateway::start`], for a configuration read from `file` (where the management
+    /// API's `PUT ?persist=true` writes changes back).
+    pub fn start_from(cfg: &Config, file: Option<std::path::PathBuf>) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
         let mut settings = CoreSettings::from(cfg);
         let dir = Arc::new(Directory::new());
@@ -132,6 +138,9 @@ impl Gateway {
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
         tell_dtls_port(bootstrap.as_deref(), &parts);
+        let dtls_bound = parts
+            .first()
+            .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
 
         let router_counters = Arc::new(RouterCounters::default());
         let router = Arc::new(CommandRouter {
@@ -173,6 +182,9 @@ impl Gateway {
             mqtt: mqtt_stats.clone(),
             epoch_ms,
             bootstrap: bootstrap.clone(),
+            config_path: file,
+            serving: AtomicBool::new(true),
+            bound: (udp_addr, dtls_bound),
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),
