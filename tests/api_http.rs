@@ -493,7 +493,9 @@ fn authentication_configuration() {
         call(a, "POST", &path, Some(r#"{"enable":false}"#)).status,
         200
     );
-    assert_eq!(call(a, "DELETE", &path, None).status, 405);
+    // DELETE removes the authenticator: authentication off.
+    assert_eq!(call(a, "DELETE", &path, None).status, 204);
+    assert_eq!(call(a, "PATCH", &path, None).status, 405);
 }
 
 fn ids(r: &Resp) -> Vec<String> {
@@ -915,7 +917,7 @@ fn device_commands() {
         405
     );
     assert_eq!(
-        call(a, "POST", &format!("{base}/execute?path=/3/0/4"), None).status,
+        call(a, "POST", &format!("{base}/jump?path=/3/0/4"), None).status,
         404
     );
     assert_eq!(
