@@ -59,16 +59,24 @@ impl Device {
     }
 
     fn answer(&self, r: &Request, code: u8, opts: &[(u16, u32)], body: &[u8]) {
-        self.sock.send_to(&r.ack(code, opts, body), self.gw).unwrap();
+        self.sock
+            .send_to(&r.ack(code, opts, body), self.gw)
+            .unwrap();
     }
 }
 
 /// Runs `f` (an HTTP request) on a thread while the device does its part.
-fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+fn in_background<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     std::thread::spawn(f)
 }
 
-fn post(gw: &GatewayProc, path: &str, body: &'static [u8]) -> std::thread::JoinHandle<(u16, String)> {
+fn post(
+    gw: &GatewayProc,
+    path: &str,
+    body: &'static [u8],
+) -> std::thread::JoinHandle<(u16, String)> {
     let (addr, path) = (gw.api, path.to_string());
     in_background(move || request(addr, "POST", &path, ADMIN, body))
 }
@@ -99,7 +107,11 @@ fn the_openapi_document_and_the_routes_agree_both_ways() {
     }
     let routed: BTreeSet<(String, String)> = ROUTES
         .iter()
-        .flat_map(|r| r.ops.iter().map(|o| (r.pattern.to_string(), o.method.to_string())))
+        .flat_map(|r| {
+            r.ops
+                .iter()
+                .map(|o| (r.pattern.to_string(), o.method.to_string()))
+        })
         .collect();
     assert_eq!(documented, routed, "the document is the route table");
 
@@ -160,7 +172,10 @@ fn gateways_listeners_subscriptions_enable_and_authentication() {
     let (st, body) = api(&gw, "PUT", &one, br#"{"max_conn_rate":500}"#);
     assert_eq!(st, 200, "{body}");
     assert_eq!(json(&body)["max_conn_rate"].as_u64(), Some(500));
-    assert_eq!(json(api(&gw, "GET", &one, b"").1)["max_conn_rate"].as_u64(), Some(500));
+    assert_eq!(
+        json(api(&gw, "GET", &one, b"").1)["max_conn_rate"].as_u64(),
+        Some(500)
+    );
     let (st, body) = api(&gw, "PUT", &one, br#"{"bind":"127.0.0.1:1"}"#);
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("cannot change at run time"), "{body}");
@@ -173,23 +188,42 @@ fn gateways_listeners_subscriptions_enable_and_authentication() {
     let subs = format!("{GW}/clients/gl1/subscriptions");
     let v = json(api(&gw, "GET", &subs, b"").1);
     assert_eq!(v[0]["topic"].as_str(), Some("lwm2m/gl1/dn/#"), "{v}");
-    assert_eq!(v[0]["mode"].as_str(), Some("wildcard"), "embedded broker: one wildcard");
+    assert_eq!(
+        v[0]["mode"].as_str(),
+        Some("wildcard"),
+        "embedded broker: one wildcard"
+    );
     let (st, body) = api(&gw, "POST", &subs, br#"{"topic":"lwm2m/gl1/dn/#","qos":0}"#);
     assert_eq!(st, 201, "{body}");
     let (st, body) = api(&gw, "POST", &subs, br#"{"topic":"other/#"}"#);
     assert_eq!(st, 400, "{body}");
     let (st, _) = api(&gw, "POST", &subs, b"{}");
     assert_eq!(st, 400);
-    let (st, body) = api(&gw, "DELETE", &format!("{subs}/lwm2m%2Fgl1%2Fdn%2F%23"), b"");
+    let (st, body) = api(
+        &gw,
+        "DELETE",
+        &format!("{subs}/lwm2m%2Fgl1%2Fdn%2F%23"),
+        b"",
+    );
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("cannot be removed"), "{body}");
     let (st, _) = api(&gw, "DELETE", &format!("{subs}/other"), b"");
     assert_eq!(st, 404);
-    let (st, _) = api(&gw, "GET", &format!("{GW}/clients/nobody/subscriptions"), b"");
+    let (st, _) = api(
+        &gw,
+        "GET",
+        &format!("{GW}/clients/nobody/subscriptions"),
+        b"",
+    );
     assert_eq!(st, 404);
 
     // Authentication removed.
-    let (st, _) = api(&gw, "PUT", &format!("{GW}/authentication"), br#"{"enable":true,"url":"http://127.0.0.1:9/auth"}"#);
+    let (st, _) = api(
+        &gw,
+        "PUT",
+        &format!("{GW}/authentication"),
+        br#"{"enable":true,"url":"http://127.0.0.1:9/auth"}"#,
+    );
     assert_eq!(st, 200);
     let (st, _) = api(&gw, "DELETE", &format!("{GW}/authentication"), b"");
     assert_eq!(st, 204);
@@ -213,9 +247,17 @@ fn gateways_listeners_subscriptions_enable_and_authentication() {
         .bytes();
     late.send_to(&reg, gw.udp).unwrap();
     let m = gw.metrics_when(|e| {
-        e.sum("lwm2m_datagrams_dropped_total", &[("reason", "gateway_disabled")]) >= 1.0
+        e.sum(
+            "lwm2m_datagrams_dropped_total",
+            &[("reason", "gateway_disabled")],
+        ) >= 1.0
     });
-    assert!(m.sum("lwm2m_datagrams_dropped_total", &[("reason", "gateway_disabled")]) >= 1.0);
+    assert!(
+        m.sum(
+            "lwm2m_datagrams_dropped_total",
+            &[("reason", "gateway_disabled")]
+        ) >= 1.0
+    );
     let (st, _) = api(&gw, "PUT", &format!("{GW}/enable/true"), b"");
     assert_eq!(st, 204);
     let d2 = Device::register(gw.udp, "gl2");
@@ -232,7 +274,12 @@ fn every_operation_over_rest_with_and_without_wait() {
     let c = format!("{GW}/clients/ops1");
 
     // Without wait: 204 and the request reaches the device.
-    let (st, body) = api(&gw, "POST", &format!("{c}/write-attr?path=/3/0/9&pmin=10&pmax=60"), b"");
+    let (st, body) = api(
+        &gw,
+        "POST",
+        &format!("{c}/write-attr?path=/3/0/9&pmin=10&pmax=60"),
+        b"",
+    );
     assert_eq!(st, 204, "{body}");
     let r = d.next();
     assert_eq!((r.code, r.path.as_str()), (codes::PUT, "/3/0/9"));
@@ -252,10 +299,22 @@ fn every_operation_over_rest_with_and_without_wait() {
     assert_eq!(v["data"]["code"].as_str(), Some("2.04"));
 
     // discover, with the caller's reqID.
-    let h = post(&gw, &format!("{c}/discover?path=/3/0&wait=5s&reqID=abc"), b"");
+    let h = post(
+        &gw,
+        &format!("{c}/discover?path=/3/0&wait=5s&reqID=abc"),
+        b"",
+    );
     let r = d.next();
-    assert_eq!((r.code, r.path.as_str(), r.accept), (codes::GET, "/3/0", Some(40)));
-    d.answer(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 40)], b"</3/0>,</3/0/1>");
+    assert_eq!(
+        (r.code, r.path.as_str(), r.accept),
+        (codes::GET, "/3/0", Some(40))
+    );
+    d.answer(
+        &r,
+        codes::CONTENT,
+        &[(opt::CONTENT_FORMAT, 40)],
+        b"</3/0>,</3/0/1>",
+    );
     let (st, body) = h.join().unwrap();
     assert_eq!(st, 200, "{body}");
     let v = json(&body);
@@ -271,7 +330,13 @@ fn every_operation_over_rest_with_and_without_wait() {
     let r = d.next();
     assert_eq!((r.code, r.path.as_str()), (codes::POST, "/31024"));
     let mut created = Vec::new();
-    let mut w = lwm2m_gateway::coap::MessageWriter::new(&mut created, MsgType::Ack, codes::CREATED, r.mid, &r.token);
+    let mut w = lwm2m_gateway::coap::MessageWriter::new(
+        &mut created,
+        MsgType::Ack,
+        codes::CREATED,
+        r.mid,
+        &r.token,
+    );
     w.option(opt::LOCATION_PATH, b"31024");
     w.option(opt::LOCATION_PATH, b"12");
     d.sock.send_to(&created, gw.udp).unwrap();
@@ -314,15 +379,27 @@ fn every_operation_over_rest_with_and_without_wait() {
 
 #[test]
 fn a_configuration_put_is_written_to_the_file_with_persist() {
-    let gw = GatewayProc::start(Broker::Embedded, "# the operator's comment\nqmode_time_window = \"22s\"");
+    let gw = GatewayProc::start(
+        Broker::Embedded,
+        "# the operator's comment\nqmode_time_window = \"22s\"",
+    );
     let file = gw.dir.path().join("gateway.toml");
     let before = std::fs::read_to_string(&file).unwrap();
 
     let (st, body) = api(&gw, "PUT", GW, br#"{"qmode_time_window":"40s"}"#);
     assert_eq!(st, 200, "{body}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "no persist: file untouched");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        before,
+        "no persist: file untouched"
+    );
 
-    let (st, body) = api(&gw, "PUT", &format!("{GW}?persist=maybe"), br#"{"lifetime_max":"2h"}"#);
+    let (st, body) = api(
+        &gw,
+        "PUT",
+        &format!("{GW}?persist=maybe"),
+        br#"{"lifetime_max":"2h"}"#,
+    );
     assert_eq!(st, 400, "{body}");
     let (st, body) = api(
         &gw,
@@ -339,7 +416,12 @@ fn a_configuration_put_is_written_to_the_file_with_persist() {
     // The one not persisted stays as the file had it.
     assert_eq!(cfg.qmode_time_window, Duration::from_secs(22));
     // What cannot change is refused before anything is written.
-    let (st, _) = api(&gw, "PUT", &format!("{GW}?persist=true"), br#"{"mountpoint":"x/"}"#);
+    let (st, _) = api(
+        &gw,
+        "PUT",
+        &format!("{GW}?persist=true"),
+        br#"{"mountpoint":"x/"}"#,
+    );
     assert_eq!(st, 400);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), after);
     let leftovers: Vec<_> = std::fs::read_dir(gw.dir.path())

@@ -12,6 +12,7 @@ mod common;
 use common::coap::{self, socket, Req, Request};
 use common::http::request;
 use common::mosquitto::free_port;
+use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, opt, Message};
 use simd_json::prelude::*;
 use std::io::{BufRead, BufReader};
@@ -78,10 +79,11 @@ fn the_installed_binary_runs_from_an_empty_directory_without_configuration() {
     let cwd = tempfile::tempdir().unwrap();
     let log_path = root.path().join("log");
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mqtt = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let child = Command::new(&exe)
         .current_dir(cwd.path())
         .args(["--udp-bind", "127.0.0.1:0", "--api-secret", "s"])
-        .args(["--embedded-bind", &format!("127.0.0.1:{}", free_port())])
+        .args(["--embedded-bind", &mqtt.to_string()])
         .args(["--embedded-bind-v5", &format!("127.0.0.1:{}", free_port())])
         .args(["--api-bind", &api.to_string()])
         .env_remove("LWM2M_API_SECRET")
@@ -98,7 +100,14 @@ fn the_installed_binary_runs_from_an_empty_directory_without_configuration() {
         let ready = BufReader::new(text.as_bytes())
             .lines()
             .map_while(Result::ok)
-            .find_map(|l| Some(l.split_once("lwm2m-gateway ready udp=")?.1.trim().to_string()));
+            .find_map(|l| {
+                Some(
+                    l.split_once("lwm2m-gateway ready udp=")?
+                        .1
+                        .trim()
+                        .to_string(),
+                )
+            });
         if let Some(a) = ready {
             break a.parse::<std::net::SocketAddr>().unwrap();
         }
@@ -109,10 +118,15 @@ fn the_installed_binary_runs_from_an_empty_directory_without_configuration() {
     assert!(text.contains("no configuration file"), "{text}");
     assert!(text.contains("built-in object definitions"), "{text}");
     assert_eq!(request(api, "GET", "/health", None, b"").0, 200);
-    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 
     // It serves: a device registers, and a read's value is typed by the built-in
     // definition of /3/0/9 (Battery Level, an Integer).
+    let mut app = MqttClient::subscriber(mqtt, "inst-app", "lwm2m/+/up/resp", 0);
     let dev = socket([127, 0, 0, 1], Duration::from_secs(10));
     let reg = Req::con(codes::POST, 1, &[1])
         .path(&["rd"])
@@ -120,22 +134,26 @@ fn the_installed_binary_runs_from_an_empty_directory_without_configuration() {
         .body(b"</3/0>");
     let reply = coap::exchange(&dev, udp, &reg.bytes());
     assert_eq!(Message::parse(&reply).unwrap().code, codes::CREATED);
-    let read = std::thread::spawn(move || {
-        request(
-            api,
-            "POST",
-            "/api/v5/gateways/lwm2m/clients/inst1/read?path=/3/0/9&wait=5s",
-            Some(("admin", "s")),
-            b"",
-        )
-    });
+    let (st, body) = request(
+        api,
+        "POST",
+        "/api/v5/gateways/lwm2m/clients/inst1/read?path=/3/0/9",
+        Some(("admin", "s")),
+        b"",
+    );
+    assert_eq!(st, 204, "{body}");
     let r = Request::parse(&coap::recv(&dev));
     assert_eq!(r.path, "/3/0/9");
-    dev.send_to(&r.ack(codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"87"), udp)
-        .unwrap();
-    let (st, body) = read.join().unwrap();
-    assert_eq!(st, 200, "{body}");
-    let v = common::json(&body);
+    dev.send_to(
+        &r.ack(codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"87"),
+        udp,
+    )
+    .unwrap();
+    let (_, v) = app
+        .next_json(Duration::from_secs(10), |_, v| {
+            v["msgType"].as_str() == Some("read")
+        })
+        .expect("the read's answer on MQTT");
     assert_eq!(v["data"]["content"][0]["value"].as_u64(), Some(87), "{v}");
 }
 
@@ -149,13 +167,32 @@ fn the_dockerfile_is_well_formed() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace("\\\n", " ");
-    let lines: Vec<&str> = joined.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let froms: Vec<&str> = lines.iter().filter(|l| l.starts_with("FROM ")).copied().collect();
+    let lines: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let froms: Vec<&str> = lines
+        .as_slice()
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .copied()
+        .collect();
     assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
-    assert!(froms[0].starts_with("FROM rust:") && froms[0].contains("bookworm"), "{froms:?}");
-    assert!(froms[1].starts_with("FROM debian:bookworm-slim"), "{froms:?}");
+    assert!(
+        froms[0].starts_with("FROM rust:") && froms[0].contains("bookworm"),
+        "{froms:?}"
+    );
+    assert!(
+        froms[1].starts_with("FROM debian:bookworm-slim"),
+        "{froms:?}"
+    );
     // What it copies from the build context exists.
-    for l in lines.iter().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for l in lines
+        .as_slice()
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let parts: Vec<&str> = l.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
             if *src == "." {
@@ -167,27 +204,50 @@ fn the_dockerfile_is_well_formed() {
             );
         }
     }
-    assert!(lines.iter().any(|l| l.starts_with("COPY etc/ ")), "etc/ is in the image");
+    assert!(
+        lines.as_slice().iter().any(|l| l.starts_with("COPY etc/ ")),
+        "etc/ is in the image"
+    );
     // The last USER is not root.
     let user = lines
+        .as_slice()
         .iter()
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER");
     assert!(!matches!(user.trim(), "root" | "0" | "0:0"), "USER {user}");
-    let after_user = lines.iter().rposition(|l| l.starts_with("USER ")).unwrap();
+    let after_user = lines
+        .as_slice()
+        .iter()
+        .rposition(|l| l.starts_with("USER "))
+        .unwrap();
     assert!(
         lines[after_user..].iter().all(|l| !l.starts_with("RUN ")),
         "nothing runs as root after USER"
     );
     // Ports, health check and the command line agree.
-    let expose = lines.iter().find_map(|l| l.strip_prefix("EXPOSE ")).expect("EXPOSE");
+    let expose = lines
+        .as_slice()
+        .iter()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .expect("EXPOSE");
     for p in ["5783/udp", "1883", "18083"] {
-        assert!(expose.split_whitespace().any(|x| x == p), "EXPOSE {expose} lacks {p}");
+        assert!(
+            expose.split_whitespace().any(|x| x == p),
+            "EXPOSE {expose} lacks {p}"
+        );
     }
-    let health = lines.iter().find(|l| l.starts_with("HEALTHCHECK ")).expect("HEALTHCHECK");
+    let health = lines
+        .as_slice()
+        .iter()
+        .find(|l| l.starts_with("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
     assert!(health.contains("http://127.0.0.1:18083/health"), "{health}");
-    let cmd = lines.iter().find_map(|l| l.strip_prefix("CMD ")).expect("CMD");
+    let cmd = lines
+        .as_slice()
+        .iter()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("CMD");
     let args = common::json(cmd.as_bytes());
     let mut args: Vec<String> = args
         .as_array()
@@ -195,7 +255,11 @@ fn the_dockerfile_is_well_formed() {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    assert!(args.windows(2).any(|w| w == ["--api-bind", "0.0.0.0:18083"]), "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--api-bind", "0.0.0.0:18083"]),
+        "{args:?}"
+    );
     // The binary takes these flags (its configuration path made this checkout's).
     let i = args.iter().position(|a| a == "--config").unwrap();
     assert_eq!(args[i + 1], "/etc/lwm2m-gateway/lwm2m-gateway.toml");
@@ -205,10 +269,17 @@ fn the_dockerfile_is_well_formed() {
         .arg("--print-default-config")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Secrets and build output stay out of the build context.
     let ignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).unwrap();
     for p in ["target/", ".git/", "etc/certs/", "etc/psk.txt"] {
-        assert!(ignore.lines().any(|l| l.trim() == p), ".dockerignore lacks {p}");
+        assert!(
+            ignore.lines().any(|l| l.trim() == p),
+            ".dockerignore lacks {p}"
+        );
     }
 }

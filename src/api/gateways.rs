@@ -61,9 +61,7 @@ pub(super) fn enable(ctx: &Ctx, value: &str) -> Response {
     let on = match value {
         "true" => true,
         "false" => false,
-        other => {
-            return bad_request(&format!("enable: expected true or false, got {other:?}"))
-        }
+        other => return bad_request(&format!("enable: expected true or false, got {other:?}")),
     };
     match ctx.admin.set_enabled(on) {
         Ok(()) => Response::no_content(),

@@ -162,7 +162,8 @@ pub trait Admin: Send + Sync + 'static {
     }
     /// Removes the authenticator: devices register without authentication.
     fn delete_authentication(&self) -> Result<(), String> {
-        self.update_authentication(br#"{"enable":false}"#).map(|_| ())
+        self.update_authentication(br#"{"enable":false}"#)
+            .map(|_| ())
     }
     /// The configuration file a `PUT ?persist=true` writes, or why there is none.
     fn config_file(&self) -> Result<std::path::PathBuf, String> {

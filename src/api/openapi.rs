@@ -7,7 +7,9 @@ use crate::json;
 /// The document, as JSON.
 pub fn document() -> Vec<u8> {
     let mut out = Vec::with_capacity(32 * 1024);
-    out.extend_from_slice(br#"{"openapi":"3.0.3","info":{"title":"lwm2m-gateway management API","version":"#);
+    out.extend_from_slice(
+        br#"{"openapi":"3.0.3","info":{"title":"lwm2m-gateway management API","version":"#,
+    );
     json::string(&mut out, env!("CARGO_PKG_VERSION"));
     out.extend_from_slice(
         br#","description":"EMQX's gateway API for the LwM2M gateway, and every LwM2M operation over REST. Management endpoints need HTTP basic auth with api.api_key and api.api_secret. Errors are {\"code\":..,\"message\":..}."},"components":{"securitySchemes":{"basic":{"type":"http","scheme":"basic"}}},"paths":{"#,
@@ -58,7 +60,9 @@ fn path_item(out: &mut Vec<u8>, r: &Route) {
         if let Some(body) = op.body {
             out.extend_from_slice(br#","requestBody":{"required":false,"description":"#);
             json::string(out, body);
-            out.extend_from_slice(br#","content":{"application/json":{"schema":{"type":"object"}}}}"#);
+            out.extend_from_slice(
+                br#","content":{"application/json":{"schema":{"type":"object"}}}}"#,
+            );
         }
         out.extend_from_slice(b",\"responses\":{");
         for (j, (status, what)) in op.responses.iter().enumerate() {
@@ -104,7 +108,10 @@ fn operation_id(pattern: &str, method: &str) -> String {
     let mut id = method.to_ascii_lowercase();
     for seg in pattern.split('/').filter(|s| !s.is_empty()) {
         id.push('_');
-        id.extend(seg.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }));
+        id.extend(
+            seg.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
     }
     id
 }

@@ -98,7 +98,10 @@ const COMMAND_RESPONSES: &[(u16, &str)] = &[
         "with wait: the command's final MQTT message (the device's response, coap_timeout, \
          coap_reset or an error) as published",
     ),
-    (204, "the command was handed to the device's shard (X-Request-Id: its reqID)"),
+    (
+        204,
+        "the command was handed to the device's shard (X-Request-Id: its reqID)",
+    ),
     BAD,
     NO_CLIENT,
     (503, "too many requests are waiting for answers"),
@@ -559,11 +562,23 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {
             assert!(seen.insert(r.pattern), "{} twice", r.pattern);
-            assert!(r.pattern == "/health" || r.pattern == "/metrics" || r.pattern.starts_with("/api/v5/"));
-            assert!(r.open || r.pattern.starts_with("/api/v5/gateways"), "{}", r.pattern);
+            assert!(
+                r.pattern == "/health"
+                    || r.pattern == "/metrics"
+                    || r.pattern.starts_with("/api/v5/")
+            );
+            assert!(
+                r.open || r.pattern.starts_with("/api/v5/gateways"),
+                "{}",
+                r.pattern
+            );
             let methods: std::collections::HashSet<_> = r.ops.iter().map(|o| o.method).collect();
             assert_eq!(methods.len(), r.ops.len(), "{}: a method twice", r.pattern);
-            assert!(r.pattern == "/api/v5/gateways" || !r.pattern.starts_with("/api/v5/gateways/") || r.pattern.starts_with(GW));
+            assert!(
+                r.pattern == "/api/v5/gateways"
+                    || !r.pattern.starts_with("/api/v5/gateways/")
+                    || r.pattern.starts_with(GW)
+            );
         }
     }
 }

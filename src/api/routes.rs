@@ -8,8 +8,8 @@ use base64::Engine as _;
 use simd_json::prelude::*;
 
 use super::http::{percent_decode, Request, Response};
-use super::stats::ApiStats;
 use super::route_table;
+use super::stats::ApiStats;
 use super::{Admin, ClientInfo, LookupAnswer};
 use crate::json;
 
@@ -291,7 +291,10 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// A PUT of configuration: the body must be a JSON object. A body that is JSON but for a
 /// missing line-break comma or a trailing comma (as in the documented curl examples) is
 /// repaired first.
-pub(super) fn update(req: &Request, apply: impl FnOnce(&[u8]) -> Result<String, String>) -> Response {
+pub(super) fn update(
+    req: &Request,
+    apply: impl FnOnce(&[u8]) -> Result<String, String>,
+) -> Response {
     let mut copy = req.body.clone();
     let mut body = std::borrow::Cow::Borrowed(&req.body[..]);
     if let Err(e) = simd_json::to_borrowed_value(&mut copy) {

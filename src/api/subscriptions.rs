@@ -21,7 +21,14 @@ fn subscription_json(out: &mut Vec<u8>, s: &CommandSubscription) {
     out.extend_from_slice(b",\"qos\":");
     json::uint(out, u64::from(s.qos));
     out.extend_from_slice(b",\"nl\":0,\"rap\":0,\"rh\":0,\"mode\":");
-    json::string(out, if s.per_endpoint { "per_endpoint" } else { "wildcard" });
+    json::string(
+        out,
+        if s.per_endpoint {
+            "per_endpoint"
+        } else {
+            "wildcard"
+        },
+    );
     out.extend_from_slice(b",\"filter\":");
     json::string(out, &s.filter);
     out.push(b'}');

@@ -14,11 +14,32 @@ use simd_json::prelude::*;
 
 use super::http::Response;
 use super::routes::{bad_request, not_found, Ctx};
-enum Next { Event(std::sync::Arc<Ev>), Idle, Lost(u64), Closed }
-struct Ev { payload: Vec<u8> }
-struct Sub; impl Sub { fn next(&mut self, _t: Duration) -> Next { Next::Closed } }
-struct Feed; impl Feed { fn subscribe(&self, _c: Option<&str>) -> Option<Sub> { None } }
-trait Ev2 { fn events(&self) -> Option<Feed> { None } }
+enum Next {
+    Event(std::sync::Arc<Ev>),
+    Idle,
+    Lost(u64),
+    Closed,
+}
+struct Ev {
+    payload: Vec<u8>,
+}
+struct Sub;
+impl Sub {
+    fn next(&mut self, _t: Duration) -> Next {
+        Next::Closed
+    }
+}
+struct Feed;
+impl Feed {
+    fn subscribe(&self, _c: Option<&str>) -> Option<Sub> {
+        None
+    }
+}
+trait Ev2 {
+    fn events(&self) -> Option<Feed> {
+        None
+    }
+}
 impl<T: ?Sized> Ev2 for T {}
 
 /// The longest `wait`.
@@ -73,7 +94,11 @@ pub(super) fn send_and_wait(
         return not_found("Client not found");
     };
     let Some(feed) = ctx.admin.events() else {
-        return Response::error(503, "NO_EVENT_FEED", "this gateway has no event feed to wait on");
+        return Response::error(
+            503,
+            "NO_EVENT_FEED",
+            "this gateway has no event feed to wait on",
+        );
     };
     let Some(mut sub) = feed.subscribe(Some(&client.endpoint_name)) else {
         return Response::error(
@@ -113,9 +138,7 @@ pub(super) fn send_and_wait(
             }
             Next::Event(_) | Next::Idle => {}
             Next::Lost(n) => lost += n,
-            Next::Closed => {
-                return Response::error(503, "STOPPING", "the gateway is stopping")
-            }
+            Next::Closed => return Response::error(503, "STOPPING", "the gateway is stopping"),
         }
     }
 }
@@ -160,7 +183,10 @@ mod tests {
     #[test]
     fn finals() {
         assert!(is_final(br#"{"reqID":7,"msgType":"read","data":{}}"#, "7"));
-        assert!(is_final(br#"{"reqID":"a7","msgType":"coap_timeout"}"#, "a7"));
+        assert!(is_final(
+            br#"{"reqID":"a7","msgType":"coap_timeout"}"#,
+            "a7"
+        ));
         assert!(!is_final(br#"{"reqID":7,"msgType":"ack"}"#, "7"));
         assert!(!is_final(br#"{"reqID":7,"msgType":"notify"}"#, "7"));
         assert!(!is_final(br#"{"reqID":8,"msgType":"read"}"#, "7"));

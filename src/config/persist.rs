@@ -17,9 +17,11 @@ use super::{AutoObserve, Config, UpdateCondition};
 /// The file a persisted change goes to, or why there is none.
 pub fn target(path: Option<&Path>) -> Result<&Path, String> {
     let Some(path) = path else {
-        return Err("persist=true: the gateway started without a configuration file \
+        return Err(
+            "persist=true: the gateway started without a configuration file \
                     (built-in defaults), so there is no file to write; nothing was changed"
-            .into());
+                .into(),
+        );
     };
     if matches!(
         path.extension().and_then(|e| e.to_str()),
@@ -51,7 +53,9 @@ pub fn writable(path: &Path) -> Result<(), String> {
 
 fn temp_name(path: &Path) -> Result<std::path::PathBuf, String> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or("the configuration path has no file name")?;
+    let name = path
+        .file_name()
+        .ok_or("the configuration path has no file name")?;
     Ok(dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
@@ -97,7 +101,8 @@ pub fn write(path: &Path, change: &OwnedValue, cfg: &Config) -> Result<(), Strin
             }
             "translators" => {
                 for name in x.as_object().into_iter().flat_map(|t| t.keys()) {
-                    let Some((_, tr)) = cfg.translators.iter().into_iter().find(|(n, _)| n == name) else {
+                    let Some((_, tr)) = cfg.translators.iter().into_iter().find(|(n, _)| n == name)
+                    else {
                         continue;
                     };
                     set(root, &[k, name, "topic"], tr.topic.as_str().into())?;
@@ -254,7 +259,10 @@ mod tests {
         assert_eq!(back.qmode_time_window, cfg.qmode_time_window);
         assert_eq!(back.translators.notify.qos, 1);
         assert_eq!(back.listeners.udp["default"].max_conn_rate, 77);
-        assert_eq!(back.listeners.udp["default"].bind, cfg.listeners.udp["default"].bind);
+        assert_eq!(
+            back.listeners.udp["default"].bind,
+            cfg.listeners.udp["default"].bind
+        );
         // Nothing else left behind in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

@@ -247,7 +247,10 @@ impl Admin for GatewayAdmin {
         if on {
             tracing::info!("gateway enabled: serving devices");
         } else {
-            tracing::info!(ended, "gateway disabled: registrations ended, datagrams dropped");
+            tracing::info!(
+                ended,
+                "gateway disabled: registrations ended, datagrams dropped"
+            );
         }
         Ok(())
     }
@@ -268,7 +271,11 @@ impl Admin for GatewayAdmin {
                 name: name.clone(),
                 bind: bound.unwrap_or(l.bind).to_string(),
                 running: on && bound.is_some(),
-                current_connections: if i == 0 { all.saturating_sub(secure) } else { 0 },
+                current_connections: if i == 0 {
+                    all.saturating_sub(secure)
+                } else {
+                    0
+                },
                 max_connections: l.max_connections,
                 max_conn_rate: l.max_conn_rate,
             }

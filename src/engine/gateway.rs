@@ -86,7 +86,10 @@ impl Gateway {
 
     /// As [`Gateway::start`], for a configuration read from `file` (where the management
     /// API's `PUT ?persist=true` writes changes back).
-    pub fn start_from(cfg: &Config, file: Option<std::path::PathBuf>) -> Result<Self, GatewayError> {
+    pub fn start_from(
+        cfg: &Config,
+        file: Option<std::path::PathBuf>,
+    ) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
         let mut settings = CoreSettings::from(cfg);
         let dir = Arc::new(Directory::new());

@@ -285,7 +285,9 @@ impl UdpShard {
                     continue;
                 }
                 if !self.serving {
-                    self.counters.disabled_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .disabled_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let identity = None;
