@@ -42,7 +42,7 @@ pub(super) fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response 
         return not_found("Client not found");
     }
     let req_id = match req.param("reqID") {
-        Some(r) if r.is_empty() => return bad_request("reqID: empty"),
+        Some("") => return bad_request("reqID: empty"),
         Some(r) => r.to_string(),
         None => ctx.req_seq.fetch_add(1, Ordering::Relaxed).to_string(),
     };

@@ -330,7 +330,7 @@ impl Admin for GatewayAdmin {
         let path = crate::config::persist::target(self.config_path.as_deref())?;
         let v = simd_json::to_owned_value(&mut json.to_vec()).map_err(|e| e.to_string())?;
         let cfg = self.config.lock().clone();
-        crate::config::persist::write(&path, &v, &cfg)
+        crate::config::persist::write(path, &v, &cfg)
     }
 }
 
