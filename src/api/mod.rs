@@ -24,6 +24,7 @@
 //! | POST | `.../clients/{clientid}/write?path=&type=&value=` | write command |
 //! | POST | `.../clients/{clientid}/observe?path=&enable=` | observe / cancel-observe |
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
+//! | GET | `.../events?clientid=` | live events (Server-Sent Events) |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
 
 mod bootstrap;
@@ -32,6 +33,7 @@ mod event_loop;
 mod http;
 mod relaxed_json;
 mod routes;
+mod sse;
 mod stats;
 mod workers;
 
@@ -84,6 +86,10 @@ pub trait Admin: Send + Sync + 'static {
     }
     /// The Bootstrap-Server's configurations and outcomes (None: not enabled).
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
+        None
+    }
+    /// What the gateway publishes, as it is published (None: no feed).
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
         None
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Ctx {
     stats: Arc<ApiStats>,
     /// Generated `reqID`s of the commands the API sends.
     req_seq: AtomicU64,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ctx {
@@ -45,6 +47,7 @@ impl Ctx {
             stats,
             // Distinct across restarts, below 2^53 (exact as a JSON number).
             req_seq: AtomicU64::new((secs & 0xFFFF_FFFF) << 20),
+            streams: Arc::default(),
         }
     }
 }
@@ -225,6 +228,10 @@ fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
             _ => method_not_allowed("GET"),
         },
         ["bootstrap", name] => super::bootstrap::one(&*ctx.admin, req, name),
+        ["events"] => match m {
+            "GET" => super::sse::open(&*ctx.admin, &ctx.streams, req),
+            _ => method_not_allowed("GET"),
+        },
         ["clients", id, "lookup"] => {
             if !matches!(m, "GET" | "HEAD") {
                 return method_not_allowed("GET");

@@ -39,6 +39,8 @@ pub(super) struct GatewayAdmin {
     pub epoch_ms: u64,
     /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
+    /// What the shards publish, for the API's listeners.
+    pub events: Arc<crate::events::EventFeed>,
 }
 
 impl GatewayAdmin {
@@ -114,6 +116,10 @@ impl GatewayAdmin {
 impl Admin for GatewayAdmin {
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
         self.bootstrap.clone()
+    }
+
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
+        Some(self.events.clone())
     }
 
     fn clients(&self) -> Vec<ClientInfo> {
