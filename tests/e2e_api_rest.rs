@@ -81,6 +81,26 @@ fn post(
     in_background(move || request(addr, "POST", &path, ADMIN, body))
 }
 
+/// The status of a GET whose answer is a stream (read up to the end of the status line).
+fn stream_status(addr: SocketAddr, path: &str) -> u16 {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{API_SECRET}"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A sample value for each path parameter of a route.
 fn sample(pattern: &str) -> String {
     pattern
@@ -118,6 +138,12 @@ fn the_openapi_document_and_the_routes_agree_both_ways() {
     // Every documented path and method is answered by a handler: never "no such
     // endpoint", 405 or 501 (bad input and unknown names are fine).
     for (path, method) in &documented {
+        if path.ends_with("/events") {
+            // A stream stays open: its head is enough.
+            let st = stream_status(gw.api, &sample(path));
+            assert_eq!(st, 200, "{method} {path}");
+            continue;
+        }
         let (st, body) = api(&gw, method, &sample(path), b"");
         assert!(
             !matches!(st, 405 | 501) && !(st == 404 && body.contains("no such endpoint")),

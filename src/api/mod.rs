@@ -31,6 +31,7 @@
 //! | POST | `.../clients/{clientid}/{op}` | every LwM2M operation, `?wait=` for the answer (`commands.rs`, `wait.rs`) |
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | the last answer |
 //! | GET, PUT, DELETE | `.../lwm2m/bootstrap[/{name}]` | Bootstrap-Server configurations |
+//! | GET | `.../lwm2m/events?clientid=` | live events (Server-Sent Events, `sse.rs`) |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health`, `/api/v5/openapi.json` | no credentials |
 
 mod bootstrap;
@@ -43,6 +44,7 @@ pub mod openapi;
 mod relaxed_json;
 pub mod route_table;
 mod routes;
+mod sse;
 mod stats;
 mod subscriptions;
 mod wait;
@@ -173,6 +175,10 @@ pub trait Admin: Send + Sync + 'static {
     /// configuration file, atomically.
     fn persist_gateway_config(&self, _json: &[u8]) -> Result<(), String> {
         Err("the gateway cannot write its configuration back".into())
+    }
+    /// What the gateway publishes, as it is published (None: no feed).
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
+        None
     }
 }
 

@@ -496,6 +496,27 @@ pub static ROUTES: &[Route] = &[
         )],
     },
     Route {
+        pattern: "/api/v5/gateways/lwm2m/events",
+        open: false,
+        ops: &[Op {
+            method: "GET",
+            summary: "live events, Server-Sent Events: everything the gateway publishes \
+                      (id: seq, event: msgType, data: {seq, ts, topic, clientid, msgType, \
+                      message}), a keepalive comment every 15 s, event lost when this \
+                      stream fell behind",
+            query: &[Param {
+                name: "clientid",
+                required: false,
+                description: "only this endpoint's events",
+            }],
+            body: None,
+            responses: &[
+                (200, "text/event-stream, open until the client or the gateway closes it"),
+                (503, "16 streams are open already"),
+            ],
+        }],
+    },
+    Route {
         pattern: "/api/v5/gateways/lwm2m/bootstrap",
         open: false,
         ops: &[get(

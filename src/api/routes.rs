@@ -29,6 +29,8 @@ pub(crate) struct Ctx {
     pub(super) waiting: std::sync::atomic::AtomicUsize,
     /// Set when the API stops (a waiting request gives up).
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ctx {
@@ -53,6 +55,7 @@ impl Ctx {
             req_seq: AtomicU64::new((secs & 0xFFFF_FFFF) << 20),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             stop,
+            streams: Arc::default(),
         }
     }
 
@@ -191,6 +194,7 @@ fn dispatch(ctx: &Ctx, req: &Request, pattern: &str, method: &str, p: &[&str]) -
             let op = op[C.len()..].trim_start_matches('/');
             super::commands::command(ctx, req, id, op)
         }
+        ("/api/v5/gateways/lwm2m/events", _) => super::sse::open(&*ctx.admin, &ctx.streams, req),
         ("/api/v5/gateways/lwm2m/bootstrap", _) => super::bootstrap::list(&*ctx.admin),
         ("/api/v5/gateways/lwm2m/bootstrap/{name}", _) => {
             super::bootstrap::one(&*ctx.admin, req, id)

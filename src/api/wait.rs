@@ -14,33 +14,7 @@ use simd_json::prelude::*;
 
 use super::http::Response;
 use super::routes::{bad_request, not_found, Ctx};
-enum Next {
-    Event(std::sync::Arc<Ev>),
-    Idle,
-    Lost(u64),
-    Closed,
-}
-struct Ev {
-    payload: Vec<u8>,
-}
-struct Sub;
-impl Sub {
-    fn next(&mut self, _t: Duration) -> Next {
-        Next::Closed
-    }
-}
-struct Feed;
-impl Feed {
-    fn subscribe(&self, _c: Option<&str>) -> Option<Sub> {
-        None
-    }
-}
-trait Ev2 {
-    fn events(&self) -> Option<Feed> {
-        None
-    }
-}
-impl<T: ?Sized> Ev2 for T {}
+use crate::events::Next;
 
 /// The longest `wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);

@@ -45,6 +45,8 @@ pub(super) struct GatewayAdmin {
     pub serving: std::sync::atomic::AtomicBool,
     /// The listeners' bound addresses (UDP, then DTLS when configured).
     pub bound: (std::net::SocketAddr, Option<std::net::SocketAddr>),
+    /// What the shards publish, for the API's listeners.
+    pub events: Arc<crate::events::EventFeed>,
 }
 
 impl GatewayAdmin {
@@ -120,6 +122,10 @@ impl GatewayAdmin {
 impl Admin for GatewayAdmin {
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
         self.bootstrap.clone()
+    }
+
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
+        Some(self.events.clone())
     }
 
     fn clients(&self) -> Vec<ClientInfo> {
