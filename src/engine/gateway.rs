@@ -21,6 +21,7 @@ use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -89,10 +90,7 @@ impl Gateway {
 
     /// As [`Gateway::start`], for a configuration read from `file` (where the management
     /// API's `PUT ?persist=true` writes changes back).
-    pub fn start_from(
-        cfg: &Config,
-        file: Option<std::path::PathBuf>,
-    ) -> Result<Self, GatewayError> {
+    pub fn start_from(cfg: &Config, file: Option<PathBuf>) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
         let mut settings = CoreSettings::from(cfg);
         let dir = Arc::new(Directory::new());
@@ -143,10 +141,7 @@ impl Gateway {
             wakers,
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
-        tell_dtls_port(bootstrap.as_deref(), &parts);
-        let dtls_bound = parts
-            .first()
-            .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
+        let dtls_bound = tell_dtls_port(bootstrap.as_deref(), &parts);
 
         let router_counters = Arc::new(RouterCounters::default());
         let router = Arc::new(CommandRouter {
@@ -225,14 +220,7 @@ impl Gateway {
         })
         .map_err(|e| start_err("shard threads", e))?;
         tracing::info!(%udp_addr, shards, "UDP listener up");
-        let api = ApiServer::start_on(
-            api_listener,
-            cfg.api.api_key.clone(),
-            cfg.api.api_secret.expose().to_string(),
-            admin,
-        )
-        .map_err(|e| start_err("management API", e))?;
-        tracing::info!(bind = %api.local_addr(), "management API up");
+        let api = start_api(api_listener, cfg, admin)?;
         Ok(Self {
             stop,
             wakers,
@@ -585,15 +573,35 @@ fn bootstrap_setup(
     Ok(Some(store))
 }
 
+fn start_api(
+    listener: std::net::TcpListener,
+    cfg: &Config,
+    admin: Arc<GatewayAdmin>,
+) -> Result<ApiServer, GatewayError> {
+    let api = ApiServer::start_on(
+        listener,
+        cfg.api.api_key.clone(),
+        cfg.api.api_secret.expose().to_string(),
+        admin,
+    )
+    .map_err(|e| start_err("management API", e))?;
+    tracing::info!(bind = %api.local_addr(), "management API up");
+    Ok(api)
+}
+
 /// The Bootstrap-Server learns the DTLS listener's bound port (the configuration may
-/// say 0): credentials for `coaps://…:port` are this gateway's.
-fn tell_dtls_port(bootstrap: Option<&BootstrapStore>, parts: &[Option<ShardParts>]) {
+/// say 0): credentials for `coaps://…:port` are this gateway's. Returns the bound address.
+fn tell_dtls_port(
+    bootstrap: Option<&BootstrapStore>,
+    parts: &[Option<ShardParts>],
+) -> Option<SocketAddr> {
     let bound = parts
         .first()
         .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
     if let (Some(b), Some(a)) = (bootstrap, bound) {
         b.set_dtls_port(a.port());
     }
+    bound
 }
 
 /// Loads the object definitions of `dir`; a bad file is logged and skipped. When `dir`
