@@ -284,6 +284,16 @@ fn gateways_listeners_subscriptions_enable_and_authentication() {
             &[("reason", "gateway_disabled")]
         ) >= 1.0
     );
+    assert_eq!(
+        json(api(&gw, "GET", GW, b"").1)["enable"].as_bool(),
+        Some(false)
+    );
+    // EMQX's other way: the configuration's "enable".
+    let (st, body) = api(&gw, "PUT", GW, br#"{"enable":true}"#);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body)["enable"].as_bool(), Some(true));
+    let (st, _) = api(&gw, "PUT", GW, br#"{"enable":"yes"}"#);
+    assert_eq!(st, 400);
     let (st, _) = api(&gw, "PUT", &format!("{GW}/enable/true"), b"");
     assert_eq!(st, 204);
     let d2 = Device::register(gw.udp, "gl2");

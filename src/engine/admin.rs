@@ -192,18 +192,26 @@ impl Admin for GatewayAdmin {
     }
 
     fn gateway_config(&self) -> String {
-        config_json(&self.config.lock()).encode()
+        config_json(&self.config.lock(), self.enabled()).encode()
     }
 
+    /// EMQX's `"enable": false` in the document disables the gateway (as `PUT
+    /// .../enable/false`), `true` enables it, once the other keys applied.
     fn update_gateway_config(&self, json: &[u8]) -> Result<String, String> {
         let v = simd_json::to_owned_value(&mut json.to_vec()).map_err(|e| e.to_string())?;
         let mut cfg = self.config.lock().clone();
         apply_runtime_keys(&mut cfg, &v)?;
+        let enable = match v.get("enable") {
+            None => None,
+            Some(e) => Some(e.as_bool().ok_or("enable: expected true or false")?),
+        };
         cfg.validate().map_err(|e| e.to_string())?;
         self.broadcast_settings(&cfg);
-        let out = config_json(&cfg).encode();
         *self.config.lock() = cfg;
-        Ok(out)
+        if let Some(on) = enable.filter(|&on| on != self.enabled()) {
+            self.set_enabled(on)?;
+        }
+        Ok(self.gateway_config())
     }
 
     fn authentication(&self) -> String {
@@ -554,10 +562,10 @@ fn s(v: &str) -> OwnedValue {
     OwnedValue::from(v.to_string())
 }
 
-fn config_json(c: &Config) -> OwnedValue {
+fn config_json(c: &Config, enabled: bool) -> OwnedValue {
     let mut o = simd_json::owned::Object::new();
     o.insert("name".into(), s("lwm2m"));
-    o.insert("enable".into(), OwnedValue::from(true));
+    o.insert("enable".into(), OwnedValue::from(enabled));
     o.insert("xml_dir".into(), s(&c.xml_dir.display().to_string()));
     o.insert("lifetime_min".into(), s(&format_duration(c.lifetime_min)));
     o.insert("lifetime_max".into(), s(&format_duration(c.lifetime_max)));
