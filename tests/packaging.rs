@@ -118,6 +118,24 @@ fn the_installed_binary_runs_from_an_empty_directory_without_configuration() {
     assert!(text.contains("no configuration file"), "{text}");
     assert!(text.contains("built-in object definitions"), "{text}");
     assert_eq!(request(api, "GET", "/health", None, b"").0, 200);
+    // No file to persist a change to: refused, nothing applied.
+    let (st, body) = request(
+        api,
+        "PUT",
+        "/api/v5/gateways/lwm2m?persist=true",
+        Some(("admin", "s")),
+        br#"{"qmode_time_window":"30s"}"#,
+    );
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("without a configuration file"), "{body}");
+    let (_, body) = request(
+        api,
+        "GET",
+        "/api/v5/gateways/lwm2m",
+        Some(("admin", "s")),
+        b"",
+    );
+    assert!(body.contains("\"qmode_time_window\":\"22s\""), "{body}");
     assert_eq!(
         std::fs::read_dir(cwd.path()).unwrap().count(),
         0,
