@@ -467,3 +467,46 @@ fn a_configuration_put_is_written_to_the_file_with_persist() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn at_most_three_requests_wait_and_a_kick_ends_their_wait() {
+    let gw = GatewayProc::start(Broker::Embedded, "");
+    let d = Device::register(gw.udp, "busy1");
+    let c = format!("{GW}/clients/busy1");
+    // Three waits for a device that does not answer (the first is in flight, the others
+    // queued behind it).
+    let waiting: Vec<_> = (0..3)
+        .map(|i| post(&gw, &format!("{c}/read?path=/3/0/{i}&wait=60s"), b""))
+        .collect();
+    let first = d.next();
+    assert!(first.path.starts_with("/3/0/"), "{first:?}");
+    // A fourth is refused while they wait (for another device: its command is not sent).
+    let other = Device::register(gw.udp, "busy2");
+    let fourth = format!("{GW}/clients/busy2/read?path=/1/0/1&wait=1s");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (st, body) = api(&gw, "POST", &fourth, b"");
+        if st == 503 {
+            assert!(body.contains("TOO_MANY_WAITING"), "{body}");
+            break;
+        }
+        // Not all three waiting yet: this one waited for busy2, which stays silent.
+        assert_eq!(st, 504, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the three never all waited"
+        );
+    }
+    // Ending the registration ends each command with an error: that is their answer.
+    assert_eq!(api(&gw, "DELETE", &c, b"").0, 204);
+    for h in waiting {
+        let (st, body) = h.join().unwrap();
+        assert_eq!(st, 200, "{body}");
+        let v = json(&body);
+        assert_eq!(v["data"]["code"].as_str(), Some("4.04"), "{v}");
+    }
+    // The slots are free again: the fourth waits (busy2 stays silent) instead of 503.
+    let (st, body) = api(&gw, "POST", &fourth, b"");
+    assert_eq!(st, 504, "{body}");
+    drop(other);
+}
