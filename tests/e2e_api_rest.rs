@@ -4,6 +4,8 @@
 //! without `?wait`, and `PUT ?persist=true` writing the configuration file.
 
 mod common;
+#[path = "interop/support.rs"]
+mod support;
 
 use common::coap::{self, location, socket, Req, Request};
 use common::gateway::{Broker, GatewayProc, API_SECRET};
@@ -134,6 +136,21 @@ fn the_openapi_document_and_the_routes_agree_both_ways() {
         })
         .collect();
     assert_eq!(documented, routed, "the document is the route table");
+    // A valid OpenAPI 3 document, by a validator that is not ours.
+    let python = support::venv_python_with("openapi_spec_validator");
+    let file = gw.dir.path().join("openapi.json");
+    std::fs::write(&file, &body).unwrap();
+    let out = std::process::Command::new(python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Every documented path and method is answered by a handler: never "no such
     // endpoint", 405 or 501 (bad input and unknown names are fine).
