@@ -24,10 +24,14 @@
 //! | POST | `.../clients/{clientid}/write?path=&type=&value=` | write command |
 //! | POST | `.../clients/{clientid}/observe?path=&enable=` | observe / cancel-observe |
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
+//! | POST | `.../clients/{clientid}/command` | any command JSON (the console's way) |
+//! | GET | `/api/v5/gateways/lwm2m/objects`, `.../objects/{id}` | object definitions |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
+//! | GET | `/`, `/console/{file}` | the web console (`console.rs`), no credentials |
 
 mod bootstrap;
 mod conn;
+mod console;
 mod event_loop;
 mod http;
 mod relaxed_json;
@@ -84,6 +88,10 @@ pub trait Admin: Send + Sync + 'static {
     }
     /// The Bootstrap-Server's configurations and outcomes (None: not enabled).
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
+        None
+    }
+    /// The object definitions in use (the console names resources with them).
+    fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
         None
     }
 }

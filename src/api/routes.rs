@@ -108,6 +108,12 @@ pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
             r.content_type = crate::metrics::CONTENT_TYPE;
             return r;
         }
+        [] => return super::console::asset(req, "index.html").unwrap_or_else(|| not_found("")),
+        ["console", name] => {
+            if let Some(r) = super::console::asset(req, name) {
+                return r;
+            }
+        }
         _ => {}
     }
     if let Err(r) = check_credentials(ctx, req) {
@@ -225,6 +231,9 @@ fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
             _ => method_not_allowed("GET"),
         },
         ["bootstrap", name] => super::bootstrap::one(&*ctx.admin, req, name),
+        ["objects"] => super::console::objects(&*ctx.admin, req, None),
+        ["objects", id] => super::console::objects(&*ctx.admin, req, Some(id)),
+        ["clients", id, "command"] => super::console::command(&*ctx.admin, req, id),
         ["clients", id, "lookup"] => {
             if !matches!(m, "GET" | "HEAD") {
                 return method_not_allowed("GET");
@@ -402,6 +411,7 @@ fn client_json(out: &mut Vec<u8>, c: &ClientInfo, node: &str) {
     n(out, "keepalive", u64::from(c.lifetime));
     s(out, "binding", &c.binding);
     b(out, "queue_mode", c.queue_mode);
+    b(out, "dtls", c.secure);
     n(out, "shard", u64::from(c.shard));
     if let Some(st) = &c.stats {
         n(out, "recv_msg", st.recv_msg);

@@ -39,6 +39,8 @@ pub(super) struct GatewayAdmin {
     pub epoch_ms: u64,
     /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
+    /// The object definitions the shards use (swapped on reload).
+    pub registry: Arc<crate::objects::SharedRegistry>,
 }
 
 impl GatewayAdmin {
@@ -114,6 +116,10 @@ impl GatewayAdmin {
 impl Admin for GatewayAdmin {
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
         self.bootstrap.clone()
+    }
+
+    fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
+        Some(self.registry.load())
     }
 
     fn clients(&self) -> Vec<ClientInfo> {

@@ -173,6 +173,7 @@ impl Gateway {
             mqtt: mqtt_stats.clone(),
             epoch_ms,
             bootstrap: bootstrap.clone(),
+            registry: registry.clone(),
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),
