@@ -29,6 +29,10 @@ export function forget() {
   sessionStorage.removeItem(AUTH_KEY);
 }
 
+// Every call carries its credentials itself and omits the browser's: a 401 then never
+// opens the browser's own login prompt (Fetch: no prompt without credentials mode).
+const OMIT = 'omit';
+
 function headers(extra) {
   return { Authorization: `Basic ${sessionStorage.getItem(AUTH_KEY) || ''}`, ...extra };
 }
@@ -42,7 +46,7 @@ function unauthorized() {
 
 // A call of the API: the parsed JSON answer, the text for non-JSON answers, null for 204.
 export async function call(path, { method = 'GET', body } = {}) {
-  const init = { method, headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }) };
+  const init = { method, credentials: OMIT, headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }) };
   if (body !== undefined) init.body = typeof body === 'string' ? body : JSON.stringify(body);
   const r = await fetch(path.startsWith('/') ? path : `${GW}/${path}`, init);
   if (r.status === 401) throw unauthorized();
@@ -62,6 +66,7 @@ export async function call(path, { method = 'GET', body } = {}) {
 // Checks credentials before keeping them.
 export async function login(key, secret) {
   const r = await fetch(GW, {
+    credentials: OMIT,
     headers: { Authorization: `Basic ${basic(key, secret)}` },
   });
   if (r.status === 401) {
@@ -116,7 +121,7 @@ class EventStream {
   async run(signal) {
     while (!signal.aborted) {
       try {
-        const r = await fetch(`${GW}/events`, { headers: headers({ Accept: 'text/event-stream' }), signal });
+        const r = await fetch(`${GW}/events`, { credentials: OMIT, headers: headers({ Accept: 'text/event-stream' }), signal });
         if (r.status === 401) {
           unauthorized();
           return;

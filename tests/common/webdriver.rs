@@ -24,27 +24,65 @@ pub fn js_string(s: &str) -> String {
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, OwnedValue) {
-    let mut s = TcpStream::connect(addr).expect("connect to chromedriver");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    try_http(addr, method, path, body)
+        .unwrap_or_else(|e| panic!("chromedriver, {method} {path}: {e}"))
+}
+
+/// One request to chromedriver: (status, the JSON answer).
+fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, OwnedValue), String> {
+    let err = |e: std::io::Error| e.to_string();
+    let mut s = TcpStream::connect(addr).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(err)?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
+    s.write_all(head.as_bytes()).map_err(err)?;
+    s.write_all(body.as_bytes()).map_err(err)?;
+    // The answer's head, then Content-Length bytes (chromedriver may keep the
+    // connection open).
     let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("chromedriver's answer");
-    let text = String::from_utf8_lossy(&out);
-    let status = text
+    let mut chunk = [0u8; 16 * 1024];
+    let mut more = |out: &mut Vec<u8>| -> Result<(), String> {
+        match s.read(&mut chunk).map_err(err)? {
+            0 => Err("closed before the whole answer".to_string()),
+            n => {
+                out.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    };
+    let head_end = loop {
+        if let Some(i) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        more(&mut out)?;
+    };
+    let head = String::from_utf8_lossy(&out[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no Content-Length")?;
+    while out.len() < head_end + len {
+        more(&mut out)?;
+    }
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v = simd_json::to_owned_value(&mut body.as_bytes().to_vec())
-        .unwrap_or_else(|e| panic!("chromedriver answered {status} {e}: {body}"));
-    (status, v)
+    let mut body = out[head_end..head_end + len].to_vec();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let v = simd_json::to_owned_value(&mut body).map_err(|e| format!("{status} {e}: {text}"))?;
+    Ok((status, v))
 }
 
 /// A chromedriver process and one headless Chromium session.
@@ -187,16 +225,14 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Not through `http`, which panics on a bad answer: this may run while unwinding.
-        if let Ok(mut s) = TcpStream::connect(self.addr) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            let req = format!(
-                "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                self.session, self.addr
+        // Not `http`, which panics on a bad answer: this may run while unwinding.
+        if !self.session.is_empty() {
+            let _ = try_http(
+                self.addr,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                "",
             );
-            if s.write_all(req.as_bytes()).is_ok() {
-                let _ = s.read_to_end(&mut Vec::new());
-            }
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
