@@ -268,7 +268,20 @@ fn text_where(css: &str, cond: &str) -> String {
 
 #[test]
 fn console_in_a_real_browser() {
-    let gw = GatewayProc::start(Broker::Embedded, "");
+    // With the Bootstrap-Server, so that the gateway page shows its configurations.
+    let bs = tempfile::tempdir().unwrap();
+    let bs_file = bs.path().join("bootstrap.toml");
+    std::fs::write(
+        &bs_file,
+        "[console-dev]\n[[console-dev.servers]]\nuri = \"coap://127.0.0.1:5783\"\n\
+         security = \"nosec\"\nshort_id = 101\nlifetime = 300\nbinding = \"U\"\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "[bootstrap]\nenable = true\nconfig_file = \"{}\"",
+        bs_file.display()
+    );
+    let gw = GatewayProc::start(Broker::Embedded, &extra);
     let b = Browser::start(1400, 1000);
     b.goto(&format!("http://{}/", gw.api));
 
@@ -422,8 +435,11 @@ fn console_in_a_real_browser() {
         "return document.querySelector('#config').value.includes('lifetime_max')",
     );
     b.wait_for(
-        "the bootstrap state",
-        &text_where("#bootstrap", "t.startsWith('Not enabled')"),
+        "the bootstrap configurations",
+        &text_where(
+            "#bootstrap-configs",
+            "t.includes('console-dev') && t.includes('coap://127.0.0.1:5783')",
+        ),
     );
     b.js(
         "const t = document.querySelector('#config'); const c = JSON.parse(t.value); c.lifetime_max = '12h'; t.value = JSON.stringify(c, null, 2);",
