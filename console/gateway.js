@@ -147,11 +147,14 @@ export function gatewayPage(view) {
   });
   q('#config-reload').addEventListener('click', config);
   const timer = setInterval(metrics, POLL_MS);
+  // A second reading soon after the first, so that rates show at once.
+  const first = setTimeout(metrics, 1000);
   metrics();
   config();
   bootstrap();
   return () => {
     alive = false;
     clearInterval(timer);
+    clearTimeout(first);
   };
 }

@@ -169,6 +169,13 @@ fn console_endpoints_over_http() {
         assert!(json(&body)["message"].is_str());
     }
 
+    // The configuration as GET shows it is accepted back by PUT (the console's editor
+    // sends it whole).
+    let (_, cfg) = request(gw.api, "GET", GW, ADMIN, b"");
+    let (st, body) = request(gw.api, "PUT", GW, ADMIN, cfg.as_bytes());
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body), json(&cfg));
+
     // A command JSON as MQTT carries it reaches the device; the outcome goes to MQTT.
     let mut app = common::app::App::new(&gw, "console-http-app");
     let dev = Device::start(gw.udp, "dev-http");
@@ -395,6 +402,10 @@ fn console_in_a_real_browser() {
         &text_of(".result[data-op=\"discover\"] .outcome.ok"),
     );
     assert!(d.as_str().unwrap().contains("/3303/0/5700"), "{d}");
+    b.js(
+        "document.querySelector('[data-object=\"3303\"]').scrollIntoView()",
+        &[],
+    );
     screenshot(&b, "device");
     b.click("button[data-op=\"cancel-observe\"][data-path=\"/3303/0/5700\"]");
     b.wait_for(
@@ -460,6 +471,14 @@ fn console_in_a_real_browser() {
     b.wait_for(
         "the configuration reloaded",
         "return document.querySelector('#config').value.includes('\"12h\"')",
+    );
+    b.js("window.scrollTo(0, 0)", &[]);
+    b.wait_for(
+        "a rate (two readings of /metrics)",
+        &text_where(
+            "[data-metric=\"lwm2m_registrations_total\"] .v",
+            "t !== '–' && t !== ''",
+        ),
     );
     screenshot(&b, "gateway");
 

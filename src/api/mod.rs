@@ -26,6 +26,7 @@
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
 //! | POST | `.../clients/{clientid}/command` | any command JSON (the console's way) |
 //! | GET | `/api/v5/gateways/lwm2m/objects`, `.../objects/{id}` | object definitions |
+//! | GET | `.../events?clientid=` | live events (Server-Sent Events) |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
 //! | GET | `/`, `/console/{file}` | the web console (`console.rs`), no credentials |
 
@@ -36,6 +37,7 @@ mod event_loop;
 mod http;
 mod relaxed_json;
 mod routes;
+mod sse;
 mod stats;
 mod workers;
 
@@ -92,6 +94,10 @@ pub trait Admin: Send + Sync + 'static {
     }
     /// The object definitions in use (the console names resources with them).
     fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
+        None
+    }
+    /// What the gateway publishes, as it is published (None: no feed).
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
         None
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Ctx {
     stats: Arc<ApiStats>,
     /// Generated `reqID`s of the commands the API sends.
     req_seq: AtomicU64,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ctx {
@@ -45,6 +47,7 @@ impl Ctx {
             stats,
             // Distinct across restarts, below 2^53 (exact as a JSON number).
             req_seq: AtomicU64::new((secs & 0xFFFF_FFFF) << 20),
+            streams: Arc::default(),
         }
     }
 }
@@ -234,6 +237,10 @@ fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
         ["objects"] => super::console::objects(&*ctx.admin, req, None),
         ["objects", id] => super::console::objects(&*ctx.admin, req, Some(id)),
         ["clients", id, "command"] => super::console::command(&*ctx.admin, req, id),
+        ["events"] => match m {
+            "GET" => super::sse::open(&*ctx.admin, &ctx.streams, req),
+            _ => method_not_allowed("GET"),
+        },
         ["clients", id, "lookup"] => {
             if !matches!(m, "GET" | "HEAD") {
                 return method_not_allowed("GET");

@@ -41,6 +41,8 @@ pub(super) struct GatewayAdmin {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The object definitions the shards use (swapped on reload).
     pub registry: Arc<crate::objects::SharedRegistry>,
+    /// What the shards publish, for the API's listeners.
+    pub events: Arc<crate::events::EventFeed>,
 }
 
 impl GatewayAdmin {
@@ -120,6 +122,10 @@ impl Admin for GatewayAdmin {
 
     fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
         Some(self.registry.load())
+    }
+
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
+        Some(self.events.clone())
     }
 
     fn clients(&self) -> Vec<ClientInfo> {
@@ -311,6 +317,7 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
                         "update" => &mut cfg.translators.update,
                         "send" => &mut cfg.translators.send,
                         "deregister" => &mut cfg.translators.deregister,
+                        "bootstrap" => &mut cfg.translators.bootstrap,
                         _ => return Err(format!("translators.{name}: unknown translator")),
                     };
                     if let Some(q) = tv.get("qos").and_then(|q| q.as_u64()) {

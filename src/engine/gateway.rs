@@ -13,6 +13,7 @@ use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
 use crate::config::{Config, MqttProtocol, MqttServer};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
+use crate::events::EventFeed;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
@@ -71,6 +72,8 @@ pub struct Gateway {
     wildcard: bool,
     watcher: Option<JoinHandle<()>>,
     api: Option<ApiServer>,
+    /// Closed first on stop, so the API's listeners let go.
+    events: Arc<EventFeed>,
     auth: AuthService,
     udp_addr: SocketAddr,
     pub dir: Arc<Directory>,
@@ -156,6 +159,7 @@ impl Gateway {
         let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();
         let core_stats: Vec<Arc<Mutex<CoreStats>>> = (0..shards).map(|_| Arc::default()).collect();
         let auth = AuthService::start(&cfg.authentication);
+        let events = Arc::new(EventFeed::new(&cfg.mountpoint));
         let spec = ShardSpawn {
             count: shards,
             pin_cores: cfg.engine.pin_cores,
@@ -174,6 +178,7 @@ impl Gateway {
             epoch_ms,
             bootstrap: bootstrap.clone(),
             registry: registry.clone(),
+            events: events.clone(),
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),
@@ -196,6 +201,7 @@ impl Gateway {
             recv_batch: cfg.engine.recv_batch,
             max_datagram: cfg.engine.max_datagram,
             bootstrap,
+            events: events.clone(),
         });
         let shard_threads = shard::spawn_shards(&spec, move |i| {
             let p = parts.lock()[i].take().expect("each shard starts once");
@@ -222,6 +228,7 @@ impl Gateway {
             wildcard: !per_endpoint,
             watcher: Some(watcher),
             api: Some(api),
+            events,
             auth,
             udp_addr,
             dir,
@@ -261,6 +268,7 @@ impl Gateway {
     /// Stops receiving; every shard publishes what it holds (waiting up to 5 s for the
     /// broker's acknowledgements) and disconnects.
     pub fn stop(mut self) {
+        self.events.close();
         if let Some(api) = self.api.take() {
             api.stop();
         }
@@ -309,6 +317,8 @@ struct ShardContext {
     seed: u64,
     recv_batch: usize,
     max_datagram: usize,
+    /// What is published, for the API's listeners.
+    events: Arc<EventFeed>,
 }
 
 fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()> {
@@ -398,7 +408,7 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64
             client.accept(sub);
         }
     }
-    MqttSide::new(client, registry, ctx.clock)
+    MqttSide::new(client, registry, ctx.clock).with_events(ctx.events.clone())
 }
 
 /// `mqtt.connections` spread over the shards, at least one each.
