@@ -413,6 +413,33 @@ fn console_in_a_real_browser() {
         &text_of(".result[data-op=\"cancel-observe\"] .outcome.ok"),
     );
 
+    // Write-attributes, create and delete instance, through their dialogs.
+    b.click("button[data-op=\"write-attr\"][data-path=\"/3303/0/5700\"]");
+    b.type_into("dialog input[name=\"pmin\"]", "5");
+    b.type_into("dialog input[name=\"gt\"]", "25.5");
+    b.click("dialog button[value=\"ok\"]");
+    let a = b.wait_for(
+        "the write-attributes' outcome",
+        &text_of(".result[data-op=\"write-attr\"] .outcome.ok"),
+    );
+    assert!(a.as_str().unwrap().starts_with("2.04"), "{a}");
+    b.click("button[data-op=\"create\"][data-path=\"/3303\"]");
+    b.type_into("dialog input[name=\"iid\"]", "1");
+    b.type_into("dialog [data-input=\"c-5750\"]", "room");
+    b.click("dialog button[value=\"ok\"]");
+    let c = b.wait_for(
+        "the create's outcome",
+        &text_of(".result[data-op=\"create\"] .outcome.ok"),
+    );
+    assert!(c.as_str().unwrap().starts_with("2.01"), "{c}");
+    b.click("button[data-op=\"delete\"][data-path=\"/3303/0\"]");
+    b.accept_alert();
+    let d = b.wait_for(
+        "the delete's outcome",
+        &text_of(".result[data-op=\"delete\"] .outcome.ok"),
+    );
+    assert!(d.as_str().unwrap().starts_with("2.02"), "{d}");
+
     // The event stream shows the registration, the notifications and the outcomes;
     // filtered by device.
     b.goto(&format!("http://{}/#/events", gw.api));
@@ -481,6 +508,30 @@ fn console_in_a_real_browser() {
         ),
     );
     screenshot(&b, "gateway");
+
+    // Paging: 20 devices a page.
+    let mut bulk = common::fleet::fleet(gw.udp, "bulk", 25);
+    let out = bulk.register_all(None, Duration::from_secs(20)).unwrap();
+    assert_eq!(out.ok, 25, "{out:?}");
+    b.goto(&format!("http://{}/#/devices", gw.api));
+    b.wait_for(
+        "27 devices",
+        &text_where("#device-count", "t === '27 devices'"),
+    );
+    b.wait_for(
+        "a full first page",
+        "return document.querySelectorAll('#devices tbody tr').length === 20",
+    );
+    b.click("#device-next");
+    b.wait_for(
+        "the second page",
+        "return document.querySelectorAll('#devices tbody tr').length === 7 && document.querySelector('#device-page').textContent === 'page 2'",
+    );
+    b.click("#device-prev");
+    b.wait_for(
+        "the first page again",
+        "return document.querySelectorAll('#devices tbody tr').length === 20",
+    );
 
     // Credentials the API refuses (a changed secret, say) return to the login form.
     b.js(

@@ -213,6 +213,20 @@ impl Browser {
         );
     }
 
+    /// Accepts the `confirm()` (or `alert()`) the page opened, waiting for it.
+    pub fn accept_alert(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let path = format!("/session/{}/alert/accept", self.session);
+            let (st, v) = http(self.addr, "POST", &path, "{}");
+            if st == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no dialog to accept: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A PNG of the viewport.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine as _;
