@@ -149,6 +149,7 @@ fn client(i: usize) -> ClientInfo {
         registered_at_ms: 1_700_000_000_000 + i as u64,
         last_seen_ms: 1_700_000_100_000,
         queue_mode: i.is_multiple_of(5),
+        secure: false,
         shard: (i % 2) as u16,
         stats: (i == 1).then_some(ClientStats {
             recv_msg: 7,

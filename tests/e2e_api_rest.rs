@@ -111,6 +111,7 @@ fn sample(pattern: &str) -> String {
         .replace("{id}", "lwm2m:udp:default")
         .replace("{topic}", "a%2Fb")
         .replace("{name}", "nobody")
+        .replace("{file}", "app.js")
 }
 
 #[test]

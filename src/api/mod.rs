@@ -32,11 +32,15 @@
 //! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | the last answer |
 //! | GET, PUT, DELETE | `.../lwm2m/bootstrap[/{name}]` | Bootstrap-Server configurations |
 //! | GET | `.../lwm2m/events?clientid=` | live events (Server-Sent Events, `sse.rs`) |
+//! | POST | `.../clients/{clientid}/command` | any command JSON (the console's way) |
+//! | GET | `.../lwm2m/objects`, `.../objects/{id}` | object definitions |
 //! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health`, `/api/v5/openapi.json` | no credentials |
+//! | GET | `/`, `/console/{file}` | the web console (`console.rs`), no credentials |
 
 mod bootstrap;
 mod commands;
 mod conn;
+mod console;
 mod event_loop;
 mod gateways;
 mod http;
@@ -175,6 +179,10 @@ pub trait Admin: Send + Sync + 'static {
     /// configuration file, atomically.
     fn persist_gateway_config(&self, _json: &[u8]) -> Result<(), String> {
         Err("the gateway cannot write its configuration back".into())
+    }
+    /// The object definitions in use (the console names resources with them).
+    fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
+        None
     }
     /// What the gateway publishes, as it is published (None: no feed).
     fn events(&self) -> Option<Arc<crate::events::EventFeed>> {

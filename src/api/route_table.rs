@@ -133,6 +133,22 @@ const fn get(summary: &'static str, responses: &'static [(u16, &'static str)]) -
 
 pub static ROUTES: &[Route] = &[
     Route {
+        pattern: "/",
+        open: true,
+        ops: &[get(
+            "the web console's page (it asks for the API key and secret)",
+            &[(200, "text/html")],
+        )],
+    },
+    Route {
+        pattern: "/console/{file}",
+        open: true,
+        ops: &[get(
+            "the web console's scripts and style sheet",
+            &[(200, "the file"), (404, "no such console file")],
+        )],
+    },
+    Route {
         pattern: "/health",
         open: true,
         ops: &[get(
@@ -338,6 +354,34 @@ pub static ROUTES: &[Route] = &[
             body: None,
             responses: &[OK_JSON, BAD, NO_CLIENT],
         }],
+    },
+    Route {
+        pattern: "/api/v5/gateways/lwm2m/clients/{clientid}/command",
+        open: false,
+        ops: &[Op {
+            method: "POST",
+            summary: "any command JSON, as an MQTT application publishes it (the console's \
+                      way; the answer comes on MQTT and the event stream)",
+            query: &[],
+            body: Some("{\"reqID\":..,\"msgType\":..,\"data\":{..}}"),
+            responses: &[(204, "sent"), BAD, NO_CLIENT],
+        }],
+    },
+    Route {
+        pattern: "/api/v5/gateways/lwm2m/objects",
+        open: false,
+        ops: &[get(
+            "the object definitions in use (id, name, version, multiple)",
+            &[OK_JSON, (404, "no object definitions")],
+        )],
+    },
+    Route {
+        pattern: "/api/v5/gateways/lwm2m/objects/{id}",
+        open: false,
+        ops: &[get(
+            "one object definition with its resources",
+            &[OK_JSON, (404, "no such object")],
+        )],
     },
     Route {
         pattern: "/api/v5/gateways/lwm2m/clients/{clientid}/read",
@@ -584,9 +628,10 @@ mod tests {
         for r in ROUTES {
             assert!(seen.insert(r.pattern), "{} twice", r.pattern);
             assert!(
-                r.pattern == "/health"
-                    || r.pattern == "/metrics"
-                    || r.pattern.starts_with("/api/v5/")
+                ["/", "/health", "/metrics", "/console/{file}"].contains(&r.pattern)
+                    || r.pattern.starts_with("/api/v5/"),
+                "{}",
+                r.pattern
             );
             assert!(
                 r.open || r.pattern.starts_with("/api/v5/gateways"),

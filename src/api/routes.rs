@@ -140,6 +140,10 @@ fn dispatch(ctx: &Ctx, req: &Request, pattern: &str, method: &str, p: &[&str]) -
             r.content_type = crate::metrics::CONTENT_TYPE;
             r
         }
+        ("/", _) => super::console::asset(req, "index.html")
+            .unwrap_or_else(|| not_found("the console is not built in")),
+        ("/console/{file}", _) => super::console::asset(req, id)
+            .unwrap_or_else(|| not_found(&format!("no console file {id:?}"))),
         ("/api/v5/openapi.json", _) => Response::json(200, super::openapi::document()),
         ("/api/v5/gateways", _) => super::gateways::list(ctx),
         ("/api/v5/gateways/lwm2m", "GET") => {
@@ -190,6 +194,13 @@ fn dispatch(ctx: &Ctx, req: &Request, pattern: &str, method: &str, p: &[&str]) -
             super::subscriptions::remove(ctx, id, p.get(1).copied().unwrap_or(""))
         }
         ("/api/v5/gateways/lwm2m/clients/{clientid}/lookup", _) => lookup(ctx, req, id),
+        ("/api/v5/gateways/lwm2m/clients/{clientid}/command", _) => {
+            super::console::command(&*ctx.admin, req, id)
+        }
+        ("/api/v5/gateways/lwm2m/objects", _) => super::console::objects(&*ctx.admin, req, None),
+        ("/api/v5/gateways/lwm2m/objects/{id}", _) => {
+            super::console::objects(&*ctx.admin, req, Some(id))
+        }
         (op, "POST") if op.starts_with(C) => {
             let op = op[C.len()..].trim_start_matches('/');
             super::commands::command(ctx, req, id, op)
@@ -462,6 +473,7 @@ fn client_json(out: &mut Vec<u8>, c: &ClientInfo, node: &str) {
     n(out, "keepalive", u64::from(c.lifetime));
     s(out, "binding", &c.binding);
     b(out, "queue_mode", c.queue_mode);
+    b(out, "dtls", c.secure);
     n(out, "shard", u64::from(c.shard));
     if let Some(st) = &c.stats {
         n(out, "recv_msg", st.recv_msg);

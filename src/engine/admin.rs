@@ -45,6 +45,8 @@ pub(super) struct GatewayAdmin {
     pub serving: std::sync::atomic::AtomicBool,
     /// The listeners' bound addresses (UDP, then DTLS when configured).
     pub bound: (std::net::SocketAddr, Option<std::net::SocketAddr>),
+    /// The object definitions the shards use (swapped on reload).
+    pub registry: Arc<crate::objects::SharedRegistry>,
     /// What the shards publish, for the API's listeners.
     pub events: Arc<crate::events::EventFeed>,
 }
@@ -122,6 +124,10 @@ impl GatewayAdmin {
 impl Admin for GatewayAdmin {
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
         self.bootstrap.clone()
+    }
+
+    fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
+        Some(self.registry.load())
     }
 
     fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
@@ -426,6 +432,7 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
                         "update" => &mut cfg.translators.update,
                         "send" => &mut cfg.translators.send,
                         "deregister" => &mut cfg.translators.deregister,
+                        "bootstrap" => &mut cfg.translators.bootstrap,
                         _ => return Err(format!("translators.{name}: unknown translator")),
                     };
                     if let Some(q) = tv.get("qos").and_then(|q| q.as_u64()) {

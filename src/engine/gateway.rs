@@ -128,12 +128,7 @@ impl Gateway {
             bind: listener.bind,
             source: e,
         })?;
-        let api_err = |source| GatewayError::Bind {
-            what: API_LISTENER,
-            bind: cfg.api.bind,
-            source,
-        };
-        let api_listener = std::net::TcpListener::bind(cfg.api.bind).map_err(api_err)?;
+        let api_listener = bind_api(cfg)?;
 
         let ShardSetup {
             parts,
@@ -187,6 +182,7 @@ impl Gateway {
             config_path: file,
             serving: AtomicBool::new(true),
             bound: (udp_addr, dtls_bound),
+            registry: registry.clone(),
             events: events.clone(),
         });
         let ctx = Arc::new(ShardContext {
@@ -607,6 +603,15 @@ fn tell_dtls_port(
 /// Loads the object definitions of `dir`; a bad file is logged and skipped. When `dir`
 /// does not exist, the built-in definitions (the shipped `etc/lwm2m_xml`) are used until it
 /// appears (the watcher loads it then).
+/// The management API's listener, bound before any thread starts.
+fn bind_api(cfg: &Config) -> Result<std::net::TcpListener, GatewayError> {
+    std::net::TcpListener::bind(cfg.api.bind).map_err(|source| GatewayError::Bind {
+        what: API_LISTENER,
+        bind: cfg.api.bind,
+        source,
+    })
+}
+
 fn load_registry(dir: &std::path::Path) -> Arc<SharedRegistry> {
     let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     if !dir.is_dir() {
