@@ -142,8 +142,14 @@ fn dispatch(ctx: &Ctx, req: &Request, pattern: &str, method: &str, p: &[&str]) -
         }
         ("/", _) => super::console::asset(req, "index.html")
             .unwrap_or_else(|| not_found("the console is not built in")),
-        ("/console/{file}", _) => super::console::asset(req, id)
-            .unwrap_or_else(|| not_found(&format!("no console file {id:?}"))),
+        // A name that is not a console file is answered as any unknown path: 401
+        // without credentials, else 404.
+        ("/console/{file}", _) => match super::console::asset(req, id) {
+            Some(r) => r,
+            None => check_credentials(ctx, req)
+                .err()
+                .unwrap_or_else(|| not_found("no such endpoint")),
+        },
         ("/api/v5/openapi.json", _) => Response::json(200, super::openapi::document()),
         ("/api/v5/gateways", _) => super::gateways::list(ctx),
         ("/api/v5/gateways/lwm2m", "GET") => {
