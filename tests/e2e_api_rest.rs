@@ -528,3 +528,31 @@ fn at_most_three_requests_wait_and_a_kick_ends_their_wait() {
     assert_eq!(st, 504, "{body}");
     drop(other);
 }
+
+#[test]
+fn wait_finds_the_answer_on_a_mountpoint_keyed_by_device_id() {
+    let gw = GatewayProc::start(Broker::Embedded, "mountpoint = \"things/${clientid}/\"");
+    let d = Device {
+        sock: socket([127, 0, 0, 1], WAIT),
+        gw: gw.udp,
+    };
+    let req = Req::con(codes::POST, 1, &[1])
+        .path(&["rd"])
+        .query(&["ep=mp1", "lt=600", "device_id=box-7", "b=U"])
+        .body(b"</3/0>");
+    let reply = coap::exchange(&d.sock, gw.udp, &req.bytes());
+    assert_eq!(Message::parse(&reply).unwrap().code, codes::CREATED);
+    // Named by its listed clientid (the device_id) and by its endpoint name.
+    for (i, id) in ["box-7", "mp1"].iter().enumerate() {
+        let h = post(
+            &gw,
+            &format!("{GW}/clients/{id}/read?path=/3/0/{i}&wait=5s"),
+            b"",
+        );
+        let r = d.next();
+        d.answer(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"x");
+        let (st, body) = h.join().unwrap();
+        assert_eq!(st, 200, "{id}: {body}");
+        assert_eq!(json(&body)["data"]["code"].as_str(), Some("2.05"), "{body}");
+    }
+}

@@ -74,7 +74,7 @@ pub(super) fn send_and_wait(
             "this gateway has no event feed to wait on",
         );
     };
-    let Some(mut sub) = feed.subscribe(Some(&client.endpoint_name)) else {
+    let Some(mut sub) = feed.subscribe(feed_key(ctx, &client).as_deref()) else {
         return Response::error(
             503,
             "TOO_MANY_SUBSCRIBERS",
@@ -114,6 +114,22 @@ pub(super) fn send_and_wait(
             Next::Lost(n) => lost += n,
             Next::Closed => return Response::error(503, "STOPPING", "the gateway is stopping"),
         }
+    }
+}
+
+/// What the event feed calls the device: the value its topics hold in the mountpoint's
+/// `${endpoint_name}`, else `${clientid}` (the `device_id` when it registered with one);
+/// None when the mountpoint names neither (every event is then read, matched by reqID).
+fn feed_key(ctx: &Ctx, client: &super::ClientInfo) -> Option<String> {
+    let mut config = ctx.admin.gateway_config().into_bytes();
+    let v = simd_json::to_borrowed_value(&mut config).ok()?;
+    let mountpoint = v.get("mountpoint")?.as_str()?;
+    if mountpoint.contains("${endpoint_name}") {
+        Some(client.endpoint_name.clone())
+    } else if mountpoint.contains("${clientid}") {
+        Some(client.clientid.clone())
+    } else {
+        None
     }
 }
 
