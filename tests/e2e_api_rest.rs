@@ -489,44 +489,52 @@ fn a_configuration_put_is_written_to_the_file_with_persist() {
 #[test]
 fn at_most_three_requests_wait_and_a_kick_ends_their_wait() {
     let gw = GatewayProc::start(Broker::Embedded, "");
-    let d = Device::register(gw.udp, "busy1");
-    let c = format!("{GW}/clients/busy1");
-    // Three waits for a device that does not answer (the first is in flight, the others
-    // queued behind it).
-    let waiting: Vec<_> = (0..3)
-        .map(|i| post(&gw, &format!("{c}/read?path=/3/0/{i}&wait=60s"), b""))
+    let devices: Vec<Device> = (1..=4)
+        .map(|i| Device::register(gw.udp, &format!("busy{i}")))
         .collect();
-    let first = d.next();
-    assert!(first.path.starts_with("/3/0/"), "{first:?}");
-    // A fourth is refused while they wait (for another device: its command is not sent).
-    let other = Device::register(gw.udp, "busy2");
-    let fourth = format!("{GW}/clients/busy2/read?path=/1/0/1&wait=1s");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (st, body) = api(&gw, "POST", &fourth, b"");
-        if st == 503 {
-            assert!(body.contains("TOO_MANY_WAITING"), "{body}");
-            break;
-        }
-        // Not all three waiting yet: this one waited for busy2, which stays silent.
-        assert_eq!(st, 504, "{body}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the three never all waited"
-        );
-    }
-    // Ending the registration ends each command with an error: that is their answer.
-    assert_eq!(api(&gw, "DELETE", &c, b"").0, 204);
-    for h in waiting {
-        let (st, body) = h.join().unwrap();
-        assert_eq!(st, 200, "{body}");
-        let v = json(&body);
-        assert_eq!(v["data"]["code"].as_str(), Some("4.04"), "{v}");
-    }
-    // The slots are free again: the fourth waits (busy2 stays silent) instead of 503.
+    // Three waits, one per device; a device that got its request shows that its wait
+    // holds a slot (the slot is taken before the command is sent).
+    let waiting: Vec<_> = (1..=3)
+        .map(|i| {
+            post(
+                &gw,
+                &format!("{GW}/clients/busy{i}/read?path=/3/0/1&wait=30s"),
+                b"",
+            )
+        })
+        .collect();
+    let requests: Vec<Request> = devices[..3].iter().map(Device::next).collect();
+    // A fourth is refused while they wait, and sends nothing.
+    let fourth = format!("{GW}/clients/busy4/read?path=/3/0/1&wait=5s");
     let (st, body) = api(&gw, "POST", &fourth, b"");
-    assert_eq!(st, 504, "{body}");
-    drop(other);
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("TOO_MANY_WAITING"), "{body}");
+    // Ending a registration ends its command with an error, which is that wait's answer;
+    // the others get their devices' answers.
+    assert_eq!(
+        api(&gw, "DELETE", &format!("{GW}/clients/busy1"), b"").0,
+        204
+    );
+    for (d, r) in devices[1..3].iter().zip(&requests[1..3]) {
+        d.answer(r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"m");
+    }
+    let answers: Vec<(u16, String)> = waiting.into_iter().map(|h| h.join().unwrap()).collect();
+    let codes_seen: Vec<Option<String>> = answers
+        .iter()
+        .map(|(st, body)| {
+            assert_eq!(*st, 200, "{body}");
+            json(body)["data"]["code"].as_str().map(String::from)
+        })
+        .collect();
+    assert_eq!(codes_seen[0].as_deref(), Some("4.04"), "{answers:?}");
+    assert_eq!(codes_seen[1].as_deref(), Some("2.05"), "{answers:?}");
+    assert_eq!(codes_seen[2].as_deref(), Some("2.05"), "{answers:?}");
+    // The slots are free again.
+    let h = post(&gw, &fourth, b"");
+    let r = devices[3].next();
+    devices[3].answer(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"m");
+    let (st, body) = h.join().unwrap();
+    assert_eq!(st, 200, "{body}");
 }
 
 #[test]
