@@ -55,6 +55,7 @@
 //! NAT mapping changes must handshake again from its new address.
 
 mod cert;
+mod cid;
 mod failure_log;
 mod psk;
 mod server;
@@ -92,6 +93,9 @@ pub struct DtlsSettings {
     pub handshake_timeout: Duration,
     /// An established session that received nothing this long is closed.
     pub idle_timeout: Duration,
+    /// Length of the connection IDs (RFC 9146) offered to clients that ask
+    /// for them, 1 to 32 bytes; 0: connection IDs off.
+    pub connection_id_len: usize,
 }
 
 impl Default for DtlsSettings {
@@ -108,6 +112,7 @@ impl Default for DtlsSettings {
             max_sessions: 1_000_000,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3600),
+            connection_id_len: 8,
         }
     }
 }
@@ -133,6 +138,10 @@ pub enum CloseReason {
 /// What the gateway hears from the DTLS server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DtlsEvent {
+    /// A record with the session's connection ID authenticated from `to`:
+    /// the session of `from` is now the session of `to` (RFC 9146 §6).
+    /// Announced before the data that moved it.
+    Moved { from: SocketAddr, to: SocketAddr },
     /// A handshake completed; `peer` now has a session.
     Connected {
         peer: SocketAddr,

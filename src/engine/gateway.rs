@@ -534,6 +534,11 @@ fn dtls_setup(
             psk,
             cert,
             idle_timeout: l.idle_timeout,
+            connection_id_len: if l.connection_id {
+                l.connection_id_length as usize
+            } else {
+                0
+            },
             max_sessions: usize::try_from(l.max_sessions.div_ceil(shards.max(1) as u64))
                 .unwrap_or(usize::MAX),
             ..DtlsSettings::default()
