@@ -199,8 +199,8 @@ impl DtlsServer {
                 return;
             }
             // A handshake's Finished carries the CID before its session is
-            // known by it: records with an unknown CID go by address.
-            if !self.handshakes.contains_key(&peer) && !self.sessions.contains_key(&peer) {
+            // known by it: that one goes by address.
+            if !self.handshakes.contains_key(&peer) {
                 self.stats.cid_unknown += 1;
                 return;
             }
