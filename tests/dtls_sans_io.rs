@@ -1310,3 +1310,38 @@ fn replayed_forged_and_unknown_cid_records_move_nothing() {
     // The device still talks from where it is.
     exchange(&mut w, &mut c);
 }
+
+#[test]
+fn a_cid_record_reaching_another_shard_is_handed_to_the_shard_of_its_session() {
+    let mut w = World::new(settings());
+    w.server.set_shard(0, 2);
+    let mut other = DtlsServer::new(settings()).unwrap();
+    other.set_shard(1, 2);
+    let mut c = Client::psk_cid("dev-1", KEY, addr(1), w.now, &[]);
+    assert!(w.connect(&mut c));
+    exchange(&mut w, &mut c);
+
+    // The device's new address hashes to the other shard's socket.
+    let new = SocketAddr::from(([10, 8, 8, 8], 50_002));
+    c.send(b"via shard 1");
+    let d = c.out.pop_front().unwrap();
+    other.handle_datagram(w.now, new, &d);
+    assert!(other.poll_event().is_none());
+    assert!(other.poll_transmit().is_none());
+    let (shard, from, data) = other.poll_forward().expect("handed to shard 0");
+    assert_eq!((shard, from), (0, new));
+    assert_eq!(other.stats().cid_forwarded, 1);
+    w.server.handle_datagram(w.now, from, &data);
+    w.drain_events();
+    assert!(w.data_events(new).contains(&&b"via shard 1"[..]));
+    assert!(w.server.has_session(new));
+    assert_eq!(w.server.stats().cid_moves, 1);
+
+    // A CID naming a shard that does not exist is unknown, not handed on.
+    let mut bad = d.clone();
+    bad[11] = 0;
+    bad[12] = 7;
+    other.handle_datagram(w.now, new, &bad);
+    assert!(other.poll_forward().is_none());
+    assert_eq!(other.stats().cid_unknown, 1);
+}

@@ -79,7 +79,8 @@ pub struct DtlsListener {
     /// DTLS 1.2 Connection ID (RFC 9146) for clients that offer it: their records
     /// reach their session whatever address they come from.
     pub connection_id: bool,
-    /// Length in bytes of the connection IDs the gateway issues (1 to 32).
+    /// Length in bytes of the connection IDs the gateway issues (6 to 32: 2 name
+    /// the shard holding the session).
     pub connection_id_length: u8,
 }
 

@@ -68,6 +68,8 @@ pub struct DtlsServer {
     failures: FailureLog,
     /// Connection IDs (RFC 9146) of established sessions.
     cids: CidTable,
+    /// Records with another shard's CID: (shard, source, datagram).
+    forward: VecDeque<(usize, SocketAddr, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for DtlsServer {
@@ -138,6 +140,7 @@ impl DtlsServer {
             next_id: 0,
             cookie_timeout: DEFAULT_COOKIE_TIMEOUT,
             cids,
+            forward: VecDeque::new(),
             failures: FailureLog::default(),
         })
     }
@@ -189,6 +192,25 @@ impl DtlsServer {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
+    /// This server is shard `shard` of `shards`: the connection IDs it issues
+    /// name it, and records with another shard's come out of
+    /// [`Self::poll_forward`].
+    pub fn set_shard(&mut self, shard: u16, shards: u16) {
+        self.cids.set_shard(shard, shards);
+    }
+
+    /// A datagram with a connection ID of another shard's server: (that shard,
+    /// its source, the datagram). Give it to that shard's
+    /// [`Self::handle_datagram`] as it came.
+    pub fn poll_forward(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)> {
+        self.forward.pop_front()
+    }
+
+    /// Counts a record [`Self::poll_forward`] gave that its shard had no room for.
+    pub fn forward_dropped(&mut self) {
+        self.stats.cid_forward_dropped += 1;
+    }
+
     /// A datagram from `peer` arrived at `now`.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
@@ -196,6 +218,14 @@ impl DtlsServer {
             let cid = cid.to_vec();
             if self.handle_cid_record(now, peer, &cid, data) {
                 self.update_gauges();
+                return;
+            }
+            // Another shard's session (the device's new address hashed to
+            // this shard's socket): it goes there through the mailboxes.
+            if let Some(shard) = self.cids.other_shard(&cid) {
+                self.stats.cid_forwarded += 1;
+                self.forward
+                    .push_back((shard as usize, peer, data.to_vec()));
                 return;
             }
             // A handshake's Finished carries the CID before its session is

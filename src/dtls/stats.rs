@@ -69,6 +69,10 @@ pub struct DtlsStats {
     pub cid_sessions: u64,
     /// Records with a connection ID no session of this server holds (dropped).
     pub cid_unknown: u64,
+    /// Records with a connection ID of another shard, handed to that shard.
+    pub cid_forwarded: u64,
+    /// Of those, records the other shard's mailbox had no room for (dropped).
+    pub cid_forward_dropped: u64,
     /// Sessions moved to a new address by a record with their connection ID.
     pub cid_moves: u64,
     /// Records with a known connection ID from a new address that

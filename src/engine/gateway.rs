@@ -358,7 +358,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         let mut s = mio::net::UdpSocket::from_std(s);
         poll.registry()
             .register(&mut s, DTLS, Interest::READABLE | Interest::WRITABLE)?;
-        let server = DtlsServer::new(ds.clone()).map_err(std::io::Error::other)?;
+        let mut server = DtlsServer::new(ds.clone()).map_err(std::io::Error::other)?;
+        server.set_shard(i as u16, ctx.peers.len() as u16);
         app.dtls = Some(DtlsSide::new(
             s,
             server,

@@ -343,6 +343,16 @@ impl ShardApp for UdpShard {
                 d.flush();
             }
             let more = readable && d.read(now_ms, &mut self.core, timers);
+            while let Some((shard, peer, data)) = d.take_forward() {
+                let mail = ShardMail::DtlsRecord { peer, data };
+                if self
+                    .peers
+                    .get(shard)
+                    .is_none_or(|p| p.try_send(mail).is_err())
+                {
+                    d.forward_dropped();
+                }
+            }
             self.route_outputs(timers);
             return more;
         }
@@ -361,6 +371,11 @@ impl ShardApp for UdpShard {
         let core = &mut self.core;
         match mail {
             ShardMail::Core(m) => core.handle(now_ms, Input::Shard(m)),
+            ShardMail::DtlsRecord { peer, data } => {
+                if let Some(d) = self.dtls.as_mut() {
+                    d.forwarded(now_ms, peer, &data, core, timers);
+                }
+            }
             ShardMail::AuthResult { ticket, allowed } => {
                 core.handle(now_ms, Input::AuthResult { ticket, allowed })
             }
