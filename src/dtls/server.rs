@@ -474,6 +474,17 @@ impl DtlsServer {
             self.feed(now, peer, false, data);
             return true;
         }
+        // From a new address only a datagram that is one whole record goes to
+        // dimpl: any error dimpl reports ends the session, and a record from
+        // elsewhere must not be able to end it.
+        let header = 11 + cid.len() + 2;
+        let length = data
+            .get(header - 2..header)
+            .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+        if data.len() != header + length {
+            self.stats.cid_unauthenticated += 1;
+            return true;
+        }
         let before = self.events.len();
         self.feed(now, home, false, data);
         let authenticated = self
