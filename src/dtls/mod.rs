@@ -51,8 +51,18 @@
 //! - Any error from dimpl ends that instance only. No network input can make
 //!   the server panic.
 //!
-//! dimpl has neither connection IDs nor session resumption: a device whose
-//! NAT mapping changes must handshake again from its new address.
+//! # Connection IDs (RFC 9146)
+//! dimpl 0.9 has none; the copy under `vendor/dimpl` adds them. The server
+//! offers each handshake a CID naming its shard (`cid.rs`); a client that asked
+//! for one puts it in every protected record (content type 25). Such a record
+//! goes to the session holding its CID, whatever its source address; one that
+//! authenticates data from a new address moves the session there
+//! ([`DtlsEvent::Moved`], before that data), a replayed or forged one moves
+//! nothing, one from a new address that is not exactly one record never reaches
+//! dimpl (whose errors end a session), one with an unknown CID is dropped
+//! (counted), and one with another shard's CID comes out of
+//! [`DtlsServer::poll_forward`] for that shard. There is no session resumption:
+//! a device without a CID whose NAT mapping changes handshakes again.
 
 mod cert;
 mod cid;

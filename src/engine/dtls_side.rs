@@ -176,12 +176,11 @@ impl DtlsSide {
                     }
                 }
                 DtlsEvent::Moved { from, to } => {
-                    // The registration follows the device's next request from
-                    // `to` (an Update moves it, as for any rebinding).
                     tracing::debug!(%from, %to, "DTLS session moved (connection ID)");
                     if let Some(id) = self.identities.remove(&from) {
                         self.identities.insert(to, id);
                     }
+                    core.handle(now, Input::SessionMoved { from, to });
                 }
                 DtlsEvent::Closed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");
