@@ -1177,6 +1177,31 @@ fn psk_and_certificates_on_one_server() {
 // ---- Connection ID (RFC 9146) ----
 
 #[test]
+fn connection_id_on_a_listener_with_psk_and_certificates() {
+    // Each instance starts as dimpl's auto-sensing server: the CID applies once
+    // it becomes a DTLS 1.2 server.
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), "cert-dev");
+    let mut st = cert_settings(dir.path(), true);
+    st.psk = Some(psk_store());
+    let mut w = World::new(st);
+    let mut c = Client::psk_cid("dev-2", KEY, addr(1), w.now, &[]);
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(c.dtls.peer_connection_id().map(<[u8]>::len), Some(8));
+    exchange(&mut w, &mut c);
+    c.addr = addr(2);
+    c.send(b"moved");
+    w.run(
+        &mut c,
+        Duration::from_secs(1),
+        &mut |_, _| false,
+        &mut |w, c| w.data_events(c.addr).contains(&&b"moved"[..]),
+    );
+    assert!(w.server.has_session(addr(2)) && !w.server.has_session(addr(1)));
+    exchange(&mut w, &mut c);
+}
+
+#[test]
 fn connection_id_is_negotiated_only_with_clients_that_offer_it() {
     let mut w = World::new(settings());
     let mut plain = Client::psk("dev-1", KEY, addr(1), w.now);
