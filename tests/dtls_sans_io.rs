@@ -48,6 +48,7 @@ fn settings() -> DtlsSettings {
         max_sessions: 10_000,
         handshake_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(300),
+        connection_id_len: 8,
     }
 }
 
@@ -80,6 +81,19 @@ impl Client {
             .build()
             .unwrap();
         Self::start(Dtls::new_12_psk(Arc::new(config), now), addr, now)
+    }
+
+    /// A PSK client that offers connection IDs (RFC 9146), asking to receive `cid`.
+    fn psk_cid(identity: &str, key: &str, addr: SocketAddr, now: Instant, cid: &[u8]) -> Self {
+        let config = Config::builder()
+            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(hex(key))))
+            .build()
+            .unwrap();
+        let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
+        dtls.set_active(true);
+        assert!(dtls.set_connection_id(cid));
+        Self::start(dtls, addr, now)
     }
 
     fn cert(cert: DtlsCertificate, addr: SocketAddr, now: Instant) -> Self {
@@ -1158,4 +1172,201 @@ fn psk_and_certificates_on_one_server() {
         }]
     );
     exchange(&mut w, &mut c);
+}
+
+// ---- Connection ID (RFC 9146) ----
+
+#[test]
+fn connection_id_on_a_listener_with_psk_and_certificates() {
+    // Each instance starts as dimpl's auto-sensing server: the CID applies once
+    // it becomes a DTLS 1.2 server.
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), "cert-dev");
+    let mut st = cert_settings(dir.path(), true);
+    st.psk = Some(psk_store());
+    let mut w = World::new(st);
+    let mut c = Client::psk_cid("dev-2", KEY, addr(1), w.now, &[]);
+    assert!(w.connect(&mut c), "{:?}", w.server.stats());
+    assert_eq!(c.dtls.peer_connection_id().map(<[u8]>::len), Some(8));
+    exchange(&mut w, &mut c);
+    c.addr = addr(2);
+    c.send(b"moved");
+    w.run(
+        &mut c,
+        Duration::from_secs(1),
+        &mut |_, _| false,
+        &mut |w, c| w.data_events(c.addr).contains(&&b"moved"[..]),
+    );
+    assert!(w.server.has_session(addr(2)) && !w.server.has_session(addr(1)));
+    exchange(&mut w, &mut c);
+}
+
+#[test]
+fn connection_id_is_negotiated_only_with_clients_that_offer_it() {
+    let mut w = World::new(settings());
+    let mut plain = Client::psk("dev-1", KEY, addr(1), w.now);
+    assert!(w.connect(&mut plain));
+    exchange(&mut w, &mut plain);
+    assert_eq!(plain.dtls.peer_connection_id(), None);
+    assert_eq!(w.server.stats().cid_sessions, 0);
+
+    // Offers CIDs, wants none itself: it sends CID records, receives plain ones.
+    let mut cid = Client::psk_cid("dev-2", KEY, addr(2), w.now, &[]);
+    assert!(w.connect(&mut cid));
+    let theirs = cid.dtls.peer_connection_id().map(|c| c.to_vec());
+    assert_eq!(theirs.as_ref().map(Vec::len), Some(8));
+    assert_eq!(cid.dtls.connection_id(), Some(&[][..]));
+    exchange(&mut w, &mut cid);
+    cid.send(b"x");
+    let d = cid.out.front().expect("a record").clone();
+    assert_eq!(d[0], 25, "a tls12_cid record");
+    assert_eq!(&d[11..19], &theirs.unwrap()[..]);
+    assert_eq!(w.server.stats().cid_sessions, 1);
+
+    // Asks for a CID of its own: the gateway's records carry it.
+    let mut both = Client::psk_cid("dev-1", KEY, addr(3), w.now, &[7, 7, 7]);
+    assert!(w.connect(&mut both));
+    assert_eq!(both.dtls.connection_id(), Some(&[7, 7, 7][..]));
+    exchange(&mut w, &mut both);
+    assert_eq!(w.server.stats().cid_sessions, 2);
+
+    // A listener with connection IDs off ignores the offer.
+    let mut off = World::new(DtlsSettings {
+        connection_id_len: 0,
+        ..settings()
+    });
+    let mut c = Client::psk_cid("dev-1", KEY, addr(4), off.now, &[]);
+    assert!(off.connect(&mut c));
+    assert_eq!(c.dtls.peer_connection_id(), None);
+    exchange(&mut off, &mut c);
+}
+
+#[test]
+fn a_cid_record_from_a_new_address_moves_the_session() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk_cid("dev-1", KEY, addr(1), w.now, &[]);
+    assert!(w.connect(&mut c));
+    exchange(&mut w, &mut c);
+    let handshakes = w.server.stats().handshakes_completed;
+
+    // The NAT gives the device a new address and port.
+    let new = SocketAddr::from(([10, 9, 9, 9], 50_001));
+    c.addr = new;
+    c.send(b"after rebinding");
+    w.run(
+        &mut c,
+        Duration::from_secs(1),
+        &mut |_, _| false,
+        &mut |w, _| w.data_events(new).contains(&&b"after rebinding"[..]),
+    );
+    assert!(w.data_events(new).contains(&&b"after rebinding"[..]));
+    let moved = w
+        .events
+        .iter()
+        .position(|e| {
+            *e == DtlsEvent::Moved {
+                from: addr(1),
+                to: new,
+            }
+        })
+        .expect("a Moved event");
+    let data = w
+        .events
+        .iter()
+        .position(|e| matches!(e, DtlsEvent::Data { peer, .. } if *peer == new))
+        .unwrap();
+    assert!(moved < data, "Moved is announced before the data");
+    assert!(w.server.has_session(new));
+    assert!(!w.server.has_session(addr(1)));
+    assert_eq!(w.server.session_count(), 1);
+    assert_eq!(w.server.stats().cid_moves, 1);
+    assert_eq!(w.server.stats().handshakes_completed, handshakes);
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, DtlsEvent::Closed { .. })));
+
+    // The gateway's records now go to the new address.
+    exchange(&mut w, &mut c);
+    assert!(w.stray.is_empty(), "nothing sent to the old address");
+}
+
+#[test]
+fn replayed_forged_and_unknown_cid_records_move_nothing() {
+    let mut w = World::new(settings());
+    let mut c = Client::psk_cid("dev-1", KEY, addr(1), w.now, &[]);
+    assert!(w.connect(&mut c));
+    exchange(&mut w, &mut c);
+    c.send(b"once");
+    let record = c.out.pop_front().unwrap();
+    w.server.handle_datagram(w.now, addr(1), &record);
+    w.drain_events();
+    assert_eq!(w.data_events(addr(1)).len(), 2);
+
+    // An attacker replays it from its own address: not authenticated again.
+    let attacker = SocketAddr::from(([192, 0, 2, 1], 4444));
+    w.server.handle_datagram(w.now, attacker, &record);
+    // It forges one with the CID and a changed ciphertext.
+    let mut forged = record.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    w.server.handle_datagram(w.now, attacker, &forged);
+    // And one with a CID nobody was given.
+    let mut unknown = record.clone();
+    unknown[11] ^= 0xff;
+    w.server.handle_datagram(w.now, attacker, &unknown);
+    // Truncated and junk CID records never panic.
+    for n in 0..record.len() {
+        w.server.handle_datagram(w.now, attacker, &record[..n]);
+    }
+    w.drain_events();
+
+    assert!(w.data_events(attacker).is_empty());
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, DtlsEvent::Moved { .. })));
+    assert!(w.server.has_session(addr(1)));
+    assert!(!w.server.has_session(attacker));
+    let st = w.server.stats();
+    assert_eq!(st.cid_moves, 0);
+    assert!(st.cid_unauthenticated >= 2, "{st:?}");
+    assert!(st.cid_unknown >= 1, "{st:?}");
+    // The device still talks from where it is.
+    exchange(&mut w, &mut c);
+}
+
+#[test]
+fn a_cid_record_reaching_another_shard_is_handed_to_the_shard_of_its_session() {
+    let mut w = World::new(settings());
+    w.server.set_shard(0, 2);
+    let mut other = DtlsServer::new(settings()).unwrap();
+    other.set_shard(1, 2);
+    let mut c = Client::psk_cid("dev-1", KEY, addr(1), w.now, &[]);
+    assert!(w.connect(&mut c));
+    exchange(&mut w, &mut c);
+
+    // The device's new address hashes to the other shard's socket.
+    let new = SocketAddr::from(([10, 8, 8, 8], 50_002));
+    c.send(b"via shard 1");
+    let d = c.out.pop_front().unwrap();
+    other.handle_datagram(w.now, new, &d);
+    assert!(other.poll_event().is_none());
+    assert!(other.poll_transmit().is_none());
+    let (shard, from, data) = other.poll_forward().expect("handed to shard 0");
+    assert_eq!((shard, from), (0, new));
+    assert_eq!(other.stats().cid_forwarded, 1);
+    w.server.handle_datagram(w.now, from, &data);
+    w.drain_events();
+    assert!(w.data_events(new).contains(&&b"via shard 1"[..]));
+    assert!(w.server.has_session(new));
+    assert_eq!(w.server.stats().cid_moves, 1);
+
+    // A CID naming a shard that does not exist is unknown, not handed on.
+    let mut bad = d.clone();
+    bad[11] = 0;
+    bad[12] = 7;
+    other.handle_datagram(w.now, new, &bad);
+    assert!(other.poll_forward().is_none());
+    assert_eq!(other.stats().cid_unknown, 1);
 }

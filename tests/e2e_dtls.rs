@@ -174,11 +174,30 @@ impl DtlsDevice {
     }
 
     fn start_on(sock: UdpSocket, gw: SocketAddr, identity: &str, key: &str) -> Self {
+        Self::start_with(sock, gw, identity, key, None)
+    }
+
+    /// A device that offers DTLS Connection ID (RFC 9146), wanting none itself.
+    fn connect_with_cid(gw: SocketAddr, identity: &str, key: &str) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::start_with(sock, gw, identity, key, Some(&[])).finish_handshake()
+    }
+
+    fn start_with(
+        sock: UdpSocket,
+        gw: SocketAddr,
+        identity: &str,
+        key: &str,
+        cid: Option<&[u8]>,
+    ) -> Self {
         let config =
             lwm2m_loadgen::dtls::client_config(identity.as_bytes(), key.as_bytes()).unwrap();
         let now = Instant::now();
         let mut dtls = dimpl::Dtls::new_12_psk(config, now);
         dtls.set_active(true);
+        if let Some(cid) = cid {
+            assert!(dtls.set_connection_id(cid));
+        }
         dtls.handle_timeout(now).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
@@ -764,6 +783,69 @@ fn nat_rebinding_over_dtls_keeps_the_registration() {
     );
     assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
     assert_eq!(m.sum("lwm2m_rebinds_total", &[]), 8.0);
+}
+
+/// DTLS Connection ID (RFC 9146): the device's NAT binding changes (a new source
+/// port, whose datagrams may land on any of four shards' sockets), its records
+/// still name its session, so its Update is answered without a new handshake and
+/// commands reach it at the new port.
+#[test]
+fn with_a_connection_id_a_new_port_needs_no_handshake() {
+    let PskGateway { gw, dtls, .. } =
+        start_psk(&format!("cid-dev:{}\n", hex(KEY)), "[engine]\nshards = 4\n");
+    let mut app = App::new(&gw, "lwm2m/cid-dev/up/#");
+    let mut dev = DtlsDevice::connect_with_cid(dtls, "cid-dev", KEY);
+    assert_eq!(dev.dtls.peer_connection_id().map(<[u8]>::len), Some(8));
+    let location = dev.register(&["ep=cid-dev", "lt=300", "lwm2m=1.1", "b=U"], b"</3/0>");
+    assert_eq!(app.next().1["msgType"], "register");
+    for round in 0..6 {
+        // The NAT gives the device a new port; its DTLS state stays as it was.
+        let before = dev.sock.local_addr().unwrap();
+        dev.sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        dev.sock
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        assert_ne!(dev.sock.local_addr().unwrap(), before);
+        if round % 2 == 0 {
+            assert_eq!(dev.update(&location), codes::CHANGED, "round {round}");
+            let (t, _) = app.next();
+            assert_eq!(t, "lwm2m/cid-dev/up/update");
+        } else {
+            // No Update: a CoAP ping from the new port moves the session, and the
+            // registration with it.
+            let mid = dev.next_mid();
+            dev.send(&Req::con(codes::EMPTY, mid, &[]).bytes());
+            let reply = dev.recv();
+            let rst = Message::parse(&reply).unwrap();
+            assert_eq!((rst.mtype, rst.mid), (MsgType::Rst, mid), "round {round}");
+        }
+        let id = app.send("cid-dev", "read", r#"{"path":"/3/0/0"}"#);
+        let r = dev.request();
+        dev.reply(&r, codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"ACME");
+        let (_, v) = app.response();
+        assert_eq!(
+            (v["reqID"].as_u64(), v["data"]["code"].as_str()),
+            (Some(id as u64), Some("2.05"))
+        );
+    }
+    let m = gw.metrics();
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 1.0);
+    let cid = |e: &str| m.sum("lwm2m_dtls_connection_id_total", &[("event", e)]);
+    assert_eq!(cid("negotiated"), 1.0);
+    assert_eq!(cid("moved"), 6.0);
+    assert_eq!(m.sum("lwm2m_rebinds_total", &[]), 6.0);
+    eprintln!("records handed between shards: {}", cid("forwarded"));
+    assert_eq!(cid("forward_dropped"), 0.0);
+    assert_eq!(m.sum("lwm2m_registrations_total", &[]), 1.0);
+
+    // A record naming a CID nobody holds is dropped and counted.
+    let mut forged = vec![25, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 99];
+    forged.extend([0xee; 8]);
+    forged.extend([0, 4, 1, 2, 3, 4]);
+    dev.sock.send_to(&forged, dtls).unwrap();
+    wait_metrics(&gw, "an unknown CID counted", |m| {
+        m.sum("lwm2m_dtls_connection_id_total", &[("event", "unknown")]) == 1.0
+    });
 }
 
 /// The device's session ends (close_notify): a command waits (nothing reaches

@@ -396,6 +396,18 @@ fn dtls_records() {
     replay_files("dtls_records", checks::dtls_records);
 }
 
+#[test]
+fn dtls_cid_records() {
+    checks::dtls_cid_records(b"");
+    // Genuine records from three addresses, replays, altered records, forged
+    // records for this shard and the other one.
+    checks::dtls_cid_records(&[
+        0, 1, 0, 0, 5, 3, 1, 6, 0, 2, 6, 9, 2, 7, 200, 3, 9, 4, 1, 2, 3, 4, 3, 9, 5, 1, 2, 3, 4, 5,
+        0, 9, 1, 1, 1, 0, 0, 1, 0,
+    ]);
+    replay_files("dtls_cid_records", checks::dtls_cid_records);
+}
+
 /// `[peer 0][len][a ClientHello made by dimpl's client][step]` twice, then junk.
 fn client_hello_input() -> Vec<u8> {
     use std::sync::Arc;

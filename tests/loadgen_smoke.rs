@@ -166,6 +166,17 @@ fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
 
 #[test]
 fn loadgen_smoke_dtls() {
+    dtls_smoke(false);
+}
+
+/// The same run with devices that offer a DTLS Connection ID (RFC 9146): every
+/// session negotiates one and everything works over CID records.
+#[test]
+fn loadgen_smoke_dtls_with_connection_id() {
+    dtls_smoke(true);
+}
+
+fn dtls_smoke(cid: bool) {
     let mut opts = RunOpts {
         register: 30,
         rate: 300.0,
@@ -177,7 +188,8 @@ fn loadgen_smoke_dtls() {
         psk_key: "000102030405060708090a0b0c0d0e0f".into(),
         deregister: true,
         quiet: true,
-        prefix: "smoked".into(),
+        dtls_cid: cid,
+        prefix: if cid { "smokecid" } else { "smoked" }.into(),
         devices_offset: 9_000,
         ..RunOpts::default()
     };
@@ -221,6 +233,10 @@ fn loadgen_smoke_dtls() {
     assert_eq!(cmd.answered, cmd.sent, "{}", ctx());
     assert_eq!((cmd.errors, cmd.timed_out), (0, 0), "{}", ctx());
     assert_eq!(r.deregistered, Some(30), "{}", ctx());
+    let negotiated = gw
+        .metrics()
+        .sum("lwm2m_dtls_connection_id_total", &[("event", "negotiated")]);
+    assert_eq!(negotiated, if cid { 30.0 } else { 0.0 });
     assert!(gw.stop().success());
 }
 

@@ -2044,3 +2044,168 @@ fn trace() -> bool {
     static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *T.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
 }
+
+/// A PSK client with a connection ID (RFC 9146) completes its handshake with the
+/// server (shard 0 of 2); then each op of `data` sends a record with that CID: a
+/// genuine one from a chosen address, a replay, one with a byte changed, or fuzz
+/// bytes behind a tls12_cid header naming this shard's session or another shard.
+/// Only genuine records yield data and move the session; another shard's CID is
+/// handed on as it came; nothing panics.
+pub fn dtls_cid_records(data: &[u8]) {
+    use lwm2m_gateway::dtls::{DtlsEvent, DtlsServer, DtlsSettings, PskStore, PskTable};
+    use std::time::{Duration, Instant};
+    struct Key;
+    impl dimpl::PskResolver for Key {
+        fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+            Some((0u8..16).collect())
+        }
+    }
+    let table = PskTable::parse(
+        "dev-1:000102030405060708090a0b0c0d0e0f\n",
+        std::path::Path::new("psk.txt"),
+    )
+    .expect("PSK table");
+    let settings = DtlsSettings {
+        psk: Some(Arc::new(PskStore::with_table("psk.txt", table))),
+        ..DtlsSettings::default()
+    };
+    let mut server = DtlsServer::new(settings).expect("DTLS server");
+    server.set_shard(0, 2);
+    let config = dimpl::Config::builder()
+        .dtls13_cipher_suites(&[])
+        .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .with_psk_client(b"dev-1".to_vec(), Arc::new(Key))
+        .build()
+        .expect("client configuration");
+    let mut now = Instant::now();
+    let mut client = dimpl::Dtls::new_12_psk(Arc::new(config), now);
+    client.set_active(true);
+    assert!(client.set_connection_id(&[]));
+    let home = SocketAddr::from(([10, 0, 0, 1], 5000));
+    let mut buf = vec![0u8; 4096];
+    let mut connected = false;
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut drain = |client: &mut dimpl::Dtls, pending: &mut Vec<Vec<u8>>, connected: &mut bool| loop {
+        match client.poll_output(&mut buf) {
+            dimpl::Output::Packet(p) => pending.push(p.to_vec()),
+            dimpl::Output::Connected => *connected = true,
+            dimpl::Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+            dimpl::Output::Timeout(_) => return,
+            _ => {}
+        }
+    };
+    for _ in 0..64 {
+        drain(&mut client, &mut pending, &mut connected);
+        for d in pending.drain(..) {
+            server.handle_datagram(now, home, &d);
+        }
+        while let Some((_, d)) = server.poll_transmit() {
+            let _ = client.handle_packet(&d);
+        }
+        while server.poll_event().is_some() {}
+        if connected && server.has_session(home) {
+            break;
+        }
+        now += Duration::from_millis(10);
+        client.handle_timeout(now).expect("client timer");
+        server.handle_timeout(now);
+    }
+    assert!(
+        connected && server.has_session(home),
+        "the handshake completes"
+    );
+    let cid = client.peer_connection_id().expect("a CID").to_vec();
+    let mut at = home;
+    let mut seq = 0u32;
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let (op, who, arg) = (rest[0] % 4, rest[1], rest[2]);
+        rest = &rest[3..];
+        let from = SocketAddr::from(([10, 0, 1, who % 4], 6000 + (who / 4 % 4) as u16));
+        let mut genuine = false;
+        let datagram = match op {
+            0 => {
+                seq += 1;
+                let msg = seq.to_be_bytes().to_vec();
+                client.send_application_data(&msg).expect("client send");
+                drain(&mut client, &mut pending, &mut connected);
+                sent.push(msg);
+                genuine = true;
+                let d = pending.drain(..).next_back().expect("a record");
+                last = Some(d.clone());
+                d
+            }
+            1 => match &last {
+                Some(d) => d.clone(),
+                None => continue,
+            },
+            2 => match &last {
+                Some(d) => {
+                    let mut d = d.clone();
+                    let i = arg as usize % d.len();
+                    d[i] ^= 1 | rest.first().copied().unwrap_or(0x80);
+                    d
+                }
+                None => continue,
+            },
+            _ => {
+                let n = (arg as usize).min(rest.len());
+                let mut d = vec![25, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, arg];
+                let mut c = cid.clone();
+                if arg & 1 == 1 {
+                    c[1] = 1; // the other shard's
+                }
+                d.extend(&c);
+                d.extend((n as u16).to_be_bytes());
+                d.extend(&rest[..n]);
+                rest = &rest[n..];
+                d
+            }
+        };
+        let before = server.stats().cid_forwarded;
+        server.handle_datagram(now, from, &datagram);
+        if server.stats().cid_forwarded > before {
+            let (shard, src, d) = server.poll_forward().expect("handed on");
+            assert_eq!((shard, src), (1, from));
+            assert_eq!(d, datagram, "handed on as it came");
+        }
+        assert!(server.poll_forward().is_none());
+        while let Some((to, d)) = server.poll_transmit() {
+            assert!(to == at || to == from, "sent to {to}");
+            let _ = client.handle_packet(&d);
+        }
+        while let Some(e) = server.poll_event() {
+            match e {
+                DtlsEvent::Moved { from: old, to } => {
+                    assert!(genuine, "only a genuine record moves the session");
+                    assert_eq!((old, to), (at, from));
+                    at = from;
+                }
+                DtlsEvent::Data { peer, plaintext } => {
+                    assert!(genuine, "data only from a genuine record");
+                    assert_eq!(peer, from);
+                    assert_eq!(Some(&plaintext), sent.last());
+                }
+                DtlsEvent::Connected { .. } => panic!("no new handshake"),
+                // A malformed record from the session's own address ends it.
+                DtlsEvent::Closed { peer, .. } => {
+                    assert_eq!(peer, at);
+                    assert!(!genuine);
+                    return;
+                }
+            }
+        }
+        assert!(server.session_count() <= 1);
+        if genuine {
+            assert!(
+                server.has_session(from),
+                "the session follows the genuine record"
+            );
+        }
+        now += Duration::from_millis(arg as u64);
+        server.handle_timeout(now);
+        let _ = client.handle_timeout(now);
+    }
+}

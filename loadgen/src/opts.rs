@@ -103,6 +103,10 @@ pub struct RunOpts {
     /// registers, and speaks CoAP over its session.
     #[arg(long)]
     pub dtls: bool,
+    /// DTLS devices offer a Connection ID (RFC 9146, asking for none of their own):
+    /// their records carry the gateway's CID.
+    #[arg(long)]
+    pub dtls_cid: bool,
     /// The pre-shared key of every device, hex.
     #[arg(long, default_value = "6c6f616467656e2d70736b2d6b657921")]
     pub psk_key: String,

@@ -403,6 +403,9 @@ impl State {
         let at = self.instant(now);
         let mut conn = dimpl::Dtls::new_12_psk(config, at);
         conn.set_active(true);
+        if self.sh.opts.dtls_cid {
+            conn.set_connection_id(&[]);
+        }
         let ok = conn.handle_timeout(at).is_ok();
         self.devs[li].dtls = Some(Box::new(DtlsConn {
             conn,

@@ -76,6 +76,12 @@ pub struct DtlsListener {
     /// the shards; a shard whose share is full refuses new handshakes (counted).
     #[serde(deserialize_with = "super::bind::deserialize_limit")]
     pub max_sessions: u64,
+    /// DTLS 1.2 Connection ID (RFC 9146) for clients that offer it: their records
+    /// reach their session whatever address they come from.
+    pub connection_id: bool,
+    /// Length in bytes of the connection IDs the gateway issues (6 to 32: 2 name
+    /// the shard holding the session).
+    pub connection_id_length: u8,
 }
 
 impl Default for DtlsListener {
@@ -90,6 +96,8 @@ impl Default for DtlsListener {
             max_conn_rate: 1000,
             idle_timeout: Duration::from_secs(3600),
             max_sessions: 1_024_000,
+            connection_id: true,
+            connection_id_length: 8,
         }
     }
 }

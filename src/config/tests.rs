@@ -120,6 +120,8 @@ fn the_commented_tables_of_the_shipped_file_parse_and_validate() {
     assert_eq!(d.idle_timeout, Duration::from_secs(3600));
     assert_eq!(d.idle_timeout, DtlsListener::default().idle_timeout);
     assert_eq!(d.max_sessions, DtlsListener::default().max_sessions);
+    assert!(d.connection_id && DtlsListener::default().connection_id);
+    assert_eq!(d.connection_id_length, 8);
     let a = &c.authentication;
     assert!(a.enable);
     assert_eq!(a.method, HttpMethod::Post);
@@ -667,6 +669,16 @@ fn validation_errors_name_their_key() {
             "[listeners.dtls.d]\npsk_file = \"p\"\nmax_sessions = 0",
             "listeners.dtls.d.max_sessions",
             "at least 1",
+        ),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nconnection_id_length = 5",
+            "listeners.dtls.d.connection_id_length",
+            "6 to 32",
+        ),
+        (
+            "[listeners.dtls.d]\npsk_file = \"p\"\nconnection_id_length = 33",
+            "listeners.dtls.d.connection_id_length",
+            "6 to 32",
         ),
     ];
     for (text, key, needle) in cases {

@@ -172,6 +172,9 @@ fn check_listeners(listeners: &Listeners) -> R {
             return err(format!("{key}.max_conn_rate"), "must be at least 1");
         }
         positive(&format!("{key}.idle_timeout"), l.idle_timeout)?;
+        if !(6..=32).contains(&l.connection_id_length) {
+            return err(format!("{key}.connection_id_length"), "must be 6 to 32");
+        }
         if l.max_sessions == 0 {
             return err(format!("{key}.max_sessions"), "must be at least 1");
         }

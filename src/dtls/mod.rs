@@ -51,10 +51,21 @@
 //! - Any error from dimpl ends that instance only. No network input can make
 //!   the server panic.
 //!
-//! dimpl has neither connection IDs nor session resumption: a device whose
-//! NAT mapping changes must handshake again from its new address.
+//! # Connection IDs (RFC 9146)
+//! dimpl 0.9 has none; the copy under `vendor/dimpl` adds them. The server
+//! offers each handshake a CID naming its shard (`cid.rs`); a client that asked
+//! for one puts it in every protected record (content type 25). Such a record
+//! goes to the session holding its CID, whatever its source address; one that
+//! authenticates data from a new address moves the session there
+//! ([`DtlsEvent::Moved`], before that data), a replayed or forged one moves
+//! nothing, one from a new address that is not exactly one record never reaches
+//! dimpl (whose errors end a session), one with an unknown CID is dropped
+//! (counted), and one with another shard's CID comes out of
+//! [`DtlsServer::poll_forward`] for that shard. There is no session resumption:
+//! a device without a CID whose NAT mapping changes handshakes again.
 
 mod cert;
+mod cid;
 mod failure_log;
 mod psk;
 mod server;
@@ -92,6 +103,9 @@ pub struct DtlsSettings {
     pub handshake_timeout: Duration,
     /// An established session that received nothing this long is closed.
     pub idle_timeout: Duration,
+    /// Length of the connection IDs (RFC 9146) offered to clients that ask
+    /// for them, 6 to 32 bytes (the first 2 name the shard); 0: connection IDs off.
+    pub connection_id_len: usize,
 }
 
 impl Default for DtlsSettings {
@@ -108,6 +122,7 @@ impl Default for DtlsSettings {
             max_sessions: 1_000_000,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3600),
+            connection_id_len: 8,
         }
     }
 }
@@ -133,6 +148,10 @@ pub enum CloseReason {
 /// What the gateway hears from the DTLS server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DtlsEvent {
+    /// A record with the session's connection ID authenticated from `to`:
+    /// the session of `from` is now the session of `to` (RFC 9146 §6).
+    /// Announced before the data that moved it.
+    Moved { from: SocketAddr, to: SocketAddr },
     /// A handshake completed; `peer` now has a session.
     Connected {
         peer: SocketAddr,

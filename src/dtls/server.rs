@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
+use super::cid::CidTable;
 use super::failure_log::FailureLog;
 use super::session::{
     classify, normalise_client_hello, Fatal, Kind, RecordingResolver, Session, SessionOutput, Sink,
@@ -65,6 +66,10 @@ pub struct DtlsServer {
     next_id: u64,
     cookie_timeout: Duration,
     failures: FailureLog,
+    /// Connection IDs (RFC 9146) of established sessions.
+    cids: CidTable,
+    /// Records with another shard's CID: (shard, source, datagram).
+    forward: VecDeque<(usize, SocketAddr, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for DtlsServer {
@@ -115,6 +120,7 @@ impl DtlsServer {
         let config = builder
             .build()
             .map_err(|e| DtlsError::Config(e.to_string()))?;
+        let cids = CidTable::new(settings.connection_id_len.min(32));
         Ok(DtlsServer {
             settings,
             config: Arc::new(config),
@@ -133,6 +139,8 @@ impl DtlsServer {
             outputs: Vec::new(),
             next_id: 0,
             cookie_timeout: DEFAULT_COOKIE_TIMEOUT,
+            cids,
+            forward: VecDeque::new(),
             failures: FailureLog::default(),
         })
     }
@@ -184,9 +192,49 @@ impl DtlsServer {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
+    /// This server is shard `shard` of `shards`: the connection IDs it issues
+    /// name it, and records with another shard's come out of
+    /// [`Self::poll_forward`].
+    pub fn set_shard(&mut self, shard: u16, shards: u16) {
+        self.cids.set_shard(shard, shards);
+    }
+
+    /// A datagram with a connection ID of another shard's server: (that shard,
+    /// its source, the datagram). Give it to that shard's
+    /// [`Self::handle_datagram`] as it came.
+    pub fn poll_forward(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)> {
+        self.forward.pop_front()
+    }
+
+    /// Counts a record [`Self::poll_forward`] gave that its shard had no room for.
+    pub fn forward_dropped(&mut self) {
+        self.stats.cid_forward_dropped += 1;
+    }
+
     /// A datagram from `peer` arrived at `now`.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
+        if let Some(cid) = self.cids.record_cid(data) {
+            let cid = cid.to_vec();
+            if self.handle_cid_record(now, peer, &cid, data) {
+                self.update_gauges();
+                return;
+            }
+            // Another shard's session (the device's new address hashed to
+            // this shard's socket): it goes there through the mailboxes.
+            if let Some(shard) = self.cids.other_shard(&cid) {
+                self.stats.cid_forwarded += 1;
+                self.forward
+                    .push_back((shard as usize, peer, data.to_vec()));
+                return;
+            }
+            // A handshake's Finished carries the CID before its session is
+            // known by it: that one goes by address.
+            if !self.handshakes.contains_key(&peer) {
+                self.stats.cid_unknown += 1;
+                return;
+            }
+        }
         match classify(data) {
             Kind::Junk => self.stats.junk_dropped += 1,
             Kind::ClientHello => {
@@ -370,6 +418,9 @@ impl DtlsServer {
             }
             (None, None) => return false,
         };
+        if self.cids.enabled() {
+            dtls.set_connection_id(&self.cids.issue(self.next_id + 1));
+        }
         // dimpl needs its clock set before the first packet.
         if dtls.handle_timeout(now).is_err() {
             self.stats.handshakes_failed += 1;
@@ -394,6 +445,88 @@ impl DtlsServer {
             });
         }
         self.stats.handshakes_started += 1;
+        true
+    }
+
+    /// A tls12_cid record (RFC 9146) from `peer`: it goes to the session that
+    /// was given `cid`, wherever that session was. When it authenticates
+    /// application data from a new address, the session moves there (RFC 9146
+    /// §6: the newest authenticated record sets the peer's address) and the
+    /// gateway hears [`DtlsEvent::Moved`] before that data. A replayed or
+    /// forged record authenticates nothing and moves nothing.
+    /// `false`: no session has `cid`.
+    fn handle_cid_record(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        cid: &[u8],
+        data: &[u8],
+    ) -> bool {
+        let sessions = &self.sessions;
+        let home = self
+            .cids
+            .lookup(cid)
+            .filter(|(a, id)| sessions.get(a).is_some_and(|s| s.id == *id));
+        let Some((home, id)) = home else {
+            return false;
+        };
+        if home == peer {
+            self.feed(now, peer, false, data);
+            return true;
+        }
+        // From a new address only a datagram that is one whole record goes to
+        // dimpl: any error dimpl reports ends the session, and a record from
+        // elsewhere must not be able to end it.
+        let header = 11 + cid.len() + 2;
+        let length = data
+            .get(header - 2..header)
+            .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+        if data.len() != header + length {
+            self.stats.cid_unauthenticated += 1;
+            return true;
+        }
+        let before = self.events.len();
+        self.feed(now, home, false, data);
+        let authenticated = self
+            .events
+            .iter()
+            .skip(before)
+            .any(|e| matches!(e, DtlsEvent::Data { peer: p, .. } if *p == home));
+        let still_there = self.sessions.get(&home).is_some_and(|s| s.id == id);
+        if !authenticated || !still_there {
+            if still_there {
+                self.stats.cid_unauthenticated += 1;
+            }
+            return true;
+        }
+        let Some(mut s) = self.sessions.remove(&home) else {
+            return true;
+        };
+        let produced: Vec<DtlsEvent> = self.events.drain(before..).collect();
+        if self.sessions.remove(&peer).is_some() {
+            // Another session held the new address (the NAT gave it away).
+            self.stats.replaced += 1;
+            self.events.push_back(DtlsEvent::Closed {
+                peer,
+                reason: CloseReason::Replaced,
+            });
+        }
+        self.events.push_back(DtlsEvent::Moved {
+            from: home,
+            to: peer,
+        });
+        for mut e in produced {
+            if let DtlsEvent::Data { peer: p, .. } = &mut e {
+                if *p == home {
+                    *p = peer;
+                }
+            }
+            self.events.push_back(e);
+        }
+        self.stats.cid_moves += 1;
+        self.cids.insert(cid, peer, s.id);
+        s.scheduled = None;
+        self.put_back(now, peer, s, false);
         true
     }
 
@@ -513,6 +646,10 @@ impl DtlsServer {
                         break;
                     }
                     self.stats.handshakes_completed += 1;
+                    if let Some(cid) = s.dtls.connection_id() {
+                        self.stats.cid_sessions += 1;
+                        self.cids.insert(cid, peer, s.id);
+                    }
                     hs = false;
                     s.last_rx = now;
                     self.events
@@ -669,6 +806,10 @@ impl DtlsServer {
     }
 
     fn update_gauges(&mut self) {
+        let sessions = &self.sessions;
+        self.cids.prune(sessions.len(), |a, id| {
+            sessions.get(&a).is_some_and(|s| s.id == id)
+        });
         self.stats.sessions = self.sessions.len() as u64;
         self.stats.half_open = self.handshakes.len() as u64;
         self.stats.half_open_verified = self.verified as u64;

@@ -65,6 +65,20 @@ pub struct DtlsStats {
     pub app_data_in: u64,
     /// Application data messages encrypted for sending.
     pub app_data_out: u64,
+    /// Sessions that negotiated a connection ID (RFC 9146).
+    pub cid_sessions: u64,
+    /// Records with a connection ID no session of this server holds (dropped).
+    pub cid_unknown: u64,
+    /// Records with a connection ID of another shard, handed to that shard.
+    pub cid_forwarded: u64,
+    /// Of those, records the other shard's mailbox had no room for (dropped).
+    pub cid_forward_dropped: u64,
+    /// Sessions moved to a new address by a record with their connection ID.
+    pub cid_moves: u64,
+    /// Records with a known connection ID from a new address that
+    /// authenticated no data (replayed, forged, or not application data):
+    /// the session stayed where it was.
+    pub cid_unauthenticated: u64,
     /// Established sessions now.
     pub sessions: u64,
     /// Handshakes in progress now (half-open).

@@ -107,6 +107,31 @@ impl DtlsSide {
         (true, dropped)
     }
 
+    /// A datagram another shard's socket received with a connection ID of this
+    /// shard's server.
+    pub(super) fn forwarded(
+        &mut self,
+        now: u64,
+        peer: SocketAddr,
+        data: &[u8],
+        core: &mut ShardCore,
+        timers: &mut TimerWheel<ShardTimer>,
+    ) {
+        self.server
+            .handle_datagram(self.clock.instant_at(now), peer, data);
+        self.pump(now, core, timers);
+    }
+
+    /// Datagrams with another shard's connection ID: (shard, source, datagram).
+    pub(super) fn take_forward(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)> {
+        self.server.poll_forward()
+    }
+
+    /// A datagram [`Self::take_forward`] gave found its shard's mailbox full.
+    pub(super) fn forward_dropped(&mut self) {
+        self.server.forward_dropped();
+    }
+
     /// Encrypts and queues `plaintext` for the session of `to`. False when `to`
     /// has no session (or it failed): nothing was sent.
     pub(super) fn send_app(&mut self, now: u64, to: SocketAddr, plaintext: &[u8]) -> bool {
@@ -162,6 +187,13 @@ impl DtlsSide {
                             },
                         );
                     }
+                }
+                DtlsEvent::Moved { from, to } => {
+                    tracing::debug!(%from, %to, "DTLS session moved (connection ID)");
+                    if let Some(id) = self.identities.remove(&from) {
+                        self.identities.insert(to, id);
+                    }
+                    core.handle(now, Input::SessionMoved { from, to });
                 }
                 DtlsEvent::Closed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");

@@ -357,7 +357,8 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         let mut s = mio::net::UdpSocket::from_std(s);
         poll.registry()
             .register(&mut s, DTLS, Interest::READABLE | Interest::WRITABLE)?;
-        let server = DtlsServer::new(ds.clone()).map_err(std::io::Error::other)?;
+        let mut server = DtlsServer::new(ds.clone()).map_err(std::io::Error::other)?;
+        server.set_shard(i as u16, ctx.peers.len() as u16);
         app.dtls = Some(DtlsSide::new(
             s,
             server,
@@ -533,6 +534,11 @@ fn dtls_setup(
             psk,
             cert,
             idle_timeout: l.idle_timeout,
+            connection_id_len: if l.connection_id {
+                l.connection_id_length as usize
+            } else {
+                0
+            },
             max_sessions: usize::try_from(l.max_sessions.div_ceil(shards.max(1) as u64))
                 .unwrap_or(usize::MAX),
             ..DtlsSettings::default()

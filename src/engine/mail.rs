@@ -7,6 +7,7 @@ use crate::api::{ClientInfo, LookupAnswer};
 use crate::lwm2m::command::Op;
 use crate::lwm2m::{CoreSettings, ShardMsg, Timer};
 use crossbeam_channel::Sender;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// A message in a shard's mailbox.
@@ -14,6 +15,9 @@ use std::sync::Arc;
 pub(super) enum ShardMail {
     /// For the core: from another shard's core, or a command routed here.
     Core(ShardMsg),
+    /// A DTLS datagram from `peer` with a connection ID this shard issued, received
+    /// by another shard's socket (the device's new address hashed there).
+    DtlsRecord { peer: SocketAddr, data: Vec<u8> },
     /// The authentication server's answer to the Register held under `ticket`.
     AuthResult { ticket: u64, allowed: bool },
     /// A command from the management API for a named endpoint.

@@ -919,6 +919,22 @@ fn write_dtls_sessions(d: &Dtls<'_>, w: &mut Writer<'_>) {
     d.family(
         w,
         Counter,
+        "lwm2m_dtls_connection_id_total",
+        "Connection IDs (RFC 9146): sessions that negotiated one, sessions moved to a new address by a record carrying theirs, records with a CID no session holds (dropped), records from a new address that authenticated nothing (not moved), records handed to the shard holding their session (and those its full mailbox dropped).",
+        |s, _, _| {
+            [
+                (Some(("event", "negotiated")), s.cid_sessions),
+                (Some(("event", "moved")), s.cid_moves),
+                (Some(("event", "unknown")), s.cid_unknown),
+                (Some(("event", "unauthenticated")), s.cid_unauthenticated),
+                (Some(("event", "forwarded")), s.cid_forwarded),
+                (Some(("event", "forward_dropped")), s.cid_forward_dropped),
+            ]
+        },
+    );
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_cert_rejected_total",
         "Client certificates that failed verification.",
         |s, _, _| [(None, s.cert_rejected)],

@@ -362,6 +362,16 @@ impl ShardApp for UdpShard {
                 return more;
             }
             let more = readable && d.read(now_ms, &mut self.core, timers);
+            while let Some((shard, peer, data)) = d.take_forward() {
+                let mail = ShardMail::DtlsRecord { peer, data };
+                if self
+                    .peers
+                    .get(shard)
+                    .is_none_or(|p| p.try_send(mail).is_err())
+                {
+                    d.forward_dropped();
+                }
+            }
             self.route_outputs(timers);
             return more;
         }
@@ -380,6 +390,16 @@ impl ShardApp for UdpShard {
         let core = &mut self.core;
         match mail {
             ShardMail::Core(m) => core.handle(now_ms, Input::Shard(m)),
+            ShardMail::DtlsRecord { .. } if !self.serving => {
+                self.counters
+                    .disabled_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            ShardMail::DtlsRecord { peer, data } => {
+                if let Some(d) = self.dtls.as_mut() {
+                    d.forwarded(now_ms, peer, &data, core, timers);
+                }
+            }
             ShardMail::AuthResult { ticket, allowed } => {
                 core.handle(now_ms, Input::AuthResult { ticket, allowed })
             }

@@ -520,6 +520,19 @@ impl ShardCore {
         }
     }
 
+    /// The DTLS session of `from` speaks from `to` now: its registration follows (one
+    /// already at `to` keeps its address; the device's next Update settles it).
+    pub(super) fn secure_session_moved(&mut self, from: SocketAddr, to: SocketAddr) {
+        let Some(slot) = self.table.find_peer(&from) else {
+            return;
+        };
+        if self.table.find_peer(&to).is_some() || !self.table.get(slot).is_some_and(|e| e.secure) {
+            return;
+        }
+        self.table.set_peer(slot, to);
+        self.stats.rebinds += 1;
+    }
+
     /// True when the current registration of `name` (here or on another shard) was
     /// made over DTLS.
     pub(super) fn name_is_secure(&self, name: &str) -> bool {

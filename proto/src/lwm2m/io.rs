@@ -43,6 +43,10 @@ pub enum Input<'a> {
     /// for it could not be encrypted: the registration made over DTLS at that address
     /// gets nothing until a session of an identity allowed to act for it speaks again.
     SessionClosed { peer: SocketAddr },
+    /// The DTLS session of `from` authenticated a record from `to` (DTLS Connection
+    /// ID): the registration made over DTLS at `from` moves to `to`, so commands
+    /// reach the device there before its next Update.
+    SessionMoved { from: SocketAddr, to: SocketAddr },
     /// A timer the core armed came due.
     Timer(Timer),
     /// A message from another shard's core, or a command the router resolved for this
@@ -105,6 +109,7 @@ impl ShardCore {
                 identity: Some(id),
             } => self.handle_secure_datagram(now, peer, id, data),
             Input::SessionClosed { peer } => self.secure_session_closed(now, peer),
+            Input::SessionMoved { from, to } => self.secure_session_moved(from, to),
             Input::Timer(t) => self.handle_timer(now, t),
             Input::Shard(m) => self.handle_message(now, m),
             Input::ApiCommand { name, payload } => match self.table.find_name(name) {

@@ -295,6 +295,29 @@ fn a_lost_session_queues_commands_until_a_new_session_speaks() {
 }
 
 #[test]
+fn a_session_moved_by_its_connection_id_takes_its_registration_along() {
+    let s = with_psk_policy(settings(), "dev1:0011\n");
+    let mut h = Harness::new(1, s);
+    let (old, new) = (addr(1, 1), addr(2, 2));
+    secure_register(&mut h, 0, old, &psk("dev1"), "dev1");
+    h.session_moved(0, old, new);
+    assert_eq!(h.cores[0].stats.rebinds, 1);
+    // A command goes to the new address at once, encrypted, before any Update.
+    let r = h.command(0, TOPIC, READ);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].to, r[0].secure), (new, true));
+    // A move from an address with no registration, or of a plain one, changes nothing.
+    h.session_moved(0, addr(3, 3), addr(4, 4));
+    let plain = addr(5, 5);
+    assert_eq!(
+        h.exchange(0, plain, &Req::register("dev2", 9).bytes())[0].code(),
+        codes::CREATED
+    );
+    h.session_moved(0, plain, addr(6, 6));
+    assert_eq!(h.cores[0].stats.rebinds, 1);
+}
+
+#[test]
 fn datagrams_for_a_dtls_registration_are_marked_even_without_a_dtls_input() {
     // Commands (MQTT input), retransmissions (timers) and notifications' ACKs all
     // leave the core marked for encryption when they go to a DTLS registration.

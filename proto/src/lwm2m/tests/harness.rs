@@ -152,6 +152,12 @@ impl Harness {
         self.replies.split_off(n)
     }
 
+    /// The DTLS session of `from` moved to `to` (a Connection ID record).
+    pub(super) fn session_moved(&mut self, shard: usize, from: SocketAddr, to: SocketAddr) {
+        self.cores[shard].handle(self.now, Input::SessionMoved { from, to });
+        self.pump();
+    }
+
     /// Delivers and returns the replies it produced.
     pub(super) fn exchange(&mut self, shard: usize, from: SocketAddr, bytes: &[u8]) -> Vec<Reply> {
         let n = self.replies.len();
