@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use super::core::{cx, dm_env};
 use super::identity::PeerIdentity;
-use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, Timer};
+use super::endpoint::Endpoint;
+use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, StoreChange, Timer};
 use super::settings::CoreSettings;
 use super::ShardCore;
 use crate::objects::ObjectRegistry;
@@ -64,6 +65,12 @@ pub enum Input<'a> {
     /// otherwise acknowledge and publish (see `shed.rs`), so that nothing it
     /// acknowledged is dropped for lack of room.
     MqttCongested(bool),
+    /// A registration read back from the store at start (`record::decode`), before the
+    /// shard serves any device: it is claimed, its lifetime timer armed (a deadline that
+    /// passed while the gateway was down ends it at once, `expired`) and, with
+    /// per-endpoint subscriptions, its command filter subscribed again. Nothing is
+    /// published for it and it is not written back.
+    Restore(Box<Endpoint>),
 }
 
 /// What the core asks its driver to do.
@@ -87,6 +94,9 @@ pub enum Output<'a> {
     /// A bootstrap started, finished (with the PSK credentials it gave the device) or
     /// failed: the driver keeps the outcome and adds the credentials to its PSK store.
     Bootstrap(BootstrapEvent),
+    /// A change of the stored registrations (`CoreSettings::store_records`): coalesced
+    /// per registration and drain, removals first.
+    Store(StoreChange),
 }
 
 impl ShardCore {
@@ -119,6 +129,7 @@ impl ShardCore {
                 self.out.congested = on;
                 self.stats.congested = on as u64;
             }
+            Input::Restore(ep) => self.restore(*ep),
         }
         self.stats.bootstraps_active = self.boot.len() as u64;
     }
@@ -141,6 +152,10 @@ impl ShardCore {
         for e in self.out.bootstrap.drain(..) {
             f(Output::Bootstrap(e));
         }
+        for c in self.out.store.drain(..) {
+            f(Output::Store(c));
+        }
+        self.drain_records(|c| f(Output::Store(c)));
     }
 
     /// Whether [`drain`](Self::drain) has anything to hand out.
@@ -151,5 +166,7 @@ impl ShardCore {
             || !self.out.auth.is_empty()
             || !self.out.to_shards.is_empty()
             || !self.out.bootstrap.is_empty()
+            || !self.out.store.is_empty()
+            || !self.out.store_dirty.is_empty()
     }
 }
