@@ -493,6 +493,7 @@ impl CompositeWorld {
             Output::Shard { .. } => panic!("one shard sends nothing to others"),
             Output::Auth { .. } => unreachable!("authentication is off"),
             Output::Bootstrap(_) => unreachable!("bootstrap is off"),
+            Output::Store(c) => check_store_change(&c),
         });
         let mut replies = Vec::new();
         for (to, bytes) in datagrams {
@@ -1031,6 +1032,7 @@ impl World {
                 Output::Shard { to, msg } => mailbox.push((to, msg)),
                 Output::Auth { .. } => unreachable!("authentication is off"),
                 Output::Bootstrap(_) => unreachable!("bootstrap is off"),
+                Output::Store(c) => check_store_change(&c),
             });
         }
         for (shard, m) in mqtt {
@@ -2043,4 +2045,19 @@ pub fn dtls_records(data: &[u8]) {
 fn trace() -> bool {
     static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *T.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
+}
+
+/// A store change the core emitted: a record decodes, and is of the name and location
+/// it is filed under.
+fn check_store_change(c: &lwm2m_gateway::lwm2m::StoreChange) {
+    if let lwm2m_gateway::lwm2m::StoreChange::Put {
+        name,
+        location,
+        record,
+    } = c
+    {
+        let ep = lwm2m_gateway::lwm2m::record::decode(record, 0)
+            .expect("a record the core wrote decodes");
+        assert_eq!((&*ep.name, ep.location), (&**name, *location));
+    }
 }

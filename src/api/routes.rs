@@ -91,11 +91,16 @@ pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
             if !get {
                 return method_not_allowed("GET, HEAD");
             }
-            return if ctx.admin.healthy() {
-                Response::json(200, br#"{"status":"ok"}"#.to_vec())
+            let (code, status) = if ctx.admin.healthy() {
+                (200, "ok")
             } else {
-                Response::json(503, br#"{"status":"unavailable"}"#.to_vec())
+                (503, "unavailable")
             };
+            let body = match ctx.admin.store_state() {
+                Some(store) => format!(r#"{{"status":"{status}","store":"{store}"}}"#),
+                None => format!(r#"{{"status":"{status}"}}"#),
+            };
+            return Response::json(code, body.into_bytes());
         }
         ["metrics"] | ["api", "v5", "prometheus", "stats"] => {
             if !get {

@@ -823,6 +823,7 @@ fn core_settings_defaults_are_the_default_configuration() {
         bootstrap,
         bootstrap_configs,
         clock_epoch_ms,
+        store_records,
     } = CoreSettings::defaults();
     assert_eq!(lifetime_min_s, from.lifetime_min_s);
     assert_eq!(lifetime_max_s, from.lifetime_max_s);
@@ -867,6 +868,7 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert_eq!(bootstrap, from.bootstrap);
     assert!(bootstrap_configs.is_none() && from.bootstrap_configs.is_none());
     assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
+    assert_eq!(store_records, from.store_records);
 }
 
 /// `[bootstrap]` and `translators.bootstrap`: defaults and overrides.

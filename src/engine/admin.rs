@@ -39,6 +39,8 @@ pub(super) struct GatewayAdmin {
     pub epoch_ms: u64,
     /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
+    /// The store's counters and state (`[store] kind = "file"`).
+    pub store: Option<Arc<crate::store::StoreStats>>,
 }
 
 impl GatewayAdmin {
@@ -224,6 +226,10 @@ impl Admin for GatewayAdmin {
 
     fn healthy(&self) -> bool {
         MqttStats::get(&self.mqtt.connected) > 0
+    }
+
+    fn store_state(&self) -> Option<&'static str> {
+        self.store.as_ref().map(|s| s.state().name())
     }
 }
 

@@ -6,12 +6,15 @@ use super::admin::GatewayAdmin;
 use super::dtls_side::{DtlsSide, DTLS};
 use super::mail::{ShardMail, ShardTimer};
 use super::mqtt_side::{MqttSide, MQTT_TOKEN_BASE};
+use super::restore::{restore_into, StartGate};
 use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
-use crate::config::{Config, MqttProtocol, MqttServer};
+use crate::config::{Config, MqttProtocol, MqttServer, StoreKind};
+use crate::lwm2m::endpoint::Endpoint;
+use crate::store::{FileStore, StoreError, StoreStats, StoreWriter};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
@@ -43,6 +46,10 @@ pub enum GatewayError {
         bind: SocketAddr,
         source: std::io::Error,
     },
+    /// The store could not be opened or read (damaged, of another format, in use):
+    /// the start is refused rather than serving without the devices it holds.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// A thread or poller could not be created.
     #[error("starting {what}: {source}")]
     Start {
@@ -76,6 +83,9 @@ pub struct Gateway {
     pub dir: Arc<Directory>,
     pub shard_counters: Vec<Arc<ShardCounters>>,
     pub router_counters: Arc<RouterCounters>,
+    /// The store's writer (`[store] kind = "file"`), stopped after the shards.
+    store: Option<StoreWriter>,
+    pub store_stats: Option<Arc<StoreStats>>,
 }
 
 impl Gateway {
@@ -102,6 +112,8 @@ impl Gateway {
         let epoch_ms = clock_epoch_ms(&clock);
         settings.clock_epoch_ms = epoch_ms;
         let settings = Arc::new(settings);
+        let (store, restored) = open_store(cfg, epoch_ms, shards)?;
+        let store_stats = store.as_ref().map(|(_, s)| s.clone());
         let watcher = objects::spawn_watcher(
             registry.clone(),
             cfg.xml_dir.clone(),
@@ -173,6 +185,7 @@ impl Gateway {
             mqtt: mqtt_stats.clone(),
             epoch_ms,
             bootstrap: bootstrap.clone(),
+            store: store_stats.clone(),
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),
@@ -195,6 +208,9 @@ impl Gateway {
             recv_batch: cfg.engine.recv_batch,
             max_datagram: cfg.engine.max_datagram,
             bootstrap,
+            store: store.as_ref().map(|(w, _)| w.sender()),
+            restored: Mutex::new(restored.into_iter().map(Some).collect()),
+            gate: StartGate::new(shards),
         });
         let shard_threads = shard::spawn_shards(&spec, move |i| {
             let p = parts.lock()[i].take().expect("each shard starts once");
@@ -226,6 +242,8 @@ impl Gateway {
             dir,
             shard_counters,
             router_counters,
+            store: store.map(|(w, _)| w),
+            store_stats,
         })
     }
 
@@ -278,6 +296,10 @@ impl Gateway {
                 "shard stopped"
             );
         }
+        if let Some(w) = self.store.take() {
+            // After the shards: everything they queued is written.
+            w.stop();
+        }
         if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
@@ -308,9 +330,17 @@ struct ShardContext {
     seed: u64,
     recv_batch: usize,
     max_datagram: usize,
+    /// The store writer's queue, when registrations are kept.
+    store: Option<crate::store::StoreSender>,
+    /// Each shard's share of the registrations read back from the store, taken once.
+    restored: Mutex<Vec<Option<Vec<Endpoint>>>>,
+    /// No shard serves a device before every shard took its share in.
+    gate: StartGate,
 }
 
 fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()> {
+    // Arrives at the gate when this shard restored its share, or when it fails before.
+    let pass = ctx.gate.pass();
     let ShardParts {
         mut poll,
         socket,
@@ -344,6 +374,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.registry.clone(),
     );
     app.bootstrap = ctx.bootstrap.clone();
+    app.store = ctx.store.clone();
     if let (Some(s), Some(ds)) = (dtls_socket, &ctx.dtls) {
         let mut s = mio::net::UdpSocket::from_std(s);
         poll.registry()
@@ -358,6 +389,9 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ));
     }
     let mut timers: TimerWheel<ShardTimer> = TimerWheel::new(start_ms);
+    let restored = ctx.restored.lock()[i].take().unwrap_or_default();
+    restore_into(&mut app, start_ms, restored, &mut timers);
+    pass.wait();
     let cfg = LoopConfig {
         mailbox_budget: 1024,
         max_sleep_ms: 1000,
@@ -371,6 +405,37 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         &mut timers,
         &cfg,
     )
+}
+
+/// The store of `[store]`: opened, read back (each shard's share of the registrations)
+/// and its writer started; nothing with `kind = "none"`.
+#[allow(clippy::type_complexity)]
+fn open_store(
+    cfg: &Config,
+    epoch_ms: u64,
+    shards: usize,
+) -> Result<(Option<(StoreWriter, Arc<StoreStats>)>, Vec<Vec<Endpoint>>), GatewayError> {
+    if cfg.store.kind == StoreKind::None {
+        return Ok((None, (0..shards).map(|_| Vec::new()).collect()));
+    }
+    let mut backend = FileStore::open(&cfg.store.path)?;
+    let restored = crate::store::load(&mut backend, epoch_ms, shards)?;
+    let stats = Arc::new(StoreStats::default());
+    stats
+        .restored
+        .store(restored.count, Ordering::Relaxed);
+    stats
+        .restore_ms
+        .store(restored.elapsed.as_millis() as u64, Ordering::Relaxed);
+    tracing::info!(
+        store = %crate::store::Backend::describe(&backend),
+        registrations = restored.count,
+        read_ms = restored.elapsed.as_millis() as u64,
+        "store opened"
+    );
+    let writer = StoreWriter::start(Box::new(backend), stats.clone())
+        .map_err(|e| start_err("store writer", e))?;
+    Ok((Some((writer, stats)), restored.shards))
 }
 
 /// Shard `i`'s broker connections: `mqtt.connections` spread over the shards (at

@@ -164,6 +164,18 @@ pub fn decode(bytes: &[u8], epoch_ms: u64) -> Result<Endpoint, RecordError> {
     })
 }
 
+/// The location of a record's registration, read without decoding the rest (a store
+/// removes a record only when it is of the location the removal names). None when the
+/// record is too short or of another version.
+pub fn location_of(bytes: &[u8]) -> Option<u64> {
+    let mut r = Reader { b: bytes };
+    if r.u8("version").ok()? != VERSION {
+        return None;
+    }
+    r.bytes("name").ok()?;
+    r.u64("location").ok()
+}
+
 fn put_u16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_le_bytes());
 }

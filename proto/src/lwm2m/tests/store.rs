@@ -201,6 +201,7 @@ fn every_registration_shape_round_trips() {
     let s = stored(&h);
     assert_eq!(s.len(), 4);
     for (name, (location, bytes)) in &s {
+        assert_eq!(record::location_of(bytes), Some(*location));
         let ep = record::decode(bytes, EPOCH_1).unwrap();
         assert_eq!((&*ep.name, ep.location), (name.as_str(), *location));
     }
