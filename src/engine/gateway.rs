@@ -13,12 +13,12 @@ use crate::api::ApiServer;
 use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
 use crate::config::{Config, MqttProtocol, MqttServer, StoreKind};
-use crate::lwm2m::endpoint::Endpoint;
-use crate::store::{FileStore, StoreError, StoreStats, StoreWriter};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
+use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
+use crate::store::{FileStore, StoreError, StoreStats, StoreWriter};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
@@ -421,9 +421,7 @@ fn open_store(
     let mut backend = FileStore::open(&cfg.store.path)?;
     let restored = crate::store::load(&mut backend, epoch_ms, shards)?;
     let stats = Arc::new(StoreStats::default());
-    stats
-        .restored
-        .store(restored.count, Ordering::Relaxed);
+    stats.restored.store(restored.count, Ordering::Relaxed);
     stats
         .restore_ms
         .store(restored.elapsed.as_millis() as u64, Ordering::Relaxed);

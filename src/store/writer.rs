@@ -140,9 +140,10 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Msg>, stats: &StoreStats) {
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        stats
-            .queued
-            .store((rx.len() + batch.changes.len()) as u64, std::sync::atomic::Ordering::Relaxed);
+        stats.queued.store(
+            (rx.len() + batch.changes.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let due = batch.due().is_some_and(|d| Instant::now() >= d);
         if stopping || due || batch.changes.len() >= MAX_BATCH {
             flush(&mut *backend, &mut batch, stats, stopping);

@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::core::{cx, dm_env};
-use super::identity::PeerIdentity;
 use super::endpoint::Endpoint;
+use super::identity::PeerIdentity;
 use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, StoreChange, Timer};
 use super::settings::CoreSettings;
 use super::ShardCore;

@@ -392,9 +392,7 @@ impl<'a> Reader<'a> {
             .into_boxed_slice();
         let path = self.path()?;
         let n = self.count(1, "command paths")?;
-        let paths = (0..n)
-            .map(|_| self.path())
-            .collect::<Result<Vec<_>, _>>()?;
+        let paths = (0..n).map(|_| self.path()).collect::<Result<Vec<_>, _>>()?;
         let accept = self.opt_u16("command accept")?;
         let n = self.count(4, "command query")?;
         let query = (0..n)

@@ -22,9 +22,9 @@ impl ShardCore {
             self.stats.restore_refused += 1;
             return;
         }
-        let claimed = self
-            .cluster
-            .claim(cx!(self), &ep.name, ep.location, ep.secure, &ep.mountpoint);
+        let claimed =
+            self.cluster
+                .claim(cx!(self), &ep.name, ep.location, ep.secure, &ep.mountpoint);
         if claimed.is_err() {
             self.stats.restore_refused += 1;
             return;

@@ -177,7 +177,8 @@ fn every_registration_shape_round_trips() {
     assert_eq!(r[0].code(), codes::CREATED);
     // Observing one path, and a composite observation.
     let tok = observe(&mut h, "plain", v6, 77, "/3/0/13");
-    let composite = r#"{"reqID":78,"msgType":"observe-composite","data":{"paths":["/3/0/9","/3/0/13"]}}"#;
+    let composite =
+        r#"{"reqID":78,"msgType":"observe-composite","data":{"paths":["/3/0/9","/3/0/13"]}}"#;
     let sent = h.command(0, "lwm2m/sleepy/dn/cmd", composite);
     assert_eq!(sent.len(), 1, "{sent:?}");
     h.datagram(
@@ -293,7 +294,13 @@ fn restart(h: &Harness, shards: usize, down_ms: u64) -> Harness {
 fn a_restarted_core_serves_the_stored_registrations() {
     let mut h = Harness::sharded(2, settings_at(EPOCH_1));
     let dev = addr(1, 5000);
-    let loc = register(&mut h, dev, "dev1", &["lt=300", "lwm2m=1.0", "b=U"], b"</3/0>");
+    let loc = register(
+        &mut h,
+        dev,
+        "dev1",
+        &["lt=300", "lwm2m=1.0", "b=U"],
+        b"</3/0>",
+    );
     register(&mut h, addr(2, 5000), "short", &["lt=20"], b"</3/0>");
     let token = observe(&mut h, "dev1", dev, 4242, "/3/0/13");
     h.now = 10_000;
@@ -306,7 +313,10 @@ fn a_restarted_core_serves_the_stored_registrations() {
     assert_eq!(ends[0].0, "lwm2m/short/up/resp");
     assert_eq!(ends[0].1["msgType"], "deregister");
     assert_eq!(ends[0].1["data"]["reason"], "expired");
-    assert!(h2.published("up/register").is_empty(), "a restore publishes nothing");
+    assert!(
+        h2.published("up/register").is_empty(),
+        "a restore publishes nothing"
+    );
     // The command filter is subscribed again.
     let (subs, _) = h2.subscriptions();
     assert!(subs.contains(&"lwm2m/dev1/dn/#".to_string()), "{subs:?}");
@@ -365,7 +375,10 @@ fn a_restored_dtls_registration_waits_for_a_session() {
     assert!(sent.is_empty(), "{sent:?}");
     let r = h2.secure(0, addr(4, 5000), &id, &Req::update(&loc, 3).bytes());
     assert_eq!(r[0].code(), codes::CHANGED);
-    assert!(r.iter().any(|x| x.msg().code == codes::GET && x.secure), "{r:?}");
+    assert!(
+        r.iter().any(|x| x.msg().code == codes::GET && x.secure),
+        "{r:?}"
+    );
 }
 
 #[test]
