@@ -3,7 +3,7 @@
 //! `meta` table says which format wrote them. Every batch is one transaction committed
 //! with an fsync: a batch is on disk entirely or not at all, whatever stops the process.
 
-use super::{Backend, Change, StoreError};
+use super::{Backend, Change, RecordSink, StoreError};
 use crate::lwm2m::record;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -75,10 +75,7 @@ impl FileStore {
 }
 
 impl Backend for FileStore {
-    fn load(
-        &mut self,
-        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn load(&mut self, f: &mut RecordSink<'_>) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
         for entry in table.iter().map_err(|e| self.err(e))? {

@@ -56,13 +56,13 @@ pub enum Change {
     Remove(u64),
 }
 
+/// What [`Backend::load`] hands each record to: its name and bytes.
+pub type RecordSink<'a> = dyn FnMut(&str, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// Where records are kept: one record per endpoint name.
 pub trait Backend: Send {
     /// Hands every record to `f` (name, record bytes); stops at `f`'s first error.
-    fn load(
-        &mut self,
-        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn load(&mut self, f: &mut RecordSink<'_>) -> Result<(), StoreError>;
 
     /// Applies a batch of changes at once (all or none).
     fn write(&mut self, batch: &[(Box<str>, Change)]) -> Result<(), StoreError>;
