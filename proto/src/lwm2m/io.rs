@@ -10,7 +10,8 @@
 //!    never reads a clock);
 //! 2. `core.drain(|output| ...)`: datagrams to send (those marked `secure` only over DTLS,
 //!    never in plain text), MQTT actions for the shard's broker connections, timers to arm,
-//!    authentication requests, then messages for other shards, in that order;
+//!    authentication requests, messages for other shards, bootstraps' progress, then
+//!    store changes (`[store]`), in that order;
 //! 3. what the driver could not do becomes an input again: a secure datagram without a
 //!    session is [`Input::SessionClosed`], a command another shard's mailbox could not
 //!    take is [`Input::Undelivered`], an authentication request the pool refused is a
