@@ -195,3 +195,97 @@ fn flush(backend: &mut dyn Backend, batch: &mut Batch, stats: &StoreStats, stopp
     // Retry after another interval.
     batch.since = Some(Instant::now());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lwm2m::endpoint::Endpoint;
+    use crate::store::FileStore;
+
+    /// A record of `name` at `location`, as the core writes it.
+    fn record(name: &str, location: u64) -> Vec<u8> {
+        let mut ep = crate::lwm2m::record::decode(&base_record(), 0).expect("base");
+        ep.name = name.into();
+        ep.location = location;
+        let mut out = Vec::new();
+        crate::lwm2m::record::encode(&ep, 0, &mut out);
+        out
+    }
+
+    /// The smallest valid record (version 1, every optional field absent).
+    fn base_record() -> Vec<u8> {
+        let mut b = vec![1];
+        b.extend(1u32.to_le_bytes());
+        b.push(b'x');
+        b.extend(7u64.to_le_bytes());
+        b.push(4);
+        b.extend([127, 0, 0, 1]);
+        b.extend(5683u16.to_le_bytes());
+        b.extend(60u32.to_le_bytes());
+        b.extend([0u8; 24]); // deadline, registration and last-seen times
+        b.extend(0u32.to_le_bytes()); // mountpoint
+        b.extend(0u32.to_le_bytes()); // parameters
+        b.extend([0, 0, 0, 0, 0]); // alternate path, object list, flags, formats
+        b.extend(0u32.to_le_bytes()); // observations
+        b
+    }
+
+    fn stored(dir: &std::path::Path) -> Vec<(String, u64)> {
+        let mut s = FileStore::open(dir).expect("open");
+        let mut out = Vec::new();
+        s.load(&mut |name, bytes| {
+            let ep: Endpoint = crate::lwm2m::record::decode(bytes, 0).expect("record");
+            out.push((name.to_string(), ep.location));
+            Ok(())
+        })
+        .expect("load");
+        out
+    }
+
+    #[test]
+    fn changes_from_two_shards_in_either_order_keep_the_newest_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(StoreStats::default());
+        let w = StoreWriter::start(
+            Box::new(FileStore::open(dir.path()).unwrap()),
+            stats.clone(),
+        )
+        .unwrap();
+        let (a, b) = (w.sender(), w.sender());
+        let put = |name: &str, location| StoreChange::Put {
+            name: name.into(),
+            location,
+            record: record(name, location),
+        };
+        let remove = |name: &str, location| StoreChange::Remove {
+            name: name.into(),
+            location,
+        };
+        // "dev1" registered again on shard b (location 2) while shard a removes its old
+        // registration (location 1): the removal arrives after the new record.
+        a.send(put("dev1", 1));
+        b.send(put("dev1", 2));
+        a.send(remove("dev1", 1));
+        // "dev2": the removal first, then the new record.
+        a.send(put("dev2", 3));
+        a.send(remove("dev2", 3));
+        b.send(put("dev2", 4));
+        // "dev3" de-registered.
+        a.send(put("dev3", 5));
+        a.send(remove("dev3", 5));
+        w.stop();
+        let mut s = stored(dir.path());
+        s.sort();
+        assert_eq!(s, [("dev1".to_string(), 2), ("dev2".to_string(), 4)]);
+        assert!(StoreStats::get(&stats.batches) >= 1);
+        assert_eq!(StoreStats::get(&stats.queue_full), 0);
+        assert_eq!(stats.state(), StoreState::Ok);
+
+        // A removal of an old location in a later batch leaves the newer record.
+        let w = StoreWriter::start(Box::new(FileStore::open(dir.path()).unwrap()), stats).unwrap();
+        w.sender().send(remove("dev1", 1));
+        w.sender().send(remove("dev2", 4));
+        w.stop();
+        assert_eq!(stored(dir.path()), [("dev1".to_string(), 2)]);
+    }
+}
