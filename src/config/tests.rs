@@ -53,6 +53,11 @@ fn shipped_file_is_the_default() {
     assert_eq!(shipped.api, d.api);
     assert_eq!(shipped.coap, d.coap);
     assert_eq!(shipped.queue, d.queue);
+    // The store's directory (default `data`) is relative to the file as any path: the
+    // shipped file keeps it next to itself.
+    assert_eq!(shipped.store.kind, d.store.kind);
+    assert_eq!(shipped.store.path, Path::new("etc").join(&d.store.path));
+    shipped.store.path = d.store.path.clone();
     assert_eq!(shipped, d);
     d.validate().unwrap();
 }
