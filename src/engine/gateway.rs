@@ -114,13 +114,9 @@ impl Gateway {
         let settings = Arc::new(settings);
         let (store, restored) = open_store(cfg, epoch_ms, shards)?;
         let store_stats = store.as_ref().map(|(_, s)| s.clone());
-        let watcher = objects::spawn_watcher(
-            registry.clone(),
-            cfg.xml_dir.clone(),
-            Duration::from_secs(2),
-            stop.clone(),
-        )
-        .map_err(|e| start_err("object definition watcher", e))?;
+        let watcher =
+            objects::spawn_watcher(registry.clone(), cfg.xml_dir.clone(), RELOAD, stop.clone())
+                .map_err(|e| start_err("object definition watcher", e))?;
         let listener = cfg.udp_listener();
 
         // Sockets first: a bad bind fails the start before any thread runs.
@@ -145,14 +141,7 @@ impl Gateway {
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
         tell_dtls_port(bootstrap.as_deref(), &parts);
 
-        let router_counters = Arc::new(RouterCounters::default());
-        let router = Arc::new(CommandRouter {
-            mountpoint: settings.mountpoint.clone(),
-            command_topic: settings.command.topic.clone(),
-            dir: dir.clone(),
-            shards,
-            counters: router_counters.clone(),
-        });
+        let (router, router_counters) = command_router(&settings, &dir, shards);
         let mqtt_opts = mqtt_options(cfg, server);
         let broker = broker_addrs(cfg, &mqtt_opts.server)?;
         let mqtt_connections = shards * connections_per_shard(mqtt_opts.connections, shards);
@@ -405,6 +394,26 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         &mut timers,
         &cfg,
     )
+}
+
+/// How often the object definitions' directory is looked at for changes.
+const RELOAD: Duration = Duration::from_secs(2);
+
+/// The router that hands each command to the shard of its endpoint, and its counters.
+fn command_router(
+    settings: &CoreSettings,
+    dir: &Arc<Directory>,
+    shards: usize,
+) -> (Arc<CommandRouter>, Arc<RouterCounters>) {
+    let counters = Arc::new(RouterCounters::default());
+    let router = Arc::new(CommandRouter {
+        mountpoint: settings.mountpoint.clone(),
+        command_topic: settings.command.topic.clone(),
+        dir: dir.clone(),
+        shards,
+        counters: counters.clone(),
+    });
+    (router, counters)
 }
 
 /// The store of `[store]`: opened, read back (each shard's share of the registrations)
