@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need on Debian (Mosquitto, the
 # MQTT broker the end-to-end tests start themselves; libcoap3-bin, a CoAP/DTLS peer;
-# Node.js, npm and Python's venv for the interop tests) when it is missing.
+# Node.js, npm and Python's venv for the interop tests; Chromium and its WebDriver for the
+# console's browser test) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# The web console's browser test (tests/console.rs): headless Chromium over WebDriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

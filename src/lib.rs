@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod dtls;
 pub mod engine;
+pub mod events;
 pub mod metrics;
 pub mod mqtt;
 pub mod objects;

@@ -73,7 +73,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let gw = match Gateway::start(&cfg) {
+    let file = cli
+        .config_file()
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
+    let gw = match Gateway::start_from(&cfg, file) {
         Ok(g) => g,
         Err(e @ GatewayError::Store(_)) => {
             // Starting empty would forget every device the store holds.

@@ -149,6 +149,7 @@ fn client(i: usize) -> ClientInfo {
         registered_at_ms: 1_700_000_000_000 + i as u64,
         last_seen_ms: 1_700_000_100_000,
         queue_mode: i.is_multiple_of(5),
+        secure: false,
         shard: (i % 2) as u16,
         stats: (i == 1).then_some(ClientStats {
             recv_msg: 7,
@@ -493,7 +494,9 @@ fn authentication_configuration() {
         call(a, "POST", &path, Some(r#"{"enable":false}"#)).status,
         200
     );
-    assert_eq!(call(a, "DELETE", &path, None).status, 405);
+    // DELETE removes the authenticator: authentication off.
+    assert_eq!(call(a, "DELETE", &path, None).status, 204);
+    assert_eq!(call(a, "PATCH", &path, None).status, 405);
 }
 
 fn ids(r: &Resp) -> Vec<String> {
@@ -915,7 +918,7 @@ fn device_commands() {
         405
     );
     assert_eq!(
-        call(a, "POST", &format!("{base}/execute?path=/3/0/4"), None).status,
+        call(a, "POST", &format!("{base}/jump?path=/3/0/4"), None).status,
         404
     );
     assert_eq!(

@@ -168,6 +168,12 @@ fn management_api_against_the_running_gateway() {
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
     assert_eq!(v["meta"]["hasnext"].as_bool(), Some(false));
 
+    // The command subscription, made for this device alone on Mosquitto.
+    let v = json(&api(&gw, "GET", &format!("{GW}/clients/adm1/subscriptions"), b"").1);
+    assert_eq!(v[0]["topic"].as_str(), Some("lwm2m/adm1/dn/#"), "{v}");
+    assert_eq!(v[0]["filter"].as_str(), Some("lwm2m/adm1/dn/#"));
+    assert_eq!(v[0]["mode"].as_str(), Some("per_endpoint"));
+
     // Times are wall-clock times.
     let v = json(&api(&gw, "GET", &format!("{GW}/clients/adm1"), b"").1);
     let year: u32 = v["connected_at"].as_str().unwrap()[..4].parse().unwrap();

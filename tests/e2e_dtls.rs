@@ -25,6 +25,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// ASCII key, as `coap-client -k` takes it.
 const KEY: &str = "secretkey1234567";
 
+const GW: &str = "/api/v5/gateways/lwm2m";
+
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -690,6 +692,16 @@ fn queue_mode_over_dtls() {
     let mut dev = DtlsDevice::connect(dtls, "sleepy", KEY);
     let location = dev.register(&["ep=sleepy", "lt=300", "lwm2m=1.0", "b=UQ"], b"</3/0>");
     assert_eq!(app.next().1["msgType"], "register");
+    // The clients API (and the console) show it came over DTLS, in queue mode.
+    let admin = Some(("admin", common::gateway::API_SECRET));
+    let (_, body) =
+        common::http::request(gw.api, "GET", &format!("{GW}/clients/sleepy"), admin, b"");
+    let c = common::json(&body);
+    assert_eq!(
+        (c["dtls"].as_bool(), c["queue_mode"].as_bool()),
+        (Some(true), Some(true)),
+        "{body}"
+    );
     // Asleep once the window has passed: the command waits.
     std::thread::sleep(Duration::from_millis(1500));
     let id = app.send("sleepy", "read", r#"{"path":"/3/0/0"}"#);

@@ -93,7 +93,11 @@ impl EventLoop {
             if self.accept_failed {
                 self.accept(now);
             }
-            while let Ok(d) = self.done.try_recv() {
+            while let Ok(mut d) = self.done.try_recv() {
+                if let Some(stream) = d.stream.take() {
+                    self.hand_to_stream(d.id, d.bytes, stream);
+                    continue;
+                }
                 if let Some(c) = self.conns.get_mut(&d.id) {
                     c.respond(&d.bytes, d.keep_alive, now);
                     self.drive(d.id, now);
@@ -201,6 +205,22 @@ impl EventLoop {
                 let resp = Response::error(503, "SERVICE_UNAVAILABLE", "server busy, retry");
                 Some((http::encode(&resp, false, false), false))
             }
+        }
+    }
+
+    /// Gives connection `id` to an event stream's thread (its response head first);
+    /// the event loop forgets it.
+    fn hand_to_stream(&mut self, id: usize, head: Vec<u8>, stream: super::sse::EventStream) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.stats
+            .open
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        let socket = std::net::TcpStream::from(c.stream);
+        if let Err(e) = super::sse::spawn(socket, head, stream, self.stop.clone()) {
+            tracing::warn!(error = %e, "event stream thread not started");
         }
     }
 

@@ -47,6 +47,8 @@ pub(crate) struct Response {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// An event stream: the connection goes to a thread of its own (`sse.rs`).
+    pub stream: Option<super::sse::EventStream>,
 }
 
 pub(crate) const JSON: &str = "application/json";
@@ -58,6 +60,7 @@ impl Response {
             content_type: JSON,
             headers: Vec::new(),
             body,
+            stream: None,
         }
     }
 
@@ -67,6 +70,7 @@ impl Response {
             content_type: "",
             headers: Vec::new(),
             body: Vec::new(),
+            stream: None,
         }
     }
 

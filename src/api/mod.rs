@@ -14,25 +14,44 @@
 //! replaces the one that has waited longest. Each is counted in `/metrics`
 //! (`lwm2m_api_connections_closed_total`).
 //!
+//! Every route is in [`route_table::ROUTES`], which the router consults first (404, 405)
+//! and the OpenAPI document (`GET /api/v5/openapi.json`, [`openapi`]) is generated from;
+//! `docs/api.md` documents them. In short:
+//!
 //! | method | path | |
 //! |---|---|---|
-//! | GET, PUT | `/api/v5/gateways/lwm2m` | configuration |
-//! | GET, PUT (POST) | `/api/v5/gateways/lwm2m/authentication` | HTTP authentication |
-//! | GET | `/api/v5/gateways/lwm2m/clients` | paged list, filters |
-//! | GET, DELETE | `/api/v5/gateways/lwm2m/clients/{clientid}` | inspect, kick |
-//! | POST | `.../clients/{clientid}/read?path=` | read command |
-//! | POST | `.../clients/{clientid}/write?path=&type=&value=` | write command |
-//! | POST | `.../clients/{clientid}/observe?path=&enable=` | observe / cancel-observe |
-//! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | discover / read |
-//! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health` | no credentials |
+//! | GET | `/api/v5/gateways` | EMQX's gateway list (`gateways.rs`) |
+//! | GET, PUT | `/api/v5/gateways/lwm2m` | configuration (`?persist=true`: to the file) |
+//! | PUT | `.../lwm2m/enable/{true\|false}` | stop / resume serving devices |
+//! | GET, PUT, POST, DELETE | `.../lwm2m/authentication` | HTTP authentication |
+//! | GET; GET, PUT | `.../lwm2m/listeners`; `.../listeners/{id}` | listeners |
+//! | GET | `.../lwm2m/clients` | paged list, filters |
+//! | GET, DELETE | `.../lwm2m/clients/{clientid}` | inspect, kick |
+//! | GET, POST; DELETE | `.../clients/{clientid}/subscriptions[/{topic}]` | the command subscription (`subscriptions.rs`) |
+//! | POST | `.../clients/{clientid}/{op}` | every LwM2M operation, `?wait=` for the answer (`commands.rs`, `wait.rs`) |
+//! | GET | `.../clients/{clientid}/lookup?path=&action=discover\|read` | the last answer |
+//! | GET, PUT, DELETE | `.../lwm2m/bootstrap[/{name}]` | Bootstrap-Server configurations |
+//! | GET | `.../lwm2m/events?clientid=` | live events (Server-Sent Events, `sse.rs`) |
+//! | POST | `.../clients/{clientid}/command` | any command JSON (the console's way) |
+//! | GET | `.../lwm2m/objects`, `.../objects/{id}` | object definitions |
+//! | GET | `/metrics` (also `/api/v5/prometheus/stats`), `/health`, `/api/v5/openapi.json` | no credentials |
+//! | GET | `/`, `/console/{file}` | the web console (`console.rs`), no credentials |
 
 mod bootstrap;
+mod commands;
 mod conn;
+mod console;
 mod event_loop;
+mod gateways;
 mod http;
+pub mod openapi;
 mod relaxed_json;
+pub mod route_table;
 mod routes;
+mod sse;
 mod stats;
+mod subscriptions;
+mod wait;
 mod workers;
 
 use std::io;
@@ -50,6 +69,46 @@ pub use event_loop::MAX_CONNECTIONS;
 pub const WORKERS: usize = 4;
 /// Whole requests waiting for a worker; beyond it requests get 503.
 pub const PENDING: usize = 64;
+/// Requests that may wait for a device's answer (`?wait=`) at once, each holding a
+/// worker; one worker stays free for everything else.
+pub const MAX_WAITING: usize = WORKERS - 1;
+pub use wait::MAX_WAIT;
+
+/// A listener as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// `"udp"` or `"dtls"`.
+    pub kind: &'static str,
+    pub name: String,
+    /// The configured address (`bound` when it differs, e.g. port 0).
+    pub bind: String,
+    /// Serving devices now (bound, and the gateway enabled).
+    pub running: bool,
+    /// Registrations that came through it.
+    pub current_connections: u64,
+    /// `u64::MAX`: infinity.
+    pub max_connections: u64,
+    pub max_conn_rate: u64,
+}
+
+impl ListenerInfo {
+    /// EMQX's listener id, `lwm2m:udp:default`.
+    pub fn id(&self) -> String {
+        format!("lwm2m:{}:{}", self.kind, self.name)
+    }
+}
+
+/// The MQTT subscription that brings a device its commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSubscription {
+    /// The device's command topic filter (`lwm2m/dev1/dn/#`).
+    pub topic: String,
+    /// What the gateway subscribed on the broker: `topic` itself with per-endpoint
+    /// subscriptions, else the one wildcard filter covering every device.
+    pub filter: String,
+    pub qos: u8,
+    pub per_endpoint: bool,
+}
 
 /// What the API shows of registrations: the protocol core's answers.
 pub use crate::lwm2m::info::{ClientInfo, ClientStats, LookupAnswer};
@@ -88,6 +147,49 @@ pub trait Admin: Send + Sync + 'static {
     }
     /// The Bootstrap-Server's configurations and outcomes (None: not enabled).
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {
+        None
+    }
+    /// Whether the gateway serves devices (EMQX's gateway `enable`).
+    fn enabled(&self) -> bool {
+        true
+    }
+    /// `false`: stop serving devices (every registration ends as kicked, datagrams are
+    /// dropped until enabled again); `true`: serve again.
+    fn set_enabled(&self, _on: bool) -> Result<(), String> {
+        Err("this gateway cannot be disabled at run time".into())
+    }
+    /// When the gateway started (Unix ms).
+    fn started_at_ms(&self) -> Option<u64> {
+        None
+    }
+    /// The configured listeners.
+    fn listeners(&self) -> Vec<ListenerInfo> {
+        Vec::new()
+    }
+    /// The subscription bringing the client its commands (None: no such client).
+    fn command_subscription(&self, _clientid: &str) -> Option<CommandSubscription> {
+        None
+    }
+    /// Removes the authenticator: devices register without authentication.
+    fn delete_authentication(&self) -> Result<(), String> {
+        self.update_authentication(br#"{"enable":false}"#)
+            .map(|_| ())
+    }
+    /// The configuration file a `PUT ?persist=true` writes, or why there is none.
+    fn config_file(&self) -> Result<std::path::PathBuf, String> {
+        Err("the gateway cannot write its configuration back".into())
+    }
+    /// Writes the keys of `json` (a configuration PUT already applied) to the
+    /// configuration file, atomically.
+    fn persist_gateway_config(&self, _json: &[u8]) -> Result<(), String> {
+        Err("the gateway cannot write its configuration back".into())
+    }
+    /// The object definitions in use (the console names resources with them).
+    fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
+        None
+    }
+    /// What the gateway publishes, as it is published (None: no feed).
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
         None
     }
 }
@@ -129,7 +231,13 @@ impl ApiServer {
         let waker = Arc::new(Waker::new(poll.registry(), event_loop::WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(stats::ApiStats::default());
-        let ctx = Arc::new(routes::Ctx::new(admin, api_key, api_secret, stats.clone()));
+        let ctx = Arc::new(routes::Ctx::new(
+            admin,
+            api_key,
+            api_secret,
+            stats.clone(),
+            stop.clone(),
+        ));
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(PENDING);
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::with_capacity(WORKERS + 1);

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use simd_json::prelude::*;
 
 use super::http::{percent_decode, Request, Response};
+use super::route_table;
 use super::stats::ApiStats;
 use super::{Admin, ClientInfo, LookupAnswer};
 use crate::json;
@@ -17,13 +18,19 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
 pub(crate) struct Ctx {
-    admin: Arc<dyn Admin>,
+    pub(super) admin: Arc<dyn Admin>,
     api_key: String,
     api_secret: String,
-    node: String,
+    pub(super) node: String,
     stats: Arc<ApiStats>,
     /// Generated `reqID`s of the commands the API sends.
-    req_seq: AtomicU64,
+    pub(super) req_seq: AtomicU64,
+    /// Requests waiting for a device's answer (`?wait=`), at most [`super::MAX_WAITING`].
+    pub(super) waiting: std::sync::atomic::AtomicUsize,
+    /// Set when the API stops (a waiting request gives up).
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ctx {
@@ -32,6 +39,7 @@ impl Ctx {
         api_key: String,
         api_secret: String,
         stats: Arc<ApiStats>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> Ctx {
         let node = admin.node();
         let secs = SystemTime::now()
@@ -45,7 +53,14 @@ impl Ctx {
             stats,
             // Distinct across restarts, below 2^53 (exact as a JSON number).
             req_seq: AtomicU64::new((secs & 0xFFFF_FFFF) << 20),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            stop,
+            streams: Arc::default(),
         }
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -58,16 +73,16 @@ pub(crate) fn default_node() -> String {
     format!("lwm2m-gateway@{host}")
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
+fn method_not_allowed(allow: String) -> Response {
     Response::error(405, "METHOD_NOT_ALLOWED", &format!("allowed: {allow}"))
-        .with_header("Allow", allow.to_string())
+        .with_header("Allow", allow)
 }
 
-fn not_found(what: &str) -> Response {
+pub(super) fn not_found(what: &str) -> Response {
     Response::error(404, "NOT_FOUND", what)
 }
 
-fn bad_request(msg: &str) -> Response {
+pub(super) fn bad_request(msg: &str) -> Response {
     Response::error(400, "BAD_REQUEST", msg)
 }
 
@@ -84,13 +99,33 @@ pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
         .map(|s| percent_decode(s, false))
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let get = matches!(req.method.as_str(), "GET" | "HEAD");
-    // Open endpoints.
-    match segs.as_slice() {
-        ["health"] => {
-            if !get {
-                return method_not_allowed("GET, HEAD");
+    let found = route_table::find(&segs);
+    // Credentials before anything is said of a path that is not open.
+    if !found.as_ref().is_some_and(|(r, _)| r.open) {
+        if let Err(r) = check_credentials(ctx, req) {
+            return r;
+        }
+    }
+    let Some((route, params)) = found else {
+        return match segs.as_slice() {
+            ["api", "v5", "gateways", name, ..] if *name != "lwm2m" => {
+                not_found(&format!("gateway {name:?} not found (only lwm2m)"))
             }
+            _ => not_found("no such endpoint"),
+        };
+    };
+    let Some(op) = route.op(&req.method) else {
+        return method_not_allowed(route.allow());
+    };
+    dispatch(ctx, req, route.pattern, op.method, &params)
+}
+
+/// The handler of a route of the table (`method` is GET for HEAD).
+fn dispatch(ctx: &Ctx, req: &Request, pattern: &str, method: &str, p: &[&str]) -> Response {
+    const C: &str = "/api/v5/gateways/lwm2m/clients/{clientid}";
+    let id = p.first().copied().unwrap_or("");
+    match (pattern, method) {
+        ("/health", _) => {
             let (code, status) = if ctx.admin.healthy() {
                 (200, "ok")
             } else {
@@ -100,30 +135,131 @@ pub(crate) fn handle(ctx: &Ctx, req: &Request) -> Response {
                 Some(store) => format!(r#"{{"status":"{status}","store":"{store}"}}"#),
                 None => format!(r#"{{"status":"{status}"}}"#),
             };
-            return Response::json(code, body.into_bytes());
+            Response::json(code, body.into_bytes())
         }
-        ["metrics"] | ["api", "v5", "prometheus", "stats"] => {
-            if !get {
-                return method_not_allowed("GET, HEAD");
-            }
+        ("/metrics" | "/api/v5/prometheus/stats", _) => {
             let mut out = String::with_capacity(16 * 1024);
             ctx.admin.metrics(&mut out);
             ctx.stats.write(&mut out);
             let mut r = Response::json(200, out.into_bytes());
             r.content_type = crate::metrics::CONTENT_TYPE;
-            return r;
+            r
         }
-        _ => {}
-    }
-    if let Err(r) = check_credentials(ctx, req) {
-        return r;
-    }
-    match segs.as_slice() {
-        ["api", "v5", "gateways", "lwm2m", rest @ ..] => gateway(ctx, req, rest),
-        ["api", "v5", "gateways", name, ..] => {
-            not_found(&format!("gateway {name:?} not found (only lwm2m)"))
+        ("/", _) => super::console::asset(req, "index.html")
+            .unwrap_or_else(|| not_found("the console is not built in")),
+        // A name that is not a console file is answered as any unknown path: 401
+        // without credentials, else 404.
+        ("/console/{file}", _) => match super::console::asset(req, id) {
+            Some(r) => r,
+            None => check_credentials(ctx, req)
+                .err()
+                .unwrap_or_else(|| not_found("no such endpoint")),
+        },
+        ("/api/v5/openapi.json", _) => Response::json(200, super::openapi::document()),
+        ("/api/v5/gateways", _) => super::gateways::list(ctx),
+        ("/api/v5/gateways/lwm2m", "GET") => {
+            Response::json(200, ctx.admin.gateway_config().into_bytes())
         }
-        _ => not_found("no such endpoint"),
+        ("/api/v5/gateways/lwm2m", "PUT") => put_config(ctx, req),
+        ("/api/v5/gateways/lwm2m/enable/{enable}", _) => super::gateways::enable(ctx, id),
+        ("/api/v5/gateways/lwm2m/authentication", "GET") => {
+            Response::json(200, ctx.admin.authentication().into_bytes())
+        }
+        ("/api/v5/gateways/lwm2m/authentication", "PUT" | "POST") => {
+            update(req, |b| ctx.admin.update_authentication(b))
+        }
+        ("/api/v5/gateways/lwm2m/authentication", "DELETE") => {
+            match ctx.admin.delete_authentication() {
+                Ok(()) => Response::no_content(),
+                Err(e) => bad_request(&e),
+            }
+        }
+        ("/api/v5/gateways/lwm2m/listeners", _) => super::gateways::listeners(ctx),
+        ("/api/v5/gateways/lwm2m/listeners/{id}", "GET") => super::gateways::listener(ctx, id),
+        ("/api/v5/gateways/lwm2m/listeners/{id}", "PUT") => {
+            super::gateways::update_listener(ctx, req, id)
+        }
+        ("/api/v5/gateways/lwm2m/clients", _) => list_clients(ctx, req),
+        (C, "GET") => match ctx.admin.client(id) {
+            Some(c) => {
+                let mut out = Vec::with_capacity(512);
+                client_json(&mut out, &c, &ctx.node);
+                Response::json(200, out)
+            }
+            None => not_found("Client not found"),
+        },
+        (C, "DELETE") => {
+            if ctx.admin.kick(id) {
+                Response::no_content()
+            } else {
+                not_found("Client not found")
+            }
+        }
+        ("/api/v5/gateways/lwm2m/clients/{clientid}/subscriptions", "GET") => {
+            super::subscriptions::list(ctx, id)
+        }
+        ("/api/v5/gateways/lwm2m/clients/{clientid}/subscriptions", "POST") => {
+            super::subscriptions::add(ctx, req, id)
+        }
+        ("/api/v5/gateways/lwm2m/clients/{clientid}/subscriptions/{topic}", _) => {
+            super::subscriptions::remove(ctx, id, p.get(1).copied().unwrap_or(""))
+        }
+        ("/api/v5/gateways/lwm2m/clients/{clientid}/lookup", _) => lookup(ctx, req, id),
+        ("/api/v5/gateways/lwm2m/clients/{clientid}/command", _) => {
+            super::console::command(&*ctx.admin, req, id)
+        }
+        ("/api/v5/gateways/lwm2m/objects", _) => super::console::objects(&*ctx.admin, req, None),
+        ("/api/v5/gateways/lwm2m/objects/{id}", _) => {
+            super::console::objects(&*ctx.admin, req, Some(id))
+        }
+        (op, "POST") if op.starts_with(C) => {
+            let op = op[C.len()..].trim_start_matches('/');
+            super::commands::command(ctx, req, id, op)
+        }
+        ("/api/v5/gateways/lwm2m/events", _) => super::sse::open(&*ctx.admin, &ctx.streams, req),
+        ("/api/v5/gateways/lwm2m/bootstrap", _) => super::bootstrap::list(&*ctx.admin),
+        ("/api/v5/gateways/lwm2m/bootstrap/{name}", _) => {
+            super::bootstrap::one(&*ctx.admin, req, id)
+        }
+        _ => Response::error(
+            501,
+            "NOT_IMPLEMENTED",
+            "this route has no handler (a defect: please report it)",
+        ),
+    }
+}
+
+/// `PUT /api/v5/gateways/lwm2m`, with `persist=true` also written to the configuration
+/// file (checked to be writable back before anything is applied).
+fn put_config(ctx: &Ctx, req: &Request) -> Response {
+    let persist = match req.param("persist") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return bad_request(&format!("persist: expected true or false, got {other:?}"))
+        }
+    };
+    if persist {
+        if let Err(why) = ctx.admin.config_file() {
+            return Response::error(409, "CANNOT_PERSIST", &why);
+        }
+    }
+    let mut applied = None;
+    let r = update(req, |b| {
+        let out = ctx.admin.update_gateway_config(b)?;
+        applied = Some(b.to_vec());
+        Ok(out)
+    });
+    match (persist, applied) {
+        (true, Some(body)) => match ctx.admin.persist_gateway_config(&body) {
+            Ok(()) => r,
+            Err(e) => Response::error(
+                500,
+                "PERSIST_FAILED",
+                &format!("applied, but not written to the configuration file: {e}"),
+            ),
+        },
+        _ => r,
     }
 }
 
@@ -178,72 +314,13 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn gateway(ctx: &Ctx, req: &Request, rest: &[&str]) -> Response {
-    let m = req.method.as_str();
-    match rest {
-        [] => match m {
-            "GET" | "HEAD" => Response::json(200, ctx.admin.gateway_config().into_bytes()),
-            "PUT" => update(req, |b| ctx.admin.update_gateway_config(b)),
-            _ => method_not_allowed("GET, PUT"),
-        },
-        ["authentication"] => match m {
-            "GET" | "HEAD" => Response::json(200, ctx.admin.authentication().into_bytes()),
-            "PUT" | "POST" => update(req, |b| ctx.admin.update_authentication(b)),
-            _ => method_not_allowed("GET, PUT, POST"),
-        },
-        ["clients"] => match m {
-            "GET" | "HEAD" => list_clients(ctx, req),
-            _ => method_not_allowed("GET"),
-        },
-        ["clients", id] => match m {
-            "GET" | "HEAD" => match ctx.admin.client(id) {
-                Some(c) => {
-                    let mut out = Vec::with_capacity(512);
-                    client_json(&mut out, &c, &ctx.node);
-                    Response::json(200, out)
-                }
-                None => not_found("Client not found"),
-            },
-            "DELETE" => {
-                if ctx.admin.kick(id) {
-                    Response::no_content()
-                } else {
-                    not_found("Client not found")
-                }
-            }
-            _ => method_not_allowed("GET, DELETE"),
-        },
-        ["clients", id, op @ ("read" | "write" | "observe")] => {
-            if m != "POST" {
-                return method_not_allowed("POST");
-            }
-            command(ctx, req, id, op)
-        }
-        ["clients", id, op @ ("read-composite" | "write-composite" | "observe-composite")] => {
-            if m != "POST" {
-                return method_not_allowed("POST");
-            }
-            composite_command(ctx, req, id, op)
-        }
-        ["bootstrap"] => match m {
-            "GET" | "HEAD" => super::bootstrap::list(&*ctx.admin),
-            _ => method_not_allowed("GET"),
-        },
-        ["bootstrap", name] => super::bootstrap::one(&*ctx.admin, req, name),
-        ["clients", id, "lookup"] => {
-            if !matches!(m, "GET" | "HEAD") {
-                return method_not_allowed("GET");
-            }
-            lookup(ctx, req, id)
-        }
-        _ => not_found("no such endpoint"),
-    }
-}
-
 /// A PUT of configuration: the body must be a JSON object. A body that is JSON but for a
 /// missing line-break comma or a trailing comma (as in the documented curl examples) is
 /// repaired first.
-fn update(req: &Request, apply: impl FnOnce(&[u8]) -> Result<String, String>) -> Response {
+pub(super) fn update(
+    req: &Request,
+    apply: impl FnOnce(&[u8]) -> Result<String, String>,
+) -> Response {
     let mut copy = req.body.clone();
     let mut body = std::borrow::Cow::Borrowed(&req.body[..]);
     if let Err(e) = simd_json::to_borrowed_value(&mut copy) {
@@ -407,6 +484,7 @@ fn client_json(out: &mut Vec<u8>, c: &ClientInfo, node: &str) {
     n(out, "keepalive", u64::from(c.lifetime));
     s(out, "binding", &c.binding);
     b(out, "queue_mode", c.queue_mode);
+    b(out, "dtls", c.secure);
     n(out, "shard", u64::from(c.shard));
     if let Some(st) = &c.stats {
         n(out, "recv_msg", st.recv_msg);
@@ -507,157 +585,6 @@ fn lookup(ctx: &Ctx, req: &Request, id: &str) -> Response {
     Response::json(200, out)
 }
 
-/// read / write / observe (`op`, as the route matched it): the command JSON an MQTT
-/// application would publish, handed to [`Admin::command`]. (`lookup` is [`lookup`]: it
-/// answers from what the device last sent and sends nothing.)
-fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
-    let Some(path) = req.param("path").filter(|p| !p.trim().is_empty()) else {
-        return bad_request("path: required, e.g. path=/3/0/1");
-    };
-    let (msg_type, extra): (&str, Option<(&str, &str)>) = match op {
-        "read" => ("read", None),
-        "write" => {
-            let (Some(ty), Some(value)) = (req.param("type"), req.param("value")) else {
-                return bad_request("write needs path, type and value");
-            };
-            if !matches!(
-                ty,
-                "Integer" | "Float" | "Time" | "String" | "Boolean" | "Opaque" | "Objlnk"
-            ) {
-                return bad_request(&format!(
-                    "type: {ty:?} is not one of Integer, Float, Time, String, Boolean, Opaque, Objlnk"
-                ));
-            }
-            ("write", Some((ty, value)))
-        }
-        // "observe": the route passes nothing else.
-        _ => match req.param("enable").unwrap_or("true") {
-            "true" => ("observe", None),
-            "false" => ("cancel-observe", None),
-            other => return bad_request(&format!("enable: expected true or false, got {other:?}")),
-        },
-    };
-    if ctx.admin.client(id).is_none() {
-        return not_found("Client not found");
-    }
-    let req_id = ctx.req_seq.fetch_add(1, Ordering::Relaxed);
-    let mut cmd = Vec::with_capacity(128);
-    cmd.push(b'{');
-    json::key(&mut cmd, "reqID");
-    json::uint(&mut cmd, req_id);
-    cmd.push(b',');
-    json::key(&mut cmd, "msgType");
-    json::string(&mut cmd, msg_type);
-    cmd.push(b',');
-    json::key(&mut cmd, "data");
-    cmd.push(b'{');
-    json::key(&mut cmd, "path");
-    json::string(&mut cmd, path);
-    if let Some((ty, value)) = extra {
-        cmd.push(b',');
-        json::key(&mut cmd, "type");
-        json::string(&mut cmd, ty);
-        cmd.push(b',');
-        json::key(&mut cmd, "value");
-        write_value(&mut cmd, ty, value);
-    }
-    cmd.extend_from_slice(b"}}");
-    if let Err(e) = ctx.admin.command(id, cmd) {
-        return bad_request(&e);
-    }
-    Response::no_content().with_header("X-Request-Id", req_id.to_string())
-}
-
-/// read-composite / write-composite / observe-composite (`op`, as the route matched it; an
-/// observe-composite with `enable=false` is a cancel-observe-composite): the command's
-/// `data` is the request's body, a JSON object as an MQTT command's `data`
-/// (`{"paths":[...]}`, `{"content":[...]}`); without a body, `paths` (comma-separated)
-/// gives the paths of a read or observe.
-fn composite_command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response {
-    let msg_type = match (op, req.param("enable").unwrap_or("true")) {
-        ("observe-composite", "true") => "observe-composite",
-        ("observe-composite", "false") => "cancel-observe-composite",
-        ("observe-composite", other) => {
-            return bad_request(&format!("enable: expected true or false, got {other:?}"))
-        }
-        (other, _) => other,
-    };
-    let mut data = Vec::with_capacity(64 + req.body.len());
-    if !req.body.iter().all(u8::is_ascii_whitespace) {
-        let mut copy = req.body.clone();
-        let parsed = match simd_json::to_borrowed_value(&mut copy) {
-            Ok(v) if v.is_object() => Ok(v.encode()),
-            Ok(_) => Err("the request body is not a JSON object".to_string()),
-            Err(e) => Err(format!("the request body is not valid JSON: {e}")),
-        };
-        match parsed {
-            Ok(json) => data.extend_from_slice(json.as_bytes()),
-            Err(e) => return bad_request(&e),
-        }
-    } else if op == "write-composite" {
-        return bad_request(
-            r#"write-composite needs a body: {"content":[{"path":..,"type":..,"value":..},...]}"#,
-        );
-    } else {
-        let Some(paths) = req.param("paths").filter(|p| !p.trim().is_empty()) else {
-            return bad_request(
-                r#"paths: required (paths=/3/0/9,/1/0/1), or a body {"paths":[...]}"#,
-            );
-        };
-        data.extend_from_slice(b"{\"paths\":[");
-        for (i, p) in paths.split(',').enumerate() {
-            if i > 0 {
-                data.push(b',');
-            }
-            json::string(&mut data, p.trim());
-        }
-        data.extend_from_slice(b"]}");
-    }
-    if ctx.admin.client(id).is_none() {
-        return not_found("Client not found");
-    }
-    let req_id = ctx.req_seq.fetch_add(1, Ordering::Relaxed);
-    let mut cmd = Vec::with_capacity(64 + data.len());
-    cmd.push(b'{');
-    json::key(&mut cmd, "reqID");
-    json::uint(&mut cmd, req_id);
-    cmd.push(b',');
-    json::key(&mut cmd, "msgType");
-    json::string(&mut cmd, msg_type);
-    cmd.push(b',');
-    json::key(&mut cmd, "data");
-    cmd.extend_from_slice(&data);
-    cmd.push(b'}');
-    if let Err(e) = ctx.admin.command(id, cmd) {
-        return bad_request(&e);
-    }
-    Response::no_content().with_header("X-Request-Id", req_id.to_string())
-}
-
-/// A write value typed as the command contract expects: numbers as JSON
-/// numbers, booleans as JSON booleans, everything else as a string.
-fn write_value(out: &mut Vec<u8>, ty: &str, value: &str) {
-    let v = value.trim();
-    let numeric = match ty {
-        "Integer" | "Time" => v.parse::<i64>().is_ok(),
-        "Float" => v.parse::<f64>().is_ok_and(f64::is_finite) && !v.contains(['i', 'I', 'n', 'N']),
-        _ => false,
-    };
-    if numeric {
-        // Re-rendered so that e.g. "+5" or "1." become valid JSON.
-        if ty == "Float" {
-            let f: f64 = v.parse().unwrap_or(0.0);
-            out.extend_from_slice(format!("{f:?}").as_bytes());
-        } else {
-            out.extend_from_slice(v.parse::<i64>().unwrap_or(0).to_string().as_bytes());
-        }
-    } else if ty == "Boolean" && matches!(v, "true" | "false") {
-        out.extend_from_slice(v.as_bytes());
-    } else {
-        json::string(out, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,25 +597,6 @@ mod tests {
             "2024-02-29T23:59:59.999+00:00"
         );
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000+00:00");
-    }
-
-    #[test]
-    fn values() {
-        let w = |ty, v| {
-            let mut o = Vec::new();
-            write_value(&mut o, ty, v);
-            String::from_utf8(o).unwrap()
-        };
-        assert_eq!(w("Integer", "+5"), "5");
-        assert_eq!(w("Integer", "5x"), "\"5x\"");
-        assert_eq!(w("Time", "1700000000"), "1700000000");
-        assert_eq!(w("Float", "1.5"), "1.5");
-        assert_eq!(w("Float", "2"), "2.0");
-        assert_eq!(w("Float", "NaN"), "\"NaN\"");
-        assert_eq!(w("Boolean", "true"), "true");
-        assert_eq!(w("Boolean", "1"), "\"1\"");
-        assert_eq!(w("String", "42"), "\"42\"");
-        assert_eq!(w("Objlnk", "3:0"), "\"3:0\"");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) struct Done {
     pub id: usize,
     pub bytes: Vec<u8>,
     pub keep_alive: bool,
+    /// An event stream to hand the connection to (`bytes`: its head).
+    pub stream: Option<super::sse::EventStream>,
 }
 
 /// The route's response; a panicking handler answers 500.
@@ -46,13 +48,18 @@ pub(crate) fn run(
         if stop.load(Ordering::Relaxed) {
             continue;
         }
-        let resp = answer(ctx, &job.req);
+        let mut resp = answer(ctx, &job.req);
         let keep_alive = job.keep_alive && !stop.load(Ordering::Relaxed);
-        let bytes = http::encode(&resp, keep_alive, job.req.method == "HEAD");
+        let stream = resp.stream.take();
+        let bytes = match stream {
+            Some(_) => super::sse::head(),
+            None => http::encode(&resp, keep_alive, job.req.method == "HEAD"),
+        };
         let reply = Done {
             id: job.id,
             bytes,
             keep_alive,
+            stream,
         };
         if done.send(reply).is_err() {
             return;

@@ -25,6 +25,7 @@ mod emqx_conf;
 pub mod error;
 pub mod listeners;
 pub mod mqtt;
+pub mod persist;
 pub mod secret;
 pub mod size;
 pub mod tuning;

@@ -5,7 +5,7 @@
 
 use super::mail::ShardMail;
 use super::udp_shard::ShardCounters;
-use crate::api::{Admin, ClientInfo, LookupAnswer};
+use crate::api::{Admin, ClientInfo, CommandSubscription, ListenerInfo, LookupAnswer};
 use crate::auth::AuthService;
 use crate::config::duration::{format_duration, parse_duration};
 use crate::config::{AutoObserve, Config, UpdateCondition};
@@ -41,6 +41,16 @@ pub(super) struct GatewayAdmin {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The store's counters and state (`[store] kind = "file"`).
     pub store: Option<Arc<crate::store::StoreStats>>,
+    /// The file the configuration came from (None: built-in defaults).
+    pub config_path: Option<std::path::PathBuf>,
+    /// What the last `set_enabled` asked of the shards.
+    pub serving: std::sync::atomic::AtomicBool,
+    /// The listeners' bound addresses (UDP, then DTLS when configured).
+    pub bound: (std::net::SocketAddr, Option<std::net::SocketAddr>),
+    /// The object definitions the shards use (swapped on reload).
+    pub registry: Arc<crate::objects::SharedRegistry>,
+    /// What the shards publish, for the API's listeners.
+    pub events: Arc<crate::events::EventFeed>,
 }
 
 impl GatewayAdmin {
@@ -118,6 +128,14 @@ impl Admin for GatewayAdmin {
         self.bootstrap.clone()
     }
 
+    fn objects(&self) -> Option<Arc<crate::objects::ObjectRegistry>> {
+        Some(self.registry.load())
+    }
+
+    fn events(&self) -> Option<Arc<crate::events::EventFeed>> {
+        Some(self.events.clone())
+    }
+
     fn clients(&self) -> Vec<ClientInfo> {
         let mut all = Vec::new();
         for i in 0..self.shards.len() {
@@ -182,18 +200,26 @@ impl Admin for GatewayAdmin {
     }
 
     fn gateway_config(&self) -> String {
-        config_json(&self.config.lock()).encode()
+        config_json(&self.config.lock(), self.enabled()).encode()
     }
 
+    /// EMQX's `"enable": false` in the document disables the gateway (as `PUT
+    /// .../enable/false`), `true` enables it, once the other keys applied.
     fn update_gateway_config(&self, json: &[u8]) -> Result<String, String> {
         let v = simd_json::to_owned_value(&mut json.to_vec()).map_err(|e| e.to_string())?;
         let mut cfg = self.config.lock().clone();
         apply_runtime_keys(&mut cfg, &v)?;
+        let enable = match v.get("enable") {
+            None => None,
+            Some(e) => Some(e.as_bool().ok_or("enable: expected true or false")?),
+        };
         cfg.validate().map_err(|e| e.to_string())?;
         self.broadcast_settings(&cfg);
-        let out = config_json(&cfg).encode();
         *self.config.lock() = cfg;
-        Ok(out)
+        if let Some(on) = enable.filter(|&on| on != self.enabled()) {
+            self.set_enabled(on)?;
+        }
+        Ok(self.gateway_config())
     }
 
     fn authentication(&self) -> String {
@@ -230,6 +256,107 @@ impl Admin for GatewayAdmin {
 
     fn store_state(&self) -> Option<&'static str> {
         self.store.as_ref().map(|s| s.state().name())
+    }
+
+    fn enabled(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    fn set_enabled(&self, on: bool) -> Result<(), String> {
+        self.serving.store(on, Ordering::SeqCst);
+        let mut ended = 0;
+        for i in 0..self.shards.len() {
+            ended += self
+                .ask(i, |ended| ShardMail::Serve { on, ended })
+                .ok_or_else(|| format!("shard {i} did not answer in time"))?;
+        }
+        if on {
+            tracing::info!("gateway enabled: serving devices");
+        } else {
+            tracing::info!(
+                ended,
+                "gateway disabled: registrations ended, datagrams dropped"
+            );
+        }
+        Ok(())
+    }
+
+    fn started_at_ms(&self) -> Option<u64> {
+        Some(self.epoch_ms)
+    }
+
+    fn listeners(&self) -> Vec<ListenerInfo> {
+        let cfg = self.config.lock();
+        let on = self.enabled();
+        let secure = self.dir.secure_len() as u64;
+        let all = self.dir.len() as u64;
+        let udp = cfg.listeners.udp.iter().enumerate().map(|(i, (name, l))| {
+            let bound = (i == 0).then_some(self.bound.0);
+            ListenerInfo {
+                kind: "udp",
+                name: name.clone(),
+                bind: bound.unwrap_or(l.bind).to_string(),
+                running: on && bound.is_some(),
+                current_connections: if i == 0 {
+                    all.saturating_sub(secure)
+                } else {
+                    0
+                },
+                max_connections: l.max_connections,
+                max_conn_rate: l.max_conn_rate,
+            }
+        });
+        let dtls = cfg.listeners.dtls.iter().enumerate().map(|(i, (name, l))| {
+            let bound = if i == 0 { self.bound.1 } else { None };
+            ListenerInfo {
+                kind: "dtls",
+                name: name.clone(),
+                bind: bound.unwrap_or(l.bind).to_string(),
+                running: on && bound.is_some(),
+                current_connections: if i == 0 { secure } else { 0 },
+                max_connections: l.max_connections,
+                max_conn_rate: l.max_conn_rate,
+            }
+        });
+        udp.chain(dtls).collect()
+    }
+
+    fn command_subscription(&self, clientid: &str) -> Option<CommandSubscription> {
+        let c = self.client(clientid)?;
+        let s = self.settings.lock().clone();
+        let mut mountpoint = String::new();
+        let vars = crate::lwm2m::template::Vars {
+            endpoint_name: &c.endpoint_name,
+            clientid: &c.clientid,
+            username: &c.username,
+            peerhost: &c.peerhost,
+        };
+        s.mountpoint.render(&vars, &mut mountpoint);
+        let topic = s.command_filter(&mountpoint);
+        let filter = if s.per_endpoint_subscriptions {
+            topic.clone()
+        } else {
+            s.wildcard_command_filter()
+        };
+        Some(CommandSubscription {
+            topic,
+            filter,
+            qos: s.command.qos,
+            per_endpoint: s.per_endpoint_subscriptions,
+        })
+    }
+
+    fn config_file(&self) -> Result<std::path::PathBuf, String> {
+        let path = crate::config::persist::target(self.config_path.as_deref())?;
+        crate::config::persist::writable(path)?;
+        Ok(path.to_path_buf())
+    }
+
+    fn persist_gateway_config(&self, json: &[u8]) -> Result<(), String> {
+        let path = crate::config::persist::target(self.config_path.as_deref())?;
+        let v = simd_json::to_owned_value(&mut json.to_vec()).map_err(|e| e.to_string())?;
+        let cfg = self.config.lock().clone();
+        crate::config::persist::write(path, &v, &cfg)
     }
 }
 
@@ -311,6 +438,7 @@ fn apply_runtime_keys(cfg: &mut Config, v: &OwnedValue) -> Result<(), String> {
                         "update" => &mut cfg.translators.update,
                         "send" => &mut cfg.translators.send,
                         "deregister" => &mut cfg.translators.deregister,
+                        "bootstrap" => &mut cfg.translators.bootstrap,
                         _ => return Err(format!("translators.{name}: unknown translator")),
                     };
                     if let Some(q) = tv.get("qos").and_then(|q| q.as_u64()) {
@@ -447,10 +575,10 @@ fn s(v: &str) -> OwnedValue {
     OwnedValue::from(v.to_string())
 }
 
-fn config_json(c: &Config) -> OwnedValue {
+fn config_json(c: &Config, enabled: bool) -> OwnedValue {
     let mut o = simd_json::owned::Object::new();
     o.insert("name".into(), s("lwm2m"));
-    o.insert("enable".into(), OwnedValue::from(true));
+    o.insert("enable".into(), OwnedValue::from(enabled));
     o.insert("xml_dir".into(), s(&c.xml_dir.display().to_string()));
     o.insert("lifetime_min".into(), s(&format_duration(c.lifetime_min)));
     o.insert("lifetime_max".into(), s(&format_duration(c.lifetime_max)));

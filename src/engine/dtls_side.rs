@@ -94,6 +94,19 @@ impl DtlsSide {
         true
     }
 
+    /// Reads and drops what the socket holds (the gateway is disabled): whether more may
+    /// be waiting, and how many datagrams were dropped.
+    pub(super) fn discard(&mut self) -> (bool, u64) {
+        let mut dropped = 0;
+        for _ in 0..READS_PER_TURN {
+            match self.recv.recv(&self.socket) {
+                Ok(n) => dropped += n as u64,
+                Err(_) => return (false, dropped),
+            }
+        }
+        (true, dropped)
+    }
+
     /// Encrypts and queues `plaintext` for the session of `to`. False when `to`
     /// has no session (or it failed): nothing was sent.
     pub(super) fn send_app(&mut self, now: u64, to: SocketAddr, plaintext: &[u8]) -> bool {

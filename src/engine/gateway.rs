@@ -14,6 +14,7 @@ use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
 use crate::config::{Config, MqttProtocol, MqttServer, StoreKind};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
+use crate::events::EventFeed;
 use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
@@ -23,6 +24,7 @@ use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -78,6 +80,8 @@ pub struct Gateway {
     wildcard: bool,
     watcher: Option<JoinHandle<()>>,
     api: Option<ApiServer>,
+    /// Closed first on stop, so the API's listeners let go.
+    events: Arc<EventFeed>,
     auth: AuthService,
     udp_addr: SocketAddr,
     pub dir: Arc<Directory>,
@@ -91,6 +95,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts everything the configuration asks for.
     pub fn start(cfg: &Config) -> Result<Self, GatewayError> {
+        Self::start_from(cfg, None)
+    }
+
+    /// As [`Gateway::start`], for a configuration read from `file` (where the management
+    /// API's `PUT ?persist=true` writes changes back).
+    pub fn start_from(cfg: &Config, file: Option<PathBuf>) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
         let mut settings = CoreSettings::from(cfg);
         let dir = Arc::new(Directory::new());
@@ -126,12 +136,7 @@ impl Gateway {
             bind: listener.bind,
             source: e,
         })?;
-        let api_err = |source| GatewayError::Bind {
-            what: API_LISTENER,
-            bind: cfg.api.bind,
-            source,
-        };
-        let api_listener = std::net::TcpListener::bind(cfg.api.bind).map_err(api_err)?;
+        let api_listener = bind_api(cfg)?;
 
         let ShardSetup {
             parts,
@@ -139,7 +144,7 @@ impl Gateway {
             wakers,
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
-        tell_dtls_port(bootstrap.as_deref(), &parts);
+        let dtls_bound = tell_dtls_port(bootstrap.as_deref(), &parts);
 
         let (router, router_counters) = command_router(&settings, &dir, shards);
         let mqtt_opts = mqtt_options(cfg, server);
@@ -157,6 +162,7 @@ impl Gateway {
         let shard_counters: Vec<Arc<ShardCounters>> = (0..shards).map(|_| Arc::default()).collect();
         let core_stats: Vec<Arc<Mutex<CoreStats>>> = (0..shards).map(|_| Arc::default()).collect();
         let auth = AuthService::start(&cfg.authentication);
+        let events = Arc::new(EventFeed::new(&cfg.mountpoint));
         let spec = ShardSpawn {
             count: shards,
             pin_cores: cfg.engine.pin_cores,
@@ -175,6 +181,11 @@ impl Gateway {
             epoch_ms,
             bootstrap: bootstrap.clone(),
             store: store_stats.clone(),
+            config_path: file,
+            serving: AtomicBool::new(true),
+            bound: (udp_addr, dtls_bound),
+            registry: registry.clone(),
+            events: events.clone(),
         });
         let ctx = Arc::new(ShardContext {
             dtls: dtls.map(|d| d.1),
@@ -200,6 +211,7 @@ impl Gateway {
             store: store.as_ref().map(|(w, _)| w.sender()),
             restored: Mutex::new(restored.into_iter().map(Some).collect()),
             gate: StartGate::new(shards),
+            events: events.clone(),
         });
         let shard_threads = shard::spawn_shards(&spec, move |i| {
             let p = parts.lock()[i].take().expect("each shard starts once");
@@ -209,14 +221,7 @@ impl Gateway {
         })
         .map_err(|e| start_err("shard threads", e))?;
         tracing::info!(%udp_addr, shards, "UDP listener up");
-        let api = ApiServer::start_on(
-            api_listener,
-            cfg.api.api_key.clone(),
-            cfg.api.api_secret.expose().to_string(),
-            admin,
-        )
-        .map_err(|e| start_err("management API", e))?;
-        tracing::info!(bind = %api.local_addr(), "management API up");
+        let api = start_api(api_listener, cfg, admin)?;
         Ok(Self {
             stop,
             wakers,
@@ -226,6 +231,7 @@ impl Gateway {
             wildcard: !per_endpoint,
             watcher: Some(watcher),
             api: Some(api),
+            events,
             auth,
             udp_addr,
             dir,
@@ -267,6 +273,7 @@ impl Gateway {
     /// Stops receiving; every shard publishes what it holds (waiting up to 5 s for the
     /// broker's acknowledgements) and disconnects.
     pub fn stop(mut self) {
+        self.events.close();
         if let Some(api) = self.api.take() {
             api.stop();
         }
@@ -325,6 +332,8 @@ struct ShardContext {
     restored: Mutex<Vec<Option<Vec<Endpoint>>>>,
     /// No shard serves a device before every shard took its share in.
     gate: StartGate,
+    /// What is published, for the API's listeners.
+    events: Arc<EventFeed>,
 }
 
 fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()> {
@@ -469,7 +478,7 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64
             client.accept(sub);
         }
     }
-    MqttSide::new(client, registry, ctx.clock)
+    MqttSide::new(client, registry, ctx.clock).with_events(ctx.events.clone())
 }
 
 /// `mqtt.connections` spread over the shards, at least one each.
@@ -632,20 +641,49 @@ fn bootstrap_setup(
     Ok(Some(store))
 }
 
+fn start_api(
+    listener: std::net::TcpListener,
+    cfg: &Config,
+    admin: Arc<GatewayAdmin>,
+) -> Result<ApiServer, GatewayError> {
+    let api = ApiServer::start_on(
+        listener,
+        cfg.api.api_key.clone(),
+        cfg.api.api_secret.expose().to_string(),
+        admin,
+    )
+    .map_err(|e| start_err("management API", e))?;
+    tracing::info!(bind = %api.local_addr(), "management API up");
+    Ok(api)
+}
+
 /// The Bootstrap-Server learns the DTLS listener's bound port (the configuration may
-/// say 0): credentials for `coaps://…:port` are this gateway's.
-fn tell_dtls_port(bootstrap: Option<&BootstrapStore>, parts: &[Option<ShardParts>]) {
+/// say 0): credentials for `coaps://…:port` are this gateway's. Returns the bound address.
+fn tell_dtls_port(
+    bootstrap: Option<&BootstrapStore>,
+    parts: &[Option<ShardParts>],
+) -> Option<SocketAddr> {
     let bound = parts
         .first()
         .and_then(|p| p.as_ref()?.dtls_socket.as_ref()?.local_addr().ok());
     if let (Some(b), Some(a)) = (bootstrap, bound) {
         b.set_dtls_port(a.port());
     }
+    bound
 }
 
 /// Loads the object definitions of `dir`; a bad file is logged and skipped. When `dir`
 /// does not exist, the built-in definitions (the shipped `etc/lwm2m_xml`) are used until it
 /// appears (the watcher loads it then).
+/// The management API's listener, bound before any thread starts.
+fn bind_api(cfg: &Config) -> Result<std::net::TcpListener, GatewayError> {
+    std::net::TcpListener::bind(cfg.api.bind).map_err(|source| GatewayError::Bind {
+        what: API_LISTENER,
+        bind: cfg.api.bind,
+        source,
+    })
+}
+
 fn load_registry(dir: &std::path::Path) -> Arc<SharedRegistry> {
     let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     if !dir.is_dir() {

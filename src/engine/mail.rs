@@ -44,6 +44,9 @@ pub(super) enum ShardMail {
         settings: Arc<CoreSettings>,
         applied: Sender<()>,
     },
+    /// Serve devices or not (the management API's enable); when `on` is false the shard
+    /// ends every registration it holds (as kicked) and answers how many.
+    Serve { on: bool, ended: Sender<usize> },
 }
 
 /// An entry of a shard's timer wheel.

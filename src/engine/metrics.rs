@@ -200,6 +200,10 @@ fn write_traffic(sh: &Shards<'_>, w: &mut Writer<'_>) {
             ("unmatched", s.unmatched),
             ("oversized", c.oversized.load(Ordering::Relaxed)),
             ("send_failed", c.send_failed.load(Ordering::Relaxed)),
+            (
+                "gateway_disabled",
+                c.disabled_dropped.load(Ordering::Relaxed),
+            ),
         ] {
             w.counter(
                 "lwm2m_datagrams_dropped_total",

@@ -9,7 +9,10 @@
 //! connections run on the shard's clock: the `now` of the loop turn, as the `Instant`
 //! of that millisecond (what the core and DTLS see too).
 
+use std::sync::Arc;
+
 use super::mail::ShardTimer;
+use crate::events::EventFeed;
 use crate::lwm2m::MqttOut;
 use crate::mqtt::{Delivery, Inbound, MqttClient, Outbound};
 use shard::{Clock, TimerWheel};
@@ -50,6 +53,8 @@ pub(super) struct MqttSide {
     closed: bool,
     /// Above the high watermark until below the low one (see [`MqttSide::congestion`]).
     congested: bool,
+    /// In-process listeners of what is published (the API's event stream).
+    events: Option<Arc<EventFeed>>,
 }
 
 impl MqttSide {
@@ -64,7 +69,14 @@ impl MqttSide {
             stop_at: None,
             closed: false,
             congested: false,
+            events: None,
         }
+    }
+
+    /// Hands every publish to `feed` as well (one atomic load while nobody listens).
+    pub(super) fn with_events(mut self, feed: Arc<EventFeed>) -> Self {
+        self.events = Some(feed);
+        self
     }
 
     pub(super) fn owns(&self, token: mio::Token) -> bool {
@@ -110,7 +122,14 @@ impl MqttSide {
                 lane: filter_lane(&filter),
                 filter,
             },
-            publish => publish,
+            publish => {
+                if let (Some(feed), Outbound::Publish { topic, payload, .. }) =
+                    (&self.events, &publish)
+                {
+                    feed.publish(topic, payload);
+                }
+                publish
+            }
         };
         self.client.accept(msg);
     }

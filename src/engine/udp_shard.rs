@@ -37,6 +37,8 @@ pub struct ShardCounters {
     /// Cross-shard messages waiting for room now.
     pub mailbox_backlog: AtomicU64,
     pub send_failed: AtomicU64,
+    /// Datagrams (UDP and DTLS) read and dropped while the gateway was disabled.
+    pub disabled_dropped: AtomicU64,
     /// The DTLS server's counters, copied at the end of each loop turn.
     pub dtls: parking_lot::Mutex<crate::dtls::DtlsStats>,
     /// DTLS datagrams longer than a receive slot (dropped).
@@ -75,6 +77,9 @@ pub(super) struct UdpShard {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The store writer's queue (`[store]`), when registrations are kept.
     pub store: Option<crate::store::StoreSender>,
+    /// Serving devices (the management API's enable); while false every datagram read
+    /// is dropped.
+    serving: bool,
 }
 
 impl UdpShard {
@@ -113,6 +118,7 @@ impl UdpShard {
             registry_generation: None,
             bootstrap: None,
             store: None,
+            serving: true,
         }
     }
 
@@ -293,6 +299,12 @@ impl UdpShard {
                     self.counters.oversized.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                if !self.serving {
+                    self.counters
+                        .disabled_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let identity = None;
                 self.core.handle(
                     now,
@@ -357,6 +369,13 @@ impl ShardApp for UdpShard {
             if writable {
                 d.flush();
             }
+            if !self.serving {
+                let (more, dropped) = if readable { d.discard() } else { (false, 0) };
+                self.counters
+                    .disabled_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+                return more;
+            }
             let more = readable && d.read(now_ms, &mut self.core, timers);
             self.route_outputs(timers);
             return more;
@@ -406,6 +425,16 @@ impl ShardApp for UdpShard {
             ShardMail::Settings { settings, applied } => {
                 core.handle(now_ms, Input::Settings(settings));
                 let _ = applied.send(());
+            }
+            ShardMail::Serve { on, ended } => {
+                self.serving = on;
+                let mut n = 0;
+                if !on {
+                    for c in core.client_infos(None) {
+                        n += usize::from(core.kick(now_ms, &c.endpoint_name));
+                    }
+                }
+                let _ = ended.send(n);
             }
         }
         self.route_outputs(timers);

@@ -21,6 +21,8 @@ pub struct ClientInfo {
     pub registered_at_ms: u64,
     pub last_seen_ms: u64,
     pub queue_mode: bool,
+    /// Registered over DTLS.
+    pub secure: bool,
     pub shard: u16,
     /// Present with `enable_stats`.
     pub stats: Option<ClientStats>,
@@ -77,6 +79,7 @@ impl ShardCore {
             registered_at_ms: ep.registered_ms,
             last_seen_ms: ep.last_seen_ms,
             queue_mode: ep.queue_mode,
+            secure: ep.secure,
             shard: self.shard,
             stats: self.settings.enable_stats.then_some(ClientStats {
                 recv_msg: ep.counters.recv as u64,
