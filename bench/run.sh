@@ -9,6 +9,8 @@
 #                                     # printed, not saved (SAVE=1 saves it too)
 #   REG_DEVICES=100000 bench/run.sh   # a smaller registration storm
 #   GW=path RESULT=prefix bench/run.sh # another gateway binary; the summary also to prefix
+#   STORE=none bench/run.sh           # the gateways' [store] kind (default: the file
+#                                     # store, in the run's temp dir)
 #
 # Scenarios that measure a peak offer more than the gateway can take and pass
 # --allow-failures to the loadgen; the others fail on any failed request.
@@ -136,7 +138,14 @@ bind = "127.0.0.1:$api"
 
 $tables
 CONF
-    RUST_LOG=info,rumqttd=warn "$GW" --config "$TMP/$name.toml" 2>"$TMP/$name.log" >/dev/null &
+    # Each gateway its own store (else a scenario would restore the previous one's
+    # devices); a binary from before the store (bench/compare.sh) gets no flags.
+    local store=()
+    if "$GW" --help 2>/dev/null | grep -q -- '--store-path'; then
+        store=(--store "${STORE:-file}" --store-path "$TMP/$name-store")
+    fi
+    RUST_LOG=info,rumqttd=warn "$GW" --config "$TMP/$name.toml" "${store[@]}" \
+        2>"$TMP/$name.log" >/dev/null &
     GW_PID=$!
     PIDS+=("$GW_PID")
     wait_line "$TMP/$name.log" "lwm2m-gateway ready udp="
@@ -285,7 +294,7 @@ fi
 # RESULT=prefix writes the summary there too (.md and .json), saved or not.
 OUT_COPY=${RESULT:-}
 python3 bench/summarize.py "$TMP" "$OUT" "$((END - START))" \
-    "SCENARIOS=${SCENARIOS:-all} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
+    "SCENARIOS=${SCENARIOS:-all} STORE=${STORE:-file} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
     "$LOAD_START" "$LOAD_END"
 if [ -n "$OUT_COPY" ]; then
     cp "$OUT.md" "$OUT_COPY.md"

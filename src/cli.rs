@@ -99,6 +99,14 @@ pub struct Cli {
     )]
     pub api_secret: Option<Secret>,
 
+    /// Where registrations are kept across restarts: file, or none (store.kind)
+    #[arg(long, value_name = "KIND")]
+    pub store: Option<crate::config::StoreKind>,
+
+    /// The file store's directory (store.path)
+    #[arg(long, value_name = "DIR")]
+    pub store_path: Option<PathBuf>,
+
     /// Directory of OMA object definitions (xml_dir)
     #[arg(long, value_name = "DIR")]
     pub xml_dir: Option<PathBuf>,
@@ -286,6 +294,14 @@ impl Cli {
             c.xml_dir = dir.clone();
             o.set("--xml-dir", "xml_dir");
         }
+        if let Some(k) = self.store {
+            c.store.kind = k;
+            o.set("--store", "store.kind");
+        }
+        if let Some(dir) = &self.store_path {
+            c.store.path = dir.clone();
+            o.set("--store-path", "store.path");
+        }
         if let Some(s) = &self.socket_rcvbuf {
             c.engine.socket_rcvbuf = parse_size(s).map_err(|m| flag_err("--socket-rcvbuf", m))?;
             o.set("--socket-rcvbuf", "engine.socket_rcvbuf");
@@ -370,8 +386,11 @@ mod tests {
 
     #[test]
     fn shipped_default_path_loads() {
-        // Tests run in the package root, where etc/lwm2m-gateway.toml lives.
-        assert_eq!(cli(&[]).load_config().unwrap(), Config::default());
+        // Tests run in the package root, where etc/lwm2m-gateway.toml lives; its store
+        // directory is relative to it.
+        let mut want = Config::default();
+        want.store.path = Path::new("etc").join(&want.store.path);
+        assert_eq!(cli(&[]).load_config().unwrap(), want);
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod mqtt;
 pub mod objects;
 pub mod sim;
+pub mod store;
 pub mod watch;

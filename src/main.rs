@@ -6,12 +6,15 @@
 use clap::Parser;
 use lwm2m_gateway::cli::Cli;
 use lwm2m_gateway::config::LogFormat;
-use lwm2m_gateway::engine::Gateway;
+use lwm2m_gateway::engine::{Gateway, GatewayError};
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// How long the start waits for the broker before saying "ready" without it.
 const BROKER_WAIT: Duration = Duration::from_secs(5);
+/// The exit code of a start refused because the store is damaged, of another format,
+/// or in use (configuration errors exit with 2, other start failures with 1).
+const STORE_EXIT: u8 = 3;
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
@@ -75,6 +78,11 @@ fn main() -> ExitCode {
         .map(|p| std::path::absolute(&p).unwrap_or(p));
     let gw = match Gateway::start_from(&cfg, file) {
         Ok(g) => g,
+        Err(e @ GatewayError::Store(_)) => {
+            // Starting empty would forget every device the store holds.
+            eprintln!("lwm2m-gateway: {e}; the start is refused");
+            return ExitCode::from(STORE_EXIT);
+        }
         Err(e) => {
             eprintln!("lwm2m-gateway: {e}");
             return ExitCode::FAILURE;

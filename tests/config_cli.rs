@@ -27,6 +27,10 @@ fn shipped_file_loads_as_the_defaults() {
             config_file: etc.join("bootstrap.toml"),
             ..Default::default()
         },
+        store: lwm2m_gateway::config::Store {
+            path: etc.join("data"),
+            ..Default::default()
+        },
         ..Config::default()
     };
     assert_eq!(c, expected);

@@ -101,6 +101,9 @@ fn flags(udp: u16, mqtt: u16, mqtt5: u16, api: u16) -> Vec<String> {
         format!("127.0.0.1:{api}"),
         "--shards".into(),
         "2".into(),
+        // Not about persistence: no store shared through the working directory.
+        "--store".into(),
+        "none".into(),
     ]
     .to_vec()
 }

@@ -629,6 +629,7 @@ impl Sim {
                 Output::Shard { to, msg } => msgs.push((to, msg)),
                 Output::Auth { .. } => unreachable!("authentication is off"),
                 Output::Bootstrap(_) => unreachable!("bootstrap is off"),
+                Output::Store(c) => check_store_change(&c),
             });
         }
         for m in mqtt {
@@ -1094,5 +1095,20 @@ mod e2e {
             "{} malformed datagrams and {commands} malformed commands sent while {n} devices registered and updated twice",
             sent.load(Ordering::Relaxed)
         );
+    }
+}
+
+/// A store change the core emitted: a record decodes, and is of the name and location
+/// it is filed under.
+fn check_store_change(c: &lwm2m_gateway::lwm2m::StoreChange) {
+    if let lwm2m_gateway::lwm2m::StoreChange::Put {
+        name,
+        location,
+        record,
+    } = c
+    {
+        let ep = lwm2m_gateway::lwm2m::record::decode(record, 0)
+            .expect("a record the core wrote decodes");
+        assert_eq!((&*ep.name, ep.location), (&**name, *location));
     }
 }

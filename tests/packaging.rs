@@ -136,11 +136,13 @@ fn the_installed_binary_runs_from_an_empty_directory_without_configuration() {
         b"",
     );
     assert!(body.contains("\"qmode_time_window\":\"22s\""), "{body}");
-    assert_eq!(
-        std::fs::read_dir(cwd.path()).unwrap().count(),
-        0,
-        "nothing written"
-    );
+    // Nothing written but the default store (`[store] kind = "file"` under `data`).
+    let written: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written, ["data"], "nothing written but the store");
+    assert!(cwd.path().join("data/registrations.redb").is_file());
 
     // It serves: a device registers, and a read's value is typed by the built-in
     // definition of /3/0/9 (Battery Level, an Integer).

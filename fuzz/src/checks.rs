@@ -493,6 +493,7 @@ impl CompositeWorld {
             Output::Shard { .. } => panic!("one shard sends nothing to others"),
             Output::Auth { .. } => unreachable!("authentication is off"),
             Output::Bootstrap(_) => unreachable!("bootstrap is off"),
+            Output::Store(c) => check_store_change(&c),
         });
         let mut replies = Vec::new();
         for (to, bytes) in datagrams {
@@ -925,6 +926,13 @@ pub struct World {
     pub requests: u64,
     /// Ops run so far.
     pub ops: usize,
+    /// The store as its writer keeps it: every `Output::Store` applied in order
+    /// (name → location and record).
+    pub store: BTreeMap<String, (u64, Vec<u8>)>,
+    /// Restarts so far, and the commands they ended without a final message (commands
+    /// waiting or in flight are not stored, by design).
+    pub restarts: u64,
+    pub lost_at_restart: u64,
 }
 
 /// A command published to the core, and what came back for it.
@@ -1006,6 +1014,70 @@ impl World {
             notifies: 0,
             requests: 0,
             ops: 0,
+            store: BTreeMap::new(),
+            restarts: 0,
+            lost_at_restart: 0,
+        }
+    }
+
+    /// The gateway stops cleanly and starts again on its store: everything in flight
+    /// between the shards is delivered first (a clean stop drains the shards), the
+    /// cores and the directory are replaced by new ones fed the stored records. Every
+    /// registration comes back as it was (name, location, address, deadline,
+    /// observations); commands waiting or in flight end without a final message.
+    pub fn restart(&mut self) {
+        self.deliver_all();
+        let snapshot = |cores: &[ShardCore], now: u64| {
+            let mut m = BTreeMap::new();
+            for c in cores {
+                for (_, ep) in c.endpoints().slots() {
+                    if ep.expires_ms <= now {
+                        continue; // due at once: ended by its timer, before or after.
+                    }
+                    let mut tokens: Vec<u32> = ep.session.as_ref().map_or(Vec::new(), |s| {
+                        s.observations.iter().map(|o| o.token).collect()
+                    });
+                    tokens.sort_unstable();
+                    m.insert(
+                        ep.name.to_string(),
+                        (ep.location, ep.peer, ep.expires_ms, ep.lifetime_s, tokens),
+                    );
+                }
+            }
+            m
+        };
+        let before = snapshot(&self.cores, self.now);
+        let shards = self.cores.len();
+        let s = Arc::new(core_settings());
+        self.dir = Arc::new(Directory::new());
+        self.restarts += 1;
+        self.cores = (0..shards)
+            .map(|i| {
+                let seed = 77 + 1000 * i as u64 + 7919 * self.restarts;
+                ShardCore::new(i as u16, s.clone(), self.dir.clone(), seed)
+            })
+            .collect();
+        self.timers.clear();
+        self.subscribed.clear();
+        for (name, (_, bytes)) in &self.store {
+            let ep = lwm2m_gateway::lwm2m::record::decode(bytes, s.clock_epoch_ms)
+                .unwrap_or_else(|e| panic!("the stored record of {name} does not decode: {e}"));
+            let shard = lwm2m_gateway::lwm2m::publish::name_hash(name) as usize % shards;
+            self.cores[shard].handle(self.now, Input::Restore(Box::new(ep)));
+        }
+        let fx = self.collect();
+        assert!(
+            fx.replies.is_empty() && fx.publishes == 0,
+            "a restore says nothing"
+        );
+        self.deliver_all();
+        let after = snapshot(&self.cores, self.now);
+        assert_eq!(after, before, "the registrations restored from the store");
+        for c in self.cmds.values_mut() {
+            if c.finals == 0 && !c.broken {
+                c.finals = 1;
+                self.lost_at_restart += 1;
+            }
         }
     }
 
@@ -1022,6 +1094,7 @@ impl World {
         };
         let mut datagrams = Vec::new();
         let mut mqtt = Vec::new();
+        let mut stored = Vec::new();
         for (i, c) in self.cores.iter_mut().enumerate() {
             let (timers, mailbox) = (&mut self.timers, &mut self.mailbox);
             c.drain(|o| match o {
@@ -1031,7 +1104,14 @@ impl World {
                 Output::Shard { to, msg } => mailbox.push((to, msg)),
                 Output::Auth { .. } => unreachable!("authentication is off"),
                 Output::Bootstrap(_) => unreachable!("bootstrap is off"),
+                Output::Store(c) => {
+                    check_store_change(&c);
+                    stored.push(c);
+                }
             });
+        }
+        for c in stored {
+            self.apply_store_change(c);
         }
         for (shard, m) in mqtt {
             match m {
@@ -1094,6 +1174,26 @@ impl World {
             }
         }
         fx
+    }
+
+    /// What the store writer does with a change: a put replaces the name's record, a
+    /// removal takes it only when it is of the removal's location.
+    fn apply_store_change(&mut self, c: lwm2m_gateway::lwm2m::StoreChange) {
+        use lwm2m_gateway::lwm2m::StoreChange;
+        match c {
+            StoreChange::Put {
+                name,
+                location,
+                record,
+            } => {
+                self.store.insert(name.to_string(), (location, record));
+            }
+            StoreChange::Remove { name, location } => {
+                if self.store.get(&*name).is_some_and(|(l, _)| *l == location) {
+                    self.store.remove(&*name);
+                }
+            }
+        }
     }
 
     /// One MQTT message: true for a register or update message; a command message
@@ -1744,6 +1844,10 @@ pub fn run_core(data: &[u8]) -> World {
     let mode = r.u8();
     let settle = mode & 1 == 1;
     let n_ops = if mode & 0x80 != 0 { 16 } else { 10 };
+    // With 0x40 alone among the bits 0x02..0x40 (no earlier input has it), one more op:
+    // a restart on the store (`World::restart`).
+    let restarts = mode & 0x7e == 0x40;
+    let n_ops = n_ops + restarts as u8;
     let mut w = World::new(shards);
     let mut ops = 0;
     while !r.done() && ops < 256 {
@@ -1751,6 +1855,12 @@ pub fn run_core(data: &[u8]) -> World {
         w.ops = ops;
         let op = r.u8() % n_ops;
         let p = r.u8() % PEERS;
+        if restarts && op == n_ops - 1 {
+            w.restart();
+            w.check_always();
+            w.check_quiescent();
+            continue;
+        }
         if trace() {
             eprintln!("op {op} peer {p} at {} ms", w.now);
         }
@@ -1959,6 +2069,7 @@ pub fn run_core(data: &[u8]) -> World {
         assert_eq!(c.endpoints().len(), 0, "endpoints outlive their lifetime");
     }
     assert_eq!(w.dir.len(), 0, "directory keeps expired names");
+    assert!(w.store.is_empty(), "the store keeps expired registrations");
     assert!(
         w.subscribed.is_empty(),
         "subscriptions outlive the endpoints"
@@ -2207,5 +2318,20 @@ pub fn dtls_cid_records(data: &[u8]) {
         now += Duration::from_millis(arg as u64);
         server.handle_timeout(now);
         let _ = client.handle_timeout(now);
+    }
+}
+
+/// A store change the core emitted: a record decodes, and is of the name and location
+/// it is filed under.
+fn check_store_change(c: &lwm2m_gateway::lwm2m::StoreChange) {
+    if let lwm2m_gateway::lwm2m::StoreChange::Put {
+        name,
+        location,
+        record,
+    } = c
+    {
+        let ep = lwm2m_gateway::lwm2m::record::decode(record, 0)
+            .expect("a record the core wrote decodes");
+        assert_eq!((&*ep.name, ep.location), (&**name, *location));
     }
 }

@@ -31,7 +31,8 @@ impl RunningGateway {
              [listeners.udp.default]\nbind = \"127.0.0.1:0\"\nmax_conn_rate = {max_conn_rate}\n\
              [mqtt]\nserver = \"embedded\"\nembedded_bind = \"127.0.0.1:{mqtt}\"\n\
              embedded_bind_v5 = \"127.0.0.1:{mqtt_v5}\"\n\
-             [api]\nbind = \"127.0.0.1:{api}\"\n"
+             [api]\nbind = \"127.0.0.1:{api}\"\n\
+             [store]\nkind = \"none\"\n"
         );
         let cfg = Config::from_toml_str(&toml).expect("configuration");
         let gw = Gateway::start(&cfg).expect("gateway starts");

@@ -137,6 +137,10 @@ pub trait Admin: Send + Sync + 'static {
     /// Appends the Prometheus text exposition.
     fn metrics(&self, out: &mut String);
     fn healthy(&self) -> bool;
+    /// The store's state for `/health` (`ok`, `failing`); None without a store.
+    fn store_state(&self) -> Option<&'static str> {
+        None
+    }
     /// The `node` field of the clients API (EMQX shows the Erlang node).
     fn node(&self) -> String {
         routes::default_node()

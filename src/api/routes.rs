@@ -126,11 +126,16 @@ fn dispatch(ctx: &Ctx, req: &Request, pattern: &str, method: &str, p: &[&str]) -
     let id = p.first().copied().unwrap_or("");
     match (pattern, method) {
         ("/health", _) => {
-            if ctx.admin.healthy() {
-                Response::json(200, br#"{"status":"ok"}"#.to_vec())
+            let (code, status) = if ctx.admin.healthy() {
+                (200, "ok")
             } else {
-                Response::json(503, br#"{"status":"unavailable"}"#.to_vec())
-            }
+                (503, "unavailable")
+            };
+            let body = match ctx.admin.store_state() {
+                Some(store) => format!(r#"{{"status":"{status}","store":"{store}"}}"#),
+                None => format!(r#"{{"status":"{status}"}}"#),
+            };
+            Response::json(code, body.into_bytes())
         }
         ("/metrics" | "/api/v5/prometheus/stats", _) => {
             let mut out = String::with_capacity(16 * 1024);

@@ -49,6 +49,7 @@ impl From<&Config> for CoreSettings {
             location_key: [0; 2],
             // Set by the engine from its clock.
             clock_epoch_ms: 0,
+            store_records: c.store.kind != crate::config::StoreKind::None,
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
             dtls_max_connections: c

@@ -45,7 +45,7 @@ pub use error::ConfigError;
 pub use listeners::{DtlsListener, Listeners, UdpListener};
 pub use mqtt::{Mqtt, MqttProtocol, MqttServer, SubscribeMode};
 pub use secret::Secret;
-pub use tuning::{Api, Bootstrap, Coap, Engine, Log, LogFormat, QueueMode};
+pub use tuning::{Api, Bootstrap, Coap, Engine, Log, LogFormat, QueueMode, Store, StoreKind};
 pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};
 
 /// The shipped configuration file, every key at its default.
@@ -88,6 +88,8 @@ pub struct Config {
     pub log: Log,
     /// `[bootstrap]`: the Bootstrap-Server.
     pub bootstrap: Bootstrap,
+    /// `[store]`: registrations kept across restarts.
+    pub store: Store,
 }
 
 impl Default for Config {
@@ -113,6 +115,7 @@ impl Default for Config {
             queue: QueueMode::default(),
             log: Log::default(),
             bootstrap: Bootstrap::default(),
+            store: Store::default(),
         }
     }
 }
@@ -195,6 +198,7 @@ impl Config {
         };
         fix(&mut self.xml_dir);
         fix(&mut self.bootstrap.config_file);
+        fix(&mut self.store.path);
         let listeners = self.listeners.dtls.values_mut();
         let files = listeners.flat_map(|l| {
             [

@@ -53,6 +53,11 @@ fn shipped_file_is_the_default() {
     assert_eq!(shipped.api, d.api);
     assert_eq!(shipped.coap, d.coap);
     assert_eq!(shipped.queue, d.queue);
+    // The store's directory (default `data`) is relative to the file as any path: the
+    // shipped file keeps it next to itself.
+    assert_eq!(shipped.store.kind, d.store.kind);
+    assert_eq!(shipped.store.path, Path::new("etc").join(&d.store.path));
+    shipped.store.path = d.store.path.clone();
     assert_eq!(shipped, d);
     d.validate().unwrap();
 }
@@ -835,6 +840,7 @@ fn core_settings_defaults_are_the_default_configuration() {
         bootstrap,
         bootstrap_configs,
         clock_epoch_ms,
+        store_records,
     } = CoreSettings::defaults();
     assert_eq!(lifetime_min_s, from.lifetime_min_s);
     assert_eq!(lifetime_max_s, from.lifetime_max_s);
@@ -879,6 +885,7 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert_eq!(bootstrap, from.bootstrap);
     assert!(bootstrap_configs.is_none() && from.bootstrap_configs.is_none());
     assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
+    assert_eq!(store_records, from.store_records);
 }
 
 /// `[bootstrap]` and `translators.bootstrap`: defaults and overrides.

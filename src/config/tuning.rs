@@ -148,3 +148,33 @@ impl Default for Bootstrap {
         }
     }
 }
+
+/// `[store]`: where registrations and observations outlive the process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    pub kind: StoreKind,
+    /// The file store's directory (created when missing); relative to the
+    /// configuration file.
+    pub path: std::path::PathBuf,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            kind: StoreKind::File,
+            path: std::path::PathBuf::from("data"),
+        }
+    }
+}
+
+/// `store.kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// An embedded store under `store.path`.
+    #[default]
+    File,
+    /// Memory only: a restart forgets every registration.
+    None,
+}

@@ -39,6 +39,8 @@ pub(super) struct GatewayAdmin {
     pub epoch_ms: u64,
     /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
+    /// The store's counters and state (`[store] kind = "file"`).
+    pub store: Option<Arc<crate::store::StoreStats>>,
     /// The file the configuration came from (None: built-in defaults).
     pub config_path: Option<std::path::PathBuf>,
     /// What the last `set_enabled` asked of the shards.
@@ -250,6 +252,10 @@ impl Admin for GatewayAdmin {
 
     fn healthy(&self) -> bool {
         MqttStats::get(&self.mqtt.connected) > 0
+    }
+
+    fn store_state(&self) -> Option<&'static str> {
+        self.store.as_ref().map(|s| s.state().name())
     }
 
     fn enabled(&self) -> bool {

@@ -6,17 +6,20 @@ use super::admin::GatewayAdmin;
 use super::dtls_side::{DtlsSide, DTLS};
 use super::mail::{ShardMail, ShardTimer};
 use super::mqtt_side::{MqttSide, MQTT_TOKEN_BASE};
+use super::restore::{restore_into, StartGate};
 use super::router::{CommandRouter, RouterCounters};
 use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
-use crate::config::{Config, MqttProtocol, MqttServer};
+use crate::config::{Config, MqttProtocol, MqttServer, StoreKind};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::events::EventFeed;
+use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
+use crate::store::{FileStore, StoreError, StoreStats, StoreWriter};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
@@ -45,6 +48,10 @@ pub enum GatewayError {
         bind: SocketAddr,
         source: std::io::Error,
     },
+    /// The store could not be opened or read (damaged, of another format, in use):
+    /// the start is refused rather than serving without the devices it holds.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// A thread or poller could not be created.
     #[error("starting {what}: {source}")]
     Start {
@@ -80,6 +87,9 @@ pub struct Gateway {
     pub dir: Arc<Directory>,
     pub shard_counters: Vec<Arc<ShardCounters>>,
     pub router_counters: Arc<RouterCounters>,
+    /// The store's writer (`[store] kind = "file"`), stopped after the shards.
+    store: Option<StoreWriter>,
+    pub store_stats: Option<Arc<StoreStats>>,
 }
 
 impl Gateway {
@@ -112,13 +122,11 @@ impl Gateway {
         let epoch_ms = clock_epoch_ms(&clock);
         settings.clock_epoch_ms = epoch_ms;
         let settings = Arc::new(settings);
-        let watcher = objects::spawn_watcher(
-            registry.clone(),
-            cfg.xml_dir.clone(),
-            Duration::from_secs(2),
-            stop.clone(),
-        )
-        .map_err(|e| start_err("object definition watcher", e))?;
+        let (store, restored) = open_store(cfg, epoch_ms, shards)?;
+        let store_stats = store.as_ref().map(|(_, s)| s.clone());
+        let watcher =
+            objects::spawn_watcher(registry.clone(), cfg.xml_dir.clone(), RELOAD, stop.clone())
+                .map_err(|e| start_err("object definition watcher", e))?;
         let listener = cfg.udp_listener();
 
         // Sockets first: a bad bind fails the start before any thread runs.
@@ -138,14 +146,7 @@ impl Gateway {
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
         let dtls_bound = tell_dtls_port(bootstrap.as_deref(), &parts);
 
-        let router_counters = Arc::new(RouterCounters::default());
-        let router = Arc::new(CommandRouter {
-            mountpoint: settings.mountpoint.clone(),
-            command_topic: settings.command.topic.clone(),
-            dir: dir.clone(),
-            shards,
-            counters: router_counters.clone(),
-        });
+        let (router, router_counters) = command_router(&settings, &dir, shards);
         let mqtt_opts = mqtt_options(cfg, server);
         let broker = broker_addrs(cfg, &mqtt_opts.server)?;
         let mqtt_connections = shards * connections_per_shard(mqtt_opts.connections, shards);
@@ -179,6 +180,7 @@ impl Gateway {
             mqtt: mqtt_stats.clone(),
             epoch_ms,
             bootstrap: bootstrap.clone(),
+            store: store_stats.clone(),
             config_path: file,
             serving: AtomicBool::new(true),
             bound: (udp_addr, dtls_bound),
@@ -206,6 +208,9 @@ impl Gateway {
             recv_batch: cfg.engine.recv_batch,
             max_datagram: cfg.engine.max_datagram,
             bootstrap,
+            store: store.as_ref().map(|(w, _)| w.sender()),
+            restored: Mutex::new(restored.into_iter().map(Some).collect()),
+            gate: StartGate::new(shards),
             events: events.clone(),
         });
         let shard_threads = shard::spawn_shards(&spec, move |i| {
@@ -232,6 +237,8 @@ impl Gateway {
             dir,
             shard_counters,
             router_counters,
+            store: store.map(|(w, _)| w),
+            store_stats,
         })
     }
 
@@ -285,6 +292,10 @@ impl Gateway {
                 "shard stopped"
             );
         }
+        if let Some(w) = self.store.take() {
+            // After the shards: everything they queued is written.
+            w.stop();
+        }
         if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
@@ -315,11 +326,19 @@ struct ShardContext {
     seed: u64,
     recv_batch: usize,
     max_datagram: usize,
+    /// The store writer's queue, when registrations are kept.
+    store: Option<crate::store::StoreSender>,
+    /// Each shard's share of the registrations read back from the store, taken once.
+    restored: Mutex<Vec<Option<Vec<Endpoint>>>>,
+    /// No shard serves a device before every shard took its share in.
+    gate: StartGate,
     /// What is published, for the API's listeners.
     events: Arc<EventFeed>,
 }
 
 fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()> {
+    // Arrives at the gate when this shard restored its share, or when it fails before.
+    let pass = ctx.gate.pass();
     let ShardParts {
         mut poll,
         socket,
@@ -353,6 +372,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ctx.registry.clone(),
     );
     app.bootstrap = ctx.bootstrap.clone();
+    app.store = ctx.store.clone();
     if let (Some(s), Some(ds)) = (dtls_socket, &ctx.dtls) {
         let mut s = mio::net::UdpSocket::from_std(s);
         poll.registry()
@@ -368,6 +388,9 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         ));
     }
     let mut timers: TimerWheel<ShardTimer> = TimerWheel::new(start_ms);
+    let restored = ctx.restored.lock()[i].take().unwrap_or_default();
+    restore_into(&mut app, start_ms, restored, &mut timers);
+    pass.wait();
     let cfg = LoopConfig {
         mailbox_budget: 1024,
         max_sleep_ms: 1000,
@@ -381,6 +404,55 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
         &mut timers,
         &cfg,
     )
+}
+
+/// How often the object definitions' directory is looked at for changes.
+const RELOAD: Duration = Duration::from_secs(2);
+
+/// The router that hands each command to the shard of its endpoint, and its counters.
+fn command_router(
+    settings: &CoreSettings,
+    dir: &Arc<Directory>,
+    shards: usize,
+) -> (Arc<CommandRouter>, Arc<RouterCounters>) {
+    let counters = Arc::new(RouterCounters::default());
+    let router = Arc::new(CommandRouter {
+        mountpoint: settings.mountpoint.clone(),
+        command_topic: settings.command.topic.clone(),
+        dir: dir.clone(),
+        shards,
+        counters: counters.clone(),
+    });
+    (router, counters)
+}
+
+/// The store of `[store]`: opened, read back (each shard's share of the registrations)
+/// and its writer started; nothing with `kind = "none"`.
+#[allow(clippy::type_complexity)]
+fn open_store(
+    cfg: &Config,
+    epoch_ms: u64,
+    shards: usize,
+) -> Result<(Option<(StoreWriter, Arc<StoreStats>)>, Vec<Vec<Endpoint>>), GatewayError> {
+    if cfg.store.kind == StoreKind::None {
+        return Ok((None, (0..shards).map(|_| Vec::new()).collect()));
+    }
+    let mut backend = FileStore::open(&cfg.store.path)?;
+    let restored = crate::store::load(&mut backend, epoch_ms, shards)?;
+    let stats = Arc::new(StoreStats::default());
+    stats.restored.store(restored.count, Ordering::Relaxed);
+    stats
+        .restore_ms
+        .store(restored.elapsed.as_millis() as u64, Ordering::Relaxed);
+    tracing::info!(
+        store = %crate::store::Backend::describe(&backend),
+        registrations = restored.count,
+        read_ms = restored.elapsed.as_millis() as u64,
+        "store opened"
+    );
+    let writer = StoreWriter::start(Box::new(backend), stats.clone())
+        .map_err(|e| start_err("store writer", e))?;
+    Ok((Some((writer, stats)), restored.shards))
 }
 
 /// Shard `i`'s broker connections: `mqtt.connections` spread over the shards (at

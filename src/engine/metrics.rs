@@ -47,6 +47,77 @@ pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     write_dtls(&sh, w);
     write_routing(&sh, w);
     write_mqtt(&a.mqtt, w);
+    if let Some(s) = &a.store {
+        write_store(s, &snaps, w);
+    }
+}
+
+/// The store (`[store] kind = "file"`): its writer's work, the changes the shards
+/// could not queue, and the restore at start.
+fn write_store(s: &crate::store::StoreStats, snaps: &[CoreStats], w: &mut Writer<'_>) {
+    use crate::store::StoreStats as S;
+    let records: u64 = snaps.iter().map(|c| c.records_written).sum();
+    let refused: u64 = snaps.iter().map(|c| c.restore_refused).sum();
+    let counters = [
+        (
+            "lwm2m_store_records_queued_total",
+            "Registration records the shards wrote out for the store.",
+            records,
+        ),
+        (
+            "lwm2m_store_writes_total",
+            "Records written or removed by the store writer.",
+            S::get(&s.writes),
+        ),
+        (
+            "lwm2m_store_batches_total",
+            "Batches the store writer committed.",
+            S::get(&s.batches),
+        ),
+        (
+            "lwm2m_store_errors_total",
+            "Store batches that failed to commit (written again later).",
+            S::get(&s.errors),
+        ),
+        (
+            "lwm2m_store_queue_full_total",
+            "Store changes dropped because the writer's queue was full.",
+            S::get(&s.queue_full),
+        ),
+        (
+            "lwm2m_store_restore_refused_total",
+            "Restored registrations refused at start (name or location taken).",
+            refused,
+        ),
+    ];
+    for (name, help, v) in counters {
+        w.counter(name, help, &[], v);
+    }
+    let gauges = [
+        (
+            "lwm2m_store_queued",
+            "Store changes waiting to be written.",
+            S::get(&s.queued),
+        ),
+        (
+            "lwm2m_store_restored",
+            "Registrations read back from the store at start.",
+            S::get(&s.restored),
+        ),
+        (
+            "lwm2m_store_restore_milliseconds",
+            "How long reading the store back took at start.",
+            S::get(&s.restore_ms),
+        ),
+        (
+            "lwm2m_store_up",
+            "1 while the store's writes succeed, 0 after a failed one.",
+            (s.state() == crate::store::StoreState::Ok) as u64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        w.gauge(name, help, &[], v);
+    }
 }
 
 /// A sample's type.

@@ -9,6 +9,7 @@ mod gateway;
 mod mail;
 mod metrics;
 mod mqtt_side;
+mod restore;
 mod router;
 mod udp_shard;
 

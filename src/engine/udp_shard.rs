@@ -75,6 +75,8 @@ pub(super) struct UdpShard {
     registry_generation: Option<u64>,
     /// The Bootstrap-Server's configurations and outcomes (`[bootstrap] enable`).
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
+    /// The store writer's queue (`[store]`), when registrations are kept.
+    pub store: Option<crate::store::StoreSender>,
     /// Serving devices (the management API's enable); while false every datagram read
     /// is dropped.
     serving: bool,
@@ -115,8 +117,16 @@ impl UdpShard {
             registry,
             registry_generation: None,
             bootstrap: None,
+            store: None,
             serving: true,
         }
+    }
+
+    /// [`route_outputs`](Self::route_outputs) at `now_ms`, outside a loop callback (the
+    /// restore at start).
+    pub(super) fn route_outputs_at(&mut self, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
+        self.now_ms = now_ms;
+        self.route_outputs(timers);
     }
 
     /// Hands the core the current object definitions when a reload replaced them (an
@@ -142,7 +152,7 @@ impl UdpShard {
             let (send, dtls, mqtt) = (&mut self.send, &mut self.dtls, &mut self.mqtt);
             let (backlog, peers, counters, auth) =
                 (&mut self.backlog, &self.peers, &self.counters, &self.auth);
-            let bootstrap = &self.bootstrap;
+            let (bootstrap, store) = (&self.bootstrap, &self.store);
             let unix_ms = self.core.settings().clock_epoch_ms + now;
             self.core.drain(|o| match o {
                 Output::Datagram {
@@ -175,6 +185,11 @@ impl UdpShard {
                 Output::Bootstrap(e) => {
                     if let Some(b) = bootstrap {
                         b.on_event(&e, unix_ms);
+                    }
+                }
+                Output::Store(c) => {
+                    if let Some(s) = store {
+                        s.send(c);
                     }
                 }
                 Output::Shard { to, msg } => {

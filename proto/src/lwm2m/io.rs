@@ -10,7 +10,8 @@
 //!    never reads a clock);
 //! 2. `core.drain(|output| ...)`: datagrams to send (those marked `secure` only over DTLS,
 //!    never in plain text), MQTT actions for the shard's broker connections, timers to arm,
-//!    authentication requests, then messages for other shards, in that order;
+//!    authentication requests, messages for other shards, bootstraps' progress, then
+//!    store changes (`[store]`), in that order;
 //! 3. what the driver could not do becomes an input again: a secure datagram without a
 //!    session is [`Input::SessionClosed`], a command another shard's mailbox could not
 //!    take is [`Input::Undelivered`], an authentication request the pool refused is a
@@ -23,8 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::core::{cx, dm_env};
+use super::endpoint::Endpoint;
 use super::identity::PeerIdentity;
-use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, Timer};
+use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, StoreChange, Timer};
 use super::settings::CoreSettings;
 use super::ShardCore;
 use crate::objects::ObjectRegistry;
@@ -68,6 +70,12 @@ pub enum Input<'a> {
     /// otherwise acknowledge and publish (see `shed.rs`), so that nothing it
     /// acknowledged is dropped for lack of room.
     MqttCongested(bool),
+    /// A registration read back from the store at start (`record::decode`), before the
+    /// shard serves any device: it is claimed, its lifetime timer armed (a deadline that
+    /// passed while the gateway was down ends it at once, `expired`) and, with
+    /// per-endpoint subscriptions, its command filter subscribed again. Nothing is
+    /// published for it and it is not written back.
+    Restore(Box<Endpoint>),
 }
 
 /// What the core asks its driver to do.
@@ -91,6 +99,9 @@ pub enum Output<'a> {
     /// A bootstrap started, finished (with the PSK credentials it gave the device) or
     /// failed: the driver keeps the outcome and adds the credentials to its PSK store.
     Bootstrap(BootstrapEvent),
+    /// A change of the stored registrations (`CoreSettings::store_records`): coalesced
+    /// per registration and drain, removals first.
+    Store(StoreChange),
 }
 
 impl ShardCore {
@@ -124,6 +135,7 @@ impl ShardCore {
                 self.out.congested = on;
                 self.stats.congested = on as u64;
             }
+            Input::Restore(ep) => self.restore(*ep),
         }
         self.stats.bootstraps_active = self.boot.len() as u64;
     }
@@ -146,6 +158,10 @@ impl ShardCore {
         for e in self.out.bootstrap.drain(..) {
             f(Output::Bootstrap(e));
         }
+        for c in self.out.store.drain(..) {
+            f(Output::Store(c));
+        }
+        self.drain_records(|c| f(Output::Store(c)));
     }
 
     /// Whether [`drain`](Self::drain) has anything to hand out.
@@ -156,5 +172,7 @@ impl ShardCore {
             || !self.out.auth.is_empty()
             || !self.out.to_shards.is_empty()
             || !self.out.bootstrap.is_empty()
+            || !self.out.store.is_empty()
+            || !self.out.store_dirty.is_empty()
     }
 }

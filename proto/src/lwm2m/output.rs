@@ -123,6 +123,23 @@ pub enum ShardMsg {
     },
 }
 
+/// A change of the stored registrations (`[store]`), for the driver's store writer.
+/// Changes of one shard arrive in order; those of different shards do not, which
+/// [`StoreChange::Remove`] allows for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// The registration's record (`record.rs`), kept under its name (replacing any).
+    Put {
+        name: Box<str>,
+        location: u64,
+        record: Vec<u8>,
+    },
+    /// The registration of `name` at `location` ended: its record goes, unless the one
+    /// kept under the name is of another location (a newer registration, possibly
+    /// written by another shard first).
+    Remove { name: Box<str>, location: u64 },
+}
+
 /// What the authentication server is told about a registering device.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuthRequest {
@@ -214,6 +231,11 @@ pub struct Outputs {
     pub auth: Vec<(u64, AuthRequest)>,
     /// Bootstraps' progress, for the driver.
     pub bootstrap: Vec<BootstrapEvent>,
+    /// Registrations that ended, for the store.
+    pub store: Vec<StoreChange>,
+    /// Table slots whose registration changed what its stored record holds; their
+    /// records are written when the outputs are drained (once per slot and drain).
+    pub store_dirty: Vec<u32>,
 }
 
 impl Outputs {
@@ -241,6 +263,11 @@ impl Outputs {
             f(to, secure, &self.buf[s as usize..e as usize]);
         }
         self.buf.clear();
+    }
+
+    /// The registration in `slot` changed what its stored record holds.
+    pub fn stored(&mut self, slot: u32) {
+        self.store_dirty.push(slot);
     }
 
     pub fn pending_datagrams(&self) -> usize {

@@ -147,6 +147,7 @@ impl ShardCore {
         let ep = self.table.get(slot).expect("inserted");
         self.cluster.registered(cx!(self), ep);
         self.stats.registrations += 1;
+        self.out.stored(slot);
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
         self.dm.auto_observe(cx!(self), dm_env!(self), slot);
@@ -393,6 +394,7 @@ impl ShardCore {
             }
         }
         self.arm_expiry(slot);
+        self.out.stored(slot);
         self.stats.updates += 1;
         if has_objects || !self.settings.update_needs_object_list {
             self.publish_registration(slot, "update");
@@ -413,6 +415,7 @@ impl ShardCore {
             Removal::Replaced { .. } => "endpoint registered again",
         };
         self.dm.finish_session(cx!(self), &mut ep, reason);
+        self.record_removed(&ep);
         // A replacement's end was published by the Register that replaced it.
         let end = match why {
             Removal::Deregistered => Some(End::Deregister),

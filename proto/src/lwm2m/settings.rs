@@ -81,6 +81,9 @@ pub struct CoreSettings {
     /// arrival of a Send, for its relative SenML times). Set by the engine at start;
     /// tests pass a fixed one.
     pub clock_epoch_ms: u64,
+    /// Registrations are kept in a store (`[store] kind` other than `none`): the core
+    /// emits `Output::Store` for every change of what a record holds.
+    pub store_records: bool,
 }
 
 /// What `auto_observe` observes after a registration.
@@ -152,6 +155,7 @@ impl CoreSettings {
             dtls_require_cn: false,
             location_key: [0; 2],
             clock_epoch_ms: 0,
+            store_records: true,
         }
     }
 

@@ -118,6 +118,12 @@ pub struct CoreStats {
     pub rebinds: u64,
     pub deregistrations: u64,
     pub expiries: u64,
+    /// Registrations taken back from the store at start (`Input::Restore`).
+    pub restored: u64,
+    /// Restored registrations refused: their name or location was taken already.
+    pub restore_refused: u64,
+    /// Registration records written out for the store (`Output::Store` puts).
+    pub records_written: u64,
     /// Requests answered 4.00 (bad parameters or payload).
     pub bad_requests: u64,
     /// Registers refused (4.00, also counted in `bad_requests`) because a value they

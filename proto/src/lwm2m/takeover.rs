@@ -153,6 +153,8 @@ impl ShardCore {
                 let expires = endpoint.expires_ms;
                 self.security.registration_here(endpoint.secure);
                 let slot = self.table.insert(*endpoint);
+                // What changed on the old shard since its last drain is written here.
+                self.out.stored(slot);
                 let gen = self.table.generation(slot);
                 self.out.timers.push((expires, Timer::Expire { slot, gen }));
                 self.dm.rearm_session(cx!(self), dm_env!(self), slot);

@@ -345,9 +345,11 @@ impl DeviceManagement {
             // A new observation of the same path(s) replaces the old one; a cancel ends it.
             if let Some(i) = session.observation_of(&ex.cmd) {
                 session.observations.swap_remove(i);
+                cx.out.stored(slot);
             }
         }
         if op.observes() && codes::class(msg.code) == 2 && msg.option(opt::OBSERVE).is_some() {
+            cx.out.stored(slot);
             session.observations.push(Observation {
                 token: ex.token,
                 path: ex.cmd.path,

@@ -27,6 +27,7 @@ impl DeviceManagement {
         }
         let ended = seq.is_none() || codes::class(msg.code) != 2;
         let cmd = if ended {
+            cx.out.stored(slot);
             session.observations.swap_remove(i).cmd
         } else {
             session.observations[i].cmd.clone()

@@ -4,7 +4,7 @@ use crate::coap::{codes, opt, Message, MessageWriter, MsgType};
 use crate::lwm2m::template::Template;
 use crate::lwm2m::{
     AuthRequest, CoreSettings, Directory, Input, MqttOut, Output, RoutedCommand, ShardCore,
-    ShardMsg, Timer,
+    ShardMsg, StoreChange, Timer,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +63,8 @@ pub(super) struct Harness {
     pub auth: Vec<(usize, u64, AuthRequest)>,
     /// Bootstraps' progress, as the driver gets it.
     pub bootstrap: Vec<crate::lwm2m::BootstrapEvent>,
+    /// Store changes, as the driver's store writer gets them: (shard, change).
+    pub store: Vec<(usize, StoreChange)>,
 }
 
 impl Harness {
@@ -101,6 +103,7 @@ impl Harness {
             mqtt: Vec::new(),
             auth: Vec::new(),
             bootstrap: Vec::new(),
+            store: Vec::new(),
         }
     }
 
@@ -236,6 +239,12 @@ impl Harness {
         self.replies.split_off(n)
     }
 
+    /// Hands `shard` a registration read back from the store and runs what it causes.
+    pub(super) fn restore(&mut self, shard: usize, ep: crate::lwm2m::endpoint::Endpoint) {
+        self.cores[shard].handle(self.now, Input::Restore(Box::new(ep)));
+        self.pump();
+    }
+
     /// The driver says whether `shard`'s broker connections are congested.
     pub(super) fn congested(&mut self, shard: usize, on: bool) {
         self.cores[shard].handle(self.now, Input::MqttCongested(on));
@@ -287,7 +296,7 @@ impl Harness {
         let mut msgs = Vec::new();
         let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
         let (timers, auth) = (&mut self.timers, &mut self.auth);
-        let bootstrap = &mut self.bootstrap;
+        let (bootstrap, store) = (&mut self.bootstrap, &mut self.store);
         self.cores[i].drain(|o| match o {
             Output::Datagram { to, secure, bytes } => replies.push(Reply {
                 to,
@@ -299,6 +308,7 @@ impl Harness {
             Output::Auth { ticket, request } => auth.push((i, ticket, request)),
             Output::Shard { to, msg } => msgs.push((to, msg)),
             Output::Bootstrap(e) => bootstrap.push(e),
+            Output::Store(c) => store.push((i, c)),
         });
         msgs
     }

@@ -12,3 +12,4 @@ mod harness;
 mod registration;
 mod send;
 mod shed;
+mod store;
