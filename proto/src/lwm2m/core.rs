@@ -531,6 +531,8 @@ impl ShardCore {
         }
         self.table.set_peer(slot, to);
         self.stats.rebinds += 1;
+        // The stored record holds the address: a restart finds the device where it is.
+        self.out.stored(slot);
     }
 
     /// True when the current registration of `name` (here or on another shard) was

@@ -300,8 +300,17 @@ fn a_session_moved_by_its_connection_id_takes_its_registration_along() {
     let mut h = Harness::new(1, s);
     let (old, new) = (addr(1, 1), addr(2, 2));
     secure_register(&mut h, 0, old, &psk("dev1"), "dev1");
+    h.store.clear();
     h.session_moved(0, old, new);
     assert_eq!(h.cores[0].stats.rebinds, 1);
+    // The stored record follows: a restart finds the device at its new address.
+    let stored = h.store.iter().rev().find_map(|(_, c)| match c {
+        crate::lwm2m::StoreChange::Put { record, .. } => {
+            Some(crate::lwm2m::record::decode(record, 0).expect("record"))
+        }
+        _ => None,
+    });
+    assert_eq!(stored.expect("a record written").peer, new);
     // A command goes to the new address at once, encrypted, before any Update.
     let r = h.command(0, TOPIC, READ);
     assert_eq!(r.len(), 1, "{r:?}");
