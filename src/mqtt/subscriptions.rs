@@ -42,11 +42,19 @@ impl Subscriptions {
         }
     }
 
+    /// Whether `filter` is subscribed, or about to be.
+    pub(super) fn holds(&self, filter: &str) -> bool {
+        match self.changes.get(filter) {
+            Some(change) => change.is_some(),
+            None => self.active.contains_key(filter),
+        }
+    }
+
     pub(super) fn has_changes(&self) -> bool {
         !self.changes.is_empty()
     }
 
-    /// Number of filters active (or about to be).
+    /// Number of filters active (changes not yet sent left out).
     pub(super) fn len(&self) -> usize {
         self.active.len()
     }
