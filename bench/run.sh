@@ -23,6 +23,7 @@
 #               per device, the default mqtt.connections)
 #   storm-emb, storm-emb-pe
 #               the same storm, 2 shards, the embedded broker, wildcard then per_endpoint
+#               (EMB_PE_DEVICES devices: rumqttd keeps about 6 KB per filter)
 #               Every storm reports its MQTT delivered ratio: distinct endpoints whose
 #               register message reached an MQTT subscriber / registrations answered 2.01;
 #               below 100% the scenario fails (and so does the run, exit 1).
@@ -48,6 +49,9 @@ ROOT=$PWD
 
 REG_DEVICES=${REG_DEVICES:-1000000}
 REG_RATE=${REG_RATE:-60000}
+# The embedded broker (rumqttd) keeps about 6 KB per distinct filter for good: its
+# per-endpoint storm registers fewer devices.
+EMB_PE_DEVICES=${EMB_PE_DEVICES:-200000}
 NOTIFY_DEVICES=${NOTIFY_DEVICES:-10000}
 NOTIFY_RATE=${NOTIFY_RATE:-150000}
 STEADY=${STEADY:-10}
@@ -76,8 +80,9 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
 # GW=path runs another gateway binary (bench/compare.sh: before and after a change, the
 # same loadgen driving both).
-GW=${GW:-$ROOT/target/release/lwm2m-gateway}
-LG=$ROOT/target/release/lwm2m-loadgen
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+GW=${GW:-$TARGET/release/lwm2m-gateway}
+LG=$TARGET/release/lwm2m-loadgen
 
 TMP=$(mktemp -d /tmp/lwm2m-bench.XXXXXX)
 PIDS=()
@@ -208,9 +213,9 @@ fi
 
 # 2. Registration storms: Mosquitto with the wildcard filter, 2 shards then 1 shard;
 #    Mosquitto with a filter per endpoint; the embedded broker in both modes.
-storm() { # name shards
+storm() { # name shards [devices]
     start_gateway "gw-$1" "$2" false
-    loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "$REG_DEVICES" \
+    loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "${3:-$REG_DEVICES}" \
         --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
         --watch-pid "$GW_PID" --allow-failures --quiet
     stop_gateway
@@ -220,7 +225,7 @@ if want storm; then
     storm storm-1 1
     SUBSCRIBE=per_endpoint storm storm-pe 2
     BROKER=embedded storm storm-emb 2
-    BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2
+    BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2 "$EMB_PE_DEVICES"
 fi
 
 # 3. Commands on a fresh 2-shard gateway: the peak, then half of it.
@@ -324,7 +329,7 @@ fi
 OUT_COPY=${RESULT:-}
 STATUS=0
 python3 bench/summarize.py "$TMP" "$OUT" "$((END - START))" \
-    "SCENARIOS=${SCENARIOS:-all} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
+    "SCENARIOS=${SCENARIOS:-all} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE EMB_PE_DEVICES=$EMB_PE_DEVICES NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
     "$LOAD_START" "$LOAD_END" || STATUS=$?
 if [ -n "$OUT_COPY" ]; then
     cp "$OUT.md" "$OUT_COPY.md"

@@ -6,7 +6,9 @@
 //! SUBSCRIBE and UNSUBSCRIBE packets. After a reconnect (clean session) `resubscribe_all` returns
 //! the whole active set, with the unsent changes folded in.
 
-use std::collections::HashMap;
+// hashbrown's default hasher (foldhash, seeded per process): a subscribe looks its filter up
+// on every connection of its shard (`MqttClient::holder`).
+use hashbrown::HashMap;
 
 /// Per-connection filter set.
 #[derive(Debug, Default)]
