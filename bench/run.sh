@@ -213,19 +213,22 @@ fi
 
 # 2. Registration storms: Mosquitto with the wildcard filter, 2 shards then 1 shard;
 #    Mosquitto with a filter per endpoint; the embedded broker in both modes.
-storm() { # name shards [devices]
+storm() { # name shards [devices] [more loadgen arguments]
     start_gateway "gw-$1" "$2" false
     loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "${3:-$REG_DEVICES}" \
         --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
-        --watch-pid "$GW_PID" --allow-failures --quiet
+        --watch-pid "$GW_PID" --allow-failures --quiet ${4:-}
     stop_gateway
 }
+# After a per-endpoint storm, a read command to each of 1,000 registered devices spread
+# over the fleet (200/s for 5 s): answered only if its subscription is in place.
+SAMPLE_COMMANDS="--steady 5 --commands 200 --update-fraction 0"
 if want storm; then
     storm storm-2 2
     storm storm-1 1
-    SUBSCRIBE=per_endpoint storm storm-pe 2
+    SUBSCRIBE=per_endpoint storm storm-pe 2 "$REG_DEVICES" "$SAMPLE_COMMANDS"
     BROKER=embedded storm storm-emb 2
-    BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2 "$EMB_PE_DEVICES"
+    BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2 "$EMB_PE_DEVICES" "$SAMPLE_COMMANDS"
 fi
 
 # 3. Commands on a fresh 2-shard gateway: the peak, then half of it.
@@ -341,6 +344,6 @@ else
     echo "not saved (SCENARIOS=$SCENARIOS, a partial run): SAVE=1 writes bench/results/$STAMP.md and .json" >&2
 fi
 if [ "$STATUS" != 0 ]; then
-    echo "FAILED: a scenario delivered less to MQTT than the gateway acknowledged (see the summary)" >&2
+    echo "FAILED: a scenario delivered less to MQTT than the gateway acknowledged, or a command to a sampled device went unanswered (see the summary)" >&2
     exit "$STATUS"
 fi

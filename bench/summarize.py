@@ -168,6 +168,16 @@ for n, d in delivery.items():
         targets.append(target(f"MQTT delivered ratio, {n}", "100%",
                               None if d["ratio"] is None else f"{100 * d['ratio']:.2f}% ({d['on_mqtt']} of {d['acknowledged']})",
                               d["ratio"] is not None and d["ratio"] >= 1.0, [n]))
+# After a per-endpoint storm, commands to a sample of the registered devices: each is
+# answered only if its device's subscription is in place.
+sampled = {}
+for n in ["storm-pe", "storm-emb-pe"]:
+    c = get(raw[n], "commands") if ran[n] else None
+    if c:
+        sampled[n] = {"sent": c.get("sent"), "answered": c.get("answered")}
+        targets.append(target(f"commands to a sample after the storm answered, {n}", "all",
+                              f"{c.get('answered')} of {c.get('sent')}",
+                              bool(c.get("sent")) and c.get("answered") == c.get("sent"), [n]))
 cmd_cpu = {n: get(raw[n], "watch", "cpu_us_per_command") for n in ["cmd-peak", "cmd-half", "cmd-mix"]}
 
 result = {
@@ -179,6 +189,7 @@ result = {
     "ratios": ratios,
     "targets": targets,
     "mqtt_delivered": delivery,
+    "storm_sample_commands": sampled,
     "cmd_cpu_us_per_command": cmd_cpu,
     "not_run": [n for n in names if not ran[n]],
     "reports": raw,
@@ -380,6 +391,7 @@ with open(out + ".md", "w") as f:
 print("\n".join(L))
 # A registration or CON notification acknowledged and not delivered fails the run.
 short = [n for n, d in delivery.items() if d["must_be_100"] and (d["ratio"] is None or d["ratio"] < 1.0)]
+short += [f"{n} (sample commands)" for n, c in sampled.items() if not c["sent"] or c["answered"] != c["sent"]]
 if short:
     print(f"MQTT delivered ratio below 100%: {', '.join(short)}", file=sys.stderr)
     sys.exit(1)
