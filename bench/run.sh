@@ -19,7 +19,16 @@
 #   broker      plain MQTT publishers (2 connections, as the gateway) -> Mosquitto ->
 #               plain subscriber, QoS 0
 #   storm-2/1   registration storm of REG_DEVICES at REG_RATE, 2 shards then 1 shard
-#               (gateway CPU per registration, RSS growth per endpoint)
+#               (gateway CPU per registration, RSS growth per endpoint), Mosquitto,
+#               commands subscribed with the wildcard filter
+#   storm-pe    the same storm, 2 shards, Mosquitto, subscribe = "per_endpoint" (a filter
+#               per device, the default mqtt.connections)
+#   storm-emb, storm-emb-pe
+#               the same storm, 2 shards, the embedded broker, wildcard then per_endpoint
+#               (EMB_PE_DEVICES devices: rumqttd keeps about 6 KB per filter)
+#               Every storm reports its MQTT delivered ratio: distinct endpoints whose
+#               register message reached an MQTT subscriber / registrations answered 2.01;
+#               below 100% the scenario fails (and so does the run, exit 1).
 #   cmd-peak    read commands at CMD_PEAK_RATE: the answered rate is the peak
 #   cmd-half    read commands at half that peak: round-trip percentiles
 #   cmd-mix     read/write/execute/observe at the same rate, every answer checked
@@ -32,6 +41,8 @@
 #               offered at NOTIFY_RATE for STEADY s -> MQTT QoS 0: the delivered rate is
 #               the peak (gateway CPU per notification), 2 shards then 1 shard
 #   notify-half the same at half the 2-shard peak: latency and loss below saturation
+#   notify-con  CON notifications at half the 2-shard peak: every one the gateway
+#               acknowledged must reach MQTT (delivered ratio 100%, else the run fails)
 #   echo        recvmmsg/sendmmsg echo server driven at the rate notify-2 achieved, and
 #               at full speed (the UDP limit of this machine)
 set -euo pipefail
@@ -40,6 +51,9 @@ ROOT=$PWD
 
 REG_DEVICES=${REG_DEVICES:-1000000}
 REG_RATE=${REG_RATE:-60000}
+# The embedded broker (rumqttd) keeps about 6 KB per distinct filter for good: its
+# per-endpoint storm registers fewer devices.
+EMB_PE_DEVICES=${EMB_PE_DEVICES:-200000}
 NOTIFY_DEVICES=${NOTIFY_DEVICES:-10000}
 NOTIFY_RATE=${NOTIFY_RATE:-150000}
 STEADY=${STEADY:-10}
@@ -68,8 +82,9 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
 # GW=path runs another gateway binary (bench/compare.sh: before and after a change, the
 # same loadgen driving both).
-GW=${GW:-$ROOT/target/release/lwm2m-gateway}
-LG=$ROOT/target/release/lwm2m-loadgen
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+GW=${GW:-$TARGET/release/lwm2m-gateway}
+LG=$TARGET/release/lwm2m-loadgen
 
 TMP=$(mktemp -d /tmp/lwm2m-bench.XXXXXX)
 PIDS=()
@@ -111,10 +126,25 @@ MQ=127.0.0.1:$MQ_PORT
 
 GW_PID=
 GW_UDP=
+# The broker the last gateway publishes to, where the loadgen subscribes: Mosquitto, or
+# with BROKER=embedded the gateway's own (its MQTT 3.1.1 listener).
+GW_MQTT=$MQ
 start_gateway() { # name shards auto_observe [top-level TOML] [more tables]
-    local name=$1 shards=$2 auto=$3 top=${4:-} tables=${5:-} udp api
+    local name=$1 shards=$2 auto=$3 top=${4:-} tables=${5:-} udp api server
     udp=$(free_port)
     api=$(free_port)
+    if [ "${BROKER:-mosquitto}" = embedded ]; then
+        local e3 e5
+        e3=$(free_port)
+        e5=$(free_port)
+        server="server = \"embedded\"
+embedded_bind = \"127.0.0.1:$e3\"
+embedded_bind_v5 = \"127.0.0.1:$e5\""
+        GW_MQTT=127.0.0.1:$e3
+    else
+        server="server = \"mqtt://$MQ\""
+        GW_MQTT=$MQ
+    fi
     cat > "$TMP/$name.toml" <<CONF
 xml_dir = "$ROOT/etc/lwm2m_xml"
 auto_observe = $auto
@@ -125,7 +155,7 @@ bind = "127.0.0.1:$udp"
 max_conn_rate = 100000000
 
 [mqtt]
-server = "mqtt://$MQ"
+$server
 subscribe = "${SUBSCRIBE:-wildcard}"
 
 [engine]
@@ -150,7 +180,7 @@ CONF
     PIDS+=("$GW_PID")
     wait_line "$TMP/$name.log" "lwm2m-gateway ready udp="
     GW_UDP=127.0.0.1:$udp
-    echo "== gateway $name: pid $GW_PID, $shards shard(s), auto_observe = $auto" >&2
+    echo "== gateway $name: pid $GW_PID, $shards shard(s), auto_observe = $auto, broker ${BROKER:-mosquitto}, subscribe ${SUBSCRIBE:-wildcard}" >&2
 }
 
 stop_gateway() {
@@ -190,15 +220,24 @@ if want broker; then
 loadgen broker mqtt-publish --mqtt "$MQ" --qos 0 --count "$BROKER_COUNT" --size 150
 fi
 
-# 2. Registration storms, 2 shards then 1 shard.
-if want storm; then
-for shards in 2 1; do
-    start_gateway "gw-storm-$shards" "$shards" false
-    loadgen "storm-$shards" run --gateway "$GW_UDP" --mqtt "$MQ" --register "$REG_DEVICES" \
+# 2. Registration storms: Mosquitto with the wildcard filter, 2 shards then 1 shard;
+#    Mosquitto with a filter per endpoint; the embedded broker in both modes.
+storm() { # name shards [devices] [more loadgen arguments]
+    start_gateway "gw-$1" "$2" false
+    loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "${3:-$REG_DEVICES}" \
         --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
-        --watch-pid "$GW_PID" --allow-failures --quiet
+        --watch-pid "$GW_PID" --allow-failures --quiet ${4:-}
     stop_gateway
-done
+}
+# After a per-endpoint storm, a read command to each of 1,000 registered devices spread
+# over the fleet (200/s for 5 s): answered only if its subscription is in place.
+SAMPLE_COMMANDS="--steady 5 --commands 200 --update-fraction 0"
+if want storm; then
+    storm storm-2 2
+    storm storm-1 1
+    SUBSCRIBE=per_endpoint storm storm-pe 2 "$REG_DEVICES" "$SAMPLE_COMMANDS"
+    BROKER=embedded storm storm-emb 2
+    BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2 "$EMB_PE_DEVICES" "$SAMPLE_COMMANDS"
 fi
 
 # 3. Commands on a fresh 2-shard gateway: the peak, then half of it.
@@ -264,6 +303,13 @@ loadgen notify-half run --gateway "$GW_UDP" --mqtt "$MQ" --register "$NOTIFY_DEV
     --rate 50000 --steady "$STEADY" --update-fraction 0 --notify-rate "$NOTIFY_HALF" \
     --threads "$LG_THREADS" --watch-pid "$GW_PID" --allow-failures --quiet
 stop_gateway
+#    CON notifications: the gateway acknowledges each one only once it holds it for
+#    MQTT, so every acknowledged one must arrive (timeouts are the devices' to retry).
+start_gateway gw-notify-con 2 '["/3303/0/5700"]'
+loadgen notify-con run --gateway "$GW_UDP" --mqtt "$MQ" --register "$NOTIFY_DEVICES" \
+    --rate 50000 --steady "$STEADY" --update-fraction 0 --notify-rate "$NOTIFY_HALF" --notify-con \
+    --threads "$LG_THREADS" --watch-pid "$GW_PID" --allow-failures --quiet
+stop_gateway
 fi
 
 # 5. The UDP baseline: the same loadgen against a recvmmsg/sendmmsg echo server.
@@ -293,9 +339,10 @@ if [ "$SAVE" = 1 ]; then
 fi
 # RESULT=prefix writes the summary there too (.md and .json), saved or not.
 OUT_COPY=${RESULT:-}
+STATUS=0
 python3 bench/summarize.py "$TMP" "$OUT" "$((END - START))" \
-    "SCENARIOS=${SCENARIOS:-all} STORE=${STORE:-file} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
-    "$LOAD_START" "$LOAD_END"
+    "SCENARIOS=${SCENARIOS:-all} STORE=${STORE:-file} REG_DEVICES=$REG_DEVICES REG_RATE=$REG_RATE EMB_PE_DEVICES=$EMB_PE_DEVICES NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY CMD_DEVICES=$CMD_DEVICES CMD_PEAK_RATE=$CMD_PEAK_RATE CMD_MIX=$CMD_MIX CMD_SUBSCRIBE=$CMD_SUBSCRIBE SUBSCRIBE=${SUBSCRIBE:-wildcard} QUEUE_DEVICES=$QUEUE_DEVICES QUEUE_COMMANDS=$QUEUE_COMMANDS DTLS_DEVICES=$DTLS_DEVICES DTLS_RATE=$DTLS_RATE BROKER_COUNT=$BROKER_COUNT LG_THREADS=$LG_THREADS" \
+    "$LOAD_START" "$LOAD_END" || STATUS=$?
 if [ -n "$OUT_COPY" ]; then
     cp "$OUT.md" "$OUT_COPY.md"
     cp "$OUT.json" "$OUT_COPY.json"
@@ -304,4 +351,8 @@ if [ "$SAVE" = 1 ]; then
     echo "wrote $OUT.md and .json" >&2
 else
     echo "not saved (SCENARIOS=$SCENARIOS, a partial run): SAVE=1 writes bench/results/$STAMP.md and .json" >&2
+fi
+if [ "$STATUS" != 0 ]; then
+    echo "FAILED: a scenario delivered less to MQTT than the gateway acknowledged, or a command to a sampled device went unanswered (see the summary)" >&2
+    exit "$STATUS"
 fi

@@ -52,8 +52,17 @@ def git_rev():
         return "unknown"
 
 
-names = ["broker", "storm-2", "storm-1", "cmd-peak", "cmd-half", "cmd-mix", "cmd-floor", "queue", "dtls", "notify-2",
-         "notify-1", "notify-half", "echo-rate", "echo-max"]
+STORMS = ["storm-2", "storm-1", "storm-pe", "storm-emb", "storm-emb-pe"]
+STORM_LABELS = {
+    "storm-2": "Mosquitto, wildcard, 2 shards",
+    "storm-1": "Mosquitto, wildcard, 1 shard",
+    "storm-pe": "Mosquitto, per_endpoint, 2 shards",
+    "storm-emb": "embedded broker, wildcard, 2 shards",
+    "storm-emb-pe": "embedded broker, per_endpoint, 2 shards",
+}
+NOTIFIES = ["notify-2", "notify-1", "notify-half", "notify-con"]
+names = ["broker", "storm-2", "storm-1", "storm-pe", "storm-emb", "storm-emb-pe", "cmd-peak", "cmd-half", "cmd-mix", "cmd-floor", "queue", "dtls", "notify-2",
+         "notify-1", "notify-half", "notify-con", "echo-rate", "echo-max"]
 # A scenario that SCENARIOS left out has no report file: it is "not run", not failed.
 ran = {n: os.path.exists(os.path.join(src, n + ".json")) for n in names}
 raw = {n: load(n) for n in names}
@@ -130,6 +139,47 @@ targets = [
            ["cmd-half"]),
 ]
 
+
+
+def delivered(n):
+    """What reached an MQTT subscriber against what the gateway acknowledged to devices: for
+    a storm, distinct endpoints seen in register messages / registrations answered 2.01; for
+    notifications, those on MQTT / those acknowledged (CON) or sent (NON, no acknowledgement).
+    `must`: below 1.0 is a failure (registrations, CON notifications)."""
+    r = raw[n]
+    if n in STORMS:
+        reg = get(r, "registration") or {}
+        got, base, what = reg.get("mqtt_registered_endpoints"), reg.get("ok"), "registrations answered 2.01"
+        must = True
+    else:
+        st = get(r, "steady") or {}
+        con = st.get("notify_con")
+        got = st.get("mqtt_notify_received")
+        base = st.get("notify_acked") if con else st.get("notify_sent")
+        what = "CON notifications acknowledged" if con else "NON notifications sent"
+        must = bool(con)
+    ratio_ = None if got is None or not base else got / base
+    return {"scenario": n, "on_mqtt": got, "acknowledged": base, "of": what, "ratio": ratio_, "must_be_100": must}
+
+
+delivery = {n: delivered(n) for n in STORMS + NOTIFIES if ran[n]}
+for n, d in delivery.items():
+    if d["must_be_100"]:
+        targets.append(target(f"MQTT delivered ratio, {n}", "100%",
+                              None if d["ratio"] is None else f"{100 * d['ratio']:.2f}% ({d['on_mqtt']} of {d['acknowledged']})",
+                              d["ratio"] is not None and d["ratio"] >= 1.0, [n]))
+# After a per-endpoint storm, commands to a sample of the registered devices: each is
+# answered only if its device's subscription is in place.
+sampled = {}
+for n in ["storm-pe", "storm-emb-pe"]:
+    c = get(raw[n], "commands") if ran[n] else None
+    if c:
+        sampled[n] = {"sent": c.get("sent"), "answered": c.get("answered")}
+        targets.append(target(f"commands to a sample after the storm answered, {n}", "all",
+                              f"{c.get('answered')} of {c.get('sent')}",
+                              bool(c.get("sent")) and c.get("answered") == c.get("sent"), [n]))
+cmd_cpu = {n: get(raw[n], "watch", "cpu_us_per_command") for n in ["cmd-peak", "cmd-half", "cmd-mix"]}
+
 result = {
     "date_utc": os.path.basename(out),
     "git": git_rev(),
@@ -138,6 +188,9 @@ result = {
     "params": params,
     "ratios": ratios,
     "targets": targets,
+    "mqtt_delivered": delivery,
+    "storm_sample_commands": sampled,
+    "cmd_cpu_us_per_command": cmd_cpu,
     "not_run": [n for n in names if not ran[n]],
     "reports": raw,
     "steal_pct": steal,
@@ -194,6 +247,34 @@ L.append(f"| end-to-end notifications/s on MQTT (2 shards) | {fmt(e2e_rate)} |")
 L.append(f"| broker's own publish→subscriber rate/s (QoS 0, 150 B) | {fmt(broker_rate)} |")
 L.append(f"| ratio | {fmt(ratios['end_to_end_over_broker'], 2)} |")
 L.append("")
+L.append("## MQTT delivered ratio\n")
+L.append("What reached an MQTT subscriber against what the gateway acknowledged to devices. Registrations "
+         "and CON notifications must be 100% (the run fails otherwise); NON notifications offered above "
+         "capacity may be shed before they are read.\n")
+L.append("| scenario | on MQTT | of | ratio | must be 100% |")
+L.append("|---|---|---|---|---|")
+for n in STORMS + NOTIFIES:
+    if not ran[n]:
+        L.append(f"| {n} | {NOT_RUN} | | | |")
+        continue
+    d = delivery[n]
+    r_ = "-" if d["ratio"] is None else f"{100 * d['ratio']:.2f}%"
+    L.append(f"| {n} | {fmt(d['on_mqtt'])} | {fmt(d['acknowledged'])} {d['of']} | {r_} | "
+             f"{'yes' if d['must_be_100'] else 'no'} |")
+L.append("")
+L.append("## Registration storms\n")
+L.append("| storm | registered / devices | registrations/s | timeouts / retransmissions | latency µs p50/p90/p99/p99.9/max | "
+         "gateway CPU µs per registration | RSS growth per endpoint, bytes |")
+L.append("|---|---|---|---|---|---|---|")
+for n in STORMS:
+    if not ran[n]:
+        L.append(f"| {n} ({STORM_LABELS[n]}) | {NOT_RUN} | | | | | |")
+        continue
+    reg = get(raw[n], "registration") or {}
+    L.append(f"| {n} ({STORM_LABELS[n]}) | {fmt(reg.get('ok'))} / {fmt(reg.get('devices'))} | {fmt(reg.get('rate_per_s'))} | "
+             f"{fmt(reg.get('timed_out'))} / {fmt(reg.get('retransmissions'))} | {lat(reg.get('latency'))} | "
+             f"{fmt(get(raw[n], 'watch', 'cpu_us_per_registration'), 2)} | {fmt(get(raw[n], 'watch', 'rss_bytes_per_endpoint'))} |")
+L.append("")
 L.append("## 1 shard and 2 shards side by side\n")
 L.append("| | 2 shards | 1 shard |")
 L.append("|---|---|---|")
@@ -224,21 +305,21 @@ else:
              f"p50/p90/p99/p99.9/max {lat(h.get('notify_latency'))}, gateway CPU µs per notification "
              f"{fmt(get(raw['notify-half'], 'watch', 'cpu_us_per_notification'), 2)}.\n")
 L.append("## Commands (2 shards, fresh gateway)\n")
-L.append("| run | target/s | sent | answered | timed out | answered/s | round trip µs p50/p90/p99/p99.9/max |")
-L.append("|---|---|---|---|---|---|---|")
+L.append("| run | target/s | sent | answered | timed out | answered/s | round trip µs p50/p90/p99/p99.9/max | gateway CPU µs per command |")
+L.append("|---|---|---|---|---|---|---|---|")
 for n in ["cmd-peak", "cmd-half", "cmd-mix"]:
     if not ran[n]:
-        L.append(f"| {n} | {NOT_RUN} | | | | | |")
+        L.append(f"| {n} | {NOT_RUN} | | | | | | |")
         continue
     c = get(raw[n], "commands") or {}
     L.append(f"| {n} | {fmt(c.get('target_rate'))} | {fmt(c.get('sent'))} | {fmt(c.get('answered'))} | "
-             f"{fmt(c.get('timed_out'))} | {fmt(c.get('rate_per_s'))} | {lat(c.get('rtt'))} |")
+             f"{fmt(c.get('timed_out'))} | {fmt(c.get('rate_per_s'))} | {lat(c.get('rtt'))} | {fmt(cmd_cpu[n], 1)} |")
 fl = raw["cmd-floor"]
 if not ran["cmd-floor"]:
-    L.append(f"| cmd-floor (MQTT relay, no gateway) | {NOT_RUN} | | | | | |")
+    L.append(f"| cmd-floor (MQTT relay, no gateway) | {NOT_RUN} | | | | | | |")
 else:
     L.append(f"| cmd-floor (MQTT relay, no gateway) | {fmt(fl.get('target_rate'))} | {fmt(fl.get('sent'))} | "
-             f"{fmt(fl.get('answered'))} | - | {fmt(fl.get('rate_per_s'))} | {lat(fl.get('rtt'))} |")
+             f"{fmt(fl.get('answered'))} | - | {fmt(fl.get('rate_per_s'))} | {lat(fl.get('rtt'))} | - |")
 L.append("")
 cr = ratios["command_p99_over_floor"]
 L.append(f"Command round trip p99 at half of peak ÷ the MQTT path's own p99 at that rate (cmd-floor: "
@@ -308,3 +389,9 @@ L.append("")
 with open(out + ".md", "w") as f:
     f.write("\n".join(L))
 print("\n".join(L))
+# A registration or CON notification acknowledged and not delivered fails the run.
+short = [n for n, d in delivery.items() if d["must_be_100"] and (d["ratio"] is None or d["ratio"] < 1.0)]
+short += [f"{n} (sample commands)" for n, c in sampled.items() if not c["sent"] or c["answered"] != c["sent"]]
+if short:
+    print(f"MQTT delivered ratio below 100%: {', '.join(short)}", file=sys.stderr)
+    sys.exit(1)

@@ -272,7 +272,7 @@ impl Cli {
             o.set("--mqtt-protocol", "mqtt.protocol");
         }
         if let Some(n) = self.mqtt_connections {
-            c.mqtt.connections = n;
+            c.mqtt.connections = Some(n);
             o.set("--mqtt-connections", "mqtt.connections");
         }
         if let Some(s) = &self.subscribe {
@@ -472,7 +472,7 @@ mod tests {
         );
         assert_eq!(c.mqtt.embedded_bind, addr("0.0.0.0:1884"));
         assert_eq!(c.mqtt.embedded_bind_v5, addr("127.0.0.1:1885"));
-        assert_eq!(c.mqtt.connections, 8);
+        assert_eq!(c.mqtt.connections, Some(8));
         assert_eq!(c.mqtt.protocol, MqttProtocol::V311);
         assert_eq!(c.mqtt.subscribe, SubscribeMode::Wildcard);
         assert_eq!(c.api.bind, addr("0.0.0.0:9000"));

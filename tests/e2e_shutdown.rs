@@ -44,9 +44,10 @@ fn sigint_flushes_qos1_registers() {
 fn flush_on(signal: &str) {
     const N: usize = 1000;
     let broker = Mosquitto::start();
-    let mut gw = GatewayProc::start(
+    let mut gw = GatewayProc::start_with(
         Broker::External(broker.addr()),
         "[translators]\nregister = { topic = \"up/resp\", qos = 1 }\n",
+        "connections = 2",
     );
     let mut sub = MqttClient::subscriber(broker.addr(), "flush-sub", "lwm2m/+/up/resp", 1);
     let up = gw.metrics_when(|m| m.sum("lwm2m_mqtt_connections_up", &[]) >= 2.0);

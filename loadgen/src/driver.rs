@@ -167,7 +167,9 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
             let target = ((now - start) as f64 / 1e6 * sh.opts.commands) as u64;
             while cmd_done < target {
                 cmd_done += 1;
-                let dev = targets[cursor % targets.len()];
+                // A prime stride: consecutive commands go to devices spread over all
+                // that registered, not to the first ones.
+                let dev = targets[(cursor * 1_000_003) % targets.len()];
                 let ep = format!("{prefix}{dev}");
                 cursor += 1;
                 if let Some(q) = &sh.cmd_queued {

@@ -225,6 +225,25 @@ impl Config {
         validate::validate(self)
     }
 
+    /// Broker connections over all shards: `mqtt.connections`, or when unset as many as
+    /// the subscription mode and the devices the listeners admit call for
+    /// ([`mqtt::default_connections`]).
+    pub fn mqtt_connections(&self) -> usize {
+        if let Some(n) = self.mqtt.connections {
+            return n;
+        }
+        let per_endpoint =
+            self.mqtt.subscribe.resolve(&self.mqtt.server) == SubscribeMode::PerEndpoint;
+        let devices = self
+            .listeners
+            .udp
+            .values()
+            .map(|l| l.max_connections)
+            .chain(self.listeners.dtls.values().map(|l| l.max_connections))
+            .fold(0u64, u64::saturating_add);
+        mqtt::default_connections(per_endpoint, devices)
+    }
+
     /// The first UDP listener (by name order). Validation guarantees one.
     ///
     /// # Panics

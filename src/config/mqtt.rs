@@ -36,8 +36,9 @@ pub struct Mqtt {
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub keepalive: Duration,
     /// Broker connections, spread over the shards (each shard publishes and
-    /// receives its commands on its own; at least one each) (1..=64).
-    pub connections: usize,
+    /// receives its commands on its own; at least one each) (1..=64). Unset: see
+    /// [`default_connections`].
+    pub connections: Option<usize>,
     pub subscribe: SubscribeMode,
     /// QoS>=1 publishes awaiting their ack, per connection (1..=65535).
     pub max_inflight: u16,
@@ -46,6 +47,23 @@ pub struct Mqtt {
     pub buffer_messages: usize,
     /// CA certificates (PEM) for `mqtts://`; absent = the webpki roots.
     pub ca_file: Option<PathBuf>,
+}
+
+/// Per-endpoint command filters one broker connection holds at most by default. Mosquitto
+/// 2.0 looks a connection's filters through on every SUBSCRIBE, so its SUBSCRIBE rate on one
+/// connection falls as that connection's filters grow (measured: about 3e9 / filters held
+/// per second, 150,000/s at 20,000 and 16,000/s at 180,000; `bench/results/`); at 16,384 it
+/// stays near 150,000/s per connection, three times the rate of a 50,000/s storm.
+pub const FILTERS_PER_CONNECTION: u64 = 16_384;
+
+/// Broker connections when `mqtt.connections` is unset: 2 with one wildcard filter; with a
+/// filter per endpoint, enough that `devices` (what the listeners admit) put at most
+/// [`FILTERS_PER_CONNECTION`] on each, from 2 to 64.
+pub fn default_connections(per_endpoint: bool, devices: u64) -> usize {
+    if !per_endpoint {
+        return 2;
+    }
+    devices.div_ceil(FILTERS_PER_CONNECTION).clamp(2, 64) as usize
 }
 
 impl Default for Mqtt {
@@ -59,7 +77,7 @@ impl Default for Mqtt {
             username: String::new(),
             password: Secret::default(),
             keepalive: Duration::from_secs(30),
-            connections: 2,
+            connections: None,
             subscribe: SubscribeMode::Auto,
             max_inflight: 256,
             buffer_messages: 200_000,

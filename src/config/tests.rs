@@ -1056,3 +1056,31 @@ fn emqx_hocon_errors_name_the_key() {
     let e = Config::from_hocon_str("gateway.lwm2m { ").unwrap_err();
     assert!(!e.to_string().is_empty());
 }
+
+/// Unset, `mqtt.connections` follows the subscription mode and the devices the listeners
+/// admit: 2 for the wildcard filter, one connection per 16,384 per-endpoint filters
+/// (from 2 to 64); set, it is what it says.
+#[test]
+fn mqtt_connections_scale_with_per_endpoint_filters() {
+    assert_eq!(
+        Config::default().mqtt_connections(),
+        2,
+        "embedded: wildcard"
+    );
+    let external = "[mqtt]\nserver = \"mqtt://broker:1883\"\n";
+    assert_eq!(
+        parse(external).mqtt_connections(),
+        63,
+        "1,024,000 devices by default"
+    );
+    let wildcard = format!("{external}subscribe = \"wildcard\"\n");
+    assert_eq!(parse(&wildcard).mqtt_connections(), 2);
+    let small = format!("{external}[listeners.udp.default]\nmax_connections = 10000\n");
+    assert_eq!(parse(&small).mqtt_connections(), 2);
+    let mid = format!("{external}[listeners.udp.default]\nmax_connections = 100000\n");
+    assert_eq!(parse(&mid).mqtt_connections(), 7);
+    let huge = format!("{external}[listeners.udp.default]\nmax_connections = \"infinity\"\n");
+    assert_eq!(parse(&huge).mqtt_connections(), 64);
+    let set = "[mqtt]\nserver = \"mqtt://broker:1883\"\nconnections = 4\n";
+    assert_eq!(parse(set).mqtt_connections(), 4);
+}

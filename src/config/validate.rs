@@ -270,7 +270,9 @@ fn check_mqtt(m: &Mqtt) -> R {
             format!("must be 0s (off) or whole seconds from 1s to 65535s, got {ka:?}"),
         );
     }
-    range("mqtt.connections", m.connections, 1, 64)?;
+    if let Some(n) = m.connections {
+        range("mqtt.connections", n, 1, 64)?;
+    }
     range("mqtt.max_inflight", m.max_inflight, 1, u16::MAX)?;
     range(
         "mqtt.buffer_messages",

@@ -821,7 +821,7 @@ fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
         username: m.username.clone(),
         password: m.password.expose().to_string(),
         keepalive: m.keepalive,
-        connections: m.connections,
+        connections: cfg.mqtt_connections(),
         max_inflight: m.max_inflight,
         buffer_messages: m.buffer_messages,
         // Commands carry whole payloads (a firmware image as base64) before

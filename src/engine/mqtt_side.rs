@@ -108,29 +108,14 @@ impl MqttSide {
         self.inbox.0.drain(..)
     }
 
-    /// Queues one of the core's MQTT messages. A subscription change (the core sends
-    /// only those this shard is home to) goes to the connection its filter hashes to,
-    /// so that the unsubscribe finds it.
+    /// Queues one of the core's MQTT messages (the core sends only the subscription
+    /// changes this shard is home to). A subscribe goes to the connection of its lane, the
+    /// registration's, where its register message waits for the SUBACK; an unsubscribe to
+    /// the connection that holds the filter.
     pub(super) fn accept(&mut self, msg: MqttOut) {
-        let msg = match msg {
-            Outbound::Subscribe { filter, qos, .. } => Outbound::Subscribe {
-                lane: filter_lane(&filter),
-                filter,
-                qos,
-            },
-            Outbound::Unsubscribe { filter, .. } => Outbound::Unsubscribe {
-                lane: filter_lane(&filter),
-                filter,
-            },
-            publish => {
-                if let (Some(feed), Outbound::Publish { topic, payload, .. }) =
-                    (&self.events, &publish)
-                {
-                    feed.publish(topic, payload);
-                }
-                publish
-            }
-        };
+        if let (Some(feed), Outbound::Publish { topic, payload, .. }) = (&self.events, &msg) {
+            feed.publish(topic, payload);
+        }
         self.client.accept(msg);
     }
 
@@ -220,13 +205,6 @@ impl MqttSide {
     pub(super) fn closed(&self) -> bool {
         self.closed
     }
-}
-
-/// FNV-1a of a filter: the connection (of the shard's) that holds it.
-fn filter_lane(filter: &str) -> u32 {
-    filter.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    })
 }
 
 #[cfg(test)]

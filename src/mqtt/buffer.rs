@@ -17,6 +17,8 @@ pub(crate) struct OutMsg {
     pub topic: String,
     pub payload: Bytes,
     pub qos: QoS,
+    /// The subscribe requests of its connection it waits for (see `suback_gate.rs`).
+    pub after_sub: u64,
 }
 
 /// Publishes of one connection not yet written to it, oldest first.
@@ -144,6 +146,7 @@ mod tests {
             topic: format!("t/{seq}"),
             payload: Bytes::new(),
             qos,
+            after_sub: 0,
         }
     }
 

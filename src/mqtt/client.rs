@@ -97,8 +97,11 @@ impl MqttClient {
     }
 
     /// Queues one message (size checks and the overflow policy applied to publishes) on
-    /// connection `lane % count`: the messages of one lane keep their order, and a filter's
-    /// unsubscribe must come with the lane of its subscribe.
+    /// connection `lane % count`: the messages of one lane keep their order, and a publish
+    /// waits for the SUBACKs of the filters subscribed before it on its connection (so a
+    /// registration's subscription, on its lane, is in place before its register message
+    /// goes out). A filter already held stays on its connection; an unsubscribe goes to
+    /// the connection that holds the filter, whatever its lane.
     pub fn accept(&mut self, msg: Outbound) {
         let n = self.conns.len();
         match msg {
@@ -125,11 +128,13 @@ impl MqttClient {
                     }
                 }
                 self.seq += 1;
-                self.conns[lane as usize % n].pending.push(OutMsg {
+                let conn = &mut self.conns[lane as usize % n];
+                conn.pending.push(OutMsg {
                     seq: self.seq,
                     topic,
                     payload: Bytes::from(payload),
                     qos,
+                    after_sub: conn.gate.barrier(),
                 });
             }
             Outbound::Subscribe { lane, filter, qos } => {
@@ -137,12 +142,24 @@ impl MqttClient {
                     MqttStats::inc(&self.stats.send_errors);
                     return;
                 }
-                self.conns[lane as usize % n].subs.subscribe(filter, qos);
+                // A filter lives on one connection: a second subscribe of it (another
+                // registration with the same command topic) stays where the first went.
+                let i = self.holder(&filter).unwrap_or(lane as usize % n);
+                let conn = &mut self.conns[i];
+                conn.subs.subscribe(filter, qos);
+                conn.gate.request();
             }
-            Outbound::Unsubscribe { lane, filter } => {
-                self.conns[lane as usize % n].subs.unsubscribe(filter);
+            Outbound::Unsubscribe { filter, .. } => {
+                if let Some(i) = self.holder(&filter) {
+                    self.conns[i].subs.unsubscribe(filter);
+                }
             }
         }
+    }
+
+    /// The connection that holds `filter` (subscribed, or about to be), if any.
+    fn holder(&self, filter: &str) -> Option<usize> {
+        self.conns.iter().position(|c| c.subs.holds(filter))
     }
 
     /// A readiness event for one of this client's tokens. True when a connection's read
@@ -344,6 +361,95 @@ mod tests {
             max_packet_size: 1 << 20,
             protocol: Protocol::V311,
         }
+    }
+
+    fn offline_client(connections: usize) -> MqttClient {
+        let server = ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 9,
+        };
+        MqttClient::new(
+            options(server.clone()),
+            0,
+            connections,
+            0,
+            1000,
+            Arc::new(MqttStats::default()),
+            None,
+            BrokerAddrs::new(&server),
+            1,
+            Instant::now(),
+        )
+    }
+
+    fn publish(lane: u32) -> Outbound {
+        Outbound::Publish {
+            lane,
+            topic: format!("lwm2m/{lane}/up/resp"),
+            payload: b"{}".to_vec(),
+            qos: 0,
+        }
+    }
+
+    /// Per-endpoint filters follow their registration's lane, so they spread over the
+    /// connections as the endpoints' messages do, and the register message queued after a
+    /// filter on its connection waits for that filter's SUBACK. A filter lives on one
+    /// connection: subscribed again with another lane it stays, and its unsubscribe finds
+    /// it whatever lane it comes with.
+    #[test]
+    fn filters_spread_with_their_lanes_and_stay_where_they_went() {
+        let mut c = offline_client(8);
+        let mut per_conn = [0usize; 8];
+        for i in 0..8000 {
+            let name = format!("dev-{i}");
+            let lane = crate::lwm2m::publish::name_hash(&name);
+            let filter = format!("lwm2m/{name}/dn/#");
+            c.accept(Outbound::Subscribe {
+                lane,
+                filter: filter.clone(),
+                qos: 0,
+            });
+            let at = c.holder(&filter).expect("held");
+            assert_eq!(at, lane as usize % 8);
+            per_conn[at] += 1;
+        }
+        for n in per_conn {
+            assert!((800..=1200).contains(&n), "uneven spread: {per_conn:?}");
+        }
+
+        let filter = "lwm2m/dev-0/dn/#".to_string();
+        let home = c.holder(&filter).unwrap();
+        let other = (home as u32 + 1) % 8;
+        c.accept(Outbound::Subscribe {
+            lane: other,
+            filter: filter.clone(),
+            qos: 0,
+        });
+        assert_eq!(
+            c.holder(&filter),
+            Some(home),
+            "a filter lives on one connection"
+        );
+        c.accept(Outbound::Unsubscribe {
+            lane: other,
+            filter: filter.clone(),
+        });
+        assert_eq!(c.holder(&filter), None, "unsubscribed from where it was");
+
+        // The publish behind the subscriptions waits for their SUBACKs; the publish of a
+        // connection that subscribed nothing does not wait.
+        let mut fresh = offline_client(2);
+        fresh.accept(Outbound::Subscribe {
+            lane: 0,
+            filter: "lwm2m/a/dn/#".into(),
+            qos: 0,
+        });
+        fresh.accept(publish(0));
+        fresh.accept(publish(1));
+        let held = fresh.conns[0].pending.front().unwrap().after_sub;
+        assert!(!fresh.conns[0].gate.open(held), "register message waits");
+        let free = fresh.conns[1].pending.front().unwrap().after_sub;
+        assert!(fresh.conns[1].gate.open(free));
     }
 
     /// The broker's name does not resolve and the connection is given no address at

@@ -39,6 +39,7 @@ use super::buffer::{OutMsg, PendingQueue};
 use super::codec::{publish_size, DecodeError, In, Limits, Out, Protocol};
 use super::resolve::AddrCache;
 use super::stats::MqttStats;
+use super::suback_gate::SubackGate;
 use super::subscriptions::Subscriptions;
 use super::transport::{ReadStatus, Transport};
 use super::{Delivery, Inbound, MqttOptions, Outbound, ServerAddr};
@@ -52,6 +53,9 @@ const WBUF_HIGH: usize = 256 * 1024;
 const READ_BUDGET: usize = 1024 * 1024;
 /// Fixed header (1) + longest remaining length (4).
 const MAX_FIXED_HEADER: usize = 5;
+/// Filters per SUBSCRIBE packet at most: a turn's subscriptions go out in several packets,
+/// whose SUBACKs release the publishes behind them a packet at a time.
+const FILTERS_PER_SUBSCRIBE: usize = 256;
 
 /// What the connection needs from its thread for one call.
 pub(crate) struct Ctx<'a> {
@@ -158,6 +162,8 @@ pub(crate) struct Connection {
     /// In-flight entries (at the back) not yet re-sent on this connection after a reconnect.
     unsent: usize,
     pub subs: Subscriptions,
+    /// Publishes wait here for the SUBACKs of the subscriptions queued before them.
+    pub gate: SubackGate,
     /// SUBSCRIBE/UNSUBSCRIBE packet ids awaiting their ack.
     sub_ids: HashSet<u16>,
     /// Incoming QoS 2 packet ids delivered, awaiting PUBREL.
@@ -199,6 +205,7 @@ impl Connection {
             inflight: VecDeque::new(),
             unsent: 0,
             subs: Subscriptions::default(),
+            gate: SubackGate::default(),
             sub_ids: HashSet::new(),
             inbound_qos2: HashSet::new(),
             ids: PacketIds::new(),
@@ -328,8 +335,12 @@ impl Connection {
         }
         if self.subs.has_changes() {
             let changes = self.subs.take_changes();
-            self.write_subscribes(ctx, changes.subscribe);
+            let pkids = self.write_subscribes(ctx, changes.subscribe);
             self.write_unsubscribes(ctx, changes.unsubscribe);
+            self.gate.sent(pkids);
+        } else {
+            // Requests coalesced away, or a filter subscribed again as it was.
+            self.gate.sent([]);
         }
         self.resend_inflight(ctx);
         let max_out = self.max_out_packet(ctx);
@@ -337,6 +348,9 @@ impl Connection {
             let Some(front) = self.pending.front() else {
                 break;
             };
+            if !self.gate.open(front.after_sub) {
+                break; // behind a subscription not yet acknowledged
+            }
             let qos = self.cap_qos(front.qos);
             if publish_size(self.protocol, front.topic.len(), front.payload.len(), qos) > max_out {
                 let dropped = self.pending.pop_front();
@@ -571,7 +585,8 @@ impl Connection {
             "MQTT connected"
         );
         let filters = self.subs.resubscribe_all();
-        self.write_subscribes(ctx, filters);
+        let pkids = self.write_subscribes(ctx, filters);
+        self.gate.resubscribed(pkids);
         self.unsent = self.inflight.len();
         self.resend_inflight(ctx);
     }
@@ -635,6 +650,8 @@ impl Connection {
                 if self.sub_ids.remove(&pkid) {
                     self.ids.free(pkid);
                 }
+                // Refused filters release their publishes too: the refusal is counted.
+                self.gate.acked(pkid);
                 MqttStats::inc(&ctx.stats.subacks);
                 if !refused.is_empty() {
                     warn!(
@@ -712,8 +729,11 @@ impl Connection {
         }
     }
 
-    fn write_subscribes(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) {
+    /// Writes `filters` in as few SUBSCRIBE packets as the packet size and
+    /// `FILTERS_PER_SUBSCRIBE` allow; returns their packet ids.
+    fn write_subscribes(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) -> Vec<u16> {
         let max = self.max_out_packet(ctx);
+        let mut pkids = Vec::new();
         let mut batch: Vec<(String, u8)> = Vec::new();
         // Packet id, and the (empty) property block of MQTT 5.
         let head = 2 + (self.protocol == Protocol::V5) as usize;
@@ -725,8 +745,9 @@ impl Connection {
                 MqttStats::inc(&ctx.stats.send_errors);
                 continue;
             }
-            if !batch.is_empty() && MAX_FIXED_HEADER + len + flen > max {
-                self.emit_subscribe(ctx, std::mem::take(&mut batch));
+            let full = batch.len() >= FILTERS_PER_SUBSCRIBE || MAX_FIXED_HEADER + len + flen > max;
+            if !batch.is_empty() && full {
+                pkids.extend(self.emit_subscribe(ctx, std::mem::take(&mut batch)));
                 len = head;
             }
             let qos = self.cap_qos(to_qos(qos)) as u8;
@@ -734,18 +755,19 @@ impl Connection {
             len += flen;
         }
         if !batch.is_empty() {
-            self.emit_subscribe(ctx, batch);
+            pkids.extend(self.emit_subscribe(ctx, batch));
         }
+        pkids
     }
 
-    fn emit_subscribe(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) {
+    fn emit_subscribe(&mut self, ctx: &mut Ctx, filters: Vec<(String, u8)>) -> Option<u16> {
         let Some(pkid) = self.ids.alloc() else {
             warn!(
                 conn = self.index,
                 "MQTT packet ids exhausted, SUBSCRIBE lost"
             );
             MqttStats::add(&ctx.stats.send_errors, filters.len() as u64);
-            return;
+            return None;
         };
         self.sub_ids.insert(pkid);
         MqttStats::add(&ctx.stats.subscribes, filters.len() as u64);
@@ -753,6 +775,7 @@ impl Connection {
             pkid,
             filters: &filters,
         });
+        Some(pkid)
     }
 
     fn write_unsubscribes(&mut self, ctx: &mut Ctx, filters: Vec<String>) {
@@ -827,6 +850,7 @@ impl Connection {
         for id in self.sub_ids.drain() {
             self.ids.free(id);
         }
+        self.gate.lost();
         self.inbound_qos2.clear();
         self.limits = Limits::default();
         let delay = self.jitter(self.backoff);

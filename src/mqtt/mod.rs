@@ -21,9 +21,13 @@
 //!   [`BrokerAddrs`] (looked up at start and again on a thread of its own; attempts go
 //!   round the addresses). TLS still verifies the certificate against the name.
 //! - Subscribe/Unsubscribe requests are batched too: the changes of one loop turn for one
-//!   connection go out in as few packets as `max_packet_size` allows; a filter subscribed and
-//!   unsubscribed before it went out costs nothing. Subscription changes of a turn are written
-//!   before that turn's publishes.
+//!   connection go out in packets of at most 256 filters (and `max_packet_size`); a filter
+//!   subscribed and unsubscribed before it went out costs nothing. Subscription changes of a
+//!   turn are written before that turn's publishes, and a publish waits for the SUBACKs of
+//!   the filters subscribed before it on its connection (`suback_gate.rs`): a subscription is
+//!   in place before the publishes queued after it can reach an application.
+//! - A filter lives on one connection: the one of its subscribe's lane, or the one that holds
+//!   it already; its unsubscribe goes to the connection that holds it.
 //!
 //! # Buffer and overflow policy
 //! At most `cap` publishes are held by a client (pending plus in flight, over its
@@ -50,6 +54,7 @@ mod embedded;
 mod no_embedded_broker;
 mod resolve;
 mod stats;
+mod suback_gate;
 mod subscriptions;
 mod transport;
 

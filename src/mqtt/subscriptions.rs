@@ -6,7 +6,9 @@
 //! SUBSCRIBE and UNSUBSCRIBE packets. After a reconnect (clean session) `resubscribe_all` returns
 //! the whole active set, with the unsent changes folded in.
 
-use std::collections::HashMap;
+// hashbrown's default hasher (foldhash, seeded per process): a subscribe looks its filter up
+// on every connection of its shard (`MqttClient::holder`).
+use hashbrown::HashMap;
 
 /// Per-connection filter set.
 #[derive(Debug, Default)]
@@ -42,11 +44,19 @@ impl Subscriptions {
         }
     }
 
+    /// Whether `filter` is subscribed, or about to be.
+    pub(super) fn holds(&self, filter: &str) -> bool {
+        match self.changes.get(filter) {
+            Some(change) => change.is_some(),
+            None => self.active.contains_key(filter),
+        }
+    }
+
     pub(super) fn has_changes(&self) -> bool {
         !self.changes.is_empty()
     }
 
-    /// Number of filters active (or about to be).
+    /// Number of filters active (changes not yet sent left out).
     pub(super) fn len(&self) -> usize {
         self.active.len()
     }

@@ -135,7 +135,23 @@ impl Mosquitto {
     /// For each filter currently subscribed by clients whose id starts with
     /// `client_prefix`: how many of them hold it.
     pub fn holders(&self, client_prefix: &str) -> std::collections::HashMap<String, usize> {
-        let mut held = std::collections::HashSet::new();
+        let mut count = std::collections::HashMap::new();
+        for filters in self.filters_by_client(client_prefix).into_values() {
+            for filter in filters {
+                *count.entry(filter).or_insert(0) += 1;
+            }
+        }
+        count
+    }
+
+    /// The filters each client whose id starts with `client_prefix` currently holds, as
+    /// read from the subscribe/unsubscribe log lines (in order).
+    pub fn filters_by_client(
+        &self,
+        client_prefix: &str,
+    ) -> std::collections::HashMap<String, std::collections::HashSet<String>> {
+        let mut held: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            std::collections::HashMap::new();
         for line in self.log().lines() {
             let mut it = line.split_whitespace();
             let (Some(_), Some(client)) = (it.next(), it.next()) else {
@@ -147,19 +163,19 @@ impl Mosquitto {
             let rest: Vec<&str> = it.collect();
             match rest.as_slice() {
                 [q, filter] if q.len() == 1 && q.as_bytes()[0].is_ascii_digit() => {
-                    held.insert((client.to_string(), filter.to_string()));
+                    held.entry(client.to_string())
+                        .or_default()
+                        .insert(filter.to_string());
                 }
                 [filter] => {
-                    held.remove(&(client.to_string(), filter.to_string()));
+                    if let Some(set) = held.get_mut(client) {
+                        set.remove(*filter);
+                    }
                 }
                 _ => {}
             }
         }
-        let mut count = std::collections::HashMap::new();
-        for (_, filter) in held {
-            *count.entry(filter).or_insert(0) += 1;
-        }
-        count
+        held
     }
 
     /// Stops it with SIGTERM (persistence is saved) and waits for the exit.

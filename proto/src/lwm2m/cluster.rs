@@ -17,6 +17,7 @@ use super::directory::{ClaimError, DirEntry, Directory};
 use super::endpoint::Endpoint;
 use super::identity::PeerIdentity;
 use super::output::{MqttOut, ShardMsg, Timer};
+use super::publish::name_hash;
 
 /// How long a takeover from another shard may stay unanswered before a request for
 /// the registration asks again (the mailboxes normally answer within milliseconds;
@@ -276,6 +277,8 @@ impl Cluster {
 
     /// Subscribes the registration's command filter on the broker connections of the
     /// filter's home shard: this one, unless another registration of it holds it elsewhere.
+    /// On the registration's own lane, so that its register message, queued after it on the
+    /// same connection, waits for the SUBACK.
     fn subscribe(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         if !cx.settings.per_endpoint_subscriptions {
             return;
@@ -283,7 +286,7 @@ impl Cluster {
         let filter = cx.settings.command_filter(&ep.mountpoint);
         let home = self.dir.sub_home(&filter, self.shard);
         let change = MqttOut::Subscribe {
-            lane: home as u32,
+            lane: ep.lane,
             filter,
             qos: cx.settings.command.qos,
         };
@@ -330,7 +333,7 @@ impl Cluster {
                 let current = self.dir.by_name(name).map(|e| e.location) == Some(location);
                 if current && self.dir.sub_home(&filter, me) == me {
                     cx.out.mqtt.push(MqttOut::Subscribe {
-                        lane: me as u32,
+                        lane: name_hash(name),
                         filter,
                         qos,
                     });

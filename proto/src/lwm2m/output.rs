@@ -10,8 +10,10 @@ use std::sync::Arc;
 /// What the core asks of the shard's broker connections (the MQTT client takes it as
 /// it is). `lane` chooses the connection: messages with equal lanes go out on one
 /// connection, in order. A publish's lane is its endpoint's [`name_hash`], so one
-/// endpoint's messages keep their order; a subscription change's is the filter's home
-/// shard, so a filter's unsubscribe takes the connection of its subscribe.
+/// endpoint's messages keep their order; a subscribe's is the lane of the registration
+/// that asks for it, so its register message waits on the same connection for the
+/// SUBACK. An unsubscribe goes to whichever connection holds the filter (its lane is
+/// the filter's home shard).
 ///
 /// [`name_hash`]: super::publish::name_hash
 #[derive(Debug, Clone, PartialEq, Eq)]
