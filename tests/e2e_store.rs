@@ -117,6 +117,13 @@ fn a_restart_on_the_file_store_serves_every_device_on() {
     let mut gw = start_on(store.path(), Broker::External(broker.addr()));
     let mut app = App::new(&gw, "store-app");
     let mut dev = Device::register(gw.udp, "kept", 300);
+    // Commands are sent once the register message is seen: the device's command
+    // subscription is in place from then on (not yet at its 2.01).
+    app.mq
+        .next_json(WAIT, |_, v| {
+            v["msgType"] == "register" && v["data"]["ep"] == "kept"
+        })
+        .expect("kept's register message");
     // Observed: the observation and its command outlive the process.
     let obs = app.send("kept", "observe", r#"{"path":"/3/0/13"}"#);
     let r = dev.request();
@@ -167,7 +174,8 @@ fn a_restart_on_the_file_store_serves_every_device_on() {
     assert_eq!(t, "lwm2m/kept/up/notify");
     assert_eq!(v["reqID"], obs);
     assert_eq!(v["data"]["content"][0]["value"], 1_700_000_001i64);
-    // A command reaches the device (its command subscription was made again).
+    // A command reaches the device (its command subscription was made again, and is in
+    // place: the notification just seen went out on its connection after its SUBACK).
     let read = app2.send("kept", "read", r#"{"path":"/3/0/0"}"#);
     let r = dev.request();
     assert_eq!((r.code, r.path.as_str()), (codes::GET, "/3/0/0"));
