@@ -1084,3 +1084,15 @@ fn mqtt_connections_scale_with_per_endpoint_filters() {
     let set = "[mqtt]\nserver = \"mqtt://broker:1883\"\nconnections = 4\n";
     assert_eq!(parse(set).mqtt_connections(), 4);
 }
+
+#[test]
+fn per_endpoint_subscriptions_on_the_embedded_broker_are_warned_about() {
+    let c = parse("[mqtt]\nsubscribe = \"per_endpoint\"");
+    let w = c.combination_warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("embedded broker"), "{w:?}");
+    assert!(parse("").combination_warnings().is_empty());
+    let external =
+        parse("[mqtt]\nserver = \"mqtt://127.0.0.1:1883\"\nsubscribe = \"per_endpoint\"");
+    assert!(external.combination_warnings().is_empty());
+}
