@@ -208,10 +208,10 @@ fn placeholder_mountpoint(mode: &str) {
         assert!(Instant::now() < deadline, "marker answered");
         if let Some((t, p)) = mq.recv_publish(Duration::from_millis(200)) {
             let v = json(&p);
-            if v["reqID"].as_str() == Some("stray") {
+            if v.get_str("reqID") == Some("stray") {
                 assert_eq!(v["data"]["code"].as_str(), Some("4.00"), "{v}");
                 refused.push(t);
-            } else if v["reqID"].as_str() == Some("marker") {
+            } else if v.get_str("reqID") == Some("marker") {
                 break;
             }
         }
