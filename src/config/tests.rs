@@ -841,6 +841,7 @@ fn core_settings_defaults_are_the_default_configuration() {
         bootstrap_configs,
         clock_epoch_ms,
         store_records,
+        shared_store,
     } = CoreSettings::defaults();
     assert_eq!(lifetime_min_s, from.lifetime_min_s);
     assert_eq!(lifetime_max_s, from.lifetime_max_s);
@@ -886,6 +887,7 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert!(bootstrap_configs.is_none() && from.bootstrap_configs.is_none());
     assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
     assert_eq!(store_records, from.store_records);
+    assert_eq!(shared_store, from.shared_store);
 }
 
 /// `[bootstrap]` and `translators.bootstrap`: defaults and overrides.

@@ -41,6 +41,8 @@ pub(super) struct GatewayAdmin {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The store's counters and state (`[store] kind = "file"`).
     pub store: Option<Arc<crate::store::StoreStats>>,
+    /// The cluster side's counters (`[store] kind = "redis"`).
+    pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// The file the configuration came from (None: built-in defaults).
     pub config_path: Option<std::path::PathBuf>,
     /// What the last `set_enabled` asked of the shards.
@@ -255,6 +257,9 @@ impl Admin for GatewayAdmin {
     }
 
     fn store_state(&self) -> Option<&'static str> {
+        if self.cluster.as_ref().is_some_and(|c| !c.reachable()) {
+            return Some("unreachable");
+        }
         self.store.as_ref().map(|s| s.state().name())
     }
 

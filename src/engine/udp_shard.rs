@@ -77,6 +77,8 @@ pub(super) struct UdpShard {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The store writer's queue (`[store]`), when registrations are kept.
     pub store: Option<crate::store::StoreSender>,
+    /// The cluster thread's queue (`[store] kind = "redis"`).
+    pub cluster: Option<crate::cluster::ClusterSender>,
     /// Serving devices (the management API's enable); while false every datagram read
     /// is dropped.
     serving: bool,
@@ -118,6 +120,7 @@ impl UdpShard {
             registry_generation: None,
             bootstrap: None,
             store: None,
+            cluster: None,
             serving: true,
         }
     }
@@ -152,7 +155,8 @@ impl UdpShard {
             let (send, dtls, mqtt) = (&mut self.send, &mut self.dtls, &mut self.mqtt);
             let (backlog, peers, counters, auth) =
                 (&mut self.backlog, &self.peers, &self.counters, &self.auth);
-            let (bootstrap, store) = (&self.bootstrap, &self.store);
+            let (bootstrap, store, cluster) = (&self.bootstrap, &self.store, &self.cluster);
+            let mut missed = Vec::new();
             let unix_ms = self.core.settings().clock_epoch_ms + now;
             self.core.drain(|o| match o {
                 Output::Datagram {
@@ -192,6 +196,13 @@ impl UdpShard {
                         s.send(c);
                     }
                 }
+                Output::Cluster(r) => {
+                    let refused = match cluster {
+                        Some(c) => c.send(me, r).err(),
+                        None => Some(r),
+                    };
+                    missed.extend(refused);
+                }
                 Output::Shard { to, msg } => {
                     let counter = match backlog.send(peers, to, msg) {
                         Sent::Delivered | Sent::Returned => return,
@@ -202,8 +213,24 @@ impl UdpShard {
                 }
             });
             let returned = self.backlog.take_returned();
-            if lost.is_empty() && refused.is_empty() && returned.is_empty() {
+            if lost.is_empty() && refused.is_empty() && returned.is_empty() && missed.is_empty() {
                 break;
+            }
+            for r in missed {
+                // The cluster thread's queue is full: answered as a miss now.
+                let crate::lwm2m::ClusterRequest::Take {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                } = r;
+                let miss = Input::ClusterMiss {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                };
+                self.core.handle(now, miss);
             }
             for peer in lost {
                 self.counters
@@ -418,6 +445,7 @@ impl ShardApp for UdpShard {
             ShardMail::AuthResult { ticket, allowed } => {
                 core.handle(now_ms, Input::AuthResult { ticket, allowed })
             }
+            ShardMail::Cluster(a) => core.handle(now_ms, cluster_input(a)),
             ShardMail::ApiCommand { name, payload } => core.handle(
                 now_ms,
                 Input::ApiCommand {
@@ -511,5 +539,35 @@ impl ShardApp for UdpShard {
 
     fn should_stop(&self) -> bool {
         self.mqtt.closed()
+    }
+}
+
+/// The cluster side's answer as the core's input.
+fn cluster_input(a: crate::cluster::ClusterAnswer) -> Input<'static> {
+    use crate::cluster::ClusterAnswer;
+    match a {
+        ClusterAnswer::Adopt {
+            endpoint,
+            peer,
+            datagram,
+            identity,
+        } => Input::ClusterAdopt {
+            endpoint,
+            peer,
+            datagram,
+            identity,
+        },
+        ClusterAnswer::Miss {
+            location,
+            peer,
+            datagram,
+            identity,
+        } => Input::ClusterMiss {
+            location,
+            peer,
+            datagram,
+            identity,
+        },
+        ClusterAnswer::Release { name, location } => Input::ClusterRelease { name, location },
     }
 }
