@@ -10,6 +10,7 @@ use common::mosquitto::Mosquitto;
 use common::redis_server::Redis;
 use lwm2m_gateway::coap::{codes, opt, Message};
 use lwm2m_gateway::store::{redis_scripts, Backend, Change, RedisStore};
+use simd_json::prelude::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -183,4 +184,144 @@ fn a_restarted_node_on_redis_serves_its_devices_on() {
     for (i, (s, l)) in devices.iter().enumerate() {
         assert_eq!(update(s, gw2.udp, l, 50 + i as u16), codes::CHANGED, "{l}");
     }
+}
+
+/// A device that answers every request with 2.05 and `payload`, on its own thread,
+/// until the socket is dropped by the end of the test (its read times out).
+fn answer_requests(sock: UdpSocket, payload: &'static [u8]) -> std::thread::JoinHandle<usize> {
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let r = common::coap::Request::parse(&buf[..n]);
+            let ack = r.ack(codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], payload);
+            sock.send_to(&ack, from).unwrap();
+            answered += 1;
+        }
+        answered
+    })
+}
+
+/// Publishes `per_device` reads to each device and counts the final messages by reqID:
+/// each exactly once, each a 2.05.
+fn reads_answered_once(app: &mut common::app::App, devices: &[&str], per_device: usize) {
+    let mut sent = std::collections::HashMap::new();
+    for _ in 0..per_device {
+        for ep in devices {
+            let id = app.send(ep, "read", r#"{"path":"/3/0/0"}"#);
+            sent.insert(id, *ep);
+        }
+    }
+    let mut seen = std::collections::HashMap::<u32, usize>::new();
+    while seen.len() < sent.len() {
+        let (_, v) = app
+            .mq
+            .next_json(WAIT, |_, v| v["msgType"] == "read")
+            .unwrap_or_else(|| panic!("{} of {} reads answered", seen.len(), sent.len()));
+        let id = v["reqID"].as_u32().expect("a reqID");
+        assert_eq!(v["data"]["code"], "2.05", "{v:?}");
+        *seen.entry(id).or_default() += 1;
+    }
+    // Anything more would be a second final message of some command.
+    let late = app.mq.collect(usize::MAX, Duration::from_millis(500));
+    let extra: Vec<_> = late
+        .iter()
+        .filter(|(t, _)| t.ends_with("/up/resp"))
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(extra.is_empty(), "more final messages: {extra:?}");
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    assert!(sent.keys().all(|id| seen.contains_key(id)));
+}
+
+#[test]
+fn two_nodes_on_one_redis_act_as_one_gateway() {
+    let mut redis = Redis::start();
+    let broker = Mosquitto::start();
+    let a = node(&redis, broker.addr(), "node-a");
+    let b = node(&redis, broker.addr(), "node-b");
+    let mut app = common::app::App::new(&a, "cluster-app");
+    // Everything published about the devices, read at the end.
+    let mut watch =
+        common::mqtt_client::MqttClient::subscriber(a.mqtt, "cluster-watch", "lwm2m/+/up/#", 0);
+    let names = ["m0", "m1", "m2"];
+    // Registered on node A.
+    let mut locations = Vec::new();
+    for ep in names {
+        let s = socket([127, 0, 0, 1], WAIT);
+        locations.push(register(&s, a.udp, ep));
+        app.mq
+            .next_json(WAIT, |_, v| {
+                v["msgType"] == "register" && v["data"]["ep"] == ep
+            })
+            .expect("the register message");
+    }
+    // Other nodes find a registration once node A's writer wrote it (within 100 ms).
+    let deadline = std::time::Instant::now() + WAIT;
+    while names.iter().any(|ep| owner(&redis, ep).is_none()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node A's records in Redis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each moved to node B: a new address, the same location: 2.04 and an update message.
+    let mut responders = Vec::new();
+    for (ep, loc) in names.iter().zip(&locations) {
+        let s = socket([127, 0, 0, 1], WAIT);
+        assert_eq!(update(&s, b.udp, loc, 40), codes::CHANGED, "{ep}");
+        let (t, v) = app
+            .mq
+            .next_json(WAIT, |_, v| v["msgType"] == "update")
+            .expect("the update message");
+        assert_eq!(t, format!("lwm2m/{ep}/up/update"));
+        assert_eq!(v["data"]["ep"], *ep);
+        responders.push(answer_requests(s, b"maker"));
+    }
+    // Node A let them go (told by B through Redis); B holds them.
+    a.metrics_when(|m| m.sum("lwm2m_cluster_released_total", &[]) == 3.0);
+    let m = b.metrics();
+    assert_eq!(m.sum("lwm2m_cluster_takeovers_total", &[]), 3.0);
+    for ep in names {
+        assert_eq!(owner(&redis, ep).as_deref(), Some("node-b"));
+    }
+    // Commands: each answered exactly once.
+    reads_answered_once(&mut app, &names, 20);
+    let m = a.metrics();
+    assert_eq!(m.sum("lwm2m_deregistrations_total", &[]), 0.0);
+
+    // Redis gone: node B serves the devices it holds, says the store is unreachable, and
+    // what changes meanwhile is written once Redis is back.
+    redis.kill();
+    let unreachable = || {
+        let (_, body) = common::http::request(b.api, "GET", "/health", None, b"");
+        body.contains(r#""store":"unreachable""#)
+    };
+    b.metrics_when(|_| unreachable());
+    assert!(unreachable());
+    reads_answered_once(&mut app, &names, 5);
+    let late = socket([127, 0, 0, 1], WAIT);
+    register(&late, b.udp, "late");
+    redis.spawn();
+    b.metrics_when(|m| m.sum("lwm2m_cluster_redis_up", &[]) == 1.0);
+    let mut c = redis.connection();
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "late").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(owner(&redis, "late").as_deref(), Some("node-b"));
+    let (_, body) = common::http::request(b.api, "GET", "/health", None, b"");
+    assert!(body.contains(r#""store":"ok""#), "{body}");
+    let _: () = redis::cmd("PING").query(&mut c).unwrap();
+    // No device was ended on either node: a move is not a de-registration.
+    let all = watch.collect(usize::MAX, Duration::from_millis(500));
+    let ends: Vec<_> = all
+        .iter()
+        .map(|(_, p)| common::json(p))
+        .filter(|v| v["msgType"] == "deregister")
+        .collect();
+    assert!(ends.is_empty(), "{ends:?}");
+    assert!(all.len() > 3 * 25, "{} messages", all.len());
+    drop(responders);
 }
