@@ -286,6 +286,56 @@ fn two_nodes_on_one_redis_act_as_one_gateway() {
     for ep in names {
         assert_eq!(owner(&redis, ep).as_deref(), Some("node-b"));
     }
+    // The API of either node lists every device, with the node holding it.
+    let c0 = socket([127, 0, 0, 1], WAIT);
+    register(&c0, a.udp, "on-a");
+    // Node B sees it once node A's writer wrote it (within 100 ms).
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "on-a").is_none() {
+        assert!(std::time::Instant::now() < deadline, "on-a in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for gw in [&a, &b] {
+        let (st, body) = common::http::request(
+            gw.api,
+            "GET",
+            "/api/v5/gateways/lwm2m/clients?limit=100",
+            Some(("admin", common::gateway::API_SECRET)),
+            b"",
+        );
+        assert_eq!(st, 200, "{body}");
+        let v = common::json(body);
+        let mut held: Vec<(String, String)> = v["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|c| {
+                let name = c["endpoint_name"].as_str().unwrap().to_string();
+                (name, c["node"].as_str().unwrap().to_string())
+            })
+            .collect();
+        held.sort();
+        let want: Vec<(String, String)> = [
+            ("m0", "node-b"),
+            ("m1", "node-b"),
+            ("m2", "node-b"),
+            ("on-a", "node-a"),
+        ]
+        .iter()
+        .map(|(n, o)| (n.to_string(), o.to_string()))
+        .collect();
+        assert_eq!(held, want);
+    }
+    // One client named through the other node.
+    let (st, body) = common::http::request(
+        a.api,
+        "GET",
+        "/api/v5/gateways/lwm2m/clients/m1",
+        Some(("admin", common::gateway::API_SECRET)),
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(common::json(body)["node"], "node-b");
     // Commands: each answered exactly once.
     reads_answered_once(&mut app, &names, 20);
     let m = a.metrics();

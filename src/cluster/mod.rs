@@ -9,14 +9,17 @@
 //!   the node that held it;
 //! - `notices.rs`, the `cluster-notices` thread: this node's pub/sub channel, where the
 //!   other nodes say which registrations they took from it; each is handed to the shard
-//!   holding it, which lets it go silently.
+//!   holding it, which lets it go silently;
+//! - `view.rs`: the management API's reads of every node's registrations.
 
 mod notices;
 mod stats;
 mod takes;
+mod view;
 
 pub use stats::ClusterStats;
 pub use takes::{ClusterSender, ClusterSide};
+pub use view::ClusterView;
 
 use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::identity::PeerIdentity;

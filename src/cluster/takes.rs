@@ -44,6 +44,8 @@ pub struct ClusterSide {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<ClusterStats>,
+    /// The management API's reads.
+    pub view: Arc<super::ClusterView>,
 }
 
 /// What the cluster thread needs.
@@ -98,11 +100,13 @@ impl ClusterSide {
             .name("cluster-notices".into())
             .spawn(move || listener.run(&s))
             .map_err(io)?;
+        let view = super::ClusterView::new(url, node, epoch_ms, stats.clone())?;
         Ok(ClusterSide {
             tx,
             stop,
             threads: vec![t1, t2],
             stats,
+            view: Arc::new(view),
         })
     }
 

@@ -185,7 +185,7 @@ impl Gateway {
             epoch_ms,
             bootstrap: bootstrap.clone(),
             store: store_stats.clone(),
-            cluster: cluster.as_ref().map(|c| c.stats.clone()),
+            cluster: cluster.as_ref().map(|c| c.view.clone()),
             config_path: file,
             serving: AtomicBool::new(true),
             bound: (udp_addr, dtls_bound),

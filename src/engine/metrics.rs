@@ -51,7 +51,7 @@ pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
         write_store(s, &snaps, w);
     }
     if let Some(c) = &a.cluster {
-        super::cluster_metrics::write_cluster(c, &snaps, w);
+        super::cluster_metrics::write_cluster(&c.stats, &snaps, w);
     }
 }
 
