@@ -73,7 +73,8 @@ impl PutOutcome {
 
 /// PUT: KEYS[1] the record hash; ARGV: record, location, node, claim ("1"/"0"), prefix,
 /// name. A claim (a new registration) takes the name whoever held it; anything else
-/// applies only while this node holds the name at that location. A location another
+/// applies only while this node holds the name at that location, or while nobody
+/// does (a Redis restarted empty gets each registration again at its next change). A location another
 /// name holds is refused. Returns {code, previous owner, previous location}: code 1
 /// written, 0 not the owner, 2 the location is taken.
 pub fn put() -> Script {
@@ -81,7 +82,7 @@ pub fn put() -> Script {
         r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 local oldloc = redis.call('HGET', KEYS[1], 'loc')
-if ARGV[4] ~= '1' and (owner ~= ARGV[3] or oldloc ~= ARGV[2]) then
+if ARGV[4] ~= '1' and owner and (owner ~= ARGV[3] or oldloc ~= ARGV[2]) then
   return {0, '', ''}
 end
 local lockey = ARGV[5] .. 'loc:' .. ARGV[2]

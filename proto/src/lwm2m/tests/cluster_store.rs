@@ -34,7 +34,7 @@ impl Model {
         claim: bool,
     ) -> Option<(usize, u64)> {
         let old = self.regs.get(name).map(|(l, _, o)| (*l, *o));
-        if !claim && old != Some((loc, node)) {
+        if !claim && old.is_some_and(|o| o != (loc, node)) {
             return None;
         }
         if self.locs.get(&loc).is_some_and(|n| n != name) {
