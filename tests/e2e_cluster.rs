@@ -375,3 +375,45 @@ fn two_nodes_on_one_redis_act_as_one_gateway() {
     assert!(all.len() > 3 * 25, "{} messages", all.len());
     drop(responders);
 }
+
+#[test]
+fn commands_reaching_a_node_that_does_not_hold_the_device_are_forwarded_to_its_node() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    // Wildcard mode: every node holds the one shared command filter, and the broker
+    // hands each command to either node, whichever holds the device.
+    let wildcard = |name: &str| {
+        let extra = format!(
+            "[engine]\nshards = 2\n[store]\nkind = \"redis\"\nurl = \"{}\"\n[cluster]\nnode = \"{name}\"",
+            redis.url()
+        );
+        GatewayProc::start_with(
+            Broker::External(broker.addr()),
+            &extra,
+            "subscribe = \"wildcard\"",
+        )
+    };
+    let a = wildcard("fwd-a");
+    let b = wildcard("fwd-b");
+    let mut app = common::app::App::new(&a, "forward-app");
+    let s = socket([127, 0, 0, 1], WAIT);
+    register(&s, a.udp, "w0");
+    app.mq
+        .next_json(WAIT, |_, v| v["msgType"] == "register")
+        .expect("the register message");
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "w0").is_none() {
+        assert!(std::time::Instant::now() < deadline, "w0 in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let device = answer_requests(s, b"maker");
+    reads_answered_once(&mut app, &["w0"], 20);
+    // Some reached node B, which forwarded them to node A.
+    let sent = b.metrics().sum("lwm2m_cluster_forwards_sent_total", &[]);
+    let got = a
+        .metrics()
+        .sum("lwm2m_cluster_forwards_received_total", &[]);
+    assert!(sent >= 1.0, "node B forwarded {sent}");
+    assert_eq!(sent, got);
+    drop(device);
+}

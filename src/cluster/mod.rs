@@ -46,6 +46,14 @@ pub enum ClusterAnswer {
         name: Box<str>,
         location: u64,
     },
+    /// A command for an endpoint this node holds, forwarded by the node the broker
+    /// delivered it to (or one the owner could not be found for, handed back): handled
+    /// as delivered, never forwarded again.
+    Command {
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    },
 }
 
 /// Hands an answer to shard `shard`'s mailbox.

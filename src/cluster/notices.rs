@@ -41,10 +41,7 @@ impl Listener {
             tracing::debug!(channel = %self.channel, "listening for registrations taken by other nodes");
             while !stop.load(Ordering::SeqCst) {
                 match sub.get_message() {
-                    Ok(m) => {
-                        let payload: String = m.get_payload().unwrap_or_default();
-                        self.notice(&payload);
-                    }
+                    Ok(m) => self.notice(m.get_payload_bytes()),
                     Err(e) if e.is_timeout() => {}
                     Err(_) => break,
                 }
@@ -52,10 +49,22 @@ impl Listener {
         }
     }
 
-    /// `release {location} {name}`: to the shard holding that registration.
-    fn notice(&self, payload: &str) {
-        let Some((location, name)) = redis_scripts::parse_release_notice(payload) else {
-            tracing::warn!(%payload, "an unknown cluster notice");
+    /// A release (to the shard holding that registration) or a forwarded command (to
+    /// shard 0, which routes it as delivered).
+    fn notice(&self, payload: &[u8]) {
+        if let Some((topic, payload, expiry_s)) = redis_scripts::parse_command_notice(payload) {
+            ClusterStats::add(&self.stats.forwards_received, 1);
+            let command = ClusterAnswer::Command {
+                topic,
+                payload,
+                expiry_s,
+            };
+            (self.deliver)(0, command);
+            return;
+        }
+        let text = std::str::from_utf8(payload).unwrap_or("");
+        let Some((location, name)) = redis_scripts::parse_release_notice(text) else {
+            tracing::warn!(payload = %String::from_utf8_lossy(payload), "an unknown cluster notice");
             return;
         };
         ClusterStats::add(&self.stats.releases_received, 1);

@@ -15,6 +15,12 @@ pub struct ClusterStats {
     pub releases_sent: AtomicU64,
     /// Notices received that another node took a registration from this one.
     pub releases_received: AtomicU64,
+    /// Commands for endpoints another node holds, forwarded to it.
+    pub forwards_sent: AtomicU64,
+    /// Commands another node forwarded to this one.
+    pub forwards_received: AtomicU64,
+    /// Commands for endpoints no node holds (answered here as unknown).
+    pub forwards_unowned: AtomicU64,
     /// The cluster side's Redis connections are down.
     unreachable: AtomicBool,
 }

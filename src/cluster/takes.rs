@@ -17,10 +17,23 @@ const QUEUE_CAPACITY: usize = 16_384;
 /// How often an idle cluster thread checks that Redis answers.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
+/// What the cluster thread is asked.
+enum Job {
+    /// The core's.
+    Core(ClusterRequest),
+    /// A command for `name`, which no shard here holds: to the node that does.
+    Forward {
+        name: String,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    },
+}
+
 /// A shard's handle on the cluster thread: never blocks.
 #[derive(Clone)]
 pub struct ClusterSender {
-    tx: Sender<(u16, ClusterRequest)>,
+    tx: Sender<(u16, Job)>,
     stats: Arc<ClusterStats>,
 }
 
@@ -28,19 +41,47 @@ impl ClusterSender {
     /// Queues a request of shard `shard`; a full queue hands it back (the shard answers
     /// it as a miss), counted.
     pub fn send(&self, shard: u16, r: ClusterRequest) -> Result<(), ClusterRequest> {
-        match self.tx.try_send((shard, r)) {
+        match self.tx.try_send((shard, Job::Core(r))) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full((_, r)) | TrySendError::Disconnected((_, r))) => {
+            Err(TrySendError::Full((_, j)) | TrySendError::Disconnected((_, j))) => {
                 ClusterStats::add(&self.stats.take_failures, 1);
-                Err(r)
+                match j {
+                    Job::Core(r) => Err(r),
+                    Job::Forward { .. } => unreachable!("sent a take"),
+                }
             }
+        }
+    }
+
+    /// Queues a command for `name` (no shard here holds it) to go to the node holding
+    /// it; a full queue hands topic and payload back (the shard answers it as usual).
+    pub fn forward(
+        &self,
+        shard: u16,
+        name: &str,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    ) -> Result<(), (String, Vec<u8>)> {
+        let job = Job::Forward {
+            name: name.to_string(),
+            topic,
+            payload,
+            expiry_s,
+        };
+        match self.tx.try_send((shard, job)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full((_, j)) | TrySendError::Disconnected((_, j))) => match j {
+                Job::Forward { topic, payload, .. } => Err((topic, payload)),
+                Job::Core(_) => unreachable!("sent a forward"),
+            },
         }
     }
 }
 
 /// The cluster threads of this node and the way to stop them.
 pub struct ClusterSide {
-    tx: Sender<(u16, ClusterRequest)>,
+    tx: Sender<(u16, Job)>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<ClusterStats>,
@@ -127,7 +168,7 @@ impl ClusterSide {
 }
 
 impl Worker {
-    fn run(mut self, rx: &Receiver<(u16, ClusterRequest)>, stop: &AtomicBool) {
+    fn run(mut self, rx: &Receiver<(u16, Job)>, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
             match rx.recv_timeout(PING_EVERY) {
                 Ok((shard, r)) => self.handle(shard, r),
@@ -140,7 +181,16 @@ impl Worker {
         }
     }
 
-    fn handle(&mut self, shard: u16, r: ClusterRequest) {
+    fn handle(&mut self, shard: u16, job: Job) {
+        let r = match job {
+            Job::Core(r) => r,
+            Job::Forward {
+                name,
+                topic,
+                payload,
+                expiry_s,
+            } => return self.forward(shard, &name, topic, payload, expiry_s),
+        };
         let ClusterRequest::Take {
             location,
             peer,
@@ -172,6 +222,47 @@ impl Worker {
             }
         };
         (self.deliver)(shard, answer);
+    }
+
+    /// Publishes the command on the channel of the node holding `name`; when none does
+    /// (or it is this node, or Redis is unreachable) hands it back to `shard`, which
+    /// answers it as for an endpoint it does not hold.
+    fn forward(
+        &mut self,
+        shard: u16,
+        name: &str,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    ) {
+        let key = redis_scripts::reg_key(name);
+        let owner: Option<String> = self
+            .con
+            .with(|c| redis::cmd("HGET").arg(&key).arg("owner").query(c))
+            .ok()
+            .flatten();
+        if let Some(owner) = owner.filter(|o| *o != self.node) {
+            let notice = redis_scripts::command_notice(&topic, &payload, expiry_s);
+            let channel = redis_scripts::node_channel(&owner);
+            let sent = self.con.with(|c| {
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&notice)
+                    .query::<u64>(c)
+            });
+            // Delivered to a listening node (1 subscriber): its job now.
+            if sent.is_ok_and(|n| n > 0) {
+                ClusterStats::add(&self.stats.forwards_sent, 1);
+                return;
+            }
+        }
+        ClusterStats::add(&self.stats.forwards_unowned, 1);
+        let back = ClusterAnswer::Command {
+            topic,
+            payload,
+            expiry_s,
+        };
+        (self.deliver)(shard, back);
     }
 
     /// Runs TAKE for `location`: the registration there, now this node's (its previous

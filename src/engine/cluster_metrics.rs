@@ -40,6 +40,21 @@ pub(super) fn write_cluster(c: &ClusterStats, snaps: &[CoreStats], w: &mut Write
             S::get(&c.releases_received),
         ),
         (
+            "lwm2m_cluster_forwards_sent_total",
+            "Commands for endpoints another node holds, forwarded to it through Redis.",
+            S::get(&c.forwards_sent),
+        ),
+        (
+            "lwm2m_cluster_forwards_received_total",
+            "Commands another node forwarded to this one.",
+            S::get(&c.forwards_received),
+        ),
+        (
+            "lwm2m_cluster_forwards_unowned_total",
+            "Commands for endpoints no node holds (answered here as for an unknown endpoint).",
+            S::get(&c.forwards_unowned),
+        ),
+        (
             "lwm2m_cluster_released_total",
             "Registrations let go (silently) because another node took them over.",
             sum(|s| s.cluster_released),

@@ -253,21 +253,51 @@ impl UdpShard {
     /// Commands the broker delivered on this shard's connections, resolved once: handled
     /// here when the endpoint lives here, else handed to its shard.
     fn take_commands(&mut self, now: u64, timers: &mut TimerWheel<ShardTimer>) {
-        let me = self.core.shard();
+        let delivered: Vec<_> = self.mqtt.take_commands().collect();
         let mut any = false;
-        for d in self.mqtt.take_commands() {
-            let Some((shard, to)) = self.router.route(&d.topic) else {
-                tracing::debug!(topic = %d.topic, "not a command topic of this gateway");
-                continue;
-            };
-            any = true;
+        for d in delivered {
+            any |= self.command(now, d.topic, d.payload, d.expiry_s, true);
+        }
+        if any {
+            self.route_outputs(timers);
+        }
+    }
+
+    /// One command published on `topic`: handled here when the endpoint lives here, else
+    /// handed to its shard; with `may_forward` and a store shared by several nodes, one
+    /// for an endpoint no shard here holds goes to the node holding it (through Redis).
+    /// False when it is not a command topic of this gateway.
+    fn command(
+        &mut self,
+        now: u64,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+        may_forward: bool,
+    ) -> bool {
+        let me = self.core.shard();
+        let Some((shard, to)) = self.router.route(&topic) else {
+            tracing::debug!(%topic, "not a command topic of this gateway");
+            return false;
+        };
+        let (topic, payload) = match (&self.cluster, may_forward) {
+            (Some(c), true) if self.router.dir.by_name(&to.endpoint).is_none() => {
+                match c.forward(me, &to.endpoint, topic, payload, expiry_s) {
+                    Ok(()) => return true,
+                    Err(back) => back,
+                }
+            }
+            _ => (topic, payload),
+        };
+        drop(topic);
+        {
             let cmd = ShardMsg::Command(RoutedCommand {
                 to,
-                payload: d.payload,
+                payload,
                 hops: 0,
                 arrival: Arrival {
                     at_ms: None,
-                    expiry_s: d.expiry_s,
+                    expiry_s,
                 },
             });
             if shard == me {
@@ -275,17 +305,15 @@ impl UdpShard {
                 self.core.handle(now, Input::Shard(cmd));
             } else {
                 let counter = match self.backlog.send(&self.peers, shard, cmd) {
-                    Sent::Delivered => continue,
-                    Sent::Returned => continue, // answered by route_outputs
+                    Sent::Delivered => return true,
+                    Sent::Returned => return true, // answered by route_outputs
                     Sent::Deferred => &self.counters.mailbox_deferred,
                     Sent::Dropped => &self.counters.mailbox_dropped,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if any {
-            self.route_outputs(timers);
-        }
+        true
     }
 
     /// Retries the backlog (end of a loop turn); commands it gives up on are answered.
@@ -429,6 +457,20 @@ impl ShardApp for UdpShard {
     fn on_message(&mut self, mail: ShardMail, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
         self.now_ms = now_ms;
         self.refresh_registry();
+        let mail = match mail {
+            ShardMail::Cluster(crate::cluster::ClusterAnswer::Command {
+                topic,
+                payload,
+                expiry_s,
+            }) => {
+                // Forwarded by another node (or back from this node's cluster thread):
+                // handled here as delivered, never forwarded again.
+                self.command(now_ms, topic, payload, expiry_s, false);
+                self.route_outputs(timers);
+                return;
+            }
+            other => other,
+        };
         let core = &mut self.core;
         match mail {
             ShardMail::Core(m) => core.handle(now_ms, Input::Shard(m)),
@@ -569,5 +611,6 @@ fn cluster_input(a: crate::cluster::ClusterAnswer) -> Input<'static> {
             identity,
         },
         ClusterAnswer::Release { name, location } => Input::ClusterRelease { name, location },
+        ClusterAnswer::Command { .. } => unreachable!("handled by on_message"),
     }
 }

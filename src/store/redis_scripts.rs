@@ -49,6 +49,31 @@ pub fn parse_release_notice(notice: &str) -> Option<(u64, &str)> {
     Some((location.parse().ok()?, name))
 }
 
+/// The notice forwarding a command (published on `topic`, with its MQTT 5 expiry) to
+/// the node holding its endpoint: `command {expiry|-} {topic length}\n{topic}{payload}`.
+pub fn command_notice(topic: &str, payload: &[u8], expiry_s: Option<u32>) -> Vec<u8> {
+    let expiry = expiry_s.map_or("-".to_string(), |e| e.to_string());
+    let mut out = format!("command {expiry} {}\n{topic}", topic.len()).into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A command notice read back: (topic, payload, expiry).
+pub fn parse_command_notice(notice: &[u8]) -> Option<(String, Vec<u8>, Option<u32>)> {
+    let rest = notice.strip_prefix(b"command ")?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&rest[..nl]).ok()?;
+    let (expiry, len) = head.split_once(' ')?;
+    let expiry = match expiry {
+        "-" => None,
+        e => Some(e.parse().ok()?),
+    };
+    let len: usize = len.parse().ok()?;
+    let body = &rest[nl + 1..];
+    let topic = std::str::from_utf8(body.get(..len)?).ok()?.to_string();
+    Some((topic, body[len..].to_vec(), expiry))
+}
+
 /// What [`put`] answered for one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
