@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need on Debian (Mosquitto, the
-# MQTT broker the end-to-end tests start themselves; libcoap3-bin, a CoAP/DTLS peer;
+# MQTT broker the end-to-end tests start themselves; Redis, the shared store of the
+# cluster tests; libcoap3-bin, a CoAP/DTLS peer;
 # Node.js, npm and Python's venv for the interop tests; Chromium and its WebDriver for the
 # console's browser test) when it is missing.
 set -euo pipefail
@@ -10,6 +11,8 @@ need=()
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # An MQTT 5 application that sets a message expiry on its commands.
 [ -x /usr/bin/mosquitto_pub ] || need+=(mosquitto-clients)
+# Several nodes on one Redis (tests/e2e_cluster.rs starts its own redis-server).
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 # DTLS and block-wise interop: libcoap's clients (OpenSSL and GnuTLS builds);
 # openssl makes the test certificates.
 command -v coap-client-openssl >/dev/null || need+=(libcoap3-bin)

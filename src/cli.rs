@@ -99,7 +99,7 @@ pub struct Cli {
     )]
     pub api_secret: Option<Secret>,
 
-    /// Where registrations are kept across restarts: file, or none (store.kind)
+    /// Where registrations are kept across restarts: file, redis or none (store.kind)
     #[arg(long, value_name = "KIND")]
     pub store: Option<crate::config::StoreKind>,
 

@@ -157,6 +157,7 @@ fn client(i: usize) -> ClientInfo {
             notifications: 3,
             commands: 2,
         }),
+        node: None,
     }
 }
 

@@ -630,6 +630,7 @@ impl Sim {
                 Output::Auth { .. } => unreachable!("authentication is off"),
                 Output::Bootstrap(_) => unreachable!("bootstrap is off"),
                 Output::Store(c) => check_store_change(&c),
+                Output::Cluster(_) => unreachable!("the store is not shared"),
             });
         }
         for m in mqtt {
@@ -1105,6 +1106,7 @@ fn check_store_change(c: &lwm2m_gateway::lwm2m::StoreChange) {
         name,
         location,
         record,
+        ..
     } = c
     {
         let ep = lwm2m_gateway::lwm2m::record::decode(record, 0)

@@ -494,6 +494,7 @@ impl CompositeWorld {
             Output::Auth { .. } => unreachable!("authentication is off"),
             Output::Bootstrap(_) => unreachable!("bootstrap is off"),
             Output::Store(c) => check_store_change(&c),
+            Output::Cluster(_) => unreachable!("the store is not shared"),
         });
         let mut replies = Vec::new();
         for (to, bytes) in datagrams {
@@ -1108,6 +1109,7 @@ impl World {
                     check_store_change(&c);
                     stored.push(c);
                 }
+                Output::Cluster(_) => unreachable!("the store is not shared"),
             });
         }
         for c in stored {
@@ -1186,6 +1188,7 @@ impl World {
                 name,
                 location,
                 record,
+                ..
             } => {
                 self.store.insert(name.to_string(), (location, record));
             }
@@ -2329,6 +2332,7 @@ fn check_store_change(c: &lwm2m_gateway::lwm2m::StoreChange) {
         name,
         location,
         record,
+        ..
     } = c
     {
         let ep = lwm2m_gateway::lwm2m::record::decode(record, 0)

@@ -72,6 +72,7 @@ pub const PENDING: usize = 64;
 /// Requests that may wait for a device's answer (`?wait=`) at once, each holding a
 /// worker; one worker stays free for everything else.
 pub const MAX_WAITING: usize = WORKERS - 1;
+pub(crate) use routes::default_node;
 pub use wait::MAX_WAIT;
 
 /// A listener as the API shows it.
@@ -143,7 +144,7 @@ pub trait Admin: Send + Sync + 'static {
     }
     /// The `node` field of the clients API (EMQX shows the Erlang node).
     fn node(&self) -> String {
-        routes::default_node()
+        default_node()
     }
     /// The Bootstrap-Server's configurations and outcomes (None: not enabled).
     fn bootstrap(&self) -> Option<Arc<crate::bootstrap::BootstrapStore>> {

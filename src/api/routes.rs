@@ -467,7 +467,7 @@ fn client_json(out: &mut Vec<u8>, c: &ClientInfo, node: &str) {
         out.push(b',');
     };
     out.push(b'{');
-    s(out, "node", node);
+    s(out, "node", c.node.as_deref().unwrap_or(node));
     s(out, "clientid", &c.clientid);
     s(out, "username", &c.username);
     s(out, "endpoint_name", &c.endpoint_name);

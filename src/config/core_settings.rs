@@ -50,6 +50,7 @@ impl From<&Config> for CoreSettings {
             // Set by the engine from its clock.
             clock_epoch_ms: 0,
             store_records: c.store.kind != crate::config::StoreKind::None,
+            shared_store: c.store.kind == crate::config::StoreKind::Redis,
             max_connections: c.udp_listener().max_connections,
             max_conn_rate: c.udp_listener().max_conn_rate,
             dtls_max_connections: c

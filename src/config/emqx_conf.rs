@@ -17,6 +17,7 @@ const OWN_TABLES: &[&str] = &[
     "coap",
     "queue",
     "store",
+    "cluster",
     "bootstrap",
     "log",
 ];

@@ -45,7 +45,9 @@ pub use error::ConfigError;
 pub use listeners::{DtlsListener, Listeners, UdpListener};
 pub use mqtt::{Mqtt, MqttProtocol, MqttServer, SubscribeMode};
 pub use secret::Secret;
-pub use tuning::{Api, Bootstrap, Coap, Engine, Log, LogFormat, QueueMode, Store, StoreKind};
+pub use tuning::{
+    Api, Bootstrap, Cluster, Coap, Engine, Log, LogFormat, QueueMode, Store, StoreKind,
+};
 pub use types::{AutoObserve, Blockwise, Translator, Translators, UpdateCondition};
 
 /// The shipped configuration file, every key at its default.
@@ -90,6 +92,8 @@ pub struct Config {
     pub bootstrap: Bootstrap,
     /// `[store]`: registrations kept across restarts.
     pub store: Store,
+    /// `[cluster]`: this node among several sharing a Redis store.
+    pub cluster: Cluster,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             log: Log::default(),
             bootstrap: Bootstrap::default(),
             store: Store::default(),
+            cluster: Cluster::default(),
         }
     }
 }

@@ -841,6 +841,7 @@ fn core_settings_defaults_are_the_default_configuration() {
         bootstrap_configs,
         clock_epoch_ms,
         store_records,
+        shared_store,
     } = CoreSettings::defaults();
     assert_eq!(lifetime_min_s, from.lifetime_min_s);
     assert_eq!(lifetime_max_s, from.lifetime_max_s);
@@ -886,6 +887,7 @@ fn core_settings_defaults_are_the_default_configuration() {
     assert!(bootstrap_configs.is_none() && from.bootstrap_configs.is_none());
     assert_eq!(clock_epoch_ms, from.clock_epoch_ms);
     assert_eq!(store_records, from.store_records);
+    assert_eq!(shared_store, from.shared_store);
 }
 
 /// `[bootstrap]` and `translators.bootstrap`: defaults and overrides.
@@ -1095,4 +1097,32 @@ fn per_endpoint_subscriptions_on_the_embedded_broker_are_warned_about() {
     let external =
         parse("[mqtt]\nserver = \"mqtt://127.0.0.1:1883\"\nsubscribe = \"per_endpoint\"");
     assert!(external.combination_warnings().is_empty());
+}
+
+/// `[store] kind = "redis"` and `[cluster] node`: the keys, and what is refused.
+#[test]
+fn the_redis_store_needs_an_external_broker_and_a_fitting_node_name() {
+    let ext = "[mqtt]\nserver = \"mqtt://127.0.0.1:1883\"\n";
+    let c = parse(&format!(
+        "{ext}[store]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6380/2\"\n[cluster]\nnode = \"gw-1.a_b\"\n"
+    ));
+    c.validate().expect("valid");
+    assert_eq!(c.store.kind, StoreKind::Redis);
+    assert_eq!(c.store.url, "redis://10.0.0.5:6380/2");
+    assert_eq!(c.cluster.node_name(), "gw-1.a_b");
+    // Unset: the host name and process id.
+    assert!(Cluster::default()
+        .node_name()
+        .ends_with(&format!("-{}", std::process::id())));
+    let e = invalid("[store]\nkind = \"redis\"\n");
+    assert_eq!(e.key(), Some("store.kind"), "{e}");
+    assert!(e.to_string().contains("external broker"), "{e}");
+    let e = invalid(&format!(
+        "{ext}[store]\nkind = \"redis\"\nurl = \"http://x\"\n"
+    ));
+    assert_eq!(e.key(), Some("store.url"), "{e}");
+    let e = invalid(&format!(
+        "{ext}[store]\nkind = \"redis\"\n[cluster]\nnode = \"a b\"\n"
+    ));
+    assert_eq!(e.key(), Some("cluster.node"), "{e}");
 }

@@ -157,6 +157,8 @@ pub struct Store {
     /// The file store's directory (created when missing); relative to the
     /// configuration file.
     pub path: std::path::PathBuf,
+    /// The Redis store's address (`kind = "redis"`): `redis://[user:password@]host:port[/db]`.
+    pub url: String,
 }
 
 impl Default for Store {
@@ -164,6 +166,7 @@ impl Default for Store {
         Store {
             kind: StoreKind::File,
             path: std::path::PathBuf::from("data"),
+            url: "redis://127.0.0.1:6379".to_string(),
         }
     }
 }
@@ -177,4 +180,30 @@ pub enum StoreKind {
     File,
     /// Memory only: a restart forgets every registration.
     None,
+    /// A Redis server at `store.url`, shared by every node of a cluster.
+    Redis,
+}
+
+/// `[cluster]`: this node among several sharing one Redis store (`store.kind = "redis"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// This node's name, unique among the nodes (the operator's job); empty: the host
+    /// name and the process id.
+    pub node: String,
+}
+
+impl Cluster {
+    /// The node's name: `node`, or the host name and process id.
+    pub fn node_name(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_string());
+        format!("{host}-{}", std::process::id())
+    }
 }

@@ -63,7 +63,46 @@ pub(super) fn validate(c: &Config) -> R {
     check_tcp_listeners(c)?;
     check_api(&c.api)?;
     check_coap(&c.coap)?;
-    check_queue(&c.queue)
+    check_queue(&c.queue)?;
+    check_store(c)
+}
+
+/// `[store]` and `[cluster]`: a Redis store needs a `redis://` URL and an external broker
+/// (every node would have a broker of its own), and a node name that fits in a key.
+fn check_store(c: &Config) -> R {
+    if c.store.kind != super::StoreKind::Redis {
+        return Ok(());
+    }
+    let url = &c.store.url;
+    if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+        return err(
+            "store.url",
+            format!("must be a redis:// (or unix://) URL, got {url:?}"),
+        );
+    }
+    if c.mqtt.server.is_embedded() {
+        return err(
+            "store.kind",
+            "\"redis\" (several nodes acting as one gateway) needs an external broker that every \
+             node connects to (mqtt.server): with the embedded broker each node would have its own",
+        );
+    }
+    check_node_name(&c.cluster.node)
+}
+
+/// A node name: at most 64 of `A-Z a-z 0-9 . _ -` (empty: the host name and process id).
+fn check_node_name(node: &str) -> R {
+    let ok = node.len() <= 64
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return err(
+            "cluster.node",
+            format!("must be at most 64 letters, digits, '.', '_' or '-', got {node:?}"),
+        );
+    }
+    Ok(())
 }
 
 /// The LwM2M keys: lifetimes, queue mode window, auto-observe paths, mountpoint and

@@ -41,6 +41,8 @@ pub(super) struct GatewayAdmin {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The store's counters and state (`[store] kind = "file"`).
     pub store: Option<Arc<crate::store::StoreStats>>,
+    /// The cluster side's counters (`[store] kind = "redis"`).
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
     /// The file the configuration came from (None: built-in defaults).
     pub config_path: Option<std::path::PathBuf>,
     /// What the last `set_enabled` asked of the shards.
@@ -143,12 +145,23 @@ impl Admin for GatewayAdmin {
                 all.append(&mut v);
             }
         }
+        if let Some(view) = &self.cluster {
+            // Those of the other nodes sharing the store (the ones held here are listed
+            // as this node sees them).
+            let mut others = view.others();
+            others.retain(|c| self.dir.by_name(&c.endpoint_name).is_none());
+            all.append(&mut others);
+        }
         all.iter_mut().for_each(|c| self.to_wall_clock(c));
         all
     }
 
     fn client(&self, clientid: &str) -> Option<ClientInfo> {
-        let (shard, name) = self.resolve(clientid)?;
+        let Some((shard, name)) = self.resolve(clientid) else {
+            let mut c = self.cluster.as_ref()?.other(clientid)?;
+            self.to_wall_clock(&mut c);
+            return Some(c);
+        };
         let name = Some(name);
         let mut c = self
             .ask(shard, |reply| ShardMail::Clients { name, reply })?
@@ -254,7 +267,17 @@ impl Admin for GatewayAdmin {
         MqttStats::get(&self.mqtt.connected) > 0
     }
 
+    fn node(&self) -> String {
+        match &self.cluster {
+            Some(view) => view.node.clone(),
+            None => crate::api::default_node(),
+        }
+    }
+
     fn store_state(&self) -> Option<&'static str> {
+        if self.cluster.as_ref().is_some_and(|c| !c.stats.reachable()) {
+            return Some("unreachable");
+        }
         self.store.as_ref().map(|s| s.state().name())
     }
 

@@ -12,6 +12,7 @@ use super::udp_shard::{ShardCounters, UdpShard, UDP};
 use crate::api::ApiServer;
 use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
+use crate::cluster::ClusterSide;
 use crate::config::{Config, MqttProtocol, MqttServer, StoreKind};
 use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
 use crate::events::EventFeed;
@@ -19,7 +20,7 @@ use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
 use crate::mqtt::{self, BrokerAddrs, MqttClient, MqttOptions, MqttStats, ServerAddr};
 use crate::objects::{self, SharedRegistry};
-use crate::store::{FileStore, StoreError, StoreStats, StoreWriter};
+use crate::store::{Backend, FileStore, RedisStore, StoreError, StoreStats, StoreWriter};
 use mio::{Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use shard::{Clock, LoopConfig, MailboxReceiver, MailboxSender, ShardSpawn, TimerWheel};
@@ -89,6 +90,8 @@ pub struct Gateway {
     pub router_counters: Arc<RouterCounters>,
     /// The store's writer (`[store] kind = "file"`), stopped after the shards.
     store: Option<StoreWriter>,
+    /// The cluster side (`[store] kind = "redis"`), stopped after the shards.
+    cluster: Option<ClusterSide>,
     pub store_stats: Option<Arc<StoreStats>>,
 }
 
@@ -145,6 +148,7 @@ impl Gateway {
         } = shard_parts(cfg, sockets, dtls.as_ref().map(|d| d.0), shards)?;
         let senders: Arc<Vec<MailboxSender<ShardMail>>> = Arc::new(senders);
         let dtls_bound = tell_dtls_port(bootstrap.as_deref(), &parts);
+        let cluster = start_cluster(cfg, epoch_ms, &dir, &senders)?;
 
         let (router, router_counters) = command_router(&settings, &dir, shards);
         let mqtt_opts = mqtt_options(cfg, server);
@@ -181,6 +185,7 @@ impl Gateway {
             epoch_ms,
             bootstrap: bootstrap.clone(),
             store: store_stats.clone(),
+            cluster: cluster.as_ref().map(|c| c.view.clone()),
             config_path: file,
             serving: AtomicBool::new(true),
             bound: (udp_addr, dtls_bound),
@@ -209,6 +214,7 @@ impl Gateway {
             max_datagram: cfg.engine.max_datagram,
             bootstrap,
             store: store.as_ref().map(|(w, _)| w.sender()),
+            cluster: cluster.as_ref().map(|c| c.sender()),
             restored: Mutex::new(restored.into_iter().map(Some).collect()),
             gate: StartGate::new(shards),
             events: events.clone(),
@@ -239,6 +245,7 @@ impl Gateway {
             router_counters,
             store: store.map(|(w, _)| w),
             store_stats,
+            cluster,
         })
     }
 
@@ -296,6 +303,9 @@ impl Gateway {
             // After the shards: everything they queued is written.
             w.stop();
         }
+        if let Some(c) = self.cluster.take() {
+            c.stop();
+        }
         if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
@@ -328,6 +338,8 @@ struct ShardContext {
     max_datagram: usize,
     /// The store writer's queue, when registrations are kept.
     store: Option<crate::store::StoreSender>,
+    /// The cluster thread's queue (`[store] kind = "redis"`).
+    cluster: Option<crate::cluster::ClusterSender>,
     /// Each shard's share of the registrations read back from the store, taken once.
     restored: Mutex<Vec<Option<Vec<Endpoint>>>>,
     /// No shard serves a device before every shard took its share in.
@@ -373,6 +385,7 @@ fn run_shard(i: usize, p: ShardParts, ctx: &ShardContext) -> std::io::Result<()>
     );
     app.bootstrap = ctx.bootstrap.clone();
     app.store = ctx.store.clone();
+    app.cluster = ctx.cluster.clone();
     if let (Some(s), Some(ds)) = (dtls_socket, &ctx.dtls) {
         let mut s = mio::net::UdpSocket::from_std(s);
         poll.registry()
@@ -434,25 +447,49 @@ fn open_store(
     epoch_ms: u64,
     shards: usize,
 ) -> Result<(Option<(StoreWriter, Arc<StoreStats>)>, Vec<Vec<Endpoint>>), GatewayError> {
-    if cfg.store.kind == StoreKind::None {
-        return Ok((None, (0..shards).map(|_| Vec::new()).collect()));
-    }
-    let mut backend = FileStore::open(&cfg.store.path)?;
-    let restored = crate::store::load(&mut backend, epoch_ms, shards)?;
+    let mut backend: Box<dyn Backend> = match cfg.store.kind {
+        StoreKind::None => return Ok((None, (0..shards).map(|_| Vec::new()).collect())),
+        StoreKind::File => Box::new(FileStore::open(&cfg.store.path)?),
+        StoreKind::Redis => Box::new(RedisStore::open(&cfg.store.url, &cfg.cluster.node_name())?),
+    };
+    let restored = crate::store::load(&mut *backend, epoch_ms, shards)?;
     let stats = Arc::new(StoreStats::default());
     stats.restored.store(restored.count, Ordering::Relaxed);
     stats
         .restore_ms
         .store(restored.elapsed.as_millis() as u64, Ordering::Relaxed);
     tracing::info!(
-        store = %crate::store::Backend::describe(&backend),
+        store = %backend.describe(),
         registrations = restored.count,
         read_ms = restored.elapsed.as_millis() as u64,
         "store opened"
     );
-    let writer = StoreWriter::start(Box::new(backend), stats.clone())
-        .map_err(|e| start_err("store writer", e))?;
+    let writer =
+        StoreWriter::start(backend, stats.clone()).map_err(|e| start_err("store writer", e))?;
     Ok((Some((writer, stats)), restored.shards))
+}
+
+/// The cluster side of `[store] kind = "redis"` (nothing otherwise): its answers go to
+/// the shards' mailboxes.
+fn start_cluster(
+    cfg: &Config,
+    epoch_ms: u64,
+    dir: &Arc<Directory>,
+    senders: &Arc<Vec<MailboxSender<ShardMail>>>,
+) -> Result<Option<ClusterSide>, GatewayError> {
+    if cfg.store.kind != StoreKind::Redis {
+        return Ok(None);
+    }
+    let peers = senders.clone();
+    let deliver: crate::cluster::Deliver = Arc::new(move |shard, answer| {
+        if let Some(p) = peers.get(shard as usize) {
+            let _ = p.send_timeout(ShardMail::Cluster(answer), Duration::from_secs(1));
+        }
+    });
+    let node = cfg.cluster.node_name();
+    let side = ClusterSide::start(&cfg.store.url, &node, epoch_ms, dir.clone(), deliver)?;
+    tracing::info!(%node, url = %cfg.store.url, "cluster side up");
+    Ok(Some(side))
 }
 
 /// Shard `i`'s broker connections: `mqtt.connections` spread over the shards (at
@@ -474,12 +511,18 @@ fn shard_mqtt(i: usize, ctx: &ShardContext, registry: mio::Registry, now_ms: u64
         ctx.seed ^ (i as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93),
         ctx.clock.instant_at(now_ms),
     );
+    let share = ctx
+        .settings
+        .shared_store
+        .then_some(super::mqtt_side::SHARE_GROUP);
     if i == 0 {
         if let Some(sub) = ctx.wildcard.lock().take() {
-            client.accept(sub);
+            client.accept(super::mqtt_side::shared(sub, share));
         }
     }
-    MqttSide::new(client, registry, ctx.clock).with_events(ctx.events.clone())
+    MqttSide::new(client, registry, ctx.clock)
+        .with_events(ctx.events.clone())
+        .with_share(share)
 }
 
 /// `mqtt.connections` spread over the shards, at least one each.
@@ -817,7 +860,7 @@ fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
     let m = &cfg.mqtt;
     MqttOptions {
         server,
-        client_id: m.client_id.replace("${node}", &node_name()),
+        client_id: m.client_id.replace("${node}", &cfg.cluster.node_name()),
         username: m.username.clone(),
         password: m.password.expose().to_string(),
         keepalive: m.keepalive,
@@ -832,15 +875,6 @@ fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
             MqttProtocol::V311 => mqtt::Protocol::V311,
         },
     }
-}
-
-/// `${node}` in the MQTT client id: host name and process id, so that several
-/// gateway processes on one host never take each other's broker sessions.
-fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}-{}", std::process::id())
 }
 
 fn seed() -> u64 {

@@ -18,6 +18,9 @@ pub(super) enum ShardMail {
     /// A DTLS datagram from `peer` with a connection ID this shard issued, received
     /// by another shard's socket (the device's new address hashed there).
     DtlsRecord { peer: SocketAddr, data: Vec<u8> },
+    /// The cluster side's answer (`[store] kind = "redis"`): a registration taken over
+    /// from the store, a take that found nothing, a registration another node took.
+    Cluster(crate::cluster::ClusterAnswer),
     /// The authentication server's answer to the Register held under `ticket`.
     AuthResult { ticket: u64, allowed: bool },
     /// A command from the management API for a named endpoint.

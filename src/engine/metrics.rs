@@ -50,6 +50,9 @@ pub(super) fn write(a: &GatewayAdmin, w: &mut Writer<'_>) {
     if let Some(s) = &a.store {
         write_store(s, &snaps, w);
     }
+    if let Some(c) = &a.cluster {
+        super::cluster_metrics::write_cluster(&c.stats, &snaps, w);
+    }
 }
 
 /// The store (`[store] kind = "file"`): its writer's work, the changes the shards

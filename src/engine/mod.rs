@@ -4,6 +4,7 @@
 
 mod admin;
 mod backlog;
+mod cluster_metrics;
 mod dtls_side;
 mod gateway;
 mod mail;

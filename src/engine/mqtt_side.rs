@@ -55,6 +55,34 @@ pub(super) struct MqttSide {
     congested: bool,
     /// In-process listeners of what is published (the API's event stream).
     events: Option<Arc<EventFeed>>,
+    /// Command filters are subscribed as MQTT shared subscriptions of this group
+    /// (`[store] kind = "redis"`: the nodes of a cluster share each filter, and the broker
+    /// delivers each command to one of them).
+    share: Option<&'static str>,
+}
+
+/// The shared-subscription group of every node of a cluster.
+pub(super) const SHARE_GROUP: &str = "lwm2m-gateway";
+
+/// A subscription change for a shared subscription of `group` (`$share/{group}/{filter}`);
+/// a publish as it is. The broker delivers the commands with their plain topic.
+pub(super) fn shared(msg: Outbound, group: Option<&str>) -> Outbound {
+    let Some(group) = group else {
+        return msg;
+    };
+    let share = |filter: String| format!("$share/{group}/{filter}");
+    match msg {
+        Outbound::Subscribe { lane, filter, qos } => Outbound::Subscribe {
+            lane,
+            filter: share(filter),
+            qos,
+        },
+        Outbound::Unsubscribe { lane, filter } => Outbound::Unsubscribe {
+            lane,
+            filter: share(filter),
+        },
+        publish => publish,
+    }
 }
 
 impl MqttSide {
@@ -70,7 +98,14 @@ impl MqttSide {
             closed: false,
             congested: false,
             events: None,
+            share: None,
         }
+    }
+
+    /// Subscribes command filters as shared subscriptions of `group`.
+    pub(super) fn with_share(mut self, group: Option<&'static str>) -> Self {
+        self.share = group;
+        self
     }
 
     /// Hands every publish to `feed` as well (one atomic load while nobody listens).
@@ -116,7 +151,7 @@ impl MqttSide {
         if let (Some(feed), Outbound::Publish { topic, payload, .. }) = (&self.events, &msg) {
             feed.publish(topic, payload);
         }
-        self.client.accept(msg);
+        self.client.accept(shared(msg, self.share));
     }
 
     /// End of a loop turn: connection timers, then everything queued out (one write per

@@ -77,6 +77,8 @@ pub(super) struct UdpShard {
     pub bootstrap: Option<Arc<crate::bootstrap::BootstrapStore>>,
     /// The store writer's queue (`[store]`), when registrations are kept.
     pub store: Option<crate::store::StoreSender>,
+    /// The cluster thread's queue (`[store] kind = "redis"`).
+    pub cluster: Option<crate::cluster::ClusterSender>,
     /// Serving devices (the management API's enable); while false every datagram read
     /// is dropped.
     serving: bool,
@@ -118,6 +120,7 @@ impl UdpShard {
             registry_generation: None,
             bootstrap: None,
             store: None,
+            cluster: None,
             serving: true,
         }
     }
@@ -152,7 +155,8 @@ impl UdpShard {
             let (send, dtls, mqtt) = (&mut self.send, &mut self.dtls, &mut self.mqtt);
             let (backlog, peers, counters, auth) =
                 (&mut self.backlog, &self.peers, &self.counters, &self.auth);
-            let (bootstrap, store) = (&self.bootstrap, &self.store);
+            let (bootstrap, store, cluster) = (&self.bootstrap, &self.store, &self.cluster);
+            let mut missed = Vec::new();
             let unix_ms = self.core.settings().clock_epoch_ms + now;
             self.core.drain(|o| match o {
                 Output::Datagram {
@@ -192,6 +196,13 @@ impl UdpShard {
                         s.send(c);
                     }
                 }
+                Output::Cluster(r) => {
+                    let refused = match cluster {
+                        Some(c) => c.send(me, r).err(),
+                        None => Some(r),
+                    };
+                    missed.extend(refused);
+                }
                 Output::Shard { to, msg } => {
                     let counter = match backlog.send(peers, to, msg) {
                         Sent::Delivered | Sent::Returned => return,
@@ -202,8 +213,24 @@ impl UdpShard {
                 }
             });
             let returned = self.backlog.take_returned();
-            if lost.is_empty() && refused.is_empty() && returned.is_empty() {
+            if lost.is_empty() && refused.is_empty() && returned.is_empty() && missed.is_empty() {
                 break;
+            }
+            for r in missed {
+                // The cluster thread's queue is full: answered as a miss now.
+                let crate::lwm2m::ClusterRequest::Take {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                } = r;
+                let miss = Input::ClusterMiss {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                };
+                self.core.handle(now, miss);
             }
             for peer in lost {
                 self.counters
@@ -226,21 +253,51 @@ impl UdpShard {
     /// Commands the broker delivered on this shard's connections, resolved once: handled
     /// here when the endpoint lives here, else handed to its shard.
     fn take_commands(&mut self, now: u64, timers: &mut TimerWheel<ShardTimer>) {
-        let me = self.core.shard();
+        let delivered: Vec<_> = self.mqtt.take_commands().collect();
         let mut any = false;
-        for d in self.mqtt.take_commands() {
-            let Some((shard, to)) = self.router.route(&d.topic) else {
-                tracing::debug!(topic = %d.topic, "not a command topic of this gateway");
-                continue;
-            };
-            any = true;
+        for d in delivered {
+            any |= self.command(now, d.topic, d.payload, d.expiry_s, true);
+        }
+        if any {
+            self.route_outputs(timers);
+        }
+    }
+
+    /// One command published on `topic`: handled here when the endpoint lives here, else
+    /// handed to its shard; with `may_forward` and a store shared by several nodes, one
+    /// for an endpoint no shard here holds goes to the node holding it (through Redis).
+    /// False when it is not a command topic of this gateway.
+    fn command(
+        &mut self,
+        now: u64,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+        may_forward: bool,
+    ) -> bool {
+        let me = self.core.shard();
+        let Some((shard, to)) = self.router.route(&topic) else {
+            tracing::debug!(%topic, "not a command topic of this gateway");
+            return false;
+        };
+        let (topic, payload) = match (&self.cluster, may_forward) {
+            (Some(c), true) if self.router.dir.by_name(&to.endpoint).is_none() => {
+                match c.forward(me, &to.endpoint, topic, payload, expiry_s) {
+                    Ok(()) => return true,
+                    Err(back) => back,
+                }
+            }
+            _ => (topic, payload),
+        };
+        drop(topic);
+        {
             let cmd = ShardMsg::Command(RoutedCommand {
                 to,
-                payload: d.payload,
+                payload,
                 hops: 0,
                 arrival: Arrival {
                     at_ms: None,
-                    expiry_s: d.expiry_s,
+                    expiry_s,
                 },
             });
             if shard == me {
@@ -248,17 +305,15 @@ impl UdpShard {
                 self.core.handle(now, Input::Shard(cmd));
             } else {
                 let counter = match self.backlog.send(&self.peers, shard, cmd) {
-                    Sent::Delivered => continue,
-                    Sent::Returned => continue, // answered by route_outputs
+                    Sent::Delivered => return true,
+                    Sent::Returned => return true, // answered by route_outputs
                     Sent::Deferred => &self.counters.mailbox_deferred,
                     Sent::Dropped => &self.counters.mailbox_dropped,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if any {
-            self.route_outputs(timers);
-        }
+        true
     }
 
     /// Retries the backlog (end of a loop turn); commands it gives up on are answered.
@@ -402,6 +457,20 @@ impl ShardApp for UdpShard {
     fn on_message(&mut self, mail: ShardMail, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
         self.now_ms = now_ms;
         self.refresh_registry();
+        let mail = match mail {
+            ShardMail::Cluster(crate::cluster::ClusterAnswer::Command {
+                topic,
+                payload,
+                expiry_s,
+            }) => {
+                // Forwarded by another node (or back from this node's cluster thread):
+                // handled here as delivered, never forwarded again.
+                self.command(now_ms, topic, payload, expiry_s, false);
+                self.route_outputs(timers);
+                return;
+            }
+            other => other,
+        };
         let core = &mut self.core;
         match mail {
             ShardMail::Core(m) => core.handle(now_ms, Input::Shard(m)),
@@ -418,6 +487,7 @@ impl ShardApp for UdpShard {
             ShardMail::AuthResult { ticket, allowed } => {
                 core.handle(now_ms, Input::AuthResult { ticket, allowed })
             }
+            ShardMail::Cluster(a) => core.handle(now_ms, cluster_input(a)),
             ShardMail::ApiCommand { name, payload } => core.handle(
                 now_ms,
                 Input::ApiCommand {
@@ -511,5 +581,36 @@ impl ShardApp for UdpShard {
 
     fn should_stop(&self) -> bool {
         self.mqtt.closed()
+    }
+}
+
+/// The cluster side's answer as the core's input.
+fn cluster_input(a: crate::cluster::ClusterAnswer) -> Input<'static> {
+    use crate::cluster::ClusterAnswer;
+    match a {
+        ClusterAnswer::Adopt {
+            endpoint,
+            peer,
+            datagram,
+            identity,
+        } => Input::ClusterAdopt {
+            endpoint,
+            peer,
+            datagram,
+            identity,
+        },
+        ClusterAnswer::Miss {
+            location,
+            peer,
+            datagram,
+            identity,
+        } => Input::ClusterMiss {
+            location,
+            peer,
+            datagram,
+            identity,
+        },
+        ClusterAnswer::Release { name, location } => Input::ClusterRelease { name, location },
+        ClusterAnswer::Command { .. } => unreachable!("handled by on_message"),
     }
 }

@@ -91,7 +91,7 @@ impl Backend for FileStore {
             let mut table = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
             for (name, change) in batch {
                 match change {
-                    Change::Put(bytes) => {
+                    Change::Put(bytes) | Change::Claim(bytes) => {
                         table
                             .insert(&**name, bytes.as_slice())
                             .map_err(|e| self.err(e))?;

@@ -15,11 +15,16 @@
 //! of one write).
 
 mod file;
+mod redis_conn;
+pub mod redis_scripts;
+mod redis_store;
 mod restore;
 mod stats;
 mod writer;
 
 pub use file::{FileStore, FILE_NAME};
+pub use redis_conn::RedisConn;
+pub use redis_store::{RedisStore, RedisStoreStats};
 pub use restore::{load, Restored};
 pub use stats::{StoreState, StoreStats};
 pub use writer::{StoreSender, StoreWriter};
@@ -50,8 +55,12 @@ pub enum StoreError {
 /// One name's change, as the writer applies it (the last of a batch's changes of the name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Keep this record under the name.
+    /// Keep this record under the name, while this node holds the name (a shared store
+    /// refuses the record of a name another node took over; the file store keeps it).
     Put(Vec<u8>),
+    /// Keep this record of a new registration under the name, taking the name over
+    /// from whichever node held it.
+    Claim(Vec<u8>),
     /// Remove the name's record if it is of this location.
     Remove(u64),
 }

@@ -90,17 +90,30 @@ impl Batch {
         match c {
             StoreChange::Put {
                 name,
-                location: _,
+                location,
                 record,
+                claim,
             } => {
-                self.changes.insert(name, Change::Put(record));
+                // An Update right after its Register (same location) still claims.
+                let claim = claim
+                    || matches!(
+                        self.changes.get(&name),
+                        Some(Change::Claim(r)) if crate::lwm2m::record::location_of(r) == Some(location)
+                    );
+                let change = if claim {
+                    Change::Claim(record)
+                } else {
+                    Change::Put(record)
+                };
+                self.changes.insert(name, change);
             }
             StoreChange::Remove { name, location } => {
                 // A put of another location (a newer registration, from another shard)
                 // stays; anything else of the name gives way to the removal.
                 let newer = matches!(
                     self.changes.get(&name),
-                    Some(Change::Put(r)) if crate::lwm2m::record::location_of(r) != Some(location)
+                    Some(Change::Put(r) | Change::Claim(r))
+                        if crate::lwm2m::record::location_of(r) != Some(location)
                 );
                 if !newer {
                     self.changes.insert(name, Change::Remove(location));
@@ -256,6 +269,7 @@ mod tests {
             name: name.into(),
             location,
             record: record(name, location),
+            claim: true,
         };
         let remove = |name: &str, location| StoreChange::Remove {
             name: name.into(),

@@ -12,6 +12,7 @@ pub mod mqtt_client;
 pub mod mqtt_thread;
 pub mod pki;
 pub mod prometheus;
+pub mod redis_server;
 pub mod webdriver;
 
 /// A JSON document (an MQTT payload, an HTTP body); anything else fails, showing it.

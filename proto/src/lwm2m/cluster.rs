@@ -16,7 +16,7 @@ use super::cx::Cx;
 use super::directory::{ClaimError, DirEntry, Directory};
 use super::endpoint::Endpoint;
 use super::identity::PeerIdentity;
-use super::output::{MqttOut, ShardMsg, Timer};
+use super::output::{ClusterRequest, MqttOut, ShardMsg, Timer};
 use super::publish::name_hash;
 
 /// How long a takeover from another shard may stay unanswered before a request for
@@ -51,6 +51,9 @@ pub(super) struct Cluster {
     pending_takeovers: hashbrown::HashMap<u64, (u64, SocketAddr)>,
     /// The same takeovers by the address they were asked for.
     takeover_peers: hashbrown::HashMap<SocketAddr, u64>,
+    /// The location the shared store just said it has no registration at, while the
+    /// request for it is answered.
+    store_missed: Option<u64>,
 }
 
 impl Cluster {
@@ -60,6 +63,7 @@ impl Cluster {
             dir,
             pending_takeovers: Default::default(),
             takeover_peers: Default::default(),
+            store_missed: None,
         }
     }
 
@@ -165,7 +169,8 @@ impl Cluster {
     ) -> Elsewhere {
         let owner = match self.dir.by_location(location) {
             Some(owner) if owner != self.shard => owner,
-            _ => return Elsewhere::NotFound,
+            Some(_) => return Elsewhere::NotFound,
+            None => return self.ask_store(cx, location, peer, datagram, identity),
         };
         if identity.is_none() && self.dir.location_is_secure(location) {
             // Plain CoAP may not move (nor touch) a DTLS registration.
@@ -191,6 +196,53 @@ impl Cluster {
             cx.out.to_shards.push((owner, takeover));
         }
         Elsewhere::Asked
+    }
+
+    /// No shard of this node holds `location`: with a store shared by several nodes,
+    /// the I/O side is asked to take the registration over from it (once; the request
+    /// waits as for a takeover from another shard), unless it just answered that it
+    /// found nothing ([`store_missed`](Self::store_missed)).
+    fn ask_store(
+        &mut self,
+        cx: &mut Cx<'_>,
+        location: u64,
+        peer: SocketAddr,
+        datagram: &[u8],
+        identity: Option<&Arc<PeerIdentity>>,
+    ) -> Elsewhere {
+        if !cx.settings.shared_store || self.store_missed == Some(location) {
+            return Elsewhere::NotFound;
+        }
+        let now = cx.now;
+        let asked = self.pending_takeovers.get(&location);
+        if asked.is_none_or(|&(until, _)| now >= until) {
+            let until = now + TAKEOVER_TIMEOUT_MS;
+            self.forget_takeover(location);
+            self.pending_takeovers.insert(location, (until, peer));
+            self.takeover_peers.insert(peer, location);
+            cx.out
+                .timers
+                .push((until, Timer::TakeoverTimeout { location }));
+            cx.out.cluster.push(ClusterRequest::Take {
+                location,
+                peer,
+                datagram: datagram.to_vec(),
+                identity: identity.cloned(),
+            });
+        }
+        Elsewhere::Asked
+    }
+
+    /// The shared store has no registration at `location` (or could not be asked): the
+    /// request handled until [`store_answered`](Self::store_answered) is answered 4.04.
+    pub(super) fn store_missed(&mut self, location: u64) {
+        self.forget_takeover(location);
+        self.store_missed = Some(location);
+    }
+
+    /// The request a [`store_missed`](Self::store_missed) was about was handled.
+    pub(super) fn store_answered(&mut self) {
+        self.store_missed = None;
     }
 
     /// The takeover of `location` was answered (adopted, answered from a cache, or

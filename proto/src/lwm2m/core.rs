@@ -55,6 +55,9 @@ pub(super) enum Removal {
     Replaced {
         keep_subscription: bool,
     },
+    /// Another node sharing the store took it over: it lives on there (no message, no
+    /// removal of its record, its subscription given up).
+    Moved,
 }
 
 pub struct ShardCore {

@@ -26,6 +26,8 @@ pub struct ClientInfo {
     pub shard: u16,
     /// Present with `enable_stats`.
     pub stats: Option<ClientStats>,
+    /// The node holding it, when another node of a cluster sharing the store does.
+    pub node: Option<String>,
 }
 
 /// Per-endpoint counters (with `enable_stats`).
@@ -59,35 +61,42 @@ impl ShardCore {
     }
 
     fn info(&self, ep: &super::endpoint::Endpoint) -> ClientInfo {
-        ClientInfo {
-            clientid: ep.param("device_id").unwrap_or(&ep.name).to_string(),
-            endpoint_name: ep.name.to_string(),
-            username: ep.param("imei").unwrap_or(&ep.name).to_string(),
-            peerhost: ep.peer.ip().to_string(),
-            port: ep.peer.port(),
-            lifetime: ep.lifetime_s,
-            lwm2m_version: ep.param("lwm2m").unwrap_or("").to_string(),
-            binding: ep.param("b").unwrap_or("U").to_string(),
-            object_list: ep
-                .object_list
-                .as_deref()
-                .unwrap_or("")
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-            registered_at_ms: ep.registered_ms,
-            last_seen_ms: ep.last_seen_ms,
-            queue_mode: ep.queue_mode,
-            secure: ep.secure,
-            shard: self.shard,
-            stats: self.settings.enable_stats.then_some(ClientStats {
-                recv_msg: ep.counters.recv as u64,
-                send_msg: ep.counters.sent as u64,
-                notifications: ep.counters.notifications as u64,
-                commands: ep.counters.commands as u64,
-            }),
-        }
+        client_info(ep, self.shard, self.settings.enable_stats)
+    }
+}
+
+/// What the management API shows of a registration held on `shard` (its counters when
+/// `with_stats`).
+pub fn client_info(ep: &super::endpoint::Endpoint, shard: u16, with_stats: bool) -> ClientInfo {
+    ClientInfo {
+        clientid: ep.param("device_id").unwrap_or(&ep.name).to_string(),
+        endpoint_name: ep.name.to_string(),
+        username: ep.param("imei").unwrap_or(&ep.name).to_string(),
+        peerhost: ep.peer.ip().to_string(),
+        port: ep.peer.port(),
+        lifetime: ep.lifetime_s,
+        lwm2m_version: ep.param("lwm2m").unwrap_or("").to_string(),
+        binding: ep.param("b").unwrap_or("U").to_string(),
+        object_list: ep
+            .object_list
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        registered_at_ms: ep.registered_ms,
+        last_seen_ms: ep.last_seen_ms,
+        queue_mode: ep.queue_mode,
+        secure: ep.secure,
+        shard,
+        stats: with_stats.then_some(ClientStats {
+            recv_msg: ep.counters.recv as u64,
+            send_msg: ep.counters.sent as u64,
+            notifications: ep.counters.notifications as u64,
+            commands: ep.counters.commands as u64,
+        }),
+        node: None,
     }
 }
 

@@ -11,7 +11,8 @@
 //! 2. `core.drain(|output| ...)`: datagrams to send (those marked `secure` only over DTLS,
 //!    never in plain text), MQTT actions for the shard's broker connections, timers to arm,
 //!    authentication requests, messages for other shards, bootstraps' progress, then
-//!    store changes (`[store]`), in that order;
+//!    store changes (`[store]`), then requests for the other nodes sharing the store,
+//!    in that order;
 //! 3. what the driver could not do becomes an input again: a secure datagram without a
 //!    session is [`Input::SessionClosed`], a command another shard's mailbox could not
 //!    take is [`Input::Undelivered`], an authentication request the pool refused is a
@@ -26,7 +27,9 @@ use std::sync::Arc;
 use super::core::{cx, dm_env};
 use super::endpoint::Endpoint;
 use super::identity::PeerIdentity;
-use super::output::{AuthRequest, BootstrapEvent, MqttOut, ShardMsg, StoreChange, Timer};
+use super::output::{
+    AuthRequest, BootstrapEvent, ClusterRequest, MqttOut, ShardMsg, StoreChange, Timer,
+};
 use super::settings::CoreSettings;
 use super::ShardCore;
 use crate::objects::ObjectRegistry;
@@ -76,6 +79,28 @@ pub enum Input<'a> {
     /// per-endpoint subscriptions, its command filter subscribed again. Nothing is
     /// published for it and it is not written back.
     Restore(Box<Endpoint>),
+    /// The registration a [`ClusterRequest::Take`] took over from the shared store (it
+    /// is this node's now), with the request that asked for it: claimed, its lifetime
+    /// armed and its command filter subscribed as a restored one (no register message),
+    /// then the request is handled (an Update: 2.04 and its update message).
+    ClusterAdopt {
+        endpoint: Box<Endpoint>,
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+        identity: Option<Arc<PeerIdentity>>,
+    },
+    /// A [`ClusterRequest::Take`] found nothing (or the store is unreachable): the
+    /// request is answered as for an unknown location (4.04).
+    ClusterMiss {
+        location: u64,
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+        identity: Option<Arc<PeerIdentity>>,
+    },
+    /// Another node took the registration `name` at `location` over: it leaves this node
+    /// without a message (it lives on there), its command filter unsubscribed; its
+    /// commands in progress end with an error.
+    ClusterRelease { name: Box<str>, location: u64 },
 }
 
 /// What the core asks its driver to do.
@@ -102,6 +127,8 @@ pub enum Output<'a> {
     /// A change of the stored registrations (`CoreSettings::store_records`): coalesced
     /// per registration and drain, removals first.
     Store(StoreChange),
+    /// For the nodes sharing the store (`CoreSettings::shared_store`).
+    Cluster(ClusterRequest),
 }
 
 impl ShardCore {
@@ -136,6 +163,19 @@ impl ShardCore {
                 self.stats.congested = on as u64;
             }
             Input::Restore(ep) => self.restore(*ep),
+            Input::ClusterAdopt {
+                endpoint,
+                peer,
+                datagram,
+                identity,
+            } => self.cluster_adopt(now, endpoint, peer, &datagram, identity),
+            Input::ClusterMiss {
+                location,
+                peer,
+                datagram,
+                identity,
+            } => self.cluster_miss(now, location, peer, &datagram, identity),
+            Input::ClusterRelease { name, location } => self.cluster_release(&name, location),
         }
         self.stats.bootstraps_active = self.boot.len() as u64;
     }
@@ -162,6 +202,9 @@ impl ShardCore {
             f(Output::Store(c));
         }
         self.drain_records(|c| f(Output::Store(c)));
+        for r in self.out.cluster.drain(..) {
+            f(Output::Cluster(r));
+        }
     }
 
     /// Whether [`drain`](Self::drain) has anything to hand out.
@@ -174,5 +217,6 @@ impl ShardCore {
             || !self.out.bootstrap.is_empty()
             || !self.out.store.is_empty()
             || !self.out.store_dirty.is_empty()
+            || !self.out.cluster.is_empty()
     }
 }

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod bootstrap_flow;
 pub mod bs_config;
 mod cluster;
+mod cluster_store;
 pub mod command;
 mod cx;
 pub mod directory;
@@ -50,7 +51,7 @@ pub use bs_config::{
 pub use directory::Directory;
 pub use identity::{PeerIdentity, PskPolicy};
 pub use io::{Input, Output};
-pub use output::{AuthRequest, MqttOut, Outputs, ShardMsg, StoreChange, Timer};
+pub use output::{AuthRequest, ClusterRequest, MqttOut, Outputs, ShardMsg, StoreChange, Timer};
 pub use routing::{Resolved, RoutedCommand};
 pub use settings::CoreSettings;
 pub use stats::CoreStats;

@@ -131,15 +131,37 @@ pub enum ShardMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChange {
     /// The registration's record (`record.rs`), kept under its name (replacing any).
+    /// `claim`: a new registration (a Register), which takes the name over from
+    /// whichever node of a cluster held it; any other change (an Update, an
+    /// observation) applies only while this node still holds the name.
     Put {
         name: Box<str>,
         location: u64,
         record: Vec<u8>,
+        claim: bool,
     },
     /// The registration of `name` at `location` ended: its record goes, unless the one
     /// kept under the name is of another location (a newer registration, possibly
     /// written by another shard first).
     Remove { name: Box<str>, location: u64 },
+}
+
+/// What the core asks of the nodes sharing its store (`CoreSettings::shared_store`); the
+/// driver's I/O side answers through [`Input::ClusterAdopt`] or [`Input::ClusterMiss`].
+///
+/// [`Input::ClusterAdopt`]: super::io::Input::ClusterAdopt
+/// [`Input::ClusterMiss`]: super::io::Input::ClusterMiss
+#[derive(Debug)]
+pub enum ClusterRequest {
+    /// A request (`datagram` from `peer`, with `identity`) for the registration at
+    /// `location`, which no shard of this node holds: take it over from the store (it
+    /// becomes this node's), and hand it back with the request.
+    Take {
+        location: u64,
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+        identity: Option<Arc<PeerIdentity>>,
+    },
 }
 
 /// What the authentication server is told about a registering device.
@@ -235,9 +257,13 @@ pub struct Outputs {
     pub bootstrap: Vec<BootstrapEvent>,
     /// Registrations that ended, for the store.
     pub store: Vec<StoreChange>,
+    /// Requests for the other nodes sharing the store.
+    pub cluster: Vec<ClusterRequest>,
     /// Table slots whose registration changed what its stored record holds; their
     /// records are written when the outputs are drained (once per slot and drain).
     pub store_dirty: Vec<u32>,
+    /// Those of them that are new registrations (their record claims the name).
+    pub store_claimed: Vec<u32>,
 }
 
 impl Outputs {
@@ -270,6 +296,12 @@ impl Outputs {
     /// The registration in `slot` changed what its stored record holds.
     pub fn stored(&mut self, slot: u32) {
         self.store_dirty.push(slot);
+    }
+
+    /// The registration in `slot` is new (a Register): its record claims the name.
+    pub fn claimed(&mut self, slot: u32) {
+        self.store_dirty.push(slot);
+        self.store_claimed.push(slot);
     }
 
     pub fn pending_datagrams(&self) -> usize {

@@ -147,7 +147,7 @@ impl ShardCore {
         let ep = self.table.get(slot).expect("inserted");
         self.cluster.registered(cx!(self), ep);
         self.stats.registrations += 1;
-        self.out.stored(slot);
+        self.out.claimed(slot);
         self.publish_registration(slot, "register");
         self.reply_to_endpoint(now, slot, msg, codes::CREATED);
         self.dm.auto_observe(cx!(self), dm_env!(self), slot);
@@ -413,15 +413,18 @@ impl ShardCore {
             Removal::Expired => "endpoint registration expired",
             Removal::Kicked => "endpoint removed by the management API",
             Removal::Replaced { .. } => "endpoint registered again",
+            Removal::Moved => "endpoint moved to another node",
         };
         self.dm.finish_session(cx!(self), &mut ep, reason);
-        self.record_removed(&ep);
+        if why != Removal::Moved {
+            self.record_removed(&ep);
+        }
         // A replacement's end was published by the Register that replaced it.
         let end = match why {
             Removal::Deregistered => Some(End::Deregister),
             Removal::Expired => Some(End::Expired),
             Removal::Kicked => Some(End::Kicked),
-            Removal::Replaced { .. } => None,
+            Removal::Replaced { .. } | Removal::Moved => None,
         };
         if let Some(end) = end {
             self.publish_end(&ep.name, &ep.mountpoint, end);

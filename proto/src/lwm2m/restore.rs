@@ -44,9 +44,11 @@ impl ShardCore {
             return;
         }
         let mut dirty = std::mem::take(&mut self.out.store_dirty);
+        let mut claimed = std::mem::take(&mut self.out.store_claimed);
         if self.settings.store_records {
             dirty.sort_unstable();
             dirty.dedup();
+            claimed.sort_unstable();
             let epoch = self.settings.clock_epoch_ms;
             for &slot in &dirty {
                 // Gone meanwhile (removed: its removal is out; moved: the new shard writes it).
@@ -60,11 +62,14 @@ impl ShardCore {
                     name: ep.name.clone(),
                     location: ep.location,
                     record: bytes,
+                    claim: claimed.binary_search(&slot).is_ok(),
                 });
             }
         }
         dirty.clear();
+        claimed.clear();
         self.out.store_dirty = dirty;
+        self.out.store_claimed = claimed;
     }
 
     /// A registration left (`register.rs` `remove_endpoint`): its record goes.

@@ -84,6 +84,10 @@ pub struct CoreSettings {
     /// Registrations are kept in a store (`[store] kind` other than `none`): the core
     /// emits `Output::Store` for every change of what a record holds.
     pub store_records: bool,
+    /// The store is shared by several nodes (`[store] kind = "redis"`): a request for a
+    /// location no shard here holds asks the I/O side to take the registration over
+    /// from the store (`Output::Cluster`) instead of answering 4.04.
+    pub shared_store: bool,
 }
 
 /// What `auto_observe` observes after a registration.
@@ -156,6 +160,7 @@ impl CoreSettings {
             location_key: [0; 2],
             clock_epoch_ms: 0,
             store_records: true,
+            shared_store: false,
         }
     }
 

@@ -122,6 +122,12 @@ pub struct CoreStats {
     pub restored: u64,
     /// Restored registrations refused: their name or location was taken already.
     pub restore_refused: u64,
+    /// Registrations taken over from another node through the shared store.
+    pub cluster_adopted: u64,
+    /// Takeovers through the shared store that found nothing (answered 4.04).
+    pub cluster_missed: u64,
+    /// Registrations another node took over (removed here without a message).
+    pub cluster_released: u64,
     /// Registration records written out for the store (`Output::Store` puts).
     pub records_written: u64,
     /// Requests answered 4.00 (bad parameters or payload).

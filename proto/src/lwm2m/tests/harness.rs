@@ -65,6 +65,8 @@ pub(super) struct Harness {
     pub bootstrap: Vec<crate::lwm2m::BootstrapEvent>,
     /// Store changes, as the driver's store writer gets them: (shard, change).
     pub store: Vec<(usize, StoreChange)>,
+    /// Requests for the other nodes (shared store): (shard, request).
+    pub cluster: Vec<(usize, crate::lwm2m::ClusterRequest)>,
 }
 
 impl Harness {
@@ -104,6 +106,7 @@ impl Harness {
             auth: Vec::new(),
             bootstrap: Vec::new(),
             store: Vec::new(),
+            cluster: Vec::new(),
         }
     }
 
@@ -116,6 +119,15 @@ impl Harness {
         };
         self.cores[shard].handle(self.now, data);
         self.pump();
+    }
+
+    /// Hands `shard` an input (as the driver would) and runs everything it causes; the
+    /// replies it produced.
+    pub(super) fn input(&mut self, shard: usize, input: Input<'_>) -> Vec<Reply> {
+        let n = self.replies.len();
+        self.cores[shard].handle(self.now, input);
+        self.pump();
+        self.replies.split_off(n)
     }
 
     /// Delivers a message to `shard` (as from its mailbox) and runs everything it causes.
@@ -296,7 +308,7 @@ impl Harness {
         let mut msgs = Vec::new();
         let (replies, mqtt) = (&mut self.replies, &mut self.mqtt);
         let (timers, auth) = (&mut self.timers, &mut self.auth);
-        let (bootstrap, store) = (&mut self.bootstrap, &mut self.store);
+        let (bootstrap, store, cluster) = (&mut self.bootstrap, &mut self.store, &mut self.cluster);
         self.cores[i].drain(|o| match o {
             Output::Datagram { to, secure, bytes } => replies.push(Reply {
                 to,
@@ -309,6 +321,7 @@ impl Harness {
             Output::Shard { to, msg } => msgs.push((to, msg)),
             Output::Bootstrap(e) => bootstrap.push(e),
             Output::Store(c) => store.push((i, c)),
+            Output::Cluster(r) => cluster.push((i, r)),
         });
         msgs
     }

@@ -5,6 +5,7 @@ mod block_server;
 mod blocks;
 mod blockwise;
 mod bootstrap;
+mod cluster_store;
 mod composite;
 mod dm;
 mod dtls;

@@ -31,6 +31,7 @@ fn apply(store: &mut HashMap<String, (u64, Vec<u8>)>, changes: &[(usize, StoreCh
                 name,
                 location,
                 record,
+                ..
             } => {
                 store.insert(name.to_string(), (*location, record.clone()));
             }

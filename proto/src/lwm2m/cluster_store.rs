@@ -1,0 +1,87 @@
+//! Registrations moving between the nodes that share a store (`CoreSettings::
+//! shared_store`): one taken over from the store for a request that reached this node
+//! (`Input::ClusterAdopt`, after the I/O side ran its take), a take that found nothing
+//! (`Input::ClusterMiss`), and one another node took over (`Input::ClusterRelease`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::core::{cx, Removal};
+use super::endpoint::Endpoint;
+use super::identity::PeerIdentity;
+use super::ShardCore;
+
+impl ShardCore {
+    /// The registration the I/O side took over from the store for the request
+    /// `datagram`: claimed here as a restored one (lifetime armed, command filter
+    /// subscribed, nothing published), its record written as this node's, then the
+    /// request handled. A name or location this node holds already (registered here
+    /// again meanwhile) keeps the local registration: the request is answered as a miss.
+    pub(super) fn cluster_adopt(
+        &mut self,
+        now: u64,
+        endpoint: Box<Endpoint>,
+        peer: SocketAddr,
+        datagram: &[u8],
+        identity: Option<Arc<PeerIdentity>>,
+    ) {
+        let location = endpoint.location;
+        self.cluster.takeover_answered(location);
+        let taken = self.table.find_name(&endpoint.name).is_some()
+            || self.table.find_location(location).is_some()
+            || self.cluster.is_registered(&endpoint.name)
+            || !self.cluster.location_free(location)
+            || self
+                .cluster
+                .claim(
+                    cx!(self),
+                    &endpoint.name,
+                    location,
+                    endpoint.secure,
+                    &endpoint.mountpoint,
+                )
+                .is_err();
+        if taken {
+            self.cluster_miss(now, location, peer, datagram, identity);
+            return;
+        }
+        self.security.registration_here(endpoint.secure);
+        let slot = self.table.insert(*endpoint);
+        self.arm_expiry(slot);
+        let ep = self.table.get(slot).expect("inserted");
+        self.cluster.registered(cx!(self), ep);
+        self.out.stored(slot);
+        self.stats.cluster_adopted += 1;
+        self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));
+    }
+
+    /// The store has no registration at `location` (or was unreachable): the request
+    /// is answered as for an unknown location.
+    pub(super) fn cluster_miss(
+        &mut self,
+        now: u64,
+        location: u64,
+        peer: SocketAddr,
+        datagram: &[u8],
+        identity: Option<Arc<PeerIdentity>>,
+    ) {
+        self.stats.cluster_missed += 1;
+        self.cluster.store_missed(location);
+        self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));
+        self.cluster.store_answered();
+    }
+
+    /// Another node took the registration `name` at `location` over: it leaves this
+    /// node silently (no deregister message: it lives on there), its command filter is
+    /// unsubscribed and its commands in progress end with an error.
+    pub(super) fn cluster_release(&mut self, name: &str, location: u64) {
+        let Some(slot) = self.table.find_location(location) else {
+            return;
+        };
+        if self.table.get(slot).map(|e| &*e.name == name) != Some(true) {
+            return;
+        }
+        self.stats.cluster_released += 1;
+        self.remove_endpoint(slot, Removal::Moved);
+    }
+}

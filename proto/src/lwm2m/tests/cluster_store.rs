@@ -1,0 +1,310 @@
+//! Several nodes sharing one store (`shared_store`), each a core of its own, with a
+//! model of the Redis scripts' semantics (`src/store/redis_scripts.rs`): a request for
+//! a location no shard of a node holds is held and asks the I/O side to take it over;
+//! the adoption answers it (2.04, an update message, the command filter subscribed, no
+//! register message); the node that held it lets it go silently; and two nodes racing
+//! for one registration end with one owner.
+
+use super::harness::*;
+use crate::coap::codes;
+use crate::lwm2m::record;
+use crate::lwm2m::{ClusterRequest, Input, StoreChange};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+const EPOCH: u64 = 1_700_000_000_000;
+
+/// The store as the Redis scripts keep it: name → (location, record, owner), location
+/// → name. Redis runs one script at a time; so does the model.
+#[derive(Default)]
+struct Model {
+    regs: HashMap<String, (u64, Vec<u8>, usize)>,
+    locs: HashMap<u64, String>,
+}
+
+impl Model {
+    /// PUT: a claim takes the name; anything else applies while `node` owns the name at
+    /// that location. The previous owner of a claimed name, when another node.
+    fn put(
+        &mut self,
+        node: usize,
+        name: &str,
+        loc: u64,
+        rec: Vec<u8>,
+        claim: bool,
+    ) -> Option<(usize, u64)> {
+        let old = self.regs.get(name).map(|(l, _, o)| (*l, *o));
+        if !claim && old.is_some_and(|o| o != (loc, node)) {
+            return None;
+        }
+        if self.locs.get(&loc).is_some_and(|n| n != name) {
+            return None;
+        }
+        if let Some((l, _)) = old.filter(|(l, _)| *l != loc) {
+            self.locs.remove(&l);
+        }
+        self.regs.insert(name.into(), (loc, rec, node));
+        self.locs.insert(loc, name.into());
+        old.filter(|(_, o)| *o != node).map(|(l, o)| (o, l))
+    }
+
+    /// REMOVE: only `node`'s record of that location.
+    fn remove(&mut self, node: usize, name: &str, loc: u64) {
+        if self
+            .regs
+            .get(name)
+            .is_some_and(|(l, _, o)| *l == loc && *o == node)
+        {
+            self.regs.remove(name);
+            self.locs.remove(&loc);
+        }
+    }
+
+    /// TAKE: the registration at `loc` becomes `node`'s: (name, record, previous owner).
+    fn take(&mut self, node: usize, loc: u64) -> Option<(String, Vec<u8>, usize)> {
+        let name = self.locs.get(&loc)?.clone();
+        let reg = self.regs.get_mut(&name)?;
+        if reg.0 != loc {
+            return None;
+        }
+        let prev = std::mem::replace(&mut reg.2, node);
+        Some((name, reg.1.clone(), prev))
+    }
+}
+
+/// Nodes of one shard each, the store they share, and what their I/O sides do.
+struct Cluster {
+    nodes: Vec<Harness>,
+    store: Model,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        // Each node hands out locations of its own (a random key per process).
+        let node = |i: u64| crate::lwm2m::CoreSettings {
+            clock_epoch_ms: EPOCH,
+            shared_store: true,
+            location_key: [0x0123_4567_89ab_cdef ^ i, 0x0fed_cba9_8765_4321],
+            ..settings()
+        };
+        Cluster {
+            nodes: (0..n).map(|i| Harness::new(1, node(i as u64))).collect(),
+            store: Model::default(),
+        }
+    }
+
+    /// Writes node `i`'s store changes; the nodes whose names it claimed are told.
+    fn write(&mut self, i: usize) {
+        for (_, c) in std::mem::take(&mut self.nodes[i].store) {
+            match c {
+                StoreChange::Put {
+                    name,
+                    location,
+                    record,
+                    claim,
+                } => {
+                    if let Some((prev, l)) = self.store.put(i, &name, location, record, claim) {
+                        self.release(prev, &name, l);
+                    }
+                }
+                StoreChange::Remove { name, location } => self.store.remove(i, &name, location),
+            }
+        }
+    }
+
+    fn release(&mut self, node: usize, name: &str, location: u64) {
+        let name = name.into();
+        self.nodes[node].input(0, Input::ClusterRelease { name, location });
+    }
+
+    /// Runs node `i`'s takes (one at a time, as its cluster thread does) and hands each
+    /// answer back; the replies to the held requests.
+    fn takes(&mut self, i: usize) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        for (_, r) in std::mem::take(&mut self.nodes[i].cluster) {
+            replies.extend(self.take(i, r));
+        }
+        replies
+    }
+
+    fn take(&mut self, i: usize, r: ClusterRequest) -> Vec<Reply> {
+        let ClusterRequest::Take {
+            location,
+            peer,
+            datagram,
+            identity,
+        } = r;
+        match self.store.take(i, location) {
+            Some((name, rec, prev)) => {
+                if prev != i {
+                    self.release(prev, &name, location);
+                }
+                let endpoint = Box::new(record::decode(&rec, EPOCH).expect("a record"));
+                self.nodes[i].input(
+                    0,
+                    Input::ClusterAdopt {
+                        endpoint,
+                        peer,
+                        datagram,
+                        identity,
+                    },
+                )
+            }
+            None => self.nodes[i].input(
+                0,
+                Input::ClusterMiss {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                },
+            ),
+        }
+    }
+
+    /// Which nodes hold `name` in their table.
+    fn holders(&self, name: &str) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].cores[0].endpoints().find_name(name).is_some())
+            .collect()
+    }
+}
+
+fn register(c: &mut Cluster, node: usize, from: SocketAddr, ep: &str) -> String {
+    let r = c.nodes[node].one(0, from, &Req::register(ep, 1).bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    c.write(node);
+    r.location()
+}
+
+#[test]
+fn a_request_for_a_location_held_by_another_node_is_taken_over_through_the_store() {
+    let mut c = Cluster::new(2);
+    let loc = register(&mut c, 0, addr(1, 5000), "dev");
+    assert_eq!(c.store.regs["dev"].2, 0);
+    let (mark_a, mark_b) = (c.nodes[0].mark(), c.nodes[1].mark());
+    // The device moved to node 1 (a new address): its Update is held, node 1 asks.
+    let moved = addr(2, 6000);
+    let held = c.nodes[1].exchange(0, moved, &Req::update(&loc, 7).bytes());
+    assert!(held.is_empty(), "held while the store is asked: {held:?}");
+    assert_eq!(c.nodes[1].cluster.len(), 1);
+    // A retransmission meanwhile asks nothing more.
+    assert!(c.nodes[1]
+        .exchange(0, moved, &Req::update(&loc, 7).bytes())
+        .is_empty());
+    assert_eq!(c.nodes[1].cluster.len(), 1);
+    // The take: node 1 owns it, adopts it and answers the Update.
+    let replies = c.takes(1);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!((replies[0].to, replies[0].code()), (moved, codes::CHANGED));
+    assert_eq!(c.store.regs["dev"].2, 1);
+    let published = c.nodes[1].published_since(mark_b);
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].0, "lwm2m/dev/up/update");
+    assert_eq!(published[0].1["msgType"], "update");
+    let (subs, _) = c.nodes[1].subscriptions();
+    assert!(subs.contains(&"lwm2m/dev/dn/#".to_string()), "{subs:?}");
+    // Its record is written as node 1's (an Update, not a claim), with the new address.
+    c.write(1);
+    let (l, rec, owner) = &c.store.regs["dev"];
+    assert_eq!((format!("{l:x}"), *owner), (loc.clone(), 1));
+    assert_eq!(record::decode(rec, EPOCH).unwrap().peer, moved);
+    // Node 0 let it go: no message, its subscription given up, nothing removed.
+    assert_eq!(c.holders("dev"), [1]);
+    assert!(c.nodes[0].published_since(mark_a).is_empty());
+    let (_, unsubs) = c.nodes[0].subscriptions();
+    assert_eq!(unsubs, ["lwm2m/dev/dn/#"]);
+    c.write(0);
+    assert_eq!(c.store.regs["dev"].2, 1, "node 0 removed nothing");
+    assert_eq!(c.nodes[0].cores[0].stats().cluster_released, 1);
+    assert_eq!(c.nodes[1].cores[0].stats().cluster_adopted, 1);
+    // Updates go on at node 1 without asking.
+    let r = c.nodes[1].one(0, moved, &Req::update(&loc, 8).bytes());
+    assert_eq!(r.code(), codes::CHANGED);
+    assert!(c.nodes[1].cluster.is_empty());
+}
+
+#[test]
+fn a_take_that_finds_nothing_is_answered_not_found() {
+    let mut c = Cluster::new(2);
+    let from = addr(3, 5000);
+    assert!(c.nodes[1]
+        .exchange(0, from, &Req::update("0123456789abcdef", 3).bytes())
+        .is_empty());
+    let replies = c.takes(1);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].code(), codes::NOT_FOUND);
+    assert_eq!(c.nodes[1].cores[0].stats().cluster_missed, 1);
+    // The next request asks again (the store may have it by then).
+    assert!(c.nodes[1]
+        .exchange(0, from, &Req::update("0123456789abcdef", 4).bytes())
+        .is_empty());
+    assert_eq!(c.nodes[1].cluster.len(), 1);
+}
+
+#[test]
+fn without_a_shared_store_an_unknown_location_is_not_found_at_once() {
+    let mut h = Harness::new(1, settings());
+    let r = h.one(
+        0,
+        addr(3, 5000),
+        &Req::update("0123456789abcdef", 3).bytes(),
+    );
+    assert_eq!(r.code(), codes::NOT_FOUND);
+    assert!(h.cluster.is_empty());
+}
+
+#[test]
+fn two_nodes_racing_to_take_one_registration_end_with_one_owner() {
+    let mut c = Cluster::new(3);
+    let loc = register(&mut c, 0, addr(1, 5000), "dev");
+    // Its Updates reach nodes 1 and 2 (the balancer moved it twice); both ask, and the
+    // store serves node 2's take first.
+    assert!(c.nodes[1]
+        .exchange(0, addr(2, 1), &Req::update(&loc, 5).bytes())
+        .is_empty());
+    assert!(c.nodes[2]
+        .exchange(0, addr(2, 2), &Req::update(&loc, 6).bytes())
+        .is_empty());
+    let r2 = c.takes(2);
+    let r1 = c.takes(1);
+    assert_eq!(r2[0].code(), codes::CHANGED);
+    assert_eq!(r1[0].code(), codes::CHANGED);
+    for i in 0..3 {
+        c.write(i);
+    }
+    // Node 1 took it last: node 2 was told and let it go.
+    assert_eq!(c.holders("dev"), [1]);
+    assert_eq!(c.store.regs["dev"].2, 1);
+}
+
+#[test]
+fn a_register_on_one_node_racing_a_take_on_another_ends_with_one_owner() {
+    for register_first in [true, false] {
+        let mut c = Cluster::new(3);
+        let old = register(&mut c, 0, addr(1, 5000), "dev");
+        // Node 1 holds an Update for the old location; node 2 gets a new Register.
+        assert!(c.nodes[1]
+            .exchange(0, addr(2, 1), &Req::update(&old, 5).bytes())
+            .is_empty());
+        let r = c.nodes[2].one(0, addr(2, 2), &Req::register("dev", 9).bytes());
+        assert_eq!(r.code(), codes::CREATED);
+        if register_first {
+            c.write(2);
+            let r1 = c.takes(1);
+            // The claim ended the old location: nothing to take.
+            assert_eq!(r1[0].code(), codes::NOT_FOUND);
+        } else {
+            let r1 = c.takes(1);
+            assert_eq!(r1[0].code(), codes::CHANGED);
+            c.write(1);
+            c.write(2);
+        }
+        for i in 0..3 {
+            c.write(i);
+        }
+        assert_eq!(c.holders("dev"), [2], "register_first = {register_first}");
+        assert_eq!(c.store.regs["dev"].2, 2);
+        assert_eq!(format!("{:x}", c.store.regs["dev"].0), r.location());
+    }
+}

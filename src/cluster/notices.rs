@@ -1,0 +1,82 @@
+//! The `cluster-notices` thread: this node's pub/sub channel. Another node that took
+//! a registration over says so here; the shard holding it lets it go.
+
+use super::{ClusterAnswer, ClusterStats, Deliver};
+use crate::lwm2m::Directory;
+use crate::store::redis_scripts;
+use crate::store::RedisConn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a read waits before the stop flag is looked at again.
+const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// Between connection attempts while Redis is unreachable.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub(super) struct Listener {
+    pub(super) con: RedisConn,
+    pub(super) channel: String,
+    pub(super) dir: Arc<Directory>,
+    pub(super) deliver: Deliver,
+    pub(super) stats: Arc<ClusterStats>,
+}
+
+impl Listener {
+    /// Subscribes (again after each failure) and hands every notice on, until `stop`.
+    pub(super) fn run(self, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            let mut con = match self.con.open_another(READ_TIMEOUT) {
+                Ok(c) => c,
+                Err(_) => {
+                    std::thread::sleep(RETRY);
+                    continue;
+                }
+            };
+            let mut sub = con.as_pubsub();
+            if sub.subscribe(&self.channel).is_err() {
+                std::thread::sleep(RETRY);
+                continue;
+            }
+            tracing::debug!(channel = %self.channel, "listening for registrations taken by other nodes");
+            while !stop.load(Ordering::SeqCst) {
+                match sub.get_message() {
+                    Ok(m) => self.notice(m.get_payload_bytes()),
+                    Err(e) if e.is_timeout() => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// A release (to the shard holding that registration) or a forwarded command (to
+    /// shard 0, which routes it as delivered).
+    fn notice(&self, payload: &[u8]) {
+        if let Some((topic, payload, expiry_s)) = redis_scripts::parse_command_notice(payload) {
+            ClusterStats::add(&self.stats.forwards_received, 1);
+            let command = ClusterAnswer::Command {
+                topic,
+                payload,
+                expiry_s,
+            };
+            (self.deliver)(0, command);
+            return;
+        }
+        let text = std::str::from_utf8(payload).unwrap_or("");
+        let Some((location, name)) = redis_scripts::parse_release_notice(text) else {
+            tracing::warn!(payload = %String::from_utf8_lossy(payload), "an unknown cluster notice");
+            return;
+        };
+        ClusterStats::add(&self.stats.releases_received, 1);
+        let Some(at) = self.dir.by_name(name).filter(|e| e.location == location) else {
+            return;
+        };
+        (self.deliver)(
+            at.shard,
+            ClusterAnswer::Release {
+                name: name.into(),
+                location,
+            },
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The `cluster` thread: the shards' requests to the other nodes, run on Redis.
+
+use super::notices;
+use super::{ClusterAnswer, ClusterStats, Deliver};
+use crate::lwm2m::record;
+use crate::lwm2m::{ClusterRequest, Directory};
+use crate::store::redis_scripts;
+use crate::store::{RedisConn, StoreError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Requests the shards may have waiting for the cluster thread.
+const QUEUE_CAPACITY: usize = 16_384;
+/// How often an idle cluster thread checks that Redis answers.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// What the cluster thread is asked.
+enum Job {
+    /// The core's.
+    Core(ClusterRequest),
+    /// A command for `name`, which no shard here holds: to the node that does.
+    Forward {
+        name: String,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    },
+}
+
+/// A shard's handle on the cluster thread: never blocks.
+#[derive(Clone)]
+pub struct ClusterSender {
+    tx: Sender<(u16, Job)>,
+    stats: Arc<ClusterStats>,
+}
+
+impl ClusterSender {
+    /// Queues a request of shard `shard`; a full queue hands it back (the shard answers
+    /// it as a miss), counted.
+    pub fn send(&self, shard: u16, r: ClusterRequest) -> Result<(), ClusterRequest> {
+        match self.tx.try_send((shard, Job::Core(r))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full((_, j)) | TrySendError::Disconnected((_, j))) => {
+                ClusterStats::add(&self.stats.take_failures, 1);
+                match j {
+                    Job::Core(r) => Err(r),
+                    Job::Forward { .. } => unreachable!("sent a take"),
+                }
+            }
+        }
+    }
+
+    /// Queues a command for `name` (no shard here holds it) to go to the node holding
+    /// it; a full queue hands topic and payload back (the shard answers it as usual).
+    pub fn forward(
+        &self,
+        shard: u16,
+        name: &str,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    ) -> Result<(), (String, Vec<u8>)> {
+        let job = Job::Forward {
+            name: name.to_string(),
+            topic,
+            payload,
+            expiry_s,
+        };
+        match self.tx.try_send((shard, job)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full((_, j)) | TrySendError::Disconnected((_, j))) => match j {
+                Job::Forward { topic, payload, .. } => Err((topic, payload)),
+                Job::Core(_) => unreachable!("sent a forward"),
+            },
+        }
+    }
+}
+
+/// The cluster threads of this node and the way to stop them.
+pub struct ClusterSide {
+    tx: Sender<(u16, Job)>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub stats: Arc<ClusterStats>,
+    /// The management API's reads.
+    pub view: Arc<super::ClusterView>,
+}
+
+/// What the cluster thread needs.
+struct Worker {
+    con: RedisConn,
+    node: String,
+    epoch_ms: u64,
+    take: redis::Script,
+    deliver: Deliver,
+    stats: Arc<ClusterStats>,
+}
+
+impl ClusterSide {
+    /// Starts the threads of node `node` on the Redis at `url`; answers go through
+    /// `deliver`, notices to the shard the directory names.
+    pub fn start(
+        url: &str,
+        node: &str,
+        epoch_ms: u64,
+        dir: Arc<Directory>,
+        deliver: Deliver,
+    ) -> Result<ClusterSide, StoreError> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ClusterStats::default());
+        let worker = Worker {
+            con: RedisConn::new(url)?,
+            node: node.to_string(),
+            epoch_ms,
+            take: redis_scripts::take(),
+            deliver: deliver.clone(),
+            stats: stats.clone(),
+        };
+        let io = |e: std::io::Error| StoreError::Io {
+            path: url.to_string(),
+            detail: format!("cannot start the cluster thread: {e}"),
+        };
+        let s = stop.clone();
+        let t1 = std::thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || worker.run(&rx, &s))
+            .map_err(io)?;
+        let listener = notices::Listener {
+            con: RedisConn::new(url)?,
+            channel: redis_scripts::node_channel(node),
+            dir,
+            deliver,
+            stats: stats.clone(),
+        };
+        let s = stop.clone();
+        let t2 = std::thread::Builder::new()
+            .name("cluster-notices".into())
+            .spawn(move || listener.run(&s))
+            .map_err(io)?;
+        let view = super::ClusterView::new(url, node, epoch_ms, stats.clone())?;
+        Ok(ClusterSide {
+            tx,
+            stop,
+            threads: vec![t1, t2],
+            stats,
+            view: Arc::new(view),
+        })
+    }
+
+    pub fn sender(&self) -> ClusterSender {
+        ClusterSender {
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Ends the threads (after the shards stopped).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Worker {
+    fn run(mut self, rx: &Receiver<(u16, Job)>, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            match rx.recv_timeout(PING_EVERY) {
+                Ok((shard, r)) => self.handle(shard, r),
+                Err(RecvTimeoutError::Timeout) => {
+                    let ok = self.con.with(|c| redis::cmd("PING").exec(c)).is_ok();
+                    self.stats.set_reachable(ok);
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, shard: u16, job: Job) {
+        let r = match job {
+            Job::Core(r) => r,
+            Job::Forward {
+                name,
+                topic,
+                payload,
+                expiry_s,
+            } => return self.forward(shard, &name, topic, payload, expiry_s),
+        };
+        let ClusterRequest::Take {
+            location,
+            peer,
+            datagram,
+            identity,
+        } = r;
+        let answer = match self.take(location) {
+            Ok(Some(endpoint)) => ClusterAnswer::Adopt {
+                endpoint: Box::new(endpoint),
+                peer,
+                datagram,
+                identity,
+            },
+            Ok(None) => ClusterAnswer::Miss {
+                location,
+                peer,
+                datagram,
+                identity,
+            },
+            Err(e) => {
+                ClusterStats::add(&self.stats.take_failures, 1);
+                tracing::debug!(error = %e, location, "take from the Redis store failed");
+                ClusterAnswer::Miss {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                }
+            }
+        };
+        (self.deliver)(shard, answer);
+    }
+
+    /// Publishes the command on the channel of the node holding `name`; when none does
+    /// (or it is this node, or Redis is unreachable) hands it back to `shard`, which
+    /// answers it as for an endpoint it does not hold.
+    fn forward(
+        &mut self,
+        shard: u16,
+        name: &str,
+        topic: String,
+        payload: Vec<u8>,
+        expiry_s: Option<u32>,
+    ) {
+        let key = redis_scripts::reg_key(name);
+        let owner: Option<String> = self
+            .con
+            .with(|c| redis::cmd("HGET").arg(&key).arg("owner").query(c))
+            .ok()
+            .flatten();
+        if let Some(owner) = owner.filter(|o| *o != self.node) {
+            let notice = redis_scripts::command_notice(&topic, &payload, expiry_s);
+            let channel = redis_scripts::node_channel(&owner);
+            let sent = self.con.with(|c| {
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&notice)
+                    .query::<u64>(c)
+            });
+            // Delivered to a listening node (1 subscriber): its job now.
+            if sent.is_ok_and(|n| n > 0) {
+                ClusterStats::add(&self.stats.forwards_sent, 1);
+                return;
+            }
+        }
+        ClusterStats::add(&self.stats.forwards_unowned, 1);
+        let back = ClusterAnswer::Command {
+            topic,
+            payload,
+            expiry_s,
+        };
+        (self.deliver)(shard, back);
+    }
+
+    /// Runs TAKE for `location`: the registration there, now this node's (its previous
+    /// owner told), or None when there is none.
+    fn take(&mut self, location: u64) -> Result<Option<crate::lwm2m::endpoint::Endpoint>, String> {
+        let (take, node) = (&self.take, &self.node);
+        let found = self.con.with(|c| {
+            take.key(redis_scripts::loc_key(location))
+                .arg(location)
+                .arg(node)
+                .arg(redis_scripts::PREFIX)
+                .invoke::<Option<(String, Vec<u8>, String)>>(c)
+        });
+        let found = match found {
+            Ok(f) => {
+                self.stats.set_reachable(true);
+                f
+            }
+            Err(e) => {
+                self.stats.set_reachable(self.con.is_connected());
+                return Err(e.to_string());
+            }
+        };
+        let Some((name, rec, previous)) = found else {
+            ClusterStats::add(&self.stats.take_misses, 1);
+            return Ok(None);
+        };
+        let ep = record::decode(&rec, self.epoch_ms)
+            .map_err(|e| format!("the record of {name:?} in Redis: {e}"))?;
+        ClusterStats::add(&self.stats.takeovers, 1);
+        if !previous.is_empty() && previous != self.node {
+            let notice = redis_scripts::release_notice(location, &name);
+            let channel = redis_scripts::node_channel(&previous);
+            let sent = self
+                .con
+                .with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&notice).exec(c));
+            if sent.is_ok() {
+                ClusterStats::add(&self.stats.releases_sent, 1);
+            }
+        }
+        Ok(Some(ep))
+    }
+}

@@ -1,0 +1,419 @@
+//! The Redis store (`[store] kind = "redis"`) with Debian's `redis-server`, started by
+//! the test: the scripts' ownership rules on a real Redis, and the real binary keeping
+//! its registrations across a restart on it.
+
+mod common;
+
+use common::coap::{exchange, location, socket, Req};
+use common::gateway::{Broker, GatewayProc};
+use common::mosquitto::Mosquitto;
+use common::redis_server::Redis;
+use lwm2m_gateway::coap::{codes, opt, Message};
+use lwm2m_gateway::store::{redis_scripts, Backend, Change, RedisStore};
+use simd_json::prelude::*;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A record of `name` at `location` (the smallest the core writes: version 1, every
+/// optional field absent).
+fn record(name: &str, location: u64) -> Vec<u8> {
+    let mut b = vec![1];
+    b.extend((name.len() as u32).to_le_bytes());
+    b.extend(name.as_bytes());
+    b.extend(location.to_le_bytes());
+    b.push(4);
+    b.extend([127, 0, 0, 1]);
+    b.extend(5683u16.to_le_bytes());
+    b.extend(60u32.to_le_bytes());
+    b.extend([0u8; 24]); // deadline, registration and last-seen times
+    b.extend(0u32.to_le_bytes()); // mountpoint
+    b.extend(0u32.to_le_bytes()); // parameters
+    b.extend([0, 0, 0, 0, 0]); // alternate path, object list, flags, formats
+    b.extend(0u32.to_le_bytes()); // observations
+    let ep = lwm2m_gateway::lwm2m::record::decode(&b, 0).expect("a valid record");
+    assert_eq!((&*ep.name, ep.location), (name, location));
+    b
+}
+
+/// The (name, location) pairs `store` loads: its node's records.
+fn owned(store: &mut RedisStore) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    store
+        .load(&mut |name, bytes| {
+            let ep = lwm2m_gateway::lwm2m::record::decode(bytes, 0).expect("record");
+            out.push((name.to_string(), ep.location));
+            Ok(())
+        })
+        .expect("load");
+    out.sort();
+    out
+}
+
+fn owner(redis: &Redis, name: &str) -> Option<String> {
+    let mut c = redis.connection();
+    redis::cmd("HGET")
+        .arg(redis_scripts::reg_key(name))
+        .arg("owner")
+        .query(&mut c)
+        .expect("HGET")
+}
+
+#[test]
+fn two_nodes_on_one_redis_have_one_owner_per_name() {
+    let redis = Redis::start();
+    let mut a = RedisStore::open(&redis.url(), "a").expect("node a");
+    let mut b = RedisStore::open(&redis.url(), "b").expect("node b");
+    let w = |s: &mut RedisStore, name: &str, c: Change| s.write(&[(name.into(), c)]).unwrap();
+
+    // a registers dev1 and dev2.
+    w(&mut a, "dev1", Change::Claim(record("dev1", 11)));
+    w(&mut a, "dev2", Change::Claim(record("dev2", 12)));
+    assert_eq!(owned(&mut a), [("dev1".into(), 11), ("dev2".into(), 12)]);
+    assert_eq!(owned(&mut b), []);
+    // b's Update of a registration it does not hold is refused.
+    w(&mut b, "dev1", Change::Put(record("dev1", 11)));
+    assert_eq!(owner(&redis, "dev1").as_deref(), Some("a"));
+    assert_eq!(
+        b.stats()
+            .not_owner
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // dev1 registers again on b (a new location): b holds it now; a's later changes of
+    // its old registration (an Update, its removal) change nothing.
+    w(&mut b, "dev1", Change::Claim(record("dev1", 21)));
+    w(&mut a, "dev1", Change::Put(record("dev1", 11)));
+    w(&mut a, "dev1", Change::Remove(11));
+    assert_eq!(owner(&redis, "dev1").as_deref(), Some("b"));
+    assert_eq!(owned(&mut b), [("dev1".into(), 21)]);
+    assert_eq!(owned(&mut a), [("dev2".into(), 12)]);
+    // The old location no longer names it; the new one does.
+    let mut c = redis.connection();
+    let at = |c: &mut redis::Connection, l: u64| -> Option<String> {
+        redis::cmd("GET")
+            .arg(redis_scripts::loc_key(l))
+            .query(c)
+            .unwrap()
+    };
+    assert_eq!(at(&mut c, 11), None);
+    assert_eq!(at(&mut c, 21).as_deref(), Some("dev1"));
+    // A location another name holds is refused, not overwritten.
+    w(&mut b, "dev3", Change::Claim(record("dev3", 12)));
+    assert_eq!(at(&mut c, 12).as_deref(), Some("dev2"));
+    assert_eq!(
+        b.stats()
+            .location_clashes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The owner's removal of its own registration takes it and its location.
+    w(&mut a, "dev2", Change::Remove(12));
+    assert_eq!(owned(&mut a), []);
+    assert_eq!(at(&mut c, 12), None);
+}
+
+#[test]
+fn redis_gone_fails_writes_and_they_succeed_when_it_returns() {
+    let mut redis = Redis::start();
+    let mut a = RedisStore::open(&redis.url(), "a").expect("node a");
+    redis.kill();
+    let batch = [("dev1".into(), Change::Claim(record("dev1", 5)))];
+    assert!(a.write(&batch).is_err());
+    redis.spawn();
+    // The store connects again after its backoff (at most 2 s).
+    let mut written = false;
+    for _ in 0..50 {
+        if a.write(&batch).is_ok() {
+            written = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(written, "the write succeeds once Redis is back");
+    assert_eq!(owned(&mut a), [("dev1".into(), 5)]);
+}
+
+/// One gateway on `redis` as node `node` with the external broker at `broker`.
+fn node(redis: &Redis, broker: SocketAddr, node: &str) -> GatewayProc {
+    let extra = format!(
+        "[engine]\nshards = 2\n[store]\nkind = \"redis\"\nurl = \"{}\"\n[cluster]\nnode = \"{node}\"",
+        redis.url()
+    );
+    GatewayProc::start(Broker::External(broker), &extra)
+}
+
+fn register(sock: &UdpSocket, gw: SocketAddr, ep: &str) -> String {
+    let register = Req::con(codes::POST, 1, &[1])
+        .path(&["rd"])
+        .uint(opt::CONTENT_FORMAT, 40)
+        .query(&[&format!("ep={ep}"), "lt=300", "lwm2m=1.0", "b=U"])
+        .body(b"</1/0>,</3/0>");
+    let reply = exchange(sock, gw, &register.bytes());
+    let m = Message::parse(&reply).unwrap();
+    assert_eq!(m.code, codes::CREATED);
+    location(&m).expect("a location")
+}
+
+fn update(sock: &UdpSocket, gw: SocketAddr, location: &str, mid: u16) -> u8 {
+    let update = Req::con(codes::POST, mid, &[9]).path(&["rd", location]);
+    let reply = exchange(sock, gw, &update.bytes());
+    Message::parse(&reply).unwrap().code
+}
+
+#[test]
+fn a_restarted_node_on_redis_serves_its_devices_on() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    let mut gw = node(&redis, broker.addr(), "n1");
+    let devices: Vec<(UdpSocket, String)> = (0..10)
+        .map(|i| {
+            let s = socket([127, 0, 0, 1], WAIT);
+            let l = register(&s, gw.udp, &format!("r{i}"));
+            (s, l)
+        })
+        .collect();
+    let status = gw.stop();
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    for i in 0..10 {
+        assert_eq!(owner(&redis, &format!("r{i}")).as_deref(), Some("n1"));
+    }
+    let gw2 = node(&redis, broker.addr(), "n1");
+    assert_eq!(gw2.metrics().sum("lwm2m_store_restored", &[]), 10.0);
+    for (i, (s, l)) in devices.iter().enumerate() {
+        assert_eq!(update(s, gw2.udp, l, 50 + i as u16), codes::CHANGED, "{l}");
+    }
+}
+
+/// A device that answers every request with 2.05 and `payload`, on its own thread,
+/// until the socket is dropped by the end of the test (its read times out).
+fn answer_requests(sock: UdpSocket, payload: &'static [u8]) -> std::thread::JoinHandle<usize> {
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let r = common::coap::Request::parse(&buf[..n]);
+            let ack = r.ack(codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], payload);
+            sock.send_to(&ack, from).unwrap();
+            answered += 1;
+        }
+        answered
+    })
+}
+
+/// Publishes `per_device` reads to each device and counts the final messages by reqID:
+/// each exactly once, each a 2.05.
+fn reads_answered_once(app: &mut common::app::App, devices: &[&str], per_device: usize) {
+    let mut sent = std::collections::HashMap::new();
+    for _ in 0..per_device {
+        for ep in devices {
+            let id = app.send(ep, "read", r#"{"path":"/3/0/0"}"#);
+            sent.insert(id, *ep);
+        }
+    }
+    let mut seen = std::collections::HashMap::<u32, usize>::new();
+    while seen.len() < sent.len() {
+        let (_, v) = app
+            .mq
+            .next_json(WAIT, |_, v| v["msgType"] == "read")
+            .unwrap_or_else(|| panic!("{} of {} reads answered", seen.len(), sent.len()));
+        let id = v["reqID"].as_u32().expect("a reqID");
+        assert_eq!(v["data"]["code"], "2.05", "{v:?}");
+        *seen.entry(id).or_default() += 1;
+    }
+    // Anything more would be a second final message of some command.
+    let late = app.mq.collect(usize::MAX, Duration::from_millis(500));
+    let extra: Vec<_> = late
+        .iter()
+        .filter(|(t, _)| t.ends_with("/up/resp"))
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(extra.is_empty(), "more final messages: {extra:?}");
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    assert!(sent.keys().all(|id| seen.contains_key(id)));
+}
+
+#[test]
+fn two_nodes_on_one_redis_act_as_one_gateway() {
+    let mut redis = Redis::start();
+    let broker = Mosquitto::start();
+    let a = node(&redis, broker.addr(), "node-a");
+    let b = node(&redis, broker.addr(), "node-b");
+    let mut app = common::app::App::new(&a, "cluster-app");
+    // Everything published about the devices, read at the end.
+    let mut watch =
+        common::mqtt_client::MqttClient::subscriber(a.mqtt, "cluster-watch", "lwm2m/+/up/#", 0);
+    let names = ["m0", "m1", "m2"];
+    // Registered on node A.
+    let mut locations = Vec::new();
+    for ep in names {
+        let s = socket([127, 0, 0, 1], WAIT);
+        locations.push(register(&s, a.udp, ep));
+        app.mq
+            .next_json(WAIT, |_, v| {
+                v["msgType"] == "register" && v["data"]["ep"] == ep
+            })
+            .expect("the register message");
+    }
+    // Other nodes find a registration once node A's writer wrote it (within 100 ms).
+    let deadline = std::time::Instant::now() + WAIT;
+    while names.iter().any(|ep| owner(&redis, ep).is_none()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node A's records in Redis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each moved to node B: a new address, the same location: 2.04 and an update message.
+    let mut responders = Vec::new();
+    for (ep, loc) in names.iter().zip(&locations) {
+        let s = socket([127, 0, 0, 1], WAIT);
+        assert_eq!(update(&s, b.udp, loc, 40), codes::CHANGED, "{ep}");
+        let (t, v) = app
+            .mq
+            .next_json(WAIT, |_, v| v["msgType"] == "update")
+            .expect("the update message");
+        assert_eq!(t, format!("lwm2m/{ep}/up/update"));
+        assert_eq!(v["data"]["ep"], *ep);
+        responders.push(answer_requests(s, b"maker"));
+    }
+    // Node A let them go (told by B through Redis); B holds them.
+    a.metrics_when(|m| m.sum("lwm2m_cluster_released_total", &[]) == 3.0);
+    let m = b.metrics();
+    assert_eq!(m.sum("lwm2m_cluster_takeovers_total", &[]), 3.0);
+    for ep in names {
+        assert_eq!(owner(&redis, ep).as_deref(), Some("node-b"));
+    }
+    // The API of either node lists every device, with the node holding it.
+    let c0 = socket([127, 0, 0, 1], WAIT);
+    register(&c0, a.udp, "on-a");
+    // Node B sees it once node A's writer wrote it (within 100 ms).
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "on-a").is_none() {
+        assert!(std::time::Instant::now() < deadline, "on-a in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for gw in [&a, &b] {
+        let (st, body) = common::http::request(
+            gw.api,
+            "GET",
+            "/api/v5/gateways/lwm2m/clients?limit=100",
+            Some(("admin", common::gateway::API_SECRET)),
+            b"",
+        );
+        assert_eq!(st, 200, "{body}");
+        let v = common::json(body);
+        let mut held: Vec<(String, String)> = v["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|c| {
+                let name = c["endpoint_name"].as_str().unwrap().to_string();
+                (name, c["node"].as_str().unwrap().to_string())
+            })
+            .collect();
+        held.sort();
+        let want: Vec<(String, String)> = [
+            ("m0", "node-b"),
+            ("m1", "node-b"),
+            ("m2", "node-b"),
+            ("on-a", "node-a"),
+        ]
+        .iter()
+        .map(|(n, o)| (n.to_string(), o.to_string()))
+        .collect();
+        assert_eq!(held, want);
+    }
+    // One client named through the other node.
+    let (st, body) = common::http::request(
+        a.api,
+        "GET",
+        "/api/v5/gateways/lwm2m/clients/m1",
+        Some(("admin", common::gateway::API_SECRET)),
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(common::json(body)["node"], "node-b");
+    // Commands: each answered exactly once.
+    reads_answered_once(&mut app, &names, 20);
+    let m = a.metrics();
+    assert_eq!(m.sum("lwm2m_deregistrations_total", &[]), 0.0);
+
+    // Redis gone: node B serves the devices it holds, says the store is unreachable, and
+    // what changes meanwhile is written once Redis is back.
+    redis.kill();
+    let unreachable = || {
+        let (_, body) = common::http::request(b.api, "GET", "/health", None, b"");
+        body.contains(r#""store":"unreachable""#)
+    };
+    b.metrics_when(|_| unreachable());
+    assert!(unreachable());
+    reads_answered_once(&mut app, &names, 5);
+    let late = socket([127, 0, 0, 1], WAIT);
+    register(&late, b.udp, "late");
+    redis.spawn();
+    b.metrics_when(|m| m.sum("lwm2m_cluster_redis_up", &[]) == 1.0);
+    let mut c = redis.connection();
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "late").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(owner(&redis, "late").as_deref(), Some("node-b"));
+    let (_, body) = common::http::request(b.api, "GET", "/health", None, b"");
+    assert!(body.contains(r#""store":"ok""#), "{body}");
+    let _: () = redis::cmd("PING").query(&mut c).unwrap();
+    // No device was ended on either node: a move is not a de-registration.
+    let all = watch.collect(usize::MAX, Duration::from_millis(500));
+    let ends: Vec<_> = all
+        .iter()
+        .map(|(_, p)| common::json(p))
+        .filter(|v| v["msgType"] == "deregister")
+        .collect();
+    assert!(ends.is_empty(), "{ends:?}");
+    assert!(all.len() > 3 * 25, "{} messages", all.len());
+    drop(responders);
+}
+
+#[test]
+fn commands_reaching_a_node_that_does_not_hold_the_device_are_forwarded_to_its_node() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    // Wildcard mode: every node holds the one shared command filter, and the broker
+    // hands each command to either node, whichever holds the device.
+    let wildcard = |name: &str| {
+        let extra = format!(
+            "[engine]\nshards = 2\n[store]\nkind = \"redis\"\nurl = \"{}\"\n[cluster]\nnode = \"{name}\"",
+            redis.url()
+        );
+        GatewayProc::start_with(
+            Broker::External(broker.addr()),
+            &extra,
+            "subscribe = \"wildcard\"",
+        )
+    };
+    let a = wildcard("fwd-a");
+    let b = wildcard("fwd-b");
+    let mut app = common::app::App::new(&a, "forward-app");
+    let s = socket([127, 0, 0, 1], WAIT);
+    register(&s, a.udp, "w0");
+    app.mq
+        .next_json(WAIT, |_, v| v["msgType"] == "register")
+        .expect("the register message");
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "w0").is_none() {
+        assert!(std::time::Instant::now() < deadline, "w0 in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let device = answer_requests(s, b"maker");
+    reads_answered_once(&mut app, &["w0"], 20);
+    // Some reached node B, which forwarded them to node A.
+    let sent = b.metrics().sum("lwm2m_cluster_forwards_sent_total", &[]);
+    let got = a
+        .metrics()
+        .sum("lwm2m_cluster_forwards_received_total", &[]);
+    assert!(sent >= 1.0, "node B forwarded {sent}");
+    assert_eq!(sent, got);
+    drop(device);
+}
