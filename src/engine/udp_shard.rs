@@ -170,7 +170,7 @@ impl UdpShard {
                         lost.push(to);
                     }
                 }
-                Output::Mqtt(m) => mqtt.accept(m),
+                Output::Mqtt(m) => mqtt.accept(m, now),
                 Output::Timer { at, timer } => timers.insert(at, ShardTimer::Core(timer)),
                 Output::Auth { ticket, request } => {
                     // The answer comes back through this shard's mailbox, from an auth thread.
