@@ -292,9 +292,9 @@ mod tests {
         // A listener holds one per established device, 100,000s of them idle:
         // dimpl keeps its state on the heap (its DTLS 1.2 server, not the size of
         // its largest variant), so an entry is a pointer and a few fields.
-        let dtls = std::mem::size_of::<Dtls>();
+        let dtls = size_of::<Dtls>();
         assert!(dtls <= 64, "dimpl::Dtls is {dtls} bytes");
-        let session = std::mem::size_of::<Session>();
+        let session = size_of::<Session>();
         assert!(session <= 256, "Session is {session} bytes");
     }
 
