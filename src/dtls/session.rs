@@ -288,6 +288,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_session_table_entry_stays_small() {
+        // A listener holds one per established device, 100,000s of them idle:
+        // dimpl keeps its state on the heap (its DTLS 1.2 server, not the size of
+        // its largest variant), so an entry is a pointer and a few fields.
+        let dtls = size_of::<Dtls>();
+        assert!(dtls <= 64, "dimpl::Dtls is {dtls} bytes");
+        let session = size_of::<Session>();
+        assert!(session <= 256, "Session is {session} bytes");
+    }
+
+    #[test]
     fn classify_headers() {
         assert_eq!(classify(&[]), Kind::Junk);
         assert_eq!(classify(&[22; 12]), Kind::Junk);

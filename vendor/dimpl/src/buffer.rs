@@ -16,6 +16,9 @@ use std::ops::{Deref, DerefMut};
 #[derive(Default)]
 pub struct BufferPool {
     free: VecDeque<Buf>,
+    /// Set once pooling no longer pays (an established session, idle most of
+    /// the time): returned buffers are dropped rather than kept.
+    disabled: bool,
 }
 
 impl BufferPool {
@@ -36,8 +39,17 @@ impl BufferPool {
             buffer.from_pool,
             "only buffers acquired from a pool may be returned"
         );
+        if self.disabled {
+            return;
+        }
         buffer.clear();
         self.free.push_front(buffer);
+    }
+
+    /// Drops the pooled buffers and keeps none from now on.
+    pub fn disable(&mut self) {
+        self.disabled = true;
+        self.free = VecDeque::new();
     }
 }
 

@@ -313,12 +313,14 @@ pub struct Dtls {
     pending_cid: Option<dtls12::message::ConnectionId>,
 }
 
+// Boxed: the variants differ a lot in size (a DTLS 1.3 one is twice a DTLS 1.2
+// one), and a server holding many sessions should pay for the one it has.
 enum Inner {
-    Client12(Client12),
-    Server12(Server12),
-    Client13(Client13),
-    Server13(Server13),
-    ClientPending(ClientPending),
+    Client12(Box<Client12>),
+    Server12(Box<Server12>),
+    Client13(Box<Client13>),
+    Server13(Box<Server13>),
+    ClientPending(Box<ClientPending>),
 }
 
 fn is_dtls12_psk_only(config: &Config) -> bool {
@@ -485,7 +487,7 @@ impl Dtls {
     /// [`Output::PeerCert`]. It is up to the application to validate that
     /// certificate according to its security policy.
     pub fn new_12(config: Arc<Config>, certificate: DtlsCertificate, now: Instant) -> Self {
-        let inner = Inner::Server12(Server12::new(config, certificate, now));
+        let inner = Inner::Server12(Box::new(Server12::new(config, certificate, now)));
         Dtls {
             inner: Some(inner),
             pending_cid: None,
@@ -508,7 +510,7 @@ impl Dtls {
             "Dtls::new_12_psk requires a PSK configuration; \
              set one via ConfigBuilder::with_psk_client or with_psk_server"
         );
-        let inner = Inner::Server12(Server12::new_psk(config, now));
+        let inner = Inner::Server12(Box::new(Server12::new_psk(config, now)));
         Dtls {
             inner: Some(inner),
             pending_cid: None,
@@ -524,7 +526,7 @@ impl Dtls {
     /// [`Output::PeerCert`]. It is up to the application to validate that
     /// certificate according to its security policy.
     pub fn new_13(config: Arc<Config>, certificate: DtlsCertificate, now: Instant) -> Self {
-        let inner = Inner::Server13(Server13::new(config, certificate, now));
+        let inner = Inner::Server13(Box::new(Server13::new(config, certificate, now)));
         Dtls {
             inner: Some(inner),
             pending_cid: None,
@@ -547,9 +549,9 @@ impl Dtls {
     /// suites, `new_auto` delegates to the DTLS 1.2 PSK state machine.
     pub fn new_auto(config: Arc<Config>, certificate: DtlsCertificate, now: Instant) -> Self {
         let inner = if is_dtls12_psk_only(config.as_ref()) {
-            Inner::Server12(Server12::new_psk(config, now))
+            Inner::Server12(Box::new(Server12::new_psk(config, now)))
         } else {
-            Inner::Server13(Server13::new_auto(config, certificate, now))
+            Inner::Server13(Box::new(Server13::new_auto(config, certificate, now)))
         };
         Dtls {
             inner: Some(inner),
@@ -688,10 +690,10 @@ impl Dtls {
                 let inner = self.inner.take().unwrap();
                 match inner {
                     Inner::Client12(c) => {
-                        self.inner = Some(Inner::Server12(c.into_server()));
+                        self.inner = Some(Inner::Server12(Box::new(c.into_server())));
                     }
                     Inner::Client13(c) => {
-                        self.inner = Some(Inner::Server13(c.into_server()));
+                        self.inner = Some(Inner::Server13(Box::new(c.into_server())));
                     }
                     Inner::ClientPending(_) => {
                         panic!("cannot switch auto-sense client back to server: version unknown");
@@ -703,17 +705,17 @@ impl Dtls {
                 let inner = self.inner.take().unwrap();
                 match inner {
                     Inner::Server12(s) => {
-                        self.inner = Some(Inner::Client12(s.into_client()));
+                        self.inner = Some(Inner::Client12(Box::new(s.into_client())));
                     }
                     Inner::Server13(s) => {
                         if s.is_auto_mode() {
                             let (config, certificate, now, _, _) = s.into_parts();
                             let cp = ClientPending::new(config, certificate, now)
                                 .expect("failed to build hybrid ClientHello");
-                            self.inner = Some(Inner::ClientPending(cp));
+                            self.inner = Some(Inner::ClientPending(Box::new(cp)));
                         } else {
                             // Not auto mode, or already consumed — just convert
-                            self.inner = Some(Inner::Client13(s.into_client()));
+                            self.inner = Some(Inner::Client13(Box::new(s.into_client())));
                         }
                     }
                     _ => unreachable!(),
@@ -795,20 +797,20 @@ impl Dtls {
                 // Feed the HVR to Client12 — it enters
                 // AwaitHelloVerifyRequest and processes the cookie.
                 if let Err(e) = client12.handle_packet(packet) {
-                    self.inner = Some(Inner::Client12(client12));
+                    self.inner = Some(Inner::Client12(Box::new(client12)));
                     return Err(e);
                 }
-                self.inner = Some(Inner::Client12(client12));
+                self.inner = Some(Inner::Client12(Box::new(client12)));
                 Ok(())
             }
             auto::DetectedVersion::Dtls13 => {
                 let mut client13 =
                     Client13::new_from_hybrid(hybrid, config, certificate, now, timers);
                 if let Err(e) = client13.handle_packet(packet) {
-                    self.inner = Some(Inner::Client13(client13));
+                    self.inner = Some(Inner::Client13(Box::new(client13)));
                     return Err(e);
                 }
-                self.inner = Some(Inner::Client13(client13));
+                self.inner = Some(Inner::Client13(Box::new(client13)));
                 Ok(())
             }
             auto::DetectedVersion::Unknown => unreachable!(),
@@ -846,7 +848,7 @@ impl Dtls {
         }
         server12.handle_timeout(now)?;
 
-        self.inner = Some(Inner::Server12(server12));
+        self.inner = Some(Inner::Server12(Box::new(server12)));
 
         for p in &buffered {
             self.handle_packet(p)?;

@@ -12,7 +12,9 @@ use rand::{RngExt, SeedableRng};
 /// When created with a seed, it produces deterministic random values.
 /// When created without a seed, it uses the thread-local random generator.
 pub struct SeededRng {
-    inner: Option<StdRng>,
+    // Boxed: unseeded (the normal case) it is one pointer in every instance,
+    // not the generator's 300-odd bytes.
+    inner: Option<Box<StdRng>>,
 }
 
 impl SeededRng {
@@ -21,7 +23,7 @@ impl SeededRng {
     /// If `seed` is `Some`, the RNG will produce deterministic values.
     /// If `seed` is `None`, it will use the thread-local random generator.
     pub fn new(seed: Option<u64>) -> Self {
-        let inner = seed.map(StdRng::seed_from_u64);
+        let inner = seed.map(|seed| Box::new(StdRng::seed_from_u64(seed)));
         Self { inner }
     }
 

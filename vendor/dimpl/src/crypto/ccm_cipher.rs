@@ -12,8 +12,10 @@ use crate::buffer::{Buf, TmpBuf};
 use crate::error::bounded_error_len;
 use crate::{CryptoError, CryptoOperation};
 
-/// AES-128-CCM with 8-byte tag, 12-byte nonce.
-type Aes128Ccm8 = ccm::Ccm<aes::Aes128, U8, U12>;
+/// AES-128-CCM with 8-byte tag, 12-byte nonce. CCM runs the block cipher
+/// forwards only (CTR and CBC-MAC), so the encryption key schedule is enough:
+/// half the size of `aes::Aes128`'s, in every session.
+type Aes128Ccm8 = ccm::Ccm<aes::Aes128Enc, U8, U12>;
 
 /// AES-128-CCM-8 cipher for TLS_PSK_WITH_AES_128_CCM_8.
 pub struct AesCcm8Cipher {

@@ -624,6 +624,27 @@ impl Engine {
         }
     }
 
+    /// Whether the peer is known to have completed the handshake (it sent
+    /// authenticated application data, or for a client, the server's final flight
+    /// arrived).
+    pub fn peer_handshake_confirmed(&self) -> bool {
+        self.peer_handshake_confirmed
+    }
+
+    /// Frees what only the handshake needed, once the peer confirmed it: the
+    /// transcript, the saved final flight (never resent after confirmation) and
+    /// the pooled buffers, which are no longer pooled (an established session
+    /// is idle most of the time; a record then allocates its buffers).
+    pub fn release_handshake_state(&mut self) {
+        debug_assert!(self.peer_handshake_confirmed);
+        self.flight_clear_resends();
+        self.flight_saved_records = Vec::new();
+        self.transcript = Buf::new();
+        self.buffers_free.disable();
+        self.queue_rx.shrink_to_fit();
+        self.queue_tx.shrink_to_fit();
+    }
+
     fn flight_clear_resends(&mut self) {
         for entry in self.flight_saved_records.drain(..) {
             self.buffers_free.push(entry.fragment);

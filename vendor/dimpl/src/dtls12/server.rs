@@ -99,6 +99,9 @@ pub struct Server {
     /// Events we are to emit from this Server.
     local_events: VecDeque<LocalEvent>,
 
+    /// The handshake-only state was freed (`release_handshake_state`).
+    handshake_state_released: bool,
+
     /// Data that is sent before we are connected.
     queued_data: Vec<Buf>,
 }
@@ -178,6 +181,7 @@ impl Server {
             last_now: now,
             local_events: VecDeque::new(),
             queued_data: Vec::new(),
+            handshake_state_released: false,
         }
     }
 
@@ -223,15 +227,40 @@ impl Server {
                 self.engine.discard_undecryptable();
                 result
             }) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.release_handshake_state_when_done();
+                Ok(())
+            }
             Err(e) => e.into_public_error().map_or(Ok(()), Err),
         }
+    }
+
+    /// Once the client proved it completed the handshake (authenticated
+    /// application data) and every handshake event was polled, frees what only
+    /// the handshake needed: an established session keeps its keys, sequence
+    /// numbers and replay window, not its handshake buffers.
+    fn release_handshake_state_when_done(&mut self) {
+        if self.handshake_state_released
+            || self.state != State::AwaitApplicationData
+            || !self.engine.peer_handshake_confirmed()
+            || !self.local_events.is_empty()
+        {
+            return;
+        }
+        self.handshake_state_released = true;
+        self.engine.release_handshake_state();
+        self.extension_data = Buf::new();
+        self.defragment_buffer = Buf::new();
+        self.client_certificates = Vec::new();
+        self.queued_data = Vec::new();
+        self.local_events.shrink_to_fit();
     }
 
     pub fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> Output<'a> {
         if let Some(event) = self.local_events.pop_front() {
             return event.into_output(buf, &self.client_certificates);
         }
+        self.release_handshake_state_when_done();
         self.engine.poll_output(buf, self.last_now)
     }
 
