@@ -87,7 +87,7 @@ pub struct DtlsListener {
     /// handshake is a full one).
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub session_lifetime: Duration,
-    /// Resumable sessions the listener keeps (about 200 bytes each); when full, the
+    /// Resumable sessions the listener keeps (about 350 bytes each); when full, the
     /// oldest makes room.
     #[serde(deserialize_with = "super::bind::deserialize_limit")]
     pub session_cache_size: u64,
