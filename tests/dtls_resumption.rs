@@ -157,8 +157,10 @@ struct World {
     server: DtlsServer,
     now: Instant,
     events: Vec<DtlsEvent>,
-    /// Datagrams server → client, counted (the loss test drops some).
+    /// Datagrams server → client and client → server, counted (the loss
+    /// tests drop some).
     to_client: usize,
+    to_server: usize,
 }
 
 impl World {
@@ -168,6 +170,7 @@ impl World {
             now,
             events: Vec::new(),
             to_client: 0,
+            to_server: 0,
         }
     }
 
@@ -175,6 +178,16 @@ impl World {
     /// advances the clock to the next timer when idle, until the client and
     /// the server are connected or a minute has passed.
     fn connect_lossy(&mut self, c: &mut Client, drop: &dyn Fn(usize) -> bool) -> bool {
+        self.connect_dropping(c, drop, &|_| false)
+    }
+
+    /// Like `connect_lossy`, dropping client → server datagrams too.
+    fn connect_dropping(
+        &mut self,
+        c: &mut Client,
+        drop: &dyn Fn(usize) -> bool,
+        drop_up: &dyn Fn(usize) -> bool,
+    ) -> bool {
         let end = self.now + Duration::from_secs(60);
         loop {
             while let Some(e) = self.server.poll_event() {
@@ -186,7 +199,11 @@ impl World {
             let mut moved = false;
             while let Some(p) = c.out.pop_front() {
                 moved = true;
-                self.server.handle_datagram(self.now, c.addr, &p);
+                let i = self.to_server;
+                self.to_server += 1;
+                if !drop_up(i) {
+                    self.server.handle_datagram(self.now, c.addr, &p);
+                }
             }
             while let Some((to, p)) = self.server.poll_transmit() {
                 moved = true;
@@ -410,6 +427,27 @@ fn a_lost_server_flight_is_resent_and_the_resumption_completes() {
     // Drop the first ServerHello + CCS + Finished flight (after the HVR).
     assert!(w.connect_lossy(&mut c, &|i| i == first + 1));
     assert!(c.dtls.is_resumed());
+    w.exchange(&mut c, "after loss");
+    assert_eq!(w.server.stats().resumed, 1);
+}
+
+#[test]
+fn a_lost_client_finished_is_resent_when_the_server_resends_its_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cache) = setup(&dir, 100);
+    let now = Instant::now();
+    let mut w = World::new(settings(&store, &cache, 0), now);
+    let r = first_session(&mut w, 1000);
+    let first = w.to_server;
+    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    // ClientHello, ClientHello + cookie, then CCS + Finished: dropped once.
+    let ok = w.connect_dropping(&mut c, &|_| false, &|i| i == first + 2);
+    assert!(ok, "connected {} failed {}", c.connected, c.failed);
+    assert!(c.dtls.is_resumed());
+    assert!(
+        w.to_server > first + 3,
+        "the client's last flight went twice"
+    );
     w.exchange(&mut c, "after loss");
     assert_eq!(w.server.stats().resumed, 1);
 }
