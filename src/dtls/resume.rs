@@ -99,16 +99,16 @@ impl ResumptionCache {
     }
 
     fn key_fingerprint(&self, identity: Option<&[u8]>) -> Option<u64> {
-        let Some(identity) = identity else {
-            return Some(0); // certificate sessions: nothing to revoke here
-        };
+        let identity = identity?;
         let key = self.psk.as_ref()?.lookup(identity)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         Some(h.finish())
     }
 
-    /// Keeps a completed full handshake's session.
+    /// Keeps a completed full handshake's session. Only PSK sessions: a
+    /// certificate session's CN is not kept, so it is never resumed (its ID
+    /// is unknown when offered: a full handshake).
     pub(crate) fn store(&self, id: &[u8], state: SessionState, now: Instant) {
         let (Ok(id), true) = (SessionId::try_from(id), self.capacity > 0) else {
             return;
