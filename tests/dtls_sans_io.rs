@@ -49,6 +49,7 @@ fn settings() -> DtlsSettings {
         handshake_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(300),
         connection_id_len: 8,
+        session_cache: None,
     }
 }
 

@@ -107,6 +107,12 @@ pub struct RunOpts {
     /// their records carry the gateway's CID.
     #[arg(long)]
     pub dtls_cid: bool,
+    /// DTLS devices drop their session before each Update and handshake again
+    /// offering it for resumption (RFC 5246 §7.3; a device waking after its session
+    /// ended): the gateway answers with the abbreviated handshake when it still
+    /// holds the session, a full one otherwise. The Update waits for the handshake.
+    #[arg(long)]
+    pub dtls_resume: bool,
     /// The pre-shared key of every device, hex.
     #[arg(long, default_value = "6c6f616467656e2d70736b2d6b657921")]
     pub psk_key: String,

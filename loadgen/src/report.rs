@@ -117,6 +117,10 @@ pub struct Dtls {
     pub handshakes_ok: u64,
     /// Refused, failed or not completed within --handshake-timeout.
     pub handshakes_failed: u64,
+    /// `--dtls-resume`: handshakes offering the previous session, and those the
+    /// gateway resumed (the rest were full handshakes).
+    pub reconnects: u64,
+    pub resumed: u64,
     /// Sessions that broke after their handshake.
     pub session_errors: u64,
     /// Records the sessions rejected (bad MAC, replays, out of state).
@@ -239,6 +243,12 @@ impl Report {
                     d.bad_records
                 ),
             );
+            if d.reconnects > 0 {
+                row(
+                    "  reconnections",
+                    format!("{} resumed of {} offered", d.resumed, d.reconnects),
+                );
+            }
             row("  handshake latency", lat(&d.handshake_latency));
         }
         if let Some(q) = &self.queue {

@@ -546,6 +546,8 @@ fn dtls_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Dtls {
         handshakes_started: get(&c.hs_started),
         handshakes_ok: ok,
         handshakes_failed: failed,
+        reconnects: get(&c.hs_reconnects),
+        resumed: get(&c.hs_resumed),
         session_errors: get(&c.dtls_session_errors),
         bad_records: get(&c.dtls_bad_records),
         handshake_latency: h.handshake.summary(),

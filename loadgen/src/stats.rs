@@ -112,6 +112,10 @@ pub struct Counters {
     pub hs_started: AtomicU64,
     pub hs_ok: AtomicU64,
     pub hs_failed: AtomicU64,
+    /// `--dtls-resume`: reconnections (handshakes offering the previous session),
+    /// those the gateway resumed (abbreviated handshake).
+    pub hs_reconnects: AtomicU64,
+    pub hs_resumed: AtomicU64,
     pub dtls_session_errors: AtomicU64,
     pub dtls_bad_records: AtomicU64,
     /// Queue mode: commands the devices received (matched to a publish), those

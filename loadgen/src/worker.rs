@@ -99,6 +99,9 @@ struct DtlsConn {
     due_us: u64,
     connected: bool,
     failed: bool,
+    /// `--dtls-resume`: this handshake replaces an earlier session (offered for
+    /// resumption); the device is registered already.
+    reconnect: bool,
 }
 
 enum DtlsEvent {
@@ -389,6 +392,24 @@ impl State {
 
     /// Starts the device's DTLS handshake (identity = its endpoint name).
     fn start_handshake(&mut self, li: usize, now: u64) {
+        self.start_handshake_offering(li, now, None);
+    }
+
+    /// `--dtls-resume`: the device drops its session and handshakes again,
+    /// offering it for resumption; what it sends meanwhile waits in dimpl.
+    fn reconnect_dtls(&mut self, li: usize, now: u64) {
+        let Some(d) = self.devs[li].dtls.as_ref() else {
+            return;
+        };
+        if d.failed || !d.connected {
+            return;
+        }
+        let offer = d.conn.resumption();
+        add(&self.sh.c.hs_reconnects, 1);
+        self.start_handshake_offering(li, now, offer.as_ref());
+    }
+
+    fn start_handshake_offering(&mut self, li: usize, now: u64, offer: Option<&dimpl::Resumption>) {
         add(&self.sh.c.hs_started, 1);
         let name = crate::dtls::endpoint(&self.sh.opts, self.base + li as u32);
         let key = self.psk_key.as_deref().unwrap_or_default();
@@ -406,6 +427,9 @@ impl State {
         if self.sh.opts.dtls_cid {
             conn.set_connection_id(&[]);
         }
+        if let Some(r) = offer {
+            conn.offer_resumption(r);
+        }
         let ok = conn.handle_timeout(at).is_ok();
         self.devs[li].dtls = Some(Box::new(DtlsConn {
             conn,
@@ -413,6 +437,7 @@ impl State {
             due_us: u64::MAX,
             connected: false,
             failed: false,
+            reconnect: self.devs[li].dtls.is_some(),
         }));
         if !ok {
             self.fail_dtls(li);
@@ -482,10 +507,18 @@ impl State {
             let li = li as usize;
             match ev {
                 DtlsEvent::Connected => {
-                    let started = self.devs[li].dtls.as_ref().map_or(now, |d| d.started_us);
+                    let Some(d) = self.devs[li].dtls.as_ref() else {
+                        continue;
+                    };
+                    let (started, reconnect) = (d.started_us, d.reconnect);
+                    if d.conn.is_resumed() {
+                        add(&self.sh.c.hs_resumed, 1);
+                    }
                     add(&self.sh.c.hs_ok, 1);
                     self.hists.handshake.record(now.saturating_sub(started));
-                    self.send_register(li, now);
+                    if !reconnect {
+                        self.send_register(li, now);
+                    }
                 }
                 DtlsEvent::Data(data) => self.on_coap(li, now, &data),
             }
@@ -539,7 +572,7 @@ impl State {
                 let from = self.addr(li);
                 self.send.push(from, self.gateway, coap);
             }
-            Some(c) if c.failed || !c.connected => {}
+            Some(c) if c.failed || (!c.connected && !c.reconnect) => {}
             Some(c) => {
                 if c.conn.send_application_data(coap).is_err() {
                     self.fail_dtls(li);
@@ -580,6 +613,9 @@ impl State {
             }
             burst += 1;
             if self.devs[li].location.is_some() && self.devs[li].pending.is_none() {
+                if self.sh.opts.dtls_resume {
+                    self.reconnect_dtls(li, now);
+                }
                 self.start_registration_request(li, Kind::Update, now);
                 add(&self.sh.c.updates_sent, 1);
             }

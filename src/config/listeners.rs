@@ -82,6 +82,15 @@ pub struct DtlsListener {
     /// Length in bytes of the connection IDs the gateway issues (6 to 32: 2 name
     /// the shard holding the session).
     pub connection_id_length: u8,
+    /// Session resumption (RFC 5246 §7.3): how long after its full handshake a
+    /// session may be resumed by a device that comes back (`"0s"`: never; every
+    /// handshake is a full one).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub session_lifetime: Duration,
+    /// Resumable sessions the listener keeps (about 350 bytes each); when full, the
+    /// oldest makes room.
+    #[serde(deserialize_with = "super::bind::deserialize_limit")]
+    pub session_cache_size: u64,
 }
 
 impl Default for DtlsListener {
@@ -98,6 +107,8 @@ impl Default for DtlsListener {
             max_sessions: 1_024_000,
             connection_id: true,
             connection_id_length: 8,
+            session_lifetime: Duration::from_secs(24 * 3600),
+            session_cache_size: 1_024_000,
         }
     }
 }

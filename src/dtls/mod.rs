@@ -61,13 +61,23 @@
 //! nothing, one from a new address that is not exactly one record never reaches
 //! dimpl (whose errors end a session), one with an unknown CID is dropped
 //! (counted), and one with another shard's CID comes out of
-//! [`DtlsServer::poll_forward`] for that shard. There is no session resumption:
-//! a device without a CID whose NAT mapping changes handshakes again.
+//! [`DtlsServer::poll_forward`] for that shard.
+//!
+//! # Session resumption (RFC 5246 §7.3)
+//! dimpl 0.9 has none; the copy under `vendor/dimpl` adds session IDs and the
+//! abbreviated handshake. With a [`ResumptionCache`] (`session_cache`, shared
+//! by the listener's shards) every full handshake issues a session ID and
+//! stores the session's master secret, suite and PSK identity; a ClientHello
+//! (with its cookie) offering a cached, unexpired ID whose identity the PSK
+//! file still holds with the same key resumes without the PSK exchange (the
+//! identity announced is the cached one; a CID is negotiated afresh). An
+//! unknown, expired or revoked ID gets a full handshake (counted).
 
 mod cert;
 mod cid;
 mod failure_log;
 mod psk;
+mod resume;
 mod server;
 mod session;
 mod stats;
@@ -78,6 +88,7 @@ use std::time::Duration;
 
 pub use cert::{common_name, CertConfig, CertError};
 pub use psk::{wildcard_match, PskError, PskStore, PskTable};
+pub use resume::ResumptionCache;
 pub use server::DtlsServer;
 pub use stats::DtlsStats;
 
@@ -106,6 +117,9 @@ pub struct DtlsSettings {
     /// Length of the connection IDs (RFC 9146) offered to clients that ask
     /// for them, 6 to 32 bytes (the first 2 name the shard); 0: connection IDs off.
     pub connection_id_len: usize,
+    /// Resumable sessions (RFC 5246 §7.3), shared by the listener's shards;
+    /// `None`: every handshake is a full one.
+    pub session_cache: Option<Arc<ResumptionCache>>,
 }
 
 impl Default for DtlsSettings {
@@ -123,6 +137,7 @@ impl Default for DtlsSettings {
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3600),
             connection_id_len: 8,
+            session_cache: None,
         }
     }
 }

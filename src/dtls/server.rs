@@ -30,6 +30,7 @@ use dimpl::{Config, Dtls};
 
 use super::cid::CidTable;
 use super::failure_log::FailureLog;
+use super::resume::ShardCache;
 use super::session::{
     classify, normalise_client_hello, Fatal, Kind, RecordingResolver, Session, SessionOutput, Sink,
 };
@@ -46,6 +47,8 @@ pub struct DtlsServer {
     settings: DtlsSettings,
     config: Arc<Config>,
     resolver: Option<Arc<RecordingResolver>>,
+    /// The listener's resumption cache as this shard's dimpl sees it.
+    session_cache: Option<Arc<ShardCache>>,
     handshakes: HashMap<SocketAddr, Session>,
     sessions: HashMap<SocketAddr, Session>,
     /// Half-open handshakes per source IP, oldest first: (address, session id,
@@ -117,6 +120,13 @@ impl DtlsServer {
         if let Some(r) = &resolver {
             builder = builder.with_psk_server(None, Arc::clone(r) as Arc<dyn dimpl::PskResolver>);
         }
+        let session_cache = settings
+            .session_cache
+            .as_ref()
+            .map(|c| Arc::new(ShardCache::new(Arc::clone(c))));
+        if let Some(c) = &session_cache {
+            builder = builder.with_session_cache(Arc::clone(c) as Arc<dyn dimpl::SessionCache>);
+        }
         let config = builder
             .build()
             .map_err(|e| DtlsError::Config(e.to_string()))?;
@@ -125,6 +135,7 @@ impl DtlsServer {
             settings,
             config: Arc::new(config),
             resolver,
+            session_cache,
             handshakes: HashMap::new(),
             sessions: HashMap::new(),
             half_open_per_ip: HashMap::new(),
@@ -621,6 +632,10 @@ impl DtlsServer {
         if let Some(id) = self.resolver.as_ref().and_then(|r| r.take()) {
             s.psk_identity = Some(id);
         }
+        if hs && s.psk_identity.is_none() && s.dtls.is_resumed() {
+            // A resumed session: the identity of the handshake that made it.
+            s.psk_identity = s.dtls.peer_psk_identity().map(<[u8]>::to_vec);
+        }
         let outputs = std::mem::take(&mut self.outputs);
         let mut hs = hs;
         let mut alive = true;
@@ -646,6 +661,9 @@ impl DtlsServer {
                         break;
                     }
                     self.stats.handshakes_completed += 1;
+                    if s.dtls.is_resumed() {
+                        self.stats.resumed += 1;
+                    }
                     if let Some(cid) = s.dtls.connection_id() {
                         self.stats.cid_sessions += 1;
                         self.cids.insert(cid, peer, s.id);
@@ -813,6 +831,13 @@ impl DtlsServer {
         self.stats.sessions = self.sessions.len() as u64;
         self.stats.half_open = self.handshakes.len() as u64;
         self.stats.half_open_verified = self.verified as u64;
+        if let Some(c) = &self.session_cache {
+            let [unknown, expired, revoked] = c.refused();
+            self.stats.resume_refused_unknown = unknown;
+            self.stats.resume_refused_expired = expired;
+            self.stats.resume_refused_revoked = revoked;
+            self.stats.session_cache_entries = c.cache.len() as u64;
+        }
     }
 
     /// Handshakes in progress past the cookie exchange.

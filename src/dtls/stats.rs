@@ -79,6 +79,16 @@ pub struct DtlsStats {
     /// authenticated no data (replayed, forged, or not application data):
     /// the session stayed where it was.
     pub cid_unauthenticated: u64,
+    /// Handshakes that resumed a cached session (abbreviated handshakes; also
+    /// counted in `handshakes_completed`).
+    pub resumed: u64,
+    /// ClientHellos offering a session ID the cache refused, by reason:
+    /// unknown, expired, revoked (PSK identity gone or its key changed).
+    pub resume_refused_unknown: u64,
+    pub resume_refused_expired: u64,
+    pub resume_refused_revoked: u64,
+    /// Sessions in the listener's resumption cache now (shared by the shards).
+    pub session_cache_entries: u64,
     /// Established sessions now.
     pub sessions: u64,
     /// Handshakes in progress now (half-open).

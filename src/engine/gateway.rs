@@ -14,7 +14,7 @@ use crate::auth::AuthService;
 use crate::bootstrap::BootstrapStore;
 use crate::cluster::ClusterSide;
 use crate::config::{Config, MqttProtocol, MqttServer, StoreKind};
-use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore};
+use crate::dtls::{CertConfig, DtlsServer, DtlsSettings, PskStore, ResumptionCache};
 use crate::events::EventFeed;
 use crate::lwm2m::endpoint::Endpoint;
 use crate::lwm2m::{CoreSettings, CoreStats, Directory, MqttOut, ShardCore};
@@ -643,9 +643,17 @@ fn dtls_setup(
         )),
         _ => None,
     };
+    let session_cache = (!l.session_lifetime.is_zero() && l.session_cache_size > 0).then(|| {
+        Arc::new(ResumptionCache::new(
+            l.session_lifetime,
+            usize::try_from(l.session_cache_size).unwrap_or(usize::MAX),
+            psk.clone(),
+        ))
+    });
     Ok(Some((
         l.bind,
         DtlsSettings {
+            session_cache,
             psk,
             cert,
             idle_timeout: l.idle_timeout,

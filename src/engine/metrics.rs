@@ -1009,6 +1009,31 @@ fn write_dtls_sessions(d: &Dtls<'_>, w: &mut Writer<'_>) {
     d.family(
         w,
         Counter,
+        "lwm2m_dtls_resumption_total",
+        "Session resumption (RFC 5246 abbreviated handshake): sessions resumed, and session IDs offered and refused (unknown, expired, revoked: identity gone from the PSK file or its key changed), which get a full handshake.",
+        |s, _, _| {
+            [
+                (Some(("event", "resumed")), s.resumed),
+                (Some(("event", "unknown")), s.resume_refused_unknown),
+                (Some(("event", "expired")), s.resume_refused_expired),
+                (Some(("event", "revoked")), s.resume_refused_revoked),
+            ]
+        },
+    );
+    // Each shard reads the shared cache's size when it last handled anything.
+    if let Some(n) = d.stats.iter().map(|s| s.session_cache_entries).max() {
+        sample(
+            w,
+            Gauge,
+            "lwm2m_dtls_session_cache_entries",
+            "Resumable DTLS sessions in the listener's cache (shared by the shards).",
+            &[],
+            n,
+        );
+    }
+    d.family(
+        w,
+        Counter,
         "lwm2m_dtls_cert_rejected_total",
         "Client certificates that failed verification.",
         |s, _, _| [(None, s.cert_rejected)],

@@ -267,6 +267,10 @@ pub use error::{
 mod config;
 pub use config::{Config, ConfigBuilder, Psk, PskResolver};
 
+// Session resumption: added by this copy (not in dimpl 0.9).
+mod resumption;
+pub use resumption::{Resumption, SessionCache, SessionState};
+
 #[cfg(feature = "rcgen")]
 pub mod certificate;
 
@@ -593,6 +597,47 @@ impl Dtls {
         match self.inner.as_ref()? {
             Inner::Server12(s) => s.engine().peer_cid(),
             Inner::Client12(c) => c.engine().peer_cid(),
+            _ => None,
+        }
+    }
+
+    /// Session resumption (added by this copy of dimpl): a DTLS 1.2 client
+    /// offers `r` (from [`Self::resumption`] of an earlier connection to the
+    /// same server) in its ClientHello. Call after
+    /// [`set_active(true)`](Self::set_active), before the first
+    /// [`handle_timeout`](Self::handle_timeout). `false` (nothing changes)
+    /// on a server, too late, or a session ID not 1 to 32 bytes long.
+    pub fn offer_resumption(&mut self, r: &Resumption) -> bool {
+        match self.inner.as_mut() {
+            Some(Inner::Client12(c)) => c.offer_resumption(r),
+            _ => false,
+        }
+    }
+
+    /// A connected DTLS 1.2 client's session, to offer to the same server
+    /// later with [`Self::offer_resumption`]; `None` before connecting or
+    /// when the server issued no session ID.
+    pub fn resumption(&self) -> Option<Resumption> {
+        match self.inner.as_ref()? {
+            Inner::Client12(c) => c.resumption(),
+            _ => None,
+        }
+    }
+
+    /// The handshake was an abbreviated one resuming a cached session.
+    pub fn is_resumed(&self) -> bool {
+        match self.inner.as_ref() {
+            Some(Inner::Client12(c)) => c.is_resumed(),
+            Some(Inner::Server12(s)) => s.is_resumed(),
+            _ => false,
+        }
+    }
+
+    /// A DTLS 1.2 server's view of the client's PSK identity: the one it
+    /// sent, or the resumed session's.
+    pub fn peer_psk_identity(&self) -> Option<&[u8]> {
+        match self.inner.as_ref()? {
+            Inner::Server12(s) => s.psk_identity(),
             _ => None,
         }
     }

@@ -48,6 +48,13 @@ pub struct Client {
     /// are reusing a session (key renegotiation).
     session_id: Option<SessionId>,
 
+    /// Session resumption (added by this copy of dimpl): the session offered
+    /// in the ClientHello (its ID is `session_id`), until the ServerHello.
+    offered: Option<Box<crate::SessionState>>,
+
+    /// The server resumed the offered session (abbreviated handshake).
+    resumed: bool,
+
     /// Cookie is sent by the server in the optional HelloVerifyRequest.
     /// It might remain null if there is no HelloVerifyRequest.
     cookie: Option<Cookie>,
@@ -105,6 +112,8 @@ impl Client {
             engine,
             random: None,
             session_id: None,
+            offered: None,
+            resumed: false,
             cookie: None,
             hybrid: None,
             extension_data,
@@ -164,6 +173,8 @@ impl Client {
             engine,
             random: Some(hybrid.random),
             session_id: None,
+            offered: None,
+            resumed: false,
             cookie: None,
             hybrid: Some(Box::new(hybrid)),
             extension_data,
@@ -193,6 +204,45 @@ impl Client {
 
     pub(crate) fn state_name(&self) -> &'static str {
         self.state.name()
+    }
+
+    /// Offers `r` for resumption in the ClientHello (added by this copy of
+    /// dimpl). Only before the handshake starts; `false` if too late or the
+    /// session ID is not 1 to 32 bytes.
+    pub(crate) fn offer_resumption(&mut self, r: &crate::Resumption) -> bool {
+        let Ok(id) = SessionId::try_new(&r.session_id) else {
+            return false;
+        };
+        if self.state != State::SendClientHello || id.is_empty() {
+            return false;
+        }
+        self.session_id = Some(id);
+        self.offered = Some(Box::new(r.state.clone()));
+        true
+    }
+
+    /// The session this connection may be resumed with later: once
+    /// connected, when the server issued a session ID.
+    pub(crate) fn resumption(&self) -> Option<crate::Resumption> {
+        if self.state != State::AwaitApplicationData {
+            return None;
+        }
+        let id = self.session_id.filter(|id| !id.is_empty())?;
+        let master_secret =
+            <[u8; 48]>::try_from(self.engine.crypto_context().master_secret()?).ok()?;
+        Some(crate::Resumption {
+            session_id: id.to_vec(),
+            state: crate::SessionState {
+                cipher_suite: self.engine.cipher_suite()?,
+                master_secret,
+                psk_identity: self.engine.config().psk_identity().map(<[u8]>::to_vec),
+            },
+        })
+    }
+
+    /// The handshake resumed a session (abbreviated handshake).
+    pub(crate) fn is_resumed(&self) -> bool {
+        self.resumed
     }
 
     pub fn is_closing(&self) -> bool {
@@ -521,6 +571,23 @@ impl State {
             .into());
         }
 
+        // Session resumption: the server echoes the offered session ID.
+        let resumed_state = match client.offered.take() {
+            Some(state)
+                if !server_hello.session_id.is_empty()
+                    && client.session_id == Some(server_hello.session_id) =>
+            {
+                if state.cipher_suite != cs {
+                    return Err(Error::SecurityError(
+                        crate::SecurityError::ServerSelectedDisallowedCipherSuite(cs),
+                    )
+                    .into());
+                }
+                Some(state)
+            }
+            _ => None,
+        };
+
         // Note: we keep offered suites local; we don't enforce echo here
         client.engine.set_cipher_suite(cs);
         if let Some(cid) = server_hello.connection_id() {
@@ -557,6 +624,19 @@ impl State {
         trace!("Extended Master Secret enabled");
 
         client.hybrid = None;
+
+        // Abbreviated handshake: keys from the session's master secret; the
+        // server's ChangeCipherSpec and Finished come next.
+        if let Some(state) = resumed_state {
+            debug!("Server resumed the offered session");
+            client
+                .engine
+                .crypto_context_mut()
+                .set_master_secret(&state.master_secret);
+            client.resumed = true;
+            Self::derive_key_block(client)?;
+            return Ok(Self::AwaitChangeCipherSpec);
+        }
 
         // PSK suites skip Certificate; go directly to ServerKeyExchange
         if cs.is_psk() {
@@ -959,7 +1039,12 @@ impl State {
     }
 
     fn send_change_cipher_spec(self, client: &mut Client) -> Result<Self, InternalError> {
-        Self::derive_keys(client)?;
+        if client.resumed {
+            // Abbreviated handshake: the client's flight follows the server's Finished.
+            client.engine.flight_begin(5);
+        } else {
+            Self::derive_keys(client)?;
+        }
 
         // Send change cipher spec
         trace!("Sending ChangeCipherSpec");
@@ -981,25 +1066,6 @@ impl State {
             ));
         };
 
-        trace!("Using cipher suite for key derivation: {:?}", cipher_suite);
-
-        let Some(server_random) = &client.server_random else {
-            return Err(Error::InvalidState(
-                crate::InvalidStateError::NoServerRandom,
-            ));
-        };
-
-        // Extract and format the random values for key derivation
-        let mut client_random_buf_b = Buf::new();
-        let mut server_random_buf_b = Buf::new();
-
-        // Serialize the random values to raw bytes
-        // unwrap: is ok because we set the random in handle_timeout
-        client.random.unwrap().serialize(&mut client_random_buf_b);
-        server_random.serialize(&mut server_random_buf_b);
-        let client_random_buf = client_random_buf_b;
-        let server_random_buf = server_random_buf_b;
-
         // Derive master secret (use EMS if negotiated)
         let suite_hash = cipher_suite.hash_algorithm();
 
@@ -1016,14 +1082,44 @@ impl State {
         );
         let mut out = client.engine.pop_buffer();
         let mut scratch = client.engine.pop_buffer();
-        client
+        let derived = client
             .engine
             .crypto_context_mut()
             .derive_extended_master_secret(session_hash, suite_hash, &mut out, &mut scratch)
-            .map_err(Error::CryptoError)?;
+            .map_err(Error::CryptoError);
+        client.engine.push_buffer(out);
+        client.engine.push_buffer(scratch);
+        derived?;
 
-        // Derive the encryption/decryption keys
-        client
+        Self::derive_key_block(client)
+    }
+
+    /// The encryption/decryption keys from the master secret and both randoms.
+    fn derive_key_block(client: &mut Client) -> Result<(), Error> {
+        let Some(cipher_suite) = client.engine.cipher_suite() else {
+            return Err(Error::InvalidState(
+                crate::InvalidStateError::NoCipherSuiteSelected,
+            ));
+        };
+
+        trace!("Using cipher suite for key derivation: {:?}", cipher_suite);
+
+        let Some(server_random) = &client.server_random else {
+            return Err(Error::InvalidState(
+                crate::InvalidStateError::NoServerRandom,
+            ));
+        };
+
+        // Serialize the random values to raw bytes
+        let mut client_random_buf = Buf::new();
+        let mut server_random_buf = Buf::new();
+        // unwrap: is ok because we set the random in handle_timeout
+        client.random.unwrap().serialize(&mut client_random_buf);
+        server_random.serialize(&mut server_random_buf);
+
+        let mut out = client.engine.pop_buffer();
+        let mut scratch = client.engine.pop_buffer();
+        let result = client
             .engine
             .crypto_context_mut()
             .derive_keys(
@@ -1033,12 +1129,10 @@ impl State {
                 &mut out,
                 &mut scratch,
             )
-            .map_err(Error::CryptoError)?;
-
+            .map_err(Error::CryptoError);
         client.engine.push_buffer(out);
         client.engine.push_buffer(scratch);
-
-        Ok(())
+        result
     }
 
     fn send_finished(self, client: &mut Client) -> Result<Self, InternalError> {
@@ -1056,6 +1150,15 @@ impl State {
                 body.extend_from_slice(&verify_data);
                 Ok(())
             })?;
+
+        // Abbreviated handshake: this flight ends it.
+        if client.resumed {
+            // The server has not confirmed our flight yet: a resent
+            // ServerHello makes us resend it (the peer is confirmed by its
+            // first authenticated application data).
+            client.engine.flight_stop_resend_timers_unconfirmed();
+            return Ok(Self::complete_handshake(client));
+        }
 
         Ok(Self::AwaitChangeCipherSpec)
     }
@@ -1169,9 +1272,19 @@ impl State {
 
         trace!("Server Finished verified successfully");
 
+        // Abbreviated handshake: our ChangeCipherSpec and Finished follow.
+        if client.resumed {
+            return Ok(Self::SendChangeCipherSpec);
+        }
+
         // Receiving server Finished implicitly acks our Flight 5; stop resends
         client.engine.flight_stop_resend_timers();
 
+        Ok(Self::complete_handshake(client))
+    }
+
+    /// The handshake is over: announce it and release application data.
+    fn complete_handshake(client: &mut Client) -> Self {
         // Emit Connected event
         client.local_events.push_back(LocalEvent::Connected);
 
@@ -1211,7 +1324,7 @@ impl State {
 
         debug!("Handshake complete; ready for application data");
 
-        Ok(Self::AwaitApplicationData)
+        Self::AwaitApplicationData
     }
 
     fn await_application_data(self, client: &mut Client) -> Result<Self, InternalError> {

@@ -217,6 +217,21 @@ impl CryptoContext {
         Ok(())
     }
 
+    /// The master secret, once derived (session resumption: added by this copy).
+    pub fn master_secret(&self) -> Option<&[u8]> {
+        self.master_secret.as_deref()
+    }
+
+    /// Takes the master secret of a resumed session (RFC 5246 §7.3; added by
+    /// this copy of dimpl).
+    pub fn set_master_secret(&mut self, secret: &[u8]) {
+        let mut master_secret = ArrayVec::new();
+        // 48 bytes always fit the 128-byte array.
+        let _ = master_secret.try_extend_from_slice(secret);
+        self.master_secret = Some(master_secret);
+        self.pre_master_secret = None;
+    }
+
     /// Derive master secret using Extended Master Secret (RFC 7627)
     pub fn derive_extended_master_secret(
         &mut self,

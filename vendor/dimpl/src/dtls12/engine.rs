@@ -645,6 +645,13 @@ impl Engine {
         self.queue_tx.shrink_to_fit();
     }
 
+    /// Stops the flight timers without taking the peer as confirmed: a
+    /// client's last flight of an abbreviated handshake (session resumption,
+    /// added by this copy of dimpl) is resent when the server resends its own.
+    pub fn flight_stop_resend_timers_unconfirmed(&mut self) {
+        self.timers.stop();
+    }
+
     fn flight_clear_resends(&mut self) {
         for entry in self.flight_saved_records.drain(..) {
             self.buffers_free.push(entry.fragment);

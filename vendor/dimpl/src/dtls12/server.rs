@@ -54,8 +54,16 @@ pub struct Server {
     /// Random unique data (with gmt timestamp). Used for signature checks.
     random: Option<Random>,
 
-    /// SessionId we provide to the client (unused/resumption not implemented).
+    /// SessionId we provide to the client: a fresh one on a full handshake
+    /// when a session cache is configured, the client's on a resumption.
     session_id: Option<SessionId>,
+
+    /// Session resumption (added by this copy of dimpl): this handshake is
+    /// an abbreviated one over a cached session (RFC 5246 §7.3).
+    resumed: bool,
+
+    /// The PSK identity the client gave (or the resumed session's).
+    psk_identity: Option<Vec<u8>>,
 
     /// Cookie secret for HMAC, generated per-server instance
     cookie_secret: [u8; 32],
@@ -168,6 +176,8 @@ impl Server {
             engine,
             random: None,
             session_id: None,
+            resumed: false,
+            psk_identity: None,
             cookie_secret,
             extension_data,
             negotiated_srtp_profile: None,
@@ -203,6 +213,16 @@ impl Server {
 
     pub(crate) fn state_name(&self) -> &'static str {
         self.state.name()
+    }
+
+    /// The handshake resumed a cached session (added by this copy of dimpl).
+    pub(crate) fn is_resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The client's PSK identity, once known (added by this copy of dimpl).
+    pub(crate) fn psk_identity(&self) -> Option<&[u8]> {
+        self.psk_identity.as_deref()
     }
 
     pub fn is_closing(&self) -> bool {
@@ -515,6 +535,11 @@ impl State {
         server.client_supported_groups = client_supported_groups;
         server.client_signature_algorithms = client_signature_algorithms;
 
+        // Session resumption (added by this copy of dimpl).
+        let offered_session_id = ch.session_id;
+        let offered_suites = ch.cipher_suites.clone();
+        resume_or_issue_session_id(server, offered_session_id, &offered_suites);
+
         // Proceed to send the server flight
         trace!("Extended Master Secret enabled");
         Ok(Self::SendServerHello)
@@ -549,6 +574,13 @@ impl State {
         let cs = server.engine.cipher_suite().ok_or(Error::InvalidState(
             crate::InvalidStateError::NoCipherSuiteSelected,
         ))?;
+
+        // Abbreviated handshake: keys from the cached master secret, then
+        // ChangeCipherSpec and Finished in the same flight.
+        if server.resumed {
+            derive_session_keys(server, cs)?;
+            return Ok(Self::SendChangeCipherSpec);
+        }
 
         // PSK suites skip Certificate
         if cs.is_psk() {
@@ -812,6 +844,7 @@ impl State {
 
             let identity = &server.defragment_buffer[identity_range];
             trace!("PSK identity ({} bytes)", identity.len());
+            server.psk_identity = Some(identity.to_vec());
 
             // Resolve PSK via the configured resolver. On failure we derive a
             // random dummy of fixed length so the handshake proceeds identically
@@ -872,18 +905,6 @@ impl State {
         server.captured_session_hash = Some(buf);
 
         // Derive master secret and keys (needed to decrypt client's Finished)
-        let client_random_buf = {
-            let mut b = Buf::new();
-            server.client_random.unwrap().serialize(&mut b);
-            b
-        };
-        let server_random_buf = {
-            let mut b = Buf::new();
-            // unwrap: is ok because we set the random in handle_timeout
-            server.random.unwrap().serialize(&mut b);
-            b
-        };
-
         let session_hash = server
             .captured_session_hash
             .as_ref()
@@ -893,31 +914,16 @@ impl State {
 
         let mut out = server.engine.pop_buffer();
         let mut scratch = server.engine.pop_buffer();
-        server
+        let derived = server
             .engine
             .crypto_context_mut()
             .derive_extended_master_secret(session_hash, suite_hash, &mut out, &mut scratch)
-            .map_err(Error::CryptoError)?;
-
-        server
-            .engine
-            .crypto_context_mut()
-            .derive_keys(
-                suite,
-                &client_random_buf,
-                &server_random_buf,
-                &mut out,
-                &mut scratch,
-            )
-            .map_err(Error::CryptoError)?;
-
+            .map_err(Error::CryptoError);
         server.engine.push_buffer(out);
         server.engine.push_buffer(scratch);
+        derived?;
+        derive_session_keys(server, suite)?;
 
-        trace!(
-            "Captured session hash length for EMS: {}",
-            session_hash.len()
-        );
         trace!("Derived session keys (EMS) and ready to verify Finished");
 
         if !server.client_certificates.is_empty() {
@@ -1053,7 +1059,7 @@ impl State {
         // because a silent bypass could let a forged-PSK Finished through.
         // Loosen when dtls-conn-id lands and abbreviated handshakes legitimately
         // skip ClientKeyExchange (reusing a cached master secret).
-        if server.engine.cipher_suite().is_some_and(|cs| cs.is_psk()) {
+        if !server.resumed && server.engine.cipher_suite().is_some_and(|cs| cs.is_psk()) {
             assert!(
                 server.psk_valid.is_some(),
                 "PSK handshake reached Finished without processing ClientKeyExchange"
@@ -1077,14 +1083,23 @@ impl State {
 
         trace!("Client Finished verified successfully");
 
+        // Abbreviated handshake: the client's Finished ends it.
+        if server.resumed {
+            check_no_handshake_epoch_records(server)?;
+            return complete_handshake(server);
+        }
+
         Ok(Self::SendChangeCipherSpec)
     }
 
     fn send_change_cipher_spec(self, server: &mut Server) -> Result<Self, InternalError> {
         trace!("Sending ChangeCipherSpec");
 
-        // Start/restart flight timer for server Flight 6 (CCS+Finished)
-        server.engine.flight_begin(6);
+        // Start/restart flight timer for server Flight 6 (CCS+Finished). In an
+        // abbreviated handshake CCS+Finished continue the ServerHello's flight.
+        if !server.resumed {
+            server.engine.flight_begin(6);
+        }
 
         // Send ChangeCipherSpec
         server
@@ -1099,20 +1114,10 @@ impl State {
     fn send_finished(self, server: &mut Server) -> Result<Self, InternalError> {
         trace!("Sending Finished message to complete handshake");
 
-        // No records from the handshake epochs may survive into application data.
-        let unexpected_record = server
-            .engine
-            .pending_records()
-            .find(|record| record.record().sequence.epoch != 1);
-        if let Some(record) = unexpected_record {
-            debug!(
-                "Unexpected epoch at handshake completion: record={:?}, handshake={:?}",
-                record.record(),
-                record.first_handshake().map(|handshake| &handshake.header),
-            );
-            return Err(
-                Error::UnexpectedMessage(crate::UnexpectedMessageError::UnexpectedEpoch).into(),
-            );
+        // No records from the handshake epochs may survive into application
+        // data (an abbreviated handshake checks after the client's Finished).
+        if !server.resumed {
+            check_no_handshake_epoch_records(server)?;
         }
 
         server
@@ -1125,47 +1130,16 @@ impl State {
                 Ok(())
             })?;
 
-        // Final flight sent; stop periodic retransmission timers per RFC 6347 FINISHED state.
-        // If this flight need resending, it relies on the client to resend its last flight.
-        server.engine.flight_stop_resend_timers();
-
-        // Handshake complete
-        debug!("Handshake complete; ready for application data");
-        server.local_events.push_back(LocalEvent::Connected);
-
-        // Emit SRTP keying material if negotiated
-        if let Some(profile) = server.negotiated_srtp_profile {
-            let suite_hash = server.engine.cipher_suite().unwrap().hash_algorithm();
-            let mut out = server.engine.pop_buffer();
-            let mut scratch = server.engine.pop_buffer();
-            if let Ok(keying_material) = server
-                .engine
-                .crypto_context()
-                .extract_srtp_keying_material(profile, suite_hash, &mut out, &mut scratch)
-            {
-                server.engine.push_buffer(out);
-                server.engine.push_buffer(scratch);
-                debug!(
-                    "SRTP keying material extracted ({} bytes) for profile: {:?}",
-                    keying_material.len(),
-                    profile
-                );
-                // expect should be correct here since we negotiated the profile
-                let profile = server
-                    .negotiated_srtp_profile
-                    .expect("SRTP profile should be negotiated");
-                server
-                    .local_events
-                    .push_back(LocalEvent::KeyingMaterial(keying_material, profile));
-            } else {
-                server.engine.push_buffer(out);
-                server.engine.push_buffer(scratch);
-            }
+        // Abbreviated handshake: the client's ChangeCipherSpec and Finished
+        // follow; this flight is resent until they come.
+        if server.resumed {
+            return Ok(Self::AwaitChangeCipherSpec);
         }
 
-        server.engine.release_application_data();
+        // The session may be resumed later (session cache added by this copy).
+        store_session(server);
 
-        Ok(Self::AwaitApplicationData)
+        complete_handshake(server)
     }
 
     fn await_application_data(self, server: &mut Server) -> Result<Self, InternalError> {
@@ -1199,6 +1173,166 @@ impl State {
 
         Ok(self)
     }
+}
+
+/// No records from the handshake epochs may survive into application data.
+fn check_no_handshake_epoch_records(server: &Server) -> Result<(), InternalError> {
+    let unexpected_record = server
+        .engine
+        .pending_records()
+        .find(|record| record.record().sequence.epoch != 1);
+    if let Some(record) = unexpected_record {
+        debug!(
+            "Unexpected epoch at handshake completion: record={:?}, handshake={:?}",
+            record.record(),
+            record.first_handshake().map(|handshake| &handshake.header),
+        );
+        return Err(
+            Error::UnexpectedMessage(crate::UnexpectedMessageError::UnexpectedEpoch).into(),
+        );
+    }
+    Ok(())
+}
+
+/// The handshake is over: stop the server's flight timers, announce it and
+/// release application data.
+fn complete_handshake(server: &mut Server) -> Result<State, InternalError> {
+    // Final flight sent; stop periodic retransmission timers per RFC 6347 FINISHED state.
+    // If this flight need resending, it relies on the client to resend its last flight.
+    server.engine.flight_stop_resend_timers();
+
+    // Handshake complete
+    debug!("Handshake complete; ready for application data");
+    server.local_events.push_back(LocalEvent::Connected);
+
+    // Emit SRTP keying material if negotiated
+    if let Some(profile) = server.negotiated_srtp_profile {
+        let suite_hash = server.engine.cipher_suite().unwrap().hash_algorithm();
+        let mut out = server.engine.pop_buffer();
+        let mut scratch = server.engine.pop_buffer();
+        if let Ok(keying_material) = server.engine.crypto_context().extract_srtp_keying_material(
+            profile,
+            suite_hash,
+            &mut out,
+            &mut scratch,
+        ) {
+            server.engine.push_buffer(out);
+            server.engine.push_buffer(scratch);
+            debug!(
+                "SRTP keying material extracted ({} bytes) for profile: {:?}",
+                keying_material.len(),
+                profile
+            );
+            // expect should be correct here since we negotiated the profile
+            let profile = server
+                .negotiated_srtp_profile
+                .expect("SRTP profile should be negotiated");
+            server
+                .local_events
+                .push_back(LocalEvent::KeyingMaterial(keying_material, profile));
+        } else {
+            server.engine.push_buffer(out);
+            server.engine.push_buffer(scratch);
+        }
+    }
+
+    server.engine.release_application_data();
+
+    Ok(State::AwaitApplicationData)
+}
+
+/// Session resumption (added by this copy of dimpl): a ClientHello offering
+/// a session the cache returns, whose cipher suite it offers again, resumes
+/// it; any other gets a fresh session ID when a cache is configured (and
+/// the empty one without).
+fn resume_or_issue_session_id(
+    server: &mut Server,
+    offered: SessionId,
+    suites: &[Dtls12CipherSuite],
+) {
+    let now = server.last_now;
+    let Some(cache) = server.engine.config().session_cache() else {
+        return;
+    };
+    let state = if offered.is_empty() {
+        None
+    } else {
+        cache.lookup(&offered, now)
+    };
+    match state {
+        Some(state)
+            if suites.contains(&state.cipher_suite)
+                && server.engine.is_cipher_suite_allowed(state.cipher_suite)
+                && server
+                    .engine
+                    .crypto_context()
+                    .is_cipher_suite_compatible(state.cipher_suite) =>
+        {
+            debug!("Resuming session");
+            server.engine.set_cipher_suite(state.cipher_suite);
+            server
+                .engine
+                .crypto_context_mut()
+                .set_master_secret(&state.master_secret);
+            server.psk_identity = state.psk_identity;
+            server.session_id = Some(offered);
+            server.resumed = true;
+        }
+        _ => {
+            let id: [u8; 32] = server.engine.rng.random();
+            server.session_id = SessionId::try_new(&id).ok();
+        }
+    }
+}
+
+/// Hands a completed full handshake to the session cache, if any.
+fn store_session(server: &Server) {
+    let (Some(cache), Some(id), Some(cs), Some(secret)) = (
+        server.engine.config().session_cache(),
+        server.session_id.filter(|id| !id.is_empty()),
+        server.engine.cipher_suite(),
+        server.engine.crypto_context().master_secret(),
+    ) else {
+        return;
+    };
+    let Ok(master_secret) = <[u8; 48]>::try_from(secret) else {
+        return;
+    };
+    let state = crate::SessionState {
+        cipher_suite: cs,
+        master_secret,
+        psk_identity: server.psk_identity.clone(),
+    };
+    cache.store(&id, state, server.last_now);
+}
+
+/// The key block from the master secret and both randoms.
+fn derive_session_keys(server: &mut Server, suite: Dtls12CipherSuite) -> Result<(), Error> {
+    let client_random = server.client_random.ok_or(Error::InvalidState(
+        crate::InvalidStateError::NoClientRandom,
+    ))?;
+    let mut client_random_buf = Buf::new();
+    client_random.serialize(&mut client_random_buf);
+    let mut server_random_buf = Buf::new();
+    // unwrap: is ok because we set the random in handle_timeout
+    server.random.unwrap().serialize(&mut server_random_buf);
+
+    let mut out = server.engine.pop_buffer();
+    let mut scratch = server.engine.pop_buffer();
+    let result = server
+        .engine
+        .crypto_context_mut()
+        .derive_keys(
+            suite,
+            &client_random_buf,
+            &server_random_buf,
+            &mut out,
+            &mut scratch,
+        )
+        .map_err(Error::CryptoError);
+    server.engine.push_buffer(out);
+    server.engine.push_buffer(scratch);
+    result
 }
 
 fn compute_cookie(

@@ -315,6 +315,7 @@ impl Handshake {
             self.header.msg_type,
             MessageType::ClientHello |        // flight 1 and 3
             MessageType::HelloVerifyRequest | // flight 2
+            MessageType::ServerHello |        // flight 4 (abbreviated handshake)
             MessageType::ServerHelloDone |    // flight 4
             MessageType::ClientKeyExchange // flight 5
         );
