@@ -14,8 +14,9 @@
 # (its MQTT checks would cost memory and CPU the measurement does not need). Lifetimes
 # are a day: nothing expires during the run. The gateway's RSS is read once it
 # settles (two readings 2 s apart within 0.1%, the MQTT backlog published) and the
-# line `bytes per endpoint` is printed with both readings, the loadgen's own peak RSS
-# and the machine's free memory.
+# line `bytes per endpoint` is printed with both readings and the loadgen's own peak
+# RSS; then the gateway's CPU time (all threads) over the registrations, per
+# registration (`bench/store-cpu.sh` compares it between store kinds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -103,8 +104,9 @@ BEFORE=$(rss_kb "$GW_PID")
 TIMEOUT=$(python3 -c "print(int($N / $RATE * 2 + 120))")
 /usr/bin/time -f "%M" -o "$TMP/lg.maxrss" "$LG" run --gateway "127.0.0.1:$UDP" --register "$N" \
     --rate "$RATE" --lifetime 86400 --register-timeout "$TIMEOUT" --update-fraction 0 \
-    --observe-wait 0 --drain 1 --allow-failures --quiet --json >"$TMP/lg.json"
+    --observe-wait 0 --drain 1 --watch-pid "$GW_PID" --allow-failures --quiet --json >"$TMP/lg.json"
 OK=$(python3 -c "import json; print(json.load(open('$TMP/lg.json'))['registration']['ok'])")
+CPU=$(python3 -c "import json; print(json.load(open('$TMP/lg.json'))['watch']['cpu_us_per_registration'])")
 
 # Settle: the MQTT backlog published, freed pages returned.
 prev=0
@@ -116,14 +118,15 @@ for _ in $(seq 1 60); do
 done
 AFTER=$(rss_kb "$GW_PID")
 python3 - "$N" "$MODE" "$STORE" "$SHARDS" "$OK" "$BEFORE" "$AFTER" "$(hwm_kb "$GW_PID")" \
-    "$(cat "$TMP/lg.maxrss")" <<'PY'
+    "$(cat "$TMP/lg.maxrss")" "$CPU" <<'PY'
 import sys
-n, mode, store, shards, ok, before, after, hwm, lg = sys.argv[1:]
+n, mode, store, shards, ok, before, after, hwm, lg, cpu = sys.argv[1:]
 ok, before, after = int(ok), int(before), int(after)
 per = (after - before) * 1024 / ok if ok else float("nan")
 print(f"devices {int(n):,} mode {mode} store {store} shards {shards}: registered {ok:,}; "
       f"gateway RSS {before:,} kB before, {after:,} kB after (peak {int(hwm):,} kB); "
       f"loadgen peak RSS {int(lg):,} kB")
 print(f"bytes per endpoint: {per:.0f}")
+print(f"gateway CPU µs per registration: {float(cpu):.2f}")
 PY
 grep -c " WARN \| ERROR " "$TMP/gw.log" | xargs -I{} echo "gateway log: {} warnings/errors"

@@ -284,6 +284,14 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_slot_stays_compact() {
+        // The slab's share of the bytes per endpoint (docs/architecture.md, "Memory per
+        // endpoint"): a field added here costs it for every registration.
+        let size = std::mem::size_of::<Option<Endpoint>>();
+        assert!(size <= 208, "Option<Endpoint> is {size} bytes");
+    }
+
+    #[test]
     fn endpoints_share_their_parameters_and_object_lists() {
         let objects = || Objects {
             alternate_path: "/".into(),
