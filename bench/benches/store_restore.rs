@@ -9,11 +9,12 @@
 use lwm2m_gateway::coap::{codes, opt, Message, MessageWriter, MsgType};
 use lwm2m_gateway::config::Config;
 use lwm2m_gateway::engine::Gateway;
-use lwm2m_gateway::lwm2m::endpoint::{Endpoint, EndpointCounters, LastReply};
+use lwm2m_gateway::lwm2m::endpoint::{Endpoint, EndpointCounters, LastReply, Objects};
 use lwm2m_gateway::lwm2m::publish::name_hash;
 use lwm2m_gateway::lwm2m::record;
 use lwm2m_gateway::store::{Backend, Change, FileStore, MAX_BATCH};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A registration as a device of the storm benchmark makes it (an 8-object list).
@@ -28,13 +29,15 @@ fn endpoint(i: u64, now_ms: u64) -> Endpoint {
         lifetime_s: 86_400,
         expires_ms: now_ms + 86_400_000,
         params: "lwm2m=1.1\0b=U".into(),
-        alternate_path: Some("/".into()),
-        object_list: Some("/1/0,/3/0,/4/0,/5/0,/6/0,/7/0,/3303/0,/3303/1".into()),
+        objects: Some(Arc::new(Objects {
+            alternate_path: "/".into(),
+            list: "/1/0,/3/0,/4/0,/5/0,/6/0,/7/0,/3303/0,/3303/1".into(),
+            content_format: None,
+            composite_format: None,
+        })),
         queue_mode: false,
         secure: false,
         session_lost: false,
-        content_format: None,
-        composite_format: None,
         last_reply: LastReply::default(),
         prev_reply: LastReply::default(),
         registered_ms: now_ms,

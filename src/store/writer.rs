@@ -131,27 +131,30 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Msg>, stats: &StoreStats) {
     let mut batch = Batch::default();
     let mut stopping = false;
     while !stopping {
-        let wait = match batch.due() {
-            Some(due) => due.saturating_duration_since(Instant::now()),
-            None => Duration::from_secs(1),
-        };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Change(c)) => {
-                batch.add(c);
-                // Take what else is queued without waiting.
-                while batch.changes.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Msg::Change(c)) => batch.add(c),
-                        Ok(Msg::Stop) => {
-                            stopping = true;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+        match batch.due() {
+            // Nothing waits: block for the first change of the next batch.
+            None => match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Msg::Change(c)) => batch.add(c),
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
+                Err(RecvTimeoutError::Timeout) => {}
+            },
+            // A batch waits: sleep until it is due, then take what came meanwhile. Not
+            // blocked on the queue, the writer is woken once per batch, not by every
+            // change (each wake-up would cost the sending shard a system call).
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                if !wait.is_zero() && batch.changes.len() < MAX_BATCH {
+                    std::thread::sleep(wait);
                 }
             }
-            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
-            Err(RecvTimeoutError::Timeout) => {}
+        }
+        // Take what is queued without waiting.
+        while !stopping && batch.changes.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Change(c)) => batch.add(c),
+                Ok(Msg::Stop) => stopping = true,
+                Err(_) => break,
+            }
         }
         stats.queued.store(
             (rx.len() + batch.changes.len()) as u64,

@@ -1,8 +1,25 @@
-//! One registered endpoint, as a shard holds it. Kept compact: a million of these
-//! must fit in well under a gigabyte.
+//! One registered endpoint, as a shard holds it. Kept compact: ten million of these
+//! must fit in 5 GB (docs/architecture.md, "Memory per endpoint"). What most devices
+//! send alike (parameters, the object list) is one shared copy per shard
+//! ([`super::intern`]).
 
 use super::session::Session;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the object list of a Register (or the last Update that carried one) says,
+/// shared by every endpoint of the shard that sent the same.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Objects {
+    /// The `rt="oma.lwm2m"` link's path (alternatePath), "/" without one.
+    pub alternate_path: Box<str>,
+    /// The object paths joined by `,`.
+    pub list: Box<str>,
+    /// Preferred content format (`ct` of the root link).
+    pub content_format: Option<u16>,
+    /// The first of SenML JSON, SenML CBOR and LwM2M CBOR the root link's `ct` lists.
+    pub composite_format: Option<u16>,
+}
 
 /// The reply to the last request an endpoint sent, enough to rebuild it byte for
 /// byte when the request is retransmitted (deduplication without storing datagrams).
@@ -47,12 +64,11 @@ pub struct Endpoint {
     pub lane: u32,
     /// The mountpoint rendered for this endpoint at registration.
     pub mountpoint: Box<str>,
-    /// Query parameters other than `ep` and `lt`, secrets removed: `k=v` joined by NUL.
-    pub params: Box<str>,
-    /// Set when the Register carried a payload.
-    pub alternate_path: Option<Box<str>>,
-    /// Object list paths joined by `,` (set when a Register or Update carried one).
-    pub object_list: Option<Box<str>>,
+    /// Query parameters other than `ep` and `lt`, secrets removed: `k=v` joined by NUL
+    /// (shared: see [`super::table::EndpointTable::share`]).
+    pub params: Arc<str>,
+    /// Set when a Register or Update carried an object list (shared like `params`).
+    pub objects: Option<Arc<Objects>>,
     pub queue_mode: bool,
     /// Registered over DTLS: plain CoAP may not update or remove it.
     pub secure: bool,
@@ -60,11 +76,6 @@ pub struct Endpoint {
     /// (commands wait in its queue) until a session of an identity allowed to
     /// act for it speaks for it again.
     pub session_lost: bool,
-    /// Preferred content format announced at registration (`ct` of the root link).
-    pub content_format: Option<u16>,
-    /// The first of SenML JSON, SenML CBOR and LwM2M CBOR the root link's `ct` lists: the
-    /// format of composite operations (SenML JSON when None).
-    pub composite_format: Option<u16>,
     pub last_reply: LastReply,
     /// The reply before it (a late duplicate of the previous request).
     pub prev_reply: LastReply,
@@ -77,6 +88,26 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// alternatePath, once an object list was given.
+    pub fn alternate_path(&self) -> Option<&str> {
+        self.objects.as_deref().map(|o| &*o.alternate_path)
+    }
+
+    /// Object list paths joined by `,`, once an object list was given.
+    pub fn object_list(&self) -> Option<&str> {
+        self.objects.as_deref().map(|o| &*o.list)
+    }
+
+    /// Preferred content format announced at registration (`ct` of the root link).
+    pub fn content_format(&self) -> Option<u16> {
+        self.objects.as_deref().and_then(|o| o.content_format)
+    }
+
+    /// The format of composite operations the root link announced (SenML JSON when None).
+    pub fn composite_format(&self) -> Option<u16> {
+        self.objects.as_deref().and_then(|o| o.composite_format)
+    }
+
     /// Query parameters as `(key, value)` pairs.
     pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
         self.params
@@ -117,7 +148,7 @@ impl Endpoint {
 pub fn merge_params<'a>(
     base: impl Iterator<Item = (&'a str, &'a str)>,
     new: &[(&str, &str)],
-) -> Box<str> {
+) -> String {
     let mut out = String::new();
     let mut push = |k: &str, v: &str| {
         if !out.is_empty() {
@@ -135,7 +166,7 @@ pub fn merge_params<'a>(
     for (k, v) in new {
         push(k, v);
     }
-    out.into_boxed_str()
+    out
 }
 
 #[cfg(test)]

@@ -78,8 +78,7 @@ pub fn client_info(ep: &super::endpoint::Endpoint, shard: u16, with_stats: bool)
         lwm2m_version: ep.param("lwm2m").unwrap_or("").to_string(),
         binding: ep.param("b").unwrap_or("U").to_string(),
         object_list: ep
-            .object_list
-            .as_deref()
+            .object_list()
             .unwrap_or("")
             .split(',')
             .filter(|s| !s.is_empty())

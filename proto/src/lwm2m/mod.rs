@@ -18,6 +18,7 @@ pub mod dm_json;
 pub mod endpoint;
 pub mod identity;
 pub mod info;
+mod intern;
 pub mod io;
 pub mod location;
 pub mod output;

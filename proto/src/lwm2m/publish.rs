@@ -18,11 +18,11 @@ pub fn registration_json(msg_type: &str, ep: &Endpoint, out: &mut Vec<u8>) {
         json::key(out, k);
         json::string(out, v);
     }
-    if let Some(alt) = &ep.alternate_path {
+    if let Some(alt) = ep.alternate_path() {
         out.extend_from_slice(b",\"alternatePath\":");
         json::string(out, alt);
     }
-    if let Some(list) = &ep.object_list {
+    if let Some(list) = ep.object_list() {
         out.extend_from_slice(b",\"objectList\":[");
         for (i, p) in list.split(',').filter(|s| !s.is_empty()).enumerate() {
             if i > 0 {

@@ -18,11 +18,12 @@
 //! no length is trusted before it is checked against what remains.
 
 use super::command::{Command, Echo, Op};
-use super::endpoint::{Endpoint, EndpointCounters, LastReply};
+use super::endpoint::{Endpoint, EndpointCounters, LastReply, Objects};
 use super::publish::name_hash;
 use super::session::{Observation, Session};
 use crate::model::LwPath;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 /// The encoding's version, the record's first byte.
 pub const VERSION: u8 = 1;
@@ -54,11 +55,11 @@ pub fn encode(ep: &Endpoint, epoch_ms: u64, out: &mut Vec<u8>) {
     put_u64(out, unix(ep.last_seen_ms));
     put_str(out, &ep.mountpoint);
     put_str(out, &ep.params);
-    put_opt_str(out, ep.alternate_path.as_deref());
-    put_opt_str(out, ep.object_list.as_deref());
+    put_opt_str(out, ep.alternate_path());
+    put_opt_str(out, ep.object_list());
     out.push(ep.queue_mode as u8 | (ep.secure as u8) << 1);
-    put_opt_u16(out, ep.content_format);
-    put_opt_u16(out, ep.composite_format);
+    put_opt_u16(out, ep.content_format());
+    put_opt_u16(out, ep.composite_format());
     let observations = ep.session.as_ref().map_or(&[][..], |s| &s.observations[..]);
     put_u32(out, observations.len() as u32);
     for o in observations {
@@ -97,14 +98,25 @@ pub fn decode(bytes: &[u8], epoch_ms: u64) -> Result<Endpoint, RecordError> {
     let last_seen_ms = mono(r.u64("last seen")?);
     let mountpoint = r.string("mountpoint")?.into();
     let params = r.string("parameters")?.into();
-    let alternate_path = r.opt_string("alternate path")?.map(Into::into);
-    let object_list = r.opt_string("object list")?.map(Into::into);
+    let alternate_path = r.opt_string("alternate path")?;
+    let object_list = r.opt_string("object list")?;
     let flags = r.u8("flags")?;
     if flags > 3 {
         return Err(RecordError::Invalid("flags"));
     }
     let content_format = r.opt_u16("content format")?;
     let composite_format = r.opt_u16("composite format")?;
+    // Written together (an object list sets both); formats come only with a list.
+    let objects = match (alternate_path, object_list) {
+        (Some(alternate_path), Some(list)) => Some(Arc::new(Objects {
+            alternate_path: alternate_path.into(),
+            list: list.into(),
+            content_format,
+            composite_format,
+        })),
+        (None, None) if content_format.is_none() && composite_format.is_none() => None,
+        _ => return Err(RecordError::Invalid("object list")),
+    };
     let count = r.u32("observation count")? as usize;
     // Each observation takes far more than 8 bytes: a count beyond that is a lie.
     if count > r.b.len() / 8 {
@@ -147,14 +159,11 @@ pub fn decode(bytes: &[u8], epoch_ms: u64) -> Result<Endpoint, RecordError> {
         expires_ms,
         mountpoint,
         params,
-        alternate_path,
-        object_list,
+        objects,
         queue_mode: flags & 1 != 0,
         secure,
         // No DTLS session outlives the process.
         session_lost: secure,
-        content_format,
-        composite_format,
         last_reply: LastReply::default(),
         prev_reply: LastReply::default(),
         registered_ms,

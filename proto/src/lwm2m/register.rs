@@ -4,11 +4,12 @@
 //! subscription, the register/update message, the reply, and auto-observe.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::cluster::Elsewhere;
 use super::core::{cx, dm_env, Removal, MAX_TOPIC_LEN};
 use super::directory::ClaimError;
-use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply};
+use super::endpoint::{merge_params, Endpoint, EndpointCounters, LastReply, Objects};
 use super::output::{AuthRequest, MqttOut, Timer};
 use super::publish::{end_json, name_hash, registration_json, End};
 use super::registration::{
@@ -138,8 +139,11 @@ impl ShardCore {
             self.publish_end(name, &mountpoint, End::Replaced);
         }
         let lifetime_s = self.settings.clamp_lifetime(params.lt);
+        let joined = self.table.share_params(&register_params(&params));
+        let objects = objects.map(|l| self.table.share_objects(objects_of(l, None)));
+        let queue_mode = params.queue || params.binding.is_some_and(|b| b.contains('Q'));
         let ep = new_endpoint(
-            now, peer, location, lifetime_s, &params, objects, mountpoint, secure,
+            now, peer, location, lifetime_s, name, joined, objects, mountpoint, secure, queue_mode,
         );
         self.security.registration_here(secure);
         let slot = self.table.insert(ep);
@@ -379,18 +383,16 @@ impl ShardCore {
                 ep.queue_mode = true;
             }
             new.extend_from_slice(&params.others);
-            if !new.is_empty() {
-                let merged = merge_params(ep.params(), &new);
-                ep.params = merged;
+            let merged = (!new.is_empty()).then(|| merge_params(ep.params(), &new));
+            // The object list's `rt="oma.lwm2m"` link sets alternatePath ("/" without one).
+            let objects = objects.map(|l| objects_of(l, ep.objects.as_deref()));
+            if let Some(merged) = merged {
+                let shared = self.table.share_params(&merged);
+                self.table.get_mut(slot).expect("found").params = shared;
             }
-            if let Some(list) = objects {
-                if list.content_format.is_some() {
-                    ep.content_format = list.content_format;
-                    ep.composite_format = list.composite_format;
-                }
-                // The object list's `rt="oma.lwm2m"` link sets alternatePath ("/" without one).
-                ep.alternate_path = Some(list.alternate_path.into());
-                ep.object_list = Some(list.paths.into());
+            if let Some(objects) = objects {
+                let shared = self.table.share_objects(objects);
+                self.table.get_mut(slot).expect("found").objects = Some(shared);
             }
         }
         self.arm_expiry(slot);
@@ -523,34 +525,9 @@ impl ShardCore {
     }
 }
 
-/// The endpoint a Register admitted at `location` makes: its parameters as the registration
-/// message shows them (`lwm2m` and `b` first), its object list and alternate path.
-#[allow(clippy::too_many_arguments)]
-fn new_endpoint(
-    now: u64,
-    peer: SocketAddr,
-    location: u64,
-    lifetime_s: u32,
-    params: &Params<'_>,
-    objects: Option<ObjectList>,
-    mountpoint: String,
-    secure: bool,
-) -> Endpoint {
-    let name = params.ep.expect("checked");
-    let (alternate_path, object_list, content_format, composite_format) = match objects {
-        Some(ObjectList {
-            alternate_path,
-            paths,
-            content_format,
-            composite_format,
-        }) => (
-            Some(alternate_path.into()),
-            Some(paths.into()),
-            content_format,
-            composite_format,
-        ),
-        None => (None, None, None, None),
-    };
+/// A Register's parameters as the registration message shows them (`lwm2m` and `b`
+/// first), joined as [`Endpoint::params`] holds them.
+fn register_params(params: &Params<'_>) -> String {
     let mut others = Vec::with_capacity(params.others.len() + 2);
     if let Some(v) = params.lwm2m {
         others.push(("lwm2m", v));
@@ -559,6 +536,39 @@ fn new_endpoint(
         others.push(("b", b));
     }
     others.extend_from_slice(&params.others);
+    merge_params(std::iter::empty(), &others)
+}
+
+/// What an object list of a Register or Update says, as endpoints hold it (`previous`:
+/// what the endpoint held, whose formats stay when the new list's root link gives none).
+pub(super) fn objects_of(list: ObjectList, previous: Option<&Objects>) -> Objects {
+    let (content_format, composite_format) = match (list.content_format, previous) {
+        (None, Some(p)) => (p.content_format, p.composite_format),
+        _ => (list.content_format, list.composite_format),
+    };
+    Objects {
+        alternate_path: list.alternate_path.into(),
+        list: list.paths.into(),
+        content_format,
+        composite_format,
+    }
+}
+
+/// The endpoint a Register admitted at `location` makes, with its shared parameters and
+/// object list.
+#[allow(clippy::too_many_arguments)]
+fn new_endpoint(
+    now: u64,
+    peer: SocketAddr,
+    location: u64,
+    lifetime_s: u32,
+    name: &str,
+    params: Arc<str>,
+    objects: Option<Arc<Objects>>,
+    mountpoint: String,
+    secure: bool,
+    queue_mode: bool,
+) -> Endpoint {
     Endpoint {
         name: name.into(),
         location,
@@ -567,14 +577,11 @@ fn new_endpoint(
         expires_ms: now + lifetime_s as u64 * 1000,
         lane: name_hash(name),
         mountpoint: mountpoint.into_boxed_str(),
-        params: merge_params(std::iter::empty(), &others),
-        alternate_path,
-        object_list,
-        queue_mode: params.queue || params.binding.is_some_and(|b| b.contains('Q')),
+        params,
+        objects,
+        queue_mode,
         secure,
         session_lost: false,
-        content_format,
-        composite_format,
         last_reply: LastReply::default(),
         prev_reply: LastReply::default(),
         registered_ms: now,

@@ -1,11 +1,14 @@
 //! A shard's endpoint table: a slab of endpoints indexed by location, peer address
 //! and name. The indices hold only slot numbers (hashbrown `HashTable<u32>`), so
-//! each costs a few bytes per endpoint. Owned by one shard: no locks.
+//! each costs a few bytes per endpoint. The parameters and object lists of its
+//! endpoints are shared copies ([`Interner`]). Owned by one shard: no locks.
 
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, Objects};
+use super::intern::Interner;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::{BuildHasher, Hash};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 #[derive(Default)]
 pub struct EndpointTable {
@@ -22,6 +25,8 @@ pub struct EndpointTable {
     by_name: HashTable<u32>,
     hasher: DefaultHashBuilder,
     len: usize,
+    params: Interner<str>,
+    objects: Interner<Objects>,
 }
 
 impl EndpointTable {
@@ -71,9 +76,24 @@ impl EndpointTable {
         *g
     }
 
+    /// The shared copy of a parameter string (`k=v` joined by NUL).
+    pub fn share_params(&mut self, params: &str) -> Arc<str> {
+        self.params.get(params, || Arc::from(params))
+    }
+
+    /// The shared copy of an object list.
+    pub fn share_objects(&mut self, objects: Objects) -> Arc<Objects> {
+        self.objects.get_owned(objects)
+    }
+
     /// Inserts an endpoint. The caller has removed any endpoint with the same name or
-    /// location. An existing peer mapping is taken over by the new endpoint.
-    pub fn insert(&mut self, ep: Endpoint) -> u32 {
+    /// location. An existing peer mapping is taken over by the new endpoint. Its
+    /// parameters and object list become the shard's shared copies.
+    pub fn insert(&mut self, mut ep: Endpoint) -> u32 {
+        ep.params = self.params.share(&ep.params);
+        if let Some(o) = &ep.objects {
+            ep.objects = Some(self.objects.share(o));
+        }
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -209,13 +229,10 @@ mod tests {
             lane: 0,
             mountpoint: "".into(),
             params: "".into(),
-            alternate_path: None,
-            object_list: None,
+            objects: None,
             queue_mode: false,
             secure: false,
             session_lost: false,
-            content_format: None,
-            composite_format: None,
             last_reply: LastReply::default(),
             prev_reply: LastReply::default(),
             registered_ms: 0,
@@ -264,5 +281,40 @@ mod tests {
         assert_eq!(t.find_peer(&new_peer), Some(b));
         t.remove(a);
         assert_eq!(t.find_peer(&new_peer), Some(b));
+    }
+
+    #[test]
+    fn an_endpoint_slot_stays_compact() {
+        // The slab's share of the bytes per endpoint (docs/architecture.md, "Memory per
+        // endpoint"): a field added here costs it for every registration.
+        let size = std::mem::size_of::<Option<Endpoint>>();
+        assert!(size <= 208, "Option<Endpoint> is {size} bytes");
+    }
+
+    #[test]
+    fn endpoints_share_their_parameters_and_object_lists() {
+        let objects = || Objects {
+            alternate_path: "/".into(),
+            list: "/1/0,/3/0".into(),
+            content_format: None,
+            composite_format: None,
+        };
+        let mut t = EndpointTable::new();
+        let mut a = ep("a", 1, 1);
+        a.params = "lwm2m=1.1\0b=U".into();
+        a.objects = Some(Arc::new(objects()));
+        let mut b = ep("b", 2, 2);
+        b.params = "lwm2m=1.1\0b=U".into();
+        b.objects = Some(t.share_objects(objects()));
+        let (a, b) = (t.insert(a), t.insert(b));
+        let (a, b) = (t.get(a).unwrap(), t.get(b).unwrap());
+        assert!(Arc::ptr_eq(&a.params, &b.params));
+        assert!(Arc::ptr_eq(
+            a.objects.as_ref().unwrap(),
+            b.objects.as_ref().unwrap()
+        ));
+        assert_eq!(b.object_list(), Some("/1/0,/3/0"));
+        let a_params = a.params.clone();
+        assert!(Arc::ptr_eq(&t.share_params("lwm2m=1.1\0b=U"), &a_params));
     }
 }

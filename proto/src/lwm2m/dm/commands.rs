@@ -243,8 +243,7 @@ impl DeviceManagement {
                 return;
             };
             let registered: Vec<LwPath> = ep
-                .object_list
-                .as_deref()
+                .object_list()
                 .unwrap_or("")
                 .split(',')
                 .filter_map(|p| LwPath::parse(p).ok())

@@ -216,7 +216,7 @@ pub(super) fn location_of(msg: &Message<'_>) -> Option<String> {
 /// registration when the gateway encodes it, else TLV (which every LwM2M 1.0
 /// device supports, and 1.1/1.2 devices in practice).
 pub(super) fn write_format(ep: &Endpoint) -> u16 {
-    match ep.content_format {
+    match ep.content_format() {
         Some(
             f @ (fmt_id::TLV
             | fmt_id::SENML_JSON
@@ -231,7 +231,7 @@ pub(super) fn write_format(ep: &Endpoint) -> u16 {
 /// The format of the device's composite operations: the one of SenML JSON, SenML CBOR and
 /// LwM2M CBOR it announced first (`ct` of its root link), else SenML JSON.
 pub(super) fn composite_format(ep: &Endpoint) -> u16 {
-    ep.composite_format.unwrap_or(fmt_id::SENML_JSON)
+    ep.composite_format().unwrap_or(fmt_id::SENML_JSON)
 }
 
 /// When the registration is LwM2M 1.0 (its Register's `lwm2m` parameter; 1.0 when it gave
@@ -277,7 +277,7 @@ pub(super) fn write_request(
     } else if cmd.op.cancels() {
         w.option_uint(opt::OBSERVE, 1);
     }
-    if let Some(alt) = ep.alternate_path.as_deref() {
+    if let Some(alt) = ep.alternate_path() {
         for seg in alt.split('/').filter(|s| !s.is_empty()) {
             w.option(opt::URI_PATH, seg.as_bytes());
         }
