@@ -167,7 +167,11 @@ impl UdpShard {
                     }
                 }
                 Output::Mqtt(m) => mqtt.accept(m),
-                Output::Timer { at, timer } => timers.insert(at, ShardTimer::Core(timer)),
+                // The core's timers are seconds long and most are stale when they come
+                // due (a retransmission timer per request): slack lets them share wake-ups.
+                Output::Timer { at, timer } => {
+                    timers.insert(shard::with_slack(now, at), ShardTimer::Core(timer))
+                }
                 Output::Auth { ticket, request } => {
                     // The answer comes back through this shard's mailbox, from an auth thread.
                     let home = peers[me as usize].clone();
