@@ -10,6 +10,8 @@
 #
 #   bench/cmd-latency.sh 2000 5000 15000 | tee bench/results/$(date -u +%F-%H%M)-cmd-latency.txt
 #   SKIP_BUILD=1 bench/cmd-latency.sh 7500
+#   CONNECTIONS=2 bench/cmd-latency.sh 2000 # mqtt.connections (unset: the default, one
+#                                           # connection per 16,384 admitted devices)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,6 +54,7 @@ max_conn_rate = 100000000
 [mqtt]
 server = "mqtt://127.0.0.1:$MQP"
 subscribe = "per_endpoint"
+${CONNECTIONS:+connections = $CONNECTIONS}
 [engine]
 shards = 2
 [api]

@@ -320,6 +320,12 @@ impl UdpShard {
                 );
             }
             self.route_outputs(timers);
+            if n < self.recv.capacity() {
+                // The queue was empty then; a datagram arriving since raises a new
+                // (edge-triggered) readiness event, so asking again now would only
+                // return EAGAIN: one syscall per turn saved.
+                return false;
+            }
         }
         true
     }
