@@ -59,7 +59,9 @@ pub(super) struct MqttSide {
 
 impl MqttSide {
     /// `client` made with a `now` of `clock`.
-    pub(super) fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
+    pub(super) fn new(mut client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
+        // The shard's loop reports hang-ups (`ShardApp::on_hangup` → `hangup`).
+        client.trust_short_reads();
         MqttSide {
             client,
             registry,
@@ -101,6 +103,11 @@ impl MqttSide {
             writable,
             now,
         )
+    }
+
+    /// The event for `token` reported the broker's hang-up or an error.
+    pub(super) fn hangup(&mut self, token: mio::Token) {
+        self.client.hangup(token);
     }
 
     /// The commands delivered since the last call.
