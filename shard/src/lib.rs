@@ -46,6 +46,6 @@ pub mod wheel;
 pub use clock::Clock;
 pub use event_loop::{run, LoopConfig, ShardApp};
 pub use mailbox::{mailbox, MailboxReceiver, MailboxSender, TrySendError};
-pub use slack::with_slack;
 pub use runtime::{pin_status, resolve_count, spawn_shards, PinStatus, ShardSpawn};
+pub use slack::with_slack;
 pub use wheel::{TimerWheel, HORIZON_MS};

@@ -44,15 +44,24 @@ mod tests {
             let d = now + ahead;
             let s = with_slack(now, d);
             assert!(s >= d, "early: {d} -> {s}");
-            assert!(s - d <= ahead / 64, "more than 1/64 late: {ahead} -> +{}", s - d);
+            assert!(
+                s - d <= ahead / 64,
+                "more than 1/64 late: {ahead} -> +{}",
+                s - d
+            );
             assert!(s - d < MAX_SLACK_MS, "more than 63 ms late");
         }
         // A CoAP retransmission timer (2 to 3 s): a grid of 16 or 32 ms.
         assert_eq!(with_slack(now, now + 2_000) % 16, 0);
         // Timers armed at different milliseconds share the grid's wake-ups.
-        let distinct: std::collections::BTreeSet<u64> =
-            (0..1000).map(|i| with_slack(now + i, now + i + 2_500)).collect();
-        assert!(distinct.len() <= 1000 / 32 + 2, "{} wake-ups", distinct.len());
+        let distinct: std::collections::BTreeSet<u64> = (0..1000)
+            .map(|i| with_slack(now + i, now + i + 2_500))
+            .collect();
+        assert!(
+            distinct.len() <= 1000 / 32 + 2,
+            "{} wake-ups",
+            distinct.len()
+        );
     }
 
     #[test]
