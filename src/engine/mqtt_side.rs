@@ -59,9 +59,11 @@ pub(super) struct MqttSide {
 
 impl MqttSide {
     /// `client` made with a `now` of `clock`.
-    pub(super) fn new(mut client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
-        // The shard's loop reports hang-ups (`ShardApp::on_hangup` → `hangup`).
-        client.trust_short_reads();
+    pub(super) fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
+        // Reads go on to EAGAIN: with `client.trust_short_reads()` (the shard's loop
+        // reports hang-ups, `ShardApp::on_hangup` → `hangup`) a SIGSTOPped broker's register
+        // messages went missing after it resumed (tests/e2e_overload.rs, 2 runs of 3), cause
+        // not found yet, so it stays off.
         MqttSide {
             client,
             registry,
