@@ -4,22 +4,37 @@
 # 10 s of read commands at RATE (round-trip percentiles, and the CPU share of the
 # gateway, Mosquitto and the loadgen over 5 s of it), then `lwm2m-loadgen mqtt-relay`
 # at RATE on the same broker (the MQTT path alone). Prints one line per run.
+# Where `perf stat` can count tracepoints, the 5 s window is also counted with it: the
+# gateway's syscalls, context switches (wake-ups) and poll returns per command answered
+# (counts that do not depend on how busy the machine is; CPU seconds do).
 #
 #   bench/cmd-latency.sh 2000 5000 15000 | tee bench/results/$(date -u +%F-%H%M)-cmd-latency.txt
 #   SKIP_BUILD=1 bench/cmd-latency.sh 7500
+#   CONNECTIONS=2 bench/cmd-latency.sh 2000 # mqtt.connections (unset: the default, one
+#                                           # connection per 16,384 admitted devices)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 [ $# -gt 0 ] || set -- 2000 5000 15000
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins >&2
 # GW=path measures another gateway binary (before and after a change).
-GW=${GW:-$ROOT/target/release/lwm2m-gateway}
-LG=$ROOT/target/release/lwm2m-loadgen
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+GW=${GW:-$TARGET/release/lwm2m-gateway}
+LG=$TARGET/release/lwm2m-loadgen
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt-get install -y mosquitto >/dev/null
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 port() { python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.$1); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Counted per 5 s window when perf can: every syscall, context switches, and the
+# syscalls a loop turn makes (epoll_wait: one per turn).
+EVENTS=raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_futex
+PERF=0
+perf stat -x, -e "$EVENTS" true >/dev/null 2>&1 && PERF=1
+window() { # pid file: 5 s, counted when perf can
+    if [ "$PERF" = 1 ]; then perf stat -x, -e "$EVENTS" -p "$1" -o "$2" -- sleep 5 >/dev/null 2>&1 || sleep 5
+    else sleep 5; fi
+}
 
 echo "# $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
 for RATE in "$@"; do
@@ -39,6 +54,7 @@ max_conn_rate = 100000000
 [mqtt]
 server = "mqtt://127.0.0.1:$MQP"
 subscribe = "per_endpoint"
+${CONNECTIONS:+connections = $CONNECTIONS}
 [engine]
 shards = 2
 [api]
@@ -53,7 +69,7 @@ CONF
     LP=$!
     sleep 4
     a1=$(cpu_ticks "$GP"); b1=$(cpu_ticks "$MP"); c1=$(cpu_ticks "$LP")
-    sleep 5
+    window "$GP" "$T/perf.csv"
     a2=$(cpu_ticks "$GP"); b2=$(cpu_ticks "$MP"); c2=$(cpu_ticks "$LP")
     wait "$LP" || true
     kill "$GP" 2>/dev/null; wait "$GP" 2>/dev/null || true
@@ -69,11 +85,24 @@ d = json.load(open(f"{t}/lg.json"))
 c = d.get("commands", {})
 f = json.load(open(f"{t}/floor.json"))
 cpu = d.get("watch", {}).get("cpu_us_per_command")
+counts = ""
+try:
+    n = {}
+    for line in open(f"{t}/perf.csv"):
+        col = line.strip().split(",")
+        if len(col) > 2 and col[0].isdigit():
+            e = col[2]
+            n["syscalls" if e.startswith("raw_") else e.split(":")[-1].replace("sys_enter_", "")] = int(col[0])
+    per = float(c.get("rate_per_s") or rate) * 5
+    counts = "; per command (perf stat over the 5 s): " + ", ".join(
+        f"{k} {v / per:.2f}" for k, v in n.items() if v) if n else ""
+except OSError:
+    pass
 print(f"rate {rate}/s: commands answered {c.get('answered')} of {c.get('sent')} at {c.get('rate_per_s', 0):.0f}/s, "
       f"round trip µs p50/p90/p99/p99.9/max {pct(c.get('rtt', {}))}; floor (mqtt-relay) {f.get('answered')} of "
       f"{f.get('sent')}, µs {pct(f.get('rtt', {}))}; CPU % of a core (ticks over 5 s): gateway {(a2 - a1) / 5:.0f}, "
       f"mosquitto {(b2 - b1) / 5:.0f}, loadgen {(c2 - c1) / 5:.0f}; gateway CPU-µs per command "
-      f"{'-' if cpu is None else f'{cpu:.1f}'}")
+      f"{'-' if cpu is None else f'{cpu:.1f}'}{counts}")
 PY
     rm -rf "$T"
 done

@@ -115,6 +115,11 @@ impl RecvCore {
         self.len
     }
 
+    /// Slots: the most datagrams one receive returns.
+    pub(crate) fn capacity(&self) -> usize {
+        self.names.len()
+    }
+
     /// The message header of datagram `i` of the last receive.
     pub(crate) fn hdr(&self, i: usize) -> &libc::msghdr {
         assert!(
@@ -164,6 +169,12 @@ impl RecvBatch {
 
     pub fn is_empty(&self) -> bool {
         self.core.len() == 0
+    }
+
+    /// The batch size: the most datagrams one [`recv`](RecvBatch::recv) returns. A receive
+    /// that returned fewer emptied the socket's queue at that moment.
+    pub fn capacity(&self) -> usize {
+        self.core.capacity()
     }
 
     /// Datagram `i` of the last `recv`: peer address, payload, and whether it

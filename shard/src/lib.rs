@@ -40,10 +40,12 @@ pub mod clock;
 pub mod event_loop;
 pub mod mailbox;
 pub mod runtime;
+pub mod slack;
 pub mod wheel;
 
 pub use clock::Clock;
 pub use event_loop::{run, LoopConfig, ShardApp};
 pub use mailbox::{mailbox, MailboxReceiver, MailboxSender, TrySendError};
 pub use runtime::{pin_status, resolve_count, spawn_shards, PinStatus, ShardSpawn};
+pub use slack::with_slack;
 pub use wheel::{TimerWheel, HORIZON_MS};

@@ -458,3 +458,105 @@ fn an_app_that_is_already_stopped_flushes_once_and_returns() {
     .unwrap();
     assert_eq!(app.flushes, 1);
 }
+
+/// A stream read that stops at a short read (sparing the call that would say EAGAIN) and
+/// reads to EOF after a hang-up was reported, as the gateway's broker connections do.
+struct HangupApp {
+    stream: mio::net::TcpStream,
+    hangup: bool,
+    hangups: usize,
+    got: Vec<u8>,
+    eof: bool,
+}
+
+impl ShardApp for HangupApp {
+    type Msg = u32;
+    type Timer = ();
+
+    fn on_io(
+        &mut self,
+        token: Token,
+        readable: bool,
+        _: bool,
+        _: u64,
+        _: &mut TimerWheel<()>,
+    ) -> bool {
+        use std::io::Read;
+        assert_eq!(token, SOCK);
+        let mut buf = [0u8; 4096];
+        while readable {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.got.extend_from_slice(&buf[..n]);
+                    if n < buf.len() && !self.hangup {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        self.hangup = false;
+        false
+    }
+
+    fn on_hangup(&mut self, token: Token) {
+        assert_eq!(token, SOCK);
+        self.hangup = true;
+        self.hangups += 1;
+    }
+
+    fn on_message(&mut self, _: u32, _: u64, _: &mut TimerWheel<()>) {}
+    fn on_timer(&mut self, _: (), _: u64, _: &mut TimerWheel<()>) {}
+    fn flush(&mut self, _: u64, _: &mut TimerWheel<()>) -> bool {
+        false
+    }
+    fn should_stop(&self) -> bool {
+        self.eof
+    }
+}
+
+/// The peer's last bytes and its FIN arrive before the loop polls: one edge-triggered
+/// event stands for both, so an application that stops at a short read would never see
+/// the EOF (the loop would sleep for an hour and the watchdog fail the test). The loop
+/// reports the hang-up first and the application reads on to EOF.
+#[test]
+fn a_hang_up_behind_the_last_bytes_is_reported_before_the_read() {
+    watchdog();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut stream = mio::net::TcpStream::from_std(ours);
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(&mut stream, SOCK, Interest::READABLE)
+        .unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
+    let (_tx, rx) = mailbox::<u32>(4, waker);
+    let payload: Vec<u8> = (0..100u8).collect();
+    std::io::Write::write_all(&mut peer, &payload).unwrap();
+    drop(peer);
+
+    let clock = Clock::new();
+    let mut timers = TimerWheel::new(clock.now_ms());
+    let mut app = HangupApp {
+        stream,
+        hangup: false,
+        hangups: 0,
+        got: Vec::new(),
+        eof: false,
+    };
+    let cfg = LoopConfig {
+        max_sleep_ms: HOUR_MS,
+        ..LoopConfig::default()
+    };
+    run(&mut app, &mut poll, &rx, WAKE, &clock, &mut timers, &cfg).unwrap();
+    assert!(app.eof);
+    assert_eq!(app.got, payload);
+    assert!(app.hangups >= 1, "the hang-up was reported");
+}

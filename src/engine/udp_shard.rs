@@ -171,7 +171,11 @@ impl UdpShard {
                     }
                 }
                 Output::Mqtt(m) => mqtt.accept(m, now),
-                Output::Timer { at, timer } => timers.insert(at, ShardTimer::Core(timer)),
+                // The core's timers are seconds long and most are stale when they come
+                // due (a retransmission timer per request): slack lets them share wake-ups.
+                Output::Timer { at, timer } => {
+                    timers.insert(shard::with_slack(now, at), ShardTimer::Core(timer))
+                }
                 Output::Auth { ticket, request } => {
                     // The answer comes back through this shard's mailbox, from an auth thread.
                     let home = peers[me as usize].clone();
@@ -371,6 +375,12 @@ impl UdpShard {
                 );
             }
             self.route_outputs(timers);
+            if n < self.recv.capacity() {
+                // The queue was empty then; a datagram arriving since raises a new
+                // (edge-triggered) readiness event, so asking again now would only
+                // return EAGAIN: one syscall per turn saved.
+                return false;
+            }
         }
         true
     }
@@ -452,6 +462,12 @@ impl ShardApp for UdpShard {
             let _ = self.send.flush(&self.socket);
         }
         readable && self.read(now_ms, timers)
+    }
+
+    fn on_hangup(&mut self, token: mio::Token) {
+        if self.mqtt.owns(token) {
+            self.mqtt.hangup(token);
+        }
     }
 
     fn on_message(&mut self, mail: ShardMail, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
