@@ -43,15 +43,6 @@ pub trait ShardApp {
         timers: &mut TimerWheel<Self::Timer>,
     ) -> bool;
 
-    /// The event about to be handed to [`on_io`](Self::on_io) for `token` reports the
-    /// peer's hang-up (read side closed) or an error. An application that ends a stream's
-    /// read at a short read (sparing the call that would only return EAGAIN: the next bytes
-    /// raise a new edge-triggered event) must read that stream to EAGAIN or EOF this time,
-    /// since a hang-up that came in behind the bytes raises no event of its own.
-    fn on_hangup(&mut self, token: Token) {
-        let _ = token;
-    }
-
     /// A message arrived in the mailbox.
     fn on_message(&mut self, msg: Self::Msg, now_ms: u64, timers: &mut TimerWheel<Self::Timer>);
 
@@ -210,11 +201,8 @@ fn dispatch_io<A: ShardApp>(
             }
             None => false,
         };
-        let hangup = event.is_read_closed() || event.is_error();
-        if hangup {
-            app.on_hangup(token);
-        }
-        let readable = was_pending || event.is_readable() || hangup;
+        let readable =
+            was_pending || event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed();
         if app.on_io(token, readable, writable, now, timers) && !next.contains(&token) {
             next.push(token);

@@ -92,10 +92,6 @@ pub(super) fn shared(msg: Outbound, group: Option<&str>) -> Outbound {
 impl MqttSide {
     /// `client` made with a `now` of `clock`.
     pub(super) fn new(client: MqttClient, registry: mio::Registry, clock: Clock) -> Self {
-        // Reads go on to EAGAIN: with `client.trust_short_reads()` (the shard's loop
-        // reports hang-ups, `ShardApp::on_hangup` → `hangup`) a SIGSTOPped broker's register
-        // messages went missing after it resumed (tests/e2e_overload.rs, 2 runs of 3), cause
-        // not found yet, so it stays off.
         MqttSide {
             client,
             registry,
@@ -145,11 +141,6 @@ impl MqttSide {
             writable,
             now,
         )
-    }
-
-    /// The event for `token` reported the broker's hang-up or an error.
-    pub(super) fn hangup(&mut self, token: mio::Token) {
-        self.client.hangup(token);
     }
 
     /// The commands delivered since the last call.

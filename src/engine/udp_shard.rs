@@ -464,12 +464,6 @@ impl ShardApp for UdpShard {
         readable && self.read(now_ms, timers)
     }
 
-    fn on_hangup(&mut self, token: mio::Token) {
-        if self.mqtt.owns(token) {
-            self.mqtt.hangup(token);
-        }
-    }
-
     fn on_message(&mut self, mail: ShardMail, now_ms: u64, timers: &mut TimerWheel<ShardTimer>) {
         self.now_ms = now_ms;
         self.refresh_registry();

@@ -40,8 +40,6 @@ pub struct MqttClient {
     replies: Vec<Outbound>,
     /// What this client last added to the shared `pending` gauge.
     held_reported: u64,
-    /// The owner reports hang-ups ([`hangup`](Self::hangup)), so a short read ends a read.
-    short_reads: bool,
 }
 
 /// The TLS settings for `opts.server` (None for plain TCP); reads the CA file once.
@@ -90,28 +88,6 @@ impl MqttClient {
             scratch: vec![0u8; 64 * 1024],
             replies: Vec::new(),
             held_reported: 0,
-            short_reads: false,
-        }
-    }
-
-    /// The owner promises to call [`hangup`](Self::hangup) for every readiness event that
-    /// reports the broker's hang-up or an error, before [`on_event`](Self::on_event): a
-    /// read that returns less than asked then ends the connection's read without the
-    /// call that would only say EAGAIN (one syscall per event saved; the next bytes raise
-    /// a new edge-triggered event, and a hang-up already behind these bytes is reported).
-    pub fn trust_short_reads(&mut self) {
-        self.short_reads = true;
-    }
-
-    /// The event for `token` reported the broker's hang-up or an error: its next read goes
-    /// on until EAGAIN or EOF.
-    pub fn hangup(&mut self, token: Token) {
-        if let Some(c) = token
-            .0
-            .checked_sub(self.token_base)
-            .and_then(|i| self.conns.get_mut(i))
-        {
-            c.hangup = true;
         }
     }
 
@@ -289,7 +265,6 @@ impl MqttClient {
             addrs,
             scratch,
             replies,
-            short_reads,
             ..
         } = self;
         let mut ctx = Ctx {
@@ -302,7 +277,6 @@ impl MqttClient {
             addrs,
             now,
             scratch,
-            short_reads: *short_reads,
         };
         match only {
             Some(i) => {

@@ -70,8 +70,6 @@ pub(crate) struct Ctx<'a> {
     pub addrs: &'a mut AddrCache,
     pub now: Instant,
     pub scratch: &'a mut [u8],
-    /// The owner reports hang-ups ([`Connection::hangup`]): a short read may end a read.
-    pub short_reads: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,9 +182,6 @@ pub(crate) struct Connection {
     last_ping: Instant,
     /// The read budget ran out: read again without waiting for an event.
     pub read_more: bool,
-    /// The last event reported the broker's hang-up (or an error): read until the socket
-    /// says EAGAIN or EOF, never stopping at a short read.
-    pub hangup: bool,
     rng: u64,
 }
 
@@ -224,7 +219,6 @@ impl Connection {
             last_rx: now,
             last_ping: now,
             read_more: false,
-            hangup: false,
             rng: seed | 1,
         }
     }
@@ -303,8 +297,7 @@ impl Connection {
         if matches!(self.state, State::Connecting { .. } | State::Closed) {
             return;
         }
-        let short_ok = ctx.short_reads && !self.hangup;
-        let status = match t.read_into(&mut self.rbuf, ctx.scratch, READ_BUDGET, short_ok) {
+        let status = match t.read_into(&mut self.rbuf, ctx.scratch, READ_BUDGET) {
             Ok(s) => s,
             Err(e) => return self.fail(ctx, Failure::Io(e)),
         };
@@ -329,8 +322,7 @@ impl Connection {
         match status {
             ReadStatus::Eof => self.fail(ctx, Failure::Other("closed by the broker".into())),
             ReadStatus::More => self.read_more = true,
-            // Read to EAGAIN (or to a short read no hang-up stands behind).
-            ReadStatus::Drained => self.hangup = false,
+            ReadStatus::Drained => {}
         }
         // TLS may have handshake or alert records to send; acks were written too.
         self.flush(ctx);
@@ -492,7 +484,7 @@ impl Connection {
                 t.close();
                 let _ = t.write_from(&mut self.wbuf);
                 // Read what is left so closing does not reset the connection.
-                let _ = t.read_into(&mut self.rbuf, ctx.scratch, READ_BUDGET, false);
+                let _ = t.read_into(&mut self.rbuf, ctx.scratch, READ_BUDGET);
             }
             MqttStats::dec(&ctx.stats.connected);
             info!(conn = self.index, client_id = %self.client_id, "MQTT disconnected");

@@ -50,21 +50,15 @@ impl Transport {
         }
     }
 
-    /// Appends what the socket has to `buf`, at most about `budget` bytes. With `short_ok`,
-    /// a plain TCP read that returned less than `scratch` holds ends the read as
-    /// [`ReadStatus::Drained`] without the read that would only say EAGAIN: the stream had
-    /// nothing more then, and bytes arriving since raise a new edge-triggered event. The
-    /// caller must not pass it when the event reported the peer's hang-up (its FIN may wait
-    /// behind the bytes and raise no new event).
+    /// Appends what the socket has to `buf`, at most about `budget` bytes.
     pub(super) fn read_into(
         &mut self,
         buf: &mut BytesMut,
         scratch: &mut [u8],
         budget: usize,
-        short_ok: bool,
     ) -> io::Result<ReadStatus> {
         match self {
-            Transport::Tcp(s) => read_plain(s, buf, scratch, budget, short_ok),
+            Transport::Tcp(s) => read_plain(s, buf, scratch, budget),
             Transport::Tls(t) => t.read_into(buf, scratch, budget),
         }
     }
@@ -98,7 +92,6 @@ fn read_plain(
     buf: &mut BytesMut,
     scratch: &mut [u8],
     budget: usize,
-    short_ok: bool,
 ) -> io::Result<ReadStatus> {
     let mut got = 0;
     loop {
@@ -110,9 +103,6 @@ fn read_plain(
             Ok(n) => {
                 buf.extend_from_slice(&scratch[..n]);
                 got += n;
-                if short_ok && n < scratch.len() {
-                    return Ok(ReadStatus::Drained);
-                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
