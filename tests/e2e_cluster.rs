@@ -338,6 +338,27 @@ fn two_nodes_on_one_redis_act_as_one_gateway() {
     assert_eq!(common::json(body)["node"], "node-b");
     // Commands: each answered exactly once.
     reads_answered_once(&mut app, &names, 20);
+    // A command through the API of the node that does not hold the device: run by the
+    // node that does, its response on MQTT once; waiting for it is refused on node A.
+    let creds = Some(("admin", common::gateway::API_SECRET));
+    let path = "/api/v5/gateways/lwm2m/clients/m1/read?path=/3/0/0&reqID=api-via-a";
+    let (st, body) = common::http::request(a.api, "POST", path, creds, b"");
+    assert_eq!(st, 204, "{body}");
+    let (t, v) = app
+        .mq
+        .next_json(WAIT, |_, v| v["reqID"] == "api-via-a")
+        .expect("the response of the API's command");
+    assert_eq!(t, "lwm2m/m1/up/resp");
+    assert_eq!(v["data"]["code"], "2.05", "{v:?}");
+    assert_eq!(v["data"]["content"][0]["value"], "maker", "{v:?}");
+    let late = app.mq.collect(usize::MAX, Duration::from_millis(500));
+    assert!(
+        late.iter().all(|(t, _)| !t.ends_with("/up/resp")),
+        "a second response: {late:?}"
+    );
+    let (st, body) = common::http::request(a.api, "POST", &format!("{path}&wait=2s"), creds, b"");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("node-b"), "{body}");
     let m = a.metrics();
     assert_eq!(m.sum("lwm2m_deregistrations_total", &[]), 0.0);
 

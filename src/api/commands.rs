@@ -38,8 +38,17 @@ pub(super) fn command(ctx: &Ctx, req: &Request, id: &str, op: &str) -> Response 
             Err(e) => return bad_request(&e),
         },
     };
-    if ctx.admin.client(id).is_none() {
+    let Some(client) = ctx.admin.client(id) else {
         return not_found("Client not found");
+    };
+    // A device another node of a cluster holds: that node runs the command and
+    // publishes the response, which this node's event feed never sees.
+    let elsewhere = client.node.filter(|n| *n != ctx.admin.node());
+    if let (Some(_), Some(node)) = (wait, &elsewhere) {
+        return bad_request(&format!(
+            "wait: the client is held by node {node:?}; ask that node, or send without wait \
+             and read the response on MQTT"
+        ));
     }
     let req_id = match req.param("reqID") {
         Some("") => return bad_request("reqID: empty"),

@@ -141,7 +141,11 @@ impl ClusterSide {
             .name("cluster-notices".into())
             .spawn(move || listener.run(&s))
             .map_err(io)?;
-        let view = super::ClusterView::new(url, node, epoch_ms, stats.clone())?;
+        let sender = ClusterSender {
+            tx: tx.clone(),
+            stats: stats.clone(),
+        };
+        let view = super::ClusterView::new(url, node, epoch_ms, stats.clone(), sender)?;
         Ok(ClusterSide {
             tx,
             stop,

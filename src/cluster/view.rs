@@ -1,7 +1,7 @@
 //! The management API's view of every node's registrations: the records in Redis,
 //! read (SCAN) and decoded on the API's worker threads, never on a shard.
 
-use super::ClusterStats;
+use super::{ClusterSender, ClusterStats};
 use crate::api::ClientInfo;
 use crate::lwm2m::info::client_info;
 use crate::lwm2m::record;
@@ -18,6 +18,8 @@ pub struct ClusterView {
     pub stats: Arc<ClusterStats>,
     con: Mutex<RedisConn>,
     epoch_ms: u64,
+    /// The cluster thread's queue, for the API's commands to other nodes' devices.
+    sender: ClusterSender,
 }
 
 impl ClusterView {
@@ -26,12 +28,14 @@ impl ClusterView {
         node: &str,
         epoch_ms: u64,
         stats: Arc<ClusterStats>,
+        sender: ClusterSender,
     ) -> Result<Self, StoreError> {
         Ok(ClusterView {
             node: node.to_string(),
             stats,
             con: Mutex::new(RedisConn::new(url)?),
             epoch_ms,
+            sender,
         })
     }
 
@@ -73,7 +77,47 @@ impl ClusterView {
         self.read(&mut con, &redis_scripts::reg_key(name))
     }
 
+    /// Hands a command of the management API for `name`, which another node holds, to
+    /// that node: as an MQTT command delivered on the device's command topic (its
+    /// mountpoint and `command_topic`, the translator's filter without its wildcard), so
+    /// the node holding it runs it and publishes the response there. Err: no other node
+    /// holds `name`, or the cluster thread's queue is full.
+    pub fn forward_command(
+        &self,
+        name: &str,
+        command_topic: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        let ep = {
+            let mut con = self.con.lock();
+            self.read_endpoint(&mut con, &redis_scripts::reg_key(name))
+        };
+        let Some((_, ep)) = ep else {
+            return Err(format!("client {name:?} is not registered"));
+        };
+        let suffix = command_topic
+            .strip_suffix("/#")
+            .or_else(|| command_topic.strip_suffix('#'))
+            .unwrap_or(command_topic);
+        let topic = format!("{}{suffix}", ep.mountpoint);
+        self.sender
+            .forward(0, &ep.name, topic, payload, None)
+            .map_err(|_| "the gateway is overloaded".to_string())
+    }
+
     fn read(&self, con: &mut RedisConn, key: &str) -> Option<ClientInfo> {
+        let (owner, ep) = self.read_endpoint(con, key)?;
+        let mut info = client_info(&ep, 0, false);
+        info.node = Some(owner);
+        Some(info)
+    }
+
+    /// The registration under `key` and its holder, when another node holds it.
+    fn read_endpoint(
+        &self,
+        con: &mut RedisConn,
+        key: &str,
+    ) -> Option<(String, crate::lwm2m::endpoint::Endpoint)> {
         let (owner, rec): (Option<String>, Option<Vec<u8>>) = con
             .with(|c| {
                 redis::cmd("HMGET")
@@ -85,8 +129,6 @@ impl ClusterView {
             .ok()?;
         let owner = owner.filter(|o| *o != self.node)?;
         let ep = record::decode(&rec?, self.epoch_ms).ok()?;
-        let mut info = client_info(&ep, 0, false);
-        info.node = Some(owner);
-        Some(info)
+        Some((owner, ep))
     }
 }

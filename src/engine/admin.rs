@@ -198,9 +198,14 @@ impl Admin for GatewayAdmin {
     }
 
     fn command(&self, clientid: &str, command_json: Vec<u8>) -> Result<(), String> {
-        let (shard, name) = self
-            .resolve(clientid)
-            .ok_or_else(|| format!("client {clientid:?} is not registered"))?;
+        let Some((shard, name)) = self.resolve(clientid) else {
+            // Held by another node of the cluster: it runs the command.
+            let Some(view) = &self.cluster else {
+                return Err(format!("client {clientid:?} is not registered"));
+            };
+            let topic = self.config.lock().translators.command.topic.clone();
+            return view.forward_command(clientid, &topic, command_json);
+        };
         self.shards[shard]
             .send_timeout(
                 ShardMail::ApiCommand {
