@@ -7,7 +7,6 @@ mod backlog;
 mod cluster_metrics;
 mod dtls_side;
 mod gateway;
-mod handover;
 mod mail;
 mod metrics;
 mod mqtt_side;

@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use super::handover::DelayedUnsubscribes;
 use super::mail::ShardTimer;
 use crate::events::EventFeed;
 use crate::lwm2m::MqttOut;
@@ -60,9 +59,6 @@ pub(super) struct MqttSide {
     /// (`[store] kind = "redis"`: the nodes of a cluster share each filter, and the broker
     /// delivers each command to one of them).
     share: Option<&'static str>,
-    /// With a shared store, unsubscribes wait out a registration's handover to another
-    /// node (`handover.rs`).
-    delayed: DelayedUnsubscribes,
 }
 
 /// The shared-subscription group of every node of a cluster.
@@ -103,7 +99,6 @@ impl MqttSide {
             congested: false,
             events: None,
             share: None,
-            delayed: DelayedUnsubscribes::default(),
         }
     }
 
@@ -151,21 +146,10 @@ impl MqttSide {
     /// Queues one of the core's MQTT messages (the core sends only the subscription
     /// changes this shard is home to). A subscribe goes to the connection of its lane, the
     /// registration's, where its register message waits for the SUBACK; an unsubscribe to
-    /// the connection that holds the filter. With a shared store an unsubscribe waits
-    /// [`HANDOVER_GRACE_MS`](super::handover::HANDOVER_GRACE_MS) (a subscribe of the
-    /// filter meanwhile cancels it).
-    pub(super) fn accept(&mut self, msg: MqttOut, now_ms: u64) {
+    /// the connection that holds the filter.
+    pub(super) fn accept(&mut self, msg: MqttOut) {
         if let (Some(feed), Outbound::Publish { topic, payload, .. }) = (&self.events, &msg) {
             feed.publish(topic, payload);
-        }
-        if self.share.is_some() {
-            match msg {
-                Outbound::Unsubscribe { lane, filter } => {
-                    return self.delayed.delay(now_ms, lane, filter);
-                }
-                Outbound::Subscribe { ref filter, .. } => self.delayed.cancel(filter),
-                Outbound::Publish { .. } => {}
-            }
         }
         self.client.accept(shared(msg, self.share));
     }
@@ -177,10 +161,6 @@ impl MqttSide {
             return;
         }
         let now = self.clock.instant_at(now_ms);
-        let (client, share) = (&mut self.client, self.share);
-        self.delayed.due(now_ms, |lane, filter| {
-            client.accept(shared(Outbound::Unsubscribe { lane, filter }, share));
-        });
         self.client.turn(&self.registry, &mut self.inbox, now);
         if let Some(stop_at) = self.stop_at {
             let idle = self.client.is_idle();
@@ -202,7 +182,6 @@ impl MqttSide {
             .map(|d| self.clock.ms_at(d))
             .into_iter()
             .chain(self.stop_at)
-            .chain(self.delayed.next_due())
             .min();
         if let Some(at) = next {
             let at = at.max(now_ms + 1);

@@ -170,7 +170,7 @@ impl UdpShard {
                         lost.push(to);
                     }
                 }
-                Output::Mqtt(m) => mqtt.accept(m, now),
+                Output::Mqtt(m) => mqtt.accept(m),
                 // The core's timers are seconds long and most are stale when they come
                 // due (a retransmission timer per request): slack lets them share wake-ups.
                 Output::Timer { at, timer } => {
