@@ -287,7 +287,7 @@ mod tests {
     fn an_endpoint_slot_stays_compact() {
         // The slab's share of the bytes per endpoint (docs/architecture.md, "Memory per
         // endpoint"): a field added here costs it for every registration.
-        let size = std::mem::size_of::<Option<Endpoint>>();
+        let size = size_of::<Option<Endpoint>>();
         assert!(size <= 208, "Option<Endpoint> is {size} bytes");
     }
 
