@@ -3,7 +3,9 @@
 # a fresh Mosquitto and 2-shard gateway (per-endpoint subscriptions), 2,000 devices and
 # 10 s of read commands at RATE (round-trip percentiles, and the CPU share of the
 # gateway, Mosquitto and the loadgen over 5 s of it), then `lwm2m-loadgen mqtt-relay`
-# at RATE on the same broker (the MQTT path alone). Prints one line per run.
+# at RATE on the same broker (the MQTT path alone), whose relay client's CPU per command
+# (one MQTT read and one publish) is the CPU floor: a gateway's command is that socket
+# work twice (MQTT and CoAP). Prints one line per run.
 # Where `perf stat` can count tracepoints, the 5 s window is also counted with it: the
 # gateway's syscalls, context switches (wake-ups) and poll returns per command answered
 # (counts that do not depend on how busy the machine is; CPU seconds do).
@@ -85,6 +87,10 @@ d = json.load(open(f"{t}/lg.json"))
 c = d.get("commands", {})
 f = json.load(open(f"{t}/floor.json"))
 cpu = d.get("watch", {}).get("cpu_us_per_command")
+# The relay client does one MQTT read and one publish per command: half the gateway's
+# socket work for a command (which also reads and sends the CoAP side), none of its
+# protocol work. Twice it is a floor for the gateway's CPU per command on this machine.
+relay = f.get("relay_cpu_us_per_command")
 counts = ""
 try:
     n = {}
@@ -102,7 +108,8 @@ print(f"rate {rate}/s: commands answered {c.get('answered')} of {c.get('sent')} 
       f"round trip µs p50/p90/p99/p99.9/max {pct(c.get('rtt', {}))}; floor (mqtt-relay) {f.get('answered')} of "
       f"{f.get('sent')}, µs {pct(f.get('rtt', {}))}; CPU % of a core (ticks over 5 s): gateway {(a2 - a1) / 5:.0f}, "
       f"mosquitto {(b2 - b1) / 5:.0f}, loadgen {(c2 - c1) / 5:.0f}; gateway CPU-µs per command "
-      f"{'-' if cpu is None else f'{cpu:.1f}'}{counts}")
+      f"{'-' if cpu is None else f'{cpu:.1f}'}; floor's relay client CPU-µs per command "
+      f"{'-' if relay is None else f'{relay:.1f}'}{counts}")
 PY
     rm -rf "$T"
 done

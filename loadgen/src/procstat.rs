@@ -21,16 +21,27 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// Reads the process's CPU time and RSS; None when it is gone.
-pub fn sample(pid: u32) -> Option<Sample> {
+/// utime + stime in microseconds from a /proc `stat` file (a process's or a thread's).
+fn stat_cpu_us(path: &str) -> Option<u64> {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let ticks = *TICKS.get_or_init(clock_ticks);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1_000_000 / ticks)
+}
+
+/// CPU time of the calling thread, microseconds (clock-tick resolution).
+pub fn this_thread_cpu_us() -> Option<u64> {
+    stat_cpu_us("/proc/thread-self/stat")
+}
+
+/// Reads the process's CPU time and RSS; None when it is gone.
+pub fn sample(pid: u32) -> Option<Sample> {
+    let cpu_us = stat_cpu_us(&format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status
         .lines()
@@ -38,10 +49,7 @@ pub fn sample(pid: u32) -> Option<Sample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Some(Sample {
-        cpu_us: (utime + stime) * 1_000_000 / ticks,
-        rss_kb,
-    })
+    Some(Sample { cpu_us, rss_kb })
 }
 
 /// What a watched process spent during the phases of a run.

@@ -7,6 +7,7 @@
 //! the same rate, on the same machine, compares against it.
 
 use crate::mqtt::Client;
+use crate::procstat;
 use crate::stats::{Clock, Hist, Percentiles};
 use clap::Args;
 use serde::Serialize;
@@ -42,6 +43,10 @@ pub struct RelayReport {
     pub answered: u64,
     pub rate_per_s: f64,
     pub rtt: Percentiles,
+    /// CPU µs the relay client's thread spent per command it relayed (one MQTT read and
+    /// one publish each: half the socket work a gateway does for a command, without the
+    /// CoAP side or any protocol work). None when /proc cannot be read.
+    pub relay_cpu_us_per_command: Option<f64>,
     pub passed: bool,
 }
 
@@ -59,7 +64,10 @@ impl RelayReport {
             r.p99_us,
             r.p999_us,
             r.max_us
-        )
+        ) + &self
+            .relay_cpu_us_per_command
+            .map(|c| format!("  relay client CPU µs per command: {c:.1}\n"))
+            .unwrap_or_default()
     }
 }
 
@@ -114,7 +122,7 @@ pub fn run(o: &RelayOpts) -> io::Result<RelayReport> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    relay_thread
+    let (relayed, relay_cpu_us) = relay_thread
         .join()
         .map_err(|_| io::Error::other("relay panicked"))??;
     driver.disconnect();
@@ -124,15 +132,22 @@ pub fn run(o: &RelayOpts) -> io::Result<RelayReport> {
         answered,
         rate_per_s: answered as f64 / o.seconds.max(1e-9),
         rtt: hist.summary(),
+        relay_cpu_us_per_command: relay_cpu_us
+            .filter(|_| relayed > 0)
+            .map(|us| us as f64 / relayed as f64),
         passed: answered == sent,
     })
 }
 
 /// Publishes every command it receives back on the response topic of the same device.
-fn relay_loop(mut c: Client, stop: &AtomicBool, size: usize) -> io::Result<()> {
+/// Returns how many it relayed and the CPU time its thread spent meanwhile.
+fn relay_loop(mut c: Client, stop: &AtomicBool, size: usize) -> io::Result<(u64, Option<u64>)> {
     let mut inbox = Vec::new();
+    let cpu_start = procstat::this_thread_cpu_us();
+    let mut relayed = 0u64;
     while !stop.load(Ordering::Relaxed) {
         c.poll(Duration::from_millis(5), &mut inbox)?;
+        relayed += inbox.len() as u64;
         for p in inbox.drain(..) {
             let topic = p.topic.replace("/dn/cmd", "/up/resp");
             let mut body = p.payload.to_vec();
@@ -141,8 +156,11 @@ fn relay_loop(mut c: Client, stop: &AtomicBool, size: usize) -> io::Result<()> {
         }
         c.flush()?;
     }
+    let cpu_us = procstat::this_thread_cpu_us()
+        .zip(cpu_start)
+        .map(|(end, start)| end.saturating_sub(start));
     c.disconnect();
-    Ok(())
+    Ok((relayed, cpu_us))
 }
 
 /// The unsigned integer after `key` in `s`.
