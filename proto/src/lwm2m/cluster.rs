@@ -127,6 +127,22 @@ impl Cluster {
         }
     }
 
+    /// A registration `name` at `location` another node took over, which this shard's
+    /// directory entry names but its table does not hold (handed to another shard, its
+    /// `Adopt` on the way): the entry is released, so that the adoption finds the
+    /// registration superseded. True if it was.
+    pub(super) fn release_in_transit(&mut self, name: &str, location: u64) -> bool {
+        let here = DirEntry {
+            shard: self.shard,
+            location,
+        };
+        if self.dir.by_name(name) != Some(here) {
+            return false;
+        }
+        self.dir.release(name, location);
+        true
+    }
+
     /// Whether a location is free for a new registration.
     pub(super) fn location_free(&self, location: u64) -> bool {
         self.dir.by_location(location).is_none()
