@@ -141,6 +141,8 @@ impl ClusterSide {
             .map_err(io)?;
         let listener = notices::Listener {
             con: RedisConn::new(url)?,
+            lookup: RedisConn::new(url)?,
+            node: node.to_string(),
             channel: redis_scripts::node_channel(node),
             dir,
             deliver,
