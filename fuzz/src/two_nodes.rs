@@ -475,7 +475,8 @@ pub fn finish(c: &mut Nodes) {
     // other properties: a record can outlive every registration, naming as its owner a
     // node that no longer holds it (e.g. a take whose adoption the core refused because
     // the node held the name, followed by that registration's release; or a slow
-    // writer's older claim overwriting a newer registration of the name). No node
+    // writer's older claim overwriting a newer registration of the name; or a released
+    // registration's queued Put written once nobody holds the name). No node
     // expires such a record: it stays in Redis until a request takes it or its owner
     // restarts. See docs/deployment.md.
     c.leaked = c.store.regs.len() as u64;
