@@ -186,6 +186,30 @@ fn a_restarted_node_on_redis_serves_its_devices_on() {
     }
 }
 
+/// A device that registered on node A and reaches node B at once, before node A's
+/// writer put its record in Redis (its batch goes out within 100 ms): node B's take finds
+/// nothing, asks once more after the batch interval and takes the registration over, so
+/// the Update gets 2.04 (not 4.04 and a new registration).
+#[test]
+fn a_device_moved_right_after_registering_is_taken_over() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    let a = node(&redis, broker.addr(), "quick-a");
+    let b = node(&redis, broker.addr(), "quick-b");
+    for i in 0..5u16 {
+        let ep = format!("quick{i}");
+        let s = socket([127, 0, 0, 1], WAIT);
+        let loc = register(&s, a.udp, &ep);
+        let moved = socket([127, 0, 0, 1], WAIT);
+        assert_eq!(update(&moved, b.udp, &loc, 60 + i), codes::CHANGED, "{ep}");
+        assert_eq!(owner(&redis, &ep).as_deref(), Some("quick-b"), "{ep}");
+    }
+    let m = b.metrics();
+    assert_eq!(m.sum("lwm2m_cluster_takeovers_total", &[]), 5.0);
+    assert_eq!(m.sum("lwm2m_cluster_take_misses_total", &[]), 0.0);
+    a.metrics_when(|m| m.sum("lwm2m_cluster_released_total", &[]) == 5.0);
+}
+
 /// A device that answers every request with 2.05 and `payload`, on its own thread,
 /// until the socket is dropped by the end of the test (its read times out).
 fn answer_requests(sock: UdpSocket, payload: &'static [u8]) -> std::thread::JoinHandle<usize> {

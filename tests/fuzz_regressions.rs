@@ -540,3 +540,69 @@ fn core_endpoint_seeds_with_restarts() {
     assert!(seeds > 0);
     assert!(restarts >= 1, "{restarts} restarts in {seeds} seeds");
 }
+
+/// `core_endpoint` with two nodes sharing a store (mode 0x20): dev-a registers on node 0,
+/// whose batch is written; its Update from a new address reaches node 1, which holds it
+/// and asks the store; the take answers it (2.04) and node 0 hears the release. A read
+/// published then reaches node 1 (the one subscriber of the filter) and is answered
+/// there, once.
+#[test]
+fn core_two_nodes_take_over_a_moved_device() {
+    let input = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/core_endpoint/two_nodes_takeover"),
+    )
+    .expect("seed");
+    let c = checks::two_nodes::run_ops(&input);
+    assert_eq!((c.adopted, c.released, c.unheard), (1, 1, 0));
+    assert_eq!(c.store.regs["dev-a"].2, 1, "node 1 owns dev-a");
+    let held = |n: usize| c.nodes[n].cores.iter().map(|k| k.endpoints().len()).sum();
+    assert_eq!((held(0), held(1)), (0usize, 1usize));
+    assert!(c.nodes[0].cmds.is_empty());
+    let finals: Vec<u32> = c.nodes[1].cmds.values().map(|k| k.finals).collect();
+    assert_eq!(finals, [1], "the read answered once, on node 1");
+    let mut c = c;
+    checks::two_nodes::finish(&mut c);
+}
+
+/// Two nodes: a read in flight on node 0 when node 1 takes dev-a over ends on node 0
+/// with one final message (the error of a registration that moved), before any time
+/// passes; node 1 never saw it.
+#[test]
+fn core_two_nodes_release_ends_the_old_nodes_commands() {
+    let input = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/core_endpoint/two_nodes_release"),
+    )
+    .expect("seed");
+    let c = checks::two_nodes::run_ops(&input);
+    assert_eq!((c.adopted, c.released), (1, 1));
+    assert_eq!(
+        c.nodes[0].requests, 1,
+        "the read went to the device from node 0"
+    );
+    let finals: Vec<u32> = c.nodes[0].cmds.values().map(|k| k.finals).collect();
+    assert_eq!(finals, [1], "ended by the release");
+    assert!(c.nodes[1].cmds.is_empty());
+    let mut c = c;
+    checks::two_nodes::finish(&mut c);
+}
+
+/// Every seed of `core_endpoint` replayed with two nodes (mode 0x20, and 0x60 with
+/// restarts of a node): the seeds' bytes read as two-node ops.
+#[test]
+fn core_endpoint_seeds_with_two_nodes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/core_endpoint");
+    let mut runs = 0;
+    for e in std::fs::read_dir(&root).expect("seeds").flatten() {
+        let seed = std::fs::read(e.path()).expect("seed");
+        if seed.len() < 2 {
+            continue;
+        }
+        for bits in [0x20, 0x60] {
+            let mut data = seed.clone();
+            data[1] = data[1] & 0x81 | bits;
+            checks::core_endpoint(&data);
+            runs += 1;
+        }
+    }
+    assert!(runs >= 6, "{runs} runs");
+}

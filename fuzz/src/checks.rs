@@ -20,6 +20,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+#[path = "two_nodes.rs"]
+pub mod two_nodes;
+
 // ------------------------------------------------------------------ CoAP
 
 /// Parse, iterate every option, re-encode with `MessageWriter` and parse again:
@@ -934,6 +937,16 @@ pub struct World {
     /// waiting or in flight are not stored, by design).
     pub restarts: u64,
     pub lost_at_restart: u64,
+    /// The settings of the cores (a node of a cluster: a shared store and a location
+    /// key of its own).
+    pub settings: Arc<CoreSettings>,
+    /// A node sharing its store with others (`two_nodes`): store changes wait in
+    /// `unwritten` for the node's writer and takes in `takes` for its cluster thread,
+    /// instead of going to `store` at once.
+    pub shared: bool,
+    pub unwritten: Vec<lwm2m_gateway::lwm2m::StoreChange>,
+    /// The takes the shards asked for, with the shard that asked.
+    pub takes: Vec<(usize, lwm2m_gateway::lwm2m::ClusterRequest)>,
 }
 
 /// A command published to the core, and what came back for it.
@@ -989,10 +1002,27 @@ fn parse_json(bytes: &[u8]) -> simd_json::OwnedValue {
 
 impl World {
     pub fn new(shards: usize) -> Self {
-        let s = Arc::new(core_settings());
+        Self::with_settings(shards, core_settings(), 0)
+    }
+
+    /// Node `node` of several sharing one store: its own location key and seeds.
+    pub fn node(shards: usize, node: u64) -> Self {
+        let mut s = core_settings();
+        s.shared_store = true;
+        s.location_key = [0x0123_4567_89ab_cdef ^ node, 0x0fed_cba9_8765_4321];
+        let mut w = Self::with_settings(shards, s, 500 * node);
+        w.shared = true;
+        w
+    }
+
+    fn with_settings(shards: usize, settings: CoreSettings, seed: u64) -> Self {
+        let s = Arc::new(settings);
         let dir = Arc::new(Directory::new());
         let cores = (0..shards)
-            .map(|i| ShardCore::new(i as u16, s.clone(), dir.clone(), 77 + 1000 * i as u64))
+            .map(|i| {
+                let seed = seed + 77 + 1000 * i as u64;
+                ShardCore::new(i as u16, s.clone(), dir.clone(), seed)
+            })
             .collect();
         Self {
             cores,
@@ -1018,6 +1048,10 @@ impl World {
             store: BTreeMap::new(),
             restarts: 0,
             lost_at_restart: 0,
+            settings: s,
+            shared: false,
+            unwritten: Vec::new(),
+            takes: Vec::new(),
         }
     }
 
@@ -1049,7 +1083,7 @@ impl World {
         };
         let before = snapshot(&self.cores, self.now);
         let shards = self.cores.len();
-        let s = Arc::new(core_settings());
+        let s = self.settings.clone();
         self.dir = Arc::new(Directory::new());
         self.restarts += 1;
         self.cores = (0..shards)
@@ -1060,6 +1094,7 @@ impl World {
             .collect();
         self.timers.clear();
         self.subscribed.clear();
+        self.takes.clear();
         for (name, (_, bytes)) in &self.store {
             let ep = lwm2m_gateway::lwm2m::record::decode(bytes, s.clock_epoch_ms)
                 .unwrap_or_else(|e| panic!("the stored record of {name} does not decode: {e}"));
@@ -1073,7 +1108,17 @@ impl World {
         );
         self.deliver_all();
         let after = snapshot(&self.cores, self.now);
-        assert_eq!(after, before, "the registrations restored from the store");
+        if self.shared {
+            // A node of several: every registration it held comes back; the store may
+            // also name it owner of a record it no longer held (a known defect, see
+            // `two_nodes::finish`), which it restores too.
+            for (name, reg) in &before {
+                let back = after.get(name);
+                assert_eq!(back, Some(reg), "the registration of {name} restored");
+            }
+        } else {
+            assert_eq!(after, before, "the registrations restored from the store");
+        }
         for c in self.cmds.values_mut() {
             if c.finals == 0 && !c.broken {
                 c.finals = 1;
@@ -1096,8 +1141,9 @@ impl World {
         let mut datagrams = Vec::new();
         let mut mqtt = Vec::new();
         let mut stored = Vec::new();
+        let shared = self.shared;
         for (i, c) in self.cores.iter_mut().enumerate() {
-            let (timers, mailbox) = (&mut self.timers, &mut self.mailbox);
+            let (timers, mailbox, takes) = (&mut self.timers, &mut self.mailbox, &mut self.takes);
             c.drain(|o| match o {
                 Output::Datagram { to, bytes, .. } => datagrams.push((to, bytes.to_vec())),
                 Output::Mqtt(m) => mqtt.push((i, m)),
@@ -1109,11 +1155,16 @@ impl World {
                     check_store_change(&c);
                     stored.push(c);
                 }
+                Output::Cluster(r) if shared => takes.push((i, r)),
                 Output::Cluster(_) => unreachable!("the store is not shared"),
             });
         }
-        for c in stored {
-            self.apply_store_change(c);
+        if shared {
+            self.unwritten.extend(stored);
+        } else {
+            for c in stored {
+                self.apply_store_change(c);
+            }
         }
         for (shard, m) in mqtt {
             match m {
@@ -1837,8 +1888,15 @@ fn device_answer(r: &mut Bytes<'_>, s: &Sent) -> Vec<u8> {
 /// The second byte: bit 0 delivers cross-shard messages after every op; bit 7
 /// enables the device-management ops (commands, device answers, notifications),
 /// so inputs from before they existed replay as they did.
+///
+/// With 0x20 or 0x60 alone among the bits 0x02..0x40 (no earlier input has them): two
+/// nodes sharing a store ([`two_nodes`]), 0x60 with restarts of a node.
 pub fn core_endpoint(data: &[u8]) {
-    run_core(data);
+    if data.len() > 1 && matches!(data[1] & 0x7e, 0x20 | 0x60) {
+        two_nodes::run(data);
+    } else {
+        run_core(data);
+    }
 }
 
 /// `core_endpoint`, returning the world it leaves (for tests that count).
@@ -1868,181 +1926,7 @@ pub fn run_core(data: &[u8]) -> World {
         if trace() {
             eprintln!("op {op} peer {p} at {} ms", w.now);
         }
-        match op {
-            0 | 1 => {
-                let k = r.u8();
-                let name: String = if k >= 240 {
-                    let n = (r.u8() % 12) as usize;
-                    String::from_utf8_lossy(r.take(n)).into_owned()
-                } else {
-                    NAMES[k as usize % NAMES.len()].to_string()
-                };
-                let lt = r.u8();
-                let flags = r.u8();
-                let mid = r.u16();
-                let tkl = (r.u8() % 9) as usize;
-                let token = r.take(tkl).to_vec();
-                let payload: Vec<u8> = match flags >> 4 & 3 {
-                    0 => Vec::new(),
-                    1 => b"</1/0>,</3/0>".to_vec(),
-                    2 => b"</lwm2m>;rt=\"oma.lwm2m\",</lwm2m/1/0>,</lwm2m/3303/0>".to_vec(),
-                    _ => {
-                        let n = r.u8() as usize;
-                        r.take(n).to_vec()
-                    }
-                };
-                let ep = format!("ep={name}");
-                let lts = format!("lt={}", lt as u32 * 7);
-                let mut q: Vec<&[u8]> = vec![ep.as_bytes()];
-                if lt != 0 {
-                    q.push(lts.as_bytes());
-                }
-                if flags & 4 != 0 {
-                    q.push(b"lwm2m=1.1");
-                }
-                if flags & 8 != 0 {
-                    q.push(b"b=UQ");
-                }
-                let bytes = request(
-                    flags & 1 == 0,
-                    codes::POST,
-                    mid,
-                    &token,
-                    &[b"rd"],
-                    &q,
-                    &payload,
-                );
-                w.datagram(p, &bytes);
-            }
-            2 | 3 => {
-                let k = r.u8();
-                let loc = if w.locations.is_empty() || k == 255 {
-                    format!("{:x}", r.u16())
-                } else {
-                    w.locations[k as usize % w.locations.len()].clone()
-                };
-                let flags = r.u8();
-                let mid = r.u16();
-                let code = if flags & 1 == 0 {
-                    codes::POST
-                } else {
-                    codes::DELETE
-                };
-                let lts = format!("lt={}", r.u8() as u32 * 11);
-                let q: Vec<&[u8]> = if flags & 2 != 0 {
-                    vec![lts.as_bytes()]
-                } else {
-                    vec![]
-                };
-                let payload: &[u8] = if flags & 4 != 0 {
-                    b"</3/0>,</5/0>"
-                } else {
-                    b""
-                };
-                let bytes = request(
-                    flags & 8 == 0,
-                    code,
-                    mid,
-                    &mid.to_be_bytes(),
-                    &[b"rd", loc.as_bytes()],
-                    &q,
-                    payload,
-                );
-                w.datagram(p, &bytes);
-            }
-            4 => {
-                let n = r.u8() as usize;
-                let raw = r.take(n).to_vec();
-                w.datagram(p, &raw);
-            }
-            5 => {
-                // A duplicate of the last datagram, or a mutated / truncated copy.
-                if let Some((lp, mut bytes)) = w.last.clone() {
-                    let how = r.u8();
-                    let at = r.u8() as usize;
-                    let v = r.u8();
-                    if !bytes.is_empty() {
-                        match how % 3 {
-                            0 => {}
-                            1 => {
-                                let i = at % bytes.len();
-                                bytes[i] ^= v;
-                            }
-                            _ => bytes.truncate(at % bytes.len()),
-                        }
-                    }
-                    let target = if how & 0x80 != 0 { p } else { lp };
-                    w.datagram(target, &bytes);
-                }
-            }
-            6 => {
-                let ms = match r.u8() {
-                    255 => 2 * 86_400_000,
-                    k => k as u64 * 1_500,
-                };
-                w.advance(ms);
-            }
-            7 => {
-                let i = r.u16() as usize;
-                w.fire(i);
-            }
-            8 => {
-                let i = r.u8() as usize;
-                w.deliver(i);
-            }
-            9 => w.deliver_all(),
-            10..=12 => {
-                // An MQTT command, to a known name or one never registered.
-                let k = r.u8();
-                let name = if k >= 240 {
-                    format!("nobody-{}", k % 3)
-                } else {
-                    NAMES[k as usize % NAMES.len()].to_string()
-                };
-                let id = w.next_req;
-                w.next_req += 1;
-                let (t, body, broken) = command_body(&mut r, id);
-                w.command(p as usize, id, &name, t, body, broken);
-            }
-            13 | 14 => {
-                // A device answers one of the latest requests (the peer it went
-                // to, or another one).
-                if !w.sent.is_empty() {
-                    let i = r.u8() as usize % w.sent.len();
-                    let s = w.sent[w.sent.len() - 1 - i];
-                    let other = r.u8() & 0x80 != 0;
-                    let bytes = device_answer(&mut r, &s);
-                    w.datagram(if other { p } else { s.to }, &bytes);
-                }
-            }
-            _ => {
-                // A notification on an observe request's token.
-                let observes: Vec<Sent> = w.sent.iter().filter(|s| s.observe).copied().collect();
-                if !observes.is_empty() {
-                    let s = observes[r.u8() as usize % observes.len()];
-                    let how = r.u8();
-                    let t = if how & 1 == 0 {
-                        MsgType::Con
-                    } else {
-                        MsgType::Non
-                    };
-                    let code = if how & 6 == 6 {
-                        codes::NOT_FOUND
-                    } else {
-                        codes::CONTENT
-                    };
-                    let mid = r.u16();
-                    let mut buf = Vec::new();
-                    let mut mw = MessageWriter::new(&mut buf, t, code, mid, &s.token);
-                    if how & 8 == 0 {
-                        mw.option_uint(opt::OBSERVE, r.u16() as u32);
-                    }
-                    mw.option_uint(opt::CONTENT_FORMAT, 0);
-                    mw.payload(b"21.5");
-                    w.datagram(s.to, &buf);
-                }
-            }
-        }
+        core_op(&mut w, op, p, &mut r);
         if settle {
             w.deliver_all();
         }
@@ -2086,6 +1970,185 @@ pub fn run_core(data: &[u8]) -> World {
     let live = w.timers.len();
     assert_eq!(live, 0, "timers left after everything expired");
     w
+}
+
+/// One op of `core_endpoint` (`op` below 16, from peer `p`) on the world `w`.
+fn core_op(w: &mut World, op: u8, p: u8, r: &mut Bytes<'_>) {
+    match op {
+        0 | 1 => {
+            let k = r.u8();
+            let name: String = if k >= 240 {
+                let n = (r.u8() % 12) as usize;
+                String::from_utf8_lossy(r.take(n)).into_owned()
+            } else {
+                NAMES[k as usize % NAMES.len()].to_string()
+            };
+            let lt = r.u8();
+            let flags = r.u8();
+            let mid = r.u16();
+            let tkl = (r.u8() % 9) as usize;
+            let token = r.take(tkl).to_vec();
+            let payload: Vec<u8> = match flags >> 4 & 3 {
+                0 => Vec::new(),
+                1 => b"</1/0>,</3/0>".to_vec(),
+                2 => b"</lwm2m>;rt=\"oma.lwm2m\",</lwm2m/1/0>,</lwm2m/3303/0>".to_vec(),
+                _ => {
+                    let n = r.u8() as usize;
+                    r.take(n).to_vec()
+                }
+            };
+            let ep = format!("ep={name}");
+            let lts = format!("lt={}", lt as u32 * 7);
+            let mut q: Vec<&[u8]> = vec![ep.as_bytes()];
+            if lt != 0 {
+                q.push(lts.as_bytes());
+            }
+            if flags & 4 != 0 {
+                q.push(b"lwm2m=1.1");
+            }
+            if flags & 8 != 0 {
+                q.push(b"b=UQ");
+            }
+            let bytes = request(
+                flags & 1 == 0,
+                codes::POST,
+                mid,
+                &token,
+                &[b"rd"],
+                &q,
+                &payload,
+            );
+            w.datagram(p, &bytes);
+        }
+        2 | 3 => {
+            let k = r.u8();
+            let loc = if w.locations.is_empty() || k == 255 {
+                format!("{:x}", r.u16())
+            } else {
+                w.locations[k as usize % w.locations.len()].clone()
+            };
+            let flags = r.u8();
+            let mid = r.u16();
+            let code = if flags & 1 == 0 {
+                codes::POST
+            } else {
+                codes::DELETE
+            };
+            let lts = format!("lt={}", r.u8() as u32 * 11);
+            let q: Vec<&[u8]> = if flags & 2 != 0 {
+                vec![lts.as_bytes()]
+            } else {
+                vec![]
+            };
+            let payload: &[u8] = if flags & 4 != 0 {
+                b"</3/0>,</5/0>"
+            } else {
+                b""
+            };
+            let bytes = request(
+                flags & 8 == 0,
+                code,
+                mid,
+                &mid.to_be_bytes(),
+                &[b"rd", loc.as_bytes()],
+                &q,
+                payload,
+            );
+            w.datagram(p, &bytes);
+        }
+        4 => {
+            let n = r.u8() as usize;
+            let raw = r.take(n).to_vec();
+            w.datagram(p, &raw);
+        }
+        5 => {
+            // A duplicate of the last datagram, or a mutated / truncated copy.
+            if let Some((lp, mut bytes)) = w.last.clone() {
+                let how = r.u8();
+                let at = r.u8() as usize;
+                let v = r.u8();
+                if !bytes.is_empty() {
+                    match how % 3 {
+                        0 => {}
+                        1 => {
+                            let i = at % bytes.len();
+                            bytes[i] ^= v;
+                        }
+                        _ => bytes.truncate(at % bytes.len()),
+                    }
+                }
+                let target = if how & 0x80 != 0 { p } else { lp };
+                w.datagram(target, &bytes);
+            }
+        }
+        6 => {
+            let ms = match r.u8() {
+                255 => 2 * 86_400_000,
+                k => k as u64 * 1_500,
+            };
+            w.advance(ms);
+        }
+        7 => {
+            let i = r.u16() as usize;
+            w.fire(i);
+        }
+        8 => {
+            let i = r.u8() as usize;
+            w.deliver(i);
+        }
+        9 => w.deliver_all(),
+        10..=12 => {
+            // An MQTT command, to a known name or one never registered.
+            let k = r.u8();
+            let name = if k >= 240 {
+                format!("nobody-{}", k % 3)
+            } else {
+                NAMES[k as usize % NAMES.len()].to_string()
+            };
+            let id = w.next_req;
+            w.next_req += 1;
+            let (t, body, broken) = command_body(r, id);
+            w.command(p as usize, id, &name, t, body, broken);
+        }
+        13 | 14 => {
+            // A device answers one of the latest requests (the peer it went
+            // to, or another one).
+            if !w.sent.is_empty() {
+                let i = r.u8() as usize % w.sent.len();
+                let s = w.sent[w.sent.len() - 1 - i];
+                let other = r.u8() & 0x80 != 0;
+                let bytes = device_answer(r, &s);
+                w.datagram(if other { p } else { s.to }, &bytes);
+            }
+        }
+        _ => {
+            // A notification on an observe request's token.
+            let observes: Vec<Sent> = w.sent.iter().filter(|s| s.observe).copied().collect();
+            if !observes.is_empty() {
+                let s = observes[r.u8() as usize % observes.len()];
+                let how = r.u8();
+                let t = if how & 1 == 0 {
+                    MsgType::Con
+                } else {
+                    MsgType::Non
+                };
+                let code = if how & 6 == 6 {
+                    codes::NOT_FOUND
+                } else {
+                    codes::CONTENT
+                };
+                let mid = r.u16();
+                let mut buf = Vec::new();
+                let mut mw = MessageWriter::new(&mut buf, t, code, mid, &s.token);
+                if how & 8 == 0 {
+                    mw.option_uint(opt::OBSERVE, r.u16() as u32);
+                }
+                mw.option_uint(opt::CONTENT_FORMAT, 0);
+                mw.payload(b"21.5");
+                w.datagram(s.to, &buf);
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------------ DTLS records

@@ -1,5 +1,7 @@
 //! The `cluster-notices` thread: this node's pub/sub channel. Another node that took
-//! a registration over says so here; the shard holding it lets it go.
+//! a registration over says so here; the shard holding it lets it go, unless this node
+//! took it back since (two nodes that took it in turn each hear of the other's take:
+//! the older notice must not end the newer adoption).
 
 use super::{ClusterAnswer, ClusterStats, Deliver};
 use crate::lwm2m::Directory;
@@ -17,6 +19,11 @@ const RETRY: Duration = Duration::from_millis(500);
 pub(super) struct Listener {
     pub(super) con: RedisConn,
     pub(super) channel: String,
+    /// A connection of its own for the owner look-up of a release (the other one is
+    /// in subscriber mode).
+    pub(super) lookup: RedisConn,
+    /// This node's name, as owners are written.
+    pub(super) node: String,
     pub(super) dir: Arc<Directory>,
     pub(super) deliver: Deliver,
     pub(super) stats: Arc<ClusterStats>,
@@ -24,7 +31,7 @@ pub(super) struct Listener {
 
 impl Listener {
     /// Subscribes (again after each failure) and hands every notice on, until `stop`.
-    pub(super) fn run(self, stop: &AtomicBool) {
+    pub(super) fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
             let mut con = match self.con.open_another(READ_TIMEOUT) {
                 Ok(c) => c,
@@ -51,7 +58,7 @@ impl Listener {
 
     /// A release (to the shard holding that registration) or a forwarded command (to
     /// shard 0, which routes it as delivered).
-    fn notice(&self, payload: &[u8]) {
+    fn notice(&mut self, payload: &[u8]) {
         if let Some((topic, payload, expiry_s)) = redis_scripts::parse_command_notice(payload) {
             ClusterStats::add(&self.stats.forwards_received, 1);
             let command = ClusterAnswer::Command {
@@ -68,6 +75,14 @@ impl Listener {
             return;
         };
         ClusterStats::add(&self.stats.releases_received, 1);
+        if self.owned_here(name, location) {
+            tracing::debug!(
+                name,
+                location,
+                "a stale release: taken back by this node since"
+            );
+            return;
+        }
         let Some(at) = self.dir.by_name(name).filter(|e| e.location == location) else {
             return;
         };
@@ -78,5 +93,21 @@ impl Listener {
                 location,
             },
         );
+    }
+
+    /// Whether Redis names this node the owner of `name` at `location`: it took the
+    /// registration (back) after the take that sent a release. Unknown (Redis
+    /// unreachable): false, the release applies.
+    fn owned_here(&mut self, name: &str, location: u64) -> bool {
+        let key = redis_scripts::reg_key(name);
+        let found = self.lookup.with(|c| {
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("owner")
+                .arg("loc")
+                .query::<(Option<String>, Option<String>)>(c)
+        });
+        matches!(found, Ok((Some(owner), Some(loc)))
+            if owner == self.node && loc == location.to_string())
     }
 }

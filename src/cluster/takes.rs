@@ -7,15 +7,21 @@ use crate::lwm2m::{ClusterRequest, Directory};
 use crate::store::redis_scripts;
 use crate::store::{RedisConn, StoreError};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Requests the shards may have waiting for the cluster thread.
 const QUEUE_CAPACITY: usize = 16_384;
 /// How often an idle cluster thread checks that Redis answers.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a take that found nothing waits before it asks once more: a registration
+/// made on another node moments ago reaches Redis with that node's next batch, at most
+/// [`FLUSH_INTERVAL`](crate::store::FLUSH_INTERVAL) later plus a round trip. Well within
+/// the shard's takeover timeout (2 s), during which the device's retransmissions wait.
+const MISS_RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// What the cluster thread is asked.
 enum Job {
@@ -97,6 +103,9 @@ struct Worker {
     take: redis::Script,
     deliver: Deliver,
     stats: Arc<ClusterStats>,
+    /// Takes that found nothing once, with the time to ask again (oldest first), at
+    /// most [`QUEUE_CAPACITY`].
+    retries: VecDeque<(Instant, u16, ClusterRequest)>,
 }
 
 impl ClusterSide {
@@ -119,6 +128,7 @@ impl ClusterSide {
             take: redis_scripts::take(),
             deliver: deliver.clone(),
             stats: stats.clone(),
+            retries: VecDeque::new(),
         };
         let io = |e: std::io::Error| StoreError::Io {
             path: url.to_string(),
@@ -131,6 +141,8 @@ impl ClusterSide {
             .map_err(io)?;
         let listener = notices::Listener {
             con: RedisConn::new(url)?,
+            lookup: RedisConn::new(url)?,
+            node: node.to_string(),
             channel: redis_scripts::node_channel(node),
             dir,
             deliver,
@@ -174,13 +186,29 @@ impl ClusterSide {
 impl Worker {
     fn run(mut self, rx: &Receiver<(u16, Job)>, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
-            match rx.recv_timeout(PING_EVERY) {
+            let wait = self.retries.front().map_or(PING_EVERY, |(due, ..)| {
+                due.saturating_duration_since(Instant::now())
+                    .min(PING_EVERY)
+            });
+            match rx.recv_timeout(wait) {
                 Ok((shard, r)) => self.handle(shard, r),
-                Err(RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) if self.retries.is_empty() => {
                     let ok = self.con.with(|c| redis::cmd("PING").exec(c)).is_ok();
                     self.stats.set_reachable(ok);
                 }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.retry_due();
+        }
+    }
+
+    /// Asks again, for the last time, the takes whose wait is over.
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        while self.retries.front().is_some_and(|(due, ..)| *due <= now) {
+            if let Some((_, shard, r)) = self.retries.pop_front() {
+                self.take_for(shard, r, false);
             }
         }
     }
@@ -195,25 +223,43 @@ impl Worker {
                 expiry_s,
             } => return self.forward(shard, &name, topic, payload, expiry_s),
         };
+        self.take_for(shard, r, true);
+    }
+
+    /// Runs the take `r` of shard `shard` and hands the answer to the shard. On the
+    /// `first` try a miss is not answered: the take waits [`MISS_RETRY_AFTER`] and asks
+    /// once more (the registration may be on its way to Redis from the node where it was
+    /// just made), unless too many wait already.
+    fn take_for(&mut self, shard: u16, r: ClusterRequest, first: bool) {
+        let ClusterRequest::Take { location, .. } = r;
+        let found = self.take(location);
+        if first && matches!(found, Ok(None)) && self.retries.len() < QUEUE_CAPACITY {
+            let due = Instant::now() + MISS_RETRY_AFTER;
+            self.retries.push_back((due, shard, r));
+            return;
+        }
         let ClusterRequest::Take {
             location,
             peer,
             datagram,
             identity,
         } = r;
-        let answer = match self.take(location) {
+        let answer = match found {
             Ok(Some(endpoint)) => ClusterAnswer::Adopt {
                 endpoint: Box::new(endpoint),
                 peer,
                 datagram,
                 identity,
             },
-            Ok(None) => ClusterAnswer::Miss {
-                location,
-                peer,
-                datagram,
-                identity,
-            },
+            Ok(None) => {
+                ClusterStats::add(&self.stats.take_misses, 1);
+                ClusterAnswer::Miss {
+                    location,
+                    peer,
+                    datagram,
+                    identity,
+                }
+            }
             Err(e) => {
                 ClusterStats::add(&self.stats.take_failures, 1);
                 tracing::debug!(error = %e, location, "take from the Redis store failed");
@@ -291,7 +337,6 @@ impl Worker {
             }
         };
         let Some((name, rec, previous)) = found else {
-            ClusterStats::add(&self.stats.take_misses, 1);
             return Ok(None);
         };
         let ep = record::decode(&rec, self.epoch_ms)

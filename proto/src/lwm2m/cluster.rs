@@ -127,6 +127,22 @@ impl Cluster {
         }
     }
 
+    /// A registration `name` at `location` another node took over, which this shard's
+    /// directory entry names but its table does not hold (handed to another shard, its
+    /// `Adopt` on the way): the entry is released, so that the adoption finds the
+    /// registration superseded. True if it was.
+    pub(super) fn release_in_transit(&mut self, name: &str, location: u64) -> bool {
+        let here = DirEntry {
+            shard: self.shard,
+            location,
+        };
+        if self.dir.by_name(name) != Some(here) {
+            return false;
+        }
+        self.dir.release(name, location);
+        true
+    }
+
     /// Whether a location is free for a new registration.
     pub(super) fn location_free(&self, location: u64) -> bool {
         self.dir.by_location(location).is_none()
@@ -176,16 +192,7 @@ impl Cluster {
             // Plain CoAP may not move (nor touch) a DTLS registration.
             return Elsewhere::Forbidden;
         }
-        let now = cx.now;
-        let asked = self.pending_takeovers.get(&location);
-        if asked.is_none_or(|&(until, _)| now >= until) {
-            let until = now + TAKEOVER_TIMEOUT_MS;
-            self.forget_takeover(location);
-            self.pending_takeovers.insert(location, (until, peer));
-            self.takeover_peers.insert(peer, location);
-            cx.out
-                .timers
-                .push((until, Timer::TakeoverTimeout { location }));
+        if self.begin_takeover(cx, location, peer) {
             let takeover = ShardMsg::Takeover {
                 location,
                 from: self.shard,
@@ -213,16 +220,7 @@ impl Cluster {
         if !cx.settings.shared_store || self.store_missed == Some(location) {
             return Elsewhere::NotFound;
         }
-        let now = cx.now;
-        let asked = self.pending_takeovers.get(&location);
-        if asked.is_none_or(|&(until, _)| now >= until) {
-            let until = now + TAKEOVER_TIMEOUT_MS;
-            self.forget_takeover(location);
-            self.pending_takeovers.insert(location, (until, peer));
-            self.takeover_peers.insert(peer, location);
-            cx.out
-                .timers
-                .push((until, Timer::TakeoverTimeout { location }));
+        if self.begin_takeover(cx, location, peer) {
             cx.out.cluster.push(ClusterRequest::Take {
                 location,
                 peer,
@@ -231,6 +229,26 @@ impl Cluster {
             });
         }
         Elsewhere::Asked
+    }
+
+    /// Records a takeover of `location` asked for on behalf of `peer` (with its timeout
+    /// timer), unless one is in flight and not yet due. True when the caller must ask
+    /// (another shard, or the shared store); false: the request waits for the answer
+    /// already asked for.
+    fn begin_takeover(&mut self, cx: &mut Cx<'_>, location: u64, peer: SocketAddr) -> bool {
+        let now = cx.now;
+        let asked = self.pending_takeovers.get(&location);
+        if asked.is_some_and(|&(until, _)| now < until) {
+            return false;
+        }
+        let until = now + TAKEOVER_TIMEOUT_MS;
+        self.forget_takeover(location);
+        self.pending_takeovers.insert(location, (until, peer));
+        self.takeover_peers.insert(peer, location);
+        cx.out
+            .timers
+            .push((until, Timer::TakeoverTimeout { location }));
+        true
     }
 
     /// The shared store has no registration at `location` (or could not be asked): the

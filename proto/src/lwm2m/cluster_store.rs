@@ -73,9 +73,14 @@ impl ShardCore {
 
     /// Another node took the registration `name` at `location` over: it leaves this
     /// node silently (no deregister message: it lives on there), its command filter is
-    /// unsubscribed and its commands in progress end with an error.
+    /// unsubscribed and its commands in progress end with an error. One on its way to
+    /// another shard of this node (a `Takeover` answered, its `Adopt` in a mailbox) loses
+    /// its directory entry: the adopting shard finds it superseded and ends it.
     pub(super) fn cluster_release(&mut self, name: &str, location: u64) {
         let Some(slot) = self.table.find_location(location) else {
+            if self.cluster.release_in_transit(name, location) {
+                self.stats.cluster_released += 1;
+            }
             return;
         };
         if self.table.get(slot).map(|e| &*e.name == name) != Some(true) {

