@@ -1,0 +1,171 @@
+//! What an established, idle DTLS-PSK session holds on the heap, counted by
+//! jemalloc (the gateway's allocator) in its size classes: a gateway holds one
+//! per device, 100,000s of them idle, so these bounds keep it from growing back.
+//!
+//! A dimpl server configured as the gateway's listener does it (cookie, PSK with
+//! AES-128-CCM-8, a connection ID issued) completes an in-memory handshake with a
+//! dimpl client, takes and sends application data, and every output is polled;
+//! then the bytes jemalloc frees on this thread when the server is dropped are
+//! what the session held.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dimpl::crypto::Dtls12CipherSuite;
+use dimpl::{Config, Dtls, Output, PskResolver};
+use tikv_jemalloc_ctl::thread::{allocatedp, deallocatedp};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+struct FixedKey;
+impl PskResolver for FixedKey {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some((0u8..16).collect())
+    }
+}
+
+/// The listener's configuration, shared by all its sessions.
+fn server_config() -> Arc<Config> {
+    let config = Config::builder()
+        .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .dtls13_cipher_suites(&[])
+        .use_server_cookie(true)
+        .handshake_timeout(Duration::from_secs(30))
+        .with_psk_server(None, Arc::new(FixedKey))
+        .build()
+        .unwrap();
+    Arc::new(config)
+}
+
+fn server(config: &Arc<Config>, now: Instant) -> Dtls {
+    let mut dtls = Dtls::new_12_psk(Arc::clone(config), now);
+    assert!(dtls.set_connection_id(&[7; 8]));
+    dtls.handle_timeout(now).unwrap();
+    dtls
+}
+
+fn client(now: Instant, cid: Option<&[u8]>) -> Dtls {
+    let config = Config::builder()
+        .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .with_psk_client(b"lg-000001".to_vec(), Arc::new(FixedKey))
+        .build()
+        .unwrap();
+    let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
+    dtls.set_active(true);
+    if let Some(cid) = cid {
+        assert!(dtls.set_connection_id(cid));
+    }
+    dtls.handle_timeout(now).unwrap();
+    dtls
+}
+
+/// Polls every output: datagrams go to `out`, application data to `data`.
+fn drain(dtls: &mut Dtls, out: &mut VecDeque<Vec<u8>>, data: &mut Vec<Vec<u8>>) -> bool {
+    let mut buf = vec![0u8; 2048];
+    let mut connected = false;
+    loop {
+        match dtls.poll_output(&mut buf) {
+            Output::Packet(p) => out.push_back(p.to_vec()),
+            Output::Timeout(_) => return connected,
+            Output::Connected => connected = true,
+            Output::ApplicationData(d) => data.push(d.to_vec()),
+            Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+            _ => {}
+        }
+    }
+}
+
+/// Both ends, with the datagrams in flight each way.
+struct Pair {
+    server: Dtls,
+    client: Dtls,
+    to_server: VecDeque<Vec<u8>>,
+    to_client: VecDeque<Vec<u8>>,
+    server_got: Vec<Vec<u8>>,
+    client_got: Vec<Vec<u8>>,
+    client_connected: bool,
+}
+
+impl Pair {
+    fn new(config: &Arc<Config>, cid: Option<&[u8]>) -> Self {
+        let now = Instant::now();
+        let mut pair = Pair {
+            server: server(config, now),
+            client: client(now, cid),
+            to_server: VecDeque::new(),
+            to_client: VecDeque::new(),
+            server_got: Vec::new(),
+            client_got: Vec::new(),
+            client_connected: false,
+        };
+        pair.flow();
+        pair
+    }
+
+    /// Delivers datagrams both ways until none is left.
+    fn flow(&mut self) {
+        let mut rounds = 0;
+        loop {
+            self.client_connected |=
+                drain(&mut self.client, &mut self.to_server, &mut self.client_got);
+            drain(&mut self.server, &mut self.to_client, &mut self.server_got);
+            if self.to_server.is_empty() && self.to_client.is_empty() {
+                return;
+            }
+            while let Some(d) = self.to_server.pop_front() {
+                self.server.handle_packet(&d).unwrap();
+            }
+            while let Some(d) = self.to_client.pop_front() {
+                self.client.handle_packet(&d).unwrap();
+            }
+            rounds += 1;
+            assert!(rounds < 20, "the handshake does not settle");
+        }
+    }
+
+    /// A request and its response: the server's session is then established
+    /// and idle.
+    fn exchange(&mut self) {
+        assert!(self.client_connected, "the client connected");
+        self.client.send_application_data(b"register").unwrap();
+        self.flow();
+        assert_eq!(self.server_got, vec![b"register".to_vec()]);
+        self.server.send_application_data(b"created").unwrap();
+        self.flow();
+        assert_eq!(self.client_got, vec![b"created".to_vec()]);
+    }
+}
+
+/// Bytes (jemalloc size classes) that dropping `value` frees on this thread.
+fn freed_by_drop<T>(value: T) -> u64 {
+    let allocated = allocatedp::mib().unwrap().read().unwrap();
+    let deallocated = deallocatedp::mib().unwrap().read().unwrap();
+    let (alloc0, dealloc0) = (allocated.get(), deallocated.get());
+    drop(value);
+    let allocated_meanwhile = allocated.get() - alloc0;
+    (deallocated.get() - dealloc0).saturating_sub(allocated_meanwhile)
+}
+
+#[test]
+fn an_idle_psk_session_holds_at_most_1_5_kib_of_heap() {
+    let config = server_config();
+    let mut pair = Pair::new(&config, None);
+    pair.exchange();
+    let held = freed_by_drop(pair.server);
+    eprintln!("idle DTLS-PSK server session without a connection ID: {held} B on the heap");
+    assert!(held > 0, "the server's state lives on the heap");
+    assert!(held <= 1_536, "an idle session holds {held} B");
+}
+
+#[test]
+fn an_idle_psk_session_with_a_connection_id_holds_at_most_1_5_kib_of_heap() {
+    let config = server_config();
+    let mut pair = Pair::new(&config, Some(&[9; 4]));
+    pair.exchange();
+    assert_eq!(pair.server.peer_connection_id(), Some(&[9u8; 4][..]));
+    let held = freed_by_drop(pair.server);
+    eprintln!("idle DTLS-PSK server session with a connection ID: {held} B on the heap");
+    assert!(held <= 1_536, "an idle session holds {held} B");
+}
