@@ -8,23 +8,20 @@
 //! then the bytes jemalloc frees on this thread when the server is dropped are
 //! what the session held.
 
+mod common;
+
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dtls_client::{hex, Client, FixedKey, KEY};
 use dimpl::crypto::Dtls12CipherSuite;
-use dimpl::{Config, Dtls, Output, PskResolver};
+use dimpl::{Config, Dtls, Output};
 use tikv_jemalloc_ctl::thread::{allocatedp, deallocatedp};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-struct FixedKey;
-impl PskResolver for FixedKey {
-    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
-        Some((0u8..16).collect())
-    }
-}
 
 /// The listener's configuration, shared by all its sessions.
 fn server_config() -> Arc<Config> {
@@ -33,7 +30,7 @@ fn server_config() -> Arc<Config> {
         .dtls13_cipher_suites(&[])
         .use_server_cookie(true)
         .handshake_timeout(Duration::from_secs(30))
-        .with_psk_server(None, Arc::new(FixedKey))
+        .with_psk_server(None, Arc::new(FixedKey(hex(KEY))))
         .build()
         .unwrap();
     Arc::new(config)
@@ -46,30 +43,14 @@ fn server(config: &Arc<Config>, now: Instant) -> Dtls {
     dtls
 }
 
-fn client(now: Instant, cid: Option<&[u8]>) -> Dtls {
-    let config = Config::builder()
-        .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
-        .with_psk_client(b"lg-000001".to_vec(), Arc::new(FixedKey))
-        .build()
-        .unwrap();
-    let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
-    dtls.set_active(true);
-    if let Some(cid) = cid {
-        assert!(dtls.set_connection_id(cid));
-    }
-    dtls.handle_timeout(now).unwrap();
-    dtls
-}
-
-/// Polls every output: datagrams go to `out`, application data to `data`.
-fn drain(dtls: &mut Dtls, out: &mut VecDeque<Vec<u8>>, data: &mut Vec<Vec<u8>>) -> bool {
+/// Polls every output of the server: datagrams go to `out`, application
+/// data to `data`.
+fn drain(dtls: &mut Dtls, out: &mut VecDeque<Vec<u8>>, data: &mut Vec<Vec<u8>>) {
     let mut buf = vec![0u8; 2048];
-    let mut connected = false;
     loop {
         match dtls.poll_output(&mut buf) {
             Output::Packet(p) => out.push_back(p.to_vec()),
-            Output::Timeout(_) => return connected,
-            Output::Connected => connected = true,
+            Output::Timeout(_) => return,
             Output::ApplicationData(d) => data.push(d.to_vec()),
             Output::BufferTooSmall { needed } => buf.resize(needed, 0),
             _ => {}
@@ -77,28 +58,29 @@ fn drain(dtls: &mut Dtls, out: &mut VecDeque<Vec<u8>>, data: &mut Vec<Vec<u8>>) 
     }
 }
 
-/// Both ends, with the datagrams in flight each way.
+/// A server session and its client, with the datagrams in flight to the client.
 struct Pair {
+    now: Instant,
     server: Dtls,
-    client: Dtls,
-    to_server: VecDeque<Vec<u8>>,
+    client: Client,
     to_client: VecDeque<Vec<u8>>,
     server_got: Vec<Vec<u8>>,
-    client_got: Vec<Vec<u8>>,
-    client_connected: bool,
 }
 
 impl Pair {
     fn new(config: &Arc<Config>, cid: Option<&[u8]>) -> Self {
         let now = Instant::now();
+        let at = SocketAddr::from(([10, 0, 0, 1], 5684));
+        let client = match cid {
+            Some(cid) => Client::psk_cid("lg-000001", KEY, at, now, cid),
+            None => Client::psk("lg-000001", KEY, at, now),
+        };
         let mut pair = Pair {
+            now,
             server: server(config, now),
-            client: client(now, cid),
-            to_server: VecDeque::new(),
+            client,
             to_client: VecDeque::new(),
             server_got: Vec::new(),
-            client_got: Vec::new(),
-            client_connected: false,
         };
         pair.flow();
         pair
@@ -106,35 +88,31 @@ impl Pair {
 
     /// Delivers datagrams both ways until none is left.
     fn flow(&mut self) {
-        let mut rounds = 0;
-        loop {
-            self.client_connected |=
-                drain(&mut self.client, &mut self.to_server, &mut self.client_got);
+        for _ in 0..20 {
             drain(&mut self.server, &mut self.to_client, &mut self.server_got);
-            if self.to_server.is_empty() && self.to_client.is_empty() {
+            if self.client.out.is_empty() && self.to_client.is_empty() {
                 return;
             }
-            while let Some(d) = self.to_server.pop_front() {
+            while let Some(d) = self.client.out.pop_front() {
                 self.server.handle_packet(&d).unwrap();
             }
             while let Some(d) = self.to_client.pop_front() {
-                self.client.handle_packet(&d).unwrap();
+                self.client.receive(self.now, &d);
             }
-            rounds += 1;
-            assert!(rounds < 20, "the handshake does not settle");
         }
+        panic!("the handshake does not settle");
     }
 
     /// A request and its response: the server's session is then established
     /// and idle.
     fn exchange(&mut self) {
-        assert!(self.client_connected, "the client connected");
-        self.client.send_application_data(b"register").unwrap();
+        assert!(self.client.connected, "the client connected");
+        self.client.send(b"register");
         self.flow();
         assert_eq!(self.server_got, vec![b"register".to_vec()]);
         self.server.send_application_data(b"created").unwrap();
         self.flow();
-        assert_eq!(self.client_got, vec![b"created".to_vec()]);
+        assert_eq!(self.client.received, vec![b"created".to_vec()]);
     }
 }
 
