@@ -334,7 +334,6 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-
 const BOOT_KEY: &str = "bootstrapkey1234";
 const DEV_KEY: &str = "provisionedkey16";
 

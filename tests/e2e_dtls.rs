@@ -31,7 +31,6 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-
 fn register(tool: &str, identity: &str, key: &str, gw: SocketAddr, ep: &str) -> Output {
     let url = format!(
         "coaps://127.0.0.1:{}/rd?ep={ep}&lt=60&lwm2m=1.1&b=U",

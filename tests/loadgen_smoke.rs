@@ -139,7 +139,6 @@ fn queue_mode_run(version: &str, prefix: &str, devices_offset: u32) {
     assert!(gw.stop().success());
 }
 
-
 #[test]
 fn loadgen_smoke_dtls() {
     dtls_smoke(false);
@@ -169,7 +168,7 @@ fn dtls_smoke(cid: bool) {
         devices_offset: 9_000,
         ..RunOpts::default()
     };
-    let (gw, _psk_dir) = start_dtls_gateway(&mut opts, "");
+    let (mut gw, _psk_dir) = start_dtls_gateway(&mut opts, "");
     let r = lwm2m_loadgen::run(opts).expect("load run");
     eprintln!("{}", r.table());
     let ctx = || context(&r, &gw);
