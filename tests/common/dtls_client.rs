@@ -171,7 +171,7 @@ impl Client {
 
     /// Runs the client's timer if it is due at `now`.
     pub fn tick(&mut self, now: Instant) {
-        if self.failed || !self.timeout.is_some_and(|t| t <= now) {
+        if self.failed || self.timeout.is_none_or(|t| t > now) {
             return;
         }
         if self.dtls.handle_timeout(now).is_err() {
