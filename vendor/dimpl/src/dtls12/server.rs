@@ -51,8 +51,12 @@ pub struct Server {
     /// Engine in common between server and client.
     engine: Engine,
 
+    /// Random unique data (with gmt timestamp). Used for signature checks.
+    random: Option<Random>,
+
     /// What the hellos gave, until the handshake is over (boxed by this copy
-    /// of dimpl and dropped with the handshake state).
+    /// of dimpl and dropped with the handshake state; not allocated for a
+    /// ClientHello without a valid cookie).
     hello: Option<Box<Hello>>,
 
     /// Session resumption (added by this copy of dimpl): this handshake is
@@ -104,9 +108,6 @@ pub struct Server {
 /// `release_handshake_state_when_done`).
 #[derive(Default)]
 struct Hello {
-    /// Random unique data (with gmt timestamp). Used for signature checks.
-    random: Option<Random>,
-
     /// SessionId we provide to the client: a fresh one on a full handshake
     /// when a session cache is configured, the client's on a resumption.
     session_id: Option<SessionId>,
@@ -184,6 +185,7 @@ impl Server {
         Server {
             state: State::AwaitClientHello,
             engine,
+            random: None,
             hello: None,
             resumed: false,
             psk_identity: None,
@@ -296,11 +298,8 @@ impl Server {
 
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         self.last_now = now;
-        if !self.handshake_state_released {
-            let hello = self.hello.get_or_insert_with(Box::default);
-            if hello.random.is_none() {
-                hello.random = Some(Random::new_with_time(now, &mut self.engine.rng));
-            }
+        if self.random.is_none() {
+            self.random = Some(Random::new_with_time(now, &mut self.engine.rng));
         }
         self.engine.handle_timeout(now)?;
         match self.make_progress() {
@@ -565,10 +564,9 @@ impl State {
         // Start/restart flight timer for server Flight 4
         server.engine.flight_begin(4);
 
-        let hello = server.hello();
-        let session_id = hello.session_id.unwrap_or_else(SessionId::empty);
+        let session_id = server.hello().session_id.unwrap_or_else(SessionId::empty);
         // unwrap: is ok because we set the random in handle_timeout
-        let random = hello.random.unwrap();
+        let random = server.random.unwrap();
         let negotiated_srtp_profile = server.negotiated_srtp_profile;
         let extension_data = &mut server.extension_data;
 
@@ -626,12 +624,11 @@ impl State {
             return self.send_server_key_exchange_psk(server);
         }
 
-        let hello = server.hello();
-        let client_random = hello.client_random.ok_or(Error::InvalidState(
+        let client_random = server.hello().client_random.ok_or(Error::InvalidState(
             crate::InvalidStateError::NoClientRandom,
         ))?;
         // unwrap: is ok because we set the random in handle_timeout
-        let server_random = hello.random.unwrap();
+        let server_random = server.random.unwrap();
 
         // Select ECDHE group from the intersection of:
         // - client offers, and
@@ -1333,15 +1330,14 @@ fn store_session(server: &Server) {
 
 /// The key block from the master secret and both randoms.
 fn derive_session_keys(server: &mut Server, suite: Dtls12CipherSuite) -> Result<(), Error> {
-    let hello = server.hello();
-    let client_random = hello.client_random.ok_or(Error::InvalidState(
+    let client_random = server.hello().client_random.ok_or(Error::InvalidState(
         crate::InvalidStateError::NoClientRandom,
     ))?;
     let mut client_random_buf = Buf::new();
     client_random.serialize(&mut client_random_buf);
     let mut server_random_buf = Buf::new();
     // unwrap: is ok because we set the random in handle_timeout
-    hello.random.unwrap().serialize(&mut server_random_buf);
+    server.random.unwrap().serialize(&mut server_random_buf);
 
     let mut out = server.engine.pop_buffer();
     let mut scratch = server.engine.pop_buffer();
