@@ -2,34 +2,20 @@
 //! sockets: dimpl clients (our copy, which offers a cached session ID) and the
 //! server exchange datagrams in memory on a virtual clock.
 
-use std::collections::VecDeque;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dimpl::crypto::Dtls12CipherSuite;
-use dimpl::{Config, Dtls, Output, PskResolver, Resumption};
+use common::dtls_client::{Client, KEY};
+use dimpl::Resumption;
 use lwm2m_gateway::dtls::{
     DtlsEvent, DtlsServer, DtlsSettings, PeerIdentity, PskStore, ResumptionCache,
 };
 
-const KEY: &str = "000102030405060708090a0b0c0d0e0f";
 const OTHER_KEY: &str = "0f0e0d0c0b0a09080706050403020100";
 const LIFETIME: Duration = Duration::from_secs(3600);
-
-struct FixedKey(Vec<u8>);
-impl PskResolver for FixedKey {
-    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
-        Some(self.0.clone())
-    }
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 /// The PSK file is rewritten to `text` and reloaded.
 fn rewrite(store: &PskStore, text: &str) {
@@ -63,93 +49,6 @@ fn setup(dir: &tempfile::TempDir, capacity: usize) -> (Arc<PskStore>, Arc<Resump
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
-}
-
-/// A device: a dimpl PSK client at an address.
-struct Client {
-    dtls: Dtls,
-    addr: SocketAddr,
-    timeout: Option<Instant>,
-    connected: bool,
-    failed: bool,
-    received: Vec<Vec<u8>>,
-    out: VecDeque<Vec<u8>>,
-}
-
-impl Client {
-    fn new(
-        identity: &str,
-        key: &str,
-        addr: SocketAddr,
-        now: Instant,
-        offer: Option<&Resumption>,
-        cid: bool,
-    ) -> Self {
-        let config = Config::builder()
-            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
-            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(hex(key))))
-            .build()
-            .unwrap();
-        let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
-        dtls.set_active(true);
-        if cid {
-            assert!(dtls.set_connection_id(&[]));
-        }
-        if let Some(r) = offer {
-            assert!(dtls.offer_resumption(r));
-        }
-        dtls.handle_timeout(now).unwrap();
-        let mut c = Client {
-            dtls,
-            addr,
-            timeout: None,
-            connected: false,
-            failed: false,
-            received: Vec::new(),
-            out: VecDeque::new(),
-        };
-        c.poll();
-        c
-    }
-
-    fn poll(&mut self) {
-        let mut buf = vec![0u8; 4096];
-        if self.failed {
-            self.timeout = None; // a failed client has no timer
-        }
-        while !self.failed {
-            match self.dtls.poll_output(&mut buf) {
-                Output::Packet(p) => self.out.push_back(p.to_vec()),
-                Output::Timeout(t) => {
-                    self.timeout = Some(t);
-                    return;
-                }
-                Output::Connected => self.connected = true,
-                Output::ApplicationData(d) => self.received.push(d.to_vec()),
-                Output::BufferTooSmall { needed } => buf.resize(needed, 0),
-                _ => {}
-            }
-        }
-    }
-
-    fn receive(&mut self, now: Instant, p: &[u8]) {
-        if self.failed {
-            return;
-        }
-        if self.dtls.handle_timeout(now).is_err() || self.dtls.handle_packet(p).is_err() {
-            self.failed = true;
-        }
-        self.poll();
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if !self.failed && self.timeout.is_some_and(|t| t <= now) {
-            if self.dtls.handle_timeout(now).is_err() {
-                self.failed = true;
-            }
-            self.poll();
-        }
-    }
 }
 
 /// A server on a virtual clock and what it announced.
@@ -271,7 +170,7 @@ impl World {
 
 /// A full handshake of `dev-1` on `w`; returns the session to resume.
 fn first_session(w: &mut World, port: u16) -> Resumption {
-    let mut c = Client::new("dev-1", KEY, addr(port), w.now, None, false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(port), w.now, None, false);
     assert!(w.connect(&mut c));
     assert!(!c.dtls.is_resumed());
     w.exchange(&mut c, "full");
@@ -291,7 +190,7 @@ fn a_device_resumes_its_session_from_a_new_port_on_another_shard() {
 
     // The device lost its session (new port: the other shard's socket).
     b.now += Duration::from_secs(600);
-    let mut c = Client::new("dev-1", KEY, addr(2000), b.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(2000), b.now, Some(&r), false);
     assert!(b.connect(&mut c));
     assert!(c.dtls.is_resumed(), "abbreviated handshake on the client");
     assert_eq!(
@@ -324,7 +223,7 @@ fn the_abbreviated_handshake_is_one_flight_and_other_identities_do_not_matter() 
     let before = w.to_client;
     // Remove dev-2 (not dev-1): the resumption of dev-1 is not affected.
     rewrite(&store, &format!("dev-1:{KEY}\n"));
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), false);
     assert!(w.connect(&mut c));
     assert!(c.dtls.is_resumed());
     // HelloVerifyRequest, then one flight ServerHello + CCS + Finished.
@@ -344,7 +243,7 @@ fn unknown_session_ids_get_a_full_handshake() {
     let mut w = World::new(settings(&store, &cache, 0), now);
     let mut r = first_session(&mut w, 1000);
     r.session_id[0] ^= 0xff;
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), false);
     assert!(w.connect(&mut c));
     assert!(!c.dtls.is_resumed());
     w.exchange(&mut c, "full again");
@@ -365,7 +264,7 @@ fn expired_sessions_get_a_full_handshake() {
     let mut w = World::new(settings(&store, &cache, 0), now);
     let r = first_session(&mut w, 1000);
     w.now += LIFETIME + Duration::from_secs(1);
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), false);
     assert!(w.connect(&mut c));
     assert!(!c.dtls.is_resumed());
     let s = w.server.stats();
@@ -383,7 +282,7 @@ fn a_revoked_psk_refuses_resumption() {
     // dev-1 is removed from the PSK file: no resumption, and the full
     // handshake fails too (unknown identity).
     rewrite(&store, &format!("dev-2:{KEY}\n"));
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), false);
     assert!(!w.connect(&mut c));
     assert!(!c.connected);
     assert_eq!(w.server.stats().resume_refused_revoked, 1);
@@ -393,7 +292,7 @@ fn a_revoked_psk_refuses_resumption() {
     // device's full handshake with the new key works.
     rewrite(&store, &format!("dev-1:{OTHER_KEY}\n"));
     w.now += Duration::from_secs(60);
-    let mut c = Client::new("dev-1", OTHER_KEY, addr(1002), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", OTHER_KEY, addr(1002), w.now, Some(&r), false);
     assert!(w.connect(&mut c));
     assert!(!c.dtls.is_resumed());
     assert_eq!(w.server.stats().resume_refused_revoked, 2);
@@ -407,7 +306,7 @@ fn a_resumed_session_negotiates_a_connection_id_afresh() {
     let now = Instant::now();
     let mut w = World::new(settings(&store, &cache, 8), now);
     let r = first_session(&mut w, 1000);
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), true);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), true);
     assert!(w.connect(&mut c));
     assert!(c.dtls.is_resumed());
     assert_eq!(c.dtls.peer_connection_id().map(<[u8]>::len), Some(8));
@@ -423,7 +322,7 @@ fn a_lost_server_flight_is_resent_and_the_resumption_completes() {
     let mut w = World::new(settings(&store, &cache, 0), now);
     let r = first_session(&mut w, 1000);
     let first = w.to_client;
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), false);
     // Drop the first ServerHello + CCS + Finished flight (after the HVR).
     assert!(w.connect_lossy(&mut c, &|i| i == first + 1));
     assert!(c.dtls.is_resumed());
@@ -439,7 +338,7 @@ fn a_lost_client_finished_is_resent_when_the_server_resends_its_flight() {
     let mut w = World::new(settings(&store, &cache, 0), now);
     let r = first_session(&mut w, 1000);
     let first = w.to_server;
-    let mut c = Client::new("dev-1", KEY, addr(1001), w.now, Some(&r), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(1001), w.now, Some(&r), false);
     // ClientHello, ClientHello + cookie, then CCS + Finished: dropped once.
     let ok = w.connect_dropping(&mut c, &|_| false, &|i| i == first + 2);
     assert!(ok, "connected {} failed {}", c.connected, c.failed);
@@ -463,7 +362,7 @@ fn the_cache_keeps_at_most_its_capacity() {
         first_session(&mut w, port);
     }
     assert_eq!(cache.len(), 2);
-    let mut c = Client::new("dev-1", KEY, addr(2000), w.now, Some(&oldest), false);
+    let mut c = Client::psk_resuming("dev-1", KEY, addr(2000), w.now, Some(&oldest), false);
     assert!(w.connect(&mut c));
     assert!(!c.dtls.is_resumed(), "the oldest session made room");
     assert_eq!(w.server.stats().resume_refused_unknown, 1);

@@ -3,34 +3,17 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dtls_client::{Client, KEY};
 use common::pki::make_pki;
-use dimpl::crypto::Dtls12CipherSuite;
-use dimpl::{Config, Dtls, DtlsCertificate, Output, PskResolver};
+use dimpl::DtlsCertificate;
 use lwm2m_gateway::dtls::{
     CertConfig, CloseReason, DtlsEvent, DtlsServer, DtlsSettings, PeerIdentity, PskStore, PskTable,
 };
-
-const KEY: &str = "000102030405060708090a0b0c0d0e0f";
-
-struct FixedKey(Vec<u8>);
-impl PskResolver for FixedKey {
-    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
-        Some(self.0.clone())
-    }
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn psk_store() -> Arc<PskStore> {
     let text = format!("dev-1:{KEY}\ndev-2:{KEY}\n");
@@ -56,143 +39,6 @@ fn settings() -> DtlsSettings {
 fn addr(i: u32) -> SocketAddr {
     let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
     SocketAddr::from((ip, 40_000))
-}
-
-/// A device: a dimpl client instance at an address.
-struct Client {
-    dtls: Dtls,
-    addr: SocketAddr,
-    timeout: Option<Instant>,
-    connected: bool,
-    failed: bool,
-    received: Vec<Vec<u8>>,
-    out: VecDeque<Vec<u8>>,
-    /// Changes each datagram the client sends (a client of another stack).
-    mangle: Option<Mangle>,
-}
-
-/// Changes a datagram in place.
-type Mangle = Box<dyn FnMut(&mut [u8])>;
-
-impl Client {
-    fn psk(identity: &str, key: &str, addr: SocketAddr, now: Instant) -> Self {
-        let config = Config::builder()
-            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
-            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(hex(key))))
-            .build()
-            .unwrap();
-        Self::start(Dtls::new_12_psk(Arc::new(config), now), addr, now)
-    }
-
-    /// A PSK client that offers connection IDs (RFC 9146), asking to receive `cid`.
-    fn psk_cid(identity: &str, key: &str, addr: SocketAddr, now: Instant, cid: &[u8]) -> Self {
-        let config = Config::builder()
-            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
-            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(hex(key))))
-            .build()
-            .unwrap();
-        let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
-        dtls.set_active(true);
-        assert!(dtls.set_connection_id(cid));
-        Self::start(dtls, addr, now)
-    }
-
-    fn cert(cert: DtlsCertificate, addr: SocketAddr, now: Instant) -> Self {
-        let config = Config::builder()
-            .dtls12_cipher_suites(&[Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256])
-            .build()
-            .unwrap();
-        Self::start(Dtls::new_12(Arc::new(config), cert, now), addr, now)
-    }
-
-    fn start(mut dtls: Dtls, addr: SocketAddr, now: Instant) -> Self {
-        dtls.set_active(true);
-        dtls.handle_timeout(now).unwrap();
-        let mut c = Client {
-            dtls,
-            addr,
-            timeout: None,
-            connected: false,
-            failed: false,
-            received: Vec::new(),
-            out: VecDeque::new(),
-            mangle: None,
-        };
-        c.poll();
-        c
-    }
-
-    /// A PSK client whose datagrams pass through `mangle` from the first on.
-    fn psk_mangled(
-        identity: &str,
-        key: &str,
-        addr: SocketAddr,
-        now: Instant,
-        mut mangle: impl FnMut(&mut [u8]) + 'static,
-    ) -> Self {
-        let mut c = Self::psk(identity, key, addr, now);
-        for d in c.out.iter_mut() {
-            mangle(d);
-        }
-        c.mangle = Some(Box::new(mangle));
-        c
-    }
-
-    fn poll(&mut self) {
-        if self.failed {
-            self.timeout = None;
-            return;
-        }
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match self.dtls.poll_output(&mut buf) {
-                Output::Packet(p) => {
-                    let mut d = p.to_vec();
-                    if let Some(m) = &mut self.mangle {
-                        m(&mut d);
-                    }
-                    self.out.push_back(d);
-                }
-                Output::Timeout(t) => {
-                    self.timeout = Some(t);
-                    return;
-                }
-                Output::Connected => self.connected = true,
-                Output::ApplicationData(d) => self.received.push(d.to_vec()),
-                Output::BufferTooSmall { needed } => buf.resize(needed, 0),
-                _ => {}
-            }
-        }
-    }
-
-    fn receive(&mut self, now: Instant, p: &[u8]) {
-        if self.failed {
-            return;
-        }
-        if self.dtls.handle_timeout(now).is_err() || self.dtls.handle_packet(p).is_err() {
-            self.failed = true;
-            self.timeout = None;
-        }
-        self.poll();
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if self.failed {
-            return;
-        }
-        if self.timeout.is_some_and(|t| t <= now) {
-            if self.dtls.handle_timeout(now).is_err() {
-                self.failed = true;
-                self.timeout = None;
-            }
-            self.poll();
-        }
-    }
-
-    fn send(&mut self, data: &[u8]) {
-        self.dtls.send_application_data(data).unwrap();
-        self.poll();
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

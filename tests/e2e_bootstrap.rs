@@ -334,21 +334,6 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
-    let log = gw.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("DTLS listener up"))
-        .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
-    let i = line.find("bind=").expect("bind in the line") + 5;
-    line[i..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 const BOOT_KEY: &str = "bootstrapkey1234";
 const DEV_KEY: &str = "provisionedkey16";
 
@@ -365,7 +350,7 @@ fn over_dtls_a_bootstrap_provisions_the_devices_psk() {
         psk.display()
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
-    let dtls = dtls_addr(&gw);
+    let dtls = gw.dtls_addr();
     // The configuration names the DTLS listener, whose port is known now: the file
     // appears while the gateway runs.
     let config = format!(

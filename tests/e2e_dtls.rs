@@ -31,21 +31,6 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
-    let log = gw.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("DTLS listener up"))
-        .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
-    let i = line.find("bind=").expect("bind in the line") + 5;
-    line[i..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn register(tool: &str, identity: &str, key: &str, gw: SocketAddr, ep: &str) -> Output {
     let url = format!(
         "coaps://127.0.0.1:{}/rd?ep={ep}&lt=60&lwm2m=1.1&b=U",
@@ -76,7 +61,7 @@ fn psk_registration_over_dtls_reaches_mqtt() {
         psk.display()
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
-    let dtls = dtls_addr(&gw);
+    let dtls = gw.dtls_addr();
     let mut mq = MqttClient::subscriber(gw.mqtt, "dtls-sub", "lwm2m/+/up/resp", 0);
 
     // The identity registers its own name, over both libcoap TLS back ends.
@@ -377,7 +362,7 @@ fn start_psk_listener(psk: &str, extra: &str, listener: &str) -> PskGateway {
         file.display()
     );
     let gw = GatewayProc::start(Broker::Embedded, &toml);
-    let dtls = dtls_addr(&gw);
+    let dtls = gw.dtls_addr();
     PskGateway {
         gw,
         file,
@@ -1255,7 +1240,7 @@ fn certificate_mode_requires_the_cn_to_be_the_endpoint_name() {
         d.join("ca.pem").display()
     );
     let gw = GatewayProc::start(Broker::Embedded, &extra);
-    let dtls = dtls_addr(&gw);
+    let dtls = gw.dtls_addr();
     let mut mq = MqttClient::subscriber(gw.mqtt, "cert-app", "lwm2m/+/up/resp", 0);
 
     // CN == endpoint name: 2.01 and the register message.

@@ -6,24 +6,8 @@
 
 mod common;
 
-use common::gateway::{Broker, GatewayProc};
+use common::loadgen::{context, start_dtls_gateway};
 use lwm2m_loadgen::RunOpts;
-use std::net::SocketAddr;
-
-fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
-    let log = gw.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("DTLS listener up"))
-        .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
-    let i = line.find("bind=").expect("bind in the line") + 5;
-    line[i..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn devices_that_drop_their_session_come_back_resuming_it() {
@@ -42,23 +26,9 @@ fn devices_that_drop_their_session_come_back_resuming_it() {
         devices_offset: 9_500,
         ..RunOpts::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let psk = dir.path().join("psk.txt");
-    lwm2m_loadgen::dtls::write_psk_file(&opts, &psk).expect("PSK file");
-    let extra = format!(
-        "auto_observe = true\n[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\nsession_lifetime = \"1h\"\n",
-        psk.display()
-    );
-    let mut gw = GatewayProc::start(Broker::Embedded, &extra);
-    opts.gateway = dtls_addr(&gw);
-    opts.mqtt = Some(gw.mqtt);
+    let (mut gw, _psk_dir) = start_dtls_gateway(&mut opts, "session_lifetime = \"1h\"\n");
     let r = lwm2m_loadgen::run(opts).expect("load run");
-    let log = gw.log();
-    let ctx = format!(
-        "{}\ngateway log:\n{}",
-        r.table(),
-        &log[log.len().saturating_sub(4000)..]
-    );
+    let ctx = context(&r, &gw);
     assert!(r.passed, "{ctx}");
 
     let d = r.dtls.as_ref().expect("DTLS report");

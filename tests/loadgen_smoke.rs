@@ -9,18 +9,8 @@
 mod common;
 
 use common::gateway::{Broker, GatewayProc};
-use lwm2m_loadgen::{Report, RunOpts};
-use std::net::SocketAddr;
-
-/// The report, then the end of the gateway's log.
-fn context(r: &Report, gw: &GatewayProc) -> String {
-    let log = gw.log();
-    format!(
-        "{}\ngateway log:\n{}",
-        r.table(),
-        &log[log.len().saturating_sub(4000)..]
-    )
-}
+use common::loadgen::{context, start_dtls_gateway};
+use lwm2m_loadgen::RunOpts;
 
 #[test]
 fn loadgen_smoke_against_the_gateway() {
@@ -149,21 +139,6 @@ fn queue_mode_run(version: &str, prefix: &str, devices_offset: u32) {
     assert!(gw.stop().success());
 }
 
-fn dtls_addr(gw: &GatewayProc) -> SocketAddr {
-    let log = gw.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("DTLS listener up"))
-        .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
-    let i = line.find("bind=").expect("bind in the line") + 5;
-    line[i..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn loadgen_smoke_dtls() {
     dtls_smoke(false);
@@ -193,16 +168,7 @@ fn dtls_smoke(cid: bool) {
         devices_offset: 9_000,
         ..RunOpts::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let psk = dir.path().join("psk.txt");
-    lwm2m_loadgen::dtls::write_psk_file(&opts, &psk).expect("PSK file");
-    let extra = format!(
-        "auto_observe = true\n[listeners.dtls.default]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
-        psk.display()
-    );
-    let mut gw = GatewayProc::start(Broker::Embedded, &extra);
-    opts.gateway = dtls_addr(&gw);
-    opts.mqtt = Some(gw.mqtt);
+    let (mut gw, _psk_dir) = start_dtls_gateway(&mut opts, "");
     let r = lwm2m_loadgen::run(opts).expect("load run");
     eprintln!("{}", r.table());
     let ctx = || context(&r, &gw);

@@ -185,6 +185,23 @@ impl GatewayProc {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The address of the DTLS listener, from the gateway's log (the tests bind
+    /// it to port 0).
+    pub fn dtls_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("DTLS listener up"))
+            .unwrap_or_else(|| panic!("no DTLS listener:\n{log}"));
+        let i = line.find("bind=").expect("bind in the line") + 5;
+        line[i..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.stop_with("TERM")

@@ -4,9 +4,11 @@
 
 pub mod app;
 pub mod coap;
+pub mod dtls_client;
 pub mod fleet;
 pub mod gateway;
 pub mod http;
+pub mod loadgen;
 pub mod mosquitto;
 pub mod mqtt_client;
 pub mod mqtt_thread;

@@ -19,6 +19,30 @@ pub struct CryptoContext {
     /// Configuration (contains crypto provider)
     config: Arc<crate::Config>,
 
+    /// What only the handshake needs, on the heap until the handshake is over
+    /// (this copy of dimpl: an established session holds its ciphers and IVs,
+    /// not its secrets; see [`CryptoContext::release_handshake_secrets`]).
+    secrets: Option<Box<HandshakeSecrets>>,
+
+    /// Client write IV (4 bytes for AES-GCM, 12 bytes for ChaCha20-Poly1305)
+    client_write_iv: Option<Iv>,
+
+    /// Server write IV (4 bytes for AES-GCM, 12 bytes for ChaCha20-Poly1305)
+    server_write_iv: Option<Iv>,
+
+    /// Client cipher
+    client_cipher: Option<Box<dyn crypto::Cipher>>,
+
+    /// Server cipher
+    server_cipher: Option<Box<dyn crypto::Cipher>>,
+
+    /// Authentication mode: certificate or PSK.
+    auth: AuthMode,
+}
+
+/// The handshake's secrets and key exchange state (boxed by this copy of dimpl).
+#[derive(Default)]
+struct HandshakeSecrets {
     /// Key exchange mechanism
     key_exchange: Option<Box<dyn crypto::ActiveKeyExchange>>,
 
@@ -34,12 +58,6 @@ pub struct CryptoContext {
     /// Server write key
     server_write_key: Option<Buf>,
 
-    /// Client write IV (4 bytes for AES-GCM, 12 bytes for ChaCha20-Poly1305)
-    client_write_iv: Option<Iv>,
-
-    /// Server write IV (4 bytes for AES-GCM, 12 bytes for ChaCha20-Poly1305)
-    server_write_iv: Option<Iv>,
-
     /// Client MAC key (not used for AEAD ciphers)
     client_mac_key: Option<Buf>,
 
@@ -51,15 +69,6 @@ pub struct CryptoContext {
 
     /// Pre-master secret (temporary)
     pre_master_secret: Option<Buf>,
-
-    /// Client cipher
-    client_cipher: Option<Box<dyn crypto::Cipher>>,
-
-    /// Server cipher
-    server_cipher: Option<Box<dyn crypto::Cipher>>,
-
-    /// Authentication mode: certificate or PSK.
-    auth: AuthMode,
 
     /// Resolved PSK value (set during handshake after identity exchange)
     psk: Option<Vec<u8>>,
@@ -90,23 +99,12 @@ impl CryptoContext {
     pub fn new(auth: AuthMode, config: Arc<crate::Config>) -> Self {
         CryptoContext {
             config,
-            key_exchange: None,
-            key_exchange_public_key: None,
-            key_exchange_group: None,
-            client_write_key: None,
-            server_write_key: None,
+            secrets: None,
             client_write_iv: None,
             server_write_iv: None,
-            client_mac_key: None,
-            server_mac_key: None,
-            master_secret: None,
-            pre_master_secret: None,
             client_cipher: None,
             server_cipher: None,
             auth,
-            psk: None,
-            client_random: None,
-            server_random: None,
         }
     }
 
@@ -114,21 +112,38 @@ impl CryptoContext {
         self.config.crypto_provider()
     }
 
+    fn hs(&self) -> Option<&HandshakeSecrets> {
+        self.secrets.as_deref()
+    }
+
+    fn hs_mut(&mut self) -> &mut HandshakeSecrets {
+        self.secrets.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the handshake's secrets and key exchange state (added by this
+    /// copy of dimpl): an established server session keeps its ciphers and
+    /// IVs only. The master secret, the randoms (SRTP export) and the PSK are
+    /// gone after this.
+    pub fn release_handshake_secrets(&mut self) {
+        self.secrets = None;
+    }
+
     /// Generate key exchange public key
     pub fn maybe_init_key_exchange(&mut self) -> Result<&[u8], CryptoError> {
         // If we already have the public key stored, return it
-        if let Some(ref pk) = self.key_exchange_public_key {
-            return Ok(pk);
+        let hs = self.hs_mut();
+        if hs.key_exchange_public_key.is_some() {
+            return Ok(hs.key_exchange_public_key.as_ref().unwrap());
         }
 
         // Otherwise, get it from the key exchange and store it
-        match &self.key_exchange {
+        match &hs.key_exchange {
             Some(ke) => {
                 let pub_key = ke.pub_key().to_vec();
                 let group = ke.group();
-                self.key_exchange_public_key = Some(pub_key);
-                self.key_exchange_group = Some(group);
-                Ok(self.key_exchange_public_key.as_ref().unwrap())
+                hs.key_exchange_public_key = Some(pub_key);
+                hs.key_exchange_group = Some(group);
+                Ok(hs.key_exchange_public_key.as_ref().unwrap())
             }
             None => Err(CryptoError::KeyExchangeNotInitialized),
         }
@@ -141,18 +156,19 @@ impl CryptoContext {
         mut buf: Buf,
     ) -> Result<(), CryptoError> {
         let ke = self
+            .hs_mut()
             .key_exchange
             .take()
             .ok_or(CryptoError::KeyExchangeNotInitialized)?;
         ke.complete(peer_public_key, &mut buf)?;
-        self.pre_master_secret = Some(buf);
+        self.hs_mut().pre_master_secret = Some(buf);
         // Note: we keep key_exchange_public_key since it may be needed later
         Ok(())
     }
 
     /// Set the resolved PSK value for this session.
     pub fn set_psk(&mut self, psk: Vec<u8>) {
-        self.psk = Some(psk);
+        self.hs_mut().psk = Some(psk);
     }
 
     /// Compute PSK pre-master secret per RFC 4279 §2.
@@ -160,7 +176,8 @@ impl CryptoContext {
     /// Format: `uint16(N) || zeros(N) || uint16(N) || PSK(N)`
     /// where N is the PSK length.
     pub fn compute_psk_pre_master_secret(&mut self) -> Result<(), CryptoError> {
-        let psk = self.psk.as_ref().ok_or(CryptoError::PskNotSet)?;
+        let hs = self.hs_mut();
+        let psk = hs.psk.as_ref().ok_or(CryptoError::PskNotSet)?;
         let n = psk.len();
         // Total: 2 + N + 2 + N = 2N + 4
         // This secret is dropped after deriving the master secret, never pooled.
@@ -169,7 +186,7 @@ impl CryptoContext {
         pms.resize(pms.len() + n, 0);
         pms.extend_from_slice(&(n as u16).to_be_bytes());
         pms.extend_from_slice(psk);
-        self.pre_master_secret = Some(pms);
+        hs.pre_master_secret = Some(pms);
         Ok(())
     }
 
@@ -186,7 +203,7 @@ impl CryptoContext {
             .find(|g| g.name() == named_group)
             .ok_or(CryptoError::UnsupportedEcdheNamedGroup(named_group))?;
 
-        self.key_exchange = Some(kx_group.start_exchange(kx_buf)?);
+        self.hs_mut().key_exchange = Some(kx_group.start_exchange(kx_buf)?);
         self.maybe_init_key_exchange()
     }
 
@@ -206,7 +223,7 @@ impl CryptoContext {
             .ok_or(CryptoError::UnsupportedEcdheNamedGroup(group))?;
 
         // Create a new ECDH key exchange
-        self.key_exchange = Some(kx_group.start_exchange(kx_buf)?);
+        self.hs_mut().key_exchange = Some(kx_group.start_exchange(kx_buf)?);
 
         // Generate our keypair
         let _our_public = self.maybe_init_key_exchange()?;
@@ -219,7 +236,7 @@ impl CryptoContext {
 
     /// The master secret, once derived (session resumption: added by this copy).
     pub fn master_secret(&self) -> Option<&[u8]> {
-        self.master_secret.as_deref()
+        self.hs()?.master_secret.as_deref()
     }
 
     /// Takes the master secret of a resumed session (RFC 5246 §7.3; added by
@@ -228,8 +245,9 @@ impl CryptoContext {
         let mut master_secret = ArrayVec::new();
         // 48 bytes always fit the 128-byte array.
         let _ = master_secret.try_extend_from_slice(secret);
-        self.master_secret = Some(master_secret);
-        self.pre_master_secret = None;
+        let hs = self.hs_mut();
+        hs.master_secret = Some(master_secret);
+        hs.pre_master_secret = None;
     }
 
     /// Derive master secret using Extended Master Secret (RFC 7627)
@@ -241,7 +259,7 @@ impl CryptoContext {
         scratch: &mut Buf,
     ) -> Result<(), CryptoError> {
         trace!("Deriving extended master secret");
-        let Some(pms) = &self.pre_master_secret else {
+        let Some(pms) = self.hs().and_then(|hs| hs.pre_master_secret.as_ref()) else {
             return Err(CryptoError::PreMasterSecretNotAvailable);
         };
         crypto::prf_hkdf::prf_tls12(
@@ -258,9 +276,10 @@ impl CryptoContext {
         master_secret
             .try_extend_from_slice(out)
             .map_err(|_| CryptoError::MasterSecretTooLong)?;
-        self.master_secret = Some(master_secret);
+        let hs = self.hs_mut();
+        hs.master_secret = Some(master_secret);
         // Clear pre-master secret after use (security measure)
-        self.pre_master_secret = None;
+        hs.pre_master_secret = None;
         Ok(())
     }
 
@@ -273,7 +292,7 @@ impl CryptoContext {
         key_block: &mut Buf,
         scratch: &mut Buf,
     ) -> Result<(), CryptoError> {
-        let Some(master_secret) = &self.master_secret else {
+        let Some(master_secret) = self.hs().and_then(|hs| hs.master_secret.clone()) else {
             return Err(CryptoError::MasterSecretNotAvailable);
         };
 
@@ -282,17 +301,18 @@ impl CryptoContext {
         client_random_arr
             .try_extend_from_slice(client_random)
             .expect("client_random too long");
-        self.client_random = Some(client_random_arr);
+        self.hs_mut().client_random = Some(client_random_arr);
 
         let mut server_random_arr = ArrayVec::new();
         server_random_arr
             .try_extend_from_slice(server_random)
             .expect("server_random too long");
-        self.server_random = Some(server_random_arr);
+        self.hs_mut().server_random = Some(server_random_arr);
 
         // Find the cipher suite from the provider
         let supported_cipher_suite = self
-            .provider()
+            .config
+            .crypto_provider()
             .cipher_suites
             .iter()
             .find(|cs| cs.suite() == cipher_suite)
@@ -312,7 +332,7 @@ impl CryptoContext {
         // Generate key material using PRF
         crypto::prf_hkdf::prf_tls12(
             self.provider().hmac_provider,
-            master_secret,
+            &master_secret,
             "key expansion",
             &seed,
             key_block,
@@ -325,17 +345,18 @@ impl CryptoContext {
         let mut offset = 0;
 
         // Extract MAC keys (if used)
+        let hs = self.secrets.get_or_insert_with(Box::default);
         if mac_key_len > 0 {
-            self.client_mac_key = Some(key_block[offset..offset + mac_key_len].to_buf());
+            hs.client_mac_key = Some(key_block[offset..offset + mac_key_len].to_buf());
             offset += mac_key_len;
-            self.server_mac_key = Some(key_block[offset..offset + mac_key_len].to_buf());
+            hs.server_mac_key = Some(key_block[offset..offset + mac_key_len].to_buf());
             offset += mac_key_len;
         }
 
         // Extract encryption keys
-        self.client_write_key = Some(key_block[offset..offset + enc_key_len].to_buf());
+        hs.client_write_key = Some(key_block[offset..offset + enc_key_len].to_buf());
         offset += enc_key_len;
-        self.server_write_key = Some(key_block[offset..offset + enc_key_len].to_buf());
+        hs.server_write_key = Some(key_block[offset..offset + enc_key_len].to_buf());
         offset += enc_key_len;
 
         // Extract IVs
@@ -344,11 +365,12 @@ impl CryptoContext {
         self.server_write_iv = Some(Iv::new(&key_block[offset..offset + fixed_iv_len]));
 
         // Initialize ciphers using the provider
-        self.client_cipher =
-            Some(supported_cipher_suite.create_cipher(self.client_write_key.as_ref().unwrap())?);
-
-        self.server_cipher =
-            Some(supported_cipher_suite.create_cipher(self.server_write_key.as_ref().unwrap())?);
+        let client_cipher =
+            supported_cipher_suite.create_cipher(hs.client_write_key.as_ref().unwrap())?;
+        let server_cipher =
+            supported_cipher_suite.create_cipher(hs.server_write_key.as_ref().unwrap())?;
+        self.client_cipher = Some(client_cipher);
+        self.server_cipher = Some(server_cipher);
 
         Ok(())
     }
@@ -456,7 +478,7 @@ impl CryptoContext {
         out: &mut Buf,
         scratch: &mut Buf,
     ) -> Result<ArrayVec<u8, 128>, CryptoError> {
-        let master_secret = match &self.master_secret {
+        let master_secret = match self.hs().and_then(|hs| hs.master_secret.as_ref()) {
             Some(ms) => ms,
             None => return Err(CryptoError::MasterSecretNotAvailable),
         };
@@ -496,17 +518,17 @@ impl CryptoContext {
     ) -> Result<ArrayVec<u8, 88>, CryptoError> {
         const DTLS_SRTP_KEY_LABEL: &str = "EXTRACTOR-dtls_srtp";
 
-        let master_secret = match &self.master_secret {
+        let master_secret = match self.hs().and_then(|hs| hs.master_secret.as_ref()) {
             Some(ms) => ms,
             None => return Err(CryptoError::MasterSecretNotAvailable),
         };
 
-        let client_random = match &self.client_random {
+        let client_random = match self.hs().and_then(|hs| hs.client_random.as_ref()) {
             Some(cr) => cr,
             None => return Err(CryptoError::ClientRandomNotAvailable),
         };
 
-        let server_random = match &self.server_random {
+        let server_random = match self.hs().and_then(|hs| hs.server_random.as_ref()) {
             Some(sr) => sr,
             None => return Err(CryptoError::ServerRandomNotAvailable),
         };
@@ -572,12 +594,13 @@ impl CryptoContext {
     /// Get the key exchange group info (curve type and named group).
     pub fn get_key_exchange_group_info(&self) -> Option<(CurveType, NamedGroup)> {
         // Use stored group if available (after key exchange is consumed)
-        if let Some(group) = self.key_exchange_group {
+        let hs = self.hs()?;
+        if let Some(group) = hs.key_exchange_group {
             return Some((CurveType::NamedCurve, group));
         }
 
         // Otherwise get it from the active key exchange
-        let Some(ke) = &self.key_exchange else {
+        let Some(ke) = &hs.key_exchange else {
             return None;
         };
         Some((CurveType::NamedCurve, ke.group()))

@@ -632,7 +632,8 @@ impl Engine {
     }
 
     /// Frees what only the handshake needed, once the peer confirmed it: the
-    /// transcript, the saved final flight (never resent after confirmation) and
+    /// transcript, the handshake's secrets (master secret, PSK, key exchange),
+    /// the saved final flight (never resent after confirmation) and
     /// the pooled buffers, which are no longer pooled (an established session
     /// is idle most of the time; a record then allocates its buffers).
     pub fn release_handshake_state(&mut self) {
@@ -640,6 +641,7 @@ impl Engine {
         self.flight_clear_resends();
         self.flight_saved_records = Vec::new();
         self.transcript = Buf::new();
+        self.crypto_context.release_handshake_secrets();
         self.buffers_free.disable();
         self.queue_rx.shrink_to_fit();
         self.queue_tx.shrink_to_fit();

@@ -54,9 +54,10 @@ pub struct Server {
     /// Random unique data (with gmt timestamp). Used for signature checks.
     random: Option<Random>,
 
-    /// SessionId we provide to the client: a fresh one on a full handshake
-    /// when a session cache is configured, the client's on a resumption.
-    session_id: Option<SessionId>,
+    /// What the hellos gave, until the handshake is over (boxed by this copy
+    /// of dimpl and dropped with the handshake state; not allocated for a
+    /// ClientHello without a valid cookie).
+    hello: Option<Box<Hello>>,
 
     /// Session resumption (added by this copy of dimpl): this handshake is
     /// an abbreviated one over a cached session (RFC 5246 §7.3).
@@ -74,23 +75,11 @@ pub struct Server {
     /// The negotiated SRTP profile (if any)
     negotiated_srtp_profile: Option<SrtpProfile>,
 
-    /// Client's offered supported_groups (if any)
-    client_supported_groups: Option<NamedGroupVec>,
-
-    /// Client's offered signature_algorithms (if any)
-    client_signature_algorithms: Option<SignatureAndHashAlgorithmVec>,
-
-    /// Client random. Set by ClientHello.
-    client_random: Option<Random>,
-
     /// Client certificates
     client_certificates: Vec<Buf>,
 
     /// Buffer for defragmenting handshakes
     defragment_buffer: Buf,
-
-    /// Captured session hash for Extended Master Secret (RFC 7627)
-    captured_session_hash: Option<Buf>,
 
     /// Whether the PSK identity resolved to a real key.
     ///
@@ -112,6 +101,28 @@ pub struct Server {
 
     /// Data that is sent before we are connected.
     queued_data: Vec<Buf>,
+}
+
+/// The server's handshake-only state from the hellos (this copy of dimpl
+/// boxes it: an established session drops it, see
+/// `release_handshake_state_when_done`).
+#[derive(Default)]
+struct Hello {
+    /// SessionId we provide to the client: a fresh one on a full handshake
+    /// when a session cache is configured, the client's on a resumption.
+    session_id: Option<SessionId>,
+
+    /// Client's offered supported_groups (if any)
+    client_supported_groups: Option<NamedGroupVec>,
+
+    /// Client's offered signature_algorithms (if any)
+    client_signature_algorithms: Option<SignatureAndHashAlgorithmVec>,
+
+    /// Client random. Set by ClientHello.
+    client_random: Option<Random>,
+
+    /// Captured session hash for Extended Master Secret (RFC 7627)
+    captured_session_hash: Option<Buf>,
 }
 
 /// Current state of the server.
@@ -175,18 +186,14 @@ impl Server {
             state: State::AwaitClientHello,
             engine,
             random: None,
-            session_id: None,
+            hello: None,
             resumed: false,
             psk_identity: None,
             cookie_secret,
             extension_data,
             negotiated_srtp_profile: None,
-            client_supported_groups: None,
-            client_signature_algorithms: None,
-            client_random: None,
             client_certificates: Vec::with_capacity(3),
             defragment_buffer,
-            captured_session_hash: None,
             psk_valid: None,
             last_now: now,
             local_events: VecDeque::new(),
@@ -201,6 +208,10 @@ impl Server {
 
     pub fn set_handshake_deadline(&mut self, deadline: Timeout) {
         self.engine.set_handshake_deadline(deadline);
+    }
+
+    fn hello(&mut self) -> &mut Hello {
+        self.hello.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn engine_mut(&mut self) -> &mut Engine {
@@ -273,6 +284,7 @@ impl Server {
         self.defragment_buffer = Buf::new();
         self.client_certificates = Vec::new();
         self.queued_data = Vec::new();
+        self.hello = None;
         self.local_events.shrink_to_fit();
     }
 
@@ -488,7 +500,7 @@ impl State {
         };
 
         server.engine.set_cipher_suite(cs);
-        server.client_random = Some(client_random);
+        server.hello().client_random = Some(client_random);
         if let Some(cid) = ch.connection_id() {
             server.engine.set_peer_cid(cid.clone());
         }
@@ -532,8 +544,9 @@ impl State {
         }
 
         // Store client's offers for later selection
-        server.client_supported_groups = client_supported_groups;
-        server.client_signature_algorithms = client_signature_algorithms;
+        let hello = server.hello();
+        hello.client_supported_groups = client_supported_groups;
+        hello.client_signature_algorithms = client_signature_algorithms;
 
         // Session resumption (added by this copy of dimpl).
         let offered_session_id = ch.session_id;
@@ -551,7 +564,7 @@ impl State {
         // Start/restart flight timer for server Flight 4
         server.engine.flight_begin(4);
 
-        let session_id = server.session_id.unwrap_or_else(SessionId::empty);
+        let session_id = server.hello().session_id.unwrap_or_else(SessionId::empty);
         // unwrap: is ok because we set the random in handle_timeout
         let random = server.random.unwrap();
         let negotiated_srtp_profile = server.negotiated_srtp_profile;
@@ -611,7 +624,7 @@ impl State {
             return self.send_server_key_exchange_psk(server);
         }
 
-        let client_random = server.client_random.ok_or(Error::InvalidState(
+        let client_random = server.hello().client_random.ok_or(Error::InvalidState(
             crate::InvalidStateError::NoClientRandom,
         ))?;
         // unwrap: is ok because we set the random in handle_timeout
@@ -627,23 +640,26 @@ impl State {
             .kx_groups()
             .map(|g| g.name())
             .collect();
-        let selected_named_group = select_named_group(
-            server.client_supported_groups.as_ref(),
-            &allowed_named_groups,
-        )
-        .ok_or_else(|| {
-            if server.client_supported_groups.is_some() {
-                Error::SecurityError(crate::SecurityError::NoCommonKeyExchangeGroup)
-            } else {
-                Error::CryptoError(crate::CryptoError::NoDtls12KeyExchangeGroupsConfigured)
-            }
-        })?;
+        let client_supported_groups = server.hello().client_supported_groups.as_ref();
+        let selected_named_group =
+            select_named_group(client_supported_groups, &allowed_named_groups).ok_or_else(
+                || {
+                    if client_supported_groups.is_some() {
+                        Error::SecurityError(crate::SecurityError::NoCommonKeyExchangeGroup)
+                    } else {
+                        Error::CryptoError(crate::CryptoError::NoDtls12KeyExchangeGroupsConfigured)
+                    }
+                },
+            )?;
 
         // Select signature/hash for SKE by intersecting client's list
         // with our key type, preferring the key's native hash algorithm.
         // unwrap: ServerKeyExchange signature only needed for certificate-based suites
         let selected_signature = select_ske_signature_algorithm(
-            server.client_signature_algorithms.as_ref(),
+            server
+                .hello
+                .as_ref()
+                .and_then(|h| h.client_signature_algorithms.as_ref()),
             server
                 .engine
                 .crypto_context()
@@ -711,8 +727,9 @@ impl State {
     fn send_certificate_request(self, server: &mut Server) -> Result<Self, InternalError> {
         debug!("Sending CertificateRequest");
         // Select CertificateRequest.signature_algorithms as intersection of client's list and our supported
-        let sig_algs =
-            select_certificate_request_sig_algs(server.client_signature_algorithms.as_ref());
+        let sig_algs = select_certificate_request_sig_algs(
+            server.hello().client_signature_algorithms.as_ref(),
+        );
         debug!(
             "CertificateRequest will advertise {} signature algorithms",
             sig_algs.len()
@@ -902,12 +919,13 @@ impl State {
         let suite_hash = suite.hash_algorithm();
         let mut buf = server.engine.pop_buffer();
         server.engine.transcript_hash(suite_hash, &mut buf);
-        server.captured_session_hash = Some(buf);
+        server.hello().captured_session_hash = Some(buf);
 
         // Derive master secret and keys (needed to decrypt client's Finished)
         let session_hash = server
-            .captured_session_hash
+            .hello
             .as_ref()
+            .and_then(|h| h.captured_session_hash.as_ref())
             .ok_or(Error::InvalidState(
                 crate::InvalidStateError::ExtendedMasterSecretSessionHashMissing,
             ))?;
@@ -1275,12 +1293,12 @@ fn resume_or_issue_session_id(
                 .crypto_context_mut()
                 .set_master_secret(&state.master_secret);
             server.psk_identity = state.psk_identity;
-            server.session_id = Some(offered);
+            server.hello().session_id = Some(offered);
             server.resumed = true;
         }
         _ => {
             let id: [u8; 32] = server.engine.rng.random();
-            server.session_id = SessionId::try_new(&id).ok();
+            server.hello().session_id = SessionId::try_new(&id).ok();
         }
     }
 }
@@ -1289,7 +1307,11 @@ fn resume_or_issue_session_id(
 fn store_session(server: &Server) {
     let (Some(cache), Some(id), Some(cs), Some(secret)) = (
         server.engine.config().session_cache(),
-        server.session_id.filter(|id| !id.is_empty()),
+        server
+            .hello
+            .as_ref()
+            .and_then(|h| h.session_id)
+            .filter(|id| !id.is_empty()),
         server.engine.cipher_suite(),
         server.engine.crypto_context().master_secret(),
     ) else {
@@ -1308,7 +1330,7 @@ fn store_session(server: &Server) {
 
 /// The key block from the master secret and both randoms.
 fn derive_session_keys(server: &mut Server, suite: Dtls12CipherSuite) -> Result<(), Error> {
-    let client_random = server.client_random.ok_or(Error::InvalidState(
+    let client_random = server.hello().client_random.ok_or(Error::InvalidState(
         crate::InvalidStateError::NoClientRandom,
     ))?;
     let mut client_random_buf = Buf::new();
