@@ -29,6 +29,7 @@ use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
 use super::cid::CidTable;
+use super::cookie::CookieKeys;
 use super::failure_log::FailureLog;
 use super::resume::ShardCache;
 use super::session::{
@@ -73,6 +74,8 @@ pub struct DtlsServer {
     cids: CidTable,
     /// Records with another shard's CID: (shard, source, datagram).
     forward: VecDeque<(usize, SocketAddr, Vec<u8>)>,
+    /// The key every instance's cookie secret derives from (per address).
+    cookies: CookieKeys,
 }
 
 impl std::fmt::Debug for DtlsServer {
@@ -131,6 +134,7 @@ impl DtlsServer {
             .build()
             .map_err(|e| DtlsError::Config(e.to_string()))?;
         let cids = CidTable::new(settings.connection_id_len.min(32));
+        let cookies = CookieKeys::new(config.crypto_provider().clone());
         Ok(DtlsServer {
             settings,
             config: Arc::new(config),
@@ -153,6 +157,7 @@ impl DtlsServer {
             cids,
             forward: VecDeque::new(),
             failures: FailureLog::default(),
+            cookies,
         })
     }
 
@@ -256,7 +261,7 @@ impl DtlsServer {
                     self.stats.hello_versions_normalised += 1;
                 }
                 let data = normalised.as_deref().unwrap_or(data);
-                if self.handshakes.contains_key(&peer) || self.admit(now, peer) {
+                if self.handshakes.contains_key(&peer) || self.admit(now, peer, data) {
                     self.feed(now, peer, true, data);
                 }
             }
@@ -393,7 +398,9 @@ impl DtlsServer {
     /// cap is reached, the oldest handshake still waiting for its cookie (of the
     /// shard, or of the same IP) makes room: a spoofed-source flood only recycles
     /// such entries and never displaces a handshake whose peer proved its address.
-    fn admit(&mut self, now: Instant, peer: SocketAddr) -> bool {
+    /// The instance's cookie secret is the address's (`cookie.rs`): a cookie an
+    /// evicted instance issued is accepted by this one.
+    fn admit(&mut self, now: Instant, peer: SocketAddr, hello: &[u8]) -> bool {
         if self.sessions.len() >= self.settings.max_sessions && !self.sessions.contains_key(&peer) {
             self.stats.session_table_full += 1;
             return false;
@@ -432,6 +439,9 @@ impl DtlsServer {
         if self.cids.enabled() {
             dtls.set_connection_id(&self.cids.issue(self.next_id + 1));
         }
+        // An auto-sensing instance (PSK and certificates) keeps dimpl's own
+        // secret: its cookie is checked by the instance that issued it only.
+        dtls.set_cookie_secret(self.cookies.secret_for(now, peer, hello));
         // dimpl needs its clock set before the first packet.
         if dtls.handle_timeout(now).is_err() {
             self.stats.handshakes_failed += 1;

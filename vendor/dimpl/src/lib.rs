@@ -624,6 +624,21 @@ impl Dtls {
         }
     }
 
+    /// A DTLS 1.2 server's HelloVerifyRequest cookie secret (RFC 6347
+    /// §4.2.1), random per instance by default. An application that gives
+    /// every instance for the same peer the same secret can drop an instance
+    /// waiting for its cookie and still accept that cookie in a new one.
+    /// `false` (nothing changed) unless this is a DTLS 1.2 server.
+    pub fn set_cookie_secret(&mut self, secret: [u8; 32]) -> bool {
+        match self.inner.as_mut() {
+            Some(Inner::Server12(s)) => {
+                s.set_cookie_secret(secret);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The handshake was an abbreviated one resuming a cached session.
     pub fn is_resumed(&self) -> bool {
         match self.inner.as_ref() {
