@@ -119,7 +119,9 @@ storm() { # name binary udp|dtls args...
     target=127.0.0.1:$UDP
     [ "$kind" = udp ] || target=127.0.0.1:$DTLS
     echo "== $name: lwm2m-loadgen --gateway $target $*" >&2
-    "$LG" --gateway "$target" --mqtt "$MQ" --register "$DEVICES" --prefix lg --rate "$RATE" \
+    # Bounded: the loadgen's phases each have their own limit, and a run that
+    # outlives all of them together is killed (its report is then missing).
+    timeout "$((3 * REG_TIMEOUT + 60))" "$LG" --gateway "$target" --mqtt "$MQ" --register "$DEVICES" --prefix lg --rate "$RATE" \
         --steady 1 --update-fraction 0 --lifetime 3600 --register-timeout "$REG_TIMEOUT" \
         --threads "$LG_THREADS" --watch-pid "$GW_PID" --json --quiet --allow-failures "$@" \
         >"$TMP/$name.json" || echo "   ($name: exit $?)" >&2
@@ -181,7 +183,7 @@ for n in names:
     lat = d.get("handshake_latency") or {}
     rows[n] = (reg.get("rate_per_s"), w.get("cpu_us_per_registration"))
     hs = f"{d.get('handshakes_ok', '-')} / {d.get('handshakes_failed', '-')}" if d else "-"
-    hl = f"{lat.get('p50', '-')} / {lat.get('p99', '-')}" if d else "-"
+    hl = f"{lat.get('p50_us', '-')} / {lat.get('p99_us', '-')}" if d else "-"
     cpu_us = w.get("cpu_us_per_registration")
     print(f"| {n} | {reg.get('ok', 0)} of {devices} | {reg.get('rate_per_s', 0):,.0f} | "
           f"{cpu_us if cpu_us is None else round(cpu_us, 1)} | {hs} | {hl} | {reg.get('retransmissions', '-')} |")
