@@ -110,6 +110,12 @@ impl CookieKeys {
     }
 }
 
+/// Whether the ClientHello datagram `hello` carries a cookie (it answers a
+/// HelloVerifyRequest: message_seq 1).
+pub(crate) fn carries_cookie(hello: &[u8]) -> bool {
+    hello_random_and_cookie(hello).is_some_and(|(_, c)| !c.is_empty())
+}
+
 /// The client random and the cookie of a ClientHello datagram whose first
 /// record holds the start of the message; `None` if it does not parse.
 fn hello_random_and_cookie(d: &[u8]) -> Option<(&[u8], &[u8])> {

@@ -29,7 +29,7 @@ use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
 use super::cid::CidTable;
-use super::cookie::CookieKeys;
+use super::cookie::{self, CookieKeys};
 use super::failure_log::FailureLog;
 use super::resume::ShardCache;
 use super::session::{
@@ -441,7 +441,12 @@ impl DtlsServer {
         }
         // An auto-sensing instance (PSK and certificates) keeps dimpl's own
         // secret: its cookie is checked by the instance that issued it only.
-        dtls.set_cookie_secret(self.cookies.secret_for(now, peer, hello));
+        if dtls.set_cookie_secret(self.cookies.secret_for(now, peer, hello))
+            && cookie::carries_cookie(hello)
+        {
+            // Its HelloVerifyRequest came from an instance since evicted.
+            dtls.expect_client_hello_with_cookie();
+        }
         // dimpl needs its clock set before the first packet.
         if dtls.handle_timeout(now).is_err() {
             self.stats.handshakes_failed += 1;
