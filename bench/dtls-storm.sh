@@ -13,7 +13,8 @@
 #
 # GW_BASE=path adds a DTLS storm against that gateway binary (a baseline: the same
 # loadgen, the same offered rate, in the same run). GW and LG (binaries), SKIP_BUILD=1,
-# LG_THREADS (1), HS_TIMEOUT (s, 30: the loadgen's handshake timeout), SAVE=1 writes
+# LG_THREADS (1), HS_TIMEOUT (s, 30: the loadgen's handshake timeout), REG_TIMEOUT (s,
+# DEVICES / RATE + 120: the registration phase's limit), SAVE=1 writes
 # bench/results/YYYY-MM-DD-HHMM-dtls-storm.md (else only printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ DEVICES=${1:-20000}
 RATE=${2:-10000}
 LG_THREADS=${LG_THREADS:-1}
 HS_TIMEOUT=${HS_TIMEOUT:-30}
-REG_TIMEOUT=$((DEVICES / RATE + 120))
+REG_TIMEOUT=${REG_TIMEOUT:-$((DEVICES / RATE + 120))}
 
 command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
     echo "bench/dtls-storm.sh needs mosquitto" >&2

@@ -706,6 +706,45 @@ fn handshakes_past_the_cookie_have_their_own_cap() {
     assert!(w.server.stats().half_open_evicted >= 990);
 }
 
+/// A handshake refused at the verified cap sends nothing past the cookie (a
+/// client given the server's flight would answer a handshake that no longer
+/// exists): its client resends the ClientHello with the cookie and gets in once
+/// there is room.
+#[test]
+fn a_handshake_refused_at_the_verified_cap_gets_in_when_room_frees() {
+    let mut st = settings();
+    st.max_verified_half_open = 1;
+    st.handshake_timeout = Duration::from_secs(5);
+    let mut w = World::new(st);
+    // A passes the cookie exchange and holds the one verified slot.
+    let mut a = Client::psk("dev-1", KEY, addr(1), w.now);
+    w.run(
+        &mut a,
+        Duration::from_secs(1),
+        &mut |d, k| d == Dir::ToServer && k >= 2,
+        &mut |w, _| w.server.stats().handshakes_verified == 1,
+    );
+    w.sent = [0, 0];
+    assert_eq!(w.server.verified_half_open_count(), 1);
+    // B's ClientHello with its cookie is refused: no ServerHello reaches it.
+    let mut b = Client::psk("dev-2", KEY, addr(2), w.now);
+    let hello = b.out.pop_front().unwrap();
+    w.server.handle_datagram(w.now, b.addr, &hello);
+    let (_, hvr) = w.server.poll_transmit().unwrap();
+    b.receive(w.now, &hvr);
+    let with_cookie = b.out.pop_front().unwrap();
+    w.server.handle_datagram(w.now, b.addr, &with_cookie);
+    assert_eq!(w.server.stats().verified_full, 1);
+    assert!(w.server.poll_transmit().is_none(), "a flight went out");
+    assert_eq!(w.server.half_open_count(), 1);
+    // A's handshake times out; B's retransmission then gets through.
+    w.advance(Duration::from_secs(6));
+    assert_eq!(w.server.verified_half_open_count(), 0);
+    while w.server.poll_transmit().is_some() {}
+    assert!(w.connect(&mut b), "{:?}", w.server.stats());
+    assert!(w.server.has_session(b.addr));
+}
+
 #[test]
 fn a_verified_handshake_that_stalls_is_dropped_after_the_handshake_timeout() {
     let mut w = World::new(settings());

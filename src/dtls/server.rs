@@ -634,6 +634,7 @@ impl DtlsServer {
     /// Polls the session, handles what it produced and files it back.
     fn after_drive(&mut self, now: Instant, peer: SocketAddr, mut s: Session, hs: bool) {
         self.outputs.clear();
+        let queued = self.transmits.len();
         let result = {
             let mut sink = Sink {
                 transmits: &mut self.transmits,
@@ -725,6 +726,13 @@ impl DtlsServer {
             return;
         }
         if hs && s.verified && !s.counted_verified && !self.count_verified(peer, &mut s) {
+            // Its flight (ServerHello...) must not go out: a client that got it
+            // would answer a handshake that no longer exists and be stranded;
+            // without it the client resends its ClientHello with the cookie,
+            // which a new instance accepts once there is room.
+            let withdrawn = self.transmits.len().saturating_sub(queued);
+            self.transmits.truncate(queued);
+            self.stats.datagrams_out = self.stats.datagrams_out.saturating_sub(withdrawn as u64);
             return;
         }
         self.put_back(now, peer, s, hs);
