@@ -546,6 +546,14 @@ impl State {
                 continue;
             }
             self.drain_dtls(li);
+            // A deadline dimpl names that is already due is looked at again in a
+            // millisecond, not in this loop (which would then never end).
+            if let Some(d) = self.devs[li].dtls.as_mut() {
+                if d.due_us <= now {
+                    d.due_us = now + 1_000;
+                    self.dtls_timers.push(Reverse((d.due_us, li as u32)));
+                }
+            }
         }
         while let Some(&(deadline, li)) = self.hs_deadlines.front() {
             if deadline > now {

@@ -25,11 +25,14 @@
 //!   flood only recycles unverified entries. Instances whose cookie came back
 //!   (the peer answered from its address) have their own cap
 //!   (`max_verified_half_open`) and are never evicted; only when no entry is
-//!   evictable is a ClientHello dropped. dimpl's cookie is an HMAC under a
-//!   per-instance secret, so an evicted peer's cookie cannot be checked by a
-//!   new instance: under a flood of R ClientHellos/s a device completes its
-//!   cookie exchange if its round trip is shorter than the time the flood
-//!   takes to push its entry out (about `max_half_open` / R). An instance
+//!   evictable is a ClientHello dropped. dimpl's cookie is an HMAC of the
+//!   client random under the instance's secret, and every instance for one
+//!   address gets that address's secret (`cookie.rs`: an HMAC of the address
+//!   under the shard's key, replaced every minute), so a cookie stays bound to
+//!   its address and a peer whose entry was evicted while its cookie was on the
+//!   way is verified by the new instance its ClientHello with the cookie makes:
+//!   a storm or a spoofed flood filling the table faster than a round trip
+//!   delays no real device by more than that. An instance
 //!   whose cookie never comes back is dropped after
 //!   [`DtlsServer::set_cookie_timeout`] (default 10 s); a verified handshake
 //!   after `handshake_timeout`.
@@ -75,6 +78,7 @@
 
 mod cert;
 mod cid;
+mod cookie;
 mod failure_log;
 mod psk;
 mod resume;

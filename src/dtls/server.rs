@@ -29,6 +29,7 @@ use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
 use super::cid::CidTable;
+use super::cookie::{self, CookieKeys};
 use super::failure_log::FailureLog;
 use super::resume::ShardCache;
 use super::session::{
@@ -73,6 +74,8 @@ pub struct DtlsServer {
     cids: CidTable,
     /// Records with another shard's CID: (shard, source, datagram).
     forward: VecDeque<(usize, SocketAddr, Vec<u8>)>,
+    /// The key every instance's cookie secret derives from (per address).
+    cookies: CookieKeys,
 }
 
 impl std::fmt::Debug for DtlsServer {
@@ -131,6 +134,7 @@ impl DtlsServer {
             .build()
             .map_err(|e| DtlsError::Config(e.to_string()))?;
         let cids = CidTable::new(settings.connection_id_len.min(32));
+        let cookies = CookieKeys::new(config.crypto_provider().clone());
         Ok(DtlsServer {
             settings,
             config: Arc::new(config),
@@ -153,6 +157,7 @@ impl DtlsServer {
             cids,
             forward: VecDeque::new(),
             failures: FailureLog::default(),
+            cookies,
         })
     }
 
@@ -256,7 +261,7 @@ impl DtlsServer {
                     self.stats.hello_versions_normalised += 1;
                 }
                 let data = normalised.as_deref().unwrap_or(data);
-                if self.handshakes.contains_key(&peer) || self.admit(now, peer) {
+                if self.handshakes.contains_key(&peer) || self.admit(now, peer, data) {
                     self.feed(now, peer, true, data);
                 }
             }
@@ -393,7 +398,9 @@ impl DtlsServer {
     /// cap is reached, the oldest handshake still waiting for its cookie (of the
     /// shard, or of the same IP) makes room: a spoofed-source flood only recycles
     /// such entries and never displaces a handshake whose peer proved its address.
-    fn admit(&mut self, now: Instant, peer: SocketAddr) -> bool {
+    /// The instance's cookie secret is the address's (`cookie.rs`): a cookie an
+    /// evicted instance issued is accepted by this one.
+    fn admit(&mut self, now: Instant, peer: SocketAddr, hello: &[u8]) -> bool {
         if self.sessions.len() >= self.settings.max_sessions && !self.sessions.contains_key(&peer) {
             self.stats.session_table_full += 1;
             return false;
@@ -431,6 +438,14 @@ impl DtlsServer {
         };
         if self.cids.enabled() {
             dtls.set_connection_id(&self.cids.issue(self.next_id + 1));
+        }
+        // An auto-sensing instance (PSK and certificates) keeps dimpl's own
+        // secret: its cookie is checked by the instance that issued it only.
+        if dtls.set_cookie_secret(self.cookies.secret_for(now, peer, hello))
+            && cookie::carries_cookie(hello)
+        {
+            // Its HelloVerifyRequest came from an instance since evicted.
+            dtls.expect_client_hello_with_cookie();
         }
         // dimpl needs its clock set before the first packet.
         if dtls.handle_timeout(now).is_err() {
@@ -619,6 +634,7 @@ impl DtlsServer {
     /// Polls the session, handles what it produced and files it back.
     fn after_drive(&mut self, now: Instant, peer: SocketAddr, mut s: Session, hs: bool) {
         self.outputs.clear();
+        let queued = self.transmits.len();
         let result = {
             let mut sink = Sink {
                 transmits: &mut self.transmits,
@@ -710,6 +726,13 @@ impl DtlsServer {
             return;
         }
         if hs && s.verified && !s.counted_verified && !self.count_verified(peer, &mut s) {
+            // Its flight (ServerHello...) must not go out: a client that got it
+            // would answer a handshake that no longer exists and be stranded;
+            // without it the client resends its ClientHello with the cookie,
+            // which a new instance accepts once there is room.
+            let withdrawn = self.transmits.len().saturating_sub(queued);
+            self.transmits.truncate(queued);
+            self.stats.datagrams_out = self.stats.datagrams_out.saturating_sub(withdrawn as u64);
             return;
         }
         self.put_back(now, peer, s, hs);

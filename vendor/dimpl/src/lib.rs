@@ -624,6 +624,37 @@ impl Dtls {
         }
     }
 
+    /// A DTLS 1.2 server's HelloVerifyRequest cookie secret (RFC 6347
+    /// §4.2.1), random per instance by default. An application that gives
+    /// every instance for the same peer the same secret can drop an instance
+    /// waiting for its cookie and still accept that cookie in a new one.
+    /// `false` (nothing changed) unless this is a DTLS 1.2 server.
+    pub fn set_cookie_secret(&mut self, secret: [u8; 32]) -> bool {
+        match self.inner.as_mut() {
+            Some(Inner::Server12(s)) => {
+                s.set_cookie_secret(secret);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A fresh DTLS 1.2 server whose first datagram will be a ClientHello with
+    /// a cookie another instance issued under the same secret
+    /// ([`Self::set_cookie_secret`]): it takes that ClientHello's message_seq 1
+    /// as the one after a HelloVerifyRequest (RFC 6347 §4.2.2) instead of
+    /// waiting for a message_seq 0 that will not come. `false` (nothing
+    /// changed) unless this is a DTLS 1.2 server.
+    pub fn expect_client_hello_with_cookie(&mut self) -> bool {
+        match self.inner.as_mut() {
+            Some(Inner::Server12(s)) => {
+                s.engine_mut().expect_client_hello_with_cookie();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The handshake was an abbreviated one resuming a cached session.
     pub fn is_resumed(&self) -> bool {
         match self.inner.as_ref() {

@@ -1238,6 +1238,14 @@ impl Engine {
     ///                    <------  HelloVerifyRequest (seq=0)
     ///   ClientHello (seq=1)  ------>  (with cookie)
     ///                    <------  ServerHello (seq=1)
+    /// A fresh server instance whose first ClientHello carries a cookie another
+    /// instance issued (RFC 6347 §4.2.2: message_seq 1): the state that instance
+    /// had after its HelloVerifyRequest (message_seq 0).
+    pub fn expect_client_hello_with_cookie(&mut self) {
+        self.peer_handshake_seq_no = 1;
+        self.next_handshake_seq_no = 1;
+    }
+
     pub fn reset_server_for_hello_verify_request(&mut self) {
         self.transcript.clear();
         // Per RFC 6347 §4.2.2, the next ClientHello (with cookie) has message_seq=1.

@@ -202,6 +202,13 @@ impl Server {
         }
     }
 
+    /// Replaces the HelloVerifyRequest cookie secret (random per instance by
+    /// default), so that a cookie another instance issued with the same secret
+    /// is accepted.
+    pub(crate) fn set_cookie_secret(&mut self, secret: [u8; 32]) {
+        self.cookie_secret = secret;
+    }
+
     pub fn into_client(self) -> Client {
         Client::new_with_engine(self.engine, self.last_now)
     }
