@@ -10,6 +10,8 @@
 #   start_gateway NAME SHARDS AUTO_OBSERVE [TOP-LEVEL TOML] [MORE TABLES]
 #                              # GW_PID GW_UDP GW_API GW_MQTT GW_LOG
 #   stop_gateway
+#   free_port, wait_line FILE PATTERN, machine_line, rss_kb PID, hwm_kb PID, cpu_us PID,
+#   metric API NAME
 #
 # start_gateway reads SUBSCRIBE (wildcard), BROKER (mosquitto | embedded), STORE (the
 # `--store` kind; file: in $TMP/NAME-store; unset: the configuration's, i.e. a table of
@@ -65,6 +67,11 @@ hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 # A process's CPU time (user + system, all threads) in µs, at the clock tick's resolution.
 cpu_us() {
     python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) * 1000000 // os.sysconf('SC_CLK_TCK'))"
+}
+
+# A gateway's metric (one without labels) from its API's /metrics; 0 when absent.
+metric() { # api-address name
+    curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2; f=1} END {if (!f) print 0}'
 }
 
 # A fresh Mosquitto on a free port: MQ_PORT, MQ (host:port), MQ_PID.

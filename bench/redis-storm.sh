@@ -34,11 +34,6 @@ echo "# bench/redis-storm.sh $N $RATE $ROUNDS, SHARDS=$SHARDS"
 echo "# start: $(machine_line)"
 echo "# $N devices per run at $RATE/s offered in all (split evenly between the nodes), $SHARDS shard(s) per node, wildcard subscriptions"
 
-# The store's metric on a node's /metrics (0 when absent).
-metric() { # api name
-    curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2; f=1} END {if (!f) print 0}'
-}
-
 # Waits until every node's writer is idle (nothing queued), at most 30 s.
 wait_written() { # api...
     for _ in $(seq 1 300); do

@@ -35,10 +35,6 @@ export GW LG SKIP_BUILD=1
 echo "# bench/store-cpu.sh $N $ROUNDS $SHARDS (NOTIFY_DEVICES=$NOTIFY_DEVICES NOTIFY_RATE=$NOTIFY_RATE STEADY=$STEADY)"
 echo "# start: $(machine_line)"
 
-metric() { # name: its value on the last gateway's /metrics (0 when absent)
-    curl -s "http://$GW_API/metrics" | awk -v m="$1" '$1 == m {print $2; f=1} END {if (!f) print 0}'
-}
-
 storm() { # round kind
     bench/memory.sh "$N" wildcard "$2" "$SHARDS" >"$TMP/storm-$1-$2.txt"
     python3 - "$TMP/storm-$1-$2.txt" "$1" "$2" >>"$TMP/rows.jsonl" <<'PY'
@@ -62,8 +58,8 @@ notify() { # round kind
         --watch-pid "$GW_PID" --allow-failures --quiet --json >"$TMP/notify-$1-$2.json" 2>/dev/null ||
         true
     local records writes
-    records=$(metric lwm2m_store_records_queued_total)
-    writes=$(metric lwm2m_store_writes_total)
+    records=$(metric "$GW_API" lwm2m_store_records_queued_total)
+    writes=$(metric "$GW_API" lwm2m_store_writes_total)
     stop_gateway
     python3 - "$TMP/notify-$1-$2.json" "$1" "$2" "$records" "$writes" >>"$TMP/rows.jsonl" <<'PY'
 import json, sys
