@@ -16,17 +16,9 @@
 #                                           # connection per 16,384 admitted devices)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 [ $# -gt 0 ] || set -- 2000 5000 15000
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins >&2
-# GW=path measures another gateway binary (before and after a change).
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-GW=${GW:-$TARGET/release/lwm2m-gateway}
-LG=$TARGET/release/lwm2m-loadgen
-command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt-get install -y mosquitto >/dev/null
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-
-port() { python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.$1); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+. bench/lib.sh
+bench_init cmd-latency
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # Counted per 5 s window when perf can: every syscall, context switches, and the
 # syscalls a loop turn makes (epoll_wait: one per turn).
@@ -38,35 +30,16 @@ window() { # pid file: 5 s, counted when perf can
     else sleep 5; fi
 }
 
-echo "# $(date -u +%FT%TZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
+echo "# $(machine_line)"
 for RATE in "$@"; do
-    T=$(mktemp -d)
-    MQP=$(port SOCK_STREAM)
-    UDP=$(port SOCK_DGRAM)
-    API=$(port SOCK_STREAM)
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_queued_messages 1000000\n' \
-        "$MQP" >"$T/m.conf"
-    "$MOSQUITTO" -c "$T/m.conf" 2>/dev/null &
-    MP=$!
-    cat >"$T/g.toml" <<CONF
-xml_dir = "$ROOT/etc/lwm2m_xml"
-[listeners.udp.default]
-bind = "127.0.0.1:$UDP"
-max_conn_rate = 100000000
-[mqtt]
-server = "mqtt://127.0.0.1:$MQP"
-subscribe = "per_endpoint"
-${CONNECTIONS:+connections = $CONNECTIONS}
-[engine]
-shards = 2
-[api]
-bind = "127.0.0.1:$API"
-CONF
-    sleep 0.3
-    "$GW" --config "$T/g.toml" 2>"$T/g.log" >/dev/null &
-    GP=$!
-    for _ in $(seq 1 100); do grep -q "lwm2m-gateway ready" "$T/g.log" && break; sleep 0.05; done
-    "$LG" run --gateway "127.0.0.1:$UDP" --mqtt "127.0.0.1:$MQP" --register 2000 --rate 50000 \
+    T=$TMP/$RATE
+    mkdir -p "$T"
+    start_mosquitto
+    MP=$MQ_PID
+    SUBSCRIBE=per_endpoint MQTT_EXTRA=${CONNECTIONS:+"connections = $CONNECTIONS"} STORE=file \
+        GW_RUST_LOG=info start_gateway "gw-$RATE" 2 false
+    GP=$GW_PID
+    "$LG" run --gateway "$GW_UDP" --mqtt "$MQ" --register 2000 --rate 50000 \
         --steady 10 --update-fraction 0 --commands "$RATE" --watch-pid "$GP" --json >"$T/lg.json" 2>/dev/null &
     LP=$!
     sleep 4
@@ -75,7 +48,7 @@ CONF
     a2=$(cpu_ticks "$GP"); b2=$(cpu_ticks "$MP"); c2=$(cpu_ticks "$LP")
     wait "$LP" || true
     kill "$GP" 2>/dev/null; wait "$GP" 2>/dev/null || true
-    "$LG" mqtt-relay --mqtt "127.0.0.1:$MQP" --rate "$RATE" --seconds 10 --json >"$T/floor.json" || true
+    "$LG" mqtt-relay --mqtt "$MQ" --rate "$RATE" --seconds 10 --json >"$T/floor.json" || true
     kill "$MP" 2>/dev/null; wait "$MP" 2>/dev/null || true
     python3 - "$T" "$RATE" "$a1" "$a2" "$b1" "$b2" "$c1" "$c2" <<'PY'
 import json, sys

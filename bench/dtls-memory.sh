@@ -21,7 +21,6 @@
 # reports to).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 DEVICES=${1:-100000}
 NOTIFY_DEVICES=${2:-10000}
 IDLE=${IDLE:-15}
@@ -31,90 +30,20 @@ REG_TIMEOUT=$((DEVICES * 2 / DTLS_RATE + 120))
 NOTIFY_RATE=${NOTIFY_RATE:-150000}
 STEADY=${STEADY:-10}
 
-command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
-    echo "bench/dtls-memory.sh needs mosquitto" >&2
-    exit 1
-}
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-GW=${GW:-$TARGET/release/lwm2m-gateway}
-LG=${LG:-$TARGET/release/lwm2m-loadgen}
-
-TMP=$(mktemp -d /tmp/lwm2m-dtlsmem.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-MQ_PORT=$(free_port)
-cat >"$TMP/mosquitto.conf" <<CONF
-listener $MQ_PORT 127.0.0.1
-allow_anonymous true
-persistence false
-set_tcp_nodelay true
-max_queued_messages 1000000
-log_dest stderr
-CONF
-"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
-PIDS+=("$!")
-sleep 0.5
-MQ=127.0.0.1:$MQ_PORT
+. bench/lib.sh
+bench_init dtlsmem
+start_mosquitto
 
 "$LG" --register "$DEVICES" --prefix lg --psk-file-out "$TMP/psk.txt" >/dev/null
 
-GW_PID=
-UDP=
 DTLS=
-start_gateway() { # name auto_observe
-    local name=$1 auto=$2
-    UDP=$(free_port)
+start_dtls_gateway() { # name auto_observe: a plain and a DTLS-PSK listener, no store,
+    # the command subscriptions of an external broker's default
     DTLS=$(free_port)
-    cat >"$TMP/$name.toml" <<CONF
-xml_dir = "$ROOT/etc/lwm2m_xml"
-auto_observe = $auto
-
-[listeners.udp.default]
-bind = "127.0.0.1:$UDP"
-max_conn_rate = 100000000
-
-[listeners.dtls.default]
-bind = "127.0.0.1:$DTLS"
-psk_file = "$TMP/psk.txt"
-max_conn_rate = 100000000
-
-[mqtt]
-server = "mqtt://$MQ"
-
-[engine]
-shards = 2
-socket_rcvbuf = "32MB"
-socket_sndbuf = "32MB"
-
-[api]
-bind = "127.0.0.1:$(free_port)"
-CONF
-    RUST_LOG=info,rumqttd=warn "$GW" --config "$TMP/$name.toml" --store none \
-        2>"$TMP/$name.log" >/dev/null &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    for _ in $(seq 1 600); do
-        grep -q "lwm2m-gateway ready" "$TMP/$name.log" && return 0
-        sleep 0.05
-    done
-    echo "gateway $name did not start" >&2
-    cat "$TMP/$name.log" >&2
-    exit 1
-}
-stop_gateway() {
-    kill -TERM "$GW_PID" 2>/dev/null || true
-    wait "$GW_PID" 2>/dev/null || true
+    STORE=none SUBSCRIBE=auto start_gateway "$1" 2 "$2" "" "[listeners.dtls.default]
+bind = \"127.0.0.1:$DTLS\"
+psk_file = \"$TMP/psk.txt\"
+max_conn_rate = 100000000"
 }
 run() { # name args...
     local name=$1
@@ -125,18 +54,18 @@ run() { # name args...
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-start_gateway mem-plain '[]'
-run mem-plain --gateway "127.0.0.1:$UDP" --mqtt "$MQ" --register "$DEVICES" --rate 20000 \
+start_dtls_gateway mem-plain '[]'
+run mem-plain --gateway "$GW_UDP" --mqtt "$MQ" --register "$DEVICES" --rate 20000 \
     --steady "$IDLE" --update-fraction 0 --lifetime 3600 --register-timeout 600
 stop_gateway
-start_gateway mem-dtls '[]'
+start_dtls_gateway mem-dtls '[]'
 run mem-dtls --dtls --gateway "127.0.0.1:$DTLS" --mqtt "$MQ" --register "$DEVICES" \
     --rate "$DTLS_RATE" --steady "$IDLE" --update-fraction 0 --lifetime 3600 \
     --register-timeout "$REG_TIMEOUT" --handshake-timeout 60
 stop_gateway
 for mode in plain dtls; do
-    start_gateway "notify-$mode" '["/3303/0/5700"]'
-    target="127.0.0.1:$UDP"
+    start_dtls_gateway "notify-$mode" '["/3303/0/5700"]'
+    target="$GW_UDP"
     extra=()
     if [ "$mode" = dtls ]; then
         target="127.0.0.1:$DTLS"

@@ -47,7 +47,6 @@
 #               at full speed (the UDP limit of this machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 REG_DEVICES=${REG_DEVICES:-1000000}
 REG_RATE=${REG_RATE:-60000}
@@ -73,120 +72,11 @@ QUEUE_COMMANDS=${QUEUE_COMMANDS:-500}
 DTLS_DEVICES=${DTLS_DEVICES:-10000}
 DTLS_RATE=${DTLS_RATE:-2000}
 
-command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
-    echo "bench/run.sh needs mosquitto" >&2
-    exit 1
-}
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
-# GW=path runs another gateway binary (bench/compare.sh: before and after a change, the
-# same loadgen driving both).
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-GW=${GW:-$TARGET/release/lwm2m-gateway}
-LG=$TARGET/release/lwm2m-loadgen
-
-TMP=$(mktemp -d /tmp/lwm2m-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_line() { # file pattern
-    for _ in $(seq 1 600); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "timed out waiting for '$2' in $1" >&2
-    cat "$1" >&2
-    return 1
-}
-
-MQ_PORT=$(free_port)
-cat > "$TMP/mosquitto.conf" <<CONF
-listener $MQ_PORT 127.0.0.1
-allow_anonymous true
-persistence false
-set_tcp_nodelay true
-max_queued_messages 1000000
-log_dest stderr
-CONF
-"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
-MQ_PID=$!
-PIDS+=("$MQ_PID")
-sleep 0.5
-MQ=127.0.0.1:$MQ_PORT
-
-GW_PID=
-GW_UDP=
-# The broker the last gateway publishes to, where the loadgen subscribes: Mosquitto, or
-# with BROKER=embedded the gateway's own (its MQTT 3.1.1 listener).
-GW_MQTT=$MQ
-start_gateway() { # name shards auto_observe [top-level TOML] [more tables]
-    local name=$1 shards=$2 auto=$3 top=${4:-} tables=${5:-} udp api server
-    udp=$(free_port)
-    api=$(free_port)
-    if [ "${BROKER:-mosquitto}" = embedded ]; then
-        local e3 e5
-        e3=$(free_port)
-        e5=$(free_port)
-        server="server = \"embedded\"
-embedded_bind = \"127.0.0.1:$e3\"
-embedded_bind_v5 = \"127.0.0.1:$e5\""
-        GW_MQTT=127.0.0.1:$e3
-    else
-        server="server = \"mqtt://$MQ\""
-        GW_MQTT=$MQ
-    fi
-    cat > "$TMP/$name.toml" <<CONF
-xml_dir = "$ROOT/etc/lwm2m_xml"
-auto_observe = $auto
-$top
-
-[listeners.udp.default]
-bind = "127.0.0.1:$udp"
-max_conn_rate = 100000000
-
-[mqtt]
-$server
-subscribe = "${SUBSCRIBE:-wildcard}"
-
-[engine]
-shards = $shards
-socket_rcvbuf = "32MB"
-socket_sndbuf = "32MB"
-
-[api]
-bind = "127.0.0.1:$api"
-
-$tables
-CONF
-    # Each gateway its own store (else a scenario would restore the previous one's
-    # devices); a binary from before the store (bench/compare.sh) gets no flags.
-    local store=()
-    if "$GW" --help 2>/dev/null | grep -q -- '--store-path'; then
-        store=(--store "${STORE:-file}" --store-path "$TMP/$name-store")
-    fi
-    RUST_LOG=info,rumqttd=warn "$GW" --config "$TMP/$name.toml" "${store[@]}" \
-        2>"$TMP/$name.log" >/dev/null &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    wait_line "$TMP/$name.log" "lwm2m-gateway ready udp="
-    GW_UDP=127.0.0.1:$udp
-    echo "== gateway $name: pid $GW_PID, $shards shard(s), auto_observe = $auto, broker ${BROKER:-mosquitto}, subscribe ${SUBSCRIBE:-wildcard}" >&2
-}
-
-stop_gateway() {
-    kill -TERM "$GW_PID" 2>/dev/null || true
-    wait "$GW_PID" 2>/dev/null || true
-}
+# The gateways' store: the file store (in the run's temp dir) unless STORE says otherwise.
+STORE=${STORE:-file}
+. bench/lib.sh
+bench_init bench
+start_mosquitto
 
 # The machine's CPU time as /proc/stat counts it: "steal total" in ticks. Steal is
 # time the hypervisor gave this VM's virtual CPUs to someone else.

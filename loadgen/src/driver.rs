@@ -205,6 +205,7 @@ pub fn run(sh: Arc<Shared>, mut c: Client) -> io::Result<DriverResult> {
                     add(&sh.c.mqtt_register_msgs, 1);
                     if ep.starts_with(&prefix) && !known.contains(ep) {
                         known.insert(ep.to_string());
+                        add(&sh.c.mqtt_registered_own, 1);
                     }
                 }
                 Some("notify") => {

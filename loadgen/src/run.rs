@@ -173,10 +173,12 @@ impl Conductor {
         if o.mqtt.is_some() {
             // Register messages may trail the answers (a broker taking subscriptions
             // first): wait for them while they keep coming, at most `register_timeout`.
+            // Only this run's devices count: other loadgens' devices (other prefixes)
+            // registering through the same broker at the same time do not end the wait.
             let ok = get(&sh.c.reg_ok);
             let mut last = (u64::MAX, 0u64);
             self.wait("register", o.register_timeout, |s| {
-                let (now, seen) = (s.clock.us(), get(&s.c.mqtt_register_msgs));
+                let (now, seen) = (s.clock.us(), get(&s.c.mqtt_registered_own));
                 if seen != last.0 {
                     last = (seen, now);
                 }

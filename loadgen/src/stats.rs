@@ -100,6 +100,9 @@ pub struct Counters {
     pub echo_sent: AtomicU64,
     pub echo_received: AtomicU64,
     pub mqtt_register_msgs: AtomicU64,
+    /// Distinct endpoints of this run (`--prefix`) seen in register messages: another
+    /// loadgen's devices on the same broker are not counted.
+    pub mqtt_registered_own: AtomicU64,
     pub mqtt_notify_msgs: AtomicU64,
     pub mqtt_other_msgs: AtomicU64,
     pub cmd_sent: AtomicU64,

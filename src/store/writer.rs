@@ -174,7 +174,10 @@ fn flush(backend: &mut dyn Backend, batch: &mut Batch, stats: &StoreStats, stopp
         batch.since = None;
         return;
     }
-    let changes: Vec<(Box<str>, Change)> = batch.changes.drain().collect();
+    let mut changes: Vec<(Box<str>, Change)> = batch.changes.drain().collect();
+    // In name order: the B-tree of the file store then fills its pages front to back
+    // instead of inserting all over them in the hash map's order.
+    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let attempts = if stopping { 3 } else { 1 };
     for attempt in 1..=attempts {
         match backend.write(&changes) {
