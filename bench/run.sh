@@ -232,11 +232,15 @@ storm() { # name shards [devices] [more loadgen arguments]
 # After a per-endpoint storm, a read command to each of 1,000 registered devices spread
 # over the fleet (200/s for 5 s): answered only if its subscription is in place.
 SAMPLE_COMMANDS="--steady 5 --commands 200 --update-fraction 0"
-if want storm; then
-    storm storm-2 2
-    storm storm-1 1
+# SCENARIOS=storm runs them all; SCENARIOS="storm-2 storm-pe" only those.
+want_storm() { want storm || want "$1"; }
+if want_storm storm-2; then storm storm-2 2; fi
+if want_storm storm-1; then storm storm-1 1; fi
+if want_storm storm-pe; then
     SUBSCRIBE=per_endpoint storm storm-pe 2 "$REG_DEVICES" "$SAMPLE_COMMANDS"
-    BROKER=embedded storm storm-emb 2
+fi
+if want_storm storm-emb; then BROKER=embedded storm storm-emb 2; fi
+if want_storm storm-emb-pe; then
     BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2 "$EMB_PE_DEVICES" "$SAMPLE_COMMANDS"
 fi
 
