@@ -222,11 +222,37 @@ fi
 
 # 2. Registration storms: Mosquitto with the wildcard filter, 2 shards then 1 shard;
 #    Mosquitto with a filter per endpoint; the embedded broker in both modes.
+# A process's CPU time in clock ticks (utime + stime, all threads).
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# PROFILE_DIR=dir: each storm records `perf record -g -e cpu-clock` of the gateway (and
+# of Mosquitto when it is the broker) into dir/NAME.gw.perf, dir/NAME.mosquitto.perf.
+profile_start() { # name
+    PERF_PIDS=()
+    [ -n "${PROFILE_DIR:-}" ] || return 0
+    mkdir -p "$PROFILE_DIR"
+    perf record -q -g -e cpu-clock -F 499 -p "$GW_PID" -o "$PROFILE_DIR/$1.gw.perf" \
+        >/dev/null 2>&1 &
+    PERF_PIDS+=("$!")
+    if [ "${BROKER:-mosquitto}" != embedded ]; then
+        perf record -q -g -e cpu-clock -F 499 -p "$MQ_PID" -o "$PROFILE_DIR/$1.mosquitto.perf" \
+            >/dev/null 2>&1 &
+        PERF_PIDS+=("$!")
+    fi
+}
+profile_stop() {
+    for p in "${PERF_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" || true; done
+}
 storm() { # name shards [devices] [more loadgen arguments]
     start_gateway "gw-$1" "$2" false
+    profile_start "$1"
+    local mq0
+    mq0=$(proc_ticks "$MQ_PID")
     loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "${3:-$REG_DEVICES}" \
         --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
         --watch-pid "$GW_PID" --allow-failures --quiet ${4:-}
+    # Mosquitto's CPU over the scenario (it also carries the loadgen's subscriber).
+    echo "== $1: mosquitto CPU $(( ($(proc_ticks "$MQ_PID") - mq0) * 10 )) ms" >&2
+    profile_stop
     stop_gateway
 }
 # After a per-endpoint storm, a read command to each of 1,000 registered devices spread
