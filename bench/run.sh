@@ -25,7 +25,7 @@
 #               per device, the default mqtt.connections)
 #   storm-emb, storm-emb-pe
 #               the same storm, 2 shards, the embedded broker, wildcard then per_endpoint
-#               (EMB_PE_DEVICES devices: rumqttd keeps about 6 KB per filter)
+#               (EMB_PE_DEVICES devices: rumqttd keeps about 4 KB per filter)
 #               Every storm reports its MQTT delivered ratio: distinct endpoints whose
 #               register message reached an MQTT subscriber / registrations answered 2.01;
 #               below 100% the scenario fails (and so does the run, exit 1).
@@ -51,7 +51,7 @@ ROOT=$PWD
 
 REG_DEVICES=${REG_DEVICES:-1000000}
 REG_RATE=${REG_RATE:-60000}
-# The embedded broker (rumqttd) keeps about 6 KB per distinct filter for good: its
+# The embedded broker (rumqttd) keeps about 4 KB per distinct filter for good: its
 # per-endpoint storm registers fewer devices.
 EMB_PE_DEVICES=${EMB_PE_DEVICES:-200000}
 NOTIFY_DEVICES=${NOTIFY_DEVICES:-10000}
