@@ -42,8 +42,13 @@ fn embedded_broker_holds_a_filter_per_device_beyond_ten_thousand() {
     };
     assert!(r.passed, "{}", ctx());
     let reg = r.registration.as_ref().expect("registration report");
-    assert_eq!(reg.ok, DEVICES, "{}", ctx());
-    assert_eq!(reg.mqtt_registered_endpoints, Some(DEVICES), "{}", ctx());
+    assert_eq!(reg.ok, DEVICES as u64, "{}", ctx());
+    assert_eq!(
+        reg.mqtt_registered_endpoints,
+        Some(DEVICES as u64),
+        "{}",
+        ctx()
+    );
 
     let cmd = r.commands.as_ref().expect("command report");
     assert!(cmd.sent >= 100, "{}", ctx());
