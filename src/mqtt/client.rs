@@ -149,7 +149,7 @@ impl MqttClient {
                 // A filter lives on one connection: a second subscribe of it (another
                 // registration with the same command topic) stays where the first went.
                 let hash = self.holders.hash(&filter);
-                let i = match self.holder(&filter, hash) {
+                let i = match self.holder_hashed(&filter, hash) {
                     Some(i) => i,
                     None => {
                         let i = lane as usize % n;
@@ -163,7 +163,7 @@ impl MqttClient {
             }
             Outbound::Unsubscribe { filter, .. } => {
                 let hash = self.holders.hash(&filter);
-                if let Some(i) = self.holder(&filter, hash) {
+                if let Some(i) = self.holder_hashed(&filter, hash) {
                     self.conns[i].subs.unsubscribe(filter);
                     self.holders.removed(hash);
                 }
@@ -172,7 +172,13 @@ impl MqttClient {
     }
 
     /// The connection that holds `filter` (subscribed, or about to be), if any.
-    fn holder(&self, filter: &str, hash: u64) -> Option<usize> {
+    #[cfg(test)]
+    fn holder(&self, filter: &str) -> Option<usize> {
+        self.holder_hashed(filter, self.holders.hash(filter))
+    }
+
+    /// `holder`, given the filter's hash (`Holders::hash`).
+    fn holder_hashed(&self, filter: &str, hash: u64) -> Option<usize> {
         match self.holders.lookup(hash) {
             Lookup::Nowhere => None,
             Lookup::Candidate(i) if self.conns[i].subs.holds(filter) => Some(i),
