@@ -40,7 +40,8 @@ bench_init() {
 bench_cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$TMP"
+    # KEEP=1 keeps the configurations and logs (the path is printed).
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 
 free_port() {

@@ -25,7 +25,7 @@
 #               per device, the default mqtt.connections)
 #   storm-emb, storm-emb-pe
 #               the same storm, 2 shards, the embedded broker, wildcard then per_endpoint
-#               (EMB_PE_DEVICES devices: rumqttd keeps about 6 KB per filter)
+#               (EMB_PE_DEVICES devices: rumqttd keeps about 4 KB per filter)
 #               Every storm reports its MQTT delivered ratio: distinct endpoints whose
 #               register message reached an MQTT subscriber / registrations answered 2.01;
 #               below 100% the scenario fails (and so does the run, exit 1).
@@ -50,7 +50,7 @@ cd "$(dirname "$0")/.."
 
 REG_DEVICES=${REG_DEVICES:-1000000}
 REG_RATE=${REG_RATE:-60000}
-# The embedded broker (rumqttd) keeps about 6 KB per distinct filter for good: its
+# The embedded broker (rumqttd) keeps about 4 KB per distinct filter for good: its
 # per-endpoint storm registers fewer devices.
 EMB_PE_DEVICES=${EMB_PE_DEVICES:-200000}
 NOTIFY_DEVICES=${NOTIFY_DEVICES:-10000}
@@ -112,21 +112,49 @@ fi
 
 # 2. Registration storms: Mosquitto with the wildcard filter, 2 shards then 1 shard;
 #    Mosquitto with a filter per endpoint; the embedded broker in both modes.
+# PROFILE_DIR=dir: each storm records `perf record -g -e cpu-clock` of the gateway (and
+# of Mosquitto when it is the broker) into dir/NAME.gw.perf, dir/NAME.mosquitto.perf.
+profile_start() { # name
+    PERF_PIDS=()
+    [ -n "${PROFILE_DIR:-}" ] || return 0
+    mkdir -p "$PROFILE_DIR"
+    perf record -q -g -e cpu-clock -F 499 -p "$GW_PID" -o "$PROFILE_DIR/$1.gw.perf" \
+        >/dev/null 2>&1 &
+    PERF_PIDS+=("$!")
+    if [ "${BROKER:-mosquitto}" != embedded ]; then
+        perf record -q -g -e cpu-clock -F 499 -p "$MQ_PID" -o "$PROFILE_DIR/$1.mosquitto.perf" \
+            >/dev/null 2>&1 &
+        PERF_PIDS+=("$!")
+    fi
+}
+profile_stop() {
+    for p in "${PERF_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" || true; done
+}
 storm() { # name shards [devices] [more loadgen arguments]
     start_gateway "gw-$1" "$2" false
+    profile_start "$1"
+    local mq0
+    mq0=$(cpu_us "$MQ_PID")
     loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "${3:-$REG_DEVICES}" \
         --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
         --watch-pid "$GW_PID" --allow-failures --quiet ${4:-}
+    # Mosquitto's CPU over the scenario (it also carries the loadgen's subscriber).
+    echo "== $1: mosquitto CPU $(( ($(cpu_us "$MQ_PID") - mq0) / 1000 )) ms" >&2
+    profile_stop
     stop_gateway
 }
 # After a per-endpoint storm, a read command to each of 1,000 registered devices spread
 # over the fleet (200/s for 5 s): answered only if its subscription is in place.
 SAMPLE_COMMANDS="--steady 5 --commands 200 --update-fraction 0"
-if want storm; then
-    storm storm-2 2
-    storm storm-1 1
+# SCENARIOS=storm runs them all; SCENARIOS="storm-2 storm-pe" only those.
+want_storm() { want storm || want "$1"; }
+if want_storm storm-2; then storm storm-2 2; fi
+if want_storm storm-1; then storm storm-1 1; fi
+if want_storm storm-pe; then
     SUBSCRIBE=per_endpoint storm storm-pe 2 "$REG_DEVICES" "$SAMPLE_COMMANDS"
-    BROKER=embedded storm storm-emb 2
+fi
+if want_storm storm-emb; then BROKER=embedded storm storm-emb 2; fi
+if want_storm storm-emb-pe; then
     BROKER=embedded SUBSCRIBE=per_endpoint storm storm-emb-pe 2 "$EMB_PE_DEVICES" "$SAMPLE_COMMANDS"
 fi
 

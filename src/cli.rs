@@ -179,13 +179,12 @@ impl Cli {
         &self,
         default_path: &Path,
     ) -> Result<(Config, Vec<String>), ConfigError> {
-        let (mut config, mut warnings) = match self.config_file_with_default(default_path) {
+        let (mut config, warnings) = match self.config_file_with_default(default_path) {
             Some(path) => Config::read_warned(&path)?,
             None => (Config::default(), Vec::new()),
         };
         let overrides = self.apply(&mut config)?;
         config.validate().map_err(|e| overrides.blame(e))?;
-        warnings.extend(config.combination_warnings());
         Ok((config, warnings))
     }
 

@@ -194,24 +194,6 @@ impl Config {
         out
     }
 
-    /// Settings that are valid but known to work badly together.
-    pub fn combination_warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let per_endpoint =
-            self.mqtt.subscribe.resolve(&self.mqtt.server) == SubscribeMode::PerEndpoint;
-        if per_endpoint && self.mqtt.server.is_embedded() {
-            out.push(
-                "mqtt.subscribe = \"per_endpoint\" with the embedded broker: it stopped \
-                 acknowledging subscriptions after about 10,000 filters when measured, and \
-                 register messages wait for their subscription (devices beyond that are shed \
-                 with 5.03); use \"wildcard\" (the default with the embedded broker) or an \
-                 external broker (docs/deployment.md)"
-                    .to_string(),
-            );
-        }
-        out
-    }
-
     /// Makes every relative path of the configuration relative to `dir`.
     pub fn resolve_paths(&mut self, dir: &Path) {
         let fix = |p: &mut PathBuf| {

@@ -1087,18 +1087,6 @@ fn mqtt_connections_scale_with_per_endpoint_filters() {
     assert_eq!(parse(set).mqtt_connections(), 4);
 }
 
-#[test]
-fn per_endpoint_subscriptions_on_the_embedded_broker_are_warned_about() {
-    let c = parse("[mqtt]\nsubscribe = \"per_endpoint\"");
-    let w = c.combination_warnings();
-    assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].contains("embedded broker"), "{w:?}");
-    assert!(parse("").combination_warnings().is_empty());
-    let external =
-        parse("[mqtt]\nserver = \"mqtt://127.0.0.1:1883\"\nsubscribe = \"per_endpoint\"");
-    assert!(external.combination_warnings().is_empty());
-}
-
 /// `[store] kind = "redis"` and `[cluster] node`: the keys, and what is refused.
 #[test]
 fn the_redis_store_needs_an_external_broker_and_a_fitting_node_name() {

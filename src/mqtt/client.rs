@@ -20,6 +20,7 @@ use tracing::debug;
 use super::buffer::{make_room, OutMsg, Overflow};
 use super::codec::publish_size;
 use super::connection::{Connection, Ctx};
+use super::holders::{Holders, Lookup};
 use super::resolve::{AddrCache, BrokerAddrs};
 use super::stats::MqttStats;
 use super::{Inbound, MqttOptions, Outbound, ServerAddr};
@@ -40,6 +41,8 @@ pub struct MqttClient {
     replies: Vec<Outbound>,
     /// What this client last added to the shared `pending` gauge.
     held_reported: u64,
+    /// Which connection holds each filter (`holder`).
+    holders: Holders,
 }
 
 /// The TLS settings for `opts.server` (None for plain TCP); reads the CA file once.
@@ -88,6 +91,7 @@ impl MqttClient {
             scratch: vec![0u8; 64 * 1024],
             replies: Vec::new(),
             held_reported: 0,
+            holders: Holders::default(),
         }
     }
 
@@ -144,22 +148,42 @@ impl MqttClient {
                 }
                 // A filter lives on one connection: a second subscribe of it (another
                 // registration with the same command topic) stays where the first went.
-                let i = self.holder(&filter).unwrap_or(lane as usize % n);
+                let hash = self.holders.hash(&filter);
+                let i = match self.holder_hashed(&filter, hash) {
+                    Some(i) => i,
+                    None => {
+                        let i = lane as usize % n;
+                        self.holders.added(hash, i);
+                        i
+                    }
+                };
                 let conn = &mut self.conns[i];
                 conn.subs.subscribe(filter, qos);
                 conn.gate.request();
             }
             Outbound::Unsubscribe { filter, .. } => {
-                if let Some(i) = self.holder(&filter) {
+                let hash = self.holders.hash(&filter);
+                if let Some(i) = self.holder_hashed(&filter, hash) {
                     self.conns[i].subs.unsubscribe(filter);
+                    self.holders.removed(hash);
                 }
             }
         }
     }
 
     /// The connection that holds `filter` (subscribed, or about to be), if any.
+    #[cfg(test)]
     fn holder(&self, filter: &str) -> Option<usize> {
-        self.conns.iter().position(|c| c.subs.holds(filter))
+        self.holder_hashed(filter, self.holders.hash(filter))
+    }
+
+    /// `holder`, given the filter's hash (`Holders::hash`).
+    fn holder_hashed(&self, filter: &str, hash: u64) -> Option<usize> {
+        match self.holders.lookup(hash) {
+            Lookup::Nowhere => None,
+            Lookup::Candidate(i) if self.conns[i].subs.holds(filter) => Some(i),
+            Lookup::Candidate(_) => self.conns.iter().position(|c| c.subs.holds(filter)),
+        }
     }
 
     /// A readiness event for one of this client's tokens. True when a connection's read

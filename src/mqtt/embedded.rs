@@ -27,11 +27,14 @@ const MAX_PACKET: usize = 64 * 1024 * 1024;
 ///
 /// Settings: `router.max_connections` 10,000 (rumqttd's default is 0), packets up to 64 MiB
 /// accepted (a small limit turns a large SUBSCRIBE into a silent disconnect loop), and each
-/// filter's log keeps up to 16 segments of 1 MiB. rumqttd serves a subscriber from the log of
+/// filter's log keeps up to 64 segments of 1 MiB. rumqttd serves a subscriber from the log of
 /// its filter; one that falls further behind than the log holds silently skips ahead ("Read
 /// cursor start jumped"), losing what it skipped. With 2 segments, the soak's register
 /// messages (2,000 at once while 2,000 per-endpoint subscriptions come and go) were lost for
-/// the application; 16 hold a 16 MiB lag per filter that has traffic.
+/// the application; with 16, an application's `lwm2m/+/up/#` fell more than 16 MiB behind
+/// during a per-endpoint storm of 200,000 devices (the router busy with their subscriptions)
+/// and lost half the register messages. 64 hold a 64 MiB lag per filter that has traffic
+/// (what such a filter's log takes in memory once that much went through it).
 pub fn start_embedded_broker(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> io::Result<()> {
     let binds: Vec<SocketAddr> = std::iter::once(bind).chain(bind_v5).collect();
     for b in &binds {
@@ -97,7 +100,7 @@ fn broker_config(bind: SocketAddr, bind_v5: Option<SocketAddr>) -> Config {
         max_connections: 10_000,
         max_outgoing_packet_count: 1024,
         max_segment_size: 1024 * 1024,
-        max_segment_count: 16,
+        max_segment_count: 64,
         custom_segment: None,
         initialized_filters: None,
         ..Default::default()

@@ -50,6 +50,7 @@ mod codec;
 mod connection;
 #[cfg(feature = "embedded-broker")]
 mod embedded;
+mod holders;
 #[cfg(not(feature = "embedded-broker"))]
 mod no_embedded_broker;
 mod resolve;

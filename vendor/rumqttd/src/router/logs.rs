@@ -11,8 +11,9 @@ use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
 use crate::segments::{CommitLog, Position};
 use crate::Storage;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
+use std::ops::Bound;
 use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
@@ -58,17 +59,47 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
+    /// Filter indexes by the filter's literal prefix (`literal_prefix`): a topic's
+    /// candidates are found by its own prefixes instead of by looking at every filter
+    filters_by_prefix: HashMap<String, Vec<FilterIdx>>,
     retained_publishes: HashMap<Topic, PublishData>,
-    /// List of filters associated with a topic
-    publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// List of filters associated with a topic, ordered by topic so that a new filter
+    /// looks only at the topics that start with its literal prefix
+    publish_filters: BTreeMap<Topic, Vec<FilterIdx>>,
+}
+
+/// The levels of `filter` before its first wildcard, each followed by '/': `a/b/#` and
+/// `a/b/+/c` give `a/b/`, `a/b` gives `a/b/`, `#` gives the empty string. A topic can
+/// only match a filter whose literal prefix is one of the topic's own (`topic_prefixes`).
+fn literal_prefix(filter: &str) -> String {
+    let mut prefix = String::new();
+    for level in filter.split('/') {
+        if level == "+" || level == "#" {
+            break;
+        }
+        prefix.push_str(level);
+        prefix.push('/');
+    }
+    prefix
+}
+
+/// Every literal prefix a filter matching `topic` can have: the empty one, the topic's
+/// first levels each followed by '/', and the whole topic followed by '/'.
+fn topic_prefixes(topic: &str, mut each: impl FnMut(&str)) {
+    each("");
+    for (i, _) in topic.match_indices('/') {
+        each(&topic[..=i]);
+    }
+    each(&format!("{topic}/"));
 }
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut filters_by_prefix: HashMap<String, Vec<FilterIdx>> = HashMap::new();
         let retained_publishes = HashMap::new();
-        let publish_filters = HashMap::new();
+        let publish_filters = BTreeMap::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -77,6 +108,10 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                filters_by_prefix
+                    .entry(literal_prefix(&filter))
+                    .or_default()
+                    .push(idx);
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -86,6 +121,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            filters_by_prefix,
             retained_publishes,
         })
     }
@@ -128,12 +164,15 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
-                    .collect();
+                let mut v: Vec<usize> = Vec::new();
+                let (native, by_prefix) = (&self.native, &self.filters_by_prefix);
+                topic_prefixes(topic, |prefix| {
+                    for &idx in by_prefix.get(prefix).into_iter().flatten() {
+                        if matches(topic, &native[idx].filter) {
+                            v.push(idx);
+                        }
+                    }
+                });
 
                 if !v.is_empty() {
                     self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -157,9 +196,17 @@ impl DataLog {
                 // datalog index map
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
+                let prefix = literal_prefix(filter);
+                // The topics this filter can match all start with its literal levels
+                let start = prefix.strip_suffix('/').unwrap_or("").to_owned();
+                self.filters_by_prefix.entry(prefix).or_default().push(idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
+                let from = (Bound::Included(start.as_str()), Bound::Unbounded);
+                for (topic, filters) in publish_filters.range_mut::<str, _>(from) {
+                    if !topic.starts_with(&start) {
+                        break;
+                    }
                     if matches(topic, filter) {
                         filters.push(idx);
                     }
@@ -437,6 +484,73 @@ mod test {
     use super::DataLog;
     use crate::router::shared_subs::Strategy;
     use crate::RouterConfig;
+
+    /// The prefix index finds what looking at every filter finds, whichever of the
+    /// topic and the filter comes first.
+    #[test]
+    fn matches_agree_with_a_scan_of_every_filter() {
+        let filters = [
+            "#", "+", "+/#", "a", "a/#", "a/+", "a/b", "a/b/#", "a/+/c", "a/b/c/#", "+/b/+", "/#",
+            "/+", "", "a//#", "a/", "$SYS/#", "ab/#", "a/bc",
+        ];
+        let topics = [
+            "a", "a/b", "a/b/c", "a/b/c/d", "a/bc", "ab", "ab/c", "/a", "/", "", "a/", "a//c",
+            "$SYS/x", "x/b/y", "b",
+        ];
+        let config = || RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        let scan = |topic: &str| {
+            let mut v: Vec<String> = filters
+                .iter()
+                .filter(|f| crate::protocol::matches(topic, f))
+                .map(|f| f.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let names = |data: &DataLog, idxs: &[usize]| {
+            let mut v: Vec<String> = idxs
+                .iter()
+                .map(|&i| data.native[i].filter.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        // Filters first, then the topics published.
+        let mut data = DataLog::new(config()).unwrap();
+        for f in filters {
+            data.next_native_offset(f);
+        }
+        for t in topics {
+            let got = data.matches(t).unwrap();
+            assert_eq!(names(&data, &got), scan(t), "topic {t:?}");
+        }
+        // Topics first (matched by a catch-all filter so that they are remembered), then
+        // the other filters: each joins the topics it matches.
+        let mut data = DataLog::new(config()).unwrap();
+        data.next_native_offset("#");
+        for t in topics {
+            data.matches(t);
+        }
+        for f in filters {
+            data.next_native_offset(f);
+        }
+        for t in topics {
+            let got = data.matches(t).unwrap();
+            let expected = scan(t);
+            if expected.is_empty() {
+                continue;
+            }
+            assert_eq!(names(&data, &got), expected, "topic {t:?}");
+        }
+    }
 
     #[test]
     fn publish_filters_updating_correctly_on_new_topic_subscription() {
