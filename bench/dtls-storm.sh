@@ -18,106 +18,35 @@
 # bench/results/YYYY-MM-DD-HHMM-dtls-storm.md (else only printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 DEVICES=${1:-20000}
 RATE=${2:-10000}
 LG_THREADS=${LG_THREADS:-1}
 HS_TIMEOUT=${HS_TIMEOUT:-30}
 REG_TIMEOUT=${REG_TIMEOUT:-$((DEVICES / RATE + 120))}
 
-command -v mosquitto >/dev/null || apt-get install -y mosquitto >/dev/null || {
-    echo "bench/dtls-storm.sh needs mosquitto" >&2
-    exit 1
-}
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p lwm2m-gateway -p lwm2m-loadgen --bins
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-GW=${GW:-$TARGET/release/lwm2m-gateway}
-LG=${LG:-$TARGET/release/lwm2m-loadgen}
-
-TMP=$(mktemp -d /tmp/lwm2m-dtlsstorm.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-MQ_PORT=$(free_port)
-cat >"$TMP/mosquitto.conf" <<CONF
-listener $MQ_PORT 127.0.0.1
-allow_anonymous true
-persistence false
-set_tcp_nodelay true
-max_queued_messages 1000000
-log_dest stderr
-CONF
-"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
-PIDS+=("$!")
-sleep 0.5
-MQ=127.0.0.1:$MQ_PORT
+. bench/lib.sh
+bench_init dtlsstorm
+start_mosquitto
 
 "$LG" --register "$DEVICES" --prefix lg --psk-file-out "$TMP/psk.txt" >/dev/null
 
-GW_PID=
-UDP=
 DTLS=
-API=
-start_gateway() { # name binary
-    local name=$1 bin=$2
-    UDP=$(free_port)
+start_dtls_gateway() { # name binary (per-endpoint subscriptions, as with any external broker)
     DTLS=$(free_port)
-    API=$(free_port)
-    cat >"$TMP/$name.toml" <<CONF
-xml_dir = "$ROOT/etc/lwm2m_xml"
-auto_observe = false
-
-[listeners.udp.default]
-bind = "127.0.0.1:$UDP"
-max_conn_rate = 100000000
-
-[listeners.dtls.default]
-bind = "127.0.0.1:$DTLS"
-psk_file = "$TMP/psk.txt"
-max_conn_rate = 100000000
-
-[mqtt]
-server = "mqtt://$MQ"
-
-[engine]
-shards = 2
-socket_rcvbuf = "32MB"
-socket_sndbuf = "32MB"
-
-[api]
-bind = "127.0.0.1:$API"
-CONF
-    RUST_LOG=info,rumqttd=warn "$bin" --config "$TMP/$name.toml" --store none \
-        2>"$TMP/$name.log" >/dev/null &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    for _ in $(seq 1 600); do
-        grep -q "lwm2m-gateway ready" "$TMP/$name.log" && return 0
-        sleep 0.05
-    done
-    echo "gateway $name did not start" >&2
-    cat "$TMP/$name.log" >&2
-    exit 1
+    GW=$2 STORE=none SUBSCRIBE=${SUBSCRIBE:-per_endpoint} start_gateway "$1" 2 false "" "[listeners.dtls.default]
+bind = \"127.0.0.1:$DTLS\"
+psk_file = \"$TMP/psk.txt\"
+max_conn_rate = 100000000"
 }
-stop_gateway() { # name: keeps the gateway's DTLS counters first
-    curl -s "http://127.0.0.1:$API/metrics" | grep '^lwm2m_dtls_' >"$TMP/$1.metrics" || true
-    kill -TERM "$GW_PID" 2>/dev/null || true
-    wait "$GW_PID" 2>/dev/null || true
+stop_dtls_gateway() { # name: keeps the gateway's DTLS counters first
+    curl -s "http://$GW_API/metrics" | grep '^lwm2m_dtls_' >"$TMP/$1.metrics" || true
+    stop_gateway
 }
 storm() { # name binary udp|dtls args...
     local name=$1 bin=$2 kind=$3 target
     shift 3
-    start_gateway "$name" "$bin"
-    target=127.0.0.1:$UDP
+    start_dtls_gateway "$name" "$bin"
+    target=$GW_UDP
     [ "$kind" = udp ] || target=127.0.0.1:$DTLS
     echo "== $name: lwm2m-loadgen --gateway $target $*" >&2
     # Bounded: the loadgen's phases each have their own limit, and a run that
@@ -126,7 +55,7 @@ storm() { # name binary udp|dtls args...
         --steady 1 --update-fraction 0 --lifetime 3600 --register-timeout "$REG_TIMEOUT" \
         --threads "$LG_THREADS" --watch-pid "$GW_PID" --json --quiet --allow-failures "$@" \
         >"$TMP/$name.json" || echo "   ($name: exit $?)" >&2
-    stop_gateway "$name"
+    stop_dtls_gateway "$name"
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

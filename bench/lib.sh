@@ -15,7 +15,8 @@
 #
 # start_gateway reads SUBSCRIBE (wildcard), BROKER (mosquitto | embedded), STORE (the
 # `--store` kind; file: in $TMP/NAME-store; unset: the configuration's, i.e. a table of
-# MORE TABLES or the default), MQTT_EXTRA (more lines of the [mqtt] table) and
+# MORE TABLES or the default), MQTT_EXTRA (more lines of the [mqtt] table), MAX_CONNECTIONS
+# (the UDP listener's, 1,024,000) and
 # GW_RUST_LOG (info,rumqttd=warn).
 
 # bench_init NAME: the binaries, $TMP (/tmp/lwm2m-NAME.XXXXXX) and the cleanup at exit.
@@ -124,6 +125,7 @@ $top
 [listeners.udp.default]
 bind = "127.0.0.1:$udp"
 max_conn_rate = 100000000
+max_connections = ${MAX_CONNECTIONS:-1024000}
 
 [mqtt]
 $server

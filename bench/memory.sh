@@ -30,7 +30,8 @@ RATE=${RATE:-60000}
 . bench/lib.sh
 bench_init memory
 start_mosquitto
-SUBSCRIBE=$MODE GW_RUST_LOG=warn,lwm2m_gateway=info start_gateway gw "$SHARDS" false "" ""
+# The listener admits every device of the run (its default is 1,024,000).
+MAX_CONNECTIONS=$((N > 1024000 ? N : 1024000)) SUBSCRIBE=$MODE GW_RUST_LOG=warn,lwm2m_gateway=info start_gateway gw "$SHARDS" false "" ""
 sleep 1
 BEFORE=$(rss_kb "$GW_PID")
 CPU_BEFORE=$(cpu_us "$GW_PID")

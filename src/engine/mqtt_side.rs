@@ -220,6 +220,13 @@ impl MqttSide {
         Some(now)
     }
 
+    /// How many more publishes the connections take before their high watermark (half
+    /// their capacity): what the core may acknowledge until the next end of turn.
+    pub(super) fn room_before_shedding(&self) -> u32 {
+        let (held, cap) = (self.client.held(), self.client.capacity());
+        (cap / 2).saturating_sub(held).min(u32::MAX as usize) as u32
+    }
+
     /// The `ShardTimer::Mqtt` fired (the turn's end runs the connections' timers).
     pub(super) fn on_timer(&mut self) {
         self.armed_at = u64::MAX;

@@ -583,6 +583,10 @@ impl ShardApp for UdpShard {
         if let Some(on) = self.mqtt.congestion() {
             self.core.handle(now_ms, Input::MqttCongested(on));
         }
+        // What the next turn may acknowledge: never past the buffer's high watermark,
+        // however many datagrams it reads before this end of turn comes again.
+        self.core
+            .handle(now_ms, Input::MqttRoom(self.mqtt.room_before_shedding()));
         self.publish_counters(now_ms);
         // Unsent datagrams wait for the socket's writable event; a broker connection
         // with more to read is called again by the loop (its `on_io` said so).

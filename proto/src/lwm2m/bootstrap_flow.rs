@@ -110,7 +110,7 @@ impl ShardCore {
             self.write_reply(peer, &r, None);
             return;
         }
-        if self.out.congested {
+        if self.out.shed_next() {
             // The broker connections are congested: a bootstrap would publish
             // progress nobody may get; the device comes back (as Registers do).
             self.stats.bootstraps_refused[BsRefusal::Busy.index()] += 1;

@@ -73,6 +73,12 @@ pub enum Input<'a> {
     /// otherwise acknowledge and publish (see `shed.rs`), so that nothing it
     /// acknowledged is dropped for lack of room.
     MqttCongested(bool),
+    /// How many more events that publish (Registers, Updates, Sends, notifications,
+    /// bootstraps) the broker connections take before their high watermark: the core
+    /// sheds once it acknowledged that many, until the driver gives the room again
+    /// (each loop turn). With `MqttCongested` alone a turn that read a large batch of
+    /// datagrams could acknowledge past the buffer's capacity before the driver saw it.
+    MqttRoom(u32),
     /// A registration read back from the store at start (`record::decode`), before the
     /// shard serves any device: it is claimed, its lifetime timer armed (a deadline that
     /// passed while the gateway was down ends it at once, `expired`) and, with
@@ -162,6 +168,7 @@ impl ShardCore {
                 self.out.congested = on;
                 self.stats.congested = on as u64;
             }
+            Input::MqttRoom(room) => self.out.room = Some(room),
             Input::Restore(ep) => self.restore(*ep),
             Input::ClusterAdopt {
                 endpoint,

@@ -248,6 +248,9 @@ pub struct Outputs {
     /// The driver's broker connections are congested (`Input::MqttCongested`): shed
     /// new events rather than acknowledge them.
     pub(super) congested: bool,
+    /// How many more events that publish may be acknowledged before the driver looks
+    /// at its broker connections again (`Input::MqttRoom`); None: no limit given.
+    pub(super) room: Option<u32>,
     pub mqtt: Vec<MqttOut>,
     pub timers: Vec<(u64, Timer)>,
     pub to_shards: Vec<(u16, ShardMsg)>,
@@ -267,6 +270,20 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// Whether the next event that would publish (a Register, an Update, a Send, a
+    /// notification, a bootstrap) must be shed rather than acknowledged: the broker
+    /// connections are congested, or the room the driver gave (`Input::MqttRoom`) is
+    /// used up. An event not shed is counted against the room.
+    pub(super) fn shed_next(&mut self) -> bool {
+        if self.congested || self.room == Some(0) {
+            return true;
+        }
+        if let Some(r) = &mut self.room {
+            *r -= 1;
+        }
+        false
+    }
+
     /// Queues a datagram written by `f` into the shared buffer.
     pub fn datagram(&mut self, to: SocketAddr, f: impl FnOnce(&mut Vec<u8>)) {
         let start = self.buf.len();

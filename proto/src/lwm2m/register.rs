@@ -65,7 +65,7 @@ impl ShardCore {
             self.reply_error(peer, msg, codes::FORBIDDEN, &e, req_len);
             return;
         }
-        if self.out.congested {
+        if self.out.shed_next() {
             self.stats.shed[Shed::Register.index()] += 1;
             self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
             return;
@@ -286,7 +286,7 @@ impl ShardCore {
             self.reply_error(peer, msg, codes::FORBIDDEN, &e, data.len());
             return;
         }
-        if is_update && self.out.congested {
+        if is_update && self.out.shed_next() {
             self.stats.shed[Shed::Update.index()] += 1;
             self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
         } else if is_update {

@@ -76,7 +76,7 @@ impl ShardCore {
             self.refuse_send(peer, msg, SendRefusal::Forbidden, &e, len);
             return;
         }
-        if self.out.congested {
+        if self.out.shed_next() {
             self.stats.shed[Shed::Send.index()] += 1;
             self.reply_unavailable(peer, msg, SHED_MAX_AGE_S);
             return;

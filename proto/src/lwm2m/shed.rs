@@ -1,7 +1,10 @@
 //! Shedding under MQTT congestion: an event the gateway acknowledged to a device is
 //! never dropped afterwards for lack of broker capacity, so while the driver says its
-//! broker connections are congested (`Input::MqttCongested`) the core refuses, before
-//! acknowledging, what would publish:
+//! broker connections are congested (`Input::MqttCongested`), and once it acknowledged
+//! as many of these as the room the driver gave at the end of the last loop turn
+//! (`Input::MqttRoom`: what the connections take before their high watermark, so a turn
+//! that reads a large batch of datagrams cannot overshoot the buffer), the core refuses,
+//! before acknowledging, what would publish:
 //!
 //! | input | while congested |
 //! |---|---|

@@ -261,7 +261,7 @@ impl DeviceManagement {
             self.send_empty(cx, peer, MsgType::Rst, msg.mid);
             return;
         }
-        if exchange.is_none() && cx.out.congested {
+        if exchange.is_none() && cx.out.shed_next() {
             // A notification while the broker connections are congested: not
             // acknowledged (a CON one comes again), not published.
             cx.stats.shed[crate::lwm2m::shed::Shed::Notification.index()] += 1;

@@ -263,6 +263,12 @@ impl Harness {
         self.pump();
     }
 
+    /// The driver gives `shard` room for `room` more publishing events this turn.
+    pub(super) fn mqtt_room(&mut self, shard: usize, room: u32) {
+        self.cores[shard].handle(self.now, Input::MqttRoom(room));
+        self.pump();
+    }
+
     /// The management API removes `name` through `shard`; whether it was there.
     pub(super) fn kick(&mut self, shard: usize, name: &str) -> bool {
         let found = self.cores[shard].kick(self.now, name);

@@ -131,3 +131,37 @@ fn notifications_are_not_acknowledged_while_congested() {
     let m = Message::parse(&again[0].bytes).unwrap();
     assert_eq!(m.mid, 700);
 }
+
+/// The room the driver gives each turn bounds what one turn acknowledges, however many
+/// datagrams it reads before the driver looks at its broker connections again: past it
+/// Registers are shed like under congestion, and the next turn's room lets them in.
+#[test]
+fn a_turn_acknowledges_no_more_than_the_room_it_was_given() {
+    let mut h = Harness::new(1, settings());
+    h.mqtt_room(0, 2);
+    let published = h.mark();
+    let codes: Vec<u8> = (0..4u16)
+        .map(|i| {
+            let name = format!("room{i}");
+            h.one(0, addr(1, DEV + i), &Req::register(&name, 1 + i).bytes())
+                .code()
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            codes::CREATED,
+            codes::CREATED,
+            codes::SERVICE_UNAVAILABLE,
+            codes::SERVICE_UNAVAILABLE
+        ]
+    );
+    assert_eq!(shed(&h, Shed::Register), 2);
+    assert_eq!(h.published_since(published).len(), 2);
+    assert_eq!(h.endpoints(), 2);
+    // The next turn's room: the shed devices' retries (new requests) go through.
+    h.mqtt_room(0, 10);
+    let r = h.one(0, addr(1, DEV + 2), &Req::register("room2", 20).bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    assert_eq!(h.endpoints(), 3);
+}
