@@ -10,7 +10,7 @@ use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::free_port;
 use common::mqtt_client::MqttClient;
 use lwm2m_gateway::coap::{codes, Message};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,11 +81,7 @@ impl Drop for Started {
 
 /// Flags for a gateway on its own free ports: UDP, the embedded broker's two, the API.
 fn own_ports() -> Vec<String> {
-    let udp = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let udp = free_port();
     flags(udp, free_port(), free_port(), free_port())
 }
 
@@ -122,11 +118,7 @@ fn register(gw: SocketAddr, ep: &str) -> u8 {
 fn a_taken_embedded_broker_port_stops_the_start_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let udp = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let udp = free_port();
     let mut gw = Started::spawn(None, &flags(udp, free_port(), port, free_port()));
     let outcome = gw.outcome();
     let log = gw.log();

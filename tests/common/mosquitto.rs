@@ -277,11 +277,32 @@ fn current_user() -> String {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
+/// A 127.0.0.1 port nothing listens on (TCP or UDP), for a process a test starts to
+/// bind. Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`):
+/// a port the kernel picked for `bind(0)` and that was released could be handed to any
+/// outgoing connection (this suite makes many) before the process binds it, which made
+/// a gateway fail to start with "Address already in use". Each test process steps
+/// through the range from its own offset, so its threads never pick one port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > LOW + 1000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (LOW + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{LOW}..{high}")
 }
 
 const PUB_BINARY: &str = "/usr/bin/mosquitto_pub";

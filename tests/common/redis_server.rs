@@ -2,7 +2,7 @@
 //! (`--save "" --appendonly no`). Drop kills it. A missing binary fails the test
 //! (`scripts/test.sh` installs it).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,10 +20,7 @@ impl Redis {
         if !Path::new(BINARY).exists() {
             panic!("{BINARY} not found: install it with `apt-get install redis-server`");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::mosquitto::free_port();
         let mut r = Redis {
             port,
             dir: tempfile::tempdir().expect("temp dir"),
