@@ -8,6 +8,7 @@
 mod common;
 
 use common::gateway::{Broker, GatewayProc};
+use common::loadgen::context;
 use lwm2m_loadgen::RunOpts;
 
 const DEVICES: usize = 15_000;
@@ -32,14 +33,7 @@ fn embedded_broker_holds_a_filter_per_device_beyond_ten_thousand() {
         ..RunOpts::default()
     };
     let r = lwm2m_loadgen::run(opts).expect("load run");
-    let log = gw.log();
-    let ctx = || {
-        format!(
-            "{}\ngateway log:\n{}",
-            r.table(),
-            &log[log.len().saturating_sub(4000)..]
-        )
-    };
+    let ctx = || context(&r, &gw);
     assert!(r.passed, "{}", ctx());
     let reg = r.registration.as_ref().expect("registration report");
     assert_eq!(reg.ok, DEVICES as u64, "{}", ctx());

@@ -33,14 +33,7 @@ fn loadgen_smoke_against_the_gateway() {
         ..RunOpts::default()
     };
     let r = lwm2m_loadgen::run(opts).expect("load run");
-    let table = r.table();
-    let log = gw.log();
-    let ctx = || {
-        format!(
-            "{table}\ngateway log:\n{}",
-            &log[log.len().saturating_sub(4000)..]
-        )
-    };
+    let ctx = || context(&r, &gw);
     assert!(r.passed, "{}", ctx());
 
     let reg = r.registration.as_ref().expect("registration report");
