@@ -65,6 +65,36 @@ fn loadgen_smoke_against_the_gateway() {
     assert!(gw.stop().success());
 }
 
+/// A gateway admitting fewer registrations per second than the storm offers answers
+/// the rest 5.03 with Max-Age; the devices register again after it, as real clients
+/// do, and in the end every one is registered and published exactly once.
+#[test]
+fn loadgen_devices_retry_a_register_answered_5_03() {
+    let mut gw = GatewayProc::start_full(Broker::Embedded, "", "", "max_conn_rate = 200");
+    let opts = RunOpts {
+        gateway: gw.udp,
+        mqtt: Some(gw.mqtt),
+        register: 600,
+        rate: 0.0,
+        register_retries: 10,
+        quiet: true,
+        prefix: "smokeretry".into(),
+        devices_offset: 9_000,
+        ..RunOpts::default()
+    };
+    let r = lwm2m_loadgen::run(opts).expect("load run");
+    let ctx = || context(&r, &gw);
+    assert!(r.passed, "{}", ctx());
+    let reg = r.registration.as_ref().expect("registration report");
+    assert_eq!(reg.ok, 600, "{}", ctx());
+    assert_eq!(reg.failed, 0, "{}", ctx());
+    assert!(reg.service_unavailable > 0, "the storm outran max_conn_rate\n{}", ctx());
+    assert_eq!(reg.retried, reg.service_unavailable, "{}", ctx());
+    assert_eq!(reg.mqtt_registered_endpoints, Some(600), "{}", ctx());
+    assert_eq!(reg.mqtt_register_msgs, Some(600), "one register message each\n{}", ctx());
+    assert!(gw.stop().success());
+}
+
 #[test]
 fn loadgen_smoke_queue_mode_q_parameter() {
     queue_mode_run("1.1", "smokeq", 7_000);

@@ -40,6 +40,8 @@ pub struct Registration {
     pub failed: u64,
     /// Of `failed`: answered 5.03 Service Unavailable, the gateway's admission refusal.
     pub service_unavailable: u64,
+    /// Of `service_unavailable`: Registers the device sent again after Max-Age.
+    pub retried: u64,
     pub timed_out: u64,
     pub retransmissions: u64,
     pub seconds: f64,
@@ -156,10 +158,11 @@ pub struct Check {
 }
 
 /// Why registrations get 5.03 from the gateway.
-pub const UNAVAILABLE_CAUSE: &str = "likely the gateway's admission limits: max_conn_rate \
-     (new registrations per second per listener, 1000 by default) or max_connections; \
-     its /metrics counts them as lwm2m_admission_rate_limited_total and \
-     lwm2m_admission_over_capacity_total";
+pub const UNAVAILABLE_CAUSE: &str = "the gateway's admission limits: max_conn_rate \
+     (new registrations per second per listener, 1000 by default) or max_connections, \
+     counted in /metrics as lwm2m_admission_rate_limited_total and \
+     lwm2m_admission_over_capacity_total; or its MQTT backlog above the watermark, \
+     lwm2m_shed_total";
 
 fn lat(p: &Percentiles) -> String {
     if p.count == 0 {
@@ -337,7 +340,10 @@ impl Registration {
         if self.service_unavailable > 0 {
             row(
                 "  5.03 answers",
-                format!("{} ({UNAVAILABLE_CAUSE})", self.service_unavailable),
+                format!(
+                    "{}, {} retried after Max-Age ({UNAVAILABLE_CAUSE})",
+                    self.service_unavailable, self.retried
+                ),
             );
         }
         row("  latency", lat(&self.latency));

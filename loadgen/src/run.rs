@@ -409,6 +409,7 @@ fn registration_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Regi
         ok,
         failed: get(&c.reg_failed),
         service_unavailable: unavailable,
+        retried: get(&c.reg_retried),
         timed_out: get(&c.reg_timed_out),
         retransmissions: get(&c.retransmissions),
         seconds: reg_secs,
@@ -420,8 +421,9 @@ fn registration_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Regi
     let mut detail = format!("{ok}/{n} devices registered");
     if unavailable > 0 {
         detail += &format!(
-            ", {unavailable} answered 5.03 Service Unavailable \
-             (the gateway's admission: max_conn_rate, max_connections)"
+            ", {unavailable} answers 5.03 Service Unavailable ({} retried after Max-Age; \
+             the gateway's admission: max_conn_rate, max_connections; or MQTT backlog)",
+            get(&c.reg_retried)
         );
     }
     check("registered", ok == n as u64, ok > 0, detail);

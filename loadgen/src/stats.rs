@@ -82,8 +82,12 @@ pub struct Counters {
     pub reg_sent: AtomicU64,
     pub reg_ok: AtomicU64,
     pub reg_failed: AtomicU64,
-    /// Registrations answered 5.03 Service Unavailable (counted in `reg_failed` too).
+    /// Register requests answered 5.03 Service Unavailable: each retried (after the
+    /// answer's Max-Age) while the device has retries left, else counted in
+    /// `reg_failed` too.
     pub reg_unavailable: AtomicU64,
+    /// Of `reg_unavailable`: those the device retried.
+    pub reg_retried: AtomicU64,
     pub reg_timed_out: AtomicU64,
     pub retransmissions: AtomicU64,
     pub updates_sent: AtomicU64,

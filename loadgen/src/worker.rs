@@ -89,6 +89,8 @@ struct Dev {
     last_sent_us: Option<u64>,
     woke_us: u64,
     dtls: Option<Box<DtlsConn>>,
+    /// Registers this device sent again after a 5.03.
+    reg_retries: u8,
 }
 
 /// A device's DTLS session.
@@ -135,6 +137,8 @@ struct State {
     base: u32,
     devs: Vec<Dev>,
     heap: BinaryHeap<Reverse<(u64, u32, u16)>>,
+    /// Registers to send again after a 5.03: (when, local index).
+    reg_retry: BinaryHeap<Reverse<(u64, u32)>>,
     mid: u16,
     rng: u64,
     sh: Arc<Shared>,
@@ -197,6 +201,7 @@ impl Worker {
             base,
             devs: (0..count).map(|_| Dev::default()).collect(),
             heap: BinaryHeap::new(),
+            reg_retry: BinaryHeap::new(),
             mid: (base as u16).wrapping_mul(7919),
             rng: 0x9e37_79b9_7f4a_7c15 ^ base as u64,
             hists: WorkerHists::default(),
@@ -329,6 +334,7 @@ impl State {
             _ => {}
         }
         self.retransmit(now);
+        self.retry_registers(now);
         if self.psk_key.is_some() {
             self.dtls_timers(now);
         }
@@ -354,6 +360,37 @@ impl State {
                 self.send_register(li, now);
             }
         }
+    }
+
+    /// Sends the Registers whose retry after a 5.03 is due.
+    fn retry_registers(&mut self, now: u64) {
+        while let Some(&Reverse((due, li))) = self.reg_retry.peek() {
+            if due > now {
+                return;
+            }
+            self.reg_retry.pop();
+            let li = li as usize;
+            if self.devs[li].pending.is_none() && self.devs[li].location.is_none() {
+                self.send_register(li, now);
+            }
+        }
+    }
+
+    /// A Register answered 5.03: true when the device will send it again (after
+    /// Max-Age, 60 s when absent, plus up to half of it at random).
+    fn schedule_register_retry(&mut self, li: usize, now: u64, msg: &Message<'_>) -> bool {
+        if self.devs[li].reg_retries >= self.sh.opts.register_retries {
+            return false;
+        }
+        self.devs[li].reg_retries += 1;
+        let max_age = msg
+            .option_values(opt::MAX_AGE)
+            .next()
+            .map_or(60, |v| v.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)));
+        let wait_us = max_age.max(1) * 1_000_000;
+        let due = now + wait_us + self.rand() % (wait_us / 2 + 1);
+        self.reg_retry.push(Reverse((due, li as u32)));
+        true
     }
 
     fn send_register(&mut self, li: usize, now: u64) {
@@ -839,11 +876,15 @@ impl State {
                     if let Ok(mut r) = self.sh.registered.lock() {
                         r.push(self.base + li as u32);
                     }
+                } else if !reset && msg.code == codes::SERVICE_UNAVAILABLE {
+                    add(&c.reg_unavailable, 1);
+                    if self.schedule_register_retry(li, now, msg) {
+                        add(&self.sh.c.reg_retried, 1);
+                    } else {
+                        add(&self.sh.c.reg_failed, 1);
+                    }
                 } else {
                     add(&c.reg_failed, 1);
-                    if !reset && msg.code == codes::SERVICE_UNAVAILABLE {
-                        add(&c.reg_unavailable, 1);
-                    }
                 }
             }
             Kind::Update => {
