@@ -88,10 +88,19 @@ fn loadgen_devices_retry_a_register_answered_5_03() {
     let reg = r.registration.as_ref().expect("registration report");
     assert_eq!(reg.ok, 600, "{}", ctx());
     assert_eq!(reg.failed, 0, "{}", ctx());
-    assert!(reg.service_unavailable > 0, "the storm outran max_conn_rate\n{}", ctx());
+    assert!(
+        reg.service_unavailable > 0,
+        "the storm outran max_conn_rate\n{}",
+        ctx()
+    );
     assert_eq!(reg.retried, reg.service_unavailable, "{}", ctx());
     assert_eq!(reg.mqtt_registered_endpoints, Some(600), "{}", ctx());
-    assert_eq!(reg.mqtt_register_msgs, Some(600), "one register message each\n{}", ctx());
+    assert_eq!(
+        reg.mqtt_register_msgs,
+        Some(600),
+        "one register message each\n{}",
+        ctx()
+    );
     assert!(gw.stop().success());
 }
 

@@ -56,6 +56,10 @@ pub const DEFAULT_TOML: &str = include_str!("../../etc/lwm2m-gateway.toml");
 /// The default configuration file path, relative to the working directory.
 pub const DEFAULT_PATH: &str = "etc/lwm2m-gateway.toml";
 
+/// The most registrations the directory's tables are sized for at start (about
+/// 600 MB of tables); beyond it they grow as registrations come.
+pub const DIRECTORY_PRESIZE_MAX: u64 = 16_777_216;
+
 /// The whole configuration. Field names are the file's keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -237,16 +241,34 @@ impl Config {
         if let Some(n) = self.mqtt.connections {
             return n;
         }
-        let per_endpoint =
-            self.mqtt.subscribe.resolve(&self.mqtt.server) == SubscribeMode::PerEndpoint;
-        let devices = self
-            .listeners
+        mqtt::default_connections(self.per_endpoint(), self.admitted_devices())
+    }
+
+    /// Whether each endpoint has a command subscription of its own.
+    pub fn per_endpoint(&self) -> bool {
+        self.mqtt.subscribe.resolve(&self.mqtt.server) == SubscribeMode::PerEndpoint
+    }
+
+    /// The registrations the listeners admit at most: the sum of their
+    /// `max_connections` (`u64::MAX` when one is unlimited).
+    pub fn admitted_devices(&self) -> u64 {
+        self.listeners
             .udp
             .values()
             .map(|l| l.max_connections)
             .chain(self.listeners.dtls.values().map(|l| l.max_connections))
-            .fold(0u64, u64::saturating_add);
-        mqtt::default_connections(per_endpoint, devices)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// The registrations the registration directory is sized for at start: what the
+    /// listeners admit, at most [`DIRECTORY_PRESIZE_MAX`]; with an unlimited listener,
+    /// a default listener's 1,024,000 (the directory grows beyond it as needed).
+    pub fn directory_capacity(&self) -> usize {
+        let n = match self.admitted_devices() {
+            u64::MAX => 1_024_000,
+            n => n.min(DIRECTORY_PRESIZE_MAX),
+        };
+        n as usize
     }
 
     /// The first UDP listener (by name order). Validation guarantees one.

@@ -315,6 +315,21 @@ fn infinity_limits() {
 }
 
 #[test]
+fn directory_sized_for_what_the_listeners_admit() {
+    assert_eq!(parse("").directory_capacity(), 1_024_000);
+    let two = "[listeners.udp.default]\nmax_connections = 5000\n\
+               [listeners.dtls.d]\nbind = \"127.0.0.1:5784\"\npsk_file = \"p\"\nmax_connections = 3000";
+    assert_eq!(parse(two).directory_capacity(), 8_000);
+    let unlimited = "[listeners.udp.default]\nmax_connections = \"infinity\"";
+    assert_eq!(parse(unlimited).directory_capacity(), 1_024_000);
+    let huge = "[listeners.udp.default]\nmax_connections = 100000000";
+    assert_eq!(
+        parse(huge).directory_capacity() as u64,
+        crate::config::DIRECTORY_PRESIZE_MAX
+    );
+}
+
+#[test]
 fn auto_observe_forms() {
     assert_eq!(parse("auto_observe = false").auto_observe, AutoObserve::Off);
     assert_eq!(parse("auto_observe = true").auto_observe, AutoObserve::All);

@@ -106,7 +106,9 @@ impl Gateway {
     pub fn start_from(cfg: &Config, file: Option<PathBuf>) -> Result<Self, GatewayError> {
         let server = broker_address(cfg)?;
         let mut settings = CoreSettings::from(cfg);
-        let dir = Arc::new(Directory::new());
+        let capacity = cfg.directory_capacity();
+        let filters = if cfg.per_endpoint() { capacity } else { 0 };
+        let dir = Arc::new(Directory::with_capacity(capacity, filters));
         let registry = load_registry(&cfg.xml_dir);
         let stop = Arc::new(AtomicBool::new(false));
         let shards = shard::resolve_count(cfg.engine.shards);
