@@ -113,12 +113,13 @@ fi
 # 2. Registration storms: Mosquitto with the wildcard filter, 2 shards then 1 shard;
 #    Mosquitto with a filter per endpoint; the embedded broker in both modes.
 # PROFILE_DIR=dir: each storm records `perf record -g -e cpu-clock` of the gateway (and
-# of Mosquitto when it is the broker) into dir/NAME.gw.perf, dir/NAME.mosquitto.perf.
+# of Mosquitto when it is the broker) into dir/NAME.gw.perf, dir/NAME.mosquitto.perf;
+# PERF_CALLGRAPH="--call-graph dwarf" gives the gateway's call stacks through inlined code.
 profile_start() { # name
     PERF_PIDS=()
     [ -n "${PROFILE_DIR:-}" ] || return 0
     mkdir -p "$PROFILE_DIR"
-    perf record -q -g -e cpu-clock -F 499 -p "$GW_PID" -o "$PROFILE_DIR/$1.gw.perf" \
+    perf record -q ${PERF_CALLGRAPH:--g} -e cpu-clock -F 499 -p "$GW_PID" -o "$PROFILE_DIR/$1.gw.perf" \
         >/dev/null 2>&1 &
     PERF_PIDS+=("$!")
     if [ "${BROKER:-mosquitto}" != embedded ]; then

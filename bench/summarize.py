@@ -178,6 +178,18 @@ for n in ["storm-pe", "storm-emb-pe"]:
         targets.append(target(f"commands to a sample after the storm answered, {n}", "all",
                               f"{c.get('answered')} of {c.get('sent')}",
                               bool(c.get("sent")) and c.get("answered") == c.get("sent"), [n]))
+# The per-endpoint storm against an external broker (issue 17, point 1): every device
+# registered (a device answered 5.03 while the broker's SUBACKs lag registers again after
+# Max-Age, as a real client does) at the storm's rate, retries included.
+pe = get(raw["storm-pe"], "registration") if ran["storm-pe"] else None
+if pe:
+    pe_ok, pe_n, pe_rate = pe.get("ok"), pe.get("devices"), pe.get("rate_per_s")
+    targets.append(target("per-endpoint storm: every device registered, storm-pe", "all",
+                          f"{pe_ok} of {pe_n} ({pe.get('retried', 0)} Registers retried after 5.03)",
+                          pe_ok is not None and pe_ok == pe_n, ["storm-pe"]))
+    targets.append(target("per-endpoint storm rate, storm-pe", ">= 50000/s",
+                          None if pe_rate is None else f"{pe_rate:.0f}/s",
+                          pe_rate is not None and pe_rate >= 50_000, ["storm-pe"]))
 cmd_cpu = {n: get(raw[n], "watch", "cpu_us_per_command") for n in ["cmd-peak", "cmd-half", "cmd-mix"]}
 
 result = {
