@@ -28,7 +28,9 @@
 #               (EMB_PE_DEVICES devices: rumqttd keeps about 4 KB per filter)
 #               Every storm reports its MQTT delivered ratio: distinct endpoints whose
 #               register message reached an MQTT subscriber / registrations answered 2.01;
-#               below 100% the scenario fails (and so does the run, exit 1).
+#               below 100% the scenario fails (and so does the run, exit 1). A device
+#               answered 5.03 (the gateway shedding) registers again after Max-Age, up
+#               to REG_RETRIES times (30).
 #   cmd-peak    read commands at CMD_PEAK_RATE: the answered rate is the peak
 #   cmd-half    read commands at half that peak: round-trip percentiles
 #   cmd-mix     read/write/execute/observe at the same rate, every answer checked
@@ -138,6 +140,7 @@ storm() { # name shards [devices] [more loadgen arguments]
     mq0=$(cpu_us "$MQ_PID")
     loadgen "$1" run --gateway "$GW_UDP" --mqtt "$GW_MQTT" --register "${3:-$REG_DEVICES}" \
         --rate "$REG_RATE" --threads "$LG_THREADS" --register-timeout 150 --drain 1 \
+        --register-retries "${REG_RETRIES:-30}" \
         --watch-pid "$GW_PID" --allow-failures --quiet ${4:-}
     # Mosquitto's CPU over the scenario (it also carries the loadgen's subscriber).
     echo "== $1: mosquitto CPU $(( ($(cpu_us "$MQ_PID") - mq0) / 1000 )) ms" >&2

@@ -66,7 +66,8 @@ pub struct RunOpts {
     /// Times a device registers again after a 5.03 Service Unavailable, as a real
     /// client would: after the answer's Max-Age (60 s when absent), plus up to half
     /// of it at random so the retries of a storm spread out. 0: a 5.03 is final.
-    #[arg(long, default_value_t = 4)]
+    /// 5 by default: LwM2M's default Communication Retry Count.
+    #[arg(long, default_value_t = 5)]
     pub register_retries: u8,
     /// Seconds to wait for the gateway's observe requests after registering,
     /// before steady state starts (ends earlier once they stop coming).
