@@ -143,7 +143,9 @@ storm() { # name shards [devices] [more loadgen arguments]
         --register-retries "${REG_RETRIES:-30}" \
         --watch-pid "$GW_PID" --allow-failures --quiet ${4:-}
     # Mosquitto's CPU over the scenario (it also carries the loadgen's subscriber).
-    echo "== $1: mosquitto CPU $(( ($(cpu_us "$MQ_PID") - mq0) / 1000 )) ms" >&2
+    local mq_ms=$(( ($(cpu_us "$MQ_PID") - mq0) / 1000 ))
+    echo "== $1: mosquitto CPU $mq_ms ms" >&2
+    [ "${BROKER:-mosquitto}" = embedded ] || echo "{\"cpu_ms\": $mq_ms}" >"$TMP/$1.mosquitto.json"
     profile_stop
     stop_gateway
 }

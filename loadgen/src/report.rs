@@ -51,6 +51,9 @@ pub struct Registration {
     /// Register messages seen on MQTT (None without --mqtt).
     pub mqtt_register_msgs: Option<u64>,
     pub mqtt_registered_endpoints: Option<u64>,
+    /// The loadgen's own CPU µs (every thread) over the registration phase, per
+    /// registration answered 2.01: its share of a machine it shares with the gateway.
+    pub loadgen_cpu_us_per_registration: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -347,6 +350,9 @@ impl Registration {
             );
         }
         row("  latency", lat(&self.latency));
+        if let Some(c) = self.loadgen_cpu_us_per_registration {
+            row("  loadgen CPU µs per registration", format!("{c:.2}"));
+        }
         if let Some(m) = self.mqtt_registered_endpoints {
             row(
                 "  on MQTT",

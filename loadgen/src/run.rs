@@ -149,6 +149,8 @@ impl Conductor {
             let sh = sh.clone();
             std::thread::spawn(move || driver::run(sh, c))
         });
+        let own_cpu = || procstat::sample(std::process::id()).map(|s| s.cpu_us);
+        let own_cpu_start = own_cpu();
         let mut workers: Vec<JoinHandle<io::Result<WorkerHists>>> = Vec::new();
         for (base, count) in split(o.devices_offset, n, self.threads) {
             let w = Worker::new(sh.clone(), base, count, self.threads)?;
@@ -167,6 +169,7 @@ impl Conductor {
             get(&s.c.reg_ok) + get(&s.c.reg_failed) + get(&s.c.reg_timed_out) >= n as u64
         };
         let reg_secs = self.wait("register", o.register_timeout, reg_done);
+        let own_cpu_register = own_cpu_start.zip(own_cpu()).map(|(a, b)| b - a);
         if let Some(w) = &mut watch {
             w.after_register = sample();
         }
@@ -279,6 +282,9 @@ impl Conductor {
             drv.as_ref(),
             deregistered,
         );
+        if let Some(reg) = &mut r.registration {
+            reg.loadgen_cpu_us_per_registration = own_cpu_register.and_then(|c| per(c, reg.ok));
+        }
         if let Some(c) = &mut r.commands {
             c.answered_in_steady = answered_in_steady;
             c.rate_per_s = rate(answered_in_steady, steady_secs);
@@ -417,6 +423,7 @@ fn registration_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Regi
         latency: h.register.summary(),
         mqtt_register_msgs: drv.map(|_| get(&c.mqtt_register_msgs)),
         mqtt_registered_endpoints: drv.map(|d| d.registered_endpoints),
+        loadgen_cpu_us_per_registration: None,
     };
     let mut detail = format!("{ok}/{n} devices registered");
     if unavailable > 0 {
