@@ -1106,21 +1106,25 @@ fn dtls_datagram_sizes_and_hostile_input_are_counted() {
     raw.send_to(&hello, dtls).unwrap();
     // And one cut inside its random: malformed, dropped and counted.
     raw.send_to(&hello[..40], dtls).unwrap();
-    let m = wait_metrics(&gw, "oversized, junk, the hello verify request and the malformed hello", |m| {
-        m.sum(
-            "lwm2m_dtls_datagrams_dropped_total",
-            &[("reason", "oversized")],
-        ) >= 1.0
-            && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
-            && m.sum(
+    let m = wait_metrics(
+        &gw,
+        "oversized, junk, the hello verify request and the malformed hello",
+        |m| {
+            m.sum(
                 "lwm2m_dtls_datagrams_dropped_total",
-                &[("reason", "malformed_hello")],
+                &[("reason", "oversized")],
             ) >= 1.0
-            && m.sum(
-                "lwm2m_dtls_hello_verify_requests_total",
-                &[("reason", "no_cookie")],
-            ) >= 2.0
-    });
+                && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
+                && m.sum(
+                    "lwm2m_dtls_datagrams_dropped_total",
+                    &[("reason", "malformed_hello")],
+                ) >= 1.0
+                && m.sum(
+                    "lwm2m_dtls_hello_verify_requests_total",
+                    &[("reason", "no_cookie")],
+                ) >= 2.0
+        },
+    );
     let mut answer = [0u8; 512];
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (n, _) = raw.recv_from(&mut answer).unwrap();

@@ -479,7 +479,10 @@ impl DtlsServer {
         let id = self.next_id;
         let s = Session::new(id, dtls, now);
         self.handshakes.insert(peer, s);
-        self.half_open_per_ip.entry(ip).or_default().push((peer, id));
+        self.half_open_per_ip
+            .entry(ip)
+            .or_default()
+            .push((peer, id));
         self.verified += 1;
         self.stats.handshakes_started += 1;
         true
