@@ -29,7 +29,7 @@
 //!   valid cookie creates an instance (given that secret: it checks the cookie
 //!   again and takes the ClientHello as the one after its own
 //!   HelloVerifyRequest). Those handshakes, all past the cookie exchange, are
-//!   capped per shard (`max_verified_half_open`, within `max_half_open`) and
+//!   capped per shard (`max_half_open`, 1,024, and `max_verified_half_open`) and
 //!   per source IP (`max_half_open_per_addr`); at a cap the ClientHello is
 //!   dropped before anything past the cookie is sent, and its client's
 //!   retransmission gets in once there is room. A handshake is dropped after
@@ -101,14 +101,13 @@ pub struct DtlsSettings {
     pub psk: Option<Arc<PskStore>>,
     /// Server certificate and optional client CA (ECDHE-ECDSA).
     pub cert: Option<Arc<CertConfig>>,
-    /// Handshakes in progress per server (shard). When full, the oldest one
-    /// still waiting for its cookie is evicted for a newcomer.
+    /// Handshakes in progress per server (shard): DTLS instances, each past
+    /// the cookie exchange (a ClientHello without a valid cookie creates none).
     pub max_half_open: usize,
-    /// Of those, handshakes past the cookie exchange (their peer proved its
-    /// address; never evicted). At most `max_half_open`.
+    /// Handshakes past the cookie exchange per server, within `max_half_open`
+    /// (every handshake is past it: the smaller of the two caps applies).
     pub max_verified_half_open: usize,
-    /// Handshakes in progress per source IP (the oldest of that IP still
-    /// waiting for its cookie makes room for a newcomer).
+    /// Handshakes in progress per source IP.
     pub max_half_open_per_addr: usize,
     /// Established sessions per server (shard).
     pub max_sessions: usize,
@@ -125,15 +124,15 @@ pub struct DtlsSettings {
 }
 
 impl Default for DtlsSettings {
-    /// No credentials (set `psk` and/or `cert`), 1024 half-open handshakes (at
-    /// most 512 past the cookie exchange), 4 per IP, 1,000,000 sessions, 30 s
+    /// No credentials (set `psk` and/or `cert`), 1024 handshakes in progress
+    /// (each past the cookie exchange), 4 per IP, 1,000,000 sessions, 30 s
     /// handshake timeout, 1 h idle timeout.
     fn default() -> Self {
         DtlsSettings {
             psk: None,
             cert: None,
             max_half_open: 1024,
-            max_verified_half_open: 512,
+            max_verified_half_open: 1024,
             max_half_open_per_addr: 4,
             max_sessions: 1_000_000,
             handshake_timeout: Duration::from_secs(30),
