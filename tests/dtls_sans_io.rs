@@ -1225,6 +1225,22 @@ fn psk_and_certificates_on_one_server() {
         }]
     );
     exchange(&mut w, &mut c);
+    // Through the same stateless cookie exchange: each handshake was created
+    // by its ClientHello with the cookie, and the auto-sensing instance (DTLS
+    // 1.2 at that ClientHello) checked that cookie under the same secret.
+    let s = w.server.stats();
+    assert_eq!(s.hello_verify_no_cookie, 2, "{s:?}");
+    assert_eq!(
+        (s.handshakes_started, s.handshakes_completed),
+        (2, 2),
+        "{s:?}"
+    );
+    let mut c = Client::cert(client_cert(dir.path(), "client"), addr(3), w.now);
+    let hello = c.out.pop_front().unwrap();
+    w.server.handle_datagram(w.now, c.addr, &hello);
+    assert_eq!(w.server.half_open_count(), 0);
+    let (_, hvr) = w.server.poll_transmit().unwrap();
+    assert_eq!(hvr[13], 3, "HelloVerifyRequest");
 }
 
 // ---- Connection ID (RFC 9146) ----

@@ -159,9 +159,11 @@ impl DtlsServer {
         })
     }
 
-    /// How long a handshake may wait for the ClientHello with its cookie
-    /// (default 10 s, never more than `handshake_timeout`). Short lifetimes
-    /// free the half-open table quickly under a spoofed-source flood.
+    /// How long a handshake may last before its instance has sent anything
+    /// past a HelloVerifyRequest (default 10 s, never more than
+    /// `handshake_timeout`): an instance, created by a ClientHello with a
+    /// valid cookie, normally answers it at once; one still waiting (for the
+    /// rest of a fragmented ClientHello) is dropped after this.
     pub fn set_cookie_timeout(&mut self, d: Duration) {
         self.cookie_timeout = d;
     }
