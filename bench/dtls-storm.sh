@@ -7,8 +7,8 @@
 # For each storm: registrations answered 2.01, their rate over the registration phase,
 # the gateway's CPU µs per registration (its CPU time over the phase / registrations),
 # the loadgen's DTLS handshakes (completed, failed, latency) and the gateway's
-# lwm2m_dtls_* counters (half-open evictions and drops, verified-cap refusals,
-# handshake timeouts). The ratios DTLS ÷ plain (rate, CPU) close the summary, and
+# lwm2m_dtls_* counters (HelloVerifyRequests sent without state, half-open
+# evictions (before the stateless exchange) and drops, handshake timeouts). The ratios DTLS ÷ plain (rate, CPU) close the summary, and
 # the CPU µs per DTLS registration gives the rate 2 cores would take.
 #
 # GW_BASE=path adds a DTLS storm against that gateway binary (a baseline: the same
@@ -123,6 +123,7 @@ for n in names:
     if not m or n == "plain":
         continue
     print(f"- {n} gateway counters: handshakes started {msum(m, 'lwm2m_dtls_handshakes_started_total')}, "
+          f"stateless HelloVerifyRequests {msum(m, 'lwm2m_dtls_hello_verify_requests_total')}, "
           f"half-open evicted {msum(m, 'lwm2m_dtls_half_open_evicted_total')}, "
           f"dropped {msum(m, 'lwm2m_dtls_half_open_dropped_total')}, "
           f"timeouts {msum(m, 'lwm2m_dtls_handshake_timeouts_total')}, "

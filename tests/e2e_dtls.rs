@@ -1092,9 +1092,8 @@ fn dtls_datagram_sizes_and_hostile_input_are_counted() {
     huge[2] = 0xfd;
     raw.send_to(&huge, dtls).unwrap();
     raw.send_to(b"not DTLS at all", dtls).unwrap();
-    // A ClientHello from an address that never answers: a half-open entry whose
-    // HelloVerifyRequest is not retransmitted (it would exceed what the address
-    // sent), dropped after the cookie timeout.
+    // A ClientHello from an address that never answers: a HelloVerifyRequest
+    // and nothing kept (no half-open entry, nothing retransmitted).
     let mut spoof = DtlsDevice::start_on(UdpSocket::bind("127.0.0.1:0").unwrap(), dtls, "x", KEY);
     let mut buf = vec![0u8; 4096];
     let hello = loop {
@@ -1105,27 +1104,41 @@ fn dtls_datagram_sizes_and_hostile_input_are_counted() {
         }
     };
     raw.send_to(&hello, dtls).unwrap();
-    wait_metrics(&gw, "oversized, junk and the half-open entry", |m| {
-        m.sum(
-            "lwm2m_dtls_datagrams_dropped_total",
-            &[("reason", "oversized")],
-        ) >= 1.0
-            && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
-            && m.sum("lwm2m_dtls_half_open", &[("stage", "cookie")]) >= 1.0
-    });
-    let m = wait_metrics(&gw, "the suppressed retransmission and the timeout", |m| {
-        m.sum("lwm2m_dtls_amplification_drops_total", &[]) >= 1.0
-            && m.sum("lwm2m_dtls_handshake_timeouts_total", &[]) >= 1.0
-    });
+    // And one cut inside its random: malformed, dropped and counted.
+    raw.send_to(&hello[..40], dtls).unwrap();
+    let m = wait_metrics(
+        &gw,
+        "oversized, junk, the hello verify request and the malformed hello",
+        |m| {
+            m.sum(
+                "lwm2m_dtls_datagrams_dropped_total",
+                &[("reason", "oversized")],
+            ) >= 1.0
+                && m.sum("lwm2m_dtls_datagrams_dropped_total", &[("reason", "junk")]) >= 1.0
+                && m.sum(
+                    "lwm2m_dtls_datagrams_dropped_total",
+                    &[("reason", "malformed_hello")],
+                ) >= 1.0
+                && m.sum(
+                    "lwm2m_dtls_hello_verify_requests_total",
+                    &[("reason", "no_cookie")],
+                ) >= 2.0
+        },
+    );
+    let mut answer = [0u8; 512];
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (n, _) = raw.recv_from(&mut answer).unwrap();
+    assert_eq!((answer[0], answer[13]), (22, 3), "a HelloVerifyRequest");
+    assert!(n < hello.len());
     assert_eq!(m.sum("lwm2m_dtls_half_open", &[]), 0.0);
-    assert_eq!(m.sum("lwm2m_dtls_handshakes_started_total", &[]), 2.0);
+    assert_eq!(m.sum("lwm2m_dtls_handshakes_started_total", &[]), 1.0);
     assert_eq!(m.sum("lwm2m_dtls_handshakes_completed_total", &[]), 1.0);
     assert_eq!(m.sum("lwm2m_dtls_sessions", &[]), 1.0);
     for family in [
         "lwm2m_dtls_sessions_closed_total",
         "lwm2m_dtls_session_table_full_total",
         "lwm2m_dtls_cert_rejected_total",
-        "lwm2m_dtls_half_open_evicted_total",
+        "lwm2m_dtls_hello_verify_requests_total",
         "lwm2m_dtls_half_open_dropped_total",
     ] {
         assert!(m.has(family), "{family} exported");

@@ -1,17 +1,14 @@
-//! HelloVerifyRequest cookies (RFC 6347 §4.2.1) that every instance of a shard
-//! checks alike.
+//! HelloVerifyRequest cookies (RFC 6347 §4.2.1): the server checks them
+//! without keeping any state (`hello_verify.rs`), and the dimpl instance a
+//! valid one creates checks it again alike.
 //!
-//! dimpl's server computes its cookie as `HMAC-SHA256(secret, client_random)`
-//! under a secret of its own, random per instance: a cookie could only be
-//! checked by the instance that issued it, so a handshake whose instance was
-//! evicted while its cookie was on the way (a storm or a flood filling the
-//! half-open table faster than a round trip) could never finish (dimpl's
-//! client, holding a cookie, ignores the new HelloVerifyRequests). Here the
-//! secret of every instance for a peer is `HMAC-SHA256(key, peer address)`
-//! under the shard's key: the cookie stays bound to the address it was sent
-//! to, and any later instance for that address accepts it. The key is
-//! replaced every [`ROTATION`]; a cookie issued under the previous key is
-//! still accepted (so a cookie lives at most two rotations).
+//! dimpl's server computes its cookie as `HMAC-SHA256(secret, client_random)`.
+//! Here the secret for a peer is `HMAC-SHA256(key, peer address)` under the
+//! shard's key, and every instance for that peer is given it: the cookie stays
+//! bound to the address it was sent to, and is checked the same way before an
+//! instance exists and in it. The key is replaced every [`ROTATION`]; a cookie
+//! issued under the previous key is still accepted (so a cookie lives one to
+//! two rotations).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -70,21 +67,32 @@ impl CookieKeys {
         }
     }
 
-    /// The cookie secret of an instance for `peer`, whose first datagram is
-    /// the ClientHello `hello`: the previous key's when `hello` carries a
-    /// cookie made under it, else the current key's.
-    pub(crate) fn secret_for(&mut self, now: Instant, peer: SocketAddr, hello: &[u8]) -> [u8; 32] {
+    /// Checks the `cookie` of `peer`'s ClientHello with `random`: the secret
+    /// it was made under (the current key's, else the previous one's), or,
+    /// when it is neither (none, forged, for another address, or older), the
+    /// cookie to send in a HelloVerifyRequest (under the current key). Two
+    /// HMACs, four for a cookie that is not the current key's.
+    pub(crate) fn check(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        random: &[u8],
+        cookie: &[u8],
+    ) -> Result<[u8; 32], [u8; 32]> {
         self.rotate(now);
-        let current = self.peer_secret(&self.current, peer);
-        if let Some((random, cookie)) = hello_random_and_cookie(hello) {
-            if cookie.len() == 32 {
-                let previous = self.peer_secret(&self.previous, peer);
-                if self.cookie(&previous, random) == *cookie {
-                    return previous;
-                }
-            }
+        let secret = self.peer_secret(&self.current, peer);
+        let fresh = self.cookie(&secret, random);
+        if cookie.len() != 32 {
+            return Err(fresh);
         }
-        current
+        if same(&fresh, cookie) {
+            return Ok(secret);
+        }
+        let previous = self.peer_secret(&self.previous, peer);
+        if same(&self.cookie(&previous, random), cookie) {
+            return Ok(previous);
+        }
+        Err(fresh)
     }
 
     fn peer_secret(&self, key: &[u8; 32], peer: SocketAddr) -> [u8; 32] {
@@ -110,29 +118,9 @@ impl CookieKeys {
     }
 }
 
-/// Whether the ClientHello datagram `hello` carries a cookie (it answers a
-/// HelloVerifyRequest: message_seq 1).
-pub(crate) fn carries_cookie(hello: &[u8]) -> bool {
-    hello_random_and_cookie(hello).is_some_and(|(_, c)| !c.is_empty())
-}
-
-/// The client random and the cookie of a ClientHello datagram whose first
-/// record holds the start of the message; `None` if it does not parse.
-fn hello_random_and_cookie(d: &[u8]) -> Option<(&[u8], &[u8])> {
-    // Record header (13), handshake header (12): type 1, length 3, message_seq 2,
-    // fragment_offset 3, fragment_length 3.
-    let hs = d.get(13..25)?;
-    if hs[0] != 1 || hs[6..9] != [0, 0, 0] {
-        return None;
-    }
-    let body = d.get(25..)?;
-    // client_version 2, random 32, session_id <0..32>, cookie <0..255>.
-    let random = body.get(2..34)?;
-    let sid_len = *body.get(34)? as usize;
-    let at = 35 + sid_len;
-    let cookie_len = *body.get(at)? as usize;
-    let cookie = body.get(at + 1..at + 1 + cookie_len)?;
-    Some((random, cookie))
+/// `a == b` in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -143,52 +131,35 @@ mod tests {
         CookieKeys::new(dimpl::crypto::rust_crypto::default_provider())
     }
 
-    /// A ClientHello datagram (record and handshake headers, body) with `cookie`.
-    fn hello(random: [u8; 32], cookie: &[u8]) -> Vec<u8> {
-        let mut d = vec![22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        d.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        d.extend_from_slice(&[254, 253]);
-        d.extend_from_slice(&random);
-        d.push(0);
-        d.push(cookie.len() as u8);
-        d.extend_from_slice(cookie);
-        d.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0]);
-        d
-    }
-
     #[test]
-    fn the_secret_is_the_peers_and_survives_one_rotation() {
+    fn a_cookie_is_the_peers_and_survives_one_rotation() {
         let mut k = keys();
         let t0 = Instant::now();
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "10.0.0.1:5001".parse().unwrap();
-        let no_cookie = hello([7; 32], &[]);
-        let sa = k.secret_for(t0, a, &no_cookie);
-        // Stable for one address, different for another (port included).
-        assert_eq!(k.secret_for(t0 + Duration::from_secs(1), a, &no_cookie), sa);
-        assert_ne!(k.secret_for(t0, b, &no_cookie), sa);
-        // The cookie dimpl issued under `sa`, after one rotation: still `sa`.
-        let cookie = k.cookie(&sa, &[7; 32]);
-        let with_cookie = hello([7; 32], &cookie);
+        let cookie = k.check(t0, a, &[7; 32], &[]).unwrap_err();
+        // Stable for one address and random, different for another port.
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!(k.check(t, a, &[7; 32], &[]), Err(cookie));
+        assert_ne!(k.check(t0, b, &[7; 32], &[]), Err(cookie));
+        assert_ne!(k.check(t0, a, &[8; 32], &[]), Err(cookie));
+        // It verifies for its address and random only, and the secret it
+        // gives is the one dimpl computes it under.
+        let secret = k.check(t0, a, &[7; 32], &cookie).unwrap();
+        assert_eq!(k.cookie(&secret, &[7; 32]), cookie);
+        assert!(k.check(t0, b, &[7; 32], &cookie).is_err());
+        assert!(k.check(t0, a, &[8; 32], &cookie).is_err());
+        assert!(k.check(t0, a, &[7; 32], &cookie[..31]).is_err());
+        let mut forged = cookie;
+        forged[31] ^= 1;
+        // A wrong cookie gets the right one back.
+        assert_eq!(k.check(t0, a, &[7; 32], &forged), Err(cookie));
+        // After one rotation: still accepted (under the previous key), and a
+        // new cookie is issued under the new key.
         let t1 = t0 + ROTATION;
-        assert_eq!(k.secret_for(t1, a, &with_cookie), sa);
-        // Without that cookie the new key's secret, and after a second
-        // rotation the old cookie is no longer recognised.
-        let new = k.secret_for(t1, a, &no_cookie);
-        assert_ne!(new, sa);
-        assert_ne!(k.secret_for(t1 + ROTATION, a, &with_cookie), sa);
-    }
-
-    #[test]
-    fn hostile_hellos_do_not_parse() {
-        assert!(hello_random_and_cookie(&[]).is_none());
-        assert!(hello_random_and_cookie(&[22; 30]).is_none());
-        let mut h = hello([1; 32], &[9; 32]);
-        assert_eq!(hello_random_and_cookie(&h).unwrap().1, &[9; 32]);
-        h[34 + 25] = 200; // session_id length past the end
-        assert!(hello_random_and_cookie(&h).is_none());
-        let mut frag = hello([1; 32], &[]);
-        frag[13 + 8] = 1; // a later fragment
-        assert!(hello_random_and_cookie(&frag).is_none());
+        assert_eq!(k.check(t1, a, &[7; 32], &cookie), Ok(secret));
+        assert_ne!(k.check(t1, a, &[7; 32], &[]), Err(cookie));
+        // After a second one: no longer.
+        assert!(k.check(t1 + ROTATION, a, &[7; 32], &cookie).is_err());
     }
 }

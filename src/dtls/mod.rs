@@ -17,28 +17,25 @@
 //! ciphertext datagram; the shard copies them into its send batch).
 //!
 //! # Protection (what dimpl leaves to us)
-//! - A ClientHello from an address with no state creates a dimpl instance
-//!   that answers with a HelloVerifyRequest (cookie). Half-open instances are
-//!   capped per shard (`max_half_open`) and per source IP
-//!   (`max_half_open_per_addr`). At a cap, the oldest instance still waiting
-//!   for its cookie is evicted for the newcomer (counted): a spoofed-source
-//!   flood only recycles unverified entries. Instances whose cookie came back
-//!   (the peer answered from its address) have their own cap
-//!   (`max_verified_half_open`) and are never evicted; only when no entry is
-//!   evictable is a ClientHello dropped. dimpl's cookie is an HMAC of the
-//!   client random under the instance's secret, and every instance for one
-//!   address gets that address's secret (`cookie.rs`: an HMAC of the address
-//!   under the shard's key, replaced every minute), so a cookie stays bound to
-//!   its address and a peer whose entry was evicted while its cookie was on the
-//!   way is verified by the new instance its ClientHello with the cookie makes:
-//!   a storm or a spoofed flood filling the table faster than a round trip
-//!   delays no real device by more than that. An instance
-//!   whose cookie never comes back is dropped after
-//!   [`DtlsServer::set_cookie_timeout`] (default 10 s); a verified handshake
-//!   after `handshake_timeout`.
-//! - Until the cookie exchange succeeds, the server never sends an address
-//!   more bytes than it received from it (HelloVerifyRequest retransmissions
-//!   beyond that are suppressed and counted).
+//! - A ClientHello from an address with no handshake in progress is answered
+//!   statelessly (RFC 6347 §4.2.1, `hello_verify.rs`): without a cookie, or
+//!   with one that does not verify, it gets a HelloVerifyRequest written by the
+//!   server itself, no larger than the ClientHello, and leaves nothing behind
+//!   (no dimpl instance, no table entry). The cookie is dimpl's HMAC of the
+//!   client random under the address's secret (`cookie.rs`: an HMAC of the
+//!   address under the shard's key, replaced every minute, the previous key
+//!   still accepted), so a spoofed-source flood costs two HMACs and one small
+//!   datagram per ClientHello and no memory. Only a ClientHello returning a
+//!   valid cookie creates an instance (given that secret: it checks the cookie
+//!   again and takes the ClientHello as the one after its own
+//!   HelloVerifyRequest). Those handshakes, all past the cookie exchange, are
+//!   capped per shard (`max_half_open`, 1,024, and `max_verified_half_open`) and
+//!   per source IP (`max_half_open_per_addr`); at a cap the ClientHello is
+//!   dropped before anything past the cookie is sent, and its client's
+//!   retransmission gets in once there is room. A handshake is dropped after
+//!   `handshake_timeout`.
+//! - Until an instance has sent something past a HelloVerifyRequest, the
+//!   server never sends its address more bytes than it received from it.
 //! - Non-ClientHello datagrams from an address with no state are dropped
 //!   without allocating.
 //! - Established sessions are capped (`max_sessions`) and closed after
@@ -80,6 +77,7 @@ mod cert;
 mod cid;
 mod cookie;
 mod failure_log;
+mod hello_verify;
 mod psk;
 mod resume;
 mod server;
@@ -103,14 +101,13 @@ pub struct DtlsSettings {
     pub psk: Option<Arc<PskStore>>,
     /// Server certificate and optional client CA (ECDHE-ECDSA).
     pub cert: Option<Arc<CertConfig>>,
-    /// Handshakes in progress per server (shard). When full, the oldest one
-    /// still waiting for its cookie is evicted for a newcomer.
+    /// Handshakes in progress per server (shard): DTLS instances, each past
+    /// the cookie exchange (a ClientHello without a valid cookie creates none).
     pub max_half_open: usize,
-    /// Of those, handshakes past the cookie exchange (their peer proved its
-    /// address; never evicted). At most `max_half_open`.
+    /// Handshakes past the cookie exchange per server, within `max_half_open`
+    /// (every handshake is past it: the smaller of the two caps applies).
     pub max_verified_half_open: usize,
-    /// Handshakes in progress per source IP (the oldest of that IP still
-    /// waiting for its cookie makes room for a newcomer).
+    /// Handshakes in progress per source IP.
     pub max_half_open_per_addr: usize,
     /// Established sessions per server (shard).
     pub max_sessions: usize,
@@ -127,15 +124,15 @@ pub struct DtlsSettings {
 }
 
 impl Default for DtlsSettings {
-    /// No credentials (set `psk` and/or `cert`), 1024 half-open handshakes (at
-    /// most 512 past the cookie exchange), 4 per IP, 1,000,000 sessions, 30 s
+    /// No credentials (set `psk` and/or `cert`), 1024 handshakes in progress
+    /// (each past the cookie exchange), 4 per IP, 1,000,000 sessions, 30 s
     /// handshake timeout, 1 h idle timeout.
     fn default() -> Self {
         DtlsSettings {
             psk: None,
             cert: None,
             max_half_open: 1024,
-            max_verified_half_open: 512,
+            max_verified_half_open: 1024,
             max_half_open_per_addr: 4,
             max_sessions: 1_000_000,
             handshake_timeout: Duration::from_secs(30),

@@ -8,8 +8,10 @@
 //!
 //! | first record            | goes to                                             |
 //! |-------------------------|-----------------------------------------------------|
-//! | epoch-0 ClientHello     | the handshake (created if caps allow); a record     |
-//! |                         | version {254, x} other than 1.0/1.2 becomes 1.0     |
+//! | epoch-0 ClientHello     | the handshake; without one, a HelloVerifyRequest    |
+//! |                         | (stateless, `hello_verify.rs`) unless its cookie    |
+//! |                         | verifies: then a handshake (created if caps allow); |
+//! |                         | a record version {254, x} other than 1.0/1.2 → 1.0  |
 //! | other epoch 0           | the handshake, else the session, else dropped       |
 //! | epoch ≥ 1 (encrypted)   | the session; if it yields nothing and a *verified*  |
 //! |                         | handshake exists, the handshake (its Finished)      |
@@ -29,8 +31,9 @@ use dimpl::crypto::Dtls12CipherSuite;
 use dimpl::{Config, Dtls};
 
 use super::cid::CidTable;
-use super::cookie::{self, CookieKeys};
+use super::cookie::CookieKeys;
 use super::failure_log::FailureLog;
+use super::hello_verify::{self, Verdict};
 use super::resume::ShardCache;
 use super::session::{
     classify, normalise_client_hello, Fatal, Kind, RecordingResolver, Session, SessionOutput, Sink,
@@ -52,14 +55,11 @@ pub struct DtlsServer {
     session_cache: Option<Arc<ShardCache>>,
     handshakes: HashMap<SocketAddr, Session>,
     sessions: HashMap<SocketAddr, Session>,
-    /// Half-open handshakes per source IP, oldest first: (address, session id,
-    /// past the cookie exchange). At most `max_half_open_per_addr` each.
-    half_open_per_ip: HashMap<IpAddr, Vec<(SocketAddr, u64, bool)>>,
-    /// Handshakes still waiting for their cookie, oldest first (lazily pruned:
-    /// entries of handshakes since verified or gone are skipped).
-    unverified_fifo: VecDeque<(SocketAddr, u64)>,
-    /// Half-open handshakes before / past the cookie exchange.
-    unverified: usize,
+    /// Half-open handshakes per source IP, oldest first: (address, session
+    /// id). At most `max_half_open_per_addr` each.
+    half_open_per_ip: HashMap<IpAddr, Vec<(SocketAddr, u64)>>,
+    /// Half-open handshakes (every one past the cookie exchange: a ClientHello
+    /// without a valid cookie creates none).
     verified: usize,
     timers: BinaryHeap<Reverse<(Instant, u64, SocketAddr)>>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -143,8 +143,6 @@ impl DtlsServer {
             handshakes: HashMap::new(),
             sessions: HashMap::new(),
             half_open_per_ip: HashMap::new(),
-            unverified_fifo: VecDeque::new(),
-            unverified: 0,
             verified: 0,
             timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
@@ -161,9 +159,11 @@ impl DtlsServer {
         })
     }
 
-    /// How long a handshake may wait for the ClientHello with its cookie
-    /// (default 10 s, never more than `handshake_timeout`). Short lifetimes
-    /// free the half-open table quickly under a spoofed-source flood.
+    /// How long a handshake may last before its instance has sent anything
+    /// past a HelloVerifyRequest (default 10 s, never more than
+    /// `handshake_timeout`): an instance, created by a ClientHello with a
+    /// valid cookie, normally answers it at once; one still waiting (for the
+    /// rest of a fragmented ClientHello) is dropped after this.
     pub fn set_cookie_timeout(&mut self, d: Duration) {
         self.cookie_timeout = d;
     }
@@ -261,8 +261,10 @@ impl DtlsServer {
                     self.stats.hello_versions_normalised += 1;
                 }
                 let data = normalised.as_deref().unwrap_or(data);
-                if self.handshakes.contains_key(&peer) || self.admit(now, peer, data) {
+                if self.handshakes.contains_key(&peer) {
                     self.feed(now, peer, true, data);
+                } else {
+                    self.client_hello(now, peer, data);
                 }
             }
             Kind::Epoch0 => {
@@ -394,37 +396,60 @@ impl DtlsServer {
         self.update_gauges();
     }
 
-    /// Whether a new handshake may start for `peer`; creates it if so. When a
-    /// cap is reached, the oldest handshake still waiting for its cookie (of the
-    /// shard, or of the same IP) makes room: a spoofed-source flood only recycles
-    /// such entries and never displaces a handshake whose peer proved its address.
-    /// The instance's cookie secret is the address's (`cookie.rs`): a cookie an
-    /// evicted instance issued is accepted by this one.
-    fn admit(&mut self, now: Instant, peer: SocketAddr, hello: &[u8]) -> bool {
+    /// A ClientHello from `peer`, which has no handshake in progress: a
+    /// HelloVerifyRequest without any state unless it returns a valid cookie
+    /// (`hello_verify.rs`), then a handshake if the caps allow.
+    fn client_hello(&mut self, now: Instant, peer: SocketAddr, data: &[u8]) {
         if self.sessions.len() >= self.settings.max_sessions && !self.sessions.contains_key(&peer) {
             self.stats.session_table_full += 1;
-            return false;
+            return;
         }
+        match hello_verify::judge(&mut self.cookies, now, peer, data) {
+            Verdict::Malformed => self.stats.hellos_malformed += 1,
+            Verdict::Answer { hvr, invalid } => {
+                if invalid {
+                    self.stats.hello_verify_invalid_cookie += 1;
+                } else {
+                    self.stats.hello_verify_no_cookie += 1;
+                }
+                // Never more bytes than the ClientHello (it is smaller).
+                if hvr.len() > data.len() {
+                    self.stats.amplification_drops += 1;
+                    return;
+                }
+                self.stats.datagrams_out += 1;
+                self.transmits.push_back((peer, hvr));
+            }
+            Verdict::Admit { secret, record_seq } => {
+                if self.admit(now, peer, secret, record_seq) {
+                    self.feed(now, peer, true, data);
+                }
+            }
+        }
+    }
+
+    /// Whether a handshake may start for `peer`, whose ClientHello returned a
+    /// valid cookie made under `secret` in a record numbered `record_seq`;
+    /// creates it if so. Every handshake is past the cookie exchange and
+    /// counts toward `max_verified_half_open` (within `max_half_open`) and
+    /// `max_half_open_per_addr`; at a cap the ClientHello is dropped before
+    /// anything past the cookie is sent (its client resends it and gets in
+    /// once there is room). A spoofed-source flood never gets here.
+    fn admit(&mut self, now: Instant, peer: SocketAddr, secret: [u8; 32], record_seq: u64) -> bool {
         let ip = peer.ip();
         let per_ip = self.half_open_per_ip.get(&ip).map_or(0, Vec::len);
         if per_ip >= self.settings.max_half_open_per_addr.max(1) {
-            let oldest = self.half_open_per_ip[&ip]
-                .iter()
-                .find(|e| !e.2)
-                .map(|e| (e.0, e.1));
-            let Some((addr, id)) = oldest else {
-                self.stats.half_open_per_addr_drops += 1;
-                return false;
-            };
-            self.evict(addr, id);
-            self.stats.half_open_per_addr_evicted += 1;
+            self.stats.half_open_per_addr_drops += 1;
+            return false;
         }
-        if self.handshakes.len() >= self.settings.max_half_open.max(1) {
-            if !self.evict_oldest_unverified() {
-                self.stats.half_open_drops += 1;
-                return false;
-            }
-            self.stats.half_open_evicted += 1;
+        let cap = self
+            .settings
+            .max_verified_half_open
+            .min(self.settings.max_half_open)
+            .max(1);
+        if self.verified >= cap {
+            self.stats.verified_full += 1;
+            return false;
         }
         let mut dtls = match (&self.settings.psk, &self.settings.cert) {
             (Some(_), None) => Dtls::new_12_psk(Arc::clone(&self.config), now),
@@ -439,13 +464,13 @@ impl DtlsServer {
         if self.cids.enabled() {
             dtls.set_connection_id(&self.cids.issue(self.next_id + 1));
         }
-        // An auto-sensing instance (PSK and certificates) keeps dimpl's own
-        // secret: its cookie is checked by the instance that issued it only.
-        if dtls.set_cookie_secret(self.cookies.secret_for(now, peer, hello))
-            && cookie::carries_cookie(hello)
-        {
-            // Its HelloVerifyRequest came from an instance since evicted.
-            dtls.expect_client_hello_with_cookie();
+        // The instance checks the cookie again (under the same secret) and
+        // takes the ClientHello's message_seq 1 as if it had sent the
+        // HelloVerifyRequest itself; an auto-sensing one becomes a DTLS 1.2
+        // server at it.
+        if !dtls.set_cookie_secret(secret) || !dtls.expect_client_hello_with_cookie(record_seq) {
+            self.stats.handshakes_failed += 1;
+            return false;
         }
         // dimpl needs its clock set before the first packet.
         if dtls.handle_timeout(now).is_err() {
@@ -459,17 +484,8 @@ impl DtlsServer {
         self.half_open_per_ip
             .entry(ip)
             .or_default()
-            .push((peer, id, false));
-        self.unverified += 1;
-        self.unverified_fifo.push_back((peer, id));
-        if self.unverified_fifo.len() > 2 * self.unverified + 64 {
-            let handshakes = &self.handshakes;
-            self.unverified_fifo.retain(|(a, id)| {
-                handshakes
-                    .get(a)
-                    .is_some_and(|s| s.id == *id && !s.counted_verified)
-            });
-        }
+            .push((peer, id));
+        self.verified += 1;
         self.stats.handshakes_started += 1;
         true
     }
@@ -556,54 +572,6 @@ impl DtlsServer {
         true
     }
 
-    /// Drops the handshake `id` at `addr` to make room (it never announced itself).
-    fn evict(&mut self, addr: SocketAddr, id: u64) {
-        if self.handshakes.get(&addr).is_some_and(|s| s.id == id) {
-            let s = self.handshakes.remove(&addr).expect("present");
-            self.release_half_open(addr, &s);
-        }
-    }
-
-    /// Evicts the oldest handshake still waiting for its cookie; false if none.
-    fn evict_oldest_unverified(&mut self) -> bool {
-        while let Some((addr, id)) = self.unverified_fifo.pop_front() {
-            let live = self
-                .handshakes
-                .get(&addr)
-                .is_some_and(|s| s.id == id && !s.counted_verified);
-            if live {
-                self.evict(addr, id);
-                return true;
-            }
-        }
-        false
-    }
-
-    /// A handshake's cookie came back: it moves to the verified count, within
-    /// `max_verified_half_open`. False when that cap is reached (then it was
-    /// released and must be dropped).
-    fn count_verified(&mut self, peer: SocketAddr, s: &mut Session) -> bool {
-        let cap = self
-            .settings
-            .max_verified_half_open
-            .min(self.settings.max_half_open)
-            .max(1);
-        if self.verified >= cap {
-            self.stats.verified_full += 1;
-            self.release_half_open(peer, s);
-            return false;
-        }
-        s.counted_verified = true;
-        self.unverified -= 1;
-        self.verified += 1;
-        if let Some(v) = self.half_open_per_ip.get_mut(&peer.ip()) {
-            if let Some(e) = v.iter_mut().find(|e| e.1 == s.id) {
-                e.2 = true;
-            }
-        }
-        true
-    }
-
     /// Feeds `data` to the handshake (`hs`) or session of `peer`.
     fn feed(&mut self, now: Instant, peer: SocketAddr, hs: bool, data: &[u8]) {
         let taken = if hs {
@@ -634,7 +602,6 @@ impl DtlsServer {
     /// Polls the session, handles what it produced and files it back.
     fn after_drive(&mut self, now: Instant, peer: SocketAddr, mut s: Session, hs: bool) {
         self.outputs.clear();
-        let queued = self.transmits.len();
         let result = {
             let mut sink = Sink {
                 transmits: &mut self.transmits,
@@ -725,16 +692,6 @@ impl DtlsServer {
             self.fail(now, peer, s, hs, f);
             return;
         }
-        if hs && s.verified && !s.counted_verified && !self.count_verified(peer, &mut s) {
-            // Its flight (ServerHello...) must not go out: a client that got it
-            // would answer a handshake that no longer exists and be stranded;
-            // without it the client resends its ClientHello with the cookie,
-            // which a new instance accepts once there is room.
-            let withdrawn = self.transmits.len().saturating_sub(queued);
-            self.transmits.truncate(queued);
-            self.stats.datagrams_out = self.stats.datagrams_out.saturating_sub(withdrawn as u64);
-            return;
-        }
         self.put_back(now, peer, s, hs);
     }
 
@@ -789,11 +746,7 @@ impl DtlsServer {
                 self.half_open_per_ip.remove(&ip);
             }
         }
-        if s.counted_verified {
-            self.verified -= 1;
-        } else {
-            self.unverified -= 1;
-        }
+        self.verified = self.verified.saturating_sub(1);
     }
 
     /// When the session is dropped regardless of dimpl's timers.
@@ -853,7 +806,6 @@ impl DtlsServer {
         });
         self.stats.sessions = self.sessions.len() as u64;
         self.stats.half_open = self.handshakes.len() as u64;
-        self.stats.half_open_verified = self.verified as u64;
         if let Some(c) = &self.session_cache {
             let [unknown, expired, revoked] = c.refused();
             self.stats.resume_refused_unknown = unknown;

@@ -96,8 +96,6 @@ pub(crate) struct Session {
     /// The cookie exchange succeeded (something other than a
     /// HelloVerifyRequest was sent).
     pub verified: bool,
-    /// The server counts it among the verified half-open handshakes.
-    pub counted_verified: bool,
     /// Bytes received / sent while unverified (anti-amplification).
     pub rx_bytes: usize,
     pub tx_bytes: usize,
@@ -118,7 +116,6 @@ impl Session {
             last_rx: now,
             connected: false,
             verified: false,
-            counted_verified: false,
             rx_bytes: 0,
             tx_bytes: 0,
             psk_identity: None,

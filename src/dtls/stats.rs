@@ -16,7 +16,16 @@ pub struct DtlsStats {
     /// ClientHello datagrams whose record-layer version was a {254, x} other
     /// than DTLS 1.0 or 1.2 (mbedTLS 2.x sends 0xFE00), passed on as DTLS 1.0.
     pub hello_versions_normalised: u64,
-    /// New handshake instances created (first ClientHello from an address).
+    /// ClientHellos from an address with no handshake answered with a
+    /// HelloVerifyRequest and no state: without a cookie, with a cookie that
+    /// did not verify (forged, for another address, or too old).
+    pub hello_verify_no_cookie: u64,
+    pub hello_verify_invalid_cookie: u64,
+    /// ClientHello records from an address with no handshake that do not hold
+    /// a whole random, session ID and cookie (dropped).
+    pub hellos_malformed: u64,
+    /// Handshake instances created (a ClientHello that returned a valid cookie
+    /// from an address with no handshake).
     pub handshakes_started: u64,
     /// Handshakes whose cookie exchange succeeded (the address is real).
     pub handshakes_verified: u64,
@@ -28,19 +37,11 @@ pub struct DtlsStats {
     /// Handshakes dropped because they did not finish in time (including
     /// ClientHellos whose cookie never came back).
     pub handshake_timeouts: u64,
-    /// ClientHellos dropped because the shard's half-open table was full and
-    /// none of its handshakes was still waiting for its cookie (none evictable).
-    pub half_open_drops: u64,
-    /// ClientHellos dropped because their source IP had too many half-open
-    /// handshakes, all past the cookie exchange.
+    /// ClientHellos with a valid cookie dropped because their source IP had
+    /// `max_half_open_per_addr` handshakes in progress.
     pub half_open_per_addr_drops: u64,
-    /// Handshakes still waiting for their cookie evicted, oldest first, to make
-    /// room for a newer ClientHello (the shard's half-open table was full).
-    pub half_open_evicted: u64,
-    /// Like `half_open_evicted`, for the per-address cap.
-    pub half_open_per_addr_evicted: u64,
-    /// Handshakes dropped when their cookie came back because
-    /// `max_verified_half_open` handshakes past the cookie exchange were in progress.
+    /// ClientHellos with a valid cookie dropped because `max_verified_half_open`
+    /// handshakes were in progress.
     pub verified_full: u64,
     /// ClientHellos or completed handshakes dropped because the session
     /// table was full.
@@ -91,8 +92,6 @@ pub struct DtlsStats {
     pub session_cache_entries: u64,
     /// Established sessions now.
     pub sessions: u64,
-    /// Handshakes in progress now (half-open).
+    /// Handshakes in progress now (half-open, each past the cookie exchange).
     pub half_open: u64,
-    /// Of those, past the cookie exchange.
-    pub half_open_verified: u64,
 }

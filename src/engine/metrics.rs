@@ -893,22 +893,14 @@ fn write_dtls_handshakes(d: &Dtls<'_>, w: &mut Writer<'_>) {
         w,
         Gauge,
         "lwm2m_dtls_half_open",
-        "DTLS handshakes in progress, by stage (waiting for the cookie, or past it).",
-        |s, _, _| {
-            [
-                (
-                    Some(("stage", "cookie")),
-                    s.half_open - s.half_open_verified.min(s.half_open),
-                ),
-                (Some(("stage", "verified")), s.half_open_verified),
-            ]
-        },
+        "DTLS handshakes in progress (each past the cookie exchange: a ClientHello without a valid cookie leaves no state).",
+        |s, _, _| [(None, s.half_open)],
     );
     d.family(
         w,
         Counter,
         "lwm2m_dtls_handshakes_started_total",
-        "DTLS handshakes started (first ClientHello from an address).",
+        "DTLS handshakes started (a ClientHello returning a valid cookie from an address with none in progress).",
         |s, _, _| [(None, s.handshakes_started)],
     );
     d.family(
@@ -942,25 +934,24 @@ fn write_dtls_handshakes(d: &Dtls<'_>, w: &mut Writer<'_>) {
     d.family(
         w,
         Counter,
-        "lwm2m_dtls_half_open_dropped_total",
-        "ClientHellos or handshakes dropped by a half-open cap with nothing evictable, by cap.",
+        "lwm2m_dtls_hello_verify_requests_total",
+        "HelloVerifyRequests sent without keeping any state, for ClientHellos without a cookie or with one that did not verify, by reason.",
         |s, _, _| {
             [
-                (Some(("cap", "shard")), s.half_open_drops),
-                (Some(("cap", "address")), s.half_open_per_addr_drops),
-                (Some(("cap", "verified")), s.verified_full),
+                (Some(("reason", "no_cookie")), s.hello_verify_no_cookie),
+                (Some(("reason", "invalid_cookie")), s.hello_verify_invalid_cookie),
             ]
         },
     );
     d.family(
         w,
         Counter,
-        "lwm2m_dtls_half_open_evicted_total",
-        "Handshakes still waiting for their cookie evicted for a newer ClientHello, by cap.",
+        "lwm2m_dtls_half_open_dropped_total",
+        "ClientHellos with a valid cookie dropped at a half-open cap, by cap.",
         |s, _, _| {
             [
-                (Some(("cap", "shard")), s.half_open_evicted),
-                (Some(("cap", "address")), s.half_open_per_addr_evicted),
+                (Some(("cap", "address")), s.half_open_per_addr_drops),
+                (Some(("cap", "verified")), s.verified_full),
             ]
         },
     );
@@ -1082,6 +1073,7 @@ fn write_dtls_datagrams(d: &Dtls<'_>, w: &mut Writer<'_>) {
                     c.dtls_oversized.load(Ordering::Relaxed),
                 ),
                 (Some(("reason", "junk")), s.junk_dropped),
+                (Some(("reason", "malformed_hello")), s.hellos_malformed),
             ]
         },
     );

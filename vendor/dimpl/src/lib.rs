@@ -312,9 +312,21 @@ impl fmt::Debug for DtlsCertificate {
 /// [`handle_timeout`](Self::handle_timeout).
 pub struct Dtls {
     inner: Option<Inner>,
-    /// The connection ID set on an auto-sensing instance, applied when it
-    /// becomes a DTLS 1.2 server.
-    pending_cid: Option<dtls12::message::ConnectionId>,
+    /// What was set on an auto-sensing instance, applied when it becomes a
+    /// DTLS 1.2 server (boxed: most instances have none).
+    pending: Option<Box<Pending12>>,
+}
+
+/// Settings given to an auto-sensing server before it knows its version.
+#[derive(Default)]
+struct Pending12 {
+    /// The connection ID ([`Dtls::set_connection_id`]).
+    cid: Option<dtls12::message::ConnectionId>,
+    /// The HelloVerifyRequest cookie secret ([`Dtls::set_cookie_secret`]).
+    cookie_secret: Option<[u8; 32]>,
+    /// The first ClientHello carries a cookie another instance issued, in a
+    /// record with this sequence number ([`Dtls::expect_client_hello_with_cookie`]).
+    cookie_record_seq: Option<u64>,
 }
 
 // Boxed: the variants differ a lot in size (a DTLS 1.3 one is twice a DTLS 1.2
@@ -494,7 +506,7 @@ impl Dtls {
         let inner = Inner::Server12(Box::new(Server12::new(config, certificate, now)));
         Dtls {
             inner: Some(inner),
-            pending_cid: None,
+            pending: None,
         }
     }
 
@@ -517,7 +529,7 @@ impl Dtls {
         let inner = Inner::Server12(Box::new(Server12::new_psk(config, now)));
         Dtls {
             inner: Some(inner),
-            pending_cid: None,
+            pending: None,
         }
     }
 
@@ -533,7 +545,7 @@ impl Dtls {
         let inner = Inner::Server13(Box::new(Server13::new(config, certificate, now)));
         Dtls {
             inner: Some(inner),
-            pending_cid: None,
+            pending: None,
         }
     }
 
@@ -559,7 +571,7 @@ impl Dtls {
         };
         Dtls {
             inner: Some(inner),
-            pending_cid: None,
+            pending: None,
         }
     }
 
@@ -576,7 +588,7 @@ impl Dtls {
         match self.inner.as_mut() {
             Some(Inner::Server12(s)) => s.engine_mut().set_local_cid(cid),
             Some(Inner::Client12(c)) => c.engine_mut().set_local_cid(cid),
-            _ => self.pending_cid = Some(cid),
+            _ => self.pending.get_or_insert_with(Box::default).cid = Some(cid),
         }
         true
     }
@@ -628,11 +640,17 @@ impl Dtls {
     /// §4.2.1), random per instance by default. An application that gives
     /// every instance for the same peer the same secret can drop an instance
     /// waiting for its cookie and still accept that cookie in a new one.
-    /// `false` (nothing changed) unless this is a DTLS 1.2 server.
+    /// An auto-sensing server ([`Self::new_auto`]) keeps it for the DTLS 1.2
+    /// server it becomes. `false` (nothing changed) unless this is a DTLS 1.2
+    /// or auto-sensing server.
     pub fn set_cookie_secret(&mut self, secret: [u8; 32]) -> bool {
         match self.inner.as_mut() {
             Some(Inner::Server12(s)) => {
                 s.set_cookie_secret(secret);
+                true
+            }
+            Some(Inner::Server13(s)) if s.is_auto_mode() => {
+                self.pending.get_or_insert_with(Box::default).cookie_secret = Some(secret);
                 true
             }
             _ => false,
@@ -643,12 +661,23 @@ impl Dtls {
     /// a cookie another instance issued under the same secret
     /// ([`Self::set_cookie_secret`]): it takes that ClientHello's message_seq 1
     /// as the one after a HelloVerifyRequest (RFC 6347 §4.2.2) instead of
-    /// waiting for a message_seq 0 that will not come. `false` (nothing
-    /// changed) unless this is a DTLS 1.2 server.
-    pub fn expect_client_hello_with_cookie(&mut self) -> bool {
+    /// waiting for a message_seq 0 that will not come. `record_seq` is the
+    /// sequence number of that ClientHello's record: the records this
+    /// instance sends in epoch 0 start there, after the HelloVerifyRequest's
+    /// (a stateless server gives it its ClientHello's record sequence number,
+    /// RFC 6347 §4.2.1, and a client may drop a second epoch-0 record with the
+    /// same one as a replay). An auto-sensing server ([`Self::new_auto`])
+    /// becomes a DTLS 1.2 server at that ClientHello: a cookie comes from a
+    /// DTLS 1.2 HelloVerifyRequest. `false` (nothing changed) unless this is a
+    /// DTLS 1.2 or auto-sensing server.
+    pub fn expect_client_hello_with_cookie(&mut self, record_seq: u64) -> bool {
         match self.inner.as_mut() {
             Some(Inner::Server12(s)) => {
-                s.engine_mut().expect_client_hello_with_cookie();
+                s.engine_mut().expect_client_hello_with_cookie(record_seq);
+                true
+            }
+            Some(Inner::Server13(s)) if s.is_auto_mode() => {
+                self.pending.get_or_insert_with(Box::default).cookie_record_seq = Some(record_seq);
                 true
             }
             _ => false,
@@ -831,6 +860,11 @@ impl Dtls {
     }
 
     fn handle_pending_auto(&mut self, packet: &[u8]) -> Result<(), Error> {
+        let server = matches!(self.inner, Some(Inner::Server13(_)));
+        if server && self.expects_cookie() {
+            // A ClientHello answering a DTLS 1.2 HelloVerifyRequest.
+            return self.handle_pending_auto_server(Some(packet));
+        }
         match self.inner.as_mut().unwrap() {
             Inner::ClientPending(_) => self.handle_pending_auto_client(packet),
             Inner::Server13(server) if server.is_auto_mode() => {
@@ -839,7 +873,7 @@ impl Dtls {
                     Err(Error::Dtls12Fallback) => {
                         // The 1.3 engine cleanly rejected a ClientHello
                         // that did not offer DTLS 1.3 in supported_versions.
-                        self.handle_pending_auto_server()
+                        self.handle_pending_auto_server(None)
                     }
                     Err(e) => Err(e),
                 }
@@ -893,9 +927,15 @@ impl Dtls {
         }
     }
 
+    fn expects_cookie(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| p.cookie_record_seq.is_some())
+    }
+
     /// Fall back from DTLS 1.3 auto-sense to a DTLS 1.2 server, replaying
-    /// all buffered packets from the Server13.
-    fn handle_pending_auto_server(&mut self) -> Result<(), Error> {
+    /// all buffered packets from the Server13, then `extra`.
+    fn handle_pending_auto_server(&mut self, extra: Option<&[u8]>) -> Result<(), Error> {
         // Take buffered packets and last_now from the Server13 before replacing it.
 
         // unwrap: is ok, because we can only be here if the inner is a Server13.
@@ -910,8 +950,9 @@ impl Dtls {
         // mode must be chosen before construction. Peek at the buffered
         // ClientHello to see which cipher suite the server would pick,
         // so PSK clients survive the fallback.
-        let use_psk =
-            config.psk().is_some() && buffered.iter().any(|p| client_hello_wants_psk(p, &config));
+        let use_psk = config.psk().is_some()
+            && (buffered.iter().any(|p| client_hello_wants_psk(p, &config))
+                || extra.is_some_and(|p| client_hello_wants_psk(p, &config)));
 
         let mut server12 = if use_psk {
             Server12::new_psk(config, now)
@@ -919,14 +960,25 @@ impl Dtls {
             Server12::new(config, cert, now)
         };
         server12.set_handshake_deadline(deadline);
-        if let Some(cid) = self.pending_cid.take() {
-            server12.engine_mut().set_local_cid(cid);
+        if let Some(p) = self.pending.take() {
+            if let Some(cid) = p.cid {
+                server12.engine_mut().set_local_cid(cid);
+            }
+            if let Some(secret) = p.cookie_secret {
+                server12.set_cookie_secret(secret);
+            }
+            if let Some(seq) = p.cookie_record_seq {
+                server12.engine_mut().expect_client_hello_with_cookie(seq);
+            }
         }
         server12.handle_timeout(now)?;
 
         self.inner = Some(Inner::Server12(Box::new(server12)));
 
         for p in &buffered {
+            self.handle_packet(p)?;
+        }
+        if let Some(p) = extra {
             self.handle_packet(p)?;
         }
         Ok(())

@@ -1241,9 +1241,13 @@ impl Engine {
     /// A fresh server instance whose first ClientHello carries a cookie another
     /// instance issued (RFC 6347 §4.2.2: message_seq 1): the state that instance
     /// had after its HelloVerifyRequest (message_seq 0).
-    pub fn expect_client_hello_with_cookie(&mut self) {
+    /// Its epoch-0 records start at `record_seq`, that ClientHello's record
+    /// sequence number (the HelloVerifyRequest took the earlier one's).
+    pub fn expect_client_hello_with_cookie(&mut self, record_seq: u64) {
         self.peer_handshake_seq_no = 1;
         self.next_handshake_seq_no = 1;
+        let seq = &mut self.sequence_epoch_0.sequence_number;
+        *seq = (*seq).max(record_seq & 0xffff_ffff_ffff);
     }
 
     pub fn reset_server_for_hello_verify_request(&mut self) {
