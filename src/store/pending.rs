@@ -91,3 +91,65 @@ impl PendingChanges {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(location: u64, claim: bool) -> StoreChange {
+        let record = crate::store::writer::tests::record("dev", location);
+        StoreChange::Put {
+            name: "dev".into(),
+            location,
+            record,
+            claim,
+        }
+    }
+
+    fn remove(location: u64) -> StoreChange {
+        StoreChange::Remove {
+            name: "dev".into(),
+            location,
+        }
+    }
+
+    /// What a batch writes: (location, claim) of puts, (location, None) of removals.
+    fn written(changes: Vec<StoreChange>) -> Vec<(u64, Option<bool>)> {
+        let mut p = PendingChanges::default();
+        for c in changes {
+            p.add(c);
+        }
+        assert_eq!(p.len(), 1);
+        p.take_sorted()
+            .into_iter()
+            .map(|(_, c)| match c {
+                Change::Put(r) => (location_of(&r).unwrap(), Some(false)),
+                Change::Claim(r) => (location_of(&r).unwrap(), Some(true)),
+                Change::Remove(l) => (l, None),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_location_keeps_its_last_change_where_it_first_came() {
+        // An Update after its Register still claims.
+        assert_eq!(
+            written(vec![put(1, true), put(1, false)]),
+            [(1, Some(true))]
+        );
+        // A release cancels the Update waiting before it.
+        assert_eq!(written(vec![put(1, false), remove(1)]), [(1, None)]);
+        // Two removals of two locations are both written.
+        assert_eq!(written(vec![remove(2), remove(1)]), [(2, None), (1, None)]);
+        // An older registration's Update stays ahead of the newer one's claim.
+        assert_eq!(
+            written(vec![put(1, true), put(2, true), put(1, false)]),
+            [(1, Some(true)), (2, Some(true))]
+        );
+        // A registration taken back after its release: its Update is written.
+        assert_eq!(
+            written(vec![put(1, false), remove(1), put(1, false)]),
+            [(1, Some(false))]
+        );
+    }
+}

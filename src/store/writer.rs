@@ -181,13 +181,13 @@ fn flush(backend: &mut dyn Backend, batch: &mut Batch, stats: &StoreStats, stopp
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::lwm2m::endpoint::Endpoint;
     use crate::store::FileStore;
 
     /// A record of `name` at `location`, as the core writes it.
-    fn record(name: &str, location: u64) -> Vec<u8> {
+    pub(in crate::store) fn record(name: &str, location: u64) -> Vec<u8> {
         let mut ep = crate::lwm2m::record::decode(&base_record(), 0).expect("base");
         ep.name = name.into();
         ep.location = location;
