@@ -16,10 +16,13 @@ use crate::lwm2m::record::location_of;
 use crate::lwm2m::StoreChange;
 use std::collections::HashMap;
 
+/// A name's changes: the last of each location, in the order the locations came.
+type OfName = Vec<(u64, Change)>;
+
 /// The changes of each name waiting to be written.
 #[derive(Default)]
 pub struct PendingChanges {
-    changes: HashMap<Box<str>, Vec<(u64, Change)>>,
+    changes: HashMap<Box<str>, OfName>,
 }
 
 impl PendingChanges {
@@ -62,7 +65,7 @@ impl PendingChanges {
     /// pages front to back instead of inserting all over them in the hash map's order),
     /// the changes of one name in their order.
     pub fn take_sorted(&mut self) -> Vec<(Box<str>, Change)> {
-        let mut names: Vec<(Box<str>, Vec<(u64, Change)>)> = self.changes.drain().collect();
+        let mut names: Vec<(Box<str>, OfName)> = self.changes.drain().collect();
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::with_capacity(names.len());
         for (name, changes) in names {
