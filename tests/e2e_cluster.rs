@@ -9,9 +9,11 @@ use common::gateway::{Broker, GatewayProc};
 use common::mosquitto::Mosquitto;
 use common::redis_server::Redis;
 use lwm2m_gateway::coap::{codes, opt, Message};
-use lwm2m_gateway::store::{redis_scripts, Backend, Change, RedisStore};
+use lwm2m_gateway::lwm2m::StoreChange;
+use lwm2m_gateway::store::{redis_scripts, Backend, Change, RedisStore, StoreStats, StoreWriter};
 use simd_json::prelude::*;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -112,6 +114,121 @@ fn two_nodes_on_one_redis_have_one_owner_per_name() {
     w(&mut a, "dev2", Change::Remove(12));
     assert_eq!(owned(&mut a), []);
     assert_eq!(at(&mut c, 12), None);
+}
+
+/// Node `node`'s changes, queued in order to a real store writer on `redis` and
+/// written in one batch (the writer coalesces them as it does in the gateway).
+fn write_batch(redis: &Redis, node: &str, changes: Vec<StoreChange>) {
+    let store = RedisStore::open(&redis.url(), node).expect("store");
+    let w = StoreWriter::start(Box::new(store), Arc::new(StoreStats::default())).expect("writer");
+    let tx = w.sender();
+    for c in changes {
+        tx.send(c);
+    }
+    w.stop();
+}
+
+fn put(name: &str, location: u64, claim: bool) -> StoreChange {
+    StoreChange::Put {
+        name: name.into(),
+        location,
+        record: record(name, location),
+        claim,
+    }
+}
+
+fn remove(name: &str, location: u64) -> StoreChange {
+    StoreChange::Remove {
+        name: name.into(),
+        location,
+    }
+}
+
+/// A node lets a registration go (another node registered the name again) while an
+/// Update of it waits in its writer; the newer registration ends. The Update must not
+/// write the released registration back under the old node: the release queues the
+/// record's removal behind it, which cancels it in the same batch, or removes the record
+/// it wrote back in an earlier one. A fresh Register's record is written, and its
+/// Updates after it.
+#[test]
+fn a_released_registration_is_not_written_back() {
+    let redis = Redis::start();
+    let mut b = RedisStore::open(&redis.url(), "b").expect("node b");
+    let exists = |name: &str| -> bool {
+        redis::cmd("EXISTS")
+            .arg(redis_scripts::reg_key(name))
+            .query(&mut redis.connection())
+            .unwrap()
+    };
+    // A fresh Register on a, then an Update: written, a owns it.
+    write_batch(&redis, "a", vec![put("dev1", 11, true)]);
+    write_batch(&redis, "a", vec![put("dev1", 11, false)]);
+    assert_eq!(owner(&redis, "dev1").as_deref(), Some("a"));
+    // dev1 registers again on b (a is told to let 11 go), and that registration ends.
+    b.write(&[("dev1".into(), Change::Claim(record("dev1", 21)))])
+        .unwrap();
+    b.write(&[("dev1".into(), Change::Remove(21))]).unwrap();
+    assert!(!exists("dev1"));
+    // a's Update of 11, queued before a heard of the release, and the release's removal
+    // in one batch: nothing is written.
+    write_batch(
+        &redis,
+        "a",
+        vec![put("dev1", 11, false), remove("dev1", 11)],
+    );
+    assert!(
+        !exists("dev1"),
+        "the released registration was written back"
+    );
+    // The Update written in a batch of its own (before the release was heard) writes
+    // the record back (the store cannot tell it from a Redis that lost its data); the
+    // release's removal, behind it in a's queue, takes it away.
+    write_batch(&redis, "a", vec![put("dev1", 11, false)]);
+    assert_eq!(owner(&redis, "dev1").as_deref(), Some("a"));
+    write_batch(&redis, "a", vec![remove("dev1", 11)]);
+    assert!(!exists("dev1"), "the record written back stays");
+    let mut c = redis.connection();
+    let at: Option<String> = redis::cmd("GET")
+        .arg(redis_scripts::loc_key(11))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(at, None, "the location still names it");
+
+    // A take a does not take in (it holds dev2 at another location, 12, registered
+    // meanwhile) and the removal of its own dev2 at 12: both removals in one batch
+    // leave no record.
+    b.write(&[("dev2".into(), Change::Claim(record("dev2", 22)))])
+        .unwrap();
+    let taken: Option<(String, Vec<u8>, String)> = redis_scripts::take()
+        .key(redis_scripts::loc_key(22))
+        .arg(22)
+        .arg("a")
+        .arg(redis_scripts::PREFIX)
+        .invoke(&mut c)
+        .unwrap();
+    assert_eq!(taken.map(|t| t.2).as_deref(), Some("b"));
+    assert_eq!(owner(&redis, "dev2").as_deref(), Some("a"));
+    write_batch(&redis, "a", vec![remove("dev2", 22), remove("dev2", 12)]);
+    assert!(
+        !exists("dev2"),
+        "the record a took and did not take in stays"
+    );
+
+    // Within one batch, an Update of an older registration (a's dev3 at 13, on one
+    // shard) does not overwrite the claim of the newer one (dev3 at 23, on another),
+    // nor does the older one's removal take the newer one's record.
+    write_batch(
+        &redis,
+        "a",
+        vec![
+            put("dev3", 13, true),
+            put("dev3", 23, true),
+            put("dev3", 13, false),
+        ],
+    );
+    write_batch(&redis, "a", vec![remove("dev3", 13)]);
+    let mut a = RedisStore::open(&redis.url(), "a").expect("node a");
+    assert_eq!(owned(&mut a), [("dev3".into(), 23)]);
 }
 
 #[test]

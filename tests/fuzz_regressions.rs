@@ -143,6 +143,15 @@ fn core_mutated_register() {
     checks::core_endpoint(&b64("BgYVAQAAABUAABwHv///1tss29vc"));
 }
 
+/// Every input under tests/fuzz_regressions/core_endpoint and the seeds. Among them, two
+/// nodes leaving a record in the store once every registration ended (`two_nodes::finish`
+/// asserts none): a take the node did not take in (it held the name), then its own
+/// older registration let go, both removals in one batch
+/// (`two_nodes_take_not_taken_in_leaves_no_record`); an adopted registration's Update and
+/// removal in one batch (`two_nodes_adopted_record_removed_with_its_update`); a released
+/// registration's Update (`two_nodes_released_update_leaves_no_record`); and a record lost
+/// while its registration lives, an Update of an older registration coalesced behind a
+/// newer registration's claim (`two_nodes_update_of_an_older_registration_before_a_newer_claim`).
 #[test]
 fn core_endpoint_files() {
     replay_files("core_endpoint", checks::core_endpoint);

@@ -1899,6 +1899,17 @@ pub fn core_endpoint(data: &[u8]) {
     }
 }
 
+/// `core_endpoint` in its two-node mode whatever the second byte says (its bits 0x02..0x40
+/// become 0x20, or 0x60 with restarts when 0x40 was set).
+pub fn core_two_nodes(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let mut d = data.to_vec();
+    d[1] = d[1] & 0x81 | 0x20 | d[1] & 0x40;
+    two_nodes::run(&d);
+}
+
 /// `core_endpoint`, returning the world it leaves (for tests that count).
 pub fn run_core(data: &[u8]) -> World {
     let mut r = Bytes::new(data);

@@ -15,6 +15,7 @@
 //! of one write).
 
 mod file;
+mod pending;
 mod redis_conn;
 pub mod redis_scripts;
 mod redis_store;
@@ -23,6 +24,7 @@ mod stats;
 mod writer;
 
 pub use file::{FileStore, FILE_NAME};
+pub use pending::PendingChanges;
 pub use redis_conn::RedisConn;
 pub use redis_store::{RedisStore, RedisStoreStats};
 pub use restore::{load, Restored};

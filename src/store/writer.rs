@@ -1,11 +1,11 @@
 //! The store's writer thread: takes the shards' changes from one bounded queue,
 //! coalesces them per endpoint name and writes them in batches.
 
+use super::pending::PendingChanges;
 use super::stats::{StoreState, StoreStats};
-use super::{Backend, Change, FLUSH_INTERVAL, MAX_BATCH, QUEUE_CAPACITY};
+use super::{Backend, FLUSH_INTERVAL, MAX_BATCH, QUEUE_CAPACITY};
 use crate::lwm2m::StoreChange;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ impl StoreWriter {
 /// Changes of one batch, the last per name.
 #[derive(Default)]
 struct Batch {
-    changes: HashMap<Box<str>, Change>,
+    changes: PendingChanges,
     /// When the oldest change of the batch was queued.
     since: Option<Instant>,
 }
@@ -87,39 +87,7 @@ struct Batch {
 impl Batch {
     fn add(&mut self, c: StoreChange) {
         self.since.get_or_insert_with(Instant::now);
-        match c {
-            StoreChange::Put {
-                name,
-                location,
-                record,
-                claim,
-            } => {
-                // An Update right after its Register (same location) still claims.
-                let claim = claim
-                    || matches!(
-                        self.changes.get(&name),
-                        Some(Change::Claim(r)) if crate::lwm2m::record::location_of(r) == Some(location)
-                    );
-                let change = if claim {
-                    Change::Claim(record)
-                } else {
-                    Change::Put(record)
-                };
-                self.changes.insert(name, change);
-            }
-            StoreChange::Remove { name, location } => {
-                // A put of another location (a newer registration, from another shard)
-                // stays; anything else of the name gives way to the removal.
-                let newer = matches!(
-                    self.changes.get(&name),
-                    Some(Change::Put(r) | Change::Claim(r))
-                        if crate::lwm2m::record::location_of(r) != Some(location)
-                );
-                if !newer {
-                    self.changes.insert(name, Change::Remove(location));
-                }
-            }
-        }
+        self.changes.add(c);
     }
 
     fn due(&self) -> Option<Instant> {
@@ -174,10 +142,7 @@ fn flush(backend: &mut dyn Backend, batch: &mut Batch, stats: &StoreStats, stopp
         batch.since = None;
         return;
     }
-    let mut changes: Vec<(Box<str>, Change)> = batch.changes.drain().collect();
-    // In name order: the B-tree of the file store then fills its pages front to back
-    // instead of inserting all over them in the hash map's order.
-    changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let changes = batch.changes.take_sorted();
     let attempts = if stopping { 3 } else { 1 };
     for attempt in 1..=attempts {
         match backend.write(&changes) {
@@ -208,21 +173,21 @@ fn flush(backend: &mut dyn Backend, batch: &mut Batch, stats: &StoreStats, stopp
         );
         return;
     }
-    // Kept for the next attempt, unless newer changes of the same names came meanwhile
-    // (there are none: the batch was empty since the drain).
-    batch.changes.extend(changes);
+    // Kept for the next attempt (no newer changes of the same names came meanwhile:
+    // the batch was empty since the drain).
+    batch.changes.restore(changes);
     // Retry after another interval.
     batch.since = Some(Instant::now());
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::lwm2m::endpoint::Endpoint;
     use crate::store::FileStore;
 
     /// A record of `name` at `location`, as the core writes it.
-    fn record(name: &str, location: u64) -> Vec<u8> {
+    pub(in crate::store) fn record(name: &str, location: u64) -> Vec<u8> {
         let mut ep = crate::lwm2m::record::decode(&base_record(), 0).expect("base");
         ep.name = name.into();
         ep.location = location;

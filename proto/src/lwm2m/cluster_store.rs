@@ -16,7 +16,8 @@ impl ShardCore {
     /// `datagram`: claimed here as a restored one (lifetime armed, command filter
     /// subscribed, nothing published), its record written as this node's, then the
     /// request handled. A name or location this node holds already (registered here
-    /// again meanwhile) keeps the local registration: the request is answered as a miss.
+    /// again meanwhile) keeps the local registration: the request is answered as a miss,
+    /// and the taken record is removed (nobody holds that registration any more).
     pub(super) fn cluster_adopt(
         &mut self,
         now: u64,
@@ -42,6 +43,14 @@ impl ShardCore {
                 )
                 .is_err();
         if taken {
+            // The take made the record this node's, but the registration is not taken
+            // in: unless this node holds the name at that very location, nobody holds
+            // that registration now, and its record goes (the node it was taken from
+            // lets it go when it hears of the take).
+            let held = self.cluster.dir().by_name(&endpoint.name);
+            if held.is_none_or(|e| e.location != location) {
+                self.record_removed(&endpoint);
+            }
             self.cluster_miss(now, location, peer, datagram, identity);
             return;
         }

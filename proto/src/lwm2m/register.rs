@@ -418,9 +418,12 @@ impl ShardCore {
             Removal::Moved => "endpoint moved to another node",
         };
         self.dm.finish_session(cx!(self), &mut ep, reason);
-        if why != Removal::Moved {
-            self.record_removed(&ep);
-        }
+        // Moved too: the record names the other node by now (its take or claim came
+        // first), so the removal changes nothing there; but it follows, in this node's
+        // writer queue, any change of the record this node made before it let the
+        // registration go, and so cancels a change still waiting or removes a record
+        // such a change wrote back once the name's other registration had ended.
+        self.record_removed(&ep);
         // A replacement's end was published by the Register that replaced it.
         let end = match why {
             Removal::Deregistered => Some(End::Deregister),

@@ -129,6 +129,12 @@ impl ShardCore {
                 self.dm
                     .finish_session(cx!(self), &mut stale, "endpoint registered again");
                 if superseded {
+                    // Its record goes if it is still of this location (nothing changes
+                    // when the newer registration's record replaced it): another node
+                    // that took the name may have ended its registration while a change
+                    // of this one, made before the shard let it go, waited in this
+                    // node's writer.
+                    self.record_removed(&stale);
                     self.cluster.forget_superseded(cx!(self), &stale);
                 }
             }
