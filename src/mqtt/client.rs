@@ -171,6 +171,21 @@ impl MqttClient {
         }
     }
 
+    /// The connection holding `filter` (subscribed, or about to be) and the point its
+    /// SUBACK gate must reach for every subscribe queued on it so far to be acknowledged
+    /// ([`subscribed_through`](Self::subscribed_through)); None when no connection holds it.
+    pub fn subscription_barrier(&self, filter: &str) -> Option<(usize, u64)> {
+        let i = self.holder_hashed(filter, self.holders.hash(filter))?;
+        Some((i, self.conns[i].gate.barrier()))
+    }
+
+    /// Whether connection `conn`'s subscribes up to `barrier` are acknowledged by the
+    /// broker (after a reconnect: the whole set subscribed again). An unknown connection:
+    /// false.
+    pub fn subscribed_through(&self, conn: usize, barrier: u64) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.gate.open(barrier))
+    }
+
     /// The connection that holds `filter` (subscribed, or about to be), if any.
     #[cfg(test)]
     fn holder(&self, filter: &str) -> Option<usize> {

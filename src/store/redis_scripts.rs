@@ -49,6 +49,19 @@ pub fn parse_release_notice(notice: &str) -> Option<(u64, &str)> {
     Some((location.parse().ok()?, name))
 }
 
+/// The notice that the node which took the registration `name` at `location` over has
+/// its command subscription in place: the one kept for the handover may go.
+pub fn unsubscribe_notice(location: u64, name: &str) -> String {
+    format!("unsubscribe {location} {name}")
+}
+
+/// An unsubscribe notice read back: (location, name).
+pub fn parse_unsubscribe_notice(notice: &str) -> Option<(u64, &str)> {
+    let rest = notice.strip_prefix("unsubscribe ")?;
+    let (location, name) = rest.split_once(' ')?;
+    Some((location.parse().ok()?, name))
+}
+
 /// The notice forwarding a command (published on `topic`, with its MQTT 5 expiry) to
 /// the node holding its endpoint: `command {expiry|-} {topic length}\n{topic}{payload}`.
 pub fn command_notice(topic: &str, payload: &[u8], expiry_s: Option<u32>) -> Vec<u8> {
