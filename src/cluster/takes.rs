@@ -277,14 +277,20 @@ impl Worker {
         else {
             return;
         };
+        let mut release = None;
         let answer = match found {
-            Ok(Some((endpoint, from))) => ClusterAnswer::Adopt {
-                endpoint: Box::new(endpoint),
-                peer,
-                datagram,
-                identity,
-                from,
-            },
+            Ok(Some((endpoint, from))) => {
+                if let Some(from) = &from {
+                    release = Some((from.clone(), endpoint.name.clone()));
+                }
+                ClusterAnswer::Adopt {
+                    endpoint: Box::new(endpoint),
+                    peer,
+                    datagram,
+                    identity,
+                    from: from.map(String::into_boxed_str),
+                }
+            }
             Ok(None) => {
                 ClusterStats::add(&self.stats.take_misses, 1);
                 ClusterAnswer::Miss {
@@ -306,6 +312,9 @@ impl Worker {
             }
         };
         (self.deliver)(shard, answer);
+        if let Some((node, name)) = release {
+            self.tell_released(&node, location, &name);
+        }
     }
 
     /// Publishes the command on the channel of the node holding `name`; when none does
@@ -349,6 +358,20 @@ impl Worker {
         (self.deliver)(shard, back);
     }
 
+    /// Tells node `node` that this node took `name` at `location` over (after the
+    /// adoption went to the shard's mailbox: a command the old node forwards on
+    /// hearing it finds the adoption ahead of it when both go to one shard).
+    fn tell_released(&mut self, node: &str, location: u64, name: &str) {
+        let notice = redis_scripts::release_notice(location, name);
+        let channel = redis_scripts::node_channel(node);
+        let sent = self
+            .con
+            .with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&notice).exec(c));
+        if sent.is_ok() {
+            ClusterStats::add(&self.stats.releases_sent, 1);
+        }
+    }
+
     /// Publishes on node `node`'s channel that this node's subscription of `name`'s
     /// commands is in place. Not delivered (Redis unreachable, nobody listening): that
     /// node gives its kept subscription up at its deadline.
@@ -365,13 +388,13 @@ impl Worker {
         ClusterStats::add(counter, 1);
     }
 
-    /// Runs TAKE for `location`: the registration there, now this node's (its previous
-    /// owner told), with that owner when it was another node; None when there is none.
-    #[allow(clippy::type_complexity)]
+    /// Runs TAKE for `location`: the registration there, now this node's, with its
+    /// previous owner when it was another node (to be told, [`tell_released`](Self::tell_released));
+    /// None when there is none.
     fn take(
         &mut self,
         location: u64,
-    ) -> Result<Option<(crate::lwm2m::endpoint::Endpoint, Option<Box<str>>)>, String> {
+    ) -> Result<Option<(crate::lwm2m::endpoint::Endpoint, Option<String>)>, String> {
         let (take, node) = (&self.take, &self.node);
         let found = self.con.with(|c| {
             take.key(redis_scripts::loc_key(location))
@@ -396,17 +419,7 @@ impl Worker {
         let ep = record::decode(&rec, self.epoch_ms)
             .map_err(|e| format!("the record of {name:?} in Redis: {e}"))?;
         ClusterStats::add(&self.stats.takeovers, 1);
-        let from = (!previous.is_empty() && previous != self.node).then(|| previous.clone());
-        if !previous.is_empty() && previous != self.node {
-            let notice = redis_scripts::release_notice(location, &name);
-            let channel = redis_scripts::node_channel(&previous);
-            let sent = self
-                .con
-                .with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&notice).exec(c));
-            if sent.is_ok() {
-                ClusterStats::add(&self.stats.releases_sent, 1);
-            }
-        }
-        Ok(Some((ep, from.map(String::into_boxed_str))))
+        let from = (!previous.is_empty() && previous != self.node).then_some(previous);
+        Ok(Some((ep, from)))
     }
 }
