@@ -176,3 +176,23 @@ return {name, rec[1], rec[3] or ''}
 ",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The notices read back as written; one kind is never taken for the other, and
+    /// malformed ones are refused (names may hold spaces: the name is the rest).
+    #[test]
+    fn notices_read_back_as_written() {
+        let r = release_notice(42, "dev 1");
+        let u = unsubscribe_notice(42, "dev 1");
+        assert_eq!(parse_release_notice(&r), Some((42, "dev 1")));
+        assert_eq!(parse_unsubscribe_notice(&u), Some((42, "dev 1")));
+        assert_eq!(parse_unsubscribe_notice(&r), None);
+        assert_eq!(parse_release_notice(&u), None);
+        for bad in ["unsubscribe", "unsubscribe x dev", "unsubscribe 42", "unsubscribe -1 a"] {
+            assert_eq!(parse_unsubscribe_notice(bad), None, "{bad}");
+        }
+    }
+}
