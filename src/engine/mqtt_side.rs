@@ -126,14 +126,14 @@ impl MqttSide {
     /// `confirm` is due once the broker acknowledged every subscribe queued so far on
     /// the connection holding `filter` (the adoption's subscribe among them; one of a
     /// filter held already is acknowledged at once). A filter no connection of this
-    /// shard holds (unsubscribed already) confirms nothing: the other node gives its
-    /// kept subscription up at its deadline.
+    /// shard holds is another shard's, subscribed there before: due at once.
     pub(super) fn confirm_when_subscribed(&mut self, filter: &str, confirm: Confirm) {
         let filter = match self.share {
             Some(group) => format!("$share/{group}/{filter}"),
             None => filter.to_string(),
         };
         let Some((conn, barrier)) = self.client.subscription_barrier(&filter) else {
+            self.confirmed.push(confirm);
             return;
         };
         if self.confirms.len() >= MAX_CONFIRMS {

@@ -191,7 +191,12 @@ mod tests {
         assert_eq!(parse_unsubscribe_notice(&u), Some((42, "dev 1")));
         assert_eq!(parse_unsubscribe_notice(&r), None);
         assert_eq!(parse_release_notice(&u), None);
-        for bad in ["unsubscribe", "unsubscribe x dev", "unsubscribe 42", "unsubscribe -1 a"] {
+        for bad in [
+            "unsubscribe",
+            "unsubscribe x dev",
+            "unsubscribe 42",
+            "unsubscribe -1 a",
+        ] {
             assert_eq!(parse_unsubscribe_notice(bad), None, "{bad}");
         }
     }

@@ -200,17 +200,15 @@ impl Cluster {
 
     /// The registration `ep`, taken over from node `from`, was just subscribed (with
     /// per-endpoint subscriptions): once the broker acknowledged the subscribe, the I/O
-    /// side tells `from` to give its own up. Only when the filter's home is this shard
-    /// (the subscribe went out on its connections); otherwise `from` gives it up at its
-    /// deadline.
+    /// side tells `from` to give its own up. When the filter's home is another shard of
+    /// this node, its subscription was made there before (kept for an earlier handover,
+    /// or another registration's with the same mountpoint) and this shard's connections
+    /// do not hold it: the I/O side tells `from` at once.
     pub(super) fn adopted_from(&mut self, cx: &mut Cx<'_>, ep: &Endpoint, from: Box<str>) {
         if !cx.settings.per_endpoint_subscriptions {
             return;
         }
         let filter = cx.settings.command_filter(&ep.mountpoint);
-        if self.dir.sub_home_of(&filter) != Some(self.shard) {
-            return;
-        }
         cx.out.cluster.push(ClusterRequest::Subscribed {
             node: from,
             name: ep.name.clone(),

@@ -160,11 +160,13 @@ pub enum StoreChange {
 pub enum ClusterRequest {
     /// The registration `name` at `location`, taken over from node `node`, had its
     /// command filter `filter` subscribed (the `MqttOut::Subscribe` drained just before
-    /// this, on this shard's broker connections; none when the filter was in place
+    /// this, on this shard's broker connections, coalesced when the filter was held
     /// already). Node `node` keeps its own subscription of the filter meanwhile: once
     /// the broker acknowledged every subscribe queued up to here on the connection
     /// holding `filter`, tell it (`Input::ClusterUnsubscribe` there) to give its own
-    /// up. Nothing is answered to the core.
+    /// up; at once when no connection of this shard holds `filter` (its home is another
+    /// shard of this node, where it was subscribed before). Nothing is answered to the
+    /// core.
     Subscribed {
         node: Box<str>,
         name: Box<str>,
