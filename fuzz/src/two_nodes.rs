@@ -477,6 +477,18 @@ impl Nodes {
         self.check_heard();
     }
 
+    /// A node that let a registration go and holds its name again (taken back, or
+    /// registered anew there) owns the name's subscription again: the handover is over.
+    fn forget_handovers_of_held_names(&mut self) {
+        let nodes = &self.nodes;
+        self.let_go.retain(|(m, name, _)| {
+            !nodes[*m]
+                .cores
+                .iter()
+                .any(|c| c.endpoints().find_name(name).is_some())
+        });
+    }
+
     /// A name some node holds has a subscriber the broker delivers to (checked while no
     /// registration is on its way between a node's shards), but see [`exempt`](Self::exempt).
     pub fn check_heard(&self) {
@@ -502,11 +514,11 @@ impl Nodes {
     }
 
     /// A registration node `n` took over whose subscription awaits its SUBACK, which no
-    /// node let go on hearing a release: the node it was taken from had replaced it
-    /// (the device registered there again) before hearing of the take, and that newer
-    /// registration's end gave its subscription up. Not a handover: the device left
-    /// the registration taken over (out of the handover's scope; see `finish` on stale
-    /// records).
+    /// node let go on hearing a release (or the node that did registered the name again
+    /// since): the node it was taken from had a newer registration of the name (the
+    /// device registered there again), and that newer registration's end gave the
+    /// subscription up. Not a handover: the device left the registration taken over
+    /// (out of the handover's scope; see `finish` on stale records).
     fn exempt(&self, n: usize, name: &str, location: u64, filter: &str) -> bool {
         let awaiting = self.nodes[n].unacked.iter().any(|(_, f)| f == filter);
         let handed_over =
@@ -606,6 +618,7 @@ pub fn run_ops(data: &[u8]) -> Nodes {
             },
         }
         c.share_names();
+        c.forget_handovers_of_held_names();
         if settle {
             c.settle();
         }
