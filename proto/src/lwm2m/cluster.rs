@@ -19,6 +19,7 @@ use super::handover::{Handovers, Kept, HANDOVER_DEADLINE_MS};
 use super::identity::PeerIdentity;
 use super::output::{ClusterRequest, MqttOut, ShardMsg, Timer};
 use super::publish::name_hash;
+use super::settings::CoreSettings;
 
 /// How long a takeover from another shard may stay unanswered before a request for
 /// the registration asks again (the mailboxes normally answer within milliseconds;
@@ -185,12 +186,28 @@ impl Cluster {
         if self.dir.by_name(&kept.name).map(|e| e.location) == Some(location) {
             return;
         }
+        if !self.still_kept(cx.settings, &kept.mountpoint) {
+            return;
+        }
         self.release_subscription(cx, &kept.name, &kept.mountpoint, location);
     }
 
-    /// The mountpoints of the subscriptions kept for handovers.
-    pub(super) fn kept_mountpoints(&self) -> impl Iterator<Item = &str> {
-        self.handovers.mountpoints()
+    /// Whether the filter of a kept subscription is still subscribed here: a newer
+    /// registration of the name on this node owned it meanwhile, and its end gave it up
+    /// (the device registered here again, then left): nothing is kept any more.
+    fn still_kept(&self, settings: &CoreSettings, mountpoint: &str) -> bool {
+        let filter = settings.command_filter(mountpoint);
+        self.dir.sub_home_of(&filter).is_some()
+    }
+
+    /// The mountpoints of the subscriptions kept for handovers (and still subscribed).
+    pub(super) fn kept_mountpoints<'a>(
+        &'a self,
+        settings: &'a CoreSettings,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.handovers
+            .mountpoints()
+            .filter(move |m| self.still_kept(settings, m))
     }
 
     /// How many subscriptions are kept for handovers.

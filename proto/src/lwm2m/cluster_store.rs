@@ -111,6 +111,6 @@ impl ShardCore {
     /// The mountpoints of the command subscriptions this shard keeps for handovers
     /// (registrations other nodes took over, until their subscriptions are in place).
     pub fn kept_for_handover(&self) -> impl Iterator<Item = &str> {
-        self.cluster.kept_mountpoints()
+        self.cluster.kept_mountpoints(&self.settings)
     }
 }
