@@ -173,9 +173,17 @@ impl Cluster {
     /// The handover deadline of the subscription kept for `location`: given up now if it
     /// still is kept (the new node's notice never came).
     pub(super) fn handover_due(&mut self, cx: &mut Cx<'_>, location: u64) {
-        if let Some(kept) = self.handovers.due(cx.now, location) {
-            cx.stats.handovers_timed_out += 1;
-            self.give_up_kept(cx, kept, location);
+        match self.handovers.due(cx.now, location) {
+            Ok(kept) => {
+                cx.stats.handovers_timed_out += 1;
+                self.give_up_kept(cx, kept, location);
+            }
+            // Not due yet (the timer came early): armed again for its deadline.
+            Err(Some(until)) => {
+                let timer = Timer::HandoverDeadline { location };
+                cx.out.timers.push((until, timer));
+            }
+            Err(None) => {}
         }
     }
 

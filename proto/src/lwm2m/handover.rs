@@ -43,12 +43,14 @@ impl Handovers {
         }
     }
 
-    /// The kept subscription at `location` whose deadline passed by `now` (an older
-    /// timer of a subscription kept again later is not due yet).
-    pub(super) fn due(&mut self, now: u64, location: u64) -> Option<Kept> {
+    /// The kept subscription at `location` whose deadline passed by `now`; otherwise
+    /// the deadline of the one kept there, if any (a timer that came early, or an older
+    /// timer of a subscription kept again later: the caller arms it again).
+    pub(super) fn due(&mut self, now: u64, location: u64) -> Result<Kept, Option<u64>> {
         match self.kept.get(&location) {
-            Some(k) if k.until <= now => self.kept.remove(&location),
-            _ => None,
+            Some(k) if k.until <= now => Ok(self.kept.remove(&location).expect("found")),
+            Some(k) => Err(Some(k.until)),
+            None => Err(None),
         }
     }
 

@@ -10,7 +10,7 @@ use super::harness::*;
 use crate::coap::codes;
 use crate::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use crate::lwm2m::record;
-use crate::lwm2m::{ClusterRequest, Input, StoreChange};
+use crate::lwm2m::{ClusterRequest, Input, StoreChange, Timer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -372,11 +372,15 @@ fn moved_to_node_1(c: &mut Cluster) -> String {
 #[test]
 fn a_kept_subscription_is_given_up_at_the_deadline_without_the_new_nodes_notice() {
     let mut c = Cluster::new(2);
-    moved_to_node_1(&mut c);
+    let loc = moved_to_node_1(&mut c);
     let kept: Vec<&str> = c.nodes[0].cores[0].kept_for_handover().collect();
     assert_eq!(kept, ["lwm2m/dev/"]);
     // The notice is lost (or node 1 died before its SUBACK).
     c.confirms.clear();
+    // A deadline timer that comes early gives nothing up (and is armed again).
+    let location = loc_num(&loc);
+    c.nodes[0].input(0, Input::Timer(Timer::HandoverDeadline { location }));
+    assert!(c.nodes[0].subscriptions().1.is_empty(), "an early timer");
     c.nodes[0].advance(HANDOVER_DEADLINE_MS - 1);
     assert!(
         c.nodes[0].subscriptions().1.is_empty(),
