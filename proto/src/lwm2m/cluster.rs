@@ -141,6 +141,12 @@ impl Cluster {
     /// [`HANDOVER_DEADLINE_MS`] passed.
     pub(super) fn moved_away(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         self.dir.release(&ep.name, ep.location);
+        self.keep_for_handover(cx, ep);
+    }
+
+    /// The route and subscription of `ep`, which another node took over, are kept
+    /// (see [`moved_away`](Self::moved_away)).
+    fn keep_for_handover(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         if !cx.settings.per_endpoint_subscriptions {
             self.release_subscription(cx, &ep.name, &ep.mountpoint, ep.location);
             return;
@@ -427,9 +433,16 @@ impl Cluster {
 
     /// A superseded adopted registration (see [`adopt`](Self::adopt)): its location is
     /// forgotten and its command subscription released, unless the newer registration
-    /// uses the same mountpoint.
+    /// uses the same mountpoint. One that no registration of its name superseded was let
+    /// go in transit because another node took it over
+    /// ([`release_in_transit`](Self::release_in_transit)): its subscription is kept for
+    /// the handover, as for one released from the table.
     pub(super) fn forget_superseded(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         self.dir.forget_location(ep.location);
+        if cx.settings.shared_store && self.dir.by_name(&ep.name).is_none() {
+            self.keep_for_handover(cx, ep);
+            return;
+        }
         self.release_subscription(cx, &ep.name, &ep.mountpoint, ep.location);
     }
 

@@ -130,6 +130,7 @@ impl ShardCore {
                     .finish_session(cx!(self), &mut stale, "endpoint registered again");
                 if superseded {
                     self.cluster.forget_superseded(cx!(self), &stale);
+                    self.stats.handovers_pending = self.cluster.kept_len() as u64;
                 }
             }
             Adoption::Current => {
