@@ -402,6 +402,9 @@ impl Nodes {
             .iter()
             .filter(|(_, r)| r.2 == n)
             .map(|(name, (l, rec, _))| (name.clone(), (*l, rec.clone())));
+        // The subscriptions it kept for handovers end with the process (a known limit,
+        // docs/deployment.md): the registrations it let go are no longer handed over.
+        self.let_go.retain(|(m, ..)| *m != n);
         let w = &mut self.nodes[n];
         w.store = owned.collect();
         // A process draws a new location key at every start: the locations it hands
@@ -515,10 +518,11 @@ impl Nodes {
 
     /// A registration node `n` took over whose subscription awaits its SUBACK, which no
     /// node let go on hearing a release (or the node that did registered the name again
-    /// since): the node it was taken from had a newer registration of the name (the
-    /// device registered there again), and that newer registration's end gave the
-    /// subscription up. Not a handover: the device left the registration taken over
-    /// (out of the handover's scope; see `finish` on stale records).
+    /// since, or restarted): the node it was taken from had a newer registration of the
+    /// name (the device registered there again), and that newer registration's end gave
+    /// the subscription up, which is not a handover (the device left the registration
+    /// taken over; see `finish` on stale records); or the old node stopped during the
+    /// handover, taking its subscription with it (a known limit).
     fn exempt(&self, n: usize, name: &str, location: u64, filter: &str) -> bool {
         let awaiting = self.nodes[n].unacked.iter().any(|(_, f)| f == filter);
         let handed_over =
