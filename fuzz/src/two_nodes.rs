@@ -22,8 +22,10 @@
 //! expired, leaving the store empty.
 
 use super::*;
+use lwm2m_gateway::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use lwm2m_gateway::lwm2m::record;
 use lwm2m_gateway::lwm2m::{ClusterRequest, StoreChange};
+use std::collections::HashMap;
 
 /// The store as the Redis scripts keep it: name → (location, record, owner node),
 /// location → name.
@@ -97,8 +99,9 @@ pub struct Nodes {
     pub confirms: Vec<(usize, usize, String, u64)>,
     /// Unsubscribe notices heard.
     pub confirmed: u64,
-    /// Registrations a node let go on hearing a release: (node, name, location).
-    pub let_go: HashSet<(usize, String, u64)>,
+    /// Registrations a node let go on hearing a release: (node, name, location), with
+    /// the time it did.
+    pub let_go: HashMap<(usize, String, u64), u64>,
     pub next_req: u64,
     /// Registrations a node adopted from the store, and releases heard.
     pub adopted: u64,
@@ -120,7 +123,7 @@ impl Nodes {
             unsubscribes: Vec::new(),
             confirms: Vec::new(),
             confirmed: 0,
-            let_go: HashSet::new(),
+            let_go: HashMap::new(),
             next_req: 1,
             adopted: 0,
             released: 0,
@@ -229,7 +232,7 @@ impl Nodes {
         };
         core.handle(w.now, input);
         if core.stats().cluster_released != before {
-            self.let_go.insert((n, name, location));
+            self.let_go.insert((n, name, location), w.now);
         }
         let fx = w.collect();
         assert!(fx.replies.is_empty(), "a release sent a datagram");
@@ -404,7 +407,7 @@ impl Nodes {
             .map(|(name, (l, rec, _))| (name.clone(), (*l, rec.clone())));
         // The subscriptions it kept for handovers end with the process (a known limit,
         // docs/deployment.md): the registrations it let go are no longer handed over.
-        self.let_go.retain(|(m, ..)| *m != n);
+        self.let_go.retain(|(m, ..), _| *m != n);
         let w = &mut self.nodes[n];
         w.store = owned.collect();
         // A process draws a new location key at every start: the locations it hands
@@ -484,7 +487,7 @@ impl Nodes {
     /// registered anew there) owns the name's subscription again: the handover is over.
     fn forget_handovers_of_held_names(&mut self) {
         let nodes = &self.nodes;
-        self.let_go.retain(|(m, name, _)| {
+        self.let_go.retain(|(m, name, _), _| {
             !nodes[*m]
                 .cores
                 .iter()
@@ -522,11 +525,17 @@ impl Nodes {
     /// name (the device registered there again), and that newer registration's end gave
     /// the subscription up, which is not a handover (the device left the registration
     /// taken over; see `finish` on stale records); or the old node stopped during the
-    /// handover, taking its subscription with it (a known limit).
+    /// handover, taking its subscription with it, or its 10 s deadline passed before
+    /// the registration was taken in (e.g. a take whose adoption the core refused,
+    /// asked again later): the documented limits of the handover.
     fn exempt(&self, n: usize, name: &str, location: u64, filter: &str) -> bool {
         let awaiting = self.nodes[n].unacked.iter().any(|(_, f)| f == filter);
-        let handed_over =
-            (0..self.nodes.len()).any(|m| self.let_go.contains(&(m, name.to_string(), location)));
+        let now = self.nodes[n].now;
+        let handed_over = (0..self.nodes.len()).any(|m| {
+            self.let_go
+                .get(&(m, name.to_string(), location))
+                .is_some_and(|&at| now < at + HANDOVER_DEADLINE_MS)
+        });
         awaiting && !handed_over
     }
 
