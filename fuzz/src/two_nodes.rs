@@ -272,6 +272,10 @@ impl Nodes {
         let epoch = self.nodes[n].settings.clock_epoch_ms;
         let input = match self.store.take(n, location) {
             Some((name, rec, prev)) => {
+                // Taken back (or taken) by node `n`: a handover of the name from `n` is
+                // over, its newer registration owns the subscription (and may end at
+                // once, with the request the take held).
+                self.let_go.retain(|(m, k, _), _| *m != n || *k != name);
                 if prev != n {
                     self.releases.push((prev, name, location));
                 }
