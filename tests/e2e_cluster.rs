@@ -579,3 +579,155 @@ fn commands_reaching_a_node_that_does_not_hold_the_device_are_forwarded_to_its_n
     assert_eq!(sent, got);
     drop(device);
 }
+
+/// Publishes reads for `devices` in turn (QoS 1: each reached the broker) until `stop`;
+/// the reqIDs published, from 1 up.
+fn publish_reads_until(
+    broker: SocketAddr,
+    devices: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u32, String)>> {
+    std::thread::spawn(move || {
+        let mut mq = common::mqtt_client::MqttClient::connect(broker, "handover-publisher", true)
+            .expect("the publisher connects");
+        let mut sent = Vec::new();
+        let mut id = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for ep in &devices {
+                id += 1;
+                let json =
+                    format!(r#"{{"reqID":{id},"msgType":"read","data":{{"path":"/3/0/0"}}}}"#);
+                mq.publish(&format!("lwm2m/{ep}/dn/cmd"), json.as_bytes(), 1)
+                    .expect("a command published");
+                sent.push((id, ep.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    })
+}
+
+/// Devices move between two nodes (per-endpoint subscriptions, shared by the nodes)
+/// while an application publishes commands to them without pause: every command gets
+/// exactly one final message, none is lost in a move. The node a device left keeps its
+/// command subscription until the new node's SUBSCRIBE was acknowledged (the new node's
+/// unsubscribe notice), so the broker always has a subscriber for the device's commands;
+/// what the old node receives meanwhile it forwards to the new one.
+#[test]
+fn commands_published_while_devices_move_between_nodes_each_get_one_final_message() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    let a = node(&redis, broker.addr(), "hand-a");
+    let b = node(&redis, broker.addr(), "hand-b");
+    let mut app = common::app::App::new(&a, "handover-app");
+    let names: Vec<String> = (0..4).map(|i| format!("h{i}")).collect();
+    let mut devices = Vec::new();
+    for ep in &names {
+        let s = socket([127, 0, 0, 1], WAIT);
+        let loc = register(&s, a.udp, ep);
+        app.mq
+            .next_json(WAIT, |_, v| {
+                v["msgType"] == "register" && v["data"]["ep"] == ep.as_str()
+            })
+            .expect("the register message");
+        devices.push((loc, answer_requests(s, b"maker")));
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while names.iter().any(|ep| owner(&redis, ep).is_none()) {
+        assert!(std::time::Instant::now() < deadline, "the records in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = publish_reads_until(broker.addr(), names.clone(), stop.clone());
+    // Each device moves A → B → A → B (a new address each time: an Update there takes
+    // the registration over), with commands arriving all along.
+    let mut responders = Vec::new();
+    let mut mid = 100;
+    for (round, gw) in [b.udp, a.udp, b.udp].into_iter().enumerate() {
+        for (ep, (loc, _)) in names.iter().zip(&devices) {
+            let s = socket([127, 0, 0, 1], WAIT);
+            mid += 1;
+            assert_eq!(
+                update(&s, gw, loc, mid),
+                codes::CHANGED,
+                "{ep}, move {round}"
+            );
+            responders.push(answer_requests(s, b"maker"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = publisher.join().expect("the publisher");
+    assert!(sent.len() >= names.len() * 10, "{} commands", sent.len());
+    // Every command: exactly one final message.
+    let mut finals = std::collections::HashMap::<u32, Vec<String>>::new();
+    let is_final = |t: &str, v: &simd_json::OwnedValue| {
+        t.ends_with("/up/resp") && v["msgType"] == "read" && v["reqID"].as_u32().is_some()
+    };
+    while finals.len() < sent.len() {
+        let Some((t, v)) = app.mq.next_json(WAIT, is_final) else {
+            let missing: Vec<_> = sent
+                .iter()
+                .filter(|(id, _)| !finals.contains_key(id))
+                .collect();
+            panic!(
+                "{} of {} commands without a final message: {missing:?}\nnode A:\n{}\nnode B:\n{}",
+                missing.len(),
+                sent.len(),
+                a.log(),
+                b.log()
+            );
+        };
+        let id = v["reqID"].as_u32().expect("a reqID");
+        let ep = t.split('/').nth(1).unwrap_or_default().to_string();
+        let code = v["data"]["code"].as_str().unwrap_or("none").to_string();
+        finals.entry(id).or_default().push(format!("{ep} {code}"));
+    }
+    let late = app.mq.collect(usize::MAX, Duration::from_millis(500));
+    let extra: Vec<_> = late
+        .iter()
+        .filter(|(t, _)| t.ends_with("/up/resp"))
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(extra.is_empty(), "more final messages: {extra:?}");
+    for (id, ep) in &sent {
+        let got = &finals[id];
+        assert_eq!(got.len(), 1, "reqID {id}: {got:?}");
+        assert!(
+            got[0].starts_with(&format!("{ep} ")),
+            "reqID {id} for {ep}: {got:?}"
+        );
+    }
+    // Answered by the device, or ended with an error because their device moved while
+    // they were in flight (one final message still).
+    let answered = finals.values().filter(|f| f[0].ends_with(" 2.05")).count();
+    assert!(answered > 0, "none of {} answered: {finals:?}", sent.len());
+    // Each node kept the subscription of every registration taken from it until the
+    // other's was in place, and gave it up on the other's notice.
+    let moved_from_a = 2.0 * names.len() as f64;
+    let moved_from_b = names.len() as f64;
+    a.metrics_when(|m| {
+        m.sum("lwm2m_cluster_handovers_kept_total", &[]) == moved_from_a
+            && m.sum("lwm2m_cluster_handovers_confirmed_total", &[]) == moved_from_a
+            && m.sum("lwm2m_cluster_handovers_pending", &[]) == 0.0
+    });
+    b.metrics_when(|m| {
+        m.sum("lwm2m_cluster_handovers_kept_total", &[]) == moved_from_b
+            && m.sum("lwm2m_cluster_handovers_confirmed_total", &[]) == moved_from_b
+            && m.sum("lwm2m_cluster_unsubscribes_sent_total", &[]) == moved_from_a
+    });
+    assert_eq!(
+        a.metrics()
+            .sum("lwm2m_cluster_handovers_timed_out_total", &[]),
+        0.0
+    );
+    let forwarded = a.metrics().sum("lwm2m_cluster_forwards_sent_total", &[])
+        + b.metrics().sum("lwm2m_cluster_forwards_sent_total", &[]);
+    eprintln!(
+        "{} commands, {answered} answered by the device, {forwarded} forwarded by a node that had let the device go",
+        sent.len()
+    );
+    drop(devices);
+    drop(responders);
+}

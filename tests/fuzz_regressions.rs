@@ -552,7 +552,8 @@ fn core_endpoint_seeds_with_restarts() {
 
 /// `core_endpoint` with two nodes sharing a store (mode 0x20): dev-a registers on node 0,
 /// whose batch is written; its Update from a new address reaches node 1, which holds it
-/// and asks the store; the take answers it (2.04) and node 0 hears the release. A read
+/// and asks the store; the take answers it (2.04) and node 0 hears the release (keeping
+/// the subscription until node 1's is acknowledged, then told to let it go). A read
 /// published then reaches node 1 (the one subscriber of the filter) and is answered
 /// there, once.
 #[test]
@@ -563,6 +564,10 @@ fn core_two_nodes_take_over_a_moved_device() {
     .expect("seed");
     let c = checks::two_nodes::run_ops(&input);
     assert_eq!((c.adopted, c.released, c.unheard), (1, 1, 0));
+    // Node 0 kept dev-a's subscription until node 1's was acknowledged.
+    assert_eq!(c.confirmed, 1);
+    let kept = c.nodes[0].cores.iter().map(|k| k.stats().handovers_kept);
+    assert_eq!(kept.sum::<u64>(), 1);
     assert_eq!(c.store.regs["dev-a"].2, 1, "node 1 owns dev-a");
     let held = |n: usize| c.nodes[n].cores.iter().map(|k| k.endpoints().len()).sum();
     assert_eq!((held(0), held(1)), (0usize, 1usize));

@@ -947,6 +947,11 @@ pub struct World {
     pub unwritten: Vec<lwm2m_gateway::lwm2m::StoreChange>,
     /// The takes the shards asked for, with the shard that asked.
     pub takes: Vec<(usize, lwm2m_gateway::lwm2m::ClusterRequest)>,
+    /// (shard, filter): subscriptions sent to the broker and not acknowledged yet (a
+    /// node of several: those of a registration taken over from another node, while
+    /// `defer_acks` is set), which the broker delivers nothing to.
+    pub unacked: HashSet<(usize, String)>,
+    pub defer_acks: bool,
 }
 
 /// A command published to the core, and what came back for it.
@@ -1052,7 +1057,15 @@ impl World {
             shared: false,
             unwritten: Vec::new(),
             takes: Vec::new(),
+            unacked: HashSet::new(),
+            defer_acks: false,
         }
+    }
+
+    /// The broker acknowledged every subscription sent so far.
+    pub fn acknowledge(&mut self) {
+        let acked: Vec<_> = self.unacked.drain().collect();
+        self.subscribed.extend(acked);
     }
 
     /// The gateway stops cleanly and starts again on its store: everything in flight
@@ -1094,6 +1107,7 @@ impl World {
             .collect();
         self.timers.clear();
         self.subscribed.clear();
+        self.unacked.clear();
         self.takes.clear();
         for (name, (_, bytes)) in &self.store {
             let ep = lwm2m_gateway::lwm2m::record::decode(bytes, s.clock_epoch_ms)
@@ -1176,10 +1190,15 @@ impl World {
                 MqttOut::Subscribe { filter, .. } => {
                     // Its lane is the registration's (the connection of its register
                     // message); the shard that output it is its home.
-                    self.subscribed.insert((shard, filter));
+                    if self.defer_acks && !self.subscribed.contains(&(shard, filter.clone())) {
+                        self.unacked.insert((shard, filter));
+                    } else {
+                        self.subscribed.insert((shard, filter));
+                    }
                 }
                 MqttOut::Unsubscribe { filter, lane } => {
                     assert_eq!(lane as usize, shard, "an unsubscribe names another shard");
+                    self.unacked.remove(&(shard, filter.clone()));
                     self.subscribed.remove(&(shard, filter));
                 }
             }
@@ -1718,16 +1737,21 @@ impl World {
                 c.name
             );
         }
-        // Every current filter is held by exactly one shard, its home; nothing else is.
-        let held: HashSet<String> = self.subscribed.iter().map(|(_, f)| f.clone()).collect();
+        // Every current filter, and every one kept for a handover (a registration
+        // another node took over, until that node's subscription is in place), is held
+        // by exactly one shard, its home; nothing else is.
+        for c in &self.cores {
+            filters.extend(c.kept_for_handover().map(|m| format!("{m}dn/#")));
+        }
+        let subs = || self.subscribed.iter().chain(&self.unacked);
+        let held: HashSet<String> = subs().map(|(_, f)| f.clone()).collect();
         assert_eq!(held, filters, "subscriptions disagree with the tables");
-        for (shard, f) in &self.subscribed {
+        for (shard, f) in subs() {
             assert_eq!(
                 self.dir.sub_home_of(f),
                 Some(*shard as u16),
                 "{f} held by shard {shard}, not its home (held by {:?})",
-                self.subscribed
-                    .iter()
+                subs()
                     .filter(|(_, g)| g == f)
                     .map(|(s, _)| s)
                     .collect::<Vec<_>>()

@@ -2,20 +2,31 @@
 //! restarts): each node a [`World`] of its own (shards, directory, broker
 //! subscriptions), the store a model of the Redis scripts' semantics
 //! (`src/store/redis_scripts.rs`: PUT, REMOVE, TAKE, one at a time), and each node's I/O
-//! side as ops the fuzz bytes order: its store writer's batch, its cluster thread's takes
-//! and the release notices other nodes' takes and claims send it.
+//! side as ops the fuzz bytes order: its store writer's batch (and its broker's SUBACKs),
+//! its cluster thread's takes and the notices other nodes send it (a release after their
+//! take or claim; an unsubscribe once their subscription of a taken registration is
+//! acknowledged).
+//!
+//! The broker acknowledges the subscription of a registration taken over from another
+//! node only when the fuzz bytes say (the node's `write` op, or time passing: the model
+//! assumes a SUBACK within the handover deadline, and before a clean stop); until then it
+//! delivers nothing to it. Other subscriptions are acknowledged at once.
 //!
 //! Checks, beside each node's own (`World::check_always`, `check_quiescent`, one final
 //! message per command on the node that received it): no panic; every reply to a
-//! request a take held is a reply to it; once nothing is in flight anywhere, a name is
+//! request a take held is a reply to it; a command published for a name some node
+//! holds always finds a subscriber (the handover keeps the old node's subscription
+//! until the new node's is acknowledged); once nothing is in flight anywhere, a name is
 //! held by one node at most, the one the store names as its owner, at the store's
 //! location; and in the end every command got exactly one final message and everything
 //! expired, leaving the store empty.
 
 use super::*;
+use lwm2m_gateway::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use lwm2m_gateway::lwm2m::record;
 use lwm2m_gateway::lwm2m::ClusterRequest;
 use lwm2m_gateway::store::{Change, PendingChanges};
+use std::collections::HashMap;
 
 /// The store as the Redis scripts keep it: name → (location, record, owner node),
 /// location → name.
@@ -76,12 +87,22 @@ impl SharedStore {
     }
 }
 
-/// The nodes, their store, and the release notices on their way.
+/// The nodes, their store, and the notices on their way.
 pub struct Nodes {
     pub nodes: Vec<World>,
     pub store: SharedStore,
     /// Release notices not heard yet: (node, name, location).
     pub releases: Vec<(usize, String, u64)>,
+    /// Unsubscribe notices not heard yet: (node, name, location).
+    pub unsubscribes: Vec<(usize, String, u64)>,
+    /// Adoptions' confirmations waiting for their node's SUBACKs: (node that adopted,
+    /// node it was taken from, name, location).
+    pub confirms: Vec<(usize, usize, String, u64)>,
+    /// Unsubscribe notices heard.
+    pub confirmed: u64,
+    /// Registrations a node let go on hearing a release: (node, name, location), with
+    /// the time it did.
+    pub let_go: HashMap<(usize, String, u64), u64>,
     pub next_req: u64,
     /// Registrations a node adopted from the store, and releases heard.
     pub adopted: u64,
@@ -101,6 +122,10 @@ impl Nodes {
             nodes: (0..2).map(|n| World::node(shards, n as u64)).collect(),
             store: SharedStore::default(),
             releases: Vec::new(),
+            unsubscribes: Vec::new(),
+            confirms: Vec::new(),
+            confirmed: 0,
+            let_go: HashMap::new(),
             next_req: 1,
             adopted: 0,
             released: 0,
@@ -110,9 +135,30 @@ impl Nodes {
         }
     }
 
-    /// Node `n`'s store writer writes its batch, coalesced per name as the real writer
-    /// does ([`PendingChanges`]); the owners a claim replaced are told.
+    /// The broker acknowledged node `n`'s subscriptions: the confirmations waiting for
+    /// them go out as unsubscribe notices.
+    pub fn acknowledge(&mut self, n: usize) {
+        self.nodes[n].acknowledge();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirms)
+            .into_iter()
+            .partition(|c| c.0 == n);
+        self.confirms = waiting;
+        for (_, to, name, location) in due {
+            self.unsubscribes.push((to, name, location));
+        }
+    }
+
+    fn acknowledge_all(&mut self) {
+        for n in 0..self.nodes.len() {
+            self.acknowledge(n);
+        }
+    }
+
+    /// Node `n`'s store writer writes its batch (its broker connection read the SUBACKs
+    /// meanwhile), coalesced per name as the real writer does ([`PendingChanges`]); the
+    /// owners a claim replaced are told.
     pub fn write(&mut self, n: usize) {
+        self.acknowledge(n);
         let mut batch = PendingChanges::default();
         for c in std::mem::take(&mut self.nodes[n].unwritten) {
             batch.add(c);
@@ -141,6 +187,38 @@ impl Nodes {
         }
     }
 
+    /// Notice `i` of those on their way (releases, then unsubscribes) reaches its node.
+    pub fn hear_notice(&mut self, i: usize) {
+        let all = self.releases.len() + self.unsubscribes.len();
+        if all == 0 {
+            return;
+        }
+        let i = i % all;
+        if i < self.releases.len() {
+            self.hear_release(i);
+        } else {
+            self.hear_unsubscribe(i - self.releases.len());
+        }
+    }
+
+    /// Unsubscribe notice `i` reaches its node: to every shard, as the notice listener
+    /// does (the shard keeping the subscription acts).
+    fn hear_unsubscribe(&mut self, i: usize) {
+        let (n, name, location) = self.unsubscribes.remove(i);
+        if trace() {
+            eprintln!("  node {n} hears the unsubscribe of {name} at {location:x}");
+        }
+        let w = &mut self.nodes[n];
+        for core in &mut w.cores {
+            let name = name.as_str().into();
+            core.handle(w.now, Input::ClusterUnsubscribe { name, location });
+        }
+        let fx = w.collect();
+        assert!(fx.replies.is_empty(), "an unsubscribe sent a datagram");
+        assert_eq!(fx.publishes, 0, "an unsubscribe published");
+        self.confirmed += 1;
+    }
+
     /// Release notice `i` (of those on their way) reaches its node: to the shard its
     /// directory names for that registration, as the notice listener does.
     pub fn hear_release(&mut self, i: usize) {
@@ -160,8 +238,16 @@ impl Nodes {
         if trace() {
             eprintln!("  node {n} hears the release of {name} at {location:x}");
         }
-        let name = name.into();
-        w.cores[at.shard as usize].handle(w.now, Input::ClusterRelease { name, location });
+        let core = &mut w.cores[at.shard as usize];
+        let before = core.stats().cluster_released;
+        let input = Input::ClusterRelease {
+            name: name.as_str().into(),
+            location,
+        };
+        core.handle(w.now, input);
+        if core.stats().cluster_released != before {
+            self.let_go.insert((n, name, location), w.now);
+        }
         let fx = w.collect();
         assert!(fx.replies.is_empty(), "a release sent a datagram");
         assert_eq!(fx.publishes, 0, "a release published a register message");
@@ -177,15 +263,33 @@ impl Nodes {
     }
 
     fn take(&mut self, n: usize, shard: usize, r: ClusterRequest) {
-        let ClusterRequest::Take {
-            location,
-            peer,
-            datagram,
-            identity,
-        } = r;
+        let (location, peer, datagram, identity) = match r {
+            ClusterRequest::Take {
+                location,
+                peer,
+                datagram,
+                identity,
+            } => (location, peer, datagram, identity),
+            ClusterRequest::Subscribed {
+                node,
+                name,
+                location,
+                filter,
+            } => {
+                assert_eq!(filter, format!("lwm2m/{name}/dn/#"), "the filter confirmed");
+                let to: usize = node.parse().expect("a node of the model");
+                assert_ne!(to, n, "a confirmation to the node itself");
+                self.confirms.push((n, to, name.into(), location));
+                return;
+            }
+        };
         let epoch = self.nodes[n].settings.clock_epoch_ms;
         let input = match self.store.take(n, location) {
             Some((name, rec, prev)) => {
+                // Taken back (or taken) by node `n`: a handover of the name from `n` is
+                // over, its newer registration owns the subscription (and may end at
+                // once, with the request the take held).
+                self.let_go.retain(|(m, k, _), _| *m != n || *k != name);
                 if prev != n {
                     self.releases.push((prev, name, location));
                 }
@@ -196,6 +300,7 @@ impl Nodes {
                     peer,
                     datagram: datagram.clone(),
                     identity,
+                    from: (prev != n).then(|| prev.to_string().into()),
                 }
             }
             None => Input::ClusterMiss {
@@ -216,7 +321,10 @@ impl Nodes {
         let core = &w.cores[shard];
         let dup = core.stats().duplicates != dups;
         let proven = before || core.endpoints().find_peer(&peer).is_some();
+        // The subscription of a registration taken over waits for its SUBACK.
+        w.defer_acks = true;
         let fx = w.collect();
+        w.defer_acks = false;
         check_replies(&fx, peer, &datagram, dup, proven);
         if dup {
             assert_eq!(
@@ -244,6 +352,7 @@ impl Nodes {
             .filter(|&n| self.nodes[n].subscribed.iter().any(|(_, f)| *f == filter))
             .collect();
         let Some(&first) = subscribers.get(p as usize % subscribers.len().max(1)) else {
+            self.assert_unheld(&name);
             self.unheard += 1;
             return;
         };
@@ -259,8 +368,35 @@ impl Nodes {
         self.nodes[n].command(p as usize, id, &name, t, body, broken);
     }
 
-    /// The clock of every node moves forward.
+    /// A command for `name` found no subscriber: no node may hold `name` (but while
+    /// its registration is on its way between two shards of a node, whose
+    /// subscription stays at its home shard).
+    fn assert_unheld(&self, name: &str) {
+        for (n, w) in self.nodes.iter().enumerate() {
+            if !w.mailbox.is_empty() {
+                continue;
+            }
+            let held = w.cores.iter().any(|c| {
+                c.endpoints()
+                    .find_name(name)
+                    .and_then(|s| c.endpoints().get(s))
+                    .is_some_and(|ep| {
+                        let filter = format!("{}dn/#", ep.mountpoint);
+                        !self.exempt(n, name, ep.location, &filter)
+                    })
+            });
+            assert!(
+                !held,
+                "a command for {name}, held by node {n}, found no subscriber (subscribed: {:?}, unacknowledged: {:?})",
+                w.subscribed, w.unacked
+            );
+        }
+    }
+
+    /// The clock of every node moves forward (the broker acknowledged every
+    /// subscription before: a SUBACK comes within the handover deadline).
     pub fn advance(&mut self, ms: u64) {
+        self.acknowledge_all();
         for w in &mut self.nodes {
             w.advance(ms);
         }
@@ -269,8 +405,13 @@ impl Nodes {
     /// Node `n` stops cleanly (its shards drained, its writer's batch written, the
     /// release notices for it heard) and starts again on the records it owns.
     pub fn restart(&mut self, n: usize) {
+        // A clean stop takes longer than the other node's SUBACK.
+        self.acknowledge_all();
         self.nodes[n].deliver_all();
         self.write(n);
+        while let Some(i) = self.unsubscribes.iter().position(|r| r.0 == n) {
+            self.hear_unsubscribe(i);
+        }
         while let Some(i) = self.releases.iter().position(|r| r.0 == n) {
             self.hear_release(i);
             self.nodes[n].deliver_all();
@@ -282,6 +423,9 @@ impl Nodes {
             .iter()
             .filter(|(_, r)| r.2 == n)
             .map(|(name, (l, rec, _))| (name.clone(), (*l, rec.clone())));
+        // The subscriptions it kept for handovers end with the process (a known limit,
+        // docs/deployment.md): the registrations it let go are no longer handed over.
+        self.let_go.retain(|(m, ..), _| *m != n);
         let w = &mut self.nodes[n];
         w.store = owned.collect();
         // A process draws a new location key at every start: the locations it hands
@@ -293,9 +437,12 @@ impl Nodes {
         w.store.clear();
     }
 
-    /// Nothing in flight: no shard message, batch, take or release notice.
+    /// Nothing in flight: no shard message, batch, take, SUBACK, confirmation or notice.
     pub fn idle(&self) -> bool {
         self.releases.is_empty()
+            && self.unsubscribes.is_empty()
+            && self.confirms.is_empty()
+            && self.nodes.iter().all(|w| w.unacked.is_empty())
             && self
                 .nodes
                 .iter()
@@ -313,6 +460,9 @@ impl Nodes {
             }
             while !self.releases.is_empty() {
                 self.hear_release(0);
+            }
+            while !self.unsubscribes.is_empty() {
+                self.hear_unsubscribe(0);
             }
             rounds += 1;
             assert!(rounds < 1_000, "the nodes never settle");
@@ -348,6 +498,63 @@ impl Nodes {
         if self.idle() {
             self.check_one_owner();
         }
+        self.check_heard();
+    }
+
+    /// A node that let a registration go and holds its name again (taken back, or
+    /// registered anew there) owns the name's subscription again: the handover is over.
+    fn forget_handovers_of_held_names(&mut self) {
+        let nodes = &self.nodes;
+        self.let_go.retain(|(m, name, _), _| {
+            !nodes[*m]
+                .cores
+                .iter()
+                .any(|c| c.endpoints().find_name(name).is_some())
+        });
+    }
+
+    /// A name some node holds has a subscriber the broker delivers to (checked while no
+    /// registration is on its way between a node's shards), but see [`exempt`](Self::exempt).
+    pub fn check_heard(&self) {
+        if self.nodes.iter().any(|w| !w.mailbox.is_empty()) {
+            return;
+        }
+        for (n, w) in self.nodes.iter().enumerate() {
+            for c in &w.cores {
+                for (_, ep) in c.endpoints().slots() {
+                    let filter = format!("{}dn/#", ep.mountpoint);
+                    let heard = self
+                        .nodes
+                        .iter()
+                        .any(|v| v.subscribed.iter().any(|(_, f)| *f == filter));
+                    assert!(
+                        heard || self.exempt(n, &ep.name, ep.location, &filter),
+                        "{} (held by node {n}) has no subscriber the broker delivers to",
+                        ep.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// A registration node `n` took over whose subscription awaits its SUBACK, which no
+    /// node let go on hearing a release (or the node that did registered the name again
+    /// since, or restarted): the node it was taken from had a newer registration of the
+    /// name (the device registered there again), and that newer registration's end gave
+    /// the subscription up, which is not a handover (the device left the registration
+    /// taken over; see `finish` on stale records); or the old node stopped during the
+    /// handover, taking its subscription with it, or its 10 s deadline passed before
+    /// the registration was taken in (e.g. a take whose adoption the core refused,
+    /// asked again later): the documented limits of the handover.
+    fn exempt(&self, n: usize, name: &str, location: u64, filter: &str) -> bool {
+        let awaiting = self.nodes[n].unacked.iter().any(|(_, f)| f == filter);
+        let now = self.nodes[n].now;
+        let handed_over = (0..self.nodes.len()).any(|m| {
+            self.let_go
+                .get(&(m, name.to_string(), location))
+                .is_some_and(|&at| now < at + HANDOVER_DEADLINE_MS)
+        });
+        awaiting && !handed_over
     }
 
     /// With nothing in flight: a name is held by one node at most, the store's owner
@@ -436,12 +643,13 @@ pub fn run_ops(data: &[u8]) -> Nodes {
                 1 => c.run_takes(n),
                 2 => {
                     let i = r.u8() as usize;
-                    c.hear_release(i);
+                    c.hear_notice(i);
                 }
                 _ => c.restart(n),
             },
         }
         c.share_names();
+        c.forget_handovers_of_held_names();
         if settle {
             c.settle();
         }
@@ -475,9 +683,16 @@ pub fn finish(c: &mut Nodes) {
         }
         assert_eq!(w.dir.len(), 0, "directory keeps expired names");
         assert!(
-            w.subscribed.is_empty(),
+            w.subscribed.is_empty() && w.unacked.is_empty(),
             "subscriptions outlive the endpoints"
         );
+        for core in &w.cores {
+            assert_eq!(
+                core.kept_for_handover().count(),
+                0,
+                "subscriptions kept for handovers outlive their deadline"
+            );
+        }
         assert_eq!(
             w.dir.sub_homes(),
             0,

@@ -8,8 +8,10 @@
 //!   TAKE script: it becomes this node's), hands it to the shard that asked, and tells
 //!   the node that held it;
 //! - `notices.rs`, the `cluster-notices` thread: this node's pub/sub channel, where the
-//!   other nodes say which registrations they took from it; each is handed to the shard
-//!   holding it, which lets it go silently;
+//!   other nodes say which registrations they took from it (each is handed to the shard
+//!   holding it, which lets it go silently but keeps its command subscription) and,
+//!   once their own subscription of its commands is in place, that the kept one may go
+//!   (handed to every shard);
 //! - `view.rs`: the management API's reads of every node's registrations.
 
 mod notices;
@@ -27,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What the cluster side hands a shard's core (as `Input::ClusterAdopt`, `ClusterMiss`,
-/// `ClusterRelease`).
+/// `ClusterRelease`, `ClusterUnsubscribe`).
 #[derive(Debug)]
 pub enum ClusterAnswer {
     Adopt {
@@ -35,6 +37,8 @@ pub enum ClusterAnswer {
         peer: SocketAddr,
         datagram: Vec<u8>,
         identity: Option<Arc<PeerIdentity>>,
+        /// The node it was taken from (None: nobody, or this node).
+        from: Option<Box<str>>,
     },
     Miss {
         location: u64,
@@ -43,6 +47,11 @@ pub enum ClusterAnswer {
         identity: Option<Arc<PeerIdentity>>,
     },
     Release {
+        name: Box<str>,
+        location: u64,
+    },
+    /// The node that took `name` at `location` over has its subscription in place.
+    Unsubscribe {
         name: Box<str>,
         location: u64,
     },

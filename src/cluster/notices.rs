@@ -1,7 +1,9 @@
 //! The `cluster-notices` thread: this node's pub/sub channel. Another node that took
 //! a registration over says so here; the shard holding it lets it go, unless this node
 //! took it back since (two nodes that took it in turn each hear of the other's take:
-//! the older notice must not end the newer adoption).
+//! the older notice must not end the newer adoption). That node says again once its
+//! own subscription of the registration's commands is in place: the subscription kept
+//! here for the handover goes (every shard is told; the one keeping it acts).
 
 use super::{ClusterAnswer, ClusterStats, Deliver};
 use crate::lwm2m::Directory;
@@ -27,6 +29,8 @@ pub(super) struct Listener {
     pub(super) dir: Arc<Directory>,
     pub(super) deliver: Deliver,
     pub(super) stats: Arc<ClusterStats>,
+    /// How many shards this node has (an unsubscribe notice goes to each).
+    pub(super) shards: u16,
 }
 
 impl Listener {
@@ -70,6 +74,16 @@ impl Listener {
             return;
         }
         let text = std::str::from_utf8(payload).unwrap_or("");
+        if let Some((location, name)) = redis_scripts::parse_unsubscribe_notice(text) {
+            ClusterStats::add(&self.stats.unsubscribes_received, 1);
+            // The shard that kept the subscription is not in the directory any more
+            // (the registration left it): each shard looks at its own.
+            for shard in 0..self.shards {
+                let name = name.into();
+                (self.deliver)(shard, ClusterAnswer::Unsubscribe { name, location });
+            }
+            return;
+        }
         let Some((location, name)) = redis_scripts::parse_release_notice(text) else {
             tracing::warn!(payload = %String::from_utf8_lossy(payload), "an unknown cluster notice");
             return;

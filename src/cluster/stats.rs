@@ -21,6 +21,14 @@ pub struct ClusterStats {
     pub forwards_received: AtomicU64,
     /// Commands for endpoints no node holds (answered here as unknown).
     pub forwards_unowned: AtomicU64,
+    /// Notices sent to the nodes registrations were taken from that this node's
+    /// subscription of their commands is in place (their kept one may go).
+    pub unsubscribes_sent: AtomicU64,
+    /// Such notices not sent (the cluster queue full, Redis unreachable): the other node
+    /// gives its kept subscription up at its deadline.
+    pub unsubscribes_unsent: AtomicU64,
+    /// Such notices received from other nodes.
+    pub unsubscribes_received: AtomicU64,
     /// The cluster side's Redis connections are down.
     unreachable: AtomicBool,
 }

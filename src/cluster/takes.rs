@@ -34,6 +34,13 @@ enum Job {
         payload: Vec<u8>,
         expiry_s: Option<u32>,
     },
+    /// Node `node` may give up the subscription it kept for `name` at `location`
+    /// (this node's is in place).
+    Unsubscribe {
+        node: Box<str>,
+        name: Box<str>,
+        location: u64,
+    },
 }
 
 /// A shard's handle on the cluster thread: never blocks.
@@ -53,7 +60,7 @@ impl ClusterSender {
                 ClusterStats::add(&self.stats.take_failures, 1);
                 match j {
                     Job::Core(r) => Err(r),
-                    Job::Forward { .. } => unreachable!("sent a take"),
+                    _ => unreachable!("sent a take"),
                 }
             }
         }
@@ -79,8 +86,22 @@ impl ClusterSender {
             Ok(()) => Ok(()),
             Err(TrySendError::Full((_, j)) | TrySendError::Disconnected((_, j))) => match j {
                 Job::Forward { topic, payload, .. } => Err((topic, payload)),
-                Job::Core(_) => unreachable!("sent a forward"),
+                _ => unreachable!("sent a forward"),
             },
+        }
+    }
+
+    /// Queues the notice to node `node` that this node's subscription of `name`'s
+    /// commands is in place (the broker acknowledged it). A full queue drops it,
+    /// counted: that node gives its kept subscription up at its deadline.
+    pub fn unsubscribe_elsewhere(&self, node: Box<str>, name: Box<str>, location: u64) {
+        let job = Job::Unsubscribe {
+            node,
+            name,
+            location,
+        };
+        if self.tx.try_send((0, job)).is_err() {
+            ClusterStats::add(&self.stats.unsubscribes_unsent, 1);
         }
     }
 }
@@ -109,12 +130,13 @@ struct Worker {
 }
 
 impl ClusterSide {
-    /// Starts the threads of node `node` on the Redis at `url`; answers go through
-    /// `deliver`, notices to the shard the directory names.
+    /// Starts the threads of node `node` (of `shards` shards) on the Redis at `url`;
+    /// answers go through `deliver`, notices to the shard the directory names.
     pub fn start(
         url: &str,
         node: &str,
         epoch_ms: u64,
+        shards: u16,
         dir: Arc<Directory>,
         deliver: Deliver,
     ) -> Result<ClusterSide, StoreError> {
@@ -147,6 +169,7 @@ impl ClusterSide {
             dir,
             deliver,
             stats: stats.clone(),
+            shards,
         };
         let s = stop.clone();
         let t2 = std::thread::Builder::new()
@@ -222,6 +245,11 @@ impl Worker {
                 payload,
                 expiry_s,
             } => return self.forward(shard, &name, topic, payload, expiry_s),
+            Job::Unsubscribe {
+                node,
+                name,
+                location,
+            } => return self.unsubscribe_at(&node, &name, location),
         };
         self.take_for(shard, r, true);
     }
@@ -231,7 +259,9 @@ impl Worker {
     /// once more (the registration may be on its way to Redis from the node where it was
     /// just made), unless too many wait already.
     fn take_for(&mut self, shard: u16, r: ClusterRequest, first: bool) {
-        let ClusterRequest::Take { location, .. } = r;
+        let ClusterRequest::Take { location, .. } = r else {
+            return; // `Subscribed` stays on the shard (`MqttSide::confirm_when_subscribed`).
+        };
         let found = self.take(location);
         if first && matches!(found, Ok(None)) && self.retries.len() < QUEUE_CAPACITY {
             let due = Instant::now() + MISS_RETRY_AFTER;
@@ -243,14 +273,24 @@ impl Worker {
             peer,
             datagram,
             identity,
-        } = r;
+        } = r
+        else {
+            return;
+        };
+        let mut release = None;
         let answer = match found {
-            Ok(Some(endpoint)) => ClusterAnswer::Adopt {
-                endpoint: Box::new(endpoint),
-                peer,
-                datagram,
-                identity,
-            },
+            Ok(Some((endpoint, from))) => {
+                if let Some(from) = &from {
+                    release = Some((from.clone(), endpoint.name.clone()));
+                }
+                ClusterAnswer::Adopt {
+                    endpoint: Box::new(endpoint),
+                    peer,
+                    datagram,
+                    identity,
+                    from: from.map(String::into_boxed_str),
+                }
+            }
             Ok(None) => {
                 ClusterStats::add(&self.stats.take_misses, 1);
                 ClusterAnswer::Miss {
@@ -272,6 +312,9 @@ impl Worker {
             }
         };
         (self.deliver)(shard, answer);
+        if let Some((node, name)) = release {
+            self.tell_released(&node, location, &name);
+        }
     }
 
     /// Publishes the command on the channel of the node holding `name`; when none does
@@ -315,9 +358,43 @@ impl Worker {
         (self.deliver)(shard, back);
     }
 
-    /// Runs TAKE for `location`: the registration there, now this node's (its previous
-    /// owner told), or None when there is none.
-    fn take(&mut self, location: u64) -> Result<Option<crate::lwm2m::endpoint::Endpoint>, String> {
+    /// Tells node `node` that this node took `name` at `location` over (after the
+    /// adoption went to the shard's mailbox: a command the old node forwards on
+    /// hearing it finds the adoption ahead of it when both go to one shard).
+    fn tell_released(&mut self, node: &str, location: u64, name: &str) {
+        let notice = redis_scripts::release_notice(location, name);
+        let channel = redis_scripts::node_channel(node);
+        let sent = self
+            .con
+            .with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&notice).exec(c));
+        if sent.is_ok() {
+            ClusterStats::add(&self.stats.releases_sent, 1);
+        }
+    }
+
+    /// Publishes on node `node`'s channel that this node's subscription of `name`'s
+    /// commands is in place. Not delivered (Redis unreachable, nobody listening): that
+    /// node gives its kept subscription up at its deadline.
+    fn unsubscribe_at(&mut self, node: &str, name: &str, location: u64) {
+        let notice = redis_scripts::unsubscribe_notice(location, name);
+        let channel = redis_scripts::node_channel(node);
+        let sent = self
+            .con
+            .with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&notice).exec(c));
+        let counter = match sent {
+            Ok(()) => &self.stats.unsubscribes_sent,
+            Err(_) => &self.stats.unsubscribes_unsent,
+        };
+        ClusterStats::add(counter, 1);
+    }
+
+    /// Runs TAKE for `location`: the registration there, now this node's, with its
+    /// previous owner when it was another node (to be told, [`tell_released`](Self::tell_released));
+    /// None when there is none.
+    fn take(
+        &mut self,
+        location: u64,
+    ) -> Result<Option<(crate::lwm2m::endpoint::Endpoint, Option<String>)>, String> {
         let (take, node) = (&self.take, &self.node);
         let found = self.con.with(|c| {
             take.key(redis_scripts::loc_key(location))
@@ -342,16 +419,7 @@ impl Worker {
         let ep = record::decode(&rec, self.epoch_ms)
             .map_err(|e| format!("the record of {name:?} in Redis: {e}"))?;
         ClusterStats::add(&self.stats.takeovers, 1);
-        if !previous.is_empty() && previous != self.node {
-            let notice = redis_scripts::release_notice(location, &name);
-            let channel = redis_scripts::node_channel(&previous);
-            let sent = self
-                .con
-                .with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&notice).exec(c));
-            if sent.is_ok() {
-                ClusterStats::add(&self.stats.releases_sent, 1);
-            }
-        }
-        Ok(Some(ep))
+        let from = (!previous.is_empty() && previous != self.node).then_some(previous);
+        Ok(Some((ep, from)))
     }
 }

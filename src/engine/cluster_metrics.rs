@@ -59,10 +59,46 @@ pub(super) fn write_cluster(c: &ClusterStats, snaps: &[CoreStats], w: &mut Write
             "Registrations let go (silently) because another node took them over.",
             sum(|s| s.cluster_released),
         ),
+        (
+            "lwm2m_cluster_handovers_kept_total",
+            "Command subscriptions of registrations another node took over, kept until that node's own subscription is in place.",
+            sum(|s| s.handovers_kept),
+        ),
+        (
+            "lwm2m_cluster_handovers_confirmed_total",
+            "Kept subscriptions given up because the new node said its subscription was in place.",
+            sum(|s| s.handovers_confirmed),
+        ),
+        (
+            "lwm2m_cluster_handovers_timed_out_total",
+            "Kept subscriptions given up at the deadline (10 s) without the new node's notice.",
+            sum(|s| s.handovers_timed_out),
+        ),
+        (
+            "lwm2m_cluster_unsubscribes_sent_total",
+            "Notices sent to the node a registration was taken from once this node's subscription was acknowledged.",
+            S::get(&c.unsubscribes_sent),
+        ),
+        (
+            "lwm2m_cluster_unsubscribes_unsent_total",
+            "Such notices that could not be sent (the other node gives its subscription up at its deadline).",
+            S::get(&c.unsubscribes_unsent),
+        ),
+        (
+            "lwm2m_cluster_unsubscribes_received_total",
+            "Such notices received from other nodes.",
+            S::get(&c.unsubscribes_received),
+        ),
     ];
     for (name, help, v) in counters {
         w.counter(name, help, &[], v);
     }
+    w.gauge(
+        "lwm2m_cluster_handovers_pending",
+        "Command subscriptions kept for handovers now.",
+        &[],
+        sum(|s| s.handovers_pending),
+    );
     w.gauge(
         "lwm2m_cluster_redis_up",
         "1 while the cluster side's Redis connection answers, 0 while it does not.",

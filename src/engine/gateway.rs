@@ -489,7 +489,15 @@ fn start_cluster(
         }
     });
     let node = cfg.cluster.node_name();
-    let side = ClusterSide::start(&cfg.store.url, &node, epoch_ms, dir.clone(), deliver)?;
+    let shards = senders.len() as u16;
+    let side = ClusterSide::start(
+        &cfg.store.url,
+        &node,
+        epoch_ms,
+        shards,
+        dir.clone(),
+        deliver,
+    )?;
     tracing::info!(%node, url = %cfg.store.url, "cluster side up");
     Ok(Some(side))
 }

@@ -59,7 +59,26 @@ pub(super) struct MqttSide {
     /// (`[store] kind = "redis"`: the nodes of a cluster share each filter, and the broker
     /// delivers each command to one of them).
     share: Option<&'static str>,
+    /// Confirmations waiting for SUBACKs: the connection holding the filter, what its
+    /// SUBACK gate must have acknowledged, and the notice (oldest first).
+    confirms: std::collections::VecDeque<(usize, u64, Confirm)>,
+    /// Those whose subscriptions are acknowledged, for [`take_confirmed`](Self::take_confirmed).
+    confirmed: Vec<Confirm>,
 }
+
+/// A notice for the node a registration was taken from, due once the broker acknowledged
+/// the subscription of the registration's command filter here (`ClusterRequest::
+/// Subscribed`): that node then gives up the subscription it kept for the handover.
+#[derive(Debug)]
+pub(crate) struct Confirm {
+    pub node: Box<str>,
+    pub name: Box<str>,
+    pub location: u64,
+}
+
+/// Confirmations waiting at most (the oldest go first: their node gives its kept
+/// subscription up at its deadline anyway).
+const MAX_CONFIRMS: usize = 65_536;
 
 /// The shared-subscription group of every node of a cluster.
 pub(super) const SHARE_GROUP: &str = "lwm2m-gateway";
@@ -99,7 +118,43 @@ impl MqttSide {
             congested: false,
             events: None,
             share: None,
+            confirms: Default::default(),
+            confirmed: Vec::new(),
         }
+    }
+
+    /// `confirm` is due once the broker acknowledged every subscribe queued so far on
+    /// the connection holding `filter` (the adoption's subscribe among them; one of a
+    /// filter held already is acknowledged at once). A filter no connection of this
+    /// shard holds is another shard's, subscribed there before: due at once.
+    pub(super) fn confirm_when_subscribed(&mut self, filter: &str, confirm: Confirm) {
+        let filter = match self.share {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter.to_string(),
+        };
+        let Some((conn, barrier)) = self.client.subscription_barrier(&filter) else {
+            self.confirmed.push(confirm);
+            return;
+        };
+        if self.confirms.len() >= MAX_CONFIRMS {
+            self.confirms.pop_front();
+        }
+        self.confirms.push_back((conn, barrier, confirm));
+    }
+
+    /// The confirmations whose subscriptions the broker acknowledged since the last call.
+    pub(super) fn take_confirmed(&mut self) -> std::vec::Drain<'_, Confirm> {
+        let client = &self.client;
+        let mut waiting = std::collections::VecDeque::with_capacity(self.confirms.len());
+        for (conn, barrier, c) in self.confirms.drain(..) {
+            if client.subscribed_through(conn, barrier) {
+                self.confirmed.push(c);
+            } else {
+                waiting.push_back((conn, barrier, c));
+            }
+        }
+        self.confirms = waiting;
+        self.confirmed.drain(..)
     }
 
     /// Subscribes command filters as shared subscriptions of `group`.

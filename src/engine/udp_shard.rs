@@ -6,11 +6,11 @@
 use super::backlog::{Backlog, Sent};
 use super::dtls_side::{DtlsSide, DTLS};
 use super::mail::{ShardMail, ShardTimer};
-use super::mqtt_side::MqttSide;
+use super::mqtt_side::{Confirm, MqttSide};
 use super::router::CommandRouter;
 use crate::auth::AuthService;
 use crate::lwm2m::command::Arrival;
-use crate::lwm2m::{CoreStats, Input, Output, RoutedCommand, ShardCore, ShardMsg};
+use crate::lwm2m::{ClusterRequest, CoreStats, Input, Output, RoutedCommand, ShardCore, ShardMsg};
 use crate::objects::SharedRegistry;
 use mio::net::UdpSocket;
 use netio::{RecvBatch, SendBatch};
@@ -200,6 +200,23 @@ impl UdpShard {
                         s.send(c);
                     }
                 }
+                // The node it was taken from is told once the broker acknowledged the
+                // subscribe drained before this (see `MqttSide::confirm_when_subscribed`).
+                Output::Cluster(ClusterRequest::Subscribed {
+                    node,
+                    name,
+                    location,
+                    filter,
+                }) => {
+                    if cluster.is_some() {
+                        let confirm = Confirm {
+                            node,
+                            name,
+                            location,
+                        };
+                        mqtt.confirm_when_subscribed(&filter, confirm);
+                    }
+                }
                 Output::Cluster(r) => {
                     let refused = match cluster {
                         Some(c) => c.send(me, r).err(),
@@ -222,12 +239,15 @@ impl UdpShard {
             }
             for r in missed {
                 // The cluster thread's queue is full: answered as a miss now.
-                let crate::lwm2m::ClusterRequest::Take {
+                let ClusterRequest::Take {
                     location,
                     peer,
                     datagram,
                     identity,
-                } = r;
+                } = r
+                else {
+                    continue;
+                };
                 let miss = Input::ClusterMiss {
                     location,
                     peer,
@@ -580,6 +600,11 @@ impl ShardApp for UdpShard {
             self.mqtt.begin_stop(now_ms, MQTT_FLUSH_MS);
         }
         self.mqtt.turn(now_ms, timers);
+        if let Some(c) = &self.cluster {
+            for confirm in self.mqtt.take_confirmed() {
+                c.unsubscribe_elsewhere(confirm.node, confirm.name, confirm.location);
+            }
+        }
         if let Some(on) = self.mqtt.congestion() {
             self.core.handle(now_ms, Input::MqttCongested(on));
         }
@@ -607,11 +632,13 @@ fn cluster_input(a: crate::cluster::ClusterAnswer) -> Input<'static> {
             peer,
             datagram,
             identity,
+            from,
         } => Input::ClusterAdopt {
             endpoint,
             peer,
             datagram,
             identity,
+            from,
         },
         ClusterAnswer::Miss {
             location,
@@ -625,6 +652,9 @@ fn cluster_input(a: crate::cluster::ClusterAnswer) -> Input<'static> {
             identity,
         },
         ClusterAnswer::Release { name, location } => Input::ClusterRelease { name, location },
+        ClusterAnswer::Unsubscribe { name, location } => {
+            Input::ClusterUnsubscribe { name, location }
+        }
         ClusterAnswer::Command { .. } => unreachable!("handled by on_message"),
     }
 }

@@ -171,6 +171,21 @@ impl MqttClient {
         }
     }
 
+    /// The connection holding `filter` (subscribed, or about to be) and the point its
+    /// SUBACK gate must reach for every subscribe queued on it so far to be acknowledged
+    /// ([`subscribed_through`](Self::subscribed_through)); None when no connection holds it.
+    pub fn subscription_barrier(&self, filter: &str) -> Option<(usize, u64)> {
+        let i = self.holder_hashed(filter, self.holders.hash(filter))?;
+        Some((i, self.conns[i].gate.barrier()))
+    }
+
+    /// Whether connection `conn`'s subscribes up to `barrier` are acknowledged by the
+    /// broker (after a reconnect: the whole set subscribed again). An unknown connection:
+    /// false.
+    pub fn subscribed_through(&self, conn: usize, barrier: u64) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.gate.open(barrier))
+    }
+
     /// The connection that holds `filter` (subscribed, or about to be), if any.
     #[cfg(test)]
     fn holder(&self, filter: &str) -> Option<usize> {
@@ -474,6 +489,46 @@ mod tests {
         assert!(!fresh.conns[0].gate.open(held), "register message waits");
         let free = fresh.conns[1].pending.front().unwrap().after_sub;
         assert!(fresh.conns[1].gate.open(free));
+    }
+
+    /// A handover's confirmation waits for the SUBACK of the filter it follows, on the
+    /// connection holding the filter (wherever its lane would put it), and not for
+    /// another connection's; a filter nobody holds has no barrier.
+    #[test]
+    fn a_subscription_barrier_is_passed_once_its_subacks_arrived() {
+        let mut c = offline_client(2);
+        assert_eq!(c.subscription_barrier("lwm2m/a/dn/#"), None);
+        c.accept(Outbound::Subscribe {
+            lane: 1,
+            filter: "lwm2m/a/dn/#".into(),
+            qos: 1,
+        });
+        c.accept(Outbound::Subscribe {
+            lane: 0,
+            filter: "lwm2m/b/dn/#".into(),
+            qos: 1,
+        });
+        let (conn, barrier) = c.subscription_barrier("lwm2m/a/dn/#").expect("held");
+        assert_eq!(conn, 1);
+        assert!(!c.subscribed_through(conn, barrier), "not sent yet");
+        c.conns[1].gate.sent([7]);
+        assert!(!c.subscribed_through(conn, barrier), "sent, no SUBACK");
+        c.conns[1].gate.acked(7);
+        assert!(c.subscribed_through(conn, barrier));
+        assert!(!c.subscribed_through(9, 0), "no such connection");
+        // A filter held already: its barrier is what its connection has acknowledged.
+        c.accept(Outbound::Subscribe {
+            lane: 0,
+            filter: "lwm2m/a/dn/#".into(),
+            qos: 1,
+        });
+        let (again, b2) = c.subscription_barrier("lwm2m/a/dn/#").expect("held");
+        assert_eq!(again, 1, "a filter stays on its connection");
+        c.conns[1].gate.sent([]);
+        assert!(
+            c.subscribed_through(again, b2),
+            "coalesced: nothing to wait for"
+        );
     }
 
     /// The broker's name does not resolve and the connection is given no address at

@@ -49,6 +49,19 @@ pub fn parse_release_notice(notice: &str) -> Option<(u64, &str)> {
     Some((location.parse().ok()?, name))
 }
 
+/// The notice that the node which took the registration `name` at `location` over has
+/// its command subscription in place: the one kept for the handover may go.
+pub fn unsubscribe_notice(location: u64, name: &str) -> String {
+    format!("unsubscribe {location} {name}")
+}
+
+/// An unsubscribe notice read back: (location, name).
+pub fn parse_unsubscribe_notice(notice: &str) -> Option<(u64, &str)> {
+    let rest = notice.strip_prefix("unsubscribe ")?;
+    let (location, name) = rest.split_once(' ')?;
+    Some((location.parse().ok()?, name))
+}
+
 /// The notice forwarding a command (published on `topic`, with its MQTT 5 expiry) to
 /// the node holding its endpoint: `command {expiry|-} {topic length}\n{topic}{payload}`.
 pub fn command_notice(topic: &str, payload: &[u8], expiry_s: Option<u32>) -> Vec<u8> {
@@ -162,4 +175,29 @@ redis.call('HSET', reg, 'owner', ARGV[2])
 return {name, rec[1], rec[3] or ''}
 ",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The notices read back as written; one kind is never taken for the other, and
+    /// malformed ones are refused (names may hold spaces: the name is the rest).
+    #[test]
+    fn notices_read_back_as_written() {
+        let r = release_notice(42, "dev 1");
+        let u = unsubscribe_notice(42, "dev 1");
+        assert_eq!(parse_release_notice(&r), Some((42, "dev 1")));
+        assert_eq!(parse_unsubscribe_notice(&u), Some((42, "dev 1")));
+        assert_eq!(parse_unsubscribe_notice(&r), None);
+        assert_eq!(parse_release_notice(&u), None);
+        for bad in [
+            "unsubscribe",
+            "unsubscribe x dev",
+            "unsubscribe 42",
+            "unsubscribe -1 a",
+        ] {
+            assert_eq!(parse_unsubscribe_notice(bad), None, "{bad}");
+        }
+    }
 }

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use super::cx::Cx;
 use super::directory::{ClaimError, DirEntry, Directory};
 use super::endpoint::Endpoint;
+use super::handover::{Handovers, Kept, HANDOVER_DEADLINE_MS};
 use super::identity::PeerIdentity;
 use super::output::{ClusterRequest, MqttOut, ShardMsg, Timer};
 use super::publish::name_hash;
+use super::settings::CoreSettings;
 
 /// How long a takeover from another shard may stay unanswered before a request for
 /// the registration asks again (the mailboxes normally answer within milliseconds;
@@ -54,6 +56,9 @@ pub(super) struct Cluster {
     /// The location the shared store just said it has no registration at, while the
     /// request for it is answered.
     store_missed: Option<u64>,
+    /// Command subscriptions of registrations other nodes took over, kept until the
+    /// new node's own is in place.
+    handovers: Handovers,
 }
 
 impl Cluster {
@@ -64,6 +69,7 @@ impl Cluster {
             pending_takeovers: Default::default(),
             takeover_peers: Default::default(),
             store_missed: None,
+            handovers: Handovers::default(),
         }
     }
 
@@ -123,8 +129,123 @@ impl Cluster {
     pub(super) fn released(&mut self, cx: &mut Cx<'_>, ep: &Endpoint, keep_subscription: bool) {
         self.dir.release(&ep.name, ep.location);
         if !keep_subscription {
-            self.release_subscription(cx, ep);
+            self.release_subscription(cx, &ep.name, &ep.mountpoint, ep.location);
         }
+    }
+
+    /// A registration another node took over left: its name and location are
+    /// released, but with per-endpoint subscriptions its command route and subscription
+    /// are kept (a command the broker hands this node meanwhile finds no registration
+    /// here and is forwarded to the new owner) until the new node says its own
+    /// subscription is in place ([`end_handover`](Self::end_handover)) or
+    /// [`HANDOVER_DEADLINE_MS`] passed.
+    pub(super) fn moved_away(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+        self.dir.release(&ep.name, ep.location);
+        self.keep_for_handover(cx, ep);
+    }
+
+    /// The route and subscription of `ep`, which another node took over, are kept
+    /// (see [`moved_away`](Self::moved_away)).
+    fn keep_for_handover(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+        if !cx.settings.per_endpoint_subscriptions {
+            self.release_subscription(cx, &ep.name, &ep.mountpoint, ep.location);
+            return;
+        }
+        let until = cx.now + HANDOVER_DEADLINE_MS;
+        let kept = Kept {
+            name: ep.name.clone(),
+            mountpoint: ep.mountpoint.clone(),
+            until,
+        };
+        self.handovers.keep(ep.location, kept);
+        cx.stats.handovers_kept += 1;
+        let location = ep.location;
+        cx.out
+            .timers
+            .push((until, Timer::HandoverDeadline { location }));
+    }
+
+    /// The node that took `name` at `location` over has its subscription in place: the
+    /// one kept here is given up. True if one was kept.
+    pub(super) fn end_handover(&mut self, cx: &mut Cx<'_>, name: &str, location: u64) -> bool {
+        let Some(kept) = self.handovers.take(name, location) else {
+            return false;
+        };
+        cx.stats.handovers_confirmed += 1;
+        self.give_up_kept(cx, kept, location);
+        true
+    }
+
+    /// The handover deadline of the subscription kept for `location`: given up now if it
+    /// still is kept (the new node's notice never came).
+    pub(super) fn handover_due(&mut self, cx: &mut Cx<'_>, location: u64) {
+        match self.handovers.due(cx.now, location) {
+            Ok(kept) => {
+                cx.stats.handovers_timed_out += 1;
+                self.give_up_kept(cx, kept, location);
+            }
+            // Not due yet (the timer came early): armed again for its deadline.
+            Err(Some(until)) => {
+                let timer = Timer::HandoverDeadline { location };
+                cx.out.timers.push((until, timer));
+            }
+            Err(None) => {}
+        }
+    }
+
+    /// Gives up a kept subscription, unless the registration is held here again (taken
+    /// back: it owns its route and subscription) or a newer registration of the name
+    /// owns them (`release_subscription` decides).
+    fn give_up_kept(&mut self, cx: &mut Cx<'_>, kept: Kept, location: u64) {
+        if self.dir.by_name(&kept.name).map(|e| e.location) == Some(location) {
+            return;
+        }
+        if !self.still_kept(cx.settings, &kept.mountpoint) {
+            return;
+        }
+        self.release_subscription(cx, &kept.name, &kept.mountpoint, location);
+    }
+
+    /// Whether the filter of a kept subscription is still subscribed here: a newer
+    /// registration of the name on this node owned it meanwhile, and its end gave it up
+    /// (the device registered here again, then left): nothing is kept any more.
+    fn still_kept(&self, settings: &CoreSettings, mountpoint: &str) -> bool {
+        let filter = settings.command_filter(mountpoint);
+        self.dir.sub_home_of(&filter).is_some()
+    }
+
+    /// The mountpoints of the subscriptions kept for handovers (and still subscribed).
+    pub(super) fn kept_mountpoints<'a>(
+        &'a self,
+        settings: &'a CoreSettings,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.handovers
+            .mountpoints()
+            .filter(move |m| self.still_kept(settings, m))
+    }
+
+    /// How many subscriptions are kept for handovers.
+    pub(super) fn kept_len(&self) -> usize {
+        self.handovers.len()
+    }
+
+    /// The registration `ep`, taken over from node `from`, was just subscribed (with
+    /// per-endpoint subscriptions): once the broker acknowledged the subscribe, the I/O
+    /// side tells `from` to give its own up. When the filter's home is another shard of
+    /// this node, its subscription was made there before (kept for an earlier handover,
+    /// or another registration's with the same mountpoint) and this shard's connections
+    /// do not hold it: the I/O side tells `from` at once.
+    pub(super) fn adopted_from(&mut self, cx: &mut Cx<'_>, ep: &Endpoint, from: Box<str>) {
+        if !cx.settings.per_endpoint_subscriptions {
+            return;
+        }
+        let filter = cx.settings.command_filter(&ep.mountpoint);
+        cx.out.cluster.push(ClusterRequest::Subscribed {
+            node: from,
+            name: ep.name.clone(),
+            location: ep.location,
+            filter,
+        });
     }
 
     /// A registration `name` at `location` another node took over, which this shard's
@@ -312,36 +433,48 @@ impl Cluster {
 
     /// A superseded adopted registration (see [`adopt`](Self::adopt)): its location is
     /// forgotten and its command subscription released, unless the newer registration
-    /// uses the same mountpoint.
+    /// uses the same mountpoint. One that no registration of its name superseded was let
+    /// go in transit because another node took it over
+    /// ([`release_in_transit`](Self::release_in_transit)): its subscription is kept for
+    /// the handover, as for one released from the table.
     pub(super) fn forget_superseded(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
         self.dir.forget_location(ep.location);
-        self.release_subscription(cx, ep);
+        if cx.settings.shared_store && self.dir.by_name(&ep.name).is_none() {
+            self.keep_for_handover(cx, ep);
+            return;
+        }
+        self.release_subscription(cx, &ep.name, &ep.mountpoint, ep.location);
     }
 
     /// Gives up the command route and subscription of a registration that left, unless
     /// a newer registration of the same name (here or on another shard, whose Evict
     /// may still be on its way) uses the same mountpoint. Call after its name and
     /// location were released from the directory.
-    fn release_subscription(&mut self, cx: &mut Cx<'_>, ep: &Endpoint) {
+    fn release_subscription(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &str,
+        mountpoint: &str,
+        location: u64,
+    ) {
         let owned = if cx.settings.mountpoint.keyed_by_name() {
             // The mountpoint follows from the name: any newer registration has it.
-            self.dir.by_name(&ep.name).is_none()
+            self.dir.by_name(name).is_none()
         } else {
             // The route names the registration that rendered the mountpoint last;
             // a newer one with another mountpoint (`${peerhost}` after a move, a new
             // device_id) leaves this one's to be released here.
-            self.dir
-                .release_route(&ep.mountpoint, &ep.name, ep.location)
+            self.dir.release_route(mountpoint, name, location)
         };
         if owned && cx.settings.per_endpoint_subscriptions {
-            let filter = cx.settings.command_filter(&ep.mountpoint);
+            let filter = cx.settings.command_filter(mountpoint);
             // Forgotten first: whoever subscribes the filter from now on makes a new home.
             let home = self.dir.take_sub_home(&filter).unwrap_or(self.shard);
             let change = MqttOut::Unsubscribe {
                 lane: home as u32,
                 filter,
             };
-            self.subscription_change(cx, home, change, &ep.name, ep.location);
+            self.subscription_change(cx, home, change, name, location);
         }
     }
 

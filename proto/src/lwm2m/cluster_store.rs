@@ -25,6 +25,7 @@ impl ShardCore {
         peer: SocketAddr,
         datagram: &[u8],
         identity: Option<Arc<PeerIdentity>>,
+        from: Option<Box<str>>,
     ) {
         let location = endpoint.location;
         self.cluster.takeover_answered(location);
@@ -59,6 +60,9 @@ impl ShardCore {
         self.arm_expiry(slot);
         let ep = self.table.get(slot).expect("inserted");
         self.cluster.registered(cx!(self), ep);
+        if let Some(from) = from {
+            self.cluster.adopted_from(cx!(self), ep, from);
+        }
         self.out.stored(slot);
         self.stats.cluster_adopted += 1;
         self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));
@@ -81,8 +85,9 @@ impl ShardCore {
     }
 
     /// Another node took the registration `name` at `location` over: it leaves this
-    /// node silently (no deregister message: it lives on there), its command filter is
-    /// unsubscribed and its commands in progress end with an error. One on its way to
+    /// node silently (no deregister message: it lives on there), its commands in
+    /// progress end with an error, and its command subscription is kept for the
+    /// handover (`Cluster::moved_away`). One on its way to
     /// another shard of this node (a `Takeover` answered, its `Adopt` in a mailbox) loses
     /// its directory entry: the adopting shard finds it superseded and ends it.
     pub(super) fn cluster_release(&mut self, name: &str, location: u64) {
@@ -97,5 +102,24 @@ impl ShardCore {
         }
         self.stats.cluster_released += 1;
         self.remove_endpoint(slot, Removal::Moved);
+    }
+
+    /// The node that took `name` at `location` over has its subscription in place: the
+    /// one this shard kept for the handover is given up.
+    pub(super) fn cluster_unsubscribe(&mut self, name: &str, location: u64) {
+        self.cluster.end_handover(cx!(self), name, location);
+        self.stats.handovers_pending = self.cluster.kept_len() as u64;
+    }
+
+    /// The handover deadline of the subscription kept for `location`.
+    pub(super) fn handover_deadline(&mut self, location: u64) {
+        self.cluster.handover_due(cx!(self), location);
+        self.stats.handovers_pending = self.cluster.kept_len() as u64;
+    }
+
+    /// The mountpoints of the command subscriptions this shard keeps for handovers
+    /// (registrations other nodes took over, until their subscriptions are in place).
+    pub fn kept_for_handover(&self) -> impl Iterator<Item = &str> {
+        self.cluster.kept_mountpoints(&self.settings)
     }
 }

@@ -304,6 +304,7 @@ impl ShardCore {
                     self.stats.takeover_timeouts += 1;
                 }
             }
+            Timer::HandoverDeadline { location } => self.handover_deadline(location),
             Timer::AuthTimeout { ticket } => {
                 if self.regs.holds(ticket) {
                     self.stats.auth_timeouts += 1;

@@ -88,12 +88,16 @@ pub enum Input<'a> {
     /// The registration a [`ClusterRequest::Take`] took over from the shared store (it
     /// is this node's now), with the request that asked for it: claimed, its lifetime
     /// armed and its command filter subscribed as a restored one (no register message),
-    /// then the request is handled (an Update: 2.04 and its update message).
+    /// then the request is handled (an Update: 2.04 and its update message). `from`:
+    /// the node that held it, which keeps its command subscription until told that this
+    /// node's is in place (with per-endpoint subscriptions the core then emits
+    /// [`ClusterRequest::Subscribed`] for it).
     ClusterAdopt {
         endpoint: Box<Endpoint>,
         peer: SocketAddr,
         datagram: Vec<u8>,
         identity: Option<Arc<PeerIdentity>>,
+        from: Option<Box<str>>,
     },
     /// A [`ClusterRequest::Take`] found nothing (or the store is unreachable): the
     /// request is answered as for an unknown location (4.04).
@@ -104,9 +108,16 @@ pub enum Input<'a> {
         identity: Option<Arc<PeerIdentity>>,
     },
     /// Another node took the registration `name` at `location` over: it leaves this node
-    /// without a message (it lives on there), its command filter unsubscribed; its
-    /// commands in progress end with an error.
+    /// without a message (it lives on there); its commands in progress end with an
+    /// error. With per-endpoint subscriptions its command filter stays subscribed for
+    /// the handover (commands the broker hands this node meanwhile are forwarded to the
+    /// new owner) until [`Input::ClusterUnsubscribe`] or a deadline.
     ClusterRelease { name: Box<str>, location: u64 },
+    /// The node that took the registration `name` at `location` over has its command
+    /// subscription in place (the broker acknowledged it): the subscription this node
+    /// kept for the handover is given up, unless this node holds the name again. A
+    /// notice for nothing kept here (or kept on another shard) changes nothing.
+    ClusterUnsubscribe { name: Box<str>, location: u64 },
 }
 
 /// What the core asks its driver to do.
@@ -175,7 +186,8 @@ impl ShardCore {
                 peer,
                 datagram,
                 identity,
-            } => self.cluster_adopt(now, endpoint, peer, &datagram, identity),
+                from,
+            } => self.cluster_adopt(now, endpoint, peer, &datagram, identity, from),
             Input::ClusterMiss {
                 location,
                 peer,
@@ -183,6 +195,9 @@ impl ShardCore {
                 identity,
             } => self.cluster_miss(now, location, peer, &datagram, identity),
             Input::ClusterRelease { name, location } => self.cluster_release(&name, location),
+            Input::ClusterUnsubscribe { name, location } => {
+                self.cluster_unsubscribe(&name, location)
+            }
         }
         self.stats.bootstraps_active = self.boot.len() as u64;
     }

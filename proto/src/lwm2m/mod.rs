@@ -16,6 +16,7 @@ pub mod directory;
 mod dm;
 pub mod dm_json;
 pub mod endpoint;
+pub mod handover;
 pub mod identity;
 pub mod info;
 mod intern;

@@ -53,6 +53,10 @@ pub enum Timer {
     /// A takeover of the registration at `location` from another shard got no answer
     /// in time: the next request for it asks again.
     TakeoverTimeout { location: u64 },
+    /// The command subscription of the registration at `location`, which another node
+    /// took over, was kept for the handover (`handover.rs`): give it up now if the
+    /// other node has not said that its own is in place.
+    HandoverDeadline { location: u64 },
     /// The request in flight of bootstrap `id` (`bootstrap.rs`): retransmit it or time it
     /// out; stale unless `seq` is the run's latest.
     Bootstrap { id: u32, seq: u32 },
@@ -147,12 +151,28 @@ pub enum StoreChange {
 }
 
 /// What the core asks of the nodes sharing its store (`CoreSettings::shared_store`); the
-/// driver's I/O side answers through [`Input::ClusterAdopt`] or [`Input::ClusterMiss`].
+/// driver's I/O side answers a take through [`Input::ClusterAdopt`] or
+/// [`Input::ClusterMiss`].
 ///
 /// [`Input::ClusterAdopt`]: super::io::Input::ClusterAdopt
 /// [`Input::ClusterMiss`]: super::io::Input::ClusterMiss
 #[derive(Debug)]
 pub enum ClusterRequest {
+    /// The registration `name` at `location`, taken over from node `node`, had its
+    /// command filter `filter` subscribed (the `MqttOut::Subscribe` drained just before
+    /// this, on this shard's broker connections, coalesced when the filter was held
+    /// already). Node `node` keeps its own subscription of the filter meanwhile: once
+    /// the broker acknowledged every subscribe queued up to here on the connection
+    /// holding `filter`, tell it (`Input::ClusterUnsubscribe` there) to give its own
+    /// up; at once when no connection of this shard holds `filter` (its home is another
+    /// shard of this node, where it was subscribed before). Nothing is answered to the
+    /// core.
+    Subscribed {
+        node: Box<str>,
+        name: Box<str>,
+        location: u64,
+        filter: String,
+    },
     /// A request (`datagram` from `peer`, with `identity`) for the registration at
     /// `location`, which no shard of this node holds: take it over from the store (it
     /// becomes this node's), and hand it back with the request.

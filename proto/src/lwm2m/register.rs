@@ -436,6 +436,12 @@ impl ShardCore {
         }
         // Replaced by a registration with the same mountpoint: that one owns the
         // route and the subscription now.
+        if why == Removal::Moved {
+            // Its subscription stays until the new node's is in place.
+            self.cluster.moved_away(cx!(self), &ep);
+            self.stats.handovers_pending = self.cluster.kept_len() as u64;
+            return;
+        }
         let keep_sub = why
             == Removal::Replaced {
                 keep_subscription: true,

@@ -128,6 +128,15 @@ pub struct CoreStats {
     pub cluster_missed: u64,
     /// Registrations another node took over (removed here without a message).
     pub cluster_released: u64,
+    /// Command subscriptions of registrations another node took over, kept for the
+    /// handover (`handover.rs`).
+    pub handovers_kept: u64,
+    /// Kept subscriptions given up because the new node said its own was in place.
+    pub handovers_confirmed: u64,
+    /// Kept subscriptions given up at the deadline (the new node's notice never came).
+    pub handovers_timed_out: u64,
+    /// Subscriptions kept for handovers now (a gauge).
+    pub handovers_pending: u64,
     /// Registration records written out for the store (`Output::Store` puts).
     pub records_written: u64,
     /// Requests answered 4.00 (bad parameters or payload).

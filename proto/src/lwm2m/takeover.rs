@@ -136,6 +136,7 @@ impl ShardCore {
                     // node's writer.
                     self.record_removed(&stale);
                     self.cluster.forget_superseded(cx!(self), &stale);
+                    self.stats.handovers_pending = self.cluster.kept_len() as u64;
                 }
             }
             Adoption::Current => {

@@ -2,13 +2,15 @@
 //! model of the Redis scripts' semantics (`src/store/redis_scripts.rs`): a request for
 //! a location no shard of a node holds is held and asks the I/O side to take it over;
 //! the adoption answers it (2.04, an update message, the command filter subscribed, no
-//! register message); the node that held it lets it go silently; and two nodes racing
+//! register message); the node that held it lets it go silently, keeping its command
+//! subscription until the new node's is in place (or a deadline); and two nodes racing
 //! for one registration end with one owner.
 
 use super::harness::*;
 use crate::coap::codes;
+use crate::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use crate::lwm2m::record;
-use crate::lwm2m::{ClusterRequest, Input, StoreChange};
+use crate::lwm2m::{ClusterRequest, Input, StoreChange, Timer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -76,6 +78,9 @@ impl Model {
 struct Cluster {
     nodes: Vec<Harness>,
     store: Model,
+    /// The subscriptions adoptions asked to confirm to the node they were taken from,
+    /// waiting for their SUBACK: (node that asked, node to tell, name, location).
+    confirms: Vec<(usize, usize, String, u64)>,
 }
 
 impl Cluster {
@@ -90,6 +95,7 @@ impl Cluster {
         Cluster {
             nodes: (0..n).map(|i| Harness::new(1, node(i as u64))).collect(),
             store: Model::default(),
+            confirms: Vec::new(),
         }
     }
 
@@ -121,25 +127,53 @@ impl Cluster {
     /// answer back; the replies to the held requests.
     fn takes(&mut self, i: usize) -> Vec<Reply> {
         let mut replies = Vec::new();
-        for (_, r) in std::mem::take(&mut self.nodes[i].cluster) {
+        while !self.nodes[i].cluster.is_empty() {
+            let (_, r) = self.nodes[i].cluster.remove(0);
             replies.extend(self.take(i, r));
         }
         replies
     }
 
+    /// The broker acknowledged node `i`'s subscriptions: the nodes its adoptions were
+    /// taken from are told (`Input::ClusterUnsubscribe`).
+    fn acknowledge(&mut self, i: usize) {
+        let (mine, others) = std::mem::take(&mut self.confirms)
+            .into_iter()
+            .partition(|c| c.0 == i);
+        self.confirms = others;
+        for (_, to, name, location) in mine {
+            let name = name.into();
+            self.nodes[to].input(0, Input::ClusterUnsubscribe { name, location });
+        }
+    }
+
     fn take(&mut self, i: usize, r: ClusterRequest) -> Vec<Reply> {
-        let ClusterRequest::Take {
-            location,
-            peer,
-            datagram,
-            identity,
-        } = r;
+        let (location, peer, datagram, identity) = match r {
+            ClusterRequest::Take {
+                location,
+                peer,
+                datagram,
+                identity,
+            } => (location, peer, datagram, identity),
+            ClusterRequest::Subscribed {
+                node,
+                name,
+                location,
+                filter,
+            } => {
+                assert_eq!(filter, format!("lwm2m/{name}/dn/#"));
+                let to = node.trim_start_matches("node").parse().expect("a node");
+                self.confirms.push((i, to, name.into(), location));
+                return Vec::new();
+            }
+        };
         match self.store.take(i, location) {
             Some((name, rec, prev)) => {
                 if prev != i {
                     self.release(prev, &name, location);
                 }
                 let endpoint = Box::new(record::decode(&rec, EPOCH).expect("a record"));
+                let from = (prev != i).then(|| format!("node{prev}").into());
                 self.nodes[i].input(
                     0,
                     Input::ClusterAdopt {
@@ -147,6 +181,7 @@ impl Cluster {
                         peer,
                         datagram,
                         identity,
+                        from,
                     },
                 )
             }
@@ -168,6 +203,10 @@ impl Cluster {
             .filter(|&i| self.nodes[i].cores[0].endpoints().find_name(name).is_some())
             .collect()
     }
+}
+
+fn loc_num(loc: &str) -> u64 {
+    u64::from_str_radix(loc, 16).expect("a location")
 }
 
 fn register(c: &mut Cluster, node: usize, from: SocketAddr, ep: &str) -> String {
@@ -209,11 +248,17 @@ fn a_request_for_a_location_held_by_another_node_is_taken_over_through_the_store
     let (l, rec, owner) = &c.store.regs["dev"];
     assert_eq!((format!("{l:x}"), *owner), (loc.clone(), 1));
     assert_eq!(record::decode(rec, EPOCH).unwrap().peer, moved);
-    // Node 0 let it go: no message, its subscription given up, nothing removed.
+    // Node 0 let it go: no message, nothing removed, its subscription kept until node
+    // 1's is in place.
     assert_eq!(c.holders("dev"), [1]);
     assert!(c.nodes[0].published_since(mark_a).is_empty());
     let (_, unsubs) = c.nodes[0].subscriptions();
+    assert!(unsubs.is_empty(), "{unsubs:?}");
+    assert_eq!(c.confirms, [(1, 0, "dev".to_string(), loc_num(&loc))]);
+    c.acknowledge(1);
+    let (_, unsubs) = c.nodes[0].subscriptions();
     assert_eq!(unsubs, ["lwm2m/dev/dn/#"]);
+    assert_eq!(c.nodes[0].cores[0].stats().handovers_confirmed, 1);
     c.write(0);
     assert_eq!(c.store.regs["dev"].2, 1, "node 0 removed nothing");
     assert_eq!(c.nodes[0].cores[0].stats().cluster_released, 1);
@@ -307,4 +352,110 @@ fn a_register_on_one_node_racing_a_take_on_another_ends_with_one_owner() {
         assert_eq!(c.store.regs["dev"].2, 2);
         assert_eq!(format!("{:x}", c.store.regs["dev"].0), r.location());
     }
+}
+
+/// Moves `dev`, registered on node 0, to node 1 (its Update there takes it over); node
+/// 0 has let it go and keeps its subscription. Returns the location.
+fn moved_to_node_1(c: &mut Cluster) -> String {
+    let loc = register(c, 0, addr(1, 5000), "dev");
+    assert!(c.nodes[1]
+        .exchange(0, addr(2, 6000), &Req::update(&loc, 7).bytes())
+        .is_empty());
+    let r = c.takes(1);
+    assert_eq!(r[0].code(), codes::CHANGED);
+    assert_eq!(c.holders("dev"), [1]);
+    assert_eq!(c.nodes[0].cores[0].stats().handovers_kept, 1);
+    assert_eq!(c.nodes[0].cores[0].stats().handovers_pending, 1);
+    loc
+}
+
+#[test]
+fn a_kept_subscription_is_given_up_at_the_deadline_without_the_new_nodes_notice() {
+    let mut c = Cluster::new(2);
+    let loc = moved_to_node_1(&mut c);
+    let kept: Vec<&str> = c.nodes[0].cores[0].kept_for_handover().collect();
+    assert_eq!(kept, ["lwm2m/dev/"]);
+    // The notice is lost (or node 1 died before its SUBACK).
+    c.confirms.clear();
+    // A deadline timer that comes early gives nothing up (and is armed again).
+    let location = loc_num(&loc);
+    c.nodes[0].input(0, Input::Timer(Timer::HandoverDeadline { location }));
+    assert!(c.nodes[0].subscriptions().1.is_empty(), "an early timer");
+    c.nodes[0].advance(HANDOVER_DEADLINE_MS - 1);
+    assert!(
+        c.nodes[0].subscriptions().1.is_empty(),
+        "kept until the deadline"
+    );
+    c.nodes[0].advance(1);
+    assert_eq!(c.nodes[0].subscriptions().1, ["lwm2m/dev/dn/#"]);
+    let stats = c.nodes[0].cores[0].stats();
+    assert_eq!((stats.handovers_timed_out, stats.handovers_pending), (1, 0));
+    assert_eq!(c.nodes[0].dir.sub_homes(), 0);
+    // A late notice changes nothing.
+    c.acknowledge(1);
+    assert_eq!(c.nodes[0].subscriptions().1.len(), 1);
+}
+
+#[test]
+fn a_registration_made_again_on_the_old_node_meanwhile_keeps_the_subscription() {
+    let mut c = Cluster::new(2);
+    moved_to_node_1(&mut c);
+    // The device registers again at node 0 before node 1's notice arrives.
+    let r = c.nodes[0].one(0, addr(1, 5001), &Req::register("dev", 9).bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    c.acknowledge(1);
+    assert!(c.nodes[0].subscriptions().1.is_empty(), "still subscribed");
+    assert_eq!(c.nodes[0].cores[0].stats().handovers_confirmed, 1);
+    // Nor does the deadline take it.
+    c.nodes[0].advance(HANDOVER_DEADLINE_MS);
+    assert!(c.nodes[0].subscriptions().1.is_empty());
+    assert_eq!(c.nodes[0].dir.sub_homes(), 1);
+}
+
+#[test]
+fn a_registration_taken_back_by_the_old_node_meanwhile_keeps_the_subscription() {
+    let mut c = Cluster::new(2);
+    let loc = moved_to_node_1(&mut c);
+    c.write(1);
+    // Its next Update reaches node 0 again, before node 1's notice.
+    assert!(c.nodes[0]
+        .exchange(0, addr(1, 5002), &Req::update(&loc, 8).bytes())
+        .is_empty());
+    let r = c.takes(0);
+    assert_eq!(r[0].code(), codes::CHANGED);
+    assert_eq!(c.holders("dev"), [0]);
+    // Node 1 let it go in turn and keeps its own until node 0's SUBACK.
+    assert!(c.nodes[1].subscriptions().1.is_empty());
+    c.acknowledge(1);
+    c.nodes[0].advance(HANDOVER_DEADLINE_MS);
+    assert!(
+        c.nodes[0].subscriptions().1.is_empty(),
+        "node 0 holds dev again: its subscription stays"
+    );
+    c.acknowledge(0);
+    assert_eq!(c.nodes[1].subscriptions().1, ["lwm2m/dev/dn/#"]);
+}
+
+#[test]
+fn without_per_endpoint_subscriptions_nothing_is_kept() {
+    let node = |i: u64| crate::lwm2m::CoreSettings {
+        clock_epoch_ms: EPOCH,
+        shared_store: true,
+        per_endpoint_subscriptions: false,
+        location_key: [0x0123_4567_89ab_cdef ^ i, 0x0fed_cba9_8765_4321],
+        ..settings()
+    };
+    let mut c = Cluster {
+        nodes: (0..2).map(|i| Harness::new(1, node(i))).collect(),
+        store: Model::default(),
+        confirms: Vec::new(),
+    };
+    let loc = register(&mut c, 0, addr(1, 5000), "dev");
+    assert!(c.nodes[1]
+        .exchange(0, addr(2, 6000), &Req::update(&loc, 7).bytes())
+        .is_empty());
+    assert_eq!(c.takes(1)[0].code(), codes::CHANGED);
+    assert!(c.confirms.is_empty());
+    assert_eq!(c.nodes[0].cores[0].stats().handovers_kept, 0);
+    assert_eq!(c.nodes[0].cores[0].kept_for_handover().count(), 0);
 }
