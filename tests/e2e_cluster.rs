@@ -585,7 +585,7 @@ fn commands_reaching_a_node_that_does_not_hold_the_device_are_forwarded_to_its_n
 fn publish_reads_until(
     broker: SocketAddr,
     devices: Vec<String>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(u32, String)>> {
     std::thread::spawn(move || {
         let mut mq = common::mqtt_client::MqttClient::connect(broker, "handover-publisher", true)
@@ -637,7 +637,7 @@ fn commands_published_while_devices_move_between_nodes_each_get_one_final_messag
         assert!(std::time::Instant::now() < deadline, "the records in Redis");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = publish_reads_until(broker.addr(), names.clone(), stop.clone());
     // Each device moves A → B → A → B (a new address each time: an Update there takes
     // the registration over), with commands arriving all along.

@@ -325,7 +325,7 @@ fn directory_sized_for_what_the_listeners_admit() {
     let huge = "[listeners.udp.default]\nmax_connections = 100000000";
     assert_eq!(
         parse(huge).directory_capacity() as u64,
-        crate::config::DIRECTORY_PRESIZE_MAX
+        DIRECTORY_PRESIZE_MAX
     );
 }
 
