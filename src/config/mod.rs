@@ -244,6 +244,14 @@ impl Config {
         mqtt::default_connections(self.per_endpoint(), self.admitted_devices())
     }
 
+    /// Publishes held over all shards: `mqtt.buffer_messages`, or when unset one per
+    /// device the listeners admit ([`mqtt::default_buffer_messages`]).
+    pub fn mqtt_buffer_messages(&self) -> usize {
+        self.mqtt.buffer_messages.unwrap_or_else(|| {
+            mqtt::default_buffer_messages(self.admitted_devices(), DIRECTORY_PRESIZE_MAX)
+        })
+    }
+
     /// Whether each endpoint has a command subscription of its own.
     pub fn per_endpoint(&self) -> bool {
         self.mqtt.subscribe.resolve(&self.mqtt.server) == SubscribeMode::PerEndpoint

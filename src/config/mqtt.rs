@@ -42,9 +42,10 @@ pub struct Mqtt {
     pub subscribe: SubscribeMode,
     /// QoS>=1 publishes awaiting their ack, per connection (1..=65535).
     pub max_inflight: u16,
-    /// Publishes held while the broker is away; beyond it QoS 0 ones are
-    /// dropped first, then the oldest (counted).
-    pub buffer_messages: usize,
+    /// Publishes held over all shards while the broker is slow or away; beyond
+    /// half of it the shards shed, beyond it QoS 0 ones are dropped first, then the
+    /// oldest (counted). Unset: see [`default_buffer_messages`].
+    pub buffer_messages: Option<usize>,
     /// CA certificates (PEM) for `mqtts://`; absent = the webpki roots.
     pub ca_file: Option<PathBuf>,
 }
@@ -55,6 +56,21 @@ pub struct Mqtt {
 /// per second, 150,000/s at 20,000 and 16,000/s at 180,000; `bench/results/`); at 16,384 it
 /// stays near 150,000/s per connection, three times the rate of a 50,000/s storm.
 pub const FILTERS_PER_CONNECTION: u64 = 16_384;
+
+/// The fewest publishes held when `mqtt.buffer_messages` is unset.
+pub const MIN_BUFFER_MESSAGES: u64 = 200_000;
+
+/// Publishes held over all shards when `mqtt.buffer_messages` is unset: one per device
+/// the listeners admit (`devices`, at most `max`), at least [`MIN_BUFFER_MESSAGES`].
+/// A storm of every admitted device, its register messages waiting for their
+/// subscriptions' SUBACKs, then stays below the shedding watermark (half of it)
+/// while the broker keeps pace: with 200,000 a per-endpoint storm of 1,000,000 was
+/// shed and retried at 18,253 registrations/s, with 1,000,000 it ran at 56,784/s
+/// (`bench/results/2026-12-07-0415-storm-pe-buffer.md`). Nothing is allocated until
+/// held.
+pub fn default_buffer_messages(devices: u64, max: u64) -> usize {
+    devices.clamp(MIN_BUFFER_MESSAGES, max) as usize
+}
 
 /// Broker connections when `mqtt.connections` is unset: 2 with one wildcard filter; with a
 /// filter per endpoint, enough that `devices` (what the listeners admit) put at most
@@ -80,7 +96,7 @@ impl Default for Mqtt {
             connections: None,
             subscribe: SubscribeMode::Auto,
             max_inflight: 256,
-            buffer_messages: 200_000,
+            buffer_messages: None,
             ca_file: None,
         }
     }

@@ -87,7 +87,8 @@ fn default_values() {
     assert_eq!(c.mqtt.embedded_bind_v5, addr("127.0.0.1:1884"));
     assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
     assert_eq!(c.mqtt.max_inflight, 256);
-    assert_eq!(c.mqtt.buffer_messages, 200_000);
+    assert_eq!(c.mqtt.buffer_messages, None);
+    assert_eq!(c.mqtt_buffer_messages(), 1_024_000);
     assert_eq!(c.engine.socket_rcvbuf, 8 << 20);
     assert_eq!(c.engine.max_datagram, 4096);
     assert_eq!(c.api.bind, addr("127.0.0.1:18083"));
@@ -312,6 +313,18 @@ fn infinity_limits() {
     );
     assert_eq!(c.udp_listener().max_connections, u64::MAX);
     assert_eq!(c.udp_listener().max_conn_rate, u64::MAX);
+}
+
+#[test]
+fn buffer_holds_a_message_per_admitted_device() {
+    let small = "[listeners.udp.default]\nmax_connections = 5000";
+    assert_eq!(parse(small).mqtt_buffer_messages(), 200_000);
+    let big = "[listeners.udp.default]\nmax_connections = 3000000";
+    assert_eq!(parse(big).mqtt_buffer_messages(), 3_000_000);
+    let unlimited = "[listeners.udp.default]\nmax_connections = \"infinity\"";
+    assert_eq!(parse(unlimited).mqtt_buffer_messages(), 16_777_216);
+    let set = "[mqtt]\nbuffer_messages = 1000";
+    assert_eq!(parse(set).mqtt_buffer_messages(), 1000);
 }
 
 #[test]

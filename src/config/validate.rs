@@ -313,12 +313,9 @@ fn check_mqtt(m: &Mqtt) -> R {
         range("mqtt.connections", n, 1, 64)?;
     }
     range("mqtt.max_inflight", m.max_inflight, 1, u16::MAX)?;
-    range(
-        "mqtt.buffer_messages",
-        m.buffer_messages,
-        1,
-        MAX_PREALLOCATED,
-    )?;
+    if let Some(n) = m.buffer_messages {
+        range("mqtt.buffer_messages", n, 1, MAX_PREALLOCATED)?;
+    }
     Ok(())
 }
 

@@ -884,7 +884,7 @@ fn mqtt_options(cfg: &Config, server: ServerAddr) -> MqttOptions {
         keepalive: m.keepalive,
         connections: cfg.mqtt_connections(),
         max_inflight: m.max_inflight,
-        buffer_messages: m.buffer_messages,
+        buffer_messages: cfg.mqtt_buffer_messages(),
         // Commands carry whole payloads (a firmware image as base64) before
         // block-wise transfer splits them for the device.
         max_packet_size: 16 << 20,
