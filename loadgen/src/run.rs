@@ -124,6 +124,23 @@ impl Conductor {
     }
 
     /// Sleeps in small steps until `done` or `secs` pass; returns the seconds waited.
+    /// Register messages may trail the answers (a broker taking subscriptions first):
+    /// waits for them while they keep coming, at most `register_timeout`. Only this
+    /// run's devices count: other loadgens' devices (other prefixes) registering through
+    /// the same broker at the same time do not end the wait.
+    fn wait_register_messages(&mut self) {
+        let ok = get(&self.sh.c.reg_ok);
+        let mut last = (u64::MAX, 0u64);
+        let timeout = self.sh.opts.register_timeout;
+        self.wait("register", timeout, |s| {
+            let (now, seen) = (s.clock.us(), get(&s.c.mqtt_registered_own));
+            if seen != last.0 {
+                last = (seen, now);
+            }
+            seen >= ok || now - last.1 > 5_000_000
+        });
+    }
+
     fn wait(&mut self, phase: &str, secs: f64, mut done: impl FnMut(&Shared) -> bool) -> f64 {
         let start = self.sh.clock.us();
         let end = start + (secs * 1e6) as u64;
@@ -174,19 +191,7 @@ impl Conductor {
             w.after_register = sample();
         }
         if o.mqtt.is_some() {
-            // Register messages may trail the answers (a broker taking subscriptions
-            // first): wait for them while they keep coming, at most `register_timeout`.
-            // Only this run's devices count: other loadgens' devices (other prefixes)
-            // registering through the same broker at the same time do not end the wait.
-            let ok = get(&sh.c.reg_ok);
-            let mut last = (u64::MAX, 0u64);
-            self.wait("register", o.register_timeout, |s| {
-                let (now, seen) = (s.clock.us(), get(&s.c.mqtt_registered_own));
-                if seen != last.0 {
-                    last = (seen, now);
-                }
-                seen >= ok || now - last.1 > 5_000_000
-            });
+            self.wait_register_messages();
         }
 
         // The gateway's observe requests (auto-observe) come after the registrations.
