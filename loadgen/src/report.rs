@@ -344,7 +344,7 @@ impl Registration {
             row(
                 "  5.03 answers",
                 format!(
-                    "{}, {} retried after Max-Age ({UNAVAILABLE_CAUSE})",
+                    "{} ({} retried after Max-Age; {UNAVAILABLE_CAUSE})",
                     self.service_unavailable, self.retried
                 ),
             );

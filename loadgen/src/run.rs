@@ -433,7 +433,7 @@ fn registration_section(i: &Inputs<'_>, check: &mut CheckFn<'_>) -> report::Regi
     let mut detail = format!("{ok}/{n} devices registered");
     if unavailable > 0 {
         detail += &format!(
-            ", {unavailable} answers 5.03 Service Unavailable ({} retried after Max-Age; \
+            ", {unavailable} answered 5.03 Service Unavailable ({} retried after Max-Age; \
              the gateway's admission: max_conn_rate, max_connections; or MQTT backlog)",
             get(&c.reg_retried)
         );
