@@ -731,3 +731,97 @@ fn commands_published_while_devices_move_between_nodes_each_get_one_final_messag
     drop(devices);
     drop(responders);
 }
+
+/// A CON notification (Observe `seq`, token `token`, the value as text) as a device sends it.
+fn notification(mid: u16, token: &[u8], seq: u32, value: &[u8]) -> Vec<u8> {
+    use lwm2m_gateway::coap::{MessageWriter, MsgType};
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, MsgType::Con, codes::CONTENT, mid, token);
+    w.option_uint(opt::OBSERVE, seq);
+    w.option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(value);
+    buf
+}
+
+/// A device observed through node A that a balancer moves to node B keeping its address
+/// (source-address affinity): its first datagram at B is a notification, not an Update.
+/// B looks the address up in Redis, takes the registration over and delivers the
+/// notification with the observation's reqID (acknowledged, not reset: a reset would end
+/// the observation on the device); A lets it go.
+#[test]
+fn a_notification_reaching_another_node_first_takes_the_registration_over() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    let a = node(&redis, broker.addr(), "peer-a");
+    let b = node(&redis, broker.addr(), "peer-b");
+    let mut app = common::app::App::new(&a, "peer-app");
+    let dev = socket([127, 0, 0, 1], WAIT);
+    register(&dev, a.udp, "pdev");
+    app.mq
+        .next_json(WAIT, |_, v| v["msgType"] == "register")
+        .expect("the register message");
+    let id = app.send("pdev", "observe", r#"{"path":"/3/0/9"}"#);
+    let req = common::coap::Request::parse(&common::coap::recv(&dev));
+    let ack = req.ack(
+        codes::CONTENT,
+        &[(opt::OBSERVE, 1), (opt::CONTENT_FORMAT, 0)],
+        b"90",
+    );
+    dev.send_to(&ack, a.udp).unwrap();
+    app.mq
+        .next_json(WAIT, |_, v| v["msgType"] == "observe")
+        .expect("the observe response");
+    // Node A's writer puts the record, with its observation and address, in Redis.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut c = redis.connection();
+        let rec: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(redis_scripts::reg_key("pdev"))
+            .arg("rec")
+            .query(&mut c)
+            .expect("HGET");
+        let observed = rec
+            .and_then(|r| lwm2m_gateway::lwm2m::record::decode(&r, 0).ok())
+            .and_then(|ep| ep.session)
+            .is_some_and(|s| s.observations.len() == 1);
+        if observed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the observation in Redis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Moved: the same address now reaches node B, with a notification.
+    let reply = exchange(&dev, b.udp, &notification(700, &req.token, 2, b"89"));
+    let m = Message::parse(&reply).unwrap();
+    assert_eq!((m.mtype, m.mid), (lwm2m_gateway::coap::MsgType::Ack, 700));
+    let (t, v) = app
+        .mq
+        .next_json(WAIT, |_, v| v["msgType"] == "notify")
+        .expect("the notification on MQTT");
+    assert_eq!(t, "lwm2m/pdev/up/notify");
+    assert_eq!(v["reqID"].as_u32(), Some(id));
+    assert_eq!(v["seqNum"].as_u32(), Some(2));
+    assert_eq!(owner(&redis, "pdev").as_deref(), Some("peer-b"));
+    let m = b.metrics();
+    assert_eq!(m.sum("lwm2m_cluster_peer_takeovers_total", &[]), 1.0);
+    a.metrics_when(|m| m.sum("lwm2m_cluster_released_total", &[]) == 1.0);
+    // Node B serves it from now on: a read reaches the device there.
+    let read = app.send("pdev", "read", r#"{"path":"/3/0/0"}"#);
+    let req = common::coap::Request::parse(&common::coap::recv(&dev));
+    dev.send_to(
+        &req.ack(codes::CONTENT, &[(opt::CONTENT_FORMAT, 0)], b"maker"),
+        b.udp,
+    )
+    .unwrap();
+    let (_, v) = app
+        .mq
+        .next_json(WAIT, |_, v| v["msgType"] == "read")
+        .expect("the read's answer");
+    assert_eq!(
+        (v["reqID"].as_u32(), &v["data"]["code"]),
+        (Some(read), &"2.05".into())
+    );
+}

@@ -29,11 +29,12 @@ use lwm2m_gateway::store::{Change, PendingChanges};
 use std::collections::HashMap;
 
 /// The store as the Redis scripts keep it: name → (location, record, owner node),
-/// location → name.
+/// location → name, a plain registration's address → location.
 #[derive(Default)]
 pub struct SharedStore {
     pub regs: BTreeMap<String, (u64, Vec<u8>, usize)>,
     locs: BTreeMap<u64, String>,
+    peers: BTreeMap<SocketAddr, u64>,
 }
 
 impl SharedStore {
@@ -58,6 +59,20 @@ impl SharedStore {
         if let Some((l, _)) = old.filter(|(l, _)| *l != loc) {
             self.locs.remove(&l);
         }
+        let new_peer = record::plain_peer_of(&rec);
+        let old_peer = self
+            .regs
+            .get(name)
+            .and_then(|r| record::plain_peer_of(&r.1));
+        if let Some(p) = old_peer.filter(|p| Some(*p) != new_peer) {
+            let at = self.peers.get(&p).copied();
+            if at == Some(loc) || at.is_some() && at == old.map(|(l, _)| l) {
+                self.peers.remove(&p);
+            }
+        }
+        if let Some(p) = new_peer {
+            self.peers.insert(p, loc);
+        }
         self.regs.insert(name.into(), (loc, rec, node));
         self.locs.insert(loc, name.into());
         old.filter(|(_, o)| *o != node).map(|(l, o)| (o, l))
@@ -70,9 +85,27 @@ impl SharedStore {
             .get(name)
             .is_some_and(|(l, _, o)| *l == loc && *o == node)
         {
-            self.regs.remove(name);
+            let (_, rec, _) = self.regs.remove(name).expect("checked");
             self.locs.remove(&loc);
+            if let Some(p) = record::plain_peer_of(&rec) {
+                if self.peers.get(&p) == Some(&loc) {
+                    self.peers.remove(&p);
+                }
+            }
         }
+    }
+
+    /// TAKE_PEER: the plain registration at address `peer` becomes `node`'s (not one
+    /// `node` holds already, nor one a stale index names): (name, record, previous owner).
+    fn take_peer(&mut self, node: usize, peer: SocketAddr) -> Option<(String, Vec<u8>, usize)> {
+        let loc = *self.peers.get(&peer)?;
+        let name = self.locs.get(&loc)?.clone();
+        let reg = self.regs.get_mut(&name)?;
+        if reg.0 != loc || record::plain_peer_of(&reg.1) != Some(peer) || reg.2 == node {
+            return None;
+        }
+        let prev = std::mem::replace(&mut reg.2, node);
+        Some((name, reg.1.clone(), prev))
     }
 
     /// TAKE: the registration at `loc` becomes `node`'s: (name, record, previous owner).
@@ -269,7 +302,8 @@ impl Nodes {
                 peer,
                 datagram,
                 identity,
-            } => (location, peer, datagram, identity),
+            } => (Some(location), peer, datagram, identity),
+            ClusterRequest::TakePeer { peer, datagram } => (None, peer, datagram, None),
             ClusterRequest::Subscribed {
                 node,
                 name,
@@ -284,17 +318,21 @@ impl Nodes {
             }
         };
         let epoch = self.nodes[n].settings.clock_epoch_ms;
-        let input = match self.store.take(n, location) {
+        let found = match location {
+            Some(location) => self.store.take(n, location),
+            None => self.store.take_peer(n, peer),
+        };
+        let input = match found {
             Some((name, rec, prev)) => {
                 // Taken back (or taken) by node `n`: a handover of the name from `n` is
                 // over, its newer registration owns the subscription (and may end at
                 // once, with the request the take held).
                 self.let_go.retain(|(m, k, _), _| *m != n || *k != name);
+                let ep = record::decode(&rec, epoch).expect("a record in the store decodes");
                 if prev != n {
-                    self.releases.push((prev, name, location));
+                    self.releases.push((prev, name, ep.location));
                 }
                 self.adopted += 1;
-                let ep = record::decode(&rec, epoch).expect("a record in the store decodes");
                 Input::ClusterAdopt {
                     endpoint: Box::new(ep),
                     peer,
@@ -303,15 +341,21 @@ impl Nodes {
                     from: (prev != n).then(|| prev.to_string().into()),
                 }
             }
-            None => Input::ClusterMiss {
-                location,
-                peer,
-                datagram: datagram.clone(),
-                identity,
+            None => match location {
+                Some(location) => Input::ClusterMiss {
+                    location,
+                    peer,
+                    datagram: datagram.clone(),
+                    identity,
+                },
+                None => Input::ClusterPeerMiss {
+                    peer,
+                    datagram: datagram.clone(),
+                },
             },
         };
         if trace() {
-            eprintln!("  node {n} shard {shard} take of {location:x}: {input:?}");
+            eprintln!("  node {n} shard {shard} take of {location:x?} / {peer}: {input:?}");
         }
         let w = &mut self.nodes[n];
         let core = &mut w.cores[shard];

@@ -46,6 +46,11 @@ pub enum ClusterAnswer {
         datagram: Vec<u8>,
         identity: Option<Arc<PeerIdentity>>,
     },
+    /// A take by address found no registration there (or failed).
+    PeerMiss {
+        peer: SocketAddr,
+        datagram: Vec<u8>,
+    },
     Release {
         name: Box<str>,
         location: u64,

@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct ClusterStats {
     /// Registrations taken over from another node (or from the store) for a request.
     pub takeovers: AtomicU64,
+    /// Lookups of a registration by a device's address (`ClusterRequest::TakePeer`).
+    pub peer_lookups: AtomicU64,
+    /// Of those, registrations found there and taken over.
+    pub peer_takeovers: AtomicU64,
     /// Takes that found no registration at the location.
     pub take_misses: AtomicU64,
     /// Takes that failed (Redis unreachable, a record that does not decode, the queue

@@ -122,6 +122,7 @@ struct Worker {
     node: String,
     epoch_ms: u64,
     take: redis::Script,
+    take_peer: redis::Script,
     deliver: Deliver,
     stats: Arc<ClusterStats>,
     /// Takes that found nothing once, with the time to ask again (oldest first), at
@@ -148,6 +149,7 @@ impl ClusterSide {
             node: node.to_string(),
             epoch_ms,
             take: redis_scripts::take(),
+            take_peer: redis_scripts::take_peer(),
             deliver: deliver.clone(),
             stats: stats.clone(),
             retries: VecDeque::new(),
@@ -259,8 +261,13 @@ impl Worker {
     /// once more (the registration may be on its way to Redis from the node where it was
     /// just made), unless too many wait already.
     fn take_for(&mut self, shard: u16, r: ClusterRequest, first: bool) {
-        let ClusterRequest::Take { location, .. } = r else {
-            return; // `Subscribed` stays on the shard (`MqttSide::confirm_when_subscribed`).
+        let location = match r {
+            ClusterRequest::Take { location, .. } => location,
+            ClusterRequest::TakePeer { peer, datagram } => {
+                return self.take_peer_for(shard, peer, datagram)
+            }
+            // Stays on the shard (`MqttSide::confirm_when_subscribed`).
+            ClusterRequest::Subscribed { .. } => return,
         };
         let found = self.take(location);
         if first && matches!(found, Ok(None)) && self.retries.len() < QUEUE_CAPACITY {
@@ -313,6 +320,40 @@ impl Worker {
         };
         (self.deliver)(shard, answer);
         if let Some((node, name)) = release {
+            self.tell_released(&node, location, &name);
+        }
+    }
+
+    /// Runs TAKE_PEER for shard `shard`'s datagram from `peer` (an address none of its
+    /// registrations has) and hands the answer to the shard: the registration the store
+    /// has at that address, now this node's, or a miss. No second try: a device that
+    /// speaks from an address its registration does not have yet sends an Update first.
+    fn take_peer_for(&mut self, shard: u16, peer: std::net::SocketAddr, datagram: Vec<u8>) {
+        ClusterStats::add(&self.stats.peer_lookups, 1);
+        let (answer, release) = match self.take_peer(peer) {
+            Ok(Some((endpoint, from))) => {
+                ClusterStats::add(&self.stats.peer_takeovers, 1);
+                let release = from
+                    .clone()
+                    .map(|f| (f, endpoint.location, endpoint.name.clone()));
+                let answer = ClusterAnswer::Adopt {
+                    endpoint: Box::new(endpoint),
+                    peer,
+                    datagram,
+                    identity: None,
+                    from: from.map(String::into_boxed_str),
+                };
+                (answer, release)
+            }
+            Ok(None) => (ClusterAnswer::PeerMiss { peer, datagram }, None),
+            Err(e) => {
+                ClusterStats::add(&self.stats.take_failures, 1);
+                tracing::debug!(error = %e, %peer, "take by address from the Redis store failed");
+                (ClusterAnswer::PeerMiss { peer, datagram }, None)
+            }
+        };
+        (self.deliver)(shard, answer);
+        if let Some((node, location, name)) = release {
             self.tell_released(&node, location, &name);
         }
     }
@@ -419,6 +460,40 @@ impl Worker {
         let ep = record::decode(&rec, self.epoch_ms)
             .map_err(|e| format!("the record of {name:?} in Redis: {e}"))?;
         ClusterStats::add(&self.stats.takeovers, 1);
+        let from = (!previous.is_empty() && previous != self.node).then_some(previous);
+        Ok(Some((ep, from)))
+    }
+
+    /// Runs TAKE_PEER for `peer`: the plain registration whose record has that
+    /// address, now this node's, with its previous owner when another node; None when
+    /// the store has none there.
+    fn take_peer(
+        &mut self,
+        peer: std::net::SocketAddr,
+    ) -> Result<Option<(crate::lwm2m::endpoint::Endpoint, Option<String>)>, String> {
+        let (take, node) = (&self.take_peer, &self.node);
+        let found = self.con.with(|c| {
+            take.key(redis_scripts::peer_key(&peer))
+                .arg(node)
+                .arg(redis_scripts::PREFIX)
+                .arg(peer.to_string())
+                .invoke::<Option<(String, Vec<u8>, String)>>(c)
+        });
+        let found = match found {
+            Ok(f) => {
+                self.stats.set_reachable(true);
+                f
+            }
+            Err(e) => {
+                self.stats.set_reachable(self.con.is_connected());
+                return Err(e.to_string());
+            }
+        };
+        let Some((name, rec, previous)) = found else {
+            return Ok(None);
+        };
+        let ep = record::decode(&rec, self.epoch_ms)
+            .map_err(|e| format!("the record of {name:?} in Redis: {e}"))?;
         let from = (!previous.is_empty() && previous != self.node).then_some(previous);
         Ok(Some((ep, from)))
     }

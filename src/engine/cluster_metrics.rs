@@ -20,6 +20,21 @@ pub(super) fn write_cluster(c: &ClusterStats, snaps: &[CoreStats], w: &mut Write
             sum(|s| s.cluster_adopted),
         ),
         (
+            "lwm2m_cluster_peer_lookups_total",
+            "Lookups of a registration by a device's address (a datagram from an address no registration here has, a notification after a move).",
+            S::get(&c.peer_lookups),
+        ),
+        (
+            "lwm2m_cluster_peer_takeovers_total",
+            "Registrations those lookups found and this node took over.",
+            S::get(&c.peer_takeovers),
+        ),
+        (
+            "lwm2m_cluster_peer_waits_total",
+            "Datagrams from an address dropped while its lookup was in flight (the device retransmits).",
+            sum(|s| s.peer_takes_waiting),
+        ),
+        (
             "lwm2m_cluster_take_misses_total",
             "Takes that found no registration at the location (answered 4.04).",
             S::get(&c.take_misses),

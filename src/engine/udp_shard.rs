@@ -239,20 +239,22 @@ impl UdpShard {
             }
             for r in missed {
                 // The cluster thread's queue is full: answered as a miss now.
-                let ClusterRequest::Take {
-                    location,
-                    peer,
-                    datagram,
-                    identity,
-                } = r
-                else {
-                    continue;
-                };
-                let miss = Input::ClusterMiss {
-                    location,
-                    peer,
-                    datagram,
-                    identity,
+                let miss = match r {
+                    ClusterRequest::Take {
+                        location,
+                        peer,
+                        datagram,
+                        identity,
+                    } => Input::ClusterMiss {
+                        location,
+                        peer,
+                        datagram,
+                        identity,
+                    },
+                    ClusterRequest::TakePeer { peer, datagram } => {
+                        Input::ClusterPeerMiss { peer, datagram }
+                    }
+                    ClusterRequest::Subscribed { .. } => continue,
                 };
                 self.core.handle(now, miss);
             }
@@ -651,6 +653,7 @@ fn cluster_input(a: crate::cluster::ClusterAnswer) -> Input<'static> {
             datagram,
             identity,
         },
+        ClusterAnswer::PeerMiss { peer, datagram } => Input::ClusterPeerMiss { peer, datagram },
         ClusterAnswer::Release { name, location } => Input::ClusterRelease { name, location },
         ClusterAnswer::Unsubscribe { name, location } => {
             Input::ClusterUnsubscribe { name, location }

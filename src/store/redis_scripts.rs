@@ -3,8 +3,12 @@
 //!
 //! Keys, under one prefix (`lwm2m:`):
 //! - `reg:{name}`: a hash: `rec` (the record, `lwm2m::record`), `loc` (its location,
-//!   decimal), `owner` (the node holding it);
+//!   decimal), `owner` (the node holding it), `peer` (its device's address, `ip:port`,
+//!   empty for a DTLS registration);
 //! - `loc:{location}`: the name registered at that location;
+//! - `peer:{ip:port}`: the location of the plain CoAP registration whose device speaks
+//!   from that address (a take by address: a device a balancer moved to another node
+//!   whose first datagram there is a notification);
 //! - `meta:format`: the record format every node writes.
 //!
 //! The scripts build the `loc:` keys themselves from the prefix they are given: they
@@ -24,6 +28,11 @@ pub fn reg_key(name: &str) -> String {
 /// The key naming the registration at `location`.
 pub fn loc_key(location: u64) -> String {
     format!("{PREFIX}loc:{location}")
+}
+
+/// The key naming the location of the plain registration at address `peer`.
+pub fn peer_key(peer: &std::net::SocketAddr) -> String {
+    format!("{PREFIX}peer:{peer}")
 }
 
 /// The key of the record format.
@@ -110,7 +119,8 @@ impl PutOutcome {
 }
 
 /// PUT: KEYS[1] the record hash; ARGV: record, location, node, claim ("1"/"0"), prefix,
-/// name. A claim (a new registration) takes the name whoever held it; anything else
+/// name, the device's address (`ip:port`; empty for a DTLS registration, which is not
+/// indexed by address). A claim (a new registration) takes the name whoever held it; anything else
 /// applies only while this node holds the name at that location, or while nobody
 /// does (a Redis restarted empty gets each registration again at its next change). A location another
 /// name holds is refused. Returns {code, previous owner, previous location}: code 1
@@ -131,7 +141,18 @@ end
 if oldloc and oldloc ~= ARGV[2] then
   redis.call('DEL', ARGV[5] .. 'loc:' .. oldloc)
 end
-redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'loc', ARGV[2], 'owner', ARGV[3])
+local oldpeer = redis.call('HGET', KEYS[1], 'peer')
+if oldpeer and oldpeer ~= '' and oldpeer ~= ARGV[7] then
+  local pk = ARGV[5] .. 'peer:' .. oldpeer
+  local at = redis.call('GET', pk)
+  if at == ARGV[2] or at == oldloc then
+    redis.call('DEL', pk)
+  end
+end
+if ARGV[7] ~= '' then
+  redis.call('SET', ARGV[5] .. 'peer:' .. ARGV[7], ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'loc', ARGV[2], 'owner', ARGV[3], 'peer', ARGV[7])
 redis.call('SET', lockey, ARGV[6])
 return {1, owner or '', oldloc or ''}
 ",
@@ -148,6 +169,13 @@ local owner = redis.call('HGET', KEYS[1], 'owner')
 local loc = redis.call('HGET', KEYS[1], 'loc')
 if owner ~= ARGV[2] or loc ~= ARGV[1] then
   return 0
+end
+local peer = redis.call('HGET', KEYS[1], 'peer')
+if peer and peer ~= '' then
+  local pk = ARGV[3] .. 'peer:' .. peer
+  if redis.call('GET', pk) == ARGV[1] then
+    redis.call('DEL', pk)
+  end
 end
 redis.call('DEL', KEYS[1])
 redis.call('DEL', ARGV[3] .. 'loc:' .. ARGV[1])
@@ -172,6 +200,33 @@ if not rec[1] or rec[2] ~= ARGV[1] then
   return nil
 end
 redis.call('HSET', reg, 'owner', ARGV[2])
+return {name, rec[1], rec[3] or ''}
+",
+    )
+}
+
+/// TAKE_PEER: KEYS[1] the `peer:` key; ARGV: node, prefix, the address (`ip:port`). The
+/// plain registration whose device speaks from that address becomes this node's.
+/// Returns {name, record, previous owner}; nil when none is there, when the index is
+/// stale (the record has moved on to another address or location), or when this node
+/// holds it already (its shards' business).
+pub fn take_peer() -> Script {
+    Script::new(
+        r"
+local loc = redis.call('GET', KEYS[1])
+if not loc then
+  return nil
+end
+local name = redis.call('GET', ARGV[2] .. 'loc:' .. loc)
+if not name then
+  return nil
+end
+local reg = ARGV[2] .. 'reg:' .. name
+local rec = redis.call('HMGET', reg, 'rec', 'loc', 'owner', 'peer')
+if not rec[1] or rec[2] ~= loc or rec[4] ~= ARGV[3] or rec[3] == ARGV[1] then
+  return nil
+end
+redis.call('HSET', reg, 'owner', ARGV[1])
 return {name, rec[1], rec[3] or ''}
 ",
     )

@@ -153,6 +153,7 @@ impl Backend for RedisStore {
                         continue;
                     };
                     let claim = matches!(change, Change::Claim(_));
+                    let peer = record::plain_peer_of(rec).map_or(String::new(), |p| p.to_string());
                     pipe.invoke_script(
                         self.put
                             .key(key)
@@ -161,7 +162,8 @@ impl Backend for RedisStore {
                             .arg(&self.node)
                             .arg(if claim { "1" } else { "0" })
                             .arg(redis_scripts::PREFIX)
-                            .arg(&**name),
+                            .arg(&**name)
+                            .arg(peer),
                     );
                     puts.push(i);
                 }

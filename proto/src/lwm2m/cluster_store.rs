@@ -1,7 +1,9 @@
 //! Registrations moving between the nodes that share a store (`CoreSettings::
 //! shared_store`): one taken over from the store for a request that reached this node
 //! (`Input::ClusterAdopt`, after the I/O side ran its take), a take that found nothing
-//! (`Input::ClusterMiss`), and one another node took over (`Input::ClusterRelease`).
+//! (`Input::ClusterMiss`), and one another node took over (`Input::ClusterRelease`);
+//! the same taken over by a device's address (`peer_takes.rs`: `Input::ClusterPeerMiss`
+//! when the store has none).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use std::sync::Arc;
 use super::core::{cx, Removal};
 use super::endpoint::Endpoint;
 use super::identity::PeerIdentity;
+use super::output::ClusterRequest;
+use super::peer_takes::PeerTake;
 use super::ShardCore;
 
 impl ShardCore {
@@ -29,6 +33,7 @@ impl ShardCore {
     ) {
         let location = endpoint.location;
         self.cluster.takeover_answered(location);
+        self.peer_takes.answered(peer);
         let taken = self.table.find_name(&endpoint.name).is_some()
             || self.table.find_location(location).is_some()
             || self.cluster.is_registered(&endpoint.name)
@@ -82,6 +87,42 @@ impl ShardCore {
         self.cluster.store_missed(location);
         self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));
         self.cluster.store_answered();
+    }
+
+    /// A plain datagram from `peer`, an address no registration here has (a response,
+    /// a Send): true when it is held for a lookup of the address in the shared store
+    /// (`ClusterRequest::TakePeer`, handled again with the answer), or dropped while one
+    /// is in flight (the device retransmits); false: handle it as from nobody.
+    pub(super) fn held_for_peer_take(&mut self, peer: SocketAddr, datagram: &[u8]) -> bool {
+        if self.security.secure() {
+            return false; // a DTLS device handshakes with this node first
+        }
+        match self
+            .peer_takes
+            .consider(self.now, peer, self.settings.shared_store)
+        {
+            PeerTake::Unknown => false,
+            PeerTake::Wait => {
+                self.stats.peer_takes_waiting += 1;
+                true
+            }
+            PeerTake::Ask => {
+                self.stats.peer_takes_asked += 1;
+                self.out.cluster.push(ClusterRequest::TakePeer {
+                    peer,
+                    datagram: datagram.to_vec(),
+                });
+                true
+            }
+        }
+    }
+
+    /// The store has no registration at `peer`'s address (or was unreachable): the
+    /// datagram held for the lookup is handled as from an unknown address.
+    pub(super) fn cluster_peer_miss(&mut self, now: u64, peer: SocketAddr, datagram: &[u8]) {
+        self.peer_takes.missed(peer);
+        self.with_identity(None, |c| c.handle_datagram(now, peer, datagram));
+        self.peer_takes.handled();
     }
 
     /// Another node took the registration `name` at `location` over: it leaves this

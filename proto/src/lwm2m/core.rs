@@ -30,6 +30,7 @@ use super::dm::client_held;
 use super::dm::DeviceManagement;
 use super::identity::PeerIdentity;
 use super::output::{Outputs, ShardMsg, Timer};
+use super::peer_takes::PeerTakes;
 use super::registrations::Registrations;
 use super::security::InputSecurity;
 use super::settings::CoreSettings;
@@ -67,6 +68,8 @@ pub struct ShardCore {
     pub(super) settings: Arc<CoreSettings>,
     /// The shard among the shards: the directory, takeovers, subscriptions.
     pub(super) cluster: Cluster,
+    /// Registrations asked of the shared store by a device's address (`peer_takes.rs`).
+    pub(super) peer_takes: PeerTakes,
     /// The registration interface's admission, locations, held Registers and replies.
     pub(super) regs: Registrations,
     pub(super) table: EndpointTable,
@@ -148,6 +151,7 @@ impl ShardCore {
             shard,
             settings,
             cluster: Cluster::new(shard, dir),
+            peer_takes: PeerTakes::default(),
             table: EndpointTable::new(),
             dm: DeviceManagement::new(block_held.clone()),
             ids: Ids::new(seed),
@@ -233,6 +237,9 @@ impl ShardCore {
                 let secure = self.security.secure();
                 if self.boot.talks_to(&peer) && self.boot.on_response(cx!(self), peer, secure, &msg)
                 {
+                    return;
+                }
+                if self.table.find_peer(&peer).is_none() && self.held_for_peer_take(peer, data) {
                     return;
                 }
                 self.dm.on_response(cx!(self), dm_env!(self), peer, &msg)

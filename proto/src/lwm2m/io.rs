@@ -113,6 +113,9 @@ pub enum Input<'a> {
     /// the handover (commands the broker hands this node meanwhile are forwarded to the
     /// new owner) until [`Input::ClusterUnsubscribe`] or a deadline.
     ClusterRelease { name: Box<str>, location: u64 },
+    /// A [`ClusterRequest::TakePeer`] found no registration at the address (or the store
+    /// is unreachable): the datagram is handled as from an unknown address.
+    ClusterPeerMiss { peer: SocketAddr, datagram: Vec<u8> },
     /// The node that took the registration `name` at `location` over has its command
     /// subscription in place (the broker acknowledged it): the subscription this node
     /// kept for the handover is given up, unless this node holds the name again. A
@@ -195,6 +198,9 @@ impl ShardCore {
                 identity,
             } => self.cluster_miss(now, location, peer, &datagram, identity),
             Input::ClusterRelease { name, location } => self.cluster_release(&name, location),
+            Input::ClusterPeerMiss { peer, datagram } => {
+                self.cluster_peer_miss(now, peer, &datagram)
+            }
             Input::ClusterUnsubscribe { name, location } => {
                 self.cluster_unsubscribe(&name, location)
             }

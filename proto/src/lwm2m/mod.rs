@@ -23,6 +23,7 @@ mod intern;
 pub mod io;
 pub mod location;
 pub mod output;
+mod peer_takes;
 pub mod publish;
 pub mod record;
 mod register;

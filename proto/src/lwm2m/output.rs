@@ -182,6 +182,13 @@ pub enum ClusterRequest {
         datagram: Vec<u8>,
         identity: Option<Arc<PeerIdentity>>,
     },
+    /// A plain CoAP `datagram` (a notification, a Send) from `peer`, an address no
+    /// registration of this node has: take over the registration the store has at that
+    /// address, if any (`peer_takes.rs`), and hand it back with the datagram
+    /// ([`Input::ClusterAdopt`]; none: [`Input::ClusterPeerMiss`]).
+    ///
+    /// [`Input::ClusterPeerMiss`]: super::io::Input::ClusterPeerMiss
+    TakePeer { peer: SocketAddr, datagram: Vec<u8> },
 }
 
 /// What the authentication server is told about a registering device.

@@ -185,6 +185,29 @@ pub fn location_of(bytes: &[u8]) -> Option<u64> {
     r.u64("location").ok()
 }
 
+/// The address a record's device speaks from, if its registration was made over plain
+/// CoAP (None for a DTLS registration, or bytes that do not read as a record): what the
+/// shared store indexes registrations by for a take by address (`ClusterRequest::TakePeer`).
+pub fn plain_peer_of(bytes: &[u8]) -> Option<SocketAddr> {
+    let mut r = Reader { b: bytes };
+    if r.u8("version").ok()? != VERSION {
+        return None;
+    }
+    r.bytes("name").ok()?;
+    r.u64("location").ok()?;
+    let peer = r.addr().ok()?;
+    r.u32("lifetime").ok()?;
+    for what in ["deadline", "registration time", "last seen"] {
+        r.u64(what).ok()?;
+    }
+    r.string("mountpoint").ok()?;
+    r.string("parameters").ok()?;
+    r.opt_string("alternate path").ok()?;
+    r.opt_string("object list").ok()?;
+    let secure = r.u8("flags").ok()? & 2 != 0;
+    (!secure).then_some(peer)
+}
+
 fn put_u16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_le_bytes());
 }

@@ -126,6 +126,11 @@ pub struct CoreStats {
     pub cluster_adopted: u64,
     /// Takeovers through the shared store that found nothing (answered 4.04).
     pub cluster_missed: u64,
+    /// Datagrams from unknown addresses held while the shared store was asked for the
+    /// address's registration (`peer_takes.rs`).
+    pub peer_takes_asked: u64,
+    /// Datagrams from an address dropped while such a lookup was in flight.
+    pub peer_takes_waiting: u64,
     /// Registrations another node took over (removed here without a message).
     pub cluster_released: u64,
     /// Command subscriptions of registrations another node took over, kept for the

@@ -7,7 +7,7 @@
 //! for one registration end with one owner.
 
 use super::harness::*;
-use crate::coap::codes;
+use crate::coap::{codes, opt, MessageWriter, MsgType};
 use crate::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use crate::lwm2m::record;
 use crate::lwm2m::{ClusterRequest, Input, StoreChange, Timer};
@@ -71,6 +71,17 @@ impl Model {
         }
         let prev = std::mem::replace(&mut reg.2, node);
         Some((name, reg.1.clone(), prev))
+    }
+
+    /// TAKE_PEER: the plain registration at address `peer`, held by another node,
+    /// becomes `node`'s (the scripts find it through their `peer:` index).
+    fn take_peer(&mut self, node: usize, peer: SocketAddr) -> Option<(String, Vec<u8>, usize)> {
+        let (name, reg) = self
+            .regs
+            .iter_mut()
+            .find(|(_, r)| record::plain_peer_of(&r.1) == Some(peer) && r.2 != node)?;
+        let prev = std::mem::replace(&mut reg.2, node);
+        Some((name.clone(), reg.1.clone(), prev))
     }
 }
 
@@ -155,6 +166,24 @@ impl Cluster {
                 datagram,
                 identity,
             } => (location, peer, datagram, identity),
+            ClusterRequest::TakePeer { peer, datagram } => {
+                return match self.store.take_peer(i, peer) {
+                    Some((name, rec, prev)) => {
+                        let endpoint = Box::new(record::decode(&rec, EPOCH).expect("a record"));
+                        self.release(prev, &name, endpoint.location);
+                        let from = Some(format!("node{prev}").into());
+                        let adopt = Input::ClusterAdopt {
+                            endpoint,
+                            peer,
+                            datagram,
+                            identity: None,
+                            from,
+                        };
+                        self.nodes[i].input(0, adopt)
+                    }
+                    None => self.nodes[i].input(0, Input::ClusterPeerMiss { peer, datagram }),
+                };
+            }
             ClusterRequest::Subscribed {
                 node,
                 name,
@@ -458,4 +487,96 @@ fn without_per_endpoint_subscriptions_nothing_is_kept() {
     assert!(c.confirms.is_empty());
     assert_eq!(c.nodes[0].cores[0].stats().handovers_kept, 0);
     assert_eq!(c.nodes[0].cores[0].kept_for_handover().count(), 0);
+}
+
+fn notification(t: MsgType, mid: u16, token: &[u8], seq: u32, value: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, t, codes::CONTENT, mid, token);
+    w.option_uint(opt::OBSERVE, seq);
+    w.option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(value);
+    buf
+}
+
+/// Registers `dev` on node 0 from `from` and observes `/3/0/9` there; the token.
+fn observed_on_node_0(c: &mut Cluster, from: SocketAddr) -> Vec<u8> {
+    register(c, 0, from, "dev");
+    let out = c.nodes[0].command(
+        0,
+        "lwm2m/dev/dn/cmd",
+        r#"{"reqID":"obs-1","msgType":"observe","data":{"path":"/3/0/9"}}"#,
+    );
+    assert_eq!(out.len(), 1);
+    let req = out[0].msg();
+    let token = req.token.to_vec();
+    let mut ack = Vec::new();
+    let mut w = MessageWriter::new(&mut ack, MsgType::Ack, codes::CONTENT, req.mid, &token);
+    w.option_uint(opt::OBSERVE, 1);
+    w.option_uint(opt::CONTENT_FORMAT, 0);
+    w.payload(b"90");
+    c.nodes[0].datagram(0, from, &ack);
+    c.write(0);
+    token
+}
+
+#[test]
+fn a_notification_reaching_another_node_first_takes_the_registration_over_by_its_address() {
+    for t in [MsgType::Con, MsgType::Non] {
+        let mut c = Cluster::new(2);
+        let dev = addr(1, 5000);
+        let token = observed_on_node_0(&mut c, dev);
+        let mark = c.nodes[1].mark();
+        // The balancer moved the device to node 1 (its address kept): its next datagram
+        // there is a notification, long before its next Update. Held, not reset.
+        let n = notification(t, 700, &token, 2, b"89");
+        assert!(c.nodes[1].exchange(0, dev, &n).is_empty());
+        assert_eq!(c.nodes[1].cluster.len(), 1);
+        // Its retransmission meanwhile is dropped and asks nothing more.
+        assert!(c.nodes[1].exchange(0, dev, &n).is_empty());
+        assert_eq!(c.nodes[1].cluster.len(), 1);
+        assert_eq!(c.nodes[1].cores[0].stats().peer_takes_waiting, 1);
+        // The take by address: node 1 owns the registration, the notification is
+        // acknowledged (CON) and published with the observation's reqID.
+        let replies = c.takes(1);
+        match t {
+            MsgType::Con => {
+                assert_eq!(replies.len(), 1, "{replies:?}");
+                assert_eq!(replies[0].msg().mtype, MsgType::Ack);
+                assert_eq!(replies[0].msg().mid, 700);
+            }
+            _ => assert!(replies.is_empty(), "{replies:?}"),
+        }
+        assert_eq!(c.holders("dev"), [1]);
+        assert_eq!(c.store.regs["dev"].2, 1);
+        let p = c.nodes[1].published_since(mark);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "lwm2m/dev/up/notify");
+        assert_eq!(p[0].1["reqID"], "obs-1");
+        assert_eq!(p[0].1["seqNum"], 2);
+        // Node 0 let it go, keeping its subscription until node 1's is in place.
+        assert_eq!(c.confirms.len(), 1);
+        // The next notification goes straight through.
+        let next = notification(t, 701, &token, 3, b"88");
+        c.nodes[1].exchange(0, dev, &next);
+        assert!(c.nodes[1].cluster.is_empty());
+        assert_eq!(c.nodes[1].published_since(mark).len(), 2);
+    }
+}
+
+#[test]
+fn a_notification_from_an_address_the_store_does_not_know_is_reset() {
+    let mut c = Cluster::new(2);
+    let stranger = addr(9, 9000);
+    let con = notification(MsgType::Con, 800, b"\x01\x02\x03\x04", 2, b"1");
+    assert!(c.nodes[1].exchange(0, stranger, &con).is_empty());
+    let replies = c.takes(1);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].msg().mtype, MsgType::Rst);
+    assert_eq!(c.nodes[1].endpoints(), 0);
+    // Without a shared store nothing is asked at all.
+    let mut h = Harness::new(1, settings());
+    let r = h.exchange(0, stranger, &con);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].msg().mtype, MsgType::Rst);
+    assert!(h.cluster.is_empty());
 }

@@ -203,7 +203,13 @@ fn every_registration_shape_round_trips() {
         assert_eq!(record::location_of(bytes), Some(*location));
         let ep = record::decode(bytes, EPOCH_1).unwrap();
         assert_eq!((&*ep.name, ep.location), (name.as_str(), *location));
+        // The address a take by address finds it at: none for a DTLS registration.
+        let plain_peer = (!ep.secure).then_some(ep.peer);
+        assert_eq!(record::plain_peer_of(bytes), plain_peer, "{name}");
     }
+    assert_eq!(record::plain_peer_of(&s["secure"].1), None);
+    assert!(record::plain_peer_of(&s["plain"].1).is_some());
+    assert_eq!(record::plain_peer_of(b"\x01"), None);
     let plain = record::decode(&s["plain"].1, EPOCH_1).unwrap();
     let obs = &plain.session.as_ref().unwrap().observations[0];
     assert_eq!(obs.token.to_be_bytes().to_vec(), tok);
