@@ -456,6 +456,7 @@ impl ShardCore {
             msg,
             data.len(),
         );
+        let whole_datagram = matches!(arrived, super::block_server::Block1In::Whole);
         let (msg, data) = match arrived {
             super::block_server::Block1In::Whole => (msg, data),
             super::block_server::Block1In::Answered => return,
@@ -477,7 +478,18 @@ impl ShardCore {
             (codes::DELETE, Route::Registration(loc)) => {
                 self.on_registration(now, peer, msg, data, loc, false)
             }
-            (codes::POST, Route::Send) => self.on_send(now, peer, msg, data.len()),
+            (codes::POST, Route::Send) => {
+                // A Send (in one datagram) from a device another node holds: taken over
+                // by its address first (`peer_takes.rs`).
+                if whole_datagram
+                    && self.table.find_peer(&peer).is_none()
+                    && !self.cluster.awaits_takeover(peer)
+                    && self.held_for_peer_take(peer, data)
+                {
+                    return;
+                }
+                self.on_send(now, peer, msg, data.len())
+            }
             (codes::POST, Route::Bootstrap) => {
                 self.on_bootstrap_request(now, peer, msg, data.len())
             }

@@ -182,7 +182,7 @@ pub enum ClusterRequest {
         datagram: Vec<u8>,
         identity: Option<Arc<PeerIdentity>>,
     },
-    /// A plain CoAP `datagram` (a notification, a Send) from `peer`, an address no
+    /// A plain CoAP `datagram` (a notification, a Send in one datagram) from `peer`, an address no
     /// registration of this node has: take over the registration the store has at that
     /// address, if any (`peer_takes.rs`), and hand it back with the datagram
     /// ([`Input::ClusterAdopt`]; none: [`Input::ClusterPeerMiss`]).

@@ -580,3 +580,32 @@ fn a_notification_from_an_address_the_store_does_not_know_is_reset() {
     assert_eq!(r[0].msg().mtype, MsgType::Rst);
     assert!(h.cluster.is_empty());
 }
+
+#[test]
+fn a_send_reaching_another_node_first_takes_the_registration_over_by_its_address() {
+    let mut c = Cluster::new(2);
+    let dev = addr(1, 5000);
+    let r = c.nodes[0].one(0, dev, &Req::register("dev", 1).q("lwm2m=1.1").bytes());
+    assert_eq!(r.code(), codes::CREATED);
+    c.write(0);
+    let mark = c.nodes[1].mark();
+    let send = Req::new(codes::POST, "/dp", 9)
+        .opt(
+            opt::CONTENT_FORMAT,
+            &crate::formats::fmt_id::SENML_JSON.to_be_bytes(),
+        )
+        .body(br#"[{"n":"/3/0/9","v":87}]"#)
+        .bytes();
+    // Held while node 1 asks the store by address (not 4.04 "no registration").
+    assert!(c.nodes[1].exchange(0, dev, &send).is_empty());
+    let replies = c.takes(1);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].code(), codes::CHANGED);
+    assert_eq!(c.holders("dev"), [1]);
+    let p = c.nodes[1].published_since(mark);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "lwm2m/dev/up/send");
+    // Its retransmission is answered from the reply cache, published once.
+    assert_eq!(c.nodes[1].one(0, dev, &send).code(), codes::CHANGED);
+    assert_eq!(c.nodes[1].published_since(mark).len(), 1);
+}
