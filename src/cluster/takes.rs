@@ -347,9 +347,12 @@ impl Worker {
             }
             Ok(None) => (ClusterAnswer::PeerMiss { peer, datagram }, None),
             Err(e) => {
+                // Not answered: the shard drops the device's datagrams until its lookup
+                // times out, then asks again. A miss would be answered with a reset,
+                // which ends an observation on the device for as long as Redis is away.
                 ClusterStats::add(&self.stats.take_failures, 1);
                 tracing::debug!(error = %e, %peer, "take by address from the Redis store failed");
-                (ClusterAnswer::PeerMiss { peer, datagram }, None)
+                return;
             }
         };
         (self.deliver)(shard, answer);

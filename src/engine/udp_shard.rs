@@ -251,10 +251,9 @@ impl UdpShard {
                         datagram,
                         identity,
                     },
-                    ClusterRequest::TakePeer { peer, datagram } => {
-                        Input::ClusterPeerMiss { peer, datagram }
-                    }
-                    ClusterRequest::Subscribed { .. } => continue,
+                    // Dropped: asked again once its lookup timed out (a reset would end
+                    // an observation on the device).
+                    ClusterRequest::TakePeer { .. } | ClusterRequest::Subscribed { .. } => continue,
                 };
                 self.core.handle(now, miss);
             }

@@ -185,7 +185,11 @@ pub enum ClusterRequest {
     /// A plain CoAP `datagram` (a notification, a Send in one datagram) from `peer`, an address no
     /// registration of this node has: take over the registration the store has at that
     /// address, if any (`peer_takes.rs`), and hand it back with the datagram
-    /// ([`Input::ClusterAdopt`]; none: [`Input::ClusterPeerMiss`]).
+    /// ([`Input::ClusterAdopt`]; none: [`Input::ClusterPeerMiss`]). When the store cannot
+    /// be asked (unreachable, the I/O side's queue full) nothing is answered: the
+    /// datagrams of that address are dropped until the lookup times out
+    /// (`peer_takes.rs`), then asked again; a reset would end an observation on the
+    /// device.
     ///
     /// [`Input::ClusterPeerMiss`]: super::io::Input::ClusterPeerMiss
     TakePeer { peer: SocketAddr, datagram: Vec<u8> },
