@@ -35,6 +35,11 @@ pub(super) fn write_cluster(c: &ClusterStats, snaps: &[CoreStats], w: &mut Write
             sum(|s| s.peer_takes_waiting),
         ),
         (
+            "lwm2m_cluster_peer_limited_total",
+            "Datagrams from unknown addresses dropped over the rate of lookups by address (1,000/s per shard).",
+            sum(|s| s.peer_takes_limited),
+        ),
+        (
             "lwm2m_cluster_take_misses_total",
             "Takes that found no registration at the location (answered 4.04).",
             S::get(&c.take_misses),

@@ -106,6 +106,10 @@ impl ShardCore {
                 self.stats.peer_takes_waiting += 1;
                 true
             }
+            PeerTake::Limited => {
+                self.stats.peer_takes_limited += 1;
+                true
+            }
             PeerTake::Ask => {
                 self.stats.peer_takes_asked += 1;
                 self.out.cluster.push(ClusterRequest::TakePeer {

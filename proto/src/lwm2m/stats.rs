@@ -131,6 +131,8 @@ pub struct CoreStats {
     pub peer_takes_asked: u64,
     /// Datagrams from an address dropped while such a lookup was in flight.
     pub peer_takes_waiting: u64,
+    /// Datagrams from unknown addresses dropped over the rate of such lookups.
+    pub peer_takes_limited: u64,
     /// Registrations another node took over (removed here without a message).
     pub cluster_released: u64,
     /// Command subscriptions of registrations another node took over, kept for the
