@@ -250,8 +250,11 @@ impl Cluster {
 
     /// A registration `name` at `location` another node took over, which this shard's
     /// directory entry names but its table does not hold (handed to another shard, its
-    /// `Adopt` on the way): the entry is released, so that the adoption finds the
-    /// registration superseded. True if it was.
+    /// `Adopt` on the way): the name's entry is released, so that the adoption finds the
+    /// registration superseded (and forgets the location). The location stays taken
+    /// meanwhile: a take of the same registration back from the store (a late datagram
+    /// from the device's old address) must not adopt it a second time while this copy
+    /// is on its way. True if it was.
     pub(super) fn release_in_transit(&mut self, name: &str, location: u64) -> bool {
         let here = DirEntry {
             shard: self.shard,
@@ -260,7 +263,7 @@ impl Cluster {
         if self.dir.by_name(name) != Some(here) {
             return false;
         }
-        self.dir.release(name, location);
+        self.dir.release_name(name, location);
         true
     }
 

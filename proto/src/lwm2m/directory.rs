@@ -167,6 +167,18 @@ impl Directory {
         }
     }
 
+    /// Forgets a name only if it still points at `location`; the location stays (a
+    /// registration on its way between shards that another node took over: its
+    /// location is not free for a take from the store until the adopting shard finds
+    /// it superseded and forgets the location).
+    pub fn release_name(&self, name: &str, location: u64) {
+        let names = self.names.pin();
+        let removed = names.remove_if(name, |_, h| h.entry.location == location);
+        if matches!(removed, Ok(Some((_, h))) if h.secure) {
+            self.secure_names.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Names held by registrations made over DTLS.
     pub fn secure_len(&self) -> usize {
         self.secure_names.load(Ordering::Relaxed)
