@@ -825,3 +825,52 @@ fn a_notification_reaching_another_node_first_takes_the_registration_over() {
         (Some(read), &"2.05".into())
     );
 }
+
+/// Responses from spoofed addresses (here 100 of 127.0.0.0/8) at a node sharing Redis
+/// cost a bounded rate of lookups by address (1,000 a second per shard, a burst of as
+/// many), and a real device moved to that node during the flood is still taken over by
+/// its Update.
+#[test]
+fn spoofed_notifications_cost_a_bounded_rate_of_lookups() {
+    let redis = Redis::start();
+    let broker = Mosquitto::start();
+    let a = node(&redis, broker.addr(), "flood-a");
+    let b = node(&redis, broker.addr(), "flood-b");
+    let dev = socket([127, 0, 0, 1], WAIT);
+    let loc = register(&dev, a.udp, "real");
+    let deadline = std::time::Instant::now() + WAIT;
+    while owner(&redis, "real").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the record in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spoofed: Vec<UdpSocket> = (0..100u8).map(|i| socket([127, 10, i, 7], WAIT)).collect();
+    let started = std::time::Instant::now();
+    let mut sent = 0u32;
+    // 3,000 datagrams: well within the nodes' socket buffers, none lost before counted.
+    for round in 0..30u32 {
+        for (i, s) in spoofed.iter().enumerate() {
+            let token = (round * 1_000 + i as u32).to_be_bytes();
+            let n = notification((round * 100 + i as u32) as u16, &token, round, b"1");
+            s.send_to(&n, b.udp).unwrap();
+            sent += 1;
+        }
+        if round == 15 {
+            assert_eq!(update(&dev, b.udp, &loc, 70), codes::CHANGED);
+        }
+    }
+    let m = b.metrics_when(|m| {
+        let seen = m.sum("lwm2m_cluster_peer_lookups_total", &[])
+            + m.sum("lwm2m_cluster_peer_limited_total", &[])
+            + m.sum("lwm2m_cluster_peer_waits_total", &[]);
+        seen >= f64::from(sent)
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let lookups = m.sum("lwm2m_cluster_peer_lookups_total", &[]);
+    // Two shards, each at most its burst and 1,000 a second after it.
+    let bound = 2.0 * (1_000.0 + 1_000.0 * elapsed);
+    assert!(lookups <= bound, "{lookups} lookups in {elapsed:.1} s");
+    assert!(lookups >= 1.0, "the spoofed responses were looked up");
+    assert_eq!(m.sum("lwm2m_cluster_peer_takeovers_total", &[]), 0.0);
+    assert_eq!(owner(&redis, "real").as_deref(), Some("flood-b"));
+    assert_eq!(m.sum("lwm2m_cluster_takeovers_total", &[]), 1.0);
+}
