@@ -152,6 +152,10 @@ fn core_mutated_register() {
 /// registration's Update (`two_nodes_released_update_leaves_no_record`); and a record lost
 /// while its registration lives, an Update of an older registration coalesced behind a
 /// newer registration's claim (`two_nodes_update_of_an_older_registration_before_a_newer_claim`).
+/// A stale Evict removing a registration its shard had taken back in from the store,
+/// leaving its subscription behind (`two_nodes_subscription_left_after_cross_shard_supersede_a`,
+/// `_b`); a registration taken in with nobody subscribed and taken over again before its
+/// SUBACK (`two_nodes_taken_over_again_before_its_suback`, not a handover: docs/reliability.md).
 #[test]
 fn core_endpoint_files() {
     replay_files("core_endpoint", checks::core_endpoint);

@@ -10,7 +10,7 @@ use super::harness::*;
 use crate::coap::{codes, opt, MessageWriter, MsgType};
 use crate::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use crate::lwm2m::record;
-use crate::lwm2m::{ClusterRequest, Input, StoreChange, Timer};
+use crate::lwm2m::{ClusterRequest, Input, ShardMsg, StoreChange, Timer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -608,4 +608,84 @@ fn a_send_reaching_another_node_first_takes_the_registration_over_by_its_address
     // Its retransmission is answered from the reply cache, published once.
     assert_eq!(c.nodes[1].one(0, dev, &send).code(), codes::CHANGED);
     assert_eq!(c.nodes[1].published_since(mark).len(), 1);
+}
+
+/// Whether the last subscription change of `filter` a node sent is a subscribe.
+fn subscribed(h: &Harness, filter: &str) -> bool {
+    h.mqtt
+        .iter()
+        .filter_map(|m| match m {
+            crate::lwm2m::MqttOut::Subscribe { filter: f, .. } if f == filter => Some(true),
+            crate::lwm2m::MqttOut::Unsubscribe { filter: f, .. } if f == filter => Some(false),
+            _ => None,
+        })
+        .last()
+        .unwrap_or(false)
+}
+
+/// `dev` registered on shard 0 of a node, then again on shard 1, whose Evict for shard
+/// 0 waits in a mailbox; both registrations end, the store (its writer behind) still
+/// holding the first: an Update to the first location takes it back in on shard 0. The
+/// Evict that arrives then is stale: the registration taken back in stays, with its
+/// subscription, and its end gives the subscription up.
+#[test]
+fn an_evict_finding_the_registration_taken_back_in_is_stale() {
+    let node = crate::lwm2m::CoreSettings {
+        clock_epoch_ms: EPOCH,
+        shared_store: true,
+        location_key: [0x0123_4567_89ab_cdef, 0x0fed_cba9_8765_4321],
+        ..settings()
+    };
+    let mut c = Cluster {
+        nodes: vec![Harness::new(2, node)],
+        store: Model::default(),
+        confirms: Vec::new(),
+    };
+    let first = c.nodes[0].one(0, addr(1, 5000), &Req::register("dev", 1).bytes());
+    let loc = first.location();
+    c.write(0);
+    let n = c.nodes[0].replies.len();
+    let mail = c.nodes[0].datagram_holding_mail(1, addr(2, 5000), &Req::register("dev", 2).bytes());
+    let second = c.nodes[0].replies[n].clone();
+    assert_eq!(second.code(), codes::CREATED);
+    assert!(
+        mail.iter()
+            .any(|(to, m)| *to == 0 && matches!(m, ShardMsg::Evict { .. })),
+        "{mail:?}"
+    );
+    // Both end (nothing written yet): the first on shard 0, the second on shard 1.
+    let del = |loc: &str, mid| Req::new(codes::DELETE, &format!("/rd/{loc}"), mid).bytes();
+    assert_eq!(
+        c.nodes[0].one(0, addr(1, 5000), &del(&loc, 3)).code(),
+        codes::DELETED
+    );
+    let r = c.nodes[0].one(1, addr(2, 5000), &del(&second.location(), 4));
+    assert_eq!(r.code(), codes::DELETED);
+    assert_eq!(c.nodes[0].endpoints(), 0);
+    // An Update to the first location: taken back in from the store on shard 0.
+    assert!(c.nodes[0]
+        .exchange(0, addr(1, 5000), &Req::update(&loc, 5).bytes())
+        .is_empty());
+    assert_eq!(c.takes(0)[0].code(), codes::CHANGED);
+    assert_eq!(c.holders("dev"), [0]);
+    assert!(subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    // The Evict (and the rest of that mailbox) arrives now: stale.
+    for (to, m) in mail {
+        c.nodes[0].message(to as usize, m);
+    }
+    assert_eq!(
+        c.holders("dev"),
+        [0],
+        "the registration taken back in stays"
+    );
+    assert!(subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    let r = c.nodes[0].one(0, addr(1, 5000), &Req::update(&loc, 6).bytes());
+    assert_eq!(r.code(), codes::CHANGED);
+    // Its end gives the subscription up: nothing is left subscribed.
+    assert_eq!(
+        c.nodes[0].one(0, addr(1, 5000), &del(&loc, 7)).code(),
+        codes::DELETED
+    );
+    assert!(!subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    assert_eq!(c.nodes[0].dir.sub_homes(), 0);
 }
