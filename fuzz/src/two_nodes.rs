@@ -266,9 +266,10 @@ impl Nodes {
         }
         // Whether the broker delivers the name's commands to some node as it is let go:
         // if not (the registration was itself taken in from the store while no node
-        // subscribed, e.g. a node's own record of a registration it had ended, and is
-        // taken over again before its SUBACK), the handover has no subscription in
-        // place to keep, and the gap that follows is that of the registration taken in.
+        // subscribed, e.g. from a node that had ended it, its record's removal not yet
+        // written, and is taken over again before its SUBACK), the handover has no
+        // subscription in place to keep, and the gap that follows is that of the
+        // registration taken in.
         let filter = format!("lwm2m/{name}/dn/#");
         let heard = self
             .nodes
@@ -601,10 +602,10 @@ impl Nodes {
     /// the registration was taken in (e.g. a take whose adoption the core refused,
     /// asked again later): the documented limits of the handover. Nor does a node that
     /// let the registration go while no node had a subscription the broker delivers to
-    /// count (it was itself taken in from the store with nobody subscribed, e.g. a
-    /// node's own record of a registration it had ended, not yet removed, and taken
-    /// over again before its SUBACK): its subscription, kept for the handover, is the
-    /// one that awaits its SUBACK; there was none in place to hand over.
+    /// count (it was itself taken in from the store with nobody subscribed, e.g. from a
+    /// node that had ended it, its record not yet removed, and taken over again before
+    /// its SUBACK): its subscription, kept for the handover, is the one that awaits its
+    /// SUBACK; there was none in place to hand over.
     fn exempt(&self, n: usize, name: &str, location: u64, filter: &str) -> bool {
         let awaiting = self.nodes[n].unacked.iter().any(|(_, f)| f == filter);
         let now = self.nodes[n].now;
