@@ -152,6 +152,12 @@ fn core_mutated_register() {
 /// registration's Update (`two_nodes_released_update_leaves_no_record`); and a record lost
 /// while its registration lives, an Update of an older registration coalesced behind a
 /// newer registration's claim (`two_nodes_update_of_an_older_registration_before_a_newer_claim`).
+/// A stale Evict removing a registration its shard had taken back in from the store,
+/// leaving its subscription behind (`two_nodes_subscription_left_after_cross_shard_supersede_a`,
+/// `_b`); a registration taken in with nobody subscribed and taken over again before its
+/// SUBACK (`two_nodes_taken_over_again_before_its_suback`, not a handover: docs/reliability.md);
+/// a node's take of its own record bringing an ended registration back, whose record was
+/// then lost while it lived (`two_nodes_ended_registration_taken_back_from_the_own_record`).
 #[test]
 fn core_endpoint_files() {
     replay_files("core_endpoint", checks::core_endpoint);

@@ -133,8 +133,8 @@ pub struct Nodes {
     pub confirms: Vec<(usize, usize, String, u64)>,
     /// Unsubscribe notices heard.
     pub confirmed: u64,
-    /// Registrations a node let go on hearing a release: (node, name, location), with
-    /// the time it did.
+    /// Registrations a node let go on hearing a release while the broker delivered
+    /// their commands to some node: (node, name, location), with the time it did.
     pub let_go: HashMap<(usize, String, u64), u64>,
     pub next_req: u64,
     /// Registrations a node adopted from the store, and releases heard.
@@ -264,6 +264,17 @@ impl Nodes {
         if self.store.regs.get(&name).map(|r| (r.0, r.2)) == Some((location, n)) {
             return;
         }
+        // Whether the broker delivers the name's commands to some node as it is let go:
+        // if not (the registration was itself taken in from the store while no node
+        // subscribed, e.g. from a node that had ended it, its record's removal not yet
+        // written, and is taken over again before its SUBACK), the handover has no
+        // subscription in place to keep, and the gap that follows is that of the
+        // registration taken in.
+        let filter = format!("lwm2m/{name}/dn/#");
+        let heard = self
+            .nodes
+            .iter()
+            .any(|v| v.subscribed.iter().any(|(_, f)| *f == filter));
         let w = &mut self.nodes[n];
         let Some(at) = w.dir.by_name(&name).filter(|e| e.location == location) else {
             return;
@@ -278,7 +289,7 @@ impl Nodes {
             location,
         };
         core.handle(w.now, input);
-        if core.stats().cluster_released != before {
+        if core.stats().cluster_released != before && heard {
             self.let_go.insert((n, name, location), w.now);
         }
         let fx = w.collect();
@@ -589,7 +600,12 @@ impl Nodes {
     /// taken over; see `finish` on stale records); or the old node stopped during the
     /// handover, taking its subscription with it, or its 10 s deadline passed before
     /// the registration was taken in (e.g. a take whose adoption the core refused,
-    /// asked again later): the documented limits of the handover.
+    /// asked again later): the documented limits of the handover. Nor does a node that
+    /// let the registration go while no node had a subscription the broker delivers to
+    /// count (it was itself taken in from the store with nobody subscribed, e.g. from a
+    /// node that had ended it, its record not yet removed, and taken over again before
+    /// its SUBACK): its subscription, kept for the handover, is the one that awaits its
+    /// SUBACK; there was none in place to hand over.
     fn exempt(&self, n: usize, name: &str, location: u64, filter: &str) -> bool {
         let awaiting = self.nodes[n].unacked.iter().any(|(_, f)| f == filter);
         let now = self.nodes[n].now;

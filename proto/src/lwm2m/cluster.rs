@@ -256,15 +256,20 @@ impl Cluster {
     /// from the device's old address) must not adopt it a second time while this copy
     /// is on its way. True if it was.
     pub(super) fn release_in_transit(&mut self, name: &str, location: u64) -> bool {
-        let here = DirEntry {
-            shard: self.shard,
-            location,
-        };
-        if self.dir.by_name(name) != Some(here) {
+        if !self.holds_here(name, location) {
             return false;
         }
         self.dir.release_name(name, location);
         true
+    }
+
+    /// Whether the directory names this shard the holder of `name` at `location`.
+    pub(super) fn holds_here(&self, name: &str, location: u64) -> bool {
+        let here = DirEntry {
+            shard: self.shard,
+            location,
+        };
+        self.dir.by_name(name) == Some(here)
     }
 
     /// Whether a location is free for a new registration.

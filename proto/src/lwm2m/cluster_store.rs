@@ -21,7 +21,12 @@ impl ShardCore {
     /// subscribed, nothing published), its record written as this node's, then the
     /// request handled. A name or location this node holds already (registered here
     /// again meanwhile) keeps the local registration: the request is answered as a miss,
-    /// and the taken record is removed (nobody holds that registration any more).
+    /// and the taken record is removed (nobody holds that registration any more). A
+    /// record this node itself owned (`from` None) is not taken in either: no shard here
+    /// holds its registration, so it ended here (its record's removal still on its way
+    /// to the store, behind this take) or another shard of this node is taking it in
+    /// from the node that held it; taken in, an ended registration would live again.
+    /// The request is answered as a miss (the device registers again).
     pub(super) fn cluster_adopt(
         &mut self,
         now: u64,
@@ -34,6 +39,11 @@ impl ShardCore {
         let location = endpoint.location;
         self.cluster.takeover_answered(location);
         self.peer_takes.answered(peer);
+        let Some(from) = from else {
+            // Its removal, if it ended here, is queued already (counted as a miss).
+            self.cluster_miss(now, location, peer, datagram, identity);
+            return;
+        };
         let taken = self.table.find_name(&endpoint.name).is_some()
             || self.table.find_location(location).is_some()
             || self.cluster.is_registered(&endpoint.name)
@@ -65,9 +75,7 @@ impl ShardCore {
         self.arm_expiry(slot);
         let ep = self.table.get(slot).expect("inserted");
         self.cluster.registered(cx!(self), ep);
-        if let Some(from) = from {
-            self.cluster.adopted_from(cx!(self), ep, from);
-        }
+        self.cluster.adopted_from(cx!(self), ep, from);
         self.out.stored(slot);
         self.stats.cluster_adopted += 1;
         self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));

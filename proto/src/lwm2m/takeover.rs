@@ -17,8 +17,15 @@ use crate::coap::Message;
 impl ShardCore {
     /// Another shard registered `name` again: this shard's registration at `location`
     /// (if still here and still that name's) leaves; its subscription stays when the new
-    /// registration has the same mountpoint.
+    /// registration has the same mountpoint. An Evict that finds the name held here at
+    /// that very location again is stale: the newer registration ended before it
+    /// arrived, and this shard took the registration at `location` back in meanwhile
+    /// (its record, not yet removed from the shared store, taken for a request to that
+    /// location); it is the name's current registration and owns the subscription.
     pub(super) fn on_evict(&mut self, name: &str, location: u64, new_mountpoint: &str) {
+        if self.cluster.holds_here(name, location) {
+            return;
+        }
         if let Some(slot) = self.table.find_location(location) {
             let same = self.table.get(slot).map(|e| &*e.name == name) == Some(true);
             if same {

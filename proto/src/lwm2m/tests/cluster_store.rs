@@ -10,7 +10,7 @@ use super::harness::*;
 use crate::coap::{codes, opt, MessageWriter, MsgType};
 use crate::lwm2m::handover::HANDOVER_DEADLINE_MS;
 use crate::lwm2m::record;
-use crate::lwm2m::{ClusterRequest, Input, StoreChange, Timer};
+use crate::lwm2m::{ClusterRequest, Input, ShardMsg, StoreChange, Timer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -608,4 +608,111 @@ fn a_send_reaching_another_node_first_takes_the_registration_over_by_its_address
     // Its retransmission is answered from the reply cache, published once.
     assert_eq!(c.nodes[1].one(0, dev, &send).code(), codes::CHANGED);
     assert_eq!(c.nodes[1].published_since(mark).len(), 1);
+}
+
+/// Whether the last subscription change of `filter` a node sent is a subscribe.
+fn subscribed(h: &Harness, filter: &str) -> bool {
+    h.mqtt
+        .iter()
+        .filter_map(|m| match m {
+            crate::lwm2m::MqttOut::Subscribe { filter: f, .. } if f == filter => Some(true),
+            crate::lwm2m::MqttOut::Unsubscribe { filter: f, .. } if f == filter => Some(false),
+            _ => None,
+        })
+        .last()
+        .unwrap_or(false)
+}
+
+/// `dev` registered on shard 0 of node 0, then again on shard 1, whose Evict for shard
+/// 0 waits in a mailbox; node 1 takes the first registration over (node 0's claim not
+/// yet written), the second ends, and node 0 takes the first back from node 1 on shard
+/// 0. The Evict that arrives then is stale: the registration taken back stays, with
+/// its subscription, and its end gives the subscription up.
+#[test]
+fn an_evict_finding_the_registration_taken_back_in_is_stale() {
+    let node = |i: u64, shards| {
+        let s = crate::lwm2m::CoreSettings {
+            clock_epoch_ms: EPOCH,
+            shared_store: true,
+            location_key: [0x0123_4567_89ab_cdef ^ i, 0x0fed_cba9_8765_4321],
+            ..settings()
+        };
+        Harness::new(shards, s)
+    };
+    let mut c = Cluster {
+        nodes: vec![node(0, 2), node(1, 1)],
+        store: Model::default(),
+        confirms: Vec::new(),
+    };
+    let first = c.nodes[0].one(0, addr(1, 5000), &Req::register("dev", 1).bytes());
+    let loc = first.location();
+    c.write(0);
+    let n = c.nodes[0].replies.len();
+    let register = Req::register("dev", 2).bytes();
+    let mail = c.nodes[0].datagram_holding_mail(1, addr(2, 5000), &register);
+    let second = c.nodes[0].replies[n].clone();
+    assert_eq!(second.code(), codes::CREATED);
+    let evict = |m: &ShardMsg| matches!(m, ShardMsg::Evict { .. });
+    assert!(mail.iter().any(|(to, m)| *to == 0 && evict(m)), "{mail:?}");
+    // Node 1 takes the first over; the second ends on shard 1.
+    assert!(c.nodes[1]
+        .exchange(0, addr(3, 5000), &Req::update(&loc, 3).bytes())
+        .is_empty());
+    assert_eq!(c.takes(1)[0].code(), codes::CHANGED);
+    let del = |loc: &str, mid| Req::new(codes::DELETE, &format!("/rd/{loc}"), mid).bytes();
+    let r = c.nodes[0].one(1, addr(2, 5000), &del(&second.location(), 4));
+    assert_eq!(r.code(), codes::DELETED);
+    assert_eq!(c.nodes[0].endpoints(), 0);
+    // The device is back at node 0: shard 0 takes the first back from node 1.
+    assert!(c.nodes[0]
+        .exchange(0, addr(1, 5000), &Req::update(&loc, 5).bytes())
+        .is_empty());
+    assert_eq!(c.takes(0)[0].code(), codes::CHANGED);
+    assert_eq!(c.holders("dev"), [0]);
+    assert!(subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    // The Evict (and the rest of that mailbox) arrives now: stale.
+    for (to, m) in mail {
+        c.nodes[0].message(to as usize, m);
+    }
+    assert_eq!(c.holders("dev"), [0], "the registration taken back stays");
+    assert!(subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    let r = c.nodes[0].one(0, addr(1, 5000), &Req::update(&loc, 6).bytes());
+    assert_eq!(r.code(), codes::CHANGED);
+    // Its end gives the subscription up: nothing is left subscribed.
+    let r = c.nodes[0].one(0, addr(1, 5000), &del(&loc, 7));
+    assert_eq!(r.code(), codes::DELETED);
+    assert!(!subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    assert_eq!(c.nodes[0].dir.sub_homes(), 0);
+}
+
+/// A registration that ended on a node whose record's removal has not reached the store
+/// yet: an Update to its location takes the record from the store, the node's own; it is
+/// not taken in again (4.04: the device registers again), and the removal, once
+/// written, leaves nothing.
+#[test]
+fn a_take_of_a_record_this_node_owned_does_not_bring_an_ended_registration_back() {
+    let mut c = Cluster::new(2);
+    let loc = register(&mut c, 0, addr(1, 5000), "dev");
+    let del = Req::new(codes::DELETE, &format!("/rd/{loc}"), 2).bytes();
+    assert_eq!(
+        c.nodes[0].one(0, addr(1, 5000), &del).code(),
+        codes::DELETED
+    );
+    assert_eq!(c.store.regs["dev"].2, 0, "its removal not written yet");
+    assert!(c.nodes[0]
+        .exchange(0, addr(1, 5000), &Req::update(&loc, 3).bytes())
+        .is_empty());
+    let r = c.takes(0);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].code(), codes::NOT_FOUND);
+    assert_eq!(c.nodes[0].endpoints(), 0);
+    assert!(
+        c.nodes[0].published("/update").is_empty(),
+        "no update message"
+    );
+    assert!(!subscribed(&c.nodes[0], "lwm2m/dev/dn/#"));
+    c.write(0);
+    assert!(c.store.regs.is_empty());
+    let stats = c.nodes[0].cores[0].stats();
+    assert_eq!((stats.cluster_adopted, stats.cluster_missed), (0, 1));
 }
