@@ -543,6 +543,27 @@ impl Nodes {
         }
     }
 
+    /// Every node knows every observe command answered on any node: an observation moves
+    /// with its registration (taken over by its location or by the device's address),
+    /// and the new node publishes its notifications with that command's reqID. A copy
+    /// keeps its count of final messages, so a second final for it on the new node
+    /// still fails.
+    fn share_observes(&mut self) {
+        let mut answered = Vec::new();
+        for w in &self.nodes {
+            for (id, c) in &w.cmds {
+                if c.msg_type.as_deref() == Some("observe") && c.finals >= 1 {
+                    answered.push((*id, c.clone()));
+                }
+            }
+        }
+        for w in &mut self.nodes {
+            for (id, c) in &answered {
+                w.cmds.entry(*id).or_insert_with(|| c.clone());
+            }
+        }
+    }
+
     pub fn check_always(&self) {
         for w in &self.nodes {
             w.check_always();
@@ -709,6 +730,7 @@ pub fn run_ops(data: &[u8]) -> Nodes {
             },
         }
         c.share_names();
+        c.share_observes();
         c.forget_handovers_of_held_names();
         if settle {
             c.settle();

@@ -78,6 +78,17 @@ impl ShardCore {
         self.cluster.adopted_from(cx!(self), ep, from);
         self.out.stored(slot);
         self.stats.cluster_adopted += 1;
+        if self.table.get(slot).is_some_and(|e| e.expires_ms <= now) {
+            // Its lifetime ran out while no node served it (its node down, or stopped):
+            // it ends here as its expiry would have (`expired`, the record removed), and
+            // the request is answered as for an unknown location: the device registers
+            // again, as after a restart past its deadline. Taken in, the request would
+            // have renewed a registration that is over.
+            self.stats.expiries += 1;
+            self.remove_endpoint(slot, Removal::Expired);
+            self.cluster_miss(now, location, peer, datagram, identity);
+            return;
+        }
         self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));
     }
 

@@ -716,3 +716,28 @@ fn a_take_of_a_record_this_node_owned_does_not_bring_an_ended_registration_back(
     let stats = c.nodes[0].cores[0].stats();
     assert_eq!((stats.cluster_adopted, stats.cluster_missed), (0, 1));
 }
+
+#[test]
+fn a_registration_whose_lifetime_ran_out_is_ended_not_renewed_by_a_take() {
+    let mut c = Cluster::new(2);
+    let loc = register(&mut c, 0, addr(1, 5000), "dev");
+    // Node 0 stops serving it (down) and its 300 s lifetime runs out; node 1's clock
+    // passes the deadline.
+    c.nodes[1].advance(301_000);
+    let mark = c.nodes[1].mark();
+    let moved = addr(2, 6000);
+    assert!(c.nodes[1]
+        .exchange(0, moved, &Req::update(&loc, 7).bytes())
+        .is_empty());
+    let replies = c.takes(1);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].code(), codes::NOT_FOUND);
+    let p = c.nodes[1].published_since(mark);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].1["msgType"], "deregister");
+    assert_eq!(p[0].1["data"]["reason"], "expired");
+    assert!(c.holders("dev").is_empty());
+    // Its record goes from the store with node 1's next batch.
+    c.write(1);
+    assert!(!c.store.regs.contains_key("dev"));
+}
