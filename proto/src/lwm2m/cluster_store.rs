@@ -41,7 +41,7 @@ impl ShardCore {
         self.peer_takes.answered(peer);
         let Some(from) = from else {
             // Its removal, if it ended here, is queued already (counted as a miss).
-            self.cluster_miss(now, location, peer, datagram, identity);
+            self.adoption_refused(now, location, peer, datagram, identity);
             return;
         };
         let taken = self.table.find_name(&endpoint.name).is_some()
@@ -67,7 +67,7 @@ impl ShardCore {
             if held.is_none_or(|e| e.location != location) {
                 self.record_removed(&endpoint);
             }
-            self.cluster_miss(now, location, peer, datagram, identity);
+            self.adoption_refused(now, location, peer, datagram, identity);
             return;
         }
         self.security.registration_here(endpoint.secure);
@@ -86,10 +86,27 @@ impl ShardCore {
             // have renewed a registration that is over.
             self.stats.expiries += 1;
             self.remove_endpoint(slot, Removal::Expired);
-            self.cluster_miss(now, location, peer, datagram, identity);
+            self.adoption_refused(now, location, peer, datagram, identity);
             return;
         }
         self.with_identity(identity, |c| c.handle_datagram(now, peer, datagram));
+    }
+
+    /// A take answered with a registration not taken in (see [`cluster_adopt`](Self::cluster_adopt)):
+    /// the request is answered as for an unknown location, and a datagram held for a take
+    /// by address as from an unknown address, without asking the store again (two nodes
+    /// would take the record from each other without end).
+    fn adoption_refused(
+        &mut self,
+        now: u64,
+        location: u64,
+        peer: SocketAddr,
+        datagram: &[u8],
+        identity: Option<Arc<PeerIdentity>>,
+    ) {
+        self.peer_takes.missed(peer);
+        self.cluster_miss(now, location, peer, datagram, identity);
+        self.peer_takes.handled();
     }
 
     /// The store has no registration at `location` (or was unreachable): the request
