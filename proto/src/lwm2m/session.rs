@@ -138,6 +138,13 @@ impl Session {
         self.queue.is_empty() && self.inflight.is_empty() && self.observations.is_empty()
     }
 
+    /// Whether a request in flight, a queued command or an observation uses `token`.
+    pub fn uses_token(&self, token: u32) -> bool {
+        self.exchange_by_token(token).is_some()
+            || self.observation_by_token(token).is_some()
+            || self.queue.iter().any(|q| q.token == token)
+    }
+
     pub fn exchange_by_token(&self, token: u32) -> Option<usize> {
         self.inflight.iter().position(|e| e.token == token)
     }

@@ -629,7 +629,7 @@ impl DeviceManagement {
         let now = cx.now;
         let inc = env.table.incarnation(slot);
         let mid = cx.ids.mid();
-        let token = cx.ids.token();
+        let token = Self::fresh_token(cx, env.table, slot);
         let timeout = self.initial_timeout(cx);
         let Some(t) = ex.block.as_ref() else {
             return;
@@ -732,7 +732,7 @@ impl DeviceManagement {
         }
         let mut request = Vec::with_capacity(64);
         write_request(&mut request, ep, &read, 0, 0, &*registry);
-        let token = cx.ids.token();
+        let token = Self::fresh_token(cx, env.table, slot);
         let mut t = Transfer::new(&self.held, token, request);
         t.notify = Some(Notify { seq });
         let ex = Exchange {

@@ -164,7 +164,7 @@ impl DeviceManagement {
         cmd.received_ms = now;
         cx.stats.commands += 1;
         cx.stats.commands_by_op[cmd.op.index()] += 1;
-        let token = cx.ids.token();
+        let token = Self::fresh_token(cx, env.table, slot);
         let awake = self.is_awake(cx, env, slot, now);
         let nstart = cx.settings.nstart;
         let max_queued = cx.settings.max_queued;

@@ -101,6 +101,20 @@ impl DeviceManagement {
         self.held.get()
     }
 
+    /// A token for a new request to the endpoint at `slot`: the shard's next one,
+    /// skipping any its session uses already. A registration that moved here from
+    /// another shard or node carries requests, queued commands and observations with
+    /// tokens of that shard's sequence, which this shard's may meet.
+    pub(super) fn fresh_token(cx: &mut Cx<'_>, table: &EndpointTable, slot: u32) -> u32 {
+        let session = table.get(slot).and_then(|e| e.session.as_ref());
+        loop {
+            let token = cx.ids.token();
+            if !session.is_some_and(|s| s.uses_token(token)) {
+                return token;
+            }
+        }
+    }
+
     pub(super) fn session_mut(table: &mut EndpointTable, slot: u32) -> &mut Session {
         table
             .get_mut(slot)
