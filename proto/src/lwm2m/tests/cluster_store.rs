@@ -619,7 +619,7 @@ fn subscribed(h: &Harness, filter: &str) -> bool {
             crate::lwm2m::MqttOut::Unsubscribe { filter: f, .. } if f == filter => Some(false),
             _ => None,
         })
-        .last()
+        .next_back()
         .unwrap_or(false)
 }
 
