@@ -91,6 +91,8 @@ struct Dev {
     dtls: Option<Box<DtlsConn>>,
     /// Registers this device sent again after a 5.03.
     reg_retries: u8,
+    /// Its De-register went out (the deregister phase).
+    dereg_sent: bool,
 }
 
 /// A device's DTLS session.
@@ -322,14 +324,28 @@ impl State {
                 let start = self.sh.steady_start_us.load(Ordering::Acquire);
                 self.updates(now, start);
             }
+            // A device with a request still in flight (an Update that left just
+            // before the phase began, behind a DTLS resumption) de-registers once it is
+            // answered or given up: the phase ends when every registered device's
+            // De-register went out.
             PHASE_DEREGISTER if !self.dereg_queued => {
-                self.dereg_queued = true;
+                let mut waiting = false;
                 for li in 0..self.devs.len() {
-                    if self.devs[li].location.is_some() && self.devs[li].pending.is_none() {
-                        self.start_registration_request(li, Kind::Deregister, now);
+                    let d = &self.devs[li];
+                    if d.location.is_none() || d.dereg_sent {
+                        continue;
                     }
+                    if d.pending.is_some() {
+                        waiting = true;
+                        continue;
+                    }
+                    self.devs[li].dereg_sent = true;
+                    self.start_registration_request(li, Kind::Deregister, now);
                 }
-                add(&self.sh.dereg_queued, 1);
+                if !waiting {
+                    self.dereg_queued = true;
+                    add(&self.sh.dereg_queued, 1);
+                }
             }
             _ => {}
         }
