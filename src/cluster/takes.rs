@@ -447,24 +447,11 @@ impl Worker {
                 .arg(redis_scripts::PREFIX)
                 .invoke::<Option<(String, Vec<u8>, String)>>(c)
         });
-        let found = match found {
-            Ok(f) => {
-                self.stats.set_reachable(true);
-                f
-            }
-            Err(e) => {
-                self.stats.set_reachable(self.con.is_connected());
-                return Err(e.to_string());
-            }
-        };
-        let Some((name, rec, previous)) = found else {
-            return Ok(None);
-        };
-        let ep = record::decode(&rec, self.epoch_ms)
-            .map_err(|e| format!("the record of {name:?} in Redis: {e}"))?;
-        ClusterStats::add(&self.stats.takeovers, 1);
-        let from = (!previous.is_empty() && previous != self.node).then_some(previous);
-        Ok(Some((ep, from)))
+        let taken = self.taken(found)?;
+        if taken.is_some() {
+            ClusterStats::add(&self.stats.takeovers, 1);
+        }
+        Ok(taken)
     }
 
     /// Runs TAKE_PEER for `peer`: the plain registration whose record has that
@@ -482,6 +469,15 @@ impl Worker {
                 .arg(peer.to_string())
                 .invoke::<Option<(String, Vec<u8>, String)>>(c)
         });
+        self.taken(found)
+    }
+
+    /// What a take script answered: the registration decoded, with its previous owner
+    /// when another node (None: the store had none); Redis's reachability recorded.
+    fn taken(
+        &mut self,
+        found: Result<Option<(String, Vec<u8>, String)>, StoreError>,
+    ) -> Result<Option<(crate::lwm2m::endpoint::Endpoint, Option<String>)>, String> {
         let found = match found {
             Ok(f) => {
                 self.stats.set_reachable(true);
